@@ -1,0 +1,22 @@
+"""tinygen: a small, readable numerical engine — Tensor, reverse-mode autodiff over NumPy/CuPy, and models on top.
+
+The core needs only NumPy; Numba, CuPy, matplotlib and PyTorch are optional and never imported here.
+"""
+from .dtypes import float16, float32, float64, int32, int64, uint8, bool_
+from .dtypes import bool_ as bool  # noqa: A001 - tinygen.bool, as torch.bool
+from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, full, zeros_like, ones_like,
+                     full_like, arange, linspace, eye, set_default_dtype, get_default_dtype)
+from . import autograd
+from .autograd import (no_grad, enable_grad, set_grad_enabled, is_grad_enabled, grad, gradcheck, gradgradcheck,
+                       detect_anomaly)
+from . import ops
+from .ops import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_and, logical_or, logical_not,
+                  exp, log, sqrt, abs, sin, cos, tanh, sigmoid, relu, leaky_relu, elu, softplus, clamp, clip,
+                  maximum, minimum, where, clone, sum, mean, var, std, max, min, amax, amin, argmax, argmin,
+                  logsumexp, softmax, log_softmax, reshape, view, flatten, permute, transpose, expand, squeeze,
+                  unsqueeze, cat, concatenate, stack, split, chunk, matmul)
+from .random import manual_seed, randn, rand, randint, randperm, randn_like, rand_like, normal, bernoulli
+from .backend import is_available
+from . import viz
+
+__version__ = "0.1.0"

@@ -1,0 +1,233 @@
+"""The backward pass: walk the graph from the outputs to the leaves, calling each node's backward once.
+
+Read this file to follow ``loss.backward()``:
+  1. ``_toposort`` orders the nodes reachable from the outputs (iteratively: no recursion limit);
+  2. each node, once all gradients flowing into it have been summed, calls its ``backward``;
+  3. each returned gradient is brought back to the shape and dtype of the input it belongs to (``_fit``: the
+     single place where broadcasting is undone) and is either added to the buffer of the node that made that
+     input, or delivered to a leaf's ``.grad``;
+  4. unless ``retain_graph``, a node drops its saved tensors as soon as it has run.
+With ``create_graph=True`` the backward ops are recorded too, so the gradients can be differentiated again.
+"""
+import numpy as np
+
+from ..tensor import Tensor, _make
+from .function import Function, check_backward
+from .grad_mode import STATE
+
+
+def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+    """Accumulate the gradients of ``tensors`` into the ``.grad`` of the leaves (or only of ``inputs``)."""
+    tensors, grads = _roots(tensors, grad_tensors)
+    if retain_graph is None:
+        retain_graph = create_graph
+    if inputs is None:
+        _run(tensors, grads, retain_graph, create_graph, None)
+        return
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    results = _run(tensors, grads, retain_graph, create_graph, inputs)
+    for t, g in zip(inputs, results):
+        if g is not None:
+            _accumulate(t, g, create_graph)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """Return d(outputs)/d(inputs) as a tuple, without touching any ``.grad``.
+
+    ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
+    gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
+    """
+    outputs, grads = _roots(outputs, grad_outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = (inputs,) if single else tuple(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or not t._requires_grad:
+            raise RuntimeError(f"grad: input {i} does not require grad")
+    if retain_graph is None:
+        retain_graph = create_graph
+    results = _run(outputs, grads, retain_graph, create_graph, inputs)
+    for i, g in enumerate(results):
+        if g is None and not allow_unused:
+            raise RuntimeError(f"grad: input {i} (shape {inputs[i].shape}) was not used in computing the outputs; "
+                               f"pass allow_unused=True to get None for it")
+    return tuple(results)
+
+
+def _roots(tensors, grad_tensors):
+    tensors = (tensors,) if isinstance(tensors, Tensor) else tuple(tensors)
+    if grad_tensors is None or isinstance(grad_tensors, Tensor):
+        grad_tensors = (grad_tensors,) * len(tensors) if len(tensors) == 1 or grad_tensors is None else None
+        if grad_tensors is None:
+            raise ValueError("one gradient per output is needed")
+    grad_tensors = tuple(grad_tensors)
+    if len(grad_tensors) != len(tensors):
+        raise ValueError(f"got {len(tensors)} outputs but {len(grad_tensors)} gradients")
+    grads = []
+    for i, (t, g) in enumerate(zip(tensors, grad_tensors)):
+        if not t._requires_grad:
+            raise RuntimeError(f"element {i} of the outputs does not require grad and has no grad_fn "
+                               f"(was it computed under no_grad, or from tensors without requires_grad=True?)")
+        if g is None:
+            if t.data.size != 1:
+                raise RuntimeError(f"backward() of a non-scalar output of shape {t.shape} needs a gradient: "
+                                   f"pass gradient= of that shape (a scalar loss needs none)")
+            g = _make(t.xp.ones(t.shape, dtype=t.dtype), t._device)
+        else:
+            if not isinstance(g, Tensor):
+                from ..tensor import as_tensor
+                g = as_tensor(g, dtype=t.dtype, device=t._device)
+            if g.shape != t.shape:
+                raise RuntimeError(f"gradient has shape {g.shape} but the output has shape {t.shape}")
+            if g._device != t._device:
+                raise RuntimeError(f"gradient is on {g._device} but the output is on {t._device}")
+        grads.append(g)
+    return tensors, grads
+
+
+def _toposort(roots):
+    """Nodes reachable from ``roots``, each after every node that consumes its output (outputs first)."""
+    order, seen = [], set()
+    for root in roots:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(root.next_edges))]
+        while stack:
+            node, edges = stack[-1]
+            for e in edges:
+                if e is not None and isinstance(e[0], Function) and e[0] not in seen:
+                    seen.add(e[0])
+                    stack.append((e[0], iter(e[0].next_edges)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    order.reverse()
+    return order
+
+
+def _fit(g, target, idx):
+    """Bring a gradient to the shape and dtype of the tensor it belongs to (undo broadcasting, undo promotion)."""
+    if isinstance(target, Function):
+        shape, dtype = target.out_meta[idx]
+    else:
+        shape, dtype = target.data.shape, target.data.dtype
+    if g.data.shape != shape:
+        from ..ops.shape import sum_to
+        g = g.expand(shape) if g.data.size < int(np.prod(shape, dtype=np.int64)) else sum_to(g, shape)
+    if g.data.dtype != dtype:
+        g = g.to(dtype)
+    return g
+
+
+def _as_gradient(g, node, create_graph):
+    if isinstance(g, Tensor):
+        return g
+    if create_graph:
+        raise RuntimeError(f"{node.name()} returned a raw array as gradient, which cannot be differentiated "
+                           f"again; create_graph=True needs a backward written with tinygen ops")
+    return _make(g, node.device)
+
+
+def _run(roots, root_grads, retain_graph, create_graph, inputs):
+    """The engine. With ``inputs`` it returns their gradients; without, it accumulates into every leaf."""
+    capture = None
+    if inputs is not None:  # which leaves / node outputs to collect, and which nodes lead to them
+        capture = {}
+        for i, t in enumerate(inputs):
+            capture[(t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)] = i
+        results = [None] * len(inputs)
+
+    nodes = _toposort([t.grad_fn for t in roots if t.grad_fn is not None])
+    needed = None
+    if capture is not None:
+        needed = set()
+        for node in reversed(nodes):  # inputs-first: a node is needed if an edge reaches a capture or a needed node
+            for e in node.next_edges:
+                if e is not None and (e in capture or e[0] in needed):
+                    needed.add(node)
+                    break
+
+    buffers = {}
+    direct = {}  # leaf -> True while its .grad is still the very array a backward returned (may be shared)
+
+    def deliver(target, idx, g):
+        if capture is not None:
+            key = (target, idx)
+            if key in capture:
+                j = capture[key]
+                results[j] = g if results[j] is None else results[j] + g
+        if isinstance(target, Function):
+            buf = buffers.get(target)
+            if buf is None:
+                buf = buffers[target] = [None] * len(target.out_meta)
+            buf[idx] = g if buf[idx] is None else buf[idx] + g
+        elif capture is None:
+            if target.grad is None:
+                target.grad = g
+                direct[target] = True
+            else:
+                _accumulate(target, g, create_graph)
+                direct[target] = False
+
+    prev = STATE.grad_enabled
+    STATE.grad_enabled = create_graph
+    try:
+        for t, g in zip(roots, root_grads):
+            deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), g)
+        for node in nodes:
+            grads = buffers.pop(node, None)
+            if grads is None:
+                continue
+            if needed is not None and node not in needed:
+                if not retain_graph:
+                    node.release()
+                continue
+            if len(grads) > 1:  # several outputs: a missing gradient is zero
+                xp = node.xp
+                grads = [g if g is not None else _make(xp.zeros(s, dtype=d), node.device)
+                         for g, (s, d) in zip(grads, node.out_meta)]
+            out = node.backward(node, *grads)
+            if type(out) is not tuple:
+                out = (out,)
+            edges = node.next_edges
+            if len(out) != len(edges):
+                raise RuntimeError(f"{node.name()} returned {len(out)} gradients, but its forward took "
+                                   f"{len(edges)} arguments (return None for arguments without a gradient)")
+            if STATE.anomaly:
+                check_backward(node, out)
+            for e, g in zip(edges, out):
+                if e is not None and g is not None:
+                    g = _fit(_as_gradient(g, node, create_graph), e[0], e[1])
+                    deliver(e[0], e[1], g)
+            if not retain_graph:
+                node.release()
+    finally:
+        STATE.grad_enabled = prev
+
+    # A gradient handed over as-is may be shared (the same array given to two inputs, a view of the upstream
+    # gradient, the user's own gradient array): copy those, so that a .grad never aliases anything else.
+    taken = {id(g.data) for g in root_grads}
+    if capture is None:
+        for leaf, is_direct in direct.items():
+            if is_direct:
+                leaf.grad = _unshared(leaf.grad, taken)
+        return None
+    return [None if g is None else _unshared(g, taken) for g in results]
+
+
+def _unshared(g, taken):
+    if g.data.base is not None or id(g.data) in taken:
+        g = g.clone() if g._requires_grad else _make(g.data.copy(), g._device)
+    taken.add(id(g.data))
+    return g
+
+
+def _accumulate(leaf, g, create_graph):
+    """leaf.grad += g: in place for a plain gradient, out of place when either carries a graph."""
+    if leaf.grad is None:
+        leaf.grad = _make(g.data.copy(), g._device) if not g._requires_grad else g
+    elif create_graph or leaf.grad._requires_grad or g._requires_grad:
+        leaf.grad = leaf.grad + g
+    else:
+        leaf.grad.data += g.data

@@ -1,0 +1,230 @@
+"""``Function``: the one way an op is defined. Its forward and backward live together in one class.
+
+    class Exp(Function):
+        save_output = True                 # backward may read the output as ``ctx.output``
+
+        @staticmethod
+        def forward(ctx, x):               # x is a Tensor; compute on its array with the device's module
+            return ctx.xp.exp(x.data)      # return an array (or a Tensor, or a tuple of them)
+
+        @staticmethod
+        def backward(ctx, grad):           # grad is a Tensor; return one gradient per forward argument
+            return grad * ctx.output       # written with tinygen ops, so it is itself differentiable
+
+    y = Exp.apply(x)
+
+The forward runs on raw arrays (fast, and no graph is recorded inside it). The backward is written with
+differentiable tinygen ops, as Chainer does, so that with ``create_graph=True`` the gradient has a graph of its
+own and can be differentiated again (double backward, WGAN-GP). Under a plain ``backward()`` it runs under
+``no_grad``, where those ops cost little more than the array calls.
+
+The node of the graph is the ``ctx`` object itself: ``y.grad_fn`` is the ``Exp`` instance that computed ``y``.
+"""
+import os
+import traceback
+
+import numpy as _np
+
+from ..backend import _modules, array_module
+from ..tensor import Tensor, _make
+from .grad_mode import STATE
+
+_new = object.__new__
+_RELEASED = object()
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Function:
+    """Base class of every op (built-in or user-defined). Subclasses define ``forward`` and ``backward``.
+
+    Attributes of a node (the ``ctx``):
+      next_edges  one entry per positional forward argument: None (no gradient needed), or (node, output index)
+                  for a tensor made by an op, or (tensor, 0) for a leaf tensor that requires grad;
+      out_meta    (shape, dtype) of each output, so the engine can shape incoming gradients;
+      device      the device of the tensor arguments.
+    """
+    __slots__ = ("next_edges", "_saved", "_out_data", "out_meta", "device", "created_at", "__dict__")
+    save_output = False  # set True when backward reads ``ctx.output``
+
+    # ---- to be defined by subclasses -----------------------------------------------------------------------------
+    @staticmethod
+    def forward(ctx, *args):
+        raise NotImplementedError("a Function must define forward(ctx, *args)")
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("a Function must define backward(ctx, *grads)")
+
+    # ---- used inside forward / backward --------------------------------------------------------------------------
+    def save_for_backward(self, *tensors):
+        """Keep tensors (usually inputs) for backward; read them back as ``ctx.saved_tensors``."""
+        self._saved = tensors
+
+    @property
+    def saved_tensors(self):
+        saved = self._saved
+        if saved is _RELEASED:
+            raise RuntimeError(_released_message(self))
+        return saved
+
+    @property
+    def output(self):
+        """The forward output as a tensor connected to this node (so gradients through it are differentiable)."""
+        data = self._out_data
+        if data is _RELEASED or data is None:
+            raise RuntimeError(_released_message(self) if data is _RELEASED else
+                               f"{type(self).__name__}.backward reads ctx.output but the class does not set "
+                               f"save_output = True")
+        if STATE.grad_enabled:
+            return _make(data, self.device, True, self, 0)
+        return _make(data, self.device)
+
+    @property
+    def xp(self):
+        """The array module of this op's device (numpy or cupy)."""
+        return _modules.get(self.device) or array_module(self.device)
+
+    @property
+    def needs_input_grad(self):
+        edges = self.next_edges
+        return tuple(e is not None for e in edges) if edges is not None else ()
+
+    def name(self):
+        return type(self).__name__ + "Backward"
+
+    def release(self):
+        """Drop what was saved for backward (called by the engine unless retain_graph)."""
+        if self._saved:
+            self._saved = _RELEASED
+        if self._out_data is not None:
+            self._out_data = _RELEASED
+
+    def __repr__(self):
+        return f"<{self.name()}>"
+
+    # ---- the dispatch path ---------------------------------------------------------------------------------------
+    @classmethod
+    def apply(cls, *args):
+        """Run forward on the arguments and, when a gradient is needed, record this node in the graph."""
+        ctx = _new(cls)
+        ctx._saved = ()
+        ctx._out_data = None
+        device = None
+        needs = False
+        for a in args:
+            if isinstance(a, Tensor):
+                d = a._device
+                if device is None:
+                    device = d
+                elif d is not device:
+                    raise RuntimeError(_device_message(cls, args))
+                if a._requires_grad:
+                    needs = True
+        ctx.device = device
+        if STATE.grad_enabled:
+            STATE.grad_enabled = False
+            try:
+                out = cls.forward(ctx, *args)
+            finally:
+                STATE.grad_enabled = True
+        else:
+            needs = False
+            out = cls.forward(ctx, *args)
+        device = ctx.device  # forward may move the result (To)
+        if STATE.anomaly:
+            _check_forward(cls, ctx, out)
+
+        if type(out) is tuple:  # several outputs
+            datas = tuple(o.data if isinstance(o, Tensor) else o for o in out)
+            needs = needs and any(d.dtype.kind == "f" for d in datas)
+            if not needs:
+                return tuple(_make(d, device) for d in datas)
+            ctx.next_edges = _edges(args)
+            ctx.out_meta = tuple((d.shape, d.dtype) for d in datas)
+            if cls.save_output:
+                ctx._out_data = datas[0]
+            return tuple(_make(d, device, d.dtype.kind == "f", ctx if d.dtype.kind == "f" else None, i)
+                         for i, d in enumerate(datas))
+
+        if isinstance(out, Tensor):
+            out = out.data
+        elif not out.shape and isinstance(out, _np.generic):
+            out = _np.asarray(out)  # NumPy reduces to scalars; a tensor always holds an array
+        if not needs or out.dtype.kind != "f":
+            return _make(out, device)
+        ctx.next_edges = _edges(args)
+        ctx.out_meta = ((out.shape, out.dtype),)
+        if cls.save_output:
+            ctx._out_data = out
+        return _make(out, device, True, ctx, 0)
+
+
+def _edges(args):
+    edges = []
+    for a in args:
+        if isinstance(a, Tensor) and a._requires_grad:
+            fn = a.grad_fn
+            edges.append((a, 0) if fn is None else (fn, a._out_idx))
+        else:
+            edges.append(None)
+    return tuple(edges)
+
+
+def once_differentiable(backward):
+    """Mark a backward that computes on raw arrays (e.g. a fused kernel): it receives and returns arrays.
+
+    Such a backward cannot be differentiated again, so asking for ``create_graph=True`` through it raises an error
+    naming the op instead of returning a silently wrong higher-order gradient.
+    """
+    def wrapper(ctx, *grads):
+        if STATE.grad_enabled:
+            raise RuntimeError(f"{type(ctx).__name__}: its backward is once-differentiable (raw array code) and "
+                               f"cannot build a graph for create_graph=True / double backward")
+        out = backward(ctx, *(g.data if isinstance(g, Tensor) else g for g in grads))
+        wrap = (lambda g: g if g is None or isinstance(g, Tensor) else _make(g, ctx.device))
+        return tuple(wrap(g) for g in out) if isinstance(out, tuple) else wrap(out)
+    wrapper.__name__ = getattr(backward, "__name__", "backward")
+    wrapper.__doc__ = backward.__doc__
+    return staticmethod(wrapper)
+
+
+def _released_message(node):
+    return (f"Trying to backward through the graph a second time (at {node.name()}): its saved values were freed "
+            f"by the first backward(). Pass retain_graph=True to the first backward() (or autograd.grad) to keep them.")
+
+
+def _device_message(cls, args):
+    devs = [f"{type(a).__name__}@{a.device}" for a in args if isinstance(a, Tensor)]
+    return f"{cls.__name__}: expected all tensors on the same device, got {', '.join(devs)}"
+
+
+def user_frame():
+    """'file:line: code' of the innermost frame outside the tinygen package (where the user called the op)."""
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        if not os.path.abspath(frame.filename).startswith(_PACKAGE_DIR + os.sep):
+            return f"{frame.filename}:{frame.lineno}: {frame.line}"
+    return "<unknown>"
+
+
+def _nonfinite(xp, data):
+    return data is not None and data.dtype.kind == "f" and not bool(xp.isfinite(data).all())
+
+
+def _check_forward(cls, ctx, out):
+    ctx.created_at = user_frame()
+    outs = out if isinstance(out, tuple) else (out,)
+    for o in outs:
+        data = o.data if isinstance(o, Tensor) else o
+        if _nonfinite(ctx.xp, data):
+            raise FloatingPointError(f"anomaly: {cls.__name__} produced NaN or Inf in its forward output; "
+                                     f"the op was called at {ctx.created_at}")
+
+
+def check_backward(node, grads):
+    """Anomaly mode: raise if a backward produced NaN or Inf, naming the op and where it was created."""
+    for g in grads:
+        data = g.data if isinstance(g, Tensor) else g
+        if _nonfinite(node.xp, data):
+            where = getattr(node, "created_at", None) or "<created before detect_anomaly() was entered>"
+            raise FloatingPointError(f"anomaly: {node.name()} produced NaN or Inf in its gradient; "
+                                     f"the op was called at {where}")

@@ -1,0 +1,275 @@
+"""The one place that picks the array module (``xp``) for a device.
+
+Every op gets its array functions from ``array_module(device)``: NumPy for ``"cpu"``, CuPy for ``"cuda"``
+(as Chainer's ``get_array_module`` does). CuPy is optional and imported only when a CUDA tensor is first made.
+
+Because CI has no GPU, ``"cuda"`` can be served by a CPU stand-in for CuPy (``TINYGEN_CUDA_STANDIN=1`` or the
+``cuda_standin()`` context manager). It keeps data in NumPy arrays hidden inside a wrapper that, like a CuPy
+array, refuses implicit conversion to NumPy and refuses to mix with host ``numpy.ndarray`` operands — so a stray
+``numpy.*`` call on device data fails in the test suite instead of on a user's GPU.
+"""
+import contextlib
+import os
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+_modules = {"cpu": np}
+
+
+def normalize_device(device):
+    """Accept "cpu", "cuda", "cuda:0" (only one GPU is addressed) and return "cpu" or "cuda"."""
+    if device is None:
+        return "cpu"
+    name = str(device)
+    if name == "cpu":
+        return "cpu"  # the literal constants, so devices can be compared with `is`
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        return "cuda"
+    raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+def _load_cuda():
+    if os.environ.get("TINYGEN_CUDA_STANDIN") == "1":
+        return standin
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError("device='cuda' needs CuPy, which is not installed (pip install 'tinygen[cuda]')") from None
+    try:
+        ok = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception as e:  # no driver, no device
+        raise RuntimeError(f"device='cuda' needs an NVIDIA GPU, but CuPy found none: {e}") from None
+    if not ok:
+        raise RuntimeError("device='cuda' needs an NVIDIA GPU, but CuPy found none")
+    return cupy
+
+
+def array_module(device):
+    """The array module (numpy or cupy) that holds a device's data."""
+    xp = _modules.get(device)
+    if xp is None:
+        xp = _modules[normalize_device(device)] = _load_cuda()
+    return xp
+
+
+def is_available(device="cuda"):
+    """True when tensors can be made on ``device``."""
+    try:
+        array_module(normalize_device(device))
+        return True
+    except RuntimeError:
+        return False
+
+
+def device_of(array):
+    """Which device an array lives on."""
+    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+
+
+def to_device(array, device):
+    """Copy an array to ``device`` (returns it unchanged if it is already there)."""
+    if device_of(array) == device:
+        return array
+    if device == "cpu":
+        return array.get()
+    return array_module(device).asarray(array)
+
+
+def scatter_add(xp, target, index, values):
+    """target[index] += values, with repeated indices adding up (np.add.at / cupyx.scatter_add)."""
+    if xp.__name__ == "cupy":
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+    else:
+        xp.add.at(target, index, values)
+
+
+@contextlib.contextmanager
+def cuda_standin():
+    """Serve device="cuda" from the CPU stand-in for CuPy inside this block (for tests)."""
+    old = _modules.get("cuda")
+    _modules["cuda"] = standin
+    try:
+        yield standin
+    finally:
+        if old is None:
+            _modules.pop("cuda", None)
+        else:
+            _modules["cuda"] = old
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The CPU stand-in for CuPy.
+
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array "
+             "explicitly.")
+
+
+def _unwrap(x, strict=True):
+    if isinstance(x, StandinArray):
+        return x._a
+    if strict and isinstance(x, np.ndarray):
+        raise TypeError(f"Unsupported type {type(x)} (a host numpy.ndarray mixed with device arrays)")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v, strict) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v, strict) for k, v in x.items()}
+    return x
+
+
+def _wrap(x):
+    if isinstance(x, np.ndarray):
+        return StandinArray(x)
+    if isinstance(x, np.generic) and not isinstance(x, (np.str_, np.bytes_)):
+        return StandinArray(np.asarray(x))  # CuPy reductions return 0-d device arrays, never host scalars
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    if isinstance(x, list) and x and isinstance(x[0], np.ndarray):
+        return [_wrap(v) for v in x]
+    if isinstance(x, (np.ufunc, np.random.Generator)):
+        return _Proxy(x)
+    return x
+
+
+class _Proxy:
+    """Wraps a NumPy namespace object (module, ufunc, generator) so that calls take and return device arrays."""
+
+    def __init__(self, obj, lenient=()):
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_lenient", lenient)
+
+    def __getattr__(self, name):
+        if name == "__name__":
+            return "standin"
+        attr = getattr(self._obj, name)
+        if isinstance(attr, type) or not callable(attr):
+            if type(attr).__name__ == "module":
+                return _Proxy(attr)
+            return attr
+        strict = name not in self._lenient
+
+        def call(*args, **kwargs):
+            return _wrap(attr(*_unwrap(args, strict), **_unwrap(kwargs, strict)))
+        call.__name__ = name
+        return call
+
+    def __call__(self, *args, **kwargs):
+        return _wrap(self._obj(*_unwrap(args), **_unwrap(kwargs)))
+
+    def __repr__(self):
+        return f"<stand-in for cupy: {self._obj!r}>"
+
+
+def _binop(name):
+    def op(self, other):
+        return _wrap(getattr(self._a, name)(_unwrap(other)))
+    op.__name__ = name
+    return op
+
+
+def _inplace(name):
+    def op(self, other):
+        getattr(self._a, name)(_unwrap(other))
+        return self
+    op.__name__ = name
+    return op
+
+
+class StandinArray:
+    """A device array of the stand-in: a NumPy array that cannot silently become a host array."""
+    __slots__ = ("_a",)
+    __array_priority__ = 1000
+
+    def __init__(self, a):
+        self._a = a
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(_IMPLICIT)
+
+    def __array_ufunc__(self, *args, **kwargs):
+        raise TypeError("numpy ufunc called on a device array: use the tensor's array module (xp), not numpy")
+
+    def __array_function__(self, *args, **kwargs):
+        raise TypeError("numpy function called on a device array: use the tensor's array module (xp), not numpy")
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    base = property(lambda self: None if self._a.base is None else StandinArray(self._a.base))
+    T = property(lambda self: StandinArray(self._a.T))
+
+    def get(self):
+        return self._a.copy()
+
+    def __getattr__(self, name):  # methods: .sum(), .reshape(), .astype(), ...
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
+        return call
+
+    def __getitem__(self, index):
+        return _wrap(self._a[_unwrap(index, strict=False)])
+
+    def __setitem__(self, index, value):
+        self._a[_unwrap(index, strict=False)] = _unwrap(value)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (StandinArray(np.asarray(v)) for v in self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        return self._a.__index__()
+
+    def __neg__(self):
+        return StandinArray(-self._a)
+
+    def __abs__(self):
+        return StandinArray(abs(self._a))
+
+    def __invert__(self):
+        return StandinArray(~self._a)
+
+    def __repr__(self):
+        return f"standin_array({self._a!r})"
+
+    __hash__ = None
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
+              "lt", "le", "gt", "ge", "eq", "ne"):
+    for _dunder in (f"__{_name}__", f"__r{_name}__"):
+        if hasattr(np.ndarray, _dunder):
+            setattr(StandinArray, _dunder, _binop(_dunder))
+    if hasattr(np.ndarray, f"__i{_name}__"):
+        setattr(StandinArray, f"__i{_name}__", _inplace(f"__i{_name}__"))
+
+
+class _StandinModule(_Proxy):
+    def asnumpy(self, a):
+        return a.get() if isinstance(a, StandinArray) else np.asarray(a)
+
+    def get_array_module(self, *args):
+        return self
+
+
+standin = _StandinModule(np, lenient=("array", "asarray", "asanyarray"))

@@ -1,0 +1,17 @@
+"""Every differentiable op: a ``Function`` subclass (forward and backward together) plus its public function.
+
+Importing this package attaches the ops to ``Tensor`` as methods.
+"""
+from .arithmetic import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_and, logical_or,
+                         logical_not, operand)
+from .elementwise import (exp, log, sqrt, abs_, sin, cos, tanh, sigmoid, relu, leaky_relu, elu, softplus, clamp,
+                          maximum, minimum, where, clone, to)
+from .reduce import (sum, mean, var, std, max, min, amax, amin, argmax, argmin, logsumexp, softmax, log_softmax)
+from .shape import (reshape, flatten, permute, transpose, expand, sum_to, squeeze, unsqueeze, contiguous, cat,
+                    concatenate, stack, split, chunk)
+from .index import getitem
+from .linalg import matmul
+
+abs = abs_
+view = reshape
+clip = clamp

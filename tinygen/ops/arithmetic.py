@@ -1,0 +1,204 @@
+"""Arithmetic: + - * / ** and unary minus, and the non-differentiable comparisons and logical ops.
+
+Broadcasting needs no code here: the engine sums each gradient back to its input's shape (engine._fit).
+"""
+import operator
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..tensor import Tensor, _make, as_tensor, get_default_dtype, register
+
+
+def operand(value, like):
+    """Turn a Python number (or array) into a tensor that can meet ``like`` in an op; tensors pass through.
+
+    A number becomes a NumPy scalar of ``like``'s float dtype, which NumPy and CuPy arrays both accept, so a
+    constant costs no allocation and no device transfer.
+    """
+    if isinstance(value, Tensor):
+        return value
+    if type(value) is float and like.data.dtype.kind == "f":
+        return _make(like.data.dtype.type(value), like._device)
+    if isinstance(value, (int, float, bool, np.generic)):
+        dt = like.data.dtype
+        if dt.kind == "f":
+            return _make(dt.type(value), like._device)
+        if isinstance(value, float):
+            return _make(get_default_dtype().type(value), like._device)
+        return _make(np.asarray(value)[()], like._device)
+    return as_tensor(value, device=like._device)
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a.data + b.data
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return a.data - b.data
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, (-g if ctx.next_edges[1] is not None else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a.data * b.data
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        need = ctx.next_edges
+        return (g * b if need[0] is not None else None), (g * a if need[1] is not None else None)
+
+
+class Div(Function):
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(b)
+        return a.data / b.data
+
+    @staticmethod
+    def backward(ctx, g):
+        (b,) = ctx.saved_tensors
+        ga = g / b
+        return ga, (-ga * ctx.output if ctx.next_edges[1] is not None else None)
+
+
+class Pow(Function):
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a.data ** b.data
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = g * b * a ** (b - 1) if ctx.next_edges[0] is not None else None
+        gb = g * ctx.output * a.log() if ctx.next_edges[1] is not None else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a.data
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+@register("add", "__add__")
+def add(a, b):
+    return Add.apply(a, operand(b, a))
+
+
+@register("__radd__")
+def _radd(a, b):
+    return Add.apply(operand(b, a), a)
+
+
+@register("sub", "__sub__")
+def sub(a, b):
+    return Sub.apply(a, operand(b, a))
+
+
+@register("__rsub__")
+def _rsub(a, b):
+    return Sub.apply(operand(b, a), a)
+
+
+@register("mul", "__mul__")
+def mul(a, b):
+    return Mul.apply(a, operand(b, a))
+
+
+@register("__rmul__")
+def _rmul(a, b):
+    return Mul.apply(operand(b, a), a)
+
+
+@register("div", "__truediv__")
+def div(a, b):
+    return Div.apply(a, operand(b, a))
+
+
+@register("__rtruediv__")
+def _rdiv(a, b):
+    return Div.apply(operand(b, a), a)
+
+
+@register("pow", "__pow__")
+def pow(a, b):
+    return Pow.apply(a, operand(b, a))
+
+
+@register("__rpow__")
+def _rpow(a, b):
+    return Pow.apply(operand(b, a), a)
+
+
+@register("neg", "__neg__")
+def neg(a):
+    return Neg.apply(a)
+
+
+@register("__pos__")
+def _pos(a):
+    return a
+
+
+# ---- comparisons and logic: boolean results, never differentiable -----------------------------------------------
+def _compare(fn):
+    def op(a, b):
+        b = operand(b, a)
+        if a._device is not b._device:
+            raise RuntimeError(f"{fn.__name__}: expected tensors on the same device, got {a._device} and {b._device}")
+        return _make(fn(a.data, b.data), a._device)
+    op.__name__ = fn.__name__
+    return op
+
+
+lt = register("lt", "__lt__")(_compare(operator.lt))
+le = register("le", "__le__")(_compare(operator.le))
+gt = register("gt", "__gt__")(_compare(operator.gt))
+ge = register("ge", "__ge__")(_compare(operator.ge))
+eq = register("eq", "__eq__")(_compare(operator.eq))
+ne = register("ne", "__ne__")(_compare(operator.ne))
+
+
+def _truth(x):
+    return x if x.dtype.kind == "b" else x != 0
+
+
+def logical_and(a, b):
+    return _compare(lambda x, y: _truth(x) & _truth(y))(a, b)
+
+
+def logical_or(a, b):
+    return _compare(lambda x, y: _truth(x) | _truth(y))(a, b)
+
+
+register("logical_and", "__and__", "__rand__")(logical_and)
+register("logical_or", "__or__", "__ror__")(logical_or)
+
+
+@register("logical_not", "__invert__")
+def logical_not(a):
+    return _make(~_truth(a.data), a._device)

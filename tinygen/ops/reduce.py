@@ -1,0 +1,255 @@
+"""Reductions over ``dim`` (an int, a tuple, or None for all), and the softmax family."""
+import builtins
+from collections import namedtuple
+
+from ..autograd.function import Function
+from ..tensor import _make, register
+
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+
+
+def normalize_dims(dim, ndim, op):
+    """``dim`` as a sorted tuple of non-negative axes (all axes for None), or a clear error."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        if not isinstance(d, int) or not -builtins.max(ndim, 1) <= d < builtins.max(ndim, 1):
+            raise IndexError(f"{op}: dim {d} is out of range for a tensor with {ndim} dimensions")
+        if ndim:  # a 0-d tensor accepts dim 0 / -1 and has nothing to reduce
+            out.append(d % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: dim {dim} repeats an axis")
+    return tuple(sorted(out))
+
+
+def _kept_shape(shape, dims):
+    return tuple(1 if i in dims else s for i, s in enumerate(shape))
+
+
+def _unreduce(g, in_shape, dims, keepdim):
+    """Bring a reduced gradient back to the input's shape (reshape the kept axes, then broadcast)."""
+    if not keepdim and g.data.ndim != len(in_shape):
+        g = g.reshape(_kept_shape(in_shape, dims))
+    return g.expand(in_shape)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, x, dims, keepdim):
+        ctx.shape, ctx.dims, ctx.keepdim = x.data.shape, dims, keepdim
+        return x.data.sum(axis=dims if x.data.ndim else None, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _unreduce(g, ctx.shape, ctx.dims, ctx.keepdim), None, None
+
+
+class Amax(Function):
+    """max over dims; the gradient is shared evenly between tied maxima (as torch.amax)."""
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, dims, keepdim, largest):
+        ctx.save_for_backward(x)
+        ctx.dims, ctx.keepdim = dims, keepdim
+        d = x.data
+        return d.max(axis=dims, keepdims=keepdim) if largest else d.min(axis=dims, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = ctx.output.data
+        if not ctx.keepdim:
+            out = out.reshape(_kept_shape(x.shape, ctx.dims))
+        hit = x.data == out
+        w = hit / hit.sum(axis=ctx.dims, keepdims=True).astype(x.data.dtype)
+        return _unreduce(g, x.shape, ctx.dims, ctx.keepdim) * _make(w.astype(x.data.dtype), x._device), None, None, None
+
+
+class TakeAlong(Function):
+    """values = x at ``index`` along ``dim`` (max/min with indices); the gradient goes to those positions only."""
+    @staticmethod
+    def forward(ctx, x, index, dim, keepdim):
+        ctx.shape, ctx.index, ctx.dim, ctx.keepdim = x.data.shape, index, dim, keepdim
+        out = ctx.xp.take_along_axis(x.data, index, axis=dim)
+        return out if keepdim else out.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = ctx.xp
+        hot = xp.zeros(ctx.shape, dtype=g.data.dtype)
+        xp.put_along_axis(hot, ctx.index, 1, axis=ctx.dim)
+        return _unreduce(g, ctx.shape, (ctx.dim,), ctx.keepdim) * _make(hot, ctx.device), None, None, None
+
+
+class Logsumexp(Function):
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, dims, keepdim):
+        ctx.save_for_backward(x)
+        ctx.dims, ctx.keepdim = dims, keepdim
+        xp, d = ctx.xp, x.data
+        m = d.max(axis=dims, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)  # all -inf (or inf) along a row: leave the shift out
+        out = xp.log(xp.exp(d - m).sum(axis=dims, keepdims=True)) + m
+        return out if keepdim else out.squeeze(dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = ctx.output
+        if not ctx.keepdim:
+            out = out.reshape(_kept_shape(x.shape, ctx.dims))
+            g = g.reshape(_kept_shape(x.shape, ctx.dims))
+        return g * (x - out).exp(), None, None
+
+
+class Softmax(Function):
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, dim):
+        ctx.dim = dim
+        xp, d = ctx.xp, x.data
+        e = xp.exp(d - d.max(axis=dim, keepdims=True))
+        return e / e.sum(axis=dim, keepdims=True)
+
+    @staticmethod
+    def backward(ctx, g):
+        y = ctx.output
+        gy = g * y
+        return gy - y * gy.sum(ctx.dim, keepdim=True), None
+
+
+class LogSoftmax(Function):
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, dim):
+        ctx.dim = dim
+        xp, d = ctx.xp, x.data
+        shifted = d - d.max(axis=dim, keepdims=True)
+        return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g - ctx.output.exp() * g.sum(ctx.dim, keepdim=True), None
+
+
+# ---- public functions ------------------------------------------------------------------------------------------------
+@register()
+def sum(x, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = x.to(dtype)
+    return Sum.apply(x, normalize_dims(dim, x.data.ndim, "sum"), keepdim)
+
+
+@register()
+def mean(x, dim=None, keepdim=False):
+    dims = normalize_dims(dim, x.data.ndim, "mean")
+    if x.data.dtype.kind != "f":
+        raise TypeError(f"mean: needs a floating tensor, got dtype {x.dtype}")
+    n = 1
+    for d in dims:
+        n *= x.data.shape[d]
+    return Sum.apply(x, dims, keepdim) * (1.0 / n if n else float("nan"))
+
+
+@register()
+def var(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
+    """Variance over ``dim``; unbiased (divides by n - 1) unless ``correction=0`` or ``unbiased=False``."""
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    dims = normalize_dims(dim, x.data.ndim, "var")
+    n = 1
+    for d in dims:
+        n *= x.data.shape[d]
+    centred = x - mean(x, dims, keepdim=True)
+    return sum(centred * centred, dims, keepdim) * (1.0 / (n - correction) if n > correction else float("nan"))
+
+
+@register()
+def std(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
+    return var(x, dim, keepdim, correction=correction, unbiased=unbiased).sqrt()
+
+
+def _max_min(x, dim, keepdim, largest, name):
+    from ..tensor import Tensor
+    if isinstance(dim, Tensor):  # tinygen.max(a, b) is the elementwise maximum, as in PyTorch
+        from .elementwise import maximum, minimum
+        return maximum(x, dim) if largest else minimum(x, dim)
+    if x.data.size == 0:
+        raise RuntimeError(f"{name}: cannot reduce an empty tensor of shape {x.shape}")
+    if dim is None or not isinstance(dim, int):
+        return Amax.apply(x, normalize_dims(dim, x.data.ndim, name), keepdim, largest)
+    (axis,) = normalize_dims(dim, x.data.ndim, name)
+    xp = x.xp
+    idx = (xp.argmax if largest else xp.argmin)(x.data, axis=axis)
+    index = xp.expand_dims(idx, axis)
+    values = TakeAlong.apply(x, index, axis, keepdim)
+    return ValuesIndices(values, _make(index if keepdim else idx, x._device))
+
+
+@register()
+def max(x, dim=None, keepdim=False):
+    """``x.max()`` is the largest value; ``x.max(dim)`` gives (values, indices); ``max(a, b)`` is elementwise."""
+    return _max_min(x, dim, keepdim, True, "max")
+
+
+@register()
+def min(x, dim=None, keepdim=False):
+    return _max_min(x, dim, keepdim, False, "min")
+
+
+@register()
+def amax(x, dim=None, keepdim=False):
+    return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amax"), keepdim, True)
+
+
+@register()
+def amin(x, dim=None, keepdim=False):
+    return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amin"), keepdim, False)
+
+
+@register()
+def argmax(x, dim=None, keepdim=False):
+    xp = x.xp
+    if dim is None:
+        return _make(xp.asarray(xp.argmax(x.data)), x._device)
+    (axis,) = normalize_dims(dim, x.data.ndim, "argmax")
+    out = xp.argmax(x.data, axis=axis)
+    return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
+
+
+@register()
+def argmin(x, dim=None, keepdim=False):
+    xp = x.xp
+    if dim is None:
+        return _make(xp.asarray(xp.argmin(x.data)), x._device)
+    (axis,) = normalize_dims(dim, x.data.ndim, "argmin")
+    out = xp.argmin(x.data, axis=axis)
+    return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
+
+
+@register()
+def logsumexp(x, dim, keepdim=False):
+    return Logsumexp.apply(x, normalize_dims(dim, x.data.ndim, "logsumexp"), keepdim)
+
+
+def _one_dim(dim, x, op):
+    if dim is None:
+        raise TypeError(f"{op}: dim must be given (as in PyTorch)")
+    return normalize_dims(dim, x.data.ndim, op)[0]
+
+
+@register()
+def softmax(x, dim):
+    return Softmax.apply(x, _one_dim(dim, x, "softmax"))
+
+
+@register()
+def log_softmax(x, dim):
+    return LogSoftmax.apply(x, _one_dim(dim, x, "log_softmax"))

@@ -1,0 +1,106 @@
+"""Random tensors, reproducible with ``manual_seed``. Each device has its own generator, seeded together."""
+import numpy as np
+
+from . import backend, dtypes
+from .tensor import _make, _size, get_default_dtype
+
+_seed = None
+_generators = {}
+
+
+def manual_seed(seed):
+    """Seed every random draw of tinygen (all devices). Two runs with the same seed draw the same numbers."""
+    global _seed
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"manual_seed: seed must be a non-negative integer, got {seed!r}")
+    _seed = int(seed)
+    _generators.clear()
+
+
+def initial_seed():
+    return _seed
+
+
+def generator(device="cpu"):
+    """The generator of a device (a NumPy or CuPy ``Generator``)."""
+    g = _generators.get(device)
+    if g is None:
+        xp = backend.array_module(device)
+        g = _generators[device] = xp.random.default_rng(_seed)
+    return g
+
+
+def get_rng_state():
+    """The CPU generator's state (a dict of plain values), for checkpoints."""
+    return generator("cpu").bit_generator.state
+
+
+def set_rng_state(state):
+    generator("cpu").bit_generator.state = state
+
+
+def _float(dtype):
+    dt = dtypes.as_dtype(dtype) if dtype is not None else get_default_dtype()
+    if dt.kind != "f":
+        raise TypeError(f"random floats need a floating dtype, got {dt.name}")
+    return dt
+
+
+def _out(data, device, requires_grad):
+    t = _make(data, device)
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def randn(*size, dtype=None, device="cpu", requires_grad=False):
+    """Standard normal samples."""
+    device = backend.normalize_device(device)
+    dt = _float(dtype)
+    g = generator(device)
+    data = g.standard_normal(_size(size), dtype=dt) if dt != dtypes.float16 else \
+        g.standard_normal(_size(size), dtype=dtypes.float32).astype(dt)
+    return _out(data, device, requires_grad)
+
+
+def rand(*size, dtype=None, device="cpu", requires_grad=False):
+    """Uniform samples in [0, 1)."""
+    device = backend.normalize_device(device)
+    dt = _float(dtype)
+    g = generator(device)
+    data = g.random(_size(size), dtype=dt) if dt != dtypes.float16 else \
+        g.random(_size(size), dtype=dtypes.float32).astype(dt)
+    return _out(data, device, requires_grad)
+
+
+def randint(low, high=None, size=(), dtype=None, device="cpu"):
+    """Integers in [low, high)."""
+    if high is None:
+        low, high = 0, low
+    device = backend.normalize_device(device)
+    dt = dtypes.as_dtype(dtype) if dtype is not None else dtypes.int64
+    return _make(generator(device).integers(low, high, size=_size((size,)) if isinstance(size, int) else
+                                            _size(size), dtype=dt), device)
+
+
+def randperm(n, device="cpu"):
+    device = backend.normalize_device(device)
+    return _make(generator(device).permutation(n).astype(dtypes.int64), device)
+
+
+def randn_like(t, dtype=None, device=None, requires_grad=False):
+    return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def rand_like(t, dtype=None, device=None, requires_grad=False):
+    return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
+
+
+def normal(mean, std, size, dtype=None, device="cpu"):
+    return randn(size, dtype=dtype, device=device) * std + mean
+
+
+def bernoulli(p):
+    """0/1 samples with probability ``p`` (a tensor), in ``p``'s dtype; not differentiable."""
+    u = generator(p.device).random(p.shape, dtype=p.dtype if p.dtype.kind == "f" else dtypes.float32)
+    return _make((u < p.data).astype(p.dtype), p.device)
