@@ -1,0 +1,432 @@
+"""Optimizers and LR schedulers without PyTorch: update rules in closed form, groups, state_dict, errors, devices."""
+import math
+
+import numpy as np
+import pytest
+
+import tinygen
+import tinygen.optim as optim
+from tinygen.optim import lr_scheduler
+from tinygen.serialization import load, save
+
+SHAPES = [(6, 4), (6,), (3, 6), (3,)]
+
+
+def make_params(dtype=np.float64, seed=0, device="cpu"):
+    rng = np.random.default_rng(seed)
+    return [tinygen.tensor((rng.standard_normal(s) / math.sqrt(s[-1])).astype(dtype), device=device,
+                           requires_grad=True) for s in SHAPES]
+
+
+def make_batches(n, dtype=np.float64, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((8, 4)).astype(dtype), rng.standard_normal((8, 3)).astype(dtype)) for _ in range(n)]
+
+
+def loss_fn(params, x, y, sign=1.0):
+    W1, b1, W2, b2 = params
+    out = tinygen.tanh(x @ W1.T + b1) @ W2.T + b2
+    return ((out - y) ** 2).mean() * sign
+
+
+def train(params, opt, batches, sign=1.0, device="cpu"):
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(params, tinygen.tensor(x, device=device), tinygen.tensor(y, device=device), sign).backward()
+        opt.step()
+
+
+def host(t):
+    return t.detach().cpu().numpy()
+
+
+OPTIMIZERS = [
+    ("sgd", optim.SGD, dict(lr=0.1)),
+    ("sgd_momentum", optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
+    ("sgd_nesterov", optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("adam", optim.Adam, dict(lr=1e-2, weight_decay=1e-2)),
+    ("adam_amsgrad", optim.Adam, dict(lr=1e-2, amsgrad=True)),
+    ("adamw", optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    ("rmsprop", optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True, weight_decay=1e-2)),
+]
+
+
+# ---- update rules in closed form -------------------------------------------------------------------------------------
+def test_sgd_step_is_in_place_and_builds_no_graph():
+    params = make_params()
+    arrays = [p.data for p in params]
+    before = [p.data.copy() for p in params]
+    opt = optim.SGD(params, lr=0.5)
+    x, y = make_batches(1)[0]
+    loss_fn(params, tinygen.tensor(x), tinygen.tensor(y)).backward()
+    grads = [p.grad.data.copy() for p in params]
+    opt.step()
+    for p, arr, b, g in zip(params, arrays, before, grads):
+        assert p.data is arr  # updated in place: other holders of the array see the new values
+        assert p.is_leaf and p.requires_grad
+        np.testing.assert_array_equal(p.data, b - 0.5 * g)
+    assert opt.state == {}  # plain SGD keeps no state, as PyTorch
+
+
+def test_sgd_momentum_buffer_starts_at_the_gradient():
+    p = tinygen.tensor([1.0, -2.0, 3.0], dtype="float64", requires_grad=True)
+    opt = optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.5)
+    g1, g2 = np.array([0.5, 1.0, -1.5]), np.array([-1.0, 2.0, 0.25])
+    p.grad = tinygen.tensor(g1)
+    opt.step()
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"].numpy(), g1)  # no dampening on step 1
+    np.testing.assert_array_equal(p.data, np.array([1.0, -2.0, 3.0]) - 0.1 * g1)
+    p.grad = tinygen.tensor(g2)
+    opt.step()
+    buf = 0.9 * g1 + 0.5 * g2
+    np.testing.assert_allclose(opt.state[p]["momentum_buffer"].numpy(), buf, rtol=1e-15)
+    np.testing.assert_allclose(p.data, np.array([1.0, -2.0, 3.0]) - 0.1 * g1 - 0.1 * buf, rtol=1e-15)
+
+
+def test_adam_first_steps_match_the_formula():
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(5)
+    p = tinygen.tensor(p0, requires_grad=True)
+    lr, b1, b2, eps = 1e-2, 0.8, 0.95, 1e-3
+    opt = optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps)
+    m = v = np.zeros(5)
+    expect = p0.copy()
+    for step in (1, 2, 3):
+        g = rng.standard_normal(5)
+        p.grad = tinygen.tensor(g)
+        opt.step()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        expect = expect - lr / (1 - b1 ** step) * m / (np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps)
+        np.testing.assert_allclose(p.data, expect, rtol=1e-13)
+    assert opt.state[p]["step"] == 3
+    np.testing.assert_allclose(opt.state[p]["exp_avg"].numpy(), m, rtol=1e-13)
+    np.testing.assert_allclose(opt.state[p]["exp_avg_sq"].numpy(), v, rtol=1e-13)
+
+
+def test_adamw_decay_is_decoupled_from_the_gradient():
+    p0 = np.array([1.0, -2.0, 4.0])
+    p = tinygen.tensor(p0, requires_grad=True)
+    opt = optim.AdamW([p], lr=0.1, weight_decay=0.5)
+    p.grad = tinygen.zeros(3, dtype="float64")
+    opt.step()  # zero gradient: Adam's move is 0, only the decay acts
+    np.testing.assert_array_equal(p.data, p0 * (1 - 0.1 * 0.5))
+    q = tinygen.tensor(p0, requires_grad=True)
+    adam = optim.Adam([q], lr=0.1, weight_decay=0.5)  # L2 in the gradient: Adam normalises it away
+    q.grad = tinygen.zeros(3, dtype="float64")
+    adam.step()
+    np.testing.assert_allclose(q.data, p0 - 0.1 * np.sign(p0), rtol=1e-6)
+
+
+def test_rmsprop_first_step_matches_the_formula():
+    p0, g = np.array([0.5, -1.0]), np.array([2.0, -0.5])
+    p = tinygen.tensor(p0, requires_grad=True)
+    opt = optim.RMSprop([p], lr=0.01, alpha=0.9, eps=1e-6, centered=True)
+    p.grad = tinygen.tensor(g)
+    opt.step()
+    s, a = 0.1 * g * g, 0.1 * g
+    np.testing.assert_allclose(p.data, p0 - 0.01 * g / (np.sqrt(s - a * a) + 1e-6), rtol=1e-14)
+    assert set(opt.state[p]) == {"step", "square_avg", "grad_avg"}
+
+
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_maximize_equals_minimizing_the_negated_loss(name, cls, kw):
+    batches = make_batches(15)
+    a, b = make_params(), make_params()
+    train(a, cls(a, **kw), batches)
+    train(b, cls(b, maximize=True, **kw), batches, sign=-1.0)
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_float32_parameters_stay_float32(name, cls, kw):
+    params = make_params(np.float32)
+    opt = cls(params, **kw)
+    train(params, opt, make_batches(3, np.float32))
+    assert all(p.dtype == np.float32 for p in params)
+    for s in opt.state.values():
+        assert all(v.dtype == np.float32 for v in s.values() if isinstance(v, tinygen.Tensor))
+    assert all(np.isfinite(p.data).all() for p in params)
+
+
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_device_run_matches_cpu(name, cls, kw, device):
+    batches = make_batches(5)
+    ref = make_params()
+    train(ref, cls(ref, **kw), batches)
+    params = make_params(device=device)
+    opt = cls(params, **kw)
+    train(params, opt, batches, device=device)
+    for p, r in zip(params, ref):
+        assert p.device == device
+        np.testing.assert_array_equal(host(p), r.data)
+    for s in opt.state.values():
+        assert all(v.device == device for v in s.values() if isinstance(v, tinygen.Tensor))
+
+
+def test_parameters_without_gradient_are_skipped():
+    a, b = make_params()[:2]
+    b0 = b.data.copy()
+    opt = optim.Adam([a, b], lr=0.1)
+    a.grad = tinygen.ones_like(a)
+    opt.step()
+    np.testing.assert_array_equal(b.data, b0)
+    assert b not in opt.state and a in opt.state
+
+
+def test_gradient_of_the_wrong_shape_is_an_error():
+    p = tinygen.zeros(3, requires_grad=True)
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = tinygen.zeros(4)
+    with pytest.raises(RuntimeError, match=r"shape \(3,\).*\(4,\)"):
+        opt.step()
+
+
+def test_step_with_closure_returns_the_loss():
+    params = make_params()
+    opt = optim.SGD(params, lr=0.1)
+    x, y = (tinygen.tensor(a) for a in make_batches(1)[0])
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(params, x, y)
+        loss.backward()
+        return loss
+
+    with tinygen.no_grad():  # the closure still records its graph
+        first = opt.step(closure)
+    second = opt.step(closure)
+    assert second.item() < first.item()
+
+
+# ---- zero_grad -----------------------------------------------------------------------------------------------------
+def test_zero_grad_set_to_none_and_in_place():
+    params = make_params()
+    opt = optim.SGD(params, lr=0.1)
+    x, y = (tinygen.tensor(a) for a in make_batches(1)[0])
+    loss_fn(params, x, y).backward()
+    grads = [p.grad for p in params]
+    opt.zero_grad(set_to_none=False)
+    for p, g in zip(params, grads):
+        assert p.grad is g and not g.data.any()
+    loss_fn(params, x, y).backward()  # accumulates into the zeroed gradients
+    fresh = make_params()
+    loss_fn(fresh, x, y).backward()
+    for p, f in zip(params, fresh):
+        np.testing.assert_array_equal(p.grad.data, f.grad.data)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+# ---- parameter groups and argument checks ---------------------------------------------------------------------------
+def test_parameter_groups_take_missing_values_from_defaults():
+    W1, b1, W2, b2 = make_params()
+    opt = optim.SGD([{"params": [W1, b1], "lr": 0.5}, {"params": W2, "momentum": 0.9}], lr=0.1)
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["momentum"] == 0
+    assert opt.param_groups[1]["lr"] == 0.1 and opt.param_groups[1]["momentum"] == 0.9
+    opt.add_param_group({"params": [b2], "lr": 0.01})
+    assert len(opt.param_groups) == 3 and opt.param_groups[2]["params"] == [b2]
+    for p in (W1, b1, W2, b2):
+        p.grad = tinygen.ones_like(p)
+    before = [p.data.copy() for p in (W1, W2, b2)]
+    opt.step()
+    for p, b, lr in zip((W1, W2, b2), before, (0.5, 0.1, 0.01)):
+        np.testing.assert_allclose(p.data, b - lr, rtol=1e-15)
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda p: optim.SGD(p, lr=-0.1), ValueError, "lr=-0.1"),
+    (lambda p: optim.SGD(p, lr=float("nan")), ValueError, "lr=nan"),
+    (lambda p: optim.SGD(p, lr="fast"), TypeError, "lr must be a real number"),
+    (lambda p: optim.SGD(p, momentum=-0.5), ValueError, "momentum"),
+    (lambda p: optim.SGD(p, weight_decay=-1), ValueError, "weight_decay"),
+    (lambda p: optim.SGD(p, nesterov=True), ValueError, "Nesterov"),
+    (lambda p: optim.SGD(p, momentum=0.9, dampening=0.1, nesterov=True), ValueError, "Nesterov"),
+    (lambda p: optim.Adam(p, betas=(1.0, 0.999)), ValueError, r"betas\[0\]"),
+    (lambda p: optim.Adam(p, betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
+    (lambda p: optim.Adam(p, betas=0.9), ValueError, "pair"),
+    (lambda p: optim.Adam(p, eps=-1e-8), ValueError, "eps"),
+    (lambda p: optim.AdamW(p, lr=-1.0), ValueError, "AdamW.*lr"),
+    (lambda p: optim.RMSprop(p, alpha=-0.1), ValueError, "alpha"),
+    (lambda p: optim.RMSprop(p, momentum=-1), ValueError, "momentum"),
+    (lambda p: optim.SGD([{"params": p, "lr": -1.0}], lr=0.1), ValueError, "lr=-1.0"),
+])
+def test_bad_hyper_parameters(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make(make_params())
+
+
+def test_bad_parameter_lists():
+    params = make_params()
+    with pytest.raises(TypeError, match="single Tensor"):
+        optim.SGD(params[0], lr=0.1)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.Adam([], lr=0.1)
+    with pytest.raises(ValueError, match="more than once"):
+        optim.SGD([params[0], params[0]], lr=0.1)
+    with pytest.raises(ValueError, match="not a leaf"):
+        optim.SGD([params[0] * 2], lr=0.1)
+    with pytest.raises(TypeError, match="int64"):
+        optim.SGD([tinygen.arange(3)], lr=0.1)
+    with pytest.raises(TypeError, match="not a Tensor"):
+        optim.SGD([params[0], np.zeros(3)], lr=0.1)
+    with pytest.raises(TypeError, match="set"):
+        optim.SGD([{"params": set(params)}], lr=0.1)
+    opt = optim.SGD(params[:2], lr=0.1)
+    with pytest.raises(ValueError, match="already in another group"):
+        opt.add_param_group({"params": [params[1], params[2]]})
+    with pytest.raises(KeyError, match="'params'"):
+        opt.add_param_group({"lr": 0.1})
+
+
+# ---- state_dict ----------------------------------------------------------------------------------------------------
+def test_state_dict_layout():
+    W1, b1, W2, b2 = make_params()
+    opt = optim.Adam([{"params": [W1, b1]}, {"params": [W2, b2], "lr": 0.5}], lr=0.1, amsgrad=True)
+    for p in (W1, W2, b2):
+        p.grad = tinygen.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
+    assert sd["param_groups"][1]["lr"] == 0.5 and sd["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert sorted(sd["state"]) == [0, 2, 3]  # b1 had no gradient: no state
+    assert set(sd["state"][2]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert sd["state"][2]["exp_avg"] is opt.state[W2]["exp_avg"]  # PyTorch's semantics: not a copy
+    assert sd["state"][0]["step"] == 1
+
+
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_state_dict_resumes_training_exactly(name, cls, kw, tmp_path):
+    batches = make_batches(20)
+    ref = make_params()
+    ref_opt = cls([{"params": ref[:2]}, {"params": ref[2:], "lr": kw["lr"] / 2}], **kw)
+    train(ref, ref_opt, batches[:10])
+    save({"params": ref, "optim": ref_opt.state_dict()}, tmp_path / "ckpt.tg")
+    train(ref, ref_opt, batches[10:])
+
+    ck = load(tmp_path / "ckpt.tg")
+    params = [p.detach().requires_grad_() for p in ck["params"]]
+    opt = cls([{"params": params[:2]}, {"params": params[2:]}], **kw)
+    opt.load_state_dict(ck["optim"])
+    assert opt.param_groups[1]["lr"] == kw["lr"] / 2  # hyper-parameters come from the state dict
+    train(params, opt, batches[10:])
+    for p, r in zip(params, ref):
+        np.testing.assert_array_equal(p.data, r.data)
+
+
+def test_load_state_dict_copies_and_casts():
+    src = make_params()
+    opt = optim.SGD(src, lr=0.1, momentum=0.9)
+    for p in src:
+        p.grad = tinygen.ones_like(p)
+    opt.step()
+    dst = make_params(np.float32)
+    other = optim.SGD(dst, lr=0.1, momentum=0.9)
+    other.load_state_dict(opt.state_dict())
+    buf = other.state[dst[0]]["momentum_buffer"]
+    assert buf.dtype == np.float32
+    assert not np.shares_memory(buf.data, opt.state[src[0]]["momentum_buffer"].data)
+
+
+def test_load_state_dict_errors():
+    params = make_params()
+    opt = optim.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = tinygen.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    two = optim.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=0.1)
+    with pytest.raises(ValueError, match="1 parameter groups but the optimizer has 2"):
+        two.load_state_dict(sd)
+    fewer = optim.Adam(params[:3], lr=0.1)
+    with pytest.raises(ValueError, match="group 0 has 4 parameters in the state dict but 3"):
+        fewer.load_state_dict(sd)
+    swapped = optim.Adam([params[1], params[0], params[2], params[3]], lr=0.1)
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(6, 4\).*shape \(6,\)"):
+        swapped.load_state_dict(sd)
+    with pytest.raises(ValueError, match="'state' and 'param_groups'"):
+        opt.load_state_dict({"state": {}})
+    bad = {"state": {9: {}}, "param_groups": sd["param_groups"]}
+    with pytest.raises(ValueError, match="parameter 9"):
+        opt.load_state_dict(bad)
+
+
+# ---- LR schedulers -------------------------------------------------------------------------------------------------
+def lrs(sched, n):
+    out = [sched.get_last_lr()[0]]
+    for _ in range(n):
+        sched.optimizer.step()
+        sched.step()
+        out.append(sched.get_last_lr()[0])
+    return out
+
+
+def test_step_lr_and_exponential_lr_follow_their_closed_forms():
+    p = make_params()[:1]
+    got = lrs(lr_scheduler.StepLR(optim.SGD(p, lr=0.5), step_size=3, gamma=0.1), 10)
+    np.testing.assert_allclose(got, [0.5 * 0.1 ** (e // 3) for e in range(11)], rtol=1e-14)
+    got = lrs(lr_scheduler.ExponentialLR(optim.SGD(p, lr=0.5), gamma=0.9), 10)
+    np.testing.assert_allclose(got, [0.5 * 0.9 ** e for e in range(11)], rtol=1e-14)
+
+
+def test_cosine_annealing_follows_its_closed_form_over_several_periods():
+    p = make_params()[:1]
+    opt = optim.SGD(p, lr=0.2)
+    sched = lr_scheduler.CosineAnnealingLR(opt, T_max=5, eta_min=0.01)
+    got = lrs(sched, 23)
+    expect = [0.01 + (0.2 - 0.01) * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(24)]
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-15)
+    assert got[5] == pytest.approx(0.01) and got[10] == pytest.approx(0.2)
+    assert opt.param_groups[0]["lr"] == got[-1] and sched.last_epoch == 23
+
+
+def test_lambda_lr_per_group():
+    W1, b1 = make_params()[:2]
+    opt = optim.Adam([{"params": [W1], "lr": 1.0}, {"params": [b1], "lr": 0.1}])
+    sched = lr_scheduler.LambdaLR(opt, [lambda e: 1 / (1 + e), lambda e: 0.5 ** e])
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr() == [1.0 / 5, 0.1 * 0.5 ** 4]
+    with pytest.raises(ValueError, match="expected 2 lr_lambdas"):
+        lr_scheduler.LambdaLR(opt, [lambda e: 1.0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda o: lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    lambda o: lr_scheduler.ExponentialLR(o, gamma=0.8),
+    lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=1e-3),
+    lambda o: lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + e)),
+], ids=["step", "exponential", "cosine", "lambda"])
+def test_scheduler_state_dict_resumes_exactly(make, tmp_path):
+    opt = optim.SGD(make_params(), lr=0.3, momentum=0.9)
+    sched = make(opt)
+    lrs(sched, 5)
+    save({"optim": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "s.tg")
+    rest = lrs(sched, 9)
+
+    ck = load(tmp_path / "s.tg")
+    opt2 = optim.SGD(make_params(), lr=0.3, momentum=0.9)
+    opt2.load_state_dict(ck["optim"])
+    sched2 = make(opt2)
+    sched2.load_state_dict(ck["sched"])
+    assert sched2.last_epoch == 5
+    assert lrs(sched2, 9) == rest
+
+
+def test_scheduler_argument_errors():
+    opt = optim.SGD(make_params(), lr=0.1)
+    with pytest.raises(TypeError, match="expected a tinygen.optim.Optimizer"):
+        lr_scheduler.StepLR("sgd", step_size=2)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        lr_scheduler.StepLR(opt, step_size=0)
+    with pytest.raises(TypeError, match="T_max must be an int"):
+        lr_scheduler.CosineAnnealingLR(opt, T_max=2.5)
+    with pytest.raises(KeyError, match="initial_lr"):
+        lr_scheduler.ExponentialLR(opt, gamma=0.9, last_epoch=3)
+    with pytest.raises(TypeError, match="callable"):
+        lr_scheduler.LambdaLR(opt, 0.5)
+    sched = lr_scheduler.StepLR(opt, step_size=2)
+    with pytest.raises(ValueError, match="for 2 parameter groups"):
+        sched.load_state_dict({"last_epoch": 1, "base_lrs": [0.1, 0.2]})

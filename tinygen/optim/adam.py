@@ -1,0 +1,107 @@
+"""Adam and AdamW (decoupled weight decay), with PyTorch's update rule, including AMSGrad and maximize."""
+import numbers
+
+from ..tensor import _make
+from .optimizer import Optimizer, check_range, effective_grad, lerp_
+
+
+def _adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, work, *, lr, beta1, beta2, eps,
+                 weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    """One Adam step on arrays, in place on ``param`` and on the moment arrays. ``step`` counts from 1.
+
+        param *= 1 - lr * weight_decay                      (AdamW: decoupled decay)
+        g = ±grad (+ weight_decay * param)                  (Adam: L2 penalty in the gradient)
+        m = beta1 * m + (1 - beta1) * g                     (as a lerp)
+        v = beta2 * v + (1 - beta2) * g * g
+        v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
+        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    ``work`` holds two scratch arrays shaped like ``param``.
+    """
+    w0, w1 = work
+    if weight_decay and decoupled_weight_decay:
+        param *= 1 - lr * weight_decay
+        weight_decay = 0
+    g = effective_grad(xp, param, grad, weight_decay, maximize, w0)
+    lerp_(xp, exp_avg, g, 1 - beta1, w1)
+    exp_avg_sq *= beta2
+    xp.multiply(g, 1 - beta2, out=w1)
+    w1 *= g
+    exp_avg_sq += w1
+    if amsgrad:
+        xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second = max_exp_avg_sq
+    else:
+        second = exp_avg_sq
+    step_size = lr / (1 - beta1 ** step)
+    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    xp.sqrt(second, out=w1)
+    w1 /= bias_correction2_sqrt
+    w1 += eps
+    xp.divide(exp_avg, w1, out=w1)
+    w1 *= step_size
+    param -= w1
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), with PyTorch's update rule.
+
+    Args:
+        params: tensors to optimize, or parameter groups (dicts).
+        lr: learning rate.
+        betas: decay rates of the running averages of the gradient and of its square.
+        eps: added to the denominator, after the square root of the bias-corrected second moment.
+        weight_decay: L2 penalty added to the gradient (AdamW: decoupled decay of the parameters).
+        amsgrad: use the running maximum of the second moment (AMSGrad).
+        maximize: ascend the objective instead of descending it.
+        decoupled_weight_decay: decay the parameters directly (``param *= 1 - lr * weight_decay``) as AdamW does.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                 maximize=False, decoupled_weight_decay=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
+
+    def _validate(self, group):
+        name = type(self).__name__
+        check_range("lr", group["lr"], owner=name)
+        check_range("eps", group["eps"], owner=name)
+        check_range("weight_decay", group["weight_decay"], owner=name)
+        betas = group["betas"]
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) for b in betas)):
+            raise ValueError(f"{name}: betas must be a pair of numbers (beta1, beta2), got {betas!r}")
+        check_range("betas[0]", betas[0], 0.0, 1.0, owner=name)
+        check_range("betas[1]", betas[1], 0.0, 1.0, owner=name)
+
+    def _step_group(self, group):
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        weight_decay, amsgrad, maximize = group["weight_decay"], group["amsgrad"], group["maximize"]
+        decoupled = group["decoupled_weight_decay"]
+        state_of = self.state
+        for p in group["params"]:
+            grad = self._grad_of(p)
+            if grad is None:
+                continue
+            xp = p.xp
+            state = state_of.get(p)
+            if state is None:
+                state = state_of[p] = {"step": 0, "exp_avg": _make(xp.zeros_like(p.data), p._device),
+                                       "exp_avg_sq": _make(xp.zeros_like(p.data), p._device)}
+            if amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = _make(xp.zeros_like(p.data), p._device)
+            state["step"] = step = state["step"] + 1
+            _adam_update(xp, p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
+                         state["max_exp_avg_sq"].data if amsgrad else None, step, self._scratch(p, 2),
+                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, decoupled_weight_decay=decoupled)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``param *= 1 - lr * weight_decay`` each step,
+    instead of an L2 penalty in the gradient. Arguments as ``Adam``; ``weight_decay`` defaults to 1e-2."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                 maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, decoupled_weight_decay=True)

@@ -1,0 +1,278 @@
+"""``Optimizer``: parameter groups, per-parameter state, zero_grad, step and state_dict, as in PyTorch.
+
+A subclass supplies its defaults, ``_validate`` (hyper-parameter checks) and ``_step_group`` (the update of one
+group). The update itself works on raw arrays with the parameter's array module, in place, so it builds no graph
+and never leaves the parameter's device.
+"""
+import numbers
+
+from .. import backend
+from ..autograd.grad_mode import enable_grad
+from ..tensor import Tensor, _make
+
+
+class _Required:
+    """Marks a hyper-parameter without a default: every group must give it."""
+
+    def __repr__(self):
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+def check_range(name, value, low=0.0, high=None, owner="optimizer", high_open=True):
+    """Raise a clear ValueError unless low <= value (< high, or <= high when ``high_open`` is False)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r} ({type(value).__name__})")
+    ok = low <= value and (high is None or (value < high if high_open else value <= high))
+    if not ok:  # also catches NaN
+        bound = f"in [{low}, {high})" if high is not None and high_open else (
+            f"in [{low}, {high}]" if high is not None else f">= {low}")
+        raise ValueError(f"{owner}: invalid {name}={value!r}; it must be {bound}")
+
+
+class Optimizer:
+    """Base class of the optimizers.
+
+    ``params`` is an iterable of tensors, or of dicts (parameter groups) each with a ``"params"`` entry and its
+    own hyper-parameters; what a group does not give is taken from ``defaults``.
+
+    Attributes:
+      param_groups  list of dicts: ``"params"`` (list of tensors) and the group's hyper-parameters;
+      state         dict: parameter tensor -> its state (a dict of tinygen tensors and numbers);
+      defaults      the hyper-parameters given to the constructor.
+    """
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self._validate(self.defaults)
+        self.state = {}
+        self.param_groups = []
+        self._work = {}  # reusable scratch arrays for the updates; never part of the state
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of tensors or of dicts (parameter groups), got a single "
+                            "Tensor; wrap it in a list")
+        if isinstance(params, dict):
+            params = [params]
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        return "\n".join(lines) + "\n)"
+
+    # ---- parameter groups --------------------------------------------------------------------------------------------
+    def _validate(self, group):
+        """Check a group's hyper-parameters (overridden by each optimizer)."""
+
+    def add_param_group(self, param_group):
+        """Add a group of parameters (a dict with ``"params"``), e.g. layers unfrozen during fine-tuning."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise KeyError("a parameter group must have a 'params' entry")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError("parameter groups must hold parameters in a list (or another ordered sequence); "
+                            "a set's order changes between runs, which breaks state_dict")
+        else:
+            params = list(params)
+        where = f"parameter group {len(self.param_groups)}"
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__}: {where}, item {i} is a {type(p).__name__}, not a Tensor")
+            if p.grad_fn is not None:
+                raise ValueError(f"{type(self).__name__}: {where}, item {i} (shape {p.shape}) is not a leaf tensor "
+                                 f"(it was computed by {p.grad_fn.name()}); optimize the leaves it came from")
+            if p.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}: {where}, item {i} has dtype {p.dtype}; only floating "
+                                f"point tensors can be optimized")
+        ids = [id(p) for p in params]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{type(self).__name__}: {where} holds the same parameter more than once")
+        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        if taken.intersection(ids):
+            raise ValueError(f"{type(self).__name__}: some parameters of {where} are already in another group")
+
+        group = {k: v for k, v in param_group.items() if k != "params"}
+        for key, default in self.defaults.items():
+            if default is required and key not in group:
+                raise ValueError(f"{type(self).__name__}: {where} does not give '{key}', which has no default")
+            group.setdefault(key, default)
+        self._validate(group)
+        group["params"] = params
+        self.param_groups.append(group)
+
+    # ---- gradients ---------------------------------------------------------------------------------------------------
+    def zero_grad(self, set_to_none=True):
+        """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                elif g.grad_fn is not None or g._requires_grad:
+                    p.grad = _make(g.xp.zeros_like(g.data), g._device)  # a gradient with a graph is not reused
+                else:
+                    g.data.fill(0)
+
+    # ---- the update --------------------------------------------------------------------------------------------------
+    def step(self, closure=None):
+        """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates and returns the loss."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group):
+        raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")
+
+    @staticmethod
+    def _grad_of(p):
+        """The gradient array of ``p`` (None when it has none), checked against the parameter."""
+        g = p.grad
+        if g is None:
+            return None
+        data = g.data
+        if data.shape != p.data.shape or g._device != p._device:
+            raise RuntimeError(f"the gradient of a parameter of shape {p.shape} on {p.device} has shape "
+                               f"{g.shape} on {g.device}")
+        if data.dtype != p.data.dtype:
+            data = data.astype(p.data.dtype)
+        return data
+
+    def _scratch(self, p, count):
+        """``count`` work arrays shaped like parameter ``p``, reused across parameters and steps (not state)."""
+        data = p.data
+        key = (data.dtype, p._device)
+        size = data.size
+        bufs = self._work.get(key)
+        if bufs is None or len(bufs) < count or bufs[0].size < size:
+            n = max(size, bufs[0].size if bufs else 0)
+            xp = p.xp
+            bufs = self._work[key] = [xp.empty(n, dtype=data.dtype) for _ in range(max(count, len(bufs or ())))]
+        return [b[:size].reshape(data.shape) for b in bufs[:count]]
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """The optimizer's state in PyTorch's layout::
+
+            {"state": {index: {"step": ..., "exp_avg": tensor, ...}},
+             "param_groups": [{"lr": ..., ..., "params": [index, ...]}]}
+
+        Parameters are numbered in group order from 0. The state's tensors are the optimizer's own (not copies),
+        as in PyTorch: save them, or copy them, before training on if you need a snapshot.
+        """
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = []
+            for p in group["params"]:
+                index[id(p)] = len(index)
+                packed["params"].append(index[id(p)])
+            groups.append(packed)
+        state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()``: hyper-parameters of each group and each parameter's state (copied)."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            keys = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups', got {keys}")
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{name}.load_state_dict: the state dict has {len(saved_groups)} parameter groups but "
+                             f"the optimizer has {len(self.param_groups)}")
+        by_index = {}
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            saved_params = list(saved.get("params", ()))
+            if len(saved_params) != len(group["params"]):
+                raise ValueError(f"{name}.load_state_dict: parameter group {i} has {len(saved_params)} parameters "
+                                 f"in the state dict but {len(group['params'])} in the optimizer")
+            for idx, p in zip(saved_params, group["params"]):
+                by_index[idx] = p
+
+        new_state = {}
+        for idx, entry in state_dict["state"].items():
+            if idx not in by_index:
+                raise ValueError(f"{name}.load_state_dict: the state dict has state for parameter {idx!r}, which "
+                                 f"is in none of its parameter groups")
+            p = by_index[idx]
+            new_state[p] = {key: _state_value(value, p, f"{name}.load_state_dict: state[{idx!r}][{key!r}]")
+                            for key, value in entry.items()}
+
+        new_groups = []
+        for saved, group in zip(saved_groups, self.param_groups):
+            merged = {k: v for k, v in group.items() if k != "params"}
+            merged.update({k: v for k, v in saved.items() if k != "params"})
+            self._validate(merged)
+            merged["params"] = group["params"]
+            new_groups.append(merged)
+        self.state = new_state
+        self.param_groups = new_groups
+
+
+def _state_value(value, p, where):
+    """A copy of one saved state value for parameter ``p``: arrays become tensors on p's device (floats in p's
+    dtype); numbers pass through."""
+    if isinstance(value, Tensor):
+        data = value.data
+    elif hasattr(value, "shape") and hasattr(value, "dtype"):  # a NumPy (or device) array
+        data = value
+    else:
+        return value
+    if data.shape != p.data.shape and data.ndim != 0:
+        raise ValueError(f"{where} has shape {tuple(data.shape)} but the parameter has shape {p.shape}")
+    data = backend.to_device(data, p._device)
+    dtype = p.data.dtype if data.dtype.kind == "f" else data.dtype
+    return _make(data.astype(dtype, copy=True), p._device)
+
+
+# ---- array helpers shared by the updates -----------------------------------------------------------------------------
+def effective_grad(xp, param, grad, weight_decay, maximize, out):
+    """The gradient the update follows: ``grad`` (negated when maximizing) + ``weight_decay * param``.
+
+    Written into ``out`` when it differs from ``grad``; ``grad`` itself (the parameter's ``.grad``) is never
+    modified.
+    """
+    if weight_decay:
+        xp.multiply(param, weight_decay, out=out)
+        if maximize:
+            out -= grad
+        else:
+            out += grad
+        return out
+    if maximize:
+        return xp.negative(grad, out=out)
+    return grad
+
+
+def lerp_(xp, avg, target, weight, tmp):
+    """``avg += weight * (target - avg)`` in place (a running average), in the two forms ``torch.lerp`` rounds
+    with (it switches at weight 0.5)."""
+    xp.subtract(target, avg, out=tmp)
+    if weight < 0.5:
+        tmp *= weight
+        avg += tmp
+    else:
+        tmp *= 1 - weight
+        xp.subtract(target, tmp, out=avg)
