@@ -51,7 +51,11 @@ def _vector_norm(xp, a, p):
 
 
 def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False):
-    """The norm of all ``tensors`` together (as if concatenated into one vector), as a 0-d tensor."""
+    """The ``norm_type``-norm of the vector of the tensors' own norms, as a 0-d tensor (as PyTorch).
+
+    For p > 0 and inf that is the norm of all entries together, as if concatenated into one vector; for
+    p = 0 it counts the tensors that have a non-zero entry.
+    """
     name = "get_total_norm"
     p = _norm_type(norm_type, name)
     tensors = [t for t in _as_list(tensors, name) if t is not None]
