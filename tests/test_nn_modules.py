@@ -253,10 +253,10 @@ def test_repr_tree():
         "    (0): ReLU()\n"
         "    (1): Dropout(p=0.25, inplace=False)\n"
         "  )\n"
-        "  (2): LayerNorm((3,), eps=1e-05, elementwise_affine=True)\n"
+        "  (2): LayerNorm((3,), eps=1e-05, elementwise_affine=True, bias=True)\n"
         ")")
     assert repr(nn.Linear(2, 3, bias=False)) == "Linear(in_features=2, out_features=3, bias=False)"
-    assert repr(nn.BatchNorm1d(4)) == "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    assert repr(nn.BatchNorm1d(4)) == "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
     assert repr(nn.Embedding(10, 3)) == "Embedding(10, 3)"
     assert repr(nn.CrossEntropyLoss()) == "CrossEntropyLoss()"
 
@@ -447,3 +447,11 @@ def test_model_state_dict_roundtrip_across_devices(device):
     b.load_state_dict(a.state_dict())
     assert b[0].weight.device == device
     np.testing.assert_array_equal(b[1].running_mean.cpu().numpy(), a[1].running_mean.numpy())
+
+
+def test_softplus_slope_is_one_above_the_threshold():
+    # regression: the backward used sigmoid(beta * x) everywhere, but above the threshold the forward is x
+    x = tg.tensor([-1.0, 0.2, 0.6, 3.0], dtype=tg.float64, requires_grad=True)
+    nn.Softplus(beta=2.0, threshold=1.0)(x).sum().backward()
+    bx = 2.0 * np.array([-1.0, 0.2])
+    np.testing.assert_allclose(x.grad.numpy(), np.r_[1 / (1 + np.exp(-bx)), 1.0, 1.0], rtol=1e-12)

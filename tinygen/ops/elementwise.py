@@ -161,7 +161,7 @@ class Softplus(Function):
     @staticmethod
     def forward(ctx, x, beta, threshold):
         ctx.save_for_backward(x)
-        ctx.beta = beta
+        ctx.beta, ctx.threshold = beta, threshold
         xp, d = ctx.xp, x.data
         bx = d * d.dtype.type(beta)
         soft = xp.logaddexp(d.dtype.type(0), bx) / d.dtype.type(beta)  # log(1 + e^bx) without overflow
@@ -170,7 +170,9 @@ class Softplus(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * (x * ctx.beta).sigmoid(), None, None
+        bx = x * ctx.beta
+        # above the threshold the forward is x itself, so the slope there is exactly 1 (as PyTorch)
+        return g * where(bx > ctx.threshold, 1.0, bx.sigmoid()), None, None
 
 
 class Clamp(Function):
