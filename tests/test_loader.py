@@ -168,6 +168,11 @@ def test_cuda_batches_match_cpu_batches(device):
         np.testing.assert_array_equal(xd.cpu().numpy(), xc.numpy())
         np.testing.assert_array_equal(yd.cpu().numpy(), yc.numpy())
         np.testing.assert_array_equal(xt.cpu().numpy(), 2 * xc.numpy())
+    # Writing into a batch must not reach the copy of the dataset kept on the device.
+    ordered = data.DataLoader((x, y), batch_size=6, device=device)
+    first = next(iter(ordered))[0]
+    first.data[...] = -1
+    np.testing.assert_array_equal(next(iter(ordered))[0].cpu().numpy(), x[:6])
 
 
 def test_bad_inputs_are_named():

@@ -100,8 +100,9 @@ def download_mnist(dest, mirrors=None, timeout=30.0, splits=("train", "test"), p
     splits: which splits to fetch ("train", "test").
     progress: True for a status line on stderr, False for silence, or a text stream to write to.
 
-    Raises ``DownloadError`` listing each mirror's failure when no mirror gives a file with a known SHA-256
-    (a corrupt download is deleted, never left in ``dest``).
+    Raises ``DownloadError`` listing each mirror's failure when no mirror gives a file with a known SHA-256.
+    A download with the wrong hash is deleted; one cut off mid-transfer stays as ``<name>.part`` and is
+    resumed by the next mirror or the next call. Only verified files ever get their final names.
     """
     stream = sys.stderr if progress is True else (progress or None)
     mirrors = list(MIRRORS if mirrors is None else mirrors)

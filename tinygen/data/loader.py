@@ -156,8 +156,10 @@ class DataLoader:
                 outs.append(_make(self._cast(a[index], copy=True), "cpu"))
             else:
                 d = self._on_device()[i]
-                idx = index if order is None else backend.array_module(self.device).asarray(index)
-                outs.append(_make(d[idx], self.device))
+                if order is None:
+                    outs.append(_make(d[index].copy(), self.device))  # a slice is a view: copy it
+                else:
+                    outs.append(_make(d[backend.array_module(self.device).asarray(index)], self.device))
         return outs[0] if self._single else tuple(outs)
 
     def _cast(self, x, copy):
