@@ -18,5 +18,7 @@ from .ops import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_
 from .random import manual_seed, randn, rand, randint, randperm, randn_like, rand_like, normal, bernoulli
 from .backend import is_available
 from . import viz
+from .serialization import save, load
+from . import nn, optim, data  # noqa: E402 - they build on everything above
 
 __version__ = "0.1.0"
