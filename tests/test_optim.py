@@ -430,3 +430,31 @@ def test_scheduler_argument_errors():
     sched = lr_scheduler.StepLR(opt, step_size=2)
     with pytest.raises(ValueError, match="for 2 parameter groups"):
         sched.load_state_dict({"last_epoch": 1, "base_lrs": [0.1, 0.2]})
+
+
+def test_a_user_defined_optimizer_on_the_base_class():
+    from tinygen.optim.optimizer import Optimizer, check_range, required
+
+    class SignSGD(Optimizer):
+        def __init__(self, params, lr=required):
+            super().__init__(params, dict(lr=lr))
+
+        def _validate(self, group):
+            check_range("lr", group["lr"], owner="SignSGD")
+
+        def _step_group(self, group):
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.data -= group["lr"] * p.xp.sign(p.grad.data)
+
+    a, b = make_params()[:2]
+    with pytest.raises(ValueError, match="group 0 does not give 'lr'"):
+        SignSGD([a])
+    opt = SignSGD([{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.25}])
+    a0, b0 = a.data.copy(), b.data.copy()
+    a.grad, b.grad = tinygen.ones_like(a), -tinygen.ones_like(b)
+    opt.step()
+    np.testing.assert_array_equal(a.data, a0 - 0.5)
+    np.testing.assert_array_equal(b.data, b0 + 0.25)
+    with pytest.raises(ValueError, match="SignSGD: invalid lr=-1"):
+        opt.add_param_group({"params": [make_params()[0]], "lr": -1})

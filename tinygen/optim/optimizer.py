@@ -21,14 +21,12 @@ class _Required:
 required = _Required()
 
 
-def check_range(name, value, low=0.0, high=None, owner="optimizer", high_open=True):
-    """Raise a clear ValueError unless low <= value (< high, or <= high when ``high_open`` is False)."""
+def check_range(name, value, low=0.0, high=None, owner="optimizer"):
+    """Raise a clear error unless ``value`` is a real number with low <= value (< high when given)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {value!r} ({type(value).__name__})")
-    ok = low <= value and (high is None or (value < high if high_open else value <= high))
-    if not ok:  # also catches NaN
-        bound = f"in [{low}, {high})" if high is not None and high_open else (
-            f"in [{low}, {high}]" if high is not None else f">= {low}")
+    if not (low <= value and (high is None or value < high)):  # written so that NaN fails too
+        bound = f">= {low}" if high is None else f"in [{low}, {high})"
         raise ValueError(f"{owner}: invalid {name}={value!r}; it must be {bound}")
 
 
@@ -46,7 +44,8 @@ class Optimizer:
 
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
-        self._validate(self.defaults)
+        if not any(v is required for v in self.defaults.values()):
+            self._validate(self.defaults)  # bad constructor arguments fail here, whatever the groups give
         self.state = {}
         self.param_groups = []
         self._work = {}  # reusable scratch arrays for the updates; never part of the state
