@@ -1,0 +1,364 @@
+"""What every training script needs besides the model: a progress bar, a metrics log, and checkpoints that resume.
+
+    bar = Progress(len(loader), desc="epoch 1/10")            # on stderr; one summary line when not a terminal
+    for x, y in loader: ...; bar.update(loss=3.2)
+    bar.close()
+    log = MetricsLog(out / "metrics.jsonl"); log.write(epoch=1, train_loss=3.2)
+    save_checkpoint(out / "checkpoint.npz", "vae", config, epoch=1, modules={"model": m},
+                    optimizers={"adam": opt}, loaders={"train": loader})
+    ckpt = load_checkpoint(out / "checkpoint.npz", config)     # checks the config matches
+    restore_checkpoint(ckpt, modules=..., optimizers=..., loaders=...)  # also the random generators
+
+Exact resume: a checkpoint holds the model, optimizer and scheduler states, the DataLoader position (its order
+and augmentations derive from its seed), the state of tinygen's random generators and the run's config. A run
+that builds its model with the same seed, restores all of it and continues draws exactly the numbers the
+uninterrupted run would have drawn, so it ends with the same parameters.
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+from .. import random as _random
+from ..serialization import load, save
+from ..tensor import Tensor
+
+CHECKPOINT_FORMAT = 1
+
+
+# ---- progress bar ----------------------------------------------------------------------------------------------------
+def _clock(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class Progress:
+    """A progress bar on stderr with the rate and the time left.
+
+    On a terminal it redraws one line (at most every ``min_interval`` seconds). When stderr is not a terminal (a
+    log file, CI) it writes a plain line every ``log_interval`` seconds and one at the end, so logs stay
+    readable. ``quiet=True`` writes nothing. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, total, desc="", unit="it", quiet=False, stream=None, min_interval=0.1, log_interval=30.0):
+        if total is not None and (not isinstance(total, (int, np.integer)) or total < 0):
+            raise ValueError(f"Progress: total must be a non-negative int or None, got {total!r}")
+        self.total = None if total is None else int(total)
+        self.desc, self.unit, self.quiet = desc, unit, quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_interval = min_interval if self.tty else log_interval
+        self.n = 0
+        self.postfix = {}
+        self.start = self._last = time.perf_counter()
+        self._width = 0
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    def update(self, n=1, **postfix):
+        """Count ``n`` more steps; keyword values (e.g. ``loss=1.5``) are shown after the bar."""
+        self.n += n
+        self.postfix.update(postfix)
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.min_interval:
+            self._last = now
+            self._draw(final=False)
+
+    def set_postfix(self, **postfix):
+        self.postfix.update(postfix)
+
+    def line(self):
+        """The current state as text: ``desc  42/100 [00:03<00:04, 13.1 it/s] loss=1.5``."""
+        elapsed = self.elapsed
+        rate = self.n / elapsed if elapsed > 0 else float("nan")
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            frac = min(self.n / self.total, 1.0)
+            if self.tty:
+                filled = int(round(20 * frac))
+                parts.append("|" + "#" * filled + "." * (20 - filled) + "|")
+            left = (self.total - self.n) / rate if rate > 0 else float("nan")
+            parts.append(f"{self.n}/{self.total} [{_clock(elapsed)}<{_clock(max(left, 0.0))}, "
+                         f"{rate:.3g} {self.unit}/s]")
+        else:
+            parts.append(f"{self.n} [{_clock(elapsed)}, {rate:.3g} {self.unit}/s]")
+        parts.extend(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
+        return " ".join(parts)
+
+    def _draw(self, final):
+        text = self.line()
+        if self.tty:
+            pad = max(self._width - len(text), 0)
+            self._width = len(text)
+            self.stream.write("\r" + text + " " * pad + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self):
+        """Draw the final state (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.quiet:
+            self._draw(final=True)
+
+
+# ---- metrics log -----------------------------------------------------------------------------------------------------
+def _plain(value):
+    """A JSON-safe copy: NumPy scalars and 0-d arrays/tensors become numbers; NaN and inf become strings."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    elif isinstance(value, (np.ndarray, np.generic)) and value.size == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class MetricsLog:
+    """Append one JSON object per line to ``path`` (``metrics.jsonl``), flushed at once, so a crash loses nothing
+    and the file can be read while training runs (``read_metrics``)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def write(self, record=None, **fields):
+        """Append ``record`` (a dict) and/or keyword fields as one line; returns the record written."""
+        rec = dict(record or {})
+        rec.update(fields)
+        rec = _plain(rec)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+    def truncate_after(self, epoch):
+        """Drop records whose ``epoch`` is greater than ``epoch`` (written after the checkpoint a run resumes
+        from), so a resumed run does not list them twice."""
+        if not self.path.exists():
+            return
+        keep = [r for r in read_metrics(self.path) if not (isinstance(r.get("epoch"), int) and r["epoch"] > epoch)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+
+def read_metrics(path):
+    """The records of a JSON-lines file as a list of dicts (a half-written last line is ignored)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+    return out
+
+
+# ---- random generators -----------------------------------------------------------------------------------------------
+def rng_state(devices=("cpu",)):
+    """The state of tinygen's generator of each device (plain values), for a checkpoint.
+
+    The CPU state comes from ``tinygen.random.get_rng_state``; another device's generator is included when its
+    bit generator exposes a ``state`` (NumPy-style generators do; CuPy's may not, and is then left out).
+    """
+    out = {"cpu": _random.get_rng_state()}
+    for dev in devices:
+        if dev == "cpu":
+            continue
+        bitgen = getattr(_random.generator(dev), "bit_generator", None)
+        try:
+            out[dev] = dict(bitgen.state)
+        except (AttributeError, TypeError, NotImplementedError):
+            pass
+    return out
+
+
+def set_rng_state(state):
+    """Restore what ``rng_state`` returned."""
+    if not isinstance(state, dict) or "cpu" not in state:
+        raise ValueError(f"set_rng_state: expected a dict with a 'cpu' entry, got "
+                         f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    for dev, s in state.items():
+        if dev == "cpu":
+            _random.set_rng_state(s)
+        else:
+            _random.generator(dev).bit_generator.state = s
+
+
+@contextmanager
+def fork_rng(seed, devices=("cpu",)):
+    """Draw from generators seeded with ``seed`` inside the block, and give the previous streams back after it.
+
+    Evaluation inside a training run uses this, so it is reproducible by itself and does not shift the numbers
+    that training draws next (a run with evaluation switched off trains identically).
+    """
+    saved = rng_state(devices)
+    _random.set_rng_state(np.random.PCG64(seed).state)
+    others = {}
+    for dev in devices:
+        if dev != "cpu":
+            others[dev] = _random._generators.pop(dev, None)
+    try:
+        if others:  # a fresh generator for each other device, seeded from ``seed``
+            for i, dev in enumerate(others):
+                _random._generators[dev] = backend.array_module(dev).random.default_rng(seed + 1 + i)
+        yield
+    finally:
+        for dev, g in others.items():
+            if g is None:
+                _random._generators.pop(dev, None)
+            else:
+                _random._generators[dev] = g
+        set_rng_state({k: v for k, v in saved.items() if k == "cpu"})
+
+
+# ---- config ----------------------------------------------------------------------------------------------------------
+def config_from_args(args, drop=("command", "model", "resume", "quiet", "func")):
+    """The run's settings from an argparse Namespace as a dict of plain values (for checkpoints and logs)."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        if k in drop:
+            continue
+        if isinstance(v, Path):
+            v = str(v)
+        if isinstance(v, (list, tuple)):
+            v = list(v)
+        if v is None or isinstance(v, (bool, int, float, str, list)):
+            out[k] = v
+    return out
+
+
+def config_mismatch(saved, current, ignore=("epochs", "out", "device", "data", "quiet")):
+    """Keys whose values differ between a saved config and the current one (ignoring those a resumed run may
+    change), as ``[(key, saved_value, current_value)]``."""
+    diffs = []
+    for k in sorted(set(saved) | set(current)):
+        if k in ignore:
+            continue
+        a, b = saved.get(k, "<unset>"), current.get(k, "<unset>")
+        if a != b:
+            diffs.append((k, a, b))
+    return diffs
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, schedulers=None, loaders=None,
+                    extra=None, devices=("cpu",)):
+    """Write everything a run needs to continue to ``path`` (atomically: a crash keeps the previous file).
+
+    model_name: the model's name ("vae", "gan", "classifier"; what ``tinygen sample/eval`` dispatch on).
+    config: the run's settings (``config_from_args``), enough to rebuild the model.
+    epoch: the number of epochs completed.
+    modules / optimizers / schedulers / loaders: dicts name -> object with ``state_dict()``.
+    extra: any further plain values (e.g. the last metrics).
+    """
+    ckpt = {
+        "model": model_name,
+        "format": CHECKPOINT_FORMAT,
+        "config": dict(config),
+        "epoch": int(epoch),
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+        "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+        "loaders": {k: dl.state_dict() for k, dl in (loaders or {}).items()},
+        "rng": rng_state(devices),
+        "extra": _plain(dict(extra or {})),
+    }
+    save(ckpt, path)
+    return ckpt
+
+
+def load_checkpoint(path, config=None, model_name=None):
+    """Load a checkpoint written by ``save_checkpoint``, checking it is one (and for ``model_name`` if given).
+
+    With ``config``, raise ValueError naming every setting that differs from the saved run (a resumed run must
+    use the same model and data settings; the number of epochs, output folder and device may change).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint to resume from: '{path}' does not exist (train without --resume "
+                                f"first, or point --out at the folder of an earlier run)")
+    ckpt = load(path)
+    if not isinstance(ckpt, dict) or "modules" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"'{path}' is a tinygen file but not a training checkpoint (no 'modules'/'config')")
+    if model_name is not None and ckpt.get("model") != model_name:
+        raise ValueError(f"'{path}' is a checkpoint of model {ckpt.get('model')!r}, not {model_name!r}")
+    if config is not None:
+        diffs = config_mismatch(ckpt["config"], config)
+        if diffs:
+            desc = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs)
+            raise ValueError(f"can't resume from '{path}': the settings differ from the saved run ({desc})")
+    return ckpt
+
+
+def restore_checkpoint(ckpt, modules, optimizers=None, schedulers=None, loaders=None, restore_rng=True):
+    """Load a checkpoint's states into live objects (dicts name -> object, as given to ``save_checkpoint``);
+    returns the number of epochs completed. Raises KeyError naming a missing entry."""
+    groups = (("modules", modules), ("optimizers", optimizers), ("schedulers", schedulers), ("loaders", loaders))
+    for group, objects in groups:
+        saved = ckpt.get(group, {})
+        for name, obj in (objects or {}).items():
+            if name not in saved:
+                raise KeyError(f"the checkpoint has no {group[:-1]} '{name}' (it has: {sorted(saved)})")
+            obj.load_state_dict(saved[name])
+    if restore_rng and "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    return int(ckpt.get("epoch", 0))
+
+
+# ---- small helpers the models share -------------------------------------------------------------------------------
+def prepare_out_dir(out, resume=False):
+    """Create the output folder; refuse to overwrite an earlier run's checkpoint unless resuming (ValueError)."""
+    out = Path(out)
+    ckpt = out / "checkpoint.npz"
+    if not resume and ckpt.exists():
+        raise ValueError(f"'{out}' already holds a run ({ckpt.name}); pass --resume to continue it, or choose "
+                         f"another --out (or delete the folder) to start afresh")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_positive(name, value, allow_zero=False):
+    """Raise ValueError unless ``value`` is a positive (or non-negative) number; names the option."""
+    bad = value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+        or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)
+    if bad:
+        need = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name} must be {need} number, got {value!r}")
+    return value
