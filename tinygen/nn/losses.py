@@ -349,8 +349,8 @@ class CrossEntropyFunction(Function):
             if w_c is not None:
                 q = q * w_c
             loss = -(log_p * q).sum(axis=ax)
-            big_q = q.sum(axis=ax, keepdims=True)
             denom = xp.asarray(loss.size, dtype=d.dtype)
+            ctx.targets = (target, w_c)  # q depends on the target: rebuilt in backward with tinygen ops
         else:
             idx, w_t, valid = _picked(xp, target, weight, ignore_index, d.dtype, ax)
             loss = -(1.0 - smoothing) * w_t * xp.take_along_axis(log_p, idx, axis=ax).squeeze(ax)
@@ -359,11 +359,8 @@ class CrossEntropyFunction(Function):
                 loss = loss - smooth * ((smoothing / c) * valid)
             denom = w_t.sum()  # "mean" divides by the total weight of the counted targets, as PyTorch
             ctx.targets = (idx, w_t, valid, w_c)  # q is built in backward, only when a gradient is needed
-            q = big_q = None
         ctx.denom = denom
-        ctx.save_for_backward(z, _make(p, z.device), q if q is None else _make(q, z.device),
-                              big_q if big_q is None else _make(big_q, z.device),
-                              _make(log_p, z.device) if soft else None, weight)
+        ctx.save_for_backward(z, _make(p, z.device), _make(log_p, z.device) if soft else None)
         if reduction == "mean":
             with _quiet(xp):  # every target ignored: 0 / 0 = nan, as PyTorch
                 return loss.sum() / denom
@@ -371,10 +368,9 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def backward(ctx, g):
-        z, p, q, big_q, log_p, weight = ctx.saved_tensors
+        z, p, log_p = ctx.saved_tensors
         need = ctx.next_edges
-        if q is None:
-            q, big_q = _hard_target_q(ctx, z)
+        q, big_q = _soft_target_q(ctx, z) if ctx.soft else _hard_target_q(ctx, z)
         g = _class_upstream(ctx, g)
         if STATE.grad_enabled:  # building a graph of the gradient: p (and log p) depend on z
             p = z.softmax(ctx.ax)
@@ -384,9 +380,20 @@ class CrossEntropyFunction(Function):
         gt = None
         if ctx.soft and need[1] is not None:  # probability targets: d loss / d target = -(1 - eps) w log p
             gt = -(log_p * g) * (1.0 - ctx.smoothing)
-            if weight is not None:
-                gt = gt * weight.reshape(_class_shape(z.ndim, ctx.ax, z.shape[ctx.ax]))
+            w_c = ctx.targets[1]
+            if w_c is not None:
+                gt = gt * _make(w_c, z.device)
         return gz, gt, None, None, None, None, None
+
+
+def _soft_target_q(ctx, z):
+    """q and Q = sum_c q_c for probability targets, as tinygen ops on the target (it may require grad)."""
+    target, w_c = ctx.targets
+    eps = ctx.smoothing
+    q = target * (1.0 - eps) + eps / z.shape[ctx.ax] if eps else target
+    if w_c is not None:
+        q = q * _make(w_c, z.device)
+    return q, q.sum(ctx.ax, keepdim=True)
 
 
 def _hard_target_q(ctx, z):
