@@ -185,6 +185,10 @@ def _max_min(x, dim, keepdim, largest, name):
         raise RuntimeError(f"{name}: cannot reduce an empty tensor of shape {x.shape}")
     if dim is None or not isinstance(dim, int):
         return Amax.apply(x, normalize_dims(dim, x.data.ndim, name), keepdim, largest)
+    if x.data.ndim == 0:  # dim 0 / -1 of a 0-d tensor: the value itself at index 0 (as PyTorch)
+        normalize_dims(dim, 0, name)
+        values, indices = _max_min(x.reshape(1), 0, False, largest, name)
+        return ValuesIndices(values.reshape(()), indices.reshape(()))
     (axis,) = normalize_dims(dim, x.data.ndim, name)
     xp = x.xp
     idx = (xp.argmax if largest else xp.argmin)(x.data, axis=axis)
@@ -219,6 +223,9 @@ def argmax(x, dim=None, keepdim=False):
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmax(x.data)), x._device)
+    if x.data.ndim == 0:
+        normalize_dims(dim, 0, "argmax")
+        return _make(xp.zeros((), dtype="int64"), x._device)
     (axis,) = normalize_dims(dim, x.data.ndim, "argmax")
     out = xp.argmax(x.data, axis=axis)
     return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
@@ -229,6 +236,9 @@ def argmin(x, dim=None, keepdim=False):
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmin(x.data)), x._device)
+    if x.data.ndim == 0:
+        normalize_dims(dim, 0, "argmin")
+        return _make(xp.zeros((), dtype="int64"), x._device)
     (axis,) = normalize_dims(dim, x.data.ndim, "argmin")
     out = xp.argmin(x.data, axis=axis)
     return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
@@ -242,14 +252,21 @@ def logsumexp(x, dim, keepdim=False):
 def _one_dim(dim, x, op):
     if dim is None:
         raise TypeError(f"{op}: dim must be given (as in PyTorch)")
-    return normalize_dims(dim, x.data.ndim, op)[0]
+    dims = normalize_dims(dim, x.data.ndim, op)
+    return dims[0] if dims else 0  # a 0-d tensor accepts dim 0 / -1
 
 
 @register()
 def softmax(x, dim):
-    return Softmax.apply(x, _one_dim(dim, x, "softmax"))
+    d = _one_dim(dim, x, "softmax")
+    if x.data.ndim == 0:  # a single class (as PyTorch)
+        return Softmax.apply(x.reshape(1), 0).reshape(())
+    return Softmax.apply(x, d)
 
 
 @register()
 def log_softmax(x, dim):
-    return LogSoftmax.apply(x, _one_dim(dim, x, "log_softmax"))
+    d = _one_dim(dim, x, "log_softmax")
+    if x.data.ndim == 0:
+        return LogSoftmax.apply(x.reshape(1), 0).reshape(())
+    return LogSoftmax.apply(x, d)

@@ -1,0 +1,741 @@
+"""The table of ops under test, and the harness that turns one table entry into concrete test inputs.
+
+Each ``OpSpec`` says once how to call an op (tinygen, NumPy reference, PyTorch), how many inputs it takes and
+whether they broadcast, which values are safe for it (away from kinks and domain edges), and which extra
+arguments to draw (dim, keepdim, an index, ...). The checks themselves live in ``test_ops_properties.py``
+(values, gradients, double gradients, aliasing, graph release, the "cuda" device) and ``test_ops_torch.py``
+(PyTorch parity). Adding an op means adding one entry to ``SPECS``.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
+
+import tinygen as tg
+from tinygen.tensor import _make
+
+
+# ---- values ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Domain:
+    """Where an input's values are drawn from.
+
+    kind "float":    uniform in [lo, hi], pushed at least ``margin`` away from each point in ``kinks``;
+    kind "distinct": all values at least ``margin`` apart (max/min reductions: no near-ties);
+    kind "lattice":  integer + ``offset`` + noise below ``margin``; two lattices with offsets 0 and 0.5 never
+                     come closer than 0.5 - 2 * margin (maximum/minimum of two tensors);
+    kind "bool":     random booleans (a condition; never differentiated).
+    """
+    lo: float = -2.0
+    hi: float = 2.0
+    kinks: tuple = ()
+    margin: float = 0.1
+    kind: str = "float"
+    offset: float = 0.0
+
+    @property
+    def differentiable(self):
+        return self.kind != "bool"
+
+    def sample(self, rng, shape):
+        if self.kind == "bool":
+            return np.asarray(rng.random(shape) < 0.5)
+        if self.kind == "distinct":
+            n = math.prod(shape)
+            spacing = 3 * self.margin
+            v = (rng.permutation(n) - (n - 1) / 2) * spacing + rng.uniform(-self.margin, self.margin, n)
+            return v.reshape(shape)
+        if self.kind == "lattice":
+            return np.asarray(rng.integers(-2, 3, shape) + self.offset + rng.uniform(-self.margin, self.margin, shape))
+        v = rng.uniform(self.lo, self.hi, shape)
+        for k in self.kinks:
+            d = v - k
+            near = np.abs(d) < self.margin
+            v = np.where(near, k + np.where(d >= 0, self.margin, -self.margin) + d, v)
+        return np.asarray(v, dtype=np.float64)
+
+
+ANY = Domain()
+POSITIVE = Domain(0.2, 3.0)
+AWAY_FROM_0 = Domain(-2.0, 2.0, kinks=(0.0,), margin=0.15)
+DISTINCT = Domain(kind="distinct")
+BOOL = Domain(kind="bool")
+
+
+# ---- shapes and extra arguments ---------------------------------------------------------------------------------
+# Mostly small non-empty shapes (0-d and size-1 axes included); sometimes an empty one.
+SHAPE = st.one_of(array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4),
+                  array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=2))
+NONEMPTY = array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
+ND1 = array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)  # at least one axis
+
+
+def broadcast_shapes(n):
+    return mutually_broadcastable_shapes(num_shapes=n, min_dims=0, max_dims=3, min_side=1, max_side=3) \
+        .map(lambda r: tuple(r.input_shapes))
+
+
+def no_kwargs(shapes):
+    return st.just({})
+
+
+def fixed(**choices):
+    """kwargs drawn from a fixed list per name: ``fixed(alpha=[1.0, 0.5])``."""
+    names = list(choices)
+    return lambda shapes: st.tuples(*(st.sampled_from(choices[n]) for n in names)).map(
+        lambda vals: dict(zip(names, vals)))
+
+
+def one_dim(ndim):
+    """An axis of a tensor with ``ndim`` axes, positive or negative (a 0-d tensor accepts 0 and -1)."""
+    n = max(ndim, 1)
+    return st.integers(-n, n - 1)
+
+
+def dims(ndim, allow_none=True, allow_tuple=True):
+    """``dim`` for a reduction: None, an int, or a tuple of distinct axes (mixed signs, any order)."""
+    options = [one_dim(ndim)]
+    if allow_none:
+        options.append(st.none())
+    if allow_tuple and ndim >= 1:
+        options.append(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).flatmap(
+            lambda axes: st.tuples(*(st.sampled_from([a, a - ndim]) for a in axes))))
+    return st.one_of(*options)
+
+
+def reduce_kwargs(allow_none=True, allow_tuple=True, keepdim=True):
+    def kw(shapes):
+        d = dims(len(shapes[0]), allow_none, allow_tuple)
+        return st.fixed_dictionaries({"dim": d, "keepdim": st.booleans()} if keepdim else {"dim": d})
+    return kw
+
+
+def reduced_count(shape, dim):
+    if dim is None or not shape:
+        return math.prod(shape)
+    return math.prod(shape[d] for d in ((dim,) if isinstance(dim, int) else dim))
+
+
+def axis(dim, ndim):
+    """A tinygen/PyTorch ``dim`` as a NumPy ``axis`` (0-d tensors accept dim 0, NumPy wants None)."""
+    return None if ndim == 0 else dim
+
+
+# ---- the spec ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    shapes: tuple
+    kwargs: dict
+
+
+@dataclass(frozen=True, repr=False)
+class OpSpec:
+    """One op under test.
+
+    fn / ref / torch_fn are called as ``f(*inputs, **kwargs)`` with tinygen tensors, NumPy float64 arrays and
+    torch tensors respectively. ``arity`` is the number of inputs ("n" for a list, e.g. cat); ``broadcast`` says
+    whether their shapes broadcast against each other or are equal; ``shapes`` overrides both with a strategy of
+    shape tuples. ``domain`` is one Domain for all inputs or one per input. ``kwargs(shapes)`` returns a strategy
+    for the extra arguments. ``gradcheck`` overrides eps/atol/rtol of the numeric checks.
+    """
+    name: str
+    fn: Callable
+    ref: Callable
+    torch_fn: Optional[Callable] = None
+    arity: Any = 1
+    broadcast: bool = True
+    domain: Any = ANY
+    kwargs: Callable = no_kwargs
+    shapes: Any = None
+    gradcheck: dict = field(default_factory=dict)
+    float32_tol: float = 2e-5  # relative tolerance of the float32 PyTorch comparison
+
+    def domain_of(self, i):
+        return self.domain[min(i, len(self.domain) - 1)] if isinstance(self.domain, tuple) else self.domain
+
+    def shape_strategy(self):
+        if self.shapes is not None:
+            return self.shapes
+        if self.arity == 1:
+            return SHAPE.map(lambda s: (s,))
+        if self.broadcast:
+            return broadcast_shapes(self.arity)
+        return NONEMPTY.map(lambda s: (s,) * self.arity)
+
+    def cases(self):
+        return self.shape_strategy().flatmap(
+            lambda shapes: self.kwargs(shapes).map(lambda kw: Case(tuple(shapes), kw)))
+
+    def __repr__(self):  # hypothesis prints the spec in falsifying examples
+        return f"OpSpec({self.name})"
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(repr(self))
+
+
+# ---- building inputs ---------------------------------------------------------------------------------------------
+LAYOUTS = ("contiguous", "transposed", "strided", "reversed")
+
+
+@dataclass
+class Example:
+    spec: OpSpec
+    arrays: list          # contiguous float64 (or bool) NumPy arrays: the values
+    kwargs: dict
+    layouts: list         # memory layout of each input (values do not depend on it)
+    up_layouts: list      # memory layout of each upstream gradient
+    seed: int
+
+    @property
+    def grad_indices(self):
+        return [i for i in range(len(self.arrays)) if self.spec.domain_of(i).differentiable]
+
+    def call(self, *tensors):
+        return self.spec.fn(*tensors, **self.kwargs)
+
+    def reference(self):
+        return as_tuple(self.spec.ref(*[a.copy() for a in self.arrays], **self.kwargs))
+
+    def tensors(self, device="cpu", dtype=tg.float64, layouts=None, requires_grad=True):
+        """The inputs as tinygen tensors on ``device``; with ``layouts`` as non-contiguous views."""
+        out = []
+        for i, a in enumerate(self.arrays):
+            diff = self.spec.domain_of(i).differentiable
+            arr = a.astype(dtype) if diff else a
+            data = lay_out(arr, layouts[i] if layouts else "contiguous", device)
+            t = _make(data, device)
+            if diff and requires_grad:
+                t.requires_grad = True
+            out.append(t)
+        return out
+
+    def upstream(self, outs, device="cpu", layouts=True):
+        """A random upstream gradient for each float output (same dtype and device as the output)."""
+        rng = np.random.default_rng(self.seed + 1)
+        ups = []
+        for k, o in enumerate(outs):
+            u = rng.standard_normal(o.shape).astype(o.dtype)
+            lay = self.up_layouts[k % len(self.up_layouts)] if layouts else "contiguous"
+            ups.append(_make(lay_out(u, lay, device), device))
+        return ups
+
+
+def lay_out(arr, layout, device="cpu"):
+    """``arr``'s values in a fresh array on ``device`` with the given memory layout."""
+    xp = tg.backend.array_module(device)
+    shape = arr.shape
+    src = xp.asarray(np.array(arr, order="C"))
+    if layout == "contiguous" or arr.ndim == 0:
+        return src.copy()
+    if layout == "transposed":
+        buf = xp.empty(shape[::-1], dtype=arr.dtype).T
+    elif layout == "strided":
+        buf = xp.empty(tuple(2 * s for s in shape), dtype=arr.dtype)[tuple(slice(None, None, 2) for _ in shape)]
+    elif layout == "reversed":
+        buf = xp.empty(shape, dtype=arr.dtype)[tuple(slice(None, None, -1) for _ in shape)]
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    buf[...] = src
+    return buf
+
+
+def draw_example(data, spec):
+    """Draw one example of ``spec`` with hypothesis' ``data`` (shapes, kwargs, values seed, layouts)."""
+    case = data.draw(spec.cases(), label="case")
+    seed = data.draw(st.integers(0, 2 ** 31 - 1), label="seed")
+    n = len(case.shapes)
+    layouts = data.draw(st.lists(st.sampled_from(LAYOUTS), min_size=n, max_size=n), label="layouts")
+    up_layouts = data.draw(st.lists(st.sampled_from(LAYOUTS), min_size=1, max_size=2), label="upstream layouts")
+    rng = np.random.default_rng(seed)
+    arrays = [spec.domain_of(i).sample(rng, s) for i, s in enumerate(case.shapes)]
+    return Example(spec, arrays, case.kwargs, layouts, up_layouts, seed)
+
+
+def as_tuple(out):
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def float_outputs(outs):
+    return [o for o in outs if o.dtype.kind == "f"]
+
+
+def host(t):
+    """A tensor's data as a NumPy array (copied off the device if needed)."""
+    return tg.backend.to_device(t.data, "cpu")
+
+
+# ---- indices ---------------------------------------------------------------------------------------------------------
+def tg_index(index, device):
+    """An index with NumPy arrays turned into tinygen tensors on ``device`` (lists stay lists)."""
+    if isinstance(index, tuple):
+        return tuple(tg_index(i, device) for i in index)
+    if isinstance(index, np.ndarray):
+        return tg.tensor(index, device=device)
+    return index
+
+
+def torch_index(index):
+    import torch
+    if isinstance(index, tuple):
+        return tuple(torch_index(i) for i in index)
+    if isinstance(index, np.ndarray):
+        return torch.from_numpy(index.copy())
+    return index
+
+
+@st.composite
+def basic_index(draw, shape):
+    """ints, slices (positive steps, as PyTorch), None and Ellipsis."""
+    items = []
+    for n in shape[:draw(st.integers(0, len(shape)))]:
+        kind = draw(st.sampled_from(["int", "slice", "all"] if n else ["slice", "all"]))
+        if kind == "int":
+            items.append(draw(st.integers(-n, n - 1)))
+        elif kind == "slice":
+            items.append(slice(draw(st.none() | st.integers(-n - 1, n + 1)), draw(st.none() | st.integers(-n - 1, n + 1)),
+                               draw(st.none() | st.integers(1, 3))))
+        else:
+            items.append(slice(None))
+    if draw(st.booleans()):
+        items.insert(draw(st.integers(0, len(items))), None)
+    if len(items) < len(shape) and draw(st.booleans()):
+        items.insert(draw(st.integers(0, len(items))), Ellipsis)
+    return items[0] if len(items) == 1 and draw(st.booleans()) else tuple(items)
+
+
+@st.composite
+def int_array_index(draw, shape):
+    """An integer array (repeats and negative entries likely) along one axis, as an array or a list."""
+    ax = draw(st.integers(0, len(shape) - 1))
+    n = shape[ax]
+    ishape = draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    idx = rng.integers(-n, n, ishape).astype(np.int64)
+    if draw(st.booleans()):
+        idx.reshape(-1)[-1] = idx.reshape(-1)[0]  # at least one repeated index when there are two entries
+    item = idx.tolist() if idx.ndim == 1 and draw(st.booleans()) else idx
+    return (slice(None),) * ax + (item,)
+
+
+@st.composite
+def two_int_arrays_index(draw, shape):
+    """Two integer arrays on adjacent axes, broadcast against each other."""
+    ax = draw(st.integers(0, len(shape) - 2))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    s0, s1 = draw(st.sampled_from([((3,), (3,)), ((2, 1), (1, 3)), ((1,), (2,))]))
+    i0 = rng.integers(-shape[ax], shape[ax], s0).astype(np.int64)
+    i1 = rng.integers(-shape[ax + 1], shape[ax + 1], s1).astype(np.int64)
+    return (slice(None),) * ax + (i0, i1)
+
+
+@st.composite
+def bool_mask_index(draw, shape):
+    """A boolean mask over the leading ``k`` axes (all of them, or fewer)."""
+    k = draw(st.integers(1, len(shape)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    return rng.random(shape[:k]) < 0.5
+
+
+def index_kwargs(make):
+    """kwargs {"index": ...} from an index strategy ``make(shape)``."""
+    return lambda shapes: make(shapes[0]).map(lambda index: {"index": index})
+
+
+def _index_shapes(min_dims):  # non-empty axes, so integer and boolean indices have something to pick
+    return array_shapes(min_dims=min_dims, max_dims=3, min_side=1, max_side=4).map(lambda s: (s,))
+
+
+# ---- shape-op arguments ----------------------------------------------------------------------------------------------
+def reshape_kwargs(shapes):
+    (shape,) = shapes
+    n = math.prod(shape)
+    options = [st.just(shape[::-1]), st.just((n,)), st.just(shape + (1,)), st.just((1,) + shape[::-1])]
+    if n:
+        options.append(st.integers(0, max(len(shape) - 1, 0)).map(
+            lambda i: tuple(-1 if j == i else s for j, s in enumerate(shape[::-1])) or (-1,)))
+        options.append(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]).map(lambda d: (d, n // d)))
+    return st.one_of(*options).map(lambda s: {"shape": s})
+
+
+def flatten_kwargs(shapes):
+    nd = len(shapes[0])
+    if nd == 0:
+        return st.just({})
+    return st.tuples(st.integers(0, nd - 1), st.integers(0, nd - 1)).map(sorted).flatmap(
+        lambda se: st.fixed_dictionaries({"start_dim": st.sampled_from([se[0], se[0] - nd]),
+                                          "end_dim": st.sampled_from([se[1], se[1] - nd])}))
+
+
+def permute_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.permutations(range(nd)).flatmap(
+        lambda p: st.tuples(*(st.sampled_from([d, d - nd]) for d in p))).map(lambda p: {"dims": tuple(p)})
+
+
+def transpose_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.fixed_dictionaries({"dim0": st.integers(-nd, nd - 1), "dim1": st.integers(-nd, nd - 1)})
+
+
+@st.composite
+def expand_kwargs(draw, shapes):
+    (shape,) = shapes
+    lead = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    body = tuple(draw(st.integers(1, 3)) if s == 1 else draw(st.sampled_from([s, -1])) for s in shape)
+    return {"shape": lead + body}
+
+
+def squeeze_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.one_of(st.just({}), st.fixed_dictionaries({"dim": dims(nd, allow_none=False)}))
+
+
+def unsqueeze_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.fixed_dictionaries({"dim": st.integers(-nd - 1, nd)})
+
+
+SMALL_SIDES = array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=2)  # squeeze: many size-1 axes
+
+
+@st.composite
+def cat_shapes(draw):
+    """1 to 3 shapes that agree except along one axis (where sizes may be 0)."""
+    base = draw(ND1)
+    ax = draw(st.integers(0, len(base) - 1))
+    sizes = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3))
+    return tuple(base[:ax] + (s,) + base[ax + 1:] for s in sizes)
+
+
+def cat_kwargs(shapes):
+    nd = len(shapes[0])
+    ok = [a for a in range(nd) if len({s[:a] + s[a + 1:] for s in shapes}) == 1]
+    return st.sampled_from(ok).flatmap(lambda a: st.sampled_from([a, a - nd])).map(lambda d: {"dim": d})
+
+
+def stack_shapes():
+    return st.tuples(NONEMPTY, st.integers(1, 3)).map(lambda sk: (sk[0],) * sk[1])
+
+
+def split_kwargs(shapes):
+    (shape,) = shapes
+    nd = len(shape)
+    return st.integers(-nd, nd - 1).flatmap(lambda d: st.one_of(
+        st.integers(1, max(shape[d], 1) + 1).map(lambda s: {"split_size_or_sections": s, "dim": d}),
+        st.lists(st.integers(0, shape[d]), min_size=1, max_size=3).map(
+            lambda cuts: {"split_size_or_sections": _sections(sorted(cuts), shape[d]), "dim": d})))
+
+
+def _sections(cuts, n):
+    edges = [0] + cuts + [n]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+@st.composite
+def matmul_shapes(draw):
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    kind = draw(st.sampled_from(["mm", "batched", "vec-vec", "vec-mat", "mat-vec"]))
+    batch_a, batch_b = draw(broadcast_shapes(2).filter(lambda s: len(s[0]) + len(s[1]) <= 3))
+    if kind == "mm":
+        return ((n, k), (k, m))
+    if kind == "batched":
+        return (batch_a + (n, k), batch_b + (k, m))
+    if kind == "vec-vec":
+        return ((k,), (k,))
+    if kind == "vec-mat":
+        return ((k,), batch_b + (k, m))
+    return (batch_a + (n, k), (k,))
+
+
+def var_shapes():  # at least two elements in every reduction, so the (n - 1) correction is defined
+    return array_shapes(min_dims=1, max_dims=3, min_side=2, max_side=4).map(lambda s: (s,))
+
+
+def var_kwargs(shapes):
+    return reduce_kwargs()(shapes).flatmap(
+        lambda kw: st.sampled_from([0, 1]).map(lambda c: {**kw, "correction": c}))
+
+
+# ---- reference helpers ---------------------------------------------------------------------------------------------
+def _np_reduce(f):
+    def ref(x, dim=None, keepdim=False, **kw):
+        return f(x, axis=axis(dim, x.ndim), keepdims=keepdim, **kw)
+    return ref
+
+
+def _np_softmax(x, dim):
+    ax = axis(dim, x.ndim)
+    e = np.exp(x - x.max(axis=ax, keepdims=True))
+    return e / e.sum(axis=ax, keepdims=True)
+
+
+def _np_log_softmax(x, dim):
+    ax = axis(dim, x.ndim)
+    s = x - x.max(axis=ax, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=ax, keepdims=True))
+
+
+def _np_logsumexp(x, dim, keepdim=False):
+    ax = axis(dim, x.ndim)
+    m = x.max(axis=ax, keepdims=True)
+    out = np.log(np.exp(x - m).sum(axis=ax, keepdims=True)) + m
+    return out if keepdim or ax is None else np.squeeze(out, ax)
+
+
+def _np_max_dim(largest):
+    def ref(x, dim, keepdim=False):
+        ax = axis(dim, x.ndim)
+        if ax is None:
+            return x.copy(), np.zeros((), np.int64)
+        idx = (np.argmax if largest else np.argmin)(x, axis=ax, keepdims=True)
+        vals = np.take_along_axis(x, idx, axis=ax)
+        return (vals, idx) if keepdim else (vals.squeeze(ax), idx.squeeze(ax))
+    return ref
+
+
+def _np_softplus(x, beta=1.0, threshold=20.0):
+    return np.where(x * beta > threshold, x, np.log1p(np.exp(beta * x)) / beta)
+
+
+def _np_squeeze(x, dim=None):
+    if dim is None or x.ndim == 0:
+        return np.squeeze(x)
+    axes = tuple(d % x.ndim for d in ((dim,) if isinstance(dim, int) else dim) if x.shape[d] == 1)
+    return np.squeeze(x, axes)
+
+
+def _np_split(x, split_size_or_sections, dim=0):
+    n = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        cuts = list(range(split_size_or_sections, n, split_size_or_sections))
+    else:
+        cuts = list(np.cumsum(split_size_or_sections)[:-1])
+    return tuple(np.split(x, cuts, axis=dim))
+
+
+def _np_var(x, dim=None, keepdim=False, correction=1):
+    return np.var(x, axis=axis(dim, x.ndim), keepdims=keepdim, ddof=correction)
+
+
+def _np_std(x, dim=None, keepdim=False, correction=1):
+    return np.std(x, axis=axis(dim, x.ndim), keepdims=keepdim, ddof=correction)
+
+
+def _np_flatten(x, start_dim=0, end_dim=-1):
+    if x.ndim == 0:
+        return x.reshape(1)
+    s, e = start_dim % x.ndim, end_dim % x.ndim
+    return x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def _np_expand(x, shape):
+    lead = len(shape) - x.ndim
+    return np.broadcast_to(x, tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))).copy()
+
+
+def _np_transpose(x, dim0, dim1):
+    return np.swapaxes(x, dim0, dim1)
+
+
+# ---- PyTorch helpers (torch is imported only when these run) ---------------------------------------------------
+def _torch():
+    import torch
+    return torch
+
+
+def _t_reduce(name):
+    def f(x, dim=None, keepdim=False, **kw):
+        fn = getattr(_torch(), name)
+        return fn(x, **kw) if dim is None and not keepdim else fn(x, dim=dim, keepdim=keepdim, **kw)
+    return f
+
+
+def _t_max_all(largest):
+    def f(x, dim=None, keepdim=False):
+        torch = _torch()
+        if dim is None and not keepdim:
+            return torch.max(x) if largest else torch.min(x)
+        return (torch.amax if largest else torch.amin)(x, dim=tuple(range(x.ndim)) if dim is None else dim,
+                                                       keepdim=keepdim)
+    return f
+
+
+def _t_max_dim(largest):
+    def f(x, dim, keepdim=False):
+        v, i = (_torch().max if largest else _torch().min)(x, dim, keepdim)
+        return v, i
+    return f
+
+
+def _t_amax(largest):
+    def f(x, dim=None, keepdim=False):
+        torch = _torch()
+        fn = torch.amax if largest else torch.amin
+        return fn(x, dim=tuple(range(x.ndim)) if dim is None else dim, keepdim=keepdim)
+    return f
+
+
+def _t_tensor_like(x, value):
+    return _torch().tensor(value, dtype=x.dtype)
+
+
+def _t_split(x, split_size_or_sections, dim=0):
+    return tuple(_torch().split(x, split_size_or_sections, dim))
+
+
+def _t_T(x):
+    return x.permute(tuple(reversed(range(x.ndim))))
+
+
+def _tg_getitem(x, index):
+    return x[tg_index(index, x.device)]
+
+
+def _np_getitem(x, index):
+    return x[index]
+
+
+def _t_getitem(x, index):
+    return x[torch_index(index)]
+
+
+def _F():
+    import torch.nn.functional as F
+    return F
+
+
+# ---- the table ---------------------------------------------------------------------------------------------------------
+D2 = Domain(-2.0, 2.0)
+DIVISOR = Domain(-3.0, 3.0, kinks=(0.0,), margin=0.5)
+PAIR = (Domain(kind="lattice", offset=0.0), Domain(kind="lattice", offset=0.5))
+CLAMP = Domain(-2.0, 2.0, kinks=(-0.5, 0.7), margin=0.1)
+
+SPECS = [
+    # arithmetic, tensor with tensor (broadcasting) and with Python numbers
+    OpSpec("add", tg.add, np.add, lambda a, b: a + b, arity=2),
+    OpSpec("sub", lambda a, b: a - b, np.subtract, lambda a, b: a - b, arity=2),
+    OpSpec("mul", lambda a, b: a * b, np.multiply, lambda a, b: a * b, arity=2),
+    OpSpec("div", lambda a, b: a / b, np.divide, lambda a, b: a / b, arity=2, domain=(D2, DIVISOR)),
+    OpSpec("pow", lambda a, b: a ** b, np.power, lambda a, b: a ** b, arity=2,
+           domain=(Domain(0.5, 2.5), Domain(-2.0, 2.0))),
+    OpSpec("pow_scalar", lambda x, p: x ** p, lambda x, p: x ** p, lambda x, p: x ** p, domain=POSITIVE,
+           kwargs=fixed(p=[2.0, 3, 0.5, -1.0, 1.5, -0.5])),
+    OpSpec("pow_int_scalar_negative_base", lambda x, p: x ** p, lambda x, p: x ** float(p), lambda x, p: x ** p,
+           domain=Domain(-2.0, 2.0, kinks=(0.0,), margin=0.3), kwargs=fixed(p=[2, 3, -1, -2])),
+    OpSpec("rpow", lambda x, c: c ** x, lambda x, c: np.power(c, x), lambda x, c: c ** x,
+           kwargs=fixed(c=[2.0, 0.5, math.e])),
+    OpSpec("add_scalar", lambda x, c: x + c, lambda x, c: x + c, lambda x, c: x + c, kwargs=fixed(c=[1.5, -2, 0.0])),
+    OpSpec("rsub_scalar", lambda x, c: c - x, lambda x, c: c - x, lambda x, c: c - x, kwargs=fixed(c=[1.5, 3])),
+    OpSpec("mul_scalar", lambda x, c: c * x, lambda x, c: c * x, lambda x, c: c * x, kwargs=fixed(c=[2.5, -1, 0.0])),
+    OpSpec("div_scalar", lambda x, c: x / c, lambda x, c: x / c, lambda x, c: x / c, kwargs=fixed(c=[2.0, -0.25])),
+    OpSpec("rdiv_scalar", lambda x, c: c / x, lambda x, c: c / x, lambda x, c: c / x, domain=DIVISOR,
+           kwargs=fixed(c=[1.0, -3.0])),
+    OpSpec("neg", lambda x: -x, np.negative, lambda x: -x),
+    OpSpec("matmul", lambda a, b: a @ b, np.matmul, lambda a, b: a @ b, arity=2, shapes=matmul_shapes(),
+           domain=Domain(-1.0, 1.0)),
+    # elementwise math and activations
+    OpSpec("abs", tg.abs, np.abs, lambda x: x.abs(), domain=AWAY_FROM_0),
+    OpSpec("exp", tg.exp, np.exp, lambda x: x.exp()),
+    OpSpec("log", tg.log, np.log, lambda x: x.log(), domain=POSITIVE),
+    OpSpec("sqrt", tg.sqrt, np.sqrt, lambda x: x.sqrt(), domain=POSITIVE),
+    OpSpec("sin", tg.sin, np.sin, lambda x: x.sin(), domain=Domain(-4.0, 4.0)),
+    OpSpec("cos", tg.cos, np.cos, lambda x: x.cos(), domain=Domain(-4.0, 4.0)),
+    OpSpec("tanh", tg.tanh, np.tanh, lambda x: x.tanh(), domain=Domain(-3.0, 3.0)),
+    OpSpec("sigmoid", tg.sigmoid, lambda x: 1 / (1 + np.exp(-x)), lambda x: x.sigmoid(), domain=Domain(-6.0, 6.0)),
+    OpSpec("relu", tg.relu, lambda x: np.maximum(x, 0), lambda x: x.relu(), domain=AWAY_FROM_0),
+    OpSpec("leaky_relu", tg.leaky_relu, lambda x, negative_slope: np.where(x > 0, x, negative_slope * x),
+           lambda x, negative_slope: _F().leaky_relu(x, negative_slope), domain=AWAY_FROM_0,
+           kwargs=fixed(negative_slope=[0.01, 0.2, 1.5])),
+    OpSpec("elu", tg.elu, lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+           lambda x, alpha: _F().elu(x, alpha), domain=AWAY_FROM_0, kwargs=fixed(alpha=[1.0, 0.5, 2.0])),
+    OpSpec("softplus", tg.softplus, _np_softplus, lambda x, beta, threshold: _F().softplus(x, beta, threshold),
+           domain=Domain(-4.0, 4.0, kinks=(1.0,), margin=0.1),  # linear above threshold / beta: 1 or beyond 4
+           kwargs=lambda shapes: st.sampled_from([{"beta": b, "threshold": t} for b, t in
+                                                  [(1.0, 20.0), (0.5, 20.0), (2.0, 20.0), (1.0, 1.0), (2.0, 2.0),
+                                                   (0.5, 0.5)]])),
+    OpSpec("clamp", tg.clamp, lambda x, min, max: np.clip(x, min, max),
+           lambda x, min, max: x.clamp(min, max), domain=CLAMP,
+           kwargs=lambda shapes: st.sampled_from([{"min": -0.5, "max": 0.7}, {"min": -0.5, "max": None},
+                                                  {"min": None, "max": 0.7}])),
+    OpSpec("maximum", tg.maximum, np.maximum, lambda a, b: a.maximum(b), arity=2, domain=PAIR),
+    OpSpec("minimum", tg.minimum, np.minimum, lambda a, b: a.minimum(b), arity=2, domain=PAIR),
+    OpSpec("max_of_two", tg.max, np.maximum, lambda a, b: _torch().max(a, b), arity=2, domain=PAIR),
+    OpSpec("maximum_scalar", lambda x: tg.maximum(x, 0.25), lambda x: np.maximum(x, 0.25),
+           lambda x: _torch().maximum(x, _t_tensor_like(x, 0.25)), domain=Domain(kinks=(0.25,))),
+    OpSpec("where", tg.where, np.where, lambda c, a, b: _torch().where(c, a, b), arity=3, domain=(BOOL, D2)),
+    OpSpec("where_scalar", lambda c, x: tg.where(c, x, 0.5), lambda c, x: np.where(c, x, 0.5),
+           lambda c, x: _torch().where(c, x, 0.5), arity=2, domain=(BOOL, D2)),
+    OpSpec("clone", tg.clone, np.copy, lambda x: x.clone()),
+    OpSpec("to_float32", lambda x: x.to(tg.float32), lambda x: x.astype(np.float32),
+           lambda x: x.to(_torch().float32), gradcheck=dict(eps=1e-3, atol=1e-4, rtol=1e-3)),
+    # reductions
+    OpSpec("sum", tg.sum, _np_reduce(np.sum), _t_reduce("sum"), kwargs=reduce_kwargs()),
+    OpSpec("mean", tg.mean, _np_reduce(np.mean), _t_reduce("mean"), shapes=NONEMPTY.map(lambda s: (s,)),
+           kwargs=reduce_kwargs()),
+    OpSpec("var", tg.var, _np_var, _t_reduce("var"), shapes=var_shapes(), kwargs=var_kwargs),
+    OpSpec("std", tg.std, _np_std, _t_reduce("std"), shapes=var_shapes(), kwargs=var_kwargs),
+    OpSpec("max", tg.max, _np_reduce(np.max), _t_max_all(True), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=DISTINCT, kwargs=lambda s: st.fixed_dictionaries({"dim": st.none(), "keepdim": st.booleans()})),
+    OpSpec("min", tg.min, _np_reduce(np.min), _t_max_all(False), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=DISTINCT, kwargs=lambda s: st.fixed_dictionaries({"dim": st.none(), "keepdim": st.booleans()})),
+    OpSpec("max_dim", lambda x, dim, keepdim: tuple(tg.max(x, dim, keepdim)), _np_max_dim(True), _t_max_dim(True),
+           shapes=NONEMPTY.map(lambda s: (s,)), domain=DISTINCT, kwargs=reduce_kwargs(False, False)),
+    OpSpec("min_dim", lambda x, dim, keepdim: tuple(x.min(dim, keepdim=keepdim)), _np_max_dim(False),
+           _t_max_dim(False), shapes=NONEMPTY.map(lambda s: (s,)), domain=DISTINCT,
+           kwargs=reduce_kwargs(False, False)),
+    OpSpec("amax", tg.amax, _np_reduce(np.max), _t_amax(True), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=DISTINCT, kwargs=reduce_kwargs()),
+    OpSpec("amin", tg.amin, _np_reduce(np.min), _t_amax(False), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=DISTINCT, kwargs=reduce_kwargs()),
+    OpSpec("logsumexp", tg.logsumexp, _np_logsumexp,
+           lambda x, dim, keepdim: _torch().logsumexp(x, dim, keepdim), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=Domain(-4.0, 4.0), kwargs=reduce_kwargs(allow_none=False)),
+    OpSpec("softmax", tg.softmax, _np_softmax, lambda x, dim: x.softmax(dim), shapes=NONEMPTY.map(lambda s: (s,)),
+           domain=Domain(-4.0, 4.0), kwargs=lambda s: st.fixed_dictionaries({"dim": one_dim(len(s[0]))})),
+    OpSpec("log_softmax", tg.log_softmax, _np_log_softmax, lambda x, dim: x.log_softmax(dim),
+           shapes=NONEMPTY.map(lambda s: (s,)), domain=Domain(-4.0, 4.0),
+           kwargs=lambda s: st.fixed_dictionaries({"dim": one_dim(len(s[0]))})),
+    # shape ops
+    OpSpec("reshape", lambda x, shape: x.reshape(shape), lambda x, shape: x.reshape(shape),
+           lambda x, shape: x.reshape(shape), kwargs=reshape_kwargs),
+    OpSpec("view", lambda x, shape: x.view(*shape), lambda x, shape: x.reshape(shape),
+           lambda x, shape: x.contiguous().view(shape), kwargs=reshape_kwargs),
+    OpSpec("flatten", tg.flatten, _np_flatten, lambda x, **kw: x.flatten(**kw), kwargs=flatten_kwargs),
+    OpSpec("permute", lambda x, dims: x.permute(dims), lambda x, dims: np.transpose(x, dims),
+           lambda x, dims: x.permute(dims), kwargs=permute_kwargs),
+    OpSpec("transpose", tg.transpose, _np_transpose, lambda x, dim0, dim1: x.transpose(dim0, dim1),
+           shapes=ND1.map(lambda s: (s,)), kwargs=transpose_kwargs),
+    OpSpec("T", lambda x: x.T, lambda x: x.T, _t_T),
+    OpSpec("mT", lambda x: x.mT, lambda x: np.swapaxes(x, -1, -2), lambda x: x.mT,
+           shapes=array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=3).map(lambda s: (s,))),
+    OpSpec("expand", lambda x, shape: x.expand(*shape), _np_expand, lambda x, shape: x.expand(shape),
+           shapes=SMALL_SIDES.map(lambda s: (s,)), kwargs=expand_kwargs),
+    OpSpec("squeeze", tg.squeeze, _np_squeeze, lambda x, **kw: x.squeeze(**kw), shapes=SMALL_SIDES.map(lambda s: (s,)),
+           kwargs=squeeze_kwargs),
+    OpSpec("unsqueeze", tg.unsqueeze, lambda x, dim: np.expand_dims(x, dim), lambda x, dim: x.unsqueeze(dim), kwargs=unsqueeze_kwargs),
+    OpSpec("getitem_basic", _tg_getitem, _np_getitem, _t_getitem, shapes=NONEMPTY.map(lambda s: (s,)),
+           kwargs=index_kwargs(basic_index)),
+    OpSpec("getitem_int_array", _tg_getitem, _np_getitem, _t_getitem, shapes=_index_shapes(1),
+           kwargs=index_kwargs(int_array_index)),
+    OpSpec("getitem_two_int_arrays", _tg_getitem, _np_getitem, _t_getitem, shapes=_index_shapes(2),
+           kwargs=index_kwargs(two_int_arrays_index)),
+    OpSpec("getitem_bool_mask", _tg_getitem, _np_getitem, _t_getitem, shapes=_index_shapes(1),
+           kwargs=index_kwargs(bool_mask_index)),
+    OpSpec("cat", lambda *xs, dim: tg.cat(xs, dim), lambda *xs, dim: np.concatenate(xs, dim),
+           lambda *xs, dim: _torch().cat(xs, dim), arity="n", shapes=cat_shapes(),
+           kwargs=cat_kwargs),
+    OpSpec("stack", lambda *xs, dim: tg.stack(xs, dim), lambda *xs, dim: np.stack(xs, dim),
+           lambda *xs, dim: _torch().stack(xs, dim), arity="n", shapes=stack_shapes(),
+           kwargs=lambda shapes: st.fixed_dictionaries({"dim": st.integers(-len(shapes[0]) - 1, len(shapes[0]))})),
+    OpSpec("split", tg.split, _np_split, _t_split, shapes=ND1.map(lambda s: (s,)), kwargs=split_kwargs),
+    OpSpec("chunk", tg.chunk, lambda x, chunks, dim: _np_split(x, -(-x.shape[dim] // chunks), dim),
+           lambda x, chunks, dim: tuple(_torch().chunk(x, chunks, dim)), shapes=ND1.map(lambda s: (s,)),
+           kwargs=lambda shapes: st.fixed_dictionaries({"chunks": st.integers(1, 4),
+                                                        "dim": st.integers(-len(shapes[0]), len(shapes[0]) - 1)})),
+]
+
+BY_NAME = {s.name: s for s in SPECS}
+assert len(BY_NAME) == len(SPECS), "op spec names must be unique"
