@@ -143,6 +143,8 @@ class _Proxy:
         if name == "__name__":
             return "standin"
         attr = getattr(self._obj, name)
+        if isinstance(attr, np.ufunc):
+            return _Proxy(attr)  # keeps ufunc methods such as xp.add.at (scatter_add) reachable
         if isinstance(attr, type) or not callable(attr):
             if type(attr).__name__ == "module":
                 return _Proxy(attr)
@@ -187,7 +189,11 @@ class StandinArray:
     def __array__(self, *args, **kwargs):
         raise TypeError(_IMPLICIT)
 
-    def __array_ufunc__(self, *args, **kwargs):
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # A NumPy scalar on the left of an operator (np.float32(1) - x) lands here; CuPy accepts it, and so do we.
+        if method == "__call__" and not kwargs and any(isinstance(i, np.generic) for i in inputs) and \
+                all(isinstance(i, (StandinArray, np.generic)) for i in inputs):
+            return _wrap(ufunc(*_unwrap(inputs)))
         raise TypeError("numpy ufunc called on a device array: use the tensor's array module (xp), not numpy")
 
     def __array_function__(self, *args, **kwargs):
@@ -208,6 +214,8 @@ class StandinArray:
         return self._a.copy()
 
     def __getattr__(self, name):  # methods: .sum(), .reshape(), .astype(), ...
+        if name.startswith("__"):  # never forward __array_interface__ & co: NumPy would read the data through them
+            raise AttributeError(f"'StandinArray' object has no attribute {name!r}")
         attr = getattr(self._a, name)
         if not callable(attr):
             return attr

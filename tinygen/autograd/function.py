@@ -149,7 +149,8 @@ class Function:
         if isinstance(out, Tensor):
             out = out.data
         elif not out.shape and isinstance(out, _np.generic):
-            out = _np.asarray(out)  # NumPy reduces to scalars; a tensor always holds an array
+            # NumPy reduces to scalars (and two constants meet as scalars); a tensor always holds an array
+            out = _np.asarray(out) if device is None or device == "cpu" else ctx.xp.asarray(out)
         if not needs or out.dtype.kind != "f":
             return _make(out, device)
         ctx.next_edges = _edges(args)
