@@ -12,7 +12,7 @@ With ``create_graph=True`` the backward ops are recorded too, so the gradients c
 import numpy as np
 
 from ..tensor import Tensor, _make
-from .function import Function, check_backward
+from .function import Function, check_backward, checked_backward
 from .grad_mode import STATE
 
 
@@ -187,7 +187,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                 xp = node.xp
                 grads = [g if g is not None else _make(xp.zeros(s, dtype=d), node.device)
                          for g, (s, d) in zip(grads, node.out_meta)]
-            out = node.backward(node, *grads)
+            out = node.backward(node, *grads) if not STATE.anomaly else checked_backward(node, grads)
             if type(out) is not tuple:
                 out = (out,)
             edges = node.next_edges

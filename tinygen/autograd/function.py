@@ -121,15 +121,18 @@ class Function:
                 if a._requires_grad:
                     needs = True
         ctx.device = device
-        if STATE.grad_enabled:
-            STATE.grad_enabled = False
-            try:
+        try:
+            if STATE.grad_enabled:
+                STATE.grad_enabled = False
+                try:
+                    out = cls.forward(ctx, *args)
+                finally:
+                    STATE.grad_enabled = True
+            else:
+                needs = False
                 out = cls.forward(ctx, *args)
-            finally:
-                STATE.grad_enabled = True
-        else:
-            needs = False
-            out = cls.forward(ctx, *args)
+        except ValueError as e:  # e.g. NumPy's broadcasting error, which names neither the op nor the tensors
+            raise _value_error(cls, args, e) from None
         device = ctx.device  # forward may move the result (To)
         if STATE.anomaly:
             _check_forward(cls, ctx, out)
@@ -194,6 +197,15 @@ def _released_message(node):
             f"by the first backward(). Pass retain_graph=True to the first backward() (or autograd.grad) to keep them.")
 
 
+def _value_error(cls, args, err):
+    """A forward's ValueError, with the op's name and its input shapes added unless it already starts with them."""
+    msg = str(err)
+    if msg.lower().startswith(cls.__name__.lower() + ":"):
+        return err
+    shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, Tensor))
+    return ValueError(f"{cls.__name__}: {msg.strip()} (input shapes {shapes})")
+
+
 def _device_message(cls, args):
     devs = [f"{type(a).__name__}@{a.device}" for a in args if isinstance(a, Tensor)]
     return f"{cls.__name__}: expected all tensors on the same device, got {', '.join(devs)}"
@@ -221,11 +233,24 @@ def _check_forward(cls, ctx, out):
                                      f"the op was called at {ctx.created_at}")
 
 
+def _backward_anomaly(node):
+    where = getattr(node, "created_at", None) or "<created before detect_anomaly() was entered>"
+    return FloatingPointError(f"anomaly: {node.name()} produced NaN or Inf in its gradient; "
+                              f"the op was called at {where}")
+
+
+def checked_backward(node, grads):
+    """Anomaly mode: run a node's backward. An op inside it that makes NaN or Inf is reported as this node's
+    failure (the inner op, e.g. the Div of Sqrt's backward, is in the chained exception)."""
+    try:
+        return node.backward(node, *grads)
+    except FloatingPointError as e:
+        raise _backward_anomaly(node) from e
+
+
 def check_backward(node, grads):
     """Anomaly mode: raise if a backward produced NaN or Inf, naming the op and where it was created."""
     for g in grads:
         data = g.data if isinstance(g, Tensor) else g
         if _nonfinite(node.xp, data):
-            where = getattr(node, "created_at", None) or "<created before detect_anomaly() was entered>"
-            raise FloatingPointError(f"anomaly: {node.name()} produced NaN or Inf in its gradient; "
-                                     f"the op was called at {where}")
+            raise _backward_anomaly(node)
