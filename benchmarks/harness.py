@@ -1,0 +1,739 @@
+"""The benchmark harness: runs every framework side by side and writes results.md, results.json, throughput.png.
+
+Methodology (see README.md):
+  * each framework runs in its own worker process (benchmarks/worker.py), started with the thread-count
+    environment set before any numerical library is imported, pinned to the same cores;
+  * for each (case, batch size) every framework builds the model from the same initial weights and data, warms
+    up (the first step, which includes any compilation, is timed separately), and then the frameworks take turns
+    running timed chunks of steps, in a rotating order, so noise on the machine is shared out evenly;
+  * throughput is samples/s per chunk: median, min and max over the chunks.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import time
+
+from . import dispatch as dispatch_mod
+from .specs import CASES, flops_per_step
+from .worker import FRAMEWORKS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FRAMEWORKS = ["tinygen", "tinygen-numba", "torch", "torch-compile", "jax", "numpy"]
+DEFAULT_MODELS = ["dispatch", "mlp", "mlp-adam", "vae", "gan"]
+MODEL_NAMES = DEFAULT_MODELS
+REFERENCE = "torch"  # ratios are tinygen / this
+
+
+class Settings:
+    """Repeat counts and chunk sizes: full runs aim at ~15 minutes on 2 cores, quick ones at seconds."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.warmup_s = 0.02 if quick else 0.5
+        self.chunk_s = 0.02 if quick else 0.25
+        self.repeats = 3 if quick else 7
+        self.gemm_sizes = [128, 256] if quick else [256, 512, 1024, 2048]
+        self.memory_batch = 64 if quick else 256
+        self.profile_steps = 3 if quick else 20
+        self.check_steps = 3
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="tinygen vs PyTorch (eager, torch.compile), JAX jit and hand-written "
+                                            "NumPy: per-op dispatch overhead and training-step throughput.")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated, from {', '.join(MODEL_NAMES)} (default: all)")
+    p.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS),
+                   help=f"comma-separated, from {', '.join(FRAMEWORKS)} (default: all)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 16,64,256,1024; quick: 16,64)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every framework and BLAS (default 2)")
+    p.add_argument("--quick", action="store_true", help="tiny repeats, for a smoke test (numbers are rough)")
+    p.add_argument("--out", default="benchmark-results", help="output folder (default ./benchmark-results)")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the tinygen step of each model (also done automatically in a full run when "
+                        "tinygen is slower than PyTorch eager)")
+    p.add_argument("--profile-batch", type=int, default=64, help="batch size for --profile (default 64)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check that every framework computes the same losses")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,torch,jax,numpy",
+                   help="frameworks whose peak memory is measured, if selected (default: all but torch-compile)")
+    p.add_argument("--no-chart", action="store_true", help="do not draw throughput.png")
+    args = p.parse_args(argv)
+
+    def split(text, allowed, what):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in allowed]
+        if bad:
+            p.error(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
+        return items
+    args.models = split(args.models, MODEL_NAMES, "model(s)")
+    args.frameworks = split(args.frameworks, list(FRAMEWORKS), "framework(s)")
+    args.memory_frameworks = [f for f in split(args.memory_frameworks, list(FRAMEWORKS), "framework(s)")
+                              if f in args.frameworks and f != "torch-compile"]
+    if args.batch_sizes is None:
+        args.batch_sizes = "16,64" if args.quick else "16,64,256,1024"
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    if not args.batch_sizes or min(args.batch_sizes) < 2:
+        p.error(f"--batch-sizes must be integers >= 2 (BatchNorm needs two samples), got {args.batch_sizes}")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- worker processes ------------------------------------------------------------------------------------------------
+def worker_env(framework, threads):
+    """The environment a framework's process starts with: thread counts fixed before any import."""
+    env = dict(os.environ)
+    n = str(threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = n
+    xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={n}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(FRAMEWORKS[framework]["env"])
+    return env
+
+
+class WorkerProcess:
+    """A framework's worker: send a command, wait (with a timeout) for its one-line JSON reply."""
+
+    def __init__(self, framework, threads, log_dir):
+        self.framework = framework
+        self.log_path = os.path.join(log_dir, f"worker-{framework}.log")
+        self._log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", framework, str(threads)],
+                                     cwd=REPO, env=worker_env(framework, threads), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self.hello = self._read(300)
+
+    def _read(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sel.select(left):
+                self.kill()
+                return {"error": f"no answer within {timeout:.0f} s (worker killed; see {self.log_path})"}
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self.proc.wait()
+                return {"error": f"worker exited with code {code} (see {self.log_path}):\n{self.log_tail()}"}
+            if line.strip():
+                return json.loads(line)
+
+    def request(self, cmd, timeout=600, **kwargs):
+        if self.proc.poll() is not None:
+            return {"error": f"worker is not running (exit code {self.proc.returncode}; see {self.log_path})"}
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
+    def log_tail(self, n=15):
+        try:
+            with open(self.log_path) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+        self._log.close()
+
+
+class Pool:
+    """One live worker per framework, started on first use (and again if one had to be killed)."""
+
+    def __init__(self, threads, log_dir):
+        self.threads, self.log_dir, self.workers = threads, log_dir, {}
+
+    def get(self, framework):
+        w = self.workers.get(framework)
+        if w is None or w.proc.poll() is not None:
+            t0 = time.perf_counter()
+            w = self.workers[framework] = WorkerProcess(framework, self.threads, self.log_dir)
+            if "error" not in w.hello:
+                w.hello["start_s"] = time.perf_counter() - t0
+        return w
+
+    def fresh(self, framework):
+        """A new process (for peak-memory runs, where nothing measured before may count)."""
+        return WorkerProcess(framework, self.threads, self.log_dir)
+
+    def close(self):
+        for w in self.workers.values():
+            w.close()
+
+
+def _status(reply):
+    """'ok', 'skipped: why' or 'failed: why' of a worker reply (hello or command)."""
+    if reply.get("error"):
+        return "failed: " + reply["error"]
+    if reply.get("skipped"):
+        return "skipped: " + reply["skipped"]
+    return "ok"
+
+
+# ---- measurements ----------------------------------------------------------------------------------------------------
+def summarize(chunks, batch):
+    rates = sorted(c["steps"] * batch / c["seconds"] for c in chunks)
+    n = len(rates)
+    median = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2
+    return {"median": median, "min": rates[0], "max": rates[-1]}
+
+
+def run_throughput(pool, case, batch, frameworks, st, progress):
+    """Set every framework up for (case, batch), then interleave their timed chunks."""
+    results, active = {}, []
+    load = _loadavg()
+    for fw in frameworks:
+        w = pool.get(fw)
+        if _status(w.hello) != "ok":
+            results[fw] = {"status": _status(w.hello)}
+            progress(case, batch, fw, results[fw])
+            continue
+        reply = w.request("setup", timeout=900, case=case, batch=batch, warmup_s=st.warmup_s, chunk_s=st.chunk_s)
+        if _status(reply) != "ok":
+            results[fw] = {"status": _status(reply)}
+            if "trace" in reply:
+                results[fw]["trace"] = reply["trace"]
+            progress(case, batch, fw, results[fw])
+            continue
+        results[fw] = {"status": "ok", "setup": reply["ok"], "chunks": [], "loadavg_before": load}
+        active.append(fw)
+    for r in range(st.repeats):
+        order = active[r % len(active):] + active[:r % len(active)] if active else []
+        for fw in order:
+            if results[fw]["status"] != "ok":
+                continue
+            reply = pool.get(fw).request("chunk", timeout=300)
+            if _status(reply) != "ok":
+                results[fw]["status"] = _status(reply)
+                continue
+            results[fw]["chunks"].append(reply["ok"])
+    flops = flops_per_step(CASES[case]["model"], batch)
+    for fw in active:
+        res = results[fw]
+        if res["status"] == "ok" and res["chunks"]:
+            res["samples_per_s"] = summarize(res["chunks"], batch)
+            res["gflops_per_s"] = flops * res["samples_per_s"]["median"] / batch / 1e9
+        progress(case, batch, fw, res)
+    return results
+
+
+def run_dispatch(pool, frameworks, st):
+    out = {}
+    for fw in frameworks:
+        if FRAMEWORKS[fw]["dispatch"] is None:
+            continue
+        w = pool.get(fw)
+        reply = w.request("dispatch", timeout=600, quick=st.quick) if _status(w.hello) == "ok" else w.hello
+        status = _status(reply)
+        if status != "ok":
+            names = ["jax", "jax-jit"] if fw == "jax" else [fw]
+            for name in names:
+                out[name] = {"status": status}
+            log(f"dispatch  {fw:<14} {status}")
+            continue
+        for name, res in reply["ok"].items():
+            out[name] = {"status": "ok", "benches": res}
+            log(f"dispatch  {name:<14} " + "  ".join(
+                f"{b} {r['us_per_op']:.2f}us" for b, r in res.items() if "us_per_op" in r))
+    return out
+
+
+def run_checks(pool, cases, frameworks, batch, st):
+    """Losses of the first steps with fixed noise from every framework (torch.compile excluded: compiling again
+    costs more than the check is worth)."""
+    out = {}
+    for case in cases:
+        out[case] = {}
+        for fw in frameworks:
+            if fw == "torch-compile":
+                continue
+            w = pool.get(fw)
+            reply = w.request("check", timeout=300, case=case, batch=batch, steps=st.check_steps) \
+                if _status(w.hello) == "ok" else w.hello
+            out[case][fw] = {"status": _status(reply)}
+            if "ok" in reply:
+                out[case][fw]["losses"] = reply["ok"]["losses"]
+        ref = out[case].get("numpy", {}).get("losses")
+        for fw, res in out[case].items():
+            if ref is not None and "losses" in res:
+                err = max(abs(a - b) / max(abs(b), 1e-6) for sa, sb in zip(res["losses"], ref) for a, b in zip(sa, sb))
+                res["max_rel_diff_vs_numpy"] = err
+                res["agrees"] = err < 1e-3
+        bad = [fw for fw, r in out[case].items() if r.get("agrees") is False]
+        log(f"check     {case:<9} " + ("all frameworks agree with numpy" if not bad else
+                                       f"DISAGREE with numpy: {', '.join(bad)}"))
+    return out
+
+
+def run_memory(pool, cases, frameworks, batch, st):
+    """Peak RSS of a fresh process that imports the framework, builds the model and trains for a few chunks."""
+    out = []
+    for case in cases:
+        for fw in frameworks:
+            w = pool.fresh(fw)
+            try:
+                row = {"case": case, "framework": fw, "batch": batch}
+                if _status(w.hello) != "ok":
+                    row["status"] = _status(w.hello)
+                    out.append(row)
+                    continue
+                base = w.request("rss", timeout=60)
+                reply = w.request("setup", timeout=600, case=case, batch=batch, warmup_s=st.warmup_s,
+                                  chunk_s=st.chunk_s)
+                if _status(reply) == "ok":
+                    for _ in range(3):
+                        w.request("chunk", timeout=300)
+                    peak = w.request("rss", timeout=60)
+                    row.update(status="ok", baseline_rss_mb=base["ok"]["peak_rss_mb"],
+                               peak_rss_mb=peak["ok"]["peak_rss_mb"],
+                               training_mb=peak["ok"]["peak_rss_mb"] - base["ok"]["peak_rss_mb"])
+                    log(f"memory    {case:<9} b={batch:<5} {fw:<14} peak {row['peak_rss_mb']:7.1f} MB "
+                        f"(after import {row['baseline_rss_mb']:.1f} MB)")
+                else:
+                    row["status"] = _status(reply)
+                out.append(row)
+            finally:
+                w.close()
+    return out
+
+
+def run_profile(pool, case, batch, st):
+    w = pool.get("tinygen")
+    reply = w.request("profile", timeout=600, case=case, batch=batch, steps=st.profile_steps) \
+        if _status(w.hello) == "ok" else w.hello
+    if _status(reply) != "ok":
+        return {"status": _status(reply)}
+    return {"status": "ok", "case": case, "batch": batch, **reply["ok"]}
+
+
+def measure_quality(cases):
+    """Hook for quality at equal steps (samples and losses of tinygen's own GAN/VAE against PyTorch's after the
+    same number of steps on MNIST). Filled in once tinygen ships its models."""
+    import importlib.util
+    try:
+        has_models = importlib.util.find_spec("tinygen.models") is not None
+    except ImportError:
+        has_models = False
+    if not has_models:
+        return {"status": "pending: tinygen.models (GAN/VAE training loops) is not in this tree yet"}
+    return {"status": "pending: tinygen.models exists; the quality comparison is not wired in yet"}
+
+
+# ---- environment -----------------------------------------------------------------------------------------------------
+def _loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "") if head else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(args, pool):
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python -m benchmarks " + " ".join(args.argv),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "tinygen_commit": git_commit(),
+        "threads": args.threads,
+        "loadavg_1min_start": args.load_start,
+        "loadavg_1min_end": _loadavg(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        "frameworks": {},
+    }
+    try:
+        import psutil
+        env["physical_cores"] = psutil.cpu_count(logical=False)
+        env["memory_gb"] = round(psutil.virtual_memory().total / 2 ** 30, 1)
+    except ImportError:
+        pass
+    try:
+        env["affinity"] = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    for fw, w in pool.workers.items():
+        if _status(w.hello) != "ok":
+            env["frameworks"][fw] = {"status": _status(w.hello)}
+            continue
+        reply = w.request("env", timeout=60)
+        env["frameworks"][fw] = reply.get("ok", {"status": _status(reply)})
+        env["frameworks"][fw]["start_s"] = w.hello.get("start_s")
+    return env
+
+
+# ---- report ----------------------------------------------------------------------------------------------------------
+def _k(x):
+    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+def _cell(res):
+    if res is None:
+        return "—"
+    if res.get("status") != "ok" or "samples_per_s" not in res:
+        status = res.get("status", "?")
+        return "n/a" if "n/a" in status else ("skipped" if status.startswith("skipped") else "FAILED")
+    s = res["samples_per_s"]
+    return f"{_k(s['median'])} ({_k(s['min'])}–{_k(s['max'])})"
+
+
+def _median(res):
+    if res and res.get("status") == "ok" and "samples_per_s" in res:
+        return res["samples_per_s"]["median"]
+    return None
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}x" if a is not None and b else "—"
+
+
+def markdown(results):
+    env, args = results["environment"], results["options"]
+    lines = ["# tinygen benchmarks", "",
+             f"`{env['command']}` — {env['date']}", "",
+             f"CPU: {env['cpu_model']}, {env.get('logical_cpus')} logical CPUs"
+             + (f" ({env['physical_cores']} physical)" if env.get("physical_cores") else "")
+             + (f", {env['memory_gb']} GB" if env.get("memory_gb") else "")
+             + f"; threads per framework: {args['threads']}; Python {env['python']}; tinygen {env['tinygen_commit']}",
+             "",
+             f"1-minute load average at start / end: {env['loadavg_1min_start']} / {env['loadavg_1min_end']} "
+             f"(above the thread count, other processes were competing for the CPUs and absolute numbers suffer; "
+             f"the interleaved chunks keep the ratios fair)", ""]
+    blas = []
+    for fw, info in env["frameworks"].items():
+        pools = info.get("threadpools")
+        if isinstance(pools, list):
+            desc = ", ".join(f"{p.get('internal_api')} {p.get('version') or ''} {p.get('architecture') or ''} "
+                             f"x{p.get('num_threads')}".replace("  ", " ") for p in pools)
+            vers = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
+            blas.append(f"- {fw}: {vers}; thread pools: {desc or 'none'}"
+                        + (f"; torch threads {info['torch_threads']}" if "torch_threads" in info else ""))
+        elif info.get("status"):
+            blas.append(f"- {fw}: {info['status']}")
+    lines += blas
+    lines += ["", "OPENBLAS_CORETYPE: " + (env["OPENBLAS_CORETYPE"] or "not set")
+              + "; OPENBLAS_L2_SIZE: " + (env["OPENBLAS_L2_SIZE"] or "not set")
+              + " (when set they can pin NumPy's OpenBLAS to a slower kernel)", ""]
+    if results.get("gemm"):
+        g = results["gemm"]
+        if g.get("status") == "ok":
+            sizes = ", ".join(f"{r['n']}: {r['gflops']:.0f}" for r in g["sizes"])
+            lines += [f"Measured sgemm peak (NumPy float32, {args['threads']} threads): "
+                      f"**{g['peak_gflops']:.0f} GFLOP/s** (by size n: {sizes})", ""]
+
+    d = results.get("dispatch")
+    if d:
+        cols = [c for c in ("tinygen", "tinygen-numba", "numpy", "torch", "jax", "jax-jit") if c in d]
+        lines += ["## Per-op dispatch overhead (8x8 float32, microseconds per op, best of repeats)", "",
+                  "| benchmark | " + " | ".join(cols) + " | tinygen / torch |",
+                  "|---" * (len(cols) + 2) + "|"]
+        for b in dispatch_mod.BENCHES:
+            row, vals = [], {}
+            for c in cols:
+                r = d[c]
+                if r.get("status") != "ok":
+                    row.append("skipped" if r.get("status", "").startswith("skipped") else "FAILED")
+                    continue
+                br = r["benches"].get(b, {})
+                if "us_per_op" in br:
+                    vals[c] = br["us_per_op"]
+                    row.append(f"{br['us_per_op']:.2f}")
+                else:
+                    row.append("n/a")
+            lines.append(f"| {b} | " + " | ".join(row) + f" | {_ratio(vals.get('tinygen'), vals.get('torch'))} |")
+        lines += ["", "add: a + b; add_rec: a + b recording a graph (a requires grad); add_fwd_bwd: then backward; "
+                      "chain_*: 20 elementwise ops (tanh(x * b + a) - b, five times). JAX eager fwd_bwd is "
+                      "jax.vjp; jax-jit is one compiled call divided by the op count.", ""]
+
+    tp = results.get("throughput")
+    if tp:
+        fws = args["frameworks"]
+        batches = args["batch_sizes"]
+        lines += ["## Training throughput (samples/s: median (min–max) over timed chunks)", ""]
+        for case, per_batch in tp.items():
+            lines += [f"### {case}: {CASES[case]['title']}", "",
+                      "| framework | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                      "|---" * (len(batches) + 1) + "|"]
+            for fw in fws:
+                lines.append(f"| {fw} | " + " | ".join(_cell(per_batch.get(str(b), {}).get(fw)) for b in batches)
+                             + " |")
+            for num, den in (("tinygen", REFERENCE), ("tinygen", "jax"), ("numpy", REFERENCE)):
+                if num in fws and den in fws:
+                    lines.append(f"| *{num} / {den}* | " + " | ".join(
+                        _ratio(_median(per_batch.get(str(b), {}).get(num)), _median(per_batch.get(str(b), {}).get(den)))
+                        for b in batches) + " |")
+            compile_notes = []
+            for b in batches:
+                for fw in fws:
+                    r = per_batch.get(str(b), {}).get(fw)
+                    if r and r.get("status") == "ok" and fw in ("torch-compile", "jax"):
+                        compile_notes.append(f"{fw} b={b}: {r['setup']['first_step_s']:.1f} s")
+            if compile_notes:
+                lines += ["", "First step (includes compilation): " + "; ".join(compile_notes)]
+            lines.append("")
+        skipped = sorted({f"{fw}: {r['status']}" for pb in tp.values() for bres in pb.values()
+                          for fw, r in bres.items() if r.get("status", "ok") != "ok"})
+        if skipped:
+            lines += ["Not measured:", ""] + [f"- {s}" for s in skipped] + [""]
+
+        peak = results.get("gemm", {}).get("peak_gflops")
+        if peak:
+            lines += ["## FLOP utilisation (matmul GFLOP/s achieved, % of the measured sgemm peak)", "",
+                      "Model FLOPs per step count only GEMMs: 2·m·in·out per Linear forward, the same again for its "
+                      "weight gradient and for its input gradient (not for the first layer, whose input needs none); "
+                      "the GAN counts G forward once, D forward+input-grads for the G step, and D forward+backward on "
+                      "real and fake batches (see benchmarks/specs.py).", "",
+                      "| case | batch | GFLOP/step | " + " | ".join(fws) + " |",
+                      "|---" * (len(fws) + 3) + "|"]
+            for case, per_batch in tp.items():
+                for b in batches:
+                    cells = []
+                    for fw in fws:
+                        r = per_batch.get(str(b), {}).get(fw)
+                        cells.append(f"{r['gflops_per_s']:.0f} ({100 * r['gflops_per_s'] / peak:.0f}%)"
+                                     if r and "gflops_per_s" in r else "—")
+                    gf = flops_per_step(CASES[case]["model"], b) / 1e9
+                    lines.append(f"| {case} | {b} | {gf:.3f} | " + " | ".join(cells) + " |")
+            lines.append("")
+
+    mem = results.get("memory")
+    if mem:
+        lines += [f"## Peak memory of a training run (resident set size, fresh process, batch {mem[0]['batch']})", "",
+                  "| case | framework | after import (MB) | peak (MB) | training adds (MB) |", "|---|---|---|---|---|"]
+        for r in mem:
+            if r.get("status") == "ok":
+                lines.append(f"| {r['case']} | {r['framework']} | {r['baseline_rss_mb']:.0f} | {r['peak_rss_mb']:.0f}"
+                             f" | {r['training_mb']:.0f} |")
+            else:
+                lines.append(f"| {r['case']} | {r['framework']} | {r['status']} | | |")
+        lines.append("")
+
+    chk = results.get("check")
+    if chk:
+        lines += ["## Same computation check (loss after each of the first steps, fixed noise; max relative "
+                  "difference to NumPy)", ""]
+        for case, per_fw in chk.items():
+            parts = []
+            for fw, r in per_fw.items():
+                if "max_rel_diff_vs_numpy" in r:
+                    parts.append(f"{fw} {r['max_rel_diff_vs_numpy']:.1e}" + ("" if r["agrees"] else " **DIFFERS**"))
+                elif r.get("status") != "ok":
+                    parts.append(f"{fw} {r['status'].split(':')[0]}")
+            lines.append(f"- {case}: " + ", ".join(parts))
+        lines.append("")
+
+    lines += ["## Quality at equal steps", "", results.get("quality", {}).get("status", "pending"), ""]
+
+    prof = results.get("profile")
+    if prof:
+        lines += ["## Where tinygen's step spends its time (cProfile)", ""]
+        for case, p in prof.items():
+            if p.get("status") != "ok":
+                lines += [f"- {case}: {p.get('status')}"]
+                continue
+            table = p["tottime"].splitlines()
+            lines += [f"### {case}, batch {p['batch']}: {p['steps']} steps, "
+                      f"{1000 * p['wall_s'] / p['steps']:.1f} ms/step under the profiler, "
+                      f"{p['function_calls_per_step']:.0f} Python function calls per step", "",
+                      "Top functions by own time (full tables in profile_<case>.txt):", "", "```"]
+            lines += table[:16] + ["```", ""]
+    return "\n".join(lines)
+
+
+def draw_chart(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return "matplotlib not installed"
+    tp = results.get("throughput")
+    if not tp:
+        return "no throughput results"
+    cases = list(tp)
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 4), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        for fw in results["options"]["frameworks"]:
+            pts = [(int(b), r[fw]["samples_per_s"]) for b, r in tp[case].items()
+                   if fw in r and "samples_per_s" in r[fw]]
+            if not pts:
+                continue
+            pts.sort()
+            xs = [p[0] for p in pts]
+            med = [p[1]["median"] for p in pts]
+            lo = [p[1]["median"] - p[1]["min"] for p in pts]
+            hi = [p[1]["max"] - p[1]["median"] for p in pts]
+            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=fw,
+                        linewidth=2.5 if fw.startswith("tinygen") else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(int(b) for b in tp[case]))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_yscale("log")
+        ax.set_title(case)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("samples/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Training throughput, {results['options']['threads']} threads — {results['environment']['cpu_model']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ---- main ------------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    args.load_start = _loadavg()
+    st = Settings(args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    log_dir = os.path.join(args.out, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    cases = [m for m in args.models if m != "dispatch"]
+    t_start = time.perf_counter()
+    results = {"options": {"models": args.models, "frameworks": args.frameworks, "batch_sizes": args.batch_sizes,
+                           "threads": args.threads, "quick": args.quick,
+                           "settings": {k: v for k, v in vars(st).items()}}}
+    pool = Pool(args.threads, log_dir)
+    failures = []
+    n_total = len(cases) * len(args.batch_sizes) * len(args.frameworks)
+    done = [0]
+
+    def progress(case, batch, fw, res):
+        done[0] += 1
+        text = _status(res) if res.get("status") != "ok" or "samples_per_s" not in res else (
+            f"{res['samples_per_s']['median']:>10,.0f} samples/s (min {res['samples_per_s']['min']:,.0f}, "
+            f"max {res['samples_per_s']['max']:,.0f}; {len(res['chunks'])} chunks of "
+            f"{res['setup']['steps_per_chunk']} steps; first step {res['setup']['first_step_s']:.2f} s)")
+        if res.get("status", "").startswith("failed"):
+            failures.append(f"{case} b={batch} {fw}: {res['status']}")
+        log(f"[{done[0]:>3}/{n_total}] {case:<9} b={batch:<5} {fw:<14} {text.splitlines()[0]}")
+
+    try:
+        if "numpy" in args.frameworks or cases:
+            w = pool.get("numpy")
+            reply = w.request("gemm", timeout=300, sizes=st.gemm_sizes)
+            results["gemm"] = {"status": _status(reply), **reply.get("ok", {})}
+            if "ok" in reply:
+                log(f"sgemm     peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
+        if "dispatch" in args.models:
+            results["dispatch"] = run_dispatch(pool, args.frameworks, st)
+            failures += [f"dispatch {k}: {v['status']}" for k, v in results["dispatch"].items()
+                         if v["status"].startswith("failed")]
+        if cases and not args.no_check:
+            results["check"] = run_checks(pool, cases, args.frameworks, min(args.batch_sizes), st)
+            failures += [f"check {c} {fw}: differs from numpy" for c, r in results["check"].items()
+                         for fw, x in r.items() if x.get("agrees") is False]
+        if cases:
+            results["throughput"] = {}
+            for case in cases:
+                results["throughput"][case] = {}
+                for b in args.batch_sizes:
+                    results["throughput"][case][str(b)] = run_throughput(pool, case, b, args.frameworks, st,
+                                                                         progress)
+        if cases:
+            want = args.profile
+            prof_cases = []
+            for case in cases:
+                b = str(args.profile_batch)
+                per = results["throughput"][case].get(b) or next(iter(results["throughput"][case].values()))
+                mine, ref = _median(per.get("tinygen")), _median(per.get(REFERENCE))
+                if want or (not args.quick and mine is not None and ref is not None and mine < ref):
+                    prof_cases.append(case)
+            if prof_cases and "tinygen" in args.frameworks:
+                results["profile"] = {}
+                for case in prof_cases:
+                    p = run_profile(pool, case, args.profile_batch, st)
+                    results["profile"][case] = p
+                    if p["status"] == "ok":
+                        with open(os.path.join(args.out, f"profile_{case}.txt"), "w") as f:
+                            f.write(f"{case}, batch {p['batch']}, {p['steps']} steps, {p['wall_s']:.3f} s\n\n"
+                                    f"## by own time\n{p['tottime']}\n\n## by cumulative time\n{p['cumulative']}\n")
+                        if args.profile:
+                            print(f"\n# cProfile: tinygen {case}, batch {p['batch']}\n{p['tottime']}\n")
+                    log(f"profile   {case:<9} b={args.profile_batch:<5} tinygen        {p['status']}")
+        if cases and not args.no_memory:
+            results["memory"] = run_memory(pool, cases, args.memory_frameworks, st.memory_batch, st)
+        results["quality"] = measure_quality(cases)
+        results["environment"] = environment(args, pool)
+    finally:
+        pool.close()
+    results["elapsed_s"] = time.perf_counter() - t_start
+    results["failures"] = failures
+
+    md = markdown(results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    if cases and not args.no_chart:
+        why = draw_chart(results, os.path.join(args.out, "throughput.png"))
+        if why:
+            log(f"chart     not drawn: {why}")
+    print(md)
+    log(f"done in {results['elapsed_s']:.0f} s; results in {args.out}/results.md, results.json"
+        + ("" if args.no_chart or not cases else ", throughput.png"))
+    if failures:
+        log("FAILED measurements:\n  " + "\n  ".join(failures))
+        return 1
+    return 0

@@ -1,0 +1,156 @@
+"""The tinygen side: the same models written with tinygen.nn and tinygen.optim, as a user would write them.
+
+Numba on/off is chosen by the environment (TINYGEN_NUMBA=0/1) that the harness sets before this process
+starts; ``numba_status()`` says whether this tinygen has Numba kernels at all.
+"""
+import importlib.util
+import os
+
+from .specs import BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip
+
+
+def _modules():
+    try:
+        import tinygen
+        import tinygen.nn as nn
+        import tinygen.optim as optim
+    except ImportError as e:
+        raise Skip(f"tinygen.nn not available ({e})") from None
+    return tinygen, nn, optim
+
+
+def numba_status():
+    """(in use, reason): whether tinygen's Numba kernels are active in this process (they follow TINYGEN_NUMBA)."""
+    if importlib.util.find_spec("tinygen.kernels") is None:
+        return False, "tinygen has no Numba kernels (tinygen.kernels) yet"
+    if importlib.util.find_spec("numba") is None:
+        return False, "numba not installed"
+    from tinygen import kernels
+    if not kernels.enabled():
+        return False, "Numba kernels switched off (TINYGEN_NUMBA=0)"
+    return True, "Numba kernels in use"
+
+
+def _assign(param, array, what):
+    """Copy an initial value into a parameter, whichever layout ((out, in) or (in, out)) it uses."""
+    data = param.data
+    if tuple(data.shape) == array.shape:
+        data[...] = array
+    elif array.ndim == 2 and tuple(data.shape) == array.T.shape:
+        data[...] = array.T
+    else:
+        raise ValueError(f"{what}: parameter has shape {tuple(data.shape)}, initial value has {array.shape}")
+
+
+def _linear(nn, params, name, fan_in, fan_out):
+    layer = nn.Linear(fan_in, fan_out)
+    _assign(layer.weight, params[name]["weight"], f"{name}.weight")
+    _assign(layer.bias, params[name]["bias"], f"{name}.bias")
+    return layer
+
+
+def _optimizer(optim, case, parameters):
+    spec = CASES[case]
+    if spec["optimizer"] == "sgd":
+        return optim.SGD(parameters, lr=spec["lr"], momentum=spec["momentum"])
+    return optim.Adam(parameters, lr=spec["lr"], betas=spec["betas"])
+
+
+class Runner:
+    def __init__(self, case, batch, params, data, seed=0, noise=None):
+        tg, nn, optim = _modules()
+        F = nn.functional
+        if os.environ.get("TINYGEN_NUMBA") == "1":
+            ok, why = numba_status()
+            if not ok:
+                raise Skip(f"n/a: {why}")
+        tg.manual_seed(seed)
+        model = CASES[case]["model"]
+        fixed = None if noise is None else tg.tensor(noise)
+
+        if model == "mlp":
+            mods = []
+            for i, (name, fi, fo) in enumerate(MLP_LAYERS):
+                mods.append(_linear(nn, params, name, fi, fo))
+                if i < len(MLP_LAYERS) - 1:
+                    mods.append(nn.ReLU())
+            net = nn.Sequential(*mods)
+            opt = _optimizer(optim, case, net.parameters())
+            x, y = tg.tensor(data["x"]), tg.tensor(data["y"])
+
+            def step():
+                opt.zero_grad()
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                opt.step()
+                return loss
+
+        elif model == "vae":
+            fc1, fc21, fc22, fc3, fc4 = (_linear(nn, params, n, i, o) for n, i, o in
+                                        [("fc1", 784, 400), ("fc21", 400, 20), ("fc22", 400, 20),
+                                         ("fc3", 20, 400), ("fc4", 400, 784)])
+            opt = _optimizer(optim, case, [p for m in (fc1, fc21, fc22, fc3, fc4) for p in m.parameters()])
+            x = tg.tensor(data["x"])
+
+            def step():
+                opt.zero_grad()
+                h1 = fc1(x).relu()
+                mu, logvar = fc21(h1), fc22(h1)
+                eps = fixed if fixed is not None else tg.randn(batch, 20)
+                z = mu + eps * (0.5 * logvar).exp()
+                logits = fc4(fc3(z).relu())
+                bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+                kld = -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum()
+                loss = bce + kld
+                loss.backward()
+                opt.step()
+                return loss
+
+        else:
+            mods = []
+            for name, fi, fo in GEN_LAYERS[:-1]:
+                mods.append(_linear(nn, params, name, fi, fo))
+                if name in GEN_BN:
+                    bn = nn.BatchNorm1d(fo, eps=BN_EPS, momentum=BN_MOMENTUM)
+                    _assign(bn.weight, params[name + "_bn"]["weight"], f"{name}_bn.weight")
+                    _assign(bn.bias, params[name + "_bn"]["bias"], f"{name}_bn.bias")
+                    mods.append(bn)
+                mods.append(nn.LeakyReLU(LEAKY))
+            name, fi, fo = GEN_LAYERS[-1]
+            gen = nn.Sequential(*mods, _linear(nn, params, name, fi, fo), nn.Tanh())
+            mods = []
+            for i, (name, fi, fo) in enumerate(DIS_LAYERS):
+                mods.append(_linear(nn, params, name, fi, fo))
+                if i < len(DIS_LAYERS) - 1:
+                    mods.append(nn.LeakyReLU(LEAKY))
+            dis = nn.Sequential(*mods)
+            opt_g, opt_d = _optimizer(optim, case, gen.parameters()), _optimizer(optim, case, dis.parameters())
+            real = tg.tensor(data["x"])
+            valid, fake_t = tg.ones(batch, 1), tg.zeros(batch, 1)
+            bce = F.binary_cross_entropy_with_logits
+
+            def step():
+                z = fixed if fixed is not None else tg.randn(batch, LATENT)
+                opt_g.zero_grad()
+                imgs = gen(z)
+                lg = bce(dis(imgs), valid)
+                lg.backward()
+                opt_g.step()
+                opt_d.zero_grad()
+                ld = (bce(dis(real), valid) + bce(dis(imgs.detach()), fake_t)) / 2
+                ld.backward()
+                opt_d.step()
+                return lg, ld
+
+        self.step = step
+
+    def sync(self):
+        pass
+
+    @staticmethod
+    def loss_value(loss):
+        return [float(v.item()) for v in (loss if isinstance(loss, tuple) else (loss,))]
+
+
+def build(case, batch, params, data, seed=0, noise=None):
+    return Runner(case, batch, params, data, seed, noise)

@@ -1,0 +1,190 @@
+"""The PyTorch side: the same models as plain nn.Modules, run eagerly or under torch.compile.
+
+torch.compile compiles the forward pass and the loss (AOTAutograd compiles the matching backward); the
+optimizer step stays eager, as in most training scripts that adopt torch.compile.
+"""
+from .specs import BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise Skip("torch not installed") from None
+    return torch
+
+
+def _linear(torch, params, name, fan_in, fan_out):
+    layer = torch.nn.Linear(fan_in, fan_out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(params[name]["weight"]))
+        layer.bias.copy_(torch.from_numpy(params[name]["bias"]))
+    return layer
+
+
+def _optimizer(torch, case, parameters):
+    spec = CASES[case]
+    if spec["optimizer"] == "sgd":
+        return torch.optim.SGD(parameters, lr=spec["lr"], momentum=spec["momentum"])
+    return torch.optim.Adam(parameters, lr=spec["lr"], betas=spec["betas"])
+
+
+def _mlp(torch, params):
+    nn = torch.nn
+    mods = []
+    for i, (name, fi, fo) in enumerate(MLP_LAYERS):
+        mods.append(_linear(torch, params, name, fi, fo))
+        if i < len(MLP_LAYERS) - 1:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+def _vae(torch, params):
+    nn, F = torch.nn, torch.nn.functional
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = _linear(torch, params, "fc1", 784, 400)
+            self.fc21 = _linear(torch, params, "fc21", 400, 20)
+            self.fc22 = _linear(torch, params, "fc22", 400, 20)
+            self.fc3 = _linear(torch, params, "fc3", 20, 400)
+            self.fc4 = _linear(torch, params, "fc4", 400, 784)
+
+        def forward(self, x, eps):
+            h1 = F.relu(self.fc1(x))
+            mu, logvar = self.fc21(h1), self.fc22(h1)
+            z = mu + eps * torch.exp(0.5 * logvar)
+            return self.fc4(F.relu(self.fc3(z))), mu, logvar
+
+    return VAE()
+
+
+def _generator(torch, params):
+    nn = torch.nn
+    mods = []
+    for name, fi, fo in GEN_LAYERS[:-1]:
+        mods.append(_linear(torch, params, name, fi, fo))
+        if name in GEN_BN:
+            bn = nn.BatchNorm1d(fo, eps=BN_EPS, momentum=BN_MOMENTUM)
+            with torch.no_grad():
+                bn.weight.copy_(torch.from_numpy(params[name + "_bn"]["weight"]))
+                bn.bias.copy_(torch.from_numpy(params[name + "_bn"]["bias"]))
+            mods.append(bn)
+        mods.append(nn.LeakyReLU(LEAKY))
+    name, fi, fo = GEN_LAYERS[-1]
+    mods += [_linear(torch, params, name, fi, fo), nn.Tanh()]
+    return nn.Sequential(*mods)
+
+
+def _discriminator(torch, params):
+    nn = torch.nn
+    mods = []
+    for i, (name, fi, fo) in enumerate(DIS_LAYERS):
+        mods.append(_linear(torch, params, name, fi, fo))
+        if i < len(DIS_LAYERS) - 1:
+            mods.append(nn.LeakyReLU(LEAKY))
+    return nn.Sequential(*mods)
+
+
+class Runner:
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False):
+        torch = _torch()
+        F = torch.nn.functional
+        self.torch = torch
+        torch.manual_seed(seed)
+        model = CASES[case]["model"]
+        fixed = None if noise is None else torch.from_numpy(noise)
+        wrap = self._compile if compile else (lambda fn: fn)
+
+        if model == "mlp":
+            net = _mlp(torch, params)
+            opt = _optimizer(torch, case, net.parameters())
+            x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
+            loss_fn = wrap(lambda x, y: F.cross_entropy(net(x), y))
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(x, y)
+                loss.backward()
+                opt.step()
+                return loss
+
+        elif model == "vae":
+            net = _vae(torch, params)
+            opt = _optimizer(torch, case, net.parameters())
+            x = torch.from_numpy(data["x"])
+
+            def vae_loss(x, eps):
+                logits, mu, logvar = net(x, eps)
+                bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+                kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+                return bce + kld
+            loss_fn = wrap(vae_loss)
+
+            def step():
+                eps = fixed if fixed is not None else torch.randn(batch, 20)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(x, eps)
+                loss.backward()
+                opt.step()
+                return loss
+
+        else:
+            gen, dis = _generator(torch, params), _discriminator(torch, params)
+            opt_g = _optimizer(torch, case, gen.parameters())
+            opt_d = _optimizer(torch, case, dis.parameters())
+            real = torch.from_numpy(data["x"])
+            valid, fake_t = torch.ones(batch, 1), torch.zeros(batch, 1)
+
+            def g_loss(z):
+                imgs = gen(z)
+                return F.binary_cross_entropy_with_logits(dis(imgs), valid), imgs
+
+            def d_loss(real, imgs):
+                r = F.binary_cross_entropy_with_logits(dis(real), valid)
+                f = F.binary_cross_entropy_with_logits(dis(imgs), fake_t)
+                return (r + f) / 2
+            g_fn, d_fn = wrap(g_loss), wrap(d_loss)
+
+            def step():
+                z = fixed if fixed is not None else torch.randn(batch, LATENT)
+                opt_g.zero_grad(set_to_none=True)
+                lg, imgs = g_fn(z)
+                lg.backward()
+                opt_g.step()
+                opt_d.zero_grad(set_to_none=True)
+                ld = d_fn(real, imgs.detach())
+                ld.backward()
+                opt_d.step()
+                return lg, ld
+
+        self.step = step
+
+    def _compile(self, fn):
+        torch = self.torch
+        if not hasattr(torch, "compile"):
+            raise Skip("this torch has no torch.compile")
+        compiled = torch.compile(fn)
+
+        def call(*args):
+            try:
+                return compiled(*args)
+            except Exception as e:  # no compiler toolchain, unsupported platform, ...
+                raise Skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        return call
+
+    def sync(self):
+        pass
+
+    @staticmethod
+    def loss_value(loss):
+        return [float(v.detach()) for v in (loss if isinstance(loss, tuple) else (loss,))]
+
+
+def build(case, batch, params, data, seed=0, noise=None):
+    return Runner(case, batch, params, data, seed, noise)
+
+
+def build_compiled(case, batch, params, data, seed=0, noise=None):
+    return Runner(case, batch, params, data, seed, noise, compile=True)
