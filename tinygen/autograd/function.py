@@ -90,7 +90,7 @@ class Function:
         return tuple(e is not None for e in edges) if edges is not None else ()
 
     def name(self):
-        return type(self).__name__ + "Backward"
+        return type(self).__name__.removesuffix("Function") + "Backward"
 
     def release(self):
         """Drop what was saved for backward (called by the engine unless retain_graph)."""
