@@ -1,0 +1,611 @@
+"""A variational autoencoder on MNIST (Kingma & Welling), the PyTorch example's model by default.
+
+Model (default 784-400-20): encoder x -> fc 400 ReLU -> (mu, logvar) of q(z|x) = N(mu, diag exp(logvar)) with
+z in R^20; decoder z -> fc 400 ReLU -> fc 784 -> the parameters of p(x|z). ``hidden`` lists the encoder widths
+(the decoder mirrors them); ``latent`` is the size of z.
+
+Decoders:
+  bernoulli (default)  p(x|z) = prod Bernoulli(sigmoid(logits)); -log p(x|z) is the binary cross-entropy with
+                       logits summed over the 784 pixels. Used on grey-level pixels in [0, 1] (as PyTorch's example;
+                       strictly a "continuous Bernoulli" without its normaliser) or on dynamically binarised ones.
+  gaussian             p(x|z) = N(sigmoid(out), sigma^2 I). ``decoder_var="learned"``: one scalar log sigma^2
+                       learned with the model (shared by all pixels, so it cannot collapse on the always-black
+                       border pixels; it tends to the mean squared reconstruction error); a number fixes sigma^2.
+                       Its values are densities of continuous pixels: not comparable with Bernoulli nats.
+
+Loss: the negative ELBO, -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I)), with one reparameterised sample
+z = mu + exp(logvar / 2) * eps and the KL in closed form; summed over the batch as PyTorch's example does.
+``beta_warmup`` E > 0 raises the KL weight linearly from 0 to ``beta`` over the first E epochs (per step).
+``conditional`` makes a CVAE: the label (one-hot, or an ``nn.Embedding``) is concatenated to the encoder input
+and to z.
+
+Reported numbers are per sample in nats: ``recon`` = -log p(x|z), ``kl``, and ``loss`` = recon + kl (the negative
+ELBO with beta = 1, whatever beta training used). ``iwae_bound`` gives the importance-weighted bound
+log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), which tightens as k grows.
+
+    tinygen train vae --epochs 10 --out runs/vae          # checkpoint.npz, metrics.jsonl, PNGs in runs/vae
+    tinygen eval runs/vae/checkpoint.npz --iwae-k 5000 --json
+    tinygen sample runs/vae/checkpoint.npz --n 64 --out samples.png
+"""
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import nn, no_grad, optim
+from .. import random as _random
+from ..data import DataLoader, binarize, mnist, to_unit
+from ..nn import functional as F
+from ..ops import cat
+from ..tensor import Tensor, _make, as_tensor, zeros
+from . import train_utils as tu
+
+NAME = "vae"
+LOG_2PI = math.log(2 * math.pi)
+TEST_BINARIZE_SEED = 0  # the binarised test set is drawn once with this seed, so all runs score the same images
+DECODERS = ("bernoulli", "gaussian")
+LABEL_EMBEDDINGS = ("onehot", "embedding")
+
+DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "latent": 20, "hidden": [400], "seed": 1,
+            "binarize": False, "beta": 1.0, "beta_warmup": 0.0, "decoder": "bernoulli", "decoder_var": "learned",
+            "conditional": False, "label_embedding": "onehot", "label_dim": 10}
+
+
+# ---- the model -------------------------------------------------------------------------------------------------------
+def _mlp(widths):
+    """Linear layers between consecutive widths, ReLU after each."""
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim):
+    if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or latent < 1:
+        raise ValueError(f"latent size must be a positive integer, got {latent!r}")
+    if isinstance(hidden, (int, np.integer)):
+        hidden = [hidden]
+    hidden = list(hidden)
+    if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty list of positive layer widths, got {hidden!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+    if decoder == "gaussian" and decoder_var != "learned":
+        try:
+            var = float(decoder_var)
+        except (TypeError, ValueError):
+            raise ValueError(f"decoder_var must be 'learned' or a positive number (a fixed variance), got "
+                             f"{decoder_var!r}") from None
+        if not (var > 0 and math.isfinite(var)):
+            raise ValueError(f"decoder_var (a fixed variance) must be positive and finite, got {decoder_var!r}")
+    if label_embedding not in LABEL_EMBEDDINGS:
+        raise ValueError(f"unknown label_embedding {label_embedding!r}; expected one of {', '.join(LABEL_EMBEDDINGS)}")
+    if isinstance(label_dim, bool) or not isinstance(label_dim, (int, np.integer)) or label_dim < 1:
+        raise ValueError(f"label_dim must be a positive integer, got {label_dim!r}")
+    return [int(h) for h in hidden]
+
+
+class VAE(nn.Module):
+    """MLP VAE for 784-pixel images; see the module docstring for the decoders and the conditional variant."""
+
+    def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
+                 label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784):
+        super().__init__()
+        hidden = _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim)
+        self.latent, self.hidden, self.decoder_kind = int(latent), hidden, decoder
+        self.conditional, self.num_classes, self.data_dim = bool(conditional), num_classes, data_dim
+        self.label_kind = label_embedding
+        c = 0
+        if self.conditional:
+            if label_embedding == "embedding":
+                self.label_embed = nn.Embedding(num_classes, label_dim)
+                c = label_dim
+            else:
+                c = num_classes
+        self.cond_dim = c
+        self.encoder = _mlp([data_dim + c] + hidden)
+        self.fc_mu = nn.Linear(hidden[-1], latent)
+        self.fc_logvar = nn.Linear(hidden[-1], latent)
+        self.decoder = _mlp([latent + c] + hidden[::-1])
+        self.fc_out = nn.Linear(hidden[0], data_dim)
+        self.fixed_logvar = None
+        if decoder == "gaussian":
+            if decoder_var == "learned":
+                self.out_logvar = nn.Parameter(zeros(()))  # log sigma^2, a scalar; starts at sigma = 1
+            else:
+                self.fixed_logvar = math.log(float(decoder_var))
+
+    # -- pieces
+    def _label(self, y, like):
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ValueError("this VAE is conditional (CVAE): pass the labels y")
+        if not isinstance(y, Tensor):
+            y = as_tensor(np.asarray(y, dtype=np.int64), device=like.device)
+        if y.ndim != 1 or y.shape[0] != like.shape[0]:
+            raise ValueError(f"labels must have shape ({like.shape[0]},), got {tuple(y.shape)}")
+        if self.label_kind == "embedding":
+            return self.label_embed(y)
+        xp = like.xp
+        return _make(xp.eye(self.num_classes, dtype=like.dtype)[y.data], like.device)
+
+    def encode(self, x, y=None):
+        """(mu, logvar) of q(z|x[, y]) for x of shape (N, 784) (or (N, 28, 28))."""
+        x = x.reshape(x.shape[0], self.data_dim)
+        c = self._label(y, x)
+        h = self.encoder(cat([x, c], 1) if c is not None else x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z, y=None):
+        """The decoder's output (N, 784): Bernoulli logits, or the Gaussian mean before its sigmoid."""
+        c = self._label(y, z)
+        return self.fc_out(self.decoder(cat([z, c], 1) if c is not None else z))
+
+    def mean(self, z, y=None):
+        """E[x|z] in [0, 1]: sigmoid of the decoder output (for pictures)."""
+        return self.decode(z, y).sigmoid()
+
+    @staticmethod
+    def reparameterize(mu, logvar):
+        """z = mu + sigma * eps with eps ~ N(0, I): a sample of q(z|x) differentiable in mu and logvar."""
+        eps = _random.randn(*mu.shape, dtype=mu.dtype, device=mu.device)
+        return mu + (logvar * 0.5).exp() * eps
+
+    def forward(self, x, y=None):
+        """(decoder output, mu, logvar) for one sample z of q(z|x)."""
+        mu, logvar = self.encode(x, y)
+        return self.decode(self.reparameterize(mu, logvar), y), mu, logvar
+
+    def decoder_logvar(self):
+        """log sigma^2 of the Gaussian decoder (a tensor when learned, a float when fixed)."""
+        return self.out_logvar if self.fixed_logvar is None else self.fixed_logvar
+
+    def recon_nll(self, out, x, reduction="sum"):
+        """-log p(x|z) from the decoder output: summed over pixels, then summed over the batch ("sum") or per
+        sample ("none", shape (N,))."""
+        x = x.reshape(x.shape[0], self.data_dim)
+        if self.decoder_kind == "bernoulli":
+            if reduction == "sum":
+                return F.binary_cross_entropy_with_logits(out, x, reduction="sum")
+            return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
+        logvar = self.decoder_logvar()
+        d = x - out.sigmoid()
+        sq = (d * d).sum() if reduction == "sum" else (d * d).sum(1)
+        count = self.data_dim * (x.shape[0] if reduction == "sum" else 1)
+        # 0.5 * (sum (x - mean)^2 / sigma^2 + count * (log sigma^2 + log 2 pi))
+        if isinstance(logvar, Tensor):
+            return sq * (-logvar).exp() * 0.5 + (logvar + LOG_2PI) * (0.5 * count)
+        return sq * (0.5 * math.exp(-logvar)) + 0.5 * count * (logvar + LOG_2PI)
+
+    def extra_repr(self):
+        return (f"latent={self.latent}, hidden={self.hidden}, decoder={self.decoder_kind}, "
+                f"conditional={self.conditional}")
+
+
+def elbo_terms(model, x, y=None):
+    """One-sample estimate of the ELBO pieces of a batch, summed over it: ``(recon, kl)`` as scalar tensors with
+    recon = sum_n -log p(x_n|z_n), z_n ~ q(z|x_n), and kl = sum_n KL(q(z|x_n) || N(0, I)) (closed form)."""
+    out, mu, logvar = model(x, y)
+    return model.recon_nll(out, x, reduction="sum"), F.kl_normal(mu, logvar, reduction="sum")
+
+
+def beta_at(step, steps_per_epoch, beta, warmup_epochs):
+    """The KL weight at optimisation step ``step`` (0-based): rises linearly from 0 to ``beta`` over
+    ``warmup_epochs`` epochs (reaching ``beta`` at step warmup_epochs * steps_per_epoch), then stays."""
+    if warmup_epochs <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
+
+
+def _batches(n, batch_size):
+    for i in range(0, n, batch_size):
+        yield slice(i, min(i + batch_size, n))
+
+
+def _to(array, device, dtype=np.float32):
+    return as_tensor(np.ascontiguousarray(array, dtype=dtype), device=device)
+
+
+def evaluate_elbo(model, images, labels=None, batch_size=1000, device="cpu"):
+    """Per-sample test ELBO terms in nats over all ``images`` (N, 784) floats, one z sample each (under
+    no_grad, eval mode): ``{"recon", "kl", "loss"}`` with loss = recon + kl = the negative ELBO."""
+    was = model.training
+    model.eval()
+    recon = kl = 0.0
+    try:
+        with no_grad():
+            for sl in _batches(len(images), batch_size):
+                x = _to(images[sl], device)
+                y = _to(labels[sl], device, np.int64) if model.conditional else None
+                r, k = elbo_terms(model, x, y)
+                recon += float(r.item())
+                kl += float(k.item())
+    finally:
+        model.train(was)
+    n = max(len(images), 1)
+    return {"recon": recon / n, "kl": kl / n, "loss": (recon + kl) / n}
+
+
+def iwae_log_weights(model, x, y=None, k=5000, chunk_rows=4096):
+    """log w_i = log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q(z|x) per image: a float64 NumPy array (N, k).
+
+    The N * k decoder passes run in chunks of about ``chunk_rows`` rows, so memory stays bounded whatever k is;
+    the result does not depend on the chunk size. Call under ``no_grad``.
+    """
+    n = x.shape[0]
+    x = x.reshape(n, model.data_dim)
+    mu, logvar = model.encode(x, y)
+    std = (logvar * 0.5).exp()
+    # log q(z|x) at z = mu + std * eps is -0.5 * sum(eps^2 + log 2 pi + logvar): the logvar part is per image
+    logq_const = (logvar.sum(1) + model.latent * LOG_2PI) * -0.5                      # (N,)
+    per = max(1, chunk_rows // n)  # samples per image in one chunk
+    out = np.empty((n, k), dtype=np.float64)
+    for start in range(0, k, per):
+        m = min(per, k - start)
+        # drawn sample-major, so the numbers each (image, sample) gets do not depend on the chunk size
+        eps = _random.randn(m, n, model.latent, dtype=mu.dtype, device=mu.device).transpose(0, 1)
+        z = mu.unsqueeze(1) + std.unsqueeze(1) * eps                                     # (N, m, latent)
+        zf = z.reshape(n * m, model.latent)
+        xr = x.unsqueeze(1).expand(n, m, model.data_dim).reshape(n * m, model.data_dim)
+        yr = None
+        if y is not None:
+            yr = _make(y.xp.repeat(y.data, m), y.device)
+        log_px = -model.recon_nll(model.decode(zf, yr), xr, reduction="none").reshape(n, m)
+        log_pz = (zf * zf).sum(1).reshape(n, m) * -0.5 - 0.5 * model.latent * LOG_2PI
+        log_q = (eps * eps).sum(2) * -0.5 + logq_const.unsqueeze(1)
+        w = log_px + log_pz - log_q
+        out[:, start:start + m] = np.asarray(w.cpu().data, dtype=np.float64)
+    return out
+
+
+def iwae_bound(model, images, labels=None, k=5000, batch_size=None, device="cpu", chunk_rows=4096,
+               quiet=True):
+    """The importance-weighted lower bound of the mean log-likelihood of ``images`` (N, 784), in nats per image:
+    mean_n [logsumexp_i log w_ni - log k]. With k = 1 it is a one-sample ELBO estimate; it rises towards
+    log p(x) as k grows (Burda et al.). Returns the per-image bounds as a float64 array (N,)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"iwae k (importance samples per image) must be a positive integer, got {k!r}")
+    batch_size = batch_size or max(1, min(len(images), 100))
+    was = model.training
+    model.eval()
+    bounds = []
+    bar = tu.Progress(len(images), desc=f"IWAE k={k}", unit="img", quiet=quiet)
+    try:
+        with no_grad():
+            for sl in _batches(len(images), batch_size):
+                x = _to(images[sl], device)
+                y = _to(labels[sl], device, np.int64) if model.conditional else None
+                lw = iwae_log_weights(model, x, y, k, chunk_rows)
+                top = lw.max(axis=1, keepdims=True)
+                bounds.append(top[:, 0] + np.log(np.exp(lw - top).mean(axis=1)))
+                bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
+        model.train(was)
+    return np.concatenate(bounds)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+def _flat_unit(images):
+    return to_unit(np.asarray(images)).reshape(len(images), 784)
+
+
+def load_data(cfg, train_set=None, test_set=None):
+    """(train_images (N, 784) float32 in [0, 1], train_labels, test_images, test_labels). The test images are
+    binarised once (seed ``TEST_BINARIZE_SEED``) when ``cfg["binarize"]``; the training images are binarised
+    afresh in every batch by the DataLoader."""
+    data = cfg.get("data")
+    if data is not None and not Path(data).expanduser().is_dir():
+        raise FileNotFoundError(f"MNIST data folder '{data}' does not exist")
+    if train_set is None:
+        train_set = mnist("train", root=data)
+    if test_set is None:
+        test_set = mnist("test", root=data)
+    train_x, train_y = train_set
+    test_x, test_y = test_set
+    train_x, test_x = _flat_unit(train_x), _flat_unit(test_x)
+    if cfg["binarize"]:
+        test_x = binarize(test_x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
+    return train_x, np.asarray(train_y, dtype=np.int64), test_x, np.asarray(test_y, dtype=np.int64)
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------------
+def make_config(**overrides):
+    """The defaults updated with ``overrides``, validated (ValueError names the bad setting)."""
+    unknown = sorted(set(overrides) - set(DEFAULTS) - {"data", "device"})
+    if unknown:
+        raise ValueError(f"unknown VAE setting(s) {unknown}; known: {sorted(DEFAULTS)} and data, device")
+    cfg = dict(DEFAULTS, data=None, device="cpu")
+    cfg.update(overrides)
+    if isinstance(cfg["hidden"], (int, np.integer)):
+        cfg["hidden"] = [int(cfg["hidden"])]
+    if isinstance(cfg["epochs"], bool) or not isinstance(cfg["epochs"], (int, np.integer)) or cfg["epochs"] < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {cfg['epochs']!r}")
+    if isinstance(cfg["batch_size"], bool) or not isinstance(cfg["batch_size"], (int, np.integer)) \
+            or cfg["batch_size"] < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
+    tu.check_positive("lr", cfg["lr"])
+    tu.check_positive("beta", cfg["beta"], allow_zero=True)
+    tu.check_positive("beta_warmup", cfg["beta_warmup"], allow_zero=True)
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, np.integer)) or cfg["seed"] < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {cfg['seed']!r}")
+    cfg["hidden"] = _check_model_args(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"],
+                                      cfg["label_embedding"], cfg["label_dim"])
+    if cfg["decoder_var"] != "learned":
+        cfg["decoder_var"] = float(cfg["decoder_var"])
+    for key in ("epochs", "batch_size", "latent", "seed", "label_dim"):
+        cfg[key] = int(cfg[key])
+    for key in ("lr", "beta", "beta_warmup"):
+        cfg[key] = float(cfg[key])
+    cfg["binarize"], cfg["conditional"] = bool(cfg["binarize"]), bool(cfg["conditional"])
+    return cfg
+
+
+def build_model(cfg):
+    return VAE(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"], cfg["conditional"],
+               cfg["label_embedding"], cfg["label_dim"])
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """The trained VAE of a checkpoint (the dict ``tinygen.load`` returns), in eval mode."""
+    if not isinstance(ckpt, dict) or ckpt.get("model") != NAME:
+        raise ValueError(f"not a VAE checkpoint (model {ckpt.get('model') if isinstance(ckpt, dict) else None!r})")
+    model = build_model(make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS}))
+    model.load_state_dict(ckpt["modules"]["model"])
+    return model.to(device).eval()
+
+
+# ---- training --------------------------------------------------------------------------------------------------------
+def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None, test_set=None, **settings):
+    """Train a VAE; returns ``(model, history)`` with one metrics dict per epoch run in this call.
+
+    settings: see ``DEFAULTS`` (plus ``data``, ``device``). out: folder for ``checkpoint.npz`` (rewritten
+    atomically after every epoch), ``metrics.jsonl`` and the PNGs; ``resume=True`` continues the run saved there
+    (same settings; ``epochs`` may grow) and ends with the same parameters as an uninterrupted run.
+    train_set / test_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
+    """
+    cfg = make_config(**settings)
+    device = cfg["device"]
+    train_x, train_y, test_x, test_y = load_data(cfg, train_set, test_set)
+
+    _random.manual_seed(cfg["seed"])
+    model = build_model(cfg).to(device)
+    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                        transform=binarize if cfg["binarize"] else None, device=device)
+    parts = {"modules": {"model": model}, "optimizers": {"adam": opt}, "loaders": {"train": loader}}
+    start, log, ckpt_path = 0, None, None
+    if out is not None:
+        out = tu.prepare_out_dir(out, resume)
+        ckpt_path, log = out / "checkpoint.npz", tu.MetricsLog(out / "metrics.jsonl")
+        if resume:
+            start = tu.restore_checkpoint(tu.load_checkpoint(ckpt_path, cfg, NAME), **parts,
+                                          restore_rng=True)
+            log.truncate_after(start)
+        elif log.path.exists():
+            log.path.unlink()
+    elif resume:
+        raise ValueError("resume needs out (the folder of the run to continue)")
+
+    steps = len(loader)
+    history = []
+    for epoch in range(start, cfg["epochs"]):
+        model.train()
+        bar = tu.Progress(steps, desc=f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet=quiet)
+        recon_sum = kl_sum = 0.0
+        seen = 0
+        for b, (x, y) in enumerate(loader):
+            beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
+            recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None)
+            loss = recon + kl * beta if beta != 1.0 else recon + kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            recon_sum += recon.item()
+            kl_sum += kl.item()
+            seen += x.shape[0]
+            bar.update(loss=(recon_sum + kl_sum) / seen)
+        bar.close()
+        with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
+            test = evaluate_elbo(model, test_x, test_y, device=device)
+        record = {"epoch": epoch + 1, "beta": beta if steps else cfg["beta"],
+                  "train_recon": recon_sum / max(seen, 1), "train_kl": kl_sum / max(seen, 1),
+                  "train_loss": (recon_sum + kl_sum) / max(seen, 1),
+                  "test_recon": test["recon"], "test_kl": test["kl"], "test_loss": test["loss"],
+                  "seconds": bar.elapsed}
+        if cfg["decoder"] == "gaussian" and cfg["decoder_var"] == "learned":
+            record["decoder_sigma"] = math.exp(0.5 * model.out_logvar.item())
+        history.append(record)
+        if not quiet:
+            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} (recon {record['train_recon']:.4f}, "
+                  f"kl {record['train_kl']:.4f}) | test loss {test['loss']:.4f} (recon {test['recon']:.4f}, "
+                  f"kl {test['kl']:.4f}) | {record['seconds']:.1f}s", flush=True)
+        if out is not None:
+            log.write(record)
+            tu.save_checkpoint(ckpt_path, NAME, cfg, epoch + 1, **parts, devices=(device,),
+                               extra={"last": record, "num_train": int(len(train_x))})
+    if out is not None and pictures:
+        with tu.fork_rng(cfg["seed"], (device,)):
+            save_pictures(model, out, test_x, test_y, device=device)
+    return model, history
+
+
+# ---- pictures --------------------------------------------------------------------------------------------------------
+def _host(t):
+    return np.asarray(t.cpu().data)
+
+
+def _labels_for(model, n, label=None, device="cpu"):
+    if not model.conditional:
+        return None
+    if label is not None:
+        if not 0 <= int(label) < model.num_classes:
+            raise ValueError(f"label must be in 0..{model.num_classes - 1}, got {label}")
+        ys = np.full(n, int(label), dtype=np.int64)
+    else:
+        ys = np.arange(n, dtype=np.int64) % model.num_classes
+    return _to(ys, device, np.int64)
+
+
+def sample_images(model, n, label=None, device="cpu"):
+    """``n`` images (n, 28, 28) in [0, 1]: decoder means at z ~ N(0, I) (label: the class, for a CVAE; default
+    the classes in turn)."""
+    with no_grad():
+        z = _random.randn(n, model.latent, device=device)
+        return _host(model.mean(z, _labels_for(model, n, label, device))).reshape(n, 28, 28)
+
+
+def reconstructions(model, images, labels=None, device="cpu"):
+    """Decoder means at z = mu(x) for images (N, 784)."""
+    with no_grad():
+        x = _to(images, device)
+        y = _to(labels, device, np.int64) if model.conditional else None
+        mu, _ = model.encode(x, y)
+        return _host(model.mean(mu, y)).reshape(len(images), 28, 28)
+
+
+def interpolations(model, a, b, steps=10, labels_a=None, labels_b=None, device="cpu"):
+    """Rows of decoded points on the line between the codes mu(a_i) and mu(b_i): (pairs * steps, 28, 28).
+    A CVAE encodes each image with its own label and decodes the whole row with a's label."""
+    with no_grad():
+        ya = _to(labels_a, device, np.int64) if model.conditional else None
+        yb = _to(labels_b, device, np.int64) if model.conditional else None
+        za, _ = model.encode(_to(a, device), ya)
+        zb, _ = model.encode(_to(b, device), yb)
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+        za, zb = _host(za), _host(zb)
+        z = za[:, None, :] * (1 - t)[None, :, None] + zb[:, None, :] * t[None, :, None]
+        yr = None if ya is None else _to(np.repeat(labels_a, steps), device, np.int64)
+        return _host(model.mean(_to(z.reshape(-1, model.latent), device), yr)).reshape(-1, 28, 28)
+
+
+def manifold(model, n=20, label=None, device="cpu"):
+    """For a 2-D latent: decoder means on an n x n grid of z at the Gaussian quantiles 0.05..0.95."""
+    if model.latent != 2:
+        raise ValueError(f"the manifold grid needs a 2-D latent, this VAE has {model.latent}")
+    q = np.array([statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)], dtype=np.float32)
+    zz = np.stack(np.meshgrid(q, q[::-1], indexing="xy"), axis=-1).reshape(-1, 2)
+    with no_grad():
+        return _host(model.mean(_to(zz, device), _labels_for(model, n * n, label, device))).reshape(-1, 28, 28)
+
+
+def save_pictures(model, out, test_x, test_y, device="cpu"):
+    """reconstructions.png (rows of inputs over their reconstructions), samples.png, interpolations.png and, for
+    a 2-D latent, manifold.png, in the folder ``out``; returns their paths."""
+    from ..utils.image import save_image_grid
+    out = Path(out)
+    paths = []
+    n = min(32, len(test_x))
+    rec = reconstructions(model, test_x[:n], test_y[:n], device)
+    pairs = np.empty((2 * n, 28, 28), dtype=np.float32)
+    for r in range(0, n, 8):  # a row of 8 inputs, then the row of their reconstructions
+        m = min(8, n - r)
+        pairs[2 * r:2 * r + m] = test_x[r:r + m].reshape(-1, 28, 28)
+        pairs[2 * r + m:2 * r + 2 * m] = rec[r:r + m]
+    paths.append(save_image_grid(out / "reconstructions.png", pairs[:2 * n], nrow=8))
+    paths.append(save_image_grid(out / "samples.png", sample_images(model, 100 if model.conditional else 64,
+                                                                      device=device),
+                                 nrow=10 if model.conditional else 8))
+    k = min(8, len(test_x) // 2)
+    if k:
+        a, b = test_x[:k], test_x[k:2 * k]
+        paths.append(save_image_grid(out / "interpolations.png",
+                                     interpolations(model, a, b, 10, test_y[:k], test_y[k:2 * k], device), nrow=10))
+    if model.latent == 2:
+        paths.append(save_image_grid(out / "manifold.png", manifold(model, 20, device=device), nrow=20,
+                                     padding=0))
+    return paths
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+def add_arguments(p):
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--latent", type=int, default=DEFAULTS["latent"], help="size of z")
+    p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"],
+                   help="encoder hidden widths (the decoder mirrors them)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--out", default="runs/vae", help="folder for checkpoint.npz, metrics.jsonl and the PNGs")
+    p.add_argument("--binarize", action="store_true",
+                   help="dynamically binarised MNIST (a fresh Bernoulli draw of each training image every epoch)")
+    p.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="KL weight")
+    p.add_argument("--beta-warmup", type=float, default=DEFAULTS["beta_warmup"], metavar="EPOCHS",
+                   help="raise the KL weight linearly from 0 to beta over this many epochs")
+    p.add_argument("--decoder", default=DEFAULTS["decoder"], choices=DECODERS,
+                   help="likelihood p(x|z): Bernoulli (BCE with logits) or Gaussian")
+    p.add_argument("--decoder-var", default=DEFAULTS["decoder_var"],
+                   help="Gaussian decoder variance: 'learned' (one shared scalar) or a fixed number")
+    p.add_argument("--conditional", action="store_true", help="label-conditioned VAE (CVAE)")
+    p.add_argument("--label-embedding", default=DEFAULTS["label_embedding"], choices=LABEL_EMBEDDINGS,
+                   help="how a CVAE feeds the label: one-hot vector or a learned nn.Embedding")
+    p.add_argument("--label-dim", type=int, default=DEFAULTS["label_dim"], help="size of the label embedding")
+    p.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _settings_from_args(args):
+    keys = list(DEFAULTS) + ["data", "device"]
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+
+
+def train_from_args(args):
+    _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, **_settings_from_args(args))
+    if history:
+        print(f"test loss {history[-1]['test_loss']:.4f} nats per image after epoch {history[-1]['epoch']}; "
+              f"outputs in {args.out}")
+    return 0
+
+
+def sample_checkpoint(ckpt, args):
+    """Samples from the prior as a PNG grid, or the raw (n, 28, 28) float32 means for an ``.npy`` output."""
+    from ..utils.image import save_image_grid
+    if args.n < 1:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    model = model_from_checkpoint(ckpt, args.device)
+    _random.manual_seed(args.seed)
+    images = sample_images(model, args.n, label=getattr(args, "label", None), device=args.device)
+    if str(args.out).endswith(".npy"):
+        np.save(args.out, images.astype(np.float32))
+    else:
+        save_image_grid(args.out, images, nrow=10 if model.conditional and args.label is None else 8)
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def evaluate_checkpoint(ckpt, args):
+    """Test ELBO terms over the 10,000 test images and the IWAE-k bound on the first ``--iwae-images``.
+
+    ``test_loss`` is the negative ELBO per test image (one z sample each), ``iwae_nll`` the negative IWAE bound
+    (an upper bound on the test negative log-likelihood, tighter than test_loss), all in nats.
+    """
+    model = model_from_checkpoint(ckpt, args.device)
+    cfg = make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS})
+    data = getattr(args, "data", None)
+    test = mnist("test", root=data)
+    x = _flat_unit(test.images)
+    if cfg["binarize"]:
+        x = binarize(x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
+    y = np.asarray(test.labels, dtype=np.int64)
+    _random.manual_seed(args.seed)
+    elbo = evaluate_elbo(model, x, y, device=args.device)
+    out = {"epochs_trained": int(ckpt.get("epoch", 0)), "binarized": cfg["binarize"], "decoder": cfg["decoder"],
+           "test_loss": elbo["loss"], "test_recon": elbo["recon"], "test_kl": elbo["kl"]}
+    k, m = int(args.iwae_k), int(args.iwae_images)
+    if k > 0 and m > 0:
+        if m > len(x):
+            raise ValueError(f"--iwae-images {m} is more than the {len(x)} test images")
+        t0 = time.perf_counter()
+        bounds = iwae_bound(model, x[:m], y[:m], k=k, device=args.device, quiet=bool(getattr(args, "json", False)))
+        _random.manual_seed(args.seed)
+        sub = evaluate_elbo(model, x[:m], y[:m], device=args.device)
+        out.update({"iwae_k": k, "iwae_images": m, "iwae_nll": float(-bounds.mean()),
+                    "iwae_nll_stderr": float(bounds.std(ddof=1) / math.sqrt(m)) if m > 1 else 0.0,
+                    "elbo_loss_on_iwae_images": sub["loss"], "iwae_seconds": time.perf_counter() - t0})
+    return out
