@@ -256,7 +256,8 @@ def test_repr_tree():
         "  (2): LayerNorm((3,), eps=1e-05, elementwise_affine=True, bias=True)\n"
         ")")
     assert repr(nn.Linear(2, 3, bias=False)) == "Linear(in_features=2, out_features=3, bias=False)"
-    assert repr(nn.BatchNorm1d(4)) == "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+    assert repr(nn.BatchNorm1d(4)) == ("BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+                                       "track_running_stats=True)")
     assert repr(nn.Embedding(10, 3)) == "Embedding(10, 3)"
     assert repr(nn.CrossEntropyLoss()) == "CrossEntropyLoss()"
 

@@ -271,9 +271,9 @@ class LayerNormFunction(Function):
         if need[0] is not None:
             gxh = g * weight if weight is not None else g
             gx = inv_std * (gxh - gxh.mean(axes, keepdim=True) - x_hat * (gxh * x_hat).mean(axes, keepdim=True))
-        # the engine sums these over the leading (batch) axes down to the parameters' shape
-        gw = g * x_hat if need[1] is not None else None
-        gb = g if need[2] is not None else None
+        lead = tuple(range(x.ndim - len(axes)))  # the parameters are shared across the leading axes
+        gw = (g * x_hat).sum(lead) if need[1] is not None else None
+        gb = g.sum(lead) if need[2] is not None else None
         return gx, gw, gb, None, None
 
 
