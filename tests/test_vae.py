@@ -129,6 +129,18 @@ def test_iwae_recovers_log_px_exactly_when_the_decoder_ignores_z():
     assert single.mean() < log_px.mean() and single.mean() == pytest.approx(log_px.mean() - kl, abs=0.5)
 
 
+def test_fast_bernoulli_log_likelihood_matches_the_bce_loss():
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(3, 4, 784)) * 8).astype(np.float32)  # large logits: the stable form matters
+    x = (rng.random((3, 784)) < 0.4).astype(np.float32)
+    fast = vae._bernoulli_log_lik(logits, x)
+    xr = np.repeat(x[:, None, :], 4, axis=1).reshape(12, 784)
+    bce = tinygen.nn.functional.binary_cross_entropy_with_logits(
+        tinygen.tensor(logits.reshape(12, 784)), tinygen.tensor(xr), reduction="none").sum(1)
+    assert fast.shape == (3, 4)
+    assert np.allclose(fast.reshape(12), -bce.numpy(), rtol=1e-5, atol=1e-2)
+
+
 @pytest.fixture(scope="module")
 def trained_small(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")

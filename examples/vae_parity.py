@@ -1,0 +1,149 @@
+"""Train the same VAE with tinygen and with PyTorch on the same data, and compare test losses and speed.
+
+The model is PyTorch's example VAE (784-400-20, Bernoulli decoder on grey-level pixels, Adam lr 1e-3, batch 128,
+loss = BCE summed over pixels + KL, summed over the batch). Both runs start from the same initial weights (tinygen's,
+copied into the PyTorch model) and see the same batches in the same order; only the reparameterisation noise
+differs (each framework draws its own). Reported: test loss (negative ELBO per test image, nats, one z sample
+per image) after every epoch, and training seconds per epoch.
+
+    TINYGEN_DATA=/path/to/mnist python examples/vae_parity.py --epochs 10 --threads 2 [--json results.json]
+
+Needs PyTorch (pip install torch==2.13.0) and the full MNIST training set.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="BLAS / PyTorch threads for both (default: all)")
+    p.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--skip-tinygen", action="store_true")
+    return p.parse_args()
+
+
+def main():
+    args = parse()
+    if args.threads:  # must be set before NumPy loads its BLAS
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    import numpy as np
+
+    import tinygen
+    from tinygen.data import DataLoader, mnist
+    from tinygen.models import vae
+
+    cfg = vae.make_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          data=args.data)
+    train_x, train_y, test_x, test_y = vae.load_data(cfg)
+    results = {"config": {k: cfg[k] for k in ("epochs", "batch_size", "lr", "seed", "latent", "hidden")},
+               "threads": args.threads, "num_train": int(len(train_x)), "num_test": int(len(test_x))}
+
+    # The initial weights and the batch order that train_vae uses (same seed, same construction order).
+    tinygen.manual_seed(cfg["seed"])
+    init = {k: v.numpy().copy() for k, v in vae.build_model(cfg).state_dict().items()}
+    order_loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"])
+
+    if not args.skip_tinygen:
+        print("== tinygen ==", flush=True)
+        _, hist = vae.train_vae(quiet=True, pictures=False, train_set=(train_x, train_y),
+                                test_set=(test_x, test_y), **{k: v for k, v in cfg.items() if k != "data"})
+        for r in hist:
+            print(f"epoch {r['epoch']}: test loss {r['test_loss']:.3f} (train {r['train_loss']:.3f}) "
+                  f"{r['seconds']:.2f}s", flush=True)
+        results["tinygen"] = {"test_loss": [r["test_loss"] for r in hist],
+                              "seconds_per_epoch": [r["seconds"] for r in hist]}
+
+    if not args.skip_torch:
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"== torch {torch.__version__} ({torch.get_num_threads()} threads) ==", flush=True)
+        results["torch"] = train_torch(torch, init, order_loader, train_x, test_x, cfg)
+        results["torch_version"] = torch.__version__
+
+    if "tinygen" in results and "torch" in results:
+        a, b = results["tinygen"]["test_loss"][-1], results["torch"]["test_loss"][-1]
+        results["final_difference"] = a - b
+        ta = float(np.mean(results["tinygen"]["seconds_per_epoch"]))
+        tb = float(np.mean(results["torch"]["seconds_per_epoch"]))
+        print(f"final test loss: tinygen {a:.3f}, torch {b:.3f} (difference {a - b:+.3f} nats); "
+              f"seconds per epoch: tinygen {ta:.2f}, torch {tb:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def train_torch(torch, init, order_loader, train_x, test_x, cfg):
+    nn, F = torch.nn, torch.nn.functional
+
+    class TorchVAE(nn.Module):  # the layers of PyTorch's example, named as tinygen's VAE names them
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(784, 400)
+            self.fc_mu = nn.Linear(400, 20)
+            self.fc_logvar = nn.Linear(400, 20)
+            self.dec = nn.Linear(20, 400)
+            self.fc_out = nn.Linear(400, 784)
+
+        def forward(self, x):
+            h = F.relu(self.enc(x))
+            mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            return self.fc_out(F.relu(self.dec(z))), mu, logvar
+
+    def loss_terms(model, x):
+        logits, mu, logvar = model(x)
+        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return bce, kld
+
+    torch.manual_seed(cfg["seed"])
+    model = TorchVAE()
+    names = {"enc": "encoder.0", "dec": "decoder.0", "fc_mu": "fc_mu", "fc_logvar": "fc_logvar", "fc_out": "fc_out"}
+    with torch.no_grad():
+        for key, p in model.state_dict().items():
+            mod, what = key.rsplit(".", 1)
+            p.copy_(torch.from_numpy(init[f"{names[mod]}.{what}"]))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    xt, xtest = torch.from_numpy(train_x), torch.from_numpy(test_x)
+    bs = cfg["batch_size"]
+    losses, seconds = [], []
+    for epoch in range(cfg["epochs"]):
+        order = torch.from_numpy(order_loader.order(epoch))
+        model.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        for i in range(0, len(order), bs):
+            x = xt[order[i:i + bs]]
+            bce, kld = loss_terms(model, x)
+            loss = bce + kld
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        seconds.append(time.perf_counter() - t0)
+        model.eval()
+        test = 0.0
+        with torch.no_grad():
+            for i in range(0, len(xtest), 1000):
+                bce, kld = loss_terms(model, xtest[i:i + 1000])
+                test += (bce + kld).item()
+        losses.append(test / len(xtest))
+        print(f"epoch {epoch + 1}: test loss {losses[-1]:.3f} (train {total / len(order):.3f}) {seconds[-1]:.2f}s",
+              flush=True)
+    return {"test_loss": losses, "seconds_per_epoch": seconds}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
