@@ -4,4 +4,4 @@ from .module import Module, Parameter, Sequential, ModuleList
 from .layers import (Identity, Linear, Embedding, Dropout, BatchNorm1d, BatchNorm2d, LayerNorm, Flatten, Unflatten,
                      ReLU, LeakyReLU, ELU, Softplus, Tanh, Sigmoid, Softmax, LogSoftmax)
 from .losses import (MSELoss, L1Loss, BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss, GaussianNLLLoss)
-from . import functional, init
+from . import functional, init, utils
