@@ -62,6 +62,25 @@ def test_parameter_deepcopy_and_pickle_keep_class_and_copy_data():
         assert q.data is not p.data and np.array_equal(q.data, p.data)
 
 
+def test_unpickled_tensors_work_in_ops():
+    # regression: unpickling left a non-canonical device string, and ops compare devices by identity
+    a = pickle.loads(pickle.dumps(tg.tensor([1.0, 2.0], requires_grad=True)))
+    assert a.requires_grad and a.is_leaf
+    (a * tg.tensor([3.0, 4.0])).sum().backward()
+    assert a.grad.numpy().tolist() == [3.0, 4.0]
+
+
+def test_module_pickles():
+    net = Net()
+    net(tg.randn(4, 3))  # running statistics move away from their initial values
+    clone = pickle.loads(pickle.dumps(net))
+    assert list(clone.state_dict()) == list(net.state_dict())
+    for a, b in zip(net.state_dict().values(), clone.state_dict().values()):
+        assert np.array_equal(a.numpy(), b.numpy())
+    x = tg.randn(4, 3)
+    np.testing.assert_array_equal(npy(clone.eval()(x)), npy(net.eval()(x)))
+
+
 def test_deepcopy_of_a_module_keeps_shared_parameters_shared():
     lin = nn.Linear(2, 2)
     m = nn.Sequential(lin, nn.ReLU(), lin)
@@ -282,6 +301,11 @@ def test_sequential_indexing_and_mutation():
     assert isinstance(s[1], nn.Identity) and list(s._modules) == ["0", "1", "2"] and s[2] is d
     with pytest.raises(TypeError, match="not a Module"):
         nn.Sequential(nn.ReLU(), lambda x: x)
+    e = nn.Sigmoid()
+    s.insert(-1, e)
+    assert list(s) == [a, s[1], e, d] and list(s._modules) == ["0", "1", "2", "3"]
+    with pytest.raises(IndexError, match="out of range"):
+        s.insert(9, nn.ReLU())
     named = nn.Sequential({"enc": nn.Linear(2, 2), "act": nn.ReLU()})
     assert list(named.state_dict()) == ["enc.weight", "enc.bias"]
 

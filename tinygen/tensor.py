@@ -158,6 +158,12 @@ class Tensor:
         from .autograd.engine import backward
         backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph, inputs=inputs)
 
+    def __setstate__(self, state):
+        # unpickling: restore the slots with the canonical device string (the engine compares devices with `is`)
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
+        self._device = backend.normalize_device(self._device)
+
     def __repr__(self):
         host = backend.to_device(self.data, "cpu")
         body = np.array2string(np.asarray(host), separator=", ", prefix="tensor(", threshold=200, edgeitems=3)

@@ -51,6 +51,7 @@ class Parameter(Tensor):
 
 
 def _rebuild_parameter(host_array, device, requires_grad):
+    device = backend.normalize_device(device)  # the canonical string: devices are compared with `is`
     data = backend.to_device(np.array(host_array, copy=True), device) if device != "cpu" else \
         np.array(host_array, copy=True)
     return Parameter(_make(data, device), requires_grad)
@@ -498,7 +499,7 @@ class _Indexed(Module):
         if not -n <= index <= n:
             raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {n}")
         items = list(self._modules.values())
-        items.insert(index % (n + 1) if index < 0 else index, module)
+        items.insert(index, module)  # list semantics: -1 inserts before the last module, as PyTorch
         self._modules.clear()
         for i, m in enumerate(items):
             self._modules[str(i)] = m
