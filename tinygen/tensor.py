@@ -160,7 +160,10 @@ class Tensor:
 
     def __setstate__(self, state):
         # unpickling: restore the slots with the canonical device string (the engine compares devices with `is`)
-        for name, value in state[1].items():
+        attrs, slots = state if isinstance(state, tuple) else (state, None)
+        if attrs:  # a subclass with a __dict__
+            self.__dict__.update(attrs)
+        for name, value in (slots or {}).items():
             object.__setattr__(self, name, value)
         self._device = backend.normalize_device(self._device)
 
