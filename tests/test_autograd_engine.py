@@ -276,6 +276,23 @@ def test_accumulated_grad_does_not_alias_later_gradients():
     np.testing.assert_array_equal(_np(g2), [2, 2, 2])
 
 
+
+def test_leaf_reached_twice_after_a_pass_through_gradient():
+    # regression: x first received Add's gradient as-is (a read-only broadcast view from Sum, or the caller's own
+    # array, shared with y); the second contribution was added into that array in place
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    y = tg.tensor([3.0, 4.0], requires_grad=True)
+    ((x + y) + x).sum().backward()
+    np.testing.assert_array_equal(_np(x.grad), [2, 2])
+    np.testing.assert_array_equal(_np(y.grad), [1, 1])
+    x.grad = y.grad = None
+    g = tg.tensor([1.0, 10.0])
+    ((x + y) + x).backward(g)
+    np.testing.assert_array_equal(_np(x.grad), [2, 20])
+    np.testing.assert_array_equal(_np(y.grad), [1, 10])
+    np.testing.assert_array_equal(_np(g), [1, 10])
+    assert not _shares(x.grad, y.grad) and not _shares(y.grad, g)
+
 # ---- memory ----------------------------------------------------------------------------------------------------------
 def test_saved_tensors_are_released_after_backward():
     x = tg.randn(4, requires_grad=True)

@@ -166,6 +166,9 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             if target.grad is None:
                 target.grad = g
                 direct[target] = True
+            elif direct.get(target):  # .grad is still an array handed over as-is (shared, maybe read-only):
+                target.grad = target.grad + g  # never add into it in place
+                direct[target] = False
             else:
                 _accumulate(target, g, create_graph)
                 direct[target] = False
