@@ -121,7 +121,7 @@ def test_device_and_dtype_change_together(standin):
     np.testing.assert_array_equal(x.grad.numpy(), [2, 2])
 
 
-def test_cuda_method_and_cpu_tensor_helpers(standin):
+def test_cuda_method_and_cpu_conversions(standin):
     t = tg.tensor([1.0, 2.0]).cuda()
     assert t.device == "cuda" and "device='cuda'" in repr(t) and "2." in repr(t)
     assert t.tolist() == [1.0, 2.0] and t.sum().item() == 3.0
