@@ -60,9 +60,11 @@ class SumTo(Function):
         lead = d.ndim - len(shape)
         if lead < 0:
             raise ValueError(f"sum_to: cannot sum shape {d.shape} to the larger shape {shape}")
-        axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and d.shape[lead + i] != 1)
-        out = d.sum(axis=axes, keepdims=True) if axes else d
-        return out.reshape(shape) if lead or out.shape != shape else out
+        # two reductions rather than one plus a reshape: the result is then a fresh array, never a view, so the
+        # engine need not copy it before handing it to a leaf as .grad
+        out = d.sum(axis=tuple(range(lead))) if lead else d
+        stretched = tuple(i for i, s in enumerate(shape) if s == 1 and out.shape[i] != 1)
+        return out.sum(axis=stretched, keepdims=True) if stretched else out
 
     @staticmethod
     def backward(ctx, g):
