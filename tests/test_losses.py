@@ -421,3 +421,13 @@ def test_losses_on_device(device):
     assert z.grad.device == device and np.isfinite(npy(z.grad)).all()
     with pytest.raises(IndexError, match="out of bounds"):
         F.cross_entropy(z, tg.tensor([0, 1, 2, 3, 0], device=device))
+
+
+def test_class_weights_follow_the_input_dtype():
+    z = tg.tensor(rand(4, 3, dtype=np.float32), requires_grad=True)
+    t = tg.tensor([0, 1, 2, 1])
+    w = tg.tensor(np.array([0.5, 1.0, 2.0]))  # float64 weights, float32 logits
+    for loss in (F.cross_entropy(z, t, w, label_smoothing=0.1), F.nll_loss(z, t, w)):
+        assert loss.dtype == np.float32
+        (g,) = tg.grad(loss, z)
+        assert g.dtype == np.float32

@@ -307,7 +307,7 @@ def _picked(xp, target, weight, ignore_index, dtype, ax):
     t = target.data
     valid = t != ignore_index
     idx = xp.where(valid, t, 0)
-    w_t = valid.astype(dtype) if weight is None else weight.data[idx] * valid
+    w_t = valid.astype(dtype) if weight is None else (weight.data[idx] * valid).astype(dtype, copy=False)
     return xp.expand_dims(idx, ax), w_t, valid
 
 
@@ -343,14 +343,14 @@ class CrossEntropyFunction(Function):
         log_p = shifted
         log_p -= xp.log(s)
         p /= s
-        w_c = weight.data.reshape(_class_shape(d.ndim, ax, c)) if weight is not None else None
+        w_c = None if weight is None else weight.data.astype(d.dtype, copy=False).reshape(_class_shape(d.ndim, ax, c))
         if soft:  # probability targets, mixed with the uniform distribution by label smoothing
             q = target.data * (1.0 - smoothing) + smoothing / c if smoothing else target.data
             if w_c is not None:
                 q = q * w_c
             loss = -(log_p * q).sum(axis=ax)
             denom = xp.asarray(loss.size, dtype=d.dtype)
-            ctx.targets = (target, w_c)  # q depends on the target: rebuilt in backward with tinygen ops
+            ctx.targets = w_c  # q depends on the target (which may require grad): rebuilt in backward
         else:
             idx, w_t, valid = _picked(xp, target, weight, ignore_index, d.dtype, ax)
             loss = -(1.0 - smoothing) * w_t * xp.take_along_axis(log_p, idx, axis=ax).squeeze(ax)
@@ -360,7 +360,8 @@ class CrossEntropyFunction(Function):
             denom = w_t.sum()  # "mean" divides by the total weight of the counted targets, as PyTorch
             ctx.targets = (idx, w_t, valid, w_c)  # q is built in backward, only when a gradient is needed
         ctx.denom = denom
-        ctx.save_for_backward(z, _make(p, z.device), _make(log_p, z.device) if soft else None)
+        ctx.save_for_backward(z, _make(p, z.device), _make(log_p, z.device) if soft else None,
+                              target if soft else None)
         if reduction == "mean":
             with _quiet(xp):  # every target ignored: 0 / 0 = nan, as PyTorch
                 return loss.sum() / denom
@@ -368,9 +369,9 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def backward(ctx, g):
-        z, p, log_p = ctx.saved_tensors
+        z, p, log_p, target = ctx.saved_tensors
         need = ctx.next_edges
-        q, big_q = _soft_target_q(ctx, z) if ctx.soft else _hard_target_q(ctx, z)
+        q, big_q = _soft_target_q(ctx, z, target) if ctx.soft else _hard_target_q(ctx, z)
         g = _class_upstream(ctx, g)
         if STATE.grad_enabled:  # building a graph of the gradient: p (and log p) depend on z
             p = z.softmax(ctx.ax)
@@ -380,15 +381,15 @@ class CrossEntropyFunction(Function):
         gt = None
         if ctx.soft and need[1] is not None:  # probability targets: d loss / d target = -(1 - eps) w log p
             gt = -(log_p * g) * (1.0 - ctx.smoothing)
-            w_c = ctx.targets[1]
+            w_c = ctx.targets
             if w_c is not None:
                 gt = gt * _make(w_c, z.device)
         return gz, gt, None, None, None, None, None
 
 
-def _soft_target_q(ctx, z):
+def _soft_target_q(ctx, z, target):
     """q and Q = sum_c q_c for probability targets, as tinygen ops on the target (it may require grad)."""
-    target, w_c = ctx.targets
+    w_c = ctx.targets
     eps = ctx.smoothing
     q = target * (1.0 - eps) + eps / z.shape[ctx.ax] if eps else target
     if w_c is not None:
