@@ -356,7 +356,7 @@ class CrossEntropyFunction(Function):
             loss = -(1.0 - smoothing) * w_t * xp.take_along_axis(log_p, idx, axis=ax).squeeze(ax)
             if smoothing:  # every class also gets smoothing / c of the target (times its weight)
                 smooth = log_p.sum(axis=ax) if w_c is None else (log_p * w_c).sum(axis=ax)
-                loss = loss - smooth * ((smoothing / c) * valid)
+                loss = loss - smooth * (smoothing / c) * valid.astype(d.dtype)
             denom = w_t.sum()  # "mean" divides by the total weight of the counted targets, as PyTorch
             ctx.targets = (idx, w_t, valid, w_c)  # q is built in backward, only when a gradient is needed
         ctx.denom = denom
