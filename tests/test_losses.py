@@ -39,7 +39,7 @@ def against_torch(ours_fn, theirs_fn, arrays, dtype, grad_of=None, tol=None):
         ours_in.append(tg.tensor(a, requires_grad=i in grad_of))
         theirs_in.append(torch.tensor(a, requires_grad=i in grad_of))
     lo, lt = ours_fn(*ours_in), theirs_fn(*theirs_in)
-    assert lo.shape == tuple(lt.shape)
+    assert lo.shape == tuple(lt.shape) and lo.dtype == dtype
     np.testing.assert_allclose(npy(lo), lt.detach().numpy(), **tol)
     if not grad_of:
         return lo
