@@ -1,0 +1,134 @@
+"""Fused kernels under the ops: one pass over memory where plain array code makes several.
+
+Three versions of each kernel share one signature:
+  reference.py  plain array code for any array module (the definition, and the fallback);
+  cpu.py        Numba loops (optional dependency; imported and compiled on first use, cached on disk);
+  gpu.py        CuPy versions: the reference's expressions fused into one CUDA kernel each.
+
+The ops ask for a kernel with ``lookup(name, array)``, which returns a function, or None to take their usual
+path. It returns a Numba kernel only for NumPy float32/float64 arrays while ``enabled()``, a CuPy kernel only for
+real CuPy arrays, and nothing for kernels that did not beat the plain code in ``python -m tinygen.kernels.bench``.
+
+    enabled()          Numba importable and the environment variable TINYGEN_NUMBA is not "0"
+    set_enabled(flag)  switch the Numba path on/off at run time (None: back to the environment's choice)
+"""
+import contextlib
+import os
+
+import numpy as np
+
+from ..threads import get_num_threads, set_num_threads  # noqa: F401 - one place for thread settings
+
+KERNELS = ("relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "tanh_fwd", "tanh_bwd", "sigmoid_fwd",
+           "sigmoid_bwd", "elu_fwd", "elu_bwd", "softplus_fwd", "softplus_bwd", "bias_act_fwd", "bias_act_bwd",
+           "sgd_step", "adam_step", "rmsprop_step", "batchnorm_fwd", "batchnorm_bwd", "bce_with_logits",
+           "log_softmax_fwd", "log_softmax_bwd", "cross_entropy")
+
+# The Numba kernels that lookup() hands out: those that beat the reference by a clear margin at the sizes of our
+# models (``python -m tinygen.kernels.bench``; numbers in PROFILE.md). Left out: tanh_fwd, which is NumPy's own
+# single SIMD pass already (the kernel just calls it).
+CPU_USED = frozenset(KERNELS) - {"tanh_fwd"}
+
+# Sizes (elements) above which a Numba kernel loses to the reference, whose exponentials are SIMD: lookup() returns
+# None for larger arrays (log-softmax 1024x1000 is 0.86x in float32, cross-entropy 0.69x in float64).
+CPU_MAX_SIZE = {"log_softmax_fwd": 1 << 18, "cross_entropy": 1 << 18}
+
+# The CuPy kernels that lookup() hands out: the fused elementwise ones (gpu.py keeps the reference's reductions).
+GPU_USED = frozenset(KERNELS) - {"batchnorm_fwd", "batchnorm_bwd", "log_softmax_fwd", "log_softmax_bwd",
+                                 "cross_entropy"}
+
+_enabled = None
+_cpu_table = None
+_gpu_table = None
+_ndarray = np.ndarray
+
+
+def _detect():
+    return os.environ.get("TINYGEN_NUMBA", "1").strip() != "0" and _numba_importable()
+
+
+def enabled():
+    """True when the Numba kernels are in use: numba imports and TINYGEN_NUMBA is not "0"."""
+    global _enabled
+    if _enabled is None:
+        _enabled = _detect()
+    return _enabled
+
+
+def set_enabled(flag):
+    """Turn the Numba kernels on (True) or off (False), or back to the default (None); returns the old state.
+
+    Turning them on without Numba installed raises ImportError.
+    """
+    global _enabled, _cpu_table
+    old = enabled()
+    if flag and not _numba_importable():
+        raise ImportError("the Numba kernels need numba (pip install 'tinygen[numba]')")
+    _enabled = None if flag is None else bool(flag)
+    _cpu_table = None
+    return old
+
+
+@contextlib.contextmanager
+def enabled_as(flag):
+    """``with kernels.enabled_as(False):`` runs a block on the plain array code (for comparisons and tests)."""
+    old = set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(old)
+
+
+def _numba_importable():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_cpu():
+    global _cpu_table
+    table = {}
+    if enabled():
+        from . import cpu
+        table = {name: getattr(cpu, name) for name in CPU_USED}
+    _cpu_table = table
+    return table
+
+
+def _load_gpu():
+    global _gpu_table
+    from . import gpu
+    _gpu_table = {name: getattr(gpu, name) for name in GPU_USED}
+    return _gpu_table
+
+
+def lookup(name, array):
+    """The fused kernel ``name`` for data like ``array``, or None (then the caller takes its plain path).
+
+    Cheap enough for every op call: a type check and a dictionary lookup once the tables are built.
+    """
+    if type(array) is _ndarray:
+        table = _cpu_table if _cpu_table is not None else _load_cpu()
+        fn = table.get(name)
+        if fn is None or array.dtype.char not in "fd":
+            return None
+        cap = CPU_MAX_SIZE.get(name)
+        return fn if cap is None or array.size <= cap else None
+    if type(array).__module__.startswith("cupy"):
+        table = _gpu_table if _gpu_table is not None else _load_gpu()
+        return table.get(name)
+    return None  # the CuPy stand-in, host scalars: plain path
+
+
+def module(device):
+    """The kernel module a device would use right now: cpu (Numba) when enabled, gpu on "cuda", else reference."""
+    from . import reference
+    if device == "cpu":
+        if enabled():
+            from . import cpu
+            return cpu
+        return reference
+    from . import gpu
+    return gpu

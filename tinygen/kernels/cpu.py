@@ -1,0 +1,944 @@
+"""Numba versions of the kernels in reference.py: one compiled loop per kernel, no temporaries.
+
+Imported only on the first kernel use (``tinygen.kernels.lookup``), never by ``import tinygen``. Every public
+function has the signature of its reference.py counterpart; the wrapper handles any layout (non-contiguous input
+is copied to a contiguous one) and float32/float64, and returns arrays of the input's shape.
+
+How the loops are written:
+  * ``@njit(cache=True)`` compiles on first call and stores the machine code beside this file, so a fresh process
+    loads it in milliseconds. ``fastmath`` stays off: no reassociation and no fused multiply-add, so pure
+    arithmetic kernels (relu, leaky_relu, the optimizers...) give the reference's bits.
+  * each kernel is a loop over whole arrays, called directly (serial) or by its ``*_par`` twin on one slice per
+    thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
+    cost microseconds to start, so the parallel twin runs only from ``PARALLEL_MIN`` elements (bench.py
+    measures where threads start to pay).
+  * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
+    float64 and round differently from the reference.
+  * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
+    and several times faster, so kernels built on them are used only where fusing passes wins (see bench.py).
+"""
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import reference as ref
+
+# Elements from which the thread-parallel twin of a kernel runs (override: TINYGEN_NUMBA_PARALLEL_MIN). On the
+# 2-core machine of PROFILE.md, two threads did not pay below 4M elements (``bench.py --threshold``): these
+# kernels are memory-bound, and a thread start costs microseconds. Machines with many cores can lower it.
+PARALLEL_MIN = int(os.environ.get("TINYGEN_NUMBA_PARALLEL_MIN", 1 << 22))
+
+# Activation codes (compile-time constants inside the kernels).
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, SOFTPLUS_FROM_Y = range(8)
+_CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "tanh": TANH, "sigmoid": SIGMOID,
+          "elu": ELU, "softplus": SOFTPLUS, "softplus_from_y": SOFTPLUS_FROM_Y}
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _threads():
+    return numba.get_num_threads()
+
+
+def _chunks(n):
+    """Number of chunks for the parallel twin, or 0 to run serially."""
+    if n < PARALLEL_MIN:
+        return 0
+    t = _threads()
+    return t if t > 1 else 0
+
+
+# ---- activations -------------------------------------------------------------------------------------------------
+# The Numba loops do arithmetic only: Numba's exp/tanh/log1p are scalar C calls, several times slower than
+# NumPy's SIMD ones, and a loop that calls them is not vectorized.
+# So the transcendental part of an activation (``pre``: exp(-|x|) for sigmoid, expm1 for elu, ...) is one NumPy
+# call, and one fused loop does the rest, in place of the reference's chain of temporaries and ``where``. Each
+# piece is the reference's own expression, so the results are the reference's bits.
+
+def _pre_fwd(x, act, p1):
+    """The one NumPy (SIMD) call an activation's forward needs, or None."""
+    if act == SIGMOID:
+        return np.exp(-abs(x))
+    if act == ELU:
+        return np.expm1(np.minimum(x, 0))
+    if act == SOFTPLUS:
+        return np.log1p(np.exp(-abs(x * p1)))
+    return None
+
+
+def _pre_bwd(s, act, p1):
+    if act == SOFTPLUS:
+        return np.exp(-abs(s * p1))
+    if act == SOFTPLUS_FROM_Y:
+        return np.expm1(s * -p1)
+    return None
+
+
+@njit(cache=True)
+def _act_fwd(x, e, out, act, p1, p2):
+    """out = act(x), given e = _pre_fwd(x) for sigmoid, elu and softplus. One loop per activation: LLVM vectorizes
+    a loop with a simple select in it, but not one that branches on ``act`` inside."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    n = x.size
+    if act == RELU:
+        for i in range(n):
+            v = x[i]
+            out[i] = zero if v <= zero else v  # NaN passes through, as maximum(x, 0)
+    elif act == LEAKY_RELU:
+        for i in range(n):
+            v = x[i]
+            out[i] = v if v > zero else v * p1
+    elif act == SIGMOID:  # e = exp(-|x|); 1 / (1 + e) or e / (1 + e), one division so the loop vectorizes
+        for i in range(n):
+            ei = e[i]
+            out[i] = (one if x[i] >= zero else ei) / (one + ei)
+    elif act == ELU:  # e = expm1(min(x, 0))
+        for i in range(n):
+            v = x[i]
+            out[i] = v if v > zero else e[i] * p1
+    elif act == SOFTPLUS:  # e = log1p(exp(-|beta x|))
+        for i in range(n):
+            v = x[i]
+            bx = v * p1
+            soft = (max(bx, zero) + e[i]) / p1
+            out[i] = v if bx > p2 else soft
+    else:  # identity
+        for i in range(n):
+            out[i] = x[i]
+
+
+@njit(cache=True, parallel=True)
+def _act_fwd_par(x, e, out, act, p1, p2, nch):
+    n = x.size
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _act_fwd(x[lo:hi], e[lo:hi], out[lo:hi], act, p1, p2)
+
+
+@njit(cache=True)
+def _act_bwd(s, e, g, out, act, p1):
+    """out = g * act'(...) where s is x (relu, leaky_relu, softplus) or y (tanh, sigmoid, elu, softplus_from_y)
+    and e = _pre_bwd(s) for the softplus pair."""
+    zero, one = g.dtype.type(0), g.dtype.type(1)
+    n = g.size
+    if act == RELU:
+        for i in range(n):
+            out[i] = g[i] * (one if s[i] > zero else zero)
+    elif act == LEAKY_RELU:
+        for i in range(n):
+            out[i] = g[i] * (one if s[i] > zero else p1)
+    elif act == TANH:
+        for i in range(n):
+            y = s[i]
+            out[i] = g[i] * (one - y * y)
+    elif act == SIGMOID:
+        for i in range(n):
+            y = s[i]
+            out[i] = g[i] * y * (one - y)
+    elif act == ELU:
+        for i in range(n):
+            y = s[i]
+            out[i] = g[i] * (one if y > zero else y + p1)
+    elif act == SOFTPLUS:  # sigmoid(beta x) with e = exp(-|beta x|)
+        for i in range(n):
+            ei = e[i]
+            out[i] = g[i] * ((one if s[i] * p1 >= zero else ei) / (one + ei))
+    elif act == SOFTPLUS_FROM_Y:  # e = expm1(-beta y)
+        for i in range(n):
+            out[i] = g[i] * -e[i]
+    else:  # identity
+        for i in range(n):
+            out[i] = g[i]
+
+
+@njit(cache=True, parallel=True)
+def _act_bwd_par(s, e, g, out, act, p1, nch):
+    n = g.size
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _act_bwd(s[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], act, p1)
+
+
+def _flat(a):
+    """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
+    return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+
+
+def _same_float(name, *arrays):
+    dt = arrays[0].dtype
+    if dt not in _FLOATS:
+        raise TypeError(f"{name}: expected float32 or float64 arrays, got dtype {dt}")
+    for a in arrays[1:]:
+        if a is not None and a.dtype != dt:
+            raise TypeError(f"{name}: expected arrays of one dtype, got {dt} and {a.dtype}")
+
+
+def _act_fwd_into(xf, out, code, p1, p2):
+    """out = act(xf) for flat arrays (out may be xf itself)."""
+    if code == TANH:
+        np.tanh(xf, out=out)  # one SIMD pass already: nothing to fuse
+        return
+    e = _pre_fwd(xf, code, p1)
+    e = xf if e is None else e  # unused by the loop, passed to keep one compiled signature
+    nch = _chunks(xf.size)
+    if nch:
+        _act_fwd_par(xf, e, out, code, p1, p2, nch)
+    else:
+        _act_fwd(xf, e, out, code, p1, p2)
+
+
+def act_fwd(x, act, p1=0.0, p2=0.0):
+    _same_float(f"{act}_fwd", x)
+    xf = _flat(x)
+    out = np.empty_like(xf)
+    t = x.dtype.type
+    _act_fwd_into(xf, out, _CODES[act], t(p1), t(p2))
+    return out.reshape(x.shape)
+
+
+def _act_bwd_into(sf, gf, out, code, p1):
+    e = _pre_bwd(sf, code, p1)
+    e = sf if e is None else e
+    nch = _chunks(gf.size)
+    if nch:
+        _act_bwd_par(sf, e, gf, out, code, p1, nch)
+    else:
+        _act_bwd(sf, e, gf, out, code, p1)
+
+
+def act_bwd(s, g, act, p1=0.0, p2=0.0):
+    name = f"{act}_bwd"
+    _same_float(name, g, s)
+    ref._check_shapes(name, s, g)
+    if act == "elu" and p1 < 0:
+        raise ValueError(f"elu_bwd computes from the output, which needs alpha >= 0, got alpha={p1}")
+    gf = _flat(g)
+    out = np.empty_like(gf)
+    _act_bwd_into(_flat(s), gf, out, _CODES[act], g.dtype.type(p1))
+    return out.reshape(g.shape)
+
+
+def relu_fwd(x):
+    return act_fwd(x, "relu")
+
+
+def relu_bwd(x, g):
+    return act_bwd(x, g, "relu")
+
+
+def leaky_relu_fwd(x, negative_slope=0.01):
+    return act_fwd(x, "leaky_relu", negative_slope)
+
+
+def leaky_relu_bwd(x, g, negative_slope=0.01):
+    return act_bwd(x, g, "leaky_relu", negative_slope)
+
+
+def tanh_fwd(x):
+    return act_fwd(x, "tanh")
+
+
+def tanh_bwd(y, g):
+    return act_bwd(y, g, "tanh")
+
+
+def sigmoid_fwd(x):
+    return act_fwd(x, "sigmoid")
+
+
+def sigmoid_bwd(y, g):
+    return act_bwd(y, g, "sigmoid")
+
+
+def elu_fwd(x, alpha=1.0):
+    return act_fwd(x, "elu", alpha)
+
+
+def elu_bwd(y, g, alpha=1.0):
+    return act_bwd(y, g, "elu", alpha)
+
+
+def softplus_fwd(x, beta=1.0, threshold=20.0):
+    return act_fwd(x, "softplus", beta, threshold)
+
+
+def softplus_bwd(x, g, beta=1.0, threshold=20.0):
+    return act_bwd(x, g, "softplus", beta, threshold)
+
+
+# ---- bias + activation after a matmul ----------------------------------------------------------------------------
+@njit(cache=True)
+def _bias_act_fwd(y, b, has_b, act, p1, p2):
+    """y += b, then act(y) a row at a time (the activation reads the row back from cache); act must not need
+    a ``pre`` array (identity, relu, leaky_relu)."""
+    m = y.shape[1]
+    for r in range(y.shape[0]):
+        row = y[r]
+        if has_b:
+            for j in range(m):
+                row[j] += b[j]
+        if act != IDENTITY:
+            _act_fwd(row, row, row, act, p1, p2)
+
+
+@njit(cache=True, parallel=True)
+def _bias_act_fwd_par(y, b, has_b, act, p1, p2, nch):
+    n = y.shape[0]
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _bias_act_fwd(y[lo:hi], b, has_b, act, p1, p2)
+
+
+@njit(cache=True)
+def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1):
+    m = y.shape[1]
+    for r in range(y.shape[0]):
+        _act_bwd(y[r], e[r], g[r], out[r], act, p1)
+        if want_sum:
+            for j in range(m):
+                colsum[j] += out[r, j]
+
+
+@njit(cache=True, parallel=True)
+def _bias_act_bwd_par(y, e, g, out, partial, want_sum, act, p1, nch):
+    n = y.shape[0]
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _bias_act_bwd(y[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], partial[c], want_sum, act, p1)
+
+
+def _rows(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def bias_act_fwd(y, b, act="identity", p1=0.0, p2=0.0):
+    ref.check_bias_act("bias_act_fwd", y, b, act, p1)
+    _same_float("bias_act_fwd", y, b)
+    if not y.flags.writeable:
+        raise ValueError("bias_act_fwd: y must be writable (it is updated in place)")
+    work = _rows(y)
+    bb = _flat(b) if b is not None else np.empty(0, y.dtype)
+    code, t = _CODES[act], y.dtype.type
+    p1, p2 = t(p1), t(p2)
+    fused = code <= LEAKY_RELU  # activations without a NumPy part run in the same loop as the bias
+    loop_act = code if fused else IDENTITY
+    nch = _chunks(y.size)
+    if nch:
+        _bias_act_fwd_par(work, bb, b is not None, loop_act, p1, p2, nch)
+    else:
+        _bias_act_fwd(work, bb, b is not None, loop_act, p1, p2)
+    if not fused:
+        flat = work.reshape(-1)
+        _act_fwd_into(flat, flat, code, p1, p2)
+    if work is not y:
+        y[...] = work
+    return y
+
+
+def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
+    ref.check_bias_act("bias_act_bwd", y, None, act, p1)
+    ref._check_shapes("bias_act_bwd", y, g)
+    _same_float("bias_act_bwd", g, y)
+    ys, gs = _rows(y), _rows(g)
+    out = np.empty(g.shape, g.dtype)
+    code, p1 = _CODES[ref._FROM_Y[act]], g.dtype.type(p1)
+    e = _pre_bwd(ys, code, p1)
+    e = ys if e is None else e
+    nch = _chunks(g.size)
+    if nch:
+        partial = np.zeros((nch, g.shape[1]), g.dtype)
+        _bias_act_bwd_par(ys, e, gs, out, partial, bias_grad, code, p1, nch)
+        colsum = partial.sum(axis=0)
+    else:
+        colsum = np.zeros(g.shape[1], g.dtype)
+        _bias_act_bwd(ys, e, gs, out, colsum, bias_grad, code, p1)
+    return out, (colsum if bias_grad else None)
+
+
+# ---- optimizers (in place, one pass) -------------------------------------------------------------------------------
+class _InPlace:
+    """Contiguous 1-D views of arrays updated in place; a non-contiguous one is worked on as a copy and written
+    back by ``done()``."""
+
+    def __init__(self, name, *arrays):
+        self.pairs = []
+        self.flat = []
+        for a in arrays:
+            if a is None:
+                self.flat.append(None)
+                continue
+            if not a.flags.writeable:
+                raise ValueError(f"{name}: the parameter and state arrays must be writable (updated in place)")
+            f = _flat(a)
+            self.flat.append(f)
+            if not a.flags.c_contiguous:
+                self.pairs.append((a, f))
+
+    def done(self):
+        for a, f in self.pairs:
+            a[...] = f.reshape(a.shape)
+
+
+def _dummy(dt):
+    return np.empty(0, dt)
+
+
+@njit(cache=True)
+def _sgd(p, g, buf, neg_lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+         first_step):
+    for i in range(p.size):
+        d = -g[i] if maximize else g[i]
+        if use_wd:
+            d = d + wd * p[i]
+        if use_momentum:
+            b = d if first_step else buf[i] * momentum + one_minus_dampening * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] = p[i] + neg_lr * d
+
+
+@njit(cache=True, parallel=True)
+def _sgd_par(p, g, buf, neg_lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+             first_step, nch):
+    n = p.size
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _sgd(p[lo:hi], g[lo:hi], buf[lo:hi] if use_momentum else buf, neg_lr, momentum, one_minus_dampening, wd,
+             use_wd, use_momentum, nesterov, maximize, first_step)
+
+
+def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+             maximize=False, first_step=False):
+    ref.check_sgd(param, grad, momentum_buffer, momentum)
+    _same_float("sgd_step", param)
+    use_momentum = momentum != 0
+    io = _InPlace("sgd_step", param, momentum_buffer if use_momentum else None)
+    p, buf = io.flat
+    buf = buf if buf is not None else _dummy(param.dtype)
+    args = (p, _flat(grad), buf, *ref.sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
+            weight_decay != 0, use_momentum, bool(nesterov), bool(maximize), bool(first_step))
+    nch = _chunks(p.size)
+    if nch:
+        _sgd_par(*args, nch)
+    else:
+        _sgd(*args)
+    io.done()
+
+
+@njit(cache=True)
+def _adam(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+          use_wd, decoupled, maximize, amsgrad):
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        pi = p[i]
+        if use_wd:
+            if decoupled:
+                pi = pi * decay
+            else:
+                gi = gi + wd * pi
+        mi = m[i] + one_minus_beta1 * (gi - m[i])
+        vi = v[i] * beta2 + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vi = max(vmax[i], vi)
+            vmax[i] = vi
+        denom = math.sqrt(vi) / bc2_sqrt + eps
+        p[i] = pi + neg_step_size * mi / denom
+
+
+@njit(cache=True, parallel=True)
+def _adam_par(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+              use_wd, decoupled, maximize, amsgrad, nch):
+    n = p.size
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, one_minus_beta1, beta2,
+              one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt, use_wd, decoupled, maximize, amsgrad)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
+              step, maximize=False):
+    ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    _same_float("adam_step", param)
+    consts = ref.adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
+    amsgrad = max_exp_avg_sq is not None
+    io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    p, m, v, vmax = io.flat
+    args = (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype), *consts,
+            weight_decay != 0, bool(decoupled), bool(maximize), amsgrad)
+    nch = _chunks(p.size)
+    if nch:
+        _adam_par(*args, nch)
+    else:
+        _adam(*args)
+    io.done()
+
+
+@njit(cache=True)
+def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered, use_momentum,
+             maximize):
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        if use_wd:
+            gi = gi + wd * p[i]
+        vi = v[i] * alpha + one_minus_alpha * gi * gi
+        v[i] = vi
+        if centered:
+            gai = ga[i] + one_minus_alpha * (gi - ga[i])
+            ga[i] = gai
+            avg = math.sqrt(vi - gai * gai) + eps
+        else:
+            avg = math.sqrt(vi) + eps
+        if use_momentum:
+            b = buf[i] * momentum + gi / avg
+            buf[i] = b
+            p[i] = p[i] + neg_lr * b
+        else:
+            p[i] = p[i] + neg_lr * gi / avg
+
+
+@njit(cache=True, parallel=True)
+def _rmsprop_par(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered,
+                 use_momentum, maximize, nch):
+    n = p.size
+    step = (n + nch - 1) // nch
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        _rmsprop(p[lo:hi], g[lo:hi], v[lo:hi], ga[lo:hi] if centered else ga, buf[lo:hi] if use_momentum else buf,
+                 neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered, use_momentum, maximize)
+
+
+def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False, maximize=False):
+    ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
+    _same_float("rmsprop_step", param)
+    use_momentum = momentum > 0
+    io = _InPlace("rmsprop_step", param, square_avg, grad_avg if centered else None,
+                  momentum_buffer if use_momentum else None)
+    p, v, ga, buf = io.flat
+    dummy = _dummy(param.dtype)
+    args = (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy,
+            *ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum),
+            weight_decay != 0, bool(centered), use_momentum, bool(maximize))
+    nch = _chunks(p.size)
+    if nch:
+        _rmsprop_par(*args, nch)
+    else:
+        _rmsprop(*args)
+    io.done()
+
+
+# ---- batch normalization (training mode) -------------------------------------------------------------------------
+# Statistics in float64 for either dtype; the variance from sums shifted by the first row (stable when that row is
+# a typical sample), so the forward reads x twice: once for the statistics, once to write x_hat and y.
+
+@njit(cache=True)
+def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, lo, hi):
+    """Columns lo..hi of the forward; s1, s2 are float64 scratch of one value per column."""
+    n = x.shape[0]
+    ulo, uhi = np.uint64(lo), np.uint64(hi)  # unsigned indices: no negative-index check, so the loops vectorize
+    for r in range(n):
+        for j in range(ulo, uhi):
+            d = np.float64(x[r, j]) - np.float64(x[0, j])
+            s1[j] += d
+            s2[j] += d * d
+    for j in range(ulo, uhi):
+        m1 = s1[j] / n
+        vj = max(s2[j] / n - m1 * m1, 0.0)
+        mean[j] = np.float64(x[0, j]) + m1
+        var[j] = vj
+        inv_std[j] = 1.0 / math.sqrt(vj + eps)
+    for r in range(n):
+        for j in range(ulo, uhi):
+            h = (x[r, j] - mean[j]) * inv_std[j]
+            xhat[r, j] = h
+            if has_w:
+                h = h * w[j]
+            if has_b:
+                h = h + b[j]
+            y[r, j] = h
+
+
+@njit(cache=True, parallel=True)
+def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, nch):
+    c = x.shape[1]
+    step = (c + nch - 1) // nch
+    for k in prange(nch):
+        _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, k * step, min(c, (k + 1) * step))
+
+
+@njit(cache=True)
+def _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, lo, hi):
+    n = g.shape[0]
+    ulo, uhi = np.uint64(lo), np.uint64(hi)
+    for r in range(n):
+        for j in range(ulo, uhi):
+            gj = np.float64(g[r, j])
+            sb[j] += gj
+            sw[j] += gj * xhat[r, j]
+    nn = g.dtype.type(n)
+    for j in range(ulo, uhi):
+        gb[j] = sb[j]
+        gw[j] = sw[j]
+        scale[j] = (w[j] * inv_std[j] if has_w else inv_std[j]) / nn
+    for r in range(n):
+        for j in range(ulo, uhi):
+            gx[r, j] = scale[j] * (nn * g[r, j] - gb[j] - xhat[r, j] * gw[j])
+
+
+@njit(cache=True, parallel=True)
+def _bn_bwd_par(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, nch):
+    c = g.shape[1]
+    step = (c + nch - 1) // nch
+    for k in prange(nch):
+        _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, k * step, min(c, (k + 1) * step))
+
+
+def _bn_2d(a):
+    """(N, C) or (N, C, L) -> contiguous (rows, C)."""
+    if a.ndim == 2:
+        return _rows(a)
+    return np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, a.shape[1])
+
+
+def _bn_back(a2, like):
+    if like.ndim == 2:
+        return a2
+    n, c, length = like.shape
+    return a2.reshape(n, length, c).transpose(0, 2, 1)
+
+
+def batchnorm_fwd(x, weight, bias, eps=1e-5):
+    ref._bn_axes("batchnorm_fwd", x)
+    _same_float("batchnorm_fwd", x, weight, bias)
+    x2 = _bn_2d(x)
+    rows, c = x2.shape
+    if rows == 0:
+        raise ValueError(f"batchnorm_fwd: needs at least one sample per channel, got input shape {x.shape}")
+    dt = x.dtype
+    y, xhat = np.empty_like(x2), np.empty_like(x2)
+    mean, var, inv_std = np.empty(c, dt), np.empty(c, dt), np.empty(c, dt)
+    w = _flat(weight) if weight is not None else _dummy(dt)
+    b = _flat(bias) if bias is not None else _dummy(dt)
+    args = (x2, w, b, weight is not None, bias is not None, float(eps), y, xhat, mean, var, inv_std,
+            np.zeros(c), np.zeros(c))
+    nch = min(_chunks(x2.size), c)
+    if nch > 1:
+        _bn_fwd_par(*args, nch)
+    else:
+        _bn_fwd(*args, 0, c)
+    return _bn_back(y, x), _bn_back(xhat, x), mean, var, inv_std
+
+
+def batchnorm_bwd(g, x_hat, weight, inv_std):
+    ref._bn_axes("batchnorm_bwd", x_hat)
+    ref._check_shapes("batchnorm_bwd", g, x_hat)
+    _same_float("batchnorm_bwd", g, x_hat, weight, inv_std)
+    g2, h2 = _bn_2d(g), _bn_2d(x_hat)
+    c = g2.shape[1]
+    dt = g.dtype
+    gx, gw, gb = np.empty_like(g2), np.empty(c, dt), np.empty(c, dt)
+    w = _flat(weight) if weight is not None else _dummy(dt)
+    args = (g2, h2, w, weight is not None, _flat(inv_std), gx, gw, gb, np.zeros(c), np.zeros(c), np.empty(c, dt))
+    nch = min(_chunks(g2.size), c)
+    if nch > 1:
+        _bn_bwd_par(*args, nch)
+    else:
+        _bn_bwd(*args, 0, c)
+    return _bn_back(gx, g), gw, gb
+
+
+# ---- losses --------------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, off):
+    """Per-element loss (optional) and gradient; returns the float64 sum of the losses.
+
+    e = exp(-|x|) and l1p = log1p(e) come from NumPy. ``w`` and ``pw`` repeat with their own length (a trailing
+    block of x's shape, e.g. one value per class on the last axis); ``off`` is where this part starts in x.
+    """
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    nw, npw = max(w.size, 1), max(pw.size, 1)
+    acc = 0.0
+    lw = pwi = one
+    for i in range(x.size):
+        xi, ti = x[i], t[i]
+        ls = min(xi, zero) - l1p[i]  # log(sigmoid(x))
+        if has_pw:
+            pwi = pw[(off + i) % npw]
+            lw = one + (pwi - one) * ti
+            li = (one - ti) * xi - lw * ls
+        else:
+            li = (one - ti) * xi - ls
+        if has_w:
+            li = li * w[(off + i) % nw]
+        if write_loss:
+            loss[i] = li
+        acc += li
+        if need_grad:
+            ei = e[i]
+            s = (one if xi >= zero else ei) / (one + ei)
+            gi = lw * s - pwi * ti if has_pw else s - ti
+            if has_w:
+                gi = gi * w[(off + i) % nw]
+            grad[i] = gi * gscale
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _bce_par(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, nch):
+    n = x.size
+    step = (n + nch - 1) // nch
+    acc = 0.0
+    for c in prange(nch):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        acc += _bce(x[lo:hi], t[lo:hi], e[lo:hi], l1p[lo:hi], w, pw, has_w, has_pw,
+                    loss[lo:hi] if write_loss else loss, write_loss, grad[lo:hi] if need_grad else grad, need_grad,
+                    gscale, lo)
+    return acc
+
+
+def _periodic(a, shape, dt):
+    """``a`` as a flat array that repeats with its own length along x's flat layout, materialized if needed."""
+    if a is None:
+        return _dummy(dt)
+    block = a.shape
+    while block and block[0] == 1:  # leading ones do not change the layout
+        block = block[1:]
+    if not block or block == shape[len(shape) - len(block):]:
+        return _flat(a)
+    return np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1)
+
+
+def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_grad=True):
+    ref.check_bce("bce_with_logits", x, t, weight, pos_weight, reduction)
+    _same_float("bce_with_logits", x, t, weight, pos_weight)
+    dt = x.dtype
+    xf, tf = _flat(x), _flat(t)
+    n = xf.size
+    per_elem = reduction == "none"
+    loss = np.empty(n, dt) if per_elem else _dummy(dt)
+    grad = np.empty(n, dt) if need_grad else _dummy(dt)
+    gscale = dt.type(1 / n) if reduction == "mean" and n else dt.type(1)
+    e = np.exp(-abs(xf))  # the transcendental part in NumPy's SIMD code, as the reference computes it
+    args = (xf, tf, e, np.log1p(e), _periodic(weight, x.shape, dt), _periodic(pos_weight, x.shape, dt),
+            weight is not None, pos_weight is not None, loss, per_elem, grad, bool(need_grad), gscale)
+    nch = _chunks(n)
+    total = _bce_par(*args, nch) if nch else _bce(*args, 0)
+    if per_elem:
+        out = loss.reshape(x.shape)
+    elif reduction == "sum":
+        out = np.asarray(total, dt)
+    else:
+        out = np.asarray(total / n if n else np.nan, dt)
+    return out, (grad.reshape(x.shape) if need_grad else None)
+
+
+# Row kernels: Numba does the row maxima, sums and the writing; the exponentials are one NumPy (SIMD) call on the
+# shifted rows. Each row's sum is accumulated in float64.
+
+@njit(cache=True)
+def _shift_rows(x, shifted):
+    """shifted = x - (row maximum), leaving the shift out of rows whose maximum is not finite."""
+    zero = x.dtype.type(0)
+    for r in range(x.shape[0]):
+        row = x[r]
+        m = row[0]
+        for j in range(1, row.size):
+            m = max(m, row[j])
+        if not math.isfinite(m):
+            m = zero
+        for j in range(row.size):
+            shifted[r, j] = row[j] - m
+
+
+@njit(cache=True, parallel=True)
+def _shift_rows_par(x, shifted, nch):
+    n = x.shape[0]
+    step = (n + nch - 1) // nch
+    for k in prange(nch):
+        lo, hi = k * step, min(n, (k + 1) * step)
+        _shift_rows(x[lo:hi], shifted[lo:hi])
+
+
+@njit(cache=True)
+def _log_softmax_finish(shifted, e, out):
+    """out = shifted - log(sum(e)) per row (e = exp(shifted)); out may be shifted itself."""
+    for r in range(shifted.shape[0]):
+        s = 0.0
+        for j in range(shifted.shape[1]):
+            s += e[r, j]
+        lse = shifted.dtype.type(math.log(s))
+        for j in range(shifted.shape[1]):
+            out[r, j] = shifted[r, j] - lse
+
+
+@njit(cache=True, parallel=True)
+def _log_softmax_finish_par(shifted, e, out, nch):
+    n = shifted.shape[0]
+    step = (n + nch - 1) // nch
+    for k in prange(nch):
+        lo, hi = k * step, min(n, (k + 1) * step)
+        _log_softmax_finish(shifted[lo:hi], e[lo:hi], out[lo:hi])
+
+
+@njit(cache=True)
+def _log_softmax_bwd(e, g, out):
+    """out = g - e * sum(g) per row, e = exp(y)."""
+    for r in range(g.shape[0]):
+        s = 0.0
+        for j in range(g.shape[1]):
+            s += g[r, j]
+        sd = g.dtype.type(s)
+        for j in range(g.shape[1]):
+            out[r, j] = g[r, j] - e[r, j] * sd
+
+
+@njit(cache=True, parallel=True)
+def _log_softmax_bwd_par(e, g, out, nch):
+    n = g.shape[0]
+    step = (n + nch - 1) // nch
+    for k in prange(nch):
+        lo, hi = k * step, min(n, (k + 1) * step)
+        _log_softmax_bwd(e[lo:hi], g[lo:hi], out[lo:hi])
+
+
+def _last_axis_2d(a):
+    if a.ndim == 0:
+        raise ValueError("log_softmax: expected at least one dimension, got a 0-d array")
+    return _rows(a).reshape(-1, a.shape[-1]) if a.shape[-1] else None
+
+
+def _row_chunks(a2):
+    nch = min(_chunks(a2.size), a2.shape[0])
+    return nch if nch > 1 else 0
+
+
+def _shifted_exp(x2):
+    """(x - row max, its exp) for a contiguous 2-D array."""
+    shifted = np.empty_like(x2)
+    nch = _row_chunks(x2)
+    if nch:
+        _shift_rows_par(x2, shifted, nch)
+    else:
+        _shift_rows(x2, shifted)
+    return shifted, np.exp(shifted)
+
+
+def log_softmax_fwd(x):
+    _same_float("log_softmax_fwd", x)
+    x2 = _last_axis_2d(x)
+    if x2 is None:
+        return np.empty_like(x)
+    shifted, e = _shifted_exp(x2)
+    nch = _row_chunks(x2)
+    if nch:
+        _log_softmax_finish_par(shifted, e, shifted, nch)
+    else:
+        _log_softmax_finish(shifted, e, shifted)
+    return shifted.reshape(x.shape)
+
+
+def log_softmax_bwd(y, g):
+    _same_float("log_softmax_bwd", y, g)
+    ref._check_shapes("log_softmax_bwd", y, g)
+    y2, g2 = _last_axis_2d(y), _last_axis_2d(g)
+    if y2 is None:
+        return np.empty_like(g)
+    out = np.empty_like(g2)
+    e = np.exp(y2)
+    nch = _row_chunks(g2)
+    if nch:
+        _log_softmax_bwd_par(e, g2, out, nch)
+    else:
+        _log_softmax_bwd(e, g2, out)
+    return out.reshape(g.shape)
+
+
+@njit(cache=True)
+def _ce(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad):
+    """Row losses w[t] * (log(sum e) - shifted[t]) and gradients w[t] * (e / sum e - onehot(t)), unscaled."""
+    c = shifted.shape[1]
+    zero, one = shifted.dtype.type(0), shifted.dtype.type(1)
+    for r in range(shifted.shape[0]):
+        tr = target[r]
+        if tr == ignore_index:
+            loss[r] = zero
+            if need_grad:
+                for j in range(c):
+                    grad[r, j] = zero
+            continue
+        wr = w[tr] if has_w else one
+        s = 0.0
+        for j in range(c):
+            s += e[r, j]
+        loss[r] = -(shifted[r, tr] - shifted.dtype.type(math.log(s))) * wr
+        if need_grad:
+            inv = shifted.dtype.type(1.0 / s)
+            for j in range(c):
+                grad[r, j] = e[r, j] * inv * wr
+            grad[r, tr] -= wr
+
+
+@njit(cache=True, parallel=True)
+def _ce_par(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad, nch):
+    n = shifted.shape[0]
+    step = (n + nch - 1) // nch
+    for k in prange(nch):
+        lo, hi = k * step, min(n, (k + 1) * step)
+        _ce(shifted[lo:hi], e[lo:hi], target[lo:hi], w, has_w, ignore_index, loss[lo:hi],
+            grad[lo:hi] if need_grad else grad, need_grad)
+
+
+@njit(cache=True)
+def _ce_check(target, n_classes, ignore_index, w, has_w):
+    """(first row with an out-of-range target or -1, summed weight of the counted rows)."""
+    total = 0.0
+    for r in range(target.size):
+        tr = target[r]
+        if tr == ignore_index:
+            continue
+        if tr < 0 or tr >= n_classes:
+            return r, total
+        total += w[tr] if has_w else 1.0
+    return -1, total
+
+
+def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", need_grad=True):
+    ref._check_reduction("cross_entropy", reduction)
+    ref.check_targets("cross_entropy", logits, target, weight, ignore_index)
+    _same_float("cross_entropy", logits, weight)
+    x = _rows(logits)
+    n, c = x.shape
+    tg = _flat(target).astype(np.int64, copy=False)
+    dt = x.dtype
+    w = _flat(weight) if weight is not None else _dummy(dt)
+    bad, total = _ce_check(tg, c, int(ignore_index), w, weight is not None)
+    if bad >= 0:
+        raise IndexError(f"cross_entropy: target {int(tg[bad])} at row {bad} is out of range for {c} classes")
+    loss = np.empty(n, dt)
+    grad = np.empty((n, c), dt) if need_grad else np.empty((0, 0), dt)
+    shifted, e = _shifted_exp(x)
+    args = (shifted, e, tg, w, weight is not None, int(ignore_index), loss, grad, bool(need_grad))
+    nch = _row_chunks(x)
+    if nch:
+        _ce_par(*args, nch)
+    else:
+        _ce(*args)
+    if reduction == "none":
+        return loss, (grad if need_grad else None)
+    s = loss.sum()
+    if reduction == "sum":
+        return s, (grad if need_grad else None)
+    total = dt.type(total)
+    if need_grad:
+        grad /= total
+    return s / total, (grad if need_grad else None)
