@@ -1,0 +1,717 @@
+"""Kernels: the Numba versions (cpu.py) and the CuPy versions (gpu.py, run on the CPU stand-in for CuPy) against
+the plain array reference (reference.py), plus the switch, the thread setting and PyTorch's formulas.
+
+Tolerances, and why some comparisons are bitwise:
+  * elementwise kernels (activations, bias + activation, the optimizers, BCE's per-element loss and gradient) do
+    the reference's operations in the same order and dtype. Numba compiles without fastmath, so no reassociation
+    and no fused multiply-add, and the exponentials come from the same NumPy calls: results are bit-identical.
+    gpu.py runs the reference's own bodies, so it is bit-identical too.
+  * kernels that sum (batch-norm statistics, bias-gradient column sums, log-softmax, cross-entropy, BCE's reduced
+    loss) accumulate in a different order (Numba: sequentially in float64; NumPy: pairwise in the dtype), so they
+    agree within rounding: rtol 1e-5 in float32 (~80 ulp: the error of a float32 sum of ~1000 terms), 1e-10 in
+    float64, relative to the largest magnitude of the result.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from conftest import requires_torch
+from tinygen import kernels
+from tinygen.backend import StandinArray, standin
+from tinygen.kernels import gpu
+from tinygen.kernels import reference as ref
+
+NUMBA_ON = kernels.enabled()
+NUMBA_REASON = ("the Numba kernels are off (numba is not installed, or TINYGEN_NUMBA=0); the reference and the "
+                "CuPy versions (on the stand-in) are still tested")
+requires_numba = pytest.mark.skipif(not NUMBA_ON, reason=NUMBA_REASON)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ACTS = (("relu", ()), ("leaky_relu", (0.2,)), ("tanh", ()), ("sigmoid", ()), ("elu", (1.3,)),
+        ("softplus", (1.5, 3.0)), ("softplus", (1.0, 20.0)))
+SAVES_INPUT = ("relu", "leaky_relu", "softplus")
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+class Impl:
+    """One implementation under test: its module and how arrays go in and out of it."""
+
+    def __init__(self, name):
+        self.name = name
+
+    @property
+    def mod(self):
+        if self.name == "numba":
+            from tinygen.kernels import cpu
+            return cpu
+        return gpu
+
+    def put(self, a):
+        if a is None or self.name == "numba" or isinstance(a, (int, float)):
+            return a
+        return standin.asarray(a)
+
+    @staticmethod
+    def get(a):
+        if isinstance(a, tuple):
+            return tuple(Impl.get(v) for v in a)
+        return a.get() if isinstance(a, StandinArray) else a
+
+
+@pytest.fixture(scope="module", params=["numba", "gpu"])
+def impl(request):
+    if request.param == "numba" and not NUMBA_ON:
+        pytest.skip(NUMBA_REASON)
+    return Impl(request.param)
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def threads(request, monkeypatch):
+    """Run Numba kernels serially, or force their thread-parallel twins even on small arrays."""
+    if request.param == "parallel":
+        if not NUMBA_ON:
+            pytest.skip(NUMBA_REASON)
+        from tinygen.kernels import cpu
+        if cpu._threads() < 2:
+            pytest.skip("Numba runs with one thread here: the parallel twins are never used")
+        monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)
+    return request.param
+
+
+def layout(a, kind):
+    """The same values in another memory layout: C order, transposed (Fortran order) or strided."""
+    if kind == "c" or a.ndim == 0:
+        return a
+    if kind == "t":
+        return np.asfortranarray(a)
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a
+    return big[..., ::2]
+
+
+def close(actual, expected, dtype, what=""):
+    """Equal within the summation tolerance of the module docstring, relative to the result's magnitude."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    rtol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-10
+    scale = float(np.max(np.abs(expected))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30), err_msg=what)
+
+
+def same(actual, expected, what=""):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+dtypes = st.sampled_from([np.float32, np.float64])
+layouts = st.sampled_from(["c", "t", "s"])
+scales = st.sampled_from([0.1, 3.0, 40.0])  # 40: exp overflows without the stable formulas
+dims = st.sampled_from([1, 2, 3, 7, 16, 33, 64, 130])
+
+
+@st.composite
+def arrays(draw, ndim=2, min_rows=1):
+    shape = tuple(draw(dims) for _ in range(ndim))
+    assume(shape[0] >= min_rows)
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    return shape, np.random.default_rng(seed), draw(dtypes), draw(scales)
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+# ---- activations ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("act,params", ACTS)
+@given(spec=arrays(), kind=layouts)
+def test_activation_matches_reference(impl, act, params, spec, kind):
+    shape, rng, dt, scale = spec
+    x = randn(rng, shape, dt, scale)
+    x[0, 0] = 0.0  # the kink
+    g = randn(rng, shape, dt)
+    y = ref.act_fwd(x, act, *params)
+    same(impl.get(getattr(impl.mod, act + "_fwd")(impl.put(layout(x, kind)), *params)), y, f"{act}_fwd")
+    s = x if act in SAVES_INPUT else y
+    gx = ref.act_bwd(s, g, act, *params)
+    got = getattr(impl.mod, act + "_bwd")(impl.put(layout(s, kind)), impl.put(layout(g, kind)), *params)
+    same(impl.get(got), gx, f"{act}_bwd")
+
+
+@pytest.mark.parametrize("act,params", ACTS)
+def test_activation_any_rank_and_sizes(impl, threads, act, params):
+    rng = np.random.default_rng(1)
+    for shape in [(1,), (7,), (2, 3, 5), (4097,)]:
+        x = randn(rng, shape, np.float32, 3.0)
+        y = getattr(impl.mod, act + "_fwd")(impl.put(x), *params)
+        same(impl.get(y), ref.act_fwd(x, act, *params), f"{act}_fwd {shape}")
+
+
+def test_reference_activations_against_formulas():
+    x = np.array([-50.0, -3.0, -0.5, 0.0, 0.5, 3.0, 50.0])
+    with np.errstate(over="ignore"):
+        sig = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(ref.sigmoid_fwd(x), sig, rtol=1e-15)
+    np.testing.assert_allclose(ref.softplus_fwd(x, 1.0, 20.0), np.where(x > 20, x, np.log1p(np.exp(x))), rtol=1e-15)
+    np.testing.assert_allclose(ref.elu_fwd(x, 2.0), np.where(x > 0, x, 2.0 * (np.exp(x) - 1)), rtol=1e-12)
+    np.testing.assert_array_equal(ref.leaky_relu_fwd(x, 0.1), np.where(x > 0, x, 0.1 * x))
+    g = np.ones_like(x)
+    np.testing.assert_allclose(ref.softplus_bwd(x, g, 2.0), 1 / (1 + np.exp(-2 * x)), rtol=1e-15)
+    # from the output, y + alpha: absolute accuracy (at x = -50 the true 4e-22 rounds to 0), as in PyTorch
+    np.testing.assert_allclose(ref.elu_bwd(ref.elu_fwd(x, 2.0), g, 2.0), np.where(x > 0, 1.0, 2.0 * np.exp(x)),
+                               rtol=1e-12, atol=1e-15)
+    assert np.isfinite(ref.sigmoid_fwd(np.array([-1000.0, 1000.0], np.float32))).all()
+
+
+def test_activation_errors(impl):
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="same shape"):
+        impl.mod.relu_bwd(impl.put(x), impl.put(np.zeros((3, 2), np.float32)))
+    with pytest.raises(ValueError, match="alpha >= 0"):
+        impl.mod.elu_bwd(impl.put(x), impl.put(x), -1.0)
+    with pytest.raises(TypeError, match="float"):
+        impl.mod.relu_fwd(impl.put(np.zeros(3, np.int64)))
+
+
+# ---- bias + activation ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("act,params", [("identity", ())] + list(ACTS))
+@given(spec=arrays(), kind=layouts, with_bias=st.booleans())
+def test_bias_act_matches_reference(impl, act, params, spec, kind, with_bias):
+    shape, rng, dt, scale = spec
+    x, g, b = randn(rng, shape, dt, scale), randn(rng, shape, dt), randn(rng, shape[1], dt)
+    b = b if with_bias else None
+    expected = ref.bias_act_fwd(x.copy(), b, act, *params)
+    y = impl.put(layout(x.copy(), kind))
+    out = impl.mod.bias_act_fwd(y, impl.put(b), act, *params)
+    assert out is y  # in place
+    same(impl.get(out), expected, f"bias_act_fwd {act}")
+    gpre, gb = impl.mod.bias_act_bwd(impl.put(layout(expected, kind)), impl.put(layout(g, kind)), act, *params)
+    egpre, egb = ref.bias_act_bwd(expected, g, act, *params)
+    same(impl.get(gpre), egpre, f"bias_act_bwd {act}")
+    close(impl.get(gb), egb, dt, f"bias grad {act}")
+
+
+def test_bias_act_parallel_and_reference_meaning(impl, threads):
+    rng = np.random.default_rng(2)
+    x, w, b, g = (randn(rng, (33, 17), np.float64), randn(rng, (5, 17), np.float64), randn(rng, 5, np.float64),
+                  randn(rng, (33, 5), np.float64))
+    pre = x @ w.T + b
+    y = impl.mod.bias_act_fwd(impl.put(x @ w.T), impl.put(b), "leaky_relu", 0.2)
+    same(impl.get(y), np.where(pre > 0, pre, 0.2 * pre))
+    gpre, gb = impl.mod.bias_act_bwd(y, impl.put(g), "leaky_relu", 0.2)
+    same(impl.get(gpre), g * np.where(pre > 0, 1.0, 0.2))
+    close(impl.get(gb), (g * np.where(pre > 0, 1.0, 0.2)).sum(0), np.float64)
+    _, none = impl.mod.bias_act_bwd(y, impl.put(g), "leaky_relu", 0.2, bias_grad=False)
+    assert none is None
+
+
+def test_bias_act_errors(impl):
+    y = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="does not match 3 features"):
+        impl.mod.bias_act_fwd(impl.put(y), impl.put(np.zeros(4, np.float32)), "relu")
+    with pytest.raises(ValueError, match="2-D"):
+        impl.mod.bias_act_fwd(impl.put(np.zeros(3, np.float32)), None, "relu")
+    with pytest.raises(ValueError, match="negative parameter"):
+        impl.mod.bias_act_bwd(impl.put(y), impl.put(y), "leaky_relu", -0.5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        impl.mod.bias_act_fwd(impl.put(y), None, "gelu")
+
+
+# ---- optimizers ----------------------------------------------------------------------------------------------------
+SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+               dict(momentum=0.5, dampening=0.3, maximize=True), dict(weight_decay=0.1, maximize=True)]
+ADAM_OPTIONS = [dict(weight_decay=0.0, decoupled=False, amsgrad=False),
+                dict(weight_decay=0.01, decoupled=False, amsgrad=True),
+                dict(weight_decay=0.01, decoupled=True, amsgrad=False),
+                dict(weight_decay=0.1, decoupled=True, amsgrad=True, maximize=True)]
+RMSPROP_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9, weight_decay=0.01),
+                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.9)]
+
+
+def _run_sgd(mod, put, get, p, grads, opts, kind):
+    p = layout(p.copy(), kind)
+    buf = layout(np.zeros_like(p), kind)
+    pp, bb = put(p), put(buf)
+    for i, g in enumerate(grads):
+        mod.sgd_step(pp, put(layout(g, kind)), bb, 0.1, first_step=i == 0, **opts)
+    return get(pp), get(bb)
+
+
+def _run_adam(mod, put, get, p, grads, opts, kind):
+    opts = dict(opts)
+    amsgrad = opts.pop("amsgrad")
+    state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
+    pp, m, v, vmax = (put(a) for a in state)
+    for step, g in enumerate(grads, 1):
+        mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, 1e-2, 0.9, 0.999, 1e-8,
+                      opts["weight_decay"], opts["decoupled"], step, opts.get("maximize", False))
+    return get(pp), get(m), get(v), get(vmax)
+
+
+def _run_rmsprop(mod, put, get, p, grads, opts, kind):
+    state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
+    pp, v, ga, buf = (put(a) for a in state)
+    for g in grads:
+        mod.rmsprop_step(pp, put(layout(g, kind)), v, ga, buf, 1e-2, **opts)
+    return get(pp), get(v), get(ga), get(buf)
+
+
+OPTIMIZERS = ([(_run_sgd, o) for o in SGD_OPTIONS] + [(_run_adam, o) for o in ADAM_OPTIONS]
+              + [(_run_rmsprop, o) for o in RMSPROP_OPTIONS])
+
+
+@pytest.mark.parametrize("run,opts", OPTIMIZERS, ids=[f"{r.__name__[5:]}-{i}" for i, (r, _) in enumerate(OPTIMIZERS)])
+@given(spec=arrays(), kind=layouts)
+def test_optimizer_matches_reference_bitwise(impl, run, opts, spec, kind):
+    shape, rng, dt, scale = spec
+    p = randn(rng, shape, dt, scale)
+    grads = [randn(rng, shape, dt, s) for s in (1.0, 0.1, 3.0)]
+    expected = run(ref, lambda a: a, lambda a: a, p, grads, opts, "c")
+    got = run(impl.mod, impl.put, impl.get, p, grads, opts, kind)
+    for i, (a, e) in enumerate(zip(got, expected)):
+        same(a, e, f"state {i}")
+
+
+def test_optimizer_parallel_twins(impl, threads):
+    rng = np.random.default_rng(3)
+    p = randn(rng, (37, 29), np.float32)
+    grads = [randn(rng, (37, 29), np.float32) for _ in range(3)]
+    for run, opts in OPTIMIZERS:
+        expected = run(ref, lambda a: a, lambda a: a, p, grads, opts, "c")
+        got = run(impl.mod, impl.put, impl.get, p, grads, opts, "c")
+        for a, e in zip(got, expected):
+            same(a, e, f"{run.__name__} {opts}")
+
+
+def test_optimizer_errors(impl):
+    p = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        impl.mod.sgd_step(impl.put(p), impl.put(p), None, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="must match the parameter"):
+        impl.mod.adam_step(impl.put(p), impl.put(np.zeros((3, 2), np.float32)), impl.put(p), impl.put(p), None,
+                           1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    with pytest.raises(ValueError, match="step counts from 1"):
+        impl.mod.adam_step(impl.put(p), impl.put(p), impl.put(p), impl.put(p), None, 1e-3, 0.9, 0.999, 1e-8, 0.0,
+                           False, 0)
+    with pytest.raises(ValueError, match="grad_avg"):
+        impl.mod.rmsprop_step(impl.put(p), impl.put(p), impl.put(p), None, None, 1e-3, centered=True)
+
+
+@requires_numba
+def test_optimizer_rejects_read_only_state():
+    from tinygen.kernels import cpu
+    p = np.zeros(4, np.float32)
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        cpu.sgd_step(p, np.ones(4, np.float32), None, 0.1)
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizers_follow_pytorch(dtype):
+    """Five steps of torch.optim against our update (Numba when on, else the reference). PyTorch's CPU loops may
+    use fused multiply-adds, so agreement is within a few float roundings, not bitwise."""
+    import torch
+    mod = kernels.module("cpu")
+    rng = np.random.default_rng(4)
+    p0 = randn(rng, (13, 11), dtype)
+    grads = [randn(rng, (13, 11), dtype) for _ in range(5)]
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    cases = [
+        (torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=False),
+         lambda st, p, g, i: mod.sgd_step(p, g, st.setdefault("buf", np.zeros_like(p)), 0.1, 0.9, 0.1, False, 0.01,
+                                          False, i == 0)),
+        (torch.optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+         lambda st, p, g, i: mod.sgd_step(p, g, st.setdefault("buf", np.zeros_like(p)), 0.05, 0.8, 0.0, True, 0.0,
+                                          True, i == 0)),
+        (torch.optim.Adam, dict(lr=1e-2, weight_decay=0.01, amsgrad=True),
+         lambda st, p, g, i: mod.adam_step(p, g, st.setdefault("m", np.zeros_like(p)),
+                                           st.setdefault("v", np.zeros_like(p)),
+                                           st.setdefault("vmax", np.zeros_like(p)), 1e-2, 0.9, 0.999, 1e-8, 0.01,
+                                           False, i + 1)),
+        (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6),
+         lambda st, p, g, i: mod.adam_step(p, g, st.setdefault("m", np.zeros_like(p)),
+                                           st.setdefault("v", np.zeros_like(p)), None, 1e-2, 0.8, 0.99, 1e-6, 0.1,
+                                           True, i + 1)),
+        (torch.optim.RMSprop, dict(lr=1e-2, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01),
+         lambda st, p, g, i: mod.rmsprop_step(p, g, st.setdefault("v", np.zeros_like(p)),
+                                              st.setdefault("ga", np.zeros_like(p)),
+                                              st.setdefault("buf", np.zeros_like(p)), 1e-2, 0.9, 1e-8, 0.01, 0.5,
+                                              True)),
+    ]
+    for cls, options, ours in cases:
+        tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+        opt = cls([tp], foreach=False, **options)
+        p, state = p0.copy(), {}
+        for i, g in enumerate(grads):
+            tp.grad = torch.from_numpy(g.copy())
+            opt.step()
+            ours(state, p, g, i)
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=rtol, atol=rtol * np.abs(p0).max(),
+                                   err_msg=f"{cls.__name__} {options}")
+
+
+# ---- batch normalization -------------------------------------------------------------------------------------------
+@given(spec=arrays(min_rows=2), kind=layouts, affine=st.booleans(), three_d=st.booleans())
+def test_batchnorm_matches_reference(impl, spec, kind, affine, three_d):
+    shape, rng, dt, scale = spec
+    if three_d:
+        shape = (shape[0], shape[1], 3)
+    x = randn(rng, shape, dt, scale) + dt(scale)  # an offset: the variance must not lose digits to the mean
+    g = randn(rng, shape, dt)
+    w, b = (randn(rng, shape[1], dt), randn(rng, shape[1], dt)) if affine else (None, None)
+    expected = ref.batchnorm_fwd(x, w, b, 1e-5)
+    got = impl.get(impl.mod.batchnorm_fwd(impl.put(layout(x, kind)), impl.put(w), impl.put(b), 1e-5))
+    for name, a, e in zip(("y", "x_hat", "mean", "var", "inv_std"), got, expected):
+        close(a, e, dt, name)
+    _, x_hat, _, _, inv_std = expected
+    expected = ref.batchnorm_bwd(g, x_hat, w, inv_std)
+    got = impl.get(impl.mod.batchnorm_bwd(impl.put(layout(g, kind)), impl.put(layout(x_hat, kind)), impl.put(w),
+                                          impl.put(inv_std)))
+    for name, a, e in zip(("gx", "gw", "gb"), got, expected):
+        close(a, e, dt, name)
+
+
+def test_batchnorm_parallel_twin(impl, threads):
+    rng = np.random.default_rng(5)
+    x, g, w, b = randn(rng, (9, 13), np.float64), randn(rng, (9, 13), np.float64), randn(rng, 13, np.float64), None
+    for a, e in zip(impl.get(impl.mod.batchnorm_fwd(impl.put(x), impl.put(w), b)), ref.batchnorm_fwd(x, w, b)):
+        close(a, e, np.float64)
+    _, xh, _, _, inv = ref.batchnorm_fwd(x, w, b)
+    for a, e in zip(impl.get(impl.mod.batchnorm_bwd(impl.put(g), impl.put(xh), impl.put(w), impl.put(inv))),
+                    ref.batchnorm_bwd(g, xh, w, inv)):
+        close(a, e, np.float64)
+
+
+def test_batchnorm_reference_is_the_gradient():
+    """The reference backward is the gradient of its forward (central differences on sum(y * r))."""
+    rng = np.random.default_rng(6)
+    x, w, b, r = randn(rng, (6, 4), np.float64), randn(rng, 4, np.float64), randn(rng, 4, np.float64), \
+        randn(rng, (6, 4), np.float64)
+    _, xh, _, _, inv = ref.batchnorm_fwd(x, w, b)
+    gx, gw, gb = ref.batchnorm_bwd(r, xh, w, inv)
+    h = 1e-6
+    for idx in [(0, 0), (3, 2), (5, 3)]:
+        d = np.zeros_like(x)
+        d[idx] = h
+        num = ((ref.batchnorm_fwd(x + d, w, b)[0] - ref.batchnorm_fwd(x - d, w, b)[0]) * r).sum() / (2 * h)
+        assert abs(num - gx[idx]) < 1e-6
+    np.testing.assert_allclose(gb, r.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(gw, (r * xh).sum(0), rtol=1e-12)
+
+
+@requires_torch
+def test_batchnorm_follows_pytorch():
+    import torch
+    rng = np.random.default_rng(7)
+    x, w, b = randn(rng, (16, 5), np.float64), randn(rng, 5, np.float64), randn(rng, 5, np.float64)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=1e-5)
+    r = randn(rng, (16, 5), np.float64)
+    ty.backward(torch.from_numpy(r))
+    mod = kernels.module("cpu")
+    y, xh, mean, var, inv = mod.batchnorm_fwd(x, w, b, 1e-5)
+    gx, gw, gb = mod.batchnorm_bwd(r, xh, w, inv)
+    for ours, theirs in ((y, ty), (gx, tx.grad), (gw, tw.grad), (gb, tb.grad)):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(var, x.var(0), rtol=1e-12)
+
+
+def test_batchnorm_errors(impl):
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, L\)"):
+        impl.mod.batchnorm_fwd(impl.put(np.zeros(3, np.float32)), None, None)
+
+
+# ---- losses --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@given(spec=arrays(), kind=layouts, weighted=st.sampled_from(["none", "row", "full"]),
+       pos=st.sampled_from(["none", "classes", "scalar"]), need_grad=st.booleans())
+def test_bce_with_logits_matches_reference(impl, reduction, spec, kind, weighted, pos, need_grad):
+    shape, rng, dt, scale = spec
+    x = randn(rng, shape, dt, scale)
+    t = rng.random(shape).astype(dt)  # soft targets too
+    w = {"none": None, "row": rng.random((shape[0], 1)).astype(dt), "full": rng.random(shape).astype(dt)}[weighted]
+    pw = {"none": None, "classes": rng.random(shape[1]).astype(dt) * 3, "scalar": np.array([2.5], dt)}[pos]
+    loss, grad = ref.bce_with_logits(x, t, w, pw, reduction, need_grad)
+    got_loss, got_grad = impl.get(impl.mod.bce_with_logits(impl.put(layout(x, kind)), impl.put(layout(t, kind)),
+                                                           impl.put(w), impl.put(pw), reduction, need_grad))
+    if reduction == "none":
+        same(got_loss, loss, "loss")
+    else:
+        close(got_loss, loss, dt, "loss")
+    if need_grad:
+        same(got_grad, grad, "grad")
+    else:
+        assert got_grad is None
+
+
+def test_bce_parallel_twin(impl, threads):
+    rng = np.random.default_rng(8)
+    x, t, pw = randn(rng, (33, 7), np.float32, 5.0), rng.random((33, 7)).astype(np.float32), \
+        rng.random(7).astype(np.float32)
+    for reduction in ("none", "sum"):
+        loss, grad = impl.get(impl.mod.bce_with_logits(impl.put(x), impl.put(t), None, impl.put(pw), reduction))
+        eloss, egrad = ref.bce_with_logits(x, t, None, pw, reduction)
+        close(loss, eloss, np.float32)
+        same(grad, egrad)
+
+
+@requires_torch
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_bce_follows_pytorch(reduction):
+    import torch
+    rng = np.random.default_rng(9)
+    x, t = randn(rng, (8, 3), np.float64, 10.0), rng.random((8, 3))
+    w, pw = rng.random((8, 1)), rng.random(3) * 2
+    tx = torch.tensor(x, requires_grad=True)
+    tl = torch.nn.functional.binary_cross_entropy_with_logits(tx, torch.from_numpy(t), weight=torch.from_numpy(w),
+                                                              pos_weight=torch.from_numpy(pw), reduction=reduction)
+    tl.sum().backward()
+    loss, grad = kernels.module("cpu").bce_with_logits(x, t, w, pw, reduction)
+    np.testing.assert_allclose(loss, tl.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_bce_errors(impl):
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="target shape"):
+        impl.mod.bce_with_logits(impl.put(x), impl.put(np.zeros((4, 2), np.float32)))
+    with pytest.raises(ValueError, match="pos_weight of shape"):
+        impl.mod.bce_with_logits(impl.put(x), impl.put(x), None, impl.put(np.ones(4, np.float32)))
+    with pytest.raises(ValueError, match="reduction"):
+        impl.mod.bce_with_logits(impl.put(x), impl.put(x), reduction="avg")
+
+
+@given(spec=arrays(), kind=layouts)
+def test_log_softmax_matches_reference(impl, spec, kind):
+    shape, rng, dt, scale = spec
+    x, g = randn(rng, shape, dt, scale), randn(rng, shape, dt)
+    y = ref.log_softmax_fwd(x)
+    close(impl.get(impl.mod.log_softmax_fwd(impl.put(layout(x, kind)))), y, dt, "log_softmax")
+    close(impl.get(impl.mod.log_softmax_bwd(impl.put(layout(y, kind)), impl.put(layout(g, kind)))),
+          ref.log_softmax_bwd(y, g), dt, "log_softmax_bwd")
+
+
+def test_log_softmax_rows_and_parallel_twin(impl, threads):
+    rng = np.random.default_rng(10)
+    for shape in [(5,), (3, 4, 6), (65, 9)]:
+        x = randn(rng, shape, np.float64, 5.0)
+        y = impl.get(impl.mod.log_softmax_fwd(impl.put(x)))
+        close(y, ref.log_softmax_fwd(x), np.float64)
+        np.testing.assert_allclose(np.exp(y).sum(-1), 1.0, rtol=1e-12)
+    x = np.array([[0.0, -np.inf, 1.0], [1000.0, 0.0, -1000.0]])
+    y = impl.get(impl.mod.log_softmax_fwd(impl.put(x)))
+    assert y[0, 1] == -np.inf and np.isfinite(y[0, [0, 2]]).all() and np.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@given(spec=arrays(), weighted=st.booleans(), need_grad=st.booleans(), kind=layouts)
+def test_cross_entropy_matches_reference(impl, reduction, spec, weighted, need_grad, kind):
+    shape, rng, dt, scale = spec
+    x = randn(rng, shape, dt, scale)
+    target = rng.integers(0, shape[1], shape[0])
+    target[rng.random(shape[0]) < 0.2] = -100  # ignored rows
+    w = rng.random(shape[1]).astype(dt) + 0.1 if weighted else None
+    with np.errstate(invalid="ignore", divide="ignore"):  # every row ignored: mean is 0/0 = nan, as PyTorch
+        loss, grad = ref.cross_entropy(x, target, w, -100, reduction, need_grad)
+        got_loss, got_grad = impl.get(impl.mod.cross_entropy(impl.put(layout(x, kind)), impl.put(target),
+                                                             impl.put(w), -100, reduction, need_grad))
+    if reduction == "mean" and not np.isfinite(loss):
+        assert not np.isfinite(got_loss)
+        return
+    close(got_loss, loss, dt, "loss")
+    if need_grad:
+        close(got_grad, grad, dt, "grad")
+    else:
+        assert got_grad is None
+
+
+def test_cross_entropy_parallel_twin(impl, threads):
+    rng = np.random.default_rng(11)
+    x, target = randn(rng, (40, 6), np.float32, 4.0), rng.integers(0, 6, 40)
+    for a, e in zip(impl.get(impl.mod.cross_entropy(impl.put(x), impl.put(target), None, -100, "mean")),
+                    ref.cross_entropy(x, target, None, -100, "mean")):
+        close(a, e, np.float32)
+
+
+@requires_torch
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_cross_entropy_follows_pytorch(reduction):
+    import torch
+    rng = np.random.default_rng(12)
+    x, target, w = randn(rng, (10, 4), np.float64, 3.0), rng.integers(0, 4, 10), rng.random(4) + 0.5
+    target[2] = -100
+    tx = torch.tensor(x, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tx, torch.from_numpy(target), weight=torch.from_numpy(w),
+                                           reduction=reduction)
+    tl.sum().backward()
+    loss, grad = kernels.module("cpu").cross_entropy(x, target, w, -100, reduction)
+    np.testing.assert_allclose(loss, tl.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_cross_entropy_errors(impl):
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(IndexError, match="target 4 at row 1 is out of range for 4 classes"):
+        impl.mod.cross_entropy(impl.put(x), impl.put(np.array([0, 4, 1])))
+    with pytest.raises(ValueError, match="target shape"):
+        impl.mod.cross_entropy(impl.put(x), impl.put(np.array([0, 1])))
+    with pytest.raises(TypeError, match="integer class indices"):
+        impl.mod.cross_entropy(impl.put(x), impl.put(np.zeros(3, np.float32)))
+
+
+# ---- above the real parallel threshold -------------------------------------------------------------------------
+@requires_numba
+def test_sizes_above_the_default_parallel_threshold():
+    from tinygen.kernels import cpu
+    n = cpu.PARALLEL_MIN + 7  # odd: chunks of unequal length
+    rng = np.random.default_rng(13)
+    x, g = randn(rng, n, np.float32), randn(rng, n, np.float32)
+    same(cpu.leaky_relu_fwd(x, 0.2), ref.leaky_relu_fwd(x, 0.2))
+    same(cpu.sigmoid_bwd(x, g), ref.sigmoid_bwd(x, g))
+    p1, p2 = x.copy(), x.copy()
+    state1 = [np.zeros_like(x) for _ in range(2)]
+    state2 = [np.zeros_like(x) for _ in range(2)]
+    cpu.adam_step(p1, g, *state1, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    ref.adam_step(p2, g, *state2, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    same(p1, p2)
+
+
+# ---- the switch, lookup and threads ---------------------------------------------------------------------------------
+def test_lookup_policy():
+    x32 = np.zeros((4, 3), np.float32)
+    with kernels.enabled_as(False):
+        assert not kernels.enabled()
+        assert kernels.lookup("leaky_relu_fwd", x32) is None
+        assert kernels.module("cpu") is ref
+    assert kernels.lookup("leaky_relu_fwd", standin.asarray(x32)) is None  # the stand-in takes the plain path
+    assert kernels.lookup("leaky_relu_fwd", np.float32(1.0)) is None
+    if not NUMBA_ON:
+        assert kernels.lookup("leaky_relu_fwd", x32) is None
+        return
+    from tinygen.kernels import cpu
+    assert kernels.lookup("leaky_relu_fwd", x32) is cpu.leaky_relu_fwd
+    assert kernels.lookup("leaky_relu_fwd", x32.astype(np.float16)) is None
+    assert kernels.lookup("leaky_relu_fwd", x32.astype(np.int64)) is None
+    assert kernels.lookup("tanh_fwd", x32) is None  # no faster than NumPy: not handed out
+    assert kernels.lookup("no_such_kernel", x32) is None
+    big = np.zeros((1024, 1000), np.float32)
+    assert kernels.lookup("cross_entropy", big) is None  # above its size cap the reference is faster
+    assert set(kernels.CPU_USED) <= set(kernels.KERNELS)
+    for name in kernels.KERNELS:
+        for mod in (ref, gpu, cpu):
+            assert callable(getattr(mod, name)), f"{mod.__name__}.{name} is missing"
+
+
+def test_set_num_threads():
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        assert kernels.get_num_threads() == 1
+        if NUMBA_ON:
+            import numba
+            assert numba.get_num_threads() == 1
+        if importlib.util.find_spec("threadpoolctl"):
+            import threadpoolctl
+            blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+            assert all(i["num_threads"] == 1 for i in blas)
+    finally:
+        kernels.set_num_threads(before)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            kernels.set_num_threads(bad)
+
+
+def _python(code, **env):
+    full = dict(os.environ, **env)
+    full["PYTHONPATH"] = ROOT + os.pathsep + full.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+def test_import_does_not_load_numba():
+    out = _python("import sys, tinygen, tinygen.kernels, tinygen.threads\n"
+                  "assert 'numba' not in sys.modules, 'numba imported by import tinygen'\n"
+                  "print('ok')")
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+def test_works_without_numba():
+    """numba not importable: the switch is off, lookup gives None, the reference and thread setting still work."""
+    code = (
+        "import sys\n"
+        "sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "import tinygen\n"
+        "from tinygen import kernels\n"
+        "from tinygen.kernels import reference as ref\n"
+        "assert kernels.enabled() is False\n"
+        "assert kernels.lookup('leaky_relu_fwd', np.zeros(3, np.float32)) is None\n"
+        "assert kernels.module('cpu') is ref\n"
+        "kernels.set_num_threads(1); assert kernels.get_num_threads() == 1\n"
+        "try:\n"
+        "    kernels.set_enabled(True)\n"
+        "except ImportError as e:\n"
+        "    assert 'numba' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('set_enabled(True) without numba did not raise')\n"
+        "p = np.ones(3); ref.sgd_step(p, np.ones(3), None, 0.5); assert (p == 0.5).all()\n"
+        "print('ok')\n")
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+def test_environment_switch():
+    out = _python("from tinygen import kernels\nprint(kernels.enabled())", TINYGEN_NUMBA="0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    if importlib.util.find_spec("numba"):
+        out = _python("from tinygen import kernels\nprint(kernels.enabled())", TINYGEN_NUMBA="1")
+        assert out.stdout.strip() == "True", out.stderr
+
+
+# ---- gpu.py's fusion machinery (no GPU needed) -------------------------------------------------------------------
+def test_gpu_fused_path_caches_per_option_and_falls_back(monkeypatch):
+    """Treat the stand-in as CuPy with an identity 'fuse': each option combination is traced once, results are the
+    reference's, and a fusion failure warns once and runs the body unfused."""
+    traced = []
+
+    def fake_fuse(fn, name):
+        traced.append(name)
+        return fn
+
+    monkeypatch.setattr(gpu, "_is_cupy", lambda xp: True)
+    monkeypatch.setattr(gpu, "_fuse", fake_fuse)
+    monkeypatch.setattr(gpu, "_cache", {})
+    rng = np.random.default_rng(14)
+    x, g = randn(rng, (5, 4), np.float32), randn(rng, (5, 4), np.float32)
+    for _ in range(2):
+        same(gpu.leaky_relu_fwd(standin.asarray(x), 0.2).get(), ref.leaky_relu_fwd(x, 0.2))
+        same(gpu.elu_fwd(standin.asarray(x), 0.5).get(), ref.elu_fwd(x, 0.5))
+    assert len(traced) == 2  # one kernel per activation, reused on the second call
+    for momentum in (0.0, 0.9, 0.9):
+        p, buf, pr, bufr = standin.asarray(x.copy()), standin.asarray(g.copy()), x.copy(), g.copy()
+        gpu.sgd_step(p, standin.asarray(g), buf, 0.1, momentum=momentum)
+        ref.sgd_step(pr, g, bufr, 0.1, momentum=momentum)
+        same(p.get(), pr)
+    assert len(traced) == 4  # plain SGD and momentum SGD: two kernels
+
+    def broken_fuse(fn, name):
+        raise NotImplementedError("this construct cannot be fused")
+
+    monkeypatch.setattr(gpu, "_fuse", broken_fuse)
+    monkeypatch.setattr(gpu, "_cache", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            same(gpu.sigmoid_fwd(standin.asarray(x)).get(), ref.sigmoid_fwd(x))
+    assert len([w for w in caught if "could not fuse" in str(w.message)]) == 1
