@@ -203,8 +203,8 @@ def _status(reply):
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------------
-def summarize(chunks, batch):
-    rates = sorted(c["steps"] * batch / c["seconds"] for c in chunks)
+def summarize(chunks, batch, key="seconds"):
+    rates = sorted(c["steps"] * batch / max(c[key], 1e-9) for c in chunks)
     n = len(rates)
     median = rates[n // 2] if n % 2 else (rates[n // 2 - 1] + rates[n // 2]) / 2
     return {"median": median, "min": rates[0], "max": rates[-1]}
@@ -244,6 +244,7 @@ def run_throughput(pool, case, batch, frameworks, st, progress):
         res = results[fw]
         if res["status"] == "ok" and res["chunks"]:
             res["samples_per_s"] = summarize(res["chunks"], batch)
+            res["samples_per_cpu_s"] = summarize(res["chunks"], batch, "cpu_seconds")
             res["gflops_per_s"] = flops * res["samples_per_s"]["median"] / batch / 1e9
         progress(case, batch, fw, res)
     return results
@@ -359,6 +360,18 @@ def _loadavg():
         return None
 
 
+def busy_warning(loads):
+    """A warning when other processes competed for the CPUs: multi-threaded BLAS (OpenMP/pthreads workers that
+    spin at barriers) slows down many times over when its threads are descheduled, unevenly across frameworks."""
+    loads = [x for x in loads if x is not None]
+    cpus = os.cpu_count() or 1
+    if not loads or max(loads) <= cpus + 0.5:  # our own busy threads count too
+        return None
+    return (f"the machine was busy (1-minute load average up to {max(loads):.1f} on {cpus} CPUs) — other processes "
+            f"competed for the cores, and multi-threaded BLAS degrades badly under contention, so these numbers "
+            f"are not representative. Rerun on an idle machine (or with --threads 1 to keep the ratios fairer).")
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -451,9 +464,9 @@ def markdown(results):
              + (f", {env['memory_gb']} GB" if env.get("memory_gb") else "")
              + f"; threads per framework: {args['threads']}; Python {env['python']}; tinygen {env['tinygen_commit']}",
              "",
-             f"1-minute load average at start / end: {env['loadavg_1min_start']} / {env['loadavg_1min_end']} "
-             f"(above the thread count, other processes were competing for the CPUs and absolute numbers suffer; "
-             f"the interleaved chunks keep the ratios fair)", ""]
+             f"1-minute load average at start / end: {env['loadavg_1min_start']} / {env['loadavg_1min_end']}", ""]
+    if results.get("busy_warning"):
+        lines += [f"**Warning:** {results['busy_warning']}", ""]
     blas = []
     for fw, info in env["frameworks"].items():
         pools = info.get("threadpools")
@@ -517,6 +530,12 @@ def markdown(results):
                     lines.append(f"| *{num} / {den}* | " + " | ".join(
                         _ratio(_median(per_batch.get(str(b), {}).get(num)), _median(per_batch.get(str(b), {}).get(den)))
                         for b in batches) + " |")
+            if results.get("busy_warning"):
+                cpu = {b: {fw: (per_batch.get(str(b), {}).get(fw) or {}).get("samples_per_cpu_s") for fw in fws}
+                       for b in batches}
+                lines.append(f"| *by CPU time: tinygen / {REFERENCE}* | " + " | ".join(
+                    _ratio((cpu[b]["tinygen"] or {}).get("median"), (cpu[b][REFERENCE] or {}).get("median"))
+                    if "tinygen" in fws and REFERENCE in fws else "—" for b in batches) + " |")
             compile_notes = []
             for b in batches:
                 for fw in fws:
@@ -719,6 +738,9 @@ def main(argv=None):
     finally:
         pool.close()
     results["elapsed_s"] = time.perf_counter() - t_start
+    results["busy_warning"] = busy_warning([args.load_start, results["environment"]["loadavg_1min_end"]])
+    if results["busy_warning"]:
+        log("WARNING: " + results["busy_warning"])
     results["failures"] = failures
 
     md = markdown(results)

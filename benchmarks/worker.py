@@ -148,11 +148,14 @@ class Worker:
     def cmd_chunk(self):
         runner, n = self.runner, self.steps_per_chunk
         step = runner.step
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             step()
         runner.sync()
-        return {"steps": n, "seconds": time.perf_counter() - t0}
+        t1, c1 = time.perf_counter(), time.process_time()
+        # CPU time of all this process's threads: on a busy machine it shows what the wall time would be
+        # without the competition (for single-threaded runs; spinning BLAS threads inflate it)
+        return {"steps": n, "seconds": t1 - t0, "cpu_seconds": c1 - c0}
 
     def cmd_check(self, case, batch, steps=3, seed=0):
         """Losses of the first steps with fixed noise, to compare frameworks number for number."""
