@@ -24,7 +24,7 @@ class Domain:
     """Where an input's values are drawn from.
 
     kind "float":    uniform in [lo, hi], pushed at least ``margin`` away from each point in ``kinks``;
-    kind "distinct": all values at least ``margin`` apart (max/min reductions: no near-ties);
+    kind "distinct": all values at least ``margin`` apart, centred on 0 (max/min reductions: no near-ties);
     kind "lattice":  integer + ``offset`` + noise below ``margin``; two lattices with offsets 0 and 0.5 never
                      come closer than 0.5 - 2 * margin (maximum/minimum of two tensors);
     kind "bool":     random booleans (a condition; never differentiated).
@@ -65,7 +65,7 @@ DISTINCT = Domain(kind="distinct")
 BOOL = Domain(kind="bool")
 
 
-# ---- shapes and extra arguments ---------------------------------------------------------------------------------
+# ---- shapes and extra arguments --------------------------------------------------------------------------------------
 # Mostly small non-empty shapes (0-d and size-1 axes included); sometimes an empty one.
 SHAPE = st.one_of(array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4),
                   array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=2))
@@ -106,17 +106,10 @@ def dims(ndim, allow_none=True, allow_tuple=True):
     return st.one_of(*options)
 
 
-def reduce_kwargs(allow_none=True, allow_tuple=True, keepdim=True):
-    def kw(shapes):
-        d = dims(len(shapes[0]), allow_none, allow_tuple)
-        return st.fixed_dictionaries({"dim": d, "keepdim": st.booleans()} if keepdim else {"dim": d})
-    return kw
-
-
-def reduced_count(shape, dim):
-    if dim is None or not shape:
-        return math.prod(shape)
-    return math.prod(shape[d] for d in ((dim,) if isinstance(dim, int) else dim))
+def reduce_kwargs(allow_none=True, allow_tuple=True):
+    """kwargs {"dim": ..., "keepdim": ...} of a reduction."""
+    return lambda shapes: st.fixed_dictionaries({"dim": dims(len(shapes[0]), allow_none, allow_tuple),
+                                                 "keepdim": st.booleans()})
 
 
 def axis(dim, ndim):
@@ -124,7 +117,7 @@ def axis(dim, ndim):
     return None if ndim == 0 else dim
 
 
-# ---- the spec ----------------------------------------------------------------------------------------------------------
+# ---- the spec --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
     shapes: tuple
@@ -137,9 +130,9 @@ class OpSpec:
 
     fn / ref / torch_fn are called as ``f(*inputs, **kwargs)`` with tinygen tensors, NumPy float64 arrays and
     torch tensors respectively. ``arity`` is the number of inputs ("n" for a list, e.g. cat); ``broadcast`` says
-    whether their shapes broadcast against each other or are equal; ``shapes`` overrides both with a strategy of
-    shape tuples. ``domain`` is one Domain for all inputs or one per input. ``kwargs(shapes)`` returns a strategy
-    for the extra arguments. ``gradcheck`` overrides eps/atol/rtol of the numeric checks.
+    whether their shapes broadcast against each other or are equal; ``shapes`` (a strategy of shape tuples)
+    overrides both. ``domain`` is one Domain for all inputs or one per input. ``kwargs(shapes)`` returns a
+    strategy for the extra arguments. ``gradcheck`` overrides eps/atol/rtol of the numeric checks.
     """
     name: str
     fn: Callable
@@ -176,7 +169,7 @@ class OpSpec:
         printer.text(repr(self))
 
 
-# ---- building inputs ---------------------------------------------------------------------------------------------
+# ---- building inputs -------------------------------------------------------------------------------------------------
 LAYOUTS = ("contiguous", "transposed", "strided", "reversed")
 
 
@@ -290,19 +283,22 @@ def torch_index(index):
 def basic_index(draw, shape):
     """ints, slices (positive steps, as PyTorch), None and Ellipsis."""
     items = []
-    for n in shape[:draw(st.integers(0, len(shape)))]:
+    for n in shape:
         kind = draw(st.sampled_from(["int", "slice", "all"] if n else ["slice", "all"]))
         if kind == "int":
             items.append(draw(st.integers(-n, n - 1)))
         elif kind == "slice":
-            items.append(slice(draw(st.none() | st.integers(-n - 1, n + 1)), draw(st.none() | st.integers(-n - 1, n + 1)),
-                               draw(st.none() | st.integers(1, 3))))
+            bound = st.none() | st.integers(-n - 1, n + 1)
+            items.append(slice(draw(bound), draw(bound), draw(st.none() | st.integers(1, 3))))
         else:
             items.append(slice(None))
+    j = draw(st.integers(0, len(items)))
+    if draw(st.booleans()):  # an Ellipsis stands for the axes items[j:k]
+        items = items[:j] + [Ellipsis] + items[draw(st.integers(j, len(items))):]
+    else:  # trailing axes left out
+        items = items[:j]
     if draw(st.booleans()):
         items.insert(draw(st.integers(0, len(items))), None)
-    if len(items) < len(shape) and draw(st.booleans()):
-        items.insert(draw(st.integers(0, len(items))), Ellipsis)
     return items[0] if len(items) == 1 and draw(st.booleans()) else tuple(items)
 
 
@@ -459,7 +455,7 @@ def var_kwargs(shapes):
         lambda kw: st.sampled_from([0, 1]).map(lambda c: {**kw, "correction": c}))
 
 
-# ---- reference helpers ---------------------------------------------------------------------------------------------
+# ---- reference helpers -----------------------------------------------------------------------------------------------
 def _np_reduce(f):
     def ref(x, dim=None, keepdim=False, **kw):
         return f(x, axis=axis(dim, x.ndim), keepdims=keepdim, **kw)
@@ -540,7 +536,7 @@ def _np_transpose(x, dim0, dim1):
     return np.swapaxes(x, dim0, dim1)
 
 
-# ---- PyTorch helpers (torch is imported only when these run) ---------------------------------------------------
+# ---- PyTorch helpers (torch is imported only when these run) ---------------------------------------------------------
 def _torch():
     import torch
     return torch
@@ -607,7 +603,7 @@ def _F():
     return F
 
 
-# ---- the table ---------------------------------------------------------------------------------------------------------
+# ---- the table -------------------------------------------------------------------------------------------------------
 D2 = Domain(-2.0, 2.0)
 DIVISOR = Domain(-3.0, 3.0, kinks=(0.0,), margin=0.5)
 PAIR = (Domain(kind="lattice", offset=0.0), Domain(kind="lattice", offset=0.5))
@@ -715,7 +711,8 @@ SPECS = [
            shapes=SMALL_SIDES.map(lambda s: (s,)), kwargs=expand_kwargs),
     OpSpec("squeeze", tg.squeeze, _np_squeeze, lambda x, **kw: x.squeeze(**kw), shapes=SMALL_SIDES.map(lambda s: (s,)),
            kwargs=squeeze_kwargs),
-    OpSpec("unsqueeze", tg.unsqueeze, lambda x, dim: np.expand_dims(x, dim), lambda x, dim: x.unsqueeze(dim), kwargs=unsqueeze_kwargs),
+    OpSpec("unsqueeze", tg.unsqueeze, lambda x, dim: np.expand_dims(x, dim), lambda x, dim: x.unsqueeze(dim),
+           kwargs=unsqueeze_kwargs),
     OpSpec("getitem_basic", _tg_getitem, _np_getitem, _t_getitem, shapes=NONEMPTY.map(lambda s: (s,)),
            kwargs=index_kwargs(basic_index)),
     OpSpec("getitem_int_array", _tg_getitem, _np_getitem, _t_getitem, shapes=_index_shapes(1),

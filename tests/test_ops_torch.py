@@ -1,7 +1,8 @@
 """PyTorch parity: every op in ``op_specs.SPECS`` gives PyTorch's values and gradients on the same inputs.
 
 The inputs and the random upstream gradient are shared; the comparison runs in float64 (tight tolerance) and
-in float32. Skipped when PyTorch is not installed.
+in float32. Also: finite, matching results at inputs of +-1000 in float32, and the same subgradient as PyTorch
+exactly at kinks and ties. Skipped when PyTorch is not installed.
 """
 import numpy as np
 import pytest
@@ -72,15 +73,15 @@ BIG = np.array([[-1000.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1000.0],
                 [1000.0, 999.0, 0.0, -5.0, -1000.0, 3.0, 998.5, -999.0, 2.0],
                 [1000.0] * 9, [-1000.0] * 9], dtype=np.float32)
 STABLE = {
-    "sigmoid": (lambda x: x.sigmoid(), lambda x: x.sigmoid()),
-    "softplus": (lambda x: x.softplus(), lambda x: __import__("torch").nn.functional.softplus(x)),
+    "sigmoid": (lambda x: x.sigmoid(), lambda t, x: x.sigmoid()),
+    "softplus": (lambda x: x.softplus(), lambda t, x: t.nn.functional.softplus(x)),
     "softplus_beta": (lambda x: x.softplus(beta=2.0, threshold=5.0),
-                      lambda x: __import__("torch").nn.functional.softplus(x, 2.0, 5.0)),
-    "logsumexp": (lambda x: x.logsumexp(1), lambda x: x.logsumexp(1)),
-    "logsumexp_all": (lambda x: x.logsumexp((0, 1), keepdim=True), lambda x: x.logsumexp((0, 1), keepdim=True)),
-    "log_softmax": (lambda x: x.log_softmax(1), lambda x: x.log_softmax(1)),
-    "log_softmax_dim0": (lambda x: x.log_softmax(0), lambda x: x.log_softmax(0)),
-    "softmax": (lambda x: x.softmax(1), lambda x: x.softmax(1)),
+                      lambda t, x: t.nn.functional.softplus(x, 2.0, 5.0)),
+    "logsumexp": (lambda x: x.logsumexp(1), lambda t, x: x.logsumexp(1)),
+    "logsumexp_all": (lambda x: x.logsumexp((0, 1), keepdim=True), lambda t, x: x.logsumexp((0, 1), keepdim=True)),
+    "log_softmax": (lambda x: x.log_softmax(1), lambda t, x: x.log_softmax(1)),
+    "log_softmax_dim0": (lambda x: x.log_softmax(0), lambda t, x: x.log_softmax(0)),
+    "softmax": (lambda x: x.softmax(1), lambda t, x: x.softmax(1)),
 }
 
 
@@ -90,7 +91,7 @@ def test_stable_at_large_inputs_like_torch(name):
     ours, theirs = STABLE[name]
     x = tg.tensor(BIG, requires_grad=True)
     tx = torch.from_numpy(BIG.copy()).requires_grad_(True)
-    out, t_out = ours(x), theirs(tx)
+    out, t_out = ours(x), theirs(torch, tx)
     u = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
     out.backward(tg.tensor(u))
     t_out.backward(torch.from_numpy(u))
@@ -99,3 +100,37 @@ def test_stable_at_large_inputs_like_torch(name):
     np.testing.assert_allclose(out.detach().numpy(), t_out.detach().numpy(), rtol=1e-6, atol=1e-6)
     # float32 outputs near 1000 carry an absolute error of ~6e-5, which exp(x - out) turns into a relative one
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+# ---- at the kinks: the same subgradient convention as PyTorch ---------------------------------------------------
+KINK_X = np.array([-1.0, -0.5, 0.0, 0.0, 0.5, 0.7, 1.0, 2.0])
+KINKS = {
+    "abs": (lambda x: x.abs(), lambda t, x: x.abs()),
+    "relu": (lambda x: x.relu(), lambda t, x: x.relu()),
+    "leaky_relu": (lambda x: x.leaky_relu(0.1), lambda t, x: t.nn.functional.leaky_relu(x, 0.1)),
+    "elu": (lambda x: x.elu(0.5), lambda t, x: t.nn.functional.elu(x, 0.5)),
+    "clamp": (lambda x: x.clamp(-0.5, 0.7), lambda t, x: x.clamp(-0.5, 0.7)),
+    "softplus_at_threshold": (lambda x: x.softplus(2.0, 1.0),
+                              lambda t, x: t.nn.functional.softplus(x, 2.0, 1.0)),
+    "maximum_ties": (lambda x: tg.maximum(x, x * 1.0), lambda t, x: t.maximum(x, x * 1.0)),
+    "minimum_scalar_tie": (lambda x: tg.minimum(x, 0.5),
+                           lambda t, x: t.minimum(x, t.tensor(0.5, dtype=x.dtype))),
+    "amax_ties": (lambda x: x.reshape(2, 4).amax(1), lambda t, x: x.reshape(2, 4).amax(1)),
+    "max_all_ties": (lambda x: x.abs().max(), lambda t, x: x.abs().max()),
+    "max_dim_ties": (lambda x: x.abs().reshape(4, 2).max(0).values, lambda t, x: x.abs().reshape(4, 2).max(0).values),
+    "min_dim_ties": (lambda x: x.abs().reshape(2, 4).min(1).values, lambda t, x: x.abs().reshape(2, 4).min(1).values),
+}
+
+
+@pytest.mark.parametrize("name", list(KINKS))
+def test_subgradients_at_kinks_match_torch(name):
+    import torch
+    ours, theirs = KINKS[name]
+    x = tg.tensor(KINK_X, requires_grad=True)
+    tx = torch.from_numpy(KINK_X.copy()).requires_grad_(True)
+    out, t_out = ours(x), theirs(torch, tx)
+    np.testing.assert_allclose(out.detach().numpy(), t_out.detach().numpy(), rtol=1e-12)
+    u = np.linspace(0.5, 2.0, out.data.size).reshape(out.shape)
+    out.backward(tg.tensor(u))
+    t_out.backward(torch.from_numpy(u))
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=0)
