@@ -230,10 +230,10 @@ SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, wei
                dict(momentum=0.5, dampening=0.3, maximize=True), dict(weight_decay=0.1, maximize=True)]
 ADAM_OPTIONS = [dict(weight_decay=0.0, decoupled=False, amsgrad=False),
                 dict(weight_decay=0.01, decoupled=False, amsgrad=True),
-                dict(weight_decay=0.01, decoupled=True, amsgrad=False),
+                dict(weight_decay=0.01, decoupled=True, amsgrad=False, beta1=0.5),  # GAN betas: the other lerp
                 dict(weight_decay=0.1, decoupled=True, amsgrad=True, maximize=True)]
 RMSPROP_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9, weight_decay=0.01),
-                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.9)]
+                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.9), dict(centered=True, alpha=0.3)]
 
 
 def _run_sgd(mod, put, get, p, grads, opts, kind):
@@ -251,8 +251,8 @@ def _run_adam(mod, put, get, p, grads, opts, kind):
     state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
     pp, m, v, vmax = (put(a) for a in state)
     for step, g in enumerate(grads, 1):
-        mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, 1e-2, 0.9, 0.999, 1e-8,
-                      opts["weight_decay"], opts["decoupled"], step, opts.get("maximize", False))
+        mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, 1e-2, opts.get("beta1", 0.9),
+                      0.999, 1e-8, opts["weight_decay"], opts["decoupled"], step, opts.get("maximize", False))
     return get(pp), get(m), get(v), get(vmax)
 
 
@@ -341,6 +341,14 @@ def test_optimizers_follow_pytorch(dtype):
          lambda st, p, g, i: mod.adam_step(p, g, st.setdefault("m", np.zeros_like(p)),
                                            st.setdefault("v", np.zeros_like(p)), None, 1e-2, 0.8, 0.99, 1e-6, 0.1,
                                            True, i + 1)),
+        (torch.optim.Adam, dict(lr=2e-4, betas=(0.3, 0.999)),  # beta1 < 0.5: PyTorch's other lerp formula
+         lambda st, p, g, i: mod.adam_step(p, g, st.setdefault("m", np.zeros_like(p)),
+                                           st.setdefault("v", np.zeros_like(p)), None, 2e-4, 0.3, 0.999, 1e-8, 0.0,
+                                           False, i + 1)),
+        (torch.optim.RMSprop, dict(lr=1e-2, alpha=0.3, centered=True),
+         lambda st, p, g, i: mod.rmsprop_step(p, g, st.setdefault("v", np.zeros_like(p)),
+                                              st.setdefault("ga", np.zeros_like(p)), None, 1e-2, 0.3, 1e-8, 0.0, 0.0,
+                                              True)),
         (torch.optim.RMSprop, dict(lr=1e-2, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01),
          lambda st, p, g, i: mod.rmsprop_step(p, g, st.setdefault("v", np.zeros_like(p)),
                                               st.setdefault("ga", np.zeros_like(p)),

@@ -119,7 +119,7 @@ def _act_fwd_par(x, e, out, act, p1, p2, nch):
 
 
 @njit(cache=True)
-def _act_bwd(s, e, g, out, act, p1):
+def _act_bwd(s, e, g, out, act, p1, p2):
     """out = g * act'(...) where s is x (relu, leaky_relu, softplus) or y (tanh, sigmoid, elu, softplus_from_y)
     and e = _pre_bwd(s) for the softplus pair."""
     zero, one = g.dtype.type(0), g.dtype.type(1)
@@ -142,25 +142,27 @@ def _act_bwd(s, e, g, out, act, p1):
         for i in range(n):
             y = s[i]
             out[i] = g[i] * (one if y > zero else y + p1)
-    elif act == SOFTPLUS:  # sigmoid(beta x) with e = exp(-|beta x|)
+    elif act == SOFTPLUS:  # sigmoid(beta x) with e = exp(-|beta x|); 1 above the threshold (forward is x there)
         for i in range(n):
             ei = e[i]
-            out[i] = g[i] * ((one if s[i] * p1 >= zero else ei) / (one + ei))
+            bx = s[i] * p1
+            sig = (one if bx >= zero else ei) / (one + ei)
+            out[i] = g[i] * (one if bx > p2 else sig)
     elif act == SOFTPLUS_FROM_Y:  # e = expm1(-beta y)
         for i in range(n):
-            out[i] = g[i] * -e[i]
+            out[i] = g[i] * (one if s[i] * p1 > p2 else -e[i])
     else:  # identity
         for i in range(n):
             out[i] = g[i]
 
 
 @njit(cache=True, parallel=True)
-def _act_bwd_par(s, e, g, out, act, p1, nch):
+def _act_bwd_par(s, e, g, out, act, p1, p2, nch):
     n = g.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
-        _act_bwd(s[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], act, p1)
+        _act_bwd(s[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], act, p1, p2)
 
 
 def _flat(a):
@@ -200,14 +202,14 @@ def act_fwd(x, act, p1=0.0, p2=0.0):
     return out.reshape(x.shape)
 
 
-def _act_bwd_into(sf, gf, out, code, p1):
+def _act_bwd_into(sf, gf, out, code, p1, p2):
     e = _pre_bwd(sf, code, p1)
     e = sf if e is None else e
     nch = _chunks(gf.size)
     if nch:
-        _act_bwd_par(sf, e, gf, out, code, p1, nch)
+        _act_bwd_par(sf, e, gf, out, code, p1, p2, nch)
     else:
-        _act_bwd(sf, e, gf, out, code, p1)
+        _act_bwd(sf, e, gf, out, code, p1, p2)
 
 
 def act_bwd(s, g, act, p1=0.0, p2=0.0):
@@ -218,7 +220,8 @@ def act_bwd(s, g, act, p1=0.0, p2=0.0):
         raise ValueError(f"elu_bwd computes from the output, which needs alpha >= 0, got alpha={p1}")
     gf = _flat(g)
     out = np.empty_like(gf)
-    _act_bwd_into(_flat(s), gf, out, _CODES[act], g.dtype.type(p1))
+    t = g.dtype.type
+    _act_bwd_into(_flat(s), gf, out, _CODES[act], t(p1), t(p2))
     return out.reshape(g.shape)
 
 
@@ -295,22 +298,22 @@ def _bias_act_fwd_par(y, b, has_b, act, p1, p2, nch):
 
 
 @njit(cache=True)
-def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1):
+def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1, p2):
     m = y.shape[1]
     for r in range(y.shape[0]):
-        _act_bwd(y[r], e[r], g[r], out[r], act, p1)
+        _act_bwd(y[r], e[r], g[r], out[r], act, p1, p2)
         if want_sum:
             for j in range(m):
                 colsum[j] += out[r, j]
 
 
 @njit(cache=True, parallel=True)
-def _bias_act_bwd_par(y, e, g, out, partial, want_sum, act, p1, nch):
+def _bias_act_bwd_par(y, e, g, out, partial, want_sum, act, p1, p2, nch):
     n = y.shape[0]
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
-        _bias_act_bwd(y[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], partial[c], want_sum, act, p1)
+        _bias_act_bwd(y[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], partial[c], want_sum, act, p1, p2)
 
 
 def _rows(a):
@@ -347,17 +350,18 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
     _same_float("bias_act_bwd", g, y)
     ys, gs = _rows(y), _rows(g)
     out = np.empty(g.shape, g.dtype)
-    code, p1 = _CODES[ref._FROM_Y[act]], g.dtype.type(p1)
+    code, t = _CODES[ref._FROM_Y[act]], g.dtype.type
+    p1, p2 = t(p1), t(p2)
     e = _pre_bwd(ys, code, p1)
     e = ys if e is None else e
     nch = _chunks(g.size)
     if nch:
         partial = np.zeros((nch, g.shape[1]), g.dtype)
-        _bias_act_bwd_par(ys, e, gs, out, partial, bias_grad, code, p1, nch)
+        _bias_act_bwd_par(ys, e, gs, out, partial, bias_grad, code, p1, p2, nch)
         colsum = partial.sum(axis=0)
     else:
         colsum = np.zeros(g.shape[1], g.dtype)
-        _bias_act_bwd(ys, e, gs, out, colsum, bias_grad, code, p1)
+        _bias_act_bwd(ys, e, gs, out, colsum, bias_grad, code, p1, p2)
     return out, (colsum if bias_grad else None)
 
 
@@ -433,8 +437,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
 
 @njit(cache=True)
-def _adam(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
-          use_wd, decoupled, maximize, amsgrad):
+def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+          use_wd, decoupled, maximize, small, amsgrad):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         pi = p[i]
@@ -443,7 +447,7 @@ def _adam(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, 
                 pi = pi * decay
             else:
                 gi = gi + wd * pi
-        mi = m[i] + one_minus_beta1 * (gi - m[i])
+        mi = m[i] + w1 * (gi - m[i]) if small else gi - (gi - m[i]) * one_minus_w1  # PyTorch's lerp
         vi = v[i] * beta2 + one_minus_beta2 * gi * gi
         m[i] = mi
         v[i] = vi
@@ -455,14 +459,14 @@ def _adam(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, 
 
 
 @njit(cache=True, parallel=True)
-def _adam_par(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
-              use_wd, decoupled, maximize, amsgrad, nch):
+def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+              use_wd, decoupled, maximize, small, amsgrad, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
-        _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, one_minus_beta1, beta2,
-              one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt, use_wd, decoupled, maximize, amsgrad)
+        _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, w1, one_minus_w1, beta2,
+              one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
@@ -474,7 +478,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
     p, m, v, vmax = io.flat
     args = (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype), *consts,
-            weight_decay != 0, bool(decoupled), bool(maximize), amsgrad)
+            weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(consts[0]), amsgrad)
     nch = _chunks(p.size)
     if nch:
         _adam_par(*args, nch)
@@ -484,8 +488,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
 
 @njit(cache=True)
-def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered, use_momentum,
-             maximize):
+def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
+             use_momentum, maximize, small):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if use_wd:
@@ -493,7 +497,7 @@ def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum
         vi = v[i] * alpha + one_minus_alpha * gi * gi
         v[i] = vi
         if centered:
-            gai = ga[i] + one_minus_alpha * (gi - ga[i])
+            gai = ga[i] + one_minus_alpha * (gi - ga[i]) if small else gi - (gi - ga[i]) * one_minus_w
             ga[i] = gai
             avg = math.sqrt(vi - gai * gai) + eps
         else:
@@ -507,14 +511,15 @@ def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum
 
 
 @njit(cache=True, parallel=True)
-def _rmsprop_par(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered,
-                 use_momentum, maximize, nch):
+def _rmsprop_par(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd,
+                 centered, use_momentum, maximize, small, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _rmsprop(p[lo:hi], g[lo:hi], v[lo:hi], ga[lo:hi] if centered else ga, buf[lo:hi] if use_momentum else buf,
-                 neg_lr, alpha, one_minus_alpha, eps, wd, momentum, use_wd, centered, use_momentum, maximize)
+                 neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered, use_momentum,
+                 maximize, small)
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
@@ -526,9 +531,9 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
                   momentum_buffer if use_momentum else None)
     p, v, ga, buf = io.flat
     dummy = _dummy(param.dtype)
+    consts = ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     args = (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy,
-            *ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum),
-            weight_decay != 0, bool(centered), use_momentum, bool(maximize))
+            *consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize), ref.lerp_small(consts[2]))
     nch = _chunks(p.size)
     if nch:
         _rmsprop_par(*args, nch)

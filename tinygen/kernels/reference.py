@@ -78,10 +78,11 @@ def _act_bwd_body(xp, act, s, g, p1, p2):
         return g * s * (1 - s)
     if act == "elu":
         return g * xp.where(s > 0, 1, s + p1)
-    if act == "softplus":
-        return g * _act_fwd_body(xp, "sigmoid", s * p1, 0, 0)
+    if act == "softplus":  # sigmoid(beta x), and 1 above the threshold where the forward is x itself
+        bx = s * p1
+        return g * xp.where(bx > p2, 1, _act_fwd_body(xp, "sigmoid", bx, 0, 0))
     if act == "softplus_from_y":  # sigmoid(beta x) = 1 - exp(-beta y), accurate through expm1 for small y
-        return g * -xp.expm1(s * -p1)
+        return g * xp.where(s * p1 > p2, 1, -xp.expm1(s * -p1))
     raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
 
 
@@ -243,6 +244,15 @@ def check_sgd(param, grad, momentum_buffer, momentum):
         raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer array")
 
 
+def lerp_small(weight):
+    """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise."""
+    return abs(float(weight)) < 0.5
+
+
+def _lerp(a, b, w, one_minus_w, small):
+    return a + w * (b - a) if small else b - (b - a) * one_minus_w
+
+
 def adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
     """Scalars of one Adam step, with PyTorch's bias corrections formed in Python floats."""
     if step < 1:
@@ -250,12 +260,13 @@ def adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
     step_size = lr / (1 - beta1 ** step)
     bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
     t = dtype.type
-    return (t(1 - beta1), t(beta2), t(1 - beta2), t(1 - lr * weight_decay), t(weight_decay), t(eps),
-            t(-step_size), t(bias_correction2_sqrt))
+    w = t(1 - beta1)  # the lerp weight of the first moment; 1 - w is formed in the dtype, as PyTorch's lerp does
+    return (w, t(1) - w, t(beta2), t(1 - beta2), t(1 - lr * weight_decay), t(weight_decay), t(eps), t(-step_size),
+            t(bias_correction2_sqrt))
 
 
-def _adam_body(xp, p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size,
-               bc2_sqrt, *, use_wd, decoupled, maximize):
+def _adam_body(xp, p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size,
+               bc2_sqrt, *, use_wd, decoupled, maximize, small):
     """New (param, exp_avg, exp_avg_sq, max_exp_avg_sq) for one Adam/AdamW step (torch.optim.Adam)."""
     if maximize:
         g = -g
@@ -264,7 +275,7 @@ def _adam_body(xp, p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, de
             p = p * decay
         else:
             g = g + wd * p
-    m = m + one_minus_beta1 * (g - m)  # lerp(m, g, 1 - beta1); PyTorch takes this branch for weights < 0.5
+    m = _lerp(m, g, w1, one_minus_w1, small)  # exp_avg.lerp_(grad, 1 - beta1)
     v = v * beta2 + one_minus_beta2 * g * g
     if vmax is not None:
         vmax = xp.maximum(vmax, v)
@@ -283,7 +294,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     _check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     consts = adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
     p, m, v, vmax = _adam_body(array_module_of(param), param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *consts,
-                               use_wd=weight_decay != 0, decoupled=decoupled, maximize=maximize)
+                               use_wd=weight_decay != 0, decoupled=decoupled, maximize=maximize,
+                               small=lerp_small(consts[0]))
     param[...] = p
     exp_avg[...] = m
     exp_avg_sq[...] = v
@@ -293,11 +305,12 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
 def rmsprop_consts(dtype, lr, alpha, eps, weight_decay, momentum):
     t = dtype.type
-    return t(-lr), t(alpha), t(1 - alpha), t(eps), t(weight_decay), t(momentum)
+    w = t(1 - alpha)  # also the lerp weight of the centered average
+    return t(-lr), t(alpha), w, t(1) - w, t(eps), t(weight_decay), t(momentum)
 
 
-def _rmsprop_body(xp, p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd, momentum, *, use_wd, centered,
-                  use_momentum, maximize):
+def _rmsprop_body(xp, p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, *, use_wd,
+                  centered, use_momentum, maximize, small):
     """New (param, square_avg, grad_avg, buf) for one RMSprop step (torch.optim.RMSprop)."""
     if maximize:
         g = -g
@@ -305,7 +318,7 @@ def _rmsprop_body(xp, p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, eps, wd,
         g = g + wd * p
     v = v * alpha + one_minus_alpha * g * g
     if centered:
-        ga = ga + one_minus_alpha * (g - ga)
+        ga = _lerp(ga, g, one_minus_alpha, one_minus_w, small)  # grad_avg.lerp_(grad, 1 - alpha)
         avg = xp.sqrt(v - ga * ga) + eps
     else:
         avg = xp.sqrt(v) + eps
@@ -320,10 +333,10 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     """One in-place RMSprop step (torch.optim.RMSprop). ``grad_avg`` is needed when centered, ``momentum_buffer``
     when momentum > 0 (both start as zeros, as in PyTorch); pass None otherwise."""
     check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
+    consts = rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     p, v, ga, buf = _rmsprop_body(array_module_of(param), param, grad, square_avg, grad_avg, momentum_buffer,
-                                  *rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum),
-                                  use_wd=weight_decay != 0, centered=centered, use_momentum=momentum > 0,
-                                  maximize=maximize)
+                                  *consts, use_wd=weight_decay != 0, centered=centered, use_momentum=momentum > 0,
+                                  maximize=maximize, small=lerp_small(consts[2]))
     param[...] = p
     square_avg[...] = v
     if centered:
