@@ -111,13 +111,17 @@ def test_op(spec, data):
         with pytest.raises(RuntimeError, match="second time"):
             tg.grad(fouts, inputs, ups)
 
-    # layout independence: contiguous copies give the same values and gradients
+    # layout independence, and backward() into .grad: contiguous copies get the same gradients
     cs = ex.tensors()
     couts = float_outputs(as_tuple(ex.call(*cs)))
-    cgrads = tg.grad(couts, [cs[i] for i in gi], ex.upstream(couts, layouts=False))
+    cups = ex.upstream(couts, layouts=False)
+    tg.autograd.backward(couts, cups)
+    cgrads = [cs[i].grad for i in gi]
     for k, (g, c) in enumerate(zip(grads, cgrads)):
         np.testing.assert_allclose(g.data, c.data, rtol=1e-12, atol=1e-12,
                                    err_msg=f"gradient {k} depends on the inputs' memory layout")
+        others = [x.data for x in cs] + [u.data for u in cups] + [c2.data for c2 in cgrads[:k]]
+        assert not any(np.shares_memory(c.data, o) for o in others), f".grad {k} shares memory"
 
     # numeric checks, float64
     fn = ex.call
@@ -160,7 +164,8 @@ def test_op_on_device(spec, device, data):
         for k, (a, b) in enumerate(zip(g, w)):
             assert (a is None) == (b is None), f"{what} {k}: {a} on {device}, {b} on the CPU"
             if a is not None:
-                assert a.dtype == b.dtype and a.shape == b.shape, f"{what} {k}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+                assert a.dtype == b.dtype and a.shape == b.shape, \
+                    f"{what} {k}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
                 np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=f"{what} {k} on {device}")
 
 
@@ -205,7 +210,7 @@ def test_to_device_and_back_carries_the_gradient(device):
     assert x.grad.device == "cpu"
 
 
-# ---- stability at large inputs, against closed forms ------------------------------------------------------------------
+# ---- stability at large inputs, against closed forms -----------------------------------------------------------------
 BIG = np.array([-1000.0, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1000.0])
 
 
