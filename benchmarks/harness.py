@@ -455,6 +455,58 @@ def _ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "—"
 
 
+# Measured on this machine class with 2 threads before tinygen existed (samples/s at batch 16/64/256/1024; per-op
+# microseconds): how fast this machine is today relative to then.
+REFERENCE_NUMBERS = {
+    "torch": {"vae": [3.6e3, 10.3e3, 26.4e3, 37.1e3], "gan": [1.3e3, 3.9e3, 7.6e3, 8.8e3],
+              "mlp": [14.4e3, 34.2e3, 47.4e3, 50.6e3]},
+    "jax": {"vae": [20.5e3, 34.2e3, 47.3e3, 50.5e3], "gan": [2.9e3, 7.2e3, 10.4e3, 10.0e3],
+            "mlp": [28.3e3, 43.7e3, 53.7e3, 56.0e3]},
+}
+REFERENCE_BATCHES = [16, 64, 256, 1024]
+REFERENCE_DISPATCH = {"numpy": {"add": 0.35}, "torch": {"add": 1.3, "add_rec": 2.0}}
+
+
+def headline(results):
+    """The ratios first: tinygen against PyTorch eager (and JAX jit), per model and batch size, and per op."""
+    args = results["options"]
+    fws, batches = args["frameworks"], args["batch_sizes"]
+    tp, d = results.get("throughput") or {}, results.get("dispatch") or {}
+    lines = []
+    pairs = [(num, den) for num in ("tinygen", "tinygen-numba") for den in (REFERENCE, "jax")
+             if num in fws and den in fws]
+    if tp and pairs:
+        lines += ["## Headline: throughput ratios (median samples/s, > 1 means tinygen is faster)", "",
+                  "| case | ratio | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                  "|---" * (len(batches) + 2) + "|"]
+        for case, per_batch in tp.items():
+            for num, den in pairs:
+                lines.append(f"| {case} | {num} / {den} | " + " | ".join(
+                    _ratio(_median(per_batch.get(str(b), {}).get(num)), _median(per_batch.get(str(b), {}).get(den)))
+                    for b in batches) + " |")
+        lines.append("")
+    if d.get("tinygen", {}).get("status") == "ok" and d.get("torch", {}).get("status") == "ok":
+        mine, ref = d["tinygen"]["benches"], d["torch"]["benches"]
+        parts = [f"{b} {mine[b]['us_per_op'] / ref[b]['us_per_op']:.2f}x" for b in dispatch_mod.BENCHES
+                 if "us_per_op" in mine.get(b, {}) and "us_per_op" in ref.get(b, {})]
+        lines += ["Per-op time, tinygen / PyTorch (< 1 means tinygen is cheaper): " + ", ".join(parts), ""]
+    # how this machine compares with the reference measurements of its class (only meaningful at 2 threads)
+    if args["threads"] == 2 and tp:
+        parts = []
+        for fw, per_case in REFERENCE_NUMBERS.items():
+            for case, refs in per_case.items():
+                for b, ref in zip(REFERENCE_BATCHES, refs):
+                    got = _median(tp.get(case, {}).get(str(b), {}).get(fw))
+                    if got is not None:
+                        parts.append(got / ref)
+        if parts:
+            parts.sort()
+            lines += [f"This machine against the reference measurements of its class (PyTorch eager and JAX jit, "
+                      f"{len(parts)} cells): median {parts[len(parts) // 2]:.2f}x "
+                      f"(range {parts[0]:.2f}x–{parts[-1]:.2f}x).", ""]
+    return lines
+
+
 def markdown(results):
     env, args = results["environment"], results["options"]
     lines = ["# tinygen benchmarks", "",
@@ -488,6 +540,8 @@ def markdown(results):
             sizes = ", ".join(f"{r['n']}: {r['gflops']:.0f}" for r in g["sizes"])
             lines += [f"Measured sgemm peak (NumPy float32, {args['threads']} threads): "
                       f"**{g['peak_gflops']:.0f} GFLOP/s** (by size n: {sizes})", ""]
+
+    lines += headline(results)
 
     d = results.get("dispatch")
     if d:
