@@ -3,14 +3,26 @@
 Constants that only scale a gradient (masks, slopes) are made from the input's array and carry no graph: the
 second derivative through them is zero, which is the true value away from the kinks.
 """
-from .. import backend
+from .. import backend, kernels
 from ..autograd.function import Function
+from ..autograd.grad_mode import STATE
 from ..tensor import Tensor, _make, register
 from .arithmetic import operand
 
 
 def _const(data, like):
     return _make(data, like._device)
+
+
+def _fused_bwd(name, s, g, *params):
+    """g * act'(...) from a fused kernel (tinygen.kernels) under a plain backward, or None: then the formula in
+    tinygen ops runs, as it must when a graph of the gradient is being built (create_graph=True)."""
+    if STATE.grad_enabled:
+        return None
+    k = kernels.lookup(name, g.data)
+    if k is None or s.data.dtype != g.data.dtype:
+        return None
+    return _make(k(s.data, g.data, *params), g._device)
 
 
 class Exp(Function):
@@ -95,6 +107,9 @@ class Tanh(Function):
     @staticmethod
     def backward(ctx, g):
         y = ctx.output
+        fused = _fused_bwd("tanh_bwd", y, g)
+        if fused is not None:
+            return fused
         return g * (1 - y * y)
 
 
@@ -105,12 +120,18 @@ class Sigmoid(Function):
     def forward(ctx, x):
         # exp(-|x|) never overflows, so this is finite and accurate at any x
         xp, d = ctx.xp, x.data
+        k = kernels.lookup("sigmoid_fwd", d)
+        if k is not None:
+            return k(d)
         e = xp.exp(-abs(d))
         return xp.where(d >= 0, 1 / (1 + e), e / (1 + e))
 
     @staticmethod
     def backward(ctx, g):
         y = ctx.output
+        fused = _fused_bwd("sigmoid_bwd", y, g)
+        if fused is not None:
+            return fused
         return g * y * (1 - y)
 
 
@@ -118,11 +139,17 @@ class Relu(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
+        k = kernels.lookup("relu_fwd", x.data)
+        if k is not None:
+            return k(x.data)
         return ctx.xp.maximum(x.data, 0)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        fused = _fused_bwd("relu_bwd", x, g)
+        if fused is not None:
+            return fused
         return g * (x > 0)
 
 
@@ -132,11 +159,17 @@ class LeakyRelu(Function):
         ctx.save_for_backward(x)
         ctx.slope = slope
         d = x.data
+        k = kernels.lookup("leaky_relu_fwd", d)
+        if k is not None:
+            return k(d, slope)
         return ctx.xp.where(d > 0, d, d * d.dtype.type(slope))
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        fused = _fused_bwd("leaky_relu_bwd", x, g, ctx.slope)
+        if fused is not None:
+            return fused, None
         t = x.data.dtype.type
         return g * _const(ctx.xp.where(x.data > 0, t(1), t(ctx.slope)), x), None
 
@@ -149,11 +182,18 @@ class Elu(Function):
         ctx.save_for_backward(x)
         ctx.alpha = alpha
         d = x.data
+        k = kernels.lookup("elu_fwd", d)
+        if k is not None:
+            return k(d, alpha)
         return ctx.xp.where(d > 0, d, ctx.xp.expm1(ctx.xp.minimum(d, 0)) * d.dtype.type(alpha))
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        if ctx.alpha >= 0:  # the kernel reads the sign of x from the output, which needs alpha >= 0
+            fused = _fused_bwd("elu_bwd", ctx.output, g, ctx.alpha)
+            if fused is not None:
+                return fused, None
         return g * where(x > 0, 1.0, ctx.output + ctx.alpha), None
 
 
@@ -163,6 +203,9 @@ class Softplus(Function):
         ctx.save_for_backward(x)
         ctx.beta, ctx.threshold = beta, threshold
         xp, d = ctx.xp, x.data
+        k = kernels.lookup("softplus_fwd", d)
+        if k is not None:
+            return k(d, beta, threshold)
         bx = d * d.dtype.type(beta)
         soft = xp.logaddexp(d.dtype.type(0), bx) / d.dtype.type(beta)  # log(1 + e^bx) without overflow
         return xp.where(bx > threshold, d, soft)
@@ -170,6 +213,9 @@ class Softplus(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        fused = _fused_bwd("softplus_bwd", x, g, ctx.beta, ctx.threshold)
+        if fused is not None:
+            return fused, None, None
         bx = x * ctx.beta
         # above the threshold the forward is x itself, so the slope there is exactly 1 (as PyTorch)
         return g * where(bx > ctx.threshold, 1.0, bx.sigmoid()), None, None
