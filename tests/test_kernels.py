@@ -723,3 +723,94 @@ def test_gpu_fused_path_caches_per_option_and_falls_back(monkeypatch):
         for _ in range(2):
             same(gpu.sigmoid_fwd(standin.asarray(x)).get(), ref.sigmoid_fwd(x))
     assert len([w for w in caught if "could not fuse" in str(w.message)]) == 1
+
+
+# ---- inside the ops: the same results with the kernels on and off, and exact second derivatives --------------------
+def _activation_ops():
+    import tinygen
+    return [("relu", lambda x: x.relu()), ("leaky_relu", lambda x: tinygen.leaky_relu(x, 0.2)),
+            ("tanh", lambda x: x.tanh()), ("sigmoid", lambda x: x.sigmoid()),
+            ("elu", lambda x: tinygen.elu(x, 0.7)), ("softplus", lambda x: tinygen.softplus(x, 2.0, 3.0))]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Record the kernel names the ops ask for and get (proof that the fused path really ran)."""
+    got = []
+    real = kernels.lookup
+
+    def lookup(name, array):
+        fn = real(name, array)
+        if fn is not None:
+            got.append(name)
+        return fn
+    monkeypatch.setattr(kernels, "lookup", lookup)
+    return got
+
+
+@requires_numba
+@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_ops_same_with_and_without_kernels(index, dtype, spy):
+    import tinygen
+    name, fn = _activation_ops()[index]
+    rng = np.random.default_rng(20)
+    x, g = randn(rng, (9, 7), dtype, 3.0), randn(rng, (9, 7), dtype)
+    x[0, 0] = 0.0
+    out = {}
+    for flag in (False, True):
+        with kernels.enabled_as(flag):
+            t = tinygen.tensor(x, requires_grad=True)
+            y = fn(t)
+            y.backward(tinygen.tensor(g))
+            out[flag] = (y.detach().numpy(), t.grad.numpy())
+    assert f"{name}_bwd" in spy  # the plain backward took the fused kernel
+    if name == "softplus":  # the kernel's log(1 + e^bx) is max + log1p(exp(-|bx|)), NumPy's logaddexp rounds apart
+        close(out[True][0], out[False][0], dtype)
+    else:
+        same(out[True][0], out[False][0], "forward")
+    same(out[True][1], out[False][1], "gradient")
+
+
+@requires_numba
+@pytest.mark.parametrize("index", range(6))
+def test_activation_ops_double_backward_with_kernels(index, spy):
+    """create_graph=True must take the differentiable backward: gradgradcheck passes with the kernels on, and the
+    fused backward is not asked for while the gradient's graph is recorded."""
+    import tinygen
+    name, fn = _activation_ops()[index]
+    rng = np.random.default_rng(21)
+    x = randn(rng, (4, 3), np.float64, 2.0)
+    x[np.abs(x) < 0.1] = 0.5  # keep away from the kinks, where finite differences are meaningless
+    t = tinygen.tensor(x, requires_grad=True)
+    assert tinygen.gradgradcheck(fn, (t,))
+    del spy[:]
+    (gx,) = tinygen.grad(fn(t).sum(), t, create_graph=True)
+    assert f"{name}_bwd" not in spy
+    if name not in ("relu", "leaky_relu"):  # piecewise linear: the gradient is constant, nothing to record
+        assert gx.requires_grad
+
+
+@requires_numba
+def test_gradient_penalty_same_with_and_without_kernels(spy):
+    """A WGAN-GP style step (gradient of the critic in its input, its norm penalized, differentiated again) gives
+    the same parameter gradients with the kernels on and off."""
+    import tinygen
+    from tinygen import nn
+    rng = np.random.default_rng(22)
+    x = randn(rng, (8, 5), np.float64)
+    grads = {}
+    for flag in (False, True):
+        with kernels.enabled_as(flag):
+            tinygen.manual_seed(0)
+            critic = nn.Sequential(nn.Linear(5, 16), nn.LeakyReLU(0.2), nn.Linear(16, 16), nn.Tanh(),
+                                   nn.Linear(16, 1)).to(tinygen.float64)
+            xt = tinygen.tensor(x, requires_grad=True)
+            out = critic(xt)
+            (gx,) = tinygen.grad(out.sum(), xt, create_graph=True)
+            penalty = ((gx * gx).sum(1).sqrt() - 1) ** 2
+            (out.mean() + 10 * penalty.mean()).backward()
+            grads[flag] = [p.grad.numpy().copy() for p in critic.parameters()]
+    assert "leaky_relu_bwd" in spy  # the last backward is plain: it used the kernels where it could
+    for a, b in zip(grads[True], grads[False]):
+        close(a, b, np.float64)
