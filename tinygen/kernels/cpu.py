@@ -394,7 +394,7 @@ def _dummy(dt):
 
 
 @njit(cache=True)
-def _sgd(p, g, buf, neg_lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
          first_step):
     for i in range(p.size):
         d = -g[i] if maximize else g[i]
@@ -404,17 +404,17 @@ def _sgd(p, g, buf, neg_lr, momentum, one_minus_dampening, wd, use_wd, use_momen
             b = d if first_step else buf[i] * momentum + one_minus_dampening * d
             buf[i] = b
             d = d + momentum * b if nesterov else b
-        p[i] = p[i] + neg_lr * d
+        p[i] = p[i] - lr * d
 
 
 @njit(cache=True, parallel=True)
-def _sgd_par(p, g, buf, neg_lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
              first_step, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
-        _sgd(p[lo:hi], g[lo:hi], buf[lo:hi] if use_momentum else buf, neg_lr, momentum, one_minus_dampening, wd,
+        _sgd(p[lo:hi], g[lo:hi], buf[lo:hi] if use_momentum else buf, lr, momentum, one_minus_dampening, wd,
              use_wd, use_momentum, nesterov, maximize, first_step)
 
 
@@ -437,7 +437,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
 
 @njit(cache=True)
-def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
           use_wd, decoupled, maximize, small, amsgrad):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
@@ -455,18 +455,18 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
             vi = max(vmax[i], vi)
             vmax[i] = vi
         denom = math.sqrt(vi) / bc2_sqrt + eps
-        p[i] = pi + neg_step_size * mi / denom
+        p[i] = pi - mi / denom * step_size
 
 
 @njit(cache=True, parallel=True)
-def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt,
+def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
               use_wd, decoupled, maximize, small, amsgrad, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, w1, one_minus_w1, beta2,
-              one_minus_beta2, decay, wd, eps, neg_step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
+              one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
@@ -478,7 +478,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
     p, m, v, vmax = io.flat
     args = (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype), *consts,
-            weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(consts[0]), amsgrad)
+            weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(1 - beta1), amsgrad)
     nch = _chunks(p.size)
     if nch:
         _adam_par(*args, nch)
@@ -488,7 +488,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
 
 @njit(cache=True)
-def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
+def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
              use_momentum, maximize, small):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
@@ -505,20 +505,20 @@ def _rmsprop(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps,
         if use_momentum:
             b = buf[i] * momentum + gi / avg
             buf[i] = b
-            p[i] = p[i] + neg_lr * b
+            p[i] = p[i] - lr * b
         else:
-            p[i] = p[i] + neg_lr * gi / avg
+            p[i] = p[i] - gi / avg * lr
 
 
 @njit(cache=True, parallel=True)
-def _rmsprop_par(p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd,
+def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd,
                  centered, use_momentum, maximize, small, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _rmsprop(p[lo:hi], g[lo:hi], v[lo:hi], ga[lo:hi] if centered else ga, buf[lo:hi] if use_momentum else buf,
-                 neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered, use_momentum,
+                 lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered, use_momentum,
                  maximize, small)
 
 
@@ -533,7 +533,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     dummy = _dummy(param.dtype)
     consts = ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     args = (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy,
-            *consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize), ref.lerp_small(consts[2]))
+            *consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize), ref.lerp_small(1 - alpha))
     nch = _chunks(p.size)
     if nch:
         _rmsprop_par(*args, nch)

@@ -176,7 +176,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     consts = ref.adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
     flags = dict(use_wd=weight_decay != 0, decoupled=bool(decoupled), maximize=bool(maximize),
-                 small=ref.lerp_small(consts[0]))
+                 small=ref.lerp_small(1 - beta1))
     static = tuple(flags.values()) + (max_exp_avg_sq is not None,)
     if max_exp_avg_sq is not None:
         p, m, v, vmax = _kernel("adam_step", static, lambda xp, p, g, m, v, vm, *c: ref._adam_body(
@@ -195,7 +195,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
     consts = ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     flags = dict(use_wd=weight_decay != 0, centered=bool(centered), use_momentum=momentum > 0,
-                 maximize=bool(maximize), small=ref.lerp_small(consts[2]))
+                 maximize=bool(maximize), small=ref.lerp_small(1 - alpha))
     static = tuple(flags.values())
     # Fused kernels take arrays only, so an unused buffer is passed as the square average (never read then).
     ga = grad_avg if flags["centered"] else square_avg

@@ -12,7 +12,9 @@ Conventions:
   activations   ``<act>_fwd(x, ...) -> y`` and ``<act>_bwd(s, g, ...) -> gx`` where ``s`` is the input ``x`` for
                 relu, leaky_relu and softplus, and the output ``y`` for tanh, sigmoid and elu (``alpha >= 0``);
   optimizers    ``*_step(param, grad, <state arrays>, <hyper-parameters>)`` update param and state in place,
-                with PyTorch's formulas (torch.optim single-tensor code paths) in the same order of operations.
+                with PyTorch's formulas (torch.optim single-tensor code paths), rounded as tinygen.optim's array
+                code rounds them, so a step gives the same bits with and without the kernels. (PyTorch's own
+                CPU loops use fused multiply-adds in places: agreement with it is within a few roundings.)
 """
 import numpy as np
 
@@ -209,10 +211,10 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 
 def sgd_consts(dtype, lr, momentum, dampening, weight_decay):
     t = dtype.type
-    return t(-lr), t(momentum), t(1 - dampening), t(weight_decay)
+    return t(lr), t(momentum), t(1 - dampening), t(weight_decay)
 
 
-def _sgd_body(xp, p, g, buf, neg_lr, momentum, one_minus_dampening, wd, *, use_wd, use_momentum, nesterov,
+def _sgd_body(xp, p, g, buf, lr, momentum, one_minus_dampening, wd, *, use_wd, use_momentum, nesterov,
               maximize, first_step):
     """New (param, buf) for one SGD step (torch.optim.SGD, single-tensor path)."""
     d = -g if maximize else g
@@ -221,7 +223,7 @@ def _sgd_body(xp, p, g, buf, neg_lr, momentum, one_minus_dampening, wd, *, use_w
     if use_momentum:
         buf = d if first_step else buf * momentum + one_minus_dampening * d
         d = d + momentum * buf if nesterov else buf
-    return p + neg_lr * d, buf
+    return p - lr * d, buf
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
@@ -245,8 +247,9 @@ def check_sgd(param, grad, momentum_buffer, momentum):
 
 
 def lerp_small(weight):
-    """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise."""
-    return abs(float(weight)) < 0.5
+    """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise
+    (``weight`` is the Python float, as tinygen.optim tests it)."""
+    return abs(weight) < 0.5
 
 
 def _lerp(a, b, w, one_minus_w, small):
@@ -260,12 +263,12 @@ def adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
     step_size = lr / (1 - beta1 ** step)
     bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
     t = dtype.type
-    w = t(1 - beta1)  # the lerp weight of the first moment; 1 - w is formed in the dtype, as PyTorch's lerp does
-    return (w, t(1) - w, t(beta2), t(1 - beta2), t(1 - lr * weight_decay), t(weight_decay), t(eps), t(-step_size),
+    w = 1 - beta1  # the lerp weight of the first moment
+    return (t(w), t(1 - w), t(beta2), t(1 - beta2), t(1 - lr * weight_decay), t(weight_decay), t(eps), t(step_size),
             t(bias_correction2_sqrt))
 
 
-def _adam_body(xp, p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, neg_step_size,
+def _adam_body(xp, p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
                bc2_sqrt, *, use_wd, decoupled, maximize, small):
     """New (param, exp_avg, exp_avg_sq, max_exp_avg_sq) for one Adam/AdamW step (torch.optim.Adam)."""
     if maximize:
@@ -282,7 +285,7 @@ def _adam_body(xp, p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, d
         denom = xp.sqrt(vmax) / bc2_sqrt + eps
     else:
         denom = xp.sqrt(v) / bc2_sqrt + eps
-    return p + neg_step_size * m / denom, m, v, vmax
+    return p - m / denom * step_size, m, v, vmax
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
@@ -295,7 +298,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     consts = adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
     p, m, v, vmax = _adam_body(array_module_of(param), param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *consts,
                                use_wd=weight_decay != 0, decoupled=decoupled, maximize=maximize,
-                               small=lerp_small(consts[0]))
+                               small=lerp_small(1 - beta1))
     param[...] = p
     exp_avg[...] = m
     exp_avg_sq[...] = v
@@ -305,11 +308,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
 def rmsprop_consts(dtype, lr, alpha, eps, weight_decay, momentum):
     t = dtype.type
-    w = t(1 - alpha)  # also the lerp weight of the centered average
-    return t(-lr), t(alpha), w, t(1) - w, t(eps), t(weight_decay), t(momentum)
+    w = 1 - alpha  # also the lerp weight of the centered average
+    return t(lr), t(alpha), t(w), t(1 - w), t(eps), t(weight_decay), t(momentum)
 
 
-def _rmsprop_body(xp, p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, *, use_wd,
+def _rmsprop_body(xp, p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, *, use_wd,
                   centered, use_momentum, maximize, small):
     """New (param, square_avg, grad_avg, buf) for one RMSprop step (torch.optim.RMSprop)."""
     if maximize:
@@ -324,8 +327,8 @@ def _rmsprop_body(xp, p, g, v, ga, buf, neg_lr, alpha, one_minus_alpha, one_minu
         avg = xp.sqrt(v) + eps
     if use_momentum:
         buf = buf * momentum + g / avg
-        return p + neg_lr * buf, v, ga, buf
-    return p + neg_lr * g / avg, v, ga, buf
+        return p - lr * buf, v, ga, buf
+    return p - g / avg * lr, v, ga, buf
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
@@ -336,7 +339,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     consts = rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     p, v, ga, buf = _rmsprop_body(array_module_of(param), param, grad, square_avg, grad_avg, momentum_buffer,
                                   *consts, use_wd=weight_decay != 0, centered=centered, use_momentum=momentum > 0,
-                                  maximize=maximize, small=lerp_small(consts[2]))
+                                  maximize=maximize, small=lerp_small(1 - alpha))
     param[...] = p
     square_avg[...] = v
     if centered:
