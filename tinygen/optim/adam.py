@@ -1,6 +1,7 @@
 """Adam and AdamW (decoupled weight decay), with PyTorch's update rule, including AMSGrad and maximize."""
 import numbers
 
+from .. import kernels
 from ..tensor import _make
 from .optimizer import Optimizer, check_range, effective_grad, lerp_
 
@@ -91,6 +92,12 @@ class Adam(Optimizer):
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(xp.zeros_like(p.data), p._device)
             state["step"] = step = state["step"] + 1
+            fused = kernels.lookup("adam_step", p.data)  # one pass over the arrays (tinygen.kernels), same rule
+            if fused is not None:
+                fused(p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
+                      state["max_exp_avg_sq"].data if amsgrad else None, lr, beta1, beta2, eps, weight_decay,
+                      decoupled, step, maximize)
+                continue
             _adam_update(xp, p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
                          state["max_exp_avg_sq"].data if amsgrad else None, step, self._scratch(p, 2),
                          lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,

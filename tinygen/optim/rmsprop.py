@@ -1,4 +1,5 @@
 """RMSprop (Hinton), plain, centered and with momentum, with PyTorch's update rule."""
+from .. import kernels
 from ..tensor import _make
 from .optimizer import Optimizer, check_range, effective_grad, lerp_
 
@@ -83,6 +84,12 @@ class RMSprop(Optimizer):
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = _make(xp.zeros_like(p.data), p._device)
             state["step"] += 1
+            fused = kernels.lookup("rmsprop_step", p.data)  # one pass over the arrays (tinygen.kernels), same rule
+            if fused is not None:
+                fused(p.data, grad, state["square_avg"].data, state["grad_avg"].data if centered else None,
+                      state["momentum_buffer"].data if momentum > 0 else None, lr, alpha, eps, weight_decay,
+                      momentum, centered, maximize)
+                continue
             _rmsprop_update(xp, p.data, grad, state["square_avg"].data,
                             state["grad_avg"].data if centered else None,
                             state["momentum_buffer"].data if momentum > 0 else None, self._scratch(p, 2),

@@ -1,4 +1,5 @@
 """Stochastic gradient descent, with momentum, dampening, Nesterov momentum and weight decay (PyTorch's rule)."""
+from .. import kernels
 from ..tensor import _make
 from .optimizer import Optimizer, check_range, effective_grad
 
@@ -72,6 +73,10 @@ class SGD(Optimizer):
             grad = self._grad_of(p)
             if grad is None:
                 continue
+            fused = kernels.lookup("sgd_step", p.data)  # one pass over the arrays (tinygen.kernels), same rule
+            if fused is not None:
+                self._fused_step(fused, p, grad, group)
+                continue
             if not momentum:  # plain SGD keeps no state (as PyTorch)
                 _sgd_update(p.xp, p.data, grad, None, self._scratch(p, 2), lr=lr, momentum=0, dampening=dampening,
                             weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
@@ -85,3 +90,16 @@ class SGD(Optimizer):
                               nesterov=nesterov, maximize=maximize)
             if buf is None:
                 state["momentum_buffer"] = _make(new, p._device)
+
+    def _fused_step(self, fused, p, grad, group):
+        momentum = group["momentum"]
+        buf = None
+        first = False
+        if momentum:
+            state = self.state.setdefault(p, {})
+            first = "momentum_buffer" not in state  # the kernel fills a fresh buffer with the gradient
+            if first:
+                state["momentum_buffer"] = _make(p.xp.empty_like(p.data), p._device)
+            buf = state["momentum_buffer"].data
+        fused(p.data, grad, buf, group["lr"], momentum, group["dampening"], group["nesterov"], group["weight_decay"],
+              group["maximize"], first)
