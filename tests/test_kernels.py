@@ -814,3 +814,34 @@ def test_gradient_penalty_same_with_and_without_kernels(spy):
     assert "leaky_relu_bwd" in spy  # the last backward is plain: it used the kernels where it could
     for a, b in zip(grads[True], grads[False]):
         close(a, b, np.float64)
+
+
+OPTIM_CASES = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+               ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+               ("Adam", dict(lr=1e-2, betas=(0.5, 0.999))), ("Adam", dict(lr=1e-2, weight_decay=0.1, amsgrad=True)),
+               ("AdamW", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+               ("RMSprop", dict(lr=1e-2)), ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.9, weight_decay=0.1))]
+
+
+@requires_numba
+@pytest.mark.parametrize("name,options", OPTIM_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizers_same_bits_with_and_without_kernels(name, options, dtype, spy):
+    """tinygen.optim takes the one-pass kernel when it can; it rounds as the array code does, step for step."""
+    import tinygen
+    rng = np.random.default_rng(23)
+    p0 = [randn(rng, (7, 5), dtype), randn(rng, 5, dtype)]
+    grads = [[randn(rng, a.shape, dtype) for a in p0] for _ in range(4)]
+    final = {}
+    for flag in (False, True):
+        with kernels.enabled_as(flag):
+            params = [tinygen.tensor(a.copy(), requires_grad=True) for a in p0]
+            opt = getattr(tinygen.optim, name)(params, **options)
+            for gs in grads:
+                for p, g in zip(params, gs):
+                    p.grad = tinygen.tensor(g)
+                opt.step()
+            final[flag] = [p.detach().numpy().copy() for p in params]
+    assert f"{name.lower().rstrip('w')}_step" in spy
+    for a, b in zip(final[True], final[False]):
+        same(a, b)
