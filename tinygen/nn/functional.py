@@ -8,6 +8,7 @@ Backwards that need a normalised input (x_hat) take it from the forward's arrays
 and recompute it from ``x`` with tinygen ops when a graph of the gradient is being built (``create_graph=True``),
 so that second derivatives see how x_hat depends on x.
 """
+from .. import kernels
 from .. import ops as _ops
 from .. import random as _random
 from ..autograd.function import Function
@@ -162,11 +163,17 @@ class BatchNormFunction(Function):
         w = weight.data.reshape(shape) if weight is not None else None
         b = bias.data.reshape(shape) if bias is not None else None
         if training:
-            mean = d.mean(axis=axes, keepdims=True)
-            x_hat = d - mean
-            var = (x_hat * x_hat).mean(axis=axes, keepdims=True)
-            inv_std = 1.0 / xp.sqrt(var + eps)
-            x_hat *= inv_std
+            fused = _bn_kernel("batchnorm_fwd", d, weight, bias)
+            if fused is not None:  # statistics and output in two passes over x (tinygen.kernels)
+                out, x_hat, mean, var, inv_std = fused(d, None if weight is None else weight.data,
+                                                       None if bias is None else bias.data, eps)
+                mean, var, inv_std = mean.reshape(shape), var.reshape(shape), inv_std.reshape(shape)
+            else:
+                mean = d.mean(axis=axes, keepdims=True)
+                x_hat = d - mean
+                var = (x_hat * x_hat).mean(axis=axes, keepdims=True)
+                inv_std = 1.0 / xp.sqrt(var + eps)
+                x_hat *= inv_std
             n = d.size // c
             if running_mean is not None:
                 running_mean.data *= 1.0 - momentum
@@ -174,9 +181,10 @@ class BatchNormFunction(Function):
             if running_var is not None:
                 running_var.data *= 1.0 - momentum
                 running_var.data += (momentum * n / (n - 1)) * var.reshape(c)
-            out = x_hat * w if w is not None else x_hat.copy()
-            if b is not None:
-                out += b
+            if fused is None:
+                out = x_hat * w if w is not None else x_hat.copy()
+                if b is not None:
+                    out += b
             ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std, x.device))
             return out
         # evaluation: an affine map, y = x * scale + shift
@@ -195,6 +203,14 @@ class BatchNormFunction(Function):
         need = ctx.next_edges
         axes, shape = ctx.axes, ctx.shape
         w = weight.reshape(shape) if weight is not None else None
+        fused = None if STATE.grad_enabled or not ctx.training else _bn_kernel("batchnorm_bwd", g.data, weight,
+                                                                                saved_a)
+        if fused is not None:  # a plain backward: gx, gw, gb in two passes (tinygen.kernels)
+            gx, gw, gb = fused(g.data, saved_a.data, None if weight is None else weight.data,
+                               inv_std.data.reshape(x.shape[1]))
+            return (_make(gx, x.device) if need[0] is not None else None,
+                    _make(gw, x.device) if need[1] is not None else None,
+                    _make(gb, x.device) if need[2] is not None else None, None, None, None, None, None)
         if ctx.training:
             if STATE.grad_enabled:  # building a graph of the gradient: x_hat and inv_std depend on x
                 x_hat, inv_std = _normalized(x, axes, ctx.eps)
@@ -216,6 +232,13 @@ class BatchNormFunction(Function):
         gw = sgx.reshape(c) if need[1] is not None else None
         gb = sg.reshape(c) if need[2] is not None else None
         return gx, gw, gb, None, None, None, None, None
+
+
+def _bn_kernel(name, d, *tensors):
+    """The fused batch-norm kernel for (N, C) / (N, C, L) data whose parameters share its dtype, or None."""
+    if d.ndim > 3 or any(t is not None and t.data.dtype != d.dtype for t in tensors):
+        return None
+    return kernels.lookup(name, d)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
