@@ -845,3 +845,35 @@ def test_optimizers_same_bits_with_and_without_kernels(name, options, dtype, spy
     assert f"{name.lower().rstrip('w')}_step" in spy
     for a, b in zip(final[True], final[False]):
         same(a, b)
+
+
+@requires_numba
+@pytest.mark.parametrize("shape", [(16, 5), (6, 4, 3)])
+def test_batch_norm_same_with_and_without_kernels(shape, spy):
+    import tinygen
+    from tinygen.nn import functional as F
+    rng = np.random.default_rng(24)
+    x, g = randn(rng, shape, np.float64, 2.0) + 1.0, randn(rng, shape, np.float64)
+    w, b = randn(rng, shape[1], np.float64), randn(rng, shape[1], np.float64)
+    out = {}
+    for flag in (False, True):
+        with kernels.enabled_as(flag):
+            xt, wt, bt = (tinygen.tensor(a, requires_grad=True) for a in (x, w, b))
+            rm, rv = tinygen.zeros(shape[1], dtype=tinygen.float64), tinygen.ones(shape[1], dtype=tinygen.float64)
+            y = F.batch_norm(xt, rm, rv, wt, bt, training=True, momentum=0.3)
+            y.backward(tinygen.tensor(g))
+            out[flag] = [y.detach().numpy(), rm.numpy(), rv.numpy(), xt.grad.numpy(), wt.grad.numpy(),
+                         bt.grad.numpy()]
+    assert "batchnorm_fwd" in spy and "batchnorm_bwd" in spy
+    for name, a, e in zip(("y", "running_mean", "running_var", "gx", "gw", "gb"), out[True], out[False]):
+        close(a, e, np.float64, name)
+
+
+@requires_numba
+def test_batch_norm_double_backward_with_kernels(spy):
+    import tinygen
+    from tinygen.nn import functional as F
+    rng = np.random.default_rng(25)
+    x, w, b = (tinygen.tensor(randn(rng, s, np.float64), requires_grad=True) for s in ((6, 3), 3, 3))
+    assert tinygen.gradgradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (x, w, b))
+    assert "batchnorm_fwd" in spy
