@@ -1,0 +1,172 @@
+"""Generative adversarial networks on MNIST and on the 2-D mode-collapse benchmarks (ring and grid of Gaussians).
+
+    tinygen train gan                                  # MNIST, the default recipe (a few minutes on a laptop CPU)
+    tinygen train gan --preset pytorch-gan             # PyTorch-GAN's MLP GAN
+    tinygen train gan --preset article                 # 100 binarised digits, tiny G and D (a case study)
+    tinygen train gan --data ring --loss wgan-gp       # 8 Gaussians on a circle; mode metrics every epoch
+    tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
+    tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
+
+Pieces: ``models`` (Generator, Discriminator, the PyTorch-GAN architecture), ``losses`` (minimax,
+nonsaturating, wgan, wgan-gp, hinge, lsgan; the gradient penalty), ``trainer`` (configuration, the loop and its
+diagnostics, sampling, evaluation). The default MNIST recipe and the ring/grid numbers are in docs/results-gan.md.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ... import random as _random
+from .losses import (LOSSES, discriminator_loss, generator_loss, gradient_penalty, interpolate,  # noqa: F401
+                     output_means, clip_weights_)
+from .models import Discriminator, Generator, PYTORCH_GAN, build_discriminator, build_generator  # noqa: F401
+from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, EMA, evaluate_samples,  # noqa: F401
+                      generator_from_checkpoint, make_config, sample, save_samples_picture, train_gan)
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+def add_arguments(p):
+    """The options of ``tinygen train gan``. Unset options take the recipe's value: the defaults, changed by
+    --data (ring/grid), --preset and --loss (wgan, wgan-gp), in that order."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = ("Train a GAN. Unset options come from the recipe: the MNIST defaults, or the ring/grid "
+                     "defaults, changed by --preset and by --loss (wgan: RMSprop 5e-5, 5 critic steps, clip 0.01; "
+                     "wgan-gp: Adam 1e-4 (0.5, 0.9), 5 critic steps, penalty 10).")
+    a = p.add_argument
+    a("--data", default=None, metavar="mnist|ring|grid|DIR",
+      help="training data: MNIST (default; the full training set from $TINYGEN_DATA, else the bundled test split), "
+           "a folder holding MNIST, or the 2-D mixtures ring / grid")
+    a("--preset", choices=PRESETS, default=None,
+      help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
+    a("--loss", choices=LOSSES, default=None, help="GAN objective (default nonsaturating)")
+    a("--epochs", type=int, default=None, help="passes over the training data (MNIST default 5)")
+    a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
+                                              "(ring/grid default 3000)")
+    a("--batch-size", type=int, default=None, help="default 64 (MNIST), 256 (ring/grid)")
+    a("--lr", type=float, default=None, help="learning rate of both networks")
+    a("--lr-g", type=float, default=None, help="generator learning rate (default 2e-4)")
+    a("--lr-d", type=float, default=None, help="discriminator learning rate (default 2e-4)")
+    a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
+    a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (rmsprop for wgan)")
+    a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1; 5 for wgan*)")
+    a("--clip", type=float, default=None, help="wgan weight clipping bound (default 0.01)")
+    a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda (default 10)")
+    a("--label-smoothing", type=float, default=None, help="one-sided: real target 1 - s (e.g. 0.1 -> 0.9)")
+    a("--latent", type=int, default=None, help="size of the noise z (default 64)")
+    a("--g-hidden", type=int, nargs="+", default=None, help="generator hidden widths (default 256 512)")
+    a("--d-hidden", type=int, nargs="+", default=None, help="discriminator hidden widths (default 512 256)")
+    a("--g-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+      help="BatchNorm1d after the generator's hidden layers but the first")
+    a("--d-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+      help="BatchNorm1d after the discriminator's hidden layers but the first")
+    a("--bn-eps", type=float, default=None, help="BatchNorm epsilon (PyTorch-GAN: 0.8)")
+    a("--g-dropout", type=float, default=None, help="dropout after the generator's hidden layers")
+    a("--d-dropout", type=float, default=None, help="dropout after the discriminator's hidden layers")
+    a("--slope", type=float, default=None, help="LeakyReLU negative slope (default 0.2)")
+    a("--conditional", action=argparse.BooleanOptionalAction, default=None,
+      help="condition G and D on the digit label (an Embedding concatenated to their inputs)")
+    a("--ema", type=float, default=None,
+      help="decay of the moving average of the generator's weights used for samples and eval (default 0.999 on "
+           "MNIST; 0 = off)")
+    a("--seed", type=int, default=None, help="default 0")
+    a("--n-train", type=int, default=None, help="use only the first N training images")
+    a("--binarize", action=argparse.BooleanOptionalAction, default=None, help="threshold the images at 0.5")
+    a("--eval-samples", type=int, default=None,
+      help="samples scored after each epoch (default 1000 on MNIST, 2500 on ring/grid)")
+    a("--log-every", type=int, default=None, help="steps between lines of steps.jsonl (default 50)")
+    a("--out", default="runs/gan", help="folder for checkpoint.npz, metrics.jsonl, steps.jsonl and the PNGs")
+    a("--resume", action="store_true", help="continue the run saved in --out")
+    a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
+    a("--device", default=None, help="cpu or cuda")
+    a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+_ARG_KEYS = {"preset": "preset", "loss": "loss", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size",
+             "lr_g": "lr_g", "lr_d": "lr_d", "betas": "betas", "optimizer": "optimizer", "n_critic": "n_critic",
+             "clip": "clip", "gp": "gp", "label_smoothing": "label_smoothing", "latent": "latent",
+             "g_hidden": "g_hidden", "d_hidden": "d_hidden", "g_batchnorm": "g_batchnorm",
+             "d_batchnorm": "d_batchnorm", "bn_eps": "bn_eps", "g_dropout": "g_dropout", "d_dropout": "d_dropout",
+             "slope": "slope", "conditional": "conditional", "ema": "ema", "seed": "seed", "n_train": "n_train",
+             "binarize": "binarize", "eval_samples": "eval_samples", "log_every": "log_every", "device": "device"}
+
+
+def settings_from_args(args):
+    """The run's settings from the parsed command line (only what was given)."""
+    s = {key: getattr(args, attr) for attr, key in _ARG_KEYS.items() if getattr(args, attr, None) is not None}
+    lr = getattr(args, "lr", None)
+    if lr is not None:
+        s.setdefault("lr_g", lr)
+        s.setdefault("lr_d", lr)
+    data = getattr(args, "data", None)
+    if data is not None:
+        if data in DATASETS:
+            s["dataset"] = data
+        else:
+            if not Path(data).expanduser().is_dir():
+                raise FileNotFoundError(f"--data {data!r} is neither a dataset ({', '.join(DATASETS)}) nor a folder "
+                                        f"holding MNIST")
+            s["dataset"], s["data"] = "mnist", data
+    for key in ("epochs", "steps"):
+        if key in s and s[key] < 1:
+            raise ValueError(f"--{key} must be a positive integer, got {s[key]}")
+    return s
+
+
+def train_from_args(args):
+    settings = settings_from_args(args)
+    _, _, history = train_gan(out=args.out, resume=args.resume, quiet=args.quiet, init=args.init, **settings)
+    if history:
+        print(f"done: {history[-1]['step']} generator steps; outputs in {args.out} (tinygen eval "
+              f"{Path(args.out) / 'checkpoint.npz'})")
+    return 0
+
+
+def sample_checkpoint(ckpt, args):
+    """``--n`` samples as a PNG (an image grid for MNIST, a scatter plot for ring/grid), or the raw samples for an
+    output ending in ``.npy``: (n, 28, 28) float32 in [-1, 1] for MNIST, (n, 2) points for ring/grid."""
+    n = args.n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"--n must be a positive integer, got {n!r}")
+    G, cfg = generator_from_checkpoint(ckpt, args.device)
+    label = getattr(args, "label", None)
+    if label is not None and not cfg["conditional"]:
+        raise ValueError("--label needs a conditional GAN (this one was trained without --conditional)")
+    _random.manual_seed(args.seed)
+    x = sample(G, n, labels=label, device=args.device)
+    out = str(args.out)
+    if out.endswith(".npy"):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, x.reshape(n, 28, 28) if cfg["dataset"] == "mnist" else x)
+    else:
+        save_samples_picture(cfg, out, x, nrow=10 if cfg["conditional"] and label is None else None)
+    print(f"wrote {n} samples to {out}")
+    return 0
+
+
+def evaluate_checkpoint(ckpt, args):
+    """Quality metrics of ``--n`` samples (the EMA generator when the run kept one).
+
+    MNIST: coverage (digit classes with >= 1% of the samples), class_kl (KL of the class histogram from uniform),
+    frechet_distance (classifier features of the samples against the real test images) and inception_score (with
+    the classifier), by the cached MNIST classifier. ring/grid: modes captured, high_quality (share of samples
+    within 3 std of a centre) and reverse_kl.
+    """
+    from .trainer import TOY, _classifier
+    G, cfg = generator_from_checkpoint(ckpt, args.device)
+    n = int(args.n)
+    if n < 2:
+        raise ValueError(f"--n must be at least 2 to score samples, got {n}")
+    _random.manual_seed(args.seed)
+    x = sample(G, n, device=args.device)
+    clf = None
+    if cfg["dataset"] not in TOY:
+        clf = _classifier(quiet=True)
+        if clf is None:
+            from ..classifier import default_path
+            raise FileNotFoundError(f"evaluating MNIST samples needs the MNIST classifier at {default_path()}; "
+                                    f"build it with `tinygen train classifier` (needs the training set)")
+    metrics = evaluate_samples(cfg, x, clf, frechet=True, root=getattr(args, "data", None))
+    extra = ckpt.get("extra", {})
+    metrics.update({"dataset": cfg["dataset"], "loss": cfg["loss"], "epochs_trained": int(ckpt.get("epoch", 0)),
+                    "steps_trained": int(extra.get("step", 0)), "ema": "ema" in ckpt.get("modules", {})})
+    return metrics

@@ -1,0 +1,702 @@
+"""Training a GAN: configuration (defaults, presets, per-loss settings), the training loop with its diagnostics,
+sampling, pictures and evaluation.
+
+    G, D, history = train_gan(out="runs/gan")                         # MNIST with the default recipe
+    G, D, history = train_gan(out="runs/ring", dataset="ring", loss="wgan-gp", steps=3000)
+
+One training step: ``n_critic`` discriminator (critic) updates, each on a fresh real batch and fresh noise, then
+one generator update. "steps" count generator updates; an epoch is one pass over the real data. The generator
+update reuses the fakes of the last critic update (as PyTorch's DCGAN example does), so each step runs the
+generator forward once per critic update.
+
+Diagnostics per epoch (printed, and in ``metrics.jsonl``): mean losses; mean D(x) and D(G(z)) (probabilities for
+the sigmoid losses, raw critic scores otherwise): a D that separates them perfectly starves the generator of
+gradient; the gradient norms of G and D (vanishing gradients show up as a tiny G norm); on MNIST the number of
+digit classes among generated samples and the KL of their histogram from uniform (mode collapse shows up as fewer
+classes), by the cached classifier; on ring/grid the modes captured, the share of high-quality samples and the
+reverse KL.
+"""
+import itertools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ... import backend, no_grad, optim
+from ... import random as _random
+from ...data import DataLoader, grid, mnist_or_bundled, ring, to_symmetric
+from ...nn.utils import get_total_norm
+from ...tensor import as_tensor
+from .. import train_utils as tu
+from . import losses as L
+from .models import PYTORCH_GAN, build_discriminator, build_generator
+
+NAME = "gan"
+DATASETS = ("mnist", "ring", "grid")
+TOY = {"ring": ring, "grid": grid}
+PRESETS = ("pytorch-gan", "article")
+OPTIMIZERS = ("adam", "rmsprop")
+
+# What every run starts from; DATASET_DEFAULTS, then a preset, then LOSS_DEFAULTS, then the caller's settings
+# override it (``make_config``).
+BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
+        "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
+        "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "slope": 0.2, "output": "tanh",
+        "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "n_critic": 1,
+        "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64, "epochs": 5, "steps": None,
+        "ema": 0.999, "seed": 0, "n_train": None, "binarize": False, "toy_samples": 128000, "eval_samples": 1000,
+        "log_every": 50, "device": "cpu"}
+
+DATASET_DEFAULTS = {
+    "mnist": {},
+    # 2-D mixtures: small MLPs with a linear output; a finite but large draw of the mixture serves as the data
+    "ring": {"latent": 16, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "output": "linear",
+             "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0, "eval_samples": 2500,
+             "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9]},
+    "grid": {"latent": 16, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "output": "linear",
+             "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0, "eval_samples": 2500,
+             "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9]},
+}
+
+PRESET_DEFAULTS = {
+    # PyTorch-GAN's MLP GAN (implementations/gan/gan.py): Adam 2e-4 (0.5, 0.999), batch 64, no EMA
+    "pytorch-gan": dict(PYTORCH_GAN, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999], batch_size=64,
+                        ema=0.0, loss="nonsaturating"),
+    # the case study: 100 binarised digits, G of two dense layers, D of three, Adam 2e-4, losses per epoch
+    "article": {"n_train": 100, "binarize": True, "latent": 100, "g_hidden": [128], "d_hidden": [128, 64],
+                "g_batchnorm": False, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
+                "batch_size": 10, "epochs": 100, "ema": 0.0, "eval_samples": 500},
+}
+
+LOSS_DEFAULTS = {
+    "wgan": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5, "clip": 0.01},
+    "wgan-gp": {"optimizer": "adam", "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "n_critic": 5, "gp": 10.0},
+}
+
+# Settings that a resumed run may change (the rest must match the saved run).
+RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------------
+def _int(cfg, key, low=1, optional=False):
+    v = cfg[key]
+    if optional and v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    cfg[key] = int(v)
+    return cfg[key]
+
+
+def _float(cfg, key, low=0.0, high=None, allow_low=True):
+    v = cfg[key]
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
+        and (v >= low if allow_low else v > low) and (high is None or v < high)
+    if not ok:
+        rng = f"{'>=' if allow_low else '>'} {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(f"{key} must be a number {rng}, got {v!r}")
+    cfg[key] = float(v)
+    return cfg[key]
+
+
+def make_config(**settings):
+    """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults and
+    finally ``settings`` (None values are ignored). Raises ValueError naming any bad or unknown setting."""
+    unknown = sorted(set(settings) - set(BASE))
+    if unknown:
+        raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)}")
+    given = {k: v for k, v in settings.items() if v is not None}
+    dataset = given.get("dataset", BASE["dataset"])
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    preset = given.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if preset is not None and dataset != "mnist":
+        raise ValueError(f"preset {preset!r} is an MNIST recipe; it cannot be combined with dataset {dataset!r}")
+    cfg = dict(BASE)
+    cfg.update(DATASET_DEFAULTS[dataset])
+    if preset is not None:
+        cfg.update(PRESET_DEFAULTS[preset])
+    loss = L.check_loss(given.get("loss", cfg["loss"]))
+    cfg.update(LOSS_DEFAULTS.get(loss, {}))
+    if "steps" in given:  # --steps replaces the epoch count
+        cfg["epochs"] = None
+    cfg.update(given)
+    return _validate(cfg)
+
+
+def _validate(cfg):
+    L.check_loss(cfg["loss"])
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if cfg["epochs"] is None and cfg["steps"] is None:
+        raise ValueError("give the length of the run: epochs or steps")
+    _int(cfg, "epochs", optional=True)
+    _int(cfg, "steps", optional=True)
+    for key in ("batch_size", "n_critic", "latent", "data_dim", "num_classes", "toy_samples", "eval_samples",
+                "log_every"):
+        _int(cfg, key)
+    _int(cfg, "seed", low=0)
+    _int(cfg, "n_train", optional=True)
+    for key in ("lr_g", "lr_d", "clip", "bn_eps"):
+        _float(cfg, key, allow_low=False)
+    _float(cfg, "gp")
+    _float(cfg, "slope")
+    for key in ("g_dropout", "d_dropout", "label_smoothing", "ema"):
+        _float(cfg, key, high=1.0)
+    betas = cfg["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or \
+            not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    cfg["betas"] = [float(b) for b in betas]
+    if cfg["label_smoothing"] and cfg["loss"] not in L.SMOOTHABLE:
+        raise ValueError(f"label smoothing applies to the {', '.join(L.SMOOTHABLE)} losses, not to {cfg['loss']!r}")
+    if cfg["dataset"] != "mnist":
+        if cfg["conditional"]:
+            raise ValueError(f"conditional GANs need class labels: MNIST only, not {cfg['dataset']!r}")
+        if cfg["data_dim"] != 2:
+            raise ValueError(f"the {cfg['dataset']} data is 2-D; data_dim must be 2, got {cfg['data_dim']}")
+    elif cfg["data_dim"] != 784:
+        raise ValueError(f"MNIST images have 784 pixels; data_dim must be 784, got {cfg['data_dim']}")
+    if cfg["loss"] == "wgan-gp" and cfg["d_batchnorm"]:
+        raise ValueError("wgan-gp penalises the critic's gradient per sample; BatchNorm in the critic mixes the "
+                         "samples of a batch, so use it without d_batchnorm")
+    for key in ("conditional", "g_batchnorm", "d_batchnorm", "binarize"):
+        cfg[key] = bool(cfg[key])
+    for key in ("g_hidden", "d_hidden"):
+        v = cfg[key]
+        v = [v] if isinstance(v, (int, np.integer)) else list(v)
+        if not v or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in v):
+            raise ValueError(f"{key} must be a non-empty list of positive layer widths, got {cfg[key]!r}")
+        cfg[key] = [int(w) for w in v]
+    return cfg
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+def load_data(cfg, train_set=None):
+    """(x (N, data_dim) float32, labels (N,) int64 or None, description) of the run's training data.
+
+    MNIST: the training set from ``cfg["data"]`` / $TINYGEN_DATA, else the bundled test split (with a warning);
+    scaled to [-1, 1] (binarised to {-1, 1} first with ``binarize``), the first ``n_train`` images if set.
+    ring / grid: ``toy_samples`` points drawn from the mixture with the run's seed.
+    """
+    if cfg["dataset"] in TOY:
+        g = np.random.Generator(np.random.PCG64(np.random.SeedSequence(cfg["seed"], spawn_key=(1,))))
+        x = TOY[cfg["dataset"]].sample(cfg["toy_samples"], generator=g)
+        return x, None, f"{cfg['toy_samples']} points of the {cfg['dataset']} mixture"
+    if train_set is None:
+        data = cfg.get("data")
+        if data is not None and not Path(data).expanduser().is_dir():
+            raise FileNotFoundError(f"MNIST data folder '{data}' does not exist")
+        rec = mnist_or_bundled("train", root=data)
+        images, labels, split = rec.images, rec.labels, rec.split
+    else:
+        images, labels = train_set
+        split = "given"
+    images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
+    if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
+        raise ValueError(f"MNIST images must be (N, 28, 28) or (N, 784), got shape {images.shape}")
+    if cfg["n_train"] is not None:
+        if cfg["n_train"] > len(images):
+            raise ValueError(f"n_train {cfg['n_train']} is more than the {len(images)} images available")
+        images, labels = images[:cfg["n_train"]], labels[:cfg["n_train"]]
+    if cfg["binarize"]:  # a fixed threshold: the same binary digits every epoch
+        images = np.where(np.asarray(images, dtype=np.float32) >= (127.5 if images.dtype == np.uint8 else 0.5),
+                          np.uint8(255), np.uint8(0))
+    x = to_symmetric(images).reshape(len(images), 784)
+    return x, labels, f"{len(x)} MNIST images ({split} split{', binarised' if cfg['binarize'] else ''})"
+
+
+# ---- pieces of the loop ----------------------------------------------------------------------------------------------
+def make_optimizer(cfg, params, lr):
+    if cfg["optimizer"] == "rmsprop":
+        return optim.RMSprop(params, lr=lr)
+    return optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
+
+
+class EMA:
+    """An exponential moving average of a module's parameters (copied buffers), kept in a second module.
+
+    After each update: ema = d * ema + (1 - d) * param with d = min(decay, (1 + t) / (10 + t)) at update t, so the
+    average forgets the random initialisation quickly in short runs (TensorFlow's ExponentialMovingAverage with
+    num_updates).
+    """
+
+    def __init__(self, module, shadow, decay):
+        self.module, self.shadow, self.decay = module, shadow, float(decay)
+        self.updates = 0
+        shadow.load_state_dict(module.state_dict())
+        shadow.requires_grad_(False)
+
+    def update(self):
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for e, p in zip(self.shadow.parameters(), self.module.parameters()):
+            e.data *= d
+            e.data += (1.0 - d) * p.data
+        for e, b in zip(self.shadow.buffers(), self.module.buffers()):
+            e.data[...] = b.data
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = int(state["updates"])
+
+
+class _Means:
+    """Running sums of named values (the epoch's and the log interval's means), saved in checkpoints."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, **values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self):
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def state_dict(self):
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state):
+        self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
+
+def _grad_norm(module):
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(get_total_norm(grads).item()) if grads else 0.0
+
+
+def _mean(x):
+    return float(x.detach().mean().item())
+
+
+class GANStep:
+    """The updates of one run: ``critic(x, y)`` for each real batch; ``generator()`` after every n_critic of them."""
+
+    def __init__(self, cfg, G, D, opt_g, opt_d, ema=None):
+        self.cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema = cfg, G, D, opt_g, opt_d, ema
+        self.loss = cfg["loss"]
+        self._fake = self._fake_labels = None
+
+    def _noise(self, n, device):
+        z = _random.randn(n, self.cfg["latent"], device=device)
+        y = _random.randint(0, self.cfg["num_classes"], (n,), device=device) if self.cfg["conditional"] else None
+        return z, y
+
+    def critic(self, x, y=None, keep_fake=False):
+        """One discriminator update on the real batch x (labels y for a conditional GAN); returns its numbers.
+        keep_fake: keep the generator's graph of this batch's fakes for the generator update that follows."""
+        cfg, G, D = self.cfg, self.G, self.D
+        n = x.shape[0]
+        z, yf = self._noise(n, x.device)
+        if keep_fake:
+            fake = G(z, yf) if cfg["conditional"] else G(z)
+            self._fake, self._fake_labels = fake, yf
+        else:
+            with no_grad():
+                fake = G(z, yf) if cfg["conditional"] else G(z)
+        fake_in = fake.detach()
+        real_out = D(x, y) if cfg["conditional"] else D(x)
+        fake_out = D(fake_in, yf) if cfg["conditional"] else D(fake_in)
+        loss = L.discriminator_loss(self.loss, real_out, fake_out, cfg["label_smoothing"])
+        stats = {}
+        if self.loss == "wgan-gp":
+            # conditional critic: penalise at x_hat with the real labels (real and fake pairs share no label)
+            gp = L.gradient_penalty(D, x, fake_in, y if cfg["conditional"] else None, cfg["gp"])
+            stats["gp"] = gp.item()
+            loss = loss + gp
+        self.opt_d.zero_grad()
+        loss.backward()
+        stats["d_grad"] = _grad_norm(D)
+        self.opt_d.step()
+        if self.loss == "wgan":
+            L.clip_weights_(D, cfg["clip"])
+        d_real, d_fake = L.output_means(self.loss, real_out, fake_out)
+        stats.update(d_loss=loss.item(), d_real=d_real, d_fake=d_fake)
+        return stats
+
+    def generator(self, n=None, device="cpu"):
+        """One generator update (on the kept fakes of the last critic update, else on a fresh batch of n)."""
+        cfg, G, D = self.cfg, self.G, self.D
+        fake, yf = self._fake, self._fake_labels
+        self._fake = self._fake_labels = None
+        if fake is None:
+            z, yf = self._noise(n, device)
+            fake = G(z, yf) if cfg["conditional"] else G(z)
+        D.requires_grad_(False)  # the generator's loss needs no gradient for D's weights
+        try:
+            out = D(fake, yf) if cfg["conditional"] else D(fake)
+            loss = L.generator_loss(self.loss, out)
+            self.opt_g.zero_grad()
+            loss.backward()
+        finally:
+            D.requires_grad_(True)
+        g_grad = _grad_norm(G)
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update()
+        return {"g_loss": loss.item(), "g_grad": g_grad}
+
+
+# ---- sampling and evaluation -----------------------------------------------------------------------------------------
+def sample(G, n, labels=None, device="cpu", batch_size=1000):
+    """``n`` samples of generator G (eval mode, no graph) as a float32 NumPy array (n, data_dim), drawn with
+    tinygen's generator. labels: class per sample for a conditional G (default: the classes in turn)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+    if G.num_classes:
+        if labels is None:
+            labels = np.arange(n) % G.num_classes
+        labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,))
+        if labels.min() < 0 or labels.max() >= G.num_classes:
+            raise ValueError(f"labels must be in 0..{G.num_classes - 1}, got {labels.min()}..{labels.max()}")
+    was = G.training
+    G.eval()
+    out = []
+    try:
+        with no_grad():
+            for i in range(0, n, batch_size):
+                m = min(batch_size, n - i)
+                z = _random.randn(m, G.latent_dim, device=device)
+                y = as_tensor(np.ascontiguousarray(labels[i:i + m]), device=device) if G.num_classes else None
+                x = G(z, y) if G.num_classes else G(z)
+                out.append(np.asarray(backend.to_device(x.data, "cpu"), dtype=np.float32))
+    finally:
+        G.train(was)
+    return np.concatenate(out)
+
+
+def _classifier(quiet=True):
+    """The cached MNIST classifier, or None (with a note) when it has not been trained yet."""
+    from ..classifier import default_path, load_classifier
+    try:
+        return load_classifier(train_if_missing=False)
+    except FileNotFoundError:
+        if not quiet:
+            print(f"note: no cached MNIST classifier at {default_path()}, so class coverage is not measured; "
+                  f"`tinygen train classifier` builds it", flush=True)
+        return None
+
+
+def evaluate_samples(cfg, samples, classifier=None, frechet=True, root=None):
+    """Quality metrics of generated samples: MNIST (needs the classifier): coverage, class_kl, inception_score and,
+    with ``frechet``, frechet_distance against the real test images; ring/grid: modes, high_quality, reverse_kl."""
+    if cfg["dataset"] in TOY:
+        m = TOY[cfg["dataset"]].metrics(samples)
+        return {"modes": m["modes"], "num_modes": TOY[cfg["dataset"]].num_modes, "high_quality": m["high_quality"],
+                "reverse_kl": m["reverse_kl"], "num_samples": m["num_samples"]}
+    from ...metrics import evaluate_images
+    return evaluate_images(samples.reshape(len(samples), 28, 28), classifier, value_range=(-1.0, 1.0),
+                           reference="test" if frechet else None, root=root)
+
+
+def scatter_image(points, mixture, size=480, real=None):
+    """An RGB picture (size, size, 3) uint8 of 2-D ``points`` (dark blue) over the mixture's centres (grey rings of
+    radius 3 std, the high-quality zone) and optional ``real`` points (light grey). No plotting library needed."""
+    centres = mixture.centres
+    half = float(np.abs(centres).max()) * 1.5
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+
+    def pix(xy):
+        xy = np.asarray(xy, dtype=np.float64)
+        ok = np.isfinite(xy).all(axis=1)
+        col = np.round((xy[ok, 0] + half) / (2 * half) * (size - 1)).astype(np.int64)
+        row = np.round((half - xy[ok, 1]) / (2 * half) * (size - 1)).astype(np.int64)
+        keep = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+        return row[keep], col[keep]
+
+    for axis in (0, 1):  # the axes through the origin
+        r, c = pix(np.array([[0.0, 0.0]]))
+        if len(r):
+            if axis == 0:
+                img[r[0], :] = (225, 225, 225)
+            else:
+                img[:, c[0]] = (225, 225, 225)
+    if real is not None:
+        r, c = pix(real)
+        img[r, c] = (190, 190, 190)
+    t = np.linspace(0, 2 * np.pi, 64)
+    circle = np.stack([np.cos(t), np.sin(t)], 1) * 3 * mixture.std
+    for ctr in centres:
+        r, c = pix(ctr + circle)
+        img[r, c] = (120, 120, 120)
+    r, c = pix(points)
+    for dr in (0, 1):  # 2x2 dots
+        for dc in (0, 1):
+            img[np.clip(r + dr, 0, size - 1), np.clip(c + dc, 0, size - 1)] = (20, 60, 200)
+    return img
+
+
+def save_samples_picture(cfg, path, samples, nrow=None):
+    """A PNG of samples: an image grid (MNIST) or a scatter plot over the mixture (ring/grid)."""
+    from ...utils.image import save_image_grid, write_png
+    if cfg["dataset"] in TOY:
+        return write_png(path, scatter_image(samples, TOY[cfg["dataset"]]))
+    n = len(samples)
+    nrow = nrow or (10 if cfg["conditional"] else int(math.ceil(math.sqrt(n))))
+    return save_image_grid(path, samples.reshape(n, 28, 28), nrow=nrow, value_range=(-1.0, 1.0))
+
+
+def plot_curves(steps_log, path):
+    """Loss curves, D outputs and gradient norms against the step as a PNG, when matplotlib is installed (returns
+    the path, or None without matplotlib or data)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    if not steps_log:
+        return None
+    s = [r["step"] for r in steps_log]
+    fig = Figure(figsize=(10, 3.2))
+    FigureCanvasAgg(fig)
+    panels = ((("g_loss", "G loss"), ("d_loss", "D loss")), (("d_real", "D(x)"), ("d_fake", "D(G(z))")),
+              (("g_grad", "|grad G|"), ("d_grad", "|grad D|")))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for key, label in panel:
+            ax.plot(s, [r.get(key, float("nan")) for r in steps_log], label=label)
+        if i == 2:
+            ax.set_yscale("log")
+        ax.set_xlabel("generator step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def fixed_noise_labels(cfg, n):
+    """The run's fixed conditioning for the per-epoch picture: labels 0..9 in turn (conditional) or None."""
+    return np.arange(n) % cfg["num_classes"] if cfg["conditional"] else None
+
+
+# ---- training --------------------------------------------------------------------------------------------------------
+def _init_from(path, G, D):
+    """--init: start from the generator and discriminator weights of another GAN checkpoint."""
+    from ...serialization import load
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--init checkpoint '{path}' does not exist")
+    ckpt = load(path)
+    if not isinstance(ckpt, dict) or "modules" not in ckpt:
+        raise ValueError(f"--init: '{path}' is not a training checkpoint")
+    if ckpt.get("model") != NAME:
+        raise ValueError(f"--init: '{path}' is a checkpoint of model {ckpt.get('model')!r}, not a GAN")
+    mods = ckpt["modules"]
+    loaded = []
+    for key, module in (("generator", G), ("discriminator", D)):
+        if key in mods:
+            try:
+                module.load_state_dict(mods[key])
+            except RuntimeError as e:
+                raise ValueError(f"--init: the {key} in '{path}' does not fit this run's architecture: {e}") from None
+            loaded.append(key)
+    if not loaded:
+        raise ValueError(f"--init: '{path}' holds neither a generator nor a discriminator")
+    return loaded
+
+
+def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pictures=True, **settings):
+    """Train a GAN; returns ``(G, D, history)``: the generator used for samples (the EMA copy when ``ema`` > 0),
+    the discriminator, and one metrics dict per epoch run in this call.
+
+    settings: see ``BASE`` (and ``make_config``). out: folder for ``checkpoint.npz`` (rewritten atomically after
+    every epoch and at the end), ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (every ``log_every``
+    steps), ``samples_NNN.png`` / ``scatter_NNN.png`` each epoch from fixed noise, and ``curves.png`` (matplotlib).
+    resume: continue the run saved in ``out`` (same settings; ``epochs``/``steps`` may grow); it ends with the same
+    parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run.
+    train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
+    """
+    cfg = make_config(**settings)
+    device = cfg["device"]
+    x_all, y_all, desc = load_data(cfg, train_set)
+    # before seeding: building the classifier draws its (then overwritten) initial weights
+    classifier = _classifier(quiet) if cfg["dataset"] == "mnist" else None
+
+    _random.manual_seed(cfg["seed"])
+    G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
+    if init is not None:
+        loaded = _init_from(init, G, D)
+        if not quiet:
+            print(f"initialised the {' and '.join(loaded)} from {init}", flush=True)
+    opt_g = make_optimizer(cfg, G.parameters(), cfg["lr_g"])
+    opt_d = make_optimizer(cfg, D.parameters(), cfg["lr_d"])
+    ema = EMA(G, build_generator(cfg).to(device), cfg["ema"]) if cfg["ema"] > 0 else None
+    arrays = (x_all, y_all) if cfg["conditional"] else x_all
+    loader = DataLoader(arrays, batch_size=min(cfg["batch_size"], len(x_all)), shuffle=True, drop_last=True,
+                        seed=cfg["seed"], device=device)
+    if len(loader) == 0:
+        raise ValueError(f"no full batch of {cfg['batch_size']} in {len(x_all)} training examples")
+    step_fn = GANStep(cfg, G, D, opt_g, opt_d, ema)
+    epoch_means, interval_means = _Means(), _Means()
+    modules = {"generator": G, "discriminator": D}
+    if ema is not None:
+        modules["ema"] = ema.shadow
+    parts = {"modules": modules, "optimizers": {"g": opt_g, "d": opt_d}, "loaders": {"train": loader}}
+    state = {"step": 0, "critic_count": 0}
+    start_epoch, log, steps_log_file, ckpt_path, steps_log = 0, None, None, None, []
+    if out is not None:
+        out = tu.prepare_out_dir(out, resume)
+        ckpt_path = out / "checkpoint.npz"
+        log, steps_log_file = tu.MetricsLog(out / "metrics.jsonl"), tu.MetricsLog(out / "steps.jsonl")
+        if resume:
+            ckpt = tu.load_checkpoint(ckpt_path, model_name=NAME)
+            diffs = tu.config_mismatch(ckpt["config"], cfg, ignore=RESUMABLE)
+            if diffs:
+                raise ValueError(f"can't resume from '{ckpt_path}': the settings differ from the saved run ("
+                                 + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + ")")
+            start_epoch = tu.restore_checkpoint(ckpt, **parts)
+            extra = ckpt.get("extra", {})
+            state.update(step=int(extra.get("step", 0)), critic_count=int(extra.get("critic_count", 0)))
+            if ema is not None:
+                ema.load_state_dict(extra.get("ema", {"updates": state["step"]}))
+            epoch_means.load_state_dict(extra.get("epoch_means", {}))
+            interval_means.load_state_dict(extra.get("interval_means", {}))
+            for f in (log, steps_log_file):
+                f.truncate_after(start_epoch)
+            if steps_log_file.path.exists():
+                steps_log = tu.read_metrics(steps_log_file.path)
+        else:
+            for f in (log, steps_log_file):
+                if f.path.exists():
+                    f.path.unlink()
+    elif resume:
+        raise ValueError("resume needs out (the folder of the run to continue)")
+
+    sampler = ema.shadow if ema is not None else G
+    total_steps = cfg["steps"]
+    max_epochs = cfg["epochs"] if total_steps is None else None
+    n_critic = cfg["n_critic"]
+    if not quiet:
+        length = f"{total_steps} steps" if total_steps is not None else f"{max_epochs} epochs"
+        print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {desc}: {length}, "
+              f"{len(loader)} batches of {loader.batch_size} per epoch"
+              + (f", {n_critic} critic steps per generator step" if n_critic > 1 else ""), flush=True)
+    history = []
+    done = total_steps is not None and state["step"] >= total_steps
+    epochs = itertools.count(start_epoch) if max_epochs is None else range(start_epoch, max_epochs)
+    for epoch in epochs:
+        if done:
+            break
+        G.train()
+        D.train()
+        bar = tu.Progress(len(loader), desc=f"gan epoch {epoch + 1}" + (f"/{max_epochs}" if max_epochs else ""),
+                          unit="batch", quiet=quiet)
+        t0, steps0 = time.perf_counter(), state["step"]
+        batches = 0
+        for batch in loader:
+            x, y = batch if cfg["conditional"] else (batch, None)
+            last = state["critic_count"] + 1 == n_critic
+            stats = step_fn.critic(x, y, keep_fake=last)
+            state["critic_count"] += 1
+            batches += 1
+            if last:
+                stats.update(step_fn.generator())
+                state["step"] += 1
+                state["critic_count"] = 0
+            epoch_means.add(**stats)
+            interval_means.add(**stats)
+            if last and state["step"] % cfg["log_every"] == 0:
+                rec = dict(epoch=epoch + 1, step=state["step"], **interval_means.means())
+                steps_log.append(rec)
+                if steps_log_file is not None:
+                    steps_log_file.write(rec)
+                interval_means = _Means()
+            m = epoch_means.means()
+            bar.update(G=m.get("g_loss", float("nan")), D=m.get("d_loss", float("nan")))
+            if total_steps is not None and state["step"] >= total_steps:
+                done = True
+                break
+        bar.close()
+        seconds = time.perf_counter() - t0
+        complete = not done or loader.state_dict()["batch"] == 0
+        record = _epoch_record(cfg, epoch, epoch_means, state, seconds, batches * loader.batch_size,
+                               state["step"] - steps0, complete)
+        with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
+            samples = sample(sampler, cfg["eval_samples"], device=device)
+            if cfg["dataset"] in TOY or classifier is not None:
+                record.update(_prefixed(evaluate_samples(cfg, samples, classifier, frechet=False)))
+            if out is not None and pictures:
+                n_pic = 100 if cfg["conditional"] else 64
+                pic = samples if cfg["dataset"] in TOY else sample(sampler, n_pic, fixed_noise_labels(cfg, n_pic),
+                                                                   device)
+                stem = "scatter" if cfg["dataset"] in TOY else "samples"
+                save_samples_picture(cfg, out / f"{stem}_{epoch + 1:03d}.png", pic)
+                save_samples_picture(cfg, out / f"{stem}.png", pic)
+        history.append(record)
+        if not quiet:
+            print(format_record(record), flush=True)
+        if out is not None:
+            log.write(record)
+            epochs_done = epoch + 1 if complete else epoch
+            extra = {"step": state["step"], "critic_count": state["critic_count"], "last": record,
+                     "num_train": int(len(x_all)), "data": desc,
+                     "epoch_means": _Means().state_dict() if complete else epoch_means.state_dict(),
+                     "interval_means": interval_means.state_dict()}
+            if ema is not None:
+                extra["ema"] = ema.state_dict()
+            tu.save_checkpoint(ckpt_path, NAME, cfg, epochs_done, **parts, devices=(device,), extra=extra)
+            if pictures:
+                plot_curves(steps_log, out / "curves.png")
+        epoch_means = _Means()
+    return sampler, D, history
+
+
+def _prefixed(metrics):
+    skip = ("num_samples", "num_modes")
+    return {("sample_" + k): v for k, v in metrics.items() if k not in skip}
+
+
+def _epoch_record(cfg, epoch, means, state, seconds, images, steps, complete):
+    m = means.means()
+    rec = {"epoch": epoch + 1, "step": state["step"]}
+    for key in ("g_loss", "d_loss", "d_real", "d_fake", "g_grad", "d_grad", "gp"):
+        if key in m:
+            rec[key] = m[key]
+    rec.update(seconds=seconds, steps_per_s=steps / seconds if seconds > 0 else float("nan"),
+               images_per_s=images / seconds if seconds > 0 else float("nan"))
+    if not complete:
+        rec["partial_epoch"] = True
+    return rec
+
+
+def format_record(r):
+    """One line of an epoch's numbers, as printed during training."""
+    parts = [f"epoch {r['epoch']} (step {r['step']})"]
+    for key, label in (("g_loss", "G loss"), ("d_loss", "D loss"), ("d_real", "D(x)"), ("d_fake", "D(G(z))"),
+                       ("g_grad", "|grad G|"), ("d_grad", "|grad D|")):
+        if key in r:
+            parts.append(f"{label} {r[key]:.4g}")
+    if "sample_coverage" in r:
+        parts.append(f"classes {r['sample_coverage']}/10 (KL {r['sample_class_kl']:.3f}, IS "
+                     f"{r['sample_inception_score']:.2f})")
+    if "sample_modes" in r:
+        parts.append(f"modes {r['sample_modes']} ({100 * r['sample_high_quality']:.1f}% high quality, reverse KL "
+                     f"{r['sample_reverse_kl']:.3f})")
+    parts.append(f"{r['seconds']:.1f}s, {r['steps_per_s']:.1f} steps/s")
+    return " | ".join(parts)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+def generator_from_checkpoint(ckpt, device="cpu", use_ema=True):
+    """The generator of a GAN checkpoint (the dict ``tinygen.load`` returns), in eval mode: its EMA copy when the
+    run kept one and ``use_ema``. Also returns the run's config: ``(G, cfg)``."""
+    if not isinstance(ckpt, dict) or ckpt.get("model") != NAME:
+        kind = ckpt.get("model") if isinstance(ckpt, dict) else None
+        raise ValueError(f"not a GAN checkpoint (it holds model {kind!r})")
+    saved = ckpt.get("config", {})
+    cfg = make_config(**{k: v for k, v in saved.items() if k in BASE})
+    G = build_generator(cfg)
+    mods = ckpt.get("modules", {})
+    key = "ema" if use_ema and "ema" in mods else "generator"
+    if key not in mods:
+        raise ValueError(f"the GAN checkpoint holds no generator weights (modules: {sorted(mods)})")
+    G.load_state_dict(mods[key])
+    return G.to(device).eval(), cfg
