@@ -944,6 +944,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     if reduction == "sum":
         return s, (grad if need_grad else None)
     total = dt.type(total)
-    if need_grad:
-        grad /= total
-    return s / total, (grad if need_grad else None)
+    with np.errstate(invalid="ignore", divide="ignore"):  # every row ignored: 0 / 0 = nan, as PyTorch
+        if need_grad:
+            grad /= total
+        return s / total, (grad if need_grad else None)

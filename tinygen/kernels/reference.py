@@ -16,6 +16,8 @@ Conventions:
                 code rounds them, so a step gives the same bits with and without the kernels. (PyTorch's own
                 CPU loops use fused multiply-adds in places: agreement with it is within a few roundings.)
 """
+import contextlib
+
 import numpy as np
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
@@ -545,7 +547,9 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     if reduction == "sum":
         return loss.sum(), grad
     total = w.sum()
-    if grad is not None:
-        grad /= total
-    return loss.sum() / total, grad
+    errstate = getattr(xp, "errstate", None)  # NumPy: every row ignored gives 0 / 0 = nan, as PyTorch, quietly
+    with errstate(invalid="ignore", divide="ignore") if errstate else contextlib.nullcontext():
+        if grad is not None:
+            grad /= total
+        return loss.sum() / total, grad
 
