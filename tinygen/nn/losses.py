@@ -8,6 +8,7 @@ reduction on arrays, and whose backward is the closed form written with tinygen 
 import contextlib
 import math
 
+from .. import kernels
 from ..autograd.function import Function
 from ..autograd.grad_mode import STATE
 from ..tensor import Tensor, _make, full_like
@@ -210,6 +211,14 @@ class BCEWithLogitsFunction(Function):
         xp, z, y = ctx.xp, x.data, t.data
         ctx.save_for_backward(x, t, weight, pos_weight)
         ctx.reduction = reduction
+        ctx.fused_grad = None
+        fused = kernels.lookup("bce_with_logits", z)
+        if fused is not None and all(a is None or a.data.dtype == z.dtype for a in (t, weight, pos_weight)):
+            # loss and d loss / dx in one pass (tinygen.kernels); a plain backward then only scales the gradient
+            loss, ctx.fused_grad = fused(z, y, None if weight is None else weight.data,
+                                         None if pos_weight is None else pos_weight.data, reduction,
+                                         x.requires_grad)
+            return loss
         sp_neg = xp.logaddexp(z.dtype.type(0), -z)  # softplus(-z) = -log(sigmoid(z)), finite at any z
         if pos_weight is None:
             loss = (1 - y) * z + sp_neg
@@ -223,6 +232,8 @@ class BCEWithLogitsFunction(Function):
     def backward(ctx, g):
         x, t, weight, pos_weight = ctx.saved_tensors
         need = ctx.next_edges
+        if ctx.fused_grad is not None and not STATE.grad_enabled and need[1:4] == (None, None, None):
+            return g * _make(ctx.fused_grad, x.device), None, None, None, None
         g0 = _upstream(g, ctx.reduction, x.numel())
         ge = g0 * weight if weight is not None else g0
         gx = gt = gw = gpw = None
@@ -337,6 +348,16 @@ class CrossEntropyFunction(Function):
         ax = _class_axis(d.ndim)
         c = d.shape[ax]
         ctx.ax, ctx.reduction, ctx.soft, ctx.smoothing = ax, reduction, soft, smoothing
+        ctx.fused_grad = None
+        fused = None if soft or smoothing or d.ndim != 2 else kernels.lookup("cross_entropy", d)
+        if fused is not None:  # loss and d loss / dz in one pass (tinygen.kernels), for a plain backward
+            w = None if weight is None else weight.data.astype(d.dtype, copy=False)
+            loss, ctx.fused_grad = fused(d, target.data, w, ignore_index, reduction, z.requires_grad)
+            idx, w_t, valid = _picked(xp, target, weight, ignore_index, d.dtype, ax)
+            ctx.targets = (idx, w_t, valid, None if w is None else w.reshape(_class_shape(d.ndim, ax, c)))
+            ctx.denom = w_t.sum()  # these serve a create_graph backward, which recomputes p from z
+            ctx.save_for_backward(z, None, None, None)
+            return loss
         shifted = d - d.max(axis=ax, keepdims=True)
         p = xp.exp(shifted)
         s = p.sum(axis=ax, keepdims=True)
@@ -371,9 +392,12 @@ class CrossEntropyFunction(Function):
     def backward(ctx, g):
         z, p, log_p, target = ctx.saved_tensors
         need = ctx.next_edges
+        if ctx.fused_grad is not None and not STATE.grad_enabled:
+            gz = _make(ctx.fused_grad, z.device) * (g.unsqueeze(1) if ctx.reduction == "none" else g)
+            return gz if need[0] is not None else None, None, None, None, None, None, None
         q, big_q = _soft_target_q(ctx, z, target) if ctx.soft else _hard_target_q(ctx, z)
         g = _class_upstream(ctx, g)
-        if STATE.grad_enabled:  # building a graph of the gradient: p (and log p) depend on z
+        if STATE.grad_enabled or p is None:  # a graph of the gradient (p depends on z), or a fused forward
             p = z.softmax(ctx.ax)
             if log_p is not None:
                 log_p = z.log_softmax(ctx.ax)
