@@ -2,7 +2,9 @@
 import builtins
 from collections import namedtuple
 
+from .. import kernels
 from ..autograd.function import Function
+from ..autograd.grad_mode import STATE
 from ..tensor import _make, register
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
@@ -131,11 +133,19 @@ class LogSoftmax(Function):
     def forward(ctx, x, dim):
         ctx.dim = dim
         xp, d = ctx.xp, x.data
+        fused = kernels.lookup("log_softmax_fwd", d) if dim == d.ndim - 1 else None
+        if fused is not None:
+            return fused(d)
         shifted = d - d.max(axis=dim, keepdims=True)
         return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
 
     @staticmethod
     def backward(ctx, g):
+        if not STATE.grad_enabled and ctx.dim == g.data.ndim - 1:  # a plain backward: one fused pass per row
+            fused = kernels.lookup("log_softmax_bwd", g.data)
+            y = ctx.output.data
+            if fused is not None and y.dtype == g.data.dtype:
+                return _make(fused(y, g.data), g._device), None
         return g - ctx.output.exp() * g.sum(ctx.dim, keepdim=True), None
 
 
