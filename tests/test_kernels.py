@@ -877,3 +877,49 @@ def test_batch_norm_double_backward_with_kernels(spy):
     x, w, b = (tinygen.tensor(randn(rng, s, np.float64), requires_grad=True) for s in ((6, 3), 3, 3))
     assert tinygen.gradgradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (x, w, b))
     assert "batchnorm_fwd" in spy
+
+
+def _loss_cases():
+    import tinygen
+    from tinygen.nn import functional as F
+    rng = np.random.default_rng(26)
+    logits, t01 = randn(rng, (12, 5), np.float64, 3.0), rng.random((12, 5))
+    labels = rng.integers(0, 5, 12)
+    labels[3] = -100
+    w, pw = rng.random(5) + 0.5, rng.random(5) * 2
+    tt, tl, tw, tpw = (tinygen.tensor(a) for a in (t01, labels, w, pw))
+    cases = []
+    for red in ("none", "mean", "sum"):
+        cases.append((f"bce-{red}", "bce_with_logits", logits,
+                      lambda z, red=red: F.binary_cross_entropy_with_logits(z, tt, tw, red, tpw)))
+        cases.append((f"ce-{red}", "cross_entropy", logits, lambda z, red=red: F.cross_entropy(z, tl, tw, -100, red)))
+    cases.append(("log_softmax", "log_softmax_bwd", logits, lambda z: z.log_softmax(-1)))
+    return cases
+
+
+@requires_numba
+@pytest.mark.parametrize("index", range(7))
+def test_losses_same_with_and_without_kernels(index, spy):
+    import tinygen
+    label, kernel, x, fn = _loss_cases()[index]
+    rng = np.random.default_rng(27)
+    out = {}
+    for flag in (False, True):
+        with kernels.enabled_as(flag):
+            z = tinygen.tensor(x, requires_grad=True)
+            y = fn(z)
+            g = randn(rng, y.shape, np.float64) if y.ndim else None
+            y.backward(None if g is None else tinygen.tensor(g))
+            out[flag] = (y.detach().numpy(), z.grad.numpy())
+            rng = np.random.default_rng(27)
+    assert kernel in spy, label
+    close(out[True][0], out[False][0], np.float64, f"{label} value")
+    close(out[True][1], out[False][1], np.float64, f"{label} gradient")
+
+
+@requires_numba
+@pytest.mark.parametrize("index", range(7))
+def test_losses_double_backward_with_kernels(index):
+    import tinygen
+    label, _, x, fn = _loss_cases()[index]
+    assert tinygen.gradgradcheck(fn, (tinygen.tensor(x, requires_grad=True),)), label
