@@ -7,7 +7,9 @@ is copied to a contiguous one) and float32/float64, and returns arrays of the in
 How the loops are written:
   * ``@njit(cache=True)`` compiles on first call and stores the machine code beside this file, so a fresh process
     loads it in milliseconds. ``fastmath`` stays off: no reassociation and no fused multiply-add, so pure
-    arithmetic kernels (relu, leaky_relu, the optimizers...) give the reference's bits.
+    arithmetic kernels (relu, leaky_relu, the optimizers...) give the reference's bits. ``error_model="numpy"``:
+    a float division by zero gives inf/nan as in NumPy, instead of Python's ZeroDivisionError check, which also
+    kept LLVM from vectorizing any loop that divides (Adam's step was 4.7x slower with it).
   * each kernel is a loop over whole arrays, called directly (serial) or by its ``*_par`` twin on one slice per
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
     cost microseconds to start, so the parallel twin runs only from ``PARALLEL_MIN`` elements (bench.py
@@ -76,7 +78,7 @@ def _pre_bwd(s, act, p1):
     return None
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _act_fwd(x, e, out, act, p1, p2):
     """out = act(x), given e = _pre_fwd(x) for sigmoid, elu and softplus. One loop per activation: LLVM vectorizes
     a loop with a simple select in it, but not one that branches on ``act`` inside."""
@@ -109,7 +111,7 @@ def _act_fwd(x, e, out, act, p1, p2):
             out[i] = x[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _act_fwd_par(x, e, out, act, p1, p2, nch):
     n = x.size
     step = (n + nch - 1) // nch
@@ -118,7 +120,7 @@ def _act_fwd_par(x, e, out, act, p1, p2, nch):
         _act_fwd(x[lo:hi], e[lo:hi], out[lo:hi], act, p1, p2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _act_bwd(s, e, g, out, act, p1, p2):
     """out = g * act'(...) where s is x (relu, leaky_relu, softplus) or y (tanh, sigmoid, elu, softplus_from_y)
     and e = _pre_bwd(s) for the softplus pair."""
@@ -156,7 +158,7 @@ def _act_bwd(s, e, g, out, act, p1, p2):
             out[i] = g[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _act_bwd_par(s, e, g, out, act, p1, p2, nch):
     n = g.size
     step = (n + nch - 1) // nch
@@ -274,7 +276,7 @@ def softplus_bwd(x, g, beta=1.0, threshold=20.0):
 
 
 # ---- bias + activation after a matmul ----------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bias_act_fwd(y, b, has_b, act, p1, p2):
     """y += b, then act(y) a row at a time (the activation reads the row back from cache); act must not need
     a ``pre`` array (identity, relu, leaky_relu)."""
@@ -288,7 +290,7 @@ def _bias_act_fwd(y, b, has_b, act, p1, p2):
             _act_fwd(row, row, row, act, p1, p2)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bias_act_fwd_par(y, b, has_b, act, p1, p2, nch):
     n = y.shape[0]
     step = (n + nch - 1) // nch
@@ -297,7 +299,7 @@ def _bias_act_fwd_par(y, b, has_b, act, p1, p2, nch):
         _bias_act_fwd(y[lo:hi], b, has_b, act, p1, p2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1, p2):
     m = y.shape[1]
     for r in range(y.shape[0]):
@@ -307,7 +309,7 @@ def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1, p2):
                 colsum[j] += out[r, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bias_act_bwd_par(y, e, g, out, partial, want_sum, act, p1, p2, nch):
     n = y.shape[0]
     step = (n + nch - 1) // nch
@@ -393,7 +395,7 @@ def _dummy(dt):
     return np.empty(0, dt)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
          first_step):
     for i in range(p.size):
@@ -407,7 +409,7 @@ def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum,
         p[i] = p[i] - lr * d
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
              first_step, nch):
     n = p.size
@@ -436,7 +438,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     io.done()
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
           use_wd, decoupled, maximize, small, amsgrad):
     for i in range(p.size):
@@ -458,7 +460,7 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
         p[i] = pi - mi / denom * step_size
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
               use_wd, decoupled, maximize, small, amsgrad, nch):
     n = p.size
@@ -487,7 +489,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     io.done()
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
              use_momentum, maximize, small):
     for i in range(p.size):
@@ -510,7 +512,7 @@ def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd,
             p[i] = p[i] - gi / avg * lr
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd,
                  centered, use_momentum, maximize, small, nch):
     n = p.size
@@ -546,7 +548,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
 # Statistics in float64 for either dtype; the variance from sums shifted by the first row (stable when that row is
 # a typical sample), so the forward reads x twice: once for the statistics, once to write x_hat and y.
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, lo, hi):
     """Columns lo..hi of the forward; s1, s2 are float64 scratch of one value per column."""
     n = x.shape[0]
@@ -573,7 +575,7 @@ def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, lo,
             y[r, j] = h
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, nch):
     c = x.shape[1]
     step = (c + nch - 1) // nch
@@ -581,7 +583,7 @@ def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2,
         _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, k * step, min(c, (k + 1) * step))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, lo, hi):
     n = g.shape[0]
     ulo, uhi = np.uint64(lo), np.uint64(hi)
@@ -600,7 +602,7 @@ def _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, lo, hi):
             gx[r, j] = scale[j] * (nn * g[r, j] - gb[j] - xhat[r, j] * gw[j])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bn_bwd_par(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, nch):
     c = g.shape[1]
     step = (c + nch - 1) // nch
@@ -663,7 +665,7 @@ def batchnorm_bwd(g, x_hat, weight, inv_std):
 
 
 # ---- losses --------------------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, off):
     """Per-element loss (optional) and gradient; returns the float64 sum of the losses.
 
@@ -698,7 +700,7 @@ def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, 
     return acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _bce_par(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, nch):
     n = x.size
     step = (n + nch - 1) // nch
@@ -750,7 +752,7 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
 # Row kernels: Numba does the row maxima, sums and the writing; the exponentials are one NumPy (SIMD) call on the
 # shifted rows. Each row's sum is accumulated in float64.
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _shift_rows(x, shifted):
     """shifted = x - (row maximum), leaving the shift out of rows whose maximum is not finite."""
     zero = x.dtype.type(0)
@@ -765,7 +767,7 @@ def _shift_rows(x, shifted):
             shifted[r, j] = row[j] - m
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _shift_rows_par(x, shifted, nch):
     n = x.shape[0]
     step = (n + nch - 1) // nch
@@ -774,7 +776,7 @@ def _shift_rows_par(x, shifted, nch):
         _shift_rows(x[lo:hi], shifted[lo:hi])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _log_softmax_finish(shifted, e, out):
     """out = shifted - log(sum(e)) per row (e = exp(shifted)); out may be shifted itself."""
     for r in range(shifted.shape[0]):
@@ -786,7 +788,7 @@ def _log_softmax_finish(shifted, e, out):
             out[r, j] = shifted[r, j] - lse
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _log_softmax_finish_par(shifted, e, out, nch):
     n = shifted.shape[0]
     step = (n + nch - 1) // nch
@@ -795,7 +797,7 @@ def _log_softmax_finish_par(shifted, e, out, nch):
         _log_softmax_finish(shifted[lo:hi], e[lo:hi], out[lo:hi])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _log_softmax_bwd(e, g, out):
     """out = g - e * sum(g) per row, e = exp(y)."""
     for r in range(g.shape[0]):
@@ -807,7 +809,7 @@ def _log_softmax_bwd(e, g, out):
             out[r, j] = g[r, j] - e[r, j] * sd
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _log_softmax_bwd_par(e, g, out, nch):
     n = g.shape[0]
     step = (n + nch - 1) // nch
@@ -868,7 +870,7 @@ def log_softmax_bwd(y, g):
     return out.reshape(g.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ce(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad):
     """Row losses w[t] * (log(sum e) - shifted[t]) and gradients w[t] * (e / sum e - onehot(t)), unscaled."""
     c = shifted.shape[1]
@@ -893,7 +895,7 @@ def _ce(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad):
             grad[r, tr] -= wr
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _ce_par(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad, nch):
     n = shifted.shape[0]
     step = (n + nch - 1) // nch
@@ -903,7 +905,7 @@ def _ce_par(shifted, e, target, w, has_w, ignore_index, loss, grad, need_grad, n
             grad[lo:hi] if need_grad else grad, need_grad)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ce_check(target, n_classes, ignore_index, w, has_w):
     """(first row with an out-of-range target or -1, summed weight of the counted rows)."""
     total = 0.0
