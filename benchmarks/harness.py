@@ -546,7 +546,7 @@ def markdown(results):
     d = results.get("dispatch")
     if d:
         cols = [c for c in ("tinygen", "tinygen-numba", "numpy", "torch", "jax", "jax-jit") if c in d]
-        lines += ["## Per-op dispatch overhead (8x8 float32, microseconds per op, best of repeats)", "",
+        lines += ["## Per-op dispatch overhead (8x8 float32, microseconds of CPU time per op, best of repeats)", "",
                   "| benchmark | " + " | ".join(cols) + " | tinygen / torch |",
                   "|---" * (len(cols) + 2) + "|"]
         for b in dispatch_mod.BENCHES:

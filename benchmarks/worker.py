@@ -52,6 +52,10 @@ class Worker:
                 __import__(need)
             except Exception as e:  # a broken install is reported, not fatal to the whole run
                 self.unavailable = f"{need} failed to import: {type(e).__name__}: {e}"
+        if self.framework == "tinygen-numba" and not self.unavailable:
+            from .models_tinygen import numba_status
+            if numba_status()[0]:  # count numba itself in the import, not in the training run's memory
+                import tinygen.kernels.cpu  # noqa: F401
         self.import_s = time.perf_counter() - t0
         self._pin_threads()
         return {"hello": self.framework, "skipped": self.unavailable, "import_s": self.import_s}
@@ -268,12 +272,16 @@ def _jsonable(x):
 
 
 def _trim_pstats(text):
-    """Drop pstats' header lines (date, profile file) and keep the table."""
+    """Keep pstats' table (not its header), with file names relative to the repository or site-packages."""
+    import site
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    for prefix in [repo] + sorted(site.getsitepackages() + [site.getusersitepackages()], key=len, reverse=True):
+        text = text.replace(prefix.rstrip(os.sep) + os.sep, "" if prefix == repo else "site-packages/")
     lines = text.strip().splitlines()
     for i, line in enumerate(lines):
         if line.lstrip().startswith("ncalls"):
             return "\n".join(lines[i:])
-    return text
+    return "\n".join(lines)
 
 
 def main(argv):
