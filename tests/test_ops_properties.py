@@ -40,7 +40,7 @@ def graph_nodes(outs):
 
 
 def holds_saved(node):
-    """True while a node still keeps arrays saved for its backward."""
+    """True while a node still keeps arrays saved for its backward (reads the engine's private slots)."""
     saved = node._saved
     out = node._out_data
     return (saved is not _RELEASED and len(saved) > 0) or (out is not None and out is not _RELEASED)
@@ -166,7 +166,8 @@ def test_op_on_device(spec, device, data):
             if a is not None:
                 assert a.dtype == b.dtype and a.shape == b.shape, \
                     f"{what} {k}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=f"{what} {k} on {device}")
+                # a real GPU may sum in another order: float64 round-off only
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{what} {k} on {device}")
 
 
 # ---- non-differentiable ops ------------------------------------------------------------------------------------------
