@@ -486,3 +486,11 @@ def test_logsumexp_and_log_softmax_stable_at_extremes():
     assert np.isfinite(_np(ls)).all()
     np.testing.assert_allclose(_np(ls), rows - lse, rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(_np(x.grad), w - soft * w.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_empty_dim_tuple_reduces_every_axis_as_pytorch():
+    x = tg.tensor([[1.0, 2.0], [3.0, 5.0]], requires_grad=True)
+    assert x.sum(dim=()).item() == 11.0
+    assert x.amax(dim=()).item() == 5.0
+    x.sum(dim=()).backward()
+    assert x.grad.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]

@@ -12,9 +12,9 @@ ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 def normalize_dims(dim, ndim, op):
     """``dim`` as a sorted tuple of non-negative axes (all axes for None), or a clear error."""
-    if dim is None:
+    dims = (dim,) if isinstance(dim, int) or dim is None else tuple(dim)
+    if dim is None or not dims:  # None and () both mean every axis, as in PyTorch
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
     out = []
     for d in dims:
         if not isinstance(d, int) or not -builtins.max(ndim, 1) <= d < builtins.max(ndim, 1):
