@@ -1,0 +1,168 @@
+"""Time whole training steps with the fused kernels on and off (in one process, alternating).
+
+    python -m tinygen.kernels.step_bench                  # MLP GAN step at batch 64, Numba on vs off
+    python -m tinygen.kernels.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
+    python -m tinygen.kernels.step_bench --profile        # cProfile of the step (kernels on), top functions
+
+The models are built from tinygen.nn only: a DCGAN-style MLP GAN (G: 100-256-512-1024-784 with BatchNorm and
+LeakyReLU, tanh output; D: 784-512-256-1 with LeakyReLU; BCE with logits; Adam lr 2e-4, betas (0.5, 0.999)), and
+a classifier (784-512-256-10 with BatchNorm, ReLU, cross-entropy, SGD with momentum).
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def gan_step_fn(batch=64, seed=0):
+    import tinygen
+    from tinygen import nn
+    tinygen.manual_seed(seed)
+    g = nn.Sequential(nn.Linear(100, 256), nn.LeakyReLU(0.2),
+                      nn.Linear(256, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.2),
+                      nn.Linear(512, 1024), nn.BatchNorm1d(1024), nn.LeakyReLU(0.2),
+                      nn.Linear(1024, 784), nn.Tanh())
+    d = nn.Sequential(nn.Linear(784, 512), nn.LeakyReLU(0.2),
+                      nn.Linear(512, 256), nn.LeakyReLU(0.2),
+                      nn.Linear(256, 1))
+    opt_g = tinygen.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = tinygen.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(seed)
+    real = tinygen.tensor(rng.uniform(-1, 1, (batch, 784)).astype(np.float32))
+    ones, zeros = tinygen.ones(batch, 1), tinygen.zeros(batch, 1)
+
+    def step():
+        z = tinygen.randn(batch, 100)
+        fake = g(z)
+        opt_d.zero_grad()
+        loss_d = loss_fn(d(real), ones) + loss_fn(d(fake.detach()), zeros)
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        loss_g = loss_fn(d(fake), ones)
+        loss_g.backward()
+        opt_g.step()
+        return float(loss_d.item()) + float(loss_g.item())
+    return step
+
+
+def mlp_step_fn(batch=64, seed=0):
+    import tinygen
+    from tinygen import nn
+    tinygen.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(784, 512), nn.BatchNorm1d(512), nn.ReLU(),
+                        nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(),
+                        nn.Linear(256, 10))
+    opt = tinygen.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(seed)
+    x = tinygen.tensor(rng.random((batch, 784)).astype(np.float32))
+    y = tinygen.tensor(rng.integers(0, 10, batch))
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss.item())
+    return step
+
+
+MODELS = {"gan": gan_step_fn, "mlp": mlp_step_fn}
+
+
+def compare(model="gan", batch=64, steps=30, rounds=5):
+    """Seconds per step in each round, kernels off and on, measured in alternating rounds (fair on a busy
+    machine)."""
+    from tinygen import kernels
+    step = MODELS[model](batch)
+    times = {False: [], True: []}
+    for flag in (False, True):  # warm up both paths (and compile / load the kernels)
+        with kernels.enabled_as(flag):
+            for _ in range(3):
+                step()
+    for _ in range(rounds):
+        for flag in (False, True):
+            with kernels.enabled_as(flag):
+                t0 = time.process_time()
+                for _ in range(steps):
+                    step()
+                times[flag].append((time.process_time() - t0) / steps)
+    return times[False], times[True]
+
+
+def _category(filename, line, name):
+    """Where a function's own time goes, for the summary of --profile."""
+    f = filename.replace("\\", "/")
+    if (f.endswith("ops/linalg.py") and name == "forward") or (f.endswith("nn/functional.py") and line < 80
+                                                             and name == "forward"):
+        return "BLAS (matmul; linear = matmul + bias add)"
+    if f.endswith("/tinygen/kernels/cpu.py"):
+        return "fused kernels (Numba, with their NumPy exp calls)"
+    if "/tinygen/optim/" in f:
+        return "optimizer array code"
+    if "/tinygen/" in f and name in ("forward", "backward", "_adam_update", "_sgd_update", "lerp_") or \
+            "numpy" in f or name.startswith("<method") or name.startswith("<built-in method numpy"):
+        return "array code of the ops (elementwise, reductions)"
+    return "Python: autograd, modules, dispatch"
+
+
+def profile(model="gan", batch=64, steps=50, top=25):
+    """cProfile of ``steps`` steps: the top functions by own time, then own time summed by category."""
+    import cProfile
+    import pstats
+    step = MODELS[model](batch)
+    for _ in range(3):
+        step()
+    pr = cProfile.Profile(time.process_time)  # CPU time: other programs on the machine do not count
+    pr.enable()
+    for _ in range(steps):
+        step()
+    pr.disable()
+    stats = pstats.Stats(pr)
+    stats.sort_stats("tottime").print_stats(top)
+    totals = {}
+    for (filename, line, name), (_, _, tottime, _, _) in stats.stats.items():
+        key = _category(filename, line, name)
+        totals[key] = totals.get(key, 0.0) + tottime
+    whole = sum(totals.values())
+    print(f"own CPU time per step by category ({steps} steps, {whole / steps * 1e3:.1f} ms per step under "
+          f"cProfile):")
+    for key, t in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {key:48s} {t / steps * 1e3:7.2f} ms  {100 * t / whole:5.1f}%")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tinygen.kernels.step_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gan", choices=sorted(MODELS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="cProfile the step (kernels as the environment says)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS and Numba threads (default 1: stable timings; extra threads only help large BLAS "
+                         "calls on an idle machine)")
+    args = ap.parse_args(argv)
+    from tinygen import kernels
+    kernels.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.model, args.batch)
+        return 0
+    if not kernels.enabled():
+        print("the Numba kernels are off (numba missing or TINYGEN_NUMBA=0): nothing to compare")
+        return 1
+    off, on = compare(args.model, args.batch, args.steps, args.rounds)
+    print(f"{args.model} step, batch {args.batch}, {args.threads} thread(s), process CPU time per step over "
+          f"{args.rounds} alternating rounds of {args.steps} steps")
+    print(f"{'':14s}{'median ms':>10s}{'min ms':>10s}")
+    for label, t in (("kernels off", off), ("kernels on", on)):
+        print(f"  {label:12s}{statistics.median(t) * 1e3:10.2f}{min(t) * 1e3:10.2f}")
+    print(f"  {'speedup':12s}{statistics.median(off) / statistics.median(on):9.2f}x{min(off) / min(on):9.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
