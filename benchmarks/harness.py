@@ -527,7 +527,8 @@ def markdown(results):
                              f"x{p.get('num_threads')}".replace("  ", " ") for p in pools)
             vers = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
             blas.append(f"- {fw}: {vers}; thread pools: {desc or 'none'}"
-                        + (f"; torch threads {info['torch_threads']}" if "torch_threads" in info else ""))
+                        + (f"; torch threads {info['torch_threads']}, its BLAS {info.get('torch_blas')}, "
+                           f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else ""))
         elif info.get("status"):
             blas.append(f"- {fw}: {info['status']}")
     lines += blas
@@ -540,6 +541,12 @@ def markdown(results):
             sizes = ", ".join(f"{r['n']}: {r['gflops']:.0f}" for r in g["sizes"])
             lines += [f"Measured sgemm peak (NumPy float32, {args['threads']} threads): "
                       f"**{g['peak_gflops']:.0f} GFLOP/s** (by size n: {sizes})", ""]
+        gt = results.get("gemm_torch") or {}
+        if gt.get("status") == "ok":
+            blas = env["frameworks"].get("torch", {}).get("torch_blas", "?")
+            sizes = ", ".join(f"{r['n']}: {r['gflops']:.0f}" for r in gt["sizes"])
+            lines += [f"PyTorch's own BLAS ({blas}) on the same GEMMs: {gt['peak_gflops']:.0f} GFLOP/s "
+                      f"(by size n: {sizes}). tinygen's matmuls use NumPy's BLAS; JAX uses XLA's own CPU kernels.", ""]
 
     lines += headline(results)
 
@@ -749,6 +756,12 @@ def main(argv=None):
             results["gemm"] = {"status": _status(reply), **reply.get("ok", {})}
             if "ok" in reply:
                 log(f"sgemm     peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
+            if "torch" in args.frameworks and cases:  # PyTorch's own BLAS, for comparison
+                w = pool.get("torch")
+                reply = w.request("gemm", timeout=300, sizes=st.gemm_sizes) if _status(w.hello) == "ok" else w.hello
+                results["gemm_torch"] = {"status": _status(reply), **reply.get("ok", {})}
+                if "ok" in reply:
+                    log(f"sgemm     torch peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
         if "dispatch" in args.models:
             results["dispatch"] = run_dispatch(pool, args.frameworks, st)
             failures += [f"dispatch {k}: {v['status']}" for k, v in results["dispatch"].items()

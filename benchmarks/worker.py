@@ -109,6 +109,11 @@ class Worker:
             import torch
             info["torch_threads"] = torch.get_num_threads()
             info["torch_interop_threads"] = torch.get_num_interop_threads()
+            config = torch.__config__.show()
+            info["torch_blas"] = next((part.split("=", 1)[1] for part in config.replace(",", " ").split()
+                                       if part.startswith("BLAS_INFO=")), "?")
+            info["torch_cpu_capability"] = next((line.split(":", 1)[1].strip() for line in config.splitlines()
+                                                 if "CPU capability" in line), "?")
         if self.framework.startswith("tinygen") and not self.unavailable:
             from .models_tinygen import numba_status
             info["tinygen_numba"] = numba_status()[1]
@@ -183,19 +188,29 @@ class Worker:
         return res if self.spec["dispatch"] == "jax" else {self.framework: res}
 
     def cmd_gemm(self, sizes, min_s=0.2):
-        """float32 GEMM throughput with NumPy's BLAS at the pinned thread count: the machine's usable peak."""
+        """float32 GEMM throughput at the pinned thread count: NumPy's BLAS (the machine's usable peak), or in a
+        PyTorch worker PyTorch's own BLAS (MKL in the x86 wheels), which its Linear layers use."""
         import numpy as np
         rng = np.random.default_rng(0)
         out = []
         for n in sizes:
             a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
             c = np.empty((n, n), np.float32)
-            np.matmul(a, b, out=c)
+            if self.spec["module"] == "models_torch":
+                import torch
+                a, b, c = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+
+                def mm():
+                    torch.mm(a, b, out=c)
+            else:
+                def mm():
+                    np.matmul(a, b, out=c)
+            mm()
             times = []
             t_end = time.perf_counter() + min_s
             while len(times) < 3 or time.perf_counter() < t_end:
                 t0 = time.perf_counter()
-                np.matmul(a, b, out=c)
+                mm()
                 times.append(time.perf_counter() - t0)
             best = min(times)
             out.append({"n": n, "best_s": best, "runs": len(times), "gflops": 2 * n ** 3 / best / 1e9})
