@@ -711,8 +711,8 @@ def draw_chart(results, path):
         ax.set_ylabel("samples/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Training throughput, {results['options']['threads']} threads — {results['environment']['cpu_model']}",
-                 fontsize=10)
+    threads, cpu = results["options"]["threads"], results["environment"]["cpu_model"]
+    fig.suptitle(f"Training throughput, {threads} threads — {cpu}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -6,7 +6,7 @@ overhead. Weights are kept transposed, (in, out), so every forward GEMM is x @ W
 import numpy as np
 
 from .specs import (ADAM_EPS, BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY,
-                    MLP_LAYERS, VAE_LATENT, VAE_LAYERS)
+                    MLP_LAYERS, VAE_LAYERS)
 
 f32 = np.float32
 
