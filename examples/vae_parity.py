@@ -28,6 +28,10 @@ def parse():
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--skip-tinygen", action="store_true")
+    p.add_argument("--timing-rounds", type=int, default=0,
+                   help="also time training steps interleaved (R rounds of S steps each, alternating tinygen and "
+                        "PyTorch), so both see the same machine load")
+    p.add_argument("--timing-steps", type=int, default=50)
     return p.parse_args()
 
 
@@ -71,6 +75,16 @@ def main():
         results["torch"] = train_torch(torch, init, order_loader, train_x, test_x, cfg)
         results["torch_version"] = torch.__version__
 
+    if args.timing_rounds > 0:
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"== interleaved timing: {args.timing_rounds} rounds of {args.timing_steps} steps ==", flush=True)
+        results["interleaved"] = interleaved_timing(torch, init, cfg, train_x, args.timing_rounds, args.timing_steps)
+        t = results["interleaved"]
+        print(f"median seconds per epoch ({t['steps_per_epoch']} steps): tinygen {t['tinygen_epoch_s']:.2f}, "
+              f"torch {t['torch_epoch_s']:.2f} (ratio {t['tinygen_epoch_s'] / t['torch_epoch_s']:.2f})")
+
     if "tinygen" in results and "torch" in results:
         a, b = results["tinygen"]["test_loss"][-1], results["torch"]["test_loss"][-1]
         results["final_difference"] = a - b
@@ -84,7 +98,8 @@ def main():
     return 0
 
 
-def train_torch(torch, init, order_loader, train_x, test_x, cfg):
+def torch_model(torch, init):
+    """PyTorch's example VAE with tinygen's initial weights ``init`` (a dict of arrays); returns (model, loss_terms)."""
     nn, F = torch.nn, torch.nn.functional
 
     class TorchVAE(nn.Module):  # the layers of PyTorch's example, named as tinygen's VAE names them
@@ -108,13 +123,72 @@ def train_torch(torch, init, order_loader, train_x, test_x, cfg):
         kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         return bce, kld
 
-    torch.manual_seed(cfg["seed"])
     model = TorchVAE()
     names = {"enc": "encoder.0", "dec": "decoder.0", "fc_mu": "fc_mu", "fc_logvar": "fc_logvar", "fc_out": "fc_out"}
     with torch.no_grad():
         for key, p in model.state_dict().items():
             mod, what = key.rsplit(".", 1)
             p.copy_(torch.from_numpy(init[f"{names[mod]}.{what}"]))
+    return model, loss_terms
+
+
+def interleaved_timing(torch, init, cfg, train_x, rounds, steps):
+    """Seconds per training step of each framework, measured in alternating chunks of ``steps`` steps (one
+    warm-up chunk each first); the median chunk, scaled to one epoch, is reported."""
+    import numpy as np
+
+    import tinygen
+    from tinygen.models import vae
+
+    bs = cfg["batch_size"]
+    rng = np.random.default_rng(0)
+    tinygen.manual_seed(cfg["seed"])
+    tg_model = vae.build_model(cfg)
+    tg_model.load_state_dict(init)
+    tg_opt = tinygen.optim.Adam(tg_model.parameters(), lr=cfg["lr"])
+    th_model, th_loss = torch_model(torch, init)
+    th_opt = torch.optim.Adam(th_model.parameters(), lr=cfg["lr"])
+    xt = torch.from_numpy(train_x)
+
+    def tg_chunk(idx):
+        t0 = time.perf_counter()
+        for b in idx:
+            x = tinygen.from_numpy(train_x[b])
+            recon, kl = vae.elbo_terms(tg_model, x)
+            loss = recon + kl
+            tg_opt.zero_grad()
+            loss.backward()
+            tg_opt.step()
+            loss.item()
+        return time.perf_counter() - t0
+
+    def th_chunk(idx):
+        t0 = time.perf_counter()
+        for b in idx:
+            x = xt[torch.from_numpy(b)]
+            bce, kld = th_loss(th_model, x)
+            loss = bce + kld
+            th_opt.zero_grad()
+            loss.backward()
+            th_opt.step()
+            loss.item()
+        return time.perf_counter() - t0
+
+    tg, th = [], []
+    for r in range(rounds + 1):
+        idx = [rng.choice(len(train_x), bs, replace=False) for _ in range(steps)]
+        a, b = tg_chunk(idx), th_chunk(idx)
+        if r:  # round 0 warms up
+            tg.append(a / steps)
+            th.append(b / steps)
+    per_epoch = -(-len(train_x) // bs)
+    return {"steps_per_epoch": per_epoch, "tinygen_step_s": tg, "torch_step_s": th,
+            "tinygen_epoch_s": float(np.median(tg)) * per_epoch, "torch_epoch_s": float(np.median(th)) * per_epoch}
+
+
+def train_torch(torch, init, order_loader, train_x, test_x, cfg):
+    torch.manual_seed(cfg["seed"])
+    model, loss_terms = torch_model(torch, init)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     xt, xtest = torch.from_numpy(train_x), torch.from_numpy(test_x)
     bs = cfg["batch_size"]
