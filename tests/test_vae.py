@@ -290,3 +290,35 @@ def test_missing_data_folder_is_named(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="train"):
         vae.train_vae(data=str(empty), epochs=1, quiet=True)
+
+
+def test_the_tinygen_command_trains_evaluates_and_samples(tmp_path, capsys):
+    import json
+    import shutil
+
+    from tinygen import cli
+    from tinygen.data import BUNDLED_DIR
+    data = tmp_path / "mnist"  # the bundled test split standing in for the training split too
+    data.mkdir()
+    for name in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"):
+        shutil.copy(BUNDLED_DIR / f"t10k-{name}", data / f"t10k-{name}")
+        shutil.copy(BUNDLED_DIR / f"t10k-{name}", data / f"train-{name}")
+    out = tmp_path / "run"
+    common = ["--hidden", "16", "--latent", "2", "--batch-size", "500", "--data", str(data), "--out", str(out),
+              "--quiet"]
+    assert cli.main(["train", "vae", "--epochs", "1"] + common) == 0
+    assert cli.main(["train", "vae", "--epochs", "2", "--resume"] + common) == 0
+    assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "checkpoint.npz"), "--iwae-k", "10", "--iwae-images", "5", "--json",
+                     "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["epochs_trained"] == 2 and math.isfinite(metrics["test_loss"]) and metrics["iwae_k"] == 10
+    assert cli.main(["sample", str(out / "checkpoint.npz"), "--n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG_SIGNATURE
+    # errors reach the user as one line naming the problem, exit status 2
+    assert cli.main(["train", "vae", "--epochs", "1", "--data", str(tmp_path / "nowhere"), "--out",
+                     str(tmp_path / "x")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli.main(["train", "vae", "--epochs", "1"] + common) == 2  # the run exists: --resume or a new --out
+    assert "--resume" in capsys.readouterr().err
