@@ -43,7 +43,7 @@ def main():
     import numpy as np
 
     import tinygen
-    from tinygen.data import DataLoader, mnist
+    from tinygen.data import DataLoader
     from tinygen.models import vae
 
     cfg = vae.make_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -19,8 +19,8 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(digits, tmp_path_factory):
     path = tmp_path_factory.mktemp("cache") / C.CACHE_FILE
-    model, acc = C.train_classifier(epochs=2, hidden=[128], dropout=0.1, batch_size=50, train_set=digits[0], test_set=digits[1],
-                                    save=path, quiet=True)
+    model, acc = C.train_classifier(epochs=2, hidden=[128], dropout=0.1, batch_size=50, train_set=digits[0],
+                                    test_set=digits[1], save=path, quiet=True)
     return model, acc, path
 
 

@@ -52,7 +52,7 @@ def test_label_errors_name_the_problem():
         metrics.class_kl(np.zeros((2, 3, 4)))
 
 
-# ---- Fréchet distance ------------------------------------------------------------------------------------------------
+# ---- Fréchet distance -----------------------------------------------------------------------------------------------
 def test_frechet_of_identical_sets_is_zero():
     f = np.random.default_rng(0).normal(size=(500, 16))
     assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-8)
@@ -153,7 +153,8 @@ def small_classifier():
     from tinygen.data import mnist
     from tinygen.models import classifier
     images, labels = mnist("test")
-    model, acc = classifier.train_classifier(epochs=3, hidden=[128], dropout=0.0, train_set=(images[:3000], labels[:3000]),
+    model, acc = classifier.train_classifier(epochs=3, hidden=[128], dropout=0.0,
+                                             train_set=(images[:3000], labels[:3000]),
                                              test_set=(images[3000:4000], labels[3000:4000]), quiet=True)
     assert acc > 0.85
     return model.eval(), images, labels

@@ -120,7 +120,7 @@ def inception_score(probs, eps=1e-12):
     return float(math.exp(kl.mean()))
 
 
-# ---- with the classifier ----------------------------------------------------------------------------------------------
+# ---- with the classifier ---------------------------------------------------------------------------------------------
 def to_classifier_input(images, value_range=(0.0, 1.0)):
     """Images as float32 (N, 784) in [0, 1]: from (N, 28, 28), (N, 1, 28, 28) or (N, 784); uint8 as 0..255, floats
     mapped from ``value_range`` (e.g. (-1, 1) for a tanh generator) and clipped."""

@@ -242,11 +242,12 @@ def add_arguments(p):
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden layer widths")
     p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA)")
+    p.add_argument("--data", default=None, help="MNIST folder; $TINYGEN_DATA when not given")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="folder for per-epoch checkpoints and metrics.jsonl (optional)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--save", default=None, help=f"final model file (default: $TINYGEN_CACHE/{CACHE_FILE})")
+    p.add_argument("--save", default=None,
+                   help=f"final model file; $TINYGEN_CACHE/{CACHE_FILE} (or ~/.cache/tinygen/) when not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

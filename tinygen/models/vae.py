@@ -28,7 +28,6 @@ log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), which tightens a
     tinygen sample runs/vae/checkpoint.npz --n 64 --out samples.png
 """
 import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -563,7 +562,7 @@ def add_arguments(p):
     p.add_argument("--label-embedding", default=DEFAULTS["label_embedding"], choices=LABEL_EMBEDDINGS,
                    help="how a CVAE feeds the label: one-hot vector or a learned nn.Embedding")
     p.add_argument("--label-dim", type=int, default=DEFAULTS["label_dim"], help="size of the label embedding")
-    p.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA)")
+    p.add_argument("--data", default=None, help="MNIST folder; $TINYGEN_DATA when not given")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
