@@ -6,7 +6,7 @@
 
 The cache is ``$TINYGEN_CACHE/mnist_classifier.npz`` (default ``~/.cache/tinygen/``), a checkpoint that records
 its test accuracy; ``tinygen train classifier`` (re)builds it and ``tinygen eval`` on it re-measures the accuracy.
-Training takes a couple of minutes on a laptop CPU and reaches about 98.3% test accuracy.
+Training (8 epochs) takes two to three minutes on a 2-core CPU and reached 98.5% test accuracy.
 """
 import json
 import os

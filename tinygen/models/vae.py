@@ -601,7 +601,8 @@ def evaluate_checkpoint(ckpt, args):
     """Test ELBO terms over the 10,000 test images and the IWAE-k bound on the first ``--iwae-images``.
 
     ``test_loss`` is the negative ELBO per test image (one z sample each), ``iwae_nll`` the negative IWAE bound
-    (an upper bound on the test negative log-likelihood, tighter than test_loss), all in nats.
+    (an upper bound on the test negative log-likelihood, tighter than test_loss), all in nats. ``iwae_nll_stderr``
+    is the standard error of that mean over the images (how much it would move with other test images).
     """
     model = model_from_checkpoint(ckpt, args.device)
     cfg = make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS})
