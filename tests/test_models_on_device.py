@@ -485,3 +485,34 @@ def test_device_generator_draws_on_the_device(cuda):
     a = host(tinygen.randn(8, device=cuda))
     tinygen.manual_seed(3)
     np.testing.assert_array_equal(a, host(tinygen.randn(8, device=cuda)))  # reproducible from the seed
+
+
+# ---- the GPU check's scripts (benchmarks/gpu_throughput.py, benchmarks/gpu_check.sh) -------------------------------
+def test_gpu_throughput_script_runs(cuda, tmp_path, capsys):
+    # without a GPU "cuda" is the stand-in here, so this checks the script's flow; tinygen only, against the CPU
+    from benchmarks import gpu_throughput
+    rc = gpu_throughput.main(["--dry-run", "--models", "vae", "--batch-sizes", "4", "--frameworks", "tinygen",
+                              "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    result = json.loads((tmp_path / "gpu_throughput.json").read_text())
+    assert result["checks"]["vae"]["ok"] and result["checks"]["vae"]["against"] == "tinygen-cpu"
+    (row,) = result["rows"]
+    assert row["batch"] == 4 and row["results"]["tinygen"]["samples_per_s"] > 0
+    assert "| vae | 4 |" in (tmp_path / "gpu_throughput.md").read_text()
+    with pytest.raises(SystemExit):
+        gpu_throughput.main(["--models", "resnet"])
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_gpu_check_script_parses():
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    usage = subprocess.run(["bash", str(script), "--help"], check=True, capture_output=True, text=True).stdout
+    assert "--standin" in usage and "throughput" in usage
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The GPU check, one command for a machine with an NVIDIA GPU and CuPy, PyTorch and Numba installed (no network
+# needed); it finishes in under five minutes:
+#
+#     bash benchmarks/gpu_check.sh              # from anywhere; results in $OUT, else ./gpu-check-out
+#     bash benchmarks/gpu_check.sh --standin    # no GPU: the same steps on the CPU stand-in for CuPy (a dry run)
+#
+# Steps, each with a time bound, its output in $OUT/<step>.log:
+#   env         the GPU (nvidia-smi -L) and the versions of Python, NumPy, CuPy, PyTorch, Numba, tinygen
+#   tests       the test suite's device tests ("device or cuda") on real CuPy: the `device` fixture and the
+#               whole-model tests (tests/test_models_on_device.py) use the GPU when CuPy finds one
+#   gan-mnist   `tinygen train gan --device cuda` (PyTorch-GAN preset, a few hundred steps), then `tinygen sample`
+#   gan-ring    `tinygen train gan --data ring --loss wgan-gp --device cuda` (double backward on the GPU), `eval`
+#   vae         `tinygen train vae --device cuda --epochs 1`, then `tinygen eval` (ELBO and IWAE bound)
+#   throughput  benchmarks/gpu_throughput.py: VAE and PyTorch-GAN steps at batch 64/256/1024, tinygen on CuPy
+#               against PyTorch on CUDA, after a check that both compute the same losses
+# MNIST: $TINYGEN_DATA, else ../shared/data/mnist beside the checkout; without the training set the GAN uses the
+# bundled test split and the VAE a folder that serves the bundled test split as its training set (smoke runs).
+# Prints a summary; exits 1 if any step failed or timed out, 2 if there is no GPU (without --standin).
+set -u
+
+STANDIN=0
+for arg in "$@"; do
+    case "$arg" in
+        --standin) STANDIN=1 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$arg' (expected --standin or --help)" >&2; exit 2 ;;
+    esac
+done
+
+OUT="${OUT:-./gpu-check-out}"
+mkdir -p "$OUT" || { echo "gpu_check.sh: cannot create the output folder '$OUT'" >&2; exit 2; }
+OUT="$(cd "$OUT" && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 2
+PY="${PYTHON:-python}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export CI=1                         # hypothesis: the bounded "ci" profile
+export MPLBACKEND=Agg
+export TINYGEN_CACHE="$OUT/cache"   # no cached classifier from elsewhere: the runs depend on nothing outside
+export PYTHONWARNINGS="${PYTHONWARNINGS:-default}"
+if [ "$STANDIN" = 1 ]; then
+    export TINYGEN_CUDA_STANDIN=1
+fi
+
+DEADLINE="${GPU_CHECK_SECONDS:-270}"  # for all steps; leaves room for the kill grace and the summary
+START=$SECONDS
+STEP_END=0
+STEPS=()
+RESULTS=()
+FAILED=0
+GAN_STEPS=300; RING_STEPS=60
+if [ "$STANDIN" = 1 ]; then
+    GAN_STEPS=20; RING_STEPS=6    # the CPU is no GPU: a dry run checks the flow, not the speed
+fi
+
+# step NAME RESERVE COMMAND...: run COMMAND (a function or a program) with the time left less RESERVE (seconds kept
+# for the later steps) as its deadline, its output shown and written to $OUT/NAME.log.
+step() {
+    local name=$1 reserve=$2
+    shift 2
+    local limit=$(( DEADLINE - (SECONDS - START) - reserve ))
+    STEPS+=("$name")
+    if (( limit < 5 )); then
+        echo "=== $name: SKIPPED, no time left"
+        RESULTS+=("SKIPPED (no time left)")
+        FAILED=1
+        return 1
+    fi
+    echo
+    echo "=== $name (at most ${limit}s)"
+    local t0=$SECONDS
+    STEP_END=$(( SECONDS + limit ))
+    "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    local took=$(( SECONDS - t0 ))
+    if (( rc == 0 )); then
+        RESULTS+=("ok (${took}s)")
+    elif (( rc == 124 || rc == 137 )); then
+        RESULTS+=("TIMED OUT after ${took}s (limit ${limit}s)")
+        FAILED=1
+    else
+        RESULTS+=("FAILED, exit code $rc (${took}s)")
+        FAILED=1
+    fi
+    return $rc
+}
+
+# bounded COMMAND...: run a program until the current step's deadline: SIGINT then (pytest prints what it has so
+# far), SIGKILL 10 s later; exit code 124 when the time ran out.
+bounded() {
+    local left=$(( STEP_END - SECONDS ))
+    if (( left < 1 )); then
+        echo "no time left for: $*"
+        return 124
+    fi
+    echo "\$ $(printf '%q ' "$@")"
+    timeout -s INT -k 10 "$left" "$@"
+}
+
+# ---- the GPU and the versions ----------------------------------------------------------------------------------------
+env_report() {
+    if [ "$STANDIN" = 1 ]; then
+        echo "GPU: none asked for (--standin: device 'cuda' is the CPU stand-in for CuPy)"
+    elif command -v nvidia-smi > /dev/null; then
+        bounded nvidia-smi -L || return 1
+        bounded nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
+    else
+        echo "nvidia-smi not found"
+    fi
+    bounded "$PY" - <<'EOF'
+import importlib, platform, sys
+print(f"python {platform.python_version()} ({sys.executable})")
+for name in ("numpy", "cupy", "torch", "numba", "tinygen"):
+    try:
+        m = importlib.import_module(name)
+        print(f"{name} {getattr(m, '__version__', '?')}")
+    except Exception as e:
+        print(f"{name}: not importable ({type(e).__name__}: {e})")
+from tinygen import backend
+try:
+    xp = backend.array_module("cuda")
+except RuntimeError as e:
+    sys.exit(f"tinygen device 'cuda': {e}")
+if xp is backend.standin:
+    print("tinygen device 'cuda': the CPU stand-in for CuPy")
+else:
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print(f"tinygen device 'cuda': CuPy on {name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CUDA runtime "
+          f"{cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}")
+try:
+    import torch
+    print(f"torch.cuda.is_available(): {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda})" if torch.cuda.is_available() else ""))
+except ImportError:
+    pass
+EOF
+}
+
+echo "tinygen GPU check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), output in $OUT"
+if ! step env 240 env_report; then
+    if [ "$STANDIN" = 0 ]; then
+        echo
+        echo "gpu_check.sh: no usable GPU for tinygen (see above); run with --standin for a dry run without one" >&2
+        exit 2
+    fi
+fi
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+DATA=""
+for d in "${TINYGEN_DATA:-}" "$ROOT/../shared/data/mnist"; do
+    if [ -n "$d" ] && { [ -e "$d/train-images-idx3-ubyte.gz" ] || [ -e "$d/train-images-idx3-ubyte" ]; }; then
+        DATA="$(cd "$d" && pwd)"
+        break
+    fi
+done
+if [ -n "$DATA" ]; then
+    GAN_DATA=(--data "$DATA")
+    VAE_DATA="$DATA"
+    echo "MNIST: the full training set in $DATA"
+else
+    # The bundled test split, linked under the training set's names: the VAE trains and tests on it (a smoke run).
+    VAE_DATA="$OUT/mnist-bundled-test-as-train"
+    mkdir -p "$VAE_DATA"
+    BUNDLED="$ROOT/tinygen/data/files"
+    for kind in images-idx3 labels-idx1; do
+        ln -sf "$BUNDLED/t10k-$kind-ubyte.gz" "$VAE_DATA/train-$kind-ubyte.gz"
+        ln -sf "$BUNDLED/t10k-$kind-ubyte.gz" "$VAE_DATA/t10k-$kind-ubyte.gz"
+    done
+    GAN_DATA=()
+    echo "MNIST: no training set found (\$TINYGEN_DATA, ../shared/data/mnist); the GAN and VAE train on the bundled" \
+         "10,000-image test split (smoke runs, not results)"
+fi
+
+# ---- the test suite's device tests -----------------------------------------------------------------------------------
+step tests 135 bounded "$PY" -m pytest -q -k "device or cuda" -p no:cacheprovider --maxfail=25 \
+    --junitxml="$OUT/tests.xml" tests
+
+# ---- short trainings through the command line ------------------------------------------------------------------------
+rm -rf "$OUT/gan-mnist" "$OUT/gan-ring" "$OUT/vae"
+gan_mnist() {
+    bounded "$PY" -m tinygen train gan --device cuda --preset pytorch-gan --steps "$GAN_STEPS" --n-train 6400 \
+        --eval-samples 500 --log-every 50 --out "$OUT/gan-mnist" --quiet "${GAN_DATA[@]}" &&
+    bounded "$PY" -m tinygen sample "$OUT/gan-mnist/checkpoint.npz" --n 64 --device cuda \
+        --out "$OUT/gan-mnist/cli_samples.png"
+}
+step gan-mnist 100 gan_mnist
+
+gan_ring() {
+    bounded "$PY" -m tinygen train gan --device cuda --data ring --loss wgan-gp --steps "$RING_STEPS" \
+        --eval-samples 1000 --out "$OUT/gan-ring" --quiet &&
+    bounded "$PY" -m tinygen eval "$OUT/gan-ring/checkpoint.npz" --json --n 2000 --device cuda
+}
+step gan-ring 75 gan_ring
+
+vae() {
+    bounded "$PY" -m tinygen train vae --device cuda --epochs 1 --batch-size 128 --data "$VAE_DATA" \
+        --out "$OUT/vae" --quiet &&
+    bounded "$PY" -m tinygen eval "$OUT/vae/checkpoint.npz" --json --iwae-k 100 --iwae-images 100 --device cuda \
+        --data "$VAE_DATA" &&
+    bounded "$PY" -m tinygen sample "$OUT/vae/checkpoint.npz" --n 64 --device cuda --out "$OUT/vae/cli_samples.png"
+}
+step vae 50 vae
+
+# ---- throughput: tinygen on CuPy against PyTorch on CUDA -------------------------------------------------------------
+THROUGHPUT_ARGS=(--out "$OUT" --seconds 0.3 --repeats 3 --warmup 5 --require-gpu)
+if [ "$STANDIN" = 1 ]; then
+    THROUGHPUT_ARGS=(--out "$OUT" --dry-run)
+fi
+step throughput 0 bounded "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT_ARGS[@]}"
+
+# ---- summary ---------------------------------------------------------------------------------------------------------
+{
+    echo
+    echo "==================== tinygen GPU check: summary ($(( SECONDS - START ))s) ===================="
+    [ "$STANDIN" = 1 ] && echo "(--standin: no GPU; device 'cuda' was the CPU stand-in for CuPy)"
+    grep -m1 -E "^GPU [0-9]+:" "$OUT/env.log" 2> /dev/null
+    grep -E "^(cupy|torch|tinygen) " "$OUT/env.log" 2> /dev/null | tr '\n' ' '
+    echo
+    for i in "${!STEPS[@]}"; do
+        printf '  %-11s %s\n' "${STEPS[$i]}" "${RESULTS[$i]}"
+    done
+    echo
+    [ -f "$OUT/tests.log" ] && echo "tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -1)"
+    [ -f "$OUT/gan-mnist/metrics.jsonl" ] && echo "gan-mnist, last epoch: $(tail -1 "$OUT/gan-mnist/metrics.jsonl")"
+    [ -f "$OUT/gan-ring.log" ] && echo "gan-ring eval: $(grep -E '^\{' "$OUT/gan-ring.log" | tail -1)"
+    [ -f "$OUT/vae/metrics.jsonl" ] && echo "vae, epoch 1: $(tail -1 "$OUT/vae/metrics.jsonl")"
+    if [ -f "$OUT/gpu_throughput.md" ]; then
+        echo
+        cat "$OUT/gpu_throughput.md"
+    fi
+    echo
+    if [ "$FAILED" = 0 ]; then
+        echo "RESULT: all steps passed; outputs in $OUT"
+    else
+        echo "RESULT: FAILED (see the steps above and their logs in $OUT)"
+    fi
+} | tee "$OUT/summary.txt"
+exit "$FAILED"
