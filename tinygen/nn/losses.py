@@ -219,7 +219,8 @@ class BCEWithLogitsFunction(Function):
                                          None if pos_weight is None else pos_weight.data, reduction,
                                          x.requires_grad)
             return loss
-        sp_neg = xp.logaddexp(z.dtype.type(0), -z)  # softplus(-z) = -log(sigmoid(z)), finite at any z
+        # softplus(-z) = -log(sigmoid(z)), finite at any z; several times faster than NumPy's logaddexp
+        sp_neg = xp.maximum(-z, 0) + xp.log1p(xp.exp(-abs(z)))
         if pos_weight is None:
             loss = (1 - y) * z + sp_neg
         else:

@@ -207,7 +207,7 @@ class Softplus(Function):
         if k is not None:
             return k(d, beta, threshold)
         bx = d * d.dtype.type(beta)
-        soft = xp.logaddexp(d.dtype.type(0), bx) / d.dtype.type(beta)  # log(1 + e^bx) without overflow
+        soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-abs(bx)))) / d.dtype.type(beta)  # log(1 + e^bx), no overflow
         return xp.where(bx > threshold, d, soft)
 
     @staticmethod
