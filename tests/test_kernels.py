@@ -934,3 +934,16 @@ def test_losses_double_backward_with_kernels(index):
     import tinygen
     label, _, x, fn = _loss_cases()[index]
     assert tinygen.gradgradcheck(fn, (tinygen.tensor(x, requires_grad=True),)), label
+
+
+def test_this_module_passes_without_numba():
+    """The whole module again in a fresh interpreter where numba cannot be imported: the reference and CuPy tests
+    pass, the Numba ones skip with their reason."""
+    code = ("import sys\n"
+            "sys.modules['numba'] = None\n"
+            "import pytest\n"
+            f"sys.exit(pytest.main([{os.path.abspath(__file__)!r}, '-q', '-x', '-p', 'no:cacheprovider', "
+            "'-k', 'not without_numba and not environment_switch']))\n")
+    out = _python(code, CI="1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and "skipped" in out.stdout
