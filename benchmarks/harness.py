@@ -687,8 +687,12 @@ def draw_chart(results, path):
     if not tp:
         return "no throughput results"
     cases = list(tp)
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 4), squeeze=False)
-    for ax, case in zip(axes[0], cases):
+    ncols = min(len(cases), 2)
+    nrows = (len(cases) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(cases):]:
+        ax.set_visible(False)
+    for ax, case in zip(axes.flat, cases):
         for fw in results["options"]["frameworks"]:
             pts = [(int(b), r[fw]["samples_per_s"]) for b, r in tp[case].items()
                    if fw in r and "samples_per_s" in r[fw]]
@@ -712,7 +716,7 @@ def draw_chart(results, path):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     threads, cpu = results["options"]["threads"], results["environment"]["cpu_model"]
-    fig.suptitle(f"Training throughput, {threads} threads — {cpu}", fontsize=10)
+    fig.suptitle(f"Training throughput, {threads} thread{'' if threads == 1 else 's'} — {cpu}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
