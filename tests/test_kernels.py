@@ -38,7 +38,7 @@ ACTS = (("relu", ()), ("leaky_relu", (0.2,)), ("tanh", ()), ("sigmoid", ()), ("e
 SAVES_INPUT = ("relu", "leaky_relu", "softplus")
 
 
-# ---- helpers -----------------------------------------------------------------------------------------------------
+# ---- shared test code ---------------------------------------------------------------------------------------------
 class Impl:
     """One implementation under test: its module and how arrays go in and out of it."""
 

@@ -9,8 +9,17 @@ The ops ask for a kernel with ``lookup(name, array)``, which returns a function,
 path. It returns a Numba kernel only for NumPy float32/float64 arrays while ``enabled()``, a CuPy kernel only for
 real CuPy arrays, and nothing for kernels that did not beat the plain code in ``python -m tinygen.kernels.bench``.
 
-    enabled()          Numba importable and the environment variable TINYGEN_NUMBA is not "0"
-    set_enabled(flag)  switch the Numba path on/off at run time (None: back to the environment's choice)
+    enabled()              Numba importable and the environment variable TINYGEN_NUMBA is not "0"
+    set_enabled(flag)      switch the Numba path on/off at run time (None: back to the environment's choice)
+    enabled_as(flag)       the same for a ``with`` block
+    lookup(name, array)    the kernel for this array, or None
+    module(device)         the kernel module a device uses now (cpu, gpu or reference)
+    set_num_threads(n)     Numba and BLAS threads (tinygen/threads.py); get_num_threads()
+
+Kernels are used in forward passes, in plain ``backward()`` passes and in optimizer steps. A backward that records
+a graph (``create_graph=True``) always runs the differentiable formulas in tinygen ops, so second derivatives are
+never computed by a kernel. Benchmarks: ``python -m tinygen.kernels.bench`` (each kernel) and
+``python -m tinygen.kernels.step_bench`` (whole training steps); results in PROFILE.md.
 """
 import contextlib
 import os
