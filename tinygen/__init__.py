@@ -17,6 +17,7 @@ from .ops import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_
                   unsqueeze, cat, concatenate, stack, split, chunk, matmul)
 from .random import manual_seed, randn, rand, randint, randperm, randn_like, rand_like, normal, bernoulli
 from .backend import is_available
+from .threads import set_num_threads, get_num_threads
 from . import viz
 from .serialization import save, load
 from . import nn, optim, data  # noqa: E402 - they build on everything above
