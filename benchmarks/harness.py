@@ -529,6 +529,9 @@ def markdown(results):
             blas.append(f"- {fw}: {vers}; thread pools: {desc or 'none'}"
                         + (f"; torch threads {info['torch_threads']}, its BLAS {info.get('torch_blas')}, "
                            f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else ""))
+        elif isinstance(pools, str):
+            vers = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
+            blas.append(f"- {fw}: {vers}; thread pools: unknown ({pools})")
         elif info.get("status"):
             blas.append(f"- {fw}: {info['status']}")
     lines += blas
@@ -819,13 +822,16 @@ def main(argv=None):
         f.write(md + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
+    chart = None
     if cases and not args.no_chart:
         why = draw_chart(results, os.path.join(args.out, "throughput.png"))
         if why:
             log(f"chart     not drawn: {why}")
+        else:
+            chart = "throughput.png"
     print(md)
     log(f"done in {results['elapsed_s']:.0f} s; results in {args.out}/results.md, results.json"
-        + ("" if args.no_chart or not cases else ", throughput.png"))
+        + (f", {chart}" if chart else ""))
     if failures:
         log("FAILED measurements:\n  " + "\n  ".join(failures))
         return 1
