@@ -748,7 +748,7 @@ def main(argv=None):
 
     def progress(case, batch, fw, res):
         done[0] += 1
-        text = _status(res) if res.get("status") != "ok" or "samples_per_s" not in res else (
+        text = res.get("status", "?") if res.get("status") != "ok" or "samples_per_s" not in res else (
             f"{res['samples_per_s']['median']:>10,.0f} samples/s (min {res['samples_per_s']['min']:,.0f}, "
             f"max {res['samples_per_s']['max']:,.0f}; {len(res['chunks'])} chunks of "
             f"{res['setup']['steps_per_chunk']} steps; first step {res['setup']['first_step_s']:.2f} s)")
