@@ -12,7 +12,8 @@ the initial weights come from the CPU stream in both, but the training noise com
 device's draws through the CPU generator (the ``host_draws`` fixture), which makes the draws identical and leaves
 only the arithmetic to compare: bit for bit on the stand-in (the same NumPy operations; the CPU side runs with the
 Numba kernels off, as the stand-in does), within float round-off on a GPU. Other tests keep the device's own
-generator and check shapes, finite values and exact resume.
+generator and check shapes, finite values and exact resume (expected to fail on a GPU, marked xfail there: CuPy's
+generator has no state that a checkpoint could save).
 """
 import contextlib
 import io
@@ -52,10 +53,6 @@ def on_standin():
     return backend.array_module("cuda") is backend.standin
 
 
-def _original_generator():
-    return _random.__dict__["generator"]
-
-
 class _HostDraws:
     """A device generator that draws from the CPU generator and copies the numbers over: a device run then draws
     exactly what the same CPU run draws (its state is the CPU generator's, so checkpoints and fork_rng agree)."""
@@ -74,7 +71,7 @@ class _HostDraws:
 
 @pytest.fixture
 def host_draws(monkeypatch):
-    cpu_generator = _original_generator()
+    cpu_generator = _random.generator
     monkeypatch.setattr(_random, "generator",
                         lambda device="cpu": cpu_generator(device) if device == "cpu" else
                         _HostDraws(cpu_generator, device))
@@ -120,8 +117,10 @@ def assert_optimizer_on_device(opt, name):
                 assert_device_array(v, f"{name} state[{i}][{key!r}]")
 
 
-def assert_same(dev, ref, what, rtol=2e-3, atol=1e-4):
-    """Equal bit for bit on the stand-in; within float round-off (cuBLAS against the CPU BLAS) on a GPU."""
+def assert_same(dev, ref, what, rtol=1e-2, atol=1e-3):
+    """Equal bit for bit on the stand-in; on a GPU within float round-off (cuBLAS against the CPU BLAS), as a few
+    Adam steps amplify it: a gradient that is zero but for round-off (the critic's last bias under the Wasserstein
+    losses) moves its parameter by up to lr per step either way."""
     dev, ref = np.asarray(dev), np.asarray(ref)
     assert dev.shape == ref.shape and dev.dtype == ref.dtype, f"{what}: {dev.shape} {dev.dtype} vs {ref.shape} " \
                                                               f"{ref.dtype}"
@@ -448,13 +447,14 @@ def test_gpu_kernels_in_whole_models_match_cpu(cuda, host_draws, gpu_kernels_on_
     settings = dict(TOY, loss="nonsaturating", steps=3, n_critic=1, ema=0.0)
     G, D, hist = gan.train_gan(out=None, quiet=True, device=cuda, **dict(settings, optimizer="rmsprop"))
     train, test = mnist_shaped(80, seed=10), mnist_shaped(20, seed=11)
-    vkw = dict(epochs=1, batch_size=40, latent=2, hidden=[16], train_set=train, test_set=test, quiet=True)
+    vkw = dict(epochs=1, batch_size=40, latent=2, hidden=[16], decoder="gaussian", train_set=train, test_set=test,
+               quiet=True)
     model, vhist = vae.train_vae(device=cuda, **vkw)
     g = np.random.default_rng(1)
     x, y = g.standard_normal((20, 6)).astype(np.float32), g.integers(0, 3, 20)
     net, _, _, losses = _mlp_run(cuda, *OPTIMIZERS["sgd-nesterov"], x, y)
     for name in ("adam_step", "rmsprop_step", "sgd_step", "bce_with_logits", "leaky_relu_fwd", "leaky_relu_bwd",
-                 "tanh_bwd", "sigmoid_fwd", "relu_fwd", "relu_bwd", "elu_fwd", "elu_bwd"):
+                 "tanh_bwd", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd", "relu_bwd", "elu_fwd", "elu_bwd"):
         assert calls.get(name), f"gpu.{name} was never called (calls: {sorted(calls)})"
     with cpu_reference():
         G_cpu, D_cpu, hist_cpu = gan.train_gan(out=None, quiet=True, device="cpu",
