@@ -289,6 +289,22 @@ def test_training_on_the_cuda_standin_matches_cpu(device):
     np.testing.assert_allclose(hist[-1]["g_loss"], hist_cpu[-1]["g_loss"], rtol=0.05)
 
 
+def test_linear_lr_decay(monkeypatch):
+    seen = []
+    original = T.GANStep.generator
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(T.GANStep, "generator", spy)
+    gan.train_gan(out=None, quiet=True, **dict(TINY_TOY, dataset="ring", steps=4, lr_g=1e-3, lr_d=2e-3,
+                                               lr_decay="linear"))
+    np.testing.assert_allclose(seen, [(1e-3 * f, 2e-3 * f) for f in (1, 0.75, 0.5, 0.25)], rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown lr_decay"):
+        gan.make_config(lr_decay="cosine2")
+
+
 def test_ema_update_formula():
     tinygen.manual_seed(0)
     G, shadow = gan.Generator(latent_dim=2, hidden=[3], out_dim=2), gan.Generator(latent_dim=2, hidden=[3], out_dim=2)
@@ -505,6 +521,8 @@ def test_loss_defaults_and_presets():
     assert a["lr_g"] == a["lr_d"] == 2e-4 and a["optimizer"] == "adam"
     s = gan.make_config(steps=10)
     assert s["epochs"] is None and s["steps"] == 10
+    e = gan.make_config(dataset="ring", epochs=2)  # ring/grid count steps by default; epochs replace them
+    assert e["epochs"] == 2 and e["steps"] is None
 
 
 def test_article_data_is_100_binarised_images(small_mnist):

@@ -37,14 +37,15 @@ DATASETS = ("mnist", "ring", "grid")
 TOY = {"ring": ring, "grid": grid}
 PRESETS = ("pytorch-gan", "article")
 OPTIMIZERS = ("adam", "rmsprop")
+LR_DECAYS = ("none", "linear")
 
 # What every run starts from; DATASET_DEFAULTS, then a preset, then LOSS_DEFAULTS, then the caller's settings
 # override it (``make_config``).
 BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
         "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "slope": 0.2, "output": "tanh",
-        "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "n_critic": 1,
-        "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64, "epochs": 5, "steps": None,
+        "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "lr_decay": "none",
+        "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64, "epochs": 5, "steps": None,
         "ema": 0.999, "seed": 0, "n_train": None, "binarize": False, "toy_samples": 128000, "eval_samples": 1000,
         "log_every": 50, "device": "cpu"}
 
@@ -121,8 +122,10 @@ def make_config(**settings):
         cfg.update(PRESET_DEFAULTS[preset])
     loss = L.check_loss(given.get("loss", cfg["loss"]))
     cfg.update(LOSS_DEFAULTS.get(loss, {}))
-    if "steps" in given:  # --steps replaces the epoch count
+    if "steps" in given:  # steps replace the epoch count, and the other way round
         cfg["epochs"] = None
+    elif "epochs" in given:
+        cfg["steps"] = None
     cfg.update(given)
     return _validate(cfg)
 
@@ -131,6 +134,8 @@ def _validate(cfg):
     L.check_loss(cfg["loss"])
     if cfg["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if cfg["lr_decay"] not in LR_DECAYS:
+        raise ValueError(f"unknown lr_decay {cfg['lr_decay']!r}; expected one of {', '.join(LR_DECAYS)}")
     if cfg["epochs"] is None and cfg["steps"] is None:
         raise ValueError("give the length of the run: epochs or steps")
     _int(cfg, "epochs", optional=True)
@@ -268,13 +273,14 @@ class _Means:
         self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
 
 
+def _set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _grad_norm(module):
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     return float(get_total_norm(grads).item()) if grads else 0.0
-
-
-def _mean(x):
-    return float(x.detach().mean().item())
 
 
 class GANStep:
@@ -574,12 +580,16 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     total_steps = cfg["steps"]
     max_epochs = cfg["epochs"] if total_steps is None else None
     n_critic = cfg["n_critic"]
+    decay_over = 0
+    if cfg["lr_decay"] == "linear":
+        decay_over = total_steps if total_steps is not None else max_epochs * (len(loader) // n_critic)
     if not quiet:
         length = f"{total_steps} steps" if total_steps is not None else f"{max_epochs} epochs"
         print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {desc}: {length}, "
               f"{len(loader)} batches of {loader.batch_size} per epoch"
               + (f", {n_critic} critic steps per generator step" if n_critic > 1 else ""), flush=True)
     history = []
+    last_plot = -math.inf
     done = total_steps is not None and state["step"] >= total_steps
     epochs = itertools.count(start_epoch) if max_epochs is None else range(start_epoch, max_epochs)
     for epoch in epochs:
@@ -592,6 +602,10 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
         t0, steps0 = time.perf_counter(), state["step"]
         batches = 0
         for batch in loader:
+            if decay_over:  # linear decay to 0 at the last step (a function of the step: nothing to save)
+                factor = max(0.0, 1.0 - state["step"] / decay_over)
+                _set_lr(opt_g, cfg["lr_g"] * factor)
+                _set_lr(opt_d, cfg["lr_d"] * factor)
             x, y = batch if cfg["conditional"] else (batch, None)
             last = state["critic_count"] + 1 == n_critic
             stats = step_fn.critic(x, y, keep_fake=last)
@@ -643,8 +657,10 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
             if ema is not None:
                 extra["ema"] = ema.state_dict()
             tu.save_checkpoint(ckpt_path, NAME, cfg, epochs_done, **parts, devices=(device,), extra=extra)
-            if pictures:
+            last_epoch = done or (max_epochs is not None and epoch + 1 == max_epochs)
+            if pictures and (last_epoch or time.perf_counter() - last_plot > 30.0):  # matplotlib is slow
                 plot_curves(steps_log, out / "curves.png")
+                last_plot = time.perf_counter()
         epoch_means = _Means()
     return sampler, D, history
 
