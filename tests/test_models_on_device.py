@@ -453,8 +453,13 @@ def test_gpu_kernels_in_whole_models_match_cpu(cuda, host_draws, gpu_kernels_on_
     g = np.random.default_rng(1)
     x, y = g.standard_normal((20, 6)).astype(np.float32), g.integers(0, 3, 20)
     net, _, _, losses = _mlp_run(cuda, *OPTIMIZERS["sgd-nesterov"], x, y)
-    for name in ("adam_step", "rmsprop_step", "sgd_step", "bce_with_logits", "leaky_relu_fwd", "leaky_relu_bwd",
-                 "tanh_bwd", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd", "relu_bwd", "elu_fwd", "elu_bwd"):
+    # Linear + activation pairs run as one fused node (bias_act_*); the activation ops on their own:
+    h = tinygen.tensor(g.standard_normal((4, 5)).astype(np.float32), device=cuda, requires_grad=True)
+    for act in (lambda t: t.leaky_relu(0.2), lambda t: t.tanh(), lambda t: t.relu(), lambda t: t.elu()):
+        act(h).sum().backward()
+    for name in ("adam_step", "rmsprop_step", "sgd_step", "bce_with_logits", "bias_act_fwd", "bias_act_bwd",
+                 "leaky_relu_fwd", "leaky_relu_bwd", "tanh_bwd", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd", "relu_bwd",
+                 "elu_fwd", "elu_bwd"):
         assert calls.get(name), f"gpu.{name} was never called (calls: {sorted(calls)})"
     with cpu_reference():
         G_cpu, D_cpu, hist_cpu = gan.train_gan(out=None, quiet=True, device="cpu",

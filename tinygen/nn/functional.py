@@ -9,6 +9,7 @@ and recompute it from ``x`` with tinygen ops when a graph of the gradient is bei
 so that second derivatives see how x_hat depends on x.
 """
 from .. import kernels
+from ..kernels import reference as _kref
 from .. import ops as _ops
 from .. import random as _random
 from ..autograd.function import Function
@@ -89,8 +90,7 @@ class LinearFunction(Function):
         return gx, gw, gb
 
 
-def linear(input, weight, bias=None):
-    """``input @ weight.T + bias`` for input (..., in_features), weight (out_features, in_features)."""
+def _check_linear(input, weight, bias):
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
@@ -102,7 +102,84 @@ def linear(input, weight, bias=None):
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias of shape {tuple(bias.shape)} does not match out_features="
                          f"{weight.shape[0]}")
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` for input (..., in_features), weight (out_features, in_features)."""
+    _check_linear(input, weight, bias)
     return LinearFunction.apply(input, weight, bias)
+
+
+# ---- linear + activation ---------------------------------------------------------------------------------------------
+FUSABLE_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
+
+
+class LinearActFunction(Function):
+    """y = act(x @ W.T + b) as one node, for 2-D x: the bias add and the activation are one pass over the matmul's
+    output (a fused kernel, tinygen.kernels ``bias_act_fwd``), and so is the backward's activation derivative with
+    the bias gradient. Every supported activation's derivative is a function of its output ``y``, so nothing but
+    ``y`` is kept besides the inputs.
+    """
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, act, p1, p2):
+        ctx.save_for_backward(x, weight)
+        ctx.act, ctx.p1, ctx.p2 = act, p1, p2
+        out = x.data @ weight.data.T
+        fused = kernels.lookup("bias_act_fwd", out) or _kref.bias_act_fwd
+        return fused(out, None if bias is None else bias.data, act, p1, p2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need = ctx.next_edges
+        y = ctx.output
+        if not STATE.grad_enabled:  # a plain backward: activation derivative and bias sum in one fused pass
+            fused = kernels.lookup("bias_act_bwd", y.data) or _kref.bias_act_bwd
+            gpre, gb = fused(y.data, g.data, ctx.act, ctx.p1, ctx.p2, need[2] is not None)
+            gpre, gb = _const(gpre, x), (None if gb is None else _const(gb, x))
+        else:  # create_graph: the same derivative in tinygen ops, differentiable through the output y
+            gpre = _activation_grad_from_output(g, y, ctx.act, ctx.p1, ctx.p2)
+            gb = gpre.sum(0) if need[2] is not None else None
+        gx = gpre @ w if need[0] is not None else None
+        gw = gpre.mT @ x if need[1] is not None else None
+        return gx, gw, gb, None, None, None
+
+
+def _activation_grad_from_output(g, y, act, p1, p2):
+    """g * act'(x), written with the output y = act(x) (differentiable in y)."""
+    if act == "relu":
+        return _ops.where(y > 0, g, 0.0)
+    if act == "leaky_relu":
+        return _ops.where(y > 0, g, g * p1)
+    if act == "tanh":
+        return g * (1 - y * y)
+    if act == "sigmoid":
+        return g * y * (1 - y)
+    if act == "elu":
+        return _ops.where(y > 0, g, g * (y + p1))
+    if act == "softplus":  # sigmoid(beta x) = 1 - exp(-beta y); the forward is x itself above the threshold
+        return _ops.where(y * p1 > p2, g, g * (1 - (y * -p1).exp()))
+    raise ValueError(f"linear_act: unknown activation {act!r}; expected one of {FUSABLE_ACTIVATIONS}")
+
+
+def linear_act(input, weight, bias, activation, p1=0.0, p2=0.0):
+    """``activation(input @ weight.T + bias)`` as one fused node; ``input`` must be 2-D.
+
+    ``activation`` is one of FUSABLE_ACTIVATIONS; ``p1``/``p2`` are its parameters: the negative slope of
+    leaky_relu (>= 0), the alpha of elu (>= 0), the beta and threshold of softplus. ``nn.Sequential`` uses this for
+    every Linear followed by such an activation module.
+    """
+    _check_linear(input, weight, bias)
+    if input.ndim != 2:
+        raise ValueError(f"linear_act: expected a 2-D (batch, features) input, got shape {tuple(input.shape)}")
+    if activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"linear_act: unknown activation {activation!r}; expected one of {FUSABLE_ACTIVATIONS}")
+    if activation in ("leaky_relu", "elu") and p1 < 0:
+        raise ValueError(f"linear_act: {activation} needs a parameter >= 0 to be differentiated from its output, "
+                         f"got {p1}")
+    return LinearActFunction.apply(input, weight, bias, activation, float(p1), float(p2))
 
 
 # ---- dropout ---------------------------------------------------------------------------------------------------------

@@ -50,6 +50,15 @@ class Linear(Module):
     def forward(self, input):
         return F.linear(input, self.weight, self.bias)
 
+    def forward_activated(self, input, activation):
+        """``activation(self(input))`` as one fused node, or None when that is not possible (Sequential calls this
+        for a Linear followed by an activation module: the bias add and the activation become one pass)."""
+        spec = getattr(activation, "fused_spec", None)
+        if spec is None or input.ndim != 2 or type(self).forward is not Linear.forward:
+            return None
+        act = spec()
+        return None if act is None else F.linear_act(input, self.weight, self.bias, *act)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -254,6 +263,10 @@ class ReLU(Module):
         super().__init__()
         self.inplace = inplace
 
+    def fused_spec(self):
+        """How Sequential fuses this activation into a preceding Linear (nn.functional.linear_act)."""
+        return ("relu", 0.0, 0.0)
+
     def forward(self, input):
         return F.relu(input)
 
@@ -267,6 +280,9 @@ class LeakyReLU(Module):
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope, self.inplace = negative_slope, inplace
+
+    def fused_spec(self):
+        return ("leaky_relu", self.negative_slope, 0.0) if self.negative_slope >= 0 else None
 
     def forward(self, input):
         return F.leaky_relu(input, self.negative_slope)
@@ -282,6 +298,9 @@ class ELU(Module):
         super().__init__()
         self.alpha, self.inplace = alpha, inplace
 
+    def fused_spec(self):
+        return ("elu", self.alpha, 0.0) if self.alpha >= 0 else None
+
     def forward(self, input):
         return F.elu(input, self.alpha)
 
@@ -296,6 +315,11 @@ class Softplus(Module):
         super().__init__()
         self.beta, self.threshold = beta, threshold
 
+    def fused_spec(self):
+        # the fused backward reads the slope from the output; near a small threshold the output cannot tell the
+        # linear branch from the curved one (at the default 20 they differ by e**-20)
+        return ("softplus", self.beta, self.threshold) if self.beta > 0 and self.threshold >= 20 else None
+
     def forward(self, input):
         return F.softplus(input, self.beta, self.threshold)
 
@@ -304,11 +328,17 @@ class Softplus(Module):
 
 
 class Tanh(Module):
+    def fused_spec(self):
+        return ("tanh", 0.0, 0.0)
+
     def forward(self, input):
         return F.tanh(input)
 
 
 class Sigmoid(Module):
+    def fused_spec(self):
+        return ("sigmoid", 0.0, 0.0)
+
     def forward(self, input):
         return F.sigmoid(input)
 

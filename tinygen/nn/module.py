@@ -522,8 +522,17 @@ class Sequential(_Indexed):
                 self.add_module(str(i), module)
 
     def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
+        modules = tuple(self._modules.values())
+        i, n = 0, len(modules)
+        while i < n:
+            m = modules[i]
+            if i + 1 < n and hasattr(m, "forward_activated"):  # Linear then activation: one fused node
+                y = m.forward_activated(x, modules[i + 1])
+                if y is not None:
+                    x, i = y, i + 2
+                    continue
+            x = m(x)
+            i += 1
         return x
 
     def __getitem__(self, idx):

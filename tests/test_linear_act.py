@@ -1,0 +1,67 @@
+"""Sequential runs Linear + activation as one fused node (nn.functional.linear_act): same values and gradients as
+the two separate ops, correct second derivatives, kernels on and off."""
+import numpy as np
+import pytest
+
+import tinygen as tg
+import tinygen.nn as nn
+import tinygen.nn.functional as F
+from tinygen import kernels
+
+ACTIVATIONS = [lambda: nn.ReLU(), lambda: nn.LeakyReLU(0.2), lambda: nn.Tanh(), lambda: nn.Sigmoid(),
+               lambda: nn.ELU(0.7), lambda: nn.Softplus(beta=2.0)]
+IDS = ["relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"]
+
+
+@pytest.mark.parametrize("make_act", ACTIVATIONS, ids=IDS)
+@pytest.mark.parametrize("numba", [True, False], ids=["kernels", "plain"])
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64], ids=["f32", "f64"])
+def test_fused_sequential_matches_separate_ops(make_act, numba, dtype):
+    if numba and not kernels.enabled():
+        pytest.skip("Numba kernels are not available (numba missing or TINYGEN_NUMBA=0)")
+    tg.manual_seed(3)
+    act, lin = make_act(), nn.Linear(7, 5).to(dtype)
+    x = tg.randn(6, 7, dtype=dtype, requires_grad=True)
+    g = tg.randn(6, 5, dtype=dtype)
+    with kernels.enabled_as(numba):
+        fused = nn.Sequential(lin, act)(x)
+        assert fused.grad_fn.name() == "LinearActBackward"
+        separate = act(lin(x))
+        a = tg.grad(fused, [x, lin.weight, lin.bias], g)
+        b = tg.grad(separate, [x, lin.weight, lin.bias], g)
+    tol = 2e-6 if dtype == tg.float32 else 1e-12
+    np.testing.assert_allclose(fused.detach().numpy(), separate.detach().numpy(), rtol=tol, atol=tol)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("make_act", ACTIVATIONS, ids=IDS)
+def test_linear_act_first_and_second_derivatives(make_act):
+    tg.manual_seed(4)
+    spec = make_act().fused_spec()
+    lin = nn.Linear(4, 3).to(tg.float64)
+    x = tg.randn(5, 4, dtype=tg.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return F.linear_act(x, w, b, *spec)
+    assert tg.gradcheck(f, [x, lin.weight, lin.bias])
+    assert tg.gradgradcheck(f, [x, lin.weight, lin.bias])
+
+
+def test_not_fused_where_the_output_cannot_give_the_slope():
+    assert nn.LeakyReLU(-0.5).fused_spec() is None
+    assert nn.Softplus(beta=1.0, threshold=1.0).fused_spec() is None
+    x = tg.randn(2, 3)
+    y = nn.Sequential(nn.Linear(3, 2), nn.LeakyReLU(-0.5))(x)
+    assert y.grad_fn is None or y.grad_fn.name() != "LinearActBackward"
+    assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(tg.randn(4, 2, 3)).shape == (4, 2, 2)  # 3-D: not fused
+
+
+def test_linear_act_errors():
+    w, b = tg.randn(2, 3), tg.randn(2)
+    with pytest.raises(ValueError, match="unknown activation"):
+        F.linear_act(tg.randn(4, 3), w, b, "swish")
+    with pytest.raises(ValueError, match="2-D"):
+        F.linear_act(tg.randn(4, 1, 3), w, b, "relu")
+    with pytest.raises(ValueError, match="does not match"):
+        F.linear_act(tg.randn(4, 5), w, b, "relu")
