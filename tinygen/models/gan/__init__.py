@@ -20,7 +20,7 @@ from ... import random as _random
 from .losses import (LOSSES, discriminator_loss, generator_loss, gradient_penalty, interpolate,  # noqa: F401
                      output_means, clip_weights_)
 from .models import Discriminator, Generator, PYTORCH_GAN, build_discriminator, build_generator  # noqa: F401
-from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, EMA, evaluate_samples,  # noqa: F401
+from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
                       generator_from_checkpoint, make_config, sample, save_samples_picture, train_gan)
 
 
@@ -48,6 +48,8 @@ def add_arguments(p):
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 2e-4)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
     a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (rmsprop for wgan)")
+    a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
+                                                          "end of the run")
     a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1; 5 for wgan*)")
     a("--clip", type=float, default=None, help="wgan weight clipping bound (default 0.01)")
     a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda (default 10)")
@@ -62,7 +64,9 @@ def add_arguments(p):
     a("--bn-eps", type=float, default=None, help="BatchNorm epsilon (PyTorch-GAN: 0.8)")
     a("--g-dropout", type=float, default=None, help="dropout after the generator's hidden layers")
     a("--d-dropout", type=float, default=None, help="dropout after the discriminator's hidden layers")
-    a("--slope", type=float, default=None, help="LeakyReLU negative slope (default 0.2)")
+    a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks (0: ReLU)")
+    a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
+    a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2)")
     a("--conditional", action=argparse.BooleanOptionalAction, default=None,
       help="condition G and D on the digit label (an Embedding concatenated to their inputs)")
     a("--ema", type=float, default=None,
@@ -81,18 +85,20 @@ def add_arguments(p):
     a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
-_ARG_KEYS = {"preset": "preset", "loss": "loss", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size",
-             "lr_g": "lr_g", "lr_d": "lr_d", "betas": "betas", "optimizer": "optimizer", "n_critic": "n_critic",
-             "clip": "clip", "gp": "gp", "label_smoothing": "label_smoothing", "latent": "latent",
-             "g_hidden": "g_hidden", "d_hidden": "d_hidden", "g_batchnorm": "g_batchnorm",
-             "d_batchnorm": "d_batchnorm", "bn_eps": "bn_eps", "g_dropout": "g_dropout", "d_dropout": "d_dropout",
-             "slope": "slope", "conditional": "conditional", "ema": "ema", "seed": "seed", "n_train": "n_train",
-             "binarize": "binarize", "eval_samples": "eval_samples", "log_every": "log_every", "device": "device"}
+# options whose argparse name is the setting's name
+_SETTINGS = ("preset", "loss", "epochs", "steps", "batch_size", "lr_g", "lr_d", "betas", "optimizer", "lr_decay",
+             "n_critic", "clip", "gp", "label_smoothing", "latent", "g_hidden", "d_hidden", "g_batchnorm",
+             "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope", "d_slope", "conditional", "ema", "seed",
+             "n_train", "binarize", "eval_samples", "log_every", "device")
 
 
 def settings_from_args(args):
     """The run's settings from the parsed command line (only what was given)."""
-    s = {key: getattr(args, attr) for attr, key in _ARG_KEYS.items() if getattr(args, attr, None) is not None}
+    s = {key: getattr(args, key) for key in _SETTINGS if getattr(args, key, None) is not None}
+    slope = getattr(args, "slope", None)
+    if slope is not None:
+        s.setdefault("g_slope", slope)
+        s.setdefault("d_slope", slope)
     lr = getattr(args, "lr", None)
     if lr is not None:
         s.setdefault("lr_g", lr)

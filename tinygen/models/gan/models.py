@@ -19,7 +19,7 @@ OUTPUTS = ("tanh", "linear")
 
 # Architecture presets: the keys are those of ``build_generator`` / ``build_discriminator`` configs.
 PYTORCH_GAN = {"latent": 100, "g_hidden": [128, 256, 512, 1024], "g_batchnorm": True, "bn_eps": 0.8,
-               "d_hidden": [512, 256], "d_dropout": 0.0, "slope": 0.2}
+               "d_hidden": [512, 256], "d_dropout": 0.0, "g_slope": 0.2, "d_slope": 0.2}
 
 
 def _check_widths(name, widths):
@@ -47,13 +47,14 @@ def mlp(in_dim, hidden, out_dim, batchnorm=False, bn_first=True, bn_eps=1e-5, dr
     """Linear layers in_dim -> hidden... -> out_dim; after each hidden Linear: [BatchNorm1d] LeakyReLU [Dropout].
 
     batchnorm: add BatchNorm1d(eps=bn_eps) after the hidden layers (after the first one too only if bn_first).
+    slope: the LeakyReLU's negative slope; 0 gives a plain ReLU.
     """
     layers, width = [], in_dim
     for i, h in enumerate(hidden):
         layers.append(nn.Linear(width, h))
         if batchnorm and (i > 0 or bn_first):
             layers.append(nn.BatchNorm1d(h, eps=bn_eps))
-        layers.append(nn.LeakyReLU(slope))
+        layers.append(nn.LeakyReLU(slope) if slope else nn.ReLU())
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = h
@@ -147,13 +148,13 @@ class Discriminator(nn.Module):
 
 def build_generator(cfg):
     """The generator a run's config describes (keys: latent, g_hidden, data_dim, g_batchnorm, bn_eps, g_dropout,
-    slope, output, num_classes — 0 unless conditional)."""
+    g_slope, output, conditional, num_classes)."""
     return Generator(cfg["latent"], cfg["g_hidden"], cfg["data_dim"], cfg["g_batchnorm"], False, cfg["bn_eps"],
-                     cfg["g_dropout"], cfg["slope"], cfg["output"], cfg["num_classes"] if cfg["conditional"] else 0)
+                     cfg["g_dropout"], cfg["g_slope"], cfg["output"], cfg["num_classes"] if cfg["conditional"] else 0)
 
 
 def build_discriminator(cfg):
     """The discriminator (critic) a run's config describes (keys: data_dim, d_hidden, d_batchnorm, bn_eps,
-    d_dropout, slope, num_classes)."""
+    d_dropout, d_slope, conditional, num_classes)."""
     return Discriminator(cfg["data_dim"], cfg["d_hidden"], cfg["d_batchnorm"], cfg["bn_eps"], cfg["d_dropout"],
-                         cfg["slope"], cfg["num_classes"] if cfg["conditional"] else 0)
+                         cfg["d_slope"], cfg["num_classes"] if cfg["conditional"] else 0)

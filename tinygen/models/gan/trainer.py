@@ -43,11 +43,11 @@ LR_DECAYS = ("none", "linear")
 # override it (``make_config``).
 BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
-        "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "slope": 0.2, "output": "tanh",
-        "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "lr_decay": "none",
-        "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64, "epochs": 5, "steps": None,
-        "ema": 0.999, "seed": 0, "n_train": None, "binarize": False, "toy_samples": 128000, "eval_samples": 1000,
-        "log_every": 50, "device": "cpu"}
+        "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "g_slope": 0.2, "d_slope": 0.2,
+        "output": "tanh", "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
+        "lr_decay": "none", "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64,
+        "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
+        "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu"}
 
 DATASET_DEFAULTS = {
     "mnist": {},
@@ -148,7 +148,8 @@ def _validate(cfg):
     for key in ("lr_g", "lr_d", "clip", "bn_eps"):
         _float(cfg, key, allow_low=False)
     _float(cfg, "gp")
-    _float(cfg, "slope")
+    _float(cfg, "g_slope")
+    _float(cfg, "d_slope")
     for key in ("g_dropout", "d_dropout", "label_smoothing", "ema"):
         _float(cfg, key, high=1.0)
     betas = cfg["betas"]
