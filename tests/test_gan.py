@@ -319,6 +319,26 @@ def test_ema_update_formula():
         np.testing.assert_allclose(v, d * start[k] + (1 - d) * (start[k] + 1.0), rtol=1e-6)
 
 
+def test_batchnorm_recalibration_of_the_average():
+    tinygen.manual_seed(0)
+    G = gan.Generator(latent_dim=3, hidden=[8, 6], out_dim=2, batchnorm=True, output="linear")
+    for p in G.parameters():  # weights unlike those the running statistics were gathered with
+        p.data *= 3.0
+    tinygen.manual_seed(7)
+    T.recalibrate_batchnorm(G, batches=1, batch_size=400)
+    tinygen.manual_seed(7)
+    z = tinygen.randn(400, 3)
+    with tinygen.no_grad():
+        h = G.net[2](G.net[1](G.net[0](z))).numpy().astype(np.float64)  # Linear, LeakyReLU, Linear
+    bn = G.net[3]
+    assert isinstance(bn, nn.BatchNorm1d) and bn.momentum == 0.1  # restored
+    np.testing.assert_allclose(bn.running_mean.numpy(), h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var.numpy(), h.var(0, ddof=1), rtol=1e-4)
+    assert G.training
+    plain = gan.Generator(latent_dim=3, hidden=[8], out_dim=2)
+    assert T.recalibrate_batchnorm(plain) is plain  # nothing to do without BatchNorm
+
+
 def test_epoch_outputs_and_logs(tmp_path, small_mnist):
     out = tmp_path / "run"
     G, D, history = gan.train_gan(out=out, quiet=True, train_set=small_mnist, epochs=2, **TINY_MNIST)
@@ -369,7 +389,8 @@ def _without_time(path):
 
 
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, small_mnist):
-    settings = dict(TINY_MNIST, train_set=small_mnist, d_dropout=0.2, ema=0.9, label_smoothing=0.1, seed=5)
+    settings = dict(TINY_MNIST, train_set=small_mnist, d_dropout=0.2, ema=0.9, label_smoothing=0.1, seed=5,
+                    g_hidden=[32, 16], g_batchnorm=True)
     full, _, _ = gan.train_gan(out=tmp_path / "full", quiet=True, epochs=3, **settings)
     gan.train_gan(out=tmp_path / "part", quiet=True, epochs=1, **settings)
     resumed, _, hist = gan.train_gan(out=tmp_path / "part", resume=True, quiet=True, epochs=3, **settings)

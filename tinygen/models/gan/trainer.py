@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import backend, no_grad, optim
+from ... import backend, nn, no_grad, optim
 from ... import random as _random
 from ...data import DataLoader, grid, mnist_or_bundled, ring, to_symmetric
 from ...nn.utils import get_total_norm
@@ -245,11 +245,43 @@ class EMA:
         for e, b in zip(self.shadow.buffers(), self.module.buffers()):
             e.data[...] = b.data
 
+    def recalibrate(self, batches=10, batch_size=500):
+        """Re-estimate the shadow's BatchNorm statistics from its own activations (the buffers copied from the live
+        module describe the live weights, not the averaged ones), as for stochastic weight averaging. Draws
+        noise from tinygen's generator; a no-op without BatchNorm."""
+        recalibrate_batchnorm(self.shadow, batches, batch_size)
+
     def state_dict(self):
         return {"updates": self.updates}
 
     def load_state_dict(self, state):
         self.updates = int(state["updates"])
+
+
+def recalibrate_batchnorm(G, batches=10, batch_size=500):
+    """Set the running statistics of G's BatchNorm layers to their averages over ``batches`` batches of noise
+    (train-mode forward passes without a graph). Returns G; a no-op when G has no BatchNorm."""
+    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm1d)]
+    if not bns:
+        return G
+    device = next(G.parameters()).device
+    saved = [m.momentum for m in bns]
+    was = G.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the passes
+    G.train()
+    try:
+        with no_grad():
+            for _ in range(batches):
+                z = _random.randn(batch_size, G.latent_dim, device=device)
+                y = _random.randint(0, G.num_classes, (batch_size,), device=device) if G.num_classes else None
+                G(z, y) if G.num_classes else G(z)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        G.train(was)
+    return G
 
 
 class _Means:
@@ -635,6 +667,8 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
         record = _epoch_record(cfg, epoch, epoch_means, state, seconds, batches * loader.batch_size,
                                state["step"] - steps0, complete)
         with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
+            if ema is not None:
+                ema.recalibrate()
             samples = sample(sampler, cfg["eval_samples"], device=device)
             if cfg["dataset"] in TOY or classifier is not None:
                 record.update(_prefixed(evaluate_samples(cfg, samples, classifier, frechet=False)))
