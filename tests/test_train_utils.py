@@ -8,6 +8,7 @@ import pytest
 
 import tinygen
 from tinygen import nn, optim
+from tinygen import random as _random
 from tinygen.data import DataLoader
 from tinygen.models import train_utils as tu
 from tinygen.nn import functional as F
@@ -94,6 +95,34 @@ def test_rng_state_includes_a_numpy_style_device_generator(device):
     a = tinygen.randn(6, device=device).cpu().numpy().copy()
     tu.set_rng_state(state)
     assert np.array_equal(tinygen.randn(6, device=device).cpu().numpy(), a)
+
+
+class _CurandLikeBitGenerator:
+    """Stands for CuPy's bit generators: ``state`` is a method, the states live in a private byte buffer."""
+
+    def __init__(self):
+        self._state = np.arange(96, dtype=np.int8)
+
+    def state(self):
+        return id(self._state)
+
+
+class _CurandLikeGenerator:
+    def __init__(self):
+        self.bit_generator = _CurandLikeBitGenerator()
+
+
+def test_rng_state_of_a_curand_style_generator_copies_its_state_buffer(monkeypatch):
+    g = _CurandLikeGenerator()
+    monkeypatch.setitem(_random._generators, "cpu", g)
+    state = _random.get_rng_state()
+    assert set(state) == {"curand_states"} and state["curand_states"].dtype == np.uint8
+    saved = state["curand_states"].copy()
+    g.bit_generator._state[:] = 7  # the generator moves on
+    _random.set_rng_state(state)
+    np.testing.assert_array_equal(g.bit_generator._state.view(np.uint8), saved)
+    with pytest.raises(ValueError, match="10 bytes, this generator 96"):
+        _random.set_rng_state({"curand_states": np.zeros(10, np.uint8)})
 
 
 def test_fork_rng_is_reproducible_and_leaves_the_outer_stream_alone():

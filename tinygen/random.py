@@ -30,13 +30,34 @@ def generator(device="cpu"):
     return g
 
 
-def get_rng_state():
-    """The CPU generator's state (a dict of plain values), for checkpoints."""
-    return generator("cpu").bit_generator.state
+def get_rng_state(device="cpu"):
+    """The state of a device's generator, for checkpoints: NumPy's (and the stand-in's) as its dict of plain
+    values; CuPy's as ``{"curand_states": uint8 array}``, a host copy of the per-thread cuRAND states (CuPy's
+    generators expose no public state, so this reads the private buffer they keep them in)."""
+    bitgen = generator(device).bit_generator
+    try:
+        return dict(bitgen.state)
+    except (AttributeError, TypeError, NotImplementedError):  # CuPy: ``state`` is a method returning a pointer
+        pass
+    buf = getattr(bitgen, "_state", None)
+    if buf is None:
+        raise NotImplementedError(f"the generator of device {device!r} ({type(bitgen).__name__}) exposes no state")
+    return {"curand_states": backend.to_device(buf, "cpu").view(np.uint8).copy()}
 
 
-def set_rng_state(state):
-    generator("cpu").bit_generator.state = state
+def set_rng_state(state, device="cpu"):
+    """Restore what ``get_rng_state(device)`` returned."""
+    bitgen = generator(device).bit_generator
+    if isinstance(state, dict) and "curand_states" in state:
+        buf = getattr(bitgen, "_state", None)
+        saved = np.asarray(state["curand_states"], dtype=np.uint8)
+        if buf is None or buf.nbytes != saved.nbytes:
+            raise ValueError(f"can't restore the generator of device {device!r}: the saved cuRAND states hold "
+                             f"{saved.nbytes} bytes, this generator "
+                             f"{'none' if buf is None else buf.nbytes} (another GPU or CuPy version?)")
+        buf.view(np.uint8)[...] = backend.to_device(saved, device)
+        return
+    bitgen.state = state
 
 
 def _float(dtype):

@@ -57,13 +57,13 @@ def _act_fwd_body(xp, act, x, p1, p2):
     if act == "tanh":
         return xp.tanh(x)
     if act == "sigmoid":
-        e = xp.exp(-abs(x))  # exp(-|x|) never overflows
+        e = xp.exp(-xp.abs(x))  # exp(-|x|) never overflows
         return xp.where(x >= 0, 1, e) / (1 + e)
     if act == "elu":
         return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)) * p1)
     if act == "softplus":
         bx = x * p1
-        soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-abs(bx)))) / p1  # log(1 + e^bx) / beta without overflow
+        soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-xp.abs(bx)))) / p1  # log(1 + e^bx) / beta without overflow
         return xp.where(bx > p2, x, soft)
     raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
 
@@ -445,7 +445,7 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
 
 def _bce_body(xp, x, t, w, pw, need_grad):
     """Per-element loss and d loss / dx of bce_with_logits (weights applied, no reduction)."""
-    e = xp.exp(-abs(x))  # never overflows
+    e = xp.exp(-xp.abs(x))  # never overflows
     log_sig = xp.minimum(x, 0) - xp.log1p(e)  # log(sigmoid(x))
     if pw is not None:
         lw = 1 + (pw - 1) * t

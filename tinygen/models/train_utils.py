@@ -192,20 +192,11 @@ def read_metrics(path):
 
 # ---- random generators -----------------------------------------------------------------------------------------------
 def rng_state(devices=("cpu",)):
-    """The state of tinygen's generator of each device (plain values), for a checkpoint.
-
-    The CPU state comes from ``tinygen.random.get_rng_state``; another device's generator is included when its
-    bit generator exposes a ``state`` (NumPy-style generators do; CuPy's may not, and is then left out).
-    """
+    """The state of tinygen's generator of each device (``tinygen.random.get_rng_state``), for a checkpoint."""
     out = {"cpu": _random.get_rng_state()}
     for dev in devices:
-        if dev == "cpu":
-            continue
-        bitgen = getattr(_random.generator(dev), "bit_generator", None)
-        try:
-            out[dev] = dict(bitgen.state)
-        except (AttributeError, TypeError, NotImplementedError):
-            pass
+        if dev != "cpu":
+            out[dev] = _random.get_rng_state(dev)
     return out
 
 
@@ -215,10 +206,7 @@ def set_rng_state(state):
         raise ValueError(f"set_rng_state: expected a dict with a 'cpu' entry, got "
                          f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
     for dev, s in state.items():
-        if dev == "cpu":
-            _random.set_rng_state(s)
-        else:
-            _random.generator(dev).bit_generator.state = s
+        _random.set_rng_state(s, dev)
 
 
 @contextmanager
