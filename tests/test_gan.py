@@ -345,7 +345,8 @@ def test_epoch_outputs_and_logs(tmp_path, small_mnist):
     names = {p.name for p in out.iterdir()}
     assert {"checkpoint.npz", "metrics.jsonl", "steps.jsonl", "samples.png", "samples_001.png",
             "samples_002.png"} <= names
-    assert _png_size(out / "samples.png") == (8 * 30 + 2, 8 * 30 + 2)  # 64 digits of 28 pixels, padding 2
+    # the default MNIST GAN is conditional: 100 digits of 28 pixels (padding 2), a column per class
+    assert _png_size(out / "samples.png") == (10 * 30 + 2, 10 * 30 + 2)
     recs = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in recs] == [1, 2] and recs[-1]["step"] == 2 * (192 // 32)
     for key in ("g_loss", "d_loss", "d_real", "d_fake", "g_grad", "d_grad", "steps_per_s", "images_per_s"):
@@ -542,6 +543,14 @@ def test_loss_defaults_and_presets():
     assert a["lr_g"] == a["lr_d"] == 2e-4 and a["optimizer"] == "adam"
     s = gan.make_config(steps=10)
     assert s["epochs"] is None and s["steps"] == 10
+    d = gan.make_config()  # the MNIST default: conditional, Adam 5e-4, 6000 steps, EMA of G
+    assert d["conditional"] and (d["lr_g"], d["lr_d"], d["steps"], d["epochs"], d["ema"]) == (5e-4, 5e-4, 6000,
+                                                                                               None, 0.999)
+    assert not gan.make_config(conditional=False)["conditional"]
+    assert gan.make_config(epochs=3)["steps"] is None
+    for preset in ("pytorch-gan", "article"):  # the reproductions stay unconditional
+        assert not gan.make_config(preset=preset)["conditional"]
+    assert not a["conditional"] and a["epochs"] == 100 and a["steps"] is None
     e = gan.make_config(dataset="ring", epochs=2)  # ring/grid count steps by default; epochs replace them
     assert e["epochs"] == 2 and e["steps"] is None
 
@@ -577,3 +586,13 @@ def test_checkpoint_of_another_model_kind(tmp_path):
     tinygen.save({"model": "vae", "format": 1, "config": {}, "epoch": 1, "modules": {}}, tmp_path / "checkpoint.npz")
     with pytest.raises(ValueError, match="checkpoint of model 'vae', not 'gan'"):
         gan.train_gan(out=tmp_path, resume=True, quiet=True, dataset="ring", steps=1, **TINY_TOY)
+
+
+def test_command_line_conditional_switch():
+    from tinygen.cli import build_parser
+    from tinygen.models.gan import settings_from_args
+    parse = build_parser().parse_args
+    assert "conditional" not in settings_from_args(parse(["train", "gan"]))  # the recipe decides: on for MNIST
+    assert settings_from_args(parse(["train", "gan", "--no-conditional"]))["conditional"] is False
+    cfg = gan.make_config(**settings_from_args(parse(["train", "gan", "--no-conditional", "--epochs", "2"])))
+    assert not cfg["conditional"] and cfg["epochs"] == 2 and cfg["steps"] is None

@@ -39,13 +39,13 @@ def add_arguments(p):
     a("--preset", choices=PRESETS, default=None,
       help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
     a("--loss", choices=LOSSES, default=None, help="GAN objective (default nonsaturating)")
-    a("--epochs", type=int, default=None, help="passes over the training data (MNIST default 5)")
+    a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
-                                              "(ring/grid default 3000)")
+                                              "(default 6000 on MNIST, 3000 on ring/grid)")
     a("--batch-size", type=int, default=None, help="default 64 (MNIST), 256 (ring/grid)")
     a("--lr", type=float, default=None, help="learning rate of both networks")
-    a("--lr-g", type=float, default=None, help="generator learning rate (default 2e-4)")
-    a("--lr-d", type=float, default=None, help="discriminator learning rate (default 2e-4)")
+    a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
+    a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
     a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (rmsprop for wgan)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
@@ -68,7 +68,8 @@ def add_arguments(p):
     a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2)")
     a("--conditional", action=argparse.BooleanOptionalAction, default=None,
-      help="condition G and D on the digit label (an Embedding concatenated to their inputs)")
+      help="condition G and D on the digit label (an Embedding concatenated to their inputs); on by default on "
+           "MNIST, --no-conditional for the unconditional GAN (the one that shows mode collapse)")
     a("--ema", type=float, default=None,
       help="decay of the moving average of the generator's weights used for samples and eval (default 0.999 on "
            "MNIST; 0 = off)")
