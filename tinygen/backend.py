@@ -78,11 +78,12 @@ def to_device(array, device):
 
 def scatter_add(xp, target, index, values):
     """target[index] += values, with repeated indices adding up (np.add.at / cupyx.scatter_add)."""
-    if xp.__name__ == "cupy":
+    at = getattr(xp.add, "at", None)
+    if at is not None:  # NumPy, and CuPy >= 13 (whose cupyx.scatter_add is deprecated)
+        at(target, index, values)
+    else:
         import cupyx
         cupyx.scatter_add(target, index, values)
-    else:
-        xp.add.at(target, index, values)
 
 
 @contextlib.contextmanager
