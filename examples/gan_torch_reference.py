@@ -55,32 +55,76 @@ def pytorch_gan_models(torch):
     return G, D
 
 
-def train_reference(torch, x, steps, seed, batch_size=64):
-    """PyTorch-GAN's loop for ``steps`` iterations over shuffled batches of x (N, 784) in [-1, 1]."""
+def load_tinygen_weights(torch, G, D, g_state, d_state):
+    """Copy the state dicts (name -> array) of a tinygen pytorch-gan Generator and Discriminator into the PyTorch
+    G and D: the layers sit at the same positions of their Sequentials (tinygen's under ``net.``)."""
+    for module, state in ((G, g_state), (D, d_state)):
+        mine = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        theirs = module.state_dict()
+        if set(mine) != set(theirs):
+            raise ValueError(f"the tinygen and PyTorch layers differ: {sorted(set(mine) ^ set(theirs))}")
+        with torch.no_grad():
+            for key, p in theirs.items():
+                p.copy_(torch.as_tensor(mine[key]).reshape(p.shape))
+
+
+def train_reference(torch, x, steps, seed, batch_size=64, init=None, order=None, tinygen_step=False):
+    """PyTorch-GAN's loop for ``steps`` iterations over shuffled batches of x (N, 784) in [-1, 1]; returns
+    (G, training seconds).
+
+    init: (generator state, discriminator state) of a tinygen pytorch-gan model to start from, instead of PyTorch's
+    own initialisation. order: ``epoch -> permutation of x`` (a tinygen DataLoader's ``order``) to take the full
+    batches from, as tinygen's drop_last loader does, instead of PyTorch's randperm with a last partial batch.
+    tinygen_step: update as tinygen's GANStep does: the D step first, on the real batch and fresh fakes, then the
+    G step on the same fakes through the updated D; D gives logits and both losses are BCE-with-logits (the D loss
+    not halved). Otherwise PyTorch-GAN's order: G step, then D step on the detached fakes, sigmoid + BCELoss.
+    """
     torch.manual_seed(seed)
     G, D = pytorch_gan_models(torch)
+    if init is not None:
+        load_tinygen_weights(torch, G, D, *init)
+    if tinygen_step:
+        D = D[:-1]  # logits
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    bce = torch.nn.BCELoss()
+    bce = torch.nn.BCEWithLogitsLoss() if tinygen_step else torch.nn.BCELoss()
     data = torch.from_numpy(x)
     gen = torch.Generator().manual_seed(seed)
-    step, t0 = 0, time.perf_counter()
+    step, epoch, t0 = 0, 0, time.perf_counter()
     while step < steps:
-        order = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(data), batch_size):  # the last batch may be smaller, as with a plain DataLoader
-            real = data[order[i:i + batch_size]]
+        if order is None:  # the last batch may be smaller, as with a plain DataLoader
+            perm = torch.randperm(len(data), generator=gen)
+            starts = range(0, len(data), batch_size)
+        else:
+            perm = torch.from_numpy(order(epoch))
+            starts = range(0, len(data) - batch_size + 1, batch_size)
+        epoch += 1
+        for i in starts:
+            real = data[perm[i:i + batch_size]]
             valid = torch.ones(len(real), 1)
             fake = torch.zeros(len(real), 1)
             z = torch.randn(len(real), 100)
             gen_imgs = G(z)
-            g_loss = bce(D(gen_imgs), valid)
-            opt_g.zero_grad()
-            g_loss.backward()
-            opt_g.step()
-            d_loss = (bce(D(real), valid) + bce(D(gen_imgs.detach()), fake)) / 2
-            opt_d.zero_grad()
-            d_loss.backward()
-            opt_d.step()
+            if tinygen_step:
+                d_loss = bce(D(real), valid) + bce(D(gen_imgs.detach()), fake)
+                opt_d.zero_grad()
+                d_loss.backward()
+                opt_d.step()
+                D.requires_grad_(False)
+                g_loss = bce(D(gen_imgs), valid)
+                opt_g.zero_grad()
+                g_loss.backward()
+                opt_g.step()
+                D.requires_grad_(True)
+            else:
+                g_loss = bce(D(gen_imgs), valid)
+                opt_g.zero_grad()
+                g_loss.backward()
+                opt_g.step()
+                d_loss = (bce(D(real), valid) + bce(D(gen_imgs.detach()), fake)) / 2
+                opt_d.zero_grad()
+                d_loss.backward()
+                opt_d.step()
             step += 1
             if step >= steps:
                 break
@@ -88,6 +132,8 @@ def train_reference(torch, x, steps, seed, batch_size=64):
 
 
 def sample_reference(torch, G, n, seed, train_mode):
+    """n samples (n, 784) of the PyTorch G: with BatchNorm's running statistics, or (train_mode) with the
+    statistics of each batch of 64, as PyTorch-GAN draws its pictures."""
     torch.manual_seed(seed + 1000)
     G.train(train_mode)
     out = []
@@ -98,6 +144,41 @@ def sample_reference(torch, G, n, seed, train_mode):
     G.eval()
     import numpy as np
     return np.concatenate(out)
+
+
+def sample_tinygen(G, n, seed, train_mode):
+    """The same for a tinygen generator (noise from tinygen's generator, seeded alike)."""
+    import numpy as np
+
+    import tinygen
+    from tinygen.models import gan
+    tinygen.manual_seed(seed + 1000)
+    if not train_mode:
+        return gan.sample(G, n)
+    was = G.training
+    G.train()
+    out = []
+    try:
+        with tinygen.no_grad():
+            for i in range(0, n, 64):
+                out.append(G(tinygen.randn(min(64, n - i), G.latent_dim)).numpy())
+    finally:
+        G.train(was)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def score_both_modes(sample_fn, n, classifier, root=None):
+    """Classifier metrics (``evaluate_images``: coverage, class_kl, inception_score, frechet_distance against the
+    test split) of ``sample_fn(n, train_mode)`` with BatchNorm's running statistics and with batch statistics,
+    and the better of the two Fréchet distances."""
+    from tinygen.metrics import evaluate_images
+    out = {}
+    for mode, train_mode in (("running_stats", False), ("batch_stats", True)):
+        s = sample_fn(n, train_mode)
+        out[mode] = evaluate_images(s.reshape(-1, 28, 28), classifier, value_range=(-1, 1), root=root)
+    out["best_frechet_distance"] = min(out["running_stats"]["frechet_distance"],
+                                       out["batch_stats"]["frechet_distance"])
+    return out
 
 
 def main():
@@ -138,22 +219,19 @@ def main():
         print(f"tinygen {args.checkpoint}: {json.dumps(m)}", flush=True)
     if not steps:
         sys.exit("give --steps or --checkpoint")
-    x, _, desc = gan.trainer.load_data(cfg)
+    x, labels, desc = gan.trainer.load_data(cfg)
     results["data"], results["steps"] = desc, steps
     print(f"reference: PyTorch-GAN MLP, {steps} steps on {desc}", flush=True)
     results["reference"] = []
     for seed in args.seeds:
         G_ref, seconds = train_reference(torch, x, steps, seed)
         row = {"seed": seed, "train_seconds": seconds, "steps_per_s": steps / seconds}
-        for mode, train_mode in (("running_stats", False), ("batch_stats", True)):
-            s = sample_reference(torch, G_ref, args.n, seed, train_mode)
-            row[mode] = evaluate_images(s.reshape(-1, 28, 28), clf, value_range=(-1, 1), root=args.data)
-        row["best_frechet_distance"] = min(row["running_stats"]["frechet_distance"],
-                                           row["batch_stats"]["frechet_distance"])
+        row.update(score_both_modes(lambda n, mode: sample_reference(torch, G_ref, n, seed, mode), args.n, clf,
+                                    args.data))
         results["reference"].append(row)
         print(f"reference seed {seed}: {json.dumps(row)}", flush=True)
     if args.bench:
-        results["bench"] = bench(torch, x, args.bench)
+        results["bench"] = bench(torch, x, labels, args.bench)
         print(f"throughput (steps/s): {json.dumps(results['bench'])}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -169,7 +247,7 @@ def _epochs(checkpoint):
     return read_metrics(path) if path.exists() else []
 
 
-def bench(torch, x, k):
+def bench(torch, x, labels, k):
     """Training steps per second of: tinygen's default recipe, tinygen's pytorch-gan preset, the PyTorch
     reference (each timed over k steps after a few warm-up steps, in this process)."""
     import tinygen
@@ -184,15 +262,17 @@ def bench(torch, x, k):
         ema = EMA(G, build_generator(cfg), cfg["ema"]) if cfg["ema"] else None
         step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), cfg["lr_g"]),
                        make_optimizer(cfg, D.parameters(), cfg["lr_d"]), ema)
-        loader = DataLoader(x, batch_size=cfg["batch_size"], shuffle=True, drop_last=True, seed=0)
+        loader = DataLoader((x, labels) if cfg["conditional"] else x, batch_size=cfg["batch_size"], shuffle=True,
+                            drop_last=True, seed=0)
         it = iter(loader)
         for i in range(k + 5):
             if i == 5:
                 t0 = time.perf_counter()
-            step.critic(next(it), keep_fake=True)
+            batch = next(it)
+            step.critic(*(batch if cfg["conditional"] else (batch,)), keep_fake=True)
             step.generator()
         out[name] = k / (time.perf_counter() - t0)
-    t_warm, _ = train_reference(torch, x, 5, 0)
+    _, t_warm = train_reference(torch, x, 5, 0)
     _, seconds = train_reference(torch, x, k + 5, 0)
     out["torch_pytorch_gan"] = k / max(seconds - t_warm, 1e-9)
     return out

@@ -42,52 +42,30 @@ def main():
             os.environ[var] = str(args.threads)
     import numpy as np
 
-    import tinygen
-    from tinygen.data import DataLoader
     from tinygen.models import vae
 
     cfg = vae.make_config(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           data=args.data)
     train_x, train_y, test_x, test_y = vae.load_data(cfg)
-    results = {"config": {k: cfg[k] for k in ("epochs", "batch_size", "lr", "seed", "latent", "hidden")},
-               "threads": args.threads, "num_train": int(len(train_x)), "num_test": int(len(test_x))}
-
-    # The initial weights and the batch order that train_vae uses (same seed, same construction order).
-    tinygen.manual_seed(cfg["seed"])
-    init = {k: v.numpy().copy() for k, v in vae.build_model(cfg).state_dict().items()}
-    order_loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"])
-
-    if not args.skip_tinygen:
-        print("== tinygen ==", flush=True)
-        _, hist = vae.train_vae(quiet=True, pictures=False, train_set=(train_x, train_y),
-                                test_set=(test_x, test_y), **{k: v for k, v in cfg.items() if k != "data"})
-        for r in hist:
-            print(f"epoch {r['epoch']}: test loss {r['test_loss']:.3f} (train {r['train_loss']:.3f}) "
-                  f"{r['seconds']:.2f}s", flush=True)
-        results["tinygen"] = {"test_loss": [r["test_loss"] for r in hist],
-                              "seconds_per_epoch": [r["seconds"] for r in hist]}
-
-    if not args.skip_torch:
+    torch = None
+    if not args.skip_torch or args.timing_rounds > 0:
         import torch
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(f"== torch {torch.__version__} ({torch.get_num_threads()} threads) ==", flush=True)
-        results["torch"] = train_torch(torch, init, order_loader, train_x, test_x, cfg)
-        results["torch_version"] = torch.__version__
+    results = parity(cfg, (train_x, train_y, test_x, test_y), torch=None if args.skip_torch else torch,
+                     tinygen_run=not args.skip_tinygen)
+    results["threads"] = args.threads
 
     if args.timing_rounds > 0:
-        import torch
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        init, _ = initial_state(cfg, train_x, train_y)
         print(f"== interleaved timing: {args.timing_rounds} rounds of {args.timing_steps} steps ==", flush=True)
         results["interleaved"] = interleaved_timing(torch, init, cfg, train_x, args.timing_rounds, args.timing_steps)
         t = results["interleaved"]
         print(f"median seconds per epoch ({t['steps_per_epoch']} steps): tinygen {t['tinygen_epoch_s']:.2f}, "
               f"torch {t['torch_epoch_s']:.2f} (ratio {t['tinygen_epoch_s'] / t['torch_epoch_s']:.2f})")
 
-    if "tinygen" in results and "torch" in results:
+    if "final_difference" in results:
         a, b = results["tinygen"]["test_loss"][-1], results["torch"]["test_loss"][-1]
-        results["final_difference"] = a - b
         ta = float(np.mean(results["tinygen"]["seconds_per_epoch"]))
         tb = float(np.mean(results["torch"]["seconds_per_epoch"]))
         print(f"final test loss: tinygen {a:.3f}, torch {b:.3f} (difference {a - b:+.3f} nats); "
@@ -96,6 +74,50 @@ def main():
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+def _say(msg):
+    print(msg, flush=True)
+
+
+def initial_state(cfg, train_x, train_y):
+    """The initial weights (a dict of arrays) and the batch order (a DataLoader whose ``order(epoch)`` is used)
+    that ``train_vae`` uses for ``cfg``: the same seed and the same construction order."""
+    import tinygen
+    from tinygen.data import DataLoader
+    from tinygen.models import vae
+    tinygen.manual_seed(cfg["seed"])
+    init = {k: v.numpy().copy() for k, v in vae.build_model(cfg).state_dict().items()}
+    return init, DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"])
+
+
+def parity(cfg, data, torch=None, tinygen_run=True, log=None):
+    """Train the VAE of ``cfg`` (``vae.make_config``) with tinygen's ``train_vae`` and, given the ``torch`` module,
+    with PyTorch from the same initial weights on the same batches in the same order. data: ``vae.load_data``'s
+    (train_x, train_y, test_x, test_y). Returns a dict: config, sizes, per framework ``test_loss`` (per epoch,
+    nats per test image) and ``seconds_per_epoch``, and ``final_difference`` (tinygen - torch) when both ran."""
+    from tinygen.models import vae
+    log = log or _say
+    train_x, train_y, test_x, test_y = data
+    results = {"config": {k: cfg[k] for k in ("epochs", "batch_size", "lr", "seed", "latent", "hidden")},
+               "num_train": int(len(train_x)), "num_test": int(len(test_x))}
+    init, order_loader = initial_state(cfg, train_x, train_y)
+    if tinygen_run:
+        log("== tinygen ==")
+        _, hist = vae.train_vae(quiet=True, pictures=False, train_set=(train_x, train_y),
+                                test_set=(test_x, test_y), **{k: v for k, v in cfg.items() if k != "data"})
+        for r in hist:
+            log(f"epoch {r['epoch']}: test loss {r['test_loss']:.3f} (train {r['train_loss']:.3f}) "
+                f"{r['seconds']:.2f}s")
+        results["tinygen"] = {"test_loss": [r["test_loss"] for r in hist],
+                              "seconds_per_epoch": [r["seconds"] for r in hist]}
+    if torch is not None:
+        log(f"== torch {torch.__version__} ({torch.get_num_threads()} threads) ==")
+        results["torch"] = train_torch(torch, init, order_loader, train_x, test_x, cfg, log)
+        results["torch_version"] = torch.__version__
+    if "tinygen" in results and "torch" in results and cfg["epochs"] > 0:
+        results["final_difference"] = results["tinygen"]["test_loss"][-1] - results["torch"]["test_loss"][-1]
+    return results
 
 
 def torch_model(torch, init):
@@ -186,7 +208,8 @@ def interleaved_timing(torch, init, cfg, train_x, rounds, steps):
             "tinygen_epoch_s": float(np.median(tg)) * per_epoch, "torch_epoch_s": float(np.median(th)) * per_epoch}
 
 
-def train_torch(torch, init, order_loader, train_x, test_x, cfg):
+def train_torch(torch, init, order_loader, train_x, test_x, cfg, log=None):
+    log = log or _say
     torch.manual_seed(cfg["seed"])
     model, loss_terms = torch_model(torch, init)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
@@ -214,8 +237,7 @@ def train_torch(torch, init, order_loader, train_x, test_x, cfg):
                 bce, kld = loss_terms(model, xtest[i:i + 1000])
                 test += (bce + kld).item()
         losses.append(test / len(xtest))
-        print(f"epoch {epoch + 1}: test loss {losses[-1]:.3f} (train {total / len(order):.3f}) {seconds[-1]:.2f}s",
-              flush=True)
+        log(f"epoch {epoch + 1}: test loss {losses[-1]:.3f} (train {total / len(order):.3f}) {seconds[-1]:.2f}s")
     return {"test_loss": losses, "seconds_per_epoch": seconds}
 
 
