@@ -6,7 +6,9 @@ Methodology (see README.md):
   * for each (case, batch size) every framework builds the model from the same initial weights and data, warms
     up (the first step, which includes any compilation, is timed separately), and then the frameworks take turns
     running timed chunks of steps, in a rotating order, so noise on the machine is shared out evenly;
-  * throughput is samples/s per chunk: median, min and max over the chunks.
+  * throughput is samples/s per chunk: median, min and max over the chunks;
+  * with --quality, the VAE and the GAN are also trained in tinygen and PyTorch for the same number of steps and
+    their test loss / sample metrics compared (benchmarks/quality.py, in a process of its own).
 """
 import argparse
 import datetime
@@ -16,9 +18,11 @@ import platform
 import selectors
 import subprocess
 import sys
+import threading
 import time
 
 from . import dispatch as dispatch_mod
+from .quality import DEFAULTS as QUALITY_DEFAULTS
 from .specs import CASES, flops_per_step
 from .worker import FRAMEWORKS
 
@@ -65,6 +69,20 @@ def parse_args(argv):
     p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,torch,jax,numpy",
                    help="frameworks whose peak memory is measured, if selected (default: all but torch-compile)")
     p.add_argument("--no-chart", action="store_true", help="do not draw throughput.png")
+    q = p.add_argument_group("quality at equal steps (trains real models on MNIST: minutes, so off by default)")
+    q.add_argument("--quality", action="store_true",
+                   help="also train the VAE and the GAN (of --models) in tinygen and PyTorch with the same "
+                        "hyper-parameters and data order, and compare test loss / classifier Fréchet distance")
+    q.add_argument("--quality-only", action="store_true",
+                   help="only the quality comparison (no dispatch, throughput, memory or check runs)")
+    q.add_argument("--quality-vae-epochs", type=int, default=QUALITY_DEFAULTS["vae_epochs"],
+                   help=f"VAE training epochs (default {QUALITY_DEFAULTS['vae_epochs']})")
+    q.add_argument("--quality-gan-steps", type=int, default=QUALITY_DEFAULTS["gan_steps"],
+                   help=f"GAN generator steps (default {QUALITY_DEFAULTS['gan_steps']})")
+    q.add_argument("--quality-seeds", type=int, default=QUALITY_DEFAULTS["seeds"],
+                   help=f"GAN runs per framework, seeds 0..K-1 (default {QUALITY_DEFAULTS['seeds']})")
+    q.add_argument("--quality-samples", type=int, default=QUALITY_DEFAULTS["samples"],
+                   help=f"GAN samples scored per run (default {QUALITY_DEFAULTS['samples']})")
     args = p.parse_args(argv)
 
     def split(text, allowed, what):
@@ -87,6 +105,12 @@ def parse_args(argv):
         p.error(f"--batch-sizes must be integers >= 2 (BatchNorm needs two samples), got {args.batch_sizes}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    args.quality = args.quality or args.quality_only
+    for name in ("quality_vae_epochs", "quality_gan_steps", "quality_seeds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.quality_samples < 2:
+        p.error(f"--quality-samples must be >= 2 (a covariance needs two), got {args.quality_samples}")
     return args
 
 
@@ -339,17 +363,69 @@ def run_profile(pool, case, batch, st):
     return {"status": "ok", "case": case, "batch": batch, **reply["ok"]}
 
 
-def measure_quality(cases):
-    """Hook for quality at equal steps (samples and losses of tinygen's own GAN/VAE against PyTorch's after the
-    same number of steps on MNIST). Filled in once tinygen ships its models."""
-    import importlib.util
-    try:
-        has_models = importlib.util.find_spec("tinygen.models") is not None
-    except ImportError:
-        has_models = False
-    if not has_models:
-        return {"status": "pending: tinygen.models (GAN/VAE training loops) is not in this tree yet"}
-    return {"status": "pending: tinygen.models exists; the quality comparison is not wired in yet"}
+QUALITY_PARTS = ("vae", "gan")
+
+
+def quality_settings(args, cases):
+    return {"parts": [c for c in QUALITY_PARTS if c in cases], "vae_epochs": args.quality_vae_epochs,
+            "gan_steps": args.quality_gan_steps, "seeds": args.quality_seeds, "samples": args.quality_samples,
+            "threads": args.threads,
+            "framework": next((f for f in args.frameworks if f.startswith("tinygen")), None)}
+
+
+def quality_timeout(settings):
+    """Generous: ~4x what the default budget takes on a busy 2-core machine."""
+    gan = "gan" in settings["parts"]
+    return 600 + 240 * settings["vae_epochs"] * ("vae" in settings["parts"]) \
+        + settings["seeds"] * (0.4 * settings["gan_steps"] + 0.01 * settings["samples"]) * gan
+
+
+def measure_quality(cases, args, log_dir):
+    """Quality at equal steps (benchmarks/quality.py): the VAE's test loss and the GAN's classifier metrics, tinygen
+    against PyTorch, trained in one process started with the workers' thread settings. Returns its results, or a
+    status saying why it did not run."""
+    if not args.quality:
+        return {"status": "not measured (pass --quality; it trains the VAE and the GAN in both frameworks: minutes)"}
+    settings = quality_settings(args, cases)
+    if not settings["parts"]:
+        return {"status": "skipped: neither vae nor gan is among --models", "settings": settings}
+    if settings["framework"] is None:
+        return {"status": "skipped: no tinygen framework among --frameworks", "settings": settings}
+    if "torch" not in args.frameworks:
+        return {"status": "skipped: torch is not among --frameworks (the comparison is against PyTorch eager)",
+                "settings": settings}
+    out_json = os.path.join(log_dir, "quality.json")
+    if os.path.exists(out_json):
+        os.remove(out_json)
+    timeout = quality_timeout(settings)
+    log(f"quality   {', '.join(settings['parts'])} with {settings['framework']} and torch (log: "
+        f"{os.path.join(log_dir, 'quality.log')})")
+    with open(os.path.join(log_dir, "quality.log"), "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.quality", out_json], cwd=REPO,
+                                env=worker_env(settings["framework"], args.threads), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc.stdin.write(json.dumps(settings))
+        proc.stdin.close()
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                if line.startswith("quality"):
+                    log(line.rstrip())
+            code = proc.wait()
+        except BaseException:  # e.g. Ctrl-C: do not leave the training behind
+            proc.kill()
+            raise
+        finally:
+            killer.cancel()
+    if code != 0 or not os.path.exists(out_json):
+        why = f"killed after {timeout:.0f} s" if code in (-9, 137) else f"exit code {code}"
+        return {"status": f"failed: the quality process ended ({why}; see {os.path.join(log_dir, 'quality.log')})",
+                "settings": settings}
+    with open(out_json) as f:
+        return json.load(f)
 
 
 # ---- environment -----------------------------------------------------------------------------------------------------
@@ -660,7 +736,7 @@ def markdown(results):
             lines.append(f"- {case}: " + ", ".join(parts))
         lines.append("")
 
-    lines += ["## Quality at equal steps", "", results.get("quality", {}).get("status", "pending"), ""]
+    lines += quality_markdown(results.get("quality") or {"status": "not measured"})
 
     prof = results.get("profile")
     if prof:
@@ -676,6 +752,71 @@ def markdown(results):
                       "Top functions by own time (full tables in profile_<case>.txt):", "", "```"]
             lines += table[:16] + ["```", ""]
     return "\n".join(lines)
+
+
+def quality_markdown(q):
+    lines = ["## Quality at equal steps", ""]
+    if q.get("status") != "ok":
+        return lines + [q.get("status", "?"), ""]
+    st = q["settings"]
+    v = q.get("versions", {})
+    lines += [f"tinygen (TINYGEN_NUMBA={v.get('tinygen_numba')}) against PyTorch {v.get('torch', '?')} eager, "
+              f"{st['threads']} thread{'s' if st['threads'] != 1 else ''}, one process; {q['seconds']:.0f} s "
+              f"in all.", ""]
+    vae = q["parts"].get("vae")
+    if vae is not None and vae.get("status") != "ok":
+        lines += [f"VAE: {vae['status']}", ""]
+    elif vae is not None:
+        c = vae["config"]
+        a, b = vae["tinygen"], vae["torch"]
+        lines += [f"### VAE: test loss (negative ELBO, nats per test image) after each epoch",
+                  "",
+                  f"784-{'-'.join(str(h) for h in c['hidden'])}-{c['latent']}, Adam {c['lr']:g}, batch "
+                  f"{c['batch_size']}, seed {c['seed']}, {c['epochs']} epoch(s) on {vae['num_train']} training images; "
+                  f"both frameworks start from the same weights and see the same batches in the same order (the "
+                  f"reparameterisation noise is each framework's own); scored on {vae['num_test']} test images with "
+                  f"one z sample each.", "",
+                  "| epoch | tinygen | torch | tinygen − torch |", "|---|---|---|---|"]
+        for i, (x, y) in enumerate(zip(a["test_loss"], b["test_loss"])):
+            lines.append(f"| {i + 1} | {x:.3f} | {y:.3f} | {x - y:+.3f} |")
+        lines += ["", f"Training seconds per epoch (not a benchmark: no interleaving): tinygen "
+                      f"{sum(a['seconds_per_epoch']) / len(a['seconds_per_epoch']):.1f}, torch "
+                      f"{sum(b['seconds_per_epoch']) / len(b['seconds_per_epoch']):.1f}.", ""]
+    gan = q["parts"].get("gan")
+    if gan is not None and gan.get("status") != "ok":
+        lines += [f"GAN: {gan['status']}", ""]
+    elif gan is not None:
+        acc = gan["classifier"].get("test_accuracy")
+        hp = gan["settings"]
+        lines += [f"### GAN: classifier metrics of {gan['samples']} samples after {gan['steps']} generator steps",
+                  "",
+                  f"PyTorch-GAN's MLP GAN (tinygen's {hp['preset']} preset; Adam {hp['lr_g']:g} "
+                  f"({hp['betas'][0]:g}, {hp['betas'][1]:g}), batch {hp['batch_size']}, {hp['loss']} loss, no EMA) "
+                  f"on {gan['data']}. Per seed both frameworks start from the same weights and take the same "
+                  f"batches in the same order, with tinygen's update order (D step, then G step on the same fakes); "
+                  f"the noise is each framework's own, so seeds differ. Scored by the same cached classifier"
+                  + (f" (test accuracy {100 * acc:.2f}%)" if acc else "") + ": Fréchet distance of its features "
+                  f"against the {gan['reference_images']} test images (lower is better), inception score (≤ 10), "
+                  f"classes with ≥ 1% of the samples, KL of the class histogram from uniform; samples drawn with "
+                  f"BatchNorm's running statistics and with the statistics of batches of 64.", "",
+                  "| framework | seed | BatchNorm statistics | Fréchet distance | IS | classes | class KL | "
+                  "train s |", "|---|---|---|---|---|---|---|---|"]
+        for fw in ("tinygen", "torch"):
+            for row in gan[fw]:
+                for mode, name in (("running_stats", "running"), ("batch_stats", "batch")):
+                    m = row[mode]
+                    lines.append(f"| {fw} | {row['seed']} | {name} | {m['frechet_distance']:.2f} | "
+                                 f"{m['inception_score']:.2f} | {m['coverage']} | {m['class_kl']:.3f} | "
+                                 f"{row['train_seconds']:.0f} |")
+        means = []
+        for mode, name in (("running_stats", "running"), ("batch_stats", "batch")):
+            parts = []
+            for fw in ("tinygen", "torch"):
+                fds = [r[mode]["frechet_distance"] for r in gan[fw]]
+                parts.append(f"{fw} {sum(fds) / len(fds):.2f}")
+            means.append(f"{name} statistics: " + ", ".join(parts))
+        lines += ["", f"Mean Fréchet distance over {len(gan['tinygen'])} seed(s), " + "; ".join(means) + ".", ""]
+    return lines
 
 
 def draw_chart(results, path):
@@ -737,13 +878,15 @@ def main(argv=None):
     log_dir = os.path.join(args.out, "logs")
     os.makedirs(log_dir, exist_ok=True)
     cases = [m for m in args.models if m != "dispatch"]
+    timed = [] if args.quality_only else cases  # the models whose throughput, memory, ... are measured
     t_start = time.perf_counter()
     results = {"options": {"models": args.models, "frameworks": args.frameworks, "batch_sizes": args.batch_sizes,
-                           "threads": args.threads, "quick": args.quick,
+                           "threads": args.threads, "quick": args.quick, "quality": args.quality,
+                           "quality_only": args.quality_only,
                            "settings": {k: v for k, v in vars(st).items()}}}
     pool = Pool(args.threads, log_dir)
     failures = []
-    n_total = len(cases) * len(args.batch_sizes) * len(args.frameworks)
+    n_total = len(timed) * len(args.batch_sizes) * len(args.frameworks)
     done = [0]
 
     def progress(case, batch, fw, res):
@@ -757,37 +900,37 @@ def main(argv=None):
         log(f"[{done[0]:>3}/{n_total}] {case:<9} b={batch:<5} {fw:<14} {text.splitlines()[0]}")
 
     try:
-        if "numpy" in args.frameworks or cases:
+        if not args.quality_only and ("numpy" in args.frameworks or cases):
             w = pool.get("numpy")
             reply = w.request("gemm", timeout=300, sizes=st.gemm_sizes)
             results["gemm"] = {"status": _status(reply), **reply.get("ok", {})}
             if "ok" in reply:
                 log(f"sgemm     peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
-            if "torch" in args.frameworks and cases:  # PyTorch's own BLAS, for comparison
+            if "torch" in args.frameworks and timed:  # PyTorch's own BLAS, for comparison
                 w = pool.get("torch")
                 reply = w.request("gemm", timeout=300, sizes=st.gemm_sizes) if _status(w.hello) == "ok" else w.hello
                 results["gemm_torch"] = {"status": _status(reply), **reply.get("ok", {})}
                 if "ok" in reply:
                     log(f"sgemm     torch peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
-        if "dispatch" in args.models:
+        if "dispatch" in args.models and not args.quality_only:
             results["dispatch"] = run_dispatch(pool, args.frameworks, st)
             failures += [f"dispatch {k}: {v['status']}" for k, v in results["dispatch"].items()
                          if v["status"].startswith("failed")]
-        if cases and not args.no_check:
-            results["check"] = run_checks(pool, cases, args.frameworks, min(args.batch_sizes), st)
+        if timed and not args.no_check:
+            results["check"] = run_checks(pool, timed, args.frameworks, min(args.batch_sizes), st)
             failures += [f"check {c} {fw}: differs from numpy" for c, r in results["check"].items()
                          for fw, x in r.items() if x.get("agrees") is False]
-        if cases:
+        if timed:
             results["throughput"] = {}
-            for case in cases:
+            for case in timed:
                 results["throughput"][case] = {}
                 for b in args.batch_sizes:
                     results["throughput"][case][str(b)] = run_throughput(pool, case, b, args.frameworks, st,
                                                                          progress)
-        if cases:
+        if timed:
             want = args.profile
             prof_cases = []
-            for case in cases:
+            for case in timed:
                 b = str(args.profile_batch)
                 per = results["throughput"][case].get(b) or next(iter(results["throughput"][case].values()))
                 mine, ref = _median(per.get("tinygen")), _median(per.get(REFERENCE))
@@ -805,14 +948,20 @@ def main(argv=None):
                         if args.profile:
                             print(f"\n# cProfile: tinygen {case}, batch {p['batch']}\n{p['tottime']}\n")
                     log(f"profile   {case:<9} b={args.profile_batch:<5} tinygen        {p['status']}")
-        if cases and not args.no_memory:
-            results["memory"] = run_memory(pool, cases, args.memory_frameworks, st.memory_batch, st)
-        results["quality"] = measure_quality(cases)
+        if timed and not args.no_memory:
+            results["memory"] = run_memory(pool, timed, args.memory_frameworks, st.memory_batch, st)
+        results["quality"] = measure_quality(cases, args, log_dir)
+        if results["quality"].get("status", "").startswith("failed"):
+            failures.append("quality: " + results["quality"]["status"])
+        failures += [f"quality {part}: {r['status']}" for part, r in results["quality"].get("parts", {}).items()
+                     if r.get("status", "").startswith("failed")]
         results["environment"] = environment(args, pool)
     finally:
         pool.close()
     results["elapsed_s"] = time.perf_counter() - t_start
-    results["busy_warning"] = busy_warning([args.load_start, results["environment"]["loadavg_1min_end"]])
+    # about timings; the quality numbers do not depend on the load
+    results["busy_warning"] = busy_warning([args.load_start, results["environment"]["loadavg_1min_end"]]) \
+        if timed else None
     if results["busy_warning"]:
         log("WARNING: " + results["busy_warning"])
     results["failures"] = failures
@@ -823,7 +972,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     chart = None
-    if cases and not args.no_chart:
+    if timed and not args.no_chart:
         why = draw_chart(results, os.path.join(args.out, "throughput.png"))
         if why:
             log(f"chart     not drawn: {why}")

@@ -84,3 +84,101 @@ def test_flop_formula():
     fwd = [2 * m * 784 * 512, 2 * m * 512 * 512, 2 * m * 512 * 10]
     assert specs.flops_per_step("mlp", m) == 3 * sum(fwd) - fwd[0]
     assert specs.flops_per_step("gan", 64) == 4 * specs.flops_per_step("gan", 16)
+
+
+# ---- quality at equal steps --------------------------------------------------------------------------------------
+QUALITY_TINY = ["--quality-only", "--frameworks", "tinygen,torch", "--no-chart", "--quality-vae-epochs", "1",
+                "--quality-gan-steps", "3", "--quality-seeds", "1", "--quality-samples", "64"]
+
+
+def _mnist_folder(folder, n_train=256, n_test=200):
+    """A small MNIST folder cut from the bundled test split (the harness reads $TINYGEN_DATA)."""
+    from test_data_mnist import write_idx
+
+    from tinygen.data import mnist
+    images, labels = mnist("test")
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte.gz", images[:n_train])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels[:n_train])
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images[n_train:n_train + n_test])
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[n_train:n_train + n_test])
+    return images, labels
+
+
+def _run_quality(out, models):
+    rc = benchmarks.main(QUALITY_TINY + ["--models", models, "--out", str(out)])
+    return rc, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install torch==2.13.0)")
+def test_quality_tiny_run_reports_both_frameworks(tmp_path, monkeypatch):
+    from tinygen.models import classifier
+    data, cache = tmp_path / "mnist", tmp_path / "cache"
+    images, labels = _mnist_folder(data)
+    monkeypatch.setenv("TINYGEN_DATA", str(data))
+    monkeypatch.setenv("TINYGEN_CACHE", str(cache))
+    classifier.train_classifier(epochs=1, hidden=[32], train_set=(images[:1000], labels[:1000]),
+                                test_set=(images[:100], labels[:100]), save=cache / classifier.CACHE_FILE, quiet=True)
+    rc, res, md = _run_quality(tmp_path / "bench", "vae,gan")
+    q = res["quality"]
+    assert rc == 0 and q["status"] == "ok", q
+    assert "throughput" not in res and "dispatch" not in res  # --quality-only
+
+    vae = q["parts"]["vae"]
+    assert vae["status"] == "ok" and vae["num_train"] == 256 and vae["num_test"] == 200
+    tg, th = vae["tinygen"]["test_loss"], vae["torch"]["test_loss"]
+    assert len(tg) == len(th) == 1 and all(_positive(x) for x in tg + th)
+    assert vae["difference"] == pytest.approx(tg[0] - th[0])
+    # same weights, same batches: one short epoch leaves the two within a few nats of each other
+    assert abs(vae["difference"]) < 0.05 * th[0]
+
+    gan = q["parts"]["gan"]
+    assert gan["status"] == "ok" and gan["steps"] == 3 and gan["samples"] == 64
+    for fw in ("tinygen", "torch"):
+        (row,) = gan[fw]
+        for mode in ("running_stats", "batch_stats"):
+            m = row[mode]
+            assert m["num_samples"] == 64 and _positive(m["frechet_distance"])
+            assert 1.0 <= m["inception_score"] <= 10.0 and 0 <= m["coverage"] <= 10
+    assert "## Quality at equal steps" in md and "### VAE" in md and "### GAN" in md
+    assert f"{tg[0]:.3f} | {th[0]:.3f}" in md
+    assert f"{gan['torch'][0]['running_stats']['frechet_distance']:.2f}" in md
+
+
+def test_quality_skipped_without_data_or_classifier(tmp_path, monkeypatch):
+    # no classifier: the GAN part says so (the data check passes: a training set is there)
+    data = tmp_path / "mnist"
+    _mnist_folder(data, n_train=64, n_test=64)
+    monkeypatch.setenv("TINYGEN_DATA", str(data))
+    monkeypatch.setenv("TINYGEN_CACHE", str(tmp_path / "empty-cache"))
+    rc, res, md = _run_quality(tmp_path / "a", "gan")
+    gan = res["quality"]["parts"]["gan"]
+    if not HAS_TORCH:
+        assert gan["status"].startswith("skipped: PyTorch is not installed")
+    else:
+        assert gan["status"].startswith("skipped: no cached MNIST classifier"), gan
+        assert "empty-cache" in gan["status"]
+    assert rc == 0 and "GAN: skipped" in md
+
+    # no MNIST training set: both parts skipped with that reason
+    monkeypatch.setenv("TINYGEN_DATA", str(tmp_path / "nothing-here"))
+    rc, res, md = _run_quality(tmp_path / "b", "vae,gan")
+    for part in ("vae", "gan"):
+        status = res["quality"]["parts"][part]["status"]
+        assert status.startswith("skipped: " + ("the MNIST training set was not found" if HAS_TORCH
+                                                else "PyTorch is not installed")), status
+    assert rc == 0 and "VAE: skipped" in md
+
+
+def test_quality_off_by_default_and_needs_both_frameworks(tmp_path):
+    from benchmarks import harness
+    args = harness.parse_args(["--quick", "--models", "vae"])
+    assert not args.quality
+    res = harness.measure_quality(["vae"], args, str(tmp_path))
+    assert res["status"].startswith("not measured")
+    args = harness.parse_args(["--quality", "--frameworks", "tinygen,numpy", "--models", "vae,gan"])
+    assert harness.measure_quality(["vae", "gan"], args, str(tmp_path))["status"].startswith(
+        "skipped: torch is not among --frameworks")
+    args = harness.parse_args(["--quality", "--models", "mlp"])
+    assert harness.measure_quality(["mlp"], args, str(tmp_path))["status"].startswith("skipped: neither vae nor gan")
