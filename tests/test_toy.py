@@ -108,3 +108,42 @@ def test_bad_shapes_are_named():
         data.mode_metrics(np.zeros((10, 2)), np.zeros(4), 0.1)
     with pytest.raises(ValueError, match="std must be positive"):
         data.GaussianMixture2D([[0, 0]], std=0)
+
+
+def _benchmark_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "gan_toy_benchmark.py"
+    spec = importlib.util.spec_from_file_location("gan_toy_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_toy_benchmark_writes_the_table_and_strict_json(tmp_path):
+    import json
+    bench = _benchmark_script()
+    tiny = ["latent=4", "g_hidden=[8]", "d_hidden=[8]", "batch_size=32", "toy_samples=320", "n_critic=1"]
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    assert bench.main(["--data", "ring", "--losses", "wgan-gp", "hinge", "--seeds", "0", "1", "--steps", "2",
+                       "--samples", "200", "--set", *tiny, "--md", str(md), "--json", str(js)]) == 0
+    d = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert [(r["loss"], r["seed"]) for r in d["rows"]] == [("hinge", 0), ("hinge", 1), ("wgan-gp", 0), ("wgan-gp", 1)]
+    for r in d["rows"]:
+        assert r["num_modes"] == 8 and r["steps"] == 2 and len(r["counts"]) == 8
+        assert r["config"]["g_hidden"] == [8] and r["config"]["n_critic"] == 1
+    s = {x["loss"]: x for x in d["summary"]}
+    assert s["hinge"]["modes"] == [r["modes"] for r in d["rows"][:2]]
+    assert s["hinge"]["modes_mean"] == pytest.approx(sum(s["hinge"]["modes"]) / 2)
+    lines = md.read_text().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| ring | wgan-gp |") and lines[3].startswith("| ring | hinge |")
+
+
+def test_toy_benchmark_verdicts():
+    bench = _benchmark_script()
+    row = dict(data="ring", loss="x", num_modes=8, seeds=[0, 1])
+    assert bench._verdict(dict(row, modes=[8, 8], high_quality=[0.9, 0.9], all_modes=2)) == "no"
+    assert bench._verdict(dict(row, modes=[1, 2], high_quality=[0.9, 0.9], all_modes=0)) == "collapse (every seed)"
+    assert bench._verdict(dict(row, modes=[8, 5], high_quality=[0.9, 0.9], all_modes=1)) == "in 1/2 seeds"
+    assert bench._verdict(dict(row, modes=[7, 5], high_quality=[0.9, 0.9], all_modes=0)) == "some, in every seed"
+    assert bench._verdict(dict(row, modes=[0, 0], high_quality=[0.01, 0.0], all_modes=0)).startswith("nothing")
