@@ -68,6 +68,23 @@ def test_generator_and_discriminator_shapes():
         gan.Generator(hidden=[16, 0])
 
 
+def test_scale_multiplies_the_generator_output_and_divides_the_critic_input():
+    tinygen.manual_seed(0)
+    G1 = gan.Generator(latent_dim=2, hidden=[8], out_dim=2, output="linear")
+    G3 = gan.Generator(latent_dim=2, hidden=[8], out_dim=2, output="linear", scale=3.0)
+    D1, D3 = gan.Discriminator(in_dim=2, hidden=[8]), gan.Discriminator(in_dim=2, hidden=[8], scale=3.0)
+    G3.load_state_dict(G1.state_dict())
+    D3.load_state_dict(D1.state_dict())
+    z, x = tinygen.randn(5, 2), tinygen.randn(5, 2)
+    with tinygen.no_grad():
+        np.testing.assert_allclose(G3(z).numpy(), 3.0 * G1(z).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(D3(x * 3.0).numpy(), D1(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert "scale=3" in repr(G3) and "scale" not in repr(G1)
+    for bad in (0.0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            gan.Generator(scale=bad)
+
+
 def test_conditional_variant_shapes_and_label_errors():
     tinygen.manual_seed(0)
     G = gan.Generator(latent_dim=8, hidden=[16], out_dim=784, num_classes=10, embed_dim=6)
@@ -254,7 +271,9 @@ def _on_ring_share(G):
 @pytest.mark.parametrize("name", L.LOSSES)
 def test_every_loss_learns_on_the_ring(name):
     # A fresh generator puts its points near the origin; after a short run they must have moved onto the ring.
-    settings = dict(TINY_TOY, dataset="ring", loss=name, steps=150, lr_g=1e-3, lr_d=1e-3, ema=0.0, seed=0)
+    # (a constant learning rate: these short runs test the losses; test_linear_lr_decay tests the schedule)
+    settings = dict(TINY_TOY, dataset="ring", loss=name, steps=150, lr_g=1e-3, lr_d=1e-3, ema=0.0, seed=0,
+                    lr_decay="none")
     if name == "wgan":
         settings.update(n_critic=2, steps=100, clip=0.1)
     if name == "wgan-gp":
@@ -406,7 +425,8 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, small_mni
 
 def test_resume_mid_epoch_with_several_critic_steps(tmp_path):
     # 10 batches per epoch and 3 critic steps per generator step: runs stop inside epochs and between critic steps
-    settings = dict(TINY_TOY, dataset="ring", loss="wgan-gp", n_critic=3, d_dropout=0.1, seed=2)
+    # (a constant learning rate: a linear decay is planned over the run's length, which this test changes)
+    settings = dict(TINY_TOY, dataset="ring", loss="wgan-gp", n_critic=3, d_dropout=0.1, seed=2, lr_decay="none")
     gan.train_gan(out=tmp_path / "full", quiet=True, steps=8, **settings)
     gan.train_gan(out=tmp_path / "part", quiet=True, steps=4, **settings)
     _, _, hist = gan.train_gan(out=tmp_path / "part", resume=True, quiet=True, steps=8, **settings)
@@ -428,6 +448,11 @@ def test_resume_refuses_changed_settings_and_missing_runs(tmp_path):
         gan.train_gan(out=tmp_path / "run", quiet=True, **settings)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         gan.train_gan(out=tmp_path / "none", resume=True, quiet=True, **settings)
+    assert gan.make_config(**settings)["lr_decay"] == "linear"  # the ring default
+    with pytest.raises(ValueError, match="decay is planned over steps=2"):
+        gan.train_gan(out=tmp_path / "run", resume=True, quiet=True, **dict(settings, steps=4))
+    _, _, hist = gan.train_gan(out=tmp_path / "run", resume=True, quiet=True, **settings)  # same length: fine
+    assert hist == []  # nothing left to do
 
 
 def test_init_starts_from_saved_weights(tmp_path):
@@ -553,6 +578,36 @@ def test_loss_defaults_and_presets():
     assert not a["conditional"] and a["epochs"] == 100 and a["steps"] is None
     e = gan.make_config(dataset="ring", epochs=2)  # ring/grid count steps by default; epochs replace them
     assert e["epochs"] == 2 and e["steps"] is None
+
+
+def test_toy_defaults_scale_the_networks_and_tune_wgan_gp():
+    for name, spread in (("ring", 2 ** 0.5), ("grid", 8 ** 0.5)):  # RMS coordinate of the centres
+        c = gan.make_config(dataset=name, loss="wgan-gp")
+        assert c["data_scale"] == pytest.approx(spread, abs=1e-4)
+        assert (c["gp"], c["lr_g"], c["lr_d"], c["lr_decay"], c["latent"], c["n_critic"]) == \
+            (0.1, 1e-3, 1e-3, "linear", 2, 5)
+        assert gan.build_generator(c).scale == gan.build_discriminator(c).scale == c["data_scale"]
+        assert gan.make_config(dataset=name, loss="wgan-gp", gp=5.0)["gp"] == 5.0  # the caller wins
+        ns = gan.make_config(dataset=name, loss="nonsaturating")  # the per-dataset wgan-gp settings stay there
+        assert (ns["lr_g"], ns["data_scale"]) == (1e-4, c["data_scale"])
+    m = gan.make_config(loss="wgan-gp")  # MNIST keeps the paper's penalty and unscaled networks
+    assert (m["gp"], m["lr_g"], m["data_scale"]) == (10.0, 1e-4, 1.0)
+    with pytest.raises(ValueError, match="data_scale must be a number > 0"):
+        gan.make_config(dataset="ring", data_scale=0)
+
+
+def test_checkpoint_saved_before_data_scale_loads_unscaled(tmp_path):
+    out = tmp_path / "run"
+    G, _, _ = gan.train_gan(out=out, quiet=True, dataset="ring", steps=2, **TINY_TOY)
+    ckpt = tinygen.load(out / "checkpoint.npz")
+    G2, cfg = gan.generator_from_checkpoint(ckpt)
+    assert G2.scale == cfg["data_scale"] == pytest.approx(2 ** 0.5, abs=1e-4)
+    del ckpt["config"]["data_scale"]  # as an older run saved it
+    G_old, cfg_old = gan.generator_from_checkpoint(ckpt)
+    assert G_old.scale == cfg_old["data_scale"] == 1.0
+    z = tinygen.randn(4, cfg["latent"])
+    with tinygen.no_grad():
+        np.testing.assert_allclose(G2(z).numpy(), G2.scale * G_old(z).numpy(), rtol=1e-5)
 
 
 def test_article_data_is_100_binarised_images(small_mnist):

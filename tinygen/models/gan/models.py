@@ -8,7 +8,13 @@ Each hidden layer is Linear -> [BatchNorm1d] -> LeakyReLU -> [Dropout]. ``PYTORC
 the PyTorch-GAN collection (``implementations/gan/gan.py``): G 100-128-256-512-1024-784 with BatchNorm1d(eps=0.8)
 after every hidden layer but the first, LeakyReLU 0.2, tanh; D 784-512-256-1 with LeakyReLU 0.2. The
 discriminator returns logits (the sigmoid lives in the losses, where it is computed stably).
+
+``scale`` (both networks): G multiplies its output by it and D divides its input by it, so that both work in units
+where the data has about unit spread while everything outside them sees data units (the 2-D mixtures span +-2 and
++-4; WGAN-GP's toy experiments normalise them the same way).
 """
+import math
+
 import numpy as np
 
 from ... import nn
@@ -62,6 +68,13 @@ def mlp(in_dim, hidden, out_dim, batchnorm=False, bn_first=True, bn_eps=1e-5, dr
     return nn.Sequential(*layers)
 
 
+def _check_scale(scale):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
 def _labels(labels, n, num_classes, device, who):
     if labels is None:
         raise ValueError(f"this {who} is conditional ({num_classes} classes): pass the labels")
@@ -83,8 +96,9 @@ class Generator(nn.Module):
     """
 
     def __init__(self, latent_dim=64, hidden=(256, 512), out_dim=784, batchnorm=False, bn_first=False, bn_eps=1e-5,
-                 dropout=0.0, slope=0.2, output="tanh", num_classes=0, embed_dim=None):
+                 dropout=0.0, slope=0.2, output="tanh", num_classes=0, embed_dim=None, scale=1.0):
         super().__init__()
+        self.scale = _check_scale(scale)
         self.latent_dim, self.out_dim = _check_int("latent_dim", latent_dim), _check_int("out_dim", out_dim)
         self.hidden = _check_widths("generator hidden", hidden)
         if output not in OUTPUTS:
@@ -104,11 +118,13 @@ class Generator(nn.Module):
             y = _labels(labels, z.shape[0], self.num_classes, z.device, "Generator")
             z = cat([self.label_emb(y), z], 1)
         out = self.net(z)
-        return out.tanh() if self.output == "tanh" else out
+        out = out.tanh() if self.output == "tanh" else out
+        return out * self.scale if self.scale != 1.0 else out
 
     def extra_repr(self):
         return (f"latent_dim={self.latent_dim}, out_dim={self.out_dim}, output={self.output}"
-                + (f", num_classes={self.num_classes}" if self.num_classes else ""))
+                + (f", num_classes={self.num_classes}" if self.num_classes else "")
+                + (f", scale={self.scale:g}" if self.scale != 1.0 else ""))
 
 
 class Discriminator(nn.Module):
@@ -119,8 +135,9 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, in_dim=784, hidden=(512, 256), batchnorm=False, bn_eps=1e-5, dropout=0.0, slope=0.2,
-                 num_classes=0, embed_dim=None):
+                 num_classes=0, embed_dim=None, scale=1.0):
         super().__init__()
+        self.scale = _check_scale(scale)
         self.in_dim = _check_int("in_dim", in_dim)
         self.hidden = _check_widths("discriminator hidden", hidden)
         self.num_classes = _check_int("num_classes", num_classes, low=0)
@@ -137,24 +154,29 @@ class Discriminator(nn.Module):
         if x.shape[1] != self.in_dim:
             raise ValueError(f"Discriminator: x must have {self.in_dim} features per sample, got shape "
                              f"{tuple(x.shape)}")
+        if self.scale != 1.0:
+            x = x * (1.0 / self.scale)
         if self.num_classes:
             y = _labels(labels, x.shape[0], self.num_classes, x.device, "Discriminator")
             x = cat([x, self.label_emb(y)], 1)
         return self.net(x).reshape(x.shape[0])
 
     def extra_repr(self):
-        return f"in_dim={self.in_dim}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
+        return (f"in_dim={self.in_dim}" + (f", num_classes={self.num_classes}" if self.num_classes else "")
+                + (f", scale={self.scale:g}" if self.scale != 1.0 else ""))
 
 
 def build_generator(cfg):
     """The generator a run's config describes (keys: latent, g_hidden, data_dim, g_batchnorm, bn_eps, g_dropout,
-    g_slope, output, conditional, num_classes)."""
+    g_slope, output, conditional, num_classes, data_scale)."""
     return Generator(cfg["latent"], cfg["g_hidden"], cfg["data_dim"], cfg["g_batchnorm"], False, cfg["bn_eps"],
-                     cfg["g_dropout"], cfg["g_slope"], cfg["output"], cfg["num_classes"] if cfg["conditional"] else 0)
+                     cfg["g_dropout"], cfg["g_slope"], cfg["output"], cfg["num_classes"] if cfg["conditional"] else 0,
+                     scale=cfg.get("data_scale", 1.0))
 
 
 def build_discriminator(cfg):
     """The discriminator (critic) a run's config describes (keys: data_dim, d_hidden, d_batchnorm, bn_eps,
-    d_dropout, d_slope, conditional, num_classes)."""
+    d_dropout, d_slope, conditional, num_classes, data_scale)."""
     return Discriminator(cfg["data_dim"], cfg["d_hidden"], cfg["d_batchnorm"], cfg["bn_eps"], cfg["d_dropout"],
-                         cfg["d_slope"], cfg["num_classes"] if cfg["conditional"] else 0)
+                         cfg["d_slope"], cfg["num_classes"] if cfg["conditional"] else 0,
+                         scale=cfg.get("data_scale", 1.0))

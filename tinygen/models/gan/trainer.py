@@ -39,27 +39,34 @@ PRESETS = ("pytorch-gan", "article")
 OPTIMIZERS = ("adam", "rmsprop")
 LR_DECAYS = ("none", "linear")
 
-# What every run starts from; DATASET_DEFAULTS, then a preset, then LOSS_DEFAULTS, then the caller's settings
-# override it (``make_config``).
+# What every run starts from; DATASET_DEFAULTS, then a preset, then LOSS_DEFAULTS and DATASET_LOSS_DEFAULTS, then
+# the caller's settings override it (``make_config``).
 BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
         "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "g_slope": 0.2, "d_slope": 0.2,
         "output": "tanh", "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
         "lr_decay": "none", "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64,
         "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
-        "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu"}
+        "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0}
+
+def _spread(mixture):
+    """The root-mean-square coordinate of a mixture's centres: about the data's spread per coordinate."""
+    return round(float(np.sqrt((mixture.centres ** 2).mean())), 4)
+
+
+# The 2-D mixtures' networks (every loss): G and D of 3 ReLU layers of 256, a 2-D latent as in WGAN-GP's toy
+# experiments (a 16-D one left a diffuse cloud after 3000 steps), and ``data_scale`` so both networks work in units
+# of about unit spread; learning rates decay linearly to 0, which tightens the modes at the end of the run.
+_TOY = {"latent": 2, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "g_slope": 0.0, "d_slope": 0.0,
+        "output": "linear", "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0,
+        "eval_samples": 2500, "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "lr_decay": "linear"}
 
 DATASET_DEFAULTS = {
     # label-conditioned, Adam 5e-4, 6000 steps: 10/10 classes, IS 9.5, FD ~15-20 in ~2 minutes on 2 cores, where
     # unconditional recipes reach IS <= 8.5 after 9000 steps (docs/results-gan.md has the sweep)
     "mnist": {"conditional": True, "lr_g": 5e-4, "lr_d": 5e-4, "epochs": None, "steps": 6000},
-    # 2-D mixtures: small MLPs with a linear output; a finite but large draw of the mixture serves as the data
-    "ring": {"latent": 16, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "output": "linear",
-             "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0, "eval_samples": 2500,
-             "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9]},
-    "grid": {"latent": 16, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "output": "linear",
-             "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0, "eval_samples": 2500,
-             "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9]},
+    "ring": dict(_TOY, data_scale=_spread(ring)),
+    "grid": dict(_TOY, data_scale=_spread(grid)),
 }
 
 PRESET_DEFAULTS = {
@@ -76,6 +83,13 @@ PRESET_DEFAULTS = {
 LOSS_DEFAULTS = {
     "wgan": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5, "clip": 0.01},
     "wgan-gp": {"optimizer": "adam", "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "n_critic": 5, "gp": 10.0},
+}
+
+# A loss's settings on one dataset, applied after LOSS_DEFAULTS. wgan-gp on the 2-D mixtures: a small penalty
+# (WGAN-GP's toy code uses 0.1: a critic held to gradient norm 1 by a large one cannot resolve modes of std
+# 0.02-0.05) and Adam 1e-3 decaying to 0 (docs/results-gan.md has the sweep).
+DATASET_LOSS_DEFAULTS = {
+    (name, "wgan-gp"): {"lr_g": 1e-3, "lr_d": 1e-3, "gp": 0.1} for name in ("ring", "grid")
 }
 
 # Settings that a resumed run may change (the rest must match the saved run).
@@ -105,8 +119,8 @@ def _float(cfg, key, low=0.0, high=None, allow_low=True):
 
 
 def make_config(**settings):
-    """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults and
-    finally ``settings`` (None values are ignored). Raises ValueError naming any bad or unknown setting."""
+    """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults (and
+    its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any bad or unknown setting."""
     unknown = sorted(set(settings) - set(BASE))
     if unknown:
         raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)}")
@@ -125,6 +139,7 @@ def make_config(**settings):
         cfg.update(PRESET_DEFAULTS[preset])
     loss = L.check_loss(given.get("loss", cfg["loss"]))
     cfg.update(LOSS_DEFAULTS.get(loss, {}))
+    cfg.update(DATASET_LOSS_DEFAULTS.get((dataset, loss), {}))
     if "steps" in given:  # steps replace the epoch count, and the other way round
         cfg["epochs"] = None
     elif "epochs" in given:
@@ -148,7 +163,7 @@ def _validate(cfg):
         _int(cfg, key)
     _int(cfg, "seed", low=0)
     _int(cfg, "n_train", optional=True)
-    for key in ("lr_g", "lr_d", "clip", "bn_eps"):
+    for key in ("lr_g", "lr_d", "clip", "bn_eps", "data_scale"):
         _float(cfg, key, allow_low=False)
     _float(cfg, "gp")
     _float(cfg, "g_slope")
@@ -594,6 +609,11 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
             if diffs:
                 raise ValueError(f"can't resume from '{ckpt_path}': the settings differ from the saved run ("
                                  + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + ")")
+            saved_cfg = ckpt["config"]
+            if cfg["lr_decay"] != "none" and any(saved_cfg.get(k) != cfg[k] for k in ("steps", "epochs")):
+                raise ValueError(f"can't resume from '{ckpt_path}' with a different length: its {cfg['lr_decay']} "
+                                 f"learning-rate decay is planned over steps={saved_cfg.get('steps')}, "
+                                 f"epochs={saved_cfg.get('epochs')}; resume with those, or start a new run")
             start_epoch = tu.restore_checkpoint(ckpt, **parts)
             extra = ckpt.get("extra", {})
             state.update(step=int(extra.get("step", 0)), critic_count=int(extra.get("critic_count", 0)))
@@ -745,7 +765,8 @@ def generator_from_checkpoint(ckpt, device="cpu", use_ema=True):
     if not isinstance(ckpt, dict) or ckpt.get("model") != NAME:
         kind = ckpt.get("model") if isinstance(ckpt, dict) else None
         raise ValueError(f"not a GAN checkpoint (it holds model {kind!r})")
-    saved = ckpt.get("config", {})
+    saved = dict(ckpt.get("config", {}))
+    saved.setdefault("data_scale", 1.0)  # saved before the setting existed: unscaled networks
     cfg = make_config(**{k: v for k, v in saved.items() if k in BASE})
     G = build_generator(cfg)
     mods = ckpt.get("modules", {})
