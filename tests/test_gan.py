@@ -651,3 +651,13 @@ def test_command_line_conditional_switch():
     assert settings_from_args(parse(["train", "gan", "--no-conditional"]))["conditional"] is False
     cfg = gan.make_config(**settings_from_args(parse(["train", "gan", "--no-conditional", "--epochs", "2"])))
     assert not cfg["conditional"] and cfg["epochs"] == 2 and cfg["steps"] is None
+
+
+def test_command_line_data_scale_and_toy_recipe():
+    from tinygen.cli import build_parser
+    from tinygen.models.gan import settings_from_args
+    parse = build_parser().parse_args
+    cfg = gan.make_config(**settings_from_args(parse(["train", "gan", "--data", "grid", "--loss", "wgan-gp"])))
+    assert (cfg["data_scale"], cfg["gp"], cfg["lr_g"]) == (pytest.approx(8 ** 0.5, abs=1e-4), 0.1, 1e-3)
+    cfg = gan.make_config(**settings_from_args(parse(["train", "gan", "--data", "grid", "--data-scale", "2"])))
+    assert cfg["data_scale"] == 2.0

@@ -31,7 +31,8 @@ def add_arguments(p):
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = ("Train a GAN. Unset options come from the recipe: the MNIST defaults, or the ring/grid "
                      "defaults, changed by --preset and by --loss (wgan: RMSprop 5e-5, 5 critic steps, clip 0.01; "
-                     "wgan-gp: Adam 1e-4 (0.5, 0.9), 5 critic steps, penalty 10).")
+                     "wgan-gp: Adam 1e-4 (0.5, 0.9), 5 critic steps, penalty 10; on ring/grid Adam 1e-3 and "
+                     "penalty 0.1).")
     a = p.add_argument
     a("--data", default=None, metavar="mnist|ring|grid|DIR",
       help="training data: MNIST (default; the full training set from $TINYGEN_DATA, else the bundled test split), "
@@ -49,12 +50,16 @@ def add_arguments(p):
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
     a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (rmsprop for wgan)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
-                                                          "end of the run")
+                                                          "end of the run (default on ring/grid)")
     a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1; 5 for wgan*)")
     a("--clip", type=float, default=None, help="wgan weight clipping bound (default 0.01)")
-    a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda (default 10)")
+    a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda (default 10; 0.1 on "
+                                                     "ring/grid)")
     a("--label-smoothing", type=float, default=None, help="one-sided: real target 1 - s (e.g. 0.1 -> 0.9)")
-    a("--latent", type=int, default=None, help="size of the noise z (default 64)")
+    a("--latent", type=int, default=None, help="size of the noise z (default 64; 2 on ring/grid)")
+    a("--data-scale", type=float, default=None,
+      help="G multiplies its output and D divides its input by this, so both work in units of about unit "
+           "spread (default 1; ring 1.414, grid 2.828: the spread of the mixture's centres)")
     a("--g-hidden", type=int, nargs="+", default=None, help="generator hidden widths (default 256 512)")
     a("--d-hidden", type=int, nargs="+", default=None, help="discriminator hidden widths (default 512 256)")
     a("--g-batchnorm", action=argparse.BooleanOptionalAction, default=None,
@@ -66,7 +71,7 @@ def add_arguments(p):
     a("--d-dropout", type=float, default=None, help="dropout after the discriminator's hidden layers")
     a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks (0: ReLU)")
     a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
-    a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2)")
+    a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--conditional", action=argparse.BooleanOptionalAction, default=None,
       help="condition G and D on the digit label (an Embedding concatenated to their inputs); on by default on "
            "MNIST, --no-conditional for the unconditional GAN (the one that shows mode collapse)")
@@ -90,7 +95,7 @@ def add_arguments(p):
 _SETTINGS = ("preset", "loss", "epochs", "steps", "batch_size", "lr_g", "lr_d", "betas", "optimizer", "lr_decay",
              "n_critic", "clip", "gp", "label_smoothing", "latent", "g_hidden", "d_hidden", "g_batchnorm",
              "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope", "d_slope", "conditional", "ema", "seed",
-             "n_train", "binarize", "eval_samples", "log_every", "device")
+             "n_train", "binarize", "eval_samples", "log_every", "device", "data_scale")
 
 
 def settings_from_args(args):
