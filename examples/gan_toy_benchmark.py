@@ -3,10 +3,10 @@ fixed budget of generator steps, with several seeds, and tabulate modes captured
 reverse KL (2,500 samples each, scored as in the Unrolled GAN / VEEGAN / PacGAN papers).
 
     python examples/gan_toy_benchmark.py --jobs 2 --md toy.md --json toy.json
-    python examples/gan_toy_benchmark.py --jobs 2 --seeds 0 1 --md toy.md --json toy.json   # docs/results-gan.md
+    python examples/gan_toy_benchmark.py --jobs 2 --seeds 0 1 2 --md toy.md --json toy.json   # docs/results-gan.md
 
 Each run is ``tinygen train gan --data DATA --loss LOSS --steps STEPS --seed SEED`` (the ring/grid recipe:
-see ``tinygen.models.gan.trainer.DATASET_DEFAULTS`` and ``LOSS_DEFAULTS``); ``--set key=value`` changes a setting
+see ``DATASET_DEFAULTS``, ``LOSS_DEFAULTS`` and ``DATASET_LOSS_DEFAULTS`` in ``tinygen.models.gan.trainer``); ``--set key=value`` changes a setting
 for all runs. The generator a run returns (its EMA copy where the recipe keeps one) is scored on ``--samples``
 fresh samples drawn with seed 10000 + SEED. ``--jobs`` runs that many trainings at once (one BLAS thread each).
 """
@@ -65,7 +65,7 @@ def run_one(job):
 
 
 RECIPE_KEYS = ("latent", "g_hidden", "d_hidden", "g_slope", "d_slope", "batch_size", "optimizer", "lr_g", "lr_d",
-               "betas", "lr_decay", "n_critic", "clip", "gp", "ema", "toy_samples")
+               "betas", "lr_decay", "n_critic", "clip", "gp", "ema", "toy_samples", "data_scale")
 
 
 def summarize(rows, data_names, losses):

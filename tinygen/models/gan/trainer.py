@@ -54,9 +54,10 @@ def _spread(mixture):
     return round(float(np.sqrt((mixture.centres ** 2).mean())), 4)
 
 
-# The 2-D mixtures' networks (every loss): G and D of 3 ReLU layers of 256, a 2-D latent as in WGAN-GP's toy
-# experiments (a 16-D one left a diffuse cloud after 3000 steps), and ``data_scale`` so both networks work in units
-# of about unit spread; learning rates decay linearly to 0, which tightens the modes at the end of the run.
+# The 2-D mixtures' networks (every loss): G and D of 3 ReLU layers of 256; a 2-D latent as in WGAN-GP's toy
+# experiments (with wgan-gp's small penalty a 16-D one gave 26% high-quality ring samples at 3000 steps, 2-D 63%);
+# ``data_scale`` so both networks work in units of about unit spread; learning rates decaying linearly to 0, which
+# tightens the modes at the end of the run.
 _TOY = {"latent": 2, "g_hidden": [256, 256, 256], "d_hidden": [256, 256, 256], "g_slope": 0.0, "d_slope": 0.0,
         "output": "linear", "data_dim": 2, "batch_size": 256, "epochs": None, "steps": 3000, "ema": 0.0,
         "eval_samples": 2500, "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "lr_decay": "linear"}
