@@ -128,6 +128,10 @@ def worker_env(framework, threads):
         env[var] = n
     xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={n}"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
+    # OpenBLAS's idle threads busy-wait for about 2^28 cycles (a tenth of a second) after each call; on a 2-core
+    # machine that takes a core from the next framework's chunk, and from a process's own Numba/ufunc threads.
+    # 2^10 cycles keeps the wake-up cheap without the spin (set it yourself to measure another value).
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -484,6 +488,7 @@ def environment(args, pool):
         "loadavg_1min_end": _loadavg(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "10 (the harness's default)"),
         "frameworks": {},
     }
     try:
@@ -613,7 +618,9 @@ def markdown(results):
     lines += blas
     lines += ["", "OPENBLAS_CORETYPE: " + (env["OPENBLAS_CORETYPE"] or "not set")
               + "; OPENBLAS_L2_SIZE: " + (env["OPENBLAS_L2_SIZE"] or "not set")
-              + " (when set they can pin NumPy's OpenBLAS to a slower kernel)", ""]
+              + " (when set they can pin NumPy's OpenBLAS to a slower kernel); OPENBLAS_THREAD_TIMEOUT in every "
+              + "framework's process: " + str(env.get("OPENBLAS_THREAD_TIMEOUT") or "not set")
+              + " (how long OpenBLAS's idle threads spin, as a power of 2 cycles; OpenBLAS's default is 28)", ""]
     if results.get("gemm"):
         g = results["gemm"]
         if g.get("status") == "ok":

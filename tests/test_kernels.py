@@ -81,6 +81,7 @@ def threads(request, monkeypatch):
         if cpu._threads() < 2:
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
         monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
     return request.param
 
 
@@ -602,6 +603,34 @@ def test_sizes_above_the_default_parallel_threshold():
     cpu.adam_step(p1, g, *state1, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
     ref.adam_step(p2, g, *state2, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
     same(p1, p2)
+
+
+@requires_numba
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 1001])
+def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
+    from tinygen.kernels import cpu
+    monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
+    seen = np.zeros(n, np.int64)
+
+    def part(lo, hi):
+        assert 0 <= lo <= hi <= n
+        seen[lo:hi] += 1
+    cpu._in_chunks(part, n)
+    assert (seen == 1).all()
+
+
+@requires_numba
+def test_threaded_transcendentals_keep_the_reference_bits():
+    from tinygen.kernels import cpu
+    n = cpu.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
+    rng = np.random.default_rng(14)
+    x, t = randn(rng, (n,), np.float32, 6.0), rng.random(n).astype(np.float32)
+    same(cpu.tanh_fwd(x), ref.tanh_fwd(x))
+    same(cpu.sigmoid_fwd(x), ref.sigmoid_fwd(x))
+    loss, grad = cpu.bce_with_logits(x, t, reduction="none")
+    eloss, egrad = ref.bce_with_logits(x, t, reduction="none")
+    same(loss, eloss)
+    same(grad, egrad)
 
 
 # ---- the switch, lookup and threads ---------------------------------------------------------------------------------

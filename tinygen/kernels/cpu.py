@@ -21,6 +21,7 @@ How the loops are written:
 """
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -44,6 +45,46 @@ def _threads():
     return numba.get_num_threads()
 
 
+# NumPy's transcendental ufuncs are compute-bound (4-15 ns per float32 element on a 2-core AVX2 machine, where
+# exp and log1p are not vectorised), so unlike the memory-bound loops above a second thread pays from far fewer
+# elements. NumPy releases the GIL inside a ufunc, so plain threads run the chunks at once, with the bits of one
+# call (override: TINYGEN_UFUNC_PARALLEL_MIN).
+UFUNC_PARALLEL_MIN = int(os.environ.get("TINYGEN_UFUNC_PARALLEL_MIN", 1 << 16))
+_ufunc_pool = None
+
+
+def _in_chunks(fn, n):
+    """Run ``fn(lo, hi)`` over [0, n): one chunk per thread from UFUNC_PARALLEL_MIN elements, else one call."""
+    global _ufunc_pool
+    t = _threads()
+    if n < max(UFUNC_PARALLEL_MIN, 2) or t < 2:
+        fn(0, n)
+        return
+    if _ufunc_pool is None or _ufunc_pool._max_workers < t - 1:
+        _ufunc_pool = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
+    step = -(-n // t)
+    parts = [_ufunc_pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
+    fn(0, min(n, step))  # the calling thread takes the first chunk
+    for f in parts:
+        f.result()
+
+
+def _exp_neg_abs(x, log1p=False):
+    """exp(-|x|) of a flat array (and its log1p with ``log1p``), in chunks on the ufunc threads."""
+    e = np.empty_like(x)
+    l1p = np.empty_like(x) if log1p else None
+
+    def part(lo, hi):
+        c = e[lo:hi]
+        np.absolute(x[lo:hi], out=c)
+        np.negative(c, out=c)
+        np.exp(c, out=c)
+        if log1p:
+            np.log1p(c, out=l1p[lo:hi])
+    _in_chunks(part, x.size)
+    return (e, l1p) if log1p else e
+
+
 def _chunks(n):
     """Number of chunks for the parallel twin, or 0 to run serially."""
     if n < PARALLEL_MIN:
@@ -62,7 +103,7 @@ def _chunks(n):
 def _pre_fwd(x, act, p1):
     """The one NumPy (SIMD) call an activation's forward needs, or None."""
     if act == SIGMOID:
-        return np.exp(-abs(x))
+        return _exp_neg_abs(x)
     if act == ELU:
         return np.expm1(np.minimum(x, 0))
     if act == SOFTPLUS:
@@ -184,7 +225,7 @@ def _same_float(name, *arrays):
 def _act_fwd_into(xf, out, code, p1, p2):
     """out = act(xf) for flat arrays (out may be xf itself)."""
     if code == TANH:
-        np.tanh(xf, out=out)  # one SIMD pass already: nothing to fuse
+        _in_chunks(lambda lo, hi: np.tanh(xf[lo:hi], out=out[lo:hi]), xf.size)  # one pass: nothing to fuse
         return
     e = _pre_fwd(xf, code, p1)
     e = xf if e is None else e  # unused by the loop, passed to keep one compiled signature
@@ -735,8 +776,8 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     loss = np.empty(n, dt) if per_elem else _dummy(dt)
     grad = np.empty(n, dt) if need_grad else _dummy(dt)
     gscale = dt.type(1 / n) if reduction == "mean" and n else dt.type(1)
-    e = np.exp(-abs(xf))  # the transcendental part in NumPy's SIMD code, as the reference computes it
-    args = (xf, tf, e, np.log1p(e), _periodic(weight, x.shape, dt), _periodic(pos_weight, x.shape, dt),
+    e, l1p = _exp_neg_abs(xf, log1p=True)  # the transcendental part in NumPy, as the reference computes it
+    args = (xf, tf, e, l1p, _periodic(weight, x.shape, dt), _periodic(pos_weight, x.shape, dt),
             weight is not None, pos_weight is not None, loss, per_elem, grad, bool(need_grad), gscale)
     nch = _chunks(n)
     total = _bce_par(*args, nch) if nch else _bce(*args, 0)
