@@ -86,7 +86,8 @@ class Worker:
         info = {"framework": self.framework, "pid": os.getpid(), "import_s": self.import_s,
                 "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                       "NUMBA_NUM_THREADS", "XLA_FLAGS", "TINYGEN_NUMBA",
-                                                      "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")}}
+                                                      "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                      "OPENBLAS_THREAD_TIMEOUT")}}
         try:
             info["affinity"] = sorted(os.sched_getaffinity(0))
         except AttributeError:

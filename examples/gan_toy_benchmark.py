@@ -6,9 +6,9 @@ reverse KL (2,500 samples each, scored as in the Unrolled GAN / VEEGAN / PacGAN 
     python examples/gan_toy_benchmark.py --jobs 2 --seeds 0 1 2 --md toy.md --json toy.json   # docs/results-gan.md
 
 Each run is ``tinygen train gan --data DATA --loss LOSS --steps STEPS --seed SEED`` (the ring/grid recipe:
-see ``DATASET_DEFAULTS``, ``LOSS_DEFAULTS`` and ``DATASET_LOSS_DEFAULTS`` in ``tinygen.models.gan.trainer``); ``--set key=value`` changes a setting
-for all runs. The generator a run returns (its EMA copy where the recipe keeps one) is scored on ``--samples``
-fresh samples drawn with seed 10000 + SEED. ``--jobs`` runs that many trainings at once (one BLAS thread each).
+see ``DATASET_DEFAULTS``, ``LOSS_DEFAULTS`` and ``DATASET_LOSS_DEFAULTS`` in ``tinygen.models.gan.trainer``);
+``--set key=value`` changes a setting for all runs. The generator a run returns (its EMA copy where the recipe
+keeps one) is scored on ``--samples`` fresh samples drawn with seed 10000 + SEED. ``--jobs`` runs that many trainings at once (one BLAS thread each).
 """
 import argparse
 import datetime

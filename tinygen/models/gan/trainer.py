@@ -49,6 +49,7 @@ BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating
         "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
         "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0}
 
+
 def _spread(mixture):
     """The root-mean-square coordinate of a mixture's centres: about the data's spread per coordinate."""
     return round(float(np.sqrt((mixture.centres ** 2).mean())), 4)
@@ -121,7 +122,8 @@ def _float(cfg, key, low=0.0, high=None, allow_low=True):
 
 def make_config(**settings):
     """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults (and
-    its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any bad or unknown setting."""
+    its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
+    bad or unknown setting."""
     unknown = sorted(set(settings) - set(BASE))
     if unknown:
         raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)}")
