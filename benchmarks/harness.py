@@ -119,6 +119,11 @@ def log(msg):
 
 
 # ---- worker processes ------------------------------------------------------------------------------------------------
+def openblas_thread_timeout():
+    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 10 (see worker_env)."""
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "10"
+
+
 def worker_env(framework, threads):
     """The environment a framework's process starts with: thread counts fixed before any import."""
     env = dict(os.environ)
@@ -131,7 +136,7 @@ def worker_env(framework, threads):
     # OpenBLAS's idle threads busy-wait for about 2^28 cycles (a tenth of a second) after each call; on a 2-core
     # machine that takes a core from the next framework's chunk, and from a process's own Numba/ufunc threads.
     # 2^10 cycles keeps the wake-up cheap without the spin (set it yourself to measure another value).
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
+    env["OPENBLAS_THREAD_TIMEOUT"] = openblas_thread_timeout()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -488,7 +493,7 @@ def environment(args, pool):
         "loadavg_1min_end": _loadavg(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
-        "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT", "10 (the harness's default)"),
+        "OPENBLAS_THREAD_TIMEOUT": openblas_thread_timeout(),
         "frameworks": {},
     }
     try:

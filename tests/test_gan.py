@@ -610,6 +610,20 @@ def test_checkpoint_saved_before_data_scale_loads_unscaled(tmp_path):
         np.testing.assert_allclose(G2(z).numpy(), G2.scale * G_old(z).numpy(), rtol=1e-5)
 
 
+
+def test_run_saved_before_data_scale_resumes_as_unscaled(tmp_path):
+    settings = dict(TINY_TOY, dataset="ring", steps=2, data_scale=1.0, lr_decay="none")
+    gan.train_gan(out=tmp_path / "run", quiet=True, **settings)
+    path = tmp_path / "run" / "checkpoint.npz"
+    ckpt = tinygen.load(path)
+    del ckpt["config"]["data_scale"]  # as an older run saved it
+    tinygen.save(ckpt, path)
+    _, _, hist = gan.train_gan(out=tmp_path / "run", resume=True, quiet=True, **dict(settings, steps=4))
+    assert hist[-1]["step"] == 4
+    with pytest.raises(ValueError, match="data_scale: saved 1.0, now 1.4142"):  # the ring's default differs
+        gan.train_gan(out=tmp_path / "run", resume=True, quiet=True, **dict(settings, steps=6, data_scale=None))
+
+
 def test_article_data_is_100_binarised_images(small_mnist):
     cfg = gan.make_config(preset="article")
     x, y, desc = T.load_data(cfg, train_set=small_mnist)

@@ -50,20 +50,20 @@ def _threads():
 # elements. NumPy releases the GIL inside a ufunc, so plain threads run the chunks at once, with the bits of one
 # call (override: TINYGEN_UFUNC_PARALLEL_MIN).
 UFUNC_PARALLEL_MIN = int(os.environ.get("TINYGEN_UFUNC_PARALLEL_MIN", 1 << 16))
-_ufunc_pool = None
+_ufunc_pool = {}  # worker count -> ThreadPoolExecutor, made on first use
 
 
 def _in_chunks(fn, n):
     """Run ``fn(lo, hi)`` over [0, n): one chunk per thread from UFUNC_PARALLEL_MIN elements, else one call."""
-    global _ufunc_pool
     t = _threads()
     if n < max(UFUNC_PARALLEL_MIN, 2) or t < 2:
         fn(0, n)
         return
-    if _ufunc_pool is None or _ufunc_pool._max_workers < t - 1:
-        _ufunc_pool = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
+    pool = _ufunc_pool.get(t - 1)
+    if pool is None:
+        pool = _ufunc_pool[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
     step = -(-n // t)
-    parts = [_ufunc_pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
+    parts = [pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
     fn(0, min(n, step))  # the calling thread takes the first chunk
     for f in parts:
         f.result()

@@ -171,7 +171,7 @@ def build_generator(cfg):
     g_slope, output, conditional, num_classes, data_scale)."""
     return Generator(cfg["latent"], cfg["g_hidden"], cfg["data_dim"], cfg["g_batchnorm"], False, cfg["bn_eps"],
                      cfg["g_dropout"], cfg["g_slope"], cfg["output"], cfg["num_classes"] if cfg["conditional"] else 0,
-                     scale=cfg.get("data_scale", 1.0))
+                     scale=cfg["data_scale"])
 
 
 def build_discriminator(cfg):
@@ -179,4 +179,4 @@ def build_discriminator(cfg):
     d_dropout, d_slope, conditional, num_classes, data_scale)."""
     return Discriminator(cfg["data_dim"], cfg["d_hidden"], cfg["d_batchnorm"], cfg["bn_eps"], cfg["d_dropout"],
                          cfg["d_slope"], cfg["num_classes"] if cfg["conditional"] else 0,
-                         scale=cfg.get("data_scale", 1.0))
+                         scale=cfg["data_scale"])

@@ -94,8 +94,18 @@ DATASET_LOSS_DEFAULTS = {
     (name, "wgan-gp"): {"lr_g": 1e-3, "lr_d": 1e-3, "gp": 0.1} for name in ("ring", "grid")
 }
 
-# Settings that a resumed run may change (the rest must match the saved run).
+# Settings that a resumed run may change (the rest must match the saved run); the length only without a
+# learning-rate decay, which is planned over the saved length.
 RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
+LENGTH = ("epochs", "steps")
+
+# Settings added after runs were saved, with the value that reproduces those runs.
+ADDED_SETTINGS = {"data_scale": 1.0}
+
+
+def saved_config(ckpt):
+    """A checkpoint's run settings, with ADDED_SETTINGS filled in where the run predates them."""
+    return {**ADDED_SETTINGS, **ckpt.get("config", {})}
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -608,15 +618,16 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
         log, steps_log_file = tu.MetricsLog(out / "metrics.jsonl"), tu.MetricsLog(out / "steps.jsonl")
         if resume:
             ckpt = tu.load_checkpoint(ckpt_path, model_name=NAME)
-            diffs = tu.config_mismatch(ckpt["config"], cfg, ignore=RESUMABLE)
+            saved = saved_config(ckpt)
+            decays = cfg["lr_decay"] != "none"
+            diffs = tu.config_mismatch(saved, cfg, ignore=[k for k in RESUMABLE if not (decays and k in LENGTH)])
             if diffs:
+                hint = ""
+                if decays and any(k in LENGTH for k, _, _ in diffs):
+                    hint = (f"; its {cfg['lr_decay']} learning-rate decay is planned over steps={saved['steps']}, "
+                            f"epochs={saved['epochs']}: resume with those, or start a new run")
                 raise ValueError(f"can't resume from '{ckpt_path}': the settings differ from the saved run ("
-                                 + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + ")")
-            saved_cfg = ckpt["config"]
-            if cfg["lr_decay"] != "none" and any(saved_cfg.get(k) != cfg[k] for k in ("steps", "epochs")):
-                raise ValueError(f"can't resume from '{ckpt_path}' with a different length: its {cfg['lr_decay']} "
-                                 f"learning-rate decay is planned over steps={saved_cfg.get('steps')}, "
-                                 f"epochs={saved_cfg.get('epochs')}; resume with those, or start a new run")
+                                 + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + hint + ")")
             start_epoch = tu.restore_checkpoint(ckpt, **parts)
             extra = ckpt.get("extra", {})
             state.update(step=int(extra.get("step", 0)), critic_count=int(extra.get("critic_count", 0)))
@@ -768,9 +779,7 @@ def generator_from_checkpoint(ckpt, device="cpu", use_ema=True):
     if not isinstance(ckpt, dict) or ckpt.get("model") != NAME:
         kind = ckpt.get("model") if isinstance(ckpt, dict) else None
         raise ValueError(f"not a GAN checkpoint (it holds model {kind!r})")
-    saved = dict(ckpt.get("config", {}))
-    saved.setdefault("data_scale", 1.0)  # saved before the setting existed: unscaled networks
-    cfg = make_config(**{k: v for k, v in saved.items() if k in BASE})
+    cfg = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in BASE})
     G = build_generator(cfg)
     mods = ckpt.get("modules", {})
     key = "ema" if use_ema and "ema" in mods else "generator"
