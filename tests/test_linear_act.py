@@ -65,3 +65,39 @@ def test_linear_act_errors():
         F.linear_act(tg.randn(4, 1, 3), w, b, "relu")
     with pytest.raises(ValueError, match="does not match"):
         F.linear_act(tg.randn(4, 5), w, b, "relu")
+
+
+@pytest.mark.parametrize("rows", [1, 16, 48, 49, 200])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mm_matches_numpy_on_every_route(rows, dtype, monkeypatch):
+    """mm computes a short product with a transposed weight as (W @ x.T).T; the value and the C order must be
+    NumPy's, on either side of the row limit and for both layouts of the right operand."""
+    import tinygen.ops.linalg as linalg
+    monkeypatch.setattr(linalg, "SWAP_MAX_ROWS", 48)  # the default, whatever the environment says
+    mm, SWAP_MIN_SIZE = linalg.mm, linalg.SWAP_MIN_SIZE
+    rng = np.random.default_rng(rows)
+    cols = -(-SWAP_MIN_SIZE // 300)  # a weight just at the size from which the swap is considered
+    x, w = rng.standard_normal((rows, 300)).astype(dtype), rng.standard_normal((cols, 300)).astype(dtype)
+    for b in (w.T, np.ascontiguousarray(w.T)):
+        got, want = mm(x, b), x @ b
+        assert got.flags.c_contiguous and got.dtype == want.dtype and got.shape == want.shape
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_linear_forward_runs_through_mm(monkeypatch):
+    """Linear, linear_act and the matmul op all multiply through ops.linalg.mm (one place for the layout rule)."""
+    import tinygen.ops.linalg as linalg
+    calls = []
+    real = linalg.mm
+
+    def spy(a, b):
+        calls.append((a.shape, b.shape))
+        return real(a, b)
+    monkeypatch.setattr(linalg, "mm", spy)
+    monkeypatch.setattr(F, "mm", spy)
+    lin, x = nn.Linear(5, 3), tg.randn(4, 5)
+    lin(x)
+    nn.Sequential(lin, nn.ReLU())(x)
+    x @ lin.weight.T
+    assert calls == [((4, 5), (5, 3))] * 3

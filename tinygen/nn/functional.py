@@ -15,6 +15,7 @@ from .. import random as _random
 from ..autograd.function import Function
 from ..autograd.grad_mode import STATE
 from ..ops.index import IndexAdd
+from ..ops.linalg import mm
 from ..tensor import Tensor, _make
 
 
@@ -69,9 +70,9 @@ class LinearFunction(Function):
         ctx.save_for_backward(x, weight)
         d, w = x.data, weight.data
         if d.ndim <= 2:
-            out = d @ w.T
+            out = mm(d, w.T)
         else:  # one 2-D product over all leading dimensions
-            out = (d.reshape(-1, d.shape[-1]) @ w.T).reshape(d.shape[:-1] + (w.shape[0],))
+            out = mm(d.reshape(-1, d.shape[-1]), w.T).reshape(d.shape[:-1] + (w.shape[0],))
         if bias is not None:
             out += bias.data
         return out
@@ -126,7 +127,7 @@ class LinearActFunction(Function):
     def forward(ctx, x, weight, bias, act, p1, p2):
         ctx.save_for_backward(x, weight)
         ctx.act, ctx.p1, ctx.p2 = act, p1, p2
-        out = x.data @ weight.data.T
+        out = mm(x.data, weight.data.T)
         fused = kernels.lookup("bias_act_fwd", out) or _kref.bias_act_fwd
         return fused(out, None if bias is None else bias.data, act, p1, p2)
 
