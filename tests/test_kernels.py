@@ -478,6 +478,29 @@ def test_bce_parallel_twin(impl, threads):
         same(grad, egrad)
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+def test_bce_blocks_keep_the_reference_bits(impl, threads, monkeypatch, weighted):
+    """The CPU kernel works in blocks (on each thread): block edges that cut through rows and through the repeat
+    of pos_weight must not change a bit of the per-element loss or the gradient. The CPU kernel reduces the same
+    per-element losses with the reference's own sum, so its reduced loss keeps the bits too."""
+    if impl.name == "numba":
+        monkeypatch.setattr(impl.mod, "BCE_BLOCK", 5)
+    rng = np.random.default_rng(15)
+    x, t = randn(rng, (41, 7), np.float32, 6.0), rng.random((41, 7)).astype(np.float32)
+    w, pw = None, None
+    if weighted:
+        w, pw = rng.random((41, 1)).astype(np.float32), rng.random(7).astype(np.float32) * 3
+    for reduction in ("none", "sum", "mean"):
+        loss, grad = impl.get(impl.mod.bce_with_logits(impl.put(x), impl.put(t), impl.put(w), impl.put(pw),
+                                                       reduction))
+        eloss, egrad = ref.bce_with_logits(x, t, w, pw, reduction)
+        same(grad, egrad, "grad")
+        if reduction == "none" or impl.name == "numba":
+            same(loss, eloss, f"loss ({reduction})")
+        else:
+            close(loss, eloss, np.float32, f"loss ({reduction})")
+
+
 @requires_torch
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_bce_follows_pytorch(reduction):

@@ -69,8 +69,9 @@ def _in_chunks(fn, n):
         f.result()
 
 
-def _exp_neg_abs(x, log1p=False):
-    """exp(-|x|) of a flat array (and its log1p with ``log1p``), in chunks on the ufunc threads."""
+def _exp_neg_abs(x, log1p=False, threads=True):
+    """exp(-|x|) of a flat array (and its log1p with ``log1p``), in chunks on the ufunc threads (or, without
+    ``threads``, on the calling thread)."""
     e = np.empty_like(x)
     l1p = np.empty_like(x) if log1p else None
 
@@ -81,7 +82,10 @@ def _exp_neg_abs(x, log1p=False):
         np.exp(c, out=c)
         if log1p:
             np.log1p(c, out=l1p[lo:hi])
-    _in_chunks(part, x.size)
+    if threads:
+        _in_chunks(part, x.size)
+    else:
+        part(0, x.size)
     return (e, l1p) if log1p else e
 
 
@@ -706,16 +710,37 @@ def batchnorm_bwd(g, x_hat, weight, inv_std):
 
 
 # ---- losses --------------------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
-def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, off):
-    """Per-element loss (optional) and gradient; returns the float64 sum of the losses.
+# The loss kernels run in blocks of BCE_BLOCK elements on the ufunc threads: per block, NumPy's SIMD exp/log1p and
+# then one loop, so the block's temporaries stay in the core's cache. The loops carry no running sum (a float
+# accumulator keeps a loop from vectorizing); the reduction is NumPy's over the per-element losses, the reference's
+# own sum.
+BCE_BLOCK = 1 << 15
 
-    e = exp(-|x|) and l1p = log1p(e) come from NumPy. ``w`` and ``pw`` repeat with their own length (a trailing
-    block of x's shape, e.g. one value per class on the last axis); ``off`` is where this part starts in x.
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bce_plain(x, t, e, l1p, loss, grad, need_grad, gscale):
+    """Per-element loss and gradient without weights (the common case: a loop with no branches, so it vectorizes).
+
+    e = exp(-|x|) and l1p = log1p(e) come from NumPy."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for i in range(x.size):
+        xi, ti = x[i], t[i]
+        loss[i] = (one - ti) * xi - (min(xi, zero) - l1p[i])  # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))
+    if need_grad:
+        for i in range(x.size):
+            xi, ei = x[i], e[i]
+            grad[i] = ((one if xi >= zero else ei) / (one + ei) - t[i]) * gscale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, grad, need_grad, gscale, off):
+    """Per-element loss and gradient with a weight and/or pos_weight.
+
+    ``w`` and ``pw`` repeat with their own length (a trailing block of x's shape, e.g. one value per class on the
+    last axis); ``off`` is where this part starts in x.
     """
     zero, one = x.dtype.type(0), x.dtype.type(1)
     nw, npw = max(w.size, 1), max(pw.size, 1)
-    acc = 0.0
     lw = pwi = one
     for i in range(x.size):
         xi, ti = x[i], t[i]
@@ -728,9 +753,7 @@ def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, 
             li = (one - ti) * xi - ls
         if has_w:
             li = li * w[(off + i) % nw]
-        if write_loss:
-            loss[i] = li
-        acc += li
+        loss[i] = li
         if need_grad:
             ei = e[i]
             s = (one if xi >= zero else ei) / (one + ei)
@@ -738,20 +761,6 @@ def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, 
             if has_w:
                 gi = gi * w[(off + i) % nw]
             grad[i] = gi * gscale
-    return acc
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def _bce_par(x, t, e, l1p, w, pw, has_w, has_pw, loss, write_loss, grad, need_grad, gscale, nch):
-    n = x.size
-    step = (n + nch - 1) // nch
-    acc = 0.0
-    for c in prange(nch):
-        lo, hi = c * step, min(n, (c + 1) * step)
-        acc += _bce(x[lo:hi], t[lo:hi], e[lo:hi], l1p[lo:hi], w, pw, has_w, has_pw,
-                    loss[lo:hi] if write_loss else loss, write_loss, grad[lo:hi] if need_grad else grad, need_grad,
-                    gscale, lo)
-    return acc
 
 
 def _periodic(a, shape, dt):
@@ -772,21 +781,27 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     dt = x.dtype
     xf, tf = _flat(x), _flat(t)
     n = xf.size
-    per_elem = reduction == "none"
-    loss = np.empty(n, dt) if per_elem else _dummy(dt)
+    loss = np.empty(n, dt)
     grad = np.empty(n, dt) if need_grad else _dummy(dt)
     gscale = dt.type(1 / n) if reduction == "mean" and n else dt.type(1)
-    e, l1p = _exp_neg_abs(xf, log1p=True)  # the transcendental part in NumPy, as the reference computes it
-    args = (xf, tf, e, l1p, _periodic(weight, x.shape, dt), _periodic(pos_weight, x.shape, dt),
-            weight is not None, pos_weight is not None, loss, per_elem, grad, bool(need_grad), gscale)
-    nch = _chunks(n)
-    total = _bce_par(*args, nch) if nch else _bce(*args, 0)
-    if per_elem:
+    plain = weight is None and pos_weight is None
+    w, pw = _periodic(weight, x.shape, dt), _periodic(pos_weight, x.shape, dt)
+
+    def part(lo, hi):
+        for b in range(lo, hi, BCE_BLOCK):
+            c = min(hi, b + BCE_BLOCK)
+            e, l1p = _exp_neg_abs(xf[b:c], log1p=True, threads=False)
+            gb = grad[b:c] if need_grad else grad
+            if plain:
+                _bce_plain(xf[b:c], tf[b:c], e, l1p, loss[b:c], gb, need_grad, gscale)
+            else:
+                _bce(xf[b:c], tf[b:c], e, l1p, w, pw, weight is not None, pos_weight is not None, loss[b:c], gb,
+                     need_grad, gscale, b)
+    _in_chunks(part, n)
+    if reduction == "none":
         out = loss.reshape(x.shape)
-    elif reduction == "sum":
-        out = np.asarray(total, dt)
-    else:
-        out = np.asarray(total / n if n else np.nan, dt)
+    else:  # the reference's reduction over the same per-element losses
+        out = np.asarray(loss.sum() if reduction == "sum" else loss.mean(), dt)
     return out, (grad.reshape(x.shape) if need_grad else None)
 
 
