@@ -85,6 +85,15 @@ def test_mm_matches_numpy_on_every_route(rows, dtype, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+def test_mm_outer_product_is_exact():
+    from tinygen.ops.linalg import mm
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((300, 1)).astype(np.float32), rng.standard_normal((1, 70)).astype(np.float32)
+    got = mm(a, b)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, a @ b)
+
+
 def test_linear_forward_runs_through_mm(monkeypatch):
     """Linear, linear_act and the matmul op all multiply through ops.linalg.mm (one place for the layout rule)."""
     import tinygen.ops.linalg as linalg
