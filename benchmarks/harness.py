@@ -614,7 +614,10 @@ def markdown(results):
             vers = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
             blas.append(f"- {fw}: {vers}; thread pools: {desc or 'none'}"
                         + (f"; torch threads {info['torch_threads']}, its BLAS {info.get('torch_blas')}, "
-                           f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else ""))
+                           f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else "")
+                        + ({True: "; keeps freed memory for reuse (tinygen.allocator)",
+                            False: "; returns freed memory (tinygen.allocator off)"}.get(
+                               info.get("tinygen_keeps_freed_memory"), "")))
         elif isinstance(pools, str):
             vers = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
             blas.append(f"- {fw}: {vers}; thread pools: unknown ({pools})")

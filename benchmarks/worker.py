@@ -118,6 +118,8 @@ class Worker:
         if self.framework.startswith("tinygen") and not self.unavailable:
             from .models_tinygen import numba_status
             info["tinygen_numba"] = numba_status()[1]
+            from tinygen import allocator
+            info["tinygen_keeps_freed_memory"] = allocator.freed_memory_kept()
         return info
 
     def _build(self, case, batch, seed, noise=False):

@@ -2,6 +2,9 @@
 
 The core needs only NumPy; Numba, CuPy, matplotlib and PyTorch are optional and never imported here.
 """
+from . import allocator
+allocator._at_import()  # keep freed memory for reuse (glibc; TINYGEN_KEEP_FREED_MEMORY=0 turns it off)
+from .allocator import keep_freed_memory  # noqa: E402
 from .dtypes import float16, float32, float64, int32, int64, uint8, bool_
 from .dtypes import bool_ as bool  # noqa: A001 - tinygen.bool, as torch.bool
 from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, full, zeros_like, ones_like,

@@ -1,0 +1,64 @@
+"""Keep freed host memory for reuse, so a training step does not page-fault its arrays in again every time.
+
+NumPy takes every array from the C library's ``malloc``. glibc gives blocks from 128 KiB up back to the operating
+system when they are freed (``mmap``/``munmap``, and trimming the top of the heap), so the next step's array of
+the same size arrives as fresh pages: a 1024x784 float32 activation costs about 800 page faults each time it is
+made. A training step frees and remakes the same sizes over and over; on the 2-core machine of
+``benchmarks/README.md`` this was 2,700 faults per VAE step at batch 1024 and 5,700 per GAN step, 10-25% of the
+step. So at import tinygen asks glibc to serve blocks up to 32 MiB from its heap and to keep up to 128 MiB of
+freed heap, which is then reused, as PyTorch's caching allocator does for GPU memory. The cost: the process keeps
+its peak host memory instead of returning it.
+
+The setting is process-wide and glibc-only (elsewhere this does nothing). Turn it off with the environment variable
+``TINYGEN_KEEP_FREED_MEMORY=0`` (read at import) or ``keep_freed_memory(False)``.
+"""
+import ctypes
+import ctypes.util
+import os
+import platform
+
+# glibc's mallopt parameters (malloc.h) and the values used
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEEP = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 128 << 20, M_TOP_PAD: 16 << 20}
+GLIBC_DEFAULTS = {M_MMAP_THRESHOLD: 128 << 10, M_TRIM_THRESHOLD: 128 << 10, M_TOP_PAD: 128 << 10}
+
+_state = {"kept": False}
+
+
+def _mallopt():
+    """glibc's mallopt, or None on other C libraries."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return fn
+
+
+def keep_freed_memory(enabled=True):
+    """Keep freed memory in the heap for reuse (``True``) or hand it back as glibc does by default (``False``).
+
+    Returns whether memory is now kept: always ``False`` where the C library is not glibc. (glibc's own default
+    raises its thresholds as a program runs; after ``keep_freed_memory(False)`` they stay at its starting values.)
+    """
+    fn = _mallopt()
+    if fn is None:
+        _state["kept"] = False
+        return False
+    ok = all(fn(param, value) == 1 for param, value in (KEEP if enabled else GLIBC_DEFAULTS).items())
+    _state["kept"] = bool(enabled and ok)
+    return _state["kept"]
+
+
+def freed_memory_kept():
+    """True when tinygen has set the C library to keep freed memory for reuse."""
+    return _state["kept"]
+
+
+def _at_import():
+    flag = os.environ.get("TINYGEN_KEEP_FREED_MEMORY", "1").strip().lower()
+    if flag not in ("0", "false", "no", "off"):
+        keep_freed_memory(True)
