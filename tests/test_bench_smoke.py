@@ -186,3 +186,21 @@ def test_quality_off_by_default_and_needs_both_frameworks(tmp_path):
         "skipped: torch is not among --frameworks")
     args = harness.parse_args(["--quality", "--models", "mlp"])
     assert harness.measure_quality(["mlp"], args, str(tmp_path))["status"].startswith("skipped: neither vae nor gan")
+
+
+def test_combine_takes_the_median_of_the_runs_ratios(tmp_path, capsys):
+    from benchmarks import combine
+
+    def run(folder, tinygen, torch):
+        cell = {"tinygen-numba": {"status": "ok", "samples_per_s": {"median": tinygen}},
+                "torch": {"status": "ok", "samples_per_s": {"median": torch}}, "jax": {"status": "skipped"}}
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps({"throughput": {"mlp": {"16": cell}}}))
+        return str(tmp_path / folder)
+    folders = [run("a", 90, 100), run("b", 120, 100), run("c", 110, 100)]
+    assert combine.main(folders) == 0
+    out = capsys.readouterr().out
+    assert "0.90 / 1.20 / 1.10 → **1.10x**" in out  # the median, not the mean (1.07)
+    assert "| mlp | n/a |" in out  # against jax, which did not run
+    with pytest.raises(SystemExit, match="no results.json"):
+        combine.main([str(tmp_path / "missing")])
