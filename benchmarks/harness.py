@@ -120,8 +120,8 @@ def log(msg):
 
 # ---- worker processes ------------------------------------------------------------------------------------------------
 def openblas_thread_timeout():
-    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 10 (see worker_env)."""
-    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "10"
+    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 18 (see worker_env)."""
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "18"
 
 
 def worker_env(framework, threads):
@@ -135,7 +135,9 @@ def worker_env(framework, threads):
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
     # OpenBLAS's idle threads busy-wait for about 2^28 cycles (a tenth of a second) after each call; on a 2-core
     # machine that takes a core from the next framework's chunk, and from a process's own Numba/ufunc threads.
-    # 2^10 cycles keeps the wake-up cheap without the spin (set it yourself to measure another value).
+    # 2^18 cycles (about 0.1 ms) ends the spin long before another process's chunk starts, yet keeps the threads
+    # awake from one GEMM of a step to the next, as MKL's and XLA's spinning pools are (set it yourself to measure
+    # another value).
     env["OPENBLAS_THREAD_TIMEOUT"] = openblas_thread_timeout()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
