@@ -204,3 +204,15 @@ def test_combine_takes_the_median_of_the_runs_ratios(tmp_path, capsys):
     assert "| mlp | n/a |" in out  # against jax, which did not run
     with pytest.raises(SystemExit, match="no results.json"):
         combine.main([str(tmp_path / "missing")])
+
+
+def test_profile_follows_the_headline_variant():
+    from benchmarks import harness
+
+    def cell(median):
+        return {"status": "ok", "samples_per_s": {"median": median}} if median else {"status": "skipped: n/a"}
+    both = {"tinygen": cell(80), "tinygen-numba": cell(95), "torch": cell(100)}
+    assert harness.profiled_variant(["tinygen", "tinygen-numba", "torch"], both) == "tinygen-numba"
+    no_numba = {"tinygen": cell(80), "tinygen-numba": cell(None), "torch": cell(100)}
+    assert harness.profiled_variant(["tinygen", "tinygen-numba", "torch"], no_numba) == "tinygen"
+    assert harness.profiled_variant(["torch"], both) is None
