@@ -15,6 +15,8 @@ import os
 import statistics
 import sys
 
+from .harness import _median  # a cell's median samples/s, None where it did not run
+
 
 def load(folder):
     path = os.path.join(folder, "results.json")
@@ -27,13 +29,6 @@ def load(folder):
         raise SystemExit(f"combine: {path} is not valid JSON ({e})") from None
 
 
-def _median_rate(cell, framework):
-    res = cell.get(framework) or {}
-    if res.get("status") != "ok" or "samples_per_s" not in res:
-        return None
-    return res["samples_per_s"]["median"]
-
-
 def ratios(runs, framework, reference):
     """{case: {batch: [ratio per run, None where either side did not run]}} over the cells of the first run."""
     table = {}
@@ -42,7 +37,7 @@ def ratios(runs, framework, reference):
             row = []
             for run in runs:
                 cell = run.get("throughput", {}).get(case, {}).get(batch, {})
-                a, b = _median_rate(cell, framework), _median_rate(cell, reference)
+                a, b = _median(cell.get(framework)), _median(cell.get(reference))
                 row.append(a / b if a and b else None)
             table.setdefault(case, {})[batch] = row
     return table
