@@ -317,6 +317,7 @@ def test_gradgradcheck_cross_entropy(reduction, shapes):
     t = tg.tensor(_targets(tshape, c, seed=7, ignore=True))
     w = tg.tensor(np.random.default_rng(2).uniform(0.5, 2, c))
     assert tg.gradgradcheck(lambda z: F.cross_entropy(z, t, reduction=reduction), (z,))
+    assert tg.gradgradcheck(lambda z: F.cross_entropy(z, t, w, reduction=reduction), (z,))
     assert tg.gradgradcheck(lambda z: F.cross_entropy(z, t, w, reduction=reduction, label_smoothing=0.1), (z,))
     assert tg.gradgradcheck(lambda z: F.nll_loss(z.log_softmax(_axis(z)), t, w, reduction=reduction), (z,))
 

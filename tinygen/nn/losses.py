@@ -353,10 +353,14 @@ class CrossEntropyFunction(Function):
         fused = None if soft or smoothing or d.ndim != 2 else kernels.lookup("cross_entropy", d)
         if fused is not None:  # loss and d loss / dz in one pass (tinygen.kernels), for a plain backward
             w = None if weight is None else weight.data.astype(d.dtype, copy=False)
-            loss, ctx.fused_grad = fused(d, target.data, w, ignore_index, reduction, z.requires_grad)
-            idx, w_t, valid = _picked(xp, target, weight, ignore_index, d.dtype, ax)
-            ctx.targets = (idx, w_t, valid, None if w is None else w.reshape(_class_shape(d.ndim, ax, c)))
-            ctx.denom = w_t.sum()  # these serve a create_graph backward, which recomputes p from z
+            try:
+                loss, ctx.fused_grad = fused(d, target.data, w, ignore_index, reduction, z.requires_grad)
+            except IndexError:  # the kernel checks the targets; this names the valid range too
+                _check_class_range(target, c, ignore_index, "cross_entropy")
+                raise
+            # a create_graph backward recomputes p from z and needs the picked targets: built then, not here
+            ctx.targets = ctx.denom = None
+            ctx.pick = (target, weight, ignore_index)
             ctx.save_for_backward(z, None, None, None)
             return loss
         shifted = d - d.max(axis=ax, keepdims=True)
@@ -374,6 +378,7 @@ class CrossEntropyFunction(Function):
             denom = xp.asarray(loss.size, dtype=d.dtype)
             ctx.targets = w_c  # q depends on the target (which may require grad): rebuilt in backward
         else:
+            _check_class_range(target, c, ignore_index, "cross_entropy")
             idx, w_t, valid = _picked(xp, target, weight, ignore_index, d.dtype, ax)
             loss = -(1.0 - smoothing) * w_t * xp.take_along_axis(log_p, idx, axis=ax).squeeze(ax)
             if smoothing:  # every class also gets smoothing / c of the target (times its weight)
@@ -396,6 +401,8 @@ class CrossEntropyFunction(Function):
         if ctx.fused_grad is not None and not STATE.grad_enabled:
             gz = _make(ctx.fused_grad, z.device) * (g.unsqueeze(1) if ctx.reduction == "none" else g)
             return gz if need[0] is not None else None, None, None, None, None, None, None
+        if ctx.targets is None and not ctx.soft:  # after the fused forward
+            _pick_targets(ctx, z)
         q, big_q = _soft_target_q(ctx, z, target) if ctx.soft else _hard_target_q(ctx, z)
         g = _class_upstream(ctx, g)
         if STATE.grad_enabled or p is None:  # a graph of the gradient (p depends on z), or a fused forward
@@ -410,6 +417,16 @@ class CrossEntropyFunction(Function):
             if w_c is not None:
                 gt = gt * _make(w_c, z.device)
         return gz, gt, None, None, None, None, None
+
+
+def _pick_targets(ctx, z):
+    """ctx.targets and ctx.denom of class-index targets, as the plain forward sets them."""
+    target, weight, ignore_index = ctx.pick
+    d = z.data
+    idx, w_t, valid = _picked(ctx.xp, target, weight, ignore_index, d.dtype, ctx.ax)
+    w_c = None if weight is None else weight.data.astype(d.dtype, copy=False).reshape(
+        _class_shape(d.ndim, ctx.ax, d.shape[ctx.ax]))
+    ctx.targets, ctx.denom = (idx, w_t, valid, w_c), w_t.sum()
 
 
 def _soft_target_q(ctx, z, target):
@@ -462,8 +479,6 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     soft = _check_class_input(input, target, weight, fn, soft_ok=True)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{fn}: label_smoothing must be between 0 and 1, got {label_smoothing}")
-    if not soft:
-        _check_class_range(target, input.shape[_class_axis(input.ndim)], ignore_index, fn)
     return CrossEntropyFunction.apply(input, target, weight, int(ignore_index), float(label_smoothing), reduction,
                                       soft)
 
