@@ -69,6 +69,9 @@ def parse_args(argv):
     p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,torch,jax,numpy",
                    help="frameworks whose peak memory is measured, if selected (default: all but torch-compile)")
     p.add_argument("--no-chart", action="store_true", help="do not draw throughput.png")
+    p.add_argument("--openblas-env", choices=("keep", "unset"), default="keep",
+                   help="keep (default) or unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in every framework's "
+                        "process; when set they can pin NumPy's OpenBLAS to an older, slower kernel")
     q = p.add_argument_group("quality at equal steps (trains real models on MNIST: minutes, so off by default)")
     q.add_argument("--quality", action="store_true",
                    help="also train the VAE and the GAN (of --models) in tinygen and PyTorch with the same "
@@ -124,9 +127,16 @@ def openblas_thread_timeout():
     return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "18"
 
 
-def worker_env(framework, threads):
-    """The environment a framework's process starts with: thread counts fixed before any import."""
+OPENBLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def worker_env(framework, threads, openblas_env="keep"):
+    """The environment a framework's process starts with: thread counts fixed before any import;
+    ``openblas_env="unset"`` removes the variables that pin OpenBLAS's kernel (OPENBLAS_KERNEL_VARS)."""
     env = dict(os.environ)
+    if openblas_env == "unset":
+        for var in OPENBLAS_KERNEL_VARS:
+            env.pop(var, None)
     n = str(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -149,12 +159,13 @@ def worker_env(framework, threads):
 class WorkerProcess:
     """A framework's worker: send a command, wait (with a timeout) for its one-line JSON reply."""
 
-    def __init__(self, framework, threads, log_dir):
+    def __init__(self, framework, threads, log_dir, openblas_env="keep", log_name=None):
         self.framework = framework
-        self.log_path = os.path.join(log_dir, f"worker-{framework}.log")
+        self.log_path = os.path.join(log_dir, f"worker-{log_name or framework}.log")
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", framework, str(threads)],
-                                     cwd=REPO, env=worker_env(framework, threads), stdin=subprocess.PIPE,
+                                     cwd=REPO, env=worker_env(framework, threads, openblas_env),
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -207,21 +218,22 @@ class WorkerProcess:
 class Pool:
     """One live worker per framework, started on first use (and again if one had to be killed)."""
 
-    def __init__(self, threads, log_dir):
+    def __init__(self, threads, log_dir, openblas_env="keep"):
         self.threads, self.log_dir, self.workers = threads, log_dir, {}
+        self.openblas_env = openblas_env
 
     def get(self, framework):
         w = self.workers.get(framework)
         if w is None or w.proc.poll() is not None:
             t0 = time.perf_counter()
-            w = self.workers[framework] = WorkerProcess(framework, self.threads, self.log_dir)
+            w = self.workers[framework] = WorkerProcess(framework, self.threads, self.log_dir, self.openblas_env)
             if "error" not in w.hello:
                 w.hello["start_s"] = time.perf_counter() - t0
         return w
 
     def fresh(self, framework):
         """A new process (for peak-memory runs, where nothing measured before may count)."""
-        return WorkerProcess(framework, self.threads, self.log_dir)
+        return WorkerProcess(framework, self.threads, self.log_dir, self.openblas_env)
 
     def close(self):
         for w in self.workers.values():
@@ -238,6 +250,25 @@ def _status(reply):
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------------
+def gemm_without_kernel_vars(threads, log_dir, sizes):
+    """NumPy's sgemm peak in a process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (OpenBLAS then picks the
+    kernel for this CPU), and that kernel's name: what the variables cost, for the report."""
+    w = WorkerProcess("numpy", threads, log_dir, openblas_env="unset", log_name="numpy-openblas-unset")
+    try:
+        if _status(w.hello) != "ok":
+            return {"status": _status(w.hello)}
+        reply = w.request("gemm", timeout=300, sizes=sizes)
+        if "ok" not in reply:
+            return {"status": _status(reply)}
+        info = w.request("env", timeout=60).get("ok", {})
+        pools = info.get("threadpools")
+        kernels = sorted({p.get("architecture") or "?" for p in pools if p.get("internal_api") == "openblas"}
+                         ) if isinstance(pools, list) else []
+        return {"status": "ok", "architecture": ", ".join(kernels) or "unknown", **reply["ok"]}
+    finally:
+        w.close()
+
+
 def summarize(chunks, batch, key="seconds"):
     rates = sorted(c["steps"] * batch / max(c[key], 1e-9) for c in chunks)
     n = len(rates)
@@ -505,6 +536,7 @@ def environment(args, pool):
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
         "OPENBLAS_THREAD_TIMEOUT": openblas_thread_timeout(),
+        "openblas_env": args.openblas_env,
         "frameworks": {},
     }
     try:
@@ -635,9 +667,12 @@ def markdown(results):
         elif info.get("status"):
             blas.append(f"- {fw}: {info['status']}")
     lines += blas
+    removed = (" — removed in every framework's process (`--openblas-env unset`)"
+               if env.get("openblas_env") == "unset" and (env["OPENBLAS_CORETYPE"] or env["OPENBLAS_L2_SIZE"])
+               else " (when set they can pin NumPy's OpenBLAS to a slower kernel)")
     lines += ["", "OPENBLAS_CORETYPE: " + (env["OPENBLAS_CORETYPE"] or "not set")
               + "; OPENBLAS_L2_SIZE: " + (env["OPENBLAS_L2_SIZE"] or "not set")
-              + " (when set they can pin NumPy's OpenBLAS to a slower kernel); OPENBLAS_THREAD_TIMEOUT in every "
+              + removed + "; OPENBLAS_THREAD_TIMEOUT in every "
               + "framework's process: " + str(env.get("OPENBLAS_THREAD_TIMEOUT") or "not set")
               + " (how long OpenBLAS's idle threads spin, as a power of 2 cycles; OpenBLAS's default is 28)", ""]
     if results.get("gemm"):
@@ -646,6 +681,15 @@ def markdown(results):
             sizes = ", ".join(f"{r['n']}: {r['gflops']:.0f}" for r in g["sizes"])
             lines += [f"Measured sgemm peak (NumPy float32, {args['threads']} threads): "
                       f"**{g['peak_gflops']:.0f} GFLOP/s** (by size n: {sizes})", ""]
+        gn = results.get("gemm_native") or {}
+        if gn.get("status") == "ok":
+            lines += [f"The same GEMMs in a process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where OpenBLAS "
+                      f"picks its kernel for this CPU ({gn['architecture']}): {gn['peak_gflops']:.0f} GFLOP/s, "
+                      f"{gn['peak_gflops'] / g['peak_gflops']:.2f}x the peak above. Every number below is measured "
+                      f"with the variables as set; `--openblas-env unset` measures every framework without them.",
+                      ""]
+        elif gn.get("status"):
+            lines += [f"sgemm without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: {gn['status']}", ""]
         gt = results.get("gemm_torch") or {}
         if gt.get("status") == "ok":
             blas = env["frameworks"].get("torch", {}).get("torch_blas", "?")
@@ -908,9 +952,10 @@ def main(argv=None):
     t_start = time.perf_counter()
     results = {"options": {"models": args.models, "frameworks": args.frameworks, "batch_sizes": args.batch_sizes,
                            "threads": args.threads, "quick": args.quick, "quality": args.quality,
+                           "openblas_env": args.openblas_env,
                            "quality_only": args.quality_only,
                            "settings": {k: v for k, v in vars(st).items()}}}
-    pool = Pool(args.threads, log_dir)
+    pool = Pool(args.threads, log_dir, args.openblas_env)
     failures = []
     n_total = len(timed) * len(args.batch_sizes) * len(args.frameworks)
     done = [0]
@@ -938,6 +983,11 @@ def main(argv=None):
                 results["gemm_torch"] = {"status": _status(reply), **reply.get("ok", {})}
                 if "ok" in reply:
                     log(f"sgemm     torch peak {reply['ok']['peak_gflops']:.0f} GFLOP/s ({args.threads} threads)")
+            if args.openblas_env == "keep" and any(os.environ.get(v) for v in OPENBLAS_KERNEL_VARS):
+                results["gemm_native"] = gemm_without_kernel_vars(args.threads, log_dir, st.gemm_sizes)
+                if results["gemm_native"]["status"] == "ok":
+                    log(f"sgemm     peak {results['gemm_native']['peak_gflops']:.0f} GFLOP/s with "
+                        f"{'/'.join(OPENBLAS_KERNEL_VARS)} unset ({results['gemm_native']['architecture']} kernel)")
         if "dispatch" in args.models and not args.quality_only:
             results["dispatch"] = run_dispatch(pool, args.frameworks, st)
             failures += [f"dispatch {k}: {v['status']}" for k, v in results["dispatch"].items()

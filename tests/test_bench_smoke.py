@@ -216,3 +216,34 @@ def test_profile_follows_the_headline_variant():
     no_numba = {"tinygen": cell(80), "tinygen-numba": cell(None), "torch": cell(100)}
     assert harness.profiled_variant(["tinygen", "tinygen-numba", "torch"], no_numba) == "tinygen"
     assert harness.profiled_variant(["torch"], both) is None
+
+
+def test_openblas_kernel_variables_kept_or_removed(monkeypatch):
+    from benchmarks import harness
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    kept = harness.worker_env("numpy", 2)
+    assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_L2_SIZE"] == "512"
+    removed = harness.worker_env("numpy", 2, openblas_env="unset")
+    assert "OPENBLAS_CORETYPE" not in removed and "OPENBLAS_L2_SIZE" not in removed
+    assert removed["OPENBLAS_NUM_THREADS"] == "2"  # the rest of the environment is as before
+
+
+@pytest.mark.slow
+def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypatch):
+    # OPENBLAS_L2_SIZE is honoured on every architecture (a CORETYPE name is not), so it stands for both here
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    common = ["--quick", "--models", "mlp", "--frameworks", "numpy", "--batch-sizes", "16", "--no-chart",
+              "--no-memory", "--no-check"]
+    assert benchmarks.main(common + ["--out", str(tmp_path / "keep")]) == 0
+    res = json.loads((tmp_path / "keep" / "results.json").read_text())
+    native = res["gemm_native"]
+    assert native["status"] == "ok" and _positive(native["peak_gflops"]) and native["architecture"]
+    md = (tmp_path / "keep" / "results.md").read_text()
+    assert f"{native['peak_gflops']:.0f} GFLOP/s" in md and "--openblas-env unset" in md
+
+    assert benchmarks.main(common + ["--out", str(tmp_path / "unset"), "--openblas-env", "unset"]) == 0
+    res = json.loads((tmp_path / "unset" / "results.json").read_text())
+    assert "gemm_native" not in res and res["environment"]["openblas_env"] == "unset"
+    assert "removed in every framework's process" in (tmp_path / "unset" / "results.md").read_text()
