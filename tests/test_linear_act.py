@@ -110,3 +110,23 @@ def test_linear_forward_runs_through_mm(monkeypatch):
     nn.Sequential(lin, nn.ReLU())(x)
     x @ lin.weight.T
     assert calls == [((4, 5), (5, 3))] * 3
+
+
+@pytest.mark.parametrize("shape, act", [((7,), None), ((6, 7), None), ((2, 3, 7), None), ((6, 7), "relu"),
+                                        ((6, 7), "tanh")])  # linear_act takes 2-D input only
+def test_plain_backward_on_arrays_matches_the_recorded_one(shape, act):
+    # a plain backward multiplies arrays directly; create_graph=True builds the same products from tinygen ops
+    tg.manual_seed(5)
+    lin = nn.Linear(7, 5).to(tg.float64)
+    x = tg.randn(*shape, dtype=tg.float64, requires_grad=True)
+    params = [x, lin.weight, lin.bias]
+
+    def f():
+        y = F.linear(x, lin.weight, lin.bias) if act is None else F.linear_act(x, lin.weight, lin.bias, act)
+        return (y * y).sum()
+    plain = tg.grad(f(), params)
+    recorded = tg.grad(f(), params, create_graph=True)
+    assert all(g.grad_fn is not None for g in recorded[1:])
+    for p, u, v in zip(params, plain, recorded):
+        assert u.shape == p.shape
+        np.testing.assert_allclose(u.numpy(), v.detach().numpy(), rtol=1e-12, atol=1e-12)

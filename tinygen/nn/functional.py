@@ -81,6 +81,12 @@ class LinearFunction(Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need = ctx.next_edges
+        if not STATE.grad_enabled:  # a plain backward: the products on arrays, without recording ops
+            gd, xd = g.data, x.data
+            g2, x2 = gd.reshape(-1, gd.shape[-1]), xd.reshape(-1, xd.shape[-1])
+            return (_const(mm(g2, w.data).reshape(xd.shape), x) if need[0] is not None else None,
+                    _const(mm(g2.T, x2), x) if need[1] is not None else None,
+                    _const(g2.sum(0), x) if need[2] is not None else None)
         if g.ndim == 1:  # a single sample
             g2, x2 = g.unsqueeze(0), x.unsqueeze(0)
         else:
@@ -136,13 +142,15 @@ class LinearActFunction(Function):
         x, w = ctx.saved_tensors
         need = ctx.next_edges
         y = ctx.output
-        if not STATE.grad_enabled:  # a plain backward: activation derivative and bias sum in one fused pass
-            fused = kernels.lookup("bias_act_bwd", y.data) or _kref.bias_act_bwd
+        if not STATE.grad_enabled:  # a plain backward: activation derivative and bias sum in one fused pass,
+            fused = kernels.lookup("bias_act_bwd", y.data) or _kref.bias_act_bwd  # then the products on arrays
             gpre, gb = fused(y.data, g.data, ctx.act, ctx.p1, ctx.p2, need[2] is not None)
-            gpre, gb = _const(gpre, x), (None if gb is None else _const(gb, x))
-        else:  # create_graph: the same derivative in tinygen ops, differentiable through the output y
-            gpre = _activation_grad_from_output(g, y, ctx.act, ctx.p1, ctx.p2)
-            gb = gpre.sum(0) if need[2] is not None else None
+            return (_const(mm(gpre, w.data), x) if need[0] is not None else None,
+                    _const(mm(gpre.T, x.data), x) if need[1] is not None else None,
+                    None if gb is None else _const(gb, x), None, None, None)
+        # create_graph: the same derivative in tinygen ops, differentiable through the output y
+        gpre = _activation_grad_from_output(g, y, ctx.act, ctx.p1, ctx.p2)
+        gb = gpre.sum(0) if need[2] is not None else None
         gx = gpre @ w if need[0] is not None else None
         gw = gpre.mT @ x if need[1] is not None else None
         return gx, gw, gb, None, None, None
