@@ -30,6 +30,7 @@ from ..tensor import Tensor, _make
 from .grad_mode import STATE
 
 _new = object.__new__
+_ndarray = _np.ndarray
 _RELEASED = object()
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,6 +137,8 @@ class Function:
         device = ctx.device  # forward may move the result (To)
         if STATE.anomaly:
             _check_forward(cls, ctx, out)
+        if not needs and type(out) is _ndarray:  # the common case of an op outside a graph
+            return _make(out, device)
 
         if type(out) is tuple:  # several outputs
             datas = tuple(o.data if isinstance(o, Tensor) else o for o in out)
