@@ -82,11 +82,8 @@ class LinearFunction(Function):
         x, w = ctx.saved_tensors
         need = ctx.next_edges
         if not STATE.grad_enabled:  # a plain backward: the products on arrays, without recording ops
-            gd, xd = g.data, x.data
-            g2, x2 = gd.reshape(-1, gd.shape[-1]), xd.reshape(-1, xd.shape[-1])
-            return (_const(mm(g2, w.data).reshape(xd.shape), x) if need[0] is not None else None,
-                    _const(mm(g2.T, x2), x) if need[1] is not None else None,
-                    _const(g2.sum(0), x) if need[2] is not None else None)
+            g2 = g.data.reshape(-1, g.data.shape[-1])
+            return (*_linear_grads_on_arrays(g2, x, w, need), _const(g2.sum(0), x) if need[2] is not None else None)
         if g.ndim == 1:  # a single sample
             g2, x2 = g.unsqueeze(0), x.unsqueeze(0)
         else:
@@ -95,6 +92,19 @@ class LinearFunction(Function):
         gw = g2.mT @ x2 if need[1] is not None else None
         gb = g2.sum(0) if need[2] is not None else None
         return gx, gw, gb
+
+
+def _linear_grads_on_arrays(g2, x, w, need):
+    """A plain backward's input and weight gradients of ``x @ W.T``, from the upstream gradient as a 2-D array:
+    two products through mm, no ops recorded (the create_graph path builds the same from tinygen ops)."""
+    xd = x.data
+    gx = gw = None
+    if need[0] is not None:
+        gx = mm(g2, w.data)
+        gx = _const(gx if gx.shape == xd.shape else gx.reshape(xd.shape), x)
+    if need[1] is not None:
+        gw = _const(mm(g2.T, xd if xd.ndim == 2 else xd.reshape(-1, xd.shape[-1])), x)
+    return gx, gw
 
 
 def _check_linear(input, weight, bias):
@@ -145,9 +155,8 @@ class LinearActFunction(Function):
         if not STATE.grad_enabled:  # a plain backward: activation derivative and bias sum in one fused pass,
             fused = kernels.lookup("bias_act_bwd", y.data) or _kref.bias_act_bwd  # then the products on arrays
             gpre, gb = fused(y.data, g.data, ctx.act, ctx.p1, ctx.p2, need[2] is not None)
-            return (_const(mm(gpre, w.data), x) if need[0] is not None else None,
-                    _const(mm(gpre.T, x.data), x) if need[1] is not None else None,
-                    None if gb is None else _const(gb, x), None, None, None)
+            return (*_linear_grads_on_arrays(gpre, x, w, need), None if gb is None else _const(gb, x), None, None,
+                    None)
         # create_graph: the same derivative in tinygen ops, differentiable through the output y
         gpre = _activation_grad_from_output(g, y, ctx.act, ctx.p1, ctx.p2)
         gb = gpre.sum(0) if need[2] is not None else None

@@ -330,6 +330,13 @@ def _one_hot(xp, idx, c, ax, ndim, dtype):
     return (xp.arange(c).reshape(shape) == idx).astype(dtype)
 
 
+def _class_weights(weight, d, ax):
+    """The class weights (or None) in d's dtype, shaped to broadcast along d's class axis."""
+    if weight is None:
+        return None
+    return weight.data.astype(d.dtype, copy=False).reshape(_class_shape(d.ndim, ax, d.shape[ax]))
+
+
 def _class_shape(ndim, ax, c):
     shape = [1] * ndim
     shape[ax] = c
@@ -369,7 +376,7 @@ class CrossEntropyFunction(Function):
         log_p = shifted
         log_p -= xp.log(s)
         p /= s
-        w_c = None if weight is None else weight.data.astype(d.dtype, copy=False).reshape(_class_shape(d.ndim, ax, c))
+        w_c = _class_weights(weight, d, ax)
         if soft:  # probability targets, mixed with the uniform distribution by label smoothing
             q = target.data * (1.0 - smoothing) + smoothing / c if smoothing else target.data
             if w_c is not None:
@@ -424,8 +431,7 @@ def _pick_targets(ctx, z):
     target, weight, ignore_index = ctx.pick
     d = z.data
     idx, w_t, valid = _picked(ctx.xp, target, weight, ignore_index, d.dtype, ctx.ax)
-    w_c = None if weight is None else weight.data.astype(d.dtype, copy=False).reshape(
-        _class_shape(d.ndim, ctx.ax, d.shape[ctx.ax]))
+    w_c = _class_weights(weight, d, ctx.ax)
     ctx.targets, ctx.denom = (idx, w_t, valid, w_c), w_t.sum()
 
 
