@@ -131,6 +131,16 @@ def lookup(name, array):
     return None  # the CuPy stand-in, host scalars: plain path
 
 
+def get(name, array):
+    """The kernel ``name`` for data like ``array``: the fast version (Numba / CuPy) where one is in use, else the
+    plain array definition in reference.py. Ops call what this returns; they keep no copy of the math."""
+    fn = lookup(name, array)
+    if fn is not None:
+        return fn
+    from . import reference
+    return getattr(reference, name)
+
+
 def module(device):
     """The kernel module a device would use right now: cpu (Numba) when enabled, gpu on "cuda", else reference."""
     from . import reference
