@@ -440,7 +440,7 @@ def test_batchnorm_follows_pytorch():
 
 
 def test_batchnorm_errors(impl):
-    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, L\)"):
+    with pytest.raises(ValueError, match=r"\(N, C"):
         impl.mod.batchnorm_fwd(impl.put(np.zeros(3, np.float32)), None, None)
 
 

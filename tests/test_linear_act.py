@@ -25,7 +25,7 @@ def test_fused_sequential_matches_separate_ops(make_act, numba, dtype):
     g = tg.randn(6, 5, dtype=dtype)
     with kernels.enabled_as(numba):
         fused = nn.Sequential(lin, act)(x)
-        assert fused.grad_fn.name() == "LinearActBackward"
+        assert fused.grad_fn.name().startswith("Linear+") and fused.grad_fn.name().endswith("Backward")
         separate = act(lin(x))
         a = tg.grad(fused, [x, lin.weight, lin.bias], g)
         b = tg.grad(separate, [x, lin.weight, lin.bias], g)
@@ -53,7 +53,7 @@ def test_not_fused_where_the_output_cannot_give_the_slope():
     assert nn.Softplus(beta=1.0, threshold=1.0).fused_spec() is None
     x = tg.randn(2, 3)
     y = nn.Sequential(nn.Linear(3, 2), nn.LeakyReLU(-0.5))(x)
-    assert y.grad_fn is None or y.grad_fn.name() != "LinearActBackward"
+    assert y.grad_fn is None or not y.grad_fn.name().startswith("Linear+")
     assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(tg.randn(4, 2, 3)).shape == (4, 2, 2)  # 3-D: not fused
 
 
@@ -104,7 +104,8 @@ def test_linear_forward_runs_through_mm(monkeypatch):
         calls.append((a.shape, b.shape))
         return real(a, b)
     monkeypatch.setattr(linalg, "mm", spy)
-    monkeypatch.setattr(F, "mm", spy)
+    import tinygen.ops.nn as nn_ops
+    monkeypatch.setattr(nn_ops, "mm", spy)
     lin, x = nn.Linear(5, 3), tg.randn(4, 5)
     lin(x)
     nn.Sequential(lin, nn.ReLU())(x)

@@ -152,11 +152,7 @@ class Tensor:
     def bool(self):
         return self.to(dtypes.bool_)
 
-    # ---- autograd ------------------------------------------------------------------------------------------------
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (see ``tinygen.autograd.backward``)."""
-        from .autograd.engine import backward
-        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph, inputs=inputs)
+    # Tensor.backward is attached by tinygen.autograd.engine (which imports this module, not the other way).
 
     def __setstate__(self, state):
         # unpickling: restore the slots with the canonical device string (the engine compares devices with `is`)

@@ -3,14 +3,18 @@
 Read this file to follow ``loss.backward()``:
   1. ``_toposort`` orders the nodes reachable from the outputs (iteratively: no recursion limit);
   2. each node, once all gradients flowing into it have been summed, calls its ``backward``;
-  3. each returned gradient is brought back to the shape and dtype of the input it belongs to (``_fit``: the
+  3. each returned gradient is brought back to the shape and dtype of the input it belongs to (``fit``: the
      single place where broadcasting is undone) and is either added to the buffer of the node that made that
      input, or delivered to a leaf's ``.grad``;
   4. unless ``retain_graph``, a node drops its saved tensors as soon as it has run.
-With ``create_graph=True`` the backward ops are recorded too, so the gradients can be differentiated again.
+The engine chooses the form of each backward (``_Plain`` / ``_Graph`` below). A plain ``backward()`` passes raw
+arrays from node to node and calls a node's ``array_backward`` where it has one (a fused kernel); with
+``create_graph=True`` gradients are tensors, every node runs its differentiable ``backward``, and those ops are
+recorded, so the gradients can be differentiated again.
 """
 import numpy as np
 
+from .. import tensor as _tensor
 from ..tensor import Tensor, _make
 from .function import Function, check_backward, checked_backward
 from .grad_mode import STATE
@@ -74,8 +78,7 @@ def _roots(tensors, grad_tensors):
             g = _make(t.xp.ones(t.shape, dtype=t.dtype), t._device)
         else:
             if not isinstance(g, Tensor):
-                from ..tensor import as_tensor
-                g = as_tensor(g, dtype=t.dtype, device=t._device)
+                g = _tensor.as_tensor(g, dtype=t.dtype, device=t._device)
             if g.shape != t.shape:
                 raise RuntimeError(f"gradient has shape {g.shape} but the output has shape {t.shape}")
             if g._device != t._device:
@@ -106,31 +109,105 @@ def _toposort(roots):
     return order
 
 
-def _fit(g, target, idx):
-    """Bring a gradient to the shape and dtype of the tensor it belongs to (undo broadcasting, undo promotion)."""
-    if isinstance(target, Function):
-        shape, dtype = target.out_meta[idx]
-    else:
-        shape, dtype = target.data.shape, target.data.dtype
-    if g.data.shape != shape:
-        from ..ops.shape import sum_to
-        g = g.expand(shape) if g.data.size < int(np.prod(shape, dtype=np.int64)) else sum_to(g, shape)
-    if g.data.dtype != dtype:
-        g = g.to(dtype)
-    return g
+class _Plain:
+    """A plain backward(): gradients are raw arrays from end to end; a node's ``array_backward`` runs where it
+    has one, else its differentiable ``backward`` under no_grad on tensors wrapping the arrays."""
+    graph = False
+
+    @staticmethod
+    def call(node, grads):
+        fn = node.array_backward
+        if fn is not None:
+            return _run_backward(node, fn, grads)
+        device = node.device
+        return _run_backward(node, node.backward, [_make(g, device) for g in grads])
+
+    @staticmethod
+    def as_gradient(g, node):
+        if isinstance(g, Tensor):
+            return g.data
+        return g if type(g) is np.ndarray else node.xp.asarray(g)  # NumPy scalars, CuPy arrays
+
+    @staticmethod
+    def fit(g, shape, dtype, xp):
+        if g.shape != shape:
+            g = xp.broadcast_to(g, shape) if g.size < _numel(shape) else sum_to_array(g, shape)
+        return g if g.dtype == dtype else g.astype(dtype)
+
+    @staticmethod
+    def zeros(node, shape, dtype):
+        return node.xp.zeros(shape, dtype=dtype)
+
+    @staticmethod
+    def from_tensor(t):
+        return t.data
+
+    @staticmethod
+    def tensor(g, device):
+        return _make(g, device)
 
 
-def _as_gradient(g, node, create_graph):
-    if isinstance(g, Tensor):
-        return g
-    if create_graph:
+class _Graph:
+    """create_graph=True: gradients are tensors and every node runs its differentiable ``backward``, so the
+    gradient has a graph of its own."""
+    graph = True
+
+    @staticmethod
+    def call(node, grads):
+        return _run_backward(node, node.backward, grads)
+
+    @staticmethod
+    def as_gradient(g, node):
+        if isinstance(g, Tensor):
+            return g
         raise RuntimeError(f"{node.name()} returned a raw array as gradient, which cannot be differentiated "
                            f"again; create_graph=True needs a backward written with tinygen ops")
-    return _make(g, node.device)
+
+    @staticmethod
+    def fit(g, shape, dtype, xp):
+        if g.data.shape != shape:
+            g = g.expand(shape) if g.data.size < _numel(shape) else g.sum_to_size(shape)
+        return g if g.data.dtype == dtype else g.to(dtype)
+
+    @staticmethod
+    def zeros(node, shape, dtype):
+        return _make(node.xp.zeros(shape, dtype=dtype), node.device)
+
+    @staticmethod
+    def from_tensor(t):
+        return t
+
+    @staticmethod
+    def tensor(g, device):
+        return g
+
+
+def _numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def sum_to_array(a, shape):
+    """Sum array ``a`` over the axes that broadcasting added or stretched to reach its shape from ``shape``: the
+    inverse of broadcasting. Always a fresh array (two reductions, no reshape view), so a leaf may own it."""
+    lead = a.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"sum_to: cannot sum shape {a.shape} to the larger shape {shape}")
+    out = a.sum(axis=tuple(range(lead))) if lead else a
+    stretched = tuple(i for i, s in enumerate(shape) if s == 1 and out.shape[i] != 1)
+    if stretched:
+        out = out.sum(axis=stretched, keepdims=True)
+    return out if out is not a else a.copy()
+
+
+def _run_backward(node, fn, grads):
+    if STATE.anomaly:
+        return checked_backward(node, fn, grads)
+    return fn(node, *grads)
 
 
 def _run(roots, root_grads, retain_graph, create_graph, inputs):
     """The engine. With ``inputs`` it returns their gradients; without, it accumulates into every leaf."""
+    mode = _Graph if create_graph else _Plain
     capture = None
     if inputs is not None:  # which leaves / node outputs to collect, and which nodes lead to them
         capture = {}
@@ -164,20 +241,20 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             buf[idx] = g if buf[idx] is None else buf[idx] + g
         elif capture is None:
             if target.grad is None:
-                target.grad = g
+                target.grad = mode.tensor(g, target._device)
                 direct[target] = True
             elif direct.get(target):  # .grad is still an array handed over as-is (shared, maybe read-only):
-                target.grad = target.grad + g  # never add into it in place
+                target.grad = target.grad + mode.tensor(g, target._device)  # never add into it in place
                 direct[target] = False
             else:
-                _accumulate(target, g, create_graph)
+                _accumulate(target, mode.tensor(g, target._device), create_graph)
                 direct[target] = False
 
     prev = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     try:
         for t, g in zip(roots, root_grads):
-            deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), g)
+            deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), mode.from_tensor(g))
         for node in nodes:
             grads = buffers.pop(node, None)
             if grads is None:
@@ -187,10 +264,8 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                     node.release()
                 continue
             if len(grads) > 1:  # several outputs: a missing gradient is zero
-                xp = node.xp
-                grads = [g if g is not None else _make(xp.zeros(s, dtype=d), node.device)
-                         for g, (s, d) in zip(grads, node.out_meta)]
-            out = node.backward(node, *grads) if not STATE.anomaly else checked_backward(node, grads)
+                grads = [g if g is not None else mode.zeros(node, s, d) for g, (s, d) in zip(grads, node.out_meta)]
+            out = mode.call(node, grads)
             if type(out) is not tuple:
                 out = (out,)
             edges = node.next_edges
@@ -201,8 +276,12 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                 check_backward(node, out)
             for e, g in zip(edges, out):
                 if e is not None and g is not None:
-                    g = _fit(_as_gradient(g, node, create_graph), e[0], e[1])
-                    deliver(e[0], e[1], g)
+                    target, idx = e
+                    if isinstance(target, Function):
+                        shape, dtype = target.out_meta[idx]
+                    else:
+                        shape, dtype = target.data.shape, target.data.dtype
+                    deliver(target, idx, mode.fit(mode.as_gradient(g, node), shape, dtype, node.xp))
             if not retain_graph:
                 node.release()
     finally:
@@ -216,7 +295,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             if is_direct:
                 leaf.grad = _unshared(leaf.grad, taken)
         return None
-    return [None if g is None else _unshared(g, taken) for g in results]
+    return [None if g is None else _unshared(mode.tensor(g, inputs[i]._device), taken) for i, g in enumerate(results)]
 
 
 def _unshared(g, taken):
@@ -234,3 +313,11 @@ def _accumulate(leaf, g, create_graph):
         leaf.grad = leaf.grad + g
     else:
         leaf.grad.data += g.data
+
+
+def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (see ``tinygen.autograd.backward``)."""
+    backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph, inputs=inputs)
+
+
+Tensor.backward = _tensor_backward  # the tensor module sits below autograd: the engine attaches the method

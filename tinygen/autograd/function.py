@@ -19,6 +19,12 @@ own and can be differentiated again (double backward, WGAN-GP). Under a plain ``
 ``no_grad``, where those ops cost little more than the array calls.
 
 The node of the graph is the ``ctx`` object itself: ``y.grad_fn`` is the ``Exp`` instance that computed ``y``.
+
+An op may also define ``array_backward(ctx, *grads)``: the same gradient computed on raw arrays (arrays in, arrays
+out), typically through a fused kernel (``tinygen.kernels.get``). The engine, not the op, picks the form: a plain
+``backward()`` calls ``array_backward`` where it exists, ``create_graph=True`` always calls ``backward``. So an op
+never asks whether a graph of the gradient is being built; a user-defined Function with only ``backward`` works in
+both cases.
 """
 import os
 import traceback
@@ -46,6 +52,16 @@ class Function:
     """
     __slots__ = ("next_edges", "_saved", "_out_data", "out_meta", "device", "created_at", "__dict__")
     save_output = False  # set True when backward reads ``ctx.output``
+    array_backward = None  # optional: the gradient on raw arrays, used by a plain backward() (see module docstring)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        backward = cls.__dict__.get("backward")
+        while isinstance(backward, staticmethod):  # @staticmethod over @once_differentiable wraps twice
+            backward = backward.__func__
+        raw = getattr(backward, "_array_backward", None)
+        if raw is not None:  # @once_differentiable: the backward is array code, so it is the array_backward
+            cls.array_backward = staticmethod(raw)
 
     # ---- to be defined by subclasses -----------------------------------------------------------------------------
     @staticmethod
@@ -79,6 +95,14 @@ class Function:
         if STATE.grad_enabled:
             return _make(data, self.device, True, self, 0)
         return _make(data, self.device)
+
+    @property
+    def output_array(self):
+        """The forward output as a raw array (for ``array_backward``)."""
+        data = self._out_data
+        if data is _RELEASED or data is None:
+            self.output  # raises the matching error
+        return data
 
     @property
     def xp(self):
@@ -180,19 +204,17 @@ def _edges(args):
 def once_differentiable(backward):
     """Mark a backward that computes on raw arrays (e.g. a fused kernel): it receives and returns arrays.
 
-    Such a backward cannot be differentiated again, so asking for ``create_graph=True`` through it raises an error
-    naming the op instead of returning a silently wrong higher-order gradient.
+    It becomes the Function's ``array_backward``. It cannot be differentiated again, so asking for
+    ``create_graph=True`` through it raises an error naming the op instead of returning a silently wrong
+    higher-order gradient.
     """
-    def wrapper(ctx, *grads):
-        if STATE.grad_enabled:
-            raise RuntimeError(f"{type(ctx).__name__}: its backward is once-differentiable (raw array code) and "
-                               f"cannot build a graph for create_graph=True / double backward")
-        out = backward(ctx, *(g.data if isinstance(g, Tensor) else g for g in grads))
-        wrap = (lambda g: g if g is None or isinstance(g, Tensor) else _make(g, ctx.device))
-        return tuple(wrap(g) for g in out) if isinstance(out, tuple) else wrap(out)
-    wrapper.__name__ = getattr(backward, "__name__", "backward")
-    wrapper.__doc__ = backward.__doc__
-    return staticmethod(wrapper)
+    def refuse(ctx, *grads):
+        raise RuntimeError(f"{type(ctx).__name__}: its backward is once-differentiable (raw array code) and "
+                           f"cannot build a graph for create_graph=True / double backward")
+    refuse.__name__ = getattr(backward, "__name__", "backward")
+    refuse.__doc__ = backward.__doc__
+    refuse._array_backward = backward
+    return staticmethod(refuse)
 
 
 def _released_message(node):
@@ -242,11 +264,11 @@ def _backward_anomaly(node):
                               f"the op was called at {where}")
 
 
-def checked_backward(node, grads):
+def checked_backward(node, backward, grads):
     """Anomaly mode: run a node's backward. An op inside it that makes NaN or Inf is reported as this node's
     failure (the inner op, e.g. the Div of Sqrt's backward, is in the chained exception)."""
     try:
-        return node.backward(node, *grads)
+        return backward(node, *grads)
     except FloatingPointError as e:
         raise _backward_anomaly(node) from e
 

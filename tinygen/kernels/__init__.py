@@ -42,6 +42,9 @@ CPU_USED = frozenset(KERNELS) - {"tanh_fwd"}
 # None for larger arrays (log-softmax 1024x1000 is 0.86x in float32, cross-entropy 0.69x in float64).
 CPU_MAX_SIZE = {"log_softmax_fwd": 1 << 18, "cross_entropy": 1 << 18}
 
+# The Numba batch-norm loops take (N, C) and (N, C, L); larger ranks (BatchNorm2d) run the reference.
+CPU_MAX_NDIM = {"batchnorm_fwd": 3, "batchnorm_bwd": 3}
+
 # The CuPy kernels that lookup() hands out: the fused elementwise ones (gpu.py keeps the reference's reductions).
 GPU_USED = frozenset(KERNELS) - {"batchnorm_fwd", "batchnorm_bwd", "log_softmax_fwd", "log_softmax_bwd",
                                  "cross_entropy"}
@@ -124,7 +127,10 @@ def lookup(name, array):
         if fn is None or array.dtype.char not in "fd":
             return None
         cap = CPU_MAX_SIZE.get(name)
-        return fn if cap is None or array.size <= cap else None
+        if cap is not None and array.size > cap:
+            return None
+        max_ndim = CPU_MAX_NDIM.get(name)
+        return fn if max_ndim is None or array.ndim <= max_ndim else None
     if type(array).__module__.startswith("cupy"):
         table = _gpu_table if _gpu_table is not None else _load_gpu()
         return table.get(name)

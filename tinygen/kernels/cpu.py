@@ -669,8 +669,13 @@ def _bn_back(a2, like):
     return a2.reshape(n, length, c).transpose(0, 2, 1)
 
 
+def _bn_rank(name, x):
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{name}: the Numba loops take (N, C) or (N, C, L) input, got shape {x.shape}")
+
+
 def batchnorm_fwd(x, weight, bias, eps=1e-5):
-    ref._bn_axes("batchnorm_fwd", x)
+    _bn_rank("batchnorm_fwd", x)
     _same_float("batchnorm_fwd", x, weight, bias)
     x2 = _bn_2d(x)
     rows, c = x2.shape
@@ -692,7 +697,7 @@ def batchnorm_fwd(x, weight, bias, eps=1e-5):
 
 
 def batchnorm_bwd(g, x_hat, weight, inv_std):
-    ref._bn_axes("batchnorm_bwd", x_hat)
+    _bn_rank("batchnorm_bwd", x_hat)
     ref._check_shapes("batchnorm_bwd", g, x_hat)
     _same_float("batchnorm_bwd", g, x_hat, weight, inv_std)
     g2, h2 = _bn_2d(g), _bn_2d(x_hat)

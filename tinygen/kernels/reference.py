@@ -369,17 +369,18 @@ def _check_optimizer(name, param, *others):
 
 # ---- batch normalization (training mode) -------------------------------------------------------------------------
 def _bn_axes(name, x):
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{name}: expected (N, C) or (N, C, L) input, got shape {x.shape}")
-    return (0,) if x.ndim == 2 else (0, 2)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected (N, C, *) input, got shape {x.shape}")
+    return (0,) + tuple(range(2, x.ndim))
 
 
 def _bn_shape(x, v):
-    return v if x.ndim == 2 else v[:, None]
+    """A per-channel (C,) array shaped to broadcast against x (N, C, *)."""
+    return v.reshape((-1,) + (1,) * (x.ndim - 2))
 
 
 def batchnorm_fwd(x, weight, bias, eps=1e-5):
-    """BatchNorm1d in training mode: statistics over the batch (and length) axes of (N, C) or (N, C, L) input.
+    """Batch norm in training mode: statistics over every axis but the channel axis 1 of (N, C, *) input.
 
     Returns (y, x_hat, mean, var, inv_std): var is the biased variance (PyTorch normalizes with it; the running
     variance uses the unbiased one, var * n / (n - 1)), inv_std = 1 / sqrt(var + eps), x_hat = (x - mean) * inv_std.

@@ -89,8 +89,17 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        ga = g * b * a ** (b - 1) if ctx.next_edges[0] is not None else None
-        gb = g * ctx.output * a.log() if ctx.next_edges[1] is not None else None
+        ad, bd = a.data, b.data
+        ga = gb = None
+        if ctx.next_edges[0] is not None:
+            # d/da a**b = b * a**(b-1), and exactly 0 where b == 0 (as PyTorch): the exponent is shifted to 0
+            # there, so a**(b-1) never makes 0 * inf = NaN at a == 0 (also in the second derivative)
+            shift = _make((bd == 0).astype(bd.dtype), b._device)
+            ga = g * b * a ** (b - 1 + shift)
+        if ctx.next_edges[1] is not None:
+            # d/db a**b = a**b * log(a), and 0 where a == 0 and b >= 0 (the limit, as PyTorch) instead of 0 * -inf
+            zero = _make(((ad == 0) & (bd >= 0)).astype(ad.dtype), a._device)
+            gb = g * ctx.output * (a + zero).log()
         return ga, gb
 
 

@@ -5,24 +5,12 @@ second derivative through them is zero, which is the true value away from the ki
 """
 from .. import backend, kernels
 from ..autograd.function import Function
-from ..autograd.grad_mode import STATE
 from ..tensor import Tensor, _make, register
 from .arithmetic import operand
 
 
 def _const(data, like):
     return _make(data, like._device)
-
-
-def _fused_bwd(name, s, g, *params):
-    """g * act'(...) from a fused kernel (tinygen.kernels) under a plain backward, or None: then the formula in
-    tinygen ops runs, as it must when a graph of the gradient is being built (create_graph=True)."""
-    if STATE.grad_enabled:
-        return None
-    k = kernels.lookup(name, g.data)
-    if k is None or s.data.dtype != g.data.dtype:
-        return None
-    return _make(k(s.data, g.data, *params), g._device)
 
 
 class Exp(Function):
@@ -106,11 +94,12 @@ class Tanh(Function):
 
     @staticmethod
     def backward(ctx, g):
-        y = ctx.output
-        fused = _fused_bwd("tanh_bwd", y, g)
-        if fused is not None:
-            return fused
-        return g * (1 - y * y)
+        return grad_from_output(g, ctx.output, "tanh")
+
+    @staticmethod
+    def array_backward(ctx, g):
+        y = ctx.output_array
+        return kernels.get("tanh_bwd", y)(y, g)
 
 
 class Sigmoid(Function):
@@ -118,39 +107,33 @@ class Sigmoid(Function):
 
     @staticmethod
     def forward(ctx, x):
-        # exp(-|x|) never overflows, so this is finite and accurate at any x
-        xp, d = ctx.xp, x.data
-        k = kernels.lookup("sigmoid_fwd", d)
-        if k is not None:
-            return k(d)
-        e = xp.exp(-abs(d))
-        return xp.where(d >= 0, 1 / (1 + e), e / (1 + e))
+        return kernels.get("sigmoid_fwd", x.data)(x.data)  # exp(-|x|) inside: finite and accurate at any x
 
     @staticmethod
     def backward(ctx, g):
-        y = ctx.output
-        fused = _fused_bwd("sigmoid_bwd", y, g)
-        if fused is not None:
-            return fused
-        return g * y * (1 - y)
+        return grad_from_output(g, ctx.output, "sigmoid")
+
+    @staticmethod
+    def array_backward(ctx, g):
+        y = ctx.output_array
+        return kernels.get("sigmoid_bwd", y)(y, g)
 
 
 class Relu(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        k = kernels.lookup("relu_fwd", x.data)
-        if k is not None:
-            return k(x.data)
-        return ctx.xp.maximum(x.data, 0)
+        return kernels.get("relu_fwd", x.data)(x.data)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        fused = _fused_bwd("relu_bwd", x, g)
-        if fused is not None:
-            return fused
         return g * (x > 0)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        x = ctx.saved_tensors[0].data
+        return kernels.get("relu_bwd", x)(x, g)
 
 
 class LeakyRelu(Function):
@@ -158,20 +141,18 @@ class LeakyRelu(Function):
     def forward(ctx, x, slope):
         ctx.save_for_backward(x)
         ctx.slope = slope
-        d = x.data
-        k = kernels.lookup("leaky_relu_fwd", d)
-        if k is not None:
-            return k(d, slope)
-        return ctx.xp.where(d > 0, d, d * d.dtype.type(slope))
+        return kernels.get("leaky_relu_fwd", x.data)(x.data, slope)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        fused = _fused_bwd("leaky_relu_bwd", x, g, ctx.slope)
-        if fused is not None:
-            return fused, None
         t = x.data.dtype.type
         return g * _const(ctx.xp.where(x.data > 0, t(1), t(ctx.slope)), x), None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        x = ctx.saved_tensors[0].data
+        return kernels.get("leaky_relu_bwd", x)(x, g, ctx.slope), None
 
 
 class Elu(Function):
@@ -181,20 +162,19 @@ class Elu(Function):
     def forward(ctx, x, alpha):
         ctx.save_for_backward(x)
         ctx.alpha = alpha
-        d = x.data
-        k = kernels.lookup("elu_fwd", d)
-        if k is not None:
-            return k(d, alpha)
-        return ctx.xp.where(d > 0, d, ctx.xp.expm1(ctx.xp.minimum(d, 0)) * d.dtype.type(alpha))
+        return kernels.get("elu_fwd", x.data)(x.data, alpha)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        if ctx.alpha >= 0:  # the kernel reads the sign of x from the output, which needs alpha >= 0
-            fused = _fused_bwd("elu_bwd", ctx.output, g, ctx.alpha)
-            if fused is not None:
-                return fused, None
         return g * where(x > 0, 1.0, ctx.output + ctx.alpha), None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        if ctx.alpha < 0:  # the kernel reads the sign of x from the output, which needs alpha >= 0
+            return Elu.backward(ctx, _make(g, ctx.device))
+        y = ctx.output_array
+        return kernels.get("elu_bwd", y)(y, g, ctx.alpha), None
 
 
 class Softplus(Function):
@@ -202,23 +182,36 @@ class Softplus(Function):
     def forward(ctx, x, beta, threshold):
         ctx.save_for_backward(x)
         ctx.beta, ctx.threshold = beta, threshold
-        xp, d = ctx.xp, x.data
-        k = kernels.lookup("softplus_fwd", d)
-        if k is not None:
-            return k(d, beta, threshold)
-        bx = d * d.dtype.type(beta)
-        soft = (xp.maximum(bx, 0) + xp.log1p(xp.exp(-abs(bx)))) / d.dtype.type(beta)  # log(1 + e^bx), no overflow
-        return xp.where(bx > threshold, d, soft)
+        return kernels.get("softplus_fwd", x.data)(x.data, beta, threshold)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        fused = _fused_bwd("softplus_bwd", x, g, ctx.beta, ctx.threshold)
-        if fused is not None:
-            return fused, None, None
         bx = x * ctx.beta
         # above the threshold the forward is x itself, so the slope there is exactly 1 (as PyTorch)
         return g * where(bx > ctx.threshold, 1.0, bx.sigmoid()), None, None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        x = ctx.saved_tensors[0].data
+        return kernels.get("softplus_bwd", x)(x, g, ctx.beta, ctx.threshold), None, None
+
+
+def grad_from_output(g, y, act, p1=0.0, p2=0.0):
+    """g * act'(x) written with the output y = act(x), differentiable in y (p1/p2: slope, alpha, beta/threshold)."""
+    if act == "relu":
+        return where(y > 0, g, 0.0)
+    if act == "leaky_relu":
+        return where(y > 0, g, g * p1)
+    if act == "tanh":
+        return g * (1 - y * y)
+    if act == "sigmoid":
+        return g * y * (1 - y)
+    if act == "elu":
+        return where(y > 0, g, g * (y + p1))
+    if act == "softplus":  # sigmoid(beta x) = 1 - exp(-beta y); the forward is x itself above the threshold
+        return where(y * p1 > p2, g, g * (1 - (y * -p1).exp()))
+    raise ValueError(f"grad_from_output: unknown activation {act!r}")
 
 
 class Clamp(Function):

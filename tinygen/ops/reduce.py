@@ -4,7 +4,6 @@ from collections import namedtuple
 
 from .. import kernels
 from ..autograd.function import Function
-from ..autograd.grad_mode import STATE
 from ..tensor import _make, register
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
@@ -132,21 +131,24 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, dim):
         ctx.dim = dim
-        xp, d = ctx.xp, x.data
-        fused = kernels.lookup("log_softmax_fwd", d) if dim == d.ndim - 1 else None
-        if fused is not None:
-            return fused(d)
-        shifted = d - d.max(axis=dim, keepdims=True)
-        return shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        return _on_last_axis(ctx.xp, "log_softmax_fwd", dim, x.data)
 
     @staticmethod
     def backward(ctx, g):
-        if not STATE.grad_enabled and ctx.dim == g.data.ndim - 1:  # a plain backward: one fused pass per row
-            fused = kernels.lookup("log_softmax_bwd", g.data)
-            y = ctx.output.data
-            if fused is not None and y.dtype == g.data.dtype:
-                return _make(fused(y, g.data), g._device), None
         return g - ctx.output.exp() * g.sum(ctx.dim, keepdim=True), None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        return _on_last_axis(ctx.xp, "log_softmax_bwd", ctx.dim, ctx.output_array, g), None
+
+
+def _on_last_axis(xp, name, dim, *arrays):
+    """Run a row kernel (defined over the last axis) over axis ``dim``, moving that axis last and back."""
+    last = arrays[0].ndim - 1
+    if dim == last:
+        return kernels.get(name, arrays[0])(*arrays)
+    moved = [xp.moveaxis(a, dim, -1) for a in arrays]
+    return xp.ascontiguousarray(xp.moveaxis(kernels.get(name, moved[0])(*moved), -1, dim))
 
 
 # ---- public functions ------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Ops that move data around without arithmetic: reshape, permute, expand, sum_to, cat, and friends."""
 import numpy as np
 
+from ..autograd.engine import sum_to_array
 from ..autograd.function import Function
 from ..tensor import Tensor, register
 
@@ -56,15 +57,7 @@ class SumTo(Function):
     @staticmethod
     def forward(ctx, x, shape):
         ctx.shape = x.data.shape
-        d = x.data
-        lead = d.ndim - len(shape)
-        if lead < 0:
-            raise ValueError(f"sum_to: cannot sum shape {d.shape} to the larger shape {shape}")
-        # two reductions rather than one plus a reshape: the result is then a fresh array, never a view, so the
-        # engine need not copy it before handing it to a leaf as .grad
-        out = d.sum(axis=tuple(range(lead))) if lead else d
-        stretched = tuple(i for i, s in enumerate(shape) if s == 1 and out.shape[i] != 1)
-        return out.sum(axis=stretched, keepdims=True) if stretched else out
+        return sum_to_array(x.data, shape)
 
     @staticmethod
     def backward(ctx, g):
@@ -154,6 +147,7 @@ def expand(x, *shape):
     return Expand.apply(x, shape)
 
 
+@register("sum_to_size")
 def sum_to(x, shape):
     """Sum ``x`` over the axes that broadcasting would have added or stretched to reach its shape from ``shape``."""
     shape = tuple(shape)

@@ -1,0 +1,392 @@
+"""The ops behind the nn layers: linear (and linear + activation as one node), dropout, batch and layer
+normalisation, embedding. Each is ONE ``Function``: the forward is array code (through ``tinygen.kernels`` where a
+fused kernel exists), the ``backward`` is the closed-form gradient written with tinygen ops (so it can be
+differentiated again), and ``array_backward`` computes the same gradient on arrays for a plain ``backward()``.
+``tinygen.nn.functional`` re-exports the public functions.
+"""
+from .. import kernels
+from .. import random as _random
+from ..autograd.function import Function
+from ..tensor import Tensor, _make
+from . import elementwise as _elementwise
+from .index import IndexAdd
+from .linalg import mm
+
+
+def _const(array, like):
+    """A tensor holding ``array`` with no graph (a constant in the backward formula)."""
+    return _make(array, like._device)
+
+
+# ---- linear ----------------------------------------------------------------------------------------------------------
+class LinearFunction(Function):
+    """y = x @ W.T + b for x of shape (..., in), W (out, in), b (out,) or None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        d, w = x.data, weight.data
+        if d.ndim <= 2:
+            out = mm(d, w.T)
+        else:  # one 2-D product over all leading dimensions
+            out = mm(d.reshape(-1, d.shape[-1]), w.T).reshape(d.shape[:-1] + (w.shape[0],))
+        if bias is not None:
+            out += bias.data
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need = ctx.next_edges
+        if g.ndim == 1:  # a single sample
+            g2, x2 = g.unsqueeze(0), x.unsqueeze(0)
+        else:
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = (g2 @ w).reshape(x.shape) if need[0] is not None else None
+        gw = g2.mT @ x2 if need[1] is not None else None
+        gb = g2.sum(0) if need[2] is not None else None
+        return gx, gw, gb
+
+    @staticmethod
+    def array_backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        gb = g2.sum(0) if ctx.next_edges[2] is not None else None
+        return (*_linear_grads_on_arrays(g2, x.data, w.data, ctx.next_edges), gb)
+
+
+def _linear_grads_on_arrays(g2, x, w, need):
+    """The input and weight gradients of ``x @ W.T`` on arrays, from the upstream gradient as a 2-D array."""
+    gx = gw = None
+    if need[0] is not None:
+        gx = mm(g2, w)
+        gx = gx if gx.shape == x.shape else gx.reshape(x.shape)
+    if need[1] is not None:
+        gw = mm(g2.T, x if x.ndim == 2 else x.reshape(-1, x.shape[-1]))
+    return gx, gw
+
+
+def _check_linear(input, weight, bias):
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {tuple(input.shape)} does not match weight of shape "
+                         f"{tuple(weight.shape)} (the input's last dimension must be in_features={weight.shape[1]})")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"linear: input has dtype {input.dtype} but weight has dtype {weight.dtype}; "
+                        f"convert one (e.g. input.to(weight.dtype))")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias of shape {tuple(bias.shape)} does not match out_features="
+                         f"{weight.shape[0]}")
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` for input (..., in_features), weight (out_features, in_features)."""
+    _check_linear(input, weight, bias)
+    return LinearFunction.apply(input, weight, bias)
+
+
+# ---- linear + activation ---------------------------------------------------------------------------------------------
+_ACT_TITLES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "elu": "ELU",
+               "softplus": "Softplus"}
+FUSABLE_ACTIVATIONS = tuple(_ACT_TITLES)
+
+
+class LinearActFunction(Function):
+    """y = act(x @ W.T + b) as one node, for 2-D x: the bias add and the activation are one pass over the matmul's
+    output (kernel ``bias_act_fwd``), and so is the plain backward's activation derivative with the bias gradient
+    (``bias_act_bwd``). Every supported activation's derivative is a function of its output ``y``, so nothing but
+    ``y`` is kept besides the inputs. The node is named for both ops (e.g. ``Linear+ReLUBackward``), so a drawn
+    graph shows the fusion that runs.
+    """
+    save_output = True
+
+    def name(self):
+        return f"Linear+{_ACT_TITLES[self.act]}Backward"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, act, p1, p2):
+        ctx.save_for_backward(x, weight)
+        ctx.act, ctx.p1, ctx.p2 = act, p1, p2
+        out = mm(x.data, weight.data.T)
+        return kernels.get("bias_act_fwd", out)(out, None if bias is None else bias.data, act, p1, p2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need = ctx.next_edges
+        gpre = _elementwise.grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
+        gb = gpre.sum(0) if need[2] is not None else None
+        gx = gpre @ w if need[0] is not None else None
+        gw = gpre.mT @ x if need[1] is not None else None
+        return gx, gw, gb, None, None, None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need = ctx.next_edges
+        y = ctx.output_array
+        gpre, gb = kernels.get("bias_act_bwd", y)(y, g, ctx.act, ctx.p1, ctx.p2, need[2] is not None)
+        return (*_linear_grads_on_arrays(gpre, x.data, w.data, need), gb, None, None, None)
+
+
+def linear_act(input, weight, bias, activation, p1=0.0, p2=0.0):
+    """``activation(input @ weight.T + bias)`` as one fused node; ``input`` must be 2-D.
+
+    ``activation`` is one of FUSABLE_ACTIVATIONS; ``p1``/``p2`` are its parameters: the negative slope of
+    leaky_relu (>= 0), the alpha of elu (>= 0), the beta and threshold of softplus. ``nn.Sequential`` uses this for
+    a Linear followed by such an activation module. Softplus with a threshold below 20 (or beta <= 0) runs as
+    ``softplus(linear(...))``, two nodes: near a small threshold the output alone cannot tell the linear branch
+    from the curved one, so the fused backward could not pick the right slope.
+    """
+    _check_linear(input, weight, bias)
+    if input.ndim != 2:
+        raise ValueError(f"linear_act: expected a 2-D (batch, features) input, got shape {tuple(input.shape)}")
+    if activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"linear_act: unknown activation {activation!r}; expected one of {FUSABLE_ACTIVATIONS}")
+    if activation in ("leaky_relu", "elu") and p1 < 0:
+        raise ValueError(f"linear_act: {activation} needs a parameter >= 0 to be differentiated from its output, "
+                         f"got {p1}")
+    if activation == "softplus" and not (p1 > 0 and p2 >= 20):
+        return _elementwise.softplus(LinearFunction.apply(input, weight, bias), p1, p2)
+    return LinearActFunction.apply(input, weight, bias, activation, float(p1), float(p2))
+
+
+# ---- dropout ---------------------------------------------------------------------------------------------------------
+class DropoutFunction(Function):
+    """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p)."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        d = x.data
+        if p >= 1:
+            mask = ctx.xp.zeros_like(d)
+        else:
+            keep = _random.rand(d.shape, dtype=d.dtype, device=x.device).data >= p
+            mask = keep.astype(d.dtype)
+            mask *= 1.0 / (1.0 - p)
+        ctx.save_for_backward(_make(mask, x.device))
+        return d * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return g * mask, None
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """Inverted dropout in training; the input itself when ``training`` is False or ``p`` is 0."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if input.dtype.kind != "f":
+        raise TypeError(f"dropout: needs a floating tensor, got dtype {input.dtype}")
+    return DropoutFunction.apply(input, float(p))
+
+
+# ---- normalisation ---------------------------------------------------------------------------------------------------
+def _normalized(x, axes, eps):
+    """x_hat and 1/std of x over ``axes``, as differentiable tinygen ops (used when building a gradient graph)."""
+    xc = x - x.mean(axes, keepdim=True)
+    std = ((xc * xc).mean(axes, keepdim=True) + eps).sqrt()
+    return xc / std, 1 / std
+
+
+class BatchNormFunction(Function):
+    """Batch normalisation over every axis but the channel axis 1 of x (N, C, *).
+
+    Training: normalise with the batch mean and biased variance, and update the running statistics in place
+    (running_var with the unbiased variance, as PyTorch). Evaluation: normalise with the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        xp, d = ctx.xp, x.data
+        c = d.shape[1]
+        axes = (0,) + tuple(range(2, d.ndim))
+        shape = (1, c) + (1,) * (d.ndim - 2)  # per-channel values, broadcastable against x
+        ctx.axes, ctx.shape, ctx.training, ctx.eps = axes, shape, training, eps
+        w = None if weight is None else weight.data
+        if training:
+            out, x_hat, mean, var, inv_std = kernels.get("batchnorm_fwd", d)(
+                d, w, None if bias is None else bias.data, eps)
+            n = d.size // c
+            if running_mean is not None:
+                running_mean.data *= 1.0 - momentum
+                running_mean.data += momentum * mean
+            if running_var is not None:
+                running_var.data *= 1.0 - momentum
+                running_var.data += (momentum * n / (n - 1)) * var
+            ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std, x.device))
+            return out
+        # evaluation: an affine map, y = x * scale + shift
+        mean = running_mean.data.reshape(shape).copy()  # copied: later training steps update the buffer in place
+        inv_std = 1.0 / xp.sqrt(running_var.data.reshape(shape) + eps)
+        scale = inv_std * w.reshape(shape) if w is not None else inv_std
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias.data.reshape(shape)
+        ctx.save_for_backward(x, weight, _make(mean, x.device), _make(inv_std, x.device))
+        return d * scale + shift
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, saved_a, inv_std = ctx.saved_tensors
+        need = ctx.next_edges
+        axes, shape = ctx.axes, ctx.shape
+        w = weight.reshape(shape) if weight is not None else None
+        if ctx.training:  # x_hat and inv_std recomputed with tinygen ops: both depend on x
+            x_hat, inv_std = _normalized(x, axes, ctx.eps)
+            n = x.data.size // x.shape[1]
+            sg = g.sum(axes, keepdim=True)
+            sgx = (g * x_hat).sum(axes, keepdim=True)
+            gx = None
+            if need[0] is not None:
+                # d/dx of the normalisation: (w / std) * (g - mean(g) - x_hat * mean(g * x_hat))
+                k = inv_std * w if w is not None else inv_std
+                gx = k * (g - (sg + x_hat * sgx) * (1.0 / n))
+        else:
+            gx = g * (inv_std * w if w is not None else inv_std) if need[0] is not None else None
+            sg = g.sum(axes, keepdim=True) if need[2] is not None else None
+            sgx = ((g * ((x - saved_a) * inv_std)).sum(axes, keepdim=True) if need[1] is not None else None)
+        c = x.shape[1]
+        gw = sgx.reshape(c) if need[1] is not None else None
+        gb = sg.reshape(c) if need[2] is not None else None
+        return gx, gw, gb, None, None, None, None, None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        if not ctx.training:  # an affine map: the tensor formula on arrays costs no more
+            return BatchNormFunction.backward(ctx, _make(g, ctx.device))
+        _, weight, x_hat, inv_std = ctx.saved_tensors
+        need = ctx.next_edges
+        gx, gw, gb = kernels.get("batchnorm_bwd", g)(g, x_hat.data, None if weight is None else weight.data,
+                                                     inv_std.data)
+        return (gx if need[0] is not None else None, gw if need[1] is not None else None,
+                gb if need[2] is not None else None, None, None, None, None, None)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation of input (N, C, *) over all axes but C (see ``BatchNorm1d``).
+
+    With ``training=True`` the batch statistics are used and ``running_mean``/``running_var`` (if given) are
+    updated in place: ``r = (1 - momentum) * r + momentum * batch_stat``. With ``training=False`` the running
+    statistics are used.
+    """
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: expected an input of shape (N, C, *), got shape {tuple(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} has shape {tuple(t.shape)}, but the input of shape "
+                             f"{tuple(input.shape)} has {c} channels")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"batch_norm: {name} has dtype {t.dtype} but the input has dtype {input.dtype}")
+    if training:
+        if input.numel() // max(c, 1) <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{tuple(input.shape)}")
+    elif running_mean is None or running_var is None:
+        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                           float(eps))
+
+
+class LayerNormFunction(Function):
+    """Normalise over the last ``k`` axes, then scale and shift elementwise."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, k, eps):
+        xp, d = ctx.xp, x.data
+        axes = tuple(range(d.ndim - k, d.ndim))
+        ctx.axes, ctx.eps = axes, eps
+        x_hat = d - d.mean(axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt((x_hat * x_hat).mean(axis=axes, keepdims=True) + eps)
+        x_hat *= inv_std
+        out = x_hat * weight.data if weight is not None else x_hat.copy()
+        if bias is not None:
+            out += bias.data
+        ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std, x.device))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors[:2]
+        x_hat, inv_std = _normalized(x, ctx.axes, ctx.eps)  # with tinygen ops: both depend on x
+        return _layer_norm_grads(ctx, g, x_hat, inv_std, weight)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        _, weight, x_hat, inv_std = ctx.saved_tensors
+        device = ctx.device
+        return _layer_norm_grads(ctx, _make(g, device), x_hat, inv_std, weight)
+
+
+def _layer_norm_grads(ctx, g, x_hat, inv_std, weight):
+    need, axes = ctx.next_edges, ctx.axes
+    gx = None
+    if need[0] is not None:
+        gxh = g * weight if weight is not None else g
+        gx = inv_std * (gxh - gxh.mean(axes, keepdim=True) - x_hat * (gxh * x_hat).mean(axes, keepdim=True))
+    lead = tuple(range(g.ndim - len(axes)))  # the parameters are shared across the leading axes (if any)
+    gw = gb = None
+    if need[1] is not None:
+        gw = (g * x_hat).sum(lead) if lead else g * x_hat
+    if need[2] is not None:
+        gb = g.sum(lead) if lead else g
+    return gx, gw, gb, None, None
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalise over the trailing dimensions ``normalized_shape`` (mean 0, biased variance 1), then
+    ``* weight + bias``."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or tuple(input.shape[input.ndim - k:]) != shape or input.ndim < k:
+        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dimensions of the "
+                         f"input of shape {tuple(input.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected normalized_shape {shape}")
+    return LayerNormFunction.apply(input, weight, bias, k, float(eps))
+
+
+# ---- embedding -------------------------------------------------------------------------------------------------------
+class EmbeddingFunction(Function):
+    """Rows of ``weight`` picked by integer indices; the gradient adds up into the picked rows."""
+
+    @staticmethod
+    def forward(ctx, indices, weight, padding_idx):
+        ctx.index, ctx.shape, ctx.padding_idx = indices.data, weight.data.shape, padding_idx
+        return weight.data[indices.data]
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.padding_idx is not None:  # the padding row gets no gradient
+            keep = (ctx.index != ctx.padding_idx)[..., None].astype(g.dtype)
+            g = g * _const(keep, g)
+        return None, IndexAdd.apply(g, ctx.index, ctx.shape), None
+
+
+def embedding(input, weight, padding_idx=None):
+    """``weight[input]`` for an integer tensor ``input`` of indices into the rows of ``weight`` (num, dim)."""
+    if not isinstance(input, Tensor) or input.dtype.kind not in "iu":
+        dt = input.dtype if isinstance(input, Tensor) else type(input).__name__
+        raise TypeError(f"embedding: indices must be an integer tensor (int64), got {dt}")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got shape "
+                         f"{tuple(weight.shape)}")
+    n = weight.shape[0]
+    if input.numel():
+        lo, hi = int(input.data.min()), int(input.data.max())
+        if lo < 0 or hi >= n:
+            raise IndexError(f"embedding: index {lo if lo < 0 else hi} is out of range for {n} embeddings "
+                             f"(valid: 0..{n - 1})")
+    if padding_idx is not None:
+        if not -n <= padding_idx < n:
+            raise ValueError(f"embedding: padding_idx {padding_idx} is out of range for {n} embeddings")
+        padding_idx %= n
+    return EmbeddingFunction.apply(input, weight, padding_idx)
