@@ -94,10 +94,38 @@ def main(argv=None):
             from .data.download import download_mnist
             download_mnist(args.download)
             return 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        print(f"tinygen: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("tinygen: error: out of memory (try a smaller --batch-size or --n)", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a folder where a file was expected, no permission: the file and the cause
+        print(f"tinygen: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _os_error(e):
+    what = e.strerror or str(e)
+    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n]
+    return f"{' -> '.join(map(str, names))}: {what}" if names else what
+
+
+def _resume_hint(args):
+    """Where the last checkpoint of an interrupted training run is, and the command that continues it."""
+    out = getattr(args, "out", None) if getattr(args, "command", None) == "train" else None
+    if not out:
+        return ""
+    from pathlib import Path
+    ckpt = Path(out) / "checkpoint.npz"
+    if not ckpt.exists():
+        return f"; no checkpoint was written yet in {out}"
+    return (f"; the last checkpoint is {ckpt}. Continue with: tinygen train {args.model} --out {out} --resume "
+            f"(and the same options)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""The CLI answers a user's mistake or the machine's state with one line and a non-zero exit, never a traceback."""
+import errno
+import subprocess
+import sys
+
+import pytest
+
+from tinygen import cli
+
+
+class _FakeModel:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def add_arguments(self, p):
+        p.add_argument("--out", default="runs/x")
+        p.add_argument("--resume", action="store_true")
+
+    def train_from_args(self, args):
+        raise self.exc
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    def use(exc):
+        model = _FakeModel(exc)
+        monkeypatch.setattr(cli, "_model", lambda name: model)
+    return use
+
+
+def test_ctrl_c_during_training_names_the_checkpoint_and_exits_130(fake_model, tmp_path, capsys):
+    (tmp_path / "checkpoint.npz").write_bytes(b"")
+    fake_model(KeyboardInterrupt())
+    assert cli.main(["train", "gan", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and str(tmp_path / "checkpoint.npz") in err and "--resume" in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_before_any_checkpoint_says_so(fake_model, tmp_path, capsys):
+    fake_model(KeyboardInterrupt())
+    assert cli.main(["train", "vae", "--out", str(tmp_path / "new")]) == 130
+    assert "no checkpoint was written yet" in capsys.readouterr().err
+
+
+def test_full_disk_is_one_line_naming_the_file(fake_model, capsys):
+    fake_model(OSError(errno.ENOSPC, "No space left on device", "runs/gan/checkpoint.npz.tmp"))
+    assert cli.main(["train", "gan"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "tinygen: error: runs/gan/checkpoint.npz.tmp: No space left on device"
+
+
+def test_out_of_memory_is_one_line(fake_model, capsys):
+    fake_model(MemoryError())
+    assert cli.main(["train", "gan"]) == 1
+    assert "out of memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["dir", "text"])
+def test_eval_and_sample_of_a_non_checkpoint_exit_nonzero_without_traceback(tmp_path, target):
+    path = tmp_path if target == "dir" else tmp_path / "notes.txt"
+    if target == "text":
+        path.write_text("hello")
+    for command in ("eval", "sample"):
+        r = subprocess.run([sys.executable, "-m", "tinygen", command, str(path)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode in (1, 2), r.stderr
+        assert "Traceback" not in r.stderr and str(path) in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
