@@ -101,9 +101,10 @@ def _grad_mode_reads(path):
 
 
 def test_no_grad_mode_reads_outside_autograd():
+    """compile.py is exempt: replaying a step, it restores the grad mode each recorded call ran under."""
     reads = []
     for path in PACKAGE.rglob("*.py"):
-        if "autograd" not in path.relative_to(PACKAGE).parts:
+        if "autograd" not in path.relative_to(PACKAGE).parts and path.name != "compile.py":
             reads += _grad_mode_reads(path)
     assert reads == [], f"ops, layers and losses must not ask whether a graph is being built: {reads}"
 

@@ -24,5 +24,6 @@ from .threads import set_num_threads, get_num_threads
 from . import viz
 from .serialization import save, load
 from . import nn, optim, data  # noqa: E402 - they build on everything above
+from .compile import compile, CompileError  # noqa: E402, A001 - tinygen.compile, as torch.compile
 
 __version__ = "0.1.0"

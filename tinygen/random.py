@@ -1,6 +1,7 @@
 """Random tensors, reproducible with ``manual_seed``. Each device has its own generator, seeded together."""
 import numpy as np
 
+from .capture import replayed
 from . import backend, dtypes
 from .tensor import _make, _size, get_default_dtype
 
@@ -74,6 +75,7 @@ def _out(data, device, requires_grad):
     return t
 
 
+@replayed
 def randn(*size, dtype=None, device="cpu", requires_grad=False):
     """Standard normal samples."""
     device = backend.normalize_device(device)
@@ -84,6 +86,7 @@ def randn(*size, dtype=None, device="cpu", requires_grad=False):
     return _out(data, device, requires_grad)
 
 
+@replayed
 def rand(*size, dtype=None, device="cpu", requires_grad=False):
     """Uniform samples in [0, 1)."""
     device = backend.normalize_device(device)
@@ -94,6 +97,7 @@ def rand(*size, dtype=None, device="cpu", requires_grad=False):
     return _out(data, device, requires_grad)
 
 
+@replayed
 def randint(low, high=None, size=(), dtype=None, device="cpu"):
     """Integers in [low, high)."""
     if high is None:
@@ -104,23 +108,28 @@ def randint(low, high=None, size=(), dtype=None, device="cpu"):
                                             _size(size), dtype=dt), device)
 
 
+@replayed
 def randperm(n, device="cpu"):
     device = backend.normalize_device(device)
     return _make(generator(device).permutation(n).astype(dtypes.int64), device)
 
 
+@replayed
 def randn_like(t, dtype=None, device=None, requires_grad=False):
     return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
+@replayed
 def rand_like(t, dtype=None, device=None, requires_grad=False):
     return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
+@replayed
 def normal(mean, std, size, dtype=None, device="cpu"):
     return randn(size, dtype=dtype, device=device) * std + mean
 
 
+@replayed
 def bernoulli(p):
     """0/1 samples with probability ``p`` (a tensor), in ``p``'s dtype; not differentiable."""
     u = generator(p.device).random(p.shape, dtype=p.dtype if p.dtype.kind == "f" else dtypes.float32)

@@ -6,6 +6,7 @@ its inputs. Nothing else: all ops are attached as methods by ``tinygen.ops`` (se
 import numpy as np
 
 from . import backend, dtypes
+from .capture import note_alias, refuse_host_read
 
 _default_float = dtypes.float32
 
@@ -100,6 +101,7 @@ class Tensor:
     # ---- conversion ----------------------------------------------------------------------------------------------
     def numpy(self):
         """The data as a NumPy array (shares memory for CPU tensors). Needs .detach() if the tensor requires grad."""
+        refuse_host_read(self, ".numpy()")
         if self._requires_grad:
             raise RuntimeError("can't call numpy() on a tensor that requires grad; use tensor.detach().numpy()")
         if self._device != "cpu":
@@ -107,14 +109,17 @@ class Tensor:
         return self.data
 
     def item(self):
+        refuse_host_read(self, ".item()")
         if self.data.size != 1:
             raise ValueError(f"only one-element tensors can be converted to Python scalars, got shape {self.shape}")
         return self.data.item()
 
     def tolist(self):
+        refuse_host_read(self, ".tolist()")
         return backend.to_device(self.data, "cpu").tolist()
 
     def __bool__(self):
+        refuse_host_read(self, "bool(tensor) (Python branching on a value)")
         if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
         return bool(self.data.item())
@@ -126,13 +131,16 @@ class Tensor:
         return int(self.item())
 
     def __index__(self):
+        refuse_host_read(self, "use as a Python index")
         if self.data.dtype.kind not in "iub" or self.data.size != 1:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.data.item())
 
     def detach(self):
         """The same data, cut from the graph (shares memory)."""
-        return _make(self.data, self._device)
+        out = _make(self.data, self._device)
+        note_alias(self, out)
+        return out
 
     def cpu(self):
         return self.to("cpu")

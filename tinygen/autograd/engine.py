@@ -16,12 +16,20 @@ import numpy as np
 
 from .. import tensor as _tensor
 from ..tensor import Tensor, _make
+from ..capture import CAPTURE, recording
 from .function import Function, check_backward, checked_backward
 from .grad_mode import STATE
 
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Accumulate the gradients of ``tensors`` into the ``.grad`` of the leaves (or only of ``inputs``)."""
+    if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
+        return CAPTURE.recorder.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs),
+                                            {}, builds_graph=create_graph)
+    return _backward(tensors, grad_tensors, retain_graph, create_graph, inputs)
+
+
+def _backward(tensors, grad_tensors, retain_graph, create_graph, inputs):
     tensors, grads = _roots(tensors, grad_tensors)
     if retain_graph is None:
         retain_graph = create_graph
@@ -41,6 +49,13 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
     gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
     """
+    if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
+        return CAPTURE.recorder.record_call(_grad, (outputs, inputs, grad_outputs, retain_graph, create_graph,
+                                                    allow_unused), {}, builds_graph=create_graph)
+    return _grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused)
+
+
+def _grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused):
     outputs, grads = _roots(outputs, grad_outputs)
     single = isinstance(inputs, Tensor)
     inputs = (inputs,) if single else tuple(inputs)

@@ -33,6 +33,7 @@ import numpy as _np
 
 from ..backend import _modules, array_module
 from ..tensor import Tensor, _make
+from ..capture import CAPTURE
 from .grad_mode import STATE
 
 _new = object.__new__
@@ -131,6 +132,9 @@ class Function:
     @classmethod
     def apply(cls, *args):
         """Run forward on the arguments and, when a gradient is needed, record this node in the graph."""
+        rec = CAPTURE.recorder
+        if rec is not None and not rec.depth:  # tinygen.compile is recording a step (autograd/capture.py)
+            return rec.record_apply(cls, args)
         ctx = _new(cls)
         ctx._saved = ()
         ctx._out_data = None

@@ -6,6 +6,7 @@ PyTorch maps onto these one to one (and state_dicts line up key for key).
 import math
 
 from .. import dtypes
+from ..capture import replayed
 from ..tensor import get_default_dtype, zeros
 from . import functional as F
 from . import init
@@ -159,7 +160,7 @@ class _BatchNorm(Module):
                              f"shape {tuple(input.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
+            self._count_batch()
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked.item())
         # batch statistics in training, or in eval when no running statistics are kept
@@ -167,6 +168,10 @@ class _BatchNorm(Module):
         track = not self.training or self.track_running_stats
         return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
                             self.weight, self.bias, use_batch, factor, self.eps)
+
+    @replayed
+    def _count_batch(self):
+        self.num_batches_tracked.data += 1
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

@@ -12,6 +12,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .. import backend, dtypes
+from ..capture import CAPTURE, replayed
 from ..tensor import Tensor, _make, as_tensor, get_default_dtype
 
 _new = object.__new__
@@ -86,6 +87,9 @@ class Module:
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
 
     def __call__(self, *args, **kwargs):
+        rec = CAPTURE.recorder
+        if rec is not None:  # tinygen.compile: a replay is valid only while this module's train/eval mode holds
+            rec.note_module(self)
         return self.forward(*args, **kwargs)
 
     # ---- registration ------------------------------------------------------------------------------------------
@@ -279,6 +283,7 @@ class Module:
             p.requires_grad_(requires_grad)
         return self
 
+    @replayed
     def zero_grad(self, set_to_none=True):
         """Reset the gradients of all parameters: to None (the default, as PyTorch), or to zeros in place."""
         for p in self.parameters():

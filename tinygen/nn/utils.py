@@ -5,6 +5,7 @@ device-to-host copy unless ``error_if_nonfinite`` asks for a check.
 """
 import math
 
+from ..capture import replayed
 from ..tensor import Tensor, _make, tensor
 
 
@@ -75,6 +76,7 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False):
     return _make(xp.asarray(total), device)
 
 
+@replayed
 def clip_grads_with_norm_(parameters, max_norm, total_norm):
     """Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in place."""
     grads = [p.grad for p in _as_list(parameters, "clip_grads_with_norm_") if p.grad is not None]
@@ -87,6 +89,7 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm):
         g.data *= coef.astype(g.data.dtype)
 
 
+@replayed
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Rescale the gradients of ``parameters`` in place so that their total norm is at most ``max_norm``.
 
@@ -106,6 +109,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return total
 
 
+@replayed
 def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient of ``parameters`` to ``[-clip_value, clip_value]``, in place."""
     try:

@@ -8,6 +8,7 @@ import math
 import numbers
 import types
 
+from ..capture import replayed
 from .optimizer import Optimizer
 
 
@@ -48,6 +49,7 @@ class LRScheduler:
         """The learning rate of each parameter group, as last set by ``step()``."""
         return self._last_lr
 
+    @replayed
     def step(self):
         """Advance one epoch and set each group's ``lr``."""
         self._step_count += 1

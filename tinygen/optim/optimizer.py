@@ -8,6 +8,7 @@ import numbers
 
 from .. import backend
 from ..autograd.grad_mode import enable_grad
+from ..capture import replayed
 from ..tensor import Tensor, _make
 
 
@@ -115,6 +116,7 @@ class Optimizer:
         self.param_groups.append(group)
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
+    @replayed
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
         for group in self.param_groups:
@@ -130,6 +132,7 @@ class Optimizer:
                     g.data.fill(0)
 
     # ---- the update --------------------------------------------------------------------------------------------------
+    @replayed
     def step(self, closure=None):
         """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates and returns the loss."""
         loss = None

@@ -1,0 +1,230 @@
+"""tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
+import numpy as np
+import pytest
+
+import tinygen as tg
+import tinygen.nn as nn
+import tinygen.nn.functional as F
+from tinygen.backend import cuda_standin
+
+
+def _params(*modules):
+    return [p.data.copy() for m in modules for p in m.parameters()]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _mlp_setup(device="cpu", dropout=0.0, batchnorm=False):
+    tg.manual_seed(0)
+    layers = [nn.Linear(12, 16)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(16))
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 5)]
+    model = nn.Sequential(*layers).to(device)
+    opt = tg.optim.Adam(model.parameters(), lr=1e-2)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    return model, opt, step
+
+
+def _batches(n, batch=8, device="cpu", seed=1):
+    tg.manual_seed(seed)
+    return [(tg.randn(batch, 12).to(device), tg.randint(0, 5, (batch,)).to(device)) for _ in range(n)]
+
+
+def _run(setup, compiled, steps=20, **kw):
+    model, opt, step = setup(**kw)
+    f = tg.compile(step) if compiled else step
+    data = _batches(steps, device=kw.get("device", "cpu"))
+    tg.manual_seed(7)  # the stream dropout draws from
+    losses = [f(x, y).detach().data.copy() for x, y in data]
+    return losses, _params(model), f
+
+
+@pytest.mark.parametrize("dropout,batchnorm", [(0.0, False), (0.3, True)])
+def test_mlp_steps_replay_bitwise_equal_to_eager(dropout, batchnorm):
+    le, pe, _ = _run(_mlp_setup, False, dropout=dropout, batchnorm=batchnorm)
+    lc, pc, f = _run(_mlp_setup, True, dropout=dropout, batchnorm=batchnorm)
+    assert (f.records, f.replays) == (1, 19)
+    assert _same(le, lc) and _same(pe, pc)
+
+
+def test_replay_on_the_cuda_standin_equals_eager():
+    with cuda_standin():
+        le, pe, _ = _run(_mlp_setup, False, steps=6, device="cuda", dropout=0.2)
+        lc, pc, f = _run(_mlp_setup, True, steps=6, device="cuda", dropout=0.2)
+    assert f.replays == 5
+    assert _same([np.asarray(x.get()) for x in le], [np.asarray(x.get()) for x in lc])
+    assert _same([x.get() for x in pe], [x.get() for x in pc])
+
+
+def _vae_setup():
+    tg.manual_seed(0)
+    enc, dec = nn.Linear(12, 2 * 3), nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 12))
+    opt = tg.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-2)
+
+    def step(x):
+        mu, logvar = enc(x).chunk(2, 1)
+        z = mu + (logvar * 0.5).exp() * tg.randn_like(mu)  # reparameterisation: a fresh draw every call
+        rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum")
+        loss = (rec + F.kl_normal(mu, logvar)) / x.shape[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    return (enc, dec), step
+
+
+def _gan_setup(penalty):
+    tg.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 16), nn.LeakyReLU(0.2), nn.Linear(16, 6), nn.Tanh())
+    D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    opt_g, opt_d = tg.optim.Adam(G.parameters(), lr=1e-3), tg.optim.Adam(D.parameters(), lr=1e-3)
+
+    def step(real):
+        fake = G(tg.randn(real.shape[0], 4))
+        d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+        if penalty:  # WGAN-GP: the gradient of D at interpolates, through create_graph
+            eps = tg.rand(real.shape[0], 1)
+            mix = (eps * real + (1 - eps) * fake.detach()).detach().requires_grad_()
+            (g,) = tg.grad(D(mix).sum(), mix, create_graph=True)
+            d_loss = d_loss + 10 * ((g.pow(2).sum(1) + 1e-12).sqrt() - 1).pow(2).mean()
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.softplus(-D(fake)).mean()
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        return d_loss, g_loss
+    return (G, D), step
+
+
+@pytest.mark.parametrize("setup", ["vae", "gan", "wgan-gp"])
+def test_vae_gan_and_wgan_gp_steps_replay_bitwise(setup):
+    def run(compiled):
+        modules, step = _vae_setup() if setup == "vae" else _gan_setup(setup == "wgan-gp")
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(3)
+        data = [tg.rand(8, 12 if setup == "vae" else 6) for _ in range(15)]
+        outs = [[t.detach().data.copy() for t in ((r,) if isinstance(r, tg.Tensor) else r)]
+                for r in (f(x) for x in data)]
+        return outs, _params(*modules), f
+    oe, pe, _ = run(False)
+    oc, pc, f = run(True)
+    assert f.replays == 14
+    assert all(_same(a, b) for a, b in zip(oe, oc)) and _same(pe, pc)
+
+
+def test_a_new_signature_or_mode_records_anew_and_stays_exact():
+    model, opt, step = _mlp_setup(batchnorm=True)
+    f = tg.compile(step)
+    data = _batches(4) + _batches(2, batch=3, seed=2)  # a short last batch: another shape
+    for x, y in data:
+        f(x, y)
+    assert (f.records, f.replays) == (2, 4)
+    model.eval()  # the guard on the module's mode fails: a new recording, then replays of it
+    x, y = data[0]
+    f(x, y)
+    f(x, y)
+    assert (f.records, f.replays) == (3, 5)
+    model[0].weight.requires_grad_(False)  # a frozen layer changes the graph
+    f(x, y)
+    assert f.records == 4
+
+
+def test_parameters_changed_between_calls_are_used_by_the_replay():
+    def run(compiled):
+        model, opt, step = _mlp_setup()
+        f = tg.compile(step) if compiled else step
+        data = _batches(6)
+        for i, (x, y) in enumerate(data):
+            if i == 3:
+                model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
+                model[0].bias.data[...] = 0.25
+            f(x, y)
+        return _params(model)
+    assert _same(run(False), run(True))
+
+
+def test_schedulers_and_zero_grad_to_zeros_inside_a_step():
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Linear(12, 5)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=False)
+            F.cross_entropy(model(x), y).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            sched.step()
+        f = tg.compile(step) if compiled else step
+        for x, y in _batches(7):
+            f(x, y)
+        return _params(model) + [np.array(opt.param_groups[0]["lr"])]
+    assert _same(run(False), run(True))
+
+
+@pytest.mark.parametrize("read", [lambda t: t.item(), lambda t: float(t), lambda t: bool(t > 0),
+                                  lambda t: t.detach().numpy(), lambda t: t.tolist()],
+                         ids=["item", "float", "bool", "numpy", "tolist"])
+def test_host_reads_inside_a_step_are_refused_with_the_line(read):
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        read(loss)
+        return loss
+    f = tg.compile(step)
+    x, y = _batches(1)[0]
+    with pytest.raises(tg.CompileError, match="test_compile.py") as e:
+        f(x, y)
+    assert "into Python" in str(e.value)
+
+
+def test_a_tensor_argument_that_requires_grad_is_refused():
+    f = tg.compile(lambda a: (a * 2).sum())
+    with pytest.raises(tg.CompileError, match="requires grad"):
+        f(tg.randn(3, requires_grad=True))
+
+
+def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
+    model, opt, step = _mlp_setup()
+    f = tg.compile(step, check=3)
+    for x, y in _batches(5):
+        f(x, y)  # ordinary steps agree
+    counter = nn.Linear(2, 2)
+
+    def sneaky(x):
+        counter.weight.data += 1  # array code on .data: invisible to the recorder, so not replayed
+        return (counter(x) * 1).sum()
+    g = tg.compile(sneaky, check=2)
+    g(tg.randn(1, 2))
+    with pytest.raises(tg.CompileError, match="differs from eager"):
+        g(tg.randn(1, 2))
+
+
+def test_cache_keeps_at_most_cache_size_programs():
+    f = tg.compile(lambda a: a * 2, cache_size=2)
+    for n in (1, 2, 3, 1):
+        f(tg.ones(n))
+    assert f.records == 4 and len(f._programs) == 2
+    with pytest.raises(ValueError, match="cache_size"):
+        tg.compile(lambda a: a, cache_size=0)
+
+
+def test_results_are_fresh_tensors_on_the_replayed_values():
+    w = tg.tensor([2.0])
+    f = tg.compile(lambda a: (a * w, 3))
+    r1, k = f(tg.tensor([1.0]))
+    r2, _ = f(tg.tensor([5.0]))
+    assert k == 3 and r1.item() == 2.0 and r2.item() == 10.0

@@ -1,0 +1,57 @@
+"""The recorder hook of ``tinygen.compile``: the one place the core talks to a program being recorded.
+
+While ``tinygen.compile`` records a step, ``CAPTURE.recorder`` holds its recorder; otherwise it is None and every
+hook below is a single attribute test. The core reports to it at three kinds of places:
+
+  * ``Function.apply`` reports every op called from the user's code (not the ops inside other ops);
+  * functions marked ``@replayed`` (random draws, optimizer steps, ``zero_grad``, ...) and ``backward()`` /
+    ``grad()`` are recorded as calls to make again on every replay;
+  * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while
+    recording (``refuse_host_read``): a replay could not repeat a decision taken on a value.
+
+``depth`` counts the recorded calls in progress, so what runs inside them is not recorded twice.
+"""
+import functools
+
+
+class _Capture:
+    __slots__ = ("recorder",)
+
+    def __init__(self):
+        self.recorder = None
+
+
+CAPTURE = _Capture()
+
+
+def recording():
+    """True while user code of a step is being recorded (not inside a recorded call)."""
+    rec = CAPTURE.recorder
+    return rec is not None and not rec.depth
+
+
+def replayed(fn):
+    """Mark a function whose effects a replay must repeat by calling it again with the same arguments (random
+    draws, optimizer updates, in-place resets). Its tensor results are bound to the recorded ones."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        rec = CAPTURE.recorder
+        if rec is None or rec.depth:
+            return fn(*args, **kwargs)
+        return rec.record_call(fn, args, kwargs)
+    return wrapper
+
+
+def refuse_host_read(tensor, what):
+    """Raise while recording: the step reads a tensor's value into Python (``what``, e.g. ".item()")."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.refuse(tensor, what)
+
+
+def note_alias(src, dst):
+    """``dst`` was made from ``src``'s array without an op (``detach``, a copy): a replay repeats it."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.record_alias(src, dst)
+

@@ -1,0 +1,345 @@
+"""``tinygen.compile(fn)``: record a step once, replay it many times.
+
+    step = tinygen.compile(train_step)     # train_step(x, y): forward, loss.backward(), opt.step(), zero_grad
+    for x, y in loader:
+        loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
+
+Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+
+  record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
+           the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
+             forward(Matmul), forward(Tanh), forward(Sum)   every op called from fn: class, node, argument tensors
+             call(backward, loss)                           a plain backward: the engine runs again on replay
+             call(Adam.step, opt)                           marked @replayed: optimizer steps, zero_grad, random
+                                                            draws, gradient clipping, scheduler steps
+  guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
+           the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
+           module the step called and the requires_grad of every leaf tensor it used. A change records anew.
+  replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
+           with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
+           ``Tensor`` or node is made and no graph is built; the backward walks the recorded graph, whose saved
+           arrays the replayed forwards have just refreshed. Parameters, optimizer state and buffers are the
+           very arrays the model holds, updated in place, so ``state_dict``, checkpoints and eager calls in
+           between stay correct. Random draws are drawn again from tinygen's generators: the same stream as eager.
+
+A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager.
+
+What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
+into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
+``.tolist()``) and tensor arguments that require grad. Return tensors from the step and read them after the
+call. Array code on ``tensor.data`` inside the step is not seen by the recorder and is not replayed: write the
+step with tinygen ops, modules and optimizers.
+
+``compile(fn, check=N)`` runs the first N replays side by side with eager (from the same state and random
+stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
+``cache_size`` programs (8 by default), the least recently used one is dropped first.
+"""
+import copy
+import functools
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+
+from . import random as _random
+from .autograd.function import _edges, user_frame
+from .autograd.grad_mode import STATE
+from .capture import CAPTURE
+from .tensor import Tensor, _make
+
+_new = object.__new__
+
+
+class CompileError(RuntimeError):
+    """A step that tinygen.compile cannot record or whose replay disagreed with eager (``check=``)."""
+
+
+def compile(fn=None, *, check=0, cache_size=8):
+    """Compile ``fn`` (a training step or any function of tensors): see the module docstring."""
+    if fn is None:
+        return lambda f: compile(f, check=check, cache_size=cache_size)
+    if not callable(fn):
+        raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+        raise ValueError(f"tinygen.compile: cache_size must be a positive integer, got {cache_size!r}")
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise ValueError(f"tinygen.compile: check must be a number of calls >= 0, got {check!r}")
+    return Compiled(fn, check, cache_size)
+
+
+class Compiled:
+    """The callable ``tinygen.compile`` returns. ``records`` and ``replays`` count what its calls did."""
+
+    def __init__(self, fn, check, cache_size):
+        functools.update_wrapper(self, fn)
+        self.fn, self.cache_size, self._checks_left = fn, cache_size, check
+        self._programs = OrderedDict()
+        self.records = self.replays = 0
+
+    def __call__(self, *args, **kwargs):
+        if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
+            return self.fn(*args, **kwargs)
+        key = _signature(args, kwargs)
+        program = self._programs.get(key)
+        if program is not None and program.guards_hold():
+            self._programs.move_to_end(key)
+            self.replays += 1
+            if self._checks_left:
+                self._checks_left -= 1
+                return _checked(self.fn, program, args, kwargs)
+            return program.replay(args, kwargs)
+        program, result = _record(self.fn, args, kwargs)
+        result = _fresh(result)  # the recorded tensors are the program's: the caller gets its own
+        self.records += 1
+        self._programs[key] = program
+        self._programs.move_to_end(key)
+        while len(self._programs) > self.cache_size:
+            self._programs.popitem(last=False)
+        return result
+
+    def reset(self):
+        """Forget every recorded program (the next call records again)."""
+        self._programs.clear()
+
+
+# ---- recording -----------------------------------------------------------------------------------------------------
+class _Recorder:
+    """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
+
+    def __init__(self):
+        self.depth = 0  # recorded calls in progress: what runs inside them is not recorded again
+        self.steps = []
+        self.modules = {}
+        self.leaves = {}
+        self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
+
+    def record_apply(self, cls, args):
+        self.depth += 1
+        try:
+            out = cls.apply(*args)
+        finally:
+            self.depth -= 1
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx = next((t.grad_fn for t in outs if t.grad_fn is not None), None)
+        device = None
+        for a in args:
+            if isinstance(a, Tensor):
+                device = device or a._device
+                if a.grad_fn is None:
+                    self.leaves[id(a)] = (a, a._requires_grad)
+        self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None))
+        return out
+
+    def record_call(self, fn, args, kwargs, builds_graph=False):
+        # a generator argument (model.parameters()) would be empty on the second call: keep its items
+        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in args)
+        kwargs = {k: tuple(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        self.depth += 1
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            self.depth -= 1
+        self.steps.append((_replay_call, fn, args, kwargs, result, STATE.grad_enabled))
+        self.relink = self.relink or builds_graph
+        return result
+
+    def record_alias(self, src, dst):
+        self.steps.append((_replay_alias, src, dst))
+
+    def note_module(self, module):
+        self.modules[id(module)] = (module, module.training)
+
+    def refuse(self, tensor, what):
+        raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
+                           f"{user_frame()}. A replay cannot repeat a decision taken on a value: return the tensor "
+                           f"from the step and read it after the call, or call this function without compiling it")
+
+
+def _record(fn, args, kwargs):
+    inputs = _tensors_in(args, kwargs)
+    for i, t in enumerate(inputs):
+        if t._requires_grad:
+            raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
+                               f"parameters through the modules the step uses, not as arguments")
+    rec = _Recorder()
+    CAPTURE.recorder = rec
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        CAPTURE.recorder = None
+    program = _Program(rec, inputs, result, STATE.grad_enabled)
+    return program, result
+
+
+class _Program:
+    def __init__(self, rec, inputs, result, grad_enabled):
+        self.steps = tuple((s[0], s[1:]) for s in rec.steps)
+        self.inputs = inputs
+        self.result = result
+        self.modules = tuple(rec.modules.values())
+        self.leaves = tuple(rec.leaves.values())
+        self.grad_enabled = grad_enabled
+
+    def guards_hold(self):
+        for module, training in self.modules:
+            if module.training is not training:
+                return False
+        for tensor, requires_grad in self.leaves:
+            if tensor._requires_grad is not requires_grad:
+                return False
+        return True
+
+    def replay(self, args, kwargs):
+        for slot, new in zip(self.inputs, _tensors_in(args, kwargs)):
+            slot.data = new.data
+        try:
+            for run, operands in self.steps:
+                run(*operands)
+        finally:
+            STATE.grad_enabled = self.grad_enabled
+        return _fresh(self.result)
+
+
+# ---- replaying one step --------------------------------------------------------------------------------------------
+def _replay_forward(cls, ctx, device, args, outs, relink):
+    STATE.grad_enabled = False  # as in Function.apply: nothing inside a forward records
+    if relink:  # an input may be a gradient a replayed create_graph call has just rebuilt, with a new node
+        ctx.next_edges = _edges(args)
+    elif ctx is None:  # an op outside the graph: a fresh node, as apply makes one
+        ctx = _new(cls)
+        ctx._saved, ctx._out_data, ctx.device = (), None, device
+    out = cls.forward(ctx, *args)
+    datas = out if type(out) is tuple else (out,)
+    for t, d in zip(outs, datas):
+        if isinstance(d, Tensor):
+            d = d.data
+        elif isinstance(d, np.generic):
+            d = np.asarray(d) if t._device == "cpu" else ctx.xp.asarray(d)
+        t.data = d
+    if cls.save_output and ctx._out_data is not None:
+        ctx._out_data = outs[0].data
+
+
+def _replay_call(fn, args, kwargs, result, grad_enabled):
+    STATE.grad_enabled = grad_enabled
+    _bind(result, fn(*args, **kwargs))
+
+
+def _replay_alias(src, dst):
+    dst.data = src.data
+
+
+def _bind(recorded, new):
+    """Put a replayed call's result arrays into the tensors its recorded call returned."""
+    if isinstance(recorded, Tensor):
+        if new is not recorded:  # the recorded tensor takes the new one's array (and node, for a gradient graph)
+            recorded.data, recorded.grad_fn, recorded._out_idx = new.data, new.grad_fn, new._out_idx
+    elif isinstance(recorded, (tuple, list)):
+        for r, n in zip(recorded, new):
+            _bind(r, n)
+
+
+# ---- signatures, inputs and results ------------------------------------------------------------------------------
+def _sig(a):
+    if isinstance(a, Tensor):
+        return ("tensor", a.data.shape, a.data.dtype.str, a._device, a._requires_grad)
+    if isinstance(a, (tuple, list)):
+        return (type(a).__name__,) + tuple(_sig(x) for x in a)
+    if isinstance(a, dict):
+        return ("dict",) + tuple((k, _sig(v)) for k, v in a.items())
+    try:
+        hash(a)
+    except TypeError:
+        return ("object", id(a))
+    return ("value", type(a).__name__, a)
+
+
+def _signature(args, kwargs):
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs))
+
+
+def _tensors_in(*values):
+    out = []
+    for v in values:
+        if isinstance(v, Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            out.extend(_tensors_in(*v))
+        elif isinstance(v, dict):
+            out.extend(_tensors_in(*v.values()))
+    return out
+
+
+def _fresh(result):
+    """The step's result with every tensor as a new tensor on the replayed array (no graph)."""
+    if isinstance(result, Tensor):
+        return _make(result.data, result._device)
+    if isinstance(result, (tuple, list)):
+        return type(result)(_fresh(r) for r in result)
+    if isinstance(result, dict):
+        return {k: _fresh(v) for k, v in result.items()}
+    return result
+
+
+# ---- check=N: a replay side by side with eager ---------------------------------------------------------------------
+def _state_of(program):
+    """What a step may change: the leaves it used (data and .grad), the buffers of its modules, and the state of
+    the objects whose methods it called (optimizers, schedulers: through their state_dict)."""
+    inputs = {id(t) for t in program.inputs}
+    tensors = {id(t): t for t, rg in program.leaves if rg and id(t) not in inputs}
+    for module, _ in program.modules:
+        for b in module.__dict__.get("_buffers", {}).values():
+            if b is not None:
+                tensors[id(b)] = b
+    owners = {}
+    for run, operands in program.steps:
+        if run is _replay_call and operands[1] and hasattr(operands[1][0], "load_state_dict"):
+            owners[id(operands[1][0])] = operands[1][0]
+    return list(tensors.values()), list(owners.values())
+
+
+def _snapshot(tensors, owners):
+    return ([t.data.copy() for t in tensors], [None if t.grad is None else t.grad.data.copy() for t in tensors],
+            [copy.deepcopy(o.state_dict()) for o in owners], _random.get_rng_state("cpu"))
+
+
+def _restore(tensors, owners, snap):
+    datas, grads, states, rng = snap
+    for t, d, g in zip(tensors, datas, grads):
+        t.data[...] = d
+        t.grad = None if g is None else _make(g.copy(), t._device)
+    for o, state in zip(owners, states):
+        o.load_state_dict(copy.deepcopy(state))
+    _random.set_rng_state(rng, "cpu")
+
+
+def _arrays(value):
+    if isinstance(value, Tensor):
+        return [value.data]
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        return [np.asarray(value)]
+    if isinstance(value, dict):
+        return [a for k in sorted(value, key=str) for a in _arrays(value[k])]
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in _arrays(v)]
+    return []
+
+
+def _checked(fn, program, args, kwargs):
+    tensors, owners = _state_of(program)
+    before = _snapshot(tensors, owners)
+    eager = [a.copy() for a in _arrays(fn(*args, **kwargs))]
+    after_eager = _snapshot(tensors, owners)
+    _restore(tensors, owners, before)
+    result = program.replay(args, kwargs)
+    after_replay = _snapshot(tensors, owners)
+    checks = (("result", eager, _arrays(result)), ("tensor", after_eager[0], after_replay[0]),
+              ("gradient", after_eager[1], after_replay[1]),
+              ("optimizer/scheduler state", _arrays(after_eager[2]), _arrays(after_replay[2])))
+    for what, xs, ys in checks:
+        for i, (x, y) in enumerate(itertools.zip_longest(xs, ys)):
+            if (x is None) != (y is None) or (x is not None and not np.array_equal(x, y)):
+                raise CompileError(f"tinygen.compile(check=...): the replay differs from eager in {what} #{i}; "
+                                   f"is there array code on tensor.data inside the step? (it is not recorded)")
+    return result
