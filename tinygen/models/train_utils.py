@@ -330,6 +330,48 @@ def restore_checkpoint(ckpt, modules, optimizers=None, schedulers=None, loaders=
     return int(ckpt.get("epoch", 0))
 
 
+class RunFolder:
+    """A run's output folder: ``checkpoint.npz`` and JSON-lines logs (``metrics.jsonl``, ...), or nothing at all
+    for ``out=None``. A fresh run refuses a folder holding a checkpoint and starts its logs empty; ``restore``
+    continues the saved run."""
+
+    def __init__(self, out, resume=False, logs=("metrics",)):
+        self.logs = {}
+        self.path = self.checkpoint = None
+        if out is None:
+            if resume:
+                raise ValueError("resume needs out (the folder of the run to continue)")
+            return
+        self.path = prepare_out_dir(out, resume)
+        self.checkpoint = self.path / "checkpoint.npz"
+        self.logs = {name: MetricsLog(self.path / f"{name}.jsonl") for name in logs}
+        if not resume:
+            for log in self.logs.values():
+                if log.path.exists():
+                    log.path.unlink()
+
+    def restore(self, parts, model_name, config=None, check=None):
+        """Load the checkpoint (its settings compared with ``config``, or by ``check(ckpt)``), put its states into
+        ``parts`` (``restore_checkpoint``'s dicts) and drop the log lines written after it. Returns
+        ``(ckpt, epochs completed)``."""
+        ckpt = load_checkpoint(self.checkpoint, config, model_name)
+        if check is not None:
+            check(ckpt)
+        start = restore_checkpoint(ckpt, **parts)
+        for log in self.logs.values():
+            log.truncate_after(start)
+        return ckpt, start
+
+    def write(self, log, record):
+        if log in self.logs:
+            self.logs[log].write(record)
+
+    def save(self, model_name, config, epoch, parts, **kwargs):
+        """``save_checkpoint`` into the folder (nothing without one)."""
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, **kwargs)
+
+
 # ---- small helpers the models share -------------------------------------------------------------------------------
 def prepare_out_dir(out, resume=False):
     """Create the output folder; refuse to overwrite an earlier run's checkpoint unless resuming (ValueError)."""
