@@ -614,7 +614,7 @@ def test_eval_json_mnist(tmp_path, monkeypatch, mnist_checkpoint, small_mnist):
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown GAN loss 'nope'"):
         gan.make_config(loss="nope")
-    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
         gan.make_config(steps=-5)
     with pytest.raises(ValueError, match="unknown dataset 'spiral'"):
         gan.make_config(dataset="spiral")
@@ -667,7 +667,7 @@ def test_toy_defaults_scale_the_networks_and_tune_wgan_gp():
         assert (ns["lr_g"], ns["data_scale"]) == (1e-4, c["data_scale"])
     m = gan.make_config(loss="wgan-gp")  # MNIST keeps the paper's penalty and unscaled networks
     assert (m["gp"], m["lr_g"], m["data_scale"]) == (10.0, 1e-4, 1.0)
-    with pytest.raises(ValueError, match="data_scale must be a number > 0"):
+    with pytest.raises(ValueError, match="data_scale must be a positive finite number"):
         gan.make_config(dataset="ring", data_scale=0)
 
 

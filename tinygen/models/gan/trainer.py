@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import backend, nn, no_grad, optim
+from ... import as_tensor, backend, nn, no_grad, optim
 from ... import random as _random
 from ...data import DataLoader, grid, mnist_or_bundled, ring, to_symmetric
 from ...nn.utils import get_total_norm
-from ...tensor import as_tensor
 from .. import train_utils as tu
 from . import losses as L
 from .models import PYTORCH_GAN, build_discriminator, build_generator
@@ -97,27 +96,6 @@ def saved_config(ckpt):
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
-def _int(cfg, key, low=1, optional=False):
-    v = cfg[key]
-    if optional and v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
-    cfg[key] = int(v)
-    return cfg[key]
-
-
-def _float(cfg, key, low=0.0, high=None, allow_low=True):
-    v = cfg[key]
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
-        and (v >= low if allow_low else v > low) and (high is None or v < high)
-    if not ok:
-        rng = f"{'>=' if allow_low else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{key} must be a number {rng}, got {v!r}")
-    cfg[key] = float(v)
-    return cfg[key]
-
-
 def make_config(**settings):
     """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults (and
     its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
@@ -157,20 +135,18 @@ def _validate(cfg):
         raise ValueError(f"unknown lr_decay {cfg['lr_decay']!r}; expected one of {', '.join(LR_DECAYS)}")
     if cfg["epochs"] is None and cfg["steps"] is None:
         raise ValueError("give the length of the run: epochs or steps")
-    _int(cfg, "epochs", optional=True)
-    _int(cfg, "steps", optional=True)
+    for key in ("epochs", "steps", "n_train"):
+        cfg[key] = tu.check_int(key, cfg[key], optional=True)
     for key in ("batch_size", "n_critic", "latent", "data_dim", "num_classes", "toy_samples", "eval_samples",
                 "log_every"):
-        _int(cfg, key)
-    _int(cfg, "seed", low=0)
-    _int(cfg, "n_train", optional=True)
+        cfg[key] = tu.check_int(key, cfg[key])
+    cfg["seed"] = tu.check_int("seed", cfg["seed"], low=0)
     for key in ("lr_g", "lr_d", "clip", "bn_eps", "data_scale"):
-        _float(cfg, key, allow_low=False)
-    _float(cfg, "gp")
-    _float(cfg, "g_slope")
-    _float(cfg, "d_slope")
+        cfg[key] = tu.check_number(key, cfg[key], allow_low=False)
+    for key in ("gp", "g_slope", "d_slope"):
+        cfg[key] = tu.check_number(key, cfg[key])
     for key in ("g_dropout", "d_dropout", "label_smoothing", "ema"):
-        _float(cfg, key, high=1.0)
+        cfg[key] = tu.check_number(key, cfg[key], high=1.0)
     betas = cfg["betas"]
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or \
             not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
@@ -190,11 +166,7 @@ def _validate(cfg):
     for key in ("conditional", "g_batchnorm", "d_batchnorm", "binarize"):
         cfg[key] = bool(cfg[key])
     for key in ("g_hidden", "d_hidden"):
-        v = cfg[key]
-        v = [v] if isinstance(v, (int, np.integer)) else list(v)
-        if not v or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in v):
-            raise ValueError(f"{key} must be a non-empty list of positive layer widths, got {cfg[key]!r}")
-        cfg[key] = [int(w) for w in v]
+        cfg[key] = tu.check_widths(key, cfg[key])
     return cfg
 
 
@@ -409,8 +381,7 @@ class GANStep:
 def sample(G, n, labels=None, device="cpu", batch_size=1000):
     """``n`` samples of generator G (eval mode, no graph) as a float32 NumPy array (n, data_dim), drawn with
     tinygen's generator. labels: class per sample for a conditional G (default: the classes in turn)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+    tu.check_int("number of samples", n)
     if G.num_classes:
         if labels is None:
             labels = np.arange(n) % G.num_classes
