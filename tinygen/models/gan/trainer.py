@@ -443,13 +443,9 @@ def scatter_image(points, mixture, size=480, real=None):
         keep = (col >= 0) & (col < size) & (row >= 0) & (row < size)
         return row[keep], col[keep]
 
-    for axis in (0, 1):  # the axes through the origin
-        r, c = pix(np.array([[0.0, 0.0]]))
-        if len(r):
-            if axis == 0:
-                img[r[0], :] = (225, 225, 225)
-            else:
-                img[:, c[0]] = (225, 225, 225)
+    r, c = pix(np.array([[0.0, 0.0]]))
+    if len(r):  # the axes through the origin
+        img[r[0], :] = img[:, c[0]] = (225, 225, 225)
     if real is not None:
         r, c = pix(real)
         img[r, c] = (190, 190, 190)
