@@ -184,18 +184,18 @@ def test_ragan_losses_and_gradients_match_pytorch():
     import torch
     rng = np.random.default_rng(5)
     r, f = rng.normal(size=9), rng.normal(size=9) - 0.5
+    ones, zeros = torch.ones(9, dtype=torch.float64), torch.zeros(9, dtype=torch.float64)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     real, fake = (tinygen.tensor(v, dtype=tinygen.float64, requires_grad=True) for v in (r, f))
     tr, tf = (torch.tensor(v, requires_grad=True) for v in (r, f))
     d = L.discriminator_loss("ragan", real, fake)
-    td = bce(tr - tf.mean(), torch.ones(9, dtype=torch.float64)) + bce(tf - tr.mean(), torch.zeros(9, dtype=torch.float64))
+    td = bce(tr - tf.mean(), ones) + bce(tf - tr.mean(), zeros)
     assert d.item() == pytest.approx(td.item(), rel=1e-12)
     grads, tgrads = tinygen.grad(d, [real, fake]), torch.autograd.grad(td, [tr, tf])
     for g, tg in zip(grads, tgrads):
         np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-10, atol=1e-15)
     g_loss = L.generator_loss("ragan", fake, real.detach())  # the generator's gradient flows through the fakes only
-    tg_loss = bce(tf - tr.detach().mean(), torch.ones(9, dtype=torch.float64)) + \
-        bce(tr.detach() - tf.mean(), torch.zeros(9, dtype=torch.float64))
+    tg_loss = bce(tf - tr.detach().mean(), ones) + bce(tr.detach() - tf.mean(), zeros)
     assert g_loss.item() == pytest.approx(tg_loss.item(), rel=1e-12)
     (g_fake,), (tg_fake,) = tinygen.grad(g_loss, fake), torch.autograd.grad(tg_loss, tf)
     np.testing.assert_allclose(g_fake.numpy(), tg_fake.numpy(), rtol=1e-10, atol=1e-15)
@@ -249,6 +249,12 @@ def test_ragan_resumes_bitwise(tmp_path):
     resumed, _, hist = gan.train_gan(out=tmp_path / "part", resume=True, quiet=True, epochs=3, **settings)
     assert [r["epoch"] for r in hist] == [2, 3]
     assert all(np.array_equal(a, b) for a, b in zip(_params(full).values(), _params(resumed).values()))
+    cfg = T.make_config(**settings)
+    G, D = gan.build_generator(cfg), gan.build_discriminator(cfg)
+    opt_g, opt_d = T.make_optimizer(cfg, G.parameters(), 1e-3), T.make_optimizer(cfg, D.parameters(), 1e-3)
+    step = T.GANStep(cfg, G, D, opt_g, opt_d)
+    with pytest.raises(ValueError, match="the ragan loss needs the real batch of a critic update"):
+        step.generator(8)
 
 
 class _Linear1(nn.Module):

@@ -111,16 +111,11 @@ def _add_model_arguments(a):
            "MNIST; 0 = off)")
 
 
-# options whose argparse name is the setting's name
-_SETTINGS = ("preset", "loss", "epochs", "steps", "batch_size", "lr_g", "lr_d", "betas", "optimizer", "lr_decay",
-             "n_critic", "clip", "gp", "label_smoothing", "latent", "g_hidden", "d_hidden", "g_batchnorm",
-             "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope", "d_slope", "conditional", "ema", "seed",
-             "n_train", "binarize", "eval_samples", "log_every", "device", "data_scale")
-
-
 def settings_from_args(args):
-    """The run's settings from the parsed command line (only what was given)."""
-    s = {key: getattr(args, key) for key in _SETTINGS if getattr(args, key, None) is not None}
+    """The run's settings from the parsed command line (only what was given): the options named as settings,
+    --slope and --lr for both networks, and --data as a dataset name or a folder."""
+    s = {key: getattr(args, key) for key in BASE if key not in ("data", "dataset") and getattr(args, key, None)
+         is not None}
     slope = getattr(args, "slope", None)
     if slope is not None:
         s.setdefault("g_slope", slope)
