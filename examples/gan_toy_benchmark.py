@@ -6,7 +6,7 @@ reverse KL (2,500 samples each, scored as in the Unrolled GAN / VEEGAN / PacGAN 
     python examples/gan_toy_benchmark.py --jobs 2 --seeds 0 1 2 --md toy.md --json toy.json   # docs/results-gan.md
 
 Each run is ``tinygen train gan --data DATA --loss LOSS --steps STEPS --seed SEED`` (the ring/grid recipe:
-see ``DATASET_DEFAULTS``, ``LOSS_DEFAULTS`` and ``DATASET_LOSS_DEFAULTS`` in ``tinygen.models.gan.trainer``);
+see ``DATASET_DEFAULTS`` in ``tinygen.models.gan.trainer`` and each loss's defaults in ``tinygen.models.gan.losses``);
 ``--set key=value`` changes a setting for all runs. The generator a run returns (its EMA copy where the recipe
 keeps one) is scored on ``--samples`` fresh samples drawn with seed 10000 + SEED. ``--jobs`` runs that many trainings at once (one BLAS thread each).
 """
@@ -25,7 +25,7 @@ def parse(argv=None):
     from tinygen.models.gan import LOSSES
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", default=["ring", "grid"], choices=["ring", "grid"])
-    p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3000, help="generator steps per run")
     p.add_argument("--samples", type=int, default=2500, help="samples scored per run")

@@ -140,9 +140,9 @@ def test_loss_values_match_their_formulas(name):
     rng = np.random.default_rng(0)
     r, f = rng.normal(size=7), rng.normal(size=7)
     real, fake = tinygen.tensor(r, dtype=tinygen.float64), tinygen.tensor(f, dtype=tinygen.float64)
-    s = 0.1 if name in L.SMOOTHABLE else 0.0
+    s = 0.1 if L.LOSSES[name].smoothable else 0.0
     d = L.discriminator_loss(name, real, fake, label_smoothing=s).item()
-    g = L.generator_loss(name, fake).item()
+    g = L.generator_loss(name, fake, real).item()
     if name in ("minimax", "nonsaturating"):
         want_d = np.mean((1 - s) * _np_softplus(-r) + s * _np_softplus(r)) + np.mean(_np_softplus(f))
         want_g = -np.mean(_np_softplus(f)) if name == "minimax" else np.mean(_np_softplus(-f))
@@ -150,9 +150,12 @@ def test_loss_values_match_their_formulas(name):
         want_d, want_g = f.mean() - r.mean(), -f.mean()
     elif name == "hinge":
         want_d, want_g = np.maximum(1 - r, 0).mean() + np.maximum(1 + f, 0).mean(), -f.mean()
-    else:
+    elif name == "lsgan":
         want_d = 0.5 * (((r - (1 - s)) ** 2).mean() + (f ** 2).mean())
         want_g = 0.5 * ((f - 1) ** 2).mean()
+    else:  # ragan: BCE(t, 1) = softplus(-t), BCE(t, 0) = softplus(t)
+        want_d = np.mean(_np_softplus(-(r - f.mean()))) + np.mean(_np_softplus(f - r.mean()))
+        want_g = np.mean(_np_softplus(-(f - r.mean()))) + np.mean(_np_softplus(r - f.mean()))
     assert d == pytest.approx(want_d, rel=1e-10)
     assert g == pytest.approx(want_g, rel=1e-10)
 
@@ -174,6 +177,84 @@ def test_label_smoothing_and_unknown_loss_errors():
         L.discriminator_loss("foo", x, x)
     with pytest.raises(ValueError, match="label smoothing applies"):
         L.discriminator_loss("wgan", x, x, label_smoothing=0.1)
+
+
+@requires_torch
+def test_ragan_losses_and_gradients_match_pytorch():
+    import torch
+    rng = np.random.default_rng(5)
+    r, f = rng.normal(size=9), rng.normal(size=9) - 0.5
+    ones, zeros = torch.ones(9, dtype=torch.float64), torch.zeros(9, dtype=torch.float64)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    real, fake = (tinygen.tensor(v, dtype=tinygen.float64, requires_grad=True) for v in (r, f))
+    tr, tf = (torch.tensor(v, requires_grad=True) for v in (r, f))
+    d = L.discriminator_loss("ragan", real, fake)
+    td = bce(tr - tf.mean(), ones) + bce(tf - tr.mean(), zeros)
+    assert d.item() == pytest.approx(td.item(), rel=1e-12)
+    grads, tgrads = tinygen.grad(d, [real, fake]), torch.autograd.grad(td, [tr, tf])
+    for g, tg in zip(grads, tgrads):
+        np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-10, atol=1e-15)
+    g_loss = L.generator_loss("ragan", fake, real.detach())  # the generator's gradient flows through the fakes only
+    tg_loss = bce(tf - tr.detach().mean(), ones) + bce(tr.detach() - tf.mean(), zeros)
+    assert g_loss.item() == pytest.approx(tg_loss.item(), rel=1e-12)
+    (g_fake,), (tg_fake,) = tinygen.grad(g_loss, fake), torch.autograd.grad(tg_loss, tf)
+    np.testing.assert_allclose(g_fake.numpy(), tg_fake.numpy(), rtol=1e-10, atol=1e-15)
+    with pytest.raises(ValueError, match="ragan generator loss compares fakes with real data"):
+        L.generator_loss("ragan", fake)
+    with pytest.raises(ValueError, match="label smoothing applies"):
+        L.discriminator_loss("ragan", real, fake, label_smoothing=0.1)
+
+
+@pytest.fixture
+def extra_loss():
+    """A loss registered for one test (the least-squares one under another name, with settings of its own)."""
+    loss = L.register_loss(L.GANLoss("lsgan-test", "lsgan with RMSprop", L.LOSSES["lsgan"].d_loss,
+                                     L.LOSSES["lsgan"].g_loss, defaults={"optimizer": "rmsprop", "n_critic": 2},
+                                     dataset_defaults={"ring": {"lr_d": 3e-4}}))
+    yield loss
+    del L.LOSSES[loss.name]
+
+
+def test_a_registered_loss_reaches_the_config_trainer_and_command_line(extra_loss):
+    from tinygen.cli import build_parser
+    cfg = gan.make_config(loss="lsgan-test")
+    assert (cfg["optimizer"], cfg["n_critic"], cfg["lr_d"]) == ("rmsprop", 2, 5e-4)  # MNIST's lr stays
+    assert gan.make_config(dataset="ring", loss="lsgan-test")["lr_d"] == 3e-4
+    assert gan.make_config(loss="lsgan-test", n_critic=3)["n_critic"] == 3  # the caller wins
+    args = build_parser().parse_args(["train", "gan", "--loss", "lsgan-test"])
+    assert gan.settings_from_args(args)["loss"] == "lsgan-test"
+    assert "lsgan-test: lsgan with RMSprop; sets --optimizer rmsprop --n-critic 2" in gan.loss_help()
+    _, _, history = gan.train_gan(out=None, quiet=True, **dict(TINY_TOY, dataset="ring", loss="lsgan-test",
+                                                               steps=4))
+    assert history[-1]["step"] == 4 and np.isfinite(history[-1]["d_loss"])
+    with pytest.raises(ValueError, match="'lsgan-test' is already registered"):
+        L.register_loss(extra_loss)
+    with pytest.raises(TypeError, match="expected a GANLoss, got dict"):
+        L.register_loss({"name": "x"})
+
+
+def test_every_registered_loss_sets_only_known_settings():
+    for name, loss in L.LOSSES.items():
+        for settings in (loss.defaults, *loss.dataset_defaults.values()):
+            assert set(settings) <= set(T.BASE), name
+        assert set(loss.dataset_defaults) <= set(T.DATASETS), name
+        assert gan.make_config(loss=name)["loss"] == name
+
+
+def test_ragan_resumes_bitwise(tmp_path):
+    # its generator update also runs D on the critic's last real batch: that batch must survive a resume
+    settings = dict(TINY_TOY, dataset="ring", loss="ragan", n_critic=2, lr_decay="none", ema=0.0)
+    full, _, _ = gan.train_gan(out=tmp_path / "full", quiet=True, epochs=3, **settings)
+    gan.train_gan(out=tmp_path / "part", quiet=True, epochs=1, **settings)
+    resumed, _, hist = gan.train_gan(out=tmp_path / "part", resume=True, quiet=True, epochs=3, **settings)
+    assert [r["epoch"] for r in hist] == [2, 3]
+    assert all(np.array_equal(a, b) for a, b in zip(_params(full).values(), _params(resumed).values()))
+    cfg = T.make_config(**settings)
+    G, D = gan.build_generator(cfg), gan.build_discriminator(cfg)
+    opt_g, opt_d = T.make_optimizer(cfg, G.parameters(), 1e-3), T.make_optimizer(cfg, D.parameters(), 1e-3)
+    step = T.GANStep(cfg, G, D, opt_g, opt_d)
+    with pytest.raises(ValueError, match="the ragan loss needs the real batch of a critic update"):
+        step.generator(8)
 
 
 class _Linear1(nn.Module):
@@ -286,7 +367,7 @@ def test_every_loss_learns_on_the_ring(name):
     assert before < 0.05 and after > 0.3, (name, before, after)
     assert history[-1]["step"] == settings["steps"]
     assert all(np.isfinite(history[-1][k]) for k in ("g_loss", "d_loss", "g_grad", "d_grad"))
-    if name in L.SIGMOID_LOSSES:
+    if L.LOSSES[name].probabilities:
         assert 0.0 < history[-1]["d_real"] < 1.0 and 0.0 < history[-1]["d_fake"] < 1.0  # probabilities
     if name == "wgan-gp":
         assert history[-1]["gp"] > 0
@@ -539,7 +620,7 @@ def test_eval_json_mnist(tmp_path, monkeypatch, mnist_checkpoint, small_mnist):
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown GAN loss 'nope'"):
         gan.make_config(loss="nope")
-    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
         gan.make_config(steps=-5)
     with pytest.raises(ValueError, match="unknown dataset 'spiral'"):
         gan.make_config(dataset="spiral")
@@ -592,7 +673,7 @@ def test_toy_defaults_scale_the_networks_and_tune_wgan_gp():
         assert (ns["lr_g"], ns["data_scale"]) == (1e-4, c["data_scale"])
     m = gan.make_config(loss="wgan-gp")  # MNIST keeps the paper's penalty and unscaled networks
     assert (m["gp"], m["lr_g"], m["data_scale"]) == (10.0, 1e-4, 1.0)
-    with pytest.raises(ValueError, match="data_scale must be a number > 0"):
+    with pytest.raises(ValueError, match="data_scale must be a positive finite number"):
         gan.make_config(dataset="ring", data_scale=0)
 
 

@@ -156,12 +156,30 @@ def test_config_mismatch_ignores_epochs_but_reports_model_settings():
     assert tu.config_mismatch(saved, dict(saved, latent=2)) == [("latent", 20, 2)]
 
 
-def test_check_positive():
-    assert tu.check_positive("lr", 0.1) == 0.1
-    assert tu.check_positive("beta", 0, allow_zero=True) == 0
-    for bad in (0, -1, float("nan"), "3", None, True):
-        with pytest.raises(ValueError, match="lr"):
-            tu.check_positive("lr", bad)
+def test_check_number():
+    assert tu.check_number("lr", 0.1, allow_low=False) == 0.1
+    assert tu.check_number("beta", 0) == 0.0 and isinstance(tu.check_number("beta", np.int64(2)), float)
+    for bad in (0, -1, float("nan"), float("inf"), "3", None, True):
+        with pytest.raises(ValueError, match="lr must be a positive finite number"):
+            tu.check_number("lr", bad, allow_low=False)
+    assert tu.check_number("p", 0.0, high=1.0) == 0.0
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\), got 1"):
+        tu.check_number("p", 1, high=1.0)
+    with pytest.raises(ValueError, match="gp must be a non-negative finite number"):
+        tu.check_number("gp", -0.5)
+
+
+def test_check_int_and_widths():
+    assert tu.check_int("steps", np.int64(3)) == 3 and tu.check_int("n", None, optional=True) is None
+    for bad, low, need in ((0, 1, "a positive integer"), (-1, 0, "a non-negative integer"), (2.0, 1, "a positive"),
+                           (True, 1, "a positive"), (1, 2, "an integer >= 2")):
+        with pytest.raises(ValueError, match=f"steps must be {need}"):
+            tu.check_int("steps", bad, low=low)
+    assert tu.check_widths("hidden", 8) == [8] and tu.check_widths("hidden", (4, np.int64(2))) == [4, 2]
+    assert tu.check_widths("hidden", [], allow_empty=True) == []
+    for bad in ([], [4, 0], [4, 2.5], "64", None):
+        with pytest.raises(ValueError, match="hidden must be a non-empty list of positive layer widths"):
+            tu.check_widths("hidden", bad)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------

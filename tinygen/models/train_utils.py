@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
+from .. import Tensor, backend
 from .. import random as _random
 from ..serialization import load, save
-from ..tensor import Tensor
 
 CHECKPOINT_FORMAT = 1
 
@@ -330,6 +329,68 @@ def restore_checkpoint(ckpt, modules, optimizers=None, schedulers=None, loaders=
     return int(ckpt.get("epoch", 0))
 
 
+def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False):
+    """One pass of gradient steps over ``loader`` with a progress bar. ``batch_loss(index, batch)`` returns the
+    loss to minimise, the batch's size and a dict of per-batch sums to report (its values add up to the reported
+    loss). Returns ``(sums over the epoch, samples seen)``."""
+    model.train()
+    bar = Progress(len(loader), desc=desc, quiet=quiet)
+    sums, seen = {}, 0
+    for i, batch in enumerate(loader):
+        loss, n, values = batch_loss(i, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        seen += n
+        bar.update(loss=sum(sums.values()) / seen)
+    bar.close()
+    return sums, seen
+
+
+class RunFolder:
+    """A run's output folder: ``checkpoint.npz`` and JSON-lines logs (``metrics.jsonl``, ...), or nothing at all
+    for ``out=None``. A fresh run refuses a folder holding a checkpoint and starts its logs empty; ``restore``
+    continues the saved run."""
+
+    def __init__(self, out, resume=False, logs=("metrics",)):
+        self.logs = {}
+        self.path = self.checkpoint = None
+        if out is None:
+            if resume:
+                raise ValueError("resume needs out (the folder of the run to continue)")
+            return
+        self.path = prepare_out_dir(out, resume)
+        self.checkpoint = self.path / "checkpoint.npz"
+        self.logs = {name: MetricsLog(self.path / f"{name}.jsonl") for name in logs}
+        if not resume:
+            for log in self.logs.values():
+                if log.path.exists():
+                    log.path.unlink()
+
+    def restore(self, parts, model_name, config=None, check=None):
+        """Load the checkpoint (its settings compared with ``config``, or by ``check(ckpt)``), put its states into
+        ``parts`` (``restore_checkpoint``'s dicts) and drop the log lines written after it. Returns
+        ``(ckpt, epochs completed)``."""
+        ckpt = load_checkpoint(self.checkpoint, config, model_name)
+        if check is not None:
+            check(ckpt)
+        start = restore_checkpoint(ckpt, **parts)
+        for log in self.logs.values():
+            log.truncate_after(start)
+        return ckpt, start
+
+    def write(self, log, record):
+        if log in self.logs:
+            self.logs[log].write(record)
+
+    def save(self, model_name, config, epoch, parts, **kwargs):
+        """``save_checkpoint`` into the folder (nothing without one)."""
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, **kwargs)
+
+
 # ---- small helpers the models share -------------------------------------------------------------------------------
 def prepare_out_dir(out, resume=False):
     """Create the output folder; refuse to overwrite an earlier run's checkpoint unless resuming (ValueError)."""
@@ -342,11 +403,36 @@ def prepare_out_dir(out, resume=False):
     return out
 
 
-def check_positive(name, value, allow_zero=False):
-    """Raise ValueError unless ``value`` is a positive (or non-negative) number; names the option."""
-    bad = value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-        or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)
-    if bad:
-        need = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {need} number, got {value!r}")
-    return value
+# ---- checks of settings (ValueError naming the setting) ------------------------------------------------------------
+def check_int(name, value, low=1, optional=False):
+    """``value`` as an int >= ``low`` (None passes when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        need = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return int(value)
+
+
+def check_number(name, value, low=0.0, high=None, allow_low=True):
+    """``value`` as a finite float in [low, high) (``allow_low=False``: (low, high); no ``high``: unbounded)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value >= low if allow_low else value > low) and (high is None or value < high)
+    if not ok:
+        if high is None and low == 0:
+            need = "a non-negative finite number" if allow_low else "a positive finite number"
+        else:
+            need = f"a number in {'[' if allow_low else '('}{low:g}, {high:g})" if high is not None else \
+                f"a number {'>=' if allow_low else '>'} {low:g}"
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return float(value)
+
+
+def check_widths(name, widths, allow_empty=False):
+    """Layer widths as a non-empty list of positive ints (one int is a list of one)."""
+    v = [widths] if isinstance(widths, (int, np.integer)) else widths
+    if not isinstance(v, (list, tuple, np.ndarray)) or (len(v) == 0 and not allow_empty) or \
+            any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in v):
+        need = "a list" if allow_empty else "a non-empty list"
+        raise ValueError(f"{name} must be {need} of positive layer widths, got {widths!r}")
+    return [int(w) for w in v]

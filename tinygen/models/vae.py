@@ -34,13 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import nn, no_grad, optim
-from ..backend import array_module, device_of
+from .. import Tensor, as_tensor, cat, eye, nn, no_grad, optim, zeros
 from .. import random as _random
+from ..backend import array_module, device_of
 from ..data import DataLoader, binarize, mnist, to_unit
 from ..nn import functional as F
-from ..ops import cat
-from ..tensor import Tensor, _make, as_tensor, zeros
 from . import train_utils as tu
 
 NAME = "vae"
@@ -64,13 +62,8 @@ def _mlp(widths):
 
 
 def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim):
-    if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or latent < 1:
-        raise ValueError(f"latent size must be a positive integer, got {latent!r}")
-    if isinstance(hidden, (int, np.integer)):
-        hidden = [hidden]
-    hidden = list(hidden)
-    if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty list of positive layer widths, got {hidden!r}")
+    tu.check_int("latent size", latent)
+    hidden = tu.check_widths("hidden", hidden)
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
     if decoder == "gaussian" and decoder_var != "learned":
@@ -79,13 +72,11 @@ def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, lab
         except (TypeError, ValueError):
             raise ValueError(f"decoder_var must be 'learned' or a positive number (a fixed variance), got "
                              f"{decoder_var!r}") from None
-        if not (var > 0 and math.isfinite(var)):
-            raise ValueError(f"decoder_var (a fixed variance) must be positive and finite, got {decoder_var!r}")
+        tu.check_number("decoder_var (a fixed variance)", var, allow_low=False)
     if label_embedding not in LABEL_EMBEDDINGS:
         raise ValueError(f"unknown label_embedding {label_embedding!r}; expected one of {', '.join(LABEL_EMBEDDINGS)}")
-    if isinstance(label_dim, bool) or not isinstance(label_dim, (int, np.integer)) or label_dim < 1:
-        raise ValueError(f"label_dim must be a positive integer, got {label_dim!r}")
-    return [int(h) for h in hidden]
+    tu.check_int("label_dim", label_dim)
+    return hidden
 
 
 class VAE(nn.Module):
@@ -130,8 +121,7 @@ class VAE(nn.Module):
             raise ValueError(f"labels must have shape ({like.shape[0]},), got {tuple(y.shape)}")
         if self.label_kind == "embedding":
             return self.label_embed(y)
-        xp = like.xp
-        return _make(xp.eye(self.num_classes, dtype=like.dtype)[y.data], like.device)
+        return F.embedding(y, eye(self.num_classes, dtype=like.dtype, device=like.device))  # one-hot rows
 
     def encode(self, x, y=None):
         """(mu, logvar) of q(z|x[, y]) for x of shape (N, 784) (or (N, 28, 28))."""
@@ -267,10 +257,10 @@ def iwae_log_weights(model, x, y=None, k=5000, chunk_rows=4096):
             if model.decoder_kind != "bernoulli" else None
         yr = None
         if y is not None:
-            yr = _make(y.xp.repeat(y.data, m), y.device)
+            yr = y.unsqueeze(1).expand(n, m).reshape(n * m)  # each label m times
         out_ = model.decode(zf, yr)
         if model.decoder_kind == "bernoulli":
-            log_px = _make(_bernoulli_log_lik(out_.data.reshape(n, m, model.data_dim), x.data), x.device)
+            log_px = as_tensor(_bernoulli_log_lik(out_.data.reshape(n, m, model.data_dim), x.data), device=x.device)
         else:
             log_px = -model.recon_nll(out_, xr, reduction="none").reshape(n, m)
         log_pz = (zf * zf).sum(1).reshape(n, m) * -0.5 - 0.5 * model.latent * LOG_2PI
@@ -339,26 +329,16 @@ def make_config(**overrides):
         raise ValueError(f"unknown VAE setting(s) {unknown}; known: {sorted(DEFAULTS)} and data, device")
     cfg = dict(DEFAULTS, data=None, device="cpu")
     cfg.update(overrides)
-    if isinstance(cfg["hidden"], (int, np.integer)):
-        cfg["hidden"] = [int(cfg["hidden"])]
-    if isinstance(cfg["epochs"], bool) or not isinstance(cfg["epochs"], (int, np.integer)) or cfg["epochs"] < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {cfg['epochs']!r}")
-    if isinstance(cfg["batch_size"], bool) or not isinstance(cfg["batch_size"], (int, np.integer)) \
-            or cfg["batch_size"] < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
-    tu.check_positive("lr", cfg["lr"])
-    tu.check_positive("beta", cfg["beta"], allow_zero=True)
-    tu.check_positive("beta_warmup", cfg["beta_warmup"], allow_zero=True)
-    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, np.integer)) or cfg["seed"] < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {cfg['seed']!r}")
+    for key, low in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
+        cfg[key] = tu.check_int(key, cfg[key], low=low)
+    cfg["lr"] = tu.check_number("lr", cfg["lr"], allow_low=False)
+    for key in ("beta", "beta_warmup"):
+        cfg[key] = tu.check_number(key, cfg[key])
     cfg["hidden"] = _check_model_args(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"],
                                       cfg["label_embedding"], cfg["label_dim"])
     if cfg["decoder_var"] != "learned":
         cfg["decoder_var"] = float(cfg["decoder_var"])
-    for key in ("epochs", "batch_size", "latent", "seed", "label_dim"):
-        cfg[key] = int(cfg[key])
-    for key in ("lr", "beta", "beta_warmup"):
-        cfg[key] = float(cfg[key])
+    cfg["latent"], cfg["label_dim"] = int(cfg["latent"]), int(cfg["label_dim"])
     cfg["binarize"], cfg["conditional"] = bool(cfg["binarize"]), bool(cfg["conditional"])
     return cfg
 
@@ -389,67 +369,58 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     cfg = make_config(**settings)
     device = cfg["device"]
     train_x, train_y, test_x, test_y = load_data(cfg, train_set, test_set)
-
     _random.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
     opt = optim.Adam(model.parameters(), lr=cfg["lr"])
     loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                         transform=binarize if cfg["binarize"] else None, device=device)
     parts = {"modules": {"model": model}, "optimizers": {"adam": opt}, "loaders": {"train": loader}}
-    start, log, ckpt_path = 0, None, None
-    if out is not None:
-        out = tu.prepare_out_dir(out, resume)
-        ckpt_path, log = out / "checkpoint.npz", tu.MetricsLog(out / "metrics.jsonl")
-        if resume:
-            start = tu.restore_checkpoint(tu.load_checkpoint(ckpt_path, cfg, NAME), **parts,
-                                          restore_rng=True)
-            log.truncate_after(start)
-        elif log.path.exists():
-            log.path.unlink()
-    elif resume:
-        raise ValueError("resume needs out (the folder of the run to continue)")
-
-    steps = len(loader)
+    folder = tu.RunFolder(out, resume)
+    start = folder.restore(parts, NAME, cfg)[1] if resume else 0
     history = []
     for epoch in range(start, cfg["epochs"]):
-        model.train()
-        bar = tu.Progress(steps, desc=f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet=quiet)
-        recon_sum = kl_sum = 0.0
-        seen = 0
-        for b, (x, y) in enumerate(loader):
-            beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
-            recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None)
-            loss = recon + kl * beta if beta != 1.0 else recon + kl
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            recon_sum += recon.item()
-            kl_sum += kl.item()
-            seen += x.shape[0]
-            bar.update(loss=(recon_sum + kl_sum) / seen)
-        bar.close()
+        t0 = time.perf_counter()
+        record = {"epoch": epoch + 1, **train_epoch(model, opt, loader, cfg, epoch, quiet)}
         with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
-            test = evaluate_elbo(model, test_x, test_y, device=device)
-        record = {"epoch": epoch + 1, "beta": beta if steps else cfg["beta"],
-                  "train_recon": recon_sum / max(seen, 1), "train_kl": kl_sum / max(seen, 1),
-                  "train_loss": (recon_sum + kl_sum) / max(seen, 1),
-                  "test_recon": test["recon"], "test_kl": test["kl"], "test_loss": test["loss"],
-                  "seconds": bar.elapsed}
+            record.update({f"test_{k}": v for k, v in evaluate_elbo(model, test_x, test_y, device=device).items()})
+        record["seconds"] = time.perf_counter() - t0
         if cfg["decoder"] == "gaussian" and cfg["decoder_var"] == "learned":
             record["decoder_sigma"] = math.exp(0.5 * model.out_logvar.item())
         history.append(record)
         if not quiet:
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} (recon {record['train_recon']:.4f}, "
-                  f"kl {record['train_kl']:.4f}) | test loss {test['loss']:.4f} (recon {test['recon']:.4f}, "
-                  f"kl {test['kl']:.4f}) | {record['seconds']:.1f}s", flush=True)
-        if out is not None:
-            log.write(record)
-            tu.save_checkpoint(ckpt_path, NAME, cfg, epoch + 1, **parts, devices=(device,),
-                               extra={"last": record, "num_train": int(len(train_x))})
-    if out is not None and pictures:
+            print(format_record(record), flush=True)
+        folder.write("metrics", record)
+        folder.save(NAME, cfg, epoch + 1, parts, devices=(device,),
+                    extra={"last": record, "num_train": int(len(train_x))})
+    if folder.path is not None and pictures:
         with tu.fork_rng(cfg["seed"], (device,)):
-            save_pictures(model, out, test_x, test_y, device=device)
+            save_pictures(model, folder.path, test_x, test_y, device=device)
     return model, history
+
+
+def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
+    """One pass over the training data minimising the negative ELBO (the KL weighted by ``beta_at``); returns
+    the KL weight reached and the per-sample means: train_recon, train_kl, train_loss (their sum)."""
+    steps = len(loader)
+
+    def batch_loss(b, batch):
+        x, y = batch
+        beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
+        recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None)
+        return recon + kl * beta if beta != 1.0 else recon + kl, x.shape[0], {"recon": recon.item(),
+                                                                               "kl": kl.item()}
+
+    sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet)
+    recon, kl, n = sums.get("recon", 0.0), sums.get("kl", 0.0), max(seen, 1)
+    beta = beta_at(epoch * steps + steps - 1, steps, cfg["beta"], cfg["beta_warmup"]) if steps else cfg["beta"]
+    return {"beta": beta, "train_recon": recon / n, "train_kl": kl / n, "train_loss": (recon + kl) / n}
+
+
+def format_record(r):
+    """One line of an epoch's numbers, as printed during training."""
+    return (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f} (recon {r['train_recon']:.4f}, kl "
+            f"{r['train_kl']:.4f}) | test loss {r['test_loss']:.4f} (recon {r['test_recon']:.4f}, kl "
+            f"{r['test_kl']:.4f}) | {r['seconds']:.1f}s")
 
 
 # ---- pictures --------------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@
     tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
     tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
 
-Pieces: ``models`` (Generator, Discriminator, the PyTorch-GAN architecture), ``losses`` (minimax,
-nonsaturating, wgan, wgan-gp, hinge, lsgan; the gradient penalty), ``trainer`` (configuration, the loop and its
+Pieces: ``models`` (Generator, Discriminator, the PyTorch-GAN architecture), ``losses`` (the registry ``LOSSES``
+of objectives, ``register_loss`` for a new one; the gradient penalty), ``trainer`` (configuration, the loop and its
 diagnostics, sampling, evaluation). The default MNIST recipe and the ring/grid numbers are in docs/results-gan.md.
 """
 import argparse
@@ -17,29 +17,45 @@ from pathlib import Path
 import numpy as np
 
 from ... import random as _random
-from .losses import (LOSSES, discriminator_loss, generator_loss, gradient_penalty, interpolate,  # noqa: F401
-                     output_means, clip_weights_)
+from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
+                     interpolate, output_means, register_loss, clip_weights_)
 from .models import Discriminator, Generator, PYTORCH_GAN, build_discriminator, build_generator  # noqa: F401
 from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
                       generator_from_checkpoint, make_config, sample, save_samples_picture, train_gan)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
+def _setting_text(settings):
+    return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                    for k, v in settings.items())
+
+
+def loss_help():
+    """The objectives and the settings each changes, for ``--help`` (from the registry, so a new loss is listed)."""
+    lines = []
+    for name, loss in LOSSES.items():
+        line = f"  {name}{' (default)' if name == BASE['loss'] else ''}: {loss.summary}"
+        if loss.defaults:
+            line += f"; sets {_setting_text(loss.defaults)}"
+        for dataset, settings in loss.dataset_defaults.items():
+            line += f"; on {dataset}: {_setting_text(settings)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def add_arguments(p):
     """The options of ``tinygen train gan``. Unset options take the recipe's value: the defaults, changed by
-    --data (ring/grid), --preset and --loss (wgan, wgan-gp), in that order."""
+    --data (ring/grid), --preset and --loss, in that order."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = ("Train a GAN. Unset options come from the recipe: the MNIST defaults, or the ring/grid "
-                     "defaults, changed by --preset and by --loss (wgan: RMSprop 5e-5, 5 critic steps, clip 0.01; "
-                     "wgan-gp: Adam 1e-4 (0.5, 0.9), 5 critic steps, penalty 10; on ring/grid Adam 1e-3 and "
-                     "penalty 0.1).")
+                     "defaults, changed by --preset and by --loss. The losses:\n" + loss_help())
     a = p.add_argument
     a("--data", default=None, metavar="mnist|ring|grid|DIR",
       help="training data: MNIST (default; the full training set from $TINYGEN_DATA, else the bundled test split), "
            "a folder holding MNIST, or the 2-D mixtures ring / grid")
     a("--preset", choices=PRESETS, default=None,
       help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
-    a("--loss", choices=LOSSES, default=None, help="GAN objective (default nonsaturating)")
+    a("--loss", choices=list(LOSSES), default=None, help=f"GAN objective (default {BASE['loss']}; see above)")
     a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
                                               "(default 6000 on MNIST, 3000 on ring/grid)")
@@ -48,14 +64,29 @@ def add_arguments(p):
     a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
-    a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (rmsprop for wgan)")
+    a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (the loss may change it)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
                                                           "end of the run (default on ring/grid)")
-    a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1; 5 for wgan*)")
-    a("--clip", type=float, default=None, help="wgan weight clipping bound (default 0.01)")
-    a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda (default 10; 0.1 on "
-                                                     "ring/grid)")
+    a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1)")
+    a("--clip", type=float, default=None, help="wgan weight clipping bound")
+    a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda")
     a("--label-smoothing", type=float, default=None, help="one-sided: real target 1 - s (e.g. 0.1 -> 0.9)")
+    _add_model_arguments(a)
+    a("--seed", type=int, default=None, help="default 0")
+    a("--n-train", type=int, default=None, help="use only the first N training images")
+    a("--binarize", action=argparse.BooleanOptionalAction, default=None, help="threshold the images at 0.5")
+    a("--eval-samples", type=int, default=None,
+      help="samples scored after each epoch (default 1000 on MNIST, 2500 on ring/grid)")
+    a("--log-every", type=int, default=None, help="steps between lines of steps.jsonl (default 50)")
+    a("--out", default="runs/gan", help="folder for checkpoint.npz, metrics.jsonl, steps.jsonl and the PNGs")
+    a("--resume", action="store_true", help="continue the run saved in --out")
+    a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
+    a("--device", default=None, help="cpu or cuda")
+    a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _add_model_arguments(a):
+    """The options of the two networks."""
     a("--latent", type=int, default=None, help="size of the noise z (default 64; 2 on ring/grid)")
     a("--data-scale", type=float, default=None,
       help="G multiplies its output and D divides its input by this, so both work in units of about unit "
@@ -78,29 +109,13 @@ def add_arguments(p):
     a("--ema", type=float, default=None,
       help="decay of the moving average of the generator's weights used for samples and eval (default 0.999 on "
            "MNIST; 0 = off)")
-    a("--seed", type=int, default=None, help="default 0")
-    a("--n-train", type=int, default=None, help="use only the first N training images")
-    a("--binarize", action=argparse.BooleanOptionalAction, default=None, help="threshold the images at 0.5")
-    a("--eval-samples", type=int, default=None,
-      help="samples scored after each epoch (default 1000 on MNIST, 2500 on ring/grid)")
-    a("--log-every", type=int, default=None, help="steps between lines of steps.jsonl (default 50)")
-    a("--out", default="runs/gan", help="folder for checkpoint.npz, metrics.jsonl, steps.jsonl and the PNGs")
-    a("--resume", action="store_true", help="continue the run saved in --out")
-    a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
-    a("--device", default=None, help="cpu or cuda")
-    a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-
-
-# options whose argparse name is the setting's name
-_SETTINGS = ("preset", "loss", "epochs", "steps", "batch_size", "lr_g", "lr_d", "betas", "optimizer", "lr_decay",
-             "n_critic", "clip", "gp", "label_smoothing", "latent", "g_hidden", "d_hidden", "g_batchnorm",
-             "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope", "d_slope", "conditional", "ema", "seed",
-             "n_train", "binarize", "eval_samples", "log_every", "device", "data_scale")
 
 
 def settings_from_args(args):
-    """The run's settings from the parsed command line (only what was given)."""
-    s = {key: getattr(args, key) for key in _SETTINGS if getattr(args, key, None) is not None}
+    """The run's settings from the parsed command line (only what was given): the options named as settings,
+    --slope and --lr for both networks, and --data as a dataset name or a folder."""
+    s = {key: getattr(args, key) for key in BASE if key not in ("data", "dataset") and getattr(args, key, None)
+         is not None}
     slope = getattr(args, "slope", None)
     if slope is not None:
         s.setdefault("g_slope", slope)

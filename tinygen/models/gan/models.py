@@ -13,40 +13,16 @@ discriminator returns logits (the sigmoid lives in the losses, where it is compu
 where the data has about unit spread while everything outside them sees data units (the 2-D mixtures span +-2 and
 +-4; WGAN-GP's toy experiments normalise them the same way).
 """
-import math
-
 import numpy as np
 
-from ... import nn
-from ...ops import cat
-from ...tensor import Tensor, as_tensor
+from ... import Tensor, as_tensor, cat, nn
+from .. import train_utils as tu
 
 OUTPUTS = ("tanh", "linear")
 
 # Architecture presets: the keys are those of ``build_generator`` / ``build_discriminator`` configs.
 PYTORCH_GAN = {"latent": 100, "g_hidden": [128, 256, 512, 1024], "g_batchnorm": True, "bn_eps": 0.8,
                "d_hidden": [512, 256], "d_dropout": 0.0, "g_slope": 0.2, "d_slope": 0.2}
-
-
-def _check_widths(name, widths):
-    if isinstance(widths, (int, np.integer)):
-        widths = [widths]
-    widths = list(widths)
-    if any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in widths):
-        raise ValueError(f"{name} must be a list of positive layer widths, got {widths!r}")
-    return [int(w) for w in widths]
-
-
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_prob(name, p):
-    if not isinstance(p, (int, float, np.floating)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
-    return float(p)
 
 
 def mlp(in_dim, hidden, out_dim, batchnorm=False, bn_first=True, bn_eps=1e-5, dropout=0.0, slope=0.2):
@@ -66,13 +42,6 @@ def mlp(in_dim, hidden, out_dim, batchnorm=False, bn_first=True, bn_eps=1e-5, dr
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return float(scale)
 
 
 def _labels(labels, n, num_classes, device, who):
@@ -98,18 +67,18 @@ class Generator(nn.Module):
     def __init__(self, latent_dim=64, hidden=(256, 512), out_dim=784, batchnorm=False, bn_first=False, bn_eps=1e-5,
                  dropout=0.0, slope=0.2, output="tanh", num_classes=0, embed_dim=None, scale=1.0):
         super().__init__()
-        self.scale = _check_scale(scale)
-        self.latent_dim, self.out_dim = _check_int("latent_dim", latent_dim), _check_int("out_dim", out_dim)
-        self.hidden = _check_widths("generator hidden", hidden)
+        self.scale = tu.check_number("scale", scale, allow_low=False)
+        self.latent_dim, self.out_dim = tu.check_int("latent_dim", latent_dim), tu.check_int("out_dim", out_dim)
+        self.hidden = tu.check_widths("generator hidden", hidden, allow_empty=True)
         if output not in OUTPUTS:
             raise ValueError(f"unknown generator output {output!r}; expected one of {', '.join(OUTPUTS)}")
-        self.output, self.num_classes = output, _check_int("num_classes", num_classes, low=0)
+        self.output, self.num_classes = output, tu.check_int("num_classes", num_classes, low=0)
         c = 0
         if self.num_classes:
-            c = _check_int("embed_dim", embed_dim if embed_dim is not None else self.num_classes)
+            c = tu.check_int("embed_dim", embed_dim if embed_dim is not None else self.num_classes)
             self.label_emb = nn.Embedding(self.num_classes, c)
         self.net = mlp(self.latent_dim + c, self.hidden, self.out_dim, batchnorm, bn_first, bn_eps,
-                       _check_prob("generator dropout", dropout), slope)
+                       tu.check_number("generator dropout", dropout, high=1.0), slope)
 
     def forward(self, z, labels=None):
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
@@ -137,16 +106,16 @@ class Discriminator(nn.Module):
     def __init__(self, in_dim=784, hidden=(512, 256), batchnorm=False, bn_eps=1e-5, dropout=0.0, slope=0.2,
                  num_classes=0, embed_dim=None, scale=1.0):
         super().__init__()
-        self.scale = _check_scale(scale)
-        self.in_dim = _check_int("in_dim", in_dim)
-        self.hidden = _check_widths("discriminator hidden", hidden)
-        self.num_classes = _check_int("num_classes", num_classes, low=0)
+        self.scale = tu.check_number("scale", scale, allow_low=False)
+        self.in_dim = tu.check_int("in_dim", in_dim)
+        self.hidden = tu.check_widths("discriminator hidden", hidden, allow_empty=True)
+        self.num_classes = tu.check_int("num_classes", num_classes, low=0)
         c = 0
         if self.num_classes:
-            c = _check_int("embed_dim", embed_dim if embed_dim is not None else self.num_classes)
+            c = tu.check_int("embed_dim", embed_dim if embed_dim is not None else self.num_classes)
             self.label_emb = nn.Embedding(self.num_classes, c)
         self.net = mlp(self.in_dim + c, self.hidden, 1, batchnorm, False, bn_eps,
-                       _check_prob("discriminator dropout", dropout), slope)
+                       tu.check_number("discriminator dropout", dropout, high=1.0), slope)
 
     def forward(self, x, labels=None):
         if x.ndim != 2:

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import backend, nn, no_grad, optim
+from ... import as_tensor, backend, nn, no_grad, optim
 from ... import random as _random
 from ...data import DataLoader, grid, mnist_or_bundled, ring, to_symmetric
 from ...nn.utils import get_total_norm
-from ...tensor import as_tensor
 from .. import train_utils as tu
 from . import losses as L
 from .models import PYTORCH_GAN, build_discriminator, build_generator
@@ -39,7 +38,7 @@ PRESETS = ("pytorch-gan", "article")
 OPTIMIZERS = ("adam", "rmsprop")
 LR_DECAYS = ("none", "linear")
 
-# What every run starts from; DATASET_DEFAULTS, then a preset, then LOSS_DEFAULTS and DATASET_LOSS_DEFAULTS, then
+# What every run starts from; DATASET_DEFAULTS, then a preset, then the loss's defaults (``losses.LOSSES``), then
 # the caller's settings override it (``make_config``).
 BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
@@ -82,18 +81,6 @@ PRESET_DEFAULTS = {
                 "conditional": False},
 }
 
-LOSS_DEFAULTS = {
-    "wgan": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5, "clip": 0.01},
-    "wgan-gp": {"optimizer": "adam", "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.5, 0.9], "n_critic": 5, "gp": 10.0},
-}
-
-# A loss's settings on one dataset, applied after LOSS_DEFAULTS. wgan-gp on the 2-D mixtures: a small penalty
-# (WGAN-GP's toy code uses 0.1: a critic held to gradient norm 1 by a large one cannot resolve modes of std
-# 0.02-0.05) and Adam 1e-3 decaying to 0 (docs/results-gan.md has the sweep).
-DATASET_LOSS_DEFAULTS = {
-    (name, "wgan-gp"): {"lr_g": 1e-3, "lr_d": 1e-3, "gp": 0.1} for name in ("ring", "grid")
-}
-
 # Settings that a resumed run may change (the rest must match the saved run); the length only without a
 # learning-rate decay, which is planned over the saved length.
 RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
@@ -109,27 +96,6 @@ def saved_config(ckpt):
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
-def _int(cfg, key, low=1, optional=False):
-    v = cfg[key]
-    if optional and v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
-    cfg[key] = int(v)
-    return cfg[key]
-
-
-def _float(cfg, key, low=0.0, high=None, allow_low=True):
-    v = cfg[key]
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
-        and (v >= low if allow_low else v > low) and (high is None or v < high)
-    if not ok:
-        rng = f"{'>=' if allow_low else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"{key} must be a number {rng}, got {v!r}")
-    cfg[key] = float(v)
-    return cfg[key]
-
-
 def make_config(**settings):
     """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults (and
     its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
@@ -150,9 +116,9 @@ def make_config(**settings):
     cfg.update(DATASET_DEFAULTS[dataset])
     if preset is not None:
         cfg.update(PRESET_DEFAULTS[preset])
-    loss = L.check_loss(given.get("loss", cfg["loss"]))
-    cfg.update(LOSS_DEFAULTS.get(loss, {}))
-    cfg.update(DATASET_LOSS_DEFAULTS.get((dataset, loss), {}))
+    loss = L.get_loss(given.get("loss", cfg["loss"]))
+    cfg.update(loss.defaults)
+    cfg.update(loss.dataset_defaults.get(dataset, {}))
     if "steps" in given:  # steps replace the epoch count, and the other way round
         cfg["epochs"] = None
     elif "epochs" in given:
@@ -162,34 +128,31 @@ def make_config(**settings):
 
 
 def _validate(cfg):
-    L.check_loss(cfg["loss"])
+    loss = L.get_loss(cfg["loss"])
     if cfg["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected one of {', '.join(OPTIMIZERS)}")
     if cfg["lr_decay"] not in LR_DECAYS:
         raise ValueError(f"unknown lr_decay {cfg['lr_decay']!r}; expected one of {', '.join(LR_DECAYS)}")
     if cfg["epochs"] is None and cfg["steps"] is None:
         raise ValueError("give the length of the run: epochs or steps")
-    _int(cfg, "epochs", optional=True)
-    _int(cfg, "steps", optional=True)
+    for key in ("epochs", "steps", "n_train"):
+        cfg[key] = tu.check_int(key, cfg[key], optional=True)
     for key in ("batch_size", "n_critic", "latent", "data_dim", "num_classes", "toy_samples", "eval_samples",
                 "log_every"):
-        _int(cfg, key)
-    _int(cfg, "seed", low=0)
-    _int(cfg, "n_train", optional=True)
+        cfg[key] = tu.check_int(key, cfg[key])
+    cfg["seed"] = tu.check_int("seed", cfg["seed"], low=0)
     for key in ("lr_g", "lr_d", "clip", "bn_eps", "data_scale"):
-        _float(cfg, key, allow_low=False)
-    _float(cfg, "gp")
-    _float(cfg, "g_slope")
-    _float(cfg, "d_slope")
+        cfg[key] = tu.check_number(key, cfg[key], allow_low=False)
+    for key in ("gp", "g_slope", "d_slope"):
+        cfg[key] = tu.check_number(key, cfg[key])
     for key in ("g_dropout", "d_dropout", "label_smoothing", "ema"):
-        _float(cfg, key, high=1.0)
+        cfg[key] = tu.check_number(key, cfg[key], high=1.0)
     betas = cfg["betas"]
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or \
             not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     cfg["betas"] = [float(b) for b in betas]
-    if cfg["label_smoothing"] and cfg["loss"] not in L.SMOOTHABLE:
-        raise ValueError(f"label smoothing applies to the {', '.join(L.SMOOTHABLE)} losses, not to {cfg['loss']!r}")
+    loss.check_label_smoothing(cfg["label_smoothing"])
     if cfg["dataset"] != "mnist":
         if cfg["conditional"]:
             raise ValueError(f"conditional GANs need class labels: MNIST only, not {cfg['dataset']!r}")
@@ -197,17 +160,13 @@ def _validate(cfg):
             raise ValueError(f"the {cfg['dataset']} data is 2-D; data_dim must be 2, got {cfg['data_dim']}")
     elif cfg["data_dim"] != 784:
         raise ValueError(f"MNIST images have 784 pixels; data_dim must be 784, got {cfg['data_dim']}")
-    if cfg["loss"] == "wgan-gp" and cfg["d_batchnorm"]:
-        raise ValueError("wgan-gp penalises the critic's gradient per sample; BatchNorm in the critic mixes the "
-                         "samples of a batch, so use it without d_batchnorm")
+    if loss.per_sample_critic and cfg["d_batchnorm"]:
+        raise ValueError(f"{loss.name} penalises the critic's gradient per sample; BatchNorm in the critic mixes the "
+                         f"samples of a batch, so use it without d_batchnorm")
     for key in ("conditional", "g_batchnorm", "d_batchnorm", "binarize"):
         cfg[key] = bool(cfg[key])
     for key in ("g_hidden", "d_hidden"):
-        v = cfg[key]
-        v = [v] if isinstance(v, (int, np.integer)) else list(v)
-        if not v or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in v):
-            raise ValueError(f"{key} must be a non-empty list of positive layer widths, got {cfg[key]!r}")
-        cfg[key] = [int(w) for w in v]
+        cfg[key] = tu.check_widths(key, cfg[key])
     return cfg
 
 
@@ -348,67 +307,70 @@ def _grad_norm(module):
 
 
 class GANStep:
-    """The updates of one run: ``critic(x, y)`` for each real batch; ``generator()`` after every n_critic of them."""
+    """The updates of one run: ``critic(x, y)`` for each real batch; ``generator()`` after every n_critic of them.
+    The loss (``losses.LOSSES[cfg["loss"]]``) supplies both objectives and the critic's penalty and clipping."""
 
     def __init__(self, cfg, G, D, opt_g, opt_d, ema=None):
         self.cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema = cfg, G, D, opt_g, opt_d, ema
-        self.loss = cfg["loss"]
-        self._fake = self._fake_labels = None
+        self.loss = L.get_loss(cfg["loss"])
+        self._kept = None  # (fake, fake labels, real, real labels) of the last critic update, for the generator's
 
     def _noise(self, n, device):
         z = _random.randn(n, self.cfg["latent"], device=device)
         y = _random.randint(0, self.cfg["num_classes"], (n,), device=device) if self.cfg["conditional"] else None
         return z, y
 
+    def _apply(self, net, x, y):
+        return net(x, y) if self.cfg["conditional"] else net(x)
+
     def critic(self, x, y=None, keep_fake=False):
         """One discriminator update on the real batch x (labels y for a conditional GAN); returns its numbers.
         keep_fake: keep the generator's graph of this batch's fakes for the generator update that follows."""
-        cfg, G, D = self.cfg, self.G, self.D
-        n = x.shape[0]
-        z, yf = self._noise(n, x.device)
+        cfg, D, loss_fn = self.cfg, self.D, self.loss
+        z, yf = self._noise(x.shape[0], x.device)
         if keep_fake:
-            fake = G(z, yf) if cfg["conditional"] else G(z)
-            self._fake, self._fake_labels = fake, yf
+            fake = self._apply(self.G, z, yf)
+            self._kept = (fake, yf, x, y)
         else:
             with no_grad():
-                fake = G(z, yf) if cfg["conditional"] else G(z)
+                fake = self._apply(self.G, z, yf)
         fake_in = fake.detach()
-        real_out = D(x, y) if cfg["conditional"] else D(x)
-        fake_out = D(fake_in, yf) if cfg["conditional"] else D(fake_in)
-        loss = L.discriminator_loss(self.loss, real_out, fake_out, cfg["label_smoothing"])
+        real_out, fake_out = self._apply(D, x, y), self._apply(D, fake_in, yf)
+        loss = loss_fn.discriminator_loss(real_out, fake_out, cfg["label_smoothing"])
         stats = {}
-        if self.loss == "wgan-gp":
-            # conditional critic: penalise at x_hat with the real labels (real and fake pairs share no label)
-            gp = L.gradient_penalty(D, x, fake_in, y if cfg["conditional"] else None, cfg["gp"])
-            stats["gp"] = gp.item()
-            loss = loss + gp
+        if loss_fn.penalty is not None:
+            penalty = loss_fn.penalty(D, x, fake_in, y, cfg)
+            stats["gp"] = penalty.item()
+            loss = loss + penalty
         self.opt_d.zero_grad()
         loss.backward()
         stats["d_grad"] = _grad_norm(D)
         self.opt_d.step()
-        if self.loss == "wgan":
-            L.clip_weights_(D, cfg["clip"])
-        d_real, d_fake = L.output_means(self.loss, real_out, fake_out)
+        if loss_fn.after_critic_step is not None:
+            loss_fn.after_critic_step(D, cfg)
+        d_real, d_fake = loss_fn.output_means(real_out, fake_out)
         stats.update(d_loss=loss.item(), d_real=d_real, d_fake=d_fake)
         return stats
 
     def generator(self, n=None, device="cpu"):
         """One generator update (on the kept fakes of the last critic update, else on a fresh batch of n)."""
-        cfg, G, D = self.cfg, self.G, self.D
-        fake, yf = self._fake, self._fake_labels
-        self._fake = self._fake_labels = None
-        if fake is None:
+        kept, self._kept = self._kept, None
+        if kept is None:
+            if self.loss.g_needs_real:
+                raise ValueError(f"GANStep.generator: the {self.loss.name} loss needs the real batch of a critic "
+                                 f"update: call critic(x, y, keep_fake=True) first")
             z, yf = self._noise(n, device)
-            fake = G(z, yf) if cfg["conditional"] else G(z)
-        D.requires_grad_(False)  # the generator's loss needs no gradient for D's weights
+            kept = (self._apply(self.G, z, yf), yf, None, None)
+        fake, yf, x, y = kept
+        self.D.requires_grad_(False)  # the generator's loss needs no gradient for D's weights
         try:
-            out = D(fake, yf) if cfg["conditional"] else D(fake)
-            loss = L.generator_loss(self.loss, out)
+            real_out = self._apply(self.D, x, y) if self.loss.g_needs_real else None
+            loss = self.loss.generator_loss(self._apply(self.D, fake, yf), real_out)
             self.opt_g.zero_grad()
             loss.backward()
         finally:
-            D.requires_grad_(True)
-        g_grad = _grad_norm(G)
+            self.D.requires_grad_(True)
+        g_grad = _grad_norm(self.G)
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update()
@@ -419,8 +381,7 @@ class GANStep:
 def sample(G, n, labels=None, device="cpu", batch_size=1000):
     """``n`` samples of generator G (eval mode, no graph) as a float32 NumPy array (n, data_dim), drawn with
     tinygen's generator. labels: class per sample for a conditional G (default: the classes in turn)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+    tu.check_int("number of samples", n)
     if G.num_classes:
         if labels is None:
             labels = np.arange(n) % G.num_classes
@@ -482,13 +443,9 @@ def scatter_image(points, mixture, size=480, real=None):
         keep = (col >= 0) & (col < size) & (row >= 0) & (row < size)
         return row[keep], col[keep]
 
-    for axis in (0, 1):  # the axes through the origin
-        r, c = pix(np.array([[0.0, 0.0]]))
-        if len(r):
-            if axis == 0:
-                img[r[0], :] = (225, 225, 225)
-            else:
-                img[:, c[0]] = (225, 225, 225)
+    r, c = pix(np.array([[0.0, 0.0]]))
+    if len(r):  # the axes through the origin
+        img[r[0], :] = img[:, c[0]] = (225, 225, 225)
     if real is not None:
         r, c = pix(real)
         img[r, c] = (190, 190, 190)
@@ -584,157 +541,182 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run.
     train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
     """
-    cfg = make_config(**settings)
-    device = cfg["device"]
-    x_all, y_all, desc = load_data(cfg, train_set)
-    # before seeding: building the classifier draws its (then overwritten) initial weights
-    classifier = _classifier(quiet) if cfg["dataset"] == "mnist" else None
-
-    _random.manual_seed(cfg["seed"])
-    G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
-    if init is not None:
-        loaded = _init_from(init, G, D)
-        if not quiet:
-            print(f"initialised the {' and '.join(loaded)} from {init}", flush=True)
-    opt_g = make_optimizer(cfg, G.parameters(), cfg["lr_g"])
-    opt_d = make_optimizer(cfg, D.parameters(), cfg["lr_d"])
-    ema = EMA(G, build_generator(cfg).to(device), cfg["ema"]) if cfg["ema"] > 0 else None
-    arrays = (x_all, y_all) if cfg["conditional"] else x_all
-    loader = DataLoader(arrays, batch_size=min(cfg["batch_size"], len(x_all)), shuffle=True, drop_last=True,
-                        seed=cfg["seed"], device=device)
-    if len(loader) == 0:
-        raise ValueError(f"no full batch of {cfg['batch_size']} in {len(x_all)} training examples")
-    step_fn = GANStep(cfg, G, D, opt_g, opt_d, ema)
-    epoch_means, interval_means = _Means(), _Means()
-    modules = {"generator": G, "discriminator": D}
-    if ema is not None:
-        modules["ema"] = ema.shadow
-    parts = {"modules": modules, "optimizers": {"g": opt_g, "d": opt_d}, "loaders": {"train": loader}}
-    state = {"step": 0, "critic_count": 0}
-    start_epoch, log, steps_log_file, ckpt_path, steps_log = 0, None, None, None, []
-    if out is not None:
-        out = tu.prepare_out_dir(out, resume)
-        ckpt_path = out / "checkpoint.npz"
-        log, steps_log_file = tu.MetricsLog(out / "metrics.jsonl"), tu.MetricsLog(out / "steps.jsonl")
-        if resume:
-            ckpt = tu.load_checkpoint(ckpt_path, model_name=NAME)
-            saved = saved_config(ckpt)
-            decays = cfg["lr_decay"] != "none"
-            diffs = tu.config_mismatch(saved, cfg, ignore=[k for k in RESUMABLE if not (decays and k in LENGTH)])
-            if diffs:
-                hint = ""
-                if decays and any(k in LENGTH for k, _, _ in diffs):
-                    hint = (f"; its {cfg['lr_decay']} learning-rate decay is planned over steps={saved['steps']}, "
-                            f"epochs={saved['epochs']}: resume with those, or start a new run")
-                raise ValueError(f"can't resume from '{ckpt_path}': the settings differ from the saved run ("
-                                 + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + hint + ")")
-            start_epoch = tu.restore_checkpoint(ckpt, **parts)
-            extra = ckpt.get("extra", {})
-            state.update(step=int(extra.get("step", 0)), critic_count=int(extra.get("critic_count", 0)))
-            if ema is not None:
-                ema.load_state_dict(extra.get("ema", {"updates": state["step"]}))
-            epoch_means.load_state_dict(extra.get("epoch_means", {}))
-            interval_means.load_state_dict(extra.get("interval_means", {}))
-            for f in (log, steps_log_file):
-                f.truncate_after(start_epoch)
-            if steps_log_file.path.exists():
-                steps_log = tu.read_metrics(steps_log_file.path)
-        else:
-            for f in (log, steps_log_file):
-                if f.path.exists():
-                    f.path.unlink()
-    elif resume:
-        raise ValueError("resume needs out (the folder of the run to continue)")
-
-    sampler = ema.shadow if ema is not None else G
-    total_steps = cfg["steps"]
-    max_epochs = cfg["epochs"] if total_steps is None else None
-    n_critic = cfg["n_critic"]
-    decay_over = 0
-    if cfg["lr_decay"] == "linear":
-        decay_over = total_steps if total_steps is not None else max_epochs * (len(loader) // n_critic)
-    if not quiet:
-        length = f"{total_steps} steps" if total_steps is not None else f"{max_epochs} epochs"
-        print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {desc}: {length}, "
-              f"{len(loader)} batches of {loader.batch_size} per epoch"
-              + (f", {n_critic} critic steps per generator step" if n_critic > 1 else ""), flush=True)
+    run = GANRun(make_config(**settings), quiet, init, train_set, pictures)
+    run.open(out, resume)
+    run.announce()
     history = []
-    last_plot = -math.inf
-    done = total_steps is not None and state["step"] >= total_steps
-    epochs = itertools.count(start_epoch) if max_epochs is None else range(start_epoch, max_epochs)
-    for epoch in epochs:
-        if done:
-            break
-        G.train()
-        D.train()
-        bar = tu.Progress(len(loader), desc=f"gan epoch {epoch + 1}" + (f"/{max_epochs}" if max_epochs else ""),
-                          unit="batch", quiet=quiet)
-        t0, steps0 = time.perf_counter(), state["step"]
-        batches = 0
-        for batch in loader:
-            if decay_over:  # linear decay to 0 at the last step (a function of the step: nothing to save)
-                factor = max(0.0, 1.0 - state["step"] / decay_over)
-                _set_lr(opt_g, cfg["lr_g"] * factor)
-                _set_lr(opt_d, cfg["lr_d"] * factor)
-            x, y = batch if cfg["conditional"] else (batch, None)
-            last = state["critic_count"] + 1 == n_critic
-            stats = step_fn.critic(x, y, keep_fake=last)
-            state["critic_count"] += 1
-            batches += 1
-            if last:
-                stats.update(step_fn.generator())
-                state["step"] += 1
-                state["critic_count"] = 0
-            epoch_means.add(**stats)
-            interval_means.add(**stats)
-            if last and state["step"] % cfg["log_every"] == 0:
-                rec = dict(epoch=epoch + 1, step=state["step"], **interval_means.means())
-                steps_log.append(rec)
-                if steps_log_file is not None:
-                    steps_log_file.write(rec)
-                interval_means = _Means()
-            m = epoch_means.means()
-            bar.update(G=m.get("g_loss", float("nan")), D=m.get("d_loss", float("nan")))
-            if total_steps is not None and state["step"] >= total_steps:
-                done = True
-                break
-        bar.close()
-        seconds = time.perf_counter() - t0
-        complete = not done or loader.state_dict()["batch"] == 0
-        record = _epoch_record(cfg, epoch, epoch_means, state, seconds, batches * loader.batch_size,
-                               state["step"] - steps0, complete)
-        with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
-            if ema is not None:
-                ema.recalibrate()
-            samples = sample(sampler, cfg["eval_samples"], device=device)
-            if cfg["dataset"] in TOY or classifier is not None:
-                record.update(_prefixed(evaluate_samples(cfg, samples, classifier, frechet=False)))
-            if out is not None and pictures:
-                n_pic = 100 if cfg["conditional"] else 64
-                pic = samples if cfg["dataset"] in TOY else sample(sampler, n_pic, fixed_noise_labels(cfg, n_pic),
-                                                                   device)
-                stem = "scatter" if cfg["dataset"] in TOY else "samples"
-                save_samples_picture(cfg, out / f"{stem}_{epoch + 1:03d}.png", pic)
-                save_samples_picture(cfg, out / f"{stem}.png", pic)
+    for epoch in run.epochs():
+        record = run.train_epoch(epoch)
+        run.evaluate(epoch, record)
         history.append(record)
         if not quiet:
             print(format_record(record), flush=True)
-        if out is not None:
-            log.write(record)
-            epochs_done = epoch + 1 if complete else epoch
-            extra = {"step": state["step"], "critic_count": state["critic_count"], "last": record,
-                     "num_train": int(len(x_all)), "data": desc,
-                     "epoch_means": _Means().state_dict() if complete else epoch_means.state_dict(),
-                     "interval_means": interval_means.state_dict()}
-            if ema is not None:
-                extra["ema"] = ema.state_dict()
-            tu.save_checkpoint(ckpt_path, NAME, cfg, epochs_done, **parts, devices=(device,), extra=extra)
-            last_epoch = done or (max_epochs is not None and epoch + 1 == max_epochs)
-            if pictures and (last_epoch or time.perf_counter() - last_plot > 30.0):  # matplotlib is slow
-                plot_curves(steps_log, out / "curves.png")
-                last_plot = time.perf_counter()
-        epoch_means = _Means()
-    return sampler, D, history
+        run.save(epoch, record)
+    return run.sampler, run.D, history
+
+
+class GANRun:
+    """One run of ``train_gan``: its networks, optimizers, data and counters, and the steps of its loop (train an
+    epoch, evaluate, save)."""
+
+    def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True):
+        self.cfg, self.quiet, self.pictures, device = cfg, quiet, pictures, cfg["device"]
+        x, y, self.desc = load_data(cfg, train_set)
+        # before seeding: building the classifier draws its (then overwritten) initial weights
+        self.classifier = _classifier(quiet) if cfg["dataset"] == "mnist" else None
+        _random.manual_seed(cfg["seed"])
+        self.G, self.D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
+        if init is not None:
+            loaded = _init_from(init, self.G, self.D)
+            if not quiet:
+                print(f"initialised the {' and '.join(loaded)} from {init}", flush=True)
+        self.opt_g = make_optimizer(cfg, self.G.parameters(), cfg["lr_g"])
+        self.opt_d = make_optimizer(cfg, self.D.parameters(), cfg["lr_d"])
+        self.ema = EMA(self.G, build_generator(cfg).to(device), cfg["ema"]) if cfg["ema"] > 0 else None
+        self.sampler = self.ema.shadow if self.ema is not None else self.G
+        self.num_train = len(x)
+        self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=min(cfg["batch_size"], len(x)),
+                                 shuffle=True, drop_last=True, seed=cfg["seed"], device=device)
+        if len(self.loader) == 0:
+            raise ValueError(f"no full batch of {cfg['batch_size']} in {len(x)} training examples")
+        self.step_fn = GANStep(cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema)
+        modules = {"generator": self.G, "discriminator": self.D}
+        if self.ema is not None:
+            modules["ema"] = self.ema.shadow
+        self.parts = {"modules": modules, "optimizers": {"g": self.opt_g, "d": self.opt_d},
+                      "loaders": {"train": self.loader}}
+        self.state = {"step": 0, "critic_count": 0}
+        self.epoch_means, self.interval_means, self.steps_log = _Means(), _Means(), []
+        self.folder, self.start_epoch, self.last_plot, self.complete = None, 0, -math.inf, True
+        self.max_epochs = cfg["epochs"] if cfg["steps"] is None else None
+        self.decay_over = 0  # linear decay: the number of generator steps it spans
+        if cfg["lr_decay"] == "linear":
+            self.decay_over = cfg["steps"] or self.max_epochs * (len(self.loader) // cfg["n_critic"])
+
+    def open(self, out, resume):
+        """Set up the output folder; ``resume``: continue the run saved there."""
+        self.folder = tu.RunFolder(out, resume, logs=("metrics", "steps"))
+        if not resume:
+            return
+        ckpt, self.start_epoch = self.folder.restore(self.parts, NAME, check=self._check_resumable)
+        extra = ckpt.get("extra", {})
+        self.state.update(step=int(extra.get("step", 0)), critic_count=int(extra.get("critic_count", 0)))
+        if self.ema is not None:
+            self.ema.load_state_dict(extra.get("ema", {"updates": self.state["step"]}))
+        self.epoch_means.load_state_dict(extra.get("epoch_means", {}))
+        self.interval_means.load_state_dict(extra.get("interval_means", {}))
+        if self.folder.logs["steps"].path.exists():
+            self.steps_log = tu.read_metrics(self.folder.logs["steps"].path)
+
+    def _check_resumable(self, ckpt):
+        cfg, saved = self.cfg, saved_config(ckpt)
+        decays = cfg["lr_decay"] != "none"
+        diffs = tu.config_mismatch(saved, cfg, ignore=[k for k in RESUMABLE if not (decays and k in LENGTH)])
+        if diffs:
+            hint = ""
+            if decays and any(k in LENGTH for k, _, _ in diffs):
+                hint = (f"; its {cfg['lr_decay']} learning-rate decay is planned over steps={saved['steps']}, "
+                        f"epochs={saved['epochs']}: resume with those, or start a new run")
+            raise ValueError(f"can't resume from '{self.folder.checkpoint}': the settings differ from the saved run ("
+                             + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs) + hint + ")")
+
+    def announce(self):
+        cfg, n_critic = self.cfg, self.cfg["n_critic"]
+        if not self.quiet:
+            length = f"{cfg['steps']} steps" if cfg["steps"] is not None else f"{self.max_epochs} epochs"
+            print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {self.desc}: "
+                  f"{length}, {len(self.loader)} batches of {self.loader.batch_size} per epoch"
+                  + (f", {n_critic} critic steps per generator step" if n_critic > 1 else ""), flush=True)
+
+    def _finished(self):
+        return self.cfg["steps"] is not None and self.state["step"] >= self.cfg["steps"]
+
+    def epochs(self):
+        """The epochs still to run (counting from the saved run's), until the step count is reached."""
+        epochs = itertools.count(self.start_epoch) if self.max_epochs is None else \
+            range(self.start_epoch, self.max_epochs)
+        for epoch in epochs:
+            if self._finished():
+                return
+            yield epoch
+
+    def train_epoch(self, epoch):
+        """One pass over the data (or up to the last step); returns the epoch's record of means and speed."""
+        self.G.train()
+        self.D.train()
+        bar = tu.Progress(len(self.loader), desc=f"gan epoch {epoch + 1}" + (f"/{self.max_epochs}" if
+                                                                            self.max_epochs else ""),
+                          unit="batch", quiet=self.quiet)
+        t0, steps0, batches = time.perf_counter(), self.state["step"], 0
+        for batch in self.loader:
+            self.train_batch(epoch, batch)
+            batches += 1
+            m = self.epoch_means.means()
+            bar.update(G=m.get("g_loss", float("nan")), D=m.get("d_loss", float("nan")))
+            if self._finished():
+                break
+        bar.close()
+        seconds = time.perf_counter() - t0
+        self.complete = not self._finished() or self.loader.state_dict()["batch"] == 0
+        return _epoch_record(self.cfg, epoch, self.epoch_means, self.state, seconds,
+                             batches * self.loader.batch_size, self.state["step"] - steps0, self.complete)
+
+    def train_batch(self, epoch, batch):
+        """A critic update on the batch and, after every n_critic of them, a generator update."""
+        cfg, state = self.cfg, self.state
+        if self.decay_over:  # linear decay to 0 at the last step (a function of the step: nothing to save)
+            factor = max(0.0, 1.0 - state["step"] / self.decay_over)
+            _set_lr(self.opt_g, cfg["lr_g"] * factor)
+            _set_lr(self.opt_d, cfg["lr_d"] * factor)
+        x, y = batch if cfg["conditional"] else (batch, None)
+        last = state["critic_count"] + 1 == cfg["n_critic"]
+        stats = self.step_fn.critic(x, y, keep_fake=last)
+        state["critic_count"] += 1
+        if last:
+            stats.update(self.step_fn.generator())
+            state["step"] += 1
+            state["critic_count"] = 0
+        self.epoch_means.add(**stats)
+        self.interval_means.add(**stats)
+        if last and state["step"] % cfg["log_every"] == 0:
+            rec = dict(epoch=epoch + 1, step=state["step"], **self.interval_means.means())
+            self.steps_log.append(rec)
+            self.folder.write("steps", rec)
+            self.interval_means = _Means()
+
+    def evaluate(self, epoch, record):
+        """Sample metrics into ``record`` and the epoch's pictures, from the same noise every epoch."""
+        cfg, device, toy = self.cfg, self.cfg["device"], self.cfg["dataset"] in TOY
+        with tu.fork_rng(cfg["seed"], (device,)):  # training's random stream is untouched
+            if self.ema is not None:
+                self.ema.recalibrate()
+            samples = sample(self.sampler, cfg["eval_samples"], device=device)
+            if toy or self.classifier is not None:
+                record.update(_prefixed(evaluate_samples(cfg, samples, self.classifier, frechet=False)))
+            if self.folder.path is not None and self.pictures:
+                n_pic = 100 if cfg["conditional"] else 64
+                pic = samples if toy else sample(self.sampler, n_pic, fixed_noise_labels(cfg, n_pic), device)
+                stem = "scatter" if toy else "samples"
+                save_samples_picture(cfg, self.folder.path / f"{stem}_{epoch + 1:03d}.png", pic)
+                save_samples_picture(cfg, self.folder.path / f"{stem}.png", pic)
+
+    def save(self, epoch, record):
+        """The epoch's log line, the checkpoint (mid-epoch when the run stopped inside one) and the curves."""
+        if self.folder.path is not None:
+            self.folder.write("metrics", record)
+            extra = {"step": self.state["step"], "critic_count": self.state["critic_count"], "last": record,
+                     "num_train": int(self.num_train), "data": self.desc,
+                     "epoch_means": (_Means() if self.complete else self.epoch_means).state_dict(),
+                     "interval_means": self.interval_means.state_dict()}
+            if self.ema is not None:
+                extra["ema"] = self.ema.state_dict()
+            self.folder.save(NAME, self.cfg, epoch + 1 if self.complete else epoch, self.parts,
+                             devices=(self.cfg["device"],), extra=extra)
+            last_epoch = self._finished() or (self.max_epochs is not None and epoch + 1 == self.max_epochs)
+            if self.pictures and (last_epoch or time.perf_counter() - self.last_plot > 30.0):  # matplotlib is slow
+                plot_curves(self.steps_log, self.folder.path / "curves.png")
+                self.last_plot = time.perf_counter()
+        self.epoch_means = _Means()
 
 
 def _prefixed(metrics):
