@@ -49,6 +49,8 @@ def check_probability(p, fn, arg="p"):
 
 def check_dim(dim, ndim, fn, arg="dim"):
     """``dim`` as an axis in [0, ndim) (a 0-d tensor accepts 0 and -1, giving 0), or PyTorch's IndexError."""
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, kept cheap: ops call this on every use
+        return dim % ndim
     if not is_int(dim):
         raise TypeError(f"{fn}(): argument '{arg}' must be int, not {_type_name(dim)}")
     n = ndim if ndim > 0 else 1
@@ -62,6 +64,11 @@ def check_sizes(size, fn, arg="size"):
     """A shape given as ints or one tuple/list of ints, as a tuple of non-negative ints."""
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
+    for s in size:  # the common case first, kept cheap
+        if type(s) is not int or s < 0:
+            break
+    else:
+        return tuple(size)
     for i, s in enumerate(size):
         if not is_int(s):
             raise TypeError(f"{fn}(): argument '{arg}' must be tuple of ints, but found element of type "

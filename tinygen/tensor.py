@@ -321,10 +321,11 @@ def _filled(size, fill, dtype, device, requires_grad, fn):
     dt = dtypes.as_dtype(dtype) if dtype is not None else _default_float
     if isinstance(fill, Tensor):
         fill = fill.item()
-    if isinstance(fill, (str, bytes)) or not isinstance(fill, (int, float, complex, np.number, np.bool_)):
+    if not isinstance(fill, (int, float, np.integer, np.floating, np.bool_)):
         raise TypeError(f"{fn}(): argument 'fill_value' must be a number, not {type(fill).__name__}")
-    if not _fits(np.asarray(fill), dt):
-        raise RuntimeError(f"{fn}(): value {fill} cannot be converted to type {dt.name} without overflow")
+    if not (type(fill) in (int, float, bool) and 0 <= fill <= 1):  # 0 and 1 fit every dtype
+        if not _fits(np.asarray(fill), dt):
+            raise RuntimeError(f"{fn}(): value {fill} cannot be converted to type {dt.name} without overflow")
     xp = backend.array_module(device)
     out = _make(xp.full(shape, fill, dtype=dt), device)
     if requires_grad:

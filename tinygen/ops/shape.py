@@ -10,6 +10,11 @@ def _shape_arg(shape, fn="reshape", arg="shape"):
     """A shape given as ints or one tuple/list: ints >= -1 (the -1s are checked by the caller)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
+    for s in shape:  # the common case first, kept cheap
+        if type(s) is not int or s < -1:
+            break
+    else:
+        return tuple(shape)
     for i, s in enumerate(shape):
         if not is_int(s):
             raise TypeError(f"{fn}(): argument '{arg}' must be tuple of ints, but found element of type "
@@ -24,10 +29,11 @@ def _tensor_list(tensors, fn):
     if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{fn}(): argument 'tensors' must be a tuple or list of Tensors, not "
                         f"{type(tensors).__name__}")
-    for i, t in enumerate(tensors):
+    for t in tensors:
         if not isinstance(t, Tensor):
+            i = next(i for i, t in enumerate(tensors) if not isinstance(t, Tensor))
             raise TypeError(f"{fn}(): expected Tensor as element {i} in argument 'tensors', but got "
-                            f"{type(t).__name__}")
+                            f"{type(tensors[i]).__name__}")
     if not tensors:
         raise ValueError(f"{fn}: expected a non-empty list of Tensors")
     return list(tensors)
