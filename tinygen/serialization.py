@@ -281,7 +281,9 @@ def load(f, map_location=None):
     """Load what ``save`` wrote. Tensors come back on the CPU, or on ``map_location`` ("cpu" or "cuda").
 
     Raises FileNotFoundError for a missing file and ``CheckpointError`` (a ValueError) naming the file for one
-    that is not a complete tinygen checkpoint (foreign, truncated or corrupted). Never unpickles anything.
+    that is not a complete tinygen checkpoint (foreign, truncated or corrupted, compressed or encrypted zip
+    entries, structure nested over 100 levels); nothing else, whatever the file holds. Never unpickles
+    anything, and never allocates more than the file's own size for its arrays.
     """
     device = backend.normalize_device(map_location)
     if hasattr(f, "read"):
