@@ -3,7 +3,8 @@ import numpy as np
 
 from .capture import replayed
 from . import backend, dtypes
-from .tensor import _make, _size, get_default_dtype
+from ._checks import check_int, check_real, is_int
+from .tensor import Tensor, _make, _size, get_default_dtype, require_tensor
 
 _seed = None
 _generators = {}
@@ -81,8 +82,9 @@ def randn(*size, dtype=None, device="cpu", requires_grad=False):
     device = backend.normalize_device(device)
     dt = _float(dtype)
     g = generator(device)
-    data = g.standard_normal(_size(size), dtype=dt) if dt != dtypes.float16 else \
-        g.standard_normal(_size(size), dtype=dtypes.float32).astype(dt)
+    shape = _size(size, "randn")
+    data = g.standard_normal(shape, dtype=dt) if dt != dtypes.float16 else \
+        g.standard_normal(shape, dtype=dtypes.float32).astype(dt)
     return _out(data, device, requires_grad)
 
 
@@ -92,45 +94,66 @@ def rand(*size, dtype=None, device="cpu", requires_grad=False):
     device = backend.normalize_device(device)
     dt = _float(dtype)
     g = generator(device)
-    data = g.random(_size(size), dtype=dt) if dt != dtypes.float16 else \
-        g.random(_size(size), dtype=dtypes.float32).astype(dt)
+    shape = _size(size, "rand")
+    data = g.random(shape, dtype=dt) if dt != dtypes.float16 else \
+        g.random(shape, dtype=dtypes.float32).astype(dt)
     return _out(data, device, requires_grad)
 
 
 @replayed
 def randint(low, high=None, size=(), dtype=None, device="cpu"):
-    """Integers in [low, high)."""
+    """Integers in [low, high), of an integer dtype (int64 by default) or drawn as int64 and cast to a floating
+    one."""
     if high is None:
         low, high = 0, low
+    low, high = check_int(low, "randint", "low"), check_int(high, "randint", "high")
+    if low >= high:
+        raise ValueError(f"randint: random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
+    shape = _size((size,) if is_int(size) else size, "randint")
     device = backend.normalize_device(device)
     dt = dtypes.as_dtype(dtype) if dtype is not None else dtypes.int64
-    return _make(generator(device).integers(low, high, size=_size((size,)) if isinstance(size, int) else
-                                            _size(size), dtype=dt), device)
+    draw = dt if dt.kind in "iu" else dtypes.int64
+    if dt.kind == "b" or (dt.kind in "iu" and not np.iinfo(dt).min <= low < high - 1 <= np.iinfo(dt).max):
+        raise ValueError(f"randint: the range [{low}, {high}) does not fit dtype {dt.name}")
+    return _make(generator(device).integers(low, high, size=shape, dtype=draw).astype(dt, copy=False), device)
 
 
 @replayed
 def randperm(n, device="cpu"):
+    check_int(n, "randperm", "n", low=0)
     device = backend.normalize_device(device)
     return _make(generator(device).permutation(n).astype(dtypes.int64), device)
 
 
 @replayed
 def randn_like(t, dtype=None, device=None, requires_grad=False):
+    require_tensor(t, "randn_like")
     return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
 @replayed
 def rand_like(t, dtype=None, device=None, requires_grad=False):
+    require_tensor(t, "rand_like")
     return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
 @replayed
 def normal(mean, std, size, dtype=None, device="cpu"):
+    """Samples of N(mean, std**2) (mean and std numbers) of shape ``size``."""
+    check_real(mean, "normal", "mean")
+    check_real(std, "normal", "std")
+    if std < 0:
+        raise ValueError(f"normal: normal expects std >= 0.0, but found std {std}")
     return randn(size, dtype=dtype, device=device) * std + mean
 
 
 @replayed
 def bernoulli(p):
     """0/1 samples with probability ``p`` (a tensor), in ``p``'s dtype; not differentiable."""
+    require_tensor(p, "bernoulli", "p")
+    if p.data.dtype.kind != "f":
+        raise TypeError(f"bernoulli: p must be a floating tensor of probabilities, got dtype {p.dtype}")
+    if p.data.size and not bool(((p.data >= 0) & (p.data <= 1)).all()):
+        raise ValueError("bernoulli: all elements of p must be probabilities in [0, 1] (some are outside, or NaN)")
     u = generator(p.device).random(p.shape, dtype=p.dtype if p.dtype.kind == "f" else dtypes.float32)
     return _make((u < p.data).astype(p.dtype), p.device)

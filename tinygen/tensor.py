@@ -7,6 +7,7 @@ import numpy as np
 
 from . import backend, dtypes
 from .capture import note_alias, refuse_host_read
+from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
 
@@ -78,7 +79,11 @@ class Tensor:
         return self
 
     def size(self, dim=None):
-        return self.data.shape if dim is None else self.data.shape[dim]
+        if dim is None:
+            return self.data.shape
+        if self.data.ndim == 0:
+            raise IndexError(f"size: Dimension specified as {dim} but tensor has no dimensions")
+        return self.data.shape[check_dim(dim, self.data.ndim, "size")]
 
     def dim(self):
         return self.data.ndim
@@ -209,25 +214,76 @@ def register(*names):
 
 
 # ---- creation --------------------------------------------------------------------------------------------------------
-def _host_array(data, dtype):
+def require_tensor(value, fn, arg="input"):
+    """TypeError naming ``fn`` and ``arg`` unless ``value`` is a Tensor (instead of an AttributeError later)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{fn}(): argument '{arg}' must be Tensor, not {type(value).__name__}")
+    return value
+
+
+def _ragged_where(data, depth=0):
+    """For nested lists of unequal lengths: PyTorch's "expected sequence of length L at dim D (got M)"."""
+    if not isinstance(data, (list, tuple)) or not data:
+        return None
+    lengths = [len(d) if isinstance(d, (list, tuple)) else None for d in data]
+    first = lengths[0]
+    for length in lengths[1:]:
+        if length != first:
+            return (f"expected sequence of length {first} at dim {depth + 1} (got {length})" if
+                    None not in (first, length) else f"mixes sequences and numbers at dim {depth + 1}")
+    for d in data:
+        found = _ragged_where(d, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _fits(arr, dt):
+    """Whether every value of numeric array ``arr`` can be represented in dtype ``dt`` without overflow."""
+    if arr.size == 0 or dt.kind == "b" or arr.dtype.kind == "b":
+        return True
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            return False
+        return bool(arr.min() >= info.min and arr.max() <= info.max)
+    if dt == dtypes.float16 and arr.dtype.kind in "iu":
+        return bool(np.abs(arr.astype(np.float64)).max() <= np.finfo(np.float16).max)
+    return True
+
+
+def _host_array(data, dtype, fn="tensor"):
     if isinstance(data, Tensor):
         data = backend.to_device(data.data, "cpu")
     elif hasattr(data, "get") and hasattr(data, "shape") and not isinstance(data, (np.ndarray, np.generic)):
         data = data.get()  # a device array (CuPy or the stand-in)
-    arr = np.asarray(data)
-    if dtype is not None:
-        return arr.astype(dtypes.as_dtype(dtype), copy=False)
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as e:
+        where = _ragged_where(data)
+        raise (ValueError(f"{fn}(): data {where}") if where else
+               TypeError(f"{fn}(): can't make a tensor from {type(data).__name__} ({e})")) from None
     kind = arr.dtype.kind
+    if kind not in "biuf":
+        what = ("str" if kind in "US" else type(data).__name__ if kind != "O" else
+                "objects that are not numbers, or integers too large for int64")
+        raise TypeError(f"{fn}(): can't make a tensor from data of dtype {arr.dtype} ({what}); tinygen supports "
+                        f"{', '.join(d.name for d in dtypes.SUPPORTED)}")
+    if kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise OverflowError(f"{fn}(): value {arr.max()} cannot be converted to type int64 without overflow")
+    if dtype is not None:
+        dt = dtypes.as_dtype(dtype)
+        if arr.dtype != dt and not _fits(arr, dt):
+            raise RuntimeError(f"{fn}(): value cannot be converted to type {dt.name} without overflow (data "
+                               f"ranges over [{arr.min()}, {arr.max()}])")
+        return arr.astype(dt, copy=False)
     if kind == "f":
         if isinstance(data, (np.ndarray, np.generic)):
             return arr if arr.dtype in dtypes.SUPPORTED else arr.astype(dtypes.float64)
         return arr.astype(_default_float, copy=False)
     if kind in "iu":
         return arr if arr.dtype in dtypes.SUPPORTED else arr.astype(dtypes.int64)
-    if kind == "b":
-        return arr
-    raise TypeError(f"can't make a tensor from data of dtype {arr.dtype} ({type(data).__name__}); "
-                    f"tinygen supports {', '.join(d.name for d in dtypes.SUPPORTED)}")
+    return arr
 
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
@@ -248,7 +304,7 @@ def as_tensor(data, dtype=None, device="cpu"):
     if isinstance(data, Tensor) and dtype is None and backend.normalize_device(device) == data._device:
         return data
     device = backend.normalize_device(device)
-    arr = _host_array(data, dtype)
+    arr = _host_array(data, dtype, "as_tensor")
     return _make(backend.to_device(arr, device) if device != "cpu" else arr, device)
 
 
@@ -256,38 +312,41 @@ def from_numpy(array):
     """A CPU tensor sharing memory with a NumPy array."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(array).__name__}")
-    return _make(_host_array(array, None), "cpu")
+    return _make(_host_array(array, None, "from_numpy"), "cpu")
 
 
-def _size(size):
-    if len(size) == 1 and isinstance(size[0], (tuple, list)):
-        size = tuple(size[0])
-    for s in size:
-        if not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"sizes must be non-negative integers, got {size}")
-    return tuple(int(s) for s in size)
+def _size(size, fn="tensor"):
+    return check_sizes(size, fn)
 
 
-def _filled(size, fill, dtype, device, requires_grad):
+def _filled(size, fill, dtype, device, requires_grad, fn):
+    shape = _size(size, fn)
     device = backend.normalize_device(device)
     dt = dtypes.as_dtype(dtype) if dtype is not None else _default_float
+    if isinstance(fill, Tensor):
+        fill = fill.item()
+    if not isinstance(fill, (int, float, np.integer, np.floating, np.bool_)):
+        raise TypeError(f"{fn}(): argument 'fill_value' must be a number, not {type(fill).__name__}")
+    if not (type(fill) in (int, float, bool) and 0 <= fill <= 1):  # 0 and 1 fit every dtype
+        if not _fits(np.asarray(fill), dt):
+            raise RuntimeError(f"{fn}(): value {fill} cannot be converted to type {dt.name} without overflow")
     xp = backend.array_module(device)
-    out = _make(xp.full(_size(size), fill, dtype=dt), device)
+    out = _make(xp.full(shape, fill, dtype=dt), device)
     if requires_grad:
         out.requires_grad = True
     return out
 
 
 def zeros(*size, dtype=None, device="cpu", requires_grad=False):
-    return _filled(size, 0, dtype, device, requires_grad)
+    return _filled(size, 0, dtype, device, requires_grad, "zeros")
 
 
 def ones(*size, dtype=None, device="cpu", requires_grad=False):
-    return _filled(size, 1, dtype, device, requires_grad)
+    return _filled(size, 1, dtype, device, requires_grad, "ones")
 
 
 def empty(*size, dtype=None, device="cpu", requires_grad=False):
-    return _filled(size, 0, dtype, device, requires_grad)
+    return _filled(size, 0, dtype, device, requires_grad, "empty")
 
 
 def full(size, fill_value, dtype=None, device="cpu", requires_grad=False):
@@ -296,31 +355,51 @@ def full(size, fill_value, dtype=None, device="cpu", requires_grad=False):
     elif dtype is None and isinstance(fill_value, (int, np.integer)):
         dtype = dtypes.int64
     return _filled(tuple(size) if isinstance(size, (tuple, list)) else (size,), fill_value, dtype, device,
-                   requires_grad)
+                   requires_grad, "full")
 
 
-def _like(t, dtype, device):
+def _like(t, dtype, device, fn):
+    require_tensor(t, fn)
     return (t.dtype if dtype is None else dtype), (t.device if device is None else device)
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
-    dt, dev = _like(t, dtype, device)
-    return _filled(t.shape, 0, dt, dev, requires_grad)
+    dt, dev = _like(t, dtype, device, "zeros_like")
+    return _filled(t.shape, 0, dt, dev, requires_grad, "zeros_like")
 
 
 def ones_like(t, dtype=None, device=None, requires_grad=False):
-    dt, dev = _like(t, dtype, device)
-    return _filled(t.shape, 1, dt, dev, requires_grad)
+    dt, dev = _like(t, dtype, device, "ones_like")
+    return _filled(t.shape, 1, dt, dev, requires_grad, "ones_like")
 
 
 def full_like(t, fill_value, dtype=None, device=None, requires_grad=False):
-    dt, dev = _like(t, dtype, device)
-    return _filled(t.shape, fill_value, dt, dev, requires_grad)
+    dt, dev = _like(t, dtype, device, "full_like")
+    return _filled(t.shape, fill_value, dt, dev, requires_grad, "full_like")
+
+
+def _check_number(value, fn, arg):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}(): argument '{arg}' must be a number, not {type(value).__name__}")
+    if not np.isfinite(value):
+        raise ValueError(f"{fn}: unsupported range: {arg} is {value}")
+
+
+def _check_range(start, end, step):
+    """arange's checks, as PyTorch: finite bounds, a non-zero step whose sign leads from start to end."""
+    for name, v in (("start", start), ("end", end), ("step", step)):
+        _check_number(v, "arange", name)
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    if (end - start) * step < 0:
+        raise ValueError(f"arange: upper bound and larger bound inconsistent with step sign (start={start}, "
+                         f"end={end}, step={step})")
 
 
 def arange(start, end=None, step=1, dtype=None, device="cpu", requires_grad=False):
     if end is None:
         start, end = 0, start
+    _check_range(start, end, step)
     if dtype is None:
         ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
         dtype = dtypes.int64 if ints else _default_float
@@ -332,6 +411,9 @@ def arange(start, end=None, step=1, dtype=None, device="cpu", requires_grad=Fals
 
 
 def linspace(start, end, steps, dtype=None, device="cpu", requires_grad=False):
+    for name, v in (("start", start), ("end", end)):
+        _check_number(v, "linspace", name)
+    check_int(steps, "linspace", "steps", low=0)
     device = backend.normalize_device(device)
     dt = dtypes.as_dtype(dtype) if dtype is not None else _default_float
     out = _make(backend.array_module(device).linspace(start, end, steps, dtype=dt), device)
@@ -341,6 +423,9 @@ def linspace(start, end, steps, dtype=None, device="cpu", requires_grad=False):
 
 
 def eye(n, m=None, dtype=None, device="cpu", requires_grad=False):
+    check_int(n, "eye", "n", low=0)
+    if m is not None:
+        check_int(m, "eye", "m", low=0)
     device = backend.normalize_device(device)
     dt = dtypes.as_dtype(dtype) if dtype is not None else _default_float
     out = _make(backend.array_module(device).eye(n, m, dtype=dt), device)

@@ -206,7 +206,11 @@ def _unwrap(x):
     """(array, array module, device — None for a plain array, so the result is one too)."""
     if isinstance(x, Tensor):
         return x.data, x.xp, x.device
-    return np.asarray(x), np, None
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"expected image data (a numeric array or tensor), got {type(x).__name__} of dtype "
+                        f"{arr.dtype}")
+    return arr, np, None
 
 
 def _wrap(arr, device):
@@ -221,18 +225,25 @@ def _unit(arr, dt):
     raise TypeError(f"expected image data (integer 0..255 or floating 0..1), got dtype {arr.dtype}")
 
 
+def _float_dtype(dtype, fn):
+    dt = dtypes.as_dtype(dtype)
+    if dt.kind != "f":
+        raise TypeError(f"{fn}: dtype must be a floating dtype (pixels become fractions), got {dt.name}")
+    return dt
+
+
 def to_unit(images, dtype=dtypes.float32):
     """Pixels as floats in [0, 1]: integer images (0..255) are divided by 255; floating ones are taken to be in
     [0, 1] already and only cast. NumPy in, NumPy out; tensor in, tensor out."""
     arr, _, device = _unwrap(images)
-    return _wrap(_unit(arr, dtypes.as_dtype(dtype)), device)
+    return _wrap(_unit(arr, _float_dtype(dtype, "to_unit")), device)
 
 
 def to_symmetric(images, dtype=dtypes.float32):
     """Pixels as floats in [-1, 1] (the range of a tanh generator): integer images map 0..255 to -1..1, floating
     ones are taken to be in [0, 1]."""
     arr, _, device = _unwrap(images)
-    dt = dtypes.as_dtype(dtype)
+    dt = _float_dtype(dtype, "to_symmetric")
     if arr.dtype.kind in "iu":
         out = arr.astype(dt) / dt.type(127.5) - dt.type(1.0)
     else:

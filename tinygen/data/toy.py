@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import backend
+from .._checks import check_probability, check_real
 from ..tensor import Tensor
 from .transforms import as_generator
 
@@ -26,7 +27,7 @@ class GaussianMixture2D:
         self.centres = np.asarray(centres, dtype=np.float64)
         if self.centres.ndim != 2 or self.centres.shape[1] != 2 or len(self.centres) == 0:
             raise ValueError(f"{name}: centres must have shape (K, 2), got {self.centres.shape}")
-        if not std > 0:
+        if not check_real(std, name, "std") > 0:
             raise ValueError(f"{name}: std must be positive, got {std}")
         self.std = float(std)
         self.name = name
@@ -83,8 +84,15 @@ def mode_metrics(samples, centres, std, threshold=3.0, min_fraction=0.01):
     """
     if isinstance(samples, Tensor):
         samples = backend.to_device(samples.detach().data, "cpu")
-    x = np.asarray(samples, dtype=np.float64)
-    c = np.asarray(centres, dtype=np.float64)
+    if not check_real(std, "mode_metrics", "std") > 0 or not check_real(threshold, "mode_metrics", "threshold") > 0:
+        raise ValueError(f"mode_metrics: std and threshold must be positive, got {std} and {threshold}")
+    check_probability(min_fraction, "mode_metrics", "min_fraction")
+    try:
+        x = np.asarray(samples, dtype=np.float64)
+        c = np.asarray(centres, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"mode_metrics: samples and centres must be numeric arrays of shape (N, 2) and (K, 2), "
+                        f"got {type(samples).__name__} and {type(centres).__name__}") from None
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"mode_metrics: samples must have shape (N, 2), got {x.shape}")
     if c.ndim != 2 or c.shape[1] != 2:

@@ -7,6 +7,8 @@ passes its own per-batch generator, so augmented epochs are reproducible and res
 """
 import numpy as np
 
+from .._checks import check_probability, check_real, is_int
+
 
 def as_generator(generator=None):
     """A NumPy ``Generator``: the one given, a new one seeded by an int, or tinygen's CPU generator for None."""
@@ -15,7 +17,9 @@ def as_generator(generator=None):
         return random.generator("cpu")
     if isinstance(generator, np.random.Generator):
         return generator
-    if isinstance(generator, (int, np.integer)):
+    if is_int(generator):
+        if generator < 0:
+            raise ValueError(f"generator: an int seed must be non-negative, got {generator}")
         return np.random.default_rng(int(generator))
     raise TypeError(f"expected a numpy.random.Generator, an int seed or None, got {type(generator).__name__}")
 
@@ -45,6 +49,9 @@ class Compose:
     parameter (e.g. ``to_unit``) is called with the array alone."""
 
     def __init__(self, transforms):
+        if not isinstance(transforms, (list, tuple)):
+            raise TypeError(f"Compose(): argument 'transforms' must be a list of transforms, not "
+                            f"{type(transforms).__name__}")
         self.transforms = list(transforms)
         for t in self.transforms:
             if not callable(t):
@@ -67,11 +74,13 @@ class RandomCrop:
 
     def __init__(self, size=None, padding=0, fill=0.0):
         if size is not None:
-            size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-            if len(size) != 2 or min(size) < 1:
+            size = (size, size) if is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+            if size is None or len(size) != 2 or not all(is_int(s) and s >= 1 for s in size):
                 raise ValueError(f"RandomCrop: size must be a positive int or (height, width), got {size}")
-        if not isinstance(padding, (int, np.integer)) or padding < 0:
+            size = tuple(int(s) for s in size)
+        if not is_int(padding) or padding < 0:
             raise ValueError(f"RandomCrop: padding must be a non-negative int, got {padding!r}")
+        check_real(fill, "RandomCrop", "fill")
         self.size, self.padding, self.fill = size, int(padding), fill
 
     def __call__(self, x, generator=None):
@@ -98,9 +107,7 @@ class RandomHorizontalFlip:
     """Mirror each image left-right with probability ``p``."""
 
     def __init__(self, p=0.5):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
-        self.p = p
+        self.p = check_probability(p, "RandomHorizontalFlip", "p")
 
     def __call__(self, x, generator=None):
         b, shape = _as_batch(x, "RandomHorizontalFlip")
@@ -119,15 +126,17 @@ class RandomRotation:
     """
 
     def __init__(self, degrees=10.0, interpolation="bilinear", fill=0.0):
-        if isinstance(degrees, (int, float, np.integer, np.floating)):
+        if not isinstance(degrees, (tuple, list)):
+            degrees = check_real(degrees, "RandomRotation", "degrees")
             if degrees < 0:
                 raise ValueError(f"RandomRotation: degrees must be non-negative, got {degrees}")
-            degrees = (-float(degrees), float(degrees))
-        degrees = tuple(float(d) for d in degrees)
+            degrees = (-degrees, degrees)
+        degrees = tuple(check_real(d, "RandomRotation", "degrees") for d in degrees)
         if len(degrees) != 2 or degrees[0] > degrees[1]:
             raise ValueError(f"RandomRotation: degrees must be a number or a (min, max) pair, got {degrees}")
         if interpolation not in ("bilinear", "nearest"):
             raise ValueError(f"RandomRotation: interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+        check_real(fill, "RandomRotation", "fill")
         self.degrees, self.interpolation, self.fill = degrees, interpolation, fill
 
     def __call__(self, x, generator=None):
@@ -143,11 +152,16 @@ def rotate(x, angles, interpolation="bilinear", fill=0.0):
     """Rotate each image of ``x`` ((N, H, W) or (N, C, H, W)) by its angle in degrees (counter-clockwise)."""
     b, shape = _as_batch(x, "rotate")
     n, m, h, w = b.shape
-    theta = np.deg2rad(np.asarray(angles, dtype=np.float64)).reshape(-1)
+    try:
+        theta = np.deg2rad(np.asarray(angles, dtype=np.float64)).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"rotate: angles must be a number or a sequence of numbers (degrees), got "
+                        f"{type(angles).__name__}") from None
+    if not np.isfinite(theta).all():
+        raise ValueError("rotate: angles must be finite")
+    check_real(fill, "rotate", "fill")
     if theta.shape[0] not in (1, n):
         raise ValueError(f"rotate: got {theta.shape[0]} angles for {n} images")
-    if not np.isfinite(fill):
-        raise ValueError(f"rotate: fill must be finite, got {fill}")
     work = np.float64 if x.dtype == np.float64 else np.float32
     theta = np.broadcast_to(theta, (n,))
     cos = np.cos(theta).astype(work)[:, None, None]

@@ -7,6 +7,7 @@ import math
 
 from .. import dtypes
 from ..capture import replayed
+from .._checks import check_int, check_probability, check_real, is_int
 from ..tensor import get_default_dtype, zeros
 from . import functional as F
 from . import init
@@ -37,7 +38,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = check_int(in_features, "Linear", "in_features", low=0)
+        self.out_features = check_int(out_features, "Linear", "out_features", low=0)
         self.weight = Parameter(_empty((out_features, in_features), device, dtype))
         self.bias = Parameter(_empty((out_features,), device, dtype)) if bias else None
         self.reset_parameters()
@@ -70,8 +72,10 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, device=None, dtype=None):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.num_embeddings = check_int(num_embeddings, "Embedding", "num_embeddings", low=0)
+        self.embedding_dim = check_int(embedding_dim, "Embedding", "embedding_dim", low=0)
         if padding_idx is not None:
+            check_int(padding_idx, "Embedding", "padding_idx")
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"Embedding: padding_idx {padding_idx} must be within num_embeddings "
                                  f"({num_embeddings})")
@@ -99,8 +103,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        check_probability(p, "Dropout", "p")
         self.p, self.inplace = p, inplace
 
     def forward(self, input):
@@ -116,6 +119,11 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, *, bias=True):
         super().__init__()
+        name = type(self).__name__
+        check_int(num_features, name, "num_features", low=0)
+        check_real(eps, name, "eps", low=0.0)  # a negative eps can make the variance negative: NaNs
+        if momentum is not None:  # None: a cumulative average
+            check_real(momentum, name, "momentum", low=0.0, high=1.0)
         self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -198,7 +206,10 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        shape = (normalized_shape,) if is_int(normalized_shape) else tuple(normalized_shape)
+        for s in shape:
+            check_int(s, "LayerNorm", "normalized_shape", low=0)
+        check_real(eps, "LayerNorm", "eps", low=0.0)
         self.normalized_shape, self.eps, self.elementwise_affine = tuple(int(s) for s in shape), eps, \
             elementwise_affine
         if elementwise_affine:
@@ -228,7 +239,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim = check_int(start_dim, "Flatten", "start_dim")
+        self.end_dim = check_int(end_dim, "Flatten", "end_dim")
 
     def forward(self, input):
         return input.flatten(self.start_dim, self.end_dim)
@@ -242,7 +254,15 @@ class Unflatten(Module):
 
     def __init__(self, dim, unflattened_size):
         super().__init__()
-        self.dim, self.unflattened_size = dim, tuple(unflattened_size)
+        self.dim = check_int(dim, "Unflatten", "dim")
+        if not isinstance(unflattened_size, (tuple, list)):
+            raise TypeError(f"Unflatten(): argument 'unflattened_size' must be a tuple or list of ints, not "
+                            f"{type(unflattened_size).__name__}")
+        for s in unflattened_size:
+            check_int(s, "Unflatten", "unflattened_size", low=-1)
+        if list(unflattened_size).count(-1) > 1:
+            raise ValueError(f"Unflatten: only one size can be inferred (-1), got {tuple(unflattened_size)}")
+        self.unflattened_size = tuple(int(s) for s in unflattened_size)
 
     def forward(self, input):
         shape = tuple(input.shape)
@@ -284,6 +304,7 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
+        check_real(negative_slope, "LeakyReLU", "negative_slope")
         self.negative_slope, self.inplace = negative_slope, inplace
 
     def fused_spec(self):
@@ -301,6 +322,7 @@ class ELU(Module):
 
     def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
+        check_real(alpha, "ELU", "alpha")
         self.alpha, self.inplace = alpha, inplace
 
     def fused_spec(self):
@@ -318,6 +340,9 @@ class Softplus(Module):
 
     def __init__(self, beta=1.0, threshold=20.0):
         super().__init__()
+        if check_real(beta, "Softplus", "beta") == 0:
+            raise ValueError("Softplus: beta must be non-zero (the output is log(1 + exp(beta * x)) / beta)")
+        check_real(threshold, "Softplus", "threshold", finite=False)
         self.beta, self.threshold = beta, threshold
 
     def fused_spec(self):
@@ -351,6 +376,8 @@ class Sigmoid(Module):
 class Softmax(Module):
     def __init__(self, dim=None):
         super().__init__()
+        if dim is not None:
+            check_int(dim, "Softmax", "dim")
         self.dim = dim
 
     def forward(self, input):
@@ -363,6 +390,8 @@ class Softmax(Module):
 class LogSoftmax(Module):
     def __init__(self, dim=None):
         super().__init__()
+        if dim is not None:
+            check_int(dim, "LogSoftmax", "dim")
         self.dim = dim
 
     def forward(self, input):

@@ -382,6 +382,10 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` into this module's parameters and buffers (in place: identities kept).
 
+        A value of another dtype is cast to the parameter's or buffer's dtype as it is copied (as PyTorch's
+        ``copy_``): a float64 checkpoint loads into a float32 model as float32, and the module's dtypes never
+        change. Casting may round (float64 to float32 or float16) or truncate (float to an integer buffer).
+
         Raises RuntimeError listing missing keys, unexpected keys and shape mismatches (with both shapes);
         with ``strict=False`` missing/unexpected keys are allowed and returned as ``(missing_keys,
         unexpected_keys)``, but shape mismatches still raise.

@@ -76,9 +76,21 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False):
     return _make(xp.asarray(total), device)
 
 
+def _max_norm(max_norm, name):
+    """``max_norm`` as a float >= 0: a negative bound would flip the gradients' sign, NaN would wipe them."""
+    try:
+        value = float(max_norm)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: max_norm must be a number, got {max_norm!r}") from None
+    if not value >= 0:
+        raise ValueError(f"{name}: max_norm must be >= 0, got {max_norm!r}")
+    return value
+
+
 @replayed
 def clip_grads_with_norm_(parameters, max_norm, total_norm):
     """Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in place."""
+    max_norm = _max_norm(max_norm, "clip_grads_with_norm_")
     grads = [p.grad for p in _as_list(parameters, "clip_grads_with_norm_") if p.grad is not None]
     if not grads:
         return
@@ -98,10 +110,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     skipped. With ``error_if_nonfinite=True`` a NaN or infinite total norm raises instead of spreading NaNs.
     """
     params = _as_list(parameters, "clip_grad_norm_")
-    try:
-        max_norm = float(max_norm)
-    except (TypeError, ValueError):
-        raise TypeError(f"clip_grad_norm_: max_norm must be a number, got {max_norm!r}") from None
+    max_norm = _max_norm(max_norm, "clip_grad_norm_")
     grads = [p.grad for p in params if p.grad is not None]
     total = get_total_norm(grads, norm_type, error_if_nonfinite)
     if grads:

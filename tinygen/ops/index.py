@@ -1,7 +1,7 @@
 """Indexing: ``x[index]`` with ints, slices, None, Ellipsis, and integer or boolean arrays/tensors."""
 from .. import backend
 from ..autograd.function import Function
-from ..tensor import Tensor, register
+from ..tensor import Tensor, _host_array, register
 
 
 def _index_data(index, xp):
@@ -53,10 +53,10 @@ class IndexAdd(Function):
 
 @register("__getitem__")
 def getitem(x, index):
-    index = _index_data(index, x.xp)
     try:
+        index = _index_data(index, x.xp)
         return GetItem.apply(x, index)
-    except IndexError as e:
+    except (IndexError, ValueError, TypeError) as e:
         raise IndexError(f"index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
 
 
@@ -66,4 +66,15 @@ def setitem(x, index, value):
     if x._requires_grad:
         raise RuntimeError("in-place assignment to a tensor that requires grad is not supported; build a new "
                            "tensor with where() or cat() instead")
-    x.data[_index_data(index, x.xp)] = value.data if isinstance(value, Tensor) else value
+    if isinstance(value, Tensor):
+        value = value.data
+    elif isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"setitem: can't assign a {type(value).__name__} to a tensor of dtype {x.dtype}")
+    else:  # a number or nested list: refused when it does not fit the dtype, as tensor() refuses it
+        value = _host_array(value, x.dtype, "setitem")
+        if x._device != "cpu":
+            value = backend.to_device(value, x._device)
+    try:
+        x.data[_index_data(index, x.xp)] = value
+    except (IndexError, ValueError, TypeError) as e:
+        raise type(e)(f"setitem: can't assign to index {index!r} of a tensor of shape {x.shape}: {e}") from None

@@ -52,10 +52,10 @@ def matmul(a, b):
     a2 = a.unsqueeze(0) if a.data.ndim == 1 else a
     b2 = b.unsqueeze(-1) if b.data.ndim == 1 else b
     out = Matmul.apply(a2, b2)
+    if a.data.ndim == 1:  # the row axis first: while it is there, out has at least 2 dims
+        out = out.squeeze(-2)
     if b.data.ndim == 1:
         out = out.squeeze(-1)
-    if a.data.ndim == 1:
-        out = out.squeeze(-2)
     return out
 
 

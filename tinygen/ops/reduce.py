@@ -1,25 +1,22 @@
 """Reductions over ``dim`` (an int, a tuple, or None for all), and the softmax family."""
-import builtins
 from collections import namedtuple
 
 from .. import kernels
+from .._checks import check_dim, is_int
 from ..autograd.function import Function
-from ..tensor import _make, register
+from ..tensor import _make, register, require_tensor
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
 def normalize_dims(dim, ndim, op):
     """``dim`` as a sorted tuple of non-negative axes (all axes for None), or a clear error."""
-    dims = (dim,) if isinstance(dim, int) or dim is None else tuple(dim)
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if dim is None or not dims:  # None and () both mean every axis, as in PyTorch
         return tuple(range(ndim))
-    out = []
-    for d in dims:
-        if not isinstance(d, int) or not -builtins.max(ndim, 1) <= d < builtins.max(ndim, 1):
-            raise IndexError(f"{op}: dim {d} is out of range for a tensor with {ndim} dimensions")
-        if ndim:  # a 0-d tensor accepts dim 0 / -1 and has nothing to reduce
-            out.append(d % ndim)
+    out = [check_dim(d, ndim, op) for d in dims]
+    if not ndim:  # a 0-d tensor accepts dim 0 / -1 and has nothing to reduce
+        return ()
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: dim {dim} repeats an axis")
     return tuple(sorted(out))
@@ -154,6 +151,7 @@ def _on_last_axis(xp, name, dim, *arrays):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register()
 def sum(x, dim=None, keepdim=False, dtype=None):
+    require_tensor(x, "sum")
     if dtype is not None:
         x = x.to(dtype)
     return Sum.apply(x, normalize_dims(dim, x.data.ndim, "sum"), keepdim)
@@ -161,6 +159,7 @@ def sum(x, dim=None, keepdim=False, dtype=None):
 
 @register()
 def mean(x, dim=None, keepdim=False):
+    require_tensor(x, "mean")
     dims = normalize_dims(dim, x.data.ndim, "mean")
     if x.data.dtype.kind != "f":
         raise TypeError(f"mean: needs a floating tensor, got dtype {x.dtype}")
@@ -173,6 +172,7 @@ def mean(x, dim=None, keepdim=False):
 @register()
 def var(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
     """Variance over ``dim``; unbiased (divides by n - 1) unless ``correction=0`` or ``unbiased=False``."""
+    require_tensor(x, "var")
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     dims = normalize_dims(dim, x.data.ndim, "var")
@@ -185,17 +185,19 @@ def var(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
 
 @register()
 def std(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
+    require_tensor(x, "std")
     return var(x, dim, keepdim, correction=correction, unbiased=unbiased).sqrt()
 
 
 def _max_min(x, dim, keepdim, largest, name):
     from ..tensor import Tensor
+    require_tensor(x, name)
     if isinstance(dim, Tensor):  # tinygen.max(a, b) is the elementwise maximum, as in PyTorch
         from .elementwise import maximum, minimum
         return maximum(x, dim) if largest else minimum(x, dim)
     if x.data.size == 0:
         raise RuntimeError(f"{name}: cannot reduce an empty tensor of shape {x.shape}")
-    if dim is None or not isinstance(dim, int):
+    if dim is None or not is_int(dim):
         return Amax.apply(x, normalize_dims(dim, x.data.ndim, name), keepdim, largest)
     if x.data.ndim == 0:  # dim 0 / -1 of a 0-d tensor: the value itself at index 0 (as PyTorch)
         normalize_dims(dim, 0, name)
@@ -222,16 +224,19 @@ def min(x, dim=None, keepdim=False):
 
 @register()
 def amax(x, dim=None, keepdim=False):
+    require_tensor(x, "amax")
     return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amax"), keepdim, True)
 
 
 @register()
 def amin(x, dim=None, keepdim=False):
+    require_tensor(x, "amin")
     return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amin"), keepdim, False)
 
 
 @register()
 def argmax(x, dim=None, keepdim=False):
+    require_tensor(x, "argmax")
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmax(x.data)), x._device)
@@ -245,6 +250,7 @@ def argmax(x, dim=None, keepdim=False):
 
 @register()
 def argmin(x, dim=None, keepdim=False):
+    require_tensor(x, "argmin")
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmin(x.data)), x._device)
@@ -258,6 +264,7 @@ def argmin(x, dim=None, keepdim=False):
 
 @register()
 def logsumexp(x, dim, keepdim=False):
+    require_tensor(x, "logsumexp")
     return Logsumexp.apply(x, normalize_dims(dim, x.data.ndim, "logsumexp"), keepdim)
 
 
@@ -270,6 +277,7 @@ def _one_dim(dim, x, op):
 
 @register()
 def softmax(x, dim):
+    require_tensor(x, "softmax")
     d = _one_dim(dim, x, "softmax")
     if x.data.ndim == 0:  # a single class (as PyTorch)
         return Softmax.apply(x.reshape(1), 0).reshape(())
@@ -278,6 +286,7 @@ def softmax(x, dim):
 
 @register()
 def log_softmax(x, dim):
+    require_tensor(x, "log_softmax")
     d = _one_dim(dim, x, "log_softmax")
     if x.data.ndim == 0:
         return LogSoftmax.apply(x.reshape(1), 0).reshape(())

@@ -2,14 +2,42 @@
 import numpy as np
 
 from ..autograd.engine import sum_to_array
+from .._checks import check_dim, check_int, is_int
 from ..autograd.function import Function
-from ..tensor import Tensor, register
+from ..tensor import Tensor, register, require_tensor
 
 
-def _shape_arg(shape):
+def _shape_arg(shape, fn="reshape", arg="shape"):
+    """A shape given as ints or one tuple/list: ints >= -1 (the -1s are checked by the caller)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
+    for s in shape:  # the common case first, kept cheap
+        if type(s) is not int or s < -1:
+            break
+    else:
+        return tuple(shape)
+    for i, s in enumerate(shape):
+        if not is_int(s):
+            raise TypeError(f"{fn}(): argument '{arg}' must be tuple of ints, but found element of type "
+                            f"{type(s).__name__} at pos {i}")
+        if s < -1:
+            raise ValueError(f"{fn}: invalid shape dimension {s} in {tuple(shape)}")
     return tuple(int(s) for s in shape)
+
+
+def _tensor_list(tensors, fn):
+    """The tensors of a cat/stack argument as a list, or a TypeError naming the item that is not one."""
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{fn}(): argument 'tensors' must be a tuple or list of Tensors, not "
+                        f"{type(tensors).__name__}")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            i = next(i for i, t in enumerate(tensors) if not isinstance(t, Tensor))
+            raise TypeError(f"{fn}(): expected Tensor as element {i} in argument 'tensors', but got "
+                            f"{type(tensors[i]).__name__}")
+    if not tensors:
+        raise ValueError(f"{fn}: expected a non-empty list of Tensors")
+    return list(tensors)
 
 
 class Reshape(Function):
@@ -88,7 +116,10 @@ class Cat(Function):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register("reshape", "view")
 def reshape(x, *shape):
+    require_tensor(x, "reshape")
     shape = _shape_arg(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"reshape: only one dimension can be inferred, got shape {shape}")
     if shape == x.data.shape:
         return x
     return Reshape.apply(x, shape)
@@ -96,10 +127,11 @@ def reshape(x, *shape):
 
 @register()
 def flatten(x, start_dim=0, end_dim=-1):
+    require_tensor(x, "flatten")
     nd = x.data.ndim
+    s, e = check_dim(start_dim, nd, "flatten", "start_dim"), check_dim(end_dim, nd, "flatten", "end_dim")
     if nd == 0:
         return x.reshape(1)
-    s, e = start_dim % nd, end_dim % nd
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     shape = x.data.shape
@@ -108,13 +140,18 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 @register()
 def permute(x, *dims):
-    dims = _shape_arg(dims)
+    require_tensor(x, "permute")
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
     nd = x.data.ndim
     if nd == 0 and not dims:
         return x
-    if len(dims) != nd or sorted(d % nd for d in dims) != list(range(nd)):
-        raise ValueError(f"permute: dims {dims} are not a permutation of the {nd} axes of shape {x.shape}")
-    dims = tuple(d % nd for d in dims)
+    if len(dims) != nd:
+        raise ValueError(f"permute: number of dims don't match: the tensor of shape {x.shape} has {nd}, the "
+                         f"desired ordering {dims} has {len(dims)}")
+    dims = tuple(check_dim(d, nd, "permute", "dims") for d in dims)
+    if len(set(dims)) != nd:
+        raise ValueError(f"permute: repeated dim in {dims}; dims must be a permutation of the {nd} axes")
     if dims == tuple(range(nd)):
         return x
     return Permute.apply(x, dims)
@@ -122,10 +159,11 @@ def permute(x, *dims):
 
 @register()
 def transpose(x, dim0, dim1):
+    require_tensor(x, "transpose")
     nd = x.data.ndim
-    for d in (dim0, dim1):
-        if not -nd <= d < nd:
-            raise IndexError(f"transpose: dim {d} is out of range for shape {x.shape}")
+    dim0, dim1 = check_dim(dim0, nd, "transpose", "dim0"), check_dim(dim1, nd, "transpose", "dim1")
+    if nd == 0:
+        return x
     dims = list(range(nd))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return x.permute(dims)
@@ -137,10 +175,14 @@ Tensor.mT = property(lambda self: self.transpose(-2, -1))
 
 @register()
 def expand(x, *shape):
-    shape = _shape_arg(shape)
+    require_tensor(x, "expand")
+    shape = _shape_arg(shape, "expand", "size")
     lead = len(shape) - x.data.ndim
     if lead < 0:
         raise ValueError(f"expand: the target shape {shape} has fewer dimensions than the tensor's {x.shape}")
+    if -1 in shape[:lead]:
+        raise ValueError(f"expand: the expanded size of the tensor (-1) isn't allowed in a leading, "
+                         f"non-existing dimension (target shape {shape})")
     shape = tuple(x.data.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
     if shape == x.data.shape:
         return x
@@ -158,39 +200,37 @@ def sum_to(x, shape):
 
 @register()
 def squeeze(x, dim=None):
+    require_tensor(x, "squeeze")
     shape = x.data.shape
     if dim is None:
         return x.reshape(tuple(s for s in shape if s != 1))
-    dims = {d % len(shape) for d in ((dim,) if isinstance(dim, int) else dim)} if shape else set()
+    dims = {check_dim(d, len(shape), "squeeze") for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+    if not shape:
+        return x
     return x.reshape(tuple(s for i, s in enumerate(shape) if not (i in dims and s == 1)))
 
 
 @register()
 def unsqueeze(x, dim):
-    nd = x.data.ndim
-    if not -nd - 1 <= dim <= nd:
-        raise IndexError(f"unsqueeze: dim {dim} is out of range for shape {x.shape}")
-    dim = dim % (nd + 1)
+    require_tensor(x, "unsqueeze")
+    dim = check_dim(dim, x.data.ndim + 1, "unsqueeze")  # the new axis may go after the last one
     shape = x.data.shape
     return x.reshape(shape[:dim] + (1,) + shape[dim:])
 
 
 @register()
 def contiguous(x):
+    require_tensor(x, "contiguous")
     return x if x.data.flags.c_contiguous else x.clone()
 
 
 def cat(tensors, dim=0):
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("cat: expected a non-empty list of tensors")
+    tensors = _tensor_list(tensors, "cat")
     ref = tensors[0]
     nd = ref.data.ndim
     if nd == 0:
         raise ValueError("cat: zero-dimensional tensors cannot be concatenated")
-    if not -nd <= dim < nd:
-        raise IndexError(f"cat: dim {dim} is out of range for shape {ref.shape}")
-    dim %= nd
+    dim = check_dim(dim, nd, "cat")
     for i, t in enumerate(tensors):
         if t.data.ndim != nd or any(a != b for j, (a, b) in enumerate(zip(t.shape, ref.shape)) if j != dim):
             raise ValueError(f"cat: tensor {i} has shape {t.shape}, which does not match {ref.shape} "
@@ -202,9 +242,8 @@ concatenate = cat
 
 
 def stack(tensors, dim=0):
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("stack: expected a non-empty list of tensors")
+    tensors = _tensor_list(tensors, "stack")
+    dim = check_dim(dim, tensors[0].data.ndim + 1, "stack")
     for i, t in enumerate(tensors):
         if t.shape != tensors[0].shape:
             raise ValueError(f"stack: tensor {i} has shape {t.shape}, but tensor 0 has {tensors[0].shape}")
@@ -214,14 +253,22 @@ def stack(tensors, dim=0):
 @register()
 def split(x, split_size_or_sections, dim=0):
     """Split into pieces of ``split_size`` along ``dim`` (the last may be smaller), or into the given sizes."""
+    require_tensor(x, "split")
+    if x.data.ndim == 0:
+        raise RuntimeError("split: expected a tensor with at least one dimension, got a 0-d tensor")
+    dim = check_dim(dim, x.data.ndim, "split")
     n = x.data.shape[dim]
-    if isinstance(split_size_or_sections, int):
-        step = split_size_or_sections
-        if step <= 0:
-            raise ValueError(f"split: split_size must be positive, got {step}")
-        sizes = [min(step, n - i) for i in range(0, n, step)]
+    if is_int(split_size_or_sections):
+        step = int(split_size_or_sections)
+        if step < 0 or (step == 0 and n):
+            raise ValueError(f"split: split_size can only be 0 if dimension size is 0, and must be "
+                             f"non-negative, but got split_size={step} for dim {dim} of size {n}")
+        sizes = [min(step, n - i) for i in range(0, n, step)] if n else [0]
     else:
-        sizes = list(split_size_or_sections)
+        if not isinstance(split_size_or_sections, (tuple, list)):
+            raise TypeError(f"split(): argument 'split_size_or_sections' must be int or a list of ints, not "
+                            f"{type(split_size_or_sections).__name__}")
+        sizes = [check_int(s, "split", "split_size_or_sections", low=0) for s in split_size_or_sections]
         if sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} add up to {sum(sizes)}, but dim {dim} has size {n}")
     out, start = [], 0
@@ -235,5 +282,13 @@ def split(x, split_size_or_sections, dim=0):
 
 @register()
 def chunk(x, chunks, dim=0):
+    require_tensor(x, "chunk")
+    if check_int(chunks, "chunk", "chunks") <= 0:
+        raise ValueError(f"chunk: chunk expects `chunks` to be greater than 0, got: {chunks}")
+    if x.data.ndim == 0:
+        raise RuntimeError("chunk: expected a tensor with at least one dimension, got a 0-d tensor")
+    dim = check_dim(dim, x.data.ndim, "chunk")
     n = x.data.shape[dim]
+    if n == 0:
+        return (x,)
     return split(x, -(-n // chunks), dim)

@@ -180,7 +180,9 @@ class Optimizer:
              "param_groups": [{"lr": ..., ..., "params": [index, ...]}]}
 
         Parameters are numbered in group order from 0. The state's tensors are the optimizer's own (not copies),
-        as in PyTorch: save them, or copy them, before training on if you need a snapshot.
+        as in PyTorch: save them, or copy them, before training on if you need a snapshot. One more key,
+        ``"optimizer"``, names the optimizer's class, so that ``load_state_dict`` can refuse another optimizer's
+        state.
         """
         index = {}
         groups = []
@@ -192,14 +194,22 @@ class Optimizer:
                 packed["params"].append(index[id(p)])
             groups.append(packed)
         state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
-        return {"state": state, "param_groups": groups}
+        return {"state": state, "param_groups": groups, "optimizer": type(self).__name__}
 
     def load_state_dict(self, state_dict):
-        """Restore a ``state_dict()``: hyper-parameters of each group and each parameter's state (copied)."""
+        """Restore a ``state_dict()``: hyper-parameters of each group and each parameter's state (copied).
+
+        A state dict saved by another optimizer class is refused (its state would be read as this one's); one
+        without the ``"optimizer"`` entry (saved before it was recorded, or by PyTorch) is accepted as is.
+        """
         name = type(self).__name__
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             keys = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups', got {keys}")
+        saved_class = state_dict.get("optimizer")
+        if saved_class is not None and saved_class != name:
+            raise ValueError(f"{name}.load_state_dict: the state dict was saved by a {saved_class} optimizer; "
+                             f"a {name} cannot load it (create a {saved_class}, or start this {name} afresh)")
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{name}.load_state_dict: the state dict has {len(saved_groups)} parameter groups but "
