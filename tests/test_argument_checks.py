@@ -249,6 +249,23 @@ CHECKS = [
      ValueError, "std and threshold must be positive"),
     ("mode_metrics-strings", lambda: data.mode_metrics([["a", "b"]], [[0.0, 0.0]], 1.0), TypeError,
      "mode_metrics: samples and centres must be numeric"),
+    # ---- elementwise ops, matmul and the layer functions given something that is not a tensor -----------------
+    ("exp-list", lambda: tg.exp([1.0]), TypeError, r"exp\(\): argument 'input' must be Tensor, not list"),
+    ("relu-number", lambda: tg.relu(3), TypeError, r"relu\(\): argument 'input' must be Tensor, not int"),
+    ("abs-number", lambda: tg.abs(-1.0), TypeError, r"abs\(\): argument 'input' must be Tensor"),
+    ("clone-list", lambda: tg.clone([1.0]), TypeError, r"clone\(\): argument 'input' must be Tensor"),
+    ("clamp-string-bound", lambda: tg.clamp(x23, "a"), TypeError, r"clamp\(\): argument 'min' must be a real"),
+    ("leaky_relu-string-slope", lambda: tg.leaky_relu(x23, "a"), TypeError,
+     r"leaky_relu\(\): argument 'negative_slope' must be a real number"),
+    ("elu-string-alpha", lambda: tg.elu(x23, "a"), TypeError, r"elu\(\): argument 'alpha'"),
+    ("softplus-string-beta", lambda: tg.softplus(x23, "a"), TypeError, r"softplus\(\): argument 'beta'"),
+    ("neg-number", lambda: tg.neg(2), TypeError, r"neg\(\): argument 'input' must be Tensor, not int"),
+    ("logical_not-number", lambda: tg.logical_not(True), TypeError, r"logical_not\(\): argument 'input'"),
+    ("add-string", lambda: x23 + "a", TypeError, "unsupported operand: a tensor meets str"),
+    ("matmul-number", lambda: tg.matmul(2, x23), TypeError, r"matmul\(\): argument 'input' must be Tensor"),
+    ("dropout-number", lambda: nn.functional.dropout(1.0), TypeError, r"dropout\(\): argument 'input'"),
+    ("linear-list", lambda: nn.functional.linear([1.0], tg.ones(2, 1)), TypeError,
+     r"linear\(\): argument 'input' must be Tensor, not list"),
 ]
 
 

@@ -153,3 +153,26 @@ def test_save_image_grid_of_mnist_round_trips(tmp_path):
     assert back.shape == (4 * 30 + 2, 4 * 30 + 2)
     np.testing.assert_array_equal(back[2:30, 2:30], imgs[0])  # pixel-exact after the [-1, 1] round trip
     np.testing.assert_array_equal(back[32:60, 62:90], imgs[6])
+
+
+def test_write_png_refuses_a_folder_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "grid.png"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError, match="grid.png"):
+        write_png(target, np.zeros((2, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+def test_write_png_refuses_a_name_that_is_not_png(tmp_path):
+    with pytest.raises(ValueError, match=r"does not end in \.png"):
+        write_png(tmp_path / "grid.jpg", np.zeros((2, 2)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_png_removes_its_temporary_file_when_writing_fails(tmp_path, monkeypatch):
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("os.replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_png(tmp_path / "x.png", np.zeros((2, 2)))
+    assert list(tmp_path.iterdir()) == []

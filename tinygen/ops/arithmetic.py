@@ -7,7 +7,7 @@ import operator
 import numpy as np
 
 from ..autograd.function import Function
-from ..tensor import Tensor, _make, as_tensor, get_default_dtype, register
+from ..tensor import Tensor, _make, as_tensor, get_default_dtype, register, require_tensor
 
 
 def operand(value, like):
@@ -27,6 +27,9 @@ def operand(value, like):
         if isinstance(value, float):
             return _make(get_default_dtype().type(value), like._device)
         return _make(np.asarray(value)[()], like._device)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"unsupported operand: a tensor meets {type(value).__name__} {value!r}; expected a tensor "
+                        f"or a number")
     return as_tensor(value, device=like._device)
 
 
@@ -165,6 +168,7 @@ def _rpow(a, b):
 
 @register("neg", "__neg__")
 def neg(a):
+    require_tensor(a, "neg")
     return Neg.apply(a)
 
 
@@ -210,4 +214,5 @@ register("logical_or", "__or__", "__ror__")(logical_or)
 
 @register("logical_not", "__invert__")
 def logical_not(a):
+    require_tensor(a, "logical_not")
     return _make(~_truth(a.data), a._device)

@@ -5,7 +5,8 @@ second derivative through them is zero, which is the true value away from the ki
 """
 from .. import backend, kernels
 from ..autograd.function import Function
-from ..tensor import Tensor, _make, register
+from .._checks import check_real
+from ..tensor import Tensor, _make, register, require_tensor
 from .arithmetic import operand
 
 
@@ -307,66 +308,82 @@ class Clone(Function):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register()
 def exp(x):
+    require_tensor(x, "exp")
     return Exp.apply(x)
 
 
 @register()
 def log(x):
+    require_tensor(x, "log")
     return Log.apply(x)
 
 
 @register()
 def sqrt(x):
+    require_tensor(x, "sqrt")
     return Sqrt.apply(x)
 
 
 @register("abs", "__abs__")
 def abs_(x):
+    require_tensor(x, "abs")
     return Abs.apply(x)
 
 
 @register()
 def sin(x):
+    require_tensor(x, "sin")
     return Sin.apply(x)
 
 
 @register()
 def cos(x):
+    require_tensor(x, "cos")
     return Cos.apply(x)
 
 
 @register()
 def tanh(x):
+    require_tensor(x, "tanh")
     return Tanh.apply(x)
 
 
 @register()
 def sigmoid(x):
+    require_tensor(x, "sigmoid")
     return Sigmoid.apply(x)
 
 
 @register()
 def relu(x):
+    require_tensor(x, "relu")
     return Relu.apply(x)
 
 
 @register()
 def leaky_relu(x, negative_slope=0.01):
-    return LeakyRelu.apply(x, float(negative_slope))
+    require_tensor(x, "leaky_relu")
+    return LeakyRelu.apply(x, check_real(negative_slope, "leaky_relu", "negative_slope"))
 
 
 @register()
 def elu(x, alpha=1.0):
-    return Elu.apply(x, float(alpha))
+    require_tensor(x, "elu")
+    return Elu.apply(x, check_real(alpha, "elu", "alpha"))
 
 
 @register()
 def softplus(x, beta=1.0, threshold=20.0):
-    return Softplus.apply(x, float(beta), float(threshold))
+    require_tensor(x, "softplus")
+    return Softplus.apply(x, check_real(beta, "softplus", "beta"), check_real(threshold, "softplus", "threshold"))
 
 
 @register("clamp", "clip")
 def clamp(x, min=None, max=None):
+    require_tensor(x, "clamp")
+    for arg, v in (("min", min), ("max", max)):
+        if v is not None and not isinstance(v, Tensor):
+            check_real(v, "clamp", arg, finite=False)
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
     return Clamp.apply(x, min, max)
@@ -395,6 +412,7 @@ def where(condition, a, b):
 
 @register()
 def clone(x):
+    require_tensor(x, "clone")
     return Clone.apply(x)
 
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from ..autograd.function import Function
-from ..tensor import register
+from ..tensor import register, require_tensor
 
 # OpenBLAS runs a short, wide product with a transposed right operand (a small batch through a Linear layer:
 # x @ W.T) at about half speed; the same product written as (W @ x.T).T runs at full speed. Below this many rows
@@ -42,6 +42,8 @@ class Matmul(Function):
 @register("matmul", "__matmul__")
 def matmul(a, b):
     """Matrix product with NumPy's rules: 1-D operands are treated as a row / column vector, then squeezed."""
+    require_tensor(a, "matmul")
+    require_tensor(b, "matmul", "other")
     if a.data.ndim == 0 or b.data.ndim == 0:
         raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes {a.shape} and {b.shape}")
     if a.data.shape[-1] != b.data.shape[-2 if b.data.ndim > 1 else 0]:

@@ -7,7 +7,7 @@ differentiated again), and ``array_backward`` computes the same gradient on arra
 from .. import kernels
 from .. import random as _random
 from ..autograd.function import Function
-from ..tensor import Tensor, _make
+from ..tensor import Tensor, _make, require_tensor
 from . import elementwise as _elementwise
 from .index import IndexAdd
 from .linalg import mm
@@ -67,6 +67,8 @@ def _linear_grads_on_arrays(g2, x, w, need):
 
 
 def _check_linear(input, weight, bias):
+    require_tensor(input, "linear")
+    require_tensor(weight, "linear", "weight")
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
@@ -176,6 +178,7 @@ class DropoutFunction(Function):
 
 def dropout(input, p=0.5, training=True, inplace=False):
     """Inverted dropout in training; the input itself when ``training`` is False or ``p`` is 0."""
+    require_tensor(input, "dropout")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:

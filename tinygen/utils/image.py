@@ -3,6 +3,7 @@
 A PNG is an 8-byte signature followed by chunks (length, type, data, CRC-32 of type+data): IHDR (size, bit
 depth, colour type), IDAT (the zlib-compressed scanlines, each prefixed by a filter byte) and IEND.
 """
+import errno
 import os
 import struct
 import zlib
@@ -61,13 +62,21 @@ def write_png(path, array, compression=6):
     uint8 pixels are written as they are, floats are taken to be in [0, 1] (clipped, rounded to 0..255), bools
     become 0/255. The file is written to a temporary name and renamed, so it is never seen half-written.
     """
-    data = encode_png(array, compression)
     path = Path(path)
+    if path.suffix.lower() != ".png":  # PNG bytes under another name would open as a broken file
+        raise ValueError(f"write_png: '{path}' does not end in .png; the picture is a PNG file, name it *.png")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name ending in .png", str(path))
+    data = encode_png(array, compression)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
