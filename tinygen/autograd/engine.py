@@ -114,7 +114,11 @@ def _fit(g, target, idx):
         shape, dtype = target.data.shape, target.data.dtype
     if g.data.shape != shape:
         from ..ops.shape import sum_to
-        g = g.expand(shape) if g.data.size < int(np.prod(shape, dtype=np.int64)) else sum_to(g, shape)
+        size, n = g.data.size, int(np.prod(shape, dtype=np.int64))
+        if size and n:
+            g = g.expand(shape) if size < n else sum_to(g, shape)
+        else:  # an empty side: sizes cannot tell which way the shapes broadcast (size 1 against size 0)
+            g = g.expand(shape) if np.broadcast_shapes(g.data.shape, shape) == tuple(shape) else sum_to(g, shape)
     if g.data.dtype != dtype:
         g = g.to(dtype)
     return g
