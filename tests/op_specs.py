@@ -749,7 +749,8 @@ SPECS = [
                                                         "dim": st.integers(-len(shapes[0]), len(shapes[0]) - 1)})),
 ]
 
-# ---- shape, reduction, indexing, linear-algebra and loss ops added for PyTorch parity ---------------------------------
+
+# ---- shape, reduction, indexing, linear-algebra and loss ops added for PyTorch parity --------------------------------
 @dataclass(frozen=True)
 class SignedDistinct(Domain):
     """Magnitudes at least ``margin`` apart and at least ``2 * margin`` from 0, with random signs: |x| has no

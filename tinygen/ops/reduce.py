@@ -376,11 +376,12 @@ class Norm(Function):
         else:
             safe_abs = where(_make(x.data == 0, dev), 1.0, x.abs())
             x_part = _make(ctx.xp.sign(x.data), dev) * safe_abs ** (p - 1)
-        if p < 1:  # out ** (1 - p) is finite at 0
-            return x_part * (g * out ** (1 - p)), None, None, None
         zero = _make(out.data == 0, dev)
         safe_out = where(zero, 1.0, out)
-        scale = g / (safe_out if p == 2 else safe_out ** (p - 1))
+        if p < 1:
+            scale = g * safe_out ** (1 - p)
+        else:
+            scale = g / (safe_out if p == 2 else safe_out ** (p - 1))
         return x_part * where(zero, 0.0, scale), None, None, None
 
 
