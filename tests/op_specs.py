@@ -812,7 +812,7 @@ def _t_prod(x, dim=None, keepdim=False):
     return _torch().prod(x) if dim is None else _torch().prod(x, dim, keepdim)
 
 
-NORM_PS = [2, "fro", 1, math.inf, -math.inf, 3, 1.5, 0.5]
+NORM_PS = [2, "fro", 1, math.inf, -math.inf, 3, 1.5, 0.5, 0]
 
 
 def norm_kwargs(shapes):
@@ -834,6 +834,8 @@ def _np_norm(x, p, dim=None, keepdim=False):
         return a.max(axis=ax, keepdims=keepdim)
     if p == -math.inf:
         return a.min(axis=ax, keepdims=keepdim)
+    if p == 0:
+        return (a != 0).sum(axis=ax, keepdims=keepdim).astype(x.dtype)
     return (a ** p).sum(axis=ax, keepdims=keepdim) ** (1.0 / p)
 
 

@@ -137,6 +137,14 @@ def test_norm_zero_norm_of_the_whole_tensor_has_zero_gradient():
     assert x.grad.numpy().tolist() == [[0.0, 0.0]] * 3
 
 
+def test_norm_p0_counts_non_zeros_with_a_zero_gradient():
+    x = tg.tensor([[0.0, 2.0, -1.0], [0.0, 0.0, math.inf]], dtype=tg.float64, requires_grad=True)
+    y = x.norm(0, dim=1)
+    assert y.detach().numpy().tolist() == [2.0, 1.0]
+    y.sum().backward()
+    assert x.grad.numpy().tolist() == [[0.0] * 3] * 2
+
+
 def test_nansum_ignores_nans_and_gives_them_no_gradient():
     x = tg.tensor([1.0, math.nan, 2.5], dtype=tg.float64, requires_grad=True)
     y = x.nansum()

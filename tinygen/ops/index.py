@@ -133,7 +133,7 @@ def index_select(x, dim, index):
 def gather(x, dim, index, *, sparse_grad=False):
     """``out[i][j][k] = x[index[i][j][k]][j][k]`` (for dim 0): the entries picked by ``index`` along ``dim``.
     ``index`` has as many axes as ``x`` and no axis larger than x's, except ``dim``. The gradient adds up into
-    the picked positions."""
+    the picked positions (``sparse_grad`` is accepted for compatibility; the gradient is always dense)."""
     idx = _int_index(index, "gather")
     nd = x.data.ndim
     d = wrap_dim(dim, nd, "gather")
@@ -164,7 +164,7 @@ def take_along_dim(x, indices, dim=None):
     nd = x.data.ndim
     d = wrap_dim(dim, nd, "take_along_dim")
     if idx.ndim != nd:
-        raise RuntimeError(f"torch.take_along_dim(): input and indices should have the same number of "
+        raise RuntimeError(f"take_along_dim(): input and indices should have the same number of "
                            f"dimensions, but got {nd} dimensions for input, and {idx.ndim} dimensions for indices")
     if nd == 0:
         raise IndexError("take_along_dim(): Dimension specified as 0 but tensor has no dimensions")

@@ -433,8 +433,9 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         return amax(x.abs(), dims, keepdim)
     if p == -math.inf:
         return amin(x.abs(), dims, keepdim)
-    if p == 0:  # a count: no gradient
-        return sum((x.detach() != 0).to(x.dtype), dims, keepdim)
+    if p == 0:  # the number of non-zeros, with a zero gradient (as PyTorch): 1 where x != 0, else x * 0 (x = 0)
+        nonzero = _make(x.data != 0, x._device)
+        return sum(where(nonzero, 1.0, where(nonzero, 0.0, x) * 0.0), dims, keepdim)
     if p == 1:
         return sum(x.abs(), dims, keepdim)
     if not p > 0:
