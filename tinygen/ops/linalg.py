@@ -275,9 +275,8 @@ def _einsum_pair(a, la, b, lb_, keep):
         for x in labels:
             n *= sizes[x]
         return n
-    a3 = a.permute(tuple(la.index(x) for x in batch + rows + summed)).reshape(count(batch), count(rows),
-                                                                               count(summed))
-    b3 = b.permute(tuple(lb_.index(x) for x in batch + summed + cols)).reshape(count(batch), count(summed),
-                                                                                count(cols))
+    lead = (count(batch),) if batch else ()  # without batch labels a 2-D product (mm's fast paths apply)
+    a3 = a.permute(tuple(la.index(x) for x in batch + rows + summed)).reshape(lead + (count(rows), count(summed)))
+    b3 = b.permute(tuple(lb_.index(x) for x in batch + summed + cols)).reshape(lead + (count(summed), count(cols)))
     out = Matmul.apply(a3, b3).reshape(tuple(sizes[x] for x in batch + rows + cols))
     return out, batch + rows + cols
