@@ -749,5 +749,440 @@ SPECS = [
                                                         "dim": st.integers(-len(shapes[0]), len(shapes[0]) - 1)})),
 ]
 
+
+# ---- shape, reduction, indexing, linear-algebra and loss ops added for PyTorch parity --------------------------------
+@dataclass(frozen=True)
+class SignedDistinct(Domain):
+    """Magnitudes at least ``margin`` apart and at least ``2 * margin`` from 0, with random signs: |x| has no
+    near-ties (inf-norms) and no value is near 0 (the kink of |x|)."""
+
+    def sample(self, rng, shape):
+        n = math.prod(shape)
+        mags = (rng.permutation(n) + 1) * 3 * self.margin + rng.uniform(-self.margin, self.margin, n)
+        return (mags * rng.choice([-1.0, 1.0], n)).reshape(shape)
+
+
+MAGNITUDES = SignedDistinct()
+INTEGERS = Domain(kind="lattice", margin=0.0)  # exact integers in [-2, 2]: many zeros (prod's gradient)
+SMALL = array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
+
+
+def _axes_subset(ndim):
+    """A non-empty tuple of distinct axes (mixed signs); a 0-d tensor takes (0,) or (-1,)."""
+    if ndim == 0:
+        return st.sampled_from([(0,), (-1,)])
+    return st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).flatmap(
+        lambda axes: st.tuples(*(st.sampled_from([a, a - ndim]) for a in axes)))
+
+
+def flip_kwargs(shapes):
+    return _axes_subset(len(shapes[0])).map(lambda d: {"dims": d})
+
+
+def _np_flip(x, dims):
+    return x.copy() if x.ndim == 0 else np.flip(x, dims).copy()
+
+
+def roll_kwargs(shapes):
+    nd = len(shapes[0])
+    flat = st.integers(-5, 5).map(lambda s: {"shifts": s})
+    if nd == 0:
+        return flat
+    one = st.tuples(st.integers(-5, 5), one_dim(nd)).map(lambda sd: {"shifts": sd[0], "dims": sd[1]})
+    many = _axes_subset(nd).flatmap(lambda d: st.lists(st.integers(-5, 5), min_size=len(d), max_size=len(d)).map(
+        lambda s: {"shifts": tuple(s), "dims": d}))
+    return weighted((1, flat), (1, one), (1, many))
+
+
+def _np_cumsum(x, dim):
+    return x.copy() if x.ndim == 0 else np.cumsum(x, axis=dim)
+
+
+def prod_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.fixed_dictionaries({"dim": st.none() | one_dim(nd), "keepdim": st.booleans()}).map(
+        lambda kw: {"dim": None} if kw["dim"] is None else kw)
+
+
+def _np_prod(x, dim=None, keepdim=False):
+    return np.prod(x, axis=axis(dim, x.ndim), keepdims=keepdim)
+
+
+def _t_prod(x, dim=None, keepdim=False):
+    return _torch().prod(x) if dim is None else _torch().prod(x, dim, keepdim)
+
+
+NORM_PS = [2, "fro", 1, math.inf, -math.inf, 3, 1.5, 0.5, 0]
+
+
+def norm_kwargs(shapes):
+    nd = len(shapes[0])
+
+    def with_p(kw):
+        long_tuple = isinstance(kw["dim"], tuple) and len(kw["dim"]) > 2
+        return st.sampled_from([p for p in NORM_PS if not (p == "fro" and long_tuple)]).map(
+            lambda p: {**kw, "p": p})
+    return st.fixed_dictionaries({"dim": dims(nd), "keepdim": st.booleans()}).flatmap(with_p)
+
+
+def _np_norm(x, p, dim=None, keepdim=False):
+    ax = axis(dim, x.ndim)
+    a = np.abs(x)
+    if p in (2, "fro"):
+        return np.sqrt((x * x).sum(axis=ax, keepdims=keepdim))
+    if p == math.inf:
+        return a.max(axis=ax, keepdims=keepdim)
+    if p == -math.inf:
+        return a.min(axis=ax, keepdims=keepdim)
+    if p == 0:
+        return (a != 0).sum(axis=ax, keepdims=keepdim).astype(x.dtype)
+    return (a ** p).sum(axis=ax, keepdims=keepdim) ** (1.0 / p)
+
+
+def _t_norm(x, p, dim=None, keepdim=False):
+    return _torch().linalg.vector_norm(x, 2 if p == "fro" else p, dim, keepdim)
+
+
+def diagonal_kwargs(shapes):
+    return st.fixed_dictionaries({"diagonal": st.integers(-3, 3)})
+
+
+MATRICES = array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=4).map(lambda s: (s,))
+
+
+def repeat_kwargs(shapes):
+    nd = len(shapes[0])
+    side = weighted((4, st.integers(1, 3)), (1, st.just(0)))
+    return st.integers(nd, nd + 2).flatmap(lambda n: st.lists(side, min_size=n, max_size=n)).map(
+        lambda r: {"sizes": tuple(r)})
+
+
+def tile_kwargs(shapes):
+    nd = len(shapes[0])
+    return st.integers(0, nd + 1).flatmap(lambda n: st.lists(st.integers(1, 3), min_size=n, max_size=n)).map(
+        lambda r: {"dims": tuple(r)})
+
+
+def _np_unbind(x, dim):
+    return tuple(np.take(x, i, axis=dim) for i in range(x.shape[dim]))
+
+
+@st.composite
+def narrow_kwargs(draw, shapes):
+    (shape,) = shapes
+    nd = len(shape)
+    d = draw(st.integers(-nd, nd - 1))
+    n = shape[d]
+    start = draw(st.integers(-n, n))
+    first = start + n if start < 0 else start
+    return {"dim": d, "start": start, "length": draw(st.integers(0, n - first))}
+
+
+def _np_narrow(x, dim, start, length):
+    first = start + x.shape[dim] if start < 0 else start
+    return np.take(x, np.arange(first, first + length), axis=dim)
+
+
+@st.composite
+def movedim_kwargs(draw, shapes):
+    nd = len(shapes[0])
+    if draw(st.booleans()):
+        return {"source": draw(one_dim(nd)), "destination": draw(one_dim(nd))}
+    k = draw(st.integers(1, max(nd, 1)))
+    src = draw(st.lists(st.integers(0, max(nd, 1) - 1), min_size=k, max_size=k, unique=True))
+    dst = draw(st.lists(st.integers(0, max(nd, 1) - 1), min_size=k, max_size=k, unique=True))
+    return {"source": tuple(src), "destination": tuple(d - nd if draw(st.booleans()) else d for d in dst)}
+
+
+def _np_movedim(x, source, destination):
+    return x.copy() if x.ndim == 0 else np.moveaxis(x, source, destination)
+
+
+@st.composite
+def expand_as_shapes(draw):
+    shape = draw(SMALL_SIDES)
+    target = draw(expand_kwargs((shape,)))["shape"]
+    lead = len(target) - len(shape)
+    return (shape, tuple(shape[i - lead] if s == -1 else s for i, s in enumerate(target)))
+
+
+@st.composite
+def masked_fill_shapes(draw, with_value):
+    shapes = draw(broadcast_shapes(2))
+    return shapes + ((),) if with_value else shapes
+
+
+def _tg_masked_fill_value(x, mask, value):
+    return tg.masked_fill(x, mask, value)
+
+
+@st.composite
+def index_select_kwargs(draw, shapes):
+    (shape,) = shapes
+    nd = len(shape)
+    d = draw(st.integers(-nd, nd - 1))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    ishape = draw(st.sampled_from([(), (1,), (2,), (4,)]))
+    return {"dim": d, "index": rng.integers(0, shape[d], ishape).astype(np.int64)}
+
+
+def _np_index_select(x, dim, index):
+    return np.take(x, index.reshape(-1), axis=dim)
+
+
+@st.composite
+def gather_kwargs(draw, shapes):
+    (shape,) = shapes
+    nd = len(shape)
+    d = draw(st.integers(-nd, nd - 1))
+    ax = d % nd
+    ishape = tuple(draw(st.integers(1, 4)) if k == ax else draw(st.integers(1, shape[k])) for k in range(nd))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    return {"dim": d, "index": rng.integers(0, shape[ax], ishape).astype(np.int64)}
+
+
+def _np_gather(x, dim, index):
+    ax = dim % x.ndim
+    part = x[tuple(slice(None) if k == ax else slice(0, index.shape[k]) for k in range(x.ndim))]
+    return np.take_along_axis(part, index, axis=ax)
+
+
+@st.composite
+def take_along_dim_kwargs(draw, shapes):
+    (shape,) = shapes
+    nd = len(shape)
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    if draw(st.booleans()):
+        ishape = draw(st.sampled_from([(3,), (2, 2), (1,)]))
+        return {"dim": None, "index": rng.integers(0, math.prod(shape), ishape).astype(np.int64)}
+    d = draw(st.integers(-nd, nd - 1))
+    ax = d % nd
+    ishape = tuple(draw(st.integers(1, 3)) if k == ax else draw(st.sampled_from([1, shape[k]])) for k in range(nd))
+    return {"dim": d, "index": rng.integers(0, shape[ax], ishape).astype(np.int64)}
+
+
+def _np_take_along_dim(x, index, dim):
+    if dim is None:
+        return x.reshape(-1)[index.reshape(-1)]
+    return np.take_along_axis(x, index, axis=dim % x.ndim)
+
+
+def _tg_indexed(f):
+    """A tinygen call whose ``index`` keyword arrives as a NumPy array (made a tensor on x's device)."""
+    def call(x, index, **kw):
+        return f(x, index=tg_index(index, x.device), **kw)
+    return call
+
+
+def _t_indexed(name):
+    def call(x, index, **kw):
+        return getattr(_torch(), name)(x, index=torch_index(index), **kw)
+    return call
+
+
+def _np_std_mean(x, dim=None, keepdim=False, correction=1):
+    return _np_std(x, dim, keepdim, correction), _np_reduce(np.mean)(x, dim, keepdim)
+
+
+def _tg_nansum(x, nan_at, dim=None, keepdim=False):
+    return tg.nansum(x.masked_fill(nan_at, math.nan), dim, keepdim)
+
+
+def _np_nansum(x, nan_at, dim=None, keepdim=False):
+    return np.nansum(np.where(nan_at, np.nan, x), axis=axis(dim, x.ndim), keepdims=keepdim)
+
+
+def _t_nansum(x, nan_at, dim=None, keepdim=False):
+    y = x.masked_fill(nan_at, math.nan)
+    return _torch().nansum(y) if dim is None and not keepdim else _torch().nansum(y, dim, keepdim)
+
+
+@st.composite
+def _pair_shapes(draw, kind):
+    n, k, m, b = (draw(st.integers(1, 3)) for _ in range(4))
+    return {"mm": ((n, k), (k, m)), "bmm": ((b, n, k), (b, k, m)), "mv": ((n, k), (k,)), "dot": ((k,), (k,)),
+            "outer": ((n,), (m,))}[kind]
+
+
+# one spec per equation: label -> size is drawn, every operand's shape follows from it
+EINSUM_EQUATIONS = ["ij,jk->ik", "bij,bjk->bik", "bij,bkj->bik", "ij,j->i", "i,i->", "i,j->ij", "ij,ij->i",
+                    "bi,bj->bij", "ijk,ikl->jl", "ij->ji", "ii->", "ii->i", "ij->", "ijk->kj", "iij,jk->ik",
+                    "bij,bjk", "ij,jk,kl->il", "...ij,...jk->...ik", "a...,a->..."]
+
+
+def einsum_shapes(equation):
+    lhs = equation.split("->")[0].split(",")
+    letters = sorted(set(equation) - set(",->."))
+
+    @st.composite
+    def strategy(draw):
+        size = {c: draw(st.integers(1, 3)) for c in letters}
+        ell = tuple(draw(st.lists(st.integers(1, 2), max_size=2)))
+        return tuple(_einsum_shape(term, size, ell) for term in lhs)
+    return strategy()
+
+
+def _einsum_shape(term, size, ell):
+    head, dots, tail = term.partition("...")
+    return tuple(size[c] for c in head) + (ell if dots else ()) + tuple(size[c] for c in tail)
+
+
+def _einsum_spec(equation):
+    name = "einsum_" + equation.replace("...", "E").replace(",", "_").replace("->", "_to_")
+    return OpSpec(name, lambda *xs: tg.einsum(equation, *xs), lambda *xs: np.einsum(equation, *xs),
+                  lambda *xs: _torch().einsum(equation, *xs), arity="n", shapes=einsum_shapes(equation),
+                  domain=Domain(-1.0, 1.0))
+
+
+def cosine_kwargs(shapes):
+    nd = max(len(shapes[0]), len(shapes[1]))
+    return st.fixed_dictionaries({"dim": st.integers(-nd, nd - 1)})
+
+
+def _np_cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    x1, x2 = np.broadcast_arrays(x1, x2)
+    n1 = np.maximum(np.sqrt((x1 * x1).sum(axis=dim, keepdims=True)), eps)
+    n2 = np.maximum(np.sqrt((x2 * x2).sum(axis=dim, keepdims=True)), eps)
+    return ((x1 / n1) * (x2 / n2)).sum(axis=dim)
+
+
+def _np_normalize(x, p=2.0, dim=1):
+    return x / np.maximum(_np_norm(x, p, dim, keepdim=True), 1e-12)
+
+
+def _np_kl_div(x, t, reduction="mean", log_target=False):
+    loss = np.exp(t) * (t - x) if log_target else t * (np.log(t) - x)
+    if reduction == "none":
+        return loss
+    if reduction == "batchmean":
+        return loss.sum() / (x.shape[0] if x.ndim else 1)
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _np_reduce_loss(loss, reduction):
+    return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
+
+
+def _np_huber(x, t, reduction="mean", delta=1.0):
+    d = np.abs(x - t)
+    return _np_reduce_loss(np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)), reduction)
+
+
+def _np_smooth_l1(x, t, reduction="mean", beta=1.0):
+    d = np.abs(x - t)
+    return _np_reduce_loss(d if beta == 0 else np.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta), reduction)
+
+
+def _F_losses():
+    import tinygen.nn.functional as F
+    return F
+
+
+REDUCTIONS = ["none", "mean", "sum"]
+SAME_SHAPES = NONEMPTY.map(lambda s: (s, s))
+
+SHAPE_LINALG_SPECS = [
+    # shape ops
+    OpSpec("flip", tg.flip, _np_flip, lambda x, dims: _torch().flip(x, dims), kwargs=flip_kwargs),
+    OpSpec("flip_method_varargs", lambda x, dims: x.flip(*dims), _np_flip, lambda x, dims: x.flip(dims),
+           shapes=ND1.map(lambda s: (s,)), kwargs=flip_kwargs),
+    OpSpec("roll", tg.roll, lambda x, shifts, dims=None: np.roll(x, shifts, axis=dims),
+           lambda x, **kw: _torch().roll(x, **kw), kwargs=roll_kwargs),
+    OpSpec("tril", tg.tril, lambda x, diagonal: np.tril(x, diagonal), lambda x, diagonal: x.tril(diagonal),
+           shapes=MATRICES, kwargs=diagonal_kwargs),
+    OpSpec("triu", tg.triu, lambda x, diagonal: np.triu(x, diagonal), lambda x, diagonal: x.triu(diagonal),
+           shapes=MATRICES, kwargs=diagonal_kwargs),
+    OpSpec("repeat", lambda x, sizes: x.repeat(*sizes), lambda x, sizes: np.tile(x, sizes),
+           lambda x, sizes: x.repeat(sizes), kwargs=repeat_kwargs),
+    OpSpec("tile", tg.tile, lambda x, dims: np.tile(x, dims), lambda x, dims: _torch().tile(x, dims),
+           kwargs=tile_kwargs),
+    OpSpec("unbind", tg.unbind, _np_unbind, lambda x, dim: _torch().unbind(x, dim), shapes=ND1.map(lambda s: (s,)),
+           kwargs=lambda shapes: st.fixed_dictionaries({"dim": st.integers(-len(shapes[0]), len(shapes[0]) - 1)})),
+    OpSpec("narrow", tg.narrow, _np_narrow, lambda x, **kw: x.narrow(**kw), shapes=ND1.map(lambda s: (s,)),
+           kwargs=narrow_kwargs),
+    OpSpec("movedim", tg.movedim, _np_movedim, lambda x, **kw: _torch().movedim(x, **kw), kwargs=movedim_kwargs),
+    OpSpec("swapaxes", tg.swapaxes, lambda x, axis0, axis1: np.swapaxes(x, axis0, axis1),
+           lambda x, axis0, axis1: _torch().swapaxes(x, axis0, axis1), shapes=ND1.map(lambda s: (s,)),
+           kwargs=lambda shapes: transpose_kwargs(shapes).map(lambda kw: {"axis0": kw["dim0"],
+                                                                          "axis1": kw["dim1"]})),
+    OpSpec("swapdims", lambda x, dim0, dim1: x.swapdims(dim0, dim1), _np_transpose,
+           lambda x, dim0, dim1: x.swapdims(dim0, dim1), shapes=ND1.map(lambda s: (s,)), kwargs=transpose_kwargs),
+    OpSpec("t", tg.t, lambda x: x.T.copy(), lambda x: x.t(),
+           shapes=array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=4).map(lambda s: (s,))),
+    OpSpec("expand_as", lambda x, other: x.expand_as(other), lambda x, other: np.broadcast_to(x, other.shape).copy(),
+           lambda x, other: x.expand_as(other), arity=2, shapes=expand_as_shapes(), domain=(D2, BOOL)),
+    OpSpec("broadcast_to", tg.broadcast_to, _np_expand, lambda x, shape: _torch().broadcast_to(x, shape),
+           shapes=SMALL_SIDES.map(lambda s: (s,)), kwargs=expand_kwargs),
+    # reductions and scans
+    OpSpec("cumsum", tg.cumsum, _np_cumsum, lambda x, dim: _torch().cumsum(x, dim),
+           kwargs=lambda shapes: st.fixed_dictionaries({"dim": one_dim(len(shapes[0]))})),
+    OpSpec("prod", tg.prod, _np_prod, _t_prod, shapes=weighted((6, SMALL), (1, st.just(()))).map(lambda s: (s,)),
+           domain=Domain(-1.5, 1.5, kinks=(0.0,), margin=0.3), kwargs=prod_kwargs),
+    # exact zeros, one or several per reduced slice: the gradient is the product of the others
+    OpSpec("prod_with_zeros", tg.prod, _np_prod, _t_prod, shapes=SMALL.map(lambda s: (s,)), domain=INTEGERS,
+           kwargs=prod_kwargs),
+    OpSpec("norm", tg.norm, _np_norm, _t_norm, shapes=NONEMPTY.map(lambda s: (s,)), domain=MAGNITUDES,
+           kwargs=norm_kwargs),
+    OpSpec("norm_method_default", lambda x: x.norm(), lambda x: np.sqrt((x * x).sum()), lambda x: x.norm(),
+           domain=MAGNITUDES),
+    OpSpec("std_mean", tg.std_mean, _np_std_mean, lambda x, **kw: _torch().std_mean(x, **kw), shapes=var_shapes(),
+           kwargs=var_kwargs, domain=DISTINCT),
+    OpSpec("nansum", _tg_nansum, _np_nansum, _t_nansum, arity=2, shapes=SAME_SHAPES, domain=(D2, BOOL),
+           kwargs=reduce_kwargs()),
+    # indexing
+    OpSpec("masked_fill", tg.masked_fill, lambda x, mask, value: np.where(mask, value, x),
+           lambda x, mask, value: _torch().masked_fill(x, mask, value), arity=2, shapes=masked_fill_shapes(False),
+           domain=(D2, BOOL), kwargs=fixed(value=[0.0, -1.5, 3])),
+    OpSpec("masked_fill_tensor_value", _tg_masked_fill_value, lambda x, mask, value: np.where(mask, value, x),
+           lambda x, mask, value: _torch().masked_fill(x, mask, value), arity=3, shapes=masked_fill_shapes(True),
+           domain=(D2, BOOL, D2)),
+    OpSpec("index_select", _tg_indexed(tg.index_select), _np_index_select, _t_indexed("index_select"),
+           shapes=_index_shapes(1), kwargs=index_select_kwargs),
+    OpSpec("gather", _tg_indexed(tg.gather), _np_gather, _t_indexed("gather"), shapes=_index_shapes(1),
+           kwargs=gather_kwargs),
+    OpSpec("take_along_dim", lambda x, index, dim: tg.take_along_dim(x, tg_index(index, x.device), dim),
+           _np_take_along_dim, lambda x, index, dim: _torch().take_along_dim(x, torch_index(index), dim),
+           shapes=_index_shapes(1), kwargs=take_along_dim_kwargs),
+    # products
+    OpSpec("mm", tg.mm, np.matmul, lambda a, b: _torch().mm(a, b), arity=2, shapes=_pair_shapes("mm"),
+           domain=Domain(-1.0, 1.0)),
+    OpSpec("mm_method", lambda a, b: a.mm(b), np.matmul, lambda a, b: a.mm(b), arity=2, shapes=_pair_shapes("mm"),
+           domain=Domain(-1.0, 1.0)),
+    OpSpec("bmm", tg.bmm, np.matmul, lambda a, b: _torch().bmm(a, b), arity=2, shapes=_pair_shapes("bmm"),
+           domain=Domain(-1.0, 1.0)),
+    OpSpec("mv", tg.mv, np.matmul, lambda a, b: _torch().mv(a, b), arity=2, shapes=_pair_shapes("mv"),
+           domain=Domain(-1.0, 1.0)),
+    OpSpec("dot", tg.dot, np.dot, lambda a, b: _torch().dot(a, b), arity=2, shapes=_pair_shapes("dot"),
+           domain=Domain(-1.0, 1.0)),
+    OpSpec("outer", tg.outer, np.outer, lambda a, b: _torch().outer(a, b), arity=2, shapes=_pair_shapes("outer")),
+    *[_einsum_spec(eq) for eq in EINSUM_EQUATIONS],
+    # nn.functional
+    OpSpec("softmin", lambda x, dim: _F_losses().softmin(x, dim), lambda x, dim: _np_softmax(-x, dim),
+           lambda x, dim: _F().softmin(x, dim), shapes=NONEMPTY.map(lambda s: (s,)), domain=Domain(-4.0, 4.0),
+           kwargs=lambda s: st.fixed_dictionaries({"dim": one_dim(len(s[0]))})),
+    OpSpec("normalize", lambda x, p, dim: _F_losses().normalize(x, p, dim), _np_normalize,
+           lambda x, p, dim: _F().normalize(x, p, dim), shapes=ND1.map(lambda s: (s,)), domain=MAGNITUDES,
+           kwargs=lambda s: st.fixed_dictionaries({"p": st.sampled_from([2.0, 1.0, 3.0]),
+                                                   "dim": st.integers(-len(s[0]), len(s[0]) - 1)})),
+    OpSpec("cosine_similarity", lambda a, b, dim: _F_losses().cosine_similarity(a, b, dim), _np_cosine_similarity,
+           lambda a, b, dim: _F().cosine_similarity(a, b, dim), arity=2,
+           shapes=mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=3, min_side=1, max_side=3).map(
+               lambda r: tuple(r.input_shapes)), domain=AWAY_FROM_0, kwargs=cosine_kwargs),
+    OpSpec("kl_div", lambda x, t, **kw: _F_losses().kl_div(x, t, **kw), _np_kl_div,
+           lambda x, t, **kw: _F().kl_div(x, t, **kw), arity=2, shapes=SAME_SHAPES, domain=(D2, POSITIVE),
+           kwargs=fixed(reduction=["none", "mean", "sum", "batchmean"], log_target=[False])),
+    OpSpec("kl_div_log_target", lambda x, t, **kw: _F_losses().kl_div(x, t, **kw), _np_kl_div,
+           lambda x, t, **kw: _F().kl_div(x, t, **kw), arity=2, shapes=SAME_SHAPES, domain=D2,
+           kwargs=fixed(reduction=["none", "mean", "sum", "batchmean"], log_target=[True])),
+    # PAIR: input - target stays >= 0.3 away from the integers and 0 (every beta / delta below is a kink-free point)
+    OpSpec("smooth_l1_loss", lambda x, t, **kw: _F_losses().smooth_l1_loss(x, t, **kw), _np_smooth_l1,
+           lambda x, t, **kw: _F().smooth_l1_loss(x, t, **kw), arity=2, shapes=SAME_SHAPES, domain=PAIR,
+           kwargs=fixed(reduction=REDUCTIONS, beta=[1.0, 2.0, 0.0])),
+    OpSpec("huber_loss", lambda x, t, **kw: _F_losses().huber_loss(x, t, **kw), _np_huber,
+           lambda x, t, **kw: _F().huber_loss(x, t, **kw), arity=2, shapes=SAME_SHAPES, domain=PAIR,
+           kwargs=fixed(reduction=REDUCTIONS, delta=[1.0, 2.0, 3.0])),
+]
+SPECS += SHAPE_LINALG_SPECS
+
 BY_NAME = {s.name: s for s in SPECS}
 assert len(BY_NAME) == len(SPECS), "op spec names must be unique"

@@ -494,3 +494,12 @@ def test_empty_dim_tuple_reduces_every_axis_as_pytorch():
     assert x.amax(dim=()).item() == 5.0
     x.sum(dim=()).backward()
     assert x.grad.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_size_one_operand_broadcast_against_an_empty_one_gets_a_zero_gradient():
+    """A (1,) tensor meeting a (0,) one: its gradient arrives with shape (0,) and is summed to zeros, not expanded."""
+    a = tg.zeros(0, requires_grad=True)
+    b = tg.ones(2, 1, requires_grad=True)
+    (a * b).sum().backward()
+    assert a.grad.shape == (0,) and b.grad.shape == (2, 1)
+    assert b.grad.numpy().tolist() == [[0.0], [0.0]]

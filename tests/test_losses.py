@@ -269,7 +269,7 @@ def test_class_loss_errors():
         F.cross_entropy(z, tg.tensor([0, 3, 1, 1]))
     with pytest.raises(IndexError, match="target -2 is out of bounds"):
         F.nll_loss(z, tg.tensor([0, -2, 1, 1]))
-    with pytest.raises(ValueError, match="reduction must be 'none', 'mean' or 'sum', got 'avg'"):
+    with pytest.raises(ValueError, match="reduction must be one of 'none', 'mean', 'sum'; got 'avg'"):
         F.cross_entropy(z, tg.tensor([0, 1, 2, 1]), reduction="avg")
     with pytest.raises(ValueError, match=r"weight must be a tensor of shape \(3,\)"):
         F.nll_loss(z, tg.tensor([0, 1, 2, 1]), weight=tg.ones(4))

@@ -27,3 +27,6 @@ from . import nn, optim, data  # noqa: E402 - they build on everything above
 from .compile import compile, CompileError  # noqa: E402, A001 - tinygen.compile, as torch.compile
 
 __version__ = "0.1.0"
+from .ops import (flip, roll, tril, triu, tile, unbind, narrow, movedim, moveaxis, swapaxes, swapdims, t,  # noqa: E402
+                  broadcast_to, cumsum, prod, norm, std_mean, nansum, masked_fill, index_select, gather,
+                  take_along_dim, mm, bmm, mv, dot, outer, einsum)

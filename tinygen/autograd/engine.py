@@ -146,7 +146,7 @@ class _Plain:
     @staticmethod
     def fit(g, shape, dtype, xp):
         if g.shape != shape:
-            g = xp.broadcast_to(g, shape) if g.size < _numel(shape) else sum_to_array(g, shape)
+            g = xp.broadcast_to(g, shape) if _expands(g.shape, shape) else sum_to_array(g, shape)
         return g if g.dtype == dtype else g.astype(dtype)
 
     @staticmethod
@@ -181,7 +181,7 @@ class _Graph:
     @staticmethod
     def fit(g, shape, dtype, xp):
         if g.data.shape != shape:
-            g = g.expand(shape) if g.data.size < _numel(shape) else g.sum_to_size(shape)
+            g = g.expand(shape) if _expands(g.data.shape, shape) else g.sum_to_size(shape)
         return g if g.data.dtype == dtype else g.to(dtype)
 
     @staticmethod
@@ -199,6 +199,14 @@ class _Graph:
 
 def _numel(shape):
     return int(np.prod(shape, dtype=np.int64))
+
+
+def _expands(shape, target):
+    """True when a gradient of ``shape`` is broadcast up to ``target``, False when it is summed down to it."""
+    size, n = _numel(shape), _numel(target)
+    if size and n:
+        return size < n
+    return np.broadcast_shapes(shape, target) == tuple(target)  # an empty side: sizes cannot tell (1 vs 0)
 
 
 def sum_to_array(a, shape):

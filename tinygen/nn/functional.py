@@ -48,3 +48,5 @@ def log_softmax(input, dim, dtype=None):
 # ---- losses ----------------------------------------------------------------------------------------------------------
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, mse_loss, l1_loss,  # noqa: E402
                           cross_entropy, nll_loss, gaussian_nll_loss, kl_normal)
+from ..ops.losses import (kl_div, smooth_l1_loss, huber_loss, softmin, normalize,  # noqa: E402
+                          cosine_similarity)

@@ -95,3 +95,45 @@ class GaussianNLLLoss(_Loss):
 
     def forward(self, input, target, var):
         return gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
+
+
+# ---- modules added for PyTorch parity ------------------------------------------------------------------------------
+from ..ops.losses import kl_div, smooth_l1_loss, huber_loss, _legacy_reduction  # noqa: E402
+
+
+class KLDivLoss(Module):
+    """KL divergence of log-probabilities from a target distribution (``F.kl_div``); ``reduction`` may also be
+    "batchmean" (the mathematically correct KL per sample)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean", log_target=False):
+        super().__init__()
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+        if self.reduction not in ("none", "batchmean", "sum", "mean"):
+            raise ValueError(f"KLDivLoss: reduction must be 'none', 'batchmean', 'sum' or 'mean', got "
+                             f"{self.reduction!r}")
+        self.log_target = log_target
+
+    def forward(self, input, target):
+        return kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+class SmoothL1Loss(_Loss):
+    """Quadratic below ``beta``, linear above (``F.smooth_l1_loss``)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean", beta=1.0):
+        super().__init__(_legacy_reduction(size_average, reduce, reduction))
+        self.beta = beta
+
+    def forward(self, input, target):
+        return smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(_Loss):
+    """Quadratic below ``delta``, linear with slope ``delta`` above (``F.huber_loss``)."""
+
+    def __init__(self, reduction="mean", delta=1.0):
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, input, target):
+        return huber_loss(input, target, reduction=self.reduction, delta=self.delta)

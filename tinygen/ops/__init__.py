@@ -15,3 +15,11 @@ from .linalg import matmul
 abs = abs_
 view = reshape
 clip = clamp
+from .shape import (flip, roll, tril, triu, repeat, tile, unbind, narrow, movedim, swapaxes, swapdims, t,  # noqa: E402
+                    expand_as, broadcast_to)
+from .reduce import cumsum, prod, norm, std_mean, nansum  # noqa: E402
+from .index import masked_fill, index_select, gather, take_along_dim  # noqa: E402
+from .linalg import mm_ as mm, bmm, mv, dot, outer, einsum  # noqa: E402
+from . import losses  # noqa: E402
+
+moveaxis = movedim

@@ -291,3 +291,181 @@ def log_softmax(x, dim):
     if x.data.ndim == 0:
         return LogSoftmax.apply(x.reshape(1), 0).reshape(())
     return LogSoftmax.apply(x, d)
+
+
+# ---- ops added for PyTorch parity ------------------------------------------------------------------------------------
+import math  # noqa: E402
+
+from .elementwise import where  # noqa: E402
+from .shape import wrap_dim, wrap_dims  # noqa: E402
+
+
+def _reduce_dims(dim, ndim, op):
+    """A reduction's ``dim`` (None or () for every axis, an int or a sequence) as a sorted tuple of axes, with
+    PyTorch's errors; a 0-d tensor accepts 0 and -1 and has no axis to reduce."""
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):
+        return tuple(range(ndim))
+    axes = wrap_dims(dim, ndim, op)
+    return tuple(sorted(axes)) if ndim else ()
+
+
+class Cumsum(Function):
+    """Running sums along ``axis`` (from the far end when ``reverse``): the gradient is the running sum of the
+    upstream gradient taken the other way."""
+    @staticmethod
+    def forward(ctx, x, axis, reverse):
+        ctx.axis, ctx.reverse = axis, reverse
+        xp, d = ctx.xp, x.data
+        if reverse:
+            return xp.flip(xp.cumsum(xp.flip(d, axis), axis=axis), axis).copy()
+        return xp.cumsum(d, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return Cumsum.apply(g, ctx.axis, not ctx.reverse), None, None
+
+
+class Prod(Function):
+    """The product along one axis. Without zeros the gradient is out / x; with zeros it is the product of the
+    other elements, computed exactly (so one zero, several zeros and second derivatives all come out right)."""
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdim):
+        ctx.save_for_backward(x)
+        ctx.axis, ctx.keepdim = axis, keepdim
+        return x.data.prod(axis=axis, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        axis = ctx.axis
+        if not ctx.keepdim:
+            g = g.unsqueeze(axis)
+        if not bool((x.data == 0).any()):
+            out = ctx.output
+            return g * (out if ctx.keepdim else out.unsqueeze(axis)) / x, None, None
+        return g * _prod_of_others(x, axis), None, None
+
+
+def _prod_of_others(x, axis):
+    """For each element, the product of the other elements along ``axis`` (the n x n products of each row with
+    one element replaced by 1): exact at zeros, and differentiable again through Prod."""
+    n = x.shape[axis]
+    rows = x.movedim(axis, -1)
+    rows = rows.unsqueeze(-2).expand(rows.shape[:-1] + (n, n))
+    eye = _make(x.xp.eye(n, dtype=bool), x._device)
+    others = Prod.apply(where(eye, 1.0, rows), rows.ndim - 1, False)
+    return others.movedim(-1, axis)
+
+
+class Norm(Function):
+    """The p-norm over ``dims`` for a finite p > 0 other than 1. Where the norm is 0 the gradient is 0 (PyTorch's
+    subgradient); |x| ** (p - 1) is taken at 1 where x is 0 (and multiplied by sign(x) = 0), so no inf or nan
+    reaches the gradient or its derivative."""
+    save_output = True
+
+    @staticmethod
+    def forward(ctx, x, p, dims, keepdim):
+        ctx.save_for_backward(x)
+        ctx.p, ctx.dims, ctx.keepdim = p, dims, keepdim
+        xp, d = ctx.xp, x.data
+        if p == 2:
+            return xp.sqrt((d * d).sum(axis=dims, keepdims=keepdim))
+        return (abs(d) ** p).sum(axis=dims, keepdims=keepdim) ** (1.0 / p)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        p, dev = ctx.p, x._device
+        out = ctx.output
+        if not ctx.keepdim:
+            kept = _kept_shape(x.shape, ctx.dims)
+            out, g = out.reshape(kept), g.reshape(kept)
+        if p == 2:
+            x_part = x
+        else:
+            safe_abs = where(_make(x.data == 0, dev), 1.0, x.abs())
+            x_part = _make(ctx.xp.sign(x.data), dev) * safe_abs ** (p - 1)
+        zero = _make(out.data == 0, dev)
+        safe_out = where(zero, 1.0, out)
+        if p < 1:
+            scale = g * safe_out ** (1 - p)
+        else:
+            scale = g / (safe_out if p == 2 else safe_out ** (p - 1))
+        return x_part * where(zero, 0.0, scale), None, None, None
+
+
+@register()
+def cumsum(x, dim, *, dtype=None):
+    """Running sums along ``dim``."""
+    if dtype is not None:
+        x = x.to(dtype)
+    axis = wrap_dim(dim, x.data.ndim, "cumsum")
+    if x.data.ndim == 0:
+        return Cumsum.apply(x.reshape(1), 0, False).reshape(())
+    return Cumsum.apply(x, axis, False)
+
+
+@register()
+def prod(x, dim=None, keepdim=False, *, dtype=None):
+    """The product of all elements, or along one ``dim``; the gradient is exact where elements are 0."""
+    if dtype is not None:
+        x = x.to(dtype)
+    if dim is None:
+        return Prod.apply(x.reshape(-1), 0, False)
+    if isinstance(dim, (tuple, list)):
+        raise TypeError(f"prod: dim must be one int (PyTorch's prod reduces one axis), got {dim!r}")
+    axis = wrap_dim(dim, x.data.ndim, "prod")
+    if x.data.ndim == 0:
+        return Prod.apply(x.reshape(1), 0, False)
+    return Prod.apply(x, axis, keepdim)
+
+
+@register()
+def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
+    """The vector p-norm over ``dim`` (every element when None): p = 2 ('fro', the default), 1, inf, -inf, 0
+    (the number of non-zeros) or any p > 0. The gradient at a zero norm is 0, as PyTorch's."""
+    if dtype is not None:
+        x = x.to(dtype)
+    if x.data.dtype.kind != "f":
+        raise TypeError(f"norm: expected a floating tensor, got dtype {x.dtype}")
+    dims = _reduce_dims(dim, x.data.ndim, "norm")
+    if isinstance(p, str):
+        if p != "fro":
+            raise ValueError(f"norm: p={p!r} is not supported; use 'fro', a number, inf or -inf")
+        if dim is not None and not isinstance(dim, int) and len(dims) > 2:
+            raise RuntimeError(f"norm: p='fro' takes at most 2 dims, got {tuple(dim)}")
+        p = 2.0
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"norm: p must be a number or 'fro', got {type(p).__name__}")
+    p = float(p)
+    if p == math.inf:
+        return amax(x.abs(), dims, keepdim)
+    if p == -math.inf:
+        return amin(x.abs(), dims, keepdim)
+    if p == 0:  # the number of non-zeros, with a zero gradient (as PyTorch): 1 where x != 0, else x * 0 (x = 0)
+        nonzero = _make(x.data != 0, x._device)
+        return sum(where(nonzero, 1.0, where(nonzero, 0.0, x) * 0.0), dims, keepdim)
+    if p == 1:
+        return sum(x.abs(), dims, keepdim)
+    if not p > 0:
+        raise ValueError(f"norm: p must be positive, inf, -inf, 0 or 'fro'; got {p}")
+    return Norm.apply(x, p, dims, keepdim)
+
+
+def std_mean(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
+    """(std, mean) over ``dim``, as ``torch.std_mean``."""
+    dims = _reduce_dims(dim, x.data.ndim, "std_mean")
+    return std(x, dims, keepdim, correction=correction, unbiased=unbiased), mean(x, dims, keepdim)
+
+
+@register()
+def nansum(x, dim=None, keepdim=False, *, dtype=None):
+    """The sum with NaNs counted as zero (their gradient is 0)."""
+    if dtype is not None:
+        x = x.to(dtype)
+    dims = _reduce_dims(dim, x.data.ndim, "nansum")
+    if x.data.dtype.kind == "f":
+        x = where(_make(x.xp.isnan(x.data), x._device), 0.0, x)
+    return sum(x, dims, keepdim)

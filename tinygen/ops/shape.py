@@ -292,3 +292,232 @@ def chunk(x, chunks, dim=0):
     if n == 0:
         return (x,)
     return split(x, -(-n // chunks), dim)
+
+
+# ---- ops added for PyTorch parity ------------------------------------------------------------------------------------
+wrap_dim = check_dim  # one dim check for every op (tinygen/_checks.py)
+
+
+def wrap_dims(dims, ndim, op):
+    """A tuple of distinct non-negative axes from an int or a sequence of ints (PyTorch's errors)."""
+    dims = (dims,) if isinstance(dims, (int, np.integer)) else tuple(dims)
+    out = tuple(wrap_dim(d, ndim, op) for d in dims)
+    for d in out:
+        if out.count(d) > 1:
+            raise RuntimeError(f"{op}: dim {d} appears multiple times in the list of dims {dims}")
+    return out
+
+
+def _dims_arg(args, dims, op):
+    """dims given as varargs (x.flip(0, 1)), as one sequence (x.flip((0, 1))) or as the keyword ``dims``."""
+    if args and dims is not None:
+        raise TypeError(f"{op}: dims given both positionally and as a keyword")
+    if dims is None:
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    return dims
+
+
+class Flip(Function):
+    @staticmethod
+    def forward(ctx, x, dims):
+        ctx.dims = dims
+        return ctx.xp.flip(x.data, axis=dims).copy()  # a copy, as PyTorch: writing to it leaves x alone
+
+    @staticmethod
+    def backward(ctx, g):
+        return Flip.apply(g, ctx.dims), None
+
+
+class Roll(Function):
+    """Shift elements along ``dims`` (or along the flattened tensor when ``dims`` is None), wrapping around."""
+    @staticmethod
+    def forward(ctx, x, shifts, dims):
+        ctx.shifts, ctx.dims = shifts, dims
+        return ctx.xp.roll(x.data, shifts, axis=dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        back = tuple(-s for s in ctx.shifts) if isinstance(ctx.shifts, tuple) else -ctx.shifts
+        return Roll.apply(g, back, ctx.dims), None, None
+
+
+class Triangle(Function):
+    """The lower (tril) or upper (triu) triangle of the last two axes, the rest zeroed."""
+    @staticmethod
+    def forward(ctx, x, diagonal, upper):
+        ctx.diagonal, ctx.upper = diagonal, upper
+        return (ctx.xp.triu if upper else ctx.xp.tril)(x.data, diagonal)
+
+    @staticmethod
+    def backward(ctx, g):
+        return Triangle.apply(g, ctx.diagonal, ctx.upper), None, None
+
+
+class Unbind(Function):
+    """The slices along ``dim`` as separate outputs; the gradient stacks them back (missing ones are zeros)."""
+    @staticmethod
+    def forward(ctx, x, dim):
+        ctx.dim = dim
+        lead = (slice(None),) * dim
+        return tuple(x.data[lead + (i,)] for i in range(x.data.shape[dim]))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return stack(grads, ctx.dim), None
+
+
+@register()
+def flip(x, *args, dims=None):
+    """Reverse the order of elements along ``dims``."""
+    axes = wrap_dims(_dims_arg(args, dims, "flip"), x.data.ndim, "flip")
+    if x.data.ndim == 0 or not axes:
+        return x.clone()
+    return Flip.apply(x, axes)
+
+
+@register()
+def roll(x, shifts, dims=None):
+    """Shift elements by ``shifts`` along ``dims``, wrapping around; without ``dims`` the tensor is rolled as if
+    flattened, then keeps its shape."""
+    if dims is None:
+        if not isinstance(shifts, (int, np.integer)) and len(shifts) != 1:
+            raise RuntimeError(f"roll: with dims=None, shifts must be one number, got {shifts}")
+        shift = int(shifts) if isinstance(shifts, (int, np.integer)) else int(shifts[0])
+        return Roll.apply(x, shift, None)
+    one = isinstance(dims, (int, np.integer))
+    shifts = (shifts,) if isinstance(shifts, (int, np.integer)) else tuple(shifts)
+    dims = (dims,) if one else tuple(dims)
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"roll: shifts and dims must have the same length, got {len(shifts)} shifts and "
+                           f"{len(dims)} dims")
+    if x.data.ndim == 0:
+        raise IndexError("roll: Dimension specified as 0 but tensor has no dimensions")
+    axes = tuple(wrap_dim(d, x.data.ndim, "roll") for d in dims)
+    return Roll.apply(x, tuple(int(s) for s in shifts), axes)
+
+
+def _triangle(x, diagonal, upper, op):
+    if x.data.ndim < 2:
+        raise RuntimeError(f"{op}: input tensor must have at least 2 dimensions, got shape {tuple(x.shape)}")
+    if isinstance(diagonal, bool) or not isinstance(diagonal, (int, np.integer)):
+        raise TypeError(f"{op}: diagonal must be an int, got {type(diagonal).__name__}")
+    return Triangle.apply(x, int(diagonal), upper)
+
+
+@register()
+def tril(x, diagonal=0):
+    """The lower triangle of the last two axes (on and below the ``diagonal``-th diagonal); the rest zeros."""
+    return _triangle(x, diagonal, False, "tril")
+
+
+@register()
+def triu(x, diagonal=0):
+    """The upper triangle of the last two axes (on and above the ``diagonal``-th diagonal); the rest zeros."""
+    return _triangle(x, diagonal, True, "triu")
+
+
+@register()
+def repeat(x, *sizes):
+    """Tile the tensor ``sizes[i]`` times along each axis (leading new axes where ``sizes`` is longer), as
+    ``torch.Tensor.repeat``: a reshape, a broadcast and a reshape, so the gradient is the broadcast's sum."""
+    sizes = _shape_arg(sizes)
+    nd = x.data.ndim
+    if len(sizes) < nd:
+        raise RuntimeError(f"repeat: number of dimensions of repeat dims ({len(sizes)}) can not be smaller than "
+                           f"number of dimensions of tensor ({nd})")
+    if any(r < 0 for r in sizes):
+        raise RuntimeError(f"repeat: trying to create a tensor with negative dimension: repeats {sizes}")
+    shape = (1,) * (len(sizes) - nd) + x.data.shape
+    pairs = x.reshape(tuple(v for s in shape for v in (1, s)))
+    pairs = pairs.expand(tuple(v for r, s in zip(sizes, shape) for v in (r, s)))
+    out = pairs.reshape(tuple(r * s for r, s in zip(sizes, shape)))
+    return out.clone() if out is x else out  # always a new tensor, as PyTorch
+
+
+@register()
+def tile(x, *args, dims=None):
+    """``repeat`` with ``dims`` padded by leading ones when it is shorter than the tensor's shape."""
+    dims = _shape_arg(_dims_arg(args, dims, "tile"))
+    return repeat(x, (1,) * (x.data.ndim - len(dims)) + dims)
+
+
+@register()
+def unbind(x, dim=0):
+    """The slices of ``x`` along ``dim``, as a tuple of tensors with that axis removed."""
+    if x.data.ndim == 0:
+        raise IndexError("unbind: Dimension specified as 0 but tensor has no dimensions")
+    return Unbind.apply(x, wrap_dim(dim, x.data.ndim, "unbind"))
+
+
+@register()
+def narrow(x, dim, start, length):
+    """``length`` elements of ``x`` along ``dim`` from ``start`` (negative counts from the end)."""
+    if x.data.ndim == 0:
+        raise RuntimeError("narrow() cannot be applied to a 0-dim tensor.")
+    d = wrap_dim(dim, x.data.ndim, "narrow")
+    size = x.data.shape[d]
+    start, length = int(start), int(length)
+    if not -size <= start <= size:
+        raise IndexError(f"narrow: start ({start}) is out of range for dimension {dim} of size {size} "
+                         f"(expected to be in range of [{-size}, {size}])")
+    if start < 0:
+        start += size
+    if length < 0 or start + length > size:
+        raise RuntimeError(f"narrow: start ({start}) + length ({length}) exceeds dimension size ({size}).")
+    return x[(slice(None),) * d + (slice(start, start + length),)]
+
+
+@register("movedim", "moveaxis")
+def movedim(x, source, destination):
+    """Move the axes ``source`` to the positions ``destination``; the other axes keep their order."""
+    nd = x.data.ndim
+    src = (source,) if isinstance(source, (int, np.integer)) else tuple(source)
+    dst = (destination,) if isinstance(destination, (int, np.integer)) else tuple(destination)
+    if len(src) != len(dst):
+        raise RuntimeError(f"movedim: Invalid source or destination dims: source ({list(src)} dims) should "
+                           f"contain the same number of dims as destination ({list(dst)} dims)")
+    src_axes = tuple(wrap_dim(d, nd, "movedim") for d in src)
+    dst_axes = tuple(wrap_dim(d, nd, "movedim") for d in dst)
+    for name, given, axes in (("source", src, src_axes), ("destination", dst, dst_axes)):
+        if len(set(axes)) != len(axes):
+            raise RuntimeError(f"movedim: repeated dim in `{name}` ({list(given)})")
+    if nd == 0:
+        return x
+    order = [a for a in range(nd) if a not in src_axes]
+    for d, s in sorted(zip(dst_axes, src_axes)):
+        order.insert(d, s)
+    return x.permute(tuple(order))
+
+
+@register("swapaxes", "swapdims")
+def swapaxes(x, axis0, axis1):
+    """Exchange two axes (``transpose``), with PyTorch's checks."""
+    nd = x.data.ndim
+    a, b = wrap_dim(axis0, nd, "swapaxes"), wrap_dim(axis1, nd, "swapaxes")
+    if nd == 0:
+        return x
+    return transpose(x, a, b)
+
+
+swapdims = swapaxes
+
+
+@register()
+def t(x):
+    """The transpose of a matrix; a 0-d or 1-D tensor is returned as it is."""
+    nd = x.data.ndim
+    if nd > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {nd}D")
+    return x.permute(1, 0) if nd == 2 else x
+
+
+@register()
+def expand_as(x, other):
+    """``x.expand(other.shape)``."""
+    return expand(x, tuple(other.shape))
+
+
+@register()
+def broadcast_to(x, shape):
+    """``x`` broadcast to ``shape`` (-1 keeps a size), as ``expand``."""
+    return expand(x, tuple(shape) if isinstance(shape, (tuple, list)) else (shape,))
