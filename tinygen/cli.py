@@ -100,9 +100,9 @@ def main(argv=None):
     except MemoryError:
         print("tinygen: error: out of memory (try a smaller --batch-size or --n)", file=sys.stderr)
         return 1
-    except OSError as e:  # a full disk, a folder where a file was expected, no permission: the file and the cause
+    except OSError as e:  # a wrong path (exit 2, as other usage errors), a full disk, no permission (exit 1)
         print(f"tinygen: error: {_os_error(e)}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)) else 1
     except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 2
