@@ -60,12 +60,13 @@ def check_dim(dim, ndim, fn, arg="dim"):
     return int(dim) % n
 
 
-def check_sizes(size, fn, arg="size"):
-    """A shape given as ints or one tuple/list of ints, as a tuple of non-negative ints."""
+def check_sizes(size, fn, arg="size", low=0):
+    """A shape given as ints or one tuple/list of ints, as a tuple of ints >= ``low`` (-1 for reshape's
+    inferred dimension, checked by the caller)."""
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
     for s in size:  # the common case first, kept cheap
-        if type(s) is not int or s < 0:
+        if type(s) is not int or s < low:
             break
     else:
         return tuple(size)
@@ -73,8 +74,10 @@ def check_sizes(size, fn, arg="size"):
         if not is_int(s):
             raise TypeError(f"{fn}(): argument '{arg}' must be tuple of ints, but found element of type "
                             f"{_type_name(s)} at pos {i}")
-    if any(s < 0 for s in size):
-        bad = next(s for s in size if s < 0)
+    bad = next((s for s in size if s < low), None)
+    if bad is not None:
+        if low < 0:
+            raise ValueError(f"{fn}: invalid shape dimension {bad} in {tuple(size)}")
         raise ValueError(f"{fn}: Trying to create tensor with negative dimension {bad}: {list(size)} "
                          f"(sizes must be non-negative integers)")
     return tuple(int(s) for s in size)

@@ -2,27 +2,14 @@
 import numpy as np
 
 from ..autograd.engine import sum_to_array
-from .._checks import check_dim, check_int, is_int
+from .._checks import check_dim, check_int, check_sizes, is_int
 from ..autograd.function import Function
 from ..tensor import Tensor, register, require_tensor
 
 
 def _shape_arg(shape, fn="reshape", arg="shape"):
     """A shape given as ints or one tuple/list: ints >= -1 (the -1s are checked by the caller)."""
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = shape[0]
-    for s in shape:  # the common case first, kept cheap
-        if type(s) is not int or s < -1:
-            break
-    else:
-        return tuple(shape)
-    for i, s in enumerate(shape):
-        if not is_int(s):
-            raise TypeError(f"{fn}(): argument '{arg}' must be tuple of ints, but found element of type "
-                            f"{type(s).__name__} at pos {i}")
-        if s < -1:
-            raise ValueError(f"{fn}: invalid shape dimension {s} in {tuple(shape)}")
-    return tuple(int(s) for s in shape)
+    return check_sizes(shape, fn, arg, low=-1)
 
 
 def _tensor_list(tensors, fn):
