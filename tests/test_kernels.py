@@ -22,9 +22,11 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from conftest import requires_torch
+import tinygen
 from tinygen import kernels
 from tinygen.backend import StandinArray, standin
-from tinygen.kernels import gpu
+from tinygen.kernels import gemm, gpu
+from tinygen.kernels import threads as kthreads
 from tinygen.kernels import reference as ref
 
 NUMBA_ON = kernels.enabled()
@@ -80,8 +82,8 @@ def threads(request, monkeypatch):
         from tinygen.kernels import cpu
         if cpu._threads() < 2:
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
-        monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)
-        monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
+        monkeypatch.setattr(kthreads, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
     return request.param
 
 
@@ -615,7 +617,7 @@ def test_cross_entropy_errors(impl):
 @requires_numba
 def test_sizes_above_the_default_parallel_threshold():
     from tinygen.kernels import cpu
-    n = cpu.PARALLEL_MIN + 7  # odd: chunks of unequal length
+    n = kthreads.PARALLEL_MIN + 7  # odd: chunks of unequal length
     rng = np.random.default_rng(13)
     x, g = randn(rng, n, np.float32), randn(rng, n, np.float32)
     same(cpu.leaky_relu_fwd(x, 0.2), ref.leaky_relu_fwd(x, 0.2))
@@ -632,7 +634,7 @@ def test_sizes_above_the_default_parallel_threshold():
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 1001])
 def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
     from tinygen.kernels import cpu
-    monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
+    monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
     seen = np.zeros(n, np.int64)
 
     def part(lo, hi):
@@ -645,7 +647,7 @@ def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
 @requires_numba
 def test_threaded_transcendentals_keep_the_reference_bits():
     from tinygen.kernels import cpu
-    n = cpu.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
+    n = kthreads.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
     rng = np.random.default_rng(14)
     x, t = randn(rng, (n,), np.float32, 6.0), rng.random(n).astype(np.float32)
     same(cpu.tanh_fwd(x), ref.tanh_fwd(x))
@@ -665,6 +667,10 @@ def test_lookup_policy():
         assert kernels.module("cpu") is ref
     assert kernels.lookup("leaky_relu_fwd", standin.asarray(x32)) is None  # the stand-in takes the plain path
     assert kernels.lookup("leaky_relu_fwd", np.float32(1.0)) is None
+    assert kernels.get("leaky_relu_fwd", standin.asarray(x32)) is ref.leaky_relu_fwd  # get: else the reference
+    assert kernels.get("mm", x32) is gemm.mm and kernels.get("mm", standin.asarray(x32)) is ref.mm
+    with kernels.enabled_as(False):
+        assert kernels.get("mm", x32) is gemm.mm  # operand choices for BLAS need no Numba
     if not NUMBA_ON:
         assert kernels.lookup("leaky_relu_fwd", x32) is None
         return
@@ -676,17 +682,17 @@ def test_lookup_policy():
     assert kernels.lookup("no_such_kernel", x32) is None
     big = np.zeros((1024, 1000), np.float32)
     assert kernels.lookup("cross_entropy", big) is None  # above its size cap the reference is faster
-    assert set(kernels.CPU_USED) <= set(kernels.KERNELS)
-    for name in kernels.KERNELS:
-        for mod in (ref, gpu, cpu):
+    assert set(kernels.CPU_USED) <= set(kernels.KERNELS) and set(kernels.GPU_USED) <= set(kernels.KERNELS)
+    for mod, names in ((ref, kernels.KERNELS), (gpu, kernels.GPU_USED), (cpu, kernels.CPU_USED)):
+        for name in names:
             assert callable(getattr(mod, name)), f"{mod.__name__}.{name} is missing"
 
 
 def test_set_num_threads():
-    before = kernels.get_num_threads()
+    before = tinygen.get_num_threads()
     try:
-        kernels.set_num_threads(1)
-        assert kernels.get_num_threads() == 1
+        tinygen.set_num_threads(1)
+        assert tinygen.get_num_threads() == 1
         if NUMBA_ON:
             import numba
             assert numba.get_num_threads() == 1
@@ -695,10 +701,10 @@ def test_set_num_threads():
             blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
             assert all(i["num_threads"] == 1 for i in blas)
     finally:
-        kernels.set_num_threads(before)
+        tinygen.set_num_threads(before)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="positive integer"):
-            kernels.set_num_threads(bad)
+            tinygen.set_num_threads(bad)
 
 
 def _python(code, **env):
@@ -708,7 +714,7 @@ def _python(code, **env):
 
 
 def test_import_does_not_load_numba():
-    out = _python("import sys, tinygen, tinygen.kernels, tinygen.threads\n"
+    out = _python("import sys, tinygen, tinygen.kernels, tinygen.kernels.threads, tinygen.kernels.gemm\n"
                   "assert 'numba' not in sys.modules, 'numba imported by import tinygen'\n"
                   "print('ok')")
     assert out.returncode == 0, out.stderr
@@ -727,7 +733,7 @@ def test_works_without_numba():
         "assert kernels.enabled() is False\n"
         "assert kernels.lookup('leaky_relu_fwd', np.zeros(3, np.float32)) is None\n"
         "assert kernels.module('cpu') is ref\n"
-        "kernels.set_num_threads(1); assert kernels.get_num_threads() == 1\n"
+        "tinygen.set_num_threads(1); assert tinygen.get_num_threads() == 1\n"
         "try:\n"
         "    kernels.set_enabled(True)\n"
         "except ImportError as e:\n"
@@ -769,12 +775,14 @@ def test_gpu_fused_path_caches_per_option_and_falls_back(monkeypatch):
         same(gpu.leaky_relu_fwd(standin.asarray(x), 0.2).get(), ref.leaky_relu_fwd(x, 0.2))
         same(gpu.elu_fwd(standin.asarray(x), 0.5).get(), ref.elu_fwd(x, 0.5))
     assert len(traced) == 2  # one kernel per activation, reused on the second call
-    for momentum in (0.0, 0.9, 0.9):
-        p, buf, pr, bufr = standin.asarray(x.copy()), standin.asarray(g.copy()), x.copy(), g.copy()
-        gpu.sgd_step(p, standin.asarray(g), buf, 0.1, momentum=momentum)
-        ref.sgd_step(pr, g, bufr, 0.1, momentum=momentum)
-        same(p.get(), pr)
-    assert len(traced) == 4  # plain SGD and momentum SGD: two kernels
+    t = (x > 0).astype(np.float32)
+    for weight in (None, np.float32(2.0) + 0 * x, np.float32(2.0) + 0 * x):
+        loss, grad = gpu.bce_with_logits(standin.asarray(x), standin.asarray(t),
+                                         None if weight is None else standin.asarray(weight))
+        eloss, egrad = ref.bce_with_logits(x, t, weight)
+        same(loss.get(), eloss)
+        same(grad.get(), egrad)
+    assert len(traced) == 4  # unweighted and weighted BCE: two kernels
 
     def broken_fuse(fn, name):
         raise NotImplementedError("this construct cannot be fused")

@@ -208,8 +208,8 @@ def register(*names):
 def _host_array(data, dtype):
     if isinstance(data, Tensor):
         data = backend.to_device(data.data, "cpu")
-    elif hasattr(data, "get") and hasattr(data, "shape") and not isinstance(data, (np.ndarray, np.generic)):
-        data = data.get()  # a device array (CuPy or the stand-in)
+    elif backend.is_device_array(data):
+        data = data.get()
     arr = np.asarray(data)
     if dtype is not None:
         return arr.astype(dtypes.as_dtype(dtype), copy=False)
