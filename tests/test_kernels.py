@@ -1007,3 +1007,46 @@ def test_this_module_passes_without_numba():
     out = _python(code, CI="1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "skipped" in out.stdout
+
+
+# ---- the per-activation kernels are made from one list ---------------------------------------------------------------
+def test_activation_kernels_come_from_one_list():
+    import inspect
+    names = {f"{act}_{d}" for act in ref.ACTIVATION_PARAMS for d in ("fwd", "bwd")}
+    assert names <= set(kernels.KERNELS)
+    mods = [ref, gpu] + ([__import__("tinygen.kernels.cpu", fromlist=["cpu"])] if NUMBA_ON else [])
+    for mod in mods:
+        for act, params in ref.ACTIVATION_PARAMS.items():
+            fwd = getattr(mod, f"{act}_fwd")
+            assert fwd.__module__ == mod.__name__
+            assert list(inspect.signature(fwd).parameters) == ["x"] + [n for n, _ in params]
+    x = randn(np.random.default_rng(20), (6, 5), np.float32)
+    g = randn(np.random.default_rng(21), (6, 5), np.float32)
+    same(ref.leaky_relu_fwd(x, negative_slope=0.3), ref.act_fwd(x, "leaky_relu", 0.3))
+    same(ref.softplus_bwd(x, g, threshold=1.5), ref.act_bwd(x, g, "softplus", 1.0, 1.5))
+    same(ref.elu_fwd(x), ref.act_fwd(x, "elu", 1.0))  # the default parameter
+    with pytest.raises(TypeError):
+        ref.relu_fwd(x, 0.1)
+
+
+# ---- the matrix product: gemm.py's operand choices against the reference's a @ b -----------------------------------
+@pytest.mark.parametrize("case", ["outer", "small batch, transposed weight", "plain"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_computes_the_reference_product(case, dtype):
+    rng = np.random.default_rng(22)
+    if case == "outer":
+        a, b = randn(rng, (7, 1), dtype), randn(rng, (1, 9), dtype)
+    elif case == "plain":
+        a, b = randn(rng, (33, 20), dtype), randn(rng, (20, 11), dtype)
+    else:  # x @ W.T with W of (out, in) = (300, 512): b is Fortran-ordered and large, a has few rows
+        a, b = randn(rng, (8, 512), dtype), randn(rng, (300, 512), dtype).T
+        assert b.size >= gemm.SWAP_MIN_SIZE and a.shape[0] <= gemm.SWAP_MAX_ROWS
+    got, expected = gemm.mm(a, b), ref.mm(a, b)
+    assert got.shape == expected.shape and got.dtype == expected.dtype and got.flags.c_contiguous
+    if case == "outer":
+        same(got, expected)  # one product per element: exact
+    else:
+        close(got, expected, dtype)
+    st = standin.asarray
+    np.testing.assert_array_equal(gemm.mm(st(a), st(b)).get(), (st(a) @ st(b)).get() if case != "outer"
+                                  else a * b)

@@ -110,31 +110,22 @@ ACTIVATION_PARAMS = {"relu": (), "leaky_relu": (("negative_slope", 0.01),), "tan
 
 def activation_kernels(act_fwd, act_bwd):
     """{"<act>_fwd": fn, "<act>_bwd": fn} for every activation in ACTIVATION_PARAMS, calling a backend's generic
-    ``act_fwd(x, act, p1, p2)`` / ``act_bwd(s, g, act, p1, p2)``; parameters by position or by name."""
+    ``act_fwd(x, act, p1, p2)`` / ``act_bwd(s, g, act, p1, p2)``. The functions are written out from the list (as
+    dataclasses write ``__init__``), so a call costs what a hand-written wrapper does."""
     table = {}
     for act, params in ACTIVATION_PARAMS.items():
-        names = tuple(n for n, _ in params)
-        defaults = tuple(d for _, d in params)
-
-        def bind(fn_name, args, kwargs, names=names, defaults=defaults):
-            if len(args) > len(names):
-                raise TypeError(f"{fn_name}() takes {len(names)} parameters after its arrays, got {len(args)}")
-            values = list(args) + list(defaults[len(args):])
-            for key, value in kwargs.items():
-                if key not in names[len(args):]:
-                    raise TypeError(f"{fn_name}() got an unexpected keyword argument {key!r}")
-                values[names.index(key)] = value
-            return values
-
-        def fwd(x, *args, _act=act, **kwargs):
-            return act_fwd(x, _act, *(bind(f"{_act}_fwd", args, kwargs) if args or kwargs else defaults))
-
-        def bwd(s, g, *args, _act=act, **kwargs):
-            return act_bwd(s, g, _act, *(bind(f"{_act}_bwd", args, kwargs) if args or kwargs else defaults))
-
-        fwd.__name__, bwd.__name__ = f"{act}_fwd", f"{act}_bwd"
-        fwd.__doc__ = f"{act}(x){''.join(', ' + n for n in names)} (see act_fwd)"
-        bwd.__doc__ = f"gradient of {act} times g (see act_bwd; s is {'x' if act in _FROM_X else 'y'})"
+        signature = "".join(f", {name}={default!r}" for name, default in params)
+        passed = "".join(f", {name}" for name, _ in params)
+        s = "x" if act in _FROM_X else "y"
+        source = (f"def {act}_fwd(x{signature}):\n"
+                  f"    return act_fwd(x, {act!r}{passed})\n"
+                  f"def {act}_bwd({s}, g{signature}):\n"
+                  f"    return act_bwd({s}, g, {act!r}{passed})\n")
+        namespace = {"act_fwd": act_fwd, "act_bwd": act_bwd, "__name__": act_fwd.__module__}
+        exec(source, namespace)  # noqa: S102 - source built above from ACTIVATION_PARAMS only
+        fwd, bwd = namespace[f"{act}_fwd"], namespace[f"{act}_bwd"]
+        fwd.__doc__ = f"{act}(x) (see act_fwd)"
+        bwd.__doc__ = f"g * {act}'(x), from {s} (see act_bwd)"
         table[fwd.__name__], table[bwd.__name__] = fwd, bwd
     return table
 

@@ -16,7 +16,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import config
-from . import enabled
 
 # Elements from which a Numba kernel's thread-parallel twin runs. On the 2-core machine of benchmarks/README.md,
 # two threads did not pay below 4M elements (``python -m benchmarks.kernel_bench --threshold``): the kernels are
@@ -58,9 +57,14 @@ def get_num_threads():
 
 
 def _numba():
-    if not enabled():
+    """numba when it is installed and not switched off (TINYGEN_NUMBA), else None. (This module does not ask the
+    kernel switch: the kernels import it, not the other way round.)"""
+    if not config.get("TINYGEN_NUMBA"):
         return None
-    import numba
+    try:
+        import numba
+    except ImportError:
+        return None
     return numba
 
 
