@@ -146,8 +146,10 @@ def main(argv=None):
                     help="BLAS and Numba threads (default 1: stable timings; extra threads only help large BLAS "
                          "calls on an idle machine)")
     args = ap.parse_args(argv)
+    import tinygen
     from tinygen import kernels
-    kernels.set_num_threads(args.threads)
+    tinygen.set_num_threads(args.threads)
+    tinygen.allocator.apply_setting()  # as the tinygen command does
     if args.profile:
         profile(args.model, args.batch)
         return 0

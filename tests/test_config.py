@@ -19,11 +19,11 @@ def test_flags(monkeypatch, text, value):
 
 
 def test_defaults_when_unset_or_empty(monkeypatch):
-    for name, setting in config.SETTINGS.items():
+    for name, (default, _) in config.SETTINGS.items():
         monkeypatch.delenv(name, raising=False)
-        assert config.get(name) == setting.default
+        assert config.get(name) == default
         monkeypatch.setenv(name, "  ")
-        assert config.get(name) == setting.default
+        assert config.get(name) == default
 
 
 def test_values_are_parsed(monkeypatch):
