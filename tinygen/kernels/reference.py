@@ -4,17 +4,19 @@ Each function works with any array module (NumPy, CuPy, the CuPy stand-in): it p
 arguments and uses only that module's functions and array operators. The Numba versions (cpu.py) and the CuPy
 versions (gpu.py) have the same signatures and must agree with these, which tests/test_kernels.py checks.
 
-The activation and optimizer formulas are written as ``_body(xp, ...)`` functions returning new arrays, so that
-gpu.py can fuse the very same expression into one CUDA kernel. Scalars are cast to the array's dtype first, so
-float32 data is computed in float32 (as NumPy, CuPy and PyTorch do).
+The activation and BCE formulas are written as ``_body(xp, ...)`` functions returning new arrays, so that gpu.py
+can fuse the very same expression into one CUDA kernel; the optimizer steps are in-place operations on two scratch
+arrays (no temporaries). Scalars are cast to the array's dtype first, so float32 data is computed in float32 (as
+NumPy, CuPy and PyTorch do). tinygen.optim calls these steps (through ``kernels.get``); it has no copy of them.
 
 Conventions:
   activations   ``<act>_fwd(x, ...) -> y`` and ``<act>_bwd(s, g, ...) -> gx`` where ``s`` is the input ``x`` for
                 relu, leaky_relu and softplus, and the output ``y`` for tanh, sigmoid and elu (``alpha >= 0``);
   optimizers    ``*_step(param, grad, <state arrays>, <hyper-parameters>)`` update param and state in place,
-                with PyTorch's formulas (torch.optim single-tensor code paths), rounded as tinygen.optim's array
-                code rounds them, so a step gives the same bits with and without the kernels. (PyTorch's own
-                CPU loops use fused multiply-adds in places: agreement with it is within a few roundings.)
+                with PyTorch's formulas (torch.optim single-tensor code paths); the Numba loops round the same
+                way, so a step gives the same bits with and without them. (PyTorch's own CPU loops use fused
+                multiply-adds in places: agreement with it is within a few roundings.)
+  mm            ``mm(a, b) = a @ b``; gemm.py picks operand layouts for BLAS around the same product.
 """
 import contextlib
 
