@@ -135,7 +135,7 @@ def test_cuda_method_and_cpu_conversions(standin):
     assert r.device == "cuda" and r.shape == (3,)
 
 
-# ---- which array module / device is this: answered only here ----------------------------------------------------------
+# ---- which array module / device is this: answered only here -----------------------------------------------------
 def test_array_module_of_and_device_predicates(standin):
     host = np.zeros(3, np.float32)
     dev = standin.asarray(host)

@@ -412,7 +412,7 @@ def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momen
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-             maximize=False, first_step=False, scratch=None):  # noqa: ARG001 - one loop, no scratch needed
+             maximize=False, first_step=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_sgd(param, grad, momentum_buffer, momentum)
     _same_float("sgd_step", param)
     use_momentum = momentum != 0
@@ -463,7 +463,7 @@ def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay,
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
-              step, maximize=False, scratch=None):  # noqa: ARG001 - one loop, no scratch needed
+              step, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     _same_float("adam_step", param)
     consts = _adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
@@ -516,7 +516,7 @@ def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps,
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001 - one loop, no scratch needed
+                 momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
     _same_float("rmsprop_step", param)
     use_momentum = momentum > 0

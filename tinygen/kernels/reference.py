@@ -183,8 +183,9 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 # PyTorch's update rules (torch.optim, single-tensor code paths), written as in-place array operations with two
 # scratch arrays, so a step makes no temporaries. ``scratch``: a function (param) -> two arrays shaped like param,
 # e.g. an optimizer's reusable buffers (allocating them each step costs more than a small step itself); without
-# it they are allocated. The Numba kernels take the argument and need no scratch. Scalars are Python floats; NumPy and CuPy apply them in the
-# array's dtype. cpu.py's loops do the same operations in the same order, so they give these bits.
+# it they are allocated (the Numba kernels take the argument and need no scratch). Scalars are Python floats;
+# NumPy and CuPy apply them in the array's dtype. cpu.py's loops do the same operations in the same order, so they
+# give these bits.
 
 def _scratch(xp, param, scratch):
     return scratch(param) if scratch is not None else (xp.empty_like(param), xp.empty_like(param))
