@@ -92,6 +92,7 @@ def bench_tinygen(quick=False):
         import tinygen as tg
     except ImportError:
         raise Skip("tinygen not importable") from None
+    tg.allocator.apply_setting()  # as the tinygen command does
     a, b, g = (tg.tensor(v) for v in _arrays())
     ar = tg.tensor(a.numpy(), requires_grad=True)
     ns = dict(a=a, b=b, g=g, ar=ar, chain=chain, tanh=tg.tanh)

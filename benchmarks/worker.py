@@ -52,6 +52,9 @@ class Worker:
                 __import__(need)
             except Exception as e:  # a broken install is reported, not fatal to the whole run
                 self.unavailable = f"{need} failed to import: {type(e).__name__}: {e}"
+        if self.framework.startswith("tinygen") and not self.unavailable:
+            from tinygen import allocator
+            allocator.apply_setting()  # as the tinygen command does: freed memory kept for reuse (glibc)
         if self.framework == "tinygen-numba" and not self.unavailable:
             from .models_tinygen import numba_status
             if numba_status()[0]:  # count numba itself in the import, not in the training run's memory

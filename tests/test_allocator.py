@@ -1,5 +1,6 @@
 """tinygen.allocator: freed host memory is kept for reuse (glibc), so remaking an array of the same size does not
-page-fault it in again; it can be turned off, at import by the environment or by a call."""
+page-fault it in again. Importing tinygen leaves malloc alone; a program opts in with one call, and the tinygen
+command does so unless TINYGEN_KEEP_FREED_MEMORY is off."""
 import os
 import platform
 import resource
@@ -47,12 +48,52 @@ def test_kept_memory_is_reused_without_page_faults(restore):
     assert kept < pages, f"kept memory should be reused without faulting it in again ({kept} faults)"
 
 
-@pytest.mark.parametrize("value, kept", [("0", False), ("off", False), ("1", True), (None, True)])
-def test_environment_switch_at_import(value, kept):
+# In a fresh interpreter, with ctypes watched: glibc's settings cannot be read back, so the tests see the calls.
+_PROBE = """
+import ctypes
+calls = []
+class Watched(ctypes.CDLL):
+    def __getattr__(self, name):
+        if name == "mallopt":
+            calls.append(name)
+        return super().__getattr__(name)
+ctypes.CDLL = Watched
+{setup}
+from tinygen import allocator
+print(allocator.freed_memory_kept(), len(calls))
+"""
+
+
+def _probe(setup, env_value=None):
     env = {k: v for k, v in os.environ.items() if k != "TINYGEN_KEEP_FREED_MEMORY"}
-    if value is not None:
-        env["TINYGEN_KEEP_FREED_MEMORY"] = value
-    out = subprocess.run([sys.executable, "-c", "import tinygen; print(tinygen.allocator.freed_memory_kept())"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    expect_kept = kept and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert out == str(expect_kept)
+    if env_value is not None:
+        env["TINYGEN_KEEP_FREED_MEMORY"] = env_value
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+def test_importing_tinygen_leaves_malloc_alone():
+    assert _probe("import tinygen, tinygen.nn, tinygen.optim, tinygen.models") == (False, 0)
+
+
+@glibc
+def test_one_call_keeps_freed_memory():
+    kept, calls = _probe("import tinygen\ntinygen.keep_freed_memory()")
+    assert kept and calls == 1
+
+
+@pytest.mark.parametrize("value, kept", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_the_command_applies_the_setting(value, kept):
+    """tinygen's command line keeps freed memory unless TINYGEN_KEEP_FREED_MEMORY is off (a bad value is refused)."""
+    setup = ("from tinygen import cli\n"
+             "cli.build_parser = lambda: (_ for _ in ()).throw(SystemExit(0))  # stop after the setting is applied\n"
+             "try:\n    cli.main(['eval', 'nothing'])\nexcept SystemExit:\n    pass")
+    got, _ = _probe(setup, value)
+    assert got == (kept and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_bad_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("TINYGEN_KEEP_FREED_MEMORY", "maybe")
+    with pytest.raises(ValueError, match="TINYGEN_KEEP_FREED_MEMORY='maybe'"):
+        allocator.apply_setting()

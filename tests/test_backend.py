@@ -133,3 +133,24 @@ def test_cuda_method_and_cpu_conversions(standin):
     tg.manual_seed(5)
     r = tg.randn(3, device="cuda")
     assert r.device == "cuda" and r.shape == (3,)
+
+
+# ---- which array module / device is this: answered only here -----------------------------------------------------
+def test_array_module_of_and_device_predicates(standin):
+    host = np.zeros(3, np.float32)
+    dev = standin.asarray(host)
+    assert backend.array_module_of(None, 2.0, host) is np
+    assert backend.array_module_of(np.float32(1)) is np
+    assert backend.array_module_of(None, dev) is backend.standin
+    with pytest.raises(TypeError, match="array_module_of: expected at least one array"):
+        backend.array_module_of(None, 1)
+    assert backend.is_device_array(dev) and not backend.is_device_array(host)
+    assert not backend.is_device_array([1.0]) and not backend.is_device_array(3)
+    assert not backend.is_cupy_array(dev) and not backend.is_cupy_array(host)  # the stand-in is not CuPy
+    assert backend.device_of(host) == "cpu" and backend.device_of(dev) == "cuda"
+
+
+def test_tensor_from_a_device_array_goes_through_the_host(standin):
+    dev = standin.asarray(np.arange(4, dtype=np.float32))
+    t = tg.tensor(dev)
+    assert t.device == "cpu" and t.numpy().tolist() == [0.0, 1.0, 2.0, 3.0]

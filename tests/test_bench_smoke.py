@@ -4,8 +4,10 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +17,7 @@ from conftest import HAS_TORCH  # noqa: E402
 
 import benchmarks  # noqa: E402
 from benchmarks import specs  # noqa: E402
+from tinygen import kernels  # noqa: E402
 
 
 def _positive(x):
@@ -247,3 +250,29 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
     res = json.loads((tmp_path / "unset" / "results.json").read_text())
     assert "gemm_native" not in res and res["environment"]["openblas_env"] == "unset"
     assert "removed in every framework's process" in (tmp_path / "unset" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args", [["--model", "mlp", "--batch", "8", "--steps", "2", "--rounds", "1"],
+                                  ["--profile", "--model", "mlp", "--batch", "8"]])
+def test_step_bench_runs_as_a_module(args):
+    """benchmarks/step_bench.py (whole training steps, kernels off vs on) runs from the checkout root."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    if "--profile" in args:
+        assert out.returncode == 0, out.stderr
+        assert "own CPU time per step by category" in out.stdout
+    elif kernels.enabled():
+        assert out.returncode == 0, out.stderr
+        assert "speedup" in out.stdout
+    else:
+        assert out.returncode == 1 and "Numba kernels are off" in out.stdout
+
+
+def test_kernel_bench_table_compares_each_used_kernel_with_its_reference():
+    from benchmarks import kernel_bench
+    if not kernels.enabled():
+        pytest.skip("the Numba kernels are off: kernel_bench has nothing to compare")
+    rows = kernel_bench.table(np.float32, quick=True)
+    benched = {name.partition("[")[0] for name, *_ in rows}  # "sgd_step[momentum]": the kernel, then its options
+    assert benched >= {"relu_fwd", "adam_step", "sgd_step", "rmsprop_step", "bias_act_fwd", "cross_entropy"}
+    assert all(_positive(t_ref) and _positive(t_kernel) for _, _, _, t_ref, t_kernel, _ in rows)

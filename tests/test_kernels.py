@@ -22,9 +22,11 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from conftest import requires_torch
+import tinygen
 from tinygen import kernels
 from tinygen.backend import StandinArray, standin
-from tinygen.kernels import gpu
+from tinygen.kernels import gemm, gpu
+from tinygen.kernels import threads as kthreads
 from tinygen.kernels import reference as ref
 
 NUMBA_ON = kernels.enabled()
@@ -80,8 +82,8 @@ def threads(request, monkeypatch):
         from tinygen.kernels import cpu
         if cpu._threads() < 2:
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
-        monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)
-        monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
+        monkeypatch.setattr(kthreads, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
     return request.param
 
 
@@ -615,7 +617,7 @@ def test_cross_entropy_errors(impl):
 @requires_numba
 def test_sizes_above_the_default_parallel_threshold():
     from tinygen.kernels import cpu
-    n = cpu.PARALLEL_MIN + 7  # odd: chunks of unequal length
+    n = kthreads.PARALLEL_MIN + 7  # odd: chunks of unequal length
     rng = np.random.default_rng(13)
     x, g = randn(rng, n, np.float32), randn(rng, n, np.float32)
     same(cpu.leaky_relu_fwd(x, 0.2), ref.leaky_relu_fwd(x, 0.2))
@@ -632,7 +634,7 @@ def test_sizes_above_the_default_parallel_threshold():
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 1001])
 def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
     from tinygen.kernels import cpu
-    monkeypatch.setattr(cpu, "UFUNC_PARALLEL_MIN", 0)
+    monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
     seen = np.zeros(n, np.int64)
 
     def part(lo, hi):
@@ -645,7 +647,7 @@ def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
 @requires_numba
 def test_threaded_transcendentals_keep_the_reference_bits():
     from tinygen.kernels import cpu
-    n = cpu.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
+    n = kthreads.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
     rng = np.random.default_rng(14)
     x, t = randn(rng, (n,), np.float32, 6.0), rng.random(n).astype(np.float32)
     same(cpu.tanh_fwd(x), ref.tanh_fwd(x))
@@ -665,6 +667,10 @@ def test_lookup_policy():
         assert kernels.module("cpu") is ref
     assert kernels.lookup("leaky_relu_fwd", standin.asarray(x32)) is None  # the stand-in takes the plain path
     assert kernels.lookup("leaky_relu_fwd", np.float32(1.0)) is None
+    assert kernels.get("leaky_relu_fwd", standin.asarray(x32)) is ref.leaky_relu_fwd  # get: else the reference
+    assert kernels.get("mm", x32) is gemm.mm and kernels.get("mm", standin.asarray(x32)) is ref.mm
+    with kernels.enabled_as(False):
+        assert kernels.get("mm", x32) is gemm.mm  # operand choices for BLAS need no Numba
     if not NUMBA_ON:
         assert kernels.lookup("leaky_relu_fwd", x32) is None
         return
@@ -676,17 +682,17 @@ def test_lookup_policy():
     assert kernels.lookup("no_such_kernel", x32) is None
     big = np.zeros((1024, 1000), np.float32)
     assert kernels.lookup("cross_entropy", big) is None  # above its size cap the reference is faster
-    assert set(kernels.CPU_USED) <= set(kernels.KERNELS)
-    for name in kernels.KERNELS:
-        for mod in (ref, gpu, cpu):
+    assert set(kernels.CPU_USED) <= set(kernels.KERNELS) and set(kernels.GPU_USED) <= set(kernels.KERNELS)
+    for mod, names in ((ref, kernels.KERNELS), (gpu, kernels.GPU_USED), (cpu, kernels.CPU_USED)):
+        for name in names:
             assert callable(getattr(mod, name)), f"{mod.__name__}.{name} is missing"
 
 
 def test_set_num_threads():
-    before = kernels.get_num_threads()
+    before = tinygen.get_num_threads()
     try:
-        kernels.set_num_threads(1)
-        assert kernels.get_num_threads() == 1
+        tinygen.set_num_threads(1)
+        assert tinygen.get_num_threads() == 1
         if NUMBA_ON:
             import numba
             assert numba.get_num_threads() == 1
@@ -695,10 +701,10 @@ def test_set_num_threads():
             blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
             assert all(i["num_threads"] == 1 for i in blas)
     finally:
-        kernels.set_num_threads(before)
+        tinygen.set_num_threads(before)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="positive integer"):
-            kernels.set_num_threads(bad)
+            tinygen.set_num_threads(bad)
 
 
 def _python(code, **env):
@@ -708,7 +714,7 @@ def _python(code, **env):
 
 
 def test_import_does_not_load_numba():
-    out = _python("import sys, tinygen, tinygen.kernels, tinygen.threads\n"
+    out = _python("import sys, tinygen, tinygen.kernels, tinygen.kernels.threads, tinygen.kernels.gemm\n"
                   "assert 'numba' not in sys.modules, 'numba imported by import tinygen'\n"
                   "print('ok')")
     assert out.returncode == 0, out.stderr
@@ -727,7 +733,7 @@ def test_works_without_numba():
         "assert kernels.enabled() is False\n"
         "assert kernels.lookup('leaky_relu_fwd', np.zeros(3, np.float32)) is None\n"
         "assert kernels.module('cpu') is ref\n"
-        "kernels.set_num_threads(1); assert kernels.get_num_threads() == 1\n"
+        "tinygen.set_num_threads(1); assert tinygen.get_num_threads() == 1\n"
         "try:\n"
         "    kernels.set_enabled(True)\n"
         "except ImportError as e:\n"
@@ -769,12 +775,14 @@ def test_gpu_fused_path_caches_per_option_and_falls_back(monkeypatch):
         same(gpu.leaky_relu_fwd(standin.asarray(x), 0.2).get(), ref.leaky_relu_fwd(x, 0.2))
         same(gpu.elu_fwd(standin.asarray(x), 0.5).get(), ref.elu_fwd(x, 0.5))
     assert len(traced) == 2  # one kernel per activation, reused on the second call
-    for momentum in (0.0, 0.9, 0.9):
-        p, buf, pr, bufr = standin.asarray(x.copy()), standin.asarray(g.copy()), x.copy(), g.copy()
-        gpu.sgd_step(p, standin.asarray(g), buf, 0.1, momentum=momentum)
-        ref.sgd_step(pr, g, bufr, 0.1, momentum=momentum)
-        same(p.get(), pr)
-    assert len(traced) == 4  # plain SGD and momentum SGD: two kernels
+    t = (x > 0).astype(np.float32)
+    for weight in (None, np.float32(2.0) + 0 * x, np.float32(2.0) + 0 * x):
+        loss, grad = gpu.bce_with_logits(standin.asarray(x), standin.asarray(t),
+                                         None if weight is None else standin.asarray(weight))
+        eloss, egrad = ref.bce_with_logits(x, t, weight)
+        same(loss.get(), eloss)
+        same(grad.get(), egrad)
+    assert len(traced) == 4  # unweighted and weighted BCE: two kernels
 
     def broken_fuse(fn, name):
         raise NotImplementedError("this construct cannot be fused")
@@ -999,3 +1007,46 @@ def test_this_module_passes_without_numba():
     out = _python(code, CI="1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "skipped" in out.stdout
+
+
+# ---- the per-activation kernels are made from one list ---------------------------------------------------------------
+def test_activation_kernels_come_from_one_list():
+    import inspect
+    names = {f"{act}_{d}" for act in ref.ACTIVATION_PARAMS for d in ("fwd", "bwd")}
+    assert names <= set(kernels.KERNELS)
+    mods = [ref, gpu] + ([__import__("tinygen.kernels.cpu", fromlist=["cpu"])] if NUMBA_ON else [])
+    for mod in mods:
+        for act, params in ref.ACTIVATION_PARAMS.items():
+            fwd = getattr(mod, f"{act}_fwd")
+            assert fwd.__module__ == mod.__name__
+            assert list(inspect.signature(fwd).parameters) == ["x"] + [n for n, _ in params]
+    x = randn(np.random.default_rng(20), (6, 5), np.float32)
+    g = randn(np.random.default_rng(21), (6, 5), np.float32)
+    same(ref.leaky_relu_fwd(x, negative_slope=0.3), ref.act_fwd(x, "leaky_relu", 0.3))
+    same(ref.softplus_bwd(x, g, threshold=1.5), ref.act_bwd(x, g, "softplus", 1.0, 1.5))
+    same(ref.elu_fwd(x), ref.act_fwd(x, "elu", 1.0))  # the default parameter
+    with pytest.raises(TypeError):
+        ref.relu_fwd(x, 0.1)
+
+
+# ---- the matrix product: gemm.py's operand choices against the reference's a @ b -----------------------------------
+@pytest.mark.parametrize("case", ["outer", "small batch, transposed weight", "plain"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_computes_the_reference_product(case, dtype):
+    rng = np.random.default_rng(22)
+    if case == "outer":
+        a, b = randn(rng, (7, 1), dtype), randn(rng, (1, 9), dtype)
+    elif case == "plain":
+        a, b = randn(rng, (33, 20), dtype), randn(rng, (20, 11), dtype)
+    else:  # x @ W.T with W of (out, in) = (300, 512): b is Fortran-ordered and large, a has few rows
+        a, b = randn(rng, (8, 512), dtype), randn(rng, (300, 512), dtype).T
+        assert b.size >= gemm.SWAP_MIN_SIZE and a.shape[0] <= gemm.SWAP_MAX_ROWS
+    got, expected = gemm.mm(a, b), ref.mm(a, b)
+    assert got.shape == expected.shape and got.dtype == expected.dtype and got.flags.c_contiguous
+    if case == "outer":
+        same(got, expected)  # one product per element: exact
+    else:
+        close(got, expected, dtype)
+    st = standin.asarray
+    np.testing.assert_array_equal(gemm.mm(st(a), st(b)).get(), (st(a) @ st(b)).get() if case != "outer"
+                                  else a * b)

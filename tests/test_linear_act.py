@@ -73,8 +73,9 @@ def test_mm_matches_numpy_on_every_route(rows, dtype, monkeypatch):
     """mm computes a short product with a transposed weight as (W @ x.T).T; the value and the C order must be
     NumPy's, on either side of the row limit and for both layouts of the right operand."""
     import tinygen.ops.linalg as linalg
-    monkeypatch.setattr(linalg, "SWAP_MAX_ROWS", 48)  # the default, whatever the environment says
-    mm, SWAP_MIN_SIZE = linalg.mm, linalg.SWAP_MIN_SIZE
+    from tinygen.kernels import gemm  # where the operand choice lives
+    monkeypatch.setattr(gemm, "SWAP_MAX_ROWS", 48)  # the default, whatever the environment says
+    mm, SWAP_MIN_SIZE = linalg.mm, gemm.SWAP_MIN_SIZE
     rng = np.random.default_rng(rows)
     cols = -(-SWAP_MIN_SIZE // 300)  # a weight just at the size from which the swap is considered
     x, w = rng.standard_normal((rows, 300)).astype(dtype), rng.standard_normal((cols, 300)).astype(dtype)

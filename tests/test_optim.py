@@ -1,4 +1,5 @@
 """Optimizers and LR schedulers without PyTorch: update rules in closed form, groups, state_dict, errors, devices."""
+import importlib.util
 import math
 
 import numpy as np
@@ -459,3 +460,41 @@ def test_a_user_defined_optimizer_on_the_base_class():
     np.testing.assert_array_equal(b.data, b0 + 0.25)
     with pytest.raises(ValueError, match="SignSGD: invalid lr=-1"):
         opt.add_param_group({"params": [make_params()[0]], "lr": -1})
+
+
+# ---- the update rules are the kernels' (tinygen.kernels), with the reference as the definition and the fallback ---
+STEP_KERNELS = [(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), "sgd_step"),
+                (lambda ps: optim.SGD(ps, lr=0.1), "sgd_step"),
+                (lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.1), "adam_step"),
+                (lambda ps: optim.AdamW(ps, lr=0.01, betas=(0.5, 0.999)), "adam_step"),
+                (lambda ps: optim.RMSprop(ps, lr=0.01, centered=True, momentum=0.5), "rmsprop_step")]
+
+
+@pytest.mark.parametrize("make, kernel", STEP_KERNELS, ids=[f"{k}-{i}" for i, (_, k) in enumerate(STEP_KERNELS)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optimizers_step_through_the_kernel_registry(monkeypatch, make, kernel, dtype):
+    """Each step asks tinygen.kernels for its update (no copy of the rule in tinygen.optim); with the Numba kernels
+    off that is the reference, and both give the same bits."""
+    from tinygen import kernels
+    rng = np.random.default_rng(5)
+    start = [rng.standard_normal(s).astype(dtype) for s in ((7, 5), (5,))]
+    grads = [[rng.standard_normal(a.shape).astype(dtype) for a in start] for _ in range(3)]
+    asked = []
+    real_get = kernels.get
+    monkeypatch.setattr(kernels, "get", lambda name, array: asked.append(name) or real_get(name, array))
+
+    def run(numba):
+        ps = [tinygen.tensor(a, requires_grad=True) for a in start]
+        opt = make(ps)
+        with kernels.enabled_as(numba):
+            for gs in grads:
+                for p, g in zip(ps, gs):
+                    p.grad = tinygen.tensor(g)
+                opt.step()
+        return [p.detach().numpy().copy() for p in ps]
+
+    plain = run(False)
+    assert asked == [kernel] * 6
+    if importlib.util.find_spec("numba") is not None:
+        for a, b in zip(run(True), plain):
+            np.testing.assert_array_equal(a, b)

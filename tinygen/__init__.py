@@ -1,10 +1,10 @@
 """tinygen: a small, readable numerical engine — Tensor, reverse-mode autodiff over NumPy/CuPy, and models on top.
 
-The core needs only NumPy; Numba, CuPy, matplotlib and PyTorch are optional and never imported here.
+The core needs only NumPy; Numba, CuPy, matplotlib and PyTorch are optional and never imported here. Importing
+tinygen changes nothing process-wide: ``tinygen.keep_freed_memory()`` (glibc's allocator) is a call a program makes.
 """
-from . import allocator
-allocator._at_import()  # keep freed memory for reuse (glibc; TINYGEN_KEEP_FREED_MEMORY=0 turns it off)
-from .allocator import keep_freed_memory  # noqa: E402
+from . import allocator, config
+from .allocator import keep_freed_memory
 from .dtypes import float16, float32, float64, int32, int64, uint8, bool_
 from .dtypes import bool_ as bool  # noqa: A001 - tinygen.bool, as torch.bool
 from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, full, zeros_like, ones_like,
@@ -20,7 +20,7 @@ from .ops import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_
                   unsqueeze, cat, concatenate, stack, split, chunk, matmul)
 from .random import manual_seed, randn, rand, randint, randperm, randn_like, rand_like, normal, bernoulli
 from .backend import is_available
-from .threads import set_num_threads, get_num_threads
+from .kernels.threads import set_num_threads, get_num_threads
 from . import viz
 from .serialization import save, load
 from . import nn, optim, data  # noqa: E402 - they build on everything above

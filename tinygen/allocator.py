@@ -5,17 +5,23 @@ system when they are freed (``mmap``/``munmap``, and trimming the top of the hea
 the same size arrives as fresh pages: a 1024x784 float32 activation costs about 800 page faults each time it is
 made. A training step frees and remakes the same sizes over and over; on the 2-core machine of
 ``benchmarks/README.md`` this was 2,700 faults per VAE step at batch 1024 and 5,700 per GAN step, 10-25% of the
-step. So at import tinygen asks glibc to serve blocks up to 32 MiB from its heap and to keep up to 128 MiB of
+step. ``keep_freed_memory()`` asks glibc to serve blocks up to 32 MiB from its heap and to keep up to 128 MiB of
 freed heap, which is then reused, as PyTorch's caching allocator does for GPU memory. The cost: the process keeps
 its peak host memory instead of returning it.
 
-The setting is process-wide and glibc-only (elsewhere this does nothing). Turn it off with the environment variable
-``TINYGEN_KEEP_FREED_MEMORY=0`` (read at import) or ``keep_freed_memory(False)``.
+The setting is process-wide and glibc-only (elsewhere this does nothing), so importing tinygen never applies it: a
+program opts in with one call,
+
+    tinygen.keep_freed_memory()          # or keep_freed_memory(False) to return to glibc's behaviour
+
+The ``tinygen`` command and the benchmarks call ``apply_setting()``, which keeps freed memory unless the setting
+``TINYGEN_KEEP_FREED_MEMORY`` (tinygen.config) is off.
 """
 import ctypes
 import ctypes.util
-import os
 import platform
+
+from . import config
 
 # glibc's mallopt parameters (malloc.h) and the values used
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -58,7 +64,10 @@ def freed_memory_kept():
     return _state["kept"]
 
 
-def _at_import():
-    flag = os.environ.get("TINYGEN_KEEP_FREED_MEMORY", "1").strip().lower()
-    if flag not in ("0", "false", "no", "off"):
-        keep_freed_memory(True)
+def apply_setting():
+    """Keep freed memory for reuse unless TINYGEN_KEEP_FREED_MEMORY is off (for programs: the CLI, benchmarks).
+
+    Returns whether memory is now kept."""
+    if config.get("TINYGEN_KEEP_FREED_MEMORY"):
+        return keep_freed_memory(True)
+    return freed_memory_kept()

@@ -9,9 +9,10 @@ array, refuses implicit conversion to NumPy and refuses to mix with host ``numpy
 ``numpy.*`` call on device data fails in the test suite instead of on a user's GPU.
 """
 import contextlib
-import os
 
 import numpy as np
+
+from . import config
 
 DEVICES = ("cpu", "cuda")
 _modules = {"cpu": np}
@@ -30,7 +31,7 @@ def normalize_device(device):
 
 
 def _load_cuda():
-    if os.environ.get("TINYGEN_CUDA_STANDIN") == "1":
+    if config.get("TINYGEN_CUDA_STANDIN"):
         return standin
     try:
         import cupy
@@ -65,6 +66,30 @@ def is_available(device="cuda"):
 def device_of(array):
     """Which device an array lives on."""
     return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+
+
+def array_module_of(*arrays):
+    """numpy, cupy or the stand-in, from the first array argument (None and Python numbers are skipped)."""
+    for a in arrays:
+        if a is None or isinstance(a, (int, float)):
+            continue
+        if isinstance(a, (np.ndarray, np.generic)):
+            return np
+        if isinstance(a, StandinArray):
+            return standin
+        import cupy
+        return cupy.get_array_module(a)
+    raise TypeError("array_module_of: expected at least one array argument")
+
+
+def is_cupy_array(array):
+    """True for a real CuPy array (not the stand-in), without importing CuPy."""
+    return type(array).__module__.startswith("cupy")
+
+
+def is_device_array(array):
+    """True for an array held on the GPU: a CuPy array or the stand-in's."""
+    return isinstance(array, StandinArray) or is_cupy_array(array)
 
 
 def to_device(array, device):

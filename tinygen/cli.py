@@ -12,7 +12,9 @@ records which model made it, so ``sample`` and ``eval`` find their way without b
 """
 import argparse
 import importlib
+import importlib.util
 import json
+import subprocess
 import sys
 
 MODELS = ("gan", "vae", "classifier")
@@ -63,14 +65,14 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        try:
-            import benchmarks
-        except ImportError:
+    if argv[:1] == ["bench"]:  # a separate program: the library does not import the benchmark suite
+        if importlib.util.find_spec("benchmarks") is None:
             print("tinygen bench: the benchmark suite lives in the source checkout; run it from the repository "
                   "root (python -m benchmarks)", file=sys.stderr)
             return 2
-        return benchmarks.main(argv[1:])
+        return subprocess.call([sys.executable, "-m", "benchmarks", *argv[1:]])
+    from .allocator import apply_setting
+    apply_setting()  # keep freed memory for reuse (TINYGEN_KEEP_FREED_MEMORY=0: glibc's default behaviour)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

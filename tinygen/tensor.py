@@ -255,7 +255,7 @@ def _fits(arr, dt):
 def _host_array(data, dtype, fn="tensor"):
     if isinstance(data, Tensor):
         data = backend.to_device(data.data, "cpu")
-    elif hasattr(data, "get") and hasattr(data, "shape") and not isinstance(data, (np.ndarray, np.generic)):
+    elif backend.is_device_array(data):
         data = data.get()  # a device array (CuPy or the stand-in)
     try:
         arr = np.asarray(data)

@@ -10,6 +10,7 @@ computed with ``create_graph=True``: it checks the second derivatives.
 """
 import numpy as np
 
+from .. import backend
 from ..tensor import Tensor, _make
 from .engine import grad as _grad
 from .grad_mode import enable_grad, no_grad
@@ -26,7 +27,7 @@ def _outputs(fn, xs):
 
 
 def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+    return a.get() if backend.is_device_array(a) else np.asarray(a)
 
 
 def _weighted(outs, us):

@@ -16,7 +16,7 @@ def _host(x, what):
         return backend.to_device(x.data, "cpu")
     if isinstance(x, np.ndarray):
         return x
-    if hasattr(x, "get") and hasattr(x, "shape"):  # a device array
+    if backend.is_device_array(x):
         return x.get()
     try:
         return np.asarray(x)

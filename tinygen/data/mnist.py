@@ -13,13 +13,14 @@ have magic 2051 (0x0803: unsigned bytes, 3 dimensions), labels 2049 (0x0801: uns
 """
 import gzip
 import hashlib
-import os
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .. import config
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "files"
 
@@ -219,7 +220,7 @@ def load_split(folder, split, verify=False):
 def _candidates(root):
     """Folders named by root (or $TINYGEN_DATA): the folder itself and its mnist/ subfolder."""
     if root is None:
-        root = os.environ.get("TINYGEN_DATA") or None
+        root = config.get("TINYGEN_DATA")
     if root is None:
         return None
     root = Path(root).expanduser()
@@ -256,7 +257,7 @@ def mnist(split="train", root=None, verify=False):
                                 f"{' and '.join(b + '[.gz]' for b in SPLITS[split])}")
     if split == "test":
         return load_split(BUNDLED_DIR, "test", verify)
-    env = os.environ.get("TINYGEN_DATA")
+    env = config.raw("TINYGEN_DATA")
     where = f"$TINYGEN_DATA={env} does not hold it" if env else "no root given and $TINYGEN_DATA is not set"
     raise FileNotFoundError(
         f"the full MNIST training set was not found ({where}). Download it with "

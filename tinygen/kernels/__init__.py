@@ -1,42 +1,47 @@
 """Fused kernels under the ops: one pass over memory where plain array code makes several.
 
-Three versions of each kernel share one signature:
-  reference.py  plain array code for any array module (the definition, and the fallback);
+Each computation is defined once, as plain array code, in reference.py; faster versions share its name and
+signature and are checked against it (tests/test_kernels.py):
+  reference.py  plain array code for any array module: the definition, and what runs when nothing faster is in use;
   cpu.py        Numba loops (optional dependency; imported and compiled on first use, cached on disk);
-  gpu.py        CuPy versions: the reference's expressions fused into one CUDA kernel each.
+  gpu.py        CuPy versions: the reference's expressions fused into one CUDA kernel each;
+  gemm.py       the matrix product on NumPy arrays, with the operand layouts that keep BLAS at full speed;
+  threads.py    thread counts, and from what size work is split across threads.
 
-The ops ask for a kernel with ``lookup(name, array)``, which returns a function, or None to take their usual
-path. It returns a Numba kernel only for NumPy float32/float64 arrays while ``enabled()``, a CuPy kernel only for
-real CuPy arrays, and nothing for kernels that did not beat the plain code in ``python -m tinygen.kernels.bench``.
+Ops and optimizers call ``get(name, array)(...)``: the fast version for data like ``array`` where one is in use,
+else the reference function. ``lookup(name, array)`` is the same choice, returning None instead of the reference.
+A Numba kernel is chosen only for NumPy float32/float64 arrays while ``enabled()``, a CuPy kernel only for real
+CuPy arrays, and only kernels that beat the plain code in ``python -m benchmarks.kernel_bench`` are listed.
 
-    enabled()              Numba importable and the environment variable TINYGEN_NUMBA is not "0"
+    enabled()              Numba importable and the setting TINYGEN_NUMBA (tinygen.config) is on
     set_enabled(flag)      switch the Numba path on/off at run time (None: back to the environment's choice)
     enabled_as(flag)       the same for a ``with`` block
-    lookup(name, array)    the kernel for this array, or None
+    get(name, array)       the kernel for this array (fast, or the reference)
+    lookup(name, array)    the fast kernel for this array, or None
     module(device)         the kernel module a device uses now (cpu, gpu or reference)
-    set_num_threads(n)     Numba and BLAS threads (tinygen/threads.py); get_num_threads()
 
 Kernels are used in forward passes, in plain ``backward()`` passes and in optimizer steps. A backward that records
 a graph (``create_graph=True``) always runs the differentiable formulas in tinygen ops, so second derivatives are
-never computed by a kernel. Benchmarks: ``python -m tinygen.kernels.bench`` (each kernel) and
-``python -m tinygen.kernels.step_bench`` (whole training steps); results in PROFILE.md.
+never computed by a kernel. Benchmarks: ``python -m benchmarks.kernel_bench`` (each kernel) and
+``python -m benchmarks.step_bench`` (whole training steps); results in benchmarks/PROFILE.md.
 """
 import contextlib
-import os
 
 import numpy as np
 
-from ..threads import get_num_threads, set_num_threads  # noqa: F401 - one place for thread settings
+from .. import config
+from ..backend import is_cupy_array
+from . import reference
 
 KERNELS = ("relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "tanh_fwd", "tanh_bwd", "sigmoid_fwd",
            "sigmoid_bwd", "elu_fwd", "elu_bwd", "softplus_fwd", "softplus_bwd", "bias_act_fwd", "bias_act_bwd",
            "sgd_step", "adam_step", "rmsprop_step", "batchnorm_fwd", "batchnorm_bwd", "bce_with_logits",
-           "log_softmax_fwd", "log_softmax_bwd", "cross_entropy")
+           "log_softmax_fwd", "log_softmax_bwd", "cross_entropy", "mm")
 
 # The Numba kernels that lookup() hands out: those that beat the reference by a clear margin at the sizes of our
-# models (``python -m tinygen.kernels.bench``; numbers in PROFILE.md). Left out: tanh_fwd, which is NumPy's own
-# single SIMD pass already (the kernel just calls it).
-CPU_USED = frozenset(KERNELS) - {"tanh_fwd"}
+# models (``python -m benchmarks.kernel_bench``; numbers in benchmarks/PROFILE.md). Left out: tanh_fwd, which is
+# NumPy's own single SIMD pass already (the kernel just calls it), and mm, which is gemm.py's (no Numba needed).
+CPU_USED = frozenset(KERNELS) - {"tanh_fwd", "mm"}
 
 # Sizes (elements) above which a Numba kernel loses to the reference, whose exponentials are SIMD: lookup() returns
 # None for larger arrays (log-softmax 1024x1000 is 0.86x in float32, cross-entropy 0.69x in float64).
@@ -45,9 +50,10 @@ CPU_MAX_SIZE = {"log_softmax_fwd": 1 << 18, "cross_entropy": 1 << 18}
 # The Numba batch-norm loops take (N, C) and (N, C, L); larger ranks (BatchNorm2d) run the reference.
 CPU_MAX_NDIM = {"batchnorm_fwd": 3, "batchnorm_bwd": 3}
 
-# The CuPy kernels that lookup() hands out: the fused elementwise ones (gpu.py keeps the reference's reductions).
+# The CuPy kernels that lookup() hands out: the fused elementwise ones; gpu.py's optimizer steps are the reference's
+# in-place code (no temporaries to fuse away), its reductions too (left out here).
 GPU_USED = frozenset(KERNELS) - {"batchnorm_fwd", "batchnorm_bwd", "log_softmax_fwd", "log_softmax_bwd",
-                                 "cross_entropy"}
+                                 "cross_entropy", "mm"}
 
 _enabled = None
 _cpu_table = None
@@ -56,11 +62,11 @@ _ndarray = np.ndarray
 
 
 def _detect():
-    return os.environ.get("TINYGEN_NUMBA", "1").strip() != "0" and _numba_importable()
+    return config.get("TINYGEN_NUMBA") and _numba_importable()
 
 
 def enabled():
-    """True when the Numba kernels are in use: numba imports and TINYGEN_NUMBA is not "0"."""
+    """True when the Numba kernels are in use: numba imports and the setting TINYGEN_NUMBA is on."""
     global _enabled
     if _enabled is None:
         _enabled = _detect()
@@ -101,10 +107,11 @@ def _numba_importable():
 
 def _load_cpu():
     global _cpu_table
-    table = {}
+    from . import gemm
+    table = {"mm": gemm.mm}  # operand choices for BLAS, with or without Numba
     if enabled():
         from . import cpu
-        table = {name: getattr(cpu, name) for name in CPU_USED}
+        table.update({name: getattr(cpu, name) for name in CPU_USED})
     _cpu_table = table
     return table
 
@@ -117,7 +124,7 @@ def _load_gpu():
 
 
 def lookup(name, array):
-    """The fused kernel ``name`` for data like ``array``, or None (then the caller takes its plain path).
+    """The fast kernel ``name`` for data like ``array`` (Numba, CuPy, gemm.mm), or None where there is none.
 
     Cheap enough for every op call: a type check and a dictionary lookup once the tables are built.
     """
@@ -131,7 +138,7 @@ def lookup(name, array):
             return None
         max_ndim = CPU_MAX_NDIM.get(name)
         return fn if max_ndim is None or array.ndim <= max_ndim else None
-    if type(array).__module__.startswith("cupy"):
+    if is_cupy_array(array):
         table = _gpu_table if _gpu_table is not None else _load_gpu()
         return table.get(name)
     return None  # the CuPy stand-in, host scalars: plain path
@@ -141,15 +148,11 @@ def get(name, array):
     """The kernel ``name`` for data like ``array``: the fast version (Numba / CuPy) where one is in use, else the
     plain array definition in reference.py. Ops call what this returns; they keep no copy of the math."""
     fn = lookup(name, array)
-    if fn is not None:
-        return fn
-    from . import reference
-    return getattr(reference, name)
+    return fn if fn is not None else getattr(reference, name)
 
 
 def module(device):
     """The kernel module a device would use right now: cpu (Numba) when enabled, gpu on "cuda", else reference."""
-    from . import reference
     if device == "cpu":
         if enabled():
             from . import cpu

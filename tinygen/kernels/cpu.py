@@ -12,27 +12,21 @@ How the loops are written:
     kept LLVM from vectorizing any loop that divides (Adam's step was 4.7x slower with it).
   * each kernel is a loop over whole arrays, called directly (serial) or by its ``*_par`` twin on one slice per
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
-    cost microseconds to start, so the parallel twin runs only from ``PARALLEL_MIN`` elements (bench.py
-    measures where threads start to pay).
+    cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
+    (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
-    and several times faster, so kernels built on them are used only where fusing passes wins (see bench.py).
+    and several times faster, so kernels built on them are used only where fusing passes wins
+    (benchmarks/kernel_bench.py).
 """
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from . import reference as ref
-
-# Elements from which the thread-parallel twin of a kernel runs (override: TINYGEN_NUMBA_PARALLEL_MIN). On the
-# 2-core machine of PROFILE.md, two threads did not pay below 4M elements (``bench.py --threshold``): these
-# kernels are memory-bound, and a thread start costs microseconds. Machines with many cores can lower it.
-PARALLEL_MIN = int(os.environ.get("TINYGEN_NUMBA_PARALLEL_MIN", 1 << 22))
+from . import reference as ref, threads
 
 # Activation codes (compile-time constants inside the kernels).
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, SOFTPLUS_FROM_Y = range(8)
@@ -45,33 +39,13 @@ def _threads():
     return numba.get_num_threads()
 
 
-# NumPy's transcendental ufuncs are compute-bound (4-15 ns per float32 element on a 2-core AVX2 machine, where
-# exp and log1p are not vectorised), so unlike the memory-bound loops above a second thread pays from far fewer
-# elements. NumPy releases the GIL inside a ufunc, so plain threads run the chunks at once, with the bits of one
-# call (override: TINYGEN_UFUNC_PARALLEL_MIN).
-UFUNC_PARALLEL_MIN = int(os.environ.get("TINYGEN_UFUNC_PARALLEL_MIN", 1 << 16))
-_ufunc_pool = {}  # worker count -> ThreadPoolExecutor, made on first use
-
-
 def _in_chunks(fn, n):
-    """Run ``fn(lo, hi)`` over [0, n): one chunk per thread from UFUNC_PARALLEL_MIN elements, else one call."""
-    t = _threads()
-    if n < max(UFUNC_PARALLEL_MIN, 2) or t < 2:
-        fn(0, n)
-        return
-    pool = _ufunc_pool.get(t - 1)
-    if pool is None:
-        pool = _ufunc_pool[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
-    step = -(-n // t)
-    parts = [pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
-    fn(0, min(n, step))  # the calling thread takes the first chunk
-    for f in parts:
-        f.result()
+    threads.in_chunks(fn, n, _threads)
 
 
-def _exp_neg_abs(x, log1p=False, threads=True):
+def _exp_neg_abs(x, log1p=False, split=True):
     """exp(-|x|) of a flat array (and its log1p with ``log1p``), in chunks on the ufunc threads (or, without
-    ``threads``, on the calling thread)."""
+    ``split``, on the calling thread)."""
     e = np.empty_like(x)
     l1p = np.empty_like(x) if log1p else None
 
@@ -82,7 +56,7 @@ def _exp_neg_abs(x, log1p=False, threads=True):
         np.exp(c, out=c)
         if log1p:
             np.log1p(c, out=l1p[lo:hi])
-    if threads:
+    if split:
         _in_chunks(part, x.size)
     else:
         part(0, x.size)
@@ -91,10 +65,7 @@ def _exp_neg_abs(x, log1p=False, threads=True):
 
 def _chunks(n):
     """Number of chunks for the parallel twin, or 0 to run serially."""
-    if n < PARALLEL_MIN:
-        return 0
-    t = _threads()
-    return t if t > 1 else 0
+    return threads.parallel_chunks(n, _threads)
 
 
 # ---- activations -------------------------------------------------------------------------------------------------
@@ -272,52 +243,7 @@ def act_bwd(s, g, act, p1=0.0, p2=0.0):
     return out.reshape(g.shape)
 
 
-def relu_fwd(x):
-    return act_fwd(x, "relu")
-
-
-def relu_bwd(x, g):
-    return act_bwd(x, g, "relu")
-
-
-def leaky_relu_fwd(x, negative_slope=0.01):
-    return act_fwd(x, "leaky_relu", negative_slope)
-
-
-def leaky_relu_bwd(x, g, negative_slope=0.01):
-    return act_bwd(x, g, "leaky_relu", negative_slope)
-
-
-def tanh_fwd(x):
-    return act_fwd(x, "tanh")
-
-
-def tanh_bwd(y, g):
-    return act_bwd(y, g, "tanh")
-
-
-def sigmoid_fwd(x):
-    return act_fwd(x, "sigmoid")
-
-
-def sigmoid_bwd(y, g):
-    return act_bwd(y, g, "sigmoid")
-
-
-def elu_fwd(x, alpha=1.0):
-    return act_fwd(x, "elu", alpha)
-
-
-def elu_bwd(y, g, alpha=1.0):
-    return act_bwd(y, g, "elu", alpha)
-
-
-def softplus_fwd(x, beta=1.0, threshold=20.0):
-    return act_fwd(x, "softplus", beta, threshold)
-
-
-def softplus_bwd(x, g, beta=1.0, threshold=20.0):
-    return act_bwd(x, g, "softplus", beta, threshold)
+globals().update(ref.activation_kernels(act_fwd, act_bwd))
 
 
 # ---- bias + activation after a matmul ----------------------------------------------------------------------------
@@ -440,6 +366,26 @@ def _dummy(dt):
     return np.empty(0, dt)
 
 
+# The scalars of each step, cast to the parameter's dtype (as NumPy casts a Python float meeting a float32 array in
+# the reference's operations), so the loops round as the reference does.
+def _sgd_consts(dtype, lr, momentum, dampening, weight_decay):
+    t = dtype.type
+    return t(lr), t(momentum), t(1 - dampening), t(weight_decay)
+
+
+def _adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
+    step_size, bc2_sqrt, decay = ref.adam_scalars(lr, beta1, beta2, weight_decay, step)
+    t = dtype.type
+    w = 1 - beta1  # the lerp weight of the first moment
+    return t(w), t(1 - w), t(beta2), t(1 - beta2), t(decay), t(weight_decay), t(eps), t(step_size), t(bc2_sqrt)
+
+
+def _rmsprop_consts(dtype, lr, alpha, eps, weight_decay, momentum):
+    t = dtype.type
+    w = 1 - alpha  # also the lerp weight of the centered average
+    return t(lr), t(alpha), t(w), t(1 - w), t(eps), t(weight_decay), t(momentum)
+
+
 @njit(cache=True, error_model="numpy")
 def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
          first_step):
@@ -466,14 +412,14 @@ def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momen
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-             maximize=False, first_step=False):
+             maximize=False, first_step=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_sgd(param, grad, momentum_buffer, momentum)
     _same_float("sgd_step", param)
     use_momentum = momentum != 0
     io = _InPlace("sgd_step", param, momentum_buffer if use_momentum else None)
     p, buf = io.flat
     buf = buf if buf is not None else _dummy(param.dtype)
-    args = (p, _flat(grad), buf, *ref.sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
+    args = (p, _flat(grad), buf, *_sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
             weight_decay != 0, use_momentum, bool(nesterov), bool(maximize), bool(first_step))
     nch = _chunks(p.size)
     if nch:
@@ -517,10 +463,10 @@ def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay,
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
-              step, maximize=False):
+              step, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     _same_float("adam_step", param)
-    consts = ref.adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
+    consts = _adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
     amsgrad = max_exp_avg_sq is not None
     io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
     p, m, v, vmax = io.flat
@@ -570,7 +516,7 @@ def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps,
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False):
+                 momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
     _same_float("rmsprop_step", param)
     use_momentum = momentum > 0
@@ -578,7 +524,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
                   momentum_buffer if use_momentum else None)
     p, v, ga, buf = io.flat
     dummy = _dummy(param.dtype)
-    consts = ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
+    consts = _rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
     args = (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy,
             *consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize), ref.lerp_small(1 - alpha))
     nch = _chunks(p.size)
@@ -795,7 +741,7 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     def part(lo, hi):
         for b in range(lo, hi, BCE_BLOCK):
             c = min(hi, b + BCE_BLOCK)
-            e, l1p = _exp_neg_abs(xf[b:c], log1p=True, threads=False)
+            e, l1p = _exp_neg_abs(xf[b:c], log1p=True, split=False)
             gb = grad[b:c] if need_grad else grad
             if plain:
                 _bce_plain(xf[b:c], tf[b:c], e, l1p, loss[b:c], gb, need_grad, gscale)

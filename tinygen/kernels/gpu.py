@@ -1,11 +1,11 @@
 """CuPy versions of the elementwise kernels: the reference's own expressions, fused into one CUDA kernel each.
 
 On a GPU every array operation is a kernel launch plus a round trip through memory, so the reference's chain of
-small operations (an Adam step is about fifteen) costs launches and bandwidth. ``cupy.fuse`` traces a function
+small operations (a sigmoid is about six) costs launches and bandwidth. ``cupy.fuse`` traces a function
 of array expressions once per dtype and compiles it into a single kernel. The functions traced here are the
 bodies in reference.py, so there is one formula per kernel: the stand-in for CuPy (CI has no GPU) runs the same
-body unfused, which is how the tests check this module's logic. Options that change the formula (momentum,
-nesterov, amsgrad...) are fixed per traced kernel, so each combination gets its own fused kernel.
+body unfused, which is how the tests check this module's logic. Options that change the formula (the
+activation, weights of a loss) are fixed per traced kernel, so each combination gets its own fused kernel.
 
 Reductions (batch norm, log-softmax, cross-entropy) are not fused here: they keep the reference's CuPy code, whose
 reductions are already single kernels. If CuPy cannot fuse a body, a warning is issued once and the body runs
@@ -13,6 +13,7 @@ unfused (same results, more launches).
 """
 import warnings
 
+from ..backend import array_module_of
 from . import reference as ref
 
 _cache = {}
@@ -51,7 +52,7 @@ def _kernel(name, static, body):
     """A callable running ``body(xp, *args)``: fused for CuPy arrays (one kernel per name and static options),
     plain for any other array module (the stand-in)."""
     def call(*args):
-        xp = ref.array_module_of(*args)
+        xp = array_module_of(*args)
         if not _is_cupy(xp):
             return body(xp, *args)
         key = (name, static)
@@ -79,52 +80,7 @@ def act_bwd(s, g, act, p1=0.0, p2=0.0):
         s, g, t(p1), t(p2))
 
 
-def relu_fwd(x):
-    return act_fwd(x, "relu")
-
-
-def relu_bwd(x, g):
-    return act_bwd(x, g, "relu")
-
-
-def leaky_relu_fwd(x, negative_slope=0.01):
-    return act_fwd(x, "leaky_relu", negative_slope)
-
-
-def leaky_relu_bwd(x, g, negative_slope=0.01):
-    return act_bwd(x, g, "leaky_relu", negative_slope)
-
-
-def tanh_fwd(x):
-    return act_fwd(x, "tanh")
-
-
-def tanh_bwd(y, g):
-    return act_bwd(y, g, "tanh")
-
-
-def sigmoid_fwd(x):
-    return act_fwd(x, "sigmoid")
-
-
-def sigmoid_bwd(y, g):
-    return act_bwd(y, g, "sigmoid")
-
-
-def elu_fwd(x, alpha=1.0):
-    return act_fwd(x, "elu", alpha)
-
-
-def elu_bwd(y, g, alpha=1.0):
-    return act_bwd(y, g, "elu", alpha)
-
-
-def softplus_fwd(x, beta=1.0, threshold=20.0):
-    return act_fwd(x, "softplus", beta, threshold)
-
-
-def softplus_bwd(x, g, beta=1.0, threshold=20.0):
-    return act_bwd(x, g, "softplus", beta, threshold)
+globals().update(ref.activation_kernels(act_fwd, act_bwd))
 
 
 # ---- bias + activation -------------------------------------------------------------------------------------------
@@ -153,63 +109,6 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
     return gpre, (gpre.sum(axis=0) if bias_grad else None)
 
 
-# ---- optimizers --------------------------------------------------------------------------------------------------
-def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-             maximize=False, first_step=False):
-    ref.check_sgd(param, grad, momentum_buffer, momentum)
-    consts = ref.sgd_consts(param.dtype, lr, momentum, dampening, weight_decay)
-    flags = dict(use_wd=weight_decay != 0, use_momentum=momentum != 0, nesterov=bool(nesterov),
-                 maximize=bool(maximize), first_step=bool(first_step))
-    static = tuple(flags.values())
-    if flags["use_momentum"]:
-        p, buf = _kernel("sgd_step", static, lambda xp, p, g, buf, *c: ref._sgd_body(xp, p, g, buf, *c, **flags))(
-            param, grad, momentum_buffer, *consts)
-        momentum_buffer[...] = buf
-    else:
-        p = _kernel("sgd_step", static, lambda xp, p, g, *c: ref._sgd_body(xp, p, g, None, *c, **flags)[0])(
-            param, grad, *consts)
-    param[...] = p
-
-
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
-              step, maximize=False):
-    ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    consts = ref.adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
-    flags = dict(use_wd=weight_decay != 0, decoupled=bool(decoupled), maximize=bool(maximize),
-                 small=ref.lerp_small(1 - beta1))
-    static = tuple(flags.values()) + (max_exp_avg_sq is not None,)
-    if max_exp_avg_sq is not None:
-        p, m, v, vmax = _kernel("adam_step", static, lambda xp, p, g, m, v, vm, *c: ref._adam_body(
-            xp, p, g, m, v, vm, *c, **flags))(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *consts)
-        max_exp_avg_sq[...] = vmax
-    else:
-        p, m, v = _kernel("adam_step", static, lambda xp, p, g, m, v, *c: ref._adam_body(
-            xp, p, g, m, v, None, *c, **flags)[:3])(param, grad, exp_avg, exp_avg_sq, *consts)
-    param[...] = p
-    exp_avg[...] = m
-    exp_avg_sq[...] = v
-
-
-def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False):
-    ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
-    consts = ref.rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
-    flags = dict(use_wd=weight_decay != 0, centered=bool(centered), use_momentum=momentum > 0,
-                 maximize=bool(maximize), small=ref.lerp_small(1 - alpha))
-    static = tuple(flags.values())
-    # Fused kernels take arrays only, so an unused buffer is passed as the square average (never read then).
-    ga = grad_avg if flags["centered"] else square_avg
-    buf = momentum_buffer if flags["use_momentum"] else square_avg
-    p, v, ga_new, buf_new = _kernel("rmsprop_step", static, lambda xp, p, g, v, ga, buf, *c: ref._rmsprop_body(
-        xp, p, g, v, ga, buf, *c, **flags))(param, grad, square_avg, ga, buf, *consts)
-    param[...] = p
-    square_avg[...] = v
-    if flags["centered"]:
-        grad_avg[...] = ga_new
-    if flags["use_momentum"]:
-        momentum_buffer[...] = buf_new
-
-
 # ---- losses --------------------------------------------------------------------------------------------------------
 def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_grad=True):
     """The elementwise loss and gradient in one fused kernel, then CuPy's sum."""
@@ -233,7 +132,11 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     return loss, grad
 
 
-# Reductions: the reference's CuPy code (its reductions are single kernels already).
+# The reference's CuPy code: reductions (single kernels already), and the optimizers, whose in-place steps with two
+# scratch arrays make no temporaries (a launch per operation, a dozen per step).
+sgd_step = ref.sgd_step
+adam_step = ref.adam_step
+rmsprop_step = ref.rmsprop_step
 batchnorm_fwd = ref.batchnorm_fwd
 batchnorm_bwd = ref.batchnorm_bwd
 log_softmax_fwd = ref.log_softmax_fwd

@@ -4,38 +4,27 @@ Each function works with any array module (NumPy, CuPy, the CuPy stand-in): it p
 arguments and uses only that module's functions and array operators. The Numba versions (cpu.py) and the CuPy
 versions (gpu.py) have the same signatures and must agree with these, which tests/test_kernels.py checks.
 
-The activation and optimizer formulas are written as ``_body(xp, ...)`` functions returning new arrays, so that
-gpu.py can fuse the very same expression into one CUDA kernel. Scalars are cast to the array's dtype first, so
-float32 data is computed in float32 (as NumPy, CuPy and PyTorch do).
+The activation and BCE formulas are written as ``_body(xp, ...)`` functions returning new arrays, so that gpu.py
+can fuse the very same expression into one CUDA kernel; the optimizer steps are in-place operations on two scratch
+arrays (no temporaries). Scalars are cast to the array's dtype first, so float32 data is computed in float32 (as
+NumPy, CuPy and PyTorch do). tinygen.optim calls these steps (through ``kernels.get``); it has no copy of them.
 
 Conventions:
   activations   ``<act>_fwd(x, ...) -> y`` and ``<act>_bwd(s, g, ...) -> gx`` where ``s`` is the input ``x`` for
                 relu, leaky_relu and softplus, and the output ``y`` for tanh, sigmoid and elu (``alpha >= 0``);
   optimizers    ``*_step(param, grad, <state arrays>, <hyper-parameters>)`` update param and state in place,
-                with PyTorch's formulas (torch.optim single-tensor code paths), rounded as tinygen.optim's array
-                code rounds them, so a step gives the same bits with and without the kernels. (PyTorch's own
-                CPU loops use fused multiply-adds in places: agreement with it is within a few roundings.)
+                with PyTorch's formulas (torch.optim single-tensor code paths); the Numba loops round the same
+                way, so a step gives the same bits with and without them. (PyTorch's own CPU loops use fused
+                multiply-adds in places: agreement with it is within a few roundings.)
+  mm            ``mm(a, b) = a @ b``; gemm.py picks operand layouts for BLAS around the same product.
 """
 import contextlib
 
 import numpy as np
 
+from ..backend import array_module_of as _xp
+
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
-
-
-def array_module_of(*arrays):
-    """numpy, cupy or the stand-in, from the first array argument (None arguments are skipped)."""
-    for a in arrays:
-        if a is None or isinstance(a, (int, float)):
-            continue
-        if isinstance(a, (np.ndarray, np.generic)):
-            return np
-        from ..backend import StandinArray, standin
-        if isinstance(a, StandinArray):
-            return standin
-        import cupy
-        return cupy.get_array_module(a)
-    raise TypeError("expected at least one array argument")
 
 
 def _check_float(name, *arrays):
@@ -97,7 +86,7 @@ def _scalars(dtype, *values):
 def act_fwd(x, act, p1=0.0, p2=0.0):
     """y = act(x) for an activation name in ACTIVATIONS (parameters as in _act_fwd_body)."""
     _check_float(f"{act}_fwd", x)
-    return _act_fwd_body(array_module_of(x), act, x, *_scalars(x.dtype, p1, p2))
+    return _act_fwd_body(_xp(x), act, x, *_scalars(x.dtype, p1, p2))
 
 
 def act_bwd(s, g, act, p1=0.0, p2=0.0):
@@ -106,7 +95,7 @@ def act_bwd(s, g, act, p1=0.0, p2=0.0):
     _check_shapes(f"{act}_bwd", s, g)
     if act == "elu" and p1 < 0:
         raise ValueError(f"elu_bwd computes from the output, which needs alpha >= 0, got alpha={p1}")
-    return _act_bwd_body(array_module_of(s), act, s, g, *_scalars(g.dtype, p1, p2))
+    return _act_bwd_body(_xp(s), act, s, g, *_scalars(g.dtype, p1, p2))
 
 
 def _check_shapes(name, *arrays):
@@ -115,52 +104,36 @@ def _check_shapes(name, *arrays):
         raise ValueError(f"{name}: arrays must have the same shape, got {[a.shape for a in arrays if a is not None]}")
 
 
-def relu_fwd(x):
-    return act_fwd(x, "relu")
+# The public per-activation kernels (relu_fwd(x), leaky_relu_bwd(x, g, negative_slope), ...), made from this one
+# list for every backend by activation_kernels(): name -> the parameters passed on as p1, p2, with their defaults.
+ACTIVATION_PARAMS = {"relu": (), "leaky_relu": (("negative_slope", 0.01),), "tanh": (), "sigmoid": (),
+                     "elu": (("alpha", 1.0),), "softplus": (("beta", 1.0), ("threshold", 20.0))}
 
 
-def relu_bwd(x, g):
-    return act_bwd(x, g, "relu")
+def activation_kernels(act_fwd, act_bwd):
+    """{"<act>_fwd": fn, "<act>_bwd": fn} for every activation in ACTIVATION_PARAMS, calling a backend's generic
+    ``act_fwd(x, act, p1, p2)`` / ``act_bwd(s, g, act, p1, p2)``. The functions are written out from the list (as
+    dataclasses write ``__init__``), so a call costs what a hand-written wrapper does."""
+    table = {}
+    for act, params in ACTIVATION_PARAMS.items():
+        signature = "".join(f", {name}={default!r}" for name, default in params)
+        passed = "".join(f", {name}" for name, _ in params)
+        s = "x" if act in _FROM_X else "y"
+        source = (f"def {act}_fwd(x{signature}):\n"
+                  f"    return act_fwd(x, {act!r}{passed})\n"
+                  f"def {act}_bwd({s}, g{signature}):\n"
+                  f"    return act_bwd({s}, g, {act!r}{passed})\n")
+        namespace = {"act_fwd": act_fwd, "act_bwd": act_bwd, "__name__": act_fwd.__module__}
+        exec(source, namespace)  # noqa: S102 - source built above from ACTIVATION_PARAMS only
+        fwd, bwd = namespace[f"{act}_fwd"], namespace[f"{act}_bwd"]
+        fwd.__doc__ = f"{act}(x) (see act_fwd)"
+        bwd.__doc__ = f"g * {act}'(x), from {s} (see act_bwd)"
+        table[fwd.__name__], table[bwd.__name__] = fwd, bwd
+    return table
 
 
-def leaky_relu_fwd(x, negative_slope=0.01):
-    return act_fwd(x, "leaky_relu", negative_slope)
-
-
-def leaky_relu_bwd(x, g, negative_slope=0.01):
-    return act_bwd(x, g, "leaky_relu", negative_slope)
-
-
-def tanh_fwd(x):
-    return act_fwd(x, "tanh")
-
-
-def tanh_bwd(y, g):
-    return act_bwd(y, g, "tanh")
-
-
-def sigmoid_fwd(x):
-    return act_fwd(x, "sigmoid")
-
-
-def sigmoid_bwd(y, g):
-    return act_bwd(y, g, "sigmoid")
-
-
-def elu_fwd(x, alpha=1.0):
-    return act_fwd(x, "elu", alpha)
-
-
-def elu_bwd(y, g, alpha=1.0):
-    return act_bwd(y, g, "elu", alpha)
-
-
-def softplus_fwd(x, beta=1.0, threshold=20.0):
-    return act_fwd(x, "softplus", beta, threshold)
-
-
-def softplus_bwd(x, g, beta=1.0, threshold=20.0):
-    return act_bwd(x, g, "softplus", beta, threshold)
+_FROM_X = ("relu", "leaky_relu", "softplus")
+globals().update(activation_kernels(act_fwd, act_bwd))
 
 
 # ---- bias + activation after a matmul ----------------------------------------------------------------------------
@@ -188,7 +161,7 @@ def bias_act_fwd(y, b, act="identity", p1=0.0, p2=0.0):
     The backward needs only this output (every supported activation's derivative is a function of it).
     """
     check_bias_act("bias_act_fwd", y, b, act, p1)
-    xp = array_module_of(y)
+    xp = _xp(y)
     if b is not None:
         y += b
     y[...] = _act_fwd_body(xp, act, y, *_scalars(y.dtype, p1, p2))
@@ -199,7 +172,7 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
     """(g_pre, gb): the gradient before the activation from its output ``y``, and its column sum (or None)."""
     check_bias_act("bias_act_bwd", y, None, act, p1)
     _check_shapes("bias_act_bwd", y, g)
-    xp = array_module_of(y)
+    xp = _xp(y)
     gpre = _act_bwd_body(xp, _FROM_Y[act], y, g, *_scalars(g.dtype, p1, p2))
     if gpre is g:
         gpre = g.copy()
@@ -207,39 +180,81 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 
 
 # ---- optimizers (in place) ---------------------------------------------------------------------------------------
-# Each step is split in three parts shared by all versions: ``*_consts`` forms the scalars in Python and casts them
-# to the parameter's dtype (as PyTorch does with a Python scalar meeting a float32 tensor), ``_*_body`` is the update
-# as array expressions returning new arrays (gpu.py fuses it), and the public function writes the results back.
+# PyTorch's update rules (torch.optim, single-tensor code paths), written as in-place array operations with two
+# scratch arrays, so a step makes no temporaries. ``scratch``: a function (param) -> two arrays shaped like param,
+# e.g. an optimizer's reusable buffers (allocating them each step costs more than a small step itself); without
+# it they are allocated (the Numba kernels take the argument and need no scratch). Scalars are Python floats;
+# NumPy and CuPy apply them in the array's dtype. cpu.py's loops do the same operations in the same order, so they
+# give these bits.
 
-def sgd_consts(dtype, lr, momentum, dampening, weight_decay):
-    t = dtype.type
-    return t(lr), t(momentum), t(1 - dampening), t(weight_decay)
+def _scratch(xp, param, scratch):
+    return scratch(param) if scratch is not None else (xp.empty_like(param), xp.empty_like(param))
 
 
-def _sgd_body(xp, p, g, buf, lr, momentum, one_minus_dampening, wd, *, use_wd, use_momentum, nesterov,
-              maximize, first_step):
-    """New (param, buf) for one SGD step (torch.optim.SGD, single-tensor path)."""
-    d = -g if maximize else g
-    if use_wd:
-        d = d + wd * p
-    if use_momentum:
-        buf = d if first_step else buf * momentum + one_minus_dampening * d
-        d = d + momentum * buf if nesterov else buf
-    return p - lr * d, buf
+def _effective_grad(xp, param, grad, weight_decay, maximize, out):
+    """The gradient the update follows: ±grad + weight_decay * param, written into ``out`` when it differs from
+    ``grad`` (which is never modified)."""
+    if weight_decay:
+        xp.multiply(param, weight_decay, out=out)
+        if maximize:
+            out -= grad
+        else:
+            out += grad
+        return out
+    if maximize:
+        return xp.negative(grad, out=out)
+    return grad
+
+
+def lerp_small(weight):
+    """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise."""
+    return abs(weight) < 0.5
+
+
+def _lerp_(xp, avg, target, weight, tmp):
+    """avg = lerp(avg, target, weight) in place (a running average), rounded as torch.lerp."""
+    xp.subtract(target, avg, out=tmp)
+    if lerp_small(weight):
+        tmp *= weight
+        avg += tmp
+    else:
+        tmp *= 1 - weight
+        xp.subtract(target, tmp, out=avg)
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-             maximize=False, first_step=False):
-    """One in-place SGD step. With momentum, ``momentum_buffer`` (an array like param) is overwritten by the
-    gradient on the first step (``first_step=True``, as PyTorch's buffer = grad.clone()) and updated after."""
+             maximize=False, first_step=False, scratch=None):
+    """One in-place SGD step::
+
+        g = ±grad + weight_decay * param
+        buf = g on the first step (``first_step=True``), else momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf (Nesterov) or buf;  param -= lr * g
+
+    ``momentum_buffer`` is an array like param when momentum != 0 (else None).
+    """
     check_sgd(param, grad, momentum_buffer, momentum)
-    p, buf = _sgd_body(array_module_of(param), param, grad, momentum_buffer,
-                       *sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
-                       use_wd=weight_decay != 0, use_momentum=momentum != 0, nesterov=nesterov, maximize=maximize,
-                       first_step=first_step)
-    param[...] = p
-    if momentum != 0:
-        momentum_buffer[...] = buf
+    xp = _xp(param)
+    w0, w1 = _scratch(xp, param, scratch)
+    g = _effective_grad(xp, param, grad, weight_decay, maximize, w0)
+    if momentum:
+        buf = momentum_buffer
+        if first_step:
+            buf[...] = g
+        else:
+            buf *= momentum
+            if dampening:
+                xp.multiply(g, 1 - dampening, out=w1)
+                buf += w1
+            else:
+                buf += g
+        if nesterov:
+            xp.multiply(buf, momentum, out=w1)
+            w1 += g
+            g = w1
+        else:
+            g = buf
+    xp.multiply(g, lr, out=w1)
+    param -= w1
 
 
 def check_sgd(param, grad, momentum_buffer, momentum):
@@ -248,106 +263,86 @@ def check_sgd(param, grad, momentum_buffer, momentum):
         raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer array")
 
 
-def lerp_small(weight):
-    """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise
-    (``weight`` is the Python float, as tinygen.optim tests it)."""
-    return abs(weight) < 0.5
-
-
-def _lerp(a, b, w, one_minus_w, small):
-    return a + w * (b - a) if small else b - (b - a) * one_minus_w
-
-
-def adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
-    """Scalars of one Adam step, with PyTorch's bias corrections formed in Python floats."""
+def adam_scalars(lr, beta1, beta2, weight_decay, step):
+    """(step_size, bias_correction2_sqrt, decay) of one Adam step, with PyTorch's bias corrections."""
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1 (the number of this update), got {step}")
-    step_size = lr / (1 - beta1 ** step)
-    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    t = dtype.type
-    w = 1 - beta1  # the lerp weight of the first moment
-    return (t(w), t(1 - w), t(beta2), t(1 - beta2), t(1 - lr * weight_decay), t(weight_decay), t(eps), t(step_size),
-            t(bias_correction2_sqrt))
-
-
-def _adam_body(xp, p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
-               bc2_sqrt, *, use_wd, decoupled, maximize, small):
-    """New (param, exp_avg, exp_avg_sq, max_exp_avg_sq) for one Adam/AdamW step (torch.optim.Adam)."""
-    if maximize:
-        g = -g
-    if use_wd:
-        if decoupled:
-            p = p * decay
-        else:
-            g = g + wd * p
-    m = _lerp(m, g, w1, one_minus_w1, small)  # exp_avg.lerp_(grad, 1 - beta1)
-    v = v * beta2 + one_minus_beta2 * g * g
-    if vmax is not None:
-        vmax = xp.maximum(vmax, v)
-        denom = xp.sqrt(vmax) / bc2_sqrt + eps
-    else:
-        denom = xp.sqrt(v) / bc2_sqrt + eps
-    return p - m / denom * step_size, m, v, vmax
+    return lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, 1 - lr * weight_decay
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
-              step, maximize=False):
-    """One in-place Adam (``decoupled=False``: L2 weight decay) or AdamW (``decoupled=True``) step.
+              step, maximize=False, scratch=None):
+    """One in-place Adam (``decoupled=False``: L2 weight decay) or AdamW (``decoupled=True``) step::
+
+        param *= 1 - lr * weight_decay                      (AdamW: decoupled decay)
+        g = ±grad (+ weight_decay * param)                  (Adam: L2 penalty in the gradient)
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
+        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
 
     ``step`` is the number of this update (1 on the first); ``max_exp_avg_sq`` is an array for amsgrad, else None.
     """
     _check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    consts = adam_consts(param.dtype, lr, beta1, beta2, eps, weight_decay, step)
-    p, m, v, vmax = _adam_body(array_module_of(param), param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *consts,
-                               use_wd=weight_decay != 0, decoupled=decoupled, maximize=maximize,
-                               small=lerp_small(1 - beta1))
-    param[...] = p
-    exp_avg[...] = m
-    exp_avg_sq[...] = v
+    step_size, bias_correction2_sqrt, decay = adam_scalars(lr, beta1, beta2, weight_decay, step)
+    xp = _xp(param)
+    w0, w1 = _scratch(xp, param, scratch)
+    if weight_decay and decoupled:
+        param *= decay
+        weight_decay = 0
+    g = _effective_grad(xp, param, grad, weight_decay, maximize, w0)
+    _lerp_(xp, exp_avg, g, 1 - beta1, w1)
+    exp_avg_sq *= beta2
+    xp.multiply(g, 1 - beta2, out=w1)
+    w1 *= g
+    exp_avg_sq += w1
+    second = exp_avg_sq
     if max_exp_avg_sq is not None:
-        max_exp_avg_sq[...] = vmax
-
-
-def rmsprop_consts(dtype, lr, alpha, eps, weight_decay, momentum):
-    t = dtype.type
-    w = 1 - alpha  # also the lerp weight of the centered average
-    return t(lr), t(alpha), t(w), t(1 - w), t(eps), t(weight_decay), t(momentum)
-
-
-def _rmsprop_body(xp, p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, *, use_wd,
-                  centered, use_momentum, maximize, small):
-    """New (param, square_avg, grad_avg, buf) for one RMSprop step (torch.optim.RMSprop)."""
-    if maximize:
-        g = -g
-    if use_wd:
-        g = g + wd * p
-    v = v * alpha + one_minus_alpha * g * g
-    if centered:
-        ga = _lerp(ga, g, one_minus_alpha, one_minus_w, small)  # grad_avg.lerp_(grad, 1 - alpha)
-        avg = xp.sqrt(v - ga * ga) + eps
-    else:
-        avg = xp.sqrt(v) + eps
-    if use_momentum:
-        buf = buf * momentum + g / avg
-        return p - lr * buf, v, ga, buf
-    return p - g / avg * lr, v, ga, buf
+        second = xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+    xp.sqrt(second, out=w1)
+    w1 /= bias_correction2_sqrt
+    w1 += eps
+    xp.divide(exp_avg, w1, out=w1)
+    w1 *= step_size
+    param -= w1
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False):
-    """One in-place RMSprop step (torch.optim.RMSprop). ``grad_avg`` is needed when centered, ``momentum_buffer``
-    when momentum > 0 (both start as zeros, as in PyTorch); pass None otherwise."""
+                 momentum=0.0, centered=False, maximize=False, scratch=None):
+    """One in-place RMSprop step::
+
+        g = ±grad + weight_decay * param;  s = alpha * s + (1 - alpha) * g * g
+        a = lerp(a, g, 1 - alpha)                           (centered)
+        d = sqrt(s - a * a) (centered) or sqrt(s), then + eps
+        buf = momentum * buf + g / d; param -= lr * buf     (momentum > 0)
+        param -= g / d * lr                                 (otherwise)
+
+    ``grad_avg`` is needed when centered, ``momentum_buffer`` when momentum > 0 (both start as zeros, as in
+    PyTorch); pass None otherwise.
+    """
     check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
-    consts = rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
-    p, v, ga, buf = _rmsprop_body(array_module_of(param), param, grad, square_avg, grad_avg, momentum_buffer,
-                                  *consts, use_wd=weight_decay != 0, centered=centered, use_momentum=momentum > 0,
-                                  maximize=maximize, small=lerp_small(1 - alpha))
-    param[...] = p
-    square_avg[...] = v
+    xp = _xp(param)
+    w0, w1 = _scratch(xp, param, scratch)
+    g = _effective_grad(xp, param, grad, weight_decay, maximize, w0)
+    square_avg *= alpha
+    xp.multiply(g, 1 - alpha, out=w1)
+    w1 *= g
+    square_avg += w1
     if centered:
-        grad_avg[...] = ga
+        _lerp_(xp, grad_avg, g, 1 - alpha, w1)
+        xp.multiply(grad_avg, grad_avg, out=w1)
+        xp.subtract(square_avg, w1, out=w1)
+        xp.sqrt(w1, out=w1)
+    else:
+        xp.sqrt(square_avg, out=w1)
+    w1 += eps
+    xp.divide(g, w1, out=w1)
     if momentum > 0:
-        momentum_buffer[...] = buf
+        momentum_buffer *= momentum
+        momentum_buffer += w1
+        xp.multiply(momentum_buffer, lr, out=w1)
+    else:
+        w1 *= lr
+    param -= w1
 
 
 def check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered):
@@ -360,9 +355,11 @@ def check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, 
 
 
 def _check_optimizer(name, param, *others):
-    _check_float(name, param, *others)
+    dtype, shape = param.dtype, param.shape
+    if dtype.kind != "f":
+        raise TypeError(f"{name}: expected floating arrays, got dtype {dtype}")
     for o in others:
-        if o is not None and (o.shape != param.shape or o.dtype != param.dtype):
+        if o is not None and (o.dtype != dtype or o.shape != shape):
             raise ValueError(f"{name}: state and gradient arrays must match the parameter "
                              f"({param.shape}, {param.dtype}), got ({o.shape}, {o.dtype})")
 
@@ -387,7 +384,7 @@ def batchnorm_fwd(x, weight, bias, eps=1e-5):
     """
     axes = _bn_axes("batchnorm_fwd", x)
     _check_float("batchnorm_fwd", x, weight, bias)
-    xp = array_module_of(x)
+    xp = _xp(x)
     mean = x.mean(axis=axes)
     xc = x - _bn_shape(x, mean)
     var = (xc * xc).mean(axis=axes)
@@ -433,7 +430,7 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     (for "none": d(loss.sum())/dx, i.e. per element), or None without ``need_grad``.
     """
     check_bce("bce_with_logits", x, t, weight, pos_weight, reduction)
-    xp = array_module_of(x)
+    xp = _xp(x)
     loss, grad = _bce_body(xp, x, t, weight, pos_weight, need_grad)
     if grad is not None and reduction == "mean" and x.size:
         grad = grad * x.dtype.type(1 / x.size)
@@ -484,7 +481,7 @@ def _broadcasts_to(shape, target):
 def log_softmax_fwd(x):
     """log_softmax over the last axis (shift by the row maximum, then subtract the log-sum-exp)."""
     _check_float("log_softmax_fwd", x)
-    xp = array_module_of(x)
+    xp = _xp(x)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -493,7 +490,7 @@ def log_softmax_bwd(y, g):
     """Gradient of log_softmax over the last axis from its output y: g - exp(y) * sum(g)."""
     _check_float("log_softmax_bwd", y, g)
     _check_shapes("log_softmax_bwd", y, g)
-    xp = array_module_of(y)
+    xp = _xp(y)
     return g - xp.exp(y) * g.sum(axis=-1, keepdims=True)
 
 
@@ -528,7 +525,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     """
     _check_reduction("cross_entropy", reduction)
     check_targets("cross_entropy", logits, target, weight, ignore_index)
-    xp = array_module_of(logits)
+    xp = _xp(logits)
     n, c = logits.shape
     _bad_target(xp, target, c, ignore_index)
     dt = logits.dtype
@@ -554,3 +551,9 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
             grad /= total
         return loss.sum() / total, grad
 
+
+
+# ---- matrix product ------------------------------------------------------------------------------------------------
+def mm(a, b):
+    """a @ b (gemm.py chooses the operands' layout for speed; the result is this one's)."""
+    return a @ b

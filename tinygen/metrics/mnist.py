@@ -24,7 +24,7 @@ NUM_CLASSES = 10
 def _host(x, name):
     if isinstance(x, Tensor):
         x = backend.to_device(x.detach().data, "cpu")
-    elif hasattr(x, "get") and not isinstance(x, np.ndarray):
+    elif backend.is_device_array(x):
         x = x.get()
     return np.asarray(x)
 

@@ -404,7 +404,7 @@ class Module:
                 arr = value.data
             else:
                 try:
-                    arr = np.asarray(value) if not hasattr(value, "get") else value
+                    arr = value if backend.is_device_array(value) else np.asarray(value)
                 except Exception:
                     arr = None
                 if arr is None or arr.dtype.kind not in "fiub":

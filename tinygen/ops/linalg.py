@@ -1,26 +1,7 @@
 """Matrix products."""
-import os
-
-import numpy as np
-
 from ..autograd.function import Function
+from ..kernels.gemm import mm  # noqa: F401 - the array-level product (operand choices for BLAS live there)
 from ..tensor import register, require_tensor
-
-# OpenBLAS runs a short, wide product with a transposed right operand (a small batch through a Linear layer:
-# x @ W.T) at about half speed; the same product written as (W @ x.T).T runs at full speed. Below this many rows
-# (and for weights of at least SWAP_MIN_SIZE elements) mm() takes that route and copies the few rows back.
-SWAP_MAX_ROWS = int(os.environ.get("TINYGEN_MM_SWAP_MAX_ROWS", "48"))
-SWAP_MIN_SIZE = 1 << 17
-
-
-def mm(a, b):
-    """``a @ b`` on arrays (the one place tinygen multiplies matrices), C-ordered like NumPy's result."""
-    if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1:  # an outer product (the input gradient of a layer with one
-        return a * b                                      # output): BLAS runs it 4x slower than the multiply
-    if (type(a) is np.ndarray and a.ndim == 2 and b.ndim == 2 and a.shape[0] <= SWAP_MAX_ROWS
-            and b.size >= SWAP_MIN_SIZE and b.flags.f_contiguous and not b.flags.c_contiguous):
-        return np.ascontiguousarray((b.T @ a.T).T)
-    return a @ b
 
 
 class Matmul(Function):

@@ -3,45 +3,7 @@ import numbers
 
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, check_range, effective_grad, lerp_
-
-
-def _adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, work, *, lr, beta1, beta2, eps,
-                 weight_decay, amsgrad, maximize, decoupled_weight_decay):
-    """One Adam step on arrays, in place on ``param`` and on the moment arrays. ``step`` counts from 1.
-
-        param *= 1 - lr * weight_decay                      (AdamW: decoupled decay)
-        g = ±grad (+ weight_decay * param)                  (Adam: L2 penalty in the gradient)
-        m = beta1 * m + (1 - beta1) * g                     (as a lerp)
-        v = beta2 * v + (1 - beta2) * g * g
-        v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
-        param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
-
-    ``work`` holds two scratch arrays shaped like ``param``.
-    """
-    w0, w1 = work
-    if weight_decay and decoupled_weight_decay:
-        param *= 1 - lr * weight_decay
-        weight_decay = 0
-    g = effective_grad(xp, param, grad, weight_decay, maximize, w0)
-    lerp_(xp, exp_avg, g, 1 - beta1, w1)
-    exp_avg_sq *= beta2
-    xp.multiply(g, 1 - beta2, out=w1)
-    w1 *= g
-    exp_avg_sq += w1
-    if amsgrad:
-        xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        second = max_exp_avg_sq
-    else:
-        second = exp_avg_sq
-    step_size = lr / (1 - beta1 ** step)
-    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    xp.sqrt(second, out=w1)
-    w1 /= bias_correction2_sqrt
-    w1 += eps
-    xp.divide(exp_avg, w1, out=w1)
-    w1 *= step_size
-    param -= w1
+from .optimizer import Optimizer, check_range
 
 
 class Adam(Optimizer):
@@ -92,16 +54,10 @@ class Adam(Optimizer):
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(xp.zeros_like(p.data), p._device)
             state["step"] = step = state["step"] + 1
-            fused = kernels.lookup("adam_step", p.data)  # one pass over the arrays (tinygen.kernels), same rule
-            if fused is not None:
-                fused(p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
-                      state["max_exp_avg_sq"].data if amsgrad else None, lr, beta1, beta2, eps, weight_decay,
-                      decoupled, step, maximize)
-                continue
-            _adam_update(xp, p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
-                         state["max_exp_avg_sq"].data if amsgrad else None, step, self._scratch(p, 2),
-                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, decoupled_weight_decay=decoupled)
+            kernels.get("adam_step", p.data)(  # the update rule: tinygen.kernels.reference.adam_step
+                p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
+                state["max_exp_avg_sq"].data if amsgrad else None, lr, beta1, beta2, eps, weight_decay, decoupled,
+                step, maximize, scratch=self._scratch)
 
 
 class AdamW(Adam):

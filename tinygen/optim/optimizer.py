@@ -1,8 +1,8 @@
 """``Optimizer``: parameter groups, per-parameter state, zero_grad, step and state_dict, as in PyTorch.
 
 A subclass supplies its defaults, ``_validate`` (hyper-parameter checks) and ``_step_group`` (the update of one
-group). The update itself works on raw arrays with the parameter's array module, in place, so it builds no graph
-and never leaves the parameter's device.
+group). The update itself is a kernel (tinygen.kernels: ``kernels.get("adam_step", p.data)``), working in place on
+the parameter's arrays, so it builds no graph and never leaves the parameter's device.
 """
 import numbers
 
@@ -160,17 +160,16 @@ class Optimizer:
             data = data.astype(p.data.dtype)
         return data
 
-    def _scratch(self, p, count):
-        """``count`` work arrays shaped like parameter ``p``, reused across parameters and steps (not state)."""
-        data = p.data
-        key = (data.dtype, p._device)
+    def _scratch(self, data):
+        """Two work arrays shaped like the array ``data`` for an update (the ``scratch`` of the step kernels),
+        shared by all parameters of one dtype and device and reused across steps (not state)."""
+        key = (data.dtype, type(data))
         size = data.size
         bufs = self._work.get(key)
-        if bufs is None or len(bufs) < count or bufs[0].size < size:
-            n = max(size, bufs[0].size if bufs else 0)
-            xp = p.xp
-            bufs = self._work[key] = [xp.empty(n, dtype=data.dtype) for _ in range(max(count, len(bufs or ())))]
-        return [b[:size].reshape(data.shape) for b in bufs[:count]]
+        if bufs is None or bufs[0].size < size:
+            xp = backend.array_module_of(data)
+            bufs = self._work[key] = (xp.empty(size, dtype=data.dtype), xp.empty(size, dtype=data.dtype))
+        return bufs[0][:size].reshape(data.shape), bufs[1][:size].reshape(data.shape)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------------
     def state_dict(self):
@@ -257,34 +256,3 @@ def _state_value(value, p, where):
     data = backend.to_device(data, p._device)
     dtype = p.data.dtype if data.dtype.kind == "f" else data.dtype
     return _make(data.astype(dtype, copy=True), p._device)
-
-
-# ---- array helpers shared by the updates -----------------------------------------------------------------------------
-def effective_grad(xp, param, grad, weight_decay, maximize, out):
-    """The gradient the update follows: ``grad`` (negated when maximizing) + ``weight_decay * param``.
-
-    Written into ``out`` when it differs from ``grad``; ``grad`` itself (the parameter's ``.grad``) is never
-    modified.
-    """
-    if weight_decay:
-        xp.multiply(param, weight_decay, out=out)
-        if maximize:
-            out -= grad
-        else:
-            out += grad
-        return out
-    if maximize:
-        return xp.negative(grad, out=out)
-    return grad
-
-
-def lerp_(xp, avg, target, weight, tmp):
-    """``avg += weight * (target - avg)`` in place (a running average), in the two forms ``torch.lerp`` rounds
-    with (it switches at weight 0.5)."""
-    xp.subtract(target, avg, out=tmp)
-    if weight < 0.5:
-        tmp *= weight
-        avg += tmp
-    else:
-        tmp *= 1 - weight
-        xp.subtract(target, tmp, out=avg)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backend
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (greyscale, RGB, RGBA)
 
@@ -84,9 +86,8 @@ def _as_images(images):
     """Host array of shape (N, H, W) or (N, H, W, C) from tensors / (N, 1, H, W) / (N, C, H, W) / flat (N, D)."""
     from ..tensor import Tensor  # here, so the PNG writer stays usable on its own
     if isinstance(images, Tensor):
-        from .. import backend
         images = backend.to_device(images.detach().data, "cpu")
-    elif hasattr(images, "get") and not isinstance(images, np.ndarray):
+    elif backend.is_device_array(images):
         images = images.get()
     x = np.asarray(images)
     if x.ndim == 2:  # flat vectors of a square image, e.g. (N, 784) from an MLP

@@ -1,10 +1,10 @@
 """Time each Numba kernel against its plain array reference at the sizes of our models.
 
-    python -m tinygen.kernels.bench                 # the table (median times, speedup)
-    python -m tinygen.kernels.bench --compile       # first-call time: cold (empty cache) and warm (from cache)
-    python -m tinygen.kernels.bench --threshold     # serial vs thread-parallel, to place cpu.PARALLEL_MIN
-    python -m tinygen.kernels.bench --quick         # fewer repeats (a smoke run)
-    python -m tinygen.kernels.bench --wall          # wall-clock instead of process CPU time
+    python -m benchmarks.kernel_bench                 # the table (median times, speedup)
+    python -m benchmarks.kernel_bench --compile       # first-call time: cold (empty cache) and warm (from cache)
+    python -m benchmarks.kernel_bench --threshold     # serial vs thread-parallel, to place threads.PARALLEL_MIN
+    python -m benchmarks.kernel_bench --quick         # fewer repeats (a smoke run)
+    python -m benchmarks.kernel_bench --wall          # wall-clock instead of process CPU time
 
 ``cases()`` and ``time_case()`` can be imported by other benchmarks.
 """
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from . import reference
+from tinygen.kernels import reference
 
 ACT_SHAPES = ((16, 512), (64, 1024), (1024, 1024))
 PARAM_SHAPES = ((784, 512), (1024, 784))
@@ -133,7 +133,7 @@ def time_case(make, kernel_module, **kw):
 
 
 def table(dtype=np.float32, quick=False):
-    from . import cpu
+    from tinygen.kernels import cpu
     rows = []
     for name, label, make in cases(dtype, quick):
         kw = {"samples": 3, "min_sample": 5e-4} if quick else {}
@@ -154,7 +154,7 @@ def print_table(rows):
 def _first_calls():
     """In this process: the first call of every kernel (compile or cache load), as JSON on stdout."""
     t0 = time.perf_counter()
-    from . import cpu
+    from tinygen.kernels import cpu
     result = {"import numba + cpu.py": time.perf_counter() - t0}
     for dt in (np.float32, np.float64):
         for name, label, make in cases(dt, quick=True):
@@ -175,7 +175,7 @@ def compile_times():
         env["NUMBA_CACHE_DIR"] = cache
         runs = []
         for _ in range(2):
-            out = subprocess.run([sys.executable, "-m", "tinygen.kernels.bench", "--first-calls"], env=env,
+            out = subprocess.run([sys.executable, "-m", "benchmarks.kernel_bench", "--first-calls"], env=env,
                                  capture_output=True, text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return runs[0], runs[1]
@@ -191,10 +191,10 @@ def print_compile_times(cold, warm):
 # ---- where threads start to pay -----------------------------------------------------------------------------------
 def threshold_table(dtype=np.float32):
     """Serial vs parallel twin of three kernel kinds (memory-bound, transcendental, optimizer) by size."""
-    from . import cpu
+    from tinygen.kernels import cpu, threads
     dt = np.dtype(dtype)
     rng = _rng()
-    old = cpu.PARALLEL_MIN
+    old = threads.PARALLEL_MIN
     rows = []
     try:
         for n in (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22):
@@ -205,13 +205,13 @@ def threshold_table(dtype=np.float32):
                      "sigmoid_fwd": lambda: cpu.sigmoid_fwd(x),
                      "adam_step": lambda: cpu.adam_step(x, g, m, v, None, 1e-6, 0.9, 0.999, 1e-8, 0.0, False, 5)}
             for name, fn in kinds.items():
-                cpu.PARALLEL_MIN = 1 << 62
+                threads.PARALLEL_MIN = 1 << 62
                 t_ser = median_time(fn, samples=5, clock=time.perf_counter)
-                cpu.PARALLEL_MIN = 0
+                threads.PARALLEL_MIN = 0
                 t_par = median_time(fn, samples=5, clock=time.perf_counter)
                 rows.append((name, n, t_ser, t_par))
     finally:
-        cpu.PARALLEL_MIN = old
+        threads.PARALLEL_MIN = old
     print(f"threads: {cpu._threads()}")
     print(f"{'kernel':16s} {'elements':>10s} {'serial us':>10s} {'parallel us':>12s} {'parallel speedup':>17s}")
     for name, n, ts, tp in rows:
@@ -220,7 +220,7 @@ def threshold_table(dtype=np.float32):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tinygen.kernels.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.kernel_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--compile", action="store_true", help="first-call times, cold and from the disk cache")
     ap.add_argument("--threshold", action="store_true", help="serial vs parallel by size")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
@@ -234,7 +234,7 @@ def main(argv=None):
     if args.first_calls:  # before anything imports numba, so that its import time is measured too
         _first_calls()
         return 0
-    from . import enabled
+    from tinygen.kernels import enabled
     if not enabled():
         print("the Numba kernels are off (numba missing or TINYGEN_NUMBA=0): nothing to compare")
         return 1
@@ -244,7 +244,7 @@ def main(argv=None):
     if args.threshold:
         threshold_table(np.dtype(args.dtype))
         return 0
-    from . import get_num_threads
+    from tinygen.kernels.threads import get_num_threads
     print(f"numpy {np.__version__}, threads {get_num_threads()}, dtype {args.dtype}, "
           f"clock {'wall' if args.wall else 'process CPU'}")
     print_table(table(np.dtype(args.dtype), quick=args.quick))

@@ -1,8 +1,8 @@
 """Time whole training steps with the fused kernels on and off (in one process, alternating).
 
-    python -m tinygen.kernels.step_bench                  # MLP GAN step at batch 64, Numba on vs off
-    python -m tinygen.kernels.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
-    python -m tinygen.kernels.step_bench --profile        # cProfile of the step (kernels on), top functions
+    python -m benchmarks.step_bench                  # MLP GAN step at batch 64, Numba on vs off
+    python -m benchmarks.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
+    python -m benchmarks.step_bench --profile        # cProfile of the step (kernels on), top functions
 
 The models are built from tinygen.nn only: a DCGAN-style MLP GAN (G: 100-256-512-1024-784 with BatchNorm and
 LeakyReLU, tanh output; D: 784-512-256-1 with LeakyReLU; BCE with logits; Adam lr 2e-4, betas (0.5, 0.999)), and
@@ -102,9 +102,9 @@ def _category(filename, line, name):
         return "BLAS (matmul; linear = matmul + bias add)"
     if f.endswith("/tinygen/kernels/cpu.py"):
         return "fused kernels (Numba, with their NumPy exp calls)"
-    if "/tinygen/optim/" in f:
+    if "/tinygen/optim/" in f or f.endswith("/tinygen/kernels/reference.py") and name.endswith("_step"):
         return "optimizer array code"
-    if "/tinygen/" in f and name in ("forward", "backward", "_adam_update", "_sgd_update", "lerp_") or \
+    if "/tinygen/" in f and name in ("forward", "backward") or \
             "numpy" in f or name.startswith("<method") or name.startswith("<built-in method numpy"):
         return "array code of the ops (elementwise, reductions)"
     return "Python: autograd, modules, dispatch"
@@ -136,7 +136,7 @@ def profile(model="gan", batch=64, steps=50, top=25):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tinygen.kernels.step_bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.step_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gan", choices=sorted(MODELS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
@@ -146,8 +146,10 @@ def main(argv=None):
                     help="BLAS and Numba threads (default 1: stable timings; extra threads only help large BLAS "
                          "calls on an idle machine)")
     args = ap.parse_args(argv)
+    import tinygen
     from tinygen import kernels
-    kernels.set_num_threads(args.threads)
+    tinygen.set_num_threads(args.threads)
+    tinygen.allocator.apply_setting()  # as the tinygen command does
     if args.profile:
         profile(args.model, args.batch)
         return 0

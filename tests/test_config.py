@@ -1,0 +1,58 @@
+"""tinygen.config: the one table of environment settings, and the modules that read them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinygen import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text, value", [("1", True), ("on", True), ("TRUE", True), (" yes ", True), ("0", False),
+                                         ("off", False), ("False", False), ("no", False)])
+def test_flags(monkeypatch, text, value):
+    monkeypatch.setenv("TINYGEN_NUMBA", text)
+    assert config.get("TINYGEN_NUMBA") is value
+
+
+def test_defaults_when_unset_or_empty(monkeypatch):
+    for name, (default, _) in config.SETTINGS.items():
+        monkeypatch.delenv(name, raising=False)
+        assert config.get(name) == default
+        monkeypatch.setenv(name, "  ")
+        assert config.get(name) == default
+
+
+def test_values_are_parsed(monkeypatch):
+    monkeypatch.setenv("TINYGEN_MM_SWAP_MAX_ROWS", "12")
+    assert config.get("TINYGEN_MM_SWAP_MAX_ROWS") == 12
+    monkeypatch.setenv("TINYGEN_DATA", "~/mnist")
+    assert config.get("TINYGEN_DATA") == Path("~/mnist").expanduser()
+    assert config.raw("TINYGEN_DATA") == "~/mnist"
+
+
+@pytest.mark.parametrize("name, text", [("TINYGEN_NUMBA", "maybe"), ("TINYGEN_MM_SWAP_MAX_ROWS", "many"),
+                                        ("TINYGEN_NUMBA_PARALLEL_MIN", "-3")])
+def test_bad_values_name_the_variable(monkeypatch, name, text):
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ValueError, match=f"environment variable {name}={text!r}"):
+        config.get(name)
+
+
+def test_unknown_setting():
+    with pytest.raises(KeyError, match="unknown setting 'TINYGEN_NOPE'"):
+        config.get("TINYGEN_NOPE")
+
+
+def test_settings_read_at_import_reach_their_modules():
+    """The thresholds are read when their module is imported (so they cost nothing per call)."""
+    env = dict(os.environ, TINYGEN_MM_SWAP_MAX_ROWS="7", TINYGEN_NUMBA_PARALLEL_MIN="1000",
+               TINYGEN_UFUNC_PARALLEL_MIN="2000")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("from tinygen.kernels import gemm, threads\n"
+            "print(gemm.SWAP_MAX_ROWS, threads.PARALLEL_MIN, threads.UFUNC_PARALLEL_MIN)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["7", "1000", "2000"]

@@ -1,0 +1,80 @@
+"""Every setting tinygen reads from the environment, in one table; modules read them through ``get(name)``.
+
+    variable                    default           meaning                                        read by
+    TINYGEN_NUMBA               1                 use the Numba kernels (0: plain NumPy code)    kernels.enabled
+    TINYGEN_NUMBA_PARALLEL_MIN  4194304 (1<<22)   elements from which a Numba kernel uses every  kernels.threads*
+                                                  thread
+    TINYGEN_UFUNC_PARALLEL_MIN  65536 (1<<16)     elements from which NumPy's exp/log1p/tanh     kernels.threads*
+                                                  inside a kernel run in chunks on a thread pool
+    TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
+                                                  (OpenBLAS is slow on short, wide products)
+    TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
+                                                  when the CLI or a benchmark starts
+    TINYGEN_CUDA_STANDIN        0                 serve device="cuda" from the CPU stand-in      backend (first "cuda")
+                                                  for CuPy (tests without a GPU)
+    TINYGEN_DATA                (unset)           folder holding MNIST                           data.mnist (each load)
+    TINYGEN_CACHE               ~/.cache/tinygen  where trained helper models are cached         models.classifier
+
+Flags accept 1/0, true/false, yes/no, on/off; an empty variable means the default; a bad value raises ValueError
+naming the variable. Settings marked * are read when their module is imported (set them before ``import tinygen``);
+TINYGEN_NUMBA and TINYGEN_CUDA_STANDIN when first needed; the others each time they are used.
+"""
+import os
+from pathlib import Path
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(text):
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected one of {_TRUE + _FALSE}")
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a count >= 0")
+    return value
+
+
+def _path(text):
+    return Path(text).expanduser()
+
+
+# name -> (default, parse): the value used when the variable is unset or empty, and text -> value (raising
+# ValueError on bad text). What each one means is the table above.
+SETTINGS = {
+    "TINYGEN_NUMBA": (True, _flag),
+    "TINYGEN_NUMBA_PARALLEL_MIN": (1 << 22, _count),
+    "TINYGEN_UFUNC_PARALLEL_MIN": (1 << 16, _count),
+    "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
+    "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
+    "TINYGEN_CUDA_STANDIN": (False, _flag),
+    "TINYGEN_DATA": (None, _path),
+    "TINYGEN_CACHE": (Path("~/.cache/tinygen").expanduser(), _path),
+}
+
+
+def get(name):
+    """The value of setting ``name`` now: parsed from the environment, or its default when unset or empty."""
+    if name not in SETTINGS:
+        raise KeyError(f"config.get: unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+    default, parse = SETTINGS[name]
+    text = os.environ.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise ValueError(f"environment variable {name}={text!r}: {e}") from None
+
+
+def raw(name):
+    """The text of setting ``name`` as the environment holds it (None when unset), e.g. for messages."""
+    if name not in SETTINGS:
+        raise KeyError(f"config.raw: unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+    return os.environ.get(name)

@@ -1,0 +1,97 @@
+"""How many CPU threads tinygen uses, and from what size work is split across them: one place for both.
+
+    tinygen.set_num_threads(1)     # e.g. for reproducible timings, or several processes on one machine
+
+Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
+a small pool that runs NumPy's transcendental ufuncs (exp, log1p, tanh) in chunks from UFUNC_PARALLEL_MIN elements
+(NumPy releases the GIL inside a ufunc, so the chunks run at once, with the bits of one call). BLAS threads, for
+matmul, are set here too.
+
+Reductions split across threads add their parts in a different order, so a result may change in the last bits
+(within float rounding) when the thread count changes; with a fixed count, results are repeatable.
+BLAS threads are set through threadpoolctl when it is installed; without it, only the environment variables
+OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, read before NumPy is imported, control them.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import config
+
+# Elements from which a Numba kernel's thread-parallel twin runs. On the 2-core machine of benchmarks/README.md,
+# two threads did not pay below 4M elements (``python -m benchmarks.kernel_bench --threshold``): the kernels are
+# memory-bound, and a thread start costs microseconds. Machines with many cores can lower it.
+PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
+
+# NumPy's transcendental ufuncs are compute-bound (4-15 ns per float32 element on a 2-core AVX2 machine, where exp
+# and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
+UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
+
+_requested = None
+_ufunc_pool = {}  # worker count -> ThreadPoolExecutor, made on first use
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for Numba kernels (up to the number Numba started with), the ufunc pool and BLAS."""
+    global _requested
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive integer, got {n!r}")
+    _requested = n
+    numba = _numba()
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    threadpoolctl.threadpool_limits(limits=n, user_api="blas")  # a plain call sets the limit process-wide
+
+
+def get_num_threads():
+    """The thread count set by set_num_threads, else Numba's (if in use), else the number of CPUs."""
+    if _requested is not None:
+        return _requested
+    numba = _numba()
+    if numba is not None:
+        return numba.get_num_threads()
+    return os.cpu_count() or 1
+
+
+def _numba():
+    """numba when it is installed and not switched off (TINYGEN_NUMBA), else None. (This module does not ask the
+    kernel switch: the kernels import it, not the other way round.)"""
+    if not config.get("TINYGEN_NUMBA"):
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba
+
+
+def parallel_chunks(n, thread_count):
+    """Number of chunks for a Numba kernel's parallel twin over ``n`` elements, or 0 to run serially.
+    ``thread_count()`` (asked only from PARALLEL_MIN elements: it costs a microsecond) gives the threads."""
+    if n < PARALLEL_MIN:
+        return 0
+    t = thread_count()
+    return t if t > 1 else 0
+
+
+def in_chunks(fn, n, thread_count):
+    """Run ``fn(lo, hi)`` over [0, n): one chunk per thread (``thread_count()`` of them) from UFUNC_PARALLEL_MIN
+    elements, else one call on the calling thread."""
+    if n < max(UFUNC_PARALLEL_MIN, 2):
+        fn(0, n)
+        return
+    t = thread_count()
+    if t < 2:
+        fn(0, n)
+        return
+    pool = _ufunc_pool.get(t - 1)
+    if pool is None:
+        pool = _ufunc_pool[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
+    step = -(-n // t)
+    parts = [pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
+    fn(0, min(n, step))  # the calling thread takes the first chunk
+    for f in parts:
+        f.result()
