@@ -27,7 +27,7 @@ from .specs import CASES, flops_per_step
 from .worker import FRAMEWORKS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_FRAMEWORKS = ["tinygen", "tinygen-numba", "torch", "torch-compile", "jax", "numpy"]
+DEFAULT_FRAMEWORKS = ["tinygen", "tinygen-numba", "tinygen-compiled", "torch", "torch-compile", "jax", "numpy"]
 DEFAULT_MODELS = ["dispatch", "mlp", "mlp-adam", "vae", "gan"]
 MODEL_NAMES = DEFAULT_MODELS
 REFERENCE = "torch"  # ratios are tinygen / this
@@ -66,7 +66,7 @@ def parse_args(argv):
     p.add_argument("--no-check", action="store_true",
                    help="skip the check that every framework computes the same losses")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,torch,jax,numpy",
+    p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,tinygen-compiled,torch,jax,numpy",
                    help="frameworks whose peak memory is measured, if selected (default: all but torch-compile)")
     p.add_argument("--no-chart", action="store_true", help="do not draw throughput.png")
     p.add_argument("--openblas-env", choices=("keep", "unset"), default="keep",
@@ -602,7 +602,7 @@ def headline(results):
     fws, batches = args["frameworks"], args["batch_sizes"]
     tp, d = results.get("throughput") or {}, results.get("dispatch") or {}
     lines = []
-    pairs = [(num, den) for num in ("tinygen", "tinygen-numba") for den in (REFERENCE, "jax")
+    pairs = [(num, den) for num in ("tinygen", "tinygen-numba", "tinygen-compiled") for den in (REFERENCE, "jax")
              if num in fws and den in fws]
     if tp and pairs:
         lines += ["## Headline: throughput ratios (median samples/s, > 1 means tinygen is faster)", "",

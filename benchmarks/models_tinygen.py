@@ -57,7 +57,7 @@ def _optimizer(optim, case, parameters):
 
 
 class Runner:
-    def __init__(self, case, batch, params, data, seed=0, noise=None):
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False):
         tg, nn, optim = _modules()
         F = nn.functional
         if os.environ.get("TINYGEN_NUMBA") == "1":
@@ -142,7 +142,7 @@ class Runner:
                 opt_d.step()
                 return lg, ld
 
-        self.step = step
+        self.step = tg.compile(step) if compile else step  # compiled: recorded on the first call, then replayed
 
     def sync(self):
         pass
@@ -154,3 +154,8 @@ class Runner:
 
 def build(case, batch, params, data, seed=0, noise=None):
     return Runner(case, batch, params, data, seed, noise)
+
+
+def build_compiled(case, batch, params, data, seed=0, noise=None):
+    """The same step through tinygen.compile (Numba kernels on)."""
+    return Runner(case, batch, params, data, seed, noise, compile=True)

@@ -20,13 +20,15 @@ from .specs import Skip
 FRAMEWORKS = {
     "tinygen": dict(module="models_tinygen", build="build", dispatch="tinygen", env={"TINYGEN_NUMBA": "0"}),
     "tinygen-numba": dict(module="models_tinygen", build="build", dispatch="tinygen", env={"TINYGEN_NUMBA": "1"}),
+    "tinygen-compiled": dict(module="models_tinygen", build="build_compiled", dispatch=None,
+                             env={"TINYGEN_NUMBA": "1"}),
     "torch": dict(module="models_torch", build="build", dispatch="torch", env={}),
     "torch-compile": dict(module="models_torch", build="build_compiled", dispatch=None, env={}),
     "jax": dict(module="models_jax", build="build", dispatch="jax", env={}),
     "numpy": dict(module="models_numpy", build="build", dispatch="numpy", env={}),
 }
 # Packages whose absence makes a framework "skipped".
-REQUIRES = {"tinygen": "tinygen", "tinygen-numba": "tinygen", "torch": "torch", "torch-compile": "torch",
+REQUIRES = {"tinygen": "tinygen", "tinygen-numba": "tinygen", "tinygen-compiled": "tinygen", "torch": "torch", "torch-compile": "torch",
             "jax": "jax", "numpy": "numpy"}
 
 
@@ -55,7 +57,7 @@ class Worker:
         if self.framework.startswith("tinygen") and not self.unavailable:
             from tinygen import allocator
             allocator.apply_setting()  # as the tinygen command does: freed memory kept for reuse (glibc)
-        if self.framework == "tinygen-numba" and not self.unavailable:
+        if self.framework in ("tinygen-numba", "tinygen-compiled") and not self.unavailable:
             from .models_tinygen import numba_status
             if numba_status()[0]:  # count numba itself in the import, not in the training run's memory
                 import tinygen.kernels.cpu  # noqa: F401
