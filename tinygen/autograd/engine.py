@@ -7,10 +7,10 @@ Read this file to follow ``loss.backward()``:
      single place where broadcasting is undone) and is either added to the buffer of the node that made that
      input, or delivered to a leaf's ``.grad``;
   4. unless ``retain_graph``, a node drops its saved tensors as soon as it has run.
-The engine chooses the form of each backward (``_Plain`` / ``_Graph`` below). A plain ``backward()`` passes raw
-arrays from node to node and calls a node's ``array_backward`` where it has one (a fused kernel); with
-``create_graph=True`` gradients are tensors, every node runs its differentiable ``backward``, and those ops are
-recorded, so the gradients can be differentiated again.
+The engine chooses the form of each backward (``_Plain`` / ``_Graph`` below). A plain ``backward()`` calls a node's
+``array_backward`` where it has one (arrays in, arrays out: a fused kernel) and undoes broadcasting on arrays; with
+``create_graph=True`` every node runs its differentiable ``backward`` and those ops are recorded, so the gradients
+can be differentiated again.
 """
 import numpy as np
 
@@ -125,41 +125,35 @@ def _toposort(roots):
 
 
 class _Plain:
-    """A plain backward(): gradients are raw arrays from end to end; a node's ``array_backward`` runs where it
-    has one, else its differentiable ``backward`` under no_grad on tensors wrapping the arrays."""
+    """A plain backward(): a node's ``array_backward`` runs where it has one (on the gradients' arrays, its
+    results wrapped again), else its differentiable ``backward`` under no_grad; broadcasting is undone on arrays."""
     graph = False
 
     @staticmethod
     def call(node, grads):
         fn = node.array_backward
         if fn is not None:
-            return _run_backward(node, fn, grads)
-        device = node.device
-        return _run_backward(node, node.backward, [_make(g, device) for g in grads])
+            return _run_backward(node, fn, [g.data for g in grads])
+        return _run_backward(node, node.backward, grads)
 
     @staticmethod
     def as_gradient(g, node):
         if isinstance(g, Tensor):
-            return g.data
-        return g if type(g) is np.ndarray else node.xp.asarray(g)  # NumPy scalars, CuPy arrays
+            return g
+        return _make(g if type(g) is np.ndarray else node.xp.asarray(g), node.device)  # NumPy scalars, CuPy arrays
 
     @staticmethod
     def fit(g, shape, dtype, xp):
-        if g.shape != shape:
-            g = xp.broadcast_to(g, shape) if _expands(g.shape, shape) else sum_to_array(g, shape)
-        return g if g.dtype == dtype else g.astype(dtype)
+        d = g.data
+        if d.shape != shape:
+            d = xp.broadcast_to(d, shape) if _expands(d.shape, shape) else sum_to_array(d, shape)
+        if d.dtype != dtype:
+            d = d.astype(dtype)
+        return g if d is g.data else _make(d, g._device)
 
     @staticmethod
     def zeros(node, shape, dtype):
-        return node.xp.zeros(shape, dtype=dtype)
-
-    @staticmethod
-    def from_tensor(t):
-        return t.data
-
-    @staticmethod
-    def tensor(g, device):
-        return _make(g, device)
+        return _make(node.xp.zeros(shape, dtype=dtype), node.device)
 
 
 class _Graph:
@@ -188,13 +182,6 @@ class _Graph:
     def zeros(node, shape, dtype):
         return _make(node.xp.zeros(shape, dtype=dtype), node.device)
 
-    @staticmethod
-    def from_tensor(t):
-        return t
-
-    @staticmethod
-    def tensor(g, device):
-        return g
 
 
 def _numel(shape):
@@ -264,20 +251,20 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             buf[idx] = g if buf[idx] is None else buf[idx] + g
         elif capture is None:
             if target.grad is None:
-                target.grad = mode.tensor(g, target._device)
+                target.grad = g
                 direct[target] = True
             elif direct.get(target):  # .grad is still an array handed over as-is (shared, maybe read-only):
-                target.grad = target.grad + mode.tensor(g, target._device)  # never add into it in place
+                target.grad = target.grad + g  # never add into it in place
                 direct[target] = False
             else:
-                _accumulate(target, mode.tensor(g, target._device), create_graph)
+                _accumulate(target, g, create_graph)
                 direct[target] = False
 
     prev = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     try:
         for t, g in zip(roots, root_grads):
-            deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), mode.from_tensor(g))
+            deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), g)
         for node in nodes:
             grads = buffers.pop(node, None)
             if grads is None:
@@ -318,7 +305,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             if is_direct:
                 leaf.grad = _unshared(leaf.grad, taken)
         return None
-    return [None if g is None else _unshared(mode.tensor(g, inputs[i]._device), taken) for i, g in enumerate(results)]
+    return [None if g is None else _unshared(g, taken) for g in results]
 
 
 def _unshared(g, taken):
