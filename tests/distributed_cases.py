@@ -30,12 +30,13 @@ def check_close(what, got, want, dtype):
 
 def check_same_params(what, model, reference, dtype):
     for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
-        check_close(f"{what}: parameter {name}", p.data, q.data, dtype)
+        check_close(f"{what}: parameter {name}", tg.backend.to_device(p.data, "cpu"),
+                    tg.backend.to_device(q.data, "cpu"), dtype)
 
 
 def grads(model):
     """Copies of the gradients (compared too: Adam's step barely changes when all gradients are scaled alike)."""
-    return [p.grad.data.copy() for p in model.parameters()]
+    return [tg.backend.to_device(p.grad.data, "cpu").copy() for p in model.parameters()]
 
 
 def check_same_grads(what, got, want, dtype):
@@ -58,22 +59,32 @@ def batches(dtype, in_features, *extra, seed=123):
     return out
 
 
-def train_both(make_model, make_opt, loss_fn, data, dtype):
+def train_both(make_model, make_opt, loss_fn, data, dtype, device="cpu"):
     """K steps data-parallel (each rank its shard of each global batch) and K steps alone on the global batch."""
     # each rank builds its model from another seed: the wrapper must broadcast rank 0's parameters
-    ddp = DistributedDataParallel(build(make_model, dist.rank()), bucket_cap_mb=0.001)
-    alone = build(make_model, 0)
+    ddp = DistributedDataParallel(build(make_model, dist.rank()).to(device), bucket_cap_mb=0.001)
+    alone = build(make_model, 0).to(device)
     opt, opt_alone = make_opt(ddp.parameters()), make_opt(alone.parameters())
     for batch in data:
         opt.zero_grad()
-        loss_fn(ddp, [tg.tensor(a) for a in dist.shard(batch)]).backward()
+        loss_fn(ddp, [tg.tensor(a, device=device) for a in dist.shard(batch)]).backward()
         opt.step()
         opt_alone.zero_grad()
-        loss_fn(alone, [tg.tensor(a) for a in batch]).backward()
+        loss_fn(alone, [tg.tensor(a, device=device) for a in batch]).backward()
         opt_alone.step()
         check_same_grads("data-parallel vs one process", grads(ddp), grads(alone), dtype)
     check_same_params("data-parallel vs one process", ddp.module, alone, dtype)
     return ddp, alone
+
+
+def case_device():
+    """The bucket and transport code on device arrays: the CPU stand-in for CuPy (no NCCL: host staging)."""
+    with tg.backend.cuda_standin():
+        data = batches(np.float64, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
+        ddp, _ = train_both(mlp(np.float64), lambda ps: optim.SGD(ps, lr=0.1), lambda m, b: F.cross_entropy(
+            m(b[0]), b[1]), data, np.float64, device="cuda")
+        if ddp.module[0].weight.grad.device != "cuda":
+            raise AssertionError("the gradients left the device")
 
 
 def mlp(dtype):

@@ -58,7 +58,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
     return proc.returncode, out, err, time.monotonic() - start
 
 
-@pytest.mark.parametrize("case", ["collectives", "classifier", "vae", "wgan_gp", "no_sync", "unused_parameter",
+@pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync", "unused_parameter",
                                   "sampler", "sync_batch_norm"])
 def test_two_ranks(case):
     rc, out, err, _ = launch(case)

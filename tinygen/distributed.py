@@ -25,6 +25,7 @@ of the others waiting forever in their next collective.
 import os
 import sys
 import traceback
+import warnings
 
 import numpy as np
 
@@ -32,8 +33,8 @@ from . import backend
 from .tensor import Tensor
 
 OPS = ("sum", "mean")
-# variables set by the launchers of Open MPI, MPICH / Intel MPI (Hydra, PMI), PMIx and Slurm
-_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS", "SLURM_PROCID")
+# variables set by the launchers of Open MPI, MPICH / Intel MPI (Hydra, PMI) and PMIx (also Slurm's srun --mpi=...)
+_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMI_FD", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
 class _World:
@@ -71,7 +72,9 @@ def init(force_mpi=False):
         if force_mpi:
             raise RuntimeError("distributed.init(force_mpi=True): mpi4py is not installed "
                                "(pip install 'tinygen[mpi]')") from None
-        _world.initialized = True  # under a launcher without mpi4py: each process trains alone, as it did before
+        warnings.warn("tinygen.distributed: this process was started by an MPI launcher but mpi4py is not "
+                      "installed, so it runs alone (pip install 'tinygen[mpi]')", RuntimeWarning, stacklevel=2)
+        _world.initialized = True
         return 1
     comm = MPI.COMM_WORLD
     _world.comm, _world.rank, _world.size = comm, comm.Get_rank(), comm.Get_size()

@@ -12,7 +12,7 @@ See ``tinygen.distributed`` for launching and the transports.
 """
 import contextlib
 
-from .. import distributed as dist
+from .. import backend, distributed as dist
 from ..autograd.engine import queue_callback
 from ..tensor import _make
 from .module import Module
@@ -39,7 +39,8 @@ class DistributedDataParallel(Module):
     - Gradient penalties (WGAN-GP): ``autograd.grad(..., create_graph=True)`` accumulates nothing and triggers
       nothing; the graph of the penalty stays local, and only the final ``.grad`` of ``loss.backward()`` is averaged.
 
-    ``forward`` calls the wrapped module; ``self.module`` is it, and ``self.module.state_dict()`` has the keys of
+    Wrap the module after moving it to its device and dtype (the buckets are laid out at wrap time), and wrap it
+    once. ``forward`` calls the wrapped module; ``self.module`` is it, and ``self.module.state_dict()`` has the keys of
     the unwrapped model (``self.state_dict()`` prefixes them with ``module.``, as PyTorch). In a world of one
     process nothing is communicated.
     """
@@ -158,7 +159,7 @@ class _Bucket:
     def write_back(self, world_size):
         flat = self.flat
         flat[:self.numel] /= world_size
-        has_grad = flat[self.numel:]
+        has_grad = backend.to_device(flat[self.numel:], "cpu")  # read on the host once, not per parameter
         for k, (p, off) in enumerate(zip(self.params, self.offsets)):
             mean = flat[off:off + p.data.size].reshape(p.data.shape)
             if p.grad is not None:
