@@ -58,8 +58,8 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
     return proc.returncode, out, err, time.monotonic() - start
 
 
-@pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync", "unused_parameter",
-                                  "sampler", "sync_batch_norm"])
+@pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync",
+                                  "unused_parameter", "sampler", "sync_batch_norm"])
 def test_two_ranks(case):
     rc, out, err, _ = launch(case)
     assert rc == 0, f"{case} failed on 2 ranks (exit {rc})\n{out}\n{err}"
