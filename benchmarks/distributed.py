@@ -11,7 +11,11 @@ DistributedDataParallel; each rank trains on global-batch / ranks examples. Per 
   no-sync     the same step under ``no_sync()`` (no communication): the compute of one rank's half batch;
   all-reduce  step minus no-sync: what the step pays for averaging gradients, with the waits for the slower
               rank; share = all-reduce / step;
-  bare        one blocking all-reduce of a flat float32 array of the model's gradient size (the transport alone).
+  bare        one blocking all-reduce of a flat float32 array of the model's gradient size (the transport alone);
+  compute CPU the fastest CPU time of one rank's step without communication (process time: what the step costs
+              when the rank has a core to itself, even on a loaded machine);
+  idle-core speedup  1-rank compute CPU / (2-rank compute CPU + bare all-reduce): the 2-rank speedup expected
+              when each rank has its own idle core and nothing of the all-reduce is hidden behind backward.
 Needs mpi4py and mpiexec (pip install -e ".[mpi]"). Not a test: timings on a shared machine vary.
 """
 import argparse
@@ -106,16 +110,18 @@ def _step_fn(model, bucket_cap_mb, local_batch):
 
 
 def _fastest_step(step, steps, warmup, barrier):
+    """(fastest wall-clock seconds of a step across the ranks, fastest CPU seconds of the step on this rank)."""
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
         barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
+        cpu.append(time.process_time() - c0)
         barrier()
         times.append(time.perf_counter() - t0)
-    return float(np.min(times))
+    return float(np.min(times)), float(np.min(cpu))
 
 
 def worker(args):
@@ -129,17 +135,17 @@ def worker(args):
         caps = args.bucket_mb if n > 1 else [25.0]
         for cap in caps:
             step, wrapped, numel = _step_fn(model, cap, local)
-            t = _fastest_step(step, args.steps, args.warmup, dist.barrier)
-            row = dict(model=model, ranks=n, bucket_mb=cap, step=t, grad_values=numel, global_batch=args.global_batch,
-                       load=os.getloadavg()[0])
+            t, cpu = _fastest_step(step, args.steps, args.warmup, dist.barrier)
+            row = dict(model=model, ranks=n, bucket_mb=cap, step=t, cpu=cpu, grad_values=numel,
+                       global_batch=args.global_batch, load=os.getloadavg()[0])
             if n > 1:
                 with ExitStack() as stack:
                     for m in wrapped:
                         stack.enter_context(m.no_sync())
-                    row["step_no_sync"] = _fastest_step(step, args.steps, 1, dist.barrier)
+                    row["step_no_sync"], row["cpu"] = _fastest_step(step, args.steps, 1, dist.barrier)
                 flat = np.ones(numel, np.float32)
                 reduce = lambda: dist.all_reduce_array(flat)  # noqa: E731
-                row["bare_all_reduce"] = _fastest_step(reduce, args.steps, 1, dist.barrier)
+                row["bare_all_reduce"] = _fastest_step(reduce, args.steps, 1, dist.barrier)[0]
             rows.append(row)
             if dist.is_main_process():
                 print(json.dumps(row), flush=True)
@@ -166,18 +172,20 @@ def _launch(ranks, args):
 def table(rows):
     one = {r["model"]: r for r in rows if r["ranks"] == 1}
     lines = ["| model | ranks | bucket MiB | step ms | samples/s | speedup | no-sync ms | all-reduce ms | share "
-             "| bare all-reduce ms | gradient MB/step | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bare all-reduce ms | compute CPU ms | idle-core speedup | gradient MB/step | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = r["global_batch"] / r["step"]
         base = one.get(r["model"])
         speedup = f"{base['step'] / r['step']:.2f}x" if base else "-"
         if r["ranks"] > 1:
             comm = max(r["step"] - r["step_no_sync"], 0.0)
+            # what the step would take with a core per rank: this rank's compute plus the bare all-reduce
+            ideal = f"{base['cpu'] / (r['cpu'] + r['bare_all_reduce']):.2f}x" if base else "-"
             extra = (f"{r['step_no_sync'] * 1e3:.1f} | {comm * 1e3:.1f} | {comm / r['step']:.0%} | "
-                     f"{r['bare_all_reduce'] * 1e3:.1f}")
+                     f"{r['bare_all_reduce'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} | {ideal}")
         else:
-            extra = "- | - | - | -"
+            extra = f"- | - | - | - | {r['cpu'] * 1e3:.1f} | -"
         lines.append(f"| {r['model']} | {r['ranks']} | {r['bucket_mb']:g} | {r['step'] * 1e3:.1f} | {speed:.0f} | "
                      f"{speedup} | {extra} | {r['grad_values'] * 4 / 1e6:.2f} | {r['load']:.1f} |")
     return "\n".join(lines)
