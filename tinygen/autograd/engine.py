@@ -11,7 +11,13 @@ The engine chooses the form of each backward (``_Plain`` / ``_Graph`` below). A 
 ``array_backward`` where it has one (arrays in, arrays out: a fused kernel) and undoes broadcasting on arrays; with
 ``create_graph=True`` every node runs its differentiable ``backward`` and those ops are recorded, so the gradients
 can be differentiated again.
+
+Two hooks let code act while a backward() runs (``tinygen.nn.parallel`` uses them to start gradient all-reduces
+as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (as PyTorch's) and
+``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns).
 """
+import weakref
+
 import numpy as np
 
 from .. import tensor as _tensor
@@ -30,17 +36,110 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 
 def _backward(tensors, grad_tensors, retain_graph, create_graph, inputs):
+    global _callbacks
     tensors, grads = _roots(tensors, grad_tensors)
     if retain_graph is None:
         retain_graph = create_graph
-    if inputs is None:
-        _run(tensors, grads, retain_graph, create_graph, None)
-        return
-    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
-    results = _run(tensors, grads, retain_graph, create_graph, inputs)
-    for t, g in zip(inputs, results):
-        if g is not None:
-            _accumulate(t, g, create_graph)
+    outer, _callbacks = _callbacks, []
+    try:
+        if inputs is None:
+            _run(tensors, grads, retain_graph, create_graph, None)
+        else:
+            inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+            results = _run(tensors, grads, retain_graph, create_graph, inputs)
+            for t, g in zip(inputs, results):
+                if g is not None:
+                    _accumulate(t, g, create_graph)
+                    if t.grad_fn is None and id(t) in _post_accumulate_hooks:
+                        _call_post_accumulate_hooks(t)
+        queued = _callbacks
+    finally:
+        _callbacks = outer
+    for fn in queued:
+        fn()
+
+
+# ---- hooks ---------------------------------------------------------------------------------------------------------
+_post_accumulate_hooks = {}  # id(leaf) -> (weak reference to the leaf, [hook, ...])
+_callbacks = None  # while a backward() runs: the functions queued to run when it has finished
+
+
+class RemovableHandle:
+    """Returned by a hook registration; ``remove()`` unregisters the hook."""
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+def register_post_accumulate_grad_hook(tensor, hook):
+    """Call ``hook(tensor)`` during a backward(), as soon as this backward has accumulated all its gradient into
+    the leaf's ``.grad`` (once per backward that reaches the leaf; not for ``autograd.grad``, which accumulates
+    nothing). The hook may read ``tensor.grad`` and may replace it, but must not write into its array: until the
+    backward returns, that array may be shared with the graph. Returns a handle with ``remove()``."""
+    if not isinstance(tensor, Tensor) or tensor.grad_fn is not None or not tensor._requires_grad:
+        raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad accumulates "
+                           "a gradient (got a tensor made by an op, or one without requires_grad)")
+    if not callable(hook):
+        raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+    key = id(tensor)
+    entry = _post_accumulate_hooks.get(key)
+    if entry is None:  # the entry goes when the tensor does (an id can be reused afterwards)
+        forget = lambda _, k=key: _post_accumulate_hooks.pop(k, None)  # noqa: E731
+        entry = _post_accumulate_hooks[key] = (weakref.ref(tensor, forget), [])
+    entry[1].append(hook)
+    return RemovableHandle(entry[1], hook)
+
+
+def queue_callback(fn):
+    """Run ``fn()`` when the backward() now running has finished (every ``.grad`` final and owned), before it
+    returns. Only callable during a backward(), typically from a hook."""
+    if _callbacks is None:
+        raise RuntimeError("queue_callback: no backward() is running (call it from a hook during backward)")
+    _callbacks.append(fn)
+
+
+def _call_post_accumulate_hooks(leaf):
+    for hook in tuple(_post_accumulate_hooks[id(leaf)][1]):
+        hook(leaf)
+
+
+def _hooked_leaf_edges(roots, nodes):
+    """For each leaf with post-accumulate hooks: how many edges of this graph may still deliver a gradient to it."""
+    counts = {}
+    targets = [t for t in roots if t.grad_fn is None]
+    targets += [e[0] for node in nodes for e in node.next_edges if e is not None]
+    for t in targets:
+        if not isinstance(t, Function) and id(t) in _post_accumulate_hooks:
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """Return d(outputs)/d(inputs) as a tuple, without touching any ``.grad``.
+
+    ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
+    gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
+    """
+    outputs, grads = _roots(outputs, grad_outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = (inputs,) if single else tuple(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or not t._requires_grad:
+            raise RuntimeError(f"grad: input {i} does not require grad")
+    if retain_graph is None:
+        retain_graph = create_graph
+    results = _run(outputs, grads, retain_graph, create_graph, inputs)
+    for i, g in enumerate(results):
+        if g is None and not allow_unused:
+            raise RuntimeError(f"grad: input {i} (shape {inputs[i].shape}) was not used in computing the outputs; "
+                               f"pass allow_unused=True to get None for it")
+    return tuple(results)
+
+
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
@@ -235,6 +334,15 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                     needed.add(node)
                     break
 
+    hooked = _hooked_leaf_edges(roots, nodes) if _post_accumulate_hooks and capture is None else None
+
+    def settle(edges):  # these edges have delivered (or never will): a hooked leaf with none left runs its hooks
+        for e in edges:
+            if e is not None and e[0] in hooked:
+                left = hooked[e[0]] = hooked[e[0]] - 1
+                if left == 0 and e[0] in direct:
+                    _call_post_accumulate_hooks(e[0])
+
     buffers = {}
     direct = {}  # leaf -> True while its .grad is still the very array a backward returned (may be shared)
 
@@ -265,9 +373,13 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
     try:
         for t, g in zip(roots, root_grads):
             deliver(*((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx)), g)
+        if hooked:
+            settle([(t, 0) for t in roots if t.grad_fn is None])
         for node in nodes:
             grads = buffers.pop(node, None)
             if grads is None:
+                if hooked:
+                    settle(node.next_edges)
                 continue
             if needed is not None and node not in needed:
                 if not retain_graph:
@@ -292,6 +404,8 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                     else:
                         shape, dtype = target.data.shape, target.data.dtype
                     deliver(target, idx, mode.fit(mode.as_gradient(g, node), shape, dtype, node.xp))
+            if hooked:
+                settle(edges)
             if not retain_graph:
                 node.release()
     finally:
@@ -331,3 +445,4 @@ def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False,
 
 
 Tensor.backward = _tensor_backward  # the tensor module sits below autograd: the engine attaches the method
+Tensor.register_post_accumulate_grad_hook = register_post_accumulate_grad_hook

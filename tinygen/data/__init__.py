@@ -17,3 +17,4 @@ def download_mnist(dest, mirrors=None, timeout=30.0, splits=("train", "test"), p
     """Download the MNIST .gz files into ``dest``, verified by SHA-256 (see ``tinygen.data.download``)."""
     from .download import download_mnist as _download  # urllib is imported only when downloading
     return _download(dest, mirrors=mirrors, timeout=timeout, splits=splits, progress=progress)
+from .distributed import DistributedSampler

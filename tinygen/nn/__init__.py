@@ -7,3 +7,5 @@ from .losses import (MSELoss, L1Loss, BCELoss, BCEWithLogitsLoss, CrossEntropyLo
 from . import functional, init, utils
 from .layers import Softmin, CosineSimilarity  # noqa: E402
 from .losses import KLDivLoss, SmoothL1Loss, HuberLoss  # noqa: E402
+from .layers import SyncBatchNorm
+from . import parallel

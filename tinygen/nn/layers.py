@@ -5,9 +5,11 @@ PyTorch maps onto these one to one (and state_dicts line up key for key).
 """
 import math
 
+from .. import distributed as _distributed
 from .. import dtypes
 from ..capture import replayed
 from .._checks import check_int, check_probability, check_real, is_int
+from ..ops.sync_batch_norm import sync_batch_norm as _sync_batch_norm
 from ..tensor import get_default_dtype, zeros
 from . import functional as F
 from . import init
@@ -115,6 +117,7 @@ class Dropout(Module):
 
 class _BatchNorm(Module):
     _dims = ()  # the input ranks accepted
+    _normalize = staticmethod(F.batch_norm)  # SyncBatchNorm swaps in its all-rank statistics
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, *, bias=True):
@@ -174,8 +177,8 @@ class _BatchNorm(Module):
         # batch statistics in training, or in eval when no running statistics are kept
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
-                            self.weight, self.bias, use_batch, factor, self.eps)
+        return self._normalize(input, self.running_mean if track else None, self.running_var if track else None,
+                               self.weight, self.bias, use_batch, factor, self.eps)
 
     @replayed
     def _count_batch(self):
@@ -426,3 +429,38 @@ class CosineSimilarity(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}, eps={self.eps}"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation of (N, C, *) inputs whose training statistics are those of the whole global batch:
+    the per-channel sums are all-reduced over the ranks of ``tinygen.distributed`` (see
+    ``tinygen.ops.sync_batch_norm``), so N ranks normalise as one process would on their concatenated batches,
+    and the running statistics agree on every rank. Evaluation uses the running statistics, as ``BatchNorm``.
+
+    Plain ``BatchNorm1d``/``BatchNorm2d`` under data parallelism normalise with each rank's own batch (per-rank
+    statistics, PyTorch's default too); ``SyncBatchNorm.convert_sync_batchnorm(model)`` switches a model over.
+    In a world of one process it is ``BatchNorm``.
+    """
+    _dims = (2, 3, 4, 5)
+
+    def _normalize(self, input, running_mean, running_var, weight, bias, use_batch, momentum, eps):
+        if use_batch and self.training and _distributed.world_size() > 1:
+            return _sync_batch_norm(input, running_mean, running_var, weight, bias, momentum, eps)
+        return F.batch_norm(input, running_mean, running_var, weight, bias, use_batch, momentum, eps)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module):
+        """Return ``module`` with every BatchNorm layer in it replaced by a SyncBatchNorm sharing its parameters
+        and buffers (a BatchNorm passed directly comes back converted; other modules are changed in place)."""
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            for name, value in list(module._parameters.items()) + list(module._buffers.items()):
+                setattr(sync, name, value)
+            sync.train(module.training)
+            return sync
+        for name, child in list(module.named_children()):
+            if child is not None:
+                converted = cls.convert_sync_batchnorm(child)
+                if converted is not child:
+                    module.add_module(name, converted)
+        return module
