@@ -48,3 +48,8 @@ def log_softmax(input, dim, dtype=None):
 # ---- losses ----------------------------------------------------------------------------------------------------------
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, mse_loss, l1_loss,  # noqa: E402
                           cross_entropy, nll_loss, gaussian_nll_loss, kl_normal)
+
+
+# ---- convolutions and pooling ----------------------------------------------------------------------------------------
+from ..ops.conv import (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d,  # noqa: E402,F401
+                        interpolate, upsample_nearest)
