@@ -155,7 +155,9 @@ def max_pool2d_fwd(x, kernel, stride, padding, dilation, out_hw):
         best_at = xp.where(better, k, best_at)
     rows = xp.arange(oh).reshape(oh, 1) * sh - ph + (best_at // kw) * dh
     cols = xp.arange(ow).reshape(1, ow) * sw - pw + (best_at % kw) * dw
-    return best, rows * w + cols
+    # a dilated window can miss the input altogether: its maximum is -inf (as PyTorch) and its index -1 (no gradient)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return best, xp.where(inside, rows * w + cols, -1)
 
 
 def max_pool2d_bwd(g, index, x_hw):
@@ -163,9 +165,18 @@ def max_pool2d_bwd(g, index, x_hw):
     xp = array_module_of(g)
     n, c = g.shape[:2]
     plane = x_hw[0] * x_hw[1]
-    flat = (index.reshape(n * c, -1) + xp.arange(n * c).reshape(-1, 1) * plane).reshape(-1)
-    gx = xp.bincount(flat, weights=g.reshape(-1), minlength=n * c * plane)  # sums in float64
+    flat, g = _flat_index(xp, index, n * c, plane), g.reshape(-1)
+    if index.size and int(index.min()) < 0:  # windows that missed the input pass no gradient
+        g = xp.where(index.reshape(-1) >= 0, g, 0)
+    gx = xp.bincount(flat, weights=g, minlength=n * c * plane)  # sums in float64
     return gx.astype(g.dtype).reshape((n, c) + tuple(x_hw))
+
+
+def _flat_index(xp, index, planes, plane):
+    """Indices into the flattened input from indices within each of its ``planes`` planes (-1 becomes a valid
+    index: callers zero those gradients)."""
+    flat = index.reshape(planes, -1) + xp.arange(planes).reshape(-1, 1) * plane
+    return xp.maximum(flat.reshape(-1), 0)
 
 
 def separable_map2d(x, rows, cols):

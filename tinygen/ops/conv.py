@@ -150,10 +150,13 @@ class MaxPool2dFunction(Function):
     @staticmethod
     def backward(ctx, g):
         # the same scatter as tinygen ops: an IndexAdd into the flat input, whose own gradient is a gather
-        xp = ctx.xp
+        xp, index = ctx.xp, ctx.index
         n, c, h, w = ctx.x_shape
-        flat = (ctx.index.reshape(n * c, -1) + xp.arange(n * c).reshape(-1, 1) * (h * w)).reshape(-1)
-        gx = IndexAdd.apply(g.reshape(-1), flat, (n * c * h * w,)).reshape(ctx.x_shape)
+        g = g.reshape(-1)
+        if index.size and int(index.min()) < 0:  # windows that missed the input pass no gradient
+            g = g * _make((index.reshape(-1) >= 0).astype(g.dtype), g.device)
+        flat = _conv._flat_index(xp, index, n * c, h * w)
+        gx = IndexAdd.apply(g, flat, (n * c * h * w,)).reshape(ctx.x_shape)
         return gx, None, None, None, None, None
 
     @staticmethod
@@ -322,10 +325,9 @@ def _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode):
         else _pair(fn, "stride", stride)
     padding = _pair(fn, "padding", padding, allow_zero=True)
     dilation = _pair(fn, "dilation", dilation)
-    for a in (0, 1):
-        if padding[a] * 2 > dilation[a] * (kernel[a] - 1) + 1:
-            raise ValueError(f"{fn}: pad should be at most half of effective kernel size, but got pad={padding[a]}, "
-                             f"kernel_size={kernel[a]} and dilation={dilation[a]}")
+    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:  # PyTorch's limit (the kernel without dilation)
+        raise ValueError(f"{fn}: pad should be smaller than or equal to half of kernel size, but got "
+                         f"padW = {padding[1]}, padH = {padding[0]}, kW = {kernel[1]}, kH = {kernel[0]}")
     h, w = x.shape[2:]
     out_hw = tuple(_conv.pool_out_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a], ceil_mode)
                    for a in (0, 1))
