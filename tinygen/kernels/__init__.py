@@ -157,3 +157,8 @@ def module(device):
         return reference
     from . import gpu
     return gpu
+
+# Convolutions (kernels/conv.py; Numba copies in conv_cpu.py, cuDNN in conv_gpu.py).
+KERNELS += ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight")
+CPU_USED |= {"conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"}
+GPU_USED |= {"conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"}

@@ -103,37 +103,45 @@ def _from_nchw(g, groups):
     return g.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * oh * ow)
 
 
-def conv2d_fwd(x, w, stride, padding, dilation, groups):
-    """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias."""
-    n = x.shape[0]
-    cout, cg, kh, kw = w.shape
-    oh, ow = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
-    cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
-    y = w.reshape(groups, cout // groups, cg * kh * kw) @ cols
-    return _to_nchw(y, n, oh, ow)
+def make_conv_kernels(im2col, col2im):
+    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
+    layout are the same for every version; cpu's Numba pair plugs in here)."""
+
+    def conv2d_fwd(x, w, stride, padding, dilation, groups):
+        """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias."""
+        n = x.shape[0]
+        cout, cg, kh, kw = w.shape
+        oh, ow = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
+        cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
+        y = w.reshape(groups, cout // groups, cg * kh * kw) @ cols
+        return _to_nchw(y, n, oh, ow)
+
+    def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
+        """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
+        forward of conv_transpose2d (input g, weight w of shape (Cin_of_transpose, Cout_of_transpose / groups, kh,
+        kw))."""
+        n, cout, oh, ow = g.shape
+        _, cg, kh, kw = w.shape
+        w2 = w.reshape(groups, cout // groups, cg * kh * kw)
+        cols = w2.transpose(0, 2, 1) @ _from_nchw(g, groups)  # (G, Cg*kh*kw, N*OH*OW)
+        cols = cols.reshape(groups * cg, kh, kw, n, oh, ow)
+        xp = array_module_of(g)
+        return xp.ascontiguousarray(col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation))
+
+    def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups):
+        """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw)."""
+        n, c = x.shape[:2]
+        cout, oh, ow = g.shape[1:]
+        kh, kw = kernel_hw
+        cg = c // groups
+        cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
+        gw = _from_nchw(g, groups) @ cols.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
+        return gw.reshape(cout, cg, kh, kw)
+
+    return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
 
 
-def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
-    """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the forward
-    of conv_transpose2d (input g, weight w of shape (Cin_of_transpose, Cout_of_transpose / groups, kh, kw))."""
-    n, cout, oh, ow = g.shape
-    _, cg, kh, kw = w.shape
-    w2 = w.reshape(groups, cout // groups, cg * kh * kw)
-    cols = w2.transpose(0, 2, 1) @ _from_nchw(g, groups)  # (G, Cg*kh*kw, N*OH*OW)
-    cols = cols.reshape(groups * cg, kh, kw, n, oh, ow)
-    xp = array_module_of(g)
-    return xp.ascontiguousarray(col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation))
-
-
-def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups):
-    """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw)."""
-    n, c = x.shape[:2]
-    cout, oh, ow = g.shape[1:]
-    kh, kw = kernel_hw
-    cg = c // groups
-    cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
-    gw = _from_nchw(g, groups) @ cols.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
-    return gw.reshape(cout, cg, kh, kw)
+conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight = make_conv_kernels(im2col, col2im)
 
 
 def max_pool2d_fwd(x, kernel, stride, padding, dilation, out_hw):
