@@ -221,7 +221,7 @@ def _image(fn, input, what="3D (unbatched) or 4D (batched)"):
     if not isinstance(input, Tensor):
         raise TypeError(f"{fn}: input must be a Tensor, got {type(input).__name__}")
     if input.ndim not in (3, 4):
-        raise ValueError(f"{fn}: expected {what} input, but got input of size: {list(input.shape)}")
+        raise ValueError(f"{fn}: Expected {what} input, but got input of size: {list(input.shape)}")
     if input.dtype.kind != "f":
         raise TypeError(f"{fn}: expected a floating input, got dtype {input.dtype}")
     if input.ndim == 3:
