@@ -554,4 +554,5 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
             grad /= total
         return loss.sum() / total, grad
 
-from .conv import conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight, max_pool2d_fwd, max_pool2d_bwd, separable_map2d  # noqa: E402,F401,E501
+from .conv import (conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight, max_pool2d_fwd, max_pool2d_bwd,  # noqa: E402,F401
+                   separable_map2d)
