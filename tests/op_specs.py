@@ -1184,5 +1184,33 @@ SHAPE_LINALG_SPECS = [
 ]
 SPECS += SHAPE_LINALG_SPECS
 
+
+# ---- convolutions and pooling (references and strategies in conv_reference.py) ---------------------------------------
+import conv_reference as _cr  # noqa: E402
+from tinygen.ops import conv as _tg_conv  # noqa: E402
+
+CONV_SPECS = [
+    OpSpec("conv2d", _tg_conv.conv2d, _cr.np_conv2d, lambda x, w, b, **kw: _F().conv2d(x, w, b, **kw), arity=3,
+           shapes=_cr.conv_shapes(), kwargs=_cr.conv_kwargs, float32_tol=1e-4),
+    OpSpec("conv2d_nobias", _tg_conv.conv2d, _cr.np_conv2d, lambda x, w, **kw: _F().conv2d(x, w, **kw), arity=2,
+           shapes=_cr.conv_shapes(bias=False), kwargs=_cr.conv_kwargs, float32_tol=1e-4),
+    OpSpec("conv_transpose2d", _tg_conv.conv_transpose2d, _cr.np_conv_transpose2d,
+           lambda x, w, b, **kw: _F().conv_transpose2d(x, w, b, **kw), arity=3,
+           shapes=_cr.conv_shapes(transposed=True), kwargs=_cr.conv_transpose_kwargs, float32_tol=1e-4),
+    OpSpec("conv_transpose2d_nobias", _tg_conv.conv_transpose2d, _cr.np_conv_transpose2d,
+           lambda x, w, **kw: _F().conv_transpose2d(x, w, **kw), arity=2,
+           shapes=_cr.conv_shapes(transposed=True, bias=False), kwargs=_cr.conv_transpose_kwargs, float32_tol=1e-4),
+    OpSpec("max_pool2d", _tg_conv.max_pool2d, _cr.np_max_pool2d, lambda x, **kw: _F().max_pool2d(x, **kw),
+           shapes=_cr.image_shapes(), kwargs=_cr.max_pool_kwargs, domain=DISTINCT),
+    OpSpec("avg_pool2d", _tg_conv.avg_pool2d, _cr.np_avg_pool2d, lambda x, **kw: _F().avg_pool2d(x, **kw),
+           shapes=_cr.image_shapes(), kwargs=_cr.avg_pool_kwargs),
+    OpSpec("adaptive_avg_pool2d", _tg_conv.adaptive_avg_pool2d, _cr.np_adaptive_avg_pool2d,
+           lambda x, **kw: _F().adaptive_avg_pool2d(x, **kw), shapes=_cr.image_shapes(7), kwargs=_cr.adaptive_kwargs),
+    OpSpec("interpolate_nearest", _tg_conv.interpolate, _cr.np_interpolate,
+           lambda x, **kw: _F().interpolate(x, mode="nearest", **kw), shapes=_cr.image_shapes(4),
+           kwargs=_cr.upsample_kwargs),
+]
+SPECS += CONV_SPECS
+
 BY_NAME = {s.name: s for s in SPECS}
 assert len(BY_NAME) == len(SPECS), "op spec names must be unique"

@@ -36,7 +36,8 @@ from . import reference
 KERNELS = ("relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "tanh_fwd", "tanh_bwd", "sigmoid_fwd",
            "sigmoid_bwd", "elu_fwd", "elu_bwd", "softplus_fwd", "softplus_bwd", "bias_act_fwd", "bias_act_bwd",
            "sgd_step", "adam_step", "rmsprop_step", "batchnorm_fwd", "batchnorm_bwd", "bce_with_logits",
-           "log_softmax_fwd", "log_softmax_bwd", "cross_entropy", "mm")
+           "log_softmax_fwd", "log_softmax_bwd", "cross_entropy", "mm",
+           "conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight")  # conv: conv.py, conv_cpu.py, conv_gpu.py
 
 # The Numba kernels that lookup() hands out: those that beat the reference by a clear margin at the sizes of our
 # models (``python -m benchmarks.kernel_bench``; numbers in benchmarks/PROFILE.md). Left out: tanh_fwd, which is
@@ -160,3 +161,4 @@ def module(device):
         return reference
     from . import gpu
     return gpu
+

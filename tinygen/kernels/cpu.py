@@ -957,3 +957,4 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         if need_grad:
             grad /= total
         return s / total, (grad if need_grad else None)
+from .conv_cpu import conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight  # noqa: E402,F401

@@ -142,3 +142,4 @@ batchnorm_bwd = ref.batchnorm_bwd
 log_softmax_fwd = ref.log_softmax_fwd
 log_softmax_bwd = ref.log_softmax_bwd
 cross_entropy = ref.cross_entropy
+from .conv_gpu import conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight  # noqa: E402,F401

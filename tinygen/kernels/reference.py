@@ -557,3 +557,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
 def mm(a, b):
     """a @ b (gemm.py chooses the operands' layout for speed; the result is this one's)."""
     return a @ b
+
+
+from .conv import (conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight, max_pool2d_fwd, max_pool2d_bwd,  # noqa: E402,F401
+                   separable_map2d)

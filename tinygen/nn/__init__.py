@@ -9,3 +9,4 @@ from .layers import Softmin, CosineSimilarity  # noqa: E402
 from .losses import KLDivLoss, SmoothL1Loss, HuberLoss  # noqa: E402
 from .layers import SyncBatchNorm
 from . import parallel
+from .layers import Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Upsample  # noqa: E402

@@ -50,3 +50,8 @@ from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits
                           cross_entropy, nll_loss, gaussian_nll_loss, kl_normal)
 from ..ops.losses import (kl_div, smooth_l1_loss, huber_loss, softmin, normalize,  # noqa: E402
                           cosine_similarity)
+
+
+# ---- convolutions and pooling ----------------------------------------------------------------------------------------
+from ..ops.conv import (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d,  # noqa: E402,F401
+                        interpolate, upsample_nearest)

@@ -1,0 +1,282 @@
+"""Convolutions and pooling beyond the op table (whose CONV_SPECS entries already get values, gradcheck,
+gradgradcheck, layouts, the "cuda" device and first-order PyTorch parity): PyTorch parity of gradients built with
+create_graph and of second derivatives, the Numba kernels against the reference, the modules against torch.nn
+(weights both ways, init, reprs), and the argument checks."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tinygen as tg
+import tinygen.nn as nn
+import tinygen.nn.functional as F
+from tinygen import kernels
+from tinygen.kernels import conv as ref_conv
+from conftest import requires_torch
+from op_specs import CONV_SPECS, as_tuple, draw_example, host
+
+EXAMPLES = max(4, settings.default.max_examples // 3)
+
+
+# ---- second order against PyTorch ------------------------------------------------------------------------------
+def _random_directions(ex, dtype, outs, inputs):
+    """Upstream gradients for the outputs and directions v for the inputs, the same for both frameworks."""
+    rng = np.random.default_rng(ex.seed + 7)
+    ups = [rng.standard_normal(tuple(o.shape)).astype(dtype) for o in outs]
+    vs = [rng.standard_normal(tuple(x.shape)).astype(dtype) for x in inputs]
+    return ups, vs
+
+
+def run_second_order(ex, dtype, framework):
+    """Values, gradients built with create_graph, and the gradients of sum(g * v) with respect to the inputs and
+    the upstream gradients, in tinygen or in PyTorch."""
+    if framework == "torch":
+        import torch
+        tensor, grad, call = torch.tensor, torch.autograd.grad, ex.spec.torch_fn
+        npy = (lambda t: t.detach().numpy())
+    else:
+        tensor, grad, call, npy = tg.tensor, tg.grad, ex.spec.fn, host
+    xs = [tensor(a.astype(dtype), requires_grad=True) for a in ex.arrays]
+    outs = list(as_tuple(call(*xs, **ex.kwargs)))  # every conv/pool op has one floating output
+    inputs = [xs[i] for i in ex.grad_indices]
+    ups, vs = _random_directions(ex, dtype, outs, inputs)
+    up_t = [tensor(u, requires_grad=True) for u in ups]
+    grads = grad(outs, inputs, up_t, create_graph=True)
+    s = sum((g * tensor(v)).sum() for g, v in zip(grads, vs))
+    if not s.requires_grad:  # a linear op of one input: its gradient does not depend on the input
+        second = [None] * (len(inputs) + len(up_t))
+    else:
+        second = grad(s, inputs + up_t, allow_unused=True)
+    return [npy(o) for o in outs], [npy(g) for g in grads], [None if g is None else npy(g) for g in second]
+
+
+def _close(what, a, b, rtol, atol):
+    if a is None or b is None:  # one side kept no graph: the other's derivative must be zero
+        other = b if a is None else a
+        assert other is None or not np.any(other), f"{what}: one framework gives None, the other non-zero"
+        return
+    assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {a.dtype}{a.shape} vs PyTorch {b.dtype}{b.shape}"
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
+
+
+@requires_torch
+@pytest.mark.parametrize("spec", CONV_SPECS, ids=lambda s: s.name)
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_create_graph_and_second_order_match_torch(spec, data):
+    ex = draw_example(data, spec)
+    for dtype, rtol, atol in ((np.float64, 1e-10, 1e-12), (np.float32, 1e-4, 1e-5)):
+        ours, theirs = run_second_order(ex, dtype, "tinygen"), run_second_order(ex, dtype, "torch")
+        for what, a_list, b_list in zip(("value", "gradient", "second derivative"), ours, theirs):
+            assert len(a_list) == len(b_list)
+            for k, (a, b) in enumerate(zip(a_list, b_list)):
+                _close(f"{np.dtype(dtype).name} {what} {k}", a, b, rtol, atol)
+
+
+# ---- the kernels against each other ----------------------------------------------------------------------------
+@st.composite
+def kernel_case(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    n, cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    stride = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    dilation = draw(st.tuples(st.integers(1, 2), st.integers(1, 2)))
+    padding = draw(st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                             st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    hw = tuple(max(1, dilation[a] * (kernel[a] - 1) + 1 - sum(padding[a])) + draw(st.integers(0, 5)) for a in (0, 1))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return groups, (n, cg * groups) + hw, (og * groups, cg) + kernel, stride, padding, dilation, dtype
+
+
+@pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
+@settings(max_examples=EXAMPLES * 2)
+@given(case=kernel_case(), seed=st.integers(0, 2 ** 31 - 1), parallel=st.booleans())
+def test_numba_conv_kernels_match_reference(case, seed, parallel):
+    from tinygen.kernels import conv_cpu
+    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    old = conv_cpu.PARALLEL_MIN
+    conv_cpu.PARALLEL_MIN = 1 if parallel else 1 << 40  # both the serial loops and the threaded twins
+    try:
+        y = conv_cpu.conv2d_fwd(x, w, stride, padding, dilation, groups)
+        np.testing.assert_array_equal(y, ref_conv.conv2d_fwd(x, w, stride, padding, dilation, groups))
+        g = rng.standard_normal(y.shape).astype(dtype)
+        args = (stride, padding, dilation, groups)
+        np.testing.assert_array_equal(conv_cpu.conv2d_bwd_input(g, w, x_shape[2:], *args),
+                                      ref_conv.conv2d_bwd_input(g, w, x_shape[2:], *args))
+        np.testing.assert_array_equal(conv_cpu.conv2d_bwd_weight(x, g, w_shape[2:], *args),
+                                      ref_conv.conv2d_bwd_weight(x, g, w_shape[2:], *args))
+        # non-contiguous input: the wrapper copies, the values do not change
+        xt = np.asfortranarray(x)
+        np.testing.assert_array_equal(conv_cpu.conv2d_fwd(xt, w, *args), y)
+    finally:
+        conv_cpu.PARALLEL_MIN = old
+
+
+def test_kernels_are_registered_for_numpy_data():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    for name in ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"):
+        fn = kernels.get(name, x)
+        if kernels.enabled():
+            from tinygen.kernels import conv_cpu
+            assert fn is getattr(conv_cpu, name)
+        else:
+            assert fn is getattr(ref_conv, name)
+
+
+def test_gpu_conv_kernels_run_the_reference_without_cudnn():
+    """On the stand-in (and on CuPy without cuDNN) the gpu functions are the reference on device arrays."""
+    from tinygen.backend import standin
+    from tinygen.kernels import conv_gpu
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((4, 1, 3, 2))
+    args = ((2, 1), ((1, 2), (0, 1)), (1, 2), 2)
+    y = conv_gpu.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args)
+    np.testing.assert_allclose(y.get(), ref_conv.conv2d_fwd(x, w, *args), rtol=1e-12)
+    g = rng.standard_normal(y.shape)
+    gx = conv_gpu.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), (5, 6), *args)
+    np.testing.assert_allclose(gx.get(), ref_conv.conv2d_bwd_input(g, w, (5, 6), *args), rtol=1e-12)
+    gw = conv_gpu.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), (3, 2), *args)
+    np.testing.assert_allclose(gw.get(), ref_conv.conv2d_bwd_weight(x, g, (3, 2), *args), rtol=1e-12)
+
+
+def test_conv_modules_on_device(device):
+    """A small conv net's forward, backward and gradient penalty on "cuda" (the stand-in without a GPU) match
+    the CPU."""
+    results = []
+    for dev in ("cpu", device):
+        tg.manual_seed(3)
+        net = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.LeakyReLU(0.2), nn.MaxPool2d(2, ceil_mode=True),
+                            nn.ConvTranspose2d(4, 2, 3, 2, 1, output_padding=1), nn.AvgPool2d(2),
+                            nn.Upsample(scale_factor=2), nn.AdaptiveAvgPool2d(1)).to(tg.float64).to(dev)
+        x = tg.tensor(np.random.default_rng(0).standard_normal((2, 1, 9, 9)), device=dev, requires_grad=True)
+        (gx,) = tg.grad(net(x).sum(), [x], create_graph=True)
+        (net(x).sum() + (gx * gx).sum()).backward()
+        results.append([host(gx)] + [host(p.grad) for p in net.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ---- modules against torch.nn ------------------------------------------------------------------------------------
+MODULES = [
+    ("Conv2d(3, 6, 3, stride=2, padding=1)", (2, 3, 7, 8)),
+    ("Conv2d(4, 6, (3, 2), padding='same', dilation=2, groups=2, bias=False)", (2, 4, 6, 5)),
+    ("Conv2d(2, 4, 4, 2, 1)", (2, 8, 8)),  # an unbatched (C, H, W) input
+    ("ConvTranspose2d(4, 6, 4, stride=2, padding=1, groups=2)", (2, 4, 3, 3)),
+    ("ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1, dilation=1)", (2, 3, 4, 5)),
+    ("MaxPool2d(3, 2, 1, ceil_mode=True)", (2, 2, 7, 6)),
+    ("AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)", (2, 2, 7, 6)),
+    ("AdaptiveAvgPool2d((3, 2))", (2, 2, 7, 5)),
+    ("Upsample(scale_factor=2)", (2, 2, 3, 4)),
+    ("Upsample(size=(5, 7))", (2, 2, 3, 4)),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("expr,shape", MODULES, ids=[m[0] for m in MODULES])
+def test_module_matches_torch_both_ways(expr, shape):
+    """Same repr and state_dict keys; torch's weights loaded into ours give torch's outputs and gradients, and
+    ours loaded into a fresh torch module give ours."""
+    import torch
+    torch.manual_seed(0)
+    theirs = eval("torch.nn." + expr).double()
+    ours = eval("nn." + expr).to(tg.float64)
+    assert repr(ours) == repr(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    x = np.random.default_rng(1).standard_normal(shape)
+    xo, xt = tg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yo, yt = ours(xo), theirs(xt)
+    np.testing.assert_allclose(host(yo), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    g = np.random.default_rng(2).standard_normal(yo.shape)
+    yo.backward(tg.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(host(xo.grad), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        np.testing.assert_allclose(host(p.grad), q.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    # and back: a fresh torch module with our (re-initialised) weights computes our output
+    ours.reset_parameters() if hasattr(ours, "reset_parameters") else None
+    back = eval("torch.nn." + expr).double()
+    back.load_state_dict({k: torch.tensor(host(v)) for k, v in ours.state_dict().items()})
+    np.testing.assert_allclose(host(ours(tg.tensor(x))), back(torch.tensor(x)).detach().numpy(), rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [nn.Conv2d, nn.ConvTranspose2d])
+def test_conv_init_is_pytorch_kaiming_uniform(cls):
+    """weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight.shape[1] * kh * kw (as PyTorch)."""
+    tg.manual_seed(0)
+    m = cls(16, 32, (3, 4), groups=2)
+    fan_in = m.weight.shape[1] * 12
+    bound = 1 / np.sqrt(fan_in)
+    w, b = host(m.weight), host(m.bias)
+    shape = (16, 16, 3, 4) if cls is nn.ConvTranspose2d else (32, 8, 3, 4)
+    assert w.shape == shape and b.shape == (32,)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert np.abs(b).max() <= bound
+    assert abs(w.std() - bound / np.sqrt(3)) < 0.1 * bound  # the uniform's standard deviation
+
+
+@requires_torch
+def test_max_pool_window_that_misses_the_input_is_minus_inf_like_torch_and_passes_no_gradient():
+    import torch
+    x = np.random.default_rng(0).standard_normal((1, 1, 1, 3))
+    kw = dict(kernel_size=(2, 1), padding=(1, 0), dilation=(2, 1))
+    xo, xt = tg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yo, yt = F.max_pool2d(xo, **kw), torch.nn.functional.max_pool2d(xt, **kw)
+    np.testing.assert_array_equal(host(yo), yt.detach().numpy())
+    assert np.all(np.isneginf(host(yo)))
+    yo.sum().backward()  # (PyTorch's own backward aborts the process here: its index for such a window is junk)
+    np.testing.assert_array_equal(host(xo.grad), np.zeros_like(x))
+
+
+# ---- argument checks ---------------------------------------------------------------------------------------------
+X = np.zeros((1, 4, 5, 5))
+W = np.zeros((4, 2, 3, 3))
+BAD_CALLS = [
+    (lambda: F.conv2d(tg.zeros(4, 5, dtype=tg.float64), tg.tensor(W)), ValueError, "conv2d: Expected 3D"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(np.zeros((4, 3, 3, 3)))), ValueError, "to have 3 channels"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(np.zeros((3, 2, 3, 3))), groups=2), ValueError,
+     "divisible by 2 at dimension 0"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=0), ValueError, "non-positive groups"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, stride=0), ValueError, "non-positive stride"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, padding=-1), ValueError, "negative padding"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, dilation=(1, 0)), ValueError, "non-positive dilation"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, stride=(1, 1, 1)), ValueError, "list of 2 values"),
+    (lambda: F.conv2d(tg.tensor(np.zeros((1, 4, 2, 2))), tg.tensor(W), groups=2), ValueError,
+     "Kernel size can't be greater than actual input size"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, padding="same", stride=2), ValueError,
+     "'same' is not supported for strided"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), groups=2, padding="full"), ValueError, "Invalid padding string"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W), tg.tensor(np.zeros(3)), groups=2), ValueError,
+     "expected bias to be 1-dimensional with 4 elements"),
+    (lambda: F.conv2d(tg.tensor(X), tg.tensor(W.astype(np.float32)), groups=2), TypeError, "weight has dtype"),
+    (lambda: F.conv_transpose2d(tg.tensor(X), tg.tensor(np.zeros((3, 2, 3, 3)))), ValueError,
+     "Given transposed=1"),
+    (lambda: F.conv_transpose2d(tg.tensor(X), tg.tensor(W), stride=2, output_padding=2), ValueError,
+     "output padding must be smaller than either stride or dilation"),
+    (lambda: F.conv_transpose2d(tg.tensor(np.zeros((1, 4, 1, 1))), tg.tensor(W), padding=3), ValueError,
+     "Output size is too small"),
+    (lambda: F.max_pool2d(tg.tensor(X), 2, padding=2), ValueError, "pad should be smaller than or equal to half"),
+    (lambda: F.max_pool2d(tg.tensor(X), 2, stride=0), ValueError, "non-positive stride"),
+    (lambda: F.max_pool2d(tg.tensor(np.zeros((1, 1, 1, 1))), 2, stride=1), ValueError, "Output size is too small"),
+    (lambda: F.max_pool2d(tg.tensor(np.zeros((5, 5))), 2), ValueError, "max_pool2d: Expected 3D or 4D"),
+    (lambda: F.avg_pool2d(tg.tensor(np.zeros((1, 1, 1, 1))), 3), ValueError, "Output size is too small"),
+    (lambda: F.adaptive_avg_pool2d(tg.tensor(np.zeros((4, 5))), 2), ValueError, "adaptive_avg_pool2d: Expected"),
+    (lambda: F.interpolate(tg.tensor(X), size=3, scale_factor=2), ValueError, "only one of size or scale_factor"),
+    (lambda: F.interpolate(tg.tensor(X)), ValueError, "either size or scale_factor"),
+    (lambda: F.interpolate(tg.tensor(X), scale_factor=2, mode="bilinear"), NotImplementedError, "mode='nearest'"),
+    (lambda: F.interpolate(tg.tensor(X), size=0), ValueError, "sizes should be greater than 0"),
+    (lambda: nn.Conv2d(2, 2, 3, padding_mode="reflect"), ValueError, "only 'zeros'"),
+    (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "must be one of"),
+    (lambda: nn.Conv2d(3, 2, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
+    (lambda: nn.Conv2d(2, 3, 3, groups=2), ValueError, "out_channels must be divisible by groups"),
+    (lambda: nn.Conv2d(2, 3, 3, stride=2, padding="same"), ValueError, "'same' is not supported for strided"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_CALLS, ids=[b[2] for b in BAD_CALLS])
+def test_bad_arguments_raise_clear_errors(call, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()

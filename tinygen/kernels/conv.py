@@ -1,0 +1,225 @@
+"""Convolution and pooling on arrays: the one reference definition, for any array module (NumPy, CuPy, the
+stand-in). Only the module's own functions and array operators are used (no ``as_strided``): the windows of an
+image are ``kh * kw`` strided slices of the padded image, one per kernel offset, and the products are the BLAS's
+GEMM through ``@``.
+
+Geometry arguments are already checked by the ops (tinygen/ops/conv.py): ``stride`` and ``dilation`` are pairs,
+``padding`` is ((top, bottom), (left, right)) so PyTorch's 'same' with an odd total padding fits.
+
+  conv2d_fwd(x, w, stride, padding, dilation, groups)                y  (N, Cout, OH, OW)
+  conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups)    dL/dx of conv2d, and conv_transpose2d's forward
+  conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups)  dL/dw of conv2d
+  max_pool2d_fwd(x, kernel, stride, padding, dilation, out_hw)       (y, index): index of each max in its H*W plane
+  max_pool2d_bwd(g, index, x_hw)                                     the gradient routed to the maxima
+  separable_map2d(x, rows, cols)                                     rows @ x @ cols.T on the last two axes: the
+                                                                     average pools and nearest upsampling, whose
+                                                                     adjoint is the same call with rows.T, cols.T
+
+Layout: the column matrix is (C * kh * kw, N * OH * OW) per group, so one GEMM covers the batch.
+"""
+import numpy as np
+
+from ..backend import array_module_of
+
+
+def conv_out_size(size, kernel, stride, pad_total, dilation):
+    """Output length of a convolution or pooling window sweep (floor mode)."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """PyTorch's pooling output length: with ceil_mode, a last window must start inside the input or the left
+    padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _padded(xp, x, padding, fill=0.0, extra=(0, 0)):
+    """x with ``padding`` ((top, bottom), (left, right)) of ``fill`` around its last two axes, and ``extra`` more
+    rows/columns at the bottom/right (ceil-mode pooling)."""
+    (pt, pb), (pl, pr) = padding
+    pb, pr = pb + extra[0], pr + extra[1]
+    if not (pt or pb or pl or pr):
+        return x
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + pt + pb, w + pl + pr), fill, dtype=x.dtype)
+    out[:, :, pt:pt + h, pl:pl + w] = x
+    return out
+
+
+def _window(xpad, i, j, stride, dilation, out_hw):
+    """The values under kernel offset (i, j) for every output position: (N, C, OH, OW), a strided view."""
+    (sh, sw), (dh, dw), (oh, ow) = stride, dilation, out_hw
+    return xpad[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+
+
+def im2col(x, kernel_hw, stride, padding, dilation, out_hw):
+    """The windows of x (N, C, H, W) as an array (C, kh, kw, N, OH, OW)."""
+    xp = array_module_of(x)
+    n, c = x.shape[:2]
+    kh, kw = kernel_hw
+    xpad = _padded(xp, x, padding)
+    cols = xp.empty((c, kh, kw, n) + tuple(out_hw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = _window(xpad, i, j, stride, dilation, out_hw).transpose(1, 0, 2, 3)
+    return cols
+
+
+def col2im(cols, x_shape, stride, padding, dilation):
+    """The adjoint of im2col: cols (C, kh, kw, N, OH, OW) summed back into an image of ``x_shape``."""
+    xp = array_module_of(cols)
+    c, kh, kw, n, oh, ow = cols.shape
+    (pt, pb), (pl, pr) = padding
+    h, w = x_shape[2:]
+    xpad = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            _window(xpad, i, j, stride, dilation, (oh, ow))[...] += cols[:, i, j].transpose(1, 0, 2, 3)
+    return xpad[:, :, pt:pt + h, pl:pl + w]
+
+
+def _out_hw(x_hw, kernel_hw, stride, padding, dilation):
+    return tuple(conv_out_size(x_hw[a], kernel_hw[a], stride[a], sum(padding[a]), dilation[a]) for a in (0, 1))
+
+
+def _to_nchw(y, n, oh, ow):
+    """(G, Cg, N * OH * OW) -> a C-contiguous (N, G * Cg, OH, OW)."""
+    xp = array_module_of(y)
+    return xp.ascontiguousarray(y.reshape(-1, n, oh, ow).transpose(1, 0, 2, 3))
+
+
+def _from_nchw(g, groups):
+    """(N, C, OH, OW) -> (G, C / G, N * OH * OW), the layout of the GEMM."""
+    n, c, oh, ow = g.shape
+    return g.transpose(1, 0, 2, 3).reshape(groups, c // groups, n * oh * ow)
+
+
+def make_conv_kernels(im2col, col2im):
+    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
+    layout are the same for every version; cpu's Numba pair plugs in here)."""
+
+    def conv2d_fwd(x, w, stride, padding, dilation, groups):
+        """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias."""
+        n = x.shape[0]
+        cout, cg, kh, kw = w.shape
+        oh, ow = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
+        cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
+        y = w.reshape(groups, cout // groups, cg * kh * kw) @ cols
+        return _to_nchw(y, n, oh, ow)
+
+    def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
+        """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
+        forward of conv_transpose2d (input g, weight w of shape (Cin_of_transpose, Cout_of_transpose / groups, kh,
+        kw))."""
+        n, cout, oh, ow = g.shape
+        _, cg, kh, kw = w.shape
+        w2 = w.reshape(groups, cout // groups, cg * kh * kw)
+        cols = w2.transpose(0, 2, 1) @ _from_nchw(g, groups)  # (G, Cg*kh*kw, N*OH*OW)
+        cols = cols.reshape(groups * cg, kh, kw, n, oh, ow)
+        xp = array_module_of(g)
+        return xp.ascontiguousarray(col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation))
+
+    def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups):
+        """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw)."""
+        n, c = x.shape[:2]
+        cout, oh, ow = g.shape[1:]
+        kh, kw = kernel_hw
+        cg = c // groups
+        cols = im2col(x, (kh, kw), stride, padding, dilation, (oh, ow)).reshape(groups, cg * kh * kw, n * oh * ow)
+        gw = _from_nchw(g, groups) @ cols.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
+        return gw.reshape(cout, cg, kh, kw)
+
+    return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
+
+
+conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight = make_conv_kernels(im2col, col2im)
+
+
+def max_pool2d_fwd(x, kernel, stride, padding, dilation, out_hw):
+    """Max over each window (padding never wins) and the flat index (in its H*W plane) of the first maximum in
+    window order, as PyTorch; a NaN wins over numbers."""
+    xp = array_module_of(x)
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_hw
+    # ceil mode: the last window may reach past the padded input
+    extra = (max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph)),
+             max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw)))
+    xpad = _padded(xp, x, ((ph, ph), (pw, pw)), -np.inf, extra)
+    best = _window(xpad, 0, 0, stride, dilation, out_hw).copy()
+    best_at = xp.zeros(best.shape, dtype=np.int64)  # kernel offset of the maximum so far
+    for k in range(1, kh * kw):
+        v = _window(xpad, k // kw, k % kw, stride, dilation, out_hw)
+        better = (v > best) | (xp.isnan(v) & ~xp.isnan(best))
+        best = xp.where(better, v, best)
+        best_at = xp.where(better, k, best_at)
+    rows = xp.arange(oh).reshape(oh, 1) * sh - ph + (best_at // kw) * dh
+    cols = xp.arange(ow).reshape(1, ow) * sw - pw + (best_at % kw) * dw
+    # a dilated window can miss the input altogether: its maximum is -inf (as PyTorch) and its index -1 (no gradient)
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return best, xp.where(inside, rows * w + cols, -1)
+
+
+def max_pool2d_bwd(g, index, x_hw):
+    """Each upstream gradient added at its window's maximum (windows may overlap, so gradients add up)."""
+    xp = array_module_of(g)
+    n, c = g.shape[:2]
+    plane = x_hw[0] * x_hw[1]
+    flat, g = _flat_index(xp, index, n * c, plane), g.reshape(-1)
+    if index.size and int(index.min()) < 0:  # windows that missed the input pass no gradient
+        g = xp.where(index.reshape(-1) >= 0, g, 0)
+    gx = xp.bincount(flat, weights=g, minlength=n * c * plane)  # sums in float64
+    return gx.astype(g.dtype).reshape((n, c) + tuple(x_hw))
+
+
+def _flat_index(xp, index, planes, plane):
+    """Indices into the flattened input from indices within each of its ``planes`` planes (-1 becomes a valid
+    index: callers zero those gradients)."""
+    flat = index.reshape(planes, -1) + xp.arange(planes).reshape(-1, 1) * plane
+    return xp.maximum(flat.reshape(-1), 0)
+
+
+def separable_map2d(x, rows, cols):
+    """rows @ x @ cols.T over the last two axes of x (N, C, H, W): rows (OH, H), cols (OW, W)."""
+    return (rows @ x) @ cols.T
+
+
+# ---- the matrices of the separable maps (host NumPy, float64; the op moves them to the device and dtype) -------------
+def avg_pool_matrix(size, kernel, stride, pad, out, count_include_pad):
+    """(out, size): row i averages the window of output i, with PyTorch's divisor: the window clipped to the padded
+    input (count_include_pad) or to the input itself."""
+    m = np.zeros((out, size))
+    div = np.empty(out)
+    for i in range(out):
+        start = i * stride - pad
+        end = min(start + kernel, size + pad)
+        div[i] = end - start
+        start, end = max(start, 0), min(end, size)
+        m[i, start:end] = 1.0
+        if not count_include_pad:
+            div[i] = end - start
+    return m, div
+
+
+def adaptive_pool_matrix(size, out):
+    """(out, size): row i covers [floor(i * size / out), ceil((i + 1) * size / out)), as PyTorch."""
+    m = np.zeros((out, size))
+    div = np.empty(out)
+    for i in range(out):
+        start, end = (i * size) // out, -(-((i + 1) * size) // out)
+        m[i, start:end] = 1.0
+        div[i] = end - start
+    return m, div
+
+
+def nearest_matrix(size, out, scale_factor=None):
+    """(out, size): output i copies input min(floor(i * scale), size - 1), PyTorch's 'nearest' rule, with its
+    float32 scale: 1 / scale_factor when one is given, else size / out."""
+    m = np.zeros((out, size))
+    scale = np.float32(1.0 / scale_factor) if scale_factor is not None else np.float32(size) / np.float32(out)
+    src = np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), size - 1)
+    m[np.arange(out), src] = 1.0
+    return m
