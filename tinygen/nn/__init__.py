@@ -5,3 +5,4 @@ from .layers import (Identity, Linear, Embedding, Dropout, BatchNorm1d, BatchNor
                      ReLU, LeakyReLU, ELU, Softplus, Tanh, Sigmoid, Softmax, LogSoftmax)
 from .losses import (MSELoss, L1Loss, BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss, GaussianNLLLoss)
 from . import functional, init, utils
+from .layers import GELU, SiLU, Mish, LogSigmoid, Softsign, SELU, CELU, Hardtanh, ReLU6, Hardsigmoid

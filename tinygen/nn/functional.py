@@ -450,3 +450,44 @@ def embedding(input, weight, padding_idx=None):
 # ---- losses (defined in losses.py, exported here as in torch.nn.functional) -----------------------------------------
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, mse_loss, l1_loss,  # noqa: E402
                      cross_entropy, nll_loss, gaussian_nll_loss, kl_normal)
+
+
+# ---- more activations (the ops are in ops/math.py; ``inplace`` is accepted for compatibility, the result is new) --
+def gelu(input, approximate="none"):
+    return _ops.gelu(input, approximate)
+
+
+def silu(input, inplace=False):
+    return _ops.silu(input)
+
+
+def mish(input, inplace=False):
+    return _ops.mish(input)
+
+
+def logsigmoid(input):
+    return _ops.logsigmoid(input)
+
+
+def softsign(input):
+    return _ops.softsign(input)
+
+
+def selu(input, inplace=False):
+    return _ops.selu(input)
+
+
+def celu(input, alpha=1.0, inplace=False):
+    return _ops.celu(input, alpha)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    return _ops.hardtanh(input, min_val, max_val)
+
+
+def relu6(input, inplace=False):
+    return _ops.relu6(input)
+
+
+def hardsigmoid(input, inplace=False):
+    return _ops.hardsigmoid(input)

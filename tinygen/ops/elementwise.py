@@ -372,13 +372,6 @@ def softplus(x, beta=1.0, threshold=20.0):
     return Softplus.apply(x, float(beta), float(threshold))
 
 
-@register("clamp", "clip")
-def clamp(x, min=None, max=None):
-    if min is None and max is None:
-        raise ValueError("clamp: at least one of min and max must be given")
-    return Clamp.apply(x, min, max)
-
-
 @register()
 def maximum(a, b):
     return Maximum.apply(a, operand(b, a))
