@@ -540,8 +540,9 @@ def add_spec(b, spec):
             elif not first_used:
                 args.append(b.into(first, dom))
                 first_used = True
-            else:
-                args.append(b.operand_like(b.shape(first), dom, exact=not spec.broadcast))
+            else:  # broadcasting with all the operands so far
+                so_far = np.broadcast_shapes(*(b.shape(a) for a in args))
+                args.append(b.operand_like(so_far, dom, exact=not spec.broadcast))
         lattice = [a for a, d in zip(args, doms) if d.kind == "lattice"]
         for i in range(len(lattice)):
             for j in range(i):
