@@ -1212,5 +1212,101 @@ CONV_SPECS = [
 ]
 SPECS += CONV_SPECS
 
+
+# ---- more elementwise math and activations (tinygen/ops/math.py) -----------------------------------------------------
+_np_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _np_xlogy(x, y):
+    return np.where(x == 0, 0.0, x * np.log(np.where(x == 0, 1.0, y)))
+
+
+def _np_gelu(x, approximate):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + _np_erf(x / math.sqrt(2)))
+
+
+def _np_sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+LATTICE3 = (Domain(kind="lattice", offset=0.0), Domain(kind="lattice", offset=0.5),
+            Domain(kind="lattice", offset=0.25, margin=0.05))
+
+
+def _t_clamp_tensor(x, lo, hi):
+    # PyTorch 2.x's clamp backward fails ("output with shape [1] doesn't match the broadcast shape [1, 1]") when
+    # the bounds broadcast x beyond their own shapes; bounds of one shape avoid that and give the same gradients
+    lo, hi = _torch().broadcast_tensors(lo, hi)
+    return x.clamp(lo, hi)
+
+
+def _t_hardsigmoid(x):
+    # relu6(x + 3) / 6 is hardsigmoid by definition; F.hardsigmoid's own backward multiplies by a float32 1/6,
+    # 3e-8 off in float64
+    return _F().relu6(x + 3) / 6
+
+
+MATH_SPECS = [
+    OpSpec("square", tg.square, np.square, lambda x: x.square()),
+    OpSpec("rsqrt", tg.rsqrt, lambda x: 1 / np.sqrt(x), lambda x: x.rsqrt(), domain=POSITIVE),
+    OpSpec("reciprocal", tg.reciprocal, np.reciprocal, lambda x: x.reciprocal(), domain=DIVISOR),
+    OpSpec("log1p", tg.log1p, np.log1p, lambda x: x.log1p(), domain=Domain(-0.7, 3.0)),
+    OpSpec("expm1", tg.expm1, np.expm1, lambda x: x.expm1()),
+    OpSpec("log2", tg.log2, np.log2, lambda x: x.log2(), domain=POSITIVE),
+    OpSpec("exp2", tg.exp2, np.exp2, lambda x: x.exp2()),
+    OpSpec("erf", tg.erf, _np_erf, lambda x: x.erf(), domain=Domain(-3.0, 3.0)),
+    OpSpec("sign", tg.sign, np.sign, lambda x: x.sign(), domain=AWAY_FROM_0),
+    OpSpec("sinh", tg.sinh, np.sinh, lambda x: x.sinh(), domain=Domain(-3.0, 3.0)),
+    OpSpec("cosh", tg.cosh, np.cosh, lambda x: x.cosh(), domain=Domain(-3.0, 3.0)),
+    OpSpec("atan", tg.atan, np.arctan, lambda x: x.atan(), domain=Domain(-3.0, 3.0)),
+    # y away from 0: atan2 jumps by 2 pi across the negative x axis
+    OpSpec("atan2", tg.atan2, np.arctan2, lambda y, x: y.atan2(x), arity=2, domain=(AWAY_FROM_0, D2)),
+    OpSpec("hypot", tg.hypot, np.hypot, lambda a, b: a.hypot(b), arity=2, domain=(AWAY_FROM_0, D2)),
+    OpSpec("logaddexp", tg.logaddexp, np.logaddexp, lambda a, b: a.logaddexp(b), arity=2,
+           domain=Domain(-4.0, 4.0)),
+    OpSpec("xlogy", tg.xlogy, _np_xlogy, lambda x, y: x.xlogy(y), arity=2, domain=(D2, POSITIVE)),
+    OpSpec("xlogy_scalar", lambda y, c: tg.xlogy(c, y), lambda y, c: _np_xlogy(np.float64(c), y),
+           lambda y, c: _torch().xlogy(c, y), domain=POSITIVE, kwargs=fixed(c=[2.5, -1.0])),
+    OpSpec("gelu", tg.nn.functional.gelu, _np_gelu, lambda x, approximate: _F().gelu(x, approximate=approximate),
+           domain=Domain(-4.0, 4.0), kwargs=fixed(approximate=["none", "tanh"])),
+    OpSpec("silu", tg.nn.functional.silu, lambda x: x * _np_sigmoid(x), lambda x: _F().silu(x),
+           domain=Domain(-6.0, 6.0)),
+    OpSpec("mish", tg.nn.functional.mish, lambda x: x * np.tanh(np.log1p(np.exp(x))), lambda x: _F().mish(x),
+           domain=Domain(-5.0, 5.0)),
+    OpSpec("logsigmoid", tg.nn.functional.logsigmoid, lambda x: -np.log1p(np.exp(-x)),
+           lambda x: _F().logsigmoid(x), domain=Domain(-6.0, 6.0)),
+    # the second derivative of softsign jumps at 0
+    OpSpec("softsign", tg.nn.functional.softsign, lambda x: x / (1 + np.abs(x)), lambda x: _F().softsign(x),
+           domain=AWAY_FROM_0),
+    OpSpec("selu", tg.nn.functional.selu, lambda x: SELU[1] * np.where(x > 0, x, SELU[0] * np.expm1(x)),
+           lambda x: _F().selu(x), domain=AWAY_FROM_0),
+    OpSpec("celu", tg.nn.functional.celu, lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(x / alpha)),
+           lambda x, alpha: _F().celu(x, alpha), domain=AWAY_FROM_0, kwargs=fixed(alpha=[1.0, 0.5, 2.0])),
+    OpSpec("hardtanh", tg.nn.functional.hardtanh, lambda x, min_val, max_val: np.clip(x, min_val, max_val),
+           lambda x, min_val, max_val: _F().hardtanh(x, min_val, max_val), domain=CLAMP,
+           kwargs=fixed(min_val=[-0.5], max_val=[0.7])),
+    OpSpec("relu6", tg.nn.functional.relu6, lambda x: np.clip(x, 0, 6), lambda x: _F().relu6(x),
+           domain=Domain(-2.0, 8.0, kinks=(0.0, 6.0), margin=0.2)),
+    OpSpec("hardsigmoid", tg.nn.functional.hardsigmoid, lambda x: np.clip(x / 6 + 0.5, 0, 1),
+           _t_hardsigmoid, domain=Domain(-5.0, 5.0, kinks=(-3.0, 3.0), margin=0.2)),
+    # tensor bounds, lo > hi included (the result is hi there); one-sided tensor bounds are clamp_min / clamp_max
+    OpSpec("clamp_tensor", tg.clamp, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+           _t_clamp_tensor, arity=3, domain=LATTICE3),
+    OpSpec("clamp_min", tg.clamp_min, np.maximum, lambda x, m: x.clamp_min(m), arity=2, domain=PAIR),
+    OpSpec("clamp_max", lambda x, m: x.clamp_max(m), np.minimum, lambda x, m: _torch().clamp_max(x, m), arity=2,
+           domain=PAIR),
+    OpSpec("clamp_min_scalar", lambda x: tg.clamp_min(x, 0.25), lambda x: np.maximum(x, 0.25),
+           lambda x: x.clamp_min(0.25), domain=Domain(kinks=(0.25,))),
+    OpSpec("pow_number_base", lambda x, c: tg.pow(c, x), lambda x, c: np.power(c, x),
+           lambda x, c: _torch().pow(c, x), kwargs=fixed(c=[2.0, 0.5, 3])),
+    OpSpec("rsub", tg.rsub, lambda a, b, alpha: b - alpha * a, lambda a, b, alpha: _torch().rsub(a, b, alpha=alpha),
+           arity=2, kwargs=fixed(alpha=[1, 2.5])),
+]
+
+SPECS += MATH_SPECS
+
 BY_NAME = {s.name: s for s in SPECS}
 assert len(BY_NAME) == len(SPECS), "op spec names must be unique"

@@ -55,3 +55,44 @@ from ..ops.losses import (kl_div, smooth_l1_loss, huber_loss, softmin, normalize
 # ---- convolutions and pooling ----------------------------------------------------------------------------------------
 from ..ops.conv import (conv2d, conv_transpose2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d,  # noqa: E402,F401
                         interpolate, upsample_nearest)
+
+
+# ---- more activations (the ops are in ops/math.py; ``inplace`` is accepted for compatibility, the result is new) --
+def gelu(input, approximate="none"):
+    return _ops.gelu(input, approximate)
+
+
+def silu(input, inplace=False):
+    return _ops.silu(input)
+
+
+def mish(input, inplace=False):
+    return _ops.mish(input)
+
+
+def logsigmoid(input):
+    return _ops.logsigmoid(input)
+
+
+def softsign(input):
+    return _ops.softsign(input)
+
+
+def selu(input, inplace=False):
+    return _ops.selu(input)
+
+
+def celu(input, alpha=1.0, inplace=False):
+    return _ops.celu(input, alpha)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    return _ops.hardtanh(input, min_val, max_val)
+
+
+def relu6(input, inplace=False):
+    return _ops.relu6(input)
+
+
+def hardsigmoid(input, inplace=False):
+    return _ops.hardsigmoid(input)

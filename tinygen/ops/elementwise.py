@@ -378,17 +378,6 @@ def softplus(x, beta=1.0, threshold=20.0):
     return Softplus.apply(x, check_real(beta, "softplus", "beta"), check_real(threshold, "softplus", "threshold"))
 
 
-@register("clamp", "clip")
-def clamp(x, min=None, max=None):
-    require_tensor(x, "clamp")
-    for arg, v in (("min", min), ("max", max)):
-        if v is not None and not isinstance(v, Tensor):
-            check_real(v, "clamp", arg, finite=False)
-    if min is None and max is None:
-        raise ValueError("clamp: at least one of min and max must be given")
-    return Clamp.apply(x, min, max)
-
-
 @register()
 def maximum(a, b):
     return Maximum.apply(a, operand(b, a))

@@ -1,0 +1,920 @@
+"""Differential test against PyTorch: random op graphs, the same graph run in tinygen and in PyTorch.
+
+A graph is a short program (``Graph.program``): leaves (inputs that require grad), constants (targets, indices,
+conditions), ops applied to earlier nodes, and ``squash`` nodes, a smooth map c + r * tanh((v - c) / w) that
+brings a node's values into the next op's domain. Ops come from the OpSpec table (tests/op_specs.py: every op
+with its tinygen and PyTorch callables, arity and domains) and from ``FUNCTIONAL`` below (nn.functional layers
+and losses). The generator builds the graph in float64 tinygen and keeps an op only if its inputs are inside the
+op's domain and at least half the domain's margin away from its kinks (ties for max/min, the threshold of
+softplus, zero for relu/abs, ...), so a mismatch is never a subgradient convention.
+
+For each graph, in float64 (relative ~1e-9) and float32 (looser; or no worse than PyTorch's own float32 error
+against its float64 result), compare with PyTorch:
+  - every node's value;
+  - first-order gradients of the last node (random upstream gradient) with a plain backward (where the fused
+    kernels run) and with create_graph=True;
+  - second-order gradients: the gradient of sum(w_i * grad_i) with respect to the leaves and the upstream gradient.
+
+A failure is shrunk to the shortest prefix of the program that still fails and printed as a runnable snippet.
+The CI run is bounded (TINYGEN_DIFF_GRAPHS, default 300 graphs); a soak (with counts of the graphs run):
+    TINYGEN_DIFF_GRAPHS=20000 python -m pytest -q -p no:cacheprovider tests/test_differential_torch.py \
+        -k random_graphs --hypothesis-show-statistics
+or ``PYTHONPATH=. python tests/test_differential_torch.py 20000``, which goes on past failures and reports them
+grouped.
+"""
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, note, settings, strategies as st
+
+import tinygen as tg
+import tinygen.nn.functional as TF
+from conftest import requires_torch
+from op_specs import SPECS, Domain, as_tuple
+
+pytestmark = requires_torch
+
+GRAPHS = int(os.environ.get("TINYGEN_DIFF_GRAPHS", "300"))
+
+# Wrong gradients known and not yet fixed: while a name is listed, the generator keeps out of that case and
+# test_bug_reproducers expects its reproducer to fail (strict xfail). Every reproducer below once found a real bug
+# (layer_norm on an unbatched input, pow at 0 with exponent 0/1, linear_act softplus below threshold 20); all three
+# are fixed, so they now run as regression cases.
+KNOWN_BUGS = {}
+
+
+def known_bug(name):
+    assert name in KNOWN_BUG_REPRODUCERS, name
+    return name in KNOWN_BUGS
+
+
+BASE_SHAPES = [(), (1,), (4,), (3,), (2, 3), (1, 3), (3, 1), (2, 1, 3), (2, 2, 2), (1, 1)]
+EXCLUDED_SPECS = {"to_float32"}  # changes the dtype mid-graph: covered by the op table alone
+MAX_ABS = 1e4  # larger values are rejected: float32 would compare round-off, not ops
+F64_RTOL, F32_RTOL = 1e-9, 1e-3
+
+
+# ---- the two frameworks ----------------------------------------------------------------------------------------------
+def _torch():
+    import torch
+    return torch
+
+
+class TinygenLib:
+    name = "tinygen"
+
+    @staticmethod
+    def leaf(a, dtype):
+        return tg.tensor(a.astype(dtype), requires_grad=True)
+
+    @staticmethod
+    def const(a, dtype):
+        return tg.tensor(a.astype(dtype) if a.dtype.kind == "f" else a)
+
+    @staticmethod
+    def grad(outs, inputs, grad_outputs=None, create_graph=False):
+        return tg.grad(outs, inputs, grad_outputs, create_graph=create_graph, allow_unused=True)
+
+    @staticmethod
+    def host(t):
+        return None if t is None else np.array(t.detach().numpy())
+
+
+class TorchLib:
+    name = "torch"
+
+    @staticmethod
+    def leaf(a, dtype):
+        return _torch().tensor(a.astype(dtype), requires_grad=True)
+
+    @staticmethod
+    def const(a, dtype):
+        return _torch().from_numpy(np.array(a.astype(dtype) if a.dtype.kind == "f" else a))
+
+    @staticmethod
+    def grad(outs, inputs, grad_outputs=None, create_graph=False):
+        return _torch().autograd.grad(outs, inputs, grad_outputs, create_graph=create_graph, allow_unused=True)
+
+    @staticmethod
+    def host(t):
+        return None if t is None else t.detach().numpy(force=True).copy()  # force: PyTorch's ZeroTensor
+
+
+# ---- functional ops and losses (beyond the op table) -----------------------------------------------------------------
+def _F():
+    import torch.nn.functional as F
+    return F
+
+
+def _t_linear_act(x, w, b, activation, p1, p2):
+    z = _F().linear(x, w, b)
+    return {"relu": lambda: _F().relu(z), "leaky_relu": lambda: _F().leaky_relu(z, p1), "tanh": lambda: z.tanh(),
+            "sigmoid": lambda: z.sigmoid(), "elu": lambda: _F().elu(z, p1),
+            "softplus": lambda: _F().softplus(z, p1, p2)}[activation]()
+
+
+FUNCTIONAL_CALLS = {
+    "F.linear": (TF.linear, lambda *a: _F().linear(*a)),
+    "F.linear_act": (TF.linear_act, _t_linear_act),
+    # the nodes positionally, the rest by keyword (the two libraries order some optional arguments differently)
+    "F.layer_norm": (lambda x, w, b, normalized_shape: TF.layer_norm(x, normalized_shape, w, b),
+                     lambda x, w, b, normalized_shape: _F().layer_norm(x, normalized_shape, w, b)),
+    "F.batch_norm": (TF.batch_norm, lambda *a, **k: _F().batch_norm(*a, **k)),
+    "F.mse_loss": (TF.mse_loss, lambda *a, **k: _F().mse_loss(*a, **k)),
+    "F.l1_loss": (TF.l1_loss, lambda *a, **k: _F().l1_loss(*a, **k)),
+    "F.binary_cross_entropy": (TF.binary_cross_entropy, lambda *a, **k: _F().binary_cross_entropy(*a, **k)),
+    "F.binary_cross_entropy_with_logits": (
+        lambda x, t, w, pos, reduction: TF.binary_cross_entropy_with_logits(x, t, w, reduction=reduction,
+                                                                           pos_weight=pos),
+        lambda x, t, w, pos, reduction: _F().binary_cross_entropy_with_logits(x, t, w, reduction=reduction,
+                                                                             pos_weight=pos)),
+    "F.cross_entropy": (TF.cross_entropy, lambda *a, **k: _F().cross_entropy(*a, **k)),
+    "F.nll_loss": (TF.nll_loss, lambda *a, **k: _F().nll_loss(*a, **k)),
+    "F.gaussian_nll_loss": (TF.gaussian_nll_loss, lambda *a, **k: _F().gaussian_nll_loss(*a, **k)),
+    "F.embedding": (TF.embedding, lambda *a, **k: _F().embedding(*a, **k)),
+    "pow_small_int": (lambda x, p: x ** p, lambda x, p: x ** p),
+}
+SPEC_CALLS = {s.name: (s.fn, s.torch_fn) for s in SPECS if s.name not in EXCLUDED_SPECS}
+CALLS = {**SPEC_CALLS, **FUNCTIONAL_CALLS}
+
+
+# ---- graphs and their evaluation -------------------------------------------------------------------------------------
+@dataclass
+class Graph:
+    """``program``: ("leaf", array) | ("const", array) | ("squash", node, c, r, width) (c + r tanh((v - c) / width))
+    | ("op", name, [nodes], kwargs, k) (output k of the op). The output is the last node; ``upstream`` its gradient; ``weights`` one per leaf."""
+    program: list
+    upstream: np.ndarray = None
+    weights: list = None
+
+    def leaves(self):
+        return [i for i, ins in enumerate(self.program) if ins[0] == "leaf"]
+
+
+def evaluate(program, lib, dtype):
+    """Every node's tensor, and the leaves."""
+    nodes, leaves = [], []
+    for ins in program:
+        kind = ins[0]
+        if kind == "leaf":
+            t = lib.leaf(ins[1], dtype)
+            leaves.append(t)
+        elif kind == "const":
+            t = lib.const(ins[1], dtype)
+        elif kind == "squash":
+            _, src, c, r, width = ins
+            t = ((nodes[src] - c) * (1.0 / width)).tanh() * r + c
+        else:
+            _, name, args, kwargs, k = ins
+            fn = CALLS[name][0 if lib is TinygenLib else 1]
+            t = as_tuple(fn(*[None if a is None else nodes[a] for a in args], **kwargs))[k]
+        nodes.append(t)
+    return nodes, leaves
+
+
+def run_graph(graph, lib, dtype):
+    """Values of all nodes, plain-backward gradients, create_graph gradients, second-order gradients."""
+    nodes, leaves = evaluate(graph.program, lib, dtype)
+    values = [lib.host(n) for n in nodes]
+    u = lib.const(graph.upstream, dtype)
+    plain = [lib.host(g) for g in lib.grad([nodes[-1]], leaves, [u])]
+
+    nodes, leaves = evaluate(graph.program, lib, dtype)
+    u = lib.leaf(graph.upstream, dtype)
+    grads = lib.grad([nodes[-1]], leaves, [u], create_graph=True)
+    first = [lib.host(g) for g in grads]
+    terms = [(g * lib.const(w, dtype)).sum() for g, w in zip(grads, graph.weights) if g is not None]
+    second = [None] * (len(leaves) + 1)
+    if terms and any(t.requires_grad for t in terms):
+        s = terms[0]
+        for t in terms[1:]:
+            s = s + t
+        second = [lib.host(g) for g in lib.grad([s], leaves + [u])]
+    return {"value": values, "gradient (plain backward)": plain, "gradient (create_graph)": first,
+            "second-order gradient": second}
+
+
+def _zeros_for_none(a, b):
+    if a is None and b is None:
+        return None, None
+    return (np.zeros_like(b) if a is None else a), (np.zeros_like(a) if b is None else b)
+
+
+def mismatch64(ours, theirs, scale):
+    """'' if the float64 arrays agree to ~1e-9 relative (elementwise, or of ``scale``, the magnitude of the
+    quantities compared: gradients that cancel to ~0 are only as exact as the terms that cancel), else why not."""
+    ours, theirs = _zeros_for_none(ours, theirs)
+    if ours is None:
+        return ""
+    if ours.shape != theirs.shape or ours.dtype.kind != theirs.dtype.kind:
+        return f"shape/dtype {ours.shape} {ours.dtype} vs PyTorch {theirs.shape} {theirs.dtype}"
+    if ours.dtype.kind != "f":
+        return "" if np.array_equal(ours, theirs) else "integer values differ"
+    scale = max(scale, float(np.abs(theirs).max(initial=0.0)))
+    bad = ~np.isclose(ours, theirs, rtol=F64_RTOL, atol=F64_RTOL * scale + 1e-14, equal_nan=True)
+    return _describe(bad, ours, theirs)
+
+
+def mismatch32(ours, theirs, theirs64, scale):
+    """'' if float32 agrees with PyTorch's float32 to ~1e-3 (of each element or of ``scale``), or is no more than
+    4x PyTorch's own float32 error away from PyTorch's float64 result, element by element."""
+    ours, theirs = _zeros_for_none(ours, theirs)
+    if ours is None:
+        return ""
+    if ours.shape != theirs.shape or ours.dtype != theirs.dtype:
+        return f"shape/dtype {ours.shape} {ours.dtype} vs PyTorch {theirs.shape} {theirs.dtype}"
+    if ours.dtype.kind != "f":
+        return "" if np.array_equal(ours, theirs) else "integer values differ"
+    scale = max(scale, float(np.abs(theirs).max(initial=0.0)))
+    close = np.isclose(ours, theirs, rtol=F32_RTOL, atol=F32_RTOL * scale + 1e-6, equal_nan=True)
+    if theirs64 is not None and theirs64.shape == ours.shape:
+        ref = theirs64.astype(np.float64)
+        torch_err = np.abs(theirs.astype(np.float64) - ref)
+        close |= np.abs(ours.astype(np.float64) - ref) <= 4 * torch_err + 1e-5 * scale
+    return _describe(~close, ours, theirs)
+
+
+def _scales(reference):
+    """The magnitude of each kind of result (PyTorch float64): 0 for values (each array is its own scale); the
+    largest gradient for gradients; the largest first- or second-order gradient for second-order gradients."""
+    def top(arrays):
+        return max((float(np.abs(a).max(initial=0.0)) for a in arrays if a is not None and a.dtype.kind == "f"),
+                   default=0.0)
+    first = top(reference["gradient (plain backward)"] + reference["gradient (create_graph)"])
+    return {"value": 0.0, "gradient (plain backward)": first, "gradient (create_graph)": first,
+            "second-order gradient": max(first, top(reference["second-order gradient"]))}
+
+
+def _describe(bad, ours, theirs):
+    if not bad.any():
+        return ""
+    i = np.unravel_index(np.argmax(bad), bad.shape) if bad.ndim else ()
+    return f"at index {tuple(int(j) for j in i)}: tinygen {ours[i]!r}, PyTorch {theirs[i]!r} ({int(bad.sum())} of " \
+           f"{bad.size} elements differ)"
+
+
+def compare_graph(graph):
+    """The first discrepancy as a message, or ''."""
+    results = {}
+    for dtype in (np.float64, np.float32):
+        for lib in (TinygenLib, TorchLib):
+            results[lib.name, dtype] = run_graph(graph, lib, dtype)
+    scales = _scales(results["torch", np.float64])
+    for what in results["tinygen", np.float64]:
+        for k, (a, b) in enumerate(zip(results["tinygen", np.float64][what], results["torch", np.float64][what])):
+            msg = mismatch64(a, b, scales[what])
+            if msg:
+                return f"float64 {what}, {_label(graph, what, k)}: {msg}"
+        for k, (a, b, c) in enumerate(zip(results["tinygen", np.float32][what], results["torch", np.float32][what],
+                                          results["torch", np.float64][what])):
+            msg = mismatch32(a, b, c, scales[what])
+            if msg:
+                return f"float32 {what}, {_label(graph, what, k)}: {msg}"
+    return ""
+
+
+def _label(graph, what, k):
+    if what == "value":
+        return f"node n{k}"
+    leaves = graph.leaves()
+    return f"leaf n{leaves[k]}" if k < len(leaves) else "the upstream gradient"
+
+
+# ---- shrinking and the reproducer ------------------------------------------------------------------------------------
+def prefix(graph, k, rng):
+    """The graph cut after node k (which becomes the output), with a fresh upstream gradient."""
+    program = graph.program[:k + 1]
+    shape = evaluate(program, TinygenLib, np.float64)[0][k].shape
+    g = Graph(program, rng.standard_normal(shape))
+    g.weights = [rng.standard_normal(np.shape(program[i][1])) for i in g.leaves()]
+    return g
+
+
+def shrink(graph):
+    """The shortest prefix of the program (ending at a float node) that still fails, with its message."""
+    rng = np.random.default_rng(0)
+    msg = compare_graph(graph)
+    for k in range(len(graph.program)):
+        if graph.program[k][0] != "op":
+            continue
+        try:
+            small = prefix(graph, k, rng)
+        except Exception:  # noqa: BLE001 - an integer output cannot end a graph
+            continue
+        m = _safe_compare(small)
+        if m:
+            return small, m
+    return graph, msg
+
+
+def _safe_compare(graph):
+    try:
+        return compare_graph(graph)
+    except Exception as e:  # noqa: BLE001 - a crash in one library is a discrepancy too
+        return f"{type(e).__name__}: {e}"
+
+
+def _array_src(a):
+    a = np.asarray(a)
+    return f"np.array({a.tolist()!r}, dtype={a.dtype.name!r})"
+
+
+def describe(graph):
+    """The graph as readable lines, one per node."""
+    lines = []
+    for i, ins in enumerate(graph.program):
+        if ins[0] in ("leaf", "const"):
+            lines.append(f"n{i} = {ins[0]} {np.shape(ins[1])}")
+        elif ins[0] == "squash":
+            lines.append(f"n{i} = {ins[2]} + {ins[3]} * tanh((n{ins[1]} - {ins[2]}) / {ins[4]})")
+        else:
+            _, name, args, kwargs, k = ins
+            call = ", ".join([("None" if a is None else f"n{a}") for a in args] +
+                             [f"{key}={v!r}" for key, v in kwargs.items()])
+            lines.append(f"n{i} = {name}({call})" + (f"[{k}]" if k else ""))
+    return "\n".join(lines)
+
+
+def reproducer(graph, message):
+    """A snippet that rebuilds the graph with its input arrays and reruns the comparison (from tests/)."""
+    prog = []
+    for ins in graph.program:
+        if ins[0] in ("leaf", "const"):
+            prog.append(f"    ({ins[0]!r}, {_array_src(ins[1])}),")
+        else:
+            prog.append(f"    {ins!r},")
+    weights = ", ".join(_array_src(w) for w in graph.weights)
+    return "\n".join([
+        f"# tinygen differs from PyTorch: {message}",
+        *("# " + line for line in describe(graph).splitlines()),
+        "import numpy as np",
+        "from numpy import array  # noqa: F401 - index arrays in kwargs",
+        "from test_differential_torch import Graph, compare_graph",
+        "graph = Graph([",
+        *prog,
+        f"], upstream={_array_src(graph.upstream)}, weights=[{weights}])",
+        "print(compare_graph(graph) or 'no difference')",
+    ])
+
+
+# ---- the generator ---------------------------------------------------------------------------------------------------
+class Reject(Exception):
+    """This op does not fit here (shapes, domain, kinks): try another."""
+
+
+class Builder:
+    """Grows a program, evaluating each node in float64 tinygen to keep ops inside their domains."""
+
+    def __init__(self, draw, rng):
+        self.draw, self.rng = draw, rng
+        self.program, self.values, self.live = [], [], []  # live: depends on a leaf
+        self.n_ops = 0
+
+    # -- tentative additions, rolled back when an op does not fit
+    def mark(self):
+        return len(self.program)
+
+    def rollback(self, mark):
+        del self.program[mark:]
+        del self.values[mark:]
+        del self.live[mark:]
+
+    def add(self, ins, value, live):
+        if value.dtype.kind == "f":
+            d = value.data
+            if not np.isfinite(d).all() or (d.size and np.abs(d).max() > MAX_ABS):
+                raise Reject("non-finite or huge values")
+        self.program.append(ins)
+        self.values.append(value)
+        self.live.append(live)
+        return len(self.program) - 1
+
+    def leaf(self, shape, domain=None):
+        domain = domain or Domain()
+        a = np.asarray(domain.sample(self.rng, shape), dtype=np.float64)
+        return self.add(("leaf", a), tg.tensor(a), True)
+
+    def const(self, a):
+        a = np.asarray(a)
+        return self.add(("const", a), tg.tensor(a), False)
+
+    def op(self, name, args, kwargs=None, k=None):
+        kwargs = kwargs or {}
+        fn = CALLS[name][0]
+        try:
+            outs = as_tuple(fn(*[None if a is None else self.values[a] for a in args], **kwargs))
+        except (ValueError, IndexError, TypeError, RuntimeError) as e:
+            raise Reject(f"{name}: {e}") from None
+        floats = [i for i, o in enumerate(outs) if o.dtype.kind == "f"]
+        if not floats:
+            raise Reject("no float output")
+        k = floats[0] if k is None else k
+        return self.add(("op", name, list(args), kwargs, k), outs[k], any(self.live[a] for a in args if a is not None))
+
+    # -- picking operands
+    def floats(self, pred=lambda shape: True):
+        return [i for i, v in enumerate(self.values)
+                if self.live[i] and v.dtype.kind == "f" and v.data.size and pred(tuple(v.shape))]
+
+    def pick(self, pred=lambda shape: True):
+        """A float node, most often the latest one (so graphs grow deep), else any earlier one."""
+        ids = self.floats(pred)
+        if not ids:
+            raise Reject("no operand of a fitting shape")
+        if ids[-1] == len(self.values) - 1 and self.draw(st.integers(0, 9)) < 6:
+            return ids[-1]
+        return ids[self.draw(st.integers(0, len(ids) - 1))]
+
+    def shape(self, i):
+        return tuple(self.values[i].shape)
+
+    def partner_shape(self, shape):
+        """A shape that broadcasts with ``shape``: the same, leading axes dropped, some axes 1, or one axis more."""
+        choice = self.draw(st.sampled_from(["same", "drop", "ones", "lead"]))
+        if choice == "drop" and shape:
+            return shape[self.draw(st.integers(1, len(shape))):]
+        if choice == "ones":
+            return tuple(1 if self.draw(st.booleans()) else s for s in shape)
+        if choice == "lead" and len(shape) < 3:
+            return (self.draw(st.integers(1, 2)),) + shape
+        return shape
+
+    def operand_like(self, shape, domain, exact=False):
+        """An existing node whose shape broadcasts with ``shape`` (or equals it), or a new leaf."""
+        def fits(s):
+            if exact:
+                return s == shape
+            try:
+                return np.broadcast_shapes(s, shape) is not None and len(s) <= 3
+            except ValueError:
+                return False
+        if self.draw(st.booleans()) and self.floats(fits):
+            return self.into(self.pick(fits), domain)
+        return self.leaf(shape if exact else self.partner_shape(shape), domain)
+
+    # -- domains
+    def into(self, i, domain):
+        """Node i, squashed into the domain's [lo, hi] if it strays outside; rejects values near a kink."""
+        if domain.kind == "float":
+            d = self.values[i].data
+            if d.size and (d.min() < domain.lo or d.max() > domain.hi):
+                c, r = (domain.lo + domain.hi) / 2, (domain.hi - domain.lo) / 2 * 0.98
+                # tanh's argument stays within 2: a saturated tanh would make the gradient round-off (1 - t^2
+                # from t near 1), in PyTorch as here
+                width = max(r, float(np.abs(d - c).max()) / 2)
+                v = ((self.values[i] - c) * (1.0 / width)).tanh() * r + c
+                i = self.add(("squash", i, c, r, width), v, self.live[i])
+            check_kinks(self.values[i].data, domain)
+        elif domain.kind == "distinct":
+            check_distinct(self.values[i].data, domain.margin / 2)
+        return i
+
+
+def check_kinks(d, domain, margin=None):
+    margin = domain.margin / 2 if margin is None else margin
+    for k in domain.kinks:
+        if d.size and np.abs(d - k).min() < margin:
+            raise Reject(f"value within {margin} of the kink at {k}")
+
+
+def check_distinct(d, gap):
+    v = np.sort(d.ravel())
+    if v.size > 1 and np.diff(v).min() < gap:
+        raise Reject("near-tie")
+
+
+def check_apart(a, b, gap=0.05):
+    if np.abs(np.asarray(a) - np.asarray(b)).min(initial=np.inf) < gap:
+        raise Reject("near-tie between operands")
+
+
+# ---- op entries: how each op finds its operands ----------------------------------------------------------------------
+def _nonempty(shape):
+    return all(shape)
+
+
+SHAPE_RULES = {  # specs with their own shape strategy whose rule is known; others get the generic treatment
+    "mean": _nonempty, "max": _nonempty, "min": _nonempty, "max_dim": _nonempty, "min_dim": _nonempty,
+    "amax": _nonempty, "amin": _nonempty, "logsumexp": _nonempty, "softmax": _nonempty, "log_softmax": _nonempty,
+    "var": lambda s: len(s) >= 1 and min(s) >= 2, "std": lambda s: len(s) >= 1 and min(s) >= 2,
+    "transpose": lambda s: len(s) >= 1, "split": lambda s: len(s) >= 1, "chunk": lambda s: len(s) >= 1,
+    "mT": lambda s: len(s) >= 2, "expand": lambda s: True, "squeeze": lambda s: True,
+    "getitem_basic": lambda s: len(s) >= 1, "getitem_int_array": lambda s: len(s) >= 1,
+    "getitem_two_int_arrays": lambda s: len(s) >= 2, "getitem_bool_mask": lambda s: len(s) >= 1,
+}
+
+
+def add_spec(b, spec):
+    draw = b.draw
+    if spec.name == "matmul":
+        return add_matmul(b, spec)
+    if spec.shapes is not None and spec.name not in SHAPE_RULES:
+        return add_generic(b, spec)
+    doms = [spec.domain_of(i) for i in range(3 if spec.arity == "n" else spec.arity)]
+    if spec.arity == 1:
+        try:
+            x = b.pick(SHAPE_RULES.get(spec.name, lambda s: True))
+        except Reject:  # no node of a shape it takes: a new leaf of one
+            return add_generic(b, spec)
+        args = [b.into(x, doms[0])]
+    elif spec.arity == "n":  # cat / stack: an existing node and new leaves that fit it
+        shapes = draw(spec.shape_strategy())
+        if any(0 in s for s in shapes):
+            raise Reject("empty")
+        ids = b.floats(lambda s: s == shapes[0])
+        args = [b.into(ids[-1], doms[0]) if ids else b.leaf(shapes[0])] + [b.leaf(s) for s in shapes[1:]]
+    else:
+        first = b.pick()
+        args, first_used = [], False
+        for dom in doms:
+            if dom.kind == "bool":  # a condition: a constant that broadcasts with the first operand
+                args.append(b.const(b.rng.random(b.partner_shape(b.shape(first))) < 0.5))
+            elif not first_used:
+                args.append(b.into(first, dom))
+                first_used = True
+            else:  # broadcasting with all the operands so far
+                so_far = np.broadcast_shapes(*(b.shape(a) for a in args))
+                args.append(b.operand_like(so_far, dom, exact=not spec.broadcast))
+        lattice = [a for a, d in zip(args, doms) if d.kind == "lattice"]
+        for i in range(len(lattice)):
+            for j in range(i):
+                check_apart(*np.broadcast_arrays(b.values[lattice[i]].data, b.values[lattice[j]].data))
+    kwargs = draw(spec.kwargs(tuple(b.shape(a) for a in args)))
+    return b.op(spec.name, args, kwargs)
+
+
+def add_generic(b, spec):
+    """A spec whose shape rule is unknown here: shapes from its own strategy, existing nodes where they fit."""
+    shapes = b.draw(spec.shape_strategy())
+    if any(0 in s for s in shapes):
+        raise Reject("empty")
+    args = []
+    for i, s in enumerate(shapes):
+        dom = spec.domain_of(i)
+        if dom.kind == "bool":
+            args.append(b.const(b.rng.random(s) < 0.5))
+            continue
+        ids = b.floats(lambda t: t == tuple(s))
+        args.append(b.into(ids[b.draw(st.integers(0, len(ids) - 1))], dom) if ids and b.draw(st.booleans())
+                    else b.leaf(tuple(s), dom))
+    return b.op(spec.name, args, b.draw(spec.kwargs(tuple(tuple(s) for s in shapes))))
+
+
+def add_matmul(b, spec):
+    x = b.into(b.pick(lambda s: 1 <= len(s) <= 3), spec.domain_of(0))
+    s = b.shape(x)
+    k, m = s[-1], b.draw(st.integers(1, 3))
+    other = b.draw(st.sampled_from([(k,), (k, m)] + ([(2, k, m)] if len(s) <= 2 else [])))
+    w = b.leaf(other, spec.domain_of(1))
+    args = [x, w]
+    if b.draw(st.booleans()) and len(s) >= 2:  # x on the right: w.T-like leaf on the left
+        w = b.leaf((m, s[-2]) if len(s) >= 2 else (s[0],), spec.domain_of(0))
+        args = [w, x]
+    return b.op("matmul", args)
+
+
+def add_linear(b):
+    x = b.pick(lambda s: 1 <= len(s) <= 3)
+    out = b.draw(st.integers(1, 3))
+    w = b.leaf((out, b.shape(x)[-1]), Domain(-1.0, 1.0))
+    bias = b.leaf((out,)) if b.draw(st.booleans()) else None
+    return b.op("F.linear", [x, w, bias])
+
+
+def add_linear_act(b):
+    x = b.pick(lambda s: len(s) == 2)
+    act = b.draw(st.sampled_from(["relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"]))
+    p1, p2 = {"relu": (0.0, 0.0), "tanh": (0.0, 0.0), "sigmoid": (0.0, 0.0)}.get(act, (None, None))
+    if act == "leaky_relu":
+        p1, p2 = b.draw(st.sampled_from([0.01, 0.2])), 0.0
+    elif act == "elu":
+        p1, p2 = b.draw(st.sampled_from([1.0, 0.5])), 0.0
+    elif act == "softplus":
+        thresholds = [20.0] if known_bug("linear_act_softplus_low_threshold") else [20.0, 1.0, 0.5]
+        p1, p2 = b.draw(st.sampled_from([1.0, 2.0])), b.draw(st.sampled_from(thresholds))
+    out = b.draw(st.integers(1, 3))
+    w = b.leaf((out, b.shape(x)[1]), Domain(-1.0, 1.0))
+    bias = b.leaf((out,)) if b.draw(st.booleans()) else None
+    pre = TF.linear(b.values[x], b.values[w], None if bias is None else b.values[bias]).data
+    if act in ("relu", "leaky_relu", "elu"):
+        check_kinks(pre, Domain(kinks=(0.0,)), 0.05)
+    elif act == "softplus":
+        check_kinks(pre * p1, Domain(kinks=(p2,)), 0.05)
+    return b.op("F.linear_act", [x, w, bias], {"activation": act, "p1": p1, "p2": p2})
+
+
+def add_layer_norm(b):
+    x = b.pick(lambda s: len(s) >= 1 and math.prod(s) >= 3)
+    s = b.shape(x)
+    k = b.draw(st.integers(1, len(s)))
+    norm = s[len(s) - k:]
+    if math.prod(norm) < 3:
+        # two values normalise to about +-1 whatever they are: the gradient is O(eps / var) left over from
+        # cancelling terms, float32 round-off in any library (a 15000-graph soak met one such case)
+        raise Reject("fewer than three values to normalise")
+    d = b.values[x].data
+    if d.reshape(d.shape[:len(s) - k] + (-1,)).var(axis=-1).min() < 0.05:
+        raise Reject("near-constant rows")  # the normalisation would divide by ~sqrt(eps)
+    affine = b.draw(st.sampled_from(["none", "weight", "both"]))
+    if affine != "none" and k == len(s) and known_bug("layer_norm_all_dims_affine"):
+        affine = "none"
+    w = b.leaf(norm) if affine != "none" else None
+    bias = b.leaf(norm) if affine == "both" else None
+    return b.op("F.layer_norm", [x, w, bias], {"normalized_shape": norm})
+
+
+def add_batch_norm(b):
+    x = b.pick(lambda s: len(s) in (2, 3) and math.prod(s) // s[1] >= 3)  # >= 3 values a channel: see layer_norm
+    s = b.shape(x)
+    c = s[1]
+    training = b.draw(st.booleans())
+    d = np.moveaxis(b.values[x].data, 1, 0).reshape(c, -1)
+    if training and d.var(axis=1).min() < 0.05:
+        raise Reject("near-constant channel")
+    stats = [None, None]
+    if not training:
+        stats = [b.const(b.rng.uniform(-1, 1, c)), b.const(b.rng.uniform(0.5, 2, c))]
+    affine = b.draw(st.sampled_from(["none", "weight", "both"]))
+    # not bias without weight: PyTorch 2.x's batch_norm double backward fails there ("Expected a proper Tensor
+    # but got None ... argument #1 'other'")
+    w = b.leaf((c,)) if affine != "none" else None
+    bias = b.leaf((c,)) if affine == "both" else None
+    return b.op("F.batch_norm", [x] + stats + [w, bias], {"training": training})
+
+
+REDUCTIONS = st.sampled_from(["mean", "sum", "none"])
+
+
+def add_regression_loss(name):
+    def add(b):
+        x = b.pick()
+        t = b.operand_like(b.shape(x), Domain(), exact=True)
+        if name == "F.l1_loss":
+            check_apart(b.values[x].data, b.values[t].data)
+        return b.op(name, [x, t], {"reduction": b.draw(REDUCTIONS)})
+    return add
+
+
+def add_gaussian_nll(b):
+    x = b.pick()
+    s = b.shape(x)
+    t = b.leaf(s)
+    var = b.operand_like(s, Domain(0.2, 2.0), exact=True)
+    return b.op("F.gaussian_nll_loss", [x, t, var], {"full": b.draw(st.booleans()), "reduction": b.draw(REDUCTIONS)})
+
+
+def add_bce(b):
+    x = b.into(b.pick(), Domain(0.02, 0.98))
+    s = b.shape(x)
+    t = b.const(b.rng.uniform(0, 1, s))
+    w = b.const(b.rng.uniform(0.5, 2, b.partner_shape(s))) if b.draw(st.booleans()) else None
+    return b.op("F.binary_cross_entropy", [x, t, w], {"reduction": b.draw(REDUCTIONS)})
+
+
+def add_bce_logits(b):
+    x = b.pick()
+    s = b.shape(x)
+    t = b.const(b.rng.uniform(0, 1, s))
+    w = b.const(b.rng.uniform(0.5, 2, b.partner_shape(s))) if b.draw(st.booleans()) else None
+    pos = b.const(b.rng.uniform(0.5, 2, s[-1:])) if b.draw(st.booleans()) else None
+    return b.op("F.binary_cross_entropy_with_logits", [x, t, w, pos], {"reduction": b.draw(REDUCTIONS)})
+
+
+def add_class_loss(name):
+    def add(b):
+        x = b.pick(lambda s: 1 <= len(s) <= 3 and s[0 if len(s) == 1 else 1] >= 2)
+        s = b.shape(x)
+        ax = 0 if len(s) == 1 else 1
+        c = s[ax]
+        tshape = s[:ax] + s[ax + 1:]
+        kwargs = {"reduction": b.draw(REDUCTIONS)}
+        weight = b.const(b.rng.uniform(0.5, 2, c)) if b.draw(st.booleans()) else None
+        soft = name == "F.cross_entropy" and b.draw(st.booleans())
+        if soft:
+            p = b.rng.uniform(0.1, 1, s)
+            t = b.const(p / p.sum(axis=ax, keepdims=True))
+        else:
+            idx = b.rng.integers(0, c, tshape)
+            if b.draw(st.booleans()) and idx.size > 1:  # ignore_index, but never every target
+                idx.reshape(-1)[0] = -100
+            t = b.const(idx.astype(np.int64))
+        if name == "F.cross_entropy":
+            kwargs["label_smoothing"] = b.draw(st.sampled_from([0.0, 0.2]))
+        return b.op(name, [x, t, weight], kwargs)
+    return add
+
+
+def add_embedding(b):
+    w = b.pick(lambda s: len(s) == 2)
+    n = b.shape(w)[0]
+    idx = b.const(b.rng.integers(0, n, b.draw(st.sampled_from([(), (3,), (2, 2)]))).astype(np.int64))
+    kwargs = {"padding_idx": b.draw(st.integers(0, n - 1))} if b.draw(st.booleans()) else {}
+    return b.op("F.embedding", [idx, w], kwargs)
+
+
+def add_pow_small_int(b):
+    with_zeros = b.floats(lambda s: True)
+    with_zeros = [i for i in with_zeros if (b.values[i].data == 0).any()]  # exact zeros, e.g. from relu
+    x = with_zeros[-1] if with_zeros and b.draw(st.booleans()) else b.pick()
+    exponents = [0, 1, 2, 3]
+    if known_bug("pow_exponent_0_or_1_at_zero") and (b.values[x].data == 0).any():
+        exponents = [2, 3]
+    return b.op("pow_small_int", [x], {"p": b.draw(st.sampled_from(exponents))})
+
+
+FUNCTIONAL = {
+    "F.linear": add_linear, "F.linear_act": add_linear_act, "F.layer_norm": add_layer_norm,
+    "F.batch_norm": add_batch_norm, "F.mse_loss": add_regression_loss("F.mse_loss"),
+    "F.l1_loss": add_regression_loss("F.l1_loss"), "F.gaussian_nll_loss": add_gaussian_nll,
+    "F.binary_cross_entropy": add_bce, "F.binary_cross_entropy_with_logits": add_bce_logits,
+    "F.cross_entropy": add_class_loss("F.cross_entropy"), "F.nll_loss": add_class_loss("F.nll_loss"),
+    "F.embedding": add_embedding, "pow_small_int": add_pow_small_int,
+}
+FUNCTIONAL_WEIGHT = 4  # drawn this many times as often as a table op: there are far fewer of them
+ENTRIES = [(s.name, (lambda b, s=s: add_spec(b, s))) for s in SPECS if s.name not in EXCLUDED_SPECS] + \
+    list(FUNCTIONAL.items()) * FUNCTIONAL_WEIGHT
+
+
+def build_graph(draw):
+    """A random graph of 2-6 ops (more attempts when an op does not fit), with its upstream gradient and weights."""
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    b = Builder(draw, rng)
+    base = draw(st.sampled_from(BASE_SHAPES))
+    for _ in range(draw(st.integers(1, 2))):
+        b.leaf(b.partner_shape(base))
+    target = int(rng.integers(2, 7))  # uniform (a draw would favour the smallest); shrinking cuts prefixes
+    for _ in range(12 * target):
+        if b.n_ops >= target:
+            break
+        name, add = draw(st.sampled_from(ENTRIES))
+        mark = b.mark()
+        try:
+            add(b)
+            b.n_ops += 1
+        except Reject:
+            b.rollback(mark)
+    if b.n_ops < 2 or b.values[-1].dtype.kind != "f" or b.program[-1][0] != "op" or not b.live[-1]:
+        return None
+    graph = Graph(b.program)
+    graph.upstream = rng.standard_normal(b.values[-1].shape)
+    graph.weights = [rng.standard_normal(np.shape(graph.program[i][1])) for i in graph.leaves()]
+    return graph
+
+
+# ---- the tests -------------------------------------------------------------------------------------------------------
+@settings(max_examples=GRAPHS, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_random_graphs_match_torch(data):
+    graph = build_graph(data.draw)
+    if graph is None:
+        event("no graph: too few ops fitted")
+        return
+    ops = [ins[1] for ins in graph.program if ins[0] == "op"]
+    event(f"{len(ops)} ops")  # --hypothesis-show-statistics tells how many graphs of each size ran
+    message = _safe_compare(graph)
+    if message:
+        small, small_message = shrink(graph)
+        text = reproducer(small, small_message or message)
+        note(text)
+        pytest.fail(f"tinygen differs from PyTorch: {message}\n\n{text}", pytrace=False)
+
+
+def test_every_op_is_in_the_generator():
+    """Every op of the table (but the dtype change) and every functional entry can be drawn, and is drawn."""
+    names = {name for name, _ in ENTRIES}
+    assert {s.name for s in SPECS} - names == EXCLUDED_SPECS
+    assert set(FUNCTIONAL) <= names
+
+
+def test_every_op_fits_into_some_graph():
+    """Each op can be placed after a few random starts: a rule that rejected an op everywhere would leave it out of
+    the random graphs without a word."""
+    placed = set()
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=st.data())
+    def place(data):
+        b = Builder(data.draw, np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1))))
+        base = data.draw(st.sampled_from(BASE_SHAPES))
+        b.leaf(base)
+        b.leaf(b.partner_shape(base))
+        for name, add in dict(ENTRIES).items():
+            mark = b.mark()
+            try:
+                add(b)
+                placed.add(name)
+            except Reject:
+                pass
+            b.rollback(mark)
+
+    place()
+    missing = {name for name, _ in ENTRIES} - placed
+    assert not missing, f"never placed: {sorted(missing)}"
+
+
+def test_graphs_have_every_shape_kind():
+    """0-d, 1-d, size-1 and broadcasting shapes all occur among the graphs' leaves."""
+    kinds = set()
+
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=st.data())
+    def collect(data):
+        graph = build_graph(data.draw)
+        if graph is None:
+            return
+        shapes = [np.shape(graph.program[i][1]) for i in graph.leaves()]
+        kinds.update("0-d" if s == () else "1-d" if len(s) == 1 else "n-d" for s in shapes)
+        kinds.update("size-1" for s in shapes if 1 in s)
+        if len(set(shapes)) > 1:
+            kinds.add("broadcast")
+
+    collect()
+    assert kinds >= {"0-d", "1-d", "size-1", "broadcast"}
+
+
+def test_comparison_catches_a_wrong_gradient(monkeypatch):
+    """The harness is not vacuous: a backward that is off by 1e-6 relative is caught and reported with a
+    reproducer that, run as printed, finds it again."""
+    from tinygen.ops import elementwise
+
+    def slightly_wrong(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x.cos() * (1 + 1e-6)
+
+    graph = Graph([("leaf", np.array([0.3, -1.2, 2.0])), ("op", "exp", [0], {}, 0), ("op", "sin", [1], {}, 0),
+                   ("op", "sum", [2], {"dim": None, "keepdim": False}, 0)],
+                  upstream=np.array(1.5), weights=[np.array([1.0, 2.0, -1.0])])
+    assert compare_graph(graph) == ""
+    monkeypatch.setattr(elementwise.Sin, "backward", staticmethod(slightly_wrong))
+    message = compare_graph(graph)
+    assert message.startswith("float64 gradient (plain backward), leaf n0")
+    small, small_message = shrink(graph)
+    assert [ins[1] for ins in small.program if ins[0] == "op"] == ["exp", "sin"]
+    namespace = {}
+    exec(reproducer(small, small_message).replace("print(", "result = ("), namespace)  # noqa: S102
+    assert namespace["result"].startswith("float64 gradient")
+
+
+KNOWN_BUG_REPRODUCERS = {
+    "layer_norm_all_dims_affine": Graph(
+        [("leaf", np.array([0.3, -1.2, 0.8, 2.0])), ("leaf", np.array([0.5, 1.5, -1.0, 2.0])),
+         ("leaf", np.array([0.1, 0.2, 0.3, 0.4])), ("op", "F.layer_norm", [0, 1, 2], {"normalized_shape": (4,)}, 0)],
+        upstream=np.array([1.0, -2.0, 0.5, 3.0]), weights=[np.ones(4), np.ones(4), np.ones(4)]),
+    "pow_exponent_0_or_1_at_zero": Graph(
+        [("leaf", np.array([-0.5, 0.7])), ("op", "relu", [0], {}, 0), ("op", "pow_small_int", [1], {"p": 0}, 0)],
+        upstream=np.array([1.0, 1.0]), weights=[np.ones(2)]),
+    "linear_act_softplus_low_threshold": Graph(
+        [("leaf", np.array([[1.0]])), ("leaf", np.array([[0.8]])),
+         ("op", "F.linear_act", [0, 1, None], {"activation": "softplus", "p1": 1.0, "p2": 1.0}, 0)],
+        upstream=np.array([[1.0]]), weights=[np.ones((1, 1)), np.ones((1, 1))]),
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.xfail(reason=KNOWN_BUGS[n], strict=True)]
+                                               if n in KNOWN_BUGS else []) for n in KNOWN_BUG_REPRODUCERS])
+def test_bug_reproducers(name):
+    """Each bug the generator once found, through this test's own comparison: a fixed one must agree with PyTorch;
+    a listed open one must still fail (strict: once fixed it XPASSes, a reminder to delete it from KNOWN_BUGS)."""
+    message = _safe_compare(KNOWN_BUG_REPRODUCERS[name])
+    assert message == "", message
+
+
+def test_open_bugs_have_reproducers():
+    assert set(KNOWN_BUGS) <= set(KNOWN_BUG_REPRODUCERS)
+
+
+def soak(graphs):
+    """Run ``graphs`` random graphs without stopping at the first failure; return (graphs run, failures), each
+    failure shrunk, grouped by the last op of the shrunk graph and what differed."""
+    ran, failures = [0], {}
+
+    @settings(max_examples=graphs, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def one(data):
+        graph = build_graph(data.draw)
+        if graph is None:
+            return
+        ran[0] += 1
+        if _safe_compare(graph):
+            small, message = shrink(graph)
+            last = [ins[1] for ins in small.program if ins[0] == "op"][-1]
+            key = (last, message.split(":")[0])
+            failures.setdefault(key, []).append(reproducer(small, message))
+
+    one()
+    return ran[0], failures
+
+
+if __name__ == "__main__":  # python tests/test_differential_torch.py 20000: a soak that reports every failure
+    import sys
+    n, found = soak(int(sys.argv[1]) if len(sys.argv) > 1 else GRAPHS)
+    print(f"{n} graphs, {sum(len(v) for v in found.values())} failing, in {len(found)} groups")
+    for (op, what), repros in sorted(found.items(), key=lambda kv: -len(kv[1])):
+        print(f"\n==== {len(repros)} x {what} (last op {op}); the first reproducer:\n{repros[0]}")
