@@ -58,7 +58,7 @@ def build_parser():
     sample.add_argument("--out", default=None, help="a .png picture, or a .npy file for the raw samples (written in "
                         "chunks, for any --n); default: samples_seed<SEED>.png beside the checkpoint")
     sample.add_argument("--seed", type=int, default=0, help="random seed of the noise")
-    sample.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
+    sample.add_argument("--label", type=int, default=None, help="class to draw, for a conditional model (default: the classes in turn)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     tu.add_threads_argument(sample)
 
@@ -117,7 +117,7 @@ def main(argv=None):
         return 1
     except OSError as e:  # a full disk, a folder where a file was expected, no permission: the file and the cause
         print(f"tinygen: error: {_os_error(e)}", file=sys.stderr)
-        return 1
+        return 1 if e.errno else 2  # no errno: tinygen's own message about a path the user named (a usage error)
     except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 2
@@ -144,6 +144,11 @@ def _run(args):
             # a file that loads but whose entries are not what the model's code writes (crafted or foreign)
             raise ValueError(f"{args.checkpoint}: not a usable {kind} checkpoint ({type(e).__name__}: {e}); use "
                              f"one written by `tinygen train {kind}`") from None
+        except ValueError as e:  # name the file, unless the message is about an option or names it already
+            text = str(e)
+            if text.startswith("--") or str(args.checkpoint) in text:
+                raise
+            raise ValueError(f"{args.checkpoint}: {text}") from None
         if args.json:
             print(json.dumps(metrics, sort_keys=True))
         else:
