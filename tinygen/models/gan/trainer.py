@@ -184,10 +184,11 @@ def load_data(cfg, train_set=None):
         return x, None, f"{cfg['toy_samples']} points of the {cfg['dataset']} mixture"
     if train_set is None:
         rec = tu.mnist_split("train", cfg.get("data"))
-        images, labels, split = rec.images, rec.labels, rec.split
+        images, labels, split = rec.images, rec.labels, rec.split + (" split, the copy shipped with tinygen" if
+                                                                     rec.bundled else f" split from {rec.source}")
     else:
         images, labels = train_set
-        split = "given"
+        split = "given arrays"
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
         raise ValueError(f"MNIST images must be (N, 28, 28) or (N, 784), got shape {images.shape}")
@@ -199,7 +200,7 @@ def load_data(cfg, train_set=None):
         images = np.where(np.asarray(images, dtype=np.float32) >= (127.5 if images.dtype == np.uint8 else 0.5),
                           np.uint8(255), np.uint8(0))
     x = to_symmetric(images).reshape(len(images), 784)
-    return x, labels, f"{len(x)} MNIST images ({split} split{', binarised' if cfg['binarize'] else ''})"
+    return x, labels, f"{len(x)} MNIST images ({split}{', binarised' if cfg['binarize'] else ''})"
 
 
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
