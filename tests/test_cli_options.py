@@ -136,6 +136,12 @@ def test_npy_output_is_written_in_chunks_and_equals_one_draw(model, checkpoints,
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_eval_of_more_samples_than_memory_holds_is_refused_up_front(checkpoints):
+    rc, _, err = _run(["eval", str(checkpoints["gan"]), "--n", str(10 ** 12)])
+    assert rc == 2
+    _one_error_line(err, "--n 1000000000000 needs about", "GiB of memory")
+
+
 # ---- eval ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option,value,words", [("--iwae-k", "0", "--iwae-k must be a positive integer"),
                                                 ("--iwae-k", "-5", "--iwae-k must be a positive integer"),

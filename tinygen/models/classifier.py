@@ -264,7 +264,7 @@ def sample_checkpoint(ckpt, args):
 
 
 def evaluate_checkpoint(ckpt, args):
-    """Re-measure the test accuracy (on ``--data`` or the bundled test split)."""
+    """Re-measure the test accuracy (on the test split of ``--data``, $TINYGEN_DATA or the shipped copy)."""
     model = classifier_from_checkpoint(ckpt, args.device)
     test = tu.mnist_split("test", args.data)
     return {"test_accuracy": accuracy(model, test.images, test.labels),

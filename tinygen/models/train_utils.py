@@ -500,6 +500,30 @@ def mnist_split(split, data=None):
     return mnist(split, root=data)
 
 
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes, what):
+    """Refuse up front (ValueError) a request that needs more memory than is available, rather than running until
+    the machine swaps or the process is killed."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory, more than the "
+                         f"{available / 2**30:.1f} GiB available; ask for fewer")
+
+
 # ---- samples to a file -----------------------------------------------------------------------------------------------
 SAMPLE_SUFFIXES = (".png", ".npy")
 MAX_PICTURE_SAMPLES = 10_000  # a 100 x 100 grid of digits, 3,000 pixels a side; beyond that a picture says nothing

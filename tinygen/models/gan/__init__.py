@@ -203,6 +203,8 @@ def evaluate_checkpoint(ckpt, args):
     n = int(args.n)
     if n < 2:
         raise ValueError(f"--n must be at least 2 to score samples, got {n}")
+    # all samples are scored at once: the samples, and for MNIST the classifier's float64 features and classes
+    tu.check_fits_in_memory(n * (cfg["data_dim"] * 4 + (0 if cfg["dataset"] in TOY else 522 * 8)), f"--n {n}")
     _random.manual_seed(args.seed)
     x = sample(G, n, device=args.device)
     clf = None
