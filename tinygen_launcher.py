@@ -61,7 +61,8 @@ def prepare_environment(argv, environ=os.environ):
 
 
 def main():
-    if "numpy" not in sys.modules:
+    # ``tinygen bench`` sets every worker's threads itself; a count inherited from here would cap them
+    if "numpy" not in sys.modules and sys.argv[1:2] != ["bench"]:
         prepare_environment(sys.argv[1:])
     from tinygen.cli import main as cli_main
     return cli_main()

@@ -278,6 +278,18 @@ def test_launcher_sets_blas_environment_before_numpy(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "1"]
+    # tinygen bench is left alone (the benchmark harness sets each worker's threads); other commands are not.
+    # A stand-in tinygen.cli prints what the real one would find, without loading NumPy.
+    stub = ("import sys, os, types, importlib.util, tinygen_launcher; spec = importlib.util.find_spec('tinygen'); "
+            "pkg = types.ModuleType('tinygen'); pkg.__spec__ = spec; "
+            "pkg.__path__ = list(spec.submodule_search_locations); "
+            "cli = types.ModuleType('tinygen.cli'); cli.main = lambda: print(os.environ.get('OPENBLAS_NUM_THREADS')); "
+            "sys.modules.update({'tinygen': pkg, 'tinygen.cli': cli}); sys.argv = ['tinygen', '%s', '--threads', '1']; "
+            "tinygen_launcher.main()")
+    for command, expected in (("bench", "None"), ("train", "1")):
+        r = subprocess.run([sys.executable, "-c", stub % command], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.split() == [expected], (command, r.stdout, r.stderr)
 
 
 def test_help_shows_the_default_of_every_numeric_option():

@@ -58,7 +58,8 @@ def build_parser():
     sample.add_argument("--out", default=None, help="a .png picture, or a .npy file for the raw samples (written in "
                         "chunks, for any --n); default: samples_seed<SEED>.png beside the checkpoint")
     sample.add_argument("--seed", type=int, default=0, help="random seed of the noise")
-    sample.add_argument("--label", type=int, default=None, help="class to draw, for a conditional model (default: the classes in turn)")
+    sample.add_argument("--label", type=int, default=None,
+                        help="class to draw, for a conditional model (default: the classes in turn)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda")
     tu.add_threads_argument(sample)
 

@@ -195,8 +195,8 @@ def evaluate_checkpoint(ckpt, args):
     MNIST: coverage (digit classes with >= 1% of the samples), class_kl (KL of the class histogram from uniform),
     frechet_distance (classifier features of the samples against the real test images) and inception_score (with
     the classifier), by the MNIST classifier (``tinygen.models.classifier.classifier_path()``: yours from
-    ``tinygen train classifier``, else the one shipped with tinygen; the output names it). ring/grid: modes captured, high_quality (share of samples
-    within 3 std of a centre) and reverse_kl.
+    ``tinygen train classifier``, else the one shipped with tinygen; the output names it). ring/grid: modes
+    captured, high_quality (share of samples within 3 std of a centre) and reverse_kl.
     """
     from .trainer import TOY
     G, cfg = generator_from_checkpoint(ckpt, args.device)
