@@ -126,9 +126,21 @@ def main(argv=None):
 
 
 def _run(args):
-    if getattr(args, "threads", None) is not None:
-        from .models.train_utils import use_threads
-        use_threads(args.threads)
+    """Run the command with its --threads, and give the process its thread count back afterwards (main() may be
+    called from Python, e.g. by tests, which should not inherit a count chosen for one command)."""
+    if getattr(args, "threads", None) is None:
+        return _command(args)
+    from .models.train_utils import use_threads
+    from .threads import get_num_threads, set_num_threads
+    previous = get_num_threads()
+    use_threads(args.threads)
+    try:
+        return _command(args)
+    finally:
+        set_num_threads(previous)
+
+
+def _command(args):
     if args.command == "train":
         return _model(args.model).train_from_args(args) or 0
     if args.command in ("sample", "eval"):
