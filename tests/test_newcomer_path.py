@@ -82,3 +82,22 @@ def test_help_of_every_subcommand_in_a_clean_environment(sub, tmp_path):
     assert r.returncode == 0 and "usage: tinygen" in r.stdout and not r.stderr, r.stderr
     if sub[:1] in (["train"], ["sample"], ["eval"]):
         assert "--threads" in r.stdout and "(default: auto)" in r.stdout
+
+
+def test_readme_commands_fail_with_one_line_when_their_inputs_are_wrong(tmp_path):
+    """Each README command met in the wrong state (no checkpoint yet; an earlier run in the way) says so in one
+    line with a non-zero exit, never a traceback."""
+    env = clean_env(tmp_path)
+    work = tmp_path / "work"
+    for folder in ("gan", "vae"):  # an earlier run's checkpoint where a fresh run would write
+        (work / "runs" / folder).mkdir(parents=True)
+        (work / "runs" / folder / "checkpoint.npz").write_bytes(b"")
+    for argv in readme_commands():
+        if argv[:2] == ["train", "classifier"]:
+            continue  # writes to the cache, not into a folder of runs: nothing in its way
+        if argv[0] in ("sample", "eval"):
+            argv = [argv[0], "runs/none/checkpoint.npz"] + argv[2:]
+        r = tinygen(argv, work, env, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("tinygen: error:"), r.stderr
+        assert ("--resume" in lines[0]) if argv[0] == "train" else ("runs/none/checkpoint.npz" in lines[0])
