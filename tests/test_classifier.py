@@ -64,8 +64,25 @@ def test_training_learns_and_the_saved_model_loads_back(trained, digits):
     assert C.accuracy(loaded, *digits[1]) == pytest.approx(acc)
 
 
+def test_the_shipped_classifier_is_used_without_a_cache_and_is_accurate(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGEN_CACHE", str(tmp_path / "nothing"))
+    monkeypatch.setattr(C, "_loaded", {})
+    assert C.classifier_path() == C.SHIPPED_PATH and C.SHIPPED_PATH.stat().st_size < 2_000_000
+    model = C.load_classifier(train_if_missing=False)
+    assert model.source == str(C.SHIPPED_PATH) and model.head.weight.dtype == tinygen.float32
+    test = mnist("test")
+    acc = C.accuracy(model, test.images, test.labels)
+    assert acc == pytest.approx(model.test_accuracy) and acc >= 0.98
+    # yours, once trained, comes first
+    mine = C.default_path()
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(C.SHIPPED_PATH.read_bytes())
+    assert C.classifier_path() == mine
+
+
 def test_missing_cache_without_training_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYGEN_CACHE", str(tmp_path / "nothing"))
+    monkeypatch.setattr(C, "SHIPPED_PATH", tmp_path / "not-shipped.npz")
     assert C.default_path() == tmp_path / "nothing" / C.CACHE_FILE
     with pytest.raises(FileNotFoundError, match="tinygen train classifier"):
         C.load_classifier(train_if_missing=False)

@@ -86,8 +86,18 @@ def test_bundled_test_split_is_the_real_one(no_env):
     assert (data.BUNDLED_DIR / "LICENSE-MNIST.txt").read_text().count("CC BY-SA 3.0") >= 1
 
 
+def test_shipped_training_split_is_the_real_one(no_env):
+    train = data.mnist("train")  # nothing set: the copy inside the package
+    assert train.bundled and train.split == "train"
+    assert np.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        data.verify_file(data.BUNDLED_DIR / name)
+    assert "train-images-idx3-ubyte.gz" in (data.BUNDLED_DIR / "LICENSE-MNIST.txt").read_text()
+
+
 def test_bundled_files_match_the_shared_copy(mnist_dir):
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+                 "train-labels-idx1-ubyte.gz"):
         src = mnist_dir / name
         if src.exists():
             assert (data.BUNDLED_DIR / name).read_bytes() == src.read_bytes()
@@ -111,8 +121,9 @@ def test_env_variable_is_used(tmp_path, monkeypatch):
     images, _ = make_split(tmp_path, "train", n=4)
     monkeypatch.setenv("TINYGEN_DATA", str(tmp_path))
     np.testing.assert_array_equal(data.mnist("train").images, images)
-    # The env folder has no test split: the bundled copy serves it.
-    assert data.mnist("test").bundled
+    # The env folder has no test split: the shipped copy serves it, with a warning naming the folder.
+    with pytest.warns(UserWarning, match="test split not found"):
+        assert data.mnist("test").bundled
 
 
 def test_explicit_root_without_the_split_raises(tmp_path, no_env):
@@ -120,15 +131,27 @@ def test_explicit_root_without_the_split_raises(tmp_path, no_env):
         data.mnist("test", root=tmp_path)
 
 
-def test_train_without_data_raises_with_instructions(no_env):
-    with pytest.raises(FileNotFoundError, match="--download"):
-        data.mnist("train")
+def test_env_folder_without_the_split_falls_back_with_one_warning_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYGEN_DATA", str(tmp_path))
+    with pytest.warns(UserWarning, match="train split not found in .TINYGEN_DATA") as caught:
+        got = data.mnist("train")
+    assert got.bundled and got.split == "train" and len(got.labels) == 60000
+    assert len(caught) == 1 and str(tmp_path) in str(caught[0].message)
+    assert "root=" not in str(caught[0].message) and "nowhere" not in str(caught[0].message)
 
 
-def test_mnist_or_bundled_warns_and_says_what_it_loaded(no_env, tmp_path):
-    with pytest.warns(UserWarning, match="bundled 10,000-image TEST split"):
-        got = data.mnist_or_bundled("train")
-    assert got.split == "test" and got.bundled and len(got.labels) == 10000
+def test_nothing_set_uses_the_shipped_copy_without_a_warning(no_env):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.mnist("train").bundled
+
+
+def test_mnist_or_bundled_falls_back_for_an_explicit_root_too(no_env, tmp_path):
+    with pytest.warns(UserWarning, match="using the copy shipped with tinygen"):
+        got = data.mnist_or_bundled("train", root=tmp_path)
+    assert got.split == "train" and got.bundled and len(got.labels) == 60000
+    with pytest.raises(FileNotFoundError, match="train split not found"):
+        data.mnist("train", root=tmp_path)  # mnist itself: an explicit folder must hold the split
     # With the training set present there is no warning.
     make_split(tmp_path, "train", n=3)
     with warnings.catch_warnings():

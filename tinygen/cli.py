@@ -1,14 +1,16 @@
 """The ``tinygen`` command (also ``python -m tinygen``).
 
     tinygen train gan|vae|classifier [options]    train a model (see ``tinygen train gan --help``)
-    tinygen sample CHECKPOINT --n 64 --out grid.png   samples as a PNG grid (or raw, for an output ending in .npy)
+    tinygen sample CHECKPOINT [--n 64] [--out grid.png]  samples as a PNG grid (or raw, .npy) beside the checkpoint
     tinygen eval CHECKPOINT [--json]              quality metrics of a checkpoint
     tinygen data mnist --download DIR             fetch MNIST from the public mirrors, SHA-256 verified
     tinygen bench [options]                       the benchmark suite (from a source checkout)
 
 Each model module (``tinygen.models.gan``, ``.vae``, ``.classifier``) provides ``add_arguments(parser)`` and
 ``train_from_args(args)``, and ``sample_checkpoint(ckpt, args)`` / ``evaluate_checkpoint(ckpt, args)``; a checkpoint
-records which model made it, so ``sample`` and ``eval`` find their way without being told.
+records which model made it, so ``sample`` and ``eval`` find their way without being told. Every command that
+computes takes ``--threads`` (``train_utils.add_threads_argument``); the installed ``tinygen`` command starts in
+``tinygen_launcher``, which sets the BLAS thread environment before NumPy loads.
 """
 import argparse
 import importlib
@@ -16,6 +18,8 @@ import importlib.util
 import json
 import subprocess
 import sys
+import warnings
+from contextlib import contextmanager
 
 MODELS = ("gan", "vae", "classifier")
 
@@ -24,7 +28,21 @@ def _model(name):
     return importlib.import_module(f"tinygen.models.{name}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written, each option followed by its default (unless the text already gives it, or the option is a
+    flag or has no default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action.default, bool)):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def build_parser():
+    from .models import train_utils as tu
+    defaults = HelpFormatter
     parser = argparse.ArgumentParser(prog="tinygen", description="tinygen: train and evaluate small generative "
                                      "models on a readable autograd engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,27 +50,33 @@ def build_parser():
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="model", required=True)
     for name in MODELS:
-        p = train_sub.add_parser(name, help=f"train the {name}",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = train_sub.add_parser(name, help=f"train the {name}", formatter_class=defaults)
         _model(name).add_arguments(p)
+        tu.add_threads_argument(p)
 
-    sample = sub.add_parser("sample", help="draw samples from a checkpoint")
-    sample.add_argument("checkpoint")
+    sample = sub.add_parser("sample", help="draw samples from a checkpoint", formatter_class=defaults)
+    sample.add_argument("checkpoint", help="a checkpoint.npz of tinygen train gan or vae")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
-    sample.add_argument("--out", default="samples.png", help="PNG grid, or .npy for the raw samples")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--out", default=None, help="a .png picture, or a .npy file for the raw samples (written in "
+                        "chunks, for any --n); default: samples_seed<SEED>.png beside the checkpoint")
+    sample.add_argument("--seed", type=int, default=0, help="random seed of the noise")
+    sample.add_argument("--label", type=int, default=None,
+                        help="class to draw, for a conditional model (default: the classes in turn)")
+    sample.add_argument("--device", default="cpu", help="cpu or cuda")
+    tu.add_threads_argument(sample)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint")
-    ev.add_argument("checkpoint")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=defaults)
+    ev.add_argument("checkpoint", help="a checkpoint.npz of tinygen train gan, vae or classifier")
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     ev.add_argument("--n", type=int, default=10000, help="generated samples to score (GAN)")
     ev.add_argument("--iwae-k", type=int, default=5000, help="importance samples per image (VAE)")
-    ev.add_argument("--iwae-images", type=int, default=1000, help="test images for the IWAE bound (VAE)")
-    ev.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA or the bundled test split)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--iwae-images", type=int, default=1000,
+                    help="test images for the IWAE bound (VAE); 0 skips the bound")
+    ev.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped "
+                    "with tinygen)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    tu.add_threads_argument(ev)
 
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="dataset", required=True)
@@ -61,6 +85,17 @@ def build_parser():
 
     sub.add_parser("bench", help="run the benchmark suite (from a source checkout)", add_help=False)
     return parser
+
+
+@contextmanager
+def _one_line_warnings():
+    """Warnings as one line ``tinygen: warning: ...`` (not Python's file:line and source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"tinygen: warning: {message}", file=sys.stderr if file is None else file)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def main(argv=None):
@@ -75,27 +110,8 @@ def main(argv=None):
     apply_setting()  # keep freed memory for reuse (TINYGEN_KEEP_FREED_MEMORY=0: glibc's default behaviour)
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _model(args.model).train_from_args(args) or 0
-        if args.command in ("sample", "eval"):
-            from .serialization import load
-            ckpt = load(args.checkpoint)
-            kind = ckpt.get("model") if isinstance(ckpt, dict) else None
-            if kind not in MODELS:
-                raise ValueError(f"{args.checkpoint}: not a tinygen model checkpoint (no known 'model' entry)")
-            if args.command == "sample":
-                return _model(kind).sample_checkpoint(ckpt, args) or 0
-            metrics = _model(kind).evaluate_checkpoint(ckpt, args)
-            if args.json:
-                print(json.dumps(metrics, sort_keys=True))
-            else:
-                for k, v in metrics.items():
-                    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
-            return 0
-        if args.command == "data":
-            from .data.download import download_mnist
-            download_mnist(args.download)
-            return 0
+        with _one_line_warnings():
+            return _run(args)
     except KeyboardInterrupt:
         print(f"tinygen: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
@@ -104,10 +120,63 @@ def main(argv=None):
         return 1
     except OSError as e:  # a wrong path (exit 2, as other usage errors), a full disk, no permission (exit 1)
         print(f"tinygen: error: {_os_error(e)}", file=sys.stderr)
-        return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)) else 1
+        usage = not e.errno or isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError))
+        return 2 if usage else 1  # a path the user named (or tinygen's own message about one) is a usage error
     except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run(args):
+    """Run the command with its --threads, and give the process its thread count back afterwards (main() may be
+    called from Python, e.g. by tests, which should not inherit a count chosen for one command)."""
+    if getattr(args, "threads", None) is None:
+        return _command(args)
+    from .models.train_utils import use_threads
+    from .kernels.threads import get_num_threads, set_num_threads
+    previous = get_num_threads()
+    use_threads(args.threads)
+    try:
+        return _command(args)
+    finally:
+        set_num_threads(previous)
+
+
+def _command(args):
+    if args.command == "train":
+        return _model(args.model).train_from_args(args) or 0
+    if args.command in ("sample", "eval"):
+        from .serialization import load
+        ckpt = load(args.checkpoint)
+        kind = ckpt.get("model") if isinstance(ckpt, dict) else None
+        if kind not in MODELS:
+            raise ValueError(f"{args.checkpoint}: not a tinygen model checkpoint (no known 'model' entry)")
+        try:
+            if args.command == "sample":
+                return _model(kind).sample_checkpoint(ckpt, args) or 0
+            metrics = _model(kind).evaluate_checkpoint(ckpt, args)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            # a file that loads but whose entries are not what the model's code writes (crafted or foreign)
+            raise ValueError(f"{args.checkpoint}: not a usable {kind} checkpoint ({type(e).__name__}: {e}); use "
+                             f"one written by `tinygen train {kind}`") from None
+        except ValueError as e:  # name the file, unless the message is about an option or names it already
+            text = str(e)
+            if text.startswith("--") or str(args.checkpoint) in text:
+                raise
+            raise ValueError(f"{args.checkpoint}: {text}") from None
+        if args.json:
+            print(json.dumps(metrics, sort_keys=True))
+        else:
+            for k, v in metrics.items():
+                print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+        return 0
+    if args.command == "data":
+        from .data.download import download_mnist
+        download_mnist(args.download)
+        print(f"MNIST is in {args.download}; train on it with --data {args.download} or set "
+              f"TINYGEN_DATA={args.download} (tinygen ships a copy too, used when neither is given)")
+        return 0
     return 0
 
 

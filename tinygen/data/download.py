@@ -167,4 +167,6 @@ def _download_one(dest, name, mirrors, timeout, stream):
                 break
             os.replace(part, target)
             return target
-    raise DownloadError(f"could not download a valid {name} into {dest}; tried:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not download a valid {name} into {dest} (tinygen ships a copy of MNIST, used "
+                        f"without --data or TINYGEN_DATA, so no download is needed to train); tried:\n  "
+                        + "\n  ".join(failures))

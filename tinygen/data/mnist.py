@@ -1,12 +1,12 @@
-"""MNIST from the four standard IDX files, with strict validation and a bundled copy of the test split.
+"""MNIST from the four standard IDX files, with strict validation and a copy of both splits shipped in the package.
 
 ``mnist(split)`` returns an ``MNIST`` record: ``images`` (N, 28, 28) uint8, ``labels`` (N,) int64, the ``split``
 and the ``source`` folder. It unpacks like a pair: ``images, labels = mnist("test")``.
 
 Where the files are looked for, in order: the ``root`` argument, else ``$TINYGEN_DATA`` (each either holding the
-files or holding a ``mnist/`` folder with them). The test split ships inside the package (``tinygen/data/files``)
-and is used when neither is given. The training split is not bundled: ``mnist("train")`` raises when it is not
-found, and ``mnist_or_bundled("train")`` falls back to the bundled test split with a warning.
+files or holding a ``mnist/`` folder with them), else the copy shipped inside the package (``tinygen/data/files``:
+both splits, so a fresh offline machine has the data). An explicit ``root`` must hold the split; a
+``$TINYGEN_DATA`` that does not hold it falls back to the shipped copy with a warning naming the folder.
 
 IDX format: a big-endian header (magic number, then one uint32 per dimension) followed by the raw bytes. Images
 have magic 2051 (0x0803: unsigned bytes, 3 dimensions), labels 2049 (0x0801: unsigned bytes, 1 dimension).
@@ -239,12 +239,12 @@ def mnist(split="train", root=None, verify=False):
     """Load an MNIST split as an ``MNIST`` record (``images`` (N, 28, 28) uint8, ``labels`` (N,) int64).
 
     root: folder with the IDX files (``.gz`` or raw), or with a ``mnist/`` subfolder holding them; default
-        ``$TINYGEN_DATA``. Given explicitly, it must hold the split (no fallback).
+        ``$TINYGEN_DATA``. Given explicitly, it must hold the split (``FileNotFoundError`` naming it otherwise).
     verify: check SHA-256 hashes first: against ``SHA256SUMS`` in the folder when it lists the file, else against
         the known hashes built into this module.
 
-    ``split="test"`` uses the bundled copy when neither ``root`` nor ``$TINYGEN_DATA`` holds it. ``split="train"``
-    raises ``FileNotFoundError`` when the training files are not found (see ``mnist_or_bundled``).
+    Without ``root`` and ``$TINYGEN_DATA`` the copy shipped with the package is used (``bundled`` is then True);
+    a ``$TINYGEN_DATA`` that lacks the split falls back to it with a ``UserWarning`` naming the folder.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown MNIST split {split!r}; expected 'train' or 'test'")
@@ -255,30 +255,26 @@ def mnist(split="train", root=None, verify=False):
         missing = " or ".join(str(c) for c in _candidates(root))
         raise FileNotFoundError(f"MNIST {split} split not found in {missing}: expected "
                                 f"{' and '.join(b + '[.gz]' for b in SPLITS[split])}")
-    if split == "test":
-        return load_split(BUNDLED_DIR, "test", verify)
+    return _shipped(split, verify)
+
+
+def _shipped(split, verify, looked=None):
+    """The shipped copy of ``split``, with one warning when a folder that was named lacks it."""
     env = config.raw("TINYGEN_DATA")
-    where = f"$TINYGEN_DATA={env} does not hold it" if env else "no root given and $TINYGEN_DATA is not set"
-    raise FileNotFoundError(
-        f"the full MNIST training set was not found ({where}). Download it with "
-        f"`tinygen data mnist --download DIR` and pass root=DIR or set TINYGEN_DATA=DIR, or call "
-        f"mnist_or_bundled('train') to fall back to the bundled 10,000-image test split")
+    where = looked or (f"$TINYGEN_DATA ({env})" if env else None)
+    if where:
+        warnings.warn(f"MNIST {split} split not found in {where}; using the copy shipped with tinygen",
+                      UserWarning, stacklevel=3)
+    return load_split(BUNDLED_DIR, split, verify)
 
 
 def mnist_or_bundled(split="train", root=None, verify=False):
-    """Like ``mnist``, but when the training set is not found, warn and return the bundled TEST split instead.
-
-    The result's ``split`` says what was loaded ("test" after a fallback), so callers can record it. An explicit
-    ``root`` that lacks the split still falls back (with the warning naming it).
-    """
+    """Like ``mnist``, but an explicit ``root`` that lacks the split also falls back to the shipped copy (with the
+    warning naming it) instead of raising. Kept for code written when only the test split shipped."""
     if split not in SPLITS:
         raise ValueError(f"unknown MNIST split {split!r}; expected 'train' or 'test'")
     folder = find_split(split, root)
     if folder is not None:
         return load_split(folder, split, verify)
-    if split == "train":
-        looked = ", ".join(str(c) for c in _candidates(root) or ()) or "nowhere (no root, $TINYGEN_DATA unset)"
-        warnings.warn(f"the full MNIST training set was not found (looked in {looked}); using the bundled "
-                      f"10,000-image TEST split instead. Run `tinygen data mnist --download DIR` and set "
-                      f"TINYGEN_DATA=DIR to train on the 60,000 training images.", UserWarning, stacklevel=2)
-    return load_split(BUNDLED_DIR, "test", verify)
+    looked = " or ".join(str(c) for c in _candidates(root)) if root is not None else None
+    return _shipped(split, verify, looked)

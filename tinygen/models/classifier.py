@@ -1,23 +1,24 @@
 """An MLP digit classifier for MNIST (784-512-512-10, ReLU, dropout), the judge behind the sample metrics.
 
-    clf = load_classifier()          # the cached one; trained on the 60,000 training images the first time
+    clf = load_classifier()          # yours (tinygen train classifier), else the one shipped with tinygen
     clf.probs(x)                     # (N, 10) class probabilities of images x in [0, 1]
     clf.features(x)                  # (N, 512) penultimate activations (for the Fréchet distance)
 
-The cache is ``$TINYGEN_CACHE/mnist_classifier.npz`` (default ``~/.cache/tinygen/``), a checkpoint that records
-its test accuracy; ``tinygen train classifier`` (re)builds it and ``tinygen eval`` on it re-measures the accuracy.
-Training (8 epochs) takes two to three minutes on a 2-core CPU and reached 98.5% test accuracy.
+``tinygen train classifier`` writes ``$TINYGEN_CACHE/mnist_classifier.npz`` (default ``~/.cache/tinygen/``), a
+checkpoint that records its test accuracy, and ``tinygen eval`` on it re-measures the accuracy. Training (8 epochs)
+takes two to three minutes on an idle 2-core CPU. Without that file, the metrics use the copy shipped in the
+package (``tinygen/models/files``: the same recipe, seed 0, weights stored as float16), so a fresh offline machine
+can score samples.
 """
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .. import Tensor, as_tensor, nn, no_grad, optim
+from .. import Tensor, as_tensor, config, nn, no_grad, optim
 from .. import random as _random
-from ..data import DataLoader, mnist, to_unit
+from ..data import DataLoader, to_unit
 from ..nn import functional as F
 from . import train_utils as tu
 
@@ -31,11 +32,24 @@ DEFAULTS = {"epochs": 8, "batch_size": 128, "lr": 1e-3, "hidden": [512, 512], "d
 
 def cache_dir():
     """Where cached models live: ``$TINYGEN_CACHE``, else ``~/.cache/tinygen``."""
-    return Path(os.environ.get("TINYGEN_CACHE") or Path.home() / ".cache" / "tinygen").expanduser()
+    return config.get("TINYGEN_CACHE")
 
 
 def default_path():
+    """Where ``tinygen train classifier`` writes the classifier (and where it is looked for first)."""
     return cache_dir() / CACHE_FILE
+
+
+SHIPPED_PATH = Path(__file__).resolve().parent / "files" / CACHE_FILE
+
+
+def classifier_path():
+    """The classifier the metrics use: yours at ``default_path()`` when it exists, else the shipped one (None when
+    neither exists)."""
+    for path in (default_path(), SHIPPED_PATH):
+        if path.exists():
+            return path
+    return None
 
 
 class MNISTClassifier(nn.Module):
@@ -118,8 +132,9 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     cfg = {"epochs": tu.check_int("epochs", epochs, low=0), "batch_size": tu.check_int("batch_size", batch_size),
            "lr": tu.check_number("lr", lr, allow_low=False), "hidden": tu.check_widths("hidden", hidden),
            "dropout": float(dropout), "seed": seed}
-    train_images, train_labels = train_set if train_set is not None else mnist("train", root=data)
-    test_images, test_labels = test_set if test_set is not None else mnist("test", root=data)
+    train_images, train_labels = train_set if train_set is not None else tu.mnist_split("train", data)
+    test_images, test_labels = test_set if test_set is not None else tu.mnist_split("test", data)
+    tu.check_batch_fits(batch_size, len(train_labels))
     train_x = to_unit(np.asarray(train_images)).reshape(len(train_labels), 784)
 
     _random.manual_seed(seed)
@@ -189,38 +204,41 @@ _loaded = {}
 def load_classifier(path=None, train_if_missing=True, data=None, device="cpu", quiet=False):
     """The cached classifier (eval mode), loaded once per process.
 
-    path: default ``cache_dir() / "mnist_classifier.npz"``. When it is missing and ``train_if_missing``, train
-    one on the full MNIST training set (``data`` or ``$TINYGEN_DATA``; a few minutes) and cache it there.
+    path: default ``classifier_path()`` (yours, else the shipped one). When no file is found and
+    ``train_if_missing``, train one on the MNIST training set (``data``, else $TINYGEN_DATA, else the shipped copy;
+    a few minutes) and cache it at ``default_path()``. The model's ``source`` is the file it came from.
     """
     from ..serialization import load
-    path = Path(path) if path is not None else default_path()
+    path = Path(path) if path is not None else (classifier_path() or default_path())
     key = (str(path.resolve()), device)
     if key in _loaded:
         return _loaded[key]
     if not path.exists():
         if not train_if_missing:
-            raise FileNotFoundError(f"no trained MNIST classifier at '{path}'; run `tinygen train classifier` "
-                                    f"(needs the MNIST training set, see `tinygen data mnist`)")
+            raise FileNotFoundError(f"no trained MNIST classifier at '{path}'; build one with `tinygen train "
+                                    f"classifier`")
         if not quiet:
             print(f"training the MNIST classifier for the metrics (cached at {path}) ...", flush=True)
         train_classifier(data=data, device=device, save=path, quiet=quiet)
     ckpt = load(path)
     model = classifier_from_checkpoint(ckpt, device)
     model.test_accuracy = ckpt.get("extra", {}).get("test_accuracy")  # as recorded when it was trained
+    model.source = str(path)
     _loaded[key] = model
     return model
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (cosine-annealed)")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden layer widths")
-    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--data", default=None, help="MNIST folder; $TINYGEN_DATA when not given")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"], help="dropout after each hidden layer")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (initial weights, data order)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped with tinygen)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="folder for per-epoch checkpoints and metrics.jsonl (optional)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--save", default=None,
@@ -229,6 +247,7 @@ def add_arguments(p):
 
 
 def train_from_args(args):
+    tu.check_positive_options(args, ("epochs", "batch_size"))
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out (the folder of the run to continue)")
     save = Path(args.save) if args.save else default_path()
@@ -244,8 +263,8 @@ def sample_checkpoint(ckpt, args):
 
 
 def evaluate_checkpoint(ckpt, args):
-    """Re-measure the test accuracy (on ``--data`` or the bundled test split)."""
+    """Re-measure the test accuracy (on the test split of ``--data``, $TINYGEN_DATA or the shipped copy)."""
     model = classifier_from_checkpoint(ckpt, args.device)
-    test = mnist("test", root=args.data)
+    test = tu.mnist_split("test", args.data)
     return {"test_accuracy": accuracy(model, test.images, test.labels),
             "recorded_test_accuracy": ckpt.get("extra", {}).get("test_accuracy")}

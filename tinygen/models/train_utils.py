@@ -436,3 +436,154 @@ def check_widths(name, widths, allow_empty=False):
         need = "a list" if allow_empty else "a non-empty list"
         raise ValueError(f"{name} must be {need} of positive layer widths, got {widths!r}")
     return [int(w) for w in v]
+
+
+def check_batch_fits(batch_size, n, what="training examples"):
+    """Refuse a batch larger than the data (a loader would train at a smaller batch than the run records)."""
+    if batch_size > n:
+        raise ValueError(f"--batch-size {batch_size} is more than the {n} {what}; choose at most {n}")
+    return batch_size
+
+
+def check_positive_options(args, names):
+    """Command-line options that must be >= 1 when given (``--epochs 0`` would save an untrained model)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def check_label_option(label, conditional, num_classes=10):
+    """``--label`` of ``tinygen sample``: only for a conditional model, and one of its classes."""
+    if label is None:
+        return None
+    if not conditional:
+        raise ValueError("--label needs a conditional model (this checkpoint was trained without --conditional)")
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+        raise ValueError(f"--label must be a class in 0..{num_classes - 1}, got {label!r}")
+    return int(label)
+
+
+# ---- command-line pieces every trainer shares ----------------------------------------------------------------------
+def thread_option(text):
+    """argparse type of ``--threads``: "auto" or a positive integer."""
+    import argparse
+
+    from ..threads import parse_thread_count
+    try:
+        return parse_thread_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_threads_argument(parser):
+    """``--threads``: CPU threads for BLAS and the Numba kernels (see ``tinygen.threads``)."""
+    parser.add_argument("--threads", type=thread_option, default="auto",
+                        help="CPU threads for matrix products and kernels: a number, or auto (the CPUs other "
+                             "processes leave idle, from the load average)")
+
+
+def use_threads(option):
+    """Apply ``--threads``; returns the count used."""
+    from ..kernels.threads import set_num_threads
+    from ..threads import thread_count
+    n = thread_count(option)
+    set_num_threads(n)
+    return n
+
+
+def mnist_split(split, data=None):
+    """An MNIST split for a trainer: from ``--data DIR`` (which must hold it), else $TINYGEN_DATA, else the copy
+    shipped with tinygen; the same rules and messages for every model."""
+    from ..data import mnist
+    if data is not None and not Path(data).expanduser().is_dir():
+        raise FileNotFoundError(f"--data {data}: no such folder (it should hold the MNIST IDX files)")
+    return mnist(split, root=data)
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes, what):
+    """Refuse up front (ValueError) a request that needs more memory than is available, rather than running until
+    the machine swaps or the process is killed."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory, more than the "
+                         f"{available / 2**30:.1f} GiB available; ask for fewer")
+
+
+# ---- samples to a file -----------------------------------------------------------------------------------------------
+SAMPLE_SUFFIXES = (".png", ".npy")
+MAX_PICTURE_SAMPLES = 10_000  # a 100 x 100 grid of digits, 3,000 pixels a side; beyond that a picture says nothing
+SAMPLE_CHUNK = 1000
+
+
+def default_sample_path(checkpoint, seed=0):
+    """Where ``tinygen sample CKPT`` writes without ``--out``: ``samples_seed<seed>.png`` beside the checkpoint
+    (not ``samples.png``, which training writes there)."""
+    return Path(checkpoint).expanduser().parent / f"samples_seed{seed}.png"
+
+
+def check_sample_request(n, out, item_shape):
+    """Refuse, before drawing anything, a request that cannot be honoured: ``--n`` not positive, an output that is
+    neither .png nor .npy, a picture of more than MAX_PICTURE_SAMPLES, or a .npy larger than the free disk."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"--n must be a positive integer, got {n!r}")
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in SAMPLE_SUFFIXES:
+        raise ValueError(f"--out {out}: name a .png file (a picture) or a .npy file (the raw samples); "
+                         f"'{out.suffix or out.name}' is neither")
+    if suffix == ".png" and n > MAX_PICTURE_SAMPLES:
+        raise ValueError(f"--n {n} is too many for one picture (at most {MAX_PICTURE_SAMPLES}); write them to "
+                         f"a .npy file instead (--out {out.with_suffix('.npy')}), which is filled in chunks")
+    if suffix == ".npy":
+        import shutil
+        need = int(n) * int(np.prod(item_shape)) * 4 + 4096
+        folder = out.parent if str(out.parent) else Path(".")
+        if folder.is_dir():
+            free = shutil.disk_usage(folder).free
+            if need > free:
+                raise ValueError(f"--n {n} needs {need / 2**30:.2f} GiB in {folder}, which has {free / 2**30:.2f} "
+                                 f"GiB free; ask for fewer samples or write elsewhere")
+    return int(n)
+
+
+def write_samples(out, n, draw, item_shape, picture):
+    """Draw ``n`` samples in chunks of SAMPLE_CHUNK with ``draw(start, count)`` (float32 arrays of ``item_shape``)
+    into ``out``: a .npy file filled chunk by chunk (so memory stays flat for any n) and renamed into place when
+    complete, or a picture made by ``picture(path, samples)`` for a .png."""
+    out = Path(out)
+    n = check_sample_request(n, out, item_shape)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        picture(out, np.concatenate([draw(i, min(SAMPLE_CHUNK, n - i)) for i in range(0, n, SAMPLE_CHUNK)]))
+        return out
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a folder; give a file name ending in .npy", str(out))
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *item_shape))
+        for i in range(0, n, SAMPLE_CHUNK):
+            m = min(SAMPLE_CHUNK, n - i)
+            array[i:i + m] = np.asarray(draw(i, m), dtype=np.float32).reshape(m, *item_shape)
+        array.flush()
+        del array
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

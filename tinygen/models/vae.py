@@ -37,7 +37,7 @@ import numpy as np
 from .. import Tensor, as_tensor, cat, eye, nn, no_grad, optim, zeros
 from .. import random as _random
 from ..backend import array_module, device_of
-from ..data import DataLoader, binarize, mnist, to_unit
+from ..data import DataLoader, binarize, to_unit
 from ..nn import functional as F
 from . import train_utils as tu
 
@@ -306,13 +306,10 @@ def load_data(cfg, train_set=None, test_set=None):
     """(train_images (N, 784) float32 in [0, 1], train_labels, test_images, test_labels). The test images are
     binarised once (seed ``TEST_BINARIZE_SEED``) when ``cfg["binarize"]``; the training images are binarised
     afresh in every batch by the DataLoader."""
-    data = cfg.get("data")
-    if data is not None and not Path(data).expanduser().is_dir():
-        raise FileNotFoundError(f"MNIST data folder '{data}' does not exist")
     if train_set is None:
-        train_set = mnist("train", root=data)
+        train_set = tu.mnist_split("train", cfg.get("data"))
     if test_set is None:
-        test_set = mnist("test", root=data)
+        test_set = tu.mnist_split("test", cfg.get("data"))
     train_x, train_y = train_set
     test_x, test_y = test_set
     train_x, test_x = _flat_unit(train_x), _flat_unit(test_x)
@@ -369,6 +366,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     cfg = make_config(**settings)
     device = cfg["device"]
     train_x, train_y, test_x, test_y = load_data(cfg, train_set, test_set)
+    tu.check_batch_fits(cfg["batch_size"], len(train_x))
     _random.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
     opt = optim.Adam(model.parameters(), lr=cfg["lr"])
@@ -428,24 +426,26 @@ def _host(t):
     return np.asarray(t.cpu().data)
 
 
-def _labels_for(model, n, label=None, device="cpu"):
+def _labels_for(model, n, label=None, device="cpu", start=0):
     if not model.conditional:
+        if label is not None:
+            raise ValueError("label needs a conditional VAE (CVAE); this one was trained without conditional")
         return None
     if label is not None:
         if not 0 <= int(label) < model.num_classes:
             raise ValueError(f"label must be in 0..{model.num_classes - 1}, got {label}")
         ys = np.full(n, int(label), dtype=np.int64)
     else:
-        ys = np.arange(n, dtype=np.int64) % model.num_classes
+        ys = np.arange(start, start + n, dtype=np.int64) % model.num_classes
     return _to(ys, device, np.int64)
 
 
-def sample_images(model, n, label=None, device="cpu"):
+def sample_images(model, n, label=None, device="cpu", start=0):
     """``n`` images (n, 28, 28) in [0, 1]: decoder means at z ~ N(0, I) (label: the class, for a CVAE; default
-    the classes in turn)."""
+    the classes in turn, from class ``start % 10``)."""
     with no_grad():
         z = _random.randn(n, model.latent, device=device)
-        return _host(model.mean(z, _labels_for(model, n, label, device))).reshape(n, 28, 28)
+        return _host(model.mean(z, _labels_for(model, n, label, device, start))).reshape(n, 28, 28)
 
 
 def reconstructions(model, images, labels=None, device="cpu"):
@@ -512,13 +512,13 @@ def save_pictures(model, out, test_x, test_y, device="cpu"):
 
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--latent", type=int, default=DEFAULTS["latent"], help="size of z")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"],
                    help="encoder hidden widths (the decoder mirrors them)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (initial weights, data order)")
     p.add_argument("--out", default="runs/vae", help="folder for checkpoint.npz, metrics.jsonl and the PNGs")
     p.add_argument("--binarize", action="store_true",
                    help="dynamically binarised MNIST (a fresh Bernoulli draw of each training image every epoch)")
@@ -533,8 +533,9 @@ def add_arguments(p):
     p.add_argument("--label-embedding", default=DEFAULTS["label_embedding"], choices=LABEL_EMBEDDINGS,
                    help="how a CVAE feeds the label: one-hot vector or a learned nn.Embedding")
     p.add_argument("--label-dim", type=int, default=DEFAULTS["label_dim"], help="size of the label embedding")
-    p.add_argument("--data", default=None, help="MNIST folder; $TINYGEN_DATA when not given")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped with tinygen)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -545,6 +546,7 @@ def _settings_from_args(args):
 
 
 def train_from_args(args):
+    tu.check_positive_options(args, ("epochs", "batch_size"))
     _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, **_settings_from_args(args))
     if history:
         print(f"test loss {history[-1]['test_loss']:.4f} nats per image after epoch {history[-1]['epoch']}; "
@@ -553,18 +555,18 @@ def train_from_args(args):
 
 
 def sample_checkpoint(ckpt, args):
-    """Samples from the prior as a PNG grid, or the raw (n, 28, 28) float32 means for an ``.npy`` output."""
+    """Samples from the prior as a PNG grid, or the raw (n, 28, 28) float32 means for an ``.npy`` output (written
+    in chunks). Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint."""
     from ..utils.image import save_image_grid
-    if args.n < 1:
-        raise ValueError(f"--n must be positive, got {args.n}")
     model = model_from_checkpoint(ckpt, args.device)
+    label = tu.check_label_option(getattr(args, "label", None), model.conditional, model.num_classes)
+    out = args.out or tu.default_sample_path(args.checkpoint, args.seed)
+    tu.check_sample_request(args.n, out, (28, 28))
     _random.manual_seed(args.seed)
-    images = sample_images(model, args.n, label=getattr(args, "label", None), device=args.device)
-    if str(args.out).endswith(".npy"):
-        np.save(args.out, images.astype(np.float32))
-    else:
-        save_image_grid(args.out, images, nrow=10 if model.conditional and args.label is None else 8)
-    print(f"wrote {args.n} samples to {args.out}")
+    tu.write_samples(out, args.n, lambda start, count: sample_images(model, count, label, args.device, start),
+                     (28, 28), lambda path, x: save_image_grid(path, x, nrow=10 if model.conditional and label is None
+                                                               else 8))
+    print(f"wrote {args.n} samples to {out}")
     return 0
 
 
@@ -575,10 +577,15 @@ def evaluate_checkpoint(ckpt, args):
     (an upper bound on the test negative log-likelihood, tighter than test_loss), all in nats. ``iwae_nll_stderr``
     is the standard error of that mean over the images (how much it would move with other test images).
     """
+    k, m = int(args.iwae_k), int(args.iwae_images)
+    if k < 1:
+        raise ValueError(f"--iwae-k must be a positive integer (importance samples per image), got {k}")
+    if m < 0:
+        raise ValueError(f"--iwae-images must be >= 0 (0 skips the IWAE bound), got {m}")
     model = model_from_checkpoint(ckpt, args.device)
     cfg = make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS})
     data = getattr(args, "data", None)
-    test = mnist("test", root=data)
+    test = tu.mnist_split("test", data)
     x = _flat_unit(test.images)
     if cfg["binarize"]:
         x = binarize(x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
@@ -587,8 +594,7 @@ def evaluate_checkpoint(ckpt, args):
     elbo = evaluate_elbo(model, x, y, device=args.device)
     out = {"epochs_trained": int(ckpt.get("epoch", 0)), "binarized": cfg["binarize"], "decoder": cfg["decoder"],
            "test_loss": elbo["loss"], "test_recon": elbo["recon"], "test_kl": elbo["kl"]}
-    k, m = int(args.iwae_k), int(args.iwae_images)
-    if k > 0 and m > 0:
+    if m > 0:
         if m > len(x):
             raise ValueError(f"--iwae-images {m} is more than the {len(x)} test images")
         t0 = time.perf_counter()

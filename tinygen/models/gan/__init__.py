@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import random as _random
+from .. import train_utils as tu
 from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
                      interpolate, output_means, register_loss, clip_weights_)
 from .models import Discriminator, Generator, PYTORCH_GAN, build_discriminator, build_generator  # noqa: F401
@@ -46,21 +47,21 @@ def loss_help():
 def add_arguments(p):
     """The options of ``tinygen train gan``. Unset options take the recipe's value: the defaults, changed by
     --data (ring/grid), --preset and --loss, in that order."""
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = ("Train a GAN. Unset options come from the recipe: the MNIST defaults, or the ring/grid "
                      "defaults, changed by --preset and by --loss. The losses:\n" + loss_help())
     a = p.add_argument
     a("--data", default=None, metavar="mnist|ring|grid|DIR",
-      help="training data: MNIST (default; the full training set from $TINYGEN_DATA, else the bundled test split), "
-           "a folder holding MNIST, or the 2-D mixtures ring / grid")
+      help="training data: MNIST (default: from $TINYGEN_DATA, else the copy shipped with tinygen), a folder "
+           "holding MNIST, or the 2-D mixtures ring / grid")
     a("--preset", choices=PRESETS, default=None,
       help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
     a("--loss", choices=list(LOSSES), default=None, help=f"GAN objective (default {BASE['loss']}; see above)")
-    a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps")
+    a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps (default: none on "
+                                               "MNIST, where --steps sets the length; 100 with --preset article)")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
                                               "(default 6000 on MNIST, 3000 on ring/grid)")
     a("--batch-size", type=int, default=None, help="default 64 (MNIST), 256 (ring/grid)")
-    a("--lr", type=float, default=None, help="learning rate of both networks")
+    a("--lr", type=float, default=None, help="learning rate of both networks (default: those of --lr-g, --lr-d)")
     a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
@@ -73,7 +74,7 @@ def add_arguments(p):
     a("--label-smoothing", type=float, default=None, help="one-sided: real target 1 - s (e.g. 0.1 -> 0.9)")
     _add_model_arguments(a)
     a("--seed", type=int, default=None, help="default 0")
-    a("--n-train", type=int, default=None, help="use only the first N training images")
+    a("--n-train", type=int, default=None, help="use only the first N training images (default: all)")
     a("--binarize", action=argparse.BooleanOptionalAction, default=None, help="threshold the images at 0.5")
     a("--eval-samples", type=int, default=None,
       help="samples scored after each epoch (default 1000 on MNIST, 2500 on ring/grid)")
@@ -83,6 +84,21 @@ def add_arguments(p):
     a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
     a("--device", default=None, help="cpu or cuda")
     a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _show_recipe_defaults(p)
+
+
+def _show_recipe_defaults(p):
+    """Options left unset take the recipe's value: say in each option's help what it is on MNIST."""
+    recipe = make_config()
+    for action in p._actions:
+        value = recipe.get(action.dest)
+        if not action.option_strings or action.default is not None or value is None or "default" in (action.help or ""):
+            continue
+        if isinstance(value, list):
+            value = " ".join(map(str, value))
+        elif isinstance(value, bool):
+            value = "on" if value else "off"
+        action.help = f"{action.help} (default on MNIST: {value})"
 
 
 def _add_model_arguments(a):
@@ -100,7 +116,8 @@ def _add_model_arguments(a):
     a("--bn-eps", type=float, default=None, help="BatchNorm epsilon (PyTorch-GAN: 0.8)")
     a("--g-dropout", type=float, default=None, help="dropout after the generator's hidden layers")
     a("--d-dropout", type=float, default=None, help="dropout after the discriminator's hidden layers")
-    a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks (0: ReLU)")
+    a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks, 0: ReLU (default: those "
+                                                "of --g-slope, --d-slope)")
     a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--conditional", action=argparse.BooleanOptionalAction, default=None,
@@ -133,9 +150,7 @@ def settings_from_args(args):
                 raise FileNotFoundError(f"--data {data!r} is neither a dataset ({', '.join(DATASETS)}) nor a folder "
                                         f"holding MNIST")
             s["dataset"], s["data"] = "mnist", data
-    for key in ("epochs", "steps"):
-        if key in s and s[key] < 1:
-            raise ValueError(f"--{key} must be a positive integer, got {s[key]}")
+    tu.check_positive_options(args, ("epochs", "steps", "batch_size"))
     return s
 
 
@@ -150,23 +165,27 @@ def train_from_args(args):
 
 def sample_checkpoint(ckpt, args):
     """``--n`` samples as a PNG (an image grid for MNIST, a scatter plot for ring/grid), or the raw samples for an
-    output ending in ``.npy``: (n, 28, 28) float32 in [-1, 1] for MNIST, (n, 2) points for ring/grid."""
-    n = args.n
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"--n must be a positive integer, got {n!r}")
+    output ending in ``.npy`` (written in chunks, so any ``--n`` the disk holds): (n, 28, 28) float32 in [-1, 1]
+    for MNIST, (n, 2) points for ring/grid. Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint."""
     G, cfg = generator_from_checkpoint(ckpt, args.device)
-    label = getattr(args, "label", None)
-    if label is not None and not cfg["conditional"]:
-        raise ValueError("--label needs a conditional GAN (this one was trained without --conditional)")
+    label = tu.check_label_option(getattr(args, "label", None), cfg["conditional"], G.num_classes)
+    out = args.out or tu.default_sample_path(args.checkpoint, args.seed)
+    shape = (28, 28) if cfg["dataset"] == "mnist" else (cfg["data_dim"],)
+    tu.check_sample_request(args.n, out, shape)
     _random.manual_seed(args.seed)
-    x = sample(G, n, labels=label, device=args.device)
-    out = str(args.out)
-    if out.endswith(".npy"):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, x.reshape(n, 28, 28) if cfg["dataset"] == "mnist" else x)
-    else:
-        save_samples_picture(cfg, out, x, nrow=10 if cfg["conditional"] and label is None else None)
-    print(f"wrote {n} samples to {out}")
+
+    def draw(start, count):
+        labels = None
+        if G.num_classes:  # the classes in turn, continuing across chunks, or the one asked for
+            labels = np.full(count, label) if label is not None else np.arange(start, start + count) % G.num_classes
+        return sample(G, count, labels=labels, device=args.device).reshape(count, *shape)
+
+    def picture(path, x):
+        save_samples_picture(cfg, path, x.reshape(len(x), -1), nrow=10 if cfg["conditional"] and label is None
+                             else None)
+
+    tu.write_samples(out, args.n, draw, shape, picture)
+    print(f"wrote {args.n} samples to {out}")
     return 0
 
 
@@ -175,24 +194,26 @@ def evaluate_checkpoint(ckpt, args):
 
     MNIST: coverage (digit classes with >= 1% of the samples), class_kl (KL of the class histogram from uniform),
     frechet_distance (classifier features of the samples against the real test images) and inception_score (with
-    the classifier), by the cached MNIST classifier. ring/grid: modes captured, high_quality (share of samples
-    within 3 std of a centre) and reverse_kl.
+    the classifier), by the MNIST classifier (``tinygen.models.classifier.classifier_path()``: yours from
+    ``tinygen train classifier``, else the one shipped with tinygen; the output names it). ring/grid: modes
+    captured, high_quality (share of samples within 3 std of a centre) and reverse_kl.
     """
-    from .trainer import TOY, _classifier
+    from .trainer import TOY
     G, cfg = generator_from_checkpoint(ckpt, args.device)
     n = int(args.n)
     if n < 2:
         raise ValueError(f"--n must be at least 2 to score samples, got {n}")
+    # all samples are scored at once: the samples, and for MNIST the classifier's float64 features and classes
+    tu.check_fits_in_memory(n * (cfg["data_dim"] * 4 + (0 if cfg["dataset"] in TOY else 522 * 8)), f"--n {n}")
     _random.manual_seed(args.seed)
     x = sample(G, n, device=args.device)
     clf = None
     if cfg["dataset"] not in TOY:
-        clf = _classifier(quiet=True)
-        if clf is None:
-            from ..classifier import default_path
-            raise FileNotFoundError(f"evaluating MNIST samples needs the MNIST classifier at {default_path()}; "
-                                    f"build it with `tinygen train classifier` (needs the training set)")
+        from ..classifier import load_classifier
+        clf = load_classifier(quiet=bool(getattr(args, "json", False)))  # trains one only if none is found
     metrics = evaluate_samples(cfg, x, clf, frechet=True, root=getattr(args, "data", None))
+    if clf is not None:
+        metrics.update({"classifier": clf.source, "classifier_test_accuracy": clf.test_accuracy})
     extra = ckpt.get("extra", {})
     metrics.update({"dataset": cfg["dataset"], "loss": cfg["loss"], "epochs_trained": int(ckpt.get("epoch", 0)),
                     "steps_trained": int(extra.get("step", 0)), "ema": "ema" in ckpt.get("modules", {})})

@@ -25,7 +25,7 @@ import numpy as np
 
 from ... import as_tensor, backend, nn, no_grad, optim
 from ... import random as _random
-from ...data import DataLoader, grid, mnist_or_bundled, ring, to_symmetric
+from ...data import DataLoader, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import train_utils as tu
 from . import losses as L
@@ -174,7 +174,7 @@ def _validate(cfg):
 def load_data(cfg, train_set=None):
     """(x (N, data_dim) float32, labels (N,) int64 or None, description) of the run's training data.
 
-    MNIST: the training set from ``cfg["data"]`` / $TINYGEN_DATA, else the bundled test split (with a warning);
+    MNIST: the training set from ``cfg["data"]``, else $TINYGEN_DATA, else the copy shipped with tinygen;
     scaled to [-1, 1] (binarised to {-1, 1} first with ``binarize``), the first ``n_train`` images if set.
     ring / grid: ``toy_samples`` points drawn from the mixture with the run's seed.
     """
@@ -183,14 +183,12 @@ def load_data(cfg, train_set=None):
         x = TOY[cfg["dataset"]].sample(cfg["toy_samples"], generator=g)
         return x, None, f"{cfg['toy_samples']} points of the {cfg['dataset']} mixture"
     if train_set is None:
-        data = cfg.get("data")
-        if data is not None and not Path(data).expanduser().is_dir():
-            raise FileNotFoundError(f"MNIST data folder '{data}' does not exist")
-        rec = mnist_or_bundled("train", root=data)
-        images, labels, split = rec.images, rec.labels, rec.split
+        rec = tu.mnist_split("train", cfg.get("data"))
+        images, labels, split = rec.images, rec.labels, rec.split + (" split, the copy shipped with tinygen" if
+                                                                     rec.bundled else f" split from {rec.source}")
     else:
         images, labels = train_set
-        split = "given"
+        split = "given arrays"
     images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     if images.ndim < 2 or int(np.prod(images.shape[1:])) != 784:
         raise ValueError(f"MNIST images must be (N, 28, 28) or (N, 784), got shape {images.shape}")
@@ -202,7 +200,7 @@ def load_data(cfg, train_set=None):
         images = np.where(np.asarray(images, dtype=np.float32) >= (127.5 if images.dtype == np.uint8 else 0.5),
                           np.uint8(255), np.uint8(0))
     x = to_symmetric(images).reshape(len(images), 784)
-    return x, labels, f"{len(x)} MNIST images ({split} split{', binarised' if cfg['binarize'] else ''})"
+    return x, labels, f"{len(x)} MNIST images ({split}{', binarised' if cfg['binarize'] else ''})"
 
 
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
@@ -575,10 +573,9 @@ class GANRun:
         self.ema = EMA(self.G, build_generator(cfg).to(device), cfg["ema"]) if cfg["ema"] > 0 else None
         self.sampler = self.ema.shadow if self.ema is not None else self.G
         self.num_train = len(x)
-        self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=min(cfg["batch_size"], len(x)),
-                                 shuffle=True, drop_last=True, seed=cfg["seed"], device=device)
-        if len(self.loader) == 0:
-            raise ValueError(f"no full batch of {cfg['batch_size']} in {len(x)} training examples")
+        tu.check_batch_fits(cfg["batch_size"], len(x))
+        self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=cfg["batch_size"], shuffle=True,
+                                 drop_last=True, seed=cfg["seed"], device=device)
         self.step_fn = GANStep(cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
@@ -739,7 +736,10 @@ def _epoch_record(cfg, epoch, means, state, seconds, images, steps, complete):
 
 def format_record(r):
     """One line of an epoch's numbers, as printed during training."""
-    parts = [f"epoch {r['epoch']} (step {r['step']})"]
+    if r.get("partial_epoch"):  # the checkpoint counts complete epochs: say it the same way
+        parts = [f"{r['epoch'] - 1} epochs and part of epoch {r['epoch']} (step {r['step']})"]
+    else:
+        parts = [f"epoch {r['epoch']} (step {r['step']})"]
     for key, label in (("g_loss", "G loss"), ("d_loss", "D loss"), ("d_real", "D(x)"), ("d_fake", "D(G(z))"),
                        ("g_grad", "|grad G|"), ("d_grad", "|grad D|")):
         if key in r:
