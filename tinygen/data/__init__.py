@@ -1,8 +1,9 @@
-"""Data for tinygen's models: MNIST (with a bundled test split), a DataLoader, augmentations and 2-D toy mixtures.
+"""Data for tinygen's models: MNIST (both splits ship with the package), a DataLoader, augmentations and 2-D toy
+mixtures.
 
     from tinygen import data
-    images, labels = data.mnist("test")                      # bundled; (10000, 28, 28) uint8, (10000,) int64
-    train = data.mnist_or_bundled("train")                   # the full set if found, else the test split + warning
+    images, labels = data.mnist("test")                      # (10000, 28, 28) uint8, (10000,) int64
+    train = data.mnist("train")                              # $TINYGEN_DATA's copy if set, else the shipped one
     loader = data.DataLoader((data.to_symmetric(train.images), train.labels), batch_size=64, shuffle=True, seed=0)
     x = data.ring(2500, generator=0); data.ring.metrics(x)   # 8-Gaussian ring and its mode-collapse metrics
 """
