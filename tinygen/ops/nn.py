@@ -214,13 +214,7 @@ class BatchNormFunction(Function):
         if training:
             out, x_hat, mean, var, inv_std = kernels.get("batchnorm_fwd", d)(
                 d, w, None if bias is None else bias.data, eps)
-            n = d.size // c
-            if running_mean is not None:
-                running_mean.data *= 1.0 - momentum
-                running_mean.data += momentum * mean
-            if running_var is not None:
-                running_var.data *= 1.0 - momentum
-                running_var.data += (momentum * n / (n - 1)) * var
+            update_running_stats(running_mean, running_var, mean, var, d.size // c, momentum)
             ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std, x.device))
             return out
         # evaluation: an affine map, y = x * scale + shift
@@ -268,6 +262,16 @@ class BatchNormFunction(Function):
                                                      inv_std.data)
         return (gx if need[0] is not None else None, gw if need[1] is not None else None,
                 gb if need[2] is not None else None, None, None, None, None, None)
+
+
+def update_running_stats(running_mean, running_var, mean, var, n, momentum):
+    """In place: r = (1 - momentum) * r + momentum * batch statistic, with the unbiased variance (as PyTorch)."""
+    if running_mean is not None:
+        running_mean.data *= 1.0 - momentum
+        running_mean.data += momentum * mean
+    if running_var is not None:
+        running_var.data *= 1.0 - momentum
+        running_var.data += (momentum * n / (n - 1)) * var
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):

@@ -12,6 +12,7 @@ spread it loses digits that BatchNorm's two-pass variance keeps.
 from .. import distributed as dist
 from ..autograd.function import Function
 from ..tensor import _make
+from .nn import update_running_stats
 
 
 class AllReduceSumFunction(Function):
@@ -57,12 +58,7 @@ class SyncBatchNormFunction(Function):
         out = x_hat * weight.data.reshape(shape) if weight is not None else x_hat
         if bias is not None:
             out = out + bias.data.reshape(shape)
-        if running_mean is not None:
-            running_mean.data *= 1.0 - momentum
-            running_mean.data += momentum * mean
-        if running_var is not None:
-            running_var.data *= 1.0 - momentum
-            running_var.data += (momentum * n / (n - 1)) * var
+        update_running_stats(running_mean, running_var, mean, var, n, momentum)
         ctx.axes, ctx.shape, ctx.count, ctx.eps = axes, shape, n, eps
         ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std.reshape(shape), x.device))
         return out
