@@ -30,7 +30,7 @@ into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching 
 call. Array code on ``tensor.data`` inside the step is not seen by the recorder and is not replayed: write the
 step with tinygen ops, modules and optimizers.
 
-``compile(fn, check=N)`` runs the first N replays side by side with eager (from the same state and random
+``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same state and random
 stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
 ``cache_size`` programs (8 by default), the least recently used one is dropped first.
 """
@@ -51,6 +51,9 @@ from .tensor import Tensor, _make
 _new = object.__new__
 
 
+CHECK_CALLS = 3  # replays compared with eager under check=True
+
+
 class CompileError(RuntimeError):
     """A step that tinygen.compile cannot record or whose replay disagreed with eager (``check=``)."""
 
@@ -63,8 +66,10 @@ def compile(fn=None, *, check=0, cache_size=8):
         raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
         raise ValueError(f"tinygen.compile: cache_size must be a positive integer, got {cache_size!r}")
-    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
-        raise ValueError(f"tinygen.compile: check must be a number of calls >= 0, got {check!r}")
+    if isinstance(check, bool):  # check=True: the first CHECK_CALLS replays
+        check = CHECK_CALLS if check else 0
+    if not isinstance(check, int) or check < 0:
+        raise ValueError(f"tinygen.compile: check must be True/False or a number of calls >= 0, got {check!r}")
     return Compiled(fn, check, cache_size)
 
 
