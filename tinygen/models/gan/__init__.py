@@ -234,5 +234,6 @@ def evaluate_checkpoint(ckpt, args):
         metrics.update({"classifier": clf.source, "classifier_test_accuracy": clf.test_accuracy})
     extra = ckpt.get("extra", {})
     metrics.update({"dataset": cfg["dataset"], "loss": cfg["loss"], "arch": cfg["arch"],
-                    "epochs_trained": int(ckpt.get("epoch", 0)), "steps_trained": int(extra.get("step", 0)), "ema": "ema" in ckpt.get("modules", {})})
+                    "epochs_trained": int(ckpt.get("epoch", 0)), "steps_trained": int(extra.get("step", 0)),
+                    "ema": "ema" in ckpt.get("modules", {})})
     return metrics
