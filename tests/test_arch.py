@@ -190,3 +190,29 @@ def test_vae_arch_option_and_errors():
     with pytest.raises(ValueError, match="arch 'conv' works on 28x28 images"):
         vae.VAE(arch="conv", data_dim=100)
     assert json.loads(json.dumps(vae.make_config()))["arch"] == "mlp"
+
+
+# ---- the benchmark's DCGAN -------------------------------------------------------------------------------------------
+def test_benchmark_dcgan_computes_the_same_losses_in_every_framework():
+    from benchmarks import models_tinygen, specs
+    from benchmarks.specs import Skip
+    batch = 4
+    args = ("dcgan", batch, specs.init_params("dcgan"), specs.make_data("dcgan", batch))
+    noise = specs.make_noise("dcgan", batch)
+    runners = {"tinygen": models_tinygen.build(*args, noise=noise)}
+    for name in ("models_torch", "models_jax"):
+        try:
+            module = __import__(f"benchmarks.{name}", fromlist=["build"])
+            runners[name] = module.build(*args, noise=noise)
+        except Skip:  # that framework is not installed here
+            continue
+    assert len(runners) > 1, "neither PyTorch nor JAX is installed: nothing to compare with"
+    losses = {k: [r.loss_value(r.step()) for _ in range(3)] for k, r in runners.items()}
+    for k, got in losses.items():
+        np.testing.assert_allclose(got, losses["tinygen"], rtol=1e-4, err_msg=k)
+    assert losses["tinygen"][0] != losses["tinygen"][2]  # the steps trained something
+    with pytest.raises(Skip, match="no hand-written NumPy step for dcgan"):
+        from benchmarks import models_numpy
+        models_numpy.build(*args)
+    assert specs.batch_sizes_of("dcgan", [16, 64, 256, 1024]) == [16, 64, 256]
+    assert specs.batch_sizes_of("gan", [16, 1024]) == [16, 1024]

@@ -27,6 +27,7 @@ ELBO with beta = 1, whatever beta training used). ``iwae_bound`` gives the impor
 log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), which tightens as k grows.
 
     tinygen train vae --epochs 10 --out runs/vae          # checkpoint.npz, metrics.jsonl, PNGs in runs/vae
+    tinygen train vae --arch conv --out runs/vae-conv     # the convolutional encoder and decoder
     tinygen eval runs/vae/checkpoint.npz --iwae-k 5000 --json
     tinygen sample runs/vae/checkpoint.npz --n 64 --out samples.png
 """

@@ -4,6 +4,7 @@
     tinygen train gan --preset pytorch-gan             # PyTorch-GAN's MLP GAN
     tinygen train gan --preset article                 # 100 binarised digits, tiny G and D (a case study)
     tinygen train gan --data ring --loss wgan-gp       # 8 Gaussians on a circle; mode metrics every epoch
+    tinygen train gan --arch dcgan --no-conditional    # the convolutional DCGAN (models/dcgan.py) instead of MLPs
     tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
     tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
 
