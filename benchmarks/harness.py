@@ -23,12 +23,12 @@ import time
 
 from . import dispatch as dispatch_mod
 from .quality import DEFAULTS as QUALITY_DEFAULTS
-from .specs import CASES, flops_per_step
+from .specs import CASES, batch_sizes_of, flops_per_step
 from .worker import FRAMEWORKS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FRAMEWORKS = ["tinygen", "tinygen-numba", "tinygen-compiled", "torch", "torch-compile", "jax", "numpy"]
-DEFAULT_MODELS = ["dispatch", "mlp", "mlp-adam", "vae", "gan"]
+DEFAULT_MODELS = ["dispatch", "mlp", "mlp-adam", "vae", "gan", "dcgan"]
 MODEL_NAMES = DEFAULT_MODELS
 REFERENCE = "torch"  # ratios are tinygen / this
 
@@ -339,7 +339,8 @@ def run_dispatch(pool, frameworks, st):
 
 def run_checks(pool, cases, frameworks, batch, st):
     """Losses of the first steps with fixed noise from every framework (torch.compile excluded: compiling again
-    costs more than the check is worth)."""
+    costs more than the check is worth), against the hand-written NumPy step, or PyTorch eager's for a model
+    without one (dcgan)."""
     out = {}
     for case in cases:
         out[case] = {}
@@ -352,15 +353,17 @@ def run_checks(pool, cases, frameworks, batch, st):
             out[case][fw] = {"status": _status(reply)}
             if "ok" in reply:
                 out[case][fw]["losses"] = reply["ok"]["losses"]
-        ref = out[case].get("numpy", {}).get("losses")
+        ref_fw = next((fw for fw in ("numpy", "torch") if "losses" in out[case].get(fw, {})), None)
+        ref = out[case][ref_fw]["losses"] if ref_fw else None
         for fw, res in out[case].items():
             if ref is not None and "losses" in res:
                 err = max(abs(a - b) / max(abs(b), 1e-6) for sa, sb in zip(res["losses"], ref) for a, b in zip(sa, sb))
-                res["max_rel_diff_vs_numpy"] = err
+                res[f"max_rel_diff_vs_{ref_fw}"] = err
                 res["agrees"] = err < 1e-3
         bad = [fw for fw, r in out[case].items() if r.get("agrees") is False]
-        log(f"check     {case:<9} " + ("all frameworks agree with numpy" if not bad else
-                                       f"DISAGREE with numpy: {', '.join(bad)}"))
+        log(f"check     {case:<9} " + ("no reference (numpy or torch) to compare with" if ref_fw is None else
+                                       f"all frameworks agree with {ref_fw}" if not bad else
+                                       f"DISAGREE with {ref_fw}: {', '.join(bad)}"))
     return out
 
 
@@ -764,8 +767,8 @@ def markdown(results):
         if peak:
             lines += ["## FLOP utilisation (matmul GFLOP/s achieved, % of the measured sgemm peak)", "",
                       "Model FLOPs per step count only GEMMs: 2·m·in·out per Linear forward, the same again for its "
-                      "weight gradient and for its input gradient (not for the first layer, whose input needs none); "
-                      "the GAN counts G forward once, D forward+input-grads for the G step, and D forward+backward on "
+                      "weight gradient and for its input gradient (not for the first layer, whose input needs none); a "
+                      "convolution counts as the GEMM of its im2col form; the GANs count G forward once, D forward+input-grads for the G step, and D forward+backward on "
                       "real and fake batches (see benchmarks/specs.py).", "",
                       "| case | batch | GFLOP/step | " + " | ".join(fws) + " |",
                       "|---" * (len(fws) + 3) + "|"]
@@ -795,12 +798,14 @@ def markdown(results):
     chk = results.get("check")
     if chk:
         lines += ["## Same computation check (loss after each of the first steps, fixed noise; max relative "
-                  "difference to NumPy)", ""]
+                  "difference to NumPy, or to PyTorch eager where NumPy has no such model)", ""]
         for case, per_fw in chk.items():
             parts = []
             for fw, r in per_fw.items():
-                if "max_rel_diff_vs_numpy" in r:
-                    parts.append(f"{fw} {r['max_rel_diff_vs_numpy']:.1e}" + ("" if r["agrees"] else " **DIFFERS**"))
+                diff = next((k for k in r if k.startswith("max_rel_diff_vs_")), None)
+                if diff is not None:
+                    parts.append(f"{fw} {r[diff]:.1e} (vs {diff[len('max_rel_diff_vs_'):]})"
+                                 + ("" if r["agrees"] else " **DIFFERS**"))
                 elif r.get("status") != "ok":
                     parts.append(f"{fw} {r['status'].split(':')[0]}")
             lines.append(f"- {case}: " + ", ".join(parts))
@@ -957,7 +962,7 @@ def main(argv=None):
                            "settings": {k: v for k, v in vars(st).items()}}}
     pool = Pool(args.threads, log_dir, args.openblas_env)
     failures = []
-    n_total = len(timed) * len(args.batch_sizes) * len(args.frameworks)
+    n_total = sum(len(batch_sizes_of(c, args.batch_sizes)) for c in timed) * len(args.frameworks)
     done = [0]
 
     def progress(case, batch, fw, res):
@@ -1000,7 +1005,7 @@ def main(argv=None):
             results["throughput"] = {}
             for case in timed:
                 results["throughput"][case] = {}
-                for b in args.batch_sizes:
+                for b in batch_sizes_of(case, args.batch_sizes):
                     results["throughput"][case][str(b)] = run_throughput(pool, case, b, args.frameworks, st,
                                                                          progress)
         if timed:

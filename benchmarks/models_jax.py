@@ -4,8 +4,8 @@ Parameters and optimizer state are donated to the step, so XLA updates them in p
 written out here (the same update rules as torch.optim) rather than taken from optax, which is one less
 dependency and keeps the arithmetic visibly identical.
 """
-from .specs import (ADAM_EPS, BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY,
-                    MLP_LAYERS, VAE_LATENT, VAE_LAYERS, Skip)
+from .specs import (ADAM_EPS, BN_EPS, BN_MOMENTUM, CASES, DCGAN_BN, DCGAN_BN_EPS, DCGAN_D, DCGAN_G, DIS_LAYERS,
+                    GEN_BN, GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, VAE_LATENT, VAE_LAYERS, Skip)
 
 
 def _jax():
@@ -60,6 +60,62 @@ def _leaky(jnp, x):
     return jnp.where(x > 0, x, LEAKY * x)
 
 
+def _conv(jax, jnp, x, w, transposed, stride, pad):
+    """PyTorch's Conv2d / ConvTranspose2d (weights in PyTorch's layout) on NCHW input, bias excluded. The
+    transposed one is a convolution of the input dilated by the stride, with the kernel flipped and its channel
+    axes swapped, padded by k - 1 - padding."""
+    dims = ("NCHW", "OIHW", "NCHW")
+    if not transposed:
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2, dimension_numbers=dims)
+    k = w.shape[-1]
+    w = jnp.flip(w, (2, 3)).transpose(1, 0, 2, 3)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(k - 1 - pad, k - 1 - pad)] * 2, lhs_dilation=(stride, stride),
+                                        dimension_numbers=dims)
+
+
+def _dcgan_nets(jax, jnp, params):
+    """(G params, D params, BatchNorm running stats, generator(p, stats, z), discriminator(p, stats, x)) of
+    specs.DCGAN_G / DCGAN_D: each network returns (output, the updated running statistics)."""
+    def net_params(specs):
+        p = {}
+        for name, _, _, _, _, _, _, bias, _ in specs:
+            p[name] = {"w": jnp.asarray(params[name]["weight"])}
+            if bias:
+                p[name]["b"] = jnp.asarray(params[name]["bias"])
+            if name in DCGAN_BN:
+                p[name + "_bn"] = {"w": jnp.asarray(params[name + "_bn"]["weight"]),
+                                   "b": jnp.asarray(params[name + "_bn"]["bias"])}
+        return p
+
+    def run(specs, p, stats, h, activation, last):
+        new = dict(stats)
+        for i, (name, transposed, _, _, _, stride, pad, bias, _) in enumerate(specs):
+            h = _conv(jax, jnp, h, p[name]["w"], transposed, stride, pad)
+            if bias:
+                h = h + p[name]["b"][None, :, None, None]
+            if name in DCGAN_BN:  # training-mode BatchNorm2d; running stats take the unbiased variance
+                mean = h.mean((0, 2, 3))
+                var = ((h - mean[None, :, None, None]) ** 2).mean((0, 2, 3))
+                h = ((h - mean[None, :, None, None]) / jnp.sqrt(var + DCGAN_BN_EPS)[None, :, None, None]
+                     * p[name + "_bn"]["w"][None, :, None, None] + p[name + "_bn"]["b"][None, :, None, None])
+                count = h.shape[0] * h.shape[2] * h.shape[3]
+                new[name] = {"mean": (1 - BN_MOMENTUM) * stats[name]["mean"] + BN_MOMENTUM * mean,
+                             "var": (1 - BN_MOMENTUM) * stats[name]["var"]
+                             + BN_MOMENTUM * var * (count / max(count - 1, 1))}
+            h = activation(h) if i < len(specs) - 1 else last(h)
+        return h, jax.lax.stop_gradient(new)
+
+    stats = {n: {"mean": jnp.zeros(c, jnp.float32), "var": jnp.ones(c, jnp.float32)} for n, c in DCGAN_BN.items()}
+
+    def generator(gp, stats, z):
+        return run(DCGAN_G, gp, stats, z.reshape(z.shape[0], LATENT, 1, 1), lambda h: jnp.maximum(h, 0), jnp.tanh)
+
+    def discriminator(dp, stats, x):
+        out, new = run(DCGAN_D, dp, stats, x, lambda h: _leaky(jnp, h), lambda h: h)
+        return out.reshape(x.shape[0], 1), new
+    return net_params(DCGAN_G), net_params(DCGAN_D), stats, generator, discriminator
+
+
 class Runner:
     """step() runs one jitted training step; sync() waits for XLA's asynchronous dispatch to finish."""
 
@@ -110,6 +166,30 @@ class Runner:
                 return update(p, g, s), loss
             state = (p, init(p))
             noise_shape = (batch, VAE_LATENT)
+
+        elif model == "dcgan":
+            gp, dp, stats, generator, discriminator = _dcgan_nets(jax, jnp, params)
+            real = jnp.asarray(data["x"])
+
+            def g_loss(gp, dp, stats, z):
+                imgs, stats = generator(gp, stats, z)
+                out, stats = discriminator(dp, stats, imgs)
+                return jnp.mean(_bce_logits(jnp, out, 1.0)), (imgs, stats)
+
+            def d_loss(dp, stats, imgs):
+                out_r, stats = discriminator(dp, stats, real)
+                out_f, stats = discriminator(dp, stats, imgs)
+                return (jnp.mean(_bce_logits(jnp, out_r, 1.0)) + jnp.mean(_bce_logits(jnp, out_f, 0.0))) / 2, stats
+
+            def core(state, z):
+                gp, dp, stats, gs, ds = state
+                (lg, (imgs, stats)), g = jax.value_and_grad(g_loss, has_aux=True)(gp, dp, stats, z)
+                gp, gs = update(gp, g, gs)
+                (ld, stats), g = jax.value_and_grad(d_loss, has_aux=True)(dp, stats, jax.lax.stop_gradient(imgs))
+                dp, ds = update(dp, g, ds)
+                return (gp, dp, stats, gs, ds), (lg, ld)
+            state = (gp, dp, stats, init(gp), init(dp))
+            noise_shape = (batch, LATENT)
 
         else:
             gp = _linear_params(jnp, params, GEN_LAYERS)

@@ -6,7 +6,7 @@ overhead. Weights are kept transposed, (in, out), so every forward GEMM is x @ W
 import numpy as np
 
 from .specs import (ADAM_EPS, BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY,
-                    MLP_LAYERS, VAE_LAYERS)
+                    MLP_LAYERS, VAE_LAYERS, Skip)
 
 f32 = np.float32
 
@@ -279,6 +279,8 @@ class Runner:
     """step() runs one training step; with ``noise`` (specs.make_noise) the step's random draws are that array."""
 
     def __init__(self, case, batch, params, data, seed=0, noise=None):
+        if CASES[case]["model"] not in MODELS:
+            raise Skip(f"n/a: no hand-written NumPy step for {case}")
         self.model = MODELS[CASES[case]["model"]](case, params, data, seed)
         self.model.noise = noise
         self.step = self.model.step

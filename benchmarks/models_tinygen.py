@@ -6,7 +6,8 @@ starts; ``numba_status()`` says whether this tinygen has Numba kernels at all.
 import importlib.util
 import os
 
-from .specs import BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip
+from .specs import (BN_EPS, BN_MOMENTUM, CASES, DCGAN_BN, DCGAN_BN_EPS, DCGAN_D, DCGAN_G, DIS_LAYERS, GEN_BN,
+                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip)
 
 
 def _modules():
@@ -47,6 +48,26 @@ def _linear(nn, params, name, fan_in, fan_out):
     _assign(layer.weight, params[name]["weight"], f"{name}.weight")
     _assign(layer.bias, params[name]["bias"], f"{name}.bias")
     return layer
+
+
+def _dcgan(nn, params):
+    """(generator, discriminator) of specs.DCGAN_G / DCGAN_D with the given initial weights."""
+    def stack(specs, activation, last):
+        mods = []
+        for i, (name, transposed, c_in, c_out, k, stride, pad, bias, _) in enumerate(specs):
+            conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(c_in, c_out, k, stride, pad, bias=bias)
+            _assign(conv.weight, params[name]["weight"], f"{name}.weight")
+            if bias:
+                _assign(conv.bias, params[name]["bias"], f"{name}.bias")
+            mods.append(conv)
+            if name in DCGAN_BN:
+                bn = nn.BatchNorm2d(c_out, eps=DCGAN_BN_EPS, momentum=BN_MOMENTUM)
+                _assign(bn.weight, params[name + "_bn"]["weight"], f"{name}_bn.weight")
+                _assign(bn.bias, params[name + "_bn"]["bias"], f"{name}_bn.bias")
+                mods.append(bn)
+            mods.append(activation() if i < len(specs) - 1 else last())
+        return nn.Sequential(*[m for m in mods if m is not None])
+    return stack(DCGAN_G, nn.ReLU, nn.Tanh), stack(DCGAN_D, lambda: nn.LeakyReLU(LEAKY), lambda: None)
 
 
 def _optimizer(optim, case, parameters):
@@ -106,6 +127,12 @@ class Runner:
                 opt.step()
                 return loss
 
+        elif model == "dcgan":
+            gen, dis = _dcgan(nn, params)
+            self._gan_step(tg, optim, F, case, batch, gen, dis, data, fixed,
+                           lambda z: gen(z.reshape(batch, LATENT, 1, 1)), lambda x: dis(x).reshape(batch, 1))
+            step = self._step
+
         else:
             mods = []
             for name, fi, fo in GEN_LAYERS[:-1]:
@@ -124,25 +151,32 @@ class Runner:
                 if i < len(DIS_LAYERS) - 1:
                     mods.append(nn.LeakyReLU(LEAKY))
             dis = nn.Sequential(*mods)
-            opt_g, opt_d = _optimizer(optim, case, gen.parameters()), _optimizer(optim, case, dis.parameters())
-            real = tg.tensor(data["x"])
-            valid, fake_t = tg.ones(batch, 1), tg.zeros(batch, 1)
-            bce = F.binary_cross_entropy_with_logits
-
-            def step():
-                z = fixed if fixed is not None else tg.randn(batch, LATENT)
-                opt_g.zero_grad()
-                imgs = gen(z)
-                lg = bce(dis(imgs), valid)
-                lg.backward()
-                opt_g.step()
-                opt_d.zero_grad()
-                ld = (bce(dis(real), valid) + bce(dis(imgs.detach()), fake_t)) / 2
-                ld.backward()
-                opt_d.step()
-                return lg, ld
+            self._gan_step(tg, optim, F, case, batch, gen, dis, data, fixed, gen, dis)
+            step = self._step
 
         self.step = tg.compile(step) if compile else step  # compiled: recorded on the first call, then replayed
+
+    def _gan_step(self, tg, optim, F, case, batch, gen, dis, data, fixed, generate, discriminate):
+        """One generator then one discriminator step (the gan and dcgan cases): generate(z) -> images,
+        discriminate(images) -> (batch, 1) logits."""
+        opt_g, opt_d = _optimizer(optim, case, gen.parameters()), _optimizer(optim, case, dis.parameters())
+        real = tg.tensor(data["x"])
+        valid, fake_t = tg.ones(batch, 1), tg.zeros(batch, 1)
+        bce = F.binary_cross_entropy_with_logits
+
+        def step():
+            z = fixed if fixed is not None else tg.randn(batch, LATENT)
+            opt_g.zero_grad()
+            imgs = generate(z)
+            lg = bce(discriminate(imgs), valid)
+            lg.backward()
+            opt_g.step()
+            opt_d.zero_grad()
+            ld = (bce(discriminate(real), valid) + bce(discriminate(imgs.detach()), fake_t)) / 2
+            ld.backward()
+            opt_d.step()
+            return lg, ld
+        self._step = step
 
     def sync(self):
         pass

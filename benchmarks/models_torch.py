@@ -3,7 +3,8 @@
 torch.compile compiles the forward pass and the loss (AOTAutograd compiles the matching backward); the
 optimizer step stays eager, as in most training scripts that adopt torch.compile.
 """
-from .specs import BN_EPS, BN_MOMENTUM, CASES, DIS_LAYERS, GEN_BN, GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip
+from .specs import (BN_EPS, BN_MOMENTUM, CASES, DCGAN_BN, DCGAN_BN_EPS, DCGAN_D, DCGAN_G, DIS_LAYERS, GEN_BN,
+                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip)
 
 
 def _torch():
@@ -87,6 +88,30 @@ def _discriminator(torch, params):
     return nn.Sequential(*mods)
 
 
+def _dcgan(torch, params):
+    """(generator, discriminator) of specs.DCGAN_G / DCGAN_D with the given initial weights."""
+    nn = torch.nn
+
+    def stack(specs, activation, last):
+        mods = []
+        for i, (name, transposed, c_in, c_out, k, stride, pad, bias, _) in enumerate(specs):
+            conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(c_in, c_out, k, stride, pad, bias=bias)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(params[name]["weight"]))
+                if bias:
+                    conv.bias.copy_(torch.from_numpy(params[name]["bias"]))
+            mods.append(conv)
+            if name in DCGAN_BN:
+                bn = nn.BatchNorm2d(c_out, eps=DCGAN_BN_EPS, momentum=BN_MOMENTUM)
+                with torch.no_grad():
+                    bn.weight.copy_(torch.from_numpy(params[name + "_bn"]["weight"]))
+                    bn.bias.copy_(torch.from_numpy(params[name + "_bn"]["bias"]))
+                mods.append(bn)
+            mods.append(activation() if i < len(specs) - 1 else last())
+        return nn.Sequential(*[m for m in mods if m is not None])
+    return stack(DCGAN_G, nn.ReLU, nn.Tanh), stack(DCGAN_D, lambda: nn.LeakyReLU(LEAKY), lambda: None)
+
+
 class Runner:
     def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False):
         torch = _torch()
@@ -131,7 +156,12 @@ class Runner:
                 return loss
 
         else:
-            gen, dis = _generator(torch, params), _discriminator(torch, params)
+            if model == "dcgan":
+                conv_gen, conv_dis = _dcgan(torch, params)
+                gen = torch.nn.Sequential(torch.nn.Unflatten(1, (LATENT, 1, 1)), conv_gen)
+                dis = torch.nn.Sequential(conv_dis, torch.nn.Flatten(1))
+            else:
+                gen, dis = _generator(torch, params), _discriminator(torch, params)
             opt_g = _optimizer(torch, case, gen.parameters())
             opt_d = _optimizer(torch, case, dis.parameters())
             real = torch.from_numpy(data["x"])

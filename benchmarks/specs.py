@@ -26,6 +26,16 @@ BN_EPS = 0.8
 BN_MOMENTUM = 0.1
 LEAKY = 0.2
 VAE_LATENT = 20
+# DCGAN scaled to 28x28 (tinygen.models.dcgan's layout, unconditional, ngf = ndf = 64), as
+# (name, transposed, in_channels, out_channels, kernel, stride, padding, bias, input side). G: ConvTranspose2d +
+# BatchNorm2d + ReLU twice, then ConvTranspose2d + tanh; D: Conv2d + LeakyReLU, Conv2d + BatchNorm2d + LeakyReLU,
+# Conv2d to one logit. Weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), biases 0 (the DCGAN paper's init).
+DCGAN_G = [("g1", True, LATENT, 128, 7, 1, 0, False, 1), ("g2", True, 128, 64, 4, 2, 1, False, 7),
+           ("g3", True, 64, 1, 4, 2, 1, True, 14)]
+DCGAN_D = [("d1", False, 1, 64, 4, 2, 1, True, 28), ("d2", False, 64, 128, 4, 2, 1, False, 14),
+           ("d3", False, 128, 1, 7, 1, 0, True, 7)]
+DCGAN_BN = {"g1": 128, "g2": 64, "d2": 128}
+DCGAN_BN_EPS = 1e-5
 
 # A case is one training step to time: model + optimizer.
 CASES = {
@@ -38,12 +48,39 @@ CASES = {
     "gan": dict(model="gan", optimizer="adam", lr=2e-4, betas=(0.5, 0.999),
                 title="GAN G 100-128-256-512-1024-784 (BN eps 0.8), D 784-512-256-1, one G + one D step, "
                       "Adam 2e-4 (0.5, 0.999)"),
+    "dcgan": dict(model="dcgan", optimizer="adam", lr=2e-4, betas=(0.5, 0.999), batch_sizes=(16, 64, 256),
+                  title="DCGAN 28x28 (G ConvTranspose2d 100-128-64-1 + BN, D Conv2d 1-64-128-1 + BN), one G + one "
+                        "D step, Adam 2e-4 (0.5, 0.999)"),
 }
 ADAM_EPS = 1e-8
 
 
 def layers_of(model):
     return {"mlp": MLP_LAYERS, "vae": VAE_LAYERS, "gan": GEN_LAYERS + DIS_LAYERS}[model]
+
+
+def batch_sizes_of(case, batch_sizes):
+    """The requested batch sizes this case is measured at (a case may list the ones it supports)."""
+    allowed = CASES[case].get("batch_sizes")
+    return [b for b in batch_sizes if allowed is None or b in allowed]
+
+
+def conv_weight_shape(transposed, c_in, c_out, k):
+    """PyTorch's layout: Conv2d (out, in, k, k), ConvTranspose2d (in, out, k, k)."""
+    return (c_in, c_out, k, k) if transposed else (c_out, c_in, k, k)
+
+
+def _dcgan_params(rng):
+    params = {}
+    for name, transposed, c_in, c_out, k, _, _, bias, _ in DCGAN_G + DCGAN_D:
+        params[name] = {"weight": rng.normal(0.0, 0.02, conv_weight_shape(transposed, c_in, c_out, k))
+                        .astype(np.float32)}
+        if bias:
+            params[name]["bias"] = np.zeros(c_out, np.float32)
+    for name, n in DCGAN_BN.items():
+        params[name + "_bn"] = {"weight": rng.normal(1.0, 0.02, n).astype(np.float32),
+                                "bias": np.zeros(n, np.float32)}
+    return params
 
 
 # ---- initial weights and data ----------------------------------------------------------------------------------------
@@ -53,6 +90,8 @@ def init_params(model, seed=0):
     BatchNorm: weight 1, bias 0. Returns {name: {"weight": array, "bias": array}} in float32.
     """
     rng = np.random.default_rng(seed)
+    if model == "dcgan":
+        return _dcgan_params(rng)
     params = {}
     for name, fan_in, fan_out in layers_of(model):
         bound = 1.0 / np.sqrt(fan_in)
@@ -74,6 +113,8 @@ def make_data(model, batch, seed=1):
         return {"x": x, "y": rng.integers(0, 10, batch).astype(np.int64)}
     if model == "vae":
         return {"x": x}
+    if model == "dcgan":
+        return {"x": (x * 2 - 1).reshape(batch, 1, 28, 28)}
     return {"x": x * 2 - 1}
 
 
@@ -91,6 +132,23 @@ def _train(m, layers, input_grad_first):
     return total if input_grad_first else total - fwd[0]
 
 
+def _conv_flops(m, layers):
+    """Forward FLOPs of each convolution on a batch of m: 2 * m * (input or output pixels) * c_in * c_out * k^2
+    (a transposed convolution spreads each input pixel, a convolution gathers each output pixel)."""
+    out = []
+    for _, transposed, c_in, c_out, k, stride, pad, _, side in layers:
+        pixels = side * side if transposed else ((side + 2 * pad - k) // stride + 1) ** 2
+        out.append(2 * m * pixels * c_in * c_out * k * k)
+    return out
+
+
+def _gan_step_flops(g_fwd_layers, d_fwd_layers):
+    g_fwd, d_fwd = sum(g_fwd_layers), sum(d_fwd_layers)
+    g_step = g_fwd + 2 * d_fwd + (2 * g_fwd - g_fwd_layers[0])
+    d_step = 2 * (3 * d_fwd - d_fwd_layers[0])
+    return g_step + d_step
+
+
 def flops_per_step(model, batch):
     """Matmul FLOPs of one training step (elementwise work and optimizer updates are not counted).
 
@@ -99,6 +157,7 @@ def flops_per_step(model, batch):
     back to the fakes, then G's backward (weights + inputs but the first) + D step: D forward and backward (weights,
     inputs but the first) on the real and on the fake batch (2 x batch). D's weight gradients during the G step
     are not counted: the G step does not need them (eager frameworks compute them anyway).
+    dcgan: as gan, with the convolutions' FLOPs.
     """
     m = batch
     if model == "mlp":
@@ -106,11 +165,9 @@ def flops_per_step(model, batch):
     if model == "vae":
         # fc21 and fc22 both read fc1's output; fc3 reads z (needs an input gradient), so only fc1 skips one.
         return _train(m, VAE_LAYERS, False)
-    g_fwd = sum(_gemm(m, GEN_LAYERS))
-    d_fwd = _gemm(m, DIS_LAYERS)
-    g_step = g_fwd + 2 * sum(d_fwd) + (2 * g_fwd - _gemm(m, GEN_LAYERS)[0])
-    d_step = 2 * _train(m, DIS_LAYERS, False)
-    return g_step + d_step
+    if model == "dcgan":
+        return _gan_step_flops(_conv_flops(m, DCGAN_G), _conv_flops(m, DCGAN_D))
+    return _gan_step_flops(_gemm(m, GEN_LAYERS), _gemm(m, DIS_LAYERS))
 
 
 def make_noise(model, batch, seed=2):
@@ -118,6 +175,6 @@ def make_noise(model, batch, seed=2):
     rng = np.random.default_rng(seed)
     if model == "vae":
         return rng.standard_normal((batch, VAE_LATENT), dtype=np.float32)
-    if model == "gan":
+    if model in ("gan", "dcgan"):
         return rng.standard_normal((batch, LATENT), dtype=np.float32)
     return None

@@ -291,11 +291,13 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
     return ckpt
 
 
-def load_checkpoint(path, config=None, model_name=None):
+def load_checkpoint(path, config=None, model_name=None, added=None):
     """Load a checkpoint written by ``save_checkpoint``, checking it is one (and for ``model_name`` if given).
 
     With ``config``, raise ValueError naming every setting that differs from the saved run (a resumed run must
-    use the same model and data settings; the number of epochs, output folder and device may change).
+    use the same model and data settings; the number of epochs, output folder and device may change). ``added``:
+    settings introduced after runs were saved, with the value that reproduces those runs (filled in where the
+    saved config lacks them).
     """
     path = Path(path)
     if not path.exists():
@@ -307,7 +309,7 @@ def load_checkpoint(path, config=None, model_name=None):
     if model_name is not None and ckpt.get("model") != model_name:
         raise ValueError(f"'{path}' is a checkpoint of model {ckpt.get('model')!r}, not {model_name!r}")
     if config is not None:
-        diffs = config_mismatch(ckpt["config"], config)
+        diffs = config_mismatch({**(added or {}), **ckpt["config"]}, config)
         if diffs:
             desc = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs)
             raise ValueError(f"can't resume from '{path}': the settings differ from the saved run ({desc})")
@@ -369,11 +371,11 @@ class RunFolder:
                 if log.path.exists():
                     log.path.unlink()
 
-    def restore(self, parts, model_name, config=None, check=None):
-        """Load the checkpoint (its settings compared with ``config``, or by ``check(ckpt)``), put its states into
-        ``parts`` (``restore_checkpoint``'s dicts) and drop the log lines written after it. Returns
-        ``(ckpt, epochs completed)``."""
-        ckpt = load_checkpoint(self.checkpoint, config, model_name)
+    def restore(self, parts, model_name, config=None, check=None, added=None):
+        """Load the checkpoint (its settings compared with ``config``, ``added`` filling in newer settings as in
+        ``load_checkpoint``, or by ``check(ckpt)``), put its states into ``parts`` (``restore_checkpoint``'s dicts)
+        and drop the log lines written after it. Returns ``(ckpt, epochs completed)``."""
+        ckpt = load_checkpoint(self.checkpoint, config, model_name, added)
         if check is not None:
             check(ckpt)
         start = restore_checkpoint(ckpt, **parts)

@@ -2,7 +2,10 @@
 
 Model (default 784-400-20): encoder x -> fc 400 ReLU -> (mu, logvar) of q(z|x) = N(mu, diag exp(logvar)) with
 z in R^20; decoder z -> fc 400 ReLU -> fc 784 -> the parameters of p(x|z). ``hidden`` lists the encoder widths
-(the decoder mirrors them); ``latent`` is the size of z.
+(the decoder mirrors them); ``latent`` is the size of z. ``arch="conv"`` puts convolutions around that MLP: the
+encoder starts with Conv2d(1->32, k4 s2 p1) ReLU Conv2d(32->64, k4 s2 p1) ReLU (28x28 -> 7x7), flattened into the
+hidden layers; the decoder's last Linear gives 64x7x7 features, then ReLU ConvTranspose2d(64->32, k4 s2 p1) ReLU
+ConvTranspose2d(32->1, k4 s2 p1): the 784 outputs.
 
 Decoders:
   bernoulli (default)  p(x|z) = prod Bernoulli(sigmoid(logits)); -log p(x|z) is the binary cross-entropy with
@@ -24,6 +27,7 @@ ELBO with beta = 1, whatever beta training used). ``iwae_bound`` gives the impor
 log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), which tightens as k grows.
 
     tinygen train vae --epochs 10 --out runs/vae          # checkpoint.npz, metrics.jsonl, PNGs in runs/vae
+    tinygen train vae --arch conv --out runs/vae-conv     # the convolutional encoder and decoder
     tinygen eval runs/vae/checkpoint.npz --iwae-k 5000 --json
     tinygen sample runs/vae/checkpoint.npz --n 64 --out samples.png
 """
@@ -46,10 +50,14 @@ LOG_2PI = math.log(2 * math.pi)
 TEST_BINARIZE_SEED = 0  # the binarised test set is drawn once with this seed, so all runs score the same images
 DECODERS = ("bernoulli", "gaussian")
 LABEL_EMBEDDINGS = ("onehot", "embedding")
+ARCHS = ("mlp", "conv")
+CONV_CHANNELS = (32, 64)  # the conv arch's channels at 14x14 and 7x7
 
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "latent": 20, "hidden": [400], "seed": 1,
             "binarize": False, "beta": 1.0, "beta_warmup": 0.0, "decoder": "bernoulli", "decoder_var": "learned",
-            "conditional": False, "label_embedding": "onehot", "label_dim": 10}
+            "conditional": False, "label_embedding": "onehot", "label_dim": 10, "arch": "mlp"}
+# Settings added after runs were saved, with the value that reproduces those runs.
+ADDED_SETTINGS = {"arch": "mlp"}
 
 
 # ---- the model -------------------------------------------------------------------------------------------------------
@@ -61,7 +69,9 @@ def _mlp(widths):
     return nn.Sequential(*layers)
 
 
-def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim):
+def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch="mlp"):
+    if arch not in ARCHS:
+        raise ValueError(f"unknown VAE arch {arch!r}; expected one of {', '.join(ARCHS)}")
     tu.check_int("latent size", latent)
     hidden = tu.check_widths("hidden", hidden)
     if decoder not in DECODERS:
@@ -83,9 +93,12 @@ class VAE(nn.Module):
     """MLP VAE for 784-pixel images; see the module docstring for the decoders and the conditional variant."""
 
     def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
-                 label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784):
+                 label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp"):
         super().__init__()
-        hidden = _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim)
+        hidden = _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch)
+        if arch == "conv" and data_dim != 784:
+            raise ValueError(f"VAE: arch 'conv' works on 28x28 images (data_dim 784), got data_dim {data_dim}")
+        self.arch = arch
         self.latent, self.hidden, self.decoder_kind = int(latent), hidden, decoder
         self.conditional, self.num_classes, self.data_dim = bool(conditional), num_classes, data_dim
         self.label_kind = label_embedding
@@ -97,11 +110,19 @@ class VAE(nn.Module):
             else:
                 c = num_classes
         self.cond_dim = c
-        self.encoder = _mlp([data_dim + c] + hidden)
+        features, out_dim = data_dim, data_dim
+        if arch == "conv":
+            c1, c2 = CONV_CHANNELS
+            self.encoder_conv = nn.Sequential(nn.Conv2d(1, c1, 4, 2, 1), nn.ReLU(), nn.Conv2d(c1, c2, 4, 2, 1),
+                                              nn.ReLU())
+            self.decoder_conv = nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
+                                              nn.ConvTranspose2d(c1, 1, 4, 2, 1))
+            features = out_dim = c2 * 7 * 7
+        self.encoder = _mlp([features + c] + hidden)
         self.fc_mu = nn.Linear(hidden[-1], latent)
         self.fc_logvar = nn.Linear(hidden[-1], latent)
         self.decoder = _mlp([latent + c] + hidden[::-1])
-        self.fc_out = nn.Linear(hidden[0], data_dim)
+        self.fc_out = nn.Linear(hidden[0], out_dim)
         self.fixed_logvar = None
         if decoder == "gaussian":
             if decoder_var == "learned":
@@ -127,13 +148,18 @@ class VAE(nn.Module):
         """(mu, logvar) of q(z|x[, y]) for x of shape (N, 784) (or (N, 28, 28))."""
         x = x.reshape(x.shape[0], self.data_dim)
         c = self._label(y, x)
+        if self.arch == "conv":
+            x = self.encoder_conv(x.reshape(x.shape[0], 1, 28, 28)).reshape(x.shape[0], -1)
         h = self.encoder(cat([x, c], 1) if c is not None else x)
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode(self, z, y=None):
         """The decoder's output (N, 784): Bernoulli logits, or the Gaussian mean before its sigmoid."""
         c = self._label(y, z)
-        return self.fc_out(self.decoder(cat([z, c], 1) if c is not None else z))
+        out = self.fc_out(self.decoder(cat([z, c], 1) if c is not None else z))
+        if self.arch == "conv":
+            out = self.decoder_conv(out.reshape(z.shape[0], CONV_CHANNELS[1], 7, 7)).reshape(z.shape[0], -1)
+        return out
 
     def mean(self, z, y=None):
         """E[x|z] in [0, 1]: sigmoid of the decoder output (for pictures)."""
@@ -172,7 +198,7 @@ class VAE(nn.Module):
         return sq * (0.5 * math.exp(-logvar)) + 0.5 * count * (logvar + LOG_2PI)
 
     def extra_repr(self):
-        return (f"latent={self.latent}, hidden={self.hidden}, decoder={self.decoder_kind}, "
+        return (f"arch={self.arch}, latent={self.latent}, hidden={self.hidden}, decoder={self.decoder_kind}, "
                 f"conditional={self.conditional}")
 
 
@@ -332,7 +358,7 @@ def make_config(**overrides):
     for key in ("beta", "beta_warmup"):
         cfg[key] = tu.check_number(key, cfg[key])
     cfg["hidden"] = _check_model_args(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"],
-                                      cfg["label_embedding"], cfg["label_dim"])
+                                      cfg["label_embedding"], cfg["label_dim"], cfg["arch"])
     if cfg["decoder_var"] != "learned":
         cfg["decoder_var"] = float(cfg["decoder_var"])
     cfg["latent"], cfg["label_dim"] = int(cfg["latent"]), int(cfg["label_dim"])
@@ -342,14 +368,19 @@ def make_config(**overrides):
 
 def build_model(cfg):
     return VAE(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"], cfg["conditional"],
-               cfg["label_embedding"], cfg["label_dim"])
+               cfg["label_embedding"], cfg["label_dim"], arch=cfg["arch"])
+
+
+def saved_config(ckpt):
+    """A checkpoint's run settings, with ADDED_SETTINGS filled in where the run predates them."""
+    return {**ADDED_SETTINGS, **ckpt["config"]}
 
 
 def model_from_checkpoint(ckpt, device="cpu"):
     """The trained VAE of a checkpoint (the dict ``tinygen.load`` returns), in eval mode."""
     if not isinstance(ckpt, dict) or ckpt.get("model") != NAME:
         raise ValueError(f"not a VAE checkpoint (model {ckpt.get('model') if isinstance(ckpt, dict) else None!r})")
-    model = build_model(make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS}))
+    model = build_model(make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS}))
     model.load_state_dict(ckpt["modules"]["model"])
     return model.to(device).eval()
 
@@ -374,7 +405,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
                         transform=binarize if cfg["binarize"] else None, device=device)
     parts = {"modules": {"model": model}, "optimizers": {"adam": opt}, "loaders": {"train": loader}}
     folder = tu.RunFolder(out, resume)
-    start = folder.restore(parts, NAME, cfg)[1] if resume else 0
+    start = folder.restore(parts, NAME, cfg, added=ADDED_SETTINGS)[1] if resume else 0
     history = []
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
@@ -515,6 +546,9 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--arch", default=DEFAULTS["arch"], choices=ARCHS,
+                   help="mlp: the MLP of PyTorch's example; conv: Conv2d layers before and ConvTranspose2d layers "
+                        "after the MLP")
     p.add_argument("--latent", type=int, default=DEFAULTS["latent"], help="size of z")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"],
                    help="encoder hidden widths (the decoder mirrors them)")
@@ -583,7 +617,7 @@ def evaluate_checkpoint(ckpt, args):
     if m < 0:
         raise ValueError(f"--iwae-images must be >= 0 (0 skips the IWAE bound), got {m}")
     model = model_from_checkpoint(ckpt, args.device)
-    cfg = make_config(**{k: v for k, v in ckpt["config"].items() if k in DEFAULTS})
+    cfg = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS})
     data = getattr(args, "data", None)
     test = tu.mnist_split("test", data)
     x = _flat_unit(test.images)
@@ -592,7 +626,8 @@ def evaluate_checkpoint(ckpt, args):
     y = np.asarray(test.labels, dtype=np.int64)
     _random.manual_seed(args.seed)
     elbo = evaluate_elbo(model, x, y, device=args.device)
-    out = {"epochs_trained": int(ckpt.get("epoch", 0)), "binarized": cfg["binarize"], "decoder": cfg["decoder"],
+    out = {"epochs_trained": int(ckpt.get("epoch", 0)), "arch": cfg["arch"], "binarized": cfg["binarize"],
+           "decoder": cfg["decoder"],
            "test_loss": elbo["loss"], "test_recon": elbo["recon"], "test_kl": elbo["kl"]}
     if m > 0:
         if m > len(x):

@@ -4,6 +4,7 @@
     tinygen train gan --preset pytorch-gan             # PyTorch-GAN's MLP GAN
     tinygen train gan --preset article                 # 100 binarised digits, tiny G and D (a case study)
     tinygen train gan --data ring --loss wgan-gp       # 8 Gaussians on a circle; mode metrics every epoch
+    tinygen train gan --arch dcgan --no-conditional    # the convolutional DCGAN (models/dcgan.py) instead of MLPs
     tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
     tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
 
@@ -20,7 +21,8 @@ from ... import random as _random
 from .. import train_utils as tu
 from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
                      interpolate, output_means, register_loss, clip_weights_)
-from .models import Discriminator, Generator, PYTORCH_GAN, build_discriminator, build_generator  # noqa: F401
+from .models import (ARCHS, Discriminator, FlatDCGANGenerator, Generator, PYTORCH_GAN,  # noqa: F401
+                     build_discriminator, build_generator)
 from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
                       generator_from_checkpoint, make_config, sample, save_samples_picture, train_gan)
 
@@ -103,6 +105,11 @@ def _show_recipe_defaults(p):
 
 def _add_model_arguments(a):
     """The options of the two networks."""
+    a("--arch", choices=ARCHS, default=None,
+      help="mlp: the MLP networks (default); dcgan: DCGAN's convolutional G and D scaled to 28x28 (MNIST only; "
+           "its critic drops BatchNorm with wgan-gp)")
+    a("--ngf", type=int, default=None, help="dcgan: the generator's channel width (default 64)")
+    a("--ndf", type=int, default=None, help="dcgan: the discriminator's channel width (default 64)")
     a("--latent", type=int, default=None, help="size of the noise z (default 64; 2 on ring/grid)")
     a("--data-scale", type=float, default=None,
       help="G multiplies its output and D divides its input by this, so both work in units of about unit "
@@ -128,6 +135,12 @@ def _add_model_arguments(a):
            "MNIST; 0 = off)")
 
 
+# options that shape only one architecture's networks (refused with the other)
+MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope",
+            "data_scale")
+DCGAN_ONLY = ("ngf", "ndf")
+
+
 def settings_from_args(args):
     """The run's settings from the parsed command line (only what was given): the options named as settings,
     --slope and --lr for both networks, and --data as a dataset name or a folder."""
@@ -141,6 +154,12 @@ def settings_from_args(args):
     if lr is not None:
         s.setdefault("lr_g", lr)
         s.setdefault("lr_d", lr)
+    arch = s.get("arch", BASE["arch"])
+    unused = [key for key in (MLP_ONLY if arch == "dcgan" else DCGAN_ONLY)
+              if getattr(args, key, None) is not None]
+    if unused:
+        raise ValueError(f"--{unused[0].replace('_', '-')} sets the {'MLP' if arch == 'dcgan' else 'DCGAN'} "
+                         f"networks; it does nothing with --arch {arch}")
     data = getattr(args, "data", None)
     if data is not None:
         if data in DATASETS:
@@ -215,6 +234,7 @@ def evaluate_checkpoint(ckpt, args):
     if clf is not None:
         metrics.update({"classifier": clf.source, "classifier_test_accuracy": clf.test_accuracy})
     extra = ckpt.get("extra", {})
-    metrics.update({"dataset": cfg["dataset"], "loss": cfg["loss"], "epochs_trained": int(ckpt.get("epoch", 0)),
-                    "steps_trained": int(extra.get("step", 0)), "ema": "ema" in ckpt.get("modules", {})})
+    metrics.update({"dataset": cfg["dataset"], "loss": cfg["loss"], "arch": cfg["arch"],
+                    "epochs_trained": int(ckpt.get("epoch", 0)), "steps_trained": int(extra.get("step", 0)),
+                    "ema": "ema" in ckpt.get("modules", {})})
     return metrics

@@ -29,7 +29,7 @@ from ...data import DataLoader, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import train_utils as tu
 from . import losses as L
-from .models import PYTORCH_GAN, build_discriminator, build_generator
+from .models import ARCHS, PYTORCH_GAN, build_discriminator, build_generator
 
 NAME = "gan"
 DATASETS = ("mnist", "ring", "grid")
@@ -40,7 +40,8 @@ LR_DECAYS = ("none", "linear")
 
 # What every run starts from; DATASET_DEFAULTS, then a preset, then the loss's defaults (``losses.LOSSES``), then
 # the caller's settings override it (``make_config``).
-BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "conditional": False,
+BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "arch": "mlp", "ngf": 64,
+        "ndf": 64, "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
         "d_batchnorm": False, "bn_eps": 1e-5, "g_dropout": 0.0, "d_dropout": 0.0, "g_slope": 0.2, "d_slope": 0.2,
         "output": "tanh", "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
@@ -87,7 +88,7 @@ RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
 LENGTH = ("epochs", "steps")
 
 # Settings added after runs were saved, with the value that reproduces those runs.
-ADDED_SETTINGS = {"data_scale": 1.0}
+ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64}
 
 
 def saved_config(ckpt):
@@ -137,8 +138,16 @@ def _validate(cfg):
         raise ValueError("give the length of the run: epochs or steps")
     for key in ("epochs", "steps", "n_train"):
         cfg[key] = tu.check_int(key, cfg[key], optional=True)
+    if cfg["arch"] not in ARCHS:
+        raise ValueError(f"unknown arch {cfg['arch']!r}; expected one of {', '.join(ARCHS)}")
+    if cfg["arch"] == "dcgan":
+        if cfg["dataset"] != "mnist":
+            raise ValueError(f"arch 'dcgan' is a convolutional network for 28x28 MNIST images; the {cfg['dataset']} "
+                             f"data are 2-D points: use arch 'mlp'")
+        if cfg["preset"] is not None:
+            raise ValueError(f"preset {cfg['preset']!r} is an MLP recipe; it cannot be combined with arch 'dcgan'")
     for key in ("batch_size", "n_critic", "latent", "data_dim", "num_classes", "toy_samples", "eval_samples",
-                "log_every"):
+                "log_every", "ngf", "ndf"):
         cfg[key] = tu.check_int(key, cfg[key])
     cfg["seed"] = tu.check_int("seed", cfg["seed"], low=0)
     for key in ("lr_g", "lr_d", "clip", "bn_eps", "data_scale"):
@@ -249,7 +258,7 @@ class EMA:
 def recalibrate_batchnorm(G, batches=10, batch_size=500):
     """Set the running statistics of G's BatchNorm layers to their averages over ``batches`` batches of noise
     (train-mode forward passes without a graph). Returns G; a no-op when G has no BatchNorm."""
-    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm1d)]
+    bns = [m for m in G.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     if not bns:
         return G
     device = next(G.parameters()).device
