@@ -7,6 +7,7 @@ timeout. The cases run with TINYGEN_NUMBA=0: both sides of every comparison use 
 processes compiling every Numba kernel would take most of the time budget on a 2-core machine.
 """
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ def _mpiexec():
     return ([exe, "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else [exe]), None
 
 
-def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
+def launch(case, n=2, timeout=LAUNCH_TIMEOUT, args=()):
     cmd, reason = _mpiexec()
     if cmd is None:
         if os.environ.get("TINYGEN_REQUIRE_MPI") == "1":
@@ -47,7 +48,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     start = time.monotonic()
-    proc = subprocess.Popen(cmd + ["-n", str(n), sys.executable, CASES, case], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd + ["-n", str(n), sys.executable, CASES, case, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -73,6 +74,68 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
     assert "[rank 1/2]" in err and "RuntimeError: deliberate failure on rank 1 at step 2" in err, err
     assert "rank 0 finished" not in err  # rank 0 was stopped while waiting for rank 1, not left to run on
     assert seconds < 30, f"the job took {seconds:.0f} s to end after a rank failed"
+
+
+# ---- the trainers: mpiexec -n 2 tinygen train ... against one process --------------------------------------------
+# per model: the dtype of its case (tests/distributed_cases.py case_train) and the tolerance of its parameters. float32:
+# the ranks add their halves of each gradient in another order than one process does; after 10 Adam steps the
+# parameters agree to a few float32 ulps.
+TRAINER_TOLERANCE = {"classifier": (1e-12, 1e-12), "vae": (1e-5, 1e-6)}
+
+
+def train_run(model, out, n, epochs, mode="fresh"):
+    rc, stdout, err, _ = launch("train", n=n, args=(model, out, epochs, mode))
+    assert rc == 0, f"train {model} on {n} rank(s) failed (exit {rc})\n{stdout}\n{err}"
+    return stdout
+
+
+def compare_runs(model, got, want):
+    """The same files, checkpoint parameters, optimizer state and logged metrics in two run folders."""
+    rtol, atol = TRAINER_TOLERANCE[model]
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+    a, b = tg.load(got / "checkpoint.npz"), tg.load(want / "checkpoint.npz")
+    assert a["epoch"] == b["epoch"] and a["config"] == b["config"]
+    assert list(a["modules"]["model"]) == list(b["modules"]["model"])  # the unwrapped model's keys
+    for name, value in b["modules"]["model"].items():
+        np.testing.assert_allclose(a["modules"]["model"][name].numpy(), value.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=name)
+    assert a["loaders"] == b["loaders"]
+    lines = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (got, want)]
+    assert [r["epoch"] for r in lines[0]] == [r["epoch"] for r in lines[1]]  # one writer: no line twice
+    for r, s in zip(*lines):
+        for key in r:
+            if key != "seconds":
+                np.testing.assert_allclose(r[key], s[key], rtol=max(rtol, 1e-7), err_msg=key)
+
+
+@pytest.mark.parametrize("model", ["classifier", "vae"])
+def test_trainer_on_two_ranks_equals_one_process(model, tmp_path):
+    alone, parallel = tmp_path / "alone", tmp_path / "parallel"
+    train_run(model, alone, 1, 2)
+    stdout = train_run(model, parallel, 2, 2)
+    compare_runs(model, parallel, alone)
+    # only rank 0 prints the epoch lines (and the progress bar on stderr)
+    assert sum(line.startswith("epoch ") for line in stdout.splitlines()) == 2, stdout
+    if model == "classifier":
+        final = tg.load(parallel / "final.npz")["modules"]["model"]
+        ckpt = tg.load(parallel / "checkpoint.npz")["modules"]["model"]
+        assert all(np.array_equal(final[k].numpy(), ckpt[k].numpy()) for k in ckpt)
+
+
+@pytest.mark.parametrize("model", ["classifier", "vae"])
+def test_trainer_resumes_on_two_ranks(model, tmp_path):
+    alone, parallel = tmp_path / "alone", tmp_path / "parallel"
+    train_run(model, alone, 1, 2)
+    train_run(model, parallel, 2, 2, mode="first")
+    assert [json.loads(line)["epoch"] for line in (parallel / "metrics.jsonl").read_text().splitlines()] == [1]
+    train_run(model, parallel, 2, 2, mode="resume")
+    compare_runs(model, parallel, alone)
+
+
+def test_trainer_refuses_a_global_batch_the_ranks_cannot_share(tmp_path):
+    rc, out, err, _ = launch("train", n=3, args=("classifier", tmp_path / "run", 1, "fresh"))
+    assert rc != 0 and "--batch-size 20 is the global batch, split over 3 processes" in err, err
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
 # ---- a world of one process (this pytest process was not started by an MPI launcher) ------------------------
