@@ -333,8 +333,8 @@ def case_train(model, out, epochs, mode):
     """A tiny run of ``tinygen train <model>`` into ``out`` (tests/test_distributed.py compares the checkpoints
     of 2 ranks and of 1). 100 training images in global batches of 20: 5 steps an epoch. The classifier trains in
     float64; the VAE in float32 (its test-set evaluation is float32 only)."""
-    from tinygen.models import classifier, vae
-    tg.set_default_dtype(np.float64 if model == "classifier" else np.float32)
+    from tinygen.models import classifier, gan, vae
+    tg.set_default_dtype(np.float32 if model == "vae" else np.float64)
     train, test = tiny_digits(100, 0), tiny_digits(64, 1)
     # mode: fresh, resume, or first: a fresh run stopped after its first epoch (as if interrupted)
     epochs, resume, stop_after = int(epochs), mode == "resume", 1 if mode == "first" else None
@@ -347,6 +347,16 @@ def case_train(model, out, epochs, mode):
         # a VAE run without a schedule: a shorter run is its first epochs
         vae.train_vae(out=out, resume=resume, train_set=train, test_set=test, epochs=1 if stop_after else epochs,
                       batch_size=20, hidden=[32], latent=2, binarize=True, beta_warmup=1.0, seed=3)
+    elif model == "gan":
+        # conditional MNIST GAN (fake labels drawn too) with an EMA generator, 3 generator steps an epoch
+        gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
+                      latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
+                      log_every=2, seed=3)
+    elif model == "gan_gp":
+        # WGAN-GP on the ring (the penalty's interpolation draws), the generator's BatchNorm synchronised
+        gan.train_gan(out=out, resume=resume, dataset="ring", loss="wgan-gp", n_critic=2, toy_samples=128,
+                      lr_decay="none", epochs=1 if stop_after else epochs, batch_size=32, latent=2, g_hidden=[16, 16],
+                      d_hidden=[16], g_batchnorm=True, sync_bn=True, eval_samples=64, log_every=2, seed=3)
     else:
         raise ValueError(f"case train: unknown model {model!r}")
 

@@ -348,8 +348,8 @@ def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False):
         seen += n
         bar.update(loss=sum(sums.values()) / seen)
     bar.close()
-    if parallel:
-        sums, seen = all_reduce_sums(sums, seen)
+    if parallel:  # the epoch's totals over the global batches
+        sums, seen = reduce_over_ranks(sums), int(reduce_over_ranks({"seen": seen})["seen"])
     return sums, seen
 
 
@@ -372,6 +372,14 @@ def unwrap(module):
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
+def global_batch_noise(draw, rows):
+    """Random rows for this rank's ``rows`` examples of the global batch: ``draw(n)`` makes n rows from tinygen's
+    generator, which every rank keeps in the same state. In a world of N processes it draws the global batch's
+    N * rows and keeps this rank's share (``dist.shard``), so the ranks use the noise one process would draw."""
+    n = dist.world_size()
+    return draw(rows) if n == 1 else dist.shard(draw(rows * n))
+
+
 def check_global_batch(batch_size, num_examples, drop_last=False):
     """Refuse (ValueError) a global batch, or a last partial batch, that the ranks cannot share equally: each
     rank's mean loss must be over as many samples as every other's for their average to be the global mean."""
@@ -388,13 +396,15 @@ def check_global_batch(batch_size, num_examples, drop_last=False):
     return batch_size
 
 
-def all_reduce_sums(sums, seen):
-    """Per-rank sums of logged values (a dict) and the per-rank sample count, added up over the ranks."""
-    keys = sorted(sums)
-    total = Tensor(np.array([sums[k] for k in keys] + [seen], dtype=np.float64))
-    dist.all_reduce(total)
-    values = total.data.tolist()
-    return dict(zip(keys, values[:-1])), int(round(values[-1]))
+def reduce_over_ranks(values, op="sum"):
+    """A dict of numbers summed (or averaged: ``op="mean"``) over the ranks; the dict itself in a world of one.
+    Every rank must pass the same keys."""
+    if dist.world_size() == 1:
+        return values
+    keys = sorted(values)
+    total = Tensor(np.array([float(values[k]) for k in keys], dtype=np.float64))
+    dist.all_reduce(total, op=op)
+    return dict(zip(keys, total.data.tolist()))
 
 
 class RunFolder:

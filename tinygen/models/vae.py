@@ -414,9 +414,10 @@ def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
         x, y = batch  # this rank's share of the global batch
         beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
         eps = None
-        if ranks > 1:  # the global batch's noise from the shared generator, as one process draws it; this rank's rows
-            eps = dist.shard(_random.randn(x.shape[0] * ranks, tu.unwrap(model).latent, dtype=x.dtype,
-                                           device=x.device))
+        if ranks > 1:  # this rank's rows of the global batch's noise (one process draws it in reparameterize)
+            latent = tu.unwrap(model).latent
+            eps = tu.global_batch_noise(lambda n: _random.randn(n, latent, dtype=x.dtype, device=x.device),
+                                        x.shape[0])
         recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None, eps)
         loss = recon + kl * beta if beta != 1.0 else recon + kl
         if ranks > 1:  # a sum over the batch: DDP averages the ranks' gradients, one process would add them
