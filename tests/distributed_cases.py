@@ -361,6 +361,30 @@ def case_train(model, out, epochs, mode):
         raise ValueError(f"case train: unknown model {model!r}")
 
 
+def case_cli(*argv):
+    """``tinygen <argv>`` (the command line's main) on every rank."""
+    from tinygen.cli import main
+    code = main(list(argv))
+    if code:
+        raise SystemExit(code)
+
+
+def case_cli_error_on_one_rank():
+    """``tinygen train`` whose trainer fails with a reported (one-line) error on rank 1 only, while rank 0 waits in a
+    collective: the command line must end the whole job rather than leave rank 0 waiting."""
+    from tinygen.cli import main
+    from tinygen.models import classifier
+
+    def train_from_args(args):
+        if dist.rank() == 1:
+            raise ValueError("deliberate error on rank 1")
+        dist.all_reduce(tg.tensor([1.0]))
+        raise AssertionError("rank 0 passed a collective that rank 1 never joined")
+
+    classifier.train_from_args = train_from_args
+    raise SystemExit(main(["train", "classifier", "--quiet"]))
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":

@@ -141,10 +141,32 @@ def test_trainer_resumes_on_two_ranks(model, tmp_path):
     compare_runs(model, parallel, alone)
 
 
-def test_trainer_refuses_a_global_batch_the_ranks_cannot_share(tmp_path):
-    rc, out, err, _ = launch("train", n=3, args=("classifier", tmp_path / "run", 1, "fresh"))
-    assert rc != 0 and "--batch-size 20 is the global batch, split over 3 processes" in err, err
-    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+def test_command_line_trains_on_two_ranks(tmp_path):
+    """mpiexec -n 2 tinygen train gan ...: one progress report and one set of outputs, from rank 0."""
+    args = ["train", "gan", "--data", "ring", "--steps", "4", "--batch-size", "32", "--eval-samples", "64",
+            "--threads", "1", "--out", tmp_path / "run"]
+    rc, out, err, _ = launch("cli", args=args)
+    assert rc == 0, f"{out}\n{err}"
+    assert out.count("done: 4 generator steps") == 1 and out.count("GAN (nonsaturating loss)") == 1, out
+    assert err.count("gan epoch 1") == 1, err  # the progress bar
+    assert tg.load(tmp_path / "run" / "checkpoint.npz")["extra"]["step"] == 4
+
+
+def test_command_line_refuses_a_global_batch_the_ranks_cannot_share(tmp_path):
+    args = ["train", "gan", "--data", "ring", "--steps", "4", "--batch-size", "33", "--out", tmp_path / "run"]
+    rc, out, err, seconds = launch("cli", args=args, timeout=60)
+    assert rc != 0 and "tinygen: error: --batch-size 33 is the global batch, split over 2 processes: it must be a " \
+        "multiple of 2" in err, err
+    assert not (tmp_path / "run" / "checkpoint.npz").exists() and seconds < 30
+
+
+def test_an_error_reported_on_one_rank_ends_the_job():
+    """The command line turns an exception into a one-line error and an exit status; under mpiexec it must then
+    end the other ranks too (they would wait forever in their next collective)."""
+    rc, out, err, seconds = launch("cli_error_on_one_rank", timeout=60)
+    assert rc != 0 and "tinygen: error: deliberate error on rank 1" in err, err
+    assert "rank 0 passed a collective" not in err and "OK" not in out
+    assert seconds < 30, f"the job took {seconds:.0f} s to end after a rank failed"
 
 
 # ---- a world of one process (this pytest process was not started by an MPI launcher) ------------------------
