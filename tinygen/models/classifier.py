@@ -238,7 +238,8 @@ def load_classifier(path=None, train_if_missing=True, data=None, device="cpu", q
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                   help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (cosine-annealed)")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden layer widths")
     p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"], help="dropout after each hidden layer")

@@ -529,7 +529,8 @@ def save_pictures(model, out, test_x, test_y, device="cpu"):
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                   help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--latent", type=int, default=DEFAULTS["latent"], help="size of z")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"],

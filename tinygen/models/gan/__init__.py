@@ -61,7 +61,9 @@ def add_arguments(p):
                                                "MNIST, where --steps sets the length; 100 with --preset article)")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
                                               "(default 6000 on MNIST, 3000 on ring/grid)")
-    a("--batch-size", type=int, default=None, help="default 64 (MNIST), 256 (ring/grid)")
+    a("--batch-size", type=int, default=None,
+      help="images per gradient step, default 64 (MNIST), 256 (ring/grid); under mpiexec -n N: the global batch, "
+           "a multiple of N")
     a("--lr", type=float, default=None, help="learning rate of both networks (default: those of --lr-g, --lr-d)")
     a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
