@@ -323,11 +323,73 @@ def case_rank_raises():
     raise AssertionError("rank 0 finished its steps although rank 1 failed")
 
 
+def tiny_digits(n, seed):
+    """(images uint8 (n, 28, 28), labels) of random pixels: the trainers' cases need no MNIST files."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def case_train(model, out, epochs, mode):
+    """A tiny run of ``tinygen train <model>`` into ``out`` (tests/test_distributed.py compares the checkpoints
+    of 2 ranks and of 1). 100 training images in global batches of 20: 5 steps an epoch. The classifier trains in
+    float64; the VAE in float32 (its test-set evaluation is float32 only)."""
+    from tinygen.models import classifier, gan, vae
+    tg.set_default_dtype(np.float32 if model == "vae" else np.float64)
+    train, test = tiny_digits(100, 0), tiny_digits(64, 1)
+    # mode: fresh, resume, or first: a fresh run stopped after its first epoch (as if interrupted)
+    epochs, resume, stop_after = int(epochs), mode == "resume", 1 if mode == "first" else None
+    if model == "classifier":
+        # no dropout: each rank draws its own masks, which one process cannot reproduce
+        classifier.train_classifier(epochs=epochs, batch_size=20, hidden=[32, 16], dropout=0.0, seed=3,
+                                    out=out, resume=resume, save=f"{out}/final.npz", train_set=train,
+                                    test_set=test, stop_after=stop_after)
+    elif model == "vae":
+        # a VAE run without a schedule: a shorter run is its first epochs
+        vae.train_vae(out=out, resume=resume, train_set=train, test_set=test, epochs=1 if stop_after else epochs,
+                      batch_size=20, hidden=[32], latent=2, binarize=True, beta_warmup=1.0, seed=3)
+    elif model == "gan":
+        # conditional MNIST GAN (fake labels drawn too) with an EMA generator, 3 generator steps an epoch
+        gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
+                      latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
+                      log_every=2, seed=3)
+    elif model == "gan_gp":
+        # WGAN-GP on the ring (the penalty's interpolation draws), the generator's BatchNorm synchronised
+        gan.train_gan(out=out, resume=resume, dataset="ring", loss="wgan-gp", n_critic=2, toy_samples=128,
+                      lr_decay="none", epochs=1 if stop_after else epochs, batch_size=32, latent=2, g_hidden=[16, 16],
+                      d_hidden=[16], g_batchnorm=True, sync_bn=True, eval_samples=64, log_every=2, seed=3)
+    else:
+        raise ValueError(f"case train: unknown model {model!r}")
+
+
+def case_cli(*argv):
+    """``tinygen <argv>`` (the command line's main) on every rank."""
+    from tinygen.cli import main
+    code = main(list(argv))
+    if code:
+        raise SystemExit(code)
+
+
+def case_cli_error_on_one_rank():
+    """``tinygen train`` whose trainer fails with a reported (one-line) error on rank 1 only, while rank 0 waits in a
+    collective: the command line must end the whole job rather than leave rank 0 waiting."""
+    from tinygen.cli import main
+    from tinygen.models import classifier
+
+    def train_from_args(args):
+        if dist.rank() == 1:
+            raise ValueError("deliberate error on rank 1")
+        dist.all_reduce(tg.tensor([1.0]))
+        raise AssertionError("rank 0 passed a collective that rank 1 never joined")
+
+    classifier.train_from_args = train_from_args
+    raise SystemExit(main(["train", "classifier", "--quiet"]))
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in CASES:
-        raise SystemExit(f"usage: distributed_cases.py {{{','.join(CASES)}}}")
+    if len(sys.argv) < 2 or sys.argv[1] not in CASES:
+        raise SystemExit(f"usage: distributed_cases.py {{{','.join(CASES)}}} [arguments of the case]")
     dist.init()
-    CASES[sys.argv[1]]()
+    CASES[sys.argv[1]](*sys.argv[2:])
     print(f"OK {sys.argv[1]} rank {dist.rank()}", flush=True)

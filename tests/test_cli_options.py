@@ -258,6 +258,24 @@ def test_auto_thread_count_leaves_busy_cores_alone(monkeypatch):
         threads.thread_count(0)
 
 
+def test_auto_thread_count_is_shared_by_the_processes_of_an_mpi_launcher(monkeypatch):
+    from tinygen import threads
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.delenv("MPI_LOCALNRANKS", raising=False)
+    for local, expected in (("1", 7), ("2", 3), ("4", 1), ("16", 1)):
+        monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", local)
+        assert threads.thread_count("auto") == expected
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE")
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # MPICH's Hydra
+    assert threads.thread_count("auto") == 3
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)  # bound to 4 of the 8 cores: those are this process's
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert threads.thread_count("auto") == 4
+    assert threads.thread_count(5) == 5  # an explicit count is never divided
+
+
 def test_launcher_sets_blas_environment_before_numpy(tmp_path):
     import tinygen_launcher
     env = {}

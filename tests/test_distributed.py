@@ -7,6 +7,7 @@ timeout. The cases run with TINYGEN_NUMBA=0: both sides of every comparison use 
 processes compiling every Numba kernel would take most of the time budget on a 2-core machine.
 """
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ def _mpiexec():
     return ([exe, "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else [exe]), None
 
 
-def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
+def launch(case, n=2, timeout=LAUNCH_TIMEOUT, args=()):
     cmd, reason = _mpiexec()
     if cmd is None:
         if os.environ.get("TINYGEN_REQUIRE_MPI") == "1":
@@ -47,7 +48,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT):
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     start = time.monotonic()
-    proc = subprocess.Popen(cmd + ["-n", str(n), sys.executable, CASES, case], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd + ["-n", str(n), sys.executable, CASES, case, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -72,6 +73,99 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
     assert rc != 0
     assert "[rank 1/2]" in err and "RuntimeError: deliberate failure on rank 1 at step 2" in err, err
     assert "rank 0 finished" not in err  # rank 0 was stopped while waiting for rank 1, not left to run on
+    assert seconds < 30, f"the job took {seconds:.0f} s to end after a rank failed"
+
+
+# ---- the trainers: mpiexec -n 2 tinygen train ... against one process --------------------------------------------
+# per model (tests/distributed_cases.py case_train): the tolerance of its parameters. The ranks add their halves of
+# each gradient in another order than one process does. float64 (classifier, GANs): ~1e-12, except gan_gp, whose
+# generator has a bias in front of a BatchNorm: its exact gradient is 0, so it gets rounding noise only, which Adam
+# scales up to steps of up to lr (1e-11 after 8 steps). float32 (vae): a few ulps after 10 Adam steps.
+TRAINER_TOLERANCE = {"classifier": (1e-12, 1e-12), "gan": (1e-12, 1e-12), "gan_gp": (1e-10, 1e-10),
+                     "vae": (1e-5, 1e-6)}
+TRAINERS = list(TRAINER_TOLERANCE)
+
+
+def train_run(model, out, n, epochs, mode="fresh"):
+    rc, stdout, err, _ = launch("train", n=n, args=(model, out, epochs, mode))
+    assert rc == 0, f"train {model} on {n} rank(s) failed (exit {rc})\n{stdout}\n{err}"
+    return stdout
+
+
+def compare_runs(model, got, want):
+    """The same files, checkpoint parameters, optimizer state and logged metrics in two run folders."""
+    rtol, atol = TRAINER_TOLERANCE[model]
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+    a, b = tg.load(got / "checkpoint.npz"), tg.load(want / "checkpoint.npz")
+    assert a["epoch"] == b["epoch"] and a["config"] == b["config"]
+    assert list(a["modules"]) == list(b["modules"]) and a["loaders"] == b["loaders"]
+    for name in b["modules"]:
+        for key, value in b["modules"][name].items():
+            np.testing.assert_allclose(a["modules"][name][key].numpy(), value.numpy(), rtol=rtol, atol=atol,
+                                       err_msg=f"{name} {key}")
+    for log in sorted(p.name for p in want.glob("*.jsonl")):
+        lines = [[json.loads(line) for line in (run / log).read_text().splitlines()] for run in (got, want)]
+        assert len(lines[0]) == len(lines[1]), log  # one writer: no line twice
+        for r, s in zip(*lines):
+            assert sorted(r) == sorted(s), log
+            for key in r:
+                if isinstance(s[key], str) or isinstance(s[key], bool):  # "inf" is written as text
+                    assert r[key] == s[key], f"{log} {key}"
+                elif key not in ("seconds", "steps_per_s", "images_per_s"):
+                    np.testing.assert_allclose(r[key], s[key], rtol=max(rtol, 1e-7), err_msg=f"{log} {key}")
+
+
+@pytest.mark.parametrize("model", TRAINERS)
+def test_trainer_on_two_ranks_equals_one_process(model, tmp_path):
+    alone, parallel = tmp_path / "alone", tmp_path / "parallel"
+    train_run(model, alone, 1, 2)
+    stdout = train_run(model, parallel, 2, 2)
+    compare_runs(model, parallel, alone)
+    # only rank 0 prints the epoch lines (and the progress bar on stderr)
+    assert sum(line.startswith("epoch ") for line in stdout.splitlines()) == 2, stdout
+    if model.startswith("gan"):  # the unwrapped modules' keys, as a single-process checkpoint has them
+        assert not any(k.startswith("module.") for k in tg.load(parallel / "checkpoint.npz")["modules"]["generator"])
+    if model == "classifier":
+        final = tg.load(parallel / "final.npz")["modules"]["model"]
+        ckpt = tg.load(parallel / "checkpoint.npz")["modules"]["model"]
+        assert all(np.array_equal(final[k].numpy(), ckpt[k].numpy()) for k in ckpt)
+
+
+@pytest.mark.parametrize("model", TRAINERS)
+def test_trainer_resumes_on_two_ranks(model, tmp_path):
+    alone, parallel = tmp_path / "alone", tmp_path / "parallel"
+    train_run(model, alone, 1, 2)
+    train_run(model, parallel, 2, 2, mode="first")
+    assert [json.loads(line)["epoch"] for line in (parallel / "metrics.jsonl").read_text().splitlines()] == [1]
+    train_run(model, parallel, 2, 2, mode="resume")
+    compare_runs(model, parallel, alone)
+
+
+def test_command_line_trains_on_two_ranks(tmp_path):
+    """mpiexec -n 2 tinygen train gan ...: one progress report and one set of outputs, from rank 0."""
+    args = ["train", "gan", "--data", "ring", "--steps", "4", "--batch-size", "32", "--eval-samples", "64",
+            "--threads", "1", "--out", tmp_path / "run"]
+    rc, out, err, _ = launch("cli", args=args)
+    assert rc == 0, f"{out}\n{err}"
+    assert out.count("done: 4 generator steps") == 1 and out.count("GAN (nonsaturating loss)") == 1, out
+    assert err.count("gan epoch 1") == 1, err  # the progress bar
+    assert tg.load(tmp_path / "run" / "checkpoint.npz")["extra"]["step"] == 4
+
+
+def test_command_line_refuses_a_global_batch_the_ranks_cannot_share(tmp_path):
+    args = ["train", "gan", "--data", "ring", "--steps", "4", "--batch-size", "33", "--out", tmp_path / "run"]
+    rc, out, err, seconds = launch("cli", args=args, timeout=60)
+    assert rc != 0 and "tinygen: error: --batch-size 33 is the global batch, split over 2 processes: it must be a " \
+        "multiple of 2" in err, err
+    assert not (tmp_path / "run" / "checkpoint.npz").exists() and seconds < 30
+
+
+def test_an_error_reported_on_one_rank_ends_the_job():
+    """The command line turns an exception into a one-line error and an exit status; under mpiexec it must then
+    end the other ranks too (they would wait forever in their next collective)."""
+    rc, out, err, seconds = launch("cli_error_on_one_rank", timeout=60)
+    assert rc != 0 and "tinygen: error: deliberate error on rank 1" in err, err
+    assert "rank 0 passed a collective" not in err and "OK" not in out
     assert seconds < 30, f"the job took {seconds:.0f} s to end after a rank failed"
 
 

@@ -109,6 +109,16 @@ def main(argv=None):
     from .allocator import apply_setting
     apply_setting()  # keep freed memory for reuse (TINYGEN_KEEP_FREED_MEMORY=0: glibc's default behaviour)
     args = build_parser().parse_args(argv)
+    code = _run_reporting_errors(args)
+    if code:
+        from . import distributed as dist
+        if dist.is_initialized() and dist.world_size() > 1:  # under mpiexec: end the other ranks too
+            dist.abort(code)
+    return code
+
+
+def _run_reporting_errors(args):
+    """Run the command; an error is one line on stderr and the exit status."""
     try:
         with _one_line_warnings():
             return _run(args)

@@ -112,6 +112,17 @@ def _abort_on_exception(exc_type, exc, tb):
         _world.comm.Abort(1)
 
 
+def abort(code=1):
+    """End the whole job now with exit status ``code``: every rank (MPI_Abort) in a world of more than one
+    process, else this process. For an error handled on one rank, which would leave the others waiting in their
+    next collective."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if init() > 1:
+        _world.comm.Abort(int(code))
+    raise SystemExit(code)
+
+
 def is_initialized():
     """True once ``init()`` has run (explicitly or through a first call below)."""
     return _world.initialized

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import Tensor, as_tensor, config, nn, no_grad, optim
+from .. import distributed as dist
 from .. import random as _random
 from ..data import DataLoader, to_unit
 from ..nn import functional as F
@@ -135,11 +136,15 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     train_images, train_labels = train_set if train_set is not None else tu.mnist_split("train", data)
     test_images, test_labels = test_set if test_set is not None else tu.mnist_split("test", data)
     tu.check_batch_fits(batch_size, len(train_labels))
+    tu.check_global_batch(batch_size, len(train_labels))
     train_x = to_unit(np.asarray(train_images)).reshape(len(train_labels), 784)
+    main = dist.is_main_process()
+    quiet = quiet or not main
 
     _random.manual_seed(seed)
     model = MNISTClassifier(cfg["hidden"], cfg["dropout"]).to(device)
-    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    net = tu.data_parallel(model)  # model itself in a world of one process
+    opt = optim.Adam(net.parameters(), lr=cfg["lr"])
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     loader = DataLoader((train_x, np.asarray(train_labels)), batch_size=batch_size, shuffle=True, seed=seed,
                         device=device)
@@ -150,7 +155,9 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     acc = None
     for epoch in range(start, epochs if stop_after is None else min(epochs, start + stop_after)):
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, opt, loader, f"classifier epoch {epoch + 1}/{epochs}", quiet)
+        if net is not model:  # each rank its own dropout masks, derived from the seed, the epoch and the rank
+            _random.manual_seed(dist.rank_seed(seed + epoch * dist.world_size()))
+        train_loss = train_epoch(net, opt, loader, f"classifier epoch {epoch + 1}/{epochs}", quiet)
         sched.step()
         acc = accuracy(model, test_images, test_labels)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "test_accuracy": acc,
@@ -161,7 +168,7 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
         folder.save(NAME, cfg, epoch + 1, parts, extra={"test_accuracy": acc})
     if acc is None:
         acc = accuracy(model, test_images, test_labels)
-    if save is not None:
+    if save is not None and main:
         save_classifier(model, save, cfg, acc)
     return model, acc
 
@@ -231,7 +238,8 @@ def load_classifier(path=None, train_if_missing=True, data=None, device="cpu", q
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                   help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (cosine-annealed)")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden layer widths")
     p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"], help="dropout after each hidden layer")
@@ -254,7 +262,8 @@ def train_from_args(args):
     _, acc = train_classifier(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
                               dropout=args.dropout, seed=args.seed, data=args.data, device=args.device,
                               out=args.out, resume=args.resume, save=save, quiet=args.quiet)
-    print(f"test accuracy {acc:.4f}; saved {save}")
+    if dist.is_main_process():
+        print(f"test accuracy {acc:.4f}; saved {save}")
     return 0
 
 

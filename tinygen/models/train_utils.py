@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import Tensor, backend
+from .. import distributed as dist
 from .. import random as _random
 from ..serialization import load, save
 
@@ -336,10 +337,11 @@ def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False):
     loss to minimise, the batch's size and a dict of per-batch sums to report (its values add up to the reported
     loss). Returns ``(sums over the epoch, samples seen)``."""
     model.train()
-    bar = Progress(len(loader), desc=desc, quiet=quiet)
+    bar = Progress(len(loader), desc=desc, quiet=quiet or not dist.is_main_process())
     sums, seen = {}, 0
+    parallel = dist.world_size() > 1
     for i, batch in enumerate(loader):
-        loss, n, values = batch_loss(i, batch)
+        loss, n, values = batch_loss(i, dist.shard(batch) if parallel else batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -348,24 +350,84 @@ def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False):
         seen += n
         bar.update(loss=sum(sums.values()) / seen)
     bar.close()
+    if parallel:  # the epoch's totals over the global batches
+        sums, seen = reduce_over_ranks(sums), int(reduce_over_ranks({"seen": seen})["seen"])
     return sums, seen
+
+
+# ---- data parallelism (mpiexec -n N tinygen train ...; see tinygen.distributed) -------------------------------------
+def data_parallel(module, sync_bn=False):
+    """``module`` wrapped in DistributedDataParallel when the world has more than one process (with its
+    BatchNorm layers made SyncBatchNorm when ``sync_bn``); ``module`` itself, untouched, in a world of one."""
+    if dist.world_size() == 1:
+        return module
+    from ..nn import SyncBatchNorm
+    from ..nn.parallel import DistributedDataParallel
+    if sync_bn:
+        module = SyncBatchNorm.convert_sync_batchnorm(module)
+    return DistributedDataParallel(module)
+
+
+def unwrap(module):
+    """The model inside a DistributedDataParallel wrapper (``module`` itself when not wrapped)."""
+    from ..nn.parallel import DistributedDataParallel
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def global_batch_noise(draw, rows):
+    """Random rows for this rank's ``rows`` examples of the global batch: ``draw(n)`` makes n rows from tinygen's
+    generator, which every rank keeps in the same state. In a world of N processes it draws the global batch's
+    N * rows and keeps this rank's share (``dist.shard``), so the ranks use the noise one process would draw."""
+    n = dist.world_size()
+    return draw(rows) if n == 1 else dist.shard(draw(rows * n))
+
+
+def check_global_batch(batch_size, num_examples, drop_last=False):
+    """Refuse (ValueError) a global batch, or a last partial batch, that the ranks cannot share equally: each
+    rank's mean loss must be over as many samples as every other's for their average to be the global mean."""
+    n = dist.world_size()
+    if n == 1:
+        return batch_size
+    if batch_size % n:
+        raise ValueError(f"--batch-size {batch_size} is the global batch, split over {n} processes: it must be a "
+                         f"multiple of {n}")
+    tail = 0 if drop_last else num_examples % batch_size
+    if tail % n:
+        raise ValueError(f"the last batch of an epoch holds {tail} of the {num_examples} training examples, which "
+                         f"{n} processes cannot share equally; choose a --batch-size that leaves a multiple of {n}")
+    return batch_size
+
+
+def reduce_over_ranks(values, op="sum"):
+    """A dict of numbers summed (or averaged: ``op="mean"``) over the ranks; the dict itself in a world of one.
+    Every rank must pass the same keys."""
+    if dist.world_size() == 1:
+        return values
+    keys = sorted(values)
+    total = Tensor(np.array([float(values[k]) for k in keys], dtype=np.float64))
+    dist.all_reduce(total, op=op)
+    return dict(zip(keys, total.data.tolist()))
 
 
 class RunFolder:
     """A run's output folder: ``checkpoint.npz`` and JSON-lines logs (``metrics.jsonl``, ...), or nothing at all
     for ``out=None``. A fresh run refuses a folder holding a checkpoint and starts its logs empty; ``restore``
-    continues the saved run."""
+    continues the saved run.
+
+    Under data parallelism every rank opens the folder (and reads the checkpoint on resume), but only the main
+    process (``writes``) creates, truncates or writes anything in it."""
 
     def __init__(self, out, resume=False, logs=("metrics",)):
         self.logs = {}
         self.path = self.checkpoint = None
+        self.writes = dist.is_main_process()
         if out is None:
             if resume:
                 raise ValueError("resume needs out (the folder of the run to continue)")
             return
-        self.path = prepare_out_dir(out, resume)
+        self.path = prepare_out_dir(out, resume, create=self.writes)
         self.checkpoint = self.path / "checkpoint.npz"
-        self.logs = {name: MetricsLog(self.path / f"{name}.jsonl") for name in logs}
+        self.logs = {name: MetricsLog(self.path / f"{name}.jsonl") for name in logs} if self.writes else {}
         if not resume:
             for log in self.logs.values():
                 if log.path.exists():
@@ -389,19 +451,21 @@ class RunFolder:
 
     def save(self, model_name, config, epoch, parts, **kwargs):
         """``save_checkpoint`` into the folder (nothing without one)."""
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.writes:
             save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, **kwargs)
 
 
 # ---- small helpers the models share -------------------------------------------------------------------------------
-def prepare_out_dir(out, resume=False):
-    """Create the output folder; refuse to overwrite an earlier run's checkpoint unless resuming (ValueError)."""
+def prepare_out_dir(out, resume=False, create=True):
+    """Create the output folder (unless not ``create``); refuse to overwrite an earlier run's checkpoint unless
+    resuming (ValueError)."""
     out = Path(out)
     ckpt = out / "checkpoint.npz"
     if not resume and ckpt.exists():
         raise ValueError(f"'{out}' already holds a run ({ckpt.name}); pass --resume to continue it, or choose "
                          f"another --out (or delete the folder) to start afresh")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

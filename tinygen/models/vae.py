@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import Tensor, as_tensor, cat, eye, nn, no_grad, optim, zeros
+from .. import distributed as dist
 from .. import random as _random
 from ..backend import array_module, device_of
 from ..data import DataLoader, binarize, to_unit
@@ -166,15 +167,18 @@ class VAE(nn.Module):
         return self.decode(z, y).sigmoid()
 
     @staticmethod
-    def reparameterize(mu, logvar):
-        """z = mu + sigma * eps with eps ~ N(0, I): a sample of q(z|x) differentiable in mu and logvar."""
-        eps = _random.randn(*mu.shape, dtype=mu.dtype, device=mu.device)
+    def reparameterize(mu, logvar, eps=None):
+        """z = mu + sigma * eps with eps ~ N(0, I) (drawn here unless given): a sample of q(z|x) differentiable in
+        mu and logvar."""
+        if eps is None:
+            eps = _random.randn(*mu.shape, dtype=mu.dtype, device=mu.device)
         return mu + (logvar * 0.5).exp() * eps
 
-    def forward(self, x, y=None):
-        """(decoder output, mu, logvar) for one sample z of q(z|x)."""
+    def forward(self, x, y=None, eps=None):
+        """(decoder output, mu, logvar) for one sample z of q(z|x) (with the standard normal noise ``eps``, else
+        fresh noise)."""
         mu, logvar = self.encode(x, y)
-        return self.decode(self.reparameterize(mu, logvar), y), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, eps), y), mu, logvar
 
     def decoder_logvar(self):
         """log sigma^2 of the Gaussian decoder (a tensor when learned, a float when fixed)."""
@@ -202,11 +206,12 @@ class VAE(nn.Module):
                 f"conditional={self.conditional}")
 
 
-def elbo_terms(model, x, y=None):
+def elbo_terms(model, x, y=None, eps=None):
     """One-sample estimate of the ELBO pieces of a batch, summed over it: ``(recon, kl)`` as scalar tensors with
-    recon = sum_n -log p(x_n|z_n), z_n ~ q(z|x_n), and kl = sum_n KL(q(z|x_n) || N(0, I)) (closed form)."""
-    out, mu, logvar = model(x, y)
-    return model.recon_nll(out, x, reduction="sum"), F.kl_normal(mu, logvar, reduction="sum")
+    recon = sum_n -log p(x_n|z_n), z_n ~ q(z|x_n), and kl = sum_n KL(q(z|x_n) || N(0, I)) (closed form).
+    ``model`` may be wrapped in DistributedDataParallel; ``eps``: the noise of z (fresh when not given)."""
+    out, mu, logvar = model(x, y) if eps is None else model(x, y, eps=eps)
+    return tu.unwrap(model).recon_nll(out, x, reduction="sum"), F.kl_normal(mu, logvar, reduction="sum")
 
 
 def beta_at(step, steps_per_epoch, beta, warmup_epochs):
@@ -398,9 +403,12 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     device = cfg["device"]
     train_x, train_y, test_x, test_y = load_data(cfg, train_set, test_set)
     tu.check_batch_fits(cfg["batch_size"], len(train_x))
+    tu.check_global_batch(cfg["batch_size"], len(train_x))
+    quiet = quiet or not dist.is_main_process()
     _random.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
-    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    net = tu.data_parallel(model)  # model itself in a world of one process
+    opt = optim.Adam(net.parameters(), lr=cfg["lr"])
     loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                         transform=binarize if cfg["binarize"] else None, device=device)
     parts = {"modules": {"model": model}, "optimizers": {"adam": opt}, "loaders": {"train": loader}}
@@ -409,7 +417,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     history = []
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
-        record = {"epoch": epoch + 1, **train_epoch(model, opt, loader, cfg, epoch, quiet)}
+        record = {"epoch": epoch + 1, **train_epoch(net, opt, loader, cfg, epoch, quiet)}
         with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
             record.update({f"test_{k}": v for k, v in evaluate_elbo(model, test_x, test_y, device=device).items()})
         record["seconds"] = time.perf_counter() - t0
@@ -421,7 +429,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
         folder.write("metrics", record)
         folder.save(NAME, cfg, epoch + 1, parts, devices=(device,),
                     extra={"last": record, "num_train": int(len(train_x))})
-    if folder.path is not None and pictures:
+    if folder.path is not None and folder.writes and pictures:
         with tu.fork_rng(cfg["seed"], (device,)):
             save_pictures(model, folder.path, test_x, test_y, device=device)
     return model, history
@@ -431,13 +439,21 @@ def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
     """One pass over the training data minimising the negative ELBO (the KL weighted by ``beta_at``); returns
     the KL weight reached and the per-sample means: train_recon, train_kl, train_loss (their sum)."""
     steps = len(loader)
+    ranks = dist.world_size()
 
     def batch_loss(b, batch):
-        x, y = batch
+        x, y = batch  # this rank's share of the global batch
         beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
-        recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None)
-        return recon + kl * beta if beta != 1.0 else recon + kl, x.shape[0], {"recon": recon.item(),
-                                                                               "kl": kl.item()}
+        eps = None
+        if ranks > 1:  # this rank's rows of the global batch's noise (one process draws it in reparameterize)
+            latent = tu.unwrap(model).latent
+            eps = tu.global_batch_noise(lambda n: _random.randn(n, latent, dtype=x.dtype, device=x.device),
+                                        x.shape[0])
+        recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None, eps)
+        loss = recon + kl * beta if beta != 1.0 else recon + kl
+        if ranks > 1:  # a sum over the batch: DDP averages the ranks' gradients, one process would add them
+            loss = loss * float(ranks)
+        return loss, x.shape[0], {"recon": recon.item(), "kl": kl.item()}
 
     sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet)
     recon, kl, n = sums.get("recon", 0.0), sums.get("kl", 0.0), max(seen, 1)
@@ -544,7 +560,8 @@ def save_pictures(model, out, test_x, test_y, device="cpu"):
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="images per gradient step")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                   help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--arch", default=DEFAULTS["arch"], choices=ARCHS,
                    help="mlp: the MLP of PyTorch's example; conv: Conv2d layers before and ConvTranspose2d layers "
@@ -582,7 +599,7 @@ def _settings_from_args(args):
 def train_from_args(args):
     tu.check_positive_options(args, ("epochs", "batch_size"))
     _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, **_settings_from_args(args))
-    if history:
+    if history and dist.is_main_process():
         print(f"test loss {history[-1]['test_loss']:.4f} nats per image after epoch {history[-1]['epoch']}; "
               f"outputs in {args.out}")
     return 0

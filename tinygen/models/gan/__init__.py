@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import distributed as dist
 from ... import random as _random
 from .. import train_utils as tu
 from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
@@ -62,7 +63,9 @@ def add_arguments(p):
                                                "MNIST, where --steps sets the length; 100 with --preset article)")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
                                               "(default 6000 on MNIST, 3000 on ring/grid)")
-    a("--batch-size", type=int, default=None, help="default 64 (MNIST), 256 (ring/grid)")
+    a("--batch-size", type=int, default=None,
+      help="images per gradient step, default 64 (MNIST), 256 (ring/grid); under mpiexec -n N: the global batch, "
+           "a multiple of N")
     a("--lr", type=float, default=None, help="learning rate of both networks (default: those of --lr-g, --lr-d)")
     a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
@@ -86,6 +89,9 @@ def add_arguments(p):
     a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
     a("--device", default=None, help="cpu or cuda")
     a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    a("--sync-bn", action="store_true",
+      help="under mpiexec -n N: BatchNorm statistics over the global batch (SyncBatchNorm); by default each "
+           "process normalises with the statistics of its own share of the batch")
     _show_recipe_defaults(p)
 
 
@@ -175,8 +181,9 @@ def settings_from_args(args):
 
 def train_from_args(args):
     settings = settings_from_args(args)
-    _, _, history = train_gan(out=args.out, resume=args.resume, quiet=args.quiet, init=args.init, **settings)
-    if history:
+    _, _, history = train_gan(out=args.out, resume=args.resume, quiet=args.quiet, init=args.init,
+                              sync_bn=getattr(args, "sync_bn", False), **settings)
+    if history and dist.is_main_process():
         print(f"done: {history[-1]['step']} generator steps; outputs in {args.out} (tinygen eval "
               f"{Path(args.out) / 'checkpoint.npz'})")
     return 0

@@ -32,6 +32,7 @@ from ... import full_like, sigmoid
 from ... import grad as _grad
 from ... import random as _random
 from ...nn import functional as F
+from .. import train_utils as tu
 
 GP_EPS = 1e-12  # inside the square root of the gradient norm, so its derivative stays finite at 0
 
@@ -192,8 +193,9 @@ def output_means(name, real, fake):
 
 # ---- hooks ---------------------------------------------------------------------------------------------------------
 def interpolate(real, fake):
-    """x_hat = e * real + (1 - e) * fake with one e ~ U(0, 1) per sample (drawn from tinygen's generator)."""
-    e = _random.rand(real.shape[0], 1, dtype=real.dtype, device=real.device)
+    """x_hat = e * real + (1 - e) * fake with one e ~ U(0, 1) per sample (drawn from tinygen's generator; under
+    data parallelism, this rank's rows of the global batch's draws)."""
+    e = tu.global_batch_noise(lambda n: _random.rand(n, 1, dtype=real.dtype, device=real.device), real.shape[0])
     return fake + (real - fake) * e
 
 

@@ -16,6 +16,7 @@ digit classes among generated samples and the KL of their histogram from uniform
 classes), by the cached classifier; on ring/grid the modes captured, the share of high-quality samples and the
 reverse KL.
 """
+import contextlib
 import itertools
 import math
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import as_tensor, backend, nn, no_grad, optim
+from ... import distributed as dist
 from ... import random as _random
 from ...data import DataLoader, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
@@ -323,8 +325,10 @@ class GANStep:
         self._kept = None  # (fake, fake labels, real, real labels) of the last critic update, for the generator's
 
     def _noise(self, n, device):
-        z = _random.randn(n, self.cfg["latent"], device=device)
-        y = _random.randint(0, self.cfg["num_classes"], (n,), device=device) if self.cfg["conditional"] else None
+        """z (and fake labels) for n examples: under data parallelism, this rank's rows of the global batch's."""
+        z = tu.global_batch_noise(lambda m: _random.randn(m, self.cfg["latent"], device=device), n)
+        y = tu.global_batch_noise(lambda m: _random.randint(0, self.cfg["num_classes"], (m,), device=device), n) \
+            if self.cfg["conditional"] else None
         return z, y
 
     def _apply(self, net, x, y):
@@ -370,11 +374,14 @@ class GANStep:
             kept = (self._apply(self.G, z, yf), yf, None, None)
         fake, yf, x, y = kept
         self.D.requires_grad_(False)  # the generator's loss needs no gradient for D's weights
+        # data parallel: nothing of D's to average in this backward
+        local_d = self.D.no_sync() if hasattr(self.D, "no_sync") else contextlib.nullcontext()
         try:
             real_out = self._apply(self.D, x, y) if self.loss.g_needs_real else None
             loss = self.loss.generator_loss(self._apply(self.D, fake, yf), real_out)
             self.opt_g.zero_grad()
-            loss.backward()
+            with local_d:
+                loss.backward()
         finally:
             self.D.requires_grad_(True)
         g_grad = _grad_norm(self.G)
@@ -537,7 +544,8 @@ def _init_from(path, G, D):
     return loaded
 
 
-def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pictures=True, **settings):
+def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False,
+              **settings):
     """Train a GAN; returns ``(G, D, history)``: the generator used for samples (the EMA copy when ``ema`` > 0),
     the discriminator, and one metrics dict per epoch run in this call.
 
@@ -547,8 +555,11 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     resume: continue the run saved in ``out`` (same settings; ``epochs``/``steps`` may grow); it ends with the same
     parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run.
     train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
+    Under ``mpiexec -n N`` each process trains on its share of every global batch (``batch_size``, a multiple of
+    N); BatchNorm layers keep per-process statistics unless ``sync_bn`` (SyncBatchNorm over the global batch).
     """
-    run = GANRun(make_config(**settings), quiet, init, train_set, pictures)
+    quiet = quiet or not dist.is_main_process()
+    run = GANRun(make_config(**settings), quiet, init, train_set, pictures, sync_bn)
     run.open(out, resume)
     run.announce()
     history = []
@@ -566,7 +577,7 @@ class GANRun:
     """One run of ``train_gan``: its networks, optimizers, data and counters, and the steps of its loop (train an
     epoch, evaluate, save)."""
 
-    def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True):
+    def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False):
         self.cfg, self.quiet, self.pictures, device = cfg, quiet, pictures, cfg["device"]
         x, y, self.desc = load_data(cfg, train_set)
         # before seeding: building the classifier draws its (then overwritten) initial weights
@@ -577,15 +588,19 @@ class GANRun:
             loaded = _init_from(init, self.G, self.D)
             if not quiet:
                 print(f"initialised the {' and '.join(loaded)} from {init}", flush=True)
-        self.opt_g = make_optimizer(cfg, self.G.parameters(), cfg["lr_g"])
-        self.opt_d = make_optimizer(cfg, self.D.parameters(), cfg["lr_d"])
+        # data parallel: G and D wrapped separately (themselves in a world of one process)
+        self.G_net, self.D_net = tu.data_parallel(self.G, sync_bn), tu.data_parallel(self.D, sync_bn)
+        self.G, self.D = tu.unwrap(self.G_net), tu.unwrap(self.D_net)
+        self.opt_g = make_optimizer(cfg, self.G_net.parameters(), cfg["lr_g"])
+        self.opt_d = make_optimizer(cfg, self.D_net.parameters(), cfg["lr_d"])
         self.ema = EMA(self.G, build_generator(cfg).to(device), cfg["ema"]) if cfg["ema"] > 0 else None
         self.sampler = self.ema.shadow if self.ema is not None else self.G
         self.num_train = len(x)
         tu.check_batch_fits(cfg["batch_size"], len(x))
+        tu.check_global_batch(cfg["batch_size"], len(x), drop_last=True)
         self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=cfg["batch_size"], shuffle=True,
                                  drop_last=True, seed=cfg["seed"], device=device)
-        self.step_fn = GANStep(cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema)
+        self.step_fn = GANStep(cfg, self.G_net, self.D_net, self.opt_g, self.opt_d, self.ema)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
             modules["ema"] = self.ema.shadow
@@ -611,7 +626,7 @@ class GANRun:
             self.ema.load_state_dict(extra.get("ema", {"updates": self.state["step"]}))
         self.epoch_means.load_state_dict(extra.get("epoch_means", {}))
         self.interval_means.load_state_dict(extra.get("interval_means", {}))
-        if self.folder.logs["steps"].path.exists():
+        if "steps" in self.folder.logs and self.folder.logs["steps"].path.exists():
             self.steps_log = tu.read_metrics(self.folder.logs["steps"].path)
 
     def _check_resumable(self, ckpt):
@@ -654,8 +669,9 @@ class GANRun:
                                                                             self.max_epochs else ""),
                           unit="batch", quiet=self.quiet)
         t0, steps0, batches = time.perf_counter(), self.state["step"], 0
+        parallel = dist.world_size() > 1
         for batch in self.loader:
-            self.train_batch(epoch, batch)
+            self.train_batch(epoch, dist.shard(batch) if parallel else batch)
             batches += 1
             m = self.epoch_means.means()
             bar.update(G=m.get("g_loss", float("nan")), D=m.get("d_loss", float("nan")))
@@ -682,6 +698,7 @@ class GANRun:
             stats.update(self.step_fn.generator())
             state["step"] += 1
             state["critic_count"] = 0
+        stats = tu.reduce_over_ranks(stats, op="mean")  # the global batch's numbers, alike on every rank
         self.epoch_means.add(**stats)
         self.interval_means.add(**stats)
         if last and state["step"] % cfg["log_every"] == 0:
@@ -699,7 +716,7 @@ class GANRun:
             samples = sample(self.sampler, cfg["eval_samples"], device=device)
             if toy or self.classifier is not None:
                 record.update(_prefixed(evaluate_samples(cfg, samples, self.classifier, frechet=False)))
-            if self.folder.path is not None and self.pictures:
+            if self.folder.path is not None and self.folder.writes and self.pictures:
                 n_pic = 100 if cfg["conditional"] else 64
                 pic = samples if toy else sample(self.sampler, n_pic, fixed_noise_labels(cfg, n_pic), device)
                 stem = "scatter" if toy else "samples"
@@ -719,7 +736,8 @@ class GANRun:
             self.folder.save(NAME, self.cfg, epoch + 1 if self.complete else epoch, self.parts,
                              devices=(self.cfg["device"],), extra=extra)
             last_epoch = self._finished() or (self.max_epochs is not None and epoch + 1 == self.max_epochs)
-            if self.pictures and (last_epoch or time.perf_counter() - self.last_plot > 30.0):  # matplotlib is slow
+            plot_due = last_epoch or time.perf_counter() - self.last_plot > 30.0  # matplotlib is slow
+            if self.pictures and self.folder.writes and plot_due:
                 plot_curves(self.steps_log, self.folder.path / "curves.png")
                 self.last_plot = time.perf_counter()
         self.epoch_means = _Means()
