@@ -266,6 +266,18 @@ CHECKS = [
     ("dropout-number", lambda: nn.functional.dropout(1.0), TypeError, r"dropout\(\): argument 'input'"),
     ("linear-list", lambda: nn.functional.linear([1.0], tg.ones(2, 1)), TypeError,
      r"linear\(\): argument 'input' must be Tensor, not list"),
+    # ---- every public op function given a number where the tensor goes (the register wrapper, and the rest) -----
+    ("square-number", lambda: tg.square(2), TypeError, r"square\(\): argument 'input' must be Tensor, not int"),
+    ("flip-number", lambda: tg.flip(3, 0), TypeError, r"flip\(\): argument 'input' must be Tensor, not int"),
+    ("cumsum-list", lambda: tg.cumsum([1], 0), TypeError, r"cumsum\(\): argument 'input' must be Tensor"),
+    ("lt-number", lambda: tg.lt(1, 2), TypeError, r"lt\(\): argument 'input' must be Tensor"),
+    ("gelu-number", lambda: nn.functional.gelu(1.0), TypeError, r"gelu\(\): argument 'input' must be Tensor"),
+    ("hardtanh-number", lambda: nn.functional.hardtanh(1.0), TypeError, r"hardtanh\(\): argument 'input'"),
+    ("batch_norm-number", lambda: nn.functional.batch_norm(1.0, None, None), TypeError, r"batch_norm\(\): argument"),
+    ("layer_norm-number", lambda: nn.functional.layer_norm(1.0, (1,)), TypeError, r"layer_norm\(\): argument"),
+    ("normalize-number", lambda: nn.functional.normalize(1.0), TypeError, r"normalize\(\): argument 'input'"),
+    ("logical_and-number", lambda: tg.logical_and(True, x23), TypeError, r"logical_and\(\): argument 'input'"),
+    ("std_mean-list", lambda: tg.std_mean([1.0]), TypeError, r"std_mean\(\): argument 'input'"),
 ]
 
 

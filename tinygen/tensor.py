@@ -3,6 +3,8 @@
 A tensor made by an op keeps a reference to the op's node (``grad_fn``); the node keeps edges to the nodes of
 its inputs. Nothing else: all ops are attached as methods by ``tinygen.ops`` (see ``register``).
 """
+import functools
+
 import numpy as np
 
 from . import backend, dtypes
@@ -205,11 +207,22 @@ def _make(data, device, requires_grad=False, grad_fn=None, out_idx=0):
 
 
 def register(*names):
-    """Attach a function as Tensor method(s): ``@register("exp")`` makes ``x.exp()`` call ``exp(x)``."""
+    """Attach a function as Tensor method(s): ``@register("exp")`` makes ``x.exp()`` call ``exp(x)``.
+
+    The method is the function itself; the module-level function (``tinygen.exp``) also checks that it was given
+    a tensor, so ``tinygen.exp(2.0)`` gets tinygen's TypeError instead of an AttributeError. (A number may come
+    first when a later argument is a tensor: ``tinygen.xlogy(2.0, t)``.)"""
     def deco(fn):
         for name in names or (fn.__name__,):
             setattr(Tensor, name, fn)
-        return fn
+        label = (names or (fn.__name__,))[0]
+
+        @functools.wraps(fn)
+        def checked(x, *args, **kwargs):
+            if not isinstance(x, Tensor) and not any(isinstance(a, Tensor) for a in args):
+                raise TypeError(f"{label}(): argument 'input' must be Tensor, not {type(x).__name__}")
+            return fn(x, *args, **kwargs)
+        return checked
     return deco
 
 

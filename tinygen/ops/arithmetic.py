@@ -201,10 +201,12 @@ def _truth(x):
 
 
 def logical_and(a, b):
+    require_tensor(a, "logical_and")
     return _compare(lambda x, y: _truth(x) & _truth(y))(a, b)
 
 
 def logical_or(a, b):
+    require_tensor(a, "logical_or")
     return _compare(lambda x, y: _truth(x) | _truth(y))(a, b)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import kernels
 from ..autograd.function import Function
-from ..tensor import Tensor, _make, full_like
+from ..tensor import Tensor, _make, full_like, require_tensor
 from .elementwise import where
 from .reduce import norm, softmax
 
@@ -693,6 +693,7 @@ def softmin(input, dim=None, dtype=None):
 
 def normalize(input, p=2.0, dim=1, eps=1e-12):
     """``input`` divided by its p-norm along ``dim``, the norm clamped below at ``eps``."""
+    require_tensor(input, "normalize")
     return input / norm(input, p, dim, keepdim=True).clamp(min=eps)
 
 

@@ -622,47 +622,57 @@ _GELU_APPROXIMATIONS = ("none", "tanh")
 
 
 def gelu(x, approximate="none"):
+    require_tensor(x, "gelu")
     if approximate not in _GELU_APPROXIMATIONS:
         raise ValueError(f"gelu: approximate must be one of {_GELU_APPROXIMATIONS}, got {approximate!r}")
     return Gelu.apply(x, approximate)
 
 
 def silu(x):
+    require_tensor(x, "silu")
     return Silu.apply(x)
 
 
 def mish(x):
+    require_tensor(x, "mish")
     return Mish.apply(x)
 
 
 def logsigmoid(x):
+    require_tensor(x, "logsigmoid")
     return Logsigmoid.apply(x)
 
 
 def softsign(x):
+    require_tensor(x, "softsign")
     return Softsign.apply(x)
 
 
 def selu(x):
     """scale * elu(x, alpha) with the self-normalising constants."""
+    require_tensor(x, "selu")
     return Elu.apply(x, SELU_ALPHA) * SELU_SCALE
 
 
 def celu(x, alpha=1.0):
+    require_tensor(x, "celu")
     if alpha == 0:
         raise ValueError("celu: alpha must be non-zero (it divides x), got 0")
     return Celu.apply(x, float(alpha))
 
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
+    require_tensor(x, "hardtanh")
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val ({min_val}) must not be greater than max_val ({max_val})")
     return Hardtanh.apply(x, float(min_val), float(max_val))
 
 
 def relu6(x):
+    require_tensor(x, "relu6")
     return Hardtanh.apply(x, 0.0, 6.0)
 
 
 def hardsigmoid(x):
+    require_tensor(x, "hardsigmoid")
     return Hardsigmoid.apply(x)

@@ -281,6 +281,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     updated in place: ``r = (1 - momentum) * r + momentum * batch_stat``. With ``training=False`` the running
     statistics are used.
     """
+    require_tensor(input, "batch_norm")
     if input.ndim < 2:
         raise ValueError(f"batch_norm: expected an input of shape (N, C, *), got shape {tuple(input.shape)}")
     c = input.shape[1]
@@ -350,6 +351,7 @@ def _layer_norm_grads(ctx, g, x_hat, inv_std, weight):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Normalise over the trailing dimensions ``normalized_shape`` (mean 0, biased variance 1), then
     ``* weight + bias``."""
+    require_tensor(input, "layer_norm")
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
     if k == 0 or tuple(input.shape[input.ndim - k:]) != shape or input.ndim < k:

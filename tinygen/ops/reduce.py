@@ -456,6 +456,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
 
 def std_mean(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
     """(std, mean) over ``dim``, as ``torch.std_mean``."""
+    require_tensor(x, "std_mean")
     dims = _reduce_dims(dim, x.data.ndim, "std_mean")
     return std(x, dims, keepdim, correction=correction, unbiased=unbiased), mean(x, dims, keepdim)
 
