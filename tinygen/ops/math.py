@@ -542,11 +542,9 @@ def atan(x):
 
 
 def _binary(name, fn, a, b):
-    """A binary op where either side may be a Python number (the other one sets the dtype and device)."""
+    """A binary op where either side may be a Python number (the other one sets the dtype and device; register's
+    function has refused a call with no tensor at all)."""
     if not isinstance(a, Tensor):
-        if not isinstance(b, Tensor):
-            raise TypeError(f"{name}: expected at least one tensor argument, got {type(a).__name__} and "
-                            f"{type(b).__name__}")
         return fn.apply(operand(a, b), b)
     return fn.apply(a, operand(b, a))
 
@@ -612,6 +610,9 @@ def pow(input, exponent):
 
 def rsub(input, other, alpha=1):
     """other - alpha * input (PyTorch's reversed subtraction); either may be a number."""
+    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        raise TypeError(f"rsub(): expected at least one tensor argument, got {type(input).__name__} and "
+                        f"{type(other).__name__}")
     if alpha != 1:
         input = input * alpha
     return _binary("rsub", Sub, other, input)
