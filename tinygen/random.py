@@ -4,7 +4,7 @@ import numpy as np
 from .capture import replayed
 from . import backend, dtypes
 from ._checks import check_int, check_real, is_int
-from .tensor import Tensor, _make, _size, get_default_dtype, require_tensor
+from .tensor import _make, _size, get_default_dtype, require_tensor
 
 _seed = None
 _generators = {}

@@ -206,12 +206,12 @@ def _make(data, device, requires_grad=False, grad_fn=None, out_idx=0):
     return t
 
 
-def register(*names):
+def register(*names, number_first=False):
     """Attach a function as Tensor method(s): ``@register("exp")`` makes ``x.exp()`` call ``exp(x)``.
 
-    The method is the function itself; the module-level function (``tinygen.exp``) also checks that it was given
-    a tensor, so ``tinygen.exp(2.0)`` gets tinygen's TypeError instead of an AttributeError. (A number may come
-    first when a later argument is a tensor: ``tinygen.xlogy(2.0, t)``.)"""
+    The method is the function itself; the module-level function (``tinygen.exp``) also checks that its first
+    argument is a tensor, so ``tinygen.exp(2.0)`` gets tinygen's TypeError instead of an AttributeError. With
+    ``number_first=True`` a number may come first when the second argument is a tensor (``tinygen.xlogy(2.0, t)``)."""
     def deco(fn):
         for name in names or (fn.__name__,):
             setattr(Tensor, name, fn)
@@ -219,7 +219,7 @@ def register(*names):
 
         @functools.wraps(fn)
         def checked(x, *args, **kwargs):
-            if not isinstance(x, Tensor) and not any(isinstance(a, Tensor) for a in args):
+            if not isinstance(x, Tensor) and not (number_first and args and isinstance(args[0], Tensor)):
                 raise TypeError(f"{label}(): argument 'input' must be Tensor, not {type(x).__name__}")
             return fn(x, *args, **kwargs)
         return checked

@@ -124,30 +124,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
     gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
     """
-    outputs, grads = _roots(outputs, grad_outputs)
-    single = isinstance(inputs, Tensor)
-    inputs = (inputs,) if single else tuple(inputs)
-    for i, t in enumerate(inputs):
-        if not isinstance(t, Tensor) or not t._requires_grad:
-            raise RuntimeError(f"grad: input {i} does not require grad")
-    if retain_graph is None:
-        retain_graph = create_graph
-    results = _run(outputs, grads, retain_graph, create_graph, inputs)
-    for i, g in enumerate(results):
-        if g is None and not allow_unused:
-            raise RuntimeError(f"grad: input {i} (shape {inputs[i].shape}) was not used in computing the outputs; "
-                               f"pass allow_unused=True to get None for it")
-    return tuple(results)
-
-
-
-
-def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
-    """Return d(outputs)/d(inputs) as a tuple, without touching any ``.grad``.
-
-    ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
-    gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
-    """
     if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
         return CAPTURE.recorder.record_call(_grad, (outputs, inputs, grad_outputs, retain_graph, create_graph,
                                                     allow_unused), {}, builds_graph=create_graph)

@@ -168,7 +168,6 @@ def _rpow(a, b):
 
 @register("neg", "__neg__")
 def neg(a):
-    require_tensor(a, "neg")
     return Neg.apply(a)
 
 
@@ -216,5 +215,4 @@ register("logical_or", "__or__", "__ror__")(logical_or)
 
 @register("logical_not", "__invert__")
 def logical_not(a):
-    require_tensor(a, "logical_not")
     return _make(~_truth(a.data), a._device)

@@ -6,7 +6,7 @@ second derivative through them is zero, which is the true value away from the ki
 from .. import backend, kernels
 from ..autograd.function import Function
 from .._checks import check_real
-from ..tensor import Tensor, _make, register, require_tensor
+from ..tensor import Tensor, _make, register
 from .arithmetic import operand
 
 
@@ -308,73 +308,61 @@ class Clone(Function):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register()
 def exp(x):
-    require_tensor(x, "exp")
     return Exp.apply(x)
 
 
 @register()
 def log(x):
-    require_tensor(x, "log")
     return Log.apply(x)
 
 
 @register()
 def sqrt(x):
-    require_tensor(x, "sqrt")
     return Sqrt.apply(x)
 
 
 @register("abs", "__abs__")
 def abs_(x):
-    require_tensor(x, "abs")
     return Abs.apply(x)
 
 
 @register()
 def sin(x):
-    require_tensor(x, "sin")
     return Sin.apply(x)
 
 
 @register()
 def cos(x):
-    require_tensor(x, "cos")
     return Cos.apply(x)
 
 
 @register()
 def tanh(x):
-    require_tensor(x, "tanh")
     return Tanh.apply(x)
 
 
 @register()
 def sigmoid(x):
-    require_tensor(x, "sigmoid")
     return Sigmoid.apply(x)
 
 
 @register()
 def relu(x):
-    require_tensor(x, "relu")
     return Relu.apply(x)
 
 
 @register()
 def leaky_relu(x, negative_slope=0.01):
-    require_tensor(x, "leaky_relu")
     return LeakyRelu.apply(x, check_real(negative_slope, "leaky_relu", "negative_slope"))
 
 
 @register()
 def elu(x, alpha=1.0):
-    require_tensor(x, "elu")
     return Elu.apply(x, check_real(alpha, "elu", "alpha"))
 
 
 @register()
 def softplus(x, beta=1.0, threshold=20.0):
-    require_tensor(x, "softplus")
     return Softplus.apply(x, check_real(beta, "softplus", "beta"), check_real(threshold, "softplus", "threshold"))
 
 
@@ -401,7 +389,6 @@ def where(condition, a, b):
 
 @register()
 def clone(x):
-    require_tensor(x, "clone")
     return Clone.apply(x)
 
 

@@ -23,7 +23,6 @@ class Matmul(Function):
 @register("matmul", "__matmul__")
 def matmul(a, b):
     """Matrix product with NumPy's rules: 1-D operands are treated as a row / column vector, then squeezed."""
-    require_tensor(a, "matmul")
     require_tensor(b, "matmul", "other")
     if a.data.ndim == 0 or b.data.ndim == 0:
         raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes {a.shape} and {b.shape}")
@@ -51,7 +50,7 @@ def _rmatmul(a, b):
 # ---- ops added for PyTorch parity ------------------------------------------------------------------------------------
 # The Tensor-level matrix product is mm_ (registered as Tensor.mm, exported as tinygen.mm): the name mm above is
 # the array helper every product goes through.
-from ..tensor import Tensor, _make  # noqa: E402
+from ..tensor import Tensor  # noqa: E402
 from .index import GetItem  # noqa: E402
 
 

@@ -215,7 +215,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
 class BCEWithLogitsFunction(Function):
     @staticmethod
     def forward(ctx, x, t, weight, pos_weight, reduction):
-        xp, z, y = ctx.xp, x.data, t.data
+        z, y = x.data, t.data
         ctx.save_for_backward(x, t, weight, pos_weight)
         ctx.reduction = reduction
         # loss and d loss / dx in one pass (kernel bce_with_logits); a plain backward then only scales the gradient

@@ -549,22 +549,22 @@ def _binary(name, fn, a, b):
     return fn.apply(a, operand(b, a))
 
 
-@register("atan2", "arctan2")
+@register("atan2", "arctan2", number_first=True)
 def atan2(input, other):
     return _binary("atan2", Atan2, input, other)
 
 
-@register()
+@register(number_first=True)
 def hypot(input, other):
     return _binary("hypot", Hypot, input, other)
 
 
-@register()
+@register(number_first=True)
 def logaddexp(input, other):
     return _binary("logaddexp", Logaddexp, input, other)
 
 
-@register()
+@register(number_first=True)
 def xlogy(input, other):
     return _binary("xlogy", Xlogy, input, other)
 
@@ -572,7 +572,6 @@ def xlogy(input, other):
 @register("clamp", "clip")
 def clamp(x, min=None, max=None):
     """Elementwise min(max(x, min), max). The bounds are numbers or tensors (broadcast against x)."""
-    require_tensor(x, "clamp")
     for arg, v in (("min", min), ("max", max)):
         if v is not None and not isinstance(v, Tensor):
             check_real(v, "clamp", arg, finite=False)

@@ -151,7 +151,6 @@ def _on_last_axis(xp, name, dim, *arrays):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register()
 def sum(x, dim=None, keepdim=False, dtype=None):
-    require_tensor(x, "sum")
     if dtype is not None:
         x = x.to(dtype)
     return Sum.apply(x, normalize_dims(dim, x.data.ndim, "sum"), keepdim)
@@ -159,7 +158,6 @@ def sum(x, dim=None, keepdim=False, dtype=None):
 
 @register()
 def mean(x, dim=None, keepdim=False):
-    require_tensor(x, "mean")
     dims = normalize_dims(dim, x.data.ndim, "mean")
     if x.data.dtype.kind != "f":
         raise TypeError(f"mean: needs a floating tensor, got dtype {x.dtype}")
@@ -172,7 +170,6 @@ def mean(x, dim=None, keepdim=False):
 @register()
 def var(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
     """Variance over ``dim``; unbiased (divides by n - 1) unless ``correction=0`` or ``unbiased=False``."""
-    require_tensor(x, "var")
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     dims = normalize_dims(dim, x.data.ndim, "var")
@@ -185,13 +182,11 @@ def var(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
 
 @register()
 def std(x, dim=None, keepdim=False, *, correction=None, unbiased=None):
-    require_tensor(x, "std")
     return var(x, dim, keepdim, correction=correction, unbiased=unbiased).sqrt()
 
 
 def _max_min(x, dim, keepdim, largest, name):
     from ..tensor import Tensor
-    require_tensor(x, name)
     if isinstance(dim, Tensor):  # tinygen.max(a, b) is the elementwise maximum, as in PyTorch
         from .elementwise import maximum, minimum
         return maximum(x, dim) if largest else minimum(x, dim)
@@ -224,19 +219,16 @@ def min(x, dim=None, keepdim=False):
 
 @register()
 def amax(x, dim=None, keepdim=False):
-    require_tensor(x, "amax")
     return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amax"), keepdim, True)
 
 
 @register()
 def amin(x, dim=None, keepdim=False):
-    require_tensor(x, "amin")
     return Amax.apply(x, normalize_dims(dim, x.data.ndim, "amin"), keepdim, False)
 
 
 @register()
 def argmax(x, dim=None, keepdim=False):
-    require_tensor(x, "argmax")
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmax(x.data)), x._device)
@@ -250,7 +242,6 @@ def argmax(x, dim=None, keepdim=False):
 
 @register()
 def argmin(x, dim=None, keepdim=False):
-    require_tensor(x, "argmin")
     xp = x.xp
     if dim is None:
         return _make(xp.asarray(xp.argmin(x.data)), x._device)
@@ -264,7 +255,6 @@ def argmin(x, dim=None, keepdim=False):
 
 @register()
 def logsumexp(x, dim, keepdim=False):
-    require_tensor(x, "logsumexp")
     return Logsumexp.apply(x, normalize_dims(dim, x.data.ndim, "logsumexp"), keepdim)
 
 
@@ -277,7 +267,6 @@ def _one_dim(dim, x, op):
 
 @register()
 def softmax(x, dim):
-    require_tensor(x, "softmax")
     d = _one_dim(dim, x, "softmax")
     if x.data.ndim == 0:  # a single class (as PyTorch)
         return Softmax.apply(x.reshape(1), 0).reshape(())
@@ -286,7 +275,6 @@ def softmax(x, dim):
 
 @register()
 def log_softmax(x, dim):
-    require_tensor(x, "log_softmax")
     d = _one_dim(dim, x, "log_softmax")
     if x.data.ndim == 0:
         return LogSoftmax.apply(x.reshape(1), 0).reshape(())

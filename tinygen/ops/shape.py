@@ -4,7 +4,7 @@ import numpy as np
 from ..autograd.engine import sum_to_array
 from .._checks import check_dim, check_int, check_sizes, is_int
 from ..autograd.function import Function
-from ..tensor import Tensor, register, require_tensor
+from ..tensor import Tensor, register
 
 
 def _shape_arg(shape, fn="reshape", arg="shape"):
@@ -103,7 +103,6 @@ class Cat(Function):
 # ---- public functions ------------------------------------------------------------------------------------------------
 @register("reshape", "view")
 def reshape(x, *shape):
-    require_tensor(x, "reshape")
     shape = _shape_arg(shape)
     if shape.count(-1) > 1:
         raise ValueError(f"reshape: only one dimension can be inferred, got shape {shape}")
@@ -114,7 +113,6 @@ def reshape(x, *shape):
 
 @register()
 def flatten(x, start_dim=0, end_dim=-1):
-    require_tensor(x, "flatten")
     nd = x.data.ndim
     s, e = check_dim(start_dim, nd, "flatten", "start_dim"), check_dim(end_dim, nd, "flatten", "end_dim")
     if nd == 0:
@@ -127,7 +125,6 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 @register()
 def permute(x, *dims):
-    require_tensor(x, "permute")
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     nd = x.data.ndim
@@ -146,7 +143,6 @@ def permute(x, *dims):
 
 @register()
 def transpose(x, dim0, dim1):
-    require_tensor(x, "transpose")
     nd = x.data.ndim
     dim0, dim1 = check_dim(dim0, nd, "transpose", "dim0"), check_dim(dim1, nd, "transpose", "dim1")
     if nd == 0:
@@ -162,7 +158,6 @@ Tensor.mT = property(lambda self: self.transpose(-2, -1))
 
 @register()
 def expand(x, *shape):
-    require_tensor(x, "expand")
     shape = _shape_arg(shape, "expand", "size")
     lead = len(shape) - x.data.ndim
     if lead < 0:
@@ -187,7 +182,6 @@ def sum_to(x, shape):
 
 @register()
 def squeeze(x, dim=None):
-    require_tensor(x, "squeeze")
     shape = x.data.shape
     if dim is None:
         return x.reshape(tuple(s for s in shape if s != 1))
@@ -199,7 +193,6 @@ def squeeze(x, dim=None):
 
 @register()
 def unsqueeze(x, dim):
-    require_tensor(x, "unsqueeze")
     dim = check_dim(dim, x.data.ndim + 1, "unsqueeze")  # the new axis may go after the last one
     shape = x.data.shape
     return x.reshape(shape[:dim] + (1,) + shape[dim:])
@@ -207,7 +200,6 @@ def unsqueeze(x, dim):
 
 @register()
 def contiguous(x):
-    require_tensor(x, "contiguous")
     return x if x.data.flags.c_contiguous else x.clone()
 
 
@@ -240,7 +232,6 @@ def stack(tensors, dim=0):
 @register()
 def split(x, split_size_or_sections, dim=0):
     """Split into pieces of ``split_size`` along ``dim`` (the last may be smaller), or into the given sizes."""
-    require_tensor(x, "split")
     if x.data.ndim == 0:
         raise RuntimeError("split: expected a tensor with at least one dimension, got a 0-d tensor")
     dim = check_dim(dim, x.data.ndim, "split")
@@ -269,7 +260,6 @@ def split(x, split_size_or_sections, dim=0):
 
 @register()
 def chunk(x, chunks, dim=0):
-    require_tensor(x, "chunk")
     if check_int(chunks, "chunk", "chunks") <= 0:
         raise ValueError(f"chunk: chunk expects `chunks` to be greater than 0, got: {chunks}")
     if x.data.ndim == 0:
