@@ -4,6 +4,7 @@
     tinygen sample CHECKPOINT [--n 64] [--out grid.png]  samples as a PNG grid (or raw, .npy) beside the checkpoint
     tinygen eval CHECKPOINT [--json]              quality metrics of a checkpoint
     tinygen data mnist --download DIR             fetch MNIST from the public mirrors, SHA-256 verified
+    tinygen app inpaint|superres|text|music ...   the applications (``tinygen.apps``; docs/applications.md)
     tinygen bench [options]                       the benchmark suite (from a source checkout)
 
 Each model module (``tinygen.models.gan``, ``.vae``, ``.classifier``) provides ``add_arguments(parser)`` and
@@ -41,6 +42,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser():
+    from . import apps
     from .models import train_utils as tu
     defaults = HelpFormatter
     parser = argparse.ArgumentParser(prog="tinygen", description="tinygen: train and evaluate small generative "
@@ -82,6 +84,14 @@ def build_parser():
     data_sub = data.add_subparsers(dest="dataset", required=True)
     mn = data_sub.add_parser("mnist", help="MNIST")
     mn.add_argument("--download", metavar="DIR", required=True, help="folder to download the four IDX files into")
+
+    app = sub.add_parser("app", help="applications: inpainting, super-resolution, text, music")
+    app_sub = app.add_subparsers(dest="app", required=True)
+    for name in apps.APPS:
+        module = apps.get(name)
+        p = app_sub.add_parser(name, help=module.SUMMARY, description=module.SUMMARY, formatter_class=defaults)
+        module.add_arguments(p)
+        tu.add_threads_argument(p)
 
     sub.add_parser("bench", help="run the benchmark suite (from a source checkout)", add_help=False)
     return parser
@@ -181,6 +191,9 @@ def _command(args):
             for k, v in metrics.items():
                 print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
         return 0
+    if args.command == "app":
+        from . import apps
+        return apps.get(args.app).run(args) or 0
     if args.command == "data":
         from .data.download import download_mnist
         download_mnist(args.download)
