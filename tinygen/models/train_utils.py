@@ -567,6 +567,57 @@ def mnist_split(split, data=None):
     return mnist(split, root=data)
 
 
+def custom_dataset(data=None, train_set=None, label_column=None, force=False):
+    """The run's own training data as a checked ``tinygen.data.Dataset``, or None where the run is on MNIST.
+
+    data: a path; MNIST when it is a folder holding the MNIST IDX files, else read by ``load_dataset``.
+    train_set: arrays ``x`` or ``(x, labels)`` given in Python; taken as MNIST when they are 28x28 / 784-pixel
+    images with labels, unless ``force``."""
+    from ..data import from_arrays, is_mnist_folder, load_dataset
+    if train_set is not None:
+        x, labels = (train_set if isinstance(train_set, (tuple, list)) and len(train_set) == 2 else (train_set, None))
+        x = np.asarray(x)
+        if not force and labels is not None and x.ndim >= 2 and int(np.prod(x.shape[1:])) == 784:
+            return None
+        return from_arrays(x, labels, source="arrays given in Python")
+    if data is None or (is_mnist_folder(data) and not force):
+        if label_column is not None:
+            raise ValueError("--label-column names the label column of a CSV file given by --data; MNIST has "
+                             "its labels")
+        return None
+    return load_dataset(data, label_column=label_column)
+
+
+def prepare_own_data(dataset, interval, conditional=False, conv_arch=None):
+    """A run's own data (a ``tinygen.data.Dataset``) in the model's units (``ModelData``), refusing what the model
+    cannot take: a conditional model on data without labels; ``conv_arch`` (the name of a convolutional arch, made
+    for 28x28 single-channel images) on examples of another shape."""
+    if conditional and dataset.y is None:
+        raise ValueError(f"a conditional model needs class labels; {dataset.source} has none (give an .npz with "
+                         f"'y', a CSV with --label-column, or a folder of class sub-folders), or train without "
+                         f"conditional")
+    if conv_arch is not None and dataset.shape != (28, 28):
+        raise ValueError(f"arch {conv_arch!r} is a convolutional network for 28x28 single-channel images; "
+                         f"{dataset.source} holds examples of shape {dataset.shape}: use arch 'mlp'")
+    return dataset.for_model(interval)
+
+
+def reload_own_data(saved_path, label_column, scaling_state, path=None):
+    """The data a run was trained on, again (for ``tinygen eval``), in the model's units by the saved scaling:
+    ``(x (N, features) float32, labels or None)``. path: another copy of it (``--data``)."""
+    from ..data import Scaling
+    path = path or saved_path
+    if path is None:
+        raise ValueError("the run was trained on arrays given in Python, not a file: pass --data FILE to evaluate "
+                         "on data of the same kind")
+    scaling = Scaling.from_state(scaling_state)
+    dataset = custom_dataset(path, label_column=label_column, force=True)
+    if dataset.shape != scaling.shape:
+        raise ValueError(f"--data {path}: examples of shape {dataset.shape}, but the model was trained on "
+                         f"{scaling.shape}")
+    return scaling.to_model(dataset.x), dataset.y
+
+
 def available_memory():
     """Bytes of memory available to a new allocation (Linux MemAvailable), or None where it cannot be read."""
     try:
@@ -592,15 +643,33 @@ def check_fits_in_memory(nbytes, what):
 
 
 # ---- samples to a file -----------------------------------------------------------------------------------------------
-SAMPLE_SUFFIXES = (".png", ".npy")
+SAMPLE_SUFFIXES = (".png", ".npy", ".csv")
 MAX_PICTURE_SAMPLES = 10_000  # a 100 x 100 grid of digits, 3,000 pixels a side; beyond that a picture says nothing
 SAMPLE_CHUNK = 1000
 
 
-def default_sample_path(checkpoint, seed=0):
+def default_sample_path(checkpoint, seed=0, suffix=".png"):
     """Where ``tinygen sample CKPT`` writes without ``--out``: ``samples_seed<seed>.png`` beside the checkpoint
-    (not ``samples.png``, which training writes there)."""
-    return Path(checkpoint).expanduser().parent / f"samples_seed{seed}.png"
+    (not ``samples.png``, which training writes there); ``suffix`` ".npy" for data that are not pictures."""
+    return Path(checkpoint).expanduser().parent / f"samples_seed{seed}{suffix}"
+
+
+def write_data_samples(args, draw, scaling, nrow=8):
+    """``tinygen sample`` for a run on its own data: ``draw(start, count)`` gives model-unit samples (count,
+    features), written in the data's units and shape (``scaling``, a ``tinygen.data.Scaling``): a .png grid of
+    images, a .npy array (n, *shape) or a .csv of one flattened sample a row. Vectors have no picture: without
+    ``--out`` they go to a .npy file."""
+    from ..utils.image import save_image_grid
+    images = scaling.kind == "images"
+    out = Path(args.out) if args.out else default_sample_path(args.checkpoint, args.seed, ".png" if images else ".npy")
+    if not images and out.suffix.lower() == ".png":
+        raise ValueError(f"--out {out}: the samples are vectors of {scaling.features} features, not images; write "
+                         f"them to a .npy or .csv file")
+    write_samples(out, args.n, lambda start, count: scaling.to_data(draw(start, count)), scaling.shape,
+                  lambda path, x: save_image_grid(path, x, nrow=nrow, value_range=scaling.picture_range()),
+                  columns=scaling.columns)
+    print(f"wrote {args.n} samples of shape {scaling.shape} in the data's units to {out}")
+    return out
 
 
 def check_sample_request(n, out, item_shape):
@@ -611,12 +680,12 @@ def check_sample_request(n, out, item_shape):
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in SAMPLE_SUFFIXES:
-        raise ValueError(f"--out {out}: name a .png file (a picture) or a .npy file (the raw samples); "
-                         f"'{out.suffix or out.name}' is neither")
+        raise ValueError(f"--out {out}: name a .png file (a picture), or a .npy or .csv file (the raw samples); "
+                         f"'{out.suffix or out.name}' is none of them")
     if suffix == ".png" and n > MAX_PICTURE_SAMPLES:
         raise ValueError(f"--n {n} is too many for one picture (at most {MAX_PICTURE_SAMPLES}); write them to "
                          f"a .npy file instead (--out {out.with_suffix('.npy')}), which is filled in chunks")
-    if suffix == ".npy":
+    if suffix in (".npy", ".csv"):
         import shutil
         need = int(n) * int(np.prod(item_shape)) * 4 + 4096
         folder = out.parent if str(out.parent) else Path(".")
@@ -628,15 +697,29 @@ def check_sample_request(n, out, item_shape):
     return int(n)
 
 
-def write_samples(out, n, draw, item_shape, picture):
+def write_samples(out, n, draw, item_shape, picture, columns=None):
     """Draw ``n`` samples in chunks of SAMPLE_CHUNK with ``draw(start, count)`` (float32 arrays of ``item_shape``)
     into ``out``: a .npy file filled chunk by chunk (so memory stays flat for any n) and renamed into place when
-    complete, or a picture made by ``picture(path, samples)`` for a .png."""
+    complete, a .csv of one flattened sample a row (a header of ``columns`` when given), or a picture made by
+    ``picture(path, samples)`` for a .png."""
     out = Path(out)
     n = check_sample_request(n, out, item_shape)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".png":
         picture(out, np.concatenate([draw(i, min(SAMPLE_CHUNK, n - i)) for i in range(0, n, SAMPLE_CHUNK)]))
+        return out
+    if out.suffix.lower() == ".csv":
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                if columns is not None:
+                    f.write(",".join(columns) + "\n")
+                for i in range(0, n, SAMPLE_CHUNK):
+                    m = min(SAMPLE_CHUNK, n - i)
+                    np.savetxt(f, np.asarray(draw(i, m), dtype=np.float32).reshape(m, -1), delimiter=",", fmt="%.7g")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
         return out
     if out.is_dir():
         raise IsADirectoryError(21, "is a folder; give a file name ending in .npy", str(out))

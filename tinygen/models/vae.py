@@ -30,6 +30,12 @@ log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), which tightens a
     tinygen train vae --arch conv --out runs/vae-conv     # the convolutional encoder and decoder
     tinygen eval runs/vae/checkpoint.npz --iwae-k 5000 --json
     tinygen sample runs/vae/checkpoint.npz --n 64 --out samples.png
+    tinygen train vae --data table.csv --label-column kind  # your data: .npy/.npz/.csv or a folder of PNGs
+
+Your own data (``--data PATH``, read by ``tinygen.data.load_dataset``): bounded data (bytes, or values within
+[0, 1] or [-1, 1], or images) is mapped to [0, 1] for the Bernoulli (or sigmoid-mean Gaussian) decoder;
+unbounded vectors are standardised per feature and always get the Gaussian decoder with a linear mean
+(``decoder_mean="linear"``). One example in ten (at least one; seeded) is held out for the test ELBO.
 """
 import math
 import statistics
@@ -42,7 +48,7 @@ from .. import Tensor, as_tensor, cat, eye, nn, no_grad, optim, zeros
 from .. import distributed as dist
 from .. import random as _random
 from ..backend import array_module, device_of
-from ..data import DataLoader, binarize, to_unit
+from ..data import DataLoader, ModelData, Scaling, binarize, to_unit
 from ..nn import functional as F
 from . import train_utils as tu
 
@@ -52,13 +58,15 @@ TEST_BINARIZE_SEED = 0  # the binarised test set is drawn once with this seed, s
 DECODERS = ("bernoulli", "gaussian")
 LABEL_EMBEDDINGS = ("onehot", "embedding")
 ARCHS = ("mlp", "conv")
+DECODER_MEANS = ("sigmoid", "linear")  # the Gaussian decoder's mean: in [0, 1], or unbounded (standardised data)
 CONV_CHANNELS = (32, 64)  # the conv arch's channels at 14x14 and 7x7
 
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "latent": 20, "hidden": [400], "seed": 1,
             "binarize": False, "beta": 1.0, "beta_warmup": 0.0, "decoder": "bernoulli", "decoder_var": "learned",
-            "conditional": False, "label_embedding": "onehot", "label_dim": 10, "arch": "mlp"}
+            "conditional": False, "label_embedding": "onehot", "label_dim": 10, "arch": "mlp",
+            "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None}
 # Settings added after runs were saved, with the value that reproduces those runs.
-ADDED_SETTINGS = {"arch": "mlp"}
+ADDED_SETTINGS = {"arch": "mlp", "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None}
 
 
 # ---- the model -------------------------------------------------------------------------------------------------------
@@ -94,9 +102,14 @@ class VAE(nn.Module):
     """MLP VAE for 784-pixel images; see the module docstring for the decoders and the conditional variant."""
 
     def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
-                 label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp"):
+                 label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp",
+                 decoder_mean="sigmoid"):
         super().__init__()
         hidden = _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch)
+        if decoder_mean not in DECODER_MEANS or (decoder_mean == "linear" and decoder != "gaussian"):
+            raise ValueError(f"VAE: decoder_mean must be 'sigmoid', or 'linear' with the gaussian decoder; got "
+                             f"{decoder_mean!r} with decoder {decoder!r}")
+        self.decoder_mean = decoder_mean
         if arch == "conv" and data_dim != 784:
             raise ValueError(f"VAE: arch 'conv' works on 28x28 images (data_dim 784), got data_dim {data_dim}")
         self.arch = arch
@@ -163,8 +176,11 @@ class VAE(nn.Module):
         return out
 
     def mean(self, z, y=None):
-        """E[x|z] in [0, 1]: sigmoid of the decoder output (for pictures)."""
-        return self.decode(z, y).sigmoid()
+        """E[x|z]: the sigmoid of the decoder output, in [0, 1] (the output itself with decoder_mean 'linear')."""
+        return self._mean(self.decode(z, y))
+
+    def _mean(self, out):
+        return out if self.decoder_mean == "linear" else out.sigmoid()
 
     @staticmethod
     def reparameterize(mu, logvar, eps=None):
@@ -193,7 +209,7 @@ class VAE(nn.Module):
                 return F.binary_cross_entropy_with_logits(out, x, reduction="sum")
             return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
         logvar = self.decoder_logvar()
-        d = x - out.sigmoid()
+        d = x - self._mean(out)
         sq = (d * d).sum() if reduction == "sum" else (d * d).sum(1)
         count = self.data_dim * (x.shape[0] if reduction == "sum" else 1)
         # 0.5 * (sum (x - mean)^2 / sigma^2 + count * (log sigma^2 + log 2 pi))
@@ -333,10 +349,67 @@ def _flat_unit(images):
     return to_unit(np.asarray(images)).reshape(len(images), 784)
 
 
+def resolve_data(settings, train_set=None):
+    """A run on its own data (``data`` a file or a folder that is not MNIST's, or ``train_set`` arrays that are
+    not 784-pixel images with labels): ``(settings, ModelData)`` with the settings the data fixes (data_dim,
+    num_classes; for unbounded data the gaussian decoder with a linear mean). Otherwise ``(settings,
+    train_set)`` unchanged."""
+    own = tu.custom_dataset(settings.get("data"), train_set, settings.get("label_column"))
+    if own is None:
+        return settings, train_set
+    prepared = tu.prepare_own_data(own, (0.0, 1.0), settings.get("conditional"),
+                                   "conv" if settings.get("arch") == "conv" else None)
+    fixed = {"data_dim": own.features}
+    if own.num_classes:
+        fixed["num_classes"] = own.num_classes
+    for key, value in fixed.items():
+        if settings.get(key) is not None and settings[key] != value:
+            raise ValueError(f"{key}={settings[key]!r} does not fit the data ({own.describe()}): it needs "
+                             f"{key}={value!r}")
+    if not prepared.scaling.bounded:  # Bernoulli pixels make no sense for unbounded values
+        if settings.get("binarize"):
+            raise ValueError(f"binarize needs bounded data; {own.source} is unbounded (standardised)")
+        fixed.update(decoder="gaussian", decoder_mean="linear")
+    return {**settings, **fixed}, prepared
+
+
+def held_out_split(n, seed):
+    """(train indices, test indices) of a run's own data: one example in ten, at least one, picked by ``seed``."""
+    if n < 2:
+        raise ValueError(f"the data has {n} example; a VAE needs at least 2 (one is held out for the test ELBO)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, n // 10)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _own_data(cfg, train_set, test_set=None):
+    """load_data for a ``ModelData``: its held-out split (or ``test_set`` arrays, scaled the same way)."""
+    x, y = train_set.x, train_set.y
+    if test_set is not None:
+        test = tu.custom_dataset(train_set=test_set, force=True)
+        if test.shape != train_set.scaling.shape:
+            raise ValueError(f"test_set examples have shape {test.shape}, the training data {train_set.scaling.shape}")
+        train_x, train_y, test_x, test_y = x, y, train_set.scaling.to_model(test.x), test.y
+    else:
+        tr, te = held_out_split(len(x), cfg["seed"])
+        train_x, test_x = x[tr], x[te]
+        train_y, test_y = (None, None) if y is None else (y[tr], y[te])
+    if cfg["binarize"]:
+        test_x = binarize(test_x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
+    # unlabelled data: zeros, which an unconditional model never reads
+    train_y = np.zeros(len(train_x), np.int64) if train_y is None else train_y
+    test_y = np.zeros(len(test_x), np.int64) if test_y is None else test_y
+    return train_x, train_y, test_x, test_y
+
+
 def load_data(cfg, train_set=None, test_set=None):
     """(train_images (N, 784) float32 in [0, 1], train_labels, test_images, test_labels). The test images are
     binarised once (seed ``TEST_BINARIZE_SEED``) when ``cfg["binarize"]``; the training images are binarised
-    afresh in every batch by the DataLoader."""
+    afresh in every batch by the DataLoader. Own data (``train_set`` a ``ModelData`` from ``resolve_data``):
+    (N, data_dim) in the model's units, with one example in ten held out as the test set (``held_out_split``)
+    unless ``test_set`` is given."""
+    if isinstance(train_set, ModelData):
+        return _own_data(cfg, train_set, test_set)
     if train_set is None:
         train_set = tu.mnist_split("train", cfg.get("data"))
     if test_set is None:
@@ -367,13 +440,19 @@ def make_config(**overrides):
     if cfg["decoder_var"] != "learned":
         cfg["decoder_var"] = float(cfg["decoder_var"])
     cfg["latent"], cfg["label_dim"] = int(cfg["latent"]), int(cfg["label_dim"])
+    cfg["data_dim"], cfg["num_classes"] = tu.check_int("data_dim", cfg["data_dim"]), \
+        tu.check_int("num_classes", cfg["num_classes"])
+    if cfg["decoder_mean"] not in DECODER_MEANS or (cfg["decoder_mean"] == "linear" and cfg["decoder"] != "gaussian"):
+        raise ValueError(f"decoder_mean must be 'sigmoid', or 'linear' with the gaussian decoder; got "
+                         f"{cfg['decoder_mean']!r} with decoder {cfg['decoder']!r}")
     cfg["binarize"], cfg["conditional"] = bool(cfg["binarize"]), bool(cfg["conditional"])
     return cfg
 
 
 def build_model(cfg):
     return VAE(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"], cfg["conditional"],
-               cfg["label_embedding"], cfg["label_dim"], arch=cfg["arch"])
+               cfg["label_embedding"], cfg["label_dim"], cfg["num_classes"], cfg["data_dim"], cfg["arch"],
+               cfg["decoder_mean"])
 
 
 def saved_config(ckpt):
@@ -397,11 +476,19 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     settings: see ``DEFAULTS`` (plus ``data``, ``device``). out: folder for ``checkpoint.npz`` (rewritten
     atomically after every epoch), ``metrics.jsonl`` and the PNGs; ``resume=True`` continues the run saved there
     (same settings; ``epochs`` may grow) and ends with the same parameters as an uninterrupted run.
-    train_set / test_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
+    train_set / test_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets), or arrays
+    ``x`` / ``(x, labels)`` of any size (see ``resolve_data``); ``data``: a folder holding MNIST, or a
+    .npy/.npz/.csv file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
     """
+    settings, train_set = resolve_data(settings, train_set)
     cfg = make_config(**settings)
     device = cfg["device"]
+    own = train_set if isinstance(train_set, ModelData) else None
     train_x, train_y, test_x, test_y = load_data(cfg, train_set, test_set)
+    if own is not None and not quiet and dist.is_main_process():
+        print(f"{own.describe()}; decoder {cfg['decoder']}"
+              + (" with a linear mean" if cfg["decoder_mean"] == "linear" else "")
+              + f"; {len(train_x)} for training, {len(test_x)} held out", flush=True)
     tu.check_batch_fits(cfg["batch_size"], len(train_x))
     tu.check_global_batch(cfg["batch_size"], len(train_x))
     quiet = quiet or not dist.is_main_process()
@@ -427,11 +514,16 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
         if not quiet:
             print(format_record(record), flush=True)
         folder.write("metrics", record)
-        folder.save(NAME, cfg, epoch + 1, parts, devices=(device,),
-                    extra={"last": record, "num_train": int(len(train_x))})
+        extra = {"last": record, "num_train": int(len(train_x))}
+        if own is not None:  # how samples go back to the data's units and shape
+            extra["scaling"] = own.scaling.state()
+        folder.save(NAME, cfg, epoch + 1, parts, devices=(device,), extra=extra)
     if folder.path is not None and folder.writes and pictures:
         with tu.fork_rng(cfg["seed"], (device,)):
-            save_pictures(model, folder.path, test_x, test_y, device=device)
+            if own is None:
+                save_pictures(model, folder.path, test_x, test_y, device=device)
+            else:
+                save_own_pictures(model, folder.path, own.scaling, test_x, test_y, device=device)
     return model, history
 
 
@@ -487,12 +579,17 @@ def _labels_for(model, n, label=None, device="cpu", start=0):
     return _to(ys, device, np.int64)
 
 
-def sample_images(model, n, label=None, device="cpu", start=0):
-    """``n`` images (n, 28, 28) in [0, 1]: decoder means at z ~ N(0, I) (label: the class, for a CVAE; default
-    the classes in turn, from class ``start % 10``)."""
+def sample_means(model, n, label=None, device="cpu", start=0):
+    """``n`` decoder means (n, data_dim) at z ~ N(0, I) (label: the class, for a CVAE; default the classes in
+    turn, from class ``start % num_classes``)."""
     with no_grad():
         z = _random.randn(n, model.latent, device=device)
-        return _host(model.mean(z, _labels_for(model, n, label, device, start))).reshape(n, 28, 28)
+        return _host(model.mean(z, _labels_for(model, n, label, device, start)))
+
+
+def sample_images(model, n, label=None, device="cpu", start=0):
+    """``n`` MNIST images (n, 28, 28) in [0, 1]: ``sample_means`` as pictures."""
+    return sample_means(model, n, label, device, start).reshape(n, 28, 28)
 
 
 def reconstructions(model, images, labels=None, device="cpu"):
@@ -557,6 +654,25 @@ def save_pictures(model, out, test_x, test_y, device="cpu"):
     return paths
 
 
+def save_own_pictures(model, out, scaling, test_x, test_y, device="cpu"):
+    """For a run on its own images: samples.png and reconstructions.png (rows of held-out inputs over their
+    reconstructions) in the data's shape and units (``scaling``); nothing for vectors. Returns the paths."""
+    from ..utils.image import save_image_grid
+    if scaling.kind != "images":
+        return []
+    out, rng = Path(out), scaling.picture_range()
+    nrow = model.num_classes if model.conditional else 8
+    paths = [save_image_grid(out / "samples.png", scaling.to_data(sample_means(model, 8 * nrow, device=device)),
+                             nrow=nrow, value_range=rng)]
+    n = min(8, len(test_x))
+    with no_grad():
+        y = _to(test_y[:n], device, np.int64) if model.conditional else None
+        rec = _host(model.mean(model.encode(_to(test_x[:n], device), y)[0], y))
+    pairs = scaling.to_data(np.concatenate([test_x[:n], rec]))
+    paths.append(save_image_grid(out / "reconstructions.png", pairs, nrow=n, value_range=rng))
+    return paths
+
+
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
@@ -584,8 +700,14 @@ def add_arguments(p):
     p.add_argument("--label-embedding", default=DEFAULTS["label_embedding"], choices=LABEL_EMBEDDINGS,
                    help="how a CVAE feeds the label: one-hot vector or a learned nn.Embedding")
     p.add_argument("--label-dim", type=int, default=DEFAULTS["label_dim"], help="size of the label embedding")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped with tinygen)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped with tinygen), or your data: a "
+                        ".npy/.npz array, a .csv of numbers or a folder of PNG images (class sub-folders give "
+                        "labels); bounded data is scaled to [0, 1], unbounded vectors are standardised and get the "
+                        "gaussian decoder with a linear mean; one example in ten is held out for the test ELBO")
+    p.add_argument("--label-column", default=None, metavar="NAME|INDEX",
+                   help="--data CSV: the column holding class labels (a header name or a 0-based index); default "
+                        "none")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -607,10 +729,17 @@ def train_from_args(args):
 
 def sample_checkpoint(ckpt, args):
     """Samples from the prior as a PNG grid, or the raw (n, 28, 28) float32 means for an ``.npy`` output (written
-    in chunks). Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint."""
+    in chunks). Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint. A run on its own data:
+    samples in the data's units and shape (``tu.write_data_samples``; also ``.csv``)."""
     from ..utils.image import save_image_grid
     model = model_from_checkpoint(ckpt, args.device)
     label = tu.check_label_option(getattr(args, "label", None), model.conditional, model.num_classes)
+    if "scaling" in ckpt.get("extra", {}):
+        _random.manual_seed(args.seed)
+        tu.write_data_samples(args, lambda start, count: sample_means(model, count, label, args.device, start),
+                              Scaling.from_state(ckpt["extra"]["scaling"]),
+                              nrow=model.num_classes if model.conditional and label is None else 8)
+        return 0
     out = args.out or tu.default_sample_path(args.checkpoint, args.seed)
     tu.check_sample_request(args.n, out, (28, 28))
     _random.manual_seed(args.seed)
@@ -627,6 +756,8 @@ def evaluate_checkpoint(ckpt, args):
     ``test_loss`` is the negative ELBO per test image (one z sample each), ``iwae_nll`` the negative IWAE bound
     (an upper bound on the test negative log-likelihood, tighter than test_loss), all in nats. ``iwae_nll_stderr``
     is the standard error of that mean over the images (how much it would move with other test images).
+    A run on its own data is scored on its held-out split (``held_out_split``) of the file it read (or of
+    ``--data``), never on MNIST.
     """
     k, m = int(args.iwae_k), int(args.iwae_images)
     if k < 1:
@@ -634,13 +765,18 @@ def evaluate_checkpoint(ckpt, args):
     if m < 0:
         raise ValueError(f"--iwae-images must be >= 0 (0 skips the IWAE bound), got {m}")
     model = model_from_checkpoint(ckpt, args.device)
-    cfg = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS})
+    cfg = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS | {"data": None}})
     data = getattr(args, "data", None)
-    test = tu.mnist_split("test", data)
-    x = _flat_unit(test.images)
-    if cfg["binarize"]:
-        x = binarize(x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
-    y = np.asarray(test.labels, dtype=np.int64)
+    if "scaling" in ckpt.get("extra", {}):  # own data: its held-out split, as in training (not MNIST's test set)
+        own_x, own_y = tu.reload_own_data(cfg["data"], cfg["label_column"], ckpt["extra"]["scaling"], data)
+        x, y = _own_data(cfg, ModelData(own_x, own_y, None, None))[2:]
+        m = min(m, len(x))
+    else:
+        test = tu.mnist_split("test", data)
+        x = _flat_unit(test.images)
+        if cfg["binarize"]:
+            x = binarize(x, generator=np.random.default_rng(TEST_BINARIZE_SEED))
+        y = np.asarray(test.labels, dtype=np.int64)
     _random.manual_seed(args.seed)
     elbo = evaluate_elbo(model, x, y, device=args.device)
     out = {"epochs_trained": int(ckpt.get("epoch", 0)), "arch": cfg["arch"], "binarized": cfg["binarize"],

@@ -5,6 +5,7 @@
     tinygen train gan --preset article                 # 100 binarised digits, tiny G and D (a case study)
     tinygen train gan --data ring --loss wgan-gp       # 8 Gaussians on a circle; mode metrics every epoch
     tinygen train gan --arch dcgan --no-conditional    # the convolutional DCGAN (models/dcgan.py) instead of MLPs
+    tinygen train gan --data table.csv --label-column kind --conditional   # your data: .npy/.npz/.csv/PNG folder
     tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
     tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
 
@@ -19,13 +20,14 @@ import numpy as np
 
 from ... import distributed as dist
 from ... import random as _random
+from ...data import Scaling
 from .. import train_utils as tu
 from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
                      interpolate, output_means, register_loss, clip_weights_)
 from .models import (ARCHS, Discriminator, FlatDCGANGenerator, Generator, PYTORCH_GAN,  # noqa: F401
                      build_discriminator, build_generator)
-from .trainer import (BASE, DATASETS, NAME, PRESETS, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
-                      generator_from_checkpoint, make_config, sample, save_samples_picture, train_gan)
+from .trainer import (BASE, DATASETS, NAME, PRESETS, TOY, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
+                      generator_from_checkpoint, make_config, resolve_data, sample, save_samples_picture, train_gan)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
@@ -53,9 +55,13 @@ def add_arguments(p):
     p.description = ("Train a GAN. Unset options come from the recipe: the MNIST defaults, or the ring/grid "
                      "defaults, changed by --preset and by --loss. The losses:\n" + loss_help())
     a = p.add_argument
-    a("--data", default=None, metavar="mnist|ring|grid|DIR",
+    a("--data", default=None, metavar="mnist|ring|grid|PATH",
       help="training data: MNIST (default: from $TINYGEN_DATA, else the copy shipped with tinygen), a folder "
-           "holding MNIST, or the 2-D mixtures ring / grid")
+           "holding MNIST, the 2-D mixtures ring / grid, or your data: a .npy/.npz array, a .csv of numbers or a "
+           "folder of PNG images (class sub-folders give labels); it is checked, reported and scaled to [-1, 1] "
+           "(tanh output) when bounded, else standardised (linear output)")
+    a("--label-column", default=None, metavar="NAME|INDEX",
+      help="--data CSV: the column holding class labels (a header name or a 0-based index); default none")
     a("--preset", choices=PRESETS, default=None,
       help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
     a("--loss", choices=list(LOSSES), default=None, help=f"GAN objective (default {BASE['loss']}; see above)")
@@ -168,13 +174,13 @@ def settings_from_args(args):
                          f"networks; it does nothing with --arch {arch}")
     data = getattr(args, "data", None)
     if data is not None:
-        if data in DATASETS:
+        if data in ("mnist", *TOY):
             s["dataset"] = data
-        else:
-            if not Path(data).expanduser().is_dir():
-                raise FileNotFoundError(f"--data {data!r} is neither a dataset ({', '.join(DATASETS)}) nor a folder "
-                                        f"holding MNIST")
-            s["dataset"], s["data"] = "mnist", data
+        else:  # a folder holding MNIST, or a file or folder of your data (resolve_data tells them apart)
+            if not Path(data).expanduser().exists():
+                raise FileNotFoundError(f"--data {data!r} is neither a dataset (mnist, {', '.join(TOY)}) nor an "
+                                        f"existing file or folder")
+            s["data"] = data
     tu.check_positive_options(args, ("epochs", "steps", "batch_size"))
     return s
 
@@ -192,19 +198,26 @@ def train_from_args(args):
 def sample_checkpoint(ckpt, args):
     """``--n`` samples as a PNG (an image grid for MNIST, a scatter plot for ring/grid), or the raw samples for an
     output ending in ``.npy`` (written in chunks, so any ``--n`` the disk holds): (n, 28, 28) float32 in [-1, 1]
-    for MNIST, (n, 2) points for ring/grid. Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint."""
+    for MNIST, (n, 2) points for ring/grid. Without ``--out``, ``samples_seed<seed>.png`` beside the checkpoint.
+    A run on its own data: samples in the data's units and shape (``tu.write_data_samples``; also ``.csv``)."""
     G, cfg = generator_from_checkpoint(ckpt, args.device)
     label = tu.check_label_option(getattr(args, "label", None), cfg["conditional"], G.num_classes)
-    out = args.out or tu.default_sample_path(args.checkpoint, args.seed)
     shape = (28, 28) if cfg["dataset"] == "mnist" else (cfg["data_dim"],)
-    tu.check_sample_request(args.n, out, shape)
-    _random.manual_seed(args.seed)
 
     def draw(start, count):
         labels = None
         if G.num_classes:  # the classes in turn, continuing across chunks, or the one asked for
             labels = np.full(count, label) if label is not None else np.arange(start, start + count) % G.num_classes
         return sample(G, count, labels=labels, device=args.device).reshape(count, *shape)
+
+    if cfg["dataset"] == "custom":
+        _random.manual_seed(args.seed)
+        tu.write_data_samples(args, draw, Scaling.from_state(ckpt["extra"]["scaling"]),
+                              nrow=G.num_classes if G.num_classes and label is None else 8)
+        return 0
+    out = args.out or tu.default_sample_path(args.checkpoint, args.seed)
+    tu.check_sample_request(args.n, out, shape)
+    _random.manual_seed(args.seed)
 
     def picture(path, x):
         save_samples_picture(cfg, path, x.reshape(len(x), -1), nrow=10 if cfg["conditional"] and label is None
@@ -222,7 +235,9 @@ def evaluate_checkpoint(ckpt, args):
     frechet_distance (classifier features of the samples against the real test images) and inception_score (with
     the classifier), by the MNIST classifier (``tinygen.models.classifier.classifier_path()``: yours from
     ``tinygen train classifier``, else the one shipped with tinygen; the output names it). ring/grid: modes
-    captured, high_quality (share of samples within 3 std of a centre) and reverse_kl.
+    captured, high_quality (share of samples within 3 std of a centre) and reverse_kl. Custom data:
+    frechet_distance between Gaussians fitted to the samples and to the training data (``--data``, else the file
+    the run read), in the model's units ([-1, 1] or standardised), where MNIST's classifier means nothing.
     """
     from .trainer import TOY
     G, cfg = generator_from_checkpoint(ckpt, args.device)
@@ -233,11 +248,14 @@ def evaluate_checkpoint(ckpt, args):
     tu.check_fits_in_memory(n * (cfg["data_dim"] * 4 + (0 if cfg["dataset"] in TOY else 522 * 8)), f"--n {n}")
     _random.manual_seed(args.seed)
     x = sample(G, n, device=args.device)
-    clf = None
-    if cfg["dataset"] not in TOY:
+    clf = real = None
+    if cfg["dataset"] == "mnist":
         from ..classifier import load_classifier
         clf = load_classifier(quiet=bool(getattr(args, "json", False)))  # trains one only if none is found
-    metrics = evaluate_samples(cfg, x, clf, frechet=True, root=getattr(args, "data", None))
+    elif cfg["dataset"] == "custom":
+        real, _ = tu.reload_own_data(cfg["data"], cfg["label_column"], ckpt["extra"]["scaling"],
+                                     getattr(args, "data", None))
+    metrics = evaluate_samples(cfg, x, clf, frechet=True, root=getattr(args, "data", None), real=real)
     if clf is not None:
         metrics.update({"classifier": clf.source, "classifier_test_accuracy": clf.test_accuracy})
     extra = ckpt.get("extra", {})

@@ -3,6 +3,7 @@ sampling, pictures and evaluation.
 
     G, D, history = train_gan(out="runs/gan")                         # MNIST with the default recipe
     G, D, history = train_gan(out="runs/ring", dataset="ring", loss="wgan-gp", steps=3000)
+    G, D, history = train_gan(out="runs/mine", data="table.csv", label_column="kind", steps=2000)  # your data
 
 One training step: ``n_critic`` discriminator (critic) updates, each on a fresh real batch and fresh noise, then
 one generator update. "steps" count generator updates; an epoch is one pass over the real data. The generator
@@ -27,14 +28,14 @@ import numpy as np
 from ... import as_tensor, backend, nn, no_grad, optim
 from ... import distributed as dist
 from ... import random as _random
-from ...data import DataLoader, grid, ring, to_symmetric
+from ...data import DataLoader, ModelData, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import train_utils as tu
 from . import losses as L
 from .models import ARCHS, PYTORCH_GAN, build_discriminator, build_generator
 
 NAME = "gan"
-DATASETS = ("mnist", "ring", "grid")
+DATASETS = ("mnist", "ring", "grid", "custom")  # custom: a file or folder (--data PATH) or arrays
 TOY = {"ring": ring, "grid": grid}
 PRESETS = ("pytorch-gan", "article")
 OPTIMIZERS = ("adam", "rmsprop")
@@ -49,7 +50,8 @@ BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating
         "output": "tanh", "data_dim": 784, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
         "lr_decay": "none", "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64,
         "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
-        "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0}
+        "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0,
+        "label_column": None}
 
 
 def _spread(mixture):
@@ -71,6 +73,8 @@ DATASET_DEFAULTS = {
     "mnist": {"conditional": True, "lr_g": 5e-4, "lr_d": 5e-4, "epochs": None, "steps": 6000},
     "ring": dict(_TOY, data_scale=_spread(ring)),
     "grid": dict(_TOY, data_scale=_spread(grid)),
+    # your own data (data_dim, output and num_classes come from it: ``resolve_data``): unconditional unless asked
+    "custom": {"conditional": False, "epochs": None, "steps": 3000},
 }
 
 PRESET_DEFAULTS = {
@@ -90,7 +94,7 @@ RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
 LENGTH = ("epochs", "steps")
 
 # Settings added after runs were saved, with the value that reproduces those runs.
-ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64}
+ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64, "label_column": None}
 
 
 def saved_config(ckpt):
@@ -143,7 +147,7 @@ def _validate(cfg):
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"unknown arch {cfg['arch']!r}; expected one of {', '.join(ARCHS)}")
     if cfg["arch"] == "dcgan":
-        if cfg["dataset"] != "mnist":
+        if cfg["dataset"] in TOY:
             raise ValueError(f"arch 'dcgan' is a convolutional network for 28x28 MNIST images; the {cfg['dataset']} "
                              f"data are 2-D points: use arch 'mlp'")
         if cfg["preset"] is not None:
@@ -164,11 +168,15 @@ def _validate(cfg):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     cfg["betas"] = [float(b) for b in betas]
     loss.check_label_smoothing(cfg["label_smoothing"])
-    if cfg["dataset"] != "mnist":
+    if cfg["dataset"] in TOY:
         if cfg["conditional"]:
-            raise ValueError(f"conditional GANs need class labels: MNIST only, not {cfg['dataset']!r}")
+            raise ValueError(f"conditional GANs need class labels: the {cfg['dataset']} data has none")
         if cfg["data_dim"] != 2:
             raise ValueError(f"the {cfg['dataset']} data is 2-D; data_dim must be 2, got {cfg['data_dim']}")
+    elif cfg["dataset"] == "custom":
+        if cfg["arch"] == "dcgan" and cfg["data_dim"] != 784:
+            raise ValueError(f"arch 'dcgan' is a convolutional network for 28x28 images; the data has "
+                             f"{cfg['data_dim']} values per example: use arch 'mlp'")
     elif cfg["data_dim"] != 784:
         raise ValueError(f"MNIST images have 784 pixels; data_dim must be 784, got {cfg['data_dim']}")
     if loss.per_sample_critic and cfg["d_batchnorm"]:
@@ -182,13 +190,52 @@ def _validate(cfg):
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
+def resolve_data(settings, train_set=None):
+    """A run on its own data (``data`` a file or a folder that is not MNIST's, ``dataset="custom"``, or
+    ``train_set`` arrays that are not 784-pixel images with labels): ``(settings, ModelData)`` with the settings
+    the data fixes (dataset "custom", data_dim, num_classes; output tanh for bounded data scaled to [-1, 1],
+    linear for unbounded data, standardised). Otherwise ``(settings, train_set)`` unchanged."""
+    dataset = settings.get("dataset")
+    if dataset in TOY:
+        return settings, train_set
+    own = tu.custom_dataset(settings.get("data"), train_set, settings.get("label_column"), force=dataset == "custom")
+    if own is None:
+        if dataset == "custom":
+            raise ValueError("dataset 'custom' needs data: a file or folder (data=PATH) or train_set arrays")
+        return settings, train_set
+    prepared = tu.prepare_own_data(own, (-1.0, 1.0), settings.get("conditional"),
+                                   "dcgan" if settings.get("arch") == "dcgan" else None)
+    fixed = {"dataset": "custom", "data_dim": own.features,
+             "output": "tanh" if prepared.scaling.bounded else "linear"}
+    if own.num_classes:
+        fixed["num_classes"] = own.num_classes
+    for key, value in fixed.items():
+        if settings.get(key) is not None and settings[key] != value:
+            raise ValueError(f"{key}={settings[key]!r} does not fit the data ({own.describe()}): it needs "
+                             f"{key}={value!r}")
+    return {**settings, **fixed}, prepared
+
+
 def load_data(cfg, train_set=None):
     """(x (N, data_dim) float32, labels (N,) int64 or None, description) of the run's training data.
 
     MNIST: the training set from ``cfg["data"]``, else $TINYGEN_DATA, else the copy shipped with tinygen;
     scaled to [-1, 1] (binarised to {-1, 1} first with ``binarize``), the first ``n_train`` images if set.
     ring / grid: ``toy_samples`` points drawn from the mixture with the run's seed.
+    custom: ``train_set`` is the ``ModelData`` of ``resolve_data``; ``n_train`` and ``binarize`` (bounded data:
+    the sign in [-1, 1]) apply as on MNIST.
     """
+    if isinstance(train_set, ModelData):
+        x, labels = train_set.x, train_set.y
+        if cfg["n_train"] is not None:
+            if cfg["n_train"] > len(x):
+                raise ValueError(f"n_train {cfg['n_train']} is more than the {len(x)} examples available")
+            x, labels = x[:cfg["n_train"]], None if labels is None else labels[:cfg["n_train"]]
+        if cfg["binarize"]:
+            if not train_set.scaling.bounded:
+                raise ValueError("binarize needs bounded data (a range); this data is unbounded (standardised)")
+            x = np.where(x >= 0.0, np.float32(1.0), np.float32(-1.0))
+        return x, labels, f"{len(x)} examples from {train_set.dataset.source}"
     if cfg["dataset"] in TOY:
         g = np.random.Generator(np.random.PCG64(np.random.SeedSequence(cfg["seed"], spawn_key=(1,))))
         x = TOY[cfg["dataset"]].sample(cfg["toy_samples"], generator=g)
@@ -430,9 +477,23 @@ def _classifier(quiet=True):
         return None
 
 
-def evaluate_samples(cfg, samples, classifier=None, frechet=True, root=None):
+def frechet_distance_of_data(samples, real, max_full=1024):
+    """The Fréchet distance between Gaussians fitted to two sets of vectors (N, D) in the same units: means and
+    covariances for D <= ``max_full``, beyond that means and per-feature variances only (a covariance of D^2
+    entries and its square root get slow)."""
+    from ...metrics import frechet_distance
+    a, b = np.asarray(samples, np.float64), np.asarray(real, np.float64)
+    if a.shape[1] <= max_full and min(len(a), len(b)) > 1:
+        return float(frechet_distance(a, b))
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + ((a.std(0) - b.std(0)) ** 2).sum())
+
+
+def evaluate_samples(cfg, samples, classifier=None, frechet=True, root=None, real=None):
     """Quality metrics of generated samples: MNIST (needs the classifier): coverage, class_kl, inception_score and,
-    with ``frechet``, frechet_distance against the real test images; ring/grid: modes, high_quality, reverse_kl."""
+    with ``frechet``, frechet_distance against the real test images; ring/grid: modes, high_quality, reverse_kl;
+    custom data: frechet_distance between Gaussians fitted to the samples and to ``real`` (model units)."""
+    if cfg["dataset"] == "custom":
+        return {"frechet_distance": frechet_distance_of_data(samples, real), "num_samples": len(samples)}
     if cfg["dataset"] in TOY:
         m = TOY[cfg["dataset"]].metrics(samples)
         return {"modes": m["modes"], "num_modes": TOY[cfg["dataset"]].num_modes, "high_quality": m["high_quality"],
@@ -475,13 +536,17 @@ def scatter_image(points, mixture, size=480, real=None):
     return img
 
 
-def save_samples_picture(cfg, path, samples, nrow=None):
-    """A PNG of samples: an image grid (MNIST) or a scatter plot over the mixture (ring/grid)."""
+def save_samples_picture(cfg, path, samples, nrow=None, scaling=None):
+    """A PNG of samples: an image grid (MNIST; custom images by their ``scaling``) or a scatter plot over the
+    mixture (ring/grid). Returns the path, or None for custom vectors (not pictures)."""
     from ...utils.image import save_image_grid, write_png
     if cfg["dataset"] in TOY:
         return write_png(path, scatter_image(samples, TOY[cfg["dataset"]]))
     n = len(samples)
     nrow = nrow or (10 if cfg["conditional"] else int(math.ceil(math.sqrt(n))))
+    if scaling is not None:
+        return save_image_grid(path, scaling.to_data(samples), nrow=nrow, value_range=scaling.picture_range()) \
+            if scaling.kind == "images" else None
     return save_image_grid(path, samples.reshape(n, 28, 28), nrow=nrow, value_range=(-1.0, 1.0))
 
 
@@ -554,11 +619,14 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     steps), ``samples_NNN.png`` / ``scatter_NNN.png`` each epoch from fixed noise, and ``curves.png`` (matplotlib).
     resume: continue the run saved in ``out`` (same settings; ``epochs``/``steps`` may grow); it ends with the same
     parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run.
-    train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets).
+    train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets), or arrays ``x`` /
+    ``(x, labels)`` of any size (see ``resolve_data``); ``data``: a folder holding MNIST, or a .npy/.npz/.csv
+    file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
     Under ``mpiexec -n N`` each process trains on its share of every global batch (``batch_size``, a multiple of
     N); BatchNorm layers keep per-process statistics unless ``sync_bn`` (SyncBatchNorm over the global batch).
     """
     quiet = quiet or not dist.is_main_process()
+    settings, train_set = resolve_data(settings, train_set)
     run = GANRun(make_config(**settings), quiet, init, train_set, pictures, sync_bn)
     run.open(out, resume)
     run.announce()
@@ -580,6 +648,10 @@ class GANRun:
     def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False):
         self.cfg, self.quiet, self.pictures, device = cfg, quiet, pictures, cfg["device"]
         x, y, self.desc = load_data(cfg, train_set)
+        self.own_data = train_set if isinstance(train_set, ModelData) else None
+        # custom data: the sample metric's reference, a fixed subset of the training data
+        self.real = None if self.own_data is None else \
+            x[np.random.default_rng(cfg["seed"]).permutation(len(x))[:10000]]
         # before seeding: building the classifier draws its (then overwritten) initial weights
         self.classifier = _classifier(quiet) if cfg["dataset"] == "mnist" else None
         _random.manual_seed(cfg["seed"])
@@ -643,6 +715,8 @@ class GANRun:
 
     def announce(self):
         cfg, n_critic = self.cfg, self.cfg["n_critic"]
+        if not self.quiet and self.own_data is not None:
+            print(self.own_data.describe() + f", generator output {cfg['output']}", flush=True)
         if not self.quiet:
             length = f"{cfg['steps']} steps" if cfg["steps"] is not None else f"{self.max_epochs} epochs"
             print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {self.desc}: "
@@ -714,14 +788,17 @@ class GANRun:
             if self.ema is not None:
                 self.ema.recalibrate()
             samples = sample(self.sampler, cfg["eval_samples"], device=device)
-            if toy or self.classifier is not None:
-                record.update(_prefixed(evaluate_samples(cfg, samples, self.classifier, frechet=False)))
-            if self.folder.path is not None and self.folder.writes and self.pictures:
+            if toy or self.classifier is not None or self.real is not None:
+                record.update(_prefixed(evaluate_samples(cfg, samples, self.classifier, frechet=False,
+                                                         real=self.real)))
+            scaling = None if self.own_data is None else self.own_data.scaling
+            if self.folder.path is not None and self.folder.writes and self.pictures and \
+                    (scaling is None or scaling.kind == "images"):
                 n_pic = 100 if cfg["conditional"] else 64
                 pic = samples if toy else sample(self.sampler, n_pic, fixed_noise_labels(cfg, n_pic), device)
                 stem = "scatter" if toy else "samples"
-                save_samples_picture(cfg, self.folder.path / f"{stem}_{epoch + 1:03d}.png", pic)
-                save_samples_picture(cfg, self.folder.path / f"{stem}.png", pic)
+                save_samples_picture(cfg, self.folder.path / f"{stem}_{epoch + 1:03d}.png", pic, scaling=scaling)
+                save_samples_picture(cfg, self.folder.path / f"{stem}.png", pic, scaling=scaling)
 
     def save(self, epoch, record):
         """The epoch's log line, the checkpoint (mid-epoch when the run stopped inside one) and the curves."""
@@ -733,6 +810,8 @@ class GANRun:
                      "interval_means": self.interval_means.state_dict()}
             if self.ema is not None:
                 extra["ema"] = self.ema.state_dict()
+            if self.own_data is not None:  # how samples go back to the data's units and shape
+                extra["scaling"] = self.own_data.scaling.state()
             self.folder.save(NAME, self.cfg, epoch + 1 if self.complete else epoch, self.parts,
                              devices=(self.cfg["device"],), extra=extra)
             last_epoch = self._finished() or (self.max_epochs is not None and epoch + 1 == self.max_epochs)
@@ -774,6 +853,8 @@ def format_record(r):
     if "sample_coverage" in r:
         parts.append(f"classes {r['sample_coverage']}/10 (KL {r['sample_class_kl']:.3f}, IS "
                      f"{r['sample_inception_score']:.2f})")
+    if "sample_frechet_distance" in r:
+        parts.append(f"FD {r['sample_frechet_distance']:.4g}")
     if "sample_modes" in r:
         parts.append(f"modes {r['sample_modes']} ({100 * r['sample_high_quality']:.1f}% high quality, reverse KL "
                      f"{r['sample_reverse_kl']:.3f})")
