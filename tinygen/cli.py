@@ -59,8 +59,9 @@ def build_parser():
     sample = sub.add_parser("sample", help="draw samples from a checkpoint", formatter_class=defaults)
     sample.add_argument("checkpoint", help="a checkpoint.npz of tinygen train gan or vae")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
-    sample.add_argument("--out", default=None, help="a .png picture, or a .npy file for the raw samples (written in "
-                        "chunks, for any --n); default: samples_seed<SEED>.png beside the checkpoint")
+    sample.add_argument("--out", default=None, help="a .png picture, or a .npy (or .csv) file for the raw samples "
+                        "(written in chunks, for any --n; in the data's units and shape for a run on your own "
+                        "data); default: samples_seed<SEED>.png beside the checkpoint (.npy for vectors)")
     sample.add_argument("--seed", type=int, default=0, help="random seed of the noise")
     sample.add_argument("--label", type=int, default=None,
                         help="class to draw, for a conditional model (default: the classes in turn)")
@@ -75,7 +76,7 @@ def build_parser():
     ev.add_argument("--iwae-images", type=int, default=1000,
                     help="test images for the IWAE bound (VAE); 0 skips the bound")
     ev.add_argument("--data", default=None, help="MNIST folder (default: $TINYGEN_DATA, else the copy shipped "
-                    "with tinygen)")
+                    "with tinygen); for a run on your own data, its file or folder (default: the one it read)")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     tu.add_threads_argument(ev)

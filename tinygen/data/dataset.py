@@ -302,16 +302,19 @@ def _read_csv(path, label_column):
     feature_idx = [j for j in range(width) if j != label_index]
     if not feature_idx:
         _fail(source, "the only column is the label column; there are no features")
-    x = np.empty((len(rows), len(feature_idx)), dtype=np.float64)
-    for r, (line, row) in enumerate(rows):
-        for c, j in enumerate(feature_idx):
-            try:
-                x[r, c] = float(row[j])
-            except ValueError:
-                name = f" ({names[j]!r})" if names else ""
-                _fail(source, f"line {line}, column {j}{name}: {row[j]!r} is not a number")
-            if not math.isfinite(x[r, c]):
-                _fail(source, f"line {line}, column {j}: {row[j]!r} (NaN or infinite values are not data)")
+    cells = [[row[j] for j in feature_idx] for _, row in rows]
+    try:
+        x = np.array(cells, dtype=np.float64)  # NumPy parses the whole table at once
+    except ValueError:
+        x = None
+    if x is None or not np.isfinite(x).all():  # find the first bad cell, to name it
+        for (line, row), values in zip(rows, cells):
+            for j, text in zip(feature_idx, values):
+                if not _is_number(text):
+                    name = f" ({names[j]!r})" if names else ""
+                    _fail(source, f"line {line}, column {j}{name}: {text!r} is not a number")
+                if not math.isfinite(float(text)):
+                    _fail(source, f"line {line}, column {j}: {text!r} (NaN or infinite values are not data)")
     labels = None
     if label_index is not None:
         cells = [row[label_index] for _, row in rows]

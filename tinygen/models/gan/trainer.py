@@ -543,7 +543,7 @@ def save_samples_picture(cfg, path, samples, nrow=None, scaling=None):
     if cfg["dataset"] in TOY:
         return write_png(path, scatter_image(samples, TOY[cfg["dataset"]]))
     n = len(samples)
-    nrow = nrow or (10 if cfg["conditional"] else int(math.ceil(math.sqrt(n))))
+    nrow = nrow or (cfg["num_classes"] if cfg["conditional"] else int(math.ceil(math.sqrt(n))))
     if scaling is not None:
         return save_image_grid(path, scaling.to_data(samples), nrow=nrow, value_range=scaling.picture_range()) \
             if scaling.kind == "images" else None
