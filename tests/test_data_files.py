@@ -356,3 +356,20 @@ def test_frechet_distance_of_data_measures_a_shift():
     assert frechet_distance_of_data(a, shifted) == pytest.approx(9.0, rel=1e-6)
     # beyond max_full: means and variances only, the same answer for a pure shift
     assert frechet_distance_of_data(a, shifted, max_full=2) == pytest.approx(9.0, rel=1e-6)
+
+
+def test_vae_test_set_labels_follow_the_training_classes():
+    from tinygen.models import vae
+    from tinygen.models.vae import train_vae
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 6)), np.array(["b", "c", "d", "e"] * 10)
+    test = (rng.standard_normal((5, 6)), np.array(["e", "e", "c", "e", "e"]))  # classes 3 and 1 of training
+    model, history = train_vae(train_set=(x, y), test_set=test, conditional=True, epochs=1, batch_size=10,
+                               quiet=True, pictures=False)
+    assert model.num_classes == 4 and np.isfinite(history[-1]["test_loss"])
+    settings, prepared = vae.resolve_data({"conditional": True}, (x, y))
+    test_y = vae.load_data(vae.make_config(**settings), prepared, test)[3]
+    assert test_y.tolist() == [3, 3, 1, 3, 3]  # e and c as the training data numbers them
+    with pytest.raises(ValueError, match=r"test_set has labels \['z'\] that the training data does not have"):
+        train_vae(train_set=(x, y), test_set=(test[0], np.array(["z"] * 5)), conditional=True, epochs=1,
+                  batch_size=10, quiet=True)

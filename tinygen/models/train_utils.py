@@ -602,6 +602,16 @@ def prepare_own_data(dataset, interval, conditional=False, conv_arch=None):
     return dataset.for_model(interval)
 
 
+def settings_from_data(settings, fixed, dataset):
+    """``settings`` updated with what the data ``fixed`` (data_dim, num_classes, ...); a setting given otherwise
+    is refused (ValueError naming it and the data)."""
+    for key, value in fixed.items():
+        if settings.get(key) is not None and settings[key] != value:
+            raise ValueError(f"{key}={settings[key]!r} does not fit the data ({dataset.describe()}): it needs "
+                             f"{key}={value!r}")
+    return {**settings, **fixed}
+
+
 def reload_own_data(saved_path, label_column, scaling_state, path=None):
     """The data a run was trained on, again (for ``tinygen eval``), in the model's units by the saved scaling:
     ``(x (N, features) float32, labels or None)``. path: another copy of it (``--data``)."""

@@ -99,7 +99,8 @@ def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, lab
 
 
 class VAE(nn.Module):
-    """MLP VAE for 784-pixel images; see the module docstring for the decoders and the conditional variant."""
+    """MLP VAE for vectors of ``data_dim`` values (784-pixel images by default); see the module docstring for the
+    decoders and the conditional variant."""
 
     def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
                  label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp",
@@ -362,15 +363,12 @@ def resolve_data(settings, train_set=None):
     fixed = {"data_dim": own.features}
     if own.num_classes:
         fixed["num_classes"] = own.num_classes
-    for key, value in fixed.items():
-        if settings.get(key) is not None and settings[key] != value:
-            raise ValueError(f"{key}={settings[key]!r} does not fit the data ({own.describe()}): it needs "
-                             f"{key}={value!r}")
+    settings = tu.settings_from_data(settings, fixed, own)
     if not prepared.scaling.bounded:  # Bernoulli pixels make no sense for unbounded values
         if settings.get("binarize"):
             raise ValueError(f"binarize needs bounded data; {own.source} is unbounded (standardised)")
-        fixed.update(decoder="gaussian", decoder_mean="linear")
-    return {**settings, **fixed}, prepared
+        settings.update(decoder="gaussian", decoder_mean="linear")
+    return settings, prepared
 
 
 def held_out_split(n, seed):
@@ -390,6 +388,12 @@ def _own_data(cfg, train_set, test_set=None):
         if test.shape != train_set.scaling.shape:
             raise ValueError(f"test_set examples have shape {test.shape}, the training data {train_set.scaling.shape}")
         train_x, train_y, test_x, test_y = x, y, train_set.scaling.to_model(test.x), test.y
+        if test_y is not None and train_set.scaling.classes is not None:  # the training data's class indices
+            known = {name: i for i, name in enumerate(train_set.scaling.classes)}
+            unknown = sorted(set(test.classes) - set(known))
+            if unknown:
+                raise ValueError(f"test_set has labels {unknown} that the training data does not have")
+            test_y = np.array([known[name] for name in test.classes], dtype=np.int64)[test_y]
     else:
         tr, te = held_out_split(len(x), cfg["seed"])
         train_x, test_x = x[tr], x[te]

@@ -209,11 +209,7 @@ def resolve_data(settings, train_set=None):
              "output": "tanh" if prepared.scaling.bounded else "linear"}
     if own.num_classes:
         fixed["num_classes"] = own.num_classes
-    for key, value in fixed.items():
-        if settings.get(key) is not None and settings[key] != value:
-            raise ValueError(f"{key}={settings[key]!r} does not fit the data ({own.describe()}): it needs "
-                             f"{key}={value!r}")
-    return {**settings, **fixed}, prepared
+    return tu.settings_from_data(settings, fixed, own), prepared
 
 
 def load_data(cfg, train_set=None):
