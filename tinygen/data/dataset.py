@@ -281,7 +281,8 @@ def _read_csv(path, label_column):
         _fail(source, "not a text file")
     first = text.split("\n", 1)[0]
     delimiter = next((d for d in CSV_DELIMITERS if d in first), ",")
-    rows = [(i + 1, [c.strip() for c in row]) for i, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter))
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    rows = [(i + 1, [c.strip() for c in row]) for i, row in enumerate(reader)
             if any(c.strip() for c in row)]  # blank lines are not examples
     if not rows:
         _fail(source, "the file is empty")
