@@ -373,3 +373,17 @@ def test_vae_test_set_labels_follow_the_training_classes():
     with pytest.raises(ValueError, match=r"test_set has labels \['z'\] that the training data does not have"):
         train_vae(train_set=(x, y), test_set=(test[0], np.array(["z"] * 5)), conditional=True, epochs=1,
                   batch_size=10, quiet=True)
+
+
+def test_unreadable_array_files(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npy: the file is empty"):
+        load_dataset(tmp_path / "empty.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None]), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy: not a plain numeric array"):
+        load_dataset(tmp_path / "objects.npy")
+    np.savez(tmp_path / "objects.npz", x=np.array([[1], "a"], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz: not a plain numeric array"):
+        load_dataset(tmp_path / "objects.npz")
+    (tmp_path / "bom.csv").write_bytes("\ufeffa,b\n1,2\n".encode("utf-8"))
+    assert load_dataset(tmp_path / "bom.csv").columns == ["a", "b"]

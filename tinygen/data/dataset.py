@@ -26,6 +26,7 @@ unbounded data needs a model with an unbounded output (a linear GAN generator, a
 """
 import csv
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,12 +243,8 @@ def _read_array_file(path):
     source = str(path)
     try:
         data = np.load(path, allow_pickle=False)
-    except ValueError as e:  # object arrays need pickle, which a data file has no business using
-        _fail(source, f"not a plain numeric array ({e})")
-    except OSError as e:
-        _fail(source, f"not a readable NumPy file ({e})")
-    labels = None
-    if isinstance(data, np.lib.npyio.NpzFile):
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            return data, None
         with data:
             keys = list(data.files)
             others = [k for k in keys if k != "y"]
@@ -257,11 +254,15 @@ def _read_array_file(path):
                 key = others[0]
             else:
                 _fail(source, f"holds arrays {keys}; name the examples 'x' (and the labels 'y')")
-            x = data[key]
-            labels = data["y"] if "y" in keys else None
-    else:
-        x = data
-    return x, labels
+            return data[key], (data["y"] if "y" in keys else None)
+    except EOFError:
+        _fail(source, "the file is empty")
+    except (OSError, zipfile.BadZipFile) as e:
+        _fail(source, f"not a readable NumPy file ({e})")
+    except ValueError as e:  # object arrays need pickle, which a data file has no business using
+        if str(e).startswith("load_dataset:"):
+            raise
+        _fail(source, f"not a plain numeric array ({e})")
 
 
 def _is_number(text):
@@ -275,7 +276,7 @@ def _is_number(text):
 def _read_csv(path, label_column):
     source = str(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not a cell
             text = f.read()
     except UnicodeDecodeError:
         _fail(source, "not a text file")
