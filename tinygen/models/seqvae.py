@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .. import as_tensor, nn, no_grad, optim
+from .. import Tensor, as_tensor, nn, no_grad, optim
 from .. import random as _random
 from ..data import DataLoader
 from ..nn import functional as F
@@ -60,8 +60,7 @@ class SeqVAE(nn.Module):
 
     def check_tokens(self, tokens, fn="SeqVAE"):
         """Refuse (ValueError/TypeError naming ``fn``) anything but integer tokens (N, length) in 0..vocab_size-1."""
-        data = tokens.data if hasattr(tokens, "data") and not isinstance(tokens, np.ndarray) else tokens
-        arr = np.asarray(data.get() if hasattr(data, "get") else data)
+        arr = _host(tokens) if isinstance(tokens, Tensor) else np.asarray(tokens)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{fn}: tokens must be integers, got dtype {arr.dtype}")
         if arr.ndim != 2 or arr.shape[1] != self.length:
@@ -150,7 +149,7 @@ def decode_tokens(model, z, mode="argmax"):
     (``mode="argmax"``), or one drawn from each position's softmax with tinygen's generator (``"sample"``)."""
     if mode not in DECODE_MODES:
         raise ValueError(f"decode_tokens: mode must be one of {', '.join(DECODE_MODES)}, got {mode!r}")
-    z = z if hasattr(z, "requires_grad") else as_tensor(np.asarray(z, dtype=np.float32))
+    z = z if isinstance(z, Tensor) else as_tensor(np.asarray(z, dtype=np.float32))
     if z.ndim != 2 or z.shape[1] != model.latent:
         raise ValueError(f"decode_tokens: z must have shape (N, {model.latent}), got {tuple(z.shape)}")
     with no_grad():
