@@ -291,15 +291,18 @@ def _train(args):
     model, history = seq.train_from_args(args, train, test, VOCAB_SIZE, meta, test.size, "step")
     if not history:
         return 0
+    from ..models.seqvae import bigram_nats_per_token
     samples = _sample_melodies(model, args.eval_samples, 0, "argmax", args.device)
     summary = {"test_nats_per_step": history[-1]["test_nats_per_step"], "test_loss": history[-1]["test_loss"],
+               "markov_nats_per_step": bigram_nats_per_token(train, test, VOCAB_SIZE),
                "samples": melody_statistics(samples), "test_data": melody_statistics(test),
                "train_data": melody_statistics(train)}
     with open(args.out / "summary.json", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     midi = write_midi(args.out / "samples.mid", samples[:8], step)
     print(f"held-out chorales: negative ELBO {summary['test_nats_per_step']:.4f} nats/step "
-          f"({summary['test_loss']:.3f} nats a {length}-step melody)")
+          f"({summary['test_loss']:.3f} nats a {length}-step melody); a first-order Markov chain of the tokens: "
+          f"{summary['markov_nats_per_step']:.4f} nats/step")
     print(f"in-key note share: samples {summary['samples']['in_key_share']:.3f}, held-out data "
           f"{summary['test_data']['in_key_share']:.3f}, training data {summary['train_data']['in_key_share']:.3f}")
     print(f"outputs in {args.out} (samples.mid: 8 samples; summary.json, metrics.jsonl, checkpoint.npz); {midi}")

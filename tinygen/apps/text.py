@@ -145,26 +145,13 @@ def format_statistics(s):
 
 def bigram_nats_per_char(train_words, test_words, alphabet):
     """A reference for the ELBO: -log p per character (end marks included) of the test words under a character
-    bigram model of the training words (add-one smoothing), nats."""
-    v = len(alphabet) + 1
-    counts = np.ones((v, v))
-    start = np.ones(v)
+    bigram model of the training words (``seqvae.bigram_nats_per_token``), nats."""
+    from ..models.seqvae import bigram_nats_per_token
 
-    def seqs(words):
-        return encode_words(words, alphabet, max(map(len, words)) + 1)
+    def rows(words):
+        return [row[:len(w) + 1] for row, w in zip(encode_words(words, alphabet, max(map(len, words)) + 1), words)]
 
-    for row, word in zip(seqs(train_words), train_words):
-        t = row[:len(word) + 1]
-        start[t[0]] += 1
-        np.add.at(counts, (t[:-1], t[1:]), 1)
-    logp_start = np.log(start / start.sum())
-    logp = np.log(counts / counts.sum(1, keepdims=True))
-    total = chars = 0.0
-    for row, word in zip(seqs(test_words), test_words):
-        t = row[:len(word) + 1]
-        total -= logp_start[t[0]] + logp[t[:-1], t[1:]].sum()
-        chars += len(t)
-    return total / chars
+    return bigram_nats_per_token(rows(train_words), rows(test_words), len(alphabet) + 1)
 
 
 # ---- the command -----------------------------------------------------------------------------------------------------

@@ -139,6 +139,24 @@ def evaluate_elbo(model, tokens, batch_size=1000, device="cpu"):
     return {"recon": recon / n, "kl": kl / n, "loss": (recon + kl) / n}
 
 
+def bigram_nats_per_token(train_rows, test_rows, vocab_size):
+    """A reference for the ELBO: -log p per token (nats) of the test sequences under a first-order Markov chain of
+    the training ones (a start distribution and token-to-token transitions, add-one smoothing). Rows are 1-D
+    integer sequences, of any lengths."""
+    start, counts = np.ones(vocab_size), np.ones((vocab_size, vocab_size))
+    for row in train_rows:
+        row = np.asarray(row)
+        start[row[0]] += 1
+        np.add.at(counts, (row[:-1], row[1:]), 1)
+    log_start, log_step = np.log(start / start.sum()), np.log(counts / counts.sum(1, keepdims=True))
+    total = tokens = 0.0
+    for row in test_rows:
+        row = np.asarray(row)
+        total -= log_start[row[0]] + log_step[row[:-1], row[1:]].sum()
+        tokens += len(row)
+    return total / tokens
+
+
 # ---- decoding --------------------------------------------------------------------------------------------------------
 def _host(t):
     return np.asarray(t.cpu().data)
