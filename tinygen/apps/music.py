@@ -246,14 +246,15 @@ def add_arguments(parser):
     p.add_argument("--step", type=float, default=0.5, help="quarter notes per step (0.5: eighth notes)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of the chorales held out")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split")
-    p.add_argument("--cache", type=Path, help="folder of the parsed corpus (default: $TINYGEN_CACHE)")
+    p.add_argument("--cache", type=Path,
+                   help="folder of the parsed corpus; unset: $TINYGEN_CACHE, else ~/.cache/tinygen")
     p.add_argument("--eval-samples", type=int, default=1000, help="samples drawn after training for the statistics")
     seq.add_training_arguments(p, DEFAULTS)
 
     p = seq.action_parser(actions, "sample", "write melodies decoded from random codes to a MIDI file")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--n", type=int, default=8, help="how many melodies (played one after another)")
-    p.add_argument("--out", type=Path, help="the .mid file (default: samples_seed<seed>.mid beside the checkpoint)")
+    p.add_argument("--out", type=Path, help="the .mid file; unset: samples_seed<SEED>.mid beside the checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode", choices=("argmax", "sample"), default="argmax",
                    help="each step: the most likely token, or one drawn from the model's distribution")
@@ -276,6 +277,7 @@ def _sample_melodies(model, n, seed, mode, device):
 def _train(args):
     from ..models.train_utils import check_int, check_number
     length, stride = check_int("--length", args.length, low=2), check_int("--stride", args.stride)
+    check_int("--eval-samples", args.eval_samples)  # before training, not after it
     step = check_number("--step", args.step, allow_low=False)
     require("mido", EXTRA)  # before an hour of training, not after it
     melodies, keys = cached_chorale_melodies(step, args.cache, args.quiet)

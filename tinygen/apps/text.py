@@ -201,6 +201,8 @@ def _sample_words(model, config, n, seed, mode, device):
 
 
 def _train(args):
+    from ..models.train_utils import check_int
+    check_int("--eval-samples", args.eval_samples)  # before training, not after it
     source = _source(args)
     words = load_words(source)
     train, test = split_words(words, args.test_fraction, args.split_seed)
