@@ -8,10 +8,10 @@ transposed to C major or A minor (the key music21's analysis finds, moved by at 
 ``--step`` quarter notes (default 0.5, an eighth note). A step is one token: a rest (0), a hold (1: the note
 sounding before goes on) or a note onset of MIDI pitch p (2 + p - 55, for G3..C6; the few notes outside are
 moved by octaves). Training sequences are windows of ``--length`` steps (default 32: four 4/4 bars of eighths)
-every ``--stride`` steps; a window that starts inside a note starts with that note's onset. The held-out
-chorales (``--test-fraction``, drawn with ``--split-seed``) give the test ELBO per step; no window of a held-out
-chorale is trained on. Parsing the corpus takes about a minute, so the token sequences are cached in
-``$TINYGEN_CACHE`` (default ~/.cache/tinygen).
+every ``--stride`` steps (default 2, a quarter note); a window that starts inside a note starts with that note's
+onset. The held-out chorales (``--test-fraction``, drawn with ``--split-seed``) give the test ELBO per step, on
+their windows taken the same way; no window of a held-out chorale is trained on. Parsing the corpus takes about a
+minute, so the token sequences are cached in ``$TINYGEN_CACHE`` (default ~/.cache/tinygen).
 
 The musical statistic is the in-key note share: the share of note onsets whose pitch class lies in the C major
 scale (C D E F G A B), for samples against the data; in minor chorales the raised 7th (G#) and 6th (F#) are
@@ -35,7 +35,7 @@ VOCAB_SIZE = 2 + HIGHEST - LOWEST + 1
 C_MAJOR = frozenset((0, 2, 4, 5, 7, 9, 11))
 NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
 TICKS_PER_BEAT = 480
-DEFAULTS = {"epochs": 60, "latent": 16, "hidden": [512], "embed": 16, "batch_size": 64}
+DEFAULTS = {"epochs": 35, "latent": 16, "hidden": [512], "embed": 16, "batch_size": 64}
 
 
 # ---- tokens ----------------------------------------------------------------------------------------------------------
@@ -149,8 +149,8 @@ def cached_chorale_melodies(step=0.5, cache=None, quiet=False):
     path = folder / f"chorale-sopranos-music21-{music21.__version__}-step{step:g}.npz"
     if path.is_file():
         with np.load(path) as f:
-            bounds = f["bounds"]
-            return [f["tokens"][a:b] for a, b in zip(bounds[:-1], bounds[1:])], [str(k) for k in f["keys"]]
+            tokens, bounds, keys = f["tokens"], f["bounds"], f["keys"]
+        return [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])], [str(k) for k in keys]
     melodies, keys = chorale_melodies(step, quiet=quiet)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -242,7 +242,7 @@ def add_arguments(parser):
     actions = seq.add_actions(parser)
     p = seq.action_parser(actions, "train", "train the melody VAE on the chorales' soprano lines")
     p.add_argument("--length", type=int, default=32, help="steps per training sequence")
-    p.add_argument("--stride", type=int, default=8, help="steps between the starts of consecutive windows")
+    p.add_argument("--stride", type=int, default=2, help="steps between the starts of consecutive windows")
     p.add_argument("--step", type=float, default=0.5, help="quarter notes per step (0.5: eighth notes)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of the chorales held out")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split")

@@ -30,7 +30,7 @@ EXTRA = "text"
 END = 0  # the end-of-word token, which also pads
 NAME_LISTS = {"first": ("dist.male.first", "dist.female.first"), "last": ("dist.all.last",),
               "all": ("dist.male.first", "dist.female.first", "dist.all.last")}
-DEFAULTS = {"epochs": 40, "latent": 16, "hidden": [256], "embed": 16, "batch_size": 64}
+DEFAULTS = {"epochs": 80, "latent": 16, "hidden": [256], "embed": 16, "batch_size": 64}
 
 
 # ---- word lists ------------------------------------------------------------------------------------------------------
