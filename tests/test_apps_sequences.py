@@ -361,3 +361,10 @@ def test_music_train_and_sample_from_a_cached_corpus(tmp_path, capsys):
     assert "wrote 3 melodies" in capsys.readouterr().out and (tmp_path / "s.mid").stat().st_size > 20
     assert cli.main(["app", "music", "sample", str(run / "checkpoint.npz"), "--out", str(tmp_path / "s.wav")]) == 2
     assert "name a .mid file" in capsys.readouterr().err
+
+
+def test_threads_may_come_before_or_after_the_action():
+    parser = cli.build_parser()
+    assert parser.parse_args(["app", "text", "--threads", "1", "sample", "c.npz"]).threads == 1
+    assert parser.parse_args(["app", "music", "sample", "c.npz", "--threads", "2"]).threads == 2
+    assert parser.parse_args(["app", "text", "sample", "c.npz"]).threads == "auto"

@@ -17,7 +17,8 @@ def action_parser(actions, name, help):
     sub-command); its default is left to the application's own ``--threads``."""
     p = actions.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--threads", type=tu.thread_option, default=argparse.SUPPRESS,
-                   help="CPU threads for matrix products and kernels: a number, or auto")
+                   help="CPU threads for matrix products and kernels: a number, or auto (default: the value "
+                        "given before the action, else auto)")
     return p
 
 
