@@ -252,7 +252,7 @@ def add_arguments(parser):
     seq.add_training_arguments(p, DEFAULTS)
 
     p = seq.action_parser(actions, "sample", "write melodies decoded from random codes to a MIDI file")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a train run")
     p.add_argument("--n", type=int, default=8, help="how many melodies (played one after another)")
     p.add_argument("--out", type=Path, help="the .mid file; unset: samples_seed<SEED>.mid beside the checkpoint")
     p.add_argument("--seed", type=int, default=0)

@@ -168,7 +168,7 @@ def add_arguments(parser):
     seq.add_training_arguments(p, DEFAULTS)
 
     p = seq.action_parser(actions, "sample", "print words decoded from random codes, and how many are real")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a train run")
     p.add_argument("--n", type=int, default=20, help="how many words")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode", choices=("argmax", "sample"), default="argmax",
@@ -177,9 +177,9 @@ def add_arguments(parser):
     p.add_argument("--device", default="cpu")
 
     p = seq.action_parser(actions, "interpolate", "decode points on the line between the codes of two words")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("word1")
-    p.add_argument("word2")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a train run")
+    p.add_argument("word1", help="where the path starts: a word in the model's alphabet (any case for the names)")
+    p.add_argument("word2", help="where the path ends")
     p.add_argument("--steps", type=int, default=8, help="words on the path, both ends included")
     p.add_argument("--device", default="cpu")
 
