@@ -146,6 +146,9 @@ def _run_reporting_errors(args):
     except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an application's optional library is missing; the message names its extra
+        print(f"tinygen: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
