@@ -143,6 +143,26 @@ def test_conditional_gan_label_search_and_true_labels(cgan_checkpoint, digits):
         ip.inpaint(prior, x, hidden, mean, None, "true")
 
 
+def test_conditional_vae_and_unconditional_gan(digits, tmp_path):
+    x, y = _unit(digits[0][:4]), digits[1][:4]
+    hidden = ip.make_masks("top", 4)
+    mean = _unit(digits[0]).mean(0)
+    vae.train_vae(out=tmp_path / "cvae", epochs=1, batch_size=64, latent=4, hidden=[32], conditional=True,
+                  train_set=digits, test_set=(digits[0][:64], digits[1][:64]), quiet=True, pictures=False)
+    gan.train_gan(out=tmp_path / "gan", quiet=True, train_set=digits, epochs=1, conditional=False, latent=8,
+                  g_hidden=[32], d_hidden=[32], batch_size=64, eval_samples=64, log_every=4, pictures=False)
+    cvae = ip.prior_for(tinygen.load(tmp_path / "cvae" / "checkpoint.npz"))
+    plain = ip.prior_for(tinygen.load(tmp_path / "gan" / "checkpoint.npz"))
+    assert cvae.num_classes == 10 and plain.num_classes == 0
+    for prior, mode in ((cvae, "search"), (cvae, "true"), (plain, "search")):
+        out = ip.inpaint(prior, x, hidden, mean, y, mode, restarts=2, steps=15)
+        assert np.array_equal(out["filled"][~hidden], x[~hidden])
+        assert out["history"][-1] < out["history"][0]
+        assert (out["labels"] is None) == (prior is plain)
+        if mode == "true":
+            assert np.array_equal(out["labels"], y)
+
+
 def test_inpaint_command_writes_the_picture_and_the_numbers(vae_checkpoint, tmp_path):
     pic = tmp_path / "grid.png"
     rc, out, err = _run(["app", "inpaint", str(vae_checkpoint), "--mask", "center", "--n", "20", "--steps", "30",
@@ -244,7 +264,7 @@ def test_untrained_model_is_bicubic(digits):
 
 
 def test_training_improves_on_bicubic(digits):
-    model, history = sr.train_superres(epochs=3, n_train=512, batch_size=32, channels=8, lr=2e-3, quiet=True,
+    model, history = sr.train_superres(epochs=3, n_train=256, batch_size=32, channels=4, lr=2e-3, quiet=True,
                                        train_set=digits[0], test_set=digits[0][:128])
     assert history[-1]["train_mse"] < history[0]["train_mse"]
     assert history[-1]["test_psnr"] > history[-1]["test_psnr_bicubic"]

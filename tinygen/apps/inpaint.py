@@ -40,7 +40,7 @@ MASKS = ("center", "left", "right", "top", "bottom", "random")
 LABEL_MODES = ("search", "true")
 RANDOM_HIDDEN = 0.5  # share of pixels the random mask hides
 PIXELS = im.SIDE * im.SIDE
-DEFAULTS = {"restarts": 4, "steps": 300, "lr": 0.05, "sigma": 0.1}
+DEFAULTS = {"restarts": 4, "steps": 300, "lr": 0.05, "sigma": 0.5}
 ROWS_PER_BATCH = 2000  # latent vectors optimised together (digits x labels x starts)
 
 

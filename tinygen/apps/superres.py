@@ -6,9 +6,10 @@
 The low-resolution digit is the 28x28 one averaged over 2x2 blocks (``downsample``), so every method sees exactly
 the information a 14x14 sensor with square pixels would record. The model (``SuperResolver``) is a regression of
 the 28x28 digit on the 14x14 one: two 3x3 convolutions at 14x14, a stride-2 transposed convolution to 28x28 and a
-3x3 convolution to one channel (initialised to zero), added to the bicubic upsampling of the input (so it learns the correction to
-bicubic, and starts from it). Trained with the mean squared error, it estimates E[x_28 | x_14], the choice that
-maximises PSNR; where the 14x14 digit leaves a stroke ambiguous it draws the average of the candidates.
+3x3 convolution to one channel, added to the bicubic upsampling of the input. That last convolution starts at zero,
+so the untrained model is bicubic and training learns the correction to it. Trained with the mean squared error,
+it estimates E[x_28 | x_14], the choice that maximises PSNR; where the 14x14 digit leaves a stroke ambiguous it
+draws the average of the candidates.
 
 ``resize`` implements nearest, bilinear and bicubic (Keys' kernel, a = -0.5) resampling as Pillow does: pixel
 centres at (i + 0.5), the kernel window clipped at the border and its weights renormalised. ``psnr`` is per image,
@@ -16,7 +17,6 @@ centres at (i + 0.5), the kernel window clipped at the border and its weights re
 """
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
