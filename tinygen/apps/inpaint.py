@@ -22,7 +22,6 @@ the best (the label is not assumed known, and the share of digits whose true cla
 The error is measured on the hidden pixels only, in [0, 1] units (MSE and MAE), against the mean fill: each hidden
 pixel set to the mean of that pixel over MNIST's training split.
 """
-import argparse
 import json
 from pathlib import Path
 
@@ -229,7 +228,6 @@ def _host_int(t):
 
 # ---- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(p):
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = __doc__.split("\n\n", 2)[2]
     p.add_argument("checkpoint", help="checkpoint.npz of a VAE or GAN (tinygen train vae|gan)")
     p.add_argument("--mask", required=True, choices=MASKS,

@@ -1,6 +1,6 @@
 """Super-resolution of MNIST digits, 14x14 -> 28x28, with a network conditioned on the low-resolution digit.
 
-    tinygen app superres train --out runs/superres --epochs 5     # checkpoint.npz and metrics.jsonl in --out
+    tinygen app superres train --out runs/superres --epochs 3     # checkpoint.npz and metrics.jsonl in --out
     tinygen app superres eval runs/superres/checkpoint.npz        # PSNR on the test split against bicubic
 
 The low-resolution digit is the 28x28 one averaged over 2x2 blocks (``downsample``), so every method sees exactly
@@ -15,7 +15,6 @@ draws the average of the candidates.
 centres at (i + 0.5), the kernel window clipped at the border and its weights renormalised. ``psnr`` is per image,
 10 log10(1 / MSE) for pixels in [0, 1], averaged over images; every estimate is clipped to [0, 1] first.
 """
-import argparse
 import json
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ SUMMARY = "14x14 -> 28x28 digits with a network conditioned on the low-resolutio
 NAME = "superres"
 LOW = im.SIDE // 2
 METHODS = ("nearest", "bilinear", "bicubic")
-DEFAULTS = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "channels": 32, "seed": 0, "n_train": None}
+DEFAULTS = {"epochs": 3, "batch_size": 64, "lr": 1e-3, "channels": 16, "seed": 0, "n_train": None}
 EVAL_PROGRESS_DIGITS = 1000  # test digits scored after each epoch (all of them by ``eval``)
 
 
@@ -247,18 +246,18 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="train the conditional model", description="Train the super-resolution "
                         "network on MNIST's training split (2x2-average-pooled inputs, mean squared error).",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=p.formatter_class)
     tr.add_argument("--out", default="runs/superres", help="folder for checkpoint.npz and metrics.jsonl")
     tr.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training digits")
-    tr.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    tr.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="digits per Adam step")
     tr.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     tr.add_argument("--channels", type=int, default=DEFAULTS["channels"], help="width of the convolutions")
-    tr.add_argument("--n-train", type=int, default=None, help="train on the first N training digits (default all)")
-    tr.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    tr.add_argument("--n-train", type=int, default=None, help="train on the first N training digits (default: all)")
+    tr.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="initial weights and data order")
     ev = sub.add_parser("eval", help="PSNR on the test split against nearest, bilinear and bicubic",
                         description="Score a trained model on MNIST's test split against nearest, bilinear and "
                                     "bicubic upsampling, and write a picture.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=p.formatter_class)
     ev.add_argument("checkpoint", help="checkpoint.npz written by 'tinygen app superres train'")
     ev.add_argument("--n", type=int, default=None, help="score the first N test digits (default: all 10,000)")
     ev.add_argument("--out", default=None,
@@ -271,8 +270,9 @@ def add_arguments(p):
                                                                     "else the copy shipped with tinygen)")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         # --threads after the action too (a default here would override one given before it, so its own dest)
-        sp.add_argument("--threads", dest="action_threads", type=tu.thread_option, default=None,
-                        help="CPU threads for matrix products and kernels: a number, or auto")
+        sp.add_argument("--threads", dest="action_threads", metavar="THREADS", type=tu.thread_option,
+                        default=None, help="CPU threads for matrix products and kernels: a number, or auto (the "
+                        "CPUs other processes leave idle) (default: auto)")
 
 
 def run(args):
