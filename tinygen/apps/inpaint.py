@@ -276,7 +276,7 @@ def run(args):
               "mse": {k: v["mse"] for k, v in scores.items()}, "mae": {k: v["mae"] for k, v in scores.items()},
               "objective_first_step": result["history"][0], "objective_last": result["history"][-1],
               "picture": str(out)}
-    if result["labels"] is not None:
+    if result["labels"] is not None and args.labels == "search":
         report["label_accuracy"] = float(np.mean(result["labels"] == labels))
     if args.json:
         print(json.dumps(report, sort_keys=True))
