@@ -300,3 +300,19 @@ def test_superres_errors(vae_checkpoint, tmp_path):
     assert rc == 2 and "required: action" in err
     with pytest.raises(ValueError, match=r"superres: unknown setting\(s\) \['width'\]"):
         sr.make_config(width=3)
+
+
+def test_apps_run_on_the_device(device, vae_checkpoint, digits):
+    """The same fill and upscaling on "cuda" (a GPU, or the CPU stand-in for CuPy) as on the CPU."""
+    x = _unit(digits[0][:6])
+    hidden = ip.make_masks("top", 6)
+    mean = _unit(digits[0]).mean(0)
+    fills = [ip.inpaint(ip.prior_for(tinygen.load(vae_checkpoint), device=d), x, hidden, mean, restarts=2,
+                        steps=10)["filled"] for d in ("cpu", device)]
+    np.testing.assert_allclose(fills[1], fills[0], atol=1e-4)
+    tinygen.manual_seed(0)
+    model = sr.SuperResolver(4)
+    tinygen.nn.init.normal_(model.features[-1].weight, std=0.1)  # a nonzero correction: compare the network too
+    low = sr.downsample(x.reshape(6, 28, 28))
+    on_cpu = sr.upscale(model, low)
+    np.testing.assert_allclose(sr.upscale(model.to(device), low, device=device), on_cpu, atol=1e-5)
