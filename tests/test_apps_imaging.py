@@ -139,6 +139,8 @@ def test_conditional_gan_label_search_and_true_labels(cgan_checkpoint, digits):
     given = ip.inpaint(prior, x, hidden, mean, y, "true", restarts=2, steps=10)
     assert np.array_equal(given["labels"], y)
     assert given["history"][-1] < given["history"][0]
+    with pytest.raises(ValueError, match=r"inpaint: expected digits and masks of shape \(n, 784\)"):
+        ip.inpaint(prior, x[:, :100], hidden, mean)
     with pytest.raises(ValueError, match="label_mode 'true' needs the digits' labels"):
         ip.inpaint(prior, x, hidden, mean, None, "true")
 

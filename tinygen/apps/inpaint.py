@@ -180,8 +180,11 @@ def inpaint(prior, images, hidden, mean, labels=None, label_mode="search", resta
     Returns a dict: ``filled`` (n, 784), the digits with hidden pixels from the model and visible ones unchanged;
     ``labels`` (n,) the class used per digit (conditional models, else None); ``history`` the mean E per step of
     the first batch of digits."""
-    images = np.asarray(images, dtype=np.float32).reshape(len(images), PIXELS)
-    hidden = np.asarray(hidden, dtype=bool).reshape(len(images), PIXELS)
+    images, hidden = np.asarray(images, dtype=np.float32), np.asarray(hidden, dtype=bool)
+    if images.ndim < 2 or images[0].size != PIXELS or hidden.shape[0] != images.shape[0] or hidden[0].size != PIXELS:
+        raise ValueError(f"inpaint: expected digits and masks of shape (n, 784) or (n, 28, 28), got images "
+                         f"{images.shape} and hidden {hidden.shape}")
+    images, hidden = images.reshape(len(images), PIXELS), hidden.reshape(len(images), PIXELS)
     restarts = im.check_count("inpaint: restarts", restarts)
     if label_mode not in LABEL_MODES:
         raise ValueError(f"inpaint: label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
