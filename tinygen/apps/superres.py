@@ -37,7 +37,8 @@ EVAL_PROGRESS_DIGITS = 1000  # test digits scored after each epoch (all of them 
 
 # ---- resampling ------------------------------------------------------------------------------------------------------
 def _cubic(x, a=-0.5):
-    """Keys' cubic convolution kernel (a = -0.5, as Pillow and OpenCV); support [-2, 2]."""
+    """Keys' cubic convolution kernel, a = -0.5 as Pillow and MATLAB's imresize (OpenCV's INTER_CUBIC uses a = -0.75
+    and repeats the edge pixels, so it differs slightly); support [-2, 2]."""
     x = np.abs(x)
     return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
                     np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
