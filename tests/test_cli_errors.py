@@ -67,3 +67,17 @@ def test_eval_and_sample_of_a_non_checkpoint_exit_nonzero_without_traceback(tmp_
         assert r.returncode in (1, 2), r.stderr
         assert "Traceback" not in r.stderr and str(path) in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("ckpt, app", [({"model": "superres", "config": {}}, "superres"),
+                                       ({"model": "seqvae", "config": {"app": "music"}}, "music"),
+                                       ({"model": "seqvae", "config": {"app": "text"}}, "text")])
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_sample_and_eval_point_an_application_checkpoint_to_its_app(tmp_path, capsys, ckpt, app, command):
+    from tinygen import serialization
+    from tinygen.cli import main
+    path = tmp_path / "checkpoint.npz"
+    serialization.save(ckpt, path)
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint of the {app} application" in err and f"tinygen app {app} --help" in err

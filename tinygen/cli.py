@@ -175,6 +175,10 @@ def _command(args):
         ckpt = load(args.checkpoint)
         kind = ckpt.get("model") if isinstance(ckpt, dict) else None
         if kind not in MODELS:
+            app = _app_of(ckpt)
+            if app is not None:
+                raise ValueError(f"{args.checkpoint}: a checkpoint of the {app} application; use "
+                                 f"`tinygen app {app} --help` for its sample and eval commands")
             raise ValueError(f"{args.checkpoint}: not a tinygen model checkpoint (no known 'model' entry)")
         try:
             if args.command == "sample":
@@ -205,6 +209,17 @@ def _command(args):
               f"TINYGEN_DATA={args.download} (tinygen ships a copy too, used when neither is given)")
         return 0
     return 0
+
+
+def _app_of(ckpt):
+    """The application that wrote a checkpoint (``tinygen app NAME``), or None."""
+    from . import apps
+    if not isinstance(ckpt, dict):
+        return None
+    config = ckpt.get("config")
+    name = config.get("app") if isinstance(config, dict) else None
+    name = name if name in apps.APPS else ckpt.get("model")
+    return name if name in apps.APPS else None
 
 
 def _os_error(e):
