@@ -592,7 +592,7 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                    help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="learning rate (of Adam, or of --optimizer)")
     p.add_argument("--arch", default=DEFAULTS["arch"], choices=ARCHS,
                    help="mlp: the MLP of PyTorch's example; conv: Conv2d layers before and ConvTranspose2d layers "
                         "after the MLP")
