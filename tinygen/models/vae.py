@@ -629,6 +629,8 @@ def _settings_from_args(args):
     keys = list(DEFAULTS) + ["data", "device"]
     settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     dropout = getattr(args, "dropout", None)
+    if dropout is not None:
+        dropout = tu.check_number("--dropout", dropout, high=1.0)
     for key in ("encoder_dropout", "decoder_dropout"):
         if settings.get(key) is None and dropout is not None:
             settings[key] = dropout

@@ -160,6 +160,7 @@ def settings_from_args(args):
         s.setdefault("d_slope", slope)
     dropout = getattr(args, "dropout", None)
     if dropout is not None:
+        dropout = tu.check_number("--dropout", dropout, high=1.0)
         s.setdefault("g_dropout", dropout)
         s.setdefault("d_dropout", dropout)
     lr = getattr(args, "lr", None)
