@@ -278,6 +278,11 @@ def test_init_refuses_another_model_and_missing_files(digits, vae_sets, tmp_path
                       **TINY_GAN)
     with pytest.raises(FileNotFoundError, match="--init checkpoint"):
         _train_vae(vae_sets, init=tmp_path / "none.npz")
+    ckpt = tinygen.load(tmp_path / "v" / "checkpoint.npz")
+    ckpt["config"]["latent"] = 7  # settings that do not describe its weights
+    tinygen.save(ckpt, tmp_path / "crafted.npz")
+    with pytest.raises(ValueError, match="does not match the checkpoint's own settings"):
+        _train_vae(vae_sets, init=tmp_path / "crafted.npz")
     rc, _, err = _run(["train", "vae", "--epochs", "1", "--init", str(tmp_path / "g" / "checkpoint.npz"),
                        "--out", str(tmp_path / "x"), "--threads", "1"])
     assert rc == 2 and "not a VAE" in err and len(err.strip().splitlines()) == 1

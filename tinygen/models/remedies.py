@@ -239,6 +239,18 @@ def read_init_checkpoint(path, model_name, label):
     return ckpt
 
 
+def rebuilt(path, what, build, state):
+    """The network ``what`` of an --init checkpoint, built by ``build()`` as it was trained and loaded with its saved
+    ``state`` (so its layers get their structural names); ValueError when the two do not match."""
+    module = build()
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--init: the {what} in '{path}' does not match the checkpoint's own settings: "
+                         f"{str(e).splitlines()[-1].strip()}") from None
+    return module
+
+
 def init_from_modules(path, pairs):
     """Load ``pairs`` [(what, target module, source module or None)] by name (``load_by_name``); returns
     {what: report} and raises ValueError when nothing at all fits."""

@@ -460,8 +460,8 @@ def _init_from(path, model):
     ckpt = remedies.read_init_checkpoint(path, NAME, "a VAE")
     if "model" not in ckpt["modules"]:
         raise ValueError(f"--init: the VAE checkpoint '{path}' holds no model weights")
-    source = build_model(make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS}))
-    source.load_state_dict(ckpt["modules"]["model"])  # rebuilt as trained, so its layers have structural names
+    saved = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS})
+    source = remedies.rebuilt(path, "model", lambda: build_model(saved), ckpt["modules"]["model"])
     return remedies.init_from_modules(path, [("model", model, source)])
 
 

@@ -535,11 +535,9 @@ def _init_from(path, G, D):
     if "generator" not in mods and "discriminator" not in mods:
         raise ValueError(f"--init: '{path}' holds neither a generator nor a discriminator")
     saved = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in BASE})
-    sources = {}
-    for key, build in (("generator", build_generator), ("discriminator", build_discriminator)):
-        if key in mods:  # the saved network rebuilt as it was trained, so its layers have their structural names
-            sources[key] = build(saved)
-            sources[key].load_state_dict(mods[key])
+    sources = {key: remedies.rebuilt(path, key, lambda: build(saved), mods[key])
+               for key, build in (("generator", build_generator), ("discriminator", build_discriminator))
+               if key in mods}
     return remedies.init_from_modules(path, [("generator", G, sources.get("generator")),
                                              ("discriminator", D, sources.get("discriminator"))])
 
