@@ -387,3 +387,22 @@ def test_unreadable_array_files(tmp_path):
         load_dataset(tmp_path / "objects.npz")
     (tmp_path / "bom.csv").write_bytes("\ufeffa,b\n1,2\n".encode("utf-8"))
     assert load_dataset(tmp_path / "bom.csv").columns == ["a", "b"]
+
+
+def test_augment_views_own_greyscale_images_in_their_shape_and_refuses_other_data(tmp_path):
+    from tinygen.models.gan import train_gan
+    from tinygen.models.vae import train_vae
+    g = np.random.default_rng(0)
+    images = (g.random((40, 12, 10)) * 255).astype(np.uint8)  # not 28x28: the run's own shape is used
+    G, _, history = train_gan(train_set=images, augment=["crop", "rotate"], steps=2, batch_size=8, quiet=True,
+                              pictures=False)
+    assert np.isfinite(history[-1]["d_loss"])
+    model, history = train_vae(train_set=images, augment=["crop"], epochs=1, batch_size=8, quiet=True,
+                               pictures=False)
+    assert np.isfinite(history[-1]["train_loss"])
+    with pytest.raises(ValueError, match=r"--augment .* vectors of 16 values"):
+        train_gan(train_set=g.random((40, 16)).astype(np.float32), augment=["crop"], steps=1, batch_size=8,
+                  quiet=True, pictures=False)
+    with pytest.raises(ValueError, match=r"--augment .* images of shape 8 x 8 x 3"):
+        train_vae(train_set=(g.random((40, 8, 8, 3)) * 255).astype(np.uint8), augment=["flip"], epochs=1,
+                  batch_size=8, quiet=True, pictures=False)

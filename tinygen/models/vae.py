@@ -44,12 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import Tensor, as_tensor, cat, eye, nn, no_grad, optim, zeros
+from .. import Tensor, as_tensor, cat, eye, nn, no_grad, zeros
 from .. import distributed as dist
 from .. import random as _random
 from ..backend import array_module, device_of
 from ..data import DataLoader, ModelData, Scaling, binarize, to_unit
 from ..nn import functional as F
+from . import remedies
 from . import train_utils as tu
 
 NAME = "vae"
@@ -64,17 +65,22 @@ CONV_CHANNELS = (32, 64)  # the conv arch's channels at 14x14 and 7x7
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "latent": 20, "hidden": [400], "seed": 1,
             "binarize": False, "beta": 1.0, "beta_warmup": 0.0, "decoder": "bernoulli", "decoder_var": "learned",
             "conditional": False, "label_embedding": "onehot", "label_dim": 10, "arch": "mlp",
-            "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None}
+            "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None,
+            "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0, "encoder_dropout": 0.0,
+            "decoder_dropout": 0.0, "augment": [], "clip_grad_norm": None}
+REMEDIES = ("optimizer", "momentum", "weight_decay", "encoder_dropout", "decoder_dropout", "augment",
+            "clip_grad_norm")
 # Settings added after runs were saved, with the value that reproduces those runs.
-ADDED_SETTINGS = {"arch": "mlp", "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None}
+ADDED_SETTINGS = {"arch": "mlp", "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None,
+                  **{k: DEFAULTS[k] for k in REMEDIES}}
 
 
 # ---- the model -------------------------------------------------------------------------------------------------------
-def _mlp(widths):
-    """Linear layers between consecutive widths, ReLU after each."""
+def _mlp(widths, dropout=0.0):
+    """Linear layers between consecutive widths, ReLU after each (and Dropout(dropout) when it is > 0)."""
     layers = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
     return nn.Sequential(*layers)
 
 
@@ -100,12 +106,15 @@ def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, lab
 
 class VAE(nn.Module):
     """MLP VAE for vectors of ``data_dim`` values (784-pixel images by default); see the module docstring for the
-    decoders and the conditional variant."""
+    decoders and the conditional variant. ``encoder_dropout`` / ``decoder_dropout``: Dropout after each hidden
+    layer of the encoder / decoder MLP."""
 
     def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
                  label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp",
-                 decoder_mean="sigmoid"):
+                 decoder_mean="sigmoid", encoder_dropout=0.0, decoder_dropout=0.0):
         super().__init__()
+        encoder_dropout = tu.check_number("encoder_dropout", encoder_dropout, high=1.0)
+        decoder_dropout = tu.check_number("decoder_dropout", decoder_dropout, high=1.0)
         hidden = _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch)
         if decoder_mean not in DECODER_MEANS or (decoder_mean == "linear" and decoder != "gaussian"):
             raise ValueError(f"VAE: decoder_mean must be 'sigmoid', or 'linear' with the gaussian decoder; got "
@@ -133,10 +142,10 @@ class VAE(nn.Module):
             self.decoder_conv = nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
                                               nn.ConvTranspose2d(c1, 1, 4, 2, 1))
             features = out_dim = c2 * 7 * 7
-        self.encoder = _mlp([features + c] + hidden)
+        self.encoder = _mlp([features + c] + hidden, encoder_dropout)
         self.fc_mu = nn.Linear(hidden[-1], latent)
         self.fc_logvar = nn.Linear(hidden[-1], latent)
-        self.decoder = _mlp([latent + c] + hidden[::-1])
+        self.decoder = _mlp([latent + c] + hidden[::-1], decoder_dropout)
         self.fc_out = nn.Linear(hidden[0], out_dim)
         self.fixed_logvar = None
         if decoder == "gaussian":
@@ -437,6 +446,7 @@ def make_config(**overrides):
     for key, low in (("epochs", 0), ("batch_size", 1), ("seed", 0)):
         cfg[key] = tu.check_int(key, cfg[key], low=low)
     cfg["lr"] = tu.check_number("lr", cfg["lr"], allow_low=False)
+    remedies.check_remedies(cfg, ("encoder_dropout", "decoder_dropout"))
     for key in ("beta", "beta_warmup"):
         cfg[key] = tu.check_number(key, cfg[key])
     cfg["hidden"] = _check_model_args(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"],
@@ -456,7 +466,7 @@ def make_config(**overrides):
 def build_model(cfg):
     return VAE(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"], cfg["conditional"],
                cfg["label_embedding"], cfg["label_dim"], cfg["num_classes"], cfg["data_dim"], cfg["arch"],
-               cfg["decoder_mean"])
+               cfg["decoder_mean"], encoder_dropout=cfg["encoder_dropout"], decoder_dropout=cfg["decoder_dropout"])
 
 
 def saved_config(ckpt):
@@ -474,7 +484,8 @@ def model_from_checkpoint(ckpt, device="cpu"):
 
 
 # ---- training --------------------------------------------------------------------------------------------------------
-def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None, test_set=None, **settings):
+def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None, test_set=None, init=None,
+              **settings):
     """Train a VAE; returns ``(model, history)`` with one metrics dict per epoch run in this call.
 
     settings: see ``DEFAULTS`` (plus ``data``, ``device``). out: folder for ``checkpoint.npz`` (rewritten
@@ -483,6 +494,8 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     train_set / test_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets), or arrays
     ``x`` / ``(x, labels)`` of any size (see ``resolve_data``); ``data``: a folder holding MNIST, or a
     .npy/.npz/.csv file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
+    init: a VAE checkpoint whose weights start this run, matched by layer name (``remedies.load_by_name``; what
+    was loaded and skipped is printed unless quiet).
     """
     settings, train_set = resolve_data(settings, train_set)
     cfg = make_config(**settings)
@@ -498,11 +511,18 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     quiet = quiet or not dist.is_main_process()
     _random.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
+    if init is not None:
+        report = _init_from(init, model)
+        if not quiet:
+            print("\n".join(remedies.format_init_report(init, report)), flush=True)
     net = tu.data_parallel(model)  # model itself in a world of one process
-    opt = optim.Adam(net.parameters(), lr=cfg["lr"])
+    opt = remedies.make_optimizer(net.parameters(), cfg["optimizer"], cfg["lr"], weight_decay=cfg["weight_decay"],
+                                  momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"])
     loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
-                        transform=binarize if cfg["binarize"] else None, device=device)
-    parts = {"modules": {"model": model}, "optimizers": {"adam": opt}, "loaders": {"train": loader}}
+                        transform=remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
+                            cfg["augment"], None if own is None else own.scaling), 0.0,
+                                                        then=binarize if cfg["binarize"] else None), device=device)
+    parts = {"modules": {"model": model}, "optimizers": {cfg["optimizer"]: opt}, "loaders": {"train": loader}}
     folder = tu.RunFolder(out, resume)
     start = folder.restore(parts, NAME, cfg, added=ADDED_SETTINGS)[1] if resume else 0
     history = []
@@ -529,6 +549,16 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
             else:
                 save_own_pictures(model, folder.path, own.scaling, test_x, test_y, device=device)
     return model, history
+
+
+def _init_from(path, model):
+    """--init: start from the weights of another VAE checkpoint, matched by layer name; returns {"model": report}."""
+    ckpt = remedies.read_init_checkpoint(path, NAME, "a VAE")
+    if "model" not in ckpt["modules"]:
+        raise ValueError(f"--init: the VAE checkpoint '{path}' holds no model weights")
+    saved = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in DEFAULTS})
+    source = remedies.rebuilt(path, "model", lambda: build_model(saved), ckpt["modules"]["model"])
+    return remedies.init_from_modules(path, [("model", model, source)])
 
 
 def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
@@ -682,7 +712,7 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                    help="images per gradient step (under mpiexec -n N: the global batch, a multiple of N)")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="learning rate (of Adam, or of --optimizer)")
     p.add_argument("--arch", default=DEFAULTS["arch"], choices=ARCHS,
                    help="mlp: the MLP of PyTorch's example; conv: Conv2d layers before and ConvTranspose2d layers "
                         "after the MLP")
@@ -715,16 +745,28 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    remedies.add_remedy_arguments(p, "dropout after the hidden layers of the encoder and the decoder "
+                                     "(--encoder-dropout, --decoder-dropout: one of them)")
+    p.add_argument("--encoder-dropout", type=float, default=None, help="dropout in the encoder only (default 0)")
+    p.add_argument("--decoder-dropout", type=float, default=None, help="dropout in the decoder only (default 0)")
 
 
 def _settings_from_args(args):
     keys = list(DEFAULTS) + ["data", "device"]
-    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None:
+        dropout = tu.check_number("--dropout", dropout, high=1.0)
+    for key in ("encoder_dropout", "decoder_dropout"):
+        if settings.get(key) is None and dropout is not None:
+            settings[key] = dropout
+    return {k: v for k, v in settings.items() if not (k in REMEDIES and v is None)}  # unset: the defaults
 
 
 def train_from_args(args):
     tu.check_positive_options(args, ("epochs", "batch_size"))
-    _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, **_settings_from_args(args))
+    _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, init=getattr(args, "init", None),
+                           **_settings_from_args(args))
     if history and dist.is_main_process():
         print(f"test loss {history[-1]['test_loss']:.4f} nats per image after epoch {history[-1]['epoch']}; "
               f"outputs in {args.out}")

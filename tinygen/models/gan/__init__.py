@@ -21,6 +21,7 @@ import numpy as np
 from ... import distributed as dist
 from ... import random as _random
 from ...data import Scaling
+from .. import remedies
 from .. import train_utils as tu
 from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_loss, gradient_penalty,  # noqa: F401
                      interpolate, output_means, register_loss, clip_weights_)
@@ -63,7 +64,8 @@ def add_arguments(p):
     a("--label-column", default=None, metavar="NAME|INDEX",
       help="--data CSV: the column holding class labels (a header name or a 0-based index); default none")
     a("--preset", choices=PRESETS, default=None,
-      help="pytorch-gan: PyTorch-GAN's MLP GAN; article: 100 binarised digits, G of 2 and D of 3 dense layers")
+      help="pytorch-gan: PyTorch-GAN's MLP GAN; article: the case study as written: 100 binarised digits, G "
+           "100-128-64-784 and D 784-128-64-1 with ReLU, the minimax loss, Adam 2e-4")
     a("--loss", choices=list(LOSSES), default=None, help=f"GAN objective (default {BASE['loss']}; see above)")
     a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps (default: none on "
                                                "MNIST, where --steps sets the length; 100 with --preset article)")
@@ -76,7 +78,6 @@ def add_arguments(p):
     a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
     a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
-    a("--optimizer", choices=OPTIMIZERS, default=None, help="default adam (the loss may change it)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
                                                           "end of the run (default on ring/grid)")
     a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1)")
@@ -84,6 +85,8 @@ def add_arguments(p):
     a("--gp", type=float, default=None, help="wgan-gp gradient penalty weight lambda")
     a("--label-smoothing", type=float, default=None, help="one-sided: real target 1 - s (e.g. 0.1 -> 0.9)")
     _add_model_arguments(a)
+    remedies.add_remedy_arguments(p, "dropout after the hidden layers of G and D (--g-dropout, --d-dropout: one "
+                                     "network)", optimizer_default="adam; wgan: rmsprop")
     a("--seed", type=int, default=None, help="default 0")
     a("--n-train", type=int, default=None, help="use only the first N training images (default: all)")
     a("--binarize", action=argparse.BooleanOptionalAction, default=None, help="threshold the images at 0.5")
@@ -92,7 +95,6 @@ def add_arguments(p):
     a("--log-every", type=int, default=None, help="steps between lines of steps.jsonl (default 50)")
     a("--out", default="runs/gan", help="folder for checkpoint.npz, metrics.jsonl, steps.jsonl and the PNGs")
     a("--resume", action="store_true", help="continue the run saved in --out")
-    a("--init", default=None, metavar="CHECKPOINT", help="start from the G and D weights of a GAN checkpoint")
     a("--device", default=None, help="cpu or cuda")
     a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     a("--sync-bn", action="store_true",
@@ -148,8 +150,8 @@ def _add_model_arguments(a):
 
 
 # options that shape only one architecture's networks (refused with the other)
-MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "g_slope",
-            "data_scale")
+MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "dropout",
+            "g_slope", "data_scale")
 DCGAN_ONLY = ("ngf", "ndf")
 
 
@@ -162,6 +164,11 @@ def settings_from_args(args):
     if slope is not None:
         s.setdefault("g_slope", slope)
         s.setdefault("d_slope", slope)
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None:
+        dropout = tu.check_number("--dropout", dropout, high=1.0)
+        s.setdefault("g_dropout", dropout)
+        s.setdefault("d_dropout", dropout)
     lr = getattr(args, "lr", None)
     if lr is not None:
         s.setdefault("lr_g", lr)

@@ -21,15 +21,15 @@ import contextlib
 import itertools
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ... import as_tensor, backend, nn, no_grad, optim
+from ... import as_tensor, backend, nn, no_grad
 from ... import distributed as dist
 from ... import random as _random
 from ...data import DataLoader, ModelData, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
+from .. import remedies
 from .. import train_utils as tu
 from . import losses as L
 from .models import ARCHS, PYTORCH_GAN, build_discriminator, build_generator
@@ -38,7 +38,7 @@ NAME = "gan"
 DATASETS = ("mnist", "ring", "grid", "custom")  # custom: a file or folder (--data PATH) or arrays
 TOY = {"ring": ring, "grid": grid}
 PRESETS = ("pytorch-gan", "article")
-OPTIMIZERS = ("adam", "rmsprop")
+OPTIMIZERS = remedies.OPTIMIZERS
 LR_DECAYS = ("none", "linear")
 
 # What every run starts from; DATASET_DEFAULTS, then a preset, then the loss's defaults (``losses.LOSSES``), then
@@ -51,7 +51,7 @@ BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating
         "lr_decay": "none", "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64,
         "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
         "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0,
-        "label_column": None}
+        "label_column": None, "momentum": 0.0, "weight_decay": 0.0, "augment": [], "clip_grad_norm": None}
 
 
 def _spread(mixture):
@@ -81,11 +81,14 @@ PRESET_DEFAULTS = {
     # PyTorch-GAN's MLP GAN (implementations/gan/gan.py): Adam 2e-4 (0.5, 0.999), batch 64, no EMA
     "pytorch-gan": dict(PYTORCH_GAN, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999], batch_size=64,
                         ema=0.0, loss="nonsaturating", conditional=False),
-    # the case study: 100 binarised digits, G of two dense layers, D of three, Adam 2e-4, losses per epoch
-    "article": {"n_train": 100, "binarize": True, "latent": 100, "g_hidden": [128], "d_hidden": [128, 64],
-                "g_batchnorm": False, "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999],
-                "batch_size": 10, "epochs": 100, "steps": None, "ema": 0.0, "eval_samples": 500,
-                "conditional": False},
+    # the case study as its listing and formula write it: 100 binarised digits; G dense 100 -> 128 -> 64 -> 784 and
+    # D dense 784 -> 128 -> 64 -> 1, ReLU between them; the minimax loss min_G max_D E[log D(x)] +
+    # E[log(1 - D(G(z)))]; Adam 2e-4; nothing else (no EMA, BatchNorm or dropout). The binary pixels are {-1, 1}
+    # with a tanh output, the same model as {0, 1} with a sigmoid.
+    "article": {"n_train": 100, "binarize": True, "latent": 100, "g_hidden": [128, 64], "d_hidden": [128, 64],
+                "g_slope": 0.0, "d_slope": 0.0, "loss": "minimax", "g_batchnorm": False, "d_batchnorm": False,
+                "optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "betas": [0.5, 0.999], "batch_size": 10,
+                "epochs": 100, "steps": None, "ema": 0.0, "eval_samples": 500, "conditional": False},
 }
 
 # Settings that a resumed run may change (the rest must match the saved run); the length only without a
@@ -94,7 +97,8 @@ RESUMABLE = ("epochs", "steps", "data", "device", "log_every")
 LENGTH = ("epochs", "steps")
 
 # Settings added after runs were saved, with the value that reproduces those runs.
-ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64, "label_column": None}
+ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64, "label_column": None, "momentum": 0.0,
+                  "weight_decay": 0.0, "augment": [], "clip_grad_norm": None}
 
 
 def saved_config(ckpt):
@@ -136,8 +140,11 @@ def make_config(**settings):
 
 def _validate(cfg):
     loss = L.get_loss(cfg["loss"])
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected one of {', '.join(OPTIMIZERS)}")
+    remedies.check_remedies(cfg, ("g_dropout", "d_dropout"))
+    if cfg["augment"] and cfg["dataset"] in TOY:
+        raise ValueError(f"augment crops, flips and rotates images; the {cfg['dataset']} data are 2-D points")
+    if cfg["arch"] == "dcgan" and (cfg["g_dropout"] or cfg["d_dropout"]):
+        raise ValueError("dropout sets the MLP networks' hidden layers; arch 'dcgan' has none (use arch 'mlp')")
     if cfg["lr_decay"] not in LR_DECAYS:
         raise ValueError(f"unknown lr_decay {cfg['lr_decay']!r}; expected one of {', '.join(LR_DECAYS)}")
     if cfg["epochs"] is None and cfg["steps"] is None:
@@ -160,7 +167,7 @@ def _validate(cfg):
         cfg[key] = tu.check_number(key, cfg[key], allow_low=False)
     for key in ("gp", "g_slope", "d_slope"):
         cfg[key] = tu.check_number(key, cfg[key])
-    for key in ("g_dropout", "d_dropout", "label_smoothing", "ema"):
+    for key in ("label_smoothing", "ema"):
         cfg[key] = tu.check_number(key, cfg[key], high=1.0)
     betas = cfg["betas"]
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or \
@@ -259,9 +266,9 @@ def load_data(cfg, train_set=None):
 
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
 def make_optimizer(cfg, params, lr):
-    if cfg["optimizer"] == "rmsprop":
-        return optim.RMSprop(params, lr=lr)
-    return optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
+    """The run's optimizer for one network (``remedies.make_optimizer``: weight decay, momentum, clipping)."""
+    return remedies.make_optimizer(params, cfg["optimizer"], lr, cfg["betas"], cfg["weight_decay"], cfg["momentum"],
+                                   cfg["clip_grad_norm"])
 
 
 class EMA:
@@ -581,28 +588,18 @@ def fixed_noise_labels(cfg, n):
 
 # ---- training --------------------------------------------------------------------------------------------------------
 def _init_from(path, G, D):
-    """--init: start from the generator and discriminator weights of another GAN checkpoint."""
-    from ...serialization import load
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--init checkpoint '{path}' does not exist")
-    ckpt = load(path)
-    if not isinstance(ckpt, dict) or "modules" not in ckpt:
-        raise ValueError(f"--init: '{path}' is not a training checkpoint")
-    if ckpt.get("model") != NAME:
-        raise ValueError(f"--init: '{path}' is a checkpoint of model {ckpt.get('model')!r}, not a GAN")
+    """--init: start from the generator and discriminator weights of another GAN checkpoint, matched by layer name
+    (``remedies.load_by_name``); returns {"generator": report, "discriminator": report}."""
+    ckpt = remedies.read_init_checkpoint(path, NAME, "a GAN")
     mods = ckpt["modules"]
-    loaded = []
-    for key, module in (("generator", G), ("discriminator", D)):
-        if key in mods:
-            try:
-                module.load_state_dict(mods[key])
-            except RuntimeError as e:
-                raise ValueError(f"--init: the {key} in '{path}' does not fit this run's architecture: {e}") from None
-            loaded.append(key)
-    if not loaded:
+    if "generator" not in mods and "discriminator" not in mods:
         raise ValueError(f"--init: '{path}' holds neither a generator nor a discriminator")
-    return loaded
+    saved = make_config(**{k: v for k, v in saved_config(ckpt).items() if k in BASE})
+    sources = {key: remedies.rebuilt(path, key, lambda: build(saved), mods[key])
+               for key, build in (("generator", build_generator), ("discriminator", build_discriminator))
+               if key in mods}
+    return remedies.init_from_modules(path, [("generator", G, sources.get("generator")),
+                                             ("discriminator", D, sources.get("discriminator"))])
 
 
 def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False,
@@ -614,7 +611,8 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     every epoch and at the end), ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (every ``log_every``
     steps), ``samples_NNN.png`` / ``scatter_NNN.png`` each epoch from fixed noise, and ``curves.png`` (matplotlib).
     resume: continue the run saved in ``out`` (same settings; ``epochs``/``steps`` may grow); it ends with the same
-    parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run.
+    parameters as an uninterrupted run. init: a GAN checkpoint whose G and D weights start this run,
+    matched by layer name (``remedies.load_by_name``: what was loaded and skipped is printed unless quiet).
     train_set: ``(images, labels)`` instead of reading MNIST (tests use small subsets), or arrays ``x`` /
     ``(x, labels)`` of any size (see ``resolve_data``); ``data``: a folder holding MNIST, or a .npy/.npz/.csv
     file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
@@ -652,10 +650,11 @@ class GANRun:
         self.classifier = _classifier(quiet) if cfg["dataset"] == "mnist" else None
         _random.manual_seed(cfg["seed"])
         self.G, self.D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
+        self.init_report = None  # --init: what was loaded and skipped (remedies.load_by_name)
         if init is not None:
-            loaded = _init_from(init, self.G, self.D)
+            self.init_report = _init_from(init, self.G, self.D)
             if not quiet:
-                print(f"initialised the {' and '.join(loaded)} from {init}", flush=True)
+                print("\n".join(remedies.format_init_report(init, self.init_report)), flush=True)
         # data parallel: G and D wrapped separately (themselves in a world of one process)
         self.G_net, self.D_net = tu.data_parallel(self.G, sync_bn), tu.data_parallel(self.D, sync_bn)
         self.G, self.D = tu.unwrap(self.G_net), tu.unwrap(self.D_net)
@@ -667,7 +666,10 @@ class GANRun:
         tu.check_batch_fits(cfg["batch_size"], len(x))
         tu.check_global_batch(cfg["batch_size"], len(x), drop_last=True)
         self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=cfg["batch_size"], shuffle=True,
-                                 drop_last=True, seed=cfg["seed"], device=device)
+                                 drop_last=True, seed=cfg["seed"], device=device,
+                                 transform=remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
+                                     cfg["augment"], None if self.own_data is None else self.own_data.scaling),
+                                     background=-1.0))
         self.step_fn = GANStep(cfg, self.G_net, self.D_net, self.opt_g, self.opt_d, self.ema)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
