@@ -228,3 +228,29 @@ def test_results_are_fresh_tensors_on_the_replayed_values():
     r1, k = f(tg.tensor([1.0]))
     r2, _ = f(tg.tensor([5.0]))
     assert k == 3 and r1.item() == 2.0 and r2.item() == 10.0
+
+
+def test_a_module_frozen_for_part_of_the_step_is_frozen_on_every_replay():
+    # the generator update freezes D: the flag changes are replayed where they happened (after the create_graph
+    # call the ops re-read their inputs' flags), and a tensor made inside the step (mix) needs no guard
+    def run(compiled):
+        (G, D), step = _gan_setup(penalty=True)
+
+        def frozen_step(real):
+            d_loss, _ = step(real)
+            D.requires_grad_(False)
+            g_loss = F.softplus(-D(G(tg.randn(real.shape[0], 4)))).mean()
+            g_loss.backward()
+            D.requires_grad_(True)
+            return d_loss, g_loss
+        f = tg.compile(frozen_step, check=2) if compiled else frozen_step
+        tg.manual_seed(3)
+        outs = [[t.detach().data.copy() for t in f(tg.rand(8, 6))] for _ in range(12)]
+        grads = [None if p.grad is None else p.grad.data.copy() for m in (G, D) for p in m.parameters()]
+        return outs, _params(G, D), grads, f
+    oe, pe, ge, _ = run(False)
+    oc, pc, gc, f = run(True)
+    assert (f.records, f.replays) == (1, 11)
+    assert all(_same(a, b) for a, b in zip(oe, oc)) and _same(pe, pc)
+    assert [g is None for g in ge] == [g is None for g in gc] and _same([g for g in ge if g is not None],
+                                                                        [g for g in gc if g is not None])

@@ -117,6 +117,7 @@ class _Recorder:
         self.steps = []
         self.modules = {}
         self.leaves = {}
+        self.made = set()  # ids of the tensors the step made: they need no guard
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
 
     def record_apply(self, cls, args):
@@ -131,8 +132,9 @@ class _Recorder:
         for a in args:
             if isinstance(a, Tensor):
                 device = device or a._device
-                if a.grad_fn is None:
-                    self.leaves[id(a)] = (a, a._requires_grad)
+                if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
+                    self.leaves.setdefault(id(a), (a, a._requires_grad))
+        self.made.update(id(t) for t in outs)
         self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None))
         return out
 
@@ -146,10 +148,17 @@ class _Recorder:
         finally:
             self.depth -= 1
         self.steps.append((_replay_call, fn, args, kwargs, result, STATE.grad_enabled))
+        self.made.update(id(t) for t in _tensors_in(result))
         self.relink = self.relink or builds_graph
         return result
 
+    def record_requires_grad(self, tensor, flag):
+        if id(tensor) not in self.made:
+            self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad))
+        self.steps.append((_replay_requires_grad, tensor, flag))
+
     def record_alias(self, src, dst):
+        self.made.add(id(dst))
         self.steps.append((_replay_alias, src, dst))
 
     def note_module(self, module):
@@ -233,6 +242,10 @@ def _replay_call(fn, args, kwargs, result, grad_enabled):
 
 def _replay_alias(src, dst):
     dst.data = src.data
+
+
+def _replay_requires_grad(tensor, flag):
+    tensor._requires_grad = flag
 
 
 def _bind(recorded, new):
