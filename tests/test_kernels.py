@@ -1090,3 +1090,19 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts):
     with pytest.raises(ValueError, match="adam_steps: state and gradient arrays must match"):
         cpu.adam_steps([params[0].copy()], [grads[1]], [np.zeros_like(params[0])], [np.zeros_like(params[0])], None,
                        1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ema_update_is_the_reference_bit_for_bit(dtype):
+    rng = np.random.default_rng(32)
+    for shape, kind in (((7, 5), "c"), ((6, 4), "t"), ((9,), "c")):
+        avg, val = layout(randn(rng, shape, dtype), kind), randn(rng, shape, dtype)
+        expected = avg.copy()
+        expected *= 0.37
+        expected += (1.0 - 0.37) * val  # the definition, as the EMA wrote it before it was a kernel
+        for mod in ([ref, gpu] + ([__import__("tinygen.kernels.cpu", fromlist=["cpu"])] if NUMBA_ON else [])):
+            a = avg.copy(order="K")
+            mod.ema_update(a, val, 0.37)
+            same(a, expected, mod.__name__)
+    with pytest.raises(ValueError, match="ema_update: the average"):
+        kernels.get("ema_update", avg)(np.zeros(3, dtype), np.zeros(4, dtype), 0.5)

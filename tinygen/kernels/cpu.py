@@ -521,6 +521,23 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
 
 
 @njit(cache=True, error_model="numpy")
+def _ema(a, v, decay, one_minus_decay):
+    for i in range(a.size):
+        a[i] = a[i] * decay + one_minus_decay * v[i]
+
+
+def ema_update(average, value, decay):
+    """The reference's two in-place passes and temporary as one loop (each element rounded as there)."""
+    if average.shape != value.shape or average.dtype != value.dtype:
+        ref.ema_update(average, value, decay)  # its error
+    _same_float("ema_update", average)
+    io = _InPlace("ema_update", average)
+    t = average.dtype.type
+    _ema(io.flat[0], _flat(value), t(decay), t(1.0 - decay))
+    io.done()
+
+
+@njit(cache=True, error_model="numpy")
 def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
              use_momentum, maximize, small):
     for i in range(p.size):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ... import as_tensor, backend, nn, no_grad, optim
+from ... import as_tensor, backend, kernels, nn, no_grad, optim
 from ... import distributed as dist
 from ...capture import replayed
 from ... import random as _random
@@ -241,8 +241,7 @@ class EMA:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         for e, p in zip(self.shadow.parameters(), self.module.parameters()):
-            e.data *= d
-            e.data += (1.0 - d) * p.data
+            kernels.get("ema_update", e.data)(e.data, p.data, d)  # e = d * e + (1 - d) * p, in one pass
         for e, b in zip(self.shadow.buffers(), self.module.buffers()):
             e.data[...] = b.data
 
