@@ -224,10 +224,10 @@ def test_cache_keeps_at_most_cache_size_programs():
 
 def test_results_are_fresh_tensors_on_the_replayed_values():
     w = tg.tensor([2.0])
-    f = tg.compile(lambda a: (a * w, 3))
-    r1, k = f(tg.tensor([1.0]))
-    r2, _ = f(tg.tensor([5.0]))
-    assert k == 3 and r1.item() == 2.0 and r2.item() == 10.0
+    f = tg.compile(lambda a: (a * w, 3, a))  # an argument returned as it is: not released with the intermediates
+    r1, k, a1 = f(tg.tensor([1.0]))
+    r2, _, a2 = f(tg.tensor([5.0]))
+    assert k == 3 and r1.item() == 2.0 and r2.item() == 10.0 and (a1.item(), a2.item()) == (1.0, 5.0)
 
 
 def test_a_module_frozen_for_part_of_the_step_is_frozen_on_every_replay():

@@ -260,6 +260,7 @@ def _with_releases(steps, inputs, keep):
     goes when the backward releases the node, as in eager; a backward call uses only what its graph's nodes keep
     otherwise. After a create_graph call (whose new nodes keep intermediates the recording cannot see) a backward
     uses every intermediate and node made before it. Returns a tuple of steps."""
+    inputs = [t for t in inputs if id(t) not in keep]
     intermediates = {id(t): t for t in inputs}
     for run, operands in steps:
         made = operands[4] if run is _replay_forward else operands[1:] if run is _replay_alias else \
