@@ -26,8 +26,8 @@ import numpy as np
 
 from ... import as_tensor, backend, kernels, nn, no_grad, optim
 from ... import distributed as dist
-from ...capture import replayed
 from ... import random as _random
+from ...capture import replayed
 from ...data import DataLoader, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import train_utils as tu
