@@ -310,3 +310,21 @@ def test_a_replay_holds_and_peaks_at_no_more_memory_than_eager():
     (held_e, peak_e), (held_c, peak_c) = measure(False), measure(True)
     # activations are 1 MB each; the program's own records (tuples, nodes) are a few kB
     assert held_c <= held_e + 32 * 1024 and peak_c <= peak_e + 32 * 1024, (held_e, held_c, peak_e, peak_c)
+
+
+def test_a_replayed_call_returning_a_module_buffer_leaves_it_alone():
+    from tinygen.capture import replayed
+    bn = nn.BatchNorm1d(3)
+
+    @replayed
+    def running_mean(module):  # returns a tensor that lives on in the module: not the program's to release
+        return module.running_mean
+
+    def step(x):
+        noise = tg.randn(3)  # a new tensor: released after its last use
+        return (x * running_mean(bn)).sum() + (noise * 0).sum()
+    f = tg.compile(step)
+    for _ in range(3):
+        f(tg.ones(3))
+    assert isinstance(bn.running_mean.data, np.ndarray) and np.array_equal(bn.running_mean.data, np.zeros(3))
+    assert bn.state_dict()["running_mean"].shape == (3,)

@@ -157,9 +157,7 @@ class _Recorder:
             result = fn(*args, **kwargs)
         finally:
             self.depth -= 1
-        # its new tensors (referenced only from the result) are the program's; a tensor that lives elsewhere too
-        # (a module's buffer, say) is not: four references are the result's, this list's, the loop's and the call's
-        new = tuple(t for t in _tensors_in(result) if sys.getrefcount(t) <= 4)
+        new = _new_tensors(_tensors_in(result))  # before anything else refers to the result
         self.steps.append((_replay_call, fn, args, kwargs, result, STATE.grad_enabled, new))
         self.made.update(id(t) for t in _tensors_in(result))
         self.relink = self.relink or builds_graph
@@ -431,6 +429,15 @@ def _tensors_in(*values):
         elif isinstance(v, dict):
             out.extend(_tensors_in(*v.values()))
     return out
+
+
+def _new_tensors(tensors):
+    """Of the tensors of a call's result (``tensors``, a list made for this), those nothing else refers to (the call
+    made them; a module's buffer it returns lives elsewhere too): held once by the result, as a new object is by
+    one variable, counted the same way (this list adds one reference to each tensor)."""
+    probe = object()
+    counts = [sys.getrefcount(x) for x in tensors + [probe]]
+    return tuple(t for t, n in zip(tensors, counts) if n <= counts[-1] + 1)
 
 
 def _fresh(result):
