@@ -913,7 +913,7 @@ def test_optimizers_same_bits_with_and_without_kernels(name, options, dtype, spy
                     p.grad = tinygen.tensor(g)
                 opt.step()
             final[flag] = [p.detach().numpy().copy() for p in params]
-    assert f"{name.lower().rstrip('w')}_step" in spy
+    assert ("adam_steps" if name.startswith("Adam") else f"{name.lower()}_step") in spy  # Adam: multi-tensor
     for a, b in zip(final[True], final[False]):
         same(a, b)
 
@@ -1050,3 +1050,59 @@ def test_gemm_computes_the_reference_product(case, dtype):
     st = standin.asarray
     np.testing.assert_array_equal(gemm.mm(st(a), st(b)).get(), (st(a) @ st(b)).get() if case != "outer"
                                   else a * b)
+
+
+# ---- the multi-tensor Adam step ------------------------------------------------------------------------------------
+@requires_numba
+@pytest.mark.parametrize("opts", ADAM_OPTIONS)
+def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts):
+    # 11 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed and one above the parallel
+    # threshold (both through adam_step): the same bits as adam_step on each, and as the reference's loop
+    from tinygen.kernels import cpu
+    opts = dict(opts)
+    amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
+    rng = np.random.default_rng(31)
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.PARALLEL_MIN + 3,), (3, 4)]
+    dts = [np.float32] * 8 + [np.float64] * 3
+    params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
+    params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
+    grads = [randn(rng, p.shape, p.dtype) for p in params]
+
+    def run(update):
+        ps = [p.copy(order="K") for p in params]
+        states = [[np.zeros_like(p) for p in ps] for _ in range(3)]
+        for step in (1, 2, 3):
+            update(ps, states, step)
+        return ps + [a for s in states for a in s]
+
+    def one_by_one(ps, states, step):
+        for p, g, m, v, vmax in zip(ps, grads, *states):
+            cpu.adam_step(p, g, m, v, vmax if amsgrad else None, 1e-2, beta1, 0.999, 1e-8, step=step, **opts)
+
+    def together(mod):
+        return lambda ps, states, step: mod.adam_steps(ps, grads, states[0], states[1], states[2] if amsgrad
+                                                       else None, 1e-2, beta1, 0.999, 1e-8, step=step, **opts)
+    expected = run(one_by_one)
+    for a, b in zip(run(together(cpu)), expected):
+        same(a, b)
+    for a, b in zip(run(together(ref)), expected):
+        close(a, b, a.dtype)
+    with pytest.raises(ValueError, match="adam_steps: state and gradient arrays must match"):
+        cpu.adam_steps([params[0].copy()], [grads[1]], [np.zeros_like(params[0])], [np.zeros_like(params[0])], None,
+                       1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ema_update_is_the_reference_bit_for_bit(dtype):
+    rng = np.random.default_rng(32)
+    for shape, kind in (((7, 5), "c"), ((6, 4), "t"), ((9,), "c")):
+        avg, val = layout(randn(rng, shape, dtype), kind), randn(rng, shape, dtype)
+        expected = avg.copy()
+        expected *= 0.37
+        expected += (1.0 - 0.37) * val  # the definition, as the EMA wrote it before it was a kernel
+        for mod in ([ref, gpu] + ([__import__("tinygen.kernels.cpu", fromlist=["cpu"])] if NUMBA_ON else [])):
+            a = avg.copy(order="K")
+            mod.ema_update(a, val, 0.37)
+            same(a, expected, mod.__name__)
+    with pytest.raises(ValueError, match="ema_update: the average"):
+        kernels.get("ema_update", avg)(np.zeros(3, dtype), np.zeros(4, dtype), 0.5)

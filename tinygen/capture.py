@@ -6,6 +6,8 @@ hook below is a single attribute test. The core reports to it at three kinds of 
   * ``Function.apply`` reports every op called from the user's code (not the ops inside other ops);
   * functions marked ``@replayed`` (random draws, optimizer steps, ``zero_grad``, ...) and ``backward()`` /
     ``grad()`` are recorded as calls to make again on every replay;
+  * setting a tensor's ``requires_grad`` (freezing a module for part of a step) is recorded and set again on
+    every replay (``note_requires_grad``);
   * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while
     recording (``refuse_host_read``): a replay could not repeat a decision taken on a value.
 
@@ -55,3 +57,11 @@ def note_alias(src, dst):
     if rec is not None and not rec.depth:
         rec.record_alias(src, dst)
 
+
+
+def note_requires_grad(tensor, flag):
+    """``tensor.requires_grad`` is being set to ``flag`` (a module frozen for part of a step): a replay sets it at
+    the same point, so the ops after it see the same flags as when they were recorded."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.record_requires_grad(tensor, flag)

@@ -14,15 +14,23 @@ Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
                                                             draws, gradient clipping, scheduler steps
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
            the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
-           module the step called and the requires_grad of every leaf tensor it used. A change records anew.
+           module the step called and the requires_grad of every leaf tensor it used (as it was before the step
+           changed it: ``requires_grad_`` inside the step is recorded and replayed). A change records anew.
+  release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
+           program's own copy of an input tensor) the program gets a release step, so a replay holds no more
+           memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
+           saved; a replayed node saves them as shadows (new tensors on the same arrays), so the arrays go when
+           the backward releases the node, as in eager.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
-           ``Tensor`` or node is made and no graph is built; the backward walks the recorded graph, whose saved
-           arrays the replayed forwards have just refreshed. Parameters, optimizer state and buffers are the
-           very arrays the model holds, updated in place, so ``state_dict``, checkpoints and eager calls in
-           between stay correct. Random draws are drawn again from tinygen's generators: the same stream as eager.
+           graph is built; the backward walks the recorded graph, whose saved arrays the replayed forwards have
+           just refreshed. Parameters, optimizer state and buffers are the very arrays the model holds, updated
+           in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
+           drawn again from tinygen's generators: the same stream as eager.
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager.
+The intermediates of a compiled step are released when the step no longer needs them: a tensor the step keeps
+elsewhere (``self.last = h``) raises when used after the call; return it from the step instead.
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
@@ -30,19 +38,21 @@ into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching 
 call. Array code on ``tensor.data`` inside the step is not seen by the recorder and is not replayed: write the
 step with tinygen ops, modules and optimizers.
 
-``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same state and random
-stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
+``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
+state and random stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
 ``cache_size`` programs (8 by default), the least recently used one is dropped first.
 """
 import copy
 import functools
 import itertools
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 
 from . import random as _random
+from .autograd.engine import _backward, _grad
 from .autograd.function import _edges, user_frame
 from .autograd.grad_mode import STATE
 from .capture import CAPTURE
@@ -117,6 +127,7 @@ class _Recorder:
         self.steps = []
         self.modules = {}
         self.leaves = {}
+        self.made = set()  # ids of the tensors the step made: they need no guard
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
 
     def record_apply(self, cls, args):
@@ -131,9 +142,10 @@ class _Recorder:
         for a in args:
             if isinstance(a, Tensor):
                 device = device or a._device
-                if a.grad_fn is None:
-                    self.leaves[id(a)] = (a, a._requires_grad)
-        self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None))
+                if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
+                    self.leaves.setdefault(id(a), (a, a._requires_grad))
+        self.made.update(id(t) for t in outs)
+        self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None, None))
         return out
 
     def record_call(self, fn, args, kwargs, builds_graph=False):
@@ -145,11 +157,19 @@ class _Recorder:
             result = fn(*args, **kwargs)
         finally:
             self.depth -= 1
-        self.steps.append((_replay_call, fn, args, kwargs, result, STATE.grad_enabled))
+        new = _new_tensors(_tensors_in(result))  # before anything else refers to the result
+        self.steps.append((_replay_call, fn, args, kwargs, result, STATE.grad_enabled, new))
+        self.made.update(id(t) for t in _tensors_in(result))
         self.relink = self.relink or builds_graph
         return result
 
+    def record_requires_grad(self, tensor, flag):
+        if id(tensor) not in self.made:
+            self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad))
+        self.steps.append((_replay_requires_grad, tensor, flag))
+
     def record_alias(self, src, dst):
+        self.made.add(id(dst))
         self.steps.append((_replay_alias, src, dst))
 
     def note_module(self, module):
@@ -162,24 +182,30 @@ class _Recorder:
 
 
 def _record(fn, args, kwargs):
-    inputs = _tensors_in(args, kwargs)
-    for i, t in enumerate(inputs):
+    for i, t in enumerate(_tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
                                f"parameters through the modules the step uses, not as arguments")
+    # the program's own input tensors (on the caller's arrays): a replay puts new arrays into them, never into
+    # the caller's tensors
+    slots = {}
+    args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     rec = _Recorder()
     CAPTURE.recorder = rec
     try:
         result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
-    program = _Program(rec, inputs, result, STATE.grad_enabled)
+    program = _Program(rec, _tensors_in(args, kwargs), result, STATE.grad_enabled)
+    for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
+        if run is _replay_release:
+            run(*operands)
     return program, result
 
 
 class _Program:
     def __init__(self, rec, inputs, result, grad_enabled):
-        self.steps = tuple((s[0], s[1:]) for s in rec.steps)
+        self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, {id(t) for t in _tensors_in(result)})
         self.inputs = inputs
         self.result = result
         self.modules = tuple(rec.modules.values())
@@ -206,8 +232,112 @@ class _Program:
         return _fresh(self.result)
 
 
+class _ReleasedArray:
+    """What an intermediate tensor of a compiled step holds once the step no longer needs it: any use raises."""
+    MESSAGE = ("tinygen.compile: this tensor is an intermediate of a compiled step, released after its last use in "
+               "the step (so a compiled step holds no more memory than eager); return it from the step to keep it")
+
+    def __getattr__(self, name):
+        raise AttributeError(self.MESSAGE)
+
+    def _refuse(self, *args, **kwargs):
+        raise CompileError(self.MESSAGE)
+
+    __array__ = __getitem__ = __len__ = _refuse
+
+
+RELEASED = _ReleasedArray()
+
+
+def _with_releases(steps, inputs, keep):
+    """The program's steps with a release after the last use of each intermediate, so that a replay holds no
+    more memory than eager: the input tensors, ops' outputs, detached copies and the new tensors of recorded calls,
+    not part of the result ``keep``; and the attributes of an op's node after the last backward through it.
+
+    A replayed node saves intermediates as shadows (new tensors on the same arrays, ``_shadow``), so an array
+    goes when the backward releases the node, as in eager; a backward call uses only what its graph's nodes keep
+    otherwise. After a create_graph call (whose new nodes keep intermediates the recording cannot see) a backward
+    uses every intermediate and node made before it. Returns a tuple of steps."""
+    inputs = [t for t in inputs if id(t) not in keep]
+    intermediates = {id(t): t for t in inputs}
+    for run, operands in steps:
+        made = operands[4] if run is _replay_forward else operands[1:] if run is _replay_alias else \
+            operands[5] if run is _replay_call else ()
+        for t in made:
+            if id(t) not in keep:
+                intermediates.setdefault(id(t), t)
+    # a shadow of a leaf made in the step that requires grad would take its gradient: those are not shadowed
+    shadowable = frozenset(k for k, t in intermediates.items() if t.grad_fn is not None or not t._requires_grad)
+    unshadowable = set(intermediates) - shadowable
+    last = {id(t): 0 for t in inputs}  # id -> the step after which it goes
+    made, nodes, by_node, relinked, out = list(inputs), {}, {}, False, []
+    for i, (run, operands) in enumerate(steps):
+        uses, new, walked = (), (), ()
+        if run is _replay_forward:
+            operands = operands[:6] + (shadowable,)
+            uses, new = operands[3], operands[4]
+            relinked = relinked or operands[5]
+            if operands[1] is not None:
+                by_node[id(operands[1])] = operands
+        elif run is _replay_alias:
+            uses, new = operands[:1], operands[1:]
+        elif run is _replay_call and operands[0] in (_backward, _grad):
+            roots = _tensors_in(operands[1][0])
+            if relinked:
+                uses, walked = made, by_node
+            else:
+                walked, graph = _graph(roots, by_node, unshadowable)
+                uses = roots + graph
+        elif run is _replay_call:
+            uses, new = _tensors_in(operands[1], operands[2]), operands[5]
+        out.append((run, operands))
+        for t in uses:
+            if id(t) in intermediates:
+                last[id(t)] = i
+        for t in new:
+            if id(t) in intermediates and id(t) not in last:
+                last[id(t)] = i
+                made.append(t)
+        for key in walked:
+            if key in by_node:
+                nodes[key] = i
+    after = {}
+    for key, i in last.items():
+        after.setdefault(i, ([], []))[0].append(intermediates[key])
+    for key, i in nodes.items():
+        after.setdefault(i, ([], []))[1].append(by_node[key][1])
+    for i in sorted(after, reverse=True):
+        out.insert(i + 1, (_replay_release, tuple(map(tuple, after[i]))))
+    return tuple(out)
+
+
+def _graph(roots, by_node, unshadowable):
+    """The recorded nodes in the graph behind ``roots`` (ids), and the program's tensors they keep other than as
+    shadows: tensors in a node's attributes, and the arguments and outputs of a node that may save an
+    unshadowable one."""
+    found, seen = [], set()
+    todo = [t.grad_fn for t in roots if t.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.extend(_tensors_in(*getattr(node, "__dict__", {}).values()))
+        operands = by_node.get(id(node))
+        if operands is not None and any(id(t) in unshadowable for t in operands[3] + operands[4]):
+            found.extend(operands[3])
+            found.extend(operands[4])
+        todo.extend(e[0] for e in getattr(node, "next_edges", ()) if e is not None and not isinstance(e[0], Tensor))
+    return seen, found
+
+
+def _shadow(t):
+    """A new tensor on ``t``'s array, with its node: what a replayed node saves instead of the program's tensor."""
+    return _make(t.data, t._device, t._requires_grad, t.grad_fn, t._out_idx)
+
+
 # ---- replaying one step --------------------------------------------------------------------------------------------
-def _replay_forward(cls, ctx, device, args, outs, relink):
+def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     STATE.grad_enabled = False  # as in Function.apply: nothing inside a forward records
     if relink:  # an input may be a gradient a replayed create_graph call has just rebuilt, with a new node
         ctx.next_edges = _edges(args)
@@ -224,15 +354,29 @@ def _replay_forward(cls, ctx, device, args, outs, relink):
         t.data = d
     if cls.save_output and ctx._out_data is not None:
         ctx._out_data = outs[0].data
+    saved = ctx._saved
+    if saved and shadowable:
+        ctx._saved = tuple(_shadow(t) if isinstance(t, Tensor) and id(t) in shadowable else t for t in saved)
 
 
-def _replay_call(fn, args, kwargs, result, grad_enabled):
+def _replay_call(fn, args, kwargs, result, grad_enabled, new):
     STATE.grad_enabled = grad_enabled
     _bind(result, fn(*args, **kwargs))
 
 
 def _replay_alias(src, dst):
     dst.data = src.data
+
+
+def _replay_requires_grad(tensor, flag):
+    tensor._requires_grad = flag
+
+
+def _replay_release(tensors, nodes):
+    for t in tensors:
+        t.data = RELEASED
+    for node in nodes:  # what its forward set on it (a fused kernel's gradient, ...): the next replay sets it again
+        vars(node).clear()
 
 
 def _bind(recorded, new):
@@ -264,6 +408,17 @@ def _signature(args, kwargs):
     return (STATE.grad_enabled, _sig(args), _sig(kwargs))
 
 
+def _with_slots(value, slots):
+    """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
+    if isinstance(value, Tensor):
+        return slots.setdefault(id(value), _make(value.data, value._device))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_with_slots(v, slots) for v in value)
+    if isinstance(value, dict):
+        return {k: _with_slots(v, slots) for k, v in value.items()}
+    return value
+
+
 def _tensors_in(*values):
     out = []
     for v in values:
@@ -274,6 +429,15 @@ def _tensors_in(*values):
         elif isinstance(v, dict):
             out.extend(_tensors_in(*v.values()))
     return out
+
+
+def _new_tensors(tensors):
+    """Of the tensors of a call's result (``tensors``, a list made for this), those nothing else refers to (the call
+    made them; a module's buffer it returns lives elsewhere too): held once by the result, as a new object is by
+    one variable, counted the same way (this list adds one reference to each tensor)."""
+    probe = object()
+    counts = [sys.getrefcount(x) for x in tensors + [probe]]
+    return tuple(t for t, n in zip(tensors, counts) if n <= counts[-1] + 1)
 
 
 def _fresh(result):

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from . import backend, dtypes
-from .capture import note_alias, refuse_host_read
+from .capture import note_alias, note_requires_grad, refuse_host_read
 from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
@@ -74,6 +74,7 @@ class Tensor:
             raise RuntimeError(f"only floating point tensors can require gradients, got dtype {self.data.dtype}")
         if not flag and self.grad_fn is not None:
             raise RuntimeError("requires_grad can only be changed on leaf tensors; use .detach() for a non-leaf")
+        note_requires_grad(self, flag)
         self._requires_grad = flag
 
     def requires_grad_(self, requires_grad=True):

@@ -480,6 +480,63 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     io.done()
 
 
+# A multi-tensor kernel takes its parameters in tuples of this many arrays (short tuples padded with empty ones), so
+# one compiled signature serves every model; its loop over them calls the one-parameter kernel.
+MULTI_TENSOR = 8
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
+                bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad):
+    for k in range(len(ps)):
+        _adam(ps[k], gs[k], ms[k], vs[k], vmaxs[k], w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps,
+              step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
+
+
+def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
+               decoupled, step, maximize=False, scratch=None):
+    """The parameters one thread updates (small, contiguous, writable) go through ``_adam_multi``, MULTI_TENSOR
+    per call, by dtype: the same loop as ``adam_step``'s, so the same bits; the others through ``adam_step``."""
+    amsgrad = max_exp_avg_sqs is not None
+    vmaxs = max_exp_avg_sqs if amsgrad else [None] * len(params)
+    batches = {}
+    for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
+        ref._check_optimizer("adam_steps", p, g, m, v, vmax)
+        inplace = (p, m, v, vmax) if amsgrad else (p, m, v)
+        if p.dtype.char in "fd" and not _chunks(p.size) and all(a.flags.c_contiguous and a.flags.writeable
+                                                                 for a in inplace):
+            batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), m.reshape(-1), v.reshape(-1),
+                                                    vmax.reshape(-1) if amsgrad else None))
+        else:
+            adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, step, maximize)
+    for dt, rows in batches.items():
+        consts = (*_adam_consts(dt, lr, beta1, beta2, eps, weight_decay, step), weight_decay != 0, bool(decoupled),
+                  bool(maximize), ref.lerp_small(1 - beta1), amsgrad)
+        empty = _dummy(dt)
+        for start in range(0, len(rows), MULTI_TENSOR):
+            chunk = rows[start:start + MULTI_TENSOR]
+            chunk += [(empty,) * 5] * (MULTI_TENSOR - len(chunk))
+            cols = [tuple(empty if a is None else a for a in col) for col in zip(*chunk)]
+            _adam_multi(*cols, *consts)
+
+
+@njit(cache=True, error_model="numpy")
+def _ema(a, v, decay, one_minus_decay):
+    for i in range(a.size):
+        a[i] = a[i] * decay + one_minus_decay * v[i]
+
+
+def ema_update(average, value, decay):
+    """The reference's two in-place passes and temporary as one loop (each element rounded as there)."""
+    if average.shape != value.shape or average.dtype != value.dtype:
+        ref.ema_update(average, value, decay)  # its error
+    _same_float("ema_update", average)
+    io = _InPlace("ema_update", average)
+    t = average.dtype.type
+    _ema(io.flat[0], _flat(value), t(decay), t(1.0 - decay))
+    io.done()
+
+
 @njit(cache=True, error_model="numpy")
 def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
              use_momentum, maximize, small):

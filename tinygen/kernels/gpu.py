@@ -136,6 +136,8 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
 # scratch arrays make no temporaries (a launch per operation, a dozen per step).
 sgd_step = ref.sgd_step
 adam_step = ref.adam_step
+adam_steps = ref.adam_steps
+ema_update = ref.ema_update
 rmsprop_step = ref.rmsprop_step
 batchnorm_fwd = ref.batchnorm_fwd
 batchnorm_bwd = ref.batchnorm_bwd

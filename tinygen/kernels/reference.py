@@ -306,6 +306,26 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     param -= w1
 
 
+def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
+               decoupled, step, maximize=False, scratch=None):
+    """``adam_step`` on each of several parameters with one step count (lists of arrays; ``max_exp_avg_sqs`` is
+    None without amsgrad): the multi-tensor form, one call per optimizer step, which a fast version may run as
+    one kernel call over all of them."""
+    vmaxs = max_exp_avg_sqs if max_exp_avg_sqs is not None else [None] * len(params)
+    for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
+        adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, step, maximize, scratch)
+
+
+def ema_update(average, value, decay):
+    """``average = decay * average + (1 - decay) * value``, in place: a step of an exponential moving average of
+    parameters (the scalars meet the arrays in the arrays' dtype, as NumPy casts a Python float)."""
+    if average.shape != value.shape or average.dtype != value.dtype:
+        raise ValueError(f"ema_update: the average ({average.shape}, {average.dtype}) and the value "
+                         f"({value.shape}, {value.dtype}) must have one shape and dtype")
+    average *= decay
+    average += (1.0 - decay) * value
+
+
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False, maximize=False, scratch=None):
     """One in-place RMSprop step::

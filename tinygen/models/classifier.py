@@ -121,7 +121,7 @@ def accuracy(model, images, labels, batch_size=1000):
 def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"], lr=DEFAULTS["lr"],
                      hidden=DEFAULTS["hidden"], dropout=DEFAULTS["dropout"], seed=DEFAULTS["seed"], data=None,
                      device="cpu", out=None, resume=False, save=None, quiet=False, train_set=None, test_set=None,
-                     stop_after=None):
+                     stop_after=None, compile=True):
     """Train the classifier (Adam, cosine-annealed learning rate) and return ``(model, test_accuracy)``.
 
     data: MNIST folder (default ``$TINYGEN_DATA``); the full training set is required (``train_set``/``test_set``
@@ -129,6 +129,8 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     out: folder for per-epoch checkpoints and ``metrics.jsonl`` (``resume=True`` continues from it).
     save: where to write the final model (a checkpoint with its test accuracy); None writes nothing.
     stop_after: end this call after that many epochs of the schedule (as if interrupted; resume later).
+    compile: record the training step once per batch shape with ``tinygen.compile`` and replay it (bitwise the
+        same run as ``compile=False``, which runs it eagerly).
     """
     cfg = {"epochs": tu.check_int("epochs", epochs, low=0), "batch_size": tu.check_int("batch_size", batch_size),
            "lr": tu.check_number("lr", lr, allow_low=False), "hidden": tu.check_widths("hidden", hidden),
@@ -157,7 +159,7 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
         t0 = time.perf_counter()
         if net is not model:  # each rank its own dropout masks, derived from the seed, the epoch and the rank
             _random.manual_seed(dist.rank_seed(seed + epoch * dist.world_size()))
-        train_loss = train_epoch(net, opt, loader, f"classifier epoch {epoch + 1}/{epochs}", quiet)
+        train_loss = train_epoch(net, opt, loader, f"classifier epoch {epoch + 1}/{epochs}", quiet, compile)
         sched.step()
         acc = accuracy(model, test_images, test_labels)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "test_accuracy": acc,
@@ -173,14 +175,15 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     return model, acc
 
 
-def train_epoch(model, opt, loader, desc="", quiet=True):
-    """One pass of cross-entropy steps over the loader; returns the mean training loss per image."""
-    def batch_loss(i, batch):
+def train_epoch(model, opt, loader, desc="", quiet=True, compile=False):
+    """One pass of cross-entropy steps over the loader (``compile``: the step through ``tinygen.compile``);
+    returns the mean training loss per image."""
+    def batch_loss(batch):
         x, y = batch
         loss = F.cross_entropy(model(x), y)
-        return loss, len(y), {"loss": loss.item() * len(y)}
+        return loss, len(y), {"loss": loss.detach() * len(y)}  # read after the step
 
-    sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, desc, quiet)
+    sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, desc, quiet, compile)
     return sums.get("loss", 0.0) / max(seen, 1)
 
 
@@ -252,6 +255,7 @@ def add_arguments(p):
     p.add_argument("--save", default=None,
                    help=f"final model file; $TINYGEN_CACHE/{CACHE_FILE} (or ~/.cache/tinygen/) when not given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.add_compile_argument(p)
 
 
 def train_from_args(args):
@@ -261,7 +265,8 @@ def train_from_args(args):
     save = Path(args.save) if args.save else default_path()
     _, acc = train_classifier(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, hidden=args.hidden,
                               dropout=args.dropout, seed=args.seed, data=args.data, device=args.device,
-                              out=args.out, resume=args.resume, save=save, quiet=args.quiet)
+                              out=args.out, resume=args.resume, save=save, quiet=args.quiet,
+                              compile=getattr(args, "compile", True))
     if dist.is_main_process():
         print(f"test accuracy {acc:.4f}; saved {save}")
     return 0

@@ -27,6 +27,7 @@ import numpy as np
 from .. import Tensor, backend
 from .. import distributed as dist
 from .. import random as _random
+from ..compile import compile as _compile
 from ..serialization import load, save
 
 CHECKPOINT_FORMAT = 1
@@ -332,27 +333,54 @@ def restore_checkpoint(ckpt, modules, optimizers=None, schedulers=None, loaders=
     return int(ckpt.get("epoch", 0))
 
 
-def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False):
-    """One pass of gradient steps over ``loader`` with a progress bar. ``batch_loss(index, batch)`` returns the
-    loss to minimise, the batch's size and a dict of per-batch sums to report (its values add up to the reported
-    loss). Returns ``(sums over the epoch, samples seen)``."""
+def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False, compile=False, step_inputs=None):
+    """One pass of gradient steps over ``loader`` with a progress bar. ``batch_loss(batch, *step_inputs(index))``
+    returns the loss to minimise, the batch's size and a dict of per-batch sums to report (tensors or numbers,
+    read after the step; they add up to the reported loss). ``compile``: the whole step (``batch_loss``,
+    ``zero_grad``, ``backward``, the optimizer's step) through ``tinygen.compile`` (see ``compiled_step``).
+    Returns ``(sums over the epoch, samples seen)``."""
+    def step(batch, *inputs):
+        loss, n, values = batch_loss(batch, *inputs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return n, values
+
     model.train()
+    step = compiled_step(step, compile)
     bar = Progress(len(loader), desc=desc, quiet=quiet or not dist.is_main_process())
     sums, seen = {}, 0
     parallel = dist.world_size() > 1
     for i, batch in enumerate(loader):
-        loss, n, values = batch_loss(i, dist.shard(batch) if parallel else batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value
+        n, values = step(dist.shard(batch) if parallel else batch, *(step_inputs(i) if step_inputs else ()))
+        for key, value in values.items():  # host reads here, outside the (compiled) step
+            sums[key] = sums.get(key, 0.0) + float(value)
         seen += n
         bar.update(loss=sum(sums.values()) / seen)
     bar.close()
     if parallel:  # the epoch's totals over the global batches
         sums, seen = reduce_over_ranks(sums), int(reduce_over_ranks({"seen": seen})["seen"])
     return sums, seen
+
+
+# ---- compiled training steps (tinygen.compile) -----------------------------------------------------------------------
+def compiled_step(step, compile=True):
+    """``step`` through ``tinygen.compile`` when ``compile``: its first call with a batch shape records it, later
+    calls replay the recording, with bitwise the same results as eager. ``step`` must not read tensor values
+    into Python (return the tensors; the caller reads them after the call). Under data parallelism (more than
+    one process) the step stays eager: ``no_sync`` and the gradient averaging are decided in Python around the
+    backward, which a replay would not repeat."""
+    if not compile or dist.world_size() > 1:
+        return step
+    return _compile(step)
+
+
+def add_compile_argument(parser):
+    """The ``--no-compile`` option of the trainers (``args.compile``, True by default)."""
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run the training step eagerly; by default it is recorded once per batch shape with "
+                             "tinygen.compile and replayed (bitwise the same numbers, fewer Python calls; eager "
+                             "anyway under mpiexec)")
 
 
 # ---- data parallelism (mpiexec -n N tinygen train ...; see tinygen.distributed) -------------------------------------

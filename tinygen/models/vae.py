@@ -485,7 +485,7 @@ def model_from_checkpoint(ckpt, device="cpu"):
 
 # ---- training --------------------------------------------------------------------------------------------------------
 def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None, test_set=None, init=None,
-              **settings):
+              compile=True, **settings):
     """Train a VAE; returns ``(model, history)`` with one metrics dict per epoch run in this call.
 
     settings: see ``DEFAULTS`` (plus ``data``, ``device``). out: folder for ``checkpoint.npz`` (rewritten
@@ -496,6 +496,8 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     .npy/.npz/.csv file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
     init: a VAE checkpoint whose weights start this run, matched by layer name (``remedies.load_by_name``; what
     was loaded and skipped is printed unless quiet).
+    compile: record the training step once per batch shape with ``tinygen.compile`` and replay it (bitwise the
+    same run as ``compile=False``, which runs it eagerly).
     """
     settings, train_set = resolve_data(settings, train_set)
     cfg = make_config(**settings)
@@ -528,7 +530,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     history = []
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
-        record = {"epoch": epoch + 1, **train_epoch(net, opt, loader, cfg, epoch, quiet)}
+        record = {"epoch": epoch + 1, **train_epoch(net, opt, loader, cfg, epoch, quiet, compile)}
         with tu.fork_rng(cfg["seed"], (device,)):  # the same noise every epoch; training's stream is untouched
             record.update({f"test_{k}": v for k, v in evaluate_elbo(model, test_x, test_y, device=device).items()})
         record["seconds"] = time.perf_counter() - t0
@@ -561,27 +563,34 @@ def _init_from(path, model):
     return remedies.init_from_modules(path, [("model", model, source)])
 
 
-def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
+def train_epoch(model, opt, loader, cfg, epoch, quiet=True, compile=False):
     """One pass over the training data minimising the negative ELBO (the KL weighted by ``beta_at``); returns
-    the KL weight reached and the per-sample means: train_recon, train_kl, train_loss (their sum)."""
+    the KL weight reached and the per-sample means: train_recon, train_kl, train_loss (their sum).
+    ``compile``: the step through ``tinygen.compile`` (the KL weight enters it as a tensor, so a warm-up does not
+    record a new program every step)."""
     steps = len(loader)
     ranks = dist.world_size()
+    param = next(tu.unwrap(model).parameters())
 
-    def batch_loss(b, batch):
-        x, y = batch  # this rank's share of the global batch
+    def kl_weight(b):  # a tensor input of the step (None: weight 1)
         beta = beta_at(epoch * steps + b, steps, cfg["beta"], cfg["beta_warmup"])
+        return (None if beta == 1.0 else as_tensor(np.asarray(beta, dtype=param.dtype), device=param.device),)
+
+    def batch_loss(batch, beta):
+        x, y = batch  # this rank's share of the global batch
         eps = None
         if ranks > 1:  # this rank's rows of the global batch's noise (one process draws it in reparameterize)
             latent = tu.unwrap(model).latent
             eps = tu.global_batch_noise(lambda n: _random.randn(n, latent, dtype=x.dtype, device=x.device),
                                         x.shape[0])
         recon, kl = elbo_terms(model, x, y if cfg["conditional"] else None, eps)
-        loss = recon + kl * beta if beta != 1.0 else recon + kl
+        loss = recon + kl * beta if beta is not None else recon + kl
         if ranks > 1:  # a sum over the batch: DDP averages the ranks' gradients, one process would add them
             loss = loss * float(ranks)
-        return loss, x.shape[0], {"recon": recon.item(), "kl": kl.item()}
+        return loss, x.shape[0], {"recon": recon.detach(), "kl": kl.detach()}  # read after the step
 
-    sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet)
+    sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"vae epoch {epoch + 1}/{cfg['epochs']}", quiet,
+                                   compile, kl_weight)
     recon, kl, n = sums.get("recon", 0.0), sums.get("kl", 0.0), max(seen, 1)
     beta = beta_at(epoch * steps + steps - 1, steps, cfg["beta"], cfg["beta_warmup"]) if steps else cfg["beta"]
     return {"beta": beta, "train_recon": recon / n, "train_kl": kl / n, "train_loss": (recon + kl) / n}
@@ -749,6 +758,7 @@ def add_arguments(p):
                                      "(--encoder-dropout, --decoder-dropout: one of them)")
     p.add_argument("--encoder-dropout", type=float, default=None, help="dropout in the encoder only (default 0)")
     p.add_argument("--decoder-dropout", type=float, default=None, help="dropout in the decoder only (default 0)")
+    tu.add_compile_argument(p)
 
 
 def _settings_from_args(args):
@@ -766,6 +776,7 @@ def _settings_from_args(args):
 def train_from_args(args):
     tu.check_positive_options(args, ("epochs", "batch_size"))
     _, history = train_vae(out=args.out, resume=args.resume, quiet=args.quiet, init=getattr(args, "init", None),
+                           compile=getattr(args, "compile", True),
                            **_settings_from_args(args))
     if history and dist.is_main_process():
         print(f"test loss {history[-1]['test_loss']:.4f} nats per image after epoch {history[-1]['epoch']}; "

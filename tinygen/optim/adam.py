@@ -42,6 +42,7 @@ class Adam(Optimizer):
         weight_decay, amsgrad, maximize = group["weight_decay"], group["amsgrad"], group["maximize"]
         decoupled = group["decoupled_weight_decay"]
         state_of = self.state
+        updates = {}  # the parameters of one step count on one device: one multi-tensor call
         for p in group["params"]:
             grad = self._grad_of(p)
             if grad is None:
@@ -53,11 +54,15 @@ class Adam(Optimizer):
                                        "exp_avg_sq": _make(xp.zeros_like(p.data), p._device)}
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(xp.zeros_like(p.data), p._device)
-            state["step"] = step = state["step"] + 1
-            kernels.get("adam_step", p.data)(  # the update rule: tinygen.kernels.reference.adam_step
-                p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
-                state["max_exp_avg_sq"].data if amsgrad else None, lr, beta1, beta2, eps, weight_decay, decoupled,
-                step, maximize, scratch=self._scratch)
+            state["step"] += 1
+            arrays = updates.setdefault((state["step"], p._device), ([], [], [], [], []))
+            for column, a in zip(arrays, (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
+                                          state["max_exp_avg_sq"].data if amsgrad else None)):
+                column.append(a)
+        for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in updates.items():
+            kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
+                params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
+                weight_decay, decoupled, step, maximize, scratch=self._scratch)
 
 
 class AdamW(Adam):

@@ -100,6 +100,7 @@ def add_arguments(p):
     a("--sync-bn", action="store_true",
       help="under mpiexec -n N: BatchNorm statistics over the global batch (SyncBatchNorm); by default each "
            "process normalises with the statistics of its own share of the batch")
+    tu.add_compile_argument(p)
     _show_recipe_defaults(p)
 
 
@@ -195,7 +196,8 @@ def settings_from_args(args):
 def train_from_args(args):
     settings = settings_from_args(args)
     _, _, history = train_gan(out=args.out, resume=args.resume, quiet=args.quiet, init=args.init,
-                              sync_bn=getattr(args, "sync_bn", False), **settings)
+                              sync_bn=getattr(args, "sync_bn", False), compile=getattr(args, "compile", True),
+                              **settings)
     if history and dist.is_main_process():
         print(f"done: {history[-1]['step']} generator steps; outputs in {args.out} (tinygen eval "
               f"{Path(args.out) / 'checkpoint.npz'})")

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 from ... import full_like, sigmoid
 from ... import grad as _grad
 from ... import random as _random
+from ...capture import replayed
 from ...nn import functional as F
 from .. import train_utils as tu
 
@@ -76,10 +77,14 @@ class GANLoss:
     def output_means(self, real, fake):
         """(mean D(x), mean D(G(z))) as floats for the logs: probabilities where D's outputs are logits of one,
         raw outputs (critic scores) otherwise."""
+        return tuple(float(m.item()) for m in self.output_mean_tensors(real, fake))
+
+    def output_mean_tensors(self, real, fake):
+        """``output_means`` as 0-d tensors (no graph), for a step that reads its numbers after it has run."""
         real, fake = real.detach(), fake.detach()
         if self.probabilities:
             real, fake = sigmoid(real), sigmoid(fake)
-        return float(real.mean().item()), float(fake.mean().item())
+        return real.mean(), fake.mean()
 
 
 LOSSES = {}
@@ -217,6 +222,7 @@ def gradient_penalty(discriminator, real, fake, labels=None, weight=10.0, x_hat=
     return (d * d).mean() * weight
 
 
+@replayed  # array code: a compiled step calls it again on every replay
 def clip_weights_(module, clip):
     """WGAN's Lipschitz constraint: clamp every parameter of the critic to [-clip, clip], in place."""
     for p in module.parameters():

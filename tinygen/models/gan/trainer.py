@@ -24,9 +24,10 @@ import time
 
 import numpy as np
 
-from ... import as_tensor, backend, nn, no_grad
+from ... import as_tensor, backend, kernels, nn, no_grad
 from ... import distributed as dist
 from ... import random as _random
+from ...capture import replayed
 from ...data import DataLoader, ModelData, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import remedies
@@ -285,12 +286,12 @@ class EMA:
         shadow.load_state_dict(module.state_dict())
         shadow.requires_grad_(False)
 
+    @replayed
     def update(self):
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         for e, p in zip(self.shadow.parameters(), self.module.parameters()):
-            e.data *= d
-            e.data += (1.0 - d) * p.data
+            kernels.get("ema_update", e.data)(e.data, p.data, d)  # e = d * e + (1 - d) * p, in one pass
         for e, b in zip(self.shadow.buffers(), self.module.buffers()):
             e.data[...] = b.data
 
@@ -360,19 +361,36 @@ def _set_lr(optimizer, lr):
         group["lr"] = lr
 
 
+@replayed
 def _grad_norm(module):
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return float(get_total_norm(grads).item()) if grads else 0.0
+    """The total norm of the module's gradients, a 0-d tensor (array code, so a compiled step calls it again)."""
+    return get_total_norm([p.grad for p in module.parameters()])
 
 
 class GANStep:
     """The updates of one run: ``critic(x, y)`` for each real batch; ``generator()`` after every n_critic of them.
-    The loss (``losses.LOSSES[cfg["loss"]]``) supplies both objectives and the critic's penalty and clipping."""
+    The loss (``losses.LOSSES[cfg["loss"]]``) supplies both objectives and the critic's penalty and clipping.
+    Both return their numbers as 0-d tensors, to read after the update. ``update(x, y, with_generator)`` is the
+    trainer's step: a critic update and the generator's, through ``tinygen.compile`` when ``compile``."""
 
-    def __init__(self, cfg, G, D, opt_g, opt_d, ema=None):
+    def __init__(self, cfg, G, D, opt_g, opt_d, ema=None, compile=False):
         self.cfg, self.G, self.D, self.opt_g, self.opt_d, self.ema = cfg, G, D, opt_g, opt_d, ema
         self.loss = L.get_loss(cfg["loss"])
         self._kept = None  # (fake, fake labels, real, real labels) of the last critic update, for the generator's
+        # two programs: a critic update alone, and one followed by the generator update on its fakes
+        self._critic_only = tu.compiled_step(self.critic, compile)
+        self._critic_and_generator = tu.compiled_step(self._both, compile)
+
+    def update(self, x, y=None, with_generator=True):
+        """A critic update on the real batch and, ``with_generator``, the generator update on its fakes; returns
+        the numbers of both as floats (read here, after the possibly compiled step)."""
+        stats = self._critic_and_generator(x, y) if with_generator else self._critic_only(x, y)
+        return {k: float(v) for k, v in stats.items()}
+
+    def _both(self, x, y):
+        stats = self.critic(x, y, keep_fake=True)
+        stats.update(self.generator())
+        return stats
 
     def _noise(self, n, device):
         """z (and fake labels) for n examples: under data parallelism, this rank's rows of the global batch's."""
@@ -401,7 +419,7 @@ class GANStep:
         stats = {}
         if loss_fn.penalty is not None:
             penalty = loss_fn.penalty(D, x, fake_in, y, cfg)
-            stats["gp"] = penalty.item()
+            stats["gp"] = penalty.detach()
             loss = loss + penalty
         self.opt_d.zero_grad()
         loss.backward()
@@ -409,8 +427,8 @@ class GANStep:
         self.opt_d.step()
         if loss_fn.after_critic_step is not None:
             loss_fn.after_critic_step(D, cfg)
-        d_real, d_fake = loss_fn.output_means(real_out, fake_out)
-        stats.update(d_loss=loss.item(), d_real=d_real, d_fake=d_fake)
+        d_real, d_fake = loss_fn.output_mean_tensors(real_out, fake_out)
+        stats.update(d_loss=loss.detach(), d_real=d_real, d_fake=d_fake)
         return stats
 
     def generator(self, n=None, device="cpu"):
@@ -438,7 +456,7 @@ class GANStep:
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update()
-        return {"g_loss": loss.item(), "g_grad": g_grad}
+        return {"g_loss": loss.detach(), "g_grad": g_grad}
 
 
 # ---- sampling and evaluation -----------------------------------------------------------------------------------------
@@ -603,7 +621,7 @@ def _init_from(path, G, D):
 
 
 def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False,
-              **settings):
+              compile=True, **settings):
     """Train a GAN; returns ``(G, D, history)``: the generator used for samples (the EMA copy when ``ema`` > 0),
     the discriminator, and one metrics dict per epoch run in this call.
 
@@ -618,10 +636,12 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     file or a folder of PNG images (``tinygen.data.load_dataset``; ``label_column`` for a CSV).
     Under ``mpiexec -n N`` each process trains on its share of every global batch (``batch_size``, a multiple of
     N); BatchNorm layers keep per-process statistics unless ``sync_bn`` (SyncBatchNorm over the global batch).
+    compile: record the updates once with ``tinygen.compile`` and replay them (bitwise the same run as
+    ``compile=False``, which runs them eagerly; eager anyway under mpiexec).
     """
     quiet = quiet or not dist.is_main_process()
     settings, train_set = resolve_data(settings, train_set)
-    run = GANRun(make_config(**settings), quiet, init, train_set, pictures, sync_bn)
+    run = GANRun(make_config(**settings), quiet, init, train_set, pictures, sync_bn, compile)
     run.open(out, resume)
     run.announce()
     history = []
@@ -639,7 +659,7 @@ class GANRun:
     """One run of ``train_gan``: its networks, optimizers, data and counters, and the steps of its loop (train an
     epoch, evaluate, save)."""
 
-    def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False):
+    def __init__(self, cfg, quiet=False, init=None, train_set=None, pictures=True, sync_bn=False, compile=True):
         self.cfg, self.quiet, self.pictures, device = cfg, quiet, pictures, cfg["device"]
         x, y, self.desc = load_data(cfg, train_set)
         self.own_data = train_set if isinstance(train_set, ModelData) else None
@@ -670,7 +690,7 @@ class GANRun:
                                  transform=remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
                                      cfg["augment"], None if self.own_data is None else self.own_data.scaling),
                                      background=-1.0))
-        self.step_fn = GANStep(cfg, self.G_net, self.D_net, self.opt_g, self.opt_d, self.ema)
+        self.step_fn = GANStep(cfg, self.G_net, self.D_net, self.opt_g, self.opt_d, self.ema, compile)
         modules = {"generator": self.G, "discriminator": self.D}
         if self.ema is not None:
             modules["ema"] = self.ema.shadow
@@ -764,10 +784,9 @@ class GANRun:
             _set_lr(self.opt_d, cfg["lr_d"] * factor)
         x, y = batch if cfg["conditional"] else (batch, None)
         last = state["critic_count"] + 1 == cfg["n_critic"]
-        stats = self.step_fn.critic(x, y, keep_fake=last)
+        stats = self.step_fn.update(x, y, with_generator=last)
         state["critic_count"] += 1
         if last:
-            stats.update(self.step_fn.generator())
             state["step"] += 1
             state["critic_count"] = 0
         stats = tu.reduce_over_ranks(stats, op="mean")  # the global batch's numbers, alike on every rank

@@ -1,0 +1,201 @@
+"""The trainers' own training steps with and without tinygen.compile: speed and peak memory.
+
+    python -m benchmarks.compile_bench                       # gan, vae, classifier: 30 steps x 3 rounds
+    python -m benchmarks.compile_bench --models gan --steps 20 --rounds 5
+    python -m benchmarks.compile_bench --no-memory
+
+Each model runs the step its trainer runs, built by the trainer's code: ``GANStep.update`` (the MNIST recipe:
+conditional MLP GAN, batch 64, EMA) and the step ``train_utils.optimize_epoch`` makes inside ``vae.train_epoch``
+(784-400-20, batch 128) and ``classifier.train_epoch`` (784-512-512-10 with dropout, batch 128), on MNIST batches.
+
+Speed: steps per second of process CPU time, eager and compiled (recorded before the timing, so every timed
+compiled call is a replay) in alternating rounds in one process, so a busy machine slows both alike.
+
+Adam: the multi-tensor update (``kernels.cpu.adam_steps``: all parameters in MULTI_TENSOR-sized calls of one
+Numba kernel) against one ``adam_step`` call per parameter, over the GAN's generator and discriminator.
+
+Memory: in a fresh process per model and mode, with tracemalloc started before the model is built: the peak of
+the memory NumPy holds (parameters, optimizer state, the arrays a compiled program keeps between calls and
+everything a step allocates) during one step after three warm-up steps. Arrays Numba's kernels allocate inside
+compiled code are not traced (the same kernels run in both modes).
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ("gan", "vae", "classifier")
+
+
+def _batches(n, batch, labels=True):
+    import numpy as np
+
+    import tinygen
+    from tinygen.data import mnist, to_unit
+    images, targets = mnist("test")
+    x = to_unit(np.asarray(images[:n * batch])).reshape(-1, 784)
+    out = []
+    for i in range(n):
+        xb = tinygen.tensor(np.ascontiguousarray(x[i * batch:(i + 1) * batch]))
+        yb = tinygen.tensor(np.asarray(targets[i * batch:(i + 1) * batch], dtype=np.int64))
+        out.append((xb, yb) if labels else xb)
+    return out
+
+
+def _captured_step(run_epoch):
+    """The step function ``train_utils.optimize_epoch`` builds when ``run_epoch()`` runs (a two-batch epoch)."""
+    from tinygen.models import train_utils as tu
+    made, original = [], tu.compiled_step
+
+    def keep(step, compile=True):
+        made.append(original(step, compile))
+        return made[-1]
+    tu.compiled_step = keep
+    try:
+        run_epoch()
+    finally:
+        tu.compiled_step = original
+    return made[-1]
+
+
+def build(model, compile, batches=4):
+    """``(step, batches)``: one call of ``step(batch)`` is one training step of the model's trainer."""
+    import tinygen
+    tinygen.manual_seed(0)
+    if model == "gan":
+        from tinygen.models.gan import build_discriminator, build_generator, make_config
+        from tinygen.models.gan.trainer import EMA, GANStep, make_optimizer
+        cfg = make_config()
+        G, D = build_generator(cfg), build_discriminator(cfg)
+        ema = EMA(G, build_generator(cfg), cfg["ema"])
+        gan_step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), cfg["lr_g"]),
+                           make_optimizer(cfg, D.parameters(), cfg["lr_d"]), ema, compile)
+        return (lambda b: gan_step.update(*b)), _batches(batches, cfg["batch_size"])
+    data = _batches(batches, 128)
+    if model == "vae":
+        from tinygen.models import vae
+        cfg = vae.make_config()
+        net = vae.build_model(cfg)
+        opt = tinygen.optim.Adam(net.parameters(), lr=cfg["lr"])
+        step = _captured_step(lambda: vae.train_epoch(net, opt, data[:2], cfg, 0, True, compile))
+        return (lambda b: step(b, None)), data  # None: the KL weight is 1
+    from tinygen.models import classifier
+    net = classifier.MNISTClassifier()
+    opt = tinygen.optim.Adam(net.parameters(), lr=1e-3)
+    step = _captured_step(lambda: classifier.train_epoch(net, opt, data[:2], quiet=True, compile=compile))
+    return step, data
+
+
+def speed(model, steps, rounds):
+    """CPU seconds per step in each round: ``{False: [...], True: [...]}`` (eager, compiled)."""
+    runs = {c: build(model, c) for c in (False, True)}
+    for step, data in runs.values():  # warm up: kernels compiled or loaded, the programs recorded
+        for b in data:
+            step(b)
+    times = {False: [], True: []}
+    for _ in range(rounds):
+        for c, (step, data) in runs.items():
+            t0 = time.process_time()
+            for i in range(steps):
+                step(data[i % len(data)])
+            times[c].append((time.process_time() - t0) / steps)
+    return times
+
+
+def peak_memory(model, compile):
+    """Peak traced bytes during one step (after three), with tracemalloc on from before the model was built."""
+    import tracemalloc
+    tracemalloc.start()
+    step, data = build(model, compile)
+    for b in data[:3]:
+        step(b)
+    before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    step(data[3])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"held_before_step_mb": before / 2 ** 20, "peak_mb": peak / 2 ** 20}
+
+
+def _memory_in_fresh_process(model, compile, threads):
+    cmd = [sys.executable, "-m", "benchmarks.compile_bench", "--memory-of", model, "--threads", str(threads)]
+    if compile:
+        cmd.append("--compiled")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def adam_speed(repeats=200):
+    """Microseconds per Adam update of the GAN's G and D parameters: one call per parameter, then multi-tensor."""
+    import numpy as np
+
+    from tinygen.kernels import cpu
+    from tinygen.models.gan import build_discriminator, build_generator, make_config
+    cfg = make_config()
+    params = [p.data for m in (build_generator(cfg), build_discriminator(cfg)) for p in m.parameters()]
+    grads = [np.ones_like(p) for p in params]
+    state = [[np.zeros_like(p) for p in params] for _ in range(2)]
+    args = (1e-4, 0.5, 0.999, 1e-8, 0.0, False)
+
+    def one_by_one(step):
+        for p, g, m, v in zip(params, grads, *state):
+            cpu.adam_step(p, g, m, v, None, *args, step)
+
+    def multi_tensor(step):
+        cpu.adam_steps(params, grads, state[0], state[1], None, *args, step)
+    out = {}
+    for name, update in (("one call per parameter", one_by_one), ("multi-tensor", multi_tensor)):
+        update(1)
+        t0 = time.process_time()
+        for step in range(2, repeats + 2):
+            update(step)
+        out[name] = (time.process_time() - t0) / repeats * 1e6
+    return len(params), out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.compile_bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument("--steps", type=int, default=30, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (eager, compiled)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (default 1)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--no-adam", action="store_true", help="skip the Adam update timing")
+    ap.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # one memory run (a child process)
+    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    import tinygen
+    tinygen.set_num_threads(args.threads)
+    tinygen.allocator.apply_setting()  # as the tinygen command does
+    if args.memory_of:
+        print(json.dumps(peak_memory(args.memory_of, args.compiled)))
+        return 0
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; expected some of {', '.join(MODELS)}")
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"{args.threads} thread(s), load average {' '.join(load)} at the start; CPU time per step over "
+          f"{args.rounds} alternating rounds of {args.steps} steps")
+    print(f"{'model':12s}{'eager steps/s':>15s}{'compiled steps/s':>18s}{'speedup':>9s}"
+          + ("" if args.no_memory else f"{'eager peak MB':>15s}{'compiled peak MB':>18s}"))
+    for model in models:
+        t = speed(model, args.steps, args.rounds)
+        eager, comp = statistics.median(t[False]), statistics.median(t[True])
+        line = f"{model:12s}{1 / eager:15.1f}{1 / comp:18.1f}{eager / comp:8.2f}x"
+        if not args.no_memory:
+            mem = [_memory_in_fresh_process(model, c, args.threads) for c in (False, True)]
+            line += f"{mem[0]['peak_mb']:15.1f}{mem[1]['peak_mb']:18.1f}"
+        print(line, flush=True)
+    if not args.no_adam and tinygen.kernels.enabled():
+        n, t = adam_speed()
+        print(f"Adam update of the GAN's {n} parameters (CPU microseconds): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
