@@ -292,10 +292,10 @@ def train_seqvae(train_tokens, test_tokens, vocab_size, out=None, resume=False, 
 def train_epoch(model, opt, loader, cfg, epoch, quiet=True):
     """One pass minimising recon + beta * KL; returns the per-sequence means train_recon, train_kl, train_loss
     (recon + kl, the negative ELBO whatever beta is)."""
-    def batch_loss(b, tokens):
+    def batch_loss(tokens):
         recon, kl = elbo_terms(model, tokens)
         loss = recon + kl * cfg["beta"] if cfg["beta"] != 1.0 else recon + kl
-        return loss, tokens.shape[0], {"recon": recon.item(), "kl": kl.item()}
+        return loss, tokens.shape[0], {"recon": recon, "kl": kl}  # read by optimize_epoch after the step
 
     sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"epoch {epoch + 1}/{cfg['epochs']}", quiet)
     recon, kl, n = sums.get("recon", 0.0), sums.get("kl", 0.0), max(seen, 1)
