@@ -97,7 +97,7 @@ def test_checkpoint_without_arch_loads_and_resumes_as_the_mlp(tmp_path, digits):
 
 
 def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
-    with pytest.raises(ValueError, match="arch 'dcgan' is a convolutional network for 28x28 MNIST images; the ring"):
+    with pytest.raises(ValueError, match="arch 'dcgan' is a convolutional network for images; the ring data are 2-D"):
         gan.make_config(dataset="ring", arch="dcgan")
     with pytest.raises(ValueError, match="unknown arch 'resnet'; expected one of mlp, dcgan"):
         gan.make_config(arch="resnet")
@@ -187,7 +187,8 @@ def test_vae_arch_option_and_errors():
     assert build_parser().parse_args(["train", "vae"]).arch == "mlp"
     with pytest.raises(ValueError, match="unknown VAE arch 'resnet'; expected one of mlp, conv"):
         vae.make_config(arch="resnet")
-    with pytest.raises(ValueError, match="arch 'conv' works on 28x28 images"):
+    with pytest.raises(ValueError, match=r"VAE: arch 'conv' on images of shape \(C, H, W\) = \(1, 28, 28\) needs "
+                                         r"data_dim 784, got data_dim 100"):
         vae.VAE(arch="conv", data_dim=100)
     assert json.loads(json.dumps(vae.make_config()))["arch"] == "mlp"
 

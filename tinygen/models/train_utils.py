@@ -29,6 +29,7 @@ from .. import distributed as dist
 from .. import random as _random
 from ..compile import compile as _compile
 from ..serialization import load, save
+from .conv_images import data_image_shape
 
 CHECKPOINT_FORMAT = 1
 
@@ -617,17 +618,18 @@ def custom_dataset(data=None, train_set=None, label_column=None, force=False):
 
 
 def prepare_own_data(dataset, interval, conditional=False, conv_arch=None):
-    """A run's own data (a ``tinygen.data.Dataset``) in the model's units (``ModelData``), refusing what the model
-    cannot take: a conditional model on data without labels; ``conv_arch`` (the name of a convolutional arch, made
-    for 28x28 single-channel images) on examples of another shape."""
+    """A run's own data (a ``tinygen.data.Dataset``) in the model's units (``ModelData``), and the settings the
+    data fix for the model's layers beyond its size: ``{"image_shape": [C, H, W]}`` for ``conv_arch`` (the name of
+    a convolutional arch), else {}. Refuses what the model cannot take: a conditional model on data without
+    labels; a convolutional arch on vectors or on images it cannot halve twice (``conv_images``)."""
     if conditional and dataset.y is None:
         raise ValueError(f"a conditional model needs class labels; {dataset.source} has none (give an .npz with "
                          f"'y', a CSV with --label-column, or a folder of class sub-folders), or train without "
                          f"conditional")
-    if conv_arch is not None and dataset.shape != (28, 28):
-        raise ValueError(f"arch {conv_arch!r} is a convolutional network for 28x28 single-channel images; "
-                         f"{dataset.source} holds examples of shape {dataset.shape}: use arch 'mlp'")
-    return dataset.for_model(interval)
+    fixed = {}
+    if conv_arch is not None:
+        fixed["image_shape"] = list(data_image_shape(dataset.shape, dataset.kind, conv_arch, dataset.source))
+    return dataset.for_model(interval), fixed
 
 
 def settings_from_data(settings, fixed, dataset):

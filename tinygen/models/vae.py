@@ -5,7 +5,9 @@ z in R^20; decoder z -> fc 400 ReLU -> fc 784 -> the parameters of p(x|z). ``hid
 (the decoder mirrors them); ``latent`` is the size of z. ``arch="conv"`` puts convolutions around that MLP: the
 encoder starts with Conv2d(1->32, k4 s2 p1) ReLU Conv2d(32->64, k4 s2 p1) ReLU (28x28 -> 7x7), flattened into the
 hidden layers; the decoder's last Linear gives 64x7x7 features, then ReLU ConvTranspose2d(64->32, k4 s2 p1) ReLU
-ConvTranspose2d(32->1, k4 s2 p1): the 784 outputs.
+ConvTranspose2d(32->1, k4 s2 p1): the 784 outputs. On other images ``image_shape`` (C, H, W), H and W divisible by
+4: Conv2d from C channels, 64 x H/4 x W/4 features, the last ConvTranspose2d to C channels; rows are in the data's
+(H, W, C) order (``conv_images``).
 
 Decoders:
   bernoulli (default)  p(x|z) = prod Bernoulli(sigmoid(logits)); -log p(x|z) is the binary cross-entropy with
@@ -52,6 +54,7 @@ from ..data import DataLoader, ModelData, Scaling, binarize, to_unit
 from ..nn import functional as F
 from . import remedies
 from . import train_utils as tu
+from .conv_images import MNIST_IMAGE_SHAPE, check_image_shape, images_to_rows, rows_to_images
 
 NAME = "vae"
 LOG_2PI = math.log(2 * math.pi)
@@ -60,19 +63,19 @@ DECODERS = ("bernoulli", "gaussian")
 LABEL_EMBEDDINGS = ("onehot", "embedding")
 ARCHS = ("mlp", "conv")
 DECODER_MEANS = ("sigmoid", "linear")  # the Gaussian decoder's mean: in [0, 1], or unbounded (standardised data)
-CONV_CHANNELS = (32, 64)  # the conv arch's channels at 14x14 and 7x7
+CONV_CHANNELS = (32, 64)  # the conv arch's channels at H/2 x W/2 and H/4 x W/4 (14x14 and 7x7 on MNIST)
 
 DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "latent": 20, "hidden": [400], "seed": 1,
             "binarize": False, "beta": 1.0, "beta_warmup": 0.0, "decoder": "bernoulli", "decoder_var": "learned",
             "conditional": False, "label_embedding": "onehot", "label_dim": 10, "arch": "mlp",
             "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None,
             "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0, "encoder_dropout": 0.0,
-            "decoder_dropout": 0.0, "augment": [], "clip_grad_norm": None}
+            "decoder_dropout": 0.0, "augment": [], "clip_grad_norm": None, "image_shape": list(MNIST_IMAGE_SHAPE)}
 REMEDIES = ("optimizer", "momentum", "weight_decay", "encoder_dropout", "decoder_dropout", "augment",
             "clip_grad_norm")
 # Settings added after runs were saved, with the value that reproduces those runs.
 ADDED_SETTINGS = {"arch": "mlp", "data_dim": 784, "num_classes": 10, "decoder_mean": "sigmoid", "label_column": None,
-                  **{k: DEFAULTS[k] for k in REMEDIES}}
+                  "image_shape": list(MNIST_IMAGE_SHAPE), **{k: DEFAULTS[k] for k in REMEDIES}}
 
 
 # ---- the model -------------------------------------------------------------------------------------------------------
@@ -82,6 +85,16 @@ def _mlp(widths, dropout=0.0):
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
     return nn.Sequential(*layers)
+
+
+def _conv_layers(image_shape):
+    """The conv arch's (encoder convolutions, decoder transposed convolutions, features between them and the MLP)
+    for images of ``image_shape`` (C, H, W)."""
+    (channels, h, w), (c1, c2) = image_shape, CONV_CHANNELS
+    encoder = nn.Sequential(nn.Conv2d(channels, c1, 4, 2, 1), nn.ReLU(), nn.Conv2d(c1, c2, 4, 2, 1), nn.ReLU())
+    decoder = nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
+                            nn.ConvTranspose2d(c1, channels, 4, 2, 1))
+    return encoder, decoder, c2 * (h // 4) * (w // 4)
 
 
 def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch="mlp"):
@@ -106,12 +119,13 @@ def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, lab
 
 class VAE(nn.Module):
     """MLP VAE for vectors of ``data_dim`` values (784-pixel images by default); see the module docstring for the
-    decoders and the conditional variant. ``encoder_dropout`` / ``decoder_dropout``: Dropout after each hidden
-    layer of the encoder / decoder MLP."""
+    decoders, the conditional variant and arch 'conv' (on images of ``image_shape`` (C, H, W), whose rows have
+    ``data_dim`` = C*H*W values). ``encoder_dropout`` / ``decoder_dropout``: Dropout after each hidden layer of
+    the encoder / decoder MLP."""
 
     def __init__(self, latent=20, hidden=(400,), decoder="bernoulli", decoder_var="learned", conditional=False,
                  label_embedding="onehot", label_dim=10, num_classes=10, data_dim=784, arch="mlp",
-                 decoder_mean="sigmoid", encoder_dropout=0.0, decoder_dropout=0.0):
+                 decoder_mean="sigmoid", encoder_dropout=0.0, decoder_dropout=0.0, image_shape=MNIST_IMAGE_SHAPE):
         super().__init__()
         encoder_dropout = tu.check_number("encoder_dropout", encoder_dropout, high=1.0)
         decoder_dropout = tu.check_number("decoder_dropout", decoder_dropout, high=1.0)
@@ -120,8 +134,10 @@ class VAE(nn.Module):
             raise ValueError(f"VAE: decoder_mean must be 'sigmoid', or 'linear' with the gaussian decoder; got "
                              f"{decoder_mean!r} with decoder {decoder!r}")
         self.decoder_mean = decoder_mean
-        if arch == "conv" and data_dim != 784:
-            raise ValueError(f"VAE: arch 'conv' works on 28x28 images (data_dim 784), got data_dim {data_dim}")
+        self.image_shape = check_image_shape("VAE", image_shape)
+        if arch == "conv" and data_dim != int(np.prod(self.image_shape)):
+            raise ValueError(f"VAE: arch 'conv' on images of shape (C, H, W) = {self.image_shape} needs data_dim "
+                             f"{int(np.prod(self.image_shape))}, got data_dim {data_dim}")
         self.arch = arch
         self.latent, self.hidden, self.decoder_kind = int(latent), hidden, decoder
         self.conditional, self.num_classes, self.data_dim = bool(conditional), num_classes, data_dim
@@ -136,12 +152,8 @@ class VAE(nn.Module):
         self.cond_dim = c
         features, out_dim = data_dim, data_dim
         if arch == "conv":
-            c1, c2 = CONV_CHANNELS
-            self.encoder_conv = nn.Sequential(nn.Conv2d(1, c1, 4, 2, 1), nn.ReLU(), nn.Conv2d(c1, c2, 4, 2, 1),
-                                              nn.ReLU())
-            self.decoder_conv = nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ReLU(),
-                                              nn.ConvTranspose2d(c1, 1, 4, 2, 1))
-            features = out_dim = c2 * 7 * 7
+            self.encoder_conv, self.decoder_conv, features = _conv_layers(self.image_shape)
+            out_dim = features
         self.encoder = _mlp([features + c] + hidden, encoder_dropout)
         self.fc_mu = nn.Linear(hidden[-1], latent)
         self.fc_logvar = nn.Linear(hidden[-1], latent)
@@ -169,20 +181,21 @@ class VAE(nn.Module):
         return F.embedding(y, eye(self.num_classes, dtype=like.dtype, device=like.device))  # one-hot rows
 
     def encode(self, x, y=None):
-        """(mu, logvar) of q(z|x[, y]) for x of shape (N, 784) (or (N, 28, 28))."""
+        """(mu, logvar) of q(z|x[, y]) for x of shape (N, data_dim) (or (N, 28, 28); own images: their rows)."""
         x = x.reshape(x.shape[0], self.data_dim)
         c = self._label(y, x)
         if self.arch == "conv":
-            x = self.encoder_conv(x.reshape(x.shape[0], 1, 28, 28)).reshape(x.shape[0], -1)
+            x = self.encoder_conv(rows_to_images(x, self.image_shape)).reshape(x.shape[0], -1)
         h = self.encoder(cat([x, c], 1) if c is not None else x)
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode(self, z, y=None):
-        """The decoder's output (N, 784): Bernoulli logits, or the Gaussian mean before its sigmoid."""
+        """The decoder's output (N, data_dim): Bernoulli logits, or the Gaussian mean before its sigmoid."""
         c = self._label(y, z)
         out = self.fc_out(self.decoder(cat([z, c], 1) if c is not None else z))
         if self.arch == "conv":
-            out = self.decoder_conv(out.reshape(z.shape[0], CONV_CHANNELS[1], 7, 7)).reshape(z.shape[0], -1)
+            _, h, w = self.image_shape
+            out = images_to_rows(self.decoder_conv(out.reshape(z.shape[0], CONV_CHANNELS[1], h // 4, w // 4)))
         return out
 
     def mean(self, z, y=None):
@@ -229,7 +242,8 @@ class VAE(nn.Module):
 
     def extra_repr(self):
         return (f"arch={self.arch}, latent={self.latent}, hidden={self.hidden}, decoder={self.decoder_kind}, "
-                f"conditional={self.conditional}")
+                f"conditional={self.conditional}" + (f", image_shape={self.image_shape}" if self.arch == "conv" and
+                                                     self.image_shape != MNIST_IMAGE_SHAPE else ""))
 
 
 def elbo_terms(model, x, y=None, eps=None):
@@ -362,14 +376,14 @@ def _flat_unit(images):
 def resolve_data(settings, train_set=None):
     """A run on its own data (``data`` a file or a folder that is not MNIST's, or ``train_set`` arrays that are
     not 784-pixel images with labels): ``(settings, ModelData)`` with the settings the data fixes (data_dim,
-    num_classes; for unbounded data the gaussian decoder with a linear mean). Otherwise ``(settings,
-    train_set)`` unchanged."""
+    num_classes, the image_shape (C, H, W) of arch 'conv'; for unbounded data the gaussian decoder with a linear
+    mean). Otherwise ``(settings, train_set)`` unchanged."""
     own = tu.custom_dataset(settings.get("data"), train_set, settings.get("label_column"))
     if own is None:
         return settings, train_set
-    prepared = tu.prepare_own_data(own, (0.0, 1.0), settings.get("conditional"),
-                                   "conv" if settings.get("arch") == "conv" else None)
-    fixed = {"data_dim": own.features}
+    prepared, fixed = tu.prepare_own_data(own, (0.0, 1.0), settings.get("conditional"),
+                                          "conv" if settings.get("arch") == "conv" else None)
+    fixed["data_dim"] = own.features
     if own.num_classes:
         fixed["num_classes"] = own.num_classes
     settings = tu.settings_from_data(settings, fixed, own)
@@ -460,13 +474,15 @@ def make_config(**overrides):
         raise ValueError(f"decoder_mean must be 'sigmoid', or 'linear' with the gaussian decoder; got "
                          f"{cfg['decoder_mean']!r} with decoder {cfg['decoder']!r}")
     cfg["binarize"], cfg["conditional"] = bool(cfg["binarize"]), bool(cfg["conditional"])
+    cfg["image_shape"] = list(check_image_shape("make_config", cfg["image_shape"]))
     return cfg
 
 
 def build_model(cfg):
     return VAE(cfg["latent"], cfg["hidden"], cfg["decoder"], cfg["decoder_var"], cfg["conditional"],
                cfg["label_embedding"], cfg["label_dim"], cfg["num_classes"], cfg["data_dim"], cfg["arch"],
-               cfg["decoder_mean"], encoder_dropout=cfg["encoder_dropout"], decoder_dropout=cfg["decoder_dropout"])
+               cfg["decoder_mean"], encoder_dropout=cfg["encoder_dropout"], decoder_dropout=cfg["decoder_dropout"],
+               image_shape=cfg["image_shape"])
 
 
 def saved_config(ckpt):
@@ -724,7 +740,7 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="learning rate (of Adam, or of --optimizer)")
     p.add_argument("--arch", default=DEFAULTS["arch"], choices=ARCHS,
                    help="mlp: the MLP of PyTorch's example; conv: Conv2d layers before and ConvTranspose2d layers "
-                        "after the MLP")
+                        "after the MLP (MNIST, or your images with height and width divisible by 4)")
     p.add_argument("--latent", type=int, default=DEFAULTS["latent"], help="size of z")
     p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"],
                    help="encoder hidden widths (the decoder mirrors them)")

@@ -121,8 +121,8 @@ def _show_recipe_defaults(p):
 def _add_model_arguments(a):
     """The options of the two networks."""
     a("--arch", choices=ARCHS, default=None,
-      help="mlp: the MLP networks (default); dcgan: DCGAN's convolutional G and D scaled to 28x28 (MNIST only; "
-           "its critic drops BatchNorm with wgan-gp)")
+      help="mlp: the MLP networks (default); dcgan: DCGAN's convolutional G and D, sized from the images (MNIST, or "
+           "your images with height and width divisible by 4; its critic drops BatchNorm with wgan-gp)")
     a("--ngf", type=int, default=None, help="dcgan: the generator's channel width (default 64)")
     a("--ndf", type=int, default=None, help="dcgan: the discriminator's channel width (default 64)")
     a("--latent", type=int, default=None, help="size of the noise z (default 64; 2 on ring/grid)")

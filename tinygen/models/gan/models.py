@@ -17,7 +17,8 @@ import numpy as np
 
 from ... import Tensor, as_tensor, cat, nn
 from .. import train_utils as tu
-from ..dcgan import DCGANDiscriminator, DCGANGenerator
+from ..conv_images import images_to_rows
+from ..dcgan import IMAGE_SHAPE, DCGANDiscriminator, DCGANGenerator
 from .losses import get_loss
 
 OUTPUTS = ("tanh", "linear")
@@ -139,25 +140,26 @@ class Discriminator(nn.Module):
 
 
 class FlatDCGANGenerator(DCGANGenerator):
-    """``DCGANGenerator`` with the trainer's interface: samples flattened to (N, 784) like the training data, and
-    ``num_classes`` (0: unconditional) as the MLP Generator has it. The state_dict is DCGANGenerator's."""
+    """``DCGANGenerator`` with the trainer's interface: samples flattened to rows (N, H*W*C) in the data's (H, W, C)
+    order like the training data, and ``num_classes`` (0: unconditional) as the MLP Generator has it. The
+    state_dict is DCGANGenerator's."""
 
     @property
     def num_classes(self):
         return self.n_classes or 0
 
     def forward(self, z, labels=None):
-        images = super().forward(z, labels)
-        return images.reshape(images.shape[0], -1)
+        return images_to_rows(super().forward(z, labels))
 
 
 def build_generator(cfg):
     """The generator a run's config describes (keys: arch; for mlp latent, g_hidden, data_dim, g_batchnorm, bn_eps,
     g_dropout, g_slope, output, conditional, num_classes, data_scale; for dcgan latent, ngf, conditional,
-    num_classes)."""
+    num_classes, image_shape)."""
     num_classes = cfg["num_classes"] if cfg["conditional"] else 0
     if cfg.get("arch", "mlp") == "dcgan":
-        return FlatDCGANGenerator(cfg["latent"], cfg["ngf"], num_classes or None)
+        return FlatDCGANGenerator(cfg["latent"], cfg["ngf"], num_classes or None,
+                                  image_shape=cfg.get("image_shape", IMAGE_SHAPE))
     return Generator(cfg["latent"], cfg["g_hidden"], cfg["data_dim"], cfg["g_batchnorm"], False, cfg["bn_eps"],
                      cfg["g_dropout"], cfg["g_slope"], cfg["output"], num_classes, scale=cfg["data_scale"])
 
@@ -165,10 +167,12 @@ def build_generator(cfg):
 def build_discriminator(cfg):
     """The discriminator (critic) a run's config describes (keys: arch; for mlp data_dim, d_hidden, d_batchnorm,
     bn_eps, d_dropout, d_slope, conditional, num_classes, data_scale; for dcgan ndf, d_slope, conditional,
-    num_classes, loss). The DCGAN critic drops its BatchNorm for a loss that penalises it per sample (wgan-gp)."""
+    num_classes, loss, image_shape). The DCGAN critic drops its BatchNorm for a loss that penalises it per sample
+    (wgan-gp)."""
     num_classes = cfg["num_classes"] if cfg["conditional"] else 0
     if cfg.get("arch", "mlp") == "dcgan":
         per_sample = get_loss(cfg["loss"]).per_sample_critic
-        return DCGANDiscriminator(cfg["ndf"], num_classes or None, batchnorm=not per_sample, slope=cfg["d_slope"])
+        return DCGANDiscriminator(cfg["ndf"], num_classes or None, batchnorm=not per_sample, slope=cfg["d_slope"],
+                                  image_shape=cfg.get("image_shape", IMAGE_SHAPE))
     return Discriminator(cfg["data_dim"], cfg["d_hidden"], cfg["d_batchnorm"], cfg["bn_eps"], cfg["d_dropout"],
                          cfg["d_slope"], num_classes, scale=cfg["data_scale"])

@@ -32,6 +32,7 @@ from ...data import DataLoader, ModelData, grid, ring, to_symmetric
 from ...nn.utils import get_total_norm
 from .. import remedies
 from .. import train_utils as tu
+from ..conv_images import MNIST_IMAGE_SHAPE, check_image_shape
 from . import losses as L
 from .models import ARCHS, PYTORCH_GAN, build_discriminator, build_generator
 
@@ -52,7 +53,8 @@ BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating
         "lr_decay": "none", "n_critic": 1, "clip": 0.01, "gp": 10.0, "label_smoothing": 0.0, "batch_size": 64,
         "epochs": 5, "steps": None, "ema": 0.999, "seed": 0, "n_train": None, "binarize": False,
         "toy_samples": 128000, "eval_samples": 1000, "log_every": 50, "device": "cpu", "data_scale": 1.0,
-        "label_column": None, "momentum": 0.0, "weight_decay": 0.0, "augment": [], "clip_grad_norm": None}
+        "label_column": None, "momentum": 0.0, "weight_decay": 0.0, "augment": [], "clip_grad_norm": None,
+        "image_shape": list(MNIST_IMAGE_SHAPE)}
 
 
 def _spread(mixture):
@@ -99,7 +101,7 @@ LENGTH = ("epochs", "steps")
 
 # Settings added after runs were saved, with the value that reproduces those runs.
 ADDED_SETTINGS = {"data_scale": 1.0, "arch": "mlp", "ngf": 64, "ndf": 64, "label_column": None, "momentum": 0.0,
-                  "weight_decay": 0.0, "augment": [], "clip_grad_norm": None}
+                  "weight_decay": 0.0, "augment": [], "clip_grad_norm": None, "image_shape": list(MNIST_IMAGE_SHAPE)}
 
 
 def saved_config(ckpt):
@@ -156,13 +158,14 @@ def _validate(cfg):
         raise ValueError(f"unknown arch {cfg['arch']!r}; expected one of {', '.join(ARCHS)}")
     if cfg["arch"] == "dcgan":
         if cfg["dataset"] in TOY:
-            raise ValueError(f"arch 'dcgan' is a convolutional network for 28x28 MNIST images; the {cfg['dataset']} "
-                             f"data are 2-D points: use arch 'mlp'")
+            raise ValueError(f"arch 'dcgan' is a convolutional network for images; the {cfg['dataset']} data are "
+                             f"2-D points: use arch 'mlp'")
         if cfg["preset"] is not None:
             raise ValueError(f"preset {cfg['preset']!r} is an MLP recipe; it cannot be combined with arch 'dcgan'")
     for key in ("batch_size", "n_critic", "latent", "data_dim", "num_classes", "toy_samples", "eval_samples",
                 "log_every", "ngf", "ndf"):
         cfg[key] = tu.check_int(key, cfg[key])
+    cfg["image_shape"] = list(check_image_shape("make_config", cfg["image_shape"]))
     cfg["seed"] = tu.check_int("seed", cfg["seed"], low=0)
     for key in ("lr_g", "lr_d", "clip", "bn_eps", "data_scale"):
         cfg[key] = tu.check_number(key, cfg[key], allow_low=False)
@@ -182,11 +185,14 @@ def _validate(cfg):
         if cfg["data_dim"] != 2:
             raise ValueError(f"the {cfg['dataset']} data is 2-D; data_dim must be 2, got {cfg['data_dim']}")
     elif cfg["dataset"] == "custom":
-        if cfg["arch"] == "dcgan" and cfg["data_dim"] != 784:
-            raise ValueError(f"arch 'dcgan' is a convolutional network for 28x28 images; the data has "
-                             f"{cfg['data_dim']} values per example: use arch 'mlp'")
+        if cfg["arch"] == "dcgan" and cfg["data_dim"] != int(np.prod(cfg["image_shape"])):
+            raise ValueError(f"arch 'dcgan' on images of shape (C, H, W) = {tuple(cfg['image_shape'])} needs data_dim "
+                             f"{int(np.prod(cfg['image_shape']))}, got data_dim {cfg['data_dim']}")
     elif cfg["data_dim"] != 784:
         raise ValueError(f"MNIST images have 784 pixels; data_dim must be 784, got {cfg['data_dim']}")
+    elif tuple(cfg["image_shape"]) != MNIST_IMAGE_SHAPE:
+        raise ValueError(f"MNIST images have shape (C, H, W) = {MNIST_IMAGE_SHAPE}; image_shape must be "
+                         f"{list(MNIST_IMAGE_SHAPE)}, got {cfg['image_shape']}")
     if loss.per_sample_critic and cfg["d_batchnorm"]:
         raise ValueError(f"{loss.name} penalises the critic's gradient per sample; BatchNorm in the critic mixes the "
                          f"samples of a batch, so use it without d_batchnorm")
@@ -201,8 +207,9 @@ def _validate(cfg):
 def resolve_data(settings, train_set=None):
     """A run on its own data (``data`` a file or a folder that is not MNIST's, ``dataset="custom"``, or
     ``train_set`` arrays that are not 784-pixel images with labels): ``(settings, ModelData)`` with the settings
-    the data fixes (dataset "custom", data_dim, num_classes; output tanh for bounded data scaled to [-1, 1],
-    linear for unbounded data, standardised). Otherwise ``(settings, train_set)`` unchanged."""
+    the data fixes (dataset "custom", data_dim, num_classes, the image_shape (C, H, W) of arch 'dcgan'; output
+    tanh for bounded data scaled to [-1, 1], linear for unbounded data, standardised). Otherwise ``(settings,
+    train_set)`` unchanged."""
     dataset = settings.get("dataset")
     if dataset in TOY:
         return settings, train_set
@@ -211,10 +218,9 @@ def resolve_data(settings, train_set=None):
         if dataset == "custom":
             raise ValueError("dataset 'custom' needs data: a file or folder (data=PATH) or train_set arrays")
         return settings, train_set
-    prepared = tu.prepare_own_data(own, (-1.0, 1.0), settings.get("conditional"),
-                                   "dcgan" if settings.get("arch") == "dcgan" else None)
-    fixed = {"dataset": "custom", "data_dim": own.features,
-             "output": "tanh" if prepared.scaling.bounded else "linear"}
+    prepared, fixed = tu.prepare_own_data(own, (-1.0, 1.0), settings.get("conditional"),
+                                          "dcgan" if settings.get("arch") == "dcgan" else None)
+    fixed.update(dataset="custom", data_dim=own.features, output="tanh" if prepared.scaling.bounded else "linear")
     if own.num_classes:
         fixed["num_classes"] = own.num_classes
     return tu.settings_from_data(settings, fixed, own), prepared
