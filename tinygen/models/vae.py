@@ -527,19 +527,7 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
     tu.check_batch_fits(cfg["batch_size"], len(train_x))
     tu.check_global_batch(cfg["batch_size"], len(train_x))
     quiet = quiet or not dist.is_main_process()
-    _random.manual_seed(cfg["seed"])
-    model = build_model(cfg).to(device)
-    if init is not None:
-        report = _init_from(init, model)
-        if not quiet:
-            print("\n".join(remedies.format_init_report(init, report)), flush=True)
-    net = tu.data_parallel(model)  # model itself in a world of one process
-    opt = remedies.make_optimizer(net.parameters(), cfg["optimizer"], cfg["lr"], weight_decay=cfg["weight_decay"],
-                                  momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"])
-    loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
-                        transform=remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
-                            cfg["augment"], None if own is None else own.scaling), 0.0,
-                                                        then=binarize if cfg["binarize"] else None), device=device)
+    model, net, opt, loader = _training_parts(cfg, train_x, train_y, own, init, quiet)
     parts = {"modules": {"model": model}, "optimizers": {cfg["optimizer"]: opt}, "loaders": {"train": loader}}
     folder = tu.RunFolder(out, resume)
     start = folder.restore(parts, NAME, cfg, added=ADDED_SETTINGS)[1] if resume else 0
@@ -567,6 +555,25 @@ def train_vae(out=None, resume=False, quiet=False, pictures=True, train_set=None
             else:
                 save_own_pictures(model, folder.path, own.scaling, test_x, test_y, device=device)
     return model, history
+
+
+def _training_parts(cfg, train_x, train_y, own, init, quiet):
+    """The seeded model (started from ``init`` if given), its data-parallel wrapper (the model itself in a world of
+    one process), the optimizer with the run's remedies, and the training batches (augmented, binarised)."""
+    _random.manual_seed(cfg["seed"])
+    model = build_model(cfg).to(cfg["device"])
+    if init is not None:
+        report = _init_from(init, model)
+        if not quiet:
+            print("\n".join(remedies.format_init_report(init, report)), flush=True)
+    net = tu.data_parallel(model)
+    opt = remedies.make_optimizer(net.parameters(), cfg["optimizer"], cfg["lr"], weight_decay=cfg["weight_decay"],
+                                  momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"])
+    augment = remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
+        cfg["augment"], None if own is None else own.scaling), 0.0, then=binarize if cfg["binarize"] else None)
+    loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                        transform=augment, device=cfg["device"])
+    return model, net, opt, loader
 
 
 def _init_from(path, model):
