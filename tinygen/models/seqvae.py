@@ -26,19 +26,13 @@ from .. import random as _random
 from ..data import DataLoader
 from ..nn import functional as F
 from . import train_utils as tu
+from .vae import relu_mlp
 
 NAME = "seqvae"
 DECODE_MODES = ("argmax", "sample")
 DEFAULTS = {"epochs": 30, "batch_size": 128, "lr": 1e-3, "latent": 16, "hidden": [256], "embed": 16, "seed": 1,
             "beta": 1.0}
 
-
-def _relu_mlp(widths):
-    """Linear layers between consecutive widths, ReLU after each."""
-    layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers)
 
 
 class SeqVAE(nn.Module):
@@ -52,10 +46,10 @@ class SeqVAE(nn.Module):
         self.embed_dim = tu.check_int("SeqVAE: embed", embed)
         self.hidden = tu.check_widths("SeqVAE: hidden", hidden)
         self.embedding = nn.Embedding(self.vocab_size, self.embed_dim)
-        self.encoder = _relu_mlp([self.length * self.embed_dim] + self.hidden)
+        self.encoder = relu_mlp([self.length * self.embed_dim] + self.hidden)
         self.fc_mu = nn.Linear(self.hidden[-1], self.latent)
         self.fc_logvar = nn.Linear(self.hidden[-1], self.latent)
-        self.decoder = _relu_mlp([self.latent] + self.hidden[::-1])
+        self.decoder = relu_mlp([self.latent] + self.hidden[::-1])
         self.fc_out = nn.Linear(self.hidden[0], self.length * self.vocab_size)
 
     def check_tokens(self, tokens, fn="SeqVAE"):

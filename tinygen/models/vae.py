@@ -79,7 +79,7 @@ ADDED_SETTINGS = {"arch": "mlp", "data_dim": 784, "num_classes": 10, "decoder_me
 
 
 # ---- the model -------------------------------------------------------------------------------------------------------
-def _mlp(widths, dropout=0.0):
+def relu_mlp(widths, dropout=0.0):
     """Linear layers between consecutive widths, ReLU after each (and Dropout(dropout) when it is > 0)."""
     layers = []
     for a, b in zip(widths[:-1], widths[1:]):
@@ -154,10 +154,10 @@ class VAE(nn.Module):
         if arch == "conv":
             self.encoder_conv, self.decoder_conv, features = _conv_layers(self.image_shape)
             out_dim = features
-        self.encoder = _mlp([features + c] + hidden, encoder_dropout)
+        self.encoder = relu_mlp([features + c] + hidden, encoder_dropout)
         self.fc_mu = nn.Linear(hidden[-1], latent)
         self.fc_logvar = nn.Linear(hidden[-1], latent)
-        self.decoder = _mlp([latent + c] + hidden[::-1], decoder_dropout)
+        self.decoder = relu_mlp([latent + c] + hidden[::-1], decoder_dropout)
         self.fc_out = nn.Linear(hidden[0], out_dim)
         self.fixed_logvar = None
         if decoder == "gaussian":
