@@ -22,7 +22,8 @@ Layout: the column matrix has one row per output position and one column per wei
 C * kh * kw), so one GEMM covers the batch and every product keeps the long N * OH * OW axis as the rows of its
 result or as its reduction, with both operands C-ordered: the orientation OpenBLAS threads well (the other one,
 (C * kh * kw, N * OH * OW), ran the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW,
-Cout) results and gradients are transposed to and from (N, Cout, OH, OW).
+Cout) results and gradients are transposed to and from (N, Cout, OH, OW), and the results not even that: they
+are returned as channels-last views (``_nchw``).
 """
 import numpy as np
 
@@ -77,12 +78,13 @@ def im2col(x, kernel_hw, stride, padding, dilation, out_hw):
 
 
 def col2im(cols, x_shape, stride, padding, dilation):
-    """The adjoint of im2col: cols (N, OH, OW, C, kh, kw) summed back into an image of ``x_shape``."""
+    """The adjoint of im2col: cols (N, OH, OW, C, kh, kw) summed back into an image of ``x_shape``, stored
+    channels-last (see ``_nchw``)."""
     xp = array_module_of(cols)
     n, oh, ow, c, kh, kw = cols.shape
     (pt, pb), (pl, pr) = padding
     h, w = x_shape[2:]
-    xpad = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=cols.dtype)
+    xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=cols.dtype).transpose(0, 3, 1, 2)
     for i in range(kh):
         for j in range(kw):
             _window(xpad, i, j, stride, dilation, (oh, ow))[...] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
@@ -106,9 +108,10 @@ def _rows(t):
 
 
 def _nchw(rows, n, out_hw):
-    """(N * OH * OW, C) -> a C-ordered (N, C, OH, OW)."""
-    xp = array_module_of(rows)
-    return xp.ascontiguousarray(rows.reshape((n,) + tuple(out_hw) + (-1,)).transpose(0, 3, 1, 2))
+    """(N * OH * OW, C) -> (N, C, OH, OW) without a copy: the image stored channels-last, as PyTorch's
+    ``channels_last`` format. The next layers take it as it is: batch norm works on (N * OH * OW, C) rows, the
+    elementwise kernels on any dense layout, and ``_rows`` of a channels-last gradient is free."""
+    return rows.reshape((n,) + tuple(out_hw) + (-1,)).transpose(0, 3, 1, 2)
 
 
 def _mm_groups(a, b, groups):
@@ -145,7 +148,6 @@ def make_conv_kernels(im2col, col2im):
         """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
         forward of conv_transpose2d (input g, weight w of shape (Cin_of_transpose, Cout_of_transpose / groups, kh,
         kw))."""
-        xp = array_module_of(g)
         n, cout, oh, ow = g.shape
         _, cg, kh, kw = w.shape
         cols = _mm_groups(_rows(g), w.reshape(groups, cout // groups, cg * kh * kw), groups)  # (N*OH*OW, C*kh*kw)
@@ -153,7 +155,7 @@ def make_conv_kernels(im2col, col2im):
         if _whole_image(x_hw, (kh, kw), padding, dilation):
             return cols.reshape(x_shape)
         cols = cols.reshape((n, oh, ow, groups * cg, kh, kw))
-        return xp.ascontiguousarray(col2im(cols, x_shape, stride, padding, dilation))
+        return col2im(cols, x_shape, stride, padding, dilation)
 
     def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols=None):
         """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw); ``cols``:
