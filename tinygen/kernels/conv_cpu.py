@@ -121,8 +121,8 @@ def im2col(x, kernel_hw, stride, padding, dilation, out_hw):
     xh = x.transpose(0, 2, 3, 1)
     channels_last = bool(xh.flags.c_contiguous) and not x.flags.c_contiguous
     x = xh if channels_last else np.ascontiguousarray(x)
-    args = (x, channels_last, kernel_hw[0], kernel_hw[1], stride[0], stride[1], padding[0][0], padding[1][0], dilation[0],
-            dilation[1], cols)
+    args = (x, channels_last, kernel_hw[0], kernel_hw[1], stride[0], stride[1], padding[0][0], padding[1][0],
+            dilation[0], dilation[1], cols)
     (_im2col_par if _parallel(cols.size, n) else _im2col)(*args)
     return cols
 
