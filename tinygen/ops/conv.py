@@ -71,6 +71,7 @@ class Conv2dFunction(Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need, geom = ctx.next_edges, ctx.geom
+        ctx.cols = None  # a differentiable backward builds its own
         gx = ConvTranspose2dFunction.apply(g, w, None, geom, tuple(x.shape[2:])) if need[0] is not None else None
         gw = Conv2dWeightFunction.apply(x, g, geom, tuple(w.shape[2:])) if need[1] is not None else None
         return gx, gw, _bias_grad(g, need[2]), None
