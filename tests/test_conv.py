@@ -110,8 +110,40 @@ def test_numba_conv_kernels_match_reference(case, seed, parallel):
         # non-contiguous input: the wrapper copies, the values do not change
         xt = np.asfortranarray(x)
         np.testing.assert_array_equal(conv_cpu.conv2d_fwd(xt, w, *args), y)
+        # a channels-last input (what a convolution and batch norm return) is read where it lies
+        xc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(conv_cpu.conv2d_fwd(xc, w, *args), y)
+        np.testing.assert_array_equal(conv_cpu.conv2d_bwd_weight(xc, g, w_shape[2:], *args),
+                                      ref_conv.conv2d_bwd_weight(x, g, w_shape[2:], *args))
     finally:
         conv_cpu.PARALLEL_MIN = old
+
+
+@pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_kernels_keep_a_channels_last_image_channels_last(dtype):
+    """A convolution returns its image channels-last; batch norm and the activations take it as it lies, give the
+    reference's values and return it channels-last (no copy to C order and back)."""
+    from tinygen.kernels import cpu, reference as ref
+    rng = np.random.default_rng(3)
+
+    def channels_last(a):
+        return np.ascontiguousarray(a.astype(dtype).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x, g = channels_last(rng.standard_normal((4, 5, 3, 6))), channels_last(rng.standard_normal((4, 5, 3, 6)))
+    w, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    got, want = cpu.batchnorm_fwd(x, w, b), ref.batchnorm_fwd(np.ascontiguousarray(x), w, b)
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, **tol)
+    assert got[0].strides == x.strides
+    for a, e in zip(cpu.batchnorm_bwd(g, got[1], w, got[4]), ref.batchnorm_bwd(g, want[1], w, want[4])):
+        np.testing.assert_allclose(a, e, **tol)
+    y = cpu.leaky_relu_fwd(x, 0.2)
+    np.testing.assert_array_equal(y, ref.leaky_relu_fwd(np.ascontiguousarray(x), 0.2))
+    assert y.strides == x.strides
+    gy = cpu.leaky_relu_bwd(y, g, 0.2)
+    np.testing.assert_array_equal(gy, ref.leaky_relu_bwd(np.ascontiguousarray(y), np.ascontiguousarray(g), 0.2))
+    assert gy.strides == x.strides
 
 
 def test_kernels_are_registered_for_numpy_data():

@@ -28,16 +28,16 @@ def _cudnn_for(x, padding):
     return _cudnn_module() or None
 
 
-def conv2d_fwd(x, w, stride, padding, dilation, groups):
+def conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols=False):
     cudnn = _cudnn_for(x, padding)
     if cudnn is None:
-        return _ref.conv2d_fwd(x, w, stride, padding, dilation, groups)
+        return _ref.conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols)
     import cupy
     oh, ow = _ref._out_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
     y = cupy.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
     cudnn.convolution_forward(cupy.ascontiguousarray(x), cupy.ascontiguousarray(w), None, y,
                               (padding[0][0], padding[1][0]), tuple(stride), tuple(dilation), groups)
-    return y
+    return (y, None) if keep_cols else y  # cuDNN keeps no column matrix
 
 
 def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
@@ -51,10 +51,10 @@ def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
     return gx
 
 
-def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups):
+def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols=None):
     cudnn = _cudnn_for(x, padding)
     if cudnn is None:
-        return _ref.conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups)
+        return _ref.conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols)
     import cupy
     gw = cupy.empty((g.shape[1], x.shape[1] // groups) + tuple(kernel_hw), dtype=x.dtype)
     cudnn.convolution_backward_filter(cupy.ascontiguousarray(x), cupy.ascontiguousarray(g), gw,

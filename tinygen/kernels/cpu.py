@@ -211,13 +211,37 @@ def _act_fwd_into(xf, out, code, p1, p2):
         _act_fwd(xf, e, out, code, p1, p2)
 
 
+def _dense_order(*arrays):
+    """The axis order in which every one of ``arrays`` (of one shape and strides) is C-contiguous, when they are
+    not C-contiguous as they stand (a channels-last image), else None: elementwise loops then run over the memory
+    as it lies and return results with the same strides, instead of copying to C order and back."""
+    a = arrays[0]
+    if a.flags.c_contiguous or a.ndim < 2 or any(b.strides != a.strides for b in arrays[1:]):
+        return None
+    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
+def _elementwise(fn, *arrays):
+    """fn(*flat arrays) -> flat result, returned in the layout of ``arrays`` when they share a dense one (see
+    _dense_order), else C-ordered."""
+    order = _dense_order(*arrays)
+    if order is None:
+        return fn(*(_flat(a) for a in arrays)).reshape(arrays[0].shape)
+    dense = [a.transpose(order) for a in arrays]
+    out = fn(*(d.reshape(-1) for d in dense)).reshape(dense[0].shape)
+    return out.transpose(np.argsort(order))
+
+
 def act_fwd(x, act, p1=0.0, p2=0.0):
     _same_float(f"{act}_fwd", x)
-    xf = _flat(x)
-    out = np.empty_like(xf)
     t = x.dtype.type
-    _act_fwd_into(xf, out, _CODES[act], t(p1), t(p2))
-    return out.reshape(x.shape)
+
+    def run(xf):
+        out = np.empty_like(xf)
+        _act_fwd_into(xf, out, _CODES[act], t(p1), t(p2))
+        return out
+    return _elementwise(run, x)
 
 
 def _act_bwd_into(sf, gf, out, code, p1, p2):
@@ -236,11 +260,13 @@ def act_bwd(s, g, act, p1=0.0, p2=0.0):
     ref._check_shapes(name, s, g)
     if act == "elu" and p1 < 0:
         raise ValueError(f"elu_bwd computes from the output, which needs alpha >= 0, got alpha={p1}")
-    gf = _flat(g)
-    out = np.empty_like(gf)
     t = g.dtype.type
-    _act_bwd_into(_flat(s), gf, out, _CODES[act], t(p1), t(p2))
-    return out.reshape(g.shape)
+
+    def run(sf, gf):
+        out = np.empty_like(gf)
+        _act_bwd_into(sf, gf, out, _CODES[act], t(p1), t(p2))
+        return out
+    return _elementwise(run, s, g)
 
 
 globals().update(ref.activation_kernels(act_fwd, act_bwd))
@@ -659,22 +685,25 @@ def _bn_bwd_par(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, nch):
 
 
 def _bn_2d(a):
-    """(N, C) or (N, C, L) -> contiguous (rows, C)."""
+    """(N, C) or (N, C, *) -> contiguous (rows, C): a view when ``a`` is stored channels-last (a convolution's
+    output), else one transposing copy."""
     if a.ndim == 2:
         return _rows(a)
+    a = a.reshape(a.shape[0], a.shape[1], -1)
     return np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, a.shape[1])
 
 
 def _bn_back(a2, like):
+    """The (rows, C) result as ``like``'s shape, stored channels-last."""
     if like.ndim == 2:
         return a2
-    n, c, length = like.shape
-    return a2.reshape(n, length, c).transpose(0, 2, 1)
+    n, c = like.shape[:2]
+    return a2.reshape((n,) + like.shape[2:] + (c,)).transpose((0, like.ndim - 1) + tuple(range(1, like.ndim - 1)))
 
 
 def _bn_rank(name, x):
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{name}: the Numba loops take (N, C) or (N, C, L) input, got shape {x.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"{name}: the Numba loops take (N, C, *) input, got shape {x.shape}")
 
 
 def batchnorm_fwd(x, weight, bias, eps=1e-5):

@@ -38,17 +38,17 @@ def _bias_grad(g, need):
     return g.sum((0, 2, 3)) if need is not None else None
 
 
-def _conv_fwd(x, w, geom):
-    return kernels.get("conv2d_fwd", x)(x, w, geom.stride, geom.padding, geom.dilation, geom.groups)
+def _conv_fwd(x, w, geom, keep_cols=False):
+    return kernels.get("conv2d_fwd", x)(x, w, geom.stride, geom.padding, geom.dilation, geom.groups, keep_cols)
 
 
 def _conv_bwd_input(g, w, x_hw, geom):
     return kernels.get("conv2d_bwd_input", g)(g, w, x_hw, geom.stride, geom.padding, geom.dilation, geom.groups)
 
 
-def _conv_bwd_weight(x, g, kernel_hw, geom):
+def _conv_bwd_weight(x, g, kernel_hw, geom, cols=None):
     return kernels.get("conv2d_bwd_weight", x)(x, g, kernel_hw, geom.stride, geom.padding, geom.dilation,
-                                                geom.groups)
+                                                geom.groups, cols)
 
 
 class Conv2dFunction(Function):
@@ -58,7 +58,11 @@ class Conv2dFunction(Function):
     def forward(ctx, x, weight, bias, geom):
         ctx.save_for_backward(x, weight)
         ctx.geom = geom
-        y = _conv_fwd(x.data, weight.data, geom)
+        ctx.cols = None  # x's column matrix, kept for the weight gradient of a plain backward()
+        if weight.requires_grad:
+            y, ctx.cols = _conv_fwd(x.data, weight.data, geom, keep_cols=True)
+        else:
+            y = _conv_fwd(x.data, weight.data, geom)
         if bias is not None:
             y += bias.data.reshape(1, -1, 1, 1)
         return y
@@ -67,6 +71,7 @@ class Conv2dFunction(Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need, geom = ctx.next_edges, ctx.geom
+        ctx.cols = None  # a differentiable backward builds its own
         gx = ConvTranspose2dFunction.apply(g, w, None, geom, tuple(x.shape[2:])) if need[0] is not None else None
         gw = Conv2dWeightFunction.apply(x, g, geom, tuple(w.shape[2:])) if need[1] is not None else None
         return gx, gw, _bias_grad(g, need[2]), None
@@ -75,8 +80,9 @@ class Conv2dFunction(Function):
     def array_backward(ctx, g):
         x, w = ctx.saved_tensors
         need, geom = ctx.next_edges, ctx.geom
+        cols, ctx.cols = ctx.cols, None  # used once: a second backward (retain_graph) builds it again
         gx = _conv_bwd_input(g, w.data, x.shape[2:], geom) if need[0] is not None else None
-        gw = _conv_bwd_weight(x.data, g, w.shape[2:], geom) if need[1] is not None else None
+        gw = _conv_bwd_weight(x.data, g, w.shape[2:], geom, cols) if need[1] is not None else None
         return gx, gw, (g.sum((0, 2, 3)) if need[2] is not None else None), None
 
 
@@ -105,8 +111,14 @@ class ConvTranspose2dFunction(Function):
     def array_backward(ctx, g):
         x, w = ctx.saved_tensors
         need, geom = ctx.next_edges, ctx.geom
-        gx = _crop_array(_conv_fwd(g, w.data, geom), x.shape[2:]) if need[0] is not None else None
-        gw = _conv_bwd_weight(g, x.data, w.shape[2:], geom) if need[1] is not None else None
+        gx = cols = None
+        if need[0] is not None and need[1] is not None:  # g's column matrix serves both gradients
+            gx, cols = _conv_fwd(g, w.data, geom, keep_cols=True)
+        elif need[0] is not None:
+            gx = _conv_fwd(g, w.data, geom)
+        if gx is not None and gx.shape[2:] != x.shape[2:]:  # output_padding: g has windows x never met
+            gx, cols = _crop_array(gx, x.shape[2:]), None
+        gw = _conv_bwd_weight(g, x.data, w.shape[2:], geom, cols) if need[1] is not None else None
         return gx, gw, (g.sum((0, 2, 3)) if need[2] is not None else None), None, None
 
 
