@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import as_tensor, backend, nn, no_grad, optim
+from .. import as_tensor, nn, no_grad, optim
 from ..models import gan as gan_models
 from ..models import train_utils as tu
 from ..models import vae as vae_models
@@ -103,7 +103,7 @@ class _VAEPrior:
     def starts(self, filled, y, count, rng):
         """The encoder's mean for the mean-filled digits, then count - 1 draws from N(0, I)."""
         with no_grad():
-            mu = _host(self.model.encode(as_tensor(filled, device=_device(self.model)), y)[0])
+            mu = tu.host(self.model.encode(as_tensor(filled, device=_device(self.model)), y)[0], np.float32)
         return [mu] + [_normal(rng, mu.shape) for _ in range(count - 1)]
 
 
@@ -131,10 +131,6 @@ class _GANPrior:
 
 def _device(module):
     return next(iter(module.parameters())).device
-
-
-def _host(t):
-    return np.asarray(backend.to_device(t.data, "cpu"), dtype=np.float32)
 
 
 def _normal(rng, shape):
@@ -167,9 +163,9 @@ def search_latents(prior, x, visible, y, z0, steps=DEFAULTS["steps"], lr=DEFAULT
         total.backward()
         opt.step()
     with no_grad():
-        final = _host(prior.data_term(z, y, x, visible) + (z * z).sum(1) * 0.5)
+        final = tu.host(prior.data_term(z, y, x, visible) + (z * z).sum(1) * 0.5, np.float32)
     history.append(float(final.mean()))
-    return _host(z), final, history
+    return tu.host(z, np.float32), final, history
 
 
 def inpaint(prior, images, hidden, mean, labels=None, label_mode="search", restarts=DEFAULTS["restarts"],
@@ -217,16 +213,14 @@ def inpaint(prior, images, hidden, mean, labels=None, label_mode="search", resta
         history = history or trace
         best = energy.reshape(restarts * per_digit, k).argmin(0) * k + np.arange(k)
         with no_grad():
-            y_best = None if y_all is None else as_tensor(_host_int(y_all)[best], device=device)
-            fill = _host(prior.mean(as_tensor(z[best], device=device), y_best))
+            y_best = None if y_all is None else as_tensor(tu.host(y_all, np.int64)[best], device=device)
+            fill = tu.host(prior.mean(as_tensor(z[best], device=device), y_best), np.float32)
         filled[lo:lo + k] = np.where(h, fill, x)
         if y_best is not None:
-            chosen[lo:lo + k] = _host_int(y_best)
+            chosen[lo:lo + k] = tu.host(y_best, np.int64)
     return {"filled": filled, "labels": chosen if classes else None, "history": history}
 
 
-def _host_int(t):
-    return np.asarray(backend.to_device(t.data, "cpu"), dtype=np.int64)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import as_tensor, backend, nn, no_grad, optim
+from .. import as_tensor, nn, no_grad, optim
 from .. import random as _random
 from ..data import DataLoader
 from ..models import train_utils as tu
@@ -150,7 +150,7 @@ def upscale(model, low, batch_size=500, device="cpu"):
         with no_grad():
             for i in range(0, len(low), batch_size):
                 x = as_tensor(np.ascontiguousarray(low[i:i + batch_size], dtype=np.float32), device=device)
-                out.append(np.asarray(backend.to_device(model(x).data, "cpu"), dtype=np.float32))
+                out.append(tu.host(model(x), np.float32))
     finally:
         model.train(was)
     return np.clip(np.concatenate(out), 0.0, 1.0)

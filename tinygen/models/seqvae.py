@@ -54,7 +54,7 @@ class SeqVAE(nn.Module):
 
     def check_tokens(self, tokens, fn="SeqVAE"):
         """Refuse (ValueError/TypeError naming ``fn``) anything but integer tokens (N, length) in 0..vocab_size-1."""
-        arr = _host(tokens) if isinstance(tokens, Tensor) else np.asarray(tokens)
+        arr = tu.host(tokens) if isinstance(tokens, Tensor) else np.asarray(tokens)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{fn}: tokens must be integers, got dtype {arr.dtype}")
         if arr.ndim != 2 or arr.shape[1] != self.length:
@@ -152,10 +152,6 @@ def bigram_nats_per_token(train_rows, test_rows, vocab_size):
 
 
 # ---- decoding --------------------------------------------------------------------------------------------------------
-def _host(t):
-    return np.asarray(t.cpu().data)
-
-
 def decode_tokens(model, z, mode="argmax"):
     """Token sequences (N, L) for codes z (N, latent), a tensor or array: the most likely token at each position
     (``mode="argmax"``), or one drawn from each position's softmax with tinygen's generator (``"sample"``)."""
@@ -165,7 +161,7 @@ def decode_tokens(model, z, mode="argmax"):
     if z.ndim != 2 or z.shape[1] != model.latent:
         raise ValueError(f"decode_tokens: z must have shape (N, {model.latent}), got {tuple(z.shape)}")
     with no_grad():
-        logits = _host(model.decode(z)).astype(np.float64)
+        logits = tu.host(model.decode(z)).astype(np.float64)
     if mode == "argmax":
         return logits.argmax(-1)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -184,7 +180,7 @@ def encode_mean(model, tokens, device="cpu"):
     """The posterior means mu(x) (N, latent) of token sequences, as an array."""
     model.check_tokens(tokens, "encode_mean")
     with no_grad():
-        return _host(model.encode(_tokens(tokens, device))[0])
+        return tu.host(model.encode(_tokens(tokens, device))[0])
 
 
 def interpolate_tokens(model, a, b, steps=8, device="cpu"):

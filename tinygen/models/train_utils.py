@@ -193,6 +193,12 @@ def read_metrics(path):
 
 
 # ---- random generators -----------------------------------------------------------------------------------------------
+def host(t, dtype=None):
+    """A tensor's values as a NumPy array on the host (copied from a device), optionally as ``dtype``: for
+    pictures, metrics and files, outside any compiled step."""
+    return np.asarray(backend.to_device(t.data, "cpu"), dtype=dtype)
+
+
 def rng_state(devices=("cpu",)):
     """The state of tinygen's generator of each device (``tinygen.random.get_rng_state``), for a checkpoint."""
     out = {"cpu": _random.get_rng_state()}

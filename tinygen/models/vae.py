@@ -627,10 +627,6 @@ def format_record(r):
 
 
 # ---- pictures --------------------------------------------------------------------------------------------------------
-def _host(t):
-    return np.asarray(t.cpu().data)
-
-
 def _labels_for(model, n, label=None, device="cpu", start=0):
     if not model.conditional:
         if label is not None:
@@ -650,7 +646,7 @@ def sample_means(model, n, label=None, device="cpu", start=0):
     turn, from class ``start % num_classes``)."""
     with no_grad():
         z = _random.randn(n, model.latent, device=device)
-        return _host(model.mean(z, _labels_for(model, n, label, device, start)))
+        return tu.host(model.mean(z, _labels_for(model, n, label, device, start)))
 
 
 def sample_images(model, n, label=None, device="cpu", start=0):
@@ -664,7 +660,7 @@ def reconstructions(model, images, labels=None, device="cpu"):
         x = _to(images, device)
         y = _to(labels, device, np.int64) if model.conditional else None
         mu, _ = model.encode(x, y)
-        return _host(model.mean(mu, y)).reshape(len(images), 28, 28)
+        return tu.host(model.mean(mu, y)).reshape(len(images), 28, 28)
 
 
 def interpolations(model, a, b, steps=10, labels_a=None, labels_b=None, device="cpu"):
@@ -676,10 +672,10 @@ def interpolations(model, a, b, steps=10, labels_a=None, labels_b=None, device="
         za, _ = model.encode(_to(a, device), ya)
         zb, _ = model.encode(_to(b, device), yb)
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
-        za, zb = _host(za), _host(zb)
+        za, zb = tu.host(za), tu.host(zb)
         z = za[:, None, :] * (1 - t)[None, :, None] + zb[:, None, :] * t[None, :, None]
         yr = None if ya is None else _to(np.repeat(labels_a, steps), device, np.int64)
-        return _host(model.mean(_to(z.reshape(-1, model.latent), device), yr)).reshape(-1, 28, 28)
+        return tu.host(model.mean(_to(z.reshape(-1, model.latent), device), yr)).reshape(-1, 28, 28)
 
 
 def manifold(model, n=20, label=None, device="cpu"):
@@ -689,7 +685,7 @@ def manifold(model, n=20, label=None, device="cpu"):
     q = np.array([statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)], dtype=np.float32)
     zz = np.stack(np.meshgrid(q, q[::-1], indexing="xy"), axis=-1).reshape(-1, 2)
     with no_grad():
-        return _host(model.mean(_to(zz, device), _labels_for(model, n * n, label, device))).reshape(-1, 28, 28)
+        return tu.host(model.mean(_to(zz, device), _labels_for(model, n * n, label, device))).reshape(-1, 28, 28)
 
 
 def save_pictures(model, out, test_x, test_y, device="cpu"):
@@ -733,7 +729,7 @@ def save_own_pictures(model, out, scaling, test_x, test_y, device="cpu"):
     n = min(8, len(test_x))
     with no_grad():
         y = _to(test_y[:n], device, np.int64) if model.conditional else None
-        rec = _host(model.mean(model.encode(_to(test_x[:n], device), y)[0], y))
+        rec = tu.host(model.mean(model.encode(_to(test_x[:n], device), y)[0], y))
     pairs = scaling.to_data(np.concatenate([test_x[:n], rec]))
     paths.append(save_image_grid(out / "reconstructions.png", pairs, nrow=n, value_range=rng))
     return paths
