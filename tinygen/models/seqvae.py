@@ -26,7 +26,7 @@ from .. import random as _random
 from ..data import DataLoader
 from ..nn import functional as F
 from . import train_utils as tu
-from .vae import relu_mlp
+from .vae import mean_elbo_terms, relu_mlp
 
 NAME = "seqvae"
 DECODE_MODES = ("argmax", "sample")
@@ -105,11 +105,6 @@ def elbo_terms(model, tokens, eps=None):
     return categorical_nll(logits, tokens), F.kl_normal(mu, logvar, reduction="sum")
 
 
-def _batches(n, batch_size):
-    for i in range(0, n, batch_size):
-        yield slice(i, min(i + batch_size, n))
-
-
 def _tokens(array, device="cpu"):
     return as_tensor(np.ascontiguousarray(array, dtype=np.int64), device=device)
 
@@ -118,19 +113,8 @@ def evaluate_elbo(model, tokens, batch_size=1000, device="cpu"):
     """Per-sequence test ELBO terms in nats over all ``tokens`` (N, L), one z sample each, under no_grad in eval
     mode: ``{"recon", "kl", "loss"}`` with loss = recon + kl, the negative ELBO (an upper bound on -log p(x))."""
     model.check_tokens(tokens, "evaluate_elbo")
-    was = model.training
-    model.eval()
-    recon = kl = 0.0
-    try:
-        with no_grad():
-            for sl in _batches(len(tokens), batch_size):
-                r, k = elbo_terms(model, _tokens(tokens[sl], device))
-                recon += float(r.item())
-                kl += float(k.item())
-    finally:
-        model.train(was)
-    n = max(len(tokens), 1)
-    return {"recon": recon / n, "kl": kl / n, "loss": (recon + kl) / n}
+    return mean_elbo_terms(model, len(tokens), batch_size,
+                           lambda sl: elbo_terms(model, _tokens(tokens[sl], device)))
 
 
 def bigram_nats_per_token(train_rows, test_rows, vocab_size):

@@ -274,20 +274,27 @@ def _to(array, device, dtype=np.float32):
 def evaluate_elbo(model, images, labels=None, batch_size=1000, device="cpu"):
     """Per-sample test ELBO terms in nats over all ``images`` (N, 784) floats, one z sample each (under
     no_grad, eval mode): ``{"recon", "kl", "loss"}`` with loss = recon + kl = the negative ELBO."""
+    def terms(sl):
+        y = _to(labels[sl], device, np.int64) if model.conditional else None
+        return elbo_terms(model, _to(images[sl], device), y)
+    return mean_elbo_terms(model, len(images), batch_size, terms)
+
+
+def mean_elbo_terms(model, n, batch_size, terms):
+    """``{"recon", "kl", "loss"}`` per example over n examples in batches: ``terms(slice)`` gives the (recon, kl)
+    sums of those examples. Runs under no_grad in eval mode (the model's mode is restored)."""
     was = model.training
     model.eval()
     recon = kl = 0.0
     try:
         with no_grad():
-            for sl in _batches(len(images), batch_size):
-                x = _to(images[sl], device)
-                y = _to(labels[sl], device, np.int64) if model.conditional else None
-                r, k = elbo_terms(model, x, y)
+            for sl in _batches(n, batch_size):
+                r, k = terms(sl)
                 recon += float(r.item())
                 kl += float(k.item())
     finally:
         model.train(was)
-    n = max(len(images), 1)
+    n = max(n, 1)
     return {"recon": recon / n, "kl": kl / n, "loss": (recon + kl) / n}
 
 
