@@ -126,14 +126,15 @@ class SuperResolver(nn.Module):
         nn.init.zeros_(self.features[-1].weight)
         nn.init.zeros_(self.features[-1].bias)
         # bicubic 14 -> 28 along each axis: a constant linear map, so the upsampling is part of the graph
-        self._up = resize_weights(LOW, im.SIDE, "bicubic").astype(np.float32)
+        # (a buffer outside the state_dict, so it moves with .to() instead of being copied to the device per call)
+        self.register_buffer("up", as_tensor(resize_weights(LOW, im.SIDE, "bicubic").astype(np.float32)),
+                             persistent=False)
 
     def forward(self, low):
         if low.ndim != 3 or tuple(low.shape[1:]) != (LOW, LOW):
             raise ValueError(f"SuperResolver: expected low-resolution digits of shape (N, {LOW}, {LOW}), got "
                              f"{tuple(low.shape)}")
-        up = as_tensor(self._up, device=low.device, dtype=low.dtype)
-        bicubic = up @ low @ up.T
+        bicubic = self.up @ low @ self.up.T
         return bicubic + self.features(low.reshape(low.shape[0], 1, LOW, LOW)).reshape(low.shape[0], im.SIDE,
                                                                                        im.SIDE)
 
@@ -162,8 +163,13 @@ def evaluate(model, images, device="cpu"):
     low = downsample(images)
     scores = {m: float(psnr(np.clip(resize(low, im.SIDE, m), 0, 1), images).mean()) for m in METHODS}
     if model is not None:
-        scores["model"] = float(psnr(upscale(model, low, device=device), images).mean())
+        scores["model"] = model_psnr(model, low, images, device)
     return scores
+
+
+def model_psnr(model, low, images, device="cpu"):
+    """Mean PSNR (dB) of the model's upsampling of ``low`` against ``images``."""
+    return float(psnr(upscale(model, low, device=device), images).mean())
 
 
 # ---- training --------------------------------------------------------------------------------------------------------
@@ -215,20 +221,21 @@ def train_superres(out=None, quiet=False, train_set=None, test_set=None, **setti
     opt = optim.Adam(model.parameters(), lr=cfg["lr"])
     loader = DataLoader((downsample(train_x), train_x), batch_size=cfg["batch_size"], shuffle=True,
                         seed=cfg["seed"], device=cfg["device"])
+    def batch_loss(batch):
+        low, high = batch
+        loss = ((model(low) - high) ** 2).mean()
+        return loss, low.shape[0], {"mse": loss * low.shape[0]}
+
+    test_low = downsample(test_x)
+    bicubic = evaluate(None, test_x)["bicubic"]  # the baseline does not change during training
     history = []
     for epoch in range(cfg["epochs"]):
         t0 = time.perf_counter()
-        total = 0.0
-        model.train()
-        for low, high in loader:
-            loss = ((model(low) - high) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.item()) * low.shape[0]
-        scores = evaluate(model, test_x, cfg["device"])
-        record = {"epoch": epoch + 1, "train_mse": total / len(train_x), "test_psnr": scores["model"],
-                  "test_psnr_bicubic": scores["bicubic"], "seconds": time.perf_counter() - t0}
+        sums, seen = tu.optimize_epoch(model, opt, loader, batch_loss, f"epoch {epoch + 1}/{cfg['epochs']}",
+                                       quiet=True)
+        record = {"epoch": epoch + 1, "train_mse": sums["mse"] / seen,
+                  "test_psnr": model_psnr(model, test_low, test_x, cfg["device"]),
+                  "test_psnr_bicubic": bicubic, "seconds": time.perf_counter() - t0}
         history.append(record)
         if not quiet:
             print(f"epoch {epoch + 1}/{cfg['epochs']}  train mse {record['train_mse']:.5f}  test PSNR "
