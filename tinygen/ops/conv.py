@@ -362,22 +362,22 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 @functools.lru_cache(maxsize=256)
-def _host_matrices(kind, *args):
-    """The (rows, cols) matrices of a separable map, on the host in float64, divisors folded in."""
+def _matrices(xp, dtype, kind, *args):
+    """The (rows, cols) matrices of a separable map as ``xp`` arrays of ``dtype``, divisors folded in (made in
+    float64 on the host once per shape, dtype and array module, not per call)."""
     if kind == "nearest":
         (h, oh, sh), (w, ow, sw) = args
-        return _conv.nearest_matrix(h, oh, sh), _conv.nearest_matrix(w, ow, sw)
-    pair = []
-    for a in args:
-        m, div = _conv.avg_pool_matrix(*a) if kind == "avg" else _conv.adaptive_pool_matrix(*a)
-        pair.append(m / div[:, None])
-    return tuple(pair)
+        pair = _conv.nearest_matrix(h, oh, sh), _conv.nearest_matrix(w, ow, sw)
+    else:
+        pair = []
+        for a in args:
+            m, div = _conv.avg_pool_matrix(*a) if kind == "avg" else _conv.adaptive_pool_matrix(*a)
+            pair.append(m / div[:, None])
+    return tuple(xp.asarray(m.astype(dtype)) for m in pair)
 
 
 def _separable(cls, x, unbatched, kind, *args):
-    rows, cols = _host_matrices(kind, *args)
-    xp = x.xp
-    rows, cols = (xp.asarray(m.astype(x.dtype)) for m in (rows, cols))
+    rows, cols = _matrices(x.xp, x.data.dtype, kind, *args)
     return _batched_result(cls.apply(x, rows, cols), unbatched)
 
 
