@@ -235,7 +235,7 @@ def test_bad_png_folders(tmp_path):
 def test_png_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
     root, _ = _png_folder(tmp_path / "pics", classes=1)
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
-    with pytest.raises(ImportError, match=r"needs pillow; install it with pip install 'tinygen\[images\]'"):
+    with pytest.raises(ImportError, match=r'needs pillow, which is not installed; install it with: pip install -e "\.\[images\]"'):
         load_dataset(root)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 
 from . import config
+from ._extras import missing
 
 DEVICES = ("cpu", "cuda")
 _modules = {"cpu": np}
@@ -36,7 +37,7 @@ def _load_cuda():
     try:
         import cupy
     except ImportError:
-        raise RuntimeError("device='cuda' needs CuPy, which is not installed (pip install 'tinygen[cuda]')") from None
+        raise RuntimeError(missing("device='cuda'", "CuPy", "cuda")) from None
     try:
         ok = cupy.cuda.runtime.getDeviceCount() > 0
     except Exception as e:  # no driver, no device

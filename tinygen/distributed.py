@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from . import backend, config
+from ._extras import missing
 from .tensor import Tensor
 
 OPS = ("sum", "mean")
@@ -70,10 +71,9 @@ def init(force_mpi=False):
         from mpi4py import MPI
     except ImportError:
         if force_mpi:
-            raise RuntimeError("distributed.init(force_mpi=True): mpi4py is not installed "
-                               "(pip install 'tinygen[mpi]')") from None
-        warnings.warn("tinygen.distributed: this process was started by an MPI launcher but mpi4py is not "
-                      "installed, so it runs alone (pip install 'tinygen[mpi]')", RuntimeWarning, stacklevel=2)
+            raise RuntimeError(missing("distributed.init(force_mpi=True)", "mpi4py", "mpi")) from None
+        warnings.warn(missing("tinygen.distributed", "mpi4py", "mpi") + "; this process, started by an MPI "
+                      "launcher, runs alone", RuntimeWarning, stacklevel=2)
         _world.initialized = True
         return 1
     comm = MPI.COMM_WORLD

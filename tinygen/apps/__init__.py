@@ -13,6 +13,8 @@ measured results.
 import importlib
 import pkgutil
 
+from .. import _extras
+
 # every public module of this package is an application, in the order of the docstring above
 _ORDER = ("inpaint", "superres", "text", "music")
 APPS = tuple(sorted((m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")),
@@ -28,8 +30,4 @@ def get(name):
 
 def require(module, extra):
     """Import an optional library, or raise ImportError naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"this application needs {module!r}; install it with: pip install -e \".[{extra}]\" "
-                          f"(or pip install {module})") from None
+    return _extras.require(module, extra, "this application")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import require
+
 IMAGE_CHANNELS = (1, 3, 4)
 CSV_DELIMITERS = (",", ";", "\t")
 
@@ -346,11 +348,8 @@ def _label_index(label_column, names, width, source):
 
 
 def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("load_dataset: reading a folder of PNG images needs pillow; install it with "
-                          "pip install 'tinygen[images]' (or pip install pillow)") from None
+    require("PIL", "images", "load_dataset: reading a folder of PNG images", library="pillow")
+    from PIL import Image
     return Image
 
 

@@ -30,6 +30,7 @@ import contextlib
 import numpy as np
 
 from .. import config
+from .._extras import missing
 from ..backend import is_cupy_array
 from . import reference
 
@@ -82,7 +83,7 @@ def set_enabled(flag):
     global _enabled, _cpu_table
     old = enabled()
     if flag and not _numba_importable():
-        raise ImportError("the Numba kernels need numba (pip install 'tinygen[numba]')")
+        raise ImportError(missing("the Numba kernels", "numba", "numba"))
     _enabled = None if flag is None else bool(flag)
     _cpu_table = None
     return old
