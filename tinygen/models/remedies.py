@@ -179,12 +179,13 @@ def augment_image_shape(names, scaling=None):
     raise ValueError(f"--augment crops, flips and rotates greyscale images; the training data are {what}")
 
 
-def make_augment(names, image_shape=(28, 28), background=0.0, then=None):
-    """The DataLoader transform of a run: ``Augment`` of ``names`` followed by ``then`` (e.g. binarize), or
-    ``then`` alone when no augmentation is asked for (so runs without one draw exactly as before)."""
+def make_augment(names, scaling=None, background=0.0, then=None):
+    """The DataLoader transform of a run: ``Augment`` of ``names`` on the run's images (MNIST, or the run's own
+    data described by ``scaling``: see ``augment_image_shape``) followed by ``then`` (e.g. binarize), or ``then``
+    alone when no augmentation is asked for (so runs without one draw exactly as before)."""
     if not names:
         return then
-    augment = Augment(names, image_shape, background)
+    augment = Augment(names, augment_image_shape(names, scaling), background)
     return Compose([augment, then]) if then is not None else augment
 
 

@@ -576,8 +576,8 @@ def _training_parts(cfg, train_x, train_y, own, init, quiet):
     net = tu.data_parallel(model)
     opt = remedies.make_optimizer(net.parameters(), cfg["optimizer"], cfg["lr"], weight_decay=cfg["weight_decay"],
                                   momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"])
-    augment = remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
-        cfg["augment"], None if own is None else own.scaling), 0.0, then=binarize if cfg["binarize"] else None)
+    augment = remedies.make_augment(cfg["augment"], None if own is None else own.scaling, 0.0,
+                                    then=binarize if cfg["binarize"] else None)
     loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                         transform=augment, device=cfg["device"])
     return model, net, opt, loader

@@ -693,8 +693,8 @@ class GANRun:
         tu.check_global_batch(cfg["batch_size"], len(x), drop_last=True)
         self.loader = DataLoader((x, y) if cfg["conditional"] else x, batch_size=cfg["batch_size"], shuffle=True,
                                  drop_last=True, seed=cfg["seed"], device=device,
-                                 transform=remedies.make_augment(cfg["augment"], remedies.augment_image_shape(
-                                     cfg["augment"], None if self.own_data is None else self.own_data.scaling),
+                                 transform=remedies.make_augment(
+                                     cfg["augment"], None if self.own_data is None else self.own_data.scaling,
                                      background=-1.0))
         self.step_fn = GANStep(cfg, self.G_net, self.D_net, self.opt_g, self.opt_d, self.ema, compile)
         modules = {"generator": self.G, "discriminator": self.D}
