@@ -52,8 +52,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import random as _random
-from .autograd.engine import _backward, _grad
-from .autograd.function import _edges, user_frame
+from .autograd import engine
+from .autograd.engine import _backward, _grad, _roots
+from .autograd.function import Function, _edges, user_frame
 from .autograd.grad_mode import STATE
 from .capture import CAPTURE
 from .tensor import Tensor, _make
@@ -128,6 +129,7 @@ class _Recorder:
         self.modules = {}
         self.leaves = {}
         self.made = set()  # ids of the tensors the step made: they need no guard
+        self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
 
     def record_apply(self, cls, args):
@@ -145,6 +147,8 @@ class _Recorder:
                 if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
                     self.leaves.setdefault(id(a), (a, a._requires_grad))
         self.made.update(id(t) for t in outs)
+        if ctx is not None:
+            self.nodes.add(id(ctx))
         self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None, None))
         return out
 
@@ -162,6 +166,25 @@ class _Recorder:
         self.made.update(id(t) for t in _tensors_in(result))
         self.relink = self.relink or builds_graph
         return result
+
+    def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
+        """A plain backward is recorded as the steps the engine took (``_BackwardPlan``); one that builds a graph,
+        or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
+        if create_graph or inputs is not None:
+            return self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
+                                    builds_graph=create_graph)
+        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in (tensors, grad_tensors)) + (retain_graph,
+                                                                                                       False, None)
+        trace = []
+        self.depth += 1
+        try:
+            _backward(*args, trace=trace)
+        finally:
+            self.depth -= 1
+        if all(id(node) in self.nodes for node, _ in trace):
+            self.steps.append((_replay_backward, _BackwardPlan(args[0], trace, retain_graph), args))
+        else:
+            self.steps.append((_replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
 
     def record_requires_grad(self, tensor, flag):
         if id(tensor) not in self.made:
@@ -281,13 +304,12 @@ def _with_releases(steps, inputs, keep):
                 by_node[id(operands[1])] = operands
         elif run is _replay_alias:
             uses, new = operands[:1], operands[1:]
-        elif run is _replay_call and operands[0] in (_backward, _grad):
-            roots = _tensors_in(operands[1][0])
+        elif run is _replay_backward or (run is _replay_call and operands[0] in (_backward, _grad)):
             if relinked:
                 uses, walked = made, by_node
             else:
-                walked, graph = _graph(roots, by_node, unshadowable)
-                uses = roots + graph
+                walked, graph = _graph(_tensors_in(operands[1][0]), by_node, unshadowable)
+                uses = _tensors_in(operands[1]) + graph  # the roots, their gradients, grad()'s inputs
         elif run is _replay_call:
             uses, new = _tensors_in(operands[1], operands[2]), operands[5]
         out.append((run, operands))
@@ -357,6 +379,111 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     saved = ctx._saved
     if saved and shadowable:
         ctx._saved = tuple(_shadow(t) if isinstance(t, Tensor) and id(t) in shadowable else t for t in saved)
+
+
+class _BackwardPlan:
+    """A plain backward as the flat sequence of steps the engine took when it was recorded: for each node that
+    ran, in the engine's order, the registers (one per node output) its gradients were summed in, and where each
+    gradient it returns goes (a register, or a leaf's .grad); the leaves whose post-accumulate-grad hooks become
+    due after it (those of its edges' leaves that no later node reaches: when the engine runs them)."""
+
+    def __init__(self, roots, trace, retain_graph):
+        registers = {}
+
+        def register(node, idx):
+            return registers.setdefault((id(node), idx), len(registers))
+        roots = (roots,) if isinstance(roots, Tensor) else tuple(roots)
+        self.roots = tuple((None, t) if t.grad_fn is None else (register(t.grad_fn, t._out_idx), None) for t in roots)
+        self.ones = tuple((t.data.shape, t.data.dtype, t.xp) for t in roots)  # the gradient of a scalar root
+        last = {id(t): (-1, t) for t in roots if t.grad_fn is None}  # leaf -> the last node with an edge to it
+        for i, (node, _) in enumerate(trace):
+            for e in node.next_edges:
+                if e is not None and not isinstance(e[0], Function):
+                    last[id(e[0])] = (i, e[0])
+        due = {}
+        for i, leaf in last.values():
+            due.setdefault(i, []).append(leaf)
+        due_first, steps = due.pop(-1, []), []
+        hooks = due_first  # a leaf no node that ran reaches: its hooks are due before the first node
+        for i, (node, ran) in enumerate(trace):
+            if ran:
+                outs = tuple(None if e is None else (None, e[0], None, None) if not isinstance(e[0], Function) else
+                             (register(*e), None) + e[0].out_meta[e[1]] for e in node.next_edges)
+                ins = tuple(register(node, k) for k in range(len(node.out_meta)))
+                hooks = []
+                steps.append((node, node.array_backward, ins, node.out_meta if len(ins) > 1 else None, outs, hooks))
+            hooks.extend(due.get(i, ()))
+        self.due_first = tuple(due_first)
+        self.steps = tuple(s[:5] + (tuple(s[5]),) for s in steps)
+        self.size = len(registers)
+        self.release = not retain_graph
+
+
+def _replay_backward(plan, args):
+    if args[1] is None:  # scalar roots, as recorded
+        root_grads = [xp.ones(shape, dtype=dtype) for shape, dtype, xp in plan.ones]
+    else:
+        root_grads = [g.data for g in _roots(args[0], args[1])[1]]
+    engine.with_callbacks(_run_plan, plan, root_grads)
+
+
+def _run_plan(plan, root_grads):
+    """The recorded steps of a plain backward, on arrays: what ``engine._run`` computes, without its walk."""
+    regs = [None] * plan.size
+    direct = {}
+    prev, STATE.grad_enabled = STATE.grad_enabled, False
+    try:
+        for (r, leaf), g in zip(plan.roots, root_grads):
+            if leaf is not None:
+                engine.deliver_to_leaf(leaf, _make(g, leaf._device), direct, False)
+            else:
+                regs[r] = g if regs[r] is None else _added(regs[r], g)
+        _post_accumulate(plan.due_first, direct)
+        for node, array_backward, ins, metas, outs, due in plan.steps:
+            grads = [regs[r] for r in ins]
+            for r in ins:
+                regs[r] = None
+            if metas is not None:  # several outputs: a missing gradient is zero
+                grads = [g if g is not None else node.xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
+            if array_backward is not None:
+                out = array_backward(node, *grads)
+            else:
+                out = node.backward(node, *[_make(g, node.device) for g in grads])
+            if type(out) is not tuple:
+                out = (out,)
+            for target, g in zip(outs, out):
+                if target is None or g is None:
+                    continue
+                g = g.data if isinstance(g, Tensor) else engine.gradient_array(g, node)
+                r, leaf, shape, dtype = target
+                if leaf is None:
+                    g = engine.fit_array(g, shape, dtype, node.xp)
+                    regs[r] = g if regs[r] is None else _added(regs[r], g)
+                else:
+                    g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, node.xp)
+                    engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
+            if due:
+                _post_accumulate(due, direct)
+            if plan.release:
+                node.release()
+    finally:
+        STATE.grad_enabled = prev
+    engine.own_gradients(direct, {id(g) for g in root_grads})
+
+
+def _added(a, b):
+    """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
+    s = a + b
+    return np.asarray(s) if isinstance(s, np.generic) else s
+
+
+def _post_accumulate(leaves, direct):
+    """The post-accumulate-grad hooks of ``leaves`` that got a gradient (read now: hooks may come and go)."""
+    hooks = engine._post_accumulate_hooks
+    if hooks:
+        for leaf in leaves:
+            if leaf in direct and id(leaf) in hooks:
+                engine._call_post_accumulate_hooks(leaf)
 
 
 def _replay_call(fn, args, kwargs, result, grad_enabled, new):
