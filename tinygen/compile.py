@@ -9,9 +9,17 @@ Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
              forward(Matmul), forward(Tanh), forward(Sum)   every op called from fn: class, node, argument tensors
-             call(backward, loss)                           a plain backward: the engine runs again on replay
+             backward(plan, loss)                           a plain backward: the steps the engine took
+                                                            (``_BackwardPlan``: Sum's, Tanh's, Matmul's backward)
              call(Adam.step, opt)                           marked @replayed: optimizer steps, zero_grad, random
                                                             draws, gradient clipping, scheduler steps
+           The engine tells the recorder which nodes it visited, in its order, and which ran (a ``trace``); the
+           plan is those that ran, each with the registers its incoming gradients are summed in, where each
+           gradient it returns goes (another node's register, or a leaf's ``.grad``) and the leaves whose
+           post-accumulate-grad hooks are due after it. A backward with ``create_graph=True`` or ``inputs=``,
+           ``grad()``, and a backward whose graph has nodes a create_graph call made (WGAN-GP's penalty: that
+           graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
+           the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
            the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
            module the step called and the requires_grad of every leaf tensor it used (as it was before the step
@@ -23,8 +31,14 @@ Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the backward releases the node, as in eager.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
-           graph is built; the backward walks the recorded graph, whose saved arrays the replayed forwards have
-           just refreshed. Parameters, optimizer state and buffers are the very arrays the model holds, updated
+           graph is built and none is walked: a plain backward runs its plan on arrays (``_run_plan``): each
+           node's ``array_backward`` (else its ``backward`` under no_grad), on the saved arrays the replayed
+           forwards have just refreshed; each gradient fitted to its input's shape, summed into a register or
+           delivered into ``.grad`` by the engine's own functions (so set_to_none, accumulation into an existing
+           ``.grad`` and the copy of a shared array happen as in eager); the node released unless
+           ``retain_graph``; post-accumulate-grad hooks (DistributedDataParallel's all-reduces) and the
+           functions they queue run where the engine runs them, with the hooks registered at that moment.
+           Parameters, optimizer state and buffers are the very arrays the model holds, updated
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
 

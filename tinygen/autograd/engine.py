@@ -15,6 +15,10 @@ can be differentiated again.
 Two hooks let code act while a backward() runs (``tinygen.nn.parallel`` uses them to start gradient all-reduces
 as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (as PyTorch's) and
 ``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns).
+
+While ``tinygen.compile`` records a step, a plain ``backward()`` runs with a ``trace``: the engine appends each
+node it visits, and the recorder keeps the steps taken to replay them without this walk (``compile._run_plan``,
+which delivers gradients with ``deliver_to_leaf``, ``fit_array`` and ``own_gradients`` below, as ``_run`` does).
 """
 import weakref
 
@@ -136,7 +140,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
     gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
     """
-    if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
+    if recording():  # tinygen.compile replays grad() as one call (capture.py)
         return CAPTURE.recorder.record_call(_grad, (outputs, inputs, grad_outputs, retain_graph, create_graph,
                                                     allow_unused), {}, builds_graph=create_graph)
     return _grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused)
