@@ -377,9 +377,10 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     STATE.grad_enabled = False  # as in Function.apply: nothing inside a forward records
     if relink:  # an input may be a gradient a replayed create_graph call has just rebuilt, with a new node
         ctx.next_edges = _edges(args)
-    elif ctx is None:  # an op outside the graph: a fresh node, as apply makes one
+    elif ctx is None:  # an op outside the graph: a fresh node, as apply makes one, gone after this call
         ctx = _new(cls)
         ctx._saved, ctx._out_data, ctx.device = (), None, device
+        shadowable = None  # so what it saves needs no shadows
     out = cls.forward(ctx, *args)
     datas = out if type(out) is tuple else (out,)
     for t, d in zip(outs, datas):
