@@ -272,3 +272,21 @@ def test_a_backward_through_a_create_graph_result_stays_with_the_engine():
     engine_calls = [ops[0] for run, ops in program.steps if run is compiled_module._replay_call]
     assert engine_calls.count(engine._backward) == 1 and engine_calls.count(engine._grad) == 1
     assert _flat_backwards(f) == 1
+
+
+def test_hooks_due_at_the_same_node_run_in_the_engines_order():
+    # the walk meets b first (b.sum()), then a and b together at the product: the engine runs the hooks of the
+    # leaves settled at one node in the order of their edges there (a, then b), not in the order it met them
+    def setup():
+        tg.manual_seed(0)
+        a, b, c = (tg.randn(4, 3).requires_grad_() for _ in range(3))
+        params, log = [a, b, c], []
+        for name, t in zip("abc", params):
+            _hook(t, _logging_hook(log, name, params))
+
+        def step(x):
+            loss = (a * b).sum() + b.sum() + (x * c).tanh().sum()
+            loss.backward()
+            return loss
+        return step, params, log
+    _compare(setup)

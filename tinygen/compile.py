@@ -407,29 +407,35 @@ class _BackwardPlan:
 
         def register(node, idx):
             return registers.setdefault((id(node), idx), len(registers))
+
+        def target(edge):  # where a gradient along this edge goes; a leaf's shape is read when it arrives
+            if edge is None:
+                return None
+            if isinstance(edge[0], Function):
+                return (register(*edge), None) + edge[0].out_meta[edge[1]]
+            return (None, edge[0], None, None)
         roots = (roots,) if isinstance(roots, Tensor) else tuple(roots)
-        self.roots = tuple((None, t) if t.grad_fn is None else (register(t.grad_fn, t._out_idx), None) for t in roots)
+        self.roots = tuple(target((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx))[:2] for t in roots)
         self.ones = tuple((t.data.shape, t.data.dtype, t.xp) for t in roots)  # the gradient of a scalar root
-        last = {id(t): (-1, t) for t in roots if t.grad_fn is None}  # leaf -> the last node with an edge to it
+        # the engine runs a leaf's hooks at the last edge that reaches it (the roots come first, as position -1)
+        last = {id(t): ((-1, j), t) for j, t in enumerate(roots) if t.grad_fn is None}
         for i, (node, _) in enumerate(trace):
-            for e in node.next_edges:
+            for j, e in enumerate(node.next_edges):
                 if e is not None and not isinstance(e[0], Function):
-                    last[id(e[0])] = (i, e[0])
+                    last[id(e[0])] = ((i, j), e[0])
         due = {}
-        for i, leaf in last.values():
+        for (i, _), leaf in sorted(last.values(), key=lambda entry: entry[0]):
             due.setdefault(i, []).append(leaf)
-        due_first, steps = due.pop(-1, []), []
-        hooks = due_first  # a leaf no node that ran reaches: its hooks are due before the first node
+        first, steps = due.pop(-1, []), []
         for i, (node, ran) in enumerate(trace):
             if ran:
-                outs = tuple(None if e is None else (None, e[0], None, None) if not isinstance(e[0], Function) else
-                             (register(*e), None) + e[0].out_meta[e[1]] for e in node.next_edges)
                 ins = tuple(register(node, k) for k in range(len(node.out_meta)))
-                hooks = []
-                steps.append((node, node.array_backward, ins, node.out_meta if len(ins) > 1 else None, outs, hooks))
-            hooks.extend(due.get(i, ()))
-        self.due_first = tuple(due_first)
-        self.steps = tuple(s[:5] + (tuple(s[5]),) for s in steps)
+                outs = tuple(target(e) for e in node.next_edges)
+                steps.append((node, node.array_backward, ins, node.out_meta if len(ins) > 1 else None, outs, []))
+            # due at a node that did not run: after the last one that did (nothing happens in between)
+            (steps[-1][5] if steps else first).extend(due.get(i, ()))
+        self.due_first = tuple(first)
+        self.steps = tuple(step[:5] + (tuple(step[5]),) for step in steps)
         self.size = len(registers)
         self.release = not retain_graph
 
