@@ -290,3 +290,18 @@ def test_hooks_due_at_the_same_node_run_in_the_engines_order():
             return loss
         return step, params, log
     _compare(setup)
+
+
+def test_a_backward_into_chosen_inputs_stays_with_the_engine_and_matches_eager():
+    def setup():
+        tg.manual_seed(0)
+        lin = nn.Linear(3, 2)
+
+        def step(x):
+            lin.zero_grad()
+            out = lin(x).tanh().sum()
+            out.backward(inputs=[lin.weight])  # the bias gets no gradient
+            return out
+        return step, list(lin.parameters()), []
+    f = _compare(setup)
+    assert _flat_backwards(f) == 0

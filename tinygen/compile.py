@@ -461,11 +461,12 @@ def _run_plan(plan, root_grads):
                 regs[r] = g if regs[r] is None else _added(regs[r], g)
         _post_accumulate(plan.due_first, direct)
         for node, array_backward, ins, metas, outs, due in plan.steps:
+            xp = node.xp
             grads = [regs[r] for r in ins]
             for r in ins:
                 regs[r] = None
             if metas is not None:  # several outputs: a missing gradient is zero
-                grads = [g if g is not None else node.xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
+                grads = [g if g is not None else xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
             if array_backward is not None:
                 out = array_backward(node, *grads)
             else:
@@ -478,10 +479,10 @@ def _run_plan(plan, root_grads):
                 g = g.data if isinstance(g, Tensor) else engine.gradient_array(g, node)
                 r, leaf, shape, dtype = target
                 if leaf is None:
-                    g = engine.fit_array(g, shape, dtype, node.xp)
+                    g = engine.fit_array(g, shape, dtype, xp)
                     regs[r] = g if regs[r] is None else _added(regs[r], g)
                 else:
-                    g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, node.xp)
+                    g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
                     engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
             if due:
                 _post_accumulate(due, direct)
