@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
@@ -31,7 +31,7 @@ Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the backward releases the node, as in eager.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
-           graph is built and none is walked: a plain backward runs its plan on arrays (``_run_plan``): each
+           graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
            node's ``array_backward`` (else its ``backward`` under no_grad), on the saved arrays the replayed
            forwards have just refreshed; each gradient fitted to its input's shape, summed into a register or
            delivered into ``.grad`` by the engine's own functions (so set_to_none, accumulation into an existing
