@@ -1,11 +1,13 @@
 """The recorder hook of ``tinygen.compile``: the one place the core talks to a program being recorded.
 
 While ``tinygen.compile`` records a step, ``CAPTURE.recorder`` holds its recorder; otherwise it is None and every
-hook below is a single attribute test. The core reports to it at three kinds of places:
+hook below is a single attribute test. The core reports to it at these places:
 
   * ``Function.apply`` reports every op called from the user's code (not the ops inside other ops);
-  * functions marked ``@replayed`` (random draws, optimizer steps, ``zero_grad``, ...) and ``backward()`` /
-    ``grad()`` are recorded as calls to make again on every replay;
+  * functions marked ``@replayed`` (random draws, optimizer steps, ``zero_grad``, ...) and ``grad()`` are
+    recorded as calls to make again on every replay;
+  * ``backward()`` hands itself to ``record_backward``, which runs the engine with a ``trace`` (the engine
+    appends the nodes it visits) and keeps the engine's steps to replay them without the walk;
   * setting a tensor's ``requires_grad`` (freezing a module for part of a step) is recorded and set again on
     every replay (``note_requires_grad``);
   * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while

@@ -4,14 +4,22 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
              forward(Matmul), forward(Tanh), forward(Sum)   every op called from fn: class, node, argument tensors
-             call(backward, loss)                           a plain backward: the engine runs again on replay
+             backward(plan, loss)                           a plain backward: the steps the engine took
+                                                            (``_BackwardPlan``: Sum's, Tanh's, Matmul's backward)
              call(Adam.step, opt)                           marked @replayed: optimizer steps, zero_grad, random
                                                             draws, gradient clipping, scheduler steps
+           The engine tells the recorder which nodes it visited, in its order, and which ran (a ``trace``); the
+           plan is those that ran, each with the registers its incoming gradients are summed in, where each
+           gradient it returns goes (another node's register, or a leaf's ``.grad``) and the leaves whose
+           post-accumulate-grad hooks are due after it. A backward with ``create_graph=True`` or ``inputs=``,
+           ``grad()``, and a backward whose graph has nodes a create_graph call made (WGAN-GP's penalty: that
+           graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
+           the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
            the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
            module the step called and the requires_grad of every leaf tensor it used (as it was before the step
@@ -23,8 +31,14 @@ Three stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the backward releases the node, as in eager.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
-           graph is built; the backward walks the recorded graph, whose saved arrays the replayed forwards have
-           just refreshed. Parameters, optimizer state and buffers are the very arrays the model holds, updated
+           graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
+           node's ``array_backward`` (else its ``backward`` under no_grad), on the saved arrays the replayed
+           forwards have just refreshed; each gradient fitted to its input's shape, summed into a register or
+           delivered into ``.grad`` by the engine's own functions (so set_to_none, accumulation into an existing
+           ``.grad`` and the copy of a shared array happen as in eager); the node released unless
+           ``retain_graph``; post-accumulate-grad hooks (DistributedDataParallel's all-reduces) and the
+           functions they queue run where the engine runs them, with the hooks registered at that moment.
+           Parameters, optimizer state and buffers are the very arrays the model holds, updated
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
 
@@ -52,8 +66,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import random as _random
-from .autograd.engine import _backward, _grad
-from .autograd.function import _edges, user_frame
+from .autograd import engine
+from .autograd.engine import _backward, _grad, _roots
+from .autograd.function import Function, _edges, user_frame
 from .autograd.grad_mode import STATE
 from .capture import CAPTURE
 from .tensor import Tensor, _make
@@ -128,6 +143,7 @@ class _Recorder:
         self.modules = {}
         self.leaves = {}
         self.made = set()  # ids of the tensors the step made: they need no guard
+        self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
 
     def record_apply(self, cls, args):
@@ -145,6 +161,8 @@ class _Recorder:
                 if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
                     self.leaves.setdefault(id(a), (a, a._requires_grad))
         self.made.update(id(t) for t in outs)
+        if ctx is not None:
+            self.nodes.add(id(ctx))
         self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None, None))
         return out
 
@@ -162,6 +180,25 @@ class _Recorder:
         self.made.update(id(t) for t in _tensors_in(result))
         self.relink = self.relink or builds_graph
         return result
+
+    def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
+        """A plain backward is recorded as the steps the engine took (``_BackwardPlan``); one that builds a graph,
+        or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
+        if create_graph or inputs is not None:
+            return self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
+                                    builds_graph=create_graph)
+        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in (tensors, grad_tensors)) + (retain_graph,
+                                                                                                       False, None)
+        trace = []
+        self.depth += 1
+        try:
+            _backward(*args, trace=trace)
+        finally:
+            self.depth -= 1
+        if all(id(node) in self.nodes for node, _ in trace):
+            self.steps.append((_replay_backward, _BackwardPlan(args[0], trace, retain_graph), args))
+        else:
+            self.steps.append((_replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
 
     def record_requires_grad(self, tensor, flag):
         if id(tensor) not in self.made:
@@ -281,13 +318,12 @@ def _with_releases(steps, inputs, keep):
                 by_node[id(operands[1])] = operands
         elif run is _replay_alias:
             uses, new = operands[:1], operands[1:]
-        elif run is _replay_call and operands[0] in (_backward, _grad):
-            roots = _tensors_in(operands[1][0])
+        elif run is _replay_backward or (run is _replay_call and operands[0] in (_backward, _grad)):
             if relinked:
                 uses, walked = made, by_node
             else:
-                walked, graph = _graph(roots, by_node, unshadowable)
-                uses = roots + graph
+                walked, graph = _graph(_tensors_in(operands[1][0]), by_node, unshadowable)
+                uses = _tensors_in(operands[1]) + graph  # the roots, their gradients, grad()'s inputs
         elif run is _replay_call:
             uses, new = _tensors_in(operands[1], operands[2]), operands[5]
         out.append((run, operands))
@@ -341,9 +377,10 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     STATE.grad_enabled = False  # as in Function.apply: nothing inside a forward records
     if relink:  # an input may be a gradient a replayed create_graph call has just rebuilt, with a new node
         ctx.next_edges = _edges(args)
-    elif ctx is None:  # an op outside the graph: a fresh node, as apply makes one
+    elif ctx is None:  # an op outside the graph: a fresh node, as apply makes one, gone after this call
         ctx = _new(cls)
         ctx._saved, ctx._out_data, ctx.device = (), None, device
+        shadowable = None  # so what it saves needs no shadows
     out = cls.forward(ctx, *args)
     datas = out if type(out) is tuple else (out,)
     for t, d in zip(outs, datas):
@@ -357,6 +394,118 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     saved = ctx._saved
     if saved and shadowable:
         ctx._saved = tuple(_shadow(t) if isinstance(t, Tensor) and id(t) in shadowable else t for t in saved)
+
+
+class _BackwardPlan:
+    """A plain backward as the flat sequence of steps the engine took when it was recorded: for each node that
+    ran, in the engine's order, the registers (one per node output) its gradients were summed in, and where each
+    gradient it returns goes (a register, or a leaf's .grad); the leaves whose post-accumulate-grad hooks become
+    due after it (those of its edges' leaves that no later node reaches: when the engine runs them)."""
+
+    def __init__(self, roots, trace, retain_graph):
+        registers = {}
+
+        def register(node, idx):
+            return registers.setdefault((id(node), idx), len(registers))
+
+        def target(edge):  # where a gradient along this edge goes; a leaf's shape is read when it arrives
+            if edge is None:
+                return None
+            if isinstance(edge[0], Function):
+                return (register(*edge), None) + edge[0].out_meta[edge[1]]
+            return (None, edge[0], None, None)
+        roots = (roots,) if isinstance(roots, Tensor) else tuple(roots)
+        self.roots = tuple(target((t, 0) if t.grad_fn is None else (t.grad_fn, t._out_idx))[:2] for t in roots)
+        self.ones = tuple((t.data.shape, t.data.dtype, t.xp) for t in roots)  # the gradient of a scalar root
+        # the engine runs a leaf's hooks at the last edge that reaches it (the roots come first, as position -1)
+        last = {id(t): ((-1, j), t) for j, t in enumerate(roots) if t.grad_fn is None}
+        for i, (node, _) in enumerate(trace):
+            for j, e in enumerate(node.next_edges):
+                if e is not None and not isinstance(e[0], Function):
+                    last[id(e[0])] = ((i, j), e[0])
+        due = {}
+        for (i, _), leaf in sorted(last.values(), key=lambda entry: entry[0]):
+            due.setdefault(i, []).append(leaf)
+        first, steps = due.pop(-1, []), []
+        for i, (node, ran) in enumerate(trace):
+            if ran:
+                ins = tuple(register(node, k) for k in range(len(node.out_meta)))
+                outs = tuple(target(e) for e in node.next_edges)
+                steps.append((node, node.array_backward, ins, node.out_meta if len(ins) > 1 else None, outs, []))
+            # due at a node that did not run: after the last one that did (nothing happens in between)
+            (steps[-1][5] if steps else first).extend(due.get(i, ()))
+        self.due_first = tuple(first)
+        self.steps = tuple(step[:5] + (tuple(step[5]),) for step in steps)
+        self.size = len(registers)
+        self.release = not retain_graph
+
+
+def _replay_backward(plan, args):
+    if args[1] is None:  # scalar roots, as recorded
+        root_grads = [xp.ones(shape, dtype=dtype) for shape, dtype, xp in plan.ones]
+    else:
+        root_grads = [g.data for g in _roots(args[0], args[1])[1]]
+    engine.with_callbacks(_run_plan, plan, root_grads)
+
+
+def _run_plan(plan, root_grads):
+    """The recorded steps of a plain backward, on arrays: what ``engine._run`` computes, without its walk."""
+    regs = [None] * plan.size
+    direct = {}
+    prev, STATE.grad_enabled = STATE.grad_enabled, False
+    try:
+        for (r, leaf), g in zip(plan.roots, root_grads):
+            if leaf is not None:
+                engine.deliver_to_leaf(leaf, _make(g, leaf._device), direct, False)
+            else:
+                regs[r] = g if regs[r] is None else _added(regs[r], g)
+        _post_accumulate(plan.due_first, direct)
+        for node, array_backward, ins, metas, outs, due in plan.steps:
+            xp = node.xp
+            grads = [regs[r] for r in ins]
+            for r in ins:
+                regs[r] = None
+            if metas is not None:  # several outputs: a missing gradient is zero
+                grads = [g if g is not None else xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
+            if array_backward is not None:
+                out = array_backward(node, *grads)
+            else:
+                out = node.backward(node, *[_make(g, node.device) for g in grads])
+            if type(out) is not tuple:
+                out = (out,)
+            for target, g in zip(outs, out):
+                if target is None or g is None:
+                    continue
+                g = g.data if isinstance(g, Tensor) else engine.gradient_array(g, node)
+                r, leaf, shape, dtype = target
+                if leaf is None:
+                    g = engine.fit_array(g, shape, dtype, xp)
+                    regs[r] = g if regs[r] is None else _added(regs[r], g)
+                else:
+                    g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
+                    engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
+            if due:
+                _post_accumulate(due, direct)
+            if plan.release:
+                node.release()
+    finally:
+        STATE.grad_enabled = prev
+    engine.own_gradients(direct, {id(g) for g in root_grads})
+
+
+def _added(a, b):
+    """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
+    s = a + b
+    return np.asarray(s) if isinstance(s, np.generic) else s
+
+
+def _post_accumulate(leaves, direct):
+    """The post-accumulate-grad hooks of ``leaves`` that got a gradient (read now: hooks may come and go)."""
+    hooks = engine._post_accumulate_hooks
+    if hooks:
+        for leaf in leaves:
+            if leaf in direct and id(leaf) in hooks:
+                engine._call_post_accumulate_hooks(leaf)
 
 
 def _replay_call(fn, args, kwargs, result, grad_enabled, new):

@@ -15,6 +15,10 @@ can be differentiated again.
 Two hooks let code act while a backward() runs (``tinygen.nn.parallel`` uses them to start gradient all-reduces
 as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (as PyTorch's) and
 ``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns).
+
+While ``tinygen.compile`` records a step, a plain ``backward()`` runs with a ``trace``: the engine appends each
+node it visits, and the recorder keeps the steps taken to replay them without this walk (``compile._run_plan``,
+which delivers gradients with ``deliver_to_leaf``, ``fit_array`` and ``own_gradients`` below, as ``_run`` does).
 """
 import weakref
 
@@ -29,29 +33,41 @@ from .grad_mode import STATE
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
     """Accumulate the gradients of ``tensors`` into the ``.grad`` of the leaves (or only of ``inputs``)."""
-    if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
-        return CAPTURE.recorder.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs),
-                                            {}, builds_graph=create_graph)
+    if recording():  # tinygen.compile records it (as the steps the engine takes, see record_backward)
+        return CAPTURE.recorder.record_backward(tensors, grad_tensors, retain_graph, create_graph, inputs)
     return _backward(tensors, grad_tensors, retain_graph, create_graph, inputs)
 
 
-def _backward(tensors, grad_tensors, retain_graph, create_graph, inputs):
-    global _callbacks
+def _backward(tensors, grad_tensors, retain_graph, create_graph, inputs, trace=None):
+    """``backward()`` itself. ``trace``: a list the engine appends ``(node, ran)`` to for every node of the graph in
+    the order it visits them (``ran``: it received a gradient and its backward ran): how tinygen.compile learns
+    the steps of a backward to replay them without the walk."""
     tensors, grads = _roots(tensors, grad_tensors)
     if retain_graph is None:
         retain_graph = create_graph
+    with_callbacks(_accumulate_gradients, tensors, grads, retain_graph, create_graph, inputs, trace)
+
+
+def _accumulate_gradients(tensors, grads, retain_graph, create_graph, inputs, trace):
+    if inputs is None:
+        _run(tensors, grads, retain_graph, create_graph, None, trace)
+        return
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    results = _run(tensors, grads, retain_graph, create_graph, inputs)
+    for t, g in zip(inputs, results):
+        if g is not None:
+            _accumulate(t, g, create_graph)
+            if t.grad_fn is None and id(t) in _post_accumulate_hooks:
+                _call_post_accumulate_hooks(t)
+
+
+def with_callbacks(fn, *args):
+    """Run ``fn(*args)`` as a backward pass: ``queue_callback`` works inside it, and the functions it queues run
+    once it has returned."""
+    global _callbacks
     outer, _callbacks = _callbacks, []
     try:
-        if inputs is None:
-            _run(tensors, grads, retain_graph, create_graph, None)
-        else:
-            inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
-            results = _run(tensors, grads, retain_graph, create_graph, inputs)
-            for t, g in zip(inputs, results):
-                if g is not None:
-                    _accumulate(t, g, create_graph)
-                    if t.grad_fn is None and id(t) in _post_accumulate_hooks:
-                        _call_post_accumulate_hooks(t)
+        fn(*args)
         queued = _callbacks
     finally:
         _callbacks = outer
@@ -124,7 +140,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     ``grad_outputs`` weights each output (needed for non-scalar outputs). With ``create_graph=True`` the returned
     gradients have a graph and can be differentiated again (gradient penalties, Hessian-vector products).
     """
-    if recording():  # tinygen.compile replays a backward as one call (autograd/capture.py)
+    if recording():  # tinygen.compile replays grad() as one call (capture.py)
         return CAPTURE.recorder.record_call(_grad, (outputs, inputs, grad_outputs, retain_graph, create_graph,
                                                     allow_unused), {}, builds_graph=create_graph)
     return _grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused)
@@ -215,20 +231,30 @@ class _Plain:
     def as_gradient(g, node):
         if isinstance(g, Tensor):
             return g
-        return _make(g if type(g) is np.ndarray else node.xp.asarray(g), node.device)  # NumPy scalars, CuPy arrays
+        return _make(gradient_array(g, node), node.device)
 
     @staticmethod
     def fit(g, shape, dtype, xp):
-        d = g.data
-        if d.shape != shape:
-            d = xp.broadcast_to(d, shape) if _expands(d.shape, shape) else sum_to_array(d, shape)
-        if d.dtype != dtype:
-            d = d.astype(dtype)
+        d = fit_array(g.data, shape, dtype, xp)
         return g if d is g.data else _make(d, g._device)
 
     @staticmethod
     def zeros(node, shape, dtype):
         return _make(node.xp.zeros(shape, dtype=dtype), node.device)
+
+
+def gradient_array(g, node):
+    """An array a backward returned, as an array of its node's device (NumPy scalars, CuPy arrays)."""
+    return g if type(g) is np.ndarray else node.xp.asarray(g)
+
+
+def fit_array(d, shape, dtype, xp):
+    """A plain gradient's array brought to the shape and dtype of the input it belongs to."""
+    if d.shape != shape:
+        d = xp.broadcast_to(d, shape) if _expands(d.shape, shape) else sum_to_array(d, shape)
+    if d.dtype != dtype:
+        d = d.astype(dtype)
+    return d
 
 
 class _Graph:
@@ -290,7 +316,7 @@ def _run_backward(node, fn, grads):
     return fn(node, *grads)
 
 
-def _run(roots, root_grads, retain_graph, create_graph, inputs):
+def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
     """The engine. With ``inputs`` it returns their gradients; without, it accumulates into every leaf."""
     mode = _Graph if create_graph else _Plain
     capture = None
@@ -334,15 +360,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
                 buf = buffers[target] = [None] * len(target.out_meta)
             buf[idx] = g if buf[idx] is None else buf[idx] + g
         elif capture is None:
-            if target.grad is None:
-                target.grad = g
-                direct[target] = True
-            elif direct.get(target):  # .grad is still an array handed over as-is (shared, maybe read-only):
-                target.grad = target.grad + g  # never add into it in place
-                direct[target] = False
-            else:
-                _accumulate(target, g, create_graph)
-                direct[target] = False
+            deliver_to_leaf(target, g, direct, create_graph)
 
     prev = STATE.grad_enabled
     STATE.grad_enabled = create_graph
@@ -353,6 +371,8 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
             settle([(t, 0) for t in roots if t.grad_fn is None])
         for node in nodes:
             grads = buffers.pop(node, None)
+            if trace is not None:
+                trace.append((node, grads is not None))
             if grads is None:
                 if hooked:
                     settle(node.next_edges)
@@ -387,15 +407,34 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs):
     finally:
         STATE.grad_enabled = prev
 
-    # A gradient handed over as-is may be shared (the same array given to two inputs, a view of the upstream
-    # gradient, the user's own gradient array): copy those, so that a .grad never aliases anything else.
     taken = {id(g.data) for g in root_grads}
     if capture is None:
-        for leaf, is_direct in direct.items():
-            if is_direct:
-                leaf.grad = _unshared(leaf.grad, taken)
+        own_gradients(direct, taken)
         return None
     return [None if g is None else _unshared(g, taken) for g in results]
+
+
+def deliver_to_leaf(leaf, g, direct, create_graph):
+    """Add the gradient ``g`` into ``leaf.grad``. ``direct`` (one dict per backward) marks the leaves whose .grad
+    is still the very array a backward returned (maybe shared, maybe read-only): never added into in place."""
+    if leaf.grad is None:
+        leaf.grad = g
+        direct[leaf] = True
+    elif direct.get(leaf):
+        leaf.grad = leaf.grad + g
+        direct[leaf] = False
+    else:
+        _accumulate(leaf, g, create_graph)
+        direct[leaf] = False
+
+
+def own_gradients(direct, taken):
+    """At the end of a backward: a gradient handed over as-is may be shared (the same array given to two inputs,
+    a view of the upstream gradient, the user's own gradient array: ids in ``taken``): copy those, so that a .grad
+    never aliases anything else."""
+    for leaf, is_direct in direct.items():
+        if is_direct:
+            leaf.grad = _unshared(leaf.grad, taken)
 
 
 def _unshared(g, taken):
