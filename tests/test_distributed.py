@@ -342,3 +342,18 @@ def test_queue_callback_runs_after_backward_with_owned_gradients():
         autograd.queue_callback(lambda: None)
     with pytest.raises(RuntimeError, match="register_post_accumulate_grad_hook: only a leaf"):
         (w * 2).register_post_accumulate_grad_hook(print)
+
+
+def test_a_hook_that_refers_to_its_leaf_does_not_keep_it_alive():
+    import gc
+    import weakref
+
+    from tinygen.autograd import engine
+    w = tg.tensor([1.0, 2.0], requires_grad=True)
+    w.register_post_accumulate_grad_hook(lambda t, w=w: w.grad)  # the hook holds w, as DDP's hooks hold parameters
+    (w * 2).sum().backward()
+    ref, key = weakref.ref(w), id(w)
+    del w
+    gc.collect()
+    assert ref() is None and key not in engine._post_accumulate_hooks
+

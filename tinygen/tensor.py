@@ -28,7 +28,7 @@ def get_default_dtype():
 
 
 class Tensor:
-    __slots__ = ("data", "_device", "_requires_grad", "grad", "grad_fn", "_out_idx", "__weakref__")
+    __slots__ = ("data", "_device", "_requires_grad", "grad", "grad_fn", "_out_idx", "_hooks", "__weakref__")
     __array_ufunc__ = None  # numpy_array + tensor calls Tensor.__radd__ instead of building an object array
 
     def __init__(self, data, dtype=None, device="cpu", requires_grad=False):

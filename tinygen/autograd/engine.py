@@ -76,7 +76,9 @@ def with_callbacks(fn, *args):
 
 
 # ---- hooks ---------------------------------------------------------------------------------------------------------
-_post_accumulate_hooks = {}  # id(leaf) -> (weak reference to the leaf, [hook, ...])
+# id(leaf) -> a weak reference to the leaf. The hooks live on the leaf (``leaf._hooks``), so a hook that refers to
+# its own leaf (DistributedDataParallel's do) makes a cycle the garbage collector frees, not a leak through this dict.
+_post_accumulate_hooks = {}
 _callbacks = None  # while a backward() runs: the functions queued to run when it has finished
 
 
@@ -102,12 +104,13 @@ def register_post_accumulate_grad_hook(tensor, hook):
     if not callable(hook):
         raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
     key = id(tensor)
-    entry = _post_accumulate_hooks.get(key)
-    if entry is None:  # the entry goes when the tensor does (an id can be reused afterwards)
-        forget = lambda _, k=key: _post_accumulate_hooks.pop(k, None)  # noqa: E731
-        entry = _post_accumulate_hooks[key] = (weakref.ref(tensor, forget), [])
-    entry[1].append(hook)
-    return RemovableHandle(entry[1], hook)
+    if key not in _post_accumulate_hooks:  # the entry goes when the tensor does (an id can be reused afterwards)
+        # the dict is bound here: at interpreter exit the module's globals may already be gone
+        forget = lambda _, k=key, registry=_post_accumulate_hooks: registry.pop(k, None)  # noqa: E731
+        _post_accumulate_hooks[key] = weakref.ref(tensor, forget)
+        tensor._hooks = []
+    tensor._hooks.append(hook)
+    return RemovableHandle(tensor._hooks, hook)
 
 
 def queue_callback(fn):
@@ -119,7 +122,7 @@ def queue_callback(fn):
 
 
 def _call_post_accumulate_hooks(leaf):
-    for hook in tuple(_post_accumulate_hooks[id(leaf)][1]):
+    for hook in tuple(leaf._hooks):
         hook(leaf)
 
 
