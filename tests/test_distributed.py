@@ -356,4 +356,3 @@ def test_a_hook_that_refers_to_its_leaf_does_not_keep_it_alive():
     del w
     gc.collect()
     assert ref() is None and key not in engine._post_accumulate_hooks
-
