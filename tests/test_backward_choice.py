@@ -189,3 +189,23 @@ def test_fused_linear_activation_is_named_for_both_in_the_graph():
     assert "Linear+TanhBackward" in tg.viz.to_mermaid(y)
     model.fuse_linear_activation = False
     assert model(tg.randn(2, 3)).grad_fn.name() == "TanhBackward"
+
+
+@pytest.mark.parametrize("expr", [
+    lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b, lambda a, b: -a,
+    lambda a, b: a * 3.0 - 2.0 / b, lambda a, b: (a - b) * (a + b) / (b * b + 1.0),
+])
+def test_arithmetic_array_backward_gives_the_differentiable_backwards_bits(expr):
+    # the array forms of + - * / and unary minus are the differentiable ones on arrays: same gradient bits, with
+    # broadcasting (b is a row) and Python constants
+    rng = np.random.default_rng(0)
+    a = tg.tensor(rng.normal(size=(4, 3)).astype(np.float32), requires_grad=True)
+    b = tg.tensor((rng.random(3) + 0.5).astype(np.float32), requires_grad=True)
+    g = tg.tensor(rng.normal(size=(4, 3)).astype(np.float32))
+    expr(a, b).backward(g)
+    plain = [a.grad.numpy().copy(), None if b.grad is None else b.grad.numpy().copy()]
+    graph = tg.grad(expr(a, b), [a, b], g, create_graph=True, allow_unused=True)
+    for p, q in zip(plain, graph):
+        assert (p is None) == (q is None)
+        if p is not None:
+            assert np.array_equal(p, q.detach().numpy())

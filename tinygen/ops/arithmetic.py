@@ -42,6 +42,8 @@ class Add(Function):
     def backward(ctx, g):
         return g, g
 
+    array_backward = backward  # the same on arrays
+
 
 class Sub(Function):
     @staticmethod
@@ -51,6 +53,8 @@ class Sub(Function):
     @staticmethod
     def backward(ctx, g):
         return g, (-g if ctx.next_edges[1] is not None else None)
+
+    array_backward = backward  # the same on arrays
 
 
 class Mul(Function):
@@ -64,6 +68,12 @@ class Mul(Function):
         a, b = ctx.saved_tensors
         need = ctx.next_edges
         return (g * b if need[0] is not None else None), (g * a if need[1] is not None else None)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        a, b = ctx.saved_tensors
+        need = ctx.next_edges
+        return (g * b.data if need[0] is not None else None), (g * a.data if need[1] is not None else None)
 
 
 class Div(Function):
@@ -79,6 +89,12 @@ class Div(Function):
         (b,) = ctx.saved_tensors
         ga = g / b
         return ga, (-ga * ctx.output if ctx.next_edges[1] is not None else None)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        (b,) = ctx.saved_tensors
+        ga = g / b.data
+        return ga, (-ga * ctx.output_array if ctx.next_edges[1] is not None else None)
 
 
 class Pow(Function):
@@ -114,6 +130,8 @@ class Neg(Function):
     @staticmethod
     def backward(ctx, g):
         return -g
+
+    array_backward = backward  # the same on arrays
 
 
 @register("add", "__add__")
