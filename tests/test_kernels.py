@@ -296,6 +296,54 @@ def test_optimizer_parallel_twins(impl, threads):
             same(a, e, f"{run.__name__} {opts}")
 
 
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(f"u{a.itemsize}")
+
+
+# Running averages each optimizer keeps, one step with a zero gradient on the first four elements: each average
+# decays by its factor (<= 0.9) from a seed just above the smallest normal number, so it would become subnormal.
+FLUSH_CASES = [
+    ("sgd", lambda mod, p, g, st: mod.sgd_step(p, g, st[0], 0.1, momentum=0.9)),
+    ("sgd-nesterov-dampening", lambda mod, p, g, st: mod.sgd_step(p, g, st[0], 0.1, 0.9, 0.1, True, 0.0)),
+    ("adam", lambda mod, p, g, st: mod.adam_step(p, g, st[0], st[1], None, 1e-3, 0.9, 0.9, 1e-8, 0.0, False, 3)),
+    ("adamw-amsgrad-beta1<0.5", lambda mod, p, g, st: mod.adam_step(p, g, st[0], st[1], st[2], 1e-3, 0.3, 0.9, 1e-8,
+                                                                    0.01, True, 3)),
+    ("rmsprop-centered-momentum", lambda mod, p, g, st: mod.rmsprop_step(p, g, st[0], st[1], st[2], 1e-2, 0.9,
+                                                                         momentum=0.5, centered=True)),
+    ("rmsprop", lambda mod, p, g, st: mod.rmsprop_step(p, g, st[0], None, None, 1e-2, 0.9)),
+]
+FLUSHED_STATE = {"sgd": 1, "sgd-nesterov-dampening": 1, "adam": 2, "adamw-amsgrad-beta1<0.5": 2,
+                 "rmsprop-centered-momentum": 3, "rmsprop": 1}  # state arrays that are running averages
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,step", FLUSH_CASES, ids=[c[0] for c in FLUSH_CASES])
+def test_optimizer_flushes_subnormal_averages_to_zero(impl, name, step, dtype):
+    """An average that an update would leave subnormal (slow arithmetic on x86) is zero instead, with its sign
+    (x * 0, as the reference writes it), in the reference and in each kernel, bit for bit; a NaN stays NaN,
+    and normal values are untouched."""
+    tiny = np.finfo(dtype).tiny
+    seed = np.array([1.05 * tiny, -1.05 * tiny, 1.05 * tiny, -1.05 * tiny, 0.5, 0.25, np.nan, 1.0], dtype)
+    assert 0 < abs(seed[0] * dtype(0.9)) < tiny  # without the flush, the first four would be subnormal
+    grad = np.array([0, 0, 0, 0, 0.25, -1.0, 0.5, 0.0], dtype)
+    results = {}
+    for mod, put, get in ((ref, lambda a: a, lambda a: a), (impl.mod, impl.put, impl.get)):
+        p = put(np.ones_like(seed))
+        state = [put(seed.copy()) for _ in range(3)]
+        step(mod, p, put(grad), state)
+        results[mod.__name__] = [get(a) for a in [p] + state]
+    expected, got = results[ref.__name__], results[impl.mod.__name__]
+    for i, (a, e) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(_bits(a), _bits(e), err_msg=f"{name}: array {i} differs from the reference")
+    for i in range(1, 1 + FLUSHED_STATE[name]):
+        avg = expected[i]
+        assert (avg[:4] == 0).all(), f"{name}: state {i} kept subnormals {avg[:4]}"
+        assert list(np.signbit(avg[:4])) == [False, True, False, True], f"{name}: state {i} lost the sign"
+        assert (np.abs(avg[4:6]) >= tiny).all() and np.isnan(avg[6]), f"{name}: state {i} = {avg}"
+        assert avg[7] != 0, f"{name}: state {i}: a normal average was flushed"
+
+
 def test_optimizer_errors(impl):
     p = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="momentum_buffer"):
