@@ -1100,6 +1100,46 @@ def test_gemm_computes_the_reference_product(case, dtype):
                                   else a * b)
 
 
+@pytest.mark.parametrize("shapes, serial", [(((16, 784), (784, 512)), True), (((4, 16, 64), (4, 64, 32)), True),
+                                            (((64, 512), (512, 512)), False), (((7, 1), (1, 9)), False)])
+def test_gemm_runs_small_products_on_one_blas_thread(monkeypatch, shapes, serial):
+    """Products below BLAS_PARALLEL_MIN multiply-adds (per matrix of a stack) go through on_one_blas_thread; larger
+    ones, and outer products (no BLAS call), do not. The product is the same either way."""
+    routed = []
+    real = kthreads.on_one_blas_thread
+    monkeypatch.setattr(kthreads, "on_one_blas_thread", lambda fn, *args: routed.append(args) or real(fn, *args))
+    rng = np.random.default_rng(24)
+    a, b = (randn(rng, s, np.float32) for s in shapes)
+    got = gemm.mm(a, b)
+    assert len(routed) == serial
+    close(got, a @ b if a.shape[-1] > 1 else a * b, np.float32)
+    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 0)  # the setting: 0 lets every product split
+    routed.clear()
+    gemm.mm(a, b)
+    assert not routed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("threadpoolctl") is None, reason="needs threadpoolctl")
+def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    libs = kthreads._find_numpy_blas()
+    assert libs, "NumPy's BLAS was not found among the loaded libraries"
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = [lib.get_num_threads() for lib in libs]
+        inside = kthreads.on_one_blas_thread(lambda: [lib.get_num_threads() for lib in libs])
+        assert inside == [1] * len(libs)
+        assert [lib.get_num_threads() for lib in libs] == outside
+        before = counts()
+        with pytest.raises(ZeroDivisionError):  # restored when the product fails too
+            kthreads.on_one_blas_thread(lambda: 1 / 0)
+        assert counts() == before
+        assert kthreads.on_one_blas_thread(np.add, 2, 3) == 5  # arguments pass through
+
+
 # ---- the multi-tensor Adam step ------------------------------------------------------------------------------------
 @requires_numba
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)

@@ -5,7 +5,7 @@
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
 a small pool that runs NumPy's transcendental ufuncs (exp, log1p, tanh) in chunks from UFUNC_PARALLEL_MIN elements
 (NumPy releases the GIL inside a ufunc, so the chunks run at once, with the bits of one call). BLAS threads, for
-matmul, are set here too.
+matmul, are set here too, and small products run on one of them (``on_one_blas_thread``, from gemm.mm).
 
 Reductions split across threads add their parts in a different order, so a result may change in the last bits
 (within float rounding) when the thread count changes; with a fixed count, results are repeatable.
@@ -26,8 +26,16 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 # and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
+# Multiply-adds (m * k * n) below which a matrix product runs on one BLAS thread. OpenBLAS splits a product across
+# its threads from 262,144 multiply-adds, but on the 2-core machine of benchmarks/PROFILE.md a second thread did not
+# pay below about 8M (the products of a batch-16 MLP step took as long on one thread as on two, best of 30), and a
+# split product waits until the other thread is woken and scheduled: when another process holds the second core,
+# that wait is milliseconds, and a batch-16 step slowed 5-10x under load.
+BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
+
 _requested = None
 _ufunc_pool = {}  # worker count -> ThreadPoolExecutor, made on first use
+_numpy_blas_libs = None  # threadpoolctl controllers of NumPy's BLAS, found on first use (() without threadpoolctl)
 
 
 def set_num_threads(n):
@@ -54,6 +62,42 @@ def get_num_threads():
     if numba is not None:
         return numba.get_num_threads()
     return os.cpu_count() or 1
+
+
+def on_one_blas_thread(fn, *args):
+    """``fn(*args)`` with NumPy's BLAS limited to one thread, then set back to its thread count. Needs threadpoolctl
+    (else ``fn`` runs as it is); a call costs about 2 microseconds. The limit is process-wide while ``fn`` runs."""
+    libs = _numpy_blas_libs if _numpy_blas_libs is not None else _find_numpy_blas()
+    lowered = []
+    for lib in libs:
+        n = lib.get_num_threads()
+        if n is not None and n > 1:
+            lib.set_num_threads(1)
+            lowered.append((lib, n))
+    if not lowered:
+        return fn(*args)
+    try:
+        return fn(*args)
+    finally:
+        for lib, n in lowered:
+            lib.set_num_threads(n)
+
+
+def _find_numpy_blas():
+    """The BLAS libraries NumPy calls (those inside its installation, as in its wheels; else every BLAS loaded: a
+    process may hold other copies, e.g. SciPy's, which NumPy's matmul never runs)."""
+    global _numpy_blas_libs
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        _numpy_blas_libs = ()
+        return _numpy_blas_libs
+    import numpy
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    home = os.path.dirname(os.path.realpath(numpy.__file__))  # .../numpy; a wheel's BLAS is in .../numpy.libs
+    own = [lib for lib in libs if os.path.realpath(lib.filepath).startswith(home)]
+    _numpy_blas_libs = tuple(own or libs)
+    return _numpy_blas_libs
 
 
 def _numba():
