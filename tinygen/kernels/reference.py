@@ -224,8 +224,15 @@ def _flush_subnormal_(xp, avg, tmp):
 
 
 def subnormal_limit(dtype):
-    """The smallest positive normal number of a float dtype: below it, in magnitude, a value is subnormal."""
-    return np.finfo(dtype).tiny
+    """The smallest positive normal number of a float dtype (as a scalar of that dtype): below it, in magnitude, a
+    value is subnormal."""
+    tiny = _TINY.get(dtype)
+    if tiny is None:
+        tiny = _TINY[dtype] = np.finfo(dtype).tiny
+    return tiny
+
+
+_TINY = {}  # dtype -> np.finfo(dtype).tiny (finfo costs a microsecond a call; optimizer steps ask every step)
 
 
 def _lerp_(xp, avg, target, weight, tmp):
