@@ -1100,23 +1100,62 @@ def test_gemm_computes_the_reference_product(case, dtype):
                                   else a * b)
 
 
-@pytest.mark.parametrize("shapes, serial", [(((16, 784), (784, 512)), True), (((4, 16, 64), (4, 64, 32)), True),
-                                            (((64, 512), (512, 512)), False), (((7, 1), (1, 9)), False)])
-def test_gemm_runs_small_products_on_one_blas_thread(monkeypatch, shapes, serial):
-    """Products below BLAS_PARALLEL_MIN multiply-adds (per matrix of a stack) go through on_one_blas_thread; larger
-    ones, and outer products (no BLAS call), do not. The product is the same either way."""
+@pytest.mark.parametrize("shapes, route", [(((16, 784), (784, 512)), "_serial"), (((4, 16, 64), (4, 64, 32)), "_serial"),
+                                           (((64, 512), (512, 512)), "_split"), (((7, 1), (1, 9)), None)])
+def test_gemm_routes_products_by_size(monkeypatch, shapes, route):
+    """Products below BLAS_PARALLEL_MIN multiply-adds (per matrix of a stack) run on one BLAS thread; larger 2-D ones
+    are split across tinygen's threads; outer products make no BLAS call. The product is the same either way."""
     routed = []
     real = kthreads.on_one_blas_thread
-    monkeypatch.setattr(kthreads, "on_one_blas_thread", lambda fn, *args: routed.append(args) or real(fn, *args))
+    monkeypatch.setattr(kthreads, "on_one_blas_thread", lambda fn, *args: routed.append(fn.__name__) or real(fn, *args))
     rng = np.random.default_rng(24)
     a, b = (randn(rng, s, np.float32) for s in shapes)
     got = gemm.mm(a, b)
-    assert len(routed) == serial
+    assert routed == ([route] if route else [])
     close(got, a @ b if a.shape[-1] > 1 else a * b, np.float32)
-    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 0)  # the setting: 0 lets every product split
+    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 1 << 40)  # the setting: everything on one thread
     routed.clear()
     gemm.mm(a, b)
-    assert not routed
+    assert routed == (["_serial"] if route else [])
+
+
+@pytest.mark.parametrize("m, k, n, transposed_b", [(64, 300, 40, False), (40, 300, 64, True), (37, 50, 91, False),
+                                                  (91, 50, 37, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_split_by_rows_or_columns_is_the_product(m, k, n, transposed_b, dtype):
+    """The split product (rows of the result, or of its transpose when it is wider than tall), with chunk bounds
+    aligned to 8 rows: C-ordered, and the product within rounding."""
+    rng = np.random.default_rng(25)
+    a = randn(rng, (m, k), dtype)
+    b = randn(rng, (n, k), dtype).T if transposed_b else randn(rng, (k, n), dtype)
+    for count in (2, 3):
+        got = gemm._split(count, a, b)
+        assert got.shape == (m, n) and got.dtype == dtype and got.flags.c_contiguous
+        close(got, a @ b, dtype)
+    same(gemm._split(1, a, b), gemm._product(a, b))  # one thread: one call
+
+
+def test_in_chunks_runs_a_chunk_its_thread_has_not_started():
+    """When the pool thread is busy (here: blocked; on a loaded machine: without a core), the calling thread runs
+    the chunk itself instead of waiting for that thread."""
+    import threading
+    n_threads = 2
+    kthreads.in_chunks(lambda lo, hi: None, 10, lambda: n_threads, min_size=0)  # the pool exists
+    pool = kthreads._pools[n_threads - 1]
+    release = threading.Event()
+    blocker = pool.submit(release.wait, 30)
+    try:
+        ran = []
+        kthreads.in_chunks(lambda lo, hi: ran.append((lo, hi, threading.get_ident())), 100, lambda: n_threads,
+                           min_size=0)
+        assert sorted(r[:2] for r in ran) == [(0, 50), (50, 100)]
+        assert {r[2] for r in ran} == {threading.get_ident()}
+    finally:
+        release.set()
+        blocker.result()
+    ran = []  # a free pool thread takes its chunk (or the caller does, if it gets there first): every chunk once
+    kthreads.in_chunks(lambda lo, hi: ran.append((lo, hi)), 100, lambda: n_threads, min_size=0)
+    assert sorted(ran) == [(0, 50), (50, 100)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("threadpoolctl") is None, reason="needs threadpoolctl")
@@ -1130,14 +1169,14 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
     assert libs, "NumPy's BLAS was not found among the loaded libraries"
     with threadpool_limits(limits=2, user_api="blas"):
         outside = [lib.get_num_threads() for lib in libs]
-        inside = kthreads.on_one_blas_thread(lambda: [lib.get_num_threads() for lib in libs])
-        assert inside == [1] * len(libs)
+        count, inside = kthreads.on_one_blas_thread(lambda c: (c, [lib.get_num_threads() for lib in libs]))
+        assert inside == [1] * len(libs) and count == max(outside) == 2
         assert [lib.get_num_threads() for lib in libs] == outside
         before = counts()
         with pytest.raises(ZeroDivisionError):  # restored when the product fails too
-            kthreads.on_one_blas_thread(lambda: 1 / 0)
+            kthreads.on_one_blas_thread(lambda c: 1 / 0)
         assert counts() == before
-        assert kthreads.on_one_blas_thread(np.add, 2, 3) == 5  # arguments pass through
+        assert kthreads.on_one_blas_thread(lambda c, x, y: x + y, 2, 3) == 5  # arguments pass through
 
 
 # ---- the multi-tensor Adam step ------------------------------------------------------------------------------------
