@@ -32,7 +32,7 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
 # Multiply-adds (m * k * n) from which gemm.mm splits a product across threads (below: one BLAS call on one thread).
 # OpenBLAS splits from 262,144 multiply-adds, but on the 2-core machine of benchmarks/PROFILE.md a second thread did
-# not pay below about 8M (the products of a batch-16 MLP step took as long on one thread as on two, best of 30), and
+# not pay below about 8M (the products of a batch-16 MLP step took as long on one thread as on two, best of 40), and
 # its split waits until the other thread is woken and scheduled: when another process held the second core, for
 # milliseconds per product, and a batch-16 step was 5-10x slower, a batch-64 step 10-20x.
 BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
@@ -143,7 +143,8 @@ def in_chunks(fn, n, thread_count, min_size=None, align=1):
     pool = _pools.get(t - 1)
     if pool is None:
         pool = _pools[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-chunks")
-    step = -(-(-(-n // t)) // align) * align
+    per_thread = -(-n // t)
+    step = -(-per_thread // align) * align  # rounded up to a multiple of align
     parts = [(pool.submit(fn, lo, min(n, lo + step)), lo) for lo in range(step, n, step)]
     fn(0, min(n, step))
     for f, lo in parts:
