@@ -3,12 +3,24 @@
     python -m benchmarks.step_bench                  # MLP GAN step at batch 64, Numba on vs off
     python -m benchmarks.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
     python -m benchmarks.step_bench --profile        # cProfile of the step (kernels on), top functions
+    python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
+
+``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan), built as the benchmark builds it
+(benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
+step into matrix products (kernels/gemm.py), the optimizer update (each optimizer's ``_step_group``), the other
+kernels (the fused Numba ones and the reference's array code, through tinygen.kernels) and the rest: Python (the
+autograd engine, the replay, module and op bodies with their inline NumPy calls). Each part is timed around its
+outermost call (a timer costs ~0.3 us a call), over alternating rounds with the timers on (medians over rounds);
+the plain step time comes from rounds with them off. ``--clock cpu`` times with the calling thread's CPU time
+instead of wall time: other processes on the machine do not inflate it, but the work of BLAS's helper threads
+is left out, so use it with ``--threads 1``.
 
 The models are built from tinygen.nn only: a DCGAN-style MLP GAN (G: 100-256-512-1024-784 with BatchNorm and
 LeakyReLU, tanh output; D: 784-512-256-1 with LeakyReLU; BCE with logits; Adam lr 2e-4, betas (0.5, 0.999)), and
 a classifier (784-512-256-10 with BatchNorm, ReLU, cross-entropy, SGD with momentum).
 """
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -135,6 +147,83 @@ def profile(model="gan", batch=64, steps=50, top=25):
         print(f"  {key:48s} {t / steps * 1e3:7.2f} ms  {100 * t / whole:5.1f}%")
 
 
+class _Timers:
+    """Wall time spent inside wrapped functions, by category; only the outermost wrapped call counts."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.total, self.depth, self.on, self.clock = {}, 0, False, clock
+
+    def wrap(self, fn, category):
+        self.total.setdefault(category, 0.0)
+        clock = self.clock
+
+        def timed(*args, **kwargs):
+            if not self.on or self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total[category] += clock() - t0
+                self.depth -= 1
+        timed.__wrapped__ = fn
+        return timed
+
+
+def _install_timers(timers):
+    """Wrap gemm.mm (where every name bound to it is), the optimizers' updates and every kernel of
+    tinygen.kernels' tables; call before the model is built, so a compiled step records the wrapped ones."""
+    import tinygen.optim as optim
+    from tinygen import kernels
+    from tinygen.kernels import gemm, reference
+    mm = gemm.mm
+    timed_mm = timers.wrap(mm, "matrix products (gemm.mm)")
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("tinygen") and getattr(mod, "mm", None) is mm:
+            mod.mm = timed_mm
+    for cls in (optim.SGD, optim.Adam, optim.RMSprop):
+        cls._step_group = timers.wrap(cls._step_group, "optimizer update")
+    modules = [reference]
+    if kernels.enabled():
+        from tinygen.kernels import cpu
+        modules.append(cpu)
+    for mod in modules:
+        for name in kernels.KERNELS:
+            fn = getattr(mod, name, None)
+            if fn is not None and name != "mm":
+                setattr(mod, name, timers.wrap(fn, "other kernels (elementwise, losses, norms)"))
+    kernels._cpu_table = None  # rebuilt from the wrapped functions
+
+
+def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter):
+    """Per-step time of a benchmark model's step without timers, with them, and its parts (medians over rounds;
+    see the module docstring)."""
+    from . import models_tinygen
+    from .specs import CASES, init_params, make_data
+    timers = _Timers(clock)
+    _install_timers(timers)
+    model = CASES[case]["model"]
+    build = models_tinygen.build_compiled if compiled else models_tinygen.build
+    step = build(case, batch, init_params(model, 0), make_data(model, batch)).step
+    for _ in range(20):
+        step()
+    plain, timed, parts = [], [], {k: [] for k in timers.total}
+    for _ in range(rounds):
+        for on in (False, True):
+            timers.on = on
+            before = dict(timers.total)
+            t0 = clock()
+            for _ in range(steps):
+                step()
+            (timed if on else plain).append((clock() - t0) / steps)
+            if on:
+                for k in parts:
+                    parts[k].append((timers.total[k] - before[k]) / steps)
+    timers.on = False
+    return statistics.median(plain), statistics.median(timed), {k: statistics.median(v) for k, v in parts.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.step_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gan", choices=sorted(MODELS))
@@ -142,6 +231,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile the step (kernels as the environment says)")
+    ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan"),
+                    help="split a benchmark model's step (python -m benchmarks) into its parts")
+    ap.add_argument("--eager", action="store_true", help="with --case: the eager step, not tinygen.compile's")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="with --case: wall time, or the calling thread's CPU time (for --threads 1 on a busy "
+                         "machine)")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS and Numba threads (default 1: stable timings; extra threads only help large BLAS "
                          "calls on an idle machine)")
@@ -152,6 +247,20 @@ def main(argv=None):
     tinygen.allocator.apply_setting()  # as the tinygen command does
     if args.profile:
         profile(args.model, args.batch)
+        return 0
+    if args.case:
+        clock = time.perf_counter if args.clock == "wall" else time.thread_time
+        plain, timed, parts = breakdown(args.case, args.batch, not args.eager, args.steps, args.rounds, clock)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
+              f"thread(s), {args.clock} time per step, medians of {args.rounds} alternating rounds of "
+              f"{args.steps} steps (load average {load:.2f})")
+        print(f"  {'step without timers':44s}{plain * 1e3:8.3f} ms")
+        print(f"  {'step with timers':44s}{timed * 1e3:8.3f} ms")
+        for name, t in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:44s}{t * 1e3:8.3f} ms  {100 * t / timed:5.1f}%")
+        rest = timed - sum(parts.values())
+        print(f"  {'Python and the rest':44s}{rest * 1e3:8.3f} ms  {100 * rest / timed:5.1f}%")
         return 0
     if not kernels.enabled():
         print("the Numba kernels are off (numba missing or TINYGEN_NUMBA=0): nothing to compare")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -253,12 +254,21 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("args", [["--model", "mlp", "--batch", "8", "--steps", "2", "--rounds", "1"],
-                                  ["--profile", "--model", "mlp", "--batch", "8"]])
+                                  ["--profile", "--model", "mlp", "--batch", "8"],
+                                  ["--case", "mlp-adam", "--batch", "8", "--steps", "2", "--rounds", "1"],
+                                  ["--case", "vae", "--batch", "8", "--steps", "2", "--rounds", "1", "--eager",
+                                   "--clock", "cpu"]])
 def test_step_bench_runs_as_a_module(args):
     """benchmarks/step_bench.py (whole training steps, kernels off vs on) runs from the checkout root."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *args], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
-    if "--profile" in args:
+    if "--case" in args:
+        assert out.returncode == 0, out.stderr
+        rows = [re.match(r"  (.+?)\s+([0-9.]+) ms", line) for line in out.stdout.splitlines()[1:]]
+        parts = {m.group(1): float(m.group(2)) for m in rows if m}
+        assert {"matrix products (gemm.mm)", "optimizer update", "Python and the rest"} <= set(parts), out.stdout
+        assert parts["matrix products (gemm.mm)"] > 0 and parts["optimizer update"] > 0, out.stdout
+    elif "--profile" in args:
         assert out.returncode == 0, out.stderr
         assert "own CPU time per step by category" in out.stdout
     elif kernels.enabled():

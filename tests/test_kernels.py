@@ -296,6 +296,54 @@ def test_optimizer_parallel_twins(impl, threads):
             same(a, e, f"{run.__name__} {opts}")
 
 
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(f"u{a.itemsize}")
+
+
+# Running averages each optimizer keeps, one step with a zero gradient on the first four elements: each average
+# decays by its factor (<= 0.9) from a seed just above the smallest normal number, so it would become subnormal.
+FLUSH_CASES = [
+    ("sgd", lambda mod, p, g, st: mod.sgd_step(p, g, st[0], 0.1, momentum=0.9)),
+    ("sgd-nesterov-dampening", lambda mod, p, g, st: mod.sgd_step(p, g, st[0], 0.1, 0.9, 0.1, True, 0.0)),
+    ("adam", lambda mod, p, g, st: mod.adam_step(p, g, st[0], st[1], None, 1e-3, 0.9, 0.9, 1e-8, 0.0, False, 3)),
+    ("adamw-amsgrad-beta1<0.5", lambda mod, p, g, st: mod.adam_step(p, g, st[0], st[1], st[2], 1e-3, 0.3, 0.9, 1e-8,
+                                                                    0.01, True, 3)),
+    ("rmsprop-centered-momentum", lambda mod, p, g, st: mod.rmsprop_step(p, g, st[0], st[1], st[2], 1e-2, 0.9,
+                                                                         momentum=0.5, centered=True)),
+    ("rmsprop", lambda mod, p, g, st: mod.rmsprop_step(p, g, st[0], None, None, 1e-2, 0.9)),
+]
+FLUSHED_STATE = {"sgd": 1, "sgd-nesterov-dampening": 1, "adam": 2, "adamw-amsgrad-beta1<0.5": 2,
+                 "rmsprop-centered-momentum": 3, "rmsprop": 1}  # state arrays that are running averages
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,step", FLUSH_CASES, ids=[c[0] for c in FLUSH_CASES])
+def test_optimizer_flushes_subnormal_averages_to_zero(impl, name, step, dtype):
+    """An average that an update would leave subnormal (slow arithmetic on x86) is zero instead, with its sign
+    (x * 0, as the reference writes it), in the reference and in each kernel, bit for bit; a NaN stays NaN,
+    and normal values are untouched."""
+    tiny = np.finfo(dtype).tiny
+    seed = np.array([1.05 * tiny, -1.05 * tiny, 1.05 * tiny, -1.05 * tiny, 0.5, 0.25, np.nan, 1.0], dtype)
+    assert 0 < abs(seed[0] * dtype(0.9)) < tiny  # without the flush, the first four would be subnormal
+    grad = np.array([0, 0, 0, 0, 0.25, -1.0, 0.5, 0.0], dtype)
+    results = {}
+    for mod, put, get in ((ref, lambda a: a, lambda a: a), (impl.mod, impl.put, impl.get)):
+        p = put(np.ones_like(seed))
+        state = [put(seed.copy()) for _ in range(3)]
+        step(mod, p, put(grad), state)
+        results[mod.__name__] = [get(a) for a in [p] + state]
+    expected, got = results[ref.__name__], results[impl.mod.__name__]
+    for i, (a, e) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(_bits(a), _bits(e), err_msg=f"{name}: array {i} differs from the reference")
+    for i in range(1, 1 + FLUSHED_STATE[name]):
+        avg = expected[i]
+        assert (avg[:4] == 0).all(), f"{name}: state {i} kept subnormals {avg[:4]}"
+        assert list(np.signbit(avg[:4])) == [False, True, False, True], f"{name}: state {i} lost the sign"
+        assert (np.abs(avg[4:6]) >= tiny).all() and np.isnan(avg[6]), f"{name}: state {i} = {avg}"
+        assert avg[7] != 0, f"{name}: state {i}: a normal average was flushed"
+
+
 def test_optimizer_errors(impl):
     p = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="momentum_buffer"):
@@ -1048,8 +1096,87 @@ def test_gemm_computes_the_reference_product(case, dtype):
     else:
         close(got, expected, dtype)
     st = standin.asarray
-    np.testing.assert_array_equal(gemm.mm(st(a), st(b)).get(), (st(a) @ st(b)).get() if case != "outer"
-                                  else a * b)
+    np.testing.assert_array_equal(gemm.mm(st(a), st(b)).get(), got)  # the stand-in takes the CPU's route
+
+
+@pytest.mark.parametrize("shapes, route", [(((16, 784), (784, 512)), "_serial"), (((4, 16, 64), (4, 64, 32)), "_serial"),
+                                           (((64, 512), (512, 512)), "_split"), (((7, 1), (1, 9)), None)])
+def test_gemm_routes_products_by_size(monkeypatch, shapes, route):
+    """Products below BLAS_PARALLEL_MIN multiply-adds (per matrix of a stack) run on one BLAS thread; larger 2-D ones
+    are split across tinygen's threads; outer products make no BLAS call. The product is the same either way."""
+    routed = []
+    real = kthreads.on_one_blas_thread
+    monkeypatch.setattr(kthreads, "on_one_blas_thread", lambda fn, *args: routed.append(fn.__name__) or real(fn, *args))
+    rng = np.random.default_rng(24)
+    a, b = (randn(rng, s, np.float32) for s in shapes)
+    got = gemm.mm(a, b)
+    assert routed == ([route] if route else [])
+    close(got, a @ b if a.shape[-1] > 1 else a * b, np.float32)
+    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 1 << 40)  # the setting: everything on one thread
+    routed.clear()
+    gemm.mm(a, b)
+    assert routed == (["_serial"] if route else [])
+
+
+@pytest.mark.parametrize("m, k, n, transposed_b", [(64, 300, 40, False), (40, 300, 64, True), (37, 50, 91, False),
+                                                  (91, 50, 37, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_split_by_rows_or_columns_is_the_product(m, k, n, transposed_b, dtype):
+    """The split product (rows of the result, or of its transpose when it is wider than tall), with chunk bounds
+    aligned to 8 rows: C-ordered, and the product within rounding."""
+    rng = np.random.default_rng(25)
+    a = randn(rng, (m, k), dtype)
+    b = randn(rng, (n, k), dtype).T if transposed_b else randn(rng, (k, n), dtype)
+    for count in (2, 3):
+        got = gemm._split(count, a, b)
+        assert got.shape == (m, n) and got.dtype == dtype and got.flags.c_contiguous
+        close(got, a @ b, dtype)
+        same(gemm._split(count, standin.asarray(a), standin.asarray(b)).get(), got)  # the CPU stand-in: same bits
+    same(gemm._split(1, a, b), gemm._product(a, b))  # one thread: one call
+
+
+def test_in_chunks_runs_a_chunk_its_thread_has_not_started():
+    """When the pool thread is busy (here: blocked; on a loaded machine: without a core), the calling thread runs
+    the chunk itself instead of waiting for that thread."""
+    import threading
+    n_threads = 2
+    kthreads.in_chunks(lambda lo, hi: None, 10, lambda: n_threads, min_size=0)  # the pool exists
+    pool = kthreads._pools[n_threads - 1]
+    release = threading.Event()
+    blocker = pool.submit(release.wait, 30)
+    try:
+        ran = []
+        kthreads.in_chunks(lambda lo, hi: ran.append((lo, hi, threading.get_ident())), 100, lambda: n_threads,
+                           min_size=0)
+        assert sorted(r[:2] for r in ran) == [(0, 50), (50, 100)]
+        assert {r[2] for r in ran} == {threading.get_ident()}
+    finally:
+        release.set()
+        blocker.result()
+    ran = []  # a free pool thread takes its chunk (or the caller does, if it gets there first): every chunk once
+    kthreads.in_chunks(lambda lo, hi: ran.append((lo, hi)), 100, lambda: n_threads, min_size=0)
+    assert sorted(ran) == [(0, 50), (50, 100)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("threadpoolctl") is None, reason="needs threadpoolctl")
+def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    libs = kthreads._find_numpy_blas()
+    assert libs, "NumPy's BLAS was not found among the loaded libraries"
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = [lib.get_num_threads() for lib in libs]
+        count, inside = kthreads.on_one_blas_thread(lambda c: (c, [lib.get_num_threads() for lib in libs]))
+        assert inside == [1] * len(libs) and count == max(outside) == 2
+        assert [lib.get_num_threads() for lib in libs] == outside
+        before = counts()
+        with pytest.raises(ZeroDivisionError):  # restored when the product fails too
+            kthreads.on_one_blas_thread(lambda c: 1 / 0)
+        assert counts() == before
+        assert kthreads.on_one_blas_thread(lambda c, x, y: x + y, 2, 3) == 5  # arguments pass through
 
 
 # ---- the multi-tensor Adam step ------------------------------------------------------------------------------------

@@ -498,3 +498,37 @@ def test_optimizers_step_through_the_kernel_registry(monkeypatch, make, kernel, 
     if importlib.util.find_spec("numba") is not None:
         for a, b in zip(run(True), plain):
             np.testing.assert_array_equal(a, b)
+
+
+DECAYING = [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+            lambda ps: optim.Adam(ps, lr=0.01, betas=(0.9, 0.9)),  # (AMSGrad's maximum does not decay)
+            lambda ps: optim.RMSprop(ps, lr=0.01, alpha=0.9, centered=True, momentum=0.9)]
+
+
+@pytest.mark.parametrize("numba", [False, True], ids=["reference", "numba"])
+@pytest.mark.parametrize("make", DECAYING, ids=["sgd", "adam", "rmsprop"])
+def test_running_averages_of_a_dead_unit_never_go_subnormal(make, numba):
+    """A unit whose gradient becomes exactly zero (a dead ReLU) has its running averages decay geometrically;
+    where one would become subnormal (slow arithmetic on x86), the step sets it to zero instead."""
+    from tinygen import kernels
+    if numba and importlib.util.find_spec("numba") is None:
+        pytest.skip("numba is not installed")
+    tiny = np.finfo(np.float32).tiny
+    p = tinygen.tensor(np.ones(4, np.float32), requires_grad=True)
+    opt = make([p])
+    with kernels.enabled_as(numba):
+        p.grad = tinygen.tensor(np.array([1.0, -1.0, 0.5, 1.0], np.float32))
+        opt.step()
+        live = np.array([0, 0, 0, 1e-3], np.float32)  # the last unit keeps a small gradient (of changing sign:
+        # a constant one would drive the centered variance to zero)
+        zero_at = None
+        for step in range(1, 1001):  # 0.9**1000 = 1.7e-46: every decaying average passes through the subnormals
+            p.grad = tinygen.tensor(live * (-1) ** step)
+            opt.step()
+            averages = [v.numpy() for v in opt.state[p].values() if isinstance(v, tinygen.Tensor)]
+            for a in averages:
+                assert not ((a != 0) & (np.abs(a) < tiny)).any(), f"step {step}: subnormal average {a}"
+            if zero_at is None and all((a[:3] == 0).all() for a in averages):
+                zero_at = step
+    assert zero_at is not None and zero_at < 900, zero_at  # flushed once below 1.2e-38, about step 840
+    assert all(np.isfinite(a[3]) and a[3] != 0 for a in averages)  # a live unit's averages stay

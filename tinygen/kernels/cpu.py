@@ -396,45 +396,53 @@ def _dummy(dt):
 # the reference's operations), so the loops round as the reference does.
 def _sgd_consts(dtype, lr, momentum, dampening, weight_decay):
     t = dtype.type
-    return t(lr), t(momentum), t(1 - dampening), t(weight_decay)
+    return t(lr), t(momentum), t(1 - dampening), t(weight_decay), ref.subnormal_limit(dtype)
 
 
 def _adam_consts(dtype, lr, beta1, beta2, eps, weight_decay, step):
     step_size, bc2_sqrt, decay = ref.adam_scalars(lr, beta1, beta2, weight_decay, step)
     t = dtype.type
     w = 1 - beta1  # the lerp weight of the first moment
-    return t(w), t(1 - w), t(beta2), t(1 - beta2), t(decay), t(weight_decay), t(eps), t(step_size), t(bc2_sqrt)
+    return (t(w), t(1 - w), t(beta2), t(1 - beta2), t(decay), t(weight_decay), t(eps), t(step_size), t(bc2_sqrt),
+            ref.subnormal_limit(dtype))
 
 
 def _rmsprop_consts(dtype, lr, alpha, eps, weight_decay, momentum):
     t = dtype.type
     w = 1 - alpha  # also the lerp weight of the centered average
-    return t(lr), t(alpha), t(w), t(1 - w), t(eps), t(weight_decay), t(momentum)
+    return t(lr), t(alpha), t(w), t(1 - w), t(eps), t(weight_decay), t(momentum), ref.subnormal_limit(dtype)
+
+
+@njit(cache=True)
+def _no_subnormal(x, tiny):
+    """The reference's flush of a running average: x * 0 where |x| < tiny (the smallest normal number of x's
+    dtype), so the sign stays and NaN stays NaN; else x."""
+    return x if abs(x) >= tiny else x * (tiny - tiny)
 
 
 @njit(cache=True, error_model="numpy")
-def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov, maximize,
          first_step):
     for i in range(p.size):
         d = -g[i] if maximize else g[i]
         if use_wd:
             d = d + wd * p[i]
         if use_momentum:
-            b = d if first_step else buf[i] * momentum + one_minus_dampening * d
+            b = _no_subnormal(d if first_step else buf[i] * momentum + one_minus_dampening * d, tiny)
             buf[i] = b
             d = d + momentum * b if nesterov else b
         p[i] = p[i] - lr * d
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, use_wd, use_momentum, nesterov, maximize,
+def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov, maximize,
              first_step, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _sgd(p[lo:hi], g[lo:hi], buf[lo:hi] if use_momentum else buf, lr, momentum, one_minus_dampening, wd,
-             use_wd, use_momentum, nesterov, maximize, first_step)
+             tiny, use_wd, use_momentum, nesterov, maximize, first_step)
 
 
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
@@ -456,7 +464,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
 
 @njit(cache=True, error_model="numpy")
-def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
+def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny,
           use_wd, decoupled, maximize, small, amsgrad):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
@@ -466,8 +474,8 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
                 pi = pi * decay
             else:
                 gi = gi + wd * pi
-        mi = m[i] + w1 * (gi - m[i]) if small else gi - (gi - m[i]) * one_minus_w1  # PyTorch's lerp
-        vi = v[i] * beta2 + one_minus_beta2 * gi * gi
+        mi = _no_subnormal(m[i] + w1 * (gi - m[i]) if small else gi - (gi - m[i]) * one_minus_w1, tiny)  # lerp
+        vi = _no_subnormal(v[i] * beta2 + one_minus_beta2 * gi * gi, tiny)
         m[i] = mi
         v[i] = vi
         if amsgrad:
@@ -479,13 +487,13 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
-              use_wd, decoupled, maximize, small, amsgrad, nch):
+              tiny, use_wd, decoupled, maximize, small, amsgrad, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, w1, one_minus_w1, beta2,
-              one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
+              one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
@@ -513,10 +521,10 @@ MULTI_TENSOR = 8
 
 @njit(cache=True, error_model="numpy")
 def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
-                bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad):
+                bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad):
     for k in range(len(ps)):
         _adam(ps[k], gs[k], ms[k], vs[k], vmaxs[k], w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps,
-              step_size, bc2_sqrt, use_wd, decoupled, maximize, small, amsgrad)
+              step_size, bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad)
 
 
 def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
@@ -564,22 +572,23 @@ def ema_update(average, value, decay):
 
 
 @njit(cache=True, error_model="numpy")
-def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered,
-             use_momentum, maximize, small):
+def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd,
+             centered, use_momentum, maximize, small):
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if use_wd:
             gi = gi + wd * p[i]
-        vi = v[i] * alpha + one_minus_alpha * gi * gi
+        vi = _no_subnormal(v[i] * alpha + one_minus_alpha * gi * gi, tiny)
         v[i] = vi
         if centered:
-            gai = ga[i] + one_minus_alpha * (gi - ga[i]) if small else gi - (gi - ga[i]) * one_minus_w
+            gai = _no_subnormal(ga[i] + one_minus_alpha * (gi - ga[i]) if small else gi - (gi - ga[i]) * one_minus_w,
+                                tiny)
             ga[i] = gai
             avg = math.sqrt(vi - gai * gai) + eps
         else:
             avg = math.sqrt(vi) + eps
         if use_momentum:
-            b = buf[i] * momentum + gi / avg
+            b = _no_subnormal(buf[i] * momentum + gi / avg, tiny)
             buf[i] = b
             p[i] = p[i] - lr * b
         else:
@@ -587,14 +596,14 @@ def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd,
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd,
+def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd,
                  centered, use_momentum, maximize, small, nch):
     n = p.size
     step = (n + nch - 1) // nch
     for c in prange(nch):
         lo, hi = c * step, min(n, (c + 1) * step)
         _rmsprop(p[lo:hi], g[lo:hi], v[lo:hi], ga[lo:hi] if centered else ga, buf[lo:hi] if use_momentum else buf,
-                 lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, use_wd, centered, use_momentum,
+                 lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd, centered, use_momentum,
                  maximize, small)
 
 

@@ -7,20 +7,60 @@ Two cases are rewritten; the result is the same product, C-ordered like NumPy's:
     x @ W.T) at about half speed; written as (W @ x.T).T it runs at full speed. Below SWAP_MAX_ROWS rows (the
     setting TINYGEN_MM_SWAP_MAX_ROWS) and for weights of at least SWAP_MIN_SIZE elements, mm() takes that route and
     copies the few rows back.
+Threads: products from threads.BLAS_PARALLEL_MIN multiply-adds are split by rows of the result (or of its transpose,
+when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool, BLAS itself on one thread;
+smaller ones are one call on one BLAS thread. threads.py says why (a busy machine). OpenBLAS's result can depend on
+its thread count in the last bits, so the CPU stand-in for CuPy (NumPy underneath) takes the same route: on it,
+device code gives the CPU's bits.
 """
 import numpy as np
 
 from .. import config
+from ..backend import StandinArray, array_module_of
+from . import threads
 
 SWAP_MAX_ROWS = config.get("TINYGEN_MM_SWAP_MAX_ROWS")
 SWAP_MIN_SIZE = 1 << 17
+_HOST = (np.ndarray, StandinArray)  # arrays whose BLAS is NumPy's
 
 
 def mm(a, b):
     """``a @ b`` on arrays (the one place tinygen multiplies matrices), C-ordered like NumPy's result."""
     if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1:
         return a * b
-    if (type(a) is np.ndarray and a.ndim == 2 and b.ndim == 2 and a.shape[0] <= SWAP_MAX_ROWS
+    if type(a) not in _HOST or type(b) is not type(a) or a.ndim < 2 or b.ndim < 2:
+        return _product(a, b)
+    if a.shape[-2] * a.shape[-1] * b.shape[-1] < threads.BLAS_PARALLEL_MIN:
+        return threads.on_one_blas_thread(_serial, a, b)
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.char in "fd":
+        return threads.on_one_blas_thread(_split, a, b)
+    return _product(a, b)  # a stack of large products: BLAS's own threads
+
+
+def _serial(blas_threads, a, b):  # noqa: ARG001 - BLAS is on one thread (or as it is, without threadpoolctl)
+    return _product(a, b)
+
+
+def _split(blas_threads, a, b):
+    """a @ b in blocks of rows of the result (of its transpose when that has more rows), one per thread."""
+    if not blas_threads or blas_threads < 2:
+        return _product(a, b)  # one thread anyway, or BLAS's threads when they cannot be set
+    xp = array_module_of(a)
+    m, n = a.shape[0], b.shape[1]
+    if m >= n:
+        out = xp.empty((m, n), a.dtype)
+        threads.in_chunks(lambda lo, hi: xp.matmul(a[lo:hi], b, out=out[lo:hi]), m, lambda: blas_threads,
+                          min_size=0, align=8)
+        return out
+    out_t = xp.empty((n, m), a.dtype)  # (a @ b).T = b.T @ a.T, by rows
+    bt, at = b.T, a.T
+    threads.in_chunks(lambda lo, hi: xp.matmul(bt[lo:hi], at, out=out_t[lo:hi]), n, lambda: blas_threads,
+                      min_size=0, align=8)
+    return xp.ascontiguousarray(out_t.T)
+
+
+def _product(a, b):
+    if (type(a) in _HOST and a.ndim == 2 and b.ndim == 2 and a.shape[0] <= SWAP_MAX_ROWS
             and b.size >= SWAP_MIN_SIZE and b.flags.f_contiguous and not b.flags.c_contiguous):
-        return np.ascontiguousarray((b.T @ a.T).T)
+        return array_module_of(a).ascontiguousarray((b.T @ a.T).T)
     return a @ b

@@ -186,6 +186,10 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 # it they are allocated (the Numba kernels take the argument and need no scratch). Scalars are Python floats;
 # NumPy and CuPy apply them in the array's dtype. cpu.py's loops do the same operations in the same order, so they
 # give these bits.
+# Running averages (momentum buffers, Adam's moments, RMSprop's averages) are flushed to zero where they become
+# subnormal: a unit whose gradient stays exactly zero (a dead ReLU) has its averages decay geometrically into
+# subnormals, and arithmetic on subnormals is many times slower on x86 (XLA flushes them too). The largest value
+# flushed is below 1.2e-38 (float32), far under any step that could move a parameter.
 
 def _scratch(xp, param, scratch):
     return scratch(param) if scratch is not None else (xp.empty_like(param), xp.empty_like(param))
@@ -211,6 +215,26 @@ def lerp_small(weight):
     return abs(weight) < 0.5
 
 
+def _flush_subnormal_(xp, avg, tmp):
+    """avg = 0 where |avg| is below the dtype's smallest normal number (a subnormal), in place, as ``avg * 0`` (so
+    the sign stays, and NaN stays NaN)."""
+    xp.absolute(avg, out=tmp)
+    xp.greater_equal(tmp, subnormal_limit(avg.dtype), out=tmp)  # 1 where avg is kept, else 0
+    avg *= tmp
+
+
+def subnormal_limit(dtype):
+    """The smallest positive normal number of a float dtype (as a scalar of that dtype): below it, in magnitude, a
+    value is subnormal."""
+    tiny = _TINY.get(dtype)
+    if tiny is None:
+        tiny = _TINY[dtype] = np.finfo(dtype).tiny
+    return tiny
+
+
+_TINY = {}  # dtype -> np.finfo(dtype).tiny (finfo costs a microsecond a call; optimizer steps ask every step)
+
+
 def _lerp_(xp, avg, target, weight, tmp):
     """avg = lerp(avg, target, weight) in place (a running average), rounded as torch.lerp."""
     xp.subtract(target, avg, out=tmp)
@@ -228,6 +252,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
         g = ±grad + weight_decay * param
         buf = g on the first step (``first_step=True``), else momentum * buf + (1 - dampening) * g
+        buf = 0 where it is subnormal
         g = g + momentum * buf (Nesterov) or buf;  param -= lr * g
 
     ``momentum_buffer`` is an array like param when momentum != 0 (else None).
@@ -247,6 +272,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
                 buf += w1
             else:
                 buf += g
+        _flush_subnormal_(xp, buf, w1)
         if nesterov:
             xp.multiply(buf, momentum, out=w1)
             w1 += g
@@ -276,7 +302,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
         param *= 1 - lr * weight_decay                      (AdamW: decoupled decay)
         g = ±grad (+ weight_decay * param)                  (Adam: L2 penalty in the gradient)
-        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g;  m, v = 0 where subnormal
         v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
         param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
 
@@ -291,10 +317,12 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
         weight_decay = 0
     g = _effective_grad(xp, param, grad, weight_decay, maximize, w0)
     _lerp_(xp, exp_avg, g, 1 - beta1, w1)
+    _flush_subnormal_(xp, exp_avg, w1)
     exp_avg_sq *= beta2
     xp.multiply(g, 1 - beta2, out=w1)
     w1 *= g
     exp_avg_sq += w1
+    _flush_subnormal_(xp, exp_avg_sq, w1)
     second = exp_avg_sq
     if max_exp_avg_sq is not None:
         second = xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -336,6 +364,8 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
         buf = momentum * buf + g / d; param -= lr * buf     (momentum > 0)
         param -= g / d * lr                                 (otherwise)
 
+    s, a and buf are set to 0 where they become subnormal (as each is updated).
+
     ``grad_avg`` is needed when centered, ``momentum_buffer`` when momentum > 0 (both start as zeros, as in
     PyTorch); pass None otherwise.
     """
@@ -347,8 +377,10 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     xp.multiply(g, 1 - alpha, out=w1)
     w1 *= g
     square_avg += w1
+    _flush_subnormal_(xp, square_avg, w1)
     if centered:
         _lerp_(xp, grad_avg, g, 1 - alpha, w1)
+        _flush_subnormal_(xp, grad_avg, w1)
         xp.multiply(grad_avg, grad_avg, out=w1)
         xp.subtract(square_avg, w1, out=w1)
         xp.sqrt(w1, out=w1)
@@ -359,6 +391,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     if momentum > 0:
         momentum_buffer *= momentum
         momentum_buffer += w1
+        _flush_subnormal_(xp, momentum_buffer, w1)
         xp.multiply(momentum_buffer, lr, out=w1)
     else:
         w1 *= lr

@@ -3,9 +3,13 @@
     tinygen.set_num_threads(1)     # e.g. for reproducible timings, or several processes on one machine
 
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
-a small pool that runs NumPy's transcendental ufuncs (exp, log1p, tanh) in chunks from UFUNC_PARALLEL_MIN elements
-(NumPy releases the GIL inside a ufunc, so the chunks run at once, with the bits of one call). BLAS threads, for
-matmul, are set here too.
+a small pool that runs NumPy calls in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p, tanh) from
+UFUNC_PARALLEL_MIN elements, and matrix products from BLAS_PARALLEL_MIN multiply-adds (gemm.mm: one BLAS call per
+block of rows, BLAS itself on one thread). NumPy releases the GIL inside these calls, so the chunks run at once, with
+the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
+is run by the calling thread, so a busy machine (another process on the other core) costs at most the time of one
+thread, where a static split (OpenBLAS's, Numba's) waits until the descheduled thread gets a core back.
+BLAS threads are set here too (``set_num_threads``).
 
 Reductions split across threads add their parts in a different order, so a result may change in the last bits
 (within float rounding) when the thread count changes; with a fixed count, results are repeatable.
@@ -26,8 +30,16 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 # and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
+# Multiply-adds (m * k * n) from which gemm.mm splits a product across threads (below: one BLAS call on one thread).
+# OpenBLAS splits from 262,144 multiply-adds, but on the 2-core machine of benchmarks/PROFILE.md a second thread did
+# not pay below about 8M (the products of a batch-16 MLP step took as long on one thread as on two, best of 40), and
+# its split waits until the other thread is woken and scheduled: when another process held the second core, for
+# milliseconds per product, and a batch-16 step was 5-10x slower, a batch-64 step 10-20x.
+BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
+
 _requested = None
-_ufunc_pool = {}  # worker count -> ThreadPoolExecutor, made on first use
+_pools = {}  # worker count -> ThreadPoolExecutor, made on first use
+_numpy_blas_libs = None  # threadpoolctl controllers of NumPy's BLAS, found on first use (() without threadpoolctl)
 
 
 def set_num_threads(n):
@@ -56,6 +68,46 @@ def get_num_threads():
     return os.cpu_count() or 1
 
 
+def on_one_blas_thread(fn, *args):
+    """``fn(count, *args)`` with NumPy's BLAS limited to one thread, then set back to its thread count; ``count`` is
+    that count (1 when it was 1), or None when BLAS threads cannot be set (no threadpoolctl: ``fn`` runs with BLAS
+    as it is). Costs about 2 microseconds. The limit is process-wide while ``fn`` runs."""
+    libs = _numpy_blas_libs if _numpy_blas_libs is not None else _find_numpy_blas()
+    if not libs:
+        return fn(None, *args)
+    lowered, count = [], 1
+    for lib in libs:
+        n = lib.get_num_threads()
+        if n is not None and n > 1:
+            lib.set_num_threads(1)
+            lowered.append((lib, n))
+            count = max(count, n)
+    if not lowered:
+        return fn(count, *args)
+    try:
+        return fn(count, *args)
+    finally:
+        for lib, n in lowered:
+            lib.set_num_threads(n)
+
+
+def _find_numpy_blas():
+    """The BLAS libraries NumPy calls (those inside its installation, as in its wheels; else every BLAS loaded: a
+    process may hold other copies, e.g. SciPy's, which NumPy's matmul never runs)."""
+    global _numpy_blas_libs
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        _numpy_blas_libs = ()
+        return _numpy_blas_libs
+    import numpy
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    home = os.path.dirname(os.path.realpath(numpy.__file__))  # .../numpy; a wheel's BLAS is in .../numpy.libs
+    own = [lib for lib in libs if os.path.realpath(lib.filepath).startswith(home)]
+    _numpy_blas_libs = tuple(own or libs)
+    return _numpy_blas_libs
+
+
 def _numba():
     """numba when it is installed and not switched off (TINYGEN_NUMBA), else None. (This module does not ask the
     kernel switch: the kernels import it, not the other way round.)"""
@@ -77,21 +129,26 @@ def parallel_chunks(n, thread_count):
     return t if t > 1 else 0
 
 
-def in_chunks(fn, n, thread_count):
-    """Run ``fn(lo, hi)`` over [0, n): one chunk per thread (``thread_count()`` of them) from UFUNC_PARALLEL_MIN
-    elements, else one call on the calling thread."""
-    if n < max(UFUNC_PARALLEL_MIN, 2):
+def in_chunks(fn, n, thread_count, min_size=None, align=1):
+    """Run ``fn(lo, hi)`` over [0, n): one chunk per thread (``thread_count()`` of them, chunk bounds multiples of
+    ``align``) from ``min_size`` (default UFUNC_PARALLEL_MIN) elements, else one call on the calling thread. The
+    calling thread runs the first chunk, then every chunk whose pool thread has not started it yet."""
+    if n < max(UFUNC_PARALLEL_MIN if min_size is None else min_size, 2):
         fn(0, n)
         return
     t = thread_count()
     if t < 2:
         fn(0, n)
         return
-    pool = _ufunc_pool.get(t - 1)
+    pool = _pools.get(t - 1)
     if pool is None:
-        pool = _ufunc_pool[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-ufunc")
-    step = -(-n // t)
-    parts = [pool.submit(fn, lo, min(n, lo + step)) for lo in range(step, n, step)]
-    fn(0, min(n, step))  # the calling thread takes the first chunk
-    for f in parts:
-        f.result()
+        pool = _pools[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-chunks")
+    per_thread = -(-n // t)
+    step = -(-per_thread // align) * align  # rounded up to a multiple of align
+    parts = [(pool.submit(fn, lo, min(n, lo + step)), lo) for lo in range(step, n, step)]
+    fn(0, min(n, step))
+    for f, lo in parts:
+        if f.cancel():  # not started: its thread has no core now (a busy machine), so do not wait for it
+            fn(lo, min(n, lo + step))
+        else:
+            f.result()

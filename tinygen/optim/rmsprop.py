@@ -7,6 +7,10 @@ from .optimizer import Optimizer, check_range
 class RMSprop(Optimizer):
     """RMSprop, with PyTorch's update rule.
 
+    One difference: an entry of a running average (squared gradient, gradient when centered, momentum buffer) that
+    would become subnormal (below ~1.2e-38 in float32, e.g. the geometric decay of a unit whose gradient stays
+    zero) is set to zero, because subnormal arithmetic is many times slower on x86 CPUs.
+
     Args:
         params: tensors to optimize, or parameter groups (dicts).
         lr: learning rate.
