@@ -229,6 +229,33 @@ def case_unused_parameter():
         raise AssertionError("a parameter no rank used got a gradient")
 
 
+def case_dropout_streams():
+    """Dropout inside DistributedDataParallel draws from the rank stream: the ranks' masks differ, are the same
+    again after manual_seed with the same seed, and leave the main stream (the global batch's noise) alike on
+    every rank."""
+    from tinygen import random as tr
+    model = DistributedDataParallel(build(lambda: nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.5)), 0))
+    tr.manual_seed(5)
+    x = tg.tensor(np.ones((16, 8), dtype=np.float32))
+    masks = lambda: (model(x).detach().numpy() == 0)  # noqa: E731
+    first = masks()
+    ranks = dist.all_gather_object(first)
+    if np.array_equal(ranks[0], ranks[1]):
+        raise AssertionError("both ranks drew the same dropout mask")
+    if not 0.3 < first.mean() < 0.7:
+        raise AssertionError(f"dropout p=0.5 dropped {first.mean():.2f} of the units")
+    main = dist.all_gather_object(tg.randn(4).numpy())
+    if not np.array_equal(main[0], main[1]):
+        raise AssertionError("the main stream differs across ranks after a data-parallel forward with dropout")
+    tr.manual_seed(5)
+    if not np.array_equal(masks(), first):
+        raise AssertionError("manual_seed did not restart the rank stream")
+    plain = nn.Dropout(0.5)(x).numpy() == 0  # outside a data-parallel module: the main stream, alike everywhere
+    gathered = dist.all_gather_object(plain)
+    if not np.array_equal(gathered[0], gathered[1]):
+        raise AssertionError("dropout outside a data-parallel module drew from the rank stream")
+
+
 def case_collectives():
     r, n = dist.rank(), dist.world_size()
     if n != 2 or not dist.is_initialized():
@@ -338,9 +365,10 @@ def case_train(model, out, epochs, mode):
     train, test = tiny_digits(100, 0), tiny_digits(64, 1)
     # mode: fresh, resume, or first: a fresh run stopped after its first epoch (as if interrupted)
     epochs, resume, stop_after = int(epochs), mode == "resume", 1 if mode == "first" else None
-    if model == "classifier":
-        # no dropout: each rank draws its own masks, which one process cannot reproduce
-        classifier.train_classifier(epochs=epochs, batch_size=20, hidden=[32, 16], dropout=0.0, seed=3,
+    if model in ("classifier", "classifier_dropout"):
+        # no dropout for the comparison with one process: each rank draws its own masks (the rank stream)
+        classifier.train_classifier(epochs=epochs, batch_size=20, hidden=[32, 16], seed=3,
+                                    dropout=0.3 if model == "classifier_dropout" else 0.0,
                                     out=out, resume=resume, save=f"{out}/final.npz", train_set=train,
                                     test_set=test, stop_after=stop_after)
     elif model == "vae":
@@ -351,6 +379,11 @@ def case_train(model, out, epochs, mode):
         # conditional MNIST GAN (fake labels drawn too) with an EMA generator, 3 generator steps an epoch
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
                       latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
+                      log_every=2, seed=3)
+    elif model == "gan_dropout":
+        # the MLP GAN with dropout in both networks; checkpoints every epoch of 3 generator steps
+        gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
+                      latent=8, g_hidden=[16], d_hidden=[16], g_dropout=0.3, d_dropout=0.3, eval_samples=64,
                       log_every=2, seed=3)
     elif model == "gan_gp":
         # WGAN-GP on the ring (the penalty's interpolation draws), the generator's BatchNorm synchronised

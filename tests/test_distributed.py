@@ -60,7 +60,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT, args=()):
 
 
 @pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync",
-                                  "unused_parameter", "sampler", "sync_batch_norm"])
+                                  "unused_parameter", "sampler", "sync_batch_norm", "dropout_streams"])
 def test_two_ranks(case):
     rc, out, err, _ = launch(case)
     assert rc == 0, f"{case} failed on 2 ranks (exit {rc})\n{out}\n{err}"
@@ -139,6 +139,22 @@ def test_trainer_resumes_on_two_ranks(model, tmp_path):
     assert [json.loads(line)["epoch"] for line in (parallel / "metrics.jsonl").read_text().splitlines()] == [1]
     train_run(model, parallel, 2, 2, mode="resume")
     compare_runs(model, parallel, alone)
+
+
+@pytest.mark.parametrize("model", ["classifier_dropout", "gan_dropout"])
+def test_trainer_with_dropout_resumes_on_two_ranks_bitwise(model, tmp_path):
+    """Each rank's own dropout stream is saved in the checkpoint: a run interrupted after its first epoch and
+    resumed on 2 ranks ends with bitwise the parameters of the uninterrupted 2-rank run."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_run(model, whole, 2, 2)
+    train_run(model, parts, 2, 2, mode="first")
+    train_run(model, parts, 2, 2, mode="resume")
+    a, b = tg.load(parts / "checkpoint.npz"), tg.load(whole / "checkpoint.npz")
+    assert len(b["rng"]["ranks"]) == 2 and b["rng"]["ranks"][0] != b["rng"]["ranks"][1]
+    for name in b["modules"]:
+        for key, value in b["modules"][name].items():
+            assert np.array_equal(a["modules"][name][key].numpy(), value.numpy()), f"{name} {key}"
+    assert a["rng"] == b["rng"]
 
 
 def test_command_line_trains_on_two_ranks(tmp_path):

@@ -156,6 +156,14 @@ def barrier():
         _world.comm.Barrier()
 
 
+def all_gather_object(obj):
+    """A list of every rank's ``obj`` (picklable), in rank order, on every rank: for small values such as the
+    ranks' random generator states in a checkpoint."""
+    if init() == 1:
+        return [obj]
+    return _world.comm.allgather(obj)
+
+
 # ---- helpers for data-parallel training loops -------------------------------------------------------------------
 def split_batch(global_batch_size):
     """The per-rank batch size of a global batch: ``global_batch_size / world_size()``, which must be whole so

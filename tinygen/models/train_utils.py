@@ -208,13 +208,30 @@ def rng_state(devices=("cpu",)):
     return out
 
 
+def rank_stream_states(devices=("cpu",)):
+    """Every rank's rank stream (``tinygen.random.rank_stream``: its dropout masks under data parallelism), one
+    dict device -> state per rank in rank order; every rank must call it (None in a world of one process)."""
+    if dist.world_size() == 1:
+        return None
+    return dist.all_gather_object({dev: _random.get_rng_state(dev, rank_stream=True) for dev in devices})
+
+
 def set_rng_state(state):
-    """Restore what ``rng_state`` returned."""
+    """Restore what ``rng_state`` returned (with the checkpoint's ``ranks`` entry, from ``rank_stream_states``:
+    this rank's rank stream, in a world of as many processes as wrote it)."""
     if not isinstance(state, dict) or "cpu" not in state:
         raise ValueError(f"set_rng_state: expected a dict with a 'cpu' entry, got "
                          f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    ranks = state.get("ranks")
+    if ranks is not None:
+        if len(ranks) != dist.world_size():
+            raise ValueError(f"set_rng_state: the state holds the random streams of {len(ranks)} processes, this "
+                             f"run has {dist.world_size()}; resume with the number of processes that saved it")
+        for dev, s in ranks[dist.rank()].items():
+            _random.set_rng_state(s, dev, rank_stream=True)
     for dev, s in state.items():
-        _random.set_rng_state(s, dev)
+        if dev != "ranks":
+            _random.set_rng_state(s, dev)
 
 
 @contextmanager
@@ -275,7 +292,7 @@ def config_mismatch(saved, current, ignore=("epochs", "out", "device", "data", "
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, schedulers=None, loaders=None,
-                    extra=None, devices=("cpu",)):
+                    extra=None, devices=("cpu",), rank_streams=None):
     """Write everything a run needs to continue to ``path`` (atomically: a crash keeps the previous file).
 
     model_name: the model's name ("vae", "gan", "classifier"; what ``tinygen sample/eval`` dispatch on).
@@ -283,6 +300,7 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
     epoch: the number of epochs completed.
     modules / optimizers / schedulers / loaders: dicts name -> object with ``state_dict()``.
     extra: any further plain values (e.g. the last metrics).
+    rank_streams: the ranks' own random streams under data parallelism (``rank_stream_states``).
     """
     ckpt = {
         "model": model_name,
@@ -293,7 +311,7 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "loaders": {k: dl.state_dict() for k, dl in (loaders or {}).items()},
-        "rng": rng_state(devices),
+        "rng": {**rng_state(devices), **({"ranks": rank_streams} if rank_streams is not None else {})},
         "extra": _plain(dict(extra or {})),
     }
     save(ckpt, path)
@@ -484,10 +502,15 @@ class RunFolder:
         if log in self.logs:
             self.logs[log].write(record)
 
-    def save(self, model_name, config, epoch, parts, **kwargs):
-        """``save_checkpoint`` into the folder (nothing without one)."""
-        if self.checkpoint is not None and self.writes:
-            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, **kwargs)
+    def save(self, model_name, config, epoch, parts, devices=("cpu",), **kwargs):
+        """``save_checkpoint`` into the folder (nothing without one). Every rank calls it: the main process
+        writes, with every rank's own random stream."""
+        if self.checkpoint is None:
+            return
+        streams = rank_stream_states(devices)
+        if self.writes:
+            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, devices=devices,
+                            rank_streams=streams, **kwargs)
 
 
 # ---- small helpers the models share -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ See ``tinygen.distributed`` for launching and the transports.
 """
 import contextlib
 
-from .. import backend, distributed as dist
+from .. import backend, distributed as dist, random as _random
 from ..autograd.engine import queue_callback
 from ..tensor import _make
 from .module import Module
@@ -36,6 +36,8 @@ class DistributedDataParallel(Module):
       after it averages the accumulated gradients.
     - ``broadcast_buffers``: rank 0's buffers (e.g. BatchNorm running statistics, which are per-rank) are broadcast
       before each forward in training mode, as PyTorch does.
+    - Random draws inside the module (dropout masks) come from the rank stream (``tinygen.random.rank_stream``):
+      seeded from the seed and the rank, so each rank drops its own units.
     - Gradient penalties (WGAN-GP): ``autograd.grad(..., create_graph=True)`` accumulates nothing and triggers
       nothing; the graph of the penalty stays local, and only the final ``.grad`` of ``loss.backward()`` is averaged.
 
@@ -74,7 +76,8 @@ class DistributedDataParallel(Module):
             for b in self.module.buffers():
                 if b is not None:
                     dist.broadcast_array(b.data, 0)
-        return self.module(*args, **kwargs)
+        with _random.rank_stream():  # each rank its own dropout masks
+            return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self):
