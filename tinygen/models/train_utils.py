@@ -392,10 +392,9 @@ def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False, c
 def compiled_step(step, compile=True):
     """``step`` through ``tinygen.compile`` when ``compile``: its first call with a batch shape records it, later
     calls replay the recording, with bitwise the same results as eager. ``step`` must not read tensor values
-    into Python (return the tensors; the caller reads them after the call). Under data parallelism (more than
-    one process) the step stays eager: ``no_sync`` and the gradient averaging are decided in Python around the
-    backward, which a replay would not repeat."""
-    if not compile or dist.world_size() > 1:
+    into Python (return the tensors; the caller reads them after the call). Under data parallelism too: a replayed
+    backward runs the engine, whose hooks average the gradients as in eager (``DistributedDataParallel``)."""
+    if not compile:
         return step
     return _compile(step)
 
@@ -404,8 +403,7 @@ def add_compile_argument(parser):
     """The ``--no-compile`` option of the trainers (``args.compile``, True by default)."""
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="run the training step eagerly; by default it is recorded once per batch shape with "
-                             "tinygen.compile and replayed (bitwise the same numbers, fewer Python calls; eager "
-                             "anyway under mpiexec)")
+                             "tinygen.compile and replayed (bitwise the same numbers, fewer Python calls)")
 
 
 # ---- data parallelism (mpiexec -n N tinygen train ...; see tinygen.distributed) -------------------------------------

@@ -14,6 +14,7 @@ import contextlib
 
 from .. import backend, distributed as dist, random as _random
 from ..autograd.engine import queue_callback
+from ..capture import replayed
 from ..tensor import _make
 from .module import Module
 
@@ -40,6 +41,10 @@ class DistributedDataParallel(Module):
       seeded from the seed and the rank, so each rank drops its own units.
     - Gradient penalties (WGAN-GP): ``autograd.grad(..., create_graph=True)`` accumulates nothing and triggers
       nothing; the graph of the penalty stays local, and only the final ``.grad`` of ``loss.backward()`` is averaged.
+
+    - ``tinygen.compile``: a compiled step that calls the wrapper replays its forward's buffer broadcast and
+      ``no_sync()``'s switches, and its replayed backward runs the engine again, whose hooks start and wait for
+      every bucket's all-reduce once per replay, as in eager.
 
     Wrap the module after moving it to its device and dtype (the buckets are laid out at wrap time), and wrap it
     once. ``forward`` calls the wrapped module; ``self.module`` is it, and ``self.module.state_dict()`` has the keys of
@@ -73,20 +78,19 @@ class DistributedDataParallel(Module):
         if self._round is not None:  # a backward that raised left a round open: finish it in step with the others
             self._finish()
         if self.broadcast_buffers and self.training and self.world_size > 1:
-            for b in self.module.buffers():
-                if b is not None:
-                    dist.broadcast_array(b.data, 0)
+            _broadcast_buffers(self.module)
         with _random.rank_stream():  # each rank its own dropout masks
             return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self):
         """Backward passes inside accumulate gradients locally, without communication."""
-        previous, self._sync = self._sync, False
+        previous = self._sync
+        _set_sync(self, False)
         try:
             yield
         finally:
-            self._sync = previous
+            _set_sync(self, previous)
 
     @property
     def bucket_sizes(self):
@@ -121,6 +125,20 @@ class DistributedDataParallel(Module):
             req.wait()
             bucket.write_back(self.world_size)
         self._round = None
+
+
+# array code and flags that a compiled step (tinygen.compile) must repeat on every replay: the bucket all-reduces
+# need nothing of this kind, as a replayed backward runs the engine, whose hooks start and finish them again
+@replayed
+def _broadcast_buffers(module):
+    for b in module.buffers():
+        if b is not None:
+            dist.broadcast_array(b.data, 0)
+
+
+@replayed
+def _set_sync(ddp, flag):
+    ddp._sync = flag
 
 
 class _Round:
