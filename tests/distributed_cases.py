@@ -99,7 +99,8 @@ def case_classifier():
     from tinygen.nn import parallel
     started_in_backward = []  # was each bucket's all-reduce started while backward() was still running?
     start = parallel._Bucket.start
-    parallel._Bucket.start = lambda self: (started_in_backward.append(engine._callbacks is not None), start(self))[1]
+    parallel._Bucket.start = lambda self, **kw: (started_in_backward.append(engine._callbacks is not None),
+                                                 start(self, **kw))[1]
     for dtype in (np.float64, np.float32):
         data = batches(dtype, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
         for make_opt in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=1e-2)):
@@ -195,7 +196,7 @@ def compiled_against_eager(make_model, make_opt, loss_fn, data, dtype, micro=1, 
     from tinygen.nn import parallel
     starts = []
     start = parallel._Bucket.start
-    parallel._Bucket.start = lambda self: (starts.append(self), start(self))[1]
+    parallel._Bucket.start = lambda self, **kw: (starts.append(self), start(self, **kw))[1]
     runs = {}
     try:
         for compiled in (False, True):

@@ -256,13 +256,15 @@ def _is_host(array):
 
 def all_reduce_array(array, op="sum"):
     """All-reduce an array in place (NumPy over MPI, CuPy over NCCL or host staging)."""
-    iall_reduce_array(array, op).wait()
+    iall_reduce_array(array, op, blocking=True).wait()
     return array
 
 
-def iall_reduce_array(array, op="sum"):
+def iall_reduce_array(array, op="sum", blocking=False):
     """Start an in-place all-reduce of an array and return a handle whose ``wait()`` completes it. The array
-    must not be read or written before ``wait()``. Every rank must start its collectives in the same order."""
+    must not be read or written before ``wait()``. Every rank must start its collectives in the same order.
+    ``blocking``: complete it before returning (MPI's blocking ``Allreduce``, which Open MPI runs 2-3x faster
+    than a nonblocking one waited for at once: for a reduction with nothing left to overlap)."""
     _check_op(op, "all_reduce")
     n = init()
     if n == 1:
@@ -272,6 +274,11 @@ def iall_reduce_array(array, op="sum"):
             raise ValueError("all_reduce: the array must be C-contiguous")
         from mpi4py import MPI
         after = (lambda: np.divide(array, n, out=array, casting="unsafe")) if op == "mean" else None
+        if blocking:
+            _world.comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+            if after is not None:
+                after()
+            return _Done()
         return _MPIRequest(_world.comm.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM), after)
     _device_all_reduce(array)
     if op == "mean":

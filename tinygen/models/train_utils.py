@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -222,13 +223,15 @@ def set_rng_state(state):
     if not isinstance(state, dict) or "cpu" not in state:
         raise ValueError(f"set_rng_state: expected a dict with a 'cpu' entry, got "
                          f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
-    ranks = state.get("ranks")
-    if ranks is not None:
-        if len(ranks) != dist.world_size():
-            raise ValueError(f"set_rng_state: the state holds the random streams of {len(ranks)} processes, this "
-                             f"run has {dist.world_size()}; resume with the number of processes that saved it")
-        for dev, s in ranks[dist.rank()].items():
-            _random.set_rng_state(s, dev, rank_stream=True)
+    ranks, n = state.get("ranks"), dist.world_size()
+    if ranks is not None and n > 1:  # (one process draws nothing from a rank stream)
+        if len(ranks) == n:
+            for dev, s in ranks[dist.rank()].items():
+                _random.set_rng_state(s, dev, rank_stream=True)
+        else:
+            warnings.warn(f"the checkpoint holds the random streams of {len(ranks)} processes and this run has {n}: "
+                          f"the ranks' dropout masks start afresh from the seed (resume with {len(ranks)} processes "
+                          f"to continue them)", RuntimeWarning, stacklevel=2)
     for dev, s in state.items():
         if dev != "ranks":
             _random.set_rng_state(s, dev)
