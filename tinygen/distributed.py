@@ -190,7 +190,8 @@ def shard(batch):
 
 
 def rank_seed(seed):
-    """The seed of this rank's own random stream (noise, dropout): ``seed + rank``. Rank 0 keeps ``seed``."""
+    """A seed for this rank's own generator in code of its own (e.g. a NumPy ``default_rng``): ``seed + rank``;
+    rank 0 keeps ``seed``. tinygen's draws inside a data-parallel module use ``tinygen.random.rank_stream``."""
     return int(seed) + rank()
 
 

@@ -43,7 +43,6 @@ class DistributedDataParallel(Module):
       seeded from the seed and the rank, so each rank drops its own units.
     - Gradient penalties (WGAN-GP): ``autograd.grad(..., create_graph=True)`` accumulates nothing and triggers
       nothing; the graph of the penalty stays local, and only the final ``.grad`` of ``loss.backward()`` is averaged.
-
     - ``tinygen.compile``: a compiled step that calls the wrapper replays its forward's buffer broadcast and
       ``no_sync()``'s switches, and its replayed backward runs the engine again, whose hooks start and wait for
       every bucket's all-reduce once per replay, as in eager.
