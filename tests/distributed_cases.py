@@ -224,10 +224,11 @@ def compiled_against_eager(make_model, make_opt, loss_fn, data, dtype, micro=1, 
             if len(starts) != len(data) * len(ddp.bucket_sizes) or len(set(map(id, starts))) != len(ddp.bucket_sizes):
                 raise AssertionError(f"{len(starts)} bucket all-reduces in {len(data)} steps of "
                                      f"{len(ddp.bucket_sizes)} buckets (compiled={compiled})")
-            runs[compiled] = (history, [p.data.copy() for p in ddp.parameters()], ddp)
+            state = [p.data.copy() for p in ddp.parameters()] + [b.data.copy() for b in ddp.buffers()]
+            runs[compiled] = (history, state, ddp)
     finally:
         parallel._Bucket.start = start
-    for what, i in (("gradient", 0), ("parameter", 1)):
+    for what, i in (("gradient", 0), ("parameter or buffer", 1)):
         for k, (a, b) in enumerate(zip(runs[True][i], runs[False][i])):
             if not np.array_equal(a, b):
                 raise AssertionError(f"rank {dist.rank()}: compiled data-parallel {what} {k} differs from eager "
@@ -257,6 +258,10 @@ def case_compiled():
                                              nn.Linear(16, 4)).to(dtype=dtype)
         compiled_against_eager(with_dropout, lambda ps: optim.Adam(ps, lr=1e-2), ce, data, dtype,
                                against_alone=False)
+        # BatchNorm's running statistics: rank 0's broadcast before every forward, replayed too
+        with_bn = lambda: nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(),  # noqa: E731
+                                        nn.Linear(16, 4)).to(dtype=dtype)
+        compiled_against_eager(with_bn, lambda ps: optim.SGD(ps, lr=0.1), ce, data, dtype, against_alone=False)
         rng = np.random.default_rng(5)
         vae_data = [((rng.random((GLOBAL_BATCH, 12)) < 0.5).astype(dtype),
                      rng.standard_normal((GLOBAL_BATCH, 3)).astype(dtype)) for _ in range(STEPS)]
