@@ -263,9 +263,9 @@ def median_rows(rounds):
 
 def table(rows):
     one = {(r["model"], r["mode"]): r for r in rows if r["ranks"] == 1}
-    lines = ["| model | mode | ranks | bucket MiB | step ms | samples/s | speedup | forward / backward / wait / optimizer "
-             "ms per rank | no-sync ms | all-reduce ms | bare all-reduce ms | compute CPU ms | idle-core speedup "
-             "| load avg |",
+    lines = ["| model | mode | ranks | bucket MiB | step ms | samples/s | speedup | forward / backward / wait / "
+             "optimizer ms per rank | no-sync ms | all-reduce ms | bare all-reduce ms | compute CPU ms "
+             "| idle-core speedup | load avg |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = r["global_batch"] / r["step"]
