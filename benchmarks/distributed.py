@@ -1,12 +1,19 @@
 """Data-parallel training steps at 1 and 2 MPI ranks (one thread each): throughput, all-reduce cost, bucket sizes.
 
     python -m benchmarks.distributed                      # launches mpiexec itself; prints a Markdown table
-    python -m benchmarks.distributed --steps 10 --global-batch 1024 --ranks 1 2
+    python -m benchmarks.distributed --steps 10 --global-batch 1024 --ranks 1 2 --rounds 3
 
 The models are the VAE and the GAN of benchmarks/specs.py, built from tinygen.nn layers and wrapped in
-DistributedDataParallel; each rank trains on global-batch / ranks examples. Per configuration:
+DistributedDataParallel; each rank trains on global-batch / ranks examples. Each round launches every rank count
+once (1 and 2 alternate), and the table has the median over ``--rounds`` of each number. Per configuration:
+  mode        eager, or the step through tinygen.compile (recorded once, then replayed);
   step        the fastest of ``--steps`` timed training steps (VAE: one Adam step; GAN: one D step + one G
               step): on a shared machine the minimum is the least disturbed by other processes;
+  phases      per rank, ms per step (mean over the timed steps): forward (with the losses), backward (with the
+              bucket copies and starts, without the waits), wait (for the bucket all-reduces to complete, and
+              the blocking all-reduce of the last bucket),
+              optimizer (zero_grad and step); a compiled step's replays skip the Python that splits the phases,
+              so only its wait is shown;
   samples/s   global batch / step;
   no-sync     the same step under ``no_sync()`` (no communication): the compute of one rank's half batch;
   all-reduce  step minus no-sync: what the step pays for averaging gradients, with the waits for the slower
@@ -64,8 +71,38 @@ def _gan(nn):
     return nn.Sequential(*g_layers), nn.Sequential(*d_layers)
 
 
-def _step_fn(model, bucket_cap_mb, local_batch):
-    """A function running one training step, and the number of gradient values that one step all-reduces."""
+class _Clock:
+    """Per-phase wall time of the timed steps on this rank: ``lap(name)`` adds the time since the previous lap to
+    ``name``; the all-reduce waits (``wait``) are taken out of the phase they happen in."""
+
+    def __init__(self):
+        self.totals, self.last, self.waited, self.on = {}, 0.0, 0.0, False
+
+    def start(self):
+        self.last, self.waited = time.perf_counter(), 0.0
+
+    def lap(self, name):
+        now = time.perf_counter()
+        if self.on:
+            self.totals[name] = self.totals.get(name, 0.0) + now - self.last - self.waited
+        self.last, self.waited = now, 0.0
+
+    def timed(self, fn):
+        """``fn`` (a wait for an all-reduce, or a blocking all-reduce) with its time counted as ``wait``."""
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            took = time.perf_counter() - t0
+            self.waited += took
+            if self.on:
+                self.totals["wait"] = self.totals.get("wait", 0.0) + took
+            return out
+        return timed
+
+
+def _step_fn(model, bucket_cap_mb, local_batch, clock):
+    """A function running one training step (its phases timed by ``clock``), the wrapped modules and the number
+    of gradient values that one step all-reduces."""
     import tinygen as tg
     from tinygen import nn, optim
     from tinygen.nn import functional as F
@@ -79,12 +116,17 @@ def _step_fn(model, bucket_cap_mb, local_batch):
         noise = tg.tensor(rng.standard_normal((local_batch, specs.VAE_LATENT)).astype(np.float32))
 
         def step():
+            clock.start()
             opt.zero_grad()
+            clock.lap("optimizer")
             logits, mu, logvar = vae(x, noise)
             loss = (F.binary_cross_entropy_with_logits(logits, x, reduction="sum") + F.kl_normal(mu, logvar)) \
                 * (1.0 / local_batch)
+            clock.lap("forward")
             loss.backward()
+            clock.lap("backward")
             opt.step()
+            clock.lap("optimizer")
         return step, [vae], sum(p.data.size for p in vae.parameters())
     g, d = _gan(nn)
     g, d = DDP(g, bucket_cap_mb=bucket_cap_mb), DDP(d, bucket_cap_mb=bucket_cap_mb)
@@ -95,25 +137,37 @@ def _step_fn(model, bucket_cap_mb, local_batch):
     ones, zeros = tg.ones(local_batch, 1), tg.zeros(local_batch, 1)
 
     def step():
+        clock.start()
         opt_d.zero_grad()
+        clock.lap("optimizer")
         fake = g(z)
         loss_d = F.binary_cross_entropy_with_logits(d(real), ones) + \
             F.binary_cross_entropy_with_logits(d(fake.detach()), zeros)
+        clock.lap("forward")
         loss_d.backward()
+        clock.lap("backward")
         opt_d.step()
         opt_g.zero_grad()
+        clock.lap("optimizer")
         with d.no_sync():  # the G step's backward also reaches D, whose gradients the next D step discards
-            F.binary_cross_entropy_with_logits(d(fake), ones).backward()
+            loss_g = F.binary_cross_entropy_with_logits(d(fake), ones)
+            clock.lap("forward")
+            loss_g.backward()
+        clock.lap("backward")
         opt_g.step()
+        clock.lap("optimizer")
     n = sum(p.data.size for p in g.parameters()) + sum(p.data.size for p in d.parameters())
     return step, [g, d], n
 
 
-def _fastest_step(step, steps, warmup, barrier):
-    """(fastest wall-clock seconds of a step across the ranks, fastest CPU seconds of the step on this rank)."""
+def _fastest_step(step, steps, warmup, barrier, clock=None):
+    """(fastest wall-clock seconds of a step across the ranks, fastest CPU seconds of the step on this rank,
+    median wall-clock seconds); ``clock`` times the phases of the timed steps only."""
     for _ in range(warmup):
         step()
     times, cpu = [], []
+    if clock is not None:
+        clock.on = True
     for _ in range(steps):
         barrier()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -121,28 +175,41 @@ def _fastest_step(step, steps, warmup, barrier):
         cpu.append(time.process_time() - c0)
         barrier()
         times.append(time.perf_counter() - t0)
-    return float(np.min(times)), float(np.min(cpu))
+    if clock is not None:
+        clock.on = False
+    return float(np.min(times)), float(np.min(cpu)), float(np.median(times))
 
 
 def worker(args):
     """Run under mpiexec: time every configuration; rank 0 prints one JSON line per configuration."""
     from contextlib import ExitStack
+    import tinygen as tg
     from tinygen import distributed as dist
     n = dist.init()
     local = dist.split_batch(args.global_batch)
     rows = []
     for model in args.models:
         caps = args.bucket_mb if n > 1 else [25.0]
-        for cap in caps:
-            step, wrapped, numel = _step_fn(model, cap, local)
-            t, cpu = _fastest_step(step, args.steps, args.warmup, dist.barrier)
-            row = dict(model=model, ranks=n, bucket_mb=cap, step=t, cpu=cpu, grad_values=numel,
-                       global_batch=args.global_batch, load=os.getloadavg()[0])
+        for cap, mode in [(c, m) for c in caps for m in args.modes]:
+            clock = _Clock()
+            wait, start = dist._MPIRequest.wait, dist.iall_reduce_array
+            dist._MPIRequest.wait = clock.timed(wait)  # the nonblocking all-reduces' waits
+            dist.iall_reduce_array = lambda *a, **k: (clock.timed(start) if k.get("blocking") else start)(*a, **k)
+            try:
+                step, wrapped, numel = _step_fn(model, cap, local, clock)
+                timed = tg.compile(step) if mode == "compiled" else step
+                t, cpu, median = _fastest_step(timed, args.steps, args.warmup, dist.barrier, clock)
+            finally:
+                dist._MPIRequest.wait, dist.iall_reduce_array = wait, start
+            # the phases (ms per step) of every rank; a compiled step's replays skip the laps: its wait only
+            phases = dist.all_gather_object({k: v / args.steps * 1e3 for k, v in clock.totals.items()})
+            row = dict(model=model, ranks=n, mode=mode, bucket_mb=cap, step=t, median=median, cpu=cpu,
+                       grad_values=numel, global_batch=args.global_batch, load=os.getloadavg()[0], phases=phases)
             if n > 1:
                 with ExitStack() as stack:
                     for m in wrapped:
                         stack.enter_context(m.no_sync())
-                    row["step_no_sync"], row["cpu"] = _fastest_step(step, args.steps, 1, dist.barrier)
+                    row["step_no_sync"], row["cpu"], _ = _fastest_step(step, args.steps, 1, dist.barrier)
                 flat = np.ones(numel, np.float32)
                 reduce = lambda: dist.all_reduce_array(flat)  # noqa: E731
                 row["bare_all_reduce"] = _fastest_step(reduce, args.steps, 1, dist.barrier)[0]
@@ -160,7 +227,7 @@ def _launch(ranks, args):
     cmd = [mpiexec] + (["--oversubscribe"] if "Open MPI" in version else []) + ["-n", str(ranks)]
     cmd += [sys.executable, "-m", "benchmarks.distributed", "--worker", "--steps", str(args.steps), "--warmup",
             str(args.warmup), "--global-batch", str(args.global_batch), "--models", *args.models,
-            "--bucket-mb", *map(str, args.bucket_mb)]
+            "--bucket-mb", *map(str, args.bucket_mb), "--modes", *args.modes]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                **{v: "1" for v in THREAD_VARS})
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -169,25 +236,53 @@ def _launch(ranks, args):
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+def _key(r):
+    return r["model"], r["ranks"], r["mode"], r["bucket_mb"]
+
+
+def median_rows(rounds):
+    """One row per configuration from several rounds: the median over the rounds of each number (the phases
+    per rank too) and the rounds' range of the step time."""
+    groups = {}
+    for rows in rounds:
+        for r in rows:
+            groups.setdefault(_key(r), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = dict(rs[0])
+        for k, v in rs[0].items():
+            if isinstance(v, float):
+                row[k] = float(np.median([r[k] for r in rs]))
+        row["phases"] = [{k: float(np.median([r["phases"][i].get(k, 0.0) for r in rs])) for k in ph}
+                         for i, ph in enumerate(rs[0]["phases"])]
+        row["step_range"] = (min(r["step"] for r in rs), max(r["step"] for r in rs))
+        row["rounds"] = len(rs)
+        out.append(row)
+    return out
+
+
 def table(rows):
-    one = {r["model"]: r for r in rows if r["ranks"] == 1}
-    lines = ["| model | ranks | bucket MiB | step ms | samples/s | speedup | no-sync ms | all-reduce ms | share "
-             "| bare all-reduce ms | compute CPU ms | idle-core speedup | gradient MB/step | load avg |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    one = {(r["model"], r["mode"]): r for r in rows if r["ranks"] == 1}
+    lines = ["| model | mode | ranks | bucket MiB | step ms | samples/s | speedup | forward / backward / wait / "
+             "optimizer ms per rank | no-sync ms | all-reduce ms | bare all-reduce ms | compute CPU ms "
+             "| idle-core speedup | load avg |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = r["global_batch"] / r["step"]
-        base = one.get(r["model"])
+        base = one.get((r["model"], r["mode"]))
         speedup = f"{base['step'] / r['step']:.2f}x" if base else "-"
+        phases = " ; ".join("/".join(f"{ph.get(k, 0.0):.1f}" if k in ph else "-"
+                                     for k in ("forward", "backward", "wait", "optimizer")) for ph in r["phases"])
         if r["ranks"] > 1:
             comm = max(r["step"] - r["step_no_sync"], 0.0)
             # what the step would take with a core per rank: this rank's compute plus the bare all-reduce
             ideal = f"{base['cpu'] / (r['cpu'] + r['bare_all_reduce']):.2f}x" if base else "-"
-            extra = (f"{r['step_no_sync'] * 1e3:.1f} | {comm * 1e3:.1f} | {comm / r['step']:.0%} | "
-                     f"{r['bare_all_reduce'] * 1e3:.1f} | {r['cpu'] * 1e3:.1f} | {ideal}")
+            extra = (f"{r['step_no_sync'] * 1e3:.1f} | {comm * 1e3:.1f} | {r['bare_all_reduce'] * 1e3:.1f} | "
+                     f"{r['cpu'] * 1e3:.1f} | {ideal}")
         else:
-            extra = f"- | - | - | - | {r['cpu'] * 1e3:.1f} | -"
-        lines.append(f"| {r['model']} | {r['ranks']} | {r['bucket_mb']:g} | {r['step'] * 1e3:.1f} | {speed:.0f} | "
-                     f"{speedup} | {extra} | {r['grad_values'] * 4 / 1e6:.2f} | {r['load']:.1f} |")
+            extra = f"- | - | - | {r['cpu'] * 1e3:.1f} | -"
+        lines.append(f"| {r['model']} | {r['mode']} | {r['ranks']} | {r['bucket_mb']:g} | {r['step'] * 1e3:.1f} | "
+                     f"{speed:.0f} | {speedup} | {phases} | {extra} | {r['load']:.1f} |")
     return "\n".join(lines)
 
 
@@ -195,21 +290,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--models", nargs="+", default=["vae", "gan"], choices=["vae", "gan"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"],
+                        help="the step as written, and through tinygen.compile")
     parser.add_argument("--global-batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (the fastest counts)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--bucket-mb", type=float, nargs="+", default=[25.0, 1.0, 0.25],
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="launches of every rank count, alternated; the table has the median over them")
+    parser.add_argument("--bucket-mb", type=float, nargs="+", default=[25.0, 1.0],
                         help="bucket caps tried at more than one rank")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--json", help="also write the rounds' raw rows to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
-    rows = []
-    for ranks in args.ranks:
-        rows += _launch(ranks, args)
-    print(table(rows))
+    rounds = []
+    for _ in range(args.rounds):  # 1 and 2 ranks alternate, so a change of load hits both alike
+        rows = []
+        for ranks in args.ranks:
+            rows += _launch(ranks, args)
+        rounds.append(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rounds, f)
+    print(table(median_rows(rounds)))
     return 0
 
 

@@ -99,7 +99,8 @@ def case_classifier():
     from tinygen.nn import parallel
     started_in_backward = []  # was each bucket's all-reduce started while backward() was still running?
     start = parallel._Bucket.start
-    parallel._Bucket.start = lambda self: (started_in_backward.append(engine._callbacks is not None), start(self))[1]
+    parallel._Bucket.start = lambda self, **kw: (started_in_backward.append(engine._callbacks is not None),
+                                                 start(self, **kw))[1]
     for dtype in (np.float64, np.float32):
         data = batches(dtype, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
         for make_opt in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=1e-2)):
@@ -187,6 +188,95 @@ def case_wgan_gp():
         check_same_params("WGAN-GP critic", runs[True][1], runs[False][1], dtype)
 
 
+def compiled_against_eager(make_model, make_opt, loss_fn, data, dtype, micro=1, against_alone=True):
+    """The same data-parallel steps eager and through tinygen.compile (the step: zero_grad, ``micro`` backward
+    passes over parts of the rank's shard, all but the last inside no_sync, the optimizer step): bitwise the same
+    gradients and parameters, every bucket's all-reduce started exactly once a step (not skipped nor repeated by a
+    replay), and (``against_alone``) the parameters of one process on the whole batches to the usual tolerance."""
+    from tinygen.nn import parallel
+    starts = []
+    start = parallel._Bucket.start
+    parallel._Bucket.start = lambda self, **kw: (starts.append(self), start(self, **kw))[1]
+    runs = {}
+    try:
+        for compiled in (False, True):
+            ddp = DistributedDataParallel(build(make_model, dist.rank()), bucket_cap_mb=0.001)
+            opt = make_opt(ddp.parameters())
+
+            def step(*batch):
+                opt.zero_grad()
+                for i in range(micro):
+                    part = [t[i * len(t) // micro:(i + 1) * len(t) // micro] for t in batch]
+                    if i < micro - 1:
+                        with ddp.no_sync():
+                            loss_fn(ddp, part).backward()
+                    else:
+                        loss_fn(ddp, part).backward()
+                opt.step()
+
+            fn = tg.compile(step) if compiled else step
+            history, starts[:] = [], []
+            for batch in data:
+                fn(*[tg.tensor(a) for a in dist.shard(batch)])
+                history += grads(ddp)
+            if compiled and (fn.records, fn.replays) != (1, len(data) - 1):
+                raise AssertionError(f"compiled step: {fn.records} records, {fn.replays} replays")
+            if len(starts) != len(data) * len(ddp.bucket_sizes) or len(set(map(id, starts))) != len(ddp.bucket_sizes):
+                raise AssertionError(f"{len(starts)} bucket all-reduces in {len(data)} steps of "
+                                     f"{len(ddp.bucket_sizes)} buckets (compiled={compiled})")
+            state = [p.data.copy() for p in ddp.parameters()] + [b.data.copy() for b in ddp.buffers()]
+            runs[compiled] = (history, state, ddp)
+    finally:
+        parallel._Bucket.start = start
+    for what, i in (("gradient", 0), ("parameter or buffer", 1)):
+        for k, (a, b) in enumerate(zip(runs[True][i], runs[False][i])):
+            if not np.array_equal(a, b):
+                raise AssertionError(f"rank {dist.rank()}: compiled data-parallel {what} {k} differs from eager "
+                                     f"(max abs diff {np.max(np.abs(a - b))})")
+    if against_alone:
+        alone = build(make_model, 0)
+        opt = make_opt(alone.parameters())
+        for batch in data:
+            opt.zero_grad()
+            for i in range(micro):  # the same parts of the whole batch: their losses add up as the ranks' do
+                loss_fn(alone, [tg.tensor(a[i * len(a) // micro:(i + 1) * len(a) // micro]) for a in batch]).backward()
+            opt.step()
+        check_same_params("compiled data-parallel vs one process", runs[True][2].module, alone, dtype)
+
+
+def case_compiled():
+    for dtype in (np.float64, np.float32):
+        data = batches(dtype, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
+        ce = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
+        for make_opt in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=1e-2)):
+            compiled_against_eager(mlp(dtype), make_opt, ce, data, dtype)
+        # gradient accumulation: no_sync inside the compiled step, two halves of each rank's shard
+        half_ce = lambda m, b: F.cross_entropy(m(b[0]), b[1]) * 0.5  # noqa: E731
+        compiled_against_eager(mlp(dtype), lambda ps: optim.SGD(ps, lr=0.1), half_ce, data, dtype, micro=2)
+        # dropout: each rank's masks from its rank stream, switched to on every replay (no one-process reference)
+        with_dropout = lambda: nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.3),  # noqa: E731
+                                             nn.Linear(16, 4)).to(dtype=dtype)
+        compiled_against_eager(with_dropout, lambda ps: optim.Adam(ps, lr=1e-2), ce, data, dtype,
+                               against_alone=False)
+        # BatchNorm's running statistics: rank 0's broadcast before every forward, replayed too
+        with_bn = lambda: nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(),  # noqa: E731
+                                        nn.Linear(16, 4)).to(dtype=dtype)
+        compiled_against_eager(with_bn, lambda ps: optim.SGD(ps, lr=0.1), ce, data, dtype, against_alone=False)
+        rng = np.random.default_rng(5)
+        vae_data = [((rng.random((GLOBAL_BATCH, 12)) < 0.5).astype(dtype),
+                     rng.standard_normal((GLOBAL_BATCH, 3)).astype(dtype)) for _ in range(STEPS)]
+        compiled_against_eager(lambda: VAE(dtype), lambda ps: optim.Adam(ps, lr=1e-2), vae_loss, vae_data, dtype)
+        # a WGAN-GP critic step: the penalty's create_graph gradient inside the compiled step
+        critic = lambda: nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)).to(  # noqa: E731
+            dtype=dtype)
+        rng = np.random.default_rng(9)
+        gp_data = [tuple(rng.standard_normal(s).astype(dtype) for s in ((GLOBAL_BATCH, 6), (GLOBAL_BATCH, 6),
+                                                                        (GLOBAL_BATCH, 1))) for _ in range(STEPS)]
+        # (SGD: Adam scales a gradient component that is rounding noise in float32 up to steps of lr)
+        compiled_against_eager(critic, lambda ps: optim.SGD(ps, lr=1e-2), lambda m, b: critic_loss(m, *b),
+                               gp_data, dtype)
+
+
 def case_no_sync():
     dtype = np.float64
     data = batches(dtype, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
@@ -227,6 +317,33 @@ def case_unused_parameter():
     check_close("a.weight grad", model.module.a.weight.grad.data, np.full((1, 3), 2.0), np.float32)
     if model.module.never.weight.grad is not None:
         raise AssertionError("a parameter no rank used got a gradient")
+
+
+def case_dropout_streams():
+    """Dropout inside DistributedDataParallel draws from the rank stream: the ranks' masks differ, are the same
+    again after manual_seed with the same seed, and leave the main stream (the global batch's noise) alike on
+    every rank."""
+    from tinygen import random as tr
+    model = DistributedDataParallel(build(lambda: nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.5)), 0))
+    tr.manual_seed(5)
+    x = tg.tensor(np.ones((16, 8), dtype=np.float32))
+    masks = lambda: (model(x).detach().numpy() == 0)  # noqa: E731
+    first = masks()
+    ranks = dist.all_gather_object(first)
+    if np.array_equal(ranks[0], ranks[1]):
+        raise AssertionError("both ranks drew the same dropout mask")
+    if not 0.3 < first.mean() < 0.7:
+        raise AssertionError(f"dropout p=0.5 dropped {first.mean():.2f} of the units")
+    main = dist.all_gather_object(tg.randn(4).numpy())
+    if not np.array_equal(main[0], main[1]):
+        raise AssertionError("the main stream differs across ranks after a data-parallel forward with dropout")
+    tr.manual_seed(5)
+    if not np.array_equal(masks(), first):
+        raise AssertionError("manual_seed did not restart the rank stream")
+    plain = nn.Dropout(0.5)(x).numpy() == 0  # outside a data-parallel module: the main stream, alike everywhere
+    gathered = dist.all_gather_object(plain)
+    if not np.array_equal(gathered[0], gathered[1]):
+        raise AssertionError("dropout outside a data-parallel module drew from the rank stream")
 
 
 def case_collectives():
@@ -329,34 +446,49 @@ def tiny_digits(n, seed):
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-def case_train(model, out, epochs, mode):
+def case_train(model, out, epochs, mode, compile="compiled"):
     """A tiny run of ``tinygen train <model>`` into ``out`` (tests/test_distributed.py compares the checkpoints
     of 2 ranks and of 1). 100 training images in global batches of 20: 5 steps an epoch. The classifier trains in
     float64; the VAE in float32 (its test-set evaluation is float32 only)."""
     from tinygen.models import classifier, gan, vae
+    compile = {"compiled": True, "eager": False}[compile]  # the trainers' step through tinygen.compile or not
+    import atexit
+    from tinygen.compile import Compiled
+    made = []  # every compiled step: rank 0 prints how many calls were replays, for the test to check
+    init = Compiled.__init__
+    Compiled.__init__ = lambda self, *a: (made.append(self), init(self, *a))[1]
+    atexit.register(lambda: dist.rank() or print(f"REPLAYS {sum(c.replays for c in made)}", flush=True))
     tg.set_default_dtype(np.float32 if model == "vae" else np.float64)
     train, test = tiny_digits(100, 0), tiny_digits(64, 1)
     # mode: fresh, resume, or first: a fresh run stopped after its first epoch (as if interrupted)
     epochs, resume, stop_after = int(epochs), mode == "resume", 1 if mode == "first" else None
-    if model == "classifier":
-        # no dropout: each rank draws its own masks, which one process cannot reproduce
-        classifier.train_classifier(epochs=epochs, batch_size=20, hidden=[32, 16], dropout=0.0, seed=3,
+    if model in ("classifier", "classifier_dropout"):
+        # no dropout for the comparison with one process: each rank draws its own masks (the rank stream)
+        classifier.train_classifier(epochs=epochs, batch_size=20, hidden=[32, 16], seed=3,
+                                    dropout=0.3 if model == "classifier_dropout" else 0.0,
                                     out=out, resume=resume, save=f"{out}/final.npz", train_set=train,
-                                    test_set=test, stop_after=stop_after)
+                                    test_set=test, stop_after=stop_after, compile=compile)
     elif model == "vae":
         # a VAE run without a schedule: a shorter run is its first epochs
         vae.train_vae(out=out, resume=resume, train_set=train, test_set=test, epochs=1 if stop_after else epochs,
-                      batch_size=20, hidden=[32], latent=2, binarize=True, beta_warmup=1.0, seed=3)
+                      batch_size=20, hidden=[32], latent=2, binarize=True, beta_warmup=1.0, seed=3,
+                      compile=compile)
     elif model == "gan":
         # conditional MNIST GAN (fake labels drawn too) with an EMA generator, 3 generator steps an epoch
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
                       latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
-                      log_every=2, seed=3)
+                      log_every=2, seed=3, compile=compile)
+    elif model == "gan_dropout":
+        # the MLP GAN with dropout in both networks; checkpoints every epoch of 3 generator steps
+        gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
+                      latent=8, g_hidden=[16], d_hidden=[16], g_dropout=0.3, d_dropout=0.3, eval_samples=64,
+                      log_every=2, seed=3, compile=compile)
     elif model == "gan_gp":
         # WGAN-GP on the ring (the penalty's interpolation draws), the generator's BatchNorm synchronised
         gan.train_gan(out=out, resume=resume, dataset="ring", loss="wgan-gp", n_critic=2, toy_samples=128,
                       lr_decay="none", epochs=1 if stop_after else epochs, batch_size=32, latent=2, g_hidden=[16, 16],
-                      d_hidden=[16], g_batchnorm=True, sync_bn=True, eval_samples=64, log_every=2, seed=3)
+                      d_hidden=[16], g_batchnorm=True, sync_bn=True, eval_samples=64, log_every=2, seed=3,
+                      compile=compile)
     else:
         raise ValueError(f"case train: unknown model {model!r}")
 

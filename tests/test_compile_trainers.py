@@ -166,13 +166,15 @@ def test_no_compile_option(module):
     assert "tinygen.compile" in p.format_help()
 
 
-def test_steps_stay_eager_under_data_parallelism(monkeypatch):
+def test_steps_are_compiled_under_data_parallelism_too(monkeypatch):
+    """(tests/test_distributed.py runs the compiled trainers on 2 ranks against eager, bitwise.)"""
     def step(x):
         return x * 2
     assert isinstance(tu.compiled_step(step), Compiled)
     assert tu.compiled_step(step, compile=False) is step
     monkeypatch.setattr(tu.dist, "world_size", lambda: 2)
-    assert tu.compiled_step(step) is step
+    assert isinstance(tu.compiled_step(step), Compiled)
+    assert tu.compiled_step(step, compile=False) is step
 
 
 def test_own_data_compiled_runs_are_bitwise_the_eager_runs(tmp_path, compiled):

@@ -60,7 +60,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT, args=()):
 
 
 @pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync",
-                                  "unused_parameter", "sampler", "sync_batch_norm"])
+                                  "unused_parameter", "sampler", "sync_batch_norm", "dropout_streams", "compiled"])
 def test_two_ranks(case):
     rc, out, err, _ = launch(case)
     assert rc == 0, f"{case} failed on 2 ranks (exit {rc})\n{out}\n{err}"
@@ -86,8 +86,8 @@ TRAINER_TOLERANCE = {"classifier": (1e-12, 1e-12), "gan": (1e-12, 1e-12), "gan_g
 TRAINERS = list(TRAINER_TOLERANCE)
 
 
-def train_run(model, out, n, epochs, mode="fresh"):
-    rc, stdout, err, _ = launch("train", n=n, args=(model, out, epochs, mode))
+def train_run(model, out, n, epochs, mode="fresh", compile="compiled"):
+    rc, stdout, err, _ = launch("train", n=n, args=(model, out, epochs, mode, compile))
     assert rc == 0, f"train {model} on {n} rank(s) failed (exit {rc})\n{stdout}\n{err}"
     return stdout
 
@@ -139,6 +139,59 @@ def test_trainer_resumes_on_two_ranks(model, tmp_path):
     assert [json.loads(line)["epoch"] for line in (parallel / "metrics.jsonl").read_text().splitlines()] == [1]
     train_run(model, parallel, 2, 2, mode="resume")
     compare_runs(model, parallel, alone)
+
+
+@pytest.mark.parametrize("model", TRAINERS + ["classifier_dropout", "gan_dropout"])
+def test_compiled_trainer_on_two_ranks_equals_eager(model, tmp_path):
+    """The trainers compile their step under mpiexec too: bitwise the eager 2-rank run's checkpoint (parameters,
+    optimizer states, every rank's random stream) and metrics."""
+    compiled, eager = tmp_path / "compiled", tmp_path / "eager"
+    replays = [int(line.split()[1]) for run in (train_run(model, compiled, 2, 2),
+                                                train_run(model, eager, 2, 2, compile="eager"))
+               for line in run.splitlines() if line.startswith("REPLAYS")]
+    assert len(replays) == 2 and replays[0] >= 3 and replays[1] == 0, replays  # 2 epochs of 5 steps (GAN: 3)
+    _assert_same_tree(tg.load(compiled / "checkpoint.npz"), tg.load(eager / "checkpoint.npz"))
+    for log in sorted(p.name for p in eager.glob("*.jsonl")):
+        lines = [[json.loads(line) for line in (run / log).read_text().splitlines()] for run in (compiled, eager)]
+        strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "steps_per_s", "images_per_s")}  # noqa
+        assert [strip(r) for r in lines[0]] == [strip(r) for r in lines[1]], log
+
+
+def _assert_same_tree(a, b, where="checkpoint"):
+    """Two loaded checkpoints hold bitwise the same values (tensors compared by their arrays)."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and sorted(a) == sorted(b), where
+        for k in b:
+            if k != "config":
+                _assert_same_tree(a[k], b[k], f"{where}/{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(b, tg.Tensor):
+        assert np.array_equal(a.numpy(), b.numpy()), where
+    elif isinstance(b, np.ndarray):
+        assert np.array_equal(a, b), where
+    elif isinstance(b, float) and where.split("/")[-1] in ("seconds", "steps_per_s", "images_per_s"):
+        pass
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("model", ["classifier_dropout", "gan_dropout"])
+def test_trainer_with_dropout_resumes_on_two_ranks_bitwise(model, tmp_path):
+    """Each rank's own dropout stream is saved in the checkpoint: a run interrupted after its first epoch and
+    resumed on 2 ranks ends with bitwise the parameters of the uninterrupted 2-rank run."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_run(model, whole, 2, 2)
+    train_run(model, parts, 2, 2, mode="first")
+    train_run(model, parts, 2, 2, mode="resume")
+    a, b = tg.load(parts / "checkpoint.npz"), tg.load(whole / "checkpoint.npz")
+    assert len(b["rng"]["ranks"]) == 2 and b["rng"]["ranks"][0] != b["rng"]["ranks"][1]
+    for name in b["modules"]:
+        for key, value in b["modules"][name].items():
+            assert np.array_equal(a["modules"][name][key].numpy(), value.numpy()), f"{name} {key}"
+    assert a["rng"] == b["rng"]
 
 
 def test_command_line_trains_on_two_ranks(tmp_path):

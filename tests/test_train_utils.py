@@ -137,6 +137,36 @@ def test_fork_rng_is_reproducible_and_leaves_the_outer_stream_alone():
     assert np.array_equal(tinygen.randn(4).numpy(), expected)
 
 
+def test_rank_stream_is_its_own_reproducible_stream_and_leaves_the_main_one_alone():
+    tinygen.manual_seed(2)
+    expected_main = tinygen.randn(4).numpy().copy()
+    tinygen.manual_seed(2)
+    with _random.rank_stream():
+        ranked = tinygen.randn(4).numpy().copy()
+    assert np.array_equal(tinygen.randn(4).numpy(), expected_main)  # the main stream did not move
+    assert not np.array_equal(ranked, expected_main)
+    tinygen.manual_seed(2)
+    state = _random.get_rng_state(rank_stream=True)
+    with _random.rank_stream():
+        assert np.array_equal(tinygen.randn(4).numpy(), ranked)  # manual_seed restarts it
+        tinygen.randn(2)
+    _random.set_rng_state(state, rank_stream=True)
+    with _random.rank_stream():
+        assert np.array_equal(tinygen.randn(4).numpy(), ranked)  # and its state round-trips
+    tinygen.manual_seed(3)
+    with _random.rank_stream():
+        assert not np.array_equal(tinygen.randn(4).numpy(), ranked)  # derived from the seed
+
+
+def test_checkpoint_rank_streams_are_ignored_by_one_process():
+    """One process draws nothing from a rank stream, so a data-parallel run's checkpoint resumes alone."""
+    tinygen.manual_seed(1)
+    state = {**tu.rng_state(), "ranks": [{"cpu": {"bad": 0}}, {"cpu": {"bad": 1}}]}
+    a = tinygen.randn(3).numpy().copy()
+    tu.set_rng_state(state)
+    assert np.array_equal(tinygen.randn(3).numpy(), a)
+
+
 def test_set_rng_state_rejects_a_wrong_object():
     with pytest.raises(ValueError, match="cpu"):
         tu.set_rng_state({"gpu": 1})

@@ -1,4 +1,14 @@
-"""Random tensors, reproducible with ``manual_seed``. Each device has its own generator, seeded together."""
+"""Random tensors, reproducible with ``manual_seed``. Each device has its own generator, seeded together.
+
+Two streams: the main one, and the rank stream, which a data-parallel module's forward draws from (its dropout
+masks; ``with rank_stream():``). The rank stream's generators are seeded from the seed and this process's rank
+(``numpy.random.SeedSequence([seed, rank, device])``), so each process of a data-parallel run drops its own units
+while the main stream (noise drawn for the whole global batch) stays the same on every process. In a world of one
+process nothing draws from it unless asked.
+"""
+import contextlib
+import zlib
+
 import numpy as np
 
 from .capture import replayed
@@ -7,7 +17,9 @@ from ._checks import check_int, check_real, is_int
 from .tensor import _make, _size, get_default_dtype, require_tensor
 
 _seed = None
-_generators = {}
+_generators = {}       # the main stream: device -> generator
+_rank_generators = {}  # the rank stream: device -> generator
+_in_rank_stream = False
 
 
 def manual_seed(seed):
@@ -17,6 +29,7 @@ def manual_seed(seed):
         raise ValueError(f"manual_seed: seed must be a non-negative integer, got {seed!r}")
     _seed = int(seed)
     _generators.clear()
+    _rank_generators.clear()
 
 
 def initial_seed():
@@ -24,19 +37,52 @@ def initial_seed():
 
 
 def generator(device="cpu"):
-    """The generator of a device (a NumPy or CuPy ``Generator``)."""
-    g = _generators.get(device)
+    """The generator of a device (a NumPy or CuPy ``Generator``) that draws now: the rank stream's inside
+    ``rank_stream()``, else the main stream's."""
+    return _stream_generator(device, _in_rank_stream)
+
+
+def _stream_generator(device, rank):
+    gens = _rank_generators if rank else _generators
+    g = gens.get(device)
     if g is None:
         xp = backend.array_module(device)
-        g = _generators[device] = xp.random.default_rng(_seed)
+        g = gens[device] = xp.random.default_rng(_rank_stream_seed(device) if rank else _seed)
     return g
 
 
-def get_rng_state(device="cpu"):
-    """The state of a device's generator, for checkpoints: NumPy's (and the stand-in's) as its dict of plain
-    values; CuPy's as ``{"curand_states": uint8 array}``, a host copy of the per-thread cuRAND states (CuPy's
-    generators expose no public state, so this reads the private buffer they keep them in)."""
-    bitgen = generator(device).bit_generator
+def _rank_stream_seed(device):
+    from . import distributed  # the rank; imported here, as only data-parallel code draws from this stream
+    if _seed is None:
+        return None  # unseeded, as the main stream then is
+    sequence = np.random.SeedSequence([_seed, distributed.rank(), zlib.crc32(device.encode())])
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+@replayed  # a compiled step switches streams at the same points on every replay
+def _use_rank_stream(flag):
+    global _in_rank_stream
+    _in_rank_stream = flag
+
+
+@contextlib.contextmanager
+def rank_stream():
+    """Draw from the rank stream inside the block (see the module docstring); DistributedDataParallel's forward
+    runs its module inside it."""
+    previous = _in_rank_stream
+    _use_rank_stream(True)
+    try:
+        yield
+    finally:
+        _use_rank_stream(previous)
+
+
+def get_rng_state(device="cpu", rank_stream=False):
+    """The state of a device's generator (the main stream's, or the rank stream's), for checkpoints: NumPy's
+    (and the stand-in's) as its dict of plain values; CuPy's as ``{"curand_states": uint8 array}``, a host copy of
+    the per-thread cuRAND states (CuPy's generators expose no public state, so this reads the private buffer they
+    keep them in)."""
+    bitgen = _stream_generator(device, rank_stream).bit_generator
     try:
         return dict(bitgen.state)
     except (AttributeError, TypeError, NotImplementedError):  # CuPy: ``state`` is a method returning a pointer
@@ -47,9 +93,9 @@ def get_rng_state(device="cpu"):
     return {"curand_states": backend.to_device(buf, "cpu").view(np.uint8).copy()}
 
 
-def set_rng_state(state, device="cpu"):
-    """Restore what ``get_rng_state(device)`` returned."""
-    bitgen = generator(device).bit_generator
+def set_rng_state(state, device="cpu", rank_stream=False):
+    """Restore what ``get_rng_state(device, rank_stream)`` returned."""
+    bitgen = _stream_generator(device, rank_stream).bit_generator
     if isinstance(state, dict) and "curand_states" in state:
         buf = getattr(bitgen, "_state", None)
         saved = np.asarray(state["curand_states"], dtype=np.uint8)

@@ -157,8 +157,6 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     acc = None
     for epoch in range(start, epochs if stop_after is None else min(epochs, start + stop_after)):
         t0 = time.perf_counter()
-        if net is not model:  # each rank its own dropout masks, derived from the seed, the epoch and the rank
-            _random.manual_seed(dist.rank_seed(seed + epoch * dist.world_size()))
         train_loss = train_epoch(net, opt, loader, f"classifier epoch {epoch + 1}/{epochs}", quiet, compile)
         sched.step()
         acc = accuracy(model, test_images, test_labels)

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -208,13 +209,32 @@ def rng_state(devices=("cpu",)):
     return out
 
 
+def rank_stream_states(devices=("cpu",)):
+    """Every rank's rank stream (``tinygen.random.rank_stream``: its dropout masks under data parallelism), one
+    dict device -> state per rank in rank order; every rank must call it (None in a world of one process)."""
+    if dist.world_size() == 1:
+        return None
+    return dist.all_gather_object({dev: _random.get_rng_state(dev, rank_stream=True) for dev in devices})
+
+
 def set_rng_state(state):
-    """Restore what ``rng_state`` returned."""
+    """Restore what ``rng_state`` returned (with the checkpoint's ``ranks`` entry, from ``rank_stream_states``:
+    this rank's rank stream, in a world of as many processes as wrote it)."""
     if not isinstance(state, dict) or "cpu" not in state:
         raise ValueError(f"set_rng_state: expected a dict with a 'cpu' entry, got "
                          f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    ranks, n = state.get("ranks"), dist.world_size()
+    if ranks is not None and n > 1:  # (one process draws nothing from a rank stream)
+        if len(ranks) == n:
+            for dev, s in ranks[dist.rank()].items():
+                _random.set_rng_state(s, dev, rank_stream=True)
+        else:
+            warnings.warn(f"the checkpoint holds the random streams of {len(ranks)} processes and this run has {n}: "
+                          f"the ranks' dropout masks start afresh from the seed (resume with {len(ranks)} processes "
+                          f"to continue them)", RuntimeWarning, stacklevel=2)
     for dev, s in state.items():
-        _random.set_rng_state(s, dev)
+        if dev != "ranks":
+            _random.set_rng_state(s, dev)
 
 
 @contextmanager
@@ -275,7 +295,7 @@ def config_mismatch(saved, current, ignore=("epochs", "out", "device", "data", "
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, schedulers=None, loaders=None,
-                    extra=None, devices=("cpu",)):
+                    extra=None, devices=("cpu",), rank_streams=None):
     """Write everything a run needs to continue to ``path`` (atomically: a crash keeps the previous file).
 
     model_name: the model's name ("vae", "gan", "classifier"; what ``tinygen sample/eval`` dispatch on).
@@ -283,6 +303,7 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
     epoch: the number of epochs completed.
     modules / optimizers / schedulers / loaders: dicts name -> object with ``state_dict()``.
     extra: any further plain values (e.g. the last metrics).
+    rank_streams: the ranks' own random streams under data parallelism (``rank_stream_states``).
     """
     ckpt = {
         "model": model_name,
@@ -293,7 +314,7 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "loaders": {k: dl.state_dict() for k, dl in (loaders or {}).items()},
-        "rng": rng_state(devices),
+        "rng": {**rng_state(devices), **({"ranks": rank_streams} if rank_streams is not None else {})},
         "extra": _plain(dict(extra or {})),
     }
     save(ckpt, path)
@@ -374,10 +395,9 @@ def optimize_epoch(model, optimizer, loader, batch_loss, desc="", quiet=False, c
 def compiled_step(step, compile=True):
     """``step`` through ``tinygen.compile`` when ``compile``: its first call with a batch shape records it, later
     calls replay the recording, with bitwise the same results as eager. ``step`` must not read tensor values
-    into Python (return the tensors; the caller reads them after the call). Under data parallelism (more than
-    one process) the step stays eager: ``no_sync`` and the gradient averaging are decided in Python around the
-    backward, which a replay would not repeat."""
-    if not compile or dist.world_size() > 1:
+    into Python (return the tensors; the caller reads them after the call). Under data parallelism too: a replayed
+    backward runs the engine, whose hooks average the gradients as in eager (``DistributedDataParallel``)."""
+    if not compile:
         return step
     return _compile(step)
 
@@ -386,8 +406,7 @@ def add_compile_argument(parser):
     """The ``--no-compile`` option of the trainers (``args.compile``, True by default)."""
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="run the training step eagerly; by default it is recorded once per batch shape with "
-                             "tinygen.compile and replayed (bitwise the same numbers, fewer Python calls; eager "
-                             "anyway under mpiexec)")
+                             "tinygen.compile and replayed (bitwise the same numbers, fewer Python calls)")
 
 
 # ---- data parallelism (mpiexec -n N tinygen train ...; see tinygen.distributed) -------------------------------------
@@ -484,10 +503,15 @@ class RunFolder:
         if log in self.logs:
             self.logs[log].write(record)
 
-    def save(self, model_name, config, epoch, parts, **kwargs):
-        """``save_checkpoint`` into the folder (nothing without one)."""
-        if self.checkpoint is not None and self.writes:
-            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, **kwargs)
+    def save(self, model_name, config, epoch, parts, devices=("cpu",), **kwargs):
+        """``save_checkpoint`` into the folder (nothing without one). Every rank calls it: the main process
+        writes, with every rank's own random stream."""
+        if self.checkpoint is None:
+            return
+        streams = rank_stream_states(devices)
+        if self.writes:
+            save_checkpoint(self.checkpoint, model_name, config, epoch, **parts, devices=devices,
+                            rank_streams=streams, **kwargs)
 
 
 # ---- small helpers the models share -------------------------------------------------------------------------------

@@ -643,7 +643,7 @@ def train_gan(out=None, resume=False, quiet=False, init=None, train_set=None, pi
     Under ``mpiexec -n N`` each process trains on its share of every global batch (``batch_size``, a multiple of
     N); BatchNorm layers keep per-process statistics unless ``sync_bn`` (SyncBatchNorm over the global batch).
     compile: record the updates once with ``tinygen.compile`` and replay them (bitwise the same run as
-    ``compile=False``, which runs them eagerly; eager anyway under mpiexec).
+    ``compile=False``, which runs them eagerly).
     """
     quiet = quiet or not dist.is_main_process()
     settings, train_set = resolve_data(settings, train_set)
