@@ -213,6 +213,27 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
         g(tg.randn(1, 2))
 
 
+def test_check_restores_the_rank_stream_too():
+    # dropout under DistributedDataParallel draws from the rank stream: check= must give eager and the replay the
+    # same draws from it, or it reports a mismatch that is not there
+    from tinygen.random import rank_stream
+    tg.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    opt = tg.optim.SGD(net.parameters(), lr=0.1)
+
+    def step(x):
+        opt.zero_grad()
+        with rank_stream():
+            loss = net(x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, check=3)
+    for _ in range(4):
+        f(tg.randn(5, 4))
+    assert f.replays == 3
+
+
 def test_cache_keeps_at_most_cache_size_programs():
     f = tg.compile(lambda a: a * 2, cache_size=2)
     for n in (1, 2, 3, 1):

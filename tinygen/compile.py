@@ -619,7 +619,8 @@ def _state_of(program):
 
 def _snapshot(tensors, owners):
     return ([t.data.copy() for t in tensors], [None if t.grad is None else t.grad.data.copy() for t in tensors],
-            [copy.deepcopy(o.state_dict()) for o in owners], _random.get_rng_state("cpu"))
+            [copy.deepcopy(o.state_dict()) for o in owners],
+            [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)])  # both streams (dropout under DDP)
 
 
 def _restore(tensors, owners, snap):
@@ -629,7 +630,8 @@ def _restore(tensors, owners, snap):
         t.grad = None if g is None else _make(g.copy(), t._device)
     for o, state in zip(owners, states):
         o.load_state_dict(copy.deepcopy(state))
-    _random.set_rng_state(rng, "cpu")
+    for r, state in zip((False, True), rng):
+        _random.set_rng_state(state, "cpu", rank_stream=r)
 
 
 def _arrays(value):
