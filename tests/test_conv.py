@@ -119,43 +119,6 @@ def test_numba_conv_kernels_match_reference(case, seed, parallel):
         conv_cpu.PARALLEL_MIN = old
 
 
-@requires_torch
-@settings(max_examples=EXAMPLES * 2)
-@given(case=kernel_case(), seed=st.integers(0, 2 ** 31 - 1), channels_last=st.booleans())
-def test_weight_gradient_in_either_product_orientation_matches_torch(case, seed, channels_last):
-    """conv2d_bwd_weight multiplies (Cout, N*P) @ (N*P, K) from WEIGHT_GRAD_TRANSPOSED_MIN_K weights per output
-    channel, else the column matrix taken transposed: both, reference and Numba, with and without groups, against
-    PyTorch's weight gradient."""
-    import torch
-    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape)
-    w = rng.standard_normal(w_shape)
-    (pt, pb), (pl, pr) = padding
-    tx = torch.nn.functional.pad(torch.tensor(x), (pl, pr, pt, pb)).requires_grad_(False)
-    tw = torch.tensor(w, requires_grad=True)
-    ty = torch.nn.functional.conv2d(tx, tw, None, stride, 0, dilation, groups)
-    g = rng.standard_normal(tuple(ty.shape))
-    ty.backward(torch.tensor(g))
-    if channels_last:  # a convolution's output, and the gradient that comes back to it, are stored channels-last
-        g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    mods = [ref_conv]
-    if kernels.enabled():
-        from tinygen.kernels import conv_cpu
-        mods.append(conv_cpu)
-    old = ref_conv.WEIGHT_GRAD_TRANSPOSED_MIN_K
-    try:
-        for min_k in (1, 1 << 30):
-            ref_conv.WEIGHT_GRAD_TRANSPOSED_MIN_K = min_k
-            for mod in mods:
-                gw = mod.conv2d_bwd_weight(x, g, w_shape[2:], stride, padding, dilation, groups)
-                assert gw.shape == w.shape and gw.flags.c_contiguous
-                np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-10, atol=1e-10,
-                                           err_msg=f"{mod.__name__}, from K = {min_k}")
-    finally:
-        ref_conv.WEIGHT_GRAD_TRANSPOSED_MIN_K = old
-
-
 @pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_kernels_keep_a_channels_last_image_channels_last(dtype):

@@ -120,15 +120,6 @@ def _rows(t):
     return xp.ascontiguousarray(t.transpose(0, 2, 3, 1)).reshape(-1, t.shape[1])
 
 
-# The weight gradient's product from this many weights per output channel (C * kh * kw / groups) up: as
-# (Cout, N*P) @ (N*P, K) with both operands C-ordered, which costs a transposed copy of the output gradient g. The
-# column matrix taken transposed, ((K, N*P) @ (N*P, Cout)).T, did not speed up on a second OpenBLAS thread (DCGAN
-# 64 -> 128 channels, K = 1024, machine at load 0.9: batch 64 8.0 ms on two threads, as on one, against 3.8 ms
-# this way; batch 16 9.6 against 1.2 ms; equal at batch 256). Below it the copy of g would cost more than the
-# product (K = 16, the 1-channel layers: copying a 64-channel g takes longer than the GEMM).
-WEIGHT_GRAD_TRANSPOSED_MIN_K = 256
-
-
 def _channel_rows(t):
     """(N, C, OH, OW) -> C-ordered (C, N * OH * OW), its columns in the column matrix's row order: the left operand
     of the weight gradient."""
@@ -202,24 +193,18 @@ def make_conv_kernels(im2col, col2im, channel_rows=_channel_rows):
         cg = c // groups
         if cols is None:
             cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], groups)
-        r = cols.shape[0]
-        if cg * kh * kw >= WEIGHT_GRAD_TRANSPOSED_MIN_K:  # (Cout, N*P) @ (N*P, K): w's own layout
-            g_rows = channel_rows(g)
-            if groups == 1:
-                gw = g_rows @ cols
-            else:
-                gw = g_rows.reshape(groups, cout // groups, r) @ cols.reshape(r, groups, -1).transpose(1, 0, 2)
-        else:  # ((K, N*P) @ (N*P, Cout)).T, with g's rows as they lie (free for a channels-last g)
-            rows = _rows(g)
-            if groups == 1:
-                gw = (cols.T @ rows).T
-            else:
-                gw = (cols.reshape(r, groups, -1).transpose(1, 2, 0) @ rows.reshape(r, groups, -1).transpose(1, 0, 2))
-                gw = gw.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
-        xp = array_module_of(x)
+        # (Cout, N*P) @ (N*P, K), both operands C-ordered, gives w's own layout. The product with the column matrix
+        # taken transposed, (K, N*P) @ (N*P, Cout), did not speed up on a second OpenBLAS thread (DCGAN batch 64:
+        # 8 ms on one or two threads, against 3.8 ms this way on two; batch 16: 9.6 against 1.2 ms).
+        g_rows = channel_rows(g)
+        if groups == 1:
+            gw = g_rows @ cols
+        else:
+            r = cols.shape[0]
+            gw = g_rows.reshape(groups, cout // groups, r) @ cols.reshape(r, groups, -1).transpose(1, 0, 2)
         if _pixel_major(x, (kh, kw), padding, dilation, groups):  # (Cout, kh, kw, C) back to w's order
-            return xp.ascontiguousarray(gw.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2))
-        return xp.ascontiguousarray(gw).reshape(cout, cg, kh, kw)
+            return array_module_of(x).ascontiguousarray(gw.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2))
+        return gw.reshape(cout, cg, kh, kw)
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
 
