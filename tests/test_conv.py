@@ -177,24 +177,6 @@ def test_whole_image_window_reads_a_channels_last_image_where_it_lies(module, dt
     np.testing.assert_allclose(gx, np.einsum("no,ochw->nchw", g[:, :, 0, 0], w), **tol)
 
 
-@pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 2, 7), (2, 70, 9, 1), (4, 130, 3, 65), (65, 3, 1, 2)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_channel_rows_is_the_reference_copy(shape, dtype):
-    """The weight gradient's (C, N * OH * OW) copy of the output gradient: the tiled transpose of a channels-last
-    array (tile edges inside and at the ends of both axes) and the reference's copy of other layouts agree."""
-    from tinygen.kernels import conv_cpu
-    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
-    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    want = ref_conv._channel_rows(x)
-    assert want.shape == (shape[1], shape[0] * shape[2] * shape[3])
-    np.testing.assert_array_equal(want, x.transpose(1, 0, 2, 3).reshape(shape[1], -1))
-    for t in (x, channels_last, np.asfortranarray(x), x[:, :, ::-1]):
-        got = conv_cpu.channel_rows(t)
-        assert got.flags.c_contiguous and got.dtype == x.dtype
-        np.testing.assert_array_equal(got, ref_conv._channel_rows(t))
-
-
 def test_kernels_are_registered_for_numpy_data():
     x = np.zeros((1, 1, 4, 4), np.float32)
     for name in ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"):

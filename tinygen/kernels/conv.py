@@ -120,13 +120,6 @@ def _rows(t):
     return xp.ascontiguousarray(t.transpose(0, 2, 3, 1)).reshape(-1, t.shape[1])
 
 
-def _channel_rows(t):
-    """(N, C, OH, OW) -> C-ordered (C, N * OH * OW), its columns in the column matrix's row order: the left operand
-    of the weight gradient."""
-    xp = array_module_of(t)
-    return xp.ascontiguousarray(t.transpose(1, 0, 2, 3)).reshape(t.shape[1], -1)
-
-
 def _nchw(rows, n, out_hw):
     """(N * OH * OW, C) -> (N, C, OH, OW) without a copy: the image stored channels-last, as PyTorch's
     ``channels_last`` format. The next layers take it as it is: batch norm works on (N * OH * OW, C) rows, the
@@ -142,9 +135,9 @@ def _mm_groups(a, b, groups):
     return (a.reshape(r, groups, -1).transpose(1, 0, 2) @ b).transpose(1, 0, 2).reshape(r, -1)
 
 
-def make_conv_kernels(im2col, col2im, channel_rows=_channel_rows):
-    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around given im2col, col2im and channel_rows copies (the
-    GEMMs and the layout are the same for every version; cpu's Numba copies plug in here)."""
+def make_conv_kernels(im2col, col2im):
+    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
+    layout are the same for every version; cpu's Numba pair plugs in here)."""
 
     def columns(x, kernel_hw, stride, padding, dilation, out_hw, groups):
         """x's column matrix (N * OH * OW, C * kh * kw), or (N, H * W * C) where ``_pixel_major``."""
@@ -193,18 +186,17 @@ def make_conv_kernels(im2col, col2im, channel_rows=_channel_rows):
         cg = c // groups
         if cols is None:
             cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], groups)
-        # (Cout, N*P) @ (N*P, K), both operands C-ordered, gives w's own layout. The product with the column matrix
-        # taken transposed, (K, N*P) @ (N*P, Cout), did not speed up on a second OpenBLAS thread (DCGAN batch 64:
-        # 8 ms on one or two threads, against 3.8 ms this way on two; batch 16: 9.6 against 1.2 ms).
-        g_rows = channel_rows(g)
-        if groups == 1:
-            gw = g_rows @ cols
-        else:
-            r = cols.shape[0]
-            gw = g_rows.reshape(groups, cout // groups, r) @ cols.reshape(r, groups, -1).transpose(1, 0, 2)
+        rows = _rows(g)
         if _pixel_major(x, (kh, kw), padding, dilation, groups):  # (Cout, kh, kw, C) back to w's order
-            return array_module_of(x).ascontiguousarray(gw.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2))
-        return gw.reshape(cout, cg, kh, kw)
+            gw = (cols.T @ rows).T.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2)
+            return array_module_of(x).ascontiguousarray(gw)
+        if groups == 1:
+            gw = (cols.T @ rows).T  # (K, N*P) @ (N*P, Cout): the orientation that threads well
+        else:
+            r = rows.shape[0]
+            gw = (cols.reshape(r, groups, -1).transpose(1, 2, 0) @ rows.reshape(r, groups, -1).transpose(1, 0, 2))
+            gw = gw.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
+        return array_module_of(x).ascontiguousarray(gw).reshape(cout, cg, kh, kw)
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
 

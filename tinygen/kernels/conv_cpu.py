@@ -4,9 +4,9 @@ layout are conv.py's own (``make_conv_kernels``), so only the memory-bound copie
 
 im2col writes the column matrix in memory order; col2im sums one sample at a time into a channels-last image, so
 the sample being summed stays in the core's cache. Both split the work over the threads by sample, so no two
-threads write the same memory; they start threads only from PARALLEL_MIN elements of the column matrix (override:
-TINYGEN_CONV_PARALLEL_MIN), below which starting them costs more than it saves. channel_rows, the weight
-gradient's transposed copy of a channels-last gradient, is a tiled loop.
+threads write the same memory; they start
+threads only from PARALLEL_MIN elements of the column matrix (override: TINYGEN_CONV_PARALLEL_MIN), below which
+starting them costs more than it saves.
 
 The pooling kernels have no Numba version: they are a small share of a step, and the reference is already one
 vectorized pass per kernel offset.
@@ -109,20 +109,6 @@ def _col2im_par(cols, sh, sw, pt, pl, dh, dw, out):
         _col2im_sample(cols, b, sh, sw, pt, pl, dh, dw, out)
 
 
-@njit(cache=True)
-def _transpose(a, out):
-    """out (C, R) = a (R, C).T in 64 x 64 tiles, so reads and writes both stay in cache lines already loaded."""
-    r, c = a.shape
-    tile = 64
-    for i0 in range(0, r, tile):
-        i1 = min(r, i0 + tile)
-        for j0 in range(0, c, tile):
-            j1 = min(c, j0 + tile)
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    out[j, i] = a[i, j]
-
-
 def _parallel(size, parts):
     """Whether a copy of ``size`` elements in ``parts`` independent parts runs on the threads."""
     return size >= PARALLEL_MIN and parts > 1 and numba.get_num_threads() > 1
@@ -151,17 +137,4 @@ def col2im(cols, x_shape, stride, padding, dilation):
     return out.transpose(0, 3, 1, 2)
 
 
-def channel_rows(t):
-    """conv._channel_rows: (N, C, OH, OW) -> (C, N * OH * OW). A channels-last t is (N * OH * OW, C) in memory, and
-    its transpose is one tiled loop (NumPy's transposing copy reads it a column at a time: 5-15x slower at the
-    DCGAN's sizes)."""
-    rows = t.transpose(0, 2, 3, 1)
-    if t.flags.c_contiguous or not rows.flags.c_contiguous:
-        return _ref._channel_rows(t)  # NCHW: contiguous runs of OH * OW already
-    rows = rows.reshape(-1, t.shape[1])
-    out = np.empty((t.shape[1], rows.shape[0]), dtype=t.dtype)
-    _transpose(rows, out)
-    return out
-
-
-conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight = _ref.make_conv_kernels(im2col, col2im, channel_rows)
+conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight = _ref.make_conv_kernels(im2col, col2im)
