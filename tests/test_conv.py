@@ -146,6 +146,37 @@ def test_numba_kernels_keep_a_channels_last_image_channels_last(dtype):
     assert gy.strides == x.strides
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("module", ["reference", "numba"])
+@pytest.mark.parametrize("n, c, cout, hw", [(4, 5, 3, (7, 7)), (1, 2, 1, (3, 5)), (3, 1, 4, (1, 1)), (2, 6, 2, (4, 1))])
+def test_whole_image_window_reads_a_channels_last_image_where_it_lies(module, dtype, n, c, cout, hw):
+    """A kernel the size of the image (DCGAN's 7x7 layers) on a channels-last image takes the image as its column
+    matrix in (H, W, C) order and permutes the weight instead; the input gradient (and conv_transpose2d's
+    output) of such a layer comes back channels-last. Values as the C-ordered computation."""
+    if module == "numba" and not kernels.enabled():
+        pytest.skip("the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
+    from tinygen.kernels import conv_cpu
+    mod = conv_cpu if module == "numba" else ref_conv
+    rng = np.random.default_rng(sum(hw) + c)
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = rng.standard_normal((cout, c) + hw).astype(dtype)
+    xc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    args = ((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    y, cols = mod.conv2d_fwd(xc, w, *args, keep_cols=True)
+    assert np.shares_memory(cols, xc)  # the image itself, not a copy
+    np.testing.assert_allclose(y, ref_conv.conv2d_fwd(x, w, *args), **tol)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    want_gw = ref_conv.conv2d_bwd_weight(x, g, hw, *args)
+    for kept in (cols, None):
+        gw = mod.conv2d_bwd_weight(xc, g, hw, *args, kept)
+        assert gw.shape == w.shape and gw.flags.c_contiguous
+        np.testing.assert_allclose(gw, want_gw, **tol)
+    gx = mod.conv2d_bwd_input(g, w, hw, *args)
+    assert gx.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last
+    np.testing.assert_allclose(gx, np.einsum("no,ochw->nchw", g[:, :, 0, 0], w), **tol)
+
+
 def test_kernels_are_registered_for_numpy_data():
     x = np.zeros((1, 1, 4, 4), np.float32)
     for name in ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"):

@@ -494,6 +494,99 @@ def test_batchnorm_errors(impl):
         impl.mod.batchnorm_fwd(impl.put(np.zeros(3, np.float32)), None, None)
 
 
+# ---- batch normalization + activation ------------------------------------------------------------------------------
+BN_ACTS = st.sampled_from([("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.2), ("leaky_relu", 0.0)])
+
+
+def channels_last(a):
+    """The same (N, C, *) values stored with the channels last (how a convolution returns its image)."""
+    order = (0,) + tuple(range(2, a.ndim)) + (1,)
+    return np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))
+
+
+@given(spec=arrays(min_rows=2), kind=st.sampled_from(["c", "t", "s", "channels_last"]), affine=st.booleans(),
+       act=BN_ACTS, spatial=st.sampled_from([(), (3,), (1, 1), (2, 5), (7, 3)]))
+def test_batchnorm_act_matches_reference(impl, spec, kind, affine, act, spatial):
+    shape, rng, dt, scale = spec
+    shape = shape + spatial
+    x = randn(rng, shape, dt, scale) + dt(scale)
+    g = randn(rng, shape, dt)
+    w, b = (randn(rng, shape[1], dt), randn(rng, shape[1], dt)) if affine else (None, None)
+
+    def put(a):
+        if kind == "channels_last":
+            return impl.put(channels_last(a)) if a.ndim > 2 else impl.put(a)
+        return impl.put(layout(a, kind))
+    expected = ref.batchnorm_act_fwd(x, w, b, 1e-5, *act)
+    got = impl.get(impl.mod.batchnorm_act_fwd(put(x), impl.put(w), impl.put(b), 1e-5, *act))
+    for name, a, e in zip(("y", "x_hat", "mean", "var", "inv_std"), got, expected):
+        close(a, e, dt, name)
+    y, x_hat, _, _, inv_std = expected
+    expected = ref.batchnorm_act_bwd(g, y, x_hat, w, inv_std, *act)
+    got = impl.get(impl.mod.batchnorm_act_bwd(put(g), put(y), put(x_hat), impl.put(w), impl.put(inv_std), *act))
+    terms = float(np.max(np.abs(inv_std * (1 if w is None else w)))) * 3 * float(np.abs(g).max())
+    for name, a, e in zip(("gx", "gw", "gb"), got, expected):
+        close(a, e, dt, name, scale=terms if name == "gx" else None)
+
+
+def test_batchnorm_act_parallel_twin_and_layout(impl, threads):
+    rng = np.random.default_rng(8)
+    x, g = randn(rng, (5, 9, 3, 4), np.float64), randn(rng, (5, 9, 3, 4), np.float64)
+    w, b = randn(rng, 9, np.float64), randn(rng, 9, np.float64)
+    for act in (("relu", 0.0), ("leaky_relu", 0.3)):
+        expected = ref.batchnorm_act_fwd(x, w, b, 1e-5, *act)
+        got = impl.get(impl.mod.batchnorm_act_fwd(impl.put(channels_last(x)), impl.put(w), impl.put(b), 1e-5, *act))
+        for a, e in zip(got, expected):
+            close(a, e, np.float64)
+        y, xh, _, _, inv = expected
+        got = impl.get(impl.mod.batchnorm_act_bwd(impl.put(g), impl.put(y), impl.put(xh), impl.put(w),
+                                                  impl.put(inv), *act))
+        for a, e in zip(got, ref.batchnorm_act_bwd(g, y, xh, w, inv, *act)):
+            close(a, e, np.float64)
+
+
+def test_batchnorm_act_reference_is_the_activated_batchnorm():
+    """The reference is batch norm followed by the activation, forward, and their chained gradients, backward."""
+    rng = np.random.default_rng(9)
+    x, g, w, b = (randn(rng, (6, 4, 3), np.float64), randn(rng, (6, 4, 3), np.float64), randn(rng, 4, np.float64),
+                  randn(rng, 4, np.float64))
+    y0, xh, _, _, inv = ref.batchnorm_fwd(x, w, b)
+    for act, p1, fwd, bwd in (("relu", 0.0, ref.relu_fwd(y0), ref.relu_bwd(y0, g)),
+                              ("leaky_relu", 0.1, ref.leaky_relu_fwd(y0, 0.1), ref.leaky_relu_bwd(y0, g, 0.1))):
+        y = ref.batchnorm_act_fwd(x, w, b, 1e-5, act, p1)[0]
+        same(y, fwd)
+        for a, e in zip(ref.batchnorm_act_bwd(g, y, xh, w, inv, act, p1), ref.batchnorm_bwd(bwd, xh, w, inv)):
+            same(a, e)
+
+
+@requires_torch
+@pytest.mark.parametrize("act,p1", [("relu", 0.0), ("leaky_relu", 0.2)])
+def test_batchnorm_act_follows_pytorch(act, p1):
+    import torch
+    rng = np.random.default_rng(10)
+    x, w, b = randn(rng, (8, 5, 3, 2), np.float64), randn(rng, 5, np.float64), randn(rng, 5, np.float64)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    tn = torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=1e-5)
+    ty = torch.relu(tn) if act == "relu" else torch.nn.functional.leaky_relu(tn, p1)
+    r = randn(rng, x.shape, np.float64)
+    ty.backward(torch.from_numpy(r))
+    mod = kernels.module("cpu")
+    y, xh, _, _, inv = mod.batchnorm_act_fwd(x, w, b, 1e-5, act, p1)
+    gx, gw, gb = mod.batchnorm_act_bwd(r, y, xh, w, inv, act, p1)
+    for ours, theirs in ((y, ty), (gx, tx.grad), (gw, tw.grad), (gb, tb.grad)):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_act_errors(impl):
+    x = impl.put(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="batchnorm_act_fwd: activation must be one of"):
+        impl.mod.batchnorm_act_fwd(x, None, None, 1e-5, "tanh")
+    with pytest.raises(ValueError, match="batchnorm_act_fwd: leaky_relu with a negative slope"):
+        impl.mod.batchnorm_act_fwd(x, None, None, 1e-5, "leaky_relu", -0.1)
+    with pytest.raises(ValueError, match="batchnorm_act_bwd: activation must be one of"):
+        impl.mod.batchnorm_act_bwd(x, x, x, None, impl.put(np.ones(2, np.float32)), "sigmoid")
+
+
 # ---- losses --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @given(spec=arrays(), kind=layouts, weighted=st.sampled_from(["none", "row", "full"]),

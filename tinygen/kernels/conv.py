@@ -101,6 +101,19 @@ def _whole_image(x_hw, kernel_hw, padding, dilation):
     return tuple(x_hw) == tuple(kernel_hw) and padding == ((0, 0), (0, 0)) and tuple(dilation) == (1, 1)
 
 
+def _pixel_major(x, kernel_hw, padding, dilation, groups):
+    """True when x's column matrix is x itself in (H, W, C) order, read where it lies: the one window is the whole
+    image and x is stored channels-last (what a convolution returns), without groups. The weight is then
+    permuted to (Cout, kh, kw, C) to match, a small copy, instead of the image to (C, H, W)."""
+    return (groups == 1 and _whole_image(x.shape[2:], kernel_hw, padding, dilation) and not x.flags.c_contiguous
+            and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def _weight_hwc(w):
+    """w (Cout, C, kh, kw) as C-ordered (Cout, kh * kw * C): the weight of a pixel-major column matrix."""
+    return array_module_of(w).ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+
+
 def _rows(t):
     """(N, C, OH, OW) -> C-ordered (N * OH * OW, C), the layout of the products."""
     xp = array_module_of(t)
@@ -126,9 +139,11 @@ def make_conv_kernels(im2col, col2im):
     """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
     layout are the same for every version; cpu's Numba pair plugs in here)."""
 
-    def columns(x, kernel_hw, stride, padding, dilation, out_hw):
-        """x's column matrix (N * OH * OW, C * kh * kw)."""
+    def columns(x, kernel_hw, stride, padding, dilation, out_hw, groups):
+        """x's column matrix (N * OH * OW, C * kh * kw), or (N, H * W * C) where ``_pixel_major``."""
         n = x.shape[0]
+        if _pixel_major(x, kernel_hw, padding, dilation, groups):
+            return x.transpose(0, 2, 3, 1).reshape(n, -1)
         if _whole_image(x.shape[2:], kernel_hw, padding, dilation):
             return array_module_of(x).ascontiguousarray(x).reshape(n, -1)
         return im2col(x, kernel_hw, stride, padding, dilation, out_hw).reshape(n * out_hw[0] * out_hw[1], -1)
@@ -139,8 +154,11 @@ def make_conv_kernels(im2col, col2im):
         xp = array_module_of(x)
         cout, cg, kh, kw = w.shape
         out_hw = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
-        cols = columns(x, (kh, kw), stride, padding, dilation, out_hw)
-        wt = xp.ascontiguousarray(w.reshape(groups, cout // groups, cg * kh * kw).transpose(0, 2, 1))
+        cols = columns(x, (kh, kw), stride, padding, dilation, out_hw, groups)
+        if _pixel_major(x, (kh, kw), padding, dilation, groups):
+            wt = _weight_hwc(w).T[None]
+        else:
+            wt = xp.ascontiguousarray(w.reshape(groups, cout // groups, cg * kh * kw).transpose(0, 2, 1))
         y = _nchw(_mm_groups(cols, wt, groups), x.shape[0], out_hw)
         return (y, cols) if keep_cols else y
 
@@ -150,8 +168,10 @@ def make_conv_kernels(im2col, col2im):
         kw))."""
         n, cout, oh, ow = g.shape
         _, cg, kh, kw = w.shape
-        cols = _mm_groups(_rows(g), w.reshape(groups, cout // groups, cg * kh * kw), groups)  # (N*OH*OW, C*kh*kw)
         x_shape = (n, groups * cg) + tuple(x_hw)
+        if groups == 1 and _whole_image(x_hw, (kh, kw), padding, dilation):  # (N, H * W * C): channels-last
+            return _nchw(_rows(g) @ _weight_hwc(w), n, x_hw)
+        cols = _mm_groups(_rows(g), w.reshape(groups, cout // groups, cg * kh * kw), groups)  # (N*OH*OW, C*kh*kw)
         if _whole_image(x_hw, (kh, kw), padding, dilation):
             return cols.reshape(x_shape)
         cols = cols.reshape((n, oh, ow, groups * cg, kh, kw))
@@ -165,8 +185,11 @@ def make_conv_kernels(im2col, col2im):
         kh, kw = kernel_hw
         cg = c // groups
         if cols is None:
-            cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:])
+            cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], groups)
         rows = _rows(g)
+        if _pixel_major(x, (kh, kw), padding, dilation, groups):  # (Cout, kh, kw, C) back to w's order
+            gw = (cols.T @ rows).T.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2)
+            return array_module_of(x).ascontiguousarray(gw)
         if groups == 1:
             gw = (cols.T @ rows).T  # (K, N*P) @ (N*P, Cout): the orientation that threads well
         else:

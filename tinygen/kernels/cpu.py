@@ -627,15 +627,18 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     io.done()
 
 
-# ---- batch normalization (training mode) -------------------------------------------------------------------------
+# ---- batch normalization (training mode), with the activation that follows it ------------------------------------
 # Statistics in float64 for either dtype; the variance from sums shifted by the first row (stable when that row is
-# a typical sample), so the forward reads x twice: once for the statistics, once to write x_hat and y.
+# a typical sample), so the forward reads x twice: once for the statistics, once to write x_hat and y. ReLU and
+# LeakyReLU (act, slope p1) are applied as y is written, and their derivative (read from y) as g is read: the
+# separate activation pass over the output and over its gradient is gone.
 
 @njit(cache=True, error_model="numpy")
-def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, lo, hi):
+def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, act, p1, lo, hi):
     """Columns lo..hi of the forward; s1, s2 are float64 scratch of one value per column."""
     n = x.shape[0]
     ulo, uhi = np.uint64(lo), np.uint64(hi)  # unsigned indices: no negative-index check, so the loops vectorize
+    zero = x.dtype.type(0)
     for r in range(n):
         for j in range(ulo, uhi):
             d = np.float64(x[r, j]) - np.float64(x[0, j])
@@ -655,26 +658,38 @@ def _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, lo,
                 h = h * w[j]
             if has_b:
                 h = h + b[j]
+            if act == RELU:
+                h = zero if h <= zero else h  # NaN passes through, as maximum(h, 0)
+            elif act == LEAKY_RELU:
+                h = h if h > zero else h * p1
             y[r, j] = h
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, nch):
+def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, act, p1, nch):
     c = x.shape[1]
     step = (c + nch - 1) // nch
     for k in prange(nch):
-        _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, k * step, min(c, (k + 1) * step))
+        _bn_fwd(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2, act, p1, k * step,
+                min(c, (k + 1) * step))
 
 
 @njit(cache=True, error_model="numpy")
-def _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, lo, hi):
+def _bn_bwd(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, lo, hi):
+    """Columns lo..hi of the backward; g is the gradient of the activated output y (y unused for identity)."""
     n = g.shape[0]
     ulo, uhi = np.uint64(lo), np.uint64(hi)
+    zero, one = g.dtype.type(0), g.dtype.type(1)
     for r in range(n):
         for j in range(ulo, uhi):
-            gj = np.float64(g[r, j])
-            sb[j] += gj
-            sw[j] += gj * xhat[r, j]
+            gj = g[r, j]
+            if act == RELU:
+                gj = gj * (one if y[r, j] > zero else zero)
+            elif act == LEAKY_RELU:
+                gj = gj * (one if y[r, j] > zero else p1)
+            g64 = np.float64(gj)
+            sb[j] += g64
+            sw[j] += g64 * xhat[r, j]
     nn = g.dtype.type(n)
     for j in range(ulo, uhi):
         gb[j] = sb[j]
@@ -682,15 +697,21 @@ def _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, lo, hi):
         scale[j] = (w[j] * inv_std[j] if has_w else inv_std[j]) / nn
     for r in range(n):
         for j in range(ulo, uhi):
-            gx[r, j] = scale[j] * (nn * g[r, j] - gb[j] - xhat[r, j] * gw[j])
+            gj = g[r, j]
+            if act == RELU:
+                gj = gj * (one if y[r, j] > zero else zero)
+            elif act == LEAKY_RELU:
+                gj = gj * (one if y[r, j] > zero else p1)
+            gx[r, j] = scale[j] * (nn * gj - gb[j] - xhat[r, j] * gw[j])
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _bn_bwd_par(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, nch):
+def _bn_bwd_par(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, nch):
     c = g.shape[1]
     step = (c + nch - 1) // nch
     for k in prange(nch):
-        _bn_bwd(g, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, k * step, min(c, (k + 1) * step))
+        _bn_bwd(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, k * step,
+                min(c, (k + 1) * step))
 
 
 def _bn_2d(a):
@@ -715,20 +736,21 @@ def _bn_rank(name, x):
         raise ValueError(f"{name}: the Numba loops take (N, C, *) input, got shape {x.shape}")
 
 
-def batchnorm_fwd(x, weight, bias, eps=1e-5):
-    _bn_rank("batchnorm_fwd", x)
-    _same_float("batchnorm_fwd", x, weight, bias)
+def batchnorm_act_fwd(x, weight, bias, eps=1e-5, act="identity", p1=0.0, name="batchnorm_act_fwd"):
+    ref.check_bn_act(name, act, p1)
+    _bn_rank(name, x)
+    _same_float(name, x, weight, bias)
     x2 = _bn_2d(x)
     rows, c = x2.shape
     if rows == 0:
-        raise ValueError(f"batchnorm_fwd: needs at least one sample per channel, got input shape {x.shape}")
+        raise ValueError(f"{name}: needs at least one sample per channel, got input shape {x.shape}")
     dt = x.dtype
     y, xhat = np.empty_like(x2), np.empty_like(x2)
     mean, var, inv_std = np.empty(c, dt), np.empty(c, dt), np.empty(c, dt)
     w = _flat(weight) if weight is not None else _dummy(dt)
     b = _flat(bias) if bias is not None else _dummy(dt)
     args = (x2, w, b, weight is not None, bias is not None, float(eps), y, xhat, mean, var, inv_std,
-            np.zeros(c), np.zeros(c))
+            np.zeros(c), np.zeros(c), _CODES[act], dt.type(p1))
     nch = min(_chunks(x2.size), c)
     if nch > 1:
         _bn_fwd_par(*args, nch)
@@ -737,22 +759,37 @@ def batchnorm_fwd(x, weight, bias, eps=1e-5):
     return _bn_back(y, x), _bn_back(xhat, x), mean, var, inv_std
 
 
-def batchnorm_bwd(g, x_hat, weight, inv_std):
-    _bn_rank("batchnorm_bwd", x_hat)
-    ref._check_shapes("batchnorm_bwd", g, x_hat)
-    _same_float("batchnorm_bwd", g, x_hat, weight, inv_std)
+def batchnorm_fwd(x, weight, bias, eps=1e-5):
+    return batchnorm_act_fwd(x, weight, bias, eps, name="batchnorm_fwd")
+
+
+def _bn_bwd_run(name, g, y, x_hat, weight, inv_std, act, p1):
+    _bn_rank(name, x_hat)
+    ref._check_shapes(name, g, x_hat, y)
+    _same_float(name, g, x_hat, y, weight, inv_std)
     g2, h2 = _bn_2d(g), _bn_2d(x_hat)
+    y2 = _bn_2d(y) if y is not None else g2  # identity: y is not read
     c = g2.shape[1]
     dt = g.dtype
     gx, gw, gb = np.empty_like(g2), np.empty(c, dt), np.empty(c, dt)
     w = _flat(weight) if weight is not None else _dummy(dt)
-    args = (g2, h2, w, weight is not None, _flat(inv_std), gx, gw, gb, np.zeros(c), np.zeros(c), np.empty(c, dt))
+    args = (g2, y2, h2, w, weight is not None, _flat(inv_std), gx, gw, gb, np.zeros(c), np.zeros(c),
+            np.empty(c, dt), _CODES[act], dt.type(p1))
     nch = min(_chunks(g2.size), c)
     if nch > 1:
         _bn_bwd_par(*args, nch)
     else:
         _bn_bwd(*args, 0, c)
     return _bn_back(gx, g), gw, gb
+
+
+def batchnorm_act_bwd(g, y, x_hat, weight, inv_std, act="identity", p1=0.0):
+    ref.check_bn_act("batchnorm_act_bwd", act, p1)
+    return _bn_bwd_run("batchnorm_act_bwd", g, y, x_hat, weight, inv_std, act, p1)
+
+
+def batchnorm_bwd(g, x_hat, weight, inv_std):
+    return _bn_bwd_run("batchnorm_bwd", g, None, x_hat, weight, inv_std, "identity", 0.0)
 
 
 # ---- losses --------------------------------------------------------------------------------------------------------

@@ -465,6 +465,40 @@ def batchnorm_bwd(g, x_hat, weight, inv_std):
     return gx, gw, gb
 
 
+# ---- batch norm + activation (nn.Sequential runs BatchNorm followed by ReLU or LeakyReLU as one node) -------------
+BN_ACTIVATIONS = ("identity", "relu", "leaky_relu")
+
+
+def check_bn_act(name, act, p1):
+    """An activation the fused batch norm takes: one whose derivative its output gives (leaky_relu's slope >= 0)."""
+    if act not in BN_ACTIVATIONS:
+        raise ValueError(f"{name}: activation must be one of {BN_ACTIVATIONS}, got {act!r}")
+    if act == "leaky_relu" and p1 < 0:
+        raise ValueError(f"{name}: leaky_relu with a negative slope ({p1}) cannot be differentiated from its "
+                         f"output; use the separate activation op")
+
+
+def batchnorm_act_fwd(x, weight, bias, eps=1e-5, act="identity", p1=0.0):
+    """act(batch norm of x) in training mode, ``act`` in BN_ACTIVATIONS (``p1``: leaky_relu's slope).
+
+    Returns batchnorm_fwd's (y, x_hat, mean, var, inv_std) with y activated: the backward needs y and x_hat.
+    """
+    check_bn_act("batchnorm_act_fwd", act, p1)
+    y, x_hat, mean, var, inv_std = batchnorm_fwd(x, weight, bias, eps)
+    if act != "identity":
+        y = _act_fwd_body(_xp(y), act, y, *_scalars(y.dtype, p1, 0.0))
+    return y, x_hat, mean, var, inv_std
+
+
+def batchnorm_act_bwd(g, y, x_hat, weight, inv_std, act="identity", p1=0.0):
+    """(gx, gw, gb) of batchnorm_act_fwd given the gradient ``g`` of its output ``y``."""
+    check_bn_act("batchnorm_act_bwd", act, p1)
+    _check_float("batchnorm_act_bwd", g, y)
+    _check_shapes("batchnorm_act_bwd", g, y)
+    g = _act_bwd_body(_xp(y), act, y, g, *_scalars(g.dtype, p1, 0.0))
+    return batchnorm_bwd(g, x_hat, weight, inv_std)
+
+
 # ---- losses --------------------------------------------------------------------------------------------------------
 _REDUCTIONS = ("none", "mean", "sum")
 

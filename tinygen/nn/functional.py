@@ -4,8 +4,8 @@ Thin wrappers: every op is defined in ``tinygen.ops`` (the layers' ops in ``ops/
 ``ops/losses.py``), forward and backward together; this module gives them PyTorch's functional names.
 """
 from .. import ops as _ops
-from ..ops.nn import (linear, linear_act, FUSABLE_ACTIVATIONS, dropout, batch_norm, layer_norm,  # noqa: F401
-                      embedding)
+from ..ops.nn import (linear, linear_act, FUSABLE_ACTIVATIONS, dropout, batch_norm, batch_norm_act,  # noqa: F401
+                      BN_FUSABLE_ACTIVATIONS, layer_norm, embedding)
 
 
 # ---- activations ---------------------------------------------------------------------------------------------------

@@ -163,6 +163,21 @@ class _BatchNorm(Module):
                 init.zeros_(self.bias)
 
     def forward(self, input):
+        return self._normalized(input)
+
+    def forward_activated(self, input, activation):
+        """``activation(self(input))`` as one node (``F.batch_norm_act``) for ReLU and LeakyReLU with a slope >= 0,
+        or None where that is not possible (Sequential calls this for a BatchNorm followed by an activation)."""
+        spec = getattr(activation, "fused_spec", None)
+        if spec is None or self._normalize is not F.batch_norm or type(self).forward is not _BatchNorm.forward:
+            return None  # SyncBatchNorm's statistics, or a subclass's own forward: not fused
+        act = spec()
+        if act is None or act[0] not in F.BN_FUSABLE_ACTIVATIONS:
+            return None
+        return self._normalized(input, act[:2])
+
+    def _normalized(self, input, activation=None):
+        """The normalised input, and activated when ``activation`` is (name, slope)."""
         if input.ndim not in self._dims:
             raise ValueError(f"{type(self).__name__}: expected {' or '.join(f'{d}D' for d in self._dims)} input, "
                              f"got {input.ndim}D input of shape {tuple(input.shape)}")
@@ -177,8 +192,10 @@ class _BatchNorm(Module):
         # batch statistics in training, or in eval when no running statistics are kept
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return self._normalize(input, self.running_mean if track else None, self.running_var if track else None,
-                               self.weight, self.bias, use_batch, factor, self.eps)
+        stats = (self.running_mean if track else None, self.running_var if track else None)
+        if activation is not None:
+            return F.batch_norm_act(input, *stats, self.weight, self.bias, use_batch, factor, self.eps, *activation)
+        return self._normalize(input, *stats, self.weight, self.bias, use_batch, factor, self.eps)
 
     @replayed
     def _count_batch(self):

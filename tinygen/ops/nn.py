@@ -202,6 +202,7 @@ class BatchNormFunction(Function):
     Training: normalise with the batch mean and biased variance, and update the running statistics in place
     (running_var with the unbiased variance, as PyTorch). Evaluation: normalise with the running statistics.
     """
+    act, p1 = "identity", 0.0  # the activation applied to the output (BatchNormActFunction sets them per node)
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -212,8 +213,11 @@ class BatchNormFunction(Function):
         ctx.axes, ctx.shape, ctx.training, ctx.eps = axes, shape, training, eps
         w = None if weight is None else weight.data
         if training:
-            out, x_hat, mean, var, inv_std = kernels.get("batchnorm_fwd", d)(
-                d, w, None if bias is None else bias.data, eps)
+            b = None if bias is None else bias.data
+            if ctx.act == "identity":
+                out, x_hat, mean, var, inv_std = kernels.get("batchnorm_fwd", d)(d, w, b, eps)
+            else:
+                out, x_hat, mean, var, inv_std = kernels.get("batchnorm_act_fwd", d)(d, w, b, eps, ctx.act, ctx.p1)
             update_running_stats(running_mean, running_var, mean, var, d.size // c, momentum)
             ctx.save_for_backward(x, weight, _make(x_hat, x.device), _make(inv_std, x.device))
             return out
@@ -225,12 +229,17 @@ class BatchNormFunction(Function):
         if bias is not None:
             shift = shift + bias.data.reshape(shape)
         ctx.save_for_backward(x, weight, _make(mean, x.device), _make(inv_std, x.device))
-        return d * scale + shift
+        out = d * scale + shift
+        if ctx.act == "identity":
+            return out
+        return kernels.get(f"{ctx.act}_fwd", out)(out, *((ctx.p1,) if ctx.act == "leaky_relu" else ()))
 
     @staticmethod
     def backward(ctx, g):
         x, weight, saved_a, inv_std = ctx.saved_tensors
         need = ctx.next_edges
+        if ctx.act != "identity":  # through the activation first, its derivative read from the output
+            g = _elementwise.grad_from_output(g, ctx.output, ctx.act, ctx.p1)
         axes, shape = ctx.axes, ctx.shape
         w = weight.reshape(shape) if weight is not None else None
         if ctx.training:  # x_hat and inv_std recomputed with tinygen ops: both depend on x
@@ -250,7 +259,7 @@ class BatchNormFunction(Function):
         c = x.shape[1]
         gw = sgx.reshape(c) if need[1] is not None else None
         gb = sg.reshape(c) if need[2] is not None else None
-        return gx, gw, gb, None, None, None, None, None
+        return (gx, gw, gb) + (None,) * (len(need) - 3)
 
     @staticmethod
     def array_backward(ctx, g):
@@ -258,10 +267,30 @@ class BatchNormFunction(Function):
             return BatchNormFunction.backward(ctx, _make(g, ctx.device))
         _, weight, x_hat, inv_std = ctx.saved_tensors
         need = ctx.next_edges
-        gx, gw, gb = kernels.get("batchnorm_bwd", g)(g, x_hat.data, None if weight is None else weight.data,
-                                                     inv_std.data)
+        w = None if weight is None else weight.data
+        if ctx.act == "identity":
+            gx, gw, gb = kernels.get("batchnorm_bwd", g)(g, x_hat.data, w, inv_std.data)
+        else:
+            gx, gw, gb = kernels.get("batchnorm_act_bwd", g)(g, ctx.output_array, x_hat.data, w, inv_std.data,
+                                                             ctx.act, ctx.p1)
         return (gx if need[0] is not None else None, gw if need[1] is not None else None,
-                gb if need[2] is not None else None, None, None, None, None, None)
+                gb if need[2] is not None else None) + (None,) * (len(need) - 3)
+
+
+class BatchNormActFunction(BatchNormFunction):
+    """act(batch_norm(x)) as one node, for an activation whose derivative its output gives (ReLU, LeakyReLU with
+    a slope >= 0): in training the activation is applied as the normalised output is written (kernel
+    ``batchnorm_act_fwd``) and its derivative folded into batch norm's backward (``batchnorm_act_bwd``), one pass
+    each instead of two. Named for both ops in the graph (``BatchNorm+ReLUBackward``)."""
+    save_output = True
+
+    def name(self):
+        return f"BatchNorm+{_ACT_TITLES[self.act]}Backward"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act, p1):
+        ctx.act, ctx.p1 = act, p1
+        return BatchNormFunction.forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps)
 
 
 def update_running_stats(running_mean, running_var, mean, var, n, momentum):
@@ -274,6 +303,27 @@ def update_running_stats(running_mean, running_var, mean, var, n, momentum):
         running_var.data += (momentum * n / (n - 1)) * var
 
 
+def _check_batch_norm(fn, input, running_mean, running_var, weight, bias, training):
+    require_tensor(input, fn)
+    if input.ndim < 2:
+        raise ValueError(f"{fn}: expected an input of shape (N, C, *), got shape {tuple(input.shape)}")
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, but the input of shape "
+                             f"{tuple(input.shape)} has {c} channels")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"{fn}: {name} has dtype {t.dtype} but the input has dtype {input.dtype}")
+    if training:
+        if input.numel() // max(c, 1) <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{tuple(input.shape)}")
+    elif running_mean is None or running_var is None:
+        raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch normalisation of input (N, C, *) over all axes but C (see ``BatchNorm1d``).
 
@@ -281,26 +331,28 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     updated in place: ``r = (1 - momentum) * r + momentum * batch_stat``. With ``training=False`` the running
     statistics are used.
     """
-    require_tensor(input, "batch_norm")
-    if input.ndim < 2:
-        raise ValueError(f"batch_norm: expected an input of shape (N, C, *), got shape {tuple(input.shape)}")
-    c = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        if t is not None and tuple(t.shape) != (c,):
-            raise ValueError(f"batch_norm: {name} has shape {tuple(t.shape)}, but the input of shape "
-                             f"{tuple(input.shape)} has {c} channels")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != input.dtype:
-            raise TypeError(f"batch_norm: {name} has dtype {t.dtype} but the input has dtype {input.dtype}")
-    if training:
-        if input.numel() // max(c, 1) <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                             f"{tuple(input.shape)}")
-    elif running_mean is None or running_var is None:
-        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+    _check_batch_norm("batch_norm", input, running_mean, running_var, weight, bias, training)
     return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
                            float(eps))
+
+
+BN_FUSABLE_ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                   eps=1e-5, activation="relu", negative_slope=0.0):
+    """``activation(batch_norm(...))`` as one node (arguments as ``batch_norm``): ``activation`` is "relu" or
+    "leaky_relu" with ``negative_slope`` >= 0. ``nn.Sequential`` uses this for a BatchNorm followed by ReLU or
+    LeakyReLU; the values and gradients are those of the two ops."""
+    if activation not in BN_FUSABLE_ACTIVATIONS:
+        raise ValueError(f"batch_norm_act: activation must be one of {BN_FUSABLE_ACTIVATIONS}, got {activation!r}")
+    if activation == "leaky_relu" and not negative_slope >= 0:
+        raise ValueError(f"batch_norm_act: leaky_relu needs a negative_slope >= 0 to be differentiated from its "
+                         f"output, got {negative_slope}")
+    _check_batch_norm("batch_norm_act", input, running_mean, running_var, weight, bias, training)
+    return BatchNormActFunction.apply(input, weight, bias, running_mean, running_var, bool(training),
+                                      float(momentum), float(eps), activation,
+                                      float(negative_slope) if activation == "leaky_relu" else 0.0)
 
 
 class LayerNormFunction(Function):
