@@ -1195,13 +1195,18 @@ def test_gemm_computes_the_reference_product(case, dtype):
 @pytest.mark.parametrize("shapes, route", [(((16, 784), (784, 512)), "_serial"), (((4, 16, 64), (4, 64, 32)), "_serial"),
                                            (((64, 512), (512, 512)), "_split"), (((7, 1), (1, 9)), None)])
 def test_gemm_routes_products_by_size(monkeypatch, shapes, route):
-    """Products below BLAS_PARALLEL_MIN multiply-adds (per matrix of a stack) run on one BLAS thread; larger 2-D ones
-    are split across tinygen's threads; outer products make no BLAS call. The product is the same either way."""
+    """By default every product runs on BLAS's own threads. With BLAS_PARALLEL_MIN set (a busy machine), products
+    below it (per matrix of a stack) run on one BLAS thread, larger 2-D ones are split across tinygen's threads;
+    outer products make no BLAS call. The product is the same either way."""
     routed = []
     real = kthreads.on_one_blas_thread
     monkeypatch.setattr(kthreads, "on_one_blas_thread", lambda fn, *args: routed.append(fn.__name__) or real(fn, *args))
     rng = np.random.default_rng(24)
     a, b = (randn(rng, s, np.float32) for s in shapes)
+    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 0)  # the default
+    close(gemm.mm(a, b), a @ b if a.shape[-1] > 1 else a * b, np.float32)
+    assert routed == []
+    monkeypatch.setattr(kthreads, "BLAS_PARALLEL_MIN", 1 << 23)
     got = gemm.mm(a, b)
     assert routed == ([route] if route else [])
     close(got, a @ b if a.shape[-1] > 1 else a * b, np.float32)

@@ -8,8 +8,10 @@
                                                   inside a kernel run in chunks on a thread pool
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
                                                   (OpenBLAS is slow on short, wide products)
-    TINYGEN_BLAS_PARALLEL_MIN   8388608 (1<<23)   multiply-adds (m*k*n) from which a matrix       kernels.threads*
-                                                  product may use more than one BLAS thread
+    TINYGEN_BLAS_PARALLEL_MIN   0                 0: products on BLAS's own threads; N > 0 (a     kernels.threads*
+                                                  busy machine; 8388608 on 2 cores): below N
+                                                  multiply-adds on one thread, above split by
+                                                  tinygen
     TINYGEN_CONV_PARALLEL_MIN   16777216 (1<<24)  elements from which the Numba im2col/col2im     kernels.conv_cpu*
                                                   copies split the batch over threads
     TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
@@ -56,7 +58,7 @@ SETTINGS = {
     "TINYGEN_NUMBA_PARALLEL_MIN": (1 << 22, _count),
     "TINYGEN_UFUNC_PARALLEL_MIN": (1 << 16, _count),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
-    "TINYGEN_BLAS_PARALLEL_MIN": (1 << 23, _count),
+    "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 24, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),

@@ -7,11 +7,12 @@ Two cases are rewritten; the result is the same product, C-ordered like NumPy's:
     x @ W.T) at about half speed; written as (W @ x.T).T it runs at full speed. Below SWAP_MAX_ROWS rows (the
     setting TINYGEN_MM_SWAP_MAX_ROWS) and for weights of at least SWAP_MIN_SIZE elements, mm() takes that route and
     copies the few rows back.
-Threads: products from threads.BLAS_PARALLEL_MIN multiply-adds are split by rows of the result (or of its transpose,
-when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool, BLAS itself on one thread;
-smaller ones are one call on one BLAS thread. threads.py says why (a busy machine). OpenBLAS's result can depend on
-its thread count in the last bits, so the CPU stand-in for CuPy (NumPy underneath) takes the same route: on it,
-device code gives the CPU's bits.
+Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
+a machine shared with other processes: threads.py says why), products from N multiply-adds are split by rows of the
+result (or of its transpose, when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool,
+BLAS itself on one thread, and smaller ones are one call on one BLAS thread. OpenBLAS's result can depend on its
+thread count in the last bits, so the CPU stand-in for CuPy (NumPy underneath) takes the same route: on it, device
+code gives the CPU's bits.
 """
 import numpy as np
 
@@ -28,7 +29,7 @@ def mm(a, b):
     """``a @ b`` on arrays (the one place tinygen multiplies matrices), C-ordered like NumPy's result."""
     if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1:
         return a * b
-    if type(a) not in _HOST or type(b) is not type(a) or a.ndim < 2 or b.ndim < 2:
+    if not threads.BLAS_PARALLEL_MIN or type(a) not in _HOST or type(b) is not type(a) or a.ndim < 2 or b.ndim < 2:
         return _product(a, b)
     if a.shape[-2] * a.shape[-1] * b.shape[-1] < threads.BLAS_PARALLEL_MIN:
         return threads.on_one_blas_thread(_serial, a, b)

@@ -30,11 +30,12 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 # and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
-# Multiply-adds (m * k * n) from which gemm.mm splits a product across threads (below: one BLAS call on one thread).
-# OpenBLAS splits from 262,144 multiply-adds, but on the 2-core machine of benchmarks/PROFILE.md a second thread did
-# not pay below about 8M (the products of a batch-16 MLP step took as long on one thread as on two, best of 40), and
-# its split waits until the other thread is woken and scheduled: when another process held the second core, for
-# milliseconds per product, and a batch-16 step was 5-10x slower, a batch-64 step 10-20x.
+# For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
+# idle machine. N > 0: products below N multiply-adds (m * k * n) on one BLAS thread, larger ones split by gemm.mm
+# across tinygen's threads. OpenBLAS splits statically from 262,144 multiply-adds and waits until its other thread
+# is woken and scheduled: when another process held the second core of the 2-core machine of benchmarks/README.md,
+# for milliseconds per product (batch-16 steps 5-10x slower, batch-64 ones 10-20x); with N = 8388608 they were not.
+# Idle, the same setting cost up to 35% (whole steps, batch 64-256), so it is not the default.
 BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
 
 _requested = None
