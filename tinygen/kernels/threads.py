@@ -4,8 +4,9 @@
 
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
 a small pool that runs NumPy calls in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p, tanh) from
-UFUNC_PARALLEL_MIN elements, and matrix products from BLAS_PARALLEL_MIN multiply-adds (gemm.mm: one BLAS call per
-block of rows, BLAS itself on one thread). NumPy releases the GIL inside these calls, so the chunks run at once, with
+UFUNC_PARALLEL_MIN elements, and, when the setting BLAS_PARALLEL_MIN is on (a busy machine; off by default, when
+matrix products run on BLAS's own threads), matrix products from that many multiply-adds (gemm.mm: one BLAS call
+per block of rows, BLAS itself on one thread). NumPy releases the GIL inside these calls, so the chunks run at once, with
 the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
 is run by the calling thread, so a busy machine (another process on the other core) costs at most the time of one
 thread, where a static split (OpenBLAS's, Numba's) waits until the descheduled thread gets a core back.
