@@ -674,6 +674,16 @@ def _bn_fwd_par(x, w, b, has_w, has_b, eps, y, xhat, mean, var, inv_std, s1, s2,
                 min(c, (k + 1) * step))
 
 
+@njit(cache=True, inline="always")
+def _bn_act_grad(gj, yj, act, p1, zero, one):
+    """gj times the activation's derivative, read from its output yj (both passes of _bn_bwd need it)."""
+    if act == RELU:
+        return gj * (one if yj > zero else zero)
+    if act == LEAKY_RELU:
+        return gj * (one if yj > zero else p1)
+    return gj
+
+
 @njit(cache=True, error_model="numpy")
 def _bn_bwd(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, lo, hi):
     """Columns lo..hi of the backward; g is the gradient of the activated output y (y unused for identity)."""
@@ -682,12 +692,7 @@ def _bn_bwd(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, l
     zero, one = g.dtype.type(0), g.dtype.type(1)
     for r in range(n):
         for j in range(ulo, uhi):
-            gj = g[r, j]
-            if act == RELU:
-                gj = gj * (one if y[r, j] > zero else zero)
-            elif act == LEAKY_RELU:
-                gj = gj * (one if y[r, j] > zero else p1)
-            g64 = np.float64(gj)
+            g64 = np.float64(_bn_act_grad(g[r, j], y[r, j], act, p1, zero, one))
             sb[j] += g64
             sw[j] += g64 * xhat[r, j]
     nn = g.dtype.type(n)
@@ -697,11 +702,7 @@ def _bn_bwd(g, y, xhat, w, has_w, inv_std, gx, gw, gb, sb, sw, scale, act, p1, l
         scale[j] = (w[j] * inv_std[j] if has_w else inv_std[j]) / nn
     for r in range(n):
         for j in range(ulo, uhi):
-            gj = g[r, j]
-            if act == RELU:
-                gj = gj * (one if y[r, j] > zero else zero)
-            elif act == LEAKY_RELU:
-                gj = gj * (one if y[r, j] > zero else p1)
+            gj = _bn_act_grad(g[r, j], y[r, j], act, p1, zero, one)
             gx[r, j] = scale[j] * (nn * gj - gb[j] - xhat[r, j] * gw[j])
 
 
