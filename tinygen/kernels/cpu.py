@@ -737,8 +737,7 @@ def _bn_rank(name, x):
         raise ValueError(f"{name}: the Numba loops take (N, C, *) input, got shape {x.shape}")
 
 
-def batchnorm_act_fwd(x, weight, bias, eps=1e-5, act="identity", p1=0.0, name="batchnorm_act_fwd"):
-    ref.check_bn_act(name, act, p1)
+def _bn_fwd_run(name, x, weight, bias, eps, act, p1):
     _bn_rank(name, x)
     _same_float(name, x, weight, bias)
     x2 = _bn_2d(x)
@@ -760,8 +759,13 @@ def batchnorm_act_fwd(x, weight, bias, eps=1e-5, act="identity", p1=0.0, name="b
     return _bn_back(y, x), _bn_back(xhat, x), mean, var, inv_std
 
 
+def batchnorm_act_fwd(x, weight, bias, eps=1e-5, act="identity", p1=0.0):
+    ref.check_bn_act("batchnorm_act_fwd", act, p1)
+    return _bn_fwd_run("batchnorm_act_fwd", x, weight, bias, eps, act, p1)
+
+
 def batchnorm_fwd(x, weight, bias, eps=1e-5):
-    return batchnorm_act_fwd(x, weight, bias, eps, name="batchnorm_fwd")
+    return _bn_fwd_run("batchnorm_fwd", x, weight, bias, eps, "identity", 0.0)
 
 
 def _bn_bwd_run(name, g, y, x_hat, weight, inv_std, act, p1):
