@@ -139,10 +139,11 @@ def make_conv_kernels(im2col, col2im):
     """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
     layout are the same for every version; cpu's Numba pair plugs in here)."""
 
-    def columns(x, kernel_hw, stride, padding, dilation, out_hw, groups):
-        """x's column matrix (N * OH * OW, C * kh * kw), or (N, H * W * C) where ``_pixel_major``."""
+    def columns(x, kernel_hw, stride, padding, dilation, out_hw, pixel_major):
+        """x's column matrix (N * OH * OW, C * kh * kw), or (N, H * W * C) where ``pixel_major`` (the caller's
+        ``_pixel_major``, which also decides the weight's order)."""
         n = x.shape[0]
-        if _pixel_major(x, kernel_hw, padding, dilation, groups):
+        if pixel_major:
             return x.transpose(0, 2, 3, 1).reshape(n, -1)
         if _whole_image(x.shape[2:], kernel_hw, padding, dilation):
             return array_module_of(x).ascontiguousarray(x).reshape(n, -1)
@@ -154,8 +155,9 @@ def make_conv_kernels(im2col, col2im):
         xp = array_module_of(x)
         cout, cg, kh, kw = w.shape
         out_hw = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
-        cols = columns(x, (kh, kw), stride, padding, dilation, out_hw, groups)
-        if _pixel_major(x, (kh, kw), padding, dilation, groups):
+        pixel_major = _pixel_major(x, (kh, kw), padding, dilation, groups)
+        cols = columns(x, (kh, kw), stride, padding, dilation, out_hw, pixel_major)
+        if pixel_major:
             wt = _weight_hwc(w).T[None]
         else:
             wt = xp.ascontiguousarray(w.reshape(groups, cout // groups, cg * kh * kw).transpose(0, 2, 1))
@@ -184,10 +186,11 @@ def make_conv_kernels(im2col, col2im):
         cout = g.shape[1]
         kh, kw = kernel_hw
         cg = c // groups
+        pixel_major = _pixel_major(x, (kh, kw), padding, dilation, groups)
         if cols is None:
-            cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], groups)
+            cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], pixel_major)
         rows = _rows(g)
-        if _pixel_major(x, (kh, kw), padding, dilation, groups):  # (Cout, kh, kw, C) back to w's order
+        if pixel_major:  # (Cout, kh, kw, C) back to w's order
             gw = (cols.T @ rows).T.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2)
             return array_module_of(x).ascontiguousarray(gw)
         if groups == 1:
