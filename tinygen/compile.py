@@ -459,7 +459,7 @@ def _run_plan(plan, root_grads):
                 engine.deliver_to_leaf(leaf, _make(g, leaf._device), direct, False)
             else:
                 regs[r] = g if regs[r] is None else _added(regs[r], g)
-        _post_accumulate(plan.due_first, direct)
+        engine.run_post_accumulate_hooks(plan.due_first, direct)
         for node, array_backward, ins, metas, outs, due in plan.steps:
             xp = node.xp
             grads = [regs[r] for r in ins]
@@ -485,7 +485,7 @@ def _run_plan(plan, root_grads):
                     g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
                     engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
             if due:
-                _post_accumulate(due, direct)
+                engine.run_post_accumulate_hooks(due, direct)
             if plan.release:
                 node.release()
     finally:
@@ -497,15 +497,6 @@ def _added(a, b):
     """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
     s = a + b
     return np.asarray(s) if isinstance(s, np.generic) else s
-
-
-def _post_accumulate(leaves, direct):
-    """The post-accumulate-grad hooks of ``leaves`` that got a gradient (read now: hooks may come and go)."""
-    hooks = engine._post_accumulate_hooks
-    if hooks:
-        for leaf in leaves:
-            if leaf in direct and id(leaf) in hooks:
-                engine._call_post_accumulate_hooks(leaf)
 
 
 def _replay_call(fn, args, kwargs, result, grad_enabled, new):
