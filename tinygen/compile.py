@@ -167,9 +167,8 @@ class _Recorder:
         return out
 
     def record_call(self, fn, args, kwargs, builds_graph=False):
-        # a generator argument (model.parameters()) would be empty on the second call: keep its items
-        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in args)
-        kwargs = {k: tuple(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        args = tuple(_kept(a) for a in args)
+        kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.depth += 1
         try:
             result = fn(*args, **kwargs)
@@ -187,8 +186,7 @@ class _Recorder:
         if create_graph or inputs is not None:
             return self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
                                     builds_graph=create_graph)
-        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in (tensors, grad_tensors)) + (retain_graph,
-                                                                                                       False, None)
+        args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
         trace = []
         self.depth += 1
         try:
@@ -216,6 +214,12 @@ class _Recorder:
         raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
                            f"{user_frame()}. A replay cannot repeat a decision taken on a value: return the tensor "
                            f"from the step and read it after the call, or call this function without compiling it")
+
+
+def _kept(arg):
+    """An argument as a recorded call keeps it: a generator (``model.parameters()``) as a tuple of its items, as
+    it would be empty on the second call."""
+    return tuple(arg) if isinstance(arg, Iterator) else arg
 
 
 def _record(fn, args, kwargs):
