@@ -480,7 +480,7 @@ def _run_plan(plan, root_grads):
             for target, g in zip(outs, out):
                 if target is None or g is None:
                     continue
-                g = g.data if isinstance(g, Tensor) else engine.gradient_array(g, node)
+                g = engine.gradient_array(g, node)
                 r, leaf, shape, dtype = target
                 if leaf is None:
                     g = engine.fit_array(g, shape, dtype, xp)

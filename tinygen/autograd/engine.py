@@ -257,7 +257,10 @@ class _Plain:
 
 
 def gradient_array(g, node):
-    """An array a backward returned, as an array of its node's device (NumPy scalars, CuPy arrays)."""
+    """What a backward returned for one input (a tensor, or an array: NumPy scalars, CuPy arrays), as an array of
+    its node's device."""
+    if isinstance(g, Tensor):
+        return g.data
     return g if type(g) is np.ndarray else node.xp.asarray(g)
 
 
