@@ -75,6 +75,16 @@ def _logging_hook(log, name, params=()):
     return lambda t: log.append((name, t.grad.data.copy(), tuple(p.grad is not None for p in params)))
 
 
+def _linear(out_features, log_weight=False):
+    """A seeded ``nn.Linear(3, out_features)`` and an empty log; ``log_weight``: a hook logs its weight's gradient."""
+    tg.manual_seed(0)
+    lin = nn.Linear(3, out_features)
+    log = []
+    if log_weight:
+        _hook(lin.weight, _logging_hook(log, "w"))
+    return lin, log
+
+
 def _model(hooks=True, zero_grad=True):
     tg.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
@@ -95,18 +105,13 @@ def _model(hooks=True, zero_grad=True):
 
 
 def test_post_accumulate_grad_hooks_run_on_replay_in_eager_order_with_the_final_gradients():
-    def setup():
-        _, step, params, log = _model()
-        return step, params, log
-    f = _compare(setup)
+    f = _compare(lambda: _model()[1:])  # step, params, log
     assert _flat_backwards(f) == 1
 
 
 def test_queue_callback_from_a_hook_runs_after_the_replayed_backward():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 2)
-        log = []
+        lin, log = _linear(2)
 
         def hook(p):
             log.append(("hook", p.grad.data.copy()))
@@ -139,19 +144,14 @@ def test_hooks_registered_or_removed_after_recording_are_seen_by_replays():
 
 
 def test_gradients_accumulate_into_existing_grad_across_replays():
-    def setup():  # no zero_grad in the step: .grad sums the calls, reset every third call outside it
-        _, step, params, log = _model(zero_grad=False)
-        return step, params, log
-    _compare(setup, steps=8, between=lambda i, params: [setattr(p, "grad", None) for p in params] if i % 3 == 2
-             else None)
+    # no zero_grad in the step: .grad sums the calls, reset every third call outside it
+    _compare(lambda: _model(zero_grad=False)[1:], steps=8,
+             between=lambda i, params: [setattr(p, "grad", None) for p in params] if i % 3 == 2 else None)
 
 
 def test_zero_grad_to_zeros_then_in_place_accumulation():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 3)
-        log = []
-        _hook(lin.weight, _logging_hook(log, "w"))
+        lin, log = _linear(3, log_weight=True)
 
         def step(x):
             lin.zero_grad(set_to_none=False)
@@ -163,10 +163,7 @@ def test_zero_grad_to_zeros_then_in_place_accumulation():
 
 def test_a_parameter_used_twice_and_an_intermediate_used_twice():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 3)
-        log = []
-        _hook(lin.weight, _logging_hook(log, "w"))
+        lin, log = _linear(3, log_weight=True)
 
         def step(x):
             lin.zero_grad()
@@ -181,8 +178,7 @@ def test_a_parameter_used_twice_and_an_intermediate_used_twice():
 
 def test_backward_with_a_gradient_argument():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 2)
+        lin, _ = _linear(2)
         fixed = tg.tensor([[1.0, -2.0]] * 4)
 
         def step(x):
@@ -222,8 +218,7 @@ def test_two_backwards_in_one_step_through_a_shared_graph():
 
 def test_a_multi_output_op_with_an_unused_output_and_retain_graph():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 3)
+        lin, _ = _linear(3)
 
         def step(x):
             lin.zero_grad()
@@ -294,8 +289,7 @@ def test_hooks_due_at_the_same_node_run_in_the_engines_order():
 
 def test_a_backward_into_chosen_inputs_stays_with_the_engine_and_matches_eager():
     def setup():
-        tg.manual_seed(0)
-        lin = nn.Linear(3, 2)
+        lin, _ = _linear(2)
 
         def step(x):
             lin.zero_grad()

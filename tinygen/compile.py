@@ -167,9 +167,8 @@ class _Recorder:
         return out
 
     def record_call(self, fn, args, kwargs, builds_graph=False):
-        # a generator argument (model.parameters()) would be empty on the second call: keep its items
-        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in args)
-        kwargs = {k: tuple(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        args = tuple(_kept(a) for a in args)
+        kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.depth += 1
         try:
             result = fn(*args, **kwargs)
@@ -187,8 +186,7 @@ class _Recorder:
         if create_graph or inputs is not None:
             return self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
                                     builds_graph=create_graph)
-        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in (tensors, grad_tensors)) + (retain_graph,
-                                                                                                       False, None)
+        args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
         trace = []
         self.depth += 1
         try:
@@ -216,6 +214,12 @@ class _Recorder:
         raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
                            f"{user_frame()}. A replay cannot repeat a decision taken on a value: return the tensor "
                            f"from the step and read it after the call, or call this function without compiling it")
+
+
+def _kept(arg):
+    """An argument as a recorded call keeps it: a generator (``model.parameters()``) as a tuple of its items, as
+    it would be empty on the second call."""
+    return tuple(arg) if isinstance(arg, Iterator) else arg
 
 
 def _record(fn, args, kwargs):
@@ -459,7 +463,7 @@ def _run_plan(plan, root_grads):
                 engine.deliver_to_leaf(leaf, _make(g, leaf._device), direct, False)
             else:
                 regs[r] = g if regs[r] is None else _added(regs[r], g)
-        _post_accumulate(plan.due_first, direct)
+        engine.run_post_accumulate_hooks(plan.due_first, direct)
         for node, array_backward, ins, metas, outs, due in plan.steps:
             xp = node.xp
             grads = [regs[r] for r in ins]
@@ -476,7 +480,7 @@ def _run_plan(plan, root_grads):
             for target, g in zip(outs, out):
                 if target is None or g is None:
                     continue
-                g = g.data if isinstance(g, Tensor) else engine.gradient_array(g, node)
+                g = engine.gradient_array(g, node)
                 r, leaf, shape, dtype = target
                 if leaf is None:
                     g = engine.fit_array(g, shape, dtype, xp)
@@ -485,7 +489,7 @@ def _run_plan(plan, root_grads):
                     g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
                     engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
             if due:
-                _post_accumulate(due, direct)
+                engine.run_post_accumulate_hooks(due, direct)
             if plan.release:
                 node.release()
     finally:
@@ -497,15 +501,6 @@ def _added(a, b):
     """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
     s = a + b
     return np.asarray(s) if isinstance(s, np.generic) else s
-
-
-def _post_accumulate(leaves, direct):
-    """The post-accumulate-grad hooks of ``leaves`` that got a gradient (read now: hooks may come and go)."""
-    hooks = engine._post_accumulate_hooks
-    if hooks:
-        for leaf in leaves:
-            if leaf in direct and id(leaf) in hooks:
-                engine._call_post_accumulate_hooks(leaf)
 
 
 def _replay_call(fn, args, kwargs, result, grad_enabled, new):

@@ -18,7 +18,8 @@ as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (
 
 While ``tinygen.compile`` records a step, a plain ``backward()`` runs with a ``trace``: the engine appends each
 node it visits, and the recorder keeps the steps taken to replay them without this walk (``compile._run_plan``,
-which delivers gradients with ``deliver_to_leaf``, ``fit_array`` and ``own_gradients`` below, as ``_run`` does).
+which delivers gradients with ``deliver_to_leaf``, ``fit_array``, ``own_gradients`` and
+``run_post_accumulate_hooks`` below, as ``_run`` does).
 """
 import weakref
 
@@ -124,6 +125,15 @@ def queue_callback(fn):
 def _call_post_accumulate_hooks(leaf):
     for hook in tuple(leaf._hooks):
         hook(leaf)
+
+
+def run_post_accumulate_hooks(leaves, direct):
+    """The post-accumulate-grad hooks of those ``leaves`` that have received a gradient in this backward (keys of
+    ``direct``), with the hooks registered now (hooks may come and go between backwards)."""
+    if _post_accumulate_hooks:
+        for leaf in leaves:
+            if leaf in direct and id(leaf) in _post_accumulate_hooks:
+                _call_post_accumulate_hooks(leaf)
 
 
 def _hooked_leaf_edges(roots, nodes):
@@ -247,7 +257,10 @@ class _Plain:
 
 
 def gradient_array(g, node):
-    """An array a backward returned, as an array of its node's device (NumPy scalars, CuPy arrays)."""
+    """What a backward returned for one input (a tensor, or an array: NumPy scalars, CuPy arrays), as an array of
+    its node's device."""
+    if isinstance(g, Tensor):
+        return g.data
     return g if type(g) is np.ndarray else node.xp.asarray(g)
 
 
@@ -345,8 +358,8 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
         for e in edges:
             if e is not None and e[0] in hooked:
                 left = hooked[e[0]] = hooked[e[0]] - 1
-                if left == 0 and e[0] in direct:
-                    _call_post_accumulate_hooks(e[0])
+                if left == 0:
+                    run_post_accumulate_hooks((e[0],), direct)
 
     buffers = {}
     direct = {}  # leaf -> True while its .grad is still the very array a backward returned (may be shared)
