@@ -46,18 +46,18 @@ def _split(blas_threads, a, b):
     """a @ b in blocks of rows of the result (of its transpose when that has more rows), one per thread."""
     if not blas_threads or blas_threads < 2:
         return _product(a, b)  # one thread anyway, or BLAS's threads when they cannot be set
+    if a.shape[0] >= b.shape[1]:
+        return _split_rows(blas_threads, a, b)
+    # (a @ b).T = b.T @ a.T, by rows
+    return array_module_of(a).ascontiguousarray(_split_rows(blas_threads, b.T, a.T).T)
+
+
+def _split_rows(blas_threads, a, b):
     xp = array_module_of(a)
-    m, n = a.shape[0], b.shape[1]
-    if m >= n:
-        out = xp.empty((m, n), a.dtype)
-        threads.in_chunks(lambda lo, hi: xp.matmul(a[lo:hi], b, out=out[lo:hi]), m, lambda: blas_threads,
-                          min_size=0, align=8)
-        return out
-    out_t = xp.empty((n, m), a.dtype)  # (a @ b).T = b.T @ a.T, by rows
-    bt, at = b.T, a.T
-    threads.in_chunks(lambda lo, hi: xp.matmul(bt[lo:hi], at, out=out_t[lo:hi]), n, lambda: blas_threads,
+    out = xp.empty((a.shape[0], b.shape[1]), a.dtype)
+    threads.in_chunks(lambda lo, hi: xp.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], lambda: blas_threads,
                       min_size=0, align=8)
-    return xp.ascontiguousarray(out_t.T)
+    return out
 
 
 def _product(a, b):

@@ -19,6 +19,7 @@ Conventions:
   mm            ``mm(a, b) = a @ b``; gemm.py picks operand layouts for BLAS around the same product.
 """
 import contextlib
+import functools
 
 import numpy as np
 
@@ -223,16 +224,11 @@ def _flush_subnormal_(xp, avg, tmp):
     avg *= tmp
 
 
+@functools.lru_cache(maxsize=None)  # finfo costs a microsecond a call; optimizer steps ask every step
 def subnormal_limit(dtype):
     """The smallest positive normal number of a float dtype (as a scalar of that dtype): below it, in magnitude, a
     value is subnormal."""
-    tiny = _TINY.get(dtype)
-    if tiny is None:
-        tiny = _TINY[dtype] = np.finfo(dtype).tiny
-    return tiny
-
-
-_TINY = {}  # dtype -> np.finfo(dtype).tiny (finfo costs a microsecond a call; optimizer steps ask every step)
+    return np.finfo(dtype).tiny
 
 
 def _lerp_(xp, avg, target, weight, tmp):

@@ -84,8 +84,6 @@ def on_one_blas_thread(fn, *args):
             lib.set_num_threads(1)
             lowered.append((lib, n))
             count = max(count, n)
-    if not lowered:
-        return fn(count, *args)
     try:
         return fn(count, *args)
     finally:

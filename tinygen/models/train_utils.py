@@ -305,6 +305,9 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
     extra: any further plain values (e.g. the last metrics).
     rank_streams: the ranks' own random streams under data parallelism (``rank_stream_states``).
     """
+    rng = rng_state(devices)
+    if rank_streams is not None:
+        rng["ranks"] = rank_streams
     ckpt = {
         "model": model_name,
         "format": CHECKPOINT_FORMAT,
@@ -314,7 +317,7 @@ def save_checkpoint(path, model_name, config, epoch, modules, optimizers=None, s
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "loaders": {k: dl.state_dict() for k, dl in (loaders or {}).items()},
-        "rng": {**rng_state(devices), **({"ranks": rank_streams} if rank_streams is not None else {})},
+        "rng": rng,
         "extra": _plain(dict(extra or {})),
     }
     save(ckpt, path)
