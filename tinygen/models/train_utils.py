@@ -399,7 +399,8 @@ def compiled_step(step, compile=True):
     """``step`` through ``tinygen.compile`` when ``compile``: its first call with a batch shape records it, later
     calls replay the recording, with bitwise the same results as eager. ``step`` must not read tensor values
     into Python (return the tensors; the caller reads them after the call). Under data parallelism too: a replayed
-    backward runs the engine, whose hooks average the gradients as in eager (``DistributedDataParallel``)."""
+    backward runs the gradient hooks where the engine runs them, so ``DistributedDataParallel`` averages the
+    gradients as in eager."""
     if not compile:
         return step
     return _compile(step)
