@@ -343,3 +343,19 @@ BAD_CALLS = [
 def test_bad_arguments_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_pooling_matrices_are_kept_per_gpu():
+    # CuPy puts a new array on its current GPU: the cached matrices of one GPU must not be handed to another
+    import types
+    from tinygen.ops import conv as conv_ops
+    current = {"id": 0}
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: current["id"]))
+    fake.asarray = lambda a: ("gpu", current["id"], a)
+    args = ((4, 2, 2, 0, 2, True), (4, 2, 2, 0, 2, True))
+    on_0 = conv_ops._matrices(fake, conv_ops._current_gpu(fake), np.dtype(np.float32), "avg", *args)
+    current["id"] = 1
+    on_1 = conv_ops._matrices(fake, conv_ops._current_gpu(fake), np.dtype(np.float32), "avg", *args)
+    assert [m[1] for m in on_0] == [0, 0] and [m[1] for m in on_1] == [1, 1]
+    assert conv_ops._current_gpu(np) is None

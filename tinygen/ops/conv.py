@@ -362,9 +362,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 @functools.lru_cache(maxsize=256)
-def _matrices(xp, dtype, kind, *args):
+def _matrices(xp, gpu, dtype, kind, *args):
     """The (rows, cols) matrices of a separable map as ``xp`` arrays of ``dtype``, divisors folded in (made in
-    float64 on the host once per shape, dtype and array module, not per call)."""
+    float64 on the host once per shape, dtype, array module and GPU ``gpu``, not per call)."""
     if kind == "nearest":
         (h, oh, sh), (w, ow, sw) = args
         pair = _conv.nearest_matrix(h, oh, sh), _conv.nearest_matrix(w, ow, sw)
@@ -376,8 +376,13 @@ def _matrices(xp, dtype, kind, *args):
     return tuple(xp.asarray(m.astype(dtype)) for m in pair)
 
 
+def _current_gpu(xp):
+    """CuPy's current GPU (arrays made by ``xp.asarray`` live there), or None for NumPy and the stand-in."""
+    return xp.cuda.runtime.getDevice() if xp.__name__ == "cupy" else None
+
+
 def _separable(cls, x, unbatched, kind, *args):
-    rows, cols = _matrices(x.xp, x.data.dtype, kind, *args)
+    rows, cols = _matrices(x.xp, _current_gpu(x.xp), x.data.dtype, kind, *args)
     return _batched_result(cls.apply(x, rows, cols), unbatched)
 
 
