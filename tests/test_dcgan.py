@@ -70,3 +70,52 @@ def test_gradient_penalty_double_backward_matches_torch():
             continue
         np.testing.assert_allclose(host(p.grad), q.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
     assert all(p.grad is not None for name, p in ours.named_parameters() if name.endswith("weight"))
+
+
+@requires_torch
+def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
+    """Five updates of the trainer's GANStep (critic, then generator on the same fakes; non-saturating loss; Adam
+    (0.5, 0.999); BatchNorm in train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm
+    statistics from the same start, batches and noise (float64)."""
+    import torch
+    import torch.nn.functional as TF
+    from tinygen.models.gan import build_discriminator, build_generator, make_config
+    from tinygen.models.gan.trainer import GANStep, make_optimizer
+    tg.manual_seed(0)
+    ngf, latent, n, lr = 4, 8, 6, 1e-3
+    cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr)
+    G, D = build_generator(cfg).to(tg.float64), build_discriminator(cfg).to(tg.float64)
+    step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), lr), make_optimizer(cfg, D.parameters(), lr))
+    nn = torch.nn
+    TG = nn.Sequential(nn.ConvTranspose2d(latent, 2 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(),
+                       nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),
+                       nn.ConvTranspose2d(ngf, 1, 4, 2, 1), nn.Tanh()).double()
+    TD = nn.Sequential(nn.Conv2d(1, ngf, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(ngf, 2 * ngf, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2), nn.Conv2d(2 * ngf, 1, 7, 1, 0)).double()
+    for ours, theirs in ((G, TG), (D, TD)):
+        theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
+    opt_g = torch.optim.Adam(TG.parameters(), lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(TD.parameters(), lr, betas=(0.5, 0.999))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, z = rng.uniform(-1, 1, (n, 784)), rng.standard_normal((n, latent))
+        step._noise = lambda m, device, z=z: (tg.tensor(z), None)  # the noise PyTorch gets too
+        ours = step.update(tg.tensor(x))
+        fake = TG(torch.tensor(z).reshape(n, latent, 1, 1))
+        d_loss = (TF.binary_cross_entropy_with_logits(TD(torch.tensor(x).reshape(n, 1, 28, 28)).reshape(n),
+                                                      torch.ones(n, dtype=torch.float64))
+                  + TF.binary_cross_entropy_with_logits(TD(fake.detach()).reshape(n),
+                                                        torch.zeros(n, dtype=torch.float64)))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss = TF.binary_cross_entropy_with_logits(TD(fake).reshape(n), torch.ones(n, dtype=torch.float64))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        np.testing.assert_allclose([ours["d_loss"], ours["g_loss"]], [d_loss.item(), g_loss.item()], rtol=1e-10)
+    for ours, theirs in ((G, TG), (D, TD)):
+        expected = theirs.state_dict()
+        for k, v in ours.state_dict().items():
+            np.testing.assert_allclose(host(v), expected[k.removeprefix("net.")].numpy(), rtol=1e-7, atol=1e-10,
+                                       err_msg=k)
