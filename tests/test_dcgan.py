@@ -72,6 +72,17 @@ def test_gradient_penalty_double_backward_matches_torch():
     assert all(p.grad is not None for name, p in ours.named_parameters() if name.endswith("weight"))
 
 
+def _torch_reference():
+    """examples/dcgan_torch_reference.py, whose PyTorch networks mirror models/dcgan.py."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "dcgan_torch_reference.py"
+    spec = importlib.util.spec_from_file_location("dcgan_torch_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @requires_torch
 def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
     """Five updates of the trainer's GANStep (critic, then generator on the same fakes; non-saturating loss; Adam
@@ -86,12 +97,8 @@ def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
     cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr)
     G, D = build_generator(cfg).to(tg.float64), build_discriminator(cfg).to(tg.float64)
     step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), lr), make_optimizer(cfg, D.parameters(), lr))
-    nn = torch.nn
-    TG = nn.Sequential(nn.ConvTranspose2d(latent, 2 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(),
-                       nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),
-                       nn.ConvTranspose2d(ngf, 1, 4, 2, 1), nn.Tanh()).double()
-    TD = nn.Sequential(nn.Conv2d(1, ngf, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(ngf, 2 * ngf, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2), nn.Conv2d(2 * ngf, 1, 7, 1, 0)).double()
+    TG, TD = _torch_reference().torch_dcgan(torch, latent, ngf, ngf)
+    TG, TD = TG.double(), TD.double()
     for ours, theirs in ((G, TG), (D, TD)):
         theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
     opt_g = torch.optim.Adam(TG.parameters(), lr, betas=(0.5, 0.999))
@@ -119,3 +126,18 @@ def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
         for k, v in ours.state_dict().items():
             np.testing.assert_allclose(host(v), expected[k.removeprefix("net.")].numpy(), rtol=1e-7, atol=1e-10,
                                        err_msg=k)
+
+
+@requires_torch
+def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
+    import json
+    script = _torch_reference()
+    out = tmp_path / "scores.json"
+    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300",
+                        "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())["scores"]
+    assert [row["step"] for row in scores] == [1, 3]
+    for row in scores:
+        assert row["num_samples"] == 300 and 1 <= row["coverage"] <= 10 and row["frechet_distance"] > 0
+    with pytest.raises(SystemExit):
+        script.parse(["--steps", "0"])
