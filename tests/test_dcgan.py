@@ -1,5 +1,6 @@
 """The DCGAN networks (tinygen/models/dcgan.py): output shapes, a training step's backward, the conditional
-variants, and a WGAN-GP gradient penalty (double backward through the convolutional critic) against PyTorch."""
+variants, a WGAN-GP gradient penalty (double backward through the convolutional critic) and the trainer's step
+against PyTorch, and the examples that measure the DCGAN against the MLP GAN (PyTorch reference, step cost)."""
 import numpy as np
 import pytest
 
@@ -72,12 +73,12 @@ def test_gradient_penalty_double_backward_matches_torch():
     assert all(p.grad is not None for name, p in ours.named_parameters() if name.endswith("weight"))
 
 
-def _torch_reference():
-    """examples/dcgan_torch_reference.py, whose PyTorch networks mirror models/dcgan.py."""
+def _example(name):
+    """The script examples/<name>.py as a module."""
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "examples" / "dcgan_torch_reference.py"
-    spec = importlib.util.spec_from_file_location("dcgan_torch_reference", path)
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -97,7 +98,7 @@ def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
     cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr)
     G, D = build_generator(cfg).to(tg.float64), build_discriminator(cfg).to(tg.float64)
     step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), lr), make_optimizer(cfg, D.parameters(), lr))
-    TG, TD = _torch_reference().torch_dcgan(torch, latent, ngf, ngf)
+    TG, TD = _example("dcgan_torch_reference").torch_dcgan(torch, latent, ngf, ngf)
     TG, TD = TG.double(), TD.double()
     for ours, theirs in ((G, TG), (D, TD)):
         theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
@@ -131,7 +132,7 @@ def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
 @requires_torch
 def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
     import json
-    script = _torch_reference()
+    script = _example("dcgan_torch_reference")
     out = tmp_path / "scores.json"
     assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300",
                         "--json", str(out)]) == 0
@@ -141,3 +142,24 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
         assert row["num_samples"] == 300 and 1 <= row["coverage"] <= 10 and row["frechet_distance"] > 0
     with pytest.raises(SystemExit):
         script.parse(["--steps", "0"])
+
+
+def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):
+    import json
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # the script sets them; restored after the test
+    script = _example("gan_step_cost")
+    out, threads = tmp_path / "cost.json", tg.get_num_threads()
+    try:
+        assert script.main(["--dcgan", "4:4", "4:8:16", "--steps", "2", "--rounds", "2", "--json", str(out)]) == 0
+    finally:
+        tg.set_num_threads(threads)
+    results = json.loads(out.read_text())["results"]
+    assert [r["networks"] for r in results] == ["mlp", "dcgan 4:4:64", "dcgan 4:8:16"]
+    assert results[0]["ratio_to_mlp"] == 1.0 and results[0]["steps_in_mlp_budget"] == 9000
+    for r in results:
+        assert len(r["cpu_ms_per_step"]) == 2 and all(t > 0 for t in r["cpu_ms_per_step"])
+        assert r["steps_in_mlp_budget"] == pytest.approx(9000 / r["ratio_to_mlp"])
+    for bad in (["--dcgan", "4"], ["--dcgan", "4:0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            script.parse(bad)
