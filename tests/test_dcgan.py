@@ -1,5 +1,6 @@
 """The DCGAN networks (tinygen/models/dcgan.py): output shapes, a training step's backward, the conditional
-variants, and a WGAN-GP gradient penalty (double backward through the convolutional critic) against PyTorch."""
+variants, a WGAN-GP gradient penalty (double backward through the convolutional critic) and the trainer's step
+against PyTorch, and the examples that measure the DCGAN against the MLP GAN (PyTorch reference, step cost)."""
 import numpy as np
 import pytest
 
@@ -70,3 +71,95 @@ def test_gradient_penalty_double_backward_matches_torch():
             continue
         np.testing.assert_allclose(host(p.grad), q.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
     assert all(p.grad is not None for name, p in ours.named_parameters() if name.endswith("weight"))
+
+
+def _example(name):
+    """The script examples/<name>.py as a module."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@requires_torch
+def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
+    """Five updates of the trainer's GANStep (critic, then generator on the same fakes; non-saturating loss; Adam
+    (0.5, 0.999); BatchNorm in train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm
+    statistics from the same start, batches and noise (float64)."""
+    import torch
+    import torch.nn.functional as TF
+    from tinygen.models.gan import build_discriminator, build_generator, make_config
+    from tinygen.models.gan.trainer import GANStep, make_optimizer
+    tg.manual_seed(0)
+    ngf, latent, n, lr = 4, 8, 6, 1e-3
+    cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr)
+    G, D = build_generator(cfg).to(tg.float64), build_discriminator(cfg).to(tg.float64)
+    step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), lr), make_optimizer(cfg, D.parameters(), lr))
+    TG, TD = _example("dcgan_torch_reference").torch_dcgan(torch, latent, ngf, ngf)
+    TG, TD = TG.double(), TD.double()
+    for ours, theirs in ((G, TG), (D, TD)):
+        theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
+    opt_g = torch.optim.Adam(TG.parameters(), lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(TD.parameters(), lr, betas=(0.5, 0.999))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, z = rng.uniform(-1, 1, (n, 784)), rng.standard_normal((n, latent))
+        step._noise = lambda m, device, z=z: (tg.tensor(z), None)  # the noise PyTorch gets too
+        ours = step.update(tg.tensor(x))
+        fake = TG(torch.tensor(z).reshape(n, latent, 1, 1))
+        d_loss = (TF.binary_cross_entropy_with_logits(TD(torch.tensor(x).reshape(n, 1, 28, 28)).reshape(n),
+                                                      torch.ones(n, dtype=torch.float64))
+                  + TF.binary_cross_entropy_with_logits(TD(fake.detach()).reshape(n),
+                                                        torch.zeros(n, dtype=torch.float64)))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss = TF.binary_cross_entropy_with_logits(TD(fake).reshape(n), torch.ones(n, dtype=torch.float64))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        np.testing.assert_allclose([ours["d_loss"], ours["g_loss"]], [d_loss.item(), g_loss.item()], rtol=1e-10)
+    for ours, theirs in ((G, TG), (D, TD)):
+        expected = theirs.state_dict()
+        for k, v in ours.state_dict().items():
+            np.testing.assert_allclose(host(v), expected[k.removeprefix("net.")].numpy(), rtol=1e-7, atol=1e-10,
+                                       err_msg=k)
+
+
+@requires_torch
+def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
+    import json
+    script = _example("dcgan_torch_reference")
+    out = tmp_path / "scores.json"
+    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300",
+                        "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())["scores"]
+    assert [row["step"] for row in scores] == [1, 3]
+    for row in scores:
+        assert row["num_samples"] == 300 and 1 <= row["coverage"] <= 10 and row["frechet_distance"] > 0
+    with pytest.raises(SystemExit):
+        script.parse(["--steps", "0"])
+
+
+def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):
+    import json
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # the script sets them; restored after the test
+    script = _example("gan_step_cost")
+    out, threads = tmp_path / "cost.json", tg.get_num_threads()
+    try:
+        assert script.main(["--dcgan", "4:4", "4:8:16", "--steps", "2", "--rounds", "2", "--json", str(out)]) == 0
+    finally:
+        tg.set_num_threads(threads)
+    results = json.loads(out.read_text())["results"]
+    assert [r["networks"] for r in results] == ["mlp", "dcgan 4:4:64", "dcgan 4:8:16"]
+    assert results[0]["ratio_to_mlp"] == 1.0 and results[0]["steps_in_mlp_budget"] == 9000
+    for r in results:
+        assert len(r["cpu_ms_per_step"]) == 2 and all(t > 0 for t in r["cpu_ms_per_step"])
+        assert r["steps_in_mlp_budget"] == pytest.approx(9000 / r["ratio_to_mlp"])
+    for bad in (["--dcgan", "4"], ["--dcgan", "4:0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            script.parse(bad)
