@@ -141,6 +141,22 @@ def test_what_must_not_be_fused_is_not():
     assert all(z[1].strides == e[1].strides for e, z in zip(eager, fused))  # NumPy's layout, from the fallback
 
 
+def test_a_subclass_with_its_own_forward_is_not_fused_as_its_parent():
+    from tinygen.ops.arithmetic import Mul
+
+    class MulTwice(Mul):  # inherits Mul's elementwise declaration, but computes something else
+        @staticmethod
+        def forward(ctx, a, b):
+            return a.data * b.data * 2
+
+    def step(a, b, c):
+        return MulTwice.apply(a, b) + c - 1.0, (a * b + c) * 0.5
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
+    assert _lengths(f) == _expected([5])  # the ops after MulTwice
+    assert all(s[1][0] is not MulTwice for r in _runs(f) for s in r.steps)
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
 def test_transcendental_ops_fuse_only_under_approx_within_the_stated_ulps():
     def step(a, b, c):
         return (a * 0.5 + b - 1.0).exp(), (a * b + 1.0).log(), (a - b).tanh(), (c * 3.0).sin() * 2.0, (c - a).cos()

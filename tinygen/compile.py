@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Five stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
@@ -29,6 +29,12 @@ Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwar
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
            saved; a replayed node saves them as shadows (new tensors on the same arrays), so the arrays go when
            the backward releases the node, as in eager.
+  fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
+           dtype, operands of that shape or scalars) become one step, a generated Numba loop that writes only
+           what is used outside the run and leaves each node as its forward would (``compile_fusion.py``).
+           ``fuse=True`` (the default) takes + - * /, neg, abs and sqrt: NumPy's bits. ``fuse="approx"`` takes
+           exp, log, tanh, sin and cos too: within 3 ulps of NumPy's per call. ``fuse=False``, no Numba, or
+           CuPy arrays: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -42,7 +48,8 @@ Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwar
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
 
-A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager.
+A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
+(a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
 The intermediates of a compiled step are released when the step no longer needs them: a tensor the step keeps
 elsewhere (``self.last = h``) raises when used after the call; return it from the step instead.
 
@@ -53,8 +60,9 @@ call. Array code on ``tensor.data`` inside the step is not seen by the recorder 
 step with tinygen ops, modules and optimizers.
 
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
-state and random stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
-``cache_size`` programs (8 by default), the least recently used one is dropped first.
+state and random stream) and raises ``CompileError`` on the first array that differs (so not with
+``fuse="approx"``). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
+recently used one is dropped first.
 """
 import copy
 import functools
@@ -255,7 +263,7 @@ class _Program:
         keep = {id(t) for t in _tensors_in(result)}
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         if fuse:
-            self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, approx=fuse == "approx")
+            self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx", _PROGRAM_KINDS)
         self.inputs = inputs
         self.result = result
         self.modules = tuple(rec.modules.values())
@@ -608,6 +616,10 @@ def _fresh(result):
     if isinstance(result, dict):
         return {k: _fresh(v) for k, v in result.items()}
     return result
+
+
+# what the fusion pass works with (compile_fusion.py does not import this module)
+_PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
 
 
 # ---- check=N: a replay side by side with eager ---------------------------------------------------------------------

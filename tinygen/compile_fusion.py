@@ -19,23 +19,26 @@ Three stages:
            constant) of its dtype, and whose forward set nothing on its node but what it saved: its arguments.
   fuse     ``fused_steps``, once per recorded program, after its release steps are placed: each maximal run of
            consecutive noted forwards (release steps in between move after the run) of one shape and dtype,
-           ``MIN_OPS`` ops or more, becomes one step. Its loop computes every op per element, in the recorded order, and
-           writes out only what is used outside the run: an output a later step, the step's result or a node
-           (saved for backward, ``save_output``) uses; the other intermediates stay in registers. Programs whose
-           ops re-read their inputs' nodes (after a ``create_graph`` call) are not fused.
+           ``MIN_OPS`` ops or more, becomes one step. Its loop computes every op per element, in the recorded
+           order, and writes out only what is used outside the run: an output a later step, the step's result or
+           a node (saved for backward, ``save_output``) uses; the other intermediates stay in registers.
+           Programs whose ops re-read their inputs' nodes (after a ``create_graph`` call) are not fused.
   replay   the fused step checks its operands (C-contiguous NumPy arrays of the recorded shape and dtype, scalars
            of that dtype; Numba on), else runs the ops one by one as an unfused replay does; puts the written
            arrays into the recorded tensors and leaves each op's node as its forward would have (its output and
-           what it saved, as shadows: ``compile._refill_node``), so the backward that follows runs unchanged.
+           what it saved, as shadows: compile.py's ``_refill_node``), so the backward that follows runs
+           unchanged.
 
 Kernels are cached by their source, so runs of the same form share one compiled loop (compiled on first use,
 in memory: a new process compiles again). Without Numba (not installed, or ``TINYGEN_NUMBA=0``) and on CuPy
-arrays nothing is fused. Measured costs (1 thread): a Numba call with five arguments costs ~0.3 us plus the loop;
-a replayed forward ~1.4 us; the scalar exp of a Numba loop is 2-3x slower than NumPy's SIMD one from a few
-thousand elements on, which is why ``approx`` is not the default.
+arrays nothing is fused. Measured (1 thread): in a tight loop a fused run of three ops on 8x8 arrays costs 1.6 us
+against 3.2 us unfused (its Numba call ~0.45 us of it), inside a training step several times more each (see
+``MIN_OPS``); a loop's scalar exp is as fast as NumPy's SIMD one at 320 elements but 2.6x slower at 2560 and 3.6x
+at 10^5 (float32), and it is not bitwise: ``approx`` is not the default.
 """
 import math
 import re
+from collections import namedtuple
 
 import numpy as np
 
@@ -55,6 +58,10 @@ ARRAY, SCALAR = "array", "scalar"
 _ndarray = np.ndarray
 _kernels = {}  # source -> compiled loop
 
+# What the pass needs of compile.py, which hands it in (so this module does not import compile.py): the step
+# functions of a replayed forward and of a release, the node refill of a replayed forward, and its tensor finder.
+ProgramKinds = namedtuple("ProgramKinds", "forward release refill tensors_in")
+
 
 def exactness(expr):
     """"exact" or "approx" (see the module docstring) for an ``elementwise`` declaration, None if it calls a
@@ -68,9 +75,10 @@ def exactness(expr):
 
 
 def note(cls, ctx, args, out):
-    """At record time: (shape, dtype, operand kinds, what the node saved) for an op the fusion pass may take,
-    else None."""
-    expr = getattr(cls, "elementwise", None)
+    """At record time: (shape, dtype, operand kinds, what the node saved, its ``elementwise``) for an op the
+    fusion pass may take, else None."""
+    owner = next(k for k in cls.__mro__ if "forward" in k.__dict__)  # a subclass's own forward drops it
+    expr = owner.__dict__.get("elementwise")
     if expr is None or not isinstance(out, Tensor):
         return None
     data = out.data
@@ -94,44 +102,44 @@ def note(cls, ctx, args, out):
         saved = ctx._saved
         if vars(ctx) or any(not any(s is a for a in args) for s in saved):
             return None  # its forward left more on its node than a fused step restores
-    return data.shape, data.dtype, tuple(kinds), saved
+    return data.shape, data.dtype, tuple(kinds), saved, expr
 
 
-def fused_steps(steps, notes, keep, approx):
+def fused_steps(steps, notes, keep, approx, kinds):
     """The program's steps (``(run, operands)`` pairs, release steps placed) with each run of fusable forwards
     replaced by one ``FusedRun`` step; ``notes``: id(output tensor) -> ``note``; ``keep``: ids of the result's
-    tensors; ``approx``: fuse the approx functions too."""
-    from .compile import _replay_forward, _replay_release
+    tensors; ``approx``: fuse the approx functions too; ``kinds``: ``ProgramKinds``."""
+    forward, release, tensors_in = kinds.forward, kinds.release, kinds.tensors_in
     if not kernels.enabled() or not notes:
         return steps
-    if any(run is _replay_forward and operands[5] for run, operands in steps):
+    if any(run is forward and operands[5] for run, operands in steps):
         return steps  # relinked ops: a backward after them counts every intermediate as used (compile.py)
     allowed = ("exact", "approx") if approx else ("exact",)
     refs = {}  # id(tensor) -> how many steps other than releases refer to it
     for run, operands in steps:
-        if run is not _replay_release:
-            for key in {id(t) for t in _tensors_in(operands)}:
+        if run is not release:
+            for key in {id(t) for t in tensors_in(*operands)}:
                 refs[key] = refs.get(key, 0) + 1
     out, pending, form = [], [], None  # pending: the open run's forwards and the releases between them
 
     def close():
-        forwards = [step for step in pending if step[0] is _replay_forward]
+        forwards = [step for step in pending if step[0] is forward]
         if len(forwards) >= MIN_OPS:
-            out.append((FusedRun(forwards, notes, refs, keep), ()))
-            out.extend(step for step in pending if step[0] is _replay_release)
+            out.append((FusedRun(forwards, notes, refs, keep, kinds), ()))
+            out.extend(step for step in pending if step[0] is release)
         else:
             out.extend(pending)
         pending.clear()
 
     for step in steps:
         run, operands = step
-        n = notes.get(id(operands[4][0])) if run is _replay_forward else None
-        if n is not None and not operands[5] and exactness(operands[0].elementwise) in allowed:
+        n = notes.get(id(operands[4][0])) if run is forward else None
+        if n is not None and not operands[5] and exactness(n[4]) in allowed:
             if pending and (n[0], n[1]) != form:
                 close()
             form = (n[0], n[1])
             pending.append(step)
-        elif run is _replay_release and pending:
+        elif run is release and pending:
             pending.append(step)
         else:
             close()
@@ -140,31 +148,21 @@ def fused_steps(steps, notes, keep, approx):
     return tuple(out)
 
 
-def _tensors_in(value):
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors_in(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors_in(v)]
-    return []
-
-
 class FusedRun:
     """One step of a program: a run of elementwise forwards as one generated loop (see the module docstring)."""
 
-    def __init__(self, steps, notes, refs, keep):
-        from .compile import _refill_node
-        self.steps, self._refill = tuple(steps), _refill_node
+    def __init__(self, steps, notes, refs, keep, kinds):
+        tensors_in = kinds.tensors_in
+        self.steps, self._refill = tuple(steps), kinds.refill
         inside = {}  # id(tensor) -> how many of the run's steps refer to it
         for _, operands in steps:
-            for key in {id(t) for t in _tensors_in(operands)}:
+            for key in {id(t) for t in tensors_in(*operands)}:
                 inside[key] = inside.get(key, 0) + 1
         saved = {id(t) for _, operands in steps for t in notes[id(operands[4][0])][3]}
         names, lines, self.arrays, self.scalars, self.outputs, self.nodes = {}, [], [], [], [], []
         for k, (_, operands) in enumerate(steps):
             cls, ctx, _, args, outs, _, shadowable = operands
-            shape, dtype, kinds, node_saved = notes[id(outs[0])]
+            shape, dtype, kinds, node_saved, expr = notes[id(outs[0])]
             terms = []
             for a, kind in zip(args, kinds):
                 if id(a) not in names:
@@ -174,7 +172,7 @@ class FusedRun:
                 terms.append(names[id(a)])
             y = outs[0]
             names[id(y)] = f"v{k}"
-            lines.append(f"v{k} = {cls.elementwise.format(*terms)}")
+            lines.append(f"v{k} = {expr.format(*terms)}")
             if (refs.get(id(y), 0) > inside.get(id(y), 0) or id(y) in keep or id(y) in saved or k == len(steps) - 1
                     or (ctx is not None and cls.save_output)):
                 lines.append(f"o{len(self.outputs)}[i] = v{k}")
