@@ -236,7 +236,7 @@ def _kept(arg):
     return tuple(arg) if isinstance(arg, Iterator) else arg
 
 
-def _record(fn, args, kwargs, fuse=False):
+def _record(fn, args, kwargs, fuse):
     for i, t in enumerate(_tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
@@ -259,7 +259,7 @@ def _record(fn, args, kwargs, fuse=False):
 
 
 class _Program:
-    def __init__(self, rec, inputs, result, grad_enabled, fuse=False):
+    def __init__(self, rec, inputs, result, grad_enabled, fuse):
         keep = {id(t) for t in _tensors_in(result)}
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         if fuse:
