@@ -237,7 +237,9 @@ def test_check_passes_on_a_fused_program():
     assert _lengths(f) == _expected([11])
 
 
-def test_fuse_must_be_true_false_or_approx():
+def test_fuse_must_be_true_false_or_approx_and_approx_refuses_check():
     with pytest.raises(ValueError, match=r"tinygen.compile: fuse must be True, False or 'approx', got 'fast'"):
         tg.compile(_chain, fuse="fast")
     assert tg.compile(fuse=False)(_chain).fuse is False
+    with pytest.raises(ValueError, match=r"tinygen.compile: check compares replays with eager bit for bit"):
+        tg.compile(_chain, check=True, fuse="approx")

@@ -60,8 +60,8 @@ call. Array code on ``tensor.data`` inside the step is not seen by the recorder 
 step with tinygen ops, modules and optimizers.
 
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
-state and random stream) and raises ``CompileError`` on the first array that differs (so not with
-``fuse="approx"``). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
+state and random stream) and raises ``CompileError`` on the first array that differs (not with
+``fuse="approx"``: refused). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
 recently used one is dropped first.
 """
 import copy
@@ -105,6 +105,9 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True):
         raise ValueError(f"tinygen.compile: check must be True/False or a number of calls >= 0, got {check!r}")
     if fuse is not True and fuse is not False and fuse != "approx":
         raise ValueError(f"tinygen.compile: fuse must be True, False or 'approx', got {fuse!r}")
+    if check and fuse == "approx":
+        raise ValueError("tinygen.compile: check compares replays with eager bit for bit, which fuse='approx' does "
+                         "not give (exp, log, ... differ by a few ulps); use check with fuse=True or False")
     return Compiled(fn, check, cache_size, fuse)
 
 
