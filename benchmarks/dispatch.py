@@ -12,7 +12,7 @@ Benchmarks (all on the same 8x8 arrays a, b, g):
   chain_replay_bwd  the chain and backward(g) as a compiled step, replayed unfused (x requires grad; its .grad reset
                  to None each time, as in chain_fwd_bwd): forwards on recorded nodes, the backward as recorded steps
   chain_replay_fused, chain_replay_bwd_fused  the same with tinygen.compile's default fusion: the runs of
-                 arithmetic between the tanh calls become generated Numba loops (5 runs of 2-3 ops, 11 steps for 20)
+                 arithmetic between the tanh calls become generated Numba loops (4 runs of 3 ops: 12 steps for 20)
   chain_replay_approx  the forward with fuse="approx": the whole chain, tanh included, one generated loop
 Times are microseconds per op (a chain's time / 20), the best and the median of 25 short timeit repeats,
 measured in process CPU time (wall time is kept too).

@@ -230,6 +230,24 @@ def test_a_vae_step_fused_is_bitwise_eager_over_100_steps_and_approx_stays_close
     assert all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pe, pa))
 
 
+def test_a_fused_loop_that_differs_from_its_ops_is_caught_on_its_first_replay():
+    if not NUMBA_ON:
+        pytest.skip("without Numba nothing is fused")
+    from tinygen import compile_fusion
+    f = tg.compile(_chain)
+    inputs = _inputs(2)
+    f(*inputs[0])  # records
+    (run,) = _runs(f)
+    right = run._compile()
+    compile_fusion._kernels[run.source] = lambda n, *arrays: right(n, *arrays[:-1], arrays[-1] * 2)  # b + 2 for b + 1
+    run.kernel = None
+    try:
+        with pytest.raises(RuntimeError, match="a fused loop differs from its 11 ops run one by one"):
+            f(*inputs[1])
+    finally:
+        compile_fusion._kernels[run.source] = right
+
+
 def test_check_passes_on_a_fused_program():
     f = tg.compile(_chain, check=2)
     for args in _inputs(4):

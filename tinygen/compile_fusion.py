@@ -27,7 +27,8 @@ Three stages:
            of that dtype; Numba on), else runs the ops one by one as an unfused replay does; puts the written
            arrays into the recorded tensors and leaves each op's node as its forward would have (its output and
            what it saved, as shadows: compile.py's ``_refill_node``), so the backward that follows runs
-           unchanged.
+           unchanged. The first replay of an exact run runs its ops one by one as well and raises if the loop's
+           outputs differ from theirs in any bit.
 
 Kernels are cached by their source, so runs of the same form share one compiled loop (compiled on first use,
 in memory: a new process compiles again). Without Numba (not installed, or ``TINYGEN_NUMBA=0``) and on CuPy
@@ -160,11 +161,13 @@ class FusedRun:
                 inside[key] = inside.get(key, 0) + 1
         saved = {id(t) for _, operands in steps for t in notes[id(operands[4][0])][3]}
         names, lines, self.arrays, self.scalars, self.outputs, self.nodes = {}, [], [], [], [], []
+        exact = True
         for k, (_, operands) in enumerate(steps):
             cls, ctx, _, args, outs, _, shadowable = operands
-            shape, dtype, kinds, node_saved, expr = notes[id(outs[0])]
+            shape, dtype, operand_kinds, node_saved, expr = notes[id(outs[0])]
+            exact = exact and exactness(expr) == "exact"
             terms = []
-            for a, kind in zip(args, kinds):
+            for a, kind in zip(args, operand_kinds):
                 if id(a) not in names:
                     inputs = self.arrays if kind is ARRAY else self.scalars
                     names[id(a)] = f"x{len(inputs)}[i]" if kind is ARRAY else f"s{len(inputs)}"
@@ -179,7 +182,7 @@ class FusedRun:
                 self.outputs.append(y)
             if ctx is not None:
                 self.nodes.append((ctx, cls.save_output, y, node_saved, shadowable))
-        self.shape, self.dtype, self.size = shape, dtype, math.prod(shape)
+        self.shape, self.dtype, self.size, self.exact = shape, dtype, math.prod(shape), exact
         arrays = [f"o{j}" for j in range(len(self.outputs))] + [f"x{j}" for j in range(len(self.arrays))]
         params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(len(self.scalars))])
         flat = [f"    {a} = {a}.reshape(n)\n" for a in arrays]  # C-contiguous arrays, as one flat loop
@@ -202,7 +205,13 @@ class FusedRun:
             operands.append(d[()] if d.__class__ is _ndarray else d)  # a NumPy scalar: the loop keeps its dtype
         if not kernels.enabled():  # switched off since the program was recorded (kernels.enabled_as(False))
             return self.unfused()
-        kernel = self.kernel or self._compile()
+        kernel = self.kernel
+        if kernel is None:  # the first replay
+            kernel = self._compile()
+            if self.exact:
+                outs = [np.empty(shape, dtype) for _ in self.outputs]
+                kernel(self.size, *outs, *operands)
+                return self._check(outs)
         STATE.grad_enabled = False  # as a replayed forward leaves it
         outs = [np.empty(shape, dtype) for _ in self.outputs]
         kernel(self.size, *outs, *operands)
@@ -215,6 +224,15 @@ class FusedRun:
     def unfused(self):
         for run, operands in self.steps:
             run(*operands)
+
+    def _check(self, outs):
+        """The first replay of an exact run: its ops one by one too (which leave the tensors and nodes as a fused
+        replay does), and the loop's outputs must be their bits."""
+        self.unfused()
+        for t, d in zip(self.outputs, outs):
+            if not np.array_equal(t.data, d, equal_nan=True):
+                raise RuntimeError(f"tinygen.compile: a fused loop differs from its {len(self.steps)} ops run one by "
+                                   f"one; compile(fn, fuse=False) runs them unfused. The loop:\n{self.source}")
 
     def _compile(self):
         kernel = _kernels.get(self.source)
