@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinygen as tg
-from tinygen import kernels
+from tinygen import compile_fusion, kernels
 from tinygen.compile_fusion import APPROX_ULPS, FusedRun
 
 NUMBA_ON = kernels.enabled()  # without Numba nothing is fused: the tests compare the values all the same
@@ -49,7 +49,7 @@ def _inputs(n, shape=(6, 5), dtype=np.float32, seed=0):
 
 
 def _three_ways(step, inputs, fuse=True):
-    """The step's results on each input: eager, compiled unfused, compiled with ``fuse``; and the fused one."""
+    """The step's results on each input: eager, compiled unfused, compiled with ``fuse``; and that last function."""
     out = []
     for f in (step, tg.compile(step, fuse=False), tg.compile(step, fuse=fuse)):
         out.append([_arrays(f(*args)) for args in inputs])
@@ -81,7 +81,7 @@ def test_a_chain_of_zero_d_tensors_is_fused_too():
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
 
 
-def _train_setup(dtype=np.float32, steps=4):
+def _train_setup(dtype):
     rng = np.random.default_rng(1)
     w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
     v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
@@ -185,7 +185,7 @@ def test_fusion_is_off_without_numba_and_a_replay_falls_back_when_numba_is_switc
             assert _same(_arrays(f(*inputs[1])), _arrays(_chain(*inputs[1])))
 
 
-def _vae(dtype=np.float32):
+def _vae():
     tg.manual_seed(0)
     nn = tg.nn
     fc1, fc21, fc22, fc3, fc4 = (nn.Linear(i, o) for i, o in ((12, 16), (16, 4), (16, 4), (4, 16), (16, 12)))
@@ -233,7 +233,6 @@ def test_a_vae_step_fused_is_bitwise_eager_over_100_steps_and_approx_stays_close
 def test_a_fused_loop_that_differs_from_its_ops_is_caught_on_its_first_replay():
     if not NUMBA_ON:
         pytest.skip("without Numba nothing is fused")
-    from tinygen import compile_fusion
     f = tg.compile(_chain)
     inputs = _inputs(2)
     f(*inputs[0])  # records

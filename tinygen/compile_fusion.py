@@ -1,16 +1,15 @@
 """Elementwise fusion for ``tinygen.compile``: a run of consecutive elementwise ops of a recorded program becomes
 one generated Numba loop, run once per replay in place of one replayed forward per op.
 
-Each fusable op declares its forward for one element beside its forward (``Mul.elementwise = "{0} * {1}"``,
-ops/arithmetic.py and ops/elementwise.py). Two kinds:
+Each fusable op declares, beside its forward, what that forward computes for one element
+(``Mul.elementwise = "{0} * {1}"``, ops/arithmetic.py and ops/elementwise.py). Two kinds:
 
   exact    + - * /, negation, abs, sqrt: IEEE operations rounded once each, in NumPy as in a Numba loop compiled
            without fast-math (no reassociation, no fused multiply-add), so the fused loop gives NumPy's bits.
   approx   exp, log, tanh, sin, cos: the loop calls the C math library, NumPy its own SIMD versions; they differ
            by up to ``APPROX_ULPS`` ulps per call (measured over 10^6 values each, float32 and float64). Fused
-           only under ``compile(fn, fuse="approx")``; the arithmetic after such a call carries the difference on
-           (a subtraction that cancels can make it more ulps of the result, never more in absolute terms than
-           the call's ulps).
+           only under ``compile(fn, fuse="approx")``; the arithmetic after such a call carries the difference on,
+           scaled as the value is (a subtraction that cancels makes it more ulps of its result).
 
 Three stages:
 
