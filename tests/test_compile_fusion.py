@@ -2,6 +2,7 @@
 within APPROX_ULPS per transcendental call under fuse="approx"), what a fused run writes, and when it must not fuse."""
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 import tinygen as tg
 from tinygen import compile_fusion, kernels
@@ -79,6 +80,26 @@ def test_a_chain_of_zero_d_tensors_is_fused_too():
     (eager, unfused, fused), f = _three_ways(step, _inputs(3))
     assert _lengths(f) == _expected([3]) and all(r.shape == () for r in _runs(f))  # not two ops
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
+_OPS = (lambda x, y: x + y, lambda x, y: x - y, lambda x, y: x * y, lambda x, y: x / y, lambda x, y: -x,
+        lambda x, y: abs(x), lambda x, y: abs(x).sqrt(), lambda x, y: x * 0.75, lambda x, y: 1.5 - y)
+_OP_COUNTS = (1, 1, 1, 1, 1, 1, 2, 1, 1)  # recorded ops per entry of _OPS
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
+                max_size=12), st.sampled_from([np.float32, np.float64]))
+def test_random_exact_chains_fused_are_bitwise_eager(program, dtype):
+    """Each op takes two earlier values (the inputs or results before it); the last three values are returned."""
+    def step(a, b, c):
+        values = [a, b, c]
+        for op, i, j in program:
+            values.append(_OPS[op](values[i % len(values)], values[j % len(values)]))
+        return tuple(values[-3:])
+    inputs = [tuple(tg.tensor((x.data - 1.2).astype(dtype)) for x in args) for args in _inputs(3, dtype=dtype)]
+    (eager, unfused, fused), f = _three_ways(step, inputs)
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program)])  # one run: all of them
 
 
 def _train_setup(dtype):
