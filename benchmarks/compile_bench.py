@@ -14,6 +14,10 @@ compiled call is a replay) in alternating rounds in one process, so a busy machi
 Adam: the multi-tensor update (``kernels.cpu.adam_steps``: all parameters in MULTI_TENSOR-sized calls of one
 Numba kernel) against one ``adam_step`` call per parameter, over the GAN's generator and discriminator.
 
+Fusion: a compiled function of four elementwise ops, ``(a * b + c) * 0.5 - a``, replayed unfused
+(``fuse=False``) and fused (one generated loop) at a few sizes: microseconds of CPU time per call, best of
+alternating rounds.
+
 Memory: in a fresh process per model and mode, with tracemalloc started before the model is built: the peak of
 the memory NumPy holds (parameters, optimizer state, the arrays a compiled program keeps between calls and
 everything a step allocates) during one step after three warm-up steps. Arrays Numba's kernels allocate inside
@@ -155,6 +159,36 @@ def adam_speed(repeats=200):
     return len(params), out
 
 
+FUSION_SHAPES = ((16, 20), (128, 20), (128, 784), (1024, 784))
+
+
+def fusion_speed(rounds=7):
+    """{shape: (unfused us, fused us)} per call of a compiled four-op elementwise function (the docstring)."""
+    import numpy as np
+
+    import tinygen
+
+    def chain(a, b, c):
+        return (a * b + c) * 0.5 - a
+    out = {}
+    for shape in FUSION_SHAPES:
+        args = [tinygen.randn(*shape) for _ in range(3)]
+        fns = [tinygen.compile(chain, fuse=fuse) for fuse in (False, True)]
+        for f in fns:
+            f(*args)  # records
+            f(*args)  # the fused loop compiles
+        calls = max(10, int(2e6 / np.prod(shape)))
+        best = [float("inf")] * 2
+        for _ in range(rounds):
+            for i, f in enumerate(fns):
+                t0 = time.process_time()
+                for _ in range(calls):
+                    f(*args)
+                best[i] = min(best[i], (time.process_time() - t0) / calls * 1e6)
+        out[shape] = tuple(best)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compile_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
@@ -163,6 +197,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (default 1)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-adam", action="store_true", help="skip the Adam update timing")
+    ap.add_argument("--no-fusion", action="store_true", help="skip the elementwise fusion timing")
     ap.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # one memory run (a child process)
     ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -194,6 +229,10 @@ def main(argv=None):
         n, t = adam_speed()
         print(f"Adam update of the GAN's {n} parameters (CPU microseconds): "
               + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    if not args.no_fusion and tinygen.kernels.enabled():
+        print("(a * b + c) * 0.5 - a compiled, CPU microseconds per call (unfused / fused):")
+        for shape, (unfused, fused) in fusion_speed().items():
+            print(f"  {str(shape):12s}{unfused:10.1f}{fused:10.1f}{unfused / fused:8.2f}x")
     return 0
 
 

@@ -8,9 +8,12 @@ Benchmarks (all on the same 8x8 arrays a, b, g):
   chain_fwd      20 elementwise ops: five times x = tanh(x * b + a) - b, nothing requires grad
   chain_rec      the same chain with x requiring grad
   chain_fwd_bwd  the chain, then backward(g)
-  chain_replay   the chain (nothing requires grad) as a tinygen.compile'd function, replayed
-  chain_replay_bwd  the chain and backward(g) as a compiled step, replayed (x requires grad; its .grad reset to
-                 None each time, as in chain_fwd_bwd): forwards on recorded nodes, the backward as recorded steps
+  chain_replay   the chain (nothing requires grad) as a tinygen.compile'd function, replayed, unfused (fuse=False)
+  chain_replay_bwd  the chain and backward(g) as a compiled step, replayed unfused (x requires grad; its .grad reset
+                 to None each time, as in chain_fwd_bwd): forwards on recorded nodes, the backward as recorded steps
+  chain_replay_fused, chain_replay_bwd_fused  the same with tinygen.compile's default fusion: the runs of
+                 arithmetic between the tanh calls become generated Numba loops (4 runs of 3 ops: 12 steps for 20)
+  chain_replay_approx  the forward with fuse="approx": the whole chain, tanh included, one generated loop
 Times are microseconds per op (a chain's time / 20), the best and the median of 25 short timeit repeats,
 measured in process CPU time (wall time is kept too).
 NumPy's fwd_bwd is the backward written by hand; JAX records no tape, so its eager fwd_bwd is jax.vjp, and
@@ -24,9 +27,10 @@ import timeit
 from .specs import Skip
 
 BENCHES = ("add", "add_rec", "add_fwd_bwd", "chain_fwd", "chain_rec", "chain_fwd_bwd", "chain_replay",
-           "chain_replay_bwd")
+           "chain_replay_bwd", "chain_replay_fused", "chain_replay_bwd_fused", "chain_replay_approx")
 OPS = {"add": 1, "add_rec": 1, "add_fwd_bwd": 1, "chain_fwd": 20, "chain_rec": 20, "chain_fwd_bwd": 20,
-       "chain_replay": 20, "chain_replay_bwd": 20}
+       "chain_replay": 20, "chain_replay_bwd": 20, "chain_replay_fused": 20, "chain_replay_bwd_fused": 20,
+       "chain_replay_approx": 20}
 NOT_APPLICABLE = "n/a"
 
 
@@ -101,15 +105,19 @@ def bench_tinygen(quick=False):
     tg.allocator.apply_setting()  # as the tinygen command does
     a, b, g = (tg.tensor(v) for v in _arrays())
     ar = tg.tensor(a.numpy(), requires_grad=True)
-    replay_fwd = tg.compile(lambda x: chain(x, a, b, tg.tanh))
-    replay_bwd = tg.compile(lambda: chain(ar, a, b, tg.tanh).backward(g))  # ar: a leaf, not an argument
-    replay_fwd(a)  # recorded outside the timing: every timed call replays
-    replay_bwd()
-    ns = dict(a=a, b=b, g=g, ar=ar, chain=chain, tanh=tg.tanh, replay_fwd=replay_fwd, replay_bwd=replay_bwd)
+    replays = {}
+    for fuse, name in ((False, ""), (True, "_fused"), ("approx", "_approx")):
+        replays["fwd" + name] = tg.compile(lambda x: chain(x, a, b, tg.tanh), fuse=fuse)
+        replays["bwd" + name] = tg.compile(lambda: chain(ar, a, b, tg.tanh).backward(g), fuse=fuse)  # ar: a leaf
+        replays["fwd" + name](a)  # recorded outside the timing: every timed call replays
+        replays["bwd" + name]()
+    ns = dict(a=a, b=b, g=g, ar=ar, chain=chain, tanh=tg.tanh, **replays)
     return _run({"add": "a + b", "add_rec": "ar + b", "add_fwd_bwd": "ar.grad = None; (ar + b).backward(g)",
                  "chain_fwd": "chain(a, a, b, tanh)", "chain_rec": "chain(ar, a, b, tanh)",
                  "chain_fwd_bwd": "ar.grad = None; chain(ar, a, b, tanh).backward(g)",
-                 "chain_replay": "replay_fwd(a)", "chain_replay_bwd": "ar.grad = None; replay_bwd()"}, ns, quick)
+                 "chain_replay": "fwd(a)", "chain_replay_bwd": "ar.grad = None; bwd()",
+                 "chain_replay_fused": "fwd_fused(a)", "chain_replay_bwd_fused": "ar.grad = None; bwd_fused()",
+                 "chain_replay_approx": "fwd_approx(a)"}, ns, quick)
 
 
 def bench_torch(quick=False):

@@ -724,7 +724,8 @@ def markdown(results):
             lines.append(f"| {b} | " + " | ".join(row) + f" | {_ratio(vals.get('tinygen'), vals.get('torch'))} |")
         lines += ["", "add: a + b; add_rec: a + b recording a graph (a requires grad); add_fwd_bwd: then backward; "
                       "chain_*: 20 elementwise ops (tanh(x * b + a) - b, five times); chain_replay(_bwd): the chain "
-                      "(and its backward) as a tinygen.compile'd function, replayed. JAX eager fwd_bwd is "
+                      "(and its backward) as a tinygen.compile'd function, replayed (unfused; _fused: with "
+                      "compile's elementwise fusion, _approx: fuse='approx'). JAX eager fwd_bwd is "
                       "jax.vjp; jax-jit is one compiled call divided by the op count.", ""]
 
     tp = results.get("throughput")

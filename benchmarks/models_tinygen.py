@@ -78,7 +78,7 @@ def _optimizer(optim, case, parameters):
 
 
 class Runner:
-    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False):
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True):
         tg, nn, optim = _modules()
         F = nn.functional
         if os.environ.get("TINYGEN_NUMBA") == "1":
@@ -154,7 +154,8 @@ class Runner:
             self._gan_step(tg, optim, F, case, batch, gen, dis, data, fixed, gen, dis)
             step = self._step
 
-        self.step = tg.compile(step) if compile else step  # compiled: recorded on the first call, then replayed
+        # compiled: recorded on the first call, then replayed (fuse: its elementwise runs as generated loops)
+        self.step = tg.compile(step, fuse=fuse) if compile else step
 
     def _gan_step(self, tg, optim, F, case, batch, gen, dis, data, fixed, generate, discriminate):
         """One generator then one discriminator step (the gan and dcgan cases): generate(z) -> images,
@@ -190,6 +191,6 @@ def build(case, batch, params, data, seed=0, noise=None):
     return Runner(case, batch, params, data, seed, noise)
 
 
-def build_compiled(case, batch, params, data, seed=0, noise=None):
-    """The same step through tinygen.compile (Numba kernels on)."""
-    return Runner(case, batch, params, data, seed, noise, compile=True)
+def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True):
+    """The same step through tinygen.compile (Numba kernels on; ``fuse``: tinygen.compile's fusion)."""
+    return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse)

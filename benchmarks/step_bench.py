@@ -196,7 +196,7 @@ def _install_timers(timers):
     kernels._cpu_table = None  # rebuilt from the wrapped functions
 
 
-def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter):
+def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter, fuse=True):
     """Per-step time of a benchmark model's step without timers, with them, and its parts (medians over rounds;
     see the module docstring)."""
     from . import models_tinygen
@@ -204,8 +204,11 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
     timers = _Timers(clock)
     _install_timers(timers)
     model = CASES[case]["model"]
-    build = models_tinygen.build_compiled if compiled else models_tinygen.build
-    step = build(case, batch, init_params(model, 0), make_data(model, batch)).step
+    params, data = init_params(model, 0), make_data(model, batch)
+    if compiled:
+        step = models_tinygen.build_compiled(case, batch, params, data, fuse=fuse).step
+    else:
+        step = models_tinygen.build(case, batch, params, data).step
     for _ in range(20):
         step()
     plain, timed, parts = [], [], {k: [] for k in timers.total}
@@ -234,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan"),
                     help="split a benchmark model's step (python -m benchmarks) into its parts")
     ap.add_argument("--eager", action="store_true", help="with --case: the eager step, not tinygen.compile's")
+    ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
+                    help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="with --case: wall time, or the calling thread's CPU time (for --threads 1 on a busy "
                          "machine)")
@@ -250,9 +255,11 @@ def main(argv=None):
         return 0
     if args.case:
         clock = time.perf_counter if args.clock == "wall" else time.thread_time
-        plain, timed, parts = breakdown(args.case, args.batch, not args.eager, args.steps, args.rounds, clock)
+        plain, timed, parts = breakdown(args.case, args.batch, not args.eager, args.steps, args.rounds, clock,
+                                        fuse={"on": True, "off": False, "approx": "approx"}[args.fuse])
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
+        kind = "eager" if args.eager else f"compiled (fuse {args.fuse})"
+        print(f"{args.case} {kind} step, batch {args.batch}, {args.threads} "
               f"thread(s), {args.clock} time per step, medians of {args.rounds} alternating rounds of "
               f"{args.steps} steps (load average {load:.2f})")
         print(f"  {'step without timers':44s}{plain * 1e3:8.3f} ms")

@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Five stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
@@ -29,6 +29,12 @@ Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwar
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
            saved; a replayed node saves them as shadows (new tensors on the same arrays), so the arrays go when
            the backward releases the node, as in eager.
+  fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
+           dtype, operands of that shape or scalars) become one step, a generated Numba loop that writes only
+           what is used outside the run and leaves each node as its forward would (``compile_fusion.py``).
+           ``fuse=True`` (the default) takes + - * /, neg, abs and sqrt: NumPy's bits. ``fuse="approx"`` takes
+           exp, log, tanh, sin and cos too: within 3 ulps of NumPy's per call. ``fuse=False``, no Numba, or
+           CuPy arrays: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -42,7 +48,8 @@ Four stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwar
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
 
-A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager.
+A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
+(a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
 The intermediates of a compiled step are released when the step no longer needs them: a tensor the step keeps
 elsewhere (``self.last = h``) raises when used after the call; return it from the step instead.
 
@@ -53,8 +60,9 @@ call. Array code on ``tensor.data`` inside the step is not seen by the recorder 
 step with tinygen ops, modules and optimizers.
 
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
-state and random stream) and raises ``CompileError`` on the first array that differs. Each compiled function keeps at most
-``cache_size`` programs (8 by default), the least recently used one is dropped first.
+state and random stream) and raises ``CompileError`` on the first array that differs (not with
+``fuse="approx"``: refused). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
+recently used one is dropped first.
 """
 import copy
 import functools
@@ -65,7 +73,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import random as _random
+from . import compile_fusion as _fusion, random as _random
 from .autograd import engine
 from .autograd.engine import _backward, _grad, _roots
 from .autograd.function import Function, _edges, user_frame
@@ -83,10 +91,10 @@ class CompileError(RuntimeError):
     """A step that tinygen.compile cannot record or whose replay disagreed with eager (``check=``)."""
 
 
-def compile(fn=None, *, check=0, cache_size=8):
+def compile(fn=None, *, check=0, cache_size=8, fuse=True):
     """Compile ``fn`` (a training step or any function of tensors): see the module docstring."""
     if fn is None:
-        return lambda f: compile(f, check=check, cache_size=cache_size)
+        return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse)
     if not callable(fn):
         raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
@@ -95,15 +103,20 @@ def compile(fn=None, *, check=0, cache_size=8):
         check = CHECK_CALLS if check else 0
     if not isinstance(check, int) or check < 0:
         raise ValueError(f"tinygen.compile: check must be True/False or a number of calls >= 0, got {check!r}")
-    return Compiled(fn, check, cache_size)
+    if fuse is not True and fuse is not False and fuse != "approx":
+        raise ValueError(f"tinygen.compile: fuse must be True, False or 'approx', got {fuse!r}")
+    if check and fuse == "approx":
+        raise ValueError("tinygen.compile: check compares replays with eager bit for bit, which fuse='approx' does "
+                         "not give (exp, log, ... differ by a few ulps); use check with fuse=True or False")
+    return Compiled(fn, check, cache_size, fuse)
 
 
 class Compiled:
     """The callable ``tinygen.compile`` returns. ``records`` and ``replays`` count what its calls did."""
 
-    def __init__(self, fn, check, cache_size):
+    def __init__(self, fn, check, cache_size, fuse=True):
         functools.update_wrapper(self, fn)
-        self.fn, self.cache_size, self._checks_left = fn, cache_size, check
+        self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
         self._programs = OrderedDict()
         self.records = self.replays = 0
 
@@ -119,7 +132,7 @@ class Compiled:
                 self._checks_left -= 1
                 return _checked(self.fn, program, args, kwargs)
             return program.replay(args, kwargs)
-        program, result = _record(self.fn, args, kwargs)
+        program, result = _record(self.fn, args, kwargs, self.fuse)
         result = _fresh(result)  # the recorded tensors are the program's: the caller gets its own
         self.records += 1
         self._programs[key] = program
@@ -145,6 +158,7 @@ class _Recorder:
         self.made = set()  # ids of the tensors the step made: they need no guard
         self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
+        self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
 
     def record_apply(self, cls, args):
         self.depth += 1
@@ -163,6 +177,9 @@ class _Recorder:
         self.made.update(id(t) for t in outs)
         if ctx is not None:
             self.nodes.add(id(ctx))
+        fusable = _fusion.note(cls, ctx, args, out)
+        if fusable is not None:
+            self.elementwise[id(out)] = fusable
         self.steps.append((_replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None, None))
         return out
 
@@ -222,7 +239,7 @@ def _kept(arg):
     return tuple(arg) if isinstance(arg, Iterator) else arg
 
 
-def _record(fn, args, kwargs):
+def _record(fn, args, kwargs, fuse):
     for i, t in enumerate(_tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
@@ -237,7 +254,7 @@ def _record(fn, args, kwargs):
         result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
-    program = _Program(rec, _tensors_in(args, kwargs), result, STATE.grad_enabled)
+    program = _Program(rec, _tensors_in(args, kwargs), result, STATE.grad_enabled, fuse)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is _replay_release:
             run(*operands)
@@ -245,8 +262,11 @@ def _record(fn, args, kwargs):
 
 
 class _Program:
-    def __init__(self, rec, inputs, result, grad_enabled):
-        self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, {id(t) for t in _tensors_in(result)})
+    def __init__(self, rec, inputs, result, grad_enabled, fuse):
+        keep = {id(t) for t in _tensors_in(result)}
+        self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
+        if fuse:
+            self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx", _PROGRAM_KINDS)
         self.inputs = inputs
         self.result = result
         self.modules = tuple(rec.modules.values())
@@ -393,11 +413,17 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
         elif isinstance(d, np.generic):
             d = np.asarray(d) if t._device == "cpu" else ctx.xp.asarray(d)
         t.data = d
-    if cls.save_output and ctx._out_data is not None:
-        ctx._out_data = outs[0].data
-    saved = ctx._saved
+    _refill_node(ctx, cls.save_output, outs[0], ctx._saved, shadowable)
+
+
+def _refill_node(ctx, save_output, out, saved, shadowable):
+    """What a replayed forward leaves on its node: its output (``save_output``) and what it saved, the
+    intermediates among them as shadows."""
+    if save_output and ctx._out_data is not None:
+        ctx._out_data = out.data
     if saved and shadowable:
-        ctx._saved = tuple(_shadow(t) if isinstance(t, Tensor) and id(t) in shadowable else t for t in saved)
+        saved = tuple(_shadow(t) if isinstance(t, Tensor) and id(t) in shadowable else t for t in saved)
+    ctx._saved = saved
 
 
 class _BackwardPlan:
@@ -593,6 +619,10 @@ def _fresh(result):
     if isinstance(result, dict):
         return {k: _fresh(v) for k, v in result.items()}
     return result
+
+
+# what the fusion pass works with (compile_fusion.py does not import this module)
+_PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
 
 
 # ---- check=N: a replay side by side with eager ---------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Arithmetic: + - * / ** and unary minus, and the non-differentiable comparisons and logical ops.
 
 Broadcasting needs no code here: the engine sums each gradient back to its input's shape (engine._fit).
+
+``elementwise`` on an op is its forward for one element, written on its arguments ``{0}``, ``{1}``:
+``tinygen.compile`` fuses runs of such ops into one generated loop (tinygen/compile_fusion.py). An op that declares
+it computes just that in its forward and saves nothing but its arguments (and its output, ``save_output``).
 """
 import operator
 
@@ -34,6 +38,7 @@ def operand(value, like):
 
 
 class Add(Function):
+    elementwise = "{0} + {1}"  # its value per element, for tinygen.compile's fusion
     @staticmethod
     def forward(ctx, a, b):
         return a.data + b.data
@@ -46,6 +51,7 @@ class Add(Function):
 
 
 class Sub(Function):
+    elementwise = "{0} - {1}"  # its value per element, for tinygen.compile's fusion
     @staticmethod
     def forward(ctx, a, b):
         return a.data - b.data
@@ -58,6 +64,7 @@ class Sub(Function):
 
 
 class Mul(Function):
+    elementwise = "{0} * {1}"  # its value per element, for tinygen.compile's fusion
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -77,6 +84,7 @@ class Mul(Function):
 
 
 class Div(Function):
+    elementwise = "{0} / {1}"  # its value per element, for tinygen.compile's fusion
     save_output = True
 
     @staticmethod
@@ -123,6 +131,7 @@ class Pow(Function):
 
 
 class Neg(Function):
+    elementwise = "-{0}"  # its value per element, for tinygen.compile's fusion
     @staticmethod
     def forward(ctx, a):
         return -a.data

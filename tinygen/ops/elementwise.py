@@ -2,6 +2,8 @@
 
 Constants that only scale a gradient (masks, slopes) are made from the input's array and carry no graph: the
 second derivative through them is zero, which is the true value away from the kinks.
+
+``elementwise``: the forward for one element, which ``tinygen.compile`` may fuse (see ops/arithmetic.py).
 """
 from .. import backend, kernels
 from ..autograd.function import Function
@@ -15,6 +17,7 @@ def _const(data, like):
 
 
 class Exp(Function):
+    elementwise = "exp({0})"
     save_output = True
 
     @staticmethod
@@ -27,6 +30,7 @@ class Exp(Function):
 
 
 class Log(Function):
+    elementwise = "log({0})"
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -39,6 +43,7 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    elementwise = "sqrt({0})"
     save_output = True
 
     @staticmethod
@@ -51,6 +56,7 @@ class Sqrt(Function):
 
 
 class Abs(Function):
+    elementwise = "abs({0})"
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -63,6 +69,7 @@ class Abs(Function):
 
 
 class Sin(Function):
+    elementwise = "sin({0})"
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -75,6 +82,7 @@ class Sin(Function):
 
 
 class Cos(Function):
+    elementwise = "cos({0})"
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -87,6 +95,7 @@ class Cos(Function):
 
 
 class Tanh(Function):
+    elementwise = "tanh({0})"
     save_output = True
 
     @staticmethod

@@ -1,0 +1,283 @@
+"""tinygen.compile's elementwise fusion: fused replays against unfused replays and eager (bitwise for the exact ops,
+within APPROX_ULPS per transcendental call under fuse="approx"), what a fused run writes, and when it must not fuse."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import tinygen as tg
+from tinygen import compile_fusion, kernels
+from tinygen.compile_fusion import APPROX_ULPS, FusedRun
+
+NUMBA_ON = kernels.enabled()  # without Numba nothing is fused: the tests compare the values all the same
+
+
+def _runs(compiled):
+    """The fused runs of a compiled function's programs."""
+    return [run for p in compiled._programs.values() for run, _ in p.steps if isinstance(run, FusedRun)]
+
+
+def _lengths(compiled):
+    return [len(run.steps) for run in _runs(compiled)]
+
+
+def _expected(lengths):
+    """The fused runs' lengths a test expects: none without Numba, where every test still compares the values."""
+    return lengths if NUMBA_ON else []
+
+
+def _arrays(result):
+    result = result if isinstance(result, (tuple, list)) else (result,)
+    return [t.detach().data.copy() for t in result]
+
+
+def _same(xs, ys):
+    return len(xs) == len(ys) and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+                                      for x, y in zip(xs, ys))
+
+
+def _ulps(x, y):
+    """Largest distance in units in the last place between two float arrays of one dtype (finite values)."""
+    ints = np.int32 if x.dtype == np.float32 else np.int64
+    a, b = x.view(ints).astype(np.int64), y.view(ints).astype(np.int64)
+    a = np.where(a < 0, np.iinfo(ints).min - a, a)  # sign-magnitude to a monotonic integer line
+    b = np.where(b < 0, np.iinfo(ints).min - b, b)
+    return int(np.abs(a - b).max())
+
+
+def _inputs(n, shape=(6, 5), dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tuple(tg.tensor(rng.uniform(0.5, 2.0, shape).astype(dtype)) for _ in range(3)) for _ in range(n)]
+
+
+def _three_ways(step, inputs, fuse=True):
+    """The step's results on each input: eager, compiled unfused, compiled with ``fuse``; and that last function."""
+    out = []
+    for f in (step, tg.compile(step, fuse=False), tg.compile(step, fuse=fuse)):
+        out.append([_arrays(f(*args)) for args in inputs])
+    return out, f
+
+
+def _chain(a, b, c):  # 11 exact ops on arrays and scalars, two results
+    h = a * b + c / 2.0
+    y = -(h - a) * 3.0 + abs(c - 1.5)
+    return y / (b + 1.0), h
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_arithmetic_chain_fused_is_bitwise_the_unfused_replay_and_eager(dtype):
+    (eager, unfused, fused), f = _three_ways(_chain, _inputs(5, dtype=dtype))
+    assert _lengths(f) == _expected([11])
+    if NUMBA_ON:
+        assert len(_runs(f)[0].outputs) == 2  # y and h (returned): the rest stays in registers
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert f.replays == 4
+
+
+def test_a_chain_of_zero_d_tensors_is_fused_too():
+    def step(a, b, c):
+        s = a.sum() * 0.5
+        return -(s + b.sum()) * 2.0 - c.mean()  # sum, mul | sum, add, neg, mul | sum, div, sub
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
+    assert _lengths(f) == _expected([3]) and all(r.shape == () for r in _runs(f))  # not two ops
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
+_OPS = (lambda x, y: x + y, lambda x, y: x - y, lambda x, y: x * y, lambda x, y: x / y, lambda x, y: -x,
+        lambda x, y: abs(x), lambda x, y: abs(x).sqrt(), lambda x, y: x * 0.75, lambda x, y: 1.5 - y)
+_OP_COUNTS = (1, 1, 1, 1, 1, 1, 2, 1, 1)  # recorded ops per entry of _OPS
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
+                max_size=12), st.sampled_from([np.float32, np.float64]))
+def test_random_exact_chains_fused_are_bitwise_eager(program, dtype):
+    """Each op takes two earlier values (the inputs or results before it); the last three values are returned."""
+    def step(a, b, c):
+        values = [a, b, c]
+        for op, i, j in program:
+            values.append(_OPS[op](values[i % len(values)], values[j % len(values)]))
+        return tuple(values[-3:])
+    inputs = [tuple(tg.tensor((x.data - 1.2).astype(dtype)) for x in args) for args in _inputs(3, dtype=dtype)]
+    (eager, unfused, fused), f = _three_ways(step, inputs)
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program)])  # one run: all of them
+
+
+def _train_setup(dtype):
+    rng = np.random.default_rng(1)
+    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+
+    def step(a, b, c):
+        h = w * a + v  # h is saved by the Mul below: written by the fused loop, as a shadow on the Mul's node
+        y = h * h / (b + 1.0) - (v * 2.0).sqrt() + abs(w - 1.0)
+        loss = (y @ c.t()).sum()  # a matrix product after the run
+        loss.backward()
+        return loss, y
+    return (w, v), step
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_through_a_fused_run_is_bitwise_eager(dtype):
+    outs = []
+    for fuse in (None, False, True):
+        (w, v), step = _train_setup(dtype)
+        f = step if fuse is None else tg.compile(step, fuse=fuse)
+        outs.append([])
+        for args in _inputs(4, dtype=dtype):
+            w.grad = v.grad = None
+            outs[-1].append(_arrays(f(*args)) + [w.grad.data.copy(), v.grad.data.copy()])
+    eager, unfused, fused = outs
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert _lengths(f) == _expected([11])
+    if NUMBA_ON:
+        run = _runs(f)[0]
+        assert len(run.nodes) == 10  # b + 1.0 needs no node
+        assert len(run.outputs) == 6  # h, b + 1.0, the quotient, the square root, w - 1.0 (saved), y (the result)
+
+
+def test_an_intermediate_used_after_the_run_is_written():
+    """Would fail if the pass kept in registers what a later step (here a matrix product) reads."""
+    def step(a, b, c):
+        h = a * b + 1.0
+        y = h - c * 0.5
+        return (h @ c.t()) + y.sum()
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
+    assert _lengths(f) == _expected([4])
+    if NUMBA_ON:
+        run = _runs(f)[0]
+        assert [id(t) for t in run.outputs] == [id(run.steps[1][1][4][0]), id(run.steps[3][1][4][0])]
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
+def test_what_must_not_be_fused_is_not():
+    def step(a, b, c):
+        y = a * b + c[0] - 1.0  # the add of a row (broadcast) is not fused, so neither are the ops beside it
+        z = (a.t() * 2.0 + 1.0) * 0.5  # a transposed operand: fused, but each replay sees the layout, runs unfused
+        m = (a * tg.tensor(np.float64(2.0))) * 3.0 - 1.0 + 2.0  # float32 meets float64: the first Mul is not fused
+        return y, z, m
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
+    assert [(r.shape, r.dtype, [s[1][0].__name__ for s in r.steps]) for r in _runs(f)] == _expected([
+        ((5, 6), np.float32, ["Mul", "Add", "Mul"]), ((6, 5), np.float64, ["Mul", "Sub", "Add"])])
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert all(z[1].strides == e[1].strides for e, z in zip(eager, fused))  # NumPy's layout, from the fallback
+
+
+def test_a_subclass_with_its_own_forward_is_not_fused_as_its_parent():
+    from tinygen.ops.arithmetic import Mul
+
+    class MulTwice(Mul):  # inherits Mul's elementwise declaration, but computes something else
+        @staticmethod
+        def forward(ctx, a, b):
+            return a.data * b.data * 2
+
+    def step(a, b, c):
+        return MulTwice.apply(a, b) + c - 1.0, (a * b + c) * 0.5
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
+    assert _lengths(f) == _expected([5])  # the ops after MulTwice
+    assert all(s[1][0] is not MulTwice for r in _runs(f) for s in r.steps)
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
+def test_transcendental_ops_fuse_only_under_approx_within_the_stated_ulps():
+    def step(a, b, c):
+        return (a * 0.5 + b - 1.0).exp(), (a * b + 1.0).log(), (a - b).tanh(), (c * 3.0).sin() * 2.0, (c - a).cos()
+    inputs = _inputs(3)
+    (eager, unfused, fused), f = _three_ways(step, inputs, fuse="approx")
+    assert _lengths(f) == _expected([14])
+    assert all(_same(e, u) for e, u in zip(eager, unfused))
+    assert all(_ulps(x, y) <= APPROX_ULPS for e, z in zip(eager, fused) for x, y in zip(e, z))
+    exact = tg.compile(step)  # the default fuses the arithmetic around them, bitwise
+    assert all(_same(e, _arrays(exact(*args))) for e, args in zip(eager, inputs))
+    assert _lengths(exact) == _expected([3])  # the one run of 3 between the transcendental calls
+
+
+def test_fusion_is_off_without_numba_and_a_replay_falls_back_when_numba_is_switched_off():
+    inputs = _inputs(3)
+    with kernels.enabled_as(False):
+        f = tg.compile(_chain)
+        assert all(_same(_arrays(f(*args)), _arrays(_chain(*args))) for args in inputs)
+        assert f.replays == 2 and _runs(f) == []
+    if NUMBA_ON:
+        f = tg.compile(_chain)
+        inputs = _inputs(3)
+        f(*inputs[0])
+        assert len(_runs(f)) == 1
+        with kernels.enabled_as(False):  # the fused step runs its ops one by one, on the reference's code
+            assert _same(_arrays(f(*inputs[1])), _arrays(_chain(*inputs[1])))
+
+
+def _vae():
+    tg.manual_seed(0)
+    nn = tg.nn
+    fc1, fc21, fc22, fc3, fc4 = (nn.Linear(i, o) for i, o in ((12, 16), (16, 4), (16, 4), (4, 16), (16, 12)))
+    opt = tg.optim.Adam([p for m in (fc1, fc21, fc22, fc3, fc4) for p in m.parameters()], lr=1e-2)
+
+    def step(x):  # as benchmarks/models_tinygen.py writes the VAE's step
+        opt.zero_grad()
+        h1 = fc1(x).relu()
+        mu, logvar = fc21(h1), fc22(h1)
+        z = mu + tg.randn(x.shape[0], 4) * (0.5 * logvar).exp()
+        logits = fc4(fc3(z).relu())
+        bce = tg.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kld = -0.5 * (1 + logvar - mu * mu - logvar.exp()).sum()
+        loss = bce + kld
+        loss.backward()
+        opt.step()
+        return loss, kld
+    return [p for m in (fc1, fc21, fc22, fc3, fc4) for p in m.parameters()], step
+
+
+def _vae_run(fuse, steps=100):
+    params, step = _vae()
+    f = step if fuse is None else tg.compile(step, fuse=fuse)
+    tg.manual_seed(3)
+    data = [tg.rand(8, 12) for _ in range(steps)]
+    tg.manual_seed(4)
+    losses = [_arrays(f(x)) for x in data]
+    return losses, [p.data.copy() for p in params], f
+
+
+def test_a_vae_step_fused_is_bitwise_eager_over_100_steps_and_approx_stays_close():
+    le, pe, _ = _vae_run(None)
+    lc, pc, f = _vae_run(True)
+    assert f.replays == 99 and _lengths(f) == _expected([3])  # 1 + logvar - mu * mu
+    assert all(_same(a, b) for a, b in zip(le, lc)) and _same(pe, pc)
+    la, pa, fa = _vae_run("approx")
+    assert _lengths(fa) == _expected([4, 5])  # z, and the KL term before its sum
+    # the first replay starts from eager's state: its results differ by the exps' few ulps, carried on by the
+    # arithmetic after them (the KL term subtracts nearly equal numbers, so a relative bound, not ulps)
+    assert all(np.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(le[1], la[1]))
+    # then the parameters drift apart as any two roundings of a training run do: slowly
+    assert all(np.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(pe, pa))
+
+
+def test_a_fused_loop_that_differs_from_its_ops_is_caught_on_its_first_replay():
+    if not NUMBA_ON:
+        pytest.skip("without Numba nothing is fused")
+    f = tg.compile(_chain)
+    inputs = _inputs(2)
+    f(*inputs[0])  # records
+    (run,) = _runs(f)
+    right = run._compile()
+    compile_fusion._kernels[run.source] = lambda n, *arrays: right(n, *arrays[:-1], arrays[-1] * 2)  # b + 2 for b + 1
+    run.kernel = None
+    try:
+        with pytest.raises(RuntimeError, match="a fused loop differs from its 11 ops run one by one"):
+            f(*inputs[1])
+    finally:
+        compile_fusion._kernels[run.source] = right
+
+
+def test_check_passes_on_a_fused_program():
+    f = tg.compile(_chain, check=2)
+    for args in _inputs(4):
+        f(*args)
+    assert _lengths(f) == _expected([11])
+
+
+def test_fuse_must_be_true_false_or_approx_and_approx_refuses_check():
+    with pytest.raises(ValueError, match=r"tinygen.compile: fuse must be True, False or 'approx', got 'fast'"):
+        tg.compile(_chain, fuse="fast")
+    assert tg.compile(fuse=False)(_chain).fuse is False
+    with pytest.raises(ValueError, match=r"tinygen.compile: check compares replays with eager bit for bit"):
+        tg.compile(_chain, check=True, fuse="approx")
