@@ -195,10 +195,12 @@ def test_fused_linear_activation_is_named_for_both_in_the_graph():
 @pytest.mark.parametrize("expr", [
     lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b, lambda a, b: -a,
     lambda a, b: a * 3.0 - 2.0 / b, lambda a, b: (a - b) * (a + b) / (b * b + 1.0),
+    lambda a, b: a.exp() * b.log(), lambda a, b: a.abs().sqrt() + b.sqrt(), lambda a, b: a.sin() - b.cos() * a,
+    lambda a, b: -0.5 * (1 + b.log() - a * a - a.exp()),  # the VAE's KL term
 ])
 def test_arithmetic_array_backward_gives_the_differentiable_backwards_bits(expr):
-    # the array forms of + - * / and unary minus are the differentiable ones on arrays: same gradient bits, with
-    # broadcasting (b is a row) and Python constants
+    # the array forms of + - * /, unary minus, exp, log, sqrt, abs, sin and cos are the differentiable ones on
+    # arrays: same gradient bits, with broadcasting (b is a row, positive) and Python constants
     rng = np.random.default_rng(0)
     a = tg.tensor(rng.normal(size=(4, 3)).astype(np.float32), requires_grad=True)
     b = tg.tensor((rng.random(3) + 0.5).astype(np.float32), requires_grad=True)

@@ -28,6 +28,10 @@ class Exp(Function):
     def backward(ctx, g):
         return g * ctx.output
 
+    @staticmethod
+    def array_backward(ctx, g):  # the same arithmetic on arrays (a plain backward; no graph)
+        return g * ctx.output_array
+
 
 class Log(Function):
     elementwise = "log({0})"
@@ -40,6 +44,11 @@ class Log(Function):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g / x
+
+    @staticmethod
+    def array_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / x.data
 
 
 class Sqrt(Function):
@@ -54,6 +63,10 @@ class Sqrt(Function):
     def backward(ctx, g):
         return g / (ctx.output * 2)
 
+    @staticmethod
+    def array_backward(ctx, g):
+        return g / (ctx.output_array * 2)
+
 
 class Abs(Function):
     elementwise = "abs({0})"
@@ -66,6 +79,11 @@ class Abs(Function):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g * _const(ctx.xp.sign(x.data), x)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.xp.sign(x.data)
 
 
 class Sin(Function):
@@ -80,6 +98,11 @@ class Sin(Function):
         (x,) = ctx.saved_tensors
         return g * x.cos()
 
+    @staticmethod
+    def array_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.xp.cos(x.data)
+
 
 class Cos(Function):
     elementwise = "cos({0})"
@@ -92,6 +115,11 @@ class Cos(Function):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return -(g * x.sin())
+
+    @staticmethod
+    def array_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return -(g * ctx.xp.sin(x.data))
 
 
 class Tanh(Function):
