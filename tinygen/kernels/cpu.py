@@ -464,8 +464,28 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
 
 @njit(cache=True, error_model="numpy")
+def _adam_moments(gi, mi, vi, w1, one_minus_w1, beta2, one_minus_beta2, tiny, small):
+    """One element's new first and second moments (the first as a lerp, as PyTorch's), flushed below normal."""
+    mi = _no_subnormal(mi + w1 * (gi - mi) if small else gi - (gi - mi) * one_minus_w1, tiny)
+    vi = _no_subnormal(vi * beta2 + one_minus_beta2 * gi * gi, tiny)
+    return mi, vi
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_update(pi, mi, vi, eps, step_size, bc2_sqrt):
+    return pi - mi / (math.sqrt(vi) / bc2_sqrt + eps) * step_size
+
+
+@njit(cache=True, error_model="numpy")
 def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny,
           use_wd, decoupled, maximize, small, amsgrad):
+    if not (use_wd or maximize or amsgrad):  # the common case as a loop without flags: LLVM vectorizes it (~20%)
+        for i in range(p.size):
+            mi, vi = _adam_moments(g[i], m[i], v[i], w1, one_minus_w1, beta2, one_minus_beta2, tiny, small)
+            m[i] = mi
+            v[i] = vi
+            p[i] = _adam_update(p[i], mi, vi, eps, step_size, bc2_sqrt)
+        return
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         pi = p[i]
@@ -474,15 +494,13 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
                 pi = pi * decay
             else:
                 gi = gi + wd * pi
-        mi = _no_subnormal(m[i] + w1 * (gi - m[i]) if small else gi - (gi - m[i]) * one_minus_w1, tiny)  # lerp
-        vi = _no_subnormal(v[i] * beta2 + one_minus_beta2 * gi * gi, tiny)
+        mi, vi = _adam_moments(gi, m[i], v[i], w1, one_minus_w1, beta2, one_minus_beta2, tiny, small)
         m[i] = mi
         v[i] = vi
         if amsgrad:
             vi = max(vmax[i], vi)
             vmax[i] = vi
-        denom = math.sqrt(vi) / bc2_sqrt + eps
-        p[i] = pi - mi / denom * step_size
+        p[i] = _adam_update(pi, mi, vi, eps, step_size, bc2_sqrt)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
