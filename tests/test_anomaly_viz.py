@@ -55,7 +55,20 @@ def test_backward_nan_names_the_op_and_where_it_was_created():
     msg = str(info.value)
     assert msg.startswith("anomaly: SqrtBackward produced NaN or Inf in its gradient")
     assert f"{HERE}:{line}:" in msg
-    assert "Div" in str(info.value.__cause__)  # the op inside Sqrt's backward that made the Inf
+
+
+def test_backward_nan_inside_a_backward_made_of_ops_names_that_op_too():
+    # Pow's backward is written with tinygen ops (no array form): the op inside it that made the Inf is the cause
+    x = tg.tensor([0.0, 4.0], requires_grad=True)
+    with tg.detect_anomaly(), np.errstate(all="ignore"):
+        line = _line(); y = x ** 0.5  # noqa: E702 - 0.5 * x ** -0.5 is infinite at 0
+        loss = (y * 3).sum()
+        with pytest.raises(FloatingPointError) as info:
+            loss.backward()
+    msg = str(info.value)
+    assert msg.startswith("anomaly: PowBackward produced NaN or Inf in its gradient")
+    assert f"{HERE}:{line}:" in msg
+    assert "Pow" in str(info.value.__cause__)
 
 
 class BadGrad(Function):

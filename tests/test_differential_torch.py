@@ -851,11 +851,16 @@ def test_comparison_catches_a_wrong_gradient(monkeypatch):
         (x,) = ctx.saved_tensors
         return g * x.cos() * (1 + 1e-6)
 
+    def slightly_wrong_array(ctx, g):  # the form a plain backward runs
+        (x,) = ctx.saved_tensors
+        return g * np.cos(x.data) * (1 + 1e-6)
+
     graph = Graph([("leaf", np.array([0.3, -1.2, 2.0])), ("op", "exp", [0], {}, 0), ("op", "sin", [1], {}, 0),
                    ("op", "sum", [2], {"dim": None, "keepdim": False}, 0)],
                   upstream=np.array(1.5), weights=[np.array([1.0, 2.0, -1.0])])
     assert compare_graph(graph) == ""
     monkeypatch.setattr(elementwise.Sin, "backward", staticmethod(slightly_wrong))
+    monkeypatch.setattr(elementwise.Sin, "array_backward", staticmethod(slightly_wrong_array))
     message = compare_graph(graph)
     assert message.startswith("float64 gradient (plain backward), leaf n0")
     small, small_message = shrink(graph)
