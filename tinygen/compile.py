@@ -76,7 +76,7 @@ import numpy as np
 from . import compile_fusion as _fusion, random as _random
 from .autograd import engine
 from .autograd.engine import _backward, _grad, _roots
-from .autograd.function import Function, _edges, user_frame
+from .autograd.function import Function, _edges, result_array, user_frame
 from .autograd.grad_mode import STATE
 from .capture import CAPTURE
 from .tensor import Tensor, _make
@@ -408,11 +408,7 @@ def _replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     out = cls.forward(ctx, *args)
     datas = out if type(out) is tuple else (out,)
     for t, d in zip(outs, datas):
-        if isinstance(d, Tensor):
-            d = d.data
-        elif isinstance(d, np.generic):
-            d = np.asarray(d) if t._device == "cpu" else ctx.xp.asarray(d)
-        t.data = d
+        t.data = d if type(d) is np.ndarray else result_array(d, t._device, ctx)
     _refill_node(ctx, cls.save_output, outs[0], ctx._saved, shadowable)
 
 
@@ -525,8 +521,7 @@ def _run_plan(plan, root_grads):
 
 def _added(a, b):
     """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
-    s = a + b
-    return np.asarray(s) if isinstance(s, np.generic) else s
+    return result_array(a + b, None, None)
 
 
 def _replay_call(fn, args, kwargs, result, grad_enabled, new):

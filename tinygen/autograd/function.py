@@ -180,11 +180,8 @@ class Function:
             return tuple(_make(d, device, d.dtype.kind == "f", ctx if d.dtype.kind == "f" else None, i)
                          for i, d in enumerate(datas))
 
-        if isinstance(out, Tensor):
-            out = out.data
-        elif not out.shape and isinstance(out, _np.generic):
-            # NumPy reduces to scalars (and two constants meet as scalars); a tensor always holds an array
-            out = _np.asarray(out) if device is None or device == "cpu" else ctx.xp.asarray(out)
+        if type(out) is not _ndarray:
+            out = result_array(out, device, ctx)
         if not needs or out.dtype.kind != "f":
             return _make(out, device)
         ctx.next_edges = _edges(args)
@@ -192,6 +189,17 @@ class Function:
         if cls.save_output:
             ctx._out_data = out
         return _make(out, device, True, ctx, 0)
+
+
+def result_array(out, device, ctx):
+    """An op's forward result as the array a tensor holds: a tensor's array, or a NumPy scalar as a 0-d array
+    on ``device`` (through ``ctx.xp`` off the CPU): NumPy reduces to scalars, and two constants meet as scalars;
+    a tensor always holds an array."""
+    if isinstance(out, Tensor):
+        return out.data
+    if isinstance(out, _np.generic):
+        return _np.asarray(out) if device is None or device == "cpu" else ctx.xp.asarray(out)
+    return out
 
 
 def _edges(args):
