@@ -1,7 +1,7 @@
 """Convolution and pooling on arrays: the one reference definition, for any array module (NumPy, CuPy, the
 stand-in). Only the module's own functions and array operators are used (no ``as_strided``): the windows of an
 image are ``kh * kw`` strided slices of the padded image, one per kernel offset, and the products are the BLAS's
-GEMM through ``@``.
+GEMM through ``gemm.mm`` (which runs a product over a single column, a layer with one output, as a multiply).
 
 Geometry arguments are already checked by the ops (tinygen/ops/conv.py): ``stride`` and ``dilation`` are pairs,
 ``padding`` is ((top, bottom), (left, right)) so PyTorch's 'same' with an odd total padding fits.
@@ -19,15 +19,18 @@ Geometry arguments are already checked by the ops (tinygen/ops/conv.py): ``strid
                                                                      adjoint is the same call with rows.T, cols.T
 
 Layout: the column matrix has one row per output position and one column per weight entry, (N * OH * OW,
-C * kh * kw), so one GEMM covers the batch and every product keeps the long N * OH * OW axis as the rows of its
-result or as its reduction, with both operands C-ordered: the orientation OpenBLAS threads well (the other one,
-(C * kh * kw, N * OH * OW), ran the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW,
-Cout) results and gradients are transposed to and from (N, Cout, OH, OW), and the results not even that: they
-are returned as channels-last views (``_nchw``).
+G * kh * kw * C / G): within a window the pixels in (kh, kw) order and each pixel's channels (of a group) together,
+as a channels-last image stores them, so building it from such an image copies runs of C values (the weight is
+permuted to match, a small copy). One GEMM covers the batch and every product keeps the long N * OH * OW axis as
+the rows of its result or as its reduction, with the column matrix C-ordered: the orientation OpenBLAS threads
+well (the other one, (C * kh * kw, N * OH * OW), ran the DCGAN's products 2-4x slower on two threads). Only the small
+(N * OH * OW, Cout) results and gradients are transposed to and from (N, Cout, OH, OW), and the results not even
+that: they are returned as channels-last views (``_nchw``).
 """
 import numpy as np
 
 from ..backend import array_module_of
+from .gemm import mm
 
 
 def conv_out_size(size, kernel, stride, pad_total, dilation):
@@ -64,30 +67,34 @@ def _window(xpad, i, j, stride, dilation, out_hw):
     return xpad[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
 
 
-def im2col(x, kernel_hw, stride, padding, dilation, out_hw):
-    """The windows of x (N, C, H, W) as an array (N, OH, OW, C, kh, kw): one row per output position."""
+def im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups=1):
+    """The windows of x (N, C, H, W) as an array (N, OH, OW, G, kh, kw, C / G): one row per output position, each
+    window's pixels in (kh, kw) order with the channels of a group together, as a channels-last image holds them."""
     xp = array_module_of(x)
     n, c = x.shape[:2]
     kh, kw = kernel_hw
+    oh, ow = out_hw
     xpad = _padded(xp, x, padding)
-    cols = xp.empty((n,) + tuple(out_hw) + (c, kh, kw), dtype=x.dtype)
+    cols = xp.empty((n, oh, ow, groups, kh, kw, c // groups), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, :, :, i, j] = _window(xpad, i, j, stride, dilation, out_hw).transpose(0, 2, 3, 1)
+            window = _window(xpad, i, j, stride, dilation, out_hw).reshape(n, groups, c // groups, oh, ow)
+            cols[:, :, :, :, i, j, :] = window.transpose(0, 3, 4, 1, 2)
     return cols
 
 
 def col2im(cols, x_shape, stride, padding, dilation):
-    """The adjoint of im2col: cols (N, OH, OW, C, kh, kw) summed back into an image of ``x_shape``, stored
-    channels-last (see ``_nchw``)."""
+    """The adjoint of im2col: cols (N, OH, OW, G, kh, kw, C / G) summed back into an image of ``x_shape``, stored
+    channels-last (see ``_nchw``); each pixel adds its terms in (kh, kw) order."""
     xp = array_module_of(cols)
-    n, oh, ow, c, kh, kw = cols.shape
+    n, oh, ow, groups, kh, kw, cg = cols.shape
     (pt, pb), (pl, pr) = padding
     h, w = x_shape[2:]
-    xpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=cols.dtype).transpose(0, 3, 1, 2)
+    xpad = xp.zeros((n, h + pt + pb, w + pl + pr, groups * cg), dtype=cols.dtype).transpose(0, 3, 1, 2)
     for i in range(kh):
         for j in range(kw):
-            _window(xpad, i, j, stride, dilation, (oh, ow))[...] += cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+            window = _window(xpad, i, j, stride, dilation, (oh, ow)).reshape(n, groups, cg, oh, ow)
+            window += cols[:, :, :, :, i, j, :].transpose(0, 3, 4, 1, 2)
     return xpad[:, :, pt:pt + h, pl:pl + w]
 
 
@@ -97,21 +104,24 @@ def _out_hw(x_hw, kernel_hw, stride, padding, dilation):
 
 def _whole_image(x_hw, kernel_hw, padding, dilation):
     """True when the one window is the whole unpadded image (a 7x7 kernel on a 7x7 map, DCGAN's first and last
-    layers): the column matrix is then the image itself, (N, C * H * W), with nothing to copy."""
+    layers): without groups the column matrix is then the image itself in (H, W, C) order, (N, H * W * C), read
+    where it lies when the image is channels-last (what a convolution returns)."""
     return tuple(x_hw) == tuple(kernel_hw) and padding == ((0, 0), (0, 0)) and tuple(dilation) == (1, 1)
 
 
-def _pixel_major(x, kernel_hw, padding, dilation, groups):
-    """True when x's column matrix is x itself in (H, W, C) order, read where it lies: the one window is the whole
-    image and x is stored channels-last (what a convolution returns), without groups. The weight is then
-    permuted to (Cout, kh, kw, C) to match, a small copy, instead of the image to (C, H, W)."""
-    return (groups == 1 and _whole_image(x.shape[2:], kernel_hw, padding, dilation) and not x.flags.c_contiguous
-            and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+def _weight_rows(w, groups):
+    """w (Cout, C / G, kh, kw) as (G, Cout / G, kh * kw * C / G), C-ordered: each output channel's weights in the
+    column matrix's order."""
+    cout, cg, kh, kw = w.shape
+    w = w.reshape(groups, cout // groups, cg, kh, kw).transpose(0, 1, 3, 4, 2)
+    return array_module_of(w).ascontiguousarray(w).reshape(groups, cout // groups, kh * kw * cg)
 
 
-def _weight_hwc(w):
-    """w (Cout, C, kh, kw) as C-ordered (Cout, kh * kw * C): the weight of a pixel-major column matrix."""
-    return array_module_of(w).ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
+def _weight_from_rows(gw, shape):
+    """The adjoint of _weight_rows: (G, Cout / G, kh * kw * C / G) back to a C-ordered w of ``shape``."""
+    cout, cg, kh, kw = shape
+    gw = gw.reshape(cout, kh, kw, cg).transpose(0, 3, 1, 2)
+    return array_module_of(gw).ascontiguousarray(gw)
 
 
 def _rows(t):
@@ -130,76 +140,57 @@ def _nchw(rows, n, out_hw):
 def _mm_groups(a, b, groups):
     """a (R, G * Ka) times b (G, Ka, Cb) group by group -> (R, G * Cb)."""
     if groups == 1:
-        return a @ b[0]
+        return mm(a, b[0])
     r = a.shape[0]
-    return (a.reshape(r, groups, -1).transpose(1, 0, 2) @ b).transpose(1, 0, 2).reshape(r, -1)
+    return mm(a.reshape(r, groups, -1).transpose(1, 0, 2), b).transpose(1, 0, 2).reshape(r, -1)
 
 
 def make_conv_kernels(im2col, col2im):
     """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
     layout are the same for every version; cpu's Numba pair plugs in here)."""
 
-    def columns(x, kernel_hw, stride, padding, dilation, out_hw, pixel_major):
-        """x's column matrix (N * OH * OW, C * kh * kw), or (N, H * W * C) where ``pixel_major`` (the caller's
-        ``_pixel_major``, which also decides the weight's order)."""
+    def columns(x, kernel_hw, stride, padding, dilation, out_hw, groups):
+        """x's column matrix, (N * OH * OW, G * kh * kw * C / G)."""
         n = x.shape[0]
-        if pixel_major:
-            return x.transpose(0, 2, 3, 1).reshape(n, -1)
-        if _whole_image(x.shape[2:], kernel_hw, padding, dilation):
-            return array_module_of(x).ascontiguousarray(x).reshape(n, -1)
-        return im2col(x, kernel_hw, stride, padding, dilation, out_hw).reshape(n * out_hw[0] * out_hw[1], -1)
+        if groups == 1 and _whole_image(x.shape[2:], kernel_hw, padding, dilation):
+            return array_module_of(x).ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n, -1)
+        return im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups).reshape(n * out_hw[0] * out_hw[1], -1)
 
     def conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols=False):
         """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias. With ``keep_cols``:
         (y, x's column matrix), which conv2d_bwd_weight takes instead of building it again."""
-        xp = array_module_of(x)
-        cout, cg, kh, kw = w.shape
-        out_hw = _out_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
-        pixel_major = _pixel_major(x, (kh, kw), padding, dilation, groups)
-        cols = columns(x, (kh, kw), stride, padding, dilation, out_hw, pixel_major)
-        if pixel_major:
-            wt = _weight_hwc(w).T[None]
-        else:
-            wt = xp.ascontiguousarray(w.reshape(groups, cout // groups, cg * kh * kw).transpose(0, 2, 1))
-        y = _nchw(_mm_groups(cols, wt, groups), x.shape[0], out_hw)
+        out_hw = _out_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
+        cols = columns(x, w.shape[2:], stride, padding, dilation, out_hw, groups)
+        # the weight's rows as the product's columns: a transposed view, which BLAS reads as fast as a copy
+        y = _nchw(_mm_groups(cols, _weight_rows(w, groups).transpose(0, 2, 1), groups), x.shape[0], out_hw)
         return (y, cols) if keep_cols else y
 
     def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
         """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
         forward of conv_transpose2d (input g, weight w of shape (Cin_of_transpose, Cout_of_transpose / groups, kh,
         kw))."""
-        n, cout, oh, ow = g.shape
+        n, _, oh, ow = g.shape
         _, cg, kh, kw = w.shape
-        x_shape = (n, groups * cg) + tuple(x_hw)
+        cols = _mm_groups(_rows(g), _weight_rows(w, groups), groups)  # (N * OH * OW, G * kh * kw * C / G)
         if groups == 1 and _whole_image(x_hw, (kh, kw), padding, dilation):  # (N, H * W * C): channels-last
-            return _nchw(_rows(g) @ _weight_hwc(w), n, x_hw)
-        cols = _mm_groups(_rows(g), w.reshape(groups, cout // groups, cg * kh * kw), groups)  # (N*OH*OW, C*kh*kw)
-        if _whole_image(x_hw, (kh, kw), padding, dilation):
-            return cols.reshape(x_shape)
-        cols = cols.reshape((n, oh, ow, groups * cg, kh, kw))
-        return col2im(cols, x_shape, stride, padding, dilation)
+            return _nchw(cols, n, x_hw)
+        cols = cols.reshape((n, oh, ow, groups, kh, kw, cg))
+        return col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation)
 
     def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols=None):
         """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw); ``cols``:
         x's column matrix from conv2d_fwd(..., keep_cols=True), else it is built here."""
-        c = x.shape[1]
         cout = g.shape[1]
-        kh, kw = kernel_hw
-        cg = c // groups
-        pixel_major = _pixel_major(x, (kh, kw), padding, dilation, groups)
         if cols is None:
-            cols = columns(x, (kh, kw), stride, padding, dilation, g.shape[2:], pixel_major)
+            cols = columns(x, kernel_hw, stride, padding, dilation, g.shape[2:], groups)
         rows = _rows(g)
-        if pixel_major:  # (Cout, kh, kw, C) back to w's order
-            gw = (cols.T @ rows).T.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2)
-            return array_module_of(x).ascontiguousarray(gw)
         if groups == 1:
-            gw = (cols.T @ rows).T  # (K, N*P) @ (N*P, Cout): the orientation that threads well
+            gw = mm(cols.T, rows).T  # (K, N*P) @ (N*P, Cout): the orientation that threads well
         else:
             r = rows.shape[0]
-            gw = (cols.reshape(r, groups, -1).transpose(1, 2, 0) @ rows.reshape(r, groups, -1).transpose(1, 0, 2))
-            gw = gw.transpose(0, 2, 1)  # (G, Cout/G, Cg*kh*kw)
-        return array_module_of(x).ascontiguousarray(gw).reshape(cout, cg, kh, kw)
+            gw = mm(cols.reshape(r, groups, -1).transpose(1, 2, 0), rows.reshape(r, groups, -1).transpose(1, 0, 2))
+            gw = gw.transpose(0, 2, 1)  # (G, Cout/G, kh * kw * Cg)
+        return _weight_from_rows(gw, (cout, x.shape[1] // groups) + tuple(kernel_hw))
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
 
@@ -252,7 +243,7 @@ def _flat_index(xp, index, planes, plane):
 
 def separable_map2d(x, rows, cols):
     """rows @ x @ cols.T over the last two axes of x (N, C, H, W): rows (OH, H), cols (OW, W)."""
-    return (rows @ x) @ cols.T
+    return mm(mm(rows, x), cols.T)
 
 
 # ---- the matrices of the separable maps (host NumPy, float64; the op moves them to the device and dtype) -------------
