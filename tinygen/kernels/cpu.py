@@ -55,7 +55,7 @@ def _exp_neg_abs(x, log1p=False, split=True):
         np.negative(c, out=c)
         np.exp(c, out=c)
         if log1p:
-            np.log1p(c, out=l1p[lo:hi])
+            l1p[lo:hi] = ref.log1p_small(np, c)
     if split:
         _in_chunks(part, x.size)
     else:
@@ -82,7 +82,7 @@ def _pre_fwd(x, act, p1):
     if act == ELU:
         return np.expm1(np.minimum(x, 0))
     if act == SOFTPLUS:
-        return np.log1p(np.exp(-abs(x * p1)))
+        return ref.log1p_small(np, np.exp(-abs(x * p1)))
     return None
 
 

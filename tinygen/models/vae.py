@@ -51,6 +51,7 @@ from .. import distributed as dist
 from .. import random as _random
 from ..backend import array_module, device_of
 from ..data import DataLoader, ModelData, Scaling, binarize, to_unit
+from ..kernels.reference import log1p_small
 from ..nn import functional as F
 from . import remedies
 from . import train_utils as tu
@@ -306,7 +307,7 @@ def _bernoulli_log_lik(logits, x):
     sp = xp.abs(logits)
     xp.negative(sp, out=sp)
     xp.exp(sp, out=sp)
-    xp.log1p(sp, out=sp)
+    sp = log1p_small(xp, sp)
     sp += xp.maximum(logits, 0)
     return xp.matmul(logits, x[:, :, None])[..., 0] - sp.sum(axis=2)
 

@@ -401,13 +401,13 @@ class Mish(Function):
 
 
 class Logsigmoid(Function):
-    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): no overflow, no log(0)."""
+    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): no overflow, no log(0) (log1p as the kernels compute it)."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
         xp, d = ctx.xp, x.data
-        return xp.minimum(d, 0) - xp.log1p(xp.exp(-abs(d)))
+        return xp.minimum(d, 0) - kernels.reference.log1p_small(xp, xp.exp(-abs(d)))
 
     @staticmethod
     def backward(ctx, g):
