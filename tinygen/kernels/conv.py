@@ -184,12 +184,14 @@ def make_conv_kernels(im2col, col2im):
         if cols is None:
             cols = columns(x, kernel_hw, stride, padding, dilation, g.shape[2:], groups)
         rows = _rows(g)
+        # (Cout, N*P) @ (N*P, K), both read transposed: the result is C-ordered in the weight's row order, so
+        # putting it back in w's layout is a permutation within each row (the other orientation, (K, Cout)
+        # transposed, made that copy stride across the whole result: 1.8 against 0.75 ms for DCGAN's 7x7 layer)
         if groups == 1:
-            gw = mm(cols.T, rows).T  # (K, N*P) @ (N*P, Cout): the orientation that threads well
+            gw = mm(rows.T, cols)
         else:
             r = rows.shape[0]
-            gw = mm(cols.reshape(r, groups, -1).transpose(1, 2, 0), rows.reshape(r, groups, -1).transpose(1, 0, 2))
-            gw = gw.transpose(0, 2, 1)  # (G, Cout/G, kh * kw * Cg)
+            gw = mm(rows.reshape(r, groups, -1).transpose(1, 2, 0), cols.reshape(r, groups, -1).transpose(1, 0, 2))
         return _weight_from_rows(gw, (cout, x.shape[1] // groups) + tuple(kernel_hw))
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
