@@ -201,7 +201,8 @@ def test_bias_act_matches_reference(impl, act, params, spec, kind, with_bias):
     gpre, gb = impl.mod.bias_act_bwd(impl.put(layout(expected, kind)), impl.put(layout(g, kind)), act, *params)
     egpre, egb = ref.bias_act_bwd(expected, g, act, *params)
     same(impl.get(gpre), egpre, f"bias_act_bwd {act}")
-    close(impl.get(gb), egb, dt, f"bias grad {act}")
+    # a column sum of terms of both signs: NumPy's float32 error is relative to the terms, not to the sum
+    close(impl.get(gb), egb, dt, f"bias grad {act}", scale=float(np.abs(egpre).sum(axis=0).max()))
 
 
 def test_bias_act_parallel_and_reference_meaning(impl, threads):
