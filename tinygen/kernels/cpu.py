@@ -43,24 +43,20 @@ def _in_chunks(fn, n):
     threads.in_chunks(fn, n, _threads)
 
 
-def _exp_neg_abs(x, log1p=False, split=True):
-    """exp(-|x|) of a flat array (and its log1p with ``log1p``), in chunks on the ufunc threads (or, without
-    ``split``, on the calling thread)."""
+def _exp_neg_abs(x, split=True):
+    """exp(-|x|) of a flat array, in chunks on the ufunc threads (or, without ``split``, on the calling thread)."""
     e = np.empty_like(x)
-    l1p = np.empty_like(x) if log1p else None
 
     def part(lo, hi):
         c = e[lo:hi]
         np.absolute(x[lo:hi], out=c)
         np.negative(c, out=c)
         np.exp(c, out=c)
-        if log1p:
-            l1p[lo:hi] = ref.log1p_small(np, c)
     if split:
         _in_chunks(part, x.size)
     else:
         part(0, x.size)
-    return (e, l1p) if log1p else e
+    return e
 
 
 def _chunks(n):
@@ -827,7 +823,7 @@ BCE_BLOCK = 1 << 15
 def _bce_plain(x, t, e, l1p, loss, grad, need_grad, gscale):
     """Per-element loss and gradient without weights (the common case: a loop with no branches, so it vectorizes).
 
-    e = exp(-|x|) and l1p = log1p(e) come from NumPy."""
+    e = exp(-|x|) and l1p = log1p(e) (reference.log1p_small) come from NumPy."""
     zero, one = x.dtype.type(0), x.dtype.type(1)
     for i in range(x.size):
         xi, ti = x[i], t[i]
@@ -896,7 +892,8 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     def part(lo, hi):
         for b in range(lo, hi, BCE_BLOCK):
             c = min(hi, b + BCE_BLOCK)
-            e, l1p = _exp_neg_abs(xf[b:c], log1p=True, split=False)
+            e = _exp_neg_abs(xf[b:c], split=False)
+            l1p = ref.log1p_small(np, e)
             gb = grad[b:c] if need_grad else grad
             if plain:
                 _bce_plain(xf[b:c], tf[b:c], e, l1p, loss[b:c], gb, need_grad, gscale)
