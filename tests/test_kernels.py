@@ -84,6 +84,7 @@ def threads(request, monkeypatch):
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
         monkeypatch.setattr(kthreads, "PARALLEL_MIN", 0)
         monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 0)  # the optimizers' runs of elements on the pool
     return request.param
 
 
@@ -286,7 +287,7 @@ def test_optimizer_matches_reference_bitwise(impl, run, opts, spec, kind):
         same(a, e, f"state {i}")
 
 
-def test_optimizer_parallel_twins(impl, threads):
+def test_optimizer_split_across_threads(impl, threads):
     rng = np.random.default_rng(3)
     p = randn(rng, (37, 29), np.float32)
     grads = [randn(rng, (37, 29), np.float32) for _ in range(3)]
@@ -769,6 +770,28 @@ def test_sizes_above_the_default_parallel_threshold():
     state2 = [np.zeros_like(x) for _ in range(2)]
     cpu.adam_step(p1, g, *state1, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
     ref.adam_step(p2, g, *state2, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, 1)
+    same(p1, p2)
+
+
+@requires_numba
+def test_optimizer_updates_above_the_default_update_threshold_keep_the_reference_bits():
+    # split into runs of elements on the thread pool (cpu._update_in_chunks): each element as in one loop
+    from tinygen.kernels import cpu
+    n = kthreads.UPDATE_PARALLEL_MIN * 2 + 7
+    rng = np.random.default_rng(15)
+    x, g = randn(rng, n, np.float32), randn(rng, n, np.float32)
+    results = []
+    for mod in (cpu, ref):
+        p, buf = x.copy(), np.zeros_like(x)
+        for first in (True, False):
+            mod.sgd_step(p, g, buf, 1e-2, momentum=0.9, nesterov=True, weight_decay=1e-4, first_step=first)
+        results.append(p)
+    same(*results)
+    p1, p2 = x.copy(), x.copy()
+    states = [[np.zeros_like(x) for _ in range(3)] for _ in range(2)]
+    for mod, p, (v, ga, buf) in zip((cpu, ref), (p1, p2), states):
+        for _ in range(2):
+            mod.rmsprop_step(p, g, v, ga, buf, 1e-2, momentum=0.9, centered=True)
     same(p1, p2)
 
 
@@ -1281,14 +1304,18 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
 # ---- the multi-tensor Adam step ------------------------------------------------------------------------------------
 @requires_numba
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)
-def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts):
-    # 11 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed and one above the parallel
-    # threshold (both through adam_step): the same bits as adam_step on each, and as the reference's loop
+@pytest.mark.parametrize("split_from", ["default", 0])
+def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_from, monkeypatch):
+    # 11 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed (through adam_step) and one
+    # above the update threshold (its dtype's parameters split across threads, the split inside it; from 0: every
+    # group split): the same bits as adam_step on each, and as the reference's loop
     from tinygen.kernels import cpu
+    if split_from != "default":
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
     rng = np.random.default_rng(31)
-    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.PARALLEL_MIN + 3,), (3, 4)]
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,), (3, 4)]
     dts = [np.float32] * 8 + [np.float64] * 3
     params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
     params[3] = np.asfortranarray(params[3]).T  # not C-contiguous

@@ -14,6 +14,9 @@ How the loops are written:
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
+    The optimizers' loops have no twin: they release the GIL (``nogil``) and run in runs of elements on
+    tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from ``threads.UPDATE_PARALLEL_MIN``
+    elements, which pays far earlier inside a step (threads.py says why).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
@@ -416,7 +419,7 @@ def _no_subnormal(x, tiny):
     return x if abs(x) >= tiny else x * (tiny - tiny)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov, maximize,
          first_step):
     for i in range(p.size):
@@ -430,17 +433,6 @@ def _sgd(p, g, buf, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_mom
         p[i] = p[i] - lr * d
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _sgd_par(p, g, buf, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov, maximize,
-             first_step, nch):
-    n = p.size
-    step = (n + nch - 1) // nch
-    for c in prange(nch):
-        lo, hi = c * step, min(n, (c + 1) * step)
-        _sgd(p[lo:hi], g[lo:hi], buf[lo:hi] if use_momentum else buf, lr, momentum, one_minus_dampening, wd,
-             tiny, use_wd, use_momentum, nesterov, maximize, first_step)
-
-
 def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
              maximize=False, first_step=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_sgd(param, grad, momentum_buffer, momentum)
@@ -449,13 +441,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     io = _InPlace("sgd_step", param, momentum_buffer if use_momentum else None)
     p, buf = io.flat
     buf = buf if buf is not None else _dummy(param.dtype)
-    args = (p, _flat(grad), buf, *_sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
-            weight_decay != 0, use_momentum, bool(nesterov), bool(maximize), bool(first_step))
-    nch = _chunks(p.size)
-    if nch:
-        _sgd_par(*args, nch)
-    else:
-        _sgd(*args)
+    _update_in_chunks(_sgd, (p, _flat(grad), buf), (*_sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
+                      weight_decay != 0, use_momentum, bool(nesterov), bool(maximize), bool(first_step)))
     io.done()
 
 
@@ -472,7 +459,7 @@ def _adam_update(pi, mi, vi, eps, step_size, bc2_sqrt):
     return pi - mi / (math.sqrt(vi) / bc2_sqrt + eps) * step_size
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny,
           use_wd, decoupled, maximize, small, amsgrad):
     if not (use_wd or maximize or amsgrad):  # the common case as a loop without flags: LLVM vectorizes it (~20%)
@@ -499,17 +486,6 @@ def _adam(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd,
         p[i] = _adam_update(pi, mi, vi, eps, step_size, bc2_sqrt)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _adam_par(p, g, m, v, vmax, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt,
-              tiny, use_wd, decoupled, maximize, small, amsgrad, nch):
-    n = p.size
-    step = (n + nch - 1) // nch
-    for c in prange(nch):
-        lo, hi = c * step, min(n, (c + 1) * step)
-        _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax, w1, one_minus_w1, beta2,
-              one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad)
-
-
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
               step, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
@@ -518,13 +494,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     amsgrad = max_exp_avg_sq is not None
     io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
     p, m, v, vmax = io.flat
-    args = (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype), *consts,
-            weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(1 - beta1), amsgrad)
-    nch = _chunks(p.size)
-    if nch:
-        _adam_par(*args, nch)
-    else:
-        _adam(*args)
+    _update_in_chunks(_adam, (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype)),
+                      (*consts, weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(1 - beta1), amsgrad))
     io.done()
 
 
@@ -533,7 +504,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 MULTI_TENSOR = 8
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
                 bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad):
     for k in range(len(ps)):
@@ -543,16 +514,16 @@ def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2,
 
 def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                decoupled, step, maximize=False, scratch=None):
-    """The parameters one thread updates (small, contiguous, writable) go through ``_adam_multi``, MULTI_TENSOR
-    per call, by dtype: the same loop as ``adam_step``'s, so the same bits; the others through ``adam_step``."""
+    """The contiguous, writable parameters go through ``_adam_multi``, MULTI_TENSOR per call, by dtype (split
+    across threads as one run of elements: ``_multi_in_chunks``): the same loop as ``adam_step``'s, so the same
+    bits; the others through ``adam_step``."""
     amsgrad = max_exp_avg_sqs is not None
     vmaxs = max_exp_avg_sqs if amsgrad else [None] * len(params)
     batches = {}
     for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
         ref._check_optimizer("adam_steps", p, g, m, v, vmax)
         inplace = (p, m, v, vmax) if amsgrad else (p, m, v)
-        if p.dtype.char in "fd" and not _chunks(p.size) and all(a.flags.c_contiguous and a.flags.writeable
-                                                                 for a in inplace):
+        if p.dtype.char in "fd" and all(a.flags.c_contiguous and a.flags.writeable for a in inplace):
             batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), m.reshape(-1), v.reshape(-1),
                                                     vmax.reshape(-1) if amsgrad else None))
         else:
@@ -560,12 +531,38 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
     for dt, rows in batches.items():
         consts = (*_adam_consts(dt, lr, beta1, beta2, eps, weight_decay, step), weight_decay != 0, bool(decoupled),
                   bool(maximize), ref.lerp_small(1 - beta1), amsgrad)
-        empty = _dummy(dt)
-        for start in range(0, len(rows), MULTI_TENSOR):
-            chunk = rows[start:start + MULTI_TENSOR]
-            chunk += [(empty,) * 5] * (MULTI_TENSOR - len(chunk))
-            cols = [tuple(empty if a is None else a for a in col) for col in zip(*chunk)]
-            _adam_multi(*cols, *consts)
+        _multi_in_chunks(_adam_multi, rows, consts, _dummy(dt))
+
+
+def _multi_in_chunks(kernel, rows, consts, empty):
+    """``kernel(*columns, *consts)``, a multi-tensor loop, over ``rows`` (one tuple of flat arrays per parameter,
+    None for an unused one), MULTI_TENSOR parameters per call. From threads.UPDATE_PARALLEL_MIN elements in all,
+    the parameters laid end to end are split into one run of elements per thread (threads.in_chunks); each element
+    is updated as in one call."""
+    ends = np.cumsum([row[0].size for row in rows])
+
+    def part(lo, hi):
+        sliced, start = [], 0
+        for row, end in zip(rows, ends):
+            a, b = max(lo, start), min(hi, end)
+            if a < b:
+                sliced.append(row if b - a == row[0].size else
+                              tuple(None if x is None else x[a - start:b - start] for x in row))
+            start = end
+        for first in range(0, len(sliced), MULTI_TENSOR):
+            chunk = sliced[first:first + MULTI_TENSOR]
+            chunk += [(empty,) * len(rows[0])] * (MULTI_TENSOR - len(chunk))
+            kernel(*[tuple(empty if a is None else a for a in col) for col in zip(*chunk)], *consts)
+    threads.in_chunks(part, int(ends[-1]), _threads, min_size=threads.UPDATE_PARALLEL_MIN)
+
+
+def _update_in_chunks(kernel, arrays, consts):
+    """``kernel(*arrays, *consts)``, a one-parameter update loop, split from threads.UPDATE_PARALLEL_MIN elements
+    into one run of elements per thread (threads.in_chunks). ``arrays`` are flat, the parameter's first; an empty
+    one (a state the update does not use) is passed whole."""
+    n = arrays[0].size
+    threads.in_chunks(lambda lo, hi: kernel(*[a[lo:hi] if a.size else a for a in arrays], *consts), n, _threads,
+                      min_size=threads.UPDATE_PARALLEL_MIN)
 
 
 @njit(cache=True, error_model="numpy")
@@ -585,7 +582,7 @@ def ema_update(average, value, decay):
     io.done()
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd,
              centered, use_momentum, maximize, small):
     for i in range(p.size):
@@ -609,18 +606,6 @@ def _rmsprop(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd,
             p[i] = p[i] - gi / avg * lr
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _rmsprop_par(p, g, v, ga, buf, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd,
-                 centered, use_momentum, maximize, small, nch):
-    n = p.size
-    step = (n + nch - 1) // nch
-    for c in prange(nch):
-        lo, hi = c * step, min(n, (c + 1) * step)
-        _rmsprop(p[lo:hi], g[lo:hi], v[lo:hi], ga[lo:hi] if centered else ga, buf[lo:hi] if use_momentum else buf,
-                 lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd, centered, use_momentum,
-                 maximize, small)
-
-
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001 - no scratch needed
     ref.check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
@@ -631,13 +616,9 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     p, v, ga, buf = io.flat
     dummy = _dummy(param.dtype)
     consts = _rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
-    args = (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy,
-            *consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize), ref.lerp_small(1 - alpha))
-    nch = _chunks(p.size)
-    if nch:
-        _rmsprop_par(*args, nch)
-    else:
-        _rmsprop(*args)
+    _update_in_chunks(_rmsprop, (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy),
+                      (*consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize),
+                       ref.lerp_small(1 - alpha)))
     io.done()
 
 

@@ -3,11 +3,11 @@
     tinygen.set_num_threads(1)     # e.g. for reproducible timings, or several processes on one machine
 
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
-a small pool that runs NumPy calls in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p, tanh) from
-UFUNC_PARALLEL_MIN elements, and, when the setting BLAS_PARALLEL_MIN is on (a busy machine; off by default, when
-matrix products run on BLAS's own threads), matrix products from that many multiply-adds (gemm.mm: one BLAS call
-per block of rows, BLAS itself on one thread). NumPy releases the GIL inside these calls, so the chunks run at once, with
-the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
+a small pool that runs calls that release the GIL in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p,
+tanh) from UFUNC_PARALLEL_MIN elements, the optimizers' Numba loops (``nogil``) from UPDATE_PARALLEL_MIN elements
+over all the parameters of a step, and, when the setting BLAS_PARALLEL_MIN is on (a busy machine; off by default,
+when matrix products run on BLAS's own threads), matrix products from that many multiply-adds (gemm.mm: one BLAS
+call per block of rows, BLAS itself on one thread). The chunks run at once, with the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
 is run by the calling thread, so a busy machine (another process on the other core) costs at most the time of one
 thread, where a static split (OpenBLAS's, Numba's) waits until the descheduled thread gets a core back.
 BLAS threads are set here too (``set_num_threads``).
@@ -30,6 +30,13 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 # NumPy's transcendental ufuncs are compute-bound (4-15 ns per float32 element on a 2-core AVX2 machine, where exp
 # and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
+
+# An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
+# core), after a backward whose last products ran on BLAS's threads. A pool thread sleeps on a lock between calls
+# and costs ~10-20 us to wake; Numba's parallel loops (PARALLEL_MIN) spin-wait instead and, inside a step, take the
+# core from BLAS's threads. On the 2-core machine of benchmarks/README.md, splitting from 2^17 elements made
+# batch-16 Adam steps 9-12% faster (the VAE's 650k parameters: 0.40 -> 0.25 ms alone).
+UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
 # idle machine. N > 0: products below N multiply-adds (m * k * n) on one BLAS thread, larger ones split by gemm.mm
