@@ -46,8 +46,8 @@ def _in_chunks(fn, n):
     threads.in_chunks(fn, n, _threads)
 
 
-def _exp_neg_abs(x, split=True):
-    """exp(-|x|) of a flat array, in chunks on the ufunc threads (or, without ``split``, on the calling thread)."""
+def _exp_neg_abs(x):
+    """exp(-|x|) of a flat array, in chunks on the ufunc threads."""
     e = np.empty_like(x)
 
     def part(lo, hi):
@@ -55,10 +55,7 @@ def _exp_neg_abs(x, split=True):
         np.absolute(x[lo:hi], out=c)
         np.negative(c, out=c)
         np.exp(c, out=c)
-    if split:
-        _in_chunks(part, x.size)
-    else:
-        part(0, x.size)
+    _in_chunks(part, x.size)
     return e
 
 
@@ -793,22 +790,53 @@ def batchnorm_bwd(g, x_hat, weight, inv_std):
 
 
 # ---- losses --------------------------------------------------------------------------------------------------------
-# The loss kernels run in blocks of BCE_BLOCK elements on the ufunc threads: per block, NumPy's SIMD exp/log1p and
-# then one loop, so the block's temporaries stay in the core's cache. The loops carry no running sum (a float
-# accumulator keeps a loop from vectorizing); the reduction is NumPy's over the per-element losses, the reference's
-# own sum.
+# The loss kernels run in blocks of BCE_BLOCK elements on the ufunc threads: per block, the two transcendental
+# passes in NumPy (exp(-|x|), then log(1 + e)) and everything else in loops, so the block's temporaries stay in the
+# core's cache. The loops carry no running sum (a float accumulator keeps a loop from vectorizing); the reduction is
+# NumPy's over the per-element losses, the reference's own sum.
 BCE_BLOCK = 1 << 15
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _bce_plain(x, t, e, l1p, loss, grad, need_grad, gscale):
+def _neg_abs(x, out):
+    for i in range(x.size):
+        out[i] = -abs(x[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _plus_one(e, out):
+    one = e.dtype.type(1)
+    for i in range(e.size):
+        out[i] = e[i] + one
+
+
+@njit(cache=True, error_model="numpy")
+def _log1p_small(ei, log_w, zero, one):
+    """reference.log1p_small of one element, given log(w) = log(1 + e) from NumPy: the same operations."""
+    d = (ei + one) - one
+    return ei if d == zero else log_w * (ei / d)
+
+
+def _exp_and_log(xb):
+    """e = exp(-|x|) and log(1 + e) of a block, each one NumPy pass over a buffer the loops fill."""
+    e, lw = np.empty_like(xb), np.empty_like(xb)
+    _neg_abs(xb, e)
+    np.exp(e, out=e)
+    _plus_one(e, lw)
+    np.log(lw, out=lw)
+    return e, lw
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bce_plain(x, t, e, log_w, loss, grad, need_grad, gscale):
     """Per-element loss and gradient without weights (the common case: a loop with no branches, so it vectorizes).
 
-    e = exp(-|x|) and l1p = log1p(e) (reference.log1p_small) come from NumPy."""
+    e = exp(-|x|) and log_w = log(1 + e) come from NumPy (_exp_and_log); log1p(e) is reference.log1p_small."""
     zero, one = x.dtype.type(0), x.dtype.type(1)
     for i in range(x.size):
         xi, ti = x[i], t[i]
-        loss[i] = (one - ti) * xi - (min(xi, zero) - l1p[i])  # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))
+        l1p = _log1p_small(e[i], log_w[i], zero, one)
+        loss[i] = (one - ti) * xi - (min(xi, zero) - l1p)  # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))
     if need_grad:
         for i in range(x.size):
             xi, ei = x[i], e[i]
@@ -816,7 +844,7 @@ def _bce_plain(x, t, e, l1p, loss, grad, need_grad, gscale):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, grad, need_grad, gscale, off):
+def _bce(x, t, e, log_w, w, pw, has_w, has_pw, loss, grad, need_grad, gscale, off):
     """Per-element loss and gradient with a weight and/or pos_weight.
 
     ``w`` and ``pw`` repeat with their own length (a trailing block of x's shape, e.g. one value per class on the
@@ -827,7 +855,7 @@ def _bce(x, t, e, l1p, w, pw, has_w, has_pw, loss, grad, need_grad, gscale, off)
     lw = pwi = one
     for i in range(x.size):
         xi, ti = x[i], t[i]
-        ls = min(xi, zero) - l1p[i]  # log(sigmoid(x))
+        ls = min(xi, zero) - _log1p_small(e[i], log_w[i], zero, one)  # log(sigmoid(x))
         if has_pw:
             pwi = pw[(off + i) % npw]
             lw = one + (pwi - one) * ti
@@ -873,13 +901,12 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
     def part(lo, hi):
         for b in range(lo, hi, BCE_BLOCK):
             c = min(hi, b + BCE_BLOCK)
-            e = _exp_neg_abs(xf[b:c], split=False)
-            l1p = ref.log1p_small(np, e)
+            e, log_w = _exp_and_log(xf[b:c])
             gb = grad[b:c] if need_grad else grad
             if plain:
-                _bce_plain(xf[b:c], tf[b:c], e, l1p, loss[b:c], gb, need_grad, gscale)
+                _bce_plain(xf[b:c], tf[b:c], e, log_w, loss[b:c], gb, need_grad, gscale)
             else:
-                _bce(xf[b:c], tf[b:c], e, l1p, w, pw, weight is not None, pos_weight is not None, loss[b:c], gb,
+                _bce(xf[b:c], tf[b:c], e, log_w, w, pw, weight is not None, pos_weight is not None, loss[b:c], gb,
                      need_grad, gscale, b)
     _in_chunks(part, n)
     if reduction == "none":
