@@ -35,7 +35,7 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 # core), after a backward whose last products ran on BLAS's threads. A pool thread sleeps on a lock between calls
 # and costs ~10-20 us to wake; Numba's parallel loops (PARALLEL_MIN) spin-wait instead and, inside a step, take the
 # core from BLAS's threads. On the 2-core machine of benchmarks/README.md, splitting from 2^17 elements made
-# batch-16 Adam steps 9-12% faster (the VAE's 650k parameters: 0.40 -> 0.25 ms alone).
+# batch-16 steps with Adam or SGD 5-12% faster (the VAE's Adam, 650k parameters: 0.40 -> 0.25 ms alone).
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
