@@ -1315,7 +1315,8 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
     rng = np.random.default_rng(31)
-    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,), (3, 4)]
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
+              (3, 4)]
     dts = [np.float32] * 8 + [np.float64] * 3
     params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
     params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
