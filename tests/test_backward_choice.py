@@ -212,3 +212,42 @@ def test_arithmetic_array_backward_gives_the_differentiable_backwards_bits(expr)
         assert (p is None) == (q is None)
         if p is not None:
             assert np.array_equal(p, q.detach().numpy())
+
+
+@pytest.mark.parametrize("expr", [
+    lambda a, b: a.sum() * b.sum(), lambda a, b: a.sum(1) * b, lambda a, b: a.sum((0, 2), keepdim=True) * 2.0,
+    lambda a, b: a.reshape(6, 4) * 1.5, lambda a, b: a.permute(2, 0, 1) * b.reshape(4, 1, 1),
+    lambda a, b: a.sum(1, keepdim=True).expand(2, 3, 4) * a, lambda a, b: a * b,  # b broadcast: SumTo on arrays
+])
+def test_shape_and_sum_array_backward_give_the_differentiable_backwards_bits(expr):
+    # sum, reshape, permute and expand (and SumTo, in the graph a create_graph backward builds) move gradients
+    # without arithmetic: the array forms give the differentiable forms' bits, first and second order
+    rng = np.random.default_rng(1)
+    a = tg.tensor(rng.normal(size=(2, 3, 4)), requires_grad=True)
+    b = tg.tensor(rng.normal(size=4), requires_grad=True)
+
+    def first(create_graph):
+        out = expr(a, b)
+        g = tg.tensor(rng.normal(size=out.shape) if out.ndim else np.array(1.3))
+        return tg.grad(out, [a, b], g, create_graph=create_graph, allow_unused=True)
+
+    rng = np.random.default_rng(2)
+    plain = first(False)
+    rng = np.random.default_rng(2)
+    graph = first(True)
+    for p, q in zip(plain, graph):
+        assert (p is None) == (q is None)
+        if p is not None:
+            assert np.array_equal(p.numpy(), q.detach().numpy())
+    # second order: a plain backward through the graph of the first (SumTo, Expand, Reshape nodes among it)
+    total = sum(((q * q).sum() for q in graph if q is not None and q.requires_grad), tg.tensor(0.0))
+    if total.requires_grad:
+        second_plain = tg.grad(total, [a, b], allow_unused=True)
+        rng = np.random.default_rng(2)
+        graph2 = first(True)
+        total2 = sum(((q * q).sum() for q in graph2 if q is not None and q.requires_grad), tg.tensor(0.0))
+        second_graph = tg.grad(total2, [a, b], create_graph=True, allow_unused=True)
+        for p, q in zip(second_plain, second_graph):
+            assert (p is None) == (q is None)
+            if p is not None:
+                assert np.array_equal(p.numpy(), q.detach().numpy())

@@ -27,7 +27,8 @@ def _kept_shape(shape, dims):
 
 
 def _unreduce(g, in_shape, dims, keepdim):
-    """Bring a reduced gradient back to the input's shape (reshape the kept axes, then broadcast)."""
+    """Bring a reduced gradient back to the input's shape (reshape the kept axes, then broadcast; on arrays:
+    ``Sum.array_backward``)."""
     if not keepdim and g.data.ndim != len(in_shape):
         g = g.reshape(_kept_shape(in_shape, dims))
     return g.expand(in_shape)
@@ -42,6 +43,12 @@ class Sum(Function):
     @staticmethod
     def backward(ctx, g):
         return _unreduce(g, ctx.shape, ctx.dims, ctx.keepdim), None, None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        if not ctx.keepdim and g.ndim != len(ctx.shape):
+            g = g.reshape(_kept_shape(ctx.shape, ctx.dims))
+        return ctx.xp.broadcast_to(g, ctx.shape), None, None
 
 
 class Amax(Function):

@@ -41,6 +41,10 @@ class Reshape(Function):
     def backward(ctx, g):
         return g.reshape(ctx.shape), None
 
+    @staticmethod
+    def array_backward(ctx, g):
+        return g.reshape(ctx.shape), None
+
 
 class Permute(Function):
     @staticmethod
@@ -51,6 +55,10 @@ class Permute(Function):
     @staticmethod
     def backward(ctx, g):
         return g.permute(tuple(np.argsort(ctx.dims).tolist())), None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        return g.transpose(tuple(np.argsort(ctx.dims).tolist())), None
 
 
 class Expand(Function):
@@ -66,6 +74,10 @@ class Expand(Function):
     def backward(ctx, g):
         return sum_to(g, ctx.shape), None
 
+    @staticmethod
+    def array_backward(ctx, g):
+        return sum_to_array(g, ctx.shape), None
+
 
 class SumTo(Function):
     """Sum a broadcast result back to ``shape``: the inverse of broadcasting, used by the engine for every op."""
@@ -77,6 +89,10 @@ class SumTo(Function):
     @staticmethod
     def backward(ctx, g):
         return g.expand(ctx.shape), None
+
+    @staticmethod
+    def array_backward(ctx, g):
+        return ctx.xp.broadcast_to(g, ctx.shape), None
 
 
 class Cat(Function):
