@@ -1078,7 +1078,9 @@ def test_optimizers_same_bits_with_and_without_kernels(name, options, dtype, spy
                     p.grad = tinygen.tensor(g)
                 opt.step()
             final[flag] = [p.detach().numpy().copy() for p in params]
-    assert ("adam_steps" if name.startswith("Adam") else f"{name.lower()}_step") in spy  # Adam: multi-tensor
+    # Adam and SGD call the multi-tensor form
+    assert ("adam_steps" if name.startswith("Adam") else "sgd_steps" if name == "SGD" else
+            f"{name.lower()}_step") in spy
     for a, b in zip(final[True], final[False]):
         same(a, b)
 
@@ -1344,6 +1346,48 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
     with pytest.raises(ValueError, match="adam_steps: state and gradient arrays must match"):
         cpu.adam_steps([params[0].copy()], [grads[1]], [np.zeros_like(params[0])], [np.zeros_like(params[0])], None,
                        1e-2, 0.9, 0.999, 1e-8, 0.0, False, 1)
+
+
+@requires_numba
+@pytest.mark.parametrize("opts", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True,
+                                                                             weight_decay=1e-2),
+                                  dict(momentum=0.5, dampening=0.3, maximize=True)])
+@pytest.mark.parametrize("split_from", ["default", 0])
+def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from, monkeypatch):
+    # 11 parameters, float32 and float64, one transposed (through sgd_step), one above the update threshold, and
+    # first-step flags that differ between parameters: the same bits as sgd_step on each, and as the reference's
+    from tinygen.kernels import cpu
+    if split_from != "default":
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
+    rng = np.random.default_rng(33)
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
+              (3, 4)]
+    dts = [np.float32] * 8 + [np.float64] * 3
+    params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
+    params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
+    grads = [randn(rng, p.shape, p.dtype) for p in params]
+    momentum = opts["momentum"]
+
+    def run(update):
+        ps = [p.copy(order="K") for p in params]
+        bufs = [np.zeros_like(p) if momentum else None for p in ps]
+        for step in range(3):
+            firsts = [step == 0 or (step == 1 and i % 3 == 0) for i in range(len(ps))]  # some start late
+            update(ps, bufs, firsts)
+        return ps + [b for b in bufs if b is not None]
+
+    def one_by_one(ps, bufs, firsts):
+        for p, g, b, first in zip(ps, grads, bufs, firsts):
+            cpu.sgd_step(p, g, b, 1e-2, first_step=first, **opts)
+
+    def together(mod):
+        return lambda ps, bufs, firsts: mod.sgd_steps(ps, grads, bufs if momentum else None, 1e-2,
+                                                      first_steps=firsts, **opts)
+    expected = run(one_by_one)
+    for a, b in zip(run(together(cpu)), expected):
+        same(a, b)
+    for a, b in zip(run(together(ref)), expected):
+        close(a, b, a.dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

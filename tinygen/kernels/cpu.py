@@ -562,6 +562,37 @@ def _update_in_chunks(kernel, arrays, consts):
                       min_size=threads.UPDATE_PARALLEL_MIN)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sgd_multi(ps, gs, bufs, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov, maximize,
+               first_step):
+    for k in range(len(ps)):
+        _sgd(ps[k], gs[k], bufs[k], lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov,
+             maximize, first_step)
+
+
+def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+              maximize=False, first_steps=None, scratch=None):  # noqa: ARG001 - no scratch needed
+    """As ``adam_steps``: the contiguous, writable parameters through ``_sgd_multi`` by dtype and first-step flag
+    (split across threads as one run of elements), the others through ``sgd_step``; the same loop, so the same
+    bits."""
+    use_momentum = momentum != 0
+    bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
+    firsts = first_steps if first_steps is not None else [False] * len(params)
+    batches = {}
+    for p, g, buf, first in zip(params, grads, bufs, firsts):
+        ref.check_sgd(p, g, buf, momentum)
+        inplace = (p, buf) if use_momentum else (p,)
+        if p.dtype.char in "fd" and all(a.flags.c_contiguous and a.flags.writeable for a in inplace):
+            batches.setdefault((p.dtype, bool(first)), []).append(
+                (p.reshape(-1), _flat(g), buf.reshape(-1) if use_momentum else None))
+        else:
+            sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first)
+    for (dt, first), rows in batches.items():
+        consts = (*_sgd_consts(dt, lr, momentum, dampening, weight_decay), weight_decay != 0, use_momentum,
+                  bool(nesterov), bool(maximize), first)
+        _multi_in_chunks(_sgd_multi, rows, consts, _dummy(dt))
+
+
 @njit(cache=True, error_model="numpy")
 def _ema(a, v, decay, one_minus_decay):
     for i in range(a.size):

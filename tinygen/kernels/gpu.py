@@ -135,6 +135,7 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
 # The reference's CuPy code: reductions (single kernels already), and the optimizers, whose in-place steps with two
 # scratch arrays make no temporaries (a launch per operation, a dozen per step).
 sgd_step = ref.sgd_step
+sgd_steps = ref.sgd_steps
 adam_step = ref.adam_step
 adam_steps = ref.adam_steps
 ema_update = ref.ema_update

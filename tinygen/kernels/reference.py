@@ -292,6 +292,17 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     param -= w1
 
 
+def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+              maximize=False, first_steps=None, scratch=None):
+    """``sgd_step`` on each of several parameters (lists of arrays; ``momentum_buffers`` None or a list with None
+    where momentum is 0; ``first_steps`` one flag per parameter, default all False): the multi-tensor form, one
+    call per optimizer step, which a fast version may run as one kernel call over all of them."""
+    bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
+    firsts = first_steps if first_steps is not None else [False] * len(params)
+    for p, g, buf, first in zip(params, grads, bufs, firsts):
+        sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first, scratch)
+
+
 def check_sgd(param, grad, momentum_buffer, momentum):
     _check_optimizer("sgd_step", param, grad, momentum_buffer if momentum != 0 else None)
     if momentum != 0 and momentum_buffer is None:

@@ -38,6 +38,7 @@ class SGD(Optimizer):
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
         weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
         state_of = self.state
+        updates = {}  # the parameters of one device: one multi-tensor call
         for p in group["params"]:
             grad = self._grad_of(p)
             if grad is None:
@@ -49,6 +50,9 @@ class SGD(Optimizer):
                 if first:
                     state["momentum_buffer"] = _make(p.xp.empty_like(p.data), p._device)
                 buf = state["momentum_buffer"].data
-            kernels.get("sgd_step", p.data)(  # the update rule: tinygen.kernels.reference.sgd_step
-                p.data, grad, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first,
+            for column, a in zip(updates.setdefault(p._device, ([], [], [], [])), (p.data, grad, buf, first)):
+                column.append(a)
+        for params, grads, bufs, firsts in updates.values():
+            kernels.get("sgd_steps", params[0])(  # the update rule: tinygen.kernels.reference.sgd_step
+                params, grads, bufs, lr, momentum, dampening, nesterov, weight_decay, maximize, firsts,
                 scratch=self._scratch)
