@@ -23,6 +23,7 @@ How the loops are written:
     and several times faster, so kernels built on them are used only where fusing passes wins
     (benchmarks/kernel_bench.py).
 """
+import itertools
 import math
 
 import numba
@@ -384,8 +385,15 @@ class _InPlace:
             a[...] = f.reshape(a.shape)
 
 
+_DUMMIES = {}
+
+
 def _dummy(dt):
-    return np.empty(0, dt)
+    """An empty array of dtype ``dt``: what a kernel gets for a state it does not use (one per dtype, never written)."""
+    d = _DUMMIES.get(dt)
+    if d is None:
+        d = _DUMMIES[dt] = np.empty(0, dt)
+    return d
 
 
 # The scalars of each step, cast to the parameter's dtype (as NumPy casts a Python float meeting a float32 array in
@@ -519,10 +527,9 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
     batches = {}
     for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
         ref._check_optimizer("adam_steps", p, g, m, v, vmax)
-        inplace = (p, m, v, vmax) if amsgrad else (p, m, v)
-        if p.dtype.char in "fd" and all(a.flags.c_contiguous and a.flags.writeable for a in inplace):
+        if p.dtype.char in "fd" and _updatable(p, m, v, vmax):
             batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), m.reshape(-1), v.reshape(-1),
-                                                    vmax.reshape(-1) if amsgrad else None))
+                                                    vmax.reshape(-1) if amsgrad else _dummy(p.dtype)))
         else:
             adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, step, maximize)
     for dt, rows in batches.items():
@@ -531,26 +538,42 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
         _multi_in_chunks(_adam_multi, rows, consts, _dummy(dt))
 
 
+def _updatable(*arrays):
+    """Whether every array given (None: a state not used) is C-contiguous and writable: updated in place as a flat
+    view."""
+    for a in arrays:
+        if a is not None:
+            f = a.flags
+            if not (f.c_contiguous and f.writeable):
+                return False
+    return True
+
+
 def _multi_in_chunks(kernel, rows, consts, empty):
     """``kernel(*columns, *consts)``, a multi-tensor loop, over ``rows`` (one tuple of flat arrays per parameter,
-    None for an unused one), MULTI_TENSOR parameters per call. From threads.UPDATE_PARALLEL_MIN elements in all,
-    the parameters laid end to end are split into one run of elements per thread (threads.in_chunks); each element
-    is updated as in one call."""
-    ends = np.cumsum([row[0].size for row in rows])
+    ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. From
+    threads.UPDATE_PARALLEL_MIN elements in all, the parameters laid end to end are split into one run of elements
+    per thread (threads.in_chunks); each element is updated as in one call."""
+    ends = list(itertools.accumulate(row[0].size for row in rows))
+    total, pad = ends[-1], (empty,) * len(rows[0])
 
     def part(lo, hi):
-        sliced, start = [], 0
-        for row, end in zip(rows, ends):
-            a, b = max(lo, start), min(hi, end)
-            if a < b:
-                sliced.append(row if b - a == row[0].size else
-                              tuple(None if x is None else x[a - start:b - start] for x in row))
-            start = end
+        if lo == 0 and hi == total:
+            sliced = rows
+        else:
+            sliced, start = [], 0
+            for row, end in zip(rows, ends):
+                a, b = max(lo, start), min(hi, end)
+                if a < b:
+                    sliced.append(row if b - a == row[0].size else
+                                  tuple(x[a - start:b - start] if x.size else x for x in row))
+                start = end
         for first in range(0, len(sliced), MULTI_TENSOR):
             chunk = sliced[first:first + MULTI_TENSOR]
-            chunk += [(empty,) * len(rows[0])] * (MULTI_TENSOR - len(chunk))
-            kernel(*[tuple(empty if a is None else a for a in col) for col in zip(*chunk)], *consts)
-    threads.in_chunks(part, int(ends[-1]), _threads, min_size=threads.UPDATE_PARALLEL_MIN)
+            if len(chunk) < MULTI_TENSOR:
+                chunk = chunk + [pad] * (MULTI_TENSOR - len(chunk))
+            kernel(*zip(*chunk), *consts)
+    threads.in_chunks(part, total, _threads, min_size=threads.UPDATE_PARALLEL_MIN)
 
 
 def _update_in_chunks(kernel, arrays, consts):
@@ -581,10 +604,9 @@ def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, 
     batches = {}
     for p, g, buf, first in zip(params, grads, bufs, firsts):
         ref.check_sgd(p, g, buf, momentum)
-        inplace = (p, buf) if use_momentum else (p,)
-        if p.dtype.char in "fd" and all(a.flags.c_contiguous and a.flags.writeable for a in inplace):
+        if p.dtype.char in "fd" and _updatable(p, buf):
             batches.setdefault((p.dtype, bool(first)), []).append(
-                (p.reshape(-1), _flat(g), buf.reshape(-1) if use_momentum else None))
+                (p.reshape(-1), _flat(g), buf.reshape(-1) if use_momentum else _dummy(p.dtype)))
         else:
             sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first)
     for (dt, first), rows in batches.items():

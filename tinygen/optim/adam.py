@@ -51,18 +51,20 @@ class Adam(Optimizer):
             grad = self._grad_of(p)
             if grad is None:
                 continue
-            xp = p.xp
             state = state_of.get(p)
             if state is None:
-                state = state_of[p] = {"step": 0, "exp_avg": _make(xp.zeros_like(p.data), p._device),
-                                       "exp_avg_sq": _make(xp.zeros_like(p.data), p._device)}
+                state = state_of[p] = {"step": 0, "exp_avg": _make(p.xp.zeros_like(p.data), p._device),
+                                       "exp_avg_sq": _make(p.xp.zeros_like(p.data), p._device)}
             if amsgrad and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = _make(xp.zeros_like(p.data), p._device)
+                state["max_exp_avg_sq"] = _make(p.xp.zeros_like(p.data), p._device)
             state["step"] += 1
-            arrays = updates.setdefault((state["step"], p._device), ([], [], [], [], []))
-            for column, a in zip(arrays, (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
-                                          state["max_exp_avg_sq"].data if amsgrad else None)):
-                column.append(a)
+            key = (state["step"], p._device)
+            ps, gs, ms, vs, vmaxs = updates.get(key) or updates.setdefault(key, ([], [], [], [], []))
+            ps.append(p.data)
+            gs.append(grad)
+            ms.append(state["exp_avg"].data)
+            vs.append(state["exp_avg_sq"].data)
+            vmaxs.append(state["max_exp_avg_sq"].data if amsgrad else None)
         for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in updates.items():
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
