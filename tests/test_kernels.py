@@ -1303,7 +1303,22 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
         assert kthreads.on_one_blas_thread(lambda c, x, y: x + y, 2, 3) == 5  # arguments pass through
 
 
-# ---- the multi-tensor Adam step ------------------------------------------------------------------------------------
+# ---- the multi-tensor Adam and SGD steps ---------------------------------------------------------------------------
+def _many_parameters(monkeypatch, split_from, seed):
+    """11 parameters and gradients for the multi-tensor steps: two calls of MULTI_TENSOR, float32 and float64, one
+    transposed (not C-contiguous: through the one-parameter step), one above the update threshold; with
+    ``split_from`` = 0 every dtype's group is split across threads."""
+    if split_from != "default":
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
+    rng = np.random.default_rng(seed)
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
+              (3, 4)]
+    dts = [np.float32] * 8 + [np.float64] * 3
+    params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
+    params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
+    return params, [randn(rng, p.shape, p.dtype) for p in params]
+
+
 @requires_numba
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)
 @pytest.mark.parametrize("split_from", ["default", 0])
@@ -1312,17 +1327,9 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
     # above the update threshold (its dtype's parameters split across threads, the split inside it; from 0: every
     # group split): the same bits as adam_step on each, and as the reference's loop
     from tinygen.kernels import cpu
-    if split_from != "default":
-        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
-    rng = np.random.default_rng(31)
-    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
-              (3, 4)]
-    dts = [np.float32] * 8 + [np.float64] * 3
-    params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
-    params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
-    grads = [randn(rng, p.shape, p.dtype) for p in params]
+    params, grads = _many_parameters(monkeypatch, split_from, seed=31)
 
     def run(update):
         ps = [p.copy(order="K") for p in params]
@@ -1357,15 +1364,7 @@ def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from
     # 11 parameters, float32 and float64, one transposed (through sgd_step), one above the update threshold, and
     # first-step flags that differ between parameters: the same bits as sgd_step on each, and as the reference's
     from tinygen.kernels import cpu
-    if split_from != "default":
-        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
-    rng = np.random.default_rng(33)
-    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
-              (3, 4)]
-    dts = [np.float32] * 8 + [np.float64] * 3
-    params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
-    params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
-    grads = [randn(rng, p.shape, p.dtype) for p in params]
+    params, grads = _many_parameters(monkeypatch, split_from, seed=33)
     momentum = opts["momentum"]
 
     def run(update):
