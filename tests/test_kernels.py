@@ -1078,9 +1078,7 @@ def test_optimizers_same_bits_with_and_without_kernels(name, options, dtype, spy
                     p.grad = tinygen.tensor(g)
                 opt.step()
             final[flag] = [p.detach().numpy().copy() for p in params]
-    # Adam and SGD call the multi-tensor form
-    assert ("adam_steps" if name.startswith("Adam") else "sgd_steps" if name == "SGD" else
-            f"{name.lower()}_step") in spy
+    assert ("adam_steps" if name.startswith("Adam") else f"{name.lower()}_steps") in spy  # the multi-tensor form
     for a, b in zip(final[True], final[False]):
         same(a, b)
 
@@ -1382,6 +1380,36 @@ def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from
     def together(mod):
         return lambda ps, bufs, firsts: mod.sgd_steps(ps, grads, bufs if momentum else None, 1e-2,
                                                       first_steps=firsts, **opts)
+    expected = run(one_by_one)
+    for a, b in zip(run(together(cpu)), expected):
+        same(a, b)
+    for a, b in zip(run(together(ref)), expected):
+        close(a, b, a.dtype)
+
+
+@requires_numba
+@pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(centered=True, weight_decay=1e-2),
+                                  dict(centered=True, momentum=0.5, maximize=True, alpha=0.3)])
+@pytest.mark.parametrize("split_from", ["default", 0])
+def test_rmsprop_steps_updates_many_parameters_as_rmsprop_step_does_one(opts, split_from, monkeypatch):
+    from tinygen.kernels import cpu
+    params, grads = _many_parameters(monkeypatch, split_from, seed=34)
+    centered, momentum = opts.get("centered", False), opts.get("momentum", 0.0)
+
+    def run(update):
+        ps = [p.copy(order="K") for p in params]
+        states = [[np.zeros_like(p) for p in ps] for _ in range(3)]
+        for _ in range(3):
+            update(ps, *states)
+        return ps + [a for s in states for a in s]
+
+    def one_by_one(ps, vs, gas, bufs):
+        for p, g, v, ga, buf in zip(ps, grads, vs, gas, bufs):
+            cpu.rmsprop_step(p, g, v, ga, buf, 1e-2, **opts)
+
+    def together(mod):
+        return lambda ps, vs, gas, bufs: mod.rmsprop_steps(ps, grads, vs, gas if centered else None,
+                                                           bufs if momentum else None, 1e-2, **opts)
     expected = run(one_by_one)
     for a, b in zip(run(together(cpu)), expected):
         same(a, b)

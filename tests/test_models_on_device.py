@@ -458,7 +458,7 @@ def test_gpu_kernels_in_whole_models_match_cpu(cuda, host_draws, gpu_kernels_on_
     h = tinygen.tensor(g.standard_normal((4, 5)).astype(np.float32), device=cuda, requires_grad=True)
     for act in (lambda t: t.leaky_relu(0.2), lambda t: t.tanh(), lambda t: t.relu(), lambda t: t.elu()):
         act(h).sum().backward()
-    for name in ("adam_steps", "rmsprop_step", "sgd_steps", "bce_with_logits", "bias_act_fwd", "bias_act_bwd",
+    for name in ("adam_steps", "rmsprop_steps", "sgd_steps", "bce_with_logits", "bias_act_fwd", "bias_act_bwd",
                  "leaky_relu_fwd", "leaky_relu_bwd", "tanh_bwd", "sigmoid_fwd", "sigmoid_bwd", "relu_fwd", "relu_bwd",
                  "elu_fwd", "elu_bwd"):
         assert calls.get(name), f"gpu.{name} was never called (calls: {sorted(calls)})"

@@ -36,8 +36,8 @@ from . import reference
 
 KERNELS = ("relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "tanh_fwd", "tanh_bwd", "sigmoid_fwd",
            "sigmoid_bwd", "elu_fwd", "elu_bwd", "softplus_fwd", "softplus_bwd", "bias_act_fwd", "bias_act_bwd",
-           "sgd_step", "sgd_steps", "adam_step", "adam_steps", "rmsprop_step", "ema_update", "batchnorm_fwd",
-           "batchnorm_bwd", "batchnorm_act_fwd", "batchnorm_act_bwd", "bce_with_logits",
+           "sgd_step", "sgd_steps", "adam_step", "adam_steps", "rmsprop_step", "rmsprop_steps", "ema_update",
+           "batchnorm_fwd", "batchnorm_bwd", "batchnorm_act_fwd", "batchnorm_act_bwd", "bce_with_logits",
            "log_softmax_fwd", "log_softmax_bwd", "cross_entropy", "mm",
            "conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight")  # conv: conv.py, conv_cpu.py, conv_gpu.py
 

@@ -672,6 +672,37 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     io.done()
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rmsprop_multi(ps, gs, vs, gas, bufs, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd,
+                   centered, use_momentum, maximize, small):
+    for k in range(len(ps)):
+        _rmsprop(ps[k], gs[k], vs[k], gas[k], bufs[k], lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum,
+                 tiny, use_wd, centered, use_momentum, maximize, small)
+
+
+def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,
+                  weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001
+    """As ``adam_steps``: the contiguous, writable parameters through ``_rmsprop_multi`` by dtype (split across
+    threads as one run of elements), the others through ``rmsprop_step``; the same loop, so the same bits."""
+    use_momentum = momentum > 0
+    gas = grad_avgs if centered else [None] * len(params)
+    bufs = momentum_buffers if use_momentum else [None] * len(params)
+    batches = {}
+    for p, g, v, ga, buf in zip(params, grads, square_avgs, gas, bufs):
+        ref.check_rmsprop(p, g, v, ga, buf, momentum, centered)
+        if p.dtype.char in "fd" and _updatable(p, v, ga, buf):
+            empty = _dummy(p.dtype)
+            batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), v.reshape(-1),
+                                                    ga.reshape(-1) if centered else empty,
+                                                    buf.reshape(-1) if use_momentum else empty))
+        else:
+            rmsprop_step(p, g, v, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    for dt, rows in batches.items():
+        consts = (*_rmsprop_consts(dt, lr, alpha, eps, weight_decay, momentum), weight_decay != 0, bool(centered),
+                  use_momentum, bool(maximize), ref.lerp_small(1 - alpha))
+        _multi_in_chunks(_rmsprop_multi, rows, consts, _dummy(dt))
+
+
 # ---- batch normalization (training mode), with the activation that follows it ------------------------------------
 # Statistics in float64 for either dtype; the variance from sums shifted by the first row (stable when that row is
 # a typical sample), so the forward reads x twice: once for the statistics, once to write x_hat and y. ReLU and

@@ -140,6 +140,7 @@ adam_step = ref.adam_step
 adam_steps = ref.adam_steps
 ema_update = ref.ema_update
 rmsprop_step = ref.rmsprop_step
+rmsprop_steps = ref.rmsprop_steps
 batchnorm_fwd = ref.batchnorm_fwd
 batchnorm_bwd = ref.batchnorm_bwd
 batchnorm_act_fwd = ref.batchnorm_act_fwd

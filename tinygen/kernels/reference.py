@@ -418,6 +418,16 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     param -= w1
 
 
+def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,
+                  weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):
+    """``rmsprop_step`` on each of several parameters (lists of arrays; ``grad_avgs`` None unless centered,
+    ``momentum_buffers`` None unless momentum > 0): the multi-tensor form, one call per optimizer step."""
+    gas = grad_avgs if grad_avgs is not None else [None] * len(params)
+    bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
+    for p, g, v, ga, buf in zip(params, grads, square_avgs, gas, bufs):
+        rmsprop_step(p, g, v, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, maximize, scratch)
+
+
 def check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered):
     _check_optimizer("rmsprop_step", param, grad, square_avg, grad_avg if centered else None,
                      momentum_buffer if momentum > 0 else None)

@@ -5,13 +5,12 @@
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
 a small pool that runs calls that release the GIL in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p,
 tanh) from UFUNC_PARALLEL_MIN elements, the optimizers' Numba loops (``nogil``) from UPDATE_PARALLEL_MIN elements
-(Adam: all the parameters of a step together; SGD, RMSprop: each parameter), and, when the setting
-BLAS_PARALLEL_MIN is on (a busy machine; off by default, when matrix products run on BLAS's own threads), matrix
-products from that many multiply-adds (gemm.mm: one BLAS call per block of rows, BLAS itself on one thread). The
-chunks run at once, with the bits of one call. A chunk that its pool thread has not started by the time the calling
-thread has done its own is run by the calling thread, so a busy machine (another process on the other core) costs
-at most the time of one thread, where a static split (OpenBLAS's, Numba's) waits until the descheduled thread gets
-a core back.
+(all the parameters of an optimizer's step together), and, when the setting BLAS_PARALLEL_MIN is on (a busy
+machine; off by default, when matrix products run on BLAS's own threads), matrix products from that many
+multiply-adds (gemm.mm: one BLAS call per block of rows, BLAS itself on one thread). The chunks run at once, with
+the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
+is run by the calling thread, so a busy machine (another process on the other core) costs at most the time of one
+thread, where a static split (OpenBLAS's, Numba's) waits until the descheduled thread gets a core back.
 BLAS threads are set here too (``set_num_threads``).
 
 Reductions split across threads add their parts in a different order, so a result may change in the last bits

@@ -38,6 +38,7 @@ class RMSprop(Optimizer):
         lr, alpha, eps, weight_decay = group["lr"], group["alpha"], group["eps"], group["weight_decay"]
         momentum, centered, maximize = group["momentum"], group["centered"], group["maximize"]
         state_of = self.state
+        updates = {}  # the parameters of one device: one multi-tensor call
         for p in group["params"]:
             grad = self._grad_of(p)
             if grad is None:
@@ -51,7 +52,13 @@ class RMSprop(Optimizer):
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = _make(xp.zeros_like(p.data), p._device)
             state["step"] += 1
-            kernels.get("rmsprop_step", p.data)(  # the update rule: tinygen.kernels.reference.rmsprop_step
-                p.data, grad, state["square_avg"].data, state["grad_avg"].data if centered else None,
-                state["momentum_buffer"].data if momentum > 0 else None, lr, alpha, eps, weight_decay, momentum,
-                centered, maximize, scratch=self._scratch)
+            ps, gs, vs, gas, bufs = updates.get(p._device) or updates.setdefault(p._device, ([], [], [], [], []))
+            ps.append(p.data)
+            gs.append(grad)
+            vs.append(state["square_avg"].data)
+            gas.append(state["grad_avg"].data if centered else None)
+            bufs.append(state["momentum_buffer"].data if momentum > 0 else None)
+        for ps, gs, vs, gas, bufs in updates.values():
+            kernels.get("rmsprop_steps", ps[0])(  # the update rule: tinygen.kernels.reference.rmsprop_step
+                ps, gs, vs, gas if centered else None, bufs if momentum > 0 else None, lr, alpha, eps,
+                weight_decay, momentum, centered, maximize, scratch=self._scratch)
