@@ -527,10 +527,7 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
     batches = {}
     for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
         ref._check_optimizer("adam_steps", p, g, m, v, vmax)
-        if p.dtype.char in "fd" and _updatable(p, m, v, vmax):
-            batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), m.reshape(-1), v.reshape(-1),
-                                                    vmax.reshape(-1) if amsgrad else _dummy(p.dtype)))
-        else:
+        if not _batched(batches, p.dtype, p, g, m, v, vmax):
             adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, step, maximize)
     for dt, rows in batches.items():
         consts = (*_adam_consts(dt, lr, beta1, beta2, eps, weight_decay, step), weight_decay != 0, bool(decoupled),
@@ -538,14 +535,24 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
         _multi_in_chunks(_adam_multi, rows, consts, _dummy(dt))
 
 
-def _updatable(*arrays):
-    """Whether every array given (None: a state not used) is C-contiguous and writable: updated in place as a flat
-    view."""
-    for a in arrays:
-        if a is not None:
-            f = a.flags
-            if not (f.c_contiguous and f.writeable):
-                return False
+def _batched(batches, key, p, g, *states):
+    """Add the row of a parameter updated in place as flat views to ``batches[key]`` (its key's first item is its
+    dtype): (p, g, *states) flat, the dtype's empty array for a state the update does not use (None). Returns False,
+    adding nothing, when it cannot be (not float, or p or a state not C-contiguous and writable): the caller runs
+    the one-parameter step, which copies."""
+    f = p.flags
+    if p.dtype.char not in "fd" or not (f.c_contiguous and f.writeable):
+        return False
+    row, empty = [p.reshape(-1), _flat(g)], _dummy(p.dtype)
+    for a in states:
+        if a is None:
+            row.append(empty)
+            continue
+        f = a.flags
+        if not (f.c_contiguous and f.writeable):
+            return False
+        row.append(a.reshape(-1))
+    batches.setdefault(key, []).append(tuple(row))
     return True
 
 
@@ -604,10 +611,7 @@ def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, 
     batches = {}
     for p, g, buf, first in zip(params, grads, bufs, firsts):
         ref.check_sgd(p, g, buf, momentum)
-        if p.dtype.char in "fd" and _updatable(p, buf):
-            batches.setdefault((p.dtype, bool(first)), []).append(
-                (p.reshape(-1), _flat(g), buf.reshape(-1) if use_momentum else _dummy(p.dtype)))
-        else:
+        if not _batched(batches, (p.dtype, bool(first)), p, g, buf if use_momentum else None):
             sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first)
     for (dt, first), rows in batches.items():
         consts = (*_sgd_consts(dt, lr, momentum, dampening, weight_decay), weight_decay != 0, use_momentum,
@@ -690,12 +694,7 @@ def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, a
     batches = {}
     for p, g, v, ga, buf in zip(params, grads, square_avgs, gas, bufs):
         ref.check_rmsprop(p, g, v, ga, buf, momentum, centered)
-        if p.dtype.char in "fd" and _updatable(p, v, ga, buf):
-            empty = _dummy(p.dtype)
-            batches.setdefault(p.dtype, []).append((p.reshape(-1), _flat(g), v.reshape(-1),
-                                                    ga.reshape(-1) if centered else empty,
-                                                    buf.reshape(-1) if use_momentum else empty))
-        else:
+        if not _batched(batches, p.dtype, p, g, v, ga, buf):
             rmsprop_step(p, g, v, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, maximize)
     for dt, rows in batches.items():
         consts = (*_rmsprop_consts(dt, lr, alpha, eps, weight_decay, momentum), weight_decay != 0, bool(centered),
