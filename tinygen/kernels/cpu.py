@@ -47,16 +47,22 @@ def _in_chunks(fn, n):
     threads.in_chunks(fn, n, _threads)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _neg_abs(x, out):
+    for i in range(x.size):
+        out[i] = -abs(x[i])
+
+
+def _exp_neg_abs_into(x, out):
+    """out = exp(-|x|) for flat arrays: a loop for -|x|, then NumPy's (SIMD where it has it) exp in place."""
+    _neg_abs(x, out)
+    np.exp(out, out=out)
+
+
 def _exp_neg_abs(x):
     """exp(-|x|) of a flat array, in chunks on the ufunc threads."""
     e = np.empty_like(x)
-
-    def part(lo, hi):
-        c = e[lo:hi]
-        np.absolute(x[lo:hi], out=c)
-        np.negative(c, out=c)
-        np.exp(c, out=c)
-    _in_chunks(part, x.size)
+    _in_chunks(lambda lo, hi: _exp_neg_abs_into(x[lo:hi], e[lo:hi]), x.size)
     return e
 
 
@@ -880,19 +886,6 @@ def batchnorm_bwd(g, x_hat, weight, inv_std):
 BCE_BLOCK = 1 << 15
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _neg_abs(x, out):
-    for i in range(x.size):
-        out[i] = -abs(x[i])
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _plus_one(e, out):
-    one = e.dtype.type(1)
-    for i in range(e.size):
-        out[i] = e[i] + one
-
-
 @njit(cache=True, error_model="numpy")
 def _log1p_small(ei, log_w, zero, one):
     """reference.log1p_small of one element, given log(w) = log(1 + e) from NumPy: the same operations."""
@@ -901,11 +894,10 @@ def _log1p_small(ei, log_w, zero, one):
 
 
 def _exp_and_log(xb):
-    """e = exp(-|x|) and log(1 + e) of a block, each one NumPy pass over a buffer the loops fill."""
+    """e = exp(-|x|) and log(1 + e) of a block (1 + e rounded as log1p_small rounds it), one pass each."""
     e, lw = np.empty_like(xb), np.empty_like(xb)
-    _neg_abs(xb, e)
-    np.exp(e, out=e)
-    _plus_one(e, lw)
+    _exp_neg_abs_into(xb, e)
+    np.add(e, e.dtype.type(1), out=lw)
     np.log(lw, out=lw)
     return e, lw
 
