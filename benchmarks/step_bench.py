@@ -5,12 +5,14 @@
     python -m benchmarks.step_bench --profile        # cProfile of the step (kernels on), top functions
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
 
-``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan), built as the benchmark builds it
-(benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
-step into matrix products (kernels/gemm.py), the optimizer update (each optimizer's ``_step_group``), the other
-kernels (the fused Numba ones and the reference's array code, through tinygen.kernels) and the rest: Python (the
-autograd engine, the replay, module and op bodies with their inline NumPy calls). Each part is timed around its
-outermost call (a timer costs ~0.3 us a call), over alternating rounds with the timers on (medians over rounds);
+``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
+it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
+step into matrix products (kernels/gemm.py), the optimizer update (each optimizer's ``_step_group``), the
+convolution kernels' own work (im2col, col2im, weight permutations), the other kernels (the fused Numba ones and
+the reference's array code, through tinygen.kernels) and the rest: Python (the autograd engine, the replay, module
+and op bodies with their inline NumPy calls). Each part is timed around its outermost call, except the matrix
+products, which are timed wherever they run and taken out of the part that called them (a timer costs ~0.3 us a
+call), over alternating rounds with the timers on (medians over rounds);
 the plain step time comes from rounds with them off. ``--clock cpu`` times with the calling thread's CPU time
 instead of wall time: other processes on the machine do not inflate it, but the work of BLAS's helper threads
 is left out, so use it with ``--threads 1``.
@@ -148,27 +150,40 @@ def profile(model="gan", batch=64, steps=50, top=25):
 
 
 class _Timers:
-    """Wall time spent inside wrapped functions, by category; only the outermost wrapped call counts."""
+    """Wall time spent inside wrapped functions, by category: the outermost wrapped call counts, except that a
+    function wrapped with ``nested=True`` (the matrix product) is timed inside the others too, and its time moves
+    from theirs to its own category (a convolution kernel's GEMMs count as matrix products)."""
 
     def __init__(self, clock=time.perf_counter):
         self.total, self.depth, self.on, self.clock = {}, 0, False, clock
+        self.open = []  # [category, time of nested products so far] of the outermost call in progress
 
-    def wrap(self, fn, category):
+    def wrap(self, fn, category, nested=False):
         self.total.setdefault(category, 0.0)
-        clock = self.clock
+        clock, total, open_ = self.clock, self.total, self.open
 
         def timed(*args, **kwargs):
-            if not self.on or self.depth:
+            if not self.on or (self.depth and not (nested and open_ and open_[-1][0] != category)):
                 return fn(*args, **kwargs)
             self.depth += 1
+            frame = [category, 0.0]
+            open_.append(frame)
             t0 = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total[category] += clock() - t0
+                spent = clock() - t0
+                open_.pop()
+                total[category] += spent - frame[1]
+                if open_:
+                    open_[-1][1] += spent
                 self.depth -= 1
         timed.__wrapped__ = fn
         return timed
+
+
+CONVOLUTIONS = "convolutions without their products (im2col, ...)"
+_CONV_KERNELS = ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight")
 
 
 def _install_timers(timers):
@@ -178,7 +193,7 @@ def _install_timers(timers):
     from tinygen import kernels
     from tinygen.kernels import gemm, reference
     mm = gemm.mm
-    timed_mm = timers.wrap(mm, "matrix products (gemm.mm)")
+    timed_mm = timers.wrap(mm, "matrix products (gemm.mm)", nested=True)
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("tinygen") and getattr(mod, "mm", None) is mm:
             mod.mm = timed_mm
@@ -192,7 +207,8 @@ def _install_timers(timers):
         for name in kernels.KERNELS:
             fn = getattr(mod, name, None)
             if fn is not None and name != "mm":
-                setattr(mod, name, timers.wrap(fn, "other kernels (elementwise, losses, norms)"))
+                category = CONVOLUTIONS if name in _CONV_KERNELS else "other kernels (elementwise, losses, norms)"
+                setattr(mod, name, timers.wrap(fn, category))
     kernels._cpu_table = None  # rebuilt from the wrapped functions
 
 
@@ -234,7 +250,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile the step (kernels as the environment says)")
-    ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan"),
+    ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan", "dcgan"),
                     help="split a benchmark model's step (python -m benchmarks) into its parts")
     ap.add_argument("--eager", action="store_true", help="with --case: the eager step, not tinygen.compile's")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
@@ -262,12 +278,12 @@ def main(argv=None):
         print(f"{args.case} {kind} step, batch {args.batch}, {args.threads} "
               f"thread(s), {args.clock} time per step, medians of {args.rounds} alternating rounds of "
               f"{args.steps} steps (load average {load:.2f})")
-        print(f"  {'step without timers':44s}{plain * 1e3:8.3f} ms")
-        print(f"  {'step with timers':44s}{timed * 1e3:8.3f} ms")
+        print(f"  {'step without timers':50s}{plain * 1e3:9.3f} ms")
+        print(f"  {'step with timers':50s}{timed * 1e3:9.3f} ms")
         for name, t in sorted(parts.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:44s}{t * 1e3:8.3f} ms  {100 * t / timed:5.1f}%")
+            print(f"  {name:50s}{t * 1e3:9.3f} ms  {100 * t / timed:5.1f}%")
         rest = timed - sum(parts.values())
-        print(f"  {'Python and the rest':44s}{rest * 1e3:8.3f} ms  {100 * rest / timed:5.1f}%")
+        print(f"  {'Python and the rest':50s}{rest * 1e3:9.3f} ms  {100 * rest / timed:5.1f}%")
         return 0
     if not kernels.enabled():
         print("the Numba kernels are off (numba missing or TINYGEN_NUMBA=0): nothing to compare")

@@ -257,7 +257,8 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
                                   ["--profile", "--model", "mlp", "--batch", "8"],
                                   ["--case", "mlp-adam", "--batch", "8", "--steps", "2", "--rounds", "1"],
                                   ["--case", "vae", "--batch", "8", "--steps", "2", "--rounds", "1", "--eager",
-                                   "--clock", "cpu"]])
+                                   "--clock", "cpu"],
+                                  ["--case", "dcgan", "--batch", "2", "--steps", "1", "--rounds", "1"]])
 def test_step_bench_runs_as_a_module(args):
     """benchmarks/step_bench.py (whole training steps, kernels off vs on) runs from the checkout root."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *args], cwd=REPO, capture_output=True,
@@ -268,6 +269,8 @@ def test_step_bench_runs_as_a_module(args):
         parts = {m.group(1): float(m.group(2)) for m in rows if m}
         assert {"matrix products (gemm.mm)", "optimizer update", "Python and the rest"} <= set(parts), out.stdout
         assert parts["matrix products (gemm.mm)"] > 0 and parts["optimizer update"] > 0, out.stdout
+        if "dcgan" in args:  # the convolutions' own work, their products counted as products
+            assert parts["convolutions without their products (im2col, ...)"] > 0, out.stdout
     elif "--profile" in args:
         assert out.returncode == 0, out.stderr
         assert "own CPU time per step by category" in out.stdout
@@ -276,6 +279,31 @@ def test_step_bench_runs_as_a_module(args):
         assert "speedup" in out.stdout
     else:
         assert out.returncode == 1 and "Numba kernels are off" in out.stdout
+
+
+def test_step_bench_timers_move_nested_products_out_of_their_caller():
+    from benchmarks.step_bench import _Timers
+    now = [0.0]
+    timers = _Timers(clock=lambda: now[0])
+
+    def spend(seconds, *calls):
+        def fn():
+            now[0] += seconds
+            for call in calls:
+                call()
+        return fn
+    product = timers.wrap(spend(2.0), "products", nested=True)
+    kernel = timers.wrap(spend(1.0, product), "kernels")
+    conv = timers.wrap(spend(4.0, product, kernel), "convolutions")
+    product(), conv()  # timers off: nothing counts
+    assert timers.total == {"products": 0.0, "kernels": 0.0, "convolutions": 0.0}
+    timers.on = True
+    product()
+    conv()  # 4 s of its own, a product (2 s), a kernel (1 s, whose own product is 2 s more)
+    kernel()
+    # a product inside another category moves to "products"; a kernel inside a convolution stays in it
+    assert timers.total == {"products": 2.0 + 4.0 + 2.0, "kernels": 1.0, "convolutions": 5.0}
+    assert timers.open == [] and timers.depth == 0
 
 
 def test_kernel_bench_table_compares_each_used_kernel_with_its_reference():
