@@ -4,12 +4,15 @@ tinygen's evaluator: a check that tinygen's DCGAN scores come from the recipe, n
 The networks are models/dcgan.py's (G ConvTranspose2d 7x7 to 2*ngf, to ngf x 14 x 14, to 1 x 28 x 28 with
 BatchNorm2d + ReLU and tanh; D Conv2d to ndf x 14 x 14, to 2*ndf x 7 x 7 with BatchNorm2d, LeakyReLU 0.2, a 7x7
 Conv2d to one logit) with the DCGAN initialisation; the step is tinygen's trainer's: a critic update on a real batch
-and fresh fakes, then a generator update on the same fakes, the non-saturating loss, Adam (0.5, 0.999), batch 64,
-no EMA. The raw generator's samples (eval mode: running BatchNorm statistics) are scored like ``tinygen eval``.
+and fresh fakes, then a generator update on the same fakes, the non-saturating loss, Adam (betas 0.5, 0.999
+unless ``--betas``; tinygen's DCGAN recipe uses 0, 0.99), batch 64, no EMA. The raw generator's samples (eval
+mode: running BatchNorm statistics) are scored like ``tinygen eval``.
 
     TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 400 800 --lr 2e-4 --threads 1
     TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 1000 1870 --ngf 32 --ndf 32 \\
         --lr 1e-3 --threads 1
+    TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 1000 2000 --ngf 32 --ndf 32 \
+        --lr 1e-3 --betas 0 0.99 --threads 1
 
 Needs PyTorch (pip install torch==2.13.0) and the MNIST classifier (shipped with tinygen).
 """
@@ -24,6 +27,8 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, nargs="+", required=True, help="generator steps at which to score")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both networks (default 2e-4)")
+    p.add_argument("--betas", type=float, nargs=2, default=(0.5, 0.999), metavar=("B1", "B2"),
+                   help="Adam betas of both networks (default 0.5 0.999)")
     p.add_argument("--ngf", type=int, default=64, help="the generator's width (default 64)")
     p.add_argument("--ndf", type=int, default=64, help="the discriminator's width (default 64)")
     p.add_argument("--latent", type=int, default=64, help="size of the noise z (default 64)")
@@ -35,6 +40,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if any(s < 1 for s in args.steps):
         p.error(f"--steps must be positive, got {args.steps}")
+    if not all(0.0 <= b < 1.0 for b in args.betas):
+        p.error(f"--betas must be two numbers in [0, 1), got {args.betas}")
     return args
 
 
@@ -83,8 +90,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     images = torch.tensor(x).reshape(-1, 1, 28, 28)
     G, D = torch_dcgan(torch, args.latent, args.ngf, args.ndf)
-    opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=tuple(args.betas))
+    opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=tuple(args.betas))
     ones, zeros = torch.ones(64), torch.zeros(64)
     print(f"PyTorch DCGAN ngf {args.ngf}, ndf {args.ndf}, lr {args.lr}, seed {args.seed} on {desc}", flush=True)
     results, order, pos, t0 = [], torch.randperm(len(images)), 0, time.process_time()

@@ -96,6 +96,21 @@ def test_checkpoint_without_arch_loads_and_resumes_as_the_mlp(tmp_path, digits):
         gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(settings, arch="dcgan"))
 
 
+def test_dcgan_recipe_defaults_and_what_overrides_them(capsys):
+    cfg = gan.make_config(arch="dcgan")
+    assert cfg["betas"] == [0.0, 0.99] and cfg["lr_g"] == cfg["lr_d"] == 1e-3
+    mlp = gan.make_config()  # the MLP keeps the MNIST recipe
+    assert mlp["betas"] == [0.5, 0.999] and mlp["lr_g"] == mlp["lr_d"] == 5e-4
+    cfg = gan.make_config(arch="dcgan", betas=[0.5, 0.999], lr_g=2e-4)  # the caller wins, setting by setting
+    assert cfg["betas"] == [0.5, 0.999] and cfg["lr_g"] == 2e-4 and cfg["lr_d"] == 1e-3
+    cfg = gan.make_config(arch="dcgan", loss="wgan-gp")  # and a loss's own optimizer settings
+    assert cfg["betas"] == [0.5, 0.9] and cfg["lr_g"] == cfg["lr_d"] == 1e-4
+    assert gan.make_config(arch="dcgan", dataset="custom")["betas"] == [0.0, 0.99]
+    with pytest.raises(SystemExit):
+        cli_main(["train", "gan", "--help"])
+    assert "0 0.99 with --arch dcgan" in " ".join(capsys.readouterr().out.split())
+
+
 def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
     with pytest.raises(ValueError, match="arch 'dcgan' is a convolutional network for images; the ring data are 2-D"):
         gan.make_config(dataset="ring", arch="dcgan")

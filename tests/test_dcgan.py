@@ -87,7 +87,7 @@ def _example(name):
 @requires_torch
 def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
     """Five updates of the trainer's GANStep (critic, then generator on the same fakes; non-saturating loss; Adam
-    (0.5, 0.999); BatchNorm in train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm
+    with the DCGAN recipe's betas (0, 0.99); BatchNorm in train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm
     statistics from the same start, batches and noise (float64)."""
     import torch
     import torch.nn.functional as TF
@@ -102,8 +102,9 @@ def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
     TG, TD = TG.double(), TD.double()
     for ours, theirs in ((G, TG), (D, TD)):
         theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
-    opt_g = torch.optim.Adam(TG.parameters(), lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(TD.parameters(), lr, betas=(0.5, 0.999))
+    assert cfg["betas"] == [0.0, 0.99]
+    opt_g = torch.optim.Adam(TG.parameters(), lr, betas=tuple(cfg["betas"]))
+    opt_d = torch.optim.Adam(TD.parameters(), lr, betas=tuple(cfg["betas"]))
     rng = np.random.default_rng(0)
     for _ in range(5):
         x, z = rng.uniform(-1, 1, (n, 784)), rng.standard_normal((n, latent))
@@ -134,7 +135,7 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
     import json
     script = _example("dcgan_torch_reference")
     out = tmp_path / "scores.json"
-    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300",
+    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300", "--betas", "0", "0.99",
                         "--json", str(out)]) == 0
     scores = json.loads(out.read_text())["scores"]
     assert [row["step"] for row in scores] == [1, 3]
@@ -142,6 +143,9 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
         assert row["num_samples"] == 300 and 1 <= row["coverage"] <= 10 and row["frechet_distance"] > 0
     with pytest.raises(SystemExit):
         script.parse(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        script.parse(["--steps", "1", "--betas", "0.5", "1.0"])
+    assert script.parse(["--steps", "1"]).betas == (0.5, 0.999)
 
 
 def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):

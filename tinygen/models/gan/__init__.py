@@ -75,9 +75,12 @@ def add_arguments(p):
       help="images per gradient step, default 64 (MNIST), 256 (ring/grid); under mpiexec -n N: the global batch, "
            "a multiple of N")
     a("--lr", type=float, default=None, help="learning rate of both networks (default: those of --lr-g, --lr-d)")
-    a("--lr-g", type=float, default=None, help="generator learning rate (default 5e-4 on MNIST)")
-    a("--lr-d", type=float, default=None, help="discriminator learning rate (default 5e-4 on MNIST)")
-    a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="Adam betas (default 0.5 0.999)")
+    a("--lr-g", type=float, default=None,
+      help="generator learning rate (default 5e-4 on MNIST, 1e-3 with --arch dcgan)")
+    a("--lr-d", type=float, default=None,
+      help="discriminator learning rate (default 5e-4 on MNIST, 1e-3 with --arch dcgan)")
+    a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+      help="Adam betas (default 0.5 0.999; 0 0.99 with --arch dcgan)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
                                                           "end of the run (default on ring/grid)")
     a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1)")

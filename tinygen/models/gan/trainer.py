@@ -43,8 +43,8 @@ PRESETS = ("pytorch-gan", "article")
 OPTIMIZERS = remedies.OPTIMIZERS
 LR_DECAYS = ("none", "linear")
 
-# What every run starts from; DATASET_DEFAULTS, then a preset, then the loss's defaults (``losses.LOSSES``), then
-# the caller's settings override it (``make_config``).
+# What every run starts from; DATASET_DEFAULTS, then ARCH_DEFAULTS, then a preset, then the loss's defaults
+# (``losses.LOSSES``), then the caller's settings override it (``make_config``).
 BASE = {"dataset": "mnist", "data": None, "preset": None, "loss": "nonsaturating", "arch": "mlp", "ngf": 64,
         "ndf": 64, "conditional": False,
         "num_classes": 10, "latent": 64, "g_hidden": [256, 512], "d_hidden": [512, 256], "g_batchnorm": False,
@@ -80,6 +80,15 @@ DATASET_DEFAULTS = {
     "custom": {"conditional": False, "epochs": None, "steps": 3000},
 }
 
+# What the architecture changes in the dataset's defaults. The DCGAN: Adam 1e-3 with betas (0, 0.99). At the
+# unconditional MLP GAN's wall-clock budget (2,000 steps of ngf = ndf = 32 on 2 cores) that gave Frechet distance
+# 94-101 and class KL 0.017-0.022 on three seeds, where (0.5, 0.999) gave 111-121 and 0.034-0.037; lr 5e-4 and
+# 2e-3 were worse (docs/results-gan.md has the sweep).
+ARCH_DEFAULTS = {
+    "mlp": {},
+    "dcgan": {"lr_g": 1e-3, "lr_d": 1e-3, "betas": [0.0, 0.99]},
+}
+
 PRESET_DEFAULTS = {
     # PyTorch-GAN's MLP GAN (implementations/gan/gan.py): Adam 2e-4 (0.5, 0.999), batch 64, no EMA
     "pytorch-gan": dict(PYTORCH_GAN, optimizer="adam", lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999], batch_size=64,
@@ -111,8 +120,8 @@ def saved_config(ckpt):
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
 def make_config(**settings):
-    """The full settings of a run: BASE, updated by the dataset's defaults, the preset, the loss's defaults (and
-    its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
+    """The full settings of a run: BASE, updated by the dataset's defaults, the architecture's, the preset, the
+    loss's defaults (and its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
     bad or unknown setting."""
     unknown = sorted(set(settings) - set(BASE))
     if unknown:
@@ -128,6 +137,7 @@ def make_config(**settings):
         raise ValueError(f"preset {preset!r} is an MNIST recipe; it cannot be combined with dataset {dataset!r}")
     cfg = dict(BASE)
     cfg.update(DATASET_DEFAULTS[dataset])
+    cfg.update(ARCH_DEFAULTS.get(given.get("arch", cfg["arch"]), {}))  # an unknown arch is refused below
     if preset is not None:
         cfg.update(PRESET_DEFAULTS[preset])
     loss = L.get_loss(given.get("loss", cfg["loss"]))
