@@ -11,7 +11,7 @@ mode: running BatchNorm statistics) are scored like ``tinygen eval``.
     TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 400 800 --lr 2e-4 --threads 1
     TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 1000 1870 --ngf 32 --ndf 32 \\
         --lr 1e-3 --threads 1
-    TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 1000 2000 --ngf 32 --ndf 32 \
+    TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 1000 2000 --ngf 32 --ndf 32 \\
         --lr 1e-3 --betas 0 0.99 --threads 1
 
 Needs PyTorch (pip install torch==2.13.0) and the MNIST classifier (shipped with tinygen).

@@ -82,7 +82,7 @@ DATASET_DEFAULTS = {
 
 # What the architecture changes in the dataset's defaults. The DCGAN: Adam 1e-3 with betas (0, 0.99). At the
 # unconditional MLP GAN's wall-clock budget (2,000 steps of ngf = ndf = 32 on 2 cores) that gave Frechet distance
-# 94-101 and class KL 0.017-0.022 on three seeds, where (0.5, 0.999) gave 111-121 and 0.034-0.037; lr 5e-4 and
+# 93-101 and class KL 0.017-0.022 on three seeds, where (0.5, 0.999) gave 111-122 and 0.036-0.053; lr 5e-4 and
 # 2e-3 were worse (docs/results-gan.md has the sweep).
 ARCH_DEFAULTS = {
     "mlp": {},
@@ -121,8 +121,8 @@ def saved_config(ckpt):
 # ---- configuration ---------------------------------------------------------------------------------------------------
 def make_config(**settings):
     """The full settings of a run: BASE, updated by the dataset's defaults, the architecture's, the preset, the
-    loss's defaults (and its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises ValueError naming any
-    bad or unknown setting."""
+    loss's defaults (and its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises
+    ValueError naming any bad or unknown setting."""
     unknown = sorted(set(settings) - set(BASE))
     if unknown:
         raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)}")
