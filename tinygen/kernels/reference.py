@@ -294,7 +294,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
 
 def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
               maximize=False, first_steps=None, scratch=None):
-    """``sgd_step`` on each of several parameters (lists of arrays; ``momentum_buffers`` None or a list with None
+    """``sgd_step`` on each of several parameters (sequences of arrays; ``momentum_buffers`` None or a list with None
     where momentum is 0; ``first_steps`` one flag per parameter, default all False): the multi-tensor form, one
     call per optimizer step, which a fast version may run as one kernel call over all of them."""
     bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
@@ -356,7 +356,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
 
 def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                decoupled, step, maximize=False, scratch=None):
-    """``adam_step`` on each of several parameters with one step count (lists of arrays; ``max_exp_avg_sqs`` is
+    """``adam_step`` on each of several parameters with one step count (sequences of arrays; ``max_exp_avg_sqs`` is
     None without amsgrad): the multi-tensor form, one call per optimizer step, which a fast version may run as
     one kernel call over all of them."""
     vmaxs = max_exp_avg_sqs if max_exp_avg_sqs is not None else [None] * len(params)
@@ -420,7 +420,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
 
 def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,
                   weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):
-    """``rmsprop_step`` on each of several parameters (lists of arrays; ``grad_avgs`` None unless centered,
+    """``rmsprop_step`` on each of several parameters (sequences of arrays; ``grad_avgs`` None unless centered,
     ``momentum_buffers`` None unless momentum > 0): the multi-tensor form, one call per optimizer step."""
     gas = grad_avgs if grad_avgs is not None else [None] * len(params)
     bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)

@@ -58,14 +58,10 @@ class Adam(Optimizer):
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(p.xp.zeros_like(p.data), p._device)
             state["step"] += 1
-            key = (state["step"], p._device)
-            ps, gs, ms, vs, vmaxs = updates.get(key) or updates.setdefault(key, ([], [], [], [], []))
-            ps.append(p.data)
-            gs.append(grad)
-            ms.append(state["exp_avg"].data)
-            vs.append(state["exp_avg_sq"].data)
-            vmaxs.append(state["max_exp_avg_sq"].data if amsgrad else None)
-        for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in updates.items():
+            updates.setdefault((state["step"], p._device), []).append(
+                (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
+                 state["max_exp_avg_sq"].data if amsgrad else None))
+        for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in self._columns(updates).items():
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
                 weight_decay, decoupled, step, maximize, scratch=self._scratch)

@@ -160,6 +160,12 @@ class Optimizer:
             data = data.astype(p.data.dtype)
         return data
 
+    @staticmethod
+    def _columns(rows):
+        """Rows (one tuple of arrays per parameter) under each key -> per key, one tuple per position: the
+        sequences a multi-tensor kernel takes (``adam_steps(params, grads, exp_avgs, ...)``)."""
+        return {key: tuple(zip(*group)) for key, group in rows.items()}
+
     def _scratch(self, data):
         """Two work arrays shaped like the array ``data`` for an update (the ``scratch`` of the step kernels),
         shared by all parameters of one dtype and device and reused across steps (not state)."""

@@ -52,13 +52,10 @@ class RMSprop(Optimizer):
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = _make(xp.zeros_like(p.data), p._device)
             state["step"] += 1
-            ps, gs, vs, gas, bufs = updates.get(p._device) or updates.setdefault(p._device, ([], [], [], [], []))
-            ps.append(p.data)
-            gs.append(grad)
-            vs.append(state["square_avg"].data)
-            gas.append(state["grad_avg"].data if centered else None)
-            bufs.append(state["momentum_buffer"].data if momentum > 0 else None)
-        for ps, gs, vs, gas, bufs in updates.values():
+            updates.setdefault(p._device, []).append(
+                (p.data, grad, state["square_avg"].data, state["grad_avg"].data if centered else None,
+                 state["momentum_buffer"].data if momentum > 0 else None))
+        for ps, gs, vs, gas, bufs in self._columns(updates).values():
             kernels.get("rmsprop_steps", ps[0])(  # the update rule: tinygen.kernels.reference.rmsprop_step
                 ps, gs, vs, gas if centered else None, bufs if momentum > 0 else None, lr, alpha, eps,
                 weight_decay, momentum, centered, maximize, scratch=self._scratch)

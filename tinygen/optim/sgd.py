@@ -50,12 +50,8 @@ class SGD(Optimizer):
                 if first:
                     state["momentum_buffer"] = _make(p.xp.empty_like(p.data), p._device)
                 buf = state["momentum_buffer"].data
-            ps, gs, bufs, firsts = updates.get(p._device) or updates.setdefault(p._device, ([], [], [], []))
-            ps.append(p.data)
-            gs.append(grad)
-            bufs.append(buf)
-            firsts.append(first)
-        for params, grads, bufs, firsts in updates.values():
+            updates.setdefault(p._device, []).append((p.data, grad, buf, first))
+        for params, grads, bufs, firsts in self._columns(updates).values():
             kernels.get("sgd_steps", params[0])(  # the update rule: tinygen.kernels.reference.sgd_step
                 params, grads, bufs, lr, momentum, dampening, nesterov, weight_decay, maximize, firsts,
                 scratch=self._scratch)
