@@ -155,17 +155,16 @@ class _Timers:
     from theirs to its own category (a convolution kernel's GEMMs count as matrix products)."""
 
     def __init__(self, clock=time.perf_counter):
-        self.total, self.depth, self.on, self.clock = {}, 0, False, clock
-        self.open = []  # [category, time of nested products so far] of the outermost call in progress
+        self.total, self.on, self.clock = {}, False, clock
+        self.open = []  # [category, time of nested products so far] of each timed call in progress
 
     def wrap(self, fn, category, nested=False):
         self.total.setdefault(category, 0.0)
         clock, total, open_ = self.clock, self.total, self.open
 
         def timed(*args, **kwargs):
-            if not self.on or (self.depth and not (nested and open_ and open_[-1][0] != category)):
+            if not self.on or (open_ and not (nested and open_[-1][0] != category)):
                 return fn(*args, **kwargs)
-            self.depth += 1
             frame = [category, 0.0]
             open_.append(frame)
             t0 = clock()
@@ -177,7 +176,6 @@ class _Timers:
                 total[category] += spent - frame[1]
                 if open_:
                     open_[-1][1] += spent
-                self.depth -= 1
         timed.__wrapped__ = fn
         return timed
 
