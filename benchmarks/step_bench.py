@@ -181,7 +181,6 @@ class _Timers:
 
 
 CONVOLUTIONS = "convolutions without their products (im2col, ...)"
-_CONV_KERNELS = ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight")
 
 
 def _install_timers(timers):
@@ -205,7 +204,8 @@ def _install_timers(timers):
         for name in kernels.KERNELS:
             fn = getattr(mod, name, None)
             if fn is not None and name != "mm":
-                category = CONVOLUTIONS if name in _CONV_KERNELS else "other kernels (elementwise, losses, norms)"
+                # the convolution kernels of tinygen.kernels.KERNELS: conv2d_fwd, conv2d_bwd_input, ...
+                category = CONVOLUTIONS if name.startswith("conv2d_") else "other kernels (elementwise, losses, norms)"
                 setattr(mod, name, timers.wrap(fn, category))
     kernels._cpu_table = None  # rebuilt from the wrapped functions
 
