@@ -3,9 +3,11 @@ tinygen's evaluator: a check that tinygen's DCGAN scores come from the recipe, n
 
 The networks are models/dcgan.py's (G ConvTranspose2d 7x7 to 2*ngf, to ngf x 14 x 14, to 1 x 28 x 28 with
 BatchNorm2d + ReLU and tanh; D Conv2d to ndf x 14 x 14, to 2*ndf x 7 x 7 with BatchNorm2d, LeakyReLU 0.2, a 7x7
-Conv2d to one logit) with the DCGAN initialisation; the step is tinygen's trainer's: a critic update on a real batch
-and fresh fakes, then a generator update on the same fakes, the non-saturating loss, Adam (betas 0.5, 0.999
-unless ``--betas``; tinygen's DCGAN recipe uses 0, 0.99), batch 64, no EMA. The raw generator's samples (eval
+Conv2d to one logit, or with ``--d-fc H`` a Linear layer of H units and LeakyReLU before a Linear to the logit) with
+the DCGAN initialisation of the convolutions (the Linear layers keep PyTorch's, as tinygen's do); the step is
+tinygen's trainer's: a critic update on a real batch and fresh fakes, then a generator update on the same fakes,
+the non-saturating loss, Adam (betas 0.5, 0.999 unless ``--betas``; tinygen's DCGAN recipe uses 0, 0.99), batch
+64, no EMA. The raw generator's samples (eval
 mode: running BatchNorm statistics) are scored like ``tinygen eval``.
 
     TINYGEN_DATA=/path/to/mnist python examples/dcgan_torch_reference.py --steps 400 800 --lr 2e-4 --threads 1
@@ -31,6 +33,8 @@ def parse(argv=None):
                    help="Adam betas of both networks (default 0.5 0.999)")
     p.add_argument("--ngf", type=int, default=64, help="the generator's width (default 64)")
     p.add_argument("--ndf", type=int, default=64, help="the discriminator's width (default 64)")
+    p.add_argument("--d-fc", type=int, default=0,
+                   help="width of a fully connected layer between D's convolutions and its logit (default 0: none)")
     p.add_argument("--latent", type=int, default=64, help="size of the noise z (default 64)")
     p.add_argument("--seed", type=int, default=0, help="PyTorch's seed (default 0)")
     p.add_argument("--n", type=int, default=5000, help="samples scored at each step count (default 5000)")
@@ -40,20 +44,25 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if any(s < 1 for s in args.steps):
         p.error(f"--steps must be positive, got {args.steps}")
+    if args.d_fc < 0:
+        p.error(f"--d-fc must be 0 or a positive integer, got {args.d_fc}")
     if not all(0.0 <= b < 1.0 for b in args.betas):
         p.error(f"--betas must be two numbers in [0, 1), got {args.betas}")
     return args
 
 
-def torch_dcgan(torch, latent=64, ngf=64, ndf=64):
+def torch_dcgan(torch, latent=64, ngf=64, ndf=64, d_fc=0):
     """``(G, D)``: models/dcgan.py's unconditional MNIST networks as PyTorch Sequentials, whose state_dict keys are
-    tinygen's without the ``net.`` prefix. G takes z as (N, latent, 1, 1); D gives logits (N, 1, 1, 1)."""
+    tinygen's without the ``net.`` prefix. G takes z as (N, latent, 1, 1); D gives logits (N, 1, 1, 1), or (N, 1)
+    with ``d_fc`` (a fully connected layer of that width before the logit)."""
     nn = torch.nn
     G = nn.Sequential(nn.ConvTranspose2d(latent, 2 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(),
                       nn.ConvTranspose2d(2 * ngf, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),
                       nn.ConvTranspose2d(ngf, 1, 4, 2, 1), nn.Tanh())
+    head = ([nn.Flatten(), nn.Linear(2 * ndf * 7 * 7, d_fc), nn.LeakyReLU(0.2), nn.Linear(d_fc, 1)] if d_fc
+            else [nn.Conv2d(2 * ndf, 1, 7, 1, 0)])
     D = nn.Sequential(nn.Conv2d(1, ndf, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False),
-                      nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.2), nn.Conv2d(2 * ndf, 1, 7, 1, 0))
+                      nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.2), *head)
 
     def dcgan_init(m):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -89,11 +98,12 @@ def main(argv=None):
     clf = load_classifier(quiet=True)
     torch.manual_seed(args.seed)
     images = torch.tensor(x).reshape(-1, 1, 28, 28)
-    G, D = torch_dcgan(torch, args.latent, args.ngf, args.ndf)
+    G, D = torch_dcgan(torch, args.latent, args.ngf, args.ndf, args.d_fc)
     opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=tuple(args.betas))
     opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=tuple(args.betas))
     ones, zeros = torch.ones(64), torch.zeros(64)
-    print(f"PyTorch DCGAN ngf {args.ngf}, ndf {args.ndf}, lr {args.lr}, seed {args.seed} on {desc}", flush=True)
+    print(f"PyTorch DCGAN ngf {args.ngf}, ndf {args.ndf}, D's fully connected layer {args.d_fc or 'none'}, "
+          f"lr {args.lr}, seed {args.seed} on {desc}", flush=True)
     results, order, pos, t0 = [], torch.randperm(len(images)), 0, time.process_time()
     for step in range(1, max(args.steps) + 1):
         if pos + 64 > len(images):  # a new epoch: reshuffle, drop the last partial batch

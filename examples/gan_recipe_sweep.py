@@ -59,7 +59,7 @@ def run_one(name, settings, args):
     clf = trainer._classifier()
     if clf is None:
         sys.exit("no cached MNIST classifier: run `tinygen train classifier` first")
-    settings = dict(settings, seed=args.seed, data=args.data)
+    settings = dict({"arch": "mlp"}, **settings, seed=args.seed, data=args.data)  # the recipes are the MLP GAN's
     out = os.path.join(args.out, name)
     done, train_s, resume = 0, 0.0, False
     every = args.steps if settings.get("lr_decay", "none") != "none" else args.every

@@ -7,8 +7,8 @@ the median over ``--steps`` steps (the MLP: 3x as many, being quicker), in each 
 
     TINYGEN_DATA=/path/to/mnist python examples/gan_step_cost.py --dcgan 64:64 32:32 16:16 32:32:32 --threads 1
 
-Each DCGAN is NGF:NDF[:BATCH] (batch 64 unless given); the MLP GAN is the unconditional recipe of the page's sweep
-(G 256-512, D 512-256, lr 1e-3, batch 64).
+Each DCGAN is NGF:NDF[:BATCH[:D_FC]] (batch 64 and no fully connected layer in D unless given); the MLP GAN is
+the unconditional recipe of the page's sweep (G 256-512, D 512-256, lr 1e-3, batch 64).
 """
 import argparse
 import json
@@ -20,8 +20,9 @@ import time
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dcgan", nargs="+", default=["64:64", "32:32", "16:16"], metavar="NGF:NDF[:BATCH]",
-                   help="DCGAN widths (and batch) to time (default 64:64 32:32 16:16)")
+    p.add_argument("--dcgan", nargs="+", default=["64:64", "32:32", "16:16"], metavar="NGF:NDF[:BATCH[:D_FC]]",
+                   help="DCGAN widths (and batch, and the width of D's fully connected layer) to time (default "
+                        "64:64 32:32 16:16)")
     p.add_argument("--steps", type=int, default=20, help="timed DCGAN steps per round (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="rounds, each timing every network in turn (default 2)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
@@ -34,15 +35,17 @@ def parse(argv=None):
     try:
         args.variants = [_variant(text) for text in args.dcgan]
     except ValueError:
-        p.error(f"--dcgan takes NGF:NDF or NGF:NDF:BATCH of positive integers, got {args.dcgan}")
+        p.error(f"--dcgan takes NGF:NDF, NGF:NDF:BATCH or NGF:NDF:BATCH:D_FC of positive integers (D_FC may be 0), "
+                f"got {args.dcgan}")
     return args
 
 
 def _variant(text):
     parts = [int(v) for v in text.split(":")]
-    if len(parts) not in (2, 3) or min(parts) < 1:
+    if len(parts) not in (2, 3, 4) or min(parts[:3]) < 1 or min(parts) < 0:
         raise ValueError(text)
-    return {"ngf": parts[0], "ndf": parts[1], "batch_size": parts[2] if len(parts) == 3 else 64}
+    parts += [64, 0][len(parts) - 2:]
+    return {"ngf": parts[0], "ndf": parts[1], "batch_size": parts[2], "d_fc": parts[3]}
 
 
 def build_step(settings, data):
@@ -69,9 +72,10 @@ def main(argv=None):
         os.environ[var] = str(args.threads)  # before NumPy loads its BLAS
     import tinygen
     tinygen.set_num_threads(args.threads)
-    runs = {"mlp": ({}, 3 * args.steps)}
+    runs = {"mlp": ({"arch": "mlp"}, 3 * args.steps)}
     for v in args.variants:
-        runs[f"dcgan {v['ngf']}:{v['ndf']}:{v['batch_size']}"] = (dict(arch="dcgan", **v), args.steps)
+        name = f"dcgan {v['ngf']}:{v['ndf']}:{v['batch_size']}" + (f":{v['d_fc']}" if v["d_fc"] else "")
+        runs[name] = (dict(arch="dcgan", **v), args.steps)
     steps = {name: build_step(settings, args.data) for name, (settings, _) in runs.items()}
     for update, batches in steps.values():  # warm up: kernels compiled, the step recorded
         for b in batches[:3]:

@@ -8,12 +8,12 @@ generator step on a fresh batch of z, then one discriminator step on (real, thos
 halved. Its samples are scored in both BatchNorm modes (running statistics and, as PyTorch-GAN saves its
 pictures, batch statistics over batches of 64) and the better Fréchet distance is the one compared.
 
-    TINYGEN_DATA=/path/to/mnist tinygen train gan --out runs/gan
+    TINYGEN_DATA=/path/to/mnist tinygen train gan --out runs/gan      # or --arch mlp for the MLP recipe
     TINYGEN_DATA=/path/to/mnist python examples/gan_torch_reference.py --checkpoint runs/gan/checkpoint.npz \\
         --threads 2 --json gan_reference.json
 
 ``--steps N`` trains the reference without a tinygen checkpoint; ``--bench K`` also times K steps of the tinygen
-default recipe, tinygen's pytorch-gan preset and the PyTorch reference side by side in this process.
+MLP recipe, tinygen's pytorch-gan preset and the PyTorch reference side by side in this process.
 Needs PyTorch (pip install torch==2.13.0) and the cached MNIST classifier (``tinygen train classifier``).
 """
 import argparse
@@ -248,14 +248,15 @@ def _epochs(checkpoint):
 
 
 def bench(torch, x, labels, k):
-    """Training steps per second of: tinygen's default recipe, tinygen's pytorch-gan preset, the PyTorch
+    """Training steps per second of: tinygen's MLP recipe (``--arch mlp``), tinygen's pytorch-gan preset, the PyTorch
     reference (each timed over k steps after a few warm-up steps, in this process)."""
     import tinygen
     from tinygen.data import DataLoader
     from tinygen.models.gan import build_discriminator, build_generator, make_config
     from tinygen.models.gan.trainer import EMA, GANStep, make_optimizer
     out = {}
-    for name, settings in (("tinygen_default", {}), ("tinygen_pytorch_gan", {"preset": "pytorch-gan"})):
+    for name, settings in (("tinygen_mlp_recipe", {"arch": "mlp"}),
+                           ("tinygen_pytorch_gan", {"preset": "pytorch-gan"})):
         cfg = make_config(**settings)
         tinygen.manual_seed(0)
         G, D = build_generator(cfg), build_discriminator(cfg)

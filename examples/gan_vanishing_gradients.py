@@ -31,7 +31,8 @@ def main():
 
     from tinygen.models.gan import train_gan
     from tinygen.models.train_utils import read_metrics
-    extra = {k: json.loads(v) for k, v in (kv.partition("=")[::2] for kv in args.set)}
+    # the MLP GAN unless --set arch="dcgan" (MNIST's default architecture is the DCGAN)
+    extra = {"arch": "mlp", **{k: json.loads(v) for k, v in (kv.partition("=")[::2] for kv in args.set)}}
     logs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for loss in ("minimax", "nonsaturating"):

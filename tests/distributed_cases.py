@@ -476,12 +476,12 @@ def case_train(model, out, epochs, mode, compile="compiled"):
     elif model == "gan":
         # conditional MNIST GAN (fake labels drawn too) with an EMA generator, 3 generator steps an epoch
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
-                      latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
+                      arch="mlp", latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
                       log_every=2, seed=3, compile=compile)
     elif model == "gan_dropout":
         # the MLP GAN with dropout in both networks; checkpoints every epoch of 3 generator steps
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
-                      latent=8, g_hidden=[16], d_hidden=[16], g_dropout=0.3, d_dropout=0.3, eval_samples=64,
+                      arch="mlp", latent=8, g_hidden=[16], d_hidden=[16], g_dropout=0.3, d_dropout=0.3, eval_samples=64,
                       log_every=2, seed=3, compile=compile)
     elif model == "gan_gp":
         # WGAN-GP on the ring (the penalty's interpolation draws), the generator's BatchNorm synchronised

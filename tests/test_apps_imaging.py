@@ -48,11 +48,12 @@ def vae_checkpoint(digits, tmp_path_factory):
     return out / "checkpoint.npz"
 
 
-@pytest.fixture(scope="module")
-def cgan_checkpoint(digits, tmp_path_factory):
+@pytest.fixture(scope="module", params=["mlp", "dcgan"])
+def cgan_checkpoint(digits, tmp_path_factory, request):
     out = tmp_path_factory.mktemp("cgan") / "run"
-    gan.train_gan(out=out, quiet=True, train_set=digits, epochs=1, conditional=True, latent=8, g_hidden=[32],
-                  d_hidden=[32], batch_size=64, eval_samples=64, log_every=4, pictures=False)
+    nets = dict(g_hidden=[32], d_hidden=[32]) if request.param == "mlp" else dict(ngf=4, ndf=4, d_fc=8)
+    gan.train_gan(out=out, quiet=True, train_set=digits, epochs=1, conditional=True, arch=request.param, latent=8,
+                  batch_size=64, eval_samples=64, log_every=4, pictures=False, **nets)
     return out / "checkpoint.npz"
 
 
@@ -152,7 +153,7 @@ def test_conditional_vae_and_unconditional_gan(digits, tmp_path):
     vae.train_vae(out=tmp_path / "cvae", epochs=1, batch_size=64, latent=4, hidden=[32], conditional=True,
                   train_set=digits, test_set=(digits[0][:64], digits[1][:64]), quiet=True, pictures=False)
     gan.train_gan(out=tmp_path / "gan", quiet=True, train_set=digits, epochs=1, conditional=False, latent=8,
-                  g_hidden=[32], d_hidden=[32], batch_size=64, eval_samples=64, log_every=4, pictures=False)
+                  arch="mlp", g_hidden=[32], d_hidden=[32], batch_size=64, eval_samples=64, log_every=4, pictures=False)
     cvae = ip.prior_for(tinygen.load(tmp_path / "cvae" / "checkpoint.npz"))
     plain = ip.prior_for(tinygen.load(tmp_path / "gan" / "checkpoint.npz"))
     assert cvae.num_classes == 10 and plain.num_classes == 0

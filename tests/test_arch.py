@@ -16,7 +16,7 @@ from tinygen.models import gan, vae
 from tinygen.models.dcgan import DCGANDiscriminator
 
 TINY_DCGAN = dict(arch="dcgan", ngf=4, ndf=4, latent=8, batch_size=16, eval_samples=32, log_every=1, ema=0.9)
-TINY_MLP_GAN = dict(latent=8, g_hidden=[16], d_hidden=[16], batch_size=16, eval_samples=32, log_every=1)
+TINY_MLP_GAN = dict(arch="mlp", latent=8, g_hidden=[16], d_hidden=[16], batch_size=16, eval_samples=32, log_every=1)
 TINY_CONV_VAE = dict(arch="conv", latent=4, hidden=[16], batch_size=32)
 
 
@@ -92,14 +92,40 @@ def test_checkpoint_without_arch_loads_and_resumes_as_the_mlp(tmp_path, digits):
     assert cfg["arch"] == "mlp" and isinstance(G, gan.Generator)
     _, _, hist = gan.train_gan(out=tmp_path / "run", resume=True, steps=4, **settings)
     assert hist[-1]["step"] == 4
-    with pytest.raises(ValueError, match="arch: saved 'mlp', now 'dcgan'"):
-        gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(settings, arch="dcgan"))
+    shared = {k: v for k, v in settings.items() if k not in (*gan.MLP_ONLY, "arch")}  # the MLP's own settings out
+    with pytest.raises(ValueError, match="arch: saved 'mlp', now 'dcgan'.*pass its arch, 'mlp'"):
+        gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(shared, arch="dcgan"))
+    with pytest.raises(ValueError, match="arch: saved 'mlp', now 'dcgan'"):  # MNIST's default is the DCGAN now
+        gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **shared)
+
+
+def test_dcgan_critic_with_a_fully_connected_layer_and_checkpoints_saved_before_it(tmp_path, digits):
+    D = gan.build_discriminator(gan.make_config(**dict(TINY_DCGAN, d_fc=6)))
+    linears = [m for m in D.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2 * 4 * 7 * 7, 6), (6, 1)]
+    assert not any(isinstance(m, nn.Linear) for m in gan.build_discriminator(gan.make_config(
+        **dict(TINY_DCGAN, d_fc=0))).modules())
+    with pytest.raises(ValueError, match="d_fc must be a non-negative integer, got -1"):
+        gan.make_config(arch="dcgan", d_fc=-1)
+    settings = dict(TINY_DCGAN, d_fc=0, train_set=digits, pictures=False, quiet=True, conditional=False)
+    gan.train_gan(out=tmp_path / "run", steps=2, **settings)
+    path = tmp_path / "run" / "checkpoint.npz"
+    ckpt = tinygen.load(path)
+    del ckpt["config"]["d_fc"]  # as a DCGAN run saved before the option: its critic ends in the 7x7 convolution
+    tinygen.save(ckpt, path)
+    assert gan.trainer.saved_config(tinygen.load(path))["d_fc"] == 0
+    _, D, hist = gan.train_gan(out=tmp_path / "run", resume=True, steps=4, **settings)
+    assert hist[-1]["step"] == 4 and not any(isinstance(m, nn.Linear) for m in D.modules())
+    with pytest.raises(ValueError, match="d_fc: saved 0, now 6"):
+        gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(settings, d_fc=6))
 
 
 def test_dcgan_recipe_defaults_and_what_overrides_them(capsys):
     cfg = gan.make_config(arch="dcgan")
     assert cfg["betas"] == [0.0, 0.99] and cfg["lr_g"] == cfg["lr_d"] == 1e-3
-    mlp = gan.make_config()  # the MLP keeps the MNIST recipe
+    assert (cfg["ngf"], cfg["ndf"], cfg["d_fc"]) == (32, 4, 256)
+    assert gan.make_config(arch="dcgan", ndf=64, d_fc=0)["ndf"] == 64
+    mlp = gan.make_config(arch="mlp")  # the MLP keeps its MNIST recipe
     assert mlp["betas"] == [0.5, 0.999] and mlp["lr_g"] == mlp["lr_d"] == 5e-4
     cfg = gan.make_config(arch="dcgan", betas=[0.5, 0.999], lr_g=2e-4)  # the caller wins, setting by setting
     assert cfg["betas"] == [0.5, 0.999] and cfg["lr_g"] == 2e-4 and cfg["lr_d"] == 1e-3
@@ -108,7 +134,8 @@ def test_dcgan_recipe_defaults_and_what_overrides_them(capsys):
     assert gan.make_config(arch="dcgan", dataset="custom")["betas"] == [0.0, 0.99]
     with pytest.raises(SystemExit):
         cli_main(["train", "gan", "--help"])
-    assert "0 0.99 with --arch dcgan" in " ".join(capsys.readouterr().out.split())
+    assert "Adam betas (default 0 0.99 with the DCGAN, 0.5 0.999 with the MLP)" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
@@ -123,8 +150,15 @@ def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
     assert len(err.strip().splitlines()) == 1
     rc, _, err = _run(["train", "gan", "--arch", "dcgan", "--g-hidden", "32", "--out", str(tmp_path / "y")])
     assert rc == 2 and "--g-hidden sets the MLP networks; it does nothing with --arch dcgan" in err
-    rc, _, err = _run(["train", "gan", "--ngf", "8", "--out", str(tmp_path / "z")])
+    rc, _, err = _run(["train", "gan", "--arch", "mlp", "--ngf", "8", "--out", str(tmp_path / "z")])
     assert rc == 2 and "--ngf sets the DCGAN networks; it does nothing with --arch mlp" in err
+    # without --arch the architecture is the data's default: the DCGAN on MNIST, the MLP on 2-D points
+    rc, _, err = _run(["train", "gan", "--g-hidden", "32", "--out", str(tmp_path / "w")])
+    assert rc == 2 and "g_hidden sets the MLP networks; it does nothing with arch 'dcgan', the default on mnist" in err
+    rc, _, err = _run(["train", "gan", "--data", "ring", "--ndf", "8", "--out", str(tmp_path / "v")])
+    assert rc == 2 and "ndf sets the DCGAN networks; it does nothing with arch 'mlp', the default on ring" in err
+    with pytest.raises(ValueError, match="d_fc sets the DCGAN networks; it does nothing with arch 'mlp' "):
+        gan.train_gan(out=None, arch="mlp", d_fc=8, steps=1)
     assert not (tmp_path / "x" / "checkpoint.npz").exists()
 
 

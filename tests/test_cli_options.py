@@ -21,7 +21,7 @@ from tinygen.models import train_utils as tu
 from tinygen.serialization import save
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_GAN = dict(latent=8, g_hidden=[16], d_hidden=[16], batch_size=32, eval_samples=64, log_every=2)
+TINY_GAN = dict(arch="mlp", latent=8, g_hidden=[16], d_hidden=[16], batch_size=32, eval_samples=64, log_every=2)
 
 
 def _run(argv):

@@ -16,7 +16,7 @@ from tinygen.models import train_utils as tu
 TIMES = ("seconds", "steps_per_s", "images_per_s")
 TINY_TOY = dict(latent=4, g_hidden=[32, 32], d_hidden=[32, 32], batch_size=64, toy_samples=640, eval_samples=200,
                 log_every=3)
-TINY_MNIST = dict(latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2)
+TINY_MNIST = dict(arch="mlp", latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,8 @@ GAN_CASES = {
     "wgan-gp": dict(TINY_TOY, dataset="ring", loss="wgan-gp", n_critic=3, steps=5),  # create_graph penalty
     "wgan-clip-rmsprop": dict(TINY_TOY, dataset="ring", loss="wgan", n_critic=2, steps=5),
     "ragan-linear-decay": dict(TINY_TOY, dataset="ring", loss="ragan", n_critic=2, steps=6, d_batchnorm=True),
-    "dcgan": dict(TINY_MNIST, arch="dcgan", ngf=4, ndf=4, steps=4, conditional=False),
+    "dcgan": dict({k: v for k, v in TINY_MNIST.items() if k not in gan.MLP_ONLY}, arch="dcgan", ngf=4, ndf=4,
+                  steps=4, conditional=False),
     # the remedies: sgd with momentum and L2, gradient-norm clipping (a wrapped optimizer), dropout in G and D,
     # augmented real batches; and AdamW's decoupled decay
     "remedies-sgd": dict(TINY_MNIST, steps=6, optimizer="sgd", momentum=0.9, weight_decay=1e-3, clip_grad_norm=1.0,

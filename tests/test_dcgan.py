@@ -85,20 +85,22 @@ def _example(name):
 
 
 @requires_torch
-def test_gan_trainer_step_on_the_dcgan_matches_pytorch():
-    """Five updates of the trainer's GANStep (critic, then generator on the same fakes; non-saturating loss; Adam
-    with the DCGAN recipe's betas (0, 0.99); BatchNorm in train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm
-    statistics from the same start, batches and noise (float64)."""
+@pytest.mark.parametrize("d_fc", [0, 5])
+def test_gan_trainer_step_on_the_dcgan_matches_pytorch(d_fc):
+    """With and without a fully connected layer in D, five updates of the trainer's GANStep (critic, then
+    generator on the same fakes; non-saturating loss; Adam with the DCGAN recipe's betas (0, 0.99); BatchNorm in
+    train mode) on the unconditional DCGAN give PyTorch's losses, weights and BatchNorm statistics from the same
+    start, batches and noise (float64)."""
     import torch
     import torch.nn.functional as TF
     from tinygen.models.gan import build_discriminator, build_generator, make_config
     from tinygen.models.gan.trainer import GANStep, make_optimizer
     tg.manual_seed(0)
     ngf, latent, n, lr = 4, 8, 6, 1e-3
-    cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr)
+    cfg = make_config(arch="dcgan", conditional=False, ngf=ngf, ndf=ngf, latent=latent, lr_g=lr, lr_d=lr, d_fc=d_fc)
     G, D = build_generator(cfg).to(tg.float64), build_discriminator(cfg).to(tg.float64)
     step = GANStep(cfg, G, D, make_optimizer(cfg, G.parameters(), lr), make_optimizer(cfg, D.parameters(), lr))
-    TG, TD = _example("dcgan_torch_reference").torch_dcgan(torch, latent, ngf, ngf)
+    TG, TD = _example("dcgan_torch_reference").torch_dcgan(torch, latent, ngf, ngf, d_fc)
     TG, TD = TG.double(), TD.double()
     for ours, theirs in ((G, TG), (D, TD)):
         theirs.load_state_dict({k.removeprefix("net."): torch.tensor(host(v)) for k, v in ours.state_dict().items()})
@@ -135,8 +137,8 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
     import json
     script = _example("dcgan_torch_reference")
     out = tmp_path / "scores.json"
-    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--n", "300", "--betas", "0", "0.99",
-                        "--json", str(out)]) == 0
+    assert script.main(["--steps", "1", "3", "--ngf", "4", "--ndf", "4", "--d-fc", "8", "--n", "300",
+                        "--betas", "0", "0.99", "--json", str(out)]) == 0
     scores = json.loads(out.read_text())["scores"]
     assert [row["step"] for row in scores] == [1, 3]
     for row in scores:
@@ -145,6 +147,8 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
         script.parse(["--steps", "0"])
     with pytest.raises(SystemExit):
         script.parse(["--steps", "1", "--betas", "0.5", "1.0"])
+    with pytest.raises(SystemExit):
+        script.parse(["--steps", "1", "--d-fc", "-1"])
     assert script.parse(["--steps", "1"]).betas == (0.5, 0.999)
 
 
@@ -155,15 +159,17 @@ def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):
     script = _example("gan_step_cost")
     out, threads = tmp_path / "cost.json", tg.get_num_threads()
     try:
-        assert script.main(["--dcgan", "4:4", "4:8:16", "--steps", "2", "--rounds", "2", "--json", str(out)]) == 0
+        assert script.main(["--dcgan", "4:4", "4:8:16", "4:4:16:8", "--steps", "2", "--rounds", "2",
+                            "--json", str(out)]) == 0
     finally:
         tg.set_num_threads(threads)
     results = json.loads(out.read_text())["results"]
-    assert [r["networks"] for r in results] == ["mlp", "dcgan 4:4:64", "dcgan 4:8:16"]
+    assert [r["networks"] for r in results] == ["mlp", "dcgan 4:4:64", "dcgan 4:8:16", "dcgan 4:4:16:8"]
     assert results[0]["ratio_to_mlp"] == 1.0 and results[0]["steps_in_mlp_budget"] == 9000
     for r in results:
         assert len(r["cpu_ms_per_step"]) == 2 and all(t > 0 for t in r["cpu_ms_per_step"])
         assert r["steps_in_mlp_budget"] == pytest.approx(9000 / r["ratio_to_mlp"])
-    for bad in (["--dcgan", "4"], ["--dcgan", "4:0"], ["--steps", "0"]):
+    for bad in (["--dcgan", "4"], ["--dcgan", "4:0"], ["--dcgan", "4:4:16:-1"], ["--dcgan", "4:4:16:8:1"],
+                ["--steps", "0"]):
         with pytest.raises(SystemExit):
             script.parse(bad)

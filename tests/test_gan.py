@@ -20,7 +20,7 @@ from tinygen.models.gan import trainer as T
 
 TINY_TOY = dict(latent=4, g_hidden=[32, 32], d_hidden=[32, 32], batch_size=64, toy_samples=640, eval_samples=500,
                 log_every=5)
-TINY_MNIST = dict(latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2)
+TINY_MNIST = dict(arch="mlp", latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +217,8 @@ def extra_loss():
 
 def test_a_registered_loss_reaches_the_config_trainer_and_command_line(extra_loss):
     from tinygen.cli import build_parser
-    cfg = gan.make_config(loss="lsgan-test")
-    assert (cfg["optimizer"], cfg["n_critic"], cfg["lr_d"]) == ("rmsprop", 2, 5e-4)  # MNIST's lr stays
+    cfg = gan.make_config(loss="lsgan-test", arch="mlp")
+    assert (cfg["optimizer"], cfg["n_critic"], cfg["lr_d"]) == ("rmsprop", 2, 5e-4)  # the MNIST MLP's lr stays
     assert gan.make_config(dataset="ring", loss="lsgan-test")["lr_d"] == 3e-4
     assert gan.make_config(loss="lsgan-test", n_critic=3)["n_critic"] == 3  # the caller wins
     args = build_parser().parse_args(["train", "gan", "--loss", "lsgan-test"])
@@ -655,13 +655,16 @@ def test_loss_defaults_and_presets():
     assert a["lr_g"] == a["lr_d"] == 2e-4 and a["optimizer"] == "adam"
     s = gan.make_config(steps=10)
     assert s["epochs"] is None and s["steps"] == 10
-    d = gan.make_config()  # the MNIST default: conditional, Adam 5e-4, 6000 steps, EMA of G
-    assert d["conditional"] and (d["lr_g"], d["lr_d"], d["steps"], d["epochs"], d["ema"]) == (5e-4, 5e-4, 6000,
-                                                                                               None, 0.999)
+    d = gan.make_config()  # the MNIST default: the conditional DCGAN, Adam 1e-3 (0, 0.99), 1900 steps, EMA of G
+    assert d["conditional"] and (d["arch"], d["lr_g"], d["lr_d"], d["betas"], d["steps"], d["epochs"], d["ema"]) \
+        == ("dcgan", 1e-3, 1e-3, [0.0, 0.99], 1900, None, 0.999)
+    m = gan.make_config(arch="mlp")  # the MLP GAN's MNIST recipe: Adam 5e-4 (0.5, 0.999), 6000 steps
+    assert m["conditional"] and (m["lr_g"], m["lr_d"], m["betas"], m["steps"]) == (5e-4, 5e-4, [0.5, 0.999], 6000)
+    assert gan.make_config(dataset="ring")["arch"] == gan.make_config(dataset="custom")["arch"] == "mlp"
     assert not gan.make_config(conditional=False)["conditional"]
     assert gan.make_config(epochs=3)["steps"] is None
-    for preset in ("pytorch-gan", "article"):  # the reproductions stay unconditional
-        assert not gan.make_config(preset=preset)["conditional"]
+    for preset in ("pytorch-gan", "article"):  # the reproductions stay unconditional MLP GANs
+        assert not gan.make_config(preset=preset)["conditional"] and gan.make_config(preset=preset)["arch"] == "mlp"
     assert not a["conditional"] and a["epochs"] == 100 and a["steps"] is None
     e = gan.make_config(dataset="ring", epochs=2)  # ring/grid count steps by default; epochs replace them
     assert e["epochs"] == 2 and e["steps"] is None

@@ -186,7 +186,7 @@ def test_gan_every_loss_on_the_ring_matches_cpu(cuda, host_draws, loss):
 def test_gan_on_mnist_shaped_data_matches_cpu(cuda, host_draws, no_cached_classifier, tmp_path, loss):
     # conditional (Embedding + cat), BatchNorm in G (running statistics), dropout in D (device draws), smoothing
     data = mnist_shaped(96)
-    settings = dict(loss=loss, latent=8, g_hidden=[32, 32], d_hidden=[32], g_batchnorm=True, bn_eps=0.8,
+    settings = dict(loss=loss, arch="mlp", latent=8, g_hidden=[32, 32], d_hidden=[32], g_batchnorm=True, bn_eps=0.8,
                     d_dropout=0.25, conditional=True, batch_size=32, epochs=1, ema=0.99, eval_samples=20,
                     log_every=1, n_critic=1)
     if loss == "nonsaturating":

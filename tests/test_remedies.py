@@ -14,8 +14,8 @@ from tinygen.data import DataLoader, mnist
 from tinygen.models import gan, remedies, vae
 from tinygen.models.gan import trainer as T
 
-TINY_GAN = dict(latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2, ema=0.0,
-                conditional=False)
+TINY_GAN = dict(arch="mlp", latent=8, g_hidden=[32], d_hidden=[32], batch_size=32, eval_samples=64, log_every=2,
+                ema=0.0, conditional=False)
 ALL_REMEDIES = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-3, augment="crop,flip,rotate",
                     clip_grad_norm=0.5)
 
@@ -52,9 +52,9 @@ def _train_vae(vae_sets, **kw):
 # ---- command line and Python API -----------------------------------------------------------------------------------
 def test_gan_command_line_gives_every_remedy(tmp_path, digits):
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "gan", "--optimizer", "sgd", "--momentum", "0.5", "--weight-decay", "0.01",
-                              "--dropout", "0.2", "--augment", "crop,rotate", "--clip-grad-norm", "2",
-                              "--init", "x.npz"])
+    args = parser.parse_args(["train", "gan", "--arch", "mlp", "--optimizer", "sgd", "--momentum", "0.5",
+                              "--weight-decay", "0.01", "--dropout", "0.2", "--augment", "crop,rotate",
+                              "--clip-grad-norm", "2", "--init", "x.npz"])
     s = gan.settings_from_args(args)
     assert (s["optimizer"], s["momentum"], s["weight_decay"], s["g_dropout"], s["d_dropout"], s["augment"],
             s["clip_grad_norm"]) == ("sgd", 0.5, 0.01, 0.2, 0.2, "crop,rotate", 2.0)
@@ -96,8 +96,9 @@ def _help(argv):
 def test_cli_runs_both_trainers_with_every_remedy(tmp_path, digits):
     # the real command line end to end: MNIST from --data, so a small folder of IDX files is not needed: use the
     # Python API's data path through the trainers (train_set) in the other tests; here the bundled MNIST, 2 steps
-    rc, out, err = _run(["train", "gan", "--no-conditional", "--steps", "2", "--batch-size", "16", "--n-train", "64",
-                         "--g-hidden", "16", "--d-hidden", "16", "--latent", "4", "--eval-samples", "32",
+    rc, out, err = _run(["train", "gan", "--arch", "mlp", "--no-conditional", "--steps", "2", "--batch-size", "16",
+                         "--n-train", "64", "--g-hidden", "16", "--d-hidden", "16", "--latent", "4",
+                         "--eval-samples", "32",
                          "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.01", "--weight-decay", "0.001",
                          "--dropout", "0.1", "--augment", "--clip-grad-norm", "1", "--ema", "0", "--quiet",
                          "--threads", "1", "--out", str(tmp_path / "gan")])

@@ -9,7 +9,10 @@ The layout of pytorch/examples' ``dcgan`` with one stride-2 stage less (28 = 7 *
   G: z -> ConvTranspose2d(k7, 1 -> 7) + BN + ReLU -> ConvTranspose2d(k4 s2 p1, 7 -> 14) + BN + ReLU
        -> ConvTranspose2d(k4 s2 p1, 14 -> 28) -> tanh;
   D: Conv2d(k4 s2 p1, 28 -> 14) + LeakyReLU(0.2) -> Conv2d(k4 s2 p1, 14 -> 7) [+ BN] + LeakyReLU(0.2)
-       -> Conv2d(k7, 7 -> 1): one logit.
+       -> Conv2d(k7, 7 -> 1): one logit,
+     or with ``hidden=H`` -> Flatten -> Linear(2*ndf*7*7, H) + LeakyReLU(0.2) -> Linear(H, 1), the fully
+     connected layer of InfoGAN's MNIST discriminator (without its BatchNorm), which the unconditional GAN on
+     MNIST needs (docs/results-gan.md). Linear layers keep PyTorch's default initialisation.
 Other images (C, H, W) use the same layers with an (H/4, W/4) kernel in place of k7 and C channels; D also takes
 rows (N, H*W*C) in the data's (H, W, C) order (``conv_images``).
 Conditional, as in common conditional DCGANs: G concatenates a label embedding to z; D gets the label's embedding
@@ -95,12 +98,13 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """x (N, *image_shape) or rows (N, H*W*C) in (H, W, C) order [+ labels (N,)] -> logits (N,)."""
 
-    def __init__(self, ndf=64, n_classes=None, batchnorm=True, slope=0.2, image_shape=IMAGE_SHAPE):
+    def __init__(self, ndf=64, n_classes=None, batchnorm=True, slope=0.2, image_shape=IMAGE_SHAPE, hidden=0):
         super().__init__()
         who = "DCGANDiscriminator"
         self.image_shape = check_image_shape(who, image_shape)
         channels, h, w = self.image_shape
         self.ndf = _positive_int(who, "ndf", ndf)
+        self.hidden = 0 if hidden == 0 else _positive_int(who, "hidden", hidden)
         self.n_classes = None if n_classes is None else _positive_int(who, "n_classes", n_classes)
         self.batchnorm = bool(batchnorm)
         c = 0
@@ -110,10 +114,14 @@ class DCGANDiscriminator(nn.Module):
         middle = [nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=not batchnorm)]
         if batchnorm:
             middle.append(nn.BatchNorm2d(ndf * 2))
+        if self.hidden:  # a fully connected layer between the convolutions and the logit
+            head = [nn.Flatten(), nn.Linear(ndf * 2 * (h // 4) * (w // 4), self.hidden), nn.LeakyReLU(slope),
+                    nn.Linear(self.hidden, 1)]
+        else:
+            head = [nn.Conv2d(ndf * 2, 1, (h // 4, w // 4), 1, 0)]
         self.net = nn.Sequential(
             nn.Conv2d(channels + c, ndf, 4, 2, 1), nn.LeakyReLU(slope),
-            *middle, nn.LeakyReLU(slope),
-            nn.Conv2d(ndf * 2, 1, (h // 4, w // 4), 1, 0))
+            *middle, nn.LeakyReLU(slope), *head)
         self.net.apply(dcgan_init_)
 
     def forward(self, x, labels=None):
@@ -130,5 +138,5 @@ class DCGANDiscriminator(nn.Module):
 
     def extra_repr(self):
         return (f"ndf={self.ndf}" + (f", n_classes={self.n_classes}" if self.n_classes else "")
-                + ("" if self.batchnorm else ", batchnorm=False")
+                + ("" if self.batchnorm else ", batchnorm=False") + (f", hidden={self.hidden}" if self.hidden else "")
                 + ("" if self.image_shape == IMAGE_SHAPE else f", image_shape={self.image_shape}"))

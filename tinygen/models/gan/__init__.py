@@ -1,10 +1,10 @@
 """Generative adversarial networks on MNIST and on the 2-D mode-collapse benchmarks (ring and grid of Gaussians).
 
-    tinygen train gan                                  # MNIST, the default recipe (a few minutes on a laptop CPU)
+    tinygen train gan                                  # MNIST: a label-conditioned DCGAN (about 2 min on 2 cores)
     tinygen train gan --preset pytorch-gan             # PyTorch-GAN's MLP GAN
     tinygen train gan --preset article                 # 100 binarised digits, tiny G and D (a case study)
     tinygen train gan --data ring --loss wgan-gp       # 8 Gaussians on a circle; mode metrics every epoch
-    tinygen train gan --arch dcgan --no-conditional    # the convolutional DCGAN (models/dcgan.py) instead of MLPs
+    tinygen train gan --arch mlp --no-conditional      # the MLP networks, unconditional (shows mode collapse)
     tinygen train gan --data table.csv --label-column kind --conditional   # your data: .npy/.npz/.csv/PNG folder
     tinygen sample runs/gan/checkpoint.npz --n 64 --out grid.png     # or --out samples.npy for raw samples
     tinygen eval runs/gan/checkpoint.npz --json                       # coverage, class KL, Fréchet distance, IS
@@ -28,7 +28,8 @@ from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_lo
 from .models import (ARCHS, Discriminator, FlatDCGANGenerator, Generator, PYTORCH_GAN,  # noqa: F401
                      build_discriminator, build_generator)
 from .trainer import (BASE, DATASETS, NAME, PRESETS, TOY, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
-                      generator_from_checkpoint, make_config, resolve_data, sample, save_samples_picture, train_gan)
+                      DCGAN_ONLY, MLP_ONLY, generator_from_checkpoint, make_config, resolve_data, sample,
+                      save_samples_picture, train_gan)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
@@ -70,17 +71,18 @@ def add_arguments(p):
     a("--epochs", type=int, default=None, help="passes over the training data, instead of --steps (default: none on "
                                                "MNIST, where --steps sets the length; 100 with --preset article)")
     a("--steps", type=int, default=None, help="train for this many generator steps instead of --epochs "
-                                              "(default 6000 on MNIST, 3000 on ring/grid)")
+                                              "(default on MNIST 1900 with the DCGAN, 6000 with --arch mlp; 3000 "
+                                              "on ring/grid)")
     a("--batch-size", type=int, default=None,
       help="images per gradient step, default 64 (MNIST), 256 (ring/grid); under mpiexec -n N: the global batch, "
            "a multiple of N")
     a("--lr", type=float, default=None, help="learning rate of both networks (default: those of --lr-g, --lr-d)")
     a("--lr-g", type=float, default=None,
-      help="generator learning rate (default 5e-4 on MNIST, 1e-3 with --arch dcgan)")
+      help="generator learning rate (default 1e-3 with the DCGAN, 5e-4 with the MLP on MNIST)")
     a("--lr-d", type=float, default=None,
-      help="discriminator learning rate (default 5e-4 on MNIST, 1e-3 with --arch dcgan)")
+      help="discriminator learning rate (default 1e-3 with the DCGAN, 5e-4 with the MLP on MNIST)")
     a("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
-      help="Adam betas (default 0.5 0.999; 0 0.99 with --arch dcgan)")
+      help="Adam betas (default 0 0.99 with the DCGAN, 0.5 0.999 with the MLP)")
     a("--lr-decay", choices=LR_DECAYS, default=None, help="linear: both learning rates fall linearly to 0 at the "
                                                           "end of the run (default on ring/grid)")
     a("--n-critic", type=int, default=None, help="discriminator steps per generator step (default 1)")
@@ -124,23 +126,29 @@ def _show_recipe_defaults(p):
 def _add_model_arguments(a):
     """The options of the two networks."""
     a("--arch", choices=ARCHS, default=None,
-      help="mlp: the MLP networks (default); dcgan: DCGAN's convolutional G and D, sized from the images (MNIST, or "
-           "your images with height and width divisible by 4; its critic drops BatchNorm with wgan-gp)")
-    a("--ngf", type=int, default=None, help="dcgan: the generator's channel width (default 64)")
-    a("--ndf", type=int, default=None, help="dcgan: the discriminator's channel width (default 64)")
+      help="dcgan: DCGAN's convolutional G and D, sized from the images (MNIST, or your images with height and "
+           "width divisible by 4; its critic drops BatchNorm with wgan-gp), the default on MNIST; mlp: the MLP "
+           "networks, the default on your data and ring/grid (and of --preset)")
+    a("--ngf", type=int, default=None, help="dcgan: the generator's channel width (default 32; the paper's: 64)")
+    a("--ndf", type=int, default=None,
+      help="dcgan: the discriminator's channel width (default 4, the best at a 2-core CPU's budget; the paper's: "
+           "64)")
+    a("--d-fc", type=int, default=None,
+      help="dcgan: width of a fully connected layer between the discriminator's convolutions and its logit "
+           "(default 256; 0: none, the DCGAN paper's layout)")
     a("--latent", type=int, default=None, help="size of the noise z (default 64; 2 on ring/grid)")
     a("--data-scale", type=float, default=None,
       help="G multiplies its output and D divides its input by this, so both work in units of about unit "
            "spread (default 1; ring 1.414, grid 2.828: the spread of the mixture's centres)")
-    a("--g-hidden", type=int, nargs="+", default=None, help="generator hidden widths (default 256 512)")
-    a("--d-hidden", type=int, nargs="+", default=None, help="discriminator hidden widths (default 512 256)")
+    a("--g-hidden", type=int, nargs="+", default=None, help="mlp: generator hidden widths (default 256 512)")
+    a("--d-hidden", type=int, nargs="+", default=None, help="mlp: discriminator hidden widths (default 512 256)")
     a("--g-batchnorm", action=argparse.BooleanOptionalAction, default=None,
-      help="BatchNorm1d after the generator's hidden layers but the first")
+      help="mlp: BatchNorm1d after the generator's hidden layers but the first")
     a("--d-batchnorm", action=argparse.BooleanOptionalAction, default=None,
-      help="BatchNorm1d after the discriminator's hidden layers but the first")
+      help="mlp: BatchNorm1d after the discriminator's hidden layers but the first")
     a("--bn-eps", type=float, default=None, help="BatchNorm epsilon (PyTorch-GAN: 0.8)")
-    a("--g-dropout", type=float, default=None, help="dropout after the generator's hidden layers")
-    a("--d-dropout", type=float, default=None, help="dropout after the discriminator's hidden layers")
+    a("--g-dropout", type=float, default=None, help="mlp: dropout after the generator's hidden layers")
+    a("--d-dropout", type=float, default=None, help="mlp: dropout after the discriminator's hidden layers")
     a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks, 0: ReLU (default: those "
                                                 "of --g-slope, --d-slope)")
     a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
@@ -151,12 +159,6 @@ def _add_model_arguments(a):
     a("--ema", type=float, default=None,
       help="decay of the moving average of the generator's weights used for samples and eval (default 0.999 on "
            "MNIST; 0 = off)")
-
-
-# options that shape only one architecture's networks (refused with the other)
-MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "dropout",
-            "g_slope", "data_scale")
-DCGAN_ONLY = ("ngf", "ndf")
 
 
 def settings_from_args(args):
@@ -177,8 +179,9 @@ def settings_from_args(args):
     if lr is not None:
         s.setdefault("lr_g", lr)
         s.setdefault("lr_d", lr)
-    arch = s.get("arch", BASE["arch"])
-    unused = [key for key in (MLP_ONLY if arch == "dcgan" else DCGAN_ONLY)
+    arch = s.get("arch")  # when not given, it depends on the data: ``check_arch_settings`` checks then
+    unused = [key for key in ((*MLP_ONLY, "dropout", "g_slope") if arch == "dcgan" else DCGAN_ONLY if arch == "mlp"
+                              else ())
               if getattr(args, key, None) is not None]
     if unused:
         raise ValueError(f"--{unused[0].replace('_', '-')} sets the {'MLP' if arch == 'dcgan' else 'DCGAN'} "

@@ -148,6 +148,10 @@ class FlatDCGANGenerator(DCGANGenerator):
     def num_classes(self):
         return self.n_classes or 0
 
+    @property
+    def out_dim(self):
+        return int(np.prod(self.image_shape))
+
     def forward(self, z, labels=None):
         return images_to_rows(super().forward(z, labels))
 
@@ -166,13 +170,13 @@ def build_generator(cfg):
 
 def build_discriminator(cfg):
     """The discriminator (critic) a run's config describes (keys: arch; for mlp data_dim, d_hidden, d_batchnorm,
-    bn_eps, d_dropout, d_slope, conditional, num_classes, data_scale; for dcgan ndf, d_slope, conditional,
+    bn_eps, d_dropout, d_slope, conditional, num_classes, data_scale; for dcgan ndf, d_fc, d_slope, conditional,
     num_classes, loss, image_shape). The DCGAN critic drops its BatchNorm for a loss that penalises it per sample
     (wgan-gp)."""
     num_classes = cfg["num_classes"] if cfg["conditional"] else 0
     if cfg.get("arch", "mlp") == "dcgan":
         per_sample = get_loss(cfg["loss"]).per_sample_critic
         return DCGANDiscriminator(cfg["ndf"], num_classes or None, batchnorm=not per_sample, slope=cfg["d_slope"],
-                                  image_shape=cfg.get("image_shape", IMAGE_SHAPE))
+                                  image_shape=cfg.get("image_shape", IMAGE_SHAPE), hidden=cfg.get("d_fc", 0))
     return Discriminator(cfg["data_dim"], cfg["d_hidden"], cfg["d_batchnorm"], cfg["bn_eps"], cfg["d_dropout"],
                          cfg["d_slope"], num_classes, scale=cfg["data_scale"])
