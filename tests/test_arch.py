@@ -164,10 +164,16 @@ def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
 
 def test_command_line_trains_an_unconditional_dcgan_and_samples_it(tmp_path):
     out = tmp_path / "run"
-    rc, stdout, err = _run(["train", "gan", "--arch", "dcgan", "--ngf", "4", "--ndf", "4", "--latent", "8",
+    # no --arch: the DCGAN is MNIST's default, and the run says which networks it trains
+    rc, stdout, err = _run(["train", "gan", "--ngf", "4", "--ndf", "4", "--d-fc", "8", "--latent", "8",
                             "--no-conditional", "--n-train", "32", "--batch-size", "16", "--steps", "2",
-                            "--eval-samples", "32", "--ema", "0", "--quiet", "--out", str(out)])
+                            "--eval-samples", "32", "--ema", "0", "--threads", "1", "--out", str(out)])
     assert rc == 0, err
+    assert stdout.startswith("DCGAN (nonsaturating loss) on 32 MNIST images"), stdout
+    rc, mlp_out, err = _run(["train", "gan", "--arch", "mlp", "--g-hidden", "8", "--d-hidden", "8", "--n-train", "32",
+                             "--batch-size", "16", "--steps", "1", "--eval-samples", "32", "--threads", "1", "--out",
+                             str(tmp_path / "mlp")])
+    assert rc == 0 and mlp_out.startswith("MLP GAN (nonsaturating loss, conditional) on 32 MNIST images"), err
     ckpt = tinygen.load(out / "checkpoint.npz")
     assert ckpt["config"]["arch"] == "dcgan" and not ckpt["config"]["conditional"]
     assert ckpt["extra"]["step"] == 2

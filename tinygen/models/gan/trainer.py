@@ -787,7 +787,8 @@ class GANRun:
             print(self.own_data.describe() + f", generator output {cfg['output']}", flush=True)
         if not self.quiet:
             length = f"{cfg['steps']} steps" if cfg["steps"] is not None else f"{self.max_epochs} epochs"
-            print(f"GAN ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {self.desc}: "
+            nets = "DCGAN" if cfg["arch"] == "dcgan" else "MLP GAN"  # the default depends on the data: say which
+            print(f"{nets} ({cfg['loss']} loss{', conditional' if cfg['conditional'] else ''}) on {self.desc}: "
                   f"{length}, {len(self.loader)} batches of {self.loader.batch_size} per epoch"
                   + (f", {n_critic} critic steps per generator step" if n_critic > 1 else ""), flush=True)
 
