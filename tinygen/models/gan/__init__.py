@@ -28,8 +28,8 @@ from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_lo
 from .models import (ARCHS, Discriminator, FlatDCGANGenerator, Generator, PYTORCH_GAN,  # noqa: F401
                      build_discriminator, build_generator)
 from .trainer import (BASE, DATASETS, NAME, PRESETS, TOY, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
-                      DCGAN_ONLY, MLP_ONLY, generator_from_checkpoint, make_config, resolve_data, sample,
-                      save_samples_picture, train_gan)
+                      DCGAN_ONLY, MLP_ONLY, generator_from_checkpoint, make_config, other_arch_error,
+                      other_arch_settings, resolve_data, sample, save_samples_picture, train_gan)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
@@ -180,12 +180,11 @@ def settings_from_args(args):
         s.setdefault("lr_g", lr)
         s.setdefault("lr_d", lr)
     arch = s.get("arch")  # when not given, it depends on the data: ``check_arch_settings`` checks then
-    unused = [key for key in ((*MLP_ONLY, "dropout", "g_slope") if arch == "dcgan" else DCGAN_ONLY if arch == "mlp"
-                              else ())
-              if getattr(args, key, None) is not None]
-    if unused:
-        raise ValueError(f"--{unused[0].replace('_', '-')} sets the {'MLP' if arch == 'dcgan' else 'DCGAN'} "
-                         f"networks; it does nothing with --arch {arch}")
+    if arch is not None:
+        cli_only = ("dropout", "g_slope") if arch == "dcgan" else ()  # MLP options the settings check can't see
+        unused = [key for key in (*other_arch_settings(arch), *cli_only) if getattr(args, key, None) is not None]
+        if unused:
+            raise other_arch_error(f"--{unused[0].replace('_', '-')}", arch, f"--arch {arch}")
     data = getattr(args, "data", None)
     if data is not None:
         if data in ("mnist", *TOY):

@@ -164,16 +164,26 @@ def make_config(**settings):
     return _validate(cfg)
 
 
+def other_arch_settings(arch):
+    """The settings that shape the networks of the architecture that is not ``arch``."""
+    return MLP_ONLY if arch == "dcgan" else DCGAN_ONLY
+
+
+def other_arch_error(name, arch, where):
+    """The error for a setting ``name`` (as the caller spelled it) of the other architecture than ``arch``."""
+    return ValueError(f"{name} sets the {'MLP' if arch == 'dcgan' else 'DCGAN'} networks; it does nothing with "
+                      f"{where}")
+
+
 def check_arch_settings(settings, cfg):
     """Refuse settings the caller gave (``settings``) that shape the other architecture's networks than the run's
     (``cfg["arch"]``, which on MNIST is the DCGAN unless asked)."""
     arch = cfg["arch"]
-    unused = [k for k in (MLP_ONLY if arch == "dcgan" else DCGAN_ONLY)
+    unused = [k for k in other_arch_settings(arch)
               if settings.get(k) is not None and settings[k] != BASE[k]]  # a full config passes, unchanged
     if unused:
         given = "" if "arch" in settings else f", the default on {cfg['dataset']}"
-        raise ValueError(f"{unused[0]} sets the {'MLP' if arch == 'dcgan' else 'DCGAN'} networks; it does nothing "
-                         f"with arch {arch!r}{given} (pass arch 'mlp' or 'dcgan')")
+        raise other_arch_error(unused[0], arch, f"arch {arch!r}{given} (pass arch 'mlp' or 'dcgan')")
 
 
 def _validate_arch(cfg):
