@@ -118,6 +118,9 @@ def test_dcgan_critic_with_a_fully_connected_layer_and_checkpoints_saved_before_
     assert hist[-1]["step"] == 4 and not any(isinstance(m, nn.Linear) for m in D.modules())
     with pytest.raises(ValueError, match="d_fc: saved 0, now 6"):
         gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(settings, d_fc=6))
+    with pytest.raises(ValueError, match=r"arch: saved 'dcgan', now 'mlp'.*pass its arch, 'dcgan'\)$"):
+        gan.train_gan(out=tmp_path / "run", resume=True, steps=6, **dict(settings, arch="mlp", d_fc=None, ngf=None,
+                                                                          ndf=None))
 
 
 def test_dcgan_recipe_defaults_and_what_overrides_them(capsys):

@@ -784,7 +784,8 @@ class GANRun:
         if diffs:
             hint = ""
             if any(k == "arch" for k, _, _ in diffs):
-                hint = f"; pass its arch, {saved['arch']!r} (the default on MNIST is now 'dcgan')"
+                hint = f"; pass its arch, {saved['arch']!r}" + (" (the default on MNIST is now 'dcgan')"
+                                                                 if saved["arch"] == "mlp" else "")
             if decays and any(k in LENGTH for k, _, _ in diffs):
                 hint = (f"; its {cfg['lr_decay']} learning-rate decay is planned over steps={saved['steps']}, "
                         f"epochs={saved['epochs']}: resume with those, or start a new run")
