@@ -151,8 +151,8 @@ def test_numba_kernels_keep_a_channels_last_image_channels_last(dtype):
 @pytest.mark.parametrize("n, c, cout, hw", [(4, 5, 3, (7, 7)), (1, 2, 1, (3, 5)), (3, 1, 4, (1, 1)), (2, 6, 2, (4, 1))])
 def test_whole_image_window_reads_a_channels_last_image_where_it_lies(module, dtype, n, c, cout, hw):
     """A kernel the size of the image (DCGAN's 7x7 layers) on a channels-last image takes the image as its column
-    matrix in (H, W, C) order and permutes the weight instead; the input gradient (and conv_transpose2d's
-    output) of such a layer comes back channels-last. Values as the C-ordered computation."""
+    matrix in (H, W, C) order; the weight gradient, the input gradient (and conv_transpose2d's output) of such a
+    layer come back channels-last. Values as the C-ordered computation."""
     if module == "numba" and not kernels.enabled():
         pytest.skip("the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
     from tinygen.kernels import conv_cpu
@@ -170,7 +170,7 @@ def test_whole_image_window_reads_a_channels_last_image_where_it_lies(module, dt
     want_gw = ref_conv.conv2d_bwd_weight(x, g, hw, *args)
     for kept in (cols, None):
         gw = mod.conv2d_bwd_weight(xc, g, hw, *args, kept)
-        assert gw.shape == w.shape and gw.flags.c_contiguous
+        assert gw.shape == w.shape and gw.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last, as nn's weights
         np.testing.assert_allclose(gw, want_gw, **tol)
     gx = mod.conv2d_bwd_input(g, w, hw, *args)
     assert gx.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last
@@ -264,6 +264,43 @@ def test_module_matches_torch_both_ways(expr, shape):
     back.load_state_dict({k: torch.tensor(host(v)) for k, v in ours.state_dict().items()})
     np.testing.assert_allclose(host(ours(tg.tensor(x))), back(torch.tensor(x)).detach().numpy(), rtol=1e-10,
                                atol=1e-12)
+
+
+def _is_channels_last(a):
+    return a.transpose(0, 2, 3, 1).flags.c_contiguous and not a.flags.c_contiguous
+
+
+@pytest.mark.parametrize("cls", [nn.Conv2d, nn.ConvTranspose2d])
+@pytest.mark.parametrize("make_opt", [lambda ps: tg.optim.Adam(ps, lr=1e-2), lambda ps: tg.optim.SGD(ps, lr=0.1,
+                                                                                                      momentum=0.9),
+                                      lambda ps: tg.optim.RMSprop(ps, lr=1e-2, centered=True)],
+                         ids=["adam", "sgd", "rmsprop"])
+def test_weights_are_stored_channels_last_and_train_as_c_ordered_ones(cls, make_opt):
+    """nn's convolution weights are channels-last in memory (the kernels' order: no copy of the weight or of its
+    gradient); the gradient keeps that layout, the optimizer updates the same array in place with state of the
+    same layout, and every bit equals training a copy of the layer whose weight is C-ordered."""
+    tg.manual_seed(0)
+    layers = [cls(4, 6, 3, stride=2, padding=1, groups=2), cls(4, 6, 3, stride=2, padding=1, groups=2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    layers[1].weight.data = np.ascontiguousarray(layers[1].weight.data)
+    weight = layers[0].weight.data
+    assert _is_channels_last(weight) and layers[1].weight.data.flags.c_contiguous
+    x = tg.tensor(np.random.default_rng(1).standard_normal((3, 4, 7, 7)).astype(np.float32))
+    opts = [make_opt(m.parameters()) for m in layers]
+    for _ in range(3):
+        for m, opt in zip(layers, opts):
+            opt.zero_grad()
+            (m(x) * m(x)).mean().backward()  # two uses: the gradient is accumulated
+            opt.step()
+        assert _is_channels_last(layers[0].weight.grad.data)
+        np.testing.assert_array_equal(layers[0].weight.grad.data, layers[1].weight.grad.data)
+        np.testing.assert_array_equal(layers[0].weight.data, layers[1].weight.data)
+    assert layers[0].weight.data is weight  # updated in place
+    resumed = make_opt(layers[0].parameters())
+    resumed.load_state_dict(opts[0].state_dict())  # a checkpoint's C-ordered arrays take the weight's layout
+    for opt in (opts[0], resumed):
+        states = [v for v in opt.state[layers[0].weight].values() if isinstance(v, tg.Tensor) and v.ndim == 4]
+        assert states and all(_is_channels_last(v.data) for v in states)
 
 
 @pytest.mark.parametrize("cls", [nn.Conv2d, nn.ConvTranspose2d])

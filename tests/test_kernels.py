@@ -1303,8 +1303,8 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
 
 # ---- the multi-tensor Adam and SGD steps ---------------------------------------------------------------------------
 def _many_parameters(monkeypatch, split_from, seed):
-    """11 parameters and gradients for the multi-tensor steps: two calls of MULTI_TENSOR, float32 and float64, one
-    transposed (not C-contiguous: through the one-parameter step), one above the update threshold; with
+    """12 parameters and gradients for the multi-tensor steps: two calls of MULTI_TENSOR, float32 and float64, one
+    transposed, one channels-last (both updated where they lie), one above the update threshold; with
     ``split_from`` = 0 every dtype's group is split across threads."""
     if split_from != "default":
         monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
@@ -1314,6 +1314,8 @@ def _many_parameters(monkeypatch, split_from, seed):
     dts = [np.float32] * 8 + [np.float64] * 3
     params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
     params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
+    cl = randn(rng, (3, 4, 2, 2), np.float32)  # a channels-last convolution weight, with a C-ordered gradient
+    params.append(np.ascontiguousarray(cl.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
     return params, [randn(rng, p.shape, p.dtype) for p in params]
 
 
@@ -1321,7 +1323,7 @@ def _many_parameters(monkeypatch, split_from, seed):
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)
 @pytest.mark.parametrize("split_from", ["default", 0])
 def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_from, monkeypatch):
-    # 11 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed (through adam_step) and one
+    # 12 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed, one channels-last and one
     # above the update threshold (its dtype's parameters split across threads, the split inside it; from 0: every
     # group split): the same bits as adam_step on each, and as the reference's loop
     from tinygen.kernels import cpu
@@ -1359,7 +1361,7 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
                                   dict(momentum=0.5, dampening=0.3, maximize=True)])
 @pytest.mark.parametrize("split_from", ["default", 0])
 def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from, monkeypatch):
-    # 11 parameters, float32 and float64, one transposed (through sgd_step), one above the update threshold, and
+    # 12 parameters, float32 and float64, one transposed, one channels-last, one above the update threshold, and
     # first-step flags that differ between parameters: the same bits as sgd_step on each, and as the reference's
     from tinygen.kernels import cpu
     params, grads = _many_parameters(monkeypatch, split_from, seed=33)

@@ -454,8 +454,8 @@ def own_gradients(direct, taken):
 
 
 def _unshared(g, taken):
-    if g.data.base is not None or id(g.data) in taken:
-        g = g.clone() if g._requires_grad else _make(g.data.copy(), g._device)
+    if g.data.base is not None or id(g.data) in taken:  # the copy keeps the layout (a channels-last weight's)
+        g = g.clone() if g._requires_grad else _make(g.data.copy(order="K"), g._device)
     taken.add(id(g.data))
     return g
 
@@ -463,7 +463,7 @@ def _unshared(g, taken):
 def _accumulate(leaf, g, create_graph):
     """leaf.grad += g: in place for a plain gradient, out of place when either carries a graph."""
     if leaf.grad is None:
-        leaf.grad = _make(g.data.copy(), g._device) if not g._requires_grad else g
+        leaf.grad = _make(g.data.copy(order="K"), g._device) if not g._requires_grad else g
     elif create_graph or leaf.grad._requires_grad or g._requires_grad:
         leaf.grad = leaf.grad + g
     else:

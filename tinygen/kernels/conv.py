@@ -20,12 +20,14 @@ Geometry arguments are already checked by the ops (tinygen/ops/conv.py): ``strid
 
 Layout: the column matrix has one row per output position and one column per weight entry, (N * OH * OW,
 G * kh * kw * C / G): within a window the pixels in (kh, kw) order and each pixel's channels (of a group) together,
-as a channels-last image stores them, so building it from such an image copies runs of C values (the weight is
-permuted to match, a small copy). One GEMM covers the batch and every product keeps the long N * OH * OW axis as
-the rows of its result or as its reduction, with the column matrix C-ordered: the orientation OpenBLAS threads
-well (the other one, (C * kh * kw, N * OH * OW), ran the DCGAN's products 2-4x slower on two threads). Only the small
-(N * OH * OW, Cout) results and gradients are transposed to and from (N, Cout, OH, OW), and the results not even
-that: they are returned as channels-last views (``_nchw``).
+as a channels-last image stores them, so building it from such an image copies runs of C values. The weight's
+entries must be in the same order: nn's convolutions store their weights channels-last, (Cout, kh, kw, C / G) in
+memory, so neither the weight nor its gradient is copied (a weight in another layout is). One GEMM covers the
+batch and every product keeps the long N * OH * OW axis as the rows of its result or as its reduction, with the
+column matrix C-ordered: the orientation OpenBLAS threads well (the other one, (C * kh * kw, N * OH * OW), ran
+the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW, Cout) results and gradients are
+transposed to and from (N, Cout, OH, OW), and the results not even that: they are returned as channels-last
+views (``_nchw``).
 """
 import numpy as np
 
@@ -111,17 +113,18 @@ def _whole_image(x_hw, kernel_hw, padding, dilation):
 
 def _weight_rows(w, groups):
     """w (Cout, C / G, kh, kw) as (G, Cout / G, kh * kw * C / G), C-ordered: each output channel's weights in the
-    column matrix's order."""
+    column matrix's order. Free for a channels-last weight (how nn.Conv2d and nn.ConvTranspose2d store theirs),
+    a copy for any other."""
     cout, cg, kh, kw = w.shape
     w = w.reshape(groups, cout // groups, cg, kh, kw).transpose(0, 1, 3, 4, 2)
     return array_module_of(w).ascontiguousarray(w).reshape(groups, cout // groups, kh * kw * cg)
 
 
 def _weight_from_rows(gw, shape):
-    """The adjoint of _weight_rows: (G, Cout / G, kh * kw * C / G) back to a C-ordered w of ``shape``."""
+    """The adjoint of _weight_rows: (G, Cout / G, kh * kw * C / G) as a w of ``shape``, stored channels-last
+    (a view: the layout of the weights of nn's convolutions, whose optimizers then update it as it lies)."""
     cout, cg, kh, kw = shape
-    gw = gw.reshape(cout, kh, kw, cg).transpose(0, 3, 1, 2)
-    return array_module_of(gw).ascontiguousarray(gw)
+    return gw.reshape(cout, kh, kw, cg).transpose(0, 3, 1, 2)
 
 
 def _rows(t):

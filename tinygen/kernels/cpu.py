@@ -186,9 +186,22 @@ def _act_bwd_par(s, e, g, out, act, p1, p2, nch):
         _act_bwd(s[lo:hi], e[lo:hi], g[lo:hi], out[lo:hi], act, p1, p2)
 
 
-def _flat(a):
-    """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
+def _flat(a, order=None):
+    """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous); with an axis ``order`` (from
+    ``_memory_order``), of ``a.transpose(order)``: the elements in the memory order of an array laid out that way."""
+    if order is not None:
+        a = a.transpose(order)
     return a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+
+
+def _memory_order(a):
+    """The axis order in which ``a`` is C-contiguous when it is dense but not C-ordered (a channels-last
+    convolution weight), else None: in-place updates then run over its memory as it lies, and the arrays updated
+    with it are read in the same order."""
+    if a.flags.c_contiguous or a.ndim < 2:
+        return None
+    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+    return order if a.transpose(order).flags.c_contiguous else None
 
 
 def _same_float(name, *arrays):
@@ -219,10 +232,9 @@ def _dense_order(*arrays):
     not C-contiguous as they stand (a channels-last image), else None: elementwise loops then run over the memory
     as it lies and return results with the same strides, instead of copying to C order and back."""
     a = arrays[0]
-    if a.flags.c_contiguous or a.ndim < 2 or any(b.strides != a.strides for b in arrays[1:]):
+    if any(b.strides != a.strides for b in arrays[1:]):
         return None
-    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
-    return order if a.transpose(order).flags.c_contiguous else None
+    return _memory_order(a)
 
 
 def _elementwise(fn, *arrays):
@@ -369,26 +381,29 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 
 # ---- optimizers (in place, one pass) -------------------------------------------------------------------------------
 class _InPlace:
-    """Contiguous 1-D views of arrays updated in place; a non-contiguous one is worked on as a copy and written
-    back by ``done()``."""
+    """1-D views of arrays updated in place, in the memory order of the first (``order``: see _memory_order); one
+    not dense in that order is worked on as a copy and written back by ``done()``. Arrays read alongside them are
+    flattened as ``_flat(a, io.order)``."""
 
     def __init__(self, name, *arrays):
         self.pairs = []
         self.flat = []
+        self.order = _memory_order(arrays[0])
         for a in arrays:
             if a is None:
                 self.flat.append(None)
                 continue
             if not a.flags.writeable:
                 raise ValueError(f"{name}: the parameter and state arrays must be writable (updated in place)")
-            f = _flat(a)
+            view = a if self.order is None else a.transpose(self.order)
+            f = _flat(view)
             self.flat.append(f)
-            if not a.flags.c_contiguous:
-                self.pairs.append((a, f))
+            if not view.flags.c_contiguous:
+                self.pairs.append((view, f))
 
     def done(self):
-        for a, f in self.pairs:
-            a[...] = f.reshape(a.shape)
+        for view, f in self.pairs:
+            view[...] = f.reshape(view.shape)
 
 
 _DUMMIES = {}
@@ -452,7 +467,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     io = _InPlace("sgd_step", param, momentum_buffer if use_momentum else None)
     p, buf = io.flat
     buf = buf if buf is not None else _dummy(param.dtype)
-    _update_in_chunks(_sgd, (p, _flat(grad), buf), (*_sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
+    g = _flat(grad, io.order)
+    _update_in_chunks(_sgd, (p, g, buf), (*_sgd_consts(param.dtype, lr, momentum, dampening, weight_decay),
                       weight_decay != 0, use_momentum, bool(nesterov), bool(maximize), bool(first_step)))
     io.done()
 
@@ -505,7 +521,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     amsgrad = max_exp_avg_sq is not None
     io = _InPlace("adam_step", param, exp_avg, exp_avg_sq, max_exp_avg_sq)
     p, m, v, vmax = io.flat
-    _update_in_chunks(_adam, (p, _flat(grad), m, v, vmax if amsgrad else _dummy(param.dtype)),
+    _update_in_chunks(_adam, (p, _flat(grad, io.order), m, v, vmax if amsgrad else _dummy(param.dtype)),
                       (*consts, weight_decay != 0, bool(decoupled), bool(maximize), ref.lerp_small(1 - beta1), amsgrad))
     io.done()
 
@@ -546,18 +562,17 @@ def _batched(batches, key, p, g, *states):
     dtype): (p, g, *states) flat, the dtype's empty array for a state the update does not use (None). Returns False,
     adding nothing, when it cannot be (not float, or p or a state not C-contiguous and writable): the caller runs
     the one-parameter step, which copies."""
-    f = p.flags
-    if p.dtype.char not in "fd" or not (f.c_contiguous and f.writeable):
+    order = _memory_order(p)
+    if p.dtype.char not in "fd" or not p.flags.writeable or not (p.flags.c_contiguous or order):
         return False
-    row, empty = [p.reshape(-1), _flat(g)], _dummy(p.dtype)
+    row, empty = [_flat(p, order), _flat(g, order)], _dummy(p.dtype)
     for a in states:
         if a is None:
             row.append(empty)
             continue
-        f = a.flags
-        if not (f.c_contiguous and f.writeable):
+        if a.strides != p.strides or not a.flags.writeable:
             return False
-        row.append(a.reshape(-1))
+        row.append(_flat(a, order))
     batches.setdefault(key, []).append(tuple(row))
     return True
 
@@ -638,7 +653,7 @@ def ema_update(average, value, decay):
     _same_float("ema_update", average)
     io = _InPlace("ema_update", average)
     t = average.dtype.type
-    _ema(io.flat[0], _flat(value), t(decay), t(1.0 - decay))
+    _ema(io.flat[0], _flat(value, io.order), t(decay), t(1.0 - decay))
     io.done()
 
 
@@ -676,7 +691,8 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     p, v, ga, buf = io.flat
     dummy = _dummy(param.dtype)
     consts = _rmsprop_consts(param.dtype, lr, alpha, eps, weight_decay, momentum)
-    _update_in_chunks(_rmsprop, (p, _flat(grad), v, ga if ga is not None else dummy, buf if buf is not None else dummy),
+    g = _flat(grad, io.order)
+    _update_in_chunks(_rmsprop, (p, g, v, ga if ga is not None else dummy, buf if buf is not None else dummy),
                       (*consts, weight_decay != 0, bool(centered), use_momentum, bool(maximize),
                        ref.lerp_small(1 - alpha)))
     io.done()

@@ -517,9 +517,12 @@ class _ConvNd(Module):
         self.padding_mode = padding_mode
         if padding == "same" and self.stride != (1, 1):
             raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
-        shape = ((in_channels, out_channels // groups) if self._transposed else
-                 (out_channels, in_channels // groups)) + self.kernel_size
-        self.weight = Parameter(_empty(shape, device, dtype))
+        rows, cols = ((in_channels, out_channels // groups) if self._transposed else
+                      (out_channels, in_channels // groups))
+        # PyTorch's shape, (rows, cols, kh, kw), stored channels-last, (rows, kh, kw, cols) in memory: the order
+        # of the convolution kernels' products (kernels/conv.py), so they take the weight and give its gradient
+        # without copying; its optimizer and state follow the layout
+        self.weight = Parameter(_empty((rows,) + self.kernel_size + (cols,), device, dtype).permute(0, 3, 1, 2))
         self.bias = Parameter(_empty((out_channels,), device, dtype)) if bias else None
         self.reset_parameters()
 

@@ -261,4 +261,8 @@ def _state_value(value, p, where):
         raise ValueError(f"{where} has shape {tuple(data.shape)} but the parameter has shape {p.shape}")
     data = backend.to_device(data, p._device)
     dtype = p.data.dtype if data.dtype.kind == "f" else data.dtype
+    if data.shape == p.data.shape:  # laid out as the parameter (a channels-last weight's state stays channels-last)
+        out = p.xp.empty_like(p.data, dtype=dtype)
+        out[...] = data
+        return _make(out, p._device)
     return _make(data.astype(dtype, copy=True), p._device)
