@@ -5,10 +5,12 @@ the layout are conv.py's own (``make_conv_kernels``), so only the memory-bound c
 Both work on channels-last images (N, H, W, C), what a convolution returns; another input is copied to that layout
 first (a copy of the image, which is kh * kw / (stride^2) times smaller than its column matrix). im2col then copies
 each window pixel's run of channels where it lies; col2im sums one sample at a time, kernel offsets outermost, each
-pixel's run of channels at once, so the sample being summed stays in the core's cache. Both split the work over
-the threads by sample, so no two threads write the same memory; they start threads only from PARALLEL_MIN
-elements of the column matrix (override: TINYGEN_CONV_PARALLEL_MIN), below which starting them costs more than it
-saves.
+pixel's run of channels at once, so the sample being summed stays in the core's cache. With one channel a group
+(a grey image, the first and last layers of an image model) a run is one value, so both loop along the output
+columns instead, over the range of columns whose window lies inside the image (2-4x faster there). Both split
+the work over the threads by sample, so no two threads write the same memory; they start threads only from
+PARALLEL_MIN elements of the column matrix (override: TINYGEN_CONV_PARALLEL_MIN), below which starting them costs
+more than it saves.
 
 The pooling kernels have no Numba version: they are a small share of a step, and the reference is already one
 vectorized pass per kernel offset.
@@ -25,11 +27,34 @@ PARALLEL_MIN = config.get("TINYGEN_CONV_PARALLEL_MIN")
 
 
 @njit(cache=True)
+def _z_range(j, dw, pl, sw, w, ow):
+    """(lo, hi): the output columns z in [lo, hi) whose input column z * sw - pl + j * dw lies in [0, w)."""
+    off = pl - j * dw
+    lo = min(ow, 0 if off <= 0 else (off + sw - 1) // sw)
+    hi = (w - 1 + off) // sw + 1 if w - 1 + off >= 0 else 0
+    return lo, max(lo, min(hi, ow))
+
+
+@njit(cache=True)
 def _im2col_sample(xh, b, kh, kw, sh, sw, pt, pl, dh, dw, cols):
     """The rows of sample b of cols (N, OH, OW, G, kh, kw, C / G) from the channels-last image xh (N, H, W, C)."""
     _, h, w, _ = xh.shape
     _, oh, ow, groups, _, _, cg = cols.shape
     zero = xh.dtype.type(0)
+    if cg == 1:  # one channel a group (a grey image): a loop over channels is all overhead, so run along z
+        for y in range(oh):
+            for gi in range(groups):
+                for i in range(kh):
+                    r = y * sh - pt + i * dh
+                    for j in range(kw):
+                        lo, hi = _z_range(j, dw, pl, sw, w, ow) if 0 <= r < h else (ow, ow)
+                        for z in range(lo):
+                            cols[b, y, z, gi, i, j, 0] = zero
+                        for z in range(lo, hi):
+                            cols[b, y, z, gi, i, j, 0] = xh[b, r, z * sw - pl + j * dw, gi]
+                        for z in range(hi, ow):
+                            cols[b, y, z, gi, i, j, 0] = zero
+        return
     for y in range(oh):
         for z in range(ow):
             for gi in range(groups):
@@ -63,6 +88,17 @@ def _col2im_sample(cols, b, sh, sw, pt, pl, dh, dw, out):
     """out[b] (H, W, C), channels-last: the sum of sample b's column entries, each pixel's channels at once."""
     _, oh, ow, groups, kh, kw, cg = cols.shape
     h, w = out.shape[1], out.shape[2]
+    if cg == 1:  # one channel a group: along z (see _im2col_sample), still kernel offsets outermost
+        for i in range(kh):
+            for j in range(kw):
+                lo, hi = _z_range(j, dw, pl, sw, w, ow)
+                for y in range(oh):
+                    r = y * sh - pt + i * dh
+                    if 0 <= r < h:
+                        for gi in range(groups):
+                            for z in range(lo, hi):
+                                out[b, r, z * sw - pl + j * dw, gi] += cols[b, y, z, gi, i, j, 0]
+        return
     for i in range(kh):  # kernel offsets outermost: each pixel adds its terms in the reference's order
         for j in range(kw):
             for y in range(oh):
