@@ -158,7 +158,8 @@ def _add_model_arguments(a):
            "MNIST, --no-conditional for the unconditional GAN (the one that shows mode collapse)")
     a("--ema", type=float, default=None,
       help="decay of the moving average of the generator's weights used for samples and eval (default 0.999 on "
-           "MNIST; 0 = off)")
+           "MNIST; 0 = off); it warms up as min(EMA, (1 + t) / (10 + t)) at update t, so 0.999 is reached only "
+           "after 9,000 updates and a larger value changes nothing in a shorter run")
 
 
 def settings_from_args(args):

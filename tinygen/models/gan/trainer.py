@@ -83,7 +83,7 @@ DATASET_DEFAULTS = {
 
 # What the architecture changes in the dataset's defaults. The DCGAN: Adam 1e-3 with betas (0, 0.99), which took
 # the unconditional GAN's Frechet distance from 111-122 to 93-101 (ngf = ndf = 32), and a fully connected layer of
-# 256 in a narrow critic (ndf 4), which took it to 25-32 at the MLP GAN's wall-clock budget on 2 cores (3,500
+# 256 in a narrow critic (ndf 4), which took it to 23-31 at the MLP GAN's wall-clock budget on 2 cores (4,300
 # steps; the MLP GAN: 33-37). The convolutions' widths are the best found for that budget on a CPU, not the
 # paper's 64 (docs/results-gan.md has the sweeps).
 ARCH_DEFAULTS = {
