@@ -541,9 +541,9 @@ def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2,
 
 def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                decoupled, step, maximize=False, scratch=None):
-    """The contiguous, writable parameters go through ``_adam_multi``, MULTI_TENSOR per call, by dtype (split
-    across threads as one run of elements: ``_multi_in_chunks``): the same loop as ``adam_step``'s, so the same
-    bits; the others through ``adam_step``."""
+    """The dense (C-ordered or channels-last), writable parameters go through ``_adam_multi``, MULTI_TENSOR per
+    call, by dtype (split across threads as one run of elements: ``_multi_in_chunks``): the same loop as
+    ``adam_step``'s, so the same bits; the others through ``adam_step``."""
     amsgrad = max_exp_avg_sqs is not None
     vmaxs = max_exp_avg_sqs if amsgrad else [None] * len(params)
     batches = {}
@@ -560,8 +560,9 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
 def _batched(batches, key, p, g, *states):
     """Add the row of a parameter updated in place as flat views to ``batches[key]`` (its key's first item is its
     dtype): (p, g, *states) flat, the dtype's empty array for a state the update does not use (None). Returns False,
-    adding nothing, when it cannot be (not float, or p or a state not C-contiguous and writable): the caller runs
-    the one-parameter step, which copies."""
+    adding nothing, when it cannot be (not float, p not dense and writable, or a state not writable and laid out
+    as p): the caller runs the one-parameter step, which copies. A dense p is read in its memory order (a
+    channels-last weight), its gradient in the same order."""
     order = _memory_order(p)
     if p.dtype.char not in "fd" or not p.flags.writeable or not (p.flags.c_contiguous or order):
         return False
@@ -623,7 +624,7 @@ def _sgd_multi(ps, gs, bufs, lr, momentum, one_minus_dampening, wd, tiny, use_wd
 
 def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
               maximize=False, first_steps=None, scratch=None):  # noqa: ARG001 - no scratch needed
-    """As ``adam_steps``: the contiguous, writable parameters through ``_sgd_multi`` by dtype and first-step flag
+    """As ``adam_steps``: the dense, writable parameters through ``_sgd_multi`` by dtype and first-step flag
     (split across threads as one run of elements), the others through ``sgd_step``; the same loop, so the same
     bits."""
     use_momentum = momentum != 0
@@ -708,7 +709,7 @@ def _rmsprop_multi(ps, gs, vs, gas, bufs, lr, alpha, one_minus_alpha, one_minus_
 
 def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,
                   weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001
-    """As ``adam_steps``: the contiguous, writable parameters through ``_rmsprop_multi`` by dtype (split across
+    """As ``adam_steps``: the dense, writable parameters through ``_rmsprop_multi`` by dtype (split across
     threads as one run of elements), the others through ``rmsprop_step``; the same loop, so the same bits."""
     use_momentum = momentum > 0
     gas = grad_avgs if centered else [None] * len(params)
