@@ -111,6 +111,27 @@ def case_classifier():
         raise AssertionError(f"bucket all-reduces did not all start during backward: {started_in_backward}")
 
 
+def conv_net(dtype):
+    def make():  # channels-last weights (nn's convolutions): broadcast and all-reduced through a C-ordered copy
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(4, 2, 4, 2, 1), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(2 * 8 * 8, 4)).to(dtype=dtype)
+    return make
+
+
+def case_conv():
+    """A convolutional classifier on 4x4 images: its weights are not C-contiguous (stored channels-last)."""
+    for dtype in (np.float64, np.float32):
+        data = batches(dtype, 16, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
+        ddp, _ = train_both(conv_net(dtype), lambda ps: optim.Adam(ps, lr=1e-2),
+                            lambda m, b: F.cross_entropy(m(b[0].reshape(-1, 1, 4, 4)), b[1]), data, dtype)
+        weight = ddp.module[2].weight.data  # (4, 2, 4, 4), stored (4, 4, 4, 2)
+        if weight.flags.c_contiguous or not weight.transpose(0, 2, 3, 1).flags.c_contiguous:
+            raise AssertionError(f"the convolution's weight is not channels-last: strides {weight.strides}")
+        mine = weight.copy(order="K")  # channels-last too: all-reduced in place through a C-ordered copy
+        dist.all_reduce_array(mine, "mean")
+        check_close("all-reduced weight", mine, weight, dtype)
+
+
 class VAE(nn.Module):
     def __init__(self, dtype, x_dim=12, z_dim=3):
         super().__init__()
@@ -478,6 +499,11 @@ def case_train(model, out, epochs, mode, compile="compiled"):
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
                       arch="mlp", latent=8, g_hidden=[16], d_hidden=[16], conditional=True, ema=0.9, eval_samples=64,
                       log_every=2, seed=3, compile=compile)
+    elif model == "dcgan":
+        # MNIST's default network, tiny: BatchNorm2d synchronised across the ranks, channels-last weights
+        gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,
+                      arch="dcgan", latent=8, ngf=4, ndf=4, d_fc=8, conditional=True, ema=0.9, eval_samples=64,
+                      log_every=2, seed=3, compile=compile, sync_bn=True)
     elif model == "gan_dropout":
         # the MLP GAN with dropout in both networks; checkpoints every epoch of 3 generator steps
         gan.train_gan(out=out, resume=resume, train_set=train, epochs=1 if stop_after else epochs, batch_size=32,

@@ -59,7 +59,7 @@ def launch(case, n=2, timeout=LAUNCH_TIMEOUT, args=()):
     return proc.returncode, out, err, time.monotonic() - start
 
 
-@pytest.mark.parametrize("case", ["collectives", "device", "classifier", "vae", "wgan_gp", "no_sync",
+@pytest.mark.parametrize("case", ["collectives", "device", "classifier", "conv", "vae", "wgan_gp", "no_sync",
                                   "unused_parameter", "sampler", "sync_batch_norm", "dropout_streams", "compiled"])
 def test_two_ranks(case):
     rc, out, err, _ = launch(case)
@@ -81,8 +81,8 @@ def test_a_rank_that_raises_ends_the_job_with_its_error():
 # each gradient in another order than one process does. float64 (classifier, GANs): ~1e-12, except gan_gp, whose
 # generator has a bias in front of a BatchNorm: its exact gradient is 0, so it gets rounding noise only, which Adam
 # scales up to steps of up to lr (1e-11 after 8 steps). float32 (vae): a few ulps after 10 Adam steps.
-TRAINER_TOLERANCE = {"classifier": (1e-12, 1e-12), "gan": (1e-12, 1e-12), "gan_gp": (1e-10, 1e-10),
-                     "vae": (1e-5, 1e-6)}
+TRAINER_TOLERANCE = {"classifier": (1e-12, 1e-12), "gan": (1e-12, 1e-12), "dcgan": (1e-12, 1e-12),
+                     "gan_gp": (1e-10, 1e-10), "vae": (1e-5, 1e-6)}
 TRAINERS = list(TRAINER_TOLERANCE)
 
 

@@ -251,6 +251,13 @@ class _MPIRequest:
         return self.request.Test()
 
 
+def _host_buffer(array):
+    """What MPI reads and writes for a host array: the array itself when it is C-contiguous, else a C-ordered copy
+    (a channels-last convolution weight, a view), which the caller writes back. C order on every rank, whatever
+    layout each rank's array has."""
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
 def _is_host(array):
     return isinstance(array, np.ndarray)
 
@@ -271,16 +278,19 @@ def iall_reduce_array(array, op="sum", blocking=False):
     if n == 1:
         return _Done()
     if _is_host(array):
-        if not array.flags.c_contiguous:
-            raise ValueError("all_reduce: the array must be C-contiguous")
         from mpi4py import MPI
-        after = (lambda: np.divide(array, n, out=array, casting="unsafe")) if op == "mean" else None
+        buf = _host_buffer(array)
+
+        def after():
+            if op == "mean":
+                np.divide(buf, n, out=buf, casting="unsafe")
+            if buf is not array:
+                array[...] = buf
         if blocking:
-            _world.comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
-            if after is not None:
-                after()
+            _world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            after()
             return _Done()
-        return _MPIRequest(_world.comm.Iallreduce(MPI.IN_PLACE, array, op=MPI.SUM), after)
+        return _MPIRequest(_world.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), after)
     _device_all_reduce(array)
     if op == "mean":
         array /= n
@@ -292,9 +302,10 @@ def broadcast_array(array, src=0):
     if init() == 1:
         return array
     if _is_host(array):
-        if not array.flags.c_contiguous:
-            raise ValueError("broadcast: the array must be C-contiguous")
-        _world.comm.Bcast(array, root=src)
+        buf = _host_buffer(array)
+        _world.comm.Bcast(buf, root=src)
+        if buf is not array:
+            array[...] = buf
         return array
     nccl = _nccl_comm()
     if nccl is not None and array.flags.c_contiguous:
