@@ -152,15 +152,28 @@ def test_dcgan_is_refused_for_the_2d_mixtures_and_mlp_options_with_it(tmp_path):
     assert rc == 2 and "arch 'dcgan' is a convolutional network" in err and "grid" in err
     assert len(err.strip().splitlines()) == 1
     rc, _, err = _run(["train", "gan", "--arch", "dcgan", "--g-hidden", "32", "--out", str(tmp_path / "y")])
-    assert rc == 2 and "--g-hidden sets the MLP networks; it does nothing with --arch dcgan" in err
+    assert rc == 2 and "g_hidden (--g-hidden) sets the MLP networks; it does nothing with arch 'dcgan' (" in err
     rc, _, err = _run(["train", "gan", "--arch", "mlp", "--ngf", "8", "--out", str(tmp_path / "z")])
-    assert rc == 2 and "--ngf sets the DCGAN networks; it does nothing with --arch mlp" in err
+    assert rc == 2 and "ngf (--ngf) sets the DCGAN networks; it does nothing with arch 'mlp' (" in err
     # without --arch the architecture is the data's default: the DCGAN on MNIST, the MLP on 2-D points
     rc, _, err = _run(["train", "gan", "--g-hidden", "32", "--out", str(tmp_path / "w")])
-    assert rc == 2 and "g_hidden sets the MLP networks; it does nothing with arch 'dcgan', the default on mnist" in err
+    assert rc == 2 and "g_hidden (--g-hidden) sets the MLP networks; it does nothing with arch 'dcgan', the " \
+                       "default on mnist" in err
     rc, _, err = _run(["train", "gan", "--data", "ring", "--ndf", "8", "--out", str(tmp_path / "v")])
-    assert rc == 2 and "ndf sets the DCGAN networks; it does nothing with arch 'mlp', the default on ring" in err
-    with pytest.raises(ValueError, match="d_fc sets the DCGAN networks; it does nothing with arch 'mlp' "):
+    assert rc == 2 and "ndf (--ndf) sets the DCGAN networks; it does nothing with arch 'mlp', the default on " \
+                       "ring" in err
+    # the generator's slope is the MLP's (the DCGAN's generator has ReLUs), with --arch or by default alike;
+    # --slope sets both networks' where they have one, and a dropout of 0 is refused as any other value
+    for argv in (["--g-slope", "0.1"], ["--arch", "dcgan", "--g-slope", "0.1"], ["--dropout", "0"]):
+        rc, _, err = _run(["train", "gan", *argv, "--out", str(tmp_path / "u")])
+        name = "g_slope (--g-slope)" if "--g-slope" in argv else "dropout (--dropout)"
+        assert rc == 2 and f"{name} sets the MLP networks; it does nothing with arch 'dcgan'" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1
+    cfg = gan.make_config(arch="dcgan", slope=0.1)
+    assert (cfg["d_slope"], "slope" in cfg) == (0.1, False)
+    cfg = gan.make_config(arch="mlp", slope=0.1, g_slope=0.3, dropout=0.25, d_dropout=0.5)
+    assert (cfg["g_slope"], cfg["d_slope"], cfg["g_dropout"], cfg["d_dropout"]) == (0.3, 0.1, 0.25, 0.5)
+    with pytest.raises(ValueError, match=r"d_fc \(--d-fc\) sets the DCGAN networks; it does nothing with arch 'mlp' "):
         gan.train_gan(out=None, arch="mlp", d_fc=8, steps=1)
     assert not (tmp_path / "x" / "checkpoint.npz").exists()
 

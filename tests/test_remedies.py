@@ -56,12 +56,15 @@ def test_gan_command_line_gives_every_remedy(tmp_path, digits):
                               "--weight-decay", "0.01", "--dropout", "0.2", "--augment", "crop,rotate",
                               "--clip-grad-norm", "2", "--init", "x.npz"])
     s = gan.settings_from_args(args)
-    assert (s["optimizer"], s["momentum"], s["weight_decay"], s["g_dropout"], s["d_dropout"], s["augment"],
-            s["clip_grad_norm"]) == ("sgd", 0.5, 0.01, 0.2, 0.2, "crop,rotate", 2.0)
+    assert (s["optimizer"], s["momentum"], s["weight_decay"], s["dropout"], s["augment"],
+            s["clip_grad_norm"]) == ("sgd", 0.5, 0.01, 0.2, "crop,rotate", 2.0)
     assert args.init == "x.npz"
-    assert gan.make_config(**s)["augment"] == ["crop", "rotate"]
-    one = gan.settings_from_args(parser.parse_args(["train", "gan", "--dropout", "0.2", "--d-dropout", "0.4"]))
-    assert (one["g_dropout"], one["d_dropout"]) == (0.2, 0.4)  # the network's own option wins
+    cfg = gan.make_config(**s)
+    assert (cfg["augment"], cfg["g_dropout"], cfg["d_dropout"]) == (["crop", "rotate"], 0.2, 0.2)
+    one = gan.settings_from_args(parser.parse_args(["train", "gan", "--arch", "mlp", "--dropout", "0.2",
+                                                    "--d-dropout", "0.4"]))
+    cfg = gan.make_config(**one)
+    assert (cfg["g_dropout"], cfg["d_dropout"], "dropout" in cfg) == (0.2, 0.4, False)  # the network's own wins
     alone = parser.parse_args(["train", "gan", "--augment", "--steps", "3"])
     assert gan.make_config(**gan.settings_from_args(alone))["augment"] == list(remedies.DEFAULT_AUGMENT)
     assert "flip" not in remedies.DEFAULT_AUGMENT
@@ -406,7 +409,7 @@ def test_bad_vae_remedy_settings_are_refused(settings, match):
     (["train", "gan", "--dropout", "1"], "--dropout must be a number in [0, 1), got 1.0"),
     (["train", "vae", "--dropout", "1.2"], "--dropout must be a number in [0, 1), got 1.2"),
     (["train", "vae", "--decoder-dropout", "1"], "decoder_dropout must be a number in [0, 1)"),
-    (["train", "gan", "--arch", "dcgan", "--dropout", "0.1"], "--dropout sets the MLP networks"),
+    (["train", "gan", "--arch", "dcgan", "--dropout", "0.1"], "dropout sets the MLP networks"),
 ])
 def test_bad_remedy_options_give_one_line(argv, words, tmp_path):
     rc, _, err = _run(argv + ["--out", str(tmp_path / "x"), "--threads", "1"])

@@ -149,9 +149,10 @@ def _add_model_arguments(a):
     a("--bn-eps", type=float, default=None, help="BatchNorm epsilon (PyTorch-GAN: 0.8)")
     a("--g-dropout", type=float, default=None, help="mlp: dropout after the generator's hidden layers")
     a("--d-dropout", type=float, default=None, help="mlp: dropout after the discriminator's hidden layers")
-    a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks, 0: ReLU (default: those "
-                                                "of --g-slope, --d-slope)")
-    a("--g-slope", type=float, default=None, help="the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
+    a("--slope", type=float, default=None, help="LeakyReLU negative slope of both networks (the DCGAN's "
+                                                "generator has ReLUs: its critic's), 0: ReLU (default: those of "
+                                                "--g-slope, --d-slope)")
+    a("--g-slope", type=float, default=None, help="mlp: the generator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--d-slope", type=float, default=None, help="the discriminator's LeakyReLU slope (default 0.2; ring/grid 0)")
     a("--conditional", action=argparse.BooleanOptionalAction, default=None,
       help="condition G and D on the digit label (an Embedding concatenated to their inputs); on by default on "
@@ -167,25 +168,14 @@ def settings_from_args(args):
     --slope and --lr for both networks, and --data as a dataset name or a folder."""
     s = {key: getattr(args, key) for key in BASE if key not in ("data", "dataset") and getattr(args, key, None)
          is not None}
-    slope = getattr(args, "slope", None)
-    if slope is not None:
-        s.setdefault("g_slope", slope)
-        s.setdefault("d_slope", slope)
-    dropout = getattr(args, "dropout", None)
-    if dropout is not None:
-        dropout = tu.check_number("--dropout", dropout, high=1.0)
-        s.setdefault("g_dropout", dropout)
-        s.setdefault("d_dropout", dropout)
+    if getattr(args, "slope", None) is not None:  # shorthands: make_config fills g_ and d_ (SHORTHANDS)
+        s["slope"] = args.slope
+    if getattr(args, "dropout", None) is not None:
+        s["dropout"] = tu.check_number("--dropout", args.dropout, high=1.0)
     lr = getattr(args, "lr", None)
     if lr is not None:
         s.setdefault("lr_g", lr)
         s.setdefault("lr_d", lr)
-    arch = s.get("arch")  # when not given, it depends on the data: ``check_arch_settings`` checks then
-    if arch is not None:
-        cli_only = ("dropout", "g_slope") if arch == "dcgan" else ()  # MLP options the settings check can't see
-        unused = [key for key in (*other_arch_settings(arch), *cli_only) if getattr(args, key, None) is not None]
-        if unused:
-            raise other_arch_error(f"--{unused[0].replace('_', '-')}", arch, f"--arch {arch}")
     data = getattr(args, "data", None)
     if data is not None:
         if data in ("mnist", *TOY):

@@ -95,9 +95,12 @@ ARCH_DEFAULTS = {
 ARCH_DATASET_DEFAULTS = {("mlp", "mnist"): {"lr_g": 5e-4, "lr_d": 5e-4, "steps": 6000},
                          ("dcgan", "mnist"): {"steps": 1900}}
 
-# Settings that shape only one architecture's networks: setting them with the other is refused (g_slope is not
-# among them: the command line's --slope sets it for either).
-MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "data_scale")
+# Shorthands for a setting of both networks: they fill each one not given, and are not saved themselves.
+SHORTHANDS = {"slope": ("g_slope", "d_slope"), "dropout": ("g_dropout", "d_dropout")}
+# Settings that shape only one architecture's networks: setting them with the other is refused. The DCGAN's
+# generator has ReLUs, so of ``slope`` it takes only d_slope.
+MLP_ONLY = ("g_hidden", "d_hidden", "g_batchnorm", "d_batchnorm", "bn_eps", "g_dropout", "d_dropout", "dropout",
+            "g_slope", "data_scale")
 DCGAN_ONLY = ("ngf", "ndf", "d_fc")
 
 PRESET_DEFAULTS = {
@@ -135,11 +138,14 @@ def saved_config(ckpt):
 def make_config(**settings):
     """The full settings of a run: BASE, updated by the dataset's defaults, the architecture's, the preset, the
     loss's defaults (and its defaults on this dataset) and finally ``settings`` (None values are ignored). Raises
-    ValueError naming any bad or unknown setting."""
-    unknown = sorted(set(settings) - set(BASE))
+    ValueError naming any bad or unknown setting. ``slope`` and ``dropout`` set both networks' (SHORTHANDS)."""
+    unknown = sorted(set(settings) - set(BASE) - set(SHORTHANDS))
     if unknown:
-        raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)}")
-    given = {k: v for k, v in settings.items() if v is not None}
+        raise ValueError(f"unknown GAN setting(s) {unknown}; known: {sorted(BASE)} and {sorted(SHORTHANDS)}")
+    given = {k: v for k, v in settings.items() if v is not None and k not in SHORTHANDS}
+    for short, keys in SHORTHANDS.items():
+        if settings.get(short) is not None:
+            given.update({k: settings[short] for k in keys if k not in given})
     dataset = given.get("dataset", BASE["dataset"])
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -178,14 +184,16 @@ def other_arch_error(name, arch, where):
 
 
 def check_arch_settings(settings, cfg):
-    """Refuse settings the caller gave (``settings``) that shape the other architecture's networks than the run's
-    (``cfg["arch"]``, which on MNIST is the DCGAN unless asked)."""
+    """Refuse settings the caller gave (``settings``, as named there: ``slope`` is not ``g_slope``) that shape the
+    other architecture's networks than the run's (``cfg["arch"]``, which on MNIST is the DCGAN unless asked).
+    The one check, for the command line too: the message spells each setting both ways."""
     arch = cfg["arch"]
     unused = [k for k in other_arch_settings(arch)
-              if settings.get(k) is not None and settings[k] != BASE[k]]  # a full config passes, unchanged
+              if settings.get(k) is not None and settings[k] != BASE.get(k)]  # a full config passes, unchanged
     if unused:
         given = "" if "arch" in settings else f", the default on {cfg['dataset']}"
-        raise other_arch_error(unused[0], arch, f"arch {arch!r}{given} (pass arch 'mlp' or 'dcgan')")
+        name = f"{unused[0]} (--{unused[0].replace('_', '-')})"
+        raise other_arch_error(name, arch, f"arch {arch!r}{given} (pass arch 'mlp' or 'dcgan')")
 
 
 def _validate_arch(cfg):
