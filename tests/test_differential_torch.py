@@ -15,6 +15,10 @@ against its float64 result), compare with PyTorch:
     kernels run) and with create_graph=True;
   - second-order gradients: the gradient of sum(w_i * grad_i) with respect to the leaves and the upstream gradient.
 
+A second test draws small convolutional networks (``NETWORK_ENTRIES``): convolutions, transposed convolutions and
+pooling, chained with batch norm, activations, broadcasting and reshapes, so that channels-last images flow from op
+to op; tests/test_compile_graphs.py replays the same graphs under ``tinygen.compile``.
+
 A failure is shrunk to the shortest prefix of the program that still fails and printed as a runnable snippet.
 The CI run is bounded (TINYGEN_DIFF_GRAPHS, default 300 graphs); a soak (with counts of the graphs run):
     TINYGEN_DIFF_GRAPHS=20000 python -m pytest -q -p no:cacheprovider tests/test_differential_torch.py \
@@ -138,6 +142,7 @@ FUNCTIONAL_CALLS = {
     "pow_small_int": (lambda x, p: x ** p, lambda x, p: x ** p),
 }
 SPEC_CALLS = {s.name: (s.fn, s.torch_fn) for s in SPECS if s.name not in EXCLUDED_SPECS}
+SPECS_BY_NAME = {s.name: s for s in SPECS}
 CALLS = {**SPEC_CALLS, **FUNCTIONAL_CALLS}
 
 
@@ -631,7 +636,7 @@ def add_layer_norm(b):
 
 
 def add_batch_norm(b):
-    x = b.pick(lambda s: len(s) in (2, 3) and math.prod(s) // s[1] >= 3)  # >= 3 values a channel: see layer_norm
+    x = b.pick(lambda s: 2 <= len(s) <= 4 and math.prod(s) // s[1] >= 3)  # >= 3 values a channel: see layer_norm
     s = b.shape(x)
     c = s[1]
     training = b.draw(st.booleans())
@@ -729,21 +734,66 @@ def add_pow_small_int(b):
     return b.op("pow_small_int", [x], {"p": b.draw(st.sampled_from(exponents))})
 
 
+IMAGE_OPS = ("conv", "max_pool2d", "avg_pool2d")
+
+
+def _image(s):
+    return len(s) == 4 and s[1] <= 4 and max(s[2:]) <= 8
+
+
+def add_image_layer(b):
+    """A convolution (plain or transposed, grouped or not, with or without bias) or a pooling layer on an image
+    already in the graph: most often the output of an earlier one, so layers chain as in a network (a
+    convolution's output is stored channels-last, and the next layer reads it as it lies)."""
+    images = b.floats(_image)
+    if images and b.draw(st.integers(0, 3)):
+        x = images[-1] if b.draw(st.booleans()) else images[b.draw(st.integers(0, len(images) - 1))]
+    else:
+        x = b.leaf((b.draw(st.integers(1, 2)), b.draw(st.integers(1, 4))) + b.draw(st.tuples(st.integers(1, 6),
+                                                                                              st.integers(1, 6))))
+    s = b.shape(x)
+    kind = b.draw(st.sampled_from(["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"]))
+    spec = SPECS_BY_NAME[kind]
+    if kind.endswith("pool2d"):
+        x = b.into(x, spec.domain_of(0))
+        return b.op(kind, [x], b.draw(spec.kwargs((s,))))
+    groups = b.draw(st.sampled_from([g for g in (1, 2) if s[1] % g == 0]))
+    cout = groups * b.draw(st.integers(1, 2))
+    kernel = b.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    w_shape = ((s[1], cout // groups) if kind == "conv_transpose2d" else (cout, s[1] // groups)) + kernel
+    w = b.leaf(w_shape, Domain(-1.0, 1.0))
+    bias = b.leaf((cout,)) if b.draw(st.booleans()) else None
+    shapes = (s, w_shape) + (((cout,),) if bias is not None else ())
+    kwargs = b.draw(spec.kwargs(shapes))  # a transposed weight without bias fits any groups dividing its rows
+    name = kind if bias is not None else kind + "_nobias"
+    return b.op(name, [x, w] + ([bias] if bias is not None else []), kwargs)
+
+
 FUNCTIONAL = {
     "F.linear": add_linear, "F.linear_act": add_linear_act, "F.layer_norm": add_layer_norm,
     "F.batch_norm": add_batch_norm, "F.mse_loss": add_regression_loss("F.mse_loss"),
     "F.l1_loss": add_regression_loss("F.l1_loss"), "F.gaussian_nll_loss": add_gaussian_nll,
     "F.binary_cross_entropy": add_bce, "F.binary_cross_entropy_with_logits": add_bce_logits,
     "F.cross_entropy": add_class_loss("F.cross_entropy"), "F.nll_loss": add_class_loss("F.nll_loss"),
-    "F.embedding": add_embedding, "pow_small_int": add_pow_small_int,
+    "F.embedding": add_embedding, "pow_small_int": add_pow_small_int, "image layer": add_image_layer,
 }
 FUNCTIONAL_WEIGHT = 4  # drawn this many times as often as a table op: there are far fewer of them
 ENTRIES = [(s.name, (lambda b, s=s: add_spec(b, s))) for s in SPECS if s.name not in EXCLUDED_SPECS] + \
     list(FUNCTIONAL.items()) * FUNCTIONAL_WEIGHT
 
 
-def build_graph(draw):
-    """A random graph of 2-6 ops (more attempts when an op does not fit), with its upstream gradient and weights."""
+# Small convolutional networks: image layers, batch norm, activations, broadcasting and reshapes, drawn so that
+# layers follow each other (random graphs from all of ENTRIES rarely chain two image layers)
+NETWORK_SPECS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "add", "mul", "sub", "sum", "mean", "flatten",
+                 "reshape", "permute", "transpose", "getitem_basic", "cat", "interpolate_nearest",
+                 "adaptive_avg_pool2d", "softmax")
+NETWORK_ENTRIES = [("image layer", add_image_layer)] * 8 + [("F.batch_norm", add_batch_norm)] * 3 + \
+    [("F.linear", add_linear)] + [(name, add) for name, add in ENTRIES if name in NETWORK_SPECS]
+
+
+def build_graph(draw, entries=None):
+    """A random graph of 2-6 ops (more attempts when an op does not fit), with its upstream gradient and weights;
+    ``entries``: the ops to draw from (default ENTRIES, all of them)."""
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     b = Builder(draw, rng)
     base = draw(st.sampled_from(BASE_SHAPES))
@@ -753,7 +803,7 @@ def build_graph(draw):
     for _ in range(12 * target):
         if b.n_ops >= target:
             break
-        name, add = draw(st.sampled_from(ENTRIES))
+        name, add = draw(st.sampled_from(entries or ENTRIES))
         mark = b.mark()
         try:
             add(b)
@@ -773,12 +823,27 @@ def build_graph(draw):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_random_graphs_match_torch(data):
-    graph = build_graph(data.draw)
+    _check_random_graph(build_graph(data.draw))
+
+
+@settings(max_examples=max(1, GRAPHS // 3), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_random_conv_networks_match_torch(data):
+    """Convolutions, transposed convolutions and pooling chained with batch norm, activations, broadcasting and
+    reshapes: the compositions a convolutional network makes (channels-last images flowing between ops)."""
+    _check_random_graph(build_graph(data.draw, NETWORK_ENTRIES))
+
+
+def _check_random_graph(graph):
     if graph is None:
         event("no graph: too few ops fitted")
         return
     ops = [ins[1] for ins in graph.program if ins[0] == "op"]
     event(f"{len(ops)} ops")  # --hypothesis-show-statistics tells how many graphs of each size ran
+    chained = sum(name.startswith(IMAGE_OPS) for name in ops)
+    if chained:
+        event("an image layer" if chained == 1 else "image layers chained")
     message = _safe_compare(graph)
     if message:
         small, small_message = shrink(graph)
