@@ -6,18 +6,19 @@ parameters are: the step evaluates the graph and runs a backward into the leaves
 second-order one of a gradient penalty (``grad(..., create_graph=True)``, then ``backward``). The compiled step
 records on its first call and replays on the next ones, each with new leaf values written into the same tensors
 (``leaf.data[...] = ``); its output value and every leaf's gradient must equal the eager step's on the same
-values, bit for bit (fusion on: its exact kernels give NumPy's bits).
+values, bit for bit (fusion on: its exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
 """
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import tinygen as tg
+from tinygen.backend import cuda_standin
 from test_differential_torch import ENTRIES, GRAPHS, NETWORK_ENTRIES, build_graph
 
 CALLS = 3  # the recording call, then two replays
 
 
-def _evaluate(program, leaves):
+def _evaluate(program, leaves, device):
     """The graph's nodes, with ``leaves`` (in program order) as its leaf tensors."""
     from test_differential_torch import CALLS as OPS
     from op_specs import as_tuple
@@ -27,7 +28,7 @@ def _evaluate(program, leaves):
         if kind == "leaf":
             t = next(it)
         elif kind == "const":
-            t = tg.tensor(ins[1])
+            t = tg.tensor(ins[1], device=device)
         elif kind == "squash":
             _, src, c, r, width = ins
             t = ((nodes[src] - c) * (1.0 / width)).tanh() * r + c
@@ -38,12 +39,12 @@ def _evaluate(program, leaves):
     return nodes
 
 
-def _step_of(graph, leaves, second_order):
-    upstream = tg.tensor(graph.upstream)
-    weights = [tg.tensor(w) for w in graph.weights]
+def _step_of(graph, leaves, second_order, device):
+    upstream = tg.tensor(graph.upstream, device=device)
+    weights = [tg.tensor(w, device=device) for w in graph.weights]
 
     def step():
-        out = _evaluate(graph.program, leaves)[-1]
+        out = _evaluate(graph.program, leaves, device)[-1]
         if second_order:
             grads = tg.grad([out], leaves, [upstream], create_graph=True, allow_unused=True)
             terms = [(g * w).sum() for g, w in zip(grads, weights) if g is not None and g.requires_grad]
@@ -55,19 +56,20 @@ def _step_of(graph, leaves, second_order):
     return step
 
 
-def _run(graph, second_order, compiled, values):
-    """(output, leaf gradients) of each call, the leaves set to ``values[call]`` before it."""
-    leaves = [tg.tensor(v.copy(), requires_grad=True) for v in values[0]]
-    step = _step_of(graph, leaves, second_order)
+def _run(graph, second_order, compiled, values, device):
+    """(output, leaf gradients) of each call, the leaves set to ``values[call]`` before it, as host arrays."""
+    leaves = [tg.tensor(v.copy(), requires_grad=True, device=device) for v in values[0]]
+    step = _step_of(graph, leaves, second_order, device)
     if compiled:
         step = tg.compile(step)
     results = []
     for call_values in values:
         for t, v in zip(leaves, call_values):
-            t.data[...] = v
+            t.data[...] = t.xp.asarray(v)
             t.grad = None
         out = step()
-        results.append((out.data.copy(), [None if t.grad is None else t.grad.data.copy() for t in leaves]))
+        results.append((out.cpu().numpy().copy(),
+                        [None if t.grad is None else t.grad.cpu().numpy().copy() for t in leaves]))
     return results, step
 
 
@@ -77,13 +79,13 @@ def _same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
 
 
-def _check(graph, second_order, rng):
+def _check(graph, second_order, rng, device="cpu"):
     first = [np.asarray(graph.program[i][1]) for i in graph.leaves()]
     # later calls: the leaves moved a little (staying inside the ops' domains and away from their kinks, mostly;
     # a value that crosses one is fine: eager and replay see the same values)
     values = [first] + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first] for _ in range(CALLS - 1)]
-    eager, _ = _run(graph, second_order, False, values)
-    replayed, compiled = _run(graph, second_order, True, values)
+    eager, _ = _run(graph, second_order, False, values, device)
+    replayed, compiled = _run(graph, second_order, True, values, device)
     assert compiled.records == 1 and compiled.replays == CALLS - 1, (compiled.records, compiled.replays)
     for call, ((ev, eg), (rv, rg)) in enumerate(zip(eager, replayed)):
         assert _same(ev, rv), f"call {call}: the output differs from eager"
@@ -99,13 +101,20 @@ SETTINGS = settings(max_examples=max(1, GRAPHS // 3), deadline=None, database=No
 @SETTINGS
 @given(data=st.data())
 def test_random_graphs_replay_bitwise_eager(data):
-    graph = build_graph(data.draw, data.draw(st.sampled_from([ENTRIES, NETWORK_ENTRIES])))
+    graph = build_graph(data.draw, ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) == "all ops"
+                        else NETWORK_ENTRIES)
     if graph is None:
         event("no graph: too few ops fitted")
         return
     second_order = data.draw(st.booleans())
     event("second order" if second_order else "plain backward")
-    _check(graph, second_order, np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1))))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    if not data.draw(st.booleans()):
+        _check(graph, second_order, rng)
+        return
+    event("on the CUDA stand-in")  # device arrays: nothing fused, the replay's device path
+    with cuda_standin():
+        _check(graph, second_order, rng, "cuda")
 
 
 def test_the_comparison_catches_a_replay_that_differs(monkeypatch):
