@@ -104,8 +104,9 @@ CONFIGS = [
 
 
 def _id(cfg):
+    """A test id that is the same in every process (a function by its name, not its address)."""
     name, kw = cfg
-    return name + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+    return name + "-" + "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in kw.items())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
