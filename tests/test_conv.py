@@ -233,6 +233,14 @@ MODULES = [
     ("AdaptiveAvgPool2d((3, 2))", (2, 2, 7, 5)),
     ("Upsample(scale_factor=2)", (2, 2, 3, 4)),
     ("Upsample(size=(5, 7))", (2, 2, 3, 4)),
+    # a 3-D input: unbatched (C, H, W) for convolutions and pooling, (N, C, L) for a resize (a 1-D one)
+    ("ConvTranspose2d(2, 3, 3, stride=2)", (2, 4, 3)),
+    ("MaxPool2d(2)", (3, 5, 4)),
+    ("AvgPool2d(3, 1, 1)", (3, 5, 4)),
+    ("AdaptiveAvgPool2d(2)", (3, 5, 4)),
+    ("Upsample(scale_factor=2)", (2, 3, 5)),
+    ("Upsample(size=7)", (2, 3, 5)),
+    ("Upsample(scale_factor=0.6)", (2, 3, 5)),
 ]
 
 
@@ -368,6 +376,10 @@ BAD_CALLS = [
     (lambda: F.interpolate(tg.tensor(X)), ValueError, "either size or scale_factor"),
     (lambda: F.interpolate(tg.tensor(X), scale_factor=2, mode="bilinear"), NotImplementedError, "mode='nearest'"),
     (lambda: F.interpolate(tg.tensor(X), size=0), ValueError, "sizes should be greater than 0"),
+    (lambda: F.interpolate(tg.zeros(2, 3, 5), size=(3, 4)), ValueError,
+     "size must be a number or a sequence of one for a 3D (N, C, L) input, got (3, 4)"),
+    (lambda: F.interpolate(tg.zeros(2, 3, 5), scale_factor=(2, 2)), ValueError, "scale_factor must be a number or"),
+    (lambda: F.interpolate(tg.zeros(5, 5), scale_factor=2), ValueError, "Expected 3D (N, C, L) or 4D (N, C, H, W)"),
     (lambda: nn.Conv2d(2, 2, 3, padding_mode="reflect"), ValueError, "only 'zeros'"),
     (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "must be one of"),
     (lambda: nn.Conv2d(3, 2, 3, groups=2), ValueError, "in_channels must be divisible by groups"),

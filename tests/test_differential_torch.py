@@ -734,36 +734,45 @@ def add_pow_small_int(b):
     return b.op("pow_small_int", [x], {"p": b.draw(st.sampled_from(exponents))})
 
 
-IMAGE_OPS = ("conv", "max_pool2d", "avg_pool2d")
+IMAGE_OPS = ("conv", "max_pool2d", "avg_pool2d", "interpolate")
 
 
-def _image(s):
-    return len(s) == 4 and s[1] <= 4 and max(s[2:]) <= 8
+def _image(s):  # (N, C, H, W), or 3-D: an unbatched (C, H, W) image to a convolution, (N, C, L) to a resize
+    return len(s) in (3, 4) and s[-3] <= 4 and max(s[-2:]) <= 8
 
 
 def add_image_layer(b):
-    """A convolution (plain or transposed, grouped or not, with or without bias) or a pooling layer on an image
-    already in the graph: most often the output of an earlier one, so layers chain as in a network (a
-    convolution's output is stored channels-last, and the next layer reads it as it lies)."""
+    """A convolution (plain or transposed, grouped or not, with or without bias), a pooling layer or a nearest
+    resize on an image already in the graph: most often the output of an earlier one, so layers chain as in a
+    network (a convolution's output is stored channels-last, and the next layer reads it as it lies). A 3-D
+    input is an unbatched (C, H, W) image to a convolution or pooling, and (N, C, L) to a resize (PyTorch's rules)."""
     images = b.floats(_image)
     if images and b.draw(st.integers(0, 3)):
         x = images[-1] if b.draw(st.booleans()) else images[b.draw(st.integers(0, len(images) - 1))]
     else:
-        x = b.leaf((b.draw(st.integers(1, 2)), b.draw(st.integers(1, 4))) + b.draw(st.tuples(st.integers(1, 6),
-                                                                                              st.integers(1, 6))))
+        batch = (b.draw(st.integers(1, 2)),) if b.draw(st.integers(0, 2)) else ()  # a third of them unbatched
+        x = b.leaf(batch + (b.draw(st.integers(1, 4)),) + b.draw(st.tuples(st.integers(1, 6), st.integers(1, 6))))
     s = b.shape(x)
-    kind = b.draw(st.sampled_from(["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"]))
+    kind = b.draw(st.sampled_from(["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "interpolate"]))
+    if kind == "interpolate":
+        if len(s) == 4:
+            return b.op("interpolate_nearest", [x], b.draw(SPECS_BY_NAME["interpolate_nearest"].kwargs((s,))))
+        by_size = b.draw(st.booleans())  # (N, C, L): a 1-D resize
+        return b.op("interpolate_nearest", [x], {"size": b.draw(st.integers(1, 8))} if by_size else
+                    {"scale_factor": b.draw(st.sampled_from([2.0, 3.0, 1.5, 0.6, (1.7,)]))})
     spec = SPECS_BY_NAME[kind]
+    image = s if len(s) == 4 else (1,) + s  # the strategies' (N, C, H, W)
     if kind.endswith("pool2d"):
         x = b.into(x, spec.domain_of(0))
-        return b.op(kind, [x], b.draw(spec.kwargs((s,))))
-    groups = b.draw(st.sampled_from([g for g in (1, 2) if s[1] % g == 0]))
+        return b.op(kind, [x], b.draw(spec.kwargs((image,))))
+    c = image[1]
+    groups = b.draw(st.sampled_from([g for g in (1, 2) if c % g == 0]))
     cout = groups * b.draw(st.integers(1, 2))
     kernel = b.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
-    w_shape = ((s[1], cout // groups) if kind == "conv_transpose2d" else (cout, s[1] // groups)) + kernel
+    w_shape = ((c, cout // groups) if kind == "conv_transpose2d" else (cout, c // groups)) + kernel
     w = b.leaf(w_shape, Domain(-1.0, 1.0))
     bias = b.leaf((cout,)) if b.draw(st.booleans()) else None
-    shapes = (s, w_shape) + (((cout,),) if bias is not None else ())
+    shapes = (image, w_shape) + (((cout,),) if bias is not None else ())
     kwargs = b.draw(spec.kwargs(shapes))  # a transposed weight without bias fits any groups dividing its rows
     name = kind if bias is not None else kind + "_nobias"
     return b.op(name, [x, w] + ([bias] if bias is not None else []), kwargs)

@@ -416,15 +416,21 @@ def adaptive_avg_pool2d(input, output_size):
 
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None):
-    """Resize the last two axes of (N, C, H, W) or (C, H, W), as ``torch.nn.functional.interpolate``; only
-    mode='nearest' (PyTorch's index rule min(floor(i * scale), H - 1))."""
+    """Resize the last axis of (N, C, L) or the last two of (N, C, H, W), as ``torch.nn.functional.interpolate``
+    (which reads a 3-D input as (N, C, L), not as an unbatched image); only mode='nearest' (PyTorch's index rule
+    min(floor(i * scale), H - 1))."""
     fn = "interpolate"
     if mode != "nearest":
         raise NotImplementedError(f"{fn}: only mode='nearest' is supported, got mode={mode!r}")
     if align_corners is not None:
         raise ValueError(f"{fn}: align_corners option can only be set with the interpolating modes: linear | "
                          f"bilinear | bicubic | trilinear")
-    x, unbatched = _image(fn, input, "3D or 4D")
+    if isinstance(input, Tensor) and input.ndim == 3:  # (N, C, L): a 1-D resize, as one row of an image
+        size, scale_factor = (None if v is None else (1, _one_axis(fn, name, v))
+                              for name, v in (("size", size), ("scale_factor", scale_factor)))
+        return interpolate(input.unsqueeze(2), size, scale_factor, mode, align_corners,
+                           recompute_scale_factor).squeeze(2)
+    x, unbatched = _image(fn, input, "3D (N, C, L) or 4D (N, C, H, W)")  # 4-D here: unbatched is False
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{fn}: " + ("only one of size or scale_factor should be defined" if size is not None
                                       else "either size or scale_factor should be defined"))
@@ -447,6 +453,16 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
                          f"output (H: {out_hw[0]}, W: {out_hw[1]})")
     return _separable(UpsampleNearest2dFunction, x, unbatched, "nearest", (h, out_hw[0], scales[0]),
                       (w, out_hw[1], scales[1]))
+
+
+def _one_axis(fn, name, value):
+    """The ``size`` or ``scale_factor`` of a 1-D resize: a number, or a sequence of one."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(f"{fn}: {name} must be a number or a sequence of one for a 3D (N, C, L) input, got "
+                             f"{value!r}")
+        value = value[0]
+    return value
 
 
 def upsample_nearest(input, size=None, scale_factor=None):
