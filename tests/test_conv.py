@@ -212,6 +212,7 @@ def test_conv_modules_on_device(device):
         tg.manual_seed(3)
         net = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.LeakyReLU(0.2), nn.MaxPool2d(2, ceil_mode=True),
                             nn.ConvTranspose2d(4, 2, 3, 2, 1, output_padding=1), nn.AvgPool2d(2),
+                            nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
                             nn.Upsample(scale_factor=2), nn.AdaptiveAvgPool2d(1)).to(tg.float64).to(dev)
         x = tg.tensor(np.random.default_rng(0).standard_normal((2, 1, 9, 9)), device=dev, requires_grad=True)
         (gx,) = tg.grad(net(x).sum(), [x], create_graph=True)
@@ -233,6 +234,10 @@ MODULES = [
     ("AdaptiveAvgPool2d((3, 2))", (2, 2, 7, 5)),
     ("Upsample(scale_factor=2)", (2, 2, 3, 4)),
     ("Upsample(size=(5, 7))", (2, 2, 3, 4)),
+    ("Conv2d(3, 4, 3, padding=1, padding_mode='reflect')", (2, 3, 5, 6)),
+    ("Conv2d(3, 4, (4, 3), padding='same', dilation=(1, 2), padding_mode='replicate', bias=False)", (2, 3, 5, 6)),
+    ("Conv2d(2, 4, 3, stride=2, padding=(2, 1), padding_mode='circular', groups=2)", (2, 2, 5, 6)),
+    ("Conv2d(2, 3, 3, padding=1, padding_mode='reflect')", (2, 5, 6)),
     # a 3-D input: unbatched (C, H, W) for convolutions and pooling, (N, C, L) for a resize (a 1-D one)
     ("ConvTranspose2d(2, 3, 3, stride=2)", (2, 4, 3)),
     ("MaxPool2d(2)", (3, 5, 4)),
@@ -380,7 +385,8 @@ BAD_CALLS = [
      "size must be a number or a sequence of one for a 3D (N, C, L) input, got (3, 4)"),
     (lambda: F.interpolate(tg.zeros(2, 3, 5), scale_factor=(2, 2)), ValueError, "scale_factor must be a number or"),
     (lambda: F.interpolate(tg.zeros(5, 5), scale_factor=2), ValueError, "Expected 3D (N, C, L) or 4D (N, C, H, W)"),
-    (lambda: nn.Conv2d(2, 2, 3, padding_mode="reflect"), ValueError, "only 'zeros'"),
+    (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "padding_mode must be one of"),
+    (lambda: nn.ConvTranspose2d(2, 2, 3, padding_mode="reflect"), ValueError, "only padding_mode='zeros'"),
     (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "must be one of"),
     (lambda: nn.Conv2d(3, 2, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
     (lambda: nn.Conv2d(2, 3, 3, groups=2), ValueError, "out_channels must be divisible by groups"),

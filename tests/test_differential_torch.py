@@ -139,6 +139,7 @@ FUNCTIONAL_CALLS = {
     "F.nll_loss": (TF.nll_loss, lambda *a, **k: _F().nll_loss(*a, **k)),
     "F.gaussian_nll_loss": (TF.gaussian_nll_loss, lambda *a, **k: _F().gaussian_nll_loss(*a, **k)),
     "F.embedding": (TF.embedding, lambda *a, **k: _F().embedding(*a, **k)),
+    "F.pad": (TF.pad, lambda *a, **k: _F().pad(*a, **k)),
     "pow_small_int": (lambda x, p: x ** p, lambda x, p: x ** p),
 }
 SPEC_CALLS = {s.name: (s.fn, s.torch_fn) for s in SPECS if s.name not in EXCLUDED_SPECS}
@@ -724,6 +725,33 @@ def add_embedding(b):
     return b.op("F.embedding", [idx, w], kwargs)
 
 
+def add_pad(b):
+    """F.pad in each mode: constant (a value, negative widths crop) on any axes, reflect / replicate / circular
+    on the last 1-3 axes of an input with one or two more, within PyTorch's limits on the widths."""
+    x = b.pick(lambda s: len(s) >= 1 and min(s) >= 1)
+    s = b.shape(x)
+    mode = b.draw(st.sampled_from(["constant", "reflect", "replicate", "circular"]))
+    if mode == "constant":
+        axes = b.draw(st.integers(1, min(len(s), 3)))
+    else:
+        fits = [k for k in (1, 2, 3) if len(s) in (k + 1, k + 2)]
+        if not fits:
+            raise Reject(f"{mode} padding takes 2-5 axes")
+        axes = b.draw(st.sampled_from(fits))
+    widths = []
+    for a in range(axes):
+        size = s[len(s) - 1 - a]
+        most = {"reflect": size - 1, "circular": size}.get(mode, 3)
+        pair = [b.draw(st.integers(-1 if size > 2 else 0, min(most, 3))) for _ in range(2)]
+        if size + sum(pair) <= 0:
+            raise Reject("nothing left of the axis")
+        widths += pair
+    kwargs = {"pad": tuple(widths), "mode": mode}
+    if mode == "constant":
+        kwargs["value"] = b.draw(st.sampled_from([0.0, -1.5, 2.0]))
+    return b.op("F.pad", [x], kwargs)
+
+
 def add_pow_small_int(b):
     with_zeros = b.floats(lambda s: True)
     with_zeros = [i for i in with_zeros if (b.values[i].data == 0).any()]  # exact zeros, e.g. from relu
@@ -785,6 +813,7 @@ FUNCTIONAL = {
     "F.binary_cross_entropy": add_bce, "F.binary_cross_entropy_with_logits": add_bce_logits,
     "F.cross_entropy": add_class_loss("F.cross_entropy"), "F.nll_loss": add_class_loss("F.nll_loss"),
     "F.embedding": add_embedding, "pow_small_int": add_pow_small_int, "image layer": add_image_layer,
+    "F.pad": add_pad,
 }
 FUNCTIONAL_WEIGHT = 4  # drawn this many times as often as a table op: there are far fewer of them
 ENTRIES = [(s.name, (lambda b, s=s: add_spec(b, s))) for s in SPECS if s.name not in EXCLUDED_SPECS] + \
@@ -797,7 +826,7 @@ NETWORK_SPECS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "add", "mul", "
                  "reshape", "permute", "transpose", "getitem_basic", "cat", "interpolate_nearest",
                  "adaptive_avg_pool2d", "softmax")
 NETWORK_ENTRIES = [("image layer", add_image_layer)] * 8 + [("F.batch_norm", add_batch_norm)] * 3 + \
-    [("F.linear", add_linear)] + [(name, add) for name, add in ENTRIES if name in NETWORK_SPECS]
+    [("F.linear", add_linear), ("F.pad", add_pad)] + [(name, add) for name, add in ENTRIES if name in NETWORK_SPECS]
 
 
 def build_graph(draw, entries=None):

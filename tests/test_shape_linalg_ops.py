@@ -218,3 +218,53 @@ def test_aliases_and_methods():
     assert x.broadcast_to((5, 2, 3, 4)).shape == (5, 2, 3, 4) and x[:1].expand_as(x).shape == x.shape
     assert tg.outer(tg.ones(2), tg.ones(3)).shape == tg.ones(2).ger(tg.ones(3)).shape == (2, 3)
     assert tg.ops.linalg.mm is not tg.mm  # the array helper stays the array helper
+
+
+PAD_CASES = [  # (input shape, pad, mode)
+    ((3, 4), (1, 2), "constant"), ((2, 3, 4, 5), (-1, 2, 0, -2), "constant"),
+    ((2, 3, 4), (1, 1, 2, 0, 1, 1), "constant"),
+    ((5,), (0, 3), "constant"), ((2, 3, 4, 5), (1, 2, 3, 0), "reflect"), ((2, 5), (4, 1), "reflect"),
+    ((2, 3, 4, 5, 4), (1, 2, 3, 0, 1, 1), "reflect"), ((2, 3, 4, 5), (2, -3, -1, 1), "reflect"),
+    ((2, 3, 4, 5), (5, 1, 0, 7), "replicate"), ((1, 3, 4), (2, 2), "replicate"),
+    ((2, 3, 4, 5), (-2, 1, 1, 0), "replicate"),
+    ((2, 3, 4, 5), (5, 5, 4, 1), "circular"), ((2, 2, 3, 4, 5), (1, 2, 1, 1, 1, 0), "circular"),
+    ((2, 3, 4, 5), (-1, 2, 1, -2), "circular"),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("shape,widths,mode", PAD_CASES, ids=[f"{m}-{s}-{p}" for s, p, m in PAD_CASES])
+def test_pad_matches_torch_with_its_first_and_second_order_gradients(shape, widths, mode):
+    import torch
+    import tinygen.nn.functional as F
+    rng = np.random.default_rng(0)
+    x, kw = rng.standard_normal(shape), ({"value": -1.5} if mode == "constant" else {})
+    xo, xt = tg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yo, yt = F.pad(xo, widths, mode=mode, **kw), torch.nn.functional.pad(xt, widths, mode=mode, **kw)
+    np.testing.assert_array_equal(yo.detach().numpy(), yt.detach().numpy())
+    g = rng.standard_normal(yt.shape)
+    (go,), (gt,) = (tg.grad([yo], [xo], [tg.tensor(g)], create_graph=True),
+                    torch.autograd.grad([yt], [xt], [torch.tensor(g)], create_graph=True))
+    np.testing.assert_allclose(go.detach().numpy(), gt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    assert tg.autograd.gradcheck(lambda a: F.pad(a, widths, mode=mode, **kw), (tg.tensor(x, requires_grad=True),))
+    assert tg.autograd.gradgradcheck(lambda a: F.pad(a, widths, mode=mode, **kw) ** 2,
+                                     (tg.tensor(x, requires_grad=True),))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: tg.nn.functional.pad(tg.zeros(2, 3), (1,)), ValueError, "pad must be a sequence of"),
+    (lambda: tg.nn.functional.pad(tg.zeros(3), (1, 1, 1, 1)), ValueError, "at most 1 for a 1-D input"),
+    (lambda: tg.nn.functional.pad(tg.zeros(2, 3), (1, 1), mode="mirror"), NotImplementedError, "mode must be one"),
+    (lambda: tg.nn.functional.pad(tg.zeros(2, 3), (3, 0), mode="reflect"), ValueError,
+     r"reflect padding widths must be at most 2 for an axis of size 3"),
+    (lambda: tg.nn.functional.pad(tg.zeros(2, 3), (1, 0), mode="reflect", value=1.0), ValueError,
+     "doesn't take in value argument"),
+    (lambda: tg.nn.functional.pad(tg.zeros(1, 2, 3, 4), (1, 0), mode="replicate"), NotImplementedError,
+     "got 1 padded axes of a 4-D input"),
+    (lambda: tg.nn.functional.pad(tg.zeros(2, 3), (-2, -2)), ValueError, "leave a negative size"),
+    (lambda: tg.nn.Conv2d(2, 3, 3, padding_mode="mirror"), ValueError, "padding_mode must be one of"),
+    (lambda: tg.nn.ConvTranspose2d(2, 3, 3, padding_mode="reflect"), ValueError, "only padding_mode='zeros'"),
+], ids=["odd", "too-many", "mode", "reflect-wide", "value", "axes", "negative", "conv-mode", "convT-mode"])
+def test_pad_refuses_bad_arguments_clearly(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

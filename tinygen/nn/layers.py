@@ -504,10 +504,12 @@ class _ConvNd(Module):
         if out_channels % groups:
             raise ValueError(f"{name}: out_channels must be divisible by groups (out_channels={out_channels}, "
                              f"groups={groups})")
-        if padding_mode != "zeros":
-            known = ("zeros", "reflect", "replicate", "circular")
-            what = "is not supported (only 'zeros')" if padding_mode in known else f"must be one of {known}"
-            raise ValueError(f"{name}: padding_mode={padding_mode!r} {what}")
+        known = ("zeros", "reflect", "replicate", "circular")
+        if padding_mode not in known:
+            raise ValueError(f"{name}: padding_mode must be one of {known}, got {padding_mode!r}")
+        if padding_mode != "zeros" and self._transposed:
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported for a transposed convolution (as in "
+                             f"PyTorch), got {padding_mode!r}")
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"{name}: Invalid padding string {padding!r}, should be one of ('valid', 'same')")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
@@ -547,6 +549,8 @@ class _ConvNd(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s
 
 
@@ -560,7 +564,22 @@ class Conv2d(_ConvNd):
                          padding_mode, 0, device, dtype)
 
     def forward(self, input):
+        if self.padding_mode != "zeros":  # PyTorch's way: pad with F.pad, then a convolution without padding
+            return F.conv2d(F.pad(input, self._pad_widths(), mode=self.padding_mode), self.weight, self.bias,
+                            self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _pad_widths(self):
+        """F.pad's (left, right, top, bottom) for this layer's padding ('same': the total d * (k - 1) split as
+        PyTorch splits it, the smaller half first)."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            (th, tw) = totals
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
 
 
 class ConvTranspose2d(_ConvNd):

@@ -4,7 +4,7 @@ import numpy as np
 from ..autograd.engine import sum_to_array
 from .._checks import check_dim, check_int, check_sizes, is_int
 from ..autograd.function import Function
-from ..tensor import Tensor, register
+from ..tensor import Tensor, _make, register
 
 
 def _shape_arg(shape, fn="reshape", arg="shape"):
@@ -514,3 +514,79 @@ def expand_as(x, other):
 def broadcast_to(x, shape):
     """``x`` broadcast to ``shape`` (-1 keeps a size), as ``expand``."""
     return expand(x, tuple(shape) if isinstance(shape, (tuple, list)) else (shape,))
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def _pad_positions(size, before, after, mode):
+    """For each position of an axis padded by (before, after): the input position it copies (NumPy int64)."""
+    i = np.arange(-before, size + after)
+    if mode == "replicate":
+        return np.clip(i, 0, size - 1)
+    if mode == "circular":
+        return i % size
+    i = np.abs(i)  # reflect: the edge is not repeated (... 2 1 | 0 1 2 | 1 0 ...); widths < size, one fold
+    return np.where(i > size - 1, 2 * (size - 1) - i, i)
+
+
+def pad(input, pad, mode="constant", value=None):
+    """``torch.nn.functional.pad``: ``pad`` = (left, right) widths of the last axis, then of the one before, ...
+    mode 'constant' fills with ``value`` (0 by default) and takes negative widths (a crop); 'reflect',
+    'replicate' and 'circular' pad the last 1-3 axes of an input with one or two axes more, as PyTorch's (reflect
+    widths below the axis size, circular ones at most the size; a negative width crops). Built from narrow, cat
+    and index_select, so its gradient (and the gradient's own) is theirs."""
+    fn = "pad"
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{fn}: input must be a Tensor, got {type(input).__name__}")
+    widths = tuple(check_int(w, fn, "pad") for w in pad) if isinstance(pad, (tuple, list)) else None
+    nd = input.data.ndim
+    if widths is None or len(widths) % 2 or len(widths) // 2 > nd:
+        raise ValueError(f"{fn}: pad must be a sequence of (before, after) pairs, one per padded axis from the "
+                         f"last, at most {nd} for a {nd}-D input; got {pad!r}")
+    if mode not in PAD_MODES:
+        raise NotImplementedError(f"{fn}: mode must be one of {PAD_MODES}, got {mode!r}")
+    axes = len(widths) // 2
+    if mode != "constant":
+        if value is not None and value != 0:
+            raise ValueError(f"{fn}: padding mode {mode!r} doesn't take in value argument")
+        if not 1 <= axes <= 3 or nd not in (axes + 1, axes + 2):
+            raise NotImplementedError(f"{fn}: mode {mode!r} pads the last 1, 2 or 3 axes of an input with one or two "
+                                      f"axes more; got {axes} padded axes of a {nd}-D input")
+    x = input
+    for a in range(axes):
+        d, before, after = nd - 1 - a, widths[2 * a], widths[2 * a + 1]
+        size = x.data.shape[d]
+        if mode == "constant":
+            x = _constant_pad(x, d, before, after, 0.0 if value is None else value)
+            continue
+        if mode == "circular" and min(before, after) < 0:  # PyTorch crops first, then wraps what is left
+            lo, hi = max(-before, 0), size - max(-after, 0)
+            x = narrow(x, d, min(lo, size), max(hi - lo, 0))
+            before, after, size = max(before, 0), max(after, 0), max(hi - lo, 0)
+        most = {"reflect": size - 1, "circular": size}.get(mode)  # replicate: any width
+        if (most is not None and max(before, after) > most) or before + size + after <= 0:
+            limit = f" at most {most} for an axis of size {size}" if most is not None else ""
+            raise ValueError(f"{fn}: {mode} padding widths must be{limit} and leave a positive size (dim {d}), "
+                             f"got ({before}, {after})")
+        if before or after:
+            index = x.xp.asarray(_pad_positions(size, before, after, mode))
+            x = x.index_select(d, _make(index, x._device))
+    return x
+
+
+def _constant_pad(x, d, before, after, value):
+    size = x.data.shape[d]
+    if before + size + after < 0:
+        raise ValueError(f"pad: the widths ({before}, {after}) leave a negative size for dim {d} of size {size}")
+    if min(before, after) < 0:  # a crop first
+        lo, hi = max(-before, 0), size - max(-after, 0)
+        x = narrow(x, d, min(lo, size), max(hi - lo, 0))
+        before, after = max(before, 0), max(after, 0)
+    if not (before or after):
+        return x
+    blocks = []
+    for width in (before, after):
+        shape = x.data.shape[:d] + (width,) + x.data.shape[d + 1:]
+        blocks.append(_make(x.xp.full(shape, value, dtype=x.data.dtype), x._device))
+    return cat([blocks[0], x, blocks[1]], d)
