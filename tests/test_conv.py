@@ -279,6 +279,26 @@ def test_module_matches_torch_both_ways(expr, shape):
                                atol=1e-12)
 
 
+@requires_torch
+@pytest.mark.parametrize("args,shape,output_size", [
+    ((3, 2, 3, 2), (2, 3, 5, 4), [12, 10]), ((3, 2, 3, 2), (2, 3, 5, 4), (11, 9)),
+    ((3, 2, 4, 3, 1), (2, 3, 5, 4), (2, 2, 16, 13)), ((3, 2, 3, 2, 0, 0, 1, True, 2), (3, 5, 4), [14, 12]),
+], ids=["larger", "smallest", "whole-shape", "dilated-unbatched"])
+def test_conv_transpose_output_size_picks_pytorchs_output_padding(args, shape, output_size):
+    import torch
+    theirs = torch.nn.ConvTranspose2d(*args).double()
+    ours = nn.ConvTranspose2d(*args).to(tg.float64)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    x = np.random.default_rng(1).standard_normal(shape)
+    xo, xt = tg.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yo, yt = ours(xo, output_size=output_size), theirs(xt, output_size=output_size)
+    assert yo.shape == tuple(yt.shape) and yo.shape[-2:] == tuple(output_size)[-2:]
+    np.testing.assert_allclose(host(yo), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    yo.sum().backward()
+    yt.sum().backward()
+    np.testing.assert_allclose(host(xo.grad), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
 def _is_channels_last(a):
     return a.transpose(0, 2, 3, 1).flags.c_contiguous and not a.flags.c_contiguous
 
@@ -387,6 +407,10 @@ BAD_CALLS = [
     (lambda: F.interpolate(tg.zeros(5, 5), scale_factor=2), ValueError, "Expected 3D (N, C, L) or 4D (N, C, H, W)"),
     (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "padding_mode must be one of"),
     (lambda: nn.ConvTranspose2d(2, 2, 3, padding_mode="reflect"), ValueError, "only padding_mode='zeros'"),
+    (lambda: nn.ConvTranspose2d(2, 2, 3, 2)(tg.zeros(1, 2, 5, 4), output_size=[13, 9]), ValueError,
+     r"requested an output size of \[13, 9\], but valid sizes range from 11 to 12 (for an input of \[5, 4\])"),
+    (lambda: nn.ConvTranspose2d(2, 2, 3, 2)(tg.zeros(1, 2, 5, 4), output_size=[12]), ValueError,
+     "output_size must have 2 or 4 elements"),
     (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), ValueError, "must be one of"),
     (lambda: nn.Conv2d(3, 2, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
     (lambda: nn.Conv2d(2, 3, 3, groups=2), ValueError, "out_channels must be divisible by groups"),

@@ -595,10 +595,28 @@ class ConvTranspose2d(_ConvNd):
                          padding_mode, output_padding, device, dtype)
 
     def forward(self, input, output_size=None):
-        if output_size is not None:
-            raise NotImplementedError("ConvTranspose2d: output_size is not supported; use output_padding")
-        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+        output_padding = self.output_padding if output_size is None else self._output_padding(input, output_size)
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
                                   self.groups, self.dilation)
+
+    def _output_padding(self, input, output_size):
+        """The output_padding that gives ``output_size`` ((H, W), or the whole shape), as PyTorch picks it: each
+        size must lie between the smallest output and that plus stride - 1."""
+        size = tuple(int(v) for v in output_size)
+        if len(size) == input.ndim:  # the whole shape: its last two sizes
+            size = size[-2:]
+        if len(size) != 2:
+            raise ValueError(f"ConvTranspose2d: output_size must have 2 or {input.ndim} elements (got {len(size)})")
+        pads = []
+        for a in (0, 1):
+            smallest = ((input.shape[input.ndim - 2 + a] - 1) * self.stride[a] - 2 * self.padding[a]
+                        + self.dilation[a] * (self.kernel_size[a] - 1) + 1)
+            if not smallest <= size[a] <= smallest + self.stride[a] - 1:
+                raise ValueError(f"ConvTranspose2d: requested an output size of {list(size)}, but valid sizes range "
+                                 f"from {smallest} to {smallest + self.stride[a] - 1} (for an input of "
+                                 f"{list(input.shape[-2:])}) in dim {a}")
+            pads.append(size[a] - smallest)
+        return tuple(pads)
 
 
 class MaxPool2d(Module):
