@@ -438,3 +438,25 @@ def test_pooling_matrices_are_kept_per_gpu():
     on_1 = conv_ops._matrices(fake, conv_ops._current_gpu(fake), np.dtype(np.float32), "avg", *args)
     assert [m[1] for m in on_0] == [0, 0] and [m[1] for m in on_1] == [1, 1]
     assert conv_ops._current_gpu(np) is None
+
+
+@requires_torch
+@pytest.mark.parametrize("groups,k,stride,pad", [(1, 3, 1, 0), (2, 3, 2, 1), (1, 8, 1, 0), (2, 8, 1, 0)],
+                         ids=["plain", "grouped-strided", "whole-image", "whole-image-grouped"])
+def test_an_empty_batch_gives_pytorchs_empty_results_and_zero_weight_gradients(groups, k, stride, pad, device):
+    """A batch of 0 images (the last, empty, chunk of a split): the shapes PyTorch gives, in both directions."""
+    import torch
+    rng = np.random.default_rng(0)
+    x, w, wt = np.zeros((0, 6, 8, 8)), rng.standard_normal((6, 6 // groups, k, k)), rng.standard_normal((6, 2, k, k))
+    xo, wo = tg.tensor(x, device=device, requires_grad=True), tg.tensor(w, device=device, requires_grad=True)
+    xt, wtt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yo = F.conv2d(xo, wo, stride=stride, padding=pad, groups=groups)
+    yt = torch.nn.functional.conv2d(xt, wtt, stride=stride, padding=pad, groups=groups)
+    yo.sum().backward()
+    yt.sum().backward()
+    assert yo.shape == tuple(yt.shape) and xo.grad.shape == x.shape
+    np.testing.assert_array_equal(host(wo.grad), wtt.grad.numpy())  # zeros
+    zo = F.conv_transpose2d(tg.tensor(x, device=device), tg.tensor(wt, device=device), stride=stride,
+                            groups=groups)
+    assert zo.shape == tuple(torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(wt), stride=stride,
+                                                                  groups=groups).shape)

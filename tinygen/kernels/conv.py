@@ -29,6 +29,8 @@ the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW, C
 transposed to and from (N, Cout, OH, OW), and the results not even that: they are returned as channels-last
 views (``_nchw``).
 """
+import math
+
 import numpy as np
 
 from ..backend import array_module_of
@@ -133,11 +135,11 @@ def _rows(t):
     return xp.ascontiguousarray(t.transpose(0, 2, 3, 1)).reshape(-1, t.shape[1])
 
 
-def _nchw(rows, n, out_hw):
+def _nchw(rows, n, out_hw, channels):
     """(N * OH * OW, C) -> (N, C, OH, OW) without a copy: the image stored channels-last, as PyTorch's
     ``channels_last`` format. The next layers take it as it is: batch norm works on (N * OH * OW, C) rows, the
     elementwise kernels on any dense layout, and ``_rows`` of a channels-last gradient is free."""
-    return rows.reshape((n,) + tuple(out_hw) + (-1,)).transpose(0, 3, 1, 2)
+    return rows.reshape((n,) + tuple(out_hw) + (channels,)).transpose(0, 3, 1, 2)
 
 
 def _mm_groups(a, b, groups):
@@ -145,7 +147,8 @@ def _mm_groups(a, b, groups):
     if groups == 1:
         return mm(a, b[0])
     r = a.shape[0]
-    return mm(a.reshape(r, groups, -1).transpose(1, 0, 2), b).transpose(1, 0, 2).reshape(r, -1)
+    return mm(a.reshape(r, groups, a.shape[1] // groups).transpose(1, 0, 2), b).transpose(1, 0, 2).reshape(
+        r, groups * b.shape[2])
 
 
 def make_conv_kernels(im2col, col2im):
@@ -156,8 +159,9 @@ def make_conv_kernels(im2col, col2im):
         """x's column matrix, (N * OH * OW, G * kh * kw * C / G)."""
         n = x.shape[0]
         if groups == 1 and _whole_image(x.shape[2:], kernel_hw, padding, dilation):
-            return array_module_of(x).ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n, -1)
-        return im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups).reshape(n * out_hw[0] * out_hw[1], -1)
+            return array_module_of(x).ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n, math.prod(x.shape[1:]))
+        cols = im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups)  # explicit sizes: n may be 0
+        return cols.reshape(n * out_hw[0] * out_hw[1], kernel_hw[0] * kernel_hw[1] * x.shape[1])
 
     def conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols=False):
         """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias. With ``keep_cols``:
@@ -165,7 +169,8 @@ def make_conv_kernels(im2col, col2im):
         out_hw = _out_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
         cols = columns(x, w.shape[2:], stride, padding, dilation, out_hw, groups)
         # the weight's rows as the product's columns: a transposed view, which BLAS reads as fast as a copy
-        y = _nchw(_mm_groups(cols, _weight_rows(w, groups).transpose(0, 2, 1), groups), x.shape[0], out_hw)
+        y = _nchw(_mm_groups(cols, _weight_rows(w, groups).transpose(0, 2, 1), groups), x.shape[0], out_hw,
+                  w.shape[0])
         return (y, cols) if keep_cols else y
 
     def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
@@ -176,7 +181,7 @@ def make_conv_kernels(im2col, col2im):
         _, cg, kh, kw = w.shape
         cols = _mm_groups(_rows(g), _weight_rows(w, groups), groups)  # (N * OH * OW, G * kh * kw * C / G)
         if groups == 1 and _whole_image(x_hw, (kh, kw), padding, dilation):  # (N, H * W * C): channels-last
-            return _nchw(cols, n, x_hw)
+            return _nchw(cols, n, x_hw, groups * cg)
         cols = cols.reshape((n, oh, ow, groups, kh, kw, cg))
         return col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation)
 
@@ -194,7 +199,8 @@ def make_conv_kernels(im2col, col2im):
             gw = mm(rows.T, cols)
         else:
             r = rows.shape[0]
-            gw = mm(rows.reshape(r, groups, -1).transpose(1, 2, 0), cols.reshape(r, groups, -1).transpose(1, 0, 2))
+            gw = mm(rows.reshape(r, groups, cout // groups).transpose(1, 2, 0),
+                    cols.reshape(r, groups, cols.shape[1] // groups).transpose(1, 0, 2))
         return _weight_from_rows(gw, (cout, x.shape[1] // groups) + tuple(kernel_hw))
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight
