@@ -762,7 +762,7 @@ class SignedDistinct(Domain):
         return (mags * rng.choice([-1.0, 1.0], n)).reshape(shape)
 
 
-MAGNITUDES = SignedDistinct()
+MAGNITUDES = SignedDistinct(kinks=(0.0,))  # the kink also keeps existing nodes with values near 0 out (graphs)
 INTEGERS = Domain(kind="lattice", margin=0.0)  # exact integers in [-2, 2]: many zeros (prod's gradient)
 SMALL = array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
 

@@ -126,7 +126,10 @@ FUNCTIONAL_CALLS = {
     # the nodes positionally, the rest by keyword (the two libraries order some optional arguments differently)
     "F.layer_norm": (lambda x, w, b, normalized_shape: TF.layer_norm(x, normalized_shape, w, b),
                      lambda x, w, b, normalized_shape: _F().layer_norm(x, normalized_shape, w, b)),
-    "F.batch_norm": (TF.batch_norm, lambda *a, **k: _F().batch_norm(*a, **k)),
+    # PyTorch's reference on a contiguous copy: torch 2.13's batch_norm in eval mode gives a wrong input gradient
+    # for some non-contiguous 4-D inputs (x.permute(0, 3, 2, 1) of a (1, 1, 4, 6) x: finite differences disagree
+    # with its autograd, and agree with tinygen's), and such inputs have crashed the process in PyTorch's backward
+    "F.batch_norm": (TF.batch_norm, lambda x, *a, **k: _F().batch_norm(x.contiguous(), *a, **k)),
     "F.mse_loss": (TF.mse_loss, lambda *a, **k: _F().mse_loss(*a, **k)),
     "F.l1_loss": (TF.l1_loss, lambda *a, **k: _F().l1_loss(*a, **k)),
     "F.binary_cross_entropy": (TF.binary_cross_entropy, lambda *a, **k: _F().binary_cross_entropy(*a, **k)),
@@ -995,6 +998,32 @@ def test_bug_reproducers(name):
     a listed open one must still fail (strict: once fixed it XPASSes, a reminder to delete it from KNOWN_BUGS)."""
     message = _safe_compare(KNOWN_BUG_REPRODUCERS[name])
     assert message == "", message
+
+
+def test_batch_norm_eval_on_a_permuted_image_has_the_finite_difference_gradient():
+    """Why F.batch_norm's PyTorch reference gets a contiguous copy (FUNCTIONAL_CALLS): on x.permute(0, 3, 2, 1)
+    of a (1, 1, 4, 6) x, torch 2.13's eval-mode batch_norm returns an input gradient that finite differences
+    refute (a random network found it). Ours is the finite-difference one, and PyTorch's on a contiguous copy."""
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((1, 1, 4, 6)), rng.standard_normal((1, 6, 4, 1))
+    mean, var = rng.standard_normal(6), rng.uniform(0.5, 2, 6)
+
+    def loss(t):
+        return (TF.batch_norm(t.permute(0, 3, 2, 1), tg.tensor(mean), tg.tensor(var), training=False)
+                * tg.tensor(g)).sum()
+    xo = tg.tensor(x, requires_grad=True)
+    loss(xo).backward()
+    eps, fd = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = eps
+        fd[i] = (loss(tg.tensor(x + step)).item() - loss(tg.tensor(x - step)).item()) / (2 * eps)
+    np.testing.assert_allclose(xo.grad.numpy(), fd, rtol=1e-6, atol=1e-8)
+    xt = torch.tensor(x, requires_grad=True)
+    (_F().batch_norm(xt.permute(0, 3, 2, 1).contiguous(), torch.tensor(mean), torch.tensor(var), training=False)
+     * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
 
 
 def test_open_bugs_have_reproducers():
