@@ -10,4 +10,5 @@ from .losses import KLDivLoss, SmoothL1Loss, HuberLoss  # noqa: E402
 from .layers import SyncBatchNorm
 from . import parallel
 from .layers import Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Upsample  # noqa: E402
+from .layers import ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, CircularPad2d  # noqa: E402
 from .layers import GELU, SiLU, Mish, LogSigmoid, Softsign, SELU, CELU, Hardtanh, ReLU6, Hardsigmoid

@@ -697,6 +697,65 @@ class Upsample(Module):
         return f"size={self.size!r}, mode={self.mode!r}"
 
 
+class _Pad2d(Module):
+    """What the 2-D padding layers share (``F.pad`` of the last two axes, (N, C, H, W) or (C, H, W)): ``padding``
+    an int or (left, right, top, bottom), as torch.nn's."""
+    mode = "constant"
+
+    def __init__(self, padding):
+        super().__init__()
+        name = type(self).__name__
+        widths = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+        if len(widths) != 4 or not all(isinstance(w, int) for w in widths):
+            raise ValueError(f"{name}: padding must be an int or 4 ints (left, right, top, bottom), got {padding!r}")
+        self.padding = widths
+
+    def forward(self, input):
+        return F.pad(input, self.padding, self.mode)
+
+    def extra_repr(self):
+        return f"{self.padding}"
+
+
+class ConstantPad2d(_Pad2d):
+    """Pads the last two axes with ``value``, as ``torch.nn.ConstantPad2d``."""
+
+    def __init__(self, padding, value):
+        super().__init__(padding)
+        self.value = float(value)
+
+    def forward(self, input):
+        return F.pad(input, self.padding, "constant", self.value)
+
+    def extra_repr(self):
+        return f"padding={self.padding}, value={self.value}"
+
+
+class ZeroPad2d(ConstantPad2d):
+    """Pads the last two axes with zeros, as ``torch.nn.ZeroPad2d``."""
+
+    def __init__(self, padding):
+        super().__init__(padding, 0.0)
+
+    def extra_repr(self):
+        return f"{self.padding}"
+
+
+class ReflectionPad2d(_Pad2d):
+    """Pads the last two axes with their reflection (the edge not repeated), as ``torch.nn.ReflectionPad2d``."""
+    mode = "reflect"
+
+
+class ReplicationPad2d(_Pad2d):
+    """Pads the last two axes with copies of the edge, as ``torch.nn.ReplicationPad2d``."""
+    mode = "replicate"
+
+
+class CircularPad2d(_Pad2d):
+    """Pads the last two axes with the other side's values (wrapping around), as ``torch.nn.CircularPad2d``."""
+    mode = "circular"
+
+
 # ---- more activations (constructor arguments and reprs as torch.nn) -------------------------------------------------
 def _inplace_repr(inplace):
     return "inplace=True" if inplace else ""
