@@ -13,30 +13,24 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import tinygen as tg
 from tinygen.backend import cuda_standin
-from test_differential_torch import ENTRIES, GRAPHS, NETWORK_ENTRIES, build_graph
+from test_differential_torch import ENTRIES, GRAPHS, NETWORK_ENTRIES, build_graph, evaluate
 
 CALLS = 3  # the recording call, then two replays
 
 
-def _evaluate(program, leaves, device):
-    """The graph's nodes, with ``leaves`` (in program order) as its leaf tensors."""
-    from test_differential_torch import CALLS as OPS
-    from op_specs import as_tuple
-    nodes, it = [], iter(leaves)
-    for ins in program:
-        kind = ins[0]
-        if kind == "leaf":
-            t = next(it)
-        elif kind == "const":
-            t = tg.tensor(ins[1], device=device)
-        elif kind == "squash":
-            _, src, c, r, width = ins
-            t = ((nodes[src] - c) * (1.0 / width)).tanh() * r + c
-        else:
-            _, name, args, kwargs, k = ins
-            t = as_tuple(OPS[name][0](*[None if a is None else nodes[a] for a in args], **kwargs))[k]
-        nodes.append(t)
-    return nodes
+class _HeldLeaves:
+    """test_differential_torch's library interface (for ``evaluate``): tinygen ops, with the graph's leaves the
+    given tensors (in program order) and its constants on ``device``."""
+    name = "tinygen"
+
+    def __init__(self, leaves, device):
+        self.leaves, self.device = iter(leaves), device
+
+    def leaf(self, a, dtype):  # noqa: ARG002 - the held tensor, as it is
+        return next(self.leaves)
+
+    def const(self, a, dtype):  # noqa: ARG002 - float64, as the leaves
+        return tg.tensor(a, device=self.device)
 
 
 def _step_of(graph, leaves, second_order, device):
@@ -44,7 +38,7 @@ def _step_of(graph, leaves, second_order, device):
     weights = [tg.tensor(w, device=device) for w in graph.weights]
 
     def step():
-        out = _evaluate(graph.program, leaves, device)[-1]
+        out = evaluate(graph.program, _HeldLeaves(leaves, device), np.float64)[0][-1]
         if second_order:
             grads = tg.grad([out], leaves, [upstream], create_graph=True, allow_unused=True)
             terms = [(g * w).sum() for g, w in zip(grads, weights) if g is not None and g.requires_grad]

@@ -178,7 +178,7 @@ def evaluate(program, lib, dtype):
             t = ((nodes[src] - c) * (1.0 / width)).tanh() * r + c
         else:
             _, name, args, kwargs, k = ins
-            fn = CALLS[name][0 if lib is TinygenLib else 1]
+            fn = CALLS[name][0 if lib.name == "tinygen" else 1]
             t = as_tuple(fn(*[None if a is None else nodes[a] for a in args], **kwargs))[k]
         nodes.append(t)
     return nodes, leaves

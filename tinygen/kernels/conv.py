@@ -42,6 +42,12 @@ def conv_out_size(size, kernel, stride, pad_total, dilation):
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def conv_transpose_out_size(size, kernel, stride, pad, dilation, output_padding=0):
+    """Output length of a transposed convolution: (size - 1) * stride - 2 * pad + dilation * (kernel - 1) +
+    output_padding + 1."""
+    return (size - 1) * stride - 2 * pad + dilation * (kernel - 1) + output_padding + 1
+
+
 def pool_out_size(size, kernel, stride, pad, dilation, ceil_mode):
     """PyTorch's pooling output length: with ceil_mode, a last window must start inside the input or the left
     padding."""

@@ -9,6 +9,8 @@ from .. import distributed as _distributed
 from .. import dtypes
 from ..capture import replayed
 from .._checks import check_int, check_probability, check_real, is_int
+from ..kernels.conv import conv_transpose_out_size
+from ..ops.conv import _conv_padding
 from ..ops.sync_batch_norm import sync_batch_norm as _sync_batch_norm
 from ..tensor import get_default_dtype, zeros
 from . import functional as F
@@ -570,16 +572,10 @@ class Conv2d(_ConvNd):
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _pad_widths(self):
-        """F.pad's (left, right, top, bottom) for this layer's padding ('same': the total d * (k - 1) split as
-        PyTorch splits it, the smaller half first)."""
-        if self.padding == "valid":
-            return (0, 0, 0, 0)
-        if self.padding == "same":
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            (th, tw) = totals
-            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-        ph, pw = self.padding
-        return (pw, pw, ph, ph)
+        """F.pad's (left, right, top, bottom) for this layer's padding, split as F.conv2d splits it."""
+        (top, bottom), (left, right) = _conv_padding(type(self).__name__, self.padding, self.kernel_size,
+                                                     self.stride, self.dilation)
+        return (left, right, top, bottom)
 
 
 class ConvTranspose2d(_ConvNd):
@@ -609,8 +605,8 @@ class ConvTranspose2d(_ConvNd):
             raise ValueError(f"ConvTranspose2d: output_size must have 2 or {input.ndim} elements (got {len(size)})")
         pads = []
         for a in (0, 1):
-            smallest = ((input.shape[input.ndim - 2 + a] - 1) * self.stride[a] - 2 * self.padding[a]
-                        + self.dilation[a] * (self.kernel_size[a] - 1) + 1)
+            smallest = conv_transpose_out_size(input.shape[input.ndim - 2 + a], self.kernel_size[a], self.stride[a],
+                                               self.padding[a], self.dilation[a])
             if not smallest <= size[a] <= smallest + self.stride[a] - 1:
                 raise ValueError(f"ConvTranspose2d: requested an output size of {list(size)}, but valid sizes range "
                                  f"from {smallest} to {smallest + self.stride[a] - 1} (for an input of "

@@ -321,8 +321,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                          f"output_padding=({oph}, {opw}), stride={stride}, dilation={dilation}")
     kh, kw = weight.shape[2:]
     h, w = x.shape[2:]
-    out_hw = ((h - 1) * stride[0] - 2 * ph + dilation[0] * (kh - 1) + oph + 1,
-              (w - 1) * stride[1] - 2 * pw + dilation[1] * (kw - 1) + opw + 1)
+    out_hw = (_conv.conv_transpose_out_size(h, kh, stride[0], ph, dilation[0], oph),
+              _conv.conv_transpose_out_size(w, kw, stride[1], pw, dilation[1], opw))
     if min(out_hw) <= 0:
         raise ValueError(f"{fn}: Given input size per channel: ({h} x {w}). Calculated output size per channel: "
                          f"({out_hw[0]} x {out_hw[1]}). Output size is too small")

@@ -560,10 +560,9 @@ def pad(input, pad, mode="constant", value=None):
         if mode == "constant":
             x = _constant_pad(x, d, before, after, 0.0 if value is None else value)
             continue
-        if mode == "circular" and min(before, after) < 0:  # PyTorch crops first, then wraps what is left
-            lo, hi = max(-before, 0), size - max(-after, 0)
-            x = narrow(x, d, min(lo, size), max(hi - lo, 0))
-            before, after, size = max(before, 0), max(after, 0), max(hi - lo, 0)
+        if mode == "circular":  # PyTorch crops first, then wraps what is left
+            x, before, after = _crop(x, d, before, after)
+            size = x.data.shape[d]
         most = {"reflect": size - 1, "circular": size}.get(mode)  # replicate: any width
         if (most is not None and max(before, after) > most) or before + size + after <= 0:
             limit = f" at most {most} for an axis of size {size}" if most is not None else ""
@@ -575,14 +574,20 @@ def pad(input, pad, mode="constant", value=None):
     return x
 
 
+def _crop(x, d, before, after):
+    """x cut by the negative widths along ``d`` (nothing when neither is), and the widths left to pad."""
+    if min(before, after) >= 0:
+        return x, before, after
+    size = x.data.shape[d]
+    lo, hi = max(-before, 0), size - max(-after, 0)
+    return narrow(x, d, min(lo, size), max(hi - lo, 0)), max(before, 0), max(after, 0)
+
+
 def _constant_pad(x, d, before, after, value):
     size = x.data.shape[d]
     if before + size + after < 0:
         raise ValueError(f"pad: the widths ({before}, {after}) leave a negative size for dim {d} of size {size}")
-    if min(before, after) < 0:  # a crop first
-        lo, hi = max(-before, 0), size - max(-after, 0)
-        x = narrow(x, d, min(lo, size), max(hi - lo, 0))
-        before, after = max(before, 0), max(after, 0)
+    x, before, after = _crop(x, d, before, after)
     if not (before or after):
         return x
     blocks = []

@@ -28,8 +28,8 @@ from .losses import (LOSSES, GANLoss, discriminator_loss, generator_loss, get_lo
 from .models import (ARCHS, Discriminator, FlatDCGANGenerator, Generator, PYTORCH_GAN,  # noqa: F401
                      build_discriminator, build_generator)
 from .trainer import (BASE, DATASETS, NAME, PRESETS, TOY, OPTIMIZERS, LR_DECAYS, EMA, evaluate_samples,  # noqa: F401
-                      DCGAN_ONLY, MLP_ONLY, generator_from_checkpoint, make_config, other_arch_error,
-                      other_arch_settings, resolve_data, sample, save_samples_picture, train_gan)
+                      DCGAN_ONLY, MLP_ONLY, generator_from_checkpoint, make_config, resolve_data, sample,
+                      save_samples_picture, train_gan)
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
