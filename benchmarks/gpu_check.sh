@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, one command for a machine with an NVIDIA GPU and CuPy, PyTorch and Numba installed (no network
-# needed); it finishes in under five minutes:
+# needed); it finishes in about seven minutes:
 #
 #     bash benchmarks/gpu_check.sh              # from anywhere; results in $OUT, else ./gpu-check-out
 #     bash benchmarks/gpu_check.sh --standin    # no GPU: the same steps on the CPU stand-in for CuPy (a dry run)
@@ -10,10 +10,13 @@
 #   tests       the test suite's device tests ("device or cuda") on real CuPy: the `device` fixture and the
 #               whole-model tests (tests/test_models_on_device.py) use the GPU when CuPy finds one
 #   gan-mnist   `tinygen train gan --device cuda` (PyTorch-GAN preset, a few hundred steps), then `tinygen sample`
+#   dcgan       `tinygen train gan --device cuda` (the default: the conditional DCGAN), then `tinygen eval`
 #   gan-ring    `tinygen train gan --data ring --loss wgan-gp --device cuda` (double backward on the GPU), `eval`
 #   vae         `tinygen train vae --device cuda --epochs 1`, then `tinygen eval` (ELBO and IWAE bound)
-#   throughput  benchmarks/gpu_throughput.py: VAE and PyTorch-GAN steps at batch 64/256/1024, tinygen on CuPy
-#               against PyTorch on CUDA, after a check that both compute the same losses
+#   throughput  benchmarks/gpu_throughput.py: the models of `python -m benchmarks` (MLP with SGD and with Adam,
+#               VAE, PyTorch-GAN's GAN, DCGAN) at batch 64/256/1024: tinygen on CuPy, eager and through
+#               tinygen.compile, against PyTorch eager on CUDA, after a check that all compute the same losses
+#   compiled    tinygen.compile's steps against torch.compile(mode="reduce-overhead") at batch 256 ($OUT/compiled)
 # MNIST: $TINYGEN_DATA, else ../shared/data/mnist beside the checkout; without the training set the GAN uses the
 # bundled test split and the VAE a folder that serves the bundled test split as its training set (smoke runs).
 # Prints a summary; exits 1 if any step failed or timed out, 2 if there is no GPU (without --standin).
@@ -43,7 +46,7 @@ if [ "$STANDIN" = 1 ]; then
     export TINYGEN_CUDA_STANDIN=1
 fi
 
-DEADLINE="${GPU_CHECK_SECONDS:-270}"  # for all steps; leaves room for the kill grace and the summary
+DEADLINE="${GPU_CHECK_SECONDS:-420}"  # for all steps; leaves room for the kill grace and the summary
 START=$SECONDS
 STEP_END=0
 STEPS=()
@@ -140,7 +143,7 @@ EOF
 }
 
 echo "tinygen GPU check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), output in $OUT"
-if ! step env 240 env_report; then
+if ! step env 390 env_report; then
     if [ "$STANDIN" = 0 ]; then
         echo
         echo "gpu_check.sh: no usable GPU for tinygen (see above); run with --standin for a dry run without one" >&2
@@ -175,25 +178,32 @@ else
 fi
 
 # ---- the test suite's device tests -----------------------------------------------------------------------------------
-step tests 135 bounded "$PY" -m pytest -q -k "device or cuda" -p no:cacheprovider --maxfail=25 \
+step tests 285 bounded "$PY" -m pytest -q -k "device or cuda" -p no:cacheprovider --maxfail=25 \
     --junitxml="$OUT/tests.xml" tests
 
 # ---- short trainings through the command line ------------------------------------------------------------------------
-rm -rf "$OUT/gan-mnist" "$OUT/gan-ring" "$OUT/vae"
+rm -rf "$OUT/gan-mnist" "$OUT/dcgan" "$OUT/gan-ring" "$OUT/vae"
 gan_mnist() {
     bounded "$PY" -m tinygen train gan --device cuda --preset pytorch-gan --steps "$GAN_STEPS" --n-train 6400 \
         --eval-samples 500 --log-every 50 --out "$OUT/gan-mnist" --quiet "${GAN_DATA[@]}" &&
     bounded "$PY" -m tinygen sample "$OUT/gan-mnist/checkpoint.npz" --n 64 --device cuda \
         --out "$OUT/gan-mnist/cli_samples.png"
 }
-step gan-mnist 100 gan_mnist
+step gan-mnist 265 gan_mnist
+
+dcgan() {  # the README's main job (the conditional DCGAN, convolutions through cuDNN or im2col + cuBLAS), shortened
+    bounded "$PY" -m tinygen train gan --device cuda --steps "$GAN_STEPS" --n-train 6400 --eval-samples 500 \
+        --log-every 50 --out "$OUT/dcgan" --quiet "${GAN_DATA[@]}" &&
+    bounded "$PY" -m tinygen eval "$OUT/dcgan/checkpoint.npz" --json --n 1000 --device cuda
+}
+step dcgan 240 dcgan
 
 gan_ring() {
     bounded "$PY" -m tinygen train gan --device cuda --data ring --loss wgan-gp --steps "$RING_STEPS" \
         --eval-samples 1000 --out "$OUT/gan-ring" --quiet &&
     bounded "$PY" -m tinygen eval "$OUT/gan-ring/checkpoint.npz" --json --n 2000 --device cuda
 }
-step gan-ring 75 gan_ring
+step gan-ring 225 gan_ring
 
 vae() {
     bounded "$PY" -m tinygen train vae --device cuda --epochs 1 --batch-size 128 --data "$VAE_DATA" \
@@ -202,14 +212,21 @@ vae() {
         --data "$VAE_DATA" &&
     bounded "$PY" -m tinygen sample "$OUT/vae/checkpoint.npz" --n 64 --device cuda --out "$OUT/vae/cli_samples.png"
 }
-step vae 50 vae
+step vae 200 vae
 
 # ---- throughput: tinygen on CuPy against PyTorch on CUDA -------------------------------------------------------------
-THROUGHPUT_ARGS=(--out "$OUT" --seconds 0.3 --repeats 3 --warmup 5 --require-gpu)
+# every model of `python -m benchmarks`, tinygen eager and compiled against PyTorch eager; then the compiled steps
+# against torch.compile(mode="reduce-overhead") at one batch size (its compilations take tens of seconds each)
+THROUGHPUT_ARGS=(--seconds 0.3 --repeats 3 --warmup 5 --require-gpu)
+COMPILE_ARGS=(--batch-sizes 256 --seconds 0.3 --repeats 3 --warmup 5 --require-gpu)
 if [ "$STANDIN" = 1 ]; then
-    THROUGHPUT_ARGS=(--out "$OUT" --dry-run)
+    THROUGHPUT_ARGS=(--dry-run --batch-sizes 4)
+    COMPILE_ARGS=(--dry-run --batch-sizes 4 --models mlp)
 fi
-step throughput 0 bounded "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT_ARGS[@]}"
+step throughput 75 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT" \
+    --frameworks tinygen,tinygen-compiled,torch "${THROUGHPUT_ARGS[@]}"
+step compiled 0 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled" --no-check \
+    --frameworks tinygen-compiled,torch-compile "${COMPILE_ARGS[@]}"
 
 # ---- summary ---------------------------------------------------------------------------------------------------------
 {
@@ -225,12 +242,15 @@ step throughput 0 bounded "$PY" benchmarks/gpu_throughput.py "${THROUGHPUT_ARGS[
     echo
     [ -f "$OUT/tests.log" ] && echo "tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -1)"
     [ -f "$OUT/gan-mnist/metrics.jsonl" ] && echo "gan-mnist, last epoch: $(tail -1 "$OUT/gan-mnist/metrics.jsonl")"
+    [ -f "$OUT/dcgan.log" ] && echo "dcgan eval: $(grep -E '^\{' "$OUT/dcgan.log" | tail -1)"
     [ -f "$OUT/gan-ring.log" ] && echo "gan-ring eval: $(grep -E '^\{' "$OUT/gan-ring.log" | tail -1)"
     [ -f "$OUT/vae/metrics.jsonl" ] && echo "vae, epoch 1: $(tail -1 "$OUT/vae/metrics.jsonl")"
-    if [ -f "$OUT/gpu_throughput.md" ]; then
-        echo
-        cat "$OUT/gpu_throughput.md"
-    fi
+    for table in "$OUT/gpu_throughput.md" "$OUT/compiled/gpu_throughput.md"; do
+        if [ -f "$table" ]; then
+            echo
+            cat "$table"
+        fi
+    done
     echo
     if [ "$FAILED" = 0 ]; then
         echo "RESULT: all steps passed; outputs in $OUT"

@@ -78,7 +78,11 @@ def _optimizer(optim, case, parameters):
 
 
 class Runner:
-    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True):
+    """One case's training step, ``step()``, on ``device`` ("cpu", or "cuda": CuPy or its CPU stand-in); the
+    weights are set on the CPU, then the modules are moved (``Module.to``), as a user's script does.
+    ``optimizers``: the step's optimizers."""
+
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True, device="cpu"):
         tg, nn, optim = _modules()
         F = nn.functional
         if os.environ.get("TINYGEN_NUMBA") == "1":
@@ -87,7 +91,8 @@ class Runner:
                 raise Skip(f"n/a: {why}")
         tg.manual_seed(seed)
         model = CASES[case]["model"]
-        fixed = None if noise is None else tg.tensor(noise)
+        fixed = None if noise is None else tg.tensor(noise, device=device)
+        self.device = device
 
         if model == "mlp":
             mods = []
@@ -95,9 +100,10 @@ class Runner:
                 mods.append(_linear(nn, params, name, fi, fo))
                 if i < len(MLP_LAYERS) - 1:
                     mods.append(nn.ReLU())
-            net = nn.Sequential(*mods)
+            net = nn.Sequential(*mods).to(device)
             opt = _optimizer(optim, case, net.parameters())
-            x, y = tg.tensor(data["x"]), tg.tensor(data["y"])
+            self.optimizers = (opt,)
+            x, y = tg.tensor(data["x"], device=device), tg.tensor(data["y"], device=device)
 
             def step():
                 opt.zero_grad()
@@ -110,14 +116,17 @@ class Runner:
             fc1, fc21, fc22, fc3, fc4 = (_linear(nn, params, n, i, o) for n, i, o in
                                         [("fc1", 784, 400), ("fc21", 400, 20), ("fc22", 400, 20),
                                          ("fc3", 20, 400), ("fc4", 400, 784)])
+            for m in (fc1, fc21, fc22, fc3, fc4):
+                m.to(device)
             opt = _optimizer(optim, case, [p for m in (fc1, fc21, fc22, fc3, fc4) for p in m.parameters()])
-            x = tg.tensor(data["x"])
+            self.optimizers = (opt,)
+            x = tg.tensor(data["x"], device=device)
 
             def step():
                 opt.zero_grad()
                 h1 = fc1(x).relu()
                 mu, logvar = fc21(h1), fc22(h1)
-                eps = fixed if fixed is not None else tg.randn(batch, 20)
+                eps = fixed if fixed is not None else tg.randn(batch, 20, device=device)
                 z = mu + eps * (0.5 * logvar).exp()
                 logits = fc4(fc3(z).relu())
                 bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
@@ -160,13 +169,17 @@ class Runner:
     def _gan_step(self, tg, optim, F, case, batch, gen, dis, data, fixed, generate, discriminate):
         """One generator then one discriminator step (the gan and dcgan cases): generate(z) -> images,
         discriminate(images) -> (batch, 1) logits."""
+        device = self.device
+        gen.to(device)
+        dis.to(device)
         opt_g, opt_d = _optimizer(optim, case, gen.parameters()), _optimizer(optim, case, dis.parameters())
-        real = tg.tensor(data["x"])
-        valid, fake_t = tg.ones(batch, 1), tg.zeros(batch, 1)
+        self.optimizers = (opt_g, opt_d)
+        real = tg.tensor(data["x"], device=device)
+        valid, fake_t = tg.ones(batch, 1, device=device), tg.zeros(batch, 1, device=device)
         bce = F.binary_cross_entropy_with_logits
 
         def step():
-            z = fixed if fixed is not None else tg.randn(batch, LATENT)
+            z = fixed if fixed is not None else tg.randn(batch, LATENT, device=device)
             opt_g.zero_grad()
             imgs = generate(z)
             lg = bce(discriminate(imgs), valid)
@@ -180,17 +193,18 @@ class Runner:
         self._step = step
 
     def sync(self):
-        pass
+        import tinygen
+        tinygen.synchronize(self.device)
 
     @staticmethod
     def loss_value(loss):
         return [float(v.item()) for v in (loss if isinstance(loss, tuple) else (loss,))]
 
 
-def build(case, batch, params, data, seed=0, noise=None):
-    return Runner(case, batch, params, data, seed, noise)
+def build(case, batch, params, data, seed=0, noise=None, device="cpu"):
+    return Runner(case, batch, params, data, seed, noise, device=device)
 
 
-def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True):
+def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True, device="cpu"):
     """The same step through tinygen.compile (Numba kernels on; ``fuse``: tinygen.compile's fusion)."""
-    return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse)
+    return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse, device=device)

@@ -113,22 +113,33 @@ def _dcgan(torch, params):
 
 
 class Runner:
-    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False):
+    """One case's training step, ``step()``, on ``device`` ("cpu" or "cuda"); ``compile``: the forward and loss
+    through torch.compile with that mode ("default"; "reduce-overhead" replays CUDA graphs on a GPU)."""
+
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, device="cpu"):
         torch = _torch()
         F = torch.nn.functional
-        self.torch = torch
+        self.torch, self.device = torch, device
         torch.manual_seed(seed)
         model = CASES[case]["model"]
-        fixed = None if noise is None else torch.from_numpy(noise)
-        wrap = self._compile if compile else (lambda fn: fn)
+        fixed = None if noise is None else torch.from_numpy(noise).to(device)
+        mode = compile if isinstance(compile, str) else "default"
+        wrap = (lambda fn: self._compile(fn, mode)) if compile else (lambda fn: fn)
+        # CUDA graphs (reduce-overhead) reuse their output memory: each step is marked as a new iteration
+        mark = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+        begin = mark if compile and mode == "reduce-overhead" and device != "cpu" and mark else (lambda: None)
+
+        def on_device(array):
+            return torch.from_numpy(array).to(device)
 
         if model == "mlp":
-            net = _mlp(torch, params)
+            net = _mlp(torch, params).to(device)
             opt = _optimizer(torch, case, net.parameters())
-            x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
+            x, y = on_device(data["x"]), on_device(data["y"])
             loss_fn = wrap(lambda x, y: F.cross_entropy(net(x), y))
 
             def step():
+                begin()
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(x, y)
                 loss.backward()
@@ -136,9 +147,9 @@ class Runner:
                 return loss
 
         elif model == "vae":
-            net = _vae(torch, params)
+            net = _vae(torch, params).to(device)
             opt = _optimizer(torch, case, net.parameters())
-            x = torch.from_numpy(data["x"])
+            x = on_device(data["x"])
 
             def vae_loss(x, eps):
                 logits, mu, logvar = net(x, eps)
@@ -148,7 +159,8 @@ class Runner:
             loss_fn = wrap(vae_loss)
 
             def step():
-                eps = fixed if fixed is not None else torch.randn(batch, 20)
+                begin()
+                eps = fixed if fixed is not None else torch.randn(batch, 20, device=device)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(x, eps)
                 loss.backward()
@@ -162,10 +174,11 @@ class Runner:
                 dis = torch.nn.Sequential(conv_dis, torch.nn.Flatten(1))
             else:
                 gen, dis = _generator(torch, params), _discriminator(torch, params)
+            gen, dis = gen.to(device), dis.to(device)
             opt_g = _optimizer(torch, case, gen.parameters())
             opt_d = _optimizer(torch, case, dis.parameters())
-            real = torch.from_numpy(data["x"])
-            valid, fake_t = torch.ones(batch, 1), torch.zeros(batch, 1)
+            real = on_device(data["x"])
+            valid, fake_t = torch.ones(batch, 1, device=device), torch.zeros(batch, 1, device=device)
 
             def g_loss(z):
                 imgs = gen(z)
@@ -178,7 +191,8 @@ class Runner:
             g_fn, d_fn = wrap(g_loss), wrap(d_loss)
 
             def step():
-                z = fixed if fixed is not None else torch.randn(batch, LATENT)
+                begin()
+                z = fixed if fixed is not None else torch.randn(batch, LATENT, device=device)
                 opt_g.zero_grad(set_to_none=True)
                 lg, imgs = g_fn(z)
                 lg.backward()
@@ -191,11 +205,11 @@ class Runner:
 
         self.step = step
 
-    def _compile(self, fn):
+    def _compile(self, fn, mode="default"):
         torch = self.torch
         if not hasattr(torch, "compile"):
             raise Skip("this torch has no torch.compile")
-        compiled = torch.compile(fn)
+        compiled = torch.compile(fn, mode=mode)
 
         def call(*args):
             try:
@@ -205,16 +219,17 @@ class Runner:
         return call
 
     def sync(self):
-        pass
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
 
     @staticmethod
     def loss_value(loss):
         return [float(v.detach()) for v in (loss if isinstance(loss, tuple) else (loss,))]
 
 
-def build(case, batch, params, data, seed=0, noise=None):
-    return Runner(case, batch, params, data, seed, noise)
+def build(case, batch, params, data, seed=0, noise=None, device="cpu"):
+    return Runner(case, batch, params, data, seed, noise, device=device)
 
 
-def build_compiled(case, batch, params, data, seed=0, noise=None):
-    return Runner(case, batch, params, data, seed, noise, compile=True)
+def build_compiled(case, batch, params, data, seed=0, noise=None, device="cpu", mode="default"):
+    return Runner(case, batch, params, data, seed, noise, compile=mode, device=device)

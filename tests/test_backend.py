@@ -38,6 +38,33 @@ def test_standin_env_switch(monkeypatch):
         backend._modules.pop("cuda", None)
 
 
+def test_synchronize_waits_on_cupy_only(monkeypatch):
+    # nothing to wait for on the CPU, the stand-in, or before CUDA was used (and no CuPy import then)
+    monkeypatch.delitem(backend._modules, "cuda", raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    tg.synchronize()
+    tg.synchronize("cpu")
+    with backend.cuda_standin():
+        tg.synchronize("cuda:0")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        tg.synchronize("tpu")
+    waited = []
+
+    class FakeDevice:  # what synchronize calls on a real CuPy
+        def synchronize(self):
+            waited.append(True)
+
+    class FakeCupy:
+        class cuda:  # noqa: N801 - CuPy's name
+            pass
+    FakeCupy.cuda.Device = FakeDevice
+    monkeypatch.setitem(backend._modules, "cuda", FakeCupy)
+    tg.synchronize("cpu")
+    assert not waited
+    tg.synchronize("cuda")
+    assert waited == [True]
+
+
 @pytest.fixture
 def standin():
     with backend.cuda_standin() as xp:

@@ -495,19 +495,57 @@ def test_device_generator_draws_on_the_device(cuda):
 
 # ---- the GPU check's scripts (benchmarks/gpu_throughput.py, benchmarks/gpu_check.sh) -------------------------------
 def test_gpu_throughput_script_runs(cuda, tmp_path, capsys):
-    # without a GPU "cuda" is the stand-in here, so this checks the script's flow; tinygen only, against the CPU
+    # without a GPU "cuda" is the stand-in here, so this checks the script's flow: the benchmark's models built by
+    # benchmarks/models_tinygen.py on the device, eager and compiled, checked against tinygen on the CPU
     from benchmarks import gpu_throughput
-    rc = gpu_throughput.main(["--dry-run", "--models", "vae", "--batch-sizes", "4", "--frameworks", "tinygen",
-                              "--out", str(tmp_path)])
+    rc = gpu_throughput.main(["--dry-run", "--models", "vae,dcgan", "--batch-sizes", "4",
+                              "--frameworks", "tinygen,tinygen-compiled", "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().out
     result = json.loads((tmp_path / "gpu_throughput.json").read_text())
-    assert result["checks"]["vae"]["ok"] and result["checks"]["vae"]["against"] == "tinygen-cpu"
-    (row,) = result["rows"]
-    assert row["batch"] == 4 and row["results"]["tinygen"]["samples_per_s"] > 0
-    assert "| vae | 4 |" in (tmp_path / "gpu_throughput.md").read_text()
+    for model in ("vae", "dcgan"):
+        for name in ("tinygen", "tinygen-compiled"):
+            check = result["checks"][model][name]
+            assert check["ok"] and check["against"] == "tinygen-cpu", (model, name, check)
+            assert len(check["losses"]) == gpu_throughput.CHECK_STEPS * (1 if model == "vae" else 2)
+    assert [(r["model"], r["batch"]) for r in result["rows"]] == [("vae", 4), ("dcgan", 4)]
+    for row in result["rows"]:
+        assert all(row["results"][name]["samples_per_s"] > 0 for name in ("tinygen", "tinygen-compiled"))
+    text = (tmp_path / "gpu_throughput.md").read_text()
+    assert "| dcgan | 4 |" in text and "torch-compile: skipped (not asked for" in text
+    assert " / torch" not in text  # no ratio without its two columns
     with pytest.raises(SystemExit):
         gpu_throughput.main(["--models", "resnet"])
     assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_throughput.main(["--frameworks", "jax"])
+    assert "unknown framework" in capsys.readouterr().err
+
+
+def test_gpu_throughput_checks_against_pytorch_and_fails_on_a_difference(cuda, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from benchmarks import gpu_throughput, models_tinygen
+    rc = gpu_throughput.main(["--dry-run", "--models", "mlp", "--batch-sizes", "4",
+                              "--frameworks", "tinygen-compiled,torch", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    result = json.loads((tmp_path / "gpu_throughput.json").read_text())
+    check = result["checks"]["mlp"]["tinygen-compiled"]
+    assert check["ok"] and check["against"] in ("torch (CPU)", "torch-cuda") and check["max_rel_diff"] < 1e-5
+    assert "| tinygen-compiled / torch |" in (tmp_path / "gpu_throughput.md").read_text()
+    # a step that computes something else (the learning rate doubled) fails the check and the exit code
+    original = models_tinygen.build_compiled
+
+    def wrong(*args, **kwargs):
+        runner = original(*args, **kwargs)
+        for group in runner.optimizers[0].param_groups:
+            group["lr"] *= 2
+        return runner
+    monkeypatch.setattr(models_tinygen, "build_compiled", wrong)
+    rc = gpu_throughput.main(["--dry-run", "--models", "mlp", "--batch-sizes", "4",
+                              "--frameworks", "tinygen-compiled,torch", "--out", str(tmp_path)])
+    assert rc == 1
+    check = json.loads((tmp_path / "gpu_throughput.json").read_text())["checks"]["mlp"]["tinygen-compiled"]
+    assert not check["ok"] and check["max_rel_diff"] > gpu_throughput.CHECK_RTOL
+    assert "mlp, tinygen-compiled" in (tmp_path / "gpu_throughput.md").read_text()
 
 
 def test_gpu_check_script_parses():

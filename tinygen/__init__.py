@@ -21,7 +21,7 @@ from .ops import (add, sub, mul, div, pow, neg, lt, le, gt, ge, eq, ne, logical_
 from .ops import (square, rsqrt, reciprocal, log1p, expm1, log2, exp2, erf, sign, sinh, cosh, atan, atan2, hypot,
                   logaddexp, xlogy, clamp_min, clamp_max, rsub, selu, celu)
 from .random import manual_seed, randn, rand, randint, randperm, randn_like, rand_like, normal, bernoulli
-from .backend import is_available
+from .backend import is_available, synchronize
 from .kernels.threads import set_num_threads, get_num_threads
 from . import viz
 from .serialization import save, load

@@ -64,6 +64,15 @@ def is_available(device="cuda"):
         return False
 
 
+def synchronize(device="cuda"):
+    """Wait until the work queued on ``device`` has finished (as ``torch.cuda.synchronize``): CuPy's kernels run
+    asynchronously, so a timer stopped without this measures only the launches. Nothing to wait for on the CPU,
+    on the stand-in, or before a CUDA tensor has been made."""
+    xp = _modules.get(normalize_device(device))
+    if xp is not None and xp is not np and xp is not standin:
+        xp.cuda.Device().synchronize()
+
+
 def device_of(array):
     """Which device an array lives on."""
     return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
