@@ -1280,6 +1280,102 @@ def test_in_chunks_runs_a_chunk_its_thread_has_not_started():
     assert sorted(ran) == [(0, 50), (50, 100)]
 
 
+@pytest.mark.parametrize("batch, width, paired", [(16, 784, True), (32, 512, True), (33, 784, False),
+                                                  (16, 100, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mm_pair_runs_a_small_batchs_two_gradient_products_at_once(monkeypatch, batch, width, paired, dtype):
+    """A layer's input and weight gradients (g @ W, g.T @ x) run at once, each on one BLAS thread, when the batch
+    has at most PAIR_MAX_ROWS rows and each product PAIR_MIN multiply-adds (784 wide: 9.8M at batch 16; 100 wide:
+    160k); never on one tinygen thread or with the setting at 0. Either way each result is the product, and the
+    CPU stand-in takes the same route (the same bits)."""
+    pairs = []
+    real = kthreads.run_pair
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(26)
+    g, w, x = randn(rng, (batch, width), dtype), randn(rng, (width, 640), dtype), randn(rng, (batch, 640), dtype)
+    gx, gw = gemm.mm_pair(g, w, g.T, x)
+    can_set_blas = bool(kthreads._find_numpy_blas())
+    assert len(pairs) == (1 if paired and can_set_blas else 0)
+    assert gx.flags.c_contiguous and gw.flags.c_contiguous and gx.dtype == gw.dtype == dtype
+    close(gx, g @ w, dtype)
+    close(gw, g.T @ x, dtype)
+    st = standin.asarray
+    sgx, sgw = gemm.mm_pair(st(g), st(w), st(g).T, st(x))
+    same(sgx.get(), gx)
+    same(sgw.get(), gw)
+    pairs.clear()
+    for setting, threads in ((0, 2), (gemm.PAIR_MAX_ROWS, 1)):  # switched off; one thread
+        monkeypatch.setattr(gemm, "PAIR_MAX_ROWS", setting)
+        monkeypatch.setattr(kthreads, "get_num_threads", lambda n=threads: n)
+        one_by_one = gemm.mm_pair(g, w, g.T, x)
+        same(one_by_one[0], gemm.mm(g, w))
+        same(one_by_one[1], gemm.mm(g.T, x))
+    assert pairs == []
+
+
+def test_linear_backward_pairs_its_products_and_matches_torch(monkeypatch):
+    """nn.Linear's plain backward at a small batch takes mm_pair's route (the 784 -> 512 layer of the benchmark's
+    MLP at batch 16); its gradients are PyTorch's, and a compiled step gives eager's bits."""
+    torch = pytest.importorskip("torch")
+    import tinygen as tg
+    pairs = []
+    real = kthreads.run_pair
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(27)
+    x, b = randn(rng, (16, 784), np.float32), randn(rng, (512,), np.float32)
+    w = (randn(rng, (512, 784), np.float64) / 28).astype(np.float32)  # PyTorch's init scale: tanh not saturated
+    layer = tg.nn.Linear(784, 512)
+    layer.load_state_dict({"weight": tg.tensor(w), "bias": tg.tensor(b)})
+    xt = tg.tensor(x, requires_grad=True)
+    (layer(xt).tanh() * 0.5).sum().backward()
+    assert len(pairs) == (1 if kthreads._find_numpy_blas() else 0)
+    ref_layer = torch.nn.Linear(784, 512)
+    with torch.no_grad():
+        ref_layer.weight.copy_(torch.from_numpy(w))
+        ref_layer.bias.copy_(torch.from_numpy(b))
+    xr = torch.from_numpy(x).requires_grad_()
+    (ref_layer(xr).tanh() * 0.5).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), xr.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), ref_layer.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+    eager = (xt.grad.numpy().copy(), layer.weight.grad.numpy().copy())
+
+    def step(inp):
+        (layer(xt).tanh() * 0.5).sum().backward()
+        return inp
+
+    compiled = tg.compile(step)
+    for _ in range(3):  # records, then replays
+        xt.grad = layer.weight.grad = layer.bias.grad = None
+        compiled(tg.tensor(x))
+        same(xt.grad.numpy(), eager[0])
+        same(layer.weight.grad.numpy(), eager[1])
+    assert compiled.replays == 2
+
+
+def test_run_pair_runs_the_second_call_itself_when_its_thread_is_busy():
+    """As in_chunks: a pool thread that has not started its call by the time the first one is done (blocked here;
+    on a loaded machine, without a core) does not hold the caller; an error in either call reaches the caller."""
+    import threading
+    kthreads.run_pair(lambda: None, lambda: None)  # the pool exists
+    pool = kthreads._pools[1]
+    release = threading.Event()
+    blocker = pool.submit(release.wait, 30)
+    try:
+        where = kthreads.run_pair(threading.get_ident, threading.get_ident)
+        assert where == (threading.get_ident(), threading.get_ident())
+    finally:
+        release.set()
+        blocker.result()
+    assert kthreads.run_pair(lambda: 1, lambda: 2) == (1, 2)
+
+    def fails():
+        raise ValueError("in the pool")
+    with pytest.raises(ValueError, match="in the pool"):
+        kthreads.run_pair(lambda: None, fails)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("threadpoolctl") is None, reason="needs threadpoolctl")
 def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
     from threadpoolctl import threadpool_info, threadpool_limits

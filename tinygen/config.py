@@ -15,6 +15,9 @@
                                                   busy machine; 8388608 on 2 cores): below N
                                                   multiply-adds on one thread, above split by
                                                   tinygen
+    TINYGEN_MM_PAIR_MAX_ROWS    32                batch sizes up to which a layer's input and      kernels.gemm*
+                                                  weight gradient products run at once, each on
+                                                  one BLAS thread (0: one after the other)
     TINYGEN_CONV_PARALLEL_MIN   16777216 (1<<24)  elements from which the Numba im2col/col2im     kernels.conv_cpu*
                                                   copies split the batch over threads
     TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
@@ -63,6 +66,7 @@ SETTINGS = {
     "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 17, _count),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
+    "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 24, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),

@@ -7,6 +7,15 @@ Two cases are rewritten; the result is the same product, C-ordered like NumPy's:
     x @ W.T) at about half speed; written as (W @ x.T).T it runs at full speed. Below SWAP_MAX_ROWS rows (the
     setting TINYGEN_MM_SWAP_MAX_ROWS) and for weights of at least SWAP_MIN_SIZE elements, mm() takes that route and
     copies the few rows back.
+Two independent products go through ``mm_pair``: a layer's input and weight gradients, ``g @ W`` and ``g.T @ x``
+for the upstream gradient g of a batch. When the first has at most PAIR_MAX_ROWS rows (the setting
+TINYGEN_MM_PAIR_MAX_ROWS: a small batch, which is K of the weight gradient) and each has at least PAIR_MIN
+multiply-adds, they run at once on two of tinygen's threads, each on one BLAS thread: OpenBLAS keeps its two
+threads busy poorly on such products. On the 2-core machine of benchmarks/README.md a batch-16 layer's two gradient
+products took 0.25-0.66 ms as a pair against 0.41-0.81 ms one after the other (784 to 1024 units wide), and the
+benchmark's MLP step at batch 16 1.43 against 1.58 ms. At batch 64 the pair gained only for the widest layers and
+lost in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a pair), so larger batches run one
+after the other.
 Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
 a machine shared with other processes: threads.py says why), products from N multiply-adds are split by rows of the
 result (or of its transpose, when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool,
@@ -21,6 +30,8 @@ from ..backend import StandinArray, array_module_of
 from . import threads
 
 SWAP_MAX_ROWS = config.get("TINYGEN_MM_SWAP_MAX_ROWS")
+PAIR_MAX_ROWS = config.get("TINYGEN_MM_PAIR_MAX_ROWS")
+PAIR_MIN = 1 << 22  # multiply-adds; below, handing a product to a pool thread (~50 us) costs more than it saves
 SWAP_MIN_SIZE = 1 << 17
 _HOST = (np.ndarray, StandinArray)  # arrays whose BLAS is NumPy's
 
@@ -36,6 +47,27 @@ def mm(a, b):
     if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.char in "fd":
         return threads.on_one_blas_thread(_split, a, b)
     return _product(a, b)  # a stack of large products: BLAS's own threads
+
+
+def mm_pair(a1, b1, a2, b2):
+    """``(a1 @ b1, a2 @ b2)``, two independent products, each as ``mm`` gives it: at once when a1 has at most
+    PAIR_MAX_ROWS rows, both are host float matrices of PAIR_MIN multiply-adds or more, and tinygen has two threads
+    or more; else one after the other."""
+    if (PAIR_MAX_ROWS and a1.ndim == 2 and a1.shape[0] <= PAIR_MAX_ROWS and _pairable(a1, b1) and _pairable(a2, b2)
+            and threads.get_num_threads() > 1):
+        return threads.on_one_blas_thread(_pair, a1, b1, a2, b2)
+    return mm(a1, b1), mm(a2, b2)
+
+
+def _pairable(a, b):
+    return (type(a) in _HOST and type(b) is type(a) and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype
+            and a.dtype.char in "fd" and a.shape[0] * a.shape[1] * b.shape[1] >= PAIR_MIN)
+
+
+def _pair(blas_threads, a1, b1, a2, b2):
+    if blas_threads is None:  # BLAS's threads cannot be set (no threadpoolctl): two calls would oversubscribe
+        return mm(a1, b1), mm(a2, b2)
+    return threads.run_pair(lambda: mm(a1, b1), lambda: mm(a2, b2))
 
 
 def _serial(blas_threads, a, b):  # noqa: ARG001 - BLAS is on one thread (or as it is, without threadpoolctl)

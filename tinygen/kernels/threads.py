@@ -137,6 +137,22 @@ def parallel_chunks(n, thread_count):
     return t if t > 1 else 0
 
 
+def _pool(t):
+    """The pool of t - 1 threads that, with the calling thread, runs work on t threads."""
+    pool = _pools.get(t - 1)
+    if pool is None:
+        pool = _pools[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-chunks")
+    return pool
+
+
+def run_pair(first, second):
+    """``(first(), second())``, two calls that release the GIL, at once: ``second`` on a pool thread, ``first`` on
+    the calling thread, which then runs ``second`` itself if its pool thread has not started it (a busy machine)."""
+    pending = _pool(2).submit(second)
+    a = first()
+    return a, (second() if pending.cancel() else pending.result())
+
+
 def in_chunks(fn, n, thread_count, min_size=None, align=1):
     """Run ``fn(lo, hi)`` over [0, n): one chunk per thread (``thread_count()`` of them, chunk bounds multiples of
     ``align``) from ``min_size`` (default UFUNC_PARALLEL_MIN) elements, else one call on the calling thread. The
@@ -148,9 +164,7 @@ def in_chunks(fn, n, thread_count, min_size=None, align=1):
     if t < 2:
         fn(0, n)
         return
-    pool = _pools.get(t - 1)
-    if pool is None:
-        pool = _pools[t - 1] = ThreadPoolExecutor(t - 1, thread_name_prefix="tinygen-chunks")
+    pool = _pool(t)
     per_thread = -(-n // t)
     step = -(-per_thread // align) * align  # rounded up to a multiple of align
     parts = [(pool.submit(fn, lo, min(n, lo + step)), lo) for lo in range(step, n, step)]

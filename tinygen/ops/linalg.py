@@ -1,6 +1,6 @@
 """Matrix products."""
 from ..autograd.function import Function
-from ..kernels.gemm import mm  # noqa: F401 - the array-level product (operand choices for BLAS live there)
+from ..kernels.gemm import mm, mm_pair  # noqa: F401 - the array-level products (BLAS's operand choices live there)
 from ..tensor import register, require_tensor
 
 

@@ -10,7 +10,7 @@ from ..autograd.function import Function
 from ..tensor import Tensor, _make, require_tensor
 from . import elementwise as _elementwise
 from .index import IndexAdd
-from .linalg import mm
+from .linalg import mm, mm_pair
 
 
 def _const(array, like):
@@ -56,13 +56,16 @@ class LinearFunction(Function):
 
 
 def _linear_grads_on_arrays(g2, x, w, need):
-    """The input and weight gradients of ``x @ W.T`` on arrays, from the upstream gradient as a 2-D array."""
-    gx = gw = None
-    if need[0] is not None:
-        gx = mm(g2, w)
-        gx = gx if gx.shape == x.shape else gx.reshape(x.shape)
-    if need[1] is not None:
-        gw = mm(g2.T, x if x.ndim == 2 else x.reshape(-1, x.shape[-1]))
+    """The input and weight gradients of ``x @ W.T`` on arrays, from the upstream gradient as a 2-D array (both
+    at once when both are needed: ``mm_pair``)."""
+    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    if need[0] is not None and need[1] is not None:
+        gx, gw = mm_pair(g2, w, g2.T, x2)
+    else:
+        gx = mm(g2, w) if need[0] is not None else None
+        gw = mm(g2.T, x2) if need[1] is not None else None
+    if gx is not None and gx.shape != x.shape:
+        gx = gx.reshape(x.shape)
     return gx, gw
 
 
