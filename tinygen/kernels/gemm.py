@@ -10,12 +10,14 @@ Two cases are rewritten; the result is the same product, C-ordered like NumPy's:
 Two independent products go through ``mm_pair``: a layer's input and weight gradients, ``g @ W`` and ``g.T @ x``
 for the upstream gradient g of a batch. When the first has at most PAIR_MAX_ROWS rows (the setting
 TINYGEN_MM_PAIR_MAX_ROWS: a small batch, which is K of the weight gradient) and each has at least PAIR_MIN
-multiply-adds, they run at once on two of tinygen's threads, each on one BLAS thread: OpenBLAS keeps its two
-threads busy poorly on such products. On the 2-core machine of benchmarks/README.md a batch-16 layer's two gradient
-products took 0.25-0.66 ms as a pair against 0.41-0.81 ms one after the other (784 to 1024 units wide), and the
-benchmark's MLP step at batch 16 1.43 against 1.58 ms. At batch 64 the pair gained only for the widest layers and
-lost in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a pair), so larger batches run one
-after the other.
+multiply-adds, they run at once on two of tinygen's threads, each on one BLAS thread, where OpenBLAS would run them
+one after the other on two threads it may keep busy poorly. What that gains depends on how well OpenBLAS's two
+threads do at that moment: on the 2-core virtual machine of benchmarks/README.md, whose two-thread products varied
+over one day (a batch-16 784 -> 512 layer's pair of products: 285-448 us one after the other, 252-312 us at once),
+whole compiled steps at batch 16 (alternating rounds in one process, five times that day) were 1.00-1.13x faster
+for the MLP, 1.05-1.14x with Adam, within 2% either way for the VAE and the GAN. At batch 64 the pair gained only
+for the widest layers and lost up to 4% in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a
+pair), so larger batches run one after the other.
 Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
 a machine shared with other processes: threads.py says why), products from N multiply-adds are split by rows of the
 result (or of its transpose, when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool,
