@@ -4,6 +4,7 @@
     python -m benchmarks.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
     python -m benchmarks.step_bench --profile        # cProfile of the step (kernels on), top functions
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
+    python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --pairs   # paired gradient products off/on
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -241,6 +242,31 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
     return statistics.median(plain), statistics.median(timed), {k: statistics.median(v) for k, v in parts.items()}
 
 
+def pairs_ab(case, batch, compiled=True, steps=30, rounds=10, clock=time.perf_counter):
+    """Per-step times of a benchmark model's step with a layer's two gradient products one after the other
+    (gemm.PAIR_MAX_ROWS = 0) and at once (its setting), in alternating rounds of one process: (off, on) lists."""
+    from tinygen.kernels import gemm
+    from . import models_tinygen
+    from .specs import CASES, init_params, make_data
+    model = CASES[case]["model"]
+    build = models_tinygen.build_compiled if compiled else models_tinygen.build
+    step = build(case, batch, init_params(model, 0), make_data(model, batch)).step
+    setting, times = gemm.PAIR_MAX_ROWS, {0: [], 1: []}
+    try:
+        for i in range(rounds + 1):
+            for on in ((0, 1) if i % 2 == 0 else (1, 0)):
+                gemm.PAIR_MAX_ROWS = setting if on else 0
+                step()
+                t0 = clock()
+                for _ in range(steps):
+                    step()
+                if i:  # the first round warms up both
+                    times[on].append((clock() - t0) / steps)
+    finally:
+        gemm.PAIR_MAX_ROWS = setting
+    return times[0], times[1]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.step_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gan", choices=sorted(MODELS))
@@ -251,6 +277,9 @@ def main(argv=None):
     ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan", "dcgan"),
                     help="split a benchmark model's step (python -m benchmarks) into its parts")
     ap.add_argument("--eager", action="store_true", help="with --case: the eager step, not tinygen.compile's")
+    ap.add_argument("--pairs", action="store_true",
+                    help="with --case: the step with a small batch's two gradient products one after the other "
+                         "and at once (TINYGEN_MM_PAIR_MAX_ROWS 0 and its setting), alternating rounds")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -266,6 +295,20 @@ def main(argv=None):
     tinygen.allocator.apply_setting()  # as the tinygen command does
     if args.profile:
         profile(args.model, args.batch)
+        return 0
+    if args.case and args.pairs:
+        from tinygen.kernels import gemm
+        if not gemm.PAIR_MAX_ROWS:
+            print("TINYGEN_MM_PAIR_MAX_ROWS is 0: the products are never paired, nothing to compare")
+            return 1
+        clock = time.perf_counter if args.clock == "wall" else time.thread_time
+        off, on = pairs_ab(args.case, args.batch, not args.eager, args.steps, args.rounds, clock)
+        print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
+              f"thread(s), {args.clock} time per step, medians of {args.rounds} alternating rounds of {args.steps} "
+              f"steps: gradient products one after the other / paired (up to {gemm.PAIR_MAX_ROWS} rows)")
+        print(f"  {'one after the other':24s}{statistics.median(off) * 1e3:9.3f} ms")
+        print(f"  {'paired':24s}{statistics.median(on) * 1e3:9.3f} ms")
+        print(f"  {'speedup':24s}{statistics.median(off) / statistics.median(on):9.3f}x")
         return 0
     if args.case:
         clock = time.perf_counter if args.clock == "wall" else time.thread_time

@@ -14,8 +14,9 @@ multiply-adds, they run at once on two of tinygen's threads, each on one BLAS th
 one after the other on two threads it may keep busy poorly. What that gains depends on how well OpenBLAS's two
 threads do at that moment: on the 2-core virtual machine of benchmarks/README.md, whose two-thread products varied
 over one day (a batch-16 784 -> 512 layer's pair of products: 285-448 us one after the other, 252-312 us at once),
-whole compiled steps at batch 16 (alternating rounds in one process, seven runs that day) were 1.00-1.13x faster
-for the MLP, 1.05-1.14x with Adam, within 2% either way for the VAE and the GAN. At batch 64 the pair gained only
+whole compiled steps at batch 16 (alternating rounds in one process, ten runs that day) were 0.99-1.15x faster
+for the MLP, 1.02-1.14x with Adam, within 2% either way for the VAE and the GAN
+(``python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --pairs``). At batch 64 the pair gained only
 for the widest layers and lost up to 4% in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a
 pair), so larger batches run one after the other.
 Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
