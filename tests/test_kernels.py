@@ -1354,6 +1354,40 @@ def test_linear_backward_pairs_its_products_and_matches_torch(monkeypatch):
     assert compiled.replays == 2
 
 
+def test_paired_gradient_products_in_a_training_step_compiled_and_eager(monkeypatch):
+    """The benchmark's MLP (784-512-512-10, SGD with momentum) at batch 16, where both hidden layers' gradients are
+    paired: five compiled steps give the eager steps' bits, and the pairs ran."""
+    import tinygen as tg
+    pairs = []
+    real = kthreads.run_pair
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(28)
+    x, y = tg.tensor(randn(rng, (16, 784), np.float32)), tg.tensor(rng.integers(0, 10, 16))
+
+    def trained(compiled):
+        tg.manual_seed(5)
+        net = tg.nn.Sequential(tg.nn.Linear(784, 512), tg.nn.ReLU(), tg.nn.Linear(512, 512), tg.nn.ReLU(),
+                               tg.nn.Linear(512, 10))
+        opt = tg.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = tg.nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        run = tg.compile(step) if compiled else step
+        losses = [run(x, y).item() for _ in range(5)]
+        return losses, [p.detach().numpy().copy() for p in net.parameters()]
+    eager_losses, eager_params = trained(False)
+    assert len(pairs) == (5 if kthreads._find_numpy_blas() else 0)  # one pair a step: the 512 -> 512 layer
+    compiled_losses, compiled_params = trained(True)
+    assert compiled_losses == eager_losses
+    for a, b in zip(compiled_params, eager_params):
+        same(a, b)
+
+
 def test_run_pair_runs_the_second_call_itself_when_its_thread_is_busy():
     """As in_chunks: a pool thread that has not started its call by the time the first one is done (blocked here;
     on a loaded machine, without a core) does not hold the caller; an error in either call reaches the caller."""
