@@ -4,6 +4,7 @@
 #
 #     bash benchmarks/gpu_check.sh              # from anywhere; results in $OUT, else ./gpu-check-out
 #     bash benchmarks/gpu_check.sh --standin    # no GPU: the same steps on the CPU stand-in for CuPy (a dry run)
+#     bash benchmarks/gpu_check.sh --only tests,throughput    # some steps (and env), the others not run
 #
 # Steps, each with a time bound, its output in $OUT/<step>.log:
 #   env         the GPU (nvidia-smi -L) and the versions of Python, NumPy, CuPy, PyTorch, Numba, tinygen
@@ -22,13 +23,27 @@
 # Prints a summary; exits 1 if any step failed or timed out, 2 if there is no GPU (without --standin).
 set -u
 
+ALL_STEPS="env tests gan-mnist dcgan gan-ring vae throughput compiled"
 STANDIN=0
-for arg in "$@"; do
-    case "$arg" in
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --standin) STANDIN=1 ;;
+        --only)
+            [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs a list of steps (of: $ALL_STEPS)" >&2; exit 2; }
+            ONLY=" $(echo "$2" | tr ',' ' ') "
+            for name in $ONLY; do
+                case " $ALL_STEPS " in
+                    *" $name "*) ;;
+                    *) echo "gpu_check.sh: unknown step '$name' in --only (expected some of: $ALL_STEPS)" >&2
+                       exit 2 ;;
+                esac
+            done
+            shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument '$arg' (expected --standin or --help)" >&2; exit 2 ;;
+        *) echo "gpu_check.sh: unknown argument '$1' (expected --standin, --only or --help)" >&2; exit 2 ;;
     esac
+    shift
 done
 
 OUT="${OUT:-./gpu-check-out}"
@@ -62,6 +77,12 @@ fi
 step() {
     local name=$1 reserve=$2
     shift 2
+    if [ -n "$ONLY" ]; then  # env always runs: it finds the GPU
+        case "$ONLY" in
+            *" $name "*) reserve=0 ;;  # the steps asked for share the deadline in their order
+            *) [ "$name" = env ] || return 0 ;;
+        esac
+    fi
     local limit=$(( DEADLINE - (SECONDS - START) - reserve ))
     STEPS+=("$name")
     if (( limit < 5 )); then

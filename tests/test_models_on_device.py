@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -560,3 +561,20 @@ def test_gpu_check_script_parses():
     assert "--standin" in usage and "throughput" in usage
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr
+    bad = subprocess.run(["bash", str(script), "--only", "tests,bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown step 'bogus' in --only" in bad.stderr
+
+
+def test_gpu_check_runs_only_the_steps_asked_for(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    out = subprocess.run(["bash", str(script), "--standin", "--only", "env"], capture_output=True, text=True,
+                         env={**os.environ, "OUT": str(tmp_path)}, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "env         ok" in summary and "RESULT: all steps passed" in summary
+    assert not any(name in summary for name in ("tests ", "gan-mnist", "throughput", "compiled"))
