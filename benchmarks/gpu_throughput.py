@@ -212,7 +212,7 @@ def report(rows, frameworks, versions, checks, standin):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="tinygen on CuPy against PyTorch on CUDA: training throughput")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
-    p.add_argument("--batch-sizes", default="64,256,1024")
+    p.add_argument("--batch-sizes", default="64,256,1024", help="comma-separated (default 64,256,1024)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma-separated, of: {', '.join(FRAMEWORKS)}")
     p.add_argument("--seconds", type=float, default=0.5, help="least time per timed round")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (the median counts)")
@@ -313,7 +313,10 @@ def main(argv=None):
             frameworks.append(fw)
     asked = [fw for fw in frameworks if fw.name in args.frameworks]
     if not any(fw.gpu for fw in asked):
-        why = "; ".join(f"{fw.name}: {fw.no_gpu}" for fw in asked)
+        reasons = {}  # one line per reason: the two columns of a framework share theirs
+        for fw in asked:
+            reasons.setdefault(fw.no_gpu, []).append(fw.name)
+        why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
         if not args.allow_standin:
             print(f"gpu_throughput: SKIPPED, no CUDA GPU ({why})")
             return 2 if args.require_gpu else 0
