@@ -68,13 +68,15 @@ class Framework:
         self.no_gpu = skip if no_gpu is None else no_gpu  # why it runs without a GPU (None: it has one)
 
 
+def _columns(builds, where="", **kw):
+    """A framework's eager and compiled columns ({name: build}), labelled name + ``where``."""
+    return [Framework(name, build, label=name + where, **kw) for name, build in builds.items()]
+
+
 def find_tinygen(allow_standin):
     """(tinygen, tinygen-compiled) on device "cuda": CuPy, or with ``allow_standin`` the CPU stand-in."""
-    def both(skip=None, **kw):
-        return [Framework("tinygen", models_tinygen.build, skip=skip, **kw),
-                Framework("tinygen-compiled", models_tinygen.build_compiled, skip=skip,
-                          **{**kw, "label": kw["label"].replace("tinygen", "tinygen-compiled", 1)
-                             if "label" in kw else None})]
+    def both(**kw):
+        return _columns({"tinygen": models_tinygen.build, "tinygen-compiled": models_tinygen.build_compiled}, **kw)
     try:
         import tinygen
         from tinygen import backend
@@ -91,7 +93,7 @@ def find_tinygen(allow_standin):
         os.environ["TINYGEN_CUDA_STANDIN"] = "1"  # read when "cuda" is first used; it failed above, so not yet
         xp = backend.array_module("cuda")
     if xp is backend.standin:
-        return both(device="cuda", label="tinygen (CuPy stand-in on the CPU)",
+        return both(device="cuda", where=" (CuPy stand-in on the CPU)",
                     no_gpu=reason or "TINYGEN_CUDA_STANDIN=1"), versions
     import cupy
     versions["cupy"] = cupy.__version__
@@ -102,7 +104,7 @@ def find_tinygen(allow_standin):
         versions["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
     except Exception as e:  # noqa: BLE001 - the name is for the report only
         versions["gpu"] = f"? ({e})"
-    return both(device="cuda", label="tinygen-cupy", gpu=True), versions
+    return both(device="cuda", where="-cupy", gpu=True), versions
 
 
 def _torch_compiled(case, batch, params, data, noise=None, device="cpu"):
@@ -113,11 +115,8 @@ def _torch_compiled(case, batch, params, data, noise=None, device="cpu"):
 
 def find_torch(allow_standin):
     """(torch, torch-compile) on CUDA, or with ``allow_standin`` on the CPU."""
-    def both(skip=None, **kw):
-        return [Framework("torch", models_torch.build, skip=skip, **kw),
-                Framework("torch-compile", _torch_compiled, skip=skip,
-                          **{**kw, "label": kw["label"].replace("torch", "torch-compile", 1)
-                             if "label" in kw else None})]
+    def both(**kw):
+        return _columns({"torch": models_torch.build, "torch-compile": _torch_compiled}, **kw)
     try:
         import torch
     except ImportError as e:
@@ -127,11 +126,11 @@ def find_torch(allow_standin):
         torch.backends.cuda.matmul.allow_tf32 = False  # full float32 products, as CuPy's default
         torch.backends.cudnn.allow_tf32 = False
         versions["torch_gpu"] = torch.cuda.get_device_name(0)
-        return both(device="cuda", label="torch-cuda", gpu=True), versions
+        return both(device="cuda", where="-cuda", gpu=True), versions
     reason = "torch.cuda.is_available() is False" + ("" if torch.version.cuda else " (a CPU-only build)")
     if not allow_standin:
         return both(skip=reason), versions
-    return both(device="cpu", label="torch (CPU)", no_gpu=reason), versions
+    return both(device="cpu", where=" (CPU)", no_gpu=reason), versions
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------------

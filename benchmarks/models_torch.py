@@ -113,21 +113,21 @@ def _dcgan(torch, params):
 
 
 class Runner:
-    """One case's training step, ``step()``, on ``device`` ("cpu" or "cuda"); ``compile``: the forward and loss
-    through torch.compile with that mode ("default"; "reduce-overhead" replays CUDA graphs on a GPU)."""
+    """One case's training step, ``step()``, on ``device`` ("cpu" or "cuda"); ``compile_mode`` (None: eager): the
+    forward and loss through torch.compile with that mode ("default"; "reduce-overhead" replays CUDA graphs on a
+    GPU)."""
 
-    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, device="cpu"):
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile_mode=None, device="cpu"):
         torch = _torch()
         F = torch.nn.functional
         self.torch, self.device = torch, device
         torch.manual_seed(seed)
         model = CASES[case]["model"]
         fixed = None if noise is None else torch.from_numpy(noise).to(device)
-        mode = compile if isinstance(compile, str) else "default"
-        wrap = (lambda fn: self._compile(fn, mode)) if compile else (lambda fn: fn)
+        wrap = (lambda fn: self._compile(fn, compile_mode)) if compile_mode else (lambda fn: fn)
         # CUDA graphs (reduce-overhead) reuse their output memory: each step is marked as a new iteration
         mark = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
-        begin = mark if compile and mode == "reduce-overhead" and device != "cpu" and mark else (lambda: None)
+        begin = mark if compile_mode == "reduce-overhead" and device != "cpu" and mark else (lambda: None)
 
         def on_device(array):
             return torch.from_numpy(array).to(device)
@@ -205,7 +205,7 @@ class Runner:
 
         self.step = step
 
-    def _compile(self, fn, mode="default"):
+    def _compile(self, fn, mode):
         torch = self.torch
         if not hasattr(torch, "compile"):
             raise Skip("this torch has no torch.compile")
@@ -232,4 +232,4 @@ def build(case, batch, params, data, seed=0, noise=None, device="cpu"):
 
 
 def build_compiled(case, batch, params, data, seed=0, noise=None, device="cpu", mode="default"):
-    return Runner(case, batch, params, data, seed, noise, compile=mode, device=device)
+    return Runner(case, batch, params, data, seed, noise, compile_mode=mode, device=device)

@@ -1280,18 +1280,24 @@ def test_in_chunks_runs_a_chunk_its_thread_has_not_started():
     assert sorted(ran) == [(0, 50), (50, 100)]
 
 
+@pytest.fixture
+def pairs(monkeypatch):
+    """The calls of threads.run_pair (one per product pair run at once), with tinygen on two threads."""
+    calls = []
+    real = kthreads.run_pair
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1) or real(f, s))
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    return calls
+
+
 @pytest.mark.parametrize("batch, width, paired", [(16, 784, True), (32, 512, True), (33, 784, False),
                                                   (16, 100, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_mm_pair_runs_a_small_batchs_two_gradient_products_at_once(monkeypatch, batch, width, paired, dtype):
+def test_mm_pair_runs_a_small_batchs_two_gradient_products_at_once(monkeypatch, pairs, batch, width, paired, dtype):
     """A layer's input and weight gradients (g @ W, g.T @ x) run at once, each on one BLAS thread, when the batch
     has at most PAIR_MAX_ROWS rows and each product PAIR_MIN multiply-adds (784 wide: 9.8M at batch 16; 100 wide:
     160k); never on one tinygen thread or with the setting at 0. Either way each result is the product, and the
     CPU stand-in takes the same route (the same bits)."""
-    pairs = []
-    real = kthreads.run_pair
-    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
-    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(26)
     g, w, x = randn(rng, (batch, width), dtype), randn(rng, (width, 640), dtype), randn(rng, (batch, 640), dtype)
     gx, gw = gemm.mm_pair(g, w, g.T, x)
@@ -1314,15 +1320,11 @@ def test_mm_pair_runs_a_small_batchs_two_gradient_products_at_once(monkeypatch, 
     assert pairs == []
 
 
-def test_linear_backward_pairs_its_products_and_matches_torch(monkeypatch):
+def test_linear_backward_pairs_its_products_and_matches_torch(pairs):
     """nn.Linear's plain backward at a small batch takes mm_pair's route (the 784 -> 512 layer of the benchmark's
     MLP at batch 16); its gradients are PyTorch's, and a compiled step gives eager's bits."""
     torch = pytest.importorskip("torch")
     import tinygen as tg
-    pairs = []
-    real = kthreads.run_pair
-    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
-    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(27)
     x, b = randn(rng, (16, 784), np.float32), randn(rng, (512,), np.float32)
     w = (randn(rng, (512, 784), np.float64) / 28).astype(np.float32)  # PyTorch's init scale: tanh not saturated
@@ -1354,14 +1356,10 @@ def test_linear_backward_pairs_its_products_and_matches_torch(monkeypatch):
     assert compiled.replays == 2
 
 
-def test_paired_gradient_products_in_a_training_step_compiled_and_eager(monkeypatch):
+def test_paired_gradient_products_in_a_training_step_compiled_and_eager(pairs):
     """The benchmark's MLP (784-512-512-10, SGD with momentum) at batch 16, where both hidden layers' gradients are
     paired: five compiled steps give the eager steps' bits, and the pairs ran."""
     import tinygen as tg
-    pairs = []
-    real = kthreads.run_pair
-    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: pairs.append(1) or real(f, s))
-    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(28)
     x, y = tg.tensor(randn(rng, (16, 784), np.float32)), tg.tensor(rng.integers(0, 10, 16))
 

@@ -549,13 +549,18 @@ def test_gpu_throughput_checks_against_pytorch_and_fails_on_a_difference(cuda, t
     assert "mlp, tinygen-compiled" in (tmp_path / "gpu_throughput.md").read_text()
 
 
-def test_gpu_check_script_parses():
+def _gpu_check_script():
+    """benchmarks/gpu_check.sh, or a skip where there is no bash to run it."""
     import shutil
-    import subprocess
     from pathlib import Path
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_script_parses():
+    import subprocess
+    script = _gpu_check_script()
     subprocess.run(["bash", "-n", str(script)], check=True)
     usage = subprocess.run(["bash", str(script), "--help"], check=True, capture_output=True, text=True).stdout
     assert "--standin" in usage and "throughput" in usage
@@ -566,12 +571,8 @@ def test_gpu_check_script_parses():
 
 
 def test_gpu_check_runs_only_the_steps_asked_for(tmp_path):
-    import shutil
     import subprocess
-    from pathlib import Path
-    if shutil.which("bash") is None:
-        pytest.skip("bash is not installed")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    script = _gpu_check_script()
     out = subprocess.run(["bash", str(script), "--standin", "--only", "env"], capture_output=True, text=True,
                          env={**os.environ, "OUT": str(tmp_path)}, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

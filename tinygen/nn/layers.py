@@ -695,8 +695,8 @@ class Upsample(Module):
 
 class _Pad2d(Module):
     """What the 2-D padding layers share (``F.pad`` of the last two axes, (N, C, H, W) or (C, H, W)): ``padding``
-    an int or (left, right, top, bottom), as torch.nn's."""
-    mode = "constant"
+    an int or (left, right, top, bottom), as torch.nn's; ``mode`` and ``value`` are F.pad's."""
+    mode, value = "constant", 0.0
 
     def __init__(self, padding):
         super().__init__()
@@ -707,7 +707,7 @@ class _Pad2d(Module):
         self.padding = widths
 
     def forward(self, input):
-        return F.pad(input, self.padding, self.mode)
+        return F.pad(input, self.padding, self.mode, self.value)
 
     def extra_repr(self):
         return f"{self.padding}"
@@ -719,9 +719,6 @@ class ConstantPad2d(_Pad2d):
     def __init__(self, padding, value):
         super().__init__(padding)
         self.value = float(value)
-
-    def forward(self, input):
-        return F.pad(input, self.padding, "constant", self.value)
 
     def extra_repr(self):
         return f"padding={self.padding}, value={self.value}"
