@@ -34,9 +34,18 @@ def recording():
     return rec is not None and not rec.depth
 
 
-def replayed(fn):
+def replayed(fn=None, *, grads=None):
     """Mark a function whose effects a replay must repeat by calling it again with the same arguments (random
-    draws, optimizer updates, in-place resets). Its tensor results are bound to the recorded ones."""
+    draws, optimizer updates, in-place resets). Its tensor results are bound to the recorded ones.
+
+    ``grads`` says which gradients a call touches, so that ``tinygen.compile`` can leave out a gradient nothing
+    reads: ``grads(*args, **kwargs)`` returns ("reads", tensors) for a call that reads the ``.grad`` of those
+    tensors only, ("drops", tensors) for one that sets their ``.grad`` to None unread, or None for one that may
+    read any. Without ``grads``, a call may read any gradient."""
+    if fn is None:
+        return functools.partial(replayed, grads=grads)
+    fn.gradient_use = grads  # on the function the recorder keeps
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         rec = CAPTURE.recorder

@@ -29,6 +29,10 @@ Five stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwar
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
            saved; a replayed node saves them as shadows (new tensors on the same arrays), so the arrays go when
            the backward releases the node, as in eager.
+  prune    A gradient that a plain backward delivers to a leaf and the step then drops unread (``zero_grad()``
+           before anything reads it: in a GAN step, the discriminator's weight gradients from the generator's
+           backward) is left out of the plan, with the products that only it needed (``_without_dead_gradients``).
+           What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
            dtype, operands of that shape or scalars) become one step, a generated Numba loop that writes only
            what is used outside the run and leaves each node as its forward would (``compile_fusion.py``).
@@ -68,7 +72,7 @@ import copy
 import functools
 import itertools
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -265,6 +269,7 @@ class _Program:
     def __init__(self, rec, inputs, result, grad_enabled, fuse):
         keep = {id(t) for t in _tensors_in(result)}
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
+        self.steps, self.left_out = _without_dead_gradients(self.steps)
         if fuse:
             self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx", _PROGRAM_KINDS)
         self.inputs = inputs
@@ -280,7 +285,8 @@ class _Program:
         for tensor, requires_grad in self.leaves:
             if tensor._requires_grad is not requires_grad:
                 return False
-        return True
+        hooked = engine._post_accumulate_hooks
+        return not (hooked and self.left_out and not self.left_out.isdisjoint(hooked))
 
     def replay(self, args, kwargs):
         for slot, new in zip(self.inputs, _tensors_in(args, kwargs)):
@@ -291,6 +297,53 @@ class _Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return _fresh(self.result)
+
+
+def _without_dead_gradients(steps):
+    """The steps with the gradients nothing reads left out of their backward plans: a leaf's gradient that a
+    plain backward delivers and the step then drops unread (``zero_grad()``, set to None). In a GAN step, the
+    discriminator's weight gradients from the generator's backward: JAX's tracing never computes them. Between
+    the backward and the drop, only calls that say which gradients they read (``@replayed(grads=...)``: other
+    optimizers' steps and zero_grads, schedulers) and requires_grad switches may come; anything else may read the
+    gradient, so it is kept. A replay leaves the same state as eager. Leaves with post-accumulate-grad hooks are
+    kept (``guards_hold`` records anew if one gets a hook later), and so is everything when the step has a backward
+    the engine walks (create_graph, ``grad()``): it may pass through any node. Returns (steps, the leaves left
+    out)."""
+    plans = [operands[0] for run, operands in steps if run is _replay_backward]
+    if not plans or any((run is _replay_call and operands[0] in (_backward, _grad)) or
+                        (run is _replay_forward and operands[5]) for run, operands in steps):
+        return steps, frozenset()
+    shared = Counter(id(step[0]) for plan in plans for step in plan.steps)
+    out, left_out = list(steps), set()
+    for i, (run, operands) in enumerate(steps):
+        if run is _replay_backward and operands[0].release:
+            dead = _dropped_unread(operands[0], steps[i + 1:])
+            if dead:
+                out[i] = (run, (operands[0].without(dead, shared),) + operands[1:])
+                left_out |= dead
+    return tuple(out), frozenset(left_out)
+
+
+def _dropped_unread(plan, later):
+    """The ids of the leaves whose gradient from ``plan`` the steps ``later`` drop before anything may read it."""
+    hooked = engine._post_accumulate_hooks
+    open_ = {id(t[1]) for step in plan.steps for t in step[4] if t is not None and t[1] is not None} - set(hooked)
+    dead = set()
+    for run, operands in later:
+        if not open_:
+            break
+        if run is _replay_release or run is _replay_requires_grad:
+            continue
+        use = getattr(operands[0], "gradient_use", None) if run is _replay_call else None
+        said = use(*operands[1], **operands[2]) if use is not None else None
+        if said is None:
+            break
+        kind, tensors = said
+        touched = open_.intersection(id(t) for t in tensors)
+        open_ -= touched
+        if kind == "drops":
+            dead |= touched
+    return dead
 
 
 class _ReleasedArray:
@@ -464,6 +517,31 @@ class _BackwardPlan:
         self.steps = tuple(step[:5] + (tuple(step[5]),) for step in steps)
         self.size = len(registers)
         self.release = not retain_graph
+        self.dropped = ()  # nodes left out by without(): released at the end, as the engine would have
+
+    def without(self, dead, shared):
+        """This plan without its deliveries to the leaves ``dead`` (ids), and without the work only they needed:
+        the edges of a node to them, or to a register no node left reads, are cut (``array_backward`` computes
+        what ``next_edges`` asks for), and a node with nothing left to deliver is not run (its leaves' hooks become
+        due after the node before it). ``shared`` counts the plans that run each node: one other plans run too
+        keeps every edge."""
+        plan, live, steps, carry, dropped = copy.copy(self), set(), [], (), []
+        for node, array_backward, ins, metas, outs, due in reversed(self.steps):
+            keep = outs
+            if shared[id(node)] == 1:
+                keep = tuple(None if t is None or (t[1] is None and t[0] not in live) or id(t[1]) in dead else t
+                             for t in outs)
+                if not any(keep):
+                    dropped.append(node)
+                    carry = due + carry
+                    continue
+                if keep != outs:
+                    node.next_edges = tuple(e if t is not None else None for e, t in zip(node.next_edges, keep))
+            live.update(ins)
+            steps.append((node, array_backward, ins, metas, keep, due + carry))
+            carry = ()
+        plan.steps, plan.due_first, plan.dropped = tuple(reversed(steps)), self.due_first + carry, tuple(dropped)
+        return plan
 
 
 def _replay_backward(plan, args):
@@ -514,6 +592,8 @@ def _run_plan(plan, root_grads):
                 engine.run_post_accumulate_hooks(due, direct)
             if plan.release:
                 node.release()
+        for node in plan.dropped:
+            node.release()
     finally:
         STATE.grad_enabled = prev
     engine.own_gradients(direct, {id(g) for g in root_grads})

@@ -283,7 +283,7 @@ class Module:
             p.requires_grad_(requires_grad)
         return self
 
-    @replayed
+    @replayed(grads=lambda self, set_to_none=True: ("drops", tuple(self.parameters())) if set_to_none else None)
     def zero_grad(self, set_to_none=True):
         """Reset the gradients of all parameters: to None (the default, as PyTorch), or to zeros in place."""
         for p in self.parameters():

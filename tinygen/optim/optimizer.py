@@ -116,7 +116,7 @@ class Optimizer:
         self.param_groups.append(group)
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
-    @replayed
+    @replayed(grads=lambda self, set_to_none=True: ("drops", self._all_params()) if set_to_none else None)
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
         for group in self.param_groups:
@@ -132,7 +132,7 @@ class Optimizer:
                     g.data.fill(0)
 
     # ---- the update --------------------------------------------------------------------------------------------------
-    @replayed
+    @replayed(grads=lambda self, closure=None: ("reads", self._all_params()) if closure is None else None)
     def step(self, closure=None):
         """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates and returns the loss."""
         loss = None
@@ -142,6 +142,9 @@ class Optimizer:
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    def _all_params(self):
+        return [p for group in self.param_groups for p in group["params"]]
 
     def _step_group(self, group):
         raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")

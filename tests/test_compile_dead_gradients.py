@@ -1,0 +1,196 @@
+"""tinygen.compile leaves out the gradients a step drops unread (the discriminator's, in a GAN's generator update),
+and keeps every gradient something may read: each case must end every call in eager's exact state."""
+import sys
+
+import numpy as np
+import pytest
+
+import tinygen as tg
+import tinygen.nn as nn
+import tinygen.nn.functional as F
+from tinygen.autograd.function import _RELEASED
+
+compiled_module = sys.modules["tinygen.compile"]
+
+
+def _state(params, opts):
+    """Every parameter's data and .grad (None kept as None) and every optimizer's state arrays."""
+    out = [p.data.copy() for p in params] + [None if p.grad is None else p.grad.data.copy() for p in params]
+    for opt in opts:
+        for s in opt.state.values():
+            out += [v.data.copy() for v in s.values() if isinstance(v, tg.Tensor)]
+    return out
+
+
+def _same(a, b):
+    return len(a) == len(b) and all((x is None) == (y is None) and (x is None or np.array_equal(x, y))
+                                    for x, y in zip(a, b))
+
+
+def _gan(between=None, penalty_term=False):
+    """The PyTorch-GAN layout: the generator's update first (its backward also reaches D's weights), then
+    ``opt_d.zero_grad()`` and the discriminator's update. ``between(G, D, opt_g, opt_d, g_loss)`` runs between
+    the generator's backward and ``opt_d.zero_grad()`` (instead of ``opt_g.step()``)."""
+    tg.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 16), nn.LeakyReLU(0.2), nn.Linear(16, 6), nn.Tanh())
+    D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    opt_g, opt_d = tg.optim.Adam(G.parameters(), lr=1e-3), tg.optim.Adam(D.parameters(), lr=1e-3)
+
+    def step(real):
+        fake = G(tg.randn(real.shape[0], 4))
+        opt_g.zero_grad()
+        g_loss = F.softplus(-D(fake)).mean()
+        if penalty_term:  # a term that reaches only D's first weight: its nodes have nothing else to deliver
+            g_loss = g_loss + (D[0].weight * 0.5).sum()
+        g_loss.backward()
+        if between is None:
+            opt_g.step()
+        else:
+            between(G, D, opt_g, opt_d, g_loss)
+        opt_d.zero_grad()
+        d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+        d_loss.backward()
+        opt_d.step()
+        return g_loss, d_loss
+    return (G, D), (opt_g, opt_d), step
+
+
+def _compare(setup, steps=6, after=None):
+    """Eager and compiled runs of ``setup()``'s step from the same start must agree after every call: results,
+    parameters, gradients and optimizer state. Returns the compiled function and its modules."""
+    def run(compiled):
+        modules, opts, step = setup()
+        params = [p for m in modules for p in m.parameters()]
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(3)
+        data = [tg.rand(8, 6) for _ in range(steps)]
+        trail = []
+        for i, x in enumerate(data):
+            outs = [t.detach().data.copy() for t in f(x)]
+            trail.append(outs + _state(params, opts))
+            if after is not None:
+                after(i, modules)
+        return trail, f, modules
+    eager, _, _ = run(False)
+    replayed, f, modules = run(True)
+    assert f.replays >= 1
+    for e, c in zip(eager, replayed):
+        assert _same(e, c)
+    return f, modules
+
+
+def _program(f):
+    (program,) = f._programs.values()
+    return program
+
+
+def _plans(program):
+    return [operands[0] for run, operands in program.steps if run is compiled_module._replay_backward]
+
+
+def test_the_generators_backward_leaves_out_the_discriminators_weight_gradients():
+    f, (G, D) = _compare(_gan)
+    program = _program(f)
+    assert program.left_out == {id(p) for p in D.parameters()}
+    g_plan, d_plan = _plans(program)
+    to_g = {id(t[1]) for step in g_plan.steps for t in step[4] if t is not None and t[1] is not None}
+    assert to_g == {id(p) for p in G.parameters()}  # D's weights and biases get nothing from this backward
+    for node, *_ in g_plan.steps:  # D's linear nodes no longer ask for their weight and bias gradients
+        if type(node).__name__.startswith("Linear") and node.next_edges[0] is not None:
+            assert all(e is None or not isinstance(e[0], tg.Tensor) or id(e[0]) not in program.left_out
+                       for e in node.next_edges)
+    to_d = {id(t[1]) for step in d_plan.steps for t in step[4] if t is not None and t[1] is not None}
+    assert not d_plan.dropped and to_d == {id(p) for p in D.parameters()}  # the D update's backward: untouched
+
+
+def test_a_node_left_with_nothing_to_deliver_is_not_run_and_is_released():
+    f, (G, D) = _compare(lambda: _gan(penalty_term=True))
+    program = _program(f)
+    g_plan = _plans(program)[0]
+    assert program.left_out == {id(p) for p in D.parameters()}
+    names = sorted(type(node).__name__ for node in g_plan.dropped)
+    assert names == ["Mul", "Sum"], names  # (D[0].weight * 0.5).sum(): only D's weight needed them
+    assert all(node._saved in ((), _RELEASED) for node in g_plan.dropped)
+
+
+def _clip(G, D, opt_g, opt_d, loss):  # reads D's gradients: a call that does not say which ones
+    nn.utils.clip_grad_norm_(D.parameters(), 1.0)
+    opt_g.step()
+
+
+def _zero_in_place(G, D, opt_g, opt_d, loss):  # zeros, not None: the gradient arrays stay (and are read later)
+    opt_d.zero_grad(set_to_none=False)
+    opt_g.step()
+
+
+def _d_step(G, D, opt_g, opt_d, loss):  # D's optimizer reads them
+    opt_d.step()
+    opt_g.step()
+
+
+def _an_op(G, D, opt_g, opt_d, loss):  # an op in between: the search stops there
+    (loss * 2).detach()
+    opt_g.step()
+
+
+@pytest.mark.parametrize("between", [_clip, _zero_in_place, _d_step, _an_op])
+def test_a_gradient_something_may_read_is_kept(between):
+    f, _ = _compare(lambda: _gan(between=between))
+    assert _program(f).left_out == frozenset()
+    assert not any(plan.dropped for plan in _plans(_program(f)))
+
+
+def test_a_step_that_ends_with_the_gradients_keeps_them():
+    def setup():  # the discriminator's update first: the generator's backward leaves D's gradients to the caller
+        modules, opts, step = _gan()
+        G, D = modules
+        opt_g, opt_d = opts
+
+        def d_first(real):
+            fake = G(tg.randn(real.shape[0], 4))
+            opt_d.zero_grad()
+            d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake.detach())).mean()
+            d_loss.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            g_loss = F.softplus(-D(fake)).mean()
+            g_loss.backward()
+            opt_g.step()
+            return g_loss, d_loss
+        return modules, opts, d_first
+    f, (G, D) = _compare(setup)
+    assert _program(f).left_out == frozenset()
+    assert all(p.grad is not None for p in D.parameters())
+
+
+def test_a_hook_on_a_left_out_gradient_after_recording_records_anew_and_runs():
+    calls = []
+    handles = []
+
+    def after(i, modules):
+        if i == 2:  # after two replays without it
+            handles.append(modules[1][0].weight.register_post_accumulate_grad_hook(
+                lambda t: calls.append(t.grad.data.copy())))
+    try:
+        f, (G, D) = _compare(_gan, steps=6, after=after)
+    finally:
+        for h in handles:
+            h.remove()
+    assert f.records == 2  # the hook's leaf was left out: the program is recorded again, this time keeping it
+    assert id(D[0].weight) not in _program(f).left_out
+    assert len(calls) == 2 * 2 * 3  # eager and compiled, three calls, the G and the D backward each
+
+
+def test_a_step_with_a_create_graph_backward_leaves_nothing_out():
+    def setup():
+        modules, opts, step = _gan()
+        G, D = modules
+
+        def with_penalty(real):
+            mix = real.detach().requires_grad_()
+            (g,) = tg.grad(D(mix).sum(), mix, create_graph=True)
+            (g.pow(2).sum() * 0.0).backward()  # lands on D's gradients, which step() then drops unread
+            return step(real)
+        return modules, opts, with_penalty
+    f, _ = _compare(setup)
+    assert _program(f).left_out == frozenset()
