@@ -293,6 +293,30 @@ def test_leaf_reached_twice_after_a_pass_through_gradient():
     np.testing.assert_array_equal(_np(g), [1, 10])
     assert not _shares(x.grad, y.grad) and not _shares(y.grad, g)
 
+def test_a_second_gradient_adds_in_place_into_a_first_that_nobody_else_holds():
+    firsts = []
+
+    class Double(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.data * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            out = g * 2  # a new array, held by nothing but the gradient
+            firsts.append(weakref.ref(out.data))
+            return out
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    (Double.apply(x).sum() + Double.apply(x).sum()).backward()
+    np.testing.assert_array_equal(_np(x.grad), [4, 4])
+    assert x.grad.data is firsts[0]()  # the second was added into the first: no third array
+    kept = tg.tensor([1.0, 1.0])
+    x.grad = None
+    (x * kept + x * 3).sum().backward()  # Mul's gradient of x is g * kept: new; both ways give 4
+    np.testing.assert_array_equal(_np(x.grad), [4, 4])
+    np.testing.assert_array_equal(_np(kept), [1, 1])
+
+
 # ---- memory ----------------------------------------------------------------------------------------------------------
 def test_saved_tensors_are_released_after_backward():
     x = tg.randn(4, requires_grad=True)

@@ -21,6 +21,7 @@ node it visits, and the recorder keeps the steps taken to replay them without th
 which delivers gradients with ``deliver_to_leaf``, ``fit_array``, ``own_gradients`` and
 ``run_post_accumulate_hooks`` below, as ``_run`` does).
 """
+import sys
 import weakref
 
 import numpy as np
@@ -437,11 +438,24 @@ def deliver_to_leaf(leaf, g, direct, create_graph):
         leaf.grad = g
         direct[leaf] = True
     elif direct.get(leaf):
-        leaf.grad = leaf.grad + g
+        if create_graph or g._requires_grad or not _sole_owner(leaf):
+            leaf.grad = leaf.grad + g
+        else:  # the first gradient is nobody else's: add in place, as PyTorch's AccumulateGrad does
+            leaf.grad.data += g.data
         direct[leaf] = False
     else:
         _accumulate(leaf, g, create_graph)
         direct[leaf] = False
+
+
+def _sole_owner(leaf):
+    """Whether ``leaf.grad`` and its array are referenced by nothing but the leaf (CPython's reference counts; a
+    NumPy array that is no view, writable): then adding into it in place changes nothing anyone else can see."""
+    grad = leaf.grad
+    a = grad.data
+    # the references: leaf.grad and ``grad`` to the tensor, the tensor and ``a`` to the array, plus each call's own
+    return (type(a) is np.ndarray and a.base is None and a.flags.writeable and grad.grad_fn is None
+            and sys.getrefcount(grad) == 3 and sys.getrefcount(a) == 3)
 
 
 def own_gradients(direct, taken):
