@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Five stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Six stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
