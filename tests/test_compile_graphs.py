@@ -8,6 +8,8 @@ records on its first call and replays on the next ones, each with new leaf value
 (``leaf.data[...] = ``); its output value and every leaf's gradient must equal the eager step's on the same
 values, bit for bit (fusion on: its exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
 """
+import contextlib
+
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
@@ -33,9 +35,12 @@ class _HeldLeaves:
         return tg.tensor(a, device=self.device)
 
 
-def _step_of(graph, leaves, second_order, device):
+def _step_of(graph, leaves, second_order, device, dropped=()):
+    """The graph's step; ``dropped``: leaves whose gradients the step drops after its backward (an optimizer's
+    ``zero_grad()``), which a compiled plain backward leaves out of its plan."""
     upstream = tg.tensor(graph.upstream, device=device)
     weights = [tg.tensor(w, device=device) for w in graph.weights]
+    dropper = tg.optim.SGD(dropped, lr=0.1) if dropped else None
 
     def step():
         out = evaluate(graph.program, _HeldLeaves(leaves, device), np.float64)[0][-1]
@@ -46,14 +51,18 @@ def _step_of(graph, leaves, second_order, device):
                 sum(terms[1:], terms[0]).backward()
         else:
             out.backward(upstream)
+        if dropper is not None:
+            dropper.zero_grad()
         return out.detach()
     return step
 
 
-def _run(graph, second_order, compiled, values, device):
-    """(output, leaf gradients) of each call, the leaves set to ``values[call]`` before it, as host arrays."""
+def _run(graph, second_order, compiled, values, device, drop=()):
+    """(output, leaf gradients) of each call, the leaves set to ``values[call]`` before it, as host arrays.
+    ``drop``: the indices of the leaves whose gradients the step drops."""
     leaves = [tg.tensor(v.copy(), requires_grad=True, device=device) for v in values[0]]
-    step = _step_of(graph, leaves, second_order, device)
+    step = _step_of(graph, leaves, second_order, device, [leaves[i] for i in drop])
+    step.leaves = leaves
     if compiled:
         step = tg.compile(step)
     results = []
@@ -73,18 +82,19 @@ def _same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
 
 
-def _check(graph, second_order, rng, device="cpu"):
+def _check(graph, second_order, rng, device="cpu", drop=()):
     first = [np.asarray(graph.program[i][1]) for i in graph.leaves()]
     # later calls: the leaves moved a little (staying inside the ops' domains and away from their kinks, mostly;
     # a value that crosses one is fine: eager and replay see the same values)
     values = [first] + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first] for _ in range(CALLS - 1)]
-    eager, _ = _run(graph, second_order, False, values, device)
-    replayed, compiled = _run(graph, second_order, True, values, device)
+    eager, _ = _run(graph, second_order, False, values, device, drop)
+    replayed, compiled = _run(graph, second_order, True, values, device, drop)
     assert compiled.records == 1 and compiled.replays == CALLS - 1, (compiled.records, compiled.replays)
     for call, ((ev, eg), (rv, rg)) in enumerate(zip(eager, replayed)):
         assert _same(ev, rv), f"call {call}: the output differs from eager"
         for k, (a, b) in enumerate(zip(eg, rg)):
             assert _same(a, b), f"call {call}: the gradient of leaf {k} differs from eager"
+    return compiled
 
 
 SETTINGS = settings(max_examples=max(1, GRAPHS // 3), deadline=None, database=None,
@@ -109,6 +119,36 @@ def test_random_graphs_replay_bitwise_eager(data):
     event("on the CUDA stand-in")  # device arrays: nothing fused, the replay's device path
     with cuda_standin():
         _check(graph, second_order, rng, "cuda")
+
+
+@settings(SETTINGS, max_examples=max(1, GRAPHS // 6))
+@given(data=st.data())
+def test_random_graphs_with_dropped_gradients_replay_bitwise_eager(data):
+    """The step drops a drawn subset of the leaves' gradients after its backward: a compiled plain backward leaves
+    them out of its plan (cutting edges, registers and whole nodes of any composition), and every gradient the
+    step keeps must still be eager's."""
+    graph = build_graph(data.draw, ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) == "all ops"
+                        else NETWORK_ENTRIES)
+    if graph is None:
+        event("no graph: too few ops fitted")
+        return
+    n = len(graph.leaves())
+    drop = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
+    second_order = data.draw(st.booleans())
+    event("second order" if second_order else "plain backward")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    device = "cuda" if data.draw(st.booleans()) else "cpu"
+    with cuda_standin() if device == "cuda" else contextlib.nullcontext():
+        compiled = _check(graph, second_order, rng, device, drop)
+    (program,) = compiled._programs.values()
+    dropped = {id(compiled.leaves[i]) for i in drop}
+    assert program.left_out <= dropped
+    if second_order:
+        assert not program.left_out  # the engine walks a create_graph backward: nothing may be left out
+    elif program.left_out:
+        event("left out: all dropped" if program.left_out == dropped else "left out: some dropped")
+    else:
+        event("left out: none (no dropped leaf reached)")
 
 
 def test_the_comparison_catches_a_replay_that_differs(monkeypatch):
