@@ -82,11 +82,16 @@ def _vae_setup():
     return (enc, dec), step
 
 
-def _gan_setup(penalty):
+def gan_models():
+    """A small seeded GAN: G (noise 4 -> 6), D (6 -> 1 logit) and an Adam for each."""
     tg.manual_seed(0)
     G = nn.Sequential(nn.Linear(4, 16), nn.LeakyReLU(0.2), nn.Linear(16, 6), nn.Tanh())
     D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
-    opt_g, opt_d = tg.optim.Adam(G.parameters(), lr=1e-3), tg.optim.Adam(D.parameters(), lr=1e-3)
+    return G, D, tg.optim.Adam(G.parameters(), lr=1e-3), tg.optim.Adam(D.parameters(), lr=1e-3)
+
+
+def _gan_setup(penalty):
+    G, D, opt_g, opt_d = gan_models()
 
     def step(real):
         fake = G(tg.randn(real.shape[0], 4))

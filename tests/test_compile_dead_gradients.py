@@ -9,6 +9,7 @@ import tinygen as tg
 import tinygen.nn as nn
 import tinygen.nn.functional as F
 from tinygen.autograd.function import _RELEASED
+from test_compile import gan_models
 
 compiled_module = sys.modules["tinygen.compile"]
 
@@ -31,10 +32,7 @@ def _gan(between=None, penalty_term=False):
     """The PyTorch-GAN layout: the generator's update first (its backward also reaches D's weights), then
     ``opt_d.zero_grad()`` and the discriminator's update. ``between(G, D, opt_g, opt_d, g_loss)`` runs between
     the generator's backward and ``opt_d.zero_grad()`` (instead of ``opt_g.step()``)."""
-    tg.manual_seed(0)
-    G = nn.Sequential(nn.Linear(4, 16), nn.LeakyReLU(0.2), nn.Linear(16, 6), nn.Tanh())
-    D = nn.Sequential(nn.Linear(6, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
-    opt_g, opt_d = tg.optim.Adam(G.parameters(), lr=1e-3), tg.optim.Adam(D.parameters(), lr=1e-3)
+    G, D, opt_g, opt_d = gan_models()
 
     def step(real):
         fake = G(tg.randn(real.shape[0], 4))
