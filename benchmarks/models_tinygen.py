@@ -116,9 +116,10 @@ class Runner:
             fc1, fc21, fc22, fc3, fc4 = (_linear(nn, params, n, i, o) for n, i, o in
                                         [("fc1", 784, 400), ("fc21", 400, 20), ("fc22", 400, 20),
                                          ("fc3", 20, 400), ("fc4", 400, 784)])
-            for m in (fc1, fc21, fc22, fc3, fc4):
+            layers = (fc1, fc21, fc22, fc3, fc4)
+            for m in layers:
                 m.to(device)
-            opt = _optimizer(optim, case, [p for m in (fc1, fc21, fc22, fc3, fc4) for p in m.parameters()])
+            opt = _optimizer(optim, case, [p for m in layers for p in m.parameters()])
             self.optimizers = (opt,)
             x = tg.tensor(data["x"], device=device)
 

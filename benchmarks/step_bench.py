@@ -4,7 +4,8 @@
     python -m benchmarks.step_bench --model mlp      # an MNIST-sized classifier step (BN, CE, SGD)
     python -m benchmarks.step_bench --profile        # cProfile of the step (kernels on), top functions
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
-    python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --pairs   # paired gradient products off/on
+    python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
+    python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -242,20 +243,59 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
     return statistics.median(plain), statistics.median(timed), {k: statistics.median(v) for k, v in parts.items()}
 
 
-def pairs_ab(case, batch, compiled=True, steps=30, rounds=10, clock=time.perf_counter):
-    """Per-step times of a benchmark model's step with a layer's two gradient products one after the other
-    (gemm.PAIR_MAX_ROWS = 0) and at once (its setting), in alternating rounds of one process: (off, on) lists."""
-    from tinygen.kernels import gemm
+# What --compare switches, each way: (label off, label on); see _variants.
+SWITCHES = {"pairs": ("one after the other", "paired"),
+            "prune": ("all gradients", "unread ones left out"),
+            "inplace": ("out of place", "in place")}
+
+
+def _variants(switch, make_step):
+    """``use(on)``, which puts one side of ``switch`` in place and returns the step to time, and ``restore()``.
+    pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
+    setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
+    steps, one recorded without tinygen.compile's leaving out of unread gradients."""
+    if switch == "pairs":
+        from tinygen.kernels import gemm
+        setting, step = gemm.PAIR_MAX_ROWS, make_step()
+
+        def use(on):
+            gemm.PAIR_MAX_ROWS = setting if on else 0
+            return step
+        return use, lambda: setattr(gemm, "PAIR_MAX_ROWS", setting)
+    if switch == "inplace":
+        from tinygen.autograd import engine
+        sole_owner, step = engine._sole_owner, make_step()
+
+        def use(on):
+            engine._sole_owner = sole_owner if on else (lambda leaf: False)
+            return step
+        return use, lambda: setattr(engine, "_sole_owner", sole_owner)
+    compiled = sys.modules["tinygen.compile"]  # the module (tinygen.compile the name is the function)
+    prune = compiled._without_dead_gradients
+    steps = {True: make_step()}
+    steps[True]()  # recorded with the stage
+    compiled._without_dead_gradients = lambda program_steps: (program_steps, frozenset())
+    try:
+        steps[False] = make_step()
+        steps[False]()  # recorded without it
+    finally:
+        compiled._without_dead_gradients = prune
+    return steps.__getitem__, lambda: None
+
+
+def switch_ab(case, batch, switch, compiled=True, steps=30, rounds=10, clock=time.perf_counter):
+    """Per-step times of a benchmark model's step with ``switch`` (SWITCHES) off and on, in alternating rounds
+    of one process: (off, on) lists."""
     from . import models_tinygen
     from .specs import CASES, init_params, make_data
     model = CASES[case]["model"]
     build = models_tinygen.build_compiled if compiled else models_tinygen.build
-    step = build(case, batch, init_params(model, 0), make_data(model, batch)).step
-    setting, times = gemm.PAIR_MAX_ROWS, {0: [], 1: []}
+    use, restore = _variants(switch, lambda: build(case, batch, init_params(model, 0), make_data(model, batch)).step)
+    times = {False: [], True: []}
     try:
         for i in range(rounds + 1):
-            for on in ((0, 1) if i % 2 == 0 else (1, 0)):
-                gemm.PAIR_MAX_ROWS = setting if on else 0
+            for on in ((False, True) if i % 2 == 0 else (True, False)):
+                step = use(on)
                 step()
                 t0 = clock()
                 for _ in range(steps):
@@ -263,8 +303,8 @@ def pairs_ab(case, batch, compiled=True, steps=30, rounds=10, clock=time.perf_co
                 if i:  # the first round warms up both
                     times[on].append((clock() - t0) / steps)
     finally:
-        gemm.PAIR_MAX_ROWS = setting
-    return times[0], times[1]
+        restore()
+    return times[False], times[True]
 
 
 def main(argv=None):
@@ -277,9 +317,12 @@ def main(argv=None):
     ap.add_argument("--case", choices=("mlp", "mlp-adam", "vae", "gan", "dcgan"),
                     help="split a benchmark model's step (python -m benchmarks) into its parts")
     ap.add_argument("--eager", action="store_true", help="with --case: the eager step, not tinygen.compile's")
-    ap.add_argument("--pairs", action="store_true",
-                    help="with --case: the step with a small batch's two gradient products one after the other "
-                         "and at once (TINYGEN_MM_PAIR_MAX_ROWS 0 and its setting), alternating rounds")
+    ap.add_argument("--compare", choices=sorted(SWITCHES),
+                    help="with --case: the step with one change off and on, in alternating rounds: pairs (a small "
+                         "batch's two gradient products one after the other or at once, TINYGEN_MM_PAIR_MAX_ROWS 0 "
+                         "and its setting), prune (tinygen.compile leaving out gradients the step drops unread; "
+                         "compiled only), inplace (a leaf's second gradient added in place)")
+    ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -296,18 +339,22 @@ def main(argv=None):
     if args.profile:
         profile(args.model, args.batch)
         return 0
-    if args.case and args.pairs:
+    if args.case and args.compare:
         from tinygen.kernels import gemm
-        if not gemm.PAIR_MAX_ROWS:
+        if args.compare == "pairs" and not gemm.PAIR_MAX_ROWS:
             print("TINYGEN_MM_PAIR_MAX_ROWS is 0: the products are never paired, nothing to compare")
             return 1
+        if args.compare == "prune" and args.eager:
+            print("--compare prune: only a compiled step leaves gradients out (drop --eager)")
+            return 1
         clock = time.perf_counter if args.clock == "wall" else time.thread_time
-        off, on = pairs_ab(args.case, args.batch, not args.eager, args.steps, args.rounds, clock)
+        off, on = switch_ab(args.case, args.batch, args.compare, not args.eager, args.steps, args.rounds, clock)
+        labels = SWITCHES[args.compare]
         print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
               f"thread(s), {args.clock} time per step, medians of {args.rounds} alternating rounds of {args.steps} "
-              f"steps: gradient products one after the other / paired (up to {gemm.PAIR_MAX_ROWS} rows)")
-        print(f"  {'one after the other':24s}{statistics.median(off) * 1e3:9.3f} ms")
-        print(f"  {'paired':24s}{statistics.median(on) * 1e3:9.3f} ms")
+              f"steps: {args.compare} off / on")
+        for label, t in zip(labels, (off, on)):
+            print(f"  {label:24s}{statistics.median(t) * 1e3:9.3f} ms")
         print(f"  {'speedup':24s}{statistics.median(off) / statistics.median(on):9.3f}x")
         return 0
     if args.case:

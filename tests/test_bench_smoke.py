@@ -260,15 +260,21 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
                                    "--clock", "cpu"],
                                   ["--case", "dcgan", "--batch", "2", "--steps", "1", "--rounds", "1"],
                                   ["--case", "mlp", "--batch", "16", "--steps", "2", "--rounds", "1", "--pairs",
-                                   "--threads", "2"]])
+                                   "--threads", "2"],
+                                  ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
+                                   "prune"],
+                                  ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
+                                   "inplace", "--eager"]])
 def test_step_bench_runs_as_a_module(args):
     """benchmarks/step_bench.py (whole training steps, kernels off vs on) runs from the checkout root."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *args], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
-    if "--pairs" in args:
+    if "--pairs" in args or "--compare" in args:
+        from benchmarks.step_bench import SWITCHES
         assert out.returncode == 0, out.stderr
-        times = dict(re.findall(r"  (one after the other|paired)\s+([0-9.]+) ms", out.stdout))
-        assert set(times) == {"one after the other", "paired"} and "speedup" in out.stdout, out.stdout
+        labels = SWITCHES["pairs" if "--pairs" in args else args[args.index("--compare") + 1]]
+        times = dict(re.findall(rf"  ({'|'.join(labels)})\s+([0-9.]+) ms", out.stdout))
+        assert set(times) == set(labels) and "speedup" in out.stdout, out.stdout
         assert all(float(t) > 0 for t in times.values())
     elif "--case" in args:
         assert out.returncode == 0, out.stderr

@@ -285,8 +285,7 @@ class _Program:
         for tensor, requires_grad in self.leaves:
             if tensor._requires_grad is not requires_grad:
                 return False
-        hooked = engine._post_accumulate_hooks
-        return not (hooked and self.left_out and not self.left_out.isdisjoint(hooked))
+        return self.left_out.isdisjoint(engine._post_accumulate_hooks)
 
     def replay(self, args, kwargs):
         for slot, new in zip(self.inputs, _tensors_in(args, kwargs)):
@@ -327,7 +326,8 @@ def _without_dead_gradients(steps):
 def _dropped_unread(plan, later):
     """The ids of the leaves whose gradient from ``plan`` the steps ``later`` drop before anything may read it."""
     hooked = engine._post_accumulate_hooks
-    open_ = {id(t[1]) for step in plan.steps for t in step[4] if t is not None and t[1] is not None} - set(hooked)
+    open_ = {id(t[1]) for step in plan.steps for t in step[4]
+             if t is not None and t[1] is not None and id(t[1]) not in hooked}
     dead = set()
     for run, operands in later:
         if not open_:
@@ -521,10 +521,10 @@ class _BackwardPlan:
 
     def without(self, dead, shared):
         """This plan without its deliveries to the leaves ``dead`` (ids), and without the work only they needed:
-        the edges of a node to them, or to a register no node left reads, are cut (``array_backward`` computes
-        what ``next_edges`` asks for), and a node with nothing left to deliver is not run (its leaves' hooks become
-        due after the node before it). ``shared`` counts the plans that run each node: one other plans run too
-        keeps every edge."""
+        the edges of a node to them, or to a register no node left reads, are cut in the node itself (its
+        ``next_edges``: ``array_backward`` computes what they ask for; the node is the program's), and a node
+        with nothing left to deliver is not run (its leaves' hooks become due after the node before it).
+        ``shared`` counts the plans that run each node: one other plans run too keeps every edge."""
         plan, live, steps, carry, dropped = copy.copy(self), set(), [], (), []
         for node, array_backward, ins, metas, outs, due in reversed(self.steps):
             keep = outs

@@ -102,7 +102,7 @@ class Optimizer:
         ids = [id(p) for p in params]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{type(self).__name__}: {where} holds the same parameter more than once")
-        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        taken = {id(p) for p in self._all_params()}
         if taken.intersection(ids):
             raise ValueError(f"{type(self).__name__}: some parameters of {where} are already in another group")
 
@@ -115,21 +115,24 @@ class Optimizer:
         group["params"] = params
         self.param_groups.append(group)
 
+    def _all_params(self):
+        """Every parameter, group after group."""
+        return [p for group in self.param_groups for p in group["params"]]
+
     # ---- gradients ---------------------------------------------------------------------------------------------------
     @replayed(grads=lambda self, set_to_none=True: ("drops", self._all_params()) if set_to_none else None)
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                elif g.grad_fn is not None or g._requires_grad:
-                    p.grad = _make(g.xp.zeros_like(g.data), g._device)  # a gradient with a graph is not reused
-                else:
-                    g.data.fill(0)
+        for p in self._all_params():
+            g = p.grad
+            if g is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            elif g.grad_fn is not None or g._requires_grad:
+                p.grad = _make(g.xp.zeros_like(g.data), g._device)  # a gradient with a graph is not reused
+            else:
+                g.data.fill(0)
 
     # ---- the update --------------------------------------------------------------------------------------------------
     @replayed(grads=lambda self, closure=None: ("reads", self._all_params()) if closure is None else None)
@@ -142,9 +145,6 @@ class Optimizer:
         for group in self.param_groups:
             self._step_group(group)
         return loss
-
-    def _all_params(self):
-        return [p for group in self.param_groups for p in group["params"]]
 
     def _step_group(self, group):
         raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")
