@@ -212,9 +212,12 @@ def _install_timers(timers):
     kernels._cpu_table = None  # rebuilt from the wrapped functions
 
 
-def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter, fuse=True):
+REST = "Python and the rest"  # what no timer covers: the step's time less its timed parts
+
+
+def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter, fuse=True, round_s=None):
     """Per-step time of a benchmark model's step without timers, with them, and its parts (medians over rounds;
-    see the module docstring)."""
+    see the module docstring). ``round_s``: size each round to about that many seconds instead of ``steps``."""
     from . import models_tinygen
     from .specs import CASES, init_params, make_data
     timers = _Timers(clock)
@@ -225,8 +228,13 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
         step = models_tinygen.build_compiled(case, batch, params, data, fuse=fuse).step
     else:
         step = models_tinygen.build(case, batch, params, data).step
-    for _ in range(20):
+    for _ in range(20 if round_s is None else 3):
         step()
+    if round_s is not None:
+        t0 = clock()
+        for _ in range(3):
+            step()
+        steps = max(2, round(round_s * 3 / max(clock() - t0, 1e-9)))
     plain, timed, parts = [], [], {k: [] for k in timers.total}
     for _ in range(rounds):
         for on in (False, True):
@@ -371,7 +379,7 @@ def main(argv=None):
         for name, t in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"  {name:50s}{t * 1e3:9.3f} ms  {100 * t / timed:5.1f}%")
         rest = timed - sum(parts.values())
-        print(f"  {'Python and the rest':50s}{rest * 1e3:9.3f} ms  {100 * rest / timed:5.1f}%")
+        print(f"  {REST:50s}{rest * 1e3:9.3f} ms  {100 * rest / timed:5.1f}%")
         return 0
     if not kernels.enabled():
         print("the Numba kernels are off (numba missing or TINYGEN_NUMBA=0): nothing to compare")

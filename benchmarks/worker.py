@@ -260,6 +260,21 @@ class Worker:
         calls = sum(v[1] for v in pstats.Stats(prof).stats.values())
         return {"steps": steps, "wall_s": wall, "function_calls_per_step": calls / steps, **texts}
 
+    def cmd_breakdown(self, case, batch, rounds=5, round_s=0.25):
+        """tinygen.compile's step split into its parts (step_bench.breakdown): per-step milliseconds of the
+        matrix products, the convolutions' copies, the other kernels, the optimizer update and the rest (Python).
+        The timers stay installed in this process: run it in a fresh worker."""
+        if self.framework != "tinygen-compiled":
+            raise ValueError(f"breakdown splits tinygen-compiled's step, not {self.framework}'s")
+        if self.unavailable:
+            raise Skip(self.unavailable)
+        from .step_bench import REST, breakdown
+        plain, timed, parts = breakdown(case, batch, compiled=True, rounds=rounds, round_s=round_s)
+        parts = {k: v for k, v in parts.items() if v > 0}
+        parts[REST] = max(0.0, timed - sum(parts.values()))
+        return {"step_ms": plain * 1e3, "timed_step_ms": timed * 1e3,
+                "parts_ms": {k: v * 1e3 for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}}
+
     # ---- loop ------------------------------------------------------------------------------------------------
     def serve(self, inp, out):
         for line in inp:

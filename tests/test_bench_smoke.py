@@ -222,6 +222,47 @@ def test_profile_follows_the_headline_variant():
     assert harness.profiled_variant(["torch"], both) is None
 
 
+def _cell(median):
+    return {"status": "ok", "samples_per_s": {"median": median}} if median else {"status": "skipped: n/a"}
+
+
+def test_short_cells_are_the_compiled_cells_below_a_goal():
+    from benchmarks import harness
+    tp = {"mlp": {"16": {"tinygen-compiled": _cell(70), "jax": _cell(100), "torch": _cell(40)},  # jax 0.7 < 0.8
+                  "64": {"tinygen-compiled": _cell(80), "jax": _cell(100), "torch": _cell(10)}},  # exactly 0.8: met
+          "vae": {"16": {"tinygen-compiled": _cell(140), "jax": _cell(None), "torch": _cell(100)},  # 1.4 < 1.5
+                  "64": {"tinygen-compiled": _cell(140), "torch": _cell(100)}},  # 1.5x torch is a batch-16 goal
+          "gan": {"16": {"tinygen-compiled": _cell(None), "jax": _cell(100), "torch": _cell(100)}},  # did not run
+          "dcgan": {"64": {"tinygen-compiled": _cell(90), "torch": _cell(100), "jax": _cell(1000)}}}  # torch only
+    cells = {(case, b): missed for case, b, missed in harness.short_cells(tp)}
+    assert set(cells) == {("mlp", 16), ("vae", 16), ("dcgan", 64)}
+    assert [(a, round(r, 2), g) for a, r, g in cells[("mlp", 16)]] == [("jax", 0.7, 0.8)]  # 1.75x torch: met
+    assert [(a, round(r, 2), g) for a, r, g in cells[("vae", 16)]] == [("torch", 1.4, 1.5)]
+    assert [(a, round(r, 2), g) for a, r, g in cells[("dcgan", 64)]] == [("torch", 0.9, 1.0)]
+
+
+def test_breakdown_of_a_short_cell_in_the_report(tmp_path):
+    """A short cell's compiled step is split into its parts in a worker, and the report's table carries them."""
+    from benchmarks import harness
+    pool = harness.Pool(1, str(tmp_path))
+    try:
+        rows = harness.run_breakdowns(pool, [("mlp", 8, [("jax", 0.5, 0.8)])], harness.Settings(quick=True))
+    finally:
+        pool.close()
+    (row,) = rows
+    assert row["status"] == "ok", row
+    parts = row["parts_ms"]
+    assert parts["matrix products (gemm.mm)"] > 0 and parts["optimizer update"] > 0 and _positive(row["step_ms"])
+    assert abs(sum(parts.values()) - row["timed_step_ms"]) < 1e-6 * row["timed_step_ms"] + 1e-9  # the rest closes it
+    assert list(parts.values()) == sorted(parts.values(), reverse=True)
+    tp = {"mlp": {"8": {"tinygen-compiled": _cell(800), "jax": _cell(1600)}}}
+    md = "\n".join(harness.breakdown_markdown(rows, tp))
+    largest, ms = next(iter(parts.items()))
+    assert f"| mlp | 8 | jax 0.50x < 0.8x | tinygen-compiled 10.00, jax 5.00 | {row['step_ms']:.2f} | " \
+           f"**{largest}: {ms:.2f} (" in md, md
+    assert harness.breakdown_markdown([], tp) == []
+
+
 def test_openblas_kernel_variables_kept_or_removed(monkeypatch):
     from benchmarks import harness
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
