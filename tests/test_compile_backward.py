@@ -109,6 +109,40 @@ def test_post_accumulate_grad_hooks_run_on_replay_in_eager_order_with_the_final_
     assert _flat_backwards(f) == 1
 
 
+def test_optimizer_steps_in_post_accumulate_hooks_eager_and_replayed():
+    """PyTorch's "optimizer in backward" pattern: each parameter's own optimizer steps and zeroes its gradient in the
+    parameter's post-accumulate-grad hook (the gradient set to None during the backward). Eager and replayed agree,
+    and the parameters are those of one optimizer stepped after the backward (the same update per element)."""
+    def setup(in_backward=True):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+        params = list(model.parameters())
+        if in_backward:
+            for p in params:
+                opt = tg.optim.Adam([p], lr=0.1)
+                _hook(p, lambda t, opt=opt: (opt.step(), opt.zero_grad()))
+        else:
+            opt = tg.optim.Adam(params, lr=0.1)
+
+        def step(x):
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            if not in_backward:
+                opt.step()
+                opt.zero_grad()
+            return loss
+        return step, params, []
+    f = _compare(setup)
+    assert _flat_backwards(f) == 1
+    (step, params, _), (plain, plain_params, _) = setup(), setup(in_backward=False)
+    tg.manual_seed(5)
+    for x in [tg.randn(4, 3) for _ in range(3)]:
+        step(x)
+        plain(x)
+    assert all(p.grad is None for p in params)
+    assert all(np.array_equal(p.data, q.data) for p, q in zip(params, plain_params))
+
+
 def test_queue_callback_from_a_hook_runs_after_the_replayed_backward():
     def setup():
         lin, log = _linear(2)

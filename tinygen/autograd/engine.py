@@ -98,7 +98,8 @@ class RemovableHandle:
 def register_post_accumulate_grad_hook(tensor, hook):
     """Call ``hook(tensor)`` during a backward(), as soon as this backward has accumulated all its gradient into
     the leaf's ``.grad`` (once per backward that reaches the leaf; not for ``autograd.grad``, which accumulates
-    nothing). The hook may read ``tensor.grad`` and may replace it, but must not write into its array: until the
+    nothing). The hook may read ``tensor.grad`` and may replace it or set it to None (an optimizer's ``step()`` and
+    ``zero_grad()`` in the hook: PyTorch's optimizer in backward), but must not write into its array: until the
     backward returns, that array may be shared with the graph. Returns a handle with ``remove()``."""
     if not isinstance(tensor, Tensor) or tensor.grad_fn is not None or not tensor._requires_grad:
         raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad accumulates "
@@ -463,7 +464,7 @@ def own_gradients(direct, taken):
     a view of the upstream gradient, the user's own gradient array: ids in ``taken``): copy those, so that a .grad
     never aliases anything else."""
     for leaf, is_direct in direct.items():
-        if is_direct:
+        if is_direct and leaf.grad is not None:  # None: a hook took it (an optimizer step and zero_grad in backward)
             leaf.grad = _unshared(leaf.grad, taken)
 
 
