@@ -196,6 +196,82 @@ def test_host_reads_inside_a_step_are_refused_with_the_line(read):
     assert "into Python" in str(e.value)
 
 
+# Ops whose result depends on values in a way that is not arithmetic on their inputs (a mask, an index): each must be
+# computed again on every replay, not replayed as the constant it was when recorded.
+VALUE_DEPENDENT = {
+    "where on a comparison": lambda x, i: tg.where(x > 0, x, x * 0.1).sum(),
+    "logical ops": lambda x, i: (((x > 0) & (x < 1)) | ~(x > -1)).float() * x,
+    "eq ne le ge lt": lambda x, i: x * ((x >= 0.5) != (x <= -0.5)) + (x.lt(0) == x.gt(0.2)).float(),
+    "argmax argmin": lambda x, i: x.argmax(1) * 10 + x.argmin(0).sum() + x.argmax(),
+    "max min along a dim": lambda x, i: x.max(1).values.sum() + x.min(0, keepdim=True).values.sum() * x.max(
+        0).indices.float().sum(),
+    "index tensor": lambda x, i: x[i] * 2,
+    "index tuple with a tensor": lambda x, i: x[1:, i.reshape(-1)[:2]] * 2,
+    "index_select": lambda x, i: x.index_select(0, i) * 2,
+    "gather": lambda x, i: x.gather(1, i.unsqueeze(1)) * 2,
+    "take_along_dim": lambda x, i: tg.take_along_dim(x, x.argmax(1, keepdim=True), 1) * 2,
+    "an index from argmax": lambda x, i: x[tg.arange(4), x.argmax(1)].sum() * x.gather(1, x.argmin(1, keepdim=True)),
+    "nansum": lambda x, i: tg.nansum(tg.log(x)) * 1,
+    "norm of order 0": lambda x, i: tg.norm(tg.relu(x), 0) * 1,
+    "a value clamped, its gradient kept": lambda x, i: F.cosine_similarity(x, tg.relu(x)) * 1,
+    "gaussian_nll_loss's clamped variance": lambda x, i: F.gaussian_nll_loss(x, x * 0.5, tg.relu(x) * 0.1) * 1,
+}
+
+
+@pytest.mark.parametrize("name", list(VALUE_DEPENDENT))
+def test_value_dependent_ops_are_computed_again_on_every_replay(name):
+    fn = VALUE_DEPENDENT[name]
+    w = tg.zeros(4, 3, requires_grad=True)  # a parameter: the gradients through these ops are replayed too
+
+    def step(x, i):
+        out = fn(x + w, i)
+        if out.requires_grad:
+            (out * 1.5).sum().backward()
+        return out
+    f = tg.compile(step)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        x = tg.tensor(rng.standard_normal((4, 3)).astype(np.float32))
+        i = tg.tensor(rng.integers(0, 3, 4))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w.grad = None
+            got = f(x, i).data
+            grad, w.grad = None if w.grad is None else w.grad.data.copy(), None
+            want = step(x, i).data
+        assert np.array_equal(got, want, equal_nan=True), (name, k, got, want)
+        if grad is not None:
+            assert np.array_equal(grad, w.grad.data, equal_nan=True), (name, k)
+    assert f.records == 1 and f.replays == 3
+
+
+def test_a_boolean_mask_index_is_refused_when_it_may_change_and_kept_when_constant():
+    f = tg.compile(lambda x: x[x > 0] * 2)
+    with pytest.raises(tg.CompileError, match="boolean mask") as e:
+        f(tg.randn(5))
+    assert "test_compile.py" in str(e.value)
+    mask = tg.tensor([True, False, True, True, False])  # a constant of the step: its shape never changes
+    g = tg.compile(lambda x: x[mask] * 2)
+    for _ in range(3):
+        x = tg.randn(5)
+        assert np.array_equal(g(x).data, x.data[mask.data] * 2)
+
+
+def test_a_gradient_the_steps_backward_made_is_refused_as_an_operand():
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        norm = sum((p.grad ** 2).sum() for p in model.parameters())  # a new .grad on every replay: stale here
+        opt.step()
+        return norm
+    f = tg.compile(step)
+    x, y = _batches(1)[0]
+    with pytest.raises(tg.CompileError, match="its own backward made") as e:
+        f(x, y)
+    assert "test_compile.py" in str(e.value)
+
+
 def test_a_tensor_argument_that_requires_grad_is_refused():
     f = tg.compile(lambda a: (a * 2).sum())
     with pytest.raises(tg.CompileError, match="requires grad"):

@@ -11,7 +11,8 @@ hook below is a single attribute test. The core reports to it at these places:
   * setting a tensor's ``requires_grad`` (freezing a module for part of a step) is recorded and set again on
     every replay (``note_requires_grad``);
   * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while
-    recording (``refuse_host_read``): a replay could not repeat a decision taken on a value.
+    recording (``refuse_host_read``): a replay could not repeat a decision taken on a value; so is a result
+    whose shape depends on the values of a tensor that may change (``refuse_shape_from_values``).
 
 ``depth`` counts the recorded calls in progress, so what runs inside them is not recorded twice.
 """
@@ -59,6 +60,14 @@ def refuse_host_read(tensor, what):
     """Raise while recording: the step reads a tensor's value into Python (``what``, e.g. ".item()")."""
     rec = CAPTURE.recorder
     if rec is not None and not rec.depth:
+        rec.refuse(tensor, what)
+
+
+def refuse_shape_from_values(tensor, what):
+    """Raise while recording if ``tensor``'s values decide a result's shape (``what``: boolean-mask indexing) and
+    may differ on a replay: an input of the step or a tensor its ops made. A constant of the step passes."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth and rec.varies(tensor):
         rec.refuse(tensor, what)
 
 

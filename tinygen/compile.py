@@ -163,8 +163,11 @@ class _Recorder:
         self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
+        self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
+        self.inputs = set()  # ids of the program's input tensors
 
     def record_apply(self, cls, args):
+        self.refuse_new_grads(args)
         self.depth += 1
         try:
             out = cls.apply(*args)
@@ -190,6 +193,7 @@ class _Recorder:
     def record_call(self, fn, args, kwargs, builds_graph=False):
         args = tuple(_kept(a) for a in args)
         kwargs = {k: _kept(v) for k, v in kwargs.items()}
+        self.refuse_new_grads(args, kwargs)
         self.depth += 1
         try:
             result = fn(*args, **kwargs)
@@ -204,20 +208,37 @@ class _Recorder:
     def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
         """A plain backward is recorded as the steps the engine took (``_BackwardPlan``); one that builds a graph,
         or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
+        before = {key: t.grad for key, (t, _) in self.leaves.items()}
         if create_graph or inputs is not None:
-            return self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
-                                    builds_graph=create_graph)
-        args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
-        trace = []
-        self.depth += 1
-        try:
-            _backward(*args, trace=trace)
-        finally:
-            self.depth -= 1
-        if all(id(node) in self.nodes for node, _ in trace):
-            self.steps.append((_replay_backward, _BackwardPlan(args[0], trace, retain_graph), args))
+            self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
+                             builds_graph=create_graph)
         else:
-            self.steps.append((_replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
+            args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
+            trace = []
+            self.depth += 1
+            try:
+                _backward(*args, trace=trace)
+            finally:
+                self.depth -= 1
+            if all(id(node) in self.nodes for node, _ in trace):
+                self.steps.append((_replay_backward, _BackwardPlan(args[0], trace, retain_graph), args))
+            else:
+                self.steps.append((_replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
+        # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
+        self.new_grads.update((id(t.grad), t.grad) for key, (t, _) in self.leaves.items()
+                              if t.grad is not None and t.grad is not before.get(key))
+
+    def refuse_new_grads(self, *values):
+        """Raise if the step passes on a .grad tensor one of its backwards made (read from a leaf in Python, which
+        the recording cannot see: a replay would pass this call's stale tensor)."""
+        if self.new_grads:
+            for t in _tensors_in(*values):
+                if id(t) in self.new_grads:
+                    raise CompileError(
+                        f"tinygen.compile: the step uses the .grad of a tensor of shape {tuple(t.shape)} that its own "
+                        f"backward made, at {user_frame()}. A replay makes that gradient anew, so the step would "
+                        f"use a stale one: read gradients after the call (return what you need from the step), or "
+                        f"call a replayed utility that takes the parameters (clip_grad_norm_)")
 
     def record_requires_grad(self, tensor, flag):
         if id(tensor) not in self.made:
@@ -225,8 +246,13 @@ class _Recorder:
         self.steps.append((_replay_requires_grad, tensor, flag))
 
     def record_alias(self, src, dst):
+        self.refuse_new_grads(src)
         self.made.add(id(dst))
         self.steps.append((_replay_alias, src, dst))
+
+    def varies(self, tensor):
+        """Whether ``tensor`` may hold other values on a replay: an input, or made by the step."""
+        return id(tensor) in self.made or id(tensor) in self.inputs
 
     def note_module(self, module):
         self.modules[id(module)] = (module, module.training)
@@ -253,6 +279,7 @@ def _record(fn, args, kwargs, fuse):
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     rec = _Recorder()
+    rec.inputs = {id(t) for t in _tensors_in(args, kwargs)}
     CAPTURE.recorder = rec
     try:
         result = fn(*args, **kwargs)
@@ -389,7 +416,7 @@ def _with_releases(steps, inputs, keep):
         uses, new, walked = (), (), ()
         if run is _replay_forward:
             operands = operands[:6] + (shadowable,)
-            uses, new = operands[3], operands[4]
+            uses, new = _tensors_in(operands[3]), operands[4]  # with the tensors inside an index tuple
             relinked = relinked or operands[5]
             if operands[1] is not None:
                 by_node[id(operands[1])] = operands
@@ -437,8 +464,8 @@ def _graph(roots, by_node, unshadowable):
         seen.add(id(node))
         found.extend(_tensors_in(*getattr(node, "__dict__", {}).values()))
         operands = by_node.get(id(node))
-        if operands is not None and any(id(t) in unshadowable for t in operands[3] + operands[4]):
-            found.extend(operands[3])
+        if operands is not None and any(id(t) in unshadowable for t in _tensors_in(operands[3], operands[4])):
+            found.extend(_tensors_in(operands[3]))
             found.extend(operands[4])
         todo.extend(e[0] for e in getattr(node, "next_edges", ()) if e is not None and not isinstance(e[0], Tensor))
     return seen, found

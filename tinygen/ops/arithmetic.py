@@ -204,36 +204,49 @@ def _pos(a):
 
 
 # ---- comparisons and logic: boolean results, never differentiable -----------------------------------------------
-def _compare(fn):
-    def op(a, b):
-        b = operand(b, a)
-        if a._device is not b._device:
-            raise RuntimeError(f"{fn.__name__}: expected tensors on the same device, got {a._device} and {b._device}")
-        return _make(fn(a.data, b.data), a._device)
-    op.__name__ = fn.__name__
-    return op
+class Compare(Function):
+    """A comparison or logical op (``fn`` on the arrays, set by each subclass). Its result is boolean, so
+    ``Function.apply`` makes no node for it; it is still an op, so tinygen.compile records it and computes it
+    again on every replay (a mask computed once would be replayed as a constant)."""
+    fn = None
 
-
-lt = register("lt", "__lt__")(_compare(operator.lt))
-le = register("le", "__le__")(_compare(operator.le))
-gt = register("gt", "__gt__")(_compare(operator.gt))
-ge = register("ge", "__ge__")(_compare(operator.ge))
-eq = register("eq", "__eq__")(_compare(operator.eq))
-ne = register("ne", "__ne__")(_compare(operator.ne))
+    @staticmethod
+    def forward(ctx, *args):
+        return ctx.fn(*[a.data for a in args])
 
 
 def _truth(x):
     return x if x.dtype.kind == "b" else x != 0
 
 
+def _compare(name, fn):
+    cls = type(name.title().replace("_", ""), (Compare,), {"fn": staticmethod(fn), "__doc__": f"``{name}``."})
+
+    def op(a, b):
+        return cls.apply(a, operand(b, a))
+    op.__name__ = name
+    return op
+
+
+lt = register("lt", "__lt__")(_compare("lt", operator.lt))
+le = register("le", "__le__")(_compare("le", operator.le))
+gt = register("gt", "__gt__")(_compare("gt", operator.gt))
+ge = register("ge", "__ge__")(_compare("ge", operator.ge))
+eq = register("eq", "__eq__")(_compare("eq", operator.eq))
+ne = register("ne", "__ne__")(_compare("ne", operator.ne))
+_and = _compare("logical_and", lambda x, y: _truth(x) & _truth(y))
+_or = _compare("logical_or", lambda x, y: _truth(x) | _truth(y))
+LogicalNot = type("LogicalNot", (Compare,), {"fn": staticmethod(lambda x: ~_truth(x)), "__doc__": "``logical_not``."})
+
+
 def logical_and(a, b):
     require_tensor(a, "logical_and")
-    return _compare(lambda x, y: _truth(x) & _truth(y))(a, b)
+    return _and(a, b)
 
 
 def logical_or(a, b):
     require_tensor(a, "logical_or")
-    return _compare(lambda x, y: _truth(x) | _truth(y))(a, b)
+    return _or(a, b)
 
 
 register("logical_and", "__and__", "__rand__")(logical_and)
@@ -242,4 +255,4 @@ register("logical_or", "__or__", "__ror__")(logical_or)
 
 @register("logical_not", "__invert__")
 def logical_not(a):
-    return _make(~_truth(a.data), a._device)
+    return LogicalNot.apply(a)

@@ -1,6 +1,7 @@
 """Indexing: ``x[index]`` with ints, slices, None, Ellipsis, and integer or boolean arrays/tensors."""
 from .. import backend
 from ..autograd.function import Function
+from ..capture import refuse_shape_from_values
 from ..tensor import Tensor, _host_array, register
 
 
@@ -23,14 +24,30 @@ def _has_int_array(index):
 
 
 class GetItem(Function):
+    """``x[index]``. Tensors in the index are read in the forward, so tinygen.compile's replay reads their new
+    values (an index read once would be replayed as a constant)."""
     @staticmethod
     def forward(ctx, x, index):
+        index = _index_data(index, ctx.xp)
         ctx.shape, ctx.index = x.data.shape, index
         return x.data[index]
 
     @staticmethod
     def backward(ctx, g):
         return IndexAdd.apply(g, ctx.index, ctx.shape), None
+
+
+class TakeIndices(GetItem):
+    """``x[index]`` where the item at position ``dim`` of ``index`` is an index tensor along that axis, checked in
+    the forward (every call, replays too) to lie in [0, size): gather's and index_select's PyTorch rules."""
+    @staticmethod
+    def forward(ctx, x, index, op, dim):
+        _check_bounds(_index_data(index[dim], ctx.xp), x.data.shape[dim], op, dim)
+        return GetItem.forward(ctx, x, index)
+
+    @staticmethod
+    def backward(ctx, g):
+        return GetItem.backward(ctx, g) + (None, None)
 
 
 class IndexAdd(Function):
@@ -53,8 +70,11 @@ class IndexAdd(Function):
 
 @register("__getitem__")
 def getitem(x, index):
+    for item in index if isinstance(index, tuple) else (index,):
+        if isinstance(item, Tensor) and item.data.dtype.kind == "b":
+            refuse_shape_from_values(item, "indexing with a boolean mask: the result's shape depends on its "
+                                           "values; use where() or masked_fill()")
     try:
-        index = _index_data(index, x.xp)
         return GetItem.apply(x, index)
     except (IndexError, ValueError, TypeError) as e:
         raise IndexError(f"index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
@@ -86,7 +106,6 @@ import numpy as _np  # noqa: E402
 from .arithmetic import operand  # noqa: E402
 from .elementwise import where  # noqa: E402
 from .shape import wrap_dim  # noqa: E402
-from ..tensor import _make  # noqa: E402
 
 
 def _int_index(index, op, name="index"):
@@ -135,9 +154,7 @@ def index_select(x, dim, index):
             raise IndexError(f"index_select(): Index to scalar can have only 1 value, got {idx.size} value(s)")
         _check_bounds(idx, 1, "index_select", 0)
         return x.clone()
-    size = x.data.shape[d]
-    _check_bounds(idx, size, "index_select", d)
-    return GetItem.apply(x, (slice(None),) * d + (idx.reshape(-1),))
+    return TakeIndices.apply(x, (slice(None),) * d + (index.reshape(-1),), "index_select", d)
 
 
 @register()
@@ -158,11 +175,10 @@ def gather(x, dim, index, *, sparse_grad=False):
         if k != d and idx.shape[k] > x.data.shape[k]:
             raise RuntimeError(f"gather(): Size does not match at dimension {k} expected index {list(idx.shape)} "
                                f"to be smaller than self {list(x.shape)} apart from dimension {d}")
-    _check_bounds(idx, x.data.shape[d], "gather", d)
     xp = x.xp
-    grid = tuple(idx if k == d else xp.arange(idx.shape[k]).reshape((-1,) + (1,) * (nd - 1 - k))
+    grid = tuple(index if k == d else xp.arange(idx.shape[k]).reshape((-1,) + (1,) * (nd - 1 - k))
                  for k in range(nd))
-    return GetItem.apply(x, grid)
+    return TakeIndices.apply(x, grid, "gather", d)
 
 
 @register()
@@ -171,7 +187,7 @@ def take_along_dim(x, indices, dim=None):
     ``dim=None``, along the flattened tensor."""
     idx = _int_index(indices, "take_along_dim", "indices")
     if dim is None:
-        return gather(x.reshape(-1), 0, _make(idx.reshape(-1), indices._device))
+        return gather(x.reshape(-1), 0, indices.reshape(-1))
     nd = x.data.ndim
     d = wrap_dim(dim, nd, "take_along_dim")
     if idx.ndim != nd:
@@ -184,6 +200,5 @@ def take_along_dim(x, indices, dim=None):
     except ValueError:
         raise RuntimeError(f"take_along_dim(): input of shape {tuple(x.shape)} and indices of shape "
                            f"{tuple(idx.shape)} do not broadcast outside dim {d}") from None
-    idx = x.xp.broadcast_to(idx, shape)
     x = x.expand(shape[:d] + (x.data.shape[d],) + shape[d + 1:])
-    return gather(x, d, _make(idx, indices._device))
+    return gather(x, d, indices.expand(shape))

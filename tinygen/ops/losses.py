@@ -151,9 +151,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
                              f"same shape, the shape without the last dimension, or a 1 in one dimension)")
     if bool((var.data < 0).any()):
         raise ValueError(f"{fn}: var has negative entries")
-    # clamp the value to eps but let the gradient through unchanged (PyTorch clamps in place under no_grad)
-    clamped = var.xp.maximum(var.data, var.dtype.type(eps)) - var.data
-    var = var + _make(clamped, var.device)
+    var = ClampValue.apply(var, eps)  # clamped in value only (PyTorch clamps in place under no_grad)
     diff = input - target
     loss = (var.log() + diff * diff / var) * 0.5
     if full:
@@ -581,10 +579,16 @@ def _per_element(g, reduction, shape):
     return _upstream(g, reduction, math.prod(shape))
 
 
-def _value_only(x, lower):
-    """``x`` clamped below at ``lower`` in value, with the gradient of ``x`` itself (PyTorch clamps such
-    values in place under no_grad)."""
-    return x + _make(x.xp.maximum(x.data, x.data.dtype.type(lower)) - x.data, x._device)
+class ClampValue(Function):
+    """``x`` clamped below at ``lower`` in value, with the gradient of ``x`` itself (PyTorch clamps such values in
+    place under no_grad). An op, so tinygen.compile clamps the new values on every replay."""
+    @staticmethod
+    def forward(ctx, x, lower):
+        return ctx.xp.maximum(x.data, x.data.dtype.type(lower))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
 
 
 class KLDivFunction(Function):
@@ -711,6 +715,6 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
             raise RuntimeError(f"cosine_similarity: x1 of shape {tuple(x1.shape)} and x2 of shape "
                                f"{tuple(x2.shape)} do not broadcast") from None
         x1, x2 = x1.expand(shape), x2.expand(shape)
-    n1 = _value_only(norm(x1, 2, dim, keepdim=True), eps)
-    n2 = _value_only(norm(x2, 2, dim, keepdim=True), eps)
+    n1 = ClampValue.apply(norm(x1, 2, dim, keepdim=True), eps)
+    n2 = ClampValue.apply(norm(x2, 2, dim, keepdim=True), eps)
     return ((x1 / n1) * (x2 / n2)).sum(dim)

@@ -89,6 +89,33 @@ class TakeAlong(Function):
         return _unreduce(g, ctx.shape, (ctx.dim,), ctx.keepdim) * _make(hot, ctx.device), None, None, None
 
 
+class ExtremeAlong(TakeAlong):
+    """(values, indices) of the max (``largest``) or min along ``dim``: the index is found in the forward, so
+    tinygen.compile's replay finds it again on new values; the gradient goes to those positions (TakeAlong's)."""
+    @staticmethod
+    def forward(ctx, x, dim, keepdim, largest):
+        xp = ctx.xp
+        index = xp.expand_dims((xp.argmax if largest else xp.argmin)(x.data, axis=dim), dim)
+        values = TakeAlong.forward(ctx, x, index, dim, keepdim)
+        return values, (index if keepdim else index.squeeze(dim))
+
+    @staticmethod
+    def backward(ctx, g, g_index):
+        return TakeAlong.backward(ctx, g)
+
+
+class ArgExtreme(Function):
+    """argmax (``largest``) or argmin along ``axis`` (None: of the flattened tensor). An index: Function.apply
+    makes no node for it, and tinygen.compile computes it again on every replay."""
+    @staticmethod
+    def forward(ctx, x, axis, keepdim, largest):
+        xp, d = ctx.xp, x.data
+        if d.ndim == 0:
+            return xp.zeros((), dtype="int64")
+        out = (xp.argmax if largest else xp.argmin)(d, axis=axis)
+        return xp.expand_dims(out, axis) if keepdim and axis is not None else xp.asarray(out)
+
+
 class Logsumexp(Function):
     save_output = True
 
@@ -206,11 +233,7 @@ def _max_min(x, dim, keepdim, largest, name):
         values, indices = _max_min(x.reshape(1), 0, False, largest, name)
         return ValuesIndices(values.reshape(()), indices.reshape(()))
     (axis,) = normalize_dims(dim, x.data.ndim, name)
-    xp = x.xp
-    idx = (xp.argmax if largest else xp.argmin)(x.data, axis=axis)
-    index = xp.expand_dims(idx, axis)
-    values = TakeAlong.apply(x, index, axis, keepdim)
-    return ValuesIndices(values, _make(index if keepdim else idx, x._device))
+    return ValuesIndices(*ExtremeAlong.apply(x, axis, keepdim, largest))
 
 
 @register()
@@ -236,28 +259,21 @@ def amin(x, dim=None, keepdim=False):
 
 @register()
 def argmax(x, dim=None, keepdim=False):
-    xp = x.xp
-    if dim is None:
-        return _make(xp.asarray(xp.argmax(x.data)), x._device)
-    if x.data.ndim == 0:
-        normalize_dims(dim, 0, "argmax")
-        return _make(xp.zeros((), dtype="int64"), x._device)
-    (axis,) = normalize_dims(dim, x.data.ndim, "argmax")
-    out = xp.argmax(x.data, axis=axis)
-    return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
+    return _arg_extreme(x, dim, keepdim, True, "argmax")
 
 
 @register()
 def argmin(x, dim=None, keepdim=False):
-    xp = x.xp
-    if dim is None:
-        return _make(xp.asarray(xp.argmin(x.data)), x._device)
-    if x.data.ndim == 0:
-        normalize_dims(dim, 0, "argmin")
-        return _make(xp.zeros((), dtype="int64"), x._device)
-    (axis,) = normalize_dims(dim, x.data.ndim, "argmin")
-    out = xp.argmin(x.data, axis=axis)
-    return _make(xp.expand_dims(out, axis) if keepdim else out, x._device)
+    return _arg_extreme(x, dim, keepdim, False, "argmin")
+
+
+def _arg_extreme(x, dim, keepdim, largest, name):
+    if dim is None or x.data.ndim == 0:
+        if dim is not None:
+            normalize_dims(dim, 0, name)
+        return ArgExtreme.apply(x, None, False, largest)
+    (axis,) = normalize_dims(dim, x.data.ndim, name)
+    return ArgExtreme.apply(x, axis, keepdim, largest)
 
 
 @register()
@@ -440,7 +456,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if p == -math.inf:
         return amin(x.abs(), dims, keepdim)
     if p == 0:  # the number of non-zeros, with a zero gradient (as PyTorch): 1 where x != 0, else x * 0 (x = 0)
-        nonzero = _make(x.data != 0, x._device)
+        nonzero = x != 0
         return sum(where(nonzero, 1.0, where(nonzero, 0.0, x) * 0.0), dims, keepdim)
     if p == 1:
         return sum(x.abs(), dims, keepdim)
@@ -463,5 +479,5 @@ def nansum(x, dim=None, keepdim=False, *, dtype=None):
         x = x.to(dtype)
     dims = _reduce_dims(dim, x.data.ndim, "nansum")
     if x.data.dtype.kind == "f":
-        x = where(_make(x.xp.isnan(x.data), x._device), 0.0, x)
+        x = where(x != x, 0.0, x)  # NaN is the one value not equal to itself
     return sum(x, dims, keepdim)
