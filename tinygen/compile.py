@@ -59,9 +59,10 @@ elsewhere (``self.last = h``) raises when used after the call; return it from th
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
-``.tolist()``) and tensor arguments that require grad. Return tensors from the step and read them after the
-call. Array code on ``tensor.data`` inside the step is not seen by the recorder and is not replayed: write the
-step with tinygen ops, modules and optimizers.
+``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made, and
+tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
+``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
+were: write the step with tinygen ops, modules and optimizers.
 
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
 state and random stream) and raises ``CompileError`` on the first array that differs (not with
