@@ -5,8 +5,8 @@ convolutional networks). Each graph becomes a step whose leaves are tensors held
 parameters are: the step evaluates the graph and runs a backward into the leaves, a plain one or, drawn, the
 second-order one of a gradient penalty (``grad(..., create_graph=True)``, then ``backward``). The compiled step
 records on its first call and replays on the next ones, each with new leaf values written into the same tensors
-(``leaf.data[...] = ``); its output value and every leaf's gradient must equal the eager step's on the same
-values, bit for bit (fusion on: its exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
+(``leaf.data[...] = ``: moved a little, then shuffled, so that value-dependent selections change); its output
+value and every leaf's gradient must equal the eager step's on the same values, bit for bit (fusion on: its exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
 """
 import contextlib
 
@@ -84,10 +84,18 @@ def _same(a, b):
 def _check(graph, second_order, rng, device="cpu", drop=()):
     """The step compiled and eager agree on every call; returns the compiled step and its leaves."""
     first = [np.asarray(graph.program[i][1]) for i in graph.leaves()]
-    # later calls: the leaves moved a little (staying inside the ops' domains and away from their kinks, mostly;
-    # a value that crosses one is fine: eager and replay see the same values)
-    values = [first] + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first] for _ in range(CALLS - 1)]
-    eager, _, _ = _run(graph, second_order, False, values, device, drop)
+    # the second call: the leaves moved a little (staying inside the ops' domains and away from their kinks,
+    # mostly; a value that crosses one is fine: eager and replay see the same values); the last: each leaf's
+    # values shuffled, so that masks, maxima and argmax indices change too (the same values: the same domains)
+    moved = [[v + 1e-3 * rng.standard_normal(v.shape) for v in first] for _ in range(CALLS - 2)]
+    shuffled = [rng.permutation(v.reshape(-1)).reshape(v.shape) for v in first]
+    values = [first] + moved + [shuffled]
+    try:
+        eager, _, _ = _run(graph, second_order, False, values, device, drop)
+    except (ValueError, RuntimeError, IndexError):  # an op's own check refused the shuffled values
+        event("eager refused the shuffled leaves: moved a little instead")
+        values = [first] + moved + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first]]
+        eager, _, _ = _run(graph, second_order, False, values, device, drop)
     replayed, compiled, leaves = _run(graph, second_order, True, values, device, drop)
     assert compiled.records == 1 and compiled.replays == CALLS - 1, (compiled.records, compiled.replays)
     for call, ((ev, eg), (rv, rg)) in enumerate(zip(eager, replayed)):

@@ -144,6 +144,13 @@ FUNCTIONAL_CALLS = {
     "F.embedding": (TF.embedding, lambda *a, **k: _F().embedding(*a, **k)),
     "F.pad": (TF.pad, lambda *a, **k: _F().pad(*a, **k)),
     "pow_small_int": (lambda x, p: x ** p, lambda x, p: x ** p),
+    # selections that depend on values: a mask from a comparison, an index from max / argmax (a compiled step
+    # must compute them again on every replay, test_compile_graphs.py)
+    "where_gt": (lambda x, y: tg.where(x > y, x, y), lambda x, y: _torch().where(x > y, x, y)),
+    "select_max_dim": (lambda x, dim, largest: (x.max(dim) if largest else x.min(dim)).values,
+                lambda x, dim, largest: (x.max(dim) if largest else x.min(dim)).values),
+    "gather_argmax": (lambda x, y, dim: x.gather(dim, y.argmax(dim, keepdim=True)),
+                      lambda x, y, dim: x.gather(dim, y.argmax(dim, keepdim=True))),
 }
 SPEC_CALLS = {s.name: (s.fn, s.torch_fn) for s in SPECS if s.name not in EXCLUDED_SPECS}
 SPECS_BY_NAME = {s.name: s for s in SPECS}
@@ -765,6 +772,38 @@ def add_pow_small_int(b):
     return b.op("pow_small_int", [x], {"p": b.draw(st.sampled_from(exponents))})
 
 
+SELECT_GAP = 1e-2  # compared values at least this far apart: float32 round-off never flips a comparison
+
+
+def _separated(a, dim=None):
+    """No two values of ``a`` (along ``dim``; with ``dim`` None, ``a`` holds differences) closer than SELECT_GAP."""
+    if dim is None:
+        return bool((np.abs(a) >= SELECT_GAP).all())
+    a = np.sort(a, axis=dim)
+    return a.shape[dim] < 2 or bool((np.diff(a, axis=dim) >= SELECT_GAP).all())
+
+
+def add_select(b):
+    """A selection by value: where(x > y, x, y), the max / min along a dim, or x's entries at y's argmax along a
+    dim; x and y nodes of the graph, their compared values apart (no near-ties, which round-off could break
+    differently in the two libraries)."""
+    x = b.pick(lambda s: len(s) >= 1)
+    s = b.shape(x)
+    kind = b.draw(st.sampled_from(["where_gt", "select_max_dim", "gather_argmax"]))
+    y = b.operand_like(s, Domain(), exact=True) if kind != "select_max_dim" else x
+    dim = b.draw(st.integers(-len(s), len(s) - 1))
+    vx, vy = b.values[x].data, b.values[y].data
+    if kind == "where_gt":
+        if y == x or not _separated(vx - vy):
+            raise Reject("compared values too close")
+        return b.op("where_gt", [x, y])
+    if not _separated(vy, dim):
+        raise Reject("near-ties along dim")
+    if kind == "select_max_dim":
+        return b.op("select_max_dim", [x], {"dim": dim, "largest": b.draw(st.booleans())})
+    return b.op("gather_argmax", [x, y], {"dim": dim})
+
+
 IMAGE_OPS = ("conv", "max_pool2d", "avg_pool2d", "interpolate")
 
 
@@ -816,7 +855,7 @@ FUNCTIONAL = {
     "F.binary_cross_entropy": add_bce, "F.binary_cross_entropy_with_logits": add_bce_logits,
     "F.cross_entropy": add_class_loss("F.cross_entropy"), "F.nll_loss": add_class_loss("F.nll_loss"),
     "F.embedding": add_embedding, "pow_small_int": add_pow_small_int, "image layer": add_image_layer,
-    "F.pad": add_pad,
+    "F.pad": add_pad, "select": add_select,
 }
 FUNCTIONAL_WEIGHT = 4  # drawn this many times as often as a table op: there are far fewer of them
 ENTRIES = [(s.name, (lambda b, s=s: add_spec(b, s))) for s in SPECS if s.name not in EXCLUDED_SPECS] + \
