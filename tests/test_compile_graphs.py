@@ -6,7 +6,8 @@ parameters are: the step evaluates the graph and runs a backward into the leaves
 second-order one of a gradient penalty (``grad(..., create_graph=True)``, then ``backward``). The compiled step
 records on its first call and replays on the next ones, each with new leaf values written into the same tensors
 (``leaf.data[...] = ``: moved a little, then shuffled, so that value-dependent selections change); its output
-value and every leaf's gradient must equal the eager step's on the same values, bit for bit (fusion on: its exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
+value and every leaf's gradient must equal the eager step's on the same values, bit for bit (fusion on: its
+exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
 """
 import contextlib
 
