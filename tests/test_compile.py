@@ -145,6 +145,39 @@ def test_a_new_signature_or_mode_records_anew_and_stays_exact():
     assert f.records == 4
 
 
+def test_a_replaced_parameter_submodule_or_setting_records_anew():
+    """What a module's forward reads in Python is baked into a recording: replacing a parameter, a submodule or
+    a setting between calls records the step anew (a replay would use the old ones); switching to eval and back
+    between calls, or inside the step, does not."""
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), nn.Linear(4, 2))
+    x = tg.randn(5, 3)
+
+    def step(x):
+        out = model(x)
+        model.eval()
+        with tg.no_grad():
+            check = model(x)
+        model.train()
+        return out * 1, check * 1
+    f = tg.compile(step)
+    changes = [lambda: None, lambda: None,
+               lambda: setattr(model[0], "weight", nn.Parameter(tg.randn(4, 3))),  # a new parameter
+               lambda: setattr(model[2], "bias", None),  # a parameter removed
+               lambda: model.__setitem__(2, nn.Linear(4, 2)),  # a new submodule
+               lambda: setattr(model[1], "p", 1.0),  # a setting: everything dropped now
+               lambda: (model.eval(), model.train())]  # back as it was: no change
+    records = []
+    for change in changes:
+        change()
+        got = f(x)
+        want = step(x)
+        assert all(np.array_equal(a.data, b.data) for a, b in zip(got, want))
+        records.append(f.records)
+    assert records == [1, 1, 2, 3, 4, 5, 5]
+    assert np.array_equal(f(x)[0].data, np.broadcast_to(model[2].bias.data, (5, 2)))  # p = 1: the bias alone
+
+
 def test_parameters_changed_between_calls_are_used_by_the_replay():
     def run(compiled):
         model, opt, step = _mlp_setup()

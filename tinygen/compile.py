@@ -256,7 +256,8 @@ class _Recorder:
         return id(tensor) in self.made or id(tensor) in self.inputs
 
     def note_module(self, module):
-        self.modules[id(module)] = (module, module.training)
+        if id(module) not in self.modules:  # its mode as the step found it, before it changed anything
+            self.modules[id(module)] = (module, module.training)
 
     def refuse(self, tensor, what):
         raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
@@ -302,13 +303,15 @@ class _Program:
             self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx", _PROGRAM_KINDS)
         self.inputs = inputs
         self.result = result
-        self.modules = tuple(rec.modules.values())
+        # each module's mode when the step first called it, and its count of changes when the step ended: a
+        # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
+        self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
         self.leaves = tuple(rec.leaves.values())
         self.grad_enabled = grad_enabled
 
     def guards_hold(self):
-        for module, training in self.modules:
-            if module.training is not training:
+        for module, training, changes in self.modules:
+            if module.training is not training or module.__dict__.get("_changes", 0) != changes:
                 return False
         for tensor, requires_grad in self.leaves:
             if tensor._requires_grad is not requires_grad:
@@ -734,7 +737,7 @@ def _state_of(program):
     the objects whose methods it called (optimizers, schedulers: through their state_dict)."""
     inputs = {id(t) for t in program.inputs}
     tensors = {id(t): t for t, rg in program.leaves if rg and id(t) not in inputs}
-    for module, _ in program.modules:
+    for module, _, _ in program.modules:
         for b in module.__dict__.get("_buffers", {}).values():
             if b is not None:
                 tensors[id(b)] = b

@@ -70,6 +70,9 @@ def _check_name(kind, name):
         raise KeyError(f"{kind} name cannot contain '.', got {name!r}")
 
 
+_MISSING = object()
+
+
 class Module:
     """Base class of layers and models: subclass it, assign parameters and submodules in ``__init__`` (after
     ``super().__init__()``), and define ``forward``. Calling the module calls ``forward``.
@@ -108,8 +111,15 @@ class Module:
                 store.pop(name, None)
         self._non_persistent.discard(name)
 
+    def _changed(self):
+        """Count a change of what the module's forward may read (a parameter, buffer or submodule replaced, a
+        public setting): tinygen.compile records a step anew when a module it used has changed since."""
+        d = self.__dict__
+        d["_changes"] = d.get("_changes", 0) + 1
+
     def register_parameter(self, name, param):
         """Add a parameter (or None, a declared but absent parameter such as a disabled bias)."""
+        self._changed()
         params, _, _ = self._registries()
         _check_name("parameter", name)
         if name in self.__dict__ and name not in params:
@@ -125,6 +135,7 @@ class Module:
     def register_buffer(self, name, tensor, persistent=True):
         """Add a tensor that is state but not learned (running statistics); ``persistent=False`` keeps it out of
         the state_dict."""
+        self._changed()
         _, buffers, _ = self._registries()
         _check_name("buffer", name)
         if name in self.__dict__ and name not in buffers:
@@ -139,6 +150,7 @@ class Module:
 
     def add_module(self, name, module):
         """Add a child module (reachable as an attribute and in parameters(), state_dict(), ...)."""
+        self._changed()
         _, _, modules = self._registries()
         _check_name("module", name)
         if name in self.__dict__ and name not in modules:
@@ -152,6 +164,10 @@ class Module:
 
     def __setattr__(self, name, value):
         d = self.__dict__
+        # a new value; not the module's own bookkeeping (DistributedDataParallel's no_sync flag, ...), nor its
+        # mode, which tinygen.compile checks itself (eval() and back between two steps changes nothing)
+        if name[0] != "_" and name != "training" and getattr(self, name, _MISSING) is not value:
+            self._changed()
         params, buffers, modules = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
         if isinstance(value, Parameter):
             if params is not None:
@@ -189,6 +205,7 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name):
+        self._changed()
         d = self.__dict__
         for key in ("_parameters", "_buffers", "_modules"):
             store = d.get(key)
