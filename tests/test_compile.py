@@ -178,6 +178,30 @@ def test_a_replaced_parameter_submodule_or_setting_records_anew():
     assert np.array_equal(f(x)[0].data, np.broadcast_to(model[2].bias.data, (5, 2)))  # p = 1: the bias alone
 
 
+def test_a_parameter_given_another_shape_records_anew():
+    """The same parameter tensors on arrays of another shape (a layer made wider in place) record anew; so would
+    another dtype (what .double() does to a model), which the guard checks the same way."""
+    tg.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = tg.randn(5, 3)
+
+    def step(x):
+        lin.zero_grad()
+        out = lin(x)
+        (out * out).sum().backward()
+        return out
+    f = tg.compile(step)
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        if k == 2:  # one more output
+            lin.weight.data = rng.standard_normal((3, 3)).astype(np.float32)
+            lin.bias.data = rng.standard_normal(3).astype(np.float32)
+        got, got_grad = f(x).data, lin.weight.grad.data.copy()
+        want = step(x).data
+        assert np.array_equal(got, want) and np.array_equal(got_grad, lin.weight.grad.data), k
+    assert (f.records, f.replays) == (2, 3)
+
+
 def test_parameters_changed_between_calls_are_used_by_the_replay():
     def run(compiled):
         model, opt, step = _mlp_setup()

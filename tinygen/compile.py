@@ -182,7 +182,7 @@ class _Recorder:
             if isinstance(a, Tensor):
                 device = device or a._device
                 if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
-                    self.leaves.setdefault(id(a), (a, a._requires_grad))
+                    self.leaves.setdefault(id(a), (a, a._requires_grad, a.data.shape, a.data.dtype))
         self.made.update(id(t) for t in outs)
         if ctx is not None:
             self.nodes.add(id(ctx))
@@ -210,7 +210,7 @@ class _Recorder:
     def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
         """A plain backward is recorded as the steps the engine took (``_BackwardPlan``); one that builds a graph,
         or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
-        before = {key: t.grad for key, (t, _) in self.leaves.items()}
+        before = {key: leaf[0].grad for key, leaf in self.leaves.items()}
         if create_graph or inputs is not None:
             self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
                              builds_graph=create_graph)
@@ -227,7 +227,7 @@ class _Recorder:
             else:
                 self.steps.append((_replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
         # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
-        self.new_grads.update((id(t.grad), t.grad) for key, (t, _) in self.leaves.items()
+        self.new_grads.update((id(t.grad), t.grad) for key, (t, *_) in self.leaves.items()
                               if t.grad is not None and t.grad is not before.get(key))
 
     def refuse_new_grads(self, *values):
@@ -244,7 +244,7 @@ class _Recorder:
 
     def record_requires_grad(self, tensor, flag):
         if id(tensor) not in self.made:
-            self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad))
+            self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad, tensor.data.shape, tensor.data.dtype))
         self.steps.append((_replay_requires_grad, tensor, flag))
 
     def record_alias(self, src, dst):
@@ -307,15 +307,18 @@ class _Program:
         # each module's mode when the step first called it, and its count of changes when the step ended: a
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
         self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
-        self.leaves = tuple(rec.leaves.values())
+        ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
+        self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
 
     def guards_hold(self):
         for module, training, changes in self.modules:
             if module.training is not training or module.__dict__.get("_changes", 0) != changes:
                 return False
-        for tensor, requires_grad in self.leaves:
-            if tensor._requires_grad is not requires_grad:
+        for tensor, requires_grad, shape, dtype in self.leaves:  # a parameter made float64 or resized: anew
+            d = tensor.data
+            if tensor._requires_grad is not requires_grad or d.shape != shape or (
+                    d.dtype is not dtype and d.dtype != dtype):  # NumPy's dtypes are shared: "is" is the fast test
                 return False
         return self.left_out.isdisjoint(engine._post_accumulate_hooks)
 
@@ -737,7 +740,7 @@ def _state_of(program):
     """What a step may change: the leaves it used (data and .grad), the buffers of its modules, and the state of
     the objects whose methods it called (optimizers, schedulers: through their state_dict)."""
     inputs = {id(t) for t in program.inputs}
-    tensors = {id(t): t for t, rg in program.leaves if rg and id(t) not in inputs}
+    tensors = {id(t): t for t, rg, *_ in program.leaves if rg and id(t) not in inputs}
     for module, _, _ in program.modules:
         for b in module.__dict__.get("_buffers", {}).values():
             if b is not None:
