@@ -23,8 +23,8 @@ Six stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
            the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
            module the step called, its count of changes (a parameter, submodule or setting replaced) and the
-           requires_grad of every leaf tensor it used (as it was before the step changed it: ``requires_grad_``
-           inside the step is recorded and replayed). A change records anew.
+           requires_grad, shape and dtype of every leaf tensor it used (as before the step changed them:
+           ``requires_grad_`` inside the step is recorded and replayed). A change records anew.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
