@@ -156,7 +156,7 @@ class Compiled:
 class _Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
-    def __init__(self):
+    def __init__(self, inputs):
         self.depth = 0  # recorded calls in progress: what runs inside them is not recorded again
         self.steps = []
         self.modules = {}
@@ -166,7 +166,7 @@ class _Recorder:
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
-        self.inputs = set()  # ids of the program's input tensors
+        self.inputs = {id(t) for t in inputs}  # the program's input tensors
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)
@@ -281,8 +281,7 @@ def _record(fn, args, kwargs, fuse):
     # the caller's tensors
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
-    rec = _Recorder()
-    rec.inputs = {id(t) for t in _tensors_in(args, kwargs)}
+    rec = _Recorder(_tensors_in(args, kwargs))
     CAPTURE.recorder = rec
     try:
         result = fn(*args, **kwargs)

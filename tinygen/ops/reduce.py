@@ -73,35 +73,23 @@ class Amax(Function):
         return _unreduce(g, x.shape, ctx.dims, ctx.keepdim) * _make(w.astype(x.data.dtype), x._device), None, None, None
 
 
-class TakeAlong(Function):
-    """values = x at ``index`` along ``dim`` (max/min with indices); the gradient goes to those positions only."""
-    @staticmethod
-    def forward(ctx, x, index, dim, keepdim):
-        ctx.shape, ctx.index, ctx.dim, ctx.keepdim = x.data.shape, index, dim, keepdim
-        out = ctx.xp.take_along_axis(x.data, index, axis=dim)
-        return out if keepdim else out.squeeze(dim)
-
-    @staticmethod
-    def backward(ctx, g):
-        xp = ctx.xp
-        hot = xp.zeros(ctx.shape, dtype=g.data.dtype)
-        xp.put_along_axis(hot, ctx.index, 1, axis=ctx.dim)
-        return _unreduce(g, ctx.shape, (ctx.dim,), ctx.keepdim) * _make(hot, ctx.device), None, None, None
-
-
-class ExtremeAlong(TakeAlong):
+class ExtremeAlong(Function):
     """(values, indices) of the max (``largest``) or min along ``dim``: the index is found in the forward, so
-    tinygen.compile's replay finds it again on new values; the gradient goes to those positions (TakeAlong's)."""
+    tinygen.compile's replay finds it again on new values; the gradient goes to those positions only."""
     @staticmethod
     def forward(ctx, x, dim, keepdim, largest):
         xp = ctx.xp
         index = xp.expand_dims((xp.argmax if largest else xp.argmin)(x.data, axis=dim), dim)
-        values = TakeAlong.forward(ctx, x, index, dim, keepdim)
-        return values, (index if keepdim else index.squeeze(dim))
+        ctx.shape, ctx.index, ctx.dim, ctx.keepdim = x.data.shape, index, dim, keepdim
+        values = xp.take_along_axis(x.data, index, axis=dim)
+        return (values, index) if keepdim else (values.squeeze(dim), index.squeeze(dim))
 
     @staticmethod
     def backward(ctx, g, g_index):
-        return TakeAlong.backward(ctx, g)
+        xp = ctx.xp
+        hot = xp.zeros(ctx.shape, dtype=g.data.dtype)
+        xp.put_along_axis(hot, ctx.index, 1, axis=ctx.dim)
+        return _unreduce(g, ctx.shape, (ctx.dim,), ctx.keepdim) * _make(hot, ctx.device), None, None, None
 
 
 class ArgExtreme(Function):
