@@ -87,6 +87,24 @@ def case_device():
             raise AssertionError("the gradients left the device")
 
 
+def case_gpu():
+    """The same on real CuPy arrays: NCCL where each rank has a GPU of its own; ranks sharing one GPU (NCCL refuses
+    that) stage through host memory, every rank the same way, after one warning."""
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        data = batches(np.float64, 10, lambda rng: rng.integers(0, 4, GLOBAL_BATCH))
+        ddp, _ = train_both(mlp(np.float64), lambda ps: optim.SGD(ps, lr=0.1), lambda m, b: F.cross_entropy(
+            m(b[0]), b[1]), data, np.float64, device="cuda")
+    if type(ddp.module[0].weight.grad.data).__module__.split(".")[0] != "cupy":
+        raise AssertionError("the gradients are not CuPy arrays")
+    nccl = dist._world.nccl
+    said = [str(w.message) for w in seen if "NCCL is not used" in str(w.message)]
+    print(f"rank {dist.rank()}: NCCL {'used' if nccl else 'not used'}; warnings: {said}")
+    if not nccl and dist.rank() == 0 and not said:
+        raise AssertionError("NCCL was not used and no warning said why")
+
+
 def mlp(dtype):
     def make():
         return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).to(

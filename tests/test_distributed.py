@@ -68,6 +68,13 @@ def test_two_ranks(case):
         [f"OK {case} rank 0", f"OK {case} rank 1"], out
 
 
+def test_two_ranks_on_cuda():
+    """DistributedDataParallel on real CuPy arrays (NCCL, or host staging where the ranks share one GPU)."""
+    if not tg.backend.is_available("cuda") or tg.backend.array_module("cuda") is tg.backend.standin:
+        pytest.skip("needs a GPU and CuPy")
+    test_two_ranks("gpu")
+
+
 def test_a_rank_that_raises_ends_the_job_with_its_error():
     rc, out, err, seconds = launch("rank_raises", timeout=60)
     assert rc != 0

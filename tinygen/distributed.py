@@ -307,8 +307,8 @@ def broadcast_array(array, src=0):
         if buf is not array:
             array[...] = buf
         return array
-    nccl = _nccl_comm()
-    if nccl is not None and array.flags.c_contiguous:
+    nccl = _nccl_for(array)
+    if nccl is not None:
         import cupy
         nccl_mod = cupy.cuda.nccl
         nccl.bcast(array.data.ptr, array.size, _nccl_dtype(nccl_mod, array.dtype), src,
@@ -329,11 +329,21 @@ def _from_host(like, host):
     return xp.asarray(host, dtype=like.dtype)
 
 
+def _nccl_for(array):
+    """The NCCL communicator for a collective on ``array``: a contiguous CuPy array (not the CPU stand-in's), where
+    the ranks could make one; else None (host staging)."""
+    if not array.flags.c_contiguous or isinstance(array, backend.StandinArray):
+        return None
+    return _nccl_comm()
+
+
 def _nccl_comm():
-    """The NCCL communicator of the world (made once), or None where CuPy has no NCCL."""
+    """The NCCL communicator of the world (made once), or None where CuPy has no NCCL or a rank could not make
+    one (two ranks on one GPU: NCCL refuses that). Every rank takes the same way, so no rank waits in NCCL for
+    a rank that stages through host memory."""
     if _world.nccl is not None:
         return _world.nccl or None
-    nccl = False
+    nccl, why = False, None
     if not config.get("TINYGEN_CUDA_STANDIN"):
         try:
             from cupy.cuda import nccl as nccl_mod
@@ -344,8 +354,23 @@ def _nccl_comm():
             nccl = nccl_mod.NcclCommunicator(_world.size, uid, _world.rank)
         except ImportError:
             nccl = False
+        except Exception as e:  # noqa: BLE001 - NcclError: staged through host memory instead, said once
+            nccl, why = False, f"{type(e).__name__}: {e}"
+        if not _world.comm.allreduce(nccl is not False, op=_mpi_min()):
+            if why is None and nccl is not False:
+                why = "another rank could not make its NCCL communicator"
+            if why is not None and _world.rank == 0:
+                warnings.warn(f"tinygen.distributed: NCCL is not used ({why}); collectives on CuPy arrays are "
+                              f"staged through host memory (one GPU per rank is what NCCL needs)",
+                              RuntimeWarning, stacklevel=3)
+            nccl = False
     _world.nccl = nccl
     return nccl or None
+
+
+def _mpi_min():
+    from mpi4py import MPI
+    return MPI.MIN
 
 
 def _nccl_dtype(nccl_mod, dtype):
@@ -358,8 +383,8 @@ def _nccl_dtype(nccl_mod, dtype):
 
 
 def _device_all_reduce(array):
-    nccl = _nccl_comm()
-    if nccl is not None and array.flags.c_contiguous:
+    nccl = _nccl_for(array)
+    if nccl is not None:
         import cupy
         nccl_mod = cupy.cuda.nccl
         ptr = array.data.ptr
