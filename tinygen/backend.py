@@ -111,6 +111,26 @@ def to_device(array, device):
     return array_module(device).asarray(array)
 
 
+class _GraphCapture:
+    """A CUDA graph capture in progress (``tinygen.compile`` on CuPy, compile_graph.py), as the code below compile
+    sees it: products record through cuBLAS directly (kernels/gemm_capture.py, into ``workspace``), and value checks
+    that would read the GPU's memory from the host, which a capture cannot, are read after each launch."""
+    workspace = None  # a CuPy array while a capture is in progress, else None
+    checks = None  # [(flag, fail)] of the capture in progress
+
+
+GRAPH_CAPTURE = _GraphCapture()
+
+
+def check_flag(flag, fail):
+    """Call ``fail()`` (which raises) when the 0-d boolean array ``flag`` is true. During a CUDA graph capture the
+    flag is one of the graph's outputs, read after each launch of the graph."""
+    if GRAPH_CAPTURE.checks is not None:
+        GRAPH_CAPTURE.checks.append((flag, fail))
+    elif bool(flag):
+        fail()
+
+
 def scatter_add(xp, target, index, values):
     """target[index] += values, with repeated indices adding up (np.add.at / cupyx.scatter_add)."""
     at = getattr(xp.add, "at", None)

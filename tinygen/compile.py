@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Six stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
@@ -52,6 +52,10 @@ Six stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward
            Parameters, optimizer state and buffers are the very arrays the model holds, updated
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
+  graph    On CuPy (``cuda_graph=True``, the default), the first replay captures the device work between the
+           step's host calls (optimizer steps, zero_grad, random draws) as CUDA graphs, and later replays launch
+           them: a few launches instead of one Python call per kernel (``compile_graph.py``). Guards on the
+           arrays the graphs read; what cannot be captured replays as above (``Compiled.graph_error``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
@@ -79,7 +83,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import compile_fusion as _fusion, random as _random
+from . import compile_fusion as _fusion, compile_graph as _cuda_graph, random as _random
 from .autograd import engine
 from .autograd.engine import _backward, _grad, _roots
 from .autograd.function import Function, _edges, result_array, user_frame
@@ -97,10 +101,10 @@ class CompileError(RuntimeError):
     """A step that tinygen.compile cannot record or whose replay disagreed with eager (``check=``)."""
 
 
-def compile(fn=None, *, check=0, cache_size=8, fuse=True):
+def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=True):
     """Compile ``fn`` (a training step or any function of tensors): see the module docstring."""
     if fn is None:
-        return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse)
+        return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph)
     if not callable(fn):
         raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
@@ -114,17 +118,23 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True):
     if check and fuse == "approx":
         raise ValueError("tinygen.compile: check compares replays with eager bit for bit, which fuse='approx' does "
                          "not give (exp, log, ... differ by a few ulps); use check with fuse=True or False")
-    return Compiled(fn, check, cache_size, fuse)
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"tinygen.compile: cuda_graph must be True or False, got {cuda_graph!r}")
+    return Compiled(fn, check, cache_size, fuse, cuda_graph)
 
 
 class Compiled:
-    """The callable ``tinygen.compile`` returns. ``records`` and ``replays`` count what its calls did."""
+    """The callable ``tinygen.compile`` returns. ``records`` and ``replays`` count what its calls did,
+    ``graph_replays`` the replays that launched CUDA graphs; ``graph_error`` says why a program on CuPy replays
+    without them (None while they work)."""
 
-    def __init__(self, fn, check, cache_size, fuse=True):
+    def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=True):
         functools.update_wrapper(self, fn)
         self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
+        self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
-        self.records = self.replays = 0
+        self.records = self.replays = self.graph_replays = 0
+        self.graph_error = None
 
     def __call__(self, *args, **kwargs):
         if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
@@ -137,8 +147,14 @@ class Compiled:
             if self._checks_left:
                 self._checks_left -= 1
                 return _checked(self.fn, program, args, kwargs)
+            graphed = program.graphed
+            if graphed is not None and graphed.usable:
+                result = program.replay_graphed(args, kwargs)
+                self.graph_replays += graphed.live
+                self.graph_error = graphed.error
+                return result
             return program.replay(args, kwargs)
-        program, result = _record(self.fn, args, kwargs, self.fuse)
+        program, result = _record(self.fn, args, kwargs, self.fuse, self.cuda_graph)
         result = _fresh(result)  # the recorded tensors are the program's: the caller gets its own
         self.records += 1
         self._programs[key] = program
@@ -272,7 +288,7 @@ def _kept(arg):
     return tuple(arg) if isinstance(arg, Iterator) else arg
 
 
-def _record(fn, args, kwargs, fuse):
+def _record(fn, args, kwargs, fuse, cuda_graph=False):
     for i, t in enumerate(_tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
@@ -287,7 +303,7 @@ def _record(fn, args, kwargs, fuse):
         result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
-    program = _Program(rec, _tensors_in(args, kwargs), result, STATE.grad_enabled, fuse)
+    program = _Program(rec, _tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, cuda_graph)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is _replay_release:
             run(*operands)
@@ -295,7 +311,7 @@ def _record(fn, args, kwargs, fuse):
 
 
 class _Program:
-    def __init__(self, rec, inputs, result, grad_enabled, fuse):
+    def __init__(self, rec, inputs, result, grad_enabled, fuse, cuda_graph=False):
         keep = {id(t) for t in _tensors_in(result)}
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         self.steps, self.left_out = _without_dead_gradients(self.steps)
@@ -309,6 +325,8 @@ class _Program:
         ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
+        on_gpu = any(_cuda_graph.is_cupy(t.data) for t in itertools.chain(inputs, (leaf[0] for leaf in self.leaves)))
+        self.graphed = _cuda_graph.GraphedSteps(self.steps, inputs, _GRAPH_KINDS) if cuda_graph and on_gpu else None
 
     def guards_hold(self):
         for module, training, changes in self.modules:
@@ -330,6 +348,19 @@ class _Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return _fresh(self.result)
+
+    def replay_graphed(self, args, kwargs):
+        """A replay through CUDA graphs (compile_graph.py)."""
+        try:
+            self.graphed.replay(_tensors_in(args, kwargs), _run_steps)
+        finally:
+            STATE.grad_enabled = self.grad_enabled
+        return self.graphed.result(self.result)
+
+
+def _run_steps(steps):
+    for run, operands in steps:
+        run(*operands)
 
 
 def _without_dead_gradients(steps):
@@ -732,6 +763,7 @@ def _fresh(result):
 
 # what the fusion pass works with (compile_fusion.py does not import this module)
 _PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
+_GRAPH_KINDS = (_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call)
 
 
 # ---- check=N: a replay side by side with eager ---------------------------------------------------------------------

@@ -29,8 +29,8 @@ code gives the CPU's bits.
 import numpy as np
 
 from .. import config
-from ..backend import StandinArray, array_module_of
-from . import threads
+from ..backend import GRAPH_CAPTURE, StandinArray, array_module_of
+from . import gemm_capture, threads
 
 SWAP_MAX_ROWS = config.get("TINYGEN_MM_SWAP_MAX_ROWS")
 PAIR_MAX_ROWS = config.get("TINYGEN_MM_PAIR_MAX_ROWS")
@@ -96,6 +96,8 @@ def _split_rows(blas_threads, a, b):
 
 
 def _product(a, b):
+    if GRAPH_CAPTURE.workspace is not None and type(a) not in _HOST:  # inside a CUDA graph's capture
+        return gemm_capture.mm(a, b)
     if (type(a) in _HOST and a.ndim == 2 and b.ndim == 2 and a.shape[0] <= SWAP_MAX_ROWS
             and b.size >= SWAP_MIN_SIZE and b.flags.f_contiguous and not b.flags.c_contiguous):
         return array_module_of(a).ascontiguousarray((b.T @ a.T).T)

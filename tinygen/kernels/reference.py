@@ -23,7 +23,7 @@ import functools
 
 import numpy as np
 
-from ..backend import array_module_of as _xp
+from ..backend import array_module_of as _xp, check_flag
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus")
 
@@ -627,10 +627,12 @@ def check_targets(name, logits, target, weight, ignore_index):
 
 def _bad_target(xp, target, n_classes, ignore_index):
     bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
-    if bool(bad.any()):
+
+    def fail():
         i = int(xp.argmax(bad))
         raise IndexError(f"cross_entropy: target {int(target[i])} at row {i} is out of range for "
                          f"{n_classes} classes")
+    check_flag(bad.any(), fail)
 
 
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", need_grad=True):

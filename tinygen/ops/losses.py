@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .. import kernels
+from .. import backend, kernels
 from ..autograd.function import Function
 from ..tensor import Tensor, _make, full_like, require_tensor
 from .elementwise import where
@@ -305,10 +305,12 @@ def _check_class_range(target, c, ignore_index, fn):
     if not t.size:
         return
     bad = (t != ignore_index) & ((t < 0) | (t >= c))
-    if bool(bad.any()):
+
+    def fail():
         value = int(t[bad].reshape(-1)[0])
         raise IndexError(f"{fn}: target {value} is out of bounds for {c} classes (valid: 0..{c - 1}, or "
                          f"ignore_index={ignore_index})")
+    backend.check_flag(bad.any(), fail)
 
 
 def _picked(xp, target, weight, ignore_index, dtype, ax):

@@ -1,0 +1,267 @@
+"""tinygen.compile on CuPy through CUDA graphs (tinygen/compile_graph.py).
+
+The graph tests need a GPU and CuPy (they are skipped without one: a CUDA graph cannot be faked on the CPU); the
+split of a program into graph segments and host steps is checked everywhere.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+import tinygen as tg
+from tinygen import backend, compile_graph, nn, optim
+from tinygen.autograd import Function
+from tinygen.nn import functional as F
+
+ON_GPU = backend.is_available("cuda") and backend.array_module("cuda") is not backend.standin
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU and CuPy (CUDA graphs)")
+
+
+def _vae_like(device, seed=0):
+    tg.manual_seed(seed)
+    enc, mu_head, dec = nn.Linear(12, 16), nn.Linear(16, 4), nn.Linear(4, 12)
+    for m in (enc, mu_head, dec):
+        m.to(device)
+    params = [p for m in (enc, mu_head, dec) for p in m.parameters()]
+    opt = optim.Adam(params, lr=1e-2)
+    x = tg.tensor(np.random.default_rng(1).random((8, 12)).astype(np.float32), device=device)
+
+    def step():
+        opt.zero_grad()
+        h = enc(x).relu()
+        mu = mu_head(h)
+        z = mu + tg.randn(8, 4, device=device)
+        loss = F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum") + (mu * mu).sum()
+        loss.backward()
+        opt.step()
+        return loss
+    return step, params
+
+
+def test_a_program_splits_into_graph_segments_between_its_host_steps():
+    compile_module = importlib.import_module("tinygen.compile")  # tinygen.compile is also the function
+    step, params = _vae_like("cpu")
+    compiled = tg.compile(step, fuse=False)
+    compiled()
+    program = next(iter(compiled._programs.values()))
+    assert program.graphed is None  # NumPy arrays: no graphs
+    kinds = compile_module._GRAPH_KINDS
+    graphed = compile_graph.GraphedSteps(program.steps, program.inputs, kinds)
+    shape = [kind if kind == "segment" else item[0].__name__ for kind, item in graphed.items]
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds[4]]
+    # zero_grad; the forward up to the random draw; the draw; the rest with the backward; the optimizer step
+    assert calls == ["Optimizer.zero_grad", "randn", "Optimizer.step"], calls
+    assert shape == ["_replay_call", "segment", "_replay_call", "segment", "_replay_call"], shape
+    first, second = [item for kind, item in graphed.items if kind == "segment"]
+    assert {id(t) for t in second.delivers} == {id(p) for p in params}  # the backward gives every gradient
+    assert not first.delivers
+    # guarded: the arrays each graph reads (the encoder's parameters before the draw, the decoder's after it)
+    assert {id(p) for p in params[:4]} <= {id(t) for t in first.leaves}
+    assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves} - {id(t) for t in first.leaves}
+
+
+def test_cuda_graph_must_be_a_bool():
+    with pytest.raises(TypeError, match="cuda_graph must be True or False"):
+        tg.compile(lambda: None, cuda_graph="yes")
+
+
+def _mlp(device, seed, set_to_none=True, adam=False):
+    tg.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 5)).to(device)
+    opt = optim.Adam(net.parameters(), lr=1e-2) if adam else optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    x = tg.tensor(rng.standard_normal((16, 20)).astype(np.float32), device=device)
+    y = tg.tensor(rng.integers(0, 5, 16), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=set_to_none)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, list(net.parameters()), (x, y)
+
+
+def _gan(device, seed):
+    tg.manual_seed(seed)
+    g = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 16), nn.Tanh()).to(device)
+    d = nn.Sequential(nn.Linear(16, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1)).to(device)
+    opt_g, opt_d = optim.Adam(g.parameters(), lr=2e-3), optim.Adam(d.parameters(), lr=2e-3)
+    real = tg.tensor(np.random.default_rng(2).random((16, 16)).astype(np.float32), device=device)
+    ones, zeros = tg.ones(16, 1, device=device), tg.zeros(16, 1, device=device)
+    bce = F.binary_cross_entropy_with_logits
+
+    def step():
+        z = tg.randn(16, 8, device=device)
+        opt_g.zero_grad()
+        imgs = g(z)
+        lg = bce(d(imgs), ones)
+        lg.backward()
+        opt_g.step()
+        opt_d.zero_grad()
+        ld = (bce(d(real), ones) + bce(d(imgs.detach()), zeros)) / 2
+        ld.backward()
+        opt_d.step()
+        return lg, ld
+    return step, list(g.parameters()) + list(d.parameters()) + list(g[1].buffers())
+
+
+def _run(make, cuda_graph, steps=8, between=None):
+    made = make()
+    step, params = made[0], made[1]
+    compiled = tg.compile(step, cuda_graph=cuda_graph)
+    tg.manual_seed(123)
+    losses = []
+    for i in range(steps):
+        if between is not None:
+            between(i, made)
+        losses.append(compiled())  # read at the end: a graphed replay's result must not be overwritten
+    values = [[float(t.item()) for t in (r if isinstance(r, tuple) else (r,))] for r in losses]
+    return np.array(values), [backend.to_device(p.data, "cpu").copy() for p in params], compiled
+
+
+MODELS = {
+    "mlp-sgd": lambda: _mlp("cuda", 0),
+    "mlp-sgd-zero-in-place": lambda: _mlp("cuda", 0, set_to_none=False),
+    "mlp-adam": lambda: _mlp("cuda", 0, adam=True),
+    "vae-like": lambda: _vae_like("cuda"),
+    "gan-bn": lambda: _gan("cuda", 0),
+}
+
+
+@gpu
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cuda_graph_replays_equal_plain_replays(model):
+    plain, plain_params, plain_c = _run(MODELS[model], cuda_graph=False)
+    graphed, graphed_params, compiled = _run(MODELS[model], cuda_graph=True)
+    assert plain_c.graph_replays == 0
+    assert compiled.graph_error is None, compiled.graph_error
+    assert compiled.graph_replays == 7, (compiled.graph_replays, compiled.replays)  # all but the recording call
+    # cuBLAS called directly inside a graph may pick another kernel than CuPy's matmul: float32 rounding apart
+    np.testing.assert_allclose(graphed, plain, rtol=2e-5, atol=1e-6)
+    assert len(set(graphed[:, 0])) == len(graphed)  # each step's own loss, not the last one's eight times
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _batches(steps, seed=5):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((16, 20)).astype(np.float32), rng.integers(0, 5, 16)) for _ in range(steps)]
+
+
+@gpu
+def test_a_step_of_tensor_arguments_reads_each_calls_arguments():
+    def run(cuda_graph):
+        tg.manual_seed(0)
+        net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5)).to("cuda")
+        opt = optim.SGD(net.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        compiled = tg.compile(step, cuda_graph=cuda_graph)
+        losses = [compiled(tg.tensor(x, device="cuda"), tg.tensor(y, device="cuda")) for x, y in _batches(8)]
+        return np.array([float(t.item()) for t in losses]), compiled
+    plain, _ = run(False)
+    graphed, compiled = run(True)
+    assert compiled.graph_replays == 7 and compiled.graph_error is None, compiled.graph_error
+    np.testing.assert_allclose(graphed, plain, rtol=2e-5, atol=1e-6)
+
+
+@gpu
+def test_a_parameter_given_a_new_array_between_calls_is_captured_anew():
+    def swap(i, made):
+        if i == 4:
+            p = made[1][0]
+            p.data = p.data.copy()  # a new array: the graph's would be stale
+    plain, plain_params, _ = _run(lambda: _mlp("cuda", 0), cuda_graph=False, between=swap)
+    graphed, graphed_params, compiled = _run(lambda: _mlp("cuda", 0), cuda_graph=True, between=swap)
+    assert compiled.graph_replays == 6  # the call after the swap ran plainly; the next captured again
+    np.testing.assert_allclose(graphed, plain, rtol=2e-5, atol=1e-6)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@gpu
+def test_a_target_out_of_range_in_a_graphed_step_raises():
+    step, _, (x, y) = _mlp("cuda", 0)
+    compiled = tg.compile(step)
+    for _ in range(3):
+        compiled()
+    assert compiled.graph_replays == 2
+    y.data[3] = 7  # 5 classes
+    with pytest.raises(IndexError, match="target 7 .*out of (range|bounds) for 5 classes"):
+        compiled()
+
+
+class HostNoise(Function):
+    """x times noise drawn on the host (tinygen's CPU generator) and copied to the device in the forward: a graph
+    would replay a stale copy."""
+
+    @staticmethod
+    def forward(ctx, x):
+        noise = ctx.xp.asarray(tg.random.generator("cpu").random(x.shape).astype(x.data.dtype))
+        ctx.noise = noise
+        return x.data * noise
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * tg.tensor(ctx.noise, device=grad.device)
+
+
+@gpu
+def test_a_host_to_device_copy_inside_the_step_replays_without_graphs():
+    def run(cuda_graph):
+        tg.manual_seed(0)
+        lin = nn.Linear(6, 3).to("cuda")
+        x = tg.tensor(np.ones((4, 6), np.float32), device="cuda")
+
+        def step():
+            lin.zero_grad()
+            loss = HostNoise.apply(lin(x)).sum()
+            loss.backward()
+            return loss
+        compiled = tg.compile(step, cuda_graph=cuda_graph)
+        losses = [compiled() for _ in range(5)]
+        return np.array([float(t.item()) for t in losses]), compiled
+    plain, _ = run(False)
+    graphed, compiled = run(True)
+    assert compiled.graph_replays == 0 and "host data" in compiled.graph_error, compiled.graph_error
+    np.testing.assert_allclose(graphed, plain, rtol=1e-6)
+    assert len(set(graphed)) == 5  # new noise on every call, none lost to the capture that failed
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_captured_product_equals_cupys_for_every_layout(dtype):
+    import cupy
+    from tinygen.kernels import gemm, gemm_capture
+    rng = np.random.default_rng(0)
+    cases = []
+    for m, k, n in [(7, 5, 3), (1, 9, 4), (6, 1, 8), (33, 17, 1)]:
+        a = cupy.asarray(rng.standard_normal((m, k)).astype(dtype))
+        b = cupy.asarray(rng.standard_normal((k, n)).astype(dtype))
+        cases += [(a, b), (cupy.asfortranarray(a), b), (a, cupy.asfortranarray(b)),
+                  (cupy.asfortranarray(a), cupy.asfortranarray(b)),
+                  (cupy.asarray(rng.standard_normal((m, 2 * k)).astype(dtype))[:, ::2], b)]
+    stream = cupy.cuda.Stream(non_blocking=True)
+    workspace = cupy.empty(gemm_capture.WORKSPACE_BYTES, cupy.uint8)
+    backend.GRAPH_CAPTURE.workspace = workspace
+    try:
+        with stream:
+            stream.begin_capture(mode=2)
+            outs = [gemm.mm(a, b) for a, b in cases]
+            graph = stream.end_capture()
+    finally:
+        backend.GRAPH_CAPTURE.workspace = None
+    for out in outs:
+        out.fill(np.nan)  # nothing is computed until the launch
+    graph.launch(stream=cupy.cuda.Stream.null)  # ordered after the fills
+    cupy.cuda.Device().synchronize()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for (a, b), out in zip(cases, outs):
+        assert out.flags.c_contiguous
+        np.testing.assert_allclose(out.get(), (a @ b).get(), rtol=tol, atol=tol)

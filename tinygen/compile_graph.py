@@ -1,0 +1,374 @@
+"""CUDA graphs for ``tinygen.compile`` on CuPy: a replayed step's kernels launched a few graphs at a time.
+
+A replay on the GPU still makes one Python call per kernel (hundreds per step) and the GPU waits for them. A CUDA
+graph records kernels once; one call launches them all again, on the same memory.
+
+  split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
+           (no post-accumulate-grad hooks), aliases and releases: device work on arrays, the same on every call.
+           A host step is the rest: recorded calls (optimizer steps, whose step count and learning rate change
+           between calls; zero_grad; random draws), requires_grad switches, forwards that re-link a graph.
+  capture  The first replay after ``check`` captures each segment: it notes the Python state the segment touches
+           (its tensors' arrays, gradients and nodes, its leaves' hooks), runs the segment's steps on a side
+           stream in capture mode (allocations from a memory pool of the program's own, so no array the graph
+           uses is handed to anyone else; products through ``kernels/gemm_capture.py``), launches the graph on
+           the current stream and keeps what the steps changed in Python (a new ``.grad``, the arrays an output
+           tensor and a node hold). The step's input tensors are copied into buffers of the program; each host
+           step's new tensors are pinned (later host steps write their arrays into the ones the capture saw).
+  launch   Later replays: host steps run as in a plain replay; for each segment its guards are checked, its graph
+           is launched, and the Python changes it made at capture are made again (the arrays are the same: the
+           graph has just written them). The step's result is copied out (the next launch writes over it).
+  guards   A segment's leaves (parameters, buffers, constants) must hold the arrays and hooks they had at capture,
+           and each leaf its backward delivers to a .grad as it had then (None again after ``zero_grad()``, or
+           the same array to add into). Else the segment and the rest of the step run as a plain replay, and the
+           graphs are captured again on the next call (at most MAX_CAPTURES times, then plain replays).
+  failure  A segment that cannot be captured (a product that is not a 2-D float matrix, a host read, a copy of
+           host data to the GPU, a library CuPy cannot capture): the Python state and tinygen's host generators
+           are set back, the segment runs as a plain replay, and the program keeps plain replays;
+           ``Compiled.graph_error`` says why. Other host state a custom forward changed before the failure (its
+           own NumPy generator) has changed twice on that call.
+"""
+import contextlib
+
+from . import random as _random
+from .autograd import engine
+from .backend import GRAPH_CAPTURE
+from .kernels import gemm_capture
+from .tensor import Tensor, _make
+
+MAX_CAPTURES = 3
+_RELAXED = 2  # cudaStreamCaptureModeRelaxed
+_SLOTS = ("data", "grad", "grad_fn", "_out_idx", "_requires_grad")
+_NODE_SLOTS = ("next_edges", "_saved", "_out_data", "out_meta", "device")
+_UNSET = object()
+
+
+def is_cupy(array):
+    return type(array).__module__.split(".", 1)[0] == "cupy"
+
+
+class _Segment:
+    def __init__(self, steps, tensors, nodes, leaves, delivers, hooked):
+        self.steps, self.tensors, self.nodes = steps, tensors, nodes
+        self.leaves, self.delivers, self.hooked = leaves, delivers, hooked
+        self.graph = None
+
+
+class GraphedSteps:
+    """A program's steps as CUDA graph segments and host steps (see the module docstring)."""
+
+    def __init__(self, steps, inputs, kinds):
+        self.kinds = kinds  # (_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call)
+        self.inputs = inputs
+        self.items = _split(steps, inputs, kinds)
+        self.live = False  # captured graphs in use
+        self.captures, self.error = 0, None
+        self.made = _made(steps, kinds)
+
+    @property
+    def usable(self):
+        return self.error is None and self.captures < MAX_CAPTURES
+
+    def replay(self, args_tensors, run_plain):
+        """One replay: capture (when no graph is live) or launch; ``run_plain(steps)`` runs steps as a plain
+        replay. Returns whether graphs were launched."""
+        import cupy
+        capture = not self.live
+        if capture:
+            self.captures += 1
+            self._begin_capture(cupy, args_tensors)
+        for slot, new, buf in zip(self.inputs, args_tensors, self.buffers):
+            buf[...] = new.data
+            slot.data = buf
+        stream = cupy.cuda.get_current_stream()
+        ok = True
+        for kind, item in self.items:
+            if kind == "host":
+                run_plain((item,))
+                if ok:
+                    ok = self._pin(item, capture)
+            elif not ok:
+                run_plain(item.steps)
+            elif capture:
+                ok = self._capture(item, run_plain, cupy)
+                if ok:
+                    item.graph.launch(stream=stream)
+                    _check(item)
+            elif _guards_hold(item):
+                item.graph.launch(stream=stream)
+                _apply(item)
+                _check(item)
+            else:
+                ok = False
+                run_plain(item.steps)
+                if self.captures >= MAX_CAPTURES:
+                    self.error = (f"the guards failed after each of {MAX_CAPTURES} captures (a leaf's array or "
+                                  f"gradient replaced between calls); replaying without graphs")
+        self.live = ok
+        if not ok:
+            self._drop()
+        return ok
+
+    def _begin_capture(self, cupy, args_tensors):
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.pins = {}
+        with cupy.cuda.using_allocator(self.pool.malloc):
+            self.workspace = cupy.empty(gemm_capture.WORKSPACE_BYTES, cupy.uint8)
+            # the step's inputs, copied in before each launch: the graphs read them there
+            self.buffers = [cupy.empty_like(t.data) if is_cupy(t.data) else t.data.copy() for t in args_tensors]
+
+    def _drop(self):
+        for kind, item in self.items:
+            if kind == "segment":
+                item.graph = None
+        self.pool = self.stream = self.workspace = self.buffers = self.pins = None
+
+    def _capture(self, seg, run_plain, cupy):
+        before = [_tstate(t) for t in seg.tensors], [_nstate(n) for n in seg.nodes]
+        # the host generators too: a failed capture has drawn from them (a draw made on the host, then copied)
+        rng = [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)]
+        seg.guard = [(t, t.data, getattr(t, "_hooks", None)) for t in seg.leaves]
+        seg.grads = [(t, None if t.grad is None else t.grad.data) for t in seg.delivers]
+        checks = []
+        GRAPH_CAPTURE.workspace, GRAPH_CAPTURE.checks = self.workspace, checks
+        try:
+            with cupy.cuda.using_allocator(self.pool.malloc), self.stream, _no_host_copies(cupy):
+                self.stream.begin_capture(mode=_RELAXED)  # the pool may grow (cudaMalloc) during capture
+                try:
+                    run_plain(seg.steps)
+                except BaseException:
+                    try:
+                        self.stream.end_capture()
+                    except Exception:  # noqa: BLE001, S110 - the capture is invalid anyway; the first error counts
+                        pass
+                    raise
+                seg.graph = self.stream.end_capture()
+        except Exception as e:  # noqa: BLE001 - any failure to capture: this program replays without graphs
+            self.error = f"{type(e).__name__}: {e}"
+            _restore(seg, *before)
+            for r, state in zip((False, True), rng):
+                _random.set_rng_state(state, "cpu", rank_stream=r)
+            run_plain(seg.steps)
+            return False
+        finally:
+            GRAPH_CAPTURE.workspace = GRAPH_CAPTURE.checks = None
+        seg.checks = checks
+        seg.diff = _diff(seg, *before)
+        return True
+
+    def _pin(self, step, capture):
+        """After a host step: its new tensors on the arrays the capture saw (a later segment reads those)."""
+        run, operands = step
+        new = operands[5] if run is self.kinds[4] else operands[4] if run is self.kinds[0] else ()
+        for t in new:
+            if not is_cupy(t.data):
+                continue
+            if capture:
+                self.pins[id(t)] = t.data
+                continue
+            cap = self.pins.get(id(t))
+            if cap is None or cap.shape != t.data.shape or cap.dtype != t.data.dtype:
+                return False
+            if t.data is not cap:
+                cap[...] = t.data
+                t.data = cap
+        return True
+
+    def result(self, value):
+        """The step's result, each tensor the program made on a copy of its array."""
+        if isinstance(value, Tensor):
+            d = value.data
+            return _make(d.copy() if id(value) in self.made and is_cupy(d) else d, value._device)
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.result(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.result(v) for k, v in value.items()}
+        return value
+
+
+class HostCopy(RuntimeError):
+    """Host data copied to the GPU inside a capture."""
+
+
+@contextlib.contextmanager
+def _no_host_copies(cupy):
+    """Refuse ``cupy.asarray``/``cupy.array`` of host data (NumPy arrays, Python numbers) while capturing: the graph
+    would copy from that host memory again at every launch, freed or changed by then (a random draw made on the
+    host, a staging buffer reused). The segment then replays without a graph."""
+    saved = cupy.asarray, cupy.array
+
+    def refusing(make):
+        def call(obj, *args, **kwargs):
+            if not isinstance(obj, cupy.ndarray):
+                raise HostCopy(f"a copy of host data ({type(obj).__name__}) to the GPU inside the step's device work")
+            return make(obj, *args, **kwargs)
+        return call
+    cupy.asarray, cupy.array = refusing(saved[0]), refusing(saved[1])
+    try:
+        yield
+    finally:
+        cupy.asarray, cupy.array = saved
+
+
+# ---- splitting -----------------------------------------------------------------------------------------------------
+def _made(steps, kinds):
+    forward, _, alias, _, call = kinds
+    made = set()
+    for run, operands in steps:
+        if run is forward:
+            made.update(id(t) for t in operands[4])
+        elif run is alias:
+            made.add(id(operands[1]))
+        elif run is call:
+            made.update(id(t) for t in _tensors(operands[3]))
+    return made
+
+
+def _split(steps, inputs, kinds):
+    forward, backward, alias, release, _ = kinds
+    made = _made(steps, kinds) | {id(t) for t in inputs}
+    items, run_of = [], []
+
+    def close():
+        if any(run is not release and run is not alias for run, _ in run_of):
+            items.append(("segment", _segment(tuple(run_of), made, kinds)))
+        else:
+            items.extend(("host", s) for s in run_of)
+        run_of.clear()
+    for step in steps:
+        run, operands = step
+        device = (run is forward and not operands[5]) or run is alias or run is release or (
+            run is backward and not _hook_leaves(operands[0]))
+        if device:
+            run_of.append(step)
+        else:
+            close()
+            items.append(("host", step))
+    close()
+    return items
+
+
+def _hook_leaves(plan):
+    """The leaves of a backward plan that have post-accumulate-grad hooks now."""
+    return [t for t in _plan_leaves(plan) if id(t) in engine._post_accumulate_hooks]
+
+
+def _plan_leaves(plan):
+    leaves = [leaf for _, leaf in plan.roots if leaf is not None]
+    for step in plan.steps:
+        leaves.extend(target[1] for target in step[4] if target is not None and target[1] is not None)
+    return leaves
+
+
+def _segment(steps, made, kinds):
+    forward, backward, alias, release, _ = kinds
+    tensors, nodes, delivers = {}, {}, {}
+    for run, operands in steps:
+        if run is forward:
+            ts, ns = _tensors(operands[3]) + list(operands[4]), [operands[1]]
+        elif run is alias:
+            ts, ns = list(operands), []
+        elif run is release:
+            ts, ns = list(operands[0]), list(operands[1])
+        else:  # backward
+            plan = operands[0]
+            leaves = _plan_leaves(plan)
+            delivers.update((id(t), t) for t in leaves)
+            ts, ns = _tensors(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
+        tensors.update((id(t), t) for t in ts)
+        nodes.update((id(n), n) for n in ns if n is not None)
+    leaves = [t for k, t in tensors.items() if k not in made]
+    return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()),
+                    [t for t in delivers.values()])
+
+
+def _tensors(value):
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+# ---- Python state ----------------------------------------------------------------------------------------------------
+def _tstate(t):
+    return tuple(getattr(t, name, _UNSET) for name in _SLOTS)
+
+
+def _nstate(node):
+    return tuple(getattr(node, name, _UNSET) for name in _NODE_SLOTS), dict(vars(node))
+
+
+def _set(obj, name, value):
+    if value is _UNSET:
+        if hasattr(obj, name):
+            delattr(obj, name)
+    else:
+        setattr(obj, name, value)
+
+
+def _set_node(node, state):
+    for name, value in zip(_NODE_SLOTS, state[0]):
+        _set(node, name, value)
+    v = vars(node)
+    v.clear()
+    v.update(state[1])
+
+
+def _restore(seg, tensors_before, nodes_before):
+    for t, state in zip(seg.tensors, tensors_before):
+        for name, value in zip(_SLOTS, state):
+            _set(t, name, value)
+    for node, state in zip(seg.nodes, nodes_before):
+        _set_node(node, state)
+
+
+def _diff(seg, tensors_before, nodes_before):
+    """What the segment's steps changed in Python, to be made again after each launch: attributes of its tensors
+    (and the array of each new .grad), and the state of its nodes (what their forwards saved)."""
+    tensors, grads = [], []
+    for t, before in zip(seg.tensors, tensors_before):
+        after = _tstate(t)
+        changed = tuple((name, a) for name, a, b in zip(_SLOTS, after, before) if a is not b)
+        if changed:
+            tensors.append((t, changed))
+        g = after[1]
+        if g is not None and g is not _UNSET and g is not before[1]:
+            grads.append((g, g.data))
+    nodes = []
+    for node, (slots, d) in zip(seg.nodes, nodes_before):
+        after = _nstate(node)
+        if (any(a is not b for a, b in zip(after[0], slots)) or after[1].keys() != d.keys()
+                or any(after[1][k] is not d[k] for k in d)):
+            nodes.append((node, after))
+    return tensors, grads, nodes
+
+
+def _apply(seg):
+    tensors, grads, nodes = seg.diff
+    for t, changed in tensors:
+        for name, value in changed:
+            _set(t, name, value)
+    for g, data in grads:
+        g.data = data
+    for node, state in nodes:
+        _set_node(node, state)
+
+
+def _guards_hold(seg):
+    for t, data, hooks in seg.guard:
+        if t.data is not data or getattr(t, "_hooks", None) is not hooks:
+            return False
+    for t, data in seg.grads:
+        g = t.grad
+        if (g is None) != (data is None) or (g is not None and g.data is not data):
+            return False
+    return not any(id(t) in engine._post_accumulate_hooks for t in seg.hooked)
+
+
+def _check(seg):
+    for flag, fail in seg.checks:
+        if bool(flag):
+            fail()
