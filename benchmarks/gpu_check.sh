@@ -16,7 +16,8 @@
 #   vae         `tinygen train vae --device cuda --epochs 1`, then `tinygen eval` (ELBO and IWAE bound)
 #   throughput  benchmarks/gpu_throughput.py: the models of `python -m benchmarks` (MLP with SGD and with Adam,
 #               VAE, PyTorch-GAN's GAN, DCGAN) at batch 64/256/1024: tinygen on CuPy, eager and through
-#               tinygen.compile, against PyTorch eager on CUDA, after a check that all compute the same losses
+#               tinygen.compile without and with CUDA graphs, against PyTorch eager on CUDA, after a check that
+#               all compute the same losses
 #   compiled    tinygen.compile's steps against torch.compile(mode="reduce-overhead") at batch 256 ($OUT/compiled)
 # MNIST: $TINYGEN_DATA, else ../shared/data/mnist beside the checkout; without the training set the GAN uses the
 # bundled test split and the VAE a folder that serves the bundled test split as its training set (smoke runs).
@@ -245,7 +246,7 @@ if [ "$STANDIN" = 1 ]; then
     COMPILE_ARGS=(--dry-run --batch-sizes 4 --models mlp)
 fi
 step throughput 75 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT" \
-    --frameworks tinygen,tinygen-compiled,torch "${THROUGHPUT_ARGS[@]}"
+    --frameworks tinygen,tinygen-replay,tinygen-compiled,torch "${THROUGHPUT_ARGS[@]}"
 step compiled 0 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled" --no-check \
     --frameworks tinygen-compiled,torch-compile "${COMPILE_ARGS[@]}"
 

@@ -9,7 +9,8 @@ Models: the cases of ``python -m benchmarks`` (benchmarks/specs.py: mlp, mlp-ada
 same code as on the CPU (benchmarks/models_tinygen.py, models_torch.py) with the same initial weights and data,
 moved to the device. Frameworks (the columns):
   tinygen           tinygen eagerly on device "cuda" (CuPy)
-  tinygen-compiled  the same step through tinygen.compile: recorded once, then replayed
+  tinygen-compiled  the same step through tinygen.compile: recorded once, then replayed (CUDA graphs)
+  tinygen-replay    tinygen.compile without CUDA graphs (cuda_graph=False): each kernel called from Python
   torch             PyTorch eager on CUDA
   torch-compile     the forward and loss through torch.compile(mode="reduce-overhead") (CUDA graphs), the
                     optimizer step eager (compiling takes tens of seconds per model and batch size)
@@ -44,10 +45,11 @@ from benchmarks import models_tinygen, models_torch  # noqa: E402
 from benchmarks.specs import CASES, Skip, init_params, make_data, make_noise  # noqa: E402
 
 MODELS = tuple(CASES)
-FRAMEWORKS = ("tinygen", "tinygen-compiled", "torch", "torch-compile")
+FRAMEWORKS = ("tinygen", "tinygen-replay", "tinygen-compiled", "torch", "torch-compile")
 CHECK_STEPS, CHECK_RTOL, CHECK_BATCH = 3, 1e-3, 64
 # the ratios the report gives: (numerator, denominator)
-RATIOS = (("tinygen-compiled", "torch"), ("tinygen-compiled", "torch-compile"), ("tinygen", "torch"))
+RATIOS = (("tinygen-compiled", "torch"), ("tinygen-compiled", "torch-compile"), ("tinygen-replay", "torch"),
+          ("tinygen", "torch"))
 
 
 def build(fw, case, batch, noise=False):
@@ -74,9 +76,10 @@ def _columns(builds, where="", **kw):
 
 
 def find_tinygen(allow_standin):
-    """(tinygen, tinygen-compiled) on device "cuda": CuPy, or with ``allow_standin`` the CPU stand-in."""
+    """(tinygen, tinygen-replay, tinygen-compiled) on device "cuda": CuPy, or (``allow_standin``) the stand-in."""
     def both(**kw):
-        return _columns({"tinygen": models_tinygen.build, "tinygen-compiled": models_tinygen.build_compiled}, **kw)
+        return _columns({"tinygen": models_tinygen.build, "tinygen-replay": models_tinygen.build_replayed,
+                         "tinygen-compiled": models_tinygen.build_compiled}, **kw)
     try:
         import tinygen
         from tinygen import backend
@@ -159,8 +162,13 @@ def measure(fw, case, batch, seconds, repeats, warmup, max_steps):
         runner.sync()
         rounds.append((time.perf_counter() - t0) / n)
     per_step = statistics.median(rounds)
-    return {"ms_per_step": per_step * 1e3, "samples_per_s": batch / per_step, "steps_timed": n,
-            "rounds_ms": [r * 1e3 for r in rounds]}
+    out = {"ms_per_step": per_step * 1e3, "samples_per_s": batch / per_step, "steps_timed": n,
+           "rounds_ms": [r * 1e3 for r in rounds]}
+    if hasattr(step, "graph_replays"):  # tinygen.compile: did its replays launch CUDA graphs, and if not, why
+        out["graph_replays"], out["graph_error"] = step.graph_replays, step.graph_error
+        if step.graph_error:
+            print(f"  {fw.name} {case} batch {batch}: replays without CUDA graphs: {step.graph_error}")
+    return out
 
 
 def fmt(v, digits=0):

@@ -82,7 +82,8 @@ class Runner:
     weights are set on the CPU, then the modules are moved (``Module.to``), as a user's script does.
     ``optimizers``: the step's optimizers."""
 
-    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True, device="cpu"):
+    def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True, device="cpu",
+                 cuda_graph=True):
         tg, nn, optim = _modules()
         F = nn.functional
         if os.environ.get("TINYGEN_NUMBA") == "1":
@@ -165,7 +166,7 @@ class Runner:
             step = self._step
 
         # compiled: recorded on the first call, then replayed (fuse: its elementwise runs as generated loops)
-        self.step = tg.compile(step, fuse=fuse) if compile else step
+        self.step = tg.compile(step, fuse=fuse, cuda_graph=cuda_graph) if compile else step
 
     def _gan_step(self, tg, optim, F, case, batch, gen, dis, data, fixed, generate, discriminate):
         """One generator then one discriminator step (the gan and dcgan cases): generate(z) -> images,
@@ -206,6 +207,13 @@ def build(case, batch, params, data, seed=0, noise=None, device="cpu"):
     return Runner(case, batch, params, data, seed, noise, device=device)
 
 
-def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True, device="cpu"):
-    """The same step through tinygen.compile (Numba kernels on; ``fuse``: tinygen.compile's fusion)."""
-    return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse, device=device)
+def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True, device="cpu", cuda_graph=True):
+    """The same step through tinygen.compile (Numba kernels on; ``fuse``: tinygen.compile's fusion; on CuPy,
+    ``cuda_graph``: its CUDA graphs)."""
+    return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse, device=device,
+                  cuda_graph=cuda_graph)
+
+
+def build_replayed(case, batch, params, data, seed=0, noise=None, device="cpu"):
+    """tinygen.compile without CUDA graphs: its replays call each kernel from Python."""
+    return build_compiled(case, batch, params, data, seed, noise, device=device, cuda_graph=False)
