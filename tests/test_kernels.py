@@ -287,6 +287,19 @@ def test_optimizer_matches_reference_bitwise(impl, run, opts, spec, kind):
         same(a, e, f"state {i}")
 
 
+def test_sgd_first_step_reads_nothing_of_the_old_buffer(impl):
+    """On the first step the momentum buffer becomes the gradient: whatever it held (NaN here) is never read."""
+    rng = np.random.default_rng(4)
+    p, g = randn(rng, (6, 5), np.float32), randn(rng, (6, 5), np.float32)
+    expected_p, expected_buf = p.copy(), np.full_like(p, np.nan)
+    ref.sgd_step(expected_p, g, expected_buf, 0.1, momentum=0.9, nesterov=True, first_step=True)
+    pp, buf = impl.put(p.copy()), impl.put(np.full_like(p, np.nan))
+    impl.mod.sgd_step(pp, impl.put(g), buf, 0.1, momentum=0.9, nesterov=True, first_step=True)
+    same(impl.get(pp), expected_p, "param")
+    same(impl.get(buf), expected_buf, "buffer")
+    assert np.isfinite(impl.get(pp)).all()
+
+
 def test_optimizer_split_across_threads(impl, threads):
     rng = np.random.default_rng(3)
     p = randn(rng, (37, 29), np.float32)
