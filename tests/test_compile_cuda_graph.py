@@ -1,7 +1,8 @@
 """tinygen.compile on CuPy through CUDA graphs (tinygen/compile_graph.py).
 
 The graph tests need a GPU and CuPy (they are skipped without one: a CUDA graph cannot be faked on the CPU); the
-split of a program into graph segments and host steps is checked everywhere.
+split of a program into graph segments and host steps is checked everywhere. Every test's name holds "cuda", so
+``benchmarks/gpu_check.sh`` (``-k "device or cuda"``) runs them all.
 """
 import importlib
 
@@ -38,7 +39,7 @@ def _vae_like(device, seed=0):
     return step, params
 
 
-def test_a_program_splits_into_graph_segments_between_its_host_steps():
+def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     compile_module = importlib.import_module("tinygen.compile")  # tinygen.compile is also the function
     step, params = _vae_like("cpu")
     compiled = tg.compile(step, fuse=False)
@@ -150,7 +151,7 @@ def _batches(steps, seed=5):
 
 
 @gpu
-def test_a_step_of_tensor_arguments_reads_each_calls_arguments():
+def test_cuda_graph_step_of_tensor_arguments_reads_each_calls_arguments():
     def run(cuda_graph):
         tg.manual_seed(0)
         net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5)).to("cuda")
@@ -172,7 +173,7 @@ def test_a_step_of_tensor_arguments_reads_each_calls_arguments():
 
 
 @gpu
-def test_a_parameter_given_a_new_array_between_calls_is_captured_anew():
+def test_cuda_graph_captured_anew_after_a_parameter_gets_a_new_array():
     def swap(i, made):
         if i == 4:
             p = made[1][0]
@@ -186,7 +187,7 @@ def test_a_parameter_given_a_new_array_between_calls_is_captured_anew():
 
 
 @gpu
-def test_a_target_out_of_range_in_a_graphed_step_raises():
+def test_cuda_graph_step_with_a_target_out_of_range_raises():
     step, _, (x, y) = _mlp("cuda", 0)
     compiled = tg.compile(step)
     for _ in range(3):
@@ -213,7 +214,7 @@ class HostNoise(Function):
 
 
 @gpu
-def test_a_host_to_device_copy_inside_the_step_replays_without_graphs():
+def test_cuda_graph_refused_for_a_host_to_device_copy_in_the_step():
     def run(cuda_graph):
         tg.manual_seed(0)
         lin = nn.Linear(6, 3).to("cuda")
@@ -236,7 +237,7 @@ def test_a_host_to_device_copy_inside_the_step_replays_without_graphs():
 
 @gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_captured_product_equals_cupys_for_every_layout(dtype):
+def test_cuda_graph_captured_product_equals_cupys_for_every_layout(dtype):
     import cupy
     from tinygen.kernels import gemm, gemm_capture
     rng = np.random.default_rng(0)
