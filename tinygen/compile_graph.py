@@ -47,10 +47,15 @@ def is_cupy(array):
 
 
 class _Segment:
-    def __init__(self, steps, tensors, nodes, leaves, delivers, hooked):
+    """A run of device steps captured as one graph: the tensors and nodes they touch, the leaves among those (not
+    made by the program) and the leaves its backwards deliver gradients to; after a capture, the graph, its guards,
+    its deferred value checks and what it did in Python."""
+
+    def __init__(self, steps, tensors, nodes, leaves, delivers):
         self.steps, self.tensors, self.nodes = steps, tensors, nodes
-        self.leaves, self.delivers, self.hooked = leaves, delivers, hooked
-        self.graph = None
+        self.leaves, self.delivers = leaves, delivers
+        self.graph = self.diff = None
+        self.guard, self.grads, self.checks = [], [], []
 
 
 class GraphedSteps:
@@ -157,19 +162,28 @@ class GraphedSteps:
         return True
 
     def _pin(self, step, capture):
-        """After a host step: its new tensors on the arrays the capture saw (a later segment reads those)."""
+        """After a host step: its result tensors on the arrays the capture saw (a later segment reads those): a
+        new tensor's array is copied there; another tensor (one that lives on elsewhere) must hold the same one."""
         run, operands = step
-        new = operands[5] if run is self.kinds[4] else operands[4] if run is self.kinds[0] else ()
-        for t in new:
+        if run is self.kinds[4]:
+            results, new = _tensors(operands[3]), {id(t) for t in operands[5]}
+        elif run is self.kinds[0]:
+            results = operands[4]
+            new = {id(t) for t in results}
+        else:
+            return True
+        for t in results:
             if not is_cupy(t.data):
                 continue
             if capture:
-                self.pins[id(t)] = t.data
+                self.pins[id(t)] = (t.data, id(t) in new)
                 continue
-            cap = self.pins.get(id(t))
+            cap, copy = self.pins.get(id(t), (None, False))
             if cap is None or cap.shape != t.data.shape or cap.dtype != t.data.dtype:
                 return False
             if t.data is not cap:
+                if not copy:
+                    return False
                 cap[...] = t.data
                 t.data = cap
         return True
@@ -278,8 +292,7 @@ def _segment(steps, made, kinds):
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
-    return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()),
-                    [t for t in delivers.values()])
+    return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()))
 
 
 def _tensors(value):
@@ -365,7 +378,7 @@ def _guards_hold(seg):
         g = t.grad
         if (g is None) != (data is None) or (g is not None and g.data is not data):
             return False
-    return not any(id(t) in engine._post_accumulate_hooks for t in seg.hooked)
+    return not any(id(t) in engine._post_accumulate_hooks for t in seg.delivers)
 
 
 def _check(seg):

@@ -53,8 +53,8 @@ CPU_MAX_SIZE = {"log_softmax_fwd": 1 << 18, "cross_entropy": 1 << 18}
 # Ranks above which a Numba kernel is not used (none at present: batch norm takes (N, C, *)).
 CPU_MAX_NDIM = {}
 
-# The CuPy kernels that lookup() hands out: the fused elementwise ones; gpu.py's optimizer steps are the reference's
-# in-place code (no temporaries to fuse away), its reductions too (left out here).
+# The CuPy kernels that lookup() hands out: the fused elementwise ones and optimizer steps (RMSprop's is the
+# reference's in-place code); the reductions are the reference's code on CuPy (left out here).
 GPU_USED = frozenset(KERNELS) - {"batchnorm_fwd", "batchnorm_bwd", "batchnorm_act_fwd", "batchnorm_act_bwd",
                                  "log_softmax_fwd", "log_softmax_bwd",
                                  "cross_entropy", "mm"}
