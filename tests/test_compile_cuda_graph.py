@@ -4,7 +4,10 @@ The graph tests need a GPU and CuPy (they are skipped without one: a CUDA graph 
 split of a program into graph segments and host steps is checked everywhere. Every test's name holds "cuda", so
 ``benchmarks/gpu_check.sh`` (``-k "device or cuda"``) runs them all.
 """
+import contextlib
 import importlib
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import pytest
 import tinygen as tg
 from tinygen import backend, compile_graph, nn, optim
 from tinygen.autograd import Function
+from tinygen.tensor import Tensor
 from tinygen.nn import functional as F
 
 ON_GPU = backend.is_available("cuda") and backend.array_module("cuda") is not backend.standin
@@ -64,6 +68,138 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
 def test_cuda_graph_must_be_a_bool():
     with pytest.raises(TypeError, match="cuda_graph must be True or False"):
         tg.compile(lambda: None, cuda_graph="yes")
+
+
+# ---- the bookkeeping around the graphs, on the CPU ----------------------------------------------------------------
+class _EmulatedGraph:
+    """A CUDA graph's effect, emulated on NumPy, to test what compile_graph does around the graphs: a launch runs
+    the segment's steps again on fresh arrays, writes their values into the arrays the capture left (which a real
+    graph writes), and sets Python back as it found it (a real graph does nothing in Python). Where a real graph
+    reads stale arrays the emulation reads Python's: the guards are tested on the GPU."""
+
+    def __init__(self):
+        self.seg, self.launched = None, False
+
+    def launch(self, stream=None):  # noqa: ARG002
+        if not self.launched:  # the capture has run the steps already: NumPy runs what it is given
+            self.launched = True
+            return
+        seg = self.seg
+        before = [compile_graph._tstate(t) for t in seg.tensors], [compile_graph._nstate(n) for n in seg.nodes]
+        importlib.import_module("tinygen.compile")._run_steps(seg.steps)
+        tensors, _, nodes = seg.diff
+        for t, changed in tensors:
+            for name, kept in changed:
+                _copy_into(kept, getattr(t, name))
+        for node, kept in nodes:
+            _copy_into(kept, compile_graph._nstate(node))
+        compile_graph._restore(seg, *before)
+
+
+def _copy_into(kept, fresh):
+    if isinstance(kept, np.ndarray) and isinstance(fresh, np.ndarray):
+        if kept is not fresh and kept.shape == fresh.shape:
+            kept[...] = fresh
+    elif isinstance(kept, Tensor) and isinstance(fresh, Tensor):
+        _copy_into(kept.data, fresh.data)
+    elif isinstance(kept, (tuple, list)) and isinstance(fresh, (tuple, list)):
+        for k, f in zip(kept, fresh):
+            _copy_into(k, f)
+    elif isinstance(kept, dict) and isinstance(fresh, dict):
+        for key in kept.keys() & fresh.keys():
+            _copy_into(kept[key], fresh[key])
+
+
+class _FakeStream:
+    def __init__(self, non_blocking=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self, mode=None):
+        pass
+
+    def end_capture(self):
+        return _EmulatedGraph()
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    """NumPy arrays taken for CuPy's by compile_graph, with the emulated graphs."""
+    fake = types.SimpleNamespace(
+        ndarray=np.ndarray, asarray=np.asarray, array=np.array, empty=np.empty, empty_like=np.empty_like,
+        uint8=np.uint8, cuda=types.SimpleNamespace(
+            Stream=_FakeStream, MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+            using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: None))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(compile_graph, "is_cupy", lambda a: isinstance(a, np.ndarray))
+    capture = compile_graph.GraphedSteps._capture
+
+    def capture_and_note(self, seg, run_plain, cupy):
+        ok = capture(self, seg, run_plain, cupy)
+        if ok:
+            seg.graph.seg = seg
+        return ok
+    monkeypatch.setattr(compile_graph.GraphedSteps, "_capture", capture_and_note)
+    return fake
+
+
+CPU_MODELS = {
+    "mlp-sgd": lambda: _mlp("cpu", 0),
+    "mlp-sgd-zero-in-place": lambda: _mlp("cpu", 0, set_to_none=False),
+    "mlp-adam": lambda: _mlp("cpu", 0, adam=True),
+    "vae-like": lambda: _vae_like("cpu"),
+    "gan-bn": lambda: _gan("cpu", 0),
+}
+
+
+@pytest.mark.parametrize("model", list(CPU_MODELS))
+def test_cuda_graph_bookkeeping_emulated_on_numpy_equals_plain_replays(emulated_cuda, model):
+    """What each segment did in Python is done again after each launch, host steps' new tensors are pinned and
+    the result is copied: with emulated graphs, 8 steps equal plain replays bit for bit."""
+    plain, plain_params, _ = _run(CPU_MODELS[model], cuda_graph=False)
+    graphed, graphed_params, compiled = _run(CPU_MODELS[model], cuda_graph=True)
+    assert compiled.graph_error is None, compiled.graph_error
+    assert compiled.graph_replays == 7
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_failed_capture_sets_state_and_host_generator_back(emulated_cuda):
+    """A copy of host data inside a segment ends the capture: the state and tinygen's host generator are set back
+    and the step replays plainly, drawing what a plain replay draws."""
+    class ListNoise(Function):
+        @staticmethod
+        def forward(ctx, x):
+            draw = tg.random.generator("cpu").random(x.shape).astype(x.data.dtype)
+            ctx.noise = sys.modules["cupy"].asarray(draw.tolist(), dtype=x.data.dtype)  # host data
+            return x.data * ctx.noise
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * tg.tensor(ctx.noise)
+
+    def run(cuda_graph):
+        tg.manual_seed(0)
+        lin = nn.Linear(6, 3)
+        x = tg.tensor(np.ones((4, 6), np.float32))
+
+        def step():
+            lin.zero_grad()
+            loss = ListNoise.apply(lin(x)).sum()
+            loss.backward()
+            return loss
+        compiled = tg.compile(step, cuda_graph=cuda_graph)
+        return [float(compiled().item()) for _ in range(5)], compiled
+    plain, _ = run(False)
+    graphed, compiled = run(True)
+    assert compiled.graph_replays == 0 and "host data (list)" in compiled.graph_error, compiled.graph_error
+    assert graphed == plain and len(set(graphed)) == 5
 
 
 def _mlp(device, seed, set_to_none=True, adam=False):
