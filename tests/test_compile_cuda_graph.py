@@ -133,7 +133,8 @@ def emulated_cuda(monkeypatch):
     fake = types.SimpleNamespace(
         ndarray=np.ndarray, asarray=np.asarray, array=np.array, empty=np.empty, empty_like=np.empty_like,
         uint8=np.uint8, cuda=types.SimpleNamespace(
-            Stream=_FakeStream, MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+            Stream=_FakeStream, MemoryPool=lambda: types.SimpleNamespace(
+                malloc=None, free_all_blocks=lambda: None, used_bytes=lambda: 0),
             using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: None))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(compile_graph, "is_cupy", lambda a: isinstance(a, np.ndarray))
@@ -168,6 +169,41 @@ def test_cuda_graph_bookkeeping_emulated_on_numpy_equals_plain_replays(emulated_
     np.testing.assert_array_equal(graphed, plain)
     for a, b in zip(graphed_params, plain_params):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_guard_failure_replays_plainly_and_captures_again(emulated_cuda):
+    def swap(i, made):
+        if i == 4:
+            p = made[1][0]
+            p.data = p.data.copy()
+    plain, plain_params, _ = _run(lambda: _mlp("cpu", 0), cuda_graph=False, between=swap)
+    graphed, graphed_params, compiled = _run(lambda: _mlp("cpu", 0), cuda_graph=True, between=swap)
+    assert compiled.graph_replays == 6 and compiled.graph_error is None  # call 4 plain, call 5 captured again
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_pools_of_dropped_graphs_are_kept_while_in_use(monkeypatch):
+    class Pool:
+        def __init__(self, used):
+            self.used, self.freed = used, 0
+
+        def free_all_blocks(self):
+            self.freed += 1
+
+        def used_bytes(self):
+            return self.used
+    monkeypatch.setattr(compile_graph, "_RETIRED", [])
+    busy, idle = Pool(512), Pool(0)
+    compile_graph._retire(busy)
+    compile_graph._retire(idle)
+    compile_graph._retire(None)
+    compile_graph._sweep()
+    assert compile_graph._RETIRED == [busy] and busy.freed == idle.freed == 1
+    busy.used = 0
+    compile_graph._sweep()
+    assert compile_graph._RETIRED == []
 
 
 def test_cuda_graph_failed_capture_sets_state_and_host_generator_back(emulated_cuda):

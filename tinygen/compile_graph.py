@@ -42,6 +42,26 @@ _NODE_SLOTS = ("next_edges", "_saved", "_out_data", "out_meta", "device")
 _UNSET = object()
 
 
+# Memory pools of dropped graphs whose arrays may still be in use (a .grad made in a capture): CuPy before 14 frees a
+# pool's memory when the pool goes, even under live arrays. Swept at each capture: what they no longer use goes back
+# to CUDA, and a pool with nothing in use is let go.
+_RETIRED = []
+
+
+def _retire(pool):
+    if pool is not None:
+        _RETIRED.append(pool)
+
+
+def _sweep():
+    keep = []
+    for pool in _RETIRED:
+        pool.free_all_blocks()
+        if pool.used_bytes():
+            keep.append(pool)
+    _RETIRED[:] = keep
+
+
 def is_cupy(array):
     return type(array).__module__.split(".", 1)[0] == "cupy"
 
@@ -66,7 +86,7 @@ class GraphedSteps:
         self.inputs = inputs
         self.items = _split(steps, inputs, kinds)
         self.live = False  # captured graphs in use
-        self.captures, self.error = 0, None
+        self.captures, self.error, self.pool = 0, None, None
         self.made = _made(steps, kinds)
 
     @property
@@ -114,6 +134,7 @@ class GraphedSteps:
         return ok
 
     def _begin_capture(self, cupy, args_tensors):
+        _sweep()
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.pins = {}
@@ -126,7 +147,14 @@ class GraphedSteps:
         for kind, item in self.items:
             if kind == "segment":
                 item.graph = None
+        _retire(self.pool)
         self.pool = self.stream = self.workspace = self.buffers = self.pins = None
+
+    def __del__(self):  # a program dropped from the cache: its pool may hold the arrays of live .grads
+        try:
+            _retire(self.pool)
+        except (AttributeError, TypeError):  # never captured, or the interpreter is shutting down
+            pass
 
     def _capture(self, seg, run_plain, cupy):
         before = [_tstate(t) for t in seg.tensors], [_nstate(n) for n in seg.nodes]
