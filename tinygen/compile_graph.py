@@ -134,6 +134,7 @@ class GraphedSteps:
         return ok
 
     def _begin_capture(self, cupy, args_tensors):
+        _retire(self.pool)  # a capture that an error ended (a value check, the step's own code) left one
         _sweep()
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
