@@ -1,4 +1,4 @@
-"""tinygen.compile on CuPy through CUDA graphs (tinygen/compile_graph.py).
+"""tinygen.compile on CuPy through CUDA graphs (tinygen/compile/cuda_graph.py).
 
 The graph tests need a GPU and CuPy (they are skipped without one: a CUDA graph cannot be faked on the CPU); the
 split of a program into graph segments and host steps is checked everywhere. Every test's name holds "cuda", so
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import tinygen as tg
-from tinygen import backend, compile_graph, nn, optim
+from tinygen import backend, nn, optim
+from tinygen.compile import cuda_graph as graphs
 from tinygen.autograd import Function
 from tinygen.tensor import Tensor
 from tinygen.nn import functional as F
@@ -51,7 +52,7 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     program = next(iter(compiled._programs.values()))
     assert program.graphed is None  # NumPy arrays: no graphs
     kinds = compile_module._GRAPH_KINDS
-    graphed = compile_graph.GraphedSteps(program.steps, program.inputs, kinds)
+    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
     shape = [kind if kind == "segment" else item[0].__name__ for kind, item in graphed.items]
     calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds[4]]
     # zero_grad; the forward up to the random draw; the draw; the rest with the backward; the optimizer step
@@ -72,7 +73,7 @@ def test_cuda_graph_must_be_a_bool():
 
 # ---- the bookkeeping around the graphs, on the CPU ----------------------------------------------------------------
 class _EmulatedGraph:
-    """A CUDA graph's effect, emulated on NumPy, to test what compile_graph does around the graphs: a launch runs
+    """A CUDA graph's effect, emulated on NumPy, to test what cuda_graph.py does around the graphs: a launch runs
     the segment's steps again on fresh arrays, writes their values into the arrays the capture left (which a real
     graph writes), and sets Python back as it found it (a real graph does nothing in Python). Where a real graph
     reads stale arrays the emulation reads Python's: the guards are tested on the GPU."""
@@ -85,15 +86,15 @@ class _EmulatedGraph:
             self.launched = True
             return
         seg = self.seg
-        before = [compile_graph._tstate(t) for t in seg.tensors], [compile_graph._nstate(n) for n in seg.nodes]
+        before = [graphs._tstate(t) for t in seg.tensors], [graphs._nstate(n) for n in seg.nodes]
         importlib.import_module("tinygen.compile")._run_steps(seg.steps)
         tensors, _, nodes = seg.diff
         for t, changed in tensors:
             for name, kept in changed:
                 _copy_into(kept, getattr(t, name))
         for node, kept in nodes:
-            _copy_into(kept, compile_graph._nstate(node))
-        compile_graph._restore(seg, *before)
+            _copy_into(kept, graphs._nstate(node))
+        graphs._restore(seg, *before)
 
 
 def _copy_into(kept, fresh):
@@ -129,7 +130,7 @@ class _FakeStream:
 
 @pytest.fixture
 def emulated_cuda(monkeypatch):
-    """NumPy arrays taken for CuPy's by compile_graph, with the emulated graphs."""
+    """NumPy arrays taken for CuPy's by cuda_graph.py, with the emulated graphs."""
     fake = types.SimpleNamespace(
         ndarray=np.ndarray, asarray=np.asarray, array=np.array, empty=np.empty, empty_like=np.empty_like,
         uint8=np.uint8, cuda=types.SimpleNamespace(
@@ -137,15 +138,15 @@ def emulated_cuda(monkeypatch):
                 malloc=None, free_all_blocks=lambda: None, used_bytes=lambda: 0),
             using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: None))
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(compile_graph, "is_cupy", lambda a: isinstance(a, np.ndarray))
-    capture = compile_graph.GraphedSteps._capture
+    monkeypatch.setattr(graphs, "is_cupy", lambda a: isinstance(a, np.ndarray))
+    capture = graphs.GraphedSteps._capture
 
     def capture_and_note(self, seg, run_plain, cupy):
         ok = capture(self, seg, run_plain, cupy)
         if ok:
             seg.graph.seg = seg
         return ok
-    monkeypatch.setattr(compile_graph.GraphedSteps, "_capture", capture_and_note)
+    monkeypatch.setattr(graphs.GraphedSteps, "_capture", capture_and_note)
     return fake
 
 
@@ -199,16 +200,16 @@ def test_cuda_graph_pools_of_dropped_graphs_are_kept_while_in_use(monkeypatch):
 
         def used_bytes(self):
             return self.used
-    monkeypatch.setattr(compile_graph, "_RETIRED", [])
+    monkeypatch.setattr(graphs, "_RETIRED", [])
     busy, idle = Pool(512), Pool(0)
-    compile_graph._retire(busy)
-    compile_graph._retire(idle)
-    compile_graph._retire(None)
-    compile_graph._sweep()
-    assert compile_graph._RETIRED == [busy] and busy.freed == idle.freed == 1
+    graphs._retire(busy)
+    graphs._retire(idle)
+    graphs._retire(None)
+    graphs._sweep()
+    assert graphs._RETIRED == [busy] and busy.freed == idle.freed == 1
     busy.used = 0
-    compile_graph._sweep()
-    assert compile_graph._RETIRED == []
+    graphs._sweep()
+    assert graphs._RETIRED == []
 
 
 def test_cuda_graph_failed_capture_sets_state_and_host_generator_back(emulated_cuda):

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import tinygen as tg
-from tinygen import compile_fusion, kernels
-from tinygen.compile_fusion import APPROX_ULPS, FusedRun
+from tinygen import kernels
+from tinygen.compile import fusion as compile_fusion
+from tinygen.compile.fusion import APPROX_ULPS, FusedRun
 
 NUMBA_ON = kernels.enabled()  # without Numba nothing is fused: the tests compare the values all the same
 

@@ -112,7 +112,7 @@ def to_device(array, device):
 
 
 class _GraphCapture:
-    """A CUDA graph capture in progress (``tinygen.compile`` on CuPy, compile_graph.py), as the code below compile
+    """A CUDA graph capture in progress (``tinygen.compile`` on CuPy, compile/cuda_graph.py), as the code below compile
     sees it: products record through cuBLAS directly (kernels/gemm_capture.py, into ``workspace``), and value checks
     that would read the GPU's memory from the host, which a capture cannot, are read after each launch."""
     workspace = None  # a CuPy array while a capture is in progress, else None

@@ -3,7 +3,7 @@
 Broadcasting needs no code here: the engine sums each gradient back to its input's shape (engine._fit).
 
 ``elementwise`` on an op is its forward for one element, written on its arguments ``{0}``, ``{1}``:
-``tinygen.compile`` fuses runs of such ops into one generated loop (tinygen/compile_fusion.py). An op that declares
+``tinygen.compile`` fuses runs of such ops into one generated loop (tinygen/compile/fusion.py). An op that declares
 it computes just that in its forward and saves nothing but its arguments (and its output, ``save_output``).
 """
 import operator

@@ -25,7 +25,7 @@ Three stages:
   replay   the fused step checks its operands (C-contiguous NumPy arrays of the recorded shape and dtype, scalars
            of that dtype; Numba on), else runs the ops one by one as an unfused replay does; puts the written
            arrays into the recorded tensors and leaves each op's node as its forward would have (its output and
-           what it saved, as shadows: compile.py's ``_refill_node``), so the backward that follows runs
+           what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that follows runs
            unchanged. The first replay of an exact run runs its ops one by one as well and raises if the loop's
            outputs differ from theirs in any bit.
 
@@ -42,9 +42,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import kernels
-from .autograd.grad_mode import STATE
-from .tensor import Tensor
+from .. import kernels
+from ..autograd.grad_mode import STATE
+from ..tensor import Tensor
 
 EXACT_FUNCTIONS = {"abs": abs, "sqrt": math.sqrt}
 APPROX_FUNCTIONS = {"exp": math.exp, "log": math.log, "tanh": math.tanh, "sin": math.sin, "cos": math.cos}
@@ -58,8 +58,9 @@ ARRAY, SCALAR = "array", "scalar"
 _ndarray = np.ndarray
 _kernels = {}  # source -> compiled loop
 
-# What the pass needs of compile.py, which hands it in (so this module does not import compile.py): the step
-# functions of a replayed forward and of a release, the node refill of a replayed forward, and its tensor finder.
+# What the pass needs of the compiler (compile/__init__.py), which hands it in (so this module does not import it):
+# the step functions of a replayed forward and of a release, the node refill of a replayed forward, and its tensor
+# finder.
 ProgramKinds = namedtuple("ProgramKinds", "forward release refill tensors_in")
 
 
@@ -113,7 +114,7 @@ def fused_steps(steps, notes, keep, approx, kinds):
     if not kernels.enabled() or not notes:
         return steps
     if any(run is forward and operands[5] for run, operands in steps):
-        return steps  # relinked ops: a backward after them counts every intermediate as used (compile.py)
+        return steps  # relinked ops: a backward after them counts every intermediate as used (compile/__init__.py)
     allowed = ("exact", "approx") if approx else ("exact",)
     refs = {}  # id(tensor) -> how many steps other than releases refer to it
     for run, operands in steps:

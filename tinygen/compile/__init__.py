@@ -36,7 +36,7 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
            dtype, operands of that shape or scalars) become one step, a generated Numba loop that writes only
-           what is used outside the run and leaves each node as its forward would (``compile_fusion.py``).
+           what is used outside the run and leaves each node as its forward would (``compile/fusion.py``).
            ``fuse=True`` (the default) takes + - * /, neg, abs and sqrt: NumPy's bits. ``fuse="approx"`` takes
            exp, log, tanh, sin and cos too: within 3 ulps of NumPy's per call. ``fuse=False``, no Numba, or
            CuPy arrays: nothing is fused.
@@ -54,7 +54,7 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            drawn again from tinygen's generators: the same stream as eager.
   graph    On CuPy (``cuda_graph=True``, the default), the first replay captures the device work between the
            step's host calls (optimizer steps, zero_grad, random draws) as CUDA graphs, and later replays launch
-           them: a few launches instead of one Python call per kernel (``compile_graph.py``). Guards on the
+           them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``). Guards on the
            arrays the graphs read; what cannot be captured replays as above (``Compiled.graph_error``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
@@ -83,13 +83,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import compile_fusion as _fusion, compile_graph as _cuda_graph, random as _random
-from .autograd import engine
-from .autograd.engine import _backward, _grad, _roots
-from .autograd.function import Function, _edges, result_array, user_frame
-from .autograd.grad_mode import STATE
-from .capture import CAPTURE
-from .tensor import Tensor, _make
+from .. import random as _random
+from ..autograd import engine
+from ..autograd.engine import _backward, _grad, _roots
+from ..autograd.function import Function, _edges, result_array, user_frame
+from ..autograd.grad_mode import STATE
+from ..capture import CAPTURE
+from ..tensor import Tensor, _make
+from . import cuda_graph as _cuda_graph, fusion as _fusion
 
 _new = object.__new__
 
@@ -350,7 +351,7 @@ class _Program:
         return _fresh(self.result)
 
     def replay_graphed(self, args, kwargs):
-        """A replay through CUDA graphs (compile_graph.py)."""
+        """A replay through CUDA graphs (cuda_graph.py)."""
         try:
             self.graphed.replay(_tensors_in(args, kwargs), _run_steps)
         finally:
@@ -761,7 +762,7 @@ def _fresh(result):
     return result
 
 
-# what the fusion pass works with (compile_fusion.py does not import this module)
+# what the fusion pass works with (fusion.py does not import this module)
 _PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
 _GRAPH_KINDS = (_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call)
 

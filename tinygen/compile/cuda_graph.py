@@ -29,11 +29,11 @@ graph records kernels once; one call launches them all again, on the same memory
 """
 import contextlib
 
-from . import random as _random
-from .autograd import engine
-from .backend import GRAPH_CAPTURE
-from .kernels import gemm_capture
-from .tensor import Tensor, _make
+from .. import random as _random
+from ..autograd import engine
+from ..backend import GRAPH_CAPTURE
+from ..kernels import gemm_capture
+from ..tensor import Tensor, _make
 
 MAX_CAPTURES = 3
 _RELAXED = 2  # cudaStreamCaptureModeRelaxed
