@@ -66,9 +66,19 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves} - {id(t) for t in first.leaves}
 
 
-def test_cuda_graph_must_be_a_bool():
-    with pytest.raises(TypeError, match="cuda_graph must be True or False"):
+def test_cuda_graph_must_be_a_bool_or_none():
+    with pytest.raises(TypeError, match="cuda_graph must be True, False or None"):
         tg.compile(lambda: None, cuda_graph="yes")
+
+
+@pytest.mark.parametrize("setting,graphed", [("0", False), ("1", True), ("", True)])
+def test_cuda_graph_default_is_the_setting(emulated_cuda, monkeypatch, setting, graphed):
+    monkeypatch.setenv("TINYGEN_CUDA_GRAPHS", setting)
+    step, _, _ = _mlp("cpu", 0)
+    compiled = tg.compile(step)  # cuda_graph=None: the setting, read when a program is recorded
+    for _ in range(3):
+        compiled()
+    assert compiled.graph_replays == (2 if graphed else 0)
 
 
 # ---- the bookkeeping around the graphs, on the CPU ----------------------------------------------------------------

@@ -24,6 +24,8 @@
                                                   when the CLI or a benchmark starts
     TINYGEN_CUDA_STANDIN        0                 serve device="cuda" from the CPU stand-in      backend (first "cuda")
                                                   for CuPy (tests without a GPU)
+    TINYGEN_CUDA_GRAPHS         1                 tinygen.compile replays steps on CuPy as CUDA  compile (each record)
+                                                  graphs (compile's cuda_graph=None reads it)
     TINYGEN_DATA                (unset)           folder holding MNIST                           data.mnist (each load)
     TINYGEN_CACHE               ~/.cache/tinygen  where trained helper models are cached         models.classifier
 
@@ -70,6 +72,7 @@ SETTINGS = {
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 24, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),
+    "TINYGEN_CUDA_GRAPHS": (True, _flag),
     "TINYGEN_DATA": (None, _path),
     "TINYGEN_CACHE": (Path("~/.cache/tinygen").expanduser(), _path),
 }

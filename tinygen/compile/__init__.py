@@ -52,10 +52,12 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            Parameters, optimizer state and buffers are the very arrays the model holds, updated
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
-  graph    On CuPy (``cuda_graph=True``, the default), the first replay captures the device work between the
-           step's host calls (optimizer steps, zero_grad, random draws) as CUDA graphs, and later replays launch
-           them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``). Guards on the
-           arrays the graphs read; what cannot be captured replays as above (``Compiled.graph_error``).
+  graph    On CuPy (``cuda_graph=True``; by default the setting TINYGEN_CUDA_GRAPHS, on), the first replay
+           captures the device work between the step's host calls (optimizer steps, zero_grad, random draws) as
+           CUDA graphs, and later replays launch them: a few launches instead of one Python call per kernel
+           (``compile/cuda_graph.py``). Guards on the arrays the graphs read; what cannot be captured replays as
+           above (``Compiled.graph_error``). Within float32 rounding of the plain replay (cuBLAS, called directly
+           inside a graph, may choose other kernels than CuPy's ``matmul``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
@@ -83,7 +85,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .. import random as _random
+from .. import config, random as _random
 from ..autograd import engine
 from ..autograd.engine import _backward, _grad, _roots
 from ..autograd.function import Function, _edges, result_array, user_frame
@@ -102,7 +104,7 @@ class CompileError(RuntimeError):
     """A step that tinygen.compile cannot record or whose replay disagreed with eager (``check=``)."""
 
 
-def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=True):
+def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None):
     """Compile ``fn`` (a training step or any function of tensors): see the module docstring."""
     if fn is None:
         return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph)
@@ -119,8 +121,9 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=True):
     if check and fuse == "approx":
         raise ValueError("tinygen.compile: check compares replays with eager bit for bit, which fuse='approx' does "
                          "not give (exp, log, ... differ by a few ulps); use check with fuse=True or False")
-    if not isinstance(cuda_graph, bool):
-        raise TypeError(f"tinygen.compile: cuda_graph must be True or False, got {cuda_graph!r}")
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise TypeError(f"tinygen.compile: cuda_graph must be True, False or None (the setting TINYGEN_CUDA_GRAPHS), "
+                        f"got {cuda_graph!r}")
     return Compiled(fn, check, cache_size, fuse, cuda_graph)
 
 
@@ -129,7 +132,7 @@ class Compiled:
     ``graph_replays`` the replays that launched CUDA graphs; ``graph_error`` says why a program on CuPy replays
     without them (None while they work)."""
 
-    def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=True):
+    def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None):
         functools.update_wrapper(self, fn)
         self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
         self.cuda_graph = cuda_graph
@@ -155,7 +158,8 @@ class Compiled:
                 self.graph_error = graphed.error
                 return result
             return program.replay(args, kwargs)
-        program, result = _record(self.fn, args, kwargs, self.fuse, self.cuda_graph)
+        graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
+        program, result = _record(self.fn, args, kwargs, self.fuse, graphs)
         result = _fresh(result)  # the recorded tensors are the program's: the caller gets its own
         self.records += 1
         self._programs[key] = program
