@@ -13,7 +13,8 @@ graph records kernels once; one call launches them all again, on the same memory
            uses is handed to anyone else; products through ``kernels/gemm_capture.py``), launches the graph on
            the current stream and keeps what the steps changed in Python (a new ``.grad``, the arrays an output
            tensor and a node hold). The step's input tensors are copied into buffers of the program; each host
-           step's new tensors are pinned (later host steps write their arrays into the ones the capture saw).
+           step's new tensors are pinned (later host steps write their arrays into the ones the capture saw; a
+           result that lives on elsewhere must keep its array, else the step replays plainly).
   launch   Later replays: host steps run as in a plain replay; for each segment its guards are checked, its graph
            is launched, and the Python changes it made at capture are made again (the arrays are the same: the
            graph has just written them). The step's result is copied out (the next launch writes over it).
@@ -26,6 +27,8 @@ graph records kernels once; one call launches them all again, on the same memory
            are set back, the segment runs as a plain replay, and the program keeps plain replays;
            ``Compiled.graph_error`` says why. Other host state a custom forward changed before the failure (its
            own NumPy generator) has changed twice on that call.
+  memory   A dropped graph's pool is kept while arrays made in it live (a .grad): ``_RETIRED``, swept at each
+           capture.
 """
 import contextlib
 
