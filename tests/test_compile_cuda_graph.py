@@ -54,7 +54,7 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     kinds = compile_module._GRAPH_KINDS
     graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
     shape = [kind if kind == "segment" else item[0].__name__ for kind, item in graphed.items]
-    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds[4]]
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
     # zero_grad; the forward up to the random draw; the draw; the rest with the backward; the optimizer step
     assert calls == ["Optimizer.zero_grad", "randn", "Optimizer.step"], calls
     assert shape == ["_replay_call", "segment", "_replay_call", "segment", "_replay_call"], shape

@@ -31,10 +31,11 @@ graph records kernels once; one call launches them all again, on the same memory
            capture.
 """
 import contextlib
+from collections import namedtuple
 
 from .. import random as _random
 from ..autograd import engine
-from ..backend import GRAPH_CAPTURE
+from ..backend import GRAPH_CAPTURE, is_cupy_array as is_cupy
 from ..kernels import gemm_capture
 from ..tensor import Tensor, _make
 
@@ -65,8 +66,9 @@ def _sweep():
     _RETIRED[:] = keep
 
 
-def is_cupy(array):
-    return type(array).__module__.split(".", 1)[0] == "cupy"
+# What this module needs of the compiler (compile/__init__.py), which hands it in (so this module does not import
+# it): the functions of its kinds of step, and its finder of the tensors in a nested value.
+StepKinds = namedtuple("StepKinds", "forward backward alias release call tensors_in")
 
 
 class _Segment:
@@ -85,12 +87,11 @@ class GraphedSteps:
     """A program's steps as CUDA graph segments and host steps (see the module docstring)."""
 
     def __init__(self, steps, inputs, kinds):
-        self.kinds = kinds  # (_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call)
-        self.inputs = inputs
-        self.items = _split(steps, inputs, kinds)
+        self.kinds, self.inputs = kinds, inputs
+        self.made = _made(steps, kinds)  # ids of the tensors the program makes (its result is copied from these)
+        self.items = _split(steps, self.made | {id(t) for t in inputs}, kinds)
         self.live = False  # captured graphs in use
         self.captures, self.error, self.pool = 0, None, None
-        self.made = _made(steps, kinds)
 
     @property
     def usable(self):
@@ -197,9 +198,9 @@ class GraphedSteps:
         """After a host step: its result tensors on the arrays the capture saw (a later segment reads those): a
         new tensor's array is copied there; another tensor (one that lives on elsewhere) must hold the same one."""
         run, operands = step
-        if run is self.kinds[4]:
-            results, new = _tensors(operands[3]), {id(t) for t in operands[5]}
-        elif run is self.kinds[0]:
+        if run is self.kinds.call:
+            results, new = self.kinds.tensors_in(operands[3]), {id(t) for t in operands[5]}
+        elif run is self.kinds.forward:
             results = operands[4]
             new = {id(t) for t in results}
         else:
@@ -258,21 +259,21 @@ def _no_host_copies(cupy):
 
 # ---- splitting -----------------------------------------------------------------------------------------------------
 def _made(steps, kinds):
-    forward, _, alias, _, call = kinds
     made = set()
     for run, operands in steps:
-        if run is forward:
+        if run is kinds.forward:
             made.update(id(t) for t in operands[4])
-        elif run is alias:
+        elif run is kinds.alias:
             made.add(id(operands[1]))
-        elif run is call:
-            made.update(id(t) for t in _tensors(operands[3]))
+        elif run is kinds.call:
+            made.update(id(t) for t in kinds.tensors_in(operands[3]))
     return made
 
 
-def _split(steps, inputs, kinds):
-    forward, backward, alias, release, _ = kinds
-    made = _made(steps, kinds) | {id(t) for t in inputs}
+def _split(steps, made, kinds):
+    """[(kind, item)]: ("segment", a _Segment) or ("host", a step). ``made``: the ids of the tensors the program
+    makes or takes as inputs (not leaves: no guard)."""
+    forward, backward, alias, release = kinds.forward, kinds.backward, kinds.alias, kinds.release
     items, run_of = [], []
 
     def close():
@@ -307,11 +308,11 @@ def _plan_leaves(plan):
 
 
 def _segment(steps, made, kinds):
-    forward, backward, alias, release, _ = kinds
+    forward, alias, release, tensors_in = kinds.forward, kinds.alias, kinds.release, kinds.tensors_in
     tensors, nodes, delivers = {}, {}, {}
     for run, operands in steps:
         if run is forward:
-            ts, ns = _tensors(operands[3]) + list(operands[4]), [operands[1]]
+            ts, ns = tensors_in(operands[3]) + list(operands[4]), [operands[1]]
         elif run is alias:
             ts, ns = list(operands), []
         elif run is release:
@@ -320,21 +321,11 @@ def _segment(steps, made, kinds):
             plan = operands[0]
             leaves = _plan_leaves(plan)
             delivers.update((id(t), t) for t in leaves)
-            ts, ns = _tensors(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
+            ts, ns = tensors_in(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
     return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()))
-
-
-def _tensors(value):
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 # ---- Python state ----------------------------------------------------------------------------------------------------
