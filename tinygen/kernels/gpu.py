@@ -133,6 +133,11 @@ def bce_with_logits(x, t, weight=None, pos_weight=None, reduction="mean", need_g
 
 
 # ---- Adam ------------------------------------------------------------------------------------------------------
+def _flushed(xp, avg, tiny):
+    """avg with its subnormal values made 0, as reference._flush_subnormal_ (``avg * 0``: sign and NaN kept)."""
+    return avg * (xp.absolute(avg) >= tiny)
+
+
 def _adam_body(xp, p, g, m, v, *rest, decoupled_decay, l2, maximize, amsgrad, small):
     """reference.adam_step's operations in its order, as expressions: the new (param, exp_avg, exp_avg_sq[,
     max_exp_avg_sq]). ``rest``: max_exp_avg_sq (amsgrad), then the scalars in the arrays' dtype."""
@@ -146,9 +151,8 @@ def _adam_body(xp, p, g, m, v, *rest, decoupled_decay, l2, maximize, amsgrad, sm
     elif maximize:
         g = -g
     m = m + (g - m) * w if small else g - (g - m) * w_other  # lerp(m, g, w), rounded as torch.lerp
-    m = m * (xp.absolute(m) >= tiny)  # subnormal -> 0, as reference._flush_subnormal_
-    v = v * b2 + g * one_minus_b2 * g
-    v = v * (xp.absolute(v) >= tiny)
+    m = _flushed(xp, m, tiny)
+    v = _flushed(xp, v * b2 + g * one_minus_b2 * g, tiny)
     second = v
     if amsgrad:
         vmax = xp.maximum(vmax, v)
@@ -202,7 +206,7 @@ def _sgd_body(xp, p, g, *rest, l2, maximize, momentum, first, dampening, nestero
         buf = g
     else:
         buf = buf * mom + (g * one_minus_damp if dampening else g)
-    buf = buf * (xp.absolute(buf) >= tiny)
+    buf = _flushed(xp, buf, tiny)
     step = buf * mom + g if nesterov else buf
     return p - step * lr, buf
 
