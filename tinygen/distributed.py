@@ -332,7 +332,7 @@ def _from_host(like, host):
 def _nccl_for(array):
     """The NCCL communicator for a collective on ``array``: a contiguous CuPy array (not the CPU stand-in's), where
     the ranks could make one; else None (host staging)."""
-    if not array.flags.c_contiguous or isinstance(array, backend.StandinArray):
+    if not array.flags.c_contiguous or not backend.is_cupy_array(array):
         return None
     return _nccl_comm()
 
@@ -356,7 +356,7 @@ def _nccl_comm():
             nccl = False
         except Exception as e:  # noqa: BLE001 - NcclError: staged through host memory instead, said once
             nccl, why = False, f"{type(e).__name__}: {e}"
-        if not _world.comm.allreduce(nccl is not False, op=_mpi_min()):
+        if not all(_world.comm.allgather(nccl is not False)):
             if why is None and nccl is not False:
                 why = "another rank could not make its NCCL communicator"
             if why is not None and _world.rank == 0:
@@ -366,11 +366,6 @@ def _nccl_comm():
             nccl = False
     _world.nccl = nccl
     return nccl or None
-
-
-def _mpi_min():
-    from mpi4py import MPI
-    return MPI.MIN
 
 
 def _nccl_dtype(nccl_mod, dtype):
