@@ -119,6 +119,63 @@ def test_numba_conv_kernels_match_reference(case, seed, parallel):
         conv_cpu.PARALLEL_MIN = old
 
 
+@settings(max_examples=EXAMPLES)
+@given(case=kernel_case(), seed=st.integers(0, 2 ** 31 - 1), parts=st.integers(2, 5))
+def test_a_batch_in_parts_gives_the_whole_batchs_results(case, seed, parts):
+    """With CHUNK_BYTES below a batch's column matrix, the batch runs in parts: the outputs and input gradients
+    equal the whole batch's (the same rows of the same products), the weight gradient is the parts' products
+    added (within rounding of the one product); the kept column matrix has one entry per part and gives the
+    same weight gradient as building it again; Numba, the reference and the stand-in agree bit for bit."""
+    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
+    n = x_shape[0] * 3 + 1  # a batch that does not split evenly
+    x_shape = (n,) + x_shape[1:]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    args = (stride, padding, dilation, groups)
+    mods = [ref_conv]
+    if kernels.enabled():
+        from tinygen.kernels import conv_cpu
+        mods.append(conv_cpu)
+    old = ref_conv.CHUNK_BYTES
+    try:
+        ref_conv.CHUNK_BYTES = 0
+        whole, got, on_standin = _whole_and_parts(mods, x, w, args, parts, rng)
+    finally:
+        ref_conv.CHUNK_BYTES = old
+    for version in got[1:] + [on_standin]:
+        for a, b in zip(version, got[0]):
+            np.testing.assert_array_equal(a, b)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, b in zip(got[0], whole):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, **tol)
+
+
+def _whole_and_parts(mods, x, w, args, parts, rng):
+    """The three kernels' results on the whole batch (reference), then in about ``parts`` parts for each of
+    ``mods`` and the reference on the stand-in."""
+    from tinygen.backend import standin
+    n, w_shape = x.shape[0], w.shape
+    y = ref_conv.conv2d_fwd(x, w, *args)
+    g = rng.standard_normal(y.shape).astype(x.dtype)
+    whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args),
+             ref_conv.conv2d_bwd_weight(x, g, w_shape[2:], *args))
+    sample_cols = y.shape[2] * y.shape[3] * w_shape[1] * args[3] * w_shape[2] * w_shape[3] * x.itemsize
+    ref_conv.CHUNK_BYTES = -(-n * sample_cols // parts)
+    got = []
+    for mod in mods:
+        y_parts, cols = mod.conv2d_fwd(x, w, *args, keep_cols=True)
+        assert len(cols) > 1 and sum(c.shape[0] for c in cols) == n * y.shape[2] * y.shape[3]
+        gw = mod.conv2d_bwd_weight(x, g, w_shape[2:], *args)
+        np.testing.assert_array_equal(mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols), gw)
+        got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args), gw))
+    on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
+                  ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
+                  ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
+    return whole, got, on_standin
+
+
 @pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_kernels_keep_a_channels_last_image_channels_last(dtype):
@@ -164,7 +221,7 @@ def test_whole_image_window_reads_a_channels_last_image_where_it_lies(module, dt
     args = ((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     y, cols = mod.conv2d_fwd(xc, w, *args, keep_cols=True)
-    assert np.shares_memory(cols, xc)  # the image itself, not a copy
+    assert len(cols) == 1 and np.shares_memory(cols[0], xc)  # the image itself, not a copy
     np.testing.assert_allclose(y, ref_conv.conv2d_fwd(x, w, *args), **tol)
     g = rng.standard_normal(y.shape).astype(dtype)
     want_gw = ref_conv.conv2d_bwd_weight(x, g, hw, *args)

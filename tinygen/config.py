@@ -20,6 +20,9 @@
                                                   one BLAS thread (0: one after the other)
     TINYGEN_CONV_PARALLEL_MIN   16777216 (1<<24)  elements from which the Numba im2col/col2im     kernels.conv_cpu*
                                                   copies split the batch over threads
+    TINYGEN_CONV_CHUNK_BYTES    16777216 (1<<24)  a convolution on the CPU runs its batch in     kernels.conv*
+                                                  parts whose column matrices hold at most this
+                                                  many bytes (0: the whole batch at once)
     TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
                                                   when the CLI or a benchmark starts
     TINYGEN_CUDA_STANDIN        0                 serve device="cuda" from the CPU stand-in      backend (first "cuda")
@@ -70,6 +73,7 @@ SETTINGS = {
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 24, _count),
+    "TINYGEN_CONV_CHUNK_BYTES": (1 << 24, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),
     "TINYGEN_CUDA_GRAPHS": (True, _flag),

@@ -18,23 +18,27 @@ Geometry arguments are already checked by the ops (tinygen/ops/conv.py): ``strid
                                                                      average pools and nearest upsampling, whose
                                                                      adjoint is the same call with rows.T, cols.T
 
-Layout: the column matrix has one row per output position and one column per weight entry, (N * OH * OW,
-G * kh * kw * C / G): within a window the pixels in (kh, kw) order and each pixel's channels (of a group) together,
-as a channels-last image stores them, so building it from such an image copies runs of C values. The weight's
-entries must be in the same order: nn's convolutions store their weights channels-last, (Cout, kh, kw, C / G) in
-memory, so neither the weight nor its gradient is copied (a weight in another layout is). One GEMM covers the
-batch and every product keeps the long N * OH * OW axis as the rows of its result or as its reduction, with the
-column matrix C-ordered: the orientation OpenBLAS threads well (the other one, (C * kh * kw, N * OH * OW), ran
+Layout: the column matrix has one row per output position and one column per weight entry, (N * OH * OW, G * kh *
+kw * C / G): within a window the pixels in (kh, kw) order and each pixel's channels (of a group) together, as a
+channels-last image stores them, so building it from such an image copies runs of C values. The weight's entries
+must be in the same order: nn's convolutions store their weights channels-last, (Cout, kh, kw, C / G) in memory, so
+neither the weight nor its gradient is copied (a weight in another layout is). One GEMM covers the batch (or a part
+of it, below) and every product keeps the long N * OH * OW axis as the rows of its result or as its reduction, with
+the column matrix C-ordered: the orientation OpenBLAS threads well (the other one, (C * kh * kw, N * OH * OW), ran
 the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW, Cout) results and gradients are
-transposed to and from (N, Cout, OH, OW), and the results not even that: they are returned as channels-last
-views (``_nchw``).
+transposed to and from (N, Cout, OH, OW), and the results not even that: they are returned as channels-last views
+(``_nchw``). On the CPU a large batch runs in parts (``_batch_parts``): each part's column matrix is made and
+multiplied (or summed back) before the next, and the weight gradient adds the parts' products in batch order.
 """
 import math
 
 import numpy as np
 
+from .. import config
 from ..backend import array_module_of
-from .gemm import mm
+from .gemm import _HOST, mm
+
+CHUNK_BYTES = config.get("TINYGEN_CONV_CHUNK_BYTES")
 
 
 def conv_out_size(size, kernel, stride, pad_total, dilation):
@@ -93,9 +97,10 @@ def im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups=1):
     return cols
 
 
-def col2im(cols, x_shape, stride, padding, dilation):
+def col2im(cols, x_shape, stride, padding, dilation, out=None):
     """The adjoint of im2col: cols (N, OH, OW, G, kh, kw, C / G) summed back into an image of ``x_shape``, stored
-    channels-last (see ``_nchw``); each pixel adds its terms in (kh, kw) order."""
+    channels-last (see ``_nchw``); each pixel adds its terms in (kh, kw) order. ``out``: a zeroed channels-last
+    array (N, H, W, C) to write the image into (a part of a batch's)."""
     xp = array_module_of(cols)
     n, oh, ow, groups, kh, kw, cg = cols.shape
     (pt, pb), (pl, pr) = padding
@@ -105,7 +110,11 @@ def col2im(cols, x_shape, stride, padding, dilation):
         for j in range(kw):
             window = _window(xpad, i, j, stride, dilation, (oh, ow)).reshape(n, groups, cg, oh, ow)
             window += cols[:, :, :, :, i, j, :].transpose(0, 3, 4, 1, 2)
-    return xpad[:, :, pt:pt + h, pl:pl + w]
+    image = xpad[:, :, pt:pt + h, pl:pl + w]
+    if out is None:
+        return image
+    out[...] = image.transpose(0, 2, 3, 1)
+    return out.transpose(0, 3, 1, 2)
 
 
 def _out_hw(x_hw, kernel_hw, stride, padding, dilation):
@@ -157,9 +166,23 @@ def _mm_groups(a, b, groups):
         r, groups * b.shape[2])
 
 
+def _batch_parts(x, n, sample_bytes):
+    """The batch as slices of equal size whose column matrices hold at most CHUNK_BYTES each, on host arrays (NumPy
+    and the stand-in); the whole batch on a GPU. A part's matrix comes from freed heap memory where a whole one
+    (from 32 MiB) is mapped afresh each time, and is still partly in the cache when its product reads it: DCGAN's
+    batch-256 step in parts of at most 16 MiB took 291 and 306 ms against 303 and 339 ms whole (2 cores, medians
+    of alternating rounds, two runs). Smaller parts gained no more, and at batch 64 (a 12.8 MB matrix) two
+    parts lost 2%."""
+    if not CHUNK_BYTES or type(x) not in _HOST or n * sample_bytes <= CHUNK_BYTES:
+        return [slice(0, n)]
+    count = -(-n * sample_bytes // CHUNK_BYTES)
+    size = -(-n // count)
+    return [slice(lo, min(n, lo + size)) for lo in range(0, n, size)]
+
+
 def make_conv_kernels(im2col, col2im):
-    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs and the
-    layout are the same for every version; cpu's Numba pair plugs in here)."""
+    """conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight around a given im2col/col2im pair (the GEMMs, the layout
+    and the parts of the batch are the same for every version; cpu's Numba pair plugs in here)."""
 
     def columns(x, kernel_hw, stride, padding, dilation, out_hw, groups):
         """x's column matrix, (N * OH * OW, G * kh * kw * C / G)."""
@@ -169,14 +192,24 @@ def make_conv_kernels(im2col, col2im):
         cols = im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups)  # explicit sizes: n may be 0
         return cols.reshape(n * out_hw[0] * out_hw[1], kernel_hw[0] * kernel_hw[1] * x.shape[1])
 
+    def parts(x, kernel_hw, out_hw):
+        """The parts of x's batch (_batch_parts) for its column matrix."""
+        return _batch_parts(x, x.shape[0], math.prod(out_hw) * math.prod(kernel_hw) * x.shape[1] * x.dtype.itemsize)
+
     def conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols=False):
         """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias. With ``keep_cols``:
-        (y, x's column matrix), which conv2d_bwd_weight takes instead of building it again."""
+        (y, x's column matrix as a list of the batch's parts), which conv2d_bwd_weight takes instead of building
+        it again."""
         out_hw = _out_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
-        cols = columns(x, w.shape[2:], stride, padding, dilation, out_hw, groups)
         # the weight's rows as the product's columns: a transposed view, which BLAS reads as fast as a copy
-        y = _nchw(_mm_groups(cols, _weight_rows(w, groups).transpose(0, 2, 1), groups), x.shape[0], out_hw,
-                  w.shape[0])
+        w_cols = _weight_rows(w, groups).transpose(0, 2, 1)
+        cols, rows = [], []
+        for s in parts(x, w.shape[2:], out_hw):  # each part's matrix made just before its product
+            part = columns(x[s], w.shape[2:], stride, padding, dilation, out_hw, groups)
+            rows.append(_mm_groups(part, w_cols, groups))
+            cols.append(part if keep_cols else None)
+        rows = rows[0] if len(rows) == 1 else array_module_of(x).concatenate(rows)
+        y = _nchw(rows, x.shape[0], out_hw, w.shape[0])
         return (y, cols) if keep_cols else y
 
     def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
@@ -185,28 +218,41 @@ def make_conv_kernels(im2col, col2im):
         kw))."""
         n, _, oh, ow = g.shape
         _, cg, kh, kw = w.shape
-        cols = _mm_groups(_rows(g), _weight_rows(w, groups), groups)  # (N * OH * OW, G * kh * kw * C / G)
+        rows, w_rows = _rows(g), _weight_rows(w, groups)
         if groups == 1 and _whole_image(x_hw, (kh, kw), padding, dilation):  # (N, H * W * C): channels-last
-            return _nchw(cols, n, x_hw, groups * cg)
-        cols = cols.reshape((n, oh, ow, groups, kh, kw, cg))
-        return col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation)
+            return _nchw(_mm_groups(rows, w_rows, groups), n, x_hw, groups * cg)
+        batch_parts = _batch_parts(g, n, oh * ow * kh * kw * groups * cg * g.dtype.itemsize)
+        image = None  # with several parts, each one's sum goes into its samples of one channels-last image
+        if len(batch_parts) > 1:
+            image = array_module_of(g).zeros((n,) + tuple(x_hw) + (groups * cg,), dtype=g.dtype)
+        for s in batch_parts:
+            cols = _mm_groups(rows[s.start * oh * ow:s.stop * oh * ow], w_rows, groups)  # the part's columns
+            cols = cols.reshape((s.stop - s.start, oh, ow, groups, kh, kw, cg))
+            gx = col2im(cols, (s.stop - s.start, groups * cg) + tuple(x_hw), stride, padding, dilation,
+                        out=None if image is None else image[s])
+        return gx if image is None else image.transpose(0, 3, 1, 2)
 
     def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols=None):
         """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw); ``cols``:
-        x's column matrix from conv2d_fwd(..., keep_cols=True), else it is built here."""
-        cout = g.shape[1]
-        if cols is None:
-            cols = columns(x, kernel_hw, stride, padding, dilation, g.shape[2:], groups)
+        x's column matrix from conv2d_fwd(..., keep_cols=True), else it is built here, part by part. The parts'
+        products are added in batch order."""
+        cout, per_sample = g.shape[1], g.shape[2] * g.shape[3]
         rows = _rows(g)
-        # (Cout, N*P) @ (N*P, K), both read transposed: the result is C-ordered in the weight's row order, so
-        # putting it back in w's layout is a permutation within each row (the other orientation, (K, Cout)
-        # transposed, made that copy stride across the whole result: 1.8 against 0.75 ms for DCGAN's 7x7 layer)
-        if groups == 1:
-            gw = mm(rows.T, cols)
-        else:
-            r = rows.shape[0]
-            gw = mm(rows.reshape(r, groups, cout // groups).transpose(1, 2, 0),
-                    cols.reshape(r, groups, cols.shape[1] // groups).transpose(1, 0, 2))
+        gw = None
+        for i, s in enumerate(parts(x, kernel_hw, g.shape[2:])):
+            part = cols[i] if cols is not None else columns(x[s], kernel_hw, stride, padding, dilation,
+                                                            g.shape[2:], groups)
+            g_part = rows[s.start * per_sample:s.stop * per_sample]
+            # (Cout, N*P) @ (N*P, K), both read transposed: the result is C-ordered in the weight's row order, so
+            # putting it back in w's layout is a permutation within each row (the other orientation, (K, Cout)
+            # transposed, made that copy stride across the whole result: 1.8 against 0.75 ms for DCGAN's 7x7 layer)
+            if groups == 1:
+                term = mm(g_part.T, part)
+            else:
+                r = g_part.shape[0]
+                term = mm(g_part.reshape(r, groups, cout // groups).transpose(1, 2, 0),
+                          part.reshape(r, groups, part.shape[1] // groups).transpose(1, 0, 2))
+            gw = term if gw is None else gw + term
         return _weight_from_rows(gw, (cout, x.shape[1] // groups) + tuple(kernel_hw))
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight

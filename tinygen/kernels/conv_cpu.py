@@ -141,11 +141,12 @@ def im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups=1):
     return cols
 
 
-def col2im(cols, x_shape, stride, padding, dilation):
-    """conv.col2im as one compiled loop; the image is channels-last, as the reference's."""
+def col2im(cols, x_shape, stride, padding, dilation, out=None):
+    """conv.col2im as one compiled loop; the image is channels-last, as the reference's (``out``: a zeroed
+    channels-last array (N, H, W, C) to sum into)."""
     cols = np.ascontiguousarray(cols)
     n, c, h, w = x_shape
-    out = np.zeros((n, h, w, c), dtype=cols.dtype)
+    out = np.zeros((n, h, w, c), dtype=cols.dtype) if out is None else out
     args = (cols, stride[0], stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1], out)
     (_col2im_par if _parallel(cols.size, n) else _col2im)(*args)
     return out.transpose(0, 3, 1, 2)
