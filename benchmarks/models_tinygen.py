@@ -70,11 +70,13 @@ def _dcgan(nn, params):
     return stack(DCGAN_G, nn.ReLU, nn.Tanh), stack(DCGAN_D, lambda: nn.LeakyReLU(LEAKY), lambda: None)
 
 
-def _optimizer(optim, case, parameters):
+def _optimizer(optim, case, parameters, capturable=False):
+    """The case's optimizer; ``capturable``: Adam counts its steps on the device, so that a compiled step's CUDA
+    graph takes the update in too (a graphed step on a GPU)."""
     spec = CASES[case]
     if spec["optimizer"] == "sgd":
         return optim.SGD(parameters, lr=spec["lr"], momentum=spec["momentum"])
-    return optim.Adam(parameters, lr=spec["lr"], betas=spec["betas"])
+    return optim.Adam(parameters, lr=spec["lr"], betas=spec["betas"], capturable=capturable)
 
 
 class Runner:
@@ -94,6 +96,7 @@ class Runner:
         model = CASES[case]["model"]
         fixed = None if noise is None else tg.tensor(noise, device=device)
         self.device = device
+        graphed = self.graphed = compile and cuda_graph and device != "cpu"
 
         if model == "mlp":
             mods = []
@@ -102,7 +105,7 @@ class Runner:
                 if i < len(MLP_LAYERS) - 1:
                     mods.append(nn.ReLU())
             net = nn.Sequential(*mods).to(device)
-            opt = _optimizer(optim, case, net.parameters())
+            opt = _optimizer(optim, case, net.parameters(), graphed)
             self.optimizers = (opt,)
             x, y = tg.tensor(data["x"], device=device), tg.tensor(data["y"], device=device)
 
@@ -120,7 +123,7 @@ class Runner:
             layers = (fc1, fc21, fc22, fc3, fc4)
             for m in layers:
                 m.to(device)
-            opt = _optimizer(optim, case, [p for m in layers for p in m.parameters()])
+            opt = _optimizer(optim, case, [p for m in layers for p in m.parameters()], graphed)
             self.optimizers = (opt,)
             x = tg.tensor(data["x"], device=device)
 
@@ -174,7 +177,8 @@ class Runner:
         device = self.device
         gen.to(device)
         dis.to(device)
-        opt_g, opt_d = _optimizer(optim, case, gen.parameters()), _optimizer(optim, case, dis.parameters())
+        opt_g, opt_d = (_optimizer(optim, case, gen.parameters(), self.graphed),
+                        _optimizer(optim, case, dis.parameters(), self.graphed))
         self.optimizers = (opt_g, opt_d)
         real = tg.tensor(data["x"], device=device)
         valid, fake_t = tg.ones(batch, 1, device=device), tg.zeros(batch, 1, device=device)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tinygen as tg
-from tinygen import backend, nn, optim
+from tinygen import backend, kernels, nn, optim
 from tinygen.compile import cuda_graph as graphs
 from tinygen.autograd import Function
 from tinygen.tensor import Tensor
@@ -66,6 +66,31 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves} - {id(t) for t in first.leaves}
 
 
+STEP, COUNT = "Optimizer.step", "_BatchNorm._count_batch"
+
+
+@pytest.mark.parametrize("model,host_calls,graphed_calls", [
+    ("mlp-sgd", ["Optimizer.zero_grad"], [STEP]), ("mlp-adam", ["Optimizer.zero_grad", STEP], []),
+    ("mlp-adam-capturable", ["Optimizer.zero_grad"], [STEP]),
+    ("gan-bn", ["randn", "Optimizer.zero_grad", STEP, "Optimizer.zero_grad", STEP], [COUNT]),
+    ("gan-bn-capturable", ["randn", "Optimizer.zero_grad", "Optimizer.zero_grad"], [COUNT, STEP, STEP])])
+def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_calls, graphed_calls):
+    """SGD, Adam with capturable=True (its step counts on the device) and BatchNorm's batch count are device work
+    once their state exists (graph_key): they join the graph of the device work around them. Adam counting on
+    the host stays a host step."""
+    compile_module = importlib.import_module("tinygen.compile")
+    compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
+    compiled()
+    program = next(iter(compiled._programs.values()))
+    kinds = compile_module._GRAPH_KINDS
+    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
+    assert calls == host_calls, calls
+    in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
+                 for run, ops in seg.steps if run is kinds.call]
+    assert in_graphs == graphed_calls, in_graphs
+
+
 def test_cuda_graph_must_be_a_bool_or_none():
     with pytest.raises(TypeError, match="cuda_graph must be True, False or None"):
         tg.compile(lambda: None, cuda_graph="yes")
@@ -74,7 +99,7 @@ def test_cuda_graph_must_be_a_bool_or_none():
 @pytest.mark.parametrize("setting,graphed", [("0", False), ("1", True), ("", True)])
 def test_cuda_graph_default_is_the_setting(emulated_cuda, monkeypatch, setting, graphed):
     monkeypatch.setenv("TINYGEN_CUDA_GRAPHS", setting)
-    step, _, _ = _mlp("cpu", 0)
+    step = _mlp("cpu", 0)[0]
     compiled = tg.compile(step)  # cuda_graph=None: the setting, read when a program is recorded
     for _ in range(3):
         compiled()
@@ -86,10 +111,12 @@ class _EmulatedGraph:
     """A CUDA graph's effect, emulated on NumPy, to test what cuda_graph.py does around the graphs: a launch runs
     the segment's steps again on fresh arrays, writes their values into the arrays the capture left (which a real
     graph writes), and sets Python back as it found it (a real graph does nothing in Python). Where a real graph
-    reads stale arrays the emulation reads Python's: the guards are tested on the GPU."""
+    reads stale arrays the emulation reads Python's: the guards are tested on the GPU. What a real graph keeps
+    from Python, the numbers its kernels were called with, must be what the launch's Python would pass: each
+    kernel call's non-array arguments are noted at capture and compared at every launch (``_KernelCalls``)."""
 
     def __init__(self):
-        self.seg, self.launched = None, False
+        self.seg, self.launched, self.calls = None, False, None
 
     def launch(self, stream=None):  # noqa: ARG002
         if not self.launched:  # the capture has run the steps already: NumPy runs what it is given
@@ -97,7 +124,9 @@ class _EmulatedGraph:
             return
         seg = self.seg
         before = [graphs._tstate(t) for t in seg.tensors], [graphs._nstate(n) for n in seg.nodes]
-        importlib.import_module("tinygen.compile")._run_steps(seg.steps)
+        with _KernelCalls.noting() as calls:
+            importlib.import_module("tinygen.compile")._run_steps(seg.steps)
+        assert calls == self.calls, "a kernel of the graph was called with other numbers than at its capture"
         tensors, _, nodes = seg.diff
         for t, changed in tensors:
             for name, kept in changed:
@@ -105,6 +134,43 @@ class _EmulatedGraph:
         for node, kept in nodes:
             _copy_into(kept, graphs._nstate(node))
         graphs._restore(seg, *before)
+
+
+class _KernelCalls:
+    """The kernels (tinygen.kernels.get) a segment calls, each with its non-array arguments, while noting."""
+    log = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def noting(cls):
+        cls.log = []
+        try:
+            yield cls.log
+        finally:
+            cls.log = None
+
+    @classmethod
+    def wrap(cls, get):
+        def traced_get(name, *args, **kwargs):
+            fn = get(name, *args, **kwargs)
+
+            def call(*a, **k):
+                if cls.log is not None:
+                    cls.log.append((name, _numbers(a), _numbers(k)))
+                return fn(*a, **k)
+            return call
+        return traced_get
+
+
+def _numbers(value):
+    """``value`` with every array (or tensor, or other object) as one placeholder: what a graph keeps of a call."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_numbers(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _numbers(v)) for k, v in value.items()))
+    return "array" if hasattr(value, "shape") else type(value).__name__
 
 
 def _copy_into(kept, fresh):
@@ -149,12 +215,14 @@ def emulated_cuda(monkeypatch):
             using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: None))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(graphs, "is_cupy", lambda a: isinstance(a, np.ndarray))
+    monkeypatch.setattr(kernels, "get", _KernelCalls.wrap(kernels.get))
     capture = graphs.GraphedSteps._capture
 
     def capture_and_note(self, seg, run_plain, cupy):
-        ok = capture(self, seg, run_plain, cupy)
+        with _KernelCalls.noting() as calls:
+            ok = capture(self, seg, run_plain, cupy)
         if ok:
-            seg.graph.seg = seg
+            seg.graph.seg, seg.graph.calls = seg, calls
         return ok
     monkeypatch.setattr(graphs.GraphedSteps, "_capture", capture_and_note)
     return fake
@@ -164,7 +232,9 @@ def _models(device):
     """The steps both kinds of test compare, each a function that builds it on ``device``."""
     return {"mlp-sgd": lambda: _mlp(device, 0), "mlp-sgd-zero-in-place": lambda: _mlp(device, 0, set_to_none=False),
             "mlp-adam": lambda: _mlp(device, 0, adam=True), "vae-like": lambda: _vae_like(device),
-            "gan-bn": lambda: _gan(device, 0)}
+            "gan-bn": lambda: _gan(device, 0),
+            "mlp-adam-capturable": lambda: _mlp(device, 0, adam=True, capturable=True),
+            "gan-bn-capturable": lambda: _gan(device, 0, capturable=True)}
 
 
 def _swap_at_call_4(i, made):
@@ -194,6 +264,34 @@ def test_cuda_graph_bookkeeping_emulated_on_numpy_equals_plain_replays(emulated_
 def test_cuda_graph_guard_failure_replays_plainly_and_captures_again(emulated_cuda):
     plain, plain_params, _ = _run(lambda: _mlp("cpu", 0), cuda_graph=False, between=_swap_at_call_4)
     graphed, graphed_params, compiled = _run(lambda: _mlp("cpu", 0), cuda_graph=True, between=_swap_at_call_4)
+    assert compiled.graph_replays == 6 and compiled.graph_error is None  # call 4 plain, call 5 captured again
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def _halve_lr_at_call_4(i, made):
+    if i == 4:
+        made[3].param_groups[0]["lr"] *= 0.5
+
+
+def _reload_state_at_call_4(i, made):
+    """The optimizer's state loaded back from its state dict: the same values in new arrays."""
+    if i == 4:
+        opt = made[3]
+        opt.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("between", [_halve_lr_at_call_4, _reload_state_at_call_4])
+@pytest.mark.parametrize("adam", [False, True])
+def test_cuda_graph_of_an_optimizer_step_is_dropped_when_its_key_changes(emulated_cuda, between, adam):
+    """An optimizer step inside a graph is guarded by its graph_key: a new learning rate (a scheduler) or new
+    state arrays (load_state_dict) make that call replay plainly and the next one capture again. Without the
+    guard the launch would run the captured numbers (the emulation's kernel-call check fails) or update the old
+    arrays."""
+    make = (lambda: _mlp("cpu", 0, adam=True, capturable=True)) if adam else (lambda: _mlp("cpu", 0))
+    plain, plain_params, _ = _run(make, cuda_graph=False, between=between)
+    graphed, graphed_params, compiled = _run(make, cuda_graph=True, between=between)
     assert compiled.graph_replays == 6 and compiled.graph_error is None  # call 4 plain, call 5 captured again
     np.testing.assert_array_equal(graphed, plain)
     for a, b in zip(graphed_params, plain_params):
@@ -259,10 +357,11 @@ def _noisy_steps(noise, device, cuda_graph, calls=5):
     return np.array([float(t.item()) for t in losses]), compiled
 
 
-def _mlp(device, seed, set_to_none=True, adam=False):
+def _mlp(device, seed, set_to_none=True, adam=False, capturable=False):
     tg.manual_seed(seed)
     net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 5)).to(device)
-    opt = optim.Adam(net.parameters(), lr=1e-2) if adam else optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = (optim.Adam(net.parameters(), lr=1e-2, capturable=capturable) if adam else
+           optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
     rng = np.random.default_rng(seed)
     x = tg.tensor(rng.standard_normal((16, 20)).astype(np.float32), device=device)
     y = tg.tensor(rng.integers(0, 5, 16), device=device)
@@ -273,14 +372,15 @@ def _mlp(device, seed, set_to_none=True, adam=False):
         loss.backward()
         opt.step()
         return loss
-    return step, list(net.parameters()), (x, y)
+    return step, list(net.parameters()), (x, y), opt
 
 
-def _gan(device, seed):
+def _gan(device, seed, capturable=False):
     tg.manual_seed(seed)
     g = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 16), nn.Tanh()).to(device)
     d = nn.Sequential(nn.Linear(16, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1)).to(device)
-    opt_g, opt_d = optim.Adam(g.parameters(), lr=2e-3), optim.Adam(d.parameters(), lr=2e-3)
+    opt_g = optim.Adam(g.parameters(), lr=2e-3, capturable=capturable)
+    opt_d = optim.Adam(d.parameters(), lr=2e-3, capturable=capturable)
     real = tg.tensor(np.random.default_rng(2).random((16, 16)).astype(np.float32), device=device)
     ones, zeros = tg.ones(16, 1, device=device), tg.zeros(16, 1, device=device)
     bce = F.binary_cross_entropy_with_logits
@@ -371,7 +471,7 @@ def test_cuda_graph_captured_anew_after_a_parameter_gets_a_new_array():
 
 @gpu
 def test_cuda_graph_step_with_a_target_out_of_range_raises():
-    step, _, (x, y) = _mlp("cuda", 0)
+    step, _, (x, y), _ = _mlp("cuda", 0)
     compiled = tg.compile(step)
     for _ in range(3):
         compiled()

@@ -238,7 +238,10 @@ SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, wei
 ADAM_OPTIONS = [dict(weight_decay=0.0, decoupled=False, amsgrad=False),
                 dict(weight_decay=0.01, decoupled=False, amsgrad=True),
                 dict(weight_decay=0.01, decoupled=True, amsgrad=False, beta1=0.5),  # GAN betas: the other lerp
-                dict(weight_decay=0.1, decoupled=True, amsgrad=True, maximize=True)]
+                dict(weight_decay=0.1, decoupled=True, amsgrad=True, maximize=True),
+                # a capturable Adam's count: a float64 0-d array on the arrays' device (the GPU's scalars there)
+                dict(weight_decay=0.01, decoupled=False, amsgrad=True, count_array=True),
+                dict(weight_decay=0.1, decoupled=True, amsgrad=False, beta1=0.5, maximize=True, count_array=True)]
 RMSPROP_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9, weight_decay=0.01),
                    dict(centered=True, momentum=0.5, maximize=True, alpha=0.9), dict(centered=True, alpha=0.3)]
 
@@ -254,12 +257,13 @@ def _run_sgd(mod, put, get, p, grads, opts, kind):
 
 def _run_adam(mod, put, get, p, grads, opts, kind):
     opts = dict(opts)
-    amsgrad = opts.pop("amsgrad")
+    amsgrad, count_array = opts.pop("amsgrad"), opts.pop("count_array", False)
     state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
     pp, m, v, vmax = (put(a) for a in state)
     for step, g in enumerate(grads, 1):
+        count = put(np.array(float(step))) if count_array else step
         mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, 1e-2, opts.get("beta1", 0.9),
-                      0.999, 1e-8, opts["weight_decay"], opts["decoupled"], step, opts.get("maximize", False))
+                      0.999, 1e-8, opts["weight_decay"], opts["decoupled"], count, opts.get("maximize", False))
     return get(pp), get(m), get(v), get(vmax)
 
 
@@ -1470,6 +1474,7 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
     from tinygen.kernels import cpu
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
+    opts.pop("count_array", None)  # the multi-tensor form takes one count for all
     params, grads = _many_parameters(monkeypatch, split_from, seed=31)
 
     def run(update):

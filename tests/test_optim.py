@@ -48,6 +48,8 @@ OPTIMIZERS = [
     ("adam", optim.Adam, dict(lr=1e-2, weight_decay=1e-2)),
     ("adam_amsgrad", optim.Adam, dict(lr=1e-2, amsgrad=True)),
     ("adamw", optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    ("adam_capturable", optim.Adam, dict(lr=1e-2, weight_decay=1e-2, capturable=True)),
+    ("adamw_amsgrad_capturable", optim.AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True, capturable=True)),
     ("rmsprop", optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True, weight_decay=1e-2)),
 ]
 
@@ -146,9 +148,38 @@ def test_float32_parameters_stay_float32(name, cls, kw):
     opt = cls(params, **kw)
     train(params, opt, make_batches(3, np.float32))
     assert all(p.dtype == np.float32 for p in params)
-    for s in opt.state.values():
-        assert all(v.dtype == np.float32 for v in s.values() if isinstance(v, tinygen.Tensor))
+    for s in opt.state.values():  # the moments; a capturable Adam counts its steps in float64 (exact to 2**53)
+        assert all(v.dtype == (np.float64 if k == "step" else np.float32) for k, v in s.items()
+                   if isinstance(v, tinygen.Tensor))
     assert all(np.isfinite(p.data).all() for p in params)
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay=1e-2), dict(amsgrad=True, maximize=True),
+                                dict(weight_decay=0.1, decoupled_weight_decay=True)])
+def test_capturable_adam_equals_adam_and_their_states_load_either_way(kw, device):
+    """capturable=True counts steps in a float64 array on the device and computes the bias corrections there with
+    the host's formula: the same bits as counting on the host, on the CPU and on "cuda" (the GPU kernels). A state
+    dict of either loads into the other and training goes on identically."""
+    batches = make_batches(12, np.float32)
+    runs = {}
+    for capturable in (False, True):
+        params = make_params(np.float32, device=device)
+        opt = optim.Adam(params, lr=1e-2, capturable=capturable, **kw)
+        train(params, opt, batches[:6], device=device)
+        runs[capturable] = (params, opt)
+    for p, q in zip(runs[False][0], runs[True][0]):
+        np.testing.assert_array_equal(host(p), host(q))
+    counts = [s["step"] for s in runs[True][1].state.values()]
+    assert all(isinstance(c, tinygen.Tensor) and c.device == device and c.dtype == np.float64 and c.shape == ()
+               and c.item() == 6 for c in counts)
+    assert all(s["step"] == 6 for s in runs[False][1].state.values())
+    for capturable in (False, True):  # each run goes on from the other's state
+        params, opt = runs[not capturable]
+        swapped = optim.Adam(params, lr=1e-2, capturable=capturable, **kw)
+        swapped.load_state_dict(opt.state_dict())
+        train(params, swapped, batches[6:], device=device)
+    for p, q in zip(runs[False][0], runs[True][0]):
+        np.testing.assert_array_equal(host(p), host(q))
 
 
 @pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])

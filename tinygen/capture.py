@@ -35,17 +35,24 @@ def recording():
     return rec is not None and not rec.depth
 
 
-def replayed(fn=None, *, grads=None):
+def replayed(fn=None, *, grads=None, graph_key=None):
     """Mark a function whose effects a replay must repeat by calling it again with the same arguments (random
     draws, optimizer updates, in-place resets). Its tensor results are bound to the recorded ones.
 
     ``grads`` says which gradients a call touches, so that ``tinygen.compile`` can leave out a gradient nothing
     reads: ``grads(*args, **kwargs)`` returns ("reads", tensors) for a call that reads the ``.grad`` of those
     tensors only, ("drops", tensors) for one that sets their ``.grad`` to None unread, or None for one that may
-    read any. Without ``grads``, a call may read any gradient."""
+    read any. Without ``grads``, a call may read any gradient.
+
+    ``graph_key`` says whether a call may be captured in a CUDA graph with the device work around it
+    (``compile/cuda_graph.py``): ``graph_key(*args, **kwargs)`` returns None when it may not (its Python does
+    something a graph cannot repeat: counts steps on the host, makes state), else a value naming everything
+    the captured kernels take from Python (hyper-parameters, the arrays of its state); a launch checks the key
+    is still the same. Without ``graph_key``, a call runs on the host between graphs."""
     if fn is None:
-        return functools.partial(replayed, grads=grads)
+        return functools.partial(replayed, grads=grads, graph_key=graph_key)
     fn.gradient_use = grads  # on the function the recorder keeps
+    fn.graph_key = graph_key
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -4,9 +4,10 @@ A replay on the GPU still makes one Python call per kernel (hundreds per step) a
 graph records kernels once; one call launches them all again, on the same memory.
 
   split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
-           (no post-accumulate-grad hooks), aliases and releases: device work on arrays, the same on every call.
-           A host step is the rest: recorded calls (optimizer steps, whose step count and learning rate change
-           between calls; zero_grad; random draws), requires_grad switches, forwards that re-link a graph.
+           (no post-accumulate-grad hooks), aliases, releases and recorded calls that are device work only (a
+           ``graph_key``, ``capture.replayed``: SGD's step, a capturable Adam's, BatchNorm's batch count): the
+           same on every call. A host step is the rest: other recorded calls (zero_grad; random draws; Adam
+           counting steps in Python), requires_grad switches, forwards that re-link a graph.
   capture  The first replay after ``check`` captures each segment: it notes the Python state the segment touches
            (its tensors' arrays, gradients and nodes, its leaves' hooks), runs the segment's steps on a side
            stream in capture mode (allocations from a memory pool of the program's own, so no array the graph
@@ -19,9 +20,10 @@ graph records kernels once; one call launches them all again, on the same memory
            is launched, and the Python changes it made at capture are made again (the arrays are the same: the
            graph has just written them). The step's result is copied out (the next launch writes over it).
   guards   A segment's leaves (parameters, buffers, constants) must hold the arrays and hooks they had at capture,
-           and each leaf its backward delivers to a .grad as it had then (None again after ``zero_grad()``, or
-           the same array to add into). Else the segment and the rest of the step run as a plain replay, and the
-           graphs are captured again on the next call (at most MAX_CAPTURES times, then plain replays).
+           each leaf its backward delivers to a .grad as it had then (None again after ``zero_grad()``, or the
+           same array to add into), and each call its graph key (a new learning rate, new state arrays). Else
+           the segment and the rest of the step run as a plain replay, and the graphs are captured again on the
+           next call (at most MAX_CAPTURES times, then plain replays).
   failure  A segment that cannot be captured (a product that is not a 2-D float matrix, a host read, a copy of
            host data to the GPU, a library CuPy cannot capture): the Python state and tinygen's host generators
            are set back, the segment runs as a plain replay, and the program keeps plain replays;
@@ -80,7 +82,7 @@ class _Segment:
         self.steps, self.tensors, self.nodes = steps, tensors, nodes
         self.leaves, self.delivers = leaves, delivers
         self.graph = self.diff = None
-        self.guard, self.grads, self.checks = [], [], []
+        self.guard, self.grads, self.checks, self.keys = [], [], [], []
 
 
 class GraphedSteps:
@@ -166,10 +168,14 @@ class GraphedSteps:
         # the host generators too: a failed capture has drawn from them (a draw made on the host, then copied)
         rng = [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)]
         seg.guard = [(t, t.data, getattr(t, "_hooks", None)) for t in seg.leaves]
+        seg.keys = [(ops, _graph_key(ops)) for run, ops in seg.steps if run is self.kinds.call]
         seg.grads = [(t, None if t.grad is None else t.grad.data) for t in seg.delivers]
         checks = []
         GRAPH_CAPTURE.workspace, GRAPH_CAPTURE.checks = self.workspace, checks
         try:
+            if any(key is None for _, key in seg.keys):
+                raise RuntimeError("a call in the step's device work now runs Python a graph cannot repeat "
+                                   "(its graph_key is None: e.g. an optimizer no longer capturable)")
             with cupy.cuda.using_allocator(self.pool.malloc), self.stream, _no_host_copies(cupy):
                 self.stream.begin_capture(mode=_RELAXED)  # the pool may grow (cudaMalloc) during capture
                 try:
@@ -285,7 +291,8 @@ def _split(steps, made, kinds):
     for step in steps:
         run, operands = step
         device = (run is forward and not operands[5]) or run is alias or run is release or (
-            run is backward and not _hook_leaves(operands[0]))
+            run is backward and not _hook_leaves(operands[0])) or (
+            run is kinds.call and _graph_key(operands) is not None and not kinds.tensors_in(operands[3]))
         if device:
             run_of.append(step)
         else:
@@ -293,6 +300,13 @@ def _split(steps, made, kinds):
             items.append(("host", step))
     close()
     return items
+
+
+def _graph_key(operands):
+    """A recorded call's ``graph_key`` now (``capture.replayed``): None for one that runs on the host."""
+    fn, args, kwargs = operands[:3]
+    key = getattr(fn, "graph_key", None)
+    return None if key is None else key(*args, **kwargs)
 
 
 def _hook_leaves(plan):
@@ -317,6 +331,8 @@ def _segment(steps, made, kinds):
             ts, ns = list(operands), []
         elif run is release:
             ts, ns = list(operands[0]), list(operands[1])
+        elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
+            ts, ns = [], []
         else:  # backward
             plan = operands[0]
             leaves = _plan_leaves(plan)
@@ -394,6 +410,8 @@ def _apply(seg):
 
 
 def _guards_hold(seg):
+    if any(_graph_key(ops) != key for ops, key in seg.keys):
+        return False
     for t, data, hooks in seg.guard:
         if t.data is not data or getattr(t, "_hooks", None) is not hooks:
             return False

@@ -11,6 +11,7 @@ Reductions (batch norm, log-softmax, cross-entropy) are not fused here: they kee
 reductions are already single kernels. If CuPy cannot fuse a body, a warning is issued once and the body runs
 unfused (same results, more launches).
 """
+import numbers
 import warnings
 
 from ..backend import array_module_of
@@ -161,18 +162,33 @@ def _adam_body(xp, p, g, m, v, *rest, decoupled_decay, l2, maximize, amsgrad, sm
     return (p, m, v, vmax) if amsgrad else (p, m, v)
 
 
+def _count_scalars(dtype):
+    """reference.adam_scalars's step size and bias correction from a float64 0-d count array, in float64 (pow as
+    Python's ``**``), then in the parameters' dtype."""
+    def body(xp, step, lr, beta1, beta2):
+        return ((lr / (1 - xp.power(beta1, step))).astype(dtype),
+                xp.power(1 - xp.power(beta2, step), 0.5).astype(dtype))
+    return body
+
+
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
               step, maximize=False, scratch=None):  # noqa: ARG001 - scratch: the reference's; no temporaries here
     """reference.adam_step as one fused kernel, whose new values are copied back into the arrays: 4-5 launches a
     parameter instead of the reference's dozen and more."""
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    step_size, bc2, decay = ref.adam_scalars(lr, beta1, beta2, weight_decay, step)
+    t = param.dtype.type
+    if isinstance(step, numbers.Integral):
+        step_size, bc2, decay = ref.adam_scalars(lr, beta1, beta2, weight_decay, step)
+        step_size, bc2 = t(step_size), t(bc2)
+    else:  # a capturable Adam's count, on the device: the host's formula there, nothing read back
+        step_size, bc2 = _kernel("adam_scalars", (param.dtype.char,), _count_scalars(param.dtype))(
+            step, float(lr), float(beta1), float(beta2))
+        decay = 1 - lr * weight_decay
     amsgrad = max_exp_avg_sq is not None
     flags = dict(decoupled_decay=bool(weight_decay) and decoupled, l2=bool(weight_decay) and not decoupled,
                  maximize=bool(maximize), amsgrad=amsgrad, small=ref.lerp_small(1 - beta1))
-    t = param.dtype.type
     w = 1 - beta1
-    scalars = (t(step_size), t(bc2), t(eps), t(decay), t(weight_decay), t(w), t(1 - w), t(beta2), t(1 - beta2),
+    scalars = (step_size, bc2, t(eps), t(decay), t(weight_decay), t(w), t(1 - w), t(beta2), t(1 - beta2),
                ref.subnormal_limit(param.dtype))
     state = (param, exp_avg, exp_avg_sq) + ((max_exp_avg_sq,) if amsgrad else ())
     new = _kernel("adam", tuple(flags.values()), lambda xp, *a: _adam_body(xp, *a, **flags))(

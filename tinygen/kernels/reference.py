@@ -310,7 +310,10 @@ def check_sgd(param, grad, momentum_buffer, momentum):
 
 
 def adam_scalars(lr, beta1, beta2, weight_decay, step):
-    """(step_size, bias_correction2_sqrt, decay) of one Adam step, with PyTorch's bias corrections."""
+    """(step_size, bias_correction2_sqrt, decay) of one Adam step, with PyTorch's bias corrections. ``step``: the
+    count, or a 0-d array holding it (a capturable Adam's), read here."""
+    if not isinstance(step, int):
+        step = int(step)
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1 (the number of this update), got {step}")
     return lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, 1 - lr * weight_decay
@@ -326,7 +329,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
         v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
         param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
 
-    ``step`` is the number of this update (1 on the first); ``max_exp_avg_sq`` is an array for amsgrad, else None.
+    ``step`` is the number of this update (1 on the first), or a 0-d array holding it; ``max_exp_avg_sq`` is an
+    array for amsgrad, else None.
     """
     _check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     step_size, bias_correction2_sqrt, decay = adam_scalars(lr, beta1, beta2, weight_decay, step)

@@ -1,8 +1,10 @@
 """Adam and AdamW (decoupled weight decay), with PyTorch's update rule, including AMSGrad and maximize."""
 import numbers
 
+import numpy as np
+
 from .. import kernels
-from ..tensor import _make
+from ..tensor import Tensor, _make
 from .optimizer import Optimizer, check_range
 
 
@@ -22,12 +24,18 @@ class Adam(Optimizer):
         amsgrad: use the running maximum of the second moment (AMSGrad).
         maximize: ascend the objective instead of descending it.
         decoupled_weight_decay: decay the parameters directly (``param *= 1 - lr * weight_decay``) as AdamW does.
+        capturable: count each parameter's steps in a float64 array on its device (``state["step"]`` a 0-d
+            tensor) instead of a Python int, as PyTorch's ``capturable=True``: a step is then device work only, so
+            ``tinygen.compile`` captures it in the CUDA graph with the backward before it. The bias corrections
+            are computed from that count on the device, with the host's formula (the same values); each
+            parameter is then updated on its own (no multi-tensor call), which is slower outside a graph.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
-                 maximize=False, decoupled_weight_decay=False):
+                 maximize=False, decoupled_weight_decay=False, capturable=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                                      capturable=capturable))
 
     def _validate(self, group):
         name = type(self).__name__
@@ -41,12 +49,21 @@ class Adam(Optimizer):
         check_range("betas[0]", betas[0], 0.0, 1.0, owner=name)
         check_range("betas[1]", betas[1], 0.0, 1.0, owner=name)
 
+    def _graph_key(self):
+        """With ``capturable`` a step is device work only, once every parameter has its state."""
+        if not all(group["capturable"] for group in self.param_groups):
+            return None
+        return tuple((group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], group["amsgrad"],
+                      group["maximize"], group["decoupled_weight_decay"], self._state_key(group))
+                     for group in self.param_groups)
+
     def _step_group(self, group):
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         weight_decay, amsgrad, maximize = group["weight_decay"], group["amsgrad"], group["maximize"]
-        decoupled = group["decoupled_weight_decay"]
+        decoupled, capturable = group["decoupled_weight_decay"], group["capturable"]
         state_of = self.state
         updates = {}  # the parameters of one step count on one device: one multi-tensor call
+        counts = {}  # capturable: each parameter's count array, by the key of its call
         for p in group["params"]:
             grad = self._grad_of(p)
             if grad is None:
@@ -57,14 +74,31 @@ class Adam(Optimizer):
                                        "exp_avg_sq": _make(p.xp.zeros_like(p.data), p._device)}
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(p.xp.zeros_like(p.data), p._device)
-            state["step"] += 1
-            updates.setdefault((state["step"], p._device), []).append(
+            step = state["step"] = _step_count(state["step"], p, capturable)
+            if capturable:
+                step.data += 1  # on the device; the kernel reads the count there (one call per parameter)
+                counts[id(step)] = step.data
+                step = id(step)
+            else:
+                step = state["step"] = step + 1
+            updates.setdefault((step, p._device), []).append(
                 (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
                  state["max_exp_avg_sq"].data if amsgrad else None))
         for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in self._columns(updates).items():
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
-                weight_decay, decoupled, step, maximize, scratch=self._scratch)
+                weight_decay, decoupled, counts[step] if capturable else step, maximize, scratch=self._scratch)
+
+
+def _step_count(step, p, capturable):
+    """A parameter's step count as its optimizer keeps it: a float64 0-d tensor on p's device (capturable), else a
+    Python int (a loaded state dict may hold either, or a tensor in p's dtype)."""
+    if not capturable:
+        return int(step.item()) if isinstance(step, Tensor) else int(step)
+    if isinstance(step, Tensor) and step.data.dtype == np.float64 and step._device == p._device:
+        return step
+    value = step.item() if isinstance(step, Tensor) else step
+    return _make(p.xp.full((), float(value), dtype=np.float64), p._device)
 
 
 class AdamW(Adam):
@@ -72,6 +106,6 @@ class AdamW(Adam):
     instead of an L2 penalty in the gradient. Arguments as ``Adam``; ``weight_decay`` defaults to 1e-2."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 maximize=False):
+                 maximize=False, capturable=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, decoupled_weight_decay=True)
+                         maximize=maximize, decoupled_weight_decay=True, capturable=capturable)

@@ -135,7 +135,8 @@ class Optimizer:
                 g.data.fill(0)
 
     # ---- the update --------------------------------------------------------------------------------------------------
-    @replayed(grads=lambda self, closure=None: ("reads", self._all_params()) if closure is None else None)
+    @replayed(grads=lambda self, closure=None: ("reads", self._all_params()) if closure is None else None,
+              graph_key=lambda self, closure=None: self._graph_key() if closure is None else None)
     def step(self, closure=None):
         """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates and returns the loss."""
         loss = None
@@ -148,6 +149,18 @@ class Optimizer:
 
     def _step_group(self, group):
         raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")
+
+    def _graph_key(self):
+        """None when a step's Python does what a CUDA graph cannot repeat (the default); an optimizer whose step
+        is device work only returns what its kernels take from Python (see ``capture.replayed``)."""
+        return None
+
+    def _state_key(self, group):
+        """The arrays of each parameter's state in ``group`` (None for a parameter without state), by identity:
+        a graph updates the arrays it captured, so new ones (``load_state_dict``) must end its launches."""
+        return tuple(None if (s := self.state.get(p)) is None else
+                     tuple((k, id(v.data) if isinstance(v, Tensor) else v) for k, v in s.items())
+                     for p in group["params"])
 
     @staticmethod
     def _grad_of(p):
