@@ -55,29 +55,35 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
     shape = [kind if kind == "segment" else item[0].__name__ for kind, item in graphed.items]
     calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
-    # zero_grad; the forward up to the random draw; the draw; the rest with the backward; the optimizer step
-    assert calls == ["Optimizer.zero_grad", "randn", "Optimizer.step"], calls
-    assert shape == ["_replay_call", "segment", "_replay_call", "segment", "_replay_call"], shape
+    # zero_grad and the forward up to the random draw; the draw; the rest with the backward; Adam's step (counting
+    # in Python)
+    assert calls == ["randn", "Optimizer.step"], calls
+    assert shape == ["segment", "_replay_call", "segment", "_replay_call"], shape
     first, second = [item for kind, item in graphed.items if kind == "segment"]
     assert {id(t) for t in second.delivers} == {id(p) for p in params}  # the backward gives every gradient
     assert not first.delivers
-    # guarded: the arrays each graph reads (the encoder's parameters before the draw, the decoder's after it)
-    assert {id(p) for p in params[:4]} <= {id(t) for t in first.leaves}
-    assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves} - {id(t) for t in first.leaves}
+    # the .grads each launch checks: the second graph's backward adds to what it finds (None after the first
+    # graph's zero_grad), so all of them
+    assert {id(t) for t in second.guarded} == {id(p) for p in params}
+    # guarded: the arrays each graph reads (the encoder's parameters before the draw, the decoder's after it; all
+    # of them in the first, whose zero_grad sets their .grad)
+    assert {id(p) for p in params} <= {id(t) for t in first.leaves}
+    assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves}
 
 
-STEP, COUNT = "Optimizer.step", "_BatchNorm._count_batch"
+STEP, COUNT, ZERO = "Optimizer.step", "_BatchNorm._count_batch", "Optimizer.zero_grad"
 
 
 @pytest.mark.parametrize("model,host_calls,graphed_calls", [
-    ("mlp-sgd", ["Optimizer.zero_grad"], [STEP]), ("mlp-adam", ["Optimizer.zero_grad", STEP], []),
-    ("mlp-adam-capturable", ["Optimizer.zero_grad"], [STEP]),
-    ("gan-bn", ["randn", "Optimizer.zero_grad", STEP, "Optimizer.zero_grad", STEP], [COUNT]),
-    ("gan-bn-capturable", ["randn", "Optimizer.zero_grad", "Optimizer.zero_grad"], [COUNT, STEP, STEP])])
+    ("mlp-sgd", [], [ZERO, STEP]), ("mlp-sgd-zero-in-place", [ZERO], [STEP]), ("mlp-adam", [STEP], [ZERO]),
+    ("mlp-adam-capturable", [], [ZERO, STEP]),
+    ("gan-bn", ["randn", STEP, STEP], [ZERO, COUNT, ZERO]),
+    ("gan-bn-capturable", ["randn"], [ZERO, COUNT, STEP, ZERO, STEP])])
 def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_calls, graphed_calls):
-    """SGD, Adam with capturable=True (its step counts on the device) and BatchNorm's batch count are device work
-    once their state exists (graph_key): they join the graph of the device work around them. Adam counting on
-    the host stays a host step."""
+    """SGD, Adam with capturable=True (its step counts on the device), BatchNorm's batch count and
+    zero_grad(set_to_none=True) (Python only: the diff sets the .grads) are captured with the device work around
+    them (graph_key). Adam counting on the host, zero_grad filling with zeros and random draws stay host steps:
+    the MLP's step is one graph."""
     compile_module = importlib.import_module("tinygen.compile")
     compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
     compiled()

@@ -53,12 +53,12 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
   graph    On CuPy (``cuda_graph=True``; by default the setting TINYGEN_CUDA_GRAPHS, on), the first replay
-           captures the device work between the step's host calls (zero_grad, random draws, an Adam counting
-           steps in Python; SGD and ``Adam(capturable=True)`` steps are device work and join the graphs) as
-           CUDA graphs, and later replays launch them: a few launches instead of one Python call per kernel
-           (``compile/cuda_graph.py``). Guards on the arrays the graphs read; what cannot be captured replays as
-           above (``Compiled.graph_error``). Within float32 rounding of the plain replay (cuBLAS, called directly
-           inside a graph, may choose other kernels than CuPy's ``matmul``).
+           captures the device work between the step's host calls (random draws, an Adam counting steps in
+           Python; zero_grad, SGD and ``Adam(capturable=True)`` steps join the graphs) as CUDA graphs, and later
+           replays launch them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``).
+           Guards on the arrays the graphs read; what cannot be captured replays as above
+           (``Compiled.graph_error``). Within float32 rounding of the plain replay (cuBLAS, called directly inside
+           a graph, may choose other kernels than CuPy's ``matmul``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).

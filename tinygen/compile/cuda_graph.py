@@ -4,10 +4,11 @@ A replay on the GPU still makes one Python call per kernel (hundreds per step) a
 graph records kernels once; one call launches them all again, on the same memory.
 
   split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
-           (no post-accumulate-grad hooks), aliases, releases and recorded calls that are device work only (a
-           ``graph_key``, ``capture.replayed``: SGD's step, a capturable Adam's, BatchNorm's batch count): the
-           same on every call. A host step is the rest: other recorded calls (zero_grad; random draws; Adam
-           counting steps in Python), requires_grad switches, forwards that re-link a graph.
+           (no post-accumulate-grad hooks), aliases, releases and recorded calls that are device work only, or
+           Python the diff below makes again (a ``graph_key``, ``capture.replayed``: SGD's step, a capturable
+           Adam's, BatchNorm's batch count, ``zero_grad()``): the same on every call. A host step is the rest:
+           other recorded calls (random draws; Adam counting steps in Python; zero_grad filling with zeros),
+           requires_grad switches, forwards that re-link a graph.
   capture  The first replay after ``check`` captures each segment: it notes the Python state the segment touches
            (its tensors' arrays, gradients and nodes, its leaves' hooks), runs the segment's steps on a side
            stream in capture mode (allocations from a memory pool of the program's own, so no array the graph
@@ -21,9 +22,10 @@ graph records kernels once; one call launches them all again, on the same memory
            graph has just written them). The step's result is copied out (the next launch writes over it).
   guards   A segment's leaves (parameters, buffers, constants) must hold the arrays and hooks they had at capture,
            each leaf its backward delivers to a .grad as it had then (None again after ``zero_grad()``, or the
-           same array to add into), and each call its graph key (a new learning rate, new state arrays). Else
-           the segment and the rest of the step run as a plain replay, and the graphs are captured again on the
-           next call (at most MAX_CAPTURES times, then plain replays).
+           same array to add into; not checked after a zero_grad in the same segment), and each call its graph
+           key (a new learning rate, new state arrays). Else the segment and the rest of the step run as a plain
+           replay, and the graphs are captured again on the next call (at most MAX_CAPTURES times, then plain
+           replays).
   failure  A segment that cannot be captured (a product that is not a 2-D float matrix, a host read, a copy of
            host data to the GPU, a library CuPy cannot capture): the Python state and tinygen's host generators
            are set back, the segment runs as a plain replay, and the program keeps plain replays;
@@ -80,7 +82,7 @@ class _Segment:
 
     def __init__(self, steps, tensors, nodes, leaves, delivers):
         self.steps, self.tensors, self.nodes = steps, tensors, nodes
-        self.leaves, self.delivers = leaves, delivers
+        self.leaves, self.delivers, self.guarded = leaves, delivers, delivers
         self.graph = self.diff = None
         self.guard, self.grads, self.checks, self.keys = [], [], [], []
 
@@ -169,7 +171,7 @@ class GraphedSteps:
         rng = [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)]
         seg.guard = [(t, t.data, getattr(t, "_hooks", None)) for t in seg.leaves]
         seg.keys = [(ops, _graph_key(ops)) for run, ops in seg.steps if run is self.kinds.call]
-        seg.grads = [(t, None if t.grad is None else t.grad.data) for t in seg.delivers]
+        seg.grads = [(t, None if t.grad is None else t.grad.data) for t in seg.guarded]
         checks = []
         GRAPH_CAPTURE.workspace, GRAPH_CAPTURE.checks = self.workspace, checks
         try:
@@ -309,6 +311,14 @@ def _graph_key(operands):
     return None if key is None else key(*args, **kwargs)
 
 
+def _dropped(operands):
+    """The tensors whose .grad a recorded call drops (its ``gradient_use``: zero_grad), else none."""
+    fn, args, kwargs = operands[:3]
+    use = getattr(fn, "gradient_use", None)
+    use = use(*args, **kwargs) if use is not None else None
+    return use[1] if use is not None and use[0] == "drops" else ()
+
+
 def _hook_leaves(plan):
     """The leaves of a backward plan that have post-accumulate-grad hooks now."""
     return [t for t in _plan_leaves(plan) if id(t) in engine._post_accumulate_hooks]
@@ -323,7 +333,7 @@ def _plan_leaves(plan):
 
 def _segment(steps, made, kinds):
     forward, alias, release, tensors_in = kinds.forward, kinds.alias, kinds.release, kinds.tensors_in
-    tensors, nodes, delivers = {}, {}, {}
+    tensors, nodes, delivers, dropped, dropped_first = {}, {}, {}, set(), set()
     for run, operands in steps:
         if run is forward:
             ts, ns = tensors_in(operands[3]) + list(operands[4]), [operands[1]]
@@ -332,16 +342,21 @@ def _segment(steps, made, kinds):
         elif run is release:
             ts, ns = list(operands[0]), list(operands[1])
         elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
-            ts, ns = [], []
+            ts, ns = list(_dropped(operands)), []  # zero_grad: its .grad = None made again by the diff
+            dropped.update(id(t) for t in ts)
         else:  # backward
             plan = operands[0]
             leaves = _plan_leaves(plan)
             delivers.update((id(t), t) for t in leaves)
+            # a gradient this segment dropped before: None at this backward on every launch, as at capture
+            dropped_first.update(id(t) for t in leaves if id(t) in dropped)
             ts, ns = tensors_in(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
-    return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()))
+    seg = _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()))
+    seg.guarded = [t for k, t in delivers.items() if k not in dropped_first]  # whose .grad a launch checks
+    return seg
 
 
 # ---- Python state ----------------------------------------------------------------------------------------------------

@@ -120,7 +120,9 @@ class Optimizer:
         return [p for group in self.param_groups for p in group["params"]]
 
     # ---- gradients ---------------------------------------------------------------------------------------------------
-    @replayed(grads=lambda self, set_to_none=True: ("drops", self._all_params()) if set_to_none else None)
+    # dropping the gradients is Python only: a graph's backward after it delivers as at capture (cuda_graph.py)
+    @replayed(grads=lambda self, set_to_none=True: ("drops", self._all_params()) if set_to_none else None,
+              graph_key=lambda self, set_to_none=True: tuple(map(id, self._all_params())) if set_to_none else None)
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
         for p in self._all_params():
