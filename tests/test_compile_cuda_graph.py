@@ -97,6 +97,44 @@ def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_call
     assert in_graphs == graphed_calls, in_graphs
 
 
+@pytest.mark.parametrize("model,host_calls,graphed_calls", [
+    ("vae-like", [STEP], [ZERO, "randn"]), ("gan-bn-capturable", [], ["randn", ZERO, COUNT, STEP, ZERO, STEP])])
+def test_cuda_graph_takes_draws_from_a_device_generator_in(emulated_cuda, monkeypatch, model, host_calls,
+                                                           graphed_calls):
+    """A draw from a generator whose state lives on the device (CuPy's; emulated: NumPy's generator taken for one)
+    is captured with the device work around it: each launch draws afresh and moves the state on, as eager does.
+    The GAN's step with capturable Adams is then one graph; graphed steps equal plain replays bit for bit."""
+    monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
+    compile_module = importlib.import_module("tinygen.compile")
+    compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
+    compiled()
+    program = next(iter(compiled._programs.values()))
+    kinds = compile_module._GRAPH_KINDS
+    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
+    in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
+                 for run, ops in seg.steps if run is kinds.call]
+    assert (calls, in_graphs) == (host_calls, graphed_calls)
+    plain, plain_params, _ = _run(CPU_MODELS[model], cuda_graph=False)
+    result, params, compiled = _run(CPU_MODELS[model], cuda_graph=True)
+    assert compiled.graph_error is None and compiled.graph_replays == 7
+    assert len(set(result[:, 0])) == len(result)  # a fresh draw each step
+    np.testing.assert_array_equal(result, plain)
+    for a, b in zip(params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_takes_only_draws_whose_generator_state_is_on_the_device(monkeypatch):
+    """NumPy's generators (the CPU's, the stand-in's) keep their state on the host: a launch would not move it, so
+    their draws stay host steps. A CuPy generator's draws may join a graph."""
+    fake = type("Generator", (), {"__module__": "cupy.random._generator_api"})()
+    assert tg.random._device_draw("cpu") is None
+    with backend.cuda_standin():
+        assert tg.random._device_draw("cuda") is None
+        monkeypatch.setattr(tg.random, "generator", lambda device: fake)
+        assert tg.random._device_draw("cuda") == (id(fake),)
+
+
 def test_cuda_graph_must_be_a_bool_or_none():
     with pytest.raises(TypeError, match="cuda_graph must be True, False or None"):
         tg.compile(lambda: None, cuda_graph="yes")

@@ -108,6 +108,18 @@ def set_rng_state(state, device="cpu", rank_stream=False):
     bitgen.state = state
 
 
+def _device_draw(device):
+    """The graph_key (``capture.replayed``) of a draw on ``device``: its generator, when the generator's state lives
+    on the device (CuPy's cuRAND states: a CUDA graph's launch then draws afresh from it and moves it on, as an
+    eager call does); None for a host generator, whose state a launch would not move."""
+    g = generator(backend.normalize_device(device))
+    return (id(g),) if _state_on_device(g) else None
+
+
+def _state_on_device(g):
+    return type(g).__module__.split(".")[0] == "cupy"
+
+
 def _float(dtype):
     dt = dtypes.as_dtype(dtype) if dtype is not None else get_default_dtype()
     if dt.kind != "f":
@@ -122,7 +134,7 @@ def _out(data, device, requires_grad):
     return t
 
 
-@replayed
+@replayed(graph_key=lambda *size, dtype=None, device="cpu", requires_grad=False: _device_draw(device))
 def randn(*size, dtype=None, device="cpu", requires_grad=False):
     """Standard normal samples."""
     device = backend.normalize_device(device)
@@ -134,7 +146,7 @@ def randn(*size, dtype=None, device="cpu", requires_grad=False):
     return _out(data, device, requires_grad)
 
 
-@replayed
+@replayed(graph_key=lambda *size, dtype=None, device="cpu", requires_grad=False: _device_draw(device))
 def rand(*size, dtype=None, device="cpu", requires_grad=False):
     """Uniform samples in [0, 1)."""
     device = backend.normalize_device(device)
@@ -146,7 +158,7 @@ def rand(*size, dtype=None, device="cpu", requires_grad=False):
     return _out(data, device, requires_grad)
 
 
-@replayed
+@replayed(graph_key=lambda low, high=None, size=(), dtype=None, device="cpu": _device_draw(device))
 def randint(low, high=None, size=(), dtype=None, device="cpu"):
     """Integers in [low, high), of an integer dtype (int64 by default) or drawn as int64 and cast to a floating
     one."""
@@ -171,19 +183,19 @@ def randperm(n, device="cpu"):
     return _make(generator(device).permutation(n).astype(dtypes.int64), device)
 
 
-@replayed
+@replayed(graph_key=lambda t, dtype=None, device=None, requires_grad=False: _device_draw(device or t.device))
 def randn_like(t, dtype=None, device=None, requires_grad=False):
     require_tensor(t, "randn_like")
     return randn(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
-@replayed
+@replayed(graph_key=lambda t, dtype=None, device=None, requires_grad=False: _device_draw(device or t.device))
 def rand_like(t, dtype=None, device=None, requires_grad=False):
     require_tensor(t, "rand_like")
     return rand(t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
-@replayed
+@replayed(graph_key=lambda mean, std, size, dtype=None, device="cpu": _device_draw(device))
 def normal(mean, std, size, dtype=None, device="cpu"):
     """Samples of N(mean, std**2) (mean and std numbers) of shape ``size``."""
     check_real(mean, "normal", "mean")

@@ -53,8 +53,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            in place, so ``state_dict``, checkpoints and eager calls in between stay correct. Random draws are
            drawn again from tinygen's generators: the same stream as eager.
   graph    On CuPy (``cuda_graph=True``; by default the setting TINYGEN_CUDA_GRAPHS, on), the first replay
-           captures the device work between the step's host calls (random draws, an Adam counting steps in
-           Python; zero_grad, SGD and ``Adam(capturable=True)`` steps join the graphs) as CUDA graphs, and later
+           captures the device work between the step's host calls (an Adam counting steps in Python; zero_grad,
+           SGD and ``Adam(capturable=True)`` steps and CuPy's draws join the graphs) as CUDA graphs, and later
            replays launch them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``).
            Guards on the arrays the graphs read; what cannot be captured replays as above
            (``Compiled.graph_error``). Within float32 rounding of the plain replay (cuBLAS, called directly inside

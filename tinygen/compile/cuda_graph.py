@@ -6,9 +6,10 @@ graph records kernels once; one call launches them all again, on the same memory
   split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
            (no post-accumulate-grad hooks), aliases, releases and recorded calls that are device work only, or
            Python the diff below makes again (a ``graph_key``, ``capture.replayed``: SGD's step, a capturable
-           Adam's, BatchNorm's batch count, ``zero_grad()``): the same on every call. A host step is the rest:
-           other recorded calls (random draws; Adam counting steps in Python; zero_grad filling with zeros),
-           requires_grad switches, forwards that re-link a graph.
+           Adam's, BatchNorm's batch count, ``zero_grad()``, a draw from CuPy's generator, whose state is on the
+           GPU): the same on every call. A host step is the rest: other recorded calls (Adam counting steps in
+           Python; zero_grad filling with zeros; host generators' draws), requires_grad switches, forwards that
+           re-link a graph.
   capture  The first replay after ``check`` captures each segment: it notes the Python state the segment touches
            (its tensors' arrays, gradients and nodes, its leaves' hooks), runs the segment's steps on a side
            stream in capture mode (allocations from a memory pool of the program's own, so no array the graph
@@ -294,7 +295,7 @@ def _split(steps, made, kinds):
         run, operands = step
         device = (run is forward and not operands[5]) or run is alias or run is release or (
             run is backward and not _hook_leaves(operands[0])) or (
-            run is kinds.call and _graph_key(operands) is not None and not kinds.tensors_in(operands[3]))
+            run is kinds.call and _graph_key(operands) is not None)
         if device:
             run_of.append(step)
         else:
@@ -344,6 +345,7 @@ def _segment(steps, made, kinds):
         elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
             ts, ns = list(_dropped(operands)), []  # zero_grad: its .grad = None made again by the diff
             dropped.update(id(t) for t in ts)
+            ts += tensors_in(operands[3])  # a draw's result: its array in the diff, as an op's output
         else:  # backward
             plan = operands[0]
             leaves = _plan_leaves(plan)
