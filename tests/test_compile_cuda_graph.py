@@ -84,6 +84,11 @@ def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_call
     zero_grad(set_to_none=True) (Python only: the diff sets the .grads) are captured with the device work around
     them (graph_key). Adam counting on the host, zero_grad filling with zeros and random draws stay host steps:
     the MLP's step is one graph."""
+    assert _calls_split(model) == (host_calls, graphed_calls)
+
+
+def _calls_split(model):
+    """(the recorded calls run on the host, those captured in the graphs) of a CPU model's compiled step."""
     compile_module = importlib.import_module("tinygen.compile")
     compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
     compiled()
@@ -91,10 +96,9 @@ def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_call
     kinds = compile_module._GRAPH_KINDS
     graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
     calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
-    assert calls == host_calls, calls
     in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
                  for run, ops in seg.steps if run is kinds.call]
-    assert in_graphs == graphed_calls, in_graphs
+    return calls, in_graphs
 
 
 @pytest.mark.parametrize("model,host_calls,graphed_calls", [
@@ -105,16 +109,7 @@ def test_cuda_graph_takes_draws_from_a_device_generator_in(emulated_cuda, monkey
     is captured with the device work around it: each launch draws afresh and moves the state on, as eager does.
     The GAN's step with capturable Adams is then one graph; graphed steps equal plain replays bit for bit."""
     monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
-    compile_module = importlib.import_module("tinygen.compile")
-    compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
-    compiled()
-    program = next(iter(compiled._programs.values()))
-    kinds = compile_module._GRAPH_KINDS
-    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
-    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
-    in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
-                 for run, ops in seg.steps if run is kinds.call]
-    assert (calls, in_graphs) == (host_calls, graphed_calls)
+    assert _calls_split(model) == (host_calls, graphed_calls)
     plain, plain_params, _ = _run(CPU_MODELS[model], cuda_graph=False)
     result, params, compiled = _run(CPU_MODELS[model], cuda_graph=True)
     assert compiled.graph_error is None and compiled.graph_replays == 7
