@@ -6,6 +6,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
+    python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -254,14 +255,24 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
 # What --compare switches, each way: (label off, label on); see _variants.
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
-            "inplace": ("out of place", "in place")}
+            "inplace": ("out of place", "in place"),
+            "parts": ("whole batch", "in parts")}
 
 
 def _variants(switch, make_step):
     """``use(on)``, which puts one side of ``switch`` in place and returns the step to time, and ``restore()``.
     pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
     setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
-    steps, one recorded without tinygen.compile's leaving out of unread gradients."""
+    steps, one recorded without tinygen.compile's leaving out of unread gradients; parts: a convolution's batch
+    whole (conv.CHUNK_BYTES = 0) or in parts (its setting)."""
+    if switch == "parts":
+        from tinygen.kernels import conv
+        setting, step = conv.CHUNK_BYTES, make_step()
+
+        def use(on):
+            conv.CHUNK_BYTES = setting if on else 0
+            return step
+        return use, lambda: setattr(conv, "CHUNK_BYTES", setting)
     if switch == "pairs":
         from tinygen.kernels import gemm
         setting, step = gemm.PAIR_MAX_ROWS, make_step()
@@ -329,7 +340,8 @@ def main(argv=None):
                     help="with --case: the step with one change off and on, in alternating rounds: pairs (a small "
                          "batch's two gradient products one after the other or at once, TINYGEN_MM_PAIR_MAX_ROWS 0 "
                          "and its setting), prune (tinygen.compile leaving out gradients the step drops unread; "
-                         "compiled only), inplace (a leaf's second gradient added in place)")
+                         "compiled only), inplace (a leaf's second gradient added in place), parts (a "
+                         "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
@@ -354,6 +366,10 @@ def main(argv=None):
             return 1
         if args.compare == "prune" and args.eager:
             print("--compare prune: only a compiled step leaves gradients out (drop --eager)")
+            return 1
+        from tinygen.kernels import conv
+        if args.compare == "parts" and not conv.CHUNK_BYTES:
+            print("TINYGEN_CONV_CHUNK_BYTES is 0: a convolution's batch is never split, nothing to compare")
             return 1
         clock = time.perf_counter if args.clock == "wall" else time.thread_time
         off, on = switch_ab(args.case, args.batch, args.compare, not args.eager, args.steps, args.rounds, clock)

@@ -305,7 +305,9 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
                                   ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
                                    "prune"],
                                   ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
-                                   "inplace", "--eager"]])
+                                   "inplace", "--eager"],
+                                  ["--case", "dcgan", "--batch", "2", "--steps", "1", "--rounds", "1", "--compare",
+                                   "parts"]])
 def test_step_bench_runs_as_a_module(args):
     """benchmarks/step_bench.py (whole training steps, kernels off vs on) runs from the checkout root."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *args], cwd=REPO, capture_output=True,

@@ -170,9 +170,9 @@ def _batch_parts(x, n, sample_bytes):
     """The batch as slices of equal size whose column matrices hold at most CHUNK_BYTES each, on host arrays (NumPy
     and the stand-in); the whole batch on a GPU. A part's matrix comes from freed heap memory where a whole one
     (from 32 MiB) is mapped afresh each time, and is still partly in the cache when its product reads it: DCGAN's
-    batch-256 step in parts of at most 16 MiB took 291 and 306 ms against 303 and 339 ms whole (2 cores, medians
-    of alternating rounds, two runs). Smaller parts gained no more, and at batch 64 (a 12.8 MB matrix) two
-    parts lost 2%."""
+    batch-256 step in parts of at most 16 MiB took 294-306 ms against 303-339 ms whole (2 cores, medians of
+    alternating rounds, three runs: ``step_bench --case dcgan --batch 256 --threads 2 --compare parts``).
+    Smaller parts gained no more, and at batch 64 (a 12.8 MB matrix) two parts lost 2%."""
     if not CHUNK_BYTES or type(x) not in _HOST or n * sample_bytes <= CHUNK_BYTES:
         return [slice(0, n)]
     count = -(-n * sample_bytes // CHUNK_BYTES)
