@@ -337,6 +337,34 @@ def test_cuda_graph_of_an_optimizer_step_is_dropped_when_its_key_changes(emulate
         np.testing.assert_array_equal(a, b)
 
 
+def test_cuda_graph_guards_a_gradient_delivered_before_a_zero_grad_in_the_same_graph(emulated_cuda):
+    """A backward that adds to the .grads the previous call left, then zero_grad and a second backward, in one
+    segment: the first backward's gradients go into the arrays the capture saw, which the next call's .grads are
+    not, so every launch's guard fails and the step replays plainly (the emulation reads Python's arrays and
+    would not show the stale sum; the guard decision is what is checked here)."""
+    def make():
+        tg.manual_seed(0)
+        lin = nn.Linear(6, 3)
+        opt = optim.SGD(lin.parameters(), lr=0.1)
+        x = tg.tensor(np.random.default_rng(0).random((4, 6)).astype(np.float32))
+
+        def step():
+            first = lin(x).square().sum()
+            first.backward()  # onto the .grads of the previous call's second backward
+            opt.step()
+            opt.zero_grad()
+            second = lin(x).sum()
+            second.backward()
+            return first, second
+        return step, list(lin.parameters())
+    plain, plain_params, _ = _run(make, cuda_graph=False)
+    graphed, graphed_params, compiled = _run(make, cuda_graph=True)
+    assert compiled.graph_replays == graphs.MAX_CAPTURES  # calls 2, 4, 6 captured; each next launch refused
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cuda_graph_pools_of_dropped_graphs_are_kept_while_in_use(monkeypatch):
     class Pool:
         def __init__(self, used):

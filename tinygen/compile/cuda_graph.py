@@ -349,9 +349,10 @@ def _segment(steps, made, kinds):
         else:  # backward
             plan = operands[0]
             leaves = _plan_leaves(plan)
+            # a gradient this segment dropped before its first delivery: None there on every launch, as at
+            # capture (one delivered before the drop adds to what the step found: guarded)
+            dropped_first.update(id(t) for t in leaves if id(t) in dropped and id(t) not in delivers)
             delivers.update((id(t), t) for t in leaves)
-            # a gradient this segment dropped before: None at this backward on every launch, as at capture
-            dropped_first.update(id(t) for t in leaves if id(t) in dropped)
             ts, ns = tensors_in(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
