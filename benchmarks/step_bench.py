@@ -267,28 +267,13 @@ def _variants(switch, make_step):
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting)."""
     if switch == "parts":
         from tinygen.kernels import conv
-        setting, step = conv.CHUNK_BYTES, make_step()
-
-        def use(on):
-            conv.CHUNK_BYTES = setting if on else 0
-            return step
-        return use, lambda: setattr(conv, "CHUNK_BYTES", setting)
+        return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
     if switch == "pairs":
         from tinygen.kernels import gemm
-        setting, step = gemm.PAIR_MAX_ROWS, make_step()
-
-        def use(on):
-            gemm.PAIR_MAX_ROWS = setting if on else 0
-            return step
-        return use, lambda: setattr(gemm, "PAIR_MAX_ROWS", setting)
+        return _module_switch(gemm, "PAIR_MAX_ROWS", 0, make_step)
     if switch == "inplace":
         from tinygen.autograd import engine
-        sole_owner, step = engine._sole_owner, make_step()
-
-        def use(on):
-            engine._sole_owner = sole_owner if on else (lambda leaf: False)
-            return step
-        return use, lambda: setattr(engine, "_sole_owner", sole_owner)
+        return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
     compiled = sys.modules["tinygen.compile"]  # the module (tinygen.compile the name is the function)
     prune = compiled._without_dead_gradients
     steps = {True: make_step()}
@@ -300,6 +285,16 @@ def _variants(switch, make_step):
     finally:
         compiled._without_dead_gradients = prune
     return steps.__getitem__, lambda: None
+
+
+def _module_switch(module, name, off, make_step):
+    """``use(on)``: ``module.name`` as it is (on) or ``off``, then the one step to time; and ``restore()``."""
+    setting, step = getattr(module, name), make_step()
+
+    def use(on):
+        setattr(module, name, setting if on else off)
+        return step
+    return use, lambda: setattr(module, name, setting)
 
 
 def switch_ab(case, batch, switch, compiled=True, steps=30, rounds=10, clock=time.perf_counter):
