@@ -63,6 +63,19 @@ def replayed(fn=None, *, grads=None, graph_key=None):
     return wrapper
 
 
+def gradient_use(fn, args, kwargs):
+    """What a call of the ``@replayed`` function ``fn`` says of the gradients it touches (its ``grads``), or None
+    (it may read any)."""
+    use = getattr(fn, "gradient_use", None)
+    return None if use is None else use(*args, **kwargs)
+
+
+def graph_key(fn, args, kwargs):
+    """The ``graph_key`` of a call of ``fn`` (see ``replayed``): None for a call that runs on the host."""
+    key = getattr(fn, "graph_key", None)
+    return None if key is None else key(*args, **kwargs)
+
+
 def refuse_host_read(tensor, what):
     """Raise while recording: the step reads a tensor's value into Python (``what``, e.g. ".item()")."""
     rec = CAPTURE.recorder

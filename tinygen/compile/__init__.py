@@ -91,7 +91,7 @@ from ..autograd import engine
 from ..autograd.engine import _backward, _grad, _roots
 from ..autograd.function import Function, _edges, result_array, user_frame
 from ..autograd.grad_mode import STATE
-from ..capture import CAPTURE
+from ..capture import CAPTURE, gradient_use
 from ..tensor import Tensor, _make
 from . import cuda_graph as _cuda_graph, fusion as _fusion
 
@@ -405,8 +405,7 @@ def _dropped_unread(plan, later):
             break
         if run is _replay_release or run is _replay_requires_grad:
             continue
-        use = getattr(operands[0], "gradient_use", None) if run is _replay_call else None
-        said = use(*operands[1], **operands[2]) if use is not None else None
+        said = gradient_use(*operands[:3]) if run is _replay_call else None
         if said is None:
             break
         kind, tensors = said

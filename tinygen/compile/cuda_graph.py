@@ -41,6 +41,7 @@ from collections import namedtuple
 from .. import random as _random
 from ..autograd import engine
 from ..backend import GRAPH_CAPTURE, is_cupy_array as is_cupy
+from ..capture import gradient_use, graph_key
 from ..kernels import gemm_capture
 from ..tensor import Tensor, _make
 
@@ -306,18 +307,14 @@ def _split(steps, made, kinds):
 
 
 def _graph_key(operands):
-    """A recorded call's ``graph_key`` now (``capture.replayed``): None for one that runs on the host."""
-    fn, args, kwargs = operands[:3]
-    key = getattr(fn, "graph_key", None)
-    return None if key is None else key(*args, **kwargs)
+    """A recorded call's ``graph_key`` now: None for one that runs on the host."""
+    return graph_key(*operands[:3])
 
 
 def _dropped(operands):
     """The tensors whose .grad a recorded call drops (its ``gradient_use``: zero_grad), else none."""
-    fn, args, kwargs = operands[:3]
-    use = getattr(fn, "gradient_use", None)
-    use = use(*args, **kwargs) if use is not None else None
-    return use[1] if use is not None and use[0] == "drops" else ()
+    said = gradient_use(*operands[:3])
+    return said[1] if said is not None and said[0] == "drops" else ()
 
 
 def _hook_leaves(plan):
