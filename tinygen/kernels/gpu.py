@@ -163,11 +163,10 @@ def _adam_body(xp, p, g, m, v, *rest, decoupled_decay, l2, maximize, amsgrad, sm
 
 
 def _count_scalars(dtype):
-    """reference.adam_scalars's step size and bias correction from a float64 0-d count array, in float64 (pow as
-    Python's ``**``), then in the parameters' dtype."""
+    """reference.adam_bias_corrections from a float64 0-d count array, in float64, then in the parameters'
+    dtype."""
     def body(xp, step, lr, beta1, beta2):
-        return ((lr / (1 - xp.power(beta1, step))).astype(dtype),
-                xp.power(1 - xp.power(beta2, step), 0.5).astype(dtype))
+        return tuple(s.astype(dtype) for s in ref.adam_bias_corrections(xp.power, step, lr, beta1, beta2))
     return body
 
 

@@ -20,6 +20,7 @@ Conventions:
 """
 import contextlib
 import functools
+import operator
 
 import numpy as np
 
@@ -312,11 +313,16 @@ def check_sgd(param, grad, momentum_buffer, momentum):
 def adam_scalars(lr, beta1, beta2, weight_decay, step):
     """(step_size, bias_correction2_sqrt, decay) of one Adam step, with PyTorch's bias corrections. ``step``: the
     count, or a 0-d array holding it (a capturable Adam's), read here."""
-    if not isinstance(step, int):
-        step = int(step)
+    step = int(step)
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1 (the number of this update), got {step}")
-    return lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, 1 - lr * weight_decay
+    return (*adam_bias_corrections(operator.pow, step, lr, beta1, beta2), 1 - lr * weight_decay)
+
+
+def adam_bias_corrections(power, step, lr, beta1, beta2):
+    """(step_size, bias_correction2_sqrt) of step ``step``: ``power`` is Python's ``**`` for a count on the host,
+    the array module's ``power`` for one on the device (gpu.py), both C's pow: the same values."""
+    return lr / (1 - power(beta1, step)), power(1 - power(beta2, step), 0.5)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled,
