@@ -79,12 +79,12 @@ StepKinds = namedtuple("StepKinds", "forward backward alias release call tensors
 
 class _Segment:
     """A run of device steps captured as one graph: the tensors and nodes they touch, the leaves among those (not
-    made by the program) and the leaves its backwards deliver gradients to; after a capture, the graph, its guards,
-    its deferred value checks and what it did in Python."""
+    made by the program), the leaves its backwards deliver gradients to and those of them whose .grad a launch
+    checks; after a capture, the graph, its guards, its deferred value checks and what it did in Python."""
 
-    def __init__(self, steps, tensors, nodes, leaves, delivers):
+    def __init__(self, steps, tensors, nodes, leaves, delivers, guarded):
         self.steps, self.tensors, self.nodes = steps, tensors, nodes
-        self.leaves, self.delivers, self.guarded = leaves, delivers, delivers
+        self.leaves, self.delivers, self.guarded = leaves, delivers, guarded
         self.graph = self.diff = None
         self.guard, self.grads, self.checks, self.keys = [], [], [], []
 
@@ -354,9 +354,8 @@ def _segment(steps, made, kinds):
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
-    seg = _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()))
-    seg.guarded = [t for k, t in delivers.items() if k not in dropped_first]  # whose .grad a launch checks
-    return seg
+    guarded = [t for k, t in delivers.items() if k not in dropped_first]
+    return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()), guarded)
 
 
 # ---- Python state ----------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class Adam(Optimizer):
         decoupled, capturable = group["decoupled_weight_decay"], group["capturable"]
         state_of = self.state
         updates = {}  # the parameters of one step count on one device: one multi-tensor call
-        counts = {}  # capturable: each parameter's count array, by the key of its call
+        counts = {}  # capturable: each parameter's count array, by id (a call of its own)
         for p in group["params"]:
             grad = self._grad_of(p)
             if grad is None:
@@ -74,20 +74,20 @@ class Adam(Optimizer):
                                        "exp_avg_sq": _make(p.xp.zeros_like(p.data), p._device)}
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(p.xp.zeros_like(p.data), p._device)
-            step = state["step"] = _step_count(state["step"], p, capturable)
+            count = state["step"] = _step_count(state["step"], p, capturable)
             if capturable:
-                step.data += 1  # on the device; the kernel reads the count there (one call per parameter)
-                counts[id(step)] = step.data
-                step = id(step)
+                count.data += 1  # on the device; the kernel reads the count there
+                key = id(count)
+                counts[key] = count.data
             else:
-                step = state["step"] = step + 1
-            updates.setdefault((step, p._device), []).append(
+                key = state["step"] = count + 1
+            updates.setdefault((key, p._device), []).append(
                 (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
                  state["max_exp_avg_sq"].data if amsgrad else None))
-        for (step, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in self._columns(updates).items():
+        for (key, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in self._columns(updates).items():
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
-                weight_decay, decoupled, counts[step] if capturable else step, maximize, scratch=self._scratch)
+                weight_decay, decoupled, counts[key] if capturable else key, maximize, scratch=self._scratch)
 
 
 def _step_count(step, p, capturable):
