@@ -189,6 +189,9 @@ class Runner:
                 f = F.binary_cross_entropy_with_logits(dis(imgs), fake_t)
                 return (r + f) / 2
             g_fn, d_fn = wrap(g_loss), wrap(d_loss)
+            # An output of one CUDA-graphed function passed into another is overwritten under it (pytorch/pytorch
+            # #160281): under reduce-overhead the fake images reach the discriminator's loss as a copy
+            handoff = (lambda t: t.clone()) if compile_mode == "reduce-overhead" else (lambda t: t)
 
             def step():
                 begin()
@@ -198,7 +201,7 @@ class Runner:
                 lg.backward()
                 opt_g.step()
                 opt_d.zero_grad(set_to_none=True)
-                ld = d_fn(real, imgs.detach())
+                ld = d_fn(real, handoff(imgs.detach()))
                 ld.backward()
                 opt_d.step()
                 return lg, ld
