@@ -71,14 +71,15 @@ def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     assert {id(p) for p in params[4:]} <= {id(t) for t in second.leaves}
 
 
-STEP, COUNT, ZERO = "Optimizer.step", "_BatchNorm._count_batch", "Optimizer.zero_grad"
+STEP, COUNT, ZERO, CLIP = "Optimizer.step", "_BatchNorm._count_batch", "Optimizer.zero_grad", "clip_grad_norm_"
 
 
 @pytest.mark.parametrize("model,host_calls,graphed_calls", [
     ("mlp-sgd", [], [ZERO, STEP]), ("mlp-sgd-zero-in-place", [ZERO], [STEP]), ("mlp-adam", [STEP], [ZERO]),
     ("mlp-adam-capturable", [], [ZERO, STEP]),
     ("gan-bn", ["randn", STEP, STEP], [ZERO, COUNT, ZERO]),
-    ("gan-bn-capturable", ["randn"], [ZERO, COUNT, STEP, ZERO, STEP])])
+    ("gan-bn-capturable", ["randn"], [ZERO, COUNT, STEP, ZERO, STEP]),
+    ("gan-trainer-like", ["randn"], [ZERO, COUNT, CLIP, STEP, ZERO, CLIP, STEP])])
 def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_calls, graphed_calls):
     """SGD, Adam with capturable=True (its step counts on the device), BatchNorm's batch count and
     zero_grad(set_to_none=True) (Python only: the diff sets the .grads) are captured with the device work around
@@ -87,14 +88,18 @@ def test_cuda_graph_split_takes_device_only_calls_into_segments(model, host_call
     assert _calls_split(model) == (host_calls, graphed_calls)
 
 
-def _calls_split(model):
-    """(the recorded calls run on the host, those captured in the graphs) of a CPU model's compiled step."""
-    compile_module = importlib.import_module("tinygen.compile")
-    compiled = tg.compile(CPU_MODELS[model]()[0], fuse=False)
+def _graphed(step):
+    """The split of ``step``'s compiled program (recorded on the CPU) into segments and host steps."""
+    compiled = tg.compile(step, fuse=False)
     compiled()
     program = next(iter(compiled._programs.values()))
-    kinds = compile_module._GRAPH_KINDS
-    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
+    return graphs.GraphedSteps(program.steps, program.inputs, importlib.import_module("tinygen.compile")._GRAPH_KINDS)
+
+
+def _calls_split(model):
+    """(the recorded calls run on the host, those captured in the graphs) of a CPU model's compiled step."""
+    kinds = importlib.import_module("tinygen.compile")._GRAPH_KINDS
+    graphed = _graphed(CPU_MODELS[model]()[0])
     calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
     in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
                  for run, ops in seg.steps if run is kinds.call]
@@ -102,7 +107,8 @@ def _calls_split(model):
 
 
 @pytest.mark.parametrize("model,host_calls,graphed_calls", [
-    ("vae-like", [STEP], [ZERO, "randn"]), ("gan-bn-capturable", [], ["randn", ZERO, COUNT, STEP, ZERO, STEP])])
+    ("vae-like", [STEP], [ZERO, "randn"]), ("gan-bn-capturable", [], ["randn", ZERO, COUNT, STEP, ZERO, STEP]),
+    ("gan-trainer-like", [], ["randn", ZERO, COUNT, CLIP, STEP, ZERO, CLIP, STEP])])
 def test_cuda_graph_takes_draws_from_a_device_generator_in(emulated_cuda, monkeypatch, model, host_calls,
                                                            graphed_calls):
     """A draw from a generator whose state lives on the device (CuPy's; emulated: NumPy's generator taken for one)
@@ -116,6 +122,120 @@ def test_cuda_graph_takes_draws_from_a_device_generator_in(emulated_cuda, monkey
     assert len(set(result[:, 0])) == len(result)  # a fresh draw each step
     np.testing.assert_array_equal(result, plain)
     for a, b in zip(params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_takes_requires_grad_switches_and_clipping_into_one_graph(monkeypatch):
+    """D frozen for G's backward (requires_grad switches: Python only, made again by the diff) and gradient
+    clipping (device work) no longer split the graph: with capturable Adams and a device generator, the
+    trainer-like GAN step is one graph, then the host steps that only drop arrays."""
+    monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
+    graphed = _graphed(CPU_MODELS["gan-trainer-like"]()[0])
+    assert [kind for kind, _ in graphed.items].count("segment") == 1
+    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"_replay_alias",
+                                                                                   "_replay_release"}
+
+
+def _gan_trainer_run(graphs_on, monkeypatch, updates=6):
+    """``updates`` updates of the GAN trainer's step (the small conditional DCGAN, clipping, EMA; Adams and EMA
+    counting on the device), compiled, with emulated graphs on or off: the numbers, weights and EMA weights."""
+    from tinygen.models import remedies
+    from tinygen.models.gan import build_discriminator, build_generator, make_config
+    from tinygen.models.gan.trainer import EMA, GANStep
+    monkeypatch.setenv("TINYGEN_CUDA_GRAPHS", "1" if graphs_on else "0")
+    tg.manual_seed(0)
+    cfg = make_config(arch="dcgan", ngf=4, ndf=4, latent=8, clip_grad_norm=1.0)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    opt_g, opt_d = (remedies.make_optimizer(net.parameters(), "adam", 1e-3, cfg["betas"], clip_grad_norm=1.0,
+                                            capturable=True) for net in (G, D))
+    ema = EMA(G, build_generator(cfg), 0.9, capturable=True)
+    step = GANStep(cfg, G, D, opt_g, opt_d, ema, compile=True)
+    rng = np.random.default_rng(0)
+    stats = [step.update(tg.tensor(rng.uniform(-1, 1, (6, 784)).astype(np.float32)), tg.tensor(np.arange(6) % 10))
+             for _ in range(updates)]
+    weights = [p.data.copy() for net in (G, D, ema.shadow) for p in net.parameters()]
+    return stats, weights, step._critic_and_generator, ema
+
+
+def test_cuda_graph_of_the_gan_trainers_step_is_one_graph_equal_to_plain_replays(emulated_cuda, monkeypatch):
+    """The GAN trainer's step (critic and generator updates, D frozen for G's backward, gradient norms, clipping,
+    capturable Adams, the EMA update counting on the device, BatchNorm) with a device generator: one graph, whose
+    emulated launches give the plain replays' numbers and weights bit for bit, and the EMA's count."""
+    monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
+    plain, plain_weights, plain_compiled, _ = _gan_trainer_run(False, monkeypatch)
+    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch)
+    assert plain_compiled.graph_replays == 0
+    assert compiled.graph_error is None and compiled.graph_replays == 5
+    program = next(iter(compiled._programs.values()))
+    assert [kind for kind, _ in program.graphed.items].count("segment") == 1
+    assert {item[0].__name__ for kind, item in program.graphed.items if kind == "host"} <= {"_replay_alias",
+                                                                                           "_replay_release"}
+    assert stats == plain
+    for a, b in zip(weights, plain_weights):
+        np.testing.assert_array_equal(a, b)
+    assert ema.updates == 6 and ema.state_dict() == {"updates": 6}
+
+
+def test_cuda_graph_guards_gradients_a_call_reads_that_a_host_step_made(emulated_cuda):
+    """An optimizer step in a graph reads .grads that a host step (a backward with a post-accumulate-grad hook)
+    makes anew on every call: the graph would read the arrays of its capture. The step's read (gradient_use)
+    guards them, so every launch's guard fails and the step replays plainly, equal to plain replays."""
+    def make():
+        made = _mlp("cpu", 0)
+        made[1][0].register_post_accumulate_grad_hook(lambda p: None)
+        return made
+    graphed = _graphed(make()[0])
+    seg = [item for kind, item in graphed.items if kind == "segment"][-1]
+    assert [ops[0].__qualname__ for run, ops in seg.steps if run.__name__ == "_replay_call"] == [STEP]
+    assert len(seg.guarded) == 6  # every parameter's gradient, each made by the host backward
+    plain, plain_params, _ = _run(make, cuda_graph=False)
+    result, params, compiled = _run(make, cuda_graph=True)
+    # calls 2, 4, 6 capture (and launch); 3, 5, 7 find new gradients and replay plainly; then no more captures
+    assert compiled.graph_replays == 3 and not next(iter(compiled._programs.values())).graphed.usable
+    np.testing.assert_array_equal(result, plain)
+    for a, b in zip(params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_does_not_guard_a_gradient_the_graph_drops_before_a_call_reads_it(emulated_cuda):
+    """A parameter the loss does not use, whose .grad the user sets anew before each call: the step's zero_grad
+    drops it before the optimizer reads it, so it is None there on every launch and needs no guard (the graphs
+    keep launching)."""
+    extra = tg.zeros(3, requires_grad=True)
+
+    def make():
+        made = _mlp("cpu", 0)
+        made[3].add_param_group({"params": [extra]})
+        return made
+
+    def new_grad(i, made):
+        extra.grad = tg.ones(3)
+    plain, plain_params, _ = _run(make, cuda_graph=False, between=new_grad)
+    graphed, graphed_params, compiled = _run(make, cuda_graph=True, between=new_grad)
+    assert compiled.graph_error is None and compiled.graph_replays == 7
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+    assert not extra.data.any()  # never updated: its gradient was dropped first
+
+
+def _halve_lr_every_third_call(i, made):
+    if i and i % 3 == 0:
+        made[3].param_groups[0]["lr"] *= 0.5
+
+
+def test_cuda_graph_captures_again_after_launches_however_often_a_key_changes(emulated_cuda):
+    """A learning rate changed every third call (a scheduler's epochs): each change ends the graph's launches for
+    one call and the next captures again, with no limit, since each capture paid off; the values are the plain
+    replays'."""
+    plain, plain_params, _ = _run(lambda: _mlp("cpu", 0), cuda_graph=False, steps=16,
+                                  between=_halve_lr_every_third_call)
+    graphed, graphed_params, compiled = _run(lambda: _mlp("cpu", 0), cuda_graph=True, steps=16,
+                                             between=_halve_lr_every_third_call)
+    assert compiled.graph_error is None
+    assert compiled.graph_replays == 10  # calls 1-15 less the plain ones at 3, 6, 9, 12, 15
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
         np.testing.assert_array_equal(a, b)
 
 
@@ -273,7 +393,8 @@ def _models(device):
             "mlp-adam": lambda: _mlp(device, 0, adam=True), "vae-like": lambda: _vae_like(device),
             "gan-bn": lambda: _gan(device, 0),
             "mlp-adam-capturable": lambda: _mlp(device, 0, adam=True, capturable=True),
-            "gan-bn-capturable": lambda: _gan(device, 0, capturable=True)}
+            "gan-bn-capturable": lambda: _gan(device, 0, capturable=True),
+            "gan-trainer-like": lambda: _gan(device, 0, capturable=True, trainer_like=True)}
 
 
 def _swap_at_call_4(i, made):
@@ -442,7 +563,9 @@ def _mlp(device, seed, set_to_none=True, adam=False, capturable=False):
     return step, list(net.parameters()), (x, y), opt
 
 
-def _gan(device, seed, capturable=False):
+def _gan(device, seed, capturable=False, trainer_like=False):
+    """A GAN step; ``trainer_like``: as the GAN trainer's, D frozen (requires_grad switches) for G's backward and
+    each network's gradients clipped before its update."""
     tg.manual_seed(seed)
     g = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.LeakyReLU(0.2), nn.Linear(32, 16), nn.Tanh()).to(device)
     d = nn.Sequential(nn.Linear(16, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1)).to(device)
@@ -451,17 +574,23 @@ def _gan(device, seed, capturable=False):
     real = tg.tensor(np.random.default_rng(2).random((16, 16)).astype(np.float32), device=device)
     ones, zeros = tg.ones(16, 1, device=device), tg.zeros(16, 1, device=device)
     bce = F.binary_cross_entropy_with_logits
+    frozen = d.requires_grad_ if trainer_like else (lambda flag: None)
+    clip = (lambda net: nn.utils.clip_grad_norm_(net.parameters(), 0.5)) if trainer_like else (lambda net: None)
 
     def step():
         z = tg.randn(16, 8, device=device)
         opt_g.zero_grad()
         imgs = g(z)
+        frozen(False)
         lg = bce(d(imgs), ones)
         lg.backward()
+        frozen(True)
+        clip(g)
         opt_g.step()
         opt_d.zero_grad()
         ld = (bce(d(real), ones) + bce(d(imgs.detach()), zeros)) / 2
         ld.backward()
+        clip(d)
         opt_d.step()
         return lg, ld
     return step, list(g.parameters()) + list(d.parameters()) + list(g[1].buffers())

@@ -421,6 +421,46 @@ def test_ema_update_formula():
         np.testing.assert_allclose(v, d * start[k] + (1 - d) * (start[k] + 1.0), rtol=1e-6)
 
 
+def _ema_run(device, capturable, updates=25, start=0):
+    tinygen.manual_seed(0)
+    G = gan.Generator(latent_dim=2, hidden=[5], out_dim=3, batchnorm=True).to(device)
+    shadow = gan.Generator(latent_dim=2, hidden=[5], out_dim=3, batchnorm=True).to(device)
+    ema = T.EMA(G, shadow, decay=0.95, capturable=capturable)
+    ema.updates = start
+    rng = np.random.default_rng(0)
+    for _ in range(updates):
+        for p in G.parameters():
+            p.data += tinygen.tensor(rng.standard_normal(p.shape).astype(np.float32), device=device).data
+        ema.update()
+    return ema, [tinygen.backend.to_device(p.data, "cpu").copy() for p in shadow.parameters()]
+
+
+def test_ema_counting_on_the_device_equals_counting_on_the_host(device):
+    """A capturable EMA (its count and decay as float64 0-d arrays on the parameters' device: device work a CUDA
+    graph can take) gives the host-counting EMA's weights bit for bit, through the decay's warm-up
+    (min(0.95, (1 + t) / (10 + t)) reaches 0.95 at t = 161) and after a count set from a checkpoint."""
+    for start in (0, 170):
+        host, host_weights = _ema_run(device, False, start=start)
+        dev, dev_weights = _ema_run(device, True, start=start)
+        assert host._count is None and dev._count is not None
+        assert dev.updates == host.updates == start + 25 and dev.state_dict() == host.state_dict()
+        for a, b in zip(dev_weights, host_weights):
+            np.testing.assert_array_equal(a, b)
+    default = T.EMA(*(gan.Generator(latent_dim=2, hidden=[3], out_dim=2).to(device) for _ in range(2)), decay=0.9)
+    assert (default._count is None) == (device == "cpu")  # capturable by default off the CPU
+
+
+@pytest.mark.parametrize("lr_decay", ["none", "linear"])
+def test_gan_trainers_adam_counts_on_the_device_unless_the_learning_rate_decays(device, lr_decay):
+    """On a GPU the trainer's Adams are capturable (a compiled step's CUDA graph takes their updates), except
+    with a decaying learning rate, which would end the graph's launches at every step."""
+    cfg = gan.make_config(device=device, lr_decay=lr_decay, clip_grad_norm=1.0)
+    G = gan.Generator(latent_dim=2, hidden=[3], out_dim=2).to(device)
+    opt = T.make_optimizer(cfg, G.parameters(), 1e-3)
+    assert isinstance(opt, T.remedies.GradNormClipped)
+    assert opt.param_groups[0]["capturable"] == (device != "cpu" and lr_decay == "none")
+
+
 def test_batchnorm_recalibration_of_the_average():
     tinygen.manual_seed(0)
     G = gan.Generator(latent_dim=3, hidden=[8, 6], out_dim=2, batchnorm=True, output="linear")

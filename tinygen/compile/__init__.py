@@ -769,7 +769,7 @@ def _fresh(result):
 # what the fusion pass works with (fusion.py does not import this module)
 _PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
 _GRAPH_KINDS = _cuda_graph.StepKinds(_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call,
-                                     _tensors_in)
+                                     _replay_requires_grad, _tensors_in)
 
 
 # ---- check=N: a replay side by side with eager ---------------------------------------------------------------------

@@ -4,12 +4,12 @@ A replay on the GPU still makes one Python call per kernel (hundreds per step) a
 graph records kernels once; one call launches them all again, on the same memory.
 
   split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
-           (no post-accumulate-grad hooks), aliases, releases and recorded calls that are device work only, or
-           Python the diff below makes again (a ``graph_key``, ``capture.replayed``: SGD's step, a capturable
-           Adam's, BatchNorm's batch count, ``zero_grad()``, a draw from CuPy's generator, whose state is on the
-           GPU): the same on every call. A host step is the rest: other recorded calls (Adam counting steps in
-           Python; zero_grad filling with zeros; host generators' draws), requires_grad switches, forwards that
-           re-link a graph.
+           (no post-accumulate-grad hooks), aliases, releases, requires_grad switches and recorded calls that are
+           device work only, or Python the diff below makes again (a ``graph_key``, ``capture.replayed``: SGD's
+           step, a capturable Adam's, gradient clipping, BatchNorm's batch count, ``zero_grad()``, a draw from
+           CuPy's generator, whose state is on the GPU): the same on every call. A host step is the rest: other
+           recorded calls (Adam counting steps in Python; zero_grad filling with zeros; host generators' draws),
+           forwards that re-link a graph.
   capture  The first replay after ``check`` captures each segment: it notes the Python state the segment touches
            (its tensors' arrays, gradients and nodes, its leaves' hooks), runs the segment's steps on a side
            stream in capture mode (allocations from a memory pool of the program's own, so no array the graph
@@ -23,10 +23,11 @@ graph records kernels once; one call launches them all again, on the same memory
            graph has just written them). The step's result is copied out (the next launch writes over it).
   guards   A segment's leaves (parameters, buffers, constants) must hold the arrays and hooks they had at capture,
            each leaf its backward delivers to a .grad as it had then (None again after ``zero_grad()``, or the
-           same array to add into; not checked after a zero_grad in the same segment), and each call its graph
+           same array to add into; not checked after a zero_grad in the same segment), each leaf whose .grad a
+           call reads (``gradient_use``) before the segment makes or drops it likewise, and each call its graph
            key (a new learning rate, new state arrays). Else the segment and the rest of the step run as a plain
-           replay, and the graphs are captured again on the next call (at most MAX_CAPTURES times, then plain
-           replays).
+           replay, and the graphs are captured again on the next call (at most MAX_CAPTURES times with no launch
+           between, then plain replays).
   failure  A segment that cannot be captured (a product that is not a 2-D float matrix, a host read, a copy of
            host data to the GPU, a library CuPy cannot capture): the Python state and tinygen's host generators
            are set back, the segment runs as a plain replay, and the program keeps plain replays;
@@ -74,7 +75,7 @@ def _sweep():
 
 # What this module needs of the compiler (compile/__init__.py), which hands it in (so this module does not import
 # it): the functions of its kinds of step, and its finder of the tensors in a nested value.
-StepKinds = namedtuple("StepKinds", "forward backward alias release call tensors_in")
+StepKinds = namedtuple("StepKinds", "forward backward alias release call requires_grad tensors_in")
 
 
 class _Segment:
@@ -141,6 +142,8 @@ class GraphedSteps:
         self.live = ok
         if not ok:
             self._drop()
+        elif not capture:  # the graphs paid off: a key that changes now and then (an epoch's learning rate) may
+            self.captures = 0  # capture again later
         return ok
 
     def _begin_capture(self, cupy, args_tensors):
@@ -287,14 +290,14 @@ def _split(steps, made, kinds):
     items, run_of = [], []
 
     def close():
-        if any(run is not release and run is not alias for run, _ in run_of):
+        if any(run not in (release, alias, kinds.requires_grad) for run, _ in run_of):  # a graph of device work
             items.append(("segment", _segment(tuple(run_of), made, kinds)))
         else:
             items.extend(("host", s) for s in run_of)
         run_of.clear()
     for step in steps:
         run, operands = step
-        device = (run is forward and not operands[5]) or run is alias or run is release or (
+        device = (run is forward and not operands[5]) or run in (alias, release, kinds.requires_grad) or (
             run is backward and not _hook_leaves(operands[0])) or (
             run is kinds.call and _graph_key(operands) is not None)
         if device:
@@ -317,6 +320,12 @@ def _dropped(operands):
     return said[1] if said is not None and said[0] == "drops" else ()
 
 
+def _read(operands):
+    """The tensors whose .grad a recorded call reads (its ``gradient_use``: an optimizer's step), else none."""
+    said = gradient_use(*operands[:3])
+    return list(said[1]) if said is not None and said[0] == "reads" else []
+
+
 def _hook_leaves(plan):
     """The leaves of a backward plan that have post-accumulate-grad hooks now."""
     return [t for t in _plan_leaves(plan) if id(t) in engine._post_accumulate_hooks]
@@ -331,18 +340,21 @@ def _plan_leaves(plan):
 
 def _segment(steps, made, kinds):
     forward, alias, release, tensors_in = kinds.forward, kinds.alias, kinds.release, kinds.tensors_in
-    tensors, nodes, delivers, dropped, dropped_first = {}, {}, {}, set(), set()
+    tensors, nodes, delivers, dropped, dropped_first, read_first = {}, {}, {}, set(), set(), {}
     for run, operands in steps:
         if run is forward:
             ts, ns = tensors_in(operands[3]) + list(operands[4]), [operands[1]]
-        elif run is alias:
-            ts, ns = list(operands), []
+        elif run is alias or run is kinds.requires_grad:  # a switch: Python only, made again by the diff
+            ts, ns = [t for t in operands if isinstance(t, Tensor)], []
         elif run is release:
             ts, ns = list(operands[0]), list(operands[1])
         elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
             ts, ns = list(_dropped(operands)), []  # zero_grad: its .grad = None made again by the diff
             dropped.update(id(t) for t in ts)
-            ts += tensors_in(operands[3])  # a draw's result: its array in the diff, as an op's output
+            read = _read(operands)  # an optimizer's parameters: guarded as leaves, and a .grad it reads that
+            # the segment has not made or dropped must be the array the capture read
+            read_first.update((id(t), t) for t in read if id(t) not in delivers and id(t) not in dropped)
+            ts += read + tensors_in(operands[3])  # a draw's result: its array in the diff, as an op's output
         else:  # backward
             plan = operands[0]
             leaves = _plan_leaves(plan)
@@ -355,6 +367,7 @@ def _segment(steps, made, kinds):
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
     guarded = [t for k, t in delivers.items() if k not in dropped_first]
+    guarded += [t for k, t in read_first.items() if k not in delivers]
     return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()), guarded)
 
 

@@ -380,8 +380,12 @@ def ema_update(average, value, decay):
     if average.shape != value.shape or average.dtype != value.dtype:
         raise ValueError(f"ema_update: the average ({average.shape}, {average.dtype}) and the value "
                          f"({value.shape}, {value.dtype}) must have one shape and dtype")
+    if hasattr(decay, "astype"):  # a 0-d array (a count kept on the device): rounded as a Python float would be
+        decay, keep = decay.astype(average.dtype), (1.0 - decay).astype(average.dtype)
+    else:
+        keep = 1.0 - decay
     average *= decay
-    average += (1.0 - decay) * value
+    average += keep * value
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,

@@ -146,7 +146,7 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     _random.manual_seed(seed)
     model = MNISTClassifier(cfg["hidden"], cfg["dropout"]).to(device)
     net = tu.data_parallel(model)  # model itself in a world of one process
-    opt = optim.Adam(net.parameters(), lr=cfg["lr"])
+    opt = optim.Adam(net.parameters(), lr=cfg["lr"], capturable=device != "cpu")  # on a GPU: in the CUDA graph
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     loader = DataLoader((train_x, np.asarray(train_labels)), batch_size=batch_size, shuffle=True, seed=seed,
                         device=device)

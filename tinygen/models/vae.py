@@ -576,7 +576,8 @@ def _training_parts(cfg, train_x, train_y, own, init, quiet):
             print("\n".join(remedies.format_init_report(init, report)), flush=True)
     net = tu.data_parallel(model)
     opt = remedies.make_optimizer(net.parameters(), cfg["optimizer"], cfg["lr"], weight_decay=cfg["weight_decay"],
-                                  momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"])
+                                  momentum=cfg["momentum"], clip_grad_norm=cfg["clip_grad_norm"],
+                                  capturable=cfg["device"] != "cpu")  # on a GPU: Adam in the step's CUDA graph
     augment = remedies.make_augment(cfg["augment"], None if own is None else own.scaling, 0.0,
                                     then=binarize if cfg["binarize"] else None)
     loader = DataLoader((train_x, train_y), batch_size=cfg["batch_size"], shuffle=True, seed=cfg["seed"],

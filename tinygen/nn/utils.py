@@ -87,7 +87,20 @@ def _max_norm(max_norm, name):
     return value
 
 
-@replayed
+def _reads_grads(name):
+    """A clipping call's ``grads`` (``capture.replayed``): it reads (and scales) the gradients of its parameters."""
+    return lambda parameters, *args, **kwargs: ("reads", _as_list(parameters, name))
+
+
+def _key(*values):
+    """A graph key (``capture.replayed``) of numbers and tensors: a tensor by its array's identity."""
+    return tuple(id(v.data) if isinstance(v, Tensor) else v for v in values)
+
+
+# device work only: a CUDA graph may take these calls (their keys name what the kernels take from Python)
+@replayed(grads=_reads_grads("clip_grads_with_norm_"),
+          graph_key=lambda parameters, max_norm, total_norm: _key(max_norm, total_norm,
+                                                                  *_as_list(parameters, "clip_grads_with_norm_")))
 def clip_grads_with_norm_(parameters, max_norm, total_norm):
     """Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in place."""
     max_norm = _max_norm(max_norm, "clip_grads_with_norm_")
@@ -101,7 +114,9 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm):
         g.data *= coef.astype(g.data.dtype)
 
 
-@replayed
+@replayed(grads=_reads_grads("clip_grad_norm_"),
+          graph_key=lambda parameters, max_norm, norm_type=2.0, error_if_nonfinite=False: None if error_if_nonfinite
+          else _key(max_norm, norm_type, *_as_list(parameters, "clip_grad_norm_")))
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Rescale the gradients of ``parameters`` in place so that their total norm is at most ``max_norm``.
 

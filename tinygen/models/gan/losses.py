@@ -222,7 +222,9 @@ def gradient_penalty(discriminator, real, fake, labels=None, weight=10.0, x_hat=
     return (d * d).mean() * weight
 
 
-@replayed  # array code: a compiled step calls it again on every replay
+# array code: a compiled step calls it again on every replay, a CUDA graph with the device work around it
+@replayed(grads=lambda module, clip: ("reads", ()),
+          graph_key=lambda module, clip: (clip, *(id(p.data) for p in module.parameters())))
 def clip_weights_(module, clip):
     """WGAN's Lipschitz constraint: clamp every parameter of the critic to [-clip, clip], in place."""
     for p in module.parameters():

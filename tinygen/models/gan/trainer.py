@@ -333,9 +333,12 @@ def load_data(cfg, train_set=None):
 
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
 def make_optimizer(cfg, params, lr):
-    """The run's optimizer for one network (``remedies.make_optimizer``: weight decay, momentum, clipping)."""
+    """The run's optimizer for one network (``remedies.make_optimizer``: weight decay, momentum, clipping). On a
+    GPU, Adam counts on the device (capturable) unless the learning rate decays: a new rate at every step would
+    end a CUDA graph's launches at every step."""
+    capturable = cfg["device"] != "cpu" and cfg["lr_decay"] == "none"
     return remedies.make_optimizer(params, cfg["optimizer"], lr, cfg["betas"], cfg["weight_decay"], cfg["momentum"],
-                                   cfg["clip_grad_norm"])
+                                   cfg["clip_grad_norm"], capturable)
 
 
 class EMA:
@@ -346,16 +349,50 @@ class EMA:
     num_updates).
     """
 
-    def __init__(self, module, shadow, decay):
+    def __init__(self, module, shadow, decay, capturable=None):
         self.module, self.shadow, self.decay = module, shadow, float(decay)
+        # capturable: the count of updates kept on the parameters' device (a float64 0-d array), so an update is
+        # device work that a CUDA graph can take; None: when the module is on a GPU
+        first = next(iter(module.parameters()), None)
+        if capturable is None:
+            capturable = first is not None and first.device != "cpu"
+        self._count = first.xp.zeros((), "float64") if capturable and first is not None else None
+        self._now = None if self._count is None else first.xp.zeros((), "float64")  # this update's decay
         self.updates = 0
         shadow.load_state_dict(module.state_dict())
         shadow.requires_grad_(False)
 
-    @replayed
+    @property
+    def updates(self):
+        """The number of updates made (read from the device when it counts there)."""
+        return self._updates if self._count is None else int(self._count)
+
+    @updates.setter
+    def updates(self, n):
+        if self._count is None:
+            self._updates = int(n)
+        else:
+            self._count.fill(int(n))
+
+    def _graph_key(self):
+        """Device work only when the count is on the device: the decay and the arrays the kernels update."""
+        if self._count is None:
+            return None
+        pairs = zip(itertools.chain(self.shadow.parameters(), self.shadow.buffers()),
+                    itertools.chain(self.module.parameters(), self.module.buffers()))
+        return (self.decay, id(self._count), id(self._now), *((id(e.data), id(p.data)) for e, p in pairs))
+
+    @replayed(grads=lambda self: ("reads", ()), graph_key=lambda self: self._graph_key())
     def update(self):
-        self.updates += 1
-        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        if self._count is None:
+            self._updates += 1
+            d = min(self.decay, (1.0 + self._updates) / (10.0 + self._updates))
+        else:  # the same formula on the device (IEEE float64 either way): no host read
+            count, d = self._count, self._now
+            xp = backend.array_module_of(count)
+            count += 1.0
+            xp.divide(1.0 + count, 10.0 + count, out=d)  # into a 0-d array (NumPy would make a scalar)
+            xp.minimum(d, self.decay, out=d)
         for e, p in zip(self.shadow.parameters(), self.module.parameters()):
             kernels.get("ema_update", e.data)(e.data, p.data, d)  # e = d * e + (1 - d) * p, in one pass
         for e, b in zip(self.shadow.buffers(), self.module.buffers()):
@@ -427,7 +464,8 @@ def _set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-@replayed
+@replayed(grads=lambda module: ("reads", list(module.parameters())),
+          graph_key=lambda module: tuple(map(id, module.parameters())))  # device work: a graph may take it
 def _grad_norm(module):
     """The total norm of the module's gradients, a 0-d tensor (array code, so a compiled step calls it again)."""
     return get_total_norm([p.grad for p in module.parameters()])
