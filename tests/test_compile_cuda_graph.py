@@ -136,18 +136,19 @@ def test_cuda_graph_takes_requires_grad_switches_and_clipping_into_one_graph(mon
                                                                                    "_replay_release"}
 
 
-def _gan_trainer_run(graphs_on, monkeypatch, updates=6):
-    """``updates`` updates of the GAN trainer's step (the small conditional DCGAN, clipping, EMA; Adams and EMA
-    counting on the device), compiled, with emulated graphs on or off: the numbers, weights and EMA weights."""
+def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6):
+    """``updates`` updates of the GAN trainer's step (the small conditional DCGAN with ``loss`` and its optimizer,
+    clipping, EMA; optimizers and EMA counting on the device), compiled, with emulated graphs on or off: the
+    numbers, weights and EMA weights."""
     from tinygen.models import remedies
     from tinygen.models.gan import build_discriminator, build_generator, make_config
     from tinygen.models.gan.trainer import EMA, GANStep
     monkeypatch.setenv("TINYGEN_CUDA_GRAPHS", "1" if graphs_on else "0")
     tg.manual_seed(0)
-    cfg = make_config(arch="dcgan", ngf=4, ndf=4, latent=8, clip_grad_norm=1.0)
+    cfg = make_config(arch="dcgan", ngf=4, ndf=4, latent=8, clip_grad_norm=1.0, loss=loss)
     G, D = build_generator(cfg), build_discriminator(cfg)
-    opt_g, opt_d = (remedies.make_optimizer(net.parameters(), "adam", 1e-3, cfg["betas"], clip_grad_norm=1.0,
-                                            capturable=True) for net in (G, D))
+    opt_g, opt_d = (remedies.make_optimizer(net.parameters(), cfg["optimizer"], 1e-3, cfg["betas"],
+                                            clip_grad_norm=1.0, capturable=True) for net in (G, D))
     ema = EMA(G, build_generator(cfg), 0.9, capturable=True)
     step = GANStep(cfg, G, D, opt_g, opt_d, ema, compile=True)
     rng = np.random.default_rng(0)
@@ -157,13 +158,15 @@ def _gan_trainer_run(graphs_on, monkeypatch, updates=6):
     return stats, weights, step._critic_and_generator, ema
 
 
-def test_cuda_graph_of_the_gan_trainers_step_is_one_graph_equal_to_plain_replays(emulated_cuda, monkeypatch):
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan"])
+def test_cuda_graph_of_the_gan_trainers_step_is_one_graph_equal_to_plain_replays(emulated_cuda, monkeypatch, loss):
     """The GAN trainer's step (critic and generator updates, D frozen for G's backward, gradient norms, clipping,
-    capturable Adams, the EMA update counting on the device, BatchNorm) with a device generator: one graph, whose
-    emulated launches give the plain replays' numbers and weights bit for bit, and the EMA's count."""
+    capturable Adams or RMSprops, WGAN's weight clipping, the EMA update counting on the device, BatchNorm) with
+    a device generator: one graph, whose emulated launches give the plain replays' numbers and weights bit for
+    bit, and the EMA's count."""
     monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
-    plain, plain_weights, plain_compiled, _ = _gan_trainer_run(False, monkeypatch)
-    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch)
+    plain, plain_weights, plain_compiled, _ = _gan_trainer_run(False, monkeypatch, loss)
+    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch, loss)
     assert plain_compiled.graph_replays == 0
     assert compiled.graph_error is None and compiled.graph_replays == 5
     program = next(iter(compiled._programs.values()))

@@ -51,6 +51,7 @@ OPTIMIZERS = [
     ("adam_capturable", optim.Adam, dict(lr=1e-2, weight_decay=1e-2, capturable=True)),
     ("adamw_amsgrad_capturable", optim.AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True, capturable=True)),
     ("rmsprop", optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True, weight_decay=1e-2)),
+    ("rmsprop_capturable", optim.RMSprop, dict(lr=1e-3, momentum=0.5, weight_decay=1e-2, capturable=True)),
 ]
 
 
@@ -154,17 +155,19 @@ def test_float32_parameters_stay_float32(name, cls, kw):
     assert all(np.isfinite(p.data).all() for p in params)
 
 
-@pytest.mark.parametrize("kw", [dict(weight_decay=1e-2), dict(amsgrad=True, maximize=True),
-                                dict(weight_decay=0.1, decoupled_weight_decay=True)])
-def test_capturable_adam_equals_adam_and_their_states_load_either_way(kw, device):
-    """capturable=True counts steps in a float64 array on the device and computes the bias corrections there with
-    the host's formula: the same bits as counting on the host, on the CPU and on "cuda" (the GPU kernels). A state
-    dict of either loads into the other and training goes on identically."""
+@pytest.mark.parametrize("cls,kw", [(optim.Adam, dict(weight_decay=1e-2)),
+                                    (optim.Adam, dict(amsgrad=True, maximize=True)),
+                                    (optim.Adam, dict(weight_decay=0.1, decoupled_weight_decay=True)),
+                                    (optim.RMSprop, dict(momentum=0.5, centered=True, weight_decay=1e-2))])
+def test_capturable_optimizer_equals_counting_on_the_host_and_their_states_load_either_way(cls, kw, device):
+    """capturable=True counts steps in a float64 array on the device (Adam computes the bias corrections there with
+    the host's formula): the same bits as counting on the host, on the CPU and on "cuda" (the GPU kernels). A
+    state dict of either loads into the other and training goes on identically."""
     batches = make_batches(12, np.float32)
     runs = {}
     for capturable in (False, True):
         params = make_params(np.float32, device=device)
-        opt = optim.Adam(params, lr=1e-2, capturable=capturable, **kw)
+        opt = cls(params, lr=1e-2, capturable=capturable, **kw)
         train(params, opt, batches[:6], device=device)
         runs[capturable] = (params, opt)
     for p, q in zip(runs[False][0], runs[True][0]):
@@ -175,7 +178,7 @@ def test_capturable_adam_equals_adam_and_their_states_load_either_way(kw, device
     assert all(s["step"] == 6 for s in runs[False][1].state.values())
     for capturable in (False, True):  # each run goes on from the other's state
         params, opt = runs[not capturable]
-        swapped = optim.Adam(params, lr=1e-2, capturable=capturable, **kw)
+        swapped = cls(params, lr=1e-2, capturable=capturable, **kw)
         swapped.load_state_dict(opt.state_dict())
         train(params, swapped, batches[6:], device=device)
     for p, q in zip(runs[False][0], runs[True][0]):

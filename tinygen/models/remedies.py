@@ -100,14 +100,14 @@ def check_remedies(cfg, dropout_keys):
 def make_optimizer(params, name, lr, betas=(0.9, 0.999), weight_decay=0.0, momentum=0.0, clip_grad_norm=None,
                    capturable=False):
     """The optimizer of a run: Adam (AdamW when ``weight_decay`` > 0), RMSprop or SGD (with ``momentum``), wrapped
-    in ``GradNormClipped`` when ``clip_grad_norm`` is set. ``capturable``: Adam counts its steps on the
-    parameters' device, so a compiled step's CUDA graph takes its update (for a run on a GPU)."""
+    in ``GradNormClipped`` when ``clip_grad_norm`` is set. ``capturable``: Adam and RMSprop count their steps on
+    the parameters' device, so a compiled step's CUDA graph takes their updates (for a run on a GPU)."""
     params = list(params)
     if name == "adam":
         opt = optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, capturable=capturable) \
             if weight_decay else optim.Adam(params, lr=lr, betas=tuple(betas), capturable=capturable)
     elif name == "rmsprop":
-        opt = optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+        opt = optim.RMSprop(params, lr=lr, weight_decay=weight_decay, capturable=capturable)
     elif name == "sgd":
         opt = optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:

@@ -1,11 +1,9 @@
 """Adam and AdamW (decoupled weight decay), with PyTorch's update rule, including AMSGrad and maximize."""
 import numbers
 
-import numpy as np
-
 from .. import kernels
-from ..tensor import Tensor, _make
-from .optimizer import Optimizer, check_range
+from ..tensor import _make
+from .optimizer import Optimizer, _step_count, check_range
 
 
 class Adam(Optimizer):
@@ -88,17 +86,6 @@ class Adam(Optimizer):
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
                 weight_decay, decoupled, counts[key] if capturable else key, maximize, scratch=self._scratch)
-
-
-def _step_count(step, p, capturable):
-    """A parameter's step count as its optimizer keeps it: a float64 0-d tensor on p's device (capturable), else a
-    Python int (a loaded state dict may hold either, or a tensor in p's dtype)."""
-    if not capturable:
-        return int(step.item()) if isinstance(step, Tensor) else int(step)
-    if isinstance(step, Tensor) and step.data.dtype == np.float64 and step._device == p._device:
-        return step
-    value = step.item() if isinstance(step, Tensor) else step
-    return _make(p.xp.full((), float(value), dtype=np.float64), p._device)
 
 
 class AdamW(Adam):

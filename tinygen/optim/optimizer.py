@@ -6,6 +6,8 @@ the parameter's arrays, so it builds no graph and never leaves the parameter's d
 """
 import numbers
 
+import numpy as np
+
 from .. import backend
 from ..autograd.grad_mode import enable_grad
 from ..capture import replayed
@@ -284,3 +286,14 @@ def _state_value(value, p, where):
         out[...] = data
         return _make(out, p._device)
     return _make(data.astype(dtype, copy=True), p._device)
+
+
+def _step_count(step, p, capturable):
+    """A parameter's step count as its optimizer keeps it: a float64 0-d tensor on p's device (capturable), else a
+    Python int (a loaded state dict may hold either, or a tensor in p's dtype)."""
+    if not capturable:
+        return int(step.item()) if isinstance(step, Tensor) else int(step)
+    if isinstance(step, Tensor) and step.data.dtype == np.float64 and step._device == p._device:
+        return step
+    value = step.item() if isinstance(step, Tensor) else step
+    return _make(p.xp.full((), float(value), dtype=np.float64), p._device)

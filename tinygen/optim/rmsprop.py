@@ -1,7 +1,7 @@
 """RMSprop (Hinton), plain, centered and with momentum, with PyTorch's update rule."""
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, _step_count, check_range
 
 
 class RMSprop(Optimizer):
@@ -20,12 +20,15 @@ class RMSprop(Optimizer):
         momentum: momentum factor (0 disables it).
         centered: divide by an estimate of the gradient's variance (subtracting the squared running mean).
         maximize: ascend the objective instead of descending it.
+        capturable: count each parameter's steps in a float64 array on its device (``state["step"]`` a 0-d
+            tensor, as ``Adam``'s): a step is then device work only, which a CUDA graph can take (the update
+            itself does not read the count).
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 maximize=False):
+                 maximize=False, capturable=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize))
+                                      centered=centered, maximize=maximize, capturable=capturable))
 
     def _validate(self, group):
         check_range("lr", group["lr"], owner="RMSprop")
@@ -33,6 +36,13 @@ class RMSprop(Optimizer):
         check_range("eps", group["eps"], owner="RMSprop")
         check_range("weight_decay", group["weight_decay"], owner="RMSprop")
         check_range("momentum", group["momentum"], owner="RMSprop")
+
+    def _graph_key(self):
+        """With ``capturable`` a step is device work only, once every parameter has its state."""
+        if not all(group["capturable"] for group in self.param_groups):
+            return None
+        return tuple((group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"],
+                      group["centered"], group["maximize"], self._state_key(group)) for group in self.param_groups)
 
     def _step_group(self, group):
         lr, alpha, eps, weight_decay = group["lr"], group["alpha"], group["eps"], group["weight_decay"]
@@ -51,7 +61,11 @@ class RMSprop(Optimizer):
                 state["momentum_buffer"] = _make(xp.zeros_like(p.data), p._device)
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = _make(xp.zeros_like(p.data), p._device)
-            state["step"] += 1
+            count = state["step"] = _step_count(state["step"], p, group["capturable"])
+            if group["capturable"]:
+                count.data += 1  # on the device: no Python a graph would skip
+            else:
+                state["step"] = count + 1
             updates.setdefault(p._device, []).append(
                 (p.data, grad, state["square_avg"].data, state["grad_avg"].data if centered else None,
                  state["momentum_buffer"].data if momentum > 0 else None))

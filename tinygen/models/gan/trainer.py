@@ -334,8 +334,8 @@ def load_data(cfg, train_set=None):
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
 def make_optimizer(cfg, params, lr):
     """The run's optimizer for one network (``remedies.make_optimizer``: weight decay, momentum, clipping). On a
-    GPU, Adam counts on the device (capturable) unless the learning rate decays: a new rate at every step would
-    end a CUDA graph's launches at every step."""
+    GPU, Adam and RMSprop count on the device (capturable) unless the learning rate decays: a new rate at every
+    step would end a CUDA graph's launches at every step."""
     capturable = cfg["device"] != "cpu" and cfg["lr_decay"] == "none"
     return remedies.make_optimizer(params, cfg["optimizer"], lr, cfg["betas"], cfg["weight_decay"], cfg["momentum"],
                                    cfg["clip_grad_norm"], capturable)
