@@ -206,6 +206,21 @@ def test_bias_act_matches_reference(impl, act, params, spec, kind, with_bias):
     close(impl.get(gb), egb, dt, f"bias grad {act}", scale=float(np.abs(egpre).sum(axis=0).max()))
 
 
+@pytest.mark.parametrize("shape", [(5000, 1), (300, 64), (9, 1000), (4097, 3)])
+@pytest.mark.parametrize("act,params", [("leaky_relu", (0.2,)), ("tanh", ()), ("sigmoid", ())])
+def test_bias_act_over_many_blocks_of_rows_matches_reference(impl, shape, act, params):
+    """The loops take blocks of rows (cpu.BLOCK elements): narrow rows (a convolution's few channels seen as rows)
+    and rows that do not fill a block evenly give the reference's bits; the bias gradient is its column sums."""
+    rng = np.random.default_rng(3)
+    x, g, b = randn(rng, shape, np.float32), randn(rng, shape, np.float32), randn(rng, shape[1], np.float32)
+    expected = ref.bias_act_fwd(x.copy(), b, act, *params)
+    same(impl.get(impl.mod.bias_act_fwd(impl.put(x.copy()), impl.put(b), act, *params)), expected)
+    gpre, gb = impl.mod.bias_act_bwd(impl.put(expected), impl.put(g), act, *params)
+    egpre, egb = ref.bias_act_bwd(expected, g, act, *params)
+    same(impl.get(gpre), egpre)
+    close(impl.get(gb), egb, np.float32, scale=float(np.abs(egpre).sum(axis=0).max()))
+
+
 def test_bias_act_parallel_and_reference_meaning(impl, threads):
     rng = np.random.default_rng(2)
     x, w, b, g = (randn(rng, (33, 17), np.float64), randn(rng, (5, 17), np.float64), randn(rng, 5, np.float64),

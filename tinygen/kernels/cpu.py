@@ -288,18 +288,25 @@ globals().update(ref.activation_kernels(act_fwd, act_bwd))
 
 
 # ---- bias + activation after a matmul ----------------------------------------------------------------------------
+BLOCK = 4096  # elements of the rows the bias + activation loops take at a time: in the core's cache, and enough
+# of them that a convolution's many short rows (a few channels) do not cost a call each
+
+
 @njit(cache=True, error_model="numpy")
 def _bias_act_fwd(y, b, has_b, act, p1, p2):
-    """y += b, then act(y) a row at a time (the activation reads the row back from cache); act must not need
-    a ``pre`` array (identity, relu, leaky_relu)."""
-    m = y.shape[1]
-    for r in range(y.shape[0]):
-        row = y[r]
+    """y += b, then act(y), a block of rows at a time (the activation reads the block back from cache); act must
+    not need a ``pre`` array (identity, relu, leaky_relu). y is C-contiguous."""
+    n, m = y.shape
+    rows = max(1, BLOCK // max(m, 1))
+    for lo in range(0, n, rows):
+        block = y[lo:min(n, lo + rows)]
         if has_b:
-            for j in range(m):
-                row[j] += b[j]
+            for r in range(block.shape[0]):
+                for j in range(m):
+                    block[r, j] += b[j]
         if act != IDENTITY:
-            _act_fwd(row, row, row, act, p1, p2)
+            flat = block.reshape(-1)
+            _act_fwd(flat, flat, flat, act, p1, p2)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -313,12 +320,18 @@ def _bias_act_fwd_par(y, b, has_b, act, p1, p2, nch):
 
 @njit(cache=True, error_model="numpy")
 def _bias_act_bwd(y, e, g, out, colsum, want_sum, act, p1, p2):
-    m = y.shape[1]
-    for r in range(y.shape[0]):
-        _act_bwd(y[r], e[r], g[r], out[r], act, p1, p2)
+    """out = g * act'(y), a block of rows at a time, and its column sums added to colsum row after row. All
+    C-contiguous."""
+    n, m = y.shape
+    rows = max(1, BLOCK // max(m, 1))
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        _act_bwd(y[lo:hi].reshape(-1), e[lo:hi].reshape(-1), g[lo:hi].reshape(-1), out[lo:hi].reshape(-1), act,
+                 p1, p2)
         if want_sum:
-            for j in range(m):
-                colsum[j] += out[r, j]
+            for r in range(lo, hi):
+                for j in range(m):
+                    colsum[j] += out[r, j]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
