@@ -381,13 +381,30 @@ def emulated_cuda(monkeypatch):
     capture = graphs.GraphedSteps._capture
 
     def capture_and_note(self, seg, run_plain, cupy):
-        with _KernelCalls.noting() as calls:
+        with _KernelCalls.noting() as calls, _no_blas_but_mm():
             ok = capture(self, seg, run_plain, cupy)
         if ok:
             seg.graph.seg, seg.graph.calls = seg, calls
         return ok
     monkeypatch.setattr(graphs.GraphedSteps, "_capture", capture_and_note)
     return fake
+
+
+@contextlib.contextmanager
+def _no_blas_but_mm():
+    """CuPy refuses cuBLAS while a stream captures; tinygen's products go through gemm.mm, which calls cuBLAS
+    itself there. So a capture here refuses NumPy's other BLAS routes (dot, vdot, inner), as CuPy would."""
+    saved = {name: getattr(np, name) for name in ("dot", "vdot", "inner")}
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("cuBLAS outside gemm.mm inside a capture")
+    try:
+        for name in saved:
+            setattr(np, name, refuse)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(np, name, fn)
 
 
 def _models(device):
