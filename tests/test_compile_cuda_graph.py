@@ -200,6 +200,19 @@ def test_cuda_graph_guards_gradients_a_call_reads_that_a_host_step_made(emulated
         np.testing.assert_array_equal(a, b)
 
 
+def test_cuda_graph_guards_gradients_an_update_reads_before_the_graph_drops_and_delivers_them(emulated_cuda):
+    """A step that updates with the gradients the previous call left, then drops them and runs the backward that
+    makes the next call's: the update reads .grads the graph did not make (the capture's came from a plain
+    replay, each launch's from the previous launch), so they are guarded though the same graph drops and
+    delivers them later: every launch's guard fails and the step replays plainly."""
+    plain, plain_params, _ = _run(lambda: _mlp("cpu", 0, update_first=True), cuda_graph=False)
+    graphed, graphed_params, compiled = _run(lambda: _mlp("cpu", 0, update_first=True), cuda_graph=True)
+    assert compiled.graph_replays == 3  # calls 2, 4, 6 capture; 3, 5, 7 find other gradients; then no captures
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cuda_graph_does_not_guard_a_gradient_the_graph_drops_before_a_call_reads_it(emulated_cuda):
     """A parameter the loss does not use, whose .grad the user sets anew before each call: the step's zero_grad
     drops it before the optimizer reads it, so it is None there on every launch and needs no guard (the graphs
@@ -565,7 +578,9 @@ def _noisy_steps(noise, device, cuda_graph, calls=5):
     return np.array([float(t.item()) for t in losses]), compiled
 
 
-def _mlp(device, seed, set_to_none=True, adam=False, capturable=False):
+def _mlp(device, seed, set_to_none=True, adam=False, capturable=False, update_first=False):
+    """An MLP's step; ``update_first``: the update with the previous call's gradients first, then zero_grad and
+    the backward that makes the next call's."""
     tg.manual_seed(seed)
     net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 5)).to(device)
     opt = (optim.Adam(net.parameters(), lr=1e-2, capturable=capturable) if adam else
@@ -575,10 +590,13 @@ def _mlp(device, seed, set_to_none=True, adam=False, capturable=False):
     y = tg.tensor(rng.integers(0, 5, 16), device=device)
 
     def step():
+        if update_first:
+            opt.step()
         opt.zero_grad(set_to_none=set_to_none)
         loss = F.cross_entropy(net(x), y)
         loss.backward()
-        opt.step()
+        if not update_first:
+            opt.step()
         return loss
     return step, list(net.parameters()), (x, y), opt
 

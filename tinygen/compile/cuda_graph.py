@@ -366,8 +366,9 @@ def _segment(steps, made, kinds):
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
-    guarded = [t for k, t in delivers.items() if k not in dropped_first]
-    guarded += [t for k, t in read_first.items() if k not in delivers]
+    guarded = {k: t for k, t in delivers.items() if k not in dropped_first}
+    guarded.update(read_first)  # read as the segment found it, whatever the segment does to it later
+    guarded = list(guarded.values())
     return _Segment(steps, list(tensors.values()), list(nodes.values()), leaves, list(delivers.values()), guarded)
 
 
