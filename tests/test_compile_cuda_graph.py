@@ -136,25 +136,25 @@ def test_cuda_graph_takes_requires_grad_switches_and_clipping_into_one_graph(mon
                                                                                    "_replay_release"}
 
 
-def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6):
+def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu"):
     """``updates`` updates of the GAN trainer's step (the small conditional DCGAN with ``loss`` and its optimizer,
-    clipping, EMA; optimizers and EMA counting on the device), compiled, with emulated graphs on or off: the
-    numbers, weights and EMA weights."""
+    clipping, EMA; optimizers and EMA counting on the device), compiled, with graphs (emulated on the CPU) on or
+    off: the numbers, weights and EMA weights."""
     from tinygen.models import remedies
     from tinygen.models.gan import build_discriminator, build_generator, make_config
     from tinygen.models.gan.trainer import EMA, GANStep
     monkeypatch.setenv("TINYGEN_CUDA_GRAPHS", "1" if graphs_on else "0")
     tg.manual_seed(0)
     cfg = make_config(arch="dcgan", ngf=4, ndf=4, latent=8, clip_grad_norm=1.0, loss=loss)
-    G, D = build_generator(cfg), build_discriminator(cfg)
+    G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
     opt_g, opt_d = (remedies.make_optimizer(net.parameters(), cfg["optimizer"], 1e-3, cfg["betas"],
                                             clip_grad_norm=1.0, capturable=True) for net in (G, D))
-    ema = EMA(G, build_generator(cfg), 0.9, capturable=True)
+    ema = EMA(G, build_generator(cfg).to(device), 0.9, capturable=True)
     step = GANStep(cfg, G, D, opt_g, opt_d, ema, compile=True)
     rng = np.random.default_rng(0)
-    stats = [step.update(tg.tensor(rng.uniform(-1, 1, (6, 784)).astype(np.float32)), tg.tensor(np.arange(6) % 10))
-             for _ in range(updates)]
-    weights = [p.data.copy() for net in (G, D, ema.shadow) for p in net.parameters()]
+    stats = [step.update(tg.tensor(rng.uniform(-1, 1, (6, 784)).astype(np.float32), device=device),
+                         tg.tensor(np.arange(6) % 10, device=device)) for _ in range(updates)]
+    weights = [backend.to_device(p.data, "cpu").copy() for net in (G, D, ema.shadow) for p in net.parameters()]
     return stats, weights, step._critic_and_generator, ema
 
 
@@ -664,6 +664,24 @@ def test_cuda_graph_replays_equal_plain_replays(model):
     assert len(set(graphed[:, 0])) == len(graphed)  # each step's own loss, not the last one's eight times
     for a, b in zip(graphed_params, plain_params):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@gpu
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan"])
+def test_cuda_graph_of_the_gan_trainers_step_on_the_gpu(monkeypatch, loss):
+    """The GAN trainer's whole step on CuPy (its generator's draws, norms, clipping, capturable optimizers, the
+    EMA counting on the device) is captured and launched as one graph, within float32 rounding of plain replays."""
+    plain, plain_weights, _, _ = _gan_trainer_run(False, monkeypatch, loss, device="cuda")
+    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch, loss, device="cuda")
+    assert compiled.graph_error is None, compiled.graph_error
+    assert compiled.graph_replays == 5
+    assert [kind for kind, _ in next(iter(compiled._programs.values())).graphed.items].count("segment") == 1
+    for ours, theirs in zip(stats, plain):
+        assert ours.keys() == theirs.keys()
+        np.testing.assert_allclose(list(ours.values()), list(theirs.values()), rtol=1e-4, atol=1e-5)
+    for a, b in zip(weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert ema.updates == 6
 
 
 def _batches(steps, seed=5):
