@@ -57,7 +57,7 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            SGD and ``Adam(capturable=True)`` steps and CuPy's draws join the graphs) as CUDA graphs, and later
            replays launch them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``).
            Guards on the arrays the graphs read; what cannot be captured replays as above
-           (``Compiled.graph_error``). Within float32 rounding of the plain replay (cuBLAS, called directly inside
+           (``Compiled.graph_error`` says why; a RuntimeWarning the first time). Within float32 rounding of the plain replay (cuBLAS, called directly inside
            a graph, may choose other kernels than CuPy's ``matmul``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
@@ -81,6 +81,7 @@ import copy
 import functools
 import itertools
 import sys
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
@@ -156,6 +157,9 @@ class Compiled:
             if graphed is not None and graphed.usable:
                 result = program.replay_graphed(args, kwargs)
                 self.graph_replays += graphed.live
+                if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
+                    warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
+                                  f"{graphed.error}", RuntimeWarning, stacklevel=2)
                 self.graph_error = graphed.error
                 return result
             return program.replay(args, kwargs)

@@ -102,7 +102,7 @@ class GraphedSteps:
 
     @property
     def usable(self):
-        return self.error is None and self.captures < MAX_CAPTURES
+        return self.error is None
 
     def replay(self, args_tensors, run_plain):
         """One replay: capture (when no graph is live) or launch; ``run_plain(steps)`` runs steps as a plain
@@ -138,7 +138,7 @@ class GraphedSteps:
                 run_plain(item.steps)
                 if self.captures >= MAX_CAPTURES:
                     self.error = (f"the guards failed after each of {MAX_CAPTURES} captures (a leaf's array or "
-                                  f"gradient replaced between calls); replaying without graphs")
+                                  f"gradient replaced between calls)")
         self.live = ok
         if not ok:
             self._drop()
