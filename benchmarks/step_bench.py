@@ -7,6 +7,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
+    python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -256,7 +257,8 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
             "inplace": ("out of place", "in place"),
-            "parts": ("whole batch", "in parts")}
+            "parts": ("whole batch", "in parts"),
+            "updates": ("update on one thread", "update split")}
 
 
 def _variants(switch, make_step):
@@ -264,13 +266,21 @@ def _variants(switch, make_step):
     pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
     setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
     steps, one recorded without tinygen.compile's leaving out of unread gradients; parts: a convolution's batch
-    whole (conv.CHUNK_BYTES = 0) or in parts (its setting)."""
+    whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
+    (threads.UPDATE_PARALLEL_MIN = 0, the default) or split across tinygen's threads (from its setting, else from
+    2^17 elements)."""
     if switch == "parts":
         from tinygen.kernels import conv
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
     if switch == "pairs":
         from tinygen.kernels import gemm
         return _module_switch(gemm, "PAIR_MAX_ROWS", 0, make_step)
+    if switch == "updates":
+        from tinygen.kernels import threads
+        setting = threads.UPDATE_PARALLEL_MIN
+        threads.UPDATE_PARALLEL_MIN = setting or 1 << 17  # split: the setting, or from 2^17 elements when it is off
+        use, restore = _module_switch(threads, "UPDATE_PARALLEL_MIN", 0, make_step)
+        return use, lambda: (restore(), setattr(threads, "UPDATE_PARALLEL_MIN", setting))
     if switch == "inplace":
         from tinygen.autograd import engine
         return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
@@ -336,7 +346,9 @@ def main(argv=None):
                          "batch's two gradient products one after the other or at once, TINYGEN_MM_PAIR_MAX_ROWS 0 "
                          "and its setting), prune (tinygen.compile leaving out gradients the step drops unread; "
                          "compiled only), inplace (a leaf's second gradient added in place), parts (a "
-                         "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting)")
+                         "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting), "
+                         "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
+                         "its setting, else 2^17)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")

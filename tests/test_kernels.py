@@ -84,7 +84,7 @@ def threads(request, monkeypatch):
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
         monkeypatch.setattr(kthreads, "PARALLEL_MIN", 0)
         monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
-        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 0)  # the optimizers' runs of elements on the pool
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 1)  # the optimizers' runs of elements on the pool
     return request.param
 
 
@@ -806,10 +806,13 @@ def test_sizes_above_the_default_parallel_threshold():
 
 
 @requires_numba
-def test_optimizer_updates_above_the_default_update_threshold_keep_the_reference_bits():
-    # split into runs of elements on the thread pool (cpu._update_in_chunks): each element as in one loop
+@pytest.mark.parametrize("split_from", [0, 1 << 17])
+def test_optimizer_updates_above_the_update_threshold_keep_the_reference_bits(split_from, monkeypatch):
+    # 0: on one thread; else split into runs of elements on the thread pool (cpu._update_in_chunks) from
+    # split_from elements: each element as in one loop
     from tinygen.kernels import cpu
-    n = kthreads.UPDATE_PARALLEL_MIN * 2 + 7
+    monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
+    n = (1 << 17) * 2 + 7
     rng = np.random.default_rng(15)
     x, g = randn(rng, n, np.float32), randn(rng, n, np.float32)
     results = []
@@ -1464,13 +1467,11 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
 # ---- the multi-tensor Adam and SGD steps ---------------------------------------------------------------------------
 def _many_parameters(monkeypatch, split_from, seed):
     """12 parameters and gradients for the multi-tensor steps: two calls of MULTI_TENSOR, float32 and float64, one
-    transposed, one channels-last (both updated where they lie), one above the update threshold; with
-    ``split_from`` = 0 every dtype's group is split across threads."""
-    if split_from != "default":
-        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
+    transposed, one channels-last (both updated where they lie), one above 2^17 elements; ``split_from``: the
+    update threshold (0: no split; 1: every dtype's group is split across threads)."""
+    monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
     rng = np.random.default_rng(seed)
-    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), (kthreads.UPDATE_PARALLEL_MIN + 3,),
-              (3, 4)]
+    shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), ((1 << 17) + 3,), (3, 4)]
     dts = [np.float32] * 8 + [np.float64] * 3
     params = [randn(rng, s, dt) for s, dt in zip(shapes, dts)]
     params[3] = np.asfortranarray(params[3]).T  # not C-contiguous
@@ -1481,7 +1482,7 @@ def _many_parameters(monkeypatch, split_from, seed):
 
 @requires_numba
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)
-@pytest.mark.parametrize("split_from", ["default", 0])
+@pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
 def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_from, monkeypatch):
     # 12 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed, one channels-last and one
     # above the update threshold (its dtype's parameters split across threads, the split inside it; from 0: every
@@ -1520,7 +1521,7 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
 @pytest.mark.parametrize("opts", [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True,
                                                                              weight_decay=1e-2),
                                   dict(momentum=0.5, dampening=0.3, maximize=True)])
-@pytest.mark.parametrize("split_from", ["default", 0])
+@pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
 def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from, monkeypatch):
     # 12 parameters, float32 and float64, one transposed, one channels-last, one above the update threshold, and
     # first-step flags that differ between parameters: the same bits as sgd_step on each, and as the reference's
@@ -1553,7 +1554,7 @@ def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from
 @requires_numba
 @pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(centered=True, weight_decay=1e-2),
                                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.3)])
-@pytest.mark.parametrize("split_from", ["default", 0])
+@pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
 def test_rmsprop_steps_updates_many_parameters_as_rmsprop_step_does_one(opts, split_from, monkeypatch):
     from tinygen.kernels import cpu
     params, grads = _many_parameters(monkeypatch, split_from, seed=34)

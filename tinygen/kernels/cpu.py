@@ -14,9 +14,9 @@ How the loops are written:
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
-    The optimizers' loops have no twin: they release the GIL (``nogil``) and run in runs of elements on
-    tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from ``threads.UPDATE_PARALLEL_MIN``
-    elements, which pays far earlier inside a step (threads.py says why).
+    The optimizers' loops have no twin: they release the GIL (``nogil``) and, when ``threads.UPDATE_PARALLEL_MIN``
+    is set, run in runs of elements on tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from
+    that many elements (threads.py says when that pays).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
@@ -615,7 +615,7 @@ def _multi_in_chunks(kernel, rows, consts, empty):
             if len(chunk) < MULTI_TENSOR:
                 chunk = chunk + [pad] * (MULTI_TENSOR - len(chunk))
             kernel(*zip(*chunk), *consts)
-    threads.in_chunks(part, total, _threads, min_size=threads.UPDATE_PARALLEL_MIN)
+    threads.in_chunks(part, total, _threads, min_size=_update_split_from())
 
 
 def _update_in_chunks(kernel, arrays, consts):
@@ -624,7 +624,12 @@ def _update_in_chunks(kernel, arrays, consts):
     one (a state the update does not use) is passed whole."""
     n = arrays[0].size
     threads.in_chunks(lambda lo, hi: kernel(*[a[lo:hi] if a.size else a for a in arrays], *consts), n, _threads,
-                      min_size=threads.UPDATE_PARALLEL_MIN)
+                      min_size=_update_split_from())
+
+
+def _update_split_from():
+    """Elements from which an update runs in chunks on the threads: threads.UPDATE_PARALLEL_MIN, or never (0)."""
+    return threads.UPDATE_PARALLEL_MIN or math.inf
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -33,10 +33,12 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
 # An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
-# core), after a backward whose last products ran on BLAS's threads. A pool thread sleeps on a lock between calls
-# and costs ~10-20 us to wake; Numba's parallel loops (PARALLEL_MIN) spin-wait instead and, inside a step, take the
-# core from BLAS's threads. On the 2-core machine of benchmarks/README.md, splitting from 2^17 elements made
-# batch-16 steps with Adam or SGD 5-12% faster (the VAE's Adam, 650k parameters: 0.40 -> 0.25 ms alone).
+# core), after a backward whose last products ran on BLAS's threads. N > 0 splits it from N elements into runs on
+# tinygen's pool (a pool thread sleeps on a lock between calls and costs ~10-20 us to wake; Numba's parallel loops
+# spin-wait instead and, inside a step, take the core from BLAS's threads). Whether that pays depends on the
+# machine: on the 2-core AMD machine of benchmarks/README.md, splitting from 2^17 elements made batch-16 steps 5-12%
+# faster; on the 2-core Intel Xeon one after it, whole compiled steps were 1-9% slower split than on one thread, at
+# every batch size and model (``python -m benchmarks.step_bench --compare updates``). 0, the default: one thread.
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
