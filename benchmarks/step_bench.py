@@ -267,8 +267,8 @@ def _variants(switch, make_step):
     setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
     steps, one recorded without tinygen.compile's leaving out of unread gradients; parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
-    (threads.UPDATE_PARALLEL_MIN = 0, the default) or split across tinygen's threads (from its setting, else from
-    2^17 elements)."""
+    (threads.UPDATE_PARALLEL_MIN = 0) or split across tinygen's threads (from its setting, else from 2^17
+    elements)."""
     if switch == "parts":
         from tinygen.kernels import conv
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
@@ -278,7 +278,7 @@ def _variants(switch, make_step):
     if switch == "updates":
         from tinygen.kernels import threads
         setting = threads.UPDATE_PARALLEL_MIN
-        threads.UPDATE_PARALLEL_MIN = setting or 1 << 17  # split: the setting, or from 2^17 elements when it is off
+        threads.UPDATE_PARALLEL_MIN = setting or 1 << 17  # split: from the setting, or from 2^17 when it is 0
         use, restore = _module_switch(threads, "UPDATE_PARALLEL_MIN", 0, make_step)
         return use, lambda: (restore(), setattr(threads, "UPDATE_PARALLEL_MIN", setting))
     if switch == "inplace":

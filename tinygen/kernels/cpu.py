@@ -14,9 +14,9 @@ How the loops are written:
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
-    The optimizers' loops have no twin: they release the GIL (``nogil``) and, when ``threads.UPDATE_PARALLEL_MIN``
-    is set, run in runs of elements on tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from
-    that many elements (threads.py says when that pays).
+    The optimizers' loops have no twin: they release the GIL (``nogil``) and run in runs of elements on
+    tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from ``threads.UPDATE_PARALLEL_MIN``
+    elements (0: never), which pays far earlier inside a step (threads.py says why).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD

@@ -35,10 +35,12 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 # An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
 # core), after a backward whose last products ran on BLAS's threads. N > 0 splits it from N elements into runs on
 # tinygen's pool (a pool thread sleeps on a lock between calls and costs ~10-20 us to wake; Numba's parallel loops
-# spin-wait instead and, inside a step, take the core from BLAS's threads). Whether that pays depends on the
-# machine: on the 2-core AMD machine of benchmarks/README.md, splitting from 2^17 elements made batch-16 steps 5-12%
-# faster; on the 2-core Intel Xeon one after it, whole compiled steps were 1-9% slower split than on one thread, at
-# every batch size and model (``python -m benchmarks.step_bench --compare updates``). 0, the default: one thread.
+# spin-wait instead and, inside a step, take the core from BLAS's threads); 0: always on the calling thread. On the
+# 2-core AMD machine of benchmarks/README.md, splitting from 2^17 elements made batch-16 steps 5-12% faster. On the
+# 2-core Intel Xeon one after it the measurements disagree: alternating rounds of one step in one process
+# (``python -m benchmarks.step_bench --compare updates``) found the split 1-9% slower in every cell, while the
+# benchmark's own runs, side by side with JAX, found the GAN's batch-16 step faster split (0.79-0.82x JAX against
+# 0.71-0.73x) and the MLP's and VAE's level; the default stays.
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
