@@ -136,6 +136,43 @@ def test_cuda_graph_takes_requires_grad_switches_and_clipping_into_one_graph(mon
                                                                                    "_replay_release"}
 
 
+@pytest.mark.parametrize("trainer", ["vae", "vae-conv", "classifier"])
+def test_cuda_graph_takes_the_vae_and_classifier_trainers_steps_in_one_graph(monkeypatch, trainer):
+    """The VAE trainer's step (its draw, the ELBO, clipping, a capturable Adam) and the classifier's (dropout, a
+    capturable Adam), as ``train_utils.optimize_epoch`` runs them: one graph each with a device generator."""
+    from tinygen.models import remedies, vae
+    from tinygen.models.classifier import MNISTClassifier
+    monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
+    tg.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = tg.tensor(rng.random((8, 784)).astype(np.float32)), tg.tensor(np.arange(8) % 10)
+    if trainer == "classifier":
+        model = MNISTClassifier(32, 0.2)
+        opt = optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+
+        def loss_of():
+            return F.cross_entropy(model(x), y)
+    else:
+        cfg = vae.make_config(arch="conv" if trainer == "vae-conv" else "mlp")
+        model = vae.build_model(cfg)
+        opt = remedies.make_optimizer(model.parameters(), "adam", 1e-3, clip_grad_norm=1.0, capturable=True)
+
+        def loss_of():
+            recon, kl = vae.elbo_terms(model, x, y if cfg["conditional"] else None, None)
+            return recon + kl
+
+    def step():
+        loss = loss_of()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    graphed = _graphed(step)
+    assert [kind for kind, _ in graphed.items].count("segment") == 1
+    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"_replay_alias",
+                                                                                   "_replay_release"}
+
+
 def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu"):
     """``updates`` updates of the GAN trainer's step (the small conditional DCGAN with ``loss`` and its optimizer,
     clipping, EMA; optimizers and EMA counting on the device), compiled, with graphs (emulated on the CPU) on or
