@@ -3,7 +3,7 @@ import numbers
 
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, _step_count, check_range
+from .optimizer import Optimizer, check_range
 
 
 class Adam(Optimizer):
@@ -47,13 +47,8 @@ class Adam(Optimizer):
         check_range("betas[0]", betas[0], 0.0, 1.0, owner=name)
         check_range("betas[1]", betas[1], 0.0, 1.0, owner=name)
 
-    def _graph_key(self):
-        """With ``capturable`` a step is device work only, once every parameter has its state."""
-        if not all(group["capturable"] for group in self.param_groups):
-            return None
-        return tuple((group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], group["amsgrad"],
-                      group["maximize"], group["decoupled_weight_decay"], self._state_key(group))
-                     for group in self.param_groups)
+    def _device_only(self):
+        return all(group["capturable"] for group in self.param_groups)
 
     def _step_group(self, group):
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -72,13 +67,12 @@ class Adam(Optimizer):
                                        "exp_avg_sq": _make(p.xp.zeros_like(p.data), p._device)}
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = _make(p.xp.zeros_like(p.data), p._device)
-            count = state["step"] = _step_count(state["step"], p, capturable)
-            if capturable:
-                count.data += 1  # on the device; the kernel reads the count there
+            count = self._next_step(state, p, capturable)
+            if capturable:  # the kernel reads the count on the device
                 key = id(count)
                 counts[key] = count.data
             else:
-                key = state["step"] = count + 1
+                key = count
             updates.setdefault((key, p._device), []).append(
                 (p.data, grad, state["exp_avg"].data, state["exp_avg_sq"].data,
                  state["max_exp_avg_sq"].data if amsgrad else None))

@@ -155,9 +155,27 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")
 
     def _graph_key(self):
-        """None when a step's Python does what a CUDA graph cannot repeat (the default); an optimizer whose step
-        is device work only returns what its kernels take from Python (see ``capture.replayed``)."""
-        return None
+        """None when a step's Python does what a CUDA graph cannot repeat; else what its kernels take from Python
+        (see ``capture.replayed``): each group's hyper-parameters and the identities of its state's arrays."""
+        if not self._device_only():
+            return None
+        return tuple((tuple((k, v) for k, v in group.items() if k != "params"), self._state_key(group))
+                     for group in self.param_groups)
+
+    def _device_only(self):
+        """Whether a step is device work only once every parameter has its state (not by default)."""
+        return False
+
+    @staticmethod
+    def _next_step(state, p, capturable):
+        """Count a step of parameter ``p`` in its ``state`` and return the new count: a Python int, or with
+        ``capturable`` a float64 0-d tensor on p's device, incremented there (no Python a graph would skip)."""
+        count = state["step"] = _step_count(state["step"], p, capturable)
+        if capturable:
+            count.data += 1
+            return count
+        state["step"] = count + 1
+        return state["step"]
 
     def _state_key(self, group):
         """The arrays of each parameter's state in ``group`` (None for a parameter without state), by identity:

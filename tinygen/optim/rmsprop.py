@@ -1,7 +1,7 @@
 """RMSprop (Hinton), plain, centered and with momentum, with PyTorch's update rule."""
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, _step_count, check_range
+from .optimizer import Optimizer, check_range
 
 
 class RMSprop(Optimizer):
@@ -37,12 +37,8 @@ class RMSprop(Optimizer):
         check_range("weight_decay", group["weight_decay"], owner="RMSprop")
         check_range("momentum", group["momentum"], owner="RMSprop")
 
-    def _graph_key(self):
-        """With ``capturable`` a step is device work only, once every parameter has its state."""
-        if not all(group["capturable"] for group in self.param_groups):
-            return None
-        return tuple((group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"],
-                      group["centered"], group["maximize"], self._state_key(group)) for group in self.param_groups)
+    def _device_only(self):
+        return all(group["capturable"] for group in self.param_groups)
 
     def _step_group(self, group):
         lr, alpha, eps, weight_decay = group["lr"], group["alpha"], group["eps"], group["weight_decay"]
@@ -61,11 +57,7 @@ class RMSprop(Optimizer):
                 state["momentum_buffer"] = _make(xp.zeros_like(p.data), p._device)
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = _make(xp.zeros_like(p.data), p._device)
-            count = state["step"] = _step_count(state["step"], p, group["capturable"])
-            if group["capturable"]:
-                count.data += 1  # on the device: no Python a graph would skip
-            else:
-                state["step"] = count + 1
+            self._next_step(state, p, group["capturable"])
             updates.setdefault(p._device, []).append(
                 (p.data, grad, state["square_avg"].data, state["grad_avg"].data if centered else None,
                  state["momentum_buffer"].data if momentum > 0 else None))

@@ -34,10 +34,9 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: Nesterov momentum needs momentum > 0 and dampening = 0, got "
                              f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
 
-    def _graph_key(self):
+    def _device_only(self):
         """A step is device work once every momentum buffer exists (the first step makes them in Python)."""
-        return tuple((group["lr"], group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"],
-                      group["maximize"], self._state_key(group)) for group in self.param_groups)
+        return True
 
     def _step_group(self, group):
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
