@@ -357,7 +357,6 @@ class EMA:
         if capturable is None:
             capturable = first is not None and first.device != "cpu"
         self._count = first.xp.zeros((), "float64") if capturable and first is not None else None
-        self._now = None if self._count is None else first.xp.zeros((), "float64")  # this update's decay
         self.updates = 0
         shadow.load_state_dict(module.state_dict())
         shadow.requires_grad_(False)
@@ -380,19 +379,22 @@ class EMA:
             return None
         pairs = zip(itertools.chain(self.shadow.parameters(), self.shadow.buffers()),
                     itertools.chain(self.module.parameters(), self.module.buffers()))
-        return (self.decay, id(self._count), id(self._now), *((id(e.data), id(p.data)) for e, p in pairs))
+        return (self.decay, id(self._count), *((id(e.data), id(p.data)) for e, p in pairs))
+
+    def _decay_at(self, t, minimum):
+        """The decay of update t: ``minimum`` is Python's ``min`` for a count on the host, the array module's for
+        one on the device."""
+        return minimum(self.decay, (1.0 + t) / (10.0 + t))
 
     @replayed(grads=lambda self: ("reads", ()), graph_key=lambda self: self._graph_key())
     def update(self):
         if self._count is None:
             self._updates += 1
-            d = min(self.decay, (1.0 + self._updates) / (10.0 + self._updates))
-        else:  # the same formula on the device (IEEE float64 either way): no host read
-            count, d = self._count, self._now
-            xp = backend.array_module_of(count)
-            count += 1.0
-            xp.divide(1.0 + count, 10.0 + count, out=d)  # into a 0-d array (NumPy would make a scalar)
-            xp.minimum(d, self.decay, out=d)
+            d = self._decay_at(self._updates, min)
+        else:  # on the device (IEEE float64 either way): no host read
+            self._count += 1.0
+            xp = backend.array_module_of(self._count)
+            d = xp.asarray(self._decay_at(self._count, xp.minimum))  # a 0-d array (NumPy's ops give a scalar)
         for e, p in zip(self.shadow.parameters(), self.module.parameters()):
             kernels.get("ema_update", e.data)(e.data, p.data, d)  # e = d * e + (1 - d) * p, in one pass
         for e, b in zip(self.shadow.buffers(), self.module.buffers()):
