@@ -57,8 +57,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            SGD and ``Adam(capturable=True)`` steps and CuPy's draws join the graphs) as CUDA graphs, and later
            replays launch them: a few launches instead of one Python call per kernel (``compile/cuda_graph.py``).
            Guards on the arrays the graphs read; what cannot be captured replays as above
-           (``Compiled.graph_error`` says why; a RuntimeWarning the first time). Within float32 rounding of the plain replay (cuBLAS, called directly inside
-           a graph, may choose other kernels than CuPy's ``matmul``).
+           (``Compiled.graph_error`` says why; a RuntimeWarning the first time). Within float32 rounding of the
+           plain replay (cuBLAS, called directly inside a graph, may choose other kernels than CuPy's ``matmul``).
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).

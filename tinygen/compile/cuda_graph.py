@@ -314,16 +314,11 @@ def _graph_key(operands):
     return graph_key(*operands[:3])
 
 
-def _dropped(operands):
-    """The tensors whose .grad a recorded call drops (its ``gradient_use``: zero_grad), else none."""
+def _touched(operands, kind):
+    """The tensors whose .grad a recorded call ``kind`` ("drops": zero_grad; "reads": an optimizer's step), as its
+    ``gradient_use`` says, else none."""
     said = gradient_use(*operands[:3])
-    return said[1] if said is not None and said[0] == "drops" else ()
-
-
-def _read(operands):
-    """The tensors whose .grad a recorded call reads (its ``gradient_use``: an optimizer's step), else none."""
-    said = gradient_use(*operands[:3])
-    return list(said[1]) if said is not None and said[0] == "reads" else []
+    return list(said[1]) if said is not None and said[0] == kind else []
 
 
 def _hook_leaves(plan):
@@ -349,10 +344,11 @@ def _segment(steps, made, kinds):
         elif run is release:
             ts, ns = list(operands[0]), list(operands[1])
         elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
-            ts, ns = list(_dropped(operands)), []  # zero_grad: its .grad = None made again by the diff
+            ts, ns = _touched(operands, "drops"), []  # zero_grad: its .grad = None made again by the diff
             dropped.update(id(t) for t in ts)
-            read = _read(operands)  # an optimizer's parameters: guarded as leaves, and a .grad it reads that
-            # the segment has not made or dropped must be the array the capture read
+            # an optimizer's parameters: guarded as leaves, and a .grad it reads that the segment has not made or
+            # dropped must be the array the capture read
+            read = _touched(operands, "reads")
             read_first.update((id(t), t) for t in read if id(t) not in delivers and id(t) not in dropped)
             ts += read + tensors_in(operands[3])  # a draw's result: its array in the diff, as an op's output
         else:  # backward

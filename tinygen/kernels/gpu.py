@@ -182,7 +182,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     else:  # a capturable Adam's count, on the device: the host's formula there, nothing read back
         step_size, bc2 = _kernel("adam_scalars", (param.dtype.char,), _count_scalars(param.dtype))(
             step, float(lr), float(beta1), float(beta2))
-        decay = 1 - lr * weight_decay
+        decay = ref.adam_decay(lr, weight_decay)
     amsgrad = max_exp_avg_sq is not None
     flags = dict(decoupled_decay=bool(weight_decay) and decoupled, l2=bool(weight_decay) and not decoupled,
                  maximize=bool(maximize), amsgrad=amsgrad, small=ref.lerp_small(1 - beta1))

@@ -316,7 +316,12 @@ def adam_scalars(lr, beta1, beta2, weight_decay, step):
     step = int(step)
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1 (the number of this update), got {step}")
-    return (*adam_bias_corrections(operator.pow, step, lr, beta1, beta2), 1 - lr * weight_decay)
+    return (*adam_bias_corrections(operator.pow, step, lr, beta1, beta2), adam_decay(lr, weight_decay))
+
+
+def adam_decay(lr, weight_decay):
+    """AdamW's decoupled decay factor of the parameters, ``1 - lr * weight_decay``."""
+    return 1 - lr * weight_decay
 
 
 def adam_bias_corrections(power, step, lr, beta1, beta2):
