@@ -173,10 +173,11 @@ def test_cuda_graph_takes_the_vae_and_classifier_trainers_steps_in_one_graph(mon
                                                                                    "_replay_release"}
 
 
-def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu"):
+def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu", lr_decay="none"):
     """``updates`` updates of the GAN trainer's step (the small conditional DCGAN with ``loss`` and its optimizer,
     clipping, EMA; optimizers and EMA counting on the device), compiled, with graphs (emulated on the CPU) on or
-    off: the numbers, weights and EMA weights."""
+    off: the numbers, weights and EMA weights. ``lr_decay``: "held" sets a new rate before each update into
+    float64 0-d tensors the optimizers hold (as the trainer's linear decay on a GPU), "number" as numbers."""
     from tinygen.models import remedies
     from tinygen.models.gan import build_discriminator, build_generator, make_config
     from tinygen.models.gan.trainer import EMA, GANStep
@@ -184,13 +185,19 @@ def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu"):
     tg.manual_seed(0)
     cfg = make_config(arch="dcgan", ngf=4, ndf=4, latent=8, clip_grad_norm=1.0, loss=loss)
     G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
-    opt_g, opt_d = (remedies.make_optimizer(net.parameters(), cfg["optimizer"], 1e-3, cfg["betas"],
+    lr = (lambda: tg.tensor(1e-3, dtype=np.float64, device=device)) if lr_decay == "held" else (lambda: 1e-3)
+    opt_g, opt_d = (remedies.make_optimizer(net.parameters(), cfg["optimizer"], lr(), cfg["betas"],
                                             clip_grad_norm=1.0, capturable=True) for net in (G, D))
     ema = EMA(G, build_generator(cfg).to(device), 0.9, capturable=True)
     step = GANStep(cfg, G, D, opt_g, opt_d, ema, compile=True)
     rng = np.random.default_rng(0)
-    stats = [step.update(tg.tensor(rng.uniform(-1, 1, (6, 784)).astype(np.float32), device=device),
-                         tg.tensor(np.arange(6) % 10, device=device)) for _ in range(updates)]
+    stats = []
+    for i in range(updates):
+        if lr_decay != "none":
+            for group in (*opt_g.param_groups, *opt_d.param_groups):
+                optim.set_lr(group, 1e-3 * (1 - i / updates))
+        stats.append(step.update(tg.tensor(rng.uniform(-1, 1, (6, 784)).astype(np.float32), device=device),
+                                 tg.tensor(np.arange(6) % 10, device=device)))
     weights = [backend.to_device(p.data, "cpu").copy() for net in (G, D, ema.shadow) for p in net.parameters()]
     return stats, weights, step._critic_and_generator, ema
 
@@ -214,6 +221,25 @@ def test_cuda_graph_of_the_gan_trainers_step_is_one_graph_equal_to_plain_replays
     for a, b in zip(weights, plain_weights):
         np.testing.assert_array_equal(a, b)
     assert ema.updates == 6 and ema.state_dict() == {"updates": 6}
+
+
+def test_cuda_graph_of_the_gan_trainers_step_takes_a_decaying_learning_rate_held_on_the_device(emulated_cuda,
+                                                                                                 monkeypatch):
+    """A learning rate set before every update (the trainer's linear decay): held in float64 0-d tensors written
+    in place, the step stays one graph whose launches read each new rate (equal to plain replays bit for bit);
+    given as numbers, each new rate changes the optimizers' graph keys, so every call captures anew."""
+    monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
+    plain, plain_weights, _, _ = _gan_trainer_run(False, monkeypatch, "nonsaturating", lr_decay="held")
+    stats, weights, compiled, _ = _gan_trainer_run(True, monkeypatch, "nonsaturating", lr_decay="held")
+    assert compiled.graph_error is None and compiled.graph_replays == 5
+    assert stats == plain
+    for a, b in zip(weights, plain_weights):
+        np.testing.assert_array_equal(a, b)
+    numbers, number_weights, recaptured, _ = _gan_trainer_run(True, monkeypatch, "nonsaturating", lr_decay="number")
+    # calls 2, 4 and 6 capture; 3 and 5 find new keys and replay plainly (no graph launched after its capture)
+    assert recaptured.graph_replays == 3 and numbers == plain
+    for a, b in zip(number_weights, plain_weights):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cuda_graph_guards_gradients_a_call_reads_that_a_host_step_made(emulated_cuda):
@@ -709,12 +735,13 @@ def test_cuda_graph_replays_equal_plain_replays(model):
 
 
 @gpu
-@pytest.mark.parametrize("loss", ["nonsaturating", "wgan"])
-def test_cuda_graph_of_the_gan_trainers_step_on_the_gpu(monkeypatch, loss):
+@pytest.mark.parametrize("loss,lr_decay", [("nonsaturating", "none"), ("wgan", "none"), ("nonsaturating", "held")])
+def test_cuda_graph_of_the_gan_trainers_step_on_the_gpu(monkeypatch, loss, lr_decay):
     """The GAN trainer's whole step on CuPy (its generator's draws, norms, clipping, capturable optimizers, the
-    EMA counting on the device) is captured and launched as one graph, within float32 rounding of plain replays."""
-    plain, plain_weights, _, _ = _gan_trainer_run(False, monkeypatch, loss, device="cuda")
-    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch, loss, device="cuda")
+    EMA counting on the device; with "held", a learning rate set before every step into device tensors) is
+    captured and launched as one graph, within float32 rounding of plain replays."""
+    plain, plain_weights, _, _ = _gan_trainer_run(False, monkeypatch, loss, device="cuda", lr_decay=lr_decay)
+    stats, weights, compiled, ema = _gan_trainer_run(True, monkeypatch, loss, device="cuda", lr_decay=lr_decay)
     assert compiled.graph_error is None, compiled.graph_error
     assert compiled.graph_replays == 5
     assert [kind for kind, _ in next(iter(compiled._programs.values())).graphed.items].count("segment") == 1

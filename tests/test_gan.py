@@ -389,20 +389,28 @@ def test_training_on_the_cuda_standin_matches_cpu(device):
     np.testing.assert_allclose(hist[-1]["g_loss"], hist_cpu[-1]["g_loss"], rtol=0.05)
 
 
-def test_linear_lr_decay(monkeypatch):
-    seen = []
+def test_linear_lr_decay(monkeypatch, device):
+    """The rates at each generator step; on a GPU they are tensors on the device, written in place."""
+    seen, held = [], []
     original = T.GANStep.generator
 
     def spy(self, *args, **kwargs):
-        seen.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
+        groups = self.opt_g.param_groups[0], self.opt_d.param_groups[0]
+        seen.append(tuple(tinygen.optim.get_lr(g) for g in groups))
+        held.append(tuple(g["lr"] for g in groups))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(T.GANStep, "generator", spy)
     # eager: a compiled step would run the spy (Python) only when it records (test_compile_trainers covers the
     # compiled run with a linear decay)
     gan.train_gan(out=None, quiet=True, compile=False, **dict(TINY_TOY, dataset="ring", steps=4, lr_g=1e-3,
-                                                              lr_d=2e-3, lr_decay="linear"))
+                                                              lr_d=2e-3, lr_decay="linear", device=device))
     np.testing.assert_allclose(seen, [(1e-3 * f, 2e-3 * f) for f in (1, 0.75, 0.5, 0.25)], rtol=1e-12)
+    if device == "cpu":
+        assert all(isinstance(lr, float) for pair in held for lr in pair)
+    else:  # the same two tensors throughout
+        assert all(isinstance(lr, tinygen.Tensor) for lr in held[0]) and all(
+            a is b for pair in held for a, b in zip(pair, held[0]))
     with pytest.raises(ValueError, match="unknown lr_decay"):
         gan.make_config(lr_decay="cosine2")
 
@@ -451,14 +459,20 @@ def test_ema_counting_on_the_device_equals_counting_on_the_host(device):
 
 
 @pytest.mark.parametrize("lr_decay", ["none", "linear"])
-def test_gan_trainers_adam_counts_on_the_device_unless_the_learning_rate_decays(device, lr_decay):
-    """On a GPU the trainer's Adams are capturable (a compiled step's CUDA graph takes their updates), except
-    with a decaying learning rate, which would end the graph's launches at every step."""
+def test_gan_trainers_adam_counts_on_the_device_and_holds_a_decaying_learning_rate_there(device, lr_decay):
+    """On a GPU the trainer's Adams are capturable (a compiled step's CUDA graph takes their updates), and a
+    decaying learning rate is a float64 0-d tensor on the device, which the trainer's decay writes in place (a
+    new number at every step would end the graph's launches at every step)."""
     cfg = gan.make_config(device=device, lr_decay=lr_decay, clip_grad_norm=1.0)
     G = gan.Generator(latent_dim=2, hidden=[3], out_dim=2).to(device)
     opt = T.make_optimizer(cfg, G.parameters(), 1e-3)
     assert isinstance(opt, T.remedies.GradNormClipped)
-    assert opt.param_groups[0]["capturable"] == (device != "cpu" and lr_decay == "none")
+    group = opt.param_groups[0]
+    assert group["capturable"] == (device != "cpu")
+    held = device != "cpu" and lr_decay == "linear"
+    assert isinstance(group["lr"], tinygen.Tensor) == held and tinygen.optim.get_lr(group) == 1e-3
+    if held:
+        assert group["lr"].device == device and group["lr"].dtype == np.float64
 
 
 def test_batchnorm_recalibration_of_the_average():

@@ -248,45 +248,60 @@ def test_bias_act_errors(impl):
 
 
 # ---- optimizers ----------------------------------------------------------------------------------------------------
+# lr_array: the learning rate as a float64 0-d array on the arrays' device (a rate an optimizer holds in a tensor),
+# against the reference given the Python float
 SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.01),
-               dict(momentum=0.5, dampening=0.3, maximize=True), dict(weight_decay=0.1, maximize=True)]
+               dict(momentum=0.5, dampening=0.3, maximize=True), dict(weight_decay=0.1, maximize=True),
+               dict(momentum=0.9, weight_decay=0.01, lr_array=True)]
 ADAM_OPTIONS = [dict(weight_decay=0.0, decoupled=False, amsgrad=False),
                 dict(weight_decay=0.01, decoupled=False, amsgrad=True),
                 dict(weight_decay=0.01, decoupled=True, amsgrad=False, beta1=0.5),  # GAN betas: the other lerp
                 dict(weight_decay=0.1, decoupled=True, amsgrad=True, maximize=True),
                 # a capturable Adam's count: a float64 0-d array on the arrays' device (the GPU's scalars there)
                 dict(weight_decay=0.01, decoupled=False, amsgrad=True, count_array=True),
-                dict(weight_decay=0.1, decoupled=True, amsgrad=False, beta1=0.5, maximize=True, count_array=True)]
+                dict(weight_decay=0.1, decoupled=True, amsgrad=False, beta1=0.5, maximize=True, count_array=True),
+                dict(weight_decay=0.1, decoupled=True, amsgrad=True, count_array=True, lr_array=True),
+                dict(weight_decay=0.01, decoupled=False, amsgrad=False, lr_array=True)]
 RMSPROP_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9, weight_decay=0.01),
-                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.9), dict(centered=True, alpha=0.3)]
+                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.9), dict(centered=True, alpha=0.3),
+                   dict(centered=True, momentum=0.5, lr_array=True)]
+
+
+def _lr(put, opts, value):
+    """The learning rate ``value`` as a run gives it: a Python float, or (``lr_array``) a float64 0-d array."""
+    return put(np.array(value)) if opts.pop("lr_array", False) else value
 
 
 def _run_sgd(mod, put, get, p, grads, opts, kind):
+    opts = dict(opts)
+    lr = _lr(put, opts, 0.1)
     p = layout(p.copy(), kind)
     buf = layout(np.zeros_like(p), kind)
     pp, bb = put(p), put(buf)
     for i, g in enumerate(grads):
-        mod.sgd_step(pp, put(layout(g, kind)), bb, 0.1, first_step=i == 0, **opts)
+        mod.sgd_step(pp, put(layout(g, kind)), bb, lr, first_step=i == 0, **opts)
     return get(pp), get(bb)
 
 
 def _run_adam(mod, put, get, p, grads, opts, kind):
     opts = dict(opts)
-    amsgrad, count_array = opts.pop("amsgrad"), opts.pop("count_array", False)
+    amsgrad, count_array, lr = opts.pop("amsgrad"), opts.pop("count_array", False), _lr(put, opts, 1e-2)
     state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
     pp, m, v, vmax = (put(a) for a in state)
     for step, g in enumerate(grads, 1):
         count = put(np.array(float(step))) if count_array else step
-        mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, 1e-2, opts.get("beta1", 0.9),
+        mod.adam_step(pp, put(layout(g, kind)), m, v, vmax if amsgrad else None, lr, opts.get("beta1", 0.9),
                       0.999, 1e-8, opts["weight_decay"], opts["decoupled"], count, opts.get("maximize", False))
     return get(pp), get(m), get(v), get(vmax)
 
 
 def _run_rmsprop(mod, put, get, p, grads, opts, kind):
+    opts = dict(opts)
+    lr = _lr(put, opts, 1e-2)
     state = [layout(a, kind) for a in (p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
     pp, v, ga, buf = (put(a) for a in state)
     for g in grads:
-        mod.rmsprop_step(pp, put(layout(g, kind)), v, ga, buf, 1e-2, **opts)
+        mod.rmsprop_step(pp, put(layout(g, kind)), v, ga, buf, lr, **opts)
     return get(pp), get(v), get(ga), get(buf)
 
 
@@ -300,7 +315,7 @@ def test_optimizer_matches_reference_bitwise(impl, run, opts, spec, kind):
     shape, rng, dt, scale = spec
     p = randn(rng, shape, dt, scale)
     grads = [randn(rng, shape, dt, s) for s in (1.0, 0.1, 3.0)]
-    expected = run(ref, lambda a: a, lambda a: a, p, grads, opts, "c")
+    expected = run(ref, lambda a: a, lambda a: a, p, grads, {k: v for k, v in opts.items() if k != "lr_array"}, "c")
     got = run(impl.mod, impl.put, impl.get, p, grads, opts, kind)
     for i, (a, e) in enumerate(zip(got, expected)):
         same(a, e, f"state {i}")
@@ -1491,6 +1506,7 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
     opts.pop("count_array", None)  # the multi-tensor form takes one count for all
+    lr = np.array(1e-2) if opts.pop("lr_array", False) else 1e-2
     params, grads = _many_parameters(monkeypatch, split_from, seed=31)
 
     def run(update):
@@ -1502,11 +1518,11 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
 
     def one_by_one(ps, states, step):
         for p, g, m, v, vmax in zip(ps, grads, *states):
-            cpu.adam_step(p, g, m, v, vmax if amsgrad else None, 1e-2, beta1, 0.999, 1e-8, step=step, **opts)
+            cpu.adam_step(p, g, m, v, vmax if amsgrad else None, lr, beta1, 0.999, 1e-8, step=step, **opts)
 
     def together(mod):
         return lambda ps, states, step: mod.adam_steps(ps, grads, states[0], states[1], states[2] if amsgrad
-                                                       else None, 1e-2, beta1, 0.999, 1e-8, step=step, **opts)
+                                                       else None, lr, beta1, 0.999, 1e-8, step=step, **opts)
     expected = run(one_by_one)
     for a, b in zip(run(together(cpu)), expected):
         same(a, b)

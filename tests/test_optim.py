@@ -186,6 +186,55 @@ def test_capturable_optimizer_equals_counting_on_the_host_and_their_states_load_
 
 
 @pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_learning_rate_held_in_a_tensor_equals_a_number_and_schedules_write_it_in_place(name, cls, kw, device):
+    """A learning rate given as a float64 0-d tensor on the parameters' device: the kernels read it there. With a
+    schedule changing it after every step, the run equals the run with a number bit for bit, the schedule's rates
+    are the same floats, and the optimizer keeps the very tensor (written in place: what a CUDA graph reads)."""
+    batches = make_batches(5, np.float32)
+    runs = []
+    for held in (False, True):
+        params = make_params(np.float32, device=device)
+        lr = tinygen.tensor(kw["lr"], dtype=np.float64, device=device) if held else kw["lr"]
+        opt = cls(params, **{**kw, "lr": lr})
+        sched = lr_scheduler.ExponentialLR(opt, gamma=0.7)
+        rates = []
+        for batch in batches:
+            train(params, opt, [batch], device=device)
+            sched.step()
+            rates.append(sched.get_last_lr())
+        runs.append((params, rates, opt))
+        if held:
+            assert opt.param_groups[0]["lr"] is lr and lr.item() == rates[-1][0]
+    (a, rates_a, _), (b, rates_b, _) = runs
+    assert rates_a == rates_b and all(isinstance(r, float) for r in rates_b[-1])
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(host(p), host(q))
+
+
+def test_learning_rate_tensor_errors_and_state_dicts_keep_each_optimizers_kind_of_rate():
+    params = make_params()
+    for bad, match in [(tinygen.tensor([1e-3]), "0-d floating-point"), (tinygen.tensor(1), "0-d floating-point"),
+                       (tinygen.tensor(1e-3, requires_grad=True), "requires_grad=True"),
+                       (tinygen.tensor(-1e-3), "invalid lr")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            optim.Adam(params, lr=bad)
+    with tinygen.backend.cuda_standin():
+        with pytest.raises(ValueError, match="learning rate on cuda but parameters on"):
+            optim.SGD(params, lr=tinygen.tensor(0.1, dtype=np.float64, device="cuda"))
+    lr = tinygen.tensor(0.1, dtype=np.float64)
+    held, number = optim.SGD(params, lr=lr), optim.SGD(params, lr=0.25)
+    held.load_state_dict(number.state_dict())  # a number saved: written into the tensor the optimizer holds
+    assert held.param_groups[0]["lr"] is lr and lr.item() == 0.25
+    lr.data[...] = 0.5
+    number.load_state_dict(held.state_dict())  # a tensor saved: read back as a number
+    assert number.param_groups[0]["lr"] == 0.5 and isinstance(number.param_groups[0]["lr"], float)
+    with pytest.raises(ValueError, match="invalid lr"):
+        held.load_state_dict({**number.state_dict(), "param_groups": [{**number.param_groups[0], "lr": -1.0,
+                                                                       "params": [0, 1, 2, 3]}]})
+    assert lr.item() == 0.5  # a refused state dict changes nothing
+
+
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 def test_device_run_matches_cpu(name, cls, kw, device):
     batches = make_batches(5)
     ref = make_params()

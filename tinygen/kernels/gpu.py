@@ -162,11 +162,14 @@ def _adam_body(xp, p, g, m, v, *rest, decoupled_decay, l2, maximize, amsgrad, sm
     return (p, m, v, vmax) if amsgrad else (p, m, v)
 
 
-def _count_scalars(dtype):
-    """reference.adam_bias_corrections from a float64 0-d count array, in float64, then in the parameters'
-    dtype."""
-    def body(xp, step, lr, beta1, beta2):
-        return tuple(s.astype(dtype) for s in ref.adam_bias_corrections(xp.power, step, lr, beta1, beta2))
+def _count_scalars(dtype, lr_on_device):
+    """reference.adam_bias_corrections from a float64 0-d count array, in float64, then in the parameters' dtype;
+    with a learning rate held on the device (a float64 0-d array), reference.adam_decay from it too."""
+    def body(xp, step, lr, beta1, beta2, *weight_decay):
+        scalars = ref.adam_bias_corrections(xp.power, step, lr, beta1, beta2)
+        if lr_on_device:
+            scalars += (ref.adam_decay(lr, weight_decay[0]),)
+        return tuple(s.astype(dtype) for s in scalars)
     return body
 
 
@@ -177,17 +180,20 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
     ref._check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     t = param.dtype.type
     if isinstance(step, numbers.Integral):
-        step_size, bc2, decay = ref.adam_scalars(lr, beta1, beta2, weight_decay, step)
-        step_size, bc2 = t(step_size), t(bc2)
-    else:  # a capturable Adam's count, on the device: the host's formula there, nothing read back
-        step_size, bc2 = _kernel("adam_scalars", (param.dtype.char,), _count_scalars(param.dtype))(
-            step, float(lr), float(beta1), float(beta2))
-        decay = ref.adam_decay(lr, weight_decay)
+        step_size, bc2, decay = (t(s) for s in ref.adam_scalars(lr, beta1, beta2, weight_decay, step))
+    else:  # a capturable Adam's count (and maybe its rate), on the device: the host's formula there, nothing read
+        on_device = hasattr(lr, "astype")
+        args = (step, lr.astype("float64", copy=False), float(beta1), float(beta2), float(weight_decay)) \
+            if on_device else (step, float(lr), float(beta1), float(beta2))
+        scalars = _kernel("adam_scalars", (param.dtype.char, on_device), _count_scalars(param.dtype, on_device))(
+            *args)
+        step_size, bc2 = scalars[:2]
+        decay = scalars[2] if on_device else t(ref.adam_decay(lr, weight_decay))
     amsgrad = max_exp_avg_sq is not None
     flags = dict(decoupled_decay=bool(weight_decay) and decoupled, l2=bool(weight_decay) and not decoupled,
                  maximize=bool(maximize), amsgrad=amsgrad, small=ref.lerp_small(1 - beta1))
     w = 1 - beta1
-    scalars = (step_size, bc2, t(eps), t(decay), t(weight_decay), t(w), t(1 - w), t(beta2), t(1 - beta2),
+    scalars = (step_size, bc2, t(eps), decay, t(weight_decay), t(w), t(1 - w), t(beta2), t(1 - beta2),
                ref.subnormal_limit(param.dtype))
     state = (param, exp_avg, exp_avg_sq) + ((max_exp_avg_sq,) if amsgrad else ())
     new = _kernel("adam", tuple(flags.values()), lambda xp, *a: _adam_body(xp, *a, **flags))(
@@ -233,7 +239,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     flags = dict(l2=bool(weight_decay), maximize=bool(maximize), momentum=bool(momentum), first=bool(first_step),
                  dampening=bool(dampening), nesterov=bool(nesterov))
     t = param.dtype.type
-    scalars = (t(lr), t(weight_decay), t(momentum), t(1 - dampening), ref.subnormal_limit(param.dtype))
+    lr = ref.scalar_as(lr, param.dtype) if hasattr(lr, "astype") else t(lr)
+    scalars = (lr, t(weight_decay), t(momentum), t(1 - dampening), ref.subnormal_limit(param.dtype))
     state = (param, momentum_buffer) if momentum else (param,)
     read = state[1:] if momentum and not first_step else ()  # the first step's buffer is g: its old values unread
     new = _kernel("sgd", tuple(flags.values()), lambda xp, *a: _sgd_body(xp, *a, **flags))(

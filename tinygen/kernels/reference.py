@@ -225,6 +225,12 @@ def _effective_grad(xp, param, grad, weight_decay, maximize, out):
     return grad
 
 
+def scalar_as(value, dtype):
+    """A learning rate as the update meets its arrays: a Python number as is (NumPy casts it to the arrays'
+    dtype), or a 0-d array (a rate held on the device) cast to ``dtype`` there, without reading it back."""
+    return value.astype(dtype) if hasattr(value, "astype") else value
+
+
 def lerp_small(weight):
     """PyTorch's lerp(a, b, w) rounds as a + w * (b - a) when |w| < 0.5, and as b - (b - a) * (1 - w) otherwise."""
     return abs(weight) < 0.5
@@ -265,7 +271,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
         buf = 0 where it is subnormal
         g = g + momentum * buf (Nesterov) or buf;  param -= lr * g
 
-    ``momentum_buffer`` is an array like param when momentum != 0 (else None).
+    ``momentum_buffer`` is an array like param when momentum != 0 (else None); ``lr`` a number, or a 0-d array
+    holding it (a learning rate kept on the device).
     """
     check_sgd(param, grad, momentum_buffer, momentum)
     xp = _xp(param)
@@ -289,7 +296,7 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
             g = w1
         else:
             g = buf
-    xp.multiply(g, lr, out=w1)
+    xp.multiply(g, scalar_as(lr, param.dtype), out=w1)
     param -= w1
 
 
@@ -312,8 +319,8 @@ def check_sgd(param, grad, momentum_buffer, momentum):
 
 def adam_scalars(lr, beta1, beta2, weight_decay, step):
     """(step_size, bias_correction2_sqrt, decay) of one Adam step, with PyTorch's bias corrections. ``step``: the
-    count, or a 0-d array holding it (a capturable Adam's), read here."""
-    step = int(step)
+    count, or a 0-d array holding it (a capturable Adam's); ``lr``: a number, or a 0-d array; both read here."""
+    step, lr = int(step), float(lr)
     if step < 1:
         raise ValueError(f"adam_step: step counts from 1 (the number of this update), got {step}")
     return (*adam_bias_corrections(operator.pow, step, lr, beta1, beta2), adam_decay(lr, weight_decay))
@@ -340,8 +347,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2
         v_max = max(v_max, v)                               (AMSGrad; used instead of v below)
         param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
 
-    ``step`` is the number of this update (1 on the first), or a 0-d array holding it; ``max_exp_avg_sq`` is an
-    array for amsgrad, else None.
+    ``step`` is the number of this update (1 on the first), or a 0-d array holding it; ``lr`` a number, or a 0-d
+    array holding it; ``max_exp_avg_sq`` is an array for amsgrad, else None.
     """
     _check_optimizer("adam_step", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     step_size, bias_correction2_sqrt, decay = adam_scalars(lr, beta1, beta2, weight_decay, step)
@@ -406,10 +413,11 @@ def rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0
     s, a and buf are set to 0 where they become subnormal (as each is updated).
 
     ``grad_avg`` is needed when centered, ``momentum_buffer`` when momentum > 0 (both start as zeros, as in
-    PyTorch); pass None otherwise.
+    PyTorch); pass None otherwise. ``lr``: a number, or a 0-d array holding it.
     """
     check_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, momentum, centered)
     xp = _xp(param)
+    lr = scalar_as(lr, param.dtype)
     w0, w1 = _scratch(xp, param, scratch)
     g = _effective_grad(xp, param, grad, weight_decay, maximize, w0)
     square_avg *= alpha

@@ -3,7 +3,7 @@ import numbers
 
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, check_lr, check_range
 
 
 class Adam(Optimizer):
@@ -15,7 +15,7 @@ class Adam(Optimizer):
 
     Args:
         params: tensors to optimize, or parameter groups (dicts).
-        lr: learning rate.
+        lr: learning rate: a number, or a 0-d tensor on the parameters' device (see ``Optimizer``).
         betas: decay rates of the running averages of the gradient and of its square.
         eps: added to the denominator, after the square root of the bias-corrected second moment.
         weight_decay: L2 penalty added to the gradient (AdamW: decoupled decay of the parameters).
@@ -37,7 +37,7 @@ class Adam(Optimizer):
 
     def _validate(self, group):
         name = type(self).__name__
-        check_range("lr", group["lr"], owner=name)
+        check_lr(group["lr"], owner=name)
         check_range("eps", group["eps"], owner=name)
         check_range("weight_decay", group["weight_decay"], owner=name)
         betas = group["betas"]
@@ -51,7 +51,7 @@ class Adam(Optimizer):
         return all(group["capturable"] for group in self.param_groups)
 
     def _step_group(self, group):
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        lr, (beta1, beta2), eps = self._lr_of(group), group["betas"], group["eps"]
         weight_decay, amsgrad, maximize = group["weight_decay"], group["amsgrad"], group["maximize"]
         decoupled, capturable = group["decoupled_weight_decay"], group["capturable"]
         state_of = self.state

@@ -1,4 +1,5 @@
-"""Learning-rate schedules that set ``group["lr"]`` of an optimizer each ``step()``, as PyTorch's do.
+"""Learning-rate schedules that set ``group["lr"]`` of an optimizer each ``step()``, as PyTorch's do (a rate held
+in a tensor is written in place: ``optim.set_lr``).
 
 Call ``scheduler.step()`` after ``optimizer.step()`` (usually once per epoch). Each schedule computes the new rate
 from the current one in PyTorch's recursive ("chainable") form, so the rates are the very same floats PyTorch
@@ -9,7 +10,7 @@ import numbers
 import types
 
 from ..capture import replayed
-from .optimizer import Optimizer
+from .optimizer import Optimizer, get_lr, set_lr
 
 
 class LRScheduler:
@@ -28,7 +29,7 @@ class LRScheduler:
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"])
+                group.setdefault("initial_lr", get_lr(group))
         else:
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
@@ -56,8 +57,8 @@ class LRScheduler:
         self.last_epoch += 1
         values = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            set_lr(group, lr)  # a rate held in a tensor is written in place
+        self._last_lr = self._lrs()
 
     def state_dict(self):
         """Everything but the optimizer (plain numbers and lists: safe for ``tinygen.save``)."""
@@ -76,7 +77,7 @@ class LRScheduler:
         self.__dict__.update(state_dict)
 
     def _lrs(self):
-        return [group["lr"] for group in self.optimizer.param_groups]
+        return [get_lr(group) for group in self.optimizer.param_groups]
 
 
 def _check_number(owner, name, value, positive=False, integer=False):

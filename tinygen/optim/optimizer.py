@@ -33,11 +33,46 @@ def check_range(name, value, low=0.0, high=None, owner="optimizer"):
         raise ValueError(f"{owner}: invalid {name}={value!r}; it must be {bound}")
 
 
+def check_lr(value, owner="optimizer"):
+    """Raise a clear error unless ``value`` is a learning rate: a real number >= 0, or a 0-d floating-point tensor
+    holding one (a rate kept on the parameters' device, read there by the update)."""
+    if not isinstance(value, Tensor):
+        check_range("lr", value, owner=owner)
+        return
+    if value.shape != () or value.dtype.kind != "f" or value.requires_grad:
+        raise ValueError(f"{owner}: a learning rate given as a tensor must be a 0-d floating-point tensor that does "
+                         f"not require grad, got shape {value.shape}, dtype {value.dtype}, "
+                         f"requires_grad={value.requires_grad}")
+    check_range("lr", float(value.item()), owner=owner)
+
+
+def get_lr(group):
+    """The learning rate of a parameter group as a Python float (a rate held in a tensor is read back)."""
+    lr = group["lr"]
+    return float(lr.item()) if isinstance(lr, Tensor) else lr
+
+
+def set_lr(group, value):
+    """Set a parameter group's learning rate: a rate held in a tensor is written in place, so the arrays a
+    captured step reads (a CUDA graph's launches) take the new value; a number is replaced."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        lr.data[...] = get_lr({"lr": value})
+    else:
+        group["lr"] = value
+
+
 class Optimizer:
     """Base class of the optimizers.
 
     ``params`` is an iterable of tensors, or of dicts (parameter groups) each with a ``"params"`` entry and its
     own hyper-parameters; what a group does not give is taken from ``defaults``.
+
+    A learning rate is a number, or a 0-d floating-point tensor on the parameters' device (as PyTorch's tensor
+    ``lr``). The update kernels read a tensor's value where it lives, so a rate changed between steps with
+    ``set_lr`` (which the schedules use: it writes the tensor in place) reaches a compiled step's CUDA graph
+    without capturing it again; a new number would end the graph's launches. Keep such a tensor in float64
+    (the schedules' numbers are Python floats).
 
     Attributes:
       param_groups  list of dicts: ``"params"`` (list of tensors) and the group's hyper-parameters;
@@ -114,6 +149,10 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}: {where} does not give '{key}', which has no default")
             group.setdefault(key, default)
         self._validate(group)
+        lr = group.get("lr")
+        if isinstance(lr, Tensor) and any(p._device != lr._device for p in params):
+            raise ValueError(f"{type(self).__name__}: {where} has its learning rate on {lr.device} but parameters "
+                             f"on {sorted({p.device for p in params})}; keep the rate on the parameters' device")
         group["params"] = params
         self.param_groups.append(group)
 
@@ -159,12 +198,19 @@ class Optimizer:
         (see ``capture.replayed``): each group's hyper-parameters and the identities of its state's arrays."""
         if not self._device_only():
             return None
-        return tuple((tuple((k, v) for k, v in group.items() if k != "params"), self._state_key(group))
+        return tuple((tuple((k, ("tensor", id(v.data)) if isinstance(v, Tensor) else v)  # a held lr: its array
+                            for k, v in group.items() if k != "params"), self._state_key(group))
                      for group in self.param_groups)
 
     def _device_only(self):
         """Whether a step is device work only once every parameter has its state (not by default)."""
         return False
+
+    @staticmethod
+    def _lr_of(group):
+        """The learning rate the update kernels take: a number, or a rate's 0-d array (the kernels read it)."""
+        lr = group["lr"]
+        return lr.data if isinstance(lr, Tensor) else lr
 
     @staticmethod
     def _next_step(state, p, capturable):
@@ -282,6 +328,12 @@ class Optimizer:
             self._validate(merged)
             merged["params"] = group["params"]
             new_groups.append(merged)
+        for merged, group in zip(new_groups, self.param_groups):  # each group keeps its kind of learning rate
+            if isinstance(group.get("lr"), Tensor):  # its own tensor, written in place (a graph reads its array)
+                value, merged["lr"] = get_lr(merged), group["lr"]
+                set_lr(merged, value)
+            elif isinstance(merged.get("lr"), Tensor):
+                merged["lr"] = get_lr(merged)
         self.state = new_state
         self.param_groups = new_groups
 

@@ -1,7 +1,7 @@
 """RMSprop (Hinton), plain, centered and with momentum, with PyTorch's update rule."""
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, check_lr, check_range
 
 
 class RMSprop(Optimizer):
@@ -13,7 +13,7 @@ class RMSprop(Optimizer):
 
     Args:
         params: tensors to optimize, or parameter groups (dicts).
-        lr: learning rate.
+        lr: learning rate: a number, or a 0-d tensor on the parameters' device (see ``Optimizer``).
         alpha: decay rate of the running average of the squared gradient.
         eps: added to the denominator, after the square root.
         weight_decay: L2 penalty added to the gradient.
@@ -31,7 +31,7 @@ class RMSprop(Optimizer):
                                       centered=centered, maximize=maximize, capturable=capturable))
 
     def _validate(self, group):
-        check_range("lr", group["lr"], owner="RMSprop")
+        check_lr(group["lr"], owner="RMSprop")
         check_range("alpha", group["alpha"], owner="RMSprop")
         check_range("eps", group["eps"], owner="RMSprop")
         check_range("weight_decay", group["weight_decay"], owner="RMSprop")
@@ -41,7 +41,7 @@ class RMSprop(Optimizer):
         return all(group["capturable"] for group in self.param_groups)
 
     def _step_group(self, group):
-        lr, alpha, eps, weight_decay = group["lr"], group["alpha"], group["eps"], group["weight_decay"]
+        lr, alpha, eps, weight_decay = self._lr_of(group), group["alpha"], group["eps"], group["weight_decay"]
         momentum, centered, maximize = group["momentum"], group["centered"], group["maximize"]
         state_of = self.state
         updates = {}  # the parameters of one device: one multi-tensor call

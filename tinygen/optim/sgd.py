@@ -1,7 +1,7 @@
 """Stochastic gradient descent, with momentum, dampening, Nesterov momentum and weight decay (PyTorch's rule)."""
 from .. import kernels
 from ..tensor import _make
-from .optimizer import Optimizer, check_range
+from .optimizer import Optimizer, check_lr, check_range
 
 
 class SGD(Optimizer):
@@ -13,7 +13,7 @@ class SGD(Optimizer):
 
     Args:
         params: tensors to optimize, or parameter groups (dicts).
-        lr: learning rate.
+        lr: learning rate: a number, or a 0-d tensor on the parameters' device (see ``Optimizer``).
         momentum: momentum factor (0 disables it).
         dampening: dampening of the momentum (scales the new gradient by ``1 - dampening``).
         weight_decay: L2 penalty added to the gradient (``weight_decay * param``).
@@ -26,7 +26,7 @@ class SGD(Optimizer):
                                       nesterov=nesterov, maximize=maximize))
 
     def _validate(self, group):
-        check_range("lr", group["lr"], owner="SGD")
+        check_lr(group["lr"], owner="SGD")
         check_range("momentum", group["momentum"], owner="SGD")
         check_range("dampening", group["dampening"], owner="SGD")
         check_range("weight_decay", group["weight_decay"], owner="SGD")
@@ -39,7 +39,7 @@ class SGD(Optimizer):
         return True
 
     def _step_group(self, group):
-        lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+        lr, momentum, dampening = self._lr_of(group), group["momentum"], group["dampening"]
         weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group["maximize"]
         state_of = self.state
         updates = {}  # the parameters of one device: one multi-tensor call

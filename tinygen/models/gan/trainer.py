@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ... import as_tensor, backend, kernels, nn, no_grad
+from ... import as_tensor, backend, kernels, nn, no_grad, optim
 from ... import distributed as dist
 from ... import random as _random
 from ...capture import replayed
@@ -334,9 +334,11 @@ def load_data(cfg, train_set=None):
 # ---- pieces of the loop ----------------------------------------------------------------------------------------------
 def make_optimizer(cfg, params, lr):
     """The run's optimizer for one network (``remedies.make_optimizer``: weight decay, momentum, clipping). On a
-    GPU, Adam and RMSprop count on the device (capturable) unless the learning rate decays: a new rate at every
-    step would end a CUDA graph's launches at every step."""
-    capturable = cfg["device"] != "cpu" and cfg["lr_decay"] == "none"
+    GPU, Adam and RMSprop count on the device (capturable), and a decaying learning rate is a float64 0-d tensor
+    there, set in place at each step: a compiled step's CUDA graph then takes the whole update."""
+    capturable = cfg["device"] != "cpu"
+    if capturable and cfg["lr_decay"] != "none":
+        lr = as_tensor(float(lr), dtype="float64", device=cfg["device"])
     return remedies.make_optimizer(params, cfg["optimizer"], lr, cfg["betas"], cfg["weight_decay"], cfg["momentum"],
                                    cfg["clip_grad_norm"], capturable)
 
@@ -459,11 +461,6 @@ class _Means:
     def load_state_dict(self, state):
         self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
         self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
-
-
-def _set_lr(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 @replayed(grads=lambda module: ("reads", list(module.parameters())),
@@ -892,8 +889,9 @@ class GANRun:
         cfg, state = self.cfg, self.state
         if self.decay_over:  # linear decay to 0 at the last step (a function of the step: nothing to save)
             factor = max(0.0, 1.0 - state["step"] / self.decay_over)
-            _set_lr(self.opt_g, cfg["lr_g"] * factor)
-            _set_lr(self.opt_d, cfg["lr_d"] * factor)
+            for opt, lr in ((self.opt_g, cfg["lr_g"]), (self.opt_d, cfg["lr_d"])):
+                for group in opt.param_groups:
+                    optim.set_lr(group, lr * factor)  # in place when held on the device (a graph reads it)
         x, y = batch if cfg["conditional"] else (batch, None)
         last = state["critic_count"] + 1 == cfg["n_critic"]
         stats = self.step_fn.update(x, y, with_generator=last)
