@@ -216,11 +216,13 @@ def test_parameters_changed_between_calls_are_used_by_the_replay():
     assert _same(run(False), run(True))
 
 
-def test_schedulers_and_zero_grad_to_zeros_inside_a_step():
+@pytest.mark.parametrize("held", [False, True], ids=["number", "tensor"])
+def test_schedulers_and_zero_grad_to_zeros_inside_a_step(held):
+    """A schedule stepped inside the step, with the learning rate a number or a 0-d tensor (written in place)."""
     def run(compiled):
         tg.manual_seed(0)
         model = nn.Linear(12, 5)
-        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        opt = tg.optim.SGD(model.parameters(), lr=tg.tensor(0.1, dtype=np.float64) if held else 0.1, momentum=0.9)
         sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
 
         def step(x, y):
@@ -232,7 +234,7 @@ def test_schedulers_and_zero_grad_to_zeros_inside_a_step():
         f = tg.compile(step) if compiled else step
         for x, y in _batches(7):
             f(x, y)
-        return _params(model) + [np.array(opt.param_groups[0]["lr"])]
+        return _params(model) + [np.array(tg.optim.get_lr(opt.param_groups[0]))]
     assert _same(run(False), run(True))
 
 
