@@ -860,8 +860,9 @@ def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
 
 
 @requires_numba
-def test_threaded_transcendentals_keep_the_reference_bits():
+def test_threaded_transcendentals_keep_the_reference_bits(monkeypatch):
     from tinygen.kernels import cpu
+    monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 1 << 14)  # split from a size the test keeps small
     n = kthreads.UFUNC_PARALLEL_MIN * 3 + 7  # several chunks of unequal length wherever the threads allow
     rng = np.random.default_rng(14)
     x, t = randn(rng, (n,), np.float32, 6.0), rng.random(n).astype(np.float32)

@@ -28,19 +28,28 @@ from .. import config
 # memory-bound, and a thread start costs microseconds. Machines with many cores can lower it.
 PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 
-# NumPy's transcendental ufuncs are compute-bound (4-15 ns per float32 element on a 2-core AVX2 machine, where exp
-# and log1p are not vectorised), so a second thread pays from far fewer elements than for the memory-bound loops.
+# NumPy's transcendental ufuncs run in chunks on tinygen's pool from UFUNC_PARALLEL_MIN elements. On a 2-core AVX2
+# machine, where NumPy's exp and log1p are not vectorised (4-15 ns per float32 element), a second thread paid from
+# 2^16 elements. On the 2-core AVX-512 virtual machine of benchmarks/README.md they are (exp 0.5 ns an element), and
+# a pool thread starts 60-130 us after it is asked: BCE on the VAE's 256 x 784 logits took 0.83 ms in two chunks
+# against 0.40 ms in one (alone). In whole compiled steps (alternating rounds in one process, with the CLI's
+# OPENBLAS_THREAD_TIMEOUT=18) not splitting below 2^18 made batch-256 steps 0.6-6% faster (VAE, GAN; DCGAN level);
+# not splitting below 2^20 made the VAE's batch-1024 step 4% slower. So the default is 2^18.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
 # An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
-# core), after a backward whose last products ran on BLAS's threads. N > 0 splits it from N elements into runs on
-# tinygen's pool (a pool thread sleeps on a lock between calls and costs ~10-20 us to wake; Numba's parallel loops
-# spin-wait instead and, inside a step, take the core from BLAS's threads); 0: always on the calling thread. On the
-# 2-core AMD machine of benchmarks/README.md, splitting from 2^17 elements made batch-16 steps 5-12% faster. On the
-# 2-core Intel Xeon one after it the measurements disagree: alternating rounds of one step in one process
-# (``python -m benchmarks.step_bench --compare updates``) found the split 1-9% slower in every cell, while the
-# benchmark's own runs, side by side with JAX, found the GAN's batch-16 step faster split (0.79-0.82x JAX against
-# 0.71-0.73x) and the MLP's and VAE's level; the default stays.
+# core), after a backward whose last products ran on BLAS's threads. N > 0 splits it from N elements (all the
+# parameters of a step together) into runs on tinygen's pool; 0: always on the calling thread. A pool thread sleeps
+# on a lock between calls (Numba's parallel loops spin-wait instead and, inside a step, take the core from BLAS's
+# threads); on the 2-core virtual machine of benchmarks/README.md it starts 60-130 us after it is asked, while
+# OpenBLAS's worker may still spin on the other core. Measured there in whole compiled steps (alternating rounds in
+# one process, OPENBLAS_THREAD_TIMEOUT=18: ``python -m benchmarks.step_bench --compare updates``, and the A/B of
+# 2^20 against 2^17): splitting from 2^17 made the steps of the MLP (SGD, 0.67M parameters) 11% slower at batch 16,
+# the VAE's (Adam, 0.65M) 5% and the MLP with Adam's 3-5% slower at batch 16-64; from 2^20, which leaves those
+# unsplit and splits the GAN's generator (1.5M), the GAN's batch-16 step was 3.6% faster than from 2^17 and its
+# batch-64 step level. Side by side with JAX the picture was the same for the MLP (0.64-0.67x JAX unsplit against
+# 0.59-0.60x), level for the others (an earlier day's runs had found the GAN's batch-16 step faster split from 2^17:
+# 0.79-0.82x against 0.71-0.73x).
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
