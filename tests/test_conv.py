@@ -97,7 +97,7 @@ def test_numba_conv_kernels_match_reference(case, seed, parallel):
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     old = conv_cpu.PARALLEL_MIN
-    conv_cpu.PARALLEL_MIN = 1 if parallel else 1 << 40  # both the serial loops and the threaded twins
+    conv_cpu.PARALLEL_MIN = 1 if parallel else 1 << 40  # the batch split by samples on the pool, or one call
     try:
         y = conv_cpu.conv2d_fwd(x, w, stride, padding, dilation, groups)
         np.testing.assert_array_equal(y, ref_conv.conv2d_fwd(x, w, stride, padding, dilation, groups))

@@ -18,8 +18,8 @@
     TINYGEN_MM_PAIR_MAX_ROWS    32                batch sizes up to which a layer's input and      kernels.gemm*
                                                   weight gradient products run at once, each on
                                                   one BLAS thread (0: one after the other)
-    TINYGEN_CONV_PARALLEL_MIN   16777216 (1<<24)  elements from which the Numba im2col/col2im     kernels.conv_cpu*
-                                                  copies split the batch over threads
+    TINYGEN_CONV_PARALLEL_MIN   1048576 (1<<20)   elements from which the Numba im2col/col2im     kernels.conv_cpu*
+                                                  copies split the batch over the thread pool
     TINYGEN_CONV_CHUNK_BYTES    16777216 (1<<24)  a convolution on the CPU runs its batch in     kernels.conv*
                                                   parts whose column matrices hold at most this
                                                   many bytes (0: the whole batch at once)
@@ -72,7 +72,7 @@ SETTINGS = {
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
-    "TINYGEN_CONV_PARALLEL_MIN": (1 << 24, _count),
+    "TINYGEN_CONV_PARALLEL_MIN": (1 << 20, _count),
     "TINYGEN_CONV_CHUNK_BYTES": (1 << 24, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),

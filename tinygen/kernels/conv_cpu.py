@@ -8,9 +8,12 @@ each window pixel's run of channels where it lies; col2im sums one sample at a t
 pixel's run of channels at once, so the sample being summed stays in the core's cache. With one channel a group
 (a grey image, the first and last layers of an image model) a run is one value, so both loop along the output
 columns instead, over the range of columns whose window lies inside the image (2-4x faster there). Both split
-the work over the threads by sample, so no two threads write the same memory; they start threads only from
-PARALLEL_MIN elements of the column matrix (override: TINYGEN_CONV_PARALLEL_MIN), below which starting them costs
-more than it saves.
+the batch by samples on tinygen's pool (threads.in_chunks: threads that sleep between calls), so no two threads
+write the same memory and each sample's sums keep their order (the same bits), from PARALLEL_MIN elements of the
+column matrix (the setting TINYGEN_CONV_PARALLEL_MIN, 2^20). Numba's parallel loops did this before and lost inside
+a step: their OpenMP threads spin after each loop and took the core from BLAS's threads (the DCGAN's batch-64 step
+130 against 56 ms from 10^5 elements). The pool's split made whole DCGAN steps 2-6% faster at batch 64 and 256
+(alternating rounds in one process); at batch 16 no matrix is that large.
 
 The pooling kernels have no Numba version: they are a small share of a step, and the reference is already one
 vectorized pass per kernel offset.
@@ -18,10 +21,10 @@ vectorized pass per kernel offset.
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import config
-from . import conv as _ref
+from . import conv as _ref, threads
 
 PARALLEL_MIN = config.get("TINYGEN_CONV_PARALLEL_MIN")
 
@@ -71,15 +74,10 @@ def _im2col_sample(xh, b, kh, kw, sh, sw, pt, pl, dh, dw, cols):
                                 cols[b, y, z, gi, i, j, ch] = zero
 
 
-@njit(cache=True)
-def _im2col(xh, kh, kw, sh, sw, pt, pl, dh, dw, cols):
-    for b in range(xh.shape[0]):
-        _im2col_sample(xh, b, kh, kw, sh, sw, pt, pl, dh, dw, cols)
-
-
-@njit(cache=True, parallel=True)
-def _im2col_par(xh, kh, kw, sh, sw, pt, pl, dh, dw, cols):
-    for b in prange(xh.shape[0]):
+@njit(cache=True, nogil=True)
+def _im2col(xh, kh, kw, sh, sw, pt, pl, dh, dw, cols, lo, hi):
+    """Samples lo..hi of cols (the GIL released: tinygen's pool runs parts of the batch at once)."""
+    for b in range(lo, hi):
         _im2col_sample(xh, b, kh, kw, sh, sw, pt, pl, dh, dw, cols)
 
 
@@ -113,21 +111,20 @@ def _col2im_sample(cols, b, sh, sw, pt, pl, dh, dw, out):
                                     out[b, r, q, base + ch] += cols[b, y, z, gi, i, j, ch]
 
 
-@njit(cache=True)
-def _col2im(cols, sh, sw, pt, pl, dh, dw, out):
-    for b in range(out.shape[0]):
+@njit(cache=True, nogil=True)
+def _col2im(cols, sh, sw, pt, pl, dh, dw, out, lo, hi):
+    """Samples lo..hi of out (the GIL released, as _im2col)."""
+    for b in range(lo, hi):
         _col2im_sample(cols, b, sh, sw, pt, pl, dh, dw, out)
 
 
-@njit(cache=True, parallel=True)
-def _col2im_par(cols, sh, sw, pt, pl, dh, dw, out):
-    for b in prange(out.shape[0]):
-        _col2im_sample(cols, b, sh, sw, pt, pl, dh, dw, out)
-
-
-def _parallel(size, parts):
-    """Whether a copy of ``size`` elements in ``parts`` independent parts runs on the threads."""
-    return size >= PARALLEL_MIN and parts > 1 and numba.get_num_threads() > 1
+def _by_samples(kernel, args, size, n):
+    """``kernel(*args, lo, hi)`` over the samples [0, n): split by samples on tinygen's pool (threads.in_chunks)
+    from PARALLEL_MIN elements of the column matrix, else one call."""
+    if size >= PARALLEL_MIN and n > 1:
+        threads.in_chunks(lambda lo, hi: kernel(*args, lo, hi), n, numba.get_num_threads, min_size=0)
+    else:
+        kernel(*args, 0, n)
 
 
 def im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups=1):
@@ -137,7 +134,7 @@ def im2col(x, kernel_hw, stride, padding, dilation, out_hw, groups=1):
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # free for a channels-last image
     args = (xh, kernel_hw[0], kernel_hw[1], stride[0], stride[1], padding[0][0], padding[1][0], dilation[0],
             dilation[1], cols)
-    (_im2col_par if _parallel(cols.size, n) else _im2col)(*args)
+    _by_samples(_im2col, args, cols.size, n)
     return cols
 
 
@@ -148,7 +145,7 @@ def col2im(cols, x_shape, stride, padding, dilation, out=None):
     n, c, h, w = x_shape
     out = np.zeros((n, h, w, c), dtype=cols.dtype) if out is None else out
     args = (cols, stride[0], stride[1], padding[0][0], padding[1][0], dilation[0], dilation[1], out)
-    (_col2im_par if _parallel(cols.size, n) else _col2im)(*args)
+    _by_samples(_col2im, args, cols.size, n)
     return out.transpose(0, 3, 1, 2)
 
 
