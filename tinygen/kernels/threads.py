@@ -5,7 +5,8 @@
 Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
 a small pool that runs calls that release the GIL in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p,
 tanh) from UFUNC_PARALLEL_MIN elements, the optimizers' Numba loops (``nogil``) from UPDATE_PARALLEL_MIN elements
-(all the parameters of an optimizer's step together), and, when the setting BLAS_PARALLEL_MIN is on (a busy
+(all the parameters of an optimizer's step together), the convolutions' im2col/col2im by samples (conv_cpu.py,
+from its own threshold), and, when the setting BLAS_PARALLEL_MIN is on (a busy
 machine; off by default, when matrix products run on BLAS's own threads), matrix products from that many
 multiply-adds (gemm.mm: one BLAS call per block of rows, BLAS itself on one thread). The chunks run at once, with
 the bits of one call. A chunk that its pool thread has not started by the time the calling thread has done its own
