@@ -207,6 +207,12 @@ def _make(data, device, requires_grad=False, grad_fn=None, out_idx=0):
     return t
 
 
+def _array_identity(value):
+    """A tensor by its array's identity, anything else as it is: what a graph key (``capture.replayed``) holds of a
+    value, since a captured kernel reads the tensor's array, whatever it holds by then."""
+    return id(value.data) if isinstance(value, Tensor) else value
+
+
 def register(*names, number_first=False):
     """Attach a function as Tensor method(s): ``@register("exp")`` makes ``x.exp()`` call ``exp(x)``.
 

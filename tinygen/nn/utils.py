@@ -7,7 +7,7 @@ import math
 
 from ..capture import replayed
 from ..kernels.gemm import mm
-from ..tensor import Tensor, _make, tensor
+from ..tensor import Tensor, _array_identity, _make, tensor
 
 
 def _as_list(parameters, name):
@@ -95,7 +95,7 @@ def _reads_grads(name):
 
 def _key(*values):
     """A graph key (``capture.replayed``) of numbers and tensors: a tensor by its array's identity."""
-    return tuple(id(v.data) if isinstance(v, Tensor) else v for v in values)
+    return tuple(map(_array_identity, values))
 
 
 # device work only: a CUDA graph may take these calls (their keys name what the kernels take from Python)

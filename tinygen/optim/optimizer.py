@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend
 from ..autograd.grad_mode import enable_grad
 from ..capture import replayed
-from ..tensor import Tensor, _make
+from ..tensor import Tensor, _array_identity, _make
 
 
 class _Required:
@@ -198,9 +198,8 @@ class Optimizer:
         (see ``capture.replayed``): each group's hyper-parameters and the identities of its state's arrays."""
         if not self._device_only():
             return None
-        return tuple((tuple((k, ("tensor", id(v.data)) if isinstance(v, Tensor) else v)  # a held lr: its array
-                            for k, v in group.items() if k != "params"), self._state_key(group))
-                     for group in self.param_groups)
+        return tuple((tuple((k, _array_identity(v)) for k, v in group.items() if k != "params"),  # a held lr
+                      self._state_key(group)) for group in self.param_groups)
 
     def _device_only(self):
         """Whether a step is device work only once every parameter has its state (not by default)."""
@@ -227,7 +226,7 @@ class Optimizer:
         """The arrays of each parameter's state in ``group`` (None for a parameter without state), by identity:
         a graph updates the arrays it captured, so new ones (``load_state_dict``) must end its launches."""
         return tuple(None if (s := self.state.get(p)) is None else
-                     tuple((k, id(v.data) if isinstance(v, Tensor) else v) for k, v in s.items())
+                     tuple((k, _array_identity(v)) for k, v in s.items())
                      for p in group["params"])
 
     @staticmethod
