@@ -33,6 +33,11 @@ def check_range(name, value, low=0.0, high=None, owner="optimizer"):
         raise ValueError(f"{owner}: invalid {name}={value!r}; it must be {bound}")
 
 
+def _number(lr):
+    """A learning rate as a Python number (a rate held in a tensor is read back)."""
+    return float(lr.item()) if isinstance(lr, Tensor) else lr
+
+
 def check_lr(value, owner="optimizer"):
     """Raise a clear error unless ``value`` is a learning rate: a real number >= 0, or a 0-d floating-point tensor
     holding one (a rate kept on the parameters' device, read there by the update)."""
@@ -43,13 +48,12 @@ def check_lr(value, owner="optimizer"):
         raise ValueError(f"{owner}: a learning rate given as a tensor must be a 0-d floating-point tensor that does "
                          f"not require grad, got shape {value.shape}, dtype {value.dtype}, "
                          f"requires_grad={value.requires_grad}")
-    check_range("lr", float(value.item()), owner=owner)
+    check_range("lr", _number(value), owner=owner)
 
 
 def get_lr(group):
-    """The learning rate of a parameter group as a Python float (a rate held in a tensor is read back)."""
-    lr = group["lr"]
-    return float(lr.item()) if isinstance(lr, Tensor) else lr
+    """The learning rate of a parameter group as a Python number (a rate held in a tensor is read back)."""
+    return _number(group["lr"])
 
 
 def set_lr(group, value):
@@ -57,7 +61,7 @@ def set_lr(group, value):
     captured step reads (a CUDA graph's launches) take the new value; a number is replaced."""
     lr = group["lr"]
     if isinstance(lr, Tensor):
-        lr.data[...] = get_lr({"lr": value})
+        lr.data[...] = _number(value)
     else:
         group["lr"] = value
 
