@@ -239,8 +239,8 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, nest
     flags = dict(l2=bool(weight_decay), maximize=bool(maximize), momentum=bool(momentum), first=bool(first_step),
                  dampening=bool(dampening), nesterov=bool(nesterov))
     t = param.dtype.type
-    lr = ref.scalar_as(lr, param.dtype) if hasattr(lr, "astype") else t(lr)
-    scalars = (lr, t(weight_decay), t(momentum), t(1 - dampening), ref.subnormal_limit(param.dtype))
+    scalars = (ref.scalar_as(lr, param.dtype), t(weight_decay), t(momentum), t(1 - dampening),
+               ref.subnormal_limit(param.dtype))
     state = (param, momentum_buffer) if momentum else (param,)
     read = state[1:] if momentum and not first_step else ()  # the first step's buffer is g: its old values unread
     new = _kernel("sgd", tuple(flags.values()), lambda xp, *a: _sgd_body(xp, *a, **flags))(

@@ -226,9 +226,9 @@ def _effective_grad(xp, param, grad, weight_decay, maximize, out):
 
 
 def scalar_as(value, dtype):
-    """A learning rate as the update meets its arrays: a Python number as is (NumPy casts it to the arrays'
-    dtype), or a 0-d array (a rate held on the device) cast to ``dtype`` there, without reading it back."""
-    return value.astype(dtype) if hasattr(value, "astype") else value
+    """A learning rate as the update meets its arrays, in their ``dtype``: a number cast as NumPy casts a Python
+    float meeting a float array, or a 0-d array (a rate held on the device) cast there, without reading it back."""
+    return value.astype(dtype) if hasattr(value, "astype") else dtype.type(value)
 
 
 def lerp_small(weight):
