@@ -12,8 +12,9 @@ the batch by samples on tinygen's pool (threads.in_chunks: threads that sleep be
 write the same memory and each sample's sums keep their order (the same bits), from PARALLEL_MIN elements of the
 column matrix (the setting TINYGEN_CONV_PARALLEL_MIN, 2^20). Numba's parallel loops did this before and lost inside
 a step: their OpenMP threads spin after each loop and took the core from BLAS's threads (the DCGAN's batch-64 step
-130 against 56 ms from 10^5 elements). The pool's split made whole DCGAN steps 2-6% faster at batch 64 and 256
-(alternating rounds in one process); at batch 16 no matrix is that large.
+130 against 56 ms from 10^5 elements). With the pool's split, the DCGAN's batch-256 step ran at 0.80-0.84x PyTorch
+against 0.66-0.73x without (four alternating runs of ``python -m benchmarks --models dcgan``), batch 64 level;
+at batch 16 no matrix is that large.
 
 The pooling kernels have no Numba version: they are a small share of a step, and the reference is already one
 vectorized pass per kernel offset.
