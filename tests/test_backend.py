@@ -181,3 +181,34 @@ def test_tensor_from_a_device_array_goes_through_the_host(standin):
     dev = standin.asarray(np.arange(4, dtype=np.float32))
     t = tg.tensor(dev)
     assert t.device == "cpu" and t.numpy().tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_standin_elementwise_kernel_runs_the_c_tinygen_generates_and_refuses_the_rest():
+    """The stand-in's ElementwiseKernel (what tinygen.compile's fused runs call on "cuda" without a GPU):
+    statements in order, each operation rounded in the arrays' dtype, outputs written in place and returned."""
+    from tinygen.backend import StandinElementwiseKernel as Kernel
+    sa = backend.standin
+    x = sa.asarray(np.array([1.5, -2.0, 4.0], np.float32))
+    s = np.float32(3)
+    o0, o1 = sa.empty(3, np.float32), sa.empty(3, np.float32)
+    kernel = Kernel("T x0, T s0", "T o0, T o1", "T v0 = x0 / s0;\nT v1 = fabs(-v0) + sqrt(x0 * x0);\no0 = v0;\n"
+                    "o1 = v1 - s0;", "k", options=("--fmad=false",))
+    r0, r1 = kernel(x, s, o0, o1)
+    assert r0 is o0 and r1 is o1 and kernel.options == ("--fmad=false",)
+    xs = np.array([1.5, -2.0, 4.0], np.float32)
+    v0 = xs / np.float32(3)
+    np.testing.assert_array_equal(o0.get(), v0)
+    np.testing.assert_array_equal(o1.get(), (np.abs(-v0) + np.sqrt(xs * xs)) - np.float32(3))
+    assert o1.get().dtype == np.float32
+    for bad, message in [("T v0 = x0 * 2.0;", "cannot run"), ("T v0 = x0 ** s0;", "cannot run"),
+                         ("o9 = x0;", "neither declared nor an output"), ("T v0 = pow(x0);", "unknown name 'pow'"),
+                         ("if (x0) o0 = x0", "cannot run"), ("T v0 = x0.real;", "unknown name 'real'")]:
+        with pytest.raises(ValueError, match=message):
+            Kernel("T x0, T s0", "T o0", bad)
+    with pytest.raises(ValueError, match="only parameters of type T"):
+        Kernel("float32 x0", "T o0", "o0 = x0;")
+    copy = Kernel("T x0", "T o0", "o0 = x0;")
+    with pytest.raises(TypeError, match="1 inputs and 1 outputs expected"):
+        copy(x)
+    with pytest.raises(TypeError, match="type T differs"):
+        copy(x, sa.empty(3, np.float64))

@@ -9,6 +9,7 @@ array, refuses implicit conversion to NumPy and refuses to mix with host ``numpy
 ``numpy.*`` call on device data fails in the test suite instead of on a user's GPU.
 """
 import contextlib
+import re
 
 import numpy as np
 
@@ -328,7 +329,71 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
         setattr(StandinArray, f"__i{_name}__", _inplace(f"__i{_name}__"))
 
 
+class StandinElementwiseKernel:
+    """``cupy.ElementwiseKernel`` for the stand-in, for the C that tinygen generates (``tinygen.compile``'s fusion):
+    statements ``T name = expr;`` and ``output = expr;`` over the parameters (all of type ``T``), whose
+    expressions use + - * /, unary minus, parentheses and the functions of ``FUNCTIONS``. Each statement is
+    evaluated with NumPy over whole arrays, in order: per element the same operations, each rounded once in the
+    arrays' dtype, as the C does without contraction (``--fmad=false``). Anything else is refused."""
+    FUNCTIONS = {"fabs": np.absolute, "sqrt": np.sqrt, "exp": np.exp, "log": np.log, "tanh": np.tanh,
+                 "sin": np.sin, "cos": np.cos}
+    _STATEMENT = re.compile(r"(T\s+)?([A-Za-z_]\w*)\s*=\s*([\w\s+\-*/().]+)")
+
+    def __init__(self, in_params, out_params, operation, name="kernel", options=()):
+        self.name, self.options = name, tuple(options)
+        self.ins, self.outs = self._names(in_params), self._names(out_params)
+        known, self.statements = set(self.ins), []
+        for text in filter(None, (part.strip() for part in operation.split(";"))):
+            m = self._STATEMENT.fullmatch(text)
+            if m is None:
+                raise ValueError(f"stand-in ElementwiseKernel {name}: cannot run the statement {text!r}")
+            declared, target, expr = m.groups()
+            if not declared and target not in self.outs:
+                raise ValueError(f"stand-in ElementwiseKernel {name}: {target!r} is neither declared nor an output")
+            if re.search(r"\*\*|//|(?<!\w)[\d.]", expr):  # no literals (C's are double), no Python-only operators
+                raise ValueError(f"stand-in ElementwiseKernel {name}: cannot run the statement {text!r}")
+            for word in re.findall(r"[A-Za-z_]\w*", expr):
+                if word not in known and word not in self.FUNCTIONS:
+                    raise ValueError(f"stand-in ElementwiseKernel {name}: unknown name {word!r} in {text!r}")
+            known.add(target)
+            self.statements.append((target, compile(expr, name, "eval"), bool(declared)))
+
+    @staticmethod
+    def _names(params):
+        names = []
+        for param in filter(None, (p.strip() for p in params.split(","))):
+            typ, _, pname = param.rpartition(" ")
+            if typ.strip() != "T":
+                raise ValueError(f"stand-in ElementwiseKernel: only parameters of type T, got {param!r}")
+            names.append(pname)
+        return names
+
+    def __call__(self, *args):
+        if len(args) != len(self.ins) + len(self.outs):
+            raise TypeError(f"stand-in ElementwiseKernel {self.name}: {len(self.ins)} inputs and {len(self.outs)} "
+                            f"outputs expected (the outputs are given), got {len(args)} arguments")
+        arrays = [_unwrap(a, strict=False) for a in args]
+        dtype = arrays[-1].dtype
+        if any(a.dtype != dtype for a in arrays):
+            raise TypeError(f"stand-in ElementwiseKernel {self.name}: type T differs between the arguments")
+        env = dict(zip(self.ins, arrays[:len(self.ins)]))
+        outs = dict(zip(self.outs, arrays[len(self.ins):]))
+        for target, code, declared in self.statements:
+            value = np.asarray(eval(code, {"__builtins__": {}, **self.FUNCTIONS}, env))  # noqa: S307 - our own C
+            if value.dtype != dtype:
+                raise TypeError(f"stand-in ElementwiseKernel {self.name}: {target} came out {value.dtype}, "
+                                f"not {dtype}")
+            if declared:
+                env[target] = value
+            else:
+                outs[target][...] = value
+                env[target] = outs[target]
+        return args[len(self.ins):] if len(self.outs) > 1 else args[-1]
+
+
 class _StandinModule(_Proxy):
+    ElementwiseKernel = StandinElementwiseKernel
+
     def asnumpy(self, a):
         return a.get() if isinstance(a, StandinArray) else np.asarray(a)
 
