@@ -858,3 +858,46 @@ def test_cuda_graph_captured_product_equals_cupys_for_every_layout(dtype):
     for (a, b), out in zip(cases, outs):
         assert out.flags.c_contiguous
         np.testing.assert_allclose(out.get(), (a @ b).get(), rtol=tol, atol=tol)
+
+
+def _mlp_with_a_fused_run(device, seed=0):
+    """An MLP whose hidden layer is followed by a run of four elementwise ops: one fused kernel on the GPU."""
+    tg.manual_seed(seed)
+    first, last = nn.Linear(20, 32).to(device), nn.Linear(32, 1).to(device)
+    params = list(first.parameters()) + list(last.parameters())
+    opt = optim.SGD(params, lr=0.05, momentum=0.9)
+    x = tg.tensor(np.random.default_rng(seed).standard_normal((16, 20)).astype(np.float32), device=device)
+
+    def step():
+        opt.zero_grad()
+        h = first(x)
+        h = (h * h + h) * 0.5 - h
+        loss = (last(h) * 0.1).sum()
+        loss.backward()
+        opt.step()
+        return loss
+    return step, params
+
+
+def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emulated_cuda, monkeypatch):
+    """A run fused into one device kernel (compile/fusion.py; NumPy arrays taken for CuPy's, the kernel the
+    stand-in's ElementwiseKernel) is device work: inside the step's one graph, and the graphed steps equal plain
+    replays bit for bit."""
+    from tinygen.compile import fusion
+    emulated_xp = types.SimpleNamespace(
+        __name__="emulated", ElementwiseKernel=backend.StandinElementwiseKernel, empty=np.empty,
+        array_equal=np.array_equal, absolute=np.absolute, sqrt=np.sqrt, exp=np.exp, log=np.log, tanh=np.tanh,
+        sin=np.sin, cos=np.cos)
+    monkeypatch.setattr(fusion, "is_device_array", lambda a: isinstance(a, np.ndarray))
+    monkeypatch.setattr(fusion, "array_module_of", lambda *a: emulated_xp)
+    plain, plain_params, plain_c = _run(lambda: _mlp_with_a_fused_run("cpu"), cuda_graph=False)
+    graphed, graphed_params, compiled = _run(lambda: _mlp_with_a_fused_run("cpu"), cuda_graph=True)
+    program = next(iter(compiled._programs.values()))
+    (run,) = [r for r, _ in program.steps if isinstance(r, fusion.FusedRun)]
+    assert run.device and len(run.steps) == 4 and run.kernel is not None
+    (segment,) = [item for kind, item in program.graphed.items if kind == "segment"]  # SGD's step in it too
+    assert any(r is run for r, _ in segment.steps)
+    assert compiled.graph_error is None and compiled.graph_replays == 7
+    np.testing.assert_array_equal(graphed, plain)
+    for a, b in zip(graphed_params, plain_params):
+        np.testing.assert_array_equal(a, b)

@@ -1,15 +1,18 @@
 """tinygen.compile's elementwise fusion: fused replays against unfused replays and eager (bitwise for the exact ops,
 within APPROX_ULPS per transcendental call under fuse="approx"), what a fused run writes, and when it must not fuse."""
+import contextlib
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 import tinygen as tg
-from tinygen import kernels
+from tinygen import backend, kernels
 from tinygen.compile import fusion as compile_fusion
 from tinygen.compile.fusion import APPROX_ULPS, FusedRun
 
-NUMBA_ON = kernels.enabled()  # without Numba nothing is fused: the tests compare the values all the same
+NUMBA_ON = kernels.enabled()  # without Numba nothing is fused on the CPU: the tests compare the values all the same
 
 
 def _runs(compiled):
@@ -21,19 +24,32 @@ def _lengths(compiled):
     return [len(run.steps) for run in _runs(compiled)]
 
 
-def _expected(lengths):
-    """The fused runs' lengths a test expects: none without Numba, where every test still compares the values."""
-    return lengths if NUMBA_ON else []
+def _fuses(device):
+    """Whether runs are fused on ``device``: on the CPU with Numba; on the GPU (or the stand-in) always."""
+    return NUMBA_ON or device != "cpu"
+
+
+def _expected(lengths, device="cpu"):
+    """The fused runs' lengths a test expects: none without Numba on the CPU, where every test still compares the
+    values."""
+    return lengths if _fuses(device) else []
 
 
 def _arrays(result):
     result = result if isinstance(result, (tuple, list)) else (result,)
-    return [t.detach().data.copy() for t in result]
+    return [backend.to_device(t.detach().data, "cpu").copy() for t in result]
+
+
+def _on(device):
+    """A block that makes tensors on ``device``: "cuda" is the stand-in for CuPy where there is no GPU."""
+    if device == "cuda" and not backend.is_available("cuda"):
+        return backend.cuda_standin()
+    return contextlib.nullcontext()
 
 
 def _same(xs, ys):
-    return len(xs) == len(ys) and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
-                                      for x, y in zip(xs, ys))
+    return len(xs) == len(ys) and all(x.dtype == y.dtype and x.shape == y.shape and
+                                      np.array_equal(x, y, equal_nan=True) for x, y in zip(xs, ys))
 
 
 def _ulps(x, y):
@@ -45,9 +61,10 @@ def _ulps(x, y):
     return int(np.abs(a - b).max())
 
 
-def _inputs(n, shape=(6, 5), dtype=np.float32, seed=0):
+def _inputs(n, shape=(6, 5), dtype=np.float32, seed=0, device="cpu"):
     rng = np.random.default_rng(seed)
-    return [tuple(tg.tensor(rng.uniform(0.5, 2.0, shape).astype(dtype)) for _ in range(3)) for _ in range(n)]
+    return [tuple(tg.tensor(rng.uniform(0.5, 2.0, shape).astype(dtype), device=device) for _ in range(3))
+            for _ in range(n)]
 
 
 def _three_ways(step, inputs, fuse=True):
@@ -65,21 +82,22 @@ def _chain(a, b, c):  # 11 exact ops on arrays and scalars, two results
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_an_arithmetic_chain_fused_is_bitwise_the_unfused_replay_and_eager(dtype):
-    (eager, unfused, fused), f = _three_ways(_chain, _inputs(5, dtype=dtype))
-    assert _lengths(f) == _expected([11])
-    if NUMBA_ON:
+def test_an_arithmetic_chain_fused_is_bitwise_the_unfused_replay_and_eager(dtype, device):
+    (eager, unfused, fused), f = _three_ways(_chain, _inputs(5, dtype=dtype, device=device))
+    assert _lengths(f) == _expected([11], device)
+    if _fuses(device):
         assert len(_runs(f)[0].outputs) == 2  # y and h (returned): the rest stays in registers
+        assert _runs(f)[0].device is (device == "cuda")
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
     assert f.replays == 4
 
 
-def test_a_chain_of_zero_d_tensors_is_fused_too():
+def test_a_chain_of_zero_d_tensors_is_fused_too(device):
     def step(a, b, c):
         s = a.sum() * 0.5
         return -(s + b.sum()) * 2.0 - c.mean()  # sum, mul | sum, add, neg, mul | sum, div, sub
-    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
-    assert _lengths(f) == _expected([3]) and all(r.shape == () for r in _runs(f))  # not two ops
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3, device=device))
+    assert _lengths(f) == _expected([3], device) and all(r.shape == () for r in _runs(f))  # not two ops
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
 
 
@@ -89,24 +107,27 @@ _OP_COUNTS = (1, 1, 1, 1, 1, 1, 2, 1, 1)  # recorded ops per entry of _OPS
 
 
 @given(st.lists(st.tuples(st.integers(0, len(_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
-                max_size=12), st.sampled_from([np.float32, np.float64]))
-def test_random_exact_chains_fused_are_bitwise_eager(program, dtype):
+                max_size=12), st.sampled_from([np.float32, np.float64]), st.sampled_from(["cpu", "cuda"]))
+def test_random_exact_chains_fused_are_bitwise_eager_on_cpu_and_cuda(program, dtype, device):
     """Each op takes two earlier values (the inputs or results before it); the last three values are returned."""
     def step(a, b, c):
         values = [a, b, c]
         for op, i, j in program:
             values.append(_OPS[op](values[i % len(values)], values[j % len(values)]))
         return tuple(values[-3:])
-    inputs = [tuple(tg.tensor((x.data - 1.2).astype(dtype)) for x in args) for args in _inputs(3, dtype=dtype)]
-    (eager, unfused, fused), f = _three_ways(step, inputs)
+    with _on(device):
+        inputs = [tuple(tg.tensor(np.asarray(x.data - 1.2, dtype), device=device) for x in args)
+                  for args in _inputs(3, dtype=dtype)]
+        (eager, unfused, fused), f = _three_ways(step, inputs)
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
-    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program)])  # one run: all of them
+    # one run: all of them
+    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program)], device)
 
 
-def _train_setup(dtype):
+def _train_setup(dtype, device="cpu"):
     rng = np.random.default_rng(1)
-    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
-    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True, device=device)
+    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True, device=device)
 
     def step(a, b, c):
         h = w * a + v  # h is saved by the Mul below: written by the fused loop, as a shadow on the Mul's node
@@ -118,52 +139,57 @@ def _train_setup(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_backward_through_a_fused_run_is_bitwise_eager(dtype):
+def test_backward_through_a_fused_run_is_bitwise_eager(dtype, device):
     outs = []
     for fuse in (None, False, True):
-        (w, v), step = _train_setup(dtype)
+        (w, v), step = _train_setup(dtype, device)
         f = step if fuse is None else tg.compile(step, fuse=fuse)
         outs.append([])
-        for args in _inputs(4, dtype=dtype):
+        for args in _inputs(4, dtype=dtype, device=device):
             w.grad = v.grad = None
-            outs[-1].append(_arrays(f(*args)) + [w.grad.data.copy(), v.grad.data.copy()])
+            outs[-1].append(_arrays(f(*args)) + _arrays((w.grad, v.grad)))
     eager, unfused, fused = outs
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
-    assert _lengths(f) == _expected([11])
-    if NUMBA_ON:
+    assert _lengths(f) == _expected([11], device)
+    if _fuses(device):
         run = _runs(f)[0]
         assert len(run.nodes) == 10  # b + 1.0 needs no node
         assert len(run.outputs) == 6  # h, b + 1.0, the quotient, the square root, w - 1.0 (saved), y (the result)
 
 
-def test_an_intermediate_used_after_the_run_is_written():
+def test_an_intermediate_used_after_the_run_is_written(device):
     """Would fail if the pass kept in registers what a later step (here a matrix product) reads."""
     def step(a, b, c):
         h = a * b + 1.0
         y = h - c * 0.5
         return (h @ c.t()) + y.sum()
-    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
-    assert _lengths(f) == _expected([4])
-    if NUMBA_ON:
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3, device=device))
+    assert _lengths(f) == _expected([4], device)
+    if _fuses(device):
         run = _runs(f)[0]
         assert [id(t) for t in run.outputs] == [id(run.steps[1][1][4][0]), id(run.steps[3][1][4][0])]
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
 
 
-def test_what_must_not_be_fused_is_not():
+def test_what_must_not_be_fused_is_not(device):
     def step(a, b, c):
         y = a * b + c[0] - 1.0  # the add of a row (broadcast) is not fused, so neither are the ops beside it
-        z = (a.t() * 2.0 + 1.0) * 0.5  # a transposed operand: fused, but each replay sees the layout, runs unfused
-        m = (a * tg.tensor(np.float64(2.0))) * 3.0 - 1.0 + 2.0  # float32 meets float64: the first Mul is not fused
+        # a transposed operand: on the CPU fused, but each replay sees the layout and runs unfused; on the GPU
+        # left unfused when the kernel is built (at record time)
+        z = (a.t() * 2.0 + 1.0) * 0.5
+        # float32 meets float64: the first Mul is not fused
+        m = (a * tg.tensor(np.float64(2.0), device=device)) * 3.0 - 1.0 + 2.0
         return y, z, m
-    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
-    assert [(r.shape, r.dtype, [s[1][0].__name__ for s in r.steps]) for r in _runs(f)] == _expected([
-        ((5, 6), np.float32, ["Mul", "Add", "Mul"]), ((6, 5), np.float64, ["Mul", "Sub", "Add"])])
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3, device=device))
+    transposed = [((5, 6), np.float32, ["Mul", "Add", "Mul"])] if device == "cpu" else []
+    assert [(r.shape, r.dtype, [s[1][0].__name__ for s in r.steps]) for r in _runs(f)] == _expected(
+        transposed + [((6, 5), np.float64, ["Mul", "Sub", "Add"])], device)
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
-    assert all(z[1].strides == e[1].strides for e, z in zip(eager, fused))  # NumPy's layout, from the fallback
+    args = _inputs(1, seed=5, device=device)[0]  # the layout eager gives, from the fallback (not a copy's)
+    assert f(*args)[1].data.strides == step(*args)[1].data.strides == (4, 20)
 
 
-def test_a_subclass_with_its_own_forward_is_not_fused_as_its_parent():
+def test_a_subclass_with_its_own_forward_is_not_fused_as_its_parent(device):
     from tinygen.ops.arithmetic import Mul
 
     class MulTwice(Mul):  # inherits Mul's elementwise declaration, but computes something else
@@ -173,23 +199,23 @@ def test_a_subclass_with_its_own_forward_is_not_fused_as_its_parent():
 
     def step(a, b, c):
         return MulTwice.apply(a, b) + c - 1.0, (a * b + c) * 0.5
-    (eager, unfused, fused), f = _three_ways(step, _inputs(3))
-    assert _lengths(f) == _expected([5])  # the ops after MulTwice
+    (eager, unfused, fused), f = _three_ways(step, _inputs(3, device=device))
+    assert _lengths(f) == _expected([5], device)  # the ops after MulTwice
     assert all(s[1][0] is not MulTwice for r in _runs(f) for s in r.steps)
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
 
 
-def test_transcendental_ops_fuse_only_under_approx_within_the_stated_ulps():
+def test_transcendental_ops_fuse_only_under_approx_within_the_stated_ulps(device):
     def step(a, b, c):
         return (a * 0.5 + b - 1.0).exp(), (a * b + 1.0).log(), (a - b).tanh(), (c * 3.0).sin() * 2.0, (c - a).cos()
-    inputs = _inputs(3)
+    inputs = _inputs(3, device=device)
     (eager, unfused, fused), f = _three_ways(step, inputs, fuse="approx")
-    assert _lengths(f) == _expected([14])
+    assert _lengths(f) == _expected([14], device)
     assert all(_same(e, u) for e, u in zip(eager, unfused))
     assert all(_ulps(x, y) <= APPROX_ULPS for e, z in zip(eager, fused) for x, y in zip(e, z))
     exact = tg.compile(step)  # the default fuses the arithmetic around them, bitwise
     assert all(_same(e, _arrays(exact(*args))) for e, args in zip(eager, inputs))
-    assert _lengths(exact) == _expected([3])  # the one run of 3 between the transcendental calls
+    assert _lengths(exact) == _expected([3], device)  # the one run of 3 between the transcendental calls
 
 
 def test_fusion_is_off_without_numba_and_a_replay_falls_back_when_numba_is_switched_off():
@@ -282,3 +308,94 @@ def test_fuse_must_be_true_false_or_approx_and_approx_refuses_check():
     assert tg.compile(fuse=False)(_chain).fuse is False
     with pytest.raises(ValueError, match=r"tinygen.compile: check compares replays with eager bit for bit"):
         tg.compile(_chain, check=True, fuse="approx")
+
+
+# ---- on the GPU: one CuPy elementwise kernel per run (the stand-in for CuPy runs the same C on NumPy) -------------
+@pytest.fixture
+def cuda():
+    with _on("cuda"):
+        yield "cuda"
+
+
+def test_on_cuda_a_run_is_one_elementwise_kernel_built_and_checked_when_recorded(cuda, monkeypatch):
+    f = tg.compile(_chain)
+    inputs = _inputs(4, device=cuda)
+    first = _arrays(f(*inputs[0]))
+    (run,) = _runs(f)
+    assert run.device and run.kernel is not None  # compiled and checked at record time, never in a capture
+    lines = run.source.splitlines()
+    assert lines[:3] == ["T v0 = x0 * x1;", "T v1 = x2 / s0;", "T v2 = v0 + v1;"] and "T v7 = fabs(v6);" in lines
+    assert [line for line in lines if not line.startswith("T ")] == ["o0 = v2;", "o1 = v10;"]  # h and y/(b + 1)
+    if backend.array_module("cuda") is backend.standin:
+        assert run.kernel.options == ("--fmad=false",)
+    monkeypatch.setattr(run, "unfused", lambda: pytest.fail("a replay ran the ops one by one"))
+    assert _same(first, _arrays(_chain(*inputs[0])))
+    assert all(_same(_arrays(f(*args)), _arrays(_chain(*args))) for args in inputs[1:])
+
+
+def test_on_cuda_runs_are_fused_without_numba(cuda):
+    with kernels.enabled_as(False):
+        (eager, unfused, fused), f = _three_ways(_chain, _inputs(3, device=cuda))
+    assert _lengths(f) == [11]
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+
+
+def test_a_cuda_kernel_that_cannot_be_built_warns_and_its_ops_run_one_by_one(cuda, monkeypatch):
+    def failing(*args):
+        raise RuntimeError("nvrtc: error: no such function")
+    monkeypatch.setattr(compile_fusion, "_device_kernel", failing)
+    inputs = _inputs(3, device=cuda)
+    f = tg.compile(_chain)
+    with pytest.warns(RuntimeWarning, match=r"could not build a fused kernel \(RuntimeError: nvrtc: error"):
+        f(*inputs[0])
+    assert _runs(f) == []
+    assert all(_same(_arrays(f(*args)), _arrays(_chain(*args))) for args in inputs)
+
+
+def test_a_cuda_kernel_that_differs_from_its_ops_warns_and_they_run_one_by_one(cuda, monkeypatch):
+    build = compile_fusion._device_kernel
+
+    def off_by_one_ulp(*args):
+        kernel = build(*args)
+
+        def call(*arrays):
+            out = kernel(*arrays)
+            last = arrays[-1]
+            last[...] = last * (1 + np.finfo(last.dtype).eps)  # y / (b + 1), a little off
+            return out
+        return call
+    monkeypatch.setattr(compile_fusion, "_device_kernel", off_by_one_ulp)
+    inputs = _inputs(3, device=cuda)
+    f = tg.compile(_chain)
+    with pytest.warns(RuntimeWarning, match="a fused kernel differs from its 11 ops run one by one"):
+        f(*inputs[0])
+    assert _runs(f) == []
+    assert all(_same(_arrays(f(*args)), _arrays(_chain(*args))) for args in inputs)
+
+
+def test_a_cuda_run_on_a_parameter_the_step_then_updates_is_checked_on_what_it_reads(cuda):
+    """The check when recorded runs the kernel and the ops' declarations on the same operands (here after the
+    optimizer has moved the parameter the run reads): it passes, and replays equal eager over the steps."""
+    def make():
+        w = tg.tensor(np.linspace(0.5, 1.5, 30, dtype=np.float32).reshape(6, 5), requires_grad=True, device=cuda)
+        opt = tg.optim.SGD([w], lr=0.1)
+
+        def step(a, b, c):
+            opt.zero_grad()
+            y = (w * a + b) * 0.5 - c  # reads w
+            loss = (y * y).sum()
+            loss.backward()
+            opt.step()
+            return loss, y
+        return w, step
+    inputs = _inputs(5, device=cuda)
+    results = []
+    for compiled in (False, True):
+        w, step = make()
+        f = tg.compile(step) if compiled else step
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            results.append([_arrays(f(*args)) for args in inputs] + [_arrays(w)])
+    assert [[s[1][0].__name__ for s in r.steps] for r in _runs(f)] == [["Mul", "Add", "Mul", "Sub", "Mul"]]  # y * y too
+    assert any(t is w for t in _runs(f)[0].arrays)
+    assert all(_same(e, c) for e, c in zip(*results))

@@ -35,11 +35,11 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            backward) is left out of the plan, with the products that only it needed (``_without_dead_gradients``).
            What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
-           dtype, operands of that shape or scalars) become one step, a generated Numba loop that writes only
-           what is used outside the run and leaves each node as its forward would (``compile/fusion.py``).
-           ``fuse=True`` (the default) takes + - * /, neg, abs and sqrt: NumPy's bits. ``fuse="approx"`` takes
-           exp, log, tanh, sin and cos too: within 3 ulps of NumPy's per call. ``fuse=False``, no Numba, or
-           CuPy arrays: nothing is fused.
+           dtype, operands of that shape or scalars) become one step, a generated Numba loop (NumPy arrays) or
+           CuPy elementwise kernel (GPU arrays) that writes only what is used outside the run and leaves each
+           node as its forward would (``compile/fusion.py``). ``fuse=True`` (the default) takes + - * /, neg, abs
+           and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh, sin and cos too: within 3
+           ulps of NumPy's per call. ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -773,7 +773,7 @@ def _fresh(result):
 # what the fusion pass works with (fusion.py does not import this module)
 _PROGRAM_KINDS = _fusion.ProgramKinds(_replay_forward, _replay_release, _refill_node, _tensors_in)
 _GRAPH_KINDS = _cuda_graph.StepKinds(_replay_forward, _replay_backward, _replay_alias, _replay_release, _replay_call,
-                                     _replay_requires_grad, _tensors_in)
+                                     _replay_requires_grad, _fusion.FusedRun, _tensors_in)
 
 
 # ---- check=N: a replay side by side with eager ---------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A replay on the GPU still makes one Python call per kernel (hundreds per step) and the GPU waits for them. A CUDA
 graph records kernels once; one call launches them all again, on the same memory.
 
-  split    The program's steps become segments and host steps. A segment is a run of forwards, plain backwards
+  split    The program's steps become segments and host steps. A segment is a run of forwards (and fused runs
+           of them on the GPU: one CuPy kernel each, compiled when the program was recorded), plain backwards
            (no post-accumulate-grad hooks), aliases, releases, requires_grad switches and recorded calls that are
            device work only, or Python the diff below makes again (a ``graph_key``, ``capture.replayed``: SGD's
            step, a capturable Adam's, gradient clipping, BatchNorm's batch count, ``zero_grad()``, a draw from
@@ -75,7 +76,7 @@ def _sweep():
 
 # What this module needs of the compiler (compile/__init__.py), which hands it in (so this module does not import
 # it): the functions of its kinds of step, and its finder of the tensors in a nested value.
-StepKinds = namedtuple("StepKinds", "forward backward alias release call requires_grad tensors_in")
+StepKinds = namedtuple("StepKinds", "forward backward alias release call requires_grad fused tensors_in")
 
 
 class _Segment:
@@ -271,9 +272,18 @@ def _no_host_copies(cupy):
 
 
 # ---- splitting -----------------------------------------------------------------------------------------------------
+def _unfused(steps, kinds):
+    """The steps with each fused run (``kinds.fused``) as the forwards it runs: what they touch."""
+    for step in steps:
+        if isinstance(step[0], kinds.fused):
+            yield from step[0].steps
+        else:
+            yield step
+
+
 def _made(steps, kinds):
     made = set()
-    for run, operands in steps:
+    for run, operands in _unfused(steps, kinds):
         if run is kinds.forward:
             made.update(id(t) for t in operands[4])
         elif run is kinds.alias:
@@ -298,6 +308,7 @@ def _split(steps, made, kinds):
     for step in steps:
         run, operands = step
         device = (run is forward and not operands[5]) or run in (alias, release, kinds.requires_grad) or (
+            isinstance(run, kinds.fused) and run.device) or (
             run is backward and not _hook_leaves(operands[0])) or (
             run is kinds.call and _graph_key(operands) is not None)
         if device:
@@ -336,7 +347,7 @@ def _plan_leaves(plan):
 def _segment(steps, made, kinds):
     forward, alias, release, tensors_in = kinds.forward, kinds.alias, kinds.release, kinds.tensors_in
     tensors, nodes, delivers, dropped, dropped_first, read_first = {}, {}, {}, set(), set(), {}
-    for run, operands in steps:
+    for run, operands in _unfused(steps, kinds):
         if run is forward:
             ts, ns = tensors_in(operands[3]) + list(operands[4]), [operands[1]]
         elif run is alias or run is kinds.requires_grad:  # a switch: Python only, made again by the diff

@@ -1,11 +1,14 @@
 """Elementwise fusion for ``tinygen.compile``: a run of consecutive elementwise ops of a recorded program becomes
-one generated Numba loop, run once per replay in place of one replayed forward per op.
+one generated kernel, run once per replay in place of one replayed forward per op: a Numba loop on NumPy arrays,
+a CuPy ``ElementwiseKernel`` on GPU arrays.
 
 Each fusable op declares, beside its forward, what that forward computes for one element
 (``Mul.elementwise = "{0} * {1}"``, ops/arithmetic.py and ops/elementwise.py). Two kinds:
 
   exact    + - * /, negation, abs, sqrt: IEEE operations rounded once each, in NumPy as in a Numba loop compiled
-           without fast-math (no reassociation, no fused multiply-add), so the fused loop gives NumPy's bits.
+           without fast-math (no reassociation, no fused multiply-add), so the fused loop gives NumPy's bits; on
+           the GPU, CUDA compiled with ``--fmad=false`` (``CUDA_OPTIONS``: a * b + c stays two roundings) gives
+           CuPy's, whose ufuncs run one such operation each.
   approx   exp, log, tanh, sin, cos: the loop calls the C math library, NumPy its own SIMD versions; they differ
            by up to ``APPROX_ULPS`` ulps per call (measured over 10^6 values each, float32 and float64). Fused
            only under ``compile(fn, fuse="approx")``; the arithmetic after such a call carries the difference on,
@@ -13,41 +16,52 @@ Each fusable op declares, beside its forward, what that forward computes for one
 
 Three stages:
 
-  record   ``note``: the recorder notes each op with a declaration whose result is one float32/float64 NumPy array
-           and whose tensor arguments are each an array of the result's shape or a scalar (a 0-d array or a
-           constant) of its dtype, and whose forward set nothing on its node but what it saved: its arguments.
+  record   ``note``: the recorder notes each op with a declaration whose result is one float32/float64 array (NumPy
+           or on the GPU) and whose tensor arguments are each an array of the result's shape and kind or a scalar
+           (a 0-d array or a constant) of its dtype, and whose forward set nothing on its node but what it saved:
+           its arguments.
   fuse     ``fused_steps``, once per recorded program, after its release steps are placed: each maximal run of
-           consecutive noted forwards (release steps in between move after the run) of one shape and dtype,
-           ``MIN_OPS`` ops or more, becomes one step. Its loop computes every op per element, in the recorded
-           order, and writes out only what is used outside the run: an output a later step, the step's result or
-           a node (saved for backward, ``save_output``) uses; the other intermediates stay in registers.
-           Programs whose ops re-read their inputs' nodes (after a ``create_graph`` call) are not fused.
-  replay   the fused step checks its operands (C-contiguous NumPy arrays of the recorded shape and dtype, scalars
-           of that dtype; Numba on), else runs the ops one by one as an unfused replay does; puts the written
-           arrays into the recorded tensors and leaves each op's node as its forward would have (its output and
-           what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that follows runs
-           unchanged. The first replay of an exact run runs its ops one by one as well and raises if the loop's
-           outputs differ from theirs in any bit.
+           consecutive noted forwards (release steps in between move after the run) of one shape, dtype and
+           device, ``MIN_OPS`` ops or more, becomes one step. Its kernel computes every op per element, in the
+           recorded order, and writes out only what is used outside the run: an output a later step, the step's
+           result or a node (saved for backward, ``save_output``) uses; the other intermediates stay in registers.
+           Programs whose ops re-read their inputs' nodes (after a ``create_graph`` call) are not fused. A GPU
+           run's kernel is compiled here, at record time (so never inside a CUDA graph's capture), and checked
+           (``FusedRun.build_on_device``); one that cannot be compiled, or whose outputs differ from the ops'
+           one by one, is left unfused with a RuntimeWarning.
+  replay   the fused step checks its operands (C-contiguous arrays of the recorded kind, shape and dtype, scalars
+           of that dtype; on NumPy, Numba on), else runs the ops one by one as an unfused replay does; puts the
+           written arrays into the recorded tensors and leaves each op's node as its forward would have (its
+           output and what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that
+           follows runs unchanged. The first replay of an exact Numba run runs its ops one by one as well and
+           raises if the loop's outputs differ from theirs in any bit.
 
-Kernels are cached by their source, so runs of the same form share one compiled loop (compiled on first use,
-in memory: a new process compiles again). Without Numba (not installed, or ``TINYGEN_NUMBA=0``) and on CuPy
-arrays nothing is fused. Measured (1 thread): in a tight loop a fused run of three ops on 8x8 arrays costs 1.6 us
-against 3.2 us unfused (its Numba call ~0.45 us of it), inside a training step several times more each (see
-``MIN_OPS``); a loop's scalar exp is as fast as NumPy's SIMD one at 320 elements but 2.6x slower at 2560 and 3.6x
-at 10^5 (float32), and it is not bitwise: ``approx`` is not the default.
+Kernels are cached by their source, so runs of the same form share one compiled kernel (in memory: a new process
+compiles again). On NumPy arrays without Numba (not installed, or ``TINYGEN_NUMBA=0``) nothing is fused; on the
+GPU, Numba is not needed. Without a GPU, the stand-in for CuPy (``backend.StandinElementwiseKernel``) runs the
+generated C statement by statement on NumPy. Measured (1 thread): in a tight loop a fused run of three ops on 8x8
+arrays costs 1.6 us against 3.2 us unfused (its Numba call ~0.45 us of it), inside a training step several times
+more each (see ``MIN_OPS``); a loop's scalar exp is as fast as NumPy's SIMD one at 320 elements but 2.6x slower at
+2560 and 3.6x at 10^5 (float32), and it is not bitwise: ``approx`` is not the default. On the GPU a fused run
+saves a kernel launch (or a graph node) per op and the memory passes of the intermediates it keeps in registers;
+not yet measured on a GPU.
 """
 import math
 import re
+import warnings
 from collections import namedtuple
 
 import numpy as np
 
 from .. import kernels
 from ..autograd.grad_mode import STATE
+from ..backend import array_module_of, is_device_array
 from ..tensor import Tensor
 
 EXACT_FUNCTIONS = {"abs": abs, "sqrt": math.sqrt}
 APPROX_FUNCTIONS = {"exp": math.exp, "log": math.log, "tanh": math.tanh, "sin": math.sin, "cos": math.cos}
+CUDA_NAMES = {"abs": "fabs"}  # CUDA's name where it differs (its C++ overloads take float and double alike)
+CUDA_OPTIONS = ("--fmad=false",)  # no a * b + c contracted into one rounding: each operation rounded as CuPy's
 APPROX_ULPS = 3  # NumPy's SIMD exp/log/tanh/sin/cos against the C library's, float32 and float64 (this module's doc)
 # Shorter runs are left alone: inside a training step (caches cold from the matrix products between) a fused step
 # costs ~7-10 us at the VAE's (16, 20) arrays, a replayed op 1.5-3.5 us: two ops fused lose, three break even.
@@ -76,23 +90,24 @@ def exactness(expr):
 
 
 def note(cls, ctx, args, out):
-    """At record time: (shape, dtype, operand kinds, what the node saved, its ``elementwise``) for an op the
-    fusion pass may take, else None."""
+    """At record time: (shape, dtype, operand kinds, what the node saved, its ``elementwise``, on the device) for
+    an op the fusion pass may take, else None."""
     owner = next(k for k in cls.__mro__ if "forward" in k.__dict__)  # a subclass's own forward drops it
     expr = owner.__dict__.get("elementwise")
     if expr is None or not isinstance(out, Tensor):
         return None
     data = out.data
-    if type(data) is not _ndarray or data.dtype not in _FLOATS:
+    device = is_device_array(data)
+    if (type(data) is not _ndarray and not device) or data.dtype not in _FLOATS:
         return None
     kinds = []
     for a in args:
         if not isinstance(a, Tensor):
             return None
         d = a.data
-        if d.dtype != data.dtype or not isinstance(d, (_ndarray, np.generic)):
-            return None
-        if type(d) is _ndarray and d.shape == data.shape:
+        if d.dtype != data.dtype or not isinstance(d, (type(data), np.generic) if device else (_ndarray, np.generic)):
+            return None  # (a constant on the GPU is a NumPy scalar, as on the CPU)
+        if type(d) is type(data) and d.shape == data.shape:
             kinds.append(ARRAY)
         elif d.shape == ():
             kinds.append(SCALAR)
@@ -103,7 +118,7 @@ def note(cls, ctx, args, out):
         saved = ctx._saved
         if vars(ctx) or any(not any(s is a for a in args) for s in saved):
             return None  # its forward left more on its node than a fused step restores
-    return data.shape, data.dtype, tuple(kinds), saved, expr
+    return data.shape, data.dtype, tuple(kinds), saved, expr, device
 
 
 def fused_steps(steps, notes, keep, approx, kinds):
@@ -111,11 +126,12 @@ def fused_steps(steps, notes, keep, approx, kinds):
     replaced by one ``FusedRun`` step; ``notes``: id(output tensor) -> ``note``; ``keep``: ids of the result's
     tensors; ``approx``: fuse the approx functions too; ``kinds``: ``ProgramKinds``."""
     forward, release, tensors_in = kinds.forward, kinds.release, kinds.tensors_in
-    if not kernels.enabled() or not notes:
+    if not notes:
         return steps
     if any(run is forward and operands[5] for run, operands in steps):
         return steps  # relinked ops: a backward after them counts every intermediate as used (compile/__init__.py)
     allowed = ("exact", "approx") if approx else ("exact",)
+    on_host = kernels.enabled()  # host runs are Numba loops; device runs are CuPy's kernels
     refs = {}  # id(tensor) -> how many steps other than releases refer to it
     for run, operands in steps:
         if run is not release:
@@ -125,8 +141,9 @@ def fused_steps(steps, notes, keep, approx, kinds):
 
     def close():
         forwards = [step for step in pending if step[0] is forward]
-        if len(forwards) >= MIN_OPS:
-            out.append((FusedRun(forwards, notes, refs, keep, kinds), ()))
+        run = FusedRun(forwards, notes, refs, keep, kinds) if len(forwards) >= MIN_OPS else None
+        if run is not None and (not run.device or run.build_on_device()):
+            out.append((run, ()))
             out.extend(step for step in pending if step[0] is release)
         else:
             out.extend(pending)
@@ -135,10 +152,10 @@ def fused_steps(steps, notes, keep, approx, kinds):
     for step in steps:
         run, operands = step
         n = notes.get(id(operands[4][0])) if run is forward else None
-        if n is not None and not operands[5] and exactness(n[4]) in allowed:
-            if pending and (n[0], n[1]) != form:
+        if n is not None and not operands[5] and exactness(n[4]) in allowed and (n[5] or on_host):
+            if pending and (n[0], n[1], n[5]) != form:
                 close()
-            form = (n[0], n[1])
+            form = (n[0], n[1], n[5])
             pending.append(step)
         elif run is release and pending:
             pending.append(step)
@@ -150,7 +167,8 @@ def fused_steps(steps, notes, keep, approx, kinds):
 
 
 class FusedRun:
-    """One step of a program: a run of elementwise forwards as one generated loop (see the module docstring)."""
+    """One step of a program: a run of elementwise forwards as one generated loop (NumPy arrays) or one CuPy
+    elementwise kernel (device arrays); see the module docstring."""
 
     def __init__(self, steps, notes, refs, keep, kinds):
         tensors_in = kinds.tensors_in
@@ -164,70 +182,159 @@ class FusedRun:
         exact = True
         for k, (_, operands) in enumerate(steps):
             cls, ctx, _, args, outs, _, shadowable = operands
-            shape, dtype, operand_kinds, node_saved, expr = notes[id(outs[0])]
+            shape, dtype, operand_kinds, node_saved, expr, device = notes[id(outs[0])]
             exact = exact and exactness(expr) == "exact"
             terms = []
             for a, kind in zip(args, operand_kinds):
                 if id(a) not in names:
                     inputs = self.arrays if kind is ARRAY else self.scalars
-                    names[id(a)] = f"x{len(inputs)}[i]" if kind is ARRAY else f"s{len(inputs)}"
+                    names[id(a)] = ("x" if kind is ARRAY else "s") + str(len(inputs))
                     inputs.append(a)
                 terms.append(names[id(a)])
             y = outs[0]
             names[id(y)] = f"v{k}"
-            lines.append(f"v{k} = {expr.format(*terms)}")
+            lines.append((f"v{k}", expr, terms))
             if (refs.get(id(y), 0) > inside.get(id(y), 0) or id(y) in keep or id(y) in saved or k == len(steps) - 1
                     or (ctx is not None and cls.save_output)):
-                lines.append(f"o{len(self.outputs)}[i] = v{k}")
+                lines.append((f"o{len(self.outputs)}", None, f"v{k}"))
                 self.outputs.append(y)
             if ctx is not None:
                 self.nodes.append((ctx, cls.save_output, y, node_saved, shadowable))
-        self.shape, self.dtype, self.size, self.exact = shape, dtype, math.prod(shape), exact
+        self.shape, self.dtype, self.size, self.exact, self.device = shape, dtype, math.prod(shape), exact, device
+        self.array_type = type(self.outputs[0].data)
+        self.xp = array_module_of(self.outputs[0].data) if device else np
+        self.lines = lines
+        self.source = _cuda_source(lines) if device else self._numba_source(lines)
+        self.kernel = None
+
+    def _numba_source(self, lines):
+        """A Numba loop over the flat arrays: ``v0 = x0[i] * s0`` ..., ``o0[i] = v0``."""
+        body = [f"{var} = {expr.format(*(t + '[i]' if t[0] == 'x' else t for t in terms))}" if expr is not None
+                else f"{var}[i] = {terms}" for var, expr, terms in lines]
         arrays = [f"o{j}" for j in range(len(self.outputs))] + [f"x{j}" for j in range(len(self.arrays))]
         params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(len(self.scalars))])
         flat = [f"    {a} = {a}.reshape(n)\n" for a in arrays]  # C-contiguous arrays, as one flat loop
-        self.source = (f"def fused({params}):\n" + "".join(flat) + "    for i in range(n):\n" +
-                       "".join(f"        {line}\n" for line in lines))
-        self.kernel = None
+        return (f"def fused({params}):\n" + "".join(flat) + "    for i in range(n):\n" +
+                "".join(f"        {line}\n" for line in body))
 
     def __call__(self):
-        shape, dtype = self.shape, self.dtype
-        operands = []
-        for t in self.arrays:
-            d = t.data
-            if d.__class__ is not _ndarray or d.shape != shape or d.dtype is not dtype or not d.flags.c_contiguous:
+        if self.device:
+            operands = self._device_operands()
+            if operands is None:
                 return self.unfused()
-            operands.append(d)
-        for t in self.scalars:
-            d = t.data
-            if d.shape != () or d.dtype is not dtype:
+            outs = self._launch(self.kernel, operands)
+        else:
+            operands = self._host_operands()
+            if operands is None:
                 return self.unfused()
-            operands.append(d[()] if d.__class__ is _ndarray else d)  # a NumPy scalar: the loop keeps its dtype
-        if not kernels.enabled():  # switched off since the program was recorded (kernels.enabled_as(False))
-            return self.unfused()
-        kernel = self.kernel
-        if kernel is None:  # the first replay
-            kernel = self._compile()
-            if self.exact:
-                outs = [np.empty(shape, dtype) for _ in self.outputs]
-                kernel(self.size, *outs, *operands)
-                return self._check(outs)
+            kernel = self.kernel
+            if kernel is None:  # the first replay
+                kernel = self._compile()
+                if self.exact:
+                    outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
+                    kernel(self.size, *outs, *operands)
+                    return self._check(outs)
+            outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
+            kernel(self.size, *outs, *operands)
         STATE.grad_enabled = False  # as a replayed forward leaves it
-        outs = [np.empty(shape, dtype) for _ in self.outputs]
-        kernel(self.size, *outs, *operands)
         for t, d in zip(self.outputs, outs):
             t.data = d
         refill = self._refill
         for ctx, save_output, y, saved, shadowable in self.nodes:
             refill(ctx, save_output, y, saved, shadowable)
 
+    def _host_operands(self):
+        """The loop's operands: C-contiguous NumPy arrays of the recorded shape and dtype, then scalars of that
+        dtype; None when one is not (or Numba is off), so the ops run one by one."""
+        shape, dtype = self.shape, self.dtype
+        operands = []
+        for t in self.arrays:
+            d = t.data
+            if d.__class__ is not _ndarray or d.shape != shape or d.dtype is not dtype or not d.flags.c_contiguous:
+                return None
+            operands.append(d)
+        for t in self.scalars:
+            d = t.data
+            if d.shape != () or d.dtype is not dtype:
+                return None
+            operands.append(d[()] if d.__class__ is _ndarray else d)  # a NumPy scalar: the loop keeps its dtype
+        if not kernels.enabled():  # switched off since the program was recorded (kernels.enabled_as(False))
+            return None
+        return operands
+
+    def _device_operands(self):
+        """The kernel's operands: C-contiguous device arrays of the recorded kind, shape and dtype, then scalars
+        of that dtype (0-d device arrays or NumPy scalars); None when one is not, so the ops run one by one."""
+        typ, shape, dtype = self.array_type, self.shape, self.dtype
+        operands = []
+        for t in self.arrays:
+            d = t.data
+            if d.__class__ is not typ or d.shape != shape or d.dtype != dtype or not d.flags.c_contiguous:
+                return None  # (another layout: eager's result would keep it, the kernel's would not)
+            operands.append(d)
+        for t in self.scalars:
+            d = t.data
+            if (d.__class__ is not typ and not isinstance(d, np.generic)) or d.shape != () or d.dtype != dtype:
+                return None
+            operands.append(d)
+        return operands
+
+    def _launch(self, kernel, operands):
+        outs = [self.xp.empty(self.shape, self.dtype) for _ in self.outputs]
+        kernel(*operands, *outs)
+        return outs
+
+    def build_on_device(self):
+        """At record time, for a device run: compile its kernel and run it on the run's operands as they are now.
+        An exact run's outputs must be, bit for bit, what its declarations give evaluated one operation at a time
+        by the array module's own functions (the ops' forwards: each declaration is its forward's expression), on
+        the same operands. Returns whether the run is fused: not when the kernel cannot be built or launched, nor
+        when it differs (a RuntimeWarning each). Recording is eager: the compiler never runs inside a capture."""
+        operands = self._device_operands()
+        if operands is None:
+            return False
+        xp, n_in = self.xp, len(self.arrays) + len(self.scalars)
+        try:
+            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in self._params(n_in)), ", ".join(
+                f"T o{j}" for j in range(len(self.outputs))), self.source)
+            outs = self._launch(kernel, operands)
+        except Exception as e:  # noqa: BLE001 - any failure to build or launch: the ops one by one are right
+            warnings.warn(f"tinygen.compile: could not build a fused kernel ({type(e).__name__}: {e}); its "
+                          f"{len(self.steps)} ops run one by one. The kernel:\n{self.source}", RuntimeWarning,
+                          stacklevel=2)
+            return False
+        if self.exact and not all(bool(xp.array_equal(a, b, equal_nan=True))
+                                  for a, b in zip(outs, self._one_by_one(operands))):
+            warnings.warn(f"tinygen.compile: a fused kernel differs from its {len(self.steps)} ops run one by one; "
+                          f"they run one by one. The kernel:\n{self.source}", RuntimeWarning, stacklevel=2)
+            return False
+        self.kernel = kernel
+        return True
+
+    def _one_by_one(self, operands):
+        """The run's outputs from its declarations, one array operation each (no side effects on the program)."""
+        xp = self.xp
+        env = {"__builtins__": {}, "abs": xp.absolute, "sqrt": xp.sqrt, "exp": xp.exp, "log": xp.log,
+               "tanh": xp.tanh, "sin": xp.sin, "cos": xp.cos}
+        env.update(zip(self._params(len(operands)), operands))
+        outs = []
+        for var, expr, terms in self.lines:
+            if expr is None:
+                outs.append(env[terms])
+            else:
+                env[var] = eval(expr.format(*terms), env)  # noqa: S307 - the ops' own declarations
+        return outs
+
+    def _params(self, n_in):
+        return [f"x{j}" for j in range(len(self.arrays))] + [f"s{j}" for j in range(n_in - len(self.arrays))]
+
     def unfused(self):
         for run, operands in self.steps:
             run(*operands)
 
     def _check(self, outs):
-        """The first replay of an exact run: its ops one by one too (which leave the tensors and nodes as a fused
-        replay does), and the loop's outputs must be their bits."""
+        """The first replay of an exact host run: its ops one by one too (which leave the tensors and nodes as a
+        fused replay does), and the loop's outputs must be their bits."""
         self.unfused()
         for t, d in zip(self.outputs, outs):
             if not np.array_equal(t.data, d, equal_nan=True):
@@ -246,4 +353,25 @@ class FusedRun:
         return kernel
 
     def __repr__(self):
-        return f"<FusedRun of {len(self.steps)} ops on {self.shape} {self.dtype}:\n{self.source}>"
+        kind = "kernel" if self.device else "loop"
+        return f"<FusedRun of {len(self.steps)} ops on {self.shape} {self.dtype}, a {kind}:\n{self.source}>"
+
+
+def _cuda_source(lines):
+    """The body of a CuPy ElementwiseKernel (each parameter is one element): ``T v0 = x0 * s0;`` ...,
+    ``o0 = v0;``."""
+    def cuda(expr):
+        return _CALLS.sub(lambda m: CUDA_NAMES.get(m.group(1), m.group(1)) + "(", expr)
+    return "\n".join(f"T {var} = {cuda(expr).format(*terms)};" if expr is not None else f"{var} = {terms};"
+                     for var, expr, terms in lines)
+
+
+def _device_kernel(xp, in_params, out_params, operation):
+    """The one place this module makes a device kernel: ``xp.ElementwiseKernel`` (CuPy's, or the stand-in's,
+    which runs the same C on NumPy), compiled once per source and array module."""
+    key = (xp.__name__, in_params, out_params, operation)
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = _kernels[key] = xp.ElementwiseKernel(in_params, out_params, operation,
+                                                      f"tinygen_fused_{len(_kernels)}", options=CUDA_OPTIONS)
+    return kernel
