@@ -218,24 +218,18 @@ class FusedRun:
                 "".join(f"        {line}\n" for line in body))
 
     def __call__(self):
+        operands = self._operands()
+        if operands is None:
+            return self.unfused()
         if self.device:
-            operands = self._device_operands()
-            if operands is None:
-                return self.unfused()
             outs = self._launch(self.kernel, operands)
         else:
-            operands = self._host_operands()
-            if operands is None:
-                return self.unfused()
             kernel = self.kernel
             if kernel is None:  # the first replay
                 kernel = self._compile()
                 if self.exact:
-                    outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
-                    kernel(self.size, *outs, *operands)
-                    return self._check(outs)
-            outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
-            kernel(self.size, *outs, *operands)
+                    return self._check(self._launch(kernel, operands))
+            outs = self._launch(kernel, operands)
         STATE.grad_enabled = False  # as a replayed forward leaves it
         for t, d in zip(self.outputs, outs):
             t.data = d
@@ -243,45 +237,32 @@ class FusedRun:
         for ctx, save_output, y, saved, shadowable in self.nodes:
             refill(ctx, save_output, y, saved, shadowable)
 
-    def _host_operands(self):
-        """The loop's operands: C-contiguous NumPy arrays of the recorded shape and dtype, then scalars of that
-        dtype; None when one is not (or Numba is off), so the ops run one by one."""
-        shape, dtype = self.shape, self.dtype
-        operands = []
-        for t in self.arrays:
-            d = t.data
-            if d.__class__ is not _ndarray or d.shape != shape or d.dtype is not dtype or not d.flags.c_contiguous:
-                return None
-            operands.append(d)
-        for t in self.scalars:
-            d = t.data
-            if d.shape != () or d.dtype is not dtype:
-                return None
-            operands.append(d[()] if d.__class__ is _ndarray else d)  # a NumPy scalar: the loop keeps its dtype
-        if not kernels.enabled():  # switched off since the program was recorded (kernels.enabled_as(False))
-            return None
-        return operands
-
-    def _device_operands(self):
-        """The kernel's operands: C-contiguous device arrays of the recorded kind, shape and dtype, then scalars
-        of that dtype (0-d device arrays or NumPy scalars); None when one is not, so the ops run one by one."""
+    def _operands(self):
+        """The kernel's operands: C-contiguous arrays of the recorded kind, shape and dtype, then scalars of that
+        dtype (0-d arrays or NumPy scalars); None when one is not, or on NumPy when Numba was switched off since
+        the recording (``kernels.enabled_as(False)``), so the ops run one by one."""
         typ, shape, dtype = self.array_type, self.shape, self.dtype
         operands = []
         for t in self.arrays:
             d = t.data
-            if d.__class__ is not typ or d.shape != shape or d.dtype != dtype or not d.flags.c_contiguous:
+            if d.__class__ is not typ or d.shape != shape or d.dtype is not dtype or not d.flags.c_contiguous:
                 return None  # (another layout: eager's result would keep it, the kernel's would not)
             operands.append(d)
         for t in self.scalars:
             d = t.data
-            if (d.__class__ is not typ and not isinstance(d, np.generic)) or d.shape != () or d.dtype != dtype:
+            if (d.__class__ is not typ and not isinstance(d, np.generic)) or d.shape != () or d.dtype is not dtype:
                 return None
-            operands.append(d)
+            operands.append(d[()] if d.__class__ is _ndarray else d)  # a NumPy scalar: the loop keeps its dtype
+        if not self.device and not kernels.enabled():
+            return None
         return operands
 
     def _launch(self, kernel, operands):
         outs = [self.xp.empty(self.shape, self.dtype) for _ in self.outputs]
-        kernel(*operands, *outs)
+        if self.device:
+            kernel(*operands, *outs)
+        else:
+            kernel(self.size, *outs, *operands)
         return outs
 
     def build_on_device(self):
@@ -290,7 +271,7 @@ class FusedRun:
         by the array module's own functions (the ops' forwards: each declaration is its forward's expression), on
         the same operands. Returns whether the run is fused: not when the kernel cannot be built or launched, nor
         when it differs (a RuntimeWarning each). Recording is eager: the compiler never runs inside a capture."""
-        operands = self._device_operands()
+        operands = self._operands()
         if operands is None:
             return False
         xp, n_in = self.xp, len(self.arrays) + len(self.scalars)
