@@ -26,7 +26,9 @@ must agree with PyTorch eager's within 1e-3 relative (without PyTorch: with tiny
 is 1. Without a GPU the script prints why and exits 0 (with ``--require-gpu``: 2). ``--allow-standin`` measures what
 there is instead (tinygen on the CPU stand-in for CuPy, PyTorch on the CPU): numbers that only show the script
 works. Results go to ``--out`` (default ``$OUT`` or ``./gpu-check-out``): ``gpu_throughput.md`` and
-``gpu_throughput.json``, written again after each model and batch size, so a run cut short keeps what it measured.
+``gpu_throughput.json``, written again after each model and batch size, so a run cut short keeps what it measured;
+for tinygen.compile's steps the JSON also holds its CUDA graph launches (``graph_replays``, ``graph_error``) and the
+length of each run of elementwise ops it fused into one CuPy kernel (``fused_runs``).
 """
 import argparse
 import json
@@ -166,6 +168,9 @@ def measure(fw, case, batch, seconds, repeats, warmup, max_steps):
            "rounds_ms": [r * 1e3 for r in rounds]}
     if hasattr(step, "graph_replays"):  # tinygen.compile: did its replays launch CUDA graphs, and if not, why
         out["graph_replays"], out["graph_error"] = step.graph_replays, step.graph_error
+        from tinygen.compile.fusion import FusedRun  # its fused runs: ops per CuPy kernel
+        out["fused_runs"] = [len(r.steps) for p in step._programs.values() for r, _ in p.steps
+                             if isinstance(r, FusedRun)]
         if step.graph_error:
             print(f"  {fw.name} {case} batch {batch}: replays without CUDA graphs: {step.graph_error}")
     return out
