@@ -490,3 +490,24 @@ def test_a_replayed_call_returning_a_module_buffer_leaves_it_alone():
         f(tg.ones(3))
     assert isinstance(bn.running_mean.data, np.ndarray) and np.array_equal(bn.running_mean.data, np.zeros(3))
     assert bn.state_dict()["running_mean"].shape == (3,)
+
+
+def test_explain_of_the_three_line_example_is_the_listing_in_docs_internals():
+    """docs/internals.md section 10 shows explain() of its three-line step: the listing must be what it prints."""
+    from pathlib import Path
+    tg.manual_seed(0)
+    w = tg.randn(3, 2, requires_grad=True)
+    opt = tg.optim.Adam([w], lr=0.1)
+
+    def step(x):
+        loss = (x @ w).tanh().sum()
+        loss.backward()
+        opt.step()
+        return loss
+    fast = tg.compile(step)
+    x = tg.randn(4, 3)
+    fast(x)
+    fast(x)
+    text = fast.explain()
+    assert len(text.splitlines()) == 11
+    assert "```\n" + text + "\n```" in (Path(__file__).parents[1] / "docs" / "internals.md").read_text()

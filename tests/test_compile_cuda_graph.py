@@ -44,6 +44,17 @@ def _vae_like(device, seed=0):
     return step, params
 
 
+def test_cuda_graph_explain_names_the_graph_or_host_of_each_step(emulated_cuda):
+    step, params = _vae_like("cpu")
+    compiled = tg.compile(step, fuse=False)
+    compiled(), compiled()
+    lines = [line.split(maxsplit=1)[1] for line in compiled.explain().splitlines()[2:]]
+    assert [line for line in lines if line.startswith("host")] == ["host     call      randn",
+                                                                    "host     call      Adam.step"]
+    assert lines[0] == "graph 1  call      Adam.zero_grad"
+    assert {line[:8] for line in lines} == {"graph 1 ", "graph 2 ", "host    "}
+
+
 def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     compile_module = importlib.import_module("tinygen.compile")  # tinygen.compile is also the function
     step, params = _vae_like("cpu")
@@ -898,6 +909,11 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
     (segment,) = [item for kind, item in program.graphed.items if kind == "segment"]  # SGD's step in it too
     assert any(r is run for r, _ in segment.steps)
     assert compiled.graph_error is None and compiled.graph_replays == 7
+    lines = compiled.explain().splitlines()
+    assert lines[0] == "step: 1 program(s), 1 recorded, 7 replayed, 7 with CUDA graphs"
+    fused = [line.split(maxsplit=1)[1] for line in lines if "fused" in line]
+    assert fused == ["graph 1  fused     4 ops (Mul, Add, Mul, Sub) on (16, 32) float32: one CuPy kernel"]
+    assert all(line.split()[1:3] == ["graph", "1"] for line in lines[2:])  # the whole step: one graph
     np.testing.assert_array_equal(graphed, plain)
     for a, b in zip(graphed_params, plain_params):
         np.testing.assert_array_equal(a, b)

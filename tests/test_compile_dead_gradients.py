@@ -192,3 +192,24 @@ def test_a_step_with_a_create_graph_backward_leaves_nothing_out():
         return modules, opts, with_penalty
     f, _ = _compare(setup)
     assert _program(f).left_out == frozenset()
+
+
+def test_explain_lists_the_programs_steps_as_recorded():
+    f, (G, D) = _compare(_gan, steps=2)
+    text = f.explain().splitlines()
+    n_d = len(list(D.parameters()))
+    assert text[0] == "step: 1 program(s), 1 recorded, 1 replayed, 0 with CUDA graphs"
+    assert text[1] == f"program 1: (8, 6) float32 cpu; {len(_program(f).steps)} steps, {n_d} gradients nothing " \
+                      f"reads left out"
+    body = [line.split(maxsplit=1)[1] for line in text[2:]]
+    assert body[0] == "call      randn"
+    calls = [line for line in body if line.startswith("call")]
+    assert calls == ["call      randn", "call      Adam.zero_grad", "call      Adam.step", "call      Adam.zero_grad",
+                     "call      Adam.step"]
+    backwards = [line for line in body if line.startswith("backward")]
+    n_g = len(list(G.parameters()))
+    assert len(backwards) == 2 and backwards[0].endswith(f"-> .grad of {n_g} leaves")  # D's left out
+    assert backwards[1].endswith(f"-> .grad of {n_d} leaves")
+    assert "forward   Linear+LeakyReLU -> (8, 16) float32 cpu" in body
+    assert "forward   Linear -> (8, 1) float32 cpu" in body
+    assert "release   1 tensor" in body and f"release   what {len(_plans(_program(f))[0].steps)} nodes saved" in body

@@ -72,6 +72,9 @@ tensor arguments that require grad. Return tensors from the step and read them a
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were: write the step with tinygen ops, modules and optimizers.
 
+``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
+plans, recorded calls, releases; on CuPy the CUDA graph or host of each step).
+
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
 state and random stream) and raises ``CompileError`` on the first array that differs (not with
 ``fuse="approx"``: refused). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
@@ -176,6 +179,29 @@ class Compiled:
     def reset(self):
         """Forget every recorded program (the next call records again)."""
         self._programs.clear()
+
+    def explain(self):
+        """The recorded programs as text, one line a step in the order a replay runs them: the ops' forwards,
+        fused runs, backward plans, recorded calls and releases (shapes as recorded); on CuPy, which CUDA graph
+        takes each step."""
+        lines = [f"{self.__name__}: {len(self._programs)} program(s), {self.records} recorded, {self.replays} "
+                 f"replayed, {self.graph_replays} with CUDA graphs"]
+        for i, program in enumerate(self._programs.values(), 1):
+            dead = f", {_count(len(program.left_out), 'gradient')} nothing reads left out" if program.left_out else ""
+            lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}")
+            where = {}  # id(step) -> its CUDA graph ("graph 1", ...) or "host"
+            if program.graphed is not None:
+                segments = 0
+                for kind, item in program.graphed.items:
+                    if kind == "host":
+                        where[id(item)] = "host"
+                    else:
+                        segments += 1
+                        where.update((id(step), f"graph {segments}") for step in item.steps)
+            for j, (step, text) in enumerate(zip(program.steps, program.step_texts), 1):
+                column = f"{where.get(id(step), ''):9s}" if where else ""
+                lines.append(f"  {j:4d}  {column}{text}")
+        return "\n".join(lines)
 
 
 # ---- recording -----------------------------------------------------------------------------------------------------
@@ -335,6 +361,9 @@ class _Program:
         ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
+        # for explain(), while the recorded call's tensors still hold their arrays
+        self.signature_text = ", ".join(_tensor_text(t) for t in inputs) or "no tensor arguments"
+        self.step_texts = [_step_text(run, operands) for run, operands in self.steps]
         on_gpu = any(_cuda_graph.is_cupy(t.data) for t in itertools.chain(inputs, (leaf[0] for leaf in self.leaves)))
         self.graphed = _cuda_graph.GraphedSteps(self.steps, inputs, _GRAPH_KINDS) if cuda_graph and on_gpu else None
 
@@ -768,6 +797,47 @@ def _fresh(result):
     if isinstance(result, dict):
         return {k: _fresh(v) for k, v in result.items()}
     return result
+
+
+def _tensor_text(t):
+    return f"{tuple(t.data.shape)} {t.data.dtype} {t._device}"
+
+
+def _count(n, what, many=None):
+    return f"{n} {what if n == 1 else many or what + 's'}"
+
+
+def _step_text(run, operands):
+    """One step of a program as a line of ``Compiled.explain``."""
+    if run is _replay_forward:
+        cls, ctx = operands[0], operands[1]
+        name = ctx.name().removesuffix("Backward") if ctx is not None else cls.__name__.removesuffix("Function")
+        return f"forward   {name} -> {_tensor_text(operands[4][0])}"
+    if isinstance(run, _fusion.FusedRun):
+        names = ", ".join(step[1][0].__name__ for step in run.steps)
+        kind = "one CuPy kernel" if run.device else "one Numba loop"
+        return f"fused     {len(run.steps)} ops ({names}) on {run.shape} {run.dtype}: {kind}"
+    if run is _replay_backward:
+        plan = operands[0]
+        leaves = {id(t[1]) for step in plan.steps for t in step[4] if t is not None and t[1] is not None}
+        names = ", ".join(step[0].name() for step in plan.steps)
+        to = _count(len(leaves), "leaf", "leaves")
+        return f"backward  {_count(len(plan.steps), 'node')} ({names}) -> .grad of {to}"
+    if run is _replay_call:
+        fn = operands[0]
+        if fn in (_backward, _grad):
+            return f"backward  {fn.__name__.strip('_')}() walked by the engine (create_graph, inputs= or grad())"
+        owner = operands[1][0] if operands[1] else None
+        if owner is not None and getattr(type(owner), getattr(fn, "__name__", ""), None) is not None:
+            return f"call      {type(owner).__name__}.{fn.__name__}"  # Adam.step, not Optimizer.step
+        return f"call      {getattr(fn, '__qualname__', repr(fn))}"
+    if run is _replay_release:
+        parts = [_count(len(operands[0]), "tensor")] if operands[0] else []
+        parts += [f"what {_count(len(operands[1]), 'node')} saved"] if operands[1] else []
+        return "release   " + ", ".join(parts)
+    if run is _replay_alias:
+        return "alias     (a detached or viewed tensor on the same array)"
+    return f"requires_grad_({operands[1]}) on a tensor of shape {tuple(operands[0].shape)}"
 
 
 # what the fusion pass works with (fusion.py does not import this module)
