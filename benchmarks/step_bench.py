@@ -8,6 +8,7 @@
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
+    python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --products  # each product in the step/alone
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -20,6 +21,12 @@ call), over alternating rounds with the timers on (medians over rounds);
 the plain step time comes from rounds with them off. ``--clock cpu`` times with the calling thread's CPU time
 instead of wall time: other processes on the machine do not inflate it, but the work of BLAS's helper threads
 is left out, so use it with ``--threads 1``.
+
+``--products`` times every matrix product of the step where it runs (per shape and operand layout, per step),
+then the same product alone on arrays of that shape and layout: with its operands and result in the cache (the
+same call repeated) and with the caches flushed before each call (64 MiB read and written in between). A product
+much slower in the step than alone, and as slow as alone with the caches flushed, waits on memory: its operands
+come from (and its result goes to) main memory in the step.
 
 The models are built from tinygen.nn only: a DCGAN-style MLP GAN (G: 100-256-512-1024-784 with BatchNorm and
 LeakyReLU, tanh output; D: 784-512-256-1 with LeakyReLU; BCE with logits; Adam lr 2e-4, betas (0.5, 0.999)), and
@@ -253,6 +260,61 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
     return statistics.median(plain), statistics.median(timed), {k: statistics.median(v) for k, v in parts.items()}
 
 
+def products(case, batch, compiled=True, steps=10, repeats=15):
+    """[(a's shape and layout, b's, calls per step, ms per step in the step, ms per call alone with the caches
+    warm, and flushed, GFLOP per call)] for each matrix product of the step (see the module docstring), slowest
+    first."""
+    from tinygen.kernels import gemm
+    from . import models_tinygen
+    from .specs import CASES, init_params, make_data
+    model = CASES[case]["model"]
+    params, data = init_params(model, 0), make_data(model, batch)
+    build = models_tinygen.build_compiled if compiled else models_tinygen.build
+    step = build(case, batch, params, data).step
+    for _ in range(5):
+        step()
+    seen, product = {}, gemm._product
+
+    def layout(a):
+        return "C" if a.flags.c_contiguous else "F" if a.flags.f_contiguous else "strided"
+
+    def timed(a, b):  # keeps no reference to the arrays: the step's memory stays as it is
+        t0 = time.perf_counter()
+        out = product(a, b)
+        elapsed = time.perf_counter() - t0
+        entry = seen.setdefault((a.shape, layout(a), b.shape, layout(b), a.dtype.str), [0, 0.0])
+        entry[0] += 1
+        entry[1] += elapsed
+        return out
+    gemm._product = timed
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        gemm._product = product
+    rng = np.random.default_rng(0)
+    flush = np.ones(1 << 24, np.float32)  # 64 MiB
+    rows = []
+    for (ashape, alay, bshape, blay, dt), (count, total) in seen.items():
+        def make(shape, lay):
+            x = rng.standard_normal(shape).astype(dt)
+            return np.asfortranarray(x) if lay == "F" else x
+        a, b = make(ashape, alay), make(bshape, blay)
+        warm, cold = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            product(a, b)
+            warm.append(time.perf_counter() - t0)
+            flush += 1.0
+            t0 = time.perf_counter()
+            product(a, b)
+            cold.append(time.perf_counter() - t0)
+        flop = 2 * np.prod(ashape) * bshape[-1] / 1e9
+        rows.append((f"{ashape} {alay}", f"{bshape} {blay}", count / steps, total / steps * 1e3,
+                     statistics.median(warm) * 1e3, statistics.median(cold) * 1e3, flop))
+    return sorted(rows, key=lambda r: -r[3])
+
+
 # What --compare switches, each way: (label off, label on); see _variants.
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
@@ -350,6 +412,9 @@ def main(argv=None):
                          "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
                          "its setting, else 2^17)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
+    ap.add_argument("--products", action="store_true",
+                    help="with --case: each matrix product of the step, timed in the step and alone (caches warm, "
+                         "and flushed)")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -365,6 +430,21 @@ def main(argv=None):
     tinygen.allocator.apply_setting()  # as the tinygen command does
     if args.profile:
         profile(args.model, args.batch)
+        return 0
+    if args.products and not args.case:
+        ap.error("--products needs --case")
+    if args.case and args.products:
+        rows = products(args.case, args.batch, not args.eager)
+        print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
+              f"thread(s): each matrix product in the step and alone (ms a call, median; GFLOP/s)")
+        print(f"  {'a':>22s} {'b':>22s} {'per step':>8s} {'in step':>17s} {'alone':>17s} {'caches flushed':>17s}")
+        for a, b, calls, ms, warm, cold, flop in rows:
+            per = ms / calls
+            print(f"  {a:>22s} {b:>22s} {calls:8.1f} {per:8.3f} {flop / per * 1e3:6.0f} GF/s "
+                  f"{warm:8.3f} {flop / warm * 1e3:6.0f} GF/s {cold:8.3f} {flop / cold * 1e3:6.0f} GF/s")
+        total = sum(r[3] for r in rows)
+        print(f"  all products: {total:.1f} ms a step in the step; alone {sum(r[2] * r[4] for r in rows):.1f} ms "
+              f"with the caches warm, {sum(r[2] * r[5] for r in rows):.1f} ms flushed")
         return 0
     if args.case and args.compare:
         from tinygen.kernels import gemm

@@ -370,3 +370,14 @@ def test_kernel_bench_table_compares_each_used_kernel_with_its_reference():
     benched = {name.partition("[")[0] for name, *_ in rows}  # "sgd_step[momentum]": the kernel, then its options
     assert benched >= {"relu_fwd", "adam_step", "sgd_step", "rmsprop_step", "bias_act_fwd", "cross_entropy"}
     assert all(_positive(t_ref) and _positive(t_kernel) for _, _, _, t_ref, t_kernel, _ in rows)
+
+
+def test_step_bench_products_accounts_for_every_product_of_the_step():
+    """--products: each product's FLOPs times its calls per step add up to the step's matrix FLOPs
+    (benchmarks/specs.py), and every timing is a positive number."""
+    from benchmarks.specs import flops_per_step
+    from benchmarks.step_bench import products
+    rows = products("mlp", 8, steps=2, repeats=2)
+    assert rows and all(ms > 0 and warm > 0 and cold > 0 for _, _, _, ms, warm, cold, _ in rows)
+    assert sum(calls * gflop for _, _, calls, _, _, _, gflop in rows) * 1e9 == pytest.approx(flops_per_step("mlp", 8))
+    assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)  # slowest first
