@@ -354,6 +354,34 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
         g(tg.randn(1, 2))
 
 
+def test_check_on_cuda_compares_device_arrays_and_restores_the_devices_generator(device):
+    """check= on "cuda": the step's arrays, gradients and optimizer state are device arrays, compared on the host,
+    and a draw from the device's generator is drawn the same for eager and the replay; array code is caught."""
+    tg.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1)).to(device)
+    opt = tg.optim.Adam(net.parameters(), lr=0.1)
+
+    def step(x):
+        opt.zero_grad()
+        loss = (net(x + tg.randn(5, 4, device=device)) * 0.5 + 1.0).sum()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, check=3)
+    for _ in range(4):
+        f(tg.randn(5, 4, device=device))
+    assert f.replays == 3
+    counter = nn.Linear(2, 2).to(device)
+
+    def sneaky(x):
+        counter.weight.data += 1  # array code on .data: not replayed
+        return (counter(x) * 1).sum()
+    g = tg.compile(sneaky, check=True)
+    g(tg.randn(1, 2, device=device))
+    with pytest.raises(tg.CompileError, match="differs from eager"):
+        g(tg.randn(1, 2, device=device))
+
+
 def test_check_restores_the_rank_stream_too():
     # dropout under DistributedDataParallel draws from the rank stream: check= must give eager and the replay the
     # same draws from it, or it reports a mismatch that is not there

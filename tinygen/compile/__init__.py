@@ -91,6 +91,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import config, random as _random
+from ..backend import is_device_array, to_device
 from ..autograd import engine
 from ..autograd.engine import _backward, _grad, _roots
 from ..autograd.function import Function, _edges, result_array, user_frame
@@ -863,10 +864,11 @@ def _state_of(program):
     return list(tensors.values()), list(owners.values())
 
 
-def _snapshot(tensors, owners):
+def _snapshot(tensors, owners, devices):
     return ([t.data.copy() for t in tensors], [None if t.grad is None else t.grad.data.copy() for t in tensors],
             [copy.deepcopy(o.state_dict()) for o in owners],
-            [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)])  # both streams (dropout under DDP)
+            # the generators of each device the step uses, both streams (dropout under DDP draws from the rank's)
+            [(d, r, _random.get_rng_state(d, rank_stream=r)) for d in devices for r in (False, True)])
 
 
 def _restore(tensors, owners, snap):
@@ -876,13 +878,16 @@ def _restore(tensors, owners, snap):
         t.grad = None if g is None else _make(g.copy(), t._device)
     for o, state in zip(owners, states):
         o.load_state_dict(copy.deepcopy(state))
-    for r, state in zip((False, True), rng):
-        _random.set_rng_state(state, "cpu", rank_stream=r)
+    for d, r, state in rng:
+        _random.set_rng_state(state, d, rank_stream=r)
 
 
 def _arrays(value):
+    """The arrays in a result or a snapshot, as host arrays."""
     if isinstance(value, Tensor):
-        return [value.data]
+        value = value.data
+    if is_device_array(value):
+        return [to_device(value, "cpu")]
     if isinstance(value, np.ndarray) or np.isscalar(value):
         return [np.asarray(value)]
     if isinstance(value, dict):
@@ -894,14 +899,18 @@ def _arrays(value):
 
 def _checked(fn, program, args, kwargs):
     tensors, owners = _state_of(program)
-    before = _snapshot(tensors, owners)
+    devices = sorted({"cpu"} | {t._device for t in itertools.chain(program.inputs, tensors)})
+    before = _snapshot(tensors, owners, devices)
     eager = [a.copy() for a in _arrays(fn(*args, **kwargs))]
-    after_eager = _snapshot(tensors, owners)
+    after_eager = _snapshot(tensors, owners, devices)
     _restore(tensors, owners, before)
     result = program.replay(args, kwargs)
-    after_replay = _snapshot(tensors, owners)
-    checks = (("result", eager, _arrays(result)), ("tensor", after_eager[0], after_replay[0]),
-              ("gradient", after_eager[1], after_replay[1]),
+    after_replay = _snapshot(tensors, owners, devices)
+    host = [[None if a is None else to_device(a, "cpu") for a in snap[0] + snap[1]] for snap in (after_eager,
+                                                                                                after_replay)]
+    n = len(tensors)
+    checks = (("result", eager, _arrays(result)), ("tensor", host[0][:n], host[1][:n]),
+              ("gradient", host[0][n:], host[1][n:]),
               ("optimizer/scheduler state", _arrays(after_eager[2]), _arrays(after_replay[2])))
     for what, xs, ys in checks:
         for i, (x, y) in enumerate(itertools.zip_longest(xs, ys)):
