@@ -301,7 +301,7 @@ class FusedRun:
         outs = []
         for var, expr, terms in self.lines:
             if expr is None:
-                outs.append(env[terms])
+                outs.append(xp.asarray(env[terms]))  # (of scalar operands only, a NumPy scalar)
             else:
                 env[var] = eval(expr.format(*terms), env)  # noqa: S307 - the ops' own declarations
         return outs
