@@ -16,7 +16,9 @@ Numba kernel) against one ``adam_step`` call per parameter, over the GAN's gener
 
 Fusion: a compiled function of four elementwise ops, ``(a * b + c) * 0.5 - a``, replayed unfused
 (``fuse=False``) and fused (one generated loop) at a few sizes: microseconds of CPU time per call, best of
-alternating rounds.
+alternating rounds. ``--device cuda --fusion-only`` times the same on the GPU (one CuPy kernel against four; wall
+time with the device synchronised around each round, the replays launching CUDA graphs as they do by default):
+what ``benchmarks/gpu_check.sh`` runs in its ``compiled`` step.
 
 Memory: in a fresh process per model and mode, with tracemalloc started before the model is built: the peak of
 the memory NumPy holds (parameters, optimizer state, the arrays a compiled program keeps between calls and
@@ -160,31 +162,36 @@ def adam_speed(repeats=200):
 
 
 FUSION_SHAPES = ((16, 20), (128, 20), (128, 784), (1024, 784))
+FUSION_ELEMENTS = 2e6  # elements a timed round of one function goes through (at least 10 calls)
 
 
-def fusion_speed(rounds=7):
-    """{shape: (unfused us, fused us)} per call of a compiled four-op elementwise function (the docstring)."""
+def fusion_speed(rounds=7, device="cpu"):
+    """{shape: (unfused us, fused us)} per call of a compiled four-op elementwise function (the docstring); on
+    "cuda" in wall time, synchronised."""
     import numpy as np
 
     import tinygen
 
     def chain(a, b, c):
         return (a * b + c) * 0.5 - a
+    clock = time.process_time if device == "cpu" else time.perf_counter
     out = {}
     for shape in FUSION_SHAPES:
-        args = [tinygen.randn(*shape) for _ in range(3)]
+        args = [tinygen.randn(*shape, device=device) for _ in range(3)]
         fns = [tinygen.compile(chain, fuse=fuse) for fuse in (False, True)]
         for f in fns:
-            f(*args)  # records
-            f(*args)  # the fused loop compiles
-        calls = max(10, int(2e6 / np.prod(shape)))
+            for _ in range(3):
+                f(*args)  # records; the fused loop compiles; on CuPy the graph is captured
+        calls = max(10, int(FUSION_ELEMENTS / np.prod(shape)))
         best = [float("inf")] * 2
         for _ in range(rounds):
             for i, f in enumerate(fns):
-                t0 = time.process_time()
+                tinygen.synchronize(device)
+                t0 = clock()
                 for _ in range(calls):
                     f(*args)
-                best[i] = min(best[i], (time.process_time() - t0) / calls * 1e6)
+                tinygen.synchronize(device)
+                best[i] = min(best[i], (clock() - t0) / calls * 1e6)
         out[shape] = tuple(best)
     return out
 
@@ -198,6 +205,9 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--no-adam", action="store_true", help="skip the Adam update timing")
     ap.add_argument("--no-fusion", action="store_true", help="skip the elementwise fusion timing")
+    ap.add_argument("--fusion-only", action="store_true", help="only the elementwise fusion timing")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the fusion timing runs (the models run on the CPU)")
     ap.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # one memory run (a child process)
     ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -207,6 +217,8 @@ def main(argv=None):
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.compiled)))
         return 0
+    if args.fusion_only:
+        return _print_fusion(args.device)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -229,10 +241,23 @@ def main(argv=None):
         n, t = adam_speed()
         print(f"Adam update of the GAN's {n} parameters (CPU microseconds): "
               + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
-    if not args.no_fusion and tinygen.kernels.enabled():
-        print("(a * b + c) * 0.5 - a compiled, CPU microseconds per call (unfused / fused):")
-        for shape, (unfused, fused) in fusion_speed().items():
-            print(f"  {str(shape):12s}{unfused:10.1f}{fused:10.1f}{unfused / fused:8.2f}x")
+    if not args.no_fusion:
+        _print_fusion(args.device)
+    return 0
+
+
+def _print_fusion(device):
+    import tinygen
+    if device == "cpu" and not tinygen.kernels.enabled():
+        print("fusion timing skipped: on the CPU runs are fused into Numba loops, and Numba is off")
+        return 0
+    if device == "cuda" and not tinygen.backend.is_available("cuda"):
+        print("fusion timing skipped: no GPU (and TINYGEN_CUDA_STANDIN is not set)")
+        return 0
+    clock = "CPU" if device == "cpu" else "wall-clock"
+    print(f"(a * b + c) * 0.5 - a compiled on {device}, {clock} microseconds per call (unfused / fused):")
+    for shape, (unfused, fused) in fusion_speed(device=device).items():
+        print(f"  {str(shape):12s}{unfused:10.1f}{fused:10.1f}{unfused / fused:8.2f}x")
     return 0
 
 

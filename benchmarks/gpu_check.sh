@@ -18,7 +18,9 @@
 #               VAE, PyTorch-GAN's GAN, DCGAN) at batch 64/256/1024: tinygen on CuPy, eager and through
 #               tinygen.compile without and with CUDA graphs, against PyTorch eager on CUDA, after a check that
 #               all compute the same losses
-#   compiled    tinygen.compile's steps against torch.compile(mode="reduce-overhead") at batch 256 ($OUT/compiled)
+#   compiled    a compiled elementwise chain unfused and fused into one CuPy kernel (benchmarks/compile_bench.py),
+#               then tinygen.compile's steps against torch.compile(mode="reduce-overhead") at batch 256
+#               ($OUT/compiled)
 # MNIST: $TINYGEN_DATA, else ../shared/data/mnist beside the checkout; without the training set the GAN uses the
 # bundled test split and the VAE a folder that serves the bundled test split as its training set (smoke runs).
 # Prints a summary; exits 1 if any step failed or timed out, 2 if there is no GPU (without --standin).
@@ -247,8 +249,13 @@ if [ "$STANDIN" = 1 ]; then
 fi
 step throughput 75 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT" \
     --frameworks tinygen,tinygen-replay,tinygen-compiled,torch "${THROUGHPUT_ARGS[@]}"
-step compiled 0 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled" --no-check \
-    --frameworks tinygen-compiled,torch-compile "${COMPILE_ARGS[@]}"
+compiled_steps() {
+    # first a compiled four-op chain unfused and fused into one CuPy kernel (seconds), then torch.compile's models
+    bounded "$PY" -m benchmarks.compile_bench --fusion-only --device cuda &&
+    bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled" --no-check \
+        --frameworks tinygen-compiled,torch-compile "${COMPILE_ARGS[@]}"
+}
+step compiled 0 compiled_steps
 
 # ---- summary ---------------------------------------------------------------------------------------------------------
 {
@@ -267,6 +274,7 @@ step compiled 0 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled"
     [ -f "$OUT/dcgan.log" ] && echo "dcgan eval: $(grep -E '^\{' "$OUT/dcgan.log" | tail -1)"
     [ -f "$OUT/gan-ring.log" ] && echo "gan-ring eval: $(grep -E '^\{' "$OUT/gan-ring.log" | tail -1)"
     [ -f "$OUT/vae/metrics.jsonl" ] && echo "vae, epoch 1: $(tail -1 "$OUT/vae/metrics.jsonl")"
+    [ -f "$OUT/compiled.log" ] && grep -A4 -E "^\(a \* b \+ c\)" "$OUT/compiled.log"
     for table in "$OUT/gpu_throughput.md" "$OUT/compiled/gpu_throughput.md"; do
         if [ -f "$table" ]; then
             echo

@@ -1,5 +1,6 @@
 """Smoke test of the benchmark suite: a quick run on one small model and the dispatch benchmark must produce
 results.md and results.json with real numbers (it does not judge the numbers: benchmarks are not tests)."""
+import contextlib
 import importlib.util
 import json
 import math
@@ -381,3 +382,26 @@ def test_step_bench_products_accounts_for_every_product_of_the_step():
     assert rows and all(ms > 0 and warm > 0 and cold > 0 for _, _, _, ms, warm, cold, _ in rows)
     assert sum(calls * gflop for _, _, calls, _, _, _, gflop in rows) * 1e9 == pytest.approx(flops_per_step("mlp", 8))
     assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)  # slowest first
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compile_bench_times_a_chain_unfused_and_fused(device, monkeypatch, capsys):
+    """benchmarks/compile_bench.py --fusion-only (the GPU check runs it with --device cuda): on "cuda" the
+    stand-in for CuPy without a GPU, so only the flow is checked."""
+    from benchmarks import compile_bench
+    from tinygen import backend
+    monkeypatch.setattr(compile_bench, "FUSION_SHAPES", ((4, 5), (8, 3)))
+    monkeypatch.setattr(compile_bench, "FUSION_ELEMENTS", 100)  # 10 calls a round
+    with contextlib.ExitStack() as stack:
+        if device == "cuda" and not backend.is_available("cuda"):
+            stack.enter_context(backend.cuda_standin())
+        assert compile_bench.main(["--fusion-only", "--device", device]) == 0
+    out = capsys.readouterr().out
+    if device == "cpu" and not kernels.enabled():
+        assert "Numba is off" in out
+        return
+    lines = out.splitlines()
+    assert lines[0].startswith(f"(a * b + c) * 0.5 - a compiled on {device}")
+    rows = [line.split() for line in lines[1:]]
+    assert [row[:2] for row in rows] == [["(4,", "5)"], ["(8,", "3)"]]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
