@@ -328,6 +328,11 @@ def test_on_cuda_a_run_is_one_elementwise_kernel_built_and_checked_when_recorded
     assert [line for line in lines if not line.startswith("T ")] == ["o0 = v2;", "o1 = v10;"]  # h and y/(b + 1)
     if backend.array_module("cuda") is backend.standin:
         assert run.kernel.options == ("--fmad=false",)
+    listing = f.explain(sources=True).splitlines()
+    at = next(i for i, line in enumerate(listing) if "fused     11 ops" in line)
+    assert listing[at].endswith("on (6, 5) float32: one CuPy kernel")
+    assert [line.strip() for line in listing[at + 1:at + 1 + len(lines)]] == lines  # the CUDA code under it
+    assert "T v0" not in f.explain()
     monkeypatch.setattr(run, "unfused", lambda: pytest.fail("a replay ran the ops one by one"))
     assert _same(first, _arrays(_chain(*inputs[0])))
     assert all(_same(_arrays(f(*args)), _arrays(_chain(*args))) for args in inputs[1:])

@@ -73,7 +73,8 @@ tensor arguments that require grad. Return tensors from the step and read them a
 were: write the step with tinygen ops, modules and optimizers.
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
-plans, recorded calls, releases; on CuPy the CUDA graph or host of each step).
+plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the
+code generated for each fused run.
 
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
 state and random stream) and raises ``CompileError`` on the first array that differs (not with
@@ -181,10 +182,10 @@ class Compiled:
         """Forget every recorded program (the next call records again)."""
         self._programs.clear()
 
-    def explain(self):
+    def explain(self, sources=False):
         """The recorded programs as text, one line a step in the order a replay runs them: the ops' forwards,
-        fused runs, backward plans, recorded calls and releases (shapes as recorded); on CuPy, which CUDA graph
-        takes each step."""
+        fused runs (with ``sources=True``, each followed by its generated Numba loop or CUDA code), backward plans,
+        recorded calls and releases (shapes as recorded); on CuPy, which CUDA graph takes each step."""
         lines = [f"{self.__name__}: {len(self._programs)} program(s), {self.records} recorded, {self.replays} "
                  f"replayed, {self.graph_replays} with CUDA graphs"]
         for i, program in enumerate(self._programs.values(), 1):
@@ -202,6 +203,8 @@ class Compiled:
             for j, (step, text) in enumerate(zip(program.steps, program.step_texts), 1):
                 column = f"{where.get(id(step), ''):9s}" if where else ""
                 lines.append(f"  {j:4d}  {column}{text}")
+                if sources and isinstance(step[0], _fusion.FusedRun):
+                    lines.extend(" " * (18 + len(column)) + line for line in step[0].source.splitlines())
         return "\n".join(lines)
 
 
