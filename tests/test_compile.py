@@ -539,3 +539,29 @@ def test_explain_of_the_three_line_example_is_the_listing_in_docs_internals():
     text = fast.explain()
     assert len(text.splitlines()) == 11
     assert "```\n" + text + "\n```" in (Path(__file__).parents[1] / "docs" / "internals.md").read_text()
+
+
+def test_explain_never_stops_a_step_it_cannot_describe():
+    class Unnamed(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.data * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+        def name(self):
+            raise RuntimeError("no name")
+    w = tg.randn(3, requires_grad=True)
+
+    def step(x):
+        y = Unnamed.apply(x * w).sum()
+        y.backward()
+        return y
+    f = tg.compile(step)
+    x = tg.randn(3)
+    assert float(f(x)) == float(f(x)) and f.replays == 1
+    lines = f.explain().splitlines()
+    assert lines[2].endswith("forward   Mul -> (3,) float32 cpu")
+    assert lines[4].endswith("replay_forward (not described: RuntimeError)")

@@ -367,7 +367,7 @@ class _Program:
         self.grad_enabled = grad_enabled
         # for explain(), while the recorded call's tensors still hold their arrays
         self.signature_text = ", ".join(_tensor_text(t) for t in inputs) or "no tensor arguments"
-        self.step_texts = [_step_text(run, operands) for run, operands in self.steps]
+        self.step_texts = [_described(run, operands) for run, operands in self.steps]
         on_gpu = any(_cuda_graph.is_cupy(t.data) for t in itertools.chain(inputs, (leaf[0] for leaf in self.leaves)))
         self.graphed = _cuda_graph.GraphedSteps(self.steps, inputs, _GRAPH_KINDS) if cuda_graph and on_gpu else None
 
@@ -809,6 +809,15 @@ def _tensor_text(t):
 
 def _count(n, what, many=None):
     return f"{n} {what if n == 1 else many or what + 's'}"
+
+
+def _described(run, operands):
+    """``_step_text``, or a plain line where a step of an unusual kind (a custom op's) cannot be described: a
+    listing for reading is never a reason for a step to fail."""
+    try:
+        return _step_text(run, operands)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"{getattr(run, '__name__', type(run).__name__).strip('_')} (not described: {type(e).__name__})"
 
 
 def _step_text(run, operands):
