@@ -261,9 +261,9 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
 
 
 def products(case, batch, compiled=True, steps=10, repeats=15):
-    """[(a's shape and layout, b's, calls per step, ms per step in the step, ms per call alone with the caches
-    warm, and flushed, GFLOP per call)] for each matrix product of the step (see the module docstring), slowest
-    first."""
+    """[(a's shape and layout, b's, calls per step, ms per call in the step, alone with the caches warm, and
+    flushed (medians), GFLOP per call)] for each matrix product of the step (see the module docstring), the most
+    time a step first."""
     from tinygen.kernels import gemm
     from . import models_tinygen
     from .specs import CASES, init_params, make_data
@@ -282,9 +282,7 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
         t0 = time.perf_counter()
         out = product(a, b)
         elapsed = time.perf_counter() - t0
-        entry = seen.setdefault((a.shape, layout(a), b.shape, layout(b), a.dtype.str), [0, 0.0])
-        entry[0] += 1
-        entry[1] += elapsed
+        seen.setdefault((a.shape, layout(a), b.shape, layout(b), a.dtype.str), []).append(elapsed)
         return out
     gemm._product = timed
     try:
@@ -295,7 +293,7 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
     rng = np.random.default_rng(0)
     flush = np.ones(1 << 24, np.float32)  # 64 MiB
     rows = []
-    for (ashape, alay, bshape, blay, dt), (count, total) in seen.items():
+    for (ashape, alay, bshape, blay, dt), times in seen.items():
         def make(shape, lay):
             x = rng.standard_normal(shape).astype(dt)
             return np.asfortranarray(x) if lay == "F" else x
@@ -310,9 +308,9 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
             product(a, b)
             cold.append(time.perf_counter() - t0)
         flop = 2 * np.prod(ashape) * bshape[-1] / 1e9
-        rows.append((f"{ashape} {alay}", f"{bshape} {blay}", count / steps, total / steps * 1e3,
+        rows.append((f"{ashape} {alay}", f"{bshape} {blay}", len(times) / steps, statistics.median(times) * 1e3,
                      statistics.median(warm) * 1e3, statistics.median(cold) * 1e3, flop))
-    return sorted(rows, key=lambda r: -r[3])
+    return sorted(rows, key=lambda r: -r[2] * r[3])
 
 
 # What --compare switches, each way: (label off, label on); see _variants.
@@ -438,13 +436,12 @@ def main(argv=None):
         print(f"{args.case} {'eager' if args.eager else 'compiled'} step, batch {args.batch}, {args.threads} "
               f"thread(s): each matrix product in the step and alone (ms a call, median; GFLOP/s)")
         print(f"  {'a':>22s} {'b':>22s} {'per step':>8s} {'in step':>17s} {'alone':>17s} {'caches flushed':>17s}")
-        for a, b, calls, ms, warm, cold, flop in rows:
-            per = ms / calls
+        for a, b, calls, per, warm, cold, flop in rows:
             print(f"  {a:>22s} {b:>22s} {calls:8.1f} {per:8.3f} {flop / per * 1e3:6.0f} GF/s "
                   f"{warm:8.3f} {flop / warm * 1e3:6.0f} GF/s {cold:8.3f} {flop / cold * 1e3:6.0f} GF/s")
-        total = sum(r[3] for r in rows)
-        print(f"  all products: {total:.1f} ms a step in the step; alone {sum(r[2] * r[4] for r in rows):.1f} ms "
-              f"with the caches warm, {sum(r[2] * r[5] for r in rows):.1f} ms flushed")
+        print(f"  all products, a step: {sum(r[2] * r[3] for r in rows):.1f} ms in the step; alone "
+              f"{sum(r[2] * r[4] for r in rows):.1f} ms with the caches warm, {sum(r[2] * r[5] for r in rows):.1f} "
+              f"ms flushed (medians a call times calls)")
         return 0
     if args.case and args.compare:
         from tinygen.kernels import gemm
