@@ -61,6 +61,7 @@ from ..tensor import Tensor
 EXACT_FUNCTIONS = {"abs": abs, "sqrt": math.sqrt}
 APPROX_FUNCTIONS = {"exp": math.exp, "log": math.log, "tanh": math.tanh, "sin": math.sin, "cos": math.cos}
 CUDA_NAMES = {"abs": "fabs"}  # CUDA's name where it differs (its C++ overloads take float and double alike)
+ARRAY_NAMES = {"abs": "absolute"}  # the array module's name where it differs (the others are numpy's and cupy's)
 CUDA_OPTIONS = ("--fmad=false",)  # no a * b + c contracted into one rounding: each operation rounded as CuPy's
 APPROX_ULPS = 3  # NumPy's SIMD exp/log/tanh/sin/cos against the C library's, float32 and float64 (this module's doc)
 # Shorter runs are left alone: inside a training step (caches cold from the matrix products between) a fused step
@@ -105,8 +106,8 @@ def note(cls, ctx, args, out):
         if not isinstance(a, Tensor):
             return None
         d = a.data
-        if d.dtype != data.dtype or not isinstance(d, (type(data), np.generic) if device else (_ndarray, np.generic)):
-            return None  # (a constant on the GPU is a NumPy scalar, as on the CPU)
+        if d.dtype != data.dtype or not isinstance(d, (type(data), np.generic)):
+            return None  # (a constant is a NumPy scalar, on the GPU as on the CPU)
         if type(d) is type(data) and d.shape == data.shape:
             kinds.append(ARRAY)
         elif d.shape == ():
@@ -274,9 +275,9 @@ class FusedRun:
         operands = self._operands()
         if operands is None:
             return False
-        xp, n_in = self.xp, len(self.arrays) + len(self.scalars)
+        xp = self.xp
         try:
-            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in self._params(n_in)), ", ".join(
+            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in self._params()), ", ".join(
                 f"T o{j}" for j in range(len(self.outputs))), self.source)
             outs = self._launch(kernel, operands)
         except Exception as e:  # noqa: BLE001 - any failure to build or launch: the ops one by one are right
@@ -295,9 +296,9 @@ class FusedRun:
     def _one_by_one(self, operands):
         """The run's outputs from its declarations, one array operation each (no side effects on the program)."""
         xp = self.xp
-        env = {"__builtins__": {}, "abs": xp.absolute, "sqrt": xp.sqrt, "exp": xp.exp, "log": xp.log,
-               "tanh": xp.tanh, "sin": xp.sin, "cos": xp.cos}
-        env.update(zip(self._params(len(operands)), operands))
+        env = {name: getattr(xp, ARRAY_NAMES.get(name, name)) for name in EXACT_FUNCTIONS.keys() | APPROX_FUNCTIONS}
+        env["__builtins__"] = {}
+        env.update(zip(self._params(), operands))
         outs = []
         for var, expr, terms in self.lines:
             if expr is None:
@@ -306,8 +307,9 @@ class FusedRun:
                 env[var] = eval(expr.format(*terms), env)  # noqa: S307 - the ops' own declarations
         return outs
 
-    def _params(self, n_in):
-        return [f"x{j}" for j in range(len(self.arrays))] + [f"s{j}" for j in range(n_in - len(self.arrays))]
+    def _params(self):
+        """The kernel's input names, in the order of ``_operands``."""
+        return [f"x{j}" for j in range(len(self.arrays))] + [f"s{j}" for j in range(len(self.scalars))]
 
     def unfused(self):
         for run, operands in self.steps:
