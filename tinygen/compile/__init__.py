@@ -434,8 +434,7 @@ def _without_dead_gradients(steps):
 def _dropped_unread(plan, later):
     """The ids of the leaves whose gradient from ``plan`` the steps ``later`` drop before anything may read it."""
     hooked = engine._post_accumulate_hooks
-    open_ = {id(t[1]) for step in plan.steps for t in step[4]
-             if t is not None and t[1] is not None and id(t[1]) not in hooked}
+    open_ = {id(t) for t in plan.delivered() if id(t) not in hooked}
     dead = set()
     for run, operands in later:
         if not open_:
@@ -625,6 +624,10 @@ class _BackwardPlan:
         self.size = len(registers)
         self.release = not retain_graph
         self.dropped = ()  # nodes left out by without(): released at the end, as the engine would have
+
+    def delivered(self):
+        """The leaves whose .grad the plan's nodes deliver to, in their order (a leaf may repeat)."""
+        return [target[1] for step in self.steps for target in step[4] if target is not None and target[1] is not None]
 
     def without(self, dead, shared):
         """This plan without its deliveries to the leaves ``dead`` (ids), and without the work only they needed:
@@ -832,7 +835,7 @@ def _step_text(run, operands):
         return f"fused     {len(run.steps)} ops ({names}) on {run.shape} {run.dtype}: {kind}"
     if run is _replay_backward:
         plan = operands[0]
-        leaves = {id(t[1]) for step in plan.steps for t in step[4] if t is not None and t[1] is not None}
+        leaves = {id(t) for t in plan.delivered()}
         names = ", ".join(step[0].name() for step in plan.steps)
         to = _count(len(leaves), "leaf", "leaves")
         return f"backward  {_count(len(plan.steps), 'node')} ({names}) -> .grad of {to}"
@@ -909,6 +912,11 @@ def _arrays(value):
     return []
 
 
+def _on_host(arrays):
+    """A snapshot's arrays (None for a missing gradient) as host arrays."""
+    return [None if a is None else to_device(a, "cpu") for a in arrays]
+
+
 def _checked(fn, program, args, kwargs):
     tensors, owners = _state_of(program)
     devices = sorted({"cpu"} | {t._device for t in itertools.chain(program.inputs, tensors)})
@@ -918,11 +926,8 @@ def _checked(fn, program, args, kwargs):
     _restore(tensors, owners, before)
     result = program.replay(args, kwargs)
     after_replay = _snapshot(tensors, owners, devices)
-    host = [[None if a is None else to_device(a, "cpu") for a in snap[0] + snap[1]] for snap in (after_eager,
-                                                                                                after_replay)]
-    n = len(tensors)
-    checks = (("result", eager, _arrays(result)), ("tensor", host[0][:n], host[1][:n]),
-              ("gradient", host[0][n:], host[1][n:]),
+    checks = (("result", eager, _arrays(result)), ("tensor", _on_host(after_eager[0]), _on_host(after_replay[0])),
+              ("gradient", _on_host(after_eager[1]), _on_host(after_replay[1])),
               ("optimizer/scheduler state", _arrays(after_eager[2]), _arrays(after_replay[2])))
     for what, xs, ys in checks:
         for i, (x, y) in enumerate(itertools.zip_longest(xs, ys)):

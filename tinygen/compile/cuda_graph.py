@@ -338,10 +338,8 @@ def _hook_leaves(plan):
 
 
 def _plan_leaves(plan):
-    leaves = [leaf for _, leaf in plan.roots if leaf is not None]
-    for step in plan.steps:
-        leaves.extend(target[1] for target in step[4] if target is not None and target[1] is not None)
-    return leaves
+    """The leaves a backward plan gives gradients: its roots that are leaves, and those its nodes deliver to."""
+    return [leaf for _, leaf in plan.roots if leaf is not None] + plan.delivered()
 
 
 def _segment(steps, made, kinds):
