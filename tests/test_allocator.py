@@ -48,6 +48,34 @@ def test_kept_memory_is_reused_without_page_faults(restore):
     assert kept < pages, f"kept memory should be reused without faulting it in again ({kept} faults)"
 
 
+def _faults_remaking_many(count, nbytes, times=4):
+    """Minor page faults while ``count`` arrays of ``nbytes`` are made, written and all freed, ``times`` times:
+    a step that frees more than one block at once, at the top of the heap."""
+    for _ in range(2):  # the first rounds may fault in any case
+        arrays = [np.ones(nbytes // 4, np.float32) for _ in range(count)]
+        del arrays
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        arrays = [np.ones(nbytes // 4, np.float32) for _ in range(count)]
+        del arrays
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@glibc
+def test_a_step_freeing_more_than_128_mib_at_once_reuses_it(restore, monkeypatch):
+    # six 30 MiB arrays (heap blocks: below the 32 MiB mmap threshold), 180 MiB freed together each round: DCGAN's
+    # batch-256 step frees that much, and with 128 MiB kept the heap's top went back to the system every step
+    count, size = 6, 30 << 20
+    huge_pages = count * size // (2 << 20)  # the fewest faults that remaking them from the system can cost
+    assert tinygen.keep_freed_memory(True)
+    kept = _faults_remaking_many(count, size)
+    monkeypatch.setitem(allocator.KEEP, allocator.M_TRIM_THRESHOLD, 128 << 20)
+    assert tinygen.keep_freed_memory(True)
+    trimmed = _faults_remaking_many(count, size)
+    assert trimmed >= 4 * huge_pages, f"with 128 MiB kept the freed 180 MiB should go back each round ({trimmed})"
+    assert kept < huge_pages // 4, f"the freed 180 MiB should be reused without faulting it in again ({kept})"
+
+
 # In a fresh interpreter, with ctypes watched: glibc's settings cannot be read back, so the tests see the calls.
 _PROBE = """
 import ctypes
