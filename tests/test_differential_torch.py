@@ -113,16 +113,24 @@ def _F():
     return F
 
 
-def _t_linear_act(x, w, b, activation, p1, p2):
-    z = _F().linear(x, w, b)
+def _t_activated(z, activation, p1, p2):
     return {"relu": lambda: _F().relu(z), "leaky_relu": lambda: _F().leaky_relu(z, p1), "tanh": lambda: z.tanh(),
             "sigmoid": lambda: z.sigmoid(), "elu": lambda: _F().elu(z, p1),
             "softplus": lambda: _F().softplus(z, p1, p2)}[activation]()
 
 
+def _t_linear_act(x, w, b, activation, p1, p2):
+    return _t_activated(_F().linear(x, w, b), activation, p1, p2)
+
+
+def _t_conv2d_act(x, w, b, activation, p1, p2, **kwargs):
+    return _t_activated(_F().conv2d(x, w, b, **kwargs), activation, p1, p2)
+
+
 FUNCTIONAL_CALLS = {
     "F.linear": (TF.linear, lambda *a: _F().linear(*a)),
     "F.linear_act": (TF.linear_act, _t_linear_act),
+    "F.conv2d_act": (TF.conv2d_act, _t_conv2d_act),
     # the nodes positionally, the rest by keyword (the two libraries order some optional arguments differently)
     "F.layer_norm": (lambda x, w, b, normalized_shape: TF.layer_norm(x, normalized_shape, w, b),
                      lambda x, w, b, normalized_shape: _F().layer_norm(x, normalized_shape, w, b)),
@@ -606,6 +614,16 @@ def add_linear(b):
 
 def add_linear_act(b):
     x = b.pick(lambda s: len(s) == 2)
+    out = b.draw(st.integers(1, 3))
+    w = b.leaf((out, b.shape(x)[1]), Domain(-1.0, 1.0))
+    bias = b.leaf((out,)) if b.draw(st.booleans()) else None
+    pre = TF.linear(b.values[x], b.values[w], None if bias is None else b.values[bias]).data
+    return b.op("F.linear_act", [x, w, bias], fused_activation(b, pre))
+
+
+def fused_activation(b, pre, margin=0.05):
+    """An activation to fuse into a layer whose output before it is ``pre``: linear_act's and conv2d_act's
+    arguments (rejected where ``pre`` lies within ``margin`` of a kink)."""
     act = b.draw(st.sampled_from(["relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"]))
     p1, p2 = {"relu": (0.0, 0.0), "tanh": (0.0, 0.0), "sigmoid": (0.0, 0.0)}.get(act, (None, None))
     if act == "leaky_relu":
@@ -615,15 +633,11 @@ def add_linear_act(b):
     elif act == "softplus":
         thresholds = [20.0] if known_bug("linear_act_softplus_low_threshold") else [20.0, 1.0, 0.5]
         p1, p2 = b.draw(st.sampled_from([1.0, 2.0])), b.draw(st.sampled_from(thresholds))
-    out = b.draw(st.integers(1, 3))
-    w = b.leaf((out, b.shape(x)[1]), Domain(-1.0, 1.0))
-    bias = b.leaf((out,)) if b.draw(st.booleans()) else None
-    pre = TF.linear(b.values[x], b.values[w], None if bias is None else b.values[bias]).data
     if act in ("relu", "leaky_relu", "elu"):
-        check_kinks(pre, Domain(kinks=(0.0,)), 0.05)
+        check_kinks(pre, Domain(kinks=(0.0,)), margin)
     elif act == "softplus":
-        check_kinks(pre * p1, Domain(kinks=(p2,)), 0.05)
-    return b.op("F.linear_act", [x, w, bias], {"activation": act, "p1": p1, "p2": p2})
+        check_kinks(pre * p1, Domain(kinks=(p2,)), margin)
+    return {"activation": act, "p1": p1, "p2": p2}
 
 
 def add_layer_norm(b):
@@ -804,7 +818,7 @@ def add_select(b):
     return b.op("gather_argmax", [x, y], {"dim": dim})
 
 
-IMAGE_OPS = ("conv", "max_pool2d", "avg_pool2d", "interpolate")
+IMAGE_OPS = ("conv", "F.conv2d_act", "max_pool2d", "avg_pool2d", "interpolate")
 
 
 def _image(s):  # (N, C, H, W), or 3-D: an unbatched (C, H, W) image to a convolution, (N, C, L) to a resize
@@ -823,14 +837,15 @@ def add_image_layer(b):
         batch = (b.draw(st.integers(1, 2)),) if b.draw(st.integers(0, 2)) else ()  # a third of them unbatched
         x = b.leaf(batch + (b.draw(st.integers(1, 4)),) + b.draw(st.tuples(st.integers(1, 6), st.integers(1, 6))))
     s = b.shape(x)
-    kind = b.draw(st.sampled_from(["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "interpolate"]))
+    kind = b.draw(st.sampled_from(["conv2d", "conv2d_act", "conv_transpose2d", "max_pool2d", "avg_pool2d",
+                                   "interpolate"]))  # conv2d_act: Sequential's Conv2d + ReLU, ... as one node
     if kind == "interpolate":
         if len(s) == 4:
             return b.op("interpolate_nearest", [x], b.draw(SPECS_BY_NAME["interpolate_nearest"].kwargs((s,))))
         by_size = b.draw(st.booleans())  # (N, C, L): a 1-D resize
         return b.op("interpolate_nearest", [x], {"size": b.draw(st.integers(1, 8))} if by_size else
                     {"scale_factor": b.draw(st.sampled_from([2.0, 3.0, 1.5, 0.6, (1.7,)]))})
-    spec = SPECS_BY_NAME[kind]
+    spec = SPECS_BY_NAME[kind.removesuffix("_act")]
     image = s if len(s) == 4 else (1,) + s  # the strategies' (N, C, H, W)
     if kind.endswith("pool2d"):
         x = b.into(x, spec.domain_of(0))
@@ -844,6 +859,14 @@ def add_image_layer(b):
     bias = b.leaf((cout,)) if b.draw(st.booleans()) else None
     shapes = (image, w_shape) + (((cout,),) if bias is not None else ())
     kwargs = b.draw(spec.kwargs(shapes))  # a transposed weight without bias fits any groups dividing its rows
+    if kind == "conv2d_act":
+        try:
+            pre = TF.conv2d(b.values[x], b.values[w], None if bias is None else b.values[bias], **kwargs).data
+        except (ValueError, TypeError) as e:
+            raise Reject(f"conv2d: {e}") from None
+        # a smaller margin than linear_act's: a convolution has many outputs, and some lie near 0 (float32's
+        # round-off of them is far below it)
+        return b.op("F.conv2d_act", [x, w, bias], {**kwargs, **fused_activation(b, pre, 0.005)})
     name = kind if bias is not None else kind + "_nobias"
     return b.op(name, [x, w] + ([bias] if bias is not None else []), kwargs)
 
@@ -924,6 +947,8 @@ def _check_random_graph(graph):
     chained = sum(name.startswith(IMAGE_OPS) for name in ops)
     if chained:
         event("an image layer" if chained == 1 else "image layers chained")
+    if "F.conv2d_act" in ops:
+        event("a convolution with its activation fused")
     message = _safe_compare(graph)
     if message:
         small, small_message = shrink(graph)

@@ -571,6 +571,16 @@ class Conv2d(_ConvNd):
                             self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def forward_activated(self, input, activation):
+        """``activation(self(input))`` as one node (``F.conv2d_act``), or None where that is not possible
+        (Sequential calls this for a Conv2d followed by an activation module)."""
+        spec = getattr(activation, "fused_spec", None)
+        if spec is None or self.padding_mode != "zeros" or type(self).forward is not Conv2d.forward:
+            return None
+        act = spec()
+        return None if act is None else F.conv2d_act(input, self.weight, self.bias, *act, self.stride, self.padding,
+                                                     self.dilation, self.groups)
+
     def _pad_widths(self):
         """F.pad's (left, right, top, bottom) for this layer's padding, split as F.conv2d splits it."""
         (top, bottom), (left, right) = _conv_padding(type(self).__name__, self.padding, self.kernel_size,

@@ -19,7 +19,9 @@ from .. import kernels
 from ..autograd.function import Function
 from ..kernels import conv as _conv
 from ..tensor import Tensor, _make
+from .elementwise import grad_from_output, softplus
 from .index import IndexAdd
+from .nn import ACT_TITLES, fusable_activation
 
 # stride, dilation: (h, w); padding: ((top, bottom), (left, right)); groups: int
 Geometry = namedtuple("Geometry", "stride padding dilation groups")
@@ -78,12 +80,49 @@ class Conv2dFunction(Function):
 
     @staticmethod
     def array_backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need, geom = ctx.next_edges, ctx.geom
-        cols, ctx.cols = ctx.cols, None  # used once: a second backward (retain_graph) builds it again
-        gx = _conv_bwd_input(g, w.data, x.shape[2:], geom) if need[0] is not None else None
-        gw = _conv_bwd_weight(x.data, g, w.shape[2:], geom, cols) if need[1] is not None else None
-        return gx, gw, (g.sum((0, 2, 3)) if need[2] is not None else None), None
+        return (*_conv2d_array_grads(ctx, g), (g.sum((0, 2, 3)) if ctx.next_edges[2] is not None else None), None)
+
+
+def _conv2d_array_grads(ctx, g):
+    """The input and weight gradients of a conv2d node (Conv2dFunction, Conv2dActFunction) on arrays."""
+    x, w = ctx.saved_tensors
+    need, geom = ctx.next_edges, ctx.geom
+    cols, ctx.cols = ctx.cols, None  # used once: a second backward (retain_graph) builds it again
+    gx = _conv_bwd_input(g, w.data, x.shape[2:], geom) if need[0] is not None else None
+    gw = _conv_bwd_weight(x.data, g, w.shape[2:], geom, cols) if need[1] is not None else None
+    return gx, gw
+
+
+class Conv2dActFunction(Conv2dFunction):
+    """y = act(conv2d(x, w) + b) as one node, as ``LinearActFunction`` is for a linear layer: the bias add and the
+    activation are one pass over the product's output seen as its (N * OH * OW, C) rows (free for the channels-last
+    image a convolution returns; kernel ``bias_act_fwd``), and so are the plain backward's activation derivative
+    and bias gradient (``bias_act_bwd``). Named for both ops (e.g. ``Conv2d+LeakyReLUBackward``)."""
+    save_output = True
+
+    def name(self):
+        return f"Conv2d+{ACT_TITLES[self.act]}Backward"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, geom, act, p1, p2):
+        ctx.act, ctx.p1, ctx.p2 = act, p1, p2
+        y = Conv2dFunction.forward(ctx, x, weight, None, geom)
+        rows = _conv._rows(y)
+        rows = kernels.get("bias_act_fwd", rows)(rows, None if bias is None else bias.data, act, p1, p2)
+        return _conv._nchw(rows, y.shape[0], y.shape[2:], y.shape[1])
+
+    @staticmethod
+    def backward(ctx, g):
+        gpre = grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
+        return Conv2dFunction.backward(ctx, gpre) + (None, None, None)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        y = ctx.output_array
+        n, c, oh, ow = y.shape
+        gpre, gb = kernels.get("bias_act_bwd", y)(_conv._rows(y), _conv._rows(g), ctx.act, ctx.p1, ctx.p2,
+                                                  ctx.next_edges[2] is not None)
+        return (*_conv2d_array_grads(ctx, _conv._nchw(gpre, n, (oh, ow), c)), gb, None, None, None, None)
 
 
 class ConvTranspose2dFunction(Function):
@@ -288,7 +327,24 @@ def _batched_result(out, unbatched):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``: input (N, C, H, W) or (C, H, W), weight
     (Cout, C / groups, kh, kw), bias (Cout,) or None; padding an int, a pair, 'valid' or 'same'."""
-    fn = "conv2d"
+    x, unbatched, geom = _conv2d_geometry("conv2d", input, weight, bias, stride, padding, dilation, groups)
+    return _batched_result(Conv2dFunction.apply(x, weight, bias, geom), unbatched)
+
+
+def conv2d_act(input, weight, bias, activation, p1=0.0, p2=0.0, stride=1, padding=0, dilation=1, groups=1):
+    """``activation(conv2d(input, weight, bias, stride, padding, dilation, groups))`` as one fused node
+    (``Conv2dActFunction``); ``activation``, ``p1`` and ``p2`` as for ``linear_act``. ``nn.Sequential`` uses this
+    for a Conv2d followed by such an activation module."""
+    fuse = fusable_activation("conv2d_act", activation, p1, p2)
+    x, unbatched, geom = _conv2d_geometry("conv2d_act", input, weight, bias, stride, padding, dilation, groups)
+    if not fuse:
+        return softplus(_batched_result(Conv2dFunction.apply(x, weight, bias, geom), unbatched), p1, p2)
+    out = Conv2dActFunction.apply(x, weight, bias, geom, activation, float(p1), float(p2))
+    return _batched_result(out, unbatched)
+
+
+def _conv2d_geometry(fn, input, weight, bias, stride, padding, dilation, groups):
+    """conv2d's checks: (the input as a batch, whether it was one unbatched image, the Geometry)."""
     x, unbatched = _image(fn, input)
     stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
     groups = int(groups)
@@ -301,8 +357,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if padded[0] < eff[0] or padded[1] < eff[1]:
         raise ValueError(f"{fn}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
                          f"({eff[0]} x {eff[1]}). Kernel size can't be greater than actual input size")
-    out = Conv2dFunction.apply(x, weight, bias, Geometry(stride, pads, dilation, groups))
-    return _batched_result(out, unbatched)
+    return x, unbatched, Geometry(stride, pads, dilation, groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):

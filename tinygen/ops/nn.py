@@ -92,9 +92,9 @@ def linear(input, weight, bias=None):
 
 
 # ---- linear + activation ---------------------------------------------------------------------------------------------
-_ACT_TITLES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "elu": "ELU",
+ACT_TITLES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "elu": "ELU",
                "softplus": "Softplus"}
-FUSABLE_ACTIVATIONS = tuple(_ACT_TITLES)
+FUSABLE_ACTIVATIONS = tuple(ACT_TITLES)
 
 
 class LinearActFunction(Function):
@@ -107,7 +107,7 @@ class LinearActFunction(Function):
     save_output = True
 
     def name(self):
-        return f"Linear+{_ACT_TITLES[self.act]}Backward"
+        return f"Linear+{ACT_TITLES[self.act]}Backward"
 
     @staticmethod
     def forward(ctx, x, weight, bias, act, p1, p2):
@@ -147,14 +147,20 @@ def linear_act(input, weight, bias, activation, p1=0.0, p2=0.0):
     _check_linear(input, weight, bias)
     if input.ndim != 2:
         raise ValueError(f"linear_act: expected a 2-D (batch, features) input, got shape {tuple(input.shape)}")
-    if activation not in FUSABLE_ACTIVATIONS:
-        raise ValueError(f"linear_act: unknown activation {activation!r}; expected one of {FUSABLE_ACTIVATIONS}")
-    if activation in ("leaky_relu", "elu") and p1 < 0:
-        raise ValueError(f"linear_act: {activation} needs a parameter >= 0 to be differentiated from its output, "
-                         f"got {p1}")
-    if activation == "softplus" and not (p1 > 0 and p2 >= 20):
+    if not fusable_activation("linear_act", activation, p1, p2):
         return _elementwise.softplus(LinearFunction.apply(input, weight, bias), p1, p2)
     return LinearActFunction.apply(input, weight, bias, activation, float(p1), float(p2))
+
+
+def fusable_activation(fn, activation, p1, p2):
+    """Whether an activation can be fused into the layer before it (``linear_act``, ``conv2d_act``): False for
+    softplus with a threshold below 20 or beta <= 0 (see linear_act); an unknown activation, or a negative slope
+    or alpha (its derivative cannot be read from the output), raises."""
+    if activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"{fn}: unknown activation {activation!r}; expected one of {FUSABLE_ACTIVATIONS}")
+    if activation in ("leaky_relu", "elu") and p1 < 0:
+        raise ValueError(f"{fn}: {activation} needs a parameter >= 0 to be differentiated from its output, got {p1}")
+    return activation != "softplus" or (p1 > 0 and p2 >= 20)
 
 
 # ---- dropout ---------------------------------------------------------------------------------------------------------
@@ -288,7 +294,7 @@ class BatchNormActFunction(BatchNormFunction):
     save_output = True
 
     def name(self):
-        return f"BatchNorm+{_ACT_TITLES[self.act]}Backward"
+        return f"BatchNorm+{ACT_TITLES[self.act]}Backward"
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, act, p1):
