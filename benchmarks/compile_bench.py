@@ -165,20 +165,34 @@ FUSION_SHAPES = ((16, 20), (128, 20), (128, 784), (1024, 784))
 FUSION_ELEMENTS = 2e6  # elements a timed round of one function goes through (at least 10 calls)
 
 
-def fusion_speed(rounds=7, device="cpu"):
-    """{shape: (unfused us, fused us)} per call of a compiled four-op elementwise function (the docstring); on
-    "cuda" in wall time, synchronised."""
+FUSION_CHAINS = {  # what fusion_speed times: a forward chain, and a chain on a parameter with its backward
+    "forward": "(a * b + c) * 0.5 - a",
+    "backward": "(((w * a) * b + c) * 0.5 - c).sum().backward()",
+}
+
+
+def fusion_speed(rounds=7, device="cpu", chain="forward"):
+    """{shape: (unfused us, fused us)} per call of a compiled elementwise function (FUSION_CHAINS); on "cuda" in
+    wall time, synchronised. "backward": five forwards fused into one loop, and their backward's four nodes
+    (the fifth delivers to the parameter's .grad) into another."""
     import numpy as np
 
     import tinygen
 
-    def chain(a, b, c):
-        return (a * b + c) * 0.5 - a
     clock = time.process_time if device == "cpu" else time.perf_counter
     out = {}
     for shape in FUSION_SHAPES:
         args = [tinygen.randn(*shape, device=device) for _ in range(3)]
-        fns = [tinygen.compile(chain, fuse=fuse) for fuse in (False, True)]
+        w = tinygen.randn(*shape, device=device, requires_grad=True)
+
+        def fn(a, b, c):
+            if chain == "forward":
+                return (a * b + c) * 0.5 - a
+            w.grad = None
+            loss = (((w * a) * b + c) * 0.5 - c).sum()
+            loss.backward()
+            return loss
+        fns = [tinygen.compile(fn, fuse=fuse) for fuse in (False, True)]
         for f in fns:
             for _ in range(3):
                 f(*args)  # records; the fused loop compiles; on CuPy the graph is captured
@@ -255,9 +269,10 @@ def _print_fusion(device):
         print("fusion timing skipped: no GPU (and TINYGEN_CUDA_STANDIN is not set)")
         return 0
     clock = "CPU" if device == "cpu" else "wall-clock"
-    print(f"(a * b + c) * 0.5 - a compiled on {device}, {clock} microseconds per call (unfused / fused):")
-    for shape, (unfused, fused) in fusion_speed(device=device).items():
-        print(f"  {str(shape):12s}{unfused:10.1f}{fused:10.1f}{unfused / fused:8.2f}x")
+    for chain, text in FUSION_CHAINS.items():
+        print(f"{text} compiled on {device}, {clock} microseconds per call (unfused / fused):")
+        for shape, (unfused, fused) in fusion_speed(device=device, chain=chain).items():
+            print(f"  {str(shape):12s}{unfused:10.1f}{fused:10.1f}{unfused / fused:8.2f}x")
     return 0
 
 

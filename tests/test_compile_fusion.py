@@ -1,6 +1,7 @@
 """tinygen.compile's elementwise fusion: fused replays against unfused replays and eager (bitwise for the exact ops,
 within APPROX_ULPS per transcendental call under fuse="approx"), what a fused run writes, and when it must not fuse."""
 import contextlib
+import sys
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import given, strategies as st
 import tinygen as tg
 from tinygen import backend, kernels
 from tinygen.compile import fusion as compile_fusion
-from tinygen.compile.fusion import APPROX_ULPS, FusedRun
+from tinygen.compile.fusion import APPROX_ULPS, FUSED, FusedRun
 
 NUMBA_ON = kernels.enabled()  # without Numba nothing is fused on the CPU: the tests compare the values all the same
 
@@ -22,6 +23,13 @@ def _runs(compiled):
 
 def _lengths(compiled):
     return [len(run.steps) for run in _runs(compiled)]
+
+
+def _backward_runs(compiled):
+    """The fused backward runs in the plans of a compiled function's programs."""
+    replay_backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
+    return [step[0] for p in compiled._programs.values() for run, operands in p.steps if run is replay_backward
+            for step in operands[0].steps if step[1] is FUSED]
 
 
 def _fuses(device):
@@ -404,3 +412,135 @@ def test_a_cuda_run_on_a_parameter_the_step_then_updates_is_checked_on_what_it_r
     assert [[s[1][0].__name__ for s in r.steps] for r in _runs(f)] == [["Mul", "Add", "Mul", "Sub", "Mul"]]  # y * y too
     assert any(t is w for t in _runs(f)[0].arrays)
     assert all(_same(e, c) for e, c in zip(*results))
+
+
+# ---- the backward of a run -------------------------------------------------------------------------------------------
+def _backward_setup(dtype):
+    rng = np.random.default_rng(5)
+    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+
+    def step(a, b):
+        h = w @ a  # a product before the run: its node takes the run's gradient from a register
+        y = (h * h - v * 0.5) / (h + b).sqrt() + (h * b).exp() * 0.25  # h used four times: its sums in order
+        loss = y.sum()  # the run's upstream gradient is one value broadcast: a scalar of the loop
+        loss.backward()
+        return loss
+    return (w, v), step
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_backward_chain_is_one_loop_bitwise_eager(dtype):
+    outs = []
+    rng = np.random.default_rng(6)
+    inputs = [(tg.tensor(rng.uniform(0.1, 0.5, (5, 5)).astype(dtype)), tg.tensor(rng.uniform(0.5, 1.0, (6, 5))
+                                                                                   .astype(dtype))) for _ in range(4)]
+    for fuse in (None, False, True):
+        (w, v), step = _backward_setup(dtype)
+        f = step if fuse is None else tg.compile(step, fuse=fuse)
+        outs.append([])
+        for args in inputs:
+            w.grad = v.grad = None
+            outs[-1].append(_arrays(f(*args)) + _arrays((w.grad, v.grad)))
+    eager, unfused, fused = outs
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    runs = _backward_runs(f)
+    if NUMBA_ON:
+        (run,) = runs  # then v * 0.5's node (a leaf's gradient) and h * h's (one node): not in it
+        assert [n.name().removesuffix("Backward") for n in run.nodes] == ["Add", "Mul", "Exp", "Mul", "Div", "Sqrt",
+                                                                          "Add", "Sub"]
+        assert len(run.outputs) == 3 and len(run.kernels) == 1  # h's sum so far, h * h's, v * 0.5's; one kind mix
+        assert "fused(AddBackward, MulBackward" in f.explain()
+    else:
+        assert runs == []
+
+
+_GRAD_OPS = (lambda x, y: x + y, lambda x, y: x - y, lambda x, y: x * y, lambda x, y: x / (abs(y) + 0.5),
+             lambda x, y: -x, lambda x, y: (abs(x) + 0.25).sqrt(), lambda x, y: x * 0.75, lambda x, y: 1.5 - y,
+             lambda x, y: (x * 0.25).exp(), lambda x, y: (abs(x) + 0.5).log())
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_GRAD_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
+                max_size=10), st.sampled_from([np.float32, np.float64]), st.booleans())
+def test_random_backward_chains_fused_are_bitwise_eager(program, dtype, upstream_array):
+    """Random chains of ops on a product's output, their sum (a broadcast upstream gradient) or their product with
+    an array (an array one) differentiated: the weight's gradient fused equals eager's bit for bit."""
+    rng = np.random.default_rng(7)
+    w = tg.tensor(rng.uniform(-1.0, 1.0, (4, 3)).astype(dtype), requires_grad=True)
+    c = tg.tensor(rng.uniform(-1.0, 1.0, (4, 2)).astype(dtype))
+
+    def step(a):
+        values = [w @ a]
+        for op, i, j in program:
+            values.append(_GRAD_OPS[op](values[i % len(values)], values[j % len(values)]))
+        out = values[-1] + values[-2] * 0.5
+        (out * c if upstream_array else out).sum().backward()
+        return out
+    inputs = [tg.tensor(rng.uniform(-1.0, 1.0, (3, 2)).astype(dtype)) for _ in range(3)]
+    grads = []
+    for f in (step, tg.compile(step, fuse=False), tg.compile(step)):
+        grads.append([])
+        for a in inputs:
+            w.grad = None
+            grads[-1].append(_arrays(f(a)) + _arrays(w.grad))
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(*grads))
+
+
+def test_a_backward_loop_that_differs_from_its_nodes_is_caught_on_its_first_call(monkeypatch):
+    if not NUMBA_ON:
+        pytest.skip("without Numba nothing is fused")
+    (w, v), step = _backward_setup(np.float32)
+    f = tg.compile(step)
+    args = (tg.rand(5, 5), tg.rand(6, 5))
+    f(*args)
+    f(*args)  # the first replay: the loops are compiled (and checked)
+    (run,) = _backward_runs(f)
+    run.kernels.clear()  # compiled again at the next call, wrong: one value off
+    make = compile_fusion._numba_loop
+    monkeypatch.setattr(compile_fusion, "_numba_loop", lambda source: (
+        lambda n, *arrays: (make(source)(n, *arrays), arrays[0].reshape(-1).__setitem__(0, 7.0))))
+    with pytest.raises(RuntimeError, match="a fused backward loop differs from its 8 nodes run one by one"):
+        f(*args)
+
+
+def test_a_backward_run_whose_operands_are_laid_out_otherwise_runs_its_nodes_one_by_one():
+    """An upstream gradient that is neither C-contiguous nor one value broadcast (here a transposed one, from the
+    product after the run) runs the nodes one by one: the same bits as eager."""
+    rng = np.random.default_rng(8)
+    w = tg.tensor(rng.uniform(0.5, 1.5, (5, 5)).astype(np.float32), requires_grad=True)
+    c = tg.tensor(rng.uniform(0.5, 1.5, (5, 5)).astype(np.float32))
+
+    def step(a):
+        y = ((w @ a) * 0.5 + 1.0).sqrt() - a * 2.0
+        (y.t() @ c).sum().backward()
+        return y
+    inputs = [tg.tensor(rng.uniform(0.5, 1.5, (5, 5)).astype(np.float32)) for _ in range(3)]
+    grads = []
+    for f in (step, tg.compile(step)):
+        grads.append([])
+        for a in inputs:
+            w.grad = None
+            f(a)
+            grads[-1].append(w.grad.numpy().copy())
+    assert all(np.array_equal(a, b) for a, b in zip(*grads))
+    runs = _backward_runs(f)
+    assert all(run.kernels == {} for run in runs) and len(runs) == (1 if NUMBA_ON else 0)
+
+
+def test_a_backward_run_falls_back_when_numba_is_switched_off():
+    if not NUMBA_ON:
+        pytest.skip("without Numba nothing is fused")
+    (w, v), step = _backward_setup(np.float64)
+    f = tg.compile(step)
+    args = (tg.rand(5, 5, dtype=tg.float64), tg.rand(6, 5, dtype=tg.float64))
+    f(*args)
+    w.grad = None
+    with kernels.enabled_as(False):
+        f(*args)
+    fused_off = w.grad.numpy().copy()
+    (w2, v2), step2 = _backward_setup(np.float64)
+    with kernels.enabled_as(False):
+        step2(*args)
+    assert np.array_equal(fused_off, w2.grad.numpy())
+    (run,) = _backward_runs(f)
+    assert run.kernels == {}  # never compiled: the nodes ran one by one

@@ -39,7 +39,9 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            CuPy elementwise kernel (GPU arrays) that writes only what is used outside the run and leaves each
            node as its forward would (``compile/fusion.py``). ``fuse=True`` (the default) takes + - * /, neg, abs
            and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh, sin and cos too: within 3
-           ulps of NumPy's per call. ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
+           ulps of NumPy's per call. On NumPy arrays a plain backward's runs of 3 or more such nodes (ops that
+           declare ``elementwise_backward``, gradients passed between them, none to a leaf) become one loop too
+           (``FusedBackward``). ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -357,6 +359,7 @@ class _Program:
         self.steps, self.left_out = _without_dead_gradients(self.steps)
         if fuse:
             self.steps = _fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx", _PROGRAM_KINDS)
+            self.steps = _fused_backwards(self.steps, rec, fuse == "approx")
         self.inputs = inputs
         self.result = result
         # each module's mode when the step first called it, and its count of changes when the step ended: a
@@ -399,6 +402,30 @@ class _Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return self.graphed.result(self.result)
+
+
+def _fused_backwards(steps, rec, approx):
+    """The steps with each plain backward's runs of elementwise nodes fused (``fusion.fused_plan_steps``), unless
+    an op re-reads its inputs' nodes (after a create_graph call)."""
+    forwards = {}  # id(node) -> (its op's note, its arguments)
+    for step in rec.steps:
+        if step[0] is _replay_forward:
+            if step[6]:
+                return steps
+            note = rec.elementwise.get(id(step[5][0]))
+            if note is not None and step[2] is not None:
+                forwards[id(step[2])] = (note, step[4])
+    out = []
+    for run, operands in steps:
+        if run is _replay_backward and forwards:
+            plan = operands[0]
+            fused = _fusion.fused_plan_steps(plan.steps, plan.roots, forwards, approx, _plan_step)
+            if fused is not plan.steps:
+                plan = copy.copy(plan)
+                plan.steps = fused
+                operands = (plan,) + operands[1:]
+        out.append((run, operands))
+    return tuple(out)
 
 
 def _run_steps(steps):
@@ -674,39 +701,51 @@ def _run_plan(plan, root_grads):
             else:
                 regs[r] = g if regs[r] is None else _added(regs[r], g)
         engine.run_post_accumulate_hooks(plan.due_first, direct)
-        for node, array_backward, ins, metas, outs, due in plan.steps:
-            xp = node.xp
-            grads = [regs[r] for r in ins]
-            for r in ins:
-                regs[r] = None
-            if metas is not None:  # several outputs: a missing gradient is zero
-                grads = [g if g is not None else xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
-            if array_backward is not None:
-                out = array_backward(node, *grads)
+        release = plan.release
+        for step in plan.steps:
+            if step[1] is _fusion.FUSED:  # a run of elementwise nodes as one loop (fusion.FusedBackward)
+                step[0](regs, direct, release)
             else:
-                out = node.backward(node, *[_make(g, node.device) for g in grads])
-            if type(out) is not tuple:
-                out = (out,)
-            for target, g in zip(outs, out):
-                if target is None or g is None:
-                    continue
-                g = engine.gradient_array(g, node)
-                r, leaf, shape, dtype = target
-                if leaf is None:
-                    g = engine.fit_array(g, shape, dtype, xp)
-                    regs[r] = g if regs[r] is None else _added(regs[r], g)
-                else:
-                    g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
-                    engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
-            if due:
-                engine.run_post_accumulate_hooks(due, direct)
-            if plan.release:
-                node.release()
+                _plan_step(step, regs, direct, release)
         for node in plan.dropped:
             node.release()
     finally:
         STATE.grad_enabled = prev
     engine.own_gradients(direct, {id(g) for g in root_grads})
+
+
+def _plan_step(step, regs, direct, release):
+    """One node of a plan: its gradients taken from its registers, its ``array_backward`` (else its ``backward``,
+    on tensors), each gradient it returns fitted to its input and summed into a register or delivered into a
+    leaf's ``.grad``, the hooks due after it, the node released (unless ``retain_graph``)."""
+    node, array_backward, ins, metas, outs, due = step
+    xp = node.xp
+    grads = [regs[r] for r in ins]
+    for r in ins:
+        regs[r] = None
+    if metas is not None:  # several outputs: a missing gradient is zero
+        grads = [g if g is not None else xp.zeros(s, dtype=d) for g, (s, d) in zip(grads, metas)]
+    if array_backward is not None:
+        out = array_backward(node, *grads)
+    else:
+        out = node.backward(node, *[_make(g, node.device) for g in grads])
+    if type(out) is not tuple:
+        out = (out,)
+    for target, g in zip(outs, out):
+        if target is None or g is None:
+            continue
+        g = engine.gradient_array(g, node)
+        r, leaf, shape, dtype = target
+        if leaf is None:
+            g = engine.fit_array(g, shape, dtype, xp)
+            regs[r] = g if regs[r] is None else _added(regs[r], g)
+        else:
+            g = engine.fit_array(g, leaf.data.shape, leaf.data.dtype, xp)
+            engine.deliver_to_leaf(leaf, _make(g, node.device), direct, False)
+    if due:
+        engine.run_post_accumulate_hooks(due, direct)
+    if release:
+        node.release()
 
 
 def _added(a, b):

@@ -35,6 +35,16 @@ Three stages:
            output and what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that
            follows runs unchanged. The first replay of an exact Numba run runs its ops one by one as well and
            raises if the loop's outputs differ from theirs in any bit.
+  backward ``fused_plan_steps``, once per plain backward of a program (NumPy arrays, Numba on): each run of
+           ``MIN_OPS`` or more consecutive nodes of a backward plan whose ops declare ``elementwise_backward``
+           (their ``array_backward`` per element) and whose gradients all go to registers of the run's shape and
+           dtype (none to a leaf's .grad) becomes one ``FusedBackward``: a Numba loop that computes each node's
+           gradients in the plan's order and sums them into their registers in the engine's order, keeping the
+           gradients passed inside the run in variables. Its operands are read at each call; a ``sum()``'s
+           gradient, one value broadcast, is passed as a scalar; another layout runs the nodes one by one. The
+           first call with a new mix of operand kinds compiles a loop for it and checks it bit for bit against the
+           nodes one by one (exact runs). Not on the GPU yet: there a backward's nodes run one by one (inside the
+           step's CUDA graph).
 
 Kernels are cached by their source, so runs of the same form share one compiled kernel (in memory: a new process
 compiles again). On NumPy arrays without Numba (not installed, or ``TINYGEN_NUMBA=0``) nothing is fused; on the
@@ -44,7 +54,9 @@ arrays costs 1.6 us against 3.2 us unfused (its Numba call ~0.45 us of it), insi
 more each (see ``MIN_OPS``); a loop's scalar exp is as fast as NumPy's SIMD one at 320 elements but 2.6x slower at
 2560 and 3.6x at 10^5 (float32), and it is not bitwise: ``approx`` is not the default. On the GPU a fused run
 saves a kernel launch (or a graph node) per op and the memory passes of the intermediates it keeps in registers;
-not yet measured on a GPU.
+not yet measured on a GPU. A fused backward (``python -m benchmarks.compile_bench --fusion-only``, its second
+table): four nodes at (16, 20) cost what they cost one by one (0.96-1.02x), 1.24x faster at (128, 784) and
+(1024, 784).
 """
 import math
 import re
@@ -325,19 +337,24 @@ class FusedRun:
                                    f"one; compile(fn, fuse=False) runs them unfused. The loop:\n{self.source}")
 
     def _compile(self):
-        kernel = _kernels.get(self.source)
-        if kernel is None:
-            import numba
-            namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS)
-            exec(compile(self.source, "<tinygen.compile fused loop>", "exec"), namespace)
-            # fastmath off (NumPy's rounding); error_model="numpy": x / 0 is inf or nan, as in NumPy
-            kernel = _kernels[self.source] = numba.njit(error_model="numpy")(namespace["fused"])
-        self.kernel = kernel
-        return kernel
+        self.kernel = _numba_loop(self.source)
+        return self.kernel
 
     def __repr__(self):
         kind = "kernel" if self.device else "loop"
         return f"<FusedRun of {len(self.steps)} ops on {self.shape} {self.dtype}, a {kind}:\n{self.source}>"
+
+
+def _numba_loop(source):
+    """The compiled loop of a generated source (``def fused(n, ...)``), once per source."""
+    kernel = _kernels.get(source)
+    if kernel is None:
+        import numba
+        namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS)
+        exec(compile(source, "<tinygen.compile fused loop>", "exec"), namespace)
+        # fastmath off (NumPy's rounding); error_model="numpy": x / 0 is inf or nan, as in NumPy
+        kernel = _kernels[source] = numba.njit(error_model="numpy")(namespace["fused"])
+    return kernel
 
 
 def _cuda_source(lines):
@@ -358,3 +375,183 @@ def _device_kernel(xp, in_params, out_params, operation):
         kernel = _kernels[key] = xp.ElementwiseKernel(in_params, out_params, operation,
                                                       f"tinygen_fused_{len(_kernels)}", options=CUDA_OPTIONS)
     return kernel
+
+
+# ---- the backward of a run ------------------------------------------------------------------------------------------
+FUSED = "fused"  # the second item of a backward plan's step whose first item is a FusedBackward
+
+
+def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
+    """A plain backward's plan steps (compile/__init__.py's ``_BackwardPlan.steps``) with each run of ``MIN_OPS``
+    or more consecutive nodes of elementwise ops (``_backward_form``) of one shape and dtype, on NumPy arrays, as
+    one ``FusedBackward`` step; the steps themselves when there is none. ``roots``: the plan's (register, leaf)
+    roots; ``forwards``: id(node) -> (``note``, arguments) of each op's recorded forward; ``approx``: fuse the
+    approx functions too; ``run_step(step, regs, direct, release)``: the compiler's running of one step."""
+    if not kernels.enabled():
+        return plan_steps
+    allowed = ("exact", "approx") if approx else ("exact",)
+    filled = {r for r, leaf in roots if leaf is None}  # the registers holding a gradient before each step
+    out, pending, form = [], [], None
+
+    def close():
+        if len(pending) >= MIN_OPS:
+            out.append((FusedBackward(pending, run_step), FUSED, (), None, (), ()))
+        else:
+            out.extend(step for step, _, _ in pending)
+        pending.clear()
+
+    for step in plan_steps:
+        info = _backward_form(step, forwards, allowed)
+        if info is None or (pending and info[0] != form):
+            close()
+        if info is None:
+            out.append(step)
+        else:
+            form = info[0]
+            pending.append((step, info, frozenset(filled)))
+        filled.difference_update(step[2])
+        filled.update(t[0] for t in step[4] if t is not None and t[1] is None)
+    close()
+    return tuple(out) if any(step[1] is FUSED for step in out) else plan_steps
+
+
+def _backward_form(step, forwards, allowed):
+    """((shape, dtype), its ``elementwise_backward``, the kinds of what the node saved, whether it uses its output)
+    for a plan step the backward fusion may take, else None: a node of one output, due no hooks, of an op noted at
+    record time (``note``, host arrays) whose class that defines its backward declares it per element, every
+    gradient it returns going to a register of the same shape and dtype (no leaf, no broadcasting)."""
+    node, _, ins, metas, outs, due = step
+    entry = forwards.get(id(node))
+    if due or metas is not None or len(ins) != 1 or entry is None:
+        return None
+    (shape, dtype, kinds, saved, _, device), args = entry
+    owner = next((k for k in type(node).__mro__ if "array_backward" in k.__dict__ or "backward" in k.__dict__), None)
+    decl = owner.__dict__.get("elementwise_backward") if owner is not None else None
+    if device or decl is None or len(decl) != len(outs) or any(exactness(e) not in allowed for e in decl):
+        return None
+    if any(t is not None and (t[1] is not None or t[2] != shape or t[3] != dtype) for t in outs):
+        return None
+    saved_kinds = tuple(kinds[next(i for i, a in enumerate(args) if a is s)] for s in saved)
+    return (shape, dtype), decl, saved_kinds, bool(type(node).save_output)
+
+
+class FusedBackward:
+    """A run of consecutive nodes of a backward plan (elementwise ops of one shape and dtype) as one Numba loop:
+    each node's ``elementwise_backward`` per element, in the plan's order, each gradient summed into its register
+    in the engine's order (the sum so far, then the new term); the gradients passed between the run's nodes stay in
+    the loop's variables, and only the registers the rest of the plan reads are written. Its operands (the
+    registers it reads from before the run, what the nodes saved, their outputs) are read at each call: arrays of
+    the run's shape (C-contiguous), scalars, or a gradient broadcast from one value (a ``sum()``'s), passed as a
+    scalar; another layout, or registers not as recorded, run the nodes one by one. The first call with a new
+    mix of operand kinds compiles its loop and, for an exact run, runs the nodes one by one too and raises if the
+    loop's gradients differ from theirs in any bit."""
+
+    def __init__(self, pending, run_step):
+        self.steps, self.run_step = tuple(step for step, _, _ in pending), run_step
+        self.nodes = tuple(step[0] for step in self.steps)
+        (self.shape, self.dtype), self.size = pending[0][1][0], math.prod(pending[0][1][0][0])
+        filled = pending[0][2]
+        self.operands = []  # ("register", r) | ("saved", node, i, kind) | ("output", node): the loop's inputs
+        self.consumed, self.fresh, self.lines, self.exact = [], [], [], True
+        current = {}  # register -> the loop variable holding its sum so far
+
+        def operand(what):
+            self.operands.append(what)
+            return f"{{{len(self.operands) - 1}}}"
+        for (node, _, ins, _, outs, _), (_, decl, saved_kinds, has_y), _ in pending:
+            r_in = ins[0]
+            self.consumed.append(r_in)
+            fields = {"g": current.pop(r_in) if r_in in current else operand(("register", r_in))}
+            fields.update((f"s{i}", operand(("saved", node, i, kind))) for i, kind in enumerate(saved_kinds))
+            if has_y:
+                fields["y"] = operand(("output", node))
+            for expr, target in zip(decl, outs):
+                if target is None:
+                    continue
+                self.exact = self.exact and exactness(expr) == "exact"
+                r, term = target[0], f"v{len(self.lines)}"
+                self.lines.append((term, expr.format(**fields)))
+                if r in current or r in filled:  # the sum so far, then this term (the engine's _added)
+                    prior = current[r] if r in current else operand(("register", r))
+                    self.lines.append((f"v{len(self.lines)}", f"{prior} + {term}"))
+                    term = self.lines[-1][0]
+                else:
+                    self.fresh.append(r)  # empty before the run (checked at each call)
+                current[r] = term
+        self.outputs = list(current)  # registers the run leaves a gradient in
+        self.results = [current[r] for r in self.outputs]
+        self.kernels = {}  # the operands' kinds -> compiled loop
+
+    def name(self):
+        return f"fused({', '.join(node.name() for node in self.nodes)})"
+
+    def __call__(self, regs, direct, release):
+        if not kernels.enabled() or any(regs[r] is not None for r in self.fresh):  # (Numba switched off since)
+            return self.unfused(regs, direct, release)
+        arrays, scalars, kinds = [], [], []
+        shape, dtype = self.shape, self.dtype
+        for what in self.operands:
+            if what[0] == "register":
+                d = regs[what[1]]
+            elif what[0] == "saved":
+                d = what[1]._saved[what[2]].data
+            else:
+                d = what[1]._out_data
+            if d.__class__ is _ndarray and d.dtype is dtype and d.shape == shape and d.flags.c_contiguous:
+                arrays.append(d)
+                kinds.append(ARRAY)
+            elif (d.__class__ is _ndarray and d.dtype is dtype and d.size and
+                  (d.shape == () or (d.shape == shape and not any(d.strides)))):
+                scalars.append(d[(0,) * d.ndim])  # a NumPy scalar of the dtype (a 0-d array, or one broadcast)
+                kinds.append(SCALAR)
+            elif isinstance(d, np.generic) and d.dtype is dtype:
+                scalars.append(d)
+                kinds.append(SCALAR)
+            else:
+                return self.unfused(regs, direct, release)
+        kinds = tuple(kinds)
+        kernel = self.kernels.get(kinds)
+        if kernel is None:
+            kernel = self.kernels[kinds] = _numba_loop(self.source(kinds))
+            if self.exact:
+                return self._check(self._launch(kernel, arrays, scalars), kinds, regs, direct, release)
+        outs = self._launch(kernel, arrays, scalars)
+        for r in self.consumed:
+            regs[r] = None
+        for r, d in zip(self.outputs, outs):
+            regs[r] = d
+        if release:
+            for node in self.nodes:
+                node.release()
+
+    def source(self, kinds):
+        """The loop for operands of these kinds: ``v0 = x0[i] * s0`` ..., ``o0[i] = v3``."""
+        names, counts = [], {ARRAY: 0, SCALAR: 0}
+        for kind in kinds:
+            names.append(f"x{counts[ARRAY]}[i]" if kind is ARRAY else f"s{counts[SCALAR]}")
+            counts[kind] += 1
+        arrays = [f"o{j}" for j in range(len(self.outputs))] + [f"x{j}" for j in range(counts[ARRAY])]
+        params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(counts[SCALAR])])
+        body = [f"{var} = {expr.format(*names)}" for var, expr in self.lines]
+        body += [f"o{j}[i] = {var}" for j, var in enumerate(self.results)]
+        return (f"def fused({params}):\n" + "".join(f"    {a} = {a}.reshape(n)\n" for a in arrays) +
+                "    for i in range(n):\n" + "".join(f"        {line}\n" for line in body))
+
+    def _launch(self, kernel, arrays, scalars):
+        outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
+        kernel(self.size, *outs, *arrays, *scalars)
+        return outs
+
+    def unfused(self, regs, direct, release):
+        for step in self.steps:
+            self.run_step(step, regs, direct, release)
+
+    def _check(self, outs, kinds, regs, direct, release):
+        """A new loop's first call: the nodes one by one too (which leave the registers as they do in an unfused
+        replay), and the loop's gradients must be their bits."""
+        self.unfused(regs, direct, release)
+        for r, d in zip(self.outputs, outs):
+            if not np.array_equal(regs[r], d, equal_nan=True):
+                raise RuntimeError(f"tinygen.compile: a fused backward loop differs from its {len(self.nodes)} "
+                                   f"nodes run one by one; compile(fn, fuse=False) runs them unfused. The loop:\n"
+                                   f"{self.source(kinds)}")

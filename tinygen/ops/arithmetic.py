@@ -5,6 +5,9 @@ Broadcasting needs no code here: the engine sums each gradient back to its input
 ``elementwise`` on an op is its forward for one element, written on its arguments ``{0}``, ``{1}``:
 ``tinygen.compile`` fuses runs of such ops into one generated loop (tinygen/compile/fusion.py). An op that declares
 it computes just that in its forward and saves nothing but its arguments (and its output, ``save_output``).
+``elementwise_backward`` is its ``array_backward`` for one element: one expression per input, written on the
+incoming gradient ``{g}``, what the node saved (``{s0}``, ``{s1}``) and its output ``{y}``, with the operations of
+the array code in its order (a loop of them gives its bits; the fused backward is checked against it).
 """
 import operator
 
@@ -39,6 +42,7 @@ def operand(value, like):
 
 class Add(Function):
     elementwise = "{0} + {1}"  # its value per element, for tinygen.compile's fusion
+    elementwise_backward = ("{g}", "{g}")  # array_backward per element, one expression per input
     @staticmethod
     def forward(ctx, a, b):
         return a.data + b.data
@@ -52,6 +56,7 @@ class Add(Function):
 
 class Sub(Function):
     elementwise = "{0} - {1}"  # its value per element, for tinygen.compile's fusion
+    elementwise_backward = ("{g}", "-{g}")
     @staticmethod
     def forward(ctx, a, b):
         return a.data - b.data
@@ -65,6 +70,7 @@ class Sub(Function):
 
 class Mul(Function):
     elementwise = "{0} * {1}"  # its value per element, for tinygen.compile's fusion
+    elementwise_backward = ("{g} * {s1}", "{g} * {s0}")
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -85,6 +91,7 @@ class Mul(Function):
 
 class Div(Function):
     elementwise = "{0} / {1}"  # its value per element, for tinygen.compile's fusion
+    elementwise_backward = ("{g} / {s0}", "-({g} / {s0}) * {y}")
     save_output = True
 
     @staticmethod
@@ -132,6 +139,7 @@ class Pow(Function):
 
 class Neg(Function):
     elementwise = "-{0}"  # its value per element, for tinygen.compile's fusion
+    elementwise_backward = ("-{g}",)
     @staticmethod
     def forward(ctx, a):
         return -a.data

@@ -18,6 +18,7 @@ def _const(data, like):
 
 class Exp(Function):
     elementwise = "exp({0})"
+    elementwise_backward = ("{g} * {y}",)
     save_output = True
 
     @staticmethod
@@ -35,6 +36,7 @@ class Exp(Function):
 
 class Log(Function):
     elementwise = "log({0})"
+    elementwise_backward = ("{g} / {s0}",)
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -53,6 +55,7 @@ class Log(Function):
 
 class Sqrt(Function):
     elementwise = "sqrt({0})"
+    elementwise_backward = ("{g} / ({y} + {y})",)  # y * 2, exactly
     save_output = True
 
     @staticmethod
@@ -88,6 +91,7 @@ class Abs(Function):
 
 class Sin(Function):
     elementwise = "sin({0})"
+    elementwise_backward = ("{g} * cos({s0})",)
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -106,6 +110,7 @@ class Sin(Function):
 
 class Cos(Function):
     elementwise = "cos({0})"
+    elementwise_backward = ("-({g} * sin({s0}))",)
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
