@@ -652,6 +652,11 @@ class _BackwardPlan:
         self.release = not retain_graph
         self.dropped = ()  # nodes left out by without(): released at the end, as the engine would have
 
+    def nodes(self):
+        """The nodes the plan runs, in its order (those of a fused run too), then those it only releases."""
+        return [n for step in self.steps for n in (step[0].nodes if step[1] is _fusion.FUSED else (step[0],))] + \
+            list(self.dropped)
+
     def delivered(self):
         """The leaves whose .grad the plan's nodes deliver to, in their order (a leaf may repeat)."""
         return [target[1] for step in self.steps for target in step[4] if target is not None and target[1] is not None]

@@ -367,7 +367,7 @@ def _segment(steps, made, kinds):
             # capture (one delivered before the drop adds to what the step found: guarded)
             dropped_first.update(id(t) for t in leaves if id(t) in dropped and id(t) not in delivers)
             delivers.update((id(t), t) for t in leaves)
-            ts, ns = tensors_in(operands[1]) + leaves, [s[0] for s in plan.steps] + list(plan.dropped)
+            ts, ns = tensors_in(operands[1]) + leaves, plan.nodes()
         tensors.update((id(t), t) for t in ts)
         nodes.update((id(n), n) for n in ns if n is not None)
     leaves = [t for k, t in tensors.items() if k not in made]
