@@ -1,6 +1,7 @@
-"""Sequential runs Conv2d + activation as one fused node (nn.functional.conv2d_act): the values and gradients of
-the two separate ops (first and second order, plain backward and create_graph), kernels on and off, channels-last
-and C-ordered inputs, on the "cuda" device; where it cannot fuse, two nodes."""
+"""Sequential runs Conv2d (or ConvTranspose2d) + activation as one fused node (nn.functional.conv2d_act,
+conv_transpose2d_act): the values and gradients of the two separate ops (first and second order, plain backward and
+create_graph), kernels on and off, channels-last and C-ordered inputs, on the "cuda" device; where it cannot fuse,
+two nodes."""
 import numpy as np
 import pytest
 
@@ -13,19 +14,24 @@ from op_specs import host
 ACTIVATIONS = [lambda: nn.ReLU(), lambda: nn.LeakyReLU(0.2), lambda: nn.Tanh(), lambda: nn.Sigmoid(),
                lambda: nn.ELU(0.7), lambda: nn.Softplus(beta=2.0)]
 IDS = ["relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus"]
-# (in, out, kernel, stride, padding, dilation, groups, bias), input (N, C, H, W)
-LAYERS = [((3, 4, 3, 2, 1, 1, 1, True), (2, 3, 7, 8)),
-          ((4, 6, (3, 2), 1, "same", 2, 2, False), (2, 4, 6, 5)),
-          ((1, 5, 4, 2, 1, 1, 1, True), (3, 1, 8, 8))]
+# (module, its arguments), input (N, C, H, W)
+LAYERS = [((nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1)), (2, 3, 7, 8)),
+          ((nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=(3, 2), padding="same", dilation=2, groups=2,
+                            bias=False)), (2, 4, 6, 5)),
+          ((nn.Conv2d, dict(in_channels=1, out_channels=5, kernel_size=4, stride=2, padding=1)), (3, 1, 8, 8)),
+          ((nn.ConvTranspose2d, dict(in_channels=4, out_channels=3, kernel_size=4, stride=2, padding=1)), (2, 4, 4, 5)),
+          ((nn.ConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1,
+                                     output_padding=1, groups=2, bias=False)), (2, 4, 3, 3))]
+LAYER_IDS = ["strided", "grouped-same-nobias", "one-channel", "transposed", "transposed-grouped-outpad-nobias"]
 
 
 def _conv(args, dtype):
-    c_in, c_out, k, stride, padding, dilation, groups, bias = args
-    return nn.Conv2d(c_in, c_out, k, stride, padding, dilation, groups, bias).to(dtype)
+    cls, kwargs = args
+    return cls(**kwargs).to(dtype)
 
 
 @pytest.mark.parametrize("make_act", ACTIVATIONS, ids=IDS)
-@pytest.mark.parametrize("layer", LAYERS, ids=["strided", "grouped-same-nobias", "one-channel"])
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 @pytest.mark.parametrize("numba", [True, False], ids=["kernels", "plain"])
 @pytest.mark.parametrize("dtype", [tg.float32, tg.float64], ids=["f32", "f64"])
 def test_fused_sequential_matches_separate_ops(make_act, layer, numba, dtype):
@@ -40,7 +46,7 @@ def test_fused_sequential_matches_separate_ops(make_act, layer, numba, dtype):
         params = [x] + list(conv.parameters())
         with kernels.enabled_as(numba):
             fused = nn.Sequential(conv, act)(x)
-            assert fused.grad_fn.name() == f"Conv2d+{type(act).__name__}Backward"
+            assert fused.grad_fn.name() == f"{type(conv).__name__}+{type(act).__name__}Backward"
             separate = act(conv(x))
             g = tg.randn(*fused.shape, dtype=dtype)
             plain = tg.grad(fused, params, g)
@@ -55,13 +61,16 @@ def test_fused_sequential_matches_separate_ops(make_act, layer, numba, dtype):
 
 
 @pytest.mark.parametrize("make_act", ACTIVATIONS, ids=IDS)
-def test_conv2d_act_first_and_second_derivatives(make_act):
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d_act", "conv_transpose2d_act"])
+def test_first_and_second_derivatives(make_act, transposed):
     tg.manual_seed(4)
     spec = make_act().fused_spec()
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).to(tg.float64)
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(2, 3, 3, stride=2, padding=1).to(tg.float64)
     x = tg.randn(2, 2, 5, 4, dtype=tg.float64, requires_grad=True)
 
     def f(x, w, b):
+        if transposed:
+            return F.conv_transpose2d_act(x, w, b, *spec, stride=2, padding=1, output_padding=1)
         return F.conv2d_act(x, w, b, *spec, stride=2, padding=1)
     assert tg.gradcheck(f, [x, conv.weight, conv.bias])
     assert tg.gradgradcheck(f, [x, conv.weight, conv.bias])
@@ -73,7 +82,8 @@ def test_conv2d_act_on_device(device):
     results = []
     for dev in ("cpu", device):
         tg.manual_seed(6)
-        net = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 1), nn.ELU(0.5), nn.Conv2d(4, 3, 3), nn.Tanh()).to(tg.float64)
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 1), nn.ELU(0.5), nn.ConvTranspose2d(4, 4, 3, 2, 1), nn.ReLU(),
+                            nn.Conv2d(4, 3, 3), nn.Tanh()).to(tg.float64)
         net = net.to(dev)
         x = tg.tensor(np.random.default_rng(1).standard_normal((2, 2, 9, 8)), device=dev, requires_grad=True)
         y = net(x)
@@ -122,3 +132,18 @@ def test_conv2d_act_errors():
         F.conv2d_act(x, w, None, "leaky_relu", -0.1)
     with pytest.raises(ValueError, match="conv2d_act: Given groups=1, weight of size"):
         F.conv2d_act(tg.randn(2, 4, 5, 5), w, None, "relu")
+    with pytest.raises(ValueError, match="conv_transpose2d_act: unknown activation 'swish'"):
+        F.conv_transpose2d_act(tg.randn(2, 3, 5, 5), w, None, "swish")
+    with pytest.raises(ValueError, match="conv_transpose2d_act: output padding must be smaller"):
+        F.conv_transpose2d_act(tg.randn(2, 3, 5, 5), w, None, "relu", stride=1, output_padding=1)
+
+
+def test_sequential_fuses_a_transposed_convolution_with_its_output_padding():
+    """Sequential calls a ConvTranspose2d without output_size (as PyTorch's does): the fused node takes the
+    module's output_padding."""
+    tg.manual_seed(8)
+    conv = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
+    x = tg.randn(2, 2, 4, 4, requires_grad=True)
+    y = nn.Sequential(conv, nn.Sigmoid())(x)
+    assert y.shape == (2, 3, 8, 8) and y.grad_fn.name() == "ConvTranspose2d+SigmoidBackward"
+    np.testing.assert_allclose(y.detach().numpy(), F.sigmoid(conv(x)).detach().numpy(), rtol=1e-6, atol=1e-7)

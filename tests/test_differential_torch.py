@@ -127,10 +127,15 @@ def _t_conv2d_act(x, w, b, activation, p1, p2, **kwargs):
     return _t_activated(_F().conv2d(x, w, b, **kwargs), activation, p1, p2)
 
 
+def _t_conv_transpose2d_act(x, w, b, activation, p1, p2, **kwargs):
+    return _t_activated(_F().conv_transpose2d(x, w, b, **kwargs), activation, p1, p2)
+
+
 FUNCTIONAL_CALLS = {
     "F.linear": (TF.linear, lambda *a: _F().linear(*a)),
     "F.linear_act": (TF.linear_act, _t_linear_act),
     "F.conv2d_act": (TF.conv2d_act, _t_conv2d_act),
+    "F.conv_transpose2d_act": (TF.conv_transpose2d_act, _t_conv_transpose2d_act),
     # the nodes positionally, the rest by keyword (the two libraries order some optional arguments differently)
     "F.layer_norm": (lambda x, w, b, normalized_shape: TF.layer_norm(x, normalized_shape, w, b),
                      lambda x, w, b, normalized_shape: _F().layer_norm(x, normalized_shape, w, b)),
@@ -818,7 +823,7 @@ def add_select(b):
     return b.op("gather_argmax", [x, y], {"dim": dim})
 
 
-IMAGE_OPS = ("conv", "F.conv2d_act", "max_pool2d", "avg_pool2d", "interpolate")
+IMAGE_OPS = ("conv", "F.conv", "max_pool2d", "avg_pool2d", "interpolate")
 
 
 def _image(s):  # (N, C, H, W), or 3-D: an unbatched (C, H, W) image to a convolution, (N, C, L) to a resize
@@ -837,8 +842,8 @@ def add_image_layer(b):
         batch = (b.draw(st.integers(1, 2)),) if b.draw(st.integers(0, 2)) else ()  # a third of them unbatched
         x = b.leaf(batch + (b.draw(st.integers(1, 4)),) + b.draw(st.tuples(st.integers(1, 6), st.integers(1, 6))))
     s = b.shape(x)
-    kind = b.draw(st.sampled_from(["conv2d", "conv2d_act", "conv_transpose2d", "max_pool2d", "avg_pool2d",
-                                   "interpolate"]))  # conv2d_act: Sequential's Conv2d + ReLU, ... as one node
+    kind = b.draw(st.sampled_from(["conv2d", "conv2d_act", "conv_transpose2d", "conv_transpose2d_act", "max_pool2d",
+                                   "avg_pool2d", "interpolate"]))  # *_act: Sequential's Conv2d + ReLU, ... as one node
     if kind == "interpolate":
         if len(s) == 4:
             return b.op("interpolate_nearest", [x], b.draw(SPECS_BY_NAME["interpolate_nearest"].kwargs((s,))))
@@ -854,19 +859,20 @@ def add_image_layer(b):
     groups = b.draw(st.sampled_from([g for g in (1, 2) if c % g == 0]))
     cout = groups * b.draw(st.integers(1, 2))
     kernel = b.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
-    w_shape = ((c, cout // groups) if kind == "conv_transpose2d" else (cout, c // groups)) + kernel
+    w_shape = ((c, cout // groups) if kind.startswith("conv_transpose2d") else (cout, c // groups)) + kernel
     w = b.leaf(w_shape, Domain(-1.0, 1.0))
     bias = b.leaf((cout,)) if b.draw(st.booleans()) else None
     shapes = (image, w_shape) + (((cout,),) if bias is not None else ())
     kwargs = b.draw(spec.kwargs(shapes))  # a transposed weight without bias fits any groups dividing its rows
-    if kind == "conv2d_act":
+    if kind.endswith("_act"):
+        layer = TF.conv2d if kind == "conv2d_act" else TF.conv_transpose2d
         try:
-            pre = TF.conv2d(b.values[x], b.values[w], None if bias is None else b.values[bias], **kwargs).data
+            pre = layer(b.values[x], b.values[w], None if bias is None else b.values[bias], **kwargs).data
         except (ValueError, TypeError) as e:
-            raise Reject(f"conv2d: {e}") from None
+            raise Reject(f"{kind}: {e}") from None
         # a smaller margin than linear_act's: a convolution has many outputs, and some lie near 0 (float32's
         # round-off of them is far below it)
-        return b.op("F.conv2d_act", [x, w, bias], {**kwargs, **fused_activation(b, pre, 0.005)})
+        return b.op("F." + kind, [x, w, bias], {**kwargs, **fused_activation(b, pre, 0.005)})
     name = kind if bias is not None else kind + "_nobias"
     return b.op(name, [x, w] + ([bias] if bias is not None else []), kwargs)
 
@@ -947,7 +953,7 @@ def _check_random_graph(graph):
     chained = sum(name.startswith(IMAGE_OPS) for name in ops)
     if chained:
         event("an image layer" if chained == 1 else "image layers chained")
-    if "F.conv2d_act" in ops:
+    if "F.conv2d_act" in ops or "F.conv_transpose2d_act" in ops:
         event("a convolution with its activation fused")
     message = _safe_compare(graph)
     if message:

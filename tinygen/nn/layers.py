@@ -538,6 +538,20 @@ class _ConvNd(Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             init.uniform_(self.bias, -bound, bound)
 
+    def forward_activated(self, input, activation):
+        """``activation(self(input))`` as one node (``F.conv2d_act``, ``F.conv_transpose2d_act``), or None where
+        that is not possible (Sequential calls this for a convolution followed by an activation module)."""
+        spec = getattr(activation, "fused_spec", None)
+        own = ConvTranspose2d.forward if self._transposed else Conv2d.forward
+        act = spec() if spec is not None and self.padding_mode == "zeros" and type(self).forward is own else None
+        if act is None:
+            return None
+        if self._transposed:
+            return F.conv_transpose2d_act(input, self.weight, self.bias, *act, self.stride, self.padding,
+                                          self.output_padding, self.groups, self.dilation)
+        return F.conv2d_act(input, self.weight, self.bias, *act, self.stride, self.padding, self.dilation,
+                            self.groups)
+
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -570,16 +584,6 @@ class Conv2d(_ConvNd):
             return F.conv2d(F.pad(input, self._pad_widths(), mode=self.padding_mode), self.weight, self.bias,
                             self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward_activated(self, input, activation):
-        """``activation(self(input))`` as one node (``F.conv2d_act``), or None where that is not possible
-        (Sequential calls this for a Conv2d followed by an activation module)."""
-        spec = getattr(activation, "fused_spec", None)
-        if spec is None or self.padding_mode != "zeros" or type(self).forward is not Conv2d.forward:
-            return None
-        act = spec()
-        return None if act is None else F.conv2d_act(input, self.weight, self.bias, *act, self.stride, self.padding,
-                                                     self.dilation, self.groups)
 
     def _pad_widths(self):
         """F.pad's (left, right, top, bottom) for this layer's padding, split as F.conv2d splits it."""

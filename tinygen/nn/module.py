@@ -536,9 +536,9 @@ class Sequential(_Indexed):
     """Modules applied one after another: ``Sequential(Linear(2, 8), ReLU(), Linear(8, 1))`` or from an
     OrderedDict of named modules. Supports indexing (ints and slices), len, iteration and append.
 
-    A Linear or a Conv2d followed by ReLU, LeakyReLU, ELU, Tanh, Sigmoid or Softplus runs as one fused node, and so
-    does a BatchNorm followed by ReLU or LeakyReLU (see ``fuse_linear_activation``); the values and gradients are
-    those of the two modules."""
+    A Linear, Conv2d or ConvTranspose2d followed by ReLU, LeakyReLU, ELU, Tanh, Sigmoid or Softplus runs as one
+    fused node, and so does a BatchNorm followed by ReLU or LeakyReLU (see ``fuse_linear_activation``); the values
+    and gradients are those of the two modules."""
 
     def __init__(self, *args):
         super().__init__()
@@ -551,8 +551,8 @@ class Sequential(_Indexed):
                     raise TypeError(f"Sequential: argument {i} is a {type(module).__name__}, not a Module")
                 self.add_module(str(i), module)
 
-    #: Run a Linear (or a Conv2d, a BatchNorm) followed by a fusable activation module as one node
-    #: (``F.linear_act``, ``F.conv2d_act``, ``F.batch_norm_act``; shown in the graph as e.g. ``Linear+ReLUBackward``,
+    #: Run a Linear (or a convolution, a BatchNorm) followed by a fusable activation module as one node
+    #: (``F.linear_act``, ``F.conv2d_act``, ``F.conv_transpose2d_act``, ``F.batch_norm_act``; shown in the graph as e.g. ``Linear+ReLUBackward``,
     #: ``BatchNorm+ReLUBackward``): one pass over the output forward and backward. Set False on an instance (or the class) to run every module as
     #: its own node.
     fuse_linear_activation = True

@@ -106,10 +106,7 @@ class Conv2dActFunction(Conv2dFunction):
     @staticmethod
     def forward(ctx, x, weight, bias, geom, act, p1, p2):
         ctx.act, ctx.p1, ctx.p2 = act, p1, p2
-        y = Conv2dFunction.forward(ctx, x, weight, None, geom)
-        rows = _conv._rows(y)
-        rows = kernels.get("bias_act_fwd", rows)(rows, None if bias is None else bias.data, act, p1, p2)
-        return _conv._nchw(rows, y.shape[0], y.shape[2:], y.shape[1])
+        return _bias_act(Conv2dFunction.forward(ctx, x, weight, None, geom), bias, act, p1, p2)
 
     @staticmethod
     def backward(ctx, g):
@@ -118,11 +115,25 @@ class Conv2dActFunction(Conv2dFunction):
 
     @staticmethod
     def array_backward(ctx, g):
-        y = ctx.output_array
-        n, c, oh, ow = y.shape
-        gpre, gb = kernels.get("bias_act_bwd", y)(_conv._rows(y), _conv._rows(g), ctx.act, ctx.p1, ctx.p2,
-                                                  ctx.next_edges[2] is not None)
-        return (*_conv2d_array_grads(ctx, _conv._nchw(gpre, n, (oh, ow), c)), gb, None, None, None, None)
+        gpre, gb = _bias_act_grads(ctx, g)
+        return (*_conv2d_array_grads(ctx, gpre), gb, None, None, None, None)
+
+
+def _bias_act(y, bias, act, p1, p2):
+    """act(y + bias) for a convolution's output y, one pass over its (N * OH * OW, C) rows (a view of a
+    channels-last y, else a copy): a channels-last image."""
+    rows = _conv._rows(y)
+    rows = kernels.get("bias_act_fwd", rows)(rows, None if bias is None else bias.data, act, p1, p2)
+    return _conv._nchw(rows, y.shape[0], y.shape[2:], y.shape[1])
+
+
+def _bias_act_grads(ctx, g):
+    """(the gradient before the activation, a channels-last image; the bias gradient, or None) of a convolution
+    node with its activation, from its output and the upstream gradient g: one pass."""
+    y = ctx.output_array
+    gpre, gb = kernels.get("bias_act_bwd", y)(_conv._rows(y), _conv._rows(g), ctx.act, ctx.p1, ctx.p2,
+                                              ctx.next_edges[2] is not None)
+    return _conv._nchw(gpre, y.shape[0], y.shape[2:], y.shape[1]), gb
 
 
 class ConvTranspose2dFunction(Function):
@@ -148,17 +159,47 @@ class ConvTranspose2dFunction(Function):
 
     @staticmethod
     def array_backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need, geom = ctx.next_edges, ctx.geom
-        gx = cols = None
-        if need[0] is not None and need[1] is not None:  # g's column matrix serves both gradients
-            gx, cols = _conv_fwd(g, w.data, geom, keep_cols=True)
-        elif need[0] is not None:
-            gx = _conv_fwd(g, w.data, geom)
-        if gx is not None and gx.shape[2:] != x.shape[2:]:  # output_padding: g has windows x never met
-            gx, cols = _crop_array(gx, x.shape[2:]), None
-        gw = _conv_bwd_weight(g, x.data, w.shape[2:], geom, cols) if need[1] is not None else None
-        return gx, gw, (g.sum((0, 2, 3)) if need[2] is not None else None), None, None
+        return (*_conv_transpose2d_array_grads(ctx, g), (g.sum((0, 2, 3)) if ctx.next_edges[2] is not None else None),
+                None, None)
+
+
+def _conv_transpose2d_array_grads(ctx, g):
+    """The input and weight gradients of a conv_transpose2d node (with or without its activation) on arrays."""
+    x, w = ctx.saved_tensors
+    need, geom = ctx.next_edges, ctx.geom
+    gx = cols = None
+    if need[0] is not None and need[1] is not None:  # g's column matrix serves both gradients
+        gx, cols = _conv_fwd(g, w.data, geom, keep_cols=True)
+    elif need[0] is not None:
+        gx = _conv_fwd(g, w.data, geom)
+    if gx is not None and gx.shape[2:] != x.shape[2:]:  # output_padding: g has windows x never met
+        gx, cols = _crop_array(gx, x.shape[2:]), None
+    gw = _conv_bwd_weight(g, x.data, w.shape[2:], geom, cols) if need[1] is not None else None
+    return gx, gw
+
+
+class ConvTranspose2dActFunction(ConvTranspose2dFunction):
+    """y = act(conv_transpose2d(x, w) + b) as one node, as ``Conv2dActFunction``; named e.g.
+    ``ConvTranspose2d+ReLUBackward``."""
+    save_output = True
+
+    def name(self):
+        return f"ConvTranspose2d+{ACT_TITLES[self.act]}Backward"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, geom, out_hw, act, p1, p2):
+        ctx.act, ctx.p1, ctx.p2 = act, p1, p2
+        return _bias_act(ConvTranspose2dFunction.forward(ctx, x, weight, None, geom, out_hw), bias, act, p1, p2)
+
+    @staticmethod
+    def backward(ctx, g):
+        gpre = grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
+        return ConvTranspose2dFunction.backward(ctx, gpre) + (None, None, None)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        gpre, gb = _bias_act_grads(ctx, g)
+        return (*_conv_transpose2d_array_grads(ctx, gpre), gb, None, None, None, None, None)
 
 
 class Conv2dWeightFunction(Function):
@@ -364,7 +405,27 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d`` (argument order included): input
     (N, Cin, H, W) or (Cin, H, W), weight (Cin, Cout / groups, kh, kw); output size
     (H - 1) * stride - 2 * padding + dilation * (kh - 1) + output_padding + 1."""
-    fn = "conv_transpose2d"
+    x, unbatched, geom, out_hw = _conv_transpose2d_geometry("conv_transpose2d", input, weight, bias, stride, padding,
+                                                            output_padding, groups, dilation)
+    return _batched_result(ConvTranspose2dFunction.apply(x, weight, bias, geom, out_hw), unbatched)
+
+
+def conv_transpose2d_act(input, weight, bias, activation, p1=0.0, p2=0.0, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1):
+    """``activation(conv_transpose2d(input, weight, bias, ...))`` as one fused node (``ConvTranspose2dActFunction``),
+    as ``conv2d_act``; ``nn.Sequential`` uses this for a ConvTranspose2d followed by an activation module."""
+    fuse = fusable_activation("conv_transpose2d_act", activation, p1, p2)
+    x, unbatched, geom, out_hw = _conv_transpose2d_geometry("conv_transpose2d_act", input, weight, bias, stride,
+                                                            padding, output_padding, groups, dilation)
+    if not fuse:
+        out = ConvTranspose2dFunction.apply(x, weight, bias, geom, out_hw)
+        return softplus(_batched_result(out, unbatched), p1, p2)
+    out = ConvTranspose2dActFunction.apply(x, weight, bias, geom, out_hw, activation, float(p1), float(p2))
+    return _batched_result(out, unbatched)
+
+
+def _conv_transpose2d_geometry(fn, input, weight, bias, stride, padding, output_padding, groups, dilation):
+    """conv_transpose2d's checks: (the input as a batch, whether it was unbatched, the Geometry, the output size)."""
     x, unbatched = _image(fn, input)
     stride, dilation = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
     ph, pw = _pair(fn, "padding", padding, allow_zero=True)
@@ -381,8 +442,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if min(out_hw) <= 0:
         raise ValueError(f"{fn}: Given input size per channel: ({h} x {w}). Calculated output size per channel: "
                          f"({out_hw[0]} x {out_hw[1]}). Output size is too small")
-    geom = Geometry(stride, ((ph, ph), (pw, pw)), dilation, groups)
-    return _batched_result(ConvTranspose2dFunction.apply(x, weight, bias, geom, out_hw), unbatched)
+    return x, unbatched, Geometry(stride, ((ph, ph), (pw, pw)), dilation, groups), out_hw
 
 
 def _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode):
