@@ -450,6 +450,10 @@ def test_a_backward_chain_is_one_loop_bitwise_eager(dtype):
         assert [n.name().removesuffix("Backward") for n in run.nodes] == ["Add", "Mul", "Exp", "Mul", "Div", "Sqrt",
                                                                           "Add", "Sub"]
         assert len(run.outputs) == 3 and len(run.kernels) == 1  # h's sum so far, h * h's, v * 0.5's; one kind mix
+        replay_backward = sys.modules["tinygen.compile"]._replay_backward
+        (plan,) = [operands[0] for p in f._programs.values() for r, operands in p.steps if r is replay_backward]
+        nodes = plan.nodes()  # what the CUDA graphs' segments keep the state of: the fused run's nodes too
+        assert all(any(n is m for m in nodes) for n in run.nodes) and not any(n is run for n in nodes)
         assert "fused(AddBackward, MulBackward" in f.explain()
     else:
         assert runs == []

@@ -93,30 +93,38 @@ def _conv2d_array_grads(ctx, g):
     return gx, gw
 
 
-class Conv2dActFunction(Conv2dFunction):
-    """y = act(conv2d(x, w) + b) as one node, as ``LinearActFunction`` is for a linear layer: the bias add and the
-    activation are one pass over the product's output seen as its (N * OH * OW, C) rows (free for the channels-last
-    image a convolution returns; kernel ``bias_act_fwd``), and so are the plain backward's activation derivative
-    and bias gradient (``bias_act_bwd``). Named for both ops (e.g. ``Conv2d+LeakyReLUBackward``)."""
+class _WithActivation:
+    """What a convolution's Function with its activation adds to the convolution's (``conv``): y = act(conv(x, w) +
+    b) as one node, as ``LinearActFunction`` is for a linear layer. The bias add and the activation are one pass over
+    the convolution's output seen as its (N * OH * OW, C) rows (free for the channels-last image a convolution
+    returns; kernel ``bias_act_fwd``), and so are the plain backward's activation derivative and bias gradient
+    (``bias_act_bwd``); the differentiable backward is the convolution's on ``grad_from_output``. Named for both
+    ops (e.g. ``Conv2d+LeakyReLUBackward``)."""
     save_output = True
+    conv = array_grads = None  # the convolution's Function, and its input and weight gradients on arrays
 
     def name(self):
-        return f"Conv2d+{ACT_TITLES[self.act]}Backward"
+        return f"{self.conv.__name__.removesuffix('Function')}+{ACT_TITLES[self.act]}Backward"
+
+    @staticmethod
+    def backward(ctx, g):
+        gpre = grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
+        return ctx.conv.backward(ctx, gpre) + (None, None, None)
+
+    @staticmethod
+    def array_backward(ctx, g):
+        gpre, gb = _bias_act_grads(ctx, g)
+        return (*ctx.array_grads(ctx, gpre), gb) + (None,) * (len(ctx.next_edges) - 3)
+
+
+class Conv2dActFunction(_WithActivation, Conv2dFunction):
+    """y = act(conv2d(x, w) + b) as one node (``_WithActivation``)."""
+    conv, array_grads = Conv2dFunction, staticmethod(_conv2d_array_grads)
 
     @staticmethod
     def forward(ctx, x, weight, bias, geom, act, p1, p2):
         ctx.act, ctx.p1, ctx.p2 = act, p1, p2
         return _bias_act(Conv2dFunction.forward(ctx, x, weight, None, geom), bias, act, p1, p2)
-
-    @staticmethod
-    def backward(ctx, g):
-        gpre = grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
-        return Conv2dFunction.backward(ctx, gpre) + (None, None, None)
-
-    @staticmethod
-    def array_backward(ctx, g):
-        gpre, gb = _bias_act_grads(ctx, g)
-        return (*_conv2d_array_grads(ctx, gpre), gb, None, None, None, None)
 
 
 def _bias_act(y, bias, act, p1, p2):
@@ -178,28 +186,14 @@ def _conv_transpose2d_array_grads(ctx, g):
     return gx, gw
 
 
-class ConvTranspose2dActFunction(ConvTranspose2dFunction):
-    """y = act(conv_transpose2d(x, w) + b) as one node, as ``Conv2dActFunction``; named e.g.
-    ``ConvTranspose2d+ReLUBackward``."""
-    save_output = True
-
-    def name(self):
-        return f"ConvTranspose2d+{ACT_TITLES[self.act]}Backward"
+class ConvTranspose2dActFunction(_WithActivation, ConvTranspose2dFunction):
+    """y = act(conv_transpose2d(x, w) + b) as one node (``_WithActivation``)."""
+    conv, array_grads = ConvTranspose2dFunction, staticmethod(_conv_transpose2d_array_grads)
 
     @staticmethod
     def forward(ctx, x, weight, bias, geom, out_hw, act, p1, p2):
         ctx.act, ctx.p1, ctx.p2 = act, p1, p2
         return _bias_act(ConvTranspose2dFunction.forward(ctx, x, weight, None, geom, out_hw), bias, act, p1, p2)
-
-    @staticmethod
-    def backward(ctx, g):
-        gpre = grad_from_output(g, ctx.output, ctx.act, ctx.p1, ctx.p2)  # differentiable in y
-        return ConvTranspose2dFunction.backward(ctx, gpre) + (None, None, None)
-
-    @staticmethod
-    def array_backward(ctx, g):
-        gpre, gb = _bias_act_grads(ctx, g)
-        return (*_conv_transpose2d_array_grads(ctx, gpre), gb, None, None, None, None, None)
 
 
 class Conv2dWeightFunction(Function):
