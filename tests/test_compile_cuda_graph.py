@@ -892,8 +892,8 @@ def _mlp_with_a_fused_run(device, seed=0):
 
 def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emulated_cuda, monkeypatch):
     """A run fused into one device kernel (compile/fusion.py; NumPy arrays taken for CuPy's, the kernel the
-    stand-in's ElementwiseKernel) is device work: inside the step's one graph, and the graphed steps equal plain
-    replays bit for bit."""
+    stand-in's ElementwiseKernel), and its backward's, are device work: inside the step's one graph, and the
+    graphed steps equal plain replays bit for bit."""
     from tinygen.compile import fusion
     emulated_xp = types.SimpleNamespace(
         __name__="emulated", ElementwiseKernel=backend.StandinElementwiseKernel, empty=np.empty, asarray=np.asarray,
@@ -912,7 +912,13 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
     lines = compiled.explain().splitlines()
     assert lines[0] == "step: 1 program(s), 1 recorded, 7 replayed, 7 with CUDA graphs"
     fused = [line.split(maxsplit=1)[1] for line in lines if "fused" in line]
-    assert fused == ["graph 1  fused     4 ops (Mul, Add, Mul, Sub) on (16, 32) float32: one CuPy kernel"]
+    assert fused == ["graph 1  fused     4 ops (Mul, Add, Mul, Sub) on (16, 32) float32: one CuPy kernel",
+                     "graph 1  backward  5 nodes (SumBackward, MulBackward, LinearBackward, fused(SubBackward, "
+                     "MulBackward, AddBackward, MulBackward), LinearBackward) -> .grad of 4 leaves"]
+    replay_backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
+    (plan,) = [ops[0] for r, ops in program.steps if r is replay_backward]
+    (backward_run,) = [step[0] for step in plan.steps if step[1] is fusion.FUSED]
+    assert backward_run.device and backward_run.kernel is not None  # its kernel inside the graph too
     assert all(line.split()[1:3] == ["graph", "1"] for line in lines[2:])  # the whole step: one graph
     np.testing.assert_array_equal(graphed, plain)
     for a, b in zip(graphed_params, plain_params):

@@ -415,10 +415,10 @@ def test_a_cuda_run_on_a_parameter_the_step_then_updates_is_checked_on_what_it_r
 
 
 # ---- the backward of a run -------------------------------------------------------------------------------------------
-def _backward_setup(dtype):
+def _backward_setup(dtype, device="cpu"):
     rng = np.random.default_rng(5)
-    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
-    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True)
+    w = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True, device=device)
+    v = tg.tensor(rng.uniform(0.5, 2.0, (6, 5)).astype(dtype), requires_grad=True, device=device)
 
     def step(a, b):
         h = w @ a  # a product before the run: its node takes the run's gradient from a register
@@ -430,26 +430,29 @@ def _backward_setup(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_backward_chain_is_one_loop_bitwise_eager(dtype):
+def test_a_backward_chain_is_one_loop_bitwise_eager(dtype, device):
     outs = []
     rng = np.random.default_rng(6)
-    inputs = [(tg.tensor(rng.uniform(0.1, 0.5, (5, 5)).astype(dtype)), tg.tensor(rng.uniform(0.5, 1.0, (6, 5))
-                                                                                   .astype(dtype))) for _ in range(4)]
-    for fuse in (None, False, True):
-        (w, v), step = _backward_setup(dtype)
-        f = step if fuse is None else tg.compile(step, fuse=fuse)
-        outs.append([])
-        for args in inputs:
-            w.grad = v.grad = None
-            outs[-1].append(_arrays(f(*args)) + _arrays((w.grad, v.grad)))
+    with _on(device):
+        inputs = [(tg.tensor(rng.uniform(0.1, 0.5, (5, 5)).astype(dtype), device=device),
+                   tg.tensor(rng.uniform(0.5, 1.0, (6, 5)).astype(dtype), device=device)) for _ in range(4)]
+        for fuse in (None, False, True):
+            (w, v), step = _backward_setup(dtype, device)
+            f = step if fuse is None else tg.compile(step, fuse=fuse)
+            outs.append([])
+            for args in inputs:
+                w.grad = v.grad = None
+                outs[-1].append(_arrays(f(*args)) + _arrays((w.grad, v.grad)))
     eager, unfused, fused = outs
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
     runs = _backward_runs(f)
-    if NUMBA_ON:
+    if _fuses(device):
         (run,) = runs  # then v * 0.5's node (a leaf's gradient) and h * h's (one node): not in it
         assert [n.name().removesuffix("Backward") for n in run.nodes] == ["Add", "Mul", "Exp", "Mul", "Div", "Sqrt",
                                                                           "Add", "Sub"]
-        assert len(run.outputs) == 3 and len(run.kernels) == 1  # h's sum so far, h * h's, v * 0.5's; one kind mix
+        assert len(run.outputs) == 3  # h's sum so far, h * h's, v * 0.5's
+        assert run.device == (device != "cpu")
+        assert run.kernel is not None if run.device else len(run.kernels) == 1  # on the CPU one mix of kinds
         replay_backward = sys.modules["tinygen.compile"]._replay_backward
         (plan,) = [operands[0] for p in f._programs.values() for r, operands in p.steps if r is replay_backward]
         nodes = plan.nodes()  # what the CUDA graphs' segments keep the state of: the fused run's nodes too
@@ -465,13 +468,20 @@ _GRAD_OPS = (lambda x, y: x + y, lambda x, y: x - y, lambda x, y: x * y, lambda 
 
 
 @given(st.lists(st.tuples(st.integers(0, len(_GRAD_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
-                max_size=10), st.sampled_from([np.float32, np.float64]), st.booleans())
-def test_random_backward_chains_fused_are_bitwise_eager(program, dtype, upstream_array):
+                max_size=10), st.sampled_from([np.float32, np.float64]), st.booleans(),
+       st.sampled_from(["cpu", "cuda"]))
+def test_random_backward_chains_fused_are_bitwise_eager(program, dtype, upstream_array, device):
     """Random chains of ops on a product's output, their sum (a broadcast upstream gradient) or their product with
-    an array (an array one) differentiated: the weight's gradient fused equals eager's bit for bit."""
+    an array (an array one) differentiated: the weight's gradient fused equals eager's bit for bit, on the CPU and
+    on "cuda"."""
+    with _on(device):
+        _random_backward_chain(program, dtype, upstream_array, device)
+
+
+def _random_backward_chain(program, dtype, upstream_array, device):
     rng = np.random.default_rng(7)
-    w = tg.tensor(rng.uniform(-1.0, 1.0, (4, 3)).astype(dtype), requires_grad=True)
-    c = tg.tensor(rng.uniform(-1.0, 1.0, (4, 2)).astype(dtype))
+    w = tg.tensor(rng.uniform(-1.0, 1.0, (4, 3)).astype(dtype), requires_grad=True, device=device)
+    c = tg.tensor(rng.uniform(-1.0, 1.0, (4, 2)).astype(dtype), device=device)
 
     def step(a):
         values = [w @ a]
@@ -480,7 +490,7 @@ def test_random_backward_chains_fused_are_bitwise_eager(program, dtype, upstream
         out = values[-1] + values[-2] * 0.5
         (out * c if upstream_array else out).sum().backward()
         return out
-    inputs = [tg.tensor(rng.uniform(-1.0, 1.0, (3, 2)).astype(dtype)) for _ in range(3)]
+    inputs = [tg.tensor(rng.uniform(-1.0, 1.0, (3, 2)).astype(dtype), device=device) for _ in range(3)]
     grads = []
     for f in (step, tg.compile(step, fuse=False), tg.compile(step)):
         grads.append([])
@@ -548,3 +558,80 @@ def test_a_backward_run_falls_back_when_numba_is_switched_off():
     assert np.array_equal(fused_off, w2.grad.numpy())
     (run,) = _backward_runs(f)
     assert run.kernels == {}  # never compiled: the nodes ran one by one
+
+
+def test_on_cuda_a_backward_run_is_one_kernel_built_and_checked_when_recorded(cuda, monkeypatch):
+    (w, v), step = _backward_setup(np.float32, cuda)
+    f = tg.compile(step)
+    args = (tg.rand(5, 5, device=cuda), tg.rand(6, 5, device=cuda))
+    f(*args)
+    (run,) = _backward_runs(f)
+    assert run.device and run.kernel is not None  # compiled and checked at record time, never in a capture
+    lines = run.source_on_device.splitlines()
+    assert lines[0] == "T v0 = x0;" and "T v7 = v6 / (x7 + x7);" in lines and lines[-3:] == [  # x0: the sum's gradient
+        "o0 = v9;", "o1 = v10;", "o2 = v11;"]
+    monkeypatch.setattr(run, "unfused", lambda *a: pytest.fail("a replay ran the nodes one by one"))
+    for _ in range(2):
+        w.grad = v.grad = None
+        f(*args)
+    fused = _arrays((w.grad, v.grad))
+    (w2, v2), step2 = _backward_setup(np.float32, cuda)
+    step2(*args)
+    assert _same(fused, _arrays((w2.grad, v2.grad)))
+
+
+def test_a_cuda_backward_kernel_that_cannot_be_built_or_differs_warns_and_its_nodes_run_one_by_one(cuda,
+                                                                                                    monkeypatch):
+    build = compile_fusion._device_kernel
+
+    def failing(*args):
+        raise RuntimeError("nvrtc: error: no such function")
+
+    def off_by_one_ulp(*args):
+        kernel = build(*args)
+
+        def call(*arrays):
+            out = kernel(*arrays)
+            last = arrays[-1]
+            last[...] = last * (1 + np.finfo(last.dtype).eps)
+            return out
+        return call
+    args = (tg.rand(5, 5, device=cuda), tg.rand(6, 5, device=cuda))
+    for wrong, message in ((failing, r"could not build a fused backward kernel \(RuntimeError: nvrtc"),
+                           (off_by_one_ulp, "a fused backward kernel differs from its 8 nodes' statements")):
+        (w, v), step = _backward_setup(np.float32, cuda)
+        with monkeypatch.context() as m:
+            m.setattr(compile_fusion, "_device_kernel", lambda *a, wrong=wrong, built=set(): (
+                wrong(*a) if "o2 = v11;" in a[-1] else build(*a)))  # the backward's kernel only
+            f = tg.compile(step)
+            with pytest.warns(RuntimeWarning, match=message):
+                f(*args)
+        assert _backward_runs(f) == []
+        w.grad = v.grad = None
+        f(*args)
+        (w2, v2), step2 = _backward_setup(np.float32, cuda)
+        step2(*args)
+        assert _same(_arrays((w.grad, v.grad)), _arrays((w2.grad, v2.grad)))
+
+
+def test_a_backward_run_that_saved_nothing_is_fused_on_both_devices(device):
+    """Add, Sub and Neg save nothing: the run's only operands are the gradients passed in."""
+    with _on(device):
+        rng = np.random.default_rng(9)
+        w = tg.tensor(rng.uniform(-1.0, 1.0, (4, 3)).astype(np.float32), requires_grad=True, device=device)
+        b = tg.tensor(rng.uniform(-1.0, 1.0, (4, 2)).astype(np.float32), device=device)
+
+        def step(a):
+            h = w @ a
+            (-((h + b) - b) + h).sum().backward()
+        a = tg.tensor(rng.uniform(-1.0, 1.0, (3, 2)).astype(np.float32), device=device)
+        grads = []
+        for f in (step, tg.compile(step)):
+            for _ in range(2):
+                w.grad = None
+                f(a)
+            grads.append(_arrays(w.grad))
+    assert _same(*grads)
+    runs = _backward_runs(f)
+    assert len(runs) == (1 if _fuses(device) else 0) and all(r.operands == [("register", r.consumed[0])]
+                                                             for r in runs)

@@ -513,6 +513,8 @@ def test_gpu_throughput_script_runs(cuda, tmp_path, capsys):
         assert all(row["results"][name]["samples_per_s"] > 0 for name in ("tinygen", "tinygen-compiled"))
     # the VAE's KL term, 1 + logvar - mu * mu before its exp: one fused kernel (the DCGAN has no such run)
     assert [row["results"]["tinygen-compiled"]["fused_runs"] for row in result["rows"]] == [[3], []]
+    # its backward: the KL term's five nodes and the sampling's four, one kernel each
+    assert [row["results"]["tinygen-compiled"]["fused_backward_runs"] for row in result["rows"]] == [[5, 4], []]
     text = (tmp_path / "gpu_throughput.md").read_text()
     assert "| dcgan | 4 |" in text and "torch-compile: skipped (not asked for" in text
     assert " / torch" not in text  # no ratio without its two columns

@@ -39,8 +39,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            CuPy elementwise kernel (GPU arrays) that writes only what is used outside the run and leaves each
            node as its forward would (``compile/fusion.py``). ``fuse=True`` (the default) takes + - * /, neg, abs
            and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh, sin and cos too: within 3
-           ulps of NumPy's per call. On NumPy arrays a plain backward's runs of 3 or more such nodes (ops that
-           declare ``elementwise_backward``, gradients passed between them, none to a leaf) become one loop too
+           ulps of NumPy's per call. A plain backward's runs of 3 or more such nodes (ops that declare
+           ``elementwise_backward``, gradients passed between them, none to a leaf) become one loop or kernel too
            (``FusedBackward``). ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
@@ -414,7 +414,7 @@ def _fused_backwards(steps, rec, approx):
                 return steps
             note = rec.elementwise.get(id(step[5][0]))
             if note is not None and step[2] is not None:
-                forwards[id(step[2])] = (note, step[4])
+                forwards[id(step[2])] = (note, step[4], step[5][0])
     out = []
     for run, operands in steps:
         if run is _replay_backward and forwards:

@@ -35,7 +35,7 @@ Three stages:
            output and what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that
            follows runs unchanged. The first replay of an exact Numba run runs its ops one by one as well and
            raises if the loop's outputs differ from theirs in any bit.
-  backward ``fused_plan_steps``, once per plain backward of a program (NumPy arrays, Numba on): each run of
+  backward ``fused_plan_steps``, once per plain backward of a program: each run of
            ``MIN_OPS`` or more consecutive nodes of a backward plan whose ops declare ``elementwise_backward``
            (their ``array_backward`` per element) and whose gradients all go to registers of the run's shape and
            dtype (none to a leaf's .grad) becomes one ``FusedBackward``: a Numba loop that computes each node's
@@ -43,8 +43,9 @@ Three stages:
            gradients passed inside the run in variables. Its operands are read at each call; a ``sum()``'s
            gradient, one value broadcast, is passed as a scalar; another layout runs the nodes one by one. The
            first call with a new mix of operand kinds compiles a loop for it and checks it bit for bit against the
-           nodes one by one (exact runs). Not on the GPU yet: there a backward's nodes run one by one (inside the
-           step's CUDA graph).
+           nodes one by one (exact runs). On GPU arrays the run is one CuPy kernel, compiled and checked at record
+           time like a forward run's (``FusedBackward.build_on_device``: the recorded backward's gradients are
+           gone by then, so made-up ones stand in for the registers, with what the nodes saved as recorded).
 
 Kernels are cached by their source, so runs of the same form share one compiled kernel (in memory: a new process
 compiles again). On NumPy arrays without Numba (not installed, or ``TINYGEN_NUMBA=0``) nothing is fused; on the
@@ -385,23 +386,23 @@ def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
     """A plain backward's plan steps (compile/__init__.py's ``_BackwardPlan.steps``) with each run of ``MIN_OPS``
     or more consecutive nodes of elementwise ops (``_backward_form``) of one shape and dtype, on NumPy arrays, as
     one ``FusedBackward`` step; the steps themselves when there is none. ``roots``: the plan's (register, leaf)
-    roots; ``forwards``: id(node) -> (``note``, arguments) of each op's recorded forward; ``approx``: fuse the
-    approx functions too; ``run_step(step, regs, direct, release)``: the compiler's running of one step."""
-    if not kernels.enabled():
-        return plan_steps
+    roots; ``forwards``: id(node) -> (``note``, arguments, output tensor) of each op's recorded forward (its
+    tensors still hold the recorded call's arrays); ``approx``: fuse the approx functions too; ``run_step(step,
+    regs, direct, release)``: the compiler's running of one step."""
     allowed = ("exact", "approx") if approx else ("exact",)
     filled = {r for r, leaf in roots if leaf is None}  # the registers holding a gradient before each step
     out, pending, form = [], [], None
 
     def close():
-        if len(pending) >= MIN_OPS:
-            out.append((FusedBackward(pending, run_step), FUSED, (), None, (), ()))
+        run = FusedBackward(pending, run_step) if len(pending) >= MIN_OPS else None
+        if run is not None and (not run.device or run.build_on_device(pending)):
+            out.append((run, FUSED, (), None, (), ()))
         else:
             out.extend(step for step, _, _ in pending)
         pending.clear()
 
     for step in plan_steps:
-        info = _backward_form(step, forwards, allowed)
+        info = _backward_form(step, forwards, allowed, kernels.enabled())
         if info is None or (pending and info[0] != form):
             close()
         if info is None:
@@ -415,24 +416,26 @@ def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
     return tuple(out) if any(step[1] is FUSED for step in out) else plan_steps
 
 
-def _backward_form(step, forwards, allowed):
-    """((shape, dtype), its ``elementwise_backward``, the kinds of what the node saved, whether it uses its output)
-    for a plan step the backward fusion may take, else None: a node of one output, due no hooks, of an op noted at
-    record time (``note``, host arrays) whose class that defines its backward declares it per element, every
-    gradient it returns going to a register of the same shape and dtype (no leaf, no broadcasting)."""
+def _backward_form(step, forwards, allowed, on_host):
+    """((shape, dtype, on the device), its ``elementwise_backward``, the kinds of what the node saved, whether it
+    uses its output, what it saved and its output as tensors) for a plan step the backward fusion may take, else
+    None: a node of one output, due no hooks, of an op noted at record time (``note``; on NumPy arrays only with
+    Numba, ``on_host``) whose class that defines its backward declares it per element, every gradient it returns
+    going to a register of the same shape and dtype (no leaf, no broadcasting)."""
     node, _, ins, metas, outs, due = step
     entry = forwards.get(id(node))
     if due or metas is not None or len(ins) != 1 or entry is None:
         return None
-    (shape, dtype, kinds, saved, _, device), args = entry
+    (shape, dtype, kinds, saved, _, device), args, y = entry
     owner = next((k for k in type(node).__mro__ if "array_backward" in k.__dict__ or "backward" in k.__dict__), None)
     decl = owner.__dict__.get("elementwise_backward") if owner is not None else None
-    if device or decl is None or len(decl) != len(outs) or any(exactness(e) not in allowed for e in decl):
+    if not (device or on_host) or decl is None or len(decl) != len(outs) or any(exactness(e) not in allowed
+                                                                                  for e in decl):
         return None
     if any(t is not None and (t[1] is not None or t[2] != shape or t[3] != dtype) for t in outs):
         return None
     saved_kinds = tuple(kinds[next(i for i, a in enumerate(args) if a is s)] for s in saved)
-    return (shape, dtype), decl, saved_kinds, bool(type(node).save_output)
+    return (shape, dtype, device), decl, saved_kinds, bool(type(node).save_output), saved, y
 
 
 class FusedBackward:
@@ -444,12 +447,17 @@ class FusedBackward:
     the run's shape (C-contiguous), scalars, or a gradient broadcast from one value (a ``sum()``'s), passed as a
     scalar; another layout, or registers not as recorded, run the nodes one by one. The first call with a new
     mix of operand kinds compiles its loop and, for an exact run, runs the nodes one by one too and raises if the
-    loop's gradients differ from theirs in any bit."""
+    loop's gradients differ from theirs in any bit.
+
+    On GPU arrays the run is one CuPy ``ElementwiseKernel`` of the same statements, compiled and checked when the
+    program is recorded (``build_on_device``: never inside a CUDA graph's capture); its registers are always array
+    operands (a broadcast gradient is made contiguous first, one copy)."""
 
     def __init__(self, pending, run_step):
         self.steps, self.run_step = tuple(step for step, _, _ in pending), run_step
         self.nodes = tuple(step[0] for step in self.steps)
-        (self.shape, self.dtype), self.size = pending[0][1][0], math.prod(pending[0][1][0][0])
+        (self.shape, self.dtype, self.device), self.size = pending[0][1][0], math.prod(pending[0][1][0][0])
+        self.kernel = None  # on the device: the one kernel (registers as arrays)
         filled = pending[0][2]
         self.operands = []  # ("register", r) | ("saved", node, i, kind) | ("output", node): the loop's inputs
         self.consumed, self.fresh, self.lines, self.exact = [], [], [], True
@@ -458,7 +466,7 @@ class FusedBackward:
         def operand(what):
             self.operands.append(what)
             return f"{{{len(self.operands) - 1}}}"
-        for (node, _, ins, _, outs, _), (_, decl, saved_kinds, has_y), _ in pending:
+        for (node, _, ins, _, outs, _), (_, decl, saved_kinds, has_y, _, _), _ in pending:
             r_in = ins[0]
             self.consumed.append(r_in)
             fields = {"g": current.pop(r_in) if r_in in current else operand(("register", r_in))}
@@ -486,17 +494,14 @@ class FusedBackward:
         return f"fused({', '.join(node.name() for node in self.nodes)})"
 
     def __call__(self, regs, direct, release):
+        if self.device:
+            return self._on_device(regs, direct, release)
         if not kernels.enabled() or any(regs[r] is not None for r in self.fresh):  # (Numba switched off since)
             return self.unfused(regs, direct, release)
         arrays, scalars, kinds = [], [], []
         shape, dtype = self.shape, self.dtype
         for what in self.operands:
-            if what[0] == "register":
-                d = regs[what[1]]
-            elif what[0] == "saved":
-                d = what[1]._saved[what[2]].data
-            else:
-                d = what[1]._out_data
+            d = self._fetch(what, regs)
             if d.__class__ is _ndarray and d.dtype is dtype and d.shape == shape and d.flags.c_contiguous:
                 arrays.append(d)
                 kinds.append(ARRAY)
@@ -515,7 +520,9 @@ class FusedBackward:
             kernel = self.kernels[kinds] = _numba_loop(self.source(kinds))
             if self.exact:
                 return self._check(self._launch(kernel, arrays, scalars), kinds, regs, direct, release)
-        outs = self._launch(kernel, arrays, scalars)
+        self._done(self._launch(kernel, arrays, scalars), regs, release)
+
+    def _done(self, outs, regs, release):
         for r in self.consumed:
             regs[r] = None
         for r, d in zip(self.outputs, outs):
@@ -523,6 +530,90 @@ class FusedBackward:
         if release:
             for node in self.nodes:
                 node.release()
+
+    def _fetch(self, what, regs):
+        return regs[what[1]] if what[0] == "register" else what[1]._saved[what[2]].data if what[0] == "saved" else \
+            what[1]._out_data
+
+    def _on_device(self, regs, direct, release):
+        """A device run: its kernel on the operands, registers made contiguous; else the nodes one by one."""
+        arrays, scalars = [], []
+        typ, shape, dtype = self.array_type, self.shape, self.dtype
+        for what, kind in zip(self.operands, self.device_kinds):
+            d = self._fetch(what, regs)
+            if kind is ARRAY and d.__class__ is typ and d.shape == shape and d.dtype is dtype:
+                arrays.append(d if d.flags.c_contiguous or what[0] != "register" else self.xp.ascontiguousarray(d))
+                if arrays[-1].flags.c_contiguous:
+                    continue
+            elif kind is SCALAR and d.shape == () and d.dtype is dtype and (d.__class__ is _ndarray or
+                                                                         isinstance(d, np.generic)):
+                scalars.append(d[()] if d.__class__ is _ndarray else d)
+                continue
+            return self.unfused(regs, direct, release)
+        if any(regs[r] is not None for r in self.fresh):
+            return self.unfused(regs, direct, release)
+        outs = [self.xp.empty(shape, dtype) for _ in self.outputs]
+        self.kernel(*arrays, *scalars, *outs)
+        self._done(outs, regs, release)
+
+    def build_on_device(self, pending):
+        """At record time: compile the run's kernel and check it, as ``FusedRun.build_on_device`` does, on what the
+        nodes saved and their outputs as the recorded call left them, and made-up gradients in the registers (the
+        recorded backward's are gone): an exact run's outputs must equal, bit for bit, the statements evaluated one
+        array operation at a time by the array module's functions. Returns whether the run is fused."""
+        saved = {id(step[0]): info for step, info, _ in pending}
+        recorded = []
+        for what in self.operands:
+            if what[0] == "register":
+                recorded.append(None)
+            elif what[0] == "saved":
+                recorded.append(saved[id(what[1])][4][what[2]].data)
+            else:
+                recorded.append(saved[id(what[1])][5].data)
+        probe = next((d for d in recorded if is_device_array(d)), None)
+        if probe is None:  # nothing saved: only gradients pass through the run
+            probe = self.nodes[0].xp.empty(self.shape, self.dtype)
+        self.array_type, self.xp = type(probe), array_module_of(probe)
+        xp = self.xp
+        rng = np.random.default_rng(0)
+        recorded = [xp.asarray(rng.standard_normal(self.shape).astype(self.dtype)) if d is None else d
+                    for d in recorded]
+        self.device_kinds = tuple(SCALAR if what[0] == "saved" and what[3] is SCALAR else ARRAY
+                                  for what in self.operands)
+        arrays = [d for d, k in zip(recorded, self.device_kinds) if k is ARRAY]
+        scalars = [d[()] if d.__class__ is _ndarray else d for d, k in zip(recorded, self.device_kinds) if k is SCALAR]
+        names, counts = [], {ARRAY: 0, SCALAR: 0}
+        for kind in self.device_kinds:
+            names.append(("x" if kind is ARRAY else "s") + str(counts[kind]))
+            counts[kind] += 1
+        lines = [(var, expr, names) for var, expr in self.lines]
+        source = _cuda_source(lines + [(f"o{j}", None, var) for j, var in enumerate(self.results)])
+        params = [n for n, k in zip(names, self.device_kinds) if k is ARRAY] + \
+            [n for n, k in zip(names, self.device_kinds) if k is SCALAR]
+        try:
+            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params),
+                                    ", ".join(f"T o{j}" for j in range(len(self.outputs))), source)
+            outs = [xp.empty(self.shape, self.dtype) for _ in self.outputs]
+            kernel(*arrays, *scalars, *outs)
+        except Exception as e:  # noqa: BLE001 - any failure to build or launch: the nodes one by one are right
+            warnings.warn(f"tinygen.compile: could not build a fused backward kernel ({type(e).__name__}: {e}); its "
+                          f"{len(self.nodes)} nodes run one by one. The kernel:\n{source}", RuntimeWarning,
+                          stacklevel=2)
+            return False
+        if self.exact:
+            env = {name: getattr(xp, ARRAY_NAMES.get(name, name)) for name in EXACT_FUNCTIONS.keys() | APPROX_FUNCTIONS}
+            env["__builtins__"] = {}
+            env.update(zip(params, arrays + scalars))
+            for var, expr in self.lines:
+                env[var] = eval(expr.format(*names), env)  # noqa: S307 - the ops' own declarations
+            if not all(bool(xp.array_equal(a, xp.asarray(env[var]), equal_nan=True))
+                       for a, var in zip(outs, self.results)):
+                warnings.warn(f"tinygen.compile: a fused backward kernel differs from its {len(self.nodes)} nodes' "
+                              f"statements one by one; they run one by one. The kernel:\n{source}", RuntimeWarning,
+                              stacklevel=2)
+                return False
+        self.kernel, self.source_on_device = kernel, source
+        return True
 
     def source(self, kinds):
         """The loop for operands of these kinds: ``v0 = x0[i] * s0`` ..., ``o0[i] = v3``."""
