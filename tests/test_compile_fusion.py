@@ -452,6 +452,10 @@ def test_a_backward_chain_is_one_loop_bitwise_eager(dtype, device):
                                                                           "Add", "Sub"]
         assert len(run.outputs) == 3  # h's sum so far, h * h's, v * 0.5's
         assert run.device == (device != "cpu")
+        listing = f.explain(sources=True).splitlines()  # the backward's fused code under its line
+        at = listing.index(" " * 18 + run.name() + ":")
+        assert "backward" in listing[at - 1] and listing[at + 1].strip() == (
+            "T v0 = x0;" if run.device else "def fused(n, o0, o1, o2, x0, x1, x2, x3, x4, x5, x6, s0, s1):")
         assert run.kernel is not None if run.device else len(run.kernels) == 1  # on the CPU one mix of kinds
         replay_backward = sys.modules["tinygen.compile"]._replay_backward
         (plan,) = [operands[0] for p in f._programs.values() for r, operands in p.steps if r is replay_backward]

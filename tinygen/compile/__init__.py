@@ -186,7 +186,8 @@ class Compiled:
 
     def explain(self, sources=False):
         """The recorded programs as text, one line a step in the order a replay runs them: the ops' forwards,
-        fused runs (with ``sources=True``, each followed by its generated Numba loop or CUDA code), backward plans,
+        fused runs (with ``sources=True``, each followed by its generated Numba loop or CUDA code; a backward's
+        fused runs too), backward plans,
         recorded calls and releases (shapes as recorded); on CuPy, which CUDA graph takes each step."""
         lines = [f"{self.__name__}: {len(self._programs)} program(s), {self.records} recorded, {self.replays} "
                  f"replayed, {self.graph_replays} with CUDA graphs"]
@@ -205,8 +206,13 @@ class Compiled:
             for j, (step, text) in enumerate(zip(program.steps, program.step_texts), 1):
                 column = f"{where.get(id(step), ''):9s}" if where else ""
                 lines.append(f"  {j:4d}  {column}{text}")
+                indent = " " * (18 + len(column))
                 if sources and isinstance(step[0], _fusion.FusedRun):
-                    lines.extend(" " * (18 + len(column)) + line for line in step[0].source.splitlines())
+                    lines.extend(indent + line for line in step[0].source.splitlines())
+                if sources and step[0] is _replay_backward:  # its fused runs' code, each under its name
+                    for fused in (s[0] for s in step[1][0].steps if s[1] is _fusion.FUSED):
+                        lines.append(indent + fused.name() + ":")
+                        lines.extend(indent + line for line in fused.listing().splitlines())
         return "\n".join(lines)
 
 

@@ -493,6 +493,13 @@ class FusedBackward:
     def name(self):
         return f"fused({', '.join(node.name() for node in self.nodes)})"
 
+    def listing(self):
+        """The generated code: the CUDA kernel on the device; on the CPU the loop of each mix of operand kinds
+        compiled so far (before the first call, the one for array operands)."""
+        if self.device:
+            return self.source_on_device
+        return "\n".join(self.source(kinds) for kinds in list(self.kernels) or [(ARRAY,) * len(self.operands)])
+
     def __call__(self, regs, direct, release):
         if self.device:
             return self._on_device(regs, direct, release)
