@@ -187,8 +187,8 @@ class Compiled:
     def explain(self, sources=False):
         """The recorded programs as text, one line a step in the order a replay runs them: the ops' forwards,
         fused runs (with ``sources=True``, each followed by its generated Numba loop or CUDA code; a backward's
-        fused runs too), backward plans,
-        recorded calls and releases (shapes as recorded); on CuPy, which CUDA graph takes each step."""
+        fused runs too), backward plans, recorded calls and releases (shapes as recorded); on CuPy, which CUDA
+        graph takes each step."""
         lines = [f"{self.__name__}: {len(self._programs)} program(s), {self.records} recorded, {self.replays} "
                  f"replayed, {self.graph_replays} with CUDA graphs"]
         for i, program in enumerate(self._programs.values(), 1):
@@ -413,7 +413,7 @@ class _Program:
 def _fused_backwards(steps, rec, approx):
     """The steps with each plain backward's runs of elementwise nodes fused (``fusion.fused_plan_steps``), unless
     an op re-reads its inputs' nodes (after a create_graph call)."""
-    forwards = {}  # id(node) -> (its op's note, its arguments)
+    forwards = {}  # id(node) -> (its op's note, its arguments, its output tensor)
     for step in rec.steps:
         if step[0] is _replay_forward:
             if step[6]:
