@@ -225,11 +225,7 @@ class FusedRun:
         """A Numba loop over the flat arrays: ``v0 = x0[i] * s0`` ..., ``o0[i] = v0``."""
         body = [f"{var} = {expr.format(*(t + '[i]' if t[0] == 'x' else t for t in terms))}" if expr is not None
                 else f"{var}[i] = {terms}" for var, expr, terms in lines]
-        arrays = [f"o{j}" for j in range(len(self.outputs))] + [f"x{j}" for j in range(len(self.arrays))]
-        params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(len(self.scalars))])
-        flat = [f"    {a} = {a}.reshape(n)\n" for a in arrays]  # C-contiguous arrays, as one flat loop
-        return (f"def fused({params}):\n" + "".join(flat) + "    for i in range(n):\n" +
-                "".join(f"        {line}\n" for line in body))
+        return _loop_source(body, len(self.outputs), len(self.arrays), len(self.scalars))
 
     def __call__(self):
         operands = self._operands()
@@ -288,34 +284,18 @@ class FusedRun:
         operands = self._operands()
         if operands is None:
             return False
-        xp = self.xp
-        try:
-            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in self._params()), ", ".join(
-                f"T o{j}" for j in range(len(self.outputs))), self.source)
-            outs = self._launch(kernel, operands)
-        except Exception as e:  # noqa: BLE001 - any failure to build or launch: the ops one by one are right
-            warnings.warn(f"tinygen.compile: could not build a fused kernel ({type(e).__name__}: {e}); its "
-                          f"{len(self.steps)} ops run one by one. The kernel:\n{self.source}", RuntimeWarning,
-                          stacklevel=2)
-            return False
-        if self.exact and not all(bool(xp.array_equal(a, b, equal_nan=True))
-                                  for a, b in zip(outs, self._one_by_one(operands))):
-            warnings.warn(f"tinygen.compile: a fused kernel differs from its {len(self.steps)} ops run one by one; "
-                          f"they run one by one. The kernel:\n{self.source}", RuntimeWarning, stacklevel=2)
-            return False
-        self.kernel = kernel
-        return True
+        self.kernel = _checked_device_kernel(self.xp, self._params(), operands, len(self.outputs), self.shape,
+                                             self.dtype, self.source, self._one_by_one if self.exact else None,
+                                             "a fused kernel", f"{len(self.steps)} ops")
+        return self.kernel is not None
 
     def _one_by_one(self, operands):
         """The run's outputs from its declarations, one array operation each (no side effects on the program)."""
-        xp = self.xp
-        env = {name: getattr(xp, ARRAY_NAMES.get(name, name)) for name in EXACT_FUNCTIONS.keys() | APPROX_FUNCTIONS}
-        env["__builtins__"] = {}
-        env.update(zip(self._params(), operands))
+        env = _array_functions(self.xp, zip(self._params(), operands))
         outs = []
         for var, expr, terms in self.lines:
             if expr is None:
-                outs.append(xp.asarray(env[terms]))  # (of scalar operands only, a NumPy scalar)
+                outs.append(env[terms])
             else:
                 env[var] = eval(expr.format(*terms), env)  # noqa: S307 - the ops' own declarations
         return outs
@@ -358,6 +338,55 @@ def _numba_loop(source):
     return kernel
 
 
+def _loop_source(body, n_outputs, n_arrays, n_scalars):
+    """A Numba loop's source: ``def fused(n, o0.., x0.., s0..)`` over the flat C-contiguous arrays, ``body`` the
+    statements for element i."""
+    arrays = [f"o{j}" for j in range(n_outputs)] + [f"x{j}" for j in range(n_arrays)]
+    params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(n_scalars)])
+    return (f"def fused({params}):\n" + "".join(f"    {a} = {a}.reshape(n)\n" for a in arrays) +
+            "    for i in range(n):\n" + "".join(f"        {line}\n" for line in body))
+
+
+def _operand_names(kinds):
+    """The names of operands of these kinds in order: arrays x0, x1, ..., scalars s0, s1, ...."""
+    names, counts = [], {ARRAY: 0, SCALAR: 0}
+    for kind in kinds:
+        names.append(("x" if kind is ARRAY else "s") + str(counts[kind]))
+        counts[kind] += 1
+    return names
+
+
+def _array_functions(xp, values=()):
+    """A namespace for evaluating declarations one array operation at a time: the array module's functions, and
+    ``values`` (name, array) pairs."""
+    env = {name: getattr(xp, ARRAY_NAMES.get(name, name)) for name in EXACT_FUNCTIONS.keys() | APPROX_FUNCTIONS}
+    env["__builtins__"] = {}
+    env.update(values)
+    return env
+
+
+def _checked_device_kernel(xp, params, operands, n_outputs, shape, dtype, source, expected, what, parts):
+    """A device kernel for ``source`` (inputs ``params``, outputs o0, o1, ...), compiled and launched once on
+    ``operands`` at record time; ``expected(operands)``, for an exact run, gives what its outputs must equal bit for
+    bit. None, with a RuntimeWarning naming ``what`` and its ``parts``, when it cannot be built or launched or when
+    it differs: the caller then runs its parts one by one."""
+    try:
+        kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params),
+                                ", ".join(f"T o{j}" for j in range(n_outputs)), source)
+        outs = [xp.empty(shape, dtype) for _ in range(n_outputs)]
+        kernel(*operands, *outs)
+    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the parts one by one are right
+        warnings.warn(f"tinygen.compile: could not build {what} ({type(e).__name__}: {e}); its {parts} run one by "
+                      f"one. The kernel:\n{source}", RuntimeWarning, stacklevel=3)
+        return None
+    if expected is not None and not all(bool(xp.array_equal(a, xp.asarray(b), equal_nan=True))
+                                        for a, b in zip(outs, expected(operands))):
+        warnings.warn(f"tinygen.compile: {what} differs from its {parts} run one by one; they run one by one. The "
+                      f"kernel:\n{source}", RuntimeWarning, stacklevel=3)
+        return None
+    return kernel
+
+
 def _cuda_source(lines):
     """The body of a CuPy ElementwiseKernel (each parameter is one element): ``T v0 = x0 * s0;`` ...,
     ``o0 = v0;``."""
@@ -380,6 +409,10 @@ def _device_kernel(xp, in_params, out_params, operation):
 
 # ---- the backward of a run ------------------------------------------------------------------------------------------
 FUSED = "fused"  # the second item of a backward plan's step whose first item is a FusedBackward
+# What the backward fusion knows of one plan step (``_backward_form``): the run it can join (shape, dtype, on the
+# device), its op's ``elementwise_backward``, the kinds of what its node saved, whether it reads its output, and
+# what it saved and its output as the recorded call's tensors (for the device kernel's record-time check).
+BackwardForm = namedtuple("BackwardForm", "run decl saved_kinds has_y saved y")
 
 
 def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
@@ -391,25 +424,26 @@ def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
     regs, direct, release)``: the compiler's running of one step."""
     allowed = ("exact", "approx") if approx else ("exact",)
     filled = {r for r, leaf in roots if leaf is None}  # the registers holding a gradient before each step
-    out, pending, form = [], [], None
+    out, pending, filled_before = [], [], None  # pending: (step, BackwardForm) of the open run
 
     def close():
-        run = FusedBackward(pending, run_step) if len(pending) >= MIN_OPS else None
+        run = FusedBackward(pending, filled_before, run_step) if len(pending) >= MIN_OPS else None
         if run is not None and (not run.device or run.build_on_device(pending)):
             out.append((run, FUSED, (), None, (), ()))
         else:
-            out.extend(step for step, _, _ in pending)
+            out.extend(step for step, _ in pending)
         pending.clear()
 
     for step in plan_steps:
-        info = _backward_form(step, forwards, allowed, kernels.enabled())
-        if info is None or (pending and info[0] != form):
+        form = _backward_form(step, forwards, allowed, kernels.enabled())
+        if form is None or (pending and form.run != pending[0][1].run):
             close()
-        if info is None:
+        if form is None:
             out.append(step)
         else:
-            form = info[0]
-            pending.append((step, info, frozenset(filled)))
+            if not pending:
+                filled_before = frozenset(filled)
+            pending.append((step, form))
         filled.difference_update(step[2])
         filled.update(t[0] for t in step[4] if t is not None and t[1] is None)
     close()
@@ -417,9 +451,7 @@ def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
 
 
 def _backward_form(step, forwards, allowed, on_host):
-    """((shape, dtype, on the device), its ``elementwise_backward``, the kinds of what the node saved, whether it
-    uses its output, what it saved and its output as tensors) for a plan step the backward fusion may take, else
-    None: a node of one output, due no hooks, of an op noted at record time (``note``; on NumPy arrays only with
+    """The ``BackwardForm`` of a plan step the backward fusion may take, else None: a node of one output, due no hooks, of an op noted at record time (``note``; on NumPy arrays only with
     Numba, ``on_host``) whose class that defines its backward declares it per element, every gradient it returns
     going to a register of the same shape and dtype (no leaf, no broadcasting)."""
     node, _, ins, metas, outs, due = step
@@ -435,7 +467,7 @@ def _backward_form(step, forwards, allowed, on_host):
     if any(t is not None and (t[1] is not None or t[2] != shape or t[3] != dtype) for t in outs):
         return None
     saved_kinds = tuple(kinds[next(i for i, a in enumerate(args) if a is s)] for s in saved)
-    return (shape, dtype, device), decl, saved_kinds, bool(type(node).save_output), saved, y
+    return BackwardForm((shape, dtype, device), decl, saved_kinds, bool(type(node).save_output), saved, y)
 
 
 class FusedBackward:
@@ -453,12 +485,13 @@ class FusedBackward:
     program is recorded (``build_on_device``: never inside a CUDA graph's capture); its registers are always array
     operands (a broadcast gradient is made contiguous first, one copy)."""
 
-    def __init__(self, pending, run_step):
-        self.steps, self.run_step = tuple(step for step, _, _ in pending), run_step
+    def __init__(self, pending, filled, run_step):
+        """``pending``: the run's (plan step, BackwardForm); ``filled``: the registers holding a gradient before
+        it."""
+        self.steps, self.run_step = tuple(step for step, _ in pending), run_step
         self.nodes = tuple(step[0] for step in self.steps)
-        (self.shape, self.dtype, self.device), self.size = pending[0][1][0], math.prod(pending[0][1][0][0])
+        (self.shape, self.dtype, self.device), self.size = pending[0][1].run, math.prod(pending[0][1].run[0])
         self.kernel = None  # on the device: the one kernel (registers as arrays)
-        filled = pending[0][2]
         self.operands = []  # ("register", r) | ("saved", node, i, kind) | ("output", node): the loop's inputs
         self.consumed, self.fresh, self.lines, self.exact = [], [], [], True
         current = {}  # register -> the loop variable holding its sum so far
@@ -466,14 +499,14 @@ class FusedBackward:
         def operand(what):
             self.operands.append(what)
             return f"{{{len(self.operands) - 1}}}"
-        for (node, _, ins, _, outs, _), (_, decl, saved_kinds, has_y, _, _), _ in pending:
+        for (node, _, ins, _, outs, _), form in pending:
             r_in = ins[0]
             self.consumed.append(r_in)
             fields = {"g": current.pop(r_in) if r_in in current else operand(("register", r_in))}
-            fields.update((f"s{i}", operand(("saved", node, i, kind))) for i, kind in enumerate(saved_kinds))
-            if has_y:
+            fields.update((f"s{i}", operand(("saved", node, i, kind))) for i, kind in enumerate(form.saved_kinds))
+            if form.has_y:
                 fields["y"] = operand(("output", node))
-            for expr, target in zip(decl, outs):
+            for expr, target in zip(form.decl, outs):
                 if target is None:
                     continue
                 self.exact = self.exact and exactness(expr) == "exact"
@@ -548,15 +581,20 @@ class FusedBackward:
         typ, shape, dtype = self.array_type, self.shape, self.dtype
         for what, kind in zip(self.operands, self.device_kinds):
             d = self._fetch(what, regs)
-            if kind is ARRAY and d.__class__ is typ and d.shape == shape and d.dtype is dtype:
-                arrays.append(d if d.flags.c_contiguous or what[0] != "register" else self.xp.ascontiguousarray(d))
-                if arrays[-1].flags.c_contiguous:
-                    continue
-            elif kind is SCALAR and d.shape == () and d.dtype is dtype and (d.__class__ is _ndarray or
-                                                                         isinstance(d, np.generic)):
+            if d is None or d.dtype is not dtype:
+                return self.unfused(regs, direct, release)
+            if kind is SCALAR:  # a constant the node saved: a NumPy scalar or 0-d array, as on the CPU
+                if d.shape != () or (d.__class__ is not _ndarray and not isinstance(d, np.generic)):
+                    return self.unfused(regs, direct, release)
                 scalars.append(d[()] if d.__class__ is _ndarray else d)
                 continue
-            return self.unfused(regs, direct, release)
+            if d.__class__ is not typ or d.shape != shape:
+                return self.unfused(regs, direct, release)
+            if not d.flags.c_contiguous:
+                if what[0] != "register":  # (another layout: the nodes one by one keep it)
+                    return self.unfused(regs, direct, release)
+                d = self.xp.ascontiguousarray(d)  # a gradient broadcast from one value, say
+            arrays.append(d)
         if any(regs[r] is not None for r in self.fresh):
             return self.unfused(regs, direct, release)
         outs = [self.xp.empty(shape, dtype) for _ in self.outputs]
@@ -568,72 +606,42 @@ class FusedBackward:
         nodes saved and their outputs as the recorded call left them, and made-up gradients in the registers (the
         recorded backward's are gone): an exact run's outputs must equal, bit for bit, the statements evaluated one
         array operation at a time by the array module's functions. Returns whether the run is fused."""
-        saved = {id(step[0]): info for step, info, _ in pending}
-        recorded = []
-        for what in self.operands:
-            if what[0] == "register":
-                recorded.append(None)
-            elif what[0] == "saved":
-                recorded.append(saved[id(what[1])][4][what[2]].data)
-            else:
-                recorded.append(saved[id(what[1])][5].data)
+        forms = {id(step[0]): form for step, form in pending}
+        recorded = [None if what[0] == "register" else  # the recorded backward's gradients are gone
+                    forms[id(what[1])].saved[what[2]].data if what[0] == "saved" else forms[id(what[1])].y.data
+                    for what in self.operands]
         probe = next((d for d in recorded if is_device_array(d)), None)
         if probe is None:  # nothing saved: only gradients pass through the run
             probe = self.nodes[0].xp.empty(self.shape, self.dtype)
         self.array_type, self.xp = type(probe), array_module_of(probe)
-        xp = self.xp
         rng = np.random.default_rng(0)
-        recorded = [xp.asarray(rng.standard_normal(self.shape).astype(self.dtype)) if d is None else d
+        recorded = [self.xp.asarray(rng.standard_normal(self.shape).astype(self.dtype)) if d is None else d
                     for d in recorded]
         self.device_kinds = tuple(SCALAR if what[0] == "saved" and what[3] is SCALAR else ARRAY
                                   for what in self.operands)
-        arrays = [d for d, k in zip(recorded, self.device_kinds) if k is ARRAY]
-        scalars = [d[()] if d.__class__ is _ndarray else d for d, k in zip(recorded, self.device_kinds) if k is SCALAR]
-        names, counts = [], {ARRAY: 0, SCALAR: 0}
-        for kind in self.device_kinds:
-            names.append(("x" if kind is ARRAY else "s") + str(counts[kind]))
-            counts[kind] += 1
-        lines = [(var, expr, names) for var, expr in self.lines]
-        source = _cuda_source(lines + [(f"o{j}", None, var) for j, var in enumerate(self.results)])
-        params = [n for n, k in zip(names, self.device_kinds) if k is ARRAY] + \
-            [n for n, k in zip(names, self.device_kinds) if k is SCALAR]
-        try:
-            kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params),
-                                    ", ".join(f"T o{j}" for j in range(len(self.outputs))), source)
-            outs = [xp.empty(self.shape, self.dtype) for _ in self.outputs]
-            kernel(*arrays, *scalars, *outs)
-        except Exception as e:  # noqa: BLE001 - any failure to build or launch: the nodes one by one are right
-            warnings.warn(f"tinygen.compile: could not build a fused backward kernel ({type(e).__name__}: {e}); its "
-                          f"{len(self.nodes)} nodes run one by one. The kernel:\n{source}", RuntimeWarning,
-                          stacklevel=2)
-            return False
-        if self.exact:
-            env = {name: getattr(xp, ARRAY_NAMES.get(name, name)) for name in EXACT_FUNCTIONS.keys() | APPROX_FUNCTIONS}
-            env["__builtins__"] = {}
-            env.update(zip(params, arrays + scalars))
+        names = _operand_names(self.device_kinds)
+        order = [i for k in (ARRAY, SCALAR) for i, kind in enumerate(self.device_kinds) if kind is k]  # arrays first
+        params = [names[i] for i in order]
+        operands = [recorded[i][()] if recorded[i].__class__ is _ndarray else recorded[i] for i in order]
+        self.source_on_device = _cuda_source([(var, expr, names) for var, expr in self.lines] +
+                                             [(f"o{j}", None, var) for j, var in enumerate(self.results)])
+
+        def one_by_one(values):
+            env = _array_functions(self.xp, zip(params, values))
             for var, expr in self.lines:
                 env[var] = eval(expr.format(*names), env)  # noqa: S307 - the ops' own declarations
-            if not all(bool(xp.array_equal(a, xp.asarray(env[var]), equal_nan=True))
-                       for a, var in zip(outs, self.results)):
-                warnings.warn(f"tinygen.compile: a fused backward kernel differs from its {len(self.nodes)} nodes' "
-                              f"statements one by one; they run one by one. The kernel:\n{source}", RuntimeWarning,
-                              stacklevel=2)
-                return False
-        self.kernel, self.source_on_device = kernel, source
-        return True
+            return [env[var] for var in self.results]
+        self.kernel = _checked_device_kernel(self.xp, params, operands, len(self.outputs), self.shape, self.dtype,
+                                             self.source_on_device, one_by_one if self.exact else None,
+                                             "a fused backward kernel", f"{len(self.nodes)} nodes' statements")
+        return self.kernel is not None
 
     def source(self, kinds):
         """The loop for operands of these kinds: ``v0 = x0[i] * s0`` ..., ``o0[i] = v3``."""
-        names, counts = [], {ARRAY: 0, SCALAR: 0}
-        for kind in kinds:
-            names.append(f"x{counts[ARRAY]}[i]" if kind is ARRAY else f"s{counts[SCALAR]}")
-            counts[kind] += 1
-        arrays = [f"o{j}" for j in range(len(self.outputs))] + [f"x{j}" for j in range(counts[ARRAY])]
-        params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(counts[SCALAR])])
+        names = [n + "[i]" if kind is ARRAY else n for n, kind in zip(_operand_names(kinds), kinds)]
         body = [f"{var} = {expr.format(*names)}" for var, expr in self.lines]
         body += [f"o{j}[i] = {var}" for j, var in enumerate(self.results)]
-        return (f"def fused({params}):\n" + "".join(f"    {a} = {a}.reshape(n)\n" for a in arrays) +
-                "    for i in range(n):\n" + "".join(f"        {line}\n" for line in body))
+        return _loop_source(body, len(self.outputs), kinds.count(ARRAY), kinds.count(SCALAR))
 
     def _launch(self, kernel, arrays, scalars):
         outs = [np.empty(self.shape, self.dtype) for _ in self.outputs]
