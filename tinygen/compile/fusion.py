@@ -451,9 +451,10 @@ def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
 
 
 def _backward_form(step, forwards, allowed, on_host):
-    """The ``BackwardForm`` of a plan step the backward fusion may take, else None: a node of one output, due no hooks, of an op noted at record time (``note``; on NumPy arrays only with
-    Numba, ``on_host``) whose class that defines its backward declares it per element, every gradient it returns
-    going to a register of the same shape and dtype (no leaf, no broadcasting)."""
+    """The ``BackwardForm`` of a plan step the backward fusion may take, else None: a node of one output, due no
+    hooks, of an op noted at record time (``note``; on NumPy arrays only with Numba, ``on_host``) whose class that
+    defines its backward declares it per element, every gradient it returns going to a register of the same shape
+    and dtype (no leaf, no broadcasting)."""
     node, _, ins, metas, outs, due = step
     entry = forwards.get(id(node))
     if due or metas is not None or len(ins) != 1 or entry is None:

@@ -53,8 +53,8 @@ from ..ops.losses import (kl_div, smooth_l1_loss, huber_loss, softmin, normalize
 
 
 # ---- convolutions and pooling ----------------------------------------------------------------------------------------
-from ..ops.conv import (conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act, max_pool2d, avg_pool2d, adaptive_avg_pool2d,  # noqa: E402,F401
-                        interpolate, upsample_nearest)
+from ..ops.conv import (conv2d, conv2d_act, conv_transpose2d, conv_transpose2d_act, max_pool2d,  # noqa: E402,F401
+                        avg_pool2d, adaptive_avg_pool2d, interpolate, upsample_nearest)
 from ..ops.shape import pad  # noqa: E402,F401
 
 

@@ -552,9 +552,9 @@ class Sequential(_Indexed):
                 self.add_module(str(i), module)
 
     #: Run a Linear (or a convolution, a BatchNorm) followed by a fusable activation module as one node
-    #: (``F.linear_act``, ``F.conv2d_act``, ``F.conv_transpose2d_act``, ``F.batch_norm_act``; shown in the graph as e.g. ``Linear+ReLUBackward``,
-    #: ``BatchNorm+ReLUBackward``): one pass over the output forward and backward. Set False on an instance (or the class) to run every module as
-    #: its own node.
+    #: (``F.linear_act``, ``F.conv2d_act``, ``F.conv_transpose2d_act``, ``F.batch_norm_act``; shown in the graph as
+    #: e.g. ``Linear+ReLUBackward``, ``BatchNorm+ReLUBackward``): one pass over the output forward and backward. Set
+    #: False on an instance (or the class) to run every module as its own node.
     fuse_linear_activation = True
 
     def forward(self, x):
