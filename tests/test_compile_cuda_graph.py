@@ -913,7 +913,7 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
     assert lines[0] == "step: 1 program(s), 1 recorded, 7 replayed, 7 with CUDA graphs"
     fused = [line.split(maxsplit=1)[1] for line in lines if "fused" in line]
     assert fused == ["graph 1  fused     4 ops (Mul, Add, Mul, Sub) on (16, 32) float32: one CuPy kernel",
-                     "graph 1  backward  5 nodes (SumBackward, MulBackward, LinearBackward, fused(SubBackward, "
+                     "graph 1  backward  8 nodes (SumBackward, MulBackward, LinearBackward, fused(SubBackward, "
                      "MulBackward, AddBackward, MulBackward), LinearBackward) -> .grad of 4 leaves"]
     replay_backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
     (plan,) = [ops[0] for r, ops in program.steps if r is replay_backward]

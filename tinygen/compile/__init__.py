@@ -888,7 +888,8 @@ def _step_text(run, operands):
         leaves = {id(t) for t in plan.delivered()}
         names = ", ".join(step[0].name() for step in plan.steps)
         to = _count(len(leaves), "leaf", "leaves")
-        return f"backward  {_count(len(plan.steps), 'node')} ({names}) -> .grad of {to}"
+        ran = len(plan.nodes()) - len(plan.dropped)  # a fused run's nodes each count
+        return f"backward  {_count(ran, 'node')} ({names}) -> .grad of {to}"
     if run is _replay_call:
         fn = operands[0]
         if fn in (_backward, _grad):
