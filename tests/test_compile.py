@@ -332,6 +332,55 @@ def test_a_gradient_the_steps_backward_made_is_refused_as_an_operand():
     _refused(step, "its own backward made")
 
 
+@pytest.mark.parametrize("where", ["before backward", "after the update"])
+def test_setting_grad_to_none_inside_a_step_is_replayed(where):
+    """Would fail if ``p.grad = None`` in the step's code were not recorded: the replays would accumulate each
+    gradient into the one before (the grads came out twice as large after an eager call in between)."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Linear(6, 3)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x):
+            if where == "before backward":
+                for p in model.parameters():
+                    p.grad = None
+            loss = (model(x) * x[:, :3]).sum()
+            loss.backward()
+            opt.step()
+            if where == "after the update":
+                model.weight.grad = None
+            return loss
+        f = tg.compile(step) if compiled else step
+        out = []
+        for i, (x, _) in enumerate(_batches(5)):
+            out.append(f(x[:, :6]).data.copy())
+            if i == 2:
+                step(x[:, :6])  # an eager call in between leaves its own gradients
+            out += [p.data.copy() for p in model.parameters()]
+            out.append(None if model.weight.grad is None else model.weight.grad.data.copy())
+        return out, f
+    (want, _), (got, f) = run(False), run(True)
+    assert all((a is None and b is None) or np.array_equal(a, b) for a, b in zip(want, got))
+    assert f.replays == 4 and "set       .grad = None on a tensor of shape (3, 6)" in f.explain()
+
+
+def test_setting_grad_to_a_tensor_the_step_computes_is_refused_and_to_a_constant_is_replayed():
+    w = tg.randn(3, requires_grad=True)
+    _refused(lambda x, y: setattr(w, "grad", x * 2), "sets a .grad to a tensor it computes")
+    _refused(lambda x, y: setattr(w, "grad", x), "sets a .grad to a tensor it computes or takes as an argument")
+    zeros = tg.zeros(3)
+
+    def step(x):
+        w.grad = zeros
+        (w * x).sum().backward()
+        return w.grad
+    f = tg.compile(step)
+    for k in range(3):
+        zeros.data[...] = k  # the same constant tensor, set again by each replay
+        assert np.array_equal(f(tg.ones(3) * 2).data, np.full(3, 2.0 + k, np.float32))
+
+
 def test_a_tensor_argument_that_requires_grad_is_refused():
     f = tg.compile(lambda a: (a * 2).sum())
     with pytest.raises(tg.CompileError, match="requires grad"):

@@ -8,8 +8,8 @@ hook below is a single attribute test. The core reports to it at these places:
     recorded as calls to make again on every replay;
   * ``backward()`` hands itself to ``record_backward``, which runs the engine with a ``trace`` (the engine
     appends the nodes it visits) and keeps the engine's steps to replay them without the walk;
-  * setting a tensor's ``requires_grad`` (freezing a module for part of a step) is recorded and set again on
-    every replay (``note_requires_grad``);
+  * setting a tensor's ``requires_grad`` (freezing a module for part of a step) or its ``.grad`` (``p.grad =
+    None``) is recorded and set again on every replay (``note_requires_grad``, ``note_grad_set``);
   * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while
     recording (``refuse_host_read``): a replay could not repeat a decision taken on a value; so is a result
     whose shape depends on the values of a tensor that may change (``refuse_shape_from_values``).
@@ -97,6 +97,14 @@ def note_alias(src, dst):
     if rec is not None and not rec.depth:
         rec.record_alias(src, dst)
 
+
+
+def note_grad_set(tensor, value):
+    """``tensor.grad`` is being set to ``value`` by the step's own code (``p.grad = None`` before a backward): a
+    replay sets it at the same point, so the backward after it accumulates as it did when recorded."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.record_grad_set(tensor, value)
 
 
 def note_requires_grad(tensor, flag):

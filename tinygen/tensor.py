@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from . import backend, dtypes
-from .capture import note_alias, note_requires_grad, refuse_host_read
+from .capture import note_alias, note_grad_set, note_requires_grad, refuse_host_read
 from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
@@ -28,13 +28,13 @@ def get_default_dtype():
 
 
 class Tensor:
-    __slots__ = ("data", "_device", "_requires_grad", "grad", "grad_fn", "_out_idx", "_hooks", "__weakref__")
+    __slots__ = ("data", "_device", "_requires_grad", "_grad", "grad_fn", "_out_idx", "_hooks", "__weakref__")
     __array_ufunc__ = None  # numpy_array + tensor calls Tensor.__radd__ instead of building an object array
 
     def __init__(self, data, dtype=None, device="cpu", requires_grad=False):
         t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
         self.data, self._device, self._requires_grad = t.data, t._device, t._requires_grad
-        self.grad = self.grad_fn = None
+        self._grad = self.grad_fn = None
         self._out_idx = 0
 
     # ---- metadata ------------------------------------------------------------------------------------------------
@@ -62,6 +62,16 @@ class Tensor:
     @property
     def is_leaf(self):
         return self.grad_fn is None
+
+    @property
+    def grad(self):
+        """The gradient a backward accumulated into this leaf (None until one did)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        note_grad_set(self, value)  # ``p.grad = None`` inside a compiled step: a replay does it at the same point
+        self._grad = value
 
     @property
     def requires_grad(self):
@@ -201,7 +211,7 @@ def _make(data, device, requires_grad=False, grad_fn=None, out_idx=0):
     t.data = data
     t._device = device
     t._requires_grad = requires_grad
-    t.grad = None
+    t._grad = None
     t.grad_fn = grad_fn
     t._out_idx = out_idx
     return t

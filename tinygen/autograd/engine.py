@@ -435,14 +435,14 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
 def deliver_to_leaf(leaf, g, direct, create_graph):
     """Add the gradient ``g`` into ``leaf.grad``. ``direct`` (one dict per backward) marks the leaves whose .grad
     is still the very array a backward returned (maybe shared, maybe read-only): never added into in place."""
-    if leaf.grad is None:
-        leaf.grad = g
+    if leaf._grad is None:
+        leaf._grad = g
         direct[leaf] = True
     elif direct.get(leaf):
         if create_graph or g._requires_grad or not _sole_owner(leaf):
-            leaf.grad = leaf.grad + g
+            leaf._grad = leaf._grad + g
         else:  # the first gradient is nobody else's: add in place, as PyTorch's AccumulateGrad does
-            leaf.grad.data += g.data
+            leaf._grad.data += g.data
         direct[leaf] = False
     else:
         _accumulate(leaf, g, create_graph)
@@ -452,9 +452,9 @@ def deliver_to_leaf(leaf, g, direct, create_graph):
 def _sole_owner(leaf):
     """Whether ``leaf.grad`` and its array are referenced by nothing but the leaf (CPython's reference counts; a
     NumPy array that is no view, writable): then adding into it in place changes nothing anyone else can see."""
-    grad = leaf.grad
+    grad = leaf._grad
     a = grad.data
-    # the references: leaf.grad and ``grad`` to the tensor, the tensor and ``a`` to the array, plus each call's own
+    # the references: leaf._grad and ``grad`` to the tensor, the tensor and ``a`` to the array, plus each call's own
     return (type(a) is np.ndarray and a.base is None and a.flags.writeable and grad.grad_fn is None
             and sys.getrefcount(grad) == 3 and sys.getrefcount(a) == 3)
 
@@ -464,8 +464,8 @@ def own_gradients(direct, taken):
     a view of the upstream gradient, the user's own gradient array: ids in ``taken``): copy those, so that a .grad
     never aliases anything else."""
     for leaf, is_direct in direct.items():
-        if is_direct and leaf.grad is not None:  # None: a hook took it (an optimizer step and zero_grad in backward)
-            leaf.grad = _unshared(leaf.grad, taken)
+        if is_direct and leaf._grad is not None:  # None: a hook took it (an optimizer step and zero_grad in backward)
+            leaf._grad = _unshared(leaf._grad, taken)
 
 
 def _unshared(g, taken):
@@ -477,12 +477,12 @@ def _unshared(g, taken):
 
 def _accumulate(leaf, g, create_graph):
     """leaf.grad += g: in place for a plain gradient, out of place when either carries a graph."""
-    if leaf.grad is None:
-        leaf.grad = _make(g.data.copy(order="K"), g._device) if not g._requires_grad else g
-    elif create_graph or leaf.grad._requires_grad or g._requires_grad:
-        leaf.grad = leaf.grad + g
+    if leaf._grad is None:
+        leaf._grad = _make(g.data.copy(order="K"), g._device) if not g._requires_grad else g
+    elif create_graph or leaf._grad._requires_grad or g._requires_grad:
+        leaf._grad = leaf._grad + g
     else:
-        leaf.grad.data += g.data
+        leaf._grad.data += g.data
 
 
 def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):

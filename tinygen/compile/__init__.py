@@ -24,7 +24,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
            module the step called, its count of changes (a parameter, submodule or setting replaced) and the
            requires_grad, shape and dtype of every leaf tensor it used (as before the step changed them:
-           ``requires_grad_`` inside the step is recorded and replayed). A change records anew.
+           ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``). A change records
+           anew.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
@@ -310,6 +311,16 @@ class _Recorder:
         if id(tensor) not in self.made:
             self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad, tensor.data.shape, tensor.data.dtype))
         self.steps.append((_replay_requires_grad, tensor, flag))
+
+    def record_grad_set(self, tensor, value):
+        """``tensor.grad = value`` in the step's code: None, or a tensor the step did not make (a replay sets the
+        same one; a tensor the step computes would be a stale one, so it is refused)."""
+        if isinstance(value, Tensor) and (id(value) in self.made or id(value) in self.new_grads or
+                                          id(value) in self.inputs):
+            raise CompileError(f"tinygen.compile: the step sets a .grad to a tensor it computes or takes as an "
+                               f"argument, at {user_frame()}. A replay would set a stale one: set .grad to None (or "
+                               f"call zero_grad) in the step, or set it outside the call")
+        self.steps.append((_replay_call, _set_grad, (tensor, value), {}, None, STATE.grad_enabled, ()))
 
     def record_alias(self, src, dst):
         self.refuse_new_grads(src)
@@ -769,6 +780,13 @@ def _replay_call(fn, args, kwargs, result, grad_enabled, new):
     _bind(result, fn(*args, **kwargs))
 
 
+def _set_grad(tensor, value):
+    tensor._grad = value
+
+
+_set_grad.gradient_use = lambda tensor, value: ("drops", (tensor,)) if value is None else None  # as @replayed says
+
+
 def _replay_alias(src, dst):
     dst.data = src.data
 
@@ -894,6 +912,10 @@ def _step_text(run, operands):
         fn = operands[0]
         if fn in (_backward, _grad):
             return f"backward  {fn.__name__.strip('_')}() walked by the engine (create_graph, inputs= or grad())"
+        if fn is _set_grad:
+            tensor, value = operands[1]
+            what = "None" if value is None else "a tensor"
+            return f"set       .grad = {what} on a tensor of shape {tuple(tensor.shape)}"
         owner = operands[1][0] if operands[1] else None
         if owner is not None and getattr(type(owner), getattr(fn, "__name__", ""), None) is not None:
             return f"call      {type(owner).__name__}.{fn.__name__}"  # Adam.step, not Optimizer.step

@@ -49,7 +49,7 @@ from ..tensor import Tensor, _make
 
 MAX_CAPTURES = 3
 _RELAXED = 2  # cudaStreamCaptureModeRelaxed
-_SLOTS = ("data", "grad", "grad_fn", "_out_idx", "_requires_grad")
+_SLOTS = ("data", "_grad", "grad_fn", "_out_idx", "_requires_grad")
 _NODE_SLOTS = ("next_edges", "_saved", "_out_data", "out_meta", "device")
 _UNSET = object()
 

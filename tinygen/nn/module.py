@@ -34,7 +34,7 @@ class Parameter(Tensor):
         p = _new(cls)
         p.data, p._device = data.data, data._device
         p._requires_grad = False
-        p.grad = p.grad_fn = None
+        p._grad = p.grad_fn = None
         p._out_idx = 0
         if requires_grad:
             p.requires_grad = True  # validates that the dtype is floating
@@ -304,15 +304,15 @@ class Module:
     def zero_grad(self, set_to_none=True):
         """Reset the gradients of all parameters: to None (the default, as PyTorch), or to zeros in place."""
         for p in self.parameters():
-            if p.grad is None:
+            if p._grad is None:
                 continue
             if set_to_none:
-                p.grad = None
+                p._grad = None
             else:
-                g = p.grad if p.grad.grad_fn is None else p.grad.detach()
+                g = p._grad if p._grad.grad_fn is None else p._grad.detach()
                 g.data[...] = 0
                 g._requires_grad = False
-                p.grad = g
+                p._grad = g
 
     def apply(self, fn):
         """Call ``fn(module)`` on every descendant, then on this module (e.g. custom initialisation)."""

@@ -171,13 +171,13 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
         for p in self._all_params():
-            g = p.grad
+            g = p._grad
             if g is None:
                 continue
             if set_to_none:
-                p.grad = None
+                p._grad = None
             elif g.grad_fn is not None or g._requires_grad:
-                p.grad = _make(g.xp.zeros_like(g.data), g._device)  # a gradient with a graph is not reused
+                p._grad = _make(g.xp.zeros_like(g.data), g._device)  # a gradient with a graph is not reused
             else:
                 g.data.fill(0)
 
@@ -236,7 +236,7 @@ class Optimizer:
     @staticmethod
     def _grad_of(p):
         """The gradient array of ``p`` (None when it has none), checked against the parameter."""
-        g = p.grad
+        g = p._grad
         if g is None:
             return None
         data = g.data
