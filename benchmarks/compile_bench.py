@@ -14,8 +14,9 @@ compiled call is a replay) in alternating rounds in one process, so a busy machi
 Adam: the multi-tensor update (``kernels.cpu.adam_steps``: all parameters in MULTI_TENSOR-sized calls of one
 Numba kernel) against one ``adam_step`` call per parameter, over the GAN's generator and discriminator.
 
-Fusion: a compiled function of four elementwise ops, ``(a * b + c) * 0.5 - a``, replayed unfused
-(``fuse=False``) and fused (one generated loop) at a few sizes: microseconds of CPU time per call, best of
+Fusion: a compiled function of four elementwise ops, ``(a * b + c) * 0.5 - a``, the same ending in a sum,
+and a chain with its backward (``FUSION_CHAINS``), replayed unfused (``fuse=False``) and fused (one generated loop
+each) at a few sizes: microseconds of CPU time per call, best of
 alternating rounds. ``--device cuda --fusion-only`` times the same on the GPU (one CuPy kernel against four; wall
 time with the device synchronised around each round, the replays launching CUDA graphs as they do by default):
 what ``benchmarks/gpu_check.sh`` runs in its ``compiled`` step.
@@ -167,6 +168,7 @@ FUSION_ELEMENTS = 2e6  # elements a timed round of one function goes through (at
 
 FUSION_CHAINS = {  # what fusion_speed times: a forward chain, and a chain on a parameter with its backward
     "forward": "(a * b + c) * 0.5 - a",
+    "sum": "((a * b + c) * 0.5 - a).sum()",
     "backward": "(((w * a) * b + c) * 0.5 - c).sum().backward()",
 }
 
@@ -188,6 +190,8 @@ def fusion_speed(rounds=7, device="cpu", chain="forward"):
         def fn(a, b, c):
             if chain == "forward":
                 return (a * b + c) * 0.5 - a
+            if chain == "sum":  # on NumPy, the sum joins the loop up to fusion.SUM_MAX_SIZE values
+                return ((a * b + c) * 0.5 - a).sum()
             w.grad = None
             loss = (((w * a) * b + c) * 0.5 - c).sum()
             loss.backward()

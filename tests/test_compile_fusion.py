@@ -117,19 +117,21 @@ _OP_COUNTS = (1, 1, 1, 1, 1, 1, 2, 1, 1)  # recorded ops per entry of _OPS
 @given(st.lists(st.tuples(st.integers(0, len(_OPS) - 1), st.integers(0, 99), st.integers(0, 99)), min_size=3,
                 max_size=12), st.sampled_from([np.float32, np.float64]), st.sampled_from(["cpu", "cuda"]))
 def test_random_exact_chains_fused_are_bitwise_eager_on_cpu_and_cuda(program, dtype, device):
-    """Each op takes two earlier values (the inputs or results before it); the last three values are returned."""
+    """Each op takes two earlier values (the inputs or results before it); the last three values are returned,
+    and the sum of the last: on NumPy it ends the run, on the GPU (a reduction kernel cannot write the values the
+    step returns) it is a step of its own."""
     def step(a, b, c):
         values = [a, b, c]
         for op, i, j in program:
             values.append(_OPS[op](values[i % len(values)], values[j % len(values)]))
-        return tuple(values[-3:])
+        return tuple(values[-3:]) + (values[-1].sum(),)
     with _on(device):
         inputs = [tuple(tg.tensor(np.asarray(x.data - 1.2, dtype), device=device) for x in args)
                   for args in _inputs(3, dtype=dtype)]
         (eager, unfused, fused), f = _three_ways(step, inputs)
     assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
     # one run: all of them
-    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program)], device)
+    assert _lengths(f) == _expected([sum(_OP_COUNTS[op] for op, _, _ in program) + (device == "cpu")], device)
 
 
 def _train_setup(dtype, device="cpu"):
@@ -278,7 +280,7 @@ def test_a_vae_step_fused_is_bitwise_eager_over_100_steps_and_approx_stays_close
     assert f.replays == 99 and _lengths(f) == _expected([3])  # 1 + logvar - mu * mu
     assert all(_same(a, b) for a, b in zip(le, lc)) and _same(pe, pc)
     la, pa, fa = _vae_run("approx")
-    assert _lengths(fa) == _expected([4, 5])  # z, and the KL term before its sum
+    assert _lengths(fa) == _expected([4, 6])  # z, and the KL term with its sum
     # the first replay starts from eager's state: its results differ by the exps' few ulps, carried on by the
     # arithmetic after them (the KL term subtracts nearly equal numbers, so a relative bound, not ulps)
     assert all(np.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(le[1], la[1]))
@@ -639,3 +641,130 @@ def test_a_backward_run_that_saved_nothing_is_fused_on_both_devices(device):
     runs = _backward_runs(f)
     assert len(runs) == (1 if _fuses(device) else 0) and all(r.operands == [("register", r.consumed[0])]
                                                              for r in runs)
+
+
+# ---- a run that ends in a sum ----------------------------------------------------------------------------------
+def _numpy_order_sum(a, zero):
+    """A sum of the flat values in the order of ``pairwise_plan`` and ``block_sum``, in plain Python."""
+    stack = []
+    for lo, m in compile_fusion.pairwise_plan(a.size):
+        if m == 0:
+            right = stack.pop()
+            stack.append(stack.pop() + right)
+        else:
+            stack.append(compile_fusion.block_sum(a[lo:lo + m], m, zero))
+    return zero + stack[0]
+
+
+@given(st.integers(1, 3000), st.sampled_from([np.float32, np.float64]), st.integers(0, 3))
+def test_the_fused_sums_order_is_numpys_bit_for_bit(n, dtype, special):
+    """Would fail with another split (half of n not rounded down to a multiple of 8), another block size, another
+    pairing of the eight running sums, or a sum not started from zero (a sum of -0.0 is +0.0 in NumPy)."""
+    rng = np.random.default_rng(n)
+    a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+    if special == 1:
+        a[:] = -0.0
+    elif special == 2:
+        a[rng.integers(0, n)] = np.inf
+    want = a.sum()
+    got = dtype(_numpy_order_sum(a, dtype(0)))
+    assert got.tobytes() == want.tobytes(), (n, got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 5), (2000,), (40, 50), (3, 1, 7)])
+def test_a_run_ending_in_a_sum_is_one_kernel_bitwise_eager_with_its_backward(dtype, shape, device):
+    """(2000,) and (40, 50): 2,000 values, a tree of 32 blocks. On the GPU the sum is one reduction kernel when the
+    run writes nothing else, here: w's product saves w and the input, the rest save nothing."""
+    rng = np.random.default_rng(3)
+    w = tg.tensor(rng.uniform(-1, 1, shape).astype(dtype), requires_grad=True, device=device)
+
+    def step(a, b, c):
+        w.grad = None
+        loss = ((w * a + b) - c * 0.5).sum()
+        loss.backward()
+        return loss, (a + b * c - a).sum(dim=tuple(range(len(shape))), keepdim=True)
+    inputs = [tuple(tg.tensor(rng.uniform(-2, 2, shape).astype(dtype), device=device) for _ in range(3))
+              for _ in range(4)]
+    outs = []
+    for f in (step, tg.compile(step, fuse=False), tg.compile(step)):
+        outs.append([_arrays(f(*args)) + _arrays(w.grad) for args in inputs])
+    eager, unfused, fused = outs
+    assert all(_same(e, u) and _same(e, z) for e, u, z in zip(eager, unfused, fused))
+    assert eager[0][1].shape == (1,) * len(shape)
+    assert _lengths(f) == _expected([5, 4], device)  # each run with its sum
+    if _fuses(device):
+        assert all(run.total is not None and run.outputs == [] for run in _runs(f))  # only the sums are written
+        assert all(("tinygen_summed" in run.source) is (device == "cuda") for run in _runs(f))
+
+
+def test_a_sum_of_a_value_the_run_also_writes_is_in_the_loop_on_numpy_and_after_the_kernel_on_cuda(device):
+    """The products save their inputs: the run writes w + a and h, and the sum of the last value; a CuPy
+    reduction kernel cannot write them, so there the run is an elementwise kernel and the sum its own step."""
+    rng = np.random.default_rng(5)
+    w = tg.tensor(rng.uniform(-1, 1, (6, 5)).astype(np.float32), requires_grad=True, device=device)
+
+    def step(a, b, c):
+        w.grad = None
+        h = (w + a) * b - c
+        loss = (h * h).sum()
+        loss.backward()
+        return loss
+    inputs = _inputs(3, device=device)
+    want = [_arrays(step(*args)) + _arrays(w.grad) for args in inputs]
+    f = tg.compile(step)
+    got = [_arrays(f(*args)) + _arrays(w.grad) for args in inputs]
+    assert all(_same(x, y) for x, y in zip(want, got))
+    if device == "cpu":
+        assert _lengths(f) == _expected([5])
+        assert NUMBA_ON is False or len(_runs(f)[0].outputs) == 2  # w + a and h: the products save them
+    else:
+        assert _lengths(f) == [4] and _runs(f)[0].total is None
+        assert "forward   Sum" in f.explain()
+
+
+def test_on_numpy_a_sum_of_more_than_sum_max_size_values_stays_numpys():
+    f = tg.compile(lambda a, b, c: ((a * b + c) * 0.5).sum())
+    big = compile_fusion.SUM_MAX_SIZE + 1
+    for shape, fused_sum in (((compile_fusion.SUM_MAX_SIZE,), True), ((big,), False)):
+        args = _inputs(1, shape=shape)[0]
+        assert _same(_arrays(f(*args)), _arrays(((args[0] * args[1] + args[2]) * 0.5).sum()))
+    assert _lengths(f) == _expected([4, 3])
+    assert [run.total is not None for run in _runs(f)] == _expected([True, False])
+
+
+def test_a_cuda_sum_kernel_beyond_its_rounding_bound_warns_and_its_ops_run_one_by_one(cuda, monkeypatch):
+    """Within n * eps * sum(|v|) of the ops one by one passes (a GPU adds in another order); more does not."""
+    build = compile_fusion._device_kernel
+    error = {"scale": 0.0}
+
+    def off(*args):
+        kernel = build(*args)
+        return lambda *operands: kernel(*operands) * (1 + error["scale"])
+    monkeypatch.setattr(compile_fusion, "_device_kernel", off)
+    step = lambda a, b, c: (a * b + c - a).sum()  # noqa: E731
+    inputs = _inputs(3, device=cuda)  # values in [0.5, 2]: sum(|v|) is the sum
+    eps, n = np.finfo(np.float32).eps, 30
+    error["scale"] = 0.5 * n * eps  # half the bound: accepted
+    f = tg.compile(step)
+    f(*inputs[0])
+    assert _lengths(f) == [4] and _runs(f)[0].total is not None
+    error["scale"] = 2 * n * eps
+    g = tg.compile(step)
+    with pytest.warns(RuntimeWarning, match=r"a fused sum kernel gives .* where its 4 ops run one by one give"):
+        g(*inputs[0])
+    assert _runs(g) == []
+    assert all(_same(_arrays(g(*args)), _arrays(step(*args))) for args in inputs)
+
+
+def test_the_stand_in_reduction_kernel_runs_the_generated_sum_and_refuses_anything_else(cuda):
+    preamble = "template <typename T>\n__device__ T f(T x0, T s0) {\n    T v0 = x0 * s0;\n    return v0;\n}\n"
+    xp = backend.array_module("cuda")
+    kernel = xp.ReductionKernel("T x0, T s0", "T y", "f(x0, s0)", "a + b", "y = a", "0", "k", reduce_type="T",
+                                preamble=preamble)
+    x = tg.tensor(np.arange(6, dtype=np.float32), device="cuda").data
+    assert float(xp.asnumpy(kernel(x, np.float32(2)))) == 30.0
+    with pytest.raises(ValueError, match="only a sum of f"):
+        xp.ReductionKernel("T x0, T s0", "T y", "f(x0, s0)", "max(a, b)", "y = a", "0", "k", preamble=preamble)
+    with pytest.raises(ValueError, match="one template function"):
+        xp.ReductionKernel("T x0", "T y", "x0", "a + b", "y = a", "0", "k")

@@ -391,8 +391,47 @@ class StandinElementwiseKernel:
         return args[len(self.ins):] if len(self.outs) > 1 else args[-1]
 
 
+class StandinReductionKernel:
+    """``cupy.ReductionKernel`` for the stand-in, for the sums tinygen generates (a fused run that ends in a sum):
+    ``map_expr`` calls, with the input parameters in order, the one function of ``preamble``, ``template <typename
+    T> __device__ T name(T a, ...) { statements; return v; }``, whose statements run as
+    ``StandinElementwiseKernel``'s; ``reduce_expr`` ``a + b`` from ``identity`` 0, ``post_map_expr`` ``y = a`` into
+    the one output, over every axis: NumPy's sum of the values (a GPU adds them in another order). Anything else
+    is refused."""
+    _FUNCTION = re.compile(r"\s*template\s*<\s*typename\s+T\s*>\s*__device__\s+T\s+(\w+)\s*\(([^)]*)\)\s*\{(.*)"
+                           r"\breturn\s+(\w+)\s*;\s*\}\s*", re.S)
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
+                 reduce_type=None, reduce_dims=True, preamble="", options=()):
+        self.name, self.options = name, tuple(options)
+        self.ins = StandinElementwiseKernel._names(in_params)
+        outs = StandinElementwiseKernel._names(out_params)
+        m = self._FUNCTION.fullmatch(preamble)
+        if m is None or len(outs) != 1 or reduce_type not in (None, "T"):
+            raise ValueError(f"stand-in ReductionKernel {name}: only one output and a preamble of one template "
+                             f"function of T are supported")
+        fname, fparams, body, returned = m.groups()
+        if (map_expr.replace(" ", ""), reduce_expr.replace(" ", ""), post_map_expr.replace(" ", ""),
+                str(identity).strip()) != (f"{fname}({','.join(self.ins)})", "a+b", f"{outs[0]}=a", "0"):
+            raise ValueError(f"stand-in ReductionKernel {name}: only a sum of {fname}(<the inputs>) is supported, got "
+                             f"map {map_expr!r}, reduce {reduce_expr!r}, post-map {post_map_expr!r}, identity "
+                             f"{identity!r}")
+        self.map = StandinElementwiseKernel(fparams, "T _value", f"{body} _value = {returned};", name)
+
+    def __call__(self, *args, axis=None, keepdims=False):
+        if len(args) != len(self.ins) or axis is not None:
+            raise TypeError(f"stand-in ReductionKernel {self.name}: {len(self.ins)} inputs and a sum over every "
+                            f"axis expected, got {len(args)} arguments and axis={axis!r}")
+        arrays = [_unwrap(a, strict=False) for a in args]
+        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        value = np.empty(shape, np.result_type(*arrays))
+        self.map(*arrays, value)
+        return StandinArray(np.asarray(value.sum(keepdims=keepdims)))
+
+
 class _StandinModule(_Proxy):
     ElementwiseKernel = StandinElementwiseKernel
+    ReductionKernel = StandinReductionKernel
 
     def asnumpy(self, a):
         return a.get() if isinstance(a, StandinArray) else np.asarray(a)

@@ -38,11 +38,12 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
            dtype, operands of that shape or scalars) become one step, a generated Numba loop (NumPy arrays) or
            CuPy elementwise kernel (GPU arrays) that writes only what is used outside the run and leaves each
-           node as its forward would (``compile/fusion.py``). ``fuse=True`` (the default) takes + - * /, neg, abs
-           and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh, sin and cos too: within 3
-           ulps of NumPy's per call. A plain backward's runs of 3 or more such nodes (ops that declare
-           ``elementwise_backward``, gradients passed between them, none to a leaf) become one loop or kernel too
-           (``FusedBackward``). ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
+           node as its forward would (``compile/fusion.py``); a sum over every axis of its last value may end
+           it (NumPy's order on NumPy arrays; a reduction kernel on the GPU). ``fuse=True`` (the default)
+           takes + - * /, neg, abs and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh,
+           sin and cos too: within 3 ulps of NumPy's per call. A plain backward's runs of 3 or more such nodes
+           (ops that declare ``elementwise_backward``, gradients passed between them, none to a leaf) become one
+           loop or kernel too (``FusedBackward``). ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each

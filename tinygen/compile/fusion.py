@@ -1,6 +1,6 @@
-"""Elementwise fusion for ``tinygen.compile``: a run of consecutive elementwise ops of a recorded program becomes
-one generated kernel, run once per replay in place of one replayed forward per op: a Numba loop on NumPy arrays,
-a CuPy ``ElementwiseKernel`` on GPU arrays.
+"""Elementwise fusion for ``tinygen.compile``: a run of consecutive elementwise ops of a recorded program (and a
+sum that ends it) becomes one generated kernel, run once per replay in place of one replayed forward per op: a
+Numba loop on NumPy arrays, a CuPy ``ElementwiseKernel`` (or ``ReductionKernel``) on GPU arrays.
 
 Each fusable op declares, beside its forward, what that forward computes for one element
 (``Mul.elementwise = "{0} * {1}"``, ops/arithmetic.py and ops/elementwise.py). Two kinds:
@@ -25,6 +25,11 @@ Three stages:
            device, ``MIN_OPS`` ops or more, becomes one step. Its kernel computes every op per element, in the
            recorded order, and writes out only what is used outside the run: an output a later step, the step's
            result or a node (saved for backward, ``save_output``) uses; the other intermediates stay in registers.
+           A run may end in a sum over every axis of its last value (``Sum`` declares ``reduction = "sum"``):
+           on NumPy arrays of up to ``SUM_MAX_SIZE`` values the loop adds the values in NumPy's pairwise order
+           (``pairwise_plan``, ``block_sum``), so the sum has NumPy's bits; on the GPU, when the run writes nothing
+           else, it is one CuPy ``ReductionKernel``, which adds in the GPU's order: checked when recorded to within
+           n * eps * sum(|v|) of the ops one by one, and within that of eager after.
            Programs whose ops re-read their inputs' nodes (after a ``create_graph`` call) are not fused. A GPU
            run's kernel is compiled here, at record time (so never inside a CUDA graph's capture), and checked
            (``FusedRun.build_on_device``); one that cannot be compiled, or whose outputs differ from the ops'
@@ -59,6 +64,7 @@ not yet measured on a GPU. A fused backward (``python -m benchmarks.compile_benc
 table): four nodes at (16, 20) cost what they cost one by one (0.96-1.02x), 1.24x faster at (128, 784) and
 (1024, 784).
 """
+import functools
 import math
 import re
 import warnings
@@ -80,9 +86,14 @@ APPROX_ULPS = 3  # NumPy's SIMD exp/log/tanh/sin/cos against the C library's, fl
 # Shorter runs are left alone: inside a training step (caches cold from the matrix products between) a fused step
 # costs ~7-10 us at the VAE's (16, 20) arrays, a replayed op 1.5-3.5 us: two ops fused lose, three break even.
 MIN_OPS = 3
+# A host run ends in a sum up to this many values: the loop adds in NumPy's order with scalar code, NumPy with SIMD,
+# so past what the saved call is worth the loop loses (three ops and a sum in one loop against the three fused and
+# NumPy's sum after, 1 thread, CPU time: 1.12x at 320 values, 1.09x at 1280, 0.94x at 5120, 0.56x at 100,352).
+SUM_MAX_SIZE = 2048
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _CALLS = re.compile(r"([A-Za-z_]\w*)\s*\(")
 ARRAY, SCALAR = "array", "scalar"
+SUM = "sum"  # the ``reduction`` a sum over every axis declares (ops/reduce.py's Sum): a host run may end in it
 _ndarray = np.ndarray
 _kernels = {}  # source -> compiled loop
 
@@ -107,6 +118,8 @@ def note(cls, ctx, args, out):
     """At record time: (shape, dtype, operand kinds, what the node saved, its ``elementwise``, on the device) for
     an op the fusion pass may take, else None."""
     owner = next(k for k in cls.__mro__ if "forward" in k.__dict__)  # a subclass's own forward drops it
+    if owner.__dict__.get("reduction") == SUM:
+        return _sum_note(args, out)
     expr = owner.__dict__.get("elementwise")
     if expr is None or not isinstance(out, Tensor):
         return None
@@ -135,6 +148,23 @@ def note(cls, ctx, args, out):
     return data.shape, data.dtype, tuple(kinds), saved, expr, device
 
 
+def _sum_note(args, out):
+    """The note of a sum over every axis of one float array of one or more dimensions (on NumPy, at most
+    ``SUM_MAX_SIZE`` values), to the same dtype (``Sum``: its arguments are the tensor, the axes and keepdim): a run
+    that computes that array may end in it. Its forward sets only constants of the program's signature on its node
+    (the shape, axes and keepdim)."""
+    x = args[0]
+    if not isinstance(out, Tensor) or not isinstance(x, Tensor):
+        return None
+    d = x.data
+    device = is_device_array(d)
+    if (type(d) is not _ndarray and not device) or d.dtype not in _FLOATS or d.ndim == 0 or d.size == 0 or (
+            not device and d.size > SUM_MAX_SIZE) or tuple(args[1]) != tuple(range(d.ndim)) or \
+            out.data.dtype != d.dtype:
+        return None
+    return d.shape, d.dtype, (ARRAY,), (), SUM, device
+
+
 def fused_steps(steps, notes, keep, approx, kinds):
     """The program's steps (``(run, operands)`` pairs, release steps placed) with each run of fusable forwards
     replaced by one ``FusedRun`` step; ``notes``: id(output tensor) -> ``note``; ``keep``: ids of the result's
@@ -156,16 +186,31 @@ def fused_steps(steps, notes, keep, approx, kinds):
     def close():
         forwards = [step for step in pending if step[0] is forward]
         run = FusedRun(forwards, notes, refs, keep, kinds) if len(forwards) >= MIN_OPS else None
+        tail = []
+        if run is not None and run.device and run.total and run.outputs:  # a CuPy sum kernel writes its sum only
+            tail.append(pending.pop())
+            forwards.pop()
+            run = FusedRun(forwards, notes, refs, keep, kinds) if len(forwards) >= MIN_OPS else None
         if run is not None and (not run.device or run.build_on_device()):
             out.append((run, ()))
             out.extend(step for step in pending if step[0] is release)
         else:
             out.extend(pending)
+        out.extend(tail)
         pending.clear()
 
     for step in steps:
         run, operands = step
         n = notes.get(id(operands[4][0])) if run is forward else None
+        if n is not None and n[4] is SUM:  # the sum of the run's last value ends the run
+            last = next((s for s in reversed(pending) if s[0] is forward), None)
+            if last is not None and (n[0], n[1], n[5]) == form and operands[3][0] is last[1][4][0]:
+                pending.append(step)
+                close()
+            else:
+                close()
+                out.append(step)
+            continue
         if n is not None and not operands[5] and exactness(n[4]) in allowed and (n[5] or on_host):
             if pending and (n[0], n[1], n[5]) != form:
                 close()
@@ -193,10 +238,15 @@ class FusedRun:
                 inside[key] = inside.get(key, 0) + 1
         saved = {id(t) for _, operands in steps for t in notes[id(operands[4][0])][3]}
         names, lines, self.arrays, self.scalars, self.outputs, self.nodes = {}, [], [], [], [], []
+        self.total = None  # a run ending in a sum: (its output tensor, its node, what its forward set on the node)
         exact = True
         for k, (_, operands) in enumerate(steps):
             cls, ctx, _, args, outs, _, shadowable = operands
             shape, dtype, operand_kinds, node_saved, expr, device = notes[id(outs[0])]
+            if expr is SUM:  # the last step: sum the value before it (``fused_steps``)
+                self.total = (outs[0], ctx, dict(vars(ctx)) if ctx is not None else None)
+                self.summed = names[id(args[0])]
+                continue
             exact = exact and exactness(expr) == "exact"
             terms = []
             for a, kind in zip(args, operand_kinds):
@@ -215,16 +265,25 @@ class FusedRun:
             if ctx is not None:
                 self.nodes.append((ctx, cls.save_output, y, node_saved, shadowable))
         self.shape, self.dtype, self.size, self.exact, self.device = shape, dtype, math.prod(shape), exact, device
-        self.array_type = type(self.outputs[0].data)
-        self.xp = array_module_of(self.outputs[0].data) if device else np
+        self.written = self.outputs + [self.total[0]] if self.total else self.outputs  # the tensors it sets
+        self.total_shape = self.total[0].data.shape if self.total else None  # () or, with keepdim, all ones
+        self.array_type = type(self.written[0].data)
+        self.xp = array_module_of(self.written[0].data) if device else np
         self.lines = lines
-        self.source = _cuda_source(lines) if device else self._numba_source(lines)
+        if device and self.total:
+            self.preamble, self.map_expr = _cuda_sum_source(lines, self.summed, self._params())
+            self.source = f"{self.preamble}// summed over every element: {self.map_expr}"
+        else:
+            self.source = _cuda_source(lines) if device else self._numba_source(lines)
         self.kernel = None
 
     def _numba_source(self, lines):
         """A Numba loop over the flat arrays: ``v0 = x0[i] * s0`` ..., ``o0[i] = v0``."""
         body = [f"{var} = {expr.format(*(t + '[i]' if t[0] == 'x' else t for t in terms))}" if expr is not None
                 else f"{var}[i] = {terms}" for var, expr, terms in lines]
+        if self.total:
+            return _sum_loop_source(body + [f"block[i - lo] = {self.summed}"], len(self.outputs), len(self.arrays),
+                                    len(self.scalars))
         return _loop_source(body, len(self.outputs), len(self.arrays), len(self.scalars))
 
     def __call__(self):
@@ -241,11 +300,13 @@ class FusedRun:
                     return self._check(self._launch(kernel, operands))
             outs = self._launch(kernel, operands)
         STATE.grad_enabled = False  # as a replayed forward leaves it
-        for t, d in zip(self.outputs, outs):
+        for t, d in zip(self.written, outs):
             t.data = d
         refill = self._refill
         for ctx, save_output, y, saved, shadowable in self.nodes:
             refill(ctx, save_output, y, saved, shadowable)
+        if self.total and self.total[1] is not None:
+            vars(self.total[1]).update(self.total[2])  # as the sum's forward sets them (a release clears them)
 
     def _operands(self):
         """The kernel's operands: C-contiguous arrays of the recorded kind, shape and dtype, then scalars of that
@@ -269,8 +330,13 @@ class FusedRun:
 
     def _launch(self, kernel, operands):
         outs = [self.xp.empty(self.shape, self.dtype) for _ in self.outputs]
-        if self.device:
+        if self.device and self.total:  # (no other output: fused_steps)
+            outs.append(kernel(*operands).reshape(self.total_shape))
+        elif self.device:
             kernel(*operands, *outs)
+        elif self.total:
+            total = kernel(self.size, pairwise_plan(self.size), self.dtype.type(0), *outs, *operands)
+            outs.append(np.full(self.total_shape, total, self.dtype))
         else:
             kernel(self.size, *outs, *operands)
         return outs
@@ -284,6 +350,10 @@ class FusedRun:
         operands = self._operands()
         if operands is None:
             return False
+        if self.total:
+            self.kernel = _checked_device_sum(self.xp, self._params(), operands, self.preamble, self.map_expr,
+                                              self._one_by_one if self.exact else None, f"{len(self.steps)} ops")
+            return self.kernel is not None
         self.kernel = _checked_device_kernel(self.xp, self._params(), operands, len(self.outputs), self.shape,
                                              self.dtype, self.source, self._one_by_one if self.exact else None,
                                              "a fused kernel", f"{len(self.steps)} ops")
@@ -298,7 +368,7 @@ class FusedRun:
                 outs.append(env[terms])
             else:
                 env[var] = eval(expr.format(*terms), env)  # noqa: S307 - the ops' own declarations
-        return outs
+        return [env[self.summed]] if self.total else outs  # a device run with a sum writes nothing else
 
     def _params(self):
         """The kernel's input names, in the order of ``_operands``."""
@@ -312,7 +382,7 @@ class FusedRun:
         """The first replay of an exact host run: its ops one by one too (which leave the tensors and nodes as a
         fused replay does), and the loop's outputs must be their bits."""
         self.unfused()
-        for t, d in zip(self.outputs, outs):
+        for t, d in zip(self.written, outs):
             if not np.array_equal(t.data, d, equal_nan=True):
                 raise RuntimeError(f"tinygen.compile: a fused loop differs from its {len(self.steps)} ops run one by "
                                    f"one; compile(fn, fuse=False) runs them unfused. The loop:\n{self.source}")
@@ -326,12 +396,62 @@ class FusedRun:
         return f"<FusedRun of {len(self.steps)} ops on {self.shape} {self.dtype}, a {kind}:\n{self.source}>"
 
 
+@functools.lru_cache(maxsize=64)
+def pairwise_plan(n):
+    """The order in which NumPy sums ``n`` contiguous values (its pairwise sum, numpy/_core/src/umath/
+    loops_utils.h.src): blocks of at most 128 values, each summed by ``block_sum``, and their sums added as a binary
+    tree that splits at half of n rounded down to a multiple of 8. Rows (start, count) for a block and (0, 0) for
+    "add the last two partial sums", in the order a loop with a stack runs them (a fused sum's loop)."""
+    rows = []
+
+    def split(lo, m):
+        if m <= 128:
+            rows.append((lo, m))
+            return
+        half = m // 2 - (m // 2) % 8
+        split(lo, half)
+        split(lo + half, m - half)
+        rows.append((0, 0))
+    split(0, n)
+    plan = np.array(rows, dtype=np.int64)
+    plan.flags.writeable = False
+    return plan
+
+
+def block_sum(a, n, zero):
+    """NumPy's sum of the first ``n`` (at most 128) values of ``a``: under 8 one by one from zero, else eight
+    running sums (of every eighth value) added pairwise, then the rest one by one. Compiled with Numba for the
+    fused loops; the final result of a sum is ``zero + `` the tree's total, as NumPy starts from its identity."""
+    if n < 8:
+        res = zero
+        for i in range(n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    m = n - n % 8
+    for i in range(8, m, 8):
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(m, n):
+        res += a[i]
+    return res
+
+
 def _numba_loop(source):
     """The compiled loop of a generated source (``def fused(n, ...)``), once per source."""
     kernel = _kernels.get(source)
     if kernel is None:
         import numba
-        namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS)
+        if "block_sum" not in _kernels:
+            _kernels["block_sum"] = numba.njit(error_model="numpy")(block_sum)
+        namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS, np=np, block_sum=_kernels["block_sum"])
         exec(compile(source, "<tinygen.compile fused loop>", "exec"), namespace)
         # fastmath off (NumPy's rounding); error_model="numpy": x / 0 is inf or nan, as in NumPy
         kernel = _kernels[source] = numba.njit(error_model="numpy")(namespace["fused"])
@@ -345,6 +465,22 @@ def _loop_source(body, n_outputs, n_arrays, n_scalars):
     params = ", ".join(["n"] + arrays + [f"s{j}" for j in range(n_scalars)])
     return (f"def fused({params}):\n" + "".join(f"    {a} = {a}.reshape(n)\n" for a in arrays) +
             "    for i in range(n):\n" + "".join(f"        {line}\n" for line in body))
+
+
+def _sum_loop_source(body, n_outputs, n_arrays, n_scalars):
+    """The loop of a run ending in a sum: ``def fused(n, plan, zero, o0.., x0.., s0..)`` computes the run block by
+    block in ``pairwise_plan``'s order, each block's summed values into ``block`` (128 values, in the cache), and
+    returns their sum in NumPy's order: each block's ``block_sum`` pushed on a stack, a (0, 0) row adding the top
+    two."""
+    arrays = [f"o{j}" for j in range(n_outputs)] + [f"x{j}" for j in range(n_arrays)]
+    params = ", ".join(["n", "plan", "zero"] + arrays + [f"s{j}" for j in range(n_scalars)])
+    return (f"def fused({params}):\n" + "".join(f"    {a} = {a}.reshape(n)\n" for a in arrays) +
+            "    block = np.full(128, zero)\n    stack = np.full(64, zero)\n    top = 0\n"
+            "    for k in range(plan.shape[0]):\n        lo, m = plan[k, 0], plan[k, 1]\n"
+            "        if m == 0:\n            top -= 1\n            stack[top - 1] = stack[top - 1] + stack[top]\n"
+            "            continue\n        for i in range(lo, lo + m):\n" +
+            "".join(f"            {line}\n" for line in body) +
+            "        stack[top] = block_sum(block, m, zero)\n        top += 1\n    return zero + stack[0]\n")
 
 
 def _operand_names(kinds):
@@ -387,6 +523,43 @@ def _checked_device_kernel(xp, params, operands, n_outputs, shape, dtype, source
     return kernel
 
 
+def _checked_device_sum(xp, params, operands, preamble, map_expr, one_by_one, parts):
+    """A device kernel that sums a run's last value over every element (``_cuda_sum_source``), compiled and
+    launched once on ``operands`` at record time. It adds in the GPU kernel's order, not the order of the array
+    module's own sum, so it is checked against the run's values one operation at a time (``one_by_one``; None for
+    an approx run: no check) summed by ``xp.sum``, to within n * eps * sum(|v|): each of the two orders of n
+    additions is within (n - 1) * eps / 2 * sum(|v|) of the exact sum. None, with a RuntimeWarning, when it cannot
+    be built or launched or when it differs by more: the caller then runs the ops one by one."""
+    try:
+        kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params), "T y", map_expr, preamble)
+        total = kernel(*operands)
+    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the ops one by one are right
+        warnings.warn(f"tinygen.compile: could not build a fused sum kernel ({type(e).__name__}: {e}); its {parts} "
+                      f"run one by one. The kernel:\n{preamble}{map_expr}", RuntimeWarning, stacklevel=3)
+        return None
+    if one_by_one is not None:
+        (values,) = one_by_one(operands)
+        got, expected = (float(xp.asnumpy(v)) for v in (total, xp.sum(values)))
+        bound = values.size * float(np.finfo(values.dtype).eps) * float(xp.asnumpy(xp.sum(xp.abs(values))))
+        if not (abs(got - expected) <= bound or got == expected or (math.isnan(got) and math.isnan(expected))):
+            warnings.warn(f"tinygen.compile: a fused sum kernel gives {got!r} where its {parts} run one by one give "
+                          f"{expected!r} (allowed: {bound:.3g}); they run one by one. The kernel:\n{preamble}"
+                          f"{map_expr}", RuntimeWarning, stacklevel=3)
+            return None
+    return kernel
+
+
+def _cuda_sum_source(lines, summed, params):
+    """A run ending in a sum as a CuPy ``ReductionKernel``'s preamble and map expression: a device function of one
+    element's operands that runs the run's statements (``_cuda_source``) and returns the summed value, and its
+    call. (A reduction kernel writes its sum only: ``fused_steps`` ends such a run in a sum only when it writes
+    nothing else.)"""
+    body = "".join(f"    {line}\n" for line in _cuda_source(lines).splitlines())
+    signature = ", ".join(f"T {p}" for p in params)
+    preamble = f"template <typename T>\n__device__ T tinygen_summed({signature}) {{\n{body}    return {summed};\n}}\n"
+    return preamble, f"tinygen_summed({', '.join(params)})"
+
+
 def _cuda_source(lines):
     """The body of a CuPy ElementwiseKernel (each parameter is one element): ``T v0 = x0 * s0;`` ...,
     ``o0 = v0;``."""
@@ -396,14 +569,21 @@ def _cuda_source(lines):
                      for var, expr, terms in lines)
 
 
-def _device_kernel(xp, in_params, out_params, operation):
+def _device_kernel(xp, in_params, out_params, operation, sum_preamble=None):
     """The one place this module makes a device kernel: ``xp.ElementwiseKernel`` (CuPy's, or the stand-in's,
-    which runs the same C on NumPy), compiled once per source and array module."""
-    key = (xp.__name__, in_params, out_params, operation)
+    which runs the same C on NumPy), or with ``sum_preamble`` an ``xp.ReductionKernel`` that sums ``operation`` (a
+    map expression calling the preamble's function) over every element, in T, into ``out_params``' one output;
+    compiled once per source and array module."""
+    key = (xp.__name__, in_params, out_params, operation, sum_preamble)
     kernel = _kernels.get(key)
     if kernel is None:
-        kernel = _kernels[key] = xp.ElementwiseKernel(in_params, out_params, operation,
-                                                      f"tinygen_fused_{len(_kernels)}", options=CUDA_OPTIONS)
+        name = f"tinygen_fused_{len(_kernels)}"
+        if sum_preamble is None:
+            kernel = xp.ElementwiseKernel(in_params, out_params, operation, name, options=CUDA_OPTIONS)
+        else:
+            kernel = xp.ReductionKernel(in_params, out_params, operation, "a + b", "y = a", "0", name,
+                                        reduce_type="T", preamble=sum_preamble, options=CUDA_OPTIONS)
+        _kernels[key] = kernel
     return kernel
 
 

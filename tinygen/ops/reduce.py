@@ -35,6 +35,8 @@ def _unreduce(g, in_shape, dims, keepdim):
 
 
 class Sum(Function):
+    reduction = "sum"  # for tinygen.compile's fusion: a run of elementwise ops may end in a sum over every axis
+
     @staticmethod
     def forward(ctx, x, dims, keepdim):
         ctx.shape, ctx.dims, ctx.keepdim = x.data.shape, dims, keepdim
