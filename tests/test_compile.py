@@ -381,6 +381,32 @@ def test_setting_grad_to_a_tensor_the_step_computes_is_refused_and_to_a_constant
         assert np.array_equal(f(tg.ones(3) * 2).data, np.full(3, 2.0 + k, np.float32))
 
 
+def test_in_place_writes_outside_the_ops_are_replayed_setitem_and_init_fills():
+    """Would fail if ``t[i] = v`` or an ``nn.init`` fill inside the step were not recorded: both write an array in
+    place, outside any op, so a replay would return the intermediate without the write and leave the buffer as the
+    recording left it."""
+    def run(compiled):
+        tg.manual_seed(0)
+        lin, buf = nn.Linear(4, 3), tg.zeros(2, 3)
+
+        def step(x):
+            y = x * 2
+            y[0] = 5.0  # an intermediate the replay computes anew
+            y[1, :2] = x[2, :2]
+            nn.init.uniform_(buf, -1, 1)  # a buffer, from the random stream
+            nn.init.kaiming_uniform_(lin.weight, a=5 ** 0.5)  # through uniform_
+            return lin(y) + buf.sum()
+        f = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(4):
+            out.append(f(tg.tensor(rng.standard_normal((5, 4)).astype(np.float32))).data.copy())
+            out += [buf.data.copy(), lin.weight.data.copy()]
+        return out, f
+    (want, _), (got, f) = run(False), run(True)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got)) and f.replays == 3
+
+
 def test_a_tensor_argument_that_requires_grad_is_refused():
     f = tg.compile(lambda a: (a * 2).sum())
     with pytest.raises(tg.CompileError, match="requires grad"):

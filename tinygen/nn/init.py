@@ -7,6 +7,7 @@ import math
 
 from .. import random as _random
 from ..autograd.grad_mode import no_grad
+from ..capture import replayed
 
 
 def _fill(tensor, values):
@@ -65,6 +66,7 @@ def _fan(tensor, mode):
     return fan_in if mode == "fan_in" else fan_out
 
 
+@replayed  # fills in place: inside a compiled step a replay fills again (the composites below call these)
 def uniform_(tensor, a=0.0, b=1.0):
     """Fill with U(a, b)."""
     _check_float(tensor, "uniform_")
@@ -74,6 +76,7 @@ def uniform_(tensor, a=0.0, b=1.0):
     return _fill(tensor, u * (b - a) + a)
 
 
+@replayed
 def normal_(tensor, mean=0.0, std=1.0):
     """Fill with N(mean, std^2)."""
     _check_float(tensor, "normal_")
@@ -83,15 +86,18 @@ def normal_(tensor, mean=0.0, std=1.0):
     return _fill(tensor, z * std + mean)
 
 
+@replayed
 def constant_(tensor, val):
     """Fill with ``val``."""
     return _fill(tensor, val)
 
 
+@replayed
 def zeros_(tensor):
     return _fill(tensor, 0)
 
 
+@replayed
 def ones_(tensor):
     return _fill(tensor, 1)
 

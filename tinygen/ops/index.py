@@ -1,7 +1,7 @@
 """Indexing: ``x[index]`` with ints, slices, None, Ellipsis, and integer or boolean arrays/tensors."""
 from .. import backend
 from ..autograd.function import Function
-from ..capture import refuse_shape_from_values
+from ..capture import refuse_shape_from_values, replayed
 from ..tensor import Tensor, _host_array, register
 
 
@@ -81,6 +81,7 @@ def getitem(x, index):
 
 
 @register("__setitem__")
+@replayed  # it writes the array in place, outside any op: a compiled step's replay must write it again
 def setitem(x, index, value):
     """In-place assignment, allowed on tensors that are not part of a graph (masks, buffers, data)."""
     if x._requires_grad:
