@@ -407,6 +407,21 @@ def test_in_place_writes_outside_the_ops_are_replayed_setitem_and_init_fills():
     assert all(np.array_equal(a, b) for a, b in zip(want, got)) and f.replays == 3
 
 
+def test_seeding_inside_a_step_is_replayed():
+    """Would fail if manual_seed / set_rng_state in the step were not recorded: the replays' draws would go on
+    from the stream instead of starting again from the seed (or the state)."""
+    state = tg.random.get_rng_state()
+
+    def step(x):
+        tg.manual_seed(5)
+        a = x * tg.randn(3)
+        tg.random.set_rng_state(state)
+        return a + tg.rand(3)
+    f = tg.compile(step)
+    want = step(tg.ones(3)).data
+    assert all(np.array_equal(f(tg.ones(3)).data, want) for _ in range(3)) and f.replays == 2
+
+
 def test_a_tensor_argument_that_requires_grad_is_refused():
     f = tg.compile(lambda a: (a * 2).sum())
     with pytest.raises(tg.CompileError, match="requires grad"):

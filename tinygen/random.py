@@ -22,6 +22,7 @@ _rank_generators = {}  # the rank stream: device -> generator
 _in_rank_stream = False
 
 
+@replayed  # seeding inside a compiled step: every replay seeds again at the same point
 def manual_seed(seed):
     """Seed every random draw of tinygen (all devices). Two runs with the same seed draw the same numbers."""
     global _seed
@@ -93,6 +94,7 @@ def get_rng_state(device="cpu", rank_stream=False):
     return {"curand_states": backend.to_device(buf, "cpu").view(np.uint8).copy()}
 
 
+@replayed
 def set_rng_state(state, device="cpu", rank_stream=False):
     """Restore what ``get_rng_state(device, rank_stream)`` returned."""
     bitgen = _stream_generator(device, rank_stream).bit_generator
