@@ -422,6 +422,37 @@ def test_seeding_inside_a_step_is_replayed():
     assert all(np.array_equal(f(tg.ones(3)).data, want) for _ in range(3)) and f.replays == 2
 
 
+def test_a_state_dict_copied_rates_set_and_running_stats_reset_inside_a_step_are_replayed():
+    """Would fail if load_state_dict, optim.set_lr or reset_running_stats inside the step were not recorded: each
+    writes arrays or a dict outside any op."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model, copy_, bn = nn.Linear(4, 3), nn.Linear(4, 3), nn.BatchNorm1d(3)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x):
+            tg.optim.set_lr(opt.param_groups[0], 0.05)
+            opt.zero_grad()
+            bn.reset_running_stats()
+            loss = bn(model(x)).pow(2).sum()
+            loss.backward()
+            opt.step()
+            copy_.load_state_dict(model.state_dict())
+            return loss
+        f = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(0)
+        out = []
+        for i in range(4):
+            opt.param_groups[0]["lr"] = 1.0  # changed between calls: the step sets it back
+            bn.running_mean.data[...] = 7.0
+            bn.num_batches_tracked.data[...] = 9
+            out.append(f(tg.tensor(rng.standard_normal((5, 4)).astype(np.float32))).data.copy())
+            out += [p.data.copy() for p in copy_.parameters()] + [bn.running_mean.data.copy()]
+            out.append(bn.num_batches_tracked.data.copy())
+        return out
+    assert all(np.array_equal(a, b) for a, b in zip(run(False), run(True)))
+
+
 def test_a_tensor_argument_that_requires_grad_is_refused():
     f = tg.compile(lambda a: (a * 2).sum())
     with pytest.raises(tg.CompileError, match="requires grad"):

@@ -13,7 +13,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
                                                             (``_BackwardPlan``: Sum's, Tanh's, Matmul's backward)
              call(Adam.step, opt)                           marked @replayed: optimizer steps, zero_grad, random
                                                             draws, gradient clipping, scheduler steps, in-place
-                                                            writes (``t[i] = v``, ``nn.init`` fills)
+                                                            writes (``t[i] = v``, ``nn.init``,
+                                                            ``load_state_dict``, seeding)
            The engine tells the recorder which nodes it visited, in its order, and which ran (a ``trace``); the
            plan is those that ran, each with the registers its incoming gradients are summed in, where each
            gradient it returns goes (another node's register, or a leaf's ``.grad``) and the leaves whose

@@ -151,6 +151,7 @@ class _BatchNorm(Module):
             self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
 
+    @replayed  # array code: a compiled step's replay resets them again
     def reset_running_stats(self):
         if self.track_running_stats:
             init.zeros_(self.running_mean)

@@ -396,6 +396,7 @@ class Module:
             out[key] = t if keep_vars else t.detach()
         return out
 
+    @replayed  # copies in place: inside a compiled step (an EMA model's copy) every replay copies again
     def load_state_dict(self, state_dict, strict=True):
         """Copy values from ``state_dict`` into this module's parameters and buffers (in place: identities kept).
 

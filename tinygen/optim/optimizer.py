@@ -56,6 +56,7 @@ def get_lr(group):
     return _number(group["lr"])
 
 
+@replayed  # writes in place (a rate held in a tensor) or into the group: a compiled step's replay sets it again
 def set_lr(group, value):
     """Set a parameter group's learning rate: a rate held in a tensor is written in place, so the arrays a
     captured step reads (a CUDA graph's launches) take the new value; a number is replaced."""
