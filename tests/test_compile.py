@@ -1,4 +1,6 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -524,13 +526,32 @@ def test_check_restores_the_rank_stream_too():
     assert f.replays == 3
 
 
-def test_cache_keeps_at_most_cache_size_programs():
+def test_cache_keeps_at_most_cache_size_programs_and_warns_once_when_it_drops_one():
     f = tg.compile(lambda a: a * 2, cache_size=2)
-    for n in (1, 2, 3, 1):
-        f(tg.ones(n))
+    with pytest.warns(RuntimeWarning) as caught:
+        for n in (1, 2, 3, 1):
+            f(tg.ones(n))
     assert f.records == 4 and len(f._programs) == 2
+    assert len(caught) == 1 and "Argument 0 was a tensor of shape (2,), dtype float32 on cpu, then a tensor of " \
+        "shape (3,)" in str(caught[0].message) and "raise cache_size" in str(caught[0].message)
     with pytest.raises(ValueError, match="cache_size"):
         tg.compile(lambda a: a, cache_size=0)
+
+
+def test_a_python_number_that_changes_every_call_is_named_and_a_0d_tensor_replays():
+    scaled = tg.compile(lambda x, beta: x * beta)
+    with pytest.warns(RuntimeWarning, match=r"Argument 1 was float 0\.7.*, then float 0\.8: pass a number that "
+                                            r"changes between calls as a 0-d tensor"):
+        for i in range(10):
+            assert np.allclose(scaled(tg.ones(3), 0.1 * i).data, 0.1 * i)
+    assert scaled.records == 10 and scaled.replays == 0
+    held = tg.compile(lambda x, beta: x * beta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # signatures within the cache, or the same one: no warning
+        for i in range(10):
+            assert np.allclose(held(tg.ones(3), tg.tensor(0.1 * i)).data, np.float32(0.1 * i))
+            scaled(tg.ones(3), 0.8)
+    assert held.records == 1 and held.replays == 9
 
 
 def test_results_are_fresh_tensors_on_the_replayed_values():

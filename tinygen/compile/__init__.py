@@ -85,7 +85,8 @@ code generated for each fused run.
 ``compile(fn, check=N)`` (``check=True``: N = 3) runs the first N replays side by side with eager (from the same
 state and random stream) and raises ``CompileError`` on the first array that differs (not with
 ``fuse="approx"``: refused). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
-recently used one is dropped first.
+recently used one is dropped first; the first time one is dropped a RuntimeWarning says what changed between the
+last two signatures (a Python number that changes on every call makes a new program each time: pass a 0-d tensor).
 """
 import copy
 import functools
@@ -152,6 +153,7 @@ class Compiled:
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
         self.graph_error = None
+        self._warned_full = False
 
     def __call__(self, *args, **kwargs):
         if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
@@ -178,10 +180,18 @@ class Compiled:
         program, result = _record(self.fn, args, kwargs, self.fuse, graphs)
         result = _fresh(result)  # the recorded tensors are the program's: the caller gets its own
         self.records += 1
+        last = next(reversed(self._programs), None)  # the signature used most recently before this one
         self._programs[key] = program
         self._programs.move_to_end(key)
         while len(self._programs) > self.cache_size:
             self._programs.popitem(last=False)
+            if not self._warned_full:  # once: a step whose signature keeps changing never replays
+                self._warned_full = True
+                change, number = _what_changed(last, key)
+                advice = "pass a number that changes between calls as a 0-d tensor" if number else "raise cache_size"
+                warnings.warn(f"tinygen.compile: {self.__name__} has recorded {self.records} programs and keeps "
+                              f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
+                              f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)
         return result
 
     def reset(self):
@@ -832,6 +842,36 @@ def _sig(a):
 
 def _signature(args, kwargs):
     return (STATE.grad_enabled, _sig(args), _sig(kwargs))
+
+
+def _what_changed(old, new):
+    """The first difference between two signatures (``_signature``), in words, and whether it is a number."""
+    if old is None or old[0] != new[0]:
+        return "The grad mode differs between the calls", False
+    for kind, a, b in (("argument", old[1], new[1]), ("keyword argument", old[2], new[2])):
+        if len(a) != len(b):
+            return f"The number of {kind}s differs between the calls", False
+        for i, (x, y) in enumerate(zip(a[1:], b[1:])):
+            name = i
+            if kind == "keyword argument":
+                (name, x), (other, y) = x, y
+                if name != other:
+                    return "The keyword arguments differ between the calls", False
+            if x != y:
+                number = x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float")
+                return f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}", number
+    return "The signatures differ", False
+
+
+def _sig_text(sig):
+    if sig[0] == "tensor":
+        return f"a tensor of shape {sig[1]}, dtype {np.dtype(sig[2]).name} on {sig[3]}" + (
+            ", requiring grad" if sig[4] else "")
+    if sig[0] == "value":
+        return f"{sig[1]} {sig[2]!r}"
+    if sig[0] == "object":
+        return "an unhashable object (each new one is a new signature)"
+    return f"a {sig[0]} of {len(sig) - 1}"
 
 
 def _with_slots(value, slots):
