@@ -768,3 +768,69 @@ def test_the_stand_in_reduction_kernel_runs_the_generated_sum_and_refuses_anythi
         xp.ReductionKernel("T x0, T s0", "T y", "f(x0, s0)", "max(a, b)", "y = a", "0", "k", preamble=preamble)
     with pytest.raises(ValueError, match="one template function"):
         xp.ReductionKernel("T x0", "T y", "x0", "a + b", "y = a", "0", "k")
+
+
+# ---- a layer and the activation after it as one node --------------------------------------------------------------
+def _functional_mlp(act, last_out=10, returns_hidden=False):
+    tg.manual_seed(0)
+    nn = tg.nn
+    fc1, fc2, fc3 = nn.Linear(12, 16), nn.Linear(16, last_out), nn.Linear(last_out, 3)
+    opt = tg.optim.Adam([p for m in (fc1, fc2, fc3) for p in m.parameters()], lr=1e-2)
+
+    def step(x):
+        opt.zero_grad()
+        pre = fc1(x)
+        h = act(pre)
+        g = act(fc2(h))
+        loss = (fc3(g) * fc3(g)).mean()
+        loss.backward()
+        opt.step()
+        return (loss, pre) if returns_hidden else loss
+    return [p for m in (fc1, fc2, fc3) for p in m.parameters()], step
+
+
+_ACTS = {"relu": (lambda h: tg.nn.functional.relu(h), "ReLU"),
+         "leaky_relu": (lambda h: tg.nn.functional.leaky_relu(h, 0.2), "LeakyReLU")}
+
+
+@pytest.mark.parametrize("act", list(_ACTS))
+def test_a_linear_then_relu_written_functionally_runs_as_one_node_bitwise_eager(act):
+    """F.relu(fc(x)) in a compiled step runs as nn.Sequential(fc, nn.ReLU()) does (LinearActFunction): the same
+    bits as eager over 20 Adam steps, values and parameters."""
+    fn, title = _ACTS[act]
+    results = []
+    for compiled in (False, True):
+        params, step = _functional_mlp(fn)
+        f = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(1)
+        results.append([_arrays(f(tg.tensor(rng.standard_normal((8, 12)).astype(np.float32)))) for _ in range(20)]
+                       + [_arrays(params)])
+    assert all(_same(a, b) for a, b in zip(*results))
+    listing = f.explain()
+    assert listing.count(f"forward   Linear+{title} ->") == 2 and "forward   Relu" not in listing
+    assert f"Linear+{title}Backward, Linear+{title}Backward" in listing  # the plan runs the fused nodes
+    unfused = tg.compile(_functional_mlp(fn)[1], fuse=False)
+    unfused(tg.randn(8, 12))
+    assert "Linear+" not in unfused.explain()
+
+
+def test_a_linear_then_relu_stays_two_nodes_where_one_would_differ_or_the_output_is_used_elsewhere():
+    """One output feature (the bias gradient's single column NumPy sums pairwise), the first layer's output
+    returned (used outside the pair), and tanh (not bitwise when fused)."""
+    relu = tg.nn.functional.relu
+    cases = [(_functional_mlp(relu, last_out=1)[1], 1), (_functional_mlp(relu, returns_hidden=True)[1], 1),
+             (_functional_mlp(tg.tanh)[1], 0)]
+    for step, fused in cases:
+        f = tg.compile(step, check=2)  # replays side by side with eager: any difference raises
+        for _ in range(3):
+            f(tg.randn(8, 12))
+        assert f.explain().count("forward   Linear+") == fused
+
+
+def test_a_linear_then_relu_without_gradients_is_one_node_too():
+    lin = tg.nn.Linear(6, 5)
+    f = tg.compile(lambda x: tg.nn.functional.relu(lin(x)) * 2)
+    with tg.no_grad():
+        outs = [(f(x).data, tg.nn.functional.relu(lin(x)).data * 2) for x in (tg.randn(4, 6) for _ in range(3))]
+    assert all(np.array_equal(a, b) for a, b in outs)
+    assert "forward   LinearAct ->" in f.explain()

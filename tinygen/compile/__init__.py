@@ -45,7 +45,10 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            takes + - * /, neg, abs and sqrt: NumPy's (CuPy's) bits. ``fuse="approx"`` takes exp, log, tanh,
            sin and cos too: within 3 ulps of NumPy's per call. A plain backward's runs of 3 or more such nodes
            (ops that declare ``elementwise_backward``, gradients passed between them, none to a leaf) become one
-           loop or kernel too (``FusedBackward``). ``fuse=False``, or NumPy arrays without Numba: nothing is fused.
+           loop or kernel too (``FusedBackward``). A Linear followed by a ReLU or LeakyReLU op on its output
+           (``F.relu(fc(x))``) runs as one ``LinearActFunction`` node, as in ``nn.Sequential``, where that gives
+           the same bits (``_with_activations``). ``fuse=False``: nothing is fused; NumPy arrays without Numba:
+           no run is.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -385,6 +388,8 @@ def _record(fn, args, kwargs, fuse, cuda_graph=False):
 class _Program:
     def __init__(self, rec, inputs, result, grad_enabled, fuse, cuda_graph=False):
         keep = {id(t) for t in _tensors_in(result)}
+        if fuse:
+            rec.steps = _with_activations(rec.steps, keep)
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         self.steps, self.left_out = _without_dead_gradients(self.steps)
         if fuse:
@@ -432,6 +437,85 @@ class _Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return self.graphed.result(self.result)
+
+
+def _with_activations(steps, keep):
+    """The recorded steps (``_Recorder.steps``) with each op that declares ``with_activation`` (``Linear``)
+    followed by an activation op on its output (one that declares ``activation``: ReLU, LeakyReLU) as one node of
+    the fused op (``LinearActFunction``), where the op says that gives the same bits, the output between them is
+    used by nothing else, and, with a gradient, both nodes run in one plain backward that releases them: the fused
+    forward at the op's place, its backward at the op's node's place in the plan (the activation's node only passed
+    its gradient on to it), the nodes that take the activation's output pointed at the fused node. A step written
+    with ``F.relu(fc(x))`` runs as ``nn.Sequential(fc, nn.ReLU())`` does."""
+    forwards = [i for i, s in enumerate(steps) if s[0] is _replay_forward]
+    if any(steps[i][6] for i in forwards) or any(s[0] is _replay_call and s[1] in (_backward, _grad) for s in steps):
+        return steps  # nodes rebuilt on replay, or a graph the engine walks: its nodes must stay the recorded ones
+    uses = Counter(id(t) for s in steps for t in _step_tensors(s))
+    plans = [s[1] for s in steps if s[0] is _replay_backward]
+    in_plans = Counter(id(step[0]) for plan in plans for step in plan.steps)
+    out, dropped, relinked = list(steps), set(), {}
+    for i in forwards:
+        _, cls, ctx, device, args, outs, _, _ = steps[i]
+        fuse = getattr(cls, "with_activation", None)
+        h = outs[0]
+        if fuse is None or len(outs) != 1 or id(h) in keep or uses[id(h)] != 2:
+            continue
+        j = next((k for k in forwards if k > i and any(a is h for a in steps[k][4])), None)  # the op that takes h
+        if j is None:
+            continue
+        _, act_cls, act_ctx, _, act_args, act_outs, _, _ = steps[j]
+        act = act_cls.__dict__.get("activation")
+        if act is None or act_args[0] is not h or (ctx is None) is not (act_ctx is None):
+            continue
+        fused = fuse(args, act, act_args[1] if len(act_args) > 1 else 0.0)
+        if fused is None:
+            continue
+        fused_cls, fused_args = fused
+        node = None
+        if ctx is not None:
+            plan = next((p for p in plans if any(step[0] is ctx for step in p.steps)), None)
+            if plan is None or not plan.release or in_plans[id(ctx)] != 1 or in_plans[id(act_ctx)] != 1:
+                continue
+            k_op = next(k for k, step in enumerate(plan.steps) if step[0] is ctx)
+            k_act = next((k for k, step in enumerate(plan.steps) if step[0] is act_ctx), None)
+            op_step, act_step = plan.steps[k_op], plan.steps[k_act] if k_act is not None else None
+            # the activation's node: no hooks due after it, its one gradient to the register the op's node reads
+            if act_step is None or act_step[5] or act_step[4][0] is None or act_step[4][0][1] is not None or \
+                    any(t is not None for t in act_step[4][1:]) or op_step[2] != (act_step[4][0][0],):
+                continue
+            node = _new(fused_cls)
+            node._saved, node._out_data, node.device = (), act_outs[0].data, ctx.device
+            node.next_edges = ctx.next_edges + (None,) * (len(fused_args) - len(args))
+            node.out_meta = act_ctx.out_meta
+            fused_cls.forward(node, *fused_args)  # sets what its forward sets on it (a replay sets it again)
+            plan.steps = tuple((node, node.array_backward, act_step[2], None,
+                                op_step[4] + (None,) * (len(fused_args) - len(args)), op_step[5]) if k == k_op else s
+                               for k, s in enumerate(plan.steps) if k != k_act)
+            relinked[id(act_ctx)] = node
+            act_outs[0].grad_fn = node
+        out[i] = (_replay_forward, fused_cls, node, device, fused_args, act_outs, False, None)
+        dropped.add(j)
+    if relinked:  # the nodes that take the activation's output: their edge to it now leads to the fused node
+        for i in forwards:
+            ctx = out[i][2]
+            if ctx is not None and i not in dropped and any(e is not None and id(e[0]) in relinked
+                                                            for e in ctx.next_edges):
+                ctx.next_edges = tuple(e if e is None or id(e[0]) not in relinked else (relinked[id(e[0])], e[1])
+                                       for e in ctx.next_edges)
+    return [s for k, s in enumerate(out) if k not in dropped]
+
+
+def _step_tensors(step):
+    """The tensors a recorded step refers to (a forward's arguments and outputs, a backward's roots and their
+    gradients, a call's arguments and result, ...)."""
+    run = step[0]
+    if run is _replay_forward:
+        return _tensors_in(step[4]) + list(step[5])
+    if run is _replay_backward:
+        return _tensors_in(step[2][0], step[2][1])
+    if run is _replay_call:
+        return _tensors_in(step[2], step[3], step[4])
+    return _tensors_in(*step[1:])
 
 
 def _fused_backwards(steps, rec, approx):

@@ -163,6 +163,8 @@ class Sigmoid(Function):
 
 
 class Relu(Function):
+    activation = "relu"  # tinygen.compile runs a layer that declares with_activation, then this, as one node
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -180,6 +182,8 @@ class Relu(Function):
 
 
 class LeakyRelu(Function):
+    activation = "leaky_relu"  # (its slope: the second argument)
+
     @staticmethod
     def forward(ctx, x, slope):
         ctx.save_for_backward(x)

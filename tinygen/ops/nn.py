@@ -4,6 +4,8 @@ fused kernel exists), the ``backward`` is the closed-form gradient written with 
 differentiated again), and ``array_backward`` computes the same gradient on arrays for a plain ``backward()``.
 ``tinygen.nn.functional`` re-exports the public functions.
 """
+import numpy as np
+
 from .. import kernels
 from .. import random as _random
 from ..autograd.function import Function
@@ -53,6 +55,18 @@ class LinearFunction(Function):
         g2 = g.reshape(-1, g.shape[-1])
         gb = g2.sum(0) if ctx.next_edges[2] is not None else None
         return (*_linear_grads_on_arrays(g2, x.data, w.data, ctx.next_edges), gb)
+
+    @staticmethod
+    def with_activation(args, act, p1):
+        """For tinygen.compile, which runs this op and an activation op after it (one that declares
+        ``activation``) as one node where that gives the same bits: the fused class and its arguments, else None.
+        Bitwise for relu and leaky_relu on a 2-D NumPy input with two or more output features (with one, NumPy
+        sums the bias gradient's single column pairwise, the fused kernel row by row)."""
+        x, w, b = args
+        if act not in ("relu", "leaky_relu") or p1 < 0 or type(x.data) is not np.ndarray or x.data.ndim != 2 \
+                or w.data.shape[0] < 2:
+            return None
+        return LinearActFunction, (x, w, b, act, p1, 0.0)
 
 
 def _linear_grads_on_arrays(g2, x, w, need):
