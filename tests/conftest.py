@@ -35,6 +35,19 @@ def _find_mnist():
 MNIST_DIR = _find_mnist()
 
 
+@pytest.fixture(autouse=True)
+def _thread_count_kept():
+    """Each test leaves tinygen's thread count as it found it: a test that sets it (or a benchmark's ``main`` it
+    calls, which applies ``--threads``) would otherwise make later tests in the same process skip their
+    thread-parallel cases, depending on the order the workers run them."""
+    from tinygen.kernels import threads
+    before = threads._requested, threads.get_num_threads()
+    yield
+    if (threads._requested, threads.get_num_threads()) != before:
+        threads.set_num_threads(before[1])
+        threads._requested = before[0]
+
+
 @pytest.fixture
 def mnist_dir():
     if MNIST_DIR is None:
