@@ -127,8 +127,8 @@ def log(msg):
 
 # ---- worker processes ------------------------------------------------------------------------------------------------
 def openblas_thread_timeout():
-    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 18 (see worker_env)."""
-    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "18"
+    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 24 (see worker_env)."""
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "24"
 
 
 OPENBLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -148,10 +148,11 @@ def worker_env(framework, threads, openblas_env="keep"):
     xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={n}"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
     # OpenBLAS's idle threads busy-wait for about 2^28 cycles (a tenth of a second) after each call; on a 2-core
-    # machine that takes a core from the next framework's chunk, and from a process's own Numba/ufunc threads.
-    # 2^18 cycles (about 0.1 ms) ends the spin long before another process's chunk starts, yet keeps the threads
-    # awake from one GEMM of a step to the next, as MKL's and XLA's spinning pools are (set it yourself to measure
-    # another value).
+    # machine that would take a core from the next framework's chunk. 2^24 cycles (about 6 ms) keeps them awake
+    # through a step, from one GEMM to the next, as MKL's and XLA's spinning pools are, and ends before the next
+    # chunk starts (SETTLE_S). 2^18 (0.1 ms), used before, let them fall asleep between a step's products on this
+    # virtual machine, where waking one took 80-250 us: tinygen's steps were 10-40% slower than at 2^22-2^28
+    # (set it yourself to measure another value).
     env["OPENBLAS_THREAD_TIMEOUT"] = openblas_thread_timeout()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -280,6 +281,9 @@ def summarize(chunks, batch, key="seconds"):
     return {"median": median, "min": rates[0], "max": rates[-1]}
 
 
+SETTLE_S = 0.01  # idle between two timed chunks: a framework's spinning threads (OpenBLAS's, above) stop first
+
+
 def run_throughput(pool, case, batch, frameworks, st, progress):
     """Set every framework up for (case, batch), then interleave their timed chunks."""
     results, active = {}, []
@@ -304,6 +308,7 @@ def run_throughput(pool, case, batch, frameworks, st, progress):
         for fw in order:
             if results[fw]["status"] != "ok":
                 continue
+            time.sleep(SETTLE_S)
             reply = pool.get(fw).request("chunk", timeout=300)
             if _status(reply) != "ok":
                 results[fw]["status"] = _status(reply)

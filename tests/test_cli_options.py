@@ -282,7 +282,7 @@ def test_launcher_sets_blas_environment_before_numpy(tmp_path):
     import tinygen_launcher
     env = {}
     assert tinygen_launcher.prepare_environment(["train", "gan", "--threads", "3"], env) == 3
-    assert env["OPENBLAS_THREAD_TIMEOUT"] == "18" and env["OPENBLAS_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == "3"
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == "24" and env["OPENBLAS_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == "3"
     env = {"OPENBLAS_NUM_THREADS": "5", "OPENBLAS_THREAD_TIMEOUT": "4"}
     tinygen_launcher.prepare_environment(["train", "gan"], env)  # auto yields to what the user set
     assert env["OPENBLAS_NUM_THREADS"] == "5" and env["OPENBLAS_THREAD_TIMEOUT"] == "4"
