@@ -33,8 +33,8 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 # machine, where NumPy's exp and log1p are not vectorised (4-15 ns per float32 element), a second thread paid from
 # 2^16 elements. On the 2-core AVX-512 virtual machine of benchmarks/README.md they are (exp 0.5 ns an element), and
 # a pool thread starts 60-130 us after it is asked: BCE on the VAE's 256 x 784 logits took 0.83 ms in two chunks
-# against 0.40 ms in one (alone). In whole compiled steps (alternating rounds in one process, with the CLI's
-# OPENBLAS_THREAD_TIMEOUT=18) not splitting below 2^18 made batch-256 steps 0.6-6% faster (VAE, GAN; DCGAN level);
+# against 0.40 ms in one (alone). In whole compiled steps (alternating rounds in one process, with the CLI's setting
+# then, OPENBLAS_THREAD_TIMEOUT=18) not splitting below 2^18 made batch-256 steps 0.6-6% faster (VAE, GAN; DCGAN level);
 # not splitting below 2^20 made the VAE's batch-1024 step 4% slower. So the default is 2^18.
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
