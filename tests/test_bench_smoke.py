@@ -275,6 +275,32 @@ def test_openblas_kernel_variables_kept_or_removed(monkeypatch):
     assert removed["OPENBLAS_NUM_THREADS"] == "2"  # the rest of the environment is as before
 
 
+def test_workers_spin_2_to_the_24_unless_told_and_each_chunk_starts_after_a_pause(monkeypatch):
+    """OpenBLAS's workers stay awake through a step (2^24 cycles, about 6 ms) and the harness idles SETTLE_S (longer)
+    before every timed chunk, so one framework's spin never runs into another's chunk."""
+    from benchmarks import harness
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    assert harness.worker_env("numpy", 2)["OPENBLAS_THREAD_TIMEOUT"] == "24"
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
+    assert harness.worker_env("numpy", 2)["OPENBLAS_THREAD_TIMEOUT"] == "20"  # yours wins
+    assert harness.SETTLE_S >= 2 ** 24 / 2e9  # longer than the spin at 2 GHz
+    naps = []
+    monkeypatch.setattr(harness.time, "sleep", naps.append)
+
+    class Worker:
+        hello = {"ok": {}}
+
+        def request(self, what, **kwargs):
+            return {"ok": {"steps": 2, "seconds": 0.1, "cpu_seconds": 0.1, "steps_per_chunk": 2, "first_step_s": 0.0}}
+
+    class Pool:
+        def get(self, fw):
+            return Worker()
+    st = harness.Settings(quick=True)
+    harness.run_throughput(Pool(), "mlp", 4, ["numpy", "torch"], st, lambda *a: None)
+    assert naps == [harness.SETTLE_S] * (2 * st.repeats)
+
+
 @pytest.mark.slow
 def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypatch):
     # OPENBLAS_L2_SIZE is honoured on every architecture (a CORETYPE name is not), so it stands for both here
