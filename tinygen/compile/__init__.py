@@ -450,7 +450,7 @@ def _with_activations(steps, keep):
     forwards = [i for i, s in enumerate(steps) if s[0] is _replay_forward]
     if any(steps[i][6] for i in forwards) or any(s[0] is _replay_call and s[1] in (_backward, _grad) for s in steps):
         return steps  # nodes rebuilt on replay, or a graph the engine walks: its nodes must stay the recorded ones
-    uses = Counter(id(t) for s in steps for t in _step_tensors(s))
+    uses = Counter(key for s in steps for key in {id(t) for t in _tensors_in(*s[1:])})  # steps referring to each
     plans = [s[1] for s in steps if s[0] is _replay_backward]
     in_plans = Counter(id(step[0]) for plan in plans for step in plan.steps)
     out, dropped, relinked = list(steps), set(), {}
@@ -503,19 +503,6 @@ def _with_activations(steps, keep):
                 ctx.next_edges = tuple(e if e is None or id(e[0]) not in relinked else (relinked[id(e[0])], e[1])
                                        for e in ctx.next_edges)
     return [s for k, s in enumerate(out) if k not in dropped]
-
-
-def _step_tensors(step):
-    """The tensors a recorded step refers to (a forward's arguments and outputs, a backward's roots and their
-    gradients, a call's arguments and result, ...)."""
-    run = step[0]
-    if run is _replay_forward:
-        return _tensors_in(step[4]) + list(step[5])
-    if run is _replay_backward:
-        return _tensors_in(step[2][0], step[2][1])
-    if run is _replay_call:
-        return _tensors_in(step[2], step[3], step[4])
-    return _tensors_in(*step[1:])
 
 
 def _fused_backwards(steps, rec, approx):
