@@ -107,7 +107,7 @@ from ..autograd import engine
 from ..autograd.engine import _backward, _grad, _roots
 from ..autograd.function import Function, _edges, result_array, user_frame
 from ..autograd.grad_mode import STATE
-from ..capture import CAPTURE, gradient_use
+from ..capture import CAPTURE, gradient_use, replayed
 from ..tensor import Tensor, _make
 from . import cuda_graph as _cuda_graph, fusion as _fusion
 
@@ -329,14 +329,13 @@ class _Recorder:
         self.steps.append((_replay_requires_grad, tensor, flag))
 
     def record_grad_set(self, tensor, value):
-        """``tensor.grad = value`` in the step's code: None, or a tensor the step did not make (a replay sets the
-        same one; a tensor the step computes would be a stale one, so it is refused)."""
-        if isinstance(value, Tensor) and (id(value) in self.made or id(value) in self.new_grads or
-                                          id(value) in self.inputs):
+        """``tensor.grad = value`` in the step's code, recorded as a call: None, or a tensor the step did not make (a
+        replay sets the same one; a tensor the step computes would be a stale one, so it is refused)."""
+        if isinstance(value, Tensor) and self.varies(value):
             raise CompileError(f"tinygen.compile: the step sets a .grad to a tensor it computes or takes as an "
                                f"argument, at {user_frame()}. A replay would set a stale one: set .grad to None (or "
                                f"call zero_grad) in the step, or set it outside the call")
-        self.steps.append((_replay_call, _set_grad, (tensor, value), {}, None, STATE.grad_enabled, ()))
+        self.record_call(_set_grad, (tensor, value), {})
 
     def record_alias(self, src, dst):
         self.refuse_new_grads(src)
@@ -864,11 +863,9 @@ def _replay_call(fn, args, kwargs, result, grad_enabled, new):
     _bind(result, fn(*args, **kwargs))
 
 
+@replayed(grads=lambda tensor, value: ("drops", (tensor,)) if value is None else None)
 def _set_grad(tensor, value):
     tensor._grad = value
-
-
-_set_grad.gradient_use = lambda tensor, value: ("drops", (tensor,)) if value is None else None  # as @replayed says
 
 
 def _replay_alias(src, dst):
