@@ -504,23 +504,20 @@ def _array_functions(xp, values=()):
 def _checked_device_kernel(xp, params, operands, n_outputs, shape, dtype, source, expected, what, parts):
     """A device kernel for ``source`` (inputs ``params``, outputs o0, o1, ...), compiled and launched once on
     ``operands`` at record time; ``expected(operands)``, for an exact run, gives what its outputs must equal bit for
-    bit. None, with a RuntimeWarning naming ``what`` and its ``parts``, when it cannot be built or launched or when
-    it differs: the caller then runs its parts one by one."""
-    try:
-        kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params),
-                                ", ".join(f"T o{j}" for j in range(n_outputs)), source)
+    bit. None when it cannot be built or launched or when it differs (``_tried_on_device``)."""
+    def launch(kernel):
         outs = [xp.empty(shape, dtype) for _ in range(n_outputs)]
         kernel(*operands, *outs)
-    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the parts one by one are right
-        warnings.warn(f"tinygen.compile: could not build {what} ({type(e).__name__}: {e}); its {parts} run one by "
-                      f"one. The kernel:\n{source}", RuntimeWarning, stacklevel=3)
+        return outs
+
+    def disagreement(outs):
+        if expected is not None and not all(bool(xp.array_equal(a, xp.asarray(b), equal_nan=True))
+                                            for a, b in zip(outs, expected(operands))):
+            return f"differs from its {parts} run one by one"
         return None
-    if expected is not None and not all(bool(xp.array_equal(a, xp.asarray(b), equal_nan=True))
-                                        for a, b in zip(outs, expected(operands))):
-        warnings.warn(f"tinygen.compile: {what} differs from its {parts} run one by one; they run one by one. The "
-                      f"kernel:\n{source}", RuntimeWarning, stacklevel=3)
-        return None
-    return kernel
+    return _tried_on_device(lambda: _device_kernel(xp, ", ".join(f"T {p}" for p in params),
+                                                   ", ".join(f"T o{j}" for j in range(n_outputs)), source),
+                            launch, disagreement, source, what, parts)
 
 
 def _checked_device_sum(xp, params, operands, preamble, map_expr, one_by_one, parts):
@@ -528,24 +525,40 @@ def _checked_device_sum(xp, params, operands, preamble, map_expr, one_by_one, pa
     launched once on ``operands`` at record time. It adds in the GPU kernel's order, not the order of the array
     module's own sum, so it is checked against the run's values one operation at a time (``one_by_one``; None for
     an approx run: no check) summed by ``xp.sum``, to within n * eps * sum(|v|): each of the two orders of n
-    additions is within (n - 1) * eps / 2 * sum(|v|) of the exact sum. None, with a RuntimeWarning, when it cannot
-    be built or launched or when it differs by more: the caller then runs the ops one by one."""
-    try:
-        kernel = _device_kernel(xp, ", ".join(f"T {p}" for p in params), "T y", map_expr, preamble)
-        total = kernel(*operands)
-    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the ops one by one are right
-        warnings.warn(f"tinygen.compile: could not build a fused sum kernel ({type(e).__name__}: {e}); its {parts} "
-                      f"run one by one. The kernel:\n{preamble}{map_expr}", RuntimeWarning, stacklevel=3)
-        return None
-    if one_by_one is not None:
+    additions is within (n - 1) * eps / 2 * sum(|v|) of the exact sum. None when it cannot be built or launched or
+    when it differs by more (``_tried_on_device``)."""
+    def disagreement(total):
+        if one_by_one is None:
+            return None
         (values,) = one_by_one(operands)
         got, expected = (float(xp.asnumpy(v)) for v in (total, xp.sum(values)))
         bound = values.size * float(np.finfo(values.dtype).eps) * float(xp.asnumpy(xp.sum(xp.abs(values))))
-        if not (abs(got - expected) <= bound or got == expected or (math.isnan(got) and math.isnan(expected))):
-            warnings.warn(f"tinygen.compile: a fused sum kernel gives {got!r} where its {parts} run one by one give "
-                          f"{expected!r} (allowed: {bound:.3g}); they run one by one. The kernel:\n{preamble}"
-                          f"{map_expr}", RuntimeWarning, stacklevel=3)
+        if abs(got - expected) <= bound or got == expected or (math.isnan(got) and math.isnan(expected)):
             return None
+        return f"gives {got!r} where its {parts} run one by one give {expected!r} (allowed: {bound:.3g})"
+    return _tried_on_device(lambda: _device_kernel(xp, ", ".join(f"T {p}" for p in params), "T y", map_expr,
+                                                   preamble),
+                            lambda kernel: kernel(*operands), disagreement, preamble + map_expr, "a fused sum kernel",
+                            parts)
+
+
+def _tried_on_device(build, launch, disagreement, source, what, parts):
+    """The kernel ``build()`` makes, launched once at record time (``launch(kernel)`` gives its outputs) and
+    checked (``disagreement(outputs)``: None, or how they differ from the parts one by one). None, with a
+    RuntimeWarning naming ``what`` and its ``parts``, when it cannot be built or launched or when it differs: the
+    caller then runs its parts one by one."""
+    try:
+        kernel = build()
+        outs = launch(kernel)
+    except Exception as e:  # noqa: BLE001 - any failure to build or launch: the parts one by one are right
+        warnings.warn(f"tinygen.compile: could not build {what} ({type(e).__name__}: {e}); its {parts} run one by "
+                      f"one. The kernel:\n{source}", RuntimeWarning, stacklevel=4)
+        return None
+    problem = disagreement(outs)
+    if problem is not None:
+        warnings.warn(f"tinygen.compile: {what} {problem}; they run one by one. The kernel:\n{source}",
+                      RuntimeWarning, stacklevel=4)
+        return None
     return kernel
 
 
