@@ -470,6 +470,7 @@ def _with_activations(steps, keep):
         if fused is None:
             continue
         fused_cls, fused_args = fused
+        extra = (None,) * (len(fused_args) - len(args))  # the fused op's arguments after the op's: no gradient
         node = None
         if ctx is not None:
             plan = next((p for p in plans if any(step[0] is ctx for step in p.steps)), None)
@@ -484,12 +485,11 @@ def _with_activations(steps, keep):
                 continue
             node = _new(fused_cls)
             node._saved, node._out_data, node.device = (), act_outs[0].data, ctx.device
-            node.next_edges = ctx.next_edges + (None,) * (len(fused_args) - len(args))
+            node.next_edges = ctx.next_edges + extra
             node.out_meta = act_ctx.out_meta
             fused_cls.forward(node, *fused_args)  # sets what its forward sets on it (a replay sets it again)
-            plan.steps = tuple((node, node.array_backward, act_step[2], None,
-                                op_step[4] + (None,) * (len(fused_args) - len(args)), op_step[5]) if k == k_op else s
-                               for k, s in enumerate(plan.steps) if k != k_act)
+            plan.steps = tuple((node, node.array_backward, act_step[2], None, op_step[4] + extra, op_step[5])
+                               if k == k_op else s for k, s in enumerate(plan.steps) if k != k_act)
             relinked[id(act_ctx)] = node
             act_outs[0].grad_fn = node
         out[i] = (_replay_forward, fused_cls, node, device, fused_args, act_outs, False, None)
