@@ -35,7 +35,7 @@ def recording():
     return rec is not None and not rec.depth
 
 
-def replayed(fn=None, *, grads=None, graph_key=None):
+def replayed(fn=None, *, grads=None, graph_key=None, writes=None):
     """Mark a function whose effects a replay must repeat by calling it again with the same arguments (random
     draws, optimizer updates, in-place resets). Its tensor results are bound to the recorded ones.
 
@@ -48,11 +48,16 @@ def replayed(fn=None, *, grads=None, graph_key=None):
     (``compile/cuda_graph.py``): ``graph_key(*args, **kwargs)`` returns None when it may not (its Python does
     something a graph cannot repeat: counts steps on the host, makes state), else a value naming everything
     the captured kernels take from Python (hyper-parameters, the arrays of its state); a launch checks the key
-    is still the same. Without ``graph_key``, a call runs on the host between graphs."""
+    is still the same. Without ``graph_key``, a call runs on the host between graphs.
+    ``writes`` says which tensors' arrays a call may change in place, so that ``tinygen.compile`` can run an op
+    once for two calls on arrays the call between them leaves alone: ``writes(*args, **kwargs)`` returns those
+    tensors (an optimizer step: its parameters), or None for a call that may change any. Without ``writes``, a
+    call may change any."""
     if fn is None:
-        return functools.partial(replayed, grads=grads, graph_key=graph_key)
+        return functools.partial(replayed, grads=grads, graph_key=graph_key, writes=writes)
     fn.gradient_use = grads  # on the function the recorder keeps
     fn.graph_key = graph_key
+    fn.tensors_written = writes
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -68,6 +73,13 @@ def gradient_use(fn, args, kwargs):
     (it may read any)."""
     use = getattr(fn, "gradient_use", None)
     return None if use is None else use(*args, **kwargs)
+
+
+def tensors_written(fn, args, kwargs):
+    """The tensors a call of the ``@replayed`` function ``fn`` says it may change in place (its ``writes``), or
+    None (it may change any)."""
+    writes = getattr(fn, "tensors_written", None)
+    return None if writes is None else tuple(writes(*args, **kwargs))
 
 
 def graph_key(fn, args, kwargs):

@@ -54,6 +54,12 @@ class Function:
     __slots__ = ("next_edges", "_saved", "_out_data", "out_meta", "device", "created_at", "__dict__")
     save_output = False  # set True when backward reads ``ctx.output``
     array_backward = None  # optional: the gradient on raw arrays, used by a plain backward() (see module docstring)
+    # What tinygen.compile may assume of ``forward`` (compile/__init__.py: ``_reused_forwards``):
+    forward_writes = ()  # the positions of the arguments whose arrays forward changes in place (BatchNorm's
+    # running statistics); it changes no other array it is given
+    reusable_forward = False  # True: its outputs and what it leaves on its node depend only on the arrays of its
+    # tensor arguments, its other arguments and the requires_grad of its tensor arguments after the first, and it
+    # changes nothing (no random draw, no state), so two calls on the same unchanged arrays may run it once
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

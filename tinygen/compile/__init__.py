@@ -4,7 +4,7 @@
     for x, y in loader:
         loss = step(x, y)                  # 1st call with these shapes: runs eagerly and records; then replays
 
-Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
+Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backward(); opt.step()``:
 
   record   The first call with a given signature runs ``fn`` eagerly while ``CAPTURE.recorder`` (the one hook in
            the core, ``tinygen/capture.py``) is set. The program it writes down is a list of steps:
@@ -37,6 +37,11 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            before anything reads it: in a GAN step, the discriminator's weight gradients from the generator's
            backward) is left out of the plan, with the products that only it needed (``_without_dead_gradients``).
            What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
+  reuse    A forward of an op that declares ``reusable_forward`` (Linear, the convolutions) on the same arguments
+           as an earlier forward of that op, with nothing in between that may change their arrays (an op's
+           ``forward_writes``, a call's ``@replayed(writes=...)``: an optimizer step changes its parameters), is
+           left out: the earlier one's outputs and node state serve the later node (``_reused_forwards``). A
+           GAN's discriminator on the fakes, then on their detached copy after the generator's update.
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and
            dtype, operands of that shape or scalars) become one step, a generated Numba loop (NumPy arrays) or
            CuPy elementwise kernel (GPU arrays) that writes only what is used outside the run and leaves each
@@ -47,8 +52,8 @@ Seven stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            (ops that declare ``elementwise_backward``, gradients passed between them, none to a leaf) become one
            loop or kernel too (``FusedBackward``). A Linear followed by a ReLU or LeakyReLU op on its output
            (``F.relu(fc(x))``) runs as one ``LinearActFunction`` node, as in ``nn.Sequential``, where that gives
-           the same bits (``_with_activations``). ``fuse=False``: nothing is fused; NumPy arrays without Numba:
-           no run is.
+           the same bits (``_with_activations``). ``fuse=False``: nothing is fused or reused; NumPy arrays
+           without Numba: no run is.
   replay   Each step runs on the same tensor objects as when it was recorded: an op's ``forward`` is called
            with the node (``ctx``) it had, and its output arrays are put into the recorded output tensors. No
            graph is built, and a plain backward walks none: it runs its plan on arrays (``_run_plan``): each
@@ -107,7 +112,7 @@ from ..autograd import engine
 from ..autograd.engine import _backward, _grad, _roots
 from ..autograd.function import Function, _edges, result_array, user_frame
 from ..autograd.grad_mode import STATE
-from ..capture import CAPTURE, gradient_use, replayed
+from ..capture import CAPTURE, gradient_use, replayed, tensors_written
 from ..tensor import Tensor, _make
 from . import cuda_graph as _cuda_graph, fusion as _fusion
 
@@ -389,6 +394,7 @@ class _Program:
         keep = {id(t) for t in _tensors_in(result)}
         if fuse:
             rec.steps = _with_activations(rec.steps, keep)
+            rec.steps = _reused_forwards(rec.steps, inputs)
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         self.steps, self.left_out = _without_dead_gradients(self.steps)
         if fuse:
@@ -502,6 +508,104 @@ def _with_activations(steps, keep):
                 ctx.next_edges = tuple(e if e is None or id(e[0]) not in relinked else (relinked[id(e[0])], e[1])
                                        for e in ctx.next_edges)
     return [s for k, s in enumerate(out) if k not in dropped]
+
+
+def _reused_forwards(steps, inputs):
+    """The recorded steps without each forward of an op that declares ``reusable_forward`` (Linear, the
+    convolutions) where an earlier forward of the same op ran on the same arguments and nothing has changed their
+    arrays since: a GAN's discriminator on the generator's output in the generator's step, then on its detached
+    copy in the discriminator's step (eager and PyTorch compute it twice). Right after the earlier forward,
+    ``_same_result`` gives the later node and output tensors what it left on its own node and outputs: the same
+    arrays, so the later node's backward runs as it would have. What may change an array between the two: an op's
+    forward (the arguments its ``forward_writes`` names: batch norm's running statistics), a recorded call (what
+    its ``@replayed(writes=...)`` names: an optimizer step changes its parameters; a call that does not say may
+    change any array), a ``requires_grad_`` switch. Arguments count as the same tensor only if the step made them
+    (a detached copy is its source), they are the program's inputs, or they are leaves that require grad; outputs
+    anything changes in place are never shared. Not with a backward the engine walks (create_graph, ``grad()``),
+    whose graph the recording cannot see."""
+    if any((s[0] is _replay_forward and s[6]) or (s[0] is _replay_call and s[1] in (_backward, _grad)) for s in steps):
+        return steps
+    alias = {}  # id(detached copy) -> id of the tensor it was made from
+    for s in steps:
+        if s[0] is _replay_alias:
+            alias[id(s[2])] = alias.get(id(s[1]), id(s[1]))
+    changed = set()  # ids of the tensors whose arrays a step changes in place
+    for s in steps:
+        if s[0] is _replay_forward:
+            changed.update(alias.get(id(t), id(t)) for k in s[1].forward_writes for t in _tensors_in(s[4][k]))
+        elif s[0] is _replay_call:
+            written = tensors_written(s[1], s[2], s[3])
+            changed.update(alias.get(id(t), id(t)) for t in (_tensors_in(s[2], s[3]) if written is None else written))
+    known, made = {id(t) for t in inputs}, set()  # known: tensors that hold one array through a replay
+    for s in steps:
+        for t in s[5] if s[0] is _replay_forward else s[6] if s[0] is _replay_call else ():
+            made.add(id(t))
+            if t.grad_fn is not None or not t._requires_grad:  # not a leaf made here (its node saves it unshadowed)
+                known.add(id(t))
+    same, version, calls = {}, Counter(), 0  # same: id of a reused output -> id of the earlier one
+
+    def ident(t):
+        key = alias.get(id(t), id(t))
+        return same.get(key, key)
+
+    def arg_key(pos, a):
+        if isinstance(a, Tensor):
+            key = ident(a)
+            if key not in known and (key in made or a.grad_fn is not None or not a._requires_grad):
+                raise TypeError  # a tensor whose array may change unseen (a .grad, a constant): not compared
+            return key, version[key], pos and a._requires_grad
+        hash(a)  # an unhashable argument (a list, an array) is not compared
+        return type(a), a
+
+    first, reuses = {}, {}  # first: key -> index of the forward; reuses: its index -> the indices that reuse it
+    for i, s in enumerate(steps):
+        if s[0] is _replay_forward:
+            cls, ctx, outs = s[1], s[2], s[5]
+            key = None
+            if cls.reusable_forward and not any(alias.get(id(t), id(t)) in changed for t in outs):
+                try:
+                    key = (cls, calls) + tuple(arg_key(k, a) for k, a in enumerate(s[4]))
+                except TypeError:
+                    pass
+            j = first.get(key) if key is not None else None
+            if j is not None and (ctx is None or steps[j][2] is not None) and len(outs) == len(steps[j][5]):
+                reuses.setdefault(j, []).append(i)
+                same.update((id(t), ident(e)) for t, e in zip(outs, steps[j][5]))
+                continue
+            if key is not None:
+                first[key] = i
+            for k in cls.forward_writes:
+                version.update(ident(t) for t in _tensors_in(s[4][k]))
+        elif s[0] is _replay_call:
+            written = tensors_written(s[1], s[2], s[3])
+            if written is None:
+                calls += 1  # it may change any array: nothing before it is compared with anything after
+            else:
+                version.update(ident(t) for t in written)
+        elif s[0] is _replay_requires_grad:
+            version[ident(s[1])] += 1
+    if not reuses:
+        return steps
+    later = {i for js in reuses.values() for i in js}
+    out = []
+    for i, s in enumerate(steps):
+        if i not in later:
+            out.append(s)
+            out.extend((_replay_call, _same_result, (s[2], steps[j][2], s[5], steps[j][5]), {}, None, False,
+                        steps[j][5]) for j in reuses.get(i, ()))
+    return out
+
+
+@replayed(grads=lambda *args: ("reads", ()), writes=lambda *args: ())
+def _same_result(ctx, twin, outs, twin_outs):
+    """A forward left out by ``_reused_forwards``: its output tensors and node (``twin``) take what the same op on
+    the same arrays has just left on its own (``outs``, ``ctx``)."""
+    for t, o in zip(twin_outs, outs):
+        t.data = o.data
+    if twin is not None:
+        twin._saved, twin._out_data = ctx._saved, ctx._out_data
+        vars(twin).clear()
+        vars(twin).update(vars(ctx))
 
 
 def _fused_backwards(steps, rec, approx):
@@ -1023,6 +1127,10 @@ def _step_text(run, operands):
         fn = operands[0]
         if fn in (_backward, _grad):
             return f"backward  {fn.__name__.strip('_')}() walked by the engine (create_graph, inputs= or grad())"
+        if fn is _same_result:
+            ctx, twin, outs, _ = operands[1]
+            name = ctx.name().removesuffix("Backward") if ctx is not None else "an op"
+            return f"reuse     {name} -> {_tensor_text(outs[0])}: the forward above, on the same arrays"
         if fn is _set_grad:
             tensor, value = operands[1]
             what = "None" if value is None else "a tensor"

@@ -200,7 +200,8 @@ class _BatchNorm(Module):
             return F.batch_norm_act(input, *stats, self.weight, self.bias, use_batch, factor, self.eps, *activation)
         return self._normalize(input, *stats, self.weight, self.bias, use_batch, factor, self.eps)
 
-    @replayed(graph_key=lambda self: (id(self.num_batches_tracked.data),))  # device work: a graph may count
+    @replayed(graph_key=lambda self: (id(self.num_batches_tracked.data),),  # device work: a graph may count
+              writes=lambda self: (self.num_batches_tracked,))
     def _count_batch(self):
         self.num_batches_tracked.data += 1
 

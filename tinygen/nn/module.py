@@ -300,7 +300,9 @@ class Module:
             p.requires_grad_(requires_grad)
         return self
 
-    @replayed(grads=lambda self, set_to_none=True: ("drops", tuple(self.parameters())) if set_to_none else None)
+    @replayed(grads=lambda self, set_to_none=True: ("drops", tuple(self.parameters())) if set_to_none else None,
+              writes=lambda self, set_to_none=True: () if set_to_none else
+              tuple(p._grad for p in self.parameters() if p._grad is not None))
     def zero_grad(self, set_to_none=True):
         """Reset the gradients of all parameters: to None (the default, as PyTorch), or to zeros in place."""
         for p in self.parameters():

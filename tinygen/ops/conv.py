@@ -55,6 +55,7 @@ def _conv_bwd_weight(x, g, kernel_hw, geom, cols=None):
 
 class Conv2dFunction(Function):
     """y = conv2d(x, w) + b: cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw)."""
+    reusable_forward = True  # (forward reads the weight's requires_grad: whether to keep x's column matrix)
 
     @staticmethod
     def forward(ctx, x, weight, bias, geom):
@@ -147,6 +148,7 @@ def _bias_act_grads(ctx, g):
 class ConvTranspose2dFunction(Function):
     """y = conv_transpose2d(x, w) + b: the adjoint of conv2d(., w) applied to x (N, Cin, H, W), w (Cin,
     Cout / groups, kh, kw); ``out_hw`` is the output's spatial size (it depends on output_padding)."""
+    reusable_forward = True
 
     @staticmethod
     def forward(ctx, x, weight, bias, geom, out_hw):

@@ -23,6 +23,7 @@ def _const(array, like):
 # ---- linear ----------------------------------------------------------------------------------------------------------
 class LinearFunction(Function):
     """y = x @ W.T + b for x of shape (..., in), W (out, in), b (out,) or None."""
+    reusable_forward = True
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -118,6 +119,7 @@ class LinearActFunction(Function):
     ``y`` is kept besides the inputs. The node is named for both ops (e.g. ``Linear+ReLUBackward``), so a drawn
     graph shows the fusion that runs.
     """
+    reusable_forward = True
     save_output = True
 
     def name(self):
@@ -226,6 +228,7 @@ class BatchNormFunction(Function):
     (running_var with the unbiased variance, as PyTorch). Evaluation: normalise with the running statistics.
     """
     act, p1 = "identity", 0.0  # the activation applied to the output (BatchNormActFunction sets them per node)
+    forward_writes = (3, 4)  # running_mean, running_var (in training)
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):

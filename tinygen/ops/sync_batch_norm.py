@@ -40,6 +40,7 @@ def _channel_layout(x):
 
 class SyncBatchNormFunction(Function):
     """Training-mode batch normalisation over axis 1 of x (N, C, *) with the statistics of all ranks."""
+    forward_writes = (3, 4)  # running_mean, running_var
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):

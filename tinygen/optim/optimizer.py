@@ -165,10 +165,14 @@ class Optimizer:
         """Every parameter, group after group."""
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _grads(self):
+        return [p._grad for p in self._all_params() if p._grad is not None]
+
     # ---- gradients ---------------------------------------------------------------------------------------------------
     # dropping the gradients is Python only: a graph's backward after it delivers as at capture (cuda_graph.py)
     @replayed(grads=lambda self, set_to_none=True: ("drops", self._all_params()) if set_to_none else None,
-              graph_key=lambda self, set_to_none=True: tuple(map(id, self._all_params())) if set_to_none else None)
+              graph_key=lambda self, set_to_none=True: tuple(map(id, self._all_params())) if set_to_none else None,
+              writes=lambda self, set_to_none=True: () if set_to_none else self._grads())
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: drop them (``set_to_none=True``, the default) or fill them with zeros in place."""
         for p in self._all_params():
@@ -184,7 +188,8 @@ class Optimizer:
 
     # ---- the update --------------------------------------------------------------------------------------------------
     @replayed(grads=lambda self, closure=None: ("reads", self._all_params()) if closure is None else None,
-              graph_key=lambda self, closure=None: self._graph_key() if closure is None else None)
+              graph_key=lambda self, closure=None: self._graph_key() if closure is None else None,
+              writes=lambda self, closure=None: self._all_params() if closure is None else None)
     def step(self, closure=None):
         """Update every parameter that has a gradient. ``closure`` (optional) re-evaluates and returns the loss."""
         loss = None
