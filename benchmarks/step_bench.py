@@ -6,6 +6,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
+    python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --compare reuse  # D's forward on the fakes twice/once
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --products  # each product in the step/alone
@@ -316,6 +317,7 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
 # What --compare switches, each way: (label off, label on); see _variants.
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
+            "reuse": ("every forward", "a forward on the same arrays once"),
             "inplace": ("out of place", "in place"),
             "parts": ("whole batch", "in parts"),
             "updates": ("update on one thread", "update split")}
@@ -325,7 +327,8 @@ def _variants(switch, make_step):
     """``use(on)``, which puts one side of ``switch`` in place and returns the step to time, and ``restore()``.
     pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
     setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
-    steps, one recorded without tinygen.compile's leaving out of unread gradients; parts: a convolution's batch
+    steps, one recorded without tinygen.compile's leaving out of unread gradients; reuse: the same, without its
+    reuse of a forward on the same arrays (``_reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
     (threads.UPDATE_PARALLEL_MIN = 0) or split across tinygen's threads (from its setting, else from 2^17
     elements)."""
@@ -344,16 +347,23 @@ def _variants(switch, make_step):
     if switch == "inplace":
         from tinygen.autograd import engine
         return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
+    if switch == "reuse":
+        return _stage_switch("_reused_forwards", lambda program_steps, inputs: program_steps, make_step)
+    return _stage_switch("_without_dead_gradients", lambda program_steps: (program_steps, frozenset()), make_step)
+
+
+def _stage_switch(name, off, make_step):
+    """Two compiled steps, one recorded with tinygen.compile's stage ``name`` and one with ``off`` in its place."""
     compiled = sys.modules["tinygen.compile"]  # the module (tinygen.compile the name is the function)
-    prune = compiled._without_dead_gradients
+    stage = getattr(compiled, name)
     steps = {True: make_step()}
     steps[True]()  # recorded with the stage
-    compiled._without_dead_gradients = lambda program_steps: (program_steps, frozenset())
+    setattr(compiled, name, off)
     try:
         steps[False] = make_step()
         steps[False]()  # recorded without it
     finally:
-        compiled._without_dead_gradients = prune
+        setattr(compiled, name, stage)
     return steps.__getitem__, lambda: None
 
 
@@ -448,8 +458,8 @@ def main(argv=None):
         if args.compare == "pairs" and not gemm.PAIR_MAX_ROWS:
             print("TINYGEN_MM_PAIR_MAX_ROWS is 0: the products are never paired, nothing to compare")
             return 1
-        if args.compare == "prune" and args.eager:
-            print("--compare prune: only a compiled step leaves gradients out (drop --eager)")
+        if args.compare in ("prune", "reuse") and args.eager:
+            print(f"--compare {args.compare}: only a compiled step has that stage (drop --eager)")
             return 1
         from tinygen.kernels import conv
         if args.compare == "parts" and not conv.CHUNK_BYTES:

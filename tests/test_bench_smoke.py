@@ -332,6 +332,8 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
                                   ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
                                    "prune"],
                                   ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
+                                   "reuse"],
+                                  ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
                                    "inplace", "--eager"],
                                   ["--case", "dcgan", "--batch", "2", "--steps", "1", "--rounds", "1", "--compare",
                                    "parts"]])

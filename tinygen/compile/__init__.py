@@ -599,7 +599,8 @@ def _reused_forwards(steps, inputs):
 @replayed(grads=lambda *args: ("reads", ()), writes=lambda *args: ())
 def _same_result(ctx, twin, outs, twin_outs):
     """A forward left out by ``_reused_forwards``: its output tensors and node (``twin``) take what the same op on
-    the same arrays has just left on its own (``outs``, ``ctx``)."""
+    the same arrays has just left on its own (``outs``, ``ctx``). On CuPy it runs on the host between CUDA
+    graphs (it has no ``graph_key``)."""
     for t, o in zip(twin_outs, outs):
         t.data = o.data
     if twin is not None:
