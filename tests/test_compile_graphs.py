@@ -36,9 +36,12 @@ class _HeldLeaves:
         return tg.tensor(a, device=self.device)
 
 
-def _step_of(graph, leaves, second_order, device, dropped=()):
+def _step_of(graph, leaves, second_order, device, dropped=(), twice=False):
     """The graph's step; ``dropped``: leaves whose gradients the step drops after its backward (an optimizer's
-    ``zero_grad()``), which a compiled plain backward leaves out of its plan."""
+    ``zero_grad()``), which a compiled plain backward leaves out of its plan; ``twice``: after the backward the
+    step evaluates the graph again on the same leaves, runs a second plain backward into their gradients and
+    returns the sum of both outputs (a compiled step runs each Linear and convolution of the second evaluation
+    once: the first's outputs and nodes serve it, and its nodes' backward must give eager's gradients)."""
     upstream = tg.tensor(graph.upstream, device=device)
     weights = [tg.tensor(w, device=device) for w in graph.weights]
     dropper = tg.optim.SGD(dropped, lr=0.1) if dropped else None
@@ -54,15 +57,19 @@ def _step_of(graph, leaves, second_order, device, dropped=()):
             out.backward(upstream)
         if dropper is not None:
             dropper.zero_grad()
+        if twice:  # the same ops on the same leaves again, and a second backward into their gradients
+            again = evaluate(graph.program, _HeldLeaves(leaves, device), np.float64)[0][-1]
+            again.backward(upstream)
+            return out.detach() + again.detach()
         return out.detach()
     return step
 
 
-def _run(graph, second_order, compiled, values, device, drop=()):
+def _run(graph, second_order, compiled, values, device, drop=(), twice=False):
     """(output, leaf gradients) of each call, the leaves set to ``values[call]`` before it, as host arrays; the
     step and its leaves. ``drop``: the indices of the leaves whose gradients the step drops."""
     leaves = [tg.tensor(v.copy(), requires_grad=True, device=device) for v in values[0]]
-    step = _step_of(graph, leaves, second_order, device, [leaves[i] for i in drop])
+    step = _step_of(graph, leaves, second_order, device, [leaves[i] for i in drop], twice)
     if compiled:
         step = tg.compile(step)
     results = []
@@ -82,7 +89,7 @@ def _same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
 
 
-def _check(graph, second_order, rng, device="cpu", drop=()):
+def _check(graph, second_order, rng, device="cpu", drop=(), twice=False):
     """The step compiled and eager agree on every call; returns the compiled step and its leaves."""
     first = [np.asarray(graph.program[i][1]) for i in graph.leaves()]
     # the second call: the leaves moved a little (staying inside the ops' domains and away from their kinks,
@@ -92,12 +99,12 @@ def _check(graph, second_order, rng, device="cpu", drop=()):
     shuffled = [rng.permutation(v.reshape(-1)).reshape(v.shape) for v in first]
     values = [first] + moved + [shuffled]
     try:
-        eager, _, _ = _run(graph, second_order, False, values, device, drop)
+        eager, _, _ = _run(graph, second_order, False, values, device, drop, twice)
     except (ValueError, RuntimeError, IndexError):  # an op's own check refused the shuffled values
         event("eager refused the shuffled leaves: moved a little instead")
         values = [first] + moved + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first]]
-        eager, _, _ = _run(graph, second_order, False, values, device, drop)
-    replayed, compiled, leaves = _run(graph, second_order, True, values, device, drop)
+        eager, _, _ = _run(graph, second_order, False, values, device, drop, twice)
+    replayed, compiled, leaves = _run(graph, second_order, True, values, device, drop, twice)
     assert compiled.records == 1 and compiled.replays == CALLS - 1, (compiled.records, compiled.replays)
     for call, ((ev, eg), (rv, rg)) in enumerate(zip(eager, replayed)):
         assert _same(ev, rv), f"call {call}: the output differs from eager"
@@ -158,6 +165,32 @@ def test_random_graphs_with_dropped_gradients_replay_bitwise_eager(data):
         event("left out: all dropped" if program.left_out == dropped else "left out: some dropped")
     else:
         event("left out: none (no dropped leaf reached)")
+
+
+@settings(SETTINGS, max_examples=max(1, GRAPHS // 6))
+@given(data=st.data())
+def test_random_graphs_evaluated_again_after_the_backward_replay_bitwise_eager(data):
+    """The step evaluates the graph again after its backward and runs a second backward: a compiled step runs each
+    Linear and convolution of the second evaluation once (the first's outputs and node state serve its node), and
+    the output and every gradient must still be eager's."""
+    graph = build_graph(data.draw, NETWORK_ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) ==
+                        "networks" else ENTRIES)
+    if graph is None:
+        event("no graph: too few ops fitted")
+        return
+    second_order = data.draw(st.booleans())
+    event("second order" if second_order else "plain backward")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    device = "cuda" if data.draw(st.booleans()) else "cpu"
+    with cuda_standin() if device == "cuda" else contextlib.nullcontext():
+        compiled, _ = _check(graph, second_order, rng, device, twice=True)
+    (program,) = compiled._programs.values()
+    compile_module = __import__("sys").modules["tinygen.compile"]
+    reused = sum(run is compile_module._replay_call and ops[0] is compile_module._same_result
+                 for run, ops in program.steps)
+    if second_order:
+        assert not reused  # the engine walks a create_graph backward: nothing is reused
+    event(f"reused forwards: {'none' if not reused else 'some'}")
 
 
 def test_the_comparison_catches_a_replay_that_differs(monkeypatch):

@@ -37,7 +37,7 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            before anything reads it: in a GAN step, the discriminator's weight gradients from the generator's
            backward) is left out of the plan, with the products that only it needed (``_without_dead_gradients``).
            What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
-  reuse    A forward of an op that declares ``reusable_forward`` (Linear, the convolutions) on the same arguments
+  reuse    A forward of an op that declares ``reusable_forward`` (Linear, convolutions, reshape) on the same arguments
            as an earlier forward of that op, with nothing in between that may change their arrays (an op's
            ``forward_writes``, a call's ``@replayed(writes=...)``: an optimizer step changes its parameters), is
            left out: the earlier one's outputs and node state serve the later node (``_reused_forwards``). A
@@ -512,9 +512,9 @@ def _with_activations(steps, keep):
 
 def _reused_forwards(steps, inputs):
     """The recorded steps without each forward of an op that declares ``reusable_forward`` (Linear, the
-    convolutions) where an earlier forward of the same op ran on the same arguments and nothing has changed their
-    arrays since: a GAN's discriminator on the generator's output in the generator's step, then on its detached
-    copy in the discriminator's step (eager and PyTorch compute it twice). Right after the earlier forward,
+    convolutions, reshape) where an earlier forward of the same op ran on the same arguments and nothing has
+    changed their arrays since: a GAN's discriminator on the generator's output in the generator's step, then on
+    its detached copy in the discriminator's step (eager and PyTorch compute it twice). Right after the earlier forward,
     ``_same_result`` gives the later node and output tensors what it left on its own node and outputs: the same
     arrays, so the later node's backward runs as it would have. What may change an array between the two: an op's
     forward (the arguments its ``forward_writes`` names: batch norm's running statistics), a recorded call (what
@@ -526,9 +526,11 @@ def _reused_forwards(steps, inputs):
     if any((s[0] is _replay_forward and s[6]) or (s[0] is _replay_call and s[1] in (_backward, _grad)) for s in steps):
         return steps
     alias = {}  # id(detached copy) -> id of the tensor it was made from
+    source = {}  # ... and that tensor
     for s in steps:
         if s[0] is _replay_alias:
             alias[id(s[2])] = alias.get(id(s[1]), id(s[1]))
+            source[id(s[2])] = source.get(id(s[1]), s[1])
     changed = set()  # ids of the tensors whose arrays a step changes in place
     for s in steps:
         if s[0] is _replay_forward:
@@ -550,8 +552,8 @@ def _reused_forwards(steps, inputs):
 
     def arg_key(pos, a):
         if isinstance(a, Tensor):
-            key = ident(a)
-            if key not in known and (key in made or a.grad_fn is not None or not a._requires_grad):
+            key, src = ident(a), source.get(id(a), a)
+            if key not in known and (key in made or src.grad_fn is not None or not src._requires_grad):
                 raise TypeError  # a tensor whose array may change unseen (a .grad, a constant): not compared
             return key, version[key], pos and a._requires_grad
         hash(a)  # an unhashable argument (a list, an array) is not compared

@@ -28,6 +28,8 @@ def _tensor_list(tensors, fn):
 
 
 class Reshape(Function):
+    reusable_forward = True  # so that what follows a reshape (a convolution of an unbatched image) can be reused
+
     @staticmethod
     def forward(ctx, x, shape):
         ctx.shape = x.data.shape
