@@ -6,7 +6,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2   # where the benchmark's step spends its time
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
-    python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --compare reuse  # D's forward on the fakes twice/once
+    python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --compare reuse  # D(fakes) twice/once
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --products  # each product in the step/alone
