@@ -923,3 +923,19 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
     np.testing.assert_array_equal(graphed, plain)
     for a, b in zip(graphed_params, plain_params):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_graph_takes_a_reused_forward_with_the_device_work_around_it():
+    """A forward the program reuses (the GAN's discriminator on the detached fakes: ``_reused_forwards``) is a
+    Python-only call with a graph_key whose result is the reused outputs: it joins the segment around it, so the
+    step stays one graph after its host draw (the emulated launches equal plain replays: the bookkeeping test)."""
+    compile_module = importlib.import_module("tinygen.compile")
+    step = CPU_MODELS["gan-bn-capturable"]()[0]
+    compiled = tg.compile(step)
+    compiled()
+    program = next(iter(compiled._programs.values()))
+    graphed = graphs.GraphedSteps(program.steps, program.inputs, compile_module._GRAPH_KINDS)
+    reused = [ops for kind, seg in graphed.items if kind == "segment" for run, ops in seg.steps
+              if run is compile_module._replay_call and ops[0] is compile_module._same_result]
+    assert len(reused) == 2  # D's Linear+LeakyReLU and Linear
+    assert [kind for kind, _ in graphed.items] == ["host", "segment"]  # the draw, then one graph

@@ -593,22 +593,23 @@ def _reused_forwards(steps, inputs):
     for i, s in enumerate(steps):
         if i not in later:
             out.append(s)
-            out.extend((_replay_call, _same_result, (s[2], steps[j][2], s[5], steps[j][5]), {}, None, False,
+            out.extend((_replay_call, _same_result, (s[2], steps[j][2], s[5], steps[j][5]), {}, steps[j][5], False,
                         steps[j][5]) for j in reuses.get(i, ()))
     return out
 
 
-@replayed(grads=lambda *args: ("reads", ()), writes=lambda *args: ())
+@replayed(grads=lambda *args: ("reads", ()), writes=lambda *args: (), graph_key=lambda *args: ())
 def _same_result(ctx, twin, outs, twin_outs):
     """A forward left out by ``_reused_forwards``: its output tensors and node (``twin``) take what the same op on
-    the same arrays has just left on its own (``outs``, ``ctx``). On CuPy it runs on the host between CUDA
-    graphs (it has no ``graph_key``)."""
+    the same arrays has just left on its own (``outs``, ``ctx``). Returns those tensors, the call's result (so a
+    CUDA graph takes it with the device work around it, as a forward: its launches set the arrays again)."""
     for t, o in zip(twin_outs, outs):
         t.data = o.data
     if twin is not None:
         twin._saved, twin._out_data = ctx._saved, ctx._out_data
         vars(twin).clear()
         vars(twin).update(vars(ctx))
+    return twin_outs
 
 
 def _fused_backwards(steps, rec, approx):
