@@ -118,17 +118,26 @@ SETTINGS = settings(max_examples=max(1, GRAPHS // 3), deadline=None, database=No
                                            HealthCheck.filter_too_much])
 
 
-@SETTINGS
-@given(data=st.data())
-def test_random_graphs_replay_bitwise_eager(data):
+def _draw_case(data):
+    """A random graph (of every op, or of the network layers), first or second order, and a generator for its
+    values; None when no graph fitted."""
     graph = build_graph(data.draw, ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) == "all ops"
                         else NETWORK_ENTRIES)
     if graph is None:
         event("no graph: too few ops fitted")
-        return
+        return None
     second_order = data.draw(st.booleans())
     event("second order" if second_order else "plain backward")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    return graph, second_order, np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_graphs_replay_bitwise_eager(data):
+    case = _draw_case(data)
+    if case is None:
+        return
+    graph, second_order, rng = case
     if not data.draw(st.booleans()):
         _check(graph, second_order, rng)
         return
@@ -143,16 +152,12 @@ def test_random_graphs_with_dropped_gradients_replay_bitwise_eager(data):
     """The step drops a drawn subset of the leaves' gradients after its backward: a compiled plain backward leaves
     them out of its plan (cutting edges, registers and whole nodes of any composition), and every gradient the
     step keeps must still be eager's."""
-    graph = build_graph(data.draw, ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) == "all ops"
-                        else NETWORK_ENTRIES)
-    if graph is None:
-        event("no graph: too few ops fitted")
+    case = _draw_case(data)
+    if case is None:
         return
+    graph, second_order, rng = case
     n = len(graph.leaves())
     drop = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
-    second_order = data.draw(st.booleans())
-    event("second order" if second_order else "plain backward")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
     device = "cuda" if data.draw(st.booleans()) else "cpu"
     with cuda_standin() if device == "cuda" else contextlib.nullcontext():
         compiled, leaves = _check(graph, second_order, rng, device, drop)
@@ -173,14 +178,10 @@ def test_random_graphs_evaluated_again_after_the_backward_replay_bitwise_eager(d
     """The step evaluates the graph again after its backward and runs a second backward: a compiled step runs each
     Linear and convolution of the second evaluation once (the first's outputs and node state serve its node), and
     the output and every gradient must still be eager's."""
-    graph = build_graph(data.draw, NETWORK_ENTRIES if data.draw(st.sampled_from(["all ops", "networks"])) ==
-                        "networks" else ENTRIES)
-    if graph is None:
-        event("no graph: too few ops fitted")
+    case = _draw_case(data)
+    if case is None:
         return
-    second_order = data.draw(st.booleans())
-    event("second order" if second_order else "plain backward")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    graph, second_order, rng = case
     device = "cuda" if data.draw(st.booleans()) else "cpu"
     with cuda_standin() if device == "cuda" else contextlib.nullcontext():
         compiled, _ = _check(graph, second_order, rng, device, twice=True)
