@@ -348,7 +348,7 @@ def _variants(switch, make_step):
         from tinygen.autograd import engine
         return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
     if switch == "reuse":
-        return _stage_switch("_reused_forwards", lambda program_steps, inputs: program_steps, make_step)
+        return _stage_switch("_reused_forwards", lambda program_steps, *rest: program_steps, make_step)
     return _stage_switch("_without_dead_gradients", lambda program_steps: (program_steps, frozenset()), make_step)
 
 

@@ -69,6 +69,23 @@ def test_an_output_changed_in_place_later_is_not_shared():
     assert f.replays == 3 and _reuses(f) == []
 
 
+def test_two_outputs_both_returned_are_not_shared():
+    lin = nn.Linear(6, 4)
+
+    def step(x):
+        with tg.no_grad():
+            return lin(x), lin(x.detach())
+
+    tg.manual_seed(1)
+    x = tg.rand(3, 6)
+    f = tg.compile(step)
+    for _ in range(3):
+        a, b = f(x)
+        a.data += 1.0  # the caller's to change: the other result stays eager's
+        assert np.array_equal(b.data, step(x)[1].data)
+    assert _reuses(f) == []
+
+
 def test_without_a_write_the_same_calls_are_reused_and_fuse_false_keeps_both():
     lin = nn.Linear(6, 4)
 

@@ -394,7 +394,7 @@ class _Program:
         keep = {id(t) for t in _tensors_in(result)}
         if fuse:
             rec.steps = _with_activations(rec.steps, keep)
-            rec.steps = _reused_forwards(rec.steps, inputs)
+            rec.steps = _reused_forwards(rec.steps, inputs, keep)
         self.steps = _with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         self.steps, self.left_out = _without_dead_gradients(self.steps)
         if fuse:
@@ -510,7 +510,7 @@ def _with_activations(steps, keep):
     return [s for k, s in enumerate(out) if k not in dropped]
 
 
-def _reused_forwards(steps, inputs):
+def _reused_forwards(steps, inputs, keep=frozenset()):
     """The recorded steps without each forward of an op that declares ``reusable_forward`` (Linear, the
     convolutions, reshape) where an earlier forward of the same op ran on the same arguments and nothing has
     changed their arrays since: a GAN's discriminator on the generator's output in the generator's step, then on
@@ -521,8 +521,9 @@ def _reused_forwards(steps, inputs):
     its ``@replayed(writes=...)`` names: an optimizer step changes its parameters; a call that does not say may
     change any array), a ``requires_grad_`` switch. Arguments count as the same tensor only if the step made them
     (a detached copy is its source), they are the program's inputs, or they are leaves that require grad; outputs
-    anything changes in place are never shared. Not with a backward the engine walks (create_graph, ``grad()``),
-    whose graph the recording cannot see."""
+    anything changes in place are never shared, nor two that are both in the step's result (``keep``: ids), which
+    the caller may change. Not with a backward the engine walks (create_graph, ``grad()``), whose graph the
+    recording cannot see."""
     if any((s[0] is _replay_forward and s[6]) or (s[0] is _replay_call and s[1] in (_backward, _grad)) for s in steps):
         return steps
     alias = {}  # id(detached copy) -> id of the tensor it was made from
@@ -570,7 +571,8 @@ def _reused_forwards(steps, inputs):
                 except TypeError:
                     pass
             j = first.get(key) if key is not None else None
-            if j is not None and (ctx is None or steps[j][2] is not None) and len(outs) == len(steps[j][5]):
+            if j is not None and (ctx is None or steps[j][2] is not None) and len(outs) == len(steps[j][5]) and not (
+                    any(id(t) in keep for t in outs) and any(id(t) in keep for t in steps[j][5])):
                 reuses.setdefault(j, []).append(i)
                 same.update((id(t), ident(e)) for t, e in zip(outs, steps[j][5]))
                 continue
