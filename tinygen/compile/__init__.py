@@ -444,6 +444,14 @@ class _Program:
         return self.graphed.result(self.result)
 
 
+def _engine_walks(steps):
+    """Whether a program's steps (``(run, operands)`` pairs) have a backward the engine walks (create_graph,
+    ``grad()``) or ops that re-read their inputs' nodes after one: its nodes must stay the recorded ones, and the
+    graph such a backward walks is not the recording's to see."""
+    return any((run is _replay_call and operands[0] in (_backward, _grad)) or (run is _replay_forward and operands[5])
+               for run, operands in steps)
+
+
 def _with_activations(steps, keep):
     """The recorded steps (``_Recorder.steps``) with each op that declares ``with_activation`` (``Linear``)
     followed by an activation op on its output (one that declares ``activation``: ReLU, LeakyReLU) as one node of
@@ -453,8 +461,8 @@ def _with_activations(steps, keep):
     its gradient on to it), the nodes that take the activation's output pointed at the fused node. A step written
     with ``F.relu(fc(x))`` runs as ``nn.Sequential(fc, nn.ReLU())`` does."""
     forwards = [i for i, s in enumerate(steps) if s[0] is _replay_forward]
-    if any(steps[i][6] for i in forwards) or any(s[0] is _replay_call and s[1] in (_backward, _grad) for s in steps):
-        return steps  # nodes rebuilt on replay, or a graph the engine walks: its nodes must stay the recorded ones
+    if _engine_walks((s[0], s[1:]) for s in steps):
+        return steps
     uses = Counter(key for s in steps for key in {id(t) for t in _tensors_in(*s[1:])})  # steps referring to each
     plans = [s[1] for s in steps if s[0] is _replay_backward]
     in_plans = Counter(id(step[0]) for plan in plans for step in plan.steps)
@@ -524,7 +532,7 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
     anything changes in place are never shared, nor two that are both in the step's result (``keep``: ids), which
     the caller may change. Not with a backward the engine walks (create_graph, ``grad()``), whose graph the
     recording cannot see."""
-    if any((s[0] is _replay_forward and s[6]) or (s[0] is _replay_call and s[1] in (_backward, _grad)) for s in steps):
+    if _engine_walks((s[0], s[1:]) for s in steps):
         return steps
     alias = {}  # id(detached copy) -> id of the tensor it was made from
     source = {}  # ... and that tensor
@@ -654,8 +662,7 @@ def _without_dead_gradients(steps):
     the engine walks (create_graph, ``grad()``): it may pass through any node. Returns (steps, the leaves left
     out)."""
     plans = [operands[0] for run, operands in steps if run is _replay_backward]
-    if not plans or any((run is _replay_call and operands[0] in (_backward, _grad)) or
-                        (run is _replay_forward and operands[5]) for run, operands in steps):
+    if not plans or _engine_walks(steps):
         return steps, frozenset()
     shared = Counter(id(step[0]) for plan in plans for step in plan.steps)
     out, left_out = list(steps), set()
