@@ -534,21 +534,17 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
     recording cannot see."""
     if _engine_walks((s[0], s[1:]) for s in steps):
         return steps
-    alias = {}  # id(detached copy) -> id of the tensor it was made from
-    source = {}  # ... and that tensor
+    source = {}  # id(detached copy) -> the tensor it was made from
+    changed, known, made = set(), {id(t) for t in inputs}, set()  # changed: ids of the tensors a step writes in
+    # place; known: of the tensors that hold one array through a replay
     for s in steps:
         if s[0] is _replay_alias:
-            alias[id(s[2])] = alias.get(id(s[1]), id(s[1]))
             source[id(s[2])] = source.get(id(s[1]), s[1])
-    changed = set()  # ids of the tensors whose arrays a step changes in place
-    for s in steps:
-        if s[0] is _replay_forward:
-            changed.update(alias.get(id(t), id(t)) for k in s[1].forward_writes for t in _tensors_in(s[4][k]))
+        elif s[0] is _replay_forward:
+            changed.update(id(source.get(id(t), t)) for k in s[1].forward_writes for t in _tensors_in(s[4][k]))
         elif s[0] is _replay_call:
             written = tensors_written(s[1], s[2], s[3])
-            changed.update(alias.get(id(t), id(t)) for t in (_tensors_in(s[2], s[3]) if written is None else written))
-    known, made = {id(t) for t in inputs}, set()  # known: tensors that hold one array through a replay
-    for s in steps:
+            changed.update(id(source.get(id(t), t)) for t in (_tensors_in(s[2], s[3]) if written is None else written))
         for t in s[5] if s[0] is _replay_forward else s[6] if s[0] is _replay_call else ():
             made.add(id(t))
             if t.grad_fn is not None or not t._requires_grad:  # not a leaf made here (its node saves it unshadowed)
@@ -556,7 +552,7 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
     same, version, calls = {}, Counter(), 0  # same: id of a reused output -> id of the earlier one
 
     def ident(t):
-        key = alias.get(id(t), id(t))
+        key = id(source.get(id(t), t))
         return same.get(key, key)
 
     def arg_key(pos, a):
@@ -573,7 +569,7 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
         if s[0] is _replay_forward:
             cls, ctx, outs = s[1], s[2], s[5]
             key = None
-            if cls.reusable_forward and not any(alias.get(id(t), id(t)) in changed for t in outs):
+            if cls.reusable_forward and not any(id(t) in changed for t in outs):  # an output is no copy
                 try:
                     key = (cls, calls) + tuple(arg_key(k, a) for k, a in enumerate(s[4]))
                 except TypeError:
