@@ -1137,7 +1137,7 @@ def _step_text(run, operands):
         if fn in (_backward, _grad):
             return f"backward  {fn.__name__.strip('_')}() walked by the engine (create_graph, inputs= or grad())"
         if fn is _same_result:
-            ctx, twin, outs, _ = operands[1]
+            ctx, _, outs, _ = operands[1]
             name = ctx.name().removesuffix("Backward") if ctx is not None else "an op"
             return f"reuse     {name} -> {_tensor_text(outs[0])}: the forward above, on the same arrays"
         if fn is _set_grad:

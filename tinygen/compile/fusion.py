@@ -444,14 +444,19 @@ def block_sum(a, n, zero):
     return res
 
 
+@functools.cache
+def _compiled_block_sum():
+    """``block_sum`` compiled with Numba, once (the loops that end in a sum call it)."""
+    import numba
+    return numba.njit(error_model="numpy")(block_sum)
+
+
 def _numba_loop(source):
     """The compiled loop of a generated source (``def fused(n, ...)``), once per source."""
     kernel = _kernels.get(source)
     if kernel is None:
         import numba
-        if "block_sum" not in _kernels:
-            _kernels["block_sum"] = numba.njit(error_model="numpy")(block_sum)
-        namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS, np=np, block_sum=_kernels["block_sum"])
+        namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS, np=np, block_sum=_compiled_block_sum())
         exec(compile(source, "<tinygen.compile fused loop>", "exec"), namespace)
         # fastmath off (NumPy's rounding); error_model="numpy": x / 0 is inf or nan, as in NumPy
         kernel = _kernels[source] = numba.njit(error_model="numpy")(namespace["fused"])
