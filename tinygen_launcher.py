@@ -19,6 +19,7 @@ import os
 import sys
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+OPENBLAS_THREAD_TIMEOUT = "24"  # see above; the benchmarks' workers get it too (benchmarks/harness.py)
 
 
 def _threads_module():
@@ -47,7 +48,7 @@ def _threads_option(argv):
 def prepare_environment(argv, environ=os.environ):
     """Set the variables above in ``environ`` for the command line ``argv``; returns the thread count chosen (None
     when --threads has a bad value: the command's own parser reports it)."""
-    environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "24")
+    environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
     threads = _threads_module()
     given = _threads_option(argv)
     try:

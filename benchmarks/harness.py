@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from tinygen_launcher import OPENBLAS_THREAD_TIMEOUT  # the tinygen command's spin (the launcher loads no NumPy)
+
 from . import dispatch as dispatch_mod
 from .quality import DEFAULTS as QUALITY_DEFAULTS
 from .specs import CASES, batch_sizes_of, flops_per_step
@@ -127,8 +129,9 @@ def log(msg):
 
 # ---- worker processes ------------------------------------------------------------------------------------------------
 def openblas_thread_timeout():
-    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else 24 (see worker_env)."""
-    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or "24"
+    """The OPENBLAS_THREAD_TIMEOUT every worker gets: yours if set, else the ``tinygen`` command's, 24 (see
+    worker_env)."""
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") or OPENBLAS_THREAD_TIMEOUT
 
 
 OPENBLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
