@@ -688,7 +688,8 @@ def headline(results):
     fws, batches = args["frameworks"], args["batch_sizes"]
     tp, d = results.get("throughput") or {}, results.get("dispatch") or {}
     lines = []
-    pairs = [(num, den) for num in ("tinygen", "tinygen-numba", "tinygen-compiled") for den in (REFERENCE, "jax")
+    pairs = [(num, den) for num in ("tinygen", "tinygen-numba", "tinygen-compiled", "tinygen-compiled-numpy-blas")
+             for den in (REFERENCE, "jax")
              if num in fws and den in fws]
     if tp and pairs:
         lines += ["## Headline: throughput ratios (median samples/s, > 1 means tinygen is faster)", "",
@@ -744,6 +745,8 @@ def markdown(results):
             blas.append(f"- {fw}: {vers}; thread pools: {desc or 'none'}"
                         + (f"; torch threads {info['torch_threads']}, its BLAS {info.get('torch_blas')}, "
                            f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else "")
+                        + (f"; its matrix products: {info['tinygen_blas']} (tinygen.kernels.blas)"
+                           if "tinygen_blas" in info else "")
                         + ({True: "; keeps freed memory for reuse (tinygen.allocator)",
                             False: "; returns freed memory (tinygen.allocator off)"}.get(
                                info.get("tinygen_keeps_freed_memory"), "")))

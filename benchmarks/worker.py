@@ -22,14 +22,19 @@ FRAMEWORKS = {
     "tinygen-numba": dict(module="models_tinygen", build="build", dispatch="tinygen", env={"TINYGEN_NUMBA": "1"}),
     "tinygen-compiled": dict(module="models_tinygen", build="build_compiled", dispatch=None,
                              env={"TINYGEN_NUMBA": "1"}),
+    # the same with NumPy's BLAS for the products, where tinygen-compiled takes MKL's (when the mkl package is
+    # installed: tinygen/kernels/blas.py); not in the default list
+    "tinygen-compiled-numpy-blas": dict(module="models_tinygen", build="build_compiled", dispatch=None,
+                                        env={"TINYGEN_NUMBA": "1", "TINYGEN_BLAS": "numpy"}),
     "torch": dict(module="models_torch", build="build", dispatch="torch", env={}),
     "torch-compile": dict(module="models_torch", build="build_compiled", dispatch=None, env={}),
     "jax": dict(module="models_jax", build="build", dispatch="jax", env={}),
     "numpy": dict(module="models_numpy", build="build", dispatch="numpy", env={}),
 }
 # Packages whose absence makes a framework "skipped".
-REQUIRES = {"tinygen": "tinygen", "tinygen-numba": "tinygen", "tinygen-compiled": "tinygen", "torch": "torch", "torch-compile": "torch",
-            "jax": "jax", "numpy": "numpy"}
+REQUIRES = {"tinygen": "tinygen", "tinygen-numba": "tinygen", "tinygen-compiled": "tinygen",
+            "tinygen-compiled-numpy-blas": "tinygen", "torch": "torch", "torch-compile": "torch", "jax": "jax",
+            "numpy": "numpy"}
 
 
 class Worker:
@@ -57,7 +62,7 @@ class Worker:
         if self.framework.startswith("tinygen") and not self.unavailable:
             from tinygen import allocator
             allocator.apply_setting()  # as the tinygen command does: freed memory kept for reuse (glibc)
-        if self.framework in ("tinygen-numba", "tinygen-compiled") and not self.unavailable:
+        if self.spec["env"].get("TINYGEN_NUMBA") == "1" and not self.unavailable:
             from .models_tinygen import numba_status
             if numba_status()[0]:  # count numba itself in the import, not in the training run's memory
                 import tinygen.kernels.cpu  # noqa: F401
@@ -92,7 +97,10 @@ class Worker:
                 "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                       "NUMBA_NUM_THREADS", "XLA_FLAGS", "TINYGEN_NUMBA",
                                                       "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                      "OPENBLAS_THREAD_TIMEOUT")}}
+                                                      "OPENBLAS_THREAD_TIMEOUT", "TINYGEN_BLAS", "KMP_BLOCKTIME")}}
+        if self.framework.startswith("tinygen") and not self.unavailable:
+            from tinygen.kernels import blas
+            info["tinygen_blas"] = blas.name()  # chosen (and MKL loaded) first, so the thread pools list it
         try:
             info["affinity"] = sorted(os.sched_getaffinity(0))
         except AttributeError:

@@ -15,6 +15,9 @@
                                                   busy machine; 8388608 on 2 cores): below N
                                                   multiply-adds on one thread, above split by
                                                   tinygen
+    TINYGEN_BLAS                auto              the BLAS of host matrix products: auto (MKL     kernels.blas
+                                                  when the mkl package is installed, else
+                                                  NumPy's), numpy, mkl (an error without it)
     TINYGEN_MM_PAIR_MAX_ROWS    32                batch sizes up to which a layer's input and      kernels.gemm*
                                                   weight gradient products run at once, each on
                                                   one BLAS thread (0: one after the other)
@@ -34,7 +37,7 @@
 
 Flags accept 1/0, true/false, yes/no, on/off; an empty variable means the default; a bad value raises ValueError
 naming the variable. Settings marked * are read when their module is imported (set them before ``import tinygen``);
-TINYGEN_NUMBA and TINYGEN_CUDA_STANDIN when first needed; the others each time they are used.
+TINYGEN_NUMBA, TINYGEN_BLAS and TINYGEN_CUDA_STANDIN when first needed; the others each time they are used.
 """
 import os
 from pathlib import Path
@@ -58,6 +61,15 @@ def _count(text):
     return value
 
 
+def _choice(*options):
+    def parse(text):
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+    return parse
+
+
 def _path(text):
     return Path(text).expanduser()
 
@@ -71,6 +83,7 @@ SETTINGS = {
     "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 20, _count),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
+    "TINYGEN_BLAS": ("auto", _choice("auto", "numpy", "mkl")),
     "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 20, _count),
     "TINYGEN_CONV_CHUNK_BYTES": (1 << 24, _count),

@@ -18,19 +18,23 @@ whole compiled steps at batch 16 (alternating rounds in one process, ten runs th
 for the MLP, 1.02-1.14x with Adam, within 2% either way for the VAE and the GAN
 (``python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --pairs``). At batch 64 the pair gained only
 for the widest layers and lost up to 4% in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a
-pair), so larger batches run one after the other.
+pair), so larger batches run one after the other. With MKL (blas.py), whose two threads run these products about
+twice as fast as OpenBLAS's, running them at once made the same batch-16 steps 0.77-0.96x as fast (``--compare
+pairs``), so mm_pair runs them one after the other there.
 Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
 a machine shared with other processes: threads.py says why), products from N multiply-adds are split by rows of the
 result (or of its transpose, when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool,
 BLAS itself on one thread, and smaller ones are one call on one BLAS thread. OpenBLAS's result can depend on its
 thread count in the last bits, so the CPU stand-in for CuPy (NumPy underneath) takes the same route: on it, device
 code gives the CPU's bits.
+Which BLAS runs a host product, NumPy's or MKL's, is blas.py's choice (the setting TINYGEN_BLAS); the rewrites and
+routes above apply to either.
 """
 import numpy as np
 
 from .. import config
 from ..backend import GRAPH_CAPTURE, StandinArray, array_module_of
-from . import gemm_capture, threads
+from . import blas, gemm_capture, threads
 
 SWAP_MAX_ROWS = config.get("TINYGEN_MM_SWAP_MAX_ROWS")
 PAIR_MAX_ROWS = config.get("TINYGEN_MM_PAIR_MAX_ROWS")
@@ -57,7 +61,7 @@ def mm_pair(a1, b1, a2, b2):
     PAIR_MAX_ROWS rows, both are host float matrices of PAIR_MIN multiply-adds or more, and tinygen has two threads
     or more; else one after the other."""
     if (PAIR_MAX_ROWS and _pairable(a1, b1) and _pairable(a2, b2) and a1.shape[0] <= PAIR_MAX_ROWS
-            and threads.get_num_threads() > 1):
+            and threads.get_num_threads() > 1 and blas.library() is None):
         return threads.on_one_blas_thread(_pair, a1, b1, a2, b2)
     return mm(a1, b1), mm(a2, b2)
 
@@ -100,5 +104,17 @@ def _product(a, b):
         return gemm_capture.mm(a, b)
     if (type(a) in _HOST and a.ndim == 2 and b.ndim == 2 and a.shape[0] <= SWAP_MAX_ROWS
             and b.size >= SWAP_MIN_SIZE and b.flags.f_contiguous and not b.flags.c_contiguous):
-        return array_module_of(a).ascontiguousarray((b.T @ a.T).T)
-    return a @ b
+        return array_module_of(a).ascontiguousarray(_blas_product(b.T, a.T).T)  # MKL gains from it too
+    return _blas_product(a, b)
+
+
+def _blas_product(a, b):
+    """a @ b through the BLAS blas.py chose for host arrays (the stand-in's too: its bits are the CPU's)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        c = blas.matmul(a, b)
+    elif type(a) is StandinArray and type(b) is StandinArray:
+        c = blas.matmul(a._a, b._a)
+        c = None if c is None else StandinArray(c)
+    else:
+        c = None
+    return a @ b if c is None else c

@@ -23,6 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import config
+from . import blas
 
 # Elements from which a Numba kernel's thread-parallel twin runs. On the 2-core machine of benchmarks/README.md,
 # two threads did not pay below 4M elements (``python -m benchmarks.kernel_bench --threshold``): the kernels are
@@ -78,8 +79,10 @@ def set_num_threads(n):
     try:
         import threadpoolctl
     except ImportError:
-        return
-    threadpoolctl.threadpool_limits(limits=n, user_api="blas")  # a plain call sets the limit process-wide
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        threadpoolctl.threadpool_limits(limits=n, user_api="blas")  # a plain call sets the limit process-wide
+    blas.set_num_threads(n)  # after: threadpoolctl sets MKL's count for this thread only
 
 
 def get_num_threads():
@@ -93,10 +96,12 @@ def get_num_threads():
 
 
 def on_one_blas_thread(fn, *args):
-    """``fn(count, *args)`` with NumPy's BLAS limited to one thread, then set back to its thread count; ``count`` is
+    """``fn(count, *args)`` with NumPy's BLAS (and MKL, when tinygen's products use it) limited to one thread, then set back to its thread count; ``count`` is
     that count (1 when it was 1), or None when BLAS threads cannot be set (no threadpoolctl: ``fn`` runs with BLAS
     as it is). Costs about 2 microseconds. The limit is process-wide while ``fn`` runs."""
     libs = _numpy_blas_libs if _numpy_blas_libs is not None else _find_numpy_blas()
+    if blas.library() is not None:
+        libs += (blas,)  # MKL (blas.py), which threadpoolctl may not know as NumPy's
     if not libs:
         return fn(None, *args)
     lowered, count = [], 1

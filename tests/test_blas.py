@@ -1,0 +1,154 @@
+"""tinygen/kernels/blas.py: the choice of BLAS for host matrix products (NumPy's or MKL's) and MKL's product.
+
+The MKL tests need the optional ``mkl`` package. Without it they are skipped with the reason, unless
+TINYGEN_REQUIRE_MKL=1 (set by .ci/run, which installs it), where a missing MKL fails.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from tinygen import backend
+from tinygen.kernels import blas, gemm
+from tinygen.kernels import threads as kthreads
+
+
+@pytest.fixture
+def chosen(monkeypatch):
+    """``choose(setting)``: blas.py's choice made again with TINYGEN_BLAS=setting; the choice before is put back."""
+    monkeypatch.setattr(blas, "_state", None)
+
+    def choose(setting):
+        monkeypatch.setenv("TINYGEN_BLAS", setting)
+        monkeypatch.setattr(blas, "_state", None)
+        return blas.library()
+    return choose
+
+
+@pytest.fixture
+def mkl(chosen):
+    """MKL, chosen for tinygen's products (skipped without the mkl package, failed under TINYGEN_REQUIRE_MKL=1)."""
+    lib = chosen("auto")
+    if lib is None:
+        if os.environ.get("TINYGEN_REQUIRE_MKL") == "1":
+            pytest.fail("TINYGEN_REQUIRE_MKL=1 but MKL's runtime library was not found (pip install mkl)")
+        pytest.skip("MKL is not installed (pip install mkl)")
+    return lib
+
+
+def _reference(a, b):
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(a.dtype)
+
+
+def _layouts(rng, m, k, n, dtype):
+    """(name, a, b): each operand C-ordered, transposed (Fortran-ordered) and a strided view of a wider array."""
+    def make(rows, cols, how):
+        if how == "c":
+            return rng.standard_normal((rows, cols)).astype(dtype)
+        if how == "t":
+            return rng.standard_normal((cols, rows)).astype(dtype).T
+        return rng.standard_normal((rows, cols + 5)).astype(dtype)[:, 2:cols + 2]  # rows padded: lda > cols
+    for how_a in ("c", "t", "view"):
+        for how_b in ("c", "t", "view"):
+            yield f"{how_a}@{how_b}", make(m, k, how_a), make(k, n, how_b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(16, 784, 512), (784, 16, 512), (300, 129, 77)])
+def test_mkl_product_is_the_product_in_every_layout(mkl, m, k, n, dtype):
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for name, a, b in _layouts(np.random.default_rng(0), m, k, n, dtype):
+        got = blas.matmul(a, b)
+        assert got is not None, name
+        assert got.shape == (m, n) and got.dtype == dtype and got.flags.c_contiguous, name
+        expected = _reference(a, b)
+        scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+        assert np.all(np.abs(got - expected) <= tol * scale + tol), name
+        np.testing.assert_array_equal(blas.matmul(a, b), got)  # repeatable
+        swapped = m <= gemm.SWAP_MAX_ROWS and b.size >= gemm.SWAP_MIN_SIZE and not b.flags.c_contiguous and \
+            b.flags.f_contiguous
+        if not swapped:  # gemm.mm's product is MKL's (the swap route is MKL's product of the transposes)
+            np.testing.assert_array_equal(gemm.mm(a, b), got)
+
+
+def test_products_mkl_does_not_take_go_to_numpy(mkl):
+    """Small products, integers, mixed dtypes, stacks and odd strides are NumPy's; gemm.mm is the product anyway."""
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((256, 256)).astype(np.float32)
+    assert blas.matmul(*big) is not None  # 4.2M multiply-adds: MKL's
+    assert blas.matmul(big[0][:, :64], big[1][:64, :64 + 1]) is not None  # just over MIN
+    cases = {
+        "small": (big[0][:, :64], big[1][:64, :64]),  # MIN multiply-adds: OpenBLAS runs it on the calling thread
+        "integers": (rng.integers(0, 5, (64, 256)), rng.integers(0, 5, (256, 256))),
+        "mixed dtypes": (big[0], big[1].astype(np.float64)),
+        "a stack": (rng.standard_normal((2, 64, 256)).astype(np.float32), np.stack([big[1]] * 2)),
+        "every other element": (rng.standard_normal((64, 512)).astype(np.float32)[:, ::2], big[1]),
+        "empty": (np.zeros((0, 256), np.float32), big[1]),
+    }
+    for name, (a, b) in cases.items():
+        assert blas.matmul(a, b) is None, name
+        got = gemm.mm(a, b)
+        np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_the_cpu_standin_multiplies_through_mkl_with_the_cpus_bits(mkl):
+    rng = np.random.default_rng(2)
+    a, w = rng.standard_normal((64, 512)).astype(np.float32), rng.standard_normal((300, 512)).astype(np.float32)
+    st = backend.standin.asarray
+    for x, y in ((a, w.T), (a[:8], w.T), (a.T, a)):
+        np.testing.assert_array_equal(gemm.mm(st(x), st(y)).get(), gemm.mm(x, y))
+
+
+def test_mkl_threads_follow_tinygen_and_one_thread_routes(mkl):
+    import tinygen as tg
+    tg.set_num_threads(1)
+    assert blas.get_num_threads() == 1
+    tg.set_num_threads(2)
+    assert blas.get_num_threads() == 2
+    seen = kthreads.on_one_blas_thread(lambda count: (count, blas.get_num_threads()))
+    assert seen == (2, 1)  # lowered inside, and the count it had is passed on
+    assert blas.get_num_threads() == 2  # and set back
+
+
+def test_numpy_setting_leaves_mkl_out(chosen):
+    assert chosen("numpy") is None and blas.name() == "numpy"
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((256, 256)).astype(np.float32)
+    assert blas.matmul(a, b) is None
+    np.testing.assert_array_equal(gemm.mm(a, b), a @ b)  # NumPy's bits
+
+
+def test_mkl_setting_without_mkl_names_what_is_missing(chosen, monkeypatch):
+    monkeypatch.setattr(blas, "_load", lambda: None)
+    with pytest.raises(RuntimeError, match=r"TINYGEN_BLAS=mkl.*libmkl_rt.*pip install mkl"):
+        chosen("mkl")
+    assert chosen("auto") is None and blas.name() == "numpy"  # auto falls back quietly
+
+
+def test_a_bad_setting_names_the_variable(chosen):
+    with pytest.raises(ValueError, match="TINYGEN_BLAS='openblas'.*auto, numpy, mkl"):
+        chosen("openblas")
+
+
+def test_mkl_is_loaded_with_a_short_spin(mkl, chosen, monkeypatch):
+    """KMP_BLOCKTIME is set before MKL's OpenMP runtime loads unless the user set it."""
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    chosen("auto")
+    assert os.environ["KMP_BLOCKTIME"] == blas.KMP_BLOCKTIME
+    monkeypatch.setenv("KMP_BLOCKTIME", "50")
+    chosen("auto")
+    assert os.environ["KMP_BLOCKTIME"] == "50"
+
+
+def test_with_mkl_a_layers_two_gradient_products_run_one_after_the_other(mkl, monkeypatch):
+    """gemm.mm_pair's products at once are for OpenBLAS's threads; with MKL they run one after the other."""
+    calls = []
+    real = kthreads.run_pair
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1) or real(f, s))
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(4)
+    g, w, x = (rng.standard_normal(s).astype(np.float32) for s in ((16, 784), (784, 640), (16, 640)))
+    gx, gw = gemm.mm_pair(g, w, g.T, x)
+    assert calls == []
+    np.testing.assert_array_equal(gx, blas.matmul(g, w))
+    np.testing.assert_array_equal(gw, blas.matmul(g.T, x))

@@ -1,0 +1,137 @@
+"""Which BLAS multiplies host matrices: NumPy's (the OpenBLAS of its wheels), or Intel MKL's ``cblas_sgemm`` /
+``cblas_dgemm`` through ctypes when the optional ``mkl`` package is installed (``pip install "tinygen[mkl]"``).
+
+Why a second BLAS: OpenBLAS runs the short products of a small batch at a third to a half of MKL's speed (alone, 2
+threads, batch 16: (16, 784) @ (784, 512) 126 against 62 us; the weight gradient (784, 16) @ (16, 512) 91 against
+58 us), and MKL is 5-8% faster on large ones. Whole compiled training steps on 2 cores were 1.18-1.33x faster
+with MKL at batch 16 and 1.09-1.27x at 64-256 (benchmarks/README.md). The setting TINYGEN_BLAS chooses: ``auto``
+(the default: MKL when it can be loaded, else NumPy's), ``numpy``, or ``mkl`` (an error naming what is missing when
+it cannot be loaded). It is read once, at the first product.
+
+MKL takes float32 and float64 matrices (2-D, each with rows or columns contiguous) of more than MIN multiply-adds.
+Everything else (stacks of matrices, integers, odd strides, and small products, where a ctypes call's 6-10 us is
+more than NumPy's whole product on one thread) is NumPy's ``@``. MKL's results agree with OpenBLAS's to
+float rounding, not bitwise; with a given thread count each is repeatable.
+
+MKL's OpenMP threads spin after a product for KMP_BLOCKTIME milliseconds (200 by default). Before loading MKL,
+tinygen sets KMP_BLOCKTIME to 5 unless it is set, for the reason the ``tinygen`` command sets
+OPENBLAS_THREAD_TIMEOUT (tinygen_launcher.py): awake through a step, asleep soon after it, so a process that
+pauses does not keep a core busy. Its thread count follows ``tinygen.set_num_threads`` (else MKL_NUM_THREADS).
+"""
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+
+import numpy as np
+
+from .. import config
+
+# Multiply-adds up to which NumPy's OpenBLAS runs a product on the calling thread (its own threshold, 65536 x 4):
+# it makes the few-microsecond product a ctypes call would double, and wakes no OpenBLAS thread. Sending the products
+# above it to MKL too matters: with OpenBLAS's threads and MKL's both awake, each spins on a core the other needs
+# (the GAN's batch-16 step took 19 ms with MKL from 2^20 multiply-adds, 6.7 ms from 2^18).
+MIN = 1 << 18
+KMP_BLOCKTIME = "5"  # milliseconds; see above
+
+_ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
+_state = None  # (library, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
+_threads = None  # the count asked for before MKL was loaded
+
+
+def library():
+    """The loaded MKL (ctypes) when tinygen's products use it, else None. Chosen on the first call."""
+    return (_state or _choose())[0]
+
+
+def name():
+    """``"mkl"`` or ``"numpy"``: the BLAS of tinygen's matrix products (for reports)."""
+    return "mkl" if library() is not None else "numpy"
+
+
+def matmul(a, b):
+    """``a @ b`` for two NumPy matrices through MKL, as a new C-ordered array; None when MKL is not in use or the
+    product is not one it takes (see above): the caller multiplies with NumPy then."""
+    gemm = (_state or _choose())[1].get(a.dtype)
+    if gemm is None or b.dtype != a.dtype or a.ndim != 2 or b.ndim != 2:
+        return None
+    m, k = a.shape
+    n = b.shape[1]
+    if m * k * n <= MIN:
+        return None
+    trans_a, lda = _layout(a)
+    trans_b, ldb = _layout(b)
+    if trans_a is None or trans_b is None:
+        return None
+    c = np.empty((m, n), a.dtype)
+    gemm(_ROW, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, c.ctypes.data, n)
+    return c
+
+
+def set_num_threads(n):
+    """MKL's thread count (kept for when it loads), for every thread: a count threadpoolctl set for the calling
+    thread alone (MKL's thread-local setting, which wins over the process's) is cleared."""
+    global _threads
+    _threads = n
+    lib = _state[0] if _state else None
+    if lib is not None:
+        lib.MKL_Set_Num_Threads(n)
+        lib.MKL_Set_Num_Threads_Local(0)
+
+
+def get_num_threads():
+    """MKL's thread count, or None when MKL is not in use."""
+    lib = library()
+    return None if lib is None else lib.MKL_Get_Max_Threads()
+
+
+def _layout(x):
+    """(CBLAS transpose flag, leading dimension) of a matrix whose rows or columns are contiguous, else (None, 0)."""
+    s0, s1 = x.strides
+    size = x.itemsize
+    rows, cols = x.shape
+    if s1 == size and s0 % size == 0 and s0 >= size * max(cols, 1):
+        return _NO_TRANS, max(s0 // size, cols, 1)
+    if s0 == size and s1 % size == 0 and s1 >= size * max(rows, 1):
+        return _TRANS, max(s1 // size, rows, 1)
+    return None, 0
+
+
+def _choose():
+    global _state
+    choice = config.get("TINYGEN_BLAS")
+    lib = None if choice == "numpy" else _load()
+    if lib is None and choice == "mkl":
+        raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime library (libmkl_rt) was not found next to this "
+                           f"Python ({sys.prefix}) or on the library path: pip install mkl, or set TINYGEN_BLAS=auto")
+    gemms = {}
+    if lib is not None:
+        for dtype, fn, scalar in ((np.dtype(np.float32), lib.cblas_sgemm, ctypes.c_float),
+                                  (np.dtype(np.float64), lib.cblas_dgemm, ctypes.c_double)):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int] * 6 + [scalar, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                                scalar, ctypes.c_void_p, ctypes.c_int]
+            gemms[dtype] = fn
+        lib.MKL_Set_Num_Threads.argtypes = lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
+        lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+    _state = (lib, gemms)
+    if lib is not None and _threads is not None:
+        set_num_threads(_threads)
+    return _state
+
+
+def _load():
+    """MKL's single runtime library from the mkl wheel (in this Python's lib/) or the library path, else None."""
+    names = []
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    found = ctypes.util.find_library("mkl_rt")
+    names += [found] if found else []
+    for path in names:
+        os.environ.setdefault("KMP_BLOCKTIME", KMP_BLOCKTIME)  # read when MKL's OpenMP runtime loads
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
