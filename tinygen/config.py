@@ -6,7 +6,7 @@
                                                   thread
     TINYGEN_UFUNC_PARALLEL_MIN  262144 (1<<18)    elements from which NumPy's exp/log1p/tanh     kernels.threads*
                                                   inside a kernel run in chunks on a thread pool
-    TINYGEN_UPDATE_PARALLEL_MIN 1048576 (1<<20)   elements from which an optimizer's update      kernels.threads*
+    TINYGEN_UPDATE_PARALLEL_MIN 4194304 (1<<22)   elements from which an optimizer's update      kernels.threads*
                                                   runs in chunks on the thread pool (all the
                                                   parameters of a step together); 0: never
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
@@ -80,7 +80,7 @@ SETTINGS = {
     "TINYGEN_NUMBA": (True, _flag),
     "TINYGEN_NUMBA_PARALLEL_MIN": (1 << 22, _count),
     "TINYGEN_UFUNC_PARALLEL_MIN": (1 << 18, _count),
-    "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 20, _count),
+    "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 22, _count),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_BLAS": ("auto", _choice("auto", "numpy", "mkl")),

@@ -51,7 +51,10 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 # unsplit and splits the GAN's generator (1.5M), the GAN's batch-16 step was 3.6% faster than from 2^17 and its
 # batch-64 step level. Side by side with JAX the picture was the same for the MLP (0.64-0.67x JAX unsplit against
 # 0.59-0.60x), level for the others (an earlier day's runs had found the GAN's batch-16 step faster split from 2^17:
-# 0.79-0.82x against 0.71-0.73x).
+# 0.79-0.82x against 0.71-0.73x). Later, with spin 24 and MKL's products (blas.py), the GAN's generator update
+# (1.5M) split was 0.96-1.00x as fast as unsplit at batch 16-1024 (0.99-1.02x with OpenBLAS's products; ``--compare
+# updates``): on 2 cores the update is memory-bound. So the default is 2^22, which splits none of the benchmark
+# models' updates; machines with more cores and memory channels can lower it.
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
