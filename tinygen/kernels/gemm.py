@@ -113,7 +113,7 @@ def _blas_product(a, b):
     if type(a) is np.ndarray and type(b) is np.ndarray:
         c = blas.matmul(a, b)
     elif type(a) is StandinArray and type(b) is StandinArray:
-        c = blas.matmul(a._a, b._a)
+        c = blas.matmul(a.host_array, b.host_array)
         c = None if c is None else StandinArray(c)
     else:
         c = None
