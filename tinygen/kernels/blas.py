@@ -3,10 +3,10 @@
 
 Why a second BLAS: OpenBLAS runs the short products of a small batch at a third to a half of MKL's speed (alone, 2
 threads, batch 16: (16, 784) @ (784, 512) 126 against 62 us; the weight gradient (784, 16) @ (16, 512) 91 against
-58 us), and MKL is 5-8% faster on large ones. Whole compiled training steps on 2 cores were 1.18-1.33x faster
-with MKL at batch 16 and 1.09-1.27x at 64-256 (benchmarks/README.md). The setting TINYGEN_BLAS chooses: ``auto``
-(the default: MKL when it can be loaded, else NumPy's), ``numpy``, or ``mkl`` (an error naming what is missing when
-it cannot be loaded). It is read once, at the first product.
+58 us), and MKL is 5-8% faster on large ones. The benchmark models' compiled training steps on 2 cores were
+1.18-1.38x faster with MKL at batch 16 (the DCGAN's 1.04x) and 1.04-1.16x at 64-1024 (benchmarks/README.md).
+The setting TINYGEN_BLAS chooses: ``auto`` (the default: MKL when it can be loaded, else NumPy's), ``numpy``, or
+``mkl`` (an error naming what is missing when it cannot be loaded). It is read once, at the first product.
 
 MKL takes float32 and float64 matrices (2-D, each with rows or columns contiguous) of more than MIN multiply-adds.
 Everything else (stacks of matrices, integers, odd strides, and small products, where a ctypes call's 6-10 us is

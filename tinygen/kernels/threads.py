@@ -99,9 +99,10 @@ def get_num_threads():
 
 
 def on_one_blas_thread(fn, *args):
-    """``fn(count, *args)`` with NumPy's BLAS (and MKL, when tinygen's products use it) limited to one thread, then set back to its thread count; ``count`` is
-    that count (1 when it was 1), or None when BLAS threads cannot be set (no threadpoolctl: ``fn`` runs with BLAS
-    as it is). Costs about 2 microseconds. The limit is process-wide while ``fn`` runs."""
+    """``fn(count, *args)`` with NumPy's BLAS (and MKL, when tinygen's products use it) limited to one thread, then set
+    back to its thread count; ``count`` is that count (1 when it was 1), or None when BLAS threads cannot be set (no
+    threadpoolctl: ``fn`` runs with BLAS as it is). Costs about 2 microseconds. The limit is process-wide while
+    ``fn`` runs."""
     libs = _numpy_blas_libs if _numpy_blas_libs is not None else _find_numpy_blas()
     if blas.library() is not None:
         libs += (blas,)  # MKL (blas.py), which threadpoolctl may not know as NumPy's
