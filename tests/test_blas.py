@@ -122,6 +122,22 @@ def test_numpy_setting_leaves_mkl_out(chosen):
     np.testing.assert_array_equal(gemm.mm(a, b), a @ b)  # NumPy's bits
 
 
+def test_a_library_without_the_products_is_passed_over(chosen, monkeypatch):
+    """A libmkl_rt that loads but lacks cblas_sgemm (say, an old or a stub one) is not used."""
+    import ctypes
+    import ctypes.util
+    libm = ctypes.util.find_library("m")  # the C math library: it loads and has no cblas_sgemm
+    if libm is None:
+        pytest.skip("no C math library to stand in for a library without the products")
+    assert not hasattr(ctypes.CDLL(libm), "cblas_sgemm")
+    monkeypatch.setattr(blas.glob, "glob", lambda pattern: [libm])
+    monkeypatch.setattr(blas.ctypes.util, "find_library", lambda name: None)
+    assert blas._load() is None
+    assert chosen("auto") is None and blas.name() == "numpy"
+    with pytest.raises(RuntimeError, match="cblas_sgemm"):
+        chosen("mkl")
+
+
 def test_mkl_setting_without_mkl_names_what_is_missing(chosen, monkeypatch):
     monkeypatch.setattr(blas, "_load", lambda: None)
     with pytest.raises(RuntimeError, match=r"TINYGEN_BLAS=mkl.*libmkl_rt.*pip install mkl"):

@@ -103,8 +103,9 @@ def _choose():
     choice = config.get("TINYGEN_BLAS")
     lib = None if choice == "numpy" else _load()
     if lib is None and choice == "mkl":
-        raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime library (libmkl_rt) was not found next to this "
-                           f"Python ({sys.prefix}) or on the library path: pip install mkl, or set TINYGEN_BLAS=auto")
+        raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime library (libmkl_rt, with "
+                           f"{', '.join(_SYMBOLS)}) was not found next to this Python ({sys.prefix}) or on the "
+                           "library path: pip install mkl, or set TINYGEN_BLAS=auto")
     gemms = {}
     if lib is not None:
         for dtype, fn, scalar in ((np.dtype(np.float32), lib.cblas_sgemm, ctypes.c_float),
@@ -121,8 +122,12 @@ def _choose():
     return _state
 
 
+_SYMBOLS = ("cblas_sgemm", "cblas_dgemm", "MKL_Set_Num_Threads", "MKL_Set_Num_Threads_Local", "MKL_Get_Max_Threads")
+
+
 def _load():
-    """MKL's single runtime library from the mkl wheel (in this Python's lib/) or the library path, else None."""
+    """MKL's single runtime library from the mkl wheel (in this Python's lib/) or the library path, else None (a
+    library that does not load or lacks one of _SYMBOLS is passed over)."""
     names = []
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
@@ -131,7 +136,9 @@ def _load():
     for path in names:
         os.environ.setdefault("KMP_BLOCKTIME", KMP_BLOCKTIME)  # read when MKL's OpenMP runtime loads
         try:
-            return ctypes.CDLL(path)
+            lib = ctypes.CDLL(path)
         except OSError:
             continue
+        if all(hasattr(lib, symbol) for symbol in _SYMBOLS):
+            return lib
     return None
