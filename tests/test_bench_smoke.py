@@ -36,6 +36,8 @@ def test_quick_run_writes_numbers(tmp_path):
     assert rc == 0, (out / "results.md").read_text() if (out / "results.md").exists() else "no results.md"
     res = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
+    from tinygen.kernels import blas
+    assert f"its matrix products: {blas.name()} (tinygen.kernels.blas)" in md  # the BLAS tinygen's worker used
 
     # dispatch: microseconds per op for every framework that ran, for every benchmark that applies
     for fw in frameworks:
@@ -273,6 +275,20 @@ def test_openblas_kernel_variables_kept_or_removed(monkeypatch):
     removed = harness.worker_env("numpy", 2, openblas_env="unset")
     assert "OPENBLAS_CORETYPE" not in removed and "OPENBLAS_L2_SIZE" not in removed
     assert removed["OPENBLAS_NUM_THREADS"] == "2"  # the rest of the environment is as before
+
+
+def test_the_numpy_blas_column_is_the_compiled_step_with_numpys_blas(monkeypatch):
+    """tinygen-compiled-numpy-blas differs from tinygen-compiled only in TINYGEN_BLAS=numpy; tinygen-compiled keeps
+    the user's choice; MKL's spin (blas.KMP_BLOCKTIME ms) ends before the next chunk starts, as OpenBLAS's does."""
+    from benchmarks import harness
+    from tinygen.kernels import blas
+    monkeypatch.delenv("TINYGEN_BLAS", raising=False)
+    compiled, numpy_blas = (harness.worker_env(f, 2) for f in ("tinygen-compiled", "tinygen-compiled-numpy-blas"))
+    assert numpy_blas.pop("TINYGEN_BLAS") == "numpy" and "TINYGEN_BLAS" not in compiled
+    assert compiled == numpy_blas
+    monkeypatch.setenv("TINYGEN_BLAS", "mkl")
+    assert harness.worker_env("tinygen-compiled", 2)["TINYGEN_BLAS"] == "mkl"
+    assert harness.SETTLE_S >= int(blas.KMP_BLOCKTIME) / 1000
 
 
 def test_workers_spin_2_to_the_24_unless_told_and_each_chunk_starts_after_a_pause(monkeypatch):
