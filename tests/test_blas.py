@@ -21,7 +21,7 @@ def chosen(monkeypatch):
     def choose(setting):
         monkeypatch.setenv("TINYGEN_BLAS", setting)
         monkeypatch.setattr(blas, "_state", None)
-        return blas.library()
+        return blas.mkl()
     return choose
 
 
@@ -31,7 +31,7 @@ def mkl(chosen):
     lib = chosen("auto")
     if lib is None:
         if os.environ.get("TINYGEN_REQUIRE_MKL") == "1":
-            pytest.fail("TINYGEN_REQUIRE_MKL=1 but MKL's runtime library was not found (pip install mkl)")
+            pytest.fail("TINYGEN_REQUIRE_MKL=1 but MKL's runtime (libmkl_rt) was not found (pip install mkl)")
         pytest.skip("MKL is not installed (pip install mkl)")
     return lib
 
@@ -122,13 +122,13 @@ def test_numpy_setting_leaves_mkl_out(chosen):
     np.testing.assert_array_equal(gemm.mm(a, b), a @ b)  # NumPy's bits
 
 
-def test_a_library_without_the_products_is_passed_over(chosen, monkeypatch):
+def test_an_mkl_without_the_products_is_passed_over(chosen, monkeypatch):
     """A libmkl_rt that loads but lacks cblas_sgemm (say, an old or a stub one) is not used."""
     import ctypes
     import ctypes.util
-    libm = ctypes.util.find_library("m")  # the C math library: it loads and has no cblas_sgemm
+    libm = ctypes.util.find_library("m")  # libm: it loads and has no cblas_sgemm
     if libm is None:
-        pytest.skip("no C math library to stand in for a library without the products")
+        pytest.skip("no libm to stand in for an MKL without the products")
     assert not hasattr(ctypes.CDLL(libm), "cblas_sgemm")
     monkeypatch.setattr(blas.glob, "glob", lambda pattern: [libm])
     monkeypatch.setattr(blas.ctypes.util, "find_library", lambda name: None)

@@ -264,7 +264,7 @@ class StandinArray:
     itemsize = property(lambda self: self._a.itemsize)
     nbytes = property(lambda self: self._a.nbytes)
     flags = property(lambda self: self._a.flags)
-    # the NumPy array underneath, not a copy: for the host library that runs the CPU's product (kernels/blas.py),
+    # the NumPy array underneath, not a copy: for the host BLAS that runs the CPU's product (kernels/blas.py),
     # so the stand-in's bits stay the CPU's
     host_array = property(lambda self: self._a)
     base = property(lambda self: None if self._a.base is None else StandinArray(self._a.base))

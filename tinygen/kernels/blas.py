@@ -36,18 +36,18 @@ MIN = 1 << 18
 KMP_BLOCKTIME = "5"  # milliseconds; see above
 
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
-_state = None  # (library, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
+_state = None  # (MKL's ctypes handle, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
 _threads = None  # the count asked for before MKL was loaded
 
 
-def library():
-    """The loaded MKL (ctypes) when tinygen's products use it, else None. Chosen on the first call."""
+def mkl():
+    """The loaded MKL (its ctypes handle) when tinygen's products use it, else None. Chosen on the first call."""
     return (_state or _choose())[0]
 
 
 def name():
     """``"mkl"`` or ``"numpy"``: the BLAS of tinygen's matrix products (for reports)."""
-    return "mkl" if library() is not None else "numpy"
+    return "mkl" if mkl() is not None else "numpy"
 
 
 def matmul(a, b):
@@ -82,7 +82,7 @@ def set_num_threads(n):
 
 def get_num_threads():
     """MKL's thread count, or None when MKL is not in use."""
-    lib = library()
+    lib = mkl()
     return None if lib is None else lib.MKL_Get_Max_Threads()
 
 
@@ -103,9 +103,9 @@ def _choose():
     choice = config.get("TINYGEN_BLAS")
     lib = None if choice == "numpy" else _load()
     if lib is None and choice == "mkl":
-        raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime library (libmkl_rt, with "
+        raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime (libmkl_rt, with "
                            f"{', '.join(_SYMBOLS)}) was not found next to this Python ({sys.prefix}) or on the "
-                           "library path: pip install mkl, or set TINYGEN_BLAS=auto")
+                           "loader's search path: pip install mkl, or set TINYGEN_BLAS=auto")
     gemms = {}
     if lib is not None:
         for dtype, fn, scalar in ((np.dtype(np.float32), lib.cblas_sgemm, ctypes.c_float),
@@ -126,8 +126,8 @@ _SYMBOLS = ("cblas_sgemm", "cblas_dgemm", "MKL_Set_Num_Threads", "MKL_Set_Num_Th
 
 
 def _load():
-    """MKL's single runtime library from the mkl wheel (in this Python's lib/) or the library path, else None (a
-    library that does not load or lacks one of _SYMBOLS is passed over)."""
+    """MKL's single runtime, libmkl_rt, from the mkl wheel (in this Python's lib/) or the loader's search path, else
+    None (a file that does not load or lacks one of _SYMBOLS is passed over)."""
     names = []
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)

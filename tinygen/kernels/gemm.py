@@ -61,7 +61,7 @@ def mm_pair(a1, b1, a2, b2):
     PAIR_MAX_ROWS rows, both are host float matrices of PAIR_MIN multiply-adds or more, and tinygen has two threads
     or more; else one after the other."""
     if (PAIR_MAX_ROWS and _pairable(a1, b1) and _pairable(a2, b2) and a1.shape[0] <= PAIR_MAX_ROWS
-            and threads.get_num_threads() > 1 and blas.library() is None):
+            and threads.get_num_threads() > 1 and blas.mkl() is None):
         return threads.on_one_blas_thread(_pair, a1, b1, a2, b2)
     return mm(a1, b1), mm(a2, b2)
 

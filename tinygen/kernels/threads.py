@@ -104,7 +104,7 @@ def on_one_blas_thread(fn, *args):
     threadpoolctl: ``fn`` runs with BLAS as it is). Costs about 2 microseconds. The limit is process-wide while
     ``fn`` runs."""
     libs = _numpy_blas_libs if _numpy_blas_libs is not None else _find_numpy_blas()
-    if blas.library() is not None:
+    if blas.mkl() is not None:
         libs += (blas,)  # MKL (blas.py), which threadpoolctl may not know as NumPy's
     if not libs:
         return fn(None, *args)
