@@ -32,9 +32,7 @@ FRAMEWORKS = {
     "numpy": dict(module="models_numpy", build="build", dispatch="numpy", env={}),
 }
 # Packages whose absence makes a framework "skipped".
-REQUIRES = {"tinygen": "tinygen", "tinygen-numba": "tinygen", "tinygen-compiled": "tinygen",
-            "tinygen-compiled-numpy-blas": "tinygen", "torch": "torch", "torch-compile": "torch", "jax": "jax",
-            "numpy": "numpy"}
+REQUIRES = {name: name.split("-")[0] for name in FRAMEWORKS}  # tinygen-compiled: tinygen, ...
 
 
 class Worker:

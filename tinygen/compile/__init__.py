@@ -535,15 +535,16 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
     if _engine_walks((s[0], s[1:]) for s in steps):
         return steps
     source = {}  # id(detached copy) -> the tensor it was made from
+    writes = {}  # index of a recorded call -> the tensors it says it may change (None: any)
     changed, known, made = set(), {id(t) for t in inputs}, set()  # changed: ids of the tensors a step writes in
     # place; known: of the tensors that hold one array through a replay
-    for s in steps:
+    for i, s in enumerate(steps):
         if s[0] is _replay_alias:
             source[id(s[2])] = source.get(id(s[1]), s[1])
         elif s[0] is _replay_forward:
             changed.update(id(source.get(id(t), t)) for k in s[1].forward_writes for t in _tensors_in(s[4][k]))
         elif s[0] is _replay_call:
-            written = tensors_written(s[1], s[2], s[3])
+            written = writes[i] = tensors_written(s[1], s[2], s[3])
             changed.update(id(source.get(id(t), t)) for t in (_tensors_in(s[2], s[3]) if written is None else written))
         for t in s[5] if s[0] is _replay_forward else s[6] if s[0] is _replay_call else ():
             made.add(id(t))
@@ -585,7 +586,7 @@ def _reused_forwards(steps, inputs, keep=frozenset()):
             for k in cls.forward_writes:
                 version.update(ident(t) for t in _tensors_in(s[4][k]))
         elif s[0] is _replay_call:
-            written = tensors_written(s[1], s[2], s[3])
+            written = writes[i]
             if written is None:
                 calls += 1  # it may change any array: nothing before it is compared with anything after
             else:

@@ -133,8 +133,9 @@ def _load():
         names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
     found = ctypes.util.find_library("mkl_rt")
     names += [found] if found else []
-    for path in names:
+    if names:
         os.environ.setdefault("KMP_BLOCKTIME", KMP_BLOCKTIME)  # read when MKL's OpenMP runtime loads
+    for path in names:
         try:
             lib = ctypes.CDLL(path)
         except OSError:

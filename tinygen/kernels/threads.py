@@ -82,8 +82,8 @@ def set_num_threads(n):
     try:
         import threadpoolctl
     except ImportError:
-        threadpoolctl = None
-    if threadpoolctl is not None:
+        pass
+    else:
         threadpoolctl.threadpool_limits(limits=n, user_api="blas")  # a plain call sets the limit process-wide
     blas.set_num_threads(n)  # after: threadpoolctl sets MKL's count for this thread only
 
