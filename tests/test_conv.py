@@ -152,6 +152,76 @@ def test_a_batch_in_parts_gives_the_whole_batchs_results(case, seed, parts):
         np.testing.assert_allclose(a, b, **tol)
 
 
+@settings(max_examples=EXAMPLES)
+@given(case=kernel_case(), seed=st.integers(0, 2 ** 31 - 1), parts=st.integers(2, 5))
+def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
+    """From THREADS_MIN_BYTES the batch runs in parts of THREAD_PART_BYTES on the thread pool (a NumPy batch) with
+    BLAS on one thread: the results are the whole batch's within rounding, no column matrix is kept (the weight
+    gradient builds its parts again), and Numba, the reference and the stand-in (the same runs of parts one after
+    the other) agree bit for bit."""
+    from tinygen.backend import standin
+    from tinygen.kernels import blas, threads
+    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
+    n = x_shape[0] * 3 + 1
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n,) + x_shape[1:]).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    args = (stride, padding, dilation, groups)
+    y = ref_conv.conv2d_fwd(x, w, *args)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args), ref_conv.conv2d_bwd_weight(x, g, w_shape[2:],
+                                                                                                  *args))
+    sample_cols = y.shape[2] * y.shape[3] * w_shape[1] * groups * w_shape[2] * w_shape[3] * x.itemsize
+    mods = [ref_conv]
+    if kernels.enabled():
+        from tinygen.kernels import conv_cpu
+        mods.append(conv_cpu)
+    splits, blas_counts, inside = [], [], []
+    in_chunks, product = threads.in_chunks, ref_conv.mm
+
+    def counted_in_chunks(fn, count, *a, in_order=False, **k):
+        splits.append((count, in_order))
+        inside.append(True)
+        try:
+            return in_chunks(fn, count, *a, in_order=in_order, **k)
+        finally:
+            inside.pop()
+
+    def counted_mm(a, b):
+        if inside:  # the products of a split's parts
+            blas_counts.append(blas.get_num_threads())
+        return product(a, b)
+    old = ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, threads.in_chunks, ref_conv.mm
+    try:
+        ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES = 1, -(-n * sample_cols // parts)
+        threads.in_chunks, ref_conv.mm = counted_in_chunks, counted_mm
+        got = []
+        for mod in mods:
+            y_parts, cols = mod.conv2d_fwd(x, w, *args, keep_cols=True)
+            assert cols is None
+            got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args),
+                        mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols)))
+        on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
+                      ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
+                      ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
+    finally:
+        ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, threads.in_chunks, ref_conv.mm = old
+    if threads.get_num_threads() > 1 and blas.mkl() is not None:
+        assert set(blas_counts) == {1}  # each part's products on one MKL thread
+    # each kernel of each NumPy version split over the pool, then the stand-in's in order, in >= 2 parts each (the
+    # input gradient of a window covering the whole image is one product, not in parts)
+    split = 2 if groups == 1 and ref_conv._whole_image(x.shape[2:], w_shape[2:], padding, dilation) else 3
+    assert [s[1] for s in splits] == [False] * split * len(mods) + [True] * split
+    assert all(count >= 2 for count, _ in splits)
+    for version in got[1:] + [on_standin]:
+        for a, b in zip(version, got[0]):
+            np.testing.assert_array_equal(a, b)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, b in zip(got[0], whole):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, **tol)
+
+
 def _whole_and_parts(mods, x, w, args, parts, rng):
     """The three kernels' results on the whole batch (reference), then in about ``parts`` parts for each of
     ``mods`` and the reference on the stand-in."""

@@ -26,6 +26,9 @@
     TINYGEN_CONV_CHUNK_BYTES    16777216 (1<<24)  a convolution on the CPU runs its batch in     kernels.conv*
                                                   parts whose column matrices hold at most this
                                                   many bytes (0: the whole batch at once)
+    TINYGEN_CONV_THREADS_MIN_BYTES 33554432 (1<<25) a NumPy batch whose column matrix holds at    kernels.conv*
+                                                  least this many bytes runs in 2 MiB parts over
+                                                  the thread pool, one BLAS thread each (0: never)
     TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
                                                   when the CLI or a benchmark starts
     TINYGEN_CUDA_STANDIN        0                 serve device="cuda" from the CPU stand-in      backend (first "cuda")
@@ -87,6 +90,7 @@ SETTINGS = {
     "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 20, _count),
     "TINYGEN_CONV_CHUNK_BYTES": (1 << 24, _count),
+    "TINYGEN_CONV_THREADS_MIN_BYTES": (1 << 25, _count),
     "TINYGEN_KEEP_FREED_MEMORY": (True, _flag),
     "TINYGEN_CUDA_STANDIN": (False, _flag),
     "TINYGEN_CUDA_GRAPHS": (True, _flag),

@@ -28,7 +28,8 @@ the column matrix C-ordered: the orientation OpenBLAS threads well (the other on
 the DCGAN's products 2-4x slower on two threads). Only the small (N * OH * OW, Cout) results and gradients are
 transposed to and from (N, Cout, OH, OW), and the results not even that: they are returned as channels-last views
 (``_nchw``). On the CPU a large batch runs in parts (``_batch_parts``): each part's column matrix is made and
-multiplied (or summed back) before the next, and the weight gradient adds the parts' products in batch order.
+multiplied (or summed back) before the next, and the weight gradient adds the parts' products in batch order; from
+THREADS_MIN_BYTES the parts are small and run on the thread pool, each in one core's cache.
 """
 import math
 
@@ -36,9 +37,12 @@ import numpy as np
 
 from .. import config
 from ..backend import array_module_of
+from . import threads
 from .gemm import _HOST, mm
 
 CHUNK_BYTES = config.get("TINYGEN_CONV_CHUNK_BYTES")
+THREADS_MIN_BYTES = config.get("TINYGEN_CONV_THREADS_MIN_BYTES")
+THREAD_PART_BYTES = 1 << 21  # a part's column matrix on a pool thread: about one core's L2 cache
 
 
 def conv_out_size(size, kernel, stride, pad_total, dilation):
@@ -167,17 +171,46 @@ def _mm_groups(a, b, groups):
 
 
 def _batch_parts(x, n, sample_bytes):
-    """The batch as slices of equal size whose column matrices hold at most CHUNK_BYTES each, on host arrays (NumPy
-    and the stand-in); the whole batch on a GPU. A part's matrix comes from freed heap memory where a whole one
-    (from 32 MiB) is mapped afresh each time, and is still partly in the cache when its product reads it: DCGAN's
-    batch-256 step in parts of at most 16 MiB took 294-306 ms against 303-339 ms whole (2 cores, medians of
-    alternating rounds, three runs: ``step_bench --case dcgan --batch 256 --threads 2 --compare parts``).
-    Smaller parts gained no more, and at batch 64 (a 12.8 MB matrix) two parts lost 2%."""
-    if not CHUNK_BYTES or type(x) not in _HOST or n * sample_bytes <= CHUNK_BYTES:
-        return [slice(0, n)]
-    count = -(-n * sample_bytes // CHUNK_BYTES)
+    """(parts, threaded): the batch as slices of equal size and whether they run on tinygen's threads.
+
+    On a host array (NumPy or the stand-in) whose column matrix would hold more than CHUNK_BYTES, the batch runs in
+    parts of at most CHUNK_BYTES, one after the other (a part's matrix comes from freed heap memory where a whole
+    one from 32 MiB is mapped afresh each time, and is still partly in the cache when its product reads it:
+    DCGAN's batch-256 step in parts of at most 16 MiB took 294-306 ms against 303-339 ms whole, 2 cores, medians of
+    alternating rounds, three runs: ``step_bench --case dcgan --batch 256 --threads 2 --compare parts``; smaller
+    parts gained no more on their own, and at batch 64, a 12.8 MB matrix, two parts lost 2%).
+
+    From THREADS_MIN_BYTES, in parts of THREAD_PART_BYTES that run on the thread pool (``_over_parts``): each part's
+    matrix is made, multiplied and summed back by one core with BLAS on one thread, in that core's cache. DCGAN's
+    batch-256 step (51 MB matrices) took 240-251 against 259-264 ms this way (three runs each, alternating
+    processes); at batch 16 and 64 (3.2 and 12.8 MB matrices) it lost 10-35%, MKL's worker spinning after each
+    product on the core the pool's thread needs, hence the threshold. The whole batch on a GPU."""
+    if type(x) not in _HOST:
+        return [slice(0, n)], False
+    threaded = bool(THREADS_MIN_BYTES) and n * sample_bytes >= THREADS_MIN_BYTES and n > 1
+    limit = THREAD_PART_BYTES if threaded else CHUNK_BYTES
+    if not limit or n * sample_bytes <= limit:
+        return [slice(0, n)], False
+    count = -(-n * sample_bytes // limit)
     size = -(-n // count)
-    return [slice(lo, min(n, lo + size)) for lo in range(0, n, size)]
+    return [slice(lo, min(n, lo + size)) for lo in range(0, n, size)], threaded
+
+
+def _over_parts(run, count, threaded, x):
+    """``run(lo, hi)`` over the parts [0, count) of a batch. Threaded: with BLAS on one thread, each thread taking a
+    run of parts (threads.in_chunks) on a NumPy batch, and on the stand-in the same runs one after the other (the
+    same products and sums, so the same bits); else one run, BLAS as it is. Where BLAS's threads cannot be set (no
+    threadpoolctl), threaded parts run as one run too."""
+    if threaded and threads.on_one_blas_thread(_on_threads, run, count, type(x) is not np.ndarray):
+        return
+    run(0, count)
+
+
+def _on_threads(blas_threads, run, count, in_order):
+    if blas_threads is None:
+        return False
+    threads.in_chunks(run, count, threads.get_num_threads, min_size=2, in_order=in_order)
+    return True
 
 
 def make_conv_kernels(im2col, col2im):
@@ -193,24 +226,35 @@ def make_conv_kernels(im2col, col2im):
         return cols.reshape(n * out_hw[0] * out_hw[1], kernel_hw[0] * kernel_hw[1] * x.shape[1])
 
     def parts(x, kernel_hw, out_hw):
-        """The parts of x's batch (_batch_parts) for its column matrix."""
+        """(parts, threaded) of x's batch (_batch_parts) for its column matrix."""
         return _batch_parts(x, x.shape[0], math.prod(out_hw) * math.prod(kernel_hw) * x.shape[1] * x.dtype.itemsize)
 
     def conv2d_fwd(x, w, stride, padding, dilation, groups, keep_cols=False):
         """Cross-correlation of x (N, C, H, W) with w (Cout, C / groups, kh, kw); no bias. With ``keep_cols``:
         (y, x's column matrix as a list of the batch's parts), which conv2d_bwd_weight takes instead of building
-        it again."""
+        it again; None for threaded parts, which it builds again (in a core's cache, where kept ones would have
+        gone out to memory and back)."""
         out_hw = _out_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
         # the weight's rows as the product's columns: a transposed view, which BLAS reads as fast as a copy
         w_cols = _weight_rows(w, groups).transpose(0, 2, 1)
-        cols, rows = [], []
-        for s in parts(x, w.shape[2:], out_hw):  # each part's matrix made just before its product
-            part = columns(x[s], w.shape[2:], stride, padding, dilation, out_hw, groups)
-            rows.append(_mm_groups(part, w_cols, groups))
-            cols.append(part if keep_cols else None)
-        rows = rows[0] if len(rows) == 1 else array_module_of(x).concatenate(rows)
+        batch, threaded = parts(x, w.shape[2:], out_hw)
+        if len(batch) == 1:
+            cols = columns(x, w.shape[2:], stride, padding, dilation, out_hw, groups)
+            y = _nchw(_mm_groups(cols, w_cols, groups), x.shape[0], out_hw, w.shape[0])
+            return (y, [cols]) if keep_cols else y
+        per_sample = out_hw[0] * out_hw[1]
+        rows = array_module_of(x).empty((x.shape[0] * per_sample, w.shape[0]), dtype=x.dtype)
+        cols = [None] * len(batch)
+
+        def run(lo, hi):  # each part's matrix made just before its product, which writes the part's rows of y
+            for i in range(lo, hi):
+                s = batch[i]
+                part = columns(x[s], w.shape[2:], stride, padding, dilation, out_hw, groups)
+                rows[s.start * per_sample:s.stop * per_sample] = _mm_groups(part, w_cols, groups)
+                cols[i] = part if keep_cols and not threaded else None
+        _over_parts(run, len(batch), threaded, x)
         y = _nchw(rows, x.shape[0], out_hw, w.shape[0])
-        return (y, cols) if keep_cols else y
+        return (y, None if threaded else cols) if keep_cols else y
 
     def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
         """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
@@ -221,16 +265,20 @@ def make_conv_kernels(im2col, col2im):
         rows, w_rows = _rows(g), _weight_rows(w, groups)
         if groups == 1 and _whole_image(x_hw, (kh, kw), padding, dilation):  # (N, H * W * C): channels-last
             return _nchw(_mm_groups(rows, w_rows, groups), n, x_hw, groups * cg)
-        batch_parts = _batch_parts(g, n, oh * ow * kh * kw * groups * cg * g.dtype.itemsize)
-        image = None  # with several parts, each one's sum goes into its samples of one channels-last image
-        if len(batch_parts) > 1:
-            image = array_module_of(g).zeros((n,) + tuple(x_hw) + (groups * cg,), dtype=g.dtype)
-        for s in batch_parts:
-            cols = _mm_groups(rows[s.start * oh * ow:s.stop * oh * ow], w_rows, groups)  # the part's columns
-            cols = cols.reshape((s.stop - s.start, oh, ow, groups, kh, kw, cg))
-            gx = col2im(cols, (s.stop - s.start, groups * cg) + tuple(x_hw), stride, padding, dilation,
-                        out=None if image is None else image[s])
-        return gx if image is None else image.transpose(0, 3, 1, 2)
+        batch, threaded = _batch_parts(g, n, oh * ow * kh * kw * groups * cg * g.dtype.itemsize)
+        if len(batch) == 1:
+            cols = _mm_groups(rows, w_rows, groups).reshape((n, oh, ow, groups, kh, kw, cg))
+            return col2im(cols, (n, groups * cg) + tuple(x_hw), stride, padding, dilation)
+        # each part's sum goes into its samples of one channels-last image
+        image = array_module_of(g).zeros((n,) + tuple(x_hw) + (groups * cg,), dtype=g.dtype)
+
+        def run(lo, hi):
+            for s in batch[lo:hi]:
+                cols = _mm_groups(rows[s.start * oh * ow:s.stop * oh * ow], w_rows, groups)  # the part's columns
+                cols = cols.reshape((s.stop - s.start, oh, ow, groups, kh, kw, cg))
+                col2im(cols, (s.stop - s.start, groups * cg) + tuple(x_hw), stride, padding, dilation, out=image[s])
+        _over_parts(run, len(batch), threaded, g)
+        return image.transpose(0, 3, 1, 2)
 
     def conv2d_bwd_weight(x, g, kernel_hw, stride, padding, dilation, groups, cols=None):
         """dL/dw of conv2d: x (N, C, H, W), upstream g (N, Cout, OH, OW) -> (Cout, C / groups, kh, kw); ``cols``:
@@ -238,21 +286,32 @@ def make_conv_kernels(im2col, col2im):
         products are added in batch order."""
         cout, per_sample = g.shape[1], g.shape[2] * g.shape[3]
         rows = _rows(g)
+        batch, threaded = parts(x, kernel_hw, g.shape[2:])
+        sums = {}  # first part of a run of parts -> the sum of the run's products, in batch order
+
+        def run(lo, hi):
+            total = None
+            for i in range(lo, hi):
+                s = batch[i]
+                part = cols[i] if cols is not None else columns(x[s], kernel_hw, stride, padding, dilation,
+                                                                g.shape[2:], groups)
+                g_part = rows[s.start * per_sample:s.stop * per_sample]
+                # (Cout, N*P) @ (N*P, K), both read transposed: the result is C-ordered in the weight's row order,
+                # so putting it back in w's layout is a permutation within each row (the other orientation, (K,
+                # Cout) transposed, made that copy stride across the whole result: 1.8 against 0.75 ms for DCGAN's
+                # 7x7 layer)
+                if groups == 1:
+                    term = mm(g_part.T, part)
+                else:
+                    r = g_part.shape[0]
+                    term = mm(g_part.reshape(r, groups, cout // groups).transpose(1, 2, 0),
+                              part.reshape(r, groups, part.shape[1] // groups).transpose(1, 0, 2))
+                total = term if total is None else total + term
+            sums[lo] = total
+        _over_parts(run, len(batch), threaded, x)
         gw = None
-        for i, s in enumerate(parts(x, kernel_hw, g.shape[2:])):
-            part = cols[i] if cols is not None else columns(x[s], kernel_hw, stride, padding, dilation,
-                                                            g.shape[2:], groups)
-            g_part = rows[s.start * per_sample:s.stop * per_sample]
-            # (Cout, N*P) @ (N*P, K), both read transposed: the result is C-ordered in the weight's row order, so
-            # putting it back in w's layout is a permutation within each row (the other orientation, (K, Cout)
-            # transposed, made that copy stride across the whole result: 1.8 against 0.75 ms for DCGAN's 7x7 layer)
-            if groups == 1:
-                term = mm(g_part.T, part)
-            else:
-                r = g_part.shape[0]
-                term = mm(g_part.reshape(r, groups, cout // groups).transpose(1, 2, 0),
-                          part.reshape(r, groups, part.shape[1] // groups).transpose(1, 0, 2))
-            gw = term if gw is None else gw + term
+        for lo in sorted(sums):  # one run, or one per thread: their sums added in batch order
+            gw = sums[lo] if gw is None else gw + sums[lo]
         return _weight_from_rows(gw, (cout, x.shape[1] // groups) + tuple(kernel_hw))
 
     return conv2d_fwd, conv2d_bwd_input, conv2d_bwd_weight

@@ -176,10 +176,11 @@ def run_pair(first, second):
     return a, (second() if pending.cancel() else pending.result())
 
 
-def in_chunks(fn, n, thread_count, min_size=None, align=1):
+def in_chunks(fn, n, thread_count, min_size=None, align=1, in_order=False):
     """Run ``fn(lo, hi)`` over [0, n): one chunk per thread (``thread_count()`` of them, chunk bounds multiples of
     ``align``) from ``min_size`` (default UFUNC_PARALLEL_MIN) elements, else one call on the calling thread. The
-    calling thread runs the first chunk, then every chunk whose pool thread has not started it yet."""
+    calling thread runs the first chunk, then every chunk whose pool thread has not started it yet. ``in_order``:
+    the same chunks one after the other on the calling thread (what must give the split run's bits elsewhere)."""
     if n < max(UFUNC_PARALLEL_MIN if min_size is None else min_size, 2):
         fn(0, n)
         return
@@ -187,9 +188,13 @@ def in_chunks(fn, n, thread_count, min_size=None, align=1):
     if t < 2:
         fn(0, n)
         return
-    pool = _pool(t)
     per_thread = -(-n // t)
     step = -(-per_thread // align) * align  # rounded up to a multiple of align
+    if in_order:
+        for lo in range(0, n, step):
+            fn(lo, min(n, lo + step))
+        return
+    pool = _pool(t)
     parts = [(pool.submit(fn, lo, min(n, lo + step)), lo) for lo in range(step, n, step)]
     fn(0, min(n, step))
     for f, lo in parts:
