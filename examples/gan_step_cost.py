@@ -69,6 +69,8 @@ def build_step(settings, data):
 def main(argv=None):
     args = parse(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
+            continue  # called from a program that loaded Numba: a changed count would stop its next compilation
         os.environ[var] = str(args.threads)  # before NumPy loads its BLAS
     import tinygen
     tinygen.set_num_threads(args.threads)
