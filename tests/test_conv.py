@@ -126,30 +126,14 @@ def test_a_batch_in_parts_gives_the_whole_batchs_results(case, seed, parts):
     equal the whole batch's (the same rows of the same products), the weight gradient is the parts' products
     added (within rounding of the one product); the kept column matrix has one entry per part and gives the
     same weight gradient as building it again; Numba, the reference and the stand-in agree bit for bit."""
-    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
-    n = x_shape[0] * 3 + 1  # a batch that does not split evenly
-    x_shape = (n,) + x_shape[1:]
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    args = (stride, padding, dilation, groups)
-    mods = [ref_conv]
-    if kernels.enabled():
-        from tinygen.kernels import conv_cpu
-        mods.append(conv_cpu)
+    x, w, args, mods, rng = _batch_case(case, seed)
     old = ref_conv.CHUNK_BYTES
     try:
         ref_conv.CHUNK_BYTES = 0
         whole, got, on_standin = _whole_and_parts(mods, x, w, args, parts, rng)
     finally:
         ref_conv.CHUNK_BYTES = old
-    for version in got[1:] + [on_standin]:
-        for a, b in zip(version, got[0]):
-            np.testing.assert_array_equal(a, b)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
-    for a, b in zip(got[0], whole):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, **tol)
+    _agree(got, on_standin, whole, x.dtype)
 
 
 @settings(max_examples=EXAMPLES)
@@ -161,21 +145,13 @@ def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
     the other) agree bit for bit."""
     from tinygen.backend import standin
     from tinygen.kernels import blas, threads
-    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
-    n = x_shape[0] * 3 + 1
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n,) + x_shape[1:]).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    args = (stride, padding, dilation, groups)
+    x, w, args, mods, rng = _batch_case(case, seed)
+    n, w_shape, (_, padding, dilation, groups), dtype = x.shape[0], w.shape, args, x.dtype
     y = ref_conv.conv2d_fwd(x, w, *args)
     g = rng.standard_normal(y.shape).astype(dtype)
     whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args), ref_conv.conv2d_bwd_weight(x, g, w_shape[2:],
                                                                                                   *args))
     sample_cols = y.shape[2] * y.shape[3] * w_shape[1] * groups * w_shape[2] * w_shape[3] * x.itemsize
-    mods = [ref_conv]
-    if kernels.enabled():
-        from tinygen.kernels import conv_cpu
-        mods.append(conv_cpu)
     splits, blas_counts, inside = [], [], []
     in_chunks, product = threads.in_chunks, ref_conv.mm
 
@@ -213,6 +189,26 @@ def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
     split = 2 if groups == 1 and ref_conv._whole_image(x.shape[2:], w_shape[2:], padding, dilation) else 3
     assert [s[1] for s in splits] == [False] * split * len(mods) + [True] * split
     assert all(count >= 2 for count, _ in splits)
+    _agree(got, on_standin, whole, dtype)
+
+
+def _batch_case(case, seed):
+    """x (a batch of 3n + 1 samples: one that does not split evenly), w, the kernels' geometry arguments, the
+    kernel modules to compare (the reference, and Numba's when on) and the generator that drew them."""
+    groups, x_shape, w_shape, stride, padding, dilation, dtype = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((x_shape[0] * 3 + 1,) + x_shape[1:]).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    mods = [ref_conv]
+    if kernels.enabled():
+        from tinygen.kernels import conv_cpu
+        mods.append(conv_cpu)
+    return x, w, (stride, padding, dilation, groups), mods, rng
+
+
+def _agree(got, on_standin, whole, dtype):
+    """Every version's results (and the stand-in's) bit for bit the first's, and those the whole batch's within
+    rounding."""
     for version in got[1:] + [on_standin]:
         for a, b in zip(version, got[0]):
             np.testing.assert_array_equal(a, b)
