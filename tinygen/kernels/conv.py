@@ -182,7 +182,7 @@ def _batch_parts(x, n, sample_bytes):
 
     From THREADS_MIN_BYTES, in parts of THREAD_PART_BYTES that run on the thread pool (``_over_parts``): each part's
     matrix is made, multiplied and summed back by one core with BLAS on one thread, in that core's cache. DCGAN's
-    batch-256 step (51 MB matrices) took 240-251 against 259-264 ms this way (three runs each, alternating
+    batch-256 step (51 MB matrices) took 240-251 against 259-276 ms this way (three to six runs each, alternating
     processes); at batch 16 and 64 (3.2 and 12.8 MB matrices) it lost 10-35%, MKL's worker spinning after each
     product on the core the pool's thread needs, hence the threshold. The whole batch on a GPU."""
     if type(x) not in _HOST:
