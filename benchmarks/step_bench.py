@@ -19,7 +19,9 @@ the reference's array code, through tinygen.kernels) and the rest: Python (the a
 and op bodies with their inline NumPy calls). Each part is timed around its outermost call, except the matrix
 products, which are timed wherever they run and taken out of the part that called them (a timer costs ~0.3 us a
 call), over alternating rounds with the timers on (medians over rounds);
-the plain step time comes from rounds with them off. ``--clock cpu`` times with the calling thread's CPU time
+the plain step time comes from rounds with them off. Only calls on the thread that runs the step are timed: the
+work a kernel hands to tinygen's pool (a large convolution's parts, kernels/conv.py) counts in that kernel's wall
+time, products included. ``--clock cpu`` times with the calling thread's CPU time
 instead of wall time: other processes on the machine do not inflate it, but the work of BLAS's helper threads
 is left out, so use it with ``--threads 1``.
 
@@ -37,6 +39,7 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -164,18 +167,22 @@ def profile(model="gan", batch=64, steps=50, top=25):
 class _Timers:
     """Wall time spent inside wrapped functions, by category: the outermost wrapped call counts, except that a
     function wrapped with ``nested=True`` (the matrix product) is timed inside the others too, and its time moves
-    from theirs to its own category (a convolution kernel's GEMMs count as matrix products)."""
+    from theirs to its own category (a convolution kernel's GEMMs count as matrix products). Calls on other threads
+    than the one that made the timers run untimed: they run inside a timed call of that thread, and the call stack
+    kept here is that thread's."""
 
     def __init__(self, clock=time.perf_counter):
         self.total, self.on, self.clock = {}, False, clock
         self.open = []  # [category, time of nested products so far] of each timed call in progress
+        self.thread = threading.get_ident()
 
     def wrap(self, fn, category, nested=False):
         self.total.setdefault(category, 0.0)
         clock, total, open_ = self.clock, self.total, self.open
 
         def timed(*args, **kwargs):
-            if not self.on or (open_ and not (nested and open_[-1][0] != category)):
+            if (not self.on or threading.get_ident() != self.thread
+                    or (open_ and not (nested and open_[-1][0] != category))):
                 return fn(*args, **kwargs)
             frame = [category, 0.0]
             open_.append(frame)

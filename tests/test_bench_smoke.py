@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -405,6 +406,16 @@ def test_step_bench_timers_move_nested_products_out_of_their_caller():
     # a product inside another category moves to "products"; a kernel inside a convolution stays in it
     assert timers.total == {"products": 2.0 + 4.0 + 2.0, "kernels": 1.0, "convolutions": 5.0}
     assert timers.open == []  # every timed call closed its frame
+
+    def on_a_pool_thread():  # a convolution's part on tinygen's pool: its product runs on another thread
+        worker = threading.Thread(target=product)
+        worker.start()
+        worker.join()
+    threaded_conv = timers.wrap(spend(4.0, on_a_pool_thread), "convolutions")
+    threaded_conv()
+    # the other thread's product is not timed on its own: it counts in the convolution's wall time
+    assert timers.total == {"products": 8.0, "kernels": 1.0, "convolutions": 5.0 + 4.0 + 2.0}
+    assert timers.open == []
 
 
 def test_kernel_bench_table_compares_each_used_kernel_with_its_reference():
