@@ -2,6 +2,8 @@
 gradgradcheck, layouts, the "cuda" device and first-order PyTorch parity): PyTorch parity of gradients built with
 create_graph and of second derivatives, the Numba kernels against the reference, the modules against torch.nn
 (weights both ways, init, reprs), and the argument checks."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -63,13 +65,68 @@ def _close(what, a, b, rtol, atol):
 @settings(max_examples=EXAMPLES)
 @given(data=st.data())
 def test_create_graph_and_second_order_match_torch(spec, data):
-    ex = draw_example(data, spec)
+    _matches_torch(draw_example(data, spec), run_second_order)
+
+
+def _matches_torch(ex, run):
+    """``run(ex, dtype, framework)``'s lists (values, gradients, second derivatives) in tinygen and in PyTorch
+    agree, in float64 and float32."""
     for dtype, rtol, atol in ((np.float64, 1e-10, 1e-12), (np.float32, 1e-4, 1e-5)):
-        ours, theirs = run_second_order(ex, dtype, "tinygen"), run_second_order(ex, dtype, "torch")
+        ours, theirs = run(ex, dtype, "tinygen"), run(ex, dtype, "torch")
         for what, a_list, b_list in zip(("value", "gradient", "second derivative"), ours, theirs):
             assert len(a_list) == len(b_list)
             for k, (a, b) in enumerate(zip(a_list, b_list)):
                 _close(f"{np.dtype(dtype).name} {what} {k}", a, b, rtol, atol)
+
+
+def run_first_order(ex, dtype, framework):
+    """Values and the gradients of a plain backward (no create_graph: the convolutions keep or rebuild their
+    column matrices for the weight gradient), in tinygen or in PyTorch."""
+    if framework == "torch":
+        import torch
+        tensor, npy, call = torch.tensor, (lambda t: t.detach().numpy()), ex.spec.torch_fn
+    else:
+        tensor, npy, call = tg.tensor, host, ex.spec.fn
+    xs = [tensor(a.astype(dtype), requires_grad=True) for a in ex.arrays]
+    outs = list(as_tuple(call(*xs, **ex.kwargs)))
+    inputs = [xs[i] for i in ex.grad_indices]
+    ups, _ = _random_directions(ex, dtype, outs, inputs)
+    sum((o * tensor(u)).sum() for o, u in zip(outs, ups)).backward()
+    return [npy(o) for o in outs], [None if x.grad is None else npy(x.grad) for x in inputs]
+
+
+@contextlib.contextmanager
+def _threaded_parts():
+    """Every batch of two samples or more in threaded parts of one sample (kernels/conv.py's thresholds lowered);
+    yields the ``threaded`` flag of each batch split into parts."""
+    old = ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts
+    seen = []
+
+    def over_parts(run, count, threaded, x):
+        seen.append(threaded)
+        return old[2](run, count, threaded, x)
+    ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts = 1, 1, over_parts
+    try:
+        yield seen
+    finally:
+        ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts = old
+
+
+@requires_torch
+@pytest.mark.parametrize("spec", [s for s in CONV_SPECS if s.name.startswith("conv")], ids=lambda s: s.name)
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_convolutions_in_threaded_parts_match_torch(spec, data):
+    """The convolution ops with their batch in parts on the thread pool (the large-batch path of kernels/conv.py,
+    forced on small batches): values, plain-backward gradients, create_graph gradients and second derivatives
+    against PyTorch; a batch of two samples or more does go through threaded parts."""
+    ex = draw_example(data, spec)
+    with _threaded_parts() as seen:
+        _matches_torch(ex, run_first_order)
+        _matches_torch(ex, run_second_order)
+    x = ex.arrays[0]
+    if x.ndim == 4 and x.shape[0] > 1:
+        assert seen and all(seen)
 
 
 # ---- the kernels against each other ----------------------------------------------------------------------------
