@@ -26,9 +26,11 @@
     TINYGEN_CONV_CHUNK_BYTES    16777216 (1<<24)  a convolution on the CPU runs its batch in     kernels.conv*
                                                   parts whose column matrices hold at most this
                                                   many bytes (0: the whole batch at once)
-    TINYGEN_CONV_THREADS_MIN_BYTES 33554432 (1<<25) a NumPy batch whose column matrix holds at    kernels.conv*
-                                                  least this many bytes runs in 2 MiB parts over
-                                                  the thread pool, one BLAS thread each (0: never)
+    TINYGEN_CONV_THREADS_MIN_BYTES
+                                33554432 (1<<25)  a batch on the CPU whose column matrix holds   kernels.conv*
+                                                  at least this many bytes runs in 2 MiB parts
+                                                  over the thread pool, one BLAS thread each
+                                                  (0: never)
     TINYGEN_KEEP_FREED_MEMORY   1                 keep freed host memory for reuse (glibc)       allocator.apply_setting
                                                   when the CLI or a benchmark starts
     TINYGEN_CUDA_STANDIN        0                 serve device="cuda" from the CPU stand-in      backend (first "cuda")

@@ -244,17 +244,18 @@ def make_conv_kernels(im2col, col2im):
             return (y, [cols]) if keep_cols else y
         per_sample = out_hw[0] * out_hw[1]
         rows = array_module_of(x).empty((x.shape[0] * per_sample, w.shape[0]), dtype=x.dtype)
-        cols = [None] * len(batch)
+        cols = None if threaded else [None] * len(batch)  # the parts' matrices, kept when asked
 
         def run(lo, hi):  # each part's matrix made just before its product, which writes the part's rows of y
             for i in range(lo, hi):
                 s = batch[i]
                 part = columns(x[s], w.shape[2:], stride, padding, dilation, out_hw, groups)
                 rows[s.start * per_sample:s.stop * per_sample] = _mm_groups(part, w_cols, groups)
-                cols[i] = part if keep_cols and not threaded else None
+                if keep_cols and cols is not None:
+                    cols[i] = part
         _over_parts(run, len(batch), threaded, x)
         y = _nchw(rows, x.shape[0], out_hw, w.shape[0])
-        return (y, None if threaded else cols) if keep_cols else y
+        return (y, cols) if keep_cols else y
 
     def conv2d_bwd_input(g, w, x_hw, stride, padding, dilation, groups):
         """dL/dx of conv2d for the upstream gradient g (N, Cout, OH, OW), x of spatial size ``x_hw``: also the
