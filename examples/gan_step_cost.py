@@ -68,10 +68,11 @@ def build_step(settings, data):
 
 def main(argv=None):
     args = parse(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
-            continue  # called from a program that loaded Numba: a changed count would stop its next compilation
-        os.environ[var] = str(args.threads)  # before NumPy loads its BLAS
+    if "numpy" not in sys.modules:  # run as a script: set before NumPy loads its BLAS, as the tinygen command does
+        # (called from a program, the counts are set below: a changed NUMBA_NUM_THREADS would stop Numba's next
+        # compilation, which reads it again)
+        from tinygen_launcher import THREAD_VARIABLES
+        os.environ.update({var: str(args.threads) for var in THREAD_VARIABLES})
     import tinygen
     tinygen.set_num_threads(args.threads)
     runs = {"mlp": ({"arch": "mlp"}, 3 * args.steps)}

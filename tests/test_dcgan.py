@@ -154,13 +154,13 @@ def test_torch_reference_script_trains_and_scores_at_the_asked_steps(tmp_path):
     assert script.parse(["--steps", "1"]).betas == (0.5, 0.999)
 
 
-def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):
+def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path):
     import json
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")  # the script sets them; restored after the test
-    # not NUMBA_NUM_THREADS, which the script leaves as it is once Numba is loaded: Numba reads it again when it
-    # compiles a kernel, and stops on a count other than its running threads'
-    numba_threads = os.environ.get("NUMBA_NUM_THREADS")
+    # called in-process, the script leaves the thread variables as they are (Numba reads NUMBA_NUM_THREADS again
+    # when it compiles a kernel, and stops on a count other than its running threads')
+    from tinygen_launcher import THREAD_VARIABLES
+    before = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    numba_threads = before["NUMBA_NUM_THREADS"]
     script = _example("gan_step_cost")
     out, threads = tmp_path / "cost.json", tg.get_num_threads()
     try:
@@ -169,6 +169,7 @@ def test_step_cost_script_times_the_mlp_and_each_dcgan(tmp_path, monkeypatch):
     finally:
         tg.set_num_threads(threads)
     assert os.environ.get("NUMBA_NUM_THREADS") == numba_threads
+    assert {var: os.environ.get(var) for var in THREAD_VARIABLES} == before
     results = json.loads(out.read_text())["results"]
     assert [r["networks"] for r in results] == ["mlp", "dcgan 4:4:64", "dcgan 4:8:16", "dcgan 4:4:16:8"]
     assert results[0]["ratio_to_mlp"] == 1.0 and results[0]["steps_in_mlp_budget"] == 9000
