@@ -96,16 +96,16 @@ def run_first_order(ex, dtype, framework):
 
 
 @contextlib.contextmanager
-def _threaded_parts():
-    """Every batch of two samples or more in threaded parts of one sample (kernels/conv.py's thresholds lowered);
-    yields the ``threaded`` flag of each batch split into parts."""
+def _threaded_parts(part_bytes=1):
+    """Every batch of two samples or more in threaded parts of at most ``part_bytes`` (one sample by default;
+    kernels/conv.py's thresholds lowered); yields the ``threaded`` flag of each batch split into parts."""
     old = ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts
     seen = []
 
     def over_parts(run, count, threaded, x):
         seen.append(threaded)
         return old[2](run, count, threaded, x)
-    ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts = 1, 1, over_parts
+    ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, ref_conv._over_parts = 1, part_bytes, over_parts
     try:
         yield seen
     finally:
@@ -224,21 +224,21 @@ def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
         if inside:  # the products of a split's parts
             blas_counts.append(blas.get_num_threads())
         return product(a, b)
-    old = ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, threads.in_chunks, ref_conv.mm
+    old = threads.in_chunks, ref_conv.mm
     try:
-        ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES = 1, -(-n * sample_cols // parts)
         threads.in_chunks, ref_conv.mm = counted_in_chunks, counted_mm
-        got = []
-        for mod in mods:
-            y_parts, cols = mod.conv2d_fwd(x, w, *args, keep_cols=True)
-            assert cols is None
-            got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args),
-                        mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols)))
-        on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
-                      ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
-                      ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
+        with _threaded_parts(-(-n * sample_cols // parts)):
+            got = []
+            for mod in mods:
+                y_parts, cols = mod.conv2d_fwd(x, w, *args, keep_cols=True)
+                assert cols is None
+                got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args),
+                            mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols)))
+            on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
+                          ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
+                          ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
     finally:
-        ref_conv.THREADS_MIN_BYTES, ref_conv.THREAD_PART_BYTES, threads.in_chunks, ref_conv.mm = old
+        threads.in_chunks, ref_conv.mm = old
     if threads.get_num_threads() > 1 and blas.mkl() is not None:
         assert set(blas_counts) == {1}  # each part's products on one MKL thread
     # each kernel of each NumPy version split over the pool, then the stand-in's in order, in >= 2 parts each (the
