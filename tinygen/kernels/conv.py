@@ -201,16 +201,17 @@ def _over_parts(run, count, threaded, x):
     run of parts (threads.in_chunks) on a NumPy batch, and on the stand-in the same runs one after the other (the
     same products and sums, so the same bits); else one run, BLAS as it is. Where BLAS's threads cannot be set (no
     threadpoolctl), threaded parts run as one run too."""
-    if threaded and threads.on_one_blas_thread(_on_threads, run, count, type(x) is not np.ndarray):
-        return
-    run(0, count)
+    if threaded:
+        threads.on_one_blas_thread(_on_threads, run, count, type(x) is not np.ndarray)
+    else:
+        run(0, count)
 
 
 def _on_threads(blas_threads, run, count, in_order):
-    if blas_threads is None:
-        return False
-    threads.in_chunks(run, count, threads.get_num_threads, min_size=2, in_order=in_order)
-    return True
+    if blas_threads is None:  # BLAS's threads as they are: one run
+        run(0, count)
+    else:
+        threads.in_chunks(run, count, threads.get_num_threads, min_size=2, in_order=in_order)
 
 
 def make_conv_kernels(im2col, col2im):
