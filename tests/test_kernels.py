@@ -84,7 +84,7 @@ def threads(request, monkeypatch):
             pytest.skip("Numba runs with one thread here: the parallel twins are never used")
         monkeypatch.setattr(kthreads, "PARALLEL_MIN", 0)
         monkeypatch.setattr(kthreads, "UFUNC_PARALLEL_MIN", 0)
-        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 1)  # the optimizers' runs of elements on the pool
+        monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 1)  # the optimizers' parallel twins
     return request.param
 
 
@@ -823,8 +823,8 @@ def test_sizes_above_the_default_parallel_threshold():
 @requires_numba
 @pytest.mark.parametrize("split_from", [0, 1 << 17])
 def test_optimizer_updates_above_the_update_threshold_keep_the_reference_bits(split_from, monkeypatch):
-    # 0: on one thread; else split into runs of elements on the thread pool (cpu._update_in_chunks) from
-    # split_from elements: each element as in one loop
+    # 0: on one thread; else split into runs of elements on Numba's threads (cpu._update_in_chunks, the
+    # multi-tensor loop's parallel twin) from split_from elements: each element as in one loop
     from tinygen.kernels import cpu
     monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
     n = (1 << 17) * 2 + 7
@@ -1487,7 +1487,7 @@ def test_on_one_blas_thread_limits_numpys_blas_and_restores_it():
 def _many_parameters(monkeypatch, split_from, seed):
     """12 parameters and gradients for the multi-tensor steps: two calls of MULTI_TENSOR, float32 and float64, one
     transposed, one channels-last (both updated where they lie), one above 2^17 elements; ``split_from``: the
-    update threshold (0: no split; 1: every dtype's group is split across threads)."""
+    update threshold (0: no split; 1: every call of the multi-tensor loop is split across threads)."""
     monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", split_from)
     rng = np.random.default_rng(seed)
     shapes = [(5, 3), (7,), (1,), (4, 4), (2, 3, 2), (9,), (3, 1), (6,), (2, 2), ((1 << 17) + 3,), (3, 4)]

@@ -6,9 +6,9 @@
                                                   thread
     TINYGEN_UFUNC_PARALLEL_MIN  262144 (1<<18)    elements from which NumPy's exp/log1p/tanh     kernels.threads*
                                                   inside a kernel run in chunks on a thread pool
-    TINYGEN_UPDATE_PARALLEL_MIN 4194304 (1<<22)   elements from which an optimizer's update      kernels.threads*
-                                                  runs in chunks on the thread pool (all the
-                                                  parameters of a step together); 0: never
+    TINYGEN_UPDATE_PARALLEL_MIN 65536 (1<<16)     elements from which an optimizer's update      kernels.threads*
+                                                  call (up to 8 parameters) splits over Numba's
+                                                  threads; 0: never
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
                                                   (OpenBLAS is slow on short, wide products)
     TINYGEN_BLAS_PARALLEL_MIN   0                 0: products on BLAS's own threads; N > 0 (a     kernels.threads*
@@ -85,7 +85,7 @@ SETTINGS = {
     "TINYGEN_NUMBA": (True, _flag),
     "TINYGEN_NUMBA_PARALLEL_MIN": (1 << 22, _count),
     "TINYGEN_UFUNC_PARALLEL_MIN": (1 << 18, _count),
-    "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 22, _count),
+    "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 16, _count),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_BLAS": ("auto", _choice("auto", "numpy", "mkl")),

@@ -14,16 +14,15 @@ How the loops are written:
     thread (``prange``). Loops start at 0 so Numba can drop its negative-index checks and vectorize. Threads
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
-    The optimizers' loops have no twin: they release the GIL (``nogil``) and run in runs of elements on
-    tinygen's thread pool (``_update_in_chunks``, ``_multi_in_chunks``) from ``threads.UPDATE_PARALLEL_MIN``
-    elements (0: never), which pays far earlier inside a step (threads.py says why).
+    The optimizers' multi-tensor loops have twins too (``_PARALLEL``), one run of the call's parameters laid end
+    to end per thread, used from ``threads.UPDATE_PARALLEL_MIN`` elements in a call (0: never), which pays far
+    earlier inside a step (threads.py says why).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
     and several times faster, so kernels built on them are used only where fusing passes wins
     (benchmarks/kernel_bench.py).
 """
-import itertools
 import math
 
 import numba
@@ -552,6 +551,21 @@ def _adam_multi(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2,
               step_size, bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad)
 
 
+@njit(cache=True, parallel=True, error_model="numpy")
+def _adam_multi_par(ps, gs, ms, vs, vmaxs, w1, one_minus_w1, beta2, one_minus_beta2, decay, wd, eps, step_size,
+                    bc2_sqrt, tiny, use_wd, decoupled, maximize, small, amsgrad, nch):
+    step = _chunk_step(ps, nch)
+    for c in prange(nch):
+        start = 0
+        for k in range(len(ps)):
+            a, b = _run_of(c, step, start, ps[k].size)
+            if a < b:
+                _adam(ps[k][a:b], gs[k][a:b], ms[k][a:b], vs[k][a:b], _part(vmaxs[k], a, b), w1, one_minus_w1, beta2,
+                      one_minus_beta2, decay, wd, eps, step_size, bc2_sqrt, tiny, use_wd, decoupled, maximize, small,
+                      amsgrad)
+            start += ps[k].size
+
+
 def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
                decoupled, step, maximize=False, scratch=None):
     """The dense (C-ordered or channels-last), writable parameters go through ``_adam_multi``, MULTI_TENSOR per
@@ -593,43 +607,52 @@ def _batched(batches, key, p, g, *states):
 
 def _multi_in_chunks(kernel, rows, consts, empty):
     """``kernel(*columns, *consts)``, a multi-tensor loop, over ``rows`` (one tuple of flat arrays per parameter,
-    ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. From
-    threads.UPDATE_PARALLEL_MIN elements in all, the parameters laid end to end are split into one run of elements
-    per thread (threads.in_chunks); each element is updated as in one call."""
-    ends = list(itertools.accumulate(row[0].size for row in rows))
-    total, pad = ends[-1], (empty,) * len(rows[0])
-
-    def part(lo, hi):
-        if lo == 0 and hi == total:
-            sliced = rows
+    ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. A call over
+    threads.UPDATE_PARALLEL_MIN elements or more runs the kernel's parallel twin instead (``_PARALLEL``): its
+    parameters laid end to end, one run of elements per Numba thread, each element updated as in one call."""
+    pad, split_from = (empty,) * len(rows[0]), _update_split_from()
+    for first in range(0, len(rows), MULTI_TENSOR):
+        chunk = rows[first:first + MULTI_TENSOR]
+        size = sum(row[0].size for row in chunk)
+        columns = tuple(zip(*(chunk + [pad] * (MULTI_TENSOR - len(chunk)))))
+        nch = _threads() if size >= split_from else 1
+        if nch > 1:
+            _PARALLEL[kernel](*columns, *consts, nch)
         else:
-            sliced, start = [], 0
-            for row, end in zip(rows, ends):
-                a, b = max(lo, start), min(hi, end)
-                if a < b:
-                    sliced.append(row if b - a == row[0].size else
-                                  tuple(x[a - start:b - start] if x.size else x for x in row))
-                start = end
-        for first in range(0, len(sliced), MULTI_TENSOR):
-            chunk = sliced[first:first + MULTI_TENSOR]
-            if len(chunk) < MULTI_TENSOR:
-                chunk = chunk + [pad] * (MULTI_TENSOR - len(chunk))
-            kernel(*zip(*chunk), *consts)
-    threads.in_chunks(part, total, _threads, min_size=_update_split_from())
+            kernel(*columns, *consts)
 
 
 def _update_in_chunks(kernel, arrays, consts):
-    """``kernel(*arrays, *consts)``, a one-parameter update loop, split from threads.UPDATE_PARALLEL_MIN elements
-    into one run of elements per thread (threads.in_chunks). ``arrays`` are flat, the parameter's first; an empty
-    one (a state the update does not use) is passed whole."""
-    n = arrays[0].size
-    threads.in_chunks(lambda lo, hi: kernel(*[a[lo:hi] if a.size else a for a in arrays], *consts), n, _threads,
-                      min_size=_update_split_from())
+    """``kernel(*arrays, *consts)``, a one-parameter update loop, as a one-parameter call of its multi-tensor loop
+    (``_multi_in_chunks``: split over the threads from threads.UPDATE_PARALLEL_MIN elements). ``arrays`` are flat,
+    the parameter's first; an empty one (a state the update does not use) is passed whole."""
+    _multi_in_chunks(_MULTI[kernel], [tuple(arrays)], consts, _dummy(arrays[0].dtype))
 
 
 def _update_split_from():
     """Elements from which an update runs in chunks on the threads: threads.UPDATE_PARALLEL_MIN, or never (0)."""
     return threads.UPDATE_PARALLEL_MIN or math.inf
+
+
+# The parallel twins of the multi-tensor loops: chunk c of nch takes elements [c * step, (c + 1) * step) of the
+# call's parameters laid end to end (``_run_of``), sliced out of each parameter it covers.
+@njit(cache=True)
+def _chunk_step(ps, nch):
+    total = 0
+    for k in range(len(ps)):
+        total += ps[k].size
+    return (total + nch - 1) // nch
+
+
+@njit(cache=True)
+def _run_of(c, step, start, n):
+    """The part of a parameter of n elements, at ``start`` in the run of all, that chunk c covers: (a, b)."""
+    return max(c * step - start, 0), min((c + 1) * step - start, n)
+
+
+@njit(cache=True)
+def _part(x, a, b):
+    return x[a:b] if x.size else x  # an empty array stands for a state the update does not use
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -638,6 +661,20 @@ def _sgd_multi(ps, gs, bufs, lr, momentum, one_minus_dampening, wd, tiny, use_wd
     for k in range(len(ps)):
         _sgd(ps[k], gs[k], bufs[k], lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov,
              maximize, first_step)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _sgd_multi_par(ps, gs, bufs, lr, momentum, one_minus_dampening, wd, tiny, use_wd, use_momentum, nesterov,
+                   maximize, first_step, nch):
+    step = _chunk_step(ps, nch)
+    for c in prange(nch):
+        start = 0
+        for k in range(len(ps)):
+            a, b = _run_of(c, step, start, ps[k].size)
+            if a < b:
+                _sgd(ps[k][a:b], gs[k][a:b], _part(bufs[k], a, b), lr, momentum, one_minus_dampening, wd, tiny,
+                     use_wd, use_momentum, nesterov, maximize, first_step)
+            start += ps[k].size
 
 
 def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
@@ -723,6 +760,25 @@ def _rmsprop_multi(ps, gs, vs, gas, bufs, lr, alpha, one_minus_alpha, one_minus_
     for k in range(len(ps)):
         _rmsprop(ps[k], gs[k], vs[k], gas[k], bufs[k], lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum,
                  tiny, use_wd, centered, use_momentum, maximize, small)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _rmsprop_multi_par(ps, gs, vs, gas, bufs, lr, alpha, one_minus_alpha, one_minus_w, eps, wd, momentum, tiny,
+                       use_wd, centered, use_momentum, maximize, small, nch):
+    step = _chunk_step(ps, nch)
+    for c in prange(nch):
+        start = 0
+        for k in range(len(ps)):
+            a, b = _run_of(c, step, start, ps[k].size)
+            if a < b:
+                _rmsprop(ps[k][a:b], gs[k][a:b], vs[k][a:b], _part(gas[k], a, b), _part(bufs[k], a, b), lr, alpha,
+                         one_minus_alpha, one_minus_w, eps, wd, momentum, tiny, use_wd, centered, use_momentum,
+                         maximize, small)
+            start += ps[k].size
+
+
+_MULTI = {_adam: _adam_multi, _sgd: _sgd_multi, _rmsprop: _rmsprop_multi}  # one-parameter loop -> multi-tensor
+_PARALLEL = {_adam_multi: _adam_multi_par, _sgd_multi: _sgd_multi_par, _rmsprop_multi: _rmsprop_multi_par}
 
 
 def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,

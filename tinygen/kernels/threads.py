@@ -2,10 +2,10 @@
 
     tinygen.set_num_threads(1)     # e.g. for reproducible timings, or several processes on one machine
 
-Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements), and
+Two kinds of threads: Numba's, for the kernels in cpu.py (their ``*_par`` twins run from PARALLEL_MIN elements; the
+optimizers' multi-tensor loops from UPDATE_PARALLEL_MIN elements in a call), and
 a small pool that runs calls that release the GIL in chunks (``in_chunks``): the transcendental ufuncs (exp, log1p,
-tanh) from UFUNC_PARALLEL_MIN elements, the optimizers' Numba loops (``nogil``) from UPDATE_PARALLEL_MIN elements
-(all the parameters of an optimizer's step together), the convolutions' im2col/col2im by samples (conv_cpu.py,
+tanh) from UFUNC_PARALLEL_MIN elements, the convolutions' im2col/col2im by samples (conv_cpu.py,
 from its own threshold), and, when the setting BLAS_PARALLEL_MIN is on (a busy
 machine; off by default, when matrix products run on BLAS's own threads), matrix products from that many
 multiply-adds (gemm.mm: one BLAS call per block of rows, BLAS itself on one thread). The chunks run at once, with
@@ -40,21 +40,17 @@ PARALLEL_MIN = config.get("TINYGEN_NUMBA_PARALLEL_MIN")
 UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
 # An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
-# core), after a backward whose last products ran on BLAS's threads. N > 0 splits it from N elements (all the
-# parameters of a step together) into runs on tinygen's pool; 0: always on the calling thread. A pool thread sleeps
-# on a lock between calls (Numba's parallel loops spin-wait instead and, inside a step, take the core from BLAS's
-# threads); on the 2-core virtual machine of benchmarks/README.md it starts 60-130 us after it is asked, while
-# OpenBLAS's worker may still spin on the other core. Measured there in whole compiled steps (alternating rounds in
-# one process, OPENBLAS_THREAD_TIMEOUT=18: ``python -m benchmarks.step_bench --compare updates``, and the A/B of
-# 2^20 against 2^17): splitting from 2^17 made the steps of the MLP (SGD, 0.67M parameters) 11% slower at batch 16,
-# the VAE's (Adam, 0.65M) 5% and the MLP with Adam's 3-5% slower at batch 16-64; from 2^20, which leaves those
-# unsplit and splits the GAN's generator (1.5M), the GAN's batch-16 step was 3.6% faster than from 2^17 and its
-# batch-64 step level. Side by side with JAX the picture was the same for the MLP (0.64-0.67x JAX unsplit against
-# 0.59-0.60x), level for the others (an earlier day's runs had found the GAN's batch-16 step faster split from 2^17:
-# 0.79-0.82x against 0.71-0.73x). Later, with spin 24 and MKL's products (blas.py), the GAN's generator update
-# (1.5M) split was 0.96-1.00x as fast as unsplit at batch 16-1024 (0.99-1.02x with OpenBLAS's products; ``--compare
-# updates``): on 2 cores the update is memory-bound. So the default is 2^22, which splits none of the benchmark
-# models' updates; machines with more cores and memory channels can lower it.
+# core). N > 0: a multi-tensor call (up to cpu.MULTI_TENSOR parameters) of N elements or more runs its parallel twin,
+# one run of elements per Numba thread; 0: always on the calling thread. Numba's threads, not tinygen's pool: a pool
+# thread starts 60-130 us after it is asked and must take the GIL, and split on the pool the update was no faster
+# inside a step (MKL's worker still spinning on the other core after the backward's last product: the earlier
+# default, 2^22, split none of the benchmark models' updates). On Numba's TBB layer (the tbb package, which the
+# numba and mkl extras install) a run whose thread has no core is taken by the calling thread when its own is done,
+# as on the pool; on the OpenMP and workqueue layers the split is static. Measured on the 2-core machine of
+# benchmarks/README.md (2026-12-06, whole compiled steps, a fresh process for each setting, MKL's products): from
+# 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD 1.13-1.17 against 1.31-1.42 ms; MLP with Adam, GAN),
+# the VAE's level to 8% faster; batch 64 1-8% faster; batch 256 and 1024 level (within 3%; the VAE's batch 1024 8%
+# faster). From 2^18 the MLP's batch-16 step was 1.22-1.26 ms. So the default is 2^16.
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
