@@ -337,8 +337,8 @@ def _variants(switch, make_step):
     steps, one recorded without tinygen.compile's leaving out of unread gradients; reuse: the same, without its
     reuse of a forward on the same arrays (``_reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
-    (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting; from 2^16 elements when
-    it is 0)."""
+    (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting when it is a count, else
+    from 2^16 elements)."""
     if switch == "parts":
         from tinygen.kernels import conv
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
@@ -348,7 +348,7 @@ def _variants(switch, make_step):
     if switch == "updates":
         from tinygen.kernels import threads
         setting = threads.UPDATE_PARALLEL_MIN
-        threads.UPDATE_PARALLEL_MIN = setting or 1 << 16  # split
+        threads.UPDATE_PARALLEL_MIN = setting if setting not in (0, "auto") else 1 << 16  # split
         use, restore = _module_switch(threads, "UPDATE_PARALLEL_MIN", 0, make_step)
         return use, lambda: (restore(), setattr(threads, "UPDATE_PARALLEL_MIN", setting))
     if switch == "inplace":
@@ -425,7 +425,7 @@ def main(argv=None):
                          "compiled only), inplace (a leaf's second gradient added in place), parts (a "
                          "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting), "
                          "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
-                         "the setting, 2^16 when it is 0)")
+                         "the setting, 2^16 when it is 0 or auto)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--products", action="store_true",
                     help="with --case: each matrix product of the step, timed in the step and alone (caches warm, "

@@ -29,13 +29,16 @@ def test_defaults_when_unset_or_empty(monkeypatch):
 def test_values_are_parsed(monkeypatch):
     monkeypatch.setenv("TINYGEN_MM_SWAP_MAX_ROWS", "12")
     assert config.get("TINYGEN_MM_SWAP_MAX_ROWS") == 12
+    for text, value in (("auto", "auto"), (" AUTO ", "auto"), ("0", 0), ("4096", 4096)):
+        monkeypatch.setenv("TINYGEN_UPDATE_PARALLEL_MIN", text)
+        assert config.get("TINYGEN_UPDATE_PARALLEL_MIN") == value
     monkeypatch.setenv("TINYGEN_DATA", "~/mnist")
     assert config.get("TINYGEN_DATA") == Path("~/mnist").expanduser()
     assert config.raw("TINYGEN_DATA") == "~/mnist"
 
 
 @pytest.mark.parametrize("name, text", [("TINYGEN_NUMBA", "maybe"), ("TINYGEN_MM_SWAP_MAX_ROWS", "many"),
-                                        ("TINYGEN_NUMBA_PARALLEL_MIN", "-3")])
+                                        ("TINYGEN_NUMBA_PARALLEL_MIN", "-3"), ("TINYGEN_UPDATE_PARALLEL_MIN", "some")])
 def test_bad_values_name_the_variable(monkeypatch, name, text):
     monkeypatch.setenv(name, text)
     with pytest.raises(ValueError, match=f"environment variable {name}={text!r}"):
@@ -57,3 +60,20 @@ def test_settings_read_at_import_reach_their_modules():
             " gemm.PAIR_MAX_ROWS)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["7", "1000", "2000", "3000", "0"]
+
+
+def test_the_update_split_follows_the_products_blas(monkeypatch):
+    """TINYGEN_UPDATE_PARALLEL_MIN=auto: 2^16 elements with MKL's products (whose idle threads leave the core to
+    Numba's), 2^22 with NumPy's BLAS (OpenBLAS's worker spins through a step); a count as given; 0: never."""
+    import math
+
+    from tinygen.kernels import blas, threads
+    monkeypatch.setattr(threads, "UPDATE_PARALLEL_MIN", "auto")
+    monkeypatch.setattr(blas, "mkl", lambda: object())
+    assert threads.update_split_from() == 1 << 16
+    monkeypatch.setattr(blas, "mkl", lambda: None)
+    assert threads.update_split_from() == 1 << 22
+    monkeypatch.setattr(threads, "UPDATE_PARALLEL_MIN", 5000)
+    assert threads.update_split_from() == 5000
+    monkeypatch.setattr(threads, "UPDATE_PARALLEL_MIN", 0)
+    assert threads.update_split_from() == math.inf

@@ -6,9 +6,10 @@
                                                   thread
     TINYGEN_UFUNC_PARALLEL_MIN  262144 (1<<18)    elements from which NumPy's exp/log1p/tanh     kernels.threads*
                                                   inside a kernel run in chunks on a thread pool
-    TINYGEN_UPDATE_PARALLEL_MIN 65536 (1<<16)     elements from which an optimizer's update      kernels.threads*
+    TINYGEN_UPDATE_PARALLEL_MIN auto              elements from which an optimizer's update      kernels.threads*
                                                   call (up to 8 parameters) splits over Numba's
-                                                  threads; 0: never
+                                                  threads; 0: never; auto: 65536 (1<<16) with
+                                                  MKL's products, else 4194304 (1<<22)
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
                                                   (OpenBLAS is slow on short, wide products)
     TINYGEN_BLAS_PARALLEL_MIN   0                 0: products on BLAS's own threads; N > 0 (a     kernels.threads*
@@ -66,6 +67,12 @@ def _count(text):
     return value
 
 
+def _count_or(word):
+    def parse(text):
+        return word if text.strip().lower() == word else _count(text)
+    return parse
+
+
 def _choice(*options):
     def parse(text):
         value = text.strip().lower()
@@ -85,7 +92,7 @@ SETTINGS = {
     "TINYGEN_NUMBA": (True, _flag),
     "TINYGEN_NUMBA_PARALLEL_MIN": (1 << 22, _count),
     "TINYGEN_UFUNC_PARALLEL_MIN": (1 << 18, _count),
-    "TINYGEN_UPDATE_PARALLEL_MIN": (1 << 16, _count),
+    "TINYGEN_UPDATE_PARALLEL_MIN": ("auto", _count_or("auto")),
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_BLAS": ("auto", _choice("auto", "numpy", "mkl")),

@@ -15,8 +15,8 @@ How the loops are written:
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
     The optimizers' multi-tensor loops have twins too (``_PARALLEL``), one run of the call's parameters laid end
-    to end per thread, used from ``threads.UPDATE_PARALLEL_MIN`` elements in a call (0: never), which pays far
-    earlier inside a step (threads.py says why).
+    to end per thread, used from ``threads.update_split_from()`` elements in a call (the setting TINYGEN_UPDATE_PARALLEL_MIN),
+    which pays far earlier inside a step (threads.py says why).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
@@ -608,9 +608,9 @@ def _batched(batches, key, p, g, *states):
 def _multi_in_chunks(kernel, rows, consts, empty):
     """``kernel(*columns, *consts)``, a multi-tensor loop, over ``rows`` (one tuple of flat arrays per parameter,
     ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. A call over
-    threads.UPDATE_PARALLEL_MIN elements or more runs the kernel's parallel twin instead (``_PARALLEL``): its
+    threads.update_split_from() elements or more runs the kernel's parallel twin instead (``_PARALLEL``): its
     parameters laid end to end, one run of elements per Numba thread, each element updated as in one call."""
-    pad, split_from = (empty,) * len(rows[0]), _update_split_from()
+    pad, split_from = (empty,) * len(rows[0]), threads.update_split_from()
     for first in range(0, len(rows), MULTI_TENSOR):
         chunk = rows[first:first + MULTI_TENSOR]
         size = sum(row[0].size for row in chunk)
@@ -624,14 +624,9 @@ def _multi_in_chunks(kernel, rows, consts, empty):
 
 def _update_in_chunks(kernel, arrays, consts):
     """``kernel(*arrays, *consts)``, a one-parameter update loop, as a one-parameter call of its multi-tensor loop
-    (``_multi_in_chunks``: split over the threads from threads.UPDATE_PARALLEL_MIN elements). ``arrays`` are flat,
+    (``_multi_in_chunks``: split over the threads from threads.update_split_from() elements). ``arrays`` are flat,
     the parameter's first; an empty one (a state the update does not use) is passed whole."""
     _multi_in_chunks(_MULTI[kernel], [tuple(arrays)], consts, _dummy(arrays[0].dtype))
-
-
-def _update_split_from():
-    """Elements from which an update runs in chunks on the threads: threads.UPDATE_PARALLEL_MIN, or never (0)."""
-    return threads.UPDATE_PARALLEL_MIN or math.inf
 
 
 # The parallel twins of the multi-tensor loops: chunk c of nch takes elements [c * step, (c + 1) * step) of the

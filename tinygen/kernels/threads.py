@@ -19,6 +19,7 @@ Reductions split across threads add their parts in a different order, so a resul
 BLAS threads are set through threadpoolctl when it is installed; without it, only the environment variables
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, read before NumPy is imported, control them.
 """
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,17 +42,26 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 
 # An optimizer update reads and writes every parameter and its state once (memory-bound, ~1 ns per element on one
 # core). N > 0: a multi-tensor call (up to cpu.MULTI_TENSOR parameters) of N elements or more runs its parallel twin,
-# one run of elements per Numba thread; 0: always on the calling thread. Numba's threads, not tinygen's pool: a pool
-# thread starts 60-130 us after it is asked and must take the GIL, and split on the pool the update was no faster
-# inside a step (MKL's worker still spinning on the other core after the backward's last product: the earlier
-# default, 2^22, split none of the benchmark models' updates). On Numba's TBB layer (the tbb package, which the
-# numba and mkl extras install) a run whose thread has no core is taken by the calling thread when its own is done,
-# as on the pool; on the OpenMP and workqueue layers the split is static. Measured on the 2-core machine of
-# benchmarks/README.md (2026-12-06, whole compiled steps, a fresh process for each setting, MKL's products): from
-# 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD 1.13-1.17 against 1.31-1.42 ms; MLP with Adam, GAN),
-# the VAE's level to 8% faster; batch 64 1-8% faster; batch 256 and 1024 level (within 3%; the VAE's batch 1024 8%
-# faster). From 2^18 the MLP's batch-16 step was 1.22-1.26 ms. So the default is 2^16.
+# one run of elements per Numba thread; 0: always on the calling thread; "auto" (the default): 2^16 when tinygen's
+# products go through MKL, else 2^22 (``update_split_from``). Numba's threads, not tinygen's pool: a pool thread
+# starts 60-130 us after it is asked and must take the GIL, and split on the pool the update was no faster inside a
+# step. On Numba's TBB layer (the tbb package, which the numba and mkl extras install) a run whose thread has no
+# core is taken by the calling thread when its own is done, as on the pool; on the OpenMP and workqueue layers the
+# split is static. Measured on the 2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, a fresh
+# process for each setting): with MKL's products, from 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD
+# 1.13-1.17 against 1.31-1.42 ms; MLP with Adam, GAN), the VAE's level to 8% faster; batch 64 1-8% faster; batch
+# 256 and 1024 level (within 3%; the VAE's batch 1024 8% faster); from 2^18 the MLP's batch-16 step was 1.22-1.26
+# ms. With OpenBLAS's products (its worker kept spinning through a step, OPENBLAS_THREAD_TIMEOUT=24: blas.py) the
+# split lost: the GAN's batch-16 step 9.1-9.3 ms against 8.0-8.7, the others level to 8% either way.
 UPDATE_PARALLEL_MIN = config.get("TINYGEN_UPDATE_PARALLEL_MIN")
+
+
+def update_split_from():
+    """Elements of a multi-tensor update call from which it splits over Numba's threads (inf: never)."""
+    n = UPDATE_PARALLEL_MIN
+    if n == "auto":
+        n = 1 << 16 if blas.mkl() is not None else 1 << 22
+    return n or math.inf
 
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
 # idle machine. N > 0: products below N multiply-adds (m * k * n) on one BLAS thread, larger ones split by gemm.mm
