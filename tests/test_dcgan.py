@@ -43,10 +43,18 @@ def test_bad_inputs_say_what_is_wrong():
         D(tg.randn(2, 1, 32, 32))
 
 
+def _penalty(kind, g):
+    """WGAN-GP's (||dD/dx|| - 1)^2 or R1's gamma / 2 * ||dD/dx||^2 (gamma 10), averaged over the batch (tinygen or
+    PyTorch tensors)."""
+    squares = g.reshape(3, -1).pow(2).sum(1)
+    return ((squares.sqrt() - 1) ** 2).mean() if kind == "wgan-gp" else 5.0 * squares.mean()
+
+
 @requires_torch
-def test_gradient_penalty_double_backward_matches_torch():
-    """WGAN-GP on the critic without batch norm: d/dparams of (||dD/dx|| - 1)^2 equals PyTorch's, from the same
-    weights (float64)."""
+@pytest.mark.parametrize("kind", ["wgan-gp", "r1"])
+def test_gradient_penalty_double_backward_matches_torch(kind):
+    """WGAN-GP's and R1's penalties on the critic without batch norm: their gradients with respect to the
+    parameters (a double backward through the convolutions) equal PyTorch's, from the same weights (float64)."""
     import torch
     tg.manual_seed(0)
     ours = DCGANDiscriminator(4, batchnorm=False).to(tg.float64)
@@ -58,12 +66,12 @@ def test_gradient_penalty_double_backward_matches_torch():
 
     xo = tg.tensor(x, requires_grad=True)
     (go,) = tg.grad(ours(xo).sum(), [xo], create_graph=True)
-    penalty_o = ((go.reshape(3, -1).pow(2).sum(1).sqrt() - 1) ** 2).mean()
+    penalty_o = _penalty(kind, go)
     penalty_o.backward()
 
     xt = torch.tensor(x, requires_grad=True)
     (gt,) = torch.autograd.grad(theirs(xt).reshape(3).sum(), [xt], create_graph=True)
-    penalty_t = ((gt.reshape(3, -1).pow(2).sum(1).sqrt() - 1) ** 2).mean()
+    penalty_t = _penalty(kind, gt)
     penalty_t.backward()
 
     np.testing.assert_allclose(float(penalty_o.data), penalty_t.item(), rtol=1e-10)
