@@ -630,7 +630,10 @@ def _update_in_chunks(kernel, arrays, consts):
 
 
 # The parallel twins of the multi-tensor loops: chunk c of nch takes elements [c * step, (c + 1) * step) of the
-# call's parameters laid end to end (``_run_of``), sliced out of each parameter it covers.
+# call's parameters laid end to end (``_run_of``), sliced out of each parameter it covers. Each optimizer's twin
+# repeats that loop around its own one-parameter loop: one twin taking the loop as a compiled-function argument made
+# the update of the VAE's 0.65M parameters 12% slower (700 against 625 us on one thread) and each call 10-20 us
+# longer.
 @njit(cache=True)
 def _chunk_step(ps, nch):
     total = 0
