@@ -846,6 +846,29 @@ def test_optimizer_updates_above_the_update_threshold_keep_the_reference_bits(sp
 
 
 @requires_numba
+@pytest.mark.parametrize("layer, split", [("tbb", True), ("omp", False), ("workqueue", False)])
+def test_updates_split_only_on_numbas_tbb_layer(layer, split, monkeypatch):
+    # GNU OpenMP ends a forked child that runs a parallel loop, and workqueue must not be entered from two threads:
+    # on those layers an update runs on the calling thread (the same bits either way)
+    from tinygen.kernels import cpu
+    if cpu._threads() < 2:
+        pytest.skip("Numba runs with one thread here: nothing is split")
+    monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 1)
+    monkeypatch.setattr(cpu.numba, "threading_layer", lambda: layer)
+    calls = []
+    parallel = dict(cpu._PARALLEL)
+    counted = {k: (lambda *a, _f=f: (calls.append(1), _f(*a))) for k, f in parallel.items()}
+    monkeypatch.setattr(cpu, "_PARALLEL", counted)
+    rng = np.random.default_rng(3)
+    p, g = randn(rng, 1000, np.float32), randn(rng, 1000, np.float32)
+    expected = p.copy()
+    ref.sgd_step(expected, g, None, 1e-2)
+    cpu.sgd_steps([p], [g], None, 1e-2)
+    same(p, expected)
+    assert bool(calls) is split
+
+
+@requires_numba
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 1001])
 def test_ufunc_chunks_cover_every_element_once(monkeypatch, n):
     from tinygen.kernels import cpu

@@ -8,8 +8,9 @@
                                                   inside a kernel run in chunks on a thread pool
     TINYGEN_UPDATE_PARALLEL_MIN auto              elements from which an optimizer's update      kernels.threads*
                                                   call (up to 8 parameters) splits over Numba's
-                                                  threads; 0: never; auto: 65536 (1<<16) with
-                                                  MKL's products, else 4194304 (1<<22)
+                                                  threads (its TBB layer only); 0: never; auto:
+                                                  65536 (1<<16) with MKL's products, else
+                                                  4194304 (1<<22)
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
                                                   (OpenBLAS is slow on short, wide products)
     TINYGEN_BLAS_PARALLEL_MIN   0                 0: products on BLAS's own threads; N > 0 (a     kernels.threads*

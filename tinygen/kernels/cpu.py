@@ -15,8 +15,8 @@ How the loops are written:
     cost microseconds to start, so the parallel twin runs only from ``threads.PARALLEL_MIN`` elements
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
     The optimizers' multi-tensor loops have twins too (``_PARALLEL``), one run of the call's parameters laid end
-    to end per thread, used from ``threads.update_split_from()`` elements in a call (the setting TINYGEN_UPDATE_PARALLEL_MIN),
-    which pays far earlier inside a step (threads.py says why).
+    to end per thread, used from ``threads.update_split_from()`` elements in a call (the setting
+    TINYGEN_UPDATE_PARALLEL_MIN) on Numba's TBB layer, which pays far earlier inside a step (threads.py says why).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
@@ -615,11 +615,18 @@ def _multi_in_chunks(kernel, rows, consts, empty):
         chunk = rows[first:first + MULTI_TENSOR]
         size = sum(row[0].size for row in chunk)
         columns = tuple(zip(*(chunk + [pad] * (MULTI_TENSOR - len(chunk)))))
-        nch = _threads() if size >= split_from else 1
+        nch = _update_threads() if size >= split_from else 1
         if nch > 1:
             _PARALLEL[kernel](*columns, *consts, nch)
         else:
             kernel(*columns, *consts)
+
+
+def _update_threads():
+    """Numba's thread count, on its TBB layer; 1 (no split) on its OpenMP layer, where a forked child that runs a
+    parallel loop is ended (GNU OpenMP), and on workqueue, which two threads must not call at once."""
+    t = _threads()  # starts Numba's threads, so its layer is known
+    return t if t > 1 and numba.threading_layer() == "tbb" else 1
 
 
 def _update_in_chunks(kernel, arrays, consts):

@@ -45,10 +45,11 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 # one run of elements per Numba thread; 0: always on the calling thread; "auto" (the default): 2^16 when tinygen's
 # products go through MKL, else 2^22 (``update_split_from``). Numba's threads, not tinygen's pool: a pool thread
 # starts 60-130 us after it is asked and must take the GIL, and split on the pool the update was no faster inside a
-# step. On Numba's TBB layer (the tbb package, which the numba and mkl extras install) a run whose thread has no
-# core is taken by the calling thread when its own is done, as on the pool; on the OpenMP and workqueue layers the
-# split is static. Measured on the 2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, a fresh
-# process for each setting): with MKL's products, from 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD
+# step. Only on Numba's TBB layer (the tbb package, which the numba and mkl extras install): there a run whose thread
+# has no core is taken by the calling thread when its own is done, as on the pool, and a forked child may run it
+# (on the GNU OpenMP layer Numba ends such a child; workqueue must not be called from two threads at once).
+# Measured on the 2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, a fresh process for each
+# setting): with MKL's products, from 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD
 # 1.13-1.17 against 1.31-1.42 ms; MLP with Adam, GAN), the VAE's level to 8% faster; batch 64 1-8% faster; batch
 # 256 and 1024 level (within 3%; the VAE's batch 1024 8% faster); from 2^18 the MLP's batch-16 step was 1.22-1.26
 # ms. With OpenBLAS's products (its worker kept spinning through a step, OPENBLAS_THREAD_TIMEOUT=24: blas.py) the
