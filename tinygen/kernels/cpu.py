@@ -607,26 +607,18 @@ def _batched(batches, key, p, g, *states):
 
 def _multi_in_chunks(kernel, rows, consts, empty):
     """``kernel(*columns, *consts)``, a multi-tensor loop, over ``rows`` (one tuple of flat arrays per parameter,
-    ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. A call over
-    threads.update_split_from() elements or more runs the kernel's parallel twin instead (``_PARALLEL``): its
-    parameters laid end to end, one run of elements per Numba thread, each element updated as in one call."""
-    pad, split_from = (empty,) * len(rows[0]), threads.update_split_from()
+    ``empty`` for a state the update does not use), MULTI_TENSOR parameters per call. A call that
+    threads.update_chunks splits runs the kernel's parallel twin instead (``_PARALLEL``): its parameters laid end
+    to end, one run of elements per Numba thread, each element updated as in one call."""
+    pad = (empty,) * len(rows[0])
     for first in range(0, len(rows), MULTI_TENSOR):
         chunk = rows[first:first + MULTI_TENSOR]
-        size = sum(row[0].size for row in chunk)
         columns = tuple(zip(*(chunk + [pad] * (MULTI_TENSOR - len(chunk)))))
-        nch = _update_threads() if size >= split_from else 1
-        if nch > 1:
+        nch = threads.update_chunks(sum(row[0].size for row in chunk), _threads)
+        if nch:
             _PARALLEL[kernel](*columns, *consts, nch)
         else:
             kernel(*columns, *consts)
-
-
-def _update_threads():
-    """Numba's thread count, on its TBB layer; 1 (no split) on its OpenMP layer, where a forked child that runs a
-    parallel loop is ended (GNU OpenMP), and on workqueue, which two threads must not call at once."""
-    t = _threads()  # starts Numba's threads, so its layer is known
-    return t if t > 1 and numba.threading_layer() == "tbb" else 1
 
 
 def _update_in_chunks(kernel, arrays, consts):

@@ -64,6 +64,7 @@ def update_split_from():
         n = 1 << 16 if blas.mkl() is not None else 1 << 22
     return n or math.inf
 
+
 # For a machine shared with other processes. 0 (the default): every product on BLAS's own threads, the fastest on an
 # idle machine. N > 0: products below N multiply-adds (m * k * n) on one BLAS thread, larger ones split by gemm.mm
 # across tinygen's threads. OpenBLAS splits statically from 262,144 multiply-adds and waits until its other thread
@@ -165,6 +166,16 @@ def parallel_chunks(n, thread_count):
         return 0
     t = thread_count()
     return t if t > 1 else 0
+
+
+def update_chunks(n, thread_count):
+    """Number of chunks for an optimizer update call of ``n`` elements (its multi-tensor loop's parallel twin), or 0
+    to run it serially: from update_split_from() elements, on Numba's TBB layer only (on its GNU OpenMP layer Numba
+    ends a forked child that runs a parallel loop; workqueue must not be entered from two threads at once)."""
+    if n < update_split_from():
+        return 0
+    t = thread_count()  # starts Numba's threads, so its layer is known
+    return t if t > 1 and _numba().threading_layer() == "tbb" else 0
 
 
 def _pool(t):
