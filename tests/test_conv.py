@@ -200,15 +200,10 @@ def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
     BLAS on one thread: the results are the whole batch's within rounding, no column matrix is kept (the weight
     gradient builds its parts again), and Numba, the reference and the stand-in (the same runs of parts one after
     the other) agree bit for bit."""
-    from tinygen.backend import standin
     from tinygen.kernels import blas, threads
     x, w, args, mods, rng = _batch_case(case, seed)
     n, w_shape, (_, padding, dilation, groups), dtype = x.shape[0], w.shape, args, x.dtype
-    y = ref_conv.conv2d_fwd(x, w, *args)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args), ref_conv.conv2d_bwd_weight(x, g, w_shape[2:],
-                                                                                                  *args))
-    sample_cols = y.shape[2] * y.shape[3] * w_shape[1] * groups * w_shape[2] * w_shape[3] * x.itemsize
+    whole, g, sample_cols = _whole_batch(x, w, args, rng)
     splits, blas_counts, inside = [], [], []
     in_chunks, product = threads.in_chunks, ref_conv.mm
 
@@ -234,9 +229,7 @@ def test_a_large_batch_runs_in_parts_on_the_threads(case, seed, parts):
                 assert cols is None
                 got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args),
                             mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols)))
-            on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
-                          ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
-                          ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
+            on_standin = _on_standin(x, w, g, args)
     finally:
         threads.in_chunks, ref_conv.mm = old
     if threads.get_num_threads() > 1 and blas.mkl() is not None:
@@ -278,25 +271,36 @@ def _agree(got, on_standin, whole, dtype):
 def _whole_and_parts(mods, x, w, args, parts, rng):
     """The three kernels' results on the whole batch (reference), then in about ``parts`` parts for each of
     ``mods`` and the reference on the stand-in."""
-    from tinygen.backend import standin
     n, w_shape = x.shape[0], w.shape
-    y = ref_conv.conv2d_fwd(x, w, *args)
-    g = rng.standard_normal(y.shape).astype(x.dtype)
-    whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args),
-             ref_conv.conv2d_bwd_weight(x, g, w_shape[2:], *args))
-    sample_cols = y.shape[2] * y.shape[3] * w_shape[1] * args[3] * w_shape[2] * w_shape[3] * x.itemsize
+    whole, g, sample_cols = _whole_batch(x, w, args, rng)
+    out_positions = whole[0].shape[2] * whole[0].shape[3]
     ref_conv.CHUNK_BYTES = -(-n * sample_cols // parts)
     got = []
     for mod in mods:
         y_parts, cols = mod.conv2d_fwd(x, w, *args, keep_cols=True)
-        assert len(cols) > 1 and sum(c.shape[0] for c in cols) == n * y.shape[2] * y.shape[3]
+        assert len(cols) > 1 and sum(c.shape[0] for c in cols) == n * out_positions
         gw = mod.conv2d_bwd_weight(x, g, w_shape[2:], *args)
         np.testing.assert_array_equal(mod.conv2d_bwd_weight(x, g, w_shape[2:], *args, cols), gw)
         got.append((y_parts, mod.conv2d_bwd_input(g, w, x.shape[2:], *args), gw))
-    on_standin = (ref_conv.conv2d_fwd(standin.asarray(x), standin.asarray(w), *args).get(),
-                  ref_conv.conv2d_bwd_input(standin.asarray(g), standin.asarray(w), x.shape[2:], *args).get(),
-                  ref_conv.conv2d_bwd_weight(standin.asarray(x), standin.asarray(g), w_shape[2:], *args).get())
-    return whole, got, on_standin
+    return whole, got, _on_standin(x, w, g, args)
+
+
+def _whole_batch(x, w, args, rng):
+    """The reference's three kernels on the whole batch (y, input gradient, weight gradient) for an upstream
+    gradient g drawn from ``rng``; returns them, g, and the bytes of one sample's column matrix."""
+    y = ref_conv.conv2d_fwd(x, w, *args)
+    g = rng.standard_normal(y.shape).astype(x.dtype)
+    whole = (y, ref_conv.conv2d_bwd_input(g, w, x.shape[2:], *args), ref_conv.conv2d_bwd_weight(x, g, w.shape[2:],
+                                                                                                  *args))
+    return whole, g, y.shape[2] * y.shape[3] * w.shape[1] * args[3] * w.shape[2] * w.shape[3] * x.itemsize
+
+
+def _on_standin(x, w, g, args):
+    """The reference's three kernels on the CPU stand-in for CuPy, brought back to NumPy."""
+    from tinygen.backend import standin
+    xs, ws, gs = standin.asarray(x), standin.asarray(w), standin.asarray(g)
+    return (ref_conv.conv2d_fwd(xs, ws, *args).get(), ref_conv.conv2d_bwd_input(gs, ws, x.shape[2:], *args).get(),
+            ref_conv.conv2d_bwd_weight(xs, gs, w.shape[2:], *args).get())
 
 
 @pytest.mark.skipif(not kernels.enabled(), reason="the Numba kernels are off (TINYGEN_NUMBA=0 or no numba)")
