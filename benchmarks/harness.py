@@ -747,6 +747,8 @@ def markdown(results):
                            f"CPU capability {info.get('torch_cpu_capability')}" if "torch_threads" in info else "")
                         + (f"; its matrix products: {info['tinygen_blas']} (tinygen.kernels.blas)"
                            if "tinygen_blas" in info else "")
+                        + (f"; Numba's threading layer: {info['numba_threading_layer']}"
+                           if "numba_threading_layer" in info else "")
                         + ({True: "; keeps freed memory for reuse (tinygen.allocator)",
                             False: "; returns freed memory (tinygen.allocator off)"}.get(
                                info.get("tinygen_keeps_freed_memory"), "")))

@@ -172,3 +172,98 @@ def test_with_mkl_a_layers_two_gradient_products_run_one_after_the_other(mkl, mo
     assert calls == []
     np.testing.assert_array_equal(gx, blas.matmul(g, w))
     np.testing.assert_array_equal(gw, blas.matmul(g.T, x))
+
+
+# ---- Numba's loops on MKL's OpenMP threads (threads._arrange_layer) ------------------------------------------------
+_ONE_POOL = r"""
+import ctypes, os, platform, sys
+import numpy as np
+from numba import njit, prange
+import tinygen
+from tinygen.kernels import blas, cpu, threads
+import numba
+
+_syscall = ctypes.CDLL(None).syscall
+_syscall.restype, _syscall.argtypes = ctypes.c_long, [ctypes.c_long]
+GETTID = {"x86_64": 186, "aarch64": 178}[platform.machine()]
+
+
+@njit(parallel=True)
+def _tids(out):  # the OS thread that runs each iteration
+    for i in prange(out.size):
+        out[i] = _syscall(GETTID)
+
+
+tinygen.set_num_threads(2)
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((256, 512)).astype(np.float32)
+c = blas.matmul(a, b)  # MKL's threads start
+assert blas.mkl() is not None and c is not None
+before = {int(t) for t in os.listdir("/proc/self/task")}  # MKL's threads, none of Numba's loops run yet
+p, g = rng.standard_normal(1 << 17).astype(np.float32), rng.standard_normal(1 << 17).astype(np.float32)
+q = p.copy()
+expected = p.copy()
+for k in range(p.size):  # SGD without momentum, element by element (float32 as the kernel rounds it)
+    expected[k] = p[k] - np.float32(1e-2) * g[k]
+assert threads.update_chunks(p.size, cpu._threads) == 2, "the update is not split"
+cpu.sgd_steps([p], [g], None, 1e-2)
+assert np.array_equal(p, expected)
+layer = numba.threading_layer()
+tids = np.zeros(2, np.int64)
+_tids(tids)
+print("layer", layer)
+print("threads", len(set(tids.tolist())), "new", len(set(tids.tolist()) - before))
+
+if os.environ.get("SKIP_FORK"):
+    sys.exit()
+pid = os.fork()  # a forked child: products on MKL, updates on the calling thread (Numba would end it otherwise)
+if pid == 0:
+    ok = np.array_equal(blas.matmul(a, b), c) and threads._serial_only == (layer == "omp")
+    cpu.sgd_steps([q], [g], None, 1e-2)
+    os._exit(0 if ok and np.array_equal(q, expected) else 3)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def _layer_run(code, **env):
+    import platform
+    import subprocess
+    import sys
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the check reads Linux's thread ids")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: nothing runs on a second thread")
+    pytest.importorskip("numba")
+    full = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "TINYGEN_BLAS")}
+    full.update(env, TINYGEN_NUMBA="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+
+
+def test_numbas_loops_run_on_mkls_openmp_threads(mkl):
+    """With MKL's products, Numba's parallel loops run on the threads MKL's products run on (no second pool): its
+    two iterations on threads that existed before the loop; a forked child runs updates on one thread, the same
+    bits, and MKL's products there work."""
+    seen = _layer_run(_ONE_POOL)
+    assert seen["layer"] == "omp"
+    assert seen["threads"] == "2 new 0", seen
+    assert seen["child"] == "0"
+
+
+@pytest.mark.parametrize("env, code", [({"NUMBA_THREADING_LAYER": "workqueue"}, ""),
+                                       ({"TINYGEN_BLAS": "numpy"}, ""),
+                                       ({"SKIP_FORK": "1"}, "import ctypes, os; ctypes.CDLL('libgomp.so.1', os.RTLD_GLOBAL)\n")],
+                         ids=["layer-asked-for", "numpy-blas", "gnu-openmp-loaded"])
+def test_numbas_layer_is_left_alone(mkl, env, code):
+    """Numba chooses its layer as it would: when the user asks for one, without MKL's products, and when GNU OpenMP
+    is loaded already (its calls would go there; and there MKL hangs in a forked child, so none is forked)."""
+    if code:
+        import ctypes.util
+        if ctypes.util.find_library("gomp") is None:
+            pytest.skip("no GNU OpenMP here")
+    script = code + _ONE_POOL.replace("assert blas.mkl() is not None and c is not None", "") \
+        .replace('assert threads.update_chunks(p.size, cpu._threads) == 2, "the update is not split"', "")
+    seen = _layer_run(script, **env)
+    assert seen["layer"] != "omp"
+    assert seen.get("child", "0") == "0"

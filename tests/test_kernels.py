@@ -846,15 +846,18 @@ def test_optimizer_updates_above_the_update_threshold_keep_the_reference_bits(sp
 
 
 @requires_numba
-@pytest.mark.parametrize("layer, split", [("tbb", True), ("omp", False), ("workqueue", False)])
-def test_updates_split_only_on_numbas_tbb_layer(layer, split, monkeypatch):
-    # GNU OpenMP ends a forked child that runs a parallel loop, and workqueue must not be entered from two threads:
-    # on those layers an update runs on the calling thread (the same bits either way)
+@pytest.mark.parametrize("layer, forked, split", [("tbb", False, True), ("omp", False, True), ("workqueue", False, False),
+                                                  ("omp", True, False)])
+def test_updates_split_on_numbas_tbb_and_openmp_layers(layer, forked, split, monkeypatch):
+    # workqueue must not be entered from two threads, and Numba ends a forked child that runs a parallel loop on its
+    # OpenMP layer: there an update runs on the calling thread (the same bits either way)
+    import numba
     from tinygen.kernels import cpu
     if cpu._threads() < 2:
         pytest.skip("Numba runs with one thread here: nothing is split")
     monkeypatch.setattr(kthreads, "UPDATE_PARALLEL_MIN", 1)
-    monkeypatch.setattr(cpu.numba, "threading_layer", lambda: layer)
+    monkeypatch.setattr(numba, "threading_layer", lambda: layer)
+    monkeypatch.setattr(kthreads, "_serial_only", forked)
     calls = []
     parallel = dict(cpu._PARALLEL)
     counted = {k: (lambda *a, _f=f: (calls.append(1), _f(*a))) for k, f in parallel.items()}
@@ -866,6 +869,7 @@ def test_updates_split_only_on_numbas_tbb_layer(layer, split, monkeypatch):
     cpu.sgd_steps([p], [g], None, 1e-2)
     same(p, expected)
     assert bool(calls) is split
+    assert bool(kthreads.parallel_chunks(1 << 30, lambda: 2)) is not forked  # the other kernels' twins too
 
 
 @requires_numba

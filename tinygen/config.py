@@ -8,7 +8,7 @@
                                                   inside a kernel run in chunks on a thread pool
     TINYGEN_UPDATE_PARALLEL_MIN auto              elements from which an optimizer's update      kernels.threads*
                                                   call (up to 8 parameters) splits over Numba's
-                                                  threads (its TBB layer only); 0: never; auto:
+                                                  threads (not its workqueue layer); 0: never; auto:
                                                   65536 (1<<16) with MKL's products, else
                                                   4194304 (1<<22)
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*

@@ -6,7 +6,8 @@ threads, batch 16: (16, 784) @ (784, 512) 126 against 62 us; the weight gradient
 58 us), and MKL is 5-8% faster on large ones. The benchmark models' compiled training steps on 2 cores were
 1.18-1.38x faster with MKL at batch 16 (the DCGAN's 1.04x) and 1.04-1.16x at 64-1024 (benchmarks/README.md).
 The setting TINYGEN_BLAS chooses: ``auto`` (the default: MKL when it can be loaded, else NumPy's), ``numpy``, or
-``mkl`` (an error naming what is missing when it cannot be loaded). It is read once, at the first product.
+``mkl`` (an error naming what is missing when it cannot be loaded). It is read once, at the first product (or
+when Numba's threads start: with MKL, Numba's loops run on MKL's OpenMP threads, threads.py).
 
 MKL takes float32 and float64 matrices (2-D, each with rows or columns contiguous) of more than MIN multiply-adds.
 Everything else (stacks of matrices, integers, odd strides, and small products, where a ctypes call's 6-10 us is
@@ -67,6 +68,17 @@ def matmul(a, b):
     c = np.empty((m, n), a.dtype)
     gemm(_ROW, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, c.ctypes.data, n)
     return c
+
+
+def openmp_runtime():
+    """The path of the OpenMP runtime MKL's threads run on (Intel's libiomp5, beside libmkl_rt) when tinygen's
+    products use MKL on its default (Intel) threading layer, else None: MKL_THREADING_LAYER set to another layer,
+    or no libiomp5 beside it."""
+    lib = mkl()
+    if lib is None or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() != "INTEL":
+        return None
+    found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.realpath(lib._name)), "libiomp5.so*")))
+    return found[0] if found else None
 
 
 def set_num_threads(n):

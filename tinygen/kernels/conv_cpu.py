@@ -20,7 +20,6 @@ The pooling kernels have no Numba version: they are a small share of a step, and
 vectorized pass per kernel offset.
 """
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -123,7 +122,7 @@ def _by_samples(kernel, args, size, n):
     """``kernel(*args, lo, hi)`` over the samples [0, n): split by samples on tinygen's pool (threads.in_chunks)
     from PARALLEL_MIN elements of the column matrix, else one call."""
     if size >= PARALLEL_MIN and n > 1:
-        threads.in_chunks(lambda lo, hi: kernel(*args, lo, hi), n, numba.get_num_threads, min_size=0)
+        threads.in_chunks(lambda lo, hi: kernel(*args, lo, hi), n, threads.numba_threads, min_size=0)
     else:
         kernel(*args, 0, n)
 

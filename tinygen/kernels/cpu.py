@@ -16,7 +16,8 @@ How the loops are written:
     (``python -m benchmarks.kernel_bench --threshold`` measures where threads start to pay).
     The optimizers' multi-tensor loops have twins too (``_PARALLEL``), one run of the call's parameters laid end
     to end per thread, used from ``threads.update_split_from()`` elements in a call (the setting
-    TINYGEN_UPDATE_PARALLEL_MIN) on Numba's TBB layer, which pays far earlier inside a step (threads.py says why).
+    TINYGEN_UPDATE_PARALLEL_MIN), which pays far earlier inside a step (threads.py says why). With MKL's products,
+    Numba's threads are MKL's (its OpenMP layer on Intel's runtime: ``threads._arrange_layer``).
   * constants are made in the data's dtype (``x.dtype.type(1)``): a bare ``1`` would promote float32 math to
     float64 and round differently from the reference.
   * transcendental functions (exp, tanh, log1p) call the C math library, one element at a time; NumPy's are SIMD
@@ -25,7 +26,6 @@ How the loops are written:
 """
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -39,7 +39,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _threads():
-    return numba.get_num_threads()
+    return threads.numba_threads()
 
 
 def _in_chunks(fn, n):

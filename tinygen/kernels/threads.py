@@ -19,8 +19,10 @@ Reductions split across threads add their parts in a different order, so a resul
 BLAS threads are set through threadpoolctl when it is installed; without it, only the environment variables
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, read before NumPy is imported, control them.
 """
+import ctypes
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import config
@@ -45,9 +47,10 @@ UFUNC_PARALLEL_MIN = config.get("TINYGEN_UFUNC_PARALLEL_MIN")
 # one run of elements per Numba thread; 0: always on the calling thread; "auto" (the default): 2^16 when tinygen's
 # products go through MKL, else 2^22 (``update_split_from``). Numba's threads, not tinygen's pool: a pool thread
 # starts 60-130 us after it is asked and must take the GIL, and split on the pool the update was no faster inside a
-# step. Only on Numba's TBB layer (the tbb package, which the numba and mkl extras install): there a run whose thread
-# has no core is taken by the calling thread when its own is done, as on the pool, and a forked child may run it
-# (on the GNU OpenMP layer Numba ends such a child; workqueue must not be called from two threads at once).
+# step. On Numba's OpenMP layer (with MKL's products: one pool with MKL's threads, ``_arrange_layer``) or its TBB layer
+# (the tbb package, which the numba and mkl extras install: a run whose thread has no core is taken by the calling
+# thread when its own is done, as on the pool); not on workqueue, which must not be called from two threads at once,
+# nor in a forked child on the OpenMP layer (Numba ends such a child).
 # Measured on the 2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, a fresh process for each
 # setting): with MKL's products, from 2^16 against 2^22, batch-16 steps 8-19% faster (MLP with SGD
 # 1.13-1.17 against 1.31-1.42 ms; MLP with Adam, GAN), the VAE's level to 8% faster; batch 64 1-8% faster; batch
@@ -76,6 +79,8 @@ BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
 _requested = None
 _pools = {}  # worker count -> ThreadPoolExecutor, made on first use
 _numpy_blas_libs = None  # threadpoolctl controllers of NumPy's BLAS, found on first use (() without threadpoolctl)
+_arranged = False  # Numba's threading layer arranged (_arrange_layer)
+_serial_only = False  # a forked child of a process whose Numba threads run on OpenMP (_forked_child)
 
 
 def set_num_threads(n):
@@ -148,21 +153,76 @@ def _find_numpy_blas():
 
 
 def _numba():
-    """numba when it is installed and not switched off (TINYGEN_NUMBA), else None. (This module does not ask the
-    kernel switch: the kernels import it, not the other way round.)"""
+    """numba when it is installed and not switched off (TINYGEN_NUMBA), else None; its threading layer arranged
+    before its threads start (``_arrange_layer``). (This module does not ask the kernel switch: the kernels import
+    it, not the other way round.)"""
     if not config.get("TINYGEN_NUMBA"):
         return None
     try:
         import numba
     except ImportError:
         return None
+    if not _arranged:
+        _arrange_layer(numba)
     return numba
+
+
+def numba_threads():
+    """Numba's thread count for the calling thread (what its kernels' parallel twins split into)."""
+    return _numba().get_num_threads()
+
+
+def _arrange_layer(numba):
+    """Before Numba starts its threads: when tinygen's products use MKL on Intel's OpenMP runtime (blas.py), Numba's
+    loops run on that runtime too (its OpenMP layer, whose GNU OpenMP calls libiomp5 answers when it is loaded first
+    and globally), so one pool of threads serves both. With two pools, MKL's worker spins after each product
+    (KMP_BLOCKTIME) on the core that Numba's thread needs for the optimizer update that follows. Measured on the
+    2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, batch 16, fresh processes): MLP
+    1.20-1.33 ms against 1.53-1.57 on Numba's TBB layer, VAE 1.83-1.95 against 2.04-2.23, GAN 6.0-6.4 against
+    6.7-7.3. Left as Numba would choose when a threading layer is asked for (NUMBA_THREADING_LAYER), Numba's threads
+    have started, GNU OpenMP is already loaded (its calls would go there: two pools again) or not on Linux.
+    Numba ends a forked child that runs a parallel loop on its OpenMP layer, so a child runs them serially
+    (``_forked_child``)."""
+    global _arranged
+    _arranged = True
+    os.register_at_fork(after_in_child=_forked_child)
+    from numba.np.ufunc import parallel
+    if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default" or \
+            not sys.platform.startswith("linux"):
+        return
+    path = blas.openmp_runtime()
+    if path is None or _gnu_openmp_loaded():
+        return
+    ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401 - loads, or its GNU OpenMP is missing
+    except ImportError:
+        return
+    numba.config.THREADING_LAYER = "omp"
+
+
+def _gnu_openmp_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return "/libgomp" in f.read()
+    except OSError:
+        return True
+
+
+def _forked_child():
+    """In a forked child: Numba's parallel loops run serially there if its threads run on its OpenMP layer."""
+    global _serial_only
+    numba = sys.modules.get("numba")
+    try:
+        _serial_only = numba is not None and numba.threading_layer() == "omp"
+    except ValueError:  # Numba's threads had not started: the child chooses its own layer
+        _serial_only = False
 
 
 def parallel_chunks(n, thread_count):
     """Number of chunks for a Numba kernel's parallel twin over ``n`` elements, or 0 to run serially.
     ``thread_count()`` (asked only from PARALLEL_MIN elements: it costs a microsecond) gives the threads."""
-    if n < PARALLEL_MIN:
+    if n < PARALLEL_MIN or _serial_only:
         return 0
     t = thread_count()
     return t if t > 1 else 0
@@ -170,12 +230,12 @@ def parallel_chunks(n, thread_count):
 
 def update_chunks(n, thread_count):
     """Number of chunks for an optimizer update call of ``n`` elements (its multi-tensor loop's parallel twin), or 0
-    to run it serially: from update_split_from() elements, on Numba's TBB layer only (on its GNU OpenMP layer Numba
-    ends a forked child that runs a parallel loop; workqueue must not be entered from two threads at once)."""
-    if n < update_split_from():
+    to run it serially: from update_split_from() elements, on Numba's OpenMP or TBB layer (workqueue must not be
+    entered from two threads at once), not in a forked child on the OpenMP layer."""
+    if n < update_split_from() or _serial_only:
         return 0
     t = thread_count()  # starts Numba's threads, so its layer is known
-    return t if t > 1 and _numba().threading_layer() == "tbb" else 0
+    return t if t > 1 and _numba().threading_layer() != "workqueue" else 0
 
 
 def _pool(t):
