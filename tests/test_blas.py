@@ -253,7 +253,8 @@ def test_numbas_loops_run_on_mkls_openmp_threads(mkl):
 
 @pytest.mark.parametrize("env, code", [({"NUMBA_THREADING_LAYER": "workqueue"}, ""),
                                        ({"TINYGEN_BLAS": "numpy"}, ""),
-                                       ({"SKIP_FORK": "1"}, "import ctypes, os; ctypes.CDLL('libgomp.so.1', os.RTLD_GLOBAL)\n")],
+                                       ({"SKIP_FORK": "1"},
+                                        "import ctypes, os; ctypes.CDLL('libgomp.so.1', os.RTLD_GLOBAL)\n")],
                          ids=["layer-asked-for", "numpy-blas", "gnu-openmp-loaded"])
 def test_numbas_layer_is_left_alone(mkl, env, code):
     """Numba chooses its layer as it would: when the user asks for one, without MKL's products, and when GNU OpenMP

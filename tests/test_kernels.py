@@ -846,8 +846,8 @@ def test_optimizer_updates_above_the_update_threshold_keep_the_reference_bits(sp
 
 
 @requires_numba
-@pytest.mark.parametrize("layer, forked, split", [("tbb", False, True), ("omp", False, True), ("workqueue", False, False),
-                                                  ("omp", True, False)])
+@pytest.mark.parametrize("layer, forked, split", [("tbb", False, True), ("omp", False, True),
+                                                  ("workqueue", False, False), ("omp", True, False)])
 def test_updates_split_on_numbas_tbb_and_openmp_layers(layer, forked, split, monkeypatch):
     # workqueue must not be entered from two threads, and Numba ends a forked child that runs a parallel loop on its
     # OpenMP layer: there an update runs on the calling thread (the same bits either way)

@@ -178,14 +178,15 @@ def _arrange_layer(numba):
     and globally), so one pool of threads serves both. With two pools, MKL's worker spins after each product
     (KMP_BLOCKTIME) on the core that Numba's thread needs for the optimizer update that follows. Measured on the
     2-core machine of benchmarks/README.md (2026-12-06, whole compiled steps, batch 16, fresh processes): MLP
-    1.20-1.33 ms against 1.53-1.57 on Numba's TBB layer, VAE 1.83-1.95 against 2.04-2.23, GAN 6.0-6.4 against
-    6.7-7.3. Left as Numba would choose when a threading layer is asked for (NUMBA_THREADING_LAYER), Numba's threads
-    have started, GNU OpenMP is already loaded (its calls would go there: two pools again) or not on Linux.
-    Numba ends a forked child that runs a parallel loop on its OpenMP layer, so a child runs them serially
-    (``_forked_child``)."""
+    1.28 ms against 1.46-1.51 on Numba's TBB layer, VAE 1.75-1.76 against 1.87-2.14, GAN 5.3-5.8 against 6.0-6.2;
+    batch 256 level to 4% faster. Left as Numba would choose when a threading layer is asked for
+    (NUMBA_THREADING_LAYER), when Numba's threads have started, when GNU OpenMP is already loaded (its calls would
+    go there: two pools again) and off Linux. Numba ends a forked child that runs a parallel loop on its OpenMP
+    layer, so a child runs them serially (``_forked_child``)."""
     global _arranged
     _arranged = True
-    os.register_at_fork(after_in_child=_forked_child)
+    if hasattr(os, "register_at_fork"):  # POSIX
+        os.register_at_fork(after_in_child=_forked_child)
     from numba.np.ufunc import parallel
     if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default" or \
             not sys.platform.startswith("linux"):
@@ -193,10 +194,10 @@ def _arrange_layer(numba):
     path = blas.openmp_runtime()
     if path is None or _gnu_openmp_loaded():
         return
-    ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
     try:
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
         from numba.np.ufunc import omppool  # noqa: F401 - loads, or its GNU OpenMP is missing
-    except ImportError:
+    except (OSError, ImportError):
         return
     numba.config.THREADING_LAYER = "omp"
 
