@@ -268,3 +268,24 @@ def test_numbas_layer_is_left_alone(mkl, env, code):
     seen = _layer_run(script, **env)
     assert seen["layer"] != "omp"
     assert seen.get("child", "0") == "0"
+
+
+def test_a_missing_mkl_asked_for_is_reported_by_the_product_not_by_the_thread_count():
+    """TINYGEN_BLAS=mkl without MKL: Numba's threads start as usual (the layer is left to Numba); the first product
+    raises the error naming what is missing."""
+    import subprocess
+    import sys
+    pytest.importorskip("numba")
+    code = ("from tinygen.kernels import blas\n"
+            "blas._load = lambda: None\n"
+            "import numpy as np, tinygen\n"
+            "from tinygen.kernels import gemm\n"
+            "assert tinygen.get_num_threads() >= 1\n"
+            "try:\n"
+            "    gemm.mm(np.ones((64, 512), np.float32), np.ones((512, 512), np.float32))\n"
+            "except RuntimeError as e:\n"
+            "    print(e)\n")
+    env = dict(os.environ, TINYGEN_BLAS="mkl", TINYGEN_NUMBA="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "TINYGEN_BLAS=mkl" in out.stdout and "pip install mkl" in out.stdout

@@ -191,7 +191,10 @@ def _arrange_layer(numba):
     if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default" or \
             not sys.platform.startswith("linux"):
         return
-    path = blas.openmp_runtime()
+    try:
+        path = blas.openmp_runtime()
+    except RuntimeError:  # TINYGEN_BLAS=mkl without MKL: the first product says so
+        return
     if path is None or _gnu_openmp_loaded():
         return
     try:
