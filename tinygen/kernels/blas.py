@@ -18,6 +18,9 @@ MKL's OpenMP threads spin after a product for KMP_BLOCKTIME milliseconds (200 by
 tinygen sets KMP_BLOCKTIME to 5 unless it is set, for the reason the ``tinygen`` command sets
 OPENBLAS_THREAD_TIMEOUT (tinygen_launcher.py): awake through a step, asleep soon after it, so a process that
 pauses does not keep a core busy. Its thread count follows ``tinygen.set_num_threads`` (else MKL_NUM_THREADS).
+Numba's parallel loops run on the same OpenMP threads where they can (threads.py). In a forked child MKL works on
+its own Intel runtime; where its OpenMP calls go to GNU OpenMP instead (loaded before MKL, as by ``import torch``
+first, or MKL_THREADING_LAYER=GNU), which is not fork-safe, a child runs MKL on one thread (``_after_fork``).
 """
 import ctypes
 import ctypes.util
@@ -39,6 +42,9 @@ KMP_BLOCKTIME = "5"  # milliseconds; see above
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
 _state = None  # (MKL's ctypes handle, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
 _threads = None  # the count asked for before MKL was loaded
+_gnu_openmp = False  # MKL's OpenMP calls go to GNU OpenMP (loaded before MKL, or MKL_THREADING_LAYER=GNU)
+_forked_on_gnu = False  # a forked child of such a process: MKL runs on one thread (see _after_fork)
+_state_ever = False  # MKL has been loaded (its at-fork hook registered)
 
 
 def mkl():
@@ -88,7 +94,7 @@ def set_num_threads(n):
     _threads = n
     lib = _state[0] if _state else None
     if lib is not None:
-        lib.MKL_Set_Num_Threads(n)
+        lib.MKL_Set_Num_Threads(1 if _forked_on_gnu else n)
         lib.MKL_Set_Num_Threads_Local(0)
 
 
@@ -110,9 +116,32 @@ def _layout(x):
     return None, 0
 
 
+def gnu_openmp_loaded():
+    """Whether GNU OpenMP (libgomp) is loaded in this process (PyTorch's wheels load it); True where that cannot be
+    read (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "/libgomp" in f.read()
+    except OSError:
+        return True
+
+
+def _after_fork():
+    """In a forked child: GNU OpenMP is not fork-safe, and where MKL's OpenMP calls go to it (GNU OpenMP loaded
+    before MKL, as by ``import torch`` first, or MKL_THREADING_LAYER=GNU) an MKL product in the child waits forever
+    for threads the child does not have. There MKL runs on one thread (no parallel region): products in the child
+    work, with one thread's bits."""
+    global _forked_on_gnu
+    if _gnu_openmp and _state is not None and _state[0] is not None:
+        _forked_on_gnu = True
+        _state[0].MKL_Set_Num_Threads(1)
+        _state[0].MKL_Set_Num_Threads_Local(0)
+
+
 def _choose():
-    global _state
+    global _state, _gnu_openmp, _state_ever
     choice = config.get("TINYGEN_BLAS")
+    gnu_first = choice != "numpy" and sys.platform.startswith("linux") and gnu_openmp_loaded()
     lib = None if choice == "numpy" else _load()
     if lib is None and choice == "mkl":
         raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime (libmkl_rt, with "
@@ -128,6 +157,10 @@ def _choose():
             gemms[dtype] = fn
         lib.MKL_Set_Num_Threads.argtypes = lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+        _gnu_openmp = gnu_first or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() == "GNU"
+        if hasattr(os, "register_at_fork") and not _state_ever:
+            os.register_at_fork(after_in_child=_after_fork)  # once; it acts only where _gnu_openmp
+    _state_ever = _state_ever or lib is not None
     _state = (lib, gemms)
     if lib is not None and _threads is not None:
         set_num_threads(_threads)

@@ -195,7 +195,7 @@ def _arrange_layer(numba):
         path = blas.openmp_runtime()
     except RuntimeError:  # TINYGEN_BLAS=mkl without MKL: the first product says so
         return
-    if path is None or _gnu_openmp_loaded():
+    if path is None or blas.gnu_openmp_loaded():
         return
     try:
         ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
@@ -203,14 +203,6 @@ def _arrange_layer(numba):
     except (OSError, ImportError):
         return
     numba.config.THREADING_LAYER = "omp"
-
-
-def _gnu_openmp_loaded():
-    try:
-        with open("/proc/self/maps") as f:
-            return "/libgomp" in f.read()
-    except OSError:
-        return True
 
 
 def _forked_child():
