@@ -19,8 +19,9 @@ tinygen sets KMP_BLOCKTIME to 5 unless it is set, for the reason the ``tinygen``
 OPENBLAS_THREAD_TIMEOUT (tinygen_launcher.py): awake through a step, asleep soon after it, so a process that
 pauses does not keep a core busy. Its thread count follows ``tinygen.set_num_threads`` (else MKL_NUM_THREADS).
 Numba's parallel loops run on the same OpenMP threads where they can (threads.py). In a forked child MKL works on
-its own Intel runtime; where its OpenMP calls go to GNU OpenMP instead (loaded before MKL, as by ``import torch``
-first, or MKL_THREADING_LAYER=GNU), which is not fork-safe, a child runs MKL on one thread (``_after_fork``).
+its own Intel runtime; where its OpenMP calls may go to GNU OpenMP instead (loaded before MKL's first product, as by
+``import torch`` first, or MKL_THREADING_LAYER=GNU), which is not fork-safe, a child runs MKL on one thread
+(``_after_fork``).
 """
 import ctypes
 import ctypes.util
@@ -45,6 +46,7 @@ _threads = None  # the count asked for before MKL was loaded
 _gnu_openmp = False  # MKL's OpenMP calls go to GNU OpenMP (loaded before MKL, or MKL_THREADING_LAYER=GNU)
 _forked_on_gnu = False  # a forked child of such a process: MKL runs on one thread (see _after_fork)
 _state_ever = False  # MKL has been loaded (its at-fork hook registered)
+_openmp_global = False  # MKL's OpenMP runtime loaded globally before GNU OpenMP (share_openmp)
 
 
 def mkl():
@@ -76,15 +78,23 @@ def matmul(a, b):
     return c
 
 
-def openmp_runtime():
-    """The path of the OpenMP runtime MKL's threads run on (Intel's libiomp5, beside libmkl_rt) when tinygen's
-    products use MKL on its default (Intel) threading layer, else None: MKL_THREADING_LAYER set to another layer,
-    or no libiomp5 beside it."""
+def share_openmp():
+    """Load the OpenMP runtime MKL's threads run on (Intel's libiomp5, beside libmkl_rt) globally, so that GNU
+    OpenMP calls made from now on (Numba's OpenMP layer: threads.py) go to it and run on MKL's threads. Returns
+    whether it did: tinygen's products use MKL on its default (Intel) threading layer, libiomp5 is beside it, the
+    system is Linux and GNU OpenMP is not loaded yet (its calls would go there)."""
+    global _openmp_global
     lib = mkl()
-    if lib is None or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() != "INTEL":
-        return None
+    if lib is None or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() != "INTEL" or \
+            not sys.platform.startswith("linux") or gnu_openmp_loaded():
+        return False
     found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.realpath(lib._name)), "libiomp5.so*")))
-    return found[0] if found else None
+    try:
+        ctypes.CDLL(found[0], mode=os.RTLD_GLOBAL)
+    except (IndexError, OSError):
+        return False
+    _openmp_global = True
+    return True
 
 
 def set_num_threads(n):
@@ -127,12 +137,14 @@ def gnu_openmp_loaded():
 
 
 def _after_fork():
-    """In a forked child: GNU OpenMP is not fork-safe, and where MKL's OpenMP calls go to it (GNU OpenMP loaded
-    before MKL, as by ``import torch`` first, or MKL_THREADING_LAYER=GNU) an MKL product in the child waits forever
-    for threads the child does not have. There MKL runs on one thread (no parallel region): products in the child
-    work, with one thread's bits."""
+    """In a forked child: GNU OpenMP is not fork-safe, and where MKL's OpenMP calls may go to it (GNU OpenMP loaded
+    before MKL, as by ``import torch`` first, or before MKL's first product; MKL_THREADING_LAYER=GNU) an MKL product
+    in the child waits forever for threads the child does not have. There MKL runs on one thread (no parallel
+    region): products in the child work, with one thread's bits. Not where MKL's runtime was loaded globally first
+    (share_openmp): every OpenMP call goes to it, and it is fork-safe."""
     global _forked_on_gnu
-    if _gnu_openmp and _state is not None and _state[0] is not None:
+    if _state is not None and _state[0] is not None and (
+            _gnu_openmp or (not _openmp_global and gnu_openmp_loaded())):
         _forked_on_gnu = True
         _state[0].MKL_Set_Num_Threads(1)
         _state[0].MKL_Set_Num_Threads_Local(0)
@@ -159,7 +171,7 @@ def _choose():
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
         _gnu_openmp = gnu_first or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() == "GNU"
         if hasattr(os, "register_at_fork") and not _state_ever:
-            os.register_at_fork(after_in_child=_after_fork)  # once; it acts only where _gnu_openmp
+            os.register_at_fork(after_in_child=_after_fork)  # once
     _state_ever = _state_ever or lib is not None
     _state = (lib, gemms)
     if lib is not None and _threads is not None:

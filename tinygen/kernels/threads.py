@@ -19,7 +19,6 @@ Reductions split across threads add their parts in a different order, so a resul
 BLAS threads are set through threadpoolctl when it is installed; without it, only the environment variables
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, read before NumPy is imported, control them.
 """
-import ctypes
 import math
 import os
 import sys
@@ -188,19 +187,16 @@ def _arrange_layer(numba):
     if hasattr(os, "register_at_fork"):  # POSIX
         os.register_at_fork(after_in_child=_forked_child)
     from numba.np.ufunc import parallel
-    if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default" or \
-            not sys.platform.startswith("linux"):
+    if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default":
         return
     try:
-        path = blas.openmp_runtime()
+        if not blas.share_openmp():
+            return
     except RuntimeError:  # TINYGEN_BLAS=mkl without MKL: the first product says so
         return
-    if path is None or blas.gnu_openmp_loaded():
-        return
     try:
-        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
         from numba.np.ufunc import omppool  # noqa: F401 - loads, or its GNU OpenMP is missing
-    except (OSError, ImportError):
+    except ImportError:
         return
     numba.config.THREADING_LAYER = "omp"
 
