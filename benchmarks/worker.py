@@ -100,9 +100,9 @@ class Worker:
             from tinygen.kernels import blas
             info["tinygen_blas"] = blas.name()  # chosen (and MKL loaded) first, so the thread pools list it
             from tinygen.kernels import threads
-            if threads._numba() is not None:
-                threads.numba_threads()  # starts Numba's threads: its layer is chosen
-                info["numba_threading_layer"] = sys.modules["numba"].threading_layer()
+            layer = threads.numba_layer()  # starts Numba's threads: its layer is chosen
+            if layer is not None:
+                info["numba_threading_layer"] = layer
         try:
             info["affinity"] = sorted(os.sched_getaffinity(0))
         except AttributeError:

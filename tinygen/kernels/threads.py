@@ -78,7 +78,7 @@ BLAS_PARALLEL_MIN = config.get("TINYGEN_BLAS_PARALLEL_MIN")
 _requested = None
 _pools = {}  # worker count -> ThreadPoolExecutor, made on first use
 _numpy_blas_libs = None  # threadpoolctl controllers of NumPy's BLAS, found on first use (() without threadpoolctl)
-_arranged = False  # Numba's threading layer arranged (_arrange_layer)
+_numba_in_use = None  # numba, once _numba() has arranged its threading layer
 _serial_only = False  # a forked child of a process whose Numba threads run on OpenMP (_forked_child)
 
 
@@ -161,14 +161,24 @@ def _numba():
         import numba
     except ImportError:
         return None
-    if not _arranged:
+    if _numba_in_use is None:
         _arrange_layer(numba)
     return numba
 
 
 def numba_threads():
     """Numba's thread count for the calling thread (what its kernels' parallel twins split into)."""
-    return _numba().get_num_threads()
+    return (_numba_in_use or _numba()).get_num_threads()
+
+
+def numba_layer():
+    """Numba's threading layer ("omp", "tbb" or "workqueue"; its threads started for it), or None when Numba's
+    kernels are off."""
+    numba = _numba()
+    if numba is None:
+        return None
+    numba.get_num_threads()  # starts Numba's threads, so its layer is known
+    return numba.threading_layer()
 
 
 def _arrange_layer(numba):
@@ -182,10 +192,8 @@ def _arrange_layer(numba):
     (NUMBA_THREADING_LAYER), when Numba's threads have started, when GNU OpenMP is already loaded (its calls would
     go there: two pools again) and off Linux. Numba ends a forked child that runs a parallel loop on its OpenMP
     layer, so a child runs them serially (``_forked_child``)."""
-    global _arranged
-    _arranged = True
-    if hasattr(os, "register_at_fork"):  # POSIX
-        os.register_at_fork(after_in_child=_forked_child)
+    global _numba_in_use
+    _numba_in_use = numba
     from numba.np.ufunc import parallel
     if getattr(parallel, "_is_initialized", True) or str(numba.config.THREADING_LAYER).lower() != "default":
         return
@@ -211,6 +219,10 @@ def _forked_child():
         _serial_only = False
 
 
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forked_child)
+
+
 def parallel_chunks(n, thread_count):
     """Number of chunks for a Numba kernel's parallel twin over ``n`` elements, or 0 to run serially.
     ``thread_count()`` (asked only from PARALLEL_MIN elements: it costs a microsecond) gives the threads."""
@@ -226,8 +238,8 @@ def update_chunks(n, thread_count):
     entered from two threads at once), not in a forked child on the OpenMP layer."""
     if n < update_split_from() or _serial_only:
         return 0
-    t = thread_count()  # starts Numba's threads, so its layer is known
-    return t if t > 1 and _numba().threading_layer() != "workqueue" else 0
+    t = thread_count()
+    return t if t > 1 and numba_layer() != "workqueue" else 0
 
 
 def _pool(t):
