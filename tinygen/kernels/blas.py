@@ -43,10 +43,8 @@ KMP_BLOCKTIME = "5"  # milliseconds; see above
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
 _state = None  # (MKL's ctypes handle, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
 _threads = None  # the count asked for before MKL was loaded
-_gnu_openmp = False  # MKL's OpenMP calls go to GNU OpenMP (loaded before MKL, or MKL_THREADING_LAYER=GNU)
-_forked_on_gnu = False  # a forked child of such a process: MKL runs on one thread (see _after_fork)
-_state_ever = False  # MKL has been loaded (its at-fork hook registered)
 _openmp_global = False  # MKL's OpenMP runtime loaded globally before GNU OpenMP (share_openmp)
+_forked_on_gnu = False  # a forked child where MKL's OpenMP calls may go to GNU OpenMP: MKL on one thread (_after_fork)
 
 
 def mkl():
@@ -138,22 +136,20 @@ def gnu_openmp_loaded():
 
 def _after_fork():
     """In a forked child: GNU OpenMP is not fork-safe, and where MKL's OpenMP calls may go to it (GNU OpenMP loaded
-    before MKL, as by ``import torch`` first, or before MKL's first product; MKL_THREADING_LAYER=GNU) an MKL product
-    in the child waits forever for threads the child does not have. There MKL runs on one thread (no parallel
-    region): products in the child work, with one thread's bits. Not where MKL's runtime was loaded globally first
+    before MKL's first product, as by ``import torch`` first, or MKL_THREADING_LAYER=GNU) an MKL product in the child
+    waits forever for threads the child does not have. There MKL runs on one thread (no parallel region): products
+    in the child work, with one thread's bits. Not where MKL's runtime was loaded globally before GNU OpenMP
     (share_openmp): every OpenMP call goes to it, and it is fork-safe."""
     global _forked_on_gnu
-    if _state is not None and _state[0] is not None and (
-            _gnu_openmp or (not _openmp_global and gnu_openmp_loaded())):
+    if _state is not None and _state[0] is not None and not _openmp_global and gnu_openmp_loaded():
         _forked_on_gnu = True
         _state[0].MKL_Set_Num_Threads(1)
         _state[0].MKL_Set_Num_Threads_Local(0)
 
 
 def _choose():
-    global _state, _gnu_openmp, _state_ever
+    global _state
     choice = config.get("TINYGEN_BLAS")
-    gnu_first = choice != "numpy" and sys.platform.startswith("linux") and gnu_openmp_loaded()
     lib = None if choice == "numpy" else _load()
     if lib is None and choice == "mkl":
         raise RuntimeError("TINYGEN_BLAS=mkl, but MKL's runtime (libmkl_rt, with "
@@ -169,10 +165,6 @@ def _choose():
             gemms[dtype] = fn
         lib.MKL_Set_Num_Threads.argtypes = lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
-        _gnu_openmp = gnu_first or os.environ.get("MKL_THREADING_LAYER", "INTEL").upper() == "GNU"
-        if hasattr(os, "register_at_fork") and not _state_ever:
-            os.register_at_fork(after_in_child=_after_fork)  # once
-    _state_ever = _state_ever or lib is not None
     _state = (lib, gemms)
     if lib is not None and _threads is not None:
         set_num_threads(_threads)
@@ -200,3 +192,7 @@ def _load():
         if all(hasattr(lib, symbol) for symbol in _SYMBOLS):
             return lib
     return None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork)
