@@ -199,14 +199,14 @@ rng = np.random.default_rng(0)
 a, b = rng.standard_normal((64, 256)).astype(np.float32), rng.standard_normal((256, 512)).astype(np.float32)
 c = blas.matmul(a, b)  # MKL's threads start
 c1 = threads.on_one_blas_thread(lambda count: blas.matmul(a, b))  # MKL's bits on one thread
-assert blas.mkl() is not None and c is not None
+print("mkl", blas.mkl() is not None and c is not None)
 before = {int(t) for t in os.listdir("/proc/self/task")}  # MKL's threads, none of Numba's loops run yet
 p, g = rng.standard_normal(1 << 17).astype(np.float32), rng.standard_normal(1 << 17).astype(np.float32)
 q = p.copy()
 expected = p.copy()
 for k in range(p.size):  # SGD without momentum, element by element (float32 as the kernel rounds it)
     expected[k] = p[k] - np.float32(1e-2) * g[k]
-assert threads.update_chunks(p.size, cpu._threads) == 2, "the update is not split"
+print("split", threads.update_chunks(p.size, cpu._threads))
 cpu.sgd_steps([p], [g], None, 1e-2)
 assert np.array_equal(p, expected)
 layer = numba.threading_layer()
@@ -248,6 +248,7 @@ def test_numbas_loops_run_on_mkls_openmp_threads(mkl):
     two iterations on threads that existed before the loop; a forked child runs updates on one thread, the same
     bits, and MKL's products there work."""
     seen = _layer_run(_ONE_POOL)
+    assert seen["mkl"] == "True" and seen["split"] == "2"
     assert seen["layer"] == "omp"
     assert seen["threads"] == "2 new 0", seen
     assert seen["child"] == "0"
@@ -270,9 +271,7 @@ def test_numbas_layer_is_left_alone(mkl, env, code):
         import ctypes.util
         if ctypes.util.find_library("gomp") is None:
             pytest.skip("no GNU OpenMP here")
-    script = code + _ONE_POOL.replace("assert blas.mkl() is not None and c is not None", "") \
-        .replace('assert threads.update_chunks(p.size, cpu._threads) == 2, "the update is not split"', "")
-    seen = _layer_run(script, **env)
+    seen = _layer_run(code + _ONE_POOL, **env)
     assert seen["layer"] != "omp"
     assert seen["child"] == ("10" if code else "0")
 
