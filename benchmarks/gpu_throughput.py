@@ -169,12 +169,12 @@ def measure(fw, case, batch, seconds, repeats, warmup, max_steps):
            "rounds_ms": [r * 1e3 for r in rounds]}
     if hasattr(step, "graph_replays"):  # tinygen.compile: did its replays launch CUDA graphs, and if not, why
         out["graph_replays"], out["graph_error"] = step.graph_replays, step.graph_error
-        from tinygen.compile.fusion import FUSED, FusedRun  # its fused runs: ops (nodes) per CuPy kernel
+        from tinygen.compile.fusion import FusedRun  # its fused runs: ops (nodes) per CuPy kernel
+        from tinygen.compile.steps import FUSED, replay_backward
         out["fused_runs"] = [len(r.steps) for p in step._programs.values() for r, _ in p.steps
                              if isinstance(r, FusedRun)]
-        backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
         out["fused_backward_runs"] = [len(s[0].nodes) for p in step._programs.values() for r, ops in p.steps
-                                      if r is backward for s in ops[0].steps if s[1] is FUSED]
+                                      if r is replay_backward for s in ops[0].steps if s[1] is FUSED]
         if step.graph_error:
             print(f"  {fw.name} {case} batch {batch}: replays without CUDA graphs: {step.graph_error}")
     return out

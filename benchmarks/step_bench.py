@@ -335,7 +335,7 @@ def _variants(switch, make_step):
     pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
     setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
     steps, one recorded without tinygen.compile's leaving out of unread gradients; reuse: the same, without its
-    reuse of a forward on the same arrays (``_reused_forwards``); parts: a convolution's batch
+    reuse of a forward on the same arrays (``passes.reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
     (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting when it is a count, else
     from 2^16 elements)."""
@@ -355,13 +355,13 @@ def _variants(switch, make_step):
         from tinygen.autograd import engine
         return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
     if switch == "reuse":
-        return _stage_switch("_reused_forwards", lambda program_steps, *rest: program_steps, make_step)
-    return _stage_switch("_without_dead_gradients", lambda program_steps: (program_steps, frozenset()), make_step)
+        return _stage_switch("reused_forwards", lambda program_steps, *rest: program_steps, make_step)
+    return _stage_switch("without_dead_gradients", lambda program_steps: (program_steps, frozenset()), make_step)
 
 
 def _stage_switch(name, off, make_step):
     """Two compiled steps, one recorded with tinygen.compile's stage ``name`` and one with ``off`` in its place."""
-    compiled = sys.modules["tinygen.compile"]  # the module (tinygen.compile the name is the function)
+    from tinygen.compile import passes as compiled
     stage = getattr(compiled, name)
     steps = {True: make_step()}
     steps[True]()  # recorded with the stage

@@ -5,7 +5,6 @@ split of a program into graph segments and host steps is checked everywhere. Eve
 ``benchmarks/gpu_check.sh`` (``-k "device or cuda"``) runs them all.
 """
 import contextlib
-import importlib
 import sys
 import types
 
@@ -15,6 +14,7 @@ import pytest
 import tinygen as tg
 from tinygen import backend, kernels, nn, optim
 from tinygen.compile import cuda_graph as graphs
+from tinygen.compile import passes as compile_passes, steps as compile_steps
 from tinygen.autograd import Function
 from tinygen.tensor import Tensor
 from tinygen.nn import functional as F
@@ -56,20 +56,19 @@ def test_cuda_graph_explain_names_the_graph_or_host_of_each_step(emulated_cuda):
 
 
 def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
-    compile_module = importlib.import_module("tinygen.compile")  # tinygen.compile is also the function
     step, params = _vae_like("cpu")
     compiled = tg.compile(step, fuse=False)
     compiled()
     program = next(iter(compiled._programs.values()))
     assert program.graphed is None  # NumPy arrays: no graphs
-    kinds = compile_module._GRAPH_KINDS
-    graphed = graphs.GraphedSteps(program.steps, program.inputs, kinds)
+    graphed = graphs.GraphedSteps(program.steps, program.inputs)
     shape = [kind if kind == "segment" else item[0].__name__ for kind, item in graphed.items]
-    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items
+             if kind == "host" and item[0] is compile_steps.replay_call]
     # zero_grad and the forward up to the random draw; the draw; the rest with the backward; Adam's step (counting
     # in Python)
     assert calls == ["randn", "Optimizer.step"], calls
-    assert shape == ["segment", "_replay_call", "segment", "_replay_call"], shape
+    assert shape == ["segment", "replay_call", "segment", "replay_call"], shape
     first, second = [item for kind, item in graphed.items if kind == "segment"]
     assert {id(t) for t in second.delivers} == {id(p) for p in params}  # the backward gives every gradient
     assert not first.delivers
@@ -104,16 +103,16 @@ def _graphed(step):
     compiled = tg.compile(step, fuse=False)
     compiled()
     program = next(iter(compiled._programs.values()))
-    return graphs.GraphedSteps(program.steps, program.inputs, importlib.import_module("tinygen.compile")._GRAPH_KINDS)
+    return graphs.GraphedSteps(program.steps, program.inputs)
 
 
 def _calls_split(model):
     """(the recorded calls run on the host, those captured in the graphs) of a CPU model's compiled step."""
-    kinds = importlib.import_module("tinygen.compile")._GRAPH_KINDS
     graphed = _graphed(CPU_MODELS[model]()[0])
-    calls = [item[1][0].__qualname__ for kind, item in graphed.items if kind == "host" and item[0] is kinds.call]
+    calls = [item[1][0].__qualname__ for kind, item in graphed.items
+             if kind == "host" and item[0] is compile_steps.replay_call]
     in_graphs = [ops[0].__qualname__ for kind, seg in graphed.items if kind == "segment"
-                 for run, ops in seg.steps if run is kinds.call]
+                 for run, ops in seg.steps if run is compile_steps.replay_call]
     return calls, in_graphs
 
 
@@ -143,8 +142,8 @@ def test_cuda_graph_takes_requires_grad_switches_and_clipping_into_one_graph(mon
     monkeypatch.setattr(tg.random, "_state_on_device", lambda g: True)
     graphed = _graphed(CPU_MODELS["gan-trainer-like"]()[0])
     assert [kind for kind, _ in graphed.items].count("segment") == 1
-    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"_replay_alias",
-                                                                                   "_replay_release"}
+    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"replay_alias",
+                                                                                   "replay_release"}
 
 
 @pytest.mark.parametrize("trainer", ["vae", "vae-conv", "classifier"])
@@ -180,8 +179,8 @@ def test_cuda_graph_takes_the_vae_and_classifier_trainers_steps_in_one_graph(mon
         return loss.detach()
     graphed = _graphed(step)
     assert [kind for kind, _ in graphed.items].count("segment") == 1
-    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"_replay_alias",
-                                                                                   "_replay_release"}
+    assert {item[0].__name__ for kind, item in graphed.items if kind == "host"} <= {"replay_alias",
+                                                                                   "replay_release"}
 
 
 def _gan_trainer_run(graphs_on, monkeypatch, loss, updates=6, device="cpu", lr_decay="none"):
@@ -226,8 +225,8 @@ def test_cuda_graph_of_the_gan_trainers_step_is_one_graph_equal_to_plain_replays
     assert compiled.graph_error is None and compiled.graph_replays == 5
     program = next(iter(compiled._programs.values()))
     assert [kind for kind, _ in program.graphed.items].count("segment") == 1
-    assert {item[0].__name__ for kind, item in program.graphed.items if kind == "host"} <= {"_replay_alias",
-                                                                                           "_replay_release"}
+    assert {item[0].__name__ for kind, item in program.graphed.items if kind == "host"} <= {"replay_alias",
+                                                                                           "replay_release"}
     assert stats == plain
     for a, b in zip(weights, plain_weights):
         np.testing.assert_array_equal(a, b)
@@ -263,7 +262,7 @@ def test_cuda_graph_guards_gradients_a_call_reads_that_a_host_step_made(emulated
         return made
     graphed = _graphed(make()[0])
     seg = [item for kind, item in graphed.items if kind == "segment"][-1]
-    assert [ops[0].__qualname__ for run, ops in seg.steps if run.__name__ == "_replay_call"] == [STEP]
+    assert [ops[0].__qualname__ for run, ops in seg.steps if run is compile_steps.replay_call] == [STEP]
     assert len(seg.guarded) == 6  # every parameter's gradient, each made by the host backward
     plain, plain_params, _ = _run(make, cuda_graph=False)
     with pytest.warns(RuntimeWarning, match="replays without CUDA graphs from now on"):
@@ -376,7 +375,7 @@ class _EmulatedGraph:
         seg = self.seg
         before = [graphs._tstate(t) for t in seg.tensors], [graphs._nstate(n) for n in seg.nodes]
         with _KernelCalls.noting() as calls:
-            importlib.import_module("tinygen.compile")._run_steps(seg.steps)
+            compile_steps.run_steps(seg.steps)
         assert calls == self.calls, "a kernel of the graph was called with other numbers than at its capture"
         tensors, _, nodes = seg.diff
         for t, changed in tensors:
@@ -915,7 +914,7 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
     assert fused == ["graph 1  fused     4 ops (Mul, Add, Mul, Sub) on (16, 32) float32: one CuPy kernel",
                      "graph 1  backward  8 nodes (SumBackward, MulBackward, LinearBackward, fused(SubBackward, "
                      "MulBackward, AddBackward, MulBackward), LinearBackward) -> .grad of 4 leaves"]
-    replay_backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
+    replay_backward = compile_steps.replay_backward
     (plan,) = [ops[0] for r, ops in program.steps if r is replay_backward]
     (backward_run,) = [step[0] for step in plan.steps if step[1] is fusion.FUSED]
     assert backward_run.device and backward_run.kernel is not None  # its kernel inside the graph too
@@ -926,16 +925,15 @@ def test_cuda_graph_captures_a_fused_kernel_with_the_device_work_around_it(emula
 
 
 def test_cuda_graph_takes_a_reused_forward_with_the_device_work_around_it():
-    """A forward the program reuses (the GAN's discriminator on the detached fakes: ``_reused_forwards``) is a
+    """A forward the program reuses (the GAN's discriminator on the detached fakes: ``reused_forwards``) is a
     Python-only call with a graph_key whose result is the reused outputs: it joins the segment around it, so the
     step stays one graph after its host draw (the emulated launches equal plain replays: the bookkeeping test)."""
-    compile_module = importlib.import_module("tinygen.compile")
     step = CPU_MODELS["gan-bn-capturable"]()[0]
     compiled = tg.compile(step)
     compiled()
     program = next(iter(compiled._programs.values()))
-    graphed = graphs.GraphedSteps(program.steps, program.inputs, compile_module._GRAPH_KINDS)
+    graphed = graphs.GraphedSteps(program.steps, program.inputs)
     reused = [ops for kind, seg in graphed.items if kind == "segment" for run, ops in seg.steps
-              if run is compile_module._replay_call and ops[0] is compile_module._same_result]
+              if run is compile_steps.replay_call and ops[0] is compile_passes.same_result]
     assert len(reused) == 2  # D's Linear+LeakyReLU and Linear
     assert [kind for kind, _ in graphed.items] == ["host", "segment"]  # the draw, then one graph

@@ -1,7 +1,6 @@
 """tinygen.compile's elementwise fusion: fused replays against unfused replays and eager (bitwise for the exact ops,
 within APPROX_ULPS per transcendental call under fuse="approx"), what a fused run writes, and when it must not fuse."""
 import contextlib
-import sys
 import warnings
 
 import numpy as np
@@ -11,6 +10,7 @@ from hypothesis import given, strategies as st
 import tinygen as tg
 from tinygen import backend, kernels
 from tinygen.compile import fusion as compile_fusion
+from tinygen.compile import steps as compile_steps
 from tinygen.compile.fusion import APPROX_ULPS, FUSED, FusedRun
 
 NUMBA_ON = kernels.enabled()  # without Numba nothing is fused on the CPU: the tests compare the values all the same
@@ -27,7 +27,7 @@ def _lengths(compiled):
 
 def _backward_runs(compiled):
     """The fused backward runs in the plans of a compiled function's programs."""
-    replay_backward = sys.modules["tinygen.compile"]._replay_backward  # (tinygen.compile the name is the function)
+    replay_backward = compile_steps.replay_backward
     return [step[0] for p in compiled._programs.values() for run, operands in p.steps if run is replay_backward
             for step in operands[0].steps if step[1] is FUSED]
 
@@ -459,7 +459,7 @@ def test_a_backward_chain_is_one_loop_bitwise_eager(dtype, device):
         assert "backward" in listing[at - 1] and listing[at + 1].strip() == (
             "T v0 = x0;" if run.device else "def fused(n, o0, o1, o2, x0, x1, x2, x3, x4, x5, x6, s0, s1):")
         assert run.kernel is not None if run.device else len(run.kernels) == 1  # on the CPU one mix of kinds
-        replay_backward = sys.modules["tinygen.compile"]._replay_backward
+        replay_backward = compile_steps.replay_backward
         (plan,) = [operands[0] for p in f._programs.values() for r, operands in p.steps if r is replay_backward]
         nodes = plan.nodes()  # what the CUDA graphs' segments keep the state of: the fused run's nodes too
         assert all(any(n is m for m in nodes) for n in run.nodes) and not any(n is run for n in nodes)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import tinygen as tg
 from tinygen.backend import cuda_standin
+from tinygen.compile import passes as compile_passes, steps as compile_steps
 from test_differential_torch import ENTRIES, GRAPHS, NETWORK_ENTRIES, build_graph, evaluate
 
 CALLS = 3  # the recording call, then two replays
@@ -186,8 +187,7 @@ def test_random_graphs_evaluated_again_after_the_backward_replay_bitwise_eager(d
     with cuda_standin() if device == "cuda" else contextlib.nullcontext():
         compiled, _ = _check(graph, second_order, rng, device, twice=True)
     (program,) = compiled._programs.values()
-    compile_module = __import__("sys").modules["tinygen.compile"]
-    reused = sum(run is compile_module._replay_call and ops[0] is compile_module._same_result
+    reused = sum(run is compile_steps.replay_call and ops[0] is compile_passes.same_result
                  for run, ops in program.steps)
     if second_order:
         assert not reused  # the engine walks a create_graph backward: nothing is reused

@@ -1,7 +1,6 @@
 """tinygen.compile runs an op once for two calls on the same unchanged arrays (a GAN's discriminator on the fakes in
 the generator's update, then on their detached copy in the discriminator's): every case must end every call in
 eager's exact state, and nothing that changes an array in between may be skipped over."""
-import sys
 import tracemalloc
 
 import numpy as np
@@ -10,15 +9,15 @@ import pytest
 import tinygen as tg
 import tinygen.nn as nn
 import tinygen.nn.functional as F
+from tinygen.compile import passes as compile_passes, steps as compile_steps
 from test_compile_dead_gradients import _compare, _gan, _program
 
-compiled_module = sys.modules["tinygen.compile"]
 
 
 def _reuses(f):
     """The classes of the ops whose forwards the program reuses, in its order."""
     return [type(operands[1][0]).__name__.removesuffix("Function") for run, operands in _program(f).steps
-            if run is compiled_module._replay_call and operands[0] is compiled_module._same_result]
+            if run is compile_steps.replay_call and operands[0] is compile_passes.same_result]
 
 
 def test_the_discriminator_on_the_detached_fakes_reuses_the_generator_steps_forwards():
@@ -101,7 +100,7 @@ def test_without_a_write_the_same_calls_are_reused_and_fuse_false_keeps_both():
             a, b = f(x)
             assert np.array_equal(a.data * 2.0, b.data)
         (program,) = f._programs.values()
-        assert sum(run is compiled_module._replay_call and operands[0] is compiled_module._same_result
+        assert sum(run is compile_steps.replay_call and operands[0] is compile_passes.same_result
                    for run, operands in program.steps) == count
 
 

@@ -17,7 +17,7 @@ as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (
 ``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns).
 
 While ``tinygen.compile`` records a step, a plain ``backward()`` runs with a ``trace``: the engine appends each
-node it visits, and the recorder keeps the steps taken to replay them without this walk (``compile._run_plan``,
+node it visits, and the recorder keeps the steps taken to replay them without this walk (``run_plan`` in compile/steps.py,
 which delivers gradients with ``deliver_to_leaf``, ``fit_array``, ``own_gradients`` and
 ``run_post_accumulate_hooks`` below, as ``_run`` does).
 """

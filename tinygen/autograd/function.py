@@ -54,7 +54,7 @@ class Function:
     __slots__ = ("next_edges", "_saved", "_out_data", "out_meta", "device", "created_at", "__dict__")
     save_output = False  # set True when backward reads ``ctx.output``
     array_backward = None  # optional: the gradient on raw arrays, used by a plain backward() (see module docstring)
-    # What tinygen.compile may assume of ``forward`` (compile/__init__.py: ``_reused_forwards``):
+    # What tinygen.compile may assume of ``forward`` (compile/passes.py: ``reused_forwards``):
     forward_writes = ()  # the positions of the arguments whose arrays forward changes in place (BatchNorm's
     # running statistics); it changes no other array it is given
     reusable_forward = False  # True: its outputs and what it leaves on its node depend only on the arrays of its

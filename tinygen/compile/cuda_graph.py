@@ -38,7 +38,6 @@ graph records kernels once; one call launches them all again, on the same memory
            capture.
 """
 import contextlib
-from collections import namedtuple
 
 from .. import random as _random
 from ..autograd import engine
@@ -46,6 +45,9 @@ from ..backend import GRAPH_CAPTURE, is_cupy_array as is_cupy
 from ..capture import gradient_use, graph_key
 from ..kernels import gemm_capture
 from ..tensor import Tensor, _make
+from .fusion import FusedRun
+from .steps import (replay_alias, replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad,
+                    tensors_in)
 
 MAX_CAPTURES = 3
 _RELAXED = 2  # cudaStreamCaptureModeRelaxed
@@ -74,9 +76,6 @@ def _sweep():
     _RETIRED[:] = keep
 
 
-# What this module needs of the compiler (compile/__init__.py), which hands it in (so this module does not import
-# it): the functions of its kinds of step, and its finder of the tensors in a nested value.
-StepKinds = namedtuple("StepKinds", "forward backward alias release call requires_grad fused tensors_in")
 
 
 class _Segment:
@@ -94,10 +93,10 @@ class _Segment:
 class GraphedSteps:
     """A program's steps as CUDA graph segments and host steps (see the module docstring)."""
 
-    def __init__(self, steps, inputs, kinds):
-        self.kinds, self.inputs = kinds, inputs
-        self.made = _made(steps, kinds)  # ids of the tensors the program makes (its result is copied from these)
-        self.items = _split(steps, self.made | {id(t) for t in inputs}, kinds)
+    def __init__(self, steps, inputs):
+        self.inputs = inputs
+        self.made = _made(steps)  # ids of the tensors the program makes (its result is copied from these)
+        self.items = _split(steps, self.made | {id(t) for t in inputs})
         self.live = False  # captured graphs in use
         self.captures, self.error, self.pool = 0, None, None
 
@@ -176,7 +175,7 @@ class GraphedSteps:
         # the host generators too: a failed capture has drawn from them (a draw made on the host, then copied)
         rng = [_random.get_rng_state("cpu", rank_stream=r) for r in (False, True)]
         seg.guard = [(t, t.data, getattr(t, "_hooks", None)) for t in seg.leaves]
-        seg.keys = [(ops, _graph_key(ops)) for run, ops in seg.steps if run is self.kinds.call]
+        seg.keys = [(ops, _graph_key(ops)) for run, ops in seg.steps if run is replay_call]
         seg.grads = [(t, None if t.grad is None else t.grad.data) for t in seg.guarded]
         checks = []
         GRAPH_CAPTURE.workspace, GRAPH_CAPTURE.checks = self.workspace, checks
@@ -212,9 +211,9 @@ class GraphedSteps:
         """After a host step: its result tensors on the arrays the capture saw (a later segment reads those): a
         new tensor's array is copied there; another tensor (one that lives on elsewhere) must hold the same one."""
         run, operands = step
-        if run is self.kinds.call:
-            results, new = self.kinds.tensors_in(operands[3]), {id(t) for t in operands[5]}
-        elif run is self.kinds.forward:
+        if run is replay_call:
+            results, new = tensors_in(operands[3]), {id(t) for t in operands[5]}
+        elif run is replay_forward:
             results = operands[4]
             new = {id(t) for t in results}
         else:
@@ -272,45 +271,45 @@ def _no_host_copies(cupy):
 
 
 # ---- splitting -----------------------------------------------------------------------------------------------------
-def _unfused(steps, kinds):
-    """The steps with each fused run (``kinds.fused``) as the forwards it runs: what they touch."""
+def _unfused(steps):
+    """The steps with each fused run (``FusedRun``) as the forwards it runs: what they touch."""
     for step in steps:
-        if isinstance(step[0], kinds.fused):
+        if isinstance(step[0], FusedRun):
             yield from step[0].steps
         else:
             yield step
 
 
-def _made(steps, kinds):
+def _made(steps):
     made = set()
-    for run, operands in _unfused(steps, kinds):
-        if run is kinds.forward:
+    for run, operands in _unfused(steps):
+        if run is replay_forward:
             made.update(id(t) for t in operands[4])
-        elif run is kinds.alias:
+        elif run is replay_alias:
             made.add(id(operands[1]))
-        elif run is kinds.call:
-            made.update(id(t) for t in kinds.tensors_in(operands[3]))
+        elif run is replay_call:
+            made.update(id(t) for t in tensors_in(operands[3]))
     return made
 
 
-def _split(steps, made, kinds):
+def _split(steps, made):
     """[(kind, item)]: ("segment", a _Segment) or ("host", a step). ``made``: the ids of the tensors the program
     makes or takes as inputs (not leaves: no guard)."""
-    forward, backward, alias, release = kinds.forward, kinds.backward, kinds.alias, kinds.release
     items, run_of = [], []
 
     def close():
-        if any(run not in (release, alias, kinds.requires_grad) for run, _ in run_of):  # a graph of device work
-            items.append(("segment", _segment(tuple(run_of), made, kinds)))
+        if any(run not in (replay_release, replay_alias, replay_requires_grad) for run, _ in run_of):  # device work
+            items.append(("segment", _segment(tuple(run_of), made)))
         else:
             items.extend(("host", s) for s in run_of)
         run_of.clear()
     for step in steps:
         run, operands = step
-        device = (run is forward and not operands[5]) or run in (alias, release, kinds.requires_grad) or (
-            isinstance(run, kinds.fused) and run.device) or (
-            run is backward and not _hook_leaves(operands[0])) or (
-            run is kinds.call and _graph_key(operands) is not None)
+        device = (run is replay_forward and not operands[5]) or (
+            run in (replay_alias, replay_release, replay_requires_grad)) or (
+            isinstance(run, FusedRun) and run.device) or (
+            run is replay_backward and not _hook_leaves(operands[0])) or (
+            run is replay_call and _graph_key(operands) is not None)
         if device:
             run_of.append(step)
         else:
@@ -342,17 +341,16 @@ def _plan_leaves(plan):
     return [leaf for _, leaf in plan.roots if leaf is not None] + plan.delivered()
 
 
-def _segment(steps, made, kinds):
-    forward, alias, release, tensors_in = kinds.forward, kinds.alias, kinds.release, kinds.tensors_in
+def _segment(steps, made):
     tensors, nodes, delivers, dropped, dropped_first, read_first = {}, {}, {}, set(), set(), {}
-    for run, operands in _unfused(steps, kinds):
-        if run is forward:
+    for run, operands in _unfused(steps):
+        if run is replay_forward:
             ts, ns = tensors_in(operands[3]) + list(operands[4]), [operands[1]]
-        elif run is alias or run is kinds.requires_grad:  # a switch: Python only, made again by the diff
+        elif run is replay_alias or run is replay_requires_grad:  # a switch: Python only, made again by the diff
             ts, ns = [t for t in operands if isinstance(t, Tensor)], []
-        elif run is release:
+        elif run is replay_release:
             ts, ns = list(operands[0]), list(operands[1])
-        elif run is kinds.call:  # device work only (graph_key); its arrays are guarded by its key
+        elif run is replay_call:  # device work only (graph_key); its arrays are guarded by its key
             ts, ns = _touched(operands, "drops"), []  # zero_grad: its .grad = None made again by the diff
             dropped.update(id(t) for t in ts)
             # an optimizer's parameters: guarded as leaves, and a .grad it reads that the segment has not made or

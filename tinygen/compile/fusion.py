@@ -37,7 +37,7 @@ Three stages:
   replay   the fused step checks its operands (C-contiguous arrays of the recorded kind, shape and dtype, scalars
            of that dtype; on NumPy, Numba on), else runs the ops one by one as an unfused replay does; puts the
            written arrays into the recorded tensors and leaves each op's node as its forward would have (its
-           output and what it saved, as shadows: compile/__init__.py's ``_refill_node``), so the backward that
+           output and what it saved, as shadows: steps.py's ``refill_node``), so the backward that
            follows runs unchanged. The first replay of an exact Numba run runs its ops one by one as well and
            raises if the loop's outputs differ from theirs in any bit.
   backward ``fused_plan_steps``, once per plain backward of a program: each run of
@@ -76,6 +76,7 @@ from .. import kernels
 from ..autograd.grad_mode import STATE
 from ..backend import array_module_of, is_device_array
 from ..tensor import Tensor
+from .steps import FUSED, plan_step, refill_node, replay_forward, replay_release, tensors_in
 
 EXACT_FUNCTIONS = {"abs": abs, "sqrt": math.sqrt}
 APPROX_FUNCTIONS = {"exp": math.exp, "log": math.log, "tanh": math.tanh, "sin": math.sin, "cos": math.cos}
@@ -97,10 +98,6 @@ SUM = "sum"  # the ``reduction`` a sum over every axis declares (ops/reduce.py's
 _ndarray = np.ndarray
 _kernels = {}  # source -> compiled loop
 
-# What the pass needs of the compiler (compile/__init__.py), which hands it in (so this module does not import it):
-# the step functions of a replayed forward and of a release, the node refill of a replayed forward, and its tensor
-# finder.
-ProgramKinds = namedtuple("ProgramKinds", "forward release refill tensors_in")
 
 
 def exactness(expr):
@@ -165,15 +162,15 @@ def _sum_note(args, out):
     return d.shape, d.dtype, (ARRAY,), (), SUM, device
 
 
-def fused_steps(steps, notes, keep, approx, kinds):
+def fused_steps(steps, notes, keep, approx):
     """The program's steps (``(run, operands)`` pairs, release steps placed) with each run of fusable forwards
     replaced by one ``FusedRun`` step; ``notes``: id(output tensor) -> ``note``; ``keep``: ids of the result's
-    tensors; ``approx``: fuse the approx functions too; ``kinds``: ``ProgramKinds``."""
-    forward, release, tensors_in = kinds.forward, kinds.release, kinds.tensors_in
+    tensors; ``approx``: fuse the approx functions too."""
+    forward, release = replay_forward, replay_release
     if not notes:
         return steps
     if any(run is forward and operands[5] for run, operands in steps):
-        return steps  # relinked ops: a backward after them counts every intermediate as used (compile/__init__.py)
+        return steps  # relinked ops: a backward after them counts every intermediate as used (passes.py)
     allowed = ("exact", "approx") if approx else ("exact",)
     on_host = kernels.enabled()  # host runs are Numba loops; device runs are CuPy's kernels
     refs = {}  # id(tensor) -> how many steps other than releases refer to it
@@ -185,12 +182,12 @@ def fused_steps(steps, notes, keep, approx, kinds):
 
     def close():
         forwards = [step for step in pending if step[0] is forward]
-        run = FusedRun(forwards, notes, refs, keep, kinds) if len(forwards) >= MIN_OPS else None
+        run = FusedRun(forwards, notes, refs, keep) if len(forwards) >= MIN_OPS else None
         tail = []
         if run is not None and run.device and run.total and run.outputs:  # a CuPy sum kernel writes its sum only
             tail.append(pending.pop())
             forwards.pop()
-            run = FusedRun(forwards, notes, refs, keep, kinds) if len(forwards) >= MIN_OPS else None
+            run = FusedRun(forwards, notes, refs, keep) if len(forwards) >= MIN_OPS else None
         if run is not None and (not run.device or run.build_on_device()):
             out.append((run, ()))
             out.extend(step for step in pending if step[0] is release)
@@ -229,9 +226,8 @@ class FusedRun:
     """One step of a program: a run of elementwise forwards as one generated loop (NumPy arrays) or one CuPy
     elementwise kernel (device arrays); see the module docstring."""
 
-    def __init__(self, steps, notes, refs, keep, kinds):
-        tensors_in = kinds.tensors_in
-        self.steps, self._refill = tuple(steps), kinds.refill
+    def __init__(self, steps, notes, refs, keep):
+        self.steps = tuple(steps)
         inside = {}  # id(tensor) -> how many of the run's steps refer to it
         for _, operands in steps:
             for key in {id(t) for t in tensors_in(*operands)}:
@@ -302,9 +298,8 @@ class FusedRun:
         STATE.grad_enabled = False  # as a replayed forward leaves it
         for t, d in zip(self.written, outs):
             t.data = d
-        refill = self._refill
         for ctx, save_output, y, saved, shadowable in self.nodes:
-            refill(ctx, save_output, y, saved, shadowable)
+            refill_node(ctx, save_output, y, saved, shadowable)
         if self.total and self.total[1] is not None:
             vars(self.total[1]).update(self.total[2])  # as the sum's forward sets them (a release clears them)
 
@@ -606,26 +601,24 @@ def _device_kernel(xp, in_params, out_params, operation, sum_preamble=None):
 
 
 # ---- the backward of a run ------------------------------------------------------------------------------------------
-FUSED = "fused"  # the second item of a backward plan's step whose first item is a FusedBackward
 # What the backward fusion knows of one plan step (``_backward_form``): the run it can join (shape, dtype, on the
 # device), its op's ``elementwise_backward``, the kinds of what its node saved, whether it reads its output, and
 # what it saved and its output as the recorded call's tensors (for the device kernel's record-time check).
 BackwardForm = namedtuple("BackwardForm", "run decl saved_kinds has_y saved y")
 
 
-def fused_plan_steps(plan_steps, roots, forwards, approx, run_step):
-    """A plain backward's plan steps (compile/__init__.py's ``_BackwardPlan.steps``) with each run of ``MIN_OPS``
+def fused_plan_steps(plan_steps, roots, forwards, approx):
+    """A plain backward's plan steps (steps.py's ``BackwardPlan.steps``) with each run of ``MIN_OPS``
     or more consecutive nodes of elementwise ops (``_backward_form``) of one shape and dtype, on NumPy arrays, as
     one ``FusedBackward`` step; the steps themselves when there is none. ``roots``: the plan's (register, leaf)
     roots; ``forwards``: id(node) -> (``note``, arguments, output tensor) of each op's recorded forward (its
-    tensors still hold the recorded call's arrays); ``approx``: fuse the approx functions too; ``run_step(step,
-    regs, direct, release)``: the compiler's running of one step."""
+    tensors still hold the recorded call's arrays); ``approx``: fuse the approx functions too."""
     allowed = ("exact", "approx") if approx else ("exact",)
     filled = {r for r, leaf in roots if leaf is None}  # the registers holding a gradient before each step
     out, pending, filled_before = [], [], None  # pending: (step, BackwardForm) of the open run
 
     def close():
-        run = FusedBackward(pending, filled_before, run_step) if len(pending) >= MIN_OPS else None
+        run = FusedBackward(pending, filled_before) if len(pending) >= MIN_OPS else None
         if run is not None and (not run.device or run.build_on_device(pending)):
             out.append((run, FUSED, (), None, (), ()))
         else:
@@ -684,10 +677,10 @@ class FusedBackward:
     program is recorded (``build_on_device``: never inside a CUDA graph's capture); its registers are always array
     operands (a broadcast gradient is made contiguous first, one copy)."""
 
-    def __init__(self, pending, filled, run_step):
+    def __init__(self, pending, filled):
         """``pending``: the run's (plan step, BackwardForm); ``filled``: the registers holding a gradient before
         it."""
-        self.steps, self.run_step = tuple(step for step, _ in pending), run_step
+        self.steps = tuple(step for step, _ in pending)
         self.nodes = tuple(step[0] for step in self.steps)
         (self.shape, self.dtype, self.device), self.size = pending[0][1].run, math.prod(pending[0][1].run[0])
         self.kernel = None  # on the device: the one kernel (registers as arrays)
@@ -849,7 +842,7 @@ class FusedBackward:
 
     def unfused(self, regs, direct, release):
         for step in self.steps:
-            self.run_step(step, regs, direct, release)
+            plan_step(step, regs, direct, release)
 
     def _check(self, outs, kinds, regs, direct, release):
         """A new loop's first call: the nodes one by one too (which leave the registers as they do in an unfused

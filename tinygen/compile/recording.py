@@ -1,0 +1,307 @@
+"""Recording a ``tinygen.compile`` program: the first call with a signature runs the step eagerly with a
+``Recorder`` set as ``CAPTURE.recorder`` (the one hook in the core, ``tinygen/capture.py``); ``Program`` turns what
+it wrote down into the steps a replay runs (``steps.py``), through the passes (``passes.py``, ``fusion.py``), and
+holds the guards a replay checks first."""
+import itertools
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..autograd import engine
+from ..autograd.engine import _backward
+from ..autograd.function import user_frame
+from ..autograd.grad_mode import STATE
+from ..capture import CAPTURE
+from ..tensor import Tensor, _make
+from . import cuda_graph, fusion, passes
+from .explain import described, tensor_text
+from .steps import (BackwardPlan, CompileError, replay_alias, replay_backward, replay_call, replay_forward,
+                    replay_release, replay_requires_grad, run_steps, set_grad, tensors_in)
+
+
+class Recorder:
+    """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
+
+    def __init__(self, inputs):
+        self.depth = 0  # recorded calls in progress: what runs inside them is not recorded again
+        self.steps = []
+        self.modules = {}
+        self.leaves = {}
+        self.made = set()  # ids of the tensors the step made: they need no guard
+        self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
+        self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
+        self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
+        self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
+        self.inputs = {id(t) for t in inputs}  # the program's input tensors
+
+    def record_apply(self, cls, args):
+        self.refuse_new_grads(args)
+        self.depth += 1
+        try:
+            out = cls.apply(*args)
+        finally:
+            self.depth -= 1
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx = next((t.grad_fn for t in outs if t.grad_fn is not None), None)
+        device = None
+        for a in args:
+            if isinstance(a, Tensor):
+                device = device or a._device
+                if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
+                    self.leaves.setdefault(id(a), (a, a._requires_grad, a.data.shape, a.data.dtype))
+        self.made.update(id(t) for t in outs)
+        if ctx is not None:
+            self.nodes.add(id(ctx))
+        fusable = fusion.note(cls, ctx, args, out)
+        if fusable is not None:
+            self.elementwise[id(out)] = fusable
+        self.steps.append((replay_forward, cls, ctx, device, args, outs, self.relink and ctx is not None, None))
+        return out
+
+    def record_call(self, fn, args, kwargs, builds_graph=False):
+        args = tuple(_kept(a) for a in args)
+        kwargs = {k: _kept(v) for k, v in kwargs.items()}
+        self.refuse_new_grads(args, kwargs)
+        self.depth += 1
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            self.depth -= 1
+        new = _new_tensors(tensors_in(result))  # before anything else refers to the result
+        self.steps.append((replay_call, fn, args, kwargs, result, STATE.grad_enabled, new))
+        self.made.update(id(t) for t in tensors_in(result))
+        self.relink = self.relink or builds_graph
+        return result
+
+    def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
+        """A plain backward is recorded as the steps the engine took (``BackwardPlan``); one that builds a graph,
+        or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
+        before = {key: leaf[0].grad for key, leaf in self.leaves.items()}
+        if create_graph or inputs is not None:
+            self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
+                             builds_graph=create_graph)
+        else:
+            args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
+            trace = []
+            self.depth += 1
+            try:
+                _backward(*args, trace=trace)
+            finally:
+                self.depth -= 1
+            if all(id(node) in self.nodes for node, _ in trace):
+                self.steps.append((replay_backward, BackwardPlan(args[0], trace, retain_graph), args))
+            else:
+                self.steps.append((replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
+        # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
+        self.new_grads.update((id(t.grad), t.grad) for key, (t, *_) in self.leaves.items()
+                              if t.grad is not None and t.grad is not before.get(key))
+
+    def refuse_new_grads(self, *values):
+        """Raise if the step passes on a .grad tensor one of its backwards made (read from a leaf in Python, which
+        the recording cannot see: a replay would pass this call's stale tensor)."""
+        if self.new_grads:
+            for t in tensors_in(*values):
+                if id(t) in self.new_grads:
+                    raise CompileError(
+                        f"tinygen.compile: the step uses the .grad of a tensor of shape {tuple(t.shape)} that its own "
+                        f"backward made, at {user_frame()}. A replay makes that gradient anew, so the step would "
+                        f"use a stale one: read gradients after the call (return what you need from the step), or "
+                        f"call a replayed utility that takes the parameters (clip_grad_norm_)")
+
+    def record_requires_grad(self, tensor, flag):
+        if id(tensor) not in self.made:
+            self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad, tensor.data.shape, tensor.data.dtype))
+        self.steps.append((replay_requires_grad, tensor, flag))
+
+    def record_grad_set(self, tensor, value):
+        """``tensor.grad = value`` in the step's code, recorded as a call: None, or a tensor the step did not make (a
+        replay sets the same one; a tensor the step computes would be a stale one, so it is refused)."""
+        if isinstance(value, Tensor) and self.varies(value):
+            raise CompileError(f"tinygen.compile: the step sets a .grad to a tensor it computes or takes as an "
+                               f"argument, at {user_frame()}. A replay would set a stale one: set .grad to None (or "
+                               f"call zero_grad) in the step, or set it outside the call")
+        self.record_call(set_grad, (tensor, value), {})
+
+    def record_alias(self, src, dst):
+        self.refuse_new_grads(src)
+        self.made.add(id(dst))
+        self.steps.append((replay_alias, src, dst))
+
+    def varies(self, tensor):
+        """Whether ``tensor`` may hold other values on a replay: an input, or made by the step."""
+        return id(tensor) in self.made or id(tensor) in self.inputs
+
+    def note_module(self, module):
+        if id(module) not in self.modules:  # its mode as the step found it, before it changed anything
+            self.modules[id(module)] = (module, module.training)
+
+    def refuse(self, tensor, what):
+        raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
+                           f"{user_frame()}. A replay cannot repeat a decision taken on a value: return the tensor "
+                           f"from the step and read it after the call, or call this function without compiling it")
+
+
+def _kept(arg):
+    """An argument as a recorded call keeps it: a generator (``model.parameters()``) as a tuple of its items, as
+    it would be empty on the second call."""
+    return tuple(arg) if isinstance(arg, Iterator) else arg
+
+
+def record(fn, args, kwargs, fuse, graphs=False):
+    """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result)."""
+    for i, t in enumerate(tensors_in(args, kwargs)):
+        if t._requires_grad:
+            raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
+                               f"parameters through the modules the step uses, not as arguments")
+    # the program's own input tensors (on the caller's arrays): a replay puts new arrays into them, never into
+    # the caller's tensors
+    slots = {}
+    args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
+    rec = Recorder(tensors_in(args, kwargs))
+    CAPTURE.recorder = rec
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        CAPTURE.recorder = None
+    program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
+    for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
+        if run is replay_release:
+            run(*operands)
+    return program, result
+
+
+class Program:
+    """One recorded signature's steps after the passes, its guards, and its replay."""
+
+    def __init__(self, rec, inputs, result, grad_enabled, fuse, graphs=False):
+        keep = {id(t) for t in tensors_in(result)}
+        if fuse:
+            rec.steps = passes.with_activations(rec.steps, keep)
+            rec.steps = passes.reused_forwards(rec.steps, inputs, keep)
+        self.steps = passes.with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
+        self.steps, self.left_out = passes.without_dead_gradients(self.steps)
+        if fuse:
+            self.steps = fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx")
+            self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
+        self.inputs = inputs
+        self.result = result
+        # each module's mode when the step first called it, and its count of changes when the step ended: a
+        # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
+        self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
+        ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
+        self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
+        self.grad_enabled = grad_enabled
+        # for explain(), while the recorded call's tensors still hold their arrays
+        self.signature_text = ", ".join(tensor_text(t) for t in inputs) or "no tensor arguments"
+        self.step_texts = [described(run, operands) for run, operands in self.steps]
+        on_gpu = any(cuda_graph.is_cupy(t.data) for t in itertools.chain(inputs, (leaf[0] for leaf in self.leaves)))
+        self.graphed = cuda_graph.GraphedSteps(self.steps, inputs) if graphs and on_gpu else None
+
+    def guards_hold(self):
+        for module, training, changes in self.modules:
+            if module.training is not training or module.__dict__.get("_changes", 0) != changes:
+                return False
+        for tensor, requires_grad, shape, dtype in self.leaves:  # a parameter made float64 or resized: anew
+            d = tensor.data
+            if tensor._requires_grad is not requires_grad or d.shape != shape or (
+                    d.dtype is not dtype and d.dtype != dtype):  # NumPy's dtypes are shared: "is" is the fast test
+                return False
+        return self.left_out.isdisjoint(engine._post_accumulate_hooks)
+
+    def replay(self, args, kwargs):
+        for slot, new in zip(self.inputs, tensors_in(args, kwargs)):
+            slot.data = new.data
+        try:
+            for run, operands in self.steps:
+                run(*operands)
+        finally:
+            STATE.grad_enabled = self.grad_enabled
+        return fresh(self.result)
+
+    def replay_graphed(self, args, kwargs):
+        """A replay through CUDA graphs (cuda_graph.py)."""
+        try:
+            self.graphed.replay(tensors_in(args, kwargs), run_steps)
+        finally:
+            STATE.grad_enabled = self.grad_enabled
+        return self.graphed.result(self.result)
+
+
+def _sig(a):
+    if isinstance(a, Tensor):
+        return ("tensor", a.data.shape, a.data.dtype.str, a._device, a._requires_grad)
+    if isinstance(a, (tuple, list)):
+        return (type(a).__name__,) + tuple(_sig(x) for x in a)
+    if isinstance(a, dict):
+        return ("dict",) + tuple((k, _sig(v)) for k, v in a.items())
+    try:
+        hash(a)
+    except TypeError:
+        return ("object", id(a))
+    return ("value", type(a).__name__, a)
+
+
+def signature(args, kwargs):
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs))
+
+
+def what_changed(old, new):
+    """The first difference between two signatures (``signature``), in words, and whether it is a number."""
+    if old is None or old[0] != new[0]:
+        return "The grad mode differs between the calls", False
+    for kind, a, b in (("argument", old[1], new[1]), ("keyword argument", old[2], new[2])):
+        if len(a) != len(b):
+            return f"The number of {kind}s differs between the calls", False
+        for i, (x, y) in enumerate(zip(a[1:], b[1:])):
+            name = i
+            if kind == "keyword argument":
+                (name, x), (other, y) = x, y
+                if name != other:
+                    return "The keyword arguments differ between the calls", False
+            if x != y:
+                number = x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float")
+                return f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}", number
+    return "The signatures differ", False
+
+
+def _sig_text(sig):
+    if sig[0] == "tensor":
+        return f"a tensor of shape {sig[1]}, dtype {np.dtype(sig[2]).name} on {sig[3]}" + (
+            ", requiring grad" if sig[4] else "")
+    if sig[0] == "value":
+        return f"{sig[1]} {sig[2]!r}"
+    if sig[0] == "object":
+        return "an unhashable object (each new one is a new signature)"
+    return f"a {sig[0]} of {len(sig) - 1}"
+
+
+def _with_slots(value, slots):
+    """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
+    if isinstance(value, Tensor):
+        return slots.setdefault(id(value), _make(value.data, value._device))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_with_slots(v, slots) for v in value)
+    if isinstance(value, dict):
+        return {k: _with_slots(v, slots) for k, v in value.items()}
+    return value
+
+
+def _new_tensors(tensors):
+    """Of the tensors of a call's result (``tensors``, a list made for this), those nothing else refers to (the call
+    made them; a module's buffer it returns lives elsewhere too): held once by the result, as a new object is by
+    one variable, counted the same way (this list adds one reference to each tensor)."""
+    probe = object()
+    counts = [sys.getrefcount(x) for x in tensors + [probe]]
+    return tuple(t for t, n in zip(tensors, counts) if n <= counts[-1] + 1)
+
+
+def fresh(result):
+    """The step's result with every tensor as a new tensor on the replayed array (no graph)."""
+    if isinstance(result, Tensor):
+        return _make(result.data, result._device)
+    if isinstance(result, (tuple, list)):
+        return type(result)(fresh(r) for r in result)
+    if isinstance(result, dict):
+        return {k: fresh(v) for k, v in result.items()}
+    return result
