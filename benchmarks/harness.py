@@ -71,7 +71,7 @@ def parse_args(argv):
                    help="skip the check that every framework computes the same losses")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--no-breakdown", action="store_true",
-                   help="do not split the tinygen-compiled cells that fall short of a speed goal into their parts")
+                   help="do not split the compiled columns' cells that fall short of a speed goal into their parts")
     p.add_argument("--memory-frameworks", default="tinygen,tinygen-numba,tinygen-compiled,torch,jax,numpy",
                    help="frameworks whose peak memory is measured, if selected (default: all but torch-compile)")
     p.add_argument("--no-chart", action="store_true", help="do not draw throughput.png")
@@ -421,46 +421,49 @@ def profiled_variant(frameworks, per_batch):
 
 
 # The speed goals of tinygen.compile's step: (against, models, batch sizes (None: all), ratio of median
-# samples/s). A full run splits each tinygen-compiled cell that falls short of one into its parts
-# (run_breakdowns), so the report says what holds it.
+# samples/s). A full run splits each cell of a compiled column (MKL's products or NumPy's BLAS) that falls short of
+# one into its parts (run_breakdowns), so the report says what holds it.
 GOALS = (("jax", ("mlp", "mlp-adam", "vae", "gan"), None, 0.8),
          (REFERENCE, ("mlp", "mlp-adam", "vae", "gan"), (16,), 1.5),
          (REFERENCE, ("dcgan",), None, 1.0))
 COMPILED = "tinygen-compiled"
+COMPILED_COLUMNS = (COMPILED, "tinygen-compiled-numpy-blas")
 
 
 def short_cells(throughput):
-    """[(case, batch, [(against, ratio, goal), ...])] for the tinygen-compiled cells below a goal of GOALS, with
-    every goal each one misses (cells where either side did not run are not judged)."""
+    """[(framework, case, batch, [(against, ratio, goal), ...])] for the cells of the compiled columns
+    (COMPILED_COLUMNS) below a goal of GOALS, with every goal each one misses (cells where either side did not run
+    are not judged)."""
     out = []
-    for case, per_batch in throughput.items():
-        for b, per_fw in per_batch.items():
-            mine, missed = _median(per_fw.get(COMPILED)), []
-            for against, cases, batches, goal in GOALS:
-                theirs = _median(per_fw.get(against))
-                if case in cases and (batches is None or int(b) in batches) and mine and theirs \
-                        and mine / theirs < goal:
-                    missed.append((against, mine / theirs, goal))
-            if missed:
-                out.append((case, int(b), missed))
+    for framework in COMPILED_COLUMNS:
+        for case, per_batch in throughput.items():
+            for b, per_fw in per_batch.items():
+                mine, missed = _median(per_fw.get(framework)), []
+                for against, cases, batches, goal in GOALS:
+                    theirs = _median(per_fw.get(against))
+                    if case in cases and (batches is None or int(b) in batches) and mine and theirs \
+                            and mine / theirs < goal:
+                        missed.append((against, mine / theirs, goal))
+                if missed:
+                    out.append((framework, case, int(b), missed))
     return out
 
 
 def run_breakdowns(pool, cells, st):
-    """step_bench's split of the compiled step for each short cell, each in a fresh tinygen-compiled worker (the
+    """step_bench's split of the compiled step for each short cell, each in a fresh worker of its column (the
     split installs timers that would stay in a process's later measurements)."""
     out = []
-    for case, batch, missed in cells:
-        w = pool.fresh(COMPILED)
+    for framework, case, batch, missed in cells:
+        w = pool.fresh(framework)
         try:
             reply = w.request("breakdown", timeout=600, case=case, batch=batch, rounds=st.breakdown_rounds,
                               round_s=st.breakdown_round_s) if _status(w.hello) == "ok" else w.hello
         finally:
             w.close()
-        row = {"case": case, "batch": batch, "status": _status(reply),
+        row = {"framework": framework, "case": case, "batch": batch, "status": _status(reply),
                "missed": [{"against": a, "ratio": r, "goal": g} for a, r, g in missed], **reply.get("ok", {})}
         out.append(row)
-        log(f"breakdown {case:<9} b={batch:<5} {COMPILED:<14} {row['status']}")
+        log(f"breakdown {case:<9} b={batch:<5} {framework:<14} {row['status']}")
     return out
 
 
@@ -468,26 +471,28 @@ def breakdown_markdown(rows, throughput):
     """The report's section on the short cells: each one's compiled step split into its parts, the largest first."""
     if not rows:
         return []
-    lines = [f"## Where the time goes in the cells short of a goal ({COMPILED})", "",
+    lines = ["## Where the time goes in the cells short of a goal (tinygen's compiled columns)", "",
              "Goals: " + "; ".join(f"{goal:g}x {against} ({', '.join(cases)}"
                                    + (f"; batch {', '.join(map(str, batches))})" if batches else ")")
                                    for against, cases, batches, goal in GOALS) + ". Each short cell's compiled step "
              "is timed again in a fresh process with timers around its parts (what `python -m benchmarks.step_bench "
              "--case CASE --batch B --threads T` prints); the largest part is in bold. Beside it, every "
              "framework's step time in the throughput runs above (batch / median samples/s).", "",
-             "| case | batch | short of | step in the throughput runs (ms) | split step (ms) | parts (ms, share) |",
-             "|---|---|---|---|---|---|"]
+             "| column | case | batch | short of | step in the throughput runs (ms) | split step (ms) "
+             "| parts (ms, share) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         short = ", ".join(f"{m['against']} {m['ratio']:.2f}x < {m['goal']:g}x" for m in r["missed"])
         per_fw = throughput.get(r["case"], {}).get(str(r["batch"]), {})
         steps = ", ".join(f"{fw} {1e3 * r['batch'] / _median(res):.2f}" for fw, res in per_fw.items() if _median(res))
+        cell = f"| {r['framework']} | {r['case']} | {r['batch']} | {short} | {steps}"
         if r["status"] != "ok":
-            lines.append(f"| {r['case']} | {r['batch']} | {short} | {steps} | {r['status']} | |")
+            lines.append(f"{cell} | {r['status']} | |")
             continue
         timed = r["timed_step_ms"]
         parts = "; ".join(("**{}**" if i == 0 else "{}").format(f"{k}: {v:.2f} ({100 * v / timed:.0f}%)")
                           for i, (k, v) in enumerate(r["parts_ms"].items()))
-        lines.append(f"| {r['case']} | {r['batch']} | {short} | {steps} | {r['step_ms']:.2f} | {parts} |")
+        lines.append(f"{cell} | {r['step_ms']:.2f} | {parts} |")
     return lines + [""]
 
 

@@ -238,11 +238,16 @@ def test_short_cells_are_the_compiled_cells_below_a_goal():
                   "64": {"tinygen-compiled": _cell(140), "torch": _cell(100)}},  # 1.5x torch is a batch-16 goal
           "gan": {"16": {"tinygen-compiled": _cell(None), "jax": _cell(100), "torch": _cell(100)}},  # did not run
           "dcgan": {"64": {"tinygen-compiled": _cell(90), "torch": _cell(100), "jax": _cell(1000)}}}  # torch only
-    cells = {(case, b): missed for case, b, missed in harness.short_cells(tp)}
-    assert set(cells) == {("mlp", 16), ("vae", 16), ("dcgan", 64)}
-    assert [(a, round(r, 2), g) for a, r, g in cells[("mlp", 16)]] == [("jax", 0.7, 0.8)]  # 1.75x torch: met
-    assert [(a, round(r, 2), g) for a, r, g in cells[("vae", 16)]] == [("torch", 1.4, 1.5)]
-    assert [(a, round(r, 2), g) for a, r, g in cells[("dcgan", 64)]] == [("torch", 0.9, 1.0)]
+    tp["mlp"]["64"]["tinygen-compiled-numpy-blas"] = _cell(60)  # the OpenBLAS column: 0.6x jax, judged too
+    cells = {(fw, case, b): missed for fw, case, b, missed in harness.short_cells(tp)}
+    mkl = "tinygen-compiled"
+    assert set(cells) == {(mkl, "mlp", 16), (mkl, "vae", 16), (mkl, "dcgan", 64),
+                          ("tinygen-compiled-numpy-blas", "mlp", 64)}
+    assert [(a, round(r, 2), g) for a, r, g in cells[(mkl, "mlp", 16)]] == [("jax", 0.7, 0.8)]  # 1.75x torch: met
+    assert [(a, round(r, 2), g) for a, r, g in cells[(mkl, "vae", 16)]] == [("torch", 1.4, 1.5)]
+    assert [(a, round(r, 2), g) for a, r, g in cells[(mkl, "dcgan", 64)]] == [("torch", 0.9, 1.0)]
+    assert [(a, round(r, 2), g) for a, r, g in cells[("tinygen-compiled-numpy-blas", "mlp", 64)]] == [
+        ("jax", 0.6, 0.8)]
 
 
 def test_breakdown_of_a_short_cell_in_the_report(tmp_path):
@@ -250,11 +255,14 @@ def test_breakdown_of_a_short_cell_in_the_report(tmp_path):
     from benchmarks import harness
     pool = harness.Pool(1, str(tmp_path))
     try:
-        rows = harness.run_breakdowns(pool, [("mlp", 8, [("jax", 0.5, 0.8)])], harness.Settings(quick=True))
+        rows = harness.run_breakdowns(pool, [("tinygen-compiled", "mlp", 8, [("jax", 0.5, 0.8)]),
+                                             ("tinygen-compiled-numpy-blas", "mlp", 8, [("jax", 0.4, 0.8)])],
+                                      harness.Settings(quick=True))
     finally:
         pool.close()
-    (row,) = rows
-    assert row["status"] == "ok", row
+    row, numpy_row = rows
+    assert row["status"] == "ok" and numpy_row["status"] == "ok", rows
+    assert (row["framework"], numpy_row["framework"]) == ("tinygen-compiled", "tinygen-compiled-numpy-blas")
     parts = row["parts_ms"]
     assert parts["matrix products (gemm.mm)"] > 0 and parts["optimizer update"] > 0 and _positive(row["step_ms"])
     assert abs(sum(parts.values()) - row["timed_step_ms"]) < 1e-6 * row["timed_step_ms"] + 1e-9  # the rest closes it
@@ -262,9 +270,25 @@ def test_breakdown_of_a_short_cell_in_the_report(tmp_path):
     tp = {"mlp": {"8": {"tinygen-compiled": _cell(800), "jax": _cell(1600)}}}
     md = "\n".join(harness.breakdown_markdown(rows, tp))
     largest, ms = next(iter(parts.items()))
-    assert f"| mlp | 8 | jax 0.50x < 0.8x | tinygen-compiled 10.00, jax 5.00 | {row['step_ms']:.2f} | " \
-           f"**{largest}: {ms:.2f} (" in md, md
+    assert f"| tinygen-compiled | mlp | 8 | jax 0.50x < 0.8x | tinygen-compiled 10.00, jax 5.00 | " \
+           f"{row['step_ms']:.2f} | **{largest}: {ms:.2f} (" in md, md
+    assert f"| tinygen-compiled-numpy-blas | mlp | 8 | jax 0.40x < 0.8x | tinygen-compiled 10.00, jax 5.00 | " \
+           f"{numpy_row['step_ms']:.2f} | **" in md, md
     assert harness.breakdown_markdown([], tp) == []
+
+
+def test_breakdown_is_refused_for_a_step_that_is_not_compiled(tmp_path):
+    """Only a compiled column's step can be split into its parts: the eager one's worker says so."""
+    from benchmarks import harness
+    pool = harness.Pool(1, str(tmp_path))
+    try:
+        w = pool.fresh("tinygen-numba")
+        reply = w.request("breakdown", timeout=120, case="mlp", batch=8, rounds=1, round_s=0.01)
+        w.close()
+    finally:
+        pool.close()
+    status = harness._status(reply)
+    assert status.startswith("failed:") and "not tinygen-numba's" in status, status
 
 
 def test_openblas_kernel_variables_kept_or_removed(monkeypatch):
