@@ -36,6 +36,16 @@ def mkl(chosen):
     return lib
 
 
+def _python(code, **env):
+    """Run ``code`` in a fresh Python with ``env`` added to the environment; its output (it must exit 0)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def _reference(a, b):
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(a.dtype)
 
@@ -69,6 +79,37 @@ def test_mkl_product_is_the_product_in_every_layout(mkl, m, k, n, dtype):
             b.flags.f_contiguous
         if not swapped:  # gemm.mm's product is MKL's (the swap route is MKL's product of the transposes)
             np.testing.assert_array_equal(gemm.mm(a, b), got)
+
+
+def test_mkl_called_from_compiled_code_gives_the_ctypes_calls_bits(mkl, monkeypatch):
+    """With Numba's kernels on, MKL's gemm is called from compiled code (mkl_call.py), else through ctypes: the same
+    function with the same arguments, so the same bits, in every layout and both dtypes."""
+    from tinygen import kernels
+    expected = "compiled" if kernels.enabled() else "ctypes"
+    assert blas.caller() == expected
+    if expected == "ctypes":
+        pytest.skip("Numba's kernels are off: only the ctypes call is in use (checked above)")
+    rng = np.random.default_rng(7)
+    for dtype in (np.float32, np.float64):
+        for name, a, b in _layouts(rng, 16, 784, 512, dtype):
+            compiled = blas.matmul(a, b)
+            with monkeypatch.context() as m:
+                m.setattr(blas, "_caller", [None])  # the ctypes call
+                assert blas.caller() == "ctypes"
+                through_ctypes = blas.matmul(a, b)
+            np.testing.assert_array_equal(compiled, through_ctypes, err_msg=f"{name} {dtype.__name__}")
+            assert not np.array_equal(compiled, np.zeros_like(compiled))
+
+
+def test_mkl_without_numba_is_called_through_ctypes(mkl):
+    """TINYGEN_NUMBA=0: MKL's products work through ctypes, and a product does not import Numba."""
+    code = ("import sys, numpy as np\n"
+            "from tinygen.kernels import blas\n"
+            "a, b = np.arange(64 * 512, dtype=np.float32).reshape(64, 512) / 1e4, np.eye(512, dtype=np.float32)\n"
+            "c = blas.matmul(a, b)\n"
+            "print(blas.caller(), 'numba' in sys.modules, np.array_equal(c, a))\n")
+    out = _python(code, TINYGEN_BLAS="mkl", TINYGEN_NUMBA="0")
+    assert out.split() == ["ctypes", "False", "True"], out
 
 
 def test_products_mkl_does_not_take_go_to_numpy(mkl):
@@ -279,8 +320,6 @@ def test_numbas_layer_is_left_alone(mkl, env, code):
 def test_a_missing_mkl_asked_for_is_reported_by_the_product_not_by_the_thread_count():
     """TINYGEN_BLAS=mkl without MKL: Numba's threads start as usual (the layer is left to Numba); the first product
     raises the error naming what is missing."""
-    import subprocess
-    import sys
     pytest.importorskip("numba")
     code = ("from tinygen.kernels import blas\n"
             "blas._load = lambda: None\n"
@@ -291,7 +330,5 @@ def test_a_missing_mkl_asked_for_is_reported_by_the_product_not_by_the_thread_co
             "    gemm.mm(np.ones((64, 512), np.float32), np.ones((512, 512), np.float32))\n"
             "except RuntimeError as e:\n"
             "    print(e)\n")
-    env = dict(os.environ, TINYGEN_BLAS="mkl", TINYGEN_NUMBA="1")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "TINYGEN_BLAS=mkl" in out.stdout and "pip install mkl" in out.stdout
+    out = _python(code, TINYGEN_BLAS="mkl", TINYGEN_NUMBA="1")
+    assert "TINYGEN_BLAS=mkl" in out and "pip install mkl" in out

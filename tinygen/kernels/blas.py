@@ -10,9 +10,10 @@ The setting TINYGEN_BLAS chooses: ``auto`` (the default: MKL when it can be load
 when Numba's threads start: with MKL, Numba's loops run on MKL's OpenMP threads, threads.py).
 
 MKL takes float32 and float64 matrices (2-D, each with rows or columns contiguous) of more than MIN multiply-adds.
-Everything else (stacks of matrices, integers, odd strides, and small products, where a ctypes call's 6-10 us is
-more than NumPy's whole product on one thread) is NumPy's ``@``. MKL's results agree with OpenBLAS's to
-float rounding, not bitwise; with a given thread count each is repeatable.
+Everything else (stacks of matrices, integers, odd strides, and small products, which NumPy's OpenBLAS runs on the
+calling thread in a few microseconds) is NumPy's ``@``. With Numba's kernels on, MKL is called from compiled code
+(mkl_call.py: about 0.6 us a call, against 5 us through ctypes, the route without Numba; the same bits). MKL's
+results agree with OpenBLAS's to float rounding, not bitwise; with a given thread count each is repeatable.
 
 MKL's OpenMP threads spin after a product for KMP_BLOCKTIME milliseconds (200 by default). Before loading MKL,
 tinygen sets KMP_BLOCKTIME to 5 unless it is set, for the reason the ``tinygen`` command sets
@@ -41,7 +42,8 @@ MIN = 1 << 18
 KMP_BLOCKTIME = "5"  # milliseconds; see above
 
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
-_state = None  # (MKL's ctypes handle, {dtype: gemm function}) once chosen; (None, {}) for NumPy's
+_state = None  # (MKL's ctypes handle, {dtype: (gemm function, its address)}) once chosen; (None, {}) for NumPy's
+_caller = None  # [mkl_call.gemm, or None for the ctypes call] once looked for, at the first MKL product
 _threads = None  # the count asked for before MKL was loaded
 _openmp_global = False  # MKL's OpenMP runtime loaded globally before GNU OpenMP (share_openmp)
 _forked_on_gnu = False  # a forked child where MKL's OpenMP calls may go to GNU OpenMP: MKL on one thread (_after_fork)
@@ -72,8 +74,34 @@ def matmul(a, b):
     if trans_a is None or trans_b is None:
         return None
     c = np.empty((m, n), a.dtype)
-    gemm(_ROW, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, c.ctypes.data, n)
+    caller = (_caller or _find_caller())[0]
+    if caller is not None:
+        caller(gemm[1], trans_a, trans_b, a, lda, b, ldb, c)
+    else:
+        gemm[0](_ROW, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, c.ctypes.data, n)
     return c
+
+
+def _find_caller():
+    """[the compiled caller of MKL's gemm] when Numba's kernels are on and it compiles (or loads from the cache),
+    else [None]: MKL is called through ctypes. Looked for once, at the first MKL product."""
+    global _caller
+    _caller = [None]
+    if config.get("TINYGEN_NUMBA"):
+        try:
+            from .mkl_call import gemm
+        except ImportError:  # Numba (or llvmlite) not installed
+            return _caller
+        _caller = [gemm]
+    return _caller
+
+
+def caller():
+    """How tinygen calls MKL's gemm: ``"compiled"`` (mkl_call.py), ``"ctypes"``, or None when MKL is not in use
+    (looked for at the first product, else now)."""
+    if mkl() is None:
+        return None
+    return "ctypes" if (_caller or _find_caller())[0] is None else "compiled"
 
 
 def share_openmp():
@@ -162,7 +190,7 @@ def _choose():
             fn.restype = None
             fn.argtypes = [ctypes.c_int] * 6 + [scalar, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                                                 scalar, ctypes.c_void_p, ctypes.c_int]
-            gemms[dtype] = fn
+            gemms[dtype] = fn, ctypes.cast(fn, ctypes.c_void_p).value
         lib.MKL_Set_Num_Threads.argtypes = lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
     _state = (lib, gemms)
