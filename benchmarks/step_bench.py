@@ -327,7 +327,8 @@ SWITCHES = {"pairs": ("one after the other", "paired"),
             "reuse": ("every forward", "a forward on the same arrays once"),
             "inplace": ("out of place", "in place"),
             "parts": ("whole batch", "in parts"),
-            "updates": ("update on one thread", "update split")}
+            "updates": ("update on one thread", "update split"),
+            "mkl-call": ("MKL through ctypes", "MKL from compiled code")}
 
 
 def _variants(switch, make_step):
@@ -338,7 +339,13 @@ def _variants(switch, make_step):
     reuse of a forward on the same arrays (``passes.reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
     (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting when it is a count, else
-    from 2^16 elements)."""
+    from 2^16 elements); mkl-call: MKL's gemm called through ctypes or from compiled code (kernels/mkl_call.py)."""
+    if switch == "mkl-call":
+        from tinygen.kernels import blas
+        if blas.caller() != "compiled":
+            raise SystemExit(f"--compare mkl-call: MKL's gemm is not called from compiled code here "
+                             f"({blas.caller() or 'no MKL'}): it needs the mkl package and Numba's kernels on")
+        return _module_switch(blas, "_caller", [None], make_step)
     if switch == "parts":
         from tinygen.kernels import conv
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
@@ -425,7 +432,8 @@ def main(argv=None):
                          "compiled only), inplace (a leaf's second gradient added in place), parts (a "
                          "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting), "
                          "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
-                         "the setting, 2^16 when it is 0 or auto)")
+                         "the setting, 2^16 when it is 0 or auto), mkl-call (MKL's gemm through ctypes or from "
+                         "compiled code)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--products", action="store_true",
                     help="with --case: each matrix product of the step, timed in the step and alone (caches warm, "

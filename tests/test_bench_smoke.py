@@ -407,6 +407,22 @@ def test_step_bench_runs_as_a_module(args):
         assert out.returncode == 1 and "Numba kernels are off" in out.stdout
 
 
+def test_step_bench_compares_mkls_two_callers():
+    """--compare mkl-call times MKL's gemm called through ctypes against called from compiled code; where MKL is not
+    called from compiled code (no mkl package, Numba's kernels off) it says so and exits."""
+    from tinygen.kernels import blas
+    from benchmarks.step_bench import SWITCHES
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", "--case", "mlp", "--batch", "16", "--steps",
+                          "2", "--rounds", "1", "--compare", "mkl-call"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    if blas.caller() != "compiled":  # this environment's: the command runs in it too
+        assert out.returncode != 0 and "--compare mkl-call: MKL's gemm is not called from compiled code" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    times = dict(re.findall(rf"  ({'|'.join(SWITCHES['mkl-call'])})\s+([0-9.]+) ms", out.stdout))
+    assert set(times) == set(SWITCHES["mkl-call"]) and all(float(t) > 0 for t in times.values()), out.stdout
+
+
 def test_step_bench_timers_move_nested_products_out_of_their_caller():
     from benchmarks.step_bench import _Timers
     now = [0.0]
