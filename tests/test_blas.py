@@ -101,6 +101,18 @@ def test_mkl_called_from_compiled_code_gives_the_ctypes_calls_bits(mkl, monkeypa
             assert not np.array_equal(compiled, np.zeros_like(compiled))
 
 
+def test_read_only_operands_are_multiplied_as_writable_ones(mkl):
+    """A read-only matrix (a frozen array, a loaded file's) is multiplied like a writable one, to the same bits."""
+    rng = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        for name, a, b in _layouts(rng, 64, 256, 128, dtype):
+            frozen_a, frozen_b = a.view(), b.view()  # the same layouts, read-only
+            frozen_a.flags.writeable = frozen_b.flags.writeable = False
+            got = blas.matmul(frozen_a, frozen_b)
+            assert got is not None, name
+            np.testing.assert_array_equal(got, blas.matmul(a, b), err_msg=name)
+
+
 def test_mkl_without_numba_is_called_through_ctypes(mkl):
     """TINYGEN_NUMBA=0: MKL's products work through ctypes, and a product does not import Numba."""
     code = ("import sys, numpy as np\n"

@@ -43,10 +43,12 @@ def _call_gemm(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c)
     return sig, codegen
 
 
-# One compiled caller a dtype, for matrices of any layout ("A": the data pointer is all it reads), compiled (or loaded
-# from the cache) when this module is imported, instead of once for each mix of C-, F- and strided operands.
-_SIGNATURES = [types.void(types.int64, types.int64, types.int64, types.Array(dtype, 2, "A"), types.int64,
-                          types.Array(dtype, 2, "A"), types.int64, types.Array(dtype, 2, "C"))
+# One compiled caller a dtype, for operands of any layout ("A": the data pointer is all it reads) and read-only or
+# not (a writable array passes as a read-only one), compiled (or loaded from the cache) when this module is imported,
+# instead of once for each mix of C-, F- and strided, writable and read-only operands.
+_SIGNATURES = [types.void(types.int64, types.int64, types.int64, types.Array(dtype, 2, "A", readonly=True),
+                          types.int64, types.Array(dtype, 2, "A", readonly=True), types.int64,
+                          types.Array(dtype, 2, "C"))
                for dtype in (types.float32, types.float64)]
 
 
