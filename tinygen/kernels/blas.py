@@ -83,8 +83,9 @@ def matmul(a, b):
 
 
 def _find_caller():
-    """[the compiled caller of MKL's gemm] when Numba's kernels are on and it compiles (or loads from the cache),
-    else [None]: MKL is called through ctypes. Looked for once, at the first MKL product."""
+    """[the compiled caller of MKL's gemm] (compiled, or loaded from Numba's cache, on import) when Numba's kernels
+    are on (the setting TINYGEN_NUMBA) and Numba imports, else [None]: MKL is called through ctypes. Looked for once,
+    at the first MKL product."""
     global _caller
     _caller = [None]
     if config.get("TINYGEN_NUMBA"):
