@@ -345,7 +345,7 @@ def _variants(switch, make_step):
         if blas.caller() != "compiled":
             raise SystemExit(f"--compare mkl-call: MKL's gemm is not called from compiled code here "
                              f"({blas.caller() or 'no MKL'}): it needs the mkl package and Numba's kernels on")
-        return _module_switch(blas, "_caller", [None], make_step)
+        return _module_switch(blas, "_state", blas._state[:2] + (None,), make_step)  # None: the ctypes call
     if switch == "parts":
         from tinygen.kernels import conv
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)

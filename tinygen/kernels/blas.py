@@ -42,8 +42,9 @@ MIN = 1 << 18
 KMP_BLOCKTIME = "5"  # milliseconds; see above
 
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enums
-_state = None  # (MKL's ctypes handle, {dtype: (gemm function, its address)}) once chosen; (None, {}) for NumPy's
-_caller = None  # [mkl_call.gemm, or None for the ctypes call] once looked for, at the first MKL product
+# Once chosen: (MKL's ctypes handle, {dtype: (gemm function, its address)}, mkl_call.gemm or None for the ctypes
+# call); (None, {}, None) for NumPy's
+_state = None
 _threads = None  # the count asked for before MKL was loaded
 _openmp_global = False  # MKL's OpenMP runtime loaded globally before GNU OpenMP (share_openmp)
 _forked_on_gnu = False  # a forked child where MKL's OpenMP calls may go to GNU OpenMP: MKL on one thread (_after_fork)
@@ -62,7 +63,8 @@ def name():
 def matmul(a, b):
     """``a @ b`` for two NumPy matrices through MKL, as a new C-ordered array; None when MKL is not in use or the
     product is not one it takes (see above): the caller multiplies with NumPy then."""
-    gemm = (_state or _choose())[1].get(a.dtype)
+    _, gemms, compiled = _state or _choose()
+    gemm = gemms.get(a.dtype)
     if gemm is None or b.dtype != a.dtype or a.ndim != 2 or b.ndim != 2:
         return None
     m, k = a.shape
@@ -74,35 +76,30 @@ def matmul(a, b):
     if trans_a is None or trans_b is None:
         return None
     c = np.empty((m, n), a.dtype)
-    caller = (_caller or _find_caller())[0]
-    if caller is not None:
-        caller(gemm[1], trans_a, trans_b, a, lda, b, ldb, c)
+    if compiled is not None:
+        compiled(gemm[1], trans_a, trans_b, a, lda, b, ldb, c)
     else:
         gemm[0](_ROW, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, c.ctypes.data, n)
     return c
 
 
-def _find_caller():
-    """[the compiled caller of MKL's gemm] (compiled, or loaded from Numba's cache, on import) when Numba's kernels
-    are on (the setting TINYGEN_NUMBA) and Numba imports, else [None]: MKL is called through ctypes. Looked for once,
-    at the first MKL product."""
-    global _caller
-    _caller = [None]
-    if config.get("TINYGEN_NUMBA"):
-        try:
-            from .mkl_call import gemm
-        except ImportError:  # Numba (or llvmlite) not installed
-            return _caller
-        _caller = [gemm]
-    return _caller
-
-
 def caller():
     """How tinygen calls MKL's gemm: ``"compiled"`` (mkl_call.py), ``"ctypes"``, or None when MKL is not in use
-    (looked for at the first product, else now)."""
-    if mkl() is None:
+    (chosen with the BLAS)."""
+    lib, _, compiled = _state or _choose()
+    return None if lib is None else "ctypes" if compiled is None else "compiled"
+
+
+def _compiled_caller():
+    """mkl_call.gemm (compiled, or loaded from Numba's cache, when it is imported) when Numba's kernels are on (the
+    setting TINYGEN_NUMBA) and Numba imports, else None: MKL is called through ctypes."""
+    if not config.get("TINYGEN_NUMBA"):
         return None
-    return "ctypes" if (_caller or _find_caller())[0] is None else "compiled"
+    try:
+        from .mkl_call import gemm
+    except ImportError:  # Numba (or llvmlite) not installed
+        return None
+    return gemm
 
 
 def share_openmp():
@@ -194,7 +191,7 @@ def _choose():
             gemms[dtype] = fn, ctypes.cast(fn, ctypes.c_void_p).value
         lib.MKL_Set_Num_Threads.argtypes = lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
         lib.MKL_Get_Max_Threads.restype = ctypes.c_int
-    _state = (lib, gemms)
+    _state = (lib, gemms, _compiled_caller() if lib is not None else None)
     if lib is not None and _threads is not None:
         set_num_threads(_threads)
     return _state
