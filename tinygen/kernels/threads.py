@@ -238,8 +238,8 @@ def update_chunks(n, thread_count):
     entered from two threads at once), not in a forked child on the OpenMP layer."""
     if n < update_split_from() or _serial_only:
         return 0
-    t = thread_count()
-    return t if t > 1 and numba_layer() != "workqueue" else 0
+    t = thread_count()  # starts Numba's threads, so its layer is known
+    return t if t > 1 and (_numba_in_use or _numba()).threading_layer() != "workqueue" else 0
 
 
 def _pool(t):
