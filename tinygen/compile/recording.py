@@ -276,15 +276,20 @@ def _sig_text(sig):
     return f"a {sig[0]} of {len(sig) - 1}"
 
 
+def _map_tensors(value, fn):
+    """``value`` (tensors in nested tuples, lists and dicts) with each tensor t replaced by ``fn(t)``."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
 def _with_slots(value, slots):
     """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
-    if isinstance(value, Tensor):
-        return slots.setdefault(id(value), _make(value.data, value._device))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_with_slots(v, slots) for v in value)
-    if isinstance(value, dict):
-        return {k: _with_slots(v, slots) for k, v in value.items()}
-    return value
+    return _map_tensors(value, lambda t: slots.setdefault(id(t), _make(t.data, t._device)))
 
 
 def _new_tensors(tensors):
@@ -298,10 +303,4 @@ def _new_tensors(tensors):
 
 def fresh(result):
     """The step's result with every tensor as a new tensor on the replayed array (no graph)."""
-    if isinstance(result, Tensor):
-        return _make(result.data, result._device)
-    if isinstance(result, (tuple, list)):
-        return type(result)(fresh(r) for r in result)
-    if isinstance(result, dict):
-        return {k: fresh(v) for k, v in result.items()}
-    return result
+    return _map_tensors(result, lambda t: _make(t.data, t._device))
