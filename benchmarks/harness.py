@@ -434,19 +434,20 @@ def short_cells(throughput):
     """[(framework, case, batch, [(against, ratio, goal), ...])] for the cells of the compiled columns
     (COMPILED_COLUMNS) below a goal of GOALS, with every goal each one misses (cells where either side did not run
     are not judged)."""
-    out = []
-    for framework in COMPILED_COLUMNS:
-        for case, per_batch in throughput.items():
-            for b, per_fw in per_batch.items():
-                mine, missed = _median(per_fw.get(framework)), []
-                for against, cases, batches, goal in GOALS:
-                    theirs = _median(per_fw.get(against))
-                    if case in cases and (batches is None or int(b) in batches) and mine and theirs \
-                            and mine / theirs < goal:
-                        missed.append((against, mine / theirs, goal))
-                if missed:
-                    out.append((framework, case, int(b), missed))
-    return out
+    cells = [(framework, case, int(b), _missed_goals(framework, case, int(b), per_fw))
+             for framework in COMPILED_COLUMNS for case, per_batch in throughput.items()
+             for b, per_fw in per_batch.items()]
+    return [cell for cell in cells if cell[3]]
+
+
+def _missed_goals(framework, case, batch, per_fw):
+    """[(against, ratio, goal)] of the goals ``framework``'s cell misses, given every framework's results there."""
+    mine, missed = _median(per_fw.get(framework)), []
+    for against, cases, batches, goal in GOALS:
+        theirs = _median(per_fw.get(against))
+        if case in cases and (batches is None or batch in batches) and mine and theirs and mine / theirs < goal:
+            missed.append((against, mine / theirs, goal))
+    return missed
 
 
 def run_breakdowns(pool, cells, st):

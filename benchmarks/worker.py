@@ -274,7 +274,7 @@ class Worker:
         """tinygen.compile's step split into its parts (step_bench.breakdown): per-step milliseconds of the
         matrix products, the convolutions' copies, the other kernels, the optimizer update and the rest (Python).
         The timers stay installed in this process: run it in a fresh worker."""
-        if FRAMEWORKS[self.framework]["build"] != "build_compiled" or not self.framework.startswith("tinygen"):
+        if (self.spec["module"], self.spec["build"]) != ("models_tinygen", "build_compiled"):
             raise ValueError(f"breakdown splits a tinygen-compiled step, not {self.framework}'s")
         if self.unavailable:
             raise Skip(self.unavailable)
