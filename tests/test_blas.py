@@ -36,11 +36,13 @@ def mkl(chosen):
     return lib
 
 
-def _python(code, **env):
-    """Run ``code`` in a fresh Python with ``env`` added to the environment; its output (it must exit 0)."""
+def _python(code, drop=(), **env):
+    """Run ``code`` in a fresh Python with ``env`` added to the environment and the variables ``drop`` left out; its
+    output (it must exit 0)."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env),
+    full = {k: v for k, v in os.environ.items() if k not in drop}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(full, **env),
                          timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -282,18 +284,15 @@ print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
 def _layer_run(code, **env):
     import platform
-    import subprocess
     import sys
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         pytest.skip("the check reads Linux's thread ids")
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one CPU: nothing runs on a second thread")
     pytest.importorskip("numba")
-    full = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "TINYGEN_BLAS")}
-    full.update(env, TINYGEN_NUMBA="1", NUMBA_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    out = _python(code, drop=("NUMBA_THREADING_LAYER", "TINYGEN_BLAS"), **{**env, "TINYGEN_NUMBA": "1",
+                                                                            "NUMBA_NUM_THREADS": "2"})
+    return dict(line.split(" ", 1) for line in out.splitlines())
 
 
 def test_numbas_loops_run_on_mkls_openmp_threads(mkl):
