@@ -1363,7 +1363,7 @@ def pairs(monkeypatch):
     """The calls of threads.run_pair (one per product pair run at once), with tinygen on two threads and NumPy's
     BLAS (with MKL's products run one after the other: tests/test_blas.py)."""
     from tinygen.kernels import blas
-    monkeypatch.setattr(blas, "_state", (None, {}))
+    monkeypatch.setattr(blas, "_state", (None, {}, None))
     calls = []
     real = kthreads.run_pair
     monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1) or real(f, s))
