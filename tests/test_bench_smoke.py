@@ -316,6 +316,26 @@ def test_the_numpy_blas_column_is_the_compiled_step_with_numpys_blas(monkeypatch
     assert harness.SETTLE_S >= int(blas.KMP_BLOCKTIME) / 1000
 
 
+def test_the_bench_extra_installs_what_the_default_tinygen_columns_run_on():
+    """``pip install -e ".[bench]"`` (benchmarks/README.md) must give the default columns what the reported numbers
+    ran on: Numba where a column turns its kernels on (else its cells are skipped), MKL where a column leaves the
+    BLAS to tinygen's choice (else its products are OpenBLAS's, the numbers of another column)."""
+    tomllib = pytest.importorskip("tomllib")
+    from benchmarks import harness, worker
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    bench = {re.split(r"[<>=;\s]", req, maxsplit=1)[0] for req in extras["bench"]}
+    needed = set()
+    for name in harness.DEFAULT_FRAMEWORKS:
+        env = worker.FRAMEWORKS[name]["env"]
+        if name.startswith("tinygen") and env.get("TINYGEN_NUMBA") == "1":
+            needed.add("numba")
+            if "TINYGEN_BLAS" not in env:
+                needed.add("mkl")
+    assert needed == {"numba", "mkl"}  # the default list has Numba columns on tinygen's choice of BLAS
+    assert needed <= bench, f"the bench extra lacks {sorted(needed - bench)}"
+
+
 def test_workers_spin_2_to_the_24_unless_told_and_each_chunk_starts_after_a_pause(monkeypatch):
     """OpenBLAS's workers stay awake through a step (2^24 cycles, about 6 ms) and the harness idles SETTLE_S (longer)
     before every timed chunk, so one framework's spin never runs into another's chunk."""
