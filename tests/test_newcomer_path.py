@@ -101,3 +101,33 @@ def test_readme_commands_fail_with_one_line_when_their_inputs_are_wrong(tmp_path
         lines = r.stderr.strip().splitlines()
         assert r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("tinygen: error:"), r.stderr
         assert ("--resume" in lines[0]) if argv[0] == "train" else ("runs/none/checkpoint.npz" in lines[0])
+
+
+def _python_blocks(path):
+    """The ``python`` code blocks of a Markdown file, each with the plain block that follows it (its shown output,
+    or None)."""
+    text = (ROOT / path).read_text()
+    found = []
+    for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S):
+        after = re.match(r"((?:[^\n]*\n){0,4}?)```\n(.*?)```", text[m.end():], flags=re.S)  # a few lines on
+        found.append((m.group(1), after.group(2) if after and "```" not in after.group(1) else None))
+    return found
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/internals.md"])
+def test_the_python_examples_of_the_docs_run_in_order(path, tmp_path):
+    """A reader who pastes a page's Python blocks in order gets no error; the compile example of
+    docs/internals.md prints the explain() listing the page shows after it."""
+    blocks = _python_blocks(path)
+    assert blocks, f"{path} has no python block"
+    marker = "# ---- block end ----"
+    code = "".join(f"{block}\nprint({marker!r})\n" for block, _ in blocks)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(tmp_path), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    outputs = run.stdout.split(marker + "\n")[:-1]
+    assert len(outputs) == len(blocks)
+    if path == "docs/internals.md":
+        (printed,) = [out for (block, _), out in zip(blocks, outputs) if "explain()" in block]
+        (shown,) = [shown for block, shown in blocks if "explain()" in block]
+        assert printed.strip() == shown.strip()
