@@ -27,9 +27,10 @@ is 1. Without a GPU the script prints why and exits 0 (with ``--require-gpu``: 2
 there is instead (tinygen on the CPU stand-in for CuPy, PyTorch on the CPU): numbers that only show the script
 works. Results go to ``--out`` (default ``$OUT`` or ``./gpu-check-out``): ``gpu_throughput.md`` and
 ``gpu_throughput.json``, written again after each model and batch size, so a run cut short keeps what it measured;
-for tinygen.compile's steps the JSON also holds its CUDA graph launches (``graph_replays``, ``graph_error``) and the
+for tinygen.compile's steps the JSON also holds its CUDA graph launches (``graph_replays``, ``graph_error``), the
 length of each run of elementwise ops it fused into one CuPy kernel (``fused_runs``; a backward's runs of nodes:
-``fused_backward_runs``).
+``fused_backward_runs``), its graphs and the steps it runs on the host between them on every call (``graphs``,
+``host_steps``; also at the end of the report) and its ``explain()`` listing, each step marked with its graph.
 """
 import argparse
 import json
@@ -175,9 +176,28 @@ def measure(fw, case, batch, seconds, repeats, warmup, max_steps):
                              if isinstance(r, FusedRun)]
         out["fused_backward_runs"] = [len(s[0].nodes) for p in step._programs.values() for r, ops in p.steps
                                       if r is replay_backward for s in ops[0].steps if s[1] is FUSED]
+        out.update(graph_split(step))
+        out["explain"] = step.explain()  # each step of the program marked with its graph, or host
         if step.graph_error:
             print(f"  {fw.name} {case} batch {batch}: replays without CUDA graphs: {step.graph_error}")
     return out
+
+
+def graph_split(step):
+    """How a compiled step's programs replay on CuPy: their CUDA graphs (``graphs``) and what runs on the host
+    between them on every call (``host_steps``: explain()'s text of each), the first place to look when a cell
+    is slow; empty without graphs (NumPy arrays, the stand-in)."""
+    graphs, host = 0, []
+    for program in step._programs.values():
+        if program.graphed is None:
+            continue
+        texts = {id(s): t for s, t in zip(program.steps, program.step_texts)}
+        for kind, item in program.graphed.items:
+            if kind == "host":
+                host.append(" ".join(texts.get(id(item), "?").split()))
+            else:
+                graphs += 1
+    return {"graphs": graphs, "host_steps": host}
 
 
 def fmt(v, digits=0):
@@ -215,6 +235,13 @@ def report(rows, frameworks, versions, checks, standin):
             q = ratio(r, a, b)
             cells.append("—" if q is None else f"{q:.2f}x")
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + " |")
+    split = [(r["model"], r["batch"], m) for r in rows for name, m in r["results"].items()
+             if name == "tinygen-compiled" and m.get("graphs")]
+    if split:
+        lines += ["", "tinygen-compiled: CUDA graphs a step launches, and the steps run on the host between them on "
+                      "every call:"]
+        lines += [f"- {model}, batch {batch}: {m['graphs']} graph(s); host: "
+                  f"{'; '.join(m['host_steps']) or 'nothing'}" for model, batch, m in split]
     if checks:
         lines += ["", f"Same computation ({CHECK_STEPS} steps, fixed noise, batch {CHECK_BATCH}, the same initial "
                       f"weights; max relative loss difference, limit {CHECK_RTOL:g}):"]

@@ -55,6 +55,26 @@ def test_cuda_graph_explain_names_the_graph_or_host_of_each_step(emulated_cuda):
     assert {line[:8] for line in lines} == {"graph 1 ", "graph 2 ", "host    "}
 
 
+def test_cuda_graph_split_reported_by_the_gpu_benchmark(emulated_cuda):
+    """benchmarks/gpu_throughput.py reports, for a compiled step, its graphs and the host steps between them (what
+    the explain() listing marks "host")."""
+    from benchmarks import gpu_throughput
+    step, params = _vae_like("cpu")
+    compiled = tg.compile(step, fuse=False)
+    assert gpu_throughput.graph_split(compiled) == {"graphs": 0, "host_steps": []}  # nothing recorded yet
+    compiled(), compiled()
+    split = gpu_throughput.graph_split(compiled)
+    assert split == {"graphs": 2, "host_steps": ["call randn", "call Adam.step"]}
+    column = gpu_throughput.Framework("tinygen-compiled", label="tinygen-compiled-cupy", gpu=True)
+    row = {"model": "vae", "batch": 64, "results": {"tinygen-compiled": dict(samples_per_s=1e4, ms_per_step=6.4,
+                                                                             **split)}}
+    text = gpu_throughput.report([row], [column], {}, {}, standin=False)
+    assert "- vae, batch 64: 2 graph(s); host: call randn; call Adam.step" in text.splitlines()
+    with_graphs_off = tg.compile(_vae_like("cpu")[0], fuse=False, cuda_graph=False)
+    with_graphs_off(), with_graphs_off()
+    assert gpu_throughput.graph_split(with_graphs_off) == {"graphs": 0, "host_steps": []}
+
+
 def test_cuda_graph_split_of_a_program_into_segments_and_host_steps():
     step, params = _vae_like("cpu")
     compiled = tg.compile(step, fuse=False)
