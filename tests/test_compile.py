@@ -562,6 +562,43 @@ def test_results_are_fresh_tensors_on_the_replayed_values():
     assert k == 3 and r1.item() == 2.0 and r2.item() == 10.0 and (a1.item(), a2.item()) == (1.0, 5.0)
 
 
+def test_a_compiled_module_keeps_its_name_and_attributes_and_replays_inference():
+    """``tinygen.compile(model)``, as PyTorch users write it: named after the module's class in explain() and the
+    warnings, ``parameters()``/``eval()`` are the module's, and calls under no_grad replay the module's forward."""
+    model, _, _ = _mlp_setup()
+    compiled = tg.compile(model)
+    assert compiled.__name__ == "Sequential" and compiled.fn is model
+    assert [id(p) for p in compiled.parameters()] == [id(p) for p in model.parameters()]
+    compiled.eval()
+    assert not model.training and not compiled.training  # read through, never a stale copy
+    x = tg.tensor(np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32))
+    with tg.no_grad():
+        outs = [compiled(x) for _ in range(3)]
+        eager = model(x)
+    assert compiled.records == 1 and compiled.replays == 2
+    assert all(np.array_equal(o.data, eager.data) for o in outs)
+    assert compiled.explain().startswith("Sequential: 1 program(s), 1 recorded, 2 replayed")
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        compiled.no_such_thing
+
+
+def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_reaches_it():
+    """A compiled call returns tensors without a graph: a compiled forward run with grad on (to call backward
+    after it) says so once when recorded; a whole training step, whose loss its own backward used, does not."""
+    model, _, step = _mlp_setup()
+    x, y = _batches(1)[0]
+    forward = tg.compile(model)
+    with pytest.warns(RuntimeWarning, match="runs no backward.*compile the whole step"):
+        forward(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forward(x)  # once
+        trained = tg.compile(step)
+        trained(x, y), trained(x, y)
+        with tg.no_grad():
+            tg.compile(model)(x)
+
+
 def test_a_module_frozen_for_part_of_the_step_is_frozen_on_every_replay():
     # the generator update freezes D: the flag changes are replayed where they happened (after the create_graph
     # call the ops re-read their inputs' flags), and a tensor made inside the step (mix) needs no guard

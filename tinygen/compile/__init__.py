@@ -87,7 +87,10 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
 The intermediates of a compiled step are released when the step no longer needs them: a tensor the step keeps
-elsewhere (``self.last = h``) raises when used after the call; return it from the step instead.
+elsewhere (``self.last = h``) raises when used after the call; return it from the step instead. A compiled call
+returns tensors without a graph, so compile a whole training step, not a model's forward alone (a program with a
+result that requires grad and no backward warns when recorded); ``tinygen.compile(model)`` serves inference under
+``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
@@ -107,6 +110,7 @@ recently used one is dropped first; the first time one is dropped a RuntimeWarni
 last two signatures (a Python number that changes on every call makes a new program each time: pass a 0-d tensor).
 """
 import functools
+import types
 import warnings
 from collections import OrderedDict
 
@@ -149,16 +153,21 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None):
 class Compiled:
     """The callable ``tinygen.compile`` returns. ``records`` and ``replays`` count what its calls did,
     ``graph_replays`` the replays that launched CUDA graphs; ``graph_error`` says why a program on CuPy replays
-    without them (None while they work)."""
+    without them (None while they work). Other attributes are ``fn``'s: a compiled module still has its
+    ``parameters()``, ``eval()``, ``state_dict()``."""
 
     def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None):
-        functools.update_wrapper(self, fn)
+        if isinstance(fn, (types.FunctionType, types.MethodType, functools.partial)):
+            functools.update_wrapper(self, fn)
+        else:  # a callable object (a module): its name, not a copy of its attributes (they would go stale)
+            functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
+            self.__name__ = self.__qualname__ = type(fn).__name__
         self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
         self.graph_error = None
-        self._warned_full = False
+        self._warned_full = self._warned_graph = False
 
     def __call__(self, *args, **kwargs):
         if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
@@ -183,6 +192,13 @@ class Compiled:
             return program.replay(args, kwargs)
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
+        if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside
+            self._warned_graph = True
+            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor that requires grad and runs no "
+                          f"backward; a compiled call returns tensors without a graph, so no backward after the "
+                          f"call reaches its parameters. To train, compile the whole step (forward, "
+                          f"loss.backward(), opt.step()); for inference, call it under tinygen.no_grad()",
+                          RuntimeWarning, stacklevel=2)
         result = fresh(result)  # the recorded tensors are the program's: the caller gets its own
         self.records += 1
         last = next(reversed(self._programs), None)  # the signature used most recently before this one
@@ -198,6 +214,12 @@ class Compiled:
                               f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)
         return result
+
+    def __getattr__(self, name):  # what Compiled does not have itself: fn's (a compiled module's parameters())
+        fn = self.__dict__.get("fn")
+        if fn is None:
+            raise AttributeError(name)
+        return getattr(fn, name)
 
     def reset(self):
         """Forget every recorded program (the next call records again)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..autograd import engine
-from ..autograd.engine import _backward
+from ..autograd.engine import _backward, _grad
 from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
@@ -186,6 +186,10 @@ class Program:
             self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
         self.inputs = inputs
         self.result = result
+        # a forward with a graph and no backward (a compiled model): a backward after the call cannot reach it
+        self.returns_graph = grad_enabled and any(t.grad_fn is not None for t in tensors_in(result)) and not any(
+            run is replay_backward or (run is replay_call and operands[0] in (_backward, _grad))
+            for run, operands in self.steps)
         # each module's mode when the step first called it, and its count of changes when the step ended: a
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
         self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
