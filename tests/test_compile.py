@@ -599,6 +599,74 @@ def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_re
             tg.compile(model)(x)
 
 
+class _Batch:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+_GLOBAL_X = None
+
+
+def test_a_tensor_rebound_between_calls_where_the_step_finds_it_is_refused():
+    """A replay uses the tensors the recorded call read. One the step found in a global, a closure variable, its
+    object's attribute or an argument's attribute, rebound to another tensor between calls, would be replayed
+    stale: the call raises, naming where it was found; unchanged, it replays."""
+    global _GLOBAL_X
+    model, _, step = _mlp_setup()
+    (x, y), (x2, y2) = _batches(2)
+
+    def by_attribute(batch):
+        return step(batch.x, batch.y)
+    f = tg.compile(by_attribute)
+    batch = _Batch(x, y)
+    first = f(batch).item()
+    assert f(batch).item() != first and f.replays == 1  # the same tensors: replayed (the model has learned)
+    batch.x = x2
+    with pytest.raises(tg.CompileError, match=r"the attribute 'x' of argument 0 \(_Batch\)"):
+        f(batch)
+
+    _GLOBAL_X = x
+
+    def by_global():
+        return step(_GLOBAL_X, y)
+    g = tg.compile(by_global)
+    g(), g()
+    _GLOBAL_X = x2
+    with pytest.raises(tg.CompileError, match="the global '_GLOBAL_X'"):
+        g()
+
+    held = x
+
+    def by_closure():
+        return step(held, y)
+    h = tg.compile(by_closure)
+    h(), h()
+    held = x2  # noqa: F841 - read by by_closure
+    with pytest.raises(tg.CompileError, match="the variable 'held' of the enclosing function"):
+        h()
+
+    class Trainer:
+        def __init__(self):
+            self.x = x
+
+        def step(self):
+            return step(self.x, y)
+    trainer = Trainer()
+    k = tg.compile(trainer.step)
+    k(), k()
+    trainer.x = x2
+    with pytest.raises(tg.CompileError, match="the attribute 'x' of the step's object \\(Trainer\\)"):
+        k()
+
+
+def test_a_new_argument_object_on_every_call_is_named_in_the_cache_warning():
+    model, _, step = _mlp_setup()
+    f = tg.compile(lambda batch: step(batch.x, batch.y), cache_size=2)
+    with pytest.warns(RuntimeWarning, match="a new object on every call is a new signature: pass the tensors"):
+        for x, y in _batches(3):
+            f(_Batch(x, y))
+
+
 def test_a_module_frozen_for_part_of_the_step_is_frozen_on_every_replay():
     # the generator update freezes D: the flag changes are replayed where they happened (after the create_graph
     # call the ops re-read their inputs' flags), and a tensor made inside the step (mix) needs no guard

@@ -97,7 +97,10 @@ into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching 
 ``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made, and
 tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
-were: write the step with tinygen ops, modules and optimizers.
+were: write the step with tinygen ops, modules and optimizers. A replay uses the tensors the recorded call read:
+one the step found in a global or closure variable of its own code, or in an attribute of its object or of an
+argument, that holds another tensor at a later call raises ``CompileError`` naming where (pass tensors that change
+as arguments).
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the
@@ -175,6 +178,12 @@ class Compiled:
         key = signature(args, kwargs)
         program = self._programs.get(key)
         if program is not None and program.guards_hold():
+            stale = program.stale()
+            if stale is not None:
+                raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another tensor "
+                                   f"than when the step was recorded; a replay would use the recorded one. Pass "
+                                   f"the tensors that change between calls as arguments of the step (tensors, or "
+                                   f"tuples, lists and dicts of them)")
             self._programs.move_to_end(key)
             self.replays += 1
             if self._checks_left:
@@ -208,8 +217,7 @@ class Compiled:
             self._programs.popitem(last=False)
             if not self._warned_full:  # once: a step whose signature keeps changing never replays
                 self._warned_full = True
-                change, number = what_changed(last, key)
-                advice = "pass a number that changes between calls as a 0-d tensor" if number else "raise cache_size"
+                change, advice = what_changed(last, key)
                 warnings.warn(f"tinygen.compile: {self.__name__} has recorded {self.records} programs and keeps "
                               f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)

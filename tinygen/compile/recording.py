@@ -2,6 +2,7 @@
 ``Recorder`` set as ``CAPTURE.recorder`` (the one hook in the core, ``tinygen/capture.py``); ``Program`` turns what
 it wrote down into the steps a replay runs (``steps.py``), through the passes (``passes.py``, ``fusion.py``), and
 holds the guards a replay checks first."""
+import functools
 import itertools
 import sys
 from collections.abc import Iterator
@@ -165,6 +166,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     finally:
         CAPTURE.recorder = None
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
+    program.bindings = _bindings(fn, args, kwargs, rec.leaves)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
@@ -213,6 +215,17 @@ class Program:
                 return False
         return self.left_out.isdisjoint(engine._post_accumulate_hooks)
 
+    def stale(self):
+        """None, or a description of a binding (``_bindings``) that holds another tensor than when recorded."""
+        for what, current, tensor in self.bindings:
+            try:
+                now = current()
+            except (ValueError, KeyError):  # an emptied closure cell, a deleted global
+                now = None
+            if now is not tensor:
+                return what
+        return None
+
     def replay(self, args, kwargs):
         for slot, new in zip(self.inputs, tensors_in(args, kwargs)):
             slot.data = new.data
@@ -230,6 +243,44 @@ class Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return self.graphed.result(self.result)
+
+
+def _bindings(fn, args, kwargs, leaves):
+    """Where the step's code found the tensors it used that it neither made nor took as arguments (``leaves``: id
+    -> entry), wherever a caller may point them at other tensors between calls: a global or closure variable of
+    ``fn``'s own code, an attribute of its object (a method's ``self``, a module) or of an argument. A replay uses
+    the recorded tensors, so each binding must still hold its tensor (``Program.stale``). Tuples of (what, a
+    function giving what it holds now, the recorded tensor)."""
+    found = []
+
+    def note(what, current, value):
+        if isinstance(value, Tensor) and id(value) in leaves:
+            found.append((what, current, value))
+    func = getattr(fn, "__func__", fn)  # a bound method's function
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        names = func.__globals__
+        for name in code.co_names:
+            note(f"the global {name!r}", lambda name=name: names[name], names.get(name))
+        for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+            try:
+                note(f"the variable {name!r} of the enclosing function", lambda cell=cell: cell.cell_contents,
+                     cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                pass
+    owners = [("the step's object", getattr(fn, "__self__", None) if code is not None else fn)]
+    owners += [(f"argument {i}", a) for i, a in enumerate(args)]
+    owners += [(f"keyword argument {k!r}", a) for k, a in kwargs.items()]
+    for owner, obj in owners:
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(obj, (Tensor, type)) or not isinstance(attributes, dict):
+            continue
+        for name, value in list(attributes.items()):
+            note(f"the attribute {name!r} of {owner} ({type(obj).__name__})",
+                 lambda attributes=attributes, name=name: attributes[name], value)
+    return tuple(found)
 
 
 def _sig(a):
@@ -251,22 +302,28 @@ def signature(args, kwargs):
 
 
 def what_changed(old, new):
-    """The first difference between two signatures (``signature``), in words, and whether it is a number."""
+    """The first difference between two signatures (``signature``) in words, and what to do about it."""
+    enlarge = "raise cache_size"
     if old is None or old[0] != new[0]:
-        return "The grad mode differs between the calls", False
+        return "The grad mode differs between the calls", enlarge
     for kind, a, b in (("argument", old[1], new[1]), ("keyword argument", old[2], new[2])):
         if len(a) != len(b):
-            return f"The number of {kind}s differs between the calls", False
+            return f"The number of {kind}s differs between the calls", enlarge
         for i, (x, y) in enumerate(zip(a[1:], b[1:])):
             name = i
             if kind == "keyword argument":
                 (name, x), (other, y) = x, y
                 if name != other:
-                    return "The keyword arguments differ between the calls", False
+                    return "The keyword arguments differ between the calls", enlarge
             if x != y:
-                number = x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float")
-                return f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}", number
-    return "The signatures differ", False
+                change = f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}"
+                if x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float"):
+                    return change, "pass a number that changes between calls as a 0-d tensor"
+                if x[0] == y[0] == "value" and x[1] == y[1] and type(x[2]).__eq__ is object.__eq__:
+                    return change, ("a new object on every call is a new signature: pass the tensors and numbers "
+                                    "it holds as arguments")
+                return change, enlarge
+    return "The signatures differ", enlarge
 
 
 def _sig_text(sig):
