@@ -659,6 +659,80 @@ def test_a_tensor_rebound_between_calls_where_the_step_finds_it_is_refused():
         k()
 
 
+_WEIGHT = 1.0
+
+
+def _weighted_runs(make_step, set_weight, weights):
+    """Losses of eager and compiled runs of ``make_step()``'s step while ``set_weight`` sets the Python number
+    it reads before each call, and the compiled function."""
+    runs = []
+    for compiled in (False, True):
+        step = make_step()
+        f = tg.compile(step) if compiled else step
+        runs.append([(set_weight(w), f(x, y).item())[1] for w, (x, y) in zip(weights, _batches(len(weights)))])
+    return runs[0], runs[1], f
+
+
+def test_a_python_number_the_steps_code_reads_is_part_of_its_signature():
+    """A number in a global, a closure variable or an attribute of the step's object (a KL weight, an epoch) is
+    read by the recording like an argument: another value records anew, a value seen before replays its program,
+    and every call equals eager."""
+    global _WEIGHT
+    weights = [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0]
+
+    def with_global():
+        _, _, step = _mlp_setup()
+        return lambda x, y: step(x, y) * _WEIGHT
+
+    def set_global(w):
+        global _WEIGHT
+        _WEIGHT = w
+    eager, compiled, f = _weighted_runs(with_global, set_global, weights)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+    box = {}
+
+    def with_closure():
+        _, _, step = _mlp_setup()
+        weight = 1.0
+
+        def run(x, y):
+            return step(x, y) * weight
+
+        def set_weight(w):
+            nonlocal weight
+            weight = w
+        box["set"] = set_weight
+        return run
+    eager, compiled, f = _weighted_runs(with_closure, lambda w: box["set"](w), weights)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+    class Trainer:
+        def __init__(self):
+            self.weight, (_, _, self.inner) = 1.0, _mlp_setup()
+
+        def step(self, x, y):
+            return self.inner(x, y) * self.weight
+
+    def with_attribute():
+        box["trainer"] = Trainer()
+        return box["trainer"].step
+    eager, compiled, f = _weighted_runs(with_attribute, lambda w: setattr(box["trainer"], "weight", w), weights)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+    _WEIGHT = 1.0
+
+
+def test_a_python_number_that_changes_on_every_call_is_named_in_the_cache_warning():
+    global _WEIGHT
+    _, _, step = _mlp_setup()
+    f = tg.compile(lambda x, y: step(x, y) * _WEIGHT, cache_size=2)
+    with pytest.warns(RuntimeWarning, match="The global '_WEIGHT' was 0.25, then 0.5: pass a number that changes"):
+        for i, (x, y) in enumerate(_batches(4)):
+            _WEIGHT = 0.25 * i
+            f(x, y)
+    _WEIGHT = 1.0
+
+
 def test_a_new_argument_object_on_every_call_is_named_in_the_cache_warning():
     model, _, step = _mlp_setup()
     f = tg.compile(lambda batch: step(batch.x, batch.y), cache_size=2)

@@ -33,11 +33,12 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
-           the grad mode) picks a program; before a replay its guards are checked: the train/eval mode of every
-           module the step called, its count of changes (a parameter, submodule or setting replaced) and the
-           requires_grad, shape and dtype of every leaf tensor it used (as before the step changed them:
-           ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``). A change records
-           anew.
+           the grad mode, and the numbers and strings the step's own code reads from globals, closure variables
+           and its object's attributes) picks a program; before a replay its guards are checked: the train/eval
+           mode of every module the step called, its count of changes (a parameter, submodule or setting
+           replaced) and the requires_grad, shape and dtype of every leaf tensor it used (as before the step
+           changed them: ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``).
+           A change records anew.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
@@ -97,7 +98,8 @@ into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching 
 ``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made, and
 tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
-were: write the step with tinygen ops, modules and optimizers. A replay uses the tensors the recorded call read:
+were (the numbers the step's own code reads are part of the signature, not those the functions it calls read):
+write the step with tinygen ops, modules and optimizers. A replay uses the tensors the recorded call read:
 one the step found in a global or closure variable of its own code, or in an attribute of its object or of an
 argument, that holds another tensor at a later call raises ``CompileError`` naming where (pass tensors that change
 as arguments).
@@ -122,7 +124,7 @@ from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
-from .recording import fresh, record, signature, what_changed
+from .recording import PythonValues, fresh, record, signature, what_changed
 from .steps import CompileError
 
 __all__ = ["compile", "Compiled", "CompileError"]
@@ -166,6 +168,7 @@ class Compiled:
             functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
             self.__name__ = self.__qualname__ = type(fn).__name__
         self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
+        self._values = PythonValues(fn)
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
@@ -175,7 +178,7 @@ class Compiled:
     def __call__(self, *args, **kwargs):
         if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
             return self.fn(*args, **kwargs)
-        key = signature(args, kwargs)
+        key = signature(args, kwargs, self._values())
         program = self._programs.get(key)
         if program is not None and program.guards_hold():
             stale = program.stale()

@@ -297,8 +297,50 @@ def _sig(a):
     return ("value", type(a).__name__, a)
 
 
-def signature(args, kwargs):
-    return (STATE.grad_enabled, _sig(args), _sig(kwargs))
+def signature(args, kwargs, values=()):
+    """What picks a program: the grad mode, the arguments (``_sig``), and the Python values the step's own code
+    reads beside them (``PythonValues``)."""
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values)
+
+
+_SCALARS = frozenset((int, float, bool, complex, str, type(None)))
+
+
+class PythonValues:
+    """The numbers and strings a step's own code reads that a caller may change between calls: the globals its
+    code names, its closure variables and the attributes its code names of its object (a method's ``self``). Such
+    a value feeds the recording as an argument does (a branch taken, a constant of an op: a KL weight ``beta``), so
+    it is part of the signature, and another value records anew. Called, returns ((where, value), ...) for those
+    holding a number or a string now. (What the functions the step calls read is not seen: pass it as an
+    argument, a 0-d tensor if it changes on every call.)"""
+
+    def __init__(self, fn):
+        func = getattr(fn, "__func__", fn)  # a bound method's function
+        while isinstance(func, functools.partial):
+            func = func.func
+        code = getattr(func, "__code__", None)
+        self.sources = []  # (where, a function giving the value now)
+        if code is None:  # a callable object (a module): its forward is not the step's own code
+            return
+        names = dict.fromkeys(code.co_names)  # the globals and attributes it names, in order, once each
+        space = func.__globals__
+        self.sources += [(f"the global {n!r}", functools.partial(space.get, n)) for n in names if n in space]
+        for n, cell in zip(code.co_freevars, func.__closure__ or ()):
+            self.sources.append((f"the variable {n!r} of the enclosing function", functools.partial(_contents, cell)))
+        owner = getattr(getattr(fn, "__self__", None), "__dict__", None)
+        if isinstance(owner, dict):
+            self.sources += [(f"the attribute {n!r} of the step's object", functools.partial(owner.get, n))
+                             for n in names if n in owner]
+
+    def __call__(self):
+        return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # not filled yet
+        return cell
 
 
 def what_changed(old, new):
@@ -323,6 +365,14 @@ def what_changed(old, new):
                     return change, ("a new object on every call is a new signature: pass the tensors and numbers "
                                     "it holds as arguments")
                 return change, enlarge
+    before, after = dict(old[3]), dict(new[3])
+    for where in before.keys() | after.keys():
+        if before.get(where, _SCALARS) != after.get(where, _SCALARS):
+            change = (f"{where[0].upper()}{where[1:]} was {before.get(where, 'not a number')!r}, then "
+                      f"{after.get(where, 'not a number')!r}")
+            number = all(type(v) in (int, float) for v in (before.get(where), after.get(where)))
+            return change, ("pass a number that changes between calls to the step as a 0-d tensor argument"
+                            if number else enlarge)
     return "The signatures differ", enlarge
 
 
