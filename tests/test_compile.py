@@ -1,4 +1,6 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
+import random
+import threading
 import warnings
 
 import numpy as np
@@ -251,6 +253,42 @@ def test_host_reads_inside_a_step_are_refused_with_the_line(read):
         read(loss)
         return loss
     _refused(step, "into Python")
+
+
+@pytest.mark.parametrize("draw", [lambda: random.random(), lambda: random.choice([0, 1]),
+                                  lambda: np.random.rand(), lambda: np.random.randint(2),
+                                  lambda: np.random.default_rng().random()],
+                         ids=["random.random", "random.choice", "np.random.rand", "np.random.randint",
+                              "unseeded default_rng"])
+def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
+    """A draw from Python's or NumPy's global generator (an augmentation's coin flip) would be replayed as the
+    value it gave; tinygen's draws are replayed anew. The generators are back as they were after the call."""
+    model, opt, _ = _mlp_setup()
+    originals = (random.random, np.random.rand, np.random.default_rng)
+
+    def step(x, y):
+        if draw() > 0.5:
+            x = x * 2
+        return F.cross_entropy(model(x), y)
+    _refused(step, "A replay would repeat")
+    assert (random.random, np.random.rand, np.random.default_rng) == originals
+
+
+def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
+    model, opt, step = _mlp_setup()
+
+    elsewhere = []  # another thread (a data loader's) draws from NumPy's global generator meanwhile
+
+    def with_draws(x, y):
+        jitter = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)  # the same every call
+        worker = threading.Thread(target=lambda: elsewhere.append(np.random.rand()))
+        worker.start()
+        worker.join()
+        return step(x + tg.tensor(jitter) * tg.rand(1), y)
+    f = tg.compile(with_draws)
+    for x, y in _batches(3):
+        f(x, y)
+    assert (f.records, f.replays) == (1, 2) and len(elsewhere) == 1  # the thread ran when the step was recorded
 
 
 def _refused(step, phrase):

@@ -95,8 +95,10 @@ result that requires grad and no backward warns when recorded); ``tinygen.compil
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
-``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made, and
-tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
+``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made,
+drawing from Python's ``random`` module or NumPy's global generator (or an unseeded ``default_rng()``: use
+tinygen's draws, which a replay makes anew), and tensor arguments that require grad. Return tensors from the step
+and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's own code reads are part of the signature, not those the functions it calls read):
 write the step with tinygen ops, modules and optimizers. A replay uses the tensors the recorded call read:

@@ -2,9 +2,11 @@
 ``Recorder`` set as ``CAPTURE.recorder`` (the one hook in the core, ``tinygen/capture.py``); ``Program`` turns what
 it wrote down into the steps a replay runs (``steps.py``), through the passes (``passes.py``, ``fusion.py``), and
 holds the guards a replay checks first."""
+import contextlib
 import functools
 import itertools
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -143,6 +145,61 @@ class Recorder:
                            f"from the step and read it after the call, or call this function without compiling it")
 
 
+# Python's and NumPy's global random generators: a draw in the step's Python code is recorded as the constant it
+# gave (an augmentation's coin flip, a label-noise mask), so a replay would repeat it. tinygen's own draws are ops.
+_PY_DRAWS = ("random", "uniform", "randint", "randrange", "choice", "choices", "shuffle", "sample", "gauss",
+             "normalvariate", "lognormvariate", "expovariate", "betavariate", "gammavariate", "triangular",
+             "vonmisesvariate", "paretovariate", "weibullvariate", "getrandbits", "randbytes", "binomialvariate")
+_NP_DRAWS = ("rand", "randn", "randint", "random", "random_sample", "ranf", "sample", "choice", "shuffle",
+             "permutation", "normal", "standard_normal", "uniform", "binomial", "poisson", "exponential", "beta",
+             "gamma", "bytes", "random_integers", "multinomial", "dirichlet", "laplace", "logistic", "lognormal")
+
+
+@contextlib.contextmanager
+def _host_draws_refused():
+    """While a step is recorded: a draw from Python's ``random`` module, NumPy's global generator or a NumPy
+    generator made without a seed raises ``CompileError`` naming the line. (A generator of the user's own, made
+    before the step, is not seen.)"""
+    import random
+    patched, owner = [], threading.get_ident()
+
+    def in_step():  # the step's own code: the recording thread, not inside a recorded call
+        return threading.get_ident() == owner and CAPTURE.recorder is not None and not CAPTURE.recorder.depth
+
+    def refuse(module, name, original):
+        @functools.wraps(original)
+        def draw(*args, **kwargs):
+            if not in_step():
+                return original(*args, **kwargs)
+            raise CompileError(f"tinygen.compile: the step draws a random number with {module.__name__}.{name} "
+                               f"at {user_frame()}. A replay would repeat the recorded draw: use tinygen's random "
+                               f"functions (tinygen.rand, randn, randint, randperm, bernoulli), drawn again on "
+                               f"every replay, or draw it before the call and pass it as an argument")
+        return draw
+
+    def default_rng(seed=None, *args, **kwargs):  # a fresh, unseeded generator draws anew on every eager call
+        if seed is None and in_step():
+            raise CompileError(f"tinygen.compile: the step makes an unseeded numpy.random.default_rng() at "
+                               f"{user_frame()}. A replay would repeat its draws: use tinygen's random functions "
+                               f"(tinygen.rand, randn, randint, randperm, bernoulli), drawn again on every replay, "
+                               f"or draw them before the call and pass them as arguments")
+        return original_rng(seed, *args, **kwargs)
+    original_rng = np.random.default_rng
+    for module, names in ((random, _PY_DRAWS), (np.random, _NP_DRAWS)):
+        for name in names:
+            original = getattr(module, name, None)
+            if callable(original):
+                patched.append((module, name, original))
+                setattr(module, name, refuse(module, name, original))
+    patched.append((np.random, "default_rng", original_rng))
+    np.random.default_rng = default_rng
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
+
+
 def _kept(arg):
     """An argument as a recorded call keeps it: a generator (``model.parameters()``) as a tuple of its items, as
     it would be empty on the second call."""
@@ -162,7 +219,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
     rec = Recorder(tensors_in(args, kwargs))
     CAPTURE.recorder = rec
     try:
-        result = fn(*args, **kwargs)
+        with _host_draws_refused():
+            result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
