@@ -274,6 +274,48 @@ def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
     assert (random.random, np.random.rand, np.random.default_rng) == originals
 
 
+@pytest.mark.parametrize("update", ["in place", "new array"])
+def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
+    """docs/internals.md's manual update, ``p.data -= lr * p.grad.data``, inside a compiled step: array code the
+    recording does not see, so a replay would leave the parameters as they are. The recording finds the changed
+    values and raises; with an optimizer, clipping and a scheduler in the step it does not."""
+    model, _, _ = _mlp_setup()
+
+    def manual(x, y):
+        F.cross_entropy(model(x), y).backward()
+        for p in model.parameters():
+            if update == "in place":
+                p.data -= 0.1 * p.grad.data
+            else:
+                p.data = p.data - 0.1 * p.grad.data
+            p.grad = None
+    _refused_anywhere(manual, "changed the values of a tensor of shape")
+
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+    sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2)
+
+    def with_optimizer(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        nn.utils.clip_grad_value_(model.parameters(), 0.5)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        return loss
+    f = tg.compile(with_optimizer)
+    for x, y in _batches(3):
+        f(x, y)
+    assert (f.records, f.replays) == (1, 2)
+
+
+def _refused_anywhere(step, phrase):
+    """The first call of the compiled ``step`` (on an MLP batch) raises CompileError with ``phrase``."""
+    x, y = _batches(1)[0]
+    with pytest.raises(tg.CompileError, match=phrase):
+        tg.compile(step)(x, y)
+
+
 def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
     model, opt, step = _mlp_setup()
 

@@ -4,6 +4,7 @@ it wrote down into the steps a replay runs (``steps.py``), through the passes (`
 holds the guards a replay checks first."""
 import contextlib
 import functools
+import hashlib
 import itertools
 import sys
 import threading
@@ -15,7 +16,8 @@ from ..autograd import engine
 from ..autograd.engine import _backward, _grad
 from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
-from ..capture import CAPTURE
+from ..backend import to_device
+from ..capture import CAPTURE, tensors_written
 from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, passes
 from .explain import described, tensor_text
@@ -37,6 +39,7 @@ class Recorder:
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
+        self.values = {}  # id -> fingerprint of a leaf that requires grad, when first used (untracked_write)
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)
@@ -51,8 +54,11 @@ class Recorder:
         for a in args:
             if isinstance(a, Tensor):
                 device = device or a._device
-                if a.grad_fn is None and id(a) not in self.made:  # guard: its flag when first used or changed
-                    self.leaves.setdefault(id(a), (a, a._requires_grad, a.data.shape, a.data.dtype))
+                if a.grad_fn is None and id(a) not in self.made and id(a) not in self.leaves:
+                    # guard: its flag when first used or changed; a parameter's values, to see untracked writes
+                    self.leaves[id(a)] = (a, a._requires_grad, a.data.shape, a.data.dtype)
+                    if a._requires_grad:
+                        self.values[id(a)] = _fingerprint(a.data)
         self.made.update(id(t) for t in outs)
         if ctx is not None:
             self.nodes.add(id(ctx))
@@ -200,6 +206,41 @@ def _host_draws_refused():
             setattr(module, name, original)
 
 
+def _fingerprint(data):
+    """A digest of an array's values (of its host copy, for a device array)."""
+    host = data if isinstance(data, np.ndarray) else to_device(data, "cpu")
+    return hashlib.blake2b(np.ascontiguousarray(host).reshape(-1).view(np.uint8)).digest()
+
+
+def untracked_write(rec):
+    """A description of a parameter (a leaf that requires grad) whose values changed during the recorded call
+    although no recorded op or call may have written it, else None. What may write a tensor: an op's
+    ``forward_writes``, a call's ``@replayed(writes=...)``, a call that does not say, when the tensor is one of
+    its arguments or an argument is an object that may hold it (a module, an optimizer), and the hooks a
+    backward runs (an optimizer stepped in a post-accumulate-grad hook)."""
+    hooked = engine._post_accumulate_hooks
+    written = set()
+    anything = any(key in hooked or getattr(leaf[0], "_hooks", None) for key, leaf in rec.leaves.items())
+    for step in rec.steps:
+        if step[0] is replay_forward:
+            written.update(id(t) for k in step[1].forward_writes for t in tensors_in(step[4][k]))
+        elif step[0] is replay_call:
+            said = tensors_written(step[1], step[2], step[3])
+            if said is not None:
+                written.update(id(t) for t in said)
+                continue
+            written.update(id(t) for t in tensors_in(step[2], step[3]))
+            anything = anything or any(not isinstance(a, (Tensor, tuple, list, dict, str, int, float, bool,
+                                                          type(None))) for a in (*step[2], *step[3].values()))
+    if anything:
+        return None
+    for key, value in rec.values.items():
+        t = rec.leaves[key][0]
+        if key not in written and _fingerprint(t.data) != value:
+            return f"a tensor of shape {tuple(t.shape)} that requires grad (a parameter)"
+    return None
+
+
 def _kept(arg):
     """An argument as a recorded call keeps it: a generator (``model.parameters()``) as a tuple of its items, as
     it would be empty on the second call."""
@@ -223,6 +264,12 @@ def record(fn, args, kwargs, fuse, graphs=False):
             result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
+    changed = untracked_write(rec)
+    if changed is not None:
+        raise CompileError(f"tinygen.compile: the step changed the values of {changed} outside tinygen's ops and "
+                           f"recorded calls (array code on .data, such as p.data -= lr * p.grad.data), which a "
+                           f"replay would not do again. Update parameters with an optimizer (tinygen.optim), or "
+                           f"outside the compiled step")
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.bindings = _bindings(fn, args, kwargs, rec.leaves)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do

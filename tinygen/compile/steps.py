@@ -228,7 +228,8 @@ def replay_call(fn, args, kwargs, result, grad_enabled, new):
     _bind(result, fn(*args, **kwargs))
 
 
-@replayed(grads=lambda tensor, value: ("drops", (tensor,)) if value is None else None)
+@replayed(grads=lambda tensor, value: ("drops", (tensor,)) if value is None else None,
+          writes=lambda tensor, value: ())  # the attribute, no array
 def set_grad(tensor, value):
     tensor._grad = value
 

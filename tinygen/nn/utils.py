@@ -93,13 +93,18 @@ def _reads_grads(name):
     return lambda parameters, *args, **kwargs: ("reads", _as_list(parameters, name))
 
 
+def _writes_grads(name):
+    """A clipping call's ``writes`` (``capture.replayed``): the gradients of its parameters, scaled in place."""
+    return lambda parameters, *args, **kwargs: tuple(p.grad for p in _as_list(parameters, name) if p.grad is not None)
+
+
 def _key(*values):
     """A graph key (``capture.replayed``) of numbers and tensors: a tensor by its array's identity."""
     return tuple(map(_array_identity, values))
 
 
 # device work only: a CUDA graph may take these calls (their keys name what the kernels take from Python)
-@replayed(grads=_reads_grads("clip_grads_with_norm_"),
+@replayed(grads=_reads_grads("clip_grads_with_norm_"), writes=_writes_grads("clip_grads_with_norm_"),
           graph_key=lambda parameters, max_norm, total_norm: _key(max_norm, total_norm,
                                                                   *_as_list(parameters, "clip_grads_with_norm_")))
 def clip_grads_with_norm_(parameters, max_norm, total_norm):
@@ -115,7 +120,7 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm):
         g.data *= coef.astype(g.data.dtype)
 
 
-@replayed(grads=_reads_grads("clip_grad_norm_"),
+@replayed(grads=_reads_grads("clip_grad_norm_"), writes=_writes_grads("clip_grad_norm_"),
           graph_key=lambda parameters, max_norm, norm_type=2.0, error_if_nonfinite=False: None if error_if_nonfinite
           else _key(max_norm, norm_type, *_as_list(parameters, "clip_grad_norm_")))
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
@@ -134,7 +139,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return total
 
 
-@replayed
+@replayed(grads=_reads_grads("clip_grad_value_"), writes=_writes_grads("clip_grad_value_"))
 def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient of ``parameters`` to ``[-clip_value, clip_value]``, in place."""
     try:

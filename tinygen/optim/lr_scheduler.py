@@ -10,6 +10,7 @@ import numbers
 import types
 
 from ..capture import replayed
+from ..tensor import Tensor
 from .optimizer import Optimizer, get_lr, set_lr
 
 
@@ -50,7 +51,8 @@ class LRScheduler:
         """The learning rate of each parameter group, as last set by ``step()``."""
         return self._last_lr
 
-    @replayed(grads=lambda self: ("reads", ()))
+    @replayed(grads=lambda self: ("reads", ()),  # writes the rates held in tensors, in place (optimizer.set_lr)
+              writes=lambda self: tuple(g["lr"] for g in self.optimizer.param_groups if isinstance(g["lr"], Tensor)))
     def step(self):
         """Advance one epoch and set each group's ``lr``."""
         self._step_count += 1
