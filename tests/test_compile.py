@@ -821,6 +821,18 @@ def test_a_new_argument_object_on_every_call_is_named_in_the_cache_warning():
             f(_Batch(x, y))
 
 
+def test_one_tensor_passed_twice_is_another_signature_than_two_tensors():
+    """Recorded with ``f(x, x)`` the program has one input slot for both; called with two tensors it must not
+    replay that program (both arguments would read the second one)."""
+    def f(a, b):
+        return a * 2 + b
+    compiled = tg.compile(f)
+    x, a, b = tg.tensor([1.0, 2.0]), tg.tensor([1.0, 1.0]), tg.tensor([10.0, 20.0])
+    for args in [(x, x), (a, b), (x, x), (a, b), (b, b)]:
+        np.testing.assert_array_equal(compiled(*args).data, f(*args).data)
+    assert (compiled.records, compiled.replays) == (2, 3)
+
+
 def test_a_module_frozen_for_part_of_the_step_is_frozen_on_every_replay():
     # the generator update freezes D: the flag changes are replayed where they happened (after the create_graph
     # call the ops re-read their inputs' flags), and a tensor made inside the step (mix) needs no guard

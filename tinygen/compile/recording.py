@@ -403,9 +403,12 @@ def _sig(a):
 
 
 def signature(args, kwargs, values=()):
-    """What picks a program: the grad mode, the arguments (``_sig``), and the Python values the step's own code
-    reads beside them (``PythonValues``)."""
-    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values)
+    """What picks a program: the grad mode, the arguments (``_sig``), which of their tensors are one tensor
+    passed twice (one input slot of the program), and the Python values the step's own code reads beside them
+    (``PythonValues``)."""
+    ids = [id(t) for t in tensors_in(args, kwargs)]
+    same = tuple(ids.index(i) for i in ids) if len(set(ids)) < len(ids) else None
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same)
 
 
 _SCALARS = frozenset((int, float, bool, complex, str, type(None)))
@@ -470,6 +473,8 @@ def what_changed(old, new):
                     return change, ("a new object on every call is a new signature: pass the tensors and numbers "
                                     "it holds as arguments")
                 return change, enlarge
+    if old[4] != new[4]:
+        return "The same tensor was passed twice in one call and not in the other", enlarge
     before, after = dict(old[3]), dict(new[3])
     for where in before.keys() | after.keys():
         if before.get(where, _SCALARS) != after.get(where, _SCALARS):
