@@ -149,6 +149,7 @@ def test_a_new_signature_or_mode_records_anew_and_stays_exact():
     assert f.records == 4
 
 
+@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_a_replaced_parameter_submodule_or_setting_records_anew():
     """What a module's forward reads in Python is baked into a recording: replacing a parameter, a submodule or
     a setting between calls records the step anew (a replay would use the old ones); switching to eval and back
@@ -463,6 +464,7 @@ def test_setting_grad_to_a_tensor_the_step_computes_is_refused_and_to_a_constant
         assert np.array_equal(f(tg.ones(3) * 2).data, np.full(3, 2.0 + k, np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_in_place_writes_outside_the_ops_are_replayed_setitem_and_init_fills():
     """Would fail if ``t[i] = v`` or an ``nn.init`` fill inside the step were not recorded: both write an array in
     place, outside any op, so a replay would return the intermediate without the write and leave the buffer as the
@@ -541,6 +543,7 @@ def test_a_tensor_argument_that_requires_grad_is_refused():
         f(tg.randn(3, requires_grad=True))
 
 
+@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     model, opt, step = _mlp_setup()
     f = tg.compile(step, check=3)
@@ -557,6 +560,7 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
         g(tg.randn(1, 2))
 
 
+@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_check_on_cuda_compares_device_arrays_and_restores_the_devices_generator(device):
     """check= on "cuda": the step's arrays, gradients and optimizer state are device arrays, compared on the host,
     and a draw from the device's generator is drawn the same for eager and the replay; array code is caught."""
