@@ -1,4 +1,5 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
+import copy
 import random
 import threading
 import warnings
@@ -290,7 +291,8 @@ def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
             else:
                 p.data = p.data - 0.1 * p.grad.data
             p.grad = None
-    _refused_anywhere(manual, "changed the values of a tensor of shape")
+    _refused_anywhere(manual, r"changed the values of a parameter of shape \(16, 12\) of the Sequential in the "
+                              r"variable 'model' of the enclosing function")
 
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
     sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2)
@@ -308,6 +310,21 @@ def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
     for x, y in _batches(3):
         f(x, y)
     assert (f.records, f.replays) == (1, 2)
+
+
+def test_an_ema_model_updated_by_array_code_inside_a_step_is_refused():
+    """An EMA copy of the model updated through ``.data`` (no op uses its parameters): the recording compares the
+    values of the modules the step's code reaches before and after the call, and names the one that changed."""
+    model, opt, step = _mlp_setup()
+    ema = copy.deepcopy(model)
+
+    def with_ema(x, y):
+        loss = step(x, y)
+        for average, p in zip(ema.parameters(), model.parameters()):
+            average.data *= 0.99
+            average.data += 0.01 * p.data
+        return loss
+    _refused_anywhere(with_ema, r"a parameter of shape \(16, 12\) of the Sequential in the variable 'ema'")
 
 
 def _refused_anywhere(step, phrase):
@@ -554,7 +571,19 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     def sneaky(x):
         counter.weight.data += 1  # array code on .data: invisible to the recorder, so not replayed
         return (counter(x) * 1).sum()
-    g = tg.compile(sneaky, check=True)
+    with pytest.raises(tg.CompileError, match="changed the values of a parameter"):
+        tg.compile(sneaky)(tg.randn(1, 2))  # a module the step's code names: its values are compared at once
+
+    def bump():  # the same, through helpers: the step's own code names no tensor or module
+        counter.weight.data += 1
+
+    def hidden(x):
+        bump()
+        return (layer()(x) * 1).sum()
+
+    def layer():
+        return counter
+    g = tg.compile(hidden, check=True)
     g(tg.randn(1, 2))
     with pytest.raises(tg.CompileError, match="differs from eager"):
         g(tg.randn(1, 2))
@@ -580,9 +609,15 @@ def test_check_on_cuda_compares_device_arrays_and_restores_the_devices_generator
     assert f.replays == 3
     counter = nn.Linear(2, 2).to(device)
 
+    def bump():  # array code on .data, in a helper (not compared when recorded): not replayed
+        counter.weight.data += 1
+
     def sneaky(x):
-        counter.weight.data += 1  # array code on .data: not replayed
-        return (counter(x) * 1).sum()
+        bump()
+        return (layer()(x) * 1).sum()
+
+    def layer():
+        return counter
     g = tg.compile(sneaky, check=True)
     g(tg.randn(1, 2, device=device))
     with pytest.raises(tg.CompileError, match="differs from eager"):

@@ -39,7 +39,7 @@ class Recorder:
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
-        self.values = {}  # id -> fingerprint of a leaf that requires grad, when first used (untracked_write)
+        self.values = {}  # id -> (tensor, digest of its values, what it is): see untracked_write
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)
@@ -57,8 +57,9 @@ class Recorder:
                 if a.grad_fn is None and id(a) not in self.made and id(a) not in self.leaves:
                     # guard: its flag when first used or changed; a parameter's values, to see untracked writes
                     self.leaves[id(a)] = (a, a._requires_grad, a.data.shape, a.data.dtype)
-                    if a._requires_grad:
-                        self.values[id(a)] = _fingerprint(a.data)
+                    if a._requires_grad and id(a) not in self.values:
+                        self.values[id(a)] = (a, _fingerprint(a.data), f"a tensor of shape {tuple(a.shape)} that "
+                                                                        f"requires grad (a parameter)")
         self.made.update(id(t) for t in outs)
         if ctx is not None:
             self.nodes.add(id(ctx))
@@ -234,11 +235,63 @@ def untracked_write(rec):
                                                           type(None))) for a in (*step[2], *step[3].values()))
     if anything:
         return None
-    for key, value in rec.values.items():
-        t = rec.leaves[key][0]
+    for key, (t, value, what) in rec.values.items():
         if key not in written and _fingerprint(t.data) != value:
-            return f"a tensor of shape {tuple(t.shape)} that requires grad (a parameter)"
+            return what
     return None
+
+
+WATCH_MAX_BYTES = 1 << 27  # larger arrays are not digested (a dataset held whole): twice per recording is enough
+
+
+def _watched(fn, args, kwargs):
+    """The tensors the step's code can reach before it runs, where array code could change them unseen (an EMA
+    model's parameters updated through ``.data``), with a digest of their values: the tensors, and the parameters
+    and buffers of the modules, held in the globals and closure variables of ``fn``'s own code, in the attributes
+    of its object, and in its arguments and their attributes (one level of lists, tuples and dicts). id ->
+    (tensor, digest, what it is)."""
+    found = {}
+
+    def take(value, where, depth=0):
+        if isinstance(value, Tensor):
+            if value.data.nbytes <= WATCH_MAX_BYTES and id(value) not in found:
+                found[id(value)] = (value, _fingerprint(value.data), f"the tensor in {where}")
+        elif isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "buffers", None)):
+            for kind, tensors in (("a parameter", value.parameters()), ("a buffer", value.buffers())):
+                for t in tensors:
+                    take_tensor(t, f"{kind} of shape {tuple(t.shape)} of the {type(value).__name__} in {where}")
+        elif depth == 0 and isinstance(value, (list, tuple)):
+            for v in value:
+                take(v, where, 1)
+        elif depth == 0 and isinstance(value, dict):
+            for v in value.values():
+                take(v, where, 1)
+
+    def take_tensor(t, what):
+        if t.data.nbytes <= WATCH_MAX_BYTES and id(t) not in found:
+            found[id(t)] = (t, _fingerprint(t.data), what)
+    func = getattr(fn, "__func__", fn)
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        for name in dict.fromkeys(code.co_names):
+            if name in func.__globals__:
+                take(func.__globals__[name], f"the global {name!r}")
+        for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+            take(_contents(cell), f"the variable {name!r} of the enclosing function")
+    owners = [("the step's object", getattr(fn, "__self__", None) if code is not None else fn)]
+    owners += [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"keyword argument {k!r}", a)
+                                                                   for k, a in kwargs.items()]
+    for where, obj in owners:
+        if obj is None or isinstance(obj, Tensor):  # (a tensor argument is the program's input)
+            continue
+        take(obj, where)
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict) and not isinstance(obj, type):
+            for name, value in list(attributes.items()):
+                take(value, f"the attribute {name!r} of {where}")
+    return found
 
 
 def _kept(arg):
@@ -258,6 +311,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     rec = Recorder(tensors_in(args, kwargs))
+    rec.values = _watched(fn, args, kwargs)
     CAPTURE.recorder = rec
     try:
         with _host_draws_refused():
@@ -268,8 +322,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     if changed is not None:
         raise CompileError(f"tinygen.compile: the step changed the values of {changed} outside tinygen's ops and "
                            f"recorded calls (array code on .data, such as p.data -= lr * p.grad.data), which a "
-                           f"replay would not do again. Update parameters with an optimizer (tinygen.optim), or "
-                           f"outside the compiled step")
+                           f"replay would not do again. Update parameters with an optimizer (tinygen.optim), in a "
+                           f"function marked @tinygen.capture.replayed (a replay calls it again: an EMA's update), "
+                           f"or outside the compiled step")
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.bindings = _bindings(fn, args, kwargs, rec.leaves)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do

@@ -229,7 +229,7 @@ def replay_call(fn, args, kwargs, result, grad_enabled, new):
 
 
 @replayed(grads=lambda tensor, value: ("drops", (tensor,)) if value is None else None,
-          writes=lambda tensor, value: ())  # the attribute, no array
+          writes=lambda tensor, value: (value,) if isinstance(value, Tensor) else ())  # a backward may add into it
 def set_grad(tensor, value):
     tensor._grad = value
 
