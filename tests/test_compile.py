@@ -560,6 +560,21 @@ def test_a_tensor_argument_that_requires_grad_is_refused():
         f(tg.randn(3, requires_grad=True))
 
 
+def _hidden_array_code(counter):
+    """A step that changes ``counter``'s weight by array code in a helper, so that the step's own code names no
+    tensor or module (the recording does not compare it; a replay does not repeat it)."""
+    def bump():
+        counter.weight.data += 1
+
+    def layer():
+        return counter
+
+    def hidden(x):
+        bump()
+        return (layer()(x) * 1).sum()
+    return hidden
+
+
 @pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     model, opt, step = _mlp_setup()
@@ -574,16 +589,7 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     with pytest.raises(tg.CompileError, match="changed the values of a parameter"):
         tg.compile(sneaky)(tg.randn(1, 2))  # a module the step's code names: its values are compared at once
 
-    def bump():  # the same, through helpers: the step's own code names no tensor or module
-        counter.weight.data += 1
-
-    def hidden(x):
-        bump()
-        return (layer()(x) * 1).sum()
-
-    def layer():
-        return counter
-    g = tg.compile(hidden, check=True)
+    g = tg.compile(_hidden_array_code(counter), check=True)  # the same through helpers: only check= sees it
     g(tg.randn(1, 2))
     with pytest.raises(tg.CompileError, match="differs from eager"):
         g(tg.randn(1, 2))
@@ -607,18 +613,7 @@ def test_check_on_cuda_compares_device_arrays_and_restores_the_devices_generator
     for _ in range(4):
         f(tg.randn(5, 4, device=device))
     assert f.replays == 3
-    counter = nn.Linear(2, 2).to(device)
-
-    def bump():  # array code on .data, in a helper (not compared when recorded): not replayed
-        counter.weight.data += 1
-
-    def sneaky(x):
-        bump()
-        return (layer()(x) * 1).sum()
-
-    def layer():
-        return counter
-    g = tg.compile(sneaky, check=True)
+    g = tg.compile(_hidden_array_code(nn.Linear(2, 2).to(device)), check=True)
     g(tg.randn(1, 2, device=device))
     with pytest.raises(tg.CompileError, match="differs from eager"):
         g(tg.randn(1, 2, device=device))
