@@ -257,6 +257,20 @@ def test_grads_never_alias_each_other_or_upstream():
     np.testing.assert_array_equal(_np(g), [1, 2, 3])
 
 
+def test_repeated_backwards_never_write_into_the_upstream_gradient(device):
+    """On every device (on "cuda" too: the CPU stand-in once handed the same array to both .grads in a new wrapper,
+    so the second backward added into the caller's gradient through them)."""
+    x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True, device=device)
+    y = tg.tensor([4.0, 5.0, 6.0], requires_grad=True, device=device)
+    g = tg.tensor([1.0, 2.0, 3.0], device=device)
+    for _ in range(2):
+        (x + y).backward(g)  # the second adds into the first's .grads
+    np.testing.assert_array_equal(g.cpu().numpy(), [1, 2, 3])
+    np.testing.assert_array_equal(x.grad.cpu().numpy(), [2, 4, 6])
+    x.grad.data += 1
+    np.testing.assert_array_equal(y.grad.cpu().numpy(), [2, 4, 6])
+
+
 def test_grad_is_not_a_view_of_the_upstream_gradient():
     x = tg.randn(2, 3, requires_grad=True)
     g = tg.randn(6)

@@ -212,3 +212,12 @@ def test_standin_elementwise_kernel_runs_the_c_tinygen_generates_and_refuses_the
         copy(x)
     with pytest.raises(TypeError, match="type T differs"):
         copy(x, sa.empty(3, np.float64))
+
+
+def test_standin_returns_a_device_array_itself_where_cupy_does():
+    """cupy.asarray(a) and a.astype(a.dtype, copy=False) give back ``a`` itself; the stand-in too, so that code
+    telling a shared array by identity behaves as on a GPU. A real conversion is a new array."""
+    x = backend.standin.ones(3)
+    assert backend.standin.asarray(x) is x and x.astype(x.dtype, copy=False) is x
+    y = backend.standin.asarray(x, dtype=np.float32)
+    assert y is not x and y.dtype == np.float32 and x.reshape(3, 1) is not x

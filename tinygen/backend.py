@@ -189,6 +189,16 @@ def _wrap(x):
     return x
 
 
+def _rewrap(result, args):
+    """A call's result as a device array: where NumPy gave back an argument's own array (``asarray`` of a device
+    array, ``astype`` to its dtype without a copy), that argument itself, as CuPy returns it, so that identity
+    tells a shared array (autograd/engine.py's ``_unshared``) as on a GPU; else a new wrapper."""
+    for a in args:
+        if isinstance(a, StandinArray) and result is a._a:
+            return a
+    return _wrap(result)
+
+
 class _Proxy:
     """Wraps a NumPy namespace object (module, ufunc, generator) so that calls take and return device arrays."""
 
@@ -209,7 +219,7 @@ class _Proxy:
         strict = name not in self._lenient
 
         def call(*args, **kwargs):
-            return _wrap(attr(*_unwrap(args, strict), **_unwrap(kwargs, strict)))
+            return _rewrap(attr(*_unwrap(args, strict), **_unwrap(kwargs, strict)), args)
         call.__name__ = name
         return call
 
@@ -281,7 +291,7 @@ class StandinArray:
             return attr
 
         def call(*args, **kwargs):
-            return _wrap(attr(*_unwrap(args), **_unwrap(kwargs)))
+            return _rewrap(attr(*_unwrap(args), **_unwrap(kwargs)), (self,))
         return call
 
     def __getitem__(self, index):

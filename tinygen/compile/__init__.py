@@ -6,7 +6,8 @@
 
 One file a part (the stages below in brackets); this one holds ``compile`` and the ``Compiled`` callable:
 
-  recording.py    the recorder the core calls, the program it writes down, signatures, guards  [record, guard]
+  recording.py    the recorder the core calls, and the program it writes down                   [record]
+  guards.py       signatures, and what a replay checks or a recording refuses beyond the ops     [guard]
   steps.py        the kinds of step a program is made of, and how a replay runs each one       [replay]
   passes.py       what runs once over a new program, before its first replay     [release, prune, reuse, fuse]
   fusion.py       elementwise runs as generated Numba loops or CuPy kernels                     [fuse]
@@ -128,7 +129,8 @@ from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
-from .recording import PythonValues, fresh, record, signature, what_changed
+from .guards import PythonValues, signature, what_changed
+from .recording import fresh, record
 from .steps import CompileError
 
 __all__ = ["compile", "Compiled", "CompileError"]

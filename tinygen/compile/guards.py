@@ -1,0 +1,301 @@
+"""What a ``tinygen.compile`` program checks and refuses beyond the ops it recorded (the stage "guard" in the
+package's docstring). A replay runs the recorded ops on the tensors the recording found, so everything else the
+step's Python code depended on must be the same, or the call must not replay:
+
+  signature         what picks a program: the arguments (shapes, dtypes, devices; one tensor passed twice), the
+                    grad mode, and the numbers and strings the step's own code reads (``PythonValues``: a KL
+                    weight in a global records anew when it changes)
+  bindings          where the step's code found the tensors it used (a global, a closure variable, an attribute
+                    of its object or of an argument): one that holds another tensor at a later call raises
+  host draws        Python's and NumPy's global random generators, refused while a step records
+  untracked writes  tensors whose values the recorded call changed outside ops and recorded calls (array code
+                    on ``.data``), refused after it
+
+``places`` is where all of them look: what the step's own code can reach.
+"""
+import contextlib
+import functools
+import hashlib
+import threading
+
+import numpy as np
+
+from ..autograd import engine
+from ..autograd.function import user_frame
+from ..autograd.grad_mode import STATE
+from ..backend import to_device
+from ..capture import CAPTURE, tensors_written
+from ..tensor import Tensor
+from .steps import CompileError, replay_call, replay_forward, tensors_in
+
+
+def places(fn, args=(), kwargs=None):
+    """Where a step's own code finds values that a caller may change between calls: (where, named, a function
+    giving what is there now). The globals its code names, its closure variables, its object (a method's
+    ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
+    attributes. ``named``: read by name in the step's code (a global, a closure variable, an attribute of its
+    object that its code names), not only reachable."""
+    func = getattr(fn, "__func__", fn)  # a bound method's function
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    names = dict.fromkeys(code.co_names) if code is not None else {}  # the globals and attributes it names
+    found = []
+    if code is not None:
+        space = func.__globals__
+        found += [(f"the global {n!r}", True, functools.partial(space.get, n)) for n in names if n in space]
+        found += [(f"the variable {n!r} of the enclosing function", True, functools.partial(_contents, cell))
+                  for n, cell in zip(code.co_freevars, func.__closure__ or ())]
+    owners = [("the step's object", getattr(fn, "__self__", None) if code is not None else fn)]
+    owners += [(f"argument {i}", a) for i, a in enumerate(args)]
+    owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
+    for where, obj in owners:
+        if obj is None or isinstance(obj, (Tensor, type)):  # (a tensor argument is the program's input)
+            continue
+        found.append((where, False, functools.partial(_same, obj)))
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict):
+            own = where == "the step's object"
+            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", own and n in names,
+                       functools.partial(attributes.get, n)) for n in list(attributes)]
+    return found
+
+
+def _same(value):
+    return value
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # not filled yet
+        return cell
+
+
+# ---- signature ---------------------------------------------------------------------------------------------------
+def _sig(a):
+    if isinstance(a, Tensor):
+        return ("tensor", a.data.shape, a.data.dtype.str, a._device, a._requires_grad)
+    if isinstance(a, (tuple, list)):
+        return (type(a).__name__,) + tuple(_sig(x) for x in a)
+    if isinstance(a, dict):
+        return ("dict",) + tuple((k, _sig(v)) for k, v in a.items())
+    try:
+        hash(a)
+    except TypeError:
+        return ("object", id(a))
+    return ("value", type(a).__name__, a)
+
+
+def signature(args, kwargs, values=()):
+    """What picks a program: the grad mode, the arguments (``_sig``), which of their tensors are one tensor
+    passed twice (one input slot of the program), and the Python values the step's own code reads beside them
+    (``PythonValues``)."""
+    ids = [id(t) for t in tensors_in(args, kwargs)]
+    same = tuple(ids.index(i) for i in ids) if len(set(ids)) < len(ids) else None
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same)
+
+
+_SCALARS = frozenset((int, float, bool, complex, str, type(None)))
+
+
+class PythonValues:
+    """The numbers and strings a step's own code reads by name (``places``: its globals, closure variables and
+    the attributes of its object that it names). Such a value feeds the recording as an argument does (a branch
+    taken, a constant of an op), so it is part of the signature, and another value records anew. Called, returns
+    ((where, value), ...) for those holding a number or a string now. (What the functions the step calls read is
+    not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
+
+    def __init__(self, fn):
+        self.sources = [(where, get) for where, named, get in places(fn) if named]
+
+    def __call__(self):
+        return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
+
+
+def what_changed(old, new):
+    """The first difference between two signatures (``signature``) in words, and what to do about it."""
+    enlarge = "raise cache_size"
+    if old is None or old[0] != new[0]:
+        return "The grad mode differs between the calls", enlarge
+    for kind, a, b in (("argument", old[1], new[1]), ("keyword argument", old[2], new[2])):
+        if len(a) != len(b):
+            return f"The number of {kind}s differs between the calls", enlarge
+        for i, (x, y) in enumerate(zip(a[1:], b[1:])):
+            name = i
+            if kind == "keyword argument":
+                (name, x), (other, y) = x, y
+                if name != other:
+                    return "The keyword arguments differ between the calls", enlarge
+            if x != y:
+                change = f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}"
+                if x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float"):
+                    return change, "pass a number that changes between calls as a 0-d tensor"
+                if x[0] == y[0] == "value" and x[1] == y[1] and type(x[2]).__eq__ is object.__eq__:
+                    return change, ("a new object on every call is a new signature: pass the tensors and numbers "
+                                    "it holds as arguments")
+                return change, enlarge
+    if old[4] != new[4]:
+        return "The same tensor was passed twice in one call and not in the other", enlarge
+    before, after = dict(old[3]), dict(new[3])
+    for where in before.keys() | after.keys():
+        if before.get(where, _SCALARS) != after.get(where, _SCALARS):
+            change = (f"{where[0].upper()}{where[1:]} was {before.get(where, 'not a number')!r}, then "
+                      f"{after.get(where, 'not a number')!r}")
+            number = all(type(v) in (int, float) for v in (before.get(where), after.get(where)))
+            return change, ("pass a number that changes between calls to the step as a 0-d tensor argument"
+                            if number else enlarge)
+    return "The signatures differ", enlarge
+
+
+def _sig_text(sig):
+    if sig[0] == "tensor":
+        return f"a tensor of shape {sig[1]}, dtype {np.dtype(sig[2]).name} on {sig[3]}" + (
+            ", requiring grad" if sig[4] else "")
+    if sig[0] == "value":
+        return f"{sig[1]} {sig[2]!r}"
+    if sig[0] == "object":
+        return "an unhashable object (each new one is a new signature)"
+    return f"a {sig[0]} of {len(sig) - 1}"
+
+
+
+# ---- bindings -------------------------------------------------------------------------------------------------------
+def bindings(fn, args, kwargs, leaves):
+    """Where the step's code found the tensors it used that it neither made nor took as arguments (``leaves``:
+    id -> entry), among ``places``: a replay uses the recorded tensors, so each place must still hold its tensor
+    (``stale``). Tuples of (where, a function giving what is there now, the recorded tensor)."""
+    found = []
+    for where, _, get in places(fn, args, kwargs):
+        value = get()
+        if isinstance(value, Tensor) and id(value) in leaves:
+            found.append((where, get, value))
+    return tuple(found)
+
+
+def stale(bound):
+    """None, or where one of ``bindings`` holds another tensor than when recorded."""
+    for where, current, tensor in bound:
+        if current() is not tensor:
+            return where
+    return None
+
+
+# ---- host draws -----------------------------------------------------------------------------------------------------
+# Python's and NumPy's global random generators: a draw in the step's Python code is recorded as the constant it
+# gave (an augmentation's coin flip, a label-noise mask), so a replay would repeat it. tinygen's own draws are ops.
+_PY_DRAWS = ("random", "uniform", "randint", "randrange", "choice", "choices", "shuffle", "sample", "gauss",
+             "normalvariate", "lognormvariate", "expovariate", "betavariate", "gammavariate", "triangular",
+             "vonmisesvariate", "paretovariate", "weibullvariate", "getrandbits", "randbytes", "binomialvariate")
+_NP_DRAWS = ("rand", "randn", "randint", "random", "random_sample", "ranf", "sample", "choice", "shuffle",
+             "permutation", "normal", "standard_normal", "uniform", "binomial", "poisson", "exponential", "beta",
+             "gamma", "bytes", "random_integers", "multinomial", "dirichlet", "laplace", "logistic", "lognormal")
+
+
+@contextlib.contextmanager
+def host_draws_refused():
+    """While a step is recorded: a draw from Python's ``random`` module, NumPy's global generator or a NumPy
+    generator made without a seed raises ``CompileError`` naming the line. (A generator of the user's own, made
+    before the step, is not seen.)"""
+    import random
+    patched, owner = [], threading.get_ident()
+
+    def in_step():  # the step's own code: the recording thread, not inside a recorded call
+        return threading.get_ident() == owner and CAPTURE.recorder is not None and not CAPTURE.recorder.depth
+
+    def refuse(module, name, original):
+        @functools.wraps(original)
+        def draw(*args, **kwargs):
+            if not in_step():
+                return original(*args, **kwargs)
+            raise CompileError(f"tinygen.compile: the step draws a random number with {module.__name__}.{name} "
+                               f"at {user_frame()}. A replay would repeat the recorded draw: use tinygen's random "
+                               f"functions (tinygen.rand, randn, randint, randperm, bernoulli), drawn again on "
+                               f"every replay, or draw it before the call and pass it as an argument")
+        return draw
+
+    def default_rng(seed=None, *args, **kwargs):  # a fresh, unseeded generator draws anew on every eager call
+        if seed is None and in_step():
+            raise CompileError(f"tinygen.compile: the step makes an unseeded numpy.random.default_rng() at "
+                               f"{user_frame()}. A replay would repeat its draws: use tinygen's random functions "
+                               f"(tinygen.rand, randn, randint, randperm, bernoulli), drawn again on every replay, "
+                               f"or draw them before the call and pass them as arguments")
+        return original_rng(seed, *args, **kwargs)
+    original_rng = np.random.default_rng
+    for module, names in ((random, _PY_DRAWS), (np.random, _NP_DRAWS)):
+        for name in names:
+            original = getattr(module, name, None)
+            if callable(original):
+                patched.append((module, name, original))
+                setattr(module, name, refuse(module, name, original))
+    patched.append((np.random, "default_rng", original_rng))
+    np.random.default_rng = default_rng
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
+
+
+# ---- untracked writes -----------------------------------------------------------------------------------------------
+def fingerprint(data):
+    """A digest of an array's values (of its host copy, for a device array)."""
+    host = data if isinstance(data, np.ndarray) else to_device(data, "cpu")
+    return hashlib.blake2b(np.ascontiguousarray(host).reshape(-1).view(np.uint8)).digest()
+
+
+def untracked_write(rec):
+    """A description of a parameter (a leaf that requires grad) whose values changed during the recorded call
+    although no recorded op or call may have written it, else None. What may write a tensor: an op's
+    ``forward_writes``, a call's ``@replayed(writes=...)``, a call that does not say, when the tensor is one of
+    its arguments or an argument is an object that may hold it (a module, an optimizer), and the hooks a
+    backward runs (an optimizer stepped in a post-accumulate-grad hook)."""
+    hooked = engine._post_accumulate_hooks
+    written = set()
+    anything = any(key in hooked or getattr(leaf[0], "_hooks", None) for key, leaf in rec.leaves.items())
+    for step in rec.steps:
+        if step[0] is replay_forward:
+            written.update(id(t) for k in step[1].forward_writes for t in tensors_in(step[4][k]))
+        elif step[0] is replay_call:
+            said = tensors_written(step[1], step[2], step[3])
+            if said is not None:
+                written.update(id(t) for t in said)
+                continue
+            written.update(id(t) for t in tensors_in(step[2], step[3]))
+            anything = anything or any(not isinstance(a, (Tensor, tuple, list, dict, str, int, float, bool,
+                                                          type(None))) for a in (*step[2], *step[3].values()))
+    if anything:
+        return None
+    for key, (t, value, what) in rec.values.items():
+        if key not in written and fingerprint(t.data) != value:
+            return what
+    return None
+
+
+WATCH_MAX_BYTES = 1 << 27  # larger arrays are not digested (a dataset held whole): twice per recording is enough
+
+
+def watched(fn, args, kwargs):
+    """The tensors the step's code can reach before it runs (``places``), where array code could change them
+    unseen (an EMA model's parameters updated through ``.data``), with a digest of their values: tensors, and the
+    parameters and buffers of modules, there or one level inside a list, tuple or dict. id -> (tensor, digest,
+    what it is)."""
+    found = {}
+
+    def take(value, where, depth=0):
+        if isinstance(value, Tensor):
+            take_tensor(value, f"the tensor in {where}")
+        elif isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "buffers", None)):
+            for kind, tensors in (("a parameter", value.parameters()), ("a buffer", value.buffers())):
+                for t in tensors:
+                    take_tensor(t, f"{kind} of shape {tuple(t.shape)} of the {type(value).__name__} in {where}")
+        elif depth == 0 and isinstance(value, (list, tuple, dict)):
+            for v in value.values() if isinstance(value, dict) else value:
+                take(v, where, 1)
+
+    def take_tensor(t, what):
+        if t.data.nbytes <= WATCH_MAX_BYTES and id(t) not in found:
+            found[id(t)] = (t, fingerprint(t.data), what)
+    for where, _, get in places(fn, args, kwargs):
+        take(get(), where)
+    return found
