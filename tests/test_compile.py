@@ -772,6 +772,32 @@ def test_a_tensor_rebound_between_calls_where_the_step_finds_it_is_refused():
     with pytest.raises(tg.CompileError, match="the attribute 'x' of the step's object \\(Trainer\\)"):
         k()
 
+    held_list = [x]
+    m = tg.compile(lambda: step(held_list[0], y))
+    m(), m()
+    held_list[0] = x2
+    with pytest.raises(tg.CompileError, match="item 0 of the variable 'held_list'"):
+        m()
+
+
+def test_a_module_the_step_called_replaced_where_the_step_finds_it_is_refused():
+    """The replay runs the recorded module's ops: pointing the step's ``self.model`` at another model must not
+    replay the old one."""
+    class Classifier:
+        def __init__(self):
+            self.model, _, _ = _mlp_setup()
+
+        def loss(self, x, y):
+            return F.cross_entropy(self.model(x), y)
+    c = Classifier()
+    f = tg.compile(c.loss)
+    (x, y), = _batches(1)
+    with tg.no_grad():
+        f(x, y), f(x, y)
+        c.model = _mlp_setup()[0]
+        with pytest.raises(tg.CompileError, match="the attribute 'model' of the step's object \\(Classifier\\)"):
+            f(x, y)
+
 
 _WEIGHT = 1.0
 

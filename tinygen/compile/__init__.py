@@ -104,10 +104,10 @@ the call), and tensor arguments that require grad. Return tensors from the step
 and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's own code reads are part of the signature, not those the functions it calls read):
-write the step with tinygen ops, modules and optimizers. A replay uses the tensors the recorded call read:
-one the step found in a global or closure variable of its own code, or in an attribute of its object or of an
-argument, that holds another tensor at a later call raises ``CompileError`` naming where (pass tensors that change
-as arguments).
+write the step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call
+used: one the step found in a global or closure variable of its own code, in an attribute of its object or of an
+argument (or one level inside a list, tuple or dict there) that holds another object at a later call raises
+``CompileError`` naming where (pass tensors that change as arguments).
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the
@@ -189,10 +189,11 @@ class Compiled:
         if program is not None and program.guards_hold():
             stale = program.stale()
             if stale is not None:
-                raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another tensor "
-                                   f"than when the step was recorded; a replay would use the recorded one. Pass "
-                                   f"the tensors that change between calls as arguments of the step (tensors, or "
-                                   f"tuples, lists and dicts of them)")
+                raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "
+                                   f"object than when the step was recorded (a tensor, a module); a replay would "
+                                   f"use the recorded one. Pass the tensors that change between calls as "
+                                   f"arguments of the step (tensors, or tuples, lists and dicts of them), or "
+                                   f"compile a step for each module")
             self._programs.move_to_end(key)
             self.replays += 1
             if self._checks_left:

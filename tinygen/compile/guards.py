@@ -161,22 +161,35 @@ def _sig_text(sig):
 
 
 # ---- bindings -------------------------------------------------------------------------------------------------------
-def bindings(fn, args, kwargs, leaves):
-    """Where the step's code found the tensors it used that it neither made nor took as arguments (``leaves``:
-    id -> entry), among ``places``: a replay uses the recorded tensors, so each place must still hold its tensor
-    (``stale``). Tuples of (where, a function giving what is there now, the recorded tensor)."""
+def bindings(fn, args, kwargs, used):
+    """Where the step's code found what it used and a replay uses again as recorded, among ``places`` and one
+    level inside a list, tuple or dict there: the tensors it neither made nor took as arguments and the modules
+    it called (``used``: their ids). Each place must still hold the same object (``stale``): a caller who points
+    a global at new data, or ``self.model`` at another model, gets an error, not the recorded one. Tuples of
+    (where, a function giving what is there now, the recorded object)."""
     found = []
     for where, _, get in places(fn, args, kwargs):
         value = get()
-        if isinstance(value, Tensor) and id(value) in leaves:
+        if id(value) in used:
             found.append((where, get, value))
+        elif isinstance(value, (list, tuple, dict)):
+            for key in (value.keys() if isinstance(value, dict) else range(len(value))):
+                if id(value[key]) in used:
+                    found.append((f"item {key!r} of {where}", functools.partial(_item, get, key), value[key]))
     return tuple(found)
 
 
+def _item(get, key):
+    try:
+        return get()[key]
+    except (IndexError, KeyError, TypeError):  # shorter, or no longer a container
+        return None
+
+
 def stale(bound):
-    """None, or where one of ``bindings`` holds another tensor than when recorded."""
-    for where, current, tensor in bound:
-        if current() is not tensor:
+    """None, or where one of ``bindings`` holds another object than when recorded."""
+    for where, current, recorded in bound:
+        if current() is not recorded:
             return where
     return None
 

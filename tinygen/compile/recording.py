@@ -178,7 +178,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
                            f"function marked @tinygen.capture.replayed (a replay calls it again: an EMA's update), "
                            f"or outside the compiled step")
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
-    program.bindings = guards.bindings(fn, args, kwargs, rec.leaves)
+    program.bindings = guards.bindings(fn, args, kwargs, rec.leaves.keys() | rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
