@@ -334,6 +334,24 @@ def _refused_anywhere(step, phrase):
         tg.compile(step)(x, y)
 
 
+@pytest.mark.parametrize("made", ["optimizer", "scheduler"])
+def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
+    """Eager makes a new one on every call (momentum from zero, a fresh step count); a replay would keep calling
+    the one made when recording."""
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        F.cross_entropy(model(x), y).backward()
+        if made == "optimizer":
+            tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).step()
+        else:
+            opt.step()
+            tg.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5).step()
+        opt.zero_grad()
+    name = "SGD whose step" if made == "optimizer" else "StepLR whose step"
+    _refused_anywhere(step, f"the step makes the {name}\\(\\) it calls; a replay would call the one made")
+
+
 def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
     model, opt, step = _mlp_setup()
 

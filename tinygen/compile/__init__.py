@@ -98,7 +98,7 @@ What cannot be captured is refused at record time with ``CompileError`` naming t
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
 ``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made,
 drawing from Python's ``random`` module or NumPy's global generator (or an unseeded ``default_rng()``: use
-tinygen's draws, which a replay makes anew), changing a parameter's or a module's values by array code (``p.data -= lr *
+tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing a parameter's or a module's values by array code (``p.data -= lr *
 p.grad.data``, an EMA through ``.data``: use an optimizer or a ``@replayed`` function; found by the values after
 the call), and tensor arguments that require grad. Return tensors from the step
 and read them after the call. Array code on

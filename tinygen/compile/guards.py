@@ -194,6 +194,15 @@ def stale(bound):
     return None
 
 
+def call_on_created(rec):
+    """How to name an object the step made (``capture.note_created``: an optimizer, a scheduler) whose method is
+    a recorded call, else None."""
+    for step in rec.steps:
+        if step[0] is replay_call and step[2] and id(step[2][0]) in rec.created:
+            return f"the {type(step[2][0]).__name__} whose {getattr(step[1], '__name__', 'method')}() it calls"
+    return None
+
+
 # ---- host draws -----------------------------------------------------------------------------------------------------
 # Python's and NumPy's global random generators: a draw in the step's Python code is recorded as the constant it
 # gave (an augmentation's coin flip, a label-noise mask), so a replay would repeat it. tinygen's own draws are ops.

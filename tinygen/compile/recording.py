@@ -34,6 +34,7 @@ class Recorder:
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = {}  # id -> (tensor, digest of its values, what it is): guards.untracked_write
+        self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)
@@ -113,6 +114,9 @@ class Recorder:
                         f"use a stale one: read gradients after the call (return what you need from the step), or "
                         f"call a replayed utility that takes the parameters (clip_grad_norm_)")
 
+    def note_created(self, obj):
+        self.created[id(obj)] = obj
+
     def record_requires_grad(self, tensor, flag):
         if id(tensor) not in self.made:
             self.leaves.setdefault(id(tensor), (tensor, tensor._requires_grad, tensor.data.shape, tensor.data.dtype))
@@ -170,6 +174,11 @@ def record(fn, args, kwargs, fuse, graphs=False):
             result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
+    made = guards.call_on_created(rec)
+    if made is not None:
+        raise CompileError(f"tinygen.compile: the step makes {made}; a replay would call the one made when the "
+                           f"step was recorded, its state carried over between calls, where eager makes a new one "
+                           f"on every call. Make it outside the step")
     changed = guards.untracked_write(rec)
     if changed is not None:
         raise CompileError(f"tinygen.compile: the step changed the values of {changed} outside tinygen's ops and "

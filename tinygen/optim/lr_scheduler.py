@@ -9,7 +9,7 @@ import math
 import numbers
 import types
 
-from ..capture import replayed
+from ..capture import note_created, replayed
 from ..tensor import Tensor
 from .optimizer import Optimizer, get_lr, set_lr
 
@@ -22,6 +22,7 @@ class LRScheduler:
     """
 
     def __init__(self, optimizer, last_epoch=-1):
+        note_created(self)  # inside a compiled step: refused (capture.py)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected a tinygen.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd.grad_mode import enable_grad
-from ..capture import replayed
+from ..capture import note_created, replayed
 from ..tensor import Tensor, _array_identity, _make
 
 
@@ -86,6 +86,7 @@ class Optimizer:
     """
 
     def __init__(self, params, defaults):
+        note_created(self)  # inside a compiled step: refused (capture.py)
         self.defaults = dict(defaults)
         if not any(v is required for v in self.defaults.values()):
             self._validate(self.defaults)  # bad constructor arguments fail here, whatever the groups give
