@@ -879,6 +879,18 @@ def test_a_python_number_the_steps_code_reads_is_part_of_its_signature():
     assert compiled == eager and (f.records, f.replays) == (3, 4)
     _WEIGHT = 1.0
 
+    settings = {"weight": 1.0, "calls": 0}  # a dict the step reads at a key it spells out; "calls" it does not read
+
+    def with_item():
+        _, _, step = _mlp_setup()
+        return lambda x, y: step(x, y) * settings["weight"]
+
+    def set_item(w):
+        settings["weight"] = w
+        settings["calls"] += 1
+    eager, compiled, f = _weighted_runs(with_item, set_item, weights)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
 
 def test_a_python_number_that_changes_on_every_call_is_named_in_the_cache_warning():
     global _WEIGHT

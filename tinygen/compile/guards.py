@@ -33,8 +33,9 @@ def places(fn, args=(), kwargs=None):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes. ``named``: read by name in the step's code (a global, a closure variable, an attribute of its
-    object that its code names), not only reachable."""
+    attributes, and the items of a dict there at keys the code spells out. ``named``: read by name in the step's
+    code (a global, a closure variable, an attribute of its object that its code names, such an item), not only
+    reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -58,6 +59,24 @@ def places(fn, args=(), kwargs=None):
             own = where == "the step's object"
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", own and n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
+    if code is not None:  # a dict read by name, at keys the code spells out (cfg["beta"]): those items too
+        keys = _strings(code)
+        for where, named, get in list(found):
+            value = get() if named else None
+            if isinstance(value, dict):
+                found += [(f"item {k!r} of {where}", True, functools.partial(_item, get, k)) for k in keys
+                          if k in value]
+    return found
+
+
+def _strings(code):
+    """The string constants of a code object and of the code nested in it (lambdas, comprehensions)."""
+    found = set()
+    for c in code.co_consts:
+        if isinstance(c, str):
+            found.add(c)
+        elif hasattr(c, "co_consts"):
+            found |= _strings(c)
     return found
 
 
