@@ -33,9 +33,9 @@ def places(fn, args=(), kwargs=None):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes, and the items of a dict there at keys the code spells out. ``named``: read by name in the step's
-    code (a global, a closure variable, an attribute of its object that its code names, such an item), not only
-    reachable."""
+    attributes, and one level into a list, tuple or dict found at any of these. ``named``: read by name in the
+    step's code (a global, a closure variable, an attribute of its object that its code names, an item of such a
+    dict at a key the code spells out), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -59,13 +59,14 @@ def places(fn, args=(), kwargs=None):
             own = where == "the step's object"
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", own and n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
-    if code is not None:  # a dict read by name, at keys the code spells out (cfg["beta"]): those items too
-        keys = _strings(code)
-        for where, named, get in list(found):
-            value = get() if named else None
-            if isinstance(value, dict):
-                found += [(f"item {k!r} of {where}", True, functools.partial(_item, get, k)) for k in keys
-                          if k in value]
+    keys = _strings(code) if code is not None else set()
+    for where, named, get in list(found):  # one level into a list, tuple or dict found there (named: cfg["beta"])
+        value = get()
+        if isinstance(value, dict):
+            found += [(f"item {k!r} of {where}", named and k in keys, functools.partial(_item, get, k))
+                      for k in list(value)]
+        elif isinstance(value, (list, tuple)):
+            found += [(f"item {i!r} of {where}", False, functools.partial(_item, get, i)) for i in range(len(value))]
     return found
 
 
@@ -181,20 +182,16 @@ def _sig_text(sig):
 
 # ---- bindings -------------------------------------------------------------------------------------------------------
 def bindings(fn, args, kwargs, used):
-    """Where the step's code found what it used and a replay uses again as recorded, among ``places`` and one
-    level inside a list, tuple or dict there: the tensors it neither made nor took as arguments and the modules
-    it called (``used``: their ids). Each place must still hold the same object (``stale``): a caller who points
-    a global at new data, or ``self.model`` at another model, gets an error, not the recorded one. Tuples of
-    (where, a function giving what is there now, the recorded object)."""
+    """Where (``places``) the step's code found what it used and a replay uses again as recorded: the tensors it
+    neither made nor took as arguments and the modules it called (``used``: their ids). Each place must still
+    hold the same object (``stale``): a caller who points a global at new data, or ``self.model`` at another
+    model, gets an error, not the recorded one. Tuples of (where, a function giving what is there now, the
+    recorded object)."""
     found = []
     for where, _, get in places(fn, args, kwargs):
         value = get()
         if id(value) in used:
             found.append((where, get, value))
-        elif isinstance(value, (list, tuple, dict)):
-            for key in (value.keys() if isinstance(value, dict) else range(len(value))):
-                if id(value[key]) in used:
-                    found.append((f"item {key!r} of {where}", functools.partial(_item, get, key), value[key]))
     return tuple(found)
 
 
@@ -286,8 +283,9 @@ def fingerprint(data):
 
 
 def untracked_write(rec):
-    """A description of a parameter (a leaf that requires grad) whose values changed during the recorded call
-    although no recorded op or call may have written it, else None. What may write a tensor: an op's
+    """A description of a tensor of ``rec.values`` (what the step's code reaches, ``watched``, and each parameter
+    an op first used) whose values changed during the recorded call although no recorded op or call may have
+    written it, else None. What may write a tensor: an op's
     ``forward_writes``, a call's ``@replayed(writes=...)``, a call that does not say, when the tensor is one of
     its arguments or an argument is an object that may hold it (a module, an optimizer), and the hooks a
     backward runs (an optimizer stepped in a post-accumulate-grad hook)."""
@@ -319,24 +317,18 @@ WATCH_MAX_BYTES = 1 << 27  # larger arrays are not digested (a dataset held whol
 def watched(fn, args, kwargs):
     """The tensors the step's code can reach before it runs (``places``), where array code could change them
     unseen (an EMA model's parameters updated through ``.data``), with a digest of their values: tensors, and the
-    parameters and buffers of modules, there or one level inside a list, tuple or dict. id -> (tensor, digest,
-    what it is)."""
+    parameters and buffers of modules. id -> (tensor, digest, what it is)."""
     found = {}
 
-    def take(value, where, depth=0):
-        if isinstance(value, Tensor):
-            take_tensor(value, f"the tensor in {where}")
-        elif isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "buffers", None)):
-            for kind, tensors in (("a parameter", value.parameters()), ("a buffer", value.buffers())):
-                for t in tensors:
-                    take_tensor(t, f"{kind} of shape {tuple(t.shape)} of the {type(value).__name__} in {where}")
-        elif depth == 0 and isinstance(value, (list, tuple, dict)):
-            for v in value.values() if isinstance(value, dict) else value:
-                take(v, where, 1)
-
-    def take_tensor(t, what):
+    def take(t, what):
         if t.data.nbytes <= WATCH_MAX_BYTES and id(t) not in found:
             found[id(t)] = (t, fingerprint(t.data), what)
     for where, _, get in places(fn, args, kwargs):
-        take(get(), where)
+        value = get()
+        if isinstance(value, Tensor):
+            take(value, f"the tensor in {where}")
+        elif isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "buffers", None)):
+            for kind, tensors in (("a parameter", value.parameters()), ("a buffer", value.buffers())):
+                for t in tensors:
+                    take(t, f"{kind} of shape {tuple(t.shape)} of the {type(value).__name__} in {where}")
     return found
