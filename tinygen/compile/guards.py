@@ -117,6 +117,7 @@ def signature(args, kwargs, values=()):
 
 
 _SCALARS = frozenset((int, float, bool, complex, str, type(None)))
+_ABSENT = object()  # a place that held no number at one of two signatures
 
 
 class PythonValues:
@@ -159,7 +160,7 @@ def what_changed(old, new):
         return "The same tensor was passed twice in one call and not in the other", enlarge
     before, after = dict(old[3]), dict(new[3])
     for where in before.keys() | after.keys():
-        if before.get(where, _SCALARS) != after.get(where, _SCALARS):
+        if before.get(where, _ABSENT) != after.get(where, _ABSENT):
             change = (f"{where[0].upper()}{where[1:]} was {before.get(where, 'not a number')!r}, then "
                       f"{after.get(where, 'not a number')!r}")
             number = all(type(v) in (int, float) for v in (before.get(where), after.get(where)))

@@ -22,7 +22,7 @@ from .steps import (BackwardPlan, CompileError, replay_alias, replay_backward, r
 class Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, values):
         self.depth = 0  # recorded calls in progress: what runs inside them is not recorded again
         self.steps = []
         self.modules = {}
@@ -33,7 +33,7 @@ class Recorder:
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
-        self.values = {}  # id -> (tensor, digest of its values, what it is): guards.untracked_write
+        self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
 
     def record_apply(self, cls, args):
@@ -166,8 +166,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     # the caller's tensors
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
-    rec = Recorder(tensors_in(args, kwargs))
-    rec.values = guards.watched(fn, args, kwargs)
+    rec = Recorder(tensors_in(args, kwargs), guards.watched(fn, args, kwargs))
     CAPTURE.recorder = rec
     try:
         with guards.host_draws_refused():
