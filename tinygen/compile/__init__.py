@@ -131,7 +131,7 @@ from .check import checked
 from .explain import listing
 from .guards import PythonValues, signature, what_changed
 from .recording import fresh, record
-from .steps import CompileError
+from .steps import CompileError, tensors_in
 
 __all__ = ["compile", "Compiled", "CompileError"]
 
@@ -184,7 +184,8 @@ class Compiled:
     def __call__(self, *args, **kwargs):
         if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
             return self.fn(*args, **kwargs)
-        key = signature(args, kwargs, self._values())
+        tensors = tensors_in(args, kwargs)  # once: the signature's aliasing and the replay's inputs
+        key = signature(args, kwargs, self._values(), tensors)
         program = self._programs.get(key)
         if program is not None and program.guards_hold():
             stale = program.stale()
@@ -201,14 +202,14 @@ class Compiled:
                 return checked(self.fn, program, args, kwargs)
             graphed = program.graphed
             if graphed is not None and graphed.usable:
-                result = program.replay_graphed(args, kwargs)
+                result = program.replay_graphed(tensors)
                 self.graph_replays += graphed.live
                 if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
                     warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
                                   f"{graphed.error}", RuntimeWarning, stacklevel=2)
                 self.graph_error = graphed.error
                 return result
-            return program.replay(args, kwargs)
+            return program.replay(tensors)
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside

@@ -8,7 +8,7 @@ import numpy as np
 from .. import random as _random
 from ..backend import is_device_array, to_device
 from ..tensor import Tensor, _make
-from .steps import CompileError, replay_call
+from .steps import CompileError, replay_call, tensors_in
 
 
 def _state_of(program):
@@ -72,7 +72,7 @@ def checked(fn, program, args, kwargs):
     eager = [a.copy() for a in _arrays(fn(*args, **kwargs))]
     after_eager = _snapshot(tensors, owners, devices)
     _restore(tensors, owners, before)
-    result = program.replay(args, kwargs)
+    result = program.replay(tensors_in(args, kwargs))
     after_replay = _snapshot(tensors, owners, devices)
     checks = (("result", eager, _arrays(result)), ("tensor", _on_host(after_eager[0]), _on_host(after_replay[0])),
               ("gradient", _on_host(after_eager[1]), _on_host(after_replay[1])),

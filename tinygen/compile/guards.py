@@ -107,11 +107,11 @@ def _sig(a):
     return ("value", type(a).__name__, a)
 
 
-def signature(args, kwargs, values=()):
-    """What picks a program: the grad mode, the arguments (``_sig``), which of their tensors are one tensor
-    passed twice (one input slot of the program), and the Python values the step's own code reads beside them
-    (``PythonValues``)."""
-    ids = [id(t) for t in tensors_in(args, kwargs)]
+def signature(args, kwargs, values, tensors):
+    """What picks a program: the grad mode, the arguments (``_sig``), which of their tensors (``tensors``:
+    ``tensors_in(args, kwargs)``) are one tensor passed twice (one input slot of the program), and the Python
+    values the step's own code reads beside them (``values``: ``PythonValues``)."""
+    ids = [id(t) for t in tensors]
     same = tuple(ids.index(i) for i in ids) if len(set(ids)) < len(ids) else None
     return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same)
 

@@ -239,8 +239,9 @@ class Program:
         """None, or where one of the places the step found its tensors holds another tensor now (guards.py)."""
         return guards.stale(self.bindings)
 
-    def replay(self, args, kwargs):
-        for slot, new in zip(self.inputs, tensors_in(args, kwargs)):
+    def replay(self, tensors):
+        """One replay on the call's tensor arguments (``tensors_in(args, kwargs)``)."""
+        for slot, new in zip(self.inputs, tensors):
             slot.data = new.data
         try:
             for run, operands in self.steps:
@@ -249,10 +250,10 @@ class Program:
             STATE.grad_enabled = self.grad_enabled
         return fresh(self.result)
 
-    def replay_graphed(self, args, kwargs):
+    def replay_graphed(self, tensors):
         """A replay through CUDA graphs (cuda_graph.py)."""
         try:
-            self.graphed.replay(tensors_in(args, kwargs), run_steps)
+            self.graphed.replay(tensors, run_steps)
         finally:
             STATE.grad_enabled = self.grad_enabled
         return self.graphed.result(self.result)
