@@ -291,8 +291,8 @@ def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
             else:
                 p.data = p.data - 0.1 * p.grad.data
             p.grad = None
-    _refused_anywhere(manual, r"changed the values of a parameter of shape \(16, 12\) of the Sequential in the "
-                              r"variable 'model' of the enclosing function")
+    _refused(manual, "changed the values of a parameter of shape (16, 12) of the Sequential in the variable "
+                     "'model' of the enclosing function", line=False)
 
     opt = tg.optim.SGD(model.parameters(), lr=0.1)
     sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2)
@@ -324,14 +324,7 @@ def test_an_ema_model_updated_by_array_code_inside_a_step_is_refused():
             average.data *= 0.99
             average.data += 0.01 * p.data
         return loss
-    _refused_anywhere(with_ema, r"a parameter of shape \(16, 12\) of the Sequential in the variable 'ema'")
-
-
-def _refused_anywhere(step, phrase):
-    """The first call of the compiled ``step`` (on an MLP batch) raises CompileError with ``phrase``."""
-    x, y = _batches(1)[0]
-    with pytest.raises(tg.CompileError, match=phrase):
-        tg.compile(step)(x, y)
+    _refused(with_ema, "a parameter of shape (16, 12) of the Sequential in the variable 'ema'", line=False)
 
 
 @pytest.mark.parametrize("made", ["optimizer", "scheduler"])
@@ -349,7 +342,7 @@ def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
             tg.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5).step()
         opt.zero_grad()
     name = "SGD whose step" if made == "optimizer" else "StepLR whose step"
-    _refused_anywhere(step, f"the step makes the {name}\\(\\) it calls; a replay would call the one made")
+    _refused(step, f"the step makes the {name}() it calls; a replay would call the one made", line=False)
 
 
 def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
@@ -369,13 +362,13 @@ def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
     assert (f.records, f.replays) == (1, 2) and len(elsewhere) == 1  # the thread ran when the step was recorded
 
 
-def _refused(step, phrase):
-    """The first call of the compiled ``step`` (on an MLP batch) raises CompileError with ``phrase`` and this
-    file's line."""
+def _refused(step, phrase, line=True):
+    """The first call of the compiled ``step`` (on an MLP batch) raises CompileError with ``phrase`` and, with
+    ``line``, this file's line (a refusal made after the recorded call names the tensor or object instead)."""
     x, y = _batches(1)[0]
-    with pytest.raises(tg.CompileError, match="test_compile.py") as e:
+    with pytest.raises(tg.CompileError) as e:
         tg.compile(step)(x, y)
-    assert phrase in str(e.value)
+    assert phrase in str(e.value) and (not line or "test_compile.py" in str(e.value)), str(e.value)
 
 
 # Ops whose result depends on values in a way that is not arithmetic on their inputs (a mask, an index): each must be
