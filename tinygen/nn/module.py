@@ -569,6 +569,10 @@ class Sequential(_Indexed):
             if fuse and i + 1 < n and hasattr(m, "forward_activated"):  # Linear/Conv2d/BatchNorm, activation
                 y = m.forward_activated(x, modules[i + 1])
                 if y is not None:
+                    rec = CAPTURE.recorder
+                    if rec is not None:  # neither module's __call__ ran: tinygen.compile watches both all the same
+                        rec.note_module(m)
+                        rec.note_module(modules[i + 1])
                     x, i = y, i + 2
                     continue
             x = m(x)
