@@ -184,6 +184,37 @@ def test_a_replaced_parameter_submodule_or_setting_records_anew():
     assert np.array_equal(f(x)[0].data, np.broadcast_to(model[2].bias.data, (5, 2)))  # p = 1: the bias alone
 
 
+@pytest.mark.parametrize("change", ["slope", "batchnorm eval"])
+def test_a_setting_or_mode_of_a_module_sequential_runs_fused_records_anew(change):
+    """Sequential runs Linear + LeakyReLU (BatchNorm + ReLU) as one node without calling either module: a new
+    slope, or the BatchNorm alone put in eval to freeze its statistics, records anew all the same."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6), nn.LeakyReLU(0.2),
+                              nn.Linear(6, 2))
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        losses = []
+        for k in range(5):
+            if k == 2 and change == "slope":
+                model[4].negative_slope = 0.01
+            if k == 2 and change == "batchnorm eval":
+                model[1].eval()
+            losses.append(f(tg.randn(8, 4), tg.randn(8, 2)).data.copy())
+        return losses, _params(model) + [model[1].running_mean.data.copy()], f
+    le, pe, _ = run(False)
+    lc, pc, f = run(True)
+    assert _same(le, lc) and _same(pe, pc)
+    assert (f.records, f.replays) == (2, 3)
+
+
 def test_a_parameter_given_another_shape_records_anew():
     """The same parameter tensors on arrays of another shape (a layer made wider in place) record anew; so would
     another dtype (what .double() does to a model), which the guard checks the same way."""
@@ -310,6 +341,28 @@ def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
     for x, y in _batches(3):
         f(x, y)
     assert (f.records, f.replays) == (1, 2)
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_array_code_on_parameters_an_optimizer_also_updates_is_refused(when):
+    """The optimizer's step may write the parameters, but array code before or after it in the same step (WGAN's
+    weight clipping through ``.data``) is still array code: each recorded write is checked to start from what the
+    recorded code last left and the step to end with what the last one left."""
+    model, opt, step = _mlp_setup()
+
+    def clip(model):
+        for p in model.parameters():
+            np.clip(p.data, -0.01, 0.01, out=p.data)
+
+    def clipped(x, y):
+        if when == "before":
+            clip(model)
+        loss = step(x, y)
+        if when == "after":
+            clip(model)
+        return loss
+    _refused(clipped, "changed the values of a parameter of shape (16, 12) of the Sequential in the variable "
+                      "'model' of the enclosing function", line=False)
 
 
 def test_an_ema_model_updated_by_array_code_inside_a_step_is_refused():

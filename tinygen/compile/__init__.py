@@ -100,14 +100,14 @@ into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching 
 drawing from Python's ``random`` module or NumPy's global generator (or an unseeded ``default_rng()``: use
 tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing
 a parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, an EMA through ``.data``: use an
-optimizer or a ``@replayed`` function; found by the values after the call), and tensor arguments that require
-grad. Return tensors from the step and read them after the call. Array code on ``tensor.data`` and Python values
-that change between calls are not seen by the recorder and are replayed as they were (the numbers the step's own
-code reads are part of the signature, not those the functions it calls read): write the step with tinygen ops,
-modules and optimizers. A replay uses the tensors and modules the recorded call used: one the step found in a
-global or closure variable of its own code, in an attribute of its object or of an argument (or one level inside
-a list, tuple or dict there) that holds another object at a later call raises ``CompileError`` naming where (pass
-tensors that change as arguments).
+optimizer or a ``@replayed`` function; found by the values around each recorded write and after the call), and
+tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
+``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
+were (the numbers the step's own code reads are part of the signature, not those the functions it calls read):
+write the step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call
+used: one the step found in a global or closure variable of its own code, in an attribute of its object or of an
+argument (or one level inside a list, tuple or dict there) that holds another object at a later call raises
+``CompileError`` naming where (pass tensors that change as arguments).
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the

@@ -9,7 +9,7 @@ step's Python code depended on must be the same, or the call must not replay:
                     of its object or of an argument): one that holds another tensor at a later call raises
   host draws        Python's and NumPy's global random generators, refused while a step records
   untracked writes  tensors whose values the recorded call changed outside ops and recorded calls (array code
-                    on ``.data``), refused after it
+                    on ``.data``), refused around the next recorded write or at the end of the call
 
 ``places`` is where all of them look: what the step's own code can reach.
 """
@@ -26,7 +26,7 @@ from ..autograd.grad_mode import STATE
 from ..backend import to_device
 from ..capture import CAPTURE, tensors_written
 from ..tensor import Tensor
-from .steps import CompileError, replay_call, replay_forward, tensors_in
+from .steps import CompileError, replay_call, tensors_in
 
 
 def places(fn, args=(), kwargs=None):
@@ -283,33 +283,59 @@ def fingerprint(data):
     return hashlib.blake2b(np.ascontiguousarray(host).reshape(-1).view(np.uint8)).digest()
 
 
-def untracked_write(rec):
-    """A description of a tensor of ``rec.values`` (what the step's code reaches, ``watched``, and each parameter
-    an op first used) whose values changed during the recorded call although no recorded op or call may have
-    written it, else None. What may write a tensor: an op's
-    ``forward_writes``, a call's ``@replayed(writes=...)``, a call that does not say, when the tensor is one of
-    its arguments or an argument is an object that may hold it (a module, an optimizer), and the hooks a
-    backward runs (an optimizer stepped in a post-accumulate-grad hook)."""
-    hooked = engine._post_accumulate_hooks
-    written = set()
-    anything = any(key in hooked or getattr(leaf[0], "_hooks", None) for key, leaf in rec.leaves.items())
-    for step in rec.steps:
-        if step[0] is replay_forward:
-            written.update(id(t) for k in step[1].forward_writes for t in tensors_in(step[4][k]))
-        elif step[0] is replay_call:
-            said = tensors_written(step[1], step[2], step[3])
-            if said is not None:
-                written.update(id(t) for t in said)
-                continue
-            written.update(id(t) for t in tensors_in(step[2], step[3]))
-            anything = anything or any(not isinstance(a, (Tensor, tuple, list, dict, str, int, float, bool,
-                                                          type(None))) for a in (*step[2], *step[3].values()))
-    if anything:
+def may_write(fn, args, kwargs):
+    """The tensors a recorded call of ``fn`` may change in place, or None for any: its ``@replayed(writes=...)``,
+    else its tensor arguments, unless an argument is an object that may hold others (a module, an optimizer)."""
+    said = tensors_written(fn, args, kwargs)
+    if said is not None:
+        return said
+    if any(not isinstance(a, (Tensor, tuple, list, dict, str, int, float, bool, type(None)))
+           for a in (*args, *kwargs.values())):
         return None
-    for key, (t, value, what) in rec.values.items():
-        if key not in written and fingerprint(t.data) != value:
+    return tensors_in(args, kwargs)
+
+
+def backward_writes(rec):
+    """What a backward now may change in place: the ``.grad`` tensors of the leaves the step used (a gradient is
+    summed into them), or None for anything when those leaves have hooks (an optimizer stepped in a
+    post-accumulate-grad hook)."""
+    hooks = engine._post_accumulate_hooks
+    if any(key in hooks or getattr(leaf[0], "_hooks", None) for key, leaf in rec.leaves.items()):
+        return None
+    return tuple(leaf[0]._grad for leaf in rec.leaves.values() if leaf[0]._grad is not None)
+
+
+@contextlib.contextmanager
+def tracked_write(rec, tensors):
+    """Around a recorded op or call that may change ``tensors`` (None: any) in place: before it, each watched one
+    must hold what recorded code last left in it (``untracked_write``); after it, its new values are the ones the
+    rest of the step must leave alone."""
+    keys = list(rec.values) if tensors is None else [id(t) for t in tensors if id(t) in rec.values]
+    changed = untracked_write(rec, keys)
+    if changed is not None:
+        raise CompileError(untracked_message(changed))
+    yield
+    for key in keys:
+        t, _, what = rec.values[key]
+        rec.values[key] = (t, fingerprint(t.data), what)
+
+
+def untracked_write(rec, keys=None):
+    """A description of a tensor of ``rec.values`` (what the step's code reaches, ``watched``, and each parameter
+    an op first used; ``keys``: those of them, default all) whose values are not what recorded code last left in
+    them (``tracked_write``), else None: array code changed it since, which a replay would not do again."""
+    for key in rec.values if keys is None else keys:
+        t, value, what = rec.values[key]
+        if fingerprint(t.data) != value:
             return what
     return None
+
+
+def untracked_message(what):
+    return (f"tinygen.compile: the step changed the values of {what} outside tinygen's ops and recorded calls "
+            f"(array code on .data, such as p.data -= lr * p.grad.data), which a replay would not do again. Update "
+            f"parameters with an optimizer (tinygen.optim), in a function marked @tinygen.capture.replayed (a "
+            f"replay calls it again: an EMA's update), or outside the compiled step")
 
 
 WATCH_MAX_BYTES = 1 << 27  # larger arrays are not digested (a dataset held whole): twice per recording is enough

@@ -40,7 +40,8 @@ class Recorder:
         self.refuse_new_grads(args)
         self.depth += 1
         try:
-            out = cls.apply(*args)
+            with guards.tracked_write(self, (t for k in cls.forward_writes for t in tensors_in(args[k]))):
+                out = cls.apply(*args)
         finally:
             self.depth -= 1
         outs = out if isinstance(out, tuple) else (out,)
@@ -70,7 +71,9 @@ class Recorder:
         self.refuse_new_grads(args, kwargs)
         self.depth += 1
         try:
-            result = fn(*args, **kwargs)
+            with guards.tracked_write(self, guards.backward_writes(self) if fn in (_backward, _grad) else
+                                      guards.may_write(fn, args, kwargs)):
+                result = fn(*args, **kwargs)
         finally:
             self.depth -= 1
         new = _new_tensors(tensors_in(result))  # before anything else refers to the result
@@ -91,7 +94,8 @@ class Recorder:
             trace = []
             self.depth += 1
             try:
-                _backward(*args, trace=trace)
+                with guards.tracked_write(self, guards.backward_writes(self)):
+                    _backward(*args, trace=trace)
             finally:
                 self.depth -= 1
             if all(id(node) in self.nodes for node, _ in trace):
@@ -178,13 +182,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
         raise CompileError(f"tinygen.compile: the step makes {made}; a replay would call the one made when the "
                            f"step was recorded, its state carried over between calls, where eager makes a new one "
                            f"on every call. Make it outside the step")
-    changed = guards.untracked_write(rec)
+    changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
-        raise CompileError(f"tinygen.compile: the step changed the values of {changed} outside tinygen's ops and "
-                           f"recorded calls (array code on .data, such as p.data -= lr * p.grad.data), which a "
-                           f"replay would not do again. Update parameters with an optimizer (tinygen.optim), in a "
-                           f"function marked @tinygen.capture.replayed (a replay calls it again: an EMA's update), "
-                           f"or outside the compiled step")
+        raise CompileError(guards.untracked_message(changed))
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.bindings = guards.bindings(fn, args, kwargs, rec.leaves.keys() | rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
