@@ -190,8 +190,8 @@ class _BatchNorm(Module):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self._count_batch()
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked.item())
+            if self.momentum is None:  # cumulative moving average: 1 / count, read where the count lives
+                factor = self.num_batches_tracked
         # batch statistics in training, or in eval when no running statistics are kept
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats

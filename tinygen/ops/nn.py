@@ -320,13 +320,33 @@ class BatchNormActFunction(BatchNormFunction):
 
 
 def update_running_stats(running_mean, running_var, mean, var, n, momentum):
-    """In place: r = (1 - momentum) * r + momentum * batch statistic, with the unbiased variance (as PyTorch)."""
+    """In place: r = (1 - momentum) * r + momentum * batch statistic, with the unbiased variance (as PyTorch).
+    ``momentum`` is a number, or the count of batches seen (an integer 0-d tensor, BatchNorm's momentum=None): a
+    cumulative average, momentum = 1 / count, read where the count lives (a compiled step's replay reads the count
+    it has then, with no host read). Either way the factors are rounded to the statistics' dtype alike."""
+    if isinstance(momentum, Tensor):
+        m = 1.0 / momentum.data  # float64, as Python's 1.0 / count
+        dtype = (running_mean if running_mean is not None else running_var).dtype
+        keep, new, new_var = (1.0 - m).astype(dtype), m.astype(dtype), (m * n / (n - 1)).astype(dtype)
+    else:
+        keep, new, new_var = 1.0 - momentum, momentum, momentum * n / (n - 1)
     if running_mean is not None:
-        running_mean.data *= 1.0 - momentum
-        running_mean.data += momentum * mean
+        running_mean.data *= keep
+        running_mean.data += new * mean
     if running_var is not None:
-        running_var.data *= 1.0 - momentum
-        running_var.data += (momentum * n / (n - 1)) * var
+        running_var.data *= keep
+        running_var.data += new_var * var
+
+
+def batch_norm_momentum(momentum, fn):
+    """``momentum`` as the ops take it: a float, or a count of batches (see ``update_running_stats``)."""
+    if isinstance(momentum, Tensor):
+        if momentum.ndim != 0 or momentum.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: momentum must be a number, or the count of batches seen as an integer 0-d "
+                            f"tensor (a cumulative average), got a tensor of shape {tuple(momentum.shape)} and "
+                            f"dtype {momentum.dtype}")
+        return momentum
+    return float(momentum)
 
 
 def _check_batch_norm(fn, input, running_mean, running_var, weight, bias, training):
@@ -354,12 +374,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """Batch normalisation of input (N, C, *) over all axes but C (see ``BatchNorm1d``).
 
     With ``training=True`` the batch statistics are used and ``running_mean``/``running_var`` (if given) are
-    updated in place: ``r = (1 - momentum) * r + momentum * batch_stat``. With ``training=False`` the running
-    statistics are used.
+    updated in place: ``r = (1 - momentum) * r + momentum * batch_stat`` (``momentum`` a number, or the count of
+    batches seen as an integer 0-d tensor: a cumulative average). With ``training=False`` the running statistics
+    are used.
     """
     _check_batch_norm("batch_norm", input, running_mean, running_var, weight, bias, training)
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                           float(eps))
+    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training),
+                                   batch_norm_momentum(momentum, "batch_norm"), float(eps))
 
 
 BN_FUSABLE_ACTIVATIONS = ("relu", "leaky_relu")
@@ -377,7 +398,7 @@ def batch_norm_act(input, running_mean, running_var, weight=None, bias=None, tra
                          f"output, got {negative_slope}")
     _check_batch_norm("batch_norm_act", input, running_mean, running_var, weight, bias, training)
     return BatchNormActFunction.apply(input, weight, bias, running_mean, running_var, bool(training),
-                                      float(momentum), float(eps), activation,
+                                      batch_norm_momentum(momentum, "batch_norm_act"), float(eps), activation,
                                       float(negative_slope) if activation == "leaky_relu" else 0.0)
 
 

@@ -12,7 +12,7 @@ spread it loses digits that BatchNorm's two-pass variance keeps.
 from .. import distributed as dist
 from ..autograd.function import Function
 from ..tensor import _make
-from .nn import update_running_stats
+from .nn import batch_norm_momentum, update_running_stats
 
 
 class AllReduceSumFunction(Function):
@@ -108,4 +108,5 @@ class SyncBatchNormFunction(Function):
 
 def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5):
     """Training-mode batch normalisation of input (N, C, *) with the batch statistics of all ranks."""
-    return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var, float(momentum), float(eps))
+    return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                       batch_norm_momentum(momentum, "sync_batch_norm"), float(eps))
