@@ -14,7 +14,8 @@ from tinygen.backend import cuda_standin
 
 
 def _params(*modules):
-    return [p.data.copy() for m in modules for p in m.parameters()]
+    """The parameters' and buffers' values (BatchNorm's running statistics and count)."""
+    return [t.data.copy() for m in modules for t in (*m.parameters(), *m.buffers())]
 
 
 def _same(a, b):
@@ -24,8 +25,8 @@ def _same(a, b):
 def _mlp_setup(device="cpu", dropout=0.0, batchnorm=False):
     tg.manual_seed(0)
     layers = [nn.Linear(12, 16)]
-    if batchnorm:
-        layers.append(nn.BatchNorm1d(16))
+    if batchnorm:  # True, or "cumulative": momentum=None, a factor of 1 / count read on the device every step
+        layers.append(nn.BatchNorm1d(16, momentum=None if batchnorm == "cumulative" else 0.1))
     layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 5)]
     model = nn.Sequential(*layers).to(device)
     opt = tg.optim.Adam(model.parameters(), lr=1e-2)
@@ -53,7 +54,7 @@ def _run(setup, compiled, steps=100, **kw):
     return losses, _params(model), f
 
 
-@pytest.mark.parametrize("dropout,batchnorm", [(0.0, False), (0.3, True)])
+@pytest.mark.parametrize("dropout,batchnorm", [(0.0, False), (0.3, True), (0.0, "cumulative")])
 def test_mlp_steps_replay_bitwise_equal_to_eager(dropout, batchnorm):
     le, pe, _ = _run(_mlp_setup, False, dropout=dropout, batchnorm=batchnorm)
     lc, pc, f = _run(_mlp_setup, True, dropout=dropout, batchnorm=batchnorm)
@@ -61,10 +62,11 @@ def test_mlp_steps_replay_bitwise_equal_to_eager(dropout, batchnorm):
     assert _same(le, lc) and _same(pe, pc)
 
 
-def test_replay_on_the_cuda_standin_equals_eager():
+@pytest.mark.parametrize("batchnorm", [False, "cumulative"])
+def test_replay_on_the_cuda_standin_equals_eager(batchnorm):
     with cuda_standin():
-        le, pe, _ = _run(_mlp_setup, False, steps=6, device="cuda", dropout=0.2)
-        lc, pc, f = _run(_mlp_setup, True, steps=6, device="cuda", dropout=0.2)
+        le, pe, _ = _run(_mlp_setup, False, steps=6, device="cuda", dropout=0.2, batchnorm=batchnorm)
+        lc, pc, f = _run(_mlp_setup, True, steps=6, device="cuda", dropout=0.2, batchnorm=batchnorm)
     assert f.replays == 5
     assert _same([np.asarray(x.get()) for x in le], [np.asarray(x.get()) for x in lc])
     assert _same([x.get() for x in pe], [x.get() for x in pc])
@@ -214,6 +216,67 @@ def test_a_setting_or_mode_of_a_module_sequential_runs_fused_records_anew(change
     assert _same(le, lc) and _same(pe, pc)
     assert (f.records, f.replays) == (2, 3)
 
+
+class _Stateful(nn.Module):
+    """A module whose forward keeps Python state: a call counter that anneals input noise, a running average
+    rebound as a new buffer (VQ-VAE's EMA codebook style), or set to a value once (a lazy setting)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.calls, self.scale = kind, 0, 1.0
+        self.lin = nn.Linear(12, 5)
+        self.register_buffer("avg", tg.zeros(12))
+
+    def forward(self, x):
+        if self.kind == "counter":
+            self.calls += 1
+            x = x + (1.0 / self.calls) * tg.randn(*x.shape)
+        elif self.kind == "rebound buffer":
+            with tg.no_grad():
+                self.avg = self.avg * 0.9 + x.mean(0) * 0.1
+            x = x - self.avg
+        elif self.kind == "set once":
+            self.scale = 0.5
+        else:  # "set and set back": no change at the end of the call
+            self.scale = 2.0
+            x = x * self.scale
+            self.scale = 1.0
+        return self.lin(x * self.scale)
+
+
+@pytest.mark.parametrize("kind,records", [("counter", 6), ("rebound buffer", 6), ("set once", 2),
+                                          ("set and set back", 1)])
+def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records):
+    """A replay runs ops, not the step's Python: a module attribute the step leaves with another value would stay
+    as recorded (the counter at 1, the rebound buffer an intermediate of the recording). Such a call records
+    anew, each time it happens, and warns once when it happens on every call; set and set back is no change."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = _Stateful(kind)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [f(x, y).data.copy() for x, y in _batches(6, batch=8, seed=3)]
+        state = _params(model) + [np.float64(model.calls), np.float64(model.scale)]
+        return losses, state, f, [str(w.message) for w in caught]
+    le, se, _, _ = run(False)
+    lc, sc, f, said = run(True)
+    assert _same(le, lc) and _same(se, sc)
+    assert f.records == records and f.replays == 6 - records
+    named = [w for w in said if "on every call" in w]
+    if records == 6:
+        attribute = "calls" if kind == "counter" else "avg"
+        assert len(named) == 1 and f"the attribute '{attribute}' of the _Stateful" in named[0]
+    else:
+        assert named == []
 
 def test_a_parameter_given_another_shape_records_anew():
     """The same parameter tensors on arrays of another shape (a layer made wider in place) record anew; so would

@@ -39,7 +39,8 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            mode of every module the step called, its count of changes (a parameter, submodule or setting
            replaced) and the requires_grad, shape and dtype of every leaf tensor it used (as before the step
            changed them: ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``).
-           A change records anew.
+           A change records anew. A step that leaves a module attribute with another value (a Python counter,
+           a buffer rebound) keeps no program: a replay would not set it, so each such call records.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
@@ -178,6 +179,7 @@ class Compiled:
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
+        self._unsettled = 0  # recordings that set a module attribute anew (guards.settings_set)
         self.graph_error = None
         self._warned_full = self._warned_graph = False
 
@@ -212,6 +214,16 @@ class Compiled:
             return program.replay(tensors)
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
+        self.records += 1
+        if isinstance(program, str):  # the step set a module attribute anew: no program, the next call records
+            self._programs.pop(key, None)
+            self._unsettled += 1
+            if self._unsettled == 2:  # once: not a one-time change (a lazy setting) but one on every call
+                warnings.warn(f"tinygen.compile: {self.__name__} sets {program} to another value on every call; a "
+                              f"replay would not set it, so each call runs eagerly and records, slower than eager. "
+                              f"Keep such state in a tensor written in place (a buffer: buf[...] = new value) or "
+                              f"outside the step", RuntimeWarning, stacklevel=2)
+            return fresh(result)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside
             self._warned_graph = True
             warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor that requires grad and runs no "
@@ -220,7 +232,6 @@ class Compiled:
                           f"loss.backward(), opt.step()); for inference, call it under tinygen.no_grad()",
                           RuntimeWarning, stacklevel=2)
         result = fresh(result)  # the recorded tensors are the program's: the caller gets its own
-        self.records += 1
         last = next(reversed(self._programs), None)  # the signature used most recently before this one
         self._programs[key] = program
         self._programs.move_to_end(key)

@@ -276,6 +276,18 @@ def host_draws_refused():
             setattr(module, name, original)
 
 
+# ---- module settings -------------------------------------------------------------------------------------------------
+def settings_set(settings):
+    """A description of the first module attribute the step's own code set (``Recorder.note_setting``) that holds
+    another value at the end of the call than before it (``self.calls += 1``, a buffer rebound: ``self.avg =
+    self.avg * 0.9 + ...``), else None. Set back, or set to the value it had, is no change."""
+    for module, name, old in settings.values():
+        new = getattr(module, name, None)
+        if new is not old and not (type(new) is type(old) and isinstance(new, (int, float, str)) and new == old):
+            return f"the attribute '{name}' of the {type(module).__name__}"
+    return None
+
+
 # ---- untracked writes -----------------------------------------------------------------------------------------------
 def fingerprint(data):
     """A digest of an array's values (of its host copy, for a device array)."""

@@ -35,6 +35,7 @@ class Recorder:
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
+        self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)
@@ -148,6 +149,9 @@ class Recorder:
         if id(module) not in self.modules:  # its mode as the step found it, before it changed anything
             self.modules[id(module)] = (module, module.training)
 
+    def note_setting(self, module, name, old):
+        self.settings.setdefault((id(module), name), (module, name, old))
+
     def refuse(self, tensor, what):
         raise CompileError(f"tinygen.compile: the step reads a tensor's value into Python ({what}) at "
                            f"{user_frame()}. A replay cannot repeat a decision taken on a value: return the tensor "
@@ -161,7 +165,9 @@ def _kept(arg):
 
 
 def record(fn, args, kwargs, fuse, graphs=False):
-    """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result)."""
+    """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result), or (a text naming the module
+    attribute the step's code left with another value, its result): no program can repeat that, so the call is
+    eager and the next records anew."""
     for i, t in enumerate(tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
@@ -185,6 +191,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
+    sets = guards.settings_set(rec.settings)
+    if sets is not None:  # a module attribute the step left with another value: a replay would not set it
+        return sets, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.bindings = guards.bindings(fn, args, kwargs, rec.leaves.keys() | rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do

@@ -166,8 +166,13 @@ class Module:
         d = self.__dict__
         # a new value; not the module's own bookkeeping (DistributedDataParallel's no_sync flag, ...), nor its
         # mode, which tinygen.compile checks itself (eval() and back between two steps changes nothing)
-        if name[0] != "_" and name != "training" and getattr(self, name, _MISSING) is not value:
-            self._changed()
+        if name[0] != "_" and name != "training":
+            old = getattr(self, name, _MISSING)
+            if old is not value:
+                self._changed()
+                rec = CAPTURE.recorder
+                if rec is not None and not rec.depth:  # the step's own Python: tinygen.compile cannot replay it
+                    rec.note_setting(self, name, old)
         params, buffers, modules = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
         if isinstance(value, Parameter):
             if params is not None:
