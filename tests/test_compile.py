@@ -2,6 +2,7 @@
 import copy
 import random
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -464,18 +465,18 @@ def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
 def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
     model, opt, step = _mlp_setup()
 
-    elsewhere = []  # another thread (a data loader's) draws from NumPy's global generator meanwhile
-
     def with_draws(x, y):
         jitter = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)  # the same every call
-        worker = threading.Thread(target=lambda: elsewhere.append(np.random.rand()))
+        worker = threading.Thread(target=np.random.rand)  # another thread (a data loader's) draws meanwhile
         worker.start()
         worker.join()
         return step(x + tg.tensor(jitter) * tg.rand(1), y)
     f = tg.compile(with_draws)
+    before = np.random.get_state()[1].copy()
     for x, y in _batches(3):
         f(x, y)
-    assert (f.records, f.replays) == (1, 2) and len(elsewhere) == 1  # the thread ran when the step was recorded
+    assert (f.records, f.replays) == (1, 2)
+    assert not np.array_equal(np.random.get_state()[1], before)  # the thread drew when the step was recorded
 
 
 def _refused(step, phrase, line=True):
@@ -1069,17 +1070,56 @@ def test_replays_leave_the_callers_tensors_alone():
 
 
 def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
+    """Kept where the step's code does not look (an attribute of an attribute): a replay would not store it
+    again, and the recorded one is released."""
     model, opt, step = _mlp_setup()
-    stash = {}
+    box = types.SimpleNamespace(inner=types.SimpleNamespace())
 
     def keeps_a_hidden_layer(x, y):
-        stash["hidden"] = model[0](x)
+        box.inner.hidden = model[0](x)
         return step(x, y)
     f = tg.compile(keeps_a_hidden_layer)
     x, y = _batches(1)[0]
     f(x, y)
     with pytest.raises(AttributeError, match="intermediate of a compiled step.*return it from the step"):
-        stash["hidden"].shape
+        box.inner.hidden.shape
+
+
+@pytest.mark.parametrize("where", ["list", "dict", "object", "variable"])
+def test_python_state_the_step_changes_where_its_code_looks_records_every_call(where):
+    """``history.append(loss)``, ``metrics["loss"] = loss``, ``stats.n += 1``, ``nonlocal last``: Python a replay
+    would not run again. Such a call keeps no program (the next records again), so the step's Python runs on
+    every call as in eager; a warning names the place the second time."""
+    def run(compiled):
+        model, opt, step = _mlp_setup()
+        history, metrics, stats, last = [], {}, types.SimpleNamespace(n=0), None
+
+        def keeps(x, y):
+            nonlocal last
+            loss = step(x, y)
+            if where == "list":
+                history.append(loss.detach())
+            elif where == "dict":
+                metrics["loss"] = loss.detach()
+            elif where == "object":
+                stats.n += 1
+            else:
+                last = loss.detach()
+            return loss
+        f = tg.compile(keeps) if compiled else keeps
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for x, y in _batches(4):
+                f(x, y)
+        kept = ([h.data for h in history] + [t.data for t in metrics.values()] + [np.float64(stats.n)]
+                + ([] if last is None else [last.data]))
+        return kept + _params(model), f, [str(w.message) for w in caught if "on every call" in str(w.message)]
+    eager, _, _ = run(False)
+    compiled, f, said = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (4, 0)
+    place = {"list": "the contents of the variable 'history'", "dict": "the contents of the variable 'metrics'",
+             "object": "the contents of the variable 'stats'", "variable": "the variable 'last'"}[where]
+    assert len(said) == 1 and f"changes {place} of the enclosing function" in said[0]
 
 
 def test_a_replay_holds_and_peaks_at_no_more_memory_than_eager():

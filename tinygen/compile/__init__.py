@@ -89,8 +89,11 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
 
 A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
 (a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
-The intermediates of a compiled step are released when the step no longer needs them: a tensor the step keeps
-elsewhere (``self.last = h``) raises when used after the call; return it from the step instead. A compiled call
+The intermediates of a compiled step are released when the step no longer needs them. Python state the step's
+own code changes where its code looks (``history.append(loss)``, ``self.last = h``, ``stats.n += 1``, a module
+attribute) is Python a replay would not run again: such a call keeps no program and the next records again (a
+warning when it happens on every call); a tensor kept further away (``box.inner.h = h``) raises when used after
+the call. Return what you need from the step instead. A compiled call
 returns tensors without a graph, so compile a whole training step, not a model's forward alone (a program with a
 result that requires grad and no backward warns when recorded); ``tinygen.compile(model)`` serves inference under
 ``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
@@ -179,7 +182,7 @@ class Compiled:
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
-        self._unsettled = 0  # recordings that set a module attribute anew (guards.settings_set)
+        self._unsettled = 0  # recordings that changed Python state a replay would not (guards.state_changed)
         self.graph_error = None
         self._warned_full = self._warned_graph = False
 
@@ -215,14 +218,16 @@ class Compiled:
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1
-        if isinstance(program, str):  # the step set a module attribute anew: no program, the next call records
+        if isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1
             if self._unsettled == 2:  # once: not a one-time change (a lazy setting) but one on every call
-                warnings.warn(f"tinygen.compile: {self.__name__} sets {program} to another value on every call; a "
-                              f"replay would not set it, so each call runs eagerly and records, slower than eager. "
-                              f"Keep such state in a tensor written in place (a buffer: buf[...] = new value) or "
-                              f"outside the step", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"tinygen.compile: {self.__name__} changes {program} in its Python on every call; a "
+                              f"replay would not run that Python again, so each call runs eagerly and records, "
+                              f"slower than eager. Return what the step computes instead of storing it (append "
+                              f"the returned loss to a list after the call), keep state the step updates in a "
+                              f"tensor written in place (a buffer: buf[...] = new value), or do it outside the step",
+                              RuntimeWarning, stacklevel=2)
             return fresh(result)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside
             self._warned_graph = True

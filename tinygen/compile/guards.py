@@ -10,6 +10,8 @@ step's Python code depended on must be the same, or the call must not replay:
   host draws        Python's and NumPy's global random generators, refused while a step records
   untracked writes  tensors whose values the recorded call changed outside ops and recorded calls (array code
                     on ``.data``), refused around the next recorded write or at the end of the call
+  Python state      a list, dict, object or variable the step's Python changed, or a module attribute it set:
+                    a replay would not, so no program is kept
 
 ``places`` is where all of them look: what the step's own code can reach.
 """
@@ -17,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import threading
+import types
 
 import numpy as np
 
@@ -182,14 +185,14 @@ def _sig_text(sig):
 
 
 # ---- bindings -------------------------------------------------------------------------------------------------------
-def bindings(fn, args, kwargs, used):
+def bindings(found_places, used):
     """Where (``places``) the step's code found what it used and a replay uses again as recorded: the tensors it
     neither made nor took as arguments and the modules it called (``used``: their ids). Each place must still
     hold the same object (``stale``): a caller who points a global at new data, or ``self.model`` at another
     model, gets an error, not the recorded one. Tuples of (where, a function giving what is there now, the
     recorded object)."""
     found = []
-    for where, _, get in places(fn, args, kwargs):
+    for where, _, get in found_places:
         value = get()
         if id(value) in used:
             found.append((where, get, value))
@@ -276,7 +279,45 @@ def host_draws_refused():
             setattr(module, name, original)
 
 
-# ---- module settings -------------------------------------------------------------------------------------------------
+# ---- Python state ----------------------------------------------------------------------------------------------------
+def python_state(found_places):
+    """What is at each of ``places`` now, for ``state_changed``: where -> (the value, its contents: a number's or
+    a string's value, the items of a list or dict, the attributes of a plain object, by identity)."""
+    return {where: (value := get(), _contents_of(value)) for where, _, get in found_places}
+
+
+def _contents_of(value):
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, list):
+        return tuple(map(id, value))
+    if isinstance(value, dict):
+        return tuple((k, id(v)) for k, v in value.items())
+    attributes = getattr(value, "__dict__", None)
+    if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
+            and not isinstance(attributes.get("_parameters"), dict)):  # a module: Module.__setattr__ reports it
+        return tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in attributes.items())
+    return None
+
+
+def state_changed(before, after, rec):
+    """Where the step's own Python changed what the step's code reaches (``python_state`` before and after the
+    call): appended to a list (``history.append(loss)``), set a dict item or an attribute of a plain object
+    (``stats.n += 1``), rebound a global or closure variable; a replay would do none of it. An object a recorded
+    call took (an optimizer, a scheduler: the call changes it again on every replay) may change. Else None."""
+    exempt = {id(a) for step in rec.steps if step[0] is replay_call
+              for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor)}
+    for where, (value, contents) in before.items():
+        now = after.get(where)
+        if now is None or id(value) in exempt:
+            continue
+        if now[0] is not value and not (type(value) in _SCALARS and type(now[0]) is type(value) and now[0] == value):
+            return where
+        if now[1] != contents:
+            return f"the contents of {where}"
+    return None
+
+
 def settings_set(settings):
     """A description of the first module attribute the step's own code set (``Recorder.note_setting``) that holds
     another value at the end of the call than before it (``self.calls += 1``, a buffer rebound: ``self.avg =
@@ -353,7 +394,7 @@ def untracked_message(what):
 WATCH_MAX_BYTES = 1 << 27  # larger arrays are not digested (a dataset held whole): twice per recording is enough
 
 
-def watched(fn, args, kwargs):
+def watched(found_places):
     """The tensors the step's code can reach before it runs (``places``), where array code could change them
     unseen (an EMA model's parameters updated through ``.data``), with a digest of their values: tensors, and the
     parameters and buffers of modules. id -> (tensor, digest, what it is)."""
@@ -362,7 +403,7 @@ def watched(fn, args, kwargs):
     def take(t, what):
         if t.data.nbytes <= WATCH_MAX_BYTES and id(t) not in found:
             found[id(t)] = (t, fingerprint(t.data), what)
-    for where, _, get in places(fn, args, kwargs):
+    for where, _, get in found_places:
         value = get()
         if isinstance(value, Tensor):
             take(value, f"the tensor in {where}")

@@ -176,7 +176,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     # the caller's tensors
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
-    rec = Recorder(tensors_in(args, kwargs), guards.watched(fn, args, kwargs))
+    before = guards.places(fn, args, kwargs)
+    rec = Recorder(tensors_in(args, kwargs), guards.watched(before))
+    state = guards.python_state(before)
     CAPTURE.recorder = rec
     try:
         with guards.host_draws_refused():
@@ -191,11 +193,12 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
-    sets = guards.settings_set(rec.settings)
-    if sets is not None:  # a module attribute the step left with another value: a replay would not set it
-        return sets, result
+    after = guards.places(fn, args, kwargs)  # the step may have set attributes
+    changed = guards.settings_set(rec.settings) or guards.state_changed(state, guards.python_state(after), rec)
+    if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
+        return changed, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
-    program.bindings = guards.bindings(fn, args, kwargs, rec.leaves.keys() | rec.modules.keys())
+    program.bindings = guards.bindings(after, rec.leaves.keys() | rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
