@@ -462,6 +462,39 @@ def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
     _refused(step, f"the step makes the {name}() it calls; a replay would call the one made", line=False)
 
 
+def test_another_threads_tinygen_work_while_a_step_records_is_not_recorded():
+    """A data loader's or an evaluation's thread runs tinygen ops while the step records: they are not the
+    step's, so they stay out of its program (and their results are not released with its intermediates)."""
+    model, opt, step = _mlp_setup()
+    other = nn.Linear(7, 3)
+    go, done, out = threading.Event(), threading.Event(), []
+
+    def worker():  # one piece of work, at the moment the step asks for it
+        go.wait()
+        with tg.no_grad():
+            out.append(other(tg.ones(2, 7)).sum(1) * 2)
+        done.set()
+    thread = threading.Thread(target=worker)
+    thread.start()
+
+    def ask():  # the first call's Python asks for it (a function of its own: the event is not the step's state)
+        if not go.is_set():
+            go.set()
+            done.wait()
+
+    def with_a_thread(x, y):
+        ask()
+        return step(x, y)
+    f = tg.compile(with_a_thread)
+    losses = [f(x, y).data.copy() for x, y in _batches(3)]
+    thread.join()
+    with tg.no_grad():
+        assert np.array_equal(out[0].data, (other(tg.ones(2, 7)).sum(1) * 2).data)
+    assert "(2, 7)" not in f.explain() and (f.records, f.replays) == (1, 2)
+    _, _, eager_step = _mlp_setup()
+    assert _same(losses, [eager_step(x, y).data for x, y in _batches(3)])
+
+
 def test_seeded_numpy_generators_and_tinygens_draws_inside_a_step_are_fine():
     model, opt, step = _mlp_setup()
 

@@ -5,6 +5,7 @@ holds the guards a replay checks first (``guards.py``: signatures, the places th
 recording refuses)."""
 import itertools
 import sys
+import threading
 from collections.abc import Iterator
 
 from ..autograd import engine
@@ -23,7 +24,8 @@ class Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
     def __init__(self, inputs, values):
-        self.depth = 0  # recorded calls in progress: what runs inside them is not recorded again
+        self._depth = 0
+        self._thread = threading.get_ident()
         self.steps = []
         self.modules = {}
         self.leaves = {}
@@ -36,6 +38,16 @@ class Recorder:
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
         self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
+
+    @property
+    def depth(self):
+        """Recorded calls in progress: what runs inside them is not recorded again. Another thread's tinygen
+        calls (a data loader's, an evaluation's) count as inside one: they are not the step's."""
+        return self._depth if threading.get_ident() == self._thread else 1
+
+    @depth.setter
+    def depth(self, n):
+        self._depth = n
 
     def record_apply(self, cls, args):
         self.refuse_new_grads(args)

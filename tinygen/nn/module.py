@@ -91,7 +91,7 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         rec = CAPTURE.recorder
-        if rec is not None:  # tinygen.compile: a replay is valid only while this module's train/eval mode holds
+        if rec is not None and not rec.depth:  # tinygen.compile: a replay holds while this module's mode does
             rec.note_module(self)
         return self.forward(*args, **kwargs)
 
@@ -575,7 +575,7 @@ class Sequential(_Indexed):
                 y = m.forward_activated(x, modules[i + 1])
                 if y is not None:
                     rec = CAPTURE.recorder
-                    if rec is not None:  # neither module's __call__ ran: tinygen.compile watches both all the same
+                    if rec is not None and not rec.depth:  # neither's __call__ ran: tinygen.compile watches both
                         rec.note_module(m)
                         rec.note_module(modules[i + 1])
                     x, i = y, i + 2
