@@ -1,5 +1,6 @@
 """The backward engine: graph walking, accumulation, errors, higher order, grad modes, memory, custom Functions."""
 import gc
+import threading
 import tracemalloc
 import weakref
 
@@ -227,6 +228,34 @@ def test_grad_modes_as_decorators_and_restored_after_exceptions():
     with pytest.raises(KeyError):
         boom()
     assert tg.is_grad_enabled()
+
+
+def test_grad_mode_is_per_thread_and_anomaly_detection_is_one_switch():
+    """As PyTorch: an inference thread inside ``no_grad`` leaves a training thread recording its graph, and a new
+    thread starts with recording on; ``detect_anomaly`` holds for every thread."""
+    w = tg.randn(3, requires_grad=True)
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def infer():
+        with tg.no_grad():
+            seen["inference"] = (w * 2).requires_grad
+            inside.set()
+            release.wait()
+    thread = threading.Thread(target=infer)
+    thread.start()
+    inside.wait()
+    seen["training"] = (w * 2).requires_grad  # while the other thread is inside no_grad
+    release.set()
+    thread.join()
+    assert seen == {"inference": False, "training": True}
+
+    def fresh_thread():
+        seen["new"] = tg.is_grad_enabled(), tg.autograd.is_anomaly_enabled()
+    with tg.no_grad(), tg.autograd.detect_anomaly():
+        thread = threading.Thread(target=fresh_thread)
+        thread.start()
+        thread.join()
+    assert seen["new"] == (True, True)
 
 
 def test_requires_grad_propagation():

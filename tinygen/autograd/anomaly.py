@@ -2,19 +2,19 @@
 
 Off by default; when off it costs one attribute check per op.
 """
-from .grad_mode import STATE, _GradModeContext
+from .grad_mode import ANOMALY, _GradModeContext
 
 
 class detect_anomaly(_GradModeContext):
     """Context manager (and decorator) that turns anomaly detection on for a block."""
 
     def __enter__(self):
-        self._prev = STATE.anomaly
-        STATE.anomaly = True
+        self._prev = ANOMALY.enabled
+        ANOMALY.enabled = True
         return self
 
     def __exit__(self, *exc):
-        STATE.anomaly = self._prev
+        ANOMALY.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -28,4 +28,4 @@ class detect_anomaly(_GradModeContext):
 
 
 def is_anomaly_enabled():
-    return STATE.anomaly
+    return ANOMALY.enabled

@@ -30,7 +30,7 @@ from .. import tensor as _tensor
 from ..tensor import Tensor, _make
 from ..capture import CAPTURE, recording
 from .function import Function, check_backward, checked_backward
-from .grad_mode import STATE
+from .grad_mode import ANOMALY, STATE
 
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
@@ -329,7 +329,7 @@ def sum_to_array(a, shape):
 
 
 def _run_backward(node, fn, grads):
-    if STATE.anomaly:
+    if ANOMALY.enabled:
         return checked_backward(node, fn, grads)
     return fn(node, *grads)
 
@@ -408,7 +408,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
             if len(out) != len(edges):
                 raise RuntimeError(f"{node.name()} returned {len(out)} gradients, but its forward took "
                                    f"{len(edges)} arguments (return None for arguments without a gradient)")
-            if STATE.anomaly:
+            if ANOMALY.enabled:
                 check_backward(node, out)
             for e, g in zip(edges, out):
                 if e is not None and g is not None:

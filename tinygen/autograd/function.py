@@ -34,7 +34,7 @@ import numpy as _np
 from ..backend import _modules, array_module
 from ..tensor import Tensor, _make
 from ..capture import CAPTURE
-from .grad_mode import STATE
+from .grad_mode import ANOMALY, STATE
 
 _new = object.__new__
 _ndarray = _np.ndarray
@@ -169,7 +169,7 @@ class Function:
         except ValueError as e:  # e.g. NumPy's broadcasting error, which names neither the op nor the tensors
             raise _value_error(cls, args, e) from None
         device = ctx.device  # forward may move the result (To)
-        if STATE.anomaly:
+        if ANOMALY.enabled:
             _check_forward(cls, ctx, out)
         if not needs and type(out) is _ndarray:  # the common case of an op outside a graph
             return _make(out, device)

@@ -1,19 +1,27 @@
-"""Global switches of the autograd engine: graph recording (no_grad / enable_grad) and anomaly detection.
+"""Switches of the autograd engine: graph recording (no_grad / enable_grad) and anomaly detection.
 
-They are plain attributes of one object so that the hot path reads them with a single attribute lookup.
+Each is an attribute of one object, so that the hot path reads it with a single attribute lookup. As in PyTorch,
+graph recording is per thread (an inference thread's ``no_grad`` leaves a training thread recording its graph)
+and anomaly detection is one switch for the process.
 """
 import functools
+import threading
 
 
-class _State:
-    __slots__ = ("grad_enabled", "anomaly")
+class _State(threading.local):
+    def __init__(self):  # run in each thread on its first use: recording on
+        self.grad_enabled = True
+
+
+class _Anomaly:
+    __slots__ = ("enabled",)
 
     def __init__(self):
-        self.grad_enabled = True
-        self.anomaly = False
+        self.enabled = False
 
 
 STATE = _State()
+ANOMALY = _Anomaly()
 
 
 def is_grad_enabled():

@@ -129,7 +129,7 @@ import warnings
 from collections import OrderedDict
 
 from .. import config
-from ..autograd.grad_mode import STATE
+from ..autograd.grad_mode import ANOMALY, STATE
 from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
@@ -187,7 +187,7 @@ class Compiled:
         self._warned_full = self._warned_graph = False
 
     def __call__(self, *args, **kwargs):
-        if STATE.anomaly or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
+        if ANOMALY.enabled or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
             return self.fn(*args, **kwargs)
         tensors = tensors_in(args, kwargs)  # once: the signature's aliasing and the replay's inputs
         key = signature(args, kwargs, self._values(), tensors)
