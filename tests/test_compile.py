@@ -1155,6 +1155,37 @@ def test_python_state_the_step_changes_where_its_code_looks_records_every_call(w
     assert len(said) == 1 and f"changes {place} of the enclosing function" in said[0]
 
 
+@pytest.mark.parametrize("source", ["DataLoader", "generator", "list"])
+def test_a_step_that_takes_its_batch_from_an_iterator_records_every_call(source):
+    """``x, y = next(batches)`` inside the step: a replay would train on the recorded batch again. The iterator's
+    position is Python state the step changes, so each call runs as eager (and a warning says to pass batches)."""
+    def run(compiled):
+        model, opt, step = _mlp_setup()
+        data = _batches(4)
+        if source == "DataLoader":
+            x = np.stack([x.data for x, _ in data]).reshape(32, 12)
+            y = np.stack([y.data for _, y in data]).reshape(32)
+            batches = iter(tg.data.DataLoader((x, y), batch_size=8))
+        elif source == "generator":
+            batches = (pair for pair in data)
+        else:
+            batches = iter(data)
+
+        def pulls():
+            x, y = next(batches)
+            return step(x, y)
+        f = tg.compile(pulls) if compiled else pulls
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [f().data.copy() for _ in range(4)]
+        return losses + _params(model), f, [str(w.message) for w in caught if "on every call" in str(w.message)]
+    eager, _, _ = run(False)
+    compiled, f, said = run(True)
+    assert _same(eager, compiled) and f.replays == 0
+    assert len(said) == 1 and "the position of the iterator in the variable 'batches'" in said[0]
+    assert "Pass the data the step takes from an iterator as arguments" in said[0]
+
+
 def test_a_replay_holds_and_peaks_at_no_more_memory_than_eager():
     import tracemalloc
 

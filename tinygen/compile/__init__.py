@@ -87,16 +87,16 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            (``Compiled.graph_error`` says why; a RuntimeWarning the first time). Within float32 rounding of the
            plain replay (cuBLAS, called directly inside a graph, may choose other kernels than CuPy's ``matmul``).
 
-A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager
-(a fused run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``).
-The intermediates of a compiled step are released when the step no longer needs them. Python state the step's
-own code changes where its code looks (``history.append(loss)``, ``self.last = h``, ``stats.n += 1``, a module
-attribute) is Python a replay would not run again: such a call keeps no program and the next records again (a
-warning when it happens on every call); a tensor kept further away (``box.inner.h = h``) raises when used after
-the call. Return what you need from the step instead. A compiled call
-returns tensors without a graph, so compile a whole training step, not a model's forward alone (a program with a
-result that requires grad and no backward warns when recorded); ``tinygen.compile(model)`` serves inference under
-``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
+A replay runs exactly the ops the recorded call ran, in the same order, so it gives the same bits as eager (a fused
+run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``). The
+intermediates of a compiled step are released when the step no longer needs them. Python state the step's own code
+changes where its code looks (``history.append(loss)``, ``self.last = h``, ``stats.n += 1``, ``next(batches)``, a
+module attribute) is Python a replay would not run again: such a call keeps no program and the next records again
+(a warning when it happens on every call); a tensor kept further away (``box.inner.h = h``) raises when used after
+the call. Return what you need from the step instead. A compiled call returns tensors without a graph, so compile a
+whole training step, not a model's forward alone (a program with a result that requires grad and no backward warns
+when recorded); ``tinygen.compile(model)`` serves inference under ``no_grad()``, and its other attributes
+(``parameters()``, ``eval()``) are the module's.
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
@@ -224,9 +224,10 @@ class Compiled:
             if self._unsettled == 2:  # once: not a one-time change (a lazy setting) but one on every call
                 warnings.warn(f"tinygen.compile: {self.__name__} changes {program} in its Python on every call; a "
                               f"replay would not run that Python again, so each call runs eagerly and records, "
-                              f"slower than eager. Return what the step computes instead of storing it (append "
-                              f"the returned loss to a list after the call), keep state the step updates in a "
-                              f"tensor written in place (a buffer: buf[...] = new value), or do it outside the step",
+                              f"slower than eager. Pass the data the step takes from an iterator as arguments, "
+                              f"return what the step computes instead of storing it (append the returned loss to "
+                              f"a list after the call), keep state the step updates in a tensor written in place "
+                              f"(a buffer: buf[...] = new value), or do it outside the step",
                               RuntimeWarning, stacklevel=2)
             return fresh(result)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside

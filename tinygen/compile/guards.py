@@ -18,6 +18,7 @@ step's Python code depended on must be the same, or the call must not replay:
 import contextlib
 import functools
 import hashlib
+import operator
 import threading
 import types
 
@@ -289,6 +290,11 @@ def python_state(found_places):
 def _contents_of(value):
     if type(value) in _SCALARS:
         return value
+    if hasattr(value, "__next__") and not hasattr(value, "__dict__"):  # a generator, a list's iterator
+        frame = getattr(value, "gi_frame", None)  # a generator: where its loop is (None when it ended)
+        local = () if frame is None else tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in
+                                               frame.f_locals.items())
+        return ("iterator", operator.length_hint(value, -1), frame is None, local)
     if isinstance(value, list):
         return tuple(map(id, value))
     if isinstance(value, dict):
@@ -314,7 +320,9 @@ def state_changed(before, after, rec):
         if now[0] is not value and not (type(value) in _SCALARS and type(now[0]) is type(value) and now[0] == value):
             return where
         if now[1] != contents:
-            return f"the contents of {where}"
+            kind = "the position of the iterator in" if type(contents) is tuple and contents[:1] == ("iterator",) \
+                else "the contents of"
+            return f"{kind} {where}"
     return None
 
 
