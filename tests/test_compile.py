@@ -11,6 +11,7 @@ import pytest
 import tinygen as tg
 import tinygen.nn as nn
 import tinygen.nn.functional as F
+from tinygen import backend
 from tinygen.backend import cuda_standin
 
 
@@ -1184,6 +1185,46 @@ def test_a_step_that_takes_its_batch_from_an_iterator_records_every_call(source)
     assert _same(eager, compiled) and f.replays == 0
     assert len(said) == 1 and "the position of the iterator in the variable 'batches'" in said[0]
     assert "Pass the data the step takes from an iterator as arguments" in said[0]
+
+
+@pytest.mark.parametrize("made", ["tensor", "as_tensor converting", "tensor of a list", "on the device"])
+def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_replay(made):
+    """A replay buffer (RL) or a sensor reading refilled in place between calls, turned into a tensor inside the
+    step: a copy made once would train on the first call's values; it is made again from the buffer each replay."""
+    def run(compiled):
+        tg.manual_seed(0)
+        device = "cuda" if made == "on the device" else "cpu"
+        model = nn.Linear(4, 3).to(device)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+        buffer = np.zeros((8, 4), np.float32)
+        rows = [0.0] * 4
+
+        def step():
+            if made == "tensor":
+                x = tg.tensor(buffer)
+            elif made == "as_tensor converting":
+                x = tg.as_tensor(buffer, dtype=tg.float64).float()
+            elif made == "tensor of a list":
+                x = tg.tensor(rows).reshape(1, 4)
+            else:
+                x = tg.tensor(buffer, device="cuda")
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(4):
+            buffer[...] = rng.standard_normal(buffer.shape)
+            rows[:] = buffer[0].tolist()
+            losses.append(np.asarray(backend.to_device(f().data, "cpu")))
+        return losses, f
+    with cuda_standin():
+        eager, _ = run(False)
+        compiled, f = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (1, 3)
 
 
 def test_a_replay_holds_and_peaks_at_no_more_memory_than_eager():

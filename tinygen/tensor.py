@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from . import backend, dtypes
-from .capture import note_alias, note_grad_set, note_requires_grad, refuse_host_read
+from .capture import note_alias, note_grad_set, note_requires_grad, refuse_host_read, replayed
 from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
@@ -321,21 +321,35 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
 
     Python floats become ``float32`` (the default dtype), ints ``int64``, bools ``bool``; NumPy arrays keep their dtype.
     """
-    device = backend.normalize_device(device)
-    arr = np.array(_host_array(data, dtype), copy=True)
-    out = _make(backend.to_device(arr, device) if device != "cpu" else arr, device)
-    if requires_grad:
-        out.requires_grad = True
-    return out
+    if isinstance(data, _HOST_CONTAINERS):
+        return _from_host(data, dtype, device, requires_grad, True)
+    return _from_host.__wrapped__(data, dtype, device, requires_grad, True)
 
 
 def as_tensor(data, dtype=None, device="cpu"):
     """Like ``tensor`` but shares memory with a NumPy array of the right dtype and device when it can."""
     if isinstance(data, Tensor) and dtype is None and backend.normalize_device(device) == data._device:
         return data
+    if isinstance(data, _HOST_CONTAINERS):
+        return _from_host(data, dtype, device, False, False)
+    return _from_host.__wrapped__(data, dtype, device, False, False)
+
+
+_HOST_CONTAINERS = (np.ndarray, list, tuple)  # what a caller may refill in place between two calls of a step
+
+
+# inside a compiled step, a tensor made from a host array or list is made again on every replay, from what the
+# array holds then (a buffer the caller refills in place); a copy made once would replay the first call's values
+@replayed(grads=lambda *args: ("reads", ()), writes=lambda *args: ())
+def _from_host(data, dtype, device, requires_grad, copy):
     device = backend.normalize_device(device)
-    arr = _host_array(data, dtype, "as_tensor")
-    return _make(backend.to_device(arr, device) if device != "cpu" else arr, device)
+    arr = _host_array(data, dtype, "tensor" if copy else "as_tensor")
+    if copy:
+        arr = np.array(arr, copy=True)
+    out = _make(backend.to_device(arr, device) if device != "cpu" else arr, device)
+    if requires_grad:
+        out.requires_grad = True
+    return out
 
 
 def from_numpy(array):

@@ -25,7 +25,8 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
              call(Adam.step, opt)                           marked @replayed: optimizer steps, zero_grad, random
                                                             draws, gradient clipping, scheduler steps, in-place
                                                             writes (``t[i] = v``, ``nn.init``,
-                                                            ``load_state_dict``, seeding)
+                                                            ``load_state_dict``, seeding), tensors
+                                                            made from host arrays (``tensor(buf)``)
            The engine tells the recorder which nodes it visited, in its order, and which ran (a ``trace``); the
            plan is those that ran, each with the registers its incoming gradients are summed in, where each
            gradient it returns goes (another node's register, or a leaf's ``.grad``) and the leaves whose
