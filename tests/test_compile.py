@@ -858,6 +858,33 @@ def test_a_compiled_module_keeps_its_name_and_attributes_and_replays_inference()
         compiled.no_such_thing
 
 
+def test_compile_as_a_method_decorator_binds_each_instance():
+    """``@tinygen.compile`` on a method, as PyTorch users put ``@torch.compile`` on ``training_step``: each
+    instance gets its compiled bound method (its own programs; ``self.beta`` part of its signature)."""
+    class Trainer:
+        def __init__(self, seed):
+            self.model, self.opt, self.step_fn = _mlp_setup()
+            self.beta = 1.0
+
+        @tg.compile
+        def step(self, x, y):
+            return self.step_fn(x, y) * self.beta
+
+    a, b = Trainer(0), Trainer(1)
+    assert isinstance(Trainer.step, tg.compile(lambda: None).__class__) and a.step is a.step
+    data = _batches(4)
+    losses = [a.step(x, y).data.copy() for x, y in data]
+    b.beta = 2.0
+    doubled = [b.step(x, y).data.copy() for x, y in data[:2]]
+    b.beta = 1.0
+    _, _, eager = _mlp_setup()
+    want = [eager(x, y).data for x, y in data]
+    assert _same(losses, want) and _same(doubled, [2 * w for w in want[:2]])
+    assert (a.step.records, a.step.replays) == (1, 3) and b.step.records == 1
+    b.step(*data[2])  # another beta: its own program
+    assert b.step.records == 2 and Trainer.step.records == 0
+
+
 def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_reaches_it():
     """A compiled call returns tensors without a graph: a compiled forward run with grad on (to call backward
     after it) says so once when recorded; a whole training step, whose loss its own backward used, does not."""

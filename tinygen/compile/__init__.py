@@ -97,7 +97,8 @@ module attribute) is Python a replay would not run again: such a call keeps no p
 the call. Return what you need from the step instead. A compiled call returns tensors without a graph, so compile a
 whole training step, not a model's forward alone (a program with a result that requires grad and no backward warns
 when recorded); ``tinygen.compile(model)`` serves inference under ``no_grad()``, and its other attributes
-(``parameters()``, ``eval()``) are the module's.
+(``parameters()``, ``eval()``) are the module's. ``@tinygen.compile`` on a method compiles each instance's bound
+method (its own programs, ``self`` as the step's object).
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
@@ -179,6 +180,8 @@ class Compiled:
             functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
             self.__name__ = self.__qualname__ = type(fn).__name__
         self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
+        self._settings = dict(check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph)
+        self._attribute = None  # the name it has in a class (``@tinygen.compile`` on a method)
         self._values = PythonValues(fn)
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
@@ -251,6 +254,21 @@ class Compiled:
                               f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)
         return result
+
+    def __set_name__(self, owner, name):
+        self._attribute = name
+
+    def __get__(self, obj, owner=None):
+        """``@tinygen.compile`` on a method: each instance gets the compiled bound method, with its own programs,
+        so that ``self`` is the step's object (its attributes are the step's places, its numbers part of the
+        signature). Kept in the instance's ``__dict__``, as ``functools.cached_property`` does."""
+        if obj is None or not hasattr(type(self.fn), "__get__"):  # the class's, or a callable that does not bind
+            return self
+        bound = compile(self.fn.__get__(obj, owner), **self._settings)
+        attributes = getattr(obj, "__dict__", None)
+        if self._attribute is not None and isinstance(attributes, dict):
+            attributes[self._attribute] = bound
+        return bound
 
     def __getattr__(self, name):  # what Compiled does not have itself: fn's (a compiled module's parameters())
         fn = self.__dict__.get("fn")
