@@ -1,7 +1,9 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
 import copy
+import queue
 import random
 import threading
+import time
 import types
 import warnings
 
@@ -13,6 +15,7 @@ import tinygen.nn as nn
 import tinygen.nn.functional as F
 from tinygen import backend
 from tinygen.backend import cuda_standin
+from tinygen.capture import CAPTURE
 
 
 def _params(*modules):
@@ -468,23 +471,19 @@ def test_another_threads_tinygen_work_while_a_step_records_is_not_recorded():
     step's, so they stay out of its program (and their results are not released with its intermediates)."""
     model, opt, step = _mlp_setup()
     other = nn.Linear(7, 3)
-    go, done, out = threading.Event(), threading.Event(), []
+    finished, out = queue.SimpleQueue(), []
 
-    def worker():  # one piece of work, at the moment the step asks for it
-        go.wait()
+    def worker():  # one piece of work, while the step is being recorded
+        while CAPTURE.recorder is None:
+            time.sleep(1e-4)
         with tg.no_grad():
             out.append(other(tg.ones(2, 7)).sum(1) * 2)
-        done.set()
+        finished.put(True)
     thread = threading.Thread(target=worker)
     thread.start()
 
-    def ask():  # the first call's Python asks for it (a function of its own: the event is not the step's state)
-        if not go.is_set():
-            go.set()
-            done.wait()
-
     def with_a_thread(x, y):
-        ask()
+        finished.get()  # the recording waits for the other thread's work
         return step(x, y)
     f = tg.compile(with_a_thread)
     losses = [f(x, y).data.copy() for x, y in _batches(3)]
@@ -722,18 +721,27 @@ def test_a_tensor_argument_that_requires_grad_is_refused():
         f(tg.randn(3, requires_grad=True))
 
 
-def _hidden_array_code(counter):
-    """A step that changes ``counter``'s weight by array code in a helper, so that the step's own code names no
-    tensor or module (the recording does not compare it; a replay does not repeat it)."""
-    def bump():
-        counter.weight.data += 1
+class _Holder:
+    """Another object's methods: code the recording does not read (its own and its helpers' it does)."""
 
-    def layer():
-        return counter
+    def __init__(self, counter):
+        self.counter = counter
+
+    def bump(self):
+        self.counter.weight.data += 1
+
+    def layer(self):
+        return self.counter
+
+
+def _hidden_array_code(counter):
+    """A step that changes ``counter``'s weight by array code in another object's method, so that the code the
+    recording reads names no tensor or module (it does not compare it; a replay does not repeat it)."""
+    holder = _Holder(counter)
 
     def hidden(x):
-        bump()
-        return (layer()(x) * 1).sum()
+        holder.bump()
+        return (holder.layer()(x) * 1).sum()
     return hidden
 
 
@@ -751,7 +759,7 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     with pytest.raises(tg.CompileError, match="changed the values of a parameter"):
         tg.compile(sneaky)(tg.randn(1, 2))  # a module the step's code names: its values are compared at once
 
-    g = tg.compile(_hidden_array_code(counter), check=True)  # the same through helpers: only check= sees it
+    g = tg.compile(_hidden_array_code(counter), check=True)  # the same in another object's method: check= sees it
     g(tg.randn(1, 2))
     with pytest.raises(tg.CompileError, match="differs from eager"):
         g(tg.randn(1, 2))
@@ -1000,6 +1008,60 @@ def _weighted_runs(make_step, set_weight, weights):
         f = tg.compile(step) if compiled else step
         runs.append([(set_weight(w), f(x, y).item())[1] for w, (x, y) in zip(weights, _batches(len(weights)))])
     return runs[0], runs[1], f
+
+
+KL_WEIGHT = 1.0  # read by a helper function of the step below, not by the step's own code
+LOSSES = []  # appended to by that helper
+
+
+def _weighted(loss):
+    LOSSES.append(loss.detach())
+    return loss * KL_WEIGHT
+
+
+@pytest.mark.parametrize("where", ["method", "helper function"])
+def test_what_the_steps_helpers_read_and_change_is_seen(where):
+    """A trainer's ``self.loss(...)`` reading ``self.beta``, a helper function reading a global weight: the code
+    of the user's helpers the step calls by name is read too, so a new weight records anew (a replay would keep
+    the old one), and a list a helper appends to makes each call run its Python."""
+    global KL_WEIGHT
+
+    class Trainer:
+        def __init__(self):
+            self.model, self.opt, _ = _mlp_setup()
+            self.beta = 1.0
+
+        def loss(self, x, y):
+            return F.cross_entropy(self.model(x), y) * self.beta
+
+        def step(self, x, y):
+            self.opt.zero_grad()
+            loss = self.loss(x, y) if where == "method" else _weighted(F.cross_entropy(self.model(x), y))
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    def run(compiled):
+        global KL_WEIGHT
+        KL_WEIGHT = 1.0
+        LOSSES.clear()
+        trainer = Trainer()
+        f = tg.compile(trainer.step) if compiled else trainer.step
+        losses = []
+        for k, (x, y) in enumerate(_batches(4)):
+            if k == 2:
+                trainer.beta = KL_WEIGHT = 3.0
+            losses.append(f(x, y).data.copy())
+        return losses + _params(trainer.model), f, len(LOSSES)
+    try:
+        eager, _, appended = run(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the helper's list: Python on every call
+            compiled, f, appended_compiled = run(True)
+    finally:
+        KL_WEIGHT = 1.0
+    assert _same(eager, compiled) and appended == appended_compiled == (0 if where == "method" else 4)
+    assert f.records == (2 if where == "method" else 4)
 
 
 def test_a_python_number_the_steps_code_reads_is_part_of_its_signature():

@@ -36,12 +36,14 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
            the grad mode, and the numbers and strings the step's own code reads from globals, closure variables
-           and its object's attributes) picks a program; before a replay its guards are checked: the train/eval
-           mode of every module the step called, its count of changes (a parameter, submodule or setting
-           replaced) and the requires_grad, shape and dtype of every leaf tensor it used (as before the step
-           changed them: ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``).
-           A change records anew. A step that leaves a module attribute with another value (a Python counter,
-           a buffer rebound) keeps no program: a replay would not set it, so each such call records.
+           and its object's attributes; its code is its own and that of the user's helper functions and methods
+           of its object it calls by name, three calls deep) picks a program; before a replay its guards are
+           checked: the train/eval mode of every module the step called, its count of changes (a parameter,
+           submodule or setting replaced) and the requires_grad, shape and dtype of every leaf tensor it used
+           (as before the step changed them: ``requires_grad_`` inside the step is recorded and replayed, as is
+           ``p.grad = None``). A change records anew. A step that leaves a module attribute with another
+           value (a Python counter, a buffer rebound) keeps no program: a replay would not set it, so each such
+           call records.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes
@@ -104,16 +106,16 @@ What cannot be captured is refused at record time with ``CompileError`` naming t
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
 ``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made,
 drawing from Python's ``random`` module or NumPy's global generator (or an unseeded ``default_rng()``: use
-tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing
-a parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, an EMA through ``.data``: use an
+tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing a
+parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, an EMA through ``.data``: use an
 optimizer or a ``@replayed`` function; found by the values around each recorded write and after the call), and
 tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
-were (the numbers the step's own code reads are part of the signature, not those the functions it calls read):
-write the step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call
-used: one the step found in a global or closure variable of its own code, in an attribute of its object or of an
-argument (or one level inside a list, tuple or dict there) that holds another object at a later call raises
-``CompileError`` naming where (pass tensors that change as arguments).
+were (the numbers the step's code reads are part of the signature, its helpers' too, not those that library code or
+another object's methods read): write the step with tinygen ops, modules and optimizers. A replay uses the tensors
+and modules the recorded call used: one the step found in a global or closure variable of its own code, in an
+attribute of its object or of an argument (or one level inside a list, tuple or dict there) that holds another
+object at a later call raises ``CompileError`` naming where (pass tensors that change as arguments).
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the
@@ -131,7 +133,7 @@ import warnings
 from collections import OrderedDict
 
 from .. import config
-from ..autograd.grad_mode import ANOMALY, STATE
+from ..autograd.grad_mode import ANOMALY
 from ..capture import CAPTURE
 from .check import checked
 from .explain import listing

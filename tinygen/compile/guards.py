@@ -19,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import operator
+import sysconfig
 import threading
 import types
 
@@ -37,20 +38,29 @@ def places(fn, args=(), kwargs=None):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes, and one level into a list, tuple or dict found at any of these. ``named``: read by name in the
-    step's code (a global, a closure variable, an attribute of its object that its code names, an item of such a
-    dict at a key the code spells out), not only reachable."""
+    attributes, and one level into a list, tuple or dict found at any of these. The step's code is its own and
+    that of the user's functions it reaches by name (``reached``: helpers, methods of its object). ``named``: read
+    by name in that code (a global, a closure variable, an attribute of its object that the code names, an item
+    of such a dict at a key the code spells out), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
     code = getattr(func, "__code__", None)
-    names = dict.fromkeys(code.co_names) if code is not None else {}  # the globals and attributes it names
-    found = []
-    if code is not None:
-        space = func.__globals__
-        found += [(f"the global {n!r}", True, functools.partial(space.get, n)) for n in names if n in space]
-        found += [(f"the variable {n!r} of the enclosing function", True, functools.partial(_contents, cell))
-                  for n, cell in zip(code.co_freevars, func.__closure__ or ())]
+    owner = getattr(fn, "__self__", None) if code is not None else fn
+    codes = reached(func, owner) if code is not None else []
+    names = {}  # the globals and attributes the code names
+    for _, read in codes:
+        names.update(read)
+    found, spaces = [], set()
+    for f, read in codes:
+        space, by = f.__globals__, "" if f is func else f" (read by {f.__qualname__})"
+        for n in read:
+            if n in space and (id(space), n) not in spaces:
+                spaces.add((id(space), n))
+                found.append((f"the global {n!r}{by}", True, functools.partial(space.get, n)))
+        of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
+        found += [(f"the variable {n!r} of {of}", True, functools.partial(_contents, cell))
+                  for n, cell in zip(f.__code__.co_freevars, f.__closure__ or ())]
     owners = [("the step's object", getattr(fn, "__self__", None) if code is not None else fn)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
@@ -63,7 +73,7 @@ def places(fn, args=(), kwargs=None):
             own = where == "the step's object"
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", own and n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
-    keys = _strings(code) if code is not None else set()
+    keys = set().union(*(_strings(f.__code__) for f, _ in codes))
     for where, named, get in list(found):  # one level into a list, tuple or dict found there (named: cfg["beta"])
         value = get()
         if isinstance(value, dict):
@@ -71,6 +81,47 @@ def places(fn, args=(), kwargs=None):
                       for k in list(value)]
         elif isinstance(value, (list, tuple)):
             found += [(f"item {i!r} of {where}", False, functools.partial(_item, get, i)) for i in range(len(value))]
+    return found
+
+
+HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
+_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def reached(func, owner):
+    """The step's function and the user's functions its code reaches by name, HELPER_DEPTH calls deep: helpers
+    named as globals or held in closure variables, and methods of its object (``owner``), each once, with the
+    names its code reads (``_names``). The user's: not tinygen's, nor the standard library's or an installed
+    package's (their numbers are constants, their state their own)."""
+    found, todo = {}, [(func, 0)]
+    while todo:
+        f, depth = todo.pop()
+        if f.__code__ in found:
+            continue
+        read = _names(f.__code__)
+        found[f.__code__] = (f, read)
+        if depth == HELPER_DEPTH:
+            continue
+        near = [f.__globals__.get(n) for n in read] + [_contents(c) for c in f.__closure__ or ()]
+        if owner is not None:
+            near += [getattr(type(owner), n, None) for n in read]
+        todo += [(g, depth + 1) for g in near if isinstance(g, types.FunctionType) and _users(g)]
+    return list(found.values())
+
+
+def _users(func):
+    module = func.__module__ or ""
+    return not (module == "tinygen" or module.startswith("tinygen.")
+                or func.__code__.co_filename.startswith(_LIBRARY_DIRS))
+
+
+def _names(code):
+    """The global and attribute names a code object reads, and those of the code nested in it (lambdas,
+    comprehensions, generator expressions)."""
+    found = dict.fromkeys(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            found.update(_names(c))
     return found
 
 
@@ -126,13 +177,16 @@ _ABSENT = object()  # a place that held no number at one of two signatures
 
 class PythonValues:
     """The numbers and strings a step's own code reads by name (``places``: its globals, closure variables and
-    the attributes of its object that it names). Such a value feeds the recording as an argument does (a branch
-    taken, a constant of an op), so it is part of the signature, and another value records anew. Called, returns
-    ((where, value), ...) for those holding a number or a string now. (What the functions the step calls read is
-    not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
+    the attributes of its object that it names, and those of the user's helpers it reaches). Such a value feeds
+    the recording as an argument does (a branch taken, a constant of an op), so it is part of the signature, and
+    another value records anew. Called, returns ((where, value), ...) for those holding a number or a string now.
+    (What other code reads, a library's or a method of another object, is not seen: pass it as an argument, a
+    0-d tensor if it changes on every call.)"""
 
-    def __init__(self, fn):
-        self.sources = [(where, get) for where, named, get in places(fn) if named]
+    def __init__(self, fn):  # not the places holding a module, a function or a class: they stay what they are
+        self.sources = [(where, get) for where, named, get in places(fn)
+                        if named and not isinstance(get(), (types.ModuleType, types.FunctionType, type,
+                                                            types.BuiltinFunctionType))]
 
     def __call__(self):
         return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
