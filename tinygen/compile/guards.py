@@ -15,6 +15,7 @@ step's Python code depended on must be the same, or the call must not replay:
 
 ``places`` is where all of them look: what the step's own code can reach.
 """
+import collections
 import contextlib
 import functools
 import hashlib
@@ -61,7 +62,7 @@ def places(fn, args=(), kwargs=None):
         of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
         found += [(f"the variable {n!r} of {of}", True, functools.partial(_contents, cell))
                   for n, cell in zip(f.__code__.co_freevars, f.__closure__ or ())]
-    owners = [("the step's object", getattr(fn, "__self__", None) if code is not None else fn)]
+    owners = [("the step's object", owner)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
     for where, obj in owners:
@@ -93,9 +94,9 @@ def reached(func, owner):
     named as globals or held in closure variables, and methods of its object (``owner``), each once, with the
     names its code reads (``_names``). The user's: not tinygen's, nor the standard library's or an installed
     package's (their numbers are constants, their state their own)."""
-    found, todo = {}, [(func, 0)]
-    while todo:
-        f, depth = todo.pop()
+    found, todo = {}, collections.deque([(func, 0)])
+    while todo:  # breadth first: each function at the fewest calls from the step
+        f, depth = todo.popleft()
         if f.__code__ in found:
             continue
         read = _names(f.__code__)
@@ -105,7 +106,7 @@ def reached(func, owner):
         near = [f.__globals__.get(n) for n in read] + [_contents(c) for c in f.__closure__ or ()]
         if owner is not None:
             near += [getattr(type(owner), n, None) for n in read]
-        todo += [(g, depth + 1) for g in near if isinstance(g, types.FunctionType) and _users(g)]
+        todo.extend((g, depth + 1) for g in near if isinstance(g, types.FunctionType) and _users(g))
     return list(found.values())
 
 
@@ -351,8 +352,8 @@ def _contents_of(value):
         return ("iterator", operator.length_hint(value, -1), frame is None, local)
     if isinstance(value, list):
         return tuple(map(id, value))
-    if isinstance(value, dict):
-        return tuple((k, id(v)) for k, v in value.items())
+    if isinstance(value, dict):  # keys by identity too: a tensor's == is elementwise
+        return tuple((k if type(k) in _SCALARS else id(k), id(v)) for k, v in value.items())
     attributes = getattr(value, "__dict__", None)
     if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
             and not isinstance(attributes.get("_parameters"), dict)):  # a module: Module.__setattr__ reports it
