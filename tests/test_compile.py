@@ -45,6 +45,19 @@ def _mlp_setup(device="cpu", dropout=0.0, batchnorm=False):
     return model, opt, step
 
 
+def _sgd_step(model, loss_fn):
+    """A plain training step of ``model`` with SGD (lr 0.1): step(x, y) -> the loss."""
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
 def _batches(n, batch=8, device="cpu", seed=1):
     tg.manual_seed(seed)
     return [(tg.randn(batch, 12).to(device), tg.randint(0, 5, (batch,)).to(device)) for _ in range(n)]
@@ -199,14 +212,7 @@ def test_a_setting_or_mode_of_a_module_sequential_runs_fused_records_anew(change
         tg.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6), nn.LeakyReLU(0.2),
                               nn.Linear(6, 2))
-        opt = tg.optim.SGD(model.parameters(), lr=0.1)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        step = _sgd_step(model, F.mse_loss)
         f = tg.compile(step) if compiled else step
         losses = []
         for k in range(5):
@@ -258,14 +264,7 @@ def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records)
     def run(compiled):
         tg.manual_seed(0)
         model = _Stateful(kind)
-        opt = tg.optim.SGD(model.parameters(), lr=0.1)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        step = _sgd_step(model, F.cross_entropy)
         f = tg.compile(step) if compiled else step
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
