@@ -234,7 +234,7 @@ class _Stateful(nn.Module):
 
     def __init__(self, kind):
         super().__init__()
-        self.kind, self.calls, self.scale = kind, 0, 1.0
+        self.kind, self.calls, self._calls, self.scale = kind, 0, 0, 1.0
         self.lin = nn.Linear(12, 5)
         self.register_buffer("avg", tg.zeros(12))
 
@@ -242,6 +242,9 @@ class _Stateful(nn.Module):
         if self.kind == "counter":
             self.calls += 1
             x = x + (1.0 / self.calls) * tg.randn(*x.shape)
+        elif self.kind == "private counter":  # the module's own bookkeeping, which a replay would not do either
+            self._calls += 1
+            x = x + (1.0 / self._calls) * tg.randn(*x.shape)
         elif self.kind == "rebound buffer":
             with tg.no_grad():
                 self.avg = self.avg * 0.9 + x.mean(0) * 0.1
@@ -255,8 +258,8 @@ class _Stateful(nn.Module):
         return self.lin(x * self.scale)
 
 
-@pytest.mark.parametrize("kind,records", [("counter", 6), ("rebound buffer", 6), ("set once", 2),
-                                          ("set and set back", 1)])
+@pytest.mark.parametrize("kind,records", [("counter", 6), ("private counter", 6), ("rebound buffer", 6),
+                                          ("set once", 2), ("set and set back", 1)])
 def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records):
     """A replay runs ops, not the step's Python: a module attribute the step leaves with another value would stay
     as recorded (the counter at 1, the rebound buffer an intermediate of the recording). Such a call records
@@ -269,7 +272,7 @@ def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             losses = [f(x, y).data.copy() for x, y in _batches(6, batch=8, seed=3)]
-        state = _params(model) + [np.float64(model.calls), np.float64(model.scale)]
+        state = _params(model) + [np.float64(model.calls), np.float64(model._calls), np.float64(model.scale)]
         return losses, state, f, [str(w.message) for w in caught]
     le, se, _, _ = run(False)
     lc, sc, f, said = run(True)
@@ -277,7 +280,7 @@ def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records)
     assert f.records == records and f.replays == 6 - records
     named = [w for w in said if "on every call" in w]
     if records == 6:
-        attribute = "calls" if kind == "counter" else "avg"
+        attribute = {"counter": "calls", "private counter": "_calls"}.get(kind, "avg")
         assert len(named) == 1 and f"the attribute '{attribute}' of the _Stateful" in named[0]
     else:
         assert named == []

@@ -164,15 +164,14 @@ class Module:
 
     def __setattr__(self, name, value):
         d = self.__dict__
-        # a new value; not the module's own bookkeeping (DistributedDataParallel's no_sync flag, ...), nor its
-        # mode, which tinygen.compile checks itself (eval() and back between two steps changes nothing)
-        if name[0] != "_" and name != "training":
-            old = getattr(self, name, _MISSING)
+        if name != "training":  # the mode: tinygen.compile checks it itself (eval() and back changes nothing)
+            old = getattr(self, name, _MISSING) if name in d or name[0] != "_" else d.get(name, _MISSING)
             if old is not value:
-                self._changed()
+                if name[0] != "_":  # a new setting; not the module's own bookkeeping (DDP's no_sync flag, ...)
+                    self._changed()
                 rec = CAPTURE.recorder
-                if rec is not None and not rec.depth:  # the step's own Python: tinygen.compile cannot replay it
-                    rec.note_setting(self, name, old)
+                if rec is not None and not rec.depth:  # the step's own Python (a counter too, self._calls += 1):
+                    rec.note_setting(self, name, old)  # tinygen.compile cannot replay it
         params, buffers, modules = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
         if isinstance(value, Parameter):
             if params is not None:
