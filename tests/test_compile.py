@@ -894,6 +894,14 @@ def test_compile_as_a_method_decorator_binds_each_instance():
     b.step(*data[2])  # another beta: its own program
     assert b.step.records == 2 and Trainer.step.records == 0
 
+    class Later(Trainer):
+        pass
+    Later.step = tg.compile(Trainer.step.fn)  # set on the class afterwards: the same, one program per instance
+    c = Later(2)
+    for x, y in data:
+        c.step(x, y)
+    assert c.step is c.step and (c.step.records, c.step.replays) == (1, 3)
+
 
 def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_reaches_it():
     """A compiled call returns tensors without a graph: a compiled forward run with grad on (to call backward

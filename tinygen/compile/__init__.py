@@ -267,6 +267,9 @@ class Compiled:
         if obj is None or not hasattr(type(self.fn), "__get__"):  # the class's, or a callable that does not bind
             return self
         bound = compile(self.fn.__get__(obj, owner), **self._settings)
+        if self._attribute is None:  # set on the class after it was made: Python did not tell us the name
+            self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
+                                   None)
         attributes = getattr(obj, "__dict__", None)
         if self._attribute is not None and isinstance(attributes, dict):
             attributes[self._attribute] = bound
