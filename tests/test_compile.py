@@ -258,6 +258,42 @@ class _Stateful(nn.Module):
         return self.lin(x * self.scale)
 
 
+class _Tempered(nn.Module):
+    """A module whose forward reads a config object it holds (``self.cfg.temperature``), and may count in it."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, self.lin = cfg, nn.Linear(12, 5)
+
+    def forward(self, x):
+        if self.cfg.count:
+            self.cfg.calls += 1
+        return self.lin(x) / self.cfg.temperature
+
+
+@pytest.mark.parametrize("count", [False, True], ids=["changed between calls", "counted in forward"])
+def test_a_config_object_a_module_holds_is_checked(count):
+    """A new temperature in the config a module holds, set between calls, records anew (a replay would divide by
+    the old one); a forward that counts in it makes each call run its Python."""
+    def run(compiled):
+        tg.manual_seed(0)
+        cfg = types.SimpleNamespace(temperature=1.0, calls=0, count=count)
+        model = nn.Sequential(_Tempered(cfg))
+        step = _sgd_step(model, F.cross_entropy)
+        f = tg.compile(step) if compiled else step
+        losses = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the count: Python on every call
+            for k, (x, y) in enumerate(_batches(5)):
+                if k == 2:
+                    cfg.temperature = 3.0
+                losses.append(f(x, y).data.copy())
+        return losses + _params(model) + [np.float64(cfg.calls)], f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled) and f.records == (5 if count else 2)
+
+
 @pytest.mark.parametrize("kind,records", [("counter", 6), ("private counter", 6), ("rebound buffer", 6),
                                           ("set once", 2), ("set and set back", 1)])
 def test_a_module_attribute_the_step_sets_anew_records_every_call(kind, records):

@@ -38,12 +38,12 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the grad mode, and the numbers and strings the step's own code reads from globals, closure variables
            and its object's attributes; its code is its own and that of the user's helper functions and methods
            of its object it calls by name, three calls deep) picks a program; before a replay its guards are
-           checked: the train/eval mode of every module the step called, its count of changes (a parameter,
-           submodule or setting replaced) and the requires_grad, shape and dtype of every leaf tensor it used
-           (as before the step changed them: ``requires_grad_`` inside the step is recorded and replayed, as is
-           ``p.grad = None``). A change records anew. A step that leaves a module attribute with another
-           value (a Python counter, a buffer rebound) keeps no program: a replay would not set it, so each such
-           call records.
+           checked: the train/eval mode of every module the step called, the contents of the config objects,
+           lists and dicts it holds, its count of changes (a parameter, submodule or setting replaced) and the
+           requires_grad, shape and dtype of every leaf tensor it used (as before the step changed them:
+           ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``). A change
+           records anew. A step that leaves a module attribute with another value (a Python counter, a buffer
+           rebound) keeps no program: a replay would not set it, so each such call records.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes

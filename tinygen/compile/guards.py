@@ -338,11 +338,29 @@ def host_draws_refused():
 # ---- Python state ----------------------------------------------------------------------------------------------------
 def python_state(found_places):
     """What is at each of ``places`` now, for ``state_changed``: where -> (the value, its contents: a number's or
-    a string's value, the items of a list or dict, the attributes of a plain object, by identity)."""
-    return {where: (value := get(), _contents_of(value)) for where, _, get in found_places}
+    a string's value, the items of a list or dict, the attributes of a plain object, by identity); and what the
+    modules there and their submodules hold (``held``: a config object their forward reads)."""
+    state = {}
+    for where, _, get in found_places:
+        value = get()
+        state[where] = (value, contents_of(value))
+        if isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "modules", None)):
+            for module, name, obj, contents in held(value.modules()):
+                state[f"the attribute {name!r} of the {type(module).__name__} in {where}"] = (obj, contents)
+    return state
 
 
-def _contents_of(value):
+def held(modules):
+    """The lists, dicts and plain objects the modules hold as public attributes (a config object their forward
+    reads, ``self.cfg.temperature``): (module, name, object, its contents). A new object there is a change of
+    the module's settings (``Module._changed``); new contents are not, so a replay checks them."""
+    for module in modules:
+        for name, obj in module.__dict__.items():
+            if name[0] != "_" and name != "training" and type(contents := contents_of(obj)) is tuple:
+                yield module, name, obj, contents
+
+
+def contents_of(value):
     if type(value) in _SCALARS:
         return value
     if hasattr(value, "__next__") and not hasattr(value, "__dict__"):  # a generator, a list's iterator

@@ -239,6 +239,7 @@ class Program:
         # each module's mode when the step first called it, and its count of changes when the step ended: a
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
         self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
+        self.held = tuple((obj, contents) for _, _, obj, contents in guards.held(m for m, _ in rec.modules.values()))
         ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
@@ -251,6 +252,9 @@ class Program:
     def guards_hold(self):
         for module, training, changes in self.modules:
             if module.training is not training or module.__dict__.get("_changes", 0) != changes:
+                return False
+        for obj, contents in self.held:  # what the modules hold (a config object): as when recorded
+            if guards.contents_of(obj) != contents:
                 return False
         for tensor, requires_grad, shape, dtype in self.leaves:  # a parameter made float64 or resized: anew
             d = tensor.data
