@@ -20,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import operator
-import sysconfig
 import threading
 import types
 
@@ -86,7 +85,6 @@ def places(fn, args=(), kwargs=None):
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
-_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
 def reached(func, owner):
@@ -113,7 +111,15 @@ def reached(func, owner):
 def _users(func):
     module = func.__module__ or ""
     return not (module == "tinygen" or module.startswith("tinygen.")
-                or func.__code__.co_filename.startswith(_LIBRARY_DIRS))
+                or func.__code__.co_filename.startswith(_library_dirs()))
+
+
+@functools.cache
+def _library_dirs():
+    """The standard library's and the installed packages' folders (asked once, when a step first records: not at
+    import, where sysconfig costs a millisecond or two)."""
+    import sysconfig
+    return tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
 def _names(code):
