@@ -59,7 +59,7 @@ def places(fn, args=(), kwargs=None):
                 spaces.add((id(space), n))
                 found.append((f"the global {n!r}{by}", True, functools.partial(space.get, n)))
         of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
-        found += [(f"the variable {n!r} of {of}", True, functools.partial(_contents, cell))
+        found += [(f"the variable {n!r} of {of}", True, functools.partial(_cell_value, cell))
                   for n, cell in zip(f.__code__.co_freevars, f.__closure__ or ())]
     owners = [("the step's object", owner)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
@@ -101,7 +101,7 @@ def reached(func, owner):
         found[f.__code__] = (f, read)
         if depth == HELPER_DEPTH:
             continue
-        near = [f.__globals__.get(n) for n in read] + [_contents(c) for c in f.__closure__ or ()]
+        near = [f.__globals__.get(n) for n in read] + [_cell_value(c) for c in f.__closure__ or ()]
         if owner is not None:
             near += [getattr(type(owner), n, None) for n in read]
         todo.extend((g, depth + 1) for g in near if isinstance(g, types.FunctionType) and _users(g))
@@ -147,7 +147,7 @@ def _same(value):
     return value
 
 
-def _contents(cell):
+def _cell_value(cell):
     try:
         return cell.cell_contents
     except ValueError:  # not filled yet
@@ -350,7 +350,7 @@ def python_state(found_places):
     for where, _, get in found_places:
         value = get()
         state[where] = (value, contents_of(value))
-        if isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "modules", None)):
+        if _is_module(value):
             for module, name, obj, contents in held(value.modules()):
                 state[f"the attribute {name!r} of the {type(module).__name__} in {where}"] = (obj, contents)
     return state
@@ -380,9 +380,19 @@ def contents_of(value):
         return tuple((k if type(k) in _SCALARS else id(k), id(v)) for k, v in value.items())
     attributes = getattr(value, "__dict__", None)
     if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
-            and not isinstance(attributes.get("_parameters"), dict)):  # a module: Module.__setattr__ reports it
+            and not _is_module(value)):  # a module: Module.__setattr__ reports it
         return tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in attributes.items())
     return None
+
+
+def _is_module(value):
+    """Whether ``value`` is an ``nn.Module`` (told by its registries: this package does not import nn)."""
+    return isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "modules", None))
+
+
+def _unchanged(old, new):
+    """Whether a place still holds what it held: the same object, or an equal number or string."""
+    return new is old or (type(new) is type(old) and type(old) in _SCALARS and new == old)
 
 
 def state_changed(before, after, rec):
@@ -396,7 +406,7 @@ def state_changed(before, after, rec):
         now = after.get(where)
         if now is None or id(value) in exempt:
             continue
-        if now[0] is not value and not (type(value) in _SCALARS and type(now[0]) is type(value) and now[0] == value):
+        if not _unchanged(value, now[0]):
             return where
         if now[1] != contents:
             kind = "the position of the iterator in" if type(contents) is tuple and contents[:1] == ("iterator",) \
@@ -410,8 +420,7 @@ def settings_set(settings):
     another value at the end of the call than before it (``self.calls += 1``, a buffer rebound: ``self.avg =
     self.avg * 0.9 + ...``), else None. Set back, or set to the value it had, is no change."""
     for module, name, old in settings.values():
-        new = getattr(module, name, None)
-        if new is not old and not (type(new) is type(old) and isinstance(new, (int, float, str)) and new == old):
+        if not _unchanged(old, getattr(module, name, None)):
             return f"the attribute '{name}' of the {type(module).__name__}"
     return None
 
@@ -494,7 +503,7 @@ def watched(found_places):
         value = get()
         if isinstance(value, Tensor):
             take(value, f"the tensor in {where}")
-        elif isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "buffers", None)):
+        elif _is_module(value):
             for kind, tensors in (("a parameter", value.parameters()), ("a buffer", value.buffers())):
                 for t in tensors:
                     take(t, f"{kind} of shape {tuple(t.shape)} of the {type(value).__name__} in {where}")
