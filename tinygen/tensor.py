@@ -321,24 +321,22 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
 
     Python floats become ``float32`` (the default dtype), ints ``int64``, bools ``bool``; NumPy arrays keep their dtype.
     """
-    if _refillable(data):
-        return _from_host(data, dtype, device, requires_grad, True)
-    return _from_host.__wrapped__(data, dtype, device, requires_grad, True)
+    return _host_tensor(data, dtype, device, requires_grad, True)
 
 
 def as_tensor(data, dtype=None, device="cpu"):
     """Like ``tensor`` but shares memory with a NumPy array of the right dtype and device when it can."""
     if isinstance(data, Tensor) and dtype is None and backend.normalize_device(device) == data._device:
         return data
-    if _refillable(data):
-        return _from_host(data, dtype, device, False, False)
-    return _from_host.__wrapped__(data, dtype, device, False, False)
+    return _host_tensor(data, dtype, device, False, False)
 
 
-def _refillable(data):
-    """Host data a caller may refill in place between two calls of a compiled step: an array or a list. Not a
-    boolean array: a mask decides shapes, which a replay cannot change, so it stays the recorded constant."""
-    return isinstance(data, (list, tuple)) or (isinstance(data, np.ndarray) and data.dtype.kind != "b")
+def _host_tensor(data, dtype, device, requires_grad, copy):
+    """``_from_host``, as a recorded call for host data a caller may refill in place between two calls of a
+    compiled step (an array or a list); not for a boolean array: a mask decides shapes, which a replay cannot
+    change, so it stays the recorded constant."""
+    refillable = isinstance(data, (list, tuple)) or (isinstance(data, np.ndarray) and data.dtype.kind != "b")
+    return (_from_host if refillable else _from_host.__wrapped__)(data, dtype, device, requires_grad, copy)
 
 
 # inside a compiled step, a tensor made from a host array or list is made again on every replay, from what the

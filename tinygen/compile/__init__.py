@@ -181,8 +181,7 @@ class Compiled:
         else:  # a callable object (a module): its name, not a copy of its attributes (they would go stale)
             functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
             self.__name__ = self.__qualname__ = type(fn).__name__
-        self.fn, self.cache_size, self._checks_left, self.fuse = fn, cache_size, check, fuse
-        self._settings = dict(check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph)
+        self.fn, self.cache_size, self._check, self._checks_left, self.fuse = fn, cache_size, check, check, fuse
         self._attribute = None  # the name it has in a class (``@tinygen.compile`` on a method)
         self._values = PythonValues(fn)
         self.cuda_graph = cuda_graph
@@ -266,7 +265,8 @@ class Compiled:
         signature). Kept in the instance's ``__dict__``, as ``functools.cached_property`` does."""
         if obj is None or not hasattr(type(self.fn), "__get__"):  # the class's, or a callable that does not bind
             return self
-        bound = compile(self.fn.__get__(obj, owner), **self._settings)
+        bound = compile(self.fn.__get__(obj, owner), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
+                        cuda_graph=self.cuda_graph)
         if self._attribute is None:  # set on the class after it was made: Python did not tell us the name
             self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
                                    None)

@@ -177,9 +177,9 @@ def _kept(arg):
 
 
 def record(fn, args, kwargs, fuse, graphs=False):
-    """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result), or (a text naming the module
-    attribute the step's code left with another value, its result): no program can repeat that, so the call is
-    eager and the next records anew."""
+    """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result), or (a text naming the Python
+    state the step changed, its result: a module attribute, a list, an iterator's position): no program can repeat
+    that, so the call is eager and the next records anew."""
     for i, t in enumerate(tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "

@@ -165,7 +165,7 @@ class Module:
     def __setattr__(self, name, value):
         d = self.__dict__
         if name != "training":  # the mode: tinygen.compile checks it itself (eval() and back changes nothing)
-            old = getattr(self, name, _MISSING) if name in d or name[0] != "_" else d.get(name, _MISSING)
+            old = d.get(name, _MISSING) if name[0] == "_" else getattr(self, name, _MISSING)  # no failed lookup
             if old is not value:
                 if name[0] != "_":  # a new setting; not the module's own bookkeeping (DDP's no_sync flag, ...)
                     self._changed()
