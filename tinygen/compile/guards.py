@@ -20,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import operator
-import threading
 import types
 
 import numpy as np
@@ -29,7 +28,7 @@ from ..autograd import engine
 from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
 from ..backend import to_device
-from ..capture import CAPTURE, tensors_written
+from ..capture import recording, tensors_written
 from ..tensor import Tensor
 from .steps import CompileError, replay_call, tensors_in
 
@@ -302,15 +301,12 @@ def host_draws_refused():
     generator made without a seed raises ``CompileError`` naming the line. (A generator of the user's own, made
     before the step, is not seen.)"""
     import random
-    patched, owner = [], threading.get_ident()
-
-    def in_step():  # the step's own code: the recording thread, not inside a recorded call
-        return threading.get_ident() == owner and CAPTURE.recorder is not None and not CAPTURE.recorder.depth
+    patched = []
 
     def refuse(module, name, original):
         @functools.wraps(original)
         def draw(*args, **kwargs):
-            if not in_step():
+            if not recording():  # the step's own code (its thread, not in a recorded call)
                 return original(*args, **kwargs)
             raise CompileError(f"tinygen.compile: the step draws a random number with {module.__name__}.{name} "
                                f"at {user_frame()}. A replay would repeat the recorded draw: use tinygen's random "
@@ -319,7 +315,7 @@ def host_draws_refused():
         return draw
 
     def default_rng(seed=None, *args, **kwargs):  # a fresh, unseeded generator draws anew on every eager call
-        if seed is None and in_step():
+        if seed is None and recording():
             raise CompileError(f"tinygen.compile: the step makes an unseeded numpy.random.default_rng() at "
                                f"{user_frame()}. A replay would repeat its draws: use tinygen's random functions "
                                f"(tinygen.rand, randn, randint, randperm, bernoulli), drawn again on every replay, "
