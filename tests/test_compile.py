@@ -760,7 +760,7 @@ def test_a_tensor_argument_that_requires_grad_is_refused():
 
 
 class _Holder:
-    """Another object's methods: code the recording does not read (its own and its helpers' it does)."""
+    """An object whose methods the recording reads (as it reads the step's helpers), and what they read."""
 
     def __init__(self, counter):
         self.counter = counter
@@ -773,13 +773,14 @@ class _Holder:
 
 
 def _hidden_array_code(counter):
-    """A step that changes ``counter``'s weight by array code in another object's method, so that the code the
-    recording reads names no tensor or module (it does not compare it; a replay does not repeat it)."""
-    holder = _Holder(counter)
+    """A step that changes ``counter``'s weight by array code, the layer held two containers deep, so that no
+    place the recording looks at holds it (``guards.places`` goes one level into a list or dict): it does not
+    compare it, and a replay does not repeat it."""
+    box = {"layers": [counter]}
 
     def hidden(x):
-        holder.bump()
-        return (holder.layer()(x) * 1).sum()
+        box["layers"][0].weight.data += 1
+        return (box["layers"][0](x) * 1).sum()
     return hidden
 
 
@@ -797,7 +798,12 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     with pytest.raises(tg.CompileError, match="changed the values of a parameter"):
         tg.compile(sneaky)(tg.randn(1, 2))  # a module the step's code names: its values are compared at once
 
-    g = tg.compile(_hidden_array_code(counter), check=True)  # the same in another object's method: check= sees it
+    holder = _Holder(counter)
+    with pytest.raises(tg.CompileError, match="parameter of shape \\(2, 2\\) of the Linear in the attribute "
+                                              "'counter' of the _Holder whose _Holder.bump reads it"):
+        tg.compile(lambda x: (holder.bump(), (holder.layer()(x) * 1).sum())[1])(tg.randn(1, 2))  # another object
+
+    g = tg.compile(_hidden_array_code(counter), check=True)  # the same where the recording does not look: check=
     g(tg.randn(1, 2))
     with pytest.raises(tg.CompileError, match="differs from eager"):
         g(tg.randn(1, 2))
@@ -1108,6 +1114,147 @@ def test_what_the_steps_helpers_read_and_change_is_seen(where):
         KL_WEIGHT = 1.0
     assert _same(eager, compiled) and appended == appended_compiled == (0 if where == "method" else 4)
     assert f.records == (2 if where == "method" else 4)
+
+
+SCALE = 1.0  # read by the forward of _Scaled, a module of the user's
+
+
+class _Scaled(nn.Module):
+    """A user's module whose forward reads a global and a private attribute (which sets no module setting)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(12, 5)
+        self._k = 1.0
+
+    def forward(self, x):
+        return self.layer(x) * SCALE * self._k
+
+
+class _WeightedLoss:
+    """A loss object (no module) whose ``__call__`` reads its attribute."""
+
+    def __init__(self):
+        self.weight = 1.0
+
+    def __call__(self, out, y):
+        return F.cross_entropy(out, y) * self.weight
+
+
+class _Config:
+    beta = 1.0
+
+
+def _user_objects_runs(case, compiled):
+    """Losses and parameters of 5 steps of a model and loss of the user's, one setting changed before the third."""
+    global SCALE
+    SCALE = 1.0
+    tg.manual_seed(0)
+    net, crit, cfg = nn.Sequential(_Scaled()), _WeightedLoss(), _Config()
+    losses = [crit, _WeightedLoss()]
+    opt = tg.optim.SGD(net.parameters(), lr=0.1)
+
+    def step(x, y):  # the model and the loss object in closure variables
+        opt.zero_grad()
+        loss = crit(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def step_with_args(net, x, y, opt, crit, cfg):  # PyTorch users' train_step(model, batch, opt, criterion)
+        opt.zero_grad()
+        loss = crit(net(x), y) * cfg.beta
+        loss.backward()
+        opt.step()
+        return loss
+
+    def step_with_a_list(x, y):  # a list of loss objects
+        opt.zero_grad()
+        out = net(x)
+        loss = sum(c(out, y) for c in losses)
+        loss.backward()
+        opt.step()
+        return loss
+    fn = {"list": step_with_a_list, "arguments": step_with_args}.get(case, step)
+    f = tg.compile(fn) if compiled else fn
+    result = []
+    for k, (x, y) in enumerate(_batches(5)):
+        if k == 2:
+            if case == "global":
+                SCALE = 3.0
+            elif case == "private":
+                net[0]._k = 0.5
+            elif case in ("loss object", "list"):
+                crit.weight = 2.0
+            else:
+                cfg.beta, crit.weight, SCALE = 0.5, 2.0, 3.0
+        call = f(net, x, y, opt, crit, cfg) if case == "arguments" else f(x, y)
+        result.append(call.data.copy())
+    SCALE = 1.0
+    return result + _params(net), f
+
+
+@pytest.mark.parametrize("case", ["global", "private", "loss object", "list", "arguments"])
+def test_what_the_users_modules_and_objects_read_is_seen(case):
+    """A forward of the user's module reading a global or a private attribute, a loss object's ``__call__``
+    reading its weight, a list of such objects, and all of them passed as arguments with a config object: the
+    recording reads their code too, so a new value records anew (before, each replayed the old one)."""
+    eager, _ = _user_objects_runs(case, False)
+    compiled, f = _user_objects_runs(case, True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)
+
+
+def test_a_namedtuple_batch_and_result():
+    """A batch as a namedtuple (a new one on every call, as a data loader's collate makes) replays, and a
+    namedtuple result comes back as one; before, rebuilding it for the recording raised a TypeError."""
+    import collections
+    Batch = collections.namedtuple("Batch", "x y")
+    Out = collections.namedtuple("Out", "loss logits")
+
+    def run(compiled):
+        model, opt, _ = _mlp_setup()
+
+        def step(batch):
+            logits = model(batch.x)
+            loss = F.cross_entropy(logits, batch.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return Out(loss, logits)
+        f = tg.compile(step, check=2) if compiled else step
+        outs = [f(Batch(x, y)) for x, y in _batches(5)]
+        assert all(type(o) is Out for o in outs)
+        return [a.data.copy() for o in outs for a in o] + _params(model), f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (1, 4)
+
+
+_LATE = 1.0  # (taken away and set again by the test below)
+
+
+def test_compiled_module_and_a_global_set_after_compile():
+    """``tinygen.compile(model)`` reads the forwards of the model's submodules; a step compiled before the
+    global it reads exists (a decorator at the top of a script) finds it when it first records."""
+    global SCALE
+    model = nn.Sequential(_Scaled(), nn.Tanh())
+    f = tg.compile(model)
+    x = tg.randn(4, 12)
+    try:
+        with tg.no_grad():
+            first = f(x).data.copy()
+            SCALE = 2.0
+            assert np.array_equal(f(x).data, model(x).data) and not np.array_equal(first, model(x).data)
+        assert f.records == 2
+        del globals()["_LATE"]  # as if defined below the compiled step
+        g = tg.compile(lambda x: x * _LATE)
+        globals()["_LATE"] = 1.0
+        g(x), g(x)
+        globals()["_LATE"] = 3.0
+        assert np.array_equal(g(x).data, x.data * 3) and (g.records, g.replays) == (2, 1)
+    finally:
+        SCALE = 1.0
+        globals()["_LATE"] = 1.0
 
 
 def test_a_python_number_the_steps_code_reads_is_part_of_its_signature():

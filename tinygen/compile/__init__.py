@@ -111,8 +111,9 @@ parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, 
 optimizer or a ``@replayed`` function; found by the values around each recorded write and after the call), and
 tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
-were (the numbers the step's code reads are part of the signature, its helpers' too, not those that library code or
-another object's methods read): write the step with tinygen ops, modules and optimizers. A replay uses the tensors
+were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
+its helpers, its modules' forwards, a loss object's ``__call__``; not those that library code reads): write the
+step with tinygen ops, modules and optimizers. A replay uses the tensors
 and modules the recorded call used: one the step found in a global or closure variable of its own code, in an
 attribute of its object or of an argument (or one level inside a list, tuple or dict there) that holds another
 object at a later call raises ``CompileError`` naming where (pass tensors that change as arguments).
@@ -195,7 +196,7 @@ class Compiled:
         if ANOMALY.enabled or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
             return self.fn(*args, **kwargs)
         tensors = tensors_in(args, kwargs)  # once: the signature's aliasing and the replay's inputs
-        key = signature(args, kwargs, self._values(), tensors)
+        key = signature(args, kwargs, self._values(args, kwargs), tensors)
         program = self._programs.get(key)
         if program is not None and program.guards_hold():
             stale = program.stale()
@@ -220,6 +221,9 @@ class Compiled:
                 self.graph_error = graphed.error
                 return result
             return program.replay(tensors)
+        if self._values.update(args, kwargs):  # other places now: a global or a model set after compile()
+            self._programs.clear()  # (their keys would never match again)
+            key = signature(args, kwargs, self._values(args, kwargs), tensors)
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1

@@ -46,8 +46,8 @@ from ..capture import gradient_use, graph_key
 from ..kernels import gemm_capture
 from ..tensor import Tensor, _make
 from .fusion import FusedRun
-from .steps import (replay_alias, replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad,
-                    tensors_in)
+from .steps import (map_tensors, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
+                    replay_requires_grad, tensors_in)
 
 MAX_CAPTURES = 3
 _RELAXED = 2  # cudaStreamCaptureModeRelaxed
@@ -236,14 +236,8 @@ class GraphedSteps:
 
     def result(self, value):
         """The step's result, each tensor the program made on a copy of its array."""
-        if isinstance(value, Tensor):
-            d = value.data
-            return _make(d.copy() if id(value) in self.made and is_cupy(d) else d, value._device)
-        if isinstance(value, (tuple, list)):
-            return type(value)(self.result(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self.result(v) for k, v in value.items()}
-        return value
+        return map_tensors(value, lambda t: _make(t.data.copy() if id(t) in self.made and is_cupy(t.data) else
+                                                  t.data, t._device))
 
 
 class HostCopy(RuntimeError):

@@ -3,8 +3,9 @@ package's docstring). A replay runs the recorded ops on the tensors the recordin
 step's Python code depended on must be the same, or the call must not replay:
 
   signature         what picks a program: the arguments (shapes, dtypes, devices; one tensor passed twice), the
-                    grad mode, and the numbers and strings the step's own code reads (``PythonValues``: a KL
-                    weight in a global records anew when it changes)
+                    grad mode, and the numbers and strings the step's code reads (``PythonValues``: a KL weight
+                    in a global, read by the step, a helper, a module's forward or a loss object, records anew
+                    when it changes)
   bindings          where the step's code found the tensors it used (a global, a closure variable, an attribute
                     of its object or of an argument): one that holds another tensor at a later call raises
   host draws        Python's and NumPy's global random generators, refused while a step records
@@ -38,28 +39,33 @@ def places(fn, args=(), kwargs=None):
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
     attributes, and one level into a list, tuple or dict found at any of these. The step's code is its own and
-    that of the user's functions it reaches by name (``reached``: helpers, methods of its object). ``named``: read
-    by name in that code (a global, a closure variable, an attribute of its object that the code names, an item
-    of such a dict at a key the code spells out), not only reachable."""
+    that of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it
+    calls, a loss object's ``__call__``), with the attributes of their objects that code names. ``named``: read
+    by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
+    code spells out), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
     code = getattr(func, "__code__", None)
     owner = getattr(fn, "__self__", None) if code is not None else fn
-    codes = reached(func, owner) if code is not None else []
+    codes = reached(func if code is not None else None, owner, _objects(args, kwargs))
     names = {}  # the globals and attributes the code names
-    for _, read in codes:
+    for _, read, _ in codes:
         names.update(read)
-    found, spaces = [], set()
-    for f, read in codes:
+    found, seen, objects = [], set(), {}  # objects: id -> (object, the names its methods read, the first method)
+    for f, read, obj in codes:
         space, by = f.__globals__, "" if f is func else f" (read by {f.__qualname__})"
         for n in read:
-            if n in space and (id(space), n) not in spaces:
-                spaces.add((id(space), n))
+            if n in space and (id(space), n) not in seen:
+                seen.add((id(space), n))
                 found.append((f"the global {n!r}{by}", True, functools.partial(space.get, n)))
-        of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
-        found += [(f"the variable {n!r} of {of}", True, functools.partial(_cell_value, cell))
-                  for n, cell in zip(f.__code__.co_freevars, f.__closure__ or ())]
+        if f.__closure__ and id(f) not in seen:
+            seen.add(id(f))
+            of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
+            found += [(f"the variable {n!r} of {of}", True, functools.partial(_cell_value, cell))
+                      for n, cell in zip(f.__code__.co_freevars, f.__closure__)]
+        if obj is not None and obj is not owner:
+            objects.setdefault(id(obj), (obj, set(), f))[1].update(read)
     owners = [("the step's object", owner)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
@@ -69,10 +75,15 @@ def places(fn, args=(), kwargs=None):
         found.append((where, False, functools.partial(_same, obj)))
         attributes = getattr(obj, "__dict__", None)
         if isinstance(attributes, dict):
-            own = where == "the step's object"
-            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", own and n in names,
+            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
-    keys = set().union(*(_strings(f.__code__) for f, _ in codes))
+    for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight)
+        attributes = obj.__dict__
+        if _is_module(obj):  # (a module's mode is a guard of the program already)
+            read = read - {"training"}
+        found += [(f"the attribute {n!r} of the {type(obj).__name__} whose {f.__qualname__} reads it", True,
+                   functools.partial(attributes.get, n)) for n in read if n in attributes]
+    keys = set().union(*(_strings(f.__code__) for f, _, _ in codes))
     for where, named, get in list(found):  # one level into a list, tuple or dict found there (named: cfg["beta"])
         value = get()
         if isinstance(value, dict):
@@ -84,27 +95,68 @@ def places(fn, args=(), kwargs=None):
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
+CONTAINER_MAX = 64  # the items of a longer list or dict the code names are not followed (a dataset held whole)
 
 
-def reached(func, owner):
-    """The step's function and the user's functions its code reaches by name, HELPER_DEPTH calls deep: helpers
-    named as globals or held in closure variables, and methods of its object (``owner``), each once, with the
-    names its code reads (``_names``). The user's: not tinygen's, nor the standard library's or an installed
-    package's (their numbers are constants, their state their own)."""
-    found, todo = {}, collections.deque([(func, 0)])
+def reached(func, owner, objects=()):
+    """The step's function (None for a callable object) and the user's code it reaches, HELPER_DEPTH calls deep,
+    each function once for each object it is a method of: (function, the names its code reads (``_names``), its
+    object or None). Reached are the functions its code names (a global, a closure variable) and the methods of
+    the objects it names or takes as arguments (``objects``; ``_methods``: a method it calls by name,
+    ``__call__``, a module's forward and those of its submodules), found there, among the attributes of its own
+    object, or one level into a list, tuple or dict found there (a trainer's list of loss objects). The user's:
+    not tinygen's, nor the standard library's or an installed package's (their numbers are constants, their state
+    their own)."""
+    found, todo = {}, collections.deque()
+    if func is not None:
+        todo.append((func, 0, owner))
+    for obj in (owner,) * (func is None and owner is not None) + objects:  # a callable object, the arguments
+        read = _names(func.__code__) if func is not None else ()
+        todo.extend((m, 0 if obj is owner else 1, o) for m, o in _methods(obj, read))
     while todo:  # breadth first: each function at the fewest calls from the step
-        f, depth = todo.popleft()
-        if f.__code__ in found:
+        f, depth, obj = todo.popleft()
+        key = (f.__code__, id(obj))
+        if key in found:
             continue
         read = _names(f.__code__)
-        found[f.__code__] = (f, read)
+        found[key] = (f, read, obj)
         if depth == HELPER_DEPTH:
             continue
         near = [f.__globals__.get(n) for n in read] + [_cell_value(c) for c in f.__closure__ or ()]
-        if owner is not None:
-            near += [getattr(type(owner), n, None) for n in read]
-        todo.extend((g, depth + 1) for g in near if isinstance(g, types.FunctionType) and _users(g))
+        if obj is not None:
+            attributes = getattr(obj, "__dict__", None)
+            attributes = attributes if isinstance(attributes, dict) else {}
+            submodules = attributes.get("_modules") if _is_module(obj) else None
+            near += [attributes[n] if n in attributes else submodules.get(n) if submodules else None for n in read]
+            todo.extend((m, depth + 1, o) for m, o in _methods(obj, read))
+        for g in [*near, *(v for g in near if isinstance(g, (list, tuple, dict)) and len(g) <= CONTAINER_MAX
+                           for v in (g.values() if isinstance(g, dict) else g))]:  # one level in, as ``places``
+            if isinstance(g, types.FunctionType):
+                if _users(g):
+                    todo.append((g, depth + 1, None))
+            elif g is not None and type(g) not in _SCALARS and not isinstance(g, (types.ModuleType, type)):
+                todo.extend((m, depth + 1, o) for m, o in _methods(g, read))
     return list(found.values())
+
+
+_CALLED = ("__call__", "forward")  # what calling an object runs (a module's __call__ runs its forward)
+
+
+def _methods(obj, read):
+    """The user's methods of ``obj`` that code naming it (reading the names ``read``) may run, with their object:
+    those of its class named in ``read``, its ``__call__``; for a module, the forward of it and of each of its
+    submodules too."""
+    found = []
+    for o in obj.modules() if _is_module(obj) else (obj,):
+        klass = type(o)
+        for n in dict.fromkeys((*read, *_CALLED) if o is obj else _CALLED):
+            try:
+                m = getattr(klass, n, None)
+            except Exception:  # noqa: BLE001 - a class whose attribute lookup fails has no method for us
+                continue
+            if isinstance(m, types.FunctionType) and _users(m):
+                found.append((m, o))
+    return found
 
 
 def _users(func):
@@ -182,20 +234,46 @@ _ABSENT = object()  # a place that held no number at one of two signatures
 
 
 class PythonValues:
-    """The numbers and strings a step's own code reads by name (``places``: its globals, closure variables and
-    the attributes of its object that it names, and those of the user's helpers it reaches). Such a value feeds
-    the recording as an argument does (a branch taken, a constant of an op), so it is part of the signature, and
-    another value records anew. Called, returns ((where, value), ...) for those holding a number or a string now.
-    (What other code reads, a library's or a method of another object, is not seen: pass it as an argument, a
+    """The numbers and strings the step's code reads by name (``places``: its globals, closure variables, the
+    attributes of its object and its arguments that it names, and those that the user's code it reaches names).
+    Such a value feeds the recording as an argument does (a branch taken, a constant of an op), so it is part of
+    the signature, and another value records anew. Called with a call's arguments, returns ((where, value), ...)
+    for those holding a number or a string now. (What library code reads is not seen: pass it as an argument, a
     0-d tensor if it changes on every call.)"""
 
-    def __init__(self, fn):  # not the places holding a module, a function or a class: they stay what they are
-        self.sources = [(where, get) for where, named, get in places(fn)
-                        if named and not isinstance(get(), (types.ModuleType, types.FunctionType, type,
-                                                            types.BuiltinFunctionType))]
+    def __init__(self, fn):
+        self.fn, self.objects, self.wheres = fn, (), None
+        self.update()
 
-    def __call__(self):
+    def update(self, args=(), kwargs=None):
+        """Look at the places anew (a global set after ``compile``, other objects as arguments); returns whether
+        they are other places than before."""
+        self.objects = _objects(args, kwargs)
+        self.sources = [(where, get) for where, named, get in places(self.fn, args, kwargs)  # not a module, ...:
+                        if named and not isinstance(get(), (types.ModuleType, types.FunctionType, type,  # they
+                                                            types.BuiltinFunctionType))]  # stay what they are
+        wheres, self.wheres = self.wheres, [where for where, _ in self.sources]
+        return wheres is not None and wheres != self.wheres
+
+    def __call__(self, args, kwargs):
+        objects = self.objects
+        if (objects or kwargs or any(type(a) not in _PLAIN for a in args)) and not _same_objects(
+                objects, _objects(args, kwargs)):
+            self.update(args, kwargs)
         return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
+
+
+_PLAIN = frozenset((Tensor, int, float, bool, str, type(None), tuple, list, dict))  # arguments no code is read for
+
+
+def _objects(args, kwargs):
+    """The arguments whose methods the step may call (not tensors, numbers or containers)."""
+    return tuple(a for a in (*args, *(kwargs or {}).values())
+                 if type(a) not in _PLAIN and not isinstance(a, (Tensor, tuple, list, dict)))  # (a namedtuple)
+
+
+def _same_objects(a, b):
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def what_changed(old, new):

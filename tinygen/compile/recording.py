@@ -17,7 +17,7 @@ from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
 from .steps import (BackwardPlan, CompileError, replay_alias, replay_backward, replay_call, replay_forward,
-                    replay_release, replay_requires_grad, run_steps, set_grad, tensors_in)
+                    replay_release, replay_requires_grad, map_tensors, run_steps, set_grad, tensors_in)
 
 
 class Recorder:
@@ -287,20 +287,9 @@ class Program:
         return self.graphed.result(self.result)
 
 
-def _map_tensors(value, fn):
-    """``value`` (tensors in nested tuples, lists and dicts) with each tensor t replaced by ``fn(t)``."""
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    return value
-
-
 def _with_slots(value, slots):
     """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
-    return _map_tensors(value, lambda t: slots.setdefault(id(t), _make(t.data, t._device)))
+    return map_tensors(value, lambda t: slots.setdefault(id(t), _make(t.data, t._device)))
 
 
 def _new_tensors(tensors):
@@ -314,4 +303,4 @@ def _new_tensors(tensors):
 
 def fresh(result):
     """The step's result with every tensor as a new tensor on the replayed array (no graph)."""
-    return _map_tensors(result, lambda t: _make(t.data, t._device))
+    return map_tensors(result, lambda t: _make(t.data, t._device))

@@ -277,6 +277,17 @@ def tensors_in(*values):
     return out
 
 
+def map_tensors(value, fn):
+    """``value`` (tensors in nested tuples, lists and dicts) with each tensor t replaced by ``fn(t)``."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        items = [map_tensors(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # (a namedtuple)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
+
 
 def run_steps(steps):
     for run, operands in steps:
