@@ -1,5 +1,6 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
 import copy
+import functools
 import queue
 import random
 import threading
@@ -1120,7 +1121,9 @@ SCALE = 1.0  # read by the forward of _Scaled, a module of the user's
 
 
 class _Scaled(nn.Module):
-    """A user's module whose forward reads a global and a private attribute (which sets no module setting)."""
+    """A user's module whose forward reads a global, a private attribute (which sets no module setting) and a
+    class attribute."""
+    gain = 1.0
 
     def __init__(self):
         super().__init__()
@@ -1128,7 +1131,7 @@ class _Scaled(nn.Module):
         self._k = 1.0
 
     def forward(self, x):
-        return self.layer(x) * SCALE * self._k
+        return self.layer(x) * SCALE * self._k * self.gain
 
 
 class _WeightedLoss:
@@ -1140,6 +1143,16 @@ class _WeightedLoss:
     def __call__(self, out, y):
         return F.cross_entropy(out, y) * self.weight
 
+    def weighted(self, out, y):
+        return self(out, y)
+
+
+LOSS_WEIGHT = 1.0  # read by _loss_function only
+
+
+def _loss_function(out, y):
+    return F.cross_entropy(out, y) * LOSS_WEIGHT
+
 
 class _Config:
     beta = 1.0
@@ -1147,8 +1160,7 @@ class _Config:
 
 def _user_objects_runs(case, compiled):
     """Losses and parameters of 5 steps of a model and loss of the user's, one setting changed before the third."""
-    global SCALE
-    SCALE = 1.0
+    global SCALE, LOSS_WEIGHT
     tg.manual_seed(0)
     net, crit, cfg = nn.Sequential(_Scaled()), _WeightedLoss(), _Config()
     losses = [crit, _WeightedLoss()]
@@ -1175,30 +1187,48 @@ def _user_objects_runs(case, compiled):
         loss.backward()
         opt.step()
         return loss
+    def step_with_a_loss_function(x, y, loss_fn):  # a function, a partial of one or a bound method
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
     fn = {"list": step_with_a_list, "arguments": step_with_args}.get(case, step)
+    loss_fn = {"function argument": _loss_function, "partial argument": functools.partial(_loss_function),
+               "method argument": crit.weighted}.get(case)
+    fn = step_with_a_loss_function if loss_fn is not None else fn
     f = tg.compile(fn) if compiled else fn
     result = []
-    for k, (x, y) in enumerate(_batches(5)):
-        if k == 2:
-            if case == "global":
-                SCALE = 3.0
-            elif case == "private":
-                net[0]._k = 0.5
-            elif case in ("loss object", "list"):
-                crit.weight = 2.0
-            else:
-                cfg.beta, crit.weight, SCALE = 0.5, 2.0, 3.0
-        call = f(net, x, y, opt, crit, cfg) if case == "arguments" else f(x, y)
-        result.append(call.data.copy())
-    SCALE = 1.0
+    try:
+        for k, (x, y) in enumerate(_batches(5)):
+            if k == 2:
+                if case == "global":
+                    SCALE = 3.0
+                elif case in ("function argument", "partial argument"):
+                    LOSS_WEIGHT = 3.0
+                elif case == "private":
+                    net[0]._k = 0.5
+                elif case == "class attribute":
+                    _Scaled.gain = 2.0
+                elif case in ("loss object", "list", "method argument"):
+                    crit.weight = 2.0
+                else:
+                    cfg.beta, crit.weight, SCALE = 0.5, 2.0, 3.0
+            call = (f(net, x, y, opt, crit, cfg) if case == "arguments" else
+                    f(x, y, loss_fn) if loss_fn is not None else f(x, y))
+            result.append(call.data.copy())
+    finally:
+        SCALE = LOSS_WEIGHT = _Scaled.gain = 1.0
     return result + _params(net), f
 
 
-@pytest.mark.parametrize("case", ["global", "private", "loss object", "list", "arguments"])
+@pytest.mark.parametrize("case", ["global", "private", "class attribute", "loss object", "list", "arguments",
+                                  "function argument", "partial argument", "method argument"])
 def test_what_the_users_modules_and_objects_read_is_seen(case):
-    """A forward of the user's module reading a global or a private attribute, a loss object's ``__call__``
-    reading its weight, a list of such objects, and all of them passed as arguments with a config object: the
-    recording reads their code too, so a new value records anew (before, each replayed the old one)."""
+    """A forward of the user's module reading a global, a private or a class attribute, a loss object's
+    ``__call__`` reading its weight, a list of such objects, all of them passed as arguments with a config object,
+    and a loss function, a partial of one or a bound method passed as an argument: the recording reads their code
+    too, so a new value records anew (before, each replayed the old one)."""
     eager, _ = _user_objects_runs(case, False)
     compiled, f = _user_objects_runs(case, True)
     assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)
@@ -1315,6 +1345,51 @@ def test_a_python_number_the_steps_code_reads_is_part_of_its_signature():
         settings["weight"] = w
         settings["calls"] += 1
     eager, compiled, f = _weighted_runs(with_item, set_item, weights)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
+class _Settings:  # a class of settings of the user's, read as _Settings.weight
+    weight = 1.0
+
+
+_ARGS = types.SimpleNamespace(weight=1.0, epochs=3)  # as argparse's parse_args() gives
+_GAINS = (1.0, 0.1)
+
+
+@pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple"])
+def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_its_signature(where):
+    """``args.weight`` (an argparse namespace in a global), ``Settings.weight`` (a class of settings),
+    ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew): one level into what
+    the step names, as for a dict's item; before, each replayed the recorded number. (A list's items are data,
+    not settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested below.)"""
+
+    class Trainer:
+        def __init__(self):
+            self.cfg, (_, _, self.inner) = types.SimpleNamespace(weight=1.0), _mlp_setup()
+
+        def step(self, x, y):
+            return self.inner(x, y) * self.cfg.weight
+    box = {}
+
+    def make_step():
+        if where == "object's config":
+            box["trainer"] = Trainer()
+            return box["trainer"].step
+        _, _, step = _mlp_setup()
+        return {"namespace": lambda x, y: step(x, y) * _ARGS.weight,
+                "class": lambda x, y: step(x, y) * _Settings.weight,
+                "tuple": lambda x, y: step(x, y) * _GAINS[0]}[where]
+
+    def set_weight(w):
+        global _GAINS
+        _ARGS.weight = _Settings.weight = w
+        _GAINS = (w, 0.1)
+        if "trainer" in box:
+            box["trainer"].cfg.weight = w
+    try:
+        eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    finally:
+        set_weight(1.0)
     assert compiled == eager and (f.records, f.replays) == (3, 4)
 
 

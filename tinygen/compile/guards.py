@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import operator
+import sys
 import types
 
 import numpy as np
@@ -38,11 +39,12 @@ def places(fn, args=(), kwargs=None):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes, and one level into a list, tuple or dict found at any of these. The step's code is its own and
-    that of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it
-    calls, a loss object's ``__call__``), with the attributes of their objects that code names. ``named``: read
+    attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these. The
+    step's code is its own and that of the user's code it reaches (``reached``: helpers, methods of its object,
+    the forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that
+    code names. ``named``: read
     by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
-    code spells out), not only reachable."""
+    code spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -77,21 +79,64 @@ def places(fn, args=(), kwargs=None):
         if isinstance(attributes, dict):
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
+            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", True,
+                       functools.partial(_number_in, obj, n))
+                      for n in names if n not in attributes and _number_in(obj, n) is not _ABSENT]
     for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight)
-        attributes = obj.__dict__
+        attributes = getattr(obj, "__dict__", None)
+        if not isinstance(attributes, dict):
+            continue
         if _is_module(obj):  # (a module's mode is a guard of the program already)
             read = read - {"training"}
-        found += [(f"the attribute {n!r} of the {type(obj).__name__} whose {f.__qualname__} reads it", True,
-                   functools.partial(attributes.get, n)) for n in read if n in attributes]
+        where = f"the {type(obj).__name__} whose {f.__qualname__} reads it"
+        found += [(f"the attribute {n!r} of {where}", True, functools.partial(attributes.get, n))
+                  for n in read if n in attributes]
+        found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
+                  for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]  # (in its class)
     keys = set().union(*(_strings(f.__code__) for f, _, _ in codes))
-    for where, named, get in list(found):  # one level into a list, tuple or dict found there (named: cfg["beta"])
+    for where, named, get in list(found):  # one level into a list, tuple, dict or plain object found there
         value = get()
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"])
             found += [(f"item {k!r} of {where}", named and k in keys, functools.partial(_item, get, k))
                       for k in list(value)]
-        elif isinstance(value, (list, tuple)):
-            found += [(f"item {i!r} of {where}", False, functools.partial(_item, get, i)) for i in range(len(value))]
+        elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's items
+            short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # are data (a buffer that
+            found += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # tensor() reads anew)
+                      for i in range(len(value))]
+        elif named and _is_plain(value):  # a config object (args.beta, self.cfg.beta, Config.beta): what it names
+            found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_of, get, n))
+                      for n in names if _number_in(value, n) is not _ABSENT]
     return found
+
+
+def _is_plain(value):
+    """Whether ``value`` is an object whose attributes are plain data (a config object, an argparse namespace, a
+    class of settings of the user's): not a tensor, a module, a function, a Python module or a library's class."""
+    if isinstance(value, type):
+        return value.__module__ == "__main__" or _users_module(sys.modules.get(value.__module__))
+    return (isinstance(getattr(value, "__dict__", None), dict) and not isinstance(
+        value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
+
+
+def _users_module(module):
+    path = getattr(module, "__file__", None) or ""
+    name = getattr(module, "__name__", "")
+    return bool(path) and not (name == "tinygen" or name.startswith("tinygen.") or path.startswith(_library_dirs()))
+
+
+def _number_in(obj, name):
+    """The number or string ``obj.name``, in the object or in its class (a property is not called), else
+    ``_ABSENT``."""
+    attributes = getattr(obj, "__dict__", None)
+    if type(attributes) is dict and name in attributes:
+        value = attributes[name]
+    else:
+        value = getattr(obj if isinstance(obj, type) else type(obj), name, _ABSENT)
+    return value if type(value) in _SCALARS else _ABSENT
+
+
+def _number_of(get, name):
+    return _number_in(get(), name)
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
@@ -110,9 +155,9 @@ def reached(func, owner, objects=()):
     found, todo = {}, collections.deque()
     if func is not None:
         todo.append((func, 0, owner))
+    read = _names(func.__code__) if func is not None else ()
     for obj in (owner,) * (func is None and owner is not None) + objects:  # a callable object, the arguments
-        read = _names(func.__code__) if func is not None else ()
-        todo.extend((m, 0 if obj is owner else 1, o) for m, o in _methods(obj, read))
+        todo.extend((m, 0 if obj is owner else 1, o) for m, o in _code_of(obj, read))
     while todo:  # breadth first: each function at the fewest calls from the step
         f, depth, obj = todo.popleft()
         key = (f.__code__, id(obj))
@@ -131,12 +176,25 @@ def reached(func, owner, objects=()):
             todo.extend((m, depth + 1, o) for m, o in _methods(obj, read))
         for g in [*near, *(v for g in near if isinstance(g, (list, tuple, dict)) and len(g) <= CONTAINER_MAX
                            for v in (g.values() if isinstance(g, dict) else g))]:  # one level in, as ``places``
-            if isinstance(g, types.FunctionType):
-                if _users(g):
-                    todo.append((g, depth + 1, None))
-            elif g is not None and type(g) not in _SCALARS and not isinstance(g, (types.ModuleType, type)):
-                todo.extend((m, depth + 1, o) for m, o in _methods(g, read))
+            todo.extend((m, depth + 1, o) for m, o in _code_of(g, read))
     return list(found.values())
+
+
+def _code_of(value, read):
+    """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object
+    (None for a plain function): a function, a bound method, a ``functools.partial`` of one, or an object's
+    methods (``_methods``)."""
+    while isinstance(value, functools.partial):
+        value = value.func
+    if isinstance(value, types.MethodType):
+        value, obj = value.__func__, value.__self__
+    else:
+        obj = None
+    if isinstance(value, types.FunctionType):
+        return [(value, obj)] if _users(value) else []
+    if value is None or type(value) in _SCALARS or isinstance(value, (types.ModuleType, type)):
+        return []
+    return _methods(value, read)
 
 
 _CALLED = ("__call__", "forward")  # what calling an object runs (a module's __call__ runs its forward)
