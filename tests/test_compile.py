@@ -1234,6 +1234,27 @@ def test_what_the_users_modules_and_objects_read_is_seen(case):
     assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)
 
 
+def test_a_number_read_out_of_a_numpy_array_is_a_constant_that_check_catches():
+    """The documented limit: ``w[0]`` of a NumPy array the caller changes in place is a number the step's Python
+    took, a constant of the recording (``h * w``, an op on the array itself, reads it anew and stays equal);
+    ``check=`` finds the difference at the first replay after the change."""
+    w = np.ones(3, np.float32)
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = (model(x)[:, :3] * w).pow(2).mean() * w[0]
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, check=5)
+    (x, y), = _batches(1)
+    f(x, y), f(x, y)
+    w[...] = 3.0
+    with pytest.raises(tg.CompileError, match="differs from eager"):
+        f(x, y)
+
+
 def test_a_namedtuple_batch_and_result():
     """A batch as a namedtuple (a new one on every call, as a data loader's collate makes) replays, and a
     namedtuple result comes back as one; before, rebuilding it for the recording raised a TypeError."""
@@ -1356,10 +1377,24 @@ _ARGS = types.SimpleNamespace(weight=1.0, epochs=3)  # as argparse's parse_args(
 _GAINS = (1.0, 0.1)
 
 
-@pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple"])
+class _DictConfig:
+    """Settings kept in a dict and read as attributes (as Hydra's configs are); a missing one raises KeyError."""
+
+    def __init__(self, **settings):
+        self.__dict__["settings"] = settings
+
+    def __getattr__(self, name):
+        return self.settings[name]
+
+
+_CFG = _DictConfig(weight=1.0)
+
+
+@pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple", "dict-backed config"])
 def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_its_signature(where):
     """``args.weight`` (an argparse namespace in a global), ``Settings.weight`` (a class of settings),
-    ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew): one level into what
+    ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew), ``cfg.weight`` of
+    a config whose ``__getattr__`` reads a dict (and raises KeyError for other names): one level into what
     the step names, as for a dict's item; before, each replayed the recorded number. (A list's items are data,
     not settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested below.)"""
 
@@ -1378,11 +1413,12 @@ def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_it
         _, _, step = _mlp_setup()
         return {"namespace": lambda x, y: step(x, y) * _ARGS.weight,
                 "class": lambda x, y: step(x, y) * _Settings.weight,
-                "tuple": lambda x, y: step(x, y) * _GAINS[0]}[where]
+                "tuple": lambda x, y: step(x, y) * _GAINS[0],
+                "dict-backed config": lambda x, y: step(x, y) * _CFG.weight}[where]
 
     def set_weight(w):
         global _GAINS
-        _ARGS.weight = _Settings.weight = w
+        _ARGS.weight = _Settings.weight = _CFG.settings["weight"] = w
         _GAINS = (w, 0.1)
         if "trainer" in box:
             box["trainer"].cfg.weight = w

@@ -75,7 +75,7 @@ def places(fn, args=(), kwargs=None):
         if obj is None or isinstance(obj, (Tensor, type)):  # (a tensor argument is the program's input)
             continue
         found.append((where, False, functools.partial(_same, obj)))
-        attributes = getattr(obj, "__dict__", None)
+        attributes = _attr(obj, "__dict__")
         if isinstance(attributes, dict):
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", n in names,
                        functools.partial(attributes.get, n)) for n in list(attributes)]
@@ -83,7 +83,7 @@ def places(fn, args=(), kwargs=None):
                        functools.partial(_number_in, obj, n))
                       for n in names if n not in attributes and _number_in(obj, n) is not _ABSENT]
     for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight)
-        attributes = getattr(obj, "__dict__", None)
+        attributes = _attr(obj, "__dict__")
         if not isinstance(attributes, dict):
             continue
         if _is_module(obj):  # (a module's mode is a guard of the program already)
@@ -114,7 +114,7 @@ def _is_plain(value):
     class of settings of the user's): not a tensor, a module, a function, a Python module or a library's class."""
     if isinstance(value, type):
         return value.__module__ == "__main__" or _users_module(sys.modules.get(value.__module__))
-    return (isinstance(getattr(value, "__dict__", None), dict) and not isinstance(
+    return (isinstance(_attr(value, "__dict__"), dict) and not isinstance(
         value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
 
 
@@ -125,13 +125,17 @@ def _users_module(module):
 
 
 def _number_in(obj, name):
-    """The number or string ``obj.name``, in the object or in its class (a property is not called), else
-    ``_ABSENT``."""
-    attributes = getattr(obj, "__dict__", None)
+    """The number or string ``obj.name``, in the object or in its class (a property is not called), or that its
+    class's ``__getattr__`` gives (a config object keeping its settings in a dict), else ``_ABSENT``."""
+    attributes = _attr(obj, "__dict__")
+    klass = obj if isinstance(obj, type) else type(obj)
     if type(attributes) is dict and name in attributes:
         value = attributes[name]
     else:
-        value = getattr(obj if isinstance(obj, type) else type(obj), name, _ABSENT)
+        value = _attr(klass, name, _ABSENT)
+        if value is _ABSENT and klass is not obj and hasattr(klass, "__getattr__"):
+            value = _attr(obj, name, None)
+            value = _ABSENT if value is None else value
     return value if type(value) in _SCALARS else _ABSENT
 
 
@@ -169,7 +173,7 @@ def reached(func, owner, objects=()):
             continue
         near = [f.__globals__.get(n) for n in read] + [_cell_value(c) for c in f.__closure__ or ()]
         if obj is not None:
-            attributes = getattr(obj, "__dict__", None)
+            attributes = _attr(obj, "__dict__")
             attributes = attributes if isinstance(attributes, dict) else {}
             submodules = attributes.get("_modules") if _is_module(obj) else None
             near += [attributes[n] if n in attributes else submodules.get(n) if submodules else None for n in read]
@@ -254,6 +258,15 @@ def _strings(code):
 
 def _same(value):
     return value
+
+
+def _attr(obj, name, default=None):
+    """``getattr(obj, name, default)`` that a class's ``__getattr__`` raising another error (a config object
+    looking names up in a dict: KeyError) does not break."""
+    try:
+        return getattr(obj, name, default)
+    except Exception:  # noqa: BLE001 - any error means: not there
+        return default
 
 
 def _cell_value(cell):
@@ -501,8 +514,8 @@ def held(modules):
 def contents_of(value):
     if type(value) in _SCALARS:
         return value
-    if hasattr(value, "__next__") and not hasattr(value, "__dict__"):  # a generator, a list's iterator
-        frame = getattr(value, "gi_frame", None)  # a generator: where its loop is (None when it ended)
+    if _attr(value, "__next__") is not None and _attr(value, "__dict__") is None:  # a generator, a list's iterator
+        frame = _attr(value, "gi_frame")  # a generator: where its loop is (None when it ended)
         local = () if frame is None else tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in
                                                frame.f_locals.items())
         return ("iterator", operator.length_hint(value, -1), frame is None, local)
@@ -510,7 +523,7 @@ def contents_of(value):
         return tuple(map(id, value))
     if isinstance(value, dict):  # keys by identity too: a tensor's == is elementwise
         return tuple((k if type(k) in _SCALARS else id(k), id(v)) for k, v in value.items())
-    attributes = getattr(value, "__dict__", None)
+    attributes = _attr(value, "__dict__")
     if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
             and not _is_module(value)):  # a module: Module.__setattr__ reports it
         return tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in attributes.items())
@@ -519,7 +532,7 @@ def contents_of(value):
 
 def _is_module(value):
     """Whether ``value`` is an ``nn.Module`` (told by its registries: this package does not import nn)."""
-    return isinstance(getattr(value, "_parameters", None), dict) and callable(getattr(value, "modules", None))
+    return isinstance(_attr(value, "_parameters"), dict) and callable(_attr(value, "modules"))
 
 
 def _unchanged(old, new):
