@@ -1255,6 +1255,36 @@ def test_a_number_read_out_of_a_numpy_array_is_a_constant_that_check_catches():
         f(x, y)
 
 
+class _Tally:
+    """An object whose recorded method (``@replayed``: a replay calls it again) keeps counts in a dict it holds."""
+
+    def __init__(self):
+        self.seen = {}
+
+    @tg.capture.replayed
+    def count(self, t):
+        self.seen["calls"] = self.seen.get("calls", 0) + 1
+
+
+def test_what_a_recorded_call_changes_in_an_argument_it_took_is_no_python_state_change():
+    """An argument passed to a recorded call (an optimizer, a tally) may change what it holds: the call does it
+    again on every replay. Before, the dict it holds, as an attribute of an argument, counted as Python state the
+    step changed, so no program was kept (with SGD's lazily made workspace, when Numba is off)."""
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y, opt, tally):
+        loss = F.cross_entropy(model(x), y)
+        tally.count(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    f, tally = tg.compile(step), _Tally()
+    for x, y in _batches(4):
+        f(x, y, opt, tally)
+    assert (f.records, f.replays) == (1, 3) and tally.seen == {"calls": 4}
+
+
 def test_a_namedtuple_batch_and_result():
     """A batch as a namedtuple (a new one on every call, as a data loader's collate makes) replays, and a
     namedtuple result comes back as one; before, rebuilding it for the recording raised a TypeError."""

@@ -78,7 +78,7 @@ def places(fn, args=(), kwargs=None):
         attributes = _attr(obj, "__dict__")
         if isinstance(attributes, dict):
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", n in names,
-                       functools.partial(attributes.get, n)) for n in list(attributes)]
+                       functools.partial(_attribute, obj, n)) for n in list(attributes)]
             found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", True,
                        functools.partial(_number_in, obj, n))
                       for n in names if n not in attributes and _number_in(obj, n) is not _ABSENT]
@@ -89,7 +89,7 @@ def places(fn, args=(), kwargs=None):
         if _is_module(obj):  # (a module's mode is a guard of the program already)
             read = read - {"training"}
         where = f"the {type(obj).__name__} whose {f.__qualname__} reads it"
-        found += [(f"the attribute {n!r} of {where}", True, functools.partial(attributes.get, n))
+        found += [(f"the attribute {n!r} of {where}", True, functools.partial(_attribute, obj, n))
                   for n in read if n in attributes]
         found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
                   for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]  # (in its class)
@@ -141,6 +141,20 @@ def _number_in(obj, name):
 
 def _number_of(get, name):
     return _number_in(get(), name)
+
+
+def _attribute(obj, name):
+    return obj.__dict__.get(name)
+
+
+def _holder(get):
+    """The object whose attribute the place ``get`` reads (``places``), else None."""
+    if type(get) is functools.partial:
+        if get.func is _attribute or get.func is _number_in:
+            return get.args[0]
+        if get.func is _number_of:
+            return get.args[0]()
+    return None
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
@@ -494,10 +508,10 @@ def python_state(found_places):
     state = {}
     for where, _, get in found_places:
         value = get()
-        state[where] = (value, contents_of(value))
+        state[where] = (value, contents_of(value), _holder(get))
         if _is_module(value):
             for module, name, obj, contents in held(value.modules()):
-                state[f"the attribute {name!r} of the {type(module).__name__} in {where}"] = (obj, contents)
+                state[f"the attribute {name!r} of the {type(module).__name__} in {where}"] = (obj, contents, module)
     return state
 
 
@@ -544,12 +558,13 @@ def state_changed(before, after, rec):
     """Where the step's own Python changed what the step's code reaches (``python_state`` before and after the
     call): appended to a list (``history.append(loss)``), set a dict item or an attribute of a plain object
     (``stats.n += 1``), rebound a global or closure variable; a replay would do none of it. An object a recorded
-    call took (an optimizer, a scheduler: the call changes it again on every replay) may change. Else None."""
+    call took (an optimizer, a scheduler: the call changes it again on every replay), and what it holds, may
+    change. Else None."""
     exempt = {id(a) for step in rec.steps if step[0] is replay_call
               for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor)}
-    for where, (value, contents) in before.items():
+    for where, (value, contents, holder) in before.items():
         now = after.get(where)
-        if now is None or id(value) in exempt:
+        if now is None or id(value) in exempt or id(holder) in exempt:
             continue
         if not _unchanged(value, now[0]):
             return where
