@@ -42,9 +42,9 @@ def places(fn, args=(), kwargs=None):
     attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these. The
     step's code is its own and that of the user's code it reaches (``reached``: helpers, methods of its object,
     the forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that
-    code names. ``named``: read
-    by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
-    code spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
+    code names. ``named``: read by name in that code (a global, a closure variable, an attribute named, an item
+    of such a dict at a key the code spells out or of such a tuple, an attribute named of such a plain object),
+    not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -113,15 +113,10 @@ def _is_plain(value):
     """Whether ``value`` is an object whose attributes are plain data (a config object, an argparse namespace, a
     class of settings of the user's): not a tensor, a module, a function, a Python module or a library's class."""
     if isinstance(value, type):
-        return value.__module__ == "__main__" or _users_module(sys.modules.get(value.__module__))
+        module = sys.modules.get(value.__module__)
+        return _users_code(value.__module__, getattr(module, "__file__", None))
     return (isinstance(_attr(value, "__dict__"), dict) and not isinstance(
         value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
-
-
-def _users_module(module):
-    path = getattr(module, "__file__", None) or ""
-    name = getattr(module, "__name__", "")
-    return bool(path) and not (name == "tinygen" or name.startswith("tinygen.") or path.startswith(_library_dirs()))
 
 
 def _number_in(obj, name):
@@ -226,19 +221,24 @@ def _methods(obj, read):
     for o in obj.modules() if _is_module(obj) else (obj,):
         klass = type(o)
         for n in dict.fromkeys((*read, *_CALLED) if o is obj else _CALLED):
-            try:
-                m = getattr(klass, n, None)
-            except Exception:  # noqa: BLE001 - a class whose attribute lookup fails has no method for us
-                continue
+            m = _attr(klass, n)
             if isinstance(m, types.FunctionType) and _users(m):
                 found.append((m, o))
     return found
 
 
 def _users(func):
-    module = func.__module__ or ""
-    return not (module == "tinygen" or module.startswith("tinygen.")
-                or func.__code__.co_filename.startswith(_library_dirs()))
+    return _users_code(func.__module__, func.__code__.co_filename)
+
+
+def _users_code(module, path):
+    """Whether code of the module named ``module``, in the file ``path``, is the user's: not tinygen's, nor the
+    standard library's or an installed package's (a script run as ``__main__`` is, with or without a file)."""
+    module = module or ""
+    if module == "__main__":
+        return True
+    return bool(path) and not (module == "tinygen" or module.startswith("tinygen.")
+                               or path.startswith(_library_dirs()))
 
 
 @functools.cache
