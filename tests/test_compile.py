@@ -1650,6 +1650,45 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
     assert _same(eager, compiled) and (f.records, f.replays) == (1, 3)
 
 
+@pytest.mark.parametrize("use", ["where", "arithmetic", "indexing"])
+def test_a_mask_made_from_a_host_buffer_the_caller_refills_is_made_again_on_replay(use):
+    """RL's done flags: a boolean buffer refilled in place between calls, turned into a tensor inside the step.
+    Before, the mask stayed the recorded constant; now it is made again on every replay, and where its values
+    decide a shape (boolean indexing) they are a guard: a new mask records anew, the same one replays."""
+    flags = [[False] * 6, [False] * 6, [True, False] * 3, [True, False] * 3, [False, True] * 3, [True, False] * 3]
+
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+        done = np.zeros(6, bool)
+        x = tg.randn(6, 4)
+
+        def step(x):
+            opt.zero_grad()
+            h = model(x).reshape(6)
+            d = tg.tensor(done)
+            if use == "where":
+                loss = tg.where(d, h * 0, h).pow(2).sum()
+            elif use == "arithmetic":
+                loss = (h * (1 - d.float())).pow(2).sum()
+            else:
+                loss = h[d].pow(2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        losses = []
+        for row in flags:
+            done[...] = row
+            losses.append(f(x).data.copy())
+        return losses + _params(model), f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == ((1, 5) if use != "indexing" else (4, 2))
+
+
 def test_a_replay_holds_and_peaks_at_no_more_memory_than_eager():
     import tracemalloc
 

@@ -98,11 +98,20 @@ def refuse_host_read(tensor, what):
 
 
 def refuse_shape_from_values(tensor, what):
-    """Raise while recording if ``tensor``'s values decide a result's shape (``what``: boolean-mask indexing) and
-    may differ on a replay: an input of the step or a tensor its ops made. A constant of the step passes."""
+    """While recording, ``tensor``'s values decide a result's shape (``what``: boolean-mask indexing): raise if
+    they may differ on a replay (an input of the step or a tensor its ops made); a mask made from a host array
+    (``note_host_mask``) becomes a guard of the program instead. A constant of the step passes."""
     rec = CAPTURE.recorder
-    if rec is not None and not rec.depth and rec.varies(tensor):
-        rec.refuse(tensor, what)
+    if rec is not None and not rec.depth:
+        rec.shape_from_values(tensor, what)
+
+
+def note_host_mask(tensor, data):
+    """``tensor`` is a boolean mask a recorded call made from the host array or list ``data``: a replay makes it
+    again from what ``data`` holds then (a buffer of done flags refilled in place)."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.note_host_mask(tensor, data)
 
 
 def note_alias(src, dst):

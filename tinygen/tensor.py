@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 from . import backend, dtypes
-from .capture import note_alias, note_grad_set, note_requires_grad, refuse_host_read, replayed
+from .capture import note_alias, note_grad_set, note_host_mask, note_requires_grad, refuse_host_read, replayed
 from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
@@ -333,10 +333,14 @@ def as_tensor(data, dtype=None, device="cpu"):
 
 def _host_tensor(data, dtype, device, requires_grad, copy):
     """``_from_host``, as a recorded call for host data a caller may refill in place between two calls of a
-    compiled step (an array or a list); not for a boolean array: a mask decides shapes, which a replay cannot
-    change, so it stays the recorded constant."""
-    refillable = isinstance(data, (list, tuple)) or (isinstance(data, np.ndarray) and data.dtype.kind != "b")
-    return (_from_host if refillable else _from_host.__wrapped__)(data, dtype, device, requires_grad, copy)
+    compiled step (an array or a list); a boolean mask is noted too (where it decides a shape, its values are a
+    guard of the program)."""
+    if not isinstance(data, (list, tuple, np.ndarray)):
+        return _from_host.__wrapped__(data, dtype, device, requires_grad, copy)
+    out = _from_host(data, dtype, device, requires_grad, copy)
+    if out.data.dtype.kind == "b":
+        note_host_mask(out, data)
+    return out
 
 
 # inside a compiled step, a tensor made from a host array or list is made again on every replay, from what the

@@ -35,9 +35,10 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
-           the grad mode, and the numbers and strings the step's own code reads from globals, closure variables
-           and its object's attributes; its code is its own and that of the user's helper functions and methods
-           of its object it calls by name, three calls deep) picks a program; before a replay its guards are
+           the grad mode, and the numbers and strings the step's code reads from globals, closure variables, its
+           object's and its arguments' attributes and config objects there; its code is its own and that of the
+           user's code it reaches, three calls deep: helper functions, methods of the objects it names or takes,
+           a loss object's ``__call__``, its modules' forwards) picks a program; before a replay its guards are
            checked: the train/eval mode of every module the step called, the contents of the config objects,
            lists and dicts it holds, its count of changes (a parameter, submodule or setting replaced) and the
            requires_grad, shape and dtype of every leaf tensor it used (as before the step changed them:

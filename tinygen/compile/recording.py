@@ -8,6 +8,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..autograd import engine
 from ..autograd.engine import _backward, _grad
 from ..autograd.function import user_frame
@@ -16,8 +18,8 @@ from ..capture import CAPTURE
 from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
-from .steps import (BackwardPlan, CompileError, replay_alias, replay_backward, replay_call, replay_forward,
-                    replay_release, replay_requires_grad, map_tensors, run_steps, set_grad, tensors_in)
+from .steps import (BackwardPlan, CompileError, map_tensors, replay_alias, replay_backward, replay_call,
+                    replay_forward, replay_release, replay_requires_grad, run_steps, set_grad, tensors_in)
 
 
 class Recorder:
@@ -38,6 +40,8 @@ class Recorder:
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
         self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
+        self.host_masks = {}  # id -> (a mask made from host data, that array or list, its values): note_host_mask
+        self.mask_guards = []  # (host data, its values) of the masks whose values decide a shape
 
     @property
     def depth(self):
@@ -157,6 +161,18 @@ class Recorder:
         """Whether ``tensor`` may hold other values on a replay: an input, or made by the step."""
         return id(tensor) in self.made or id(tensor) in self.inputs
 
+    def note_host_mask(self, tensor, data):
+        self.host_masks[id(tensor)] = (tensor, data, np.array(data, copy=True))
+
+    def shape_from_values(self, tensor, what):
+        """``tensor``'s values decide a shape (``capture.refuse_shape_from_values``): a mask made from host data
+        becomes a guard (the program replays while the data holds these values); another that may vary raises."""
+        mask = self.host_masks.get(id(tensor))
+        if mask is not None:
+            self.mask_guards.append(mask[1:])
+        elif self.varies(tensor):
+            self.refuse(tensor, what)
+
     def note_module(self, module):
         if id(module) not in self.modules:  # its mode as the step found it, before it changed anything
             self.modules[id(module)] = (module, module.training)
@@ -240,6 +256,7 @@ class Program:
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
         self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
         self.held = tuple((obj, contents) for _, _, obj, contents in guards.held(m for m, _ in rec.modules.values()))
+        self.masks = tuple(rec.mask_guards)  # host data whose values decided a shape: they must stay the same
         ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
@@ -255,6 +272,9 @@ class Program:
                 return False
         for obj, contents in self.held:  # what the modules hold (a config object): as when recorded
             if guards.contents_of(obj) != contents:
+                return False
+        for data, values in self.masks:
+            if not np.array_equal(data, values):
                 return False
         for tensor, requires_grad, shape, dtype in self.leaves:  # a parameter made float64 or resized: anew
             d = tensor.data
