@@ -114,10 +114,10 @@ tensor arguments that require grad. Return tensors from the step and read them a
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
 its helpers, its modules' forwards, a loss object's ``__call__``; not those that library code reads): write the
-step with tinygen ops, modules and optimizers. A replay uses the tensors
-and modules the recorded call used: one the step found in a global or closure variable of its own code, in an
-attribute of its object or of an argument (or one level inside a list, tuple or dict there) that holds another
-object at a later call raises ``CompileError`` naming where (pass tensors that change as arguments).
+step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call used: one
+the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
+(or one level inside a list, tuple or dict there) that holds another object at a later call raises
+``CompileError`` naming where (pass tensors that change as arguments).
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the
