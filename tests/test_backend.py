@@ -111,6 +111,21 @@ def test_standin_accepts_scalars_like_cupy(standin):
     np.testing.assert_array_equal(target.get(), [3, 0, 3])
 
 
+def test_standin_unary_ops_of_a_0d_array_give_a_0d_device_array(standin):
+    """As CuPy's: NumPy gives a scalar for ``-a`` of a 0-d array, which the stand-in wrapped as it was, so that a
+    gradient summed into it in place (a 0-d leaf's ``.grad += g``, found by a random graph) raised."""
+    a = standin.asarray(np.array(1.5))
+    for out in (-a, abs(a), ~standin.asarray(np.array(True))):
+        assert isinstance(out, backend.StandinArray) and out.shape == ()
+    b = -a
+    b += a
+    assert b.get() == 0.0
+    x = tg.tensor(0.5, dtype=tg.float64, device="cuda", requires_grad=True)
+    (-x).backward()
+    (-x).backward()
+    assert x.grad.item() == -2.0
+
+
 def test_reversed_scalar_ops_and_scatter_on_cuda(device):
     # regression: `1 - t` and repeated-index gradients broke on the stand-in (NumPy scalar on the left of a device
     # array; add.at not reachable), and two constants met as a host array on a device tensor

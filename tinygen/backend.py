@@ -318,14 +318,14 @@ class StandinArray:
     def __index__(self):
         return self._a.__index__()
 
-    def __neg__(self):
-        return StandinArray(-self._a)
+    def __neg__(self):  # (_wrap: NumPy gives a scalar for a 0-d array, CuPy a 0-d array)
+        return _wrap(-self._a)
 
     def __abs__(self):
-        return StandinArray(abs(self._a))
+        return _wrap(abs(self._a))
 
     def __invert__(self):
-        return StandinArray(~self._a)
+        return _wrap(~self._a)
 
     def __repr__(self):
         return f"standin_array({self._a!r})"
