@@ -341,10 +341,16 @@ class PythonValues:
         return wheres is not None and wheres != self.wheres
 
     def __call__(self, args, kwargs):
-        objects = self.objects
-        if (objects or kwargs or any(type(a) not in _PLAIN for a in args)) and not _same_objects(
-                objects, _objects(args, kwargs)):
+        look = self.objects or kwargs
+        if not look:
+            for a in args:  # (a loop: cheaper than any() on this path of every call)
+                if type(a) not in _PLAIN:
+                    look = True
+                    break
+        if look and not _same_objects(self.objects, _objects(args, kwargs)):
             self.update(args, kwargs)
+        if not self.sources:
+            return ()
         return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
 
 
