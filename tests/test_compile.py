@@ -1,5 +1,6 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
 import copy
+import enum
 import functools
 import queue
 import random
@@ -1456,6 +1457,43 @@ def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_it
         eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
     finally:
         set_weight(1.0)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
+class _Reduction(enum.Enum):
+    SUM = "sum"
+    MEAN = "mean"
+
+
+_REDUCTION = _Reduction.MEAN
+_NP_WEIGHT = np.float32(1.0)
+
+
+def test_an_enum_member_or_a_numpy_scalar_the_step_reads_is_part_of_its_signature():
+    """A setting held as an enum member (a reduction mode the step branches on) or as a NumPy scalar (a weight
+    computed with NumPy) is compared by value like a Python number: before, both replayed the recorded one."""
+    global _REDUCTION, _NP_WEIGHT
+
+    def make_step():
+        model, opt, _ = _mlp_setup()
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y, reduction=_REDUCTION.value) * _NP_WEIGHT
+            loss = loss if _REDUCTION is _Reduction.MEAN else loss / 8
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+
+    def set_setting(w):
+        global _REDUCTION, _NP_WEIGHT
+        _REDUCTION = _Reduction.SUM if w == 0.5 else _Reduction.MEAN
+        _NP_WEIGHT = np.float32(w * 2)
+    try:
+        eager, compiled, f = _weighted_runs(make_step, set_setting, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    finally:
+        _REDUCTION, _NP_WEIGHT = _Reduction.MEAN, np.float32(1.0)
     assert compiled == eager and (f.records, f.replays) == (3, 4)
 
 

@@ -18,6 +18,7 @@ step's Python code depended on must be the same, or the call must not replay:
 """
 import collections
 import contextlib
+import enum
 import functools
 import hashlib
 import operator
@@ -131,7 +132,7 @@ def _number_in(obj, name):
         if value is _ABSENT and klass is not obj and hasattr(klass, "__getattr__"):
             value = _attr(obj, name, None)
             value = _ABSENT if value is None else value
-    return value if type(value) in _SCALARS else _ABSENT
+    return value if _is_setting(value) else _ABSENT
 
 
 def _number_of(get, name):
@@ -315,16 +316,22 @@ def signature(args, kwargs, values, tensors):
 
 
 _SCALARS = frozenset((int, float, bool, complex, str, type(None)))
+
+
+def _is_setting(value):
+    """Whether ``value`` is a number, a string, None, an enum member or a NumPy scalar: a setting, compared by
+    value (a signature's part, a place unchanged when equal)."""
+    return type(value) in _SCALARS or isinstance(value, (enum.Enum, np.generic))
 _ABSENT = object()  # a place that held no number at one of two signatures
 
 
 class PythonValues:
-    """The numbers and strings the step's code reads by name (``places``: its globals, closure variables, the
-    attributes of its object and its arguments that it names, and those that the user's code it reaches names).
-    Such a value feeds the recording as an argument does (a branch taken, a constant of an op), so it is part of
-    the signature, and another value records anew. Called with a call's arguments, returns ((where, value), ...)
-    for those holding a number or a string now. (What library code reads is not seen: pass it as an argument, a
-    0-d tensor if it changes on every call.)"""
+    """The settings the step's code reads by name (``_is_setting``: numbers, strings, enum members, NumPy
+    scalars; ``places``: its globals, closure variables, the attributes of its object and its arguments that it
+    names, and those that the user's code it reaches names). Such a value feeds the recording as an argument
+    does (a branch taken, a constant of an op), so it is part of the signature, and another value records anew.
+    Called with a call's arguments, returns ((where, value), ...) for those holding a setting now. (What library
+    code reads is not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -351,7 +358,7 @@ class PythonValues:
             self.update(args, kwargs)
         if not self.sources:
             return ()
-        return tuple((where, v) for where, get in self.sources if type(v := get()) in _SCALARS)
+        return tuple((where, v) for where, get in self.sources if _is_setting(v := get()))
 
 
 _PLAIN = frozenset((Tensor, int, float, bool, str, type(None), tuple, list, dict))  # arguments no code is read for
@@ -532,21 +539,21 @@ def held(modules):
 
 
 def contents_of(value):
-    if type(value) in _SCALARS:
+    if _is_setting(value):
         return value
     if _attr(value, "__next__") is not None and _attr(value, "__dict__") is None:  # a generator, a list's iterator
         frame = _attr(value, "gi_frame")  # a generator: where its loop is (None when it ended)
-        local = () if frame is None else tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in
+        local = () if frame is None else tuple((k, v if _is_setting(v) else id(v)) for k, v in
                                                frame.f_locals.items())
         return ("iterator", operator.length_hint(value, -1), frame is None, local)
     if isinstance(value, list):
         return tuple(map(id, value))
     if isinstance(value, dict):  # keys by identity too: a tensor's == is elementwise
-        return tuple((k if type(k) in _SCALARS else id(k), id(v)) for k, v in value.items())
+        return tuple((k if type(k) in _SCALARS else id(k), v if _is_setting(v) else id(v)) for k, v in value.items())
     attributes = _attr(value, "__dict__")
     if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
             and not _is_module(value)):  # a module: Module.__setattr__ reports it
-        return tuple((k, v if type(v) in _SCALARS else id(v)) for k, v in attributes.items())
+        return tuple((k, v if _is_setting(v) else id(v)) for k, v in attributes.items())
     return None
 
 
@@ -557,7 +564,7 @@ def _is_module(value):
 
 def _unchanged(old, new):
     """Whether a place still holds what it held: the same object, or an equal number or string."""
-    return new is old or (type(new) is type(old) and type(old) in _SCALARS and new == old)
+    return new is old or (type(new) is type(old) and _is_setting(old) and bool(new == old))
 
 
 def state_changed(before, after, rec):
