@@ -1129,10 +1129,14 @@ class _Scaled(nn.Module):
     def __init__(self):
         super().__init__()
         self.layer = nn.Linear(12, 5)
-        self._k = 1.0
+        self._k = self._f = 1.0
+
+    @property
+    def factor(self):  # a property's getter reads the private attribute
+        return self._f
 
     def forward(self, x):
-        return self.layer(x) * SCALE * self._k * self.gain
+        return self.layer(x) * SCALE * self._k * self.gain * self.factor
 
 
 class _WeightedLoss:
@@ -1209,6 +1213,8 @@ def _user_objects_runs(case, compiled):
                     LOSS_WEIGHT = 3.0
                 elif case == "private":
                     net[0]._k = 0.5
+                elif case == "property":
+                    net[0]._f = 0.5
                 elif case == "class attribute":
                     _Scaled.gain = 2.0
                 elif case in ("loss object", "list", "method argument"):
@@ -1223,13 +1229,13 @@ def _user_objects_runs(case, compiled):
     return result + _params(net), f
 
 
-@pytest.mark.parametrize("case", ["global", "private", "class attribute", "loss object", "list", "arguments",
-                                  "function argument", "partial argument", "method argument"])
+@pytest.mark.parametrize("case", ["global", "private", "class attribute", "property", "loss object", "list",
+                                  "arguments", "function argument", "partial argument", "method argument"])
 def test_what_the_users_modules_and_objects_read_is_seen(case):
-    """A forward of the user's module reading a global, a private or a class attribute, a loss object's
-    ``__call__`` reading its weight, a list of such objects, all of them passed as arguments with a config object,
-    and a loss function, a partial of one or a bound method passed as an argument: the recording reads their code
-    too, so a new value records anew (before, each replayed the old one)."""
+    """A forward of the user's module reading a global, a private or a class attribute or a property, a loss
+    object's ``__call__`` reading its weight, a list of such objects, all of them passed as arguments with a config
+    object, and a loss function, a partial of one or a bound method passed as an argument: the recording reads
+    their code too, so a new value records anew (before, each replayed the old one)."""
     eager, _ = _user_objects_runs(case, False)
     compiled, f = _user_objects_runs(case, True)
     assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)

@@ -216,13 +216,14 @@ _CALLED = ("__call__", "forward")  # what calling an object runs (a module's __c
 
 def _methods(obj, read):
     """The user's methods of ``obj`` that code naming it (reading the names ``read``) may run, with their object:
-    those of its class named in ``read``, its ``__call__``; for a module, the forward of it and of each of its
-    submodules too."""
+    those of its class named in ``read`` (a property's getter too), its ``__call__``; for a module, the forward of
+    it and of each of its submodules too."""
     found = []
     for o in obj.modules() if _is_module(obj) else (obj,):
         klass = type(o)
         for n in dict.fromkeys((*read, *_CALLED) if o is obj else _CALLED):
             m = _attr(klass, n)
+            m = m.fget if isinstance(m, property) else m  # (a property's getter: self.weight computed)
             if isinstance(m, types.FunctionType) and _users(m):
                 found.append((m, o))
     return found
