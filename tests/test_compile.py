@@ -1586,19 +1586,21 @@ def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
         box.inner.hidden.shape
 
 
-@pytest.mark.parametrize("where", ["list", "dict", "object", "variable"])
+@pytest.mark.parametrize("where", ["list", "dict", "object", "variable", "default"])
 def test_python_state_the_step_changes_where_its_code_looks_records_every_call(where):
-    """``history.append(loss)``, ``metrics["loss"] = loss``, ``stats.n += 1``, ``nonlocal last``: Python a replay
-    would not run again. Such a call keeps no program (the next records again), so the step's Python runs on
+    """``history.append(loss)``, ``metrics["loss"] = loss``, ``stats.n += 1``, ``nonlocal last``, a counter in a
+    mutable default (``state={"n": 0}``): Python a replay would not run again. Such a call keeps no program (the next records again), so the step's Python runs on
     every call as in eager; a warning names the place the second time."""
     def run(compiled):
         model, opt, step = _mlp_setup()
         history, metrics, stats, last = [], {}, types.SimpleNamespace(n=0), None
 
-        def keeps(x, y):
+        def keeps(x, y, state={"n": 0}):  # noqa: B006 - the mutable default is the case
             nonlocal last
             loss = step(x, y)
-            if where == "list":
+            if where == "default":
+                state["n"] += 1
+            elif where == "list":
                 history.append(loss.detach())
             elif where == "dict":
                 metrics["loss"] = loss.detach()
@@ -1613,14 +1615,17 @@ def test_python_state_the_step_changes_where_its_code_looks_records_every_call(w
             for x, y in _batches(4):
                 f(x, y)
         kept = ([h.data for h in history] + [t.data for t in metrics.values()] + [np.float64(stats.n)]
-                + ([] if last is None else [last.data]))
+                + ([] if last is None else [last.data]) + [np.float64(keeps.__defaults__[0]["n"])])
         return kept + _params(model), f, [str(w.message) for w in caught if "on every call" in str(w.message)]
     eager, _, _ = run(False)
     compiled, f, said = run(True)
     assert _same(eager, compiled) and (f.records, f.replays) == (4, 0)
-    place = {"list": "the contents of the variable 'history'", "dict": "the contents of the variable 'metrics'",
-             "object": "the contents of the variable 'stats'", "variable": "the variable 'last'"}[where]
-    assert len(said) == 1 and f"changes {place} of the enclosing function" in said[0]
+    place = {"list": "the contents of the variable 'history' of the enclosing function",
+             "dict": "the contents of the variable 'metrics' of the enclosing function",
+             "object": "the contents of the variable 'stats' of the enclosing function",
+             "variable": "the variable 'last' of the enclosing function",
+             "default": "the contents of the default of the parameter 'state' of"}[where]
+    assert len(said) == 1 and f"changes {place}" in said[0]
 
 
 @pytest.mark.parametrize("source", ["DataLoader", "generator", "list"])

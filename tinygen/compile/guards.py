@@ -67,6 +67,10 @@ def places(fn, args=(), kwargs=None):
             of = "the enclosing function" if f is func else f"the function enclosing {f.__qualname__}"
             found += [(f"the variable {n!r} of {of}", True, functools.partial(_cell_value, cell))
                       for n, cell in zip(f.__code__.co_freevars, f.__closure__)]
+        if (f.__defaults__ or f.__kwdefaults__) and (id(f), "defaults") not in seen:  # state={"t": 0}, cfg=cfg
+            seen.add((id(f), "defaults"))
+            found += [(f"the default of the parameter {n!r} of {f.__qualname__}", True, functools.partial(_same, v))
+                      for n, v in _defaults(f) if not _is_setting(v)]
         if obj is not None and obj is not owner:
             objects.setdefault(id(obj), (obj, set(), f))[1].update(read)
     owners = [("the step's object", owner)]
@@ -108,6 +112,13 @@ def places(fn, args=(), kwargs=None):
             found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_of, get, n))
                       for n in names if _number_in(value, n) is not _ABSENT]
     return found
+
+
+def _defaults(func):
+    """(parameter name, default value) of a function's parameters that have one."""
+    code, positional = func.__code__, func.__defaults__ or ()
+    names = code.co_varnames[:code.co_argcount][-len(positional):] if positional else ()
+    return [*zip(names, positional), *(func.__kwdefaults__ or {}).items()]
 
 
 def _is_plain(value):
