@@ -1503,6 +1503,37 @@ def test_an_enum_member_or_a_numpy_scalar_the_step_reads_is_part_of_its_signatur
     assert compiled == eager and (f.records, f.replays) == (3, 4)
 
 
+class _Losses:
+    """A class of the user's whose static and class methods the step calls through the class."""
+    beta = 1.0
+
+    @staticmethod
+    def weighted(loss):
+        return loss * _WEIGHT
+
+    @classmethod
+    def scaled(cls, loss):
+        return loss * cls.beta
+
+
+@pytest.mark.parametrize("method", ["static", "class"])
+def test_what_a_static_or_class_method_reads_is_part_of_the_signature(method):
+    """``Losses.weighted(loss)`` reading a global, ``Losses.scaled(loss)`` reading ``cls.beta``: the methods a step
+    calls through a class of the user's are read as its helpers are; before, both replayed the recorded weight."""
+    def make_step():
+        _, _, step = _mlp_setup()
+        return lambda x, y: _Losses.weighted(step(x, y)) if method == "static" else _Losses.scaled(step(x, y))
+
+    def set_weight(w):
+        global _WEIGHT
+        _WEIGHT = _Losses.beta = w
+    try:
+        eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    finally:
+        set_weight(1.0)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
 def test_a_python_number_that_changes_on_every_call_is_named_in_the_cache_warning():
     global _WEIGHT
     _, _, step = _mlp_setup()

@@ -89,6 +89,9 @@ def places(fn, args=(), kwargs=None):
                       for n in names if n not in attributes and _number_in(obj, n) is not _ABSENT]
     for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight)
         attributes = _attr(obj, "__dict__")
+        if isinstance(obj, type):  # a class method's class: the numbers it names (cls.beta)
+            found += [(f"the attribute {n!r} of the class {obj.__name__} whose {f.__qualname__} reads it", True,
+                       functools.partial(_number_in, obj, n)) for n in read if _number_in(obj, n) is not _ABSENT]
         if not isinstance(attributes, dict):
             continue
         if _is_module(obj):  # (a module's mode is a guard of the program already)
@@ -207,8 +210,8 @@ def reached(func, owner, objects=()):
 
 def _code_of(value, read):
     """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object
-    (None for a plain function): a function, a bound method, a ``functools.partial`` of one, or an object's
-    methods (``_methods``)."""
+    (None for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class
+    methods named of a class of the user's, or an object's methods (``_methods``)."""
     while isinstance(value, functools.partial):
         value = value.func
     if isinstance(value, types.MethodType):
@@ -217,7 +220,9 @@ def _code_of(value, read):
         obj = None
     if isinstance(value, types.FunctionType):
         return [(value, obj)] if _users(value) else []
-    if value is None or type(value) in _SCALARS or isinstance(value, (types.ModuleType, type)):
+    if isinstance(value, type):  # a class of the user's: its static and class methods named (Losses.l2(h))
+        return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_plain(value) else []
+    if value is None or type(value) in _SCALARS or isinstance(value, types.ModuleType):
         return []
     return _methods(value, read)
 
