@@ -1427,13 +1427,24 @@ class _DictConfig:
 _CFG = _DictConfig(weight=1.0)
 
 
-@pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple", "dict-backed config"])
+class _AttrDict(dict):
+    """A dict read by attribute (as EasyDict and ml_collections' configs are)."""
+    __getattr__ = dict.__getitem__
+    __setattr__ = dict.__setitem__
+
+
+_HP = _AttrDict(weight=1.0)
+
+
+@pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple", "dict-backed config",
+                                   "attribute dict"])
 def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_its_signature(where):
     """``args.weight`` (an argparse namespace in a global), ``Settings.weight`` (a class of settings),
-    ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew), ``cfg.weight`` of
-    a config whose ``__getattr__`` reads a dict (and raises KeyError for other names): one level into what
-    the step names, as for a dict's item; before, each replayed the recorded number. (A list's items are data,
-    not settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested below.)"""
+    ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew), ``cfg.weight`` of a
+    config whose ``__getattr__`` reads a dict (and raises KeyError for other names), ``hp.weight`` of a dict read by
+    attribute: one level into what the step names, as for a dict's item; before, each replayed the recorded number.
+    (A list's items are data, not settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested
+    below.)"""
 
     class Trainer:
         def __init__(self):
@@ -1451,11 +1462,12 @@ def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_it
         return {"namespace": lambda x, y: step(x, y) * _ARGS.weight,
                 "class": lambda x, y: step(x, y) * _Settings.weight,
                 "tuple": lambda x, y: step(x, y) * _GAINS[0],
-                "dict-backed config": lambda x, y: step(x, y) * _CFG.weight}[where]
+                "dict-backed config": lambda x, y: step(x, y) * _CFG.weight,
+                "attribute dict": lambda x, y: step(x, y) * _HP.weight}[where]
 
     def set_weight(w):
         global _GAINS
-        _ARGS.weight = _Settings.weight = _CFG.settings["weight"] = w
+        _ARGS.weight = _Settings.weight = _CFG.settings["weight"] = _HP.weight = w
         _GAINS = (w, 0.1)
         if "trainer" in box:
             box["trainer"].cfg.weight = w
@@ -1620,8 +1632,9 @@ def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
 @pytest.mark.parametrize("where", ["list", "dict", "object", "variable", "default"])
 def test_python_state_the_step_changes_where_its_code_looks_records_every_call(where):
     """``history.append(loss)``, ``metrics["loss"] = loss``, ``stats.n += 1``, ``nonlocal last``, a counter in a
-    mutable default (``state={"n": 0}``): Python a replay would not run again. Such a call keeps no program (the next records again), so the step's Python runs on
-    every call as in eager; a warning names the place the second time."""
+    mutable default (``state={"n": 0}``): Python a replay would not run again. Such a call keeps no program (the
+    next records again), so the step's Python runs on every call as in eager; a warning names the place the second
+    time."""
     def run(compiled):
         model, opt, step = _mlp_setup()
         history, metrics, stats, last = [], {}, types.SimpleNamespace(n=0), None

@@ -104,8 +104,9 @@ def places(fn, args=(), kwargs=None):
     keys = set().union(*(_strings(f.__code__) for f, _, _ in codes))
     for where, named, get in list(found):  # one level into a list, tuple, dict or plain object found there
         value = get()
-        if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"])
-            found += [(f"item {k!r} of {where}", named and k in keys, functools.partial(_item, get, k))
+        if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"]), or names (hp.beta of a
+            spelled = keys if type(value) is dict else keys | names.keys()  # dict read by attribute: an AttrDict)
+            found += [(f"item {k!r} of {where}", named and k in spelled, functools.partial(_item, get, k))
                       for k in list(value)]
         elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's items
             short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # are data (a buffer that
