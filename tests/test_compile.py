@@ -775,14 +775,14 @@ class _Holder:
 
 
 def _hidden_array_code(counter):
-    """A step that changes ``counter``'s weight by array code, the layer held two containers deep, so that no
-    place the recording looks at holds it (``guards.places`` goes one level into a list or dict): it does not
-    compare it, and a replay does not repeat it."""
-    box = {"layers": [counter]}
+    """A step that changes ``counter``'s weight by array code, the layer held in a list in a list, so that no
+    place the recording looks at holds it (``guards.places`` goes one level into a list: a list's items are data,
+    not what the code names): it does not compare it, and a replay does not repeat it."""
+    box = [[counter]]
 
     def hidden(x):
-        box["layers"][0].weight.data += 1
-        return (box["layers"][0](x) * 1).sum()
+        box[0][0].weight.data += 1
+        return (box[0][0](x) * 1).sum()
     return hidden
 
 
@@ -1434,17 +1434,18 @@ class _AttrDict(dict):
 
 
 _HP = _AttrDict(weight=1.0)
+_NESTED = {"loss": {"weight": 1.0}, "model": types.SimpleNamespace(loss=types.SimpleNamespace(weight=1.0))}
 
 
 @pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple", "dict-backed config",
-                                   "attribute dict"])
+                                   "attribute dict", "nested dict", "nested namespace"])
 def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_its_signature(where):
     """``args.weight`` (an argparse namespace in a global), ``Settings.weight`` (a class of settings),
     ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew), ``cfg.weight`` of a
     config whose ``__getattr__`` reads a dict (and raises KeyError for other names), ``hp.weight`` of a dict read by
-    attribute: one level into what the step names, as for a dict's item; before, each replayed the recorded number.
-    (A list's items are data, not settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested
-    below.)"""
+    attribute, and configs within configs (``cfg["loss"]["weight"]``, ``cfg["model"].loss.weight``): into what the
+    step names, as for a dict's item; before, each replayed the recorded number. (A list's items are data, not
+    settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested below.)"""
 
     class Trainer:
         def __init__(self):
@@ -1463,11 +1464,14 @@ def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_it
                 "class": lambda x, y: step(x, y) * _Settings.weight,
                 "tuple": lambda x, y: step(x, y) * _GAINS[0],
                 "dict-backed config": lambda x, y: step(x, y) * _CFG.weight,
-                "attribute dict": lambda x, y: step(x, y) * _HP.weight}[where]
+                "attribute dict": lambda x, y: step(x, y) * _HP.weight,
+                "nested dict": lambda x, y: step(x, y) * _NESTED["loss"]["weight"],
+                "nested namespace": lambda x, y: step(x, y) * _NESTED["model"].loss.weight}[where]
 
     def set_weight(w):
         global _GAINS
         _ARGS.weight = _Settings.weight = _CFG.settings["weight"] = _HP.weight = w
+        _NESTED["loss"]["weight"] = _NESTED["model"].loss.weight = w
         _GAINS = (w, 0.1)
         if "trainer" in box:
             box["trainer"].cfg.weight = w
@@ -1614,19 +1618,34 @@ def test_replays_leave_the_callers_tensors_alone():
 
 
 def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
-    """Kept where the step's code does not look (an attribute of an attribute): a replay would not store it
-    again, and the recorded one is released."""
+    """Kept where the step's code does not look (a list in a list in a list: a list's items are data, so only the
+    first level is looked into): a replay would not store it again, and the recorded one is released. Kept in an
+    attribute of an attribute, where it looks, it is Python state the step changes: each call runs as eager, and
+    the layer kept is the last call's."""
     model, opt, step = _mlp_setup()
+    held = [[[None]]]
     box = types.SimpleNamespace(inner=types.SimpleNamespace())
 
     def keeps_a_hidden_layer(x, y):
-        box.inner.hidden = model[0](x)
+        held[0][0][0] = model[0](x)
         return step(x, y)
     f = tg.compile(keeps_a_hidden_layer)
     x, y = _batches(1)[0]
     f(x, y)
     with pytest.raises(AttributeError, match="intermediate of a compiled step.*return it from the step"):
-        box.inner.hidden.shape
+        held[0][0][0].shape
+
+    def keeps_it_where_the_code_looks(x, y):
+        box.inner.hidden = model[0](x)
+        return step(x, y)
+    g = tg.compile(keeps_it_where_the_code_looks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the second call says that each call records)
+        for x, y in _batches(3):
+            before = model[0](x).data.copy()  # what the step's first layer gives, before its update
+            g(x, y)
+            assert np.array_equal(box.inner.hidden.data, before)
+    assert (g.records, g.replays) == (3, 0)
 
 
 @pytest.mark.parametrize("where", ["list", "dict", "object", "variable", "default"])

@@ -40,12 +40,12 @@ def places(fn, args=(), kwargs=None):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function
     giving what is there now). The globals its code names, its closure variables, its object (a method's
     ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these. The
-    step's code is its own and that of the user's code it reaches (``reached``: helpers, methods of its object,
-    the forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that
-    code names. ``named``: read by name in that code (a global, a closure variable, an attribute named, an item
-    of such a dict at a key the code spells out or of such a tuple, an attribute named of such a plain object),
-    not only reachable."""
+    attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these, up to
+    ``CONFIG_DEPTH`` levels into what the code names (``cfg["loss"]["beta"]``). The step's code is its own and
+    that of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it
+    calls, a loss object's ``__call__``), with the attributes of their objects that code names. ``named``: read
+    by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
+    code spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -102,19 +102,26 @@ def places(fn, args=(), kwargs=None):
         found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
                   for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]  # (in its class)
     keys = set().union(*(_strings(f.__code__) for f, _, _ in codes))
-    for where, named, get in list(found):  # one level into a list, tuple, dict or plain object found there
-        value = get()
-        if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"]), or names (hp.beta of a
-            spelled = keys if type(value) is dict else keys | names.keys()  # dict read by attribute: an AttrDict)
-            found += [(f"item {k!r} of {where}", named and k in spelled, functools.partial(_item, get, k))
-                      for k in list(value)]
-        elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's items
-            short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # are data (a buffer that
-            found += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # tensor() reads anew)
-                      for i in range(len(value))]
-        elif named and _is_plain(value):  # a config object (args.beta, self.cfg.beta, Config.beta): what it names
-            found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_of, get, n))
-                      for n in names if _number_in(value, n) is not _ABSENT]
+    level = list(found)
+    for depth in range(CONFIG_DEPTH):  # one level into what is found; deeper into what the code names
+        deeper = []
+        for where, named, get in level:  # into a list, tuple, dict or plain object found there
+            if depth and not named:
+                continue
+            value = get()
+            if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"]), or names (hp.beta of
+                spelled = keys if type(value) is dict else keys | names.keys()  # a dict read by attribute)
+                deeper += [(f"item {k!r} of {where}", named and k in spelled, functools.partial(_item, get, k))
+                           for k in list(value)]
+            elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's
+                short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # items are data (a
+                deeper += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # buffer that
+                           for i in range(len(value))]  # tensor() reads anew)
+            elif named and _is_plain(value):  # a config object (args.beta, self.cfg.beta, Config.beta): what
+                deeper += [(f"the attribute {n!r} of {where}", True, functools.partial(_member_of, get, n))  # it
+                           for n in names if _config_member(_member_in(value, n))]  # names, a setting or a config
+        found += deeper
+        level = deeper
     return found
 
 
@@ -135,23 +142,34 @@ def _is_plain(value):
         value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
 
 
-def _number_in(obj, name):
-    """The number or string ``obj.name``, in the object or in its class (a property is not called), or that its
-    class's ``__getattr__`` gives (a config object keeping its settings in a dict), else ``_ABSENT``."""
+def _member_in(obj, name):
+    """``obj.name``, in the object or in its class (a property is not called: ``_ABSENT``), or what its class's
+    ``__getattr__`` gives (a config object keeping its settings in a dict), else ``_ABSENT``."""
     attributes = _attr(obj, "__dict__")
     klass = obj if isinstance(obj, type) else type(obj)
     if type(attributes) is dict and name in attributes:
-        value = attributes[name]
-    else:
-        value = _attr(klass, name, _ABSENT)
-        if value is _ABSENT and klass is not obj and hasattr(klass, "__getattr__"):
-            value = _attr(obj, name, None)
-            value = _ABSENT if value is None else value
+        return attributes[name]
+    value = _attr(klass, name, _ABSENT)
+    if value is _ABSENT and klass is not obj and hasattr(klass, "__getattr__"):
+        value = _attr(obj, name, None)
+        value = _ABSENT if value is None else value
+    return _ABSENT if isinstance(value, property) else value
+
+
+def _number_in(obj, name):
+    """The setting ``obj.name`` (``_member_in``), else ``_ABSENT``."""
+    value = _member_in(obj, name)
     return value if _is_setting(value) else _ABSENT
 
 
-def _number_of(get, name):
-    return _number_in(get(), name)
+def _member_of(get, name):
+    value = _member_in(get(), name)
+    return None if value is _ABSENT else value
+
+
+def _config_member(value):
+    """Whether a config object's attribute is a place: a setting, or a dict or config object within it."""
+    return value is not _ABSENT and (_is_setting(value) or isinstance(value, dict) or _is_plain(value))
 
 
 def _attribute(obj, name):
@@ -163,12 +181,13 @@ def _holder(get):
     if type(get) is functools.partial:
         if get.func is _attribute or get.func is _number_in:
             return get.args[0]
-        if get.func is _number_of:
+        if get.func is _member_of:
             return get.args[0]()
     return None
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
+CONFIG_DEPTH = 3  # levels into a config the code names (cfg["loss"]["beta"], args.loss.beta)
 CONTAINER_MAX = 64  # the items of a longer list or dict the code names are not followed (a dataset held whole)
 
 
