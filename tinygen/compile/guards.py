@@ -80,27 +80,12 @@ def places(fn, args=(), kwargs=None):
         if obj is None or isinstance(obj, (Tensor, type)):  # (a tensor argument is the program's input)
             continue
         found.append((where, False, functools.partial(_same, obj)))
-        attributes = _attr(obj, "__dict__")
-        if isinstance(attributes, dict):
-            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", n in names,
-                       functools.partial(_attribute, obj, n)) for n in list(attributes)]
-            found += [(f"the attribute {n!r} of {where} ({type(obj).__name__})", True,
-                       functools.partial(_number_in, obj, n))
-                      for n in names if n not in attributes and _number_in(obj, n) is not _ABSENT]
-    for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight)
-        attributes = _attr(obj, "__dict__")
-        if isinstance(obj, type):  # a class method's class: the numbers it names (cls.beta)
-            found += [(f"the attribute {n!r} of the class {obj.__name__} whose {f.__qualname__} reads it", True,
-                       functools.partial(_number_in, obj, n)) for n in read if _number_in(obj, n) is not _ABSENT]
-        if not isinstance(attributes, dict):
-            continue
+        found += _attribute_places(obj, f"{where} ({type(obj).__name__})", names, every=True)
+    for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight, cls.beta)
         if _is_module(obj):  # (a module's mode is a guard of the program already)
             read = read - {"training"}
-        where = f"the {type(obj).__name__} whose {f.__qualname__} reads it"
-        found += [(f"the attribute {n!r} of {where}", True, functools.partial(_attribute, obj, n))
-                  for n in read if n in attributes]
-        found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
-                  for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]  # (in its class)
+        kind = f"class {obj.__name__}" if isinstance(obj, type) else type(obj).__name__
+        found += _attribute_places(obj, f"the {kind} whose {f.__qualname__} reads it", read)
     keys = set().union(*(_strings(f.__code__) for f, _, _ in codes))
     level = list(found)
     for depth in range(CONFIG_DEPTH):  # one level into what is found; deeper into what the code names
@@ -122,6 +107,22 @@ def places(fn, args=(), kwargs=None):
                            for n in names if _config_member(_member_in(value, n))]  # names, a setting or a config
         found += deeper
         level = deeper
+    return found
+
+
+def _attribute_places(obj, where, read, every=False):
+    """The places of ``obj``'s attributes (``where``: how to name ``obj``): those in its ``__dict__`` that ``read``
+    names (``every``: all of them, named when ``read`` names them), and the settings ``read`` names that it finds
+    in its class (``gain = 1.0`` in a class body; a class's own settings, for a class)."""
+    attributes = _attr(obj, "__dict__")
+    if type(attributes) is not dict:
+        if not isinstance(obj, type):
+            return []
+        attributes = {}  # (a class's own: its settings, below)
+    found = [(f"the attribute {n!r} of {where}", n in read, functools.partial(_attribute, obj, n))
+             for n in list(attributes) if every or n in read]
+    found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
+              for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]
     return found
 
 
@@ -359,6 +360,8 @@ def _is_setting(value):
     """Whether ``value`` is a number, a string, None, an enum member or a NumPy scalar: a setting, compared by
     value (a signature's part, a place unchanged when equal)."""
     return type(value) in _SCALARS or isinstance(value, (enum.Enum, np.generic))
+
+
 _ABSENT = object()  # a place that held no number at one of two signatures
 
 
@@ -398,7 +401,7 @@ class PythonValues:
         return tuple((where, v) for where, get in self.sources if _is_setting(v := get()))
 
 
-_PLAIN = frozenset((Tensor, int, float, bool, str, type(None), tuple, list, dict))  # arguments no code is read for
+_PLAIN = _SCALARS | {Tensor, tuple, list, dict}  # arguments no code is read for
 
 
 def _objects(args, kwargs):
