@@ -321,6 +321,7 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
     return sorted(rows, key=lambda r: -r[2] * r[3])
 
 
+PAIRS_ON = 32  # --compare pairs: the rows up to which products are paired when TINYGEN_MM_PAIR_MAX_ROWS is 0
 # What --compare switches, each way: (label off, label on); see _variants.
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
@@ -333,8 +334,8 @@ SWITCHES = {"pairs": ("one after the other", "paired"),
 
 def _variants(switch, make_step):
     """``use(on)``, which puts one side of ``switch`` in place and returns the step to time, and ``restore()``.
-    pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (its
-    setting); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
+    pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (up to
+    the setting's rows, PAIRS_ON when it is 0); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
     steps, one recorded without tinygen.compile's leaving out of unread gradients; reuse: the same, without its
     reuse of a forward on the same arrays (``passes.reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
@@ -351,7 +352,10 @@ def _variants(switch, make_step):
         return _module_switch(conv, "CHUNK_BYTES", 0, make_step)
     if switch == "pairs":
         from tinygen.kernels import gemm
-        return _module_switch(gemm, "PAIR_MAX_ROWS", 0, make_step)
+        setting = gemm.PAIR_MAX_ROWS
+        gemm.PAIR_MAX_ROWS = setting or PAIRS_ON  # paired
+        use, restore = _module_switch(gemm, "PAIR_MAX_ROWS", 0, make_step)
+        return use, lambda: (restore(), setattr(gemm, "PAIR_MAX_ROWS", setting))
     if switch == "updates":
         from tinygen.kernels import threads
         setting = threads.UPDATE_PARALLEL_MIN
@@ -428,7 +432,7 @@ def main(argv=None):
     ap.add_argument("--compare", choices=sorted(SWITCHES),
                     help="with --case: the step with one change off and on, in alternating rounds: pairs (a small "
                          "batch's two gradient products one after the other or at once, TINYGEN_MM_PAIR_MAX_ROWS 0 "
-                         "and its setting), prune (tinygen.compile leaving out gradients the step drops unread; "
+                         "and its setting, 32 when it is 0), prune (tinygen.compile leaving out gradients the step drops unread; "
                          "compiled only), inplace (a leaf's second gradient added in place), parts (a "
                          "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting), "
                          "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
@@ -469,10 +473,6 @@ def main(argv=None):
               f"ms flushed (medians a call times calls)")
         return 0
     if args.case and args.compare:
-        from tinygen.kernels import gemm
-        if args.compare == "pairs" and not gemm.PAIR_MAX_ROWS:
-            print("TINYGEN_MM_PAIR_MAX_ROWS is 0: the products are never paired, nothing to compare")
-            return 1
         if args.compare in ("prune", "reuse") and args.eager:
             print(f"--compare {args.compare}: only a compiled step has that stage (drop --eager)")
             return 1

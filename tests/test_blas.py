@@ -221,6 +221,7 @@ def test_with_mkl_a_layers_two_gradient_products_run_one_after_the_other(mkl, mo
     real = kthreads.run_pair
     monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1) or real(f, s))
     monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(gemm, "PAIR_MAX_ROWS", 32)  # pairs on, as they would run with NumPy's BLAS
     rng = np.random.default_rng(4)
     g, w, x = (rng.standard_normal(s).astype(np.float32) for s in ((16, 784), (784, 640), (16, 640)))
     gx, gw = gemm.mm_pair(g, w, g.T, x)

@@ -53,13 +53,13 @@ def test_unknown_setting():
 def test_settings_read_at_import_reach_their_modules():
     """The thresholds are read when their module is imported (so they cost nothing per call)."""
     env = dict(os.environ, TINYGEN_MM_SWAP_MAX_ROWS="7", TINYGEN_NUMBA_PARALLEL_MIN="1000",
-               TINYGEN_UFUNC_PARALLEL_MIN="2000", TINYGEN_UPDATE_PARALLEL_MIN="3000", TINYGEN_MM_PAIR_MAX_ROWS="0")
+               TINYGEN_UFUNC_PARALLEL_MIN="2000", TINYGEN_UPDATE_PARALLEL_MIN="3000", TINYGEN_MM_PAIR_MAX_ROWS="5")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     code = ("from tinygen.kernels import gemm, threads\n"
             "print(gemm.SWAP_MAX_ROWS, threads.PARALLEL_MIN, threads.UFUNC_PARALLEL_MIN, threads.UPDATE_PARALLEL_MIN,"
             " gemm.PAIR_MAX_ROWS)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["7", "1000", "2000", "3000", "0"]
+    assert out.stdout.split() == ["7", "1000", "2000", "3000", "5"]
 
 
 def test_the_update_split_follows_the_products_blas(monkeypatch):

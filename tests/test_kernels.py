@@ -1364,10 +1364,12 @@ def test_in_chunks_runs_a_chunk_its_thread_has_not_started():
 
 @pytest.fixture
 def pairs(monkeypatch):
-    """The calls of threads.run_pair (one per product pair run at once), with tinygen on two threads and NumPy's
-    BLAS (with MKL's products run one after the other: tests/test_blas.py)."""
+    """The calls of threads.run_pair (one per product pair run at once), with tinygen on two threads, NumPy's
+    BLAS (with MKL's products run one after the other: tests/test_blas.py) and pairs up to 32 rows (off by
+    default: test_mm_pair_runs_one_after_the_other_by_default)."""
     from tinygen.kernels import blas
     monkeypatch.setattr(blas, "_state", (None, {}, None))
+    monkeypatch.setattr(gemm, "PAIR_MAX_ROWS", 32)
     calls = []
     real = kthreads.run_pair
     monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1) or real(f, s))
@@ -1403,6 +1405,25 @@ def test_mm_pair_runs_a_small_batchs_two_gradient_products_at_once(monkeypatch, 
         same(one_by_one[0], gemm.mm(g, w))
         same(one_by_one[1], gemm.mm(g.T, x))
     assert pairs == []
+
+
+def test_mm_pair_runs_one_after_the_other_by_default(monkeypatch):
+    """TINYGEN_MM_PAIR_MAX_ROWS is 0 unless set (pairs cost more than they saved where OpenBLAS's workers spin
+    through a step: kernels/gemm.py): a batch-16 layer's two products go to no pool thread."""
+    from tinygen import config
+    assert config.SETTINGS["TINYGEN_MM_PAIR_MAX_ROWS"][0] == 0
+    if "TINYGEN_MM_PAIR_MAX_ROWS" not in os.environ:
+        assert gemm.PAIR_MAX_ROWS == 0
+    monkeypatch.setattr(gemm, "PAIR_MAX_ROWS", 0)
+    monkeypatch.setattr(kthreads, "get_num_threads", lambda: 2)
+    calls = []
+    monkeypatch.setattr(kthreads, "run_pair", lambda f, s: calls.append(1))
+    rng = np.random.default_rng(29)
+    g, w, x = randn(rng, (16, 784), np.float32), randn(rng, (784, 640), np.float32), randn(rng, (16, 640), np.float32)
+    gx, gw = gemm.mm_pair(g, w, g.T, x)
+    assert calls == []
+    same(gx, gemm.mm(g, w))
+    same(gw, gemm.mm(g.T, x))
 
 
 def test_linear_backward_pairs_its_products_and_matches_torch(pairs):

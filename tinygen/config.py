@@ -20,9 +20,10 @@
     TINYGEN_BLAS                auto              the BLAS of host matrix products: auto (MKL     kernels.blas
                                                   when the mkl package is installed, else
                                                   NumPy's), numpy, mkl (an error without it)
-    TINYGEN_MM_PAIR_MAX_ROWS    32                batch sizes up to which a layer's input and      kernels.gemm*
+    TINYGEN_MM_PAIR_MAX_ROWS    0                 batch sizes up to which a layer's input and      kernels.gemm*
                                                   weight gradient products run at once, each on
-                                                  one BLAS thread (0: one after the other)
+                                                  one BLAS thread (0: one after the other; 32
+                                                  where a thread wakes fast: kernels/gemm.py)
     TINYGEN_CONV_PARALLEL_MIN   1048576 (1<<20)   elements from which the Numba im2col/col2im     kernels.conv_cpu*
                                                   copies split the batch over the thread pool
     TINYGEN_CONV_CHUNK_BYTES    16777216 (1<<24)  a convolution on the CPU runs its batch in     kernels.conv*
@@ -97,7 +98,7 @@ SETTINGS = {
     "TINYGEN_MM_SWAP_MAX_ROWS": (48, _count),
     "TINYGEN_BLAS_PARALLEL_MIN": (0, _count),
     "TINYGEN_BLAS": ("auto", _choice("auto", "numpy", "mkl")),
-    "TINYGEN_MM_PAIR_MAX_ROWS": (32, _count),
+    "TINYGEN_MM_PAIR_MAX_ROWS": (0, _count),
     "TINYGEN_CONV_PARALLEL_MIN": (1 << 20, _count),
     "TINYGEN_CONV_CHUNK_BYTES": (1 << 24, _count),
     "TINYGEN_CONV_THREADS_MIN_BYTES": (1 << 25, _count),

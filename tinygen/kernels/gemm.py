@@ -10,17 +10,16 @@ Two cases are rewritten; the result is the same product, C-ordered like NumPy's:
 Two independent products go through ``mm_pair``: a layer's input and weight gradients, ``g @ W`` and ``g.T @ x``
 for the upstream gradient g of a batch. When the first has at most PAIR_MAX_ROWS rows (the setting
 TINYGEN_MM_PAIR_MAX_ROWS: a small batch, which is K of the weight gradient) and each has at least PAIR_MIN
-multiply-adds, they run at once on two of tinygen's threads, each on one BLAS thread, where OpenBLAS would run them
-one after the other on two threads it may keep busy poorly. What that gains depends on how well OpenBLAS's two
-threads do at that moment: on the 2-core virtual machine of benchmarks/README.md, whose two-thread products varied
-over one day (a batch-16 784 -> 512 layer's pair of products: 285-448 us one after the other, 252-312 us at once),
-whole compiled steps at batch 16 (alternating rounds in one process, ten runs that day) were 0.99-1.15x faster
-for the MLP, 1.02-1.14x with Adam, within 2% either way for the VAE and the GAN
-(``python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --pairs``). At batch 64 the pair gained only
-for the widest layers and lost up to 4% in whole GAN steps (the handoff and BLAS's thread switches cost ~50 us a
-pair), so larger batches run one after the other. With MKL (blas.py), whose two threads run these products about
-twice as fast as OpenBLAS's, running them at once made the same batch-16 steps 0.77-0.96x as fast (``--compare
-pairs``), so mm_pair runs them one after the other there.
+multiply-adds, they run at once on two of tinygen's threads, each on one BLAS thread; else one after the other, on
+BLAS's own threads. The setting is 0 (never at once) by default. Running them at once pays a handoff to a pool
+thread and BLAS's thread switches; it gains only where a sleeping thread wakes fast and OpenBLAS's own two threads
+do poorly. On one 2-core virtual machine with OpenBLAS's idle workers spinning 2^18 cycles, whole compiled
+batch-16 steps were 0.99-1.15x faster with 32 (MLP; within 2% for the VAE and the GAN). On another, with the
+workers spinning through a step as the ``tinygen`` command and the benchmarks have them (2^24), they were 0.86-0.96x
+as fast (MLP, MLP+Adam, VAE, GAN; 0.86-0.98x at 2^18 too): benchmarks/README.md, 2026-12-06 (evening). Measure a
+machine with ``python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs``. On the
+first machine, pairs at batch 64 lost up to 4% in whole GAN steps. With
+MKL (blas.py) they always run one after the other: at once, the same batch-16 steps were 0.77-0.96x as fast.
 Threads: by default a product runs on BLAS's own threads. With the setting TINYGEN_BLAS_PARALLEL_MIN = N > 0 (for
 a machine shared with other processes: threads.py says why), products from N multiply-adds are split by rows of the
 result (or of its transpose, when it has fewer rows than columns) into one BLAS call per thread of tinygen's pool,

@@ -72,7 +72,7 @@ class LinearFunction(Function):
 
 def _linear_grads_on_arrays(g2, x, w, need):
     """The input and weight gradients of ``x @ W.T`` on arrays, from the upstream gradient as a 2-D array (both
-    at once when both are needed: ``mm_pair``)."""
+    through ``mm_pair`` when both are needed, which may run them at once)."""
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     if need[0] is not None and need[1] is not None:
         gx, gw = mm_pair(g2, w, g2.T, x2)
