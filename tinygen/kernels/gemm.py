@@ -16,7 +16,7 @@ thread and BLAS's thread switches; it gains only where a sleeping thread wakes f
 do poorly. On one 2-core virtual machine with OpenBLAS's idle workers spinning 2^18 cycles, whole compiled
 batch-16 steps were 0.99-1.15x faster with 32 (MLP; within 2% for the VAE and the GAN). On another, with the
 workers spinning through a step as the ``tinygen`` command and the benchmarks have them (2^24), they were 0.86-0.96x
-as fast (MLP, MLP+Adam, VAE, GAN; 0.86-0.98x at 2^18 too): benchmarks/README.md, 2026-12-06 (evening). Measure a
+as fast (MLP, MLP+Adam, VAE, GAN; 0.86-0.98x at 2^18 too): benchmarks/README.md, 2026-12-06 (late afternoon). Measure a
 machine with ``python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs``. On the
 first machine, pairs at batch 64 lost up to 4% in whole GAN steps. With
 MKL (blas.py) they always run one after the other: at once, the same batch-16 steps were 0.77-0.96x as fast.
