@@ -243,6 +243,60 @@ def test_fusion_is_off_without_numba_and_a_replay_falls_back_when_numba_is_switc
             assert _same(_arrays(f(*inputs[1])), _arrays(_chain(*inputs[1])))
 
 
+_CACHED_LOOP = r"""
+import json, sys
+import numpy as np, tinygen as tg
+from tinygen.compile import fusion
+f = tg.compile(lambda a, b: (((a * b + a) * 0.5 - b) * 2.0).sum())  # a run ending in a sum: block_sum too
+x, y = tg.tensor(np.linspace(-3, 3, 40, dtype=np.float32)), tg.tensor(np.full(40, 0.3, np.float32))
+outs = [f(x, y).numpy().tobytes().hex() for _ in range(3)]
+loops = [k for k in fusion._kernels.values() if hasattr(k, "stats")]
+print(json.dumps({"outs": outs, "eager": (((x * y + x) * 0.5 - y) * 2.0).sum().numpy().tobytes().hex(),
+                  "loops": [[sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()), k.__module__]
+                            for k in loops]}))
+"""
+
+
+def _cached_loop_run(cache):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, TINYGEN_CACHE=str(cache), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", _CACHED_LOOP], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not NUMBA_ON, reason="without Numba nothing is fused on the CPU")
+def test_a_fused_loop_is_kept_on_disk_and_a_new_process_loads_it_instead_of_compiling(tmp_path):
+    """The first process compiles the loop from a module it writes to $TINYGEN_CACHE/fused; the next one loads
+    Numba's cached machine code (a cache hit, no compile): the same bits as eager either way."""
+    first = _cached_loop_run(tmp_path)
+    again = _cached_loop_run(tmp_path)
+    modules = list((tmp_path / "fused").glob("loop_*.py"))
+    assert len(modules) == 1 and "def fused(" in modules[0].read_text()
+    assert [(hits, misses) for hits, misses, _ in first["loops"]] == [(0, 1)]
+    assert [(hits, misses) for hits, misses, _ in again["loops"]] == [(1, 0)]
+    assert first["loops"][0][2] == again["loops"][0][2] == "tinygen_fused_loop_" + modules[0].stem[len("loop_"):]
+    for run in (first, again):
+        assert run["outs"] == [run["eager"]] * 3
+    modules[0].write_text(modules[0].read_text().replace("def fused(", "def unused(n):\n    pass\n\n\ndef fused("))
+    assert _cached_loop_run(tmp_path)["outs"] == [first["eager"]] * 3  # an altered module is written anew
+    assert "def unused" not in modules[0].read_text()
+
+
+@pytest.mark.skipif(not NUMBA_ON, reason="without Numba nothing is fused on the CPU")
+def test_a_fused_loop_is_compiled_in_memory_when_the_cache_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = _cached_loop_run(blocker / "cache")  # a folder inside a file: it cannot be made
+    assert run["outs"] == [run["eager"]] * 3
+    assert len(run["loops"]) == 1 and run["loops"][0][0] == 0
+    assert not str(run["loops"][0][2]).startswith("tinygen_fused_loop_")  # compiled from the source in memory
+
+
 def _vae():
     tg.manual_seed(0)
     nn = tg.nn

@@ -41,7 +41,8 @@
     TINYGEN_CUDA_GRAPHS         1                 tinygen.compile replays steps on CuPy as CUDA  compile (each record)
                                                   graphs (compile's cuda_graph=None reads it)
     TINYGEN_DATA                (unset)           folder holding MNIST                           data.mnist (each load)
-    TINYGEN_CACHE               ~/.cache/tinygen  where trained helper models are cached         models.classifier
+    TINYGEN_CACHE               ~/.cache/tinygen  where trained helper models and tinygen.compile's models.classifier,
+                                                  fused loops are cached                         compile.fusion
 
 Flags accept 1/0, true/false, yes/no, on/off; an empty variable means the default; a bad value raises ValueError
 naming the variable. Settings marked * are read when their module is imported (set them before ``import tinygen``);
