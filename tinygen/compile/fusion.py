@@ -456,7 +456,7 @@ def _numba_loop(source):
     kernel = _kernels.get(source)
     if kernel is None:
         import numba
-        kernel = _cached_loop(source, numba)
+        kernel = _cached_loop(source)
         if kernel is None:
             namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS, np=np, block_sum=_compiled_block_sum())
             exec(compile(source, "<tinygen.compile fused loop>", "exec"), namespace)
@@ -468,11 +468,12 @@ def _numba_loop(source):
 _LOOP_OPTIONS = dict(error_model="numpy")  # fastmath off (NumPy's rounding); x / 0 is inf or nan, as in NumPy
 
 
-def _cached_loop(source, numba):
+def _cached_loop(source):
     """The loop of ``source`` from a module of its own in ``$TINYGEN_CACHE/fused`` (named by the source's
     digest, written once), compiled with Numba's ``cache=True``, so a process that finds Numba's cache beside
     the module loads the machine code instead of compiling it: a loop's compile takes about half a second and
-    adds up to 20 MB to the process's peak memory. None when the folder cannot be written or read."""
+    adds up to 20 MB to the process's peak memory. None when the folder cannot be written or read, or Numba
+    cannot cache there."""
     import hashlib
     import importlib.util
     import os
@@ -499,8 +500,8 @@ def _cached_loop(source, numba):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # where Numba's cached code finds its module again
         spec.loader.exec_module(module)
-    except OSError:
-        return None
+    except Exception:  # noqa: BLE001 - a folder not writable, or Numba finding nowhere to keep its cache: the caller
+        return None  # compiles the same source in memory
     return module.fused
 
 
