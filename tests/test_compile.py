@@ -206,6 +206,37 @@ def test_a_replaced_parameter_submodule_or_setting_records_anew():
     assert np.array_equal(f(x)[0].data, np.broadcast_to(model[2].bias.data, (5, 2)))  # p = 1: the bias alone
 
 
+def test_a_step_that_calls_its_model_in_eval_mode_first_replays():
+    """The mode a module's guard holds is the one the step found it in, not the one it first calls it in: a step
+    that looks at the batch in eval mode, then trains on it, records once (before, every call recorded anew)."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 2))
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            model.eval()
+            with tg.no_grad():
+                before = F.mse_loss(model(x), y)
+            model.train()
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return before, loss
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(1)
+        outs = [tuple(t.data.copy() for t in f(tg.randn(8, 4), tg.randn(8, 2))) for _ in range(5)]
+        return outs, _params(model) + [model[1].running_var.data.copy()], f, model
+    oe, pe, _, _ = run(False)
+    oc, pc, f, model = run(True)
+    assert _same([a for o in oe for a in o], [a for o in oc for a in o]) and _same(pe, pc)
+    assert (f.records, f.replays) == (1, 4) and model.training
+    model.eval()  # called in eval mode now: that is another mode the step finds, so it records anew
+    f(tg.randn(8, 4), tg.randn(8, 2))
+    assert f.records == 2
+
+
 @pytest.mark.parametrize("change", ["slope", "batchnorm eval"])
 def test_a_setting_or_mode_of_a_module_sequential_runs_fused_records_anew(change):
     """Sequential runs Linear + LeakyReLU (BatchNorm + ReLU) as one node without calling either module: a new

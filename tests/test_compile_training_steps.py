@@ -3,7 +3,8 @@ training step is made of.
 
 Two kinds of step are drawn. A classifier's: an MLP or a small convolutional network (batch norm, layer norm,
 dropout, pooling, upsampling, a transposed convolution), one of the optimizers and their options, a scheduler, a
-loss, gradient clipping, a second forward and backward accumulated, ``zero_grad`` to zeros or to None. A GAN's:
+loss, gradient clipping, a second forward and backward accumulated, ``zero_grad`` to zeros or to None, and an
+accuracy under ``no_grad`` or a look at the batch in eval mode returned beside the loss. A GAN's:
 generator and critic MLPs, one of four losses (BCE with smoothed or noisy labels, hinge, least squares, WGAN with a
 gradient penalty or with clipped weights), several critic updates a call, the generator's output detached or made
 under ``no_grad``, the critic frozen with ``requires_grad_`` during the generator's update, real and fake batches
@@ -108,15 +109,28 @@ def _classifier(draw, device):
     shape = (4, 1, 8, 8) if conv else (5, 6)
     opt = _optimizer(draw, model.parameters())
     sched = _scheduler(draw, opt)
-    loss_kind = draw(st.sampled_from(["cross-entropy", "mse", "bce", "smooth-l1 + l2"]))
+    loss_kind = draw(st.sampled_from(["cross-entropy", "smoothed cross-entropy", "mse", "bce", "smooth-l1 + l2"]))
     clip = draw(st.sampled_from(["none", "norm", "value"]))
     accumulate, to_none = draw(st.booleans()), draw(st.booleans())
+    evaluate = draw(st.sampled_from(["none", "accuracy", "eval mode"]))
     event(f"loss: {loss_kind}")
+    event(f"evaluate: {evaluate}")
 
     def step(x, y):
+        extra = ()
+        if evaluate == "eval mode":  # a look at the batch in eval mode first, then back to training
+            model.eval()
+            with tg.no_grad():
+                extra = (model(x).sum(),)
+            model.train()
         out = model(x)
+        if evaluate == "accuracy":
+            with tg.no_grad():
+                extra = ((out.argmax(1) == y).float().mean(),)
         if loss_kind == "cross-entropy":
             loss = F.cross_entropy(out, y)
+        elif loss_kind == "smoothed cross-entropy":
+            loss = F.cross_entropy(out, y, label_smoothing=0.1)
         elif loss_kind == "mse":
             loss = F.mse_loss(out, out.detach() * 0.5)
         elif loss_kind == "bce":
@@ -134,7 +148,7 @@ def _classifier(draw, device):
         opt.zero_grad(set_to_none=to_none)
         if sched is not None:
             sched.step()
-        return loss
+        return (loss, *extra)
 
     def batches():
         return [(tg.randn(*shape, device=device), tg.randint(0, 3, (shape[0],), device=device))

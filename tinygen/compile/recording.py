@@ -173,9 +173,11 @@ class Recorder:
         elif self.varies(tensor):
             self.refuse(tensor, what)
 
-    def note_module(self, module):
+    def note_module(self, module, training=None):
+        """A module the step calls, or whose mode it sets (``training``: the mode before that): its mode as the
+        step found it is part of the program's guards."""
         if id(module) not in self.modules:  # its mode as the step found it, before it changed anything
-            self.modules[id(module)] = (module, module.training)
+            self.modules[id(module)] = (module, module.training if training is None else training)
 
     def note_setting(self, module, name, old):
         self.settings.setdefault((id(module), name), (module, name, old))

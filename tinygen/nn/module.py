@@ -164,7 +164,11 @@ class Module:
 
     def __setattr__(self, name, value):
         d = self.__dict__
-        if name != "training":  # the mode: tinygen.compile checks it itself (eval() and back changes nothing)
+        if name == "training":  # the mode: tinygen.compile checks it itself (eval() and back changes nothing)
+            rec = CAPTURE.recorder
+            if rec is not None and not rec.depth and "training" in d:  # the mode the step found, before it changed
+                rec.note_module(self, d["training"])
+        else:
             old = d.get(name, _MISSING) if name[0] == "_" else getattr(self, name, _MISSING)  # no failed lookup
             if old is not value:
                 if name[0] != "_":  # a new setting; not the module's own bookkeeping (DDP's no_sync flag, ...)
