@@ -1722,6 +1722,62 @@ def test_python_state_the_step_changes_where_its_code_looks_records_every_call(w
     assert len(said) == 1 and f"changes {place}" in said[0]
 
 
+@pytest.mark.parametrize("how", ["decayed", "set around the step", "a schedule in a list of dicts", "scheduler"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_learning_rate_the_steps_python_sets_is_not_replayed_as_recorded(how, optimizer):
+    """``for g in opt.param_groups: g["lr"] *= 0.9`` inside the step (a decay written by hand), or a warm-up's
+    rate set before ``opt.step()`` and put back after it: a replay would not run that Python, and the optimizer's
+    recorded step reads the rate at every replay, so the recorded calls kept the first rate (silently, before).
+    Each such call now runs as eager, with a warning that names the param_groups and says to use a scheduler.
+    A global schedule (a list of dicts) the step advances is seen too; a scheduler's step is replayed."""
+    def run(compiled):
+        model, _, _ = _mlp_setup()
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd" else \
+            tg.optim.Adam(model.parameters(), lr=0.01)
+        sched = tg.optim.lr_scheduler.ExponentialLR(opt, 0.9)
+        base = opt.param_groups[0]["lr"]
+        schedule = [{"step": 0, "warmup": 3}]
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            if how == "set around the step":
+                for g in opt.param_groups:
+                    g["lr"] = base * 0.5
+            opt.step()
+            if how == "decayed":
+                for g in opt.param_groups:
+                    g["lr"] *= 0.9
+            elif how == "set around the step":
+                for g in opt.param_groups:
+                    g["lr"] = base
+            elif how == "a schedule in a list of dicts":
+                schedule[0]["step"] += 1
+            else:
+                sched.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [f(x, y).data.copy() for x, y in _batches(4)]
+        return losses + _params(model), opt.param_groups[0]["lr"], f, [str(w.message) for w in caught]
+    eager, lr_eager, _, _ = run(False)
+    compiled, lr_compiled, f, said = run(True)
+    assert _same(eager, compiled) and lr_compiled == lr_eager
+    if how == "scheduler":
+        assert (f.records, f.replays) == (1, 3)
+        return
+    assert (f.records, f.replays) == (4, 0)
+    every_call = [w for w in said if "on every call" in w]
+    assert len(every_call) == 1
+    if how == "a schedule in a list of dicts":
+        assert "the contents of the variable 'schedule'" in every_call[0]
+    else:
+        assert "a hyper-parameter in the param_groups of the variable 'opt'" in every_call[0]
+        assert "scheduler" in every_call[0]
+
+
 @pytest.mark.parametrize("source", ["DataLoader", "generator", "list"])
 def test_a_step_that_takes_its_batch_from_an_iterator_records_every_call(source):
     """``x, y = next(batches)`` inside the step: a replay would train on the recorded batch again. The iterator's

@@ -177,5 +177,8 @@ def test_a_gan_step_with_reused_forwards_peaks_at_no_more_memory_than_eager():
             tracemalloc.stop()
     (held_e, peak_e, _), (held_c, peak_c, f) = measure(False), measure(True)
     assert _reuses(f) == ["LinearAct", "LinearAct", "Linear"]
-    # an activation is 1 MB; the program's own records (tuples, nodes) are a few kB
-    assert held_c <= held_e + 32 * 1024 and peak_c <= peak_e + 32 * 1024, (held_e, held_c, peak_e, peak_c)
+    # an activation is 1 MB; the program's own records (tuples, nodes) are a few kB, and a first recording in a
+    # process leaves some tens of kB of Python's own (27 kB before the recording compared the step's Python state
+    # around each recorded call, 39-41 kB after, in the suite's order; compiling the same step again adds what
+    # eager adds)
+    assert held_c <= held_e + 64 * 1024 and peak_c <= peak_e + 64 * 1024, (held_e, held_c, peak_e, peak_c)

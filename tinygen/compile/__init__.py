@@ -95,13 +95,14 @@ A replay runs exactly the ops the recorded call ran, in the same order, so it gi
 run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``). The
 intermediates of a compiled step are released when the step no longer needs them. Python state the step's own code
 changes where its code looks (``history.append(loss)``, ``self.last = h``, ``stats.n += 1``, ``next(batches)``, a
-module attribute) is Python a replay would not run again: such a call keeps no program and the next records again
-(a warning when it happens on every call); a tensor kept further away (``box.inner.h = h``) raises when used after
-the call. Return what you need from the step instead. A compiled call returns tensors without a graph, so compile a
-whole training step, not a model's forward alone (a program with a result that requires grad and no backward warns
-when recorded); ``tinygen.compile(model)`` serves inference under ``no_grad()``, and its other attributes
-(``parameters()``, ``eval()``) are the module's. ``@tinygen.compile`` on a method compiles each instance's bound
-method (its own programs, ``self`` as the step's object).
+module attribute, a learning rate set in ``opt.param_groups``: use a scheduler) is Python a replay would not run
+again: such a call keeps no program and the next records again (a warning when it happens on every call); a
+tensor kept further away (``box.inner.h = h``) raises when used after the call. Return what you need from the step
+instead. A compiled call returns tensors without a graph, so compile a whole training step, not a model's forward
+alone (a program with a result that requires grad and no backward warns when recorded); ``tinygen.compile(model)``
+serves inference under ``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
+``@tinygen.compile`` on a method compiles each instance's bound method (its own programs, ``self`` as the step's
+object).
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
@@ -189,7 +190,7 @@ class Compiled:
         self.cuda_graph = cuda_graph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
-        self._unsettled = 0  # recordings that changed Python state a replay would not (guards.state_changed)
+        self._unsettled = 0  # recordings that changed Python state a replay would not (Recorder.python_changed)
         self.graph_error = None
         self._warned_full = self._warned_graph = False
 
@@ -237,7 +238,9 @@ class Compiled:
                               f"slower than eager. Pass the data the step takes from an iterator as arguments, "
                               f"return what the step computes instead of storing it (append the returned loss to "
                               f"a list after the call), keep state the step updates in a tensor written in place "
-                              f"(a buffer: buf[...] = new value), or do it outside the step",
+                              f"(a buffer: buf[...] = new value), change an optimizer's learning rate with a "
+                              f"scheduler (tinygen.optim.lr_scheduler: its step is replayed), or do it outside the "
+                              f"step",
                               RuntimeWarning, stacklevel=2)
             return fresh(result)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside

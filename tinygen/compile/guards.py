@@ -555,9 +555,9 @@ def host_draws_refused():
 
 # ---- Python state ----------------------------------------------------------------------------------------------------
 def python_state(found_places):
-    """What is at each of ``places`` now, for ``state_changed``: where -> (the value, its contents: a number's or
-    a string's value, the items of a list or dict, the attributes of a plain object, by identity); and what the
-    modules there and their submodules hold (``held``: a config object their forward reads)."""
+    """What is at each of ``places`` now, for ``Recorder.python_changes``: where -> (the value, its contents
+    (``contents_of``), its holder); and what the modules there and their submodules hold (``held``: a config object
+    their forward reads)."""
     state = {}
     for where, _, get in found_places:
         value = get()
@@ -579,6 +579,9 @@ def held(modules):
 
 
 def contents_of(value):
+    """What ``value`` holds, to tell when it changes: a number or string itself; an iterator's position; a list's
+    items (a dict in it by its items); a dict's items; a plain object's attributes (a short list or dict by its
+    contents). Numbers and strings by value, anything else by identity; None for a module, a tensor or a function."""
     if _is_setting(value):
         return value
     if _attr(value, "__next__") is not None and _attr(value, "__dict__") is None:  # a generator, a list's iterator
@@ -586,15 +589,23 @@ def contents_of(value):
         local = () if frame is None else tuple((k, v if _is_setting(v) else id(v)) for k, v in
                                                frame.f_locals.items())
         return ("iterator", operator.length_hint(value, -1), frame is None, local)
-    if isinstance(value, list):
-        return tuple(map(id, value))
-    if isinstance(value, dict):  # keys by identity too: a tensor's == is elementwise
-        return tuple((k if type(k) in _SCALARS else id(k), v if _is_setting(v) else id(v)) for k, v in value.items())
+    if isinstance(value, list):  # a dict in it by its contents (an optimizer's param_groups[0]["lr"]), not a list
+        return tuple(_settings_of(v) if type(v) is dict and len(v) <= CONTAINER_MAX else
+                     v if _is_setting(v) else id(v) for v in value)
+    if isinstance(value, dict):
+        return _settings_of(value)
     attributes = _attr(value, "__dict__")
     if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
             and not _is_module(value)):  # a module: Module.__setattr__ reports it
-        return tuple((k, v if _is_setting(v) else id(v)) for k, v in attributes.items())
+        return tuple((k, contents_of(v) if type(v) in (list, dict) and len(v) <= CONTAINER_MAX else
+                      v if _is_setting(v) else id(v)) for k, v in attributes.items())
     return None
+
+
+def _settings_of(d):
+    """A dict's items: numbers and strings by value, anything else by identity (keys too: a tensor's == is
+    elementwise)."""
+    return tuple((k if type(k) in _SCALARS else id(k), v if _is_setting(v) else id(v)) for k, v in d.items())
 
 
 def _is_module(value):
@@ -607,25 +618,26 @@ def _unchanged(old, new):
     return new is old or (type(new) is type(old) and _is_setting(old) and bool(new == old))
 
 
-def state_changed(before, after, rec):
-    """Where the step's own Python changed what the step's code reaches (``python_state`` before and after the
-    call): appended to a list (``history.append(loss)``), set a dict item or an attribute of a plain object
-    (``stats.n += 1``), rebound a global or closure variable; a replay would do none of it. An object a recorded
-    call took (an optimizer, a scheduler: the call changes it again on every replay), and what it holds, may
-    change. Else None."""
-    exempt = {id(a) for step in rec.steps if step[0] is replay_call
-              for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor)}
+def changes(before, after):
+    """(where, the value there before, its holder) for each place of ``before`` (``python_state``) that holds
+    another value or other contents in ``after``."""
     for where, (value, contents, holder) in before.items():
         now = after.get(where)
-        if now is None or id(value) in exempt or id(holder) in exempt:
+        if now is None:
             continue
         if not _unchanged(value, now[0]):
-            return where
-        if now[1] != contents:
+            yield where, value, holder
+        elif now[1] != contents:
             kind = "the position of the iterator in" if type(contents) is tuple and contents[:1] == ("iterator",) \
-                else "the contents of"
-            return f"{kind} {where}"
-    return None
+                else "a hyper-parameter in the param_groups of" if type(_attr(value, "param_groups")) is list and \
+                dict(contents).get("param_groups") != dict(now[1]).get("param_groups") else "the contents of"
+            yield f"{kind} {where}", value, holder
+
+
+def recorded_objects(rec):
+    """The ids of the objects (not tensors, numbers or None) the recorded calls of ``rec`` took as arguments."""
+    return {id(a) for step in rec.steps if step[0] is replay_call
+            for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor) and not _is_setting(a)}
 
 
 def settings_set(settings):

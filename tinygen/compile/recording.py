@@ -25,7 +25,7 @@ from .steps import (BackwardPlan, CompileError, map_tensors, replay_alias, repla
 class Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
-    def __init__(self, inputs, values):
+    def __init__(self, inputs, values, python_state=None):
         self._depth = 0
         self._thread = threading.get_ident()
         self.steps = []
@@ -42,6 +42,11 @@ class Recorder:
         self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
         self.host_masks = {}  # id -> (a mask made from host data, that array or list, its values): note_host_mask
         self.mask_guards = []  # (host data, its values) of the masks whose values decide a shape
+        # the Python state the step's code reaches (guards.python_state), read again around each recorded call:
+        # what changes between calls is the step's own Python, which a replay would not run (python_changes)
+        self.python_state = python_state
+        self.start = self.state = python_state() if python_state is not None else None
+        self.between = []  # (where, value, holder) of each change the step's own Python made between calls
 
     @property
     def depth(self):
@@ -86,6 +91,7 @@ class Recorder:
         args = tuple(_kept(a) for a in args)
         kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.refuse_new_grads(args, kwargs)
+        self.python_changes()
         self.depth += 1
         try:
             with guards.tracked_write(self, guards.backward_writes(self) if fn in (_backward, _grad) else
@@ -93,6 +99,8 @@ class Recorder:
                 result = fn(*args, **kwargs)
         finally:
             self.depth -= 1
+        if self.python_state is not None:  # what the call changed, a replay changes again by calling it
+            self.state = self.python_state()
         new = _new_tensors(tensors_in(result))  # before anything else refers to the result
         self.steps.append((replay_call, fn, args, kwargs, result, STATE.grad_enabled, new))
         self.made.update(id(t) for t in tensors_in(result))
@@ -109,12 +117,15 @@ class Recorder:
         else:
             args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
             trace = []
+            self.python_changes()
             self.depth += 1
             try:
                 with guards.tracked_write(self, guards.backward_writes(self)):
                     _backward(*args, trace=trace)
             finally:
                 self.depth -= 1
+            if self.python_state is not None:  # what its hooks changed, a replay of the plan changes again
+                self.state = self.python_state()
             if all(id(node) in self.nodes for node, _ in trace):
                 self.steps.append((replay_backward, BackwardPlan(args[0], trace, retain_graph), args))
             else:
@@ -122,6 +133,26 @@ class Recorder:
         # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
         self.new_grads.update((id(t.grad), t.grad) for key, (t, *_) in self.leaves.items()
                               if t.grad is not None and t.grad is not before.get(key))
+
+    def python_changes(self):
+        """Note what the step's own Python changed in the state it reaches since the last recorded call (or the
+        start); what a recorded call changes, a replay changes again by calling it."""
+        if self.state is not None:
+            now = self.python_state()
+            self.between.extend(guards.changes(self.state, now))
+            self.state = now
+
+    def python_changed(self):
+        """Where the step's own Python changed the state its code reaches in a way a replay would not repeat, else
+        None: anything it leaves changed at the end (``history.append(loss)``, ``stats.n += 1``, an iterator
+        advanced), and any change, even undone later, to an object a recorded call takes or to what it holds (a
+        learning rate set in an optimizer's param_groups, which its recorded step reads)."""
+        if self.state is None:
+            return None
+        taken = guards.recorded_objects(self)
+        left = {where for where, _, _ in guards.changes(self.start, self.state)}
+        return next((where for where, value, holder in self.between
+                     if where in left or id(value) in taken or id(holder) in taken), None)
 
     def refuse_new_grads(self, *values):
         """Raise if the step passes on a .grad tensor one of its backwards made (read from a leaf in Python, which
@@ -207,8 +238,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     before = guards.places(fn, args, kwargs)
-    rec = Recorder(tensors_in(args, kwargs), guards.watched(before))
-    state = guards.python_state(before)
+    rec = Recorder(tensors_in(args, kwargs), guards.watched(before), lambda: guards.python_state(before))
     CAPTURE.recorder = rec
     try:
         with guards.host_draws_refused():
@@ -223,11 +253,12 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
-    after = guards.places(fn, args, kwargs)  # the step may have set attributes
-    changed = guards.settings_set(rec.settings) or guards.state_changed(state, guards.python_state(after), rec)
+    rec.python_changes()  # after the last recorded call
+    changed = guards.settings_set(rec.settings) or rec.python_changed()
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
         return changed, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
+    after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings = guards.bindings(after, rec.leaves.keys() | rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
