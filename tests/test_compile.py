@@ -1778,6 +1778,59 @@ def test_a_learning_rate_the_steps_python_sets_is_not_replayed_as_recorded(how, 
         assert "scheduler" in every_call[0]
 
 
+class _Average:
+    """An average of a model's parameters whose update is a recorded call (``@replayed``) reading ``self.decay``."""
+
+    def __init__(self, model, decay):
+        self.model, self.decay = model, decay
+        self.avg = [p.data.copy() for p in model.parameters()]
+
+    @tg.capture.replayed
+    def update(self):
+        for a, p in zip(self.avg, self.model.parameters()):
+            a *= self.decay
+            a += (1 - self.decay) * p.data
+
+
+@tg.capture.replayed
+def _scaled(params, cfg):
+    for p in params:
+        p.data *= cfg["scale"]
+
+
+@pytest.mark.parametrize("what", ["an attribute of the call's object", "an item of a dict it takes"])
+def test_what_a_recorded_call_reads_set_around_it_by_the_steps_python_is_not_replayed_as_recorded(what):
+    """``ema.decay = 0.5; ema.update(); ema.decay = 0.9``, or a dict set before a call that takes it and put back
+    after: the call reads the value the step's Python set, which a replay would not set again (the recorded calls
+    read the put-back value: silently wrong before). Each such call runs as eager."""
+    def run(compiled):
+        model, opt, _ = _mlp_setup()
+        average, cfg = _Average(model, 0.9), {"scale": 1.0}
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if what == "an attribute of the call's object":
+                average.decay = 0.5
+                average.update()
+                average.decay = 0.9
+            else:
+                cfg["scale"] = 0.99
+                _scaled(list(model.parameters()), cfg)
+                cfg["scale"] = 1.0
+            return loss
+        f = tg.compile(step) if compiled else step
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (the second call says that each call records)
+            losses = [f(x, y).data.copy() for x, y in _batches(4)]
+        return losses + _params(model) + average.avg, f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (4, 0)
+
+
 @pytest.mark.parametrize("source", ["DataLoader", "generator", "list"])
 def test_a_step_that_takes_its_batch_from_an_iterator_records_every_call(source):
     """``x, y = next(batches)`` inside the step: a replay would train on the recorded batch again. The iterator's
