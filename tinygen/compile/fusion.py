@@ -455,23 +455,31 @@ def _numba_loop(source):
     written)."""
     kernel = _kernels.get(source)
     if kernel is None:
-        import numba
         kernel = _cached_loop(source)
         if kernel is None:
-            namespace = dict(EXACT_FUNCTIONS, **APPROX_FUNCTIONS, np=np, block_sum=_compiled_block_sum())
-            exec(compile(source, "<tinygen.compile fused loop>", "exec"), namespace)
-            kernel = numba.njit(**_LOOP_OPTIONS)(namespace["fused"])
+            namespace = {}
+            exec(compile(_loop_module(source, cache=False), "<tinygen.compile fused loop>", "exec"), namespace)
+            kernel = namespace["fused"]
         _kernels[source] = kernel
     return kernel
 
 
-_LOOP_OPTIONS = dict(error_model="numpy")  # fastmath off (NumPy's rounding); x / 0 is inf or nan, as in NumPy
+def _loop_module(source, cache):
+    """The text of a module that defines the loop of ``source`` as ``fused``, compiled by Numba on its first call
+    (``cache``: with Numba's cache beside the module). Fastmath off (NumPy's rounding); ``error_model="numpy"``:
+    x / 0 is inf or nan, as in NumPy."""
+    math_names = sorted(name for name, f in {**EXACT_FUNCTIONS, **APPROX_FUNCTIONS}.items()
+                        if getattr(f, "__module__", None) == "math")  # (abs is the builtin)
+    return ("# A loop tinygen.compile generated (tinygen/compile/fusion.py); deleting it costs a compile.\n"
+            f"from math import {', '.join(math_names)}  # noqa: F401\nimport numba\nimport numpy as np  # noqa: F401\n"
+            "from tinygen.compile.fusion import _compiled_block_sum\n\nblock_sum = _compiled_block_sum()\n\n\n"
+            f"{source}\n\nfused = numba.njit(cache={cache}, error_model=\"numpy\")(fused)\n")
 
 
 def _cached_loop(source):
-    """The loop of ``source`` from a module of its own in ``$TINYGEN_CACHE/fused`` (named by the source's
-    digest, written once), compiled with Numba's ``cache=True``, so a process that finds Numba's cache beside
-    the module loads the machine code instead of compiling it: a loop's compile takes about half a second and
+    """The loop of ``source`` from a module of its own in ``$TINYGEN_CACHE/fused`` (``_loop_module``, named by
+    the source's digest, written once), compiled with Numba's ``cache=True``, so a process that finds Numba's cache
+    beside the module loads the machine code instead of compiling it: a loop's compile takes about half a second and
     adds up to 20 MB to the process's peak memory. None when the folder cannot be written or read, or Numba
     cannot cache there."""
     import hashlib
@@ -483,12 +491,7 @@ def _cached_loop(source):
     digest = hashlib.sha256(source.encode()).hexdigest()[:24]
     folder = config.get("TINYGEN_CACHE") / "fused"
     path = folder / f"loop_{digest}.py"
-    math_names = sorted(name for name, f in {**EXACT_FUNCTIONS, **APPROX_FUNCTIONS}.items()
-                        if getattr(f, "__module__", None) == "math")
-    text = ("# A loop tinygen.compile generated (tinygen/compile/fusion.py); deleting it costs a compile.\n"
-            f"from math import {', '.join(math_names)}  # noqa: F401\nimport numba\nimport numpy as np  # noqa: F401\n"
-            "from tinygen.compile.fusion import _compiled_block_sum\n\nblock_sum = _compiled_block_sum()\n\n\n"
-            f"{source}\n\nfused = numba.njit(cache=True, **{_LOOP_OPTIONS!r})(fused)\n")
+    text = _loop_module(source, cache=True)
     try:
         if not path.is_file() or path.read_text() != text:
             folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 it wrote down into the steps a replay runs (``steps.py``), through the passes (``passes.py``, ``fusion.py``), and
 holds the guards a replay checks first (``guards.py``: signatures, the places the step found its tensors, and what a
 recording refuses)."""
+import contextlib
 import itertools
 import sys
 import threading
@@ -91,16 +92,9 @@ class Recorder:
         args = tuple(_kept(a) for a in args)
         kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.refuse_new_grads(args, kwargs)
-        self.python_changes()
-        self.depth += 1
-        try:
-            with guards.tracked_write(self, guards.backward_writes(self) if fn in (_backward, _grad) else
-                                      guards.may_write(fn, args, kwargs)):
-                result = fn(*args, **kwargs)
-        finally:
-            self.depth -= 1
-        if self.python_state is not None:  # what the call changed, a replay changes again by calling it
-            self.state = self.python_state()
+        with self._inside(guards.backward_writes(self) if fn in (_backward, _grad) else
+                          guards.may_write(fn, args, kwargs)):
+            result = fn(*args, **kwargs)
         new = _new_tensors(tensors_in(result))  # before anything else refers to the result
         self.steps.append((replay_call, fn, args, kwargs, result, STATE.grad_enabled, new))
         self.made.update(id(t) for t in tensors_in(result))
@@ -117,15 +111,8 @@ class Recorder:
         else:
             args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
             trace = []
-            self.python_changes()
-            self.depth += 1
-            try:
-                with guards.tracked_write(self, guards.backward_writes(self)):
-                    _backward(*args, trace=trace)
-            finally:
-                self.depth -= 1
-            if self.python_state is not None:  # what its hooks changed, a replay of the plan changes again
-                self.state = self.python_state()
+            with self._inside(guards.backward_writes(self)):
+                _backward(*args, trace=trace)
             if all(id(node) in self.nodes for node, _ in trace):
                 self.steps.append((replay_backward, BackwardPlan(args[0], trace, retain_graph), args))
             else:
@@ -133,6 +120,21 @@ class Recorder:
         # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
         self.new_grads.update((id(t.grad), t.grad) for key, (t, *_) in self.leaves.items()
                               if t.grad is not None and t.grad is not before.get(key))
+
+    @contextlib.contextmanager
+    def _inside(self, writes):
+        """Around a recorded call or plain backward (``writes``: what it may write, ``guards.tracked_write``): its
+        ops and calls are not recorded apart; the step's Python before it is noted (``python_changes``), and what
+        it changes itself (an optimizer's state, what a hook does) a replay changes again, so it is not."""
+        self.python_changes()
+        self.depth += 1
+        try:
+            with guards.tracked_write(self, writes):
+                yield
+        finally:
+            self.depth -= 1
+        if self.state is not None:
+            self.state = self.python_state()
 
     def python_changes(self):
         """Note what the step's own Python changed in the state it reaches since the last recorded call (or the
