@@ -1149,6 +1149,101 @@ def test_what_the_steps_helpers_read_and_change_is_seen(where):
     assert f.records == (2 if where == "method" else 4)
 
 
+def _loss_v1(out, y):
+    return F.cross_entropy(out, y)
+
+
+def _loss_v2(out, y):
+    return (out * out).mean()
+
+
+LOSS_FN = _loss_v1  # the step's helper, rebound below as a notebook cell that redefines it would
+
+
+class _LossesV1:
+    @staticmethod
+    def loss(out, y):
+        return _loss_v1(out, y)
+
+
+class _LossesV2:
+    @staticmethod
+    def loss(out, y):
+        return _loss_v2(out, y)
+
+
+LOSSES_CLASS = _LossesV1
+
+
+@pytest.mark.parametrize("where", ["global function", "closure variable", "object attribute", "global class"])
+def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
+    """A helper the step calls, redefined between calls (a notebook cell run again, ``self.loss_fn = ...``), is
+    part of the signature by identity: the call after it records anew with the new code, as eager runs it, and
+    the old function again replays the old program. (A replay of the old program would be silently wrong.)"""
+    global LOSS_FN, LOSSES_CLASS
+
+    class Trainer:
+        def __init__(self):
+            self.model, self.opt, _ = _mlp_setup()
+            self.loss_fn = _loss_v1
+
+    def run(compiled):
+        global LOSS_FN, LOSSES_CLASS
+        trainer = Trainer()
+        model, opt, local = trainer.model, trainer.opt, [_loss_v1]
+        loss_fn = local[0]
+
+        def step(x, y):
+            out = model(x)
+            if where == "global function":
+                loss = LOSS_FN(out, y)
+            elif where == "closure variable":
+                loss = loss_fn(out, y)
+            elif where == "object attribute":
+                loss = trainer.loss_fn(out, y)
+            else:
+                loss = LOSSES_CLASS.loss(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        losses = []
+        for k, (x, y) in enumerate(_batches(6)):
+            new = _loss_v2 if k in (2, 3) else _loss_v1  # redefined, then back
+            LOSS_FN, loss_fn, LOSSES_CLASS = new, new, _LossesV2 if k in (2, 3) else _LossesV1
+            trainer.loss_fn = new
+            losses.append(f(x, y).data.copy())
+        return losses + _params(model), f
+    try:
+        eager, _ = run(False)
+        compiled, f = run(True)
+    finally:
+        LOSS_FN, LOSSES_CLASS = _loss_v1, _LossesV1
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (2, 4)
+
+
+def test_a_function_made_anew_before_every_call_names_what_changes():
+    """A function made anew before every call is a new signature each time: the warning when the cache is full
+    says so and what to do."""
+    model, opt, _ = _mlp_setup()
+    holder = {}
+
+    def step(x, y):
+        loss = holder["loss"](model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, cache_size=2)
+    with pytest.warns(RuntimeWarning, match="define the function once, outside the loop"):
+        for x, y in _batches(4):
+            holder["loss"] = lambda out, target: F.cross_entropy(out, target)
+            f(x, y)
+    assert f.records == 4
+
+
 SCALE = 1.0  # read by the forward of _Scaled, a module of the user's
 
 

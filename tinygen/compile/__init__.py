@@ -35,8 +35,9 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments,
-           the grad mode, and the numbers and strings the step's code reads from globals, closure variables, its
-           object's and its arguments' attributes and config objects there; its code is its own and that of the
+           the grad mode, and the numbers and strings, and by identity the functions and classes, the step's code
+           reads from globals, closure variables, its object's and its arguments' attributes and config objects
+           there (a helper redefined between calls records anew); its code is its own and that of the
            user's code it reaches, three calls deep: helper functions, methods of the objects it names or takes,
            a loss object's ``__call__``, its modules' forwards) picks a program; before a replay its guards are
            checked: the train/eval mode of every module the step called, the contents of the config objects,
@@ -147,6 +148,7 @@ from .steps import CompileError, tensors_in
 __all__ = ["compile", "Compiled", "CompileError"]
 
 CHECK_CALLS = 3  # replays compared with eager under check=True
+_MISSING = object()  # no program replayed (a step may return None)
 
 
 def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None):
@@ -199,33 +201,14 @@ class Compiled:
             return self.fn(*args, **kwargs)
         tensors = tensors_in(args, kwargs)  # once: the signature's aliasing and the replay's inputs
         key = signature(args, kwargs, self._values(args, kwargs), tensors)
-        program = self._programs.get(key)
-        if program is not None and program.guards_hold():
-            stale = program.stale()
-            if stale is not None:
-                raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "
-                                   f"object than when the step was recorded (a tensor, a module); a replay would "
-                                   f"use the recorded one. Pass the tensors that change between calls as "
-                                   f"arguments of the step (tensors, or tuples, lists and dicts of them), or "
-                                   f"compile a step for each module")
-            self._programs.move_to_end(key)
-            self.replays += 1
-            if self._checks_left:
-                self._checks_left -= 1
-                return checked(self.fn, program, args, kwargs)
-            graphed = program.graphed
-            if graphed is not None and graphed.usable:
-                result = program.replay_graphed(tensors)
-                self.graph_replays += graphed.live
-                if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
-                    warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
-                                  f"{graphed.error}", RuntimeWarning, stacklevel=2)
-                self.graph_error = graphed.error
-                return result
-            return program.replay(tensors)
-        if self._values.update(args, kwargs):  # other places now: a global or a model set after compile()
-            self._programs.clear()  # (their keys would never match again)
+        result = self._replayed(key, args, kwargs, tensors)
+        if result is not _MISSING:
+            return result
+        if self._values.update(args, kwargs):  # other places now: a global set after compile(), a helper redefined
             key = signature(args, kwargs, self._values(args, kwargs), tensors)
+            result = self._replayed(key, args, kwargs, tensors)  # (a program of the code as it was before)
+            if result is not _MISSING:
+                return result
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1
@@ -263,6 +246,34 @@ class Compiled:
                               f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)
         return result
+
+    def _replayed(self, key, args, kwargs, tensors):
+        """The result of a replay of the program of ``key`` whose guards hold, else ``_MISSING``."""
+        program = self._programs.get(key)
+        if program is None or not program.guards_hold():
+            return _MISSING
+        stale = program.stale()
+        if stale is not None:
+            raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "
+                               f"object than when the step was recorded (a tensor, a module); a replay would "
+                               f"use the recorded one. Pass the tensors that change between calls as "
+                               f"arguments of the step (tensors, or tuples, lists and dicts of them), or "
+                               f"compile a step for each module")
+        self._programs.move_to_end(key)
+        self.replays += 1
+        if self._checks_left:
+            self._checks_left -= 1
+            return checked(self.fn, program, args, kwargs)
+        graphed = program.graphed
+        if graphed is not None and graphed.usable:
+            result = program.replay_graphed(tensors)
+            self.graph_replays += graphed.live
+            if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
+                warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
+                              f"{graphed.error}", RuntimeWarning, stacklevel=3)
+            self.graph_error = graphed.error
+            return result
+        return program.replay(tensors)
 
     def __set_name__(self, owner, name):
         self._attribute = name

@@ -362,16 +362,40 @@ def _is_setting(value):
     return type(value) in _SCALARS or isinstance(value, (enum.Enum, np.generic))
 
 
+_CODE = (types.FunctionType, types.MethodType, functools.partial, type)
+
+
+def _is_code(value):
+    """Whether ``value`` is code the step may call (a function, a bound method, a partial, a class): part of a
+    signature by identity (a method by its function and object)."""
+    return isinstance(value, _CODE)
+
+
+_SIGNATURE_TYPES = {}  # type -> whether its values are part of a signature: asked once a type (on every call)
+
+
+def _in_signature(value):
+    """``_is_setting(value) or _is_code(value)``."""
+    kind = type(value)
+    known = _SIGNATURE_TYPES.get(kind)
+    if known is None:
+        known = _SIGNATURE_TYPES[kind] = kind in _SCALARS or issubclass(kind, (enum.Enum, np.generic, *_CODE))
+    return known
+
+
 _ABSENT = object()  # a place that held no number at one of two signatures
 
 
 class PythonValues:
     """The settings the step's code reads by name (``_is_setting``: numbers, strings, enum members, NumPy
     scalars; ``places``: its globals, closure variables, the attributes of its object and its arguments that it
-    names, and those that the user's code it reaches names). Such a value feeds the recording as an argument
-    does (a branch taken, a constant of an op), so it is part of the signature, and another value records anew.
-    Called with a call's arguments, returns ((where, value), ...) for those holding a setting now. (What library
-    code reads is not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
+    names, and those that the user's code it reaches names), and the code it finds there (``_is_code``: a helper
+    function, a loss function, a class, by identity). Such a value feeds the recording as an argument does (a
+    branch taken, a constant of an op; the ops a helper runs), so it is part of the signature, and another value
+    records anew: a helper redefined in a notebook cell between calls runs as redefined. Called with a call's
+    arguments, returns ((where, value), ...) for those holding a setting or code now. (What library code reads is
+    not seen: pass it as an argument, a 0-d tensor if it changes on every call. A method patched onto a class
+    between calls is not seen either.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -381,9 +405,8 @@ class PythonValues:
         """Look at the places anew (a global set after ``compile``, other objects as arguments); returns whether
         they are other places than before."""
         self.objects = _objects(args, kwargs)
-        self.sources = [(where, get) for where, named, get in places(self.fn, args, kwargs)  # not a module, ...:
-                        if named and not isinstance(get(), (types.ModuleType, types.FunctionType, type,  # they
-                                                            types.BuiltinFunctionType))]  # stay what they are
+        self.sources = [(where, get) for where, named, get in places(self.fn, args, kwargs)  # not a module: it
+                        if named and not isinstance(get(), (types.ModuleType, types.BuiltinFunctionType))]  # stays
         wheres, self.wheres = self.wheres, [where for where, _ in self.sources]
         return wheres is not None and wheres != self.wheres
 
@@ -398,7 +421,7 @@ class PythonValues:
             self.update(args, kwargs)
         if not self.sources:
             return ()
-        return tuple((where, v) for where, get in self.sources if _is_setting(v := get()))
+        return tuple((where, v) for where, get in self.sources if _in_signature(v := get()))
 
 
 _PLAIN = _SCALARS | {Tensor, tuple, list, dict}  # arguments no code is read for
@@ -444,8 +467,11 @@ def what_changed(old, new):
             change = (f"{where[0].upper()}{where[1:]} was {before.get(where, 'not a number')!r}, then "
                       f"{after.get(where, 'not a number')!r}")
             number = all(type(v) in (int, float) for v in (before.get(where), after.get(where)))
-            return change, ("pass a number that changes between calls to the step as a 0-d tensor argument"
-                            if number else enlarge)
+            if number:
+                return change, "pass a number that changes between calls to the step as a 0-d tensor argument"
+            if all(_is_code(v) for v in (before.get(where), after.get(where))):
+                return change, "define the function once, outside the loop that calls the step"
+            return change, enlarge
     return "The signatures differ", enlarge
 
 
