@@ -1175,17 +1175,39 @@ class _LossesV2:
 LOSSES_CLASS = _LossesV1
 
 
-@pytest.mark.parametrize("where", ["global function", "closure variable", "object attribute", "global class"])
+@pytest.mark.parametrize("where", ["global function", "closure variable", "object attribute", "global class",
+                                   "method patched onto the class", "module forward patched onto the class"])
 def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
-    """A helper the step calls, redefined between calls (a notebook cell run again, ``self.loss_fn = ...``), is
-    part of the signature by identity: the call after it records anew with the new code, as eager runs it, and
-    the old function again replays the old program. (A replay of the old program would be silently wrong.)"""
+    """A helper the step calls, redefined between calls (a notebook cell run again, ``self.loss_fn = ...``,
+    ``Trainer.loss = ...``, ``Block.forward = ...``), is part of the signature by identity: the call after it
+    records anew with the new code, as eager runs it, and the old function again replays the old program. (A
+    replay of the old program would be silently wrong.)"""
     global LOSS_FN, LOSSES_CLASS
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _mlp_setup()[0]
+
+        def forward(self, x):
+            return self.inner(x)
+    forward_v1 = Block.forward
+
+    def forward_v2(self, x):
+        return self.inner(x) * 2.0
 
     class Trainer:
         def __init__(self):
-            self.model, self.opt, _ = _mlp_setup()
+            self.model = Block()
+            self.opt = tg.optim.Adam(self.model.parameters(), lr=1e-2)
             self.loss_fn = _loss_v1
+
+        def loss(self, out, y):
+            return _loss_v1(out, y)
+    loss_v1 = Trainer.loss
+
+    def loss_v2(self, out, y):  # (the same names read as loss_v1: only its code tells them apart)
+        return _loss_v1(out, y) * 2.0
 
     def run(compiled):
         global LOSS_FN, LOSSES_CLASS
@@ -1201,8 +1223,10 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
                 loss = loss_fn(out, y)
             elif where == "object attribute":
                 loss = trainer.loss_fn(out, y)
-            else:
+            elif where == "global class":
                 loss = LOSSES_CLASS.loss(out, y)
+            else:
+                loss = trainer.loss(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -1210,9 +1234,19 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
         f = tg.compile(step) if compiled else step
         losses = []
         for k, (x, y) in enumerate(_batches(6)):
-            new = _loss_v2 if k in (2, 3) else _loss_v1  # redefined, then back
-            LOSS_FN, loss_fn, LOSSES_CLASS = new, new, _LossesV2 if k in (2, 3) else _LossesV1
-            trainer.loss_fn = new
+            v2 = k in (2, 3)  # redefined, then back: only the place the step reads
+            if where == "global function":
+                LOSS_FN = _loss_v2 if v2 else _loss_v1
+            elif where == "closure variable":
+                loss_fn = _loss_v2 if v2 else _loss_v1
+            elif where == "object attribute":
+                trainer.loss_fn = _loss_v2 if v2 else _loss_v1
+            elif where == "global class":
+                LOSSES_CLASS = _LossesV2 if v2 else _LossesV1
+            elif where == "method patched onto the class":
+                Trainer.loss = loss_v2 if v2 else loss_v1
+            else:
+                Block.forward = forward_v2 if v2 else forward_v1
             losses.append(f(x, y).data.copy())
         return losses + _params(model), f
     try:
@@ -1220,6 +1254,7 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
         compiled, f = run(True)
     finally:
         LOSS_FN, LOSSES_CLASS = _loss_v1, _LossesV1
+        Trainer.loss, Block.forward = loss_v1, forward_v1
     assert _same(eager, compiled)
     assert (f.records, f.replays) == (2, 4)
 

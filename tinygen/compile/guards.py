@@ -5,7 +5,7 @@ step's Python code depended on must be the same, or the call must not replay:
   signature         what picks a program: the arguments (shapes, dtypes, devices; one tensor passed twice), the
                     grad mode, and the numbers and strings the step's code reads (``PythonValues``: a KL weight
                     in a global, read by the step, a helper, a module's forward or a loss object, records anew
-                    when it changes)
+                    when it changes), and the code it finds (a helper redefined, a method patched: anew too)
   bindings          where the step's code found the tensors it used (a global, a closure variable, an attribute
                     of its object or of an argument): one that holds another tensor at a later call raises
   host draws        Python's and NumPy's global random generators, refused while a step records
@@ -43,7 +43,8 @@ def places(fn, args=(), kwargs=None):
     attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these, up to
     ``CONFIG_DEPTH`` levels into what the code names (``cfg["loss"]["beta"]``). The step's code is its own and
     that of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it
-    calls, a loss object's ``__call__``), with the attributes of their objects that code names. ``named``: read
+    calls, a loss object's ``__call__``), with the attributes of their objects that code names, and each such
+    method as an attribute of its class (where a patch would replace it). ``named``: read
     by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
     code spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
@@ -73,6 +74,13 @@ def places(fn, args=(), kwargs=None):
                       for n, v in _defaults(f) if not _is_setting(v)]
         if obj is not None and obj is not owner:
             objects.setdefault(id(obj), (obj, set(), f))[1].update(read)
+        klass = obj if isinstance(obj, type) else type(obj)
+        if obj is not None and (id(klass), f) not in seen:  # a method patched onto its class: other code
+            seen.add((id(klass), f))
+            name = _method_name(klass, f)
+            if name is not None:
+                found.append((f"the method {name!r} of the class {klass.__name__}", True,
+                              functools.partial(_function_in, klass, name)))
     owners = [("the step's object", owner)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
@@ -104,7 +112,7 @@ def places(fn, args=(), kwargs=None):
                            for i in range(len(value))]  # tensor() reads anew)
             elif named and _is_plain(value):  # a config object (args.beta, self.cfg.beta, Config.beta): what
                 deeper += [(f"the attribute {n!r} of {where}", True, functools.partial(_member_of, get, n))  # it
-                           for n in names if _config_member(_member_in(value, n))]  # names, a setting or a config
+                           for n in names if _config_member(value, n)]  # names, a setting or a config
         found += deeper
         level = deeper
     return found
@@ -163,14 +171,40 @@ def _number_in(obj, name):
     return value if _is_setting(value) else _ABSENT
 
 
+def _function_in(klass, name):
+    """The function behind the class attribute ``klass.name`` (a method, a property's getter, a static or class
+    method), else what is there."""
+    return _function_of(_attr(klass, name))
+
+
+def _function_of(value):
+    value = value.fget if isinstance(value, property) else value
+    return value.__func__ if isinstance(value, (types.MethodType, staticmethod, classmethod)) else value
+
+
+def _method_name(klass, func):
+    """The name under which ``klass`` or a base of it holds the method ``func`` (``_function_of``), else None."""
+    for k in klass.__mro__:
+        for name, value in list(vars(k).items()):
+            if _function_of(value) is func:
+                return name
+    return None
+
+
 def _member_of(get, name):
     value = _member_in(get(), name)
     return None if value is _ABSENT else value
 
 
-def _config_member(value):
-    """Whether a config object's attribute is a place: a setting, or a dict or config object within it."""
-    return value is not _ABSENT and (_is_setting(value) or isinstance(value, dict) or _is_plain(value))
+def _config_member(obj, name):
+    """Whether the attribute ``name`` of the config object ``obj`` is a place: a setting, a dict or config object
+    within it, or code it holds itself (a loss function set on it; not its class's methods)."""
+    value = _member_in(obj, name)
+    if value is _ABSENT:
+        return False
+    if _is_setting(value) or isinstance(value, dict) or _is_plain(value):
+        return True
+    return _is_code(value) and name in (_attr(obj, "__dict__") or ())
 
 
 def _attribute(obj, name):
@@ -392,10 +426,10 @@ class PythonValues:
     names, and those that the user's code it reaches names), and the code it finds there (``_is_code``: a helper
     function, a loss function, a class, by identity). Such a value feeds the recording as an argument does (a
     branch taken, a constant of an op; the ops a helper runs), so it is part of the signature, and another value
-    records anew: a helper redefined in a notebook cell between calls runs as redefined. Called with a call's
-    arguments, returns ((where, value), ...) for those holding a setting or code now. (What library code reads is
-    not seen: pass it as an argument, a 0-d tensor if it changes on every call. A method patched onto a class
-    between calls is not seen either.)"""
+    records anew: a helper redefined in a notebook cell between calls runs as redefined, as does a method of the
+    user's patched onto its class (``places``: each method the code reaches is a place of its class). Called with
+    a call's arguments, returns ((where, value), ...) for those holding a setting or code now. (What library code
+    reads is not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -640,8 +674,10 @@ def _is_module(value):
 
 
 def _unchanged(old, new):
-    """Whether a place still holds what it held: the same object, or an equal number or string."""
-    return new is old or (type(new) is type(old) and _is_setting(old) and bool(new == old))
+    """Whether a place still holds what it held: the same object, an equal number or string, or a method of the
+    same function and object (a class method read through its class is a new one at each look)."""
+    return new is old or (type(new) is type(old) and (_is_setting(old) or type(old) is types.MethodType)
+                          and bool(new == old))
 
 
 def changes(before, after):
