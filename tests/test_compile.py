@@ -1176,7 +1176,8 @@ LOSSES_CLASS = _LossesV1
 
 
 @pytest.mark.parametrize("where", ["global function", "closure variable", "object attribute", "global class",
-                                   "method patched onto the class", "module forward patched onto the class"])
+                                   "method patched onto the class", "module forward patched onto the class",
+                                   "function code replaced", "method code replaced"])
 def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
     """A helper the step calls, redefined between calls (a notebook cell run again, ``self.loss_fn = ...``,
     ``Trainer.loss = ...``, ``Block.forward = ...``), is part of the signature by identity: the call after it
@@ -1208,18 +1209,20 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
 
     def loss_v2(self, out, y):  # (the same names read as loss_v1: only its code tells them apart)
         return _loss_v1(out, y) * 2.0
+    loss_v1_code = types.FunctionType(loss_v1.__code__, loss_v1.__globals__)
 
     def run(compiled):
         global LOSS_FN, LOSSES_CLASS
         trainer = Trainer()
-        model, opt, local = trainer.model, trainer.opt, [_loss_v1]
-        loss_fn = local[0]
+        model, opt = trainer.model, trainer.opt
+        loss_fn = _loss_v1 if where != "function code replaced" else types.FunctionType(
+            _loss_v1.__code__, _loss_v1.__globals__)  # (a copy whose code the test replaces)
 
         def step(x, y):
             out = model(x)
             if where == "global function":
                 loss = LOSS_FN(out, y)
-            elif where == "closure variable":
+            elif where in ("closure variable", "function code replaced"):
                 loss = loss_fn(out, y)
             elif where == "object attribute":
                 loss = trainer.loss_fn(out, y)
@@ -1245,8 +1248,12 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
                 LOSSES_CLASS = _LossesV2 if v2 else _LossesV1
             elif where == "method patched onto the class":
                 Trainer.loss = loss_v2 if v2 else loss_v1
-            else:
+            elif where == "module forward patched onto the class":
                 Block.forward = forward_v2 if v2 else forward_v1
+            elif where == "function code replaced":  # as IPython's autoreload updates the functions it has
+                loss_fn.__code__ = (_loss_v2 if v2 else _loss_v1).__code__
+            else:
+                loss_v1.__code__ = (loss_v2 if v2 else loss_v1_code).__code__
             losses.append(f(x, y).data.copy())
         return losses + _params(model), f
     try:
@@ -1254,9 +1261,53 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
         compiled, f = run(True)
     finally:
         LOSS_FN, LOSSES_CLASS = _loss_v1, _LossesV1
-        Trainer.loss, Block.forward = loss_v1, forward_v1
+        Trainer.loss, Block.forward, loss_v1.__code__ = loss_v1, forward_v1, loss_v1_code.__code__
     assert _same(eager, compiled)
     assert (f.records, f.replays) == (2, 4)
+
+
+def test_what_a_module_of_the_users_holds_is_read(tmp_path, monkeypatch):
+    """A helper called through a module of the user's (``import losses``; ``losses.weighted(loss)``) is read as a
+    helper named directly is: a number it reads from its module, one the step reads as ``losses.W``, and the helper
+    itself (the module reloaded with new code) are part of the signature. Before, all three replayed as recorded."""
+    import importlib
+    import sys
+    name = "user_losses_for_compile_test"
+    source = "W = 1.0\nBETA = 1.0\n\n\ndef weighted(loss):\n    return loss * W\n"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    losses = importlib.import_module(name)
+
+    def run(compiled):
+        losses.W = losses.BETA = 1.0
+        model, opt, _ = _mlp_setup()
+
+        def step(x, y):
+            loss = losses.weighted(F.cross_entropy(model(x), y)) * losses.BETA
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        out = []
+        for k, (x, y) in enumerate(_batches(7)):
+            if k == 2:
+                losses.W = 3.0  # read by the helper, in its module
+            if k == 3:
+                losses.BETA = 0.5  # read by the step, through the module
+            if k == 4:  # the module edited and reloaded: a new function object
+                (tmp_path / f"{name}.py").write_text(source.replace("loss * W", "loss * W * W"))
+                importlib.reload(losses)
+                losses.W, losses.BETA = 3.0, 0.5
+            out.append(f(x, y).data.copy())
+        return out + _params(model), f
+    eager, _ = run(False)
+    (tmp_path / f"{name}.py").write_text(source)  # the module as first written
+    importlib.reload(losses)
+    compiled, f = run(True)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (4, 3)
 
 
 def test_a_function_made_anew_before_every_call_names_what_changes():

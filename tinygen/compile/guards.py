@@ -37,16 +37,16 @@ from .steps import CompileError, replay_call, tensors_in
 
 
 def places(fn, args=(), kwargs=None):
-    """Where a step's own code finds values that a caller may change between calls: (where, named, a function
-    giving what is there now). The globals its code names, its closure variables, its object (a method's
-    ``self``, or ``fn`` itself when it is a callable object such as a module) and its arguments, each with its
-    attributes, and one level into a list, tuple, dict or plain object (a config) found at any of these, up to
-    ``CONFIG_DEPTH`` levels into what the code names (``cfg["loss"]["beta"]``). The step's code is its own and
-    that of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it
-    calls, a loss object's ``__call__``), with the attributes of their objects that code names, and each such
-    method as an attribute of its class (where a patch would replace it). ``named``: read
-    by name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the
-    code spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
+    """Where a step's own code finds values that a caller may change between calls: (where, named, a function giving
+    what is there now). The globals its code names, its closure variables, its object (a method's ``self``, or
+    ``fn`` itself when it is a callable object such as a module) and its arguments, each with its attributes, and
+    one level into a list, tuple, dict or plain object (a config) found at any of these, up to ``CONFIG_DEPTH``
+    levels into what the code names (``cfg["loss"]["beta"]``, ``losses.KL_WEIGHT`` of a module of the user's). The
+    step's code is its own and that of the user's code it reaches (``reached``: helpers, methods of its object, the
+    forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that code
+    names, and each such method as an attribute of its class (where a patch would replace it). ``named``: read by
+    name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the code
+    spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -110,7 +110,8 @@ def places(fn, args=(), kwargs=None):
                 short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # items are data (a
                 deeper += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # buffer that
                            for i in range(len(value))]  # tensor() reads anew)
-            elif named and _is_plain(value):  # a config object (args.beta, self.cfg.beta, Config.beta): what
+            elif named and (_is_plain(value) or _is_users_module(value)):  # a config object (args.beta,
+                # self.cfg.beta, Config.beta) or a module of the user's (losses.KL_WEIGHT, losses.kl): what
                 deeper += [(f"the attribute {n!r} of {where}", True, functools.partial(_member_of, get, n))  # it
                            for n in names if _config_member(value, n)]  # names, a setting or a config
         found += deeper
@@ -197,12 +198,13 @@ def _member_of(get, name):
 
 
 def _config_member(obj, name):
-    """Whether the attribute ``name`` of the config object ``obj`` is a place: a setting, a dict or config object
-    within it, or code it holds itself (a loss function set on it; not its class's methods)."""
+    """Whether the attribute ``name`` of the config object or module of the user's ``obj`` is a place: a setting,
+    a dict, config object or module of the user's within it, or code it holds itself (a loss function set on it,
+    a module's function; not its class's methods)."""
     value = _member_in(obj, name)
     if value is _ABSENT:
         return False
-    if _is_setting(value) or isinstance(value, dict) or _is_plain(value):
+    if _is_setting(value) or isinstance(value, dict) or _is_plain(value) or _is_users_module(value):
         return True
     return _is_code(value) and name in (_attr(obj, "__dict__") or ())
 
@@ -266,7 +268,8 @@ def reached(func, owner, objects=()):
 def _code_of(value, read):
     """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object
     (None for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class
-    methods named of a class of the user's, or an object's methods (``_methods``)."""
+    methods named of a class of the user's, the functions (and objects' methods) named of a module of the user's
+    (``losses.kl(mu, logvar)``), or an object's methods (``_methods``)."""
     while isinstance(value, functools.partial):
         value = value.func
     if isinstance(value, types.MethodType):
@@ -277,7 +280,9 @@ def _code_of(value, read):
         return [(value, obj)] if _users(value) else []
     if isinstance(value, type):  # a class of the user's: its static and class methods named (Losses.l2(h))
         return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_plain(value) else []
-    if value is None or type(value) in _SCALARS or isinstance(value, types.ModuleType):
+    if isinstance(value, types.ModuleType):
+        return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_users_module(value) else []
+    if value is None or type(value) in _SCALARS:
         return []
     return _methods(value, read)
 
@@ -302,6 +307,11 @@ def _methods(obj, read):
 
 def _users(func):
     return _users_code(func.__module__, func.__code__.co_filename)
+
+
+def _is_users_module(value):
+    """Whether ``value`` is a Python module of the user's (``losses.py`` beside the script)."""
+    return isinstance(value, types.ModuleType) and _users_code(value.__name__, _attr(value, "__file__"))
 
 
 def _users_code(module, path):
@@ -405,31 +415,50 @@ def _is_code(value):
     return isinstance(value, _CODE)
 
 
-_SIGNATURE_TYPES = {}  # type -> whether its values are part of a signature: asked once a type (on every call)
+_KINDS = {}  # type -> how its values enter a signature (``_kind``): asked once a type, looked up on every call
+_ITSELF, _FUNCTION, _METHOD = 1, 2, 3
 
 
-def _in_signature(value):
-    """``_is_setting(value) or _is_code(value)``."""
-    kind = type(value)
-    known = _SIGNATURE_TYPES.get(kind)
-    if known is None:
-        known = _SIGNATURE_TYPES[kind] = kind in _SCALARS or issubclass(kind, (enum.Enum, np.generic, *_CODE))
-    return known
+def _kind(kind):
+    if kind in _SCALARS or issubclass(kind, (enum.Enum, np.generic, functools.partial, type)):
+        found = _ITSELF
+    else:
+        found = _FUNCTION if issubclass(kind, types.FunctionType) else _METHOD if issubclass(
+            kind, types.MethodType) else 0
+    _KINDS[kind] = found
+    return found
+
+
+def signature_values(places):
+    """((where, what its value adds to a signature), ...) for the ``places`` (``(where, get)`` pairs) whose value
+    is a setting (``_is_setting``: itself) or code (``_is_code``: by identity; a function with its code object, a
+    method with its function's: IPython's autoreload puts the new code into the function objects it has)."""
+    found = []
+    for where, get in places:
+        value = get()
+        kind = _KINDS.get(value.__class__)
+        if kind is None:
+            kind = _kind(value.__class__)
+        if kind:
+            found.append((where, value if kind == _ITSELF else (value, value.__code__) if kind == _FUNCTION else
+                          (value, _attr(value.__func__, "__code__"))))
+    return tuple(found)
 
 
 _ABSENT = object()  # a place that held no number at one of two signatures
 
 
 class PythonValues:
-    """The settings the step's code reads by name (``_is_setting``: numbers, strings, enum members, NumPy
-    scalars; ``places``: its globals, closure variables, the attributes of its object and its arguments that it
-    names, and those that the user's code it reaches names), and the code it finds there (``_is_code``: a helper
-    function, a loss function, a class, by identity). Such a value feeds the recording as an argument does (a
-    branch taken, a constant of an op; the ops a helper runs), so it is part of the signature, and another value
-    records anew: a helper redefined in a notebook cell between calls runs as redefined, as does a method of the
-    user's patched onto its class (``places``: each method the code reaches is a place of its class). Called with
-    a call's arguments, returns ((where, value), ...) for those holding a setting or code now. (What library code
-    reads is not seen: pass it as an argument, a 0-d tensor if it changes on every call.)"""
+    """The settings the step's code reads by name (``_is_setting``: numbers, strings, enum members, NumPy scalars;
+    ``places``: its globals, closure variables, the attributes of its object and its arguments that it names, and
+    those that the user's code it reaches names; the attributes it names of a module of the user's), and the code it
+    finds there (``signature_values``: a helper function, a loss function, a class, by identity; a function with its
+    code). Such a value feeds the recording as an argument does (a branch taken, a constant of an op; the ops a
+    helper runs), so it is part of the signature, and another value records anew: a helper redefined in a notebook
+    cell between calls runs as redefined, as does a method of the user's patched onto its class (``places``: each
+    method the code reaches is a place of its class). Called with a call's arguments, returns ((where, value), ...)
+    for those holding a setting or code now. (What library code reads is not seen: pass it as an argument, a 0-d
+    tensor if it changes on every call.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -455,7 +484,7 @@ class PythonValues:
             self.update(args, kwargs)
         if not self.sources:
             return ()
-        return tuple((where, v) for where, get in self.sources if _in_signature(v := get()))
+        return signature_values(self.sources)
 
 
 _PLAIN = _SCALARS | {Tensor, tuple, list, dict}  # arguments no code is read for
@@ -498,15 +527,19 @@ def what_changed(old, new):
     before, after = dict(old[3]), dict(new[3])
     for where in before.keys() | after.keys():
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
-            change = (f"{where[0].upper()}{where[1:]} was {before.get(where, 'not a number')!r}, then "
-                      f"{after.get(where, 'not a number')!r}")
-            number = all(type(v) in (int, float) for v in (before.get(where), after.get(where)))
-            if number:
+            was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),
+                                                                  after.get(where, _ABSENT)))  # (code, its code)
+            change = f"{where[0].upper()}{where[1:]} was {_value_text(was)}, then {_value_text(now)}"
+            if type(was) in (int, float) and type(now) in (int, float):
                 return change, "pass a number that changes between calls to the step as a 0-d tensor argument"
-            if all(_is_code(v) for v in (before.get(where), after.get(where))):
+            if _is_code(was) and _is_code(now):
                 return change, "define the function once, outside the loop that calls the step"
             return change, enlarge
     return "The signatures differ", enlarge
+
+
+def _value_text(value):
+    return "not a number" if value is _ABSENT else f"{value!r}"
 
 
 def _sig_text(sig):
