@@ -419,13 +419,14 @@ _KINDS = {}  # type -> how its values enter a signature (``_kind``): asked once 
 _ITSELF, _FUNCTION, _METHOD = 1, 2, 3
 
 
-def _kind(kind):
-    if kind in _SCALARS or issubclass(kind, (enum.Enum, np.generic, functools.partial, type)):
+def _kind(cls):
+    """How the values of the type ``cls`` enter a signature (``signature_values``), noted in ``_KINDS``."""
+    if cls in _SCALARS or issubclass(cls, (enum.Enum, np.generic, functools.partial, type)):
         found = _ITSELF
     else:
-        found = _FUNCTION if issubclass(kind, types.FunctionType) else _METHOD if issubclass(
-            kind, types.MethodType) else 0
-    _KINDS[kind] = found
+        found = _FUNCTION if issubclass(cls, types.FunctionType) else _METHOD if issubclass(
+            cls, types.MethodType) else 0
+    _KINDS[cls] = found
     return found
 
 
@@ -527,8 +528,8 @@ def what_changed(old, new):
     before, after = dict(old[3]), dict(new[3])
     for where in before.keys() | after.keys():
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
-            was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),
-                                                                  after.get(where, _ABSENT)))  # (code, its code)
+            was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),  # code: (function,
+                                                                  after.get(where, _ABSENT)))  # its code object)
             change = f"{where[0].upper()}{where[1:]} was {_value_text(was)}, then {_value_text(now)}"
             if type(was) in (int, float) and type(now) in (int, float):
                 return change, "pass a number that changes between calls to the step as a 0-d tensor argument"
