@@ -1,0 +1,182 @@
+"""tinygen.compile when the caller changes, between calls, the Python a step reads: a replay must never run the
+recorded version of something that changed.
+
+The step below reads a number and a function from globals, a function and a number from a module of the user's
+(through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class
+attribute read by a module's forward, and calls a user module (``Block``) and a loss object whose methods may be
+patched onto their classes. Hypothesis draws what changes before each of six calls (a new number, another function,
+a method patched, a function's code replaced in place as IPython's autoreload does, or nothing) and the same
+sequence runs eagerly and compiled from the same seed: the losses and parameters must be equal bit for bit.
+"""
+import sys
+import types
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import tinygen as tg
+from tinygen import nn
+from tinygen.nn import functional as F
+
+CALLS = 6
+SETTINGS = settings(deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MODULE_SOURCE = '''
+W = 1.0
+
+
+def scale(t):
+    return t * W
+'''
+MODULE_NAME = "user_losses_for_python_changes"
+
+
+def _module():
+    """A module of the user's (its file outside the library folders), as ``import losses`` gives."""
+    module = types.ModuleType(MODULE_NAME)
+    module.__file__ = f"/nonexistent/user/{MODULE_NAME}.py"
+    exec(compile(MODULE_SOURCE, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def _plus(t):
+    return t + 1.0
+
+
+def _times(t):
+    return t * 0.5
+
+
+def _twice(t):
+    return t * 2.0
+
+
+def _forward_a(self, x):
+    return self.lin(x) * Block.gain
+
+
+def _forward_b(self, x):
+    return (self.lin(x) * Block.gain).tanh()
+
+
+def _loss_a(self, out, y):
+    return F.cross_entropy(out, y) * self.weight
+
+
+def _loss_b(self, out, y):
+    return F.mse_loss(out, out.detach() * 0.5) * self.weight
+
+
+class Block(nn.Module):
+    gain = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    forward = _forward_a
+
+
+class Loss:
+    def __init__(self):
+        self.weight = 1.0
+
+    __call__ = _loss_a
+
+
+class Config:
+    def __init__(self):
+        self.beta, self.fn = 1.0, _plus
+
+
+GAIN = 1.0
+HELPER = _plus
+losses = None  # the module of the user's, set for each run
+
+
+def _state():
+    """What the actions change, as the run starts: restored before each run and after the test."""
+    return {"GAIN": GAIN, "HELPER": HELPER, "forward": Block.forward, "gain": Block.gain, "call": Loss.__call__,
+            "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
+
+
+def _restore(state):
+    global GAIN, HELPER
+    GAIN, HELPER, Block.forward, Block.gain, Loss.__call__ = (state[k] for k in ("GAIN", "HELPER", "forward", "gain",
+                                                                                  "call"))
+    for f, code in state["codes"].items():
+        f.__code__ = code
+
+
+ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
+           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER")
+
+
+def _act(action, value, cfg, crit):
+    """Change what ``action`` names; ``value`` (0, 1 or 2) picks the new number or function."""
+    global GAIN, HELPER
+    number = (1.0, 0.5, 2.0)[value]
+    function = (_plus, _times, _twice)[value]
+    if action == "GAIN":
+        GAIN = number
+    elif action == "HELPER":
+        HELPER = function
+    elif action == "module W":
+        losses.W = number
+    elif action == "module scale":  # the module edited and reloaded: a new function under the same name
+        losses.scale = function
+    elif action == "cfg.beta":
+        cfg.beta = number
+    elif action == "cfg.fn":
+        cfg.fn = function
+    elif action == "Block.gain":
+        Block.gain = number
+    elif action == "Block.forward":
+        Block.forward = (_forward_a, _forward_b, _forward_a)[value]
+    elif action == "Loss.__call__":
+        Loss.__call__ = (_loss_a, _loss_b, _loss_a)[value]
+    elif action == "loss.weight":
+        crit.weight = number
+    elif action == "code of HELPER":  # IPython's autoreload: the same function object, new code
+        HELPER.__code__ = function.__code__
+
+
+def _run(actions, compiled):
+    global losses
+    tg.manual_seed(0)
+    losses = _module()
+    sys.modules[MODULE_NAME] = losses
+    model, cfg, crit = Block(), Config(), Loss()
+    opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        h = HELPER(model(x)) * GAIN
+        h = cfg.fn(losses.scale(h)) * cfg.beta
+        loss = crit(h, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step) if compiled else step
+    tg.manual_seed(1)
+    batches = [(tg.randn(5, 6), tg.randint(0, 4, (5,))) for _ in range(CALLS)]
+    out = []
+    for (action, value), (x, y) in zip(actions, batches):
+        _act(action, value, cfg, crit)
+        out.append(f(x, y).data.copy())
+    return out + [p.data.copy() for p in model.parameters()], f
+
+
+@SETTINGS
+@given(actions=st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, 2)), min_size=CALLS, max_size=CALLS))
+def test_what_the_caller_changes_between_calls_replays_as_eager(actions):
+    start = _state()
+    try:
+        eager, _ = _run(actions, compiled=False)
+        _restore(start)
+        compiled, f = _run(actions, compiled=True)
+    finally:
+        _restore(start)
+        sys.modules.pop(MODULE_NAME, None)
+    assert len(eager) == len(compiled) and all(np.array_equal(a, b) for a, b in zip(eager, compiled)), actions
+    assert f.records + f.replays == CALLS
