@@ -1310,6 +1310,54 @@ def test_what_a_module_of_the_users_holds_is_read(tmp_path, monkeypatch):
     assert (f.records, f.replays) == (4, 3)
 
 
+MARGIN_SCALE = 1.0  # read by _Margin.__call__
+MARGIN_SHIFT = 0.0  # read by _Margin.__init__
+
+
+class _Margin:
+    """A loss object the step makes on every call: what its methods read is part of the signature."""
+
+    def __init__(self, margin):
+        self.margin = margin + MARGIN_SHIFT
+
+    def __call__(self, out, y):
+        return F.cross_entropy(out * MARGIN_SCALE, y) + self.margin
+
+
+def test_what_an_object_the_step_makes_reads_is_seen():
+    """``_Margin(0.1)(out, y)`` inside the step: the class's ``__init__`` and ``__call__`` run on every call, so the
+    globals they read are read as a helper's are (before, a new MARGIN_SCALE replayed the recorded one)."""
+    global MARGIN_SCALE, MARGIN_SHIFT
+
+    def run(compiled):
+        global MARGIN_SCALE, MARGIN_SHIFT
+        MARGIN_SCALE, MARGIN_SHIFT = 1.0, 0.0
+        model, opt, _ = _mlp_setup()
+
+        def step(x, y):
+            loss = _Margin(0.1)(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        out = []
+        for k, (x, y) in enumerate(_batches(5)):
+            if k == 2:
+                MARGIN_SCALE = 3.0
+            if k == 3:
+                MARGIN_SHIFT = 1.0
+            out.append(f(x, y).data.copy())
+        return out + _params(model), f
+    try:
+        eager, _ = run(False)
+        compiled, f = run(True)
+    finally:
+        MARGIN_SCALE, MARGIN_SHIFT = 1.0, 0.0
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (3, 2)
+
+
 def test_a_function_made_anew_before_every_call_names_what_changes():
     """A function made anew before every call is a new signature each time: the warning when the cache is full
     says so and what to do."""

@@ -2,11 +2,12 @@
 recorded version of something that changed.
 
 The step below reads a number and a function from globals, a function and a number from a module of the user's
-(through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class
-attribute read by a module's forward, and calls a user module (``Block``) and a loss object whose methods may be
-patched onto their classes. Hypothesis draws what changes before each of six calls (a new number, another function,
-a method patched, a function's code replaced in place as IPython's autoreload does, or nothing) and the same
-sequence runs eagerly and compiled from the same seed: the losses and parameters must be equal bit for bit.
+(through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class attribute
+read by a module's forward, a global read by the methods of an object it makes (``Shift``), and calls a user module
+(``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes before
+each of six calls (a new number, another function, a method patched, a function's code replaced in place as
+IPython's autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the
+losses and parameters must be equal bit for bit.
 """
 import sys
 import types
@@ -89,32 +90,43 @@ class Config:
         self.beta, self.fn = 1.0, _plus
 
 
+class Shift:
+    """An object the step makes on every call: its methods read a global."""
+
+    def __init__(self, by):
+        self.by = by * SHIFT
+
+    def __call__(self, t):
+        return t + self.by * SHIFT
+
+
 GAIN = 1.0
+SHIFT = 1.0
 HELPER = _plus
 losses = None  # the module of the user's, set for each run
 
 
 def _state():
     """What the actions change, as the run starts: restored before each run and after the test."""
-    return {"GAIN": GAIN, "HELPER": HELPER, "forward": Block.forward, "gain": Block.gain, "call": Loss.__call__,
-            "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
+    return {"GAIN": GAIN, "HELPER": HELPER, "SHIFT": SHIFT, "forward": Block.forward, "gain": Block.gain,
+            "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
 
 
 def _restore(state):
-    global GAIN, HELPER
-    GAIN, HELPER, Block.forward, Block.gain, Loss.__call__ = (state[k] for k in ("GAIN", "HELPER", "forward", "gain",
-                                                                                  "call"))
+    global GAIN, HELPER, SHIFT
+    GAIN, HELPER, SHIFT, Block.forward, Block.gain, Loss.__call__ = (
+        state[k] for k in ("GAIN", "HELPER", "SHIFT", "forward", "gain", "call"))
     for f, code in state["codes"].items():
         f.__code__ = code
 
 
 ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
-           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER")
+           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT")
 
 
 def _act(action, value, cfg, crit):
     """Change what ``action`` names; ``value`` (0, 1 or 2) picks the new number or function."""
-    global GAIN, HELPER
+    global GAIN, HELPER, SHIFT
     number = (1.0, 0.5, 2.0)[value]
     function = (_plus, _times, _twice)[value]
     if action == "GAIN":
@@ -139,6 +151,8 @@ def _act(action, value, cfg, crit):
         crit.weight = number
     elif action == "code of HELPER":  # IPython's autoreload: the same function object, new code
         HELPER.__code__ = function.__code__
+    elif action == "SHIFT":
+        SHIFT = number
 
 
 def _run(actions, compiled):
@@ -151,7 +165,7 @@ def _run(actions, compiled):
 
     def step(x, y):
         h = HELPER(model(x)) * GAIN
-        h = cfg.fn(losses.scale(h)) * cfg.beta
+        h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta)
         loss = crit(h, y)
         opt.zero_grad()
         loss.backward()

@@ -39,7 +39,7 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            from globals, closure variables, its object's and its arguments' attributes and config objects there (a
            helper redefined, a method patched or a module reloaded between calls records anew); its code is its own
            and that of the user's code it reaches, three calls deep: helper functions (also through a module of the
-           user's: ``losses.kl(mu, logvar)``), methods of the objects it names or takes, a loss object's
+           user's: ``losses.kl(mu, logvar)``), methods of the objects it names or takes or makes, a loss object's
            ``__call__``, its modules' forwards) picks a program; before a replay its guards are checked: the
            train/eval mode of every module the step called, the contents of the config objects, lists and dicts it
            holds, its count of changes (a parameter, submodule or setting replaced) and the requires_grad, shape and
@@ -116,7 +116,8 @@ optimizer or a ``@replayed`` function; found by the values around each recorded 
 tensor arguments that require grad. Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
-its helpers, its modules' forwards, a loss object's ``__call__``; not those that library code reads): write the
+its helpers, its modules' forwards, a loss object's ``__call__``, an object it makes; not those that library code
+reads; the code itself too, by identity): write the
 step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call used: one
 the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
 (or one level inside a list, tuple or dict there) that holds another object at a later call raises

@@ -266,10 +266,10 @@ def reached(func, owner, objects=()):
 
 
 def _code_of(value, read):
-    """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object
-    (None for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class
-    methods named of a class of the user's, the functions (and objects' methods) named of a module of the user's
-    (``losses.kl(mu, logvar)``), or an object's methods (``_methods``)."""
+    """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object (None
+    for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class methods
+    named of a class of the user's and its ``__init__``, ``__call__`` and ``forward``, the functions (and objects'
+    methods) named of a module of the user's (``losses.kl(mu, logvar)``), or an object's methods (``_methods``)."""
     while isinstance(value, functools.partial):
         value = value.func
     if isinstance(value, types.MethodType):
@@ -278,8 +278,10 @@ def _code_of(value, read):
         obj = None
     if isinstance(value, types.FunctionType):
         return [(value, obj)] if _users(value) else []
-    if isinstance(value, type):  # a class of the user's: its static and class methods named (Losses.l2(h))
-        return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_plain(value) else []
+    if isinstance(value, type):  # a class of the user's: its static and class methods named (Losses.l2(h)), and
+        # what making one and calling it runs (Margin(0.2)(out, y), an object the step makes)
+        return [found for n in dict.fromkeys((*read, "__init__", *_CALLED)) for found in _code_of(_attr(value, n), ())
+                ] if _is_plain(value) else []
     if isinstance(value, types.ModuleType):
         return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_users_module(value) else []
     if value is None or type(value) in _SCALARS:
