@@ -446,6 +446,56 @@ def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
     assert (random.random, np.random.rand, np.random.default_rng) == originals
 
 
+HOST_RNG = None  # a generator of the user's the step below finds as a global
+
+
+@pytest.mark.parametrize("kind", ["numpy Generator", "numpy RandomState", "random.Random"])
+@pytest.mark.parametrize("where", ["attribute", "global"])
+def test_a_draw_from_a_generator_of_the_users_runs_each_call_as_eager(kind, where):
+    """A seeded generator of the user's (``self.rng = np.random.default_rng(0)``), drawn from in the step's Python:
+    a replay would repeat the recorded draw, so its state is Python state the step changes and each call runs as
+    eager (a warning says so). Before, every replay used the first call's noise."""
+    global HOST_RNG
+
+    def make():
+        return {"numpy Generator": np.random.default_rng, "numpy RandomState": np.random.RandomState,
+                "random.Random": random.Random}[kind](3)
+
+    def noise(rng, shape):
+        if kind == "random.Random":
+            return np.full(shape, rng.random(), np.float32)
+        return rng.standard_normal(shape).astype(np.float32)
+
+    class Trainer:
+        def __init__(self):
+            self.model, self.opt, _ = _mlp_setup()
+            self.rng = make()
+
+        def step(self, x, y):
+            rng = self.rng if where == "attribute" else HOST_RNG
+            loss = F.cross_entropy(self.model(x + tg.tensor(noise(rng, x.shape))), y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    def run(compiled):
+        global HOST_RNG
+        HOST_RNG = make()
+        trainer = Trainer()
+        f = tg.compile(trainer.step) if compiled else trainer.step
+        return [f(x, y).data.copy() for x, y in _batches(4)] + _params(trainer.model), f
+    try:
+        eager, _ = run(False)
+        with pytest.warns(RuntimeWarning, match="the state of the random generator in .*draw random numbers with "
+                                                "tinygen's functions"):
+            compiled, f = run(True)
+    finally:
+        HOST_RNG = None
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (4, 0)
+
+
 @pytest.mark.parametrize("update", ["in place", "new array"])
 def test_a_parameter_updated_by_array_code_inside_a_step_is_refused(update):
     """docs/internals.md's manual update, ``p.data -= lr * p.grad.data``, inside a compiled step: array code the

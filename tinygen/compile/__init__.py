@@ -97,7 +97,8 @@ A replay runs exactly the ops the recorded call ran, in the same order, so it gi
 run too: the same operations per element, each rounded as NumPy rounds it; not under ``fuse="approx"``). The
 intermediates of a compiled step are released when the step no longer needs them. Python state the step's own code
 changes where its code looks (``history.append(loss)``, ``self.last = h``, ``stats.n += 1``, ``next(batches)``, a
-module attribute, a learning rate set in ``opt.param_groups``: use a scheduler) is Python a replay would not run
+draw from a NumPy or Python generator of its own (``self.rng.normal()``: use tinygen's draws), a module attribute,
+a learning rate set in ``opt.param_groups``: use a scheduler) is Python a replay would not run
 again: such a call keeps no program and the next records again (a warning when it happens on every call); a
 tensor kept further away (``box.inner.h = h``) raises when used after the call. Return what you need from the step
 instead. A compiled call returns tensors without a graph, so compile a whole training step, not a model's forward
@@ -221,6 +222,7 @@ class Compiled:
                 warnings.warn(f"tinygen.compile: {self.__name__} changes {program} in its Python on every call; a "
                               f"replay would not run that Python again, so each call runs eagerly and records, "
                               f"slower than eager. Pass the data the step takes from an iterator as arguments, "
+                              f"draw random numbers with tinygen's functions (a replay draws them anew), "
                               f"return what the step computes instead of storing it (append the returned loss to "
                               f"a list after the call), keep state the step updates in a tensor written in place "
                               f"(a buffer: buf[...] = new value), change an optimizer's learning rate with a "

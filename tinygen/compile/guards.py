@@ -22,6 +22,8 @@ import enum
 import functools
 import hashlib
 import operator
+import pickle
+import random
 import sys
 import types
 
@@ -204,7 +206,8 @@ def _config_member(obj, name):
     value = _member_in(obj, name)
     if value is _ABSENT:
         return False
-    if _is_setting(value) or isinstance(value, dict) or _is_plain(value) or _is_users_module(value):
+    if (_is_setting(value) or isinstance(value, dict) or _is_plain(value) or _is_users_module(value)
+            or _generator_state(value) is not None):
         return True
     return _is_code(value) and name in (_attr(obj, "__dict__") or ())
 
@@ -611,8 +614,8 @@ _NP_DRAWS = ("rand", "randn", "randint", "random", "random_sample", "ranf", "sam
 def host_draws_refused():
     """While a step is recorded: a draw from Python's ``random`` module, NumPy's global generator or a NumPy
     generator made without a seed raises ``CompileError`` naming the line. (A generator of the user's own, made
-    before the step, is not seen.)"""
-    import random
+    before the step, is not patched: where the step's code finds it, its state is Python state the step changes,
+    ``contents_of``, so such a call runs as eager.)"""
     patched = []
 
     def refuse(module, name, original):
@@ -677,9 +680,13 @@ def held(modules):
 def contents_of(value):
     """What ``value`` holds, to tell when it changes: a number or string itself; an iterator's position; a list's
     items (a dict in it by its items); a dict's items; a plain object's attributes (a short list or dict by its
-    contents). Numbers and strings by value, anything else by identity; None for a module, a tensor or a function."""
+    contents); a random generator's state. Numbers and strings by value, anything else by identity; None for a
+    module, a tensor or a function."""
     if _is_setting(value):
         return value
+    state = _generator_state(value)
+    if state is not None:
+        return ("random generator", state)
     if _attr(value, "__next__") is not None and _attr(value, "__dict__") is None:  # a generator, a list's iterator
         frame = _attr(value, "gi_frame")  # a generator: where its loop is (None when it ended)
         local = () if frame is None else tuple((k, v if _is_setting(v) else id(v)) for k, v in
@@ -695,6 +702,18 @@ def contents_of(value):
             and not _is_module(value)):  # a module: Module.__setattr__ reports it
         return tuple((k, contents_of(v) if type(v) in (list, dict) and len(v) <= CONTAINER_MAX else
                       v if _is_setting(v) else id(v)) for k, v in attributes.items())
+    return None
+
+
+def _generator_state(value):
+    """The state of a NumPy or Python random generator of the user's (a draw changes it), else None: the step's
+    Python drawing from one (``self.rng.normal(...)``) would be replayed as the recorded draw."""
+    if isinstance(value, np.random.Generator):
+        return pickle.dumps(value.bit_generator.state)
+    if isinstance(value, np.random.RandomState):
+        return pickle.dumps(value.get_state(legacy=False))
+    if isinstance(value, random.Random):
+        return value.getstate()
     return None
 
 
@@ -726,8 +745,10 @@ def changes(before, after):
         if not _unchanged(value, now[0]):
             yield where, value, holder
         elif now[1] != contents:
-            kind = "the position of the iterator in" if type(contents) is tuple and contents[:1] == ("iterator",) \
-                else "a hyper-parameter in the param_groups of" if type(_attr(value, "param_groups")) is list and \
+            tag = contents[0] if type(contents) is tuple and contents else None
+            kind = "the position of the iterator in" if tag == "iterator" else \
+                "the state of the random generator in" if tag == "random generator" else \
+                "a hyper-parameter in the param_groups of" if type(_attr(value, "param_groups")) is list and \
                 dict(contents).get("param_groups") != dict(now[1]).get("param_groups") else "the contents of"
             yield f"{kind} {where}", value, holder
 
