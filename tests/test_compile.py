@@ -1,5 +1,6 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
 import copy
+import dataclasses
 import enum
 import functools
 import queue
@@ -444,6 +445,61 @@ def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
         return F.cross_entropy(model(x), y)
     _refused(step, "A replay would repeat")
     assert (random.random, np.random.rand, np.random.default_rng) == originals
+
+
+@dataclasses.dataclass(slots=True)
+class _SlottedConfig:
+    beta: float = 1.0
+    calls: int = 0
+
+
+SLOTTED = _SlottedConfig()
+
+
+@pytest.mark.parametrize("where", ["global config", "step's object", "counted by the step"])
+def test_an_object_with_slots_is_read_as_one_with_a_dict(where):
+    """A ``@dataclass(slots=True)`` config (no ``__dict__``): a number the step reads from it is part of the
+    signature, on a global config or on the step's own object, and a field the step's Python changes is Python
+    state a replay would not change. Before, all three replayed as recorded."""
+    global SLOTTED
+
+    @dataclasses.dataclass(slots=True)
+    class Trainer:
+        model: object
+        opt: object
+        beta: float = 1.0
+
+        def step(self, x, y):
+            beta = SLOTTED.beta if where == "global config" else self.beta
+            if where == "counted by the step":
+                SLOTTED.calls += 1
+            loss = F.cross_entropy(self.model(x), y) * beta
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    def run(compiled):
+        global SLOTTED
+        SLOTTED = _SlottedConfig()
+        model, opt, _ = _mlp_setup()
+        trainer = Trainer(model, opt)
+        f = tg.compile(trainer.step) if compiled else trainer.step
+        out = []
+        for k, (x, y) in enumerate(_batches(4)):
+            if k == 2:
+                SLOTTED.beta = trainer.beta = 3.0
+            out.append(f(x, y).data.copy())
+        return out + _params(model) + [np.float64(SLOTTED.calls)], f
+    try:
+        eager, _ = run(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the counter: Python on every call
+            compiled, f = run(True)
+    finally:
+        SLOTTED = _SlottedConfig()
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == ((4, 0) if where == "counted by the step" else (2, 2))
 
 
 HOST_RNG = None  # a generator of the user's the step below finds as a global

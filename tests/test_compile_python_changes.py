@@ -3,12 +3,13 @@ recorded version of something that changed.
 
 The step below reads a number and a function from globals, a function and a number from a module of the user's
 (through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class attribute
-read by a module's forward, a global read by the methods of an object it makes (``Shift``), and calls a user module
-(``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes before
-each of six calls (a new number, another function, a method patched, a function's code replaced in place as
-IPython's autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the
-losses and parameters must be equal bit for bit.
+read by a module's forward, a global read by the methods of an object it makes (``Shift``), a number of a config
+object with ``__slots__``, and calls a user module (``Block``) and a loss object whose methods may be patched onto
+their classes. Hypothesis draws what changes before each of six calls (a new number, another function, a method
+patched, a function's code replaced in place as IPython's autoreload does, or nothing) and the same sequence runs
+eagerly and compiled from the same seed: the losses and parameters must be equal bit for bit.
 """
+import dataclasses
 import sys
 import types
 
@@ -90,6 +91,12 @@ class Config:
         self.beta, self.fn = 1.0, _plus
 
 
+@dataclasses.dataclass(slots=True)
+class Slotted:
+    """A config object without a ``__dict__``."""
+    gamma: float = 1.0
+
+
 class Shift:
     """An object the step makes on every call: its methods read a global."""
 
@@ -121,10 +128,10 @@ def _restore(state):
 
 
 ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
-           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT")
+           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT", "slotted.gamma")
 
 
-def _act(action, value, cfg, crit):
+def _act(action, value, cfg, crit, slotted):
     """Change what ``action`` names; ``value`` (0, 1 or 2) picks the new number or function."""
     global GAIN, HELPER, SHIFT
     number = (1.0, 0.5, 2.0)[value]
@@ -153,6 +160,8 @@ def _act(action, value, cfg, crit):
         HELPER.__code__ = function.__code__
     elif action == "SHIFT":
         SHIFT = number
+    elif action == "slotted.gamma":
+        slotted.gamma = number
 
 
 def _run(actions, compiled):
@@ -160,12 +169,12 @@ def _run(actions, compiled):
     tg.manual_seed(0)
     losses = _module()
     sys.modules[MODULE_NAME] = losses
-    model, cfg, crit = Block(), Config(), Loss()
+    model, cfg, crit, slotted = Block(), Config(), Loss(), Slotted()
     opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def step(x, y):
         h = HELPER(model(x)) * GAIN
-        h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta)
+        h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta) * slotted.gamma
         loss = crit(h, y)
         opt.zero_grad()
         loss.backward()
@@ -176,7 +185,7 @@ def _run(actions, compiled):
     batches = [(tg.randn(5, 6), tg.randint(0, 4, (5,))) for _ in range(CALLS)]
     out = []
     for (action, value), (x, y) in zip(actions, batches):
-        _act(action, value, cfg, crit)
+        _act(action, value, cfg, crit, slotted)
         out.append(f(x, y).data.copy())
     return out + [p.data.copy() for p in model.parameters()], f
 

@@ -125,12 +125,13 @@ def _attribute_places(obj, where, read, every=False):
     """The places of ``obj``'s attributes (``where``: how to name ``obj``): those in its ``__dict__`` that ``read``
     names (``every``: all of them, named when ``read`` names them), and the settings ``read`` names that it finds
     in its class (``gain = 1.0`` in a class body; a class's own settings, for a class)."""
-    attributes = _attr(obj, "__dict__")
-    if type(attributes) is not dict:
+    attributes = _fields(obj)
+    if attributes is None:
         if not isinstance(obj, type):
             return []
         attributes = {}  # (a class's own: its settings, below)
-    found = [(f"the attribute {n!r} of {where}", n in read, functools.partial(_attribute, obj, n))
+    get = _attribute if type(_attr(obj, "__dict__")) is dict else _slot
+    found = [(f"the attribute {n!r} of {where}", n in read, functools.partial(get, obj, n))
              for n in list(attributes) if every or n in read]
     found += [(f"the attribute {n!r} of {where}", True, functools.partial(_number_in, obj, n))
               for n in read if n not in attributes and _number_in(obj, n) is not _ABSENT]
@@ -150,8 +151,31 @@ def _is_plain(value):
     if isinstance(value, type):
         module = sys.modules.get(value.__module__)
         return _users_code(value.__module__, getattr(module, "__file__", None))
-    return (isinstance(_attr(value, "__dict__"), dict) and not isinstance(
+    return (_fields(value) is not None and not isinstance(
         value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
+
+
+def _fields(obj):
+    """An object's own attributes as a dict: its ``__dict__``, or for an object of a class of the user's with
+    ``__slots__`` (``@dataclass(slots=True)``), the slots that are set; None for neither (and for a class)."""
+    attributes = _attr(obj, "__dict__")
+    if type(attributes) is dict:
+        return attributes
+    slots = () if isinstance(obj, type) else _slot_names(type(obj))
+    return {n: v for n in slots if (v := _attr(obj, n, _ABSENT)) is not _ABSENT} if slots else None
+
+
+@functools.lru_cache(maxsize=256)
+def _slot_names(cls):
+    """The names of the ``__slots__`` of ``cls`` and its bases, if ``cls`` is a class of the user's, else ()."""
+    module = sys.modules.get(cls.__module__)
+    if not _users_code(cls.__module__, getattr(module, "__file__", None)):
+        return ()
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names += [n for n in ((slots,) if isinstance(slots, str) else slots) if n not in ("__dict__", "__weakref__")]
+    return tuple(dict.fromkeys(names))
 
 
 def _member_in(obj, name):
@@ -162,10 +186,12 @@ def _member_in(obj, name):
     if type(attributes) is dict and name in attributes:
         return attributes[name]
     value = _attr(klass, name, _ABSENT)
+    if type(value) is types.MemberDescriptorType and klass is not obj:  # a slot (``_fields``)
+        return _attr(obj, name, _ABSENT) if name in _slot_names(klass) else _ABSENT
     if value is _ABSENT and klass is not obj and hasattr(klass, "__getattr__"):
         value = _attr(obj, name, None)
         value = _ABSENT if value is None else value
-    return _ABSENT if isinstance(value, property) else value
+    return _ABSENT if isinstance(value, (property, types.MemberDescriptorType)) else value
 
 
 def _number_in(obj, name):
@@ -209,17 +235,21 @@ def _config_member(obj, name):
     if (_is_setting(value) or isinstance(value, dict) or _is_plain(value) or _is_users_module(value)
             or _generator_state(value) is not None):
         return True
-    return _is_code(value) and name in (_attr(obj, "__dict__") or ())
+    return _is_code(value) and name in (_fields(obj) or ())
 
 
 def _attribute(obj, name):
     return obj.__dict__.get(name)
 
 
+def _slot(obj, name):
+    return getattr(obj, name, None)
+
+
 def _holder(get):
     """The object whose attribute the place ``get`` reads (``places``), else None."""
     if type(get) is functools.partial:
-        if get.func is _attribute or get.func is _number_in:
+        if get.func is _attribute or get.func is _slot or get.func is _number_in:
             return get.args[0]
         if get.func is _member_of:
             return get.args[0]()
@@ -257,8 +287,7 @@ def reached(func, owner, objects=()):
             continue
         near = [f.__globals__.get(n) for n in read] + [_cell_value(c) for c in f.__closure__ or ()]
         if obj is not None:
-            attributes = _attr(obj, "__dict__")
-            attributes = attributes if isinstance(attributes, dict) else {}
+            attributes = _fields(obj) or {}
             submodules = attributes.get("_modules") if _is_module(obj) else None
             near += [attributes[n] if n in attributes else submodules.get(n) if submodules else None for n in read]
             todo.extend((m, depth + 1, o) for m, o in _methods(obj, read))
@@ -697,8 +726,8 @@ def contents_of(value):
                      v if _is_setting(v) else id(v) for v in value)
     if isinstance(value, dict):
         return _settings_of(value)
-    attributes = _attr(value, "__dict__")
-    if (isinstance(attributes, dict) and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
+    attributes = _fields(value)
+    if (attributes is not None and not isinstance(value, (Tensor, type, types.ModuleType, types.FunctionType))
             and not _is_module(value)):  # a module: Module.__setattr__ reports it
         return tuple((k, contents_of(v) if type(v) in (list, dict) and len(v) <= CONTAINER_MAX else
                       v if _is_setting(v) else id(v)) for k, v in attributes.items())
