@@ -735,8 +735,8 @@ def contents_of(value):
 
 
 def _generator_state(value):
-    """The state of a NumPy or Python random generator of the user's (a draw changes it), else None: the step's
-    Python drawing from one (``self.rng.normal(...)``) would be replayed as the recorded draw."""
+    """The state of a NumPy or Python random generator (a draw changes it), else None: the step's Python drawing
+    from one it finds (``self.rng.normal(...)``) would be replayed as the recorded draw."""
     if isinstance(value, np.random.Generator):
         return pickle.dumps(value.bit_generator.state)
     if isinstance(value, np.random.RandomState):
@@ -774,7 +774,7 @@ def changes(before, after):
         if not _unchanged(value, now[0]):
             yield where, value, holder
         elif now[1] != contents:
-            tag = contents[0] if type(contents) is tuple and contents else None
+            tag = contents[0] if type(contents) is tuple and contents and type(contents[0]) is str else None
             kind = "the position of the iterator in" if tag == "iterator" else \
                 "the state of the random generator in" if tag == "random generator" else \
                 "a hyper-parameter in the param_groups of" if type(_attr(value, "param_groups")) is list and \
