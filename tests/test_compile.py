@@ -447,6 +447,21 @@ def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
     assert (random.random, np.random.rand, np.random.default_rng) == originals
 
 
+class _Trainer:
+    """A trainer object whose ``step`` trains ``_mlp_setup``'s model on ``self.loss(x, y)`` (its subclass's)."""
+    __slots__ = ("model", "opt")  # (a subclass with slots of its own has no __dict__)
+
+    def __init__(self):
+        self.model, self.opt, _ = _mlp_setup()
+
+    def step(self, x, y):
+        loss = self.loss(x, y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
 @dataclasses.dataclass(slots=True)
 class _SlottedConfig:
     beta: float = 1.0
@@ -458,39 +473,35 @@ SLOTTED = _SlottedConfig()
 
 @pytest.mark.parametrize("where", ["global config", "step's object", "counted by the step"])
 def test_an_object_with_slots_is_read_as_one_with_a_dict(where):
-    """A ``@dataclass(slots=True)`` config (no ``__dict__``): a number the step reads from it is part of the
-    signature, on a global config or on the step's own object, and a field the step's Python changes is Python
-    state a replay would not change. Before, all three replayed as recorded."""
+    """A ``@dataclass(slots=True)`` config and a trainer with ``__slots__`` (no ``__dict__``): a number the step
+    reads from either is part of the signature, and a field the step's Python changes is Python state a replay
+    would not change. Before, all three replayed as recorded."""
     global SLOTTED
 
-    @dataclasses.dataclass(slots=True)
-    class Trainer:
-        model: object
-        opt: object
-        beta: float = 1.0
+    class Trainer(_Trainer):
+        __slots__ = ("beta",)
 
-        def step(self, x, y):
+        def __init__(self):
+            super().__init__()
+            self.beta = 1.0
+
+        def loss(self, x, y):
             beta = SLOTTED.beta if where == "global config" else self.beta
             if where == "counted by the step":
                 SLOTTED.calls += 1
-            loss = F.cross_entropy(self.model(x), y) * beta
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            return loss
+            return F.cross_entropy(self.model(x), y) * beta
 
     def run(compiled):
         global SLOTTED
         SLOTTED = _SlottedConfig()
-        model, opt, _ = _mlp_setup()
-        trainer = Trainer(model, opt)
+        trainer = Trainer()
         f = tg.compile(trainer.step) if compiled else trainer.step
         out = []
         for k, (x, y) in enumerate(_batches(4)):
             if k == 2:
                 SLOTTED.beta = trainer.beta = 3.0
             out.append(f(x, y).data.copy())
-        return out + _params(model) + [np.float64(SLOTTED.calls)], f
+        return out + _params(trainer.model) + [np.float64(SLOTTED.calls)], f
     try:
         eager, _ = run(False)
         with warnings.catch_warnings():
@@ -522,18 +533,14 @@ def test_a_draw_from_a_generator_of_the_users_runs_each_call_as_eager(kind, wher
             return np.full(shape, rng.random(), np.float32)
         return rng.standard_normal(shape).astype(np.float32)
 
-    class Trainer:
+    class Trainer(_Trainer):
         def __init__(self):
-            self.model, self.opt, _ = _mlp_setup()
+            super().__init__()
             self.rng = make()
 
-        def step(self, x, y):
+        def loss(self, x, y):
             rng = self.rng if where == "attribute" else HOST_RNG
-            loss = F.cross_entropy(self.model(x + tg.tensor(noise(rng, x.shape))), y)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            return loss
+            return F.cross_entropy(self.model(x + tg.tensor(noise(rng, x.shape))), y)
 
     def run(compiled):
         global HOST_RNG
@@ -1190,6 +1197,29 @@ def test_a_module_the_step_called_replaced_where_the_step_finds_it_is_refused():
 _WEIGHT = 1.0
 
 
+def _changed_between_calls(loss_of, change, calls, make=None):
+    """The losses and parameters of an eager and a compiled run of a training step of ``make()``'s model and
+    optimizer (default ``_mlp_setup``'s) whose loss is ``loss_of(model, x, y)``, with ``change(k)`` called before
+    call k (k = 0 puts back what a run changed), and the compiled function."""
+    runs = []
+    for compiled in (False, True):
+        model, opt = make() if make is not None else _mlp_setup()[:2]
+
+        def step(x, y):
+            loss = loss_of(model, x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        out = []
+        for k, (x, y) in enumerate(_batches(calls)):
+            change(k)
+            out.append(f(x, y).data.copy())
+        runs.append(out + _params(model))
+    return runs[0], runs[1], f
+
+
 def _weighted_runs(make_step, set_weight, weights):
     """Losses of eager and compiled runs of ``make_step()``'s step while ``set_weight`` sets the Python number
     it reads before each call, and the compiled function."""
@@ -1305,8 +1335,6 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
 
     class Trainer:
         def __init__(self):
-            self.model = Block()
-            self.opt = tg.optim.Adam(self.model.parameters(), lr=1e-2)
             self.loss_fn = _loss_v1
 
         def loss(self, out, y):
@@ -1316,55 +1344,48 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
     def loss_v2(self, out, y):  # (the same names read as loss_v1: only its code tells them apart)
         return _loss_v1(out, y) * 2.0
     loss_v1_code = types.FunctionType(loss_v1.__code__, loss_v1.__globals__)
+    trainer = Trainer()
+    loss_fn = _loss_v1 if where != "function code replaced" else types.FunctionType(
+        _loss_v1.__code__, _loss_v1.__globals__)  # (a copy whose code the test replaces)
 
-    def run(compiled):
+    def loss_of(model, x, y):
+        out = model(x)
+        if where == "global function":
+            return LOSS_FN(out, y)
+        if where in ("closure variable", "function code replaced"):
+            return loss_fn(out, y)
+        if where == "object attribute":
+            return trainer.loss_fn(out, y)
+        if where == "global class":
+            return LOSSES_CLASS.loss(out, y)
+        return trainer.loss(out, y)
+
+    def change(k):
         global LOSS_FN, LOSSES_CLASS
-        trainer = Trainer()
-        model, opt = trainer.model, trainer.opt
-        loss_fn = _loss_v1 if where != "function code replaced" else types.FunctionType(
-            _loss_v1.__code__, _loss_v1.__globals__)  # (a copy whose code the test replaces)
+        nonlocal loss_fn
+        v2 = k in (2, 3)  # redefined, then back: only the place the step reads
+        if where == "global function":
+            LOSS_FN = _loss_v2 if v2 else _loss_v1
+        elif where == "closure variable":
+            loss_fn = _loss_v2 if v2 else _loss_v1
+        elif where == "object attribute":
+            trainer.loss_fn = _loss_v2 if v2 else _loss_v1
+        elif where == "global class":
+            LOSSES_CLASS = _LossesV2 if v2 else _LossesV1
+        elif where == "method patched onto the class":
+            Trainer.loss = loss_v2 if v2 else loss_v1
+        elif where == "module forward patched onto the class":
+            Block.forward = forward_v2 if v2 else forward_v1
+        elif where == "function code replaced":  # as IPython's autoreload updates the functions it has
+            loss_fn.__code__ = (_loss_v2 if v2 else _loss_v1).__code__
+        else:
+            loss_v1.__code__ = (loss_v2 if v2 else loss_v1_code).__code__
 
-        def step(x, y):
-            out = model(x)
-            if where == "global function":
-                loss = LOSS_FN(out, y)
-            elif where in ("closure variable", "function code replaced"):
-                loss = loss_fn(out, y)
-            elif where == "object attribute":
-                loss = trainer.loss_fn(out, y)
-            elif where == "global class":
-                loss = LOSSES_CLASS.loss(out, y)
-            else:
-                loss = trainer.loss(out, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
-        f = tg.compile(step) if compiled else step
-        losses = []
-        for k, (x, y) in enumerate(_batches(6)):
-            v2 = k in (2, 3)  # redefined, then back: only the place the step reads
-            if where == "global function":
-                LOSS_FN = _loss_v2 if v2 else _loss_v1
-            elif where == "closure variable":
-                loss_fn = _loss_v2 if v2 else _loss_v1
-            elif where == "object attribute":
-                trainer.loss_fn = _loss_v2 if v2 else _loss_v1
-            elif where == "global class":
-                LOSSES_CLASS = _LossesV2 if v2 else _LossesV1
-            elif where == "method patched onto the class":
-                Trainer.loss = loss_v2 if v2 else loss_v1
-            elif where == "module forward patched onto the class":
-                Block.forward = forward_v2 if v2 else forward_v1
-            elif where == "function code replaced":  # as IPython's autoreload updates the functions it has
-                loss_fn.__code__ = (_loss_v2 if v2 else _loss_v1).__code__
-            else:
-                loss_v1.__code__ = (loss_v2 if v2 else loss_v1_code).__code__
-            losses.append(f(x, y).data.copy())
-        return losses + _params(model), f
+    def make():
+        model = Block()
+        return model, tg.optim.Adam(model.parameters(), lr=1e-2)
     try:
-        eager, _ = run(False)
-        compiled, f = run(True)
+        eager, compiled, f = _changed_between_calls(loss_of, change, 6, make)
     finally:
         LOSS_FN, LOSSES_CLASS = _loss_v1, _LossesV1
         Trainer.loss, Block.forward, loss_v1.__code__ = loss_v1, forward_v1, loss_v1_code.__code__
@@ -1385,33 +1406,20 @@ def test_what_a_module_of_the_users_holds_is_read(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, name, raising=False)
     losses = importlib.import_module(name)
 
-    def run(compiled):
-        losses.W = losses.BETA = 1.0
-        model, opt, _ = _mlp_setup()
-
-        def step(x, y):
-            loss = losses.weighted(F.cross_entropy(model(x), y)) * losses.BETA
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
-        f = tg.compile(step) if compiled else step
-        out = []
-        for k, (x, y) in enumerate(_batches(7)):
-            if k == 2:
-                losses.W = 3.0  # read by the helper, in its module
-            if k == 3:
-                losses.BETA = 0.5  # read by the step, through the module
-            if k == 4:  # the module edited and reloaded: a new function object
-                (tmp_path / f"{name}.py").write_text(source.replace("loss * W", "loss * W * W"))
-                importlib.reload(losses)
-                losses.W, losses.BETA = 3.0, 0.5
-            out.append(f(x, y).data.copy())
-        return out + _params(model), f
-    eager, _ = run(False)
-    (tmp_path / f"{name}.py").write_text(source)  # the module as first written
-    importlib.reload(losses)
-    compiled, f = run(True)
+    def change(k):
+        if k == 0:  # the module as first written
+            (tmp_path / f"{name}.py").write_text(source)
+            importlib.reload(losses)
+        if k == 2:
+            losses.W = 3.0  # read by the helper, in its module
+        if k == 3:
+            losses.BETA = 0.5  # read by the step, through the module
+        if k == 4:  # the module edited and reloaded: a new function object
+            (tmp_path / f"{name}.py").write_text(source.replace("loss * W", "loss * W * W"))
+            importlib.reload(losses)
+            losses.W, losses.BETA = 3.0, 0.5
+    eager, compiled, f = _changed_between_calls(
+        lambda model, x, y: losses.weighted(F.cross_entropy(model(x), y)) * losses.BETA, change, calls=7)
     assert _same(eager, compiled)
     assert (f.records, f.replays) == (4, 3)
 
@@ -1435,29 +1443,11 @@ def test_what_an_object_the_step_makes_reads_is_seen():
     globals they read are read as a helper's are (before, a new MARGIN_SCALE replayed the recorded one)."""
     global MARGIN_SCALE, MARGIN_SHIFT
 
-    def run(compiled):
+    def change(k):
         global MARGIN_SCALE, MARGIN_SHIFT
-        MARGIN_SCALE, MARGIN_SHIFT = 1.0, 0.0
-        model, opt, _ = _mlp_setup()
-
-        def step(x, y):
-            loss = _Margin(0.1)(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
-        f = tg.compile(step) if compiled else step
-        out = []
-        for k, (x, y) in enumerate(_batches(5)):
-            if k == 2:
-                MARGIN_SCALE = 3.0
-            if k == 3:
-                MARGIN_SHIFT = 1.0
-            out.append(f(x, y).data.copy())
-        return out + _params(model), f
+        MARGIN_SCALE, MARGIN_SHIFT = (3.0 if k >= 2 else 1.0), (1.0 if k >= 3 else 0.0)
     try:
-        eager, _ = run(False)
-        compiled, f = run(True)
+        eager, compiled, f = _changed_between_calls(lambda model, x, y: _Margin(0.1)(model(x), y), change, calls=5)
     finally:
         MARGIN_SCALE, MARGIN_SHIFT = 1.0, 0.0
     assert _same(eager, compiled)
