@@ -1424,6 +1424,24 @@ def test_what_a_module_of_the_users_holds_is_read(tmp_path, monkeypatch):
     assert (f.records, f.replays) == (4, 3)
 
 
+HPARAMS = types.SimpleNamespace(beta=1.0)  # read by name strings: getattr(HPARAMS, "beta", 1.0)
+
+
+def test_an_attribute_read_by_getattr_with_its_name_spelled_out_is_seen():
+    """``getattr(args, "beta", 1.0)`` names the attribute in a string, not in the code's names: such strings count
+    as names in code that calls getattr or hasattr, so a new value records anew (before, it replayed as recorded).
+    (An attribute added after the recording is not seen: it was no place then.)"""
+    def change(k):
+        HPARAMS.beta = 3.0 if k >= 2 else 1.0
+    try:
+        eager, compiled, f = _changed_between_calls(
+            lambda model, x, y: F.cross_entropy(model(x), y) * getattr(HPARAMS, "beta", 1.0), change, calls=5)
+    finally:
+        change(0)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (2, 3)
+
+
 MARGIN_SCALE = 1.0  # read by _Margin.__call__
 MARGIN_SHIFT = 0.0  # read by _Margin.__init__
 

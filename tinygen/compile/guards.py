@@ -368,8 +368,11 @@ def _library_dirs():
 
 def _names(code):
     """The global and attribute names a code object reads, and those of the code nested in it (lambdas,
-    comprehensions, generator expressions)."""
+    comprehensions, generator expressions); in code that calls ``getattr`` or ``hasattr``, its strings that are
+    names too (``getattr(args, "beta", 1.0)``)."""
     found = dict.fromkeys(code.co_names)
+    if "getattr" in found or "hasattr" in found:
+        found.update(dict.fromkeys(c for c in code.co_consts if type(c) is str and c.isidentifier()))
     for c in code.co_consts:
         if hasattr(c, "co_names"):
             found.update(_names(c))
