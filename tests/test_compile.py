@@ -1429,13 +1429,40 @@ HPARAMS = types.SimpleNamespace(beta=1.0)  # read by name strings: getattr(HPARA
 
 def test_an_attribute_read_by_getattr_with_its_name_spelled_out_is_seen():
     """``getattr(args, "beta", 1.0)`` names the attribute in a string, not in the code's names: such strings count
-    as names in code that calls getattr or hasattr, so a new value records anew (before, it replayed as recorded).
-    (An attribute added after the recording is not seen: it was no place then.)"""
+    as names in code that calls getattr or hasattr, so a new value records anew (before, it replayed as recorded)."""
     def change(k):
         HPARAMS.beta = 3.0 if k >= 2 else 1.0
     try:
         eager, compiled, f = _changed_between_calls(
             lambda model, x, y: F.cross_entropy(model(x), y) * getattr(HPARAMS, "beta", 1.0), change, calls=5)
+    finally:
+        change(0)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (2, 3)
+
+
+CONFIG = {"alpha": 1.0}  # read with CONFIG.get("beta", 1.0): "beta" is added between calls
+
+
+@pytest.mark.parametrize("how", ["dict.get", "hasattr"])
+def test_an_item_or_attribute_added_after_the_recording_is_seen(how):
+    """``cfg.get("beta", 1.0)`` or ``hasattr(args, "gamma")`` while the key or attribute is missing: it is no place
+    of the recording, so its number of items is part of the signature, and adding it records anew (before, the
+    recorded default replayed)."""
+    def loss_of(model, x, y):
+        loss = F.cross_entropy(model(x), y)
+        if how == "dict.get":
+            return loss * CONFIG.get("beta", 1.0)
+        return loss * 2.0 if hasattr(HPARAMS, "gamma") else loss
+
+    def change(k):
+        CONFIG.pop("beta", None)
+        if hasattr(HPARAMS, "gamma"):
+            del HPARAMS.gamma
+        if k >= 2:
+            CONFIG["beta"], HPARAMS.gamma = 3.0, 1.0
+    try:
+        eager, compiled, f = _changed_between_calls(loss_of, change, calls=5)
     finally:
         change(0)
     assert _same(eager, compiled)
@@ -1660,10 +1687,12 @@ def test_what_a_recorded_call_changes_in_an_argument_it_took_is_no_python_state_
         loss.backward()
         opt.step()
         return loss
-    f, tally = tg.compile(step), _Tally()
-    for x, y in _batches(4):
-        f(x, y, opt, tally)
-    assert (f.records, f.replays) == (1, 3) and tally.seen == {"calls": 4}
+    for start in ({}, {"calls": 0}):  # (a count the recorded call reads is not the step's: it reads it anew)
+        f, tally = tg.compile(step), _Tally()
+        tally.seen.update(start)
+        for x, y in _batches(4):
+            f(x, y, opt, tally)
+        assert (f.records, f.replays) == (1, 3) and tally.seen == {"calls": 4}
 
 
 def test_a_namedtuple_batch_and_result():

@@ -246,6 +246,18 @@ def _slot(obj, name):
     return getattr(obj, name, None)
 
 
+def _size_of(get):
+    """How many items the dict, or attributes the plain object, at a place holds now (None: neither now)."""
+    value = get()
+    attributes = getattr(value, "__dict__", None)
+    if type(attributes) is dict:
+        return len(attributes)
+    if type(value) is dict:
+        return len(value)
+    fields = _fields(value)
+    return None if fields is None else len(fields)
+
+
 def _holder(get):
     """The object whose attribute the place ``get`` reads (``places``), else None."""
     if type(get) is functools.partial:
@@ -360,10 +372,13 @@ def _users_code(module, path):
 
 @functools.cache
 def _library_dirs():
-    """The standard library's and the installed packages' folders (asked once, when a step first records: not at
-    import, where sysconfig costs a millisecond or two)."""
+    """The standard library's and the installed packages' folders, and tinygen's own (an editable install's is
+    elsewhere: a ``@replayed`` wrapper, made in tinygen, carries the user's ``__module__``), asked once, when a step
+    first records: not at import, where sysconfig costs a millisecond or two."""
+    import os
     import sysconfig
-    return tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    return tuple({own, *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))})
 
 
 def _names(code):
@@ -491,12 +506,13 @@ class PythonValues:
     ``places``: its globals, closure variables, the attributes of its object and its arguments that it names, and
     those that the user's code it reaches names; the attributes it names of a module of the user's), and the code it
     finds there (``signature_values``: a helper function, a loss function, a class, by identity; a function with its
-    code). Such a value feeds the recording as an argument does (a branch taken, a constant of an op; the ops a
-    helper runs), so it is part of the signature, and another value records anew: a helper redefined in a notebook
-    cell between calls runs as redefined, as does a method of the user's patched onto its class (``places``: each
-    method the code reaches is a place of its class). Called with a call's arguments, returns ((where, value), ...)
-    for those holding a setting or code now. (What library code reads is not seen: pass it as an argument, a 0-d
-    tensor if it changes on every call.)"""
+    code), and how many items each dict or plain object there holds (a key added later: ``cfg.get("beta", 1.0)``).
+    Such a value feeds the recording as an argument does (a branch taken, a constant of an op; the ops a helper
+    runs), so it is part of the signature, and another value records anew: a helper redefined in a notebook cell
+    between calls runs as redefined, as does a method of the user's patched onto its class (``places``: each method
+    the code reaches is a place of its class). Called with a call's arguments, returns ((where, value), ...) for
+    those holding a setting or code now. (What library code reads is not seen: pass it as an argument, a 0-d tensor
+    if it changes on every call.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -506,8 +522,15 @@ class PythonValues:
         """Look at the places anew (a global set after ``compile``, other objects as arguments); returns whether
         they are other places than before."""
         self.objects = _objects(args, kwargs)
-        self.sources = [(where, get) for where, named, get in places(self.fn, args, kwargs)  # not a module: it
-                        if named and not isinstance(get(), (types.ModuleType, types.BuiltinFunctionType))]  # stays
+        self.sources = []
+        for where, named, get in places(self.fn, args, kwargs):
+            value = get()
+            if not named or isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):  # (a module stays)
+                continue
+            self.sources.append((where, get))
+            if isinstance(value, dict) or (_is_plain(value) and not isinstance(value, type)):
+                # an item or attribute added later is no place yet: cfg.get("beta", 1.0), hasattr(args, "gamma")
+                self.sources.append((f"the number of items in {where}", functools.partial(_size_of, get)))
         wheres, self.wheres = self.wheres, [where for where, _ in self.sources]
         return wheres is not None and wheres != self.wheres
 
