@@ -513,6 +513,34 @@ def test_an_object_with_slots_is_read_as_one_with_a_dict(where):
     assert (f.records, f.replays) == ((4, 0) if where == "counted by the step" else (2, 2))
 
 
+class _StrictConfig:
+    """A slotted config whose ``__getattr__`` raises KeyError for a missing name (as dict-backed configs do)."""
+    __slots__ = ("beta",)
+
+    def __init__(self):
+        self.beta = 1.0
+
+    def __getattr__(self, name):
+        raise KeyError(name)
+
+
+STRICT = _StrictConfig()
+
+
+def test_a_config_whose_getattr_raises_another_error_is_read():
+    """Looking for a ``__dict__`` on such an object runs its ``__getattr__``; the KeyError must not escape the
+    signature (it did, on every call), and its number is part of the signature."""
+    def change(k):
+        STRICT.beta = 3.0 if k >= 2 else 1.0
+    try:
+        eager, compiled, f = _changed_between_calls(
+            lambda model, x, y: F.cross_entropy(model(x), y) * STRICT.beta, change, calls=4)
+    finally:
+        change(0)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (2, 2)
+
+
 HOST_RNG = None  # a generator of the user's the step below finds as a global
 
 

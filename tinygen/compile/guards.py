@@ -249,7 +249,7 @@ def _slot(obj, name):
 def _size_of(get):
     """How many items the dict, or attributes the plain object, at a place holds now (None: neither now)."""
     value = get()
-    attributes = getattr(value, "__dict__", None)
+    attributes = _attr(value, "__dict__")  # (a config's __getattr__ may raise another error than AttributeError)
     if type(attributes) is dict:
         return len(attributes)
     if type(value) is dict:
