@@ -26,7 +26,7 @@ from .steps import (BackwardPlan, CompileError, map_tensors, replay_alias, repla
 class Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
-    def __init__(self, inputs, values, python_state=None):
+    def __init__(self, inputs, values, found_places):
         self._depth = 0
         self._thread = threading.get_ident()
         self.steps = []
@@ -43,10 +43,10 @@ class Recorder:
         self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
         self.host_masks = {}  # id -> (a mask made from host data, that array or list, its values): note_host_mask
         self.mask_guards = []  # (host data, its values) of the masks whose values decide a shape
-        # the Python state the step's code reaches (guards.python_state), read again around each recorded call:
-        # what changes between calls is the step's own Python, which a replay would not run (python_changes)
-        self.python_state = python_state
-        self.start = self.state = python_state() if python_state is not None else None
+        # the Python state the step's code reaches (guards.python_state of its places), read again around each
+        # recorded call: what changes between calls is the step's own Python, which a replay would not run
+        self.places = found_places
+        self.start = self.state = guards.python_state(found_places)
         self.between = []  # (where, value, holder) of each change the step's own Python made between calls
 
     @property
@@ -133,24 +133,20 @@ class Recorder:
                 yield
         finally:
             self.depth -= 1
-        if self.state is not None:
-            self.state = self.python_state()
+        self.state = guards.python_state(self.places)
 
     def python_changes(self):
         """Note what the step's own Python changed in the state it reaches since the last recorded call (or the
         start); what a recorded call changes, a replay changes again by calling it."""
-        if self.state is not None:
-            now = self.python_state()
-            self.between.extend(guards.changes(self.state, now))
-            self.state = now
+        now = guards.python_state(self.places)
+        self.between.extend(guards.changes(self.state, now))
+        self.state = now
 
     def python_changed(self):
         """Where the step's own Python changed the state its code reaches in a way a replay would not repeat, else
         None: anything it leaves changed at the end (``history.append(loss)``, ``stats.n += 1``, an iterator
         advanced), and any change, even undone later, to an object a recorded call takes or to what it holds (a
         learning rate set in an optimizer's param_groups, which its recorded step reads)."""
-        if self.state is None:
-            return None
         taken = guards.recorded_objects(self)
         left = {where for where, _, _ in guards.changes(self.start, self.state)}
         return next((where for where, value, holder in self.between
@@ -240,7 +236,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     slots = {}
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     before = guards.places(fn, args, kwargs)
-    rec = Recorder(tensors_in(args, kwargs), guards.watched(before), lambda: guards.python_state(before))
+    rec = Recorder(tensors_in(args, kwargs), guards.watched(before), before)
     CAPTURE.recorder = rec
     try:
         with guards.host_draws_refused():
