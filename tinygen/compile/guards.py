@@ -149,8 +149,7 @@ def _is_plain(value):
     """Whether ``value`` is an object whose attributes are plain data (a config object, an argparse namespace, a
     class of settings of the user's): not a tensor, a module, a function, a Python module or a library's class."""
     if isinstance(value, type):
-        module = sys.modules.get(value.__module__)
-        return _users_code(value.__module__, getattr(module, "__file__", None))
+        return _is_users_class(value)
     return (_fields(value) is not None and not isinstance(
         value, (Tensor, types.ModuleType, types.FunctionType, types.MethodType)) and not _is_module(value))
 
@@ -168,8 +167,7 @@ def _fields(obj):
 @functools.lru_cache(maxsize=256)
 def _slot_names(cls):
     """The names of the ``__slots__`` of ``cls`` and its bases, if ``cls`` is a class of the user's, else ()."""
-    module = sys.modules.get(cls.__module__)
-    if not _users_code(cls.__module__, getattr(module, "__file__", None)):
+    if not _is_users_class(cls):
         return ()
     names = []
     for klass in cls.__mro__:
@@ -249,13 +247,8 @@ def _slot(obj, name):
 def _size_of(get):
     """How many items the dict, or attributes the plain object, at a place holds now (None: neither now)."""
     value = get()
-    attributes = _attr(value, "__dict__")  # (a config's __getattr__ may raise another error than AttributeError)
-    if type(attributes) is dict:
-        return len(attributes)
-    if type(value) is dict:
-        return len(value)
-    fields = _fields(value)
-    return None if fields is None else len(fields)
+    items = value if type(value) is dict else _fields(value)
+    return None if items is None else len(items)
 
 
 def _holder(get):
@@ -353,6 +346,12 @@ def _methods(obj, read):
 
 def _users(func):
     return _users_code(func.__module__, func.__code__.co_filename)
+
+
+def _is_users_class(cls):
+    """Whether the class ``cls`` is the user's (defined in a module of the user's)."""
+    module = sys.modules.get(cls.__module__)
+    return _users_code(cls.__module__, getattr(module, "__file__", None))
 
 
 def _is_users_module(value):
@@ -472,12 +471,10 @@ _ITSELF, _FUNCTION, _METHOD = 1, 2, 3
 
 
 def _kind(cls):
-    """How the values of the type ``cls`` enter a signature (``signature_values``), noted in ``_KINDS``."""
-    if cls in _SCALARS or issubclass(cls, (enum.Enum, np.generic, functools.partial, type)):
-        found = _ITSELF
-    else:
-        found = _FUNCTION if issubclass(cls, types.FunctionType) else _METHOD if issubclass(
-            cls, types.MethodType) else 0
+    """How the values of the type ``cls`` enter a signature (``signature_values``), noted in ``_KINDS``: a function
+    or method with its code (the first two of ``_CODE``), another setting or code itself."""
+    found = _FUNCTION if issubclass(cls, types.FunctionType) else _METHOD if issubclass(cls, types.MethodType) else \
+        _ITSELF if cls in _SCALARS or issubclass(cls, (enum.Enum, np.generic, *_CODE)) else 0
     _KINDS[cls] = found
     return found
 
