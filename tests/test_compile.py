@@ -173,6 +173,30 @@ def test_a_new_signature_or_mode_records_anew_and_stays_exact():
     assert f.records == 4
 
 
+def test_a_new_default_dtype_records_anew():
+    """The default dtype decides what the step's tensors made from Python numbers and shapes are (``zeros``,
+    ``tensor(0.5)``, ``randn``): a replay after ``set_default_dtype`` would give the recorded dtype."""
+    x = tg.tensor(np.linspace(-1, 1, 12).reshape(4, 3))  # float32 (made under the default)
+
+    def step(x):
+        return x.double() * tg.tensor(0.1) + tg.zeros(4, 3)
+    f = tg.compile(step)
+    try:
+        for dtype in (np.float32, np.float32, np.float64, np.float64, np.float32):
+            tg.set_default_dtype(dtype)
+            got, want = f(x), step(x)
+            assert got.dtype == want.dtype and np.array_equal(got.data, want.data)
+        assert (f.records, f.replays) == (2, 3)
+        tg.set_default_dtype(np.float64)
+        f2 = tg.compile(step, cache_size=1)
+        f2(x)
+        tg.set_default_dtype(np.float32)
+        with pytest.warns(RuntimeWarning, match="default dtype was float64, then float32"):
+            f2(x)
+    finally:
+        tg.set_default_dtype(np.float32)
+
+
 @pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_a_replaced_parameter_submodule_or_setting_records_anew():
     """What a module's forward reads in Python is baked into a recording: replacing a parameter, a submodule or

@@ -35,7 +35,7 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments, the
-           grad mode, and the numbers and strings, and by identity the functions and classes, the step's code reads
+           grad mode, the default dtype, and the numbers and strings, and by identity the functions and classes, the step's code reads
            from globals, closure variables, its object's and its arguments' attributes and config objects there (a
            helper redefined, a method patched or a module reloaded between calls records anew); its code is its own
            and that of the user's code it reaches, three calls deep: helper functions (also through a module of the

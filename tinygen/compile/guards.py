@@ -34,7 +34,7 @@ from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
 from ..backend import to_device
 from ..capture import recording, tensors_written
-from ..tensor import Tensor
+from ..tensor import Tensor, get_default_dtype
 from .steps import CompileError, replay_call, tensors_in
 
 
@@ -441,11 +441,12 @@ def _sig(a):
 
 def signature(args, kwargs, values, tensors):
     """What picks a program: the grad mode, the arguments (``_sig``), which of their tensors (``tensors``:
-    ``tensors_in(args, kwargs)``) are one tensor passed twice (one input slot of the program), and the Python
-    values the step's own code reads beside them (``values``: ``PythonValues``)."""
+    ``tensors_in(args, kwargs)``) are one tensor passed twice (one input slot of the program), the Python
+    values the step's own code reads beside them (``values``: ``PythonValues``), and the default dtype (of the
+    tensors the step makes from numbers and shapes: ``zeros``, ``tensor(0.5)``, ``randn``)."""
     ids = [id(t) for t in tensors]
     same = tuple(ids.index(i) for i in ids) if len(set(ids)) < len(ids) else None
-    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same)
+    return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same, get_default_dtype())
 
 
 _SCALARS = frozenset((int, float, bool, complex, str, type(None)))
@@ -582,6 +583,8 @@ def what_changed(old, new):
                 return change, enlarge
     if old[4] != new[4]:
         return "The same tensor was passed twice in one call and not in the other", enlarge
+    if old[5] != new[5]:
+        return f"The default dtype was {old[5].name}, then {new[5].name}", "set it once, before the first call"
     before, after = dict(old[3]), dict(new[3])
     for where in before.keys() | after.keys():
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
