@@ -1365,7 +1365,8 @@ LOSSES_CLASS = _LossesV1
 
 @pytest.mark.parametrize("where", ["global function", "closure variable", "object attribute", "global class",
                                    "method patched onto the class", "module forward patched onto the class",
-                                   "function code replaced", "method code replaced"])
+                                   "decorated method patched onto the class", "function code replaced",
+                                   "method code replaced"])
 def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
     """A helper the step calls, redefined between calls (a notebook cell run again, ``self.loss_fn = ...``,
     ``Trainer.loss = ...``, ``Block.forward = ...``), is part of the signature by identity: the call after it
@@ -1391,11 +1392,16 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
 
         def loss(self, out, y):
             return _loss_v1(out, y)
-    loss_v1 = Trainer.loss
+
+        @tg.enable_grad()  # (tinygen's wrapper around the user's method)
+        def decorated_loss(self, out, y):
+            return _loss_v1(out, y)
+    loss_v1, decorated_v1 = Trainer.loss, Trainer.decorated_loss
 
     def loss_v2(self, out, y):  # (the same names read as loss_v1: only its code tells them apart)
         return _loss_v1(out, y) * 2.0
     loss_v1_code = types.FunctionType(loss_v1.__code__, loss_v1.__globals__)
+    decorated_v2 = tg.enable_grad()(loss_v2)
     trainer = Trainer()
     loss_fn = _loss_v1 if where != "function code replaced" else types.FunctionType(
         _loss_v1.__code__, _loss_v1.__globals__)  # (a copy whose code the test replaces)
@@ -1410,6 +1416,8 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
             return trainer.loss_fn(out, y)
         if where == "global class":
             return LOSSES_CLASS.loss(out, y)
+        if where == "decorated method patched onto the class":
+            return trainer.decorated_loss(out, y)
         return trainer.loss(out, y)
 
     def change(k):
@@ -1428,6 +1436,8 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
             Trainer.loss = loss_v2 if v2 else loss_v1
         elif where == "module forward patched onto the class":
             Block.forward = forward_v2 if v2 else forward_v1
+        elif where == "decorated method patched onto the class":
+            Trainer.decorated_loss = decorated_v2 if v2 else decorated_v1
         elif where == "function code replaced":  # as IPython's autoreload updates the functions it has
             loss_fn.__code__ = (_loss_v2 if v2 else _loss_v1).__code__
         else:
@@ -1441,6 +1451,7 @@ def test_code_the_step_calls_redefined_between_calls_runs_as_redefined(where):
     finally:
         LOSS_FN, LOSSES_CLASS = _loss_v1, _LossesV1
         Trainer.loss, Block.forward, loss_v1.__code__ = loss_v1, forward_v1, loss_v1_code.__code__
+        Trainer.decorated_loss = decorated_v1
     assert _same(eager, compiled)
     assert (f.records, f.replays) == (2, 4)
 
@@ -1745,6 +1756,84 @@ def test_what_a_recorded_call_changes_in_an_argument_it_took_is_no_python_state_
         for x, y in _batches(4):
             f(x, y, opt, tally)
         assert (f.records, f.replays) == (1, 3) and tally.seen == {"calls": 4}
+
+
+DECORATED_WEIGHT = 1.0  # read by the decorated helpers below
+
+
+def _own_decorator(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@tg.no_grad()
+def _weight_no_grad(h):
+    return h.abs().mean() * DECORATED_WEIGHT
+
+
+@_own_decorator
+@tg.enable_grad()
+def _weight_twice_decorated(h):
+    return h.abs().mean() * DECORATED_WEIGHT
+
+
+class _Weighing:
+    @tg.no_grad()
+    def weight(self, h):
+        return h.abs().mean() * DECORATED_WEIGHT
+
+
+@pytest.mark.parametrize("helper", ["no_grad function", "two decorators", "no_grad method"])
+def test_what_a_decorated_helper_reads_is_part_of_the_signature(helper):
+    """A helper under a decorator (``@tinygen.no_grad()``, one of the user's own made with ``functools.wraps``)
+    runs when the step records, as an undecorated one does: the function inside the decorator is read, and a
+    number it reads records anew. Before, tinygen's wrapper was library code and the function in it was not read:
+    a new weight replayed the recorded one."""
+    global DECORATED_WEIGHT
+    weigh = {"no_grad function": _weight_no_grad, "two decorators": _weight_twice_decorated,
+             "no_grad method": _Weighing().weight}[helper]
+
+    def loss_of(model, x, y):
+        h = model(x)
+        return F.cross_entropy(h, y) * weigh(h.detach())
+
+    def change(k):
+        global DECORATED_WEIGHT
+        DECORATED_WEIGHT = (1.0, 1.0, 2.0, 2.0, 0.5)[k]
+    try:
+        eager, compiled, f = _changed_between_calls(loss_of, change, 5)
+    finally:
+        DECORATED_WEIGHT = 1.0
+    assert _same(eager, compiled) and (f.records, f.replays) == (3, 2)
+
+
+def test_what_a_replayed_function_of_a_script_reads_is_not_part_of_the_signature():
+    """A ``@replayed`` function runs anew on every replay, so what it reads is not the step's to guard, also in a
+    script, whose functions' module is ``__main__``: its wrapper, made in tinygen, carries that module name. Before,
+    the wrapper counted as the user's code there, and a count the function keeps changed the signature on every
+    call: each call recorded."""
+    seen = {"calls": 0}
+
+    def count(t):
+        seen["calls"] += 1
+    count.__module__ = "__main__"  # as defined in a script
+    count = tg.capture.replayed(count)
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        count(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    step.__module__ = "__main__"
+    f = tg.compile(step)
+    for x, y in _batches(4):
+        f(x, y)
+    assert (f.records, f.replays) == (1, 3) and seen == {"calls": 4}
 
 
 def test_a_namedtuple_batch_and_result():

@@ -70,6 +70,14 @@ def replayed(fn=None, *, grads=None, graph_key=None, writes=None):
     return wrapper
 
 
+_REPLAYED_CODE = replayed(lambda: None).__code__
+
+
+def is_replayed(fn):
+    """Whether ``fn`` is a function ``@replayed`` returned (a replay calls it again)."""
+    return getattr(fn, "__code__", None) is _REPLAYED_CODE
+
+
 def gradient_use(fn, args, kwargs):
     """What a call of the ``@replayed`` function ``fn`` says of the gradients it touches (its ``grads``), or None
     (it may read any)."""

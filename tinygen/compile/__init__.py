@@ -34,19 +34,19 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            ``grad()``, and a backward whose graph has nodes a create_graph call made (WGAN-GP's penalty: that
            graph is built anew on every replay, so no recorded plan can name its nodes) are recorded as calls:
            the engine runs them again, walking the graph, on every replay.
-  guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments, the
-           grad mode, the default dtype, and the numbers and strings, and by identity the functions and classes, the step's code reads
-           from globals, closure variables, its object's and its arguments' attributes and config objects there (a
-           helper redefined, a method patched or a module reloaded between calls records anew); its code is its own
-           and that of the user's code it reaches, three calls deep: helper functions (also through a module of the
+  guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments, the grad
+           mode, the default dtype, and the numbers and strings, and by identity the functions and classes, the step's
+           code reads from globals, closure variables, its object's and its arguments' attributes and config objects
+           there (a helper redefined, a method patched or a module reloaded between calls records anew); its code is its
+           own and that of the user's code it reaches, three calls deep: helper functions (also through a module of the
            user's: ``losses.kl(mu, logvar)``), methods of the objects it names or takes or makes, a loss object's
-           ``__call__``, its modules' forwards) picks a program; before a replay its guards are checked: the
-           train/eval mode of every module the step called, the contents of the config objects, lists and dicts it
-           holds, its count of changes (a parameter, submodule or setting replaced) and the requires_grad, shape and
-           dtype of every leaf tensor it used (as before the step changed them: ``requires_grad_`` inside the step is
-           recorded and replayed, as is ``p.grad = None``). A change records anew. A step that leaves a module
-           attribute with another value (a Python counter, a buffer rebound) keeps no program: a replay would not set
-           it, so each such call records.
+           ``__call__``, its modules' forwards; under decorators, ``@no_grad()``, the functions they wrap) picks a
+           program; before a replay its guards are checked: the train/eval mode of every module the step called, the
+           contents of the config objects, lists and dicts it holds, its count of changes (a parameter, submodule or
+           setting replaced) and the requires_grad, shape and dtype of every leaf tensor it used (as before the step
+           changed them: ``requires_grad_`` inside the step is recorded and replayed, as is ``p.grad = None``). A change
+           records anew. A step that leaves a module attribute with another value (a Python counter, a buffer rebound)
+           keeps no program: a replay would not set it, so each such call records.
   release  After the last use of each intermediate (an op's output, a detached copy, a random draw, the
            program's own copy of an input tensor) the program gets a release step, so a replay holds no more
            memory than eager: between calls only what eager keeps too. A backward uses what its graph's nodes

@@ -33,7 +33,7 @@ from ..autograd import engine
 from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
 from ..backend import to_device
-from ..capture import recording, tensors_written
+from ..capture import is_replayed, recording, tensors_written
 from ..tensor import Tensor, get_default_dtype
 from .steps import CompileError, replay_call, tensors_in
 
@@ -210,10 +210,11 @@ def _function_of(value):
 
 
 def _method_name(klass, func):
-    """The name under which ``klass`` or a base of it holds the method ``func`` (``_function_of``), else None."""
+    """The name under which ``klass`` or a base of it holds the method ``func`` (``_function_of``; or a decorator
+    wrapping it, ``_unwrapped``), else None."""
     for k in klass.__mro__:
         for name, value in list(vars(k).items()):
-            if _function_of(value) is func:
+            if any(f is func for f in _unwrapped(_function_of(value))):
                 return name
     return None
 
@@ -262,6 +263,7 @@ def _holder(get):
 
 
 HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
+WRAPPERS_MAX = 8  # decorators around one function followed inward
 CONFIG_DEPTH = 3  # levels into a config the code names (cfg["loss"]["beta"], args.loss.beta)
 CONTAINER_MAX = 64  # the items of a longer list or dict the code names are not followed (a dataset held whole)
 
@@ -314,7 +316,7 @@ def _code_of(value, read):
     else:
         obj = None
     if isinstance(value, types.FunctionType):
-        return [(value, obj)] if _users(value) else []
+        return [(f, obj) for f in _unwrapped(value) if _users(f)]
     if isinstance(value, type):  # a class of the user's: its static and class methods named (Losses.l2(h)), and
         # what making one and calling it runs (Margin(0.2)(out, y), an object the step makes)
         return [found for n in dict.fromkeys((*read, "__init__", *_CALLED)) for found in _code_of(_attr(value, n), ())
@@ -339,9 +341,20 @@ def _methods(obj, read):
         for n in dict.fromkeys((*read, *_CALLED) if o is obj else _CALLED):
             m = _attr(klass, n)
             m = m.fget if isinstance(m, property) else m  # (a property's getter: self.weight computed)
-            if isinstance(m, types.FunctionType) and _users(m):
-                found.append((m, o))
+            found += [(f, o) for f in _unwrapped(m) if _users(f)]
     return found
+
+
+def _unwrapped(func):
+    """The functions a call of the function ``func`` runs when the step records: ``func``, and inward the
+    function each decorator wraps (``__wrapped__``, which ``functools.wraps`` sets: ``@tinygen.no_grad()``, the
+    user's own decorators); none from a ``@replayed`` function on, which a replay calls again (what it reads, it
+    reads anew)."""
+    for _ in range(WRAPPERS_MAX):
+        if not isinstance(func, types.FunctionType) or is_replayed(func):
+            return
+        yield func
+        func = _attr(func, "__wrapped__")
 
 
 def _users(func):
@@ -361,12 +374,12 @@ def _is_users_module(value):
 
 def _users_code(module, path):
     """Whether code of the module named ``module``, in the file ``path``, is the user's: not tinygen's, nor the
-    standard library's or an installed package's (a script run as ``__main__`` is, with or without a file)."""
+    standard library's or an installed package's (a script run as ``__main__`` is, with or without a file; a
+    wrapper ``functools.wraps`` made in tinygen is not, though it carries the module name of its function)."""
     module = module or ""
-    if module == "__main__":
-        return True
-    return bool(path) and not (module == "tinygen" or module.startswith("tinygen.")
-                               or path.startswith(_library_dirs()))
+    if path and path.startswith(_library_dirs()):
+        return False
+    return module == "__main__" or (bool(path) and not (module == "tinygen" or module.startswith("tinygen.")))
 
 
 @functools.cache
