@@ -4,10 +4,11 @@ recorded version of something that changed.
 The step below reads a number and a function from globals, a function and a number from a module of the user's
 (through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class attribute
 read by a module's forward, a global read by the methods of an object it makes (``Shift``), a number of a config
-object with ``__slots__``, and calls a user module (``Block``) and a loss object whose methods may be patched onto
-their classes. Hypothesis draws what changes before each of six calls (a new number, another function, a method
-patched, a function's code replaced in place as IPython's autoreload does, or nothing) and the same sequence runs
-eagerly and compiled from the same seed: the losses and parameters must be equal bit for bit.
+object with ``__slots__``, a global read by a helper under ``@tinygen.no_grad()``, and calls a user module
+(``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes before
+each of six calls (a new number, another function, a method patched, a function's code replaced in place as IPython's
+autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the losses and
+parameters must be equal bit for bit.
 """
 import dataclasses
 import sys
@@ -109,31 +110,39 @@ class Shift:
 
 GAIN = 1.0
 SHIFT = 1.0
+OFFSET = 1.0
+
+
+@tg.no_grad()
+def _offset(h):
+    return h.mean() * OFFSET
+
 HELPER = _plus
 losses = None  # the module of the user's, set for each run
 
 
 def _state():
     """What the actions change, as the run starts: restored before each run and after the test."""
-    return {"GAIN": GAIN, "HELPER": HELPER, "SHIFT": SHIFT, "forward": Block.forward, "gain": Block.gain,
-            "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
+    return {"GAIN": GAIN, "HELPER": HELPER, "SHIFT": SHIFT, "OFFSET": OFFSET, "forward": Block.forward,
+            "gain": Block.gain, "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
 
 
 def _restore(state):
-    global GAIN, HELPER, SHIFT
-    GAIN, HELPER, SHIFT, Block.forward, Block.gain, Loss.__call__ = (
-        state[k] for k in ("GAIN", "HELPER", "SHIFT", "forward", "gain", "call"))
+    global GAIN, HELPER, SHIFT, OFFSET
+    GAIN, HELPER, SHIFT, OFFSET, Block.forward, Block.gain, Loss.__call__ = (
+        state[k] for k in ("GAIN", "HELPER", "SHIFT", "OFFSET", "forward", "gain", "call"))
     for f, code in state["codes"].items():
         f.__code__ = code
 
 
 ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
-           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT", "slotted.gamma")
+           "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT", "slotted.gamma",
+           "OFFSET")
 
 
 def _act(action, value, cfg, crit, slotted):
     """Change what ``action`` names; ``value`` (0, 1 or 2) picks the new number or function."""
-    global GAIN, HELPER, SHIFT
+    global GAIN, HELPER, SHIFT, OFFSET
     number = (1.0, 0.5, 2.0)[value]
     function = (_plus, _times, _twice)[value]
     if action == "GAIN":
@@ -162,6 +171,8 @@ def _act(action, value, cfg, crit, slotted):
         SHIFT = number
     elif action == "slotted.gamma":
         slotted.gamma = number
+    elif action == "OFFSET":
+        OFFSET = number
 
 
 def _run(actions, compiled):
@@ -175,6 +186,7 @@ def _run(actions, compiled):
     def step(x, y):
         h = HELPER(model(x)) * GAIN
         h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta) * slotted.gamma
+        h = h + _offset(h)
         loss = crit(h, y)
         opt.zero_grad()
         loss.backward()
