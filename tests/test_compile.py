@@ -702,6 +702,27 @@ def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
     _refused(step, f"the step makes the {name}() it calls; a replay would call the one made", line=False)
 
 
+def test_a_module_made_inside_a_step_runs_eagerly_and_the_warning_says_so():
+    """A layer made inside the step (``nn.Linear(3, 4)(x)``) has new parameters on every eager call; its attributes,
+    set as it is made, are Python a replay would not run, so each call runs as eager does. The warning names the
+    module made, not one of its attributes as if the step changed a module it found."""
+    def run(compiled):
+        tg.manual_seed(0)
+
+        def step(x):
+            return nn.Linear(3, 4)(x).sum()
+        f = tg.compile(step) if compiled else step
+        x = tg.ones(2, 3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = [f(x).data.copy() for _ in range(3)]
+        return out, f, [str(w.message) for w in caught]
+    eager, _, _ = run(False)
+    compiled, f, said = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (3, 0)
+    assert len(said) == 1 and "changes a Linear it makes" in said[0] and "outside the step" in said[0]
+
+
 def test_another_threads_tinygen_work_while_a_step_records_is_not_recorded():
     """A data loader's or an evaluation's thread runs tinygen ops while the step records: they are not the
     step's, so they stay out of its program (and their results are not released with its intermediates)."""

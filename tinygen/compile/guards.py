@@ -659,10 +659,10 @@ def stale(bound):
 
 
 def call_on_created(rec):
-    """How to name an object the step made (``capture.note_created``: an optimizer, a scheduler) whose method is
-    a recorded call, else None."""
+    """How to name an object the step made (``capture.note_created``: an optimizer, a scheduler; not a module,
+    whose recorded calls set values a replay sets again) whose method is a recorded call, else None."""
     for step in rec.steps:
-        if step[0] is replay_call and step[2] and id(step[2][0]) in rec.created:
+        if step[0] is replay_call and step[2] and id(step[2][0]) in rec.created and not _is_module(step[2][0]):
             return f"the {type(step[2][0]).__name__} whose {getattr(step[1], '__name__', 'method')}() it calls"
     return None
 
@@ -827,12 +827,15 @@ def recorded_objects(rec):
             for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor) and not _is_setting(a)}
 
 
-def settings_set(settings):
+def settings_set(settings, created):
     """A description of the first module attribute the step's own code set (``Recorder.note_setting``) that holds
     another value at the end of the call than before it (``self.calls += 1``, a buffer rebound: ``self.avg =
-    self.avg * 0.9 + ...``), else None. Set back, or set to the value it had, is no change."""
+    self.avg * 0.9 + ...``; one of a module the step made, ``created``), else None. Set back, or set to the value
+    it had, is no change."""
     for module, name, old in settings.values():
         if not _unchanged(old, getattr(module, name, None)):
+            if id(module) in created:
+                return f"a {type(module).__name__} it makes (make modules once, outside the step)"
             return f"the attribute '{name}' of the {type(module).__name__}"
     return None
 

@@ -39,7 +39,7 @@ class Recorder:
         self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
-        self.created = {}  # id -> an optimizer or scheduler the step made (capture.note_created)
+        self.created = {}  # id -> an optimizer, scheduler or module the step made (capture.note_created)
         self.settings = {}  # (id(module), name) -> (module, name, value before the step set it): guards.settings_set
         self.host_masks = {}  # id -> (a mask made from host data, that array or list, its values): note_host_mask
         self.mask_guards = []  # (host data, its values) of the masks whose values decide a shape
@@ -252,7 +252,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
     rec.python_changes()  # after the last recorded call
-    changed = guards.settings_set(rec.settings) or rec.python_changed()
+    changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
         return changed, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)

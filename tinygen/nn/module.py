@@ -12,7 +12,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .. import backend, dtypes
-from ..capture import CAPTURE, replayed
+from ..capture import CAPTURE, note_created, replayed
 from ..tensor import Tensor, _make, as_tensor, get_default_dtype
 
 _new = object.__new__
@@ -85,6 +85,7 @@ class Module:
         d["_buffers"] = OrderedDict()
         d["_non_persistent"] = set()
         d["_modules"] = OrderedDict()
+        note_created(self)  # inside a compiled step: named so when its attributes are set (capture.py)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
