@@ -1806,15 +1806,20 @@ class _Weighing:
         return h.abs().mean() * DECORATED_WEIGHT
 
 
-@pytest.mark.parametrize("helper", ["no_grad function", "two decorators", "no_grad method"])
+@tg.compile
+def _weight_compiled(h):
+    return h.abs().mean() * DECORATED_WEIGHT
+
+
+@pytest.mark.parametrize("helper", ["no_grad function", "two decorators", "no_grad method", "compiled function"])
 def test_what_a_decorated_helper_reads_is_part_of_the_signature(helper):
-    """A helper under a decorator (``@tinygen.no_grad()``, one of the user's own made with ``functools.wraps``)
-    runs when the step records, as an undecorated one does: the function inside the decorator is read, and a
-    number it reads records anew. Before, tinygen's wrapper was library code and the function in it was not read:
-    a new weight replayed the recorded one."""
+    """A helper under a decorator (``@tinygen.no_grad()``, one of the user's own made with ``functools.wraps``,
+    ``@tinygen.compile``, which runs it eagerly inside a recording) runs when the step records, as an undecorated
+    one does: the function inside the decorator is read, and a number it reads records anew. Before, tinygen's
+    wrapper was library code and the function in it was not read: a new weight replayed the recorded one."""
     global DECORATED_WEIGHT
     weigh = {"no_grad function": _weight_no_grad, "two decorators": _weight_twice_decorated,
-             "no_grad method": _Weighing().weight}[helper]
+             "no_grad method": _Weighing().weight, "compiled function": _weight_compiled}[helper]
 
     def loss_of(model, x, y):
         h = model(x)

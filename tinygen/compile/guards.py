@@ -308,7 +308,9 @@ def _code_of(value, read):
     """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object (None
     for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class methods
     named of a class of the user's and its ``__init__``, ``__call__`` and ``forward``, the functions (and objects'
-    methods) named of a module of the user's (``losses.kl(mu, logvar)``), or an object's methods (``_methods``)."""
+    methods) named of a module of the user's (``losses.kl(mu, logvar)``), or an object's methods (``_methods``) and
+    what it wraps, if it is a wrapper (``__wrapped__``: a function compiled with ``tinygen.compile``, which runs it
+    eagerly inside a recording)."""
     while isinstance(value, functools.partial):
         value = value.func
     if isinstance(value, types.MethodType):
@@ -325,7 +327,8 @@ def _code_of(value, read):
         return [found for n in read for found in _code_of(_attr(value, n), ())] if _is_users_module(value) else []
     if value is None or type(value) in _SCALARS:
         return []
-    return _methods(value, read)
+    wrapped = _attr(value, "__wrapped__") if callable(value) else None
+    return _methods(value, read) + (_code_of(wrapped, read) if wrapped is not None and wrapped is not value else [])
 
 
 _CALLED = ("__call__", "forward")  # what calling an object runs (a module's __call__ runs its forward)
