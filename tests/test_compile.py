@@ -1553,6 +1553,59 @@ def test_an_item_or_attribute_added_after_the_recording_is_seen(how):
     assert (f.records, f.replays) == (2, 3)
 
 
+LOSS_REGISTRY = {"ce": _loss_v1, "l2": _loss_v2}  # looked up with a key the code does not spell out
+REGISTRY_KEY = "ce"
+
+
+def test_a_function_in_a_dict_the_step_indexes_with_a_computed_key_is_seen():
+    """A registry of loss functions looked up by a setting (``LOSSES[cfg.loss](out, y)``): the key is not in the
+    code, so the item was no named place, and a function put in its place between calls replayed the recorded one.
+    The functions a dict the code names holds are part of the signature by identity, whatever their keys."""
+    def change(k):
+        LOSS_REGISTRY["ce"] = _loss_v2 if k in (2, 3) else _loss_v1
+    try:
+        eager, compiled, f = _changed_between_calls(
+            lambda model, x, y: LOSS_REGISTRY[REGISTRY_KEY](model(x), y), change, calls=6)
+    finally:
+        change(0)
+    assert _same(eager, compiled)
+    assert (f.records, f.replays) == (2, 4)
+
+
+class _Dispatching:
+    """A trainer that picks its loss method by name (``getattr(self, "loss_" + self.kind)``)."""
+
+    def __init__(self, model, opt):
+        self.model, self.opt, self.kind, self.scale = model, opt, "ce", 1.0
+
+    def loss_ce(self, x, y):
+        return F.cross_entropy(self.model(x), y) * self.scale
+
+    def step(self, x, y):
+        loss = getattr(self, "loss_" + self.kind)(x, y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def test_what_a_method_called_through_getattr_with_a_computed_name_reads_is_seen():
+    """A method the step calls by a name it computes is no name of its code; in code that calls getattr, every
+    method of the step's object is read, so a number such a method reads (``self.scale``) records anew when it
+    changes (before, the recorded one replayed)."""
+    runs = []
+    for compiled in (False, True):
+        trainer = _Dispatching(*_mlp_setup()[:2])
+        f = tg.compile(trainer.step) if compiled else trainer.step
+        out = []
+        for k, (x, y) in enumerate(_batches(5)):
+            trainer.scale = 3.0 if k >= 2 else 1.0
+            out.append(f(x, y).data.copy())
+        runs.append(out + _params(trainer.model))
+    assert _same(*runs)
+    assert (f.records, f.replays) == (2, 3)
+
+
 MARGIN_SCALE = 1.0  # read by _Margin.__call__
 MARGIN_SHIFT = 0.0  # read by _Margin.__init__
 

@@ -48,7 +48,8 @@ def places(fn, args=(), kwargs=None):
     forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that code
     names, and each such method as an attribute of its class (where a patch would replace it). ``named``: read by
     name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the code
-    spells out or of such a tuple, an attribute named of such a plain object), not only reachable."""
+    spells out, or holding code at any key (a registry of loss functions), or of such a tuple, an attribute named of
+    such a plain object), not only reachable."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -105,9 +106,9 @@ def places(fn, args=(), kwargs=None):
                 continue
             value = get()
             if isinstance(value, dict):  # named: at a key the code spells out (cfg["beta"]), or names (hp.beta of
-                spelled = keys if type(value) is dict else keys | names.keys()  # a dict read by attribute)
-                deeper += [(f"item {k!r} of {where}", named and k in spelled, functools.partial(_item, get, k))
-                           for k in list(value)]
+                spelled = keys if type(value) is dict else keys | names.keys()  # a dict read by attribute); code at
+                deeper += [(f"item {k!r} of {where}", named and (k in spelled or _is_code(v)),  # any key (a registry
+                            functools.partial(_item, get, k)) for k, v in list(value.items())]  # of losses)
             elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's
                 short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # items are data (a
                 deeper += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # buffer that
@@ -272,11 +273,11 @@ def reached(func, owner, objects=()):
     """The step's function (None for a callable object) and the user's code it reaches, HELPER_DEPTH calls deep,
     each function once for each object it is a method of: (function, the names its code reads (``_names``), its
     object or None). Reached are the functions its code names (a global, a closure variable) and the methods of
-    the objects it names or takes as arguments (``objects``; ``_methods``: a method it calls by name,
-    ``__call__``, a module's forward and those of its submodules), found there, among the attributes of its own
-    object, or one level into a list, tuple or dict found there (a trainer's list of loss objects). The user's:
-    not tinygen's, nor the standard library's or an installed package's (their numbers are constants, their state
-    their own)."""
+    the objects it names or takes as arguments (``objects``; ``_methods``: a method it calls by name, or any
+    method of its object when it calls ``getattr``, ``__call__``, a module's forward and those of its submodules),
+    found there, among the attributes of its own object, or one level into a list, tuple or dict found there (a
+    trainer's list of loss objects). The user's: not tinygen's, nor the standard library's or an installed
+    package's (their numbers are constants, their state their own)."""
     found, todo = {}, collections.deque()
     if func is not None:
         todo.append((func, 0, owner))
@@ -297,7 +298,8 @@ def reached(func, owner, objects=()):
             attributes = _fields(obj) or {}
             submodules = attributes.get("_modules") if _is_module(obj) else None
             near += [attributes[n] if n in attributes else submodules.get(n) if submodules else None for n in read]
-            todo.extend((m, depth + 1, o) for m, o in _methods(obj, read))
+            todo.extend((m, depth + 1, o) for m, o in _methods(obj, read if "getattr" not in read else
+                                                              (*read, *_method_names(type(obj)))))
         for g in [*near, *(v for g in near if isinstance(g, (list, tuple, dict)) and len(g) <= CONTAINER_MAX
                            for v in (g.values() if isinstance(g, dict) else g))]:  # one level in, as ``places``
             todo.extend((m, depth + 1, o) for m, o in _code_of(g, read))
@@ -358,6 +360,13 @@ def _unwrapped(func):
             return
         yield func
         func = _attr(func, "__wrapped__")
+
+
+def _method_names(klass):
+    """The names of the methods (and properties) the user's classes among ``klass`` and its bases define: what code
+    calling ``getattr`` on its object with a name it computes (``getattr(self, "loss_" + self.kind)``) may run."""
+    return [n for k in klass.__mro__ if _is_users_class(k) for n, v in list(vars(k).items())
+            if isinstance(_function_of(v), types.FunctionType)]
 
 
 def _users(func):
