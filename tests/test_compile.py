@@ -1941,6 +1941,60 @@ def test_a_namedtuple_batch_and_result():
     assert _same(eager, compiled) and (f.records, f.replays) == (1, 4)
 
 
+@dataclasses.dataclass
+class _DataBatch:
+    x: tg.Tensor
+    y: tg.Tensor
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrozenBatch:
+    x: tg.Tensor
+    y: tg.Tensor
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(slots=True)
+class _SlottedBatch:
+    x: tg.Tensor
+    y: tg.Tensor
+    weight: float = 1.0
+
+
+@dataclasses.dataclass
+class _StepOut:
+    loss: tg.Tensor
+    logits: tg.Tensor
+    note: str = "out"
+
+
+@pytest.mark.parametrize("batch_class", [_DataBatch, _FrozenBatch, _SlottedBatch], ids=["plain", "frozen", "slots"])
+def test_a_dataclass_batch_and_result(batch_class):
+    """A batch as a dataclass (a new one on every call) is read as a namedtuple is: its tensors are the step's
+    inputs, its other fields part of the signature (a new weight records anew). A dataclass result comes back as a
+    new one of fresh tensors. Before, each call recorded anew (the batch, a new object, was a new signature), and
+    the result held the program's own tensors, whose arrays were released after the call."""
+    def run(compiled):
+        model, opt, _ = _mlp_setup()
+
+        def step(batch):
+            logits = model(batch.x)
+            loss = F.cross_entropy(logits, batch.y) * batch.weight
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return _StepOut(loss, logits)
+        f = tg.compile(step) if compiled else step
+        outs = [f(batch_class(x, y, 2.0 if k >= 3 else 1.0)) for k, (x, y) in enumerate(_batches(5))]
+        assert all(type(o) is _StepOut and o.note == "out" for o in outs)
+        assert len({id(o.loss) for o in outs}) == 5
+        return [a.data.copy() for o in outs for a in (o.loss, o.logits)] + _params(model), f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)
+
+
 _LATE = 1.0  # (taken away and set again by the test below)
 
 

@@ -261,7 +261,7 @@ class Compiled:
             raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "
                                f"object than when the step was recorded (a tensor, a module); a replay would "
                                f"use the recorded one. Pass the tensors that change between calls as "
-                               f"arguments of the step (tensors, or tuples, lists and dicts of them), or "
+                               f"arguments of the step (tensors, or tuples, lists, dicts and dataclasses of them), or "
                                f"compile a step for each module")
         self._programs.move_to_end(key)
         self.replays += 1

@@ -35,7 +35,7 @@ from ..autograd.grad_mode import STATE
 from ..backend import to_device
 from ..capture import is_replayed, recording, tensors_written
 from ..tensor import Tensor, get_default_dtype
-from .steps import CompileError, replay_call, tensors_in
+from .steps import CompileError, dataclass_items, replay_call, tensors_in
 
 
 def places(fn, args=(), kwargs=None):
@@ -88,8 +88,8 @@ def places(fn, args=(), kwargs=None):
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
     for where, obj in owners:
-        if obj is None or isinstance(obj, (Tensor, type)):  # (a tensor argument is the program's input)
-            continue
+        if obj is None or isinstance(obj, (Tensor, type)) or _is_batch(obj):  # (a tensor argument is the
+            continue  # program's input; a batch's fields are part of the signature)
         found.append((where, False, functools.partial(_same, obj)))
         found += _attribute_places(obj, f"{where} ({type(obj).__name__})", names, every=True)
     for obj, read, f in objects.values():  # another object's attributes its methods name (self.weight, cls.beta)
@@ -457,6 +457,8 @@ def _sig(a):
         return (type(a).__name__,) + tuple(_sig(x) for x in a)
     if isinstance(a, dict):
         return ("dict",) + tuple((k, _sig(v)) for k, v in a.items())
+    if _is_batch(a):  # its fields, as a namedtuple's
+        return ("dataclass", type(a)) + tuple((k, _sig(v)) for k, v in dataclass_items(a))
     try:
         hash(a)
     except TypeError:
@@ -575,9 +577,17 @@ _PLAIN = _SCALARS | {Tensor, tuple, list, dict}  # arguments no code is read for
 
 
 def _objects(args, kwargs):
-    """The arguments whose methods the step may call (not tensors, numbers or containers)."""
+    """The arguments whose methods the step may call (not tensors, numbers, containers or batches)."""
     return tuple(a for a in (*args, *(kwargs or {}).values())
-                 if type(a) not in _PLAIN and not isinstance(a, (Tensor, tuple, list, dict)))  # (a namedtuple)
+                 if type(a) not in _PLAIN and not isinstance(a, (Tensor, tuple, list, dict))  # (a namedtuple)
+                 and not _is_batch(a))
+
+
+def _is_batch(value):
+    """Whether ``value`` is a dataclass instance holding tensors (a batch, a result): read as a namedtuple is, its
+    tensors the step's inputs and its other fields part of the signature. (One without tensors, a config, is an
+    object whose attributes and methods are read.)"""
+    return hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type) and bool(tensors_in(value))
 
 
 def _same_objects(a, b):
@@ -636,6 +646,8 @@ def _sig_text(sig):
         return f"{sig[1]} {sig[2]!r}"
     if sig[0] == "object":
         return "an unhashable object (each new one is a new signature)"
+    if sig[0] == "dataclass":
+        return f"a {sig[1].__name__} (" + ", ".join(f"{k}: {_sig_text(v)}" for k, v in sig[2:]) + ")"
     return f"a {sig[0]} of {len(sig) - 1}"
 
 

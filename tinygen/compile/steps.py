@@ -13,6 +13,7 @@ A program is a tuple of ``(run, operands)`` pairs, and a replay calls ``run(*ope
   a ``FusedRun``         a run of elementwise forwards as one generated kernel (``fusion.py``)
 """
 import copy
+import dataclasses
 
 import numpy as np
 
@@ -266,6 +267,7 @@ def _shadow(t):
 
 
 def tensors_in(*values):
+    """The tensors in ``values``, in order: nested in tuples, lists, dicts and dataclass instances."""
     out = []
     for v in values:
         if isinstance(v, Tensor):
@@ -274,11 +276,19 @@ def tensors_in(*values):
             out.extend(tensors_in(*v))
         elif isinstance(v, dict):
             out.extend(tensors_in(*v.values()))
+        elif hasattr(type(v), "__dataclass_fields__"):
+            out.extend(tensors_in(*(value for _, value in dataclass_items(v))))
     return out
 
 
+def dataclass_items(value):
+    """(name, value) of the fields of a dataclass instance (a batch or a result: read as a namedtuple is)."""
+    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+
+
 def map_tensors(value, fn):
-    """``value`` (tensors in nested tuples, lists and dicts) with each tensor t replaced by ``fn(t)``."""
+    """``value`` (tensors in nested tuples, lists, dicts and dataclass instances) with each tensor t replaced by
+    ``fn(t)``; a dataclass instance as a copy with its fields set (not made anew: its ``__init__`` is not run)."""
     if isinstance(value, Tensor):
         return fn(value)
     if isinstance(value, (tuple, list)):
@@ -286,6 +296,11 @@ def map_tensors(value, fn):
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # (a namedtuple)
     if isinstance(value, dict):
         return {k: map_tensors(v, fn) for k, v in value.items()}
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        new = copy.copy(value)
+        for name, v in dataclass_items(value):
+            object.__setattr__(new, name, map_tensors(v, fn))  # (a frozen one too)
+        return new
     return value
 
 
