@@ -1995,6 +1995,30 @@ def test_a_dataclass_batch_and_result(batch_class):
     assert _same(eager, compiled) and (f.records, f.replays) == (2, 3)
 
 
+class _Result:
+    def __init__(self, loss):
+        self.loss = loss
+
+
+@pytest.mark.parametrize("kind", ["SimpleNamespace", "_Result", "in a list"])
+def test_a_result_object_holding_computed_tensors_in_attributes_is_refused(kind):
+    """A result whose tensors sit in an object's attributes (not a tuple, list, dict, namedtuple or dataclass) is
+    not refilled by a replay: the caller would get the program's own tensors, released after the call. Refused when
+    recorded, naming the object and the attribute. Before, reading ``result.loss`` after the call raised."""
+    model, opt, _ = _mlp_setup()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if kind == "SimpleNamespace":
+            return types.SimpleNamespace(loss=loss, epoch=1)
+        return _Result(loss) if kind == "_Result" else [loss, _Result(loss)]
+    name = "_Result" if kind != "SimpleNamespace" else "SimpleNamespace"
+    _refused(step, f"the step returns a {name} holding a tensor it computes in its attribute 'loss'", line=False)
+
+
 _LATE = 1.0  # (taken away and set again by the test below)
 
 

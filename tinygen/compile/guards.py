@@ -682,6 +682,21 @@ def stale(bound):
     return None
 
 
+def hidden_in_result(result, made):
+    """How to name a tensor the step computed (``made``: ids) that its result holds in an object's attribute, where
+    ``tensors_in`` does not look (``types.SimpleNamespace(loss=loss)``), else None."""
+    if isinstance(result, Tensor) or type(result) in _SCALARS:
+        return None
+    if isinstance(result, (tuple, list, dict)) or hasattr(type(result), "__dataclass_fields__"):
+        items = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else \
+            [v for _, v in dataclass_items(result)]
+        return next((found for v in items if (found := hidden_in_result(v, made)) is not None), None)
+    for name, v in (_fields(result) or {}).items():
+        if isinstance(v, Tensor) and id(v) in made:
+            return f"a {type(result).__name__} holding a tensor it computes in its attribute {name!r}"
+    return None
+
+
 def call_on_created(rec):
     """How to name an object the step made (``capture.note_created``: an optimizer, a scheduler; not a module,
     whose recorded calls set values a replay sets again) whose method is a recorded call, else None."""

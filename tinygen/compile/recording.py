@@ -251,6 +251,11 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
+    hidden = guards.hidden_in_result(result, rec.made)
+    if hidden is not None:
+        raise CompileError(f"tinygen.compile: the step returns {hidden}. A replay refills the tensors of a result "
+                           f"in tuples, lists, dicts, namedtuples and dataclass instances only; this one would be "
+                           f"the program's own, released after the call: return it in one of those")
     rec.python_changes()  # after the last recorded call
     changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
