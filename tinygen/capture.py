@@ -11,8 +11,9 @@ hook below is a single attribute test. The core reports to it at these places:
   * setting a tensor's ``requires_grad`` (freezing a module for part of a step) or its ``.grad`` (``p.grad =
     None``) is recorded and set again on every replay (``note_requires_grad``, ``note_grad_set``);
   * an optimizer or a scheduler made inside the step is noted (``note_created``): a recorded call on it is
-    refused, since a replay would keep using the one made when recording; so is a module (its attributes, set as
-    it is made, are Python a replay would not run, so such a call runs eagerly, and the warning names the module);
+    refused, since a replay would keep using the one made when recording. A module made there is noted too: its
+    attributes, set as it is made, are Python a replay would not run, so such a call runs eagerly, and the warning
+    names the module;
   * reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``.numpy()``, ...) are refused while
     recording (``refuse_host_read``): a replay could not repeat a decision taken on a value; so is a result
     whose shape depends on the values of a tensor that may change (``refuse_shape_from_values``).
