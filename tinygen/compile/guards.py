@@ -35,7 +35,7 @@ from ..autograd.grad_mode import STATE
 from ..backend import to_device
 from ..capture import is_replayed, recording, tensors_written
 from ..tensor import Tensor, get_default_dtype
-from .steps import CompileError, dataclass_items, replay_call, tensors_in
+from .steps import CompileError, dataclass_items, is_dataclass_instance, replay_call, tensors_in
 
 
 def places(fn, args=(), kwargs=None):
@@ -587,7 +587,7 @@ def _is_batch(value):
     """Whether ``value`` is a dataclass instance holding tensors (a batch, a result): read as a namedtuple is, its
     tensors the step's inputs and its other fields part of the signature. (One without tensors, a config, is an
     object whose attributes and methods are read.)"""
-    return hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type) and bool(tensors_in(value))
+    return is_dataclass_instance(value) and bool(tensors_in(value))
 
 
 def _same_objects(a, b):
@@ -687,7 +687,7 @@ def hidden_in_result(result, made):
     ``tensors_in`` does not look (``types.SimpleNamespace(loss=loss)``), else None."""
     if isinstance(result, Tensor) or type(result) in _SCALARS:
         return None
-    if isinstance(result, (tuple, list, dict)) or hasattr(type(result), "__dataclass_fields__"):
+    if isinstance(result, (tuple, list, dict)) or is_dataclass_instance(result):
         items = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else \
             [v for _, v in dataclass_items(result)]
         return next((found for v in items if (found := hidden_in_result(v, made)) is not None), None)

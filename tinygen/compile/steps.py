@@ -276,9 +276,21 @@ def tensors_in(*values):
             out.extend(tensors_in(*v))
         elif isinstance(v, dict):
             out.extend(tensors_in(*v.values()))
-        elif hasattr(type(v), "__dataclass_fields__"):
+        elif is_dataclass_instance(v):
             out.extend(tensors_in(*(value for _, value in dataclass_items(v))))
     return out
+
+
+_DATACLASSES = {}  # type -> whether it is a dataclass: asked once a type (a failed hasattr costs a raised error)
+
+
+def is_dataclass_instance(value):
+    """Whether ``value`` is an instance of a dataclass (a dataclass itself is not: its type is ``type``)."""
+    cls = value.__class__
+    found = _DATACLASSES.get(cls)
+    if found is None:
+        found = _DATACLASSES[cls] = hasattr(cls, "__dataclass_fields__")
+    return found
 
 
 def dataclass_items(value):
@@ -296,7 +308,7 @@ def map_tensors(value, fn):
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # (a namedtuple)
     if isinstance(value, dict):
         return {k: map_tensors(v, fn) for k, v in value.items()}
-    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+    if is_dataclass_instance(value):
         new = copy.copy(value)
         for name, v in dataclass_items(value):
             object.__setattr__(new, name, map_tensors(v, fn))  # (a frozen one too)
