@@ -702,6 +702,49 @@ def test_an_optimizer_or_scheduler_made_inside_a_step_is_refused(made):
     _refused(step, f"the step makes the {name}() it calls; a replay would call the one made", line=False)
 
 
+@pytest.mark.parametrize("where", ["global", "trainer attribute"])
+def test_an_optimizer_replaced_between_calls_records_anew(where):
+    """Switching optimizers between calls (``opt = SGD(...)`` after some epochs of Adam, or ``self.opt = ...``): the
+    recorded call steps the optimizer the recording found, so a replay would go on stepping the old one, silently.
+    A place that held an object a recorded call takes (an optimizer, a scheduler) and holds another now records
+    anew."""
+    global _SWITCHED_OPT
+
+    class Trainer:
+        def __init__(self, model, opt):
+            self.model, self.opt = model, opt
+
+        def step(self, x, y):
+            loss = F.cross_entropy(self.model(x), y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    def global_step(x, y):
+        loss = F.cross_entropy(trainer.model(x), y)
+        _SWITCHED_OPT.zero_grad()
+        loss.backward()
+        _SWITCHED_OPT.step()
+        return loss
+    runs = []
+    for compiled in (False, True):
+        model, opt, _ = _mlp_setup()
+        trainer, _SWITCHED_OPT = Trainer(model, opt), opt
+        step = trainer.step if where == "trainer attribute" else global_step
+        f = tg.compile(step) if compiled else step
+        out = []
+        for k, (x, y) in enumerate(_batches(6)):
+            if k == 3:
+                trainer.opt = _SWITCHED_OPT = tg.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+            out.append(f(x, y).data.copy())
+        runs.append(out + _params(model))
+    assert _same(*runs) and (f.records, f.replays) == (2, 4)
+
+
+_SWITCHED_OPT = None  # the optimizer the step above steps, switched between calls
+
+
 def test_a_module_made_inside_a_step_runs_eagerly_and_the_warning_says_so():
     """A layer made inside the step (``nn.Linear(3, 4)(x)``) has new parameters on every eager call; its attributes,
     set as it is made, are Python a replay would not run, so each call runs as eager does. The warning names the

@@ -124,7 +124,8 @@ reads; the code itself too, by identity): write the
 step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call used: one
 the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
 (or one level inside a list, tuple or dict there) that holds another object at a later call raises
-``CompileError`` naming where (pass tensors that change as arguments).
+``CompileError`` naming where (pass tensors that change as arguments); an object a recorded call takes found there
+(``opt = SGD(...)`` after some epochs of Adam) replaced records anew.
 
 ``Compiled.explain()`` lists each recorded program one line a step, as a replay runs them (fused runs, backward
 plans, recorded calls, releases; on CuPy the CUDA graph or host of each step); ``explain(sources=True)`` adds the

@@ -263,6 +263,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings = guards.bindings(after, rec.leaves.keys() | rec.modules.keys())
+    # where the step found the objects its recorded calls take (an optimizer): another one there records anew
+    program.callees = guards.bindings(after, guards.recorded_objects(rec) - rec.modules.keys())
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
@@ -296,6 +298,7 @@ class Program:
         ins = {id(t) for t in inputs}  # the signature covers the inputs (released between calls)
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
+        self.bindings = self.callees = ()  # (set by ``record``: guards.bindings)
         # for explain(), while the recorded call's tensors still hold their arrays
         self.signature_text = ", ".join(tensor_text(t) for t in inputs) or "no tensor arguments"
         self.step_texts = [described(run, operands) for run, operands in self.steps]
@@ -317,6 +320,8 @@ class Program:
             if tensor._requires_grad is not requires_grad or d.shape != shape or (
                     d.dtype is not dtype and d.dtype != dtype):  # NumPy's dtypes are shared: "is" is the fast test
                 return False
+        if self.callees and guards.stale(self.callees) is not None:  # opt = SGD(...) after Adam: record anew
+            return False
         return self.left_out.isdisjoint(engine._post_accumulate_hooks)
 
     def stale(self):
