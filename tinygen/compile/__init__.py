@@ -120,8 +120,9 @@ Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
 its helpers, its modules' forwards, a loss object's ``__call__``, an object it makes; not those that library code
-reads; the code itself too, by identity): write the
-step with tinygen ops, modules and optimizers. A replay uses the tensors and modules the recorded call used: one
+reads, nor a number in a list, whose items are data that ``tinygen.tensor(rows)`` reads anew on each replay: keep
+settings in tuples, dicts or config objects; the code itself too, by identity): write the step with tinygen ops,
+modules and optimizers. A replay uses the tensors and modules the recorded call used: one
 the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
 (or one level inside a list, tuple or dict there) that holds another object at a later call raises
 ``CompileError`` naming where (pass tensors that change as arguments); an object a recorded call takes found there
