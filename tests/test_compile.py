@@ -1207,6 +1207,30 @@ def test_compile_as_a_method_decorator_binds_each_instance():
     assert c.step is c.step and (c.step.records, c.step.replays) == (1, 3)
 
 
+def test_compile_as_a_method_decorator_on_a_class_with_slots_says_where_to_keep_it():
+    """An instance without a ``__dict__`` has nowhere to keep its compiled method: a new one on every access would
+    record on every call, slower than eager, silently (before). Raises TypeError, as functools.cached_property
+    does, saying what to do; with '__dict__' in the slots it is kept."""
+    class Slotted:
+        __slots__ = ("step_fn",)
+
+        def __init__(self):
+            self.step_fn = _mlp_setup()[2]
+
+        @tg.compile
+        def step(self, x, y):
+            return self.step_fn(x, y)
+
+    class WithDict(Slotted):
+        __slots__ = ("__dict__",)
+    with pytest.raises(TypeError, match="has no __dict__ .* compile it once for the instance"):
+        Slotted().step
+    trainer = WithDict()
+    for x, y in _batches(3):
+        trainer.step(x, y)
+    assert trainer.step is trainer.step and (trainer.step.records, trainer.step.replays) == (1, 2)
+
+
 def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_reaches_it():
     """A compiled call returns tensors without a graph: a compiled forward run with grad on (to call backward
     after it) says so once when recorded; a whole training step, whose loss its own backward used, does not."""

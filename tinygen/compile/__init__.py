@@ -289,7 +289,8 @@ class Compiled:
     def __get__(self, obj, owner=None):
         """``@tinygen.compile`` on a method: each instance gets the compiled bound method, with its own programs,
         so that ``self`` is the step's object (its attributes are the step's places, its numbers part of the
-        signature). Kept in the instance's ``__dict__``, as ``functools.cached_property`` does."""
+        signature). Kept in the instance's ``__dict__``, as ``functools.cached_property`` does (an instance without
+        one raises TypeError)."""
         if obj is None or not hasattr(type(self.fn), "__get__"):  # the class's, or a callable that does not bind
             return self
         bound = compile(self.fn.__get__(obj, owner), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
@@ -298,7 +299,13 @@ class Compiled:
             self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
                                    None)
         attributes = getattr(obj, "__dict__", None)
-        if self._attribute is not None and isinstance(attributes, dict):
+        if not isinstance(attributes, dict):  # (as functools.cached_property): a new one on every access would
+            raise TypeError(  # record on every call, slower than eager
+                f"tinygen.compile on the method {self.__name__!r}: a {type(obj).__name__} has no __dict__ (its class "
+                f"has __slots__) to keep the compiled method in, so each call would record anew. Add '__dict__' to "
+                f"__slots__, or leave the method undecorated and compile it once for the instance: "
+                f"step = tinygen.compile(instance.{self.__name__})")
+        if self._attribute is not None:
             attributes[self._attribute] = bound
         return bound
 
