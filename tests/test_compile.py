@@ -2770,3 +2770,20 @@ def test_explain_never_stops_a_step_it_cannot_describe():
     lines = f.explain().splitlines()
     assert lines[2].endswith("forward   Mul -> (3,) float32 cpu")
     assert lines[4].endswith("replay_forward (not described: RuntimeError)")
+
+
+class _Wrapping:
+    """A callable object whose ``__wrapped__`` is another such object (set to wrap each other below)."""
+
+    def __call__(self, t):
+        return t * 2.0
+
+
+def test_callable_objects_that_wrap_each_other_are_read_once_each():
+    """Following ``__wrapped__`` from object to object stops: two objects naming each other as what they wrap
+    (before, the recording recursed until Python's limit)."""
+    a, b = _Wrapping(), _Wrapping()
+    a.__wrapped__, b.__wrapped__ = b, a
+    f = tg.compile(lambda x: a(x) + 1.0)
+    x = tg.ones(3)
+    assert np.array_equal(f(x).data, np.full(3, 3.0, np.float32)) and f(x) is not None and f.replays == 1

@@ -306,7 +306,7 @@ def reached(func, owner, objects=()):
     return list(found.values())
 
 
-def _code_of(value, read):
+def _code_of(value, read, wrappers=0):
     """The user's functions that calling ``value``, or its methods named in ``read``, may run, with their object (None
     for a plain function): a function, a bound method, a ``functools.partial`` of one, the static and class methods
     named of a class of the user's and its ``__init__``, ``__call__`` and ``forward``, the functions (and objects'
@@ -330,7 +330,8 @@ def _code_of(value, read):
     if value is None or type(value) in _SCALARS:
         return []
     wrapped = _attr(value, "__wrapped__") if callable(value) else None
-    return _methods(value, read) + (_code_of(wrapped, read) if wrapped is not None and wrapped is not value else [])
+    inner = wrapped is not None and wrapped is not value and wrappers < WRAPPERS_MAX  # (objects wrapping each other)
+    return _methods(value, read) + (_code_of(wrapped, read, wrappers + 1) if inner else [])
 
 
 _CALLED = ("__call__", "forward")  # what calling an object runs (a module's __call__ runs its forward)
