@@ -35,7 +35,7 @@ from ..autograd.grad_mode import STATE
 from ..backend import to_device
 from ..capture import is_replayed, recording, tensors_written
 from ..tensor import Tensor, get_default_dtype
-from .steps import CompileError, dataclass_items, is_dataclass_instance, replay_call, tensors_in
+from .steps import CompileError, children, dataclass_items, is_dataclass_instance, replay_call, tensors_in
 
 
 def places(fn, args=(), kwargs=None):
@@ -686,12 +686,11 @@ def stale(bound):
 def hidden_in_result(result, made):
     """How to name a tensor the step computed (``made``: ids) that its result holds in an object's attribute, where
     ``tensors_in`` does not look (``types.SimpleNamespace(loss=loss)``), else None."""
+    items = children(result)
+    if items is not None:
+        return next((found for v in items if (found := hidden_in_result(v, made)) is not None), None)
     if isinstance(result, Tensor) or type(result) in _SCALARS:
         return None
-    if isinstance(result, (tuple, list, dict)) or is_dataclass_instance(result):
-        items = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else \
-            [v for _, v in dataclass_items(result)]
-        return next((found for v in items if (found := hidden_in_result(v, made)) is not None), None)
     for name, v in (_fields(result) or {}).items():
         if isinstance(v, Tensor) and id(v) in made:
             return f"a {type(result).__name__} holding a tensor it computes in its attribute {name!r}"

@@ -272,30 +272,47 @@ def tensors_in(*values):
     for v in values:
         if isinstance(v, Tensor):
             out.append(v)
-        elif isinstance(v, (tuple, list)):
-            out.extend(tensors_in(*v))
-        elif isinstance(v, dict):
-            out.extend(tensors_in(*v.values()))
-        elif is_dataclass_instance(v):
-            out.extend(tensors_in(*(value for _, value in dataclass_items(v))))
+        else:
+            items = children(v)
+            if items is not None:
+                out.extend(tensors_in(*items))
     return out
 
 
-_DATACLASSES = {}  # type -> whether it is a dataclass: asked once a type (a failed hasattr costs a raised error)
+def children(value):
+    """What a container holds, in order: a tuple's or list's items, a dict's values, a dataclass instance's fields;
+    None for anything else (a tensor, a number, another object)."""
+    if isinstance(value, (tuple, list)):
+        return value
+    if isinstance(value, dict):
+        return value.values()
+    names = _DATACLASSES.get(value.__class__)  # (the cache read here: this runs on every call's arguments)
+    if names is None:
+        names = _field_names(value.__class__)
+    return [getattr(value, n) for n in names] if names else None
+
+
+_DATACLASSES = {}  # type -> its field names, () for a type that is no dataclass: asked once a type (a failed
+# hasattr raises an error inside, and dataclasses.fields builds its tuple anew on every call)
+
+
+def _field_names(cls):
+    names = _DATACLASSES.get(cls)
+    if names is None:
+        names = _DATACLASSES[cls] = tuple(f.name for f in dataclasses.fields(cls)) if hasattr(
+            cls, "__dataclass_fields__") else ()
+    return names
 
 
 def is_dataclass_instance(value):
-    """Whether ``value`` is an instance of a dataclass (a dataclass itself is not: its type is ``type``)."""
-    cls = value.__class__
-    found = _DATACLASSES.get(cls)
-    if found is None:
-        found = _DATACLASSES[cls] = hasattr(cls, "__dataclass_fields__")
-    return found
+    """Whether ``value`` is an instance of a dataclass with fields (a dataclass itself is not: its type is
+    ``type``)."""
+    return bool(_field_names(value.__class__))
 
 
 def dataclass_items(value):
     """(name, value) of the fields of a dataclass instance (a batch or a result: read as a namedtuple is)."""
-    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    return [(n, getattr(value, n)) for n in _field_names(value.__class__)]
 
 
 def map_tensors(value, fn):
