@@ -293,11 +293,6 @@ class Compiled:
         one raises TypeError)."""
         if obj is None or not hasattr(type(self.fn), "__get__"):  # the class's, or a callable that does not bind
             return self
-        bound = compile(self.fn.__get__(obj, owner), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
-                        cuda_graph=self.cuda_graph)
-        if self._attribute is None:  # set on the class after it was made: Python did not tell us the name
-            self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
-                                   None)
         attributes = getattr(obj, "__dict__", None)
         if not isinstance(attributes, dict):  # (as functools.cached_property): a new one on every access would
             raise TypeError(  # record on every call, slower than eager
@@ -305,6 +300,11 @@ class Compiled:
                 f"has __slots__) to keep the compiled method in, so each call would record anew. Add '__dict__' to "
                 f"__slots__, or leave the method undecorated and compile it once for the instance: "
                 f"step = tinygen.compile(instance.{self.__name__})")
+        bound = compile(self.fn.__get__(obj, owner), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
+                        cuda_graph=self.cuda_graph)
+        if self._attribute is None:  # set on the class after it was made: Python did not tell us the name
+            self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
+                                   None)
         if self._attribute is not None:
             attributes[self._attribute] = bound
         return bound

@@ -386,13 +386,13 @@ def _is_users_module(value):
 
 
 def _users_code(module, path):
-    """Whether code of the module named ``module``, in the file ``path``, is the user's: not tinygen's, nor the
-    standard library's or an installed package's (a script run as ``__main__`` is, with or without a file; a
-    wrapper ``functools.wraps`` made in tinygen is not, though it carries the module name of its function)."""
-    module = module or ""
+    """Whether code of the module named ``module``, in the file ``path``, is the user's: not in a library folder
+    (``_library_dirs``: tinygen's, the standard library's, an installed package's), whatever its module name (a
+    wrapper ``functools.wraps`` made in tinygen carries the name of its function's module); a script run as
+    ``__main__`` is, with or without a file."""
     if path and path.startswith(_library_dirs()):
         return False
-    return module == "__main__" or (bool(path) and not (module == "tinygen" or module.startswith("tinygen.")))
+    return module == "__main__" or bool(path)
 
 
 @functools.cache
