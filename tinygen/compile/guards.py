@@ -654,18 +654,21 @@ def _sig_text(sig):
 
 
 # ---- bindings -------------------------------------------------------------------------------------------------------
-def bindings(found_places, used):
+def bindings(found_places, used, taken):
     """Where (``places``) the step's code found what it used and a replay uses again as recorded: the tensors it
-    neither made nor took as arguments and the modules it called (``used``: their ids). Each place must still
-    hold the same object (``stale``): a caller who points a global at new data, or ``self.model`` at another
-    model, gets an error, not the recorded one. Tuples of (where, a function giving what is there now, the
-    recorded object)."""
-    found = []
+    neither made nor took as arguments and the modules it called (``used``: their ids), and apart, the other objects
+    its recorded calls take (``taken``: an optimizer, a scheduler). Each place must still hold the same object
+    (``stale``): a caller who points a global at new data, or ``self.model`` at another model, gets an error, not
+    the recorded one; another optimizer there (``opt = SGD(...)`` after Adam) records anew. Two tuples of (where,
+    a function giving what is there now, the recorded object)."""
+    found, callees = [], []
     for where, _, get in found_places:
         value = get()
         if id(value) in used:
             found.append((where, get, value))
-    return tuple(found)
+        elif id(value) in taken:
+            callees.append((where, get, value))
+    return tuple(found), tuple(callees)
 
 
 def _item(get, key):

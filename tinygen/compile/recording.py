@@ -262,9 +262,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
         return changed, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
-    program.bindings = guards.bindings(after, rec.leaves.keys() | rec.modules.keys())
-    # where the step found the objects its recorded calls take (an optimizer): another one there records anew
-    program.callees = guards.bindings(after, guards.recorded_objects(rec) - rec.modules.keys())
+    program.bindings, program.callees = guards.bindings(after, rec.leaves.keys() | rec.modules.keys(),
+                                                        guards.recorded_objects(rec))
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
