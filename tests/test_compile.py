@@ -1,4 +1,5 @@
 """tinygen.compile: a replayed step gives the same bits as eager, re-records when it must, refuses what it can't."""
+import collections
 import copy
 import dataclasses
 import enum
@@ -1035,14 +1036,14 @@ class _Holder:
 
 
 def _hidden_array_code(counter):
-    """A step that changes ``counter``'s weight by array code, the layer held in a list in a list, so that no
-    place the recording looks at holds it (``guards.places`` goes one level into a list: a list's items are data,
-    not what the code names): it does not compare it, and a replay does not repeat it."""
-    box = [[counter]]
+    """A step that changes ``counter``'s weight by array code, the layer held four lists deep, so that no place the
+    recording looks at holds it (``guards.places`` goes ``CONFIG_DEPTH``, 3, levels into what the code names): it
+    does not compare it, and a replay does not repeat it."""
+    box = [[[[counter]]]]
 
     def hidden(x):
-        box[0][0].weight.data += 1
-        return (box[0][0](x) * 1).sum()
+        box[0][0][0][0].weight.data += 1
+        return (box[0][0][0][0](x) * 1).sum()
     return hidden
 
 
@@ -2177,6 +2178,8 @@ class _Settings:  # a class of settings of the user's, read as _Settings.weight
 
 _ARGS = types.SimpleNamespace(weight=1.0, epochs=3)  # as argparse's parse_args() gives
 _GAINS = (1.0, 0.1)
+_WEIGHTS = [1.0, 0.1]  # a list of loss weights, set in place
+_LOSS_CFG = types.SimpleNamespace(weights=[1.0, 0.1], gains=(1.0, 0.1))
 
 
 class _DictConfig:
@@ -2203,27 +2206,33 @@ _NESTED = {"loss": {"weight": 1.0}, "model": types.SimpleNamespace(loss=types.Si
 
 
 @pytest.mark.parametrize("where", ["namespace", "class", "object's config", "tuple", "dict-backed config",
-                                   "attribute dict", "nested dict", "nested namespace"])
+                                   "attribute dict", "nested dict", "nested namespace", "list", "config's list",
+                                   "config's tuple", "object's list"])
 def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_its_signature(where):
     """``args.weight`` (an argparse namespace in a global), ``Settings.weight`` (a class of settings),
     ``self.cfg.weight`` (a trainer's config object), ``GAINS[0]`` (a global tuple set anew), ``cfg.weight`` of a
     config whose ``__getattr__`` reads a dict (and raises KeyError for other names), ``hp.weight`` of a dict read by
-    attribute, and configs within configs (``cfg["loss"]["weight"]``, ``cfg["model"].loss.weight``): into what the
-    step names, as for a dict's item; before, each replayed the recorded number. (A list's items are data, not
-    settings: a buffer that ``tinygen.tensor`` reads anew on every replay, tested below.)"""
+    attribute, configs within configs (``cfg["loss"]["weight"]``, ``cfg["model"].loss.weight``), and lists and
+    tuples: ``WEIGHTS[0]`` of a global list set in place, ``cfg.weights[0]`` and ``cfg.gains[0]`` of a config
+    object, ``self.weights[0]`` of a trainer: into what the step names, as for a dict's item; before, each replayed
+    the recorded number. (A list a recorded call reads anew, ``tinygen.tensor(rows)``, holds data: tested below.)"""
 
     class Trainer:
         def __init__(self):
             self.cfg, (_, _, self.inner) = types.SimpleNamespace(weight=1.0), _mlp_setup()
+            self.weights = [1.0, 0.1]
 
         def step(self, x, y):
             return self.inner(x, y) * self.cfg.weight
+
+        def weighted_step(self, x, y):
+            return self.inner(x, y) * self.weights[0]
     box = {}
 
     def make_step():
-        if where == "object's config":
+        if where in ("object's config", "object's list"):
             box["trainer"] = Trainer()
-            return box["trainer"].step
+            return box["trainer"].step if where == "object's config" else box["trainer"].weighted_step
         _, _, step = _mlp_setup()
         return {"namespace": lambda x, y: step(x, y) * _ARGS.weight,
                 "class": lambda x, y: step(x, y) * _Settings.weight,
@@ -2231,20 +2240,56 @@ def test_a_number_in_a_config_object_or_a_container_the_step_names_is_part_of_it
                 "dict-backed config": lambda x, y: step(x, y) * _CFG.weight,
                 "attribute dict": lambda x, y: step(x, y) * _HP.weight,
                 "nested dict": lambda x, y: step(x, y) * _NESTED["loss"]["weight"],
-                "nested namespace": lambda x, y: step(x, y) * _NESTED["model"].loss.weight}[where]
+                "nested namespace": lambda x, y: step(x, y) * _NESTED["model"].loss.weight,
+                "list": lambda x, y: step(x, y) * _WEIGHTS[0],
+                "config's list": lambda x, y: step(x, y) * _LOSS_CFG.weights[0],
+                "config's tuple": lambda x, y: step(x, y) * _LOSS_CFG.gains[0]}[where]
 
     def set_weight(w):
         global _GAINS
         _ARGS.weight = _Settings.weight = _CFG.settings["weight"] = _HP.weight = w
         _NESTED["loss"]["weight"] = _NESTED["model"].loss.weight = w
-        _GAINS = (w, 0.1)
+        _GAINS = _LOSS_CFG.gains = (w, 0.1)
+        _WEIGHTS[0] = _LOSS_CFG.weights[0] = w
         if "trainer" in box:
-            box["trainer"].cfg.weight = w
+            box["trainer"].cfg.weight = box["trainer"].weights[0] = w
     try:
         eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
     finally:
         set_weight(1.0)
     assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
+@pytest.mark.parametrize("form", ["item appended", "numbers made into a tensor", "learning rate returned"])
+def test_a_list_the_step_reads_numbers_from_records_anew_when_they_change(form):
+    """``weights[-1]`` after the caller appends a weight, ``tinygen.tensor([w[0], w[1]])`` (a list made in the step
+    from a list's numbers: the recorded call would read the recorded list), and a step returning its optimizer's
+    ``param_groups[0]["lr"]`` while a scheduler outside it lowers the rate: a list's numbers the step's code reads
+    are part of the signature, and so is its length. Before, each replayed the recorded numbers."""
+    def run(compiled):
+        model, opt, step = _mlp_setup()
+        sched = tg.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        weights = [1.0, 0.5]
+
+        weighted = {"item appended": lambda x, y: (step(x, y) * weights[-1], 0.0),  # (a function a form: the
+                    "numbers made into a tensor": lambda x, y: (step(x, y) * tg.tensor([weights[0], weights[1]]).sum(),
+                                                                0.0),  # code of the others is not read)
+                    "learning rate returned": lambda x, y: (step(x, y), opt.param_groups[0]["lr"])}[form]
+        f = tg.compile(weighted) if compiled else weighted
+        out = []
+        for i, (x, y) in enumerate(_batches(6)):
+            if form == "item appended" and i in (2, 4):
+                weights.append(weights[-1] * 0.5)
+            elif form == "numbers made into a tensor" and i == 3:
+                weights[1] = 2.0
+            loss, lr = f(x, y)
+            out.append((loss.item(), lr))
+            sched.step()
+        return out + [tuple(p.data.ravel().tolist()) for p in model.parameters()], f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert compiled == eager
+    assert (f.records, f.replays) == ((2, 4) if form == "numbers made into a tensor" else (3, 3))
 
 
 class _Reduction(enum.Enum):
@@ -2383,22 +2428,22 @@ def test_replays_leave_the_callers_tensors_alone():
 
 
 def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
-    """Kept where the step's code does not look (a list in a list in a list: a list's items are data, so only the
-    first level is looked into): a replay would not store it again, and the recorded one is released. Kept in an
+    """Kept where the step's code does not look (in a deque: ``guards.places`` goes into lists, tuples, dicts and
+    plain objects only): a replay would not store it again, and the recorded one is released. Kept in an
     attribute of an attribute, where it looks, it is Python state the step changes: each call runs as eager, and
     the layer kept is the last call's."""
     model, opt, step = _mlp_setup()
-    held = [[[None]]]
+    held = collections.deque([None])
     box = types.SimpleNamespace(inner=types.SimpleNamespace())
 
     def keeps_a_hidden_layer(x, y):
-        held[0][0][0] = model[0](x)
+        held[0] = model[0](x)
         return step(x, y)
     f = tg.compile(keeps_a_hidden_layer)
     x, y = _batches(1)[0]
     f(x, y)
     with pytest.raises(AttributeError, match="intermediate of a compiled step.*return it from the step"):
-        held[0][0][0].shape
+        held[0].shape
 
     def keeps_it_where_the_code_looks(x, y):
         box.inner.hidden = model[0](x)
@@ -2463,7 +2508,9 @@ def test_a_learning_rate_the_steps_python_sets_is_not_replayed_as_recorded(how, 
     rate set before ``opt.step()`` and put back after it: a replay would not run that Python, and the optimizer's
     recorded step reads the rate at every replay, so the recorded calls kept the first rate (silently, before).
     Each such call now runs as eager, with a warning that names the param_groups and says to use a scheduler.
-    A global schedule (a list of dicts) the step advances is seen too; a scheduler's step is replayed."""
+    A global schedule (a list of dicts) the step advances is seen too; a scheduler's step is replayed. (Each way is
+    a function of its own: a step whose code names ``opt.param_groups`` and reads ``g["lr"]`` has the rates in its
+    signature, so a scheduler's rate that changes on every call would record on every call.)"""
     def run(compiled):
         model, _, _ = _mlp_setup()
         opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd" else \
@@ -2472,24 +2519,33 @@ def test_a_learning_rate_the_steps_python_sets_is_not_replayed_as_recorded(how, 
         base = opt.param_groups[0]["lr"]
         schedule = [{"step": 0, "warmup": 3}]
 
+        def decayed():
+            opt.step()
+            for g in opt.param_groups:
+                g["lr"] *= 0.9
+
+        def set_around():
+            for g in opt.param_groups:
+                g["lr"] = base * 0.5
+            opt.step()
+            for g in opt.param_groups:
+                g["lr"] = base
+
+        def advanced():
+            opt.step()
+            schedule[0]["step"] += 1
+
+        def scheduled():
+            opt.step()
+            sched.step()
+        update = {"decayed": decayed, "set around the step": set_around, "a schedule in a list of dicts": advanced,
+                  "scheduler": scheduled}[how]
+
         def step(x, y):
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
-            if how == "set around the step":
-                for g in opt.param_groups:
-                    g["lr"] = base * 0.5
-            opt.step()
-            if how == "decayed":
-                for g in opt.param_groups:
-                    g["lr"] *= 0.9
-            elif how == "set around the step":
-                for g in opt.param_groups:
-                    g["lr"] = base
-            elif how == "a schedule in a list of dicts":
-                schedule[0]["step"] += 1
-            else:
-                sched.step()
+            update()
             return loss
         f = tg.compile(step) if compiled else step
         with warnings.catch_warnings(record=True) as caught:
@@ -2596,7 +2652,8 @@ def test_a_step_that_takes_its_batch_from_an_iterator_records_every_call(source)
     assert "Pass the data the step takes from an iterator as arguments" in said[0]
 
 
-@pytest.mark.parametrize("made", ["tensor", "as_tensor converting", "tensor of a list", "on the device"])
+@pytest.mark.parametrize("made", ["tensor", "as_tensor converting", "tensor of a list", "tensor of lists",
+                                  "on the device"])
 def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_replay(made):
     """A replay buffer (RL) or a sensor reading refilled in place between calls, turned into a tensor inside the
     step: a copy made once would train on the first call's values; it is made again from the buffer each replay."""
@@ -2606,7 +2663,9 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
         model = nn.Linear(4, 3).to(device)
         opt = tg.optim.SGD(model.parameters(), lr=0.1)
         buffer = np.zeros((8, 4), np.float32)
-        rows = [0.0] * 4
+        rows = [0.0] * 4 if made == "tensor of a list" else None  # (a list the step names: its numbers settings,
+        # unless a recorded call reads it)
+        halves = [[0.0] * 2, [0.0] * 2] if made == "tensor of lists" else None
 
         def step():
             if made == "tensor":
@@ -2615,6 +2674,8 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
                 x = tg.as_tensor(buffer, dtype=tg.float64).float()
             elif made == "tensor of a list":
                 x = tg.tensor(rows).reshape(1, 4)
+            elif made == "tensor of lists":
+                x = tg.tensor([halves[0], halves[1]]).reshape(1, 4)  # (a list made in the step, of the caller's)
             else:
                 x = tg.tensor(buffer, device="cuda")
             opt.zero_grad()
@@ -2627,13 +2688,42 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
         losses = []
         for _ in range(4):
             buffer[...] = rng.standard_normal(buffer.shape)
-            rows[:] = buffer[0].tolist()
+            if rows is not None:
+                rows[:] = buffer[0].tolist()
+            if halves is not None:
+                halves[0][:], halves[1][:] = buffer[0, :2].tolist(), buffer[0, 2:].tolist()
             losses.append(np.asarray(backend.to_device(f().data, "cpu")))
         return losses, f
     with cuda_standin():
         eager, _ = run(False)
         compiled, f = run(True)
     assert _same(eager, compiled) and (f.records, f.replays) == (1, 3)
+
+
+def test_a_list_the_caller_refills_read_by_the_steps_python_records_every_call_and_says_why():
+    """A list of data refilled between calls whose numbers the step's Python turns into an array itself
+    (``numpy.array(rows)``): the recorded call would read the recorded array, so the numbers are settings, a new
+    signature on every call; the cache-full warning names the list's item and says to make the tensor from the list
+    (``tinygen.tensor(rows)``, read anew on every replay)."""
+    model, opt, _ = _mlp_setup()
+    rows = [0.0] * 12
+
+    def step():
+        loss = model(tg.tensor(np.array(rows, np.float32)).reshape(1, 12)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, cache_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(4):
+            rows[:] = [float(i)] * 12
+            f()
+    said = [str(w.message) for w in caught if "cache_size" in str(w.message)]
+    assert (f.records, f.replays) == (4, 0) and len(said) == 1
+    assert "Item 0 of the variable 'rows' of the enclosing function was 1.0, then 2.0" in said[0]
+    assert "tinygen.tensor(the list), which a replay reads anew" in said[0]
 
 
 @pytest.mark.parametrize("use", ["where", "arithmetic", "indexing"])

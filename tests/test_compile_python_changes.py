@@ -4,7 +4,8 @@ recorded version of something that changed.
 The step below reads a number and a function from globals, a function and a number from a module of the user's
 (through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class attribute
 read by a module's forward, a global read by the methods of an object it makes (``Shift``), a number of a config
-object with ``__slots__``, a global read by a helper under ``@tinygen.no_grad()``, and calls a user module
+object with ``__slots__``, a global read by a helper under ``@tinygen.no_grad()``, an item of a global list and the
+last item of a config object's list (an item set in place, one appended), and calls a user module
 (``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes before
 each of six calls (a new number, another function, a method patched, a function's code replaced in place as IPython's
 autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the losses and
@@ -89,7 +90,7 @@ class Loss:
 
 class Config:
     def __init__(self):
-        self.beta, self.fn = 1.0, _plus
+        self.beta, self.fn, self.scales = 1.0, _plus, [1.0]
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,6 +112,7 @@ class Shift:
 GAIN = 1.0
 SHIFT = 1.0
 OFFSET = 1.0
+WEIGHTS = [1.0, 1.0]
 
 
 @tg.no_grad()
@@ -124,7 +126,8 @@ losses = None  # the module of the user's, set for each run
 def _state():
     """What the actions change, as the run starts: restored before each run and after the test."""
     return {"GAIN": GAIN, "HELPER": HELPER, "SHIFT": SHIFT, "OFFSET": OFFSET, "forward": Block.forward,
-            "gain": Block.gain, "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)}}
+            "gain": Block.gain, "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)},
+            "weights": list(WEIGHTS)}
 
 
 def _restore(state):
@@ -133,11 +136,12 @@ def _restore(state):
         state[k] for k in ("GAIN", "HELPER", "SHIFT", "OFFSET", "forward", "gain", "call"))
     for f, code in state["codes"].items():
         f.__code__ = code
+    WEIGHTS[:] = state["weights"]
 
 
 ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
            "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT", "slotted.gamma",
-           "OFFSET")
+           "OFFSET", "WEIGHTS[1]", "cfg.scales.append")
 
 
 def _act(action, value, cfg, crit, slotted):
@@ -173,6 +177,10 @@ def _act(action, value, cfg, crit, slotted):
         slotted.gamma = number
     elif action == "OFFSET":
         OFFSET = number
+    elif action == "WEIGHTS[1]":
+        WEIGHTS[1] = number
+    elif action == "cfg.scales.append":
+        cfg.scales.append(number)
 
 
 def _run(actions, compiled):
@@ -186,7 +194,7 @@ def _run(actions, compiled):
     def step(x, y):
         h = HELPER(model(x)) * GAIN
         h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta) * slotted.gamma
-        h = h + _offset(h)
+        h = (h + _offset(h)) * WEIGHTS[1] * cfg.scales[-1]
         loss = crit(h, y)
         opt.zero_grad()
         loss.backward()

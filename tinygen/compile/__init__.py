@@ -36,10 +36,11 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            the engine runs them again, walking the graph, on every replay.
   guard    A signature (shapes, dtypes, devices and requires_grad of the tensor arguments, the other arguments, the grad
            mode, the default dtype, and the numbers and strings, and by identity the functions and classes, the step's
-           code reads from globals, closure variables, its object's and its arguments' attributes and config objects
-           there (a helper redefined, a method patched or a module reloaded between calls records anew); its code is its
-           own and that of the user's code it reaches, three calls deep: helper functions (also through a module of the
-           user's: ``losses.kl(mu, logvar)``), methods of the objects it names or takes or makes, a loss object's
+           code reads from globals, closure variables, its object's and its arguments' attributes and the config
+           objects, dicts, tuples and lists there (``weights[0]``; not a list a recorded call reads anew,
+           ``tensor(rows)``: data. A helper redefined, a method patched or a module reloaded records anew); its code is
+           its own and that of the user's code it reaches, three calls deep: helper functions (also through a module of
+           the user's: ``losses.kl(mu, logvar)``), methods of the objects it names or takes or makes, a loss object's
            ``__call__``, its modules' forwards; under decorators, ``@no_grad()``, the functions they wrap) picks a
            program; before a replay its guards are checked: the train/eval mode of every module the step called, the
            contents of the config objects, lists and dicts it holds, its count of changes (a parameter, submodule or
@@ -120,8 +121,8 @@ Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
 its helpers, its modules' forwards, a loss object's ``__call__``, an object it makes; not those that library code
-reads, nor a number in a list, whose items are data that ``tinygen.tensor(rows)`` reads anew on each replay: keep
-settings in tuples, dicts or config objects; the code itself too, by identity): write the step with tinygen ops,
+reads, nor the numbers of a list that a recorded call reads anew on each replay, ``tinygen.tensor(rows)``, which
+are data; the code itself too, by identity): write the step with tinygen ops,
 modules and optimizers. A replay uses the tensors and modules the recorded call used: one
 the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
 (or one level inside a list, tuple or dict there) that holds another object at a later call raises
@@ -242,6 +243,8 @@ class Compiled:
                           f"loss.backward(), opt.step()); for inference, call it under tinygen.no_grad()",
                           RuntimeWarning, stacklevel=2)
         result = fresh(result)  # the recorded tensors are the program's: the caller gets its own
+        if self._values.learn(program.read_anew, args, kwargs):  # a list's items the step's recorded calls read
+            key = signature(args, kwargs, self._values(args, kwargs), tensors)  # anew (tensor(rows)) are data
         last = next(reversed(self._programs), None)  # the signature used most recently before this one
         self._programs[key] = program
         self._programs.move_to_end(key)

@@ -38,7 +38,7 @@ from ..tensor import Tensor, get_default_dtype
 from .steps import CompileError, children, dataclass_items, is_dataclass_instance, replay_call, tensors_in
 
 
-def places(fn, args=(), kwargs=None):
+def places(fn, args=(), kwargs=None, data=()):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function giving
     what is there now). The globals its code names, its closure variables, its object (a method's ``self``, or
     ``fn`` itself when it is a callable object such as a module) and its arguments, each with its attributes, and
@@ -48,8 +48,9 @@ def places(fn, args=(), kwargs=None):
     forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that code
     names, and each such method as an attribute of its class (where a patch would replace it). ``named``: read by
     name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the code
-    spells out, or holding code at any key (a registry of loss functions), or of such a tuple, an attribute named of
-    such a plain object), not only reachable."""
+    spells out, or holding code at any key (a registry of loss functions), or of such a tuple or list, an attribute
+    named of such a plain object), not only reachable. ``data``: the ids of lists whose items are data, not
+    settings (``read_anew``: a buffer a recorded call reads anew on every replay, ``tinygen.tensor(rows)``)."""
     func = getattr(fn, "__func__", fn)  # a bound method's function
     while isinstance(func, functools.partial):
         func = func.func
@@ -109,10 +110,10 @@ def places(fn, args=(), kwargs=None):
                 spelled = keys if type(value) is dict else keys | names.keys()  # a dict read by attribute); code at
                 deeper += [(f"item {k!r} of {where}", named and (k in spelled or _is_code(v)),  # any key (a registry
                             functools.partial(_item, get, k)) for k, v in list(value.items())]  # of losses)
-            elif isinstance(value, (list, tuple)):  # named: a short tuple the code names (GAINS[0]); a list's
-                short = named and isinstance(value, tuple) and len(value) <= CONTAINER_MAX  # items are data (a
-                deeper += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # buffer that
-                           for i in range(len(value))]  # tensor() reads anew)
+            elif isinstance(value, (list, tuple)):  # named: a short tuple or list the code names (GAINS[0],
+                short = named and len(value) <= CONTAINER_MAX and id(value) not in data  # self.weights[1]), not a
+                deeper += [(f"item {i!r} of {where}", short, functools.partial(_item, get, i))  # buffer read anew
+                           for i in range(len(value))]
             elif named and (_is_plain(value) or _is_users_module(value)):  # a config object (args.beta,
                 # self.cfg.beta, Config.beta) or a module of the user's (losses.KL_WEIGHT, losses.kl): what
                 deeper += [(f"the attribute {n!r} of {where}", True, functools.partial(_member_of, get, n))  # it
@@ -227,12 +228,12 @@ def _member_of(get, name):
 
 def _config_member(obj, name):
     """Whether the attribute ``name`` of the config object or module of the user's ``obj`` is a place: a setting,
-    a dict, config object or module of the user's within it, or code it holds itself (a loss function set on it,
-    a module's function; not its class's methods)."""
+    a dict, list, tuple, config object or module of the user's within it, or code it holds itself (a loss function
+    set on it, a module's function; not its class's methods)."""
     value = _member_in(obj, name)
     if value is _ABSENT:
         return False
-    if (_is_setting(value) or isinstance(value, dict) or _is_plain(value) or _is_users_module(value)
+    if (_is_setting(value) or isinstance(value, (dict, list, tuple)) or _is_plain(value) or _is_users_module(value)
             or _generator_state(value) is not None):
         return True
     return _is_code(value) and name in (_fields(obj) or ())
@@ -247,9 +248,10 @@ def _slot(obj, name):
 
 
 def _size_of(get):
-    """How many items the dict, or attributes the plain object, at a place holds now (None: neither now)."""
+    """How many items the dict, list or tuple, or attributes the plain object, at a place holds now (None: none of
+    these now)."""
     value = get()
-    items = value if type(value) is dict else _fields(value)
+    items = value if type(value) in (dict, list, tuple) else _fields(value)
     return None if items is None else len(items)
 
 
@@ -532,7 +534,8 @@ class PythonValues:
     ``places``: its globals, closure variables, the attributes of its object and its arguments that it names, and
     those that the user's code it reaches names; the attributes it names of a module of the user's), and the code it
     finds there (``signature_values``: a helper function, a loss function, a class, by identity; a function with its
-    code), and how many items each dict or plain object there holds (a key added later: ``cfg.get("beta", 1.0)``).
+    code), and how many items each dict, list, tuple or plain object there holds (a key added later:
+    ``cfg.get("beta", 1.0)``; an item appended, ``weights[-1]``).
     Such a value feeds the recording as an argument does (a branch taken, a constant of an op; the ops a helper
     runs), so it is part of the signature, and another value records anew: a helper redefined in a notebook cell
     between calls runs as redefined, as does a method of the user's patched onto its class (``places``: each method
@@ -542,6 +545,7 @@ class PythonValues:
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
+        self.data = {}  # id -> a list whose items are data (``learn``)
         self.update()
 
     def update(self, args=(), kwargs=None):
@@ -549,16 +553,26 @@ class PythonValues:
         they are other places than before."""
         self.objects = _objects(args, kwargs)
         self.sources = []
-        for where, named, get in places(self.fn, args, kwargs):
+        for where, named, get in places(self.fn, args, kwargs, self.data):
             value = get()
-            if not named or isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):  # (a module stays)
+            if not named or isinstance(value, (types.ModuleType, types.BuiltinFunctionType, Tensor)) or _is_module(
+                    value):  # (a Python module stays; a tensor or module used is a binding: ``bindings``)
                 continue
             self.sources.append((where, get))
-            if isinstance(value, dict) or (_is_plain(value) and not isinstance(value, type)):
+            if isinstance(value, (dict, list, tuple)) or (_is_plain(value) and not isinstance(value, type)):
                 # an item or attribute added later is no place yet: cfg.get("beta", 1.0), hasattr(args, "gamma")
                 self.sources.append((f"the number of items in {where}", functools.partial(_size_of, get)))
         wheres, self.wheres = self.wheres, [where for where, _ in self.sources]
         return wheres is not None and wheres != self.wheres
+
+    def learn(self, lists, args, kwargs):
+        """Take the items of ``lists`` (``read_anew``: id -> list) as data from now on, not settings: a recorded call
+        reads them anew on every replay. Returns whether that changed the places (the signature is then another)."""
+        new = {k: v for k, v in lists.items() if k not in self.data}
+        if not new:
+            return False
+        self.data.update(new)
+        return self.update(args, kwargs)
 
     def __call__(self, args, kwargs):
         look = self.objects or kwargs
@@ -622,12 +636,16 @@ def what_changed(old, new):
     if old[5] != new[5]:
         return f"The default dtype was {old[5].name}, then {new[5].name}", "set it once, before the first call"
     before, after = dict(old[3]), dict(new[3])
-    for where in before.keys() | after.keys():
+    for where in [*before, *(w for w in after if w not in before)]:  # (in order: the first difference named)
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
             was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),  # code: (function,
                                                                   after.get(where, _ABSENT)))  # its code object)
             change = f"{where[0].upper()}{where[1:]} was {_value_text(was)}, then {_value_text(now)}"
             if type(was) in (int, float) and type(now) in (int, float):
+                if where.startswith("item ") and where.split()[1].isdigit():  # a list's item (rows[0]): data?
+                    return change, ("numbers the step's code reads from a list are settings of the program; pass "
+                                    "data that changes between calls as a tensor argument, or make the tensor "
+                                    "inside the step, tinygen.tensor(the list), which a replay reads anew")
                 return change, "pass a number that changes between calls to the step as a 0-d tensor argument"
             if _is_code(was) and _is_code(now):
                 return change, "define the function once, outside the loop that calls the step"
@@ -861,6 +879,22 @@ def changes(before, after):
                 "a hyper-parameter in the param_groups of" if type(_attr(value, "param_groups")) is list and \
                 dict(contents).get("param_groups") != dict(now[1]).get("param_groups") else "the contents of"
             yield f"{kind} {where}", value, holder
+
+
+def read_anew(rec):
+    """The lists the recorded calls of ``rec`` take, and the short lists within them (``tinygen.tensor(rows)``,
+    ``tinygen.tensor([row_a, row_b])``): a replay calls them again, which reads what the lists hold then (a buffer the
+    caller refills), so their items are data, not settings of the step. id -> list."""
+    found = {}
+    todo = [a for step in rec.steps if step[0] is replay_call for a in (*step[2], *step[3].values())]
+    while todo:
+        value = todo.pop()
+        if type(value) in (list, tuple) and id(value) not in found:
+            if type(value) is list:
+                found[id(value)] = value
+            if len(value) <= CONTAINER_MAX:  # (``places`` follows no longer one)
+                todo.extend(value)
+    return found
 
 
 def recorded_objects(rec):

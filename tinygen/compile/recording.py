@@ -264,6 +264,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings, program.callees = guards.bindings(after, rec.leaves.keys() | rec.modules.keys(),
                                                         guards.recorded_objects(rec))
+    program.read_anew = guards.read_anew(rec)  # lists whose items are data, not settings (PythonValues.learn)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
@@ -298,6 +299,7 @@ class Program:
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
         self.bindings = self.callees = ()  # (set by ``record``: guards.bindings)
+        self.read_anew = {}  # (set by ``record``: guards.read_anew)
         # for explain(), while the recorded call's tensors still hold their arrays
         self.signature_text = ", ".join(tensor_text(t) for t in inputs) or "no tensor arguments"
         self.step_texts = [described(run, operands) for run, operands in self.steps]
