@@ -2663,21 +2663,18 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
         model = nn.Linear(4, 3).to(device)
         opt = tg.optim.SGD(model.parameters(), lr=0.1)
         buffer = np.zeros((8, 4), np.float32)
-        rows = [0.0] * 4 if made == "tensor of a list" else None  # (a list the step names: its numbers settings,
-        # unless a recorded call reads it)
-        halves = [[0.0] * 2, [0.0] * 2] if made == "tensor of lists" else None
+        rows = [0.0] * 4
+        halves = [[0.0] * 2, [0.0] * 2]
+        made_from = {  # (a function a form: the caller refills what the others name too, and what a step's code
+            # names and no recorded call reads, its numbers are settings)
+            "tensor": lambda: tg.tensor(buffer),
+            "as_tensor converting": lambda: tg.as_tensor(buffer, dtype=tg.float64).float(),
+            "tensor of a list": lambda: tg.tensor(rows).reshape(1, 4),
+            "tensor of lists": lambda: tg.tensor([halves[0], halves[1]]).reshape(1, 4),  # (a list made in the step)
+            "on the device": lambda: tg.tensor(buffer, device="cuda")}[made]
 
         def step():
-            if made == "tensor":
-                x = tg.tensor(buffer)
-            elif made == "as_tensor converting":
-                x = tg.as_tensor(buffer, dtype=tg.float64).float()
-            elif made == "tensor of a list":
-                x = tg.tensor(rows).reshape(1, 4)
-            elif made == "tensor of lists":
-                x = tg.tensor([halves[0], halves[1]]).reshape(1, 4)  # (a list made in the step, of the caller's)
-            else:
-                x = tg.tensor(buffer, device="cuda")
+            x = made_from()
             opt.zero_grad()
             loss = model(x).pow(2).mean()
             loss.backward()
@@ -2688,10 +2685,8 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
         losses = []
         for _ in range(4):
             buffer[...] = rng.standard_normal(buffer.shape)
-            if rows is not None:
-                rows[:] = buffer[0].tolist()
-            if halves is not None:
-                halves[0][:], halves[1][:] = buffer[0, :2].tolist(), buffer[0, 2:].tolist()
+            rows[:] = buffer[0].tolist()
+            halves[0][:], halves[1][:] = buffer[0, :2].tolist(), buffer[0, 2:].tolist()
             losses.append(np.asarray(backend.to_device(f().data, "cpu")))
         return losses, f
     with cuda_standin():
@@ -2724,6 +2719,68 @@ def test_a_list_the_caller_refills_read_by_the_steps_python_records_every_call_a
     assert (f.records, f.replays) == (4, 0) and len(said) == 1
     assert "Item 0 of the variable 'rows' of the enclosing function was 1.0, then 2.0" in said[0]
     assert "tinygen.tensor(the list), which a replay reads anew" in said[0]
+
+
+@pytest.mark.parametrize("form", ["op on an expression", "tensor of an expression", "number", "NumPy scalar",
+                                  "config's array"])
+def test_values_the_steps_python_reads_from_a_numpy_array_record_anew_when_they_change(form):
+    """RL's done flags refilled in place between calls and used as ``h * (1 - dones)`` or ``tensor(1 - dones)``, a
+    weight read as ``float(w[1])`` or ``w[1]``, ``cfg.w[1]`` of a config object: the step's Python computes with
+    the array, so a recorded call holds what it computed, a constant. The values of a small NumPy array the step's
+    code names are part of the signature (an array a recorded call takes, ``tensor(dones)``, is data: it replays,
+    tested above). Before, each replayed the first call's values."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = tg.optim.SGD(model.parameters(), lr=0.01)
+        dones, w = np.zeros(6, np.float32), np.array([1.0, 2.0], np.float32)
+        cfg = types.SimpleNamespace(w=w)
+        weight = {"op on an expression": lambda h: h * (1 - dones),
+                  "tensor of an expression": lambda h: h * tg.tensor(1 - dones),
+                  "number": lambda h: h * float(w[1]),
+                  "NumPy scalar": lambda h: h * w[1],
+                  "config's array": lambda h: h * float(cfg.w[1])}[form]
+
+        def step(x):
+            opt.zero_grad()
+            loss = weight(model(x).reshape(6)).pow(2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        f = tg.compile(step) if compiled else step
+        losses = []
+        for i, x in enumerate(tg.randn(6, 4) for _ in range(6)):
+            if i in (2, 4):
+                dones[:] = np.arange(6) % (i + 1) == 0
+                w[1] = i + 0.5
+            losses.append(f(x).item())
+        return losses + _params(model), f
+    eager, _ = run(False)
+    compiled, f = run(True)
+    assert _same(eager, compiled) and (f.records, f.replays) == (3, 3)
+
+
+def test_a_numpy_array_changed_on_every_call_says_how_to_read_it_anew():
+    """The cache-full warning names the array and says to make the tensor from it inside the step."""
+    model, opt, _ = _mlp_setup()
+    scale = np.ones(5, np.float32)
+
+    def step(x):
+        loss = (model(x) * tg.tensor(scale * 2)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    f = tg.compile(step, cache_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, (x, _) in enumerate(_batches(4)):
+            scale[0] = i
+            f(x)
+    said = [str(w.message) for w in caught if "cache_size" in str(w.message)]
+    assert (f.records, f.replays) == (4, 0) and len(said) == 1
+    assert "The values of the NumPy array in the variable 'scale' of the enclosing function changed" in said[0]
+    assert "tinygen.tensor(the array), which a replay reads anew" in said[0]
 
 
 @pytest.mark.parametrize("use", ["where", "arithmetic", "indexing"])

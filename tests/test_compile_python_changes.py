@@ -5,11 +5,11 @@ The step below reads a number and a function from globals, a function and a numb
 (through ``losses.scale``, which reads its module's ``W``), a config object's number and function, a class attribute
 read by a module's forward, a global read by the methods of an object it makes (``Shift``), a number of a config
 object with ``__slots__``, a global read by a helper under ``@tinygen.no_grad()``, an item of a global list and the
-last item of a config object's list (an item set in place, one appended), and calls a user module
-(``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes before
-each of six calls (a new number, another function, a method patched, a function's code replaced in place as IPython's
-autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the losses and
-parameters must be equal bit for bit.
+last item of a config object's list (an item set in place, one appended), an item of a NumPy array, and calls a user
+module (``Block``) and a loss object whose methods may be patched onto their classes. Hypothesis draws what changes
+before each of six calls (a new number, another function, a method patched, a function's code replaced in place as
+IPython's autoreload does, or nothing) and the same sequence runs eagerly and compiled from the same seed: the losses
+and parameters must be equal bit for bit.
 """
 import dataclasses
 import sys
@@ -113,6 +113,7 @@ GAIN = 1.0
 SHIFT = 1.0
 OFFSET = 1.0
 WEIGHTS = [1.0, 1.0]
+ARRAY = np.ones(3, np.float32)
 
 
 @tg.no_grad()
@@ -127,7 +128,7 @@ def _state():
     """What the actions change, as the run starts: restored before each run and after the test."""
     return {"GAIN": GAIN, "HELPER": HELPER, "SHIFT": SHIFT, "OFFSET": OFFSET, "forward": Block.forward,
             "gain": Block.gain, "call": Loss.__call__, "codes": {f: f.__code__ for f in (_plus, _times, _twice)},
-            "weights": list(WEIGHTS)}
+            "weights": list(WEIGHTS), "array": ARRAY.copy()}
 
 
 def _restore(state):
@@ -137,11 +138,12 @@ def _restore(state):
     for f, code in state["codes"].items():
         f.__code__ = code
     WEIGHTS[:] = state["weights"]
+    ARRAY[:] = state["array"]
 
 
 ACTIONS = ("nothing", "GAIN", "HELPER", "module W", "module scale", "cfg.beta", "cfg.fn", "Block.gain",
            "Block.forward", "Loss.__call__", "loss.weight", "code of HELPER", "SHIFT", "slotted.gamma",
-           "OFFSET", "WEIGHTS[1]", "cfg.scales.append")
+           "OFFSET", "WEIGHTS[1]", "cfg.scales.append", "ARRAY[2]")
 
 
 def _act(action, value, cfg, crit, slotted):
@@ -181,6 +183,8 @@ def _act(action, value, cfg, crit, slotted):
         WEIGHTS[1] = number
     elif action == "cfg.scales.append":
         cfg.scales.append(number)
+    elif action == "ARRAY[2]":
+        ARRAY[2] = number
 
 
 def _run(actions, compiled):
@@ -194,7 +198,7 @@ def _run(actions, compiled):
     def step(x, y):
         h = HELPER(model(x)) * GAIN
         h = Shift(0.5)(cfg.fn(losses.scale(h)) * cfg.beta) * slotted.gamma
-        h = (h + _offset(h)) * WEIGHTS[1] * cfg.scales[-1]
+        h = (h + _offset(h)) * WEIGHTS[1] * cfg.scales[-1] * float(ARRAY[2])
         loss = crit(h, y)
         opt.zero_grad()
         loss.backward()

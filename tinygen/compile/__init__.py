@@ -121,8 +121,9 @@ Return tensors from the step and read them after the call. Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
 its helpers, its modules' forwards, a loss object's ``__call__``, an object it makes; not those that library code
-reads, nor the numbers of a list that a recorded call reads anew on each replay, ``tinygen.tensor(rows)``, which
-are data; the code itself too, by identity): write the step with tinygen ops,
+reads, nor the numbers of a list or the values of a NumPy array that a recorded call reads anew on each replay,
+``tinygen.tensor(rows)``, which are data, nor those of an array of more than 4,096 elements; the code itself too, by
+identity): write the step with tinygen ops,
 modules and optimizers. A replay uses the tensors and modules the recorded call used: one
 the step found in a global or closure variable of its own code, in an attribute of its object or of an argument
 (or one level inside a list, tuple or dict there) that holds another object at a later call raises

@@ -228,12 +228,13 @@ def _member_of(get, name):
 
 def _config_member(obj, name):
     """Whether the attribute ``name`` of the config object or module of the user's ``obj`` is a place: a setting,
-    a dict, list, tuple, config object or module of the user's within it, or code it holds itself (a loss function
-    set on it, a module's function; not its class's methods)."""
+    a dict, list, tuple, NumPy array, config object or module of the user's within it, or code it holds itself (a
+    loss function set on it, a module's function; not its class's methods)."""
     value = _member_in(obj, name)
     if value is _ABSENT:
         return False
-    if (_is_setting(value) or isinstance(value, (dict, list, tuple)) or _is_plain(value) or _is_users_module(value)
+    if (_is_setting(value) or isinstance(value, (dict, list, tuple, np.ndarray)) or _is_plain(value)
+            or _is_users_module(value)
             or _generator_state(value) is not None):
         return True
     return _is_code(value) and name in (_fields(obj) or ())
@@ -245,6 +246,12 @@ def _attribute(obj, name):
 
 def _slot(obj, name):
     return getattr(obj, name, None)
+
+
+def _values_of(get):
+    """The values of the NumPy array at a place, as bytes (None: no longer a small NumPy array there)."""
+    value = get()
+    return value.tobytes() if type(value) is np.ndarray and value.size <= ARRAY_MAX else None
 
 
 def _size_of(get):
@@ -269,6 +276,7 @@ HELPER_DEPTH = 3  # calls deep: the step's helpers, theirs and theirs
 WRAPPERS_MAX = 8  # decorators around one function followed inward
 CONFIG_DEPTH = 3  # levels into a config the code names (cfg["loss"]["beta"], args.loss.beta)
 CONTAINER_MAX = 64  # the items of a longer list or dict the code names are not followed (a dataset held whole)
+ARRAY_MAX = 4096  # the values of a larger NumPy array the code names are not part of the signature (a dataset)
 
 
 def reached(func, owner, objects=()):
@@ -479,7 +487,7 @@ def signature(args, kwargs, values, tensors):
     return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same, get_default_dtype())
 
 
-_SCALARS = frozenset((int, float, bool, complex, str, type(None)))
+_SCALARS = frozenset((int, float, bool, complex, str, bytes, type(None)))
 
 
 def _is_setting(value):
@@ -559,16 +567,19 @@ class PythonValues:
                     value):  # (a Python module stays; a tensor or module used is a binding: ``bindings``)
                 continue
             self.sources.append((where, get))
+            if type(value) is np.ndarray and value.size <= ARRAY_MAX and id(value) not in self.data:  # w[0], w > 2
+                self.sources.append((f"the values of the NumPy array in {where}", functools.partial(_values_of, get)))
             if isinstance(value, (dict, list, tuple)) or (_is_plain(value) and not isinstance(value, type)):
                 # an item or attribute added later is no place yet: cfg.get("beta", 1.0), hasattr(args, "gamma")
                 self.sources.append((f"the number of items in {where}", functools.partial(_size_of, get)))
         wheres, self.wheres = self.wheres, [where for where, _ in self.sources]
         return wheres is not None and wheres != self.wheres
 
-    def learn(self, lists, args, kwargs):
-        """Take the items of ``lists`` (``read_anew``: id -> list) as data from now on, not settings: a recorded call
-        reads them anew on every replay. Returns whether that changed the places (the signature is then another)."""
-        new = {k: v for k, v in lists.items() if k not in self.data}
+    def learn(self, data, args, kwargs):
+        """Take the items of the lists and the values of the NumPy arrays ``data`` (``read_anew``: id -> list or
+        array) as data from now on, not settings: a recorded call reads them anew on every replay. Returns whether
+        that changed the places (the signature is then another)."""
+        new = {k: v for k, v in data.items() if k not in self.data}
         if not new:
             return False
         self.data.update(new)
@@ -640,6 +651,10 @@ def what_changed(old, new):
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
             was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),  # code: (function,
                                                                   after.get(where, _ABSENT)))  # its code object)
+            if type(was) is bytes or type(now) is bytes:  # a NumPy array's values (``_values_of``)
+                return (f"{where[0].upper()}{where[1:]} changed", "the values the step's Python reads from a NumPy "
+                        "array are settings of the program; make a tensor of the array inside the step, "
+                        "tinygen.tensor(the array), which a replay reads anew, and compute with tensors")
             change = f"{where[0].upper()}{where[1:]} was {_value_text(was)}, then {_value_text(now)}"
             if type(was) in (int, float) and type(now) in (int, float):
                 if where.startswith("item ") and where.split()[1].isdigit():  # a list's item (rows[0]): data?
@@ -882,14 +897,17 @@ def changes(before, after):
 
 
 def read_anew(rec):
-    """The lists the recorded calls of ``rec`` take, and the short lists within them (``tinygen.tensor(rows)``,
-    ``tinygen.tensor([row_a, row_b])``): a replay calls them again, which reads what the lists hold then (a buffer the
-    caller refills), so their items are data, not settings of the step. id -> list."""
+    """The lists and NumPy arrays the recorded calls of ``rec`` take, and those within short lists and tuples they
+    take (``tinygen.tensor(rows)``, ``tinygen.tensor([row_a, row_b])``, ``tinygen.tensor(buffer)``, ``h * dones``):
+    a replay calls them again, which reads what they hold then (a buffer the caller refills), so their items are
+    data, not settings of the step. id -> list or array."""
     found = {}
     todo = [a for step in rec.steps if step[0] is replay_call for a in (*step[2], *step[3].values())]
     while todo:
         value = todo.pop()
-        if type(value) in (list, tuple) and id(value) not in found:
+        if type(value) is np.ndarray:
+            found[id(value)] = value
+        elif type(value) in (list, tuple) and id(value) not in found:
             if type(value) is list:
                 found[id(value)] = value
             if len(value) <= CONTAINER_MAX:  # (``places`` follows no longer one)
