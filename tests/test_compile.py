@@ -2292,6 +2292,81 @@ def test_a_list_the_step_reads_numbers_from_records_anew_when_they_change(form):
     assert (f.records, f.replays) == ((2, 4) if form == "numbers made into a tensor" else (3, 3))
 
 
+_MILESTONES = {1.0}
+_LAST = collections.deque([1.0], maxlen=1)
+
+
+@pytest.mark.parametrize("where", ["set", "deque", "config's set"])
+def test_what_a_set_or_a_deque_the_step_names_holds_is_part_of_its_signature(where):
+    """``0.5 in milestones`` of a global set the caller changes, ``last[-1]`` of a deque it appends to, a set of a
+    config object: what they hold is part of the signature (settings by value); before, each replayed the branch
+    or number recorded."""
+    cfg = types.SimpleNamespace(milestones={1.0})
+
+    def make_step():
+        _, _, step = _mlp_setup()
+        return {"set": lambda x, y: step(x, y) * (2.0 if 0.5 in _MILESTONES else 1.0) * (3.0 if 0.0 in _MILESTONES
+                                                                                           else 1.0),
+                "deque": lambda x, y: step(x, y) * _LAST[-1],
+                "config's set": lambda x, y: step(x, y) * (2.0 if 0.5 in cfg.milestones else 1.0) * (
+                    3.0 if 0.0 in cfg.milestones else 1.0)}[where]
+
+    def set_weight(w):
+        for held in (_MILESTONES, cfg.milestones):
+            held.clear()
+            held.add(w)
+        _LAST.append(w)
+    try:
+        eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    finally:
+        set_weight(1.0)
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
+@pytest.mark.parametrize("bound", ["keyword", "positional", "nested partials", "partial of a method"])
+def test_what_the_arguments_a_partial_binds_hold_is_part_of_the_signature(bound):
+    """``tinygen.compile(functools.partial(train_step, model=model, opt=opt, cfg=cfg))``: the config a partial binds
+    is an argument of the step, so a number changed in it records anew; before, its arguments were no place the
+    recording looked at, and each call replayed the recorded number. The trainer of a partial of a bound method is
+    the step's object."""
+    class Trainer:
+        def __init__(self, cfg):
+            self.cfg, (self.model, self.opt, _) = cfg, _mlp_setup()
+
+        def step(self, x, y, scale):
+            return _config_step(x, y, self.model, self.opt, self.cfg) * scale
+
+    def make_step():
+        cfg = types.SimpleNamespace(weight=1.0)
+        box["cfg"] = cfg
+        model, opt, _ = _mlp_setup()
+        if bound == "keyword":
+            return functools.partial(_config_step, model=model, opt=opt, cfg=cfg)
+        if bound == "positional":
+            return functools.partial(_positional_config_step, cfg, model, opt)
+        if bound == "nested partials":
+            return functools.partial(functools.partial(_config_step, model=model), opt=opt, cfg=cfg)
+        return functools.partial(Trainer(cfg).step, scale=1.0)
+    box = {}
+
+    def set_weight(w):
+        box["cfg"].weight = w
+    eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
+def _config_step(x, y, model, opt, cfg):
+    loss = F.cross_entropy(model(x), y) * cfg.weight
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _positional_config_step(cfg, model, opt, x, y):
+    return _config_step(x, y, model, opt, cfg)
+
+
 class _Reduction(enum.Enum):
     SUM = "sum"
     MEAN = "mean"

@@ -41,22 +41,27 @@ from .steps import CompileError, children, dataclass_items, is_dataclass_instanc
 def places(fn, args=(), kwargs=None, data=()):
     """Where a step's own code finds values that a caller may change between calls: (where, named, a function giving
     what is there now). The globals its code names, its closure variables, its object (a method's ``self``, or
-    ``fn`` itself when it is a callable object such as a module) and its arguments, each with its attributes, and
-    one level into a list, tuple, dict or plain object (a config) found at any of these, up to ``CONFIG_DEPTH``
-    levels into what the code names (``cfg["loss"]["beta"]``, ``losses.KL_WEIGHT`` of a module of the user's). The
-    step's code is its own and that of the user's code it reaches (``reached``: helpers, methods of its object, the
-    forward of a module it calls, a loss object's ``__call__``), with the attributes of their objects that code
-    names, and each such method as an attribute of its class (where a patch would replace it). ``named``: read by
-    name in that code (a global, a closure variable, an attribute named, an item of such a dict at a key the code
-    spells out, or holding code at any key (a registry of loss functions), or of such a tuple or list, an attribute
-    named of such a plain object), not only reachable. ``data``: the ids of lists whose items are data, not
-    settings (``read_anew``: a buffer a recorded call reads anew on every replay, ``tinygen.tensor(rows)``)."""
-    func = getattr(fn, "__func__", fn)  # a bound method's function
-    while isinstance(func, functools.partial):
+    ``fn`` itself when it is a callable object such as a module) and its arguments (also those a
+    ``functools.partial`` binds), each with its attributes, and one level into a list, tuple, dict or plain object
+    (a config) found at any of these, up to ``CONFIG_DEPTH`` levels into what the code names
+    (``cfg["loss"]["beta"]``, ``losses.KL_WEIGHT`` of a module of the user's). The step's code is its own and that
+    of the user's code it reaches (``reached``: helpers, methods of its object, the forward of a module it calls, a
+    loss object's ``__call__``), with the attributes of their objects that code names, and each such method as an
+    attribute of its class (where a patch would replace it). ``named``: read by name in that code (a global, a
+    closure variable, an attribute named, an item of such a dict at a key the code spells out, or holding code at
+    any key (a registry of loss functions), or of such a tuple or list, an attribute named of such a plain object),
+    not only reachable. ``data``: the ids of lists whose items are data, not settings (``read_anew``: a buffer a
+    recorded call reads anew on every replay, ``tinygen.tensor(rows)``)."""
+    func, bound, bound_kwargs = fn, (), {}
+    while isinstance(func, functools.partial):  # the arguments it binds are the step's arguments too
+        bound, bound_kwargs = func.args + bound, {**func.keywords, **bound_kwargs}
         func = func.func
+    owner = getattr(func, "__self__", None) if isinstance(func, types.MethodType) else None
+    func = getattr(func, "__func__", func)  # a bound method's function
     code = getattr(func, "__code__", None)
-    owner = getattr(fn, "__self__", None) if code is not None else fn
-    codes = reached(func if code is not None else None, owner, _objects(args, kwargs))
+    owner = owner if code is not None else func
+    codes = reached(func if code is not None else None, owner,
+                    _objects(args, kwargs) + _objects(bound, bound_kwargs))
     names = {}  # the globals and attributes the code names
     for _, read, _ in codes:
         names.update(read)
@@ -88,6 +93,8 @@ def places(fn, args=(), kwargs=None, data=()):
     owners = [("the step's object", owner)]
     owners += [(f"argument {i}", a) for i, a in enumerate(args)]
     owners += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
+    owners += [(f"argument {i} bound by functools.partial", a) for i, a in enumerate(bound)]
+    owners += [(f"keyword argument {k!r} bound by functools.partial", a) for k, a in bound_kwargs.items()]
     for where, obj in owners:
         if obj is None or isinstance(obj, (Tensor, type)) or _is_batch(obj):  # (a tensor argument is the
             continue  # program's input; a batch's fields are part of the signature)
@@ -228,12 +235,12 @@ def _member_of(get, name):
 
 def _config_member(obj, name):
     """Whether the attribute ``name`` of the config object or module of the user's ``obj`` is a place: a setting,
-    a dict, list, tuple, NumPy array, config object or module of the user's within it, or code it holds itself (a
-    loss function set on it, a module's function; not its class's methods)."""
+    a dict, list, tuple, NumPy array, set, deque, config object or module of the user's within it, or code it holds
+    itself (a loss function set on it, a module's function; not its class's methods)."""
     value = _member_in(obj, name)
     if value is _ABSENT:
         return False
-    if (_is_setting(value) or isinstance(value, (dict, list, tuple, np.ndarray)) or _is_plain(value)
+    if (_is_setting(value) or isinstance(value, (dict, list, tuple, *_HELD)) or _is_plain(value)
             or _is_users_module(value)
             or _generator_state(value) is not None):
         return True
@@ -248,10 +255,24 @@ def _slot(obj, name):
     return getattr(obj, name, None)
 
 
-def _values_of(get):
-    """The values of the NumPy array at a place, as bytes (None: no longer a small NumPy array there)."""
+class _Contents(tuple):
+    """What a NumPy array, set or deque at a place holds (``_contents_key``): part of a signature, by value."""
+
+
+_HELD = (np.ndarray, set, frozenset, collections.deque)  # what a signature holds the contents of (``_contents_key``)
+
+
+def _contents_key(get):
+    """The values of the NumPy array of up to ``ARRAY_MAX`` elements (as bytes), or the items of the set or deque of
+    up to ``CONTAINER_MAX`` (settings by value, anything else by identity), at a place; else None."""
     value = get()
-    return value.tobytes() if type(value) is np.ndarray and value.size <= ARRAY_MAX else None
+    kind = type(value)
+    if kind is np.ndarray:
+        return _Contents((value.tobytes(),)) if value.size <= ARRAY_MAX else None
+    if kind not in _HELD or len(value) > CONTAINER_MAX:
+        return None
+    items = tuple(v if _is_setting(v) else id(v) for v in value)
+    return _Contents((items if kind is collections.deque else frozenset(items),))
 
 
 def _size_of(get):
@@ -487,7 +508,7 @@ def signature(args, kwargs, values, tensors):
     return (STATE.grad_enabled, _sig(args), _sig(kwargs), values, same, get_default_dtype())
 
 
-_SCALARS = frozenset((int, float, bool, complex, str, bytes, type(None)))
+_SCALARS = frozenset((int, float, bool, complex, str, type(None)))
 
 
 def _is_setting(value):
@@ -513,7 +534,7 @@ def _kind(cls):
     """How the values of the type ``cls`` enter a signature (``signature_values``), noted in ``_KINDS``: a function
     or method with its code (the first two of ``_CODE``), another setting or code itself."""
     found = _FUNCTION if issubclass(cls, types.FunctionType) else _METHOD if issubclass(cls, types.MethodType) else \
-        _ITSELF if cls in _SCALARS or issubclass(cls, (enum.Enum, np.generic, *_CODE)) else 0
+        _ITSELF if cls in _SCALARS or issubclass(cls, (enum.Enum, np.generic, _Contents, *_CODE)) else 0
     _KINDS[cls] = found
     return found
 
@@ -542,14 +563,15 @@ class PythonValues:
     ``places``: its globals, closure variables, the attributes of its object and its arguments that it names, and
     those that the user's code it reaches names; the attributes it names of a module of the user's), and the code it
     finds there (``signature_values``: a helper function, a loss function, a class, by identity; a function with its
-    code), and how many items each dict, list, tuple or plain object there holds (a key added later:
-    ``cfg.get("beta", 1.0)``; an item appended, ``weights[-1]``).
-    Such a value feeds the recording as an argument does (a branch taken, a constant of an op; the ops a helper
-    runs), so it is part of the signature, and another value records anew: a helper redefined in a notebook cell
-    between calls runs as redefined, as does a method of the user's patched onto its class (``places``: each method
-    the code reaches is a place of its class). Called with a call's arguments, returns ((where, value), ...) for
-    those holding a setting or code now. (What library code reads is not seen: pass it as an argument, a 0-d tensor
-    if it changes on every call.)"""
+    code), how many items each dict, list, tuple or plain object there holds (a key added later: ``cfg.get("beta",
+    1.0)``; an item appended, ``weights[-1]``), and what a small NumPy array, a set or a deque there holds
+    (``_contents_key``: ``float(w[1])``, ``1 - dones``, ``epoch in milestones``; not an array or list a recorded
+    call reads anew, ``learn``). Such a value feeds the recording as an argument does (a branch taken, a constant of
+    an op; the ops a helper runs), so it is part of the signature, and another value records anew: a helper
+    redefined in a notebook cell between calls runs as redefined, as does a method of the user's patched onto its
+    class (``places``: each method the code reaches is a place of its class). Called with a call's arguments,
+    returns ((where, value), ...) for those holding a setting or code now. (What library code reads is not seen:
+    pass it as an argument, a 0-d tensor if it changes on every call.)"""
 
     def __init__(self, fn):
         self.fn, self.objects, self.wheres = fn, (), None
@@ -567,8 +589,10 @@ class PythonValues:
                     value):  # (a Python module stays; a tensor or module used is a binding: ``bindings``)
                 continue
             self.sources.append((where, get))
-            if type(value) is np.ndarray and value.size <= ARRAY_MAX and id(value) not in self.data:  # w[0], w > 2
-                self.sources.append((f"the values of the NumPy array in {where}", functools.partial(_values_of, get)))
+            if type(value) in _HELD and id(value) not in self.data:  # w[0], w > 2, i in milestones, queue[-1]
+                what = "the values of the NumPy array" if type(value) is np.ndarray else \
+                    f"the items of the {type(value).__name__}"
+                self.sources.append((f"{what} in {where}", functools.partial(_contents_key, get)))
             if isinstance(value, (dict, list, tuple)) or (_is_plain(value) and not isinstance(value, type)):
                 # an item or attribute added later is no place yet: cfg.get("beta", 1.0), hasattr(args, "gamma")
                 self.sources.append((f"the number of items in {where}", functools.partial(_size_of, get)))
@@ -651,7 +675,9 @@ def what_changed(old, new):
         if before.get(where, _ABSENT) != after.get(where, _ABSENT):
             was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),  # code: (function,
                                                                   after.get(where, _ABSENT)))  # its code object)
-            if type(was) is bytes or type(now) is bytes:  # a NumPy array's values (``_values_of``)
+            if type(was) is _Contents or type(now) is _Contents:  # (``_contents_key``)
+                if "NumPy array" not in where:
+                    return f"{where[0].upper()}{where[1:]} changed", enlarge
                 return (f"{where[0].upper()}{where[1:]} changed", "the values the step's Python reads from a NumPy "
                         "array are settings of the program; make a tensor of the array inside the step, "
                         "tinygen.tensor(the array), which a replay reads anew, and compute with tensors")
