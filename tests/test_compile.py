@@ -2355,6 +2355,46 @@ def test_what_the_arguments_a_partial_binds_hold_is_part_of_the_signature(bound)
     assert compiled == eager and (f.records, f.replays) == (3, 4)
 
 
+class _MappingConfig:
+    """A config of the user's read by subscript, ``in``, ``len`` and iteration: its special methods read a dict."""
+
+    def __init__(self, weight):
+        self._d = {"weight": weight}
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __contains__(self, key):
+        return self._d.get(key, 0) > 0.75
+
+    def __len__(self):
+        return int(self._d["weight"] * 4)
+
+    def __iter__(self):
+        return iter((self._d["weight"], 1.0))
+
+
+@pytest.mark.parametrize("syntax", ["subscript", "in", "len", "iteration"])
+def test_what_special_methods_of_the_users_config_read_is_part_of_the_signature(syntax):
+    """``cfg["weight"]``, ``"weight" in cfg``, ``len(cfg)`` and ``sum(cfg)`` on a config class of the user's run
+    its ``__getitem__``, ``__contains__``, ``__len__`` and ``__iter__`` without naming them; the special methods
+    a class of the user's defines are reached as its named methods are, so what they read is part of the
+    signature. Before, each replayed the recorded number."""
+    cfg = _MappingConfig(1.0)
+
+    def make_step():
+        _, _, step = _mlp_setup()
+        return {"subscript": lambda x, y: step(x, y) * cfg["weight"],
+                "in": lambda x, y: step(x, y) * (2.0 if "weight" in cfg else 1.0),
+                "len": lambda x, y: step(x, y) * len(cfg),
+                "iteration": lambda x, y: step(x, y) * sum(cfg)}[syntax]
+
+    def set_weight(w):
+        cfg._d["weight"] = w
+    eager, compiled, f = _weighted_runs(make_step, set_weight, [1.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.0])
+    assert compiled == eager and (f.records, f.replays) == (3, 4)
+
+
 def _config_step(x, y, model, opt, cfg):
     loss = F.cross_entropy(model(x), y) * cfg.weight
     opt.zero_grad()

@@ -366,16 +366,19 @@ def _code_of(value, read, wrappers=0):
 
 
 _CALLED = ("__call__", "forward")  # what calling an object runs (a module's __call__ runs its forward)
+_NOT_BY_SYNTAX = frozenset(("__init__", "__new__", "__del__", "__init_subclass__", "__set_name__", "__class_getitem__",
+                            "__getstate__", "__setstate__", "__reduce__", "__reduce_ex__", "__copy__", "__deepcopy__",
+                            "__repr__", "__str__"))
 
 
 def _methods(obj, read):
     """The user's methods of ``obj`` that code naming it (reading the names ``read``) may run, with their object:
-    those of its class named in ``read`` (a property's getter too), its ``__call__``; for a module, the forward of
-    it and of each of its submodules too."""
+    those of its class named in ``read`` (a property's getter too), its ``__call__`` and the special methods its
+    class defines (``_syntax_methods``); for a module, the forward of it and of each of its submodules too."""
     found = []
     for o in obj.modules() if _is_module(obj) else (obj,):
         klass = type(o)
-        for n in dict.fromkeys((*read, *_CALLED) if o is obj else _CALLED):
+        for n in dict.fromkeys((*read, *_CALLED, *_syntax_methods(klass)) if o is obj else _CALLED):
             m = _attr(klass, n)
             m = m.fget if isinstance(m, property) else m  # (a property's getter: self.weight computed)
             found += [(f, o) for f in _unwrapped(m) if _users(f)]
@@ -392,6 +395,16 @@ def _unwrapped(func):
             return
         yield func
         func = _attr(func, "__wrapped__")
+
+
+@functools.lru_cache(maxsize=256)
+def _syntax_methods(klass):
+    """The special methods the user's classes among ``klass`` and its bases define (``__getitem__``,
+    ``__contains__``, ``__len__``, ``__iter__``, ...): what the step's syntax on such an object runs without naming
+    them (``cfg["beta"]``, ``"beta" in cfg``, ``len(cfg)``, ``a, b = pair``)."""
+    return tuple(dict.fromkeys(n for k in klass.__mro__ if _is_users_class(k) for n, v in list(vars(k).items())
+                               if n[:2] == n[-2:] == "__" and n not in _NOT_BY_SYNTAX
+                               and isinstance(_function_of(v), types.FunctionType)))
 
 
 def _method_names(klass):
