@@ -2573,6 +2573,58 @@ def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
     assert (g.records, g.replays) == (3, 0)
 
 
+@dataclasses.dataclass
+class _Counted:
+    x: tg.Tensor
+    seen: int = 0
+
+
+@pytest.mark.parametrize("form", ["metrics dict", "batch dict", "list", "dataclass"])
+def test_a_step_that_changes_its_arguments_containers_leaves_them_changed_as_eager_does(form):
+    """``metrics["loss"] = loss`` into a dict the caller passes to collect results, ``batch["x"] = batch["x"] * 2``,
+    ``outputs.append(loss)``, ``batch.seen += 1``: a compiled call gives the step copies of its arguments'
+    containers (with the program's own input tensors), so before, the caller's dict, list or dataclass never saw
+    the change (and the dataclass's counter replayed as recorded). What the step leaves in a copy is now put into
+    the caller's container, its tensors the caller's where they were, and such a call keeps no program: a replay
+    would not run that Python, so each call runs as eager, with a warning."""
+    def run(compiled):
+        model, opt, _ = _mlp_setup()
+
+        def step(batch, out):
+            x = batch.x if form == "dataclass" else batch["x"]
+            if form == "batch dict":
+                batch["x"] = x = x * 2
+            loss = F.cross_entropy(model(x), batch["y"] if isinstance(batch, dict) else out["y"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if form == "metrics dict":
+                out["loss"] = loss
+            elif form == "list":
+                out["seen"].append(loss)
+            elif form == "dataclass":
+                batch.seen += 1
+            return loss
+        f = tg.compile(step) if compiled else step
+        left = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for x, y in _batches(3):
+                batch = _Counted(x) if form == "dataclass" else {"x": x, "y": y}
+                out = {"y": y, "seen": []}
+                loss = f(batch, out)
+                held = (batch.seen, batch.x is x) if form == "dataclass" else (batch["x"].data.tolist(),
+                                                                                 batch["y"] is y)
+                left.append((loss.item(), held, sorted(out), [t.item() for t in out["seen"]],
+                             out["loss"].item() if "loss" in out else None))
+        return left, _params(model), f, [str(w.message) for w in caught if "on every call" in str(w.message)]
+    eager, eager_params, _, _ = run(False)
+    compiled, params, f, said = run(True)
+    assert compiled == eager and _same(eager_params, params) and (f.records, f.replays) == (3, 0)
+    where = {"list": "item 'seen' of argument 1", "metrics dict": "argument 1"}.get(form, "argument 0")
+    assert len(said) == 1 and f"changes the contents of {where} in its Python on every call" in said[0], said
+
+
 @pytest.mark.parametrize("where", ["list", "dict", "object", "variable", "default"])
 def test_python_state_the_step_changes_where_its_code_looks_records_every_call(where):
     """``history.append(loss)``, ``metrics["loss"] = loss``, ``stats.n += 1``, ``nonlocal last``, a counter in a

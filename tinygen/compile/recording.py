@@ -19,8 +19,9 @@ from ..capture import CAPTURE
 from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
-from .steps import (BackwardPlan, CompileError, map_tensors, replay_alias, replay_backward, replay_call,
-                    replay_forward, replay_release, replay_requires_grad, run_steps, set_grad, tensors_in)
+from .steps import (BackwardPlan, CompileError, dataclass_items, is_dataclass_instance, map_tensors, replay_alias,
+                    replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad, run_steps,
+                    set_grad, tensors_in)
 
 
 class Recorder:
@@ -234,7 +235,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     # the program's own input tensors (on the caller's arrays): a replay puts new arrays into them, never into
     # the caller's tensors
     slots = {}
+    given = args, kwargs
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
+    copies = _copies(given, (args, kwargs))  # (the caller's container, the copy the step gets, what it holds)
     before = guards.places(fn, args, kwargs)
     rec = Recorder(tensors_in(args, kwargs), guards.watched(before), before)
     CAPTURE.recorder = rec
@@ -258,6 +261,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
                            f"the program's own, released after the call: return it in one of those")
     rec.python_changes()  # after the last recorded call
     changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
+    moved = _written_back(copies, given, slots)  # the step changed its arguments' containers: the caller's get it too
+    changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
         return changed, result
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
@@ -352,6 +357,56 @@ class Program:
 def _with_slots(value, slots):
     """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
     return map_tensors(value, lambda t: slots.setdefault(id(t), _make(t.data, t._device)))
+
+
+def _copies(given, copy, where=None, found=None):
+    """The containers of a call's arguments (``given``: (args, kwargs)) paired with the copies the step gets
+    (``copy``: ``_with_slots`` made them, each tensor replaced by its slot): [(how to name it, the caller's, the
+    copy, what the copy holds now: ``guards.contents_of``)]. Lists, dicts and dataclass instances; a tuple is
+    looked into."""
+    if found is None:  # the arguments, the keyword arguments
+        found = []
+        for i, (a, b) in enumerate(zip(given[0], copy[0])):
+            _copies(a, b, f"argument {i}", found)
+        for k, a in given[1].items():
+            _copies(a, copy[1][k], f"keyword argument {k!r}", found)
+        return found
+    if isinstance(given, dict):
+        inside = [(f"item {k!r} of {where}", v, copy[k]) for k, v in given.items()]
+    elif isinstance(given, (list, tuple)):
+        inside = [(f"item {i} of {where}", v, w) for i, (v, w) in enumerate(zip(given, copy))]
+    elif is_dataclass_instance(given):
+        inside = [(f"the attribute {n!r} of {where}", v, getattr(copy, n)) for n, v in dataclass_items(given)]
+    else:
+        return found
+    if not isinstance(given, tuple):
+        found.append((where, given, copy, guards.contents_of(copy)))
+    for inner_where, inner, inner_copy in inside:
+        _copies(inner, inner_copy, inner_where, found)
+    return found
+
+
+def _written_back(copies, given, slots):
+    """Put into each of the caller's containers what the step left in its copy (the slots mapped back to the
+    caller's tensors, a copy back to the caller's container), as an eager call leaves them: a step that changes its
+    arguments (``metrics["loss"] = loss``, ``batch.seen += 1``) is Python a replay would not run again. Returns
+    how to name the first one changed, else None."""
+    back = {id(slots[id(t)]): t for t in tensors_in(*given)}
+    back.update((id(copy), original) for _, original, copy, _ in copies)
+    first = None
+    for where, original, copy, held in copies:
+        if guards.contents_of(copy) == held:
+            continue
+        first = first or f"the contents of {where}"
+        if isinstance(original, dict):
+            original.clear()
+            original.update((k, back.get(id(v), v)) for k, v in copy.items())
+        elif isinstance(original, list):
+            original[:] = [back.get(id(v), v) for v in copy]
+        else:  # a dataclass instance (a frozen one too)
+            for name, v in vars(copy).items() if hasattr(copy, "__dict__") else dataclass_items(copy):
+                object.__setattr__(original, name, back.get(id(v), v))
+    return first
 
 
 def _new_tensors(tensors):
