@@ -6,6 +6,7 @@ import enum
 import functools
 import queue
 import random
+import sys
 import threading
 import time
 import types
@@ -2571,6 +2572,75 @@ def test_an_intermediate_kept_past_the_step_is_released_with_a_clear_error():
             g(x, y)
             assert np.array_equal(box.inner.hidden.data, before)
     assert (g.records, g.replays) == (3, 0)
+
+
+def test_threads_calling_one_compiled_function_wait_for_each_other():
+    """A compiled model served from a thread pool: a replay puts each call's arrays into the program's own tensors
+    and releases its intermediates, so two replays at once would read each other's arrays (before: "this tensor is
+    an intermediate of a compiled step, released" from another thread's replay). One call at a time now; every
+    result equals eager's."""
+    tg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8))
+
+    def infer(x):
+        with tg.no_grad():
+            return model(x).softmax(-1)
+    f = tg.compile(infer)
+    xs = [tg.randn(8, 16) for _ in range(6)]
+    want = [infer(x).data.copy() for x in xs]
+    wrong, errors = [], []
+
+    def serve(k):
+        try:
+            for r in range(150):
+                i = (k + r) % len(xs)
+                if not np.array_equal(f(xs[i]).data, want[i]):
+                    wrong.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as under load
+    try:
+        threads = [threading.Thread(target=serve, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and not wrong and f.records == 1 and f.replays == 599
+
+
+class _CompiledMethod(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    @tg.compile
+    def infer(self, x):
+        with tg.no_grad():
+            return self.fc(x)
+
+
+def test_a_deep_copy_of_a_model_with_a_compiled_method_compiles_its_own():
+    """``copy.deepcopy(model)`` (an EMA twin) of a module whose ``@tinygen.compile`` method it already called: the
+    copy's compiled method is the copy's (its parameters, its own programs), and the model's still replays."""
+    net, x = _CompiledMethod(), tg.randn(5, 4)
+    net.infer(x)
+    twin = copy.deepcopy(net)
+    twin.fc.weight.data[...] = 0
+    assert np.array_equal(twin.infer(x).data, np.broadcast_to(twin.fc.bias.data, (5, 3)))
+    assert np.array_equal(net.infer(x).data, net.fc(x).data)
+    assert twin.infer is not net.infer and (twin.infer.records, net.infer.records, net.infer.replays) == (1, 1, 1)
+
+
+def test_a_compiled_functions_warnings_point_at_the_callers_line():
+    f = tg.compile(nn.Linear(3, 2), cache_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in (2, 3, 4):
+            f(tg.randn(n, 3))
+    assert len(caught) == 2 and all(w.filename == __file__ for w in caught)
 
 
 @dataclasses.dataclass

@@ -139,8 +139,13 @@ state and random stream) and raises ``CompileError`` on the first array that dif
 ``fuse="approx"``: refused). Each compiled function keeps at most ``cache_size`` programs (8 by default), the least
 recently used one is dropped first; the first time one is dropped a RuntimeWarning says what changed between the
 last two signatures (a Python number that changes on every call makes a new program each time: pass a 0-d tensor).
+A compiled function runs one call at a time: threads calling it (a model served from a thread pool) wait for each
+other, since a replay puts each call's arrays into the program's own tensors. ``copy.deepcopy`` of one (of a model
+whose ``@tinygen.compile`` method it keeps) compiles the copied function anew.
 """
+import copy
 import functools
+import threading
 import types
 import warnings
 from collections import OrderedDict
@@ -204,10 +209,15 @@ class Compiled:
         self._unsettled = 0  # recordings that changed Python state a replay would not (Recorder.python_changed)
         self.graph_error = None
         self._warned_full = self._warned_graph = False
+        self._lock = threading.RLock()  # one call at a time: a replay puts each call's arrays into the same tensors
 
     def __call__(self, *args, **kwargs):
         if ANOMALY.enabled or CAPTURE.recorder is not None:  # anomaly checks, or a compiled call inside a recording
             return self.fn(*args, **kwargs)
+        with self._lock:  # (threads serving one compiled model wait for each other's call)
+            return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         tensors = tensors_in(args, kwargs)  # once: the signature's aliasing and the replay's inputs
         key = signature(args, kwargs, self._values(args, kwargs), tensors)
         result = self._replayed(key, args, kwargs, tensors)
@@ -234,7 +244,7 @@ class Compiled:
                               f"(a buffer: buf[...] = new value), change an optimizer's learning rate with a "
                               f"scheduler (tinygen.optim.lr_scheduler: its step is replayed), or do it outside the "
                               f"step",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
             return fresh(result)
         if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside
             self._warned_graph = True
@@ -242,7 +252,7 @@ class Compiled:
                           f"backward; a compiled call returns tensors without a graph, so no backward after the "
                           f"call reaches its parameters. To train, compile the whole step (forward, "
                           f"loss.backward(), opt.step()); for inference, call it under tinygen.no_grad()",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         result = fresh(result)  # the recorded tensors are the program's: the caller gets its own
         if self._values.learn(program.read_anew, args, kwargs):  # a list's items the step's recorded calls read
             key = signature(args, kwargs, self._values(args, kwargs), tensors)  # anew (tensor(rows)) are data
@@ -256,7 +266,7 @@ class Compiled:
                 change, advice = what_changed(last, key)
                 warnings.warn(f"tinygen.compile: {self.__name__} has recorded {self.records} programs and keeps "
                               f"{self.cache_size} (cache_size), so each new signature records again, as slow as "
-                              f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=2)
+                              f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=3)
         return result
 
     def _replayed(self, key, args, kwargs, tensors):
@@ -282,13 +292,21 @@ class Compiled:
             self.graph_replays += graphed.live
             if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
                 warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
-                              f"{graphed.error}", RuntimeWarning, stacklevel=3)
+                              f"{graphed.error}", RuntimeWarning, stacklevel=4)
             self.graph_error = graphed.error
             return result
         return program.replay(tensors)
 
     def __set_name__(self, owner, name):
         self._attribute = name
+
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy`` (of a model whose compiled method it keeps): the function copied, compiled anew with
+        the same options; the copy records its own programs."""
+        twin = compile(copy.deepcopy(self.fn, memo), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
+                       cuda_graph=self.cuda_graph)
+        twin._attribute = self._attribute
+        return twin
 
     def __get__(self, obj, owner=None):
         """``@tinygen.compile`` on a method: each instance gets the compiled bound method, with its own programs,
