@@ -2634,13 +2634,24 @@ def test_a_deep_copy_of_a_model_with_a_compiled_method_compiles_its_own():
     assert twin.infer is not net.infer and (twin.infer.records, net.infer.records, net.infer.replays) == (1, 1, 1)
 
 
-def test_a_compiled_functions_warnings_point_at_the_callers_line():
-    f = tg.compile(nn.Linear(3, 2), cache_size=1)
+def _scaled_forward(x, model, scale):
+    return model(x) * scale
+
+
+@pytest.mark.parametrize("compiled", ["module", "partial"])
+def test_a_compiled_functions_warnings_name_it_and_point_at_the_callers_line(compiled):
+    """The cache-full and no-backward warnings name the function (a module by its class; a ``functools.partial``,
+    which has no name, by its function's: before, naming it raised AttributeError) at the caller's line."""
+    model = nn.Linear(3, 2)
+    f = tg.compile(model if compiled == "module" else functools.partial(_scaled_forward, model=model, scale=2.0),
+                   cache_size=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in (2, 3, 4):
             f(tg.randn(n, 3))
+    name = "Linear" if compiled == "module" else "_scaled_forward"
     assert len(caught) == 2 and all(w.filename == __file__ for w in caught)
+    assert all(str(w.message).startswith(f"tinygen.compile: {name} ") for w in caught)
 
 
 @dataclasses.dataclass
@@ -2932,16 +2943,18 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
     assert _same(eager, compiled) and (f.records, f.replays) == (1, 3)
 
 
-def test_a_list_the_caller_refills_read_by_the_steps_python_records_every_call_and_says_why():
-    """A list of data refilled between calls whose numbers the step's Python turns into an array itself
-    (``numpy.array(rows)``): the recorded call would read the recorded array, so the numbers are settings, a new
-    signature on every call; the cache-full warning names the list's item and says to make the tensor from the list
-    (``tinygen.tensor(rows)``, read anew on every replay)."""
+@pytest.mark.parametrize("held", ["list", "NumPy array"])
+def test_data_the_caller_refills_read_by_the_steps_python_records_every_call_and_says_why(held):
+    """A list or a NumPy array of data refilled between calls that the step's Python computes with itself
+    (``numpy.array(rows)``, ``scale * 2``): the recorded call would read the recorded result, so its numbers are
+    settings, a new signature on every call; the cache-full warning names the list's item or the array and says to
+    make the tensor from it inside the step (``tinygen.tensor(rows)``, read anew on every replay)."""
     model, opt, _ = _mlp_setup()
-    rows = [0.0] * 12
+    rows, scale = [0.0] * 5, np.ones(5, np.float32)
+    made = {"list": lambda: tg.tensor(np.array(rows, np.float32)), "NumPy array": lambda: tg.tensor(scale * 2)}[held]
 
-    def step():
-        loss = model(tg.tensor(np.array(rows, np.float32)).reshape(1, 12)).sum()
+    def step(x):
+        loss = (model(x) * made()).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -2949,13 +2962,18 @@ def test_a_list_the_caller_refills_read_by_the_steps_python_records_every_call_a
     f = tg.compile(step, cache_size=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for i in range(4):
-            rows[:] = [float(i)] * 12
-            f()
+        for i, (x, _) in enumerate(_batches(4)):
+            rows[:] = [float(i)] * 5
+            scale[0] = i
+            f(x)
     said = [str(w.message) for w in caught if "cache_size" in str(w.message)]
     assert (f.records, f.replays) == (4, 0) and len(said) == 1
-    assert "Item 0 of the variable 'rows' of the enclosing function was 1.0, then 2.0" in said[0]
-    assert "tinygen.tensor(the list), which a replay reads anew" in said[0]
+    if held == "list":
+        assert "Item 0 of the variable 'rows' of the function enclosing" in said[0] and "was 1.0, then 2.0" in said[0]
+        assert "tinygen.tensor(the list), which a replay reads anew" in said[0]
+    else:
+        assert "The values of the NumPy array in the variable 'scale' of the function enclosing" in said[0]
+        assert "tinygen.tensor(the array), which a replay reads anew" in said[0]
 
 
 @pytest.mark.parametrize("form", ["op on an expression", "tensor of an expression", "number", "NumPy scalar",
@@ -2995,29 +3013,6 @@ def test_values_the_steps_python_reads_from_a_numpy_array_record_anew_when_they_
     eager, _ = run(False)
     compiled, f = run(True)
     assert _same(eager, compiled) and (f.records, f.replays) == (3, 3)
-
-
-def test_a_numpy_array_changed_on_every_call_says_how_to_read_it_anew():
-    """The cache-full warning names the array and says to make the tensor from it inside the step."""
-    model, opt, _ = _mlp_setup()
-    scale = np.ones(5, np.float32)
-
-    def step(x):
-        loss = (model(x) * tg.tensor(scale * 2)).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-    f = tg.compile(step, cache_size=2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for i, (x, _) in enumerate(_batches(4)):
-            scale[0] = i
-            f(x)
-    said = [str(w.message) for w in caught if "cache_size" in str(w.message)]
-    assert (f.records, f.replays) == (4, 0) and len(said) == 1
-    assert "The values of the NumPy array in the variable 'scale' of the enclosing function changed" in said[0]
-    assert "tinygen.tensor(the array), which a replay reads anew" in said[0]
 
 
 @pytest.mark.parametrize("use", ["where", "arithmetic", "indexing"])

@@ -197,6 +197,11 @@ class Compiled:
     def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None):
         if isinstance(fn, (types.FunctionType, types.MethodType, functools.partial)):
             functools.update_wrapper(self, fn)
+            inner = fn
+            while isinstance(inner, functools.partial):  # (no name of its own: its function's)
+                inner = inner.func
+            self.__name__ = getattr(inner, "__name__", type(inner).__name__)
+            self.__qualname__ = getattr(inner, "__qualname__", self.__name__)
         else:  # a callable object (a module): its name, not a copy of its attributes (they would go stale)
             functools.update_wrapper(self, fn, assigned=("__module__", "__doc__"), updated=())
             self.__name__ = self.__qualname__ = type(fn).__name__
