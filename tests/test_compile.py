@@ -2495,6 +2495,39 @@ def test_a_new_argument_object_on_every_call_is_named_in_the_cache_warning():
             f(_Batch(x, y))
 
 
+@pytest.mark.parametrize("argument", ["list of numbers", "dict with a count", "dataclass field", "NumPy array"])
+def test_the_cache_warning_names_the_part_of_an_argument_that_changed(argument):
+    """Data passed as a list of numbers, a batch dict whose step count changes, a dataclass batch's field, a new
+    NumPy array on every call: the warning names the item that changed, not the whole argument (before: "Argument
+    0 was a list of 4, then a list of 4: raise cache_size"), and says to pass data as tensors."""
+    model = nn.Linear(4, 2)
+
+    def step(batch):
+        with tg.no_grad():
+            if argument == "list of numbers":
+                return model(tg.tensor(batch).reshape(1, 4))
+            if argument == "NumPy array":
+                return model(tg.from_numpy(batch))
+            return model(batch["x"] if isinstance(batch, dict) else batch.x)
+    f = tg.compile(step, cache_size=1)
+    x = tg.randn(3, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(3):
+            f({"list of numbers": [float(i)] * 4, "dict with a count": {"x": x, "step": i},
+               "dataclass field": _Counted(x, i), "NumPy array": np.ones((3, 4), np.float32)}[argument])
+    said = [str(w.message) for w in caught]
+    expected = {"list of numbers": "Item 0 of argument 0 was float 0.0, then float 1.0: the numbers in an "
+                                   "argument's lists, tuples and dicts are part of the signature: pass data that "
+                                   "changes between calls as tensors",
+                "dict with a count": "Item 'step' of argument 0 was int 0, then int 1: the numbers in an argument's",
+                "dataclass field": "The field 'seen' of argument 0 was int 0, then int 1: pass a number that",
+                "NumPy array": "Argument 0 was another NumPy array at each call (an unhashable object is part of "
+                               "the signature by identity): pass the arrays that change between calls as tensors "
+                               "(tinygen.from_numpy(array) before the call shares its memory)"}[argument]
+    assert len(said) == 1 and expected in said[0], said
+
+
 def test_one_tensor_passed_twice_is_another_signature_than_two_tensors():
     """Recorded with ``f(x, x)`` the program has one input slot for both; called with two tensors it must not
     replay that program (both arguments would read the second one)."""

@@ -195,7 +195,7 @@ class Compiled:
     ``parameters()``, ``eval()``, ``state_dict()``."""
 
     def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None):
-        if isinstance(fn, (types.FunctionType, types.MethodType, functools.partial)):
+        if isinstance(fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)):
             functools.update_wrapper(self, fn)
             inner = fn
             while isinstance(inner, functools.partial):  # (no name of its own: its function's)

@@ -507,7 +507,7 @@ def _sig(a):
     try:
         hash(a)
     except TypeError:
-        return ("object", id(a))
+        return ("object", id(a), type(a).__name__)
     return ("value", type(a).__name__, a)
 
 
@@ -672,12 +672,22 @@ def what_changed(old, new):
                 if name != other:
                     return "The keyword arguments differ between the calls", enlarge
             if x != y:
-                change = f"{kind.capitalize()} {name!r} was {_sig_text(x)}, then {_sig_text(y)}"
+                where, x, y = _difference(x, y, f"{kind} {name!r}")
+                change = f"{where[0].upper()}{where[1:]} was {_sig_text(x)}, then {_sig_text(y)}"
+                if x[0] == y[0] == "object" and x[2] == y[2]:  # (by identity)
+                    change = (f"{where[0].upper()}{where[1:]} was another {_object_text(x)} at each call (an "
+                              f"unhashable object is part of the signature by identity)")
                 if x[0] == y[0] == "value" and x[1] in ("int", "float") and y[1] in ("int", "float"):
+                    if where.startswith("item "):  # (a list of data, a batch's step count)
+                        return change, ("the numbers in an argument's lists, tuples and dicts are part of the "
+                                        "signature: pass data that changes between calls as tensors")
                     return change, "pass a number that changes between calls as a 0-d tensor"
                 if x[0] == y[0] == "value" and x[1] == y[1] and type(x[2]).__eq__ is object.__eq__:
                     return change, ("a new object on every call is a new signature: pass the tensors and numbers "
                                     "it holds as arguments")
+                if x[0] == y[0] == "object" and x[2] == y[2] == "ndarray":
+                    return change, ("pass the arrays that change between calls as tensors (tinygen.from_numpy(array) "
+                                    "before the call shares its memory)")
                 return change, enlarge
     if old[4] != new[4]:
         return "The same tensor was passed twice in one call and not in the other", enlarge
@@ -707,6 +717,28 @@ def what_changed(old, new):
     return "The signatures differ", enlarge
 
 
+def _difference(x, y, where):
+    """The innermost part where two argument signatures (``_sig``) differ, through containers of the same kind and
+    length: (how to name it, its signature then, now)."""
+    if x[0] in ("tensor", "value", "object") or x[0] != y[0] or len(x) != len(y):
+        return where, x, y
+    keyed = x[0] in ("dict", "dataclass")
+    for i, (u, v) in enumerate(zip(x[1:], y[1:])):
+        if u == v:
+            continue
+        if not keyed:
+            return _difference(u, v, f"item {i} of {where}")
+        if not isinstance(u, tuple) or not isinstance(v, tuple) or u[0] != v[0]:  # (a dataclass's type, a key)
+            return where, x, y
+        return _difference(u[1], v[1], f"the field {u[0]!r} of {where}" if x[0] == "dataclass" else
+                           f"item {u[0]!r} of {where}")
+    return where, x, y
+
+
+def _object_text(sig):
+    return "NumPy array" if sig[2] == "ndarray" else sig[2]
+
+
 def _value_text(value):
     return "not a number" if value is _ABSENT else f"{value!r}"
 
@@ -718,7 +750,7 @@ def _sig_text(sig):
     if sig[0] == "value":
         return f"{sig[1]} {sig[2]!r}"
     if sig[0] == "object":
-        return "an unhashable object (each new one is a new signature)"
+        return f"a new {_object_text(sig)} (each new one is a new signature)"
     if sig[0] == "dataclass":
         return f"a {sig[1].__name__} (" + ", ".join(f"{k}: {_sig_text(v)}" for k, v in sig[2:]) + ")"
     return f"a {sig[0]} of {len(sig) - 1}"
