@@ -140,8 +140,9 @@ state and random stream) and raises ``CompileError`` on the first array that dif
 recently used one is dropped first; the first time one is dropped a RuntimeWarning says what changed between the
 last two signatures (a Python number that changes on every call makes a new program each time: pass a 0-d tensor).
 A compiled function runs one call at a time: threads calling it (a model served from a thread pool) wait for each
-other, since a replay puts each call's arrays into the program's own tensors. ``copy.deepcopy`` of one (of a model
-whose ``@tinygen.compile`` method it keeps) compiles the copied function anew.
+other, since a replay puts each call's arrays into the program's own tensors; while a call records, compiled calls
+in other threads run eagerly (the recorder is the engine's one hook, for the whole process). ``copy.deepcopy`` of
+one (of a model whose ``@tinygen.compile`` method it keeps) compiles the copied function anew.
 """
 import copy
 import functools
