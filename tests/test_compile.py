@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import enum
 import functools
+import gc
 import queue
 import random
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -2975,6 +2977,30 @@ def test_a_tensor_made_from_a_host_buffer_the_caller_refills_is_made_again_on_re
         eager, _ = run(False)
         compiled, f = run(True)
     assert _same(eager, compiled) and (f.records, f.replays) == (1, 3)
+
+
+def test_arrays_the_step_makes_for_a_recorded_call_go_with_their_programs():
+    """``tinygen.tensor(numpy.full(...))`` inside the step: the array is the step's own, made anew on every eager
+    call. A recorded call reads what it takes anew on each replay, so its lists and arrays are learned as data, but
+    only those at the step's places (``rows`` here) are kept; before, every recording's array was kept by the
+    compiled function after its program had been dropped from the cache."""
+    model = nn.Linear(8, 2)
+    rows = [0.0] * 8
+
+    def step(x):
+        with tg.no_grad():
+            return model(x + tg.tensor(np.full(x.shape, 0.5, np.float32))) + tg.tensor(rows).sum()
+    f = tg.compile(step, cache_size=2)
+    made = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the cache fills: a new shape at every call)
+        for n in range(1, 9):
+            f(tg.randn(n, 8))
+            program = next(reversed(f._programs.values()))
+            made += [weakref.ref(a) for a in program.read_anew.values() if isinstance(a, np.ndarray)]
+    gc.collect()
+    assert f.records == 8 and len(made) == 8
+    assert sum(ref() is not None for ref in made) == 2  # the two programs' own, in the cache
 
 
 @pytest.mark.parametrize("held", ["list", "NumPy array"])

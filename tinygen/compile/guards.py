@@ -256,7 +256,8 @@ def _slot(obj, name):
 
 
 class _Contents(tuple):
-    """What a NumPy array, set or deque at a place holds (``_contents_key``): part of a signature, by value."""
+    """(the type of a NumPy array, set or deque at a place, what it holds: ``_contents_key``): part of a signature,
+    by value."""
 
 
 _HELD = (np.ndarray, set, frozenset, collections.deque)  # what a signature holds the contents of (``_contents_key``)
@@ -268,11 +269,11 @@ def _contents_key(get):
     value = get()
     kind = type(value)
     if kind is np.ndarray:
-        return _Contents((value.tobytes(),)) if value.size <= ARRAY_MAX else None
+        return _Contents((kind, value.tobytes())) if value.size <= ARRAY_MAX else None
     if kind not in _HELD or len(value) > CONTAINER_MAX:
         return None
     items = tuple(v if _is_setting(v) else id(v) for v in value)
-    return _Contents((items if kind is collections.deque else frozenset(items),))
+    return _Contents((kind, items if kind is collections.deque else frozenset(items)))
 
 
 def _size_of(get):
@@ -596,8 +597,11 @@ class PythonValues:
         they are other places than before."""
         self.objects = _objects(args, kwargs)
         self.sources = []
+        self.held = set()  # ids of the lists and arrays at the places (what ``learn`` may take as data)
         for where, named, get in places(self.fn, args, kwargs, self.data):
             value = get()
+            if type(value) in (list, np.ndarray):
+                self.held.add(id(value))
             if not named or isinstance(value, (types.ModuleType, types.BuiltinFunctionType, Tensor)) or _is_module(
                     value):  # (a Python module stays; a tensor or module used is a binding: ``bindings``)
                 continue
@@ -614,9 +618,10 @@ class PythonValues:
 
     def learn(self, data, args, kwargs):
         """Take the items of the lists and the values of the NumPy arrays ``data`` (``read_anew``: id -> list or
-        array) as data from now on, not settings: a recorded call reads them anew on every replay. Returns whether
-        that changed the places (the signature is then another)."""
-        new = {k: v for k, v in data.items() if k not in self.data}
+        array) as data from now on, not settings: a recorded call reads them anew on every replay. Only those at
+        the step's places are kept (not a list or array the step made: kept here, it would never be freed). Returns
+        whether that changed the places (the signature is then another)."""
+        new = {k: v for k, v in data.items() if k in self.held and k not in self.data}
         if not new:
             return False
         self.data.update(new)
@@ -699,7 +704,7 @@ def what_changed(old, new):
             was, now = (v[0] if type(v) is tuple else v for v in (before.get(where, _ABSENT),  # code: (function,
                                                                   after.get(where, _ABSENT)))  # its code object)
             if type(was) is _Contents or type(now) is _Contents:  # (``_contents_key``)
-                if "NumPy array" not in where:
+                if (was if type(was) is _Contents else now)[0] is not np.ndarray:
                     return f"{where[0].upper()}{where[1:]} changed", enlarge
                 return (f"{where[0].upper()}{where[1:]} changed", "the values the step's Python reads from a NumPy "
                         "array are settings of the program; make a tensor of the array inside the step, "
@@ -973,7 +978,7 @@ def read_anew(rec):
     a replay calls them again, which reads what they hold then (a buffer the caller refills), so their items are
     data, not settings of the step. id -> list or array."""
     found = {}
-    todo = [a for step in rec.steps if step[0] is replay_call for a in (*step[2], *step[3].values())]
+    todo = list(_recorded_arguments(rec))
     while todo:
         value = todo.pop()
         if type(value) is np.ndarray:
@@ -988,8 +993,12 @@ def read_anew(rec):
 
 def recorded_objects(rec):
     """The ids of the objects (not tensors, numbers or None) the recorded calls of ``rec`` took as arguments."""
-    return {id(a) for step in rec.steps if step[0] is replay_call
-            for a in (*step[2], *step[3].values()) if not isinstance(a, Tensor) and not _is_setting(a)}
+    return {id(a) for a in _recorded_arguments(rec) if not isinstance(a, Tensor) and not _is_setting(a)}
+
+
+def _recorded_arguments(rec):
+    """The arguments and keyword arguments' values of the recorded calls of ``rec``."""
+    return (a for step in rec.steps if step[0] is replay_call for a in (*step[2], *step[3].values()))
 
 
 def settings_set(settings, created):

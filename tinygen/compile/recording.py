@@ -391,13 +391,14 @@ def _written_back(copies, given, slots):
     caller's tensors, a copy back to the caller's container), as an eager call leaves them: a step that changes its
     arguments (``metrics["loss"] = loss``, ``batch.seen += 1``) is Python a replay would not run again. Returns
     how to name the first one changed, else None."""
-    back = {id(slots[id(t)]): t for t in tensors_in(*given)}
-    back.update((id(copy), original) for _, original, copy, _ in copies)
-    first = None
+    first = back = None
     for where, original, copy, held in copies:
         if guards.contents_of(copy) == held:
             continue
-        first = first or f"the contents of {where}"
+        if back is None:  # (once, and only when the step changed one)
+            first = f"the contents of {where}"
+            back = {id(slots[id(t)]): t for t in tensors_in(*given)}
+            back.update((id(copy), original) for _, original, copy, _ in copies)
         if isinstance(original, dict):
             original.clear()
             original.update((k, back.get(id(v), v)) for k, v in copy.items())
