@@ -201,7 +201,6 @@ def test_a_new_default_dtype_records_anew():
         tg.set_default_dtype(np.float32)
 
 
-@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_a_replaced_parameter_submodule_or_setting_records_anew():
     """What a module's forward reads in Python is baked into a recording: replacing a parameter, a submodule or
     a setting between calls records the step anew (a replay would use the old ones); switching to eval and back
@@ -216,7 +215,7 @@ def test_a_replaced_parameter_submodule_or_setting_records_anew():
         with tg.no_grad():
             check = model(x)
         model.train()
-        return out * 1, check * 1
+        return (out * 1).detach(), check * 1
     f = tg.compile(step)
     changes = [lambda: None, lambda: None,
                lambda: setattr(model[0], "weight", nn.Parameter(tg.randn(4, 3))),  # a new parameter
@@ -946,7 +945,6 @@ def test_setting_grad_to_a_tensor_the_step_computes_is_refused_and_to_a_constant
         assert np.array_equal(f(tg.ones(3) * 2).data, np.full(3, 2.0 + k, np.float32))
 
 
-@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_in_place_writes_outside_the_ops_are_replayed_setitem_and_init_fills():
     """Would fail if ``t[i] = v`` or an ``nn.init`` fill inside the step were not recorded: both write an array in
     place, outside any op, so a replay would return the intermediate without the write and leave the buffer as the
@@ -961,7 +959,7 @@ def test_in_place_writes_outside_the_ops_are_replayed_setitem_and_init_fills():
             y[1, :2] = x[2, :2]
             nn.init.uniform_(buf, -1, 1)  # a buffer, from the random stream
             nn.init.kaiming_uniform_(lin.weight, a=5 ** 0.5)  # through uniform_
-            return lin(y) + buf.sum()
+            return (lin(y) + buf.sum()).detach()
         f = tg.compile(step) if compiled else step
         rng = np.random.default_rng(0)
         out = []
@@ -1046,11 +1044,10 @@ def _hidden_array_code(counter):
 
     def hidden(x):
         box[0][0][0][0].weight.data += 1
-        return (box[0][0][0][0](x) * 1).sum()
+        return (box[0][0][0][0](x) * 1).sum().detach()
     return hidden
 
 
-@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
     model, opt, step = _mlp_setup()
     f = tg.compile(step, check=3)
@@ -1075,7 +1072,6 @@ def test_check_compares_replays_with_eager_and_catches_untracked_array_code():
         g(tg.randn(1, 2))
 
 
-@pytest.mark.filterwarnings("ignore:tinygen.compile.*runs no backward:RuntimeWarning")  # forward-only steps
 def test_check_on_cuda_compares_device_arrays_and_restores_the_devices_generator(device):
     """check= on "cuda": the step's arrays, gradients and optimizer state are device arrays, compared on the host,
     and a draw from the device's generator is drawn the same for eager and the replay; array code is caught."""
@@ -1235,21 +1231,70 @@ def test_compile_as_a_method_decorator_on_a_class_with_slots_says_where_to_keep_
     assert trainer.step is trainer.step and (trainer.step.records, trainer.step.replays) == (1, 2)
 
 
-def test_a_compiled_forward_whose_result_requires_grad_warns_that_no_backward_reaches_it():
-    """A compiled call returns tensors without a graph: a compiled forward run with grad on (to call backward
-    after it) says so once when recorded; a whole training step, whose loss its own backward used, does not."""
-    model, _, step = _mlp_setup()
+def test_a_compiled_forward_with_a_backward_after_the_call_trains_as_eager():
+    """A replay returns tensors without a graph, so a compiled model's forward run with grad on (a backward after
+    the call: ``loss = F.cross_entropy(fast(x), y); loss.backward()``) runs eagerly on every call, and says so
+    once; its parameters get eager's gradients, also when the loss has a graph of its own beside it (before, the
+    replays returned tensors without a graph: that backward raised, or left the model's gradients out silently).
+    Under no_grad it replays; a whole training step, whose loss its own backward used, does not warn."""
+    def train(compiled):
+        model, opt, step = _mlp_setup()
+        extra = nn.Linear(12, 5)
+        fast = tg.compile(model) if compiled else model
+        out = []
+        for x, y in _batches(4):
+            loss = F.cross_entropy(fast(x) + extra(x), y)  # a graph beside the model's
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out += [loss.data.copy()] + [p.grad.data.copy() for p in model.parameters()]
+        return out, model, fast, step
+    want, _, _, _ = train(False)
+    with pytest.warns(RuntimeWarning, match="runs no backward, so each call with grad on runs eagerly.*compile the "
+                                            "whole step"):
+        got, model, fast, step = train(True)
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(want, got))
+    assert (fast.records, fast.replays) == (1, 0)
+    assert "its calls run eagerly" in fast.explain()
     x, y = _batches(1)[0]
-    forward = tg.compile(model)
-    with pytest.warns(RuntimeWarning, match="runs no backward.*compile the whole step"):
-        forward(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        forward(x)  # once
         trained = tg.compile(step)
         trained(x, y), trained(x, y)
         with tg.no_grad():
-            tg.compile(model)(x)
+            fast(x), fast(x)
+    assert (trained.replays, fast.replays) == (1, 1)
+
+
+def test_a_step_that_returns_a_parameter_its_gradient_or_its_input_returns_them_as_eager_does():
+    """A step's result may hold tensors the step did not make: a parameter, the .grad its backward made, a tensor
+    argument. Eager returns those objects; so does every compiled call, and the .grad is the one the call made.
+    Would fail with each returned as a new tensor on the recorded array: the gradient stayed the recorded call's
+    on every replay (zero_grad(set_to_none=True) makes a new one each step), and a parameter came back without
+    requires_grad."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x):
+            loss = (model(x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"weight": model[0].weight, "grads": [p.grad for p in model.parameters()], "x": x, "loss": loss}
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(1)
+        out = []
+        for _ in range(4):
+            x = tg.randn(5, 4)
+            r = f(x)
+            assert r["weight"] is model[0].weight and r["x"] is x
+            assert all(g is p.grad for g, p in zip(r["grads"], model.parameters()))
+            out += [r["loss"].data.copy()] + [g.data.copy() for g in r["grads"]]
+        return out, f
+    (want, _), (got, f) = run(False), run(True)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got)) and f.replays == 3
 
 
 class _Batch:

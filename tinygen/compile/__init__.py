@@ -102,9 +102,11 @@ draw from a NumPy or Python generator of its own (``self.rng.normal()``: use tin
 a learning rate set in ``opt.param_groups``: use a scheduler) is Python a replay would not run
 again: such a call keeps no program and the next records again (a warning when it happens on every call); a
 tensor kept further away (``box.inner.h = h``) raises when used after the call. Return what you need from the step
-instead. A compiled call returns tensors without a graph, so compile a whole training step, not a model's forward
-alone (a program with a result that requires grad and no backward warns when recorded); ``tinygen.compile(model)``
-serves inference under ``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
+instead. A replay returns the tensors the step made without a graph (the parameters, the ``.grad`` tensors and
+the arguments it returns are the caller's own objects, as in eager), so compile a whole training step, not a model's
+forward alone: a step with grad on that returns a tensor with a graph and runs no backward (a backward after the call
+would go through it) runs eagerly on every call, and warns once. ``tinygen.compile(model)`` replays inference under
+``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
 ``@tinygen.compile`` on a method compiles each instance's bound method (its own programs, ``self`` as the step's
 object).
 
@@ -157,7 +159,7 @@ from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
 from .guards import PythonValues, signature, what_changed
-from .recording import fresh, record
+from .recording import GRAPH, record
 from .steps import CompileError, tensors_in
 
 __all__ = ["compile", "Compiled", "CompileError"]
@@ -237,7 +239,14 @@ class Compiled:
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1
-        if isinstance(program, str):  # the step's Python changed state: no program, the next call records
+        if program is GRAPH and not self._warned_graph:  # once: a compiled forward, then a backward outside
+            self._warned_graph = True
+            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor that requires grad and runs no "
+                          f"backward, so each call with grad on runs eagerly: a replay returns tensors without a "
+                          f"graph, and a backward after the call would not reach the parameters. To train faster, "
+                          f"compile the whole step (forward, loss.backward(), opt.step()); for inference, call it "
+                          f"under tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
+        elif isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1
             if self._unsettled == 2:  # once: not a one-time change (a lazy setting) but one on every call
@@ -251,16 +260,8 @@ class Compiled:
                               f"scheduler (tinygen.optim.lr_scheduler: its step is replayed), or do it outside the "
                               f"step",
                               RuntimeWarning, stacklevel=3)
-            return fresh(result)
-        if program.returns_graph and not self._warned_graph:  # once: a compiled forward, then a backward outside
-            self._warned_graph = True
-            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor that requires grad and runs no "
-                          f"backward; a compiled call returns tensors without a graph, so no backward after the "
-                          f"call reaches its parameters. To train, compile the whole step (forward, "
-                          f"loss.backward(), opt.step()); for inference, call it under tinygen.no_grad()",
-                          RuntimeWarning, stacklevel=3)
-        result = fresh(result)  # the recorded tensors are the program's: the caller gets its own
-        if self._values.learn(program.read_anew, args, kwargs):  # a list's items the step's recorded calls read
+            return result
+        if program is not GRAPH and self._values.learn(program.read_anew, args, kwargs):  # a list's items the step's recorded calls read
             key = signature(args, kwargs, self._values(args, kwargs), tensors)  # anew (tensor(rows)) are data
         last = next(reversed(self._programs), None)  # the signature used most recently before this one
         self._programs[key] = program
@@ -278,6 +279,9 @@ class Compiled:
     def _replayed(self, key, args, kwargs, tensors):
         """The result of a replay of the program of ``key`` whose guards hold, else ``_MISSING``."""
         program = self._programs.get(key)
+        if program is GRAPH:  # (a compiled forward whose result a backward after the call uses)
+            self._programs.move_to_end(key)
+            return self.fn(*args, **kwargs)
         if program is None or not program.guards_hold():
             return _MISSING
         stale = program.stale()

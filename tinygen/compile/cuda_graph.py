@@ -46,7 +46,7 @@ from ..capture import gradient_use, graph_key
 from ..kernels import gemm_capture
 from ..tensor import Tensor, _make
 from .fusion import FusedRun
-from .steps import (map_tensors, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
+from .steps import (replay_alias, replay_backward, replay_call, replay_forward, replay_release,
                     replay_requires_grad, tensors_in)
 
 MAX_CAPTURES = 3
@@ -234,10 +234,10 @@ class GraphedSteps:
                 t.data = cap
         return True
 
-    def result(self, value):
-        """The step's result, each tensor the program made on a copy of its array."""
-        return map_tensors(value, lambda t: _make(t.data.copy() if id(t) in self.made and is_cupy(t.data) else
-                                                  t.data, t._device))
+    def own(self, t):
+        """A tensor of the step's result that the step made, as the caller gets it: on a copy of its array, which
+        the next launch overwrites."""
+        return _make(t.data.copy() if id(t) in self.made and is_cupy(t.data) else t.data, t._device)
 
 
 class HostCopy(RuntimeError):

@@ -69,6 +69,9 @@ def listing(compiled, sources=False):
     lines = [f"{compiled.__name__}: {len(compiled._programs)} program(s), {compiled.records} recorded, "
              f"{compiled.replays} replayed, {compiled.graph_replays} with CUDA graphs"]
     for i, program in enumerate(compiled._programs.values(), 1):
+        if isinstance(program, str):  # (GRAPH)
+            lines.append(f"program {i}: none; it returns {program} and runs no backward, so its calls run eagerly")
+            continue
         dead = f", {count(len(program.left_out), 'gradient')} nothing reads left out" if program.left_out else ""
         lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}")
         where = {}  # id(step) -> its CUDA graph ("graph 1", ...) or "host"

@@ -37,7 +37,7 @@ class Recorder:
         self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
-        self.new_grads = {}  # id -> each .grad tensor a backward of the step made (held: its id stays its own)
+        self.new_grads = {}  # id -> (each .grad tensor a backward of the step made, held: its id stays its own; its leaf)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer, scheduler or module the step made (capture.note_created)
@@ -119,7 +119,7 @@ class Recorder:
             else:
                 self.steps.append((replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
         # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
-        self.new_grads.update((id(t.grad), t.grad) for key, (t, *_) in self.leaves.items()
+        self.new_grads.update((id(t.grad), (t.grad, t)) for key, (t, *_) in self.leaves.items()
                               if t.grad is not None and t.grad is not before.get(key))
 
     @contextlib.contextmanager
@@ -227,7 +227,8 @@ def _kept(arg):
 def record(fn, args, kwargs, fuse, graphs=False):
     """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result), or (a text naming the Python
     state the step changed, its result: a module attribute, a list, an iterator's position): no program can repeat
-    that, so the call is eager and the next records anew."""
+    that, so the call is eager and the next records anew; or (``GRAPH``, its result with its graph): a backward
+    after the call would need the graph a replay does not build, so calls with this signature run eagerly."""
     for i, t in enumerate(tensors_in(args, kwargs)):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
@@ -259,21 +260,36 @@ def record(fn, args, kwargs, fuse, graphs=False):
         raise CompileError(f"tinygen.compile: the step returns {hidden}. A replay refills the tensors of a result "
                            f"in tuples, lists, dicts, namedtuples and dataclass instances only; this one would be "
                            f"the program's own, released after the call: return it in one of those")
+    roles = _roles(result, tensors_in(args, kwargs), rec)
     rec.python_changes()  # after the last recorded call
     changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
     moved = _written_back(copies, given, slots)  # the step changed its arguments' containers: the caller's get it too
     changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
-        return changed, result
+        return changed, handed(result, roles, tensors_in(*given))
+    if STATE.grad_enabled and _graph_returned(rec.steps, result):  # a compiled forward, then a backward outside
+        return GRAPH, handed(result, roles, tensors_in(*given), own=_itself)  # (its graph kept: no releases)
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
+    program.roles = roles
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings, program.callees = guards.bindings(after, rec.leaves.keys() | rec.modules.keys(),
                                                         guards.recorded_objects(rec))
     program.read_anew = guards.read_anew(rec)  # lists whose items are data, not settings (PythonValues.learn)
+    handed_back = handed(result, roles, tensors_in(*given))  # (before the releases: the program's arrays)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
-    return program, result
+    return program, handed_back
+
+
+GRAPH = "a result with a graph"  # what ``record`` gives for a step whose result a backward after the call would use
+
+
+def _graph_returned(steps, result):
+    """Whether the step returns a tensor with a graph and runs no backward (a compiled model's forward, with grad
+    on): a backward after the call would go through it, and a replay's result has no graph."""
+    return any(t.grad_fn is not None for t in tensors_in(result)) and not any(
+        step[0] is replay_backward or (step[0] is replay_call and step[1] in (_backward, _grad)) for step in steps)
 
 
 class Program:
@@ -291,10 +307,6 @@ class Program:
             self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
         self.inputs = inputs
         self.result = result
-        # a forward with a graph and no backward (a compiled model): a backward after the call cannot reach it
-        self.returns_graph = grad_enabled and any(t.grad_fn is not None for t in tensors_in(result)) and not any(
-            run is replay_backward or (run is replay_call and operands[0] in (_backward, _grad))
-            for run, operands in self.steps)
         # each module's mode when the step first called it, and its count of changes when the step ended: a
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
         self.modules = tuple((m, training, m.__dict__.get("_changes", 0)) for m, training in rec.modules.values())
@@ -304,6 +316,7 @@ class Program:
         self.leaves = tuple(leaf for key, leaf in rec.leaves.items() if key not in ins)
         self.grad_enabled = grad_enabled
         self.bindings = self.callees = ()  # (set by ``record``: guards.bindings)
+        self.roles = {}  # (set by ``record``: _roles)
         self.read_anew = {}  # (set by ``record``: guards.read_anew)
         # for explain(), while the recorded call's tensors still hold their arrays
         self.signature_text = ", ".join(tensor_text(t) for t in inputs) or "no tensor arguments"
@@ -343,7 +356,7 @@ class Program:
                 run(*operands)
         finally:
             STATE.grad_enabled = self.grad_enabled
-        return fresh(self.result)
+        return handed(self.result, self.roles, tensors)
 
     def replay_graphed(self, tensors):
         """A replay through CUDA graphs (cuda_graph.py)."""
@@ -351,7 +364,7 @@ class Program:
             self.graphed.replay(tensors, run_steps)
         finally:
             STATE.grad_enabled = self.grad_enabled
-        return self.graphed.result(self.result)
+        return handed(self.result, self.roles, tensors, self.graphed.own)
 
 
 def _with_slots(value, slots):
@@ -419,6 +432,48 @@ def _new_tensors(tensors):
     return tuple(t for t, n in zip(tensors, counts) if n <= counts[-1] + 1)
 
 
-def fresh(result):
-    """The step's result with every tensor as a new tensor on the replayed array (no graph)."""
-    return map_tensors(result, lambda t: _make(t.data, t._device))
+def _roles(result, inputs, rec):
+    """What the caller gets for each tensor of the step's result that the step did not make (``inputs``: the
+    program's input tensors): id -> ("argument", i) for an input, the caller's i-th tensor argument; ("grad", leaf)
+    for a .grad a backward of the step made, the leaf's .grad after the call (a replay makes it anew); ("itself", t)
+    for any other (a parameter, a buffer), the tensor itself, as eager returns it."""
+    roles = {}
+    places = {id(t): i for i, t in reversed(list(enumerate(inputs)))}
+    for t in tensors_in(result):
+        if id(t) in places:
+            roles[id(t)] = ("argument", places[id(t)])
+        elif id(t) in rec.new_grads:
+            leaf = rec.new_grads[id(t)][1]
+            if leaf.grad is not t:
+                raise CompileError(f"tinygen.compile: the step returns the .grad of a tensor of shape "
+                                   f"{tuple(leaf.shape)} that one of its backwards made and a later one replaced; a "
+                                   f"replay makes gradients anew, so it would return a stale one. Return the .grad "
+                                   f"the step leaves, or a copy made inside the step (p.grad.clone())")
+            roles[id(t)] = ("grad", leaf)
+        elif id(t) not in rec.made:
+            roles[id(t)] = ("itself", t)
+    return roles
+
+
+def _own(t):
+    return _make(t.data, t._device)
+
+
+def _itself(t):
+    return t
+
+
+def handed(result, roles, tensors, own=_own):
+    """The step's result as the caller gets it (``roles``: ``_roles``; ``tensors``: the caller's tensor arguments):
+    each tensor the step made as ``own(t)``, a new tensor without a graph on the array the call put in it (the
+    recorded tensor is the program's, refilled by the next replay); the others as ``_roles`` says."""
+    if not roles:
+        return map_tensors(result, own)
+
+    def given(t):
+        role = roles.get(id(t))
+        if role is None:
+            return own(t)
+        kind, what = role
+        return tensors[what] if kind == "argument" else what.grad if kind == "grad" else what
+    return map_tensors(result, given)
