@@ -1266,6 +1266,32 @@ def test_a_compiled_forward_with_a_backward_after_the_call_trains_as_eager():
     assert (trained.replays, fast.replays) == (1, 1)
 
 
+def test_an_ema_model_updated_under_no_grad_inside_the_step_replays_as_eager():
+    """An average model's parameters written in place under no_grad after the optimizer step (``pe[...] = pe * d +
+    p * (1 - d)``): the assignment is a recorded call, so every replay writes again, bitwise as eager."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+        ema = copy.deepcopy(model)
+        opt = tg.optim.Adam(model.parameters(), lr=0.01)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with tg.no_grad():
+                for pe, p in zip(ema.parameters(), model.parameters()):
+                    pe[...] = pe * 0.9 + p * 0.1
+            return loss
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(1)
+        out = [f(tg.randn(8, 4), tg.randint(0, 3, (8,))).data.copy() for _ in range(5)]
+        return out + [p.data.copy() for p in ema.parameters()], f
+    (want, _), (got, f) = run(False), run(True)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got)) and f.replays == 4
+
+
 def test_a_step_that_returns_a_parameter_its_gradient_or_its_input_returns_them_as_eager_does():
     """A step's result may hold tensors the step did not make: a parameter, the .grad its backward made, a tensor
     argument. Eager returns those objects; so does every compiled call, and the .grad is the one the call made.

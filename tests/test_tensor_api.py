@@ -185,3 +185,22 @@ def test_iteration_and_indexing_scalars():
     assert [10, 20, 30][tg.tensor(2)] == 30
     with pytest.raises(RuntimeError, match="ambiguous"):
         bool(tg.ones(2))
+
+
+def test_assigning_into_a_parameter_is_refused_with_grad_on_and_allowed_under_no_grad(device):
+    """``p[...] = v`` on a leaf that requires grad is refused with grad on (as PyTorch refuses it), and on a tensor
+    an op made (the graph may have saved it); under no_grad a parameter's values change in place, as an EMA or a
+    hand-written init needs, and the next backward uses them."""
+    w = tg.tensor([1.0, 2.0, 3.0], device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"shape \(3,\) that requires grad .* with grad on.*under tinygen.no_grad"):
+        w[0] = 5.0
+    with tg.no_grad():
+        w[...] = w * 0.5 + tg.tensor([1.0, 1.0, 1.0], device=device) * 0.5
+        w[2] = 10.0
+    y = tg.tensor([1.0, 1.0], device=device, requires_grad=True) * 2
+    with tg.no_grad(), pytest.raises(RuntimeError, match="on a tensor an op made"):
+        y[0] = 0.0
+    assert w.is_leaf and w.requires_grad
+    np.testing.assert_array_equal(w.detach().cpu().numpy(), [1.0, 1.5, 10.0])
+    (w * w).sum().backward()
+    np.testing.assert_array_equal(w.grad.cpu().numpy(), [2.0, 3.0, 20.0])

@@ -1,6 +1,7 @@
 """Indexing: ``x[index]`` with ints, slices, None, Ellipsis, and integer or boolean arrays/tensors."""
 from .. import backend
 from ..autograd.function import Function
+from ..autograd.grad_mode import STATE
 from ..capture import refuse_shape_from_values, replayed
 from ..tensor import Tensor, _host_array, register
 
@@ -83,10 +84,13 @@ def getitem(x, index):
 @register("__setitem__")
 @replayed  # it writes the array in place, outside any op: a compiled step's replay must write it again
 def setitem(x, index, value):
-    """In-place assignment, allowed on tensors that are not part of a graph (masks, buffers, data)."""
-    if x._requires_grad:
-        raise RuntimeError("in-place assignment to a tensor that requires grad is not supported; build a new "
-                           "tensor with where() or cat() instead")
+    """In-place assignment, allowed on tensors that are not part of a graph (masks, buffers, data), and on a leaf
+    that requires grad (a parameter) under no_grad: an EMA's update, a hand-written init."""
+    if x._requires_grad and (STATE.grad_enabled or x.grad_fn is not None):
+        raise RuntimeError(f"in-place assignment to a tensor of shape {tuple(x.shape)} that requires grad is not "
+                           f"supported {'with grad on' if x.grad_fn is None else 'on a tensor an op made'}: build a "
+                           f"new tensor with where() or cat() instead, or, to change a parameter's values (an EMA, "
+                           f"an init), assign to it under tinygen.no_grad()")
     if isinstance(value, Tensor):
         value = value.data
     elif isinstance(value, (str, bytes)) or value is None:
