@@ -28,6 +28,17 @@ def is_grad_enabled():
     return STATE.grad_enabled
 
 
+def check_in_place(tensor, what):
+    """Raise unless ``tensor``'s values may be written in place by ``what`` (an op outside the graph, such as
+    ``t[i] = v``): a tensor that requires grad only when it is a leaf (a parameter) and no graph is being built
+    (under no_grad: an EMA's update, a hand-written init), as PyTorch allows it."""
+    if tensor._requires_grad and (STATE.grad_enabled or tensor.grad_fn is not None):
+        raise RuntimeError(f"{what} to a tensor of shape {tuple(tensor.shape)} that requires grad is not supported "
+                           f"{'with grad on' if tensor.grad_fn is None else 'on a tensor an op made'}: build a new "
+                           f"tensor with where() or cat() instead, or, to change a parameter's values (an EMA, an "
+                           f"init), write it under tinygen.no_grad()")
+
+
 class _GradModeContext:
     """Context manager and decorator that sets graph recording on or off for a block or a function."""
     _mode = True

@@ -1,7 +1,7 @@
 """Indexing: ``x[index]`` with ints, slices, None, Ellipsis, and integer or boolean arrays/tensors."""
 from .. import backend
 from ..autograd.function import Function
-from ..autograd.grad_mode import STATE
+from ..autograd.grad_mode import check_in_place
 from ..capture import refuse_shape_from_values, replayed
 from ..tensor import Tensor, _host_array, register
 
@@ -86,11 +86,7 @@ def getitem(x, index):
 def setitem(x, index, value):
     """In-place assignment, allowed on tensors that are not part of a graph (masks, buffers, data), and on a leaf
     that requires grad (a parameter) under no_grad: an EMA's update, a hand-written init."""
-    if x._requires_grad and (STATE.grad_enabled or x.grad_fn is not None):
-        raise RuntimeError(f"in-place assignment to a tensor of shape {tuple(x.shape)} that requires grad is not "
-                           f"supported {'with grad on' if x.grad_fn is None else 'on a tensor an op made'}: build a "
-                           f"new tensor with where() or cat() instead, or, to change a parameter's values (an EMA, "
-                           f"an init), assign to it under tinygen.no_grad()")
+    check_in_place(x, "in-place assignment")
     if isinstance(value, Tensor):
         value = value.data
     elif isinstance(value, (str, bytes)) or value is None:
