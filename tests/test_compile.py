@@ -1266,6 +1266,35 @@ def test_a_compiled_forward_with_a_backward_after_the_call_trains_as_eager():
     assert (trained.replays, fast.replays) == (1, 1)
 
 
+def test_a_step_that_returns_a_gradient_it_then_drops_is_refused():
+    """A .grad the step's backward made and the step then set to None (zero_grad at the end) or replaced (a second
+    backward) is no leaf's .grad after the call: a replay makes it anew, so the result would hold a stale one."""
+    model = nn.Linear(3, 2)
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+    def dropped(x):
+        loss = model(x).sum()
+        opt.zero_grad()
+        loss.backward()
+        grad = model.weight.grad
+        opt.step()
+        opt.zero_grad()
+        return loss, grad
+
+    def replaced(x):
+        opt.zero_grad()
+        model(x).sum().backward()
+        grad = model.weight.grad
+        model.weight.grad = None
+        (model(x) * 2).sum().backward()
+        opt.step()
+        return grad
+    for step in (dropped, replaced):
+        with pytest.raises(tg.CompileError, match=r"returns the .grad of a tensor of shape \(2, 3\) that its "
+                                                  r"backward made and that the step then replaced or set to None"):
+            tg.compile(step)(tg.randn(4, 3))
+
+
 def test_an_ema_model_updated_under_no_grad_inside_the_step_replays_as_eager():
     """An average model's parameters written in place under no_grad after the optimizer step (``pe[...] = pe * d +
     p * (1 - d)``): the assignment is a recorded call, so every replay writes again, bitwise as eager."""

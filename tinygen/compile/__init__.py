@@ -261,8 +261,9 @@ class Compiled:
                               f"step",
                               RuntimeWarning, stacklevel=3)
             return result
-        if program is not GRAPH and self._values.learn(program.read_anew, args, kwargs):  # a list's items the step's recorded calls read
-            key = signature(args, kwargs, self._values(args, kwargs), tensors)  # anew (tensor(rows)) are data
+        # a list's items the step's recorded calls read anew (tensor(rows)) are data
+        if program is not GRAPH and self._values.learn(program.read_anew, args, kwargs):
+            key = signature(args, kwargs, self._values(args, kwargs), tensors)
         last = next(reversed(self._programs), None)  # the signature used most recently before this one
         self._programs[key] = program
         self._programs.move_to_end(key)

@@ -37,7 +37,7 @@ class Recorder:
         self.nodes = set()  # ids of the recorded ops' nodes: a replay reuses them
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
-        self.new_grads = {}  # id -> (each .grad tensor a backward of the step made, held: its id stays its own; its leaf)
+        self.new_grads = {}  # id -> (a .grad tensor a backward of the step made, held: its id stays its own; its leaf)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer, scheduler or module the step made (capture.note_created)
@@ -266,9 +266,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     moved = _written_back(copies, given, slots)  # the step changed its arguments' containers: the caller's get it too
     changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
-        return changed, handed(result, roles, tensors_in(*given))
+        return changed, handed(result, roles, tensors_in(*given), own=_itself)  # (an eager call's, graphs kept)
     if STATE.grad_enabled and _graph_returned(rec.steps, result):  # a compiled forward, then a backward outside
-        return GRAPH, handed(result, roles, tensors_in(*given), own=_itself)  # (its graph kept: no releases)
+        return GRAPH, handed(result, roles, tensors_in(*given), own=_itself)
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.roles = roles
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
@@ -446,9 +446,10 @@ def _roles(result, inputs, rec):
             leaf = rec.new_grads[id(t)][1]
             if leaf.grad is not t:
                 raise CompileError(f"tinygen.compile: the step returns the .grad of a tensor of shape "
-                                   f"{tuple(leaf.shape)} that one of its backwards made and a later one replaced; a "
-                                   f"replay makes gradients anew, so it would return a stale one. Return the .grad "
-                                   f"the step leaves, or a copy made inside the step (p.grad.clone())")
+                                   f"{tuple(leaf.shape)} that its backward made and that the step then replaced or set "
+                                   f"to None (zero_grad, a second backward); a replay makes gradients anew, so it "
+                                   f"would return a stale one. Return the .grads the step leaves, or read them after "
+                                   f"the call")
             roles[id(t)] = ("grad", leaf)
         elif id(t) not in rec.made:
             roles[id(t)] = ("itself", t)
