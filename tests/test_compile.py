@@ -1250,8 +1250,8 @@ def test_a_compiled_forward_with_a_backward_after_the_call_trains_as_eager():
             out += [loss.data.copy()] + [p.grad.data.copy() for p in model.parameters()]
         return out, model, fast, step
     want, _, _, _ = train(False)
-    with pytest.warns(RuntimeWarning, match="runs no backward, so each call with grad on runs eagerly.*compile the "
-                                            "whole step"):
+    with pytest.warns(RuntimeWarning, match="a graph that no backward in the step went through, so each call with "
+                                            "grad on runs eagerly.*compile the whole step"):
         got, model, fast, step = train(True)
     assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(want, got))
     assert (fast.records, fast.replays) == (1, 0)
@@ -1319,6 +1319,44 @@ def test_an_ema_model_updated_under_no_grad_inside_the_step_replays_as_eager():
         return out + [p.data.copy() for p in ema.parameters()], f
     (want, _), (got, f) = run(False), run(True)
     assert all(np.array_equal(a, b) for a, b in zip(want, got)) and f.replays == 4
+
+
+def test_a_step_that_returns_a_graph_its_backward_did_not_go_through_runs_eagerly():
+    """A discriminator's step that returns the generator's images with their graph (its backward went through
+    their detached copy), then the generator's loss and backward after the call: the images' graph must reach the
+    generator. Would fail with the images replayed without a graph: the generator got no gradient, silently,
+    since the generator's loss has a graph through the discriminator. A step whose backward went through what it
+    returns (the loss) still replays."""
+    def run(compiled):
+        tg.manual_seed(0)
+        gen = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6))
+        dis = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+        opt_g, opt_d = tg.optim.Adam(gen.parameters(), lr=1e-2), tg.optim.Adam(dis.parameters(), lr=1e-2)
+        ones, zeros = tg.ones(8, 1), tg.zeros(8, 1)
+
+        def d_step(z, real):
+            fake = gen(z)
+            loss = F.binary_cross_entropy_with_logits(dis(real), ones) + \
+                F.binary_cross_entropy_with_logits(dis(fake.detach()), zeros)
+            opt_d.zero_grad()
+            loss.backward()
+            opt_d.step()
+            return loss, fake
+        f = tg.compile(d_step) if compiled else d_step
+        tg.manual_seed(1)
+        out = []
+        for _ in range(4):
+            loss_d, fake = f(tg.randn(8, 4), tg.randn(8, 6))
+            loss_g = F.binary_cross_entropy_with_logits(dis(fake), ones)
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+            out += [loss_d.data.copy(), loss_g.data.copy()] + [p.data.copy() for p in gen.parameters()]
+        return out, f
+    want, _ = run(False)
+    with pytest.warns(RuntimeWarning, match="a graph that no backward in the step went through"):
+        got, f = run(True)
+    assert all(np.array_equal(a, b) for a, b in zip(want, got)) and (f.records, f.replays) == (1, 0)
 
 
 def test_a_step_that_returns_a_parameter_its_gradient_or_its_input_returns_them_as_eager_does():

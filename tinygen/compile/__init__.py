@@ -241,11 +241,12 @@ class Compiled:
         self.records += 1
         if program is GRAPH and not self._warned_graph:  # once: a compiled forward, then a backward outside
             self._warned_graph = True
-            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor that requires grad and runs no "
-                          f"backward, so each call with grad on runs eagerly: a replay returns tensors without a "
-                          f"graph, and a backward after the call would not reach the parameters. To train faster, "
-                          f"compile the whole step (forward, loss.backward(), opt.step()); for inference, call it "
-                          f"under tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor with a graph that no backward in "
+                          f"the step went through, so each call with grad on runs eagerly: a replay returns "
+                          f"tensors without a graph, and a backward after the call would not reach the parameters "
+                          f"behind it. To train faster, compile the whole step (forward, loss.backward(), "
+                          f"opt.step()), or return .detach() of what is only read; for inference, call it under "
+                          f"tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
         elif isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..autograd import engine
 from ..autograd.engine import _backward, _grad
-from ..autograd.function import user_frame
+from ..autograd.function import Function, user_frame
 from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
 from ..tensor import Tensor, _make
@@ -38,6 +38,7 @@ class Recorder:
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> (a .grad tensor a backward of the step made, held: its id stays its own; its leaf)
+        self.walked = set()  # ids of the nodes the step's backwards went through (its result's graph: _graph_returned)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
         self.created = {}  # id -> an optimizer, scheduler or module the step made (capture.note_created)
@@ -93,6 +94,8 @@ class Recorder:
         args = tuple(_kept(a) for a in args)
         kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.refuse_new_grads(args, kwargs)
+        if fn in (_backward, _grad):  # (before it runs: a backward releases the graph as it goes)
+            self.walked.update(_nodes_of(args[0]))
         with self._inside(guards.backward_writes(self) if fn in (_backward, _grad) else
                           guards.may_write(fn, args, kwargs)):
             result = fn(*args, **kwargs)
@@ -114,6 +117,7 @@ class Recorder:
             trace = []
             with self._inside(guards.backward_writes(self)):
                 _backward(*args, trace=trace)
+            self.walked.update(id(node) for node, _ in trace)
             if all(id(node) in self.nodes for node, _ in trace):
                 self.steps.append((replay_backward, BackwardPlan(args[0], trace, retain_graph), args))
             else:
@@ -267,7 +271,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
         return changed, handed(result, roles, tensors_in(*given), own=_itself)  # (an eager call's, graphs kept)
-    if STATE.grad_enabled and _graph_returned(rec.steps, result):  # a compiled forward, then a backward outside
+    if STATE.grad_enabled and _graph_returned(rec, result):  # a compiled forward, then a backward outside
         return GRAPH, handed(result, roles, tensors_in(*given), own=_itself)
     program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
     program.roles = roles
@@ -285,11 +289,34 @@ def record(fn, args, kwargs, fuse, graphs=False):
 GRAPH = "a result with a graph"  # what ``record`` gives for a step whose result a backward after the call would use
 
 
-def _graph_returned(steps, result):
-    """Whether the step returns a tensor with a graph and runs no backward (a compiled model's forward, with grad
-    on): a backward after the call would go through it, and a replay's result has no graph."""
-    return any(t.grad_fn is not None for t in tensors_in(result)) and not any(
-        step[0] is replay_backward or (step[0] is replay_call and step[1] in (_backward, _grad)) for step in steps)
+def _graph_returned(rec, result):
+    """Whether the step returns a tensor with a graph that reaches a leaf (a parameter) along nodes none of its
+    backwards went through (a compiled model's forward with grad on; a discriminator's step that returns the
+    generator's images): a backward after the call would deliver gradients along it, and a replay's result has no
+    graph. ``loss * w`` after ``loss.backward()`` reaches only the nodes that backward released."""
+    todo, seen = [t.grad_fn for t in tensors_in(result) if t.grad_fn is not None], set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen or id(node) in rec.walked:
+            continue
+        seen.add(id(node))
+        for edge in node.next_edges or ():
+            if edge is not None:
+                if not isinstance(edge[0], Function):
+                    return True
+                todo.append(edge[0])
+    return False
+
+
+def _nodes_of(roots):
+    """The ids of the nodes of the graph behind ``roots`` (a tensor or tensors)."""
+    seen, todo = set(), [t.grad_fn for t in tensors_in(roots) if t.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(e[0] for e in node.next_edges or () if e is not None and isinstance(e[0], Function))
+    return seen
 
 
 class Program:
