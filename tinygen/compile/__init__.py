@@ -104,9 +104,11 @@ again: such a call keeps no program and the next records again (a warning when i
 tensor kept further away (``box.inner.h = h``) raises when used after the call. Return what you need from the step
 instead. A replay returns the tensors the step made without a graph (the parameters, the ``.grad`` tensors and
 the arguments it returns are the caller's own objects, as in eager), so compile a whole training step, not a model's
-forward alone: a step with grad on that returns a tensor with a graph and runs no backward (a backward after the call
-would go through it) runs eagerly on every call, and warns once. ``tinygen.compile(model)`` replays inference under
-``no_grad()``, and its other attributes (``parameters()``, ``eval()``) are the module's.
+forward alone: a step with grad on that returns a tensor whose graph reaches a parameter along nodes none of its
+backwards went through (a model's forward; a discriminator's step that returns the generator's images) runs eagerly
+on every call, and warns once, since a backward after the call would go through that graph (return ``.detach()`` of
+what is only read). ``tinygen.compile(model)`` replays inference under ``no_grad()``, and its other attributes
+(``parameters()``, ``eval()``) are the module's.
 ``@tinygen.compile`` on a method compiles each instance's bound method (its own programs, ``self`` as the step's
 object).
 
