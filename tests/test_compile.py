@@ -1295,6 +1295,32 @@ def test_a_step_that_returns_a_gradient_it_then_drops_is_refused():
             tg.compile(step)(tg.randn(4, 3))
 
 
+@pytest.mark.parametrize("returned, named", [
+    (lambda model, loss: loss.data, r"the array \(.data\) of a tensor it computes, of shape \(\)"),
+    (lambda model, loss: [loss, {"g": model.weight.grad.data}], r"the array \(.data\) of a .grad its backward made, "
+                                                                 r"of shape \(2, 3\)")], ids=["loss.data", "grad.data"])
+def test_a_step_that_returns_the_array_of_a_tensor_a_replay_fills_anew_is_refused(returned, named):
+    """``return loss.data``: a replay puts new arrays into the step's tensors (and makes new .grads), so the result
+    would hold the recorded call's array on every replay (before, it did, silently). A parameter's array, written
+    in place, is returned as eager returns it."""
+    model = nn.Linear(3, 2)
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, give):
+        loss = model(x).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return give(model, loss)
+    with pytest.raises(tg.CompileError, match=named + ".*Return the tensor"):
+        tg.compile(step)(tg.randn(4, 3), returned)
+    f = tg.compile(step)
+    weight_array = lambda model, loss: model.weight.data  # noqa: E731 - (one function: part of the signature)
+    for _ in range(3):
+        assert f(tg.randn(4, 3), weight_array) is model.weight.data
+    assert f.replays == 2
+
+
 def test_an_ema_model_updated_under_no_grad_inside_the_step_replays_as_eager():
     """An average model's parameters written in place under no_grad after the optimizer step (``pe[...] = pe * d +
     p * (1 - d)``): the assignment is a recorded call, so every replay writes again, bitwise as eager."""

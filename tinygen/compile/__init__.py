@@ -119,9 +119,12 @@ drawing from Python's ``random`` module or NumPy's global generator (or an unsee
 tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing a
 parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, an EMA through ``.data``: use an
 optimizer or a ``@replayed`` function; found by the values around each recorded write and after the call),
-tensor arguments that require grad, and a result holding a tensor the step computed in an object's attribute
-(``SimpleNamespace(loss=loss)``: return tensors in tuples, lists, dicts, namedtuples or dataclass instances).
-Return tensors from the step and read them after the call. Array code on
+tensor arguments that require grad, a result holding a tensor the step computed in an object's attribute
+(``SimpleNamespace(loss=loss)``: return tensors in tuples, lists, dicts, namedtuples or dataclass instances), and a
+result holding the array of a tensor a replay fills anew (``loss.data``, ``p.grad.data``; a .grad the step then set
+to None). Return tensors from the step and read them after the call: the other Python values of a result (numbers,
+strings) are the recorded call's on every replay (``check=`` finds one that changes, a scheduler's
+``get_last_lr()`` returned from a step that steps it). Array code on
 ``tensor.data`` and Python values that change between calls are not seen by the recorder and are replayed as they
 were (the numbers the step's code reads are part of the signature, and those that the user's code it reaches reads:
 its helpers, its modules' forwards, a loss object's ``__call__``, an object it makes; not those that library code

@@ -809,6 +809,25 @@ def hidden_in_result(result, made):
     return None
 
 
+def array_in_result(result, rec):
+    """How to name an array the step's result holds that is the array of a tensor a replay fills anew (an op's
+    output, a .grad its backward made: ``return loss.data``), else None: the result would keep the recorded one."""
+    anew = {id(g.data): "a .grad its backward made" for g, _ in rec.new_grads.values()}
+    for step in rec.steps:
+        for t in tensors_in(*step[1:]):
+            if id(t) in rec.made:
+                anew.setdefault(id(t.data), "a tensor it computes")
+    todo = [result]
+    while todo:
+        value = todo.pop()
+        if hasattr(value, "__array_interface__") or hasattr(value, "__cuda_array_interface__"):
+            if id(value) in anew:
+                return f"the array (.data) of {anew[id(value)]}, of shape {tuple(value.shape)}"
+        elif not isinstance(value, Tensor) and type(value) not in _SCALARS:
+            todo.extend(children(value) or ())
+    return None
+
+
 def call_on_created(rec):
     """How to name an object the step made (``capture.note_created``: an optimizer, a scheduler; not a module,
     whose recorded calls set values a replay sets again) whose method is a recorded call, else None."""

@@ -265,6 +265,11 @@ def record(fn, args, kwargs, fuse, graphs=False):
                            f"in tuples, lists, dicts, namedtuples and dataclass instances only; this one would be "
                            f"the program's own, released after the call: return it in one of those")
     roles = _roles(result, tensors_in(args, kwargs), rec)
+    array = guards.array_in_result(result, rec)
+    if array is not None:
+        raise CompileError(f"tinygen.compile: the step returns {array}; a replay puts new arrays into the step's "
+                           f"tensors, so the result would hold the recorded call's. Return the tensor (loss.detach(), "
+                           f"p.grad) and take its array after the call")
     rec.python_changes()  # after the last recorded call
     changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
     moved = _written_back(copies, given, slots)  # the step changed its arguments' containers: the caller's get it too
