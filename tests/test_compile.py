@@ -1263,7 +1263,9 @@ def test_a_compiled_forward_with_a_backward_after_the_call_trains_as_eager():
         trained(x, y), trained(x, y)
         with tg.no_grad():
             fast(x), fast(x)
-    assert (trained.replays, fast.replays) == (1, 1)
+        for batch in (3, 3, 5):  # other signatures with grad on: eager too, and no other warning
+            assert fast(tg.randn(batch, 12)).grad_fn is not None
+    assert (trained.replays, fast.replays, fast.records) == (1, 1, 4)
 
 
 def test_a_step_that_returns_a_gradient_it_then_drops_is_refused():

@@ -244,14 +244,15 @@ class Compiled:
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1
-        if program is GRAPH and not self._warned_graph:  # once: a compiled forward, then a backward outside
-            self._warned_graph = True
-            warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor with a graph that no backward in "
-                          f"the step went through, so each call with grad on runs eagerly: a replay returns "
-                          f"tensors without a graph, and a backward after the call would not reach the parameters "
-                          f"behind it. To train faster, compile the whole step (forward, loss.backward(), "
-                          f"opt.step()), or return .detach() of what is only read; for inference, call it under "
-                          f"tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
+        if program is GRAPH:  # a compiled forward, then a backward outside: this signature's calls run eagerly
+            if not self._warned_graph:  # (once)
+                self._warned_graph = True
+                warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor with a graph that no backward in "
+                              f"the step went through, so each call with grad on runs eagerly: a replay returns "
+                              f"tensors without a graph, and a backward after the call would not reach the "
+                              f"parameters behind it. To train faster, compile the whole step (forward, "
+                              f"loss.backward(), opt.step()), or return .detach() of what is only read; for "
+                              f"inference, call it under tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
         elif isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1
