@@ -1389,7 +1389,8 @@ def test_a_step_that_returns_a_graph_its_backward_did_not_go_through_runs_eagerl
 
 def test_a_step_that_returns_a_parameter_its_gradient_or_its_input_returns_them_as_eager_does():
     """A step's result may hold tensors the step did not make: a parameter, the .grad its backward made, a tensor
-    argument. Eager returns those objects; so does every compiled call, and the .grad is the one the call made.
+    argument. Eager returns those objects; so does every compiled call, and the .grad is the one the call made (a
+    tensor the step made, returned twice, is one tensor too).
     Would fail with each returned as a new tensor on the recorded array: the gradient stayed the recorded call's
     on every replay (zero_grad(set_to_none=True) makes a new one each step), and a parameter came back without
     requires_grad."""
@@ -1403,14 +1404,15 @@ def test_a_step_that_returns_a_parameter_its_gradient_or_its_input_returns_them_
             opt.zero_grad()
             loss.backward()
             opt.step()
-            return {"weight": model[0].weight, "grads": [p.grad for p in model.parameters()], "x": x, "loss": loss}
+            return {"weight": model[0].weight, "grads": [p.grad for p in model.parameters()], "x": x, "loss": loss,
+                    "again": loss}
         f = tg.compile(step) if compiled else step
         tg.manual_seed(1)
         out = []
         for _ in range(4):
             x = tg.randn(5, 4)
             r = f(x)
-            assert r["weight"] is model[0].weight and r["x"] is x
+            assert r["weight"] is model[0].weight and r["x"] is x and r["again"] is r["loss"]
             assert all(g is p.grad for g, p in zip(r["grads"], model.parameters()))
             out += [r["loss"].data.copy()] + [g.data.copy() for g in r["grads"]]
         return out, f

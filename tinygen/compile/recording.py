@@ -468,10 +468,14 @@ def _roles(result, inputs, rec):
     """What the caller gets for each tensor of the step's result that the step did not make (``inputs``: the
     program's input tensors): id -> ("argument", i) for an input, the caller's i-th tensor argument; ("grad", leaf)
     for a .grad a backward of the step made, the leaf's .grad after the call (a replay makes it anew); ("itself", t)
-    for any other (a parameter, a buffer), the tensor itself, as eager returns it."""
+    for any other (a parameter, a buffer), the tensor itself, as eager returns it; ("made", None) for one the step
+    made that the result holds twice (``(loss, loss)``: one new tensor for both, as eager returns one)."""
     roles = {}
     places = {id(t): i for i, t in reversed(list(enumerate(inputs)))}
-    for t in tensors_in(result):
+    found = tensors_in(result)
+    for t in found:
+        if id(t) in roles:
+            continue
         if id(t) in places:
             roles[id(t)] = ("argument", places[id(t)])
         elif id(t) in rec.new_grads:
@@ -485,6 +489,8 @@ def _roles(result, inputs, rec):
             roles[id(t)] = ("grad", leaf)
         elif id(t) not in rec.made:
             roles[id(t)] = ("itself", t)
+    if len({id(t) for t in found}) < len(found):
+        roles.update((id(t), ("made", None)) for t in found if id(t) not in roles)
     return roles
 
 
@@ -502,11 +508,11 @@ def handed(result, roles, tensors, own=_own):
     recorded tensor is the program's, refilled by the next replay); the others as ``_roles`` says."""
     if not roles:
         return map_tensors(result, own)
+    made = {}
 
     def given(t):
-        role = roles.get(id(t))
-        if role is None:
-            return own(t)
-        kind, what = role
+        kind, what = roles.get(id(t), ("made", None))
+        if kind == "made":
+            return made[id(t)] if id(t) in made else made.setdefault(id(t), own(t))
         return tensors[what] if kind == "argument" else what.grad if kind == "grad" else what
     return map_tensors(result, given)
