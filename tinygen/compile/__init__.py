@@ -164,8 +164,8 @@ from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
 from .guards import PythonValues, signature, what_changed
-from .recording import GRAPH, record
-from .steps import CompileError, tensors_in
+from .recording import record
+from .steps import GRAPH, CompileError, tensors_in
 
 __all__ = ["compile", "Compiled", "CompileError"]
 

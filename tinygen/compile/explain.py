@@ -2,7 +2,8 @@
 from ..autograd.engine import _backward, _grad
 from . import fusion
 from .passes import same_result
-from .steps import replay_alias, replay_backward, replay_call, replay_forward, replay_release, set_grad
+from .steps import (GRAPH, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
+                    set_grad)
 
 
 def tensor_text(t):
@@ -69,8 +70,9 @@ def listing(compiled, sources=False):
     lines = [f"{compiled.__name__}: {len(compiled._programs)} program(s), {compiled.records} recorded, "
              f"{compiled.replays} replayed, {compiled.graph_replays} with CUDA graphs"]
     for i, program in enumerate(compiled._programs.values(), 1):
-        if isinstance(program, str):  # (GRAPH)
-            lines.append(f"program {i}: none; it returns {program} and runs no backward, so its calls run eagerly")
+        if program is GRAPH:
+            lines.append(f"program {i}: none; it returns a result with a graph and runs no backward, so its calls "
+                         f"run eagerly")
             continue
         dead = f", {count(len(program.left_out), 'gradient')} nothing reads left out" if program.left_out else ""
         lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}")

@@ -19,9 +19,9 @@ from ..capture import CAPTURE
 from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
-from .steps import (BackwardPlan, CompileError, dataclass_items, is_dataclass_instance, map_tensors, replay_alias,
-                    replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad, run_steps,
-                    set_grad, tensors_in)
+from .steps import (GRAPH, BackwardPlan, CompileError, dataclass_items, is_dataclass_instance, map_tensors,
+                    replay_alias, replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad,
+                    run_steps, set_grad, tensors_in)
 
 
 class Recorder:
@@ -233,7 +233,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
     state the step changed, its result: a module attribute, a list, an iterator's position): no program can repeat
     that, so the call is eager and the next records anew; or (``GRAPH``, its result with its graph): a backward
     after the call would need the graph a replay does not build, so calls with this signature run eagerly."""
-    for i, t in enumerate(tensors_in(args, kwargs)):
+    caller = tensors_in(args, kwargs)
+    for i, t in enumerate(caller):
         if t._requires_grad:
             raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
                                f"parameters through the modules the step uses, not as arguments")
@@ -243,8 +244,9 @@ def record(fn, args, kwargs, fuse, graphs=False):
     given = args, kwargs
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
     copies = _copies(given, (args, kwargs))  # (the caller's container, the copy the step gets, what it holds)
+    inputs = tensors_in(args, kwargs)
     before = guards.places(fn, args, kwargs)
-    rec = Recorder(tensors_in(args, kwargs), guards.watched(before), before)
+    rec = Recorder(inputs, guards.watched(before), before)
     CAPTURE.recorder = rec
     try:
         with guards.host_draws_refused():
@@ -264,7 +266,7 @@ def record(fn, args, kwargs, fuse, graphs=False):
         raise CompileError(f"tinygen.compile: the step returns {hidden}. A replay refills the tensors of a result "
                            f"in tuples, lists, dicts, namedtuples and dataclass instances only; this one would be "
                            f"the program's own, released after the call: return it in one of those")
-    roles = _roles(result, tensors_in(args, kwargs), rec)
+    roles = _roles(result, inputs, rec)
     array = guards.array_in_result(result, rec)
     if array is not None:
         raise CompileError(f"tinygen.compile: the step returns {array}; a replay puts new arrays into the step's "
@@ -272,26 +274,23 @@ def record(fn, args, kwargs, fuse, graphs=False):
                            f"p.grad) and take its array after the call")
     rec.python_changes()  # after the last recorded call
     changed = guards.settings_set(rec.settings, rec.created) or rec.python_changed()
-    moved = _written_back(copies, given, slots)  # the step changed its arguments' containers: the caller's get it too
+    moved = _written_back(copies, caller, slots)  # the step changed its arguments' containers: the caller's get it too
     changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
-        return changed, handed(result, roles, tensors_in(*given), own=_itself)  # (an eager call's, graphs kept)
+        return changed, handed(result, roles, caller, own=_itself)  # (an eager call's, graphs kept)
     if STATE.grad_enabled and _graph_returned(rec, result):  # a compiled forward, then a backward outside
-        return GRAPH, handed(result, roles, tensors_in(*given), own=_itself)
-    program = Program(rec, tensors_in(args, kwargs), result, STATE.grad_enabled, fuse, graphs)
+        return GRAPH, handed(result, roles, caller, own=_itself)
+    program = Program(rec, inputs, result, STATE.grad_enabled, fuse, graphs)
     program.roles = roles
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings, program.callees = guards.bindings(after, rec.leaves.keys() | rec.modules.keys(),
                                                         guards.recorded_objects(rec))
     program.read_anew = guards.read_anew(rec)  # lists whose items are data, not settings (PythonValues.learn)
-    handed_back = handed(result, roles, tensors_in(*given))  # (before the releases: the program's arrays)
+    handed_back = handed(result, roles, caller)  # (before the releases: the program's arrays)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
             run(*operands)
     return program, handed_back
-
-
-GRAPH = "a result with a graph"  # what ``record`` gives for a step whose result a backward after the call would use
 
 
 def _graph_returned(rec, result):
@@ -315,13 +314,7 @@ def _graph_returned(rec, result):
 
 def _nodes_of(roots):
     """The ids of the nodes of the graph behind ``roots`` (a tensor or tensors)."""
-    seen, todo = set(), [t.grad_fn for t in tensors_in(roots) if t.grad_fn is not None]
-    while todo:
-        node = todo.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            todo.extend(e[0] for e in node.next_edges or () if e is not None and isinstance(e[0], Function))
-    return seen
+    return {id(node) for node in engine._toposort([t.grad_fn for t in tensors_in(roots) if t.grad_fn is not None])}
 
 
 class Program:
@@ -431,9 +424,9 @@ def _copies(given, copy, where=None, found=None):
     return found
 
 
-def _written_back(copies, given, slots):
+def _written_back(copies, caller, slots):
     """Put into each of the caller's containers what the step left in its copy (the slots mapped back to the
-    caller's tensors, a copy back to the caller's container), as an eager call leaves them: a step that changes its
+    caller's tensors, ``caller``; a copy back to the caller's container), as an eager call leaves them: a step that changes its
     arguments (``metrics["loss"] = loss``, ``batch.seen += 1``) is Python a replay would not run again. Returns
     how to name the first one changed, else None."""
     first = back = None
@@ -442,7 +435,7 @@ def _written_back(copies, given, slots):
             continue
         if back is None:  # (once, and only when the step changed one)
             first = f"the contents of {where}"
-            back = {id(slots[id(t)]): t for t in tensors_in(*given)}
+            back = {id(slots[id(t)]): t for t in caller}
             back.update((id(copy), original) for _, original, copy, _ in copies)
         if isinstance(original, dict):
             original.clear()

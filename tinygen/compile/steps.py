@@ -49,6 +49,18 @@ class _ReleasedArray:
 RELEASED = _ReleasedArray()
 
 
+class _EagerCalls:
+    """What a compiled function keeps for a signature whose calls run eagerly (``recording.record`` gives it): the
+    step returns a tensor with a graph that a backward after the call would go through, and a replay's result has
+    no graph."""
+
+    def __repr__(self):
+        return "GRAPH"
+
+
+GRAPH = _EagerCalls()
+
+
 def replay_forward(cls, ctx, device, args, outs, relink, shadowable):
     STATE.grad_enabled = False  # as in Function.apply: nothing inside a forward records
     if relink:  # an input may be a gradient a replayed create_graph call has just rebuilt, with a new node
