@@ -6,6 +6,8 @@ signature and are checked against it (tests/test_kernels.py):
   cpu.py        Numba loops (optional dependency; imported and compiled on first use, cached on disk);
   gpu.py        CuPy versions: the reference's expressions fused into one CUDA kernel each;
   gemm.py       the matrix product on NumPy arrays, with the operand layouts that keep BLAS at full speed;
+  gemm_short.py short float32 products (a small batch through a Linear layer) in Numba's vector registers, which
+                gemm.py runs instead of BLAS where Numba is installed and on (a route like the choice of BLAS);
   threads.py    thread counts, and from what size work is split across threads.
 
 Ops and optimizers call ``get(name, array)(...)``: the fast version for data like ``array`` where one is in use,
@@ -43,7 +45,8 @@ KERNELS = ("relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "tanh_fwd
 
 # The Numba kernels that lookup() hands out: those that beat the reference by a clear margin at the sizes of our
 # models (``python -m benchmarks.kernel_bench``; numbers in benchmarks/PROFILE.md). Left out: tanh_fwd, which is
-# NumPy's own single SIMD pass already (the kernel just calls it), and mm, which is gemm.py's (no Numba needed).
+# NumPy's own single SIMD pass already (the kernel just calls it), and mm, which is gemm.py's with or without Numba
+# (its route for short products, gemm_short.py, is fixed for the process like the choice of BLAS).
 CPU_USED = frozenset(KERNELS) - {"tanh_fwd", "mm"}
 
 # Sizes (elements) above which a Numba kernel loses to the reference, whose exponentials are SIMD: lookup() returns

@@ -234,9 +234,15 @@ def parallel_chunks(n, thread_count):
 
 def update_chunks(n, thread_count):
     """Number of chunks for an optimizer update call of ``n`` elements (its multi-tensor loop's parallel twin), or 0
-    to run it serially: from update_split_from() elements, on Numba's OpenMP or TBB layer (workqueue must not be
-    entered from two threads at once), not in a forked child on the OpenMP layer."""
-    if n < update_split_from() or _serial_only:
+    to run it serially: from update_split_from() elements, as ``split_from`` says."""
+    return split_from(n, update_split_from(), thread_count)
+
+
+def split_from(n, minimum, thread_count):
+    """Numba's threads for a parallel twin over ``n`` (elements, multiply-adds), or 0 to run it serially: from
+    ``minimum``, on Numba's OpenMP or TBB layer (workqueue must not be entered from two threads at once), not in a
+    forked child on the OpenMP layer."""
+    if n < minimum or _serial_only:
         return 0
     t = thread_count()  # starts Numba's threads, so its layer is known
     return t if t > 1 and (_numba_in_use or _numba()).threading_layer() != "workqueue" else 0
