@@ -9,6 +9,7 @@
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --compare reuse  # D(fakes) twice/once
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
+    python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare short  # BLAS / gemm_short.py
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --products  # each product in the step/alone
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
@@ -329,7 +330,8 @@ SWITCHES = {"pairs": ("one after the other", "paired"),
             "inplace": ("out of place", "in place"),
             "parts": ("whole batch", "in parts"),
             "updates": ("update on one thread", "update split"),
-            "mkl-call": ("MKL through ctypes", "MKL from compiled code")}
+            "mkl-call": ("MKL through ctypes", "MKL from compiled code"),
+            "short": ("products on BLAS", "short ones on gemm_short")}
 
 
 def _variants(switch, make_step):
@@ -340,7 +342,17 @@ def _variants(switch, make_step):
     reuse of a forward on the same arrays (``passes.reused_forwards``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
     (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting when it is a count, else
-    from 2^16 elements); mkl-call: MKL's gemm called through ctypes or from compiled code (kernels/mkl_call.py)."""
+    from 2^16 elements); mkl-call: MKL's gemm called through ctypes or from compiled code (kernels/mkl_call.py);
+    short: every product on BLAS, or the short ones on kernels/gemm_short.py's loops (gemm.mm's route)."""
+    if switch == "short":
+        from tinygen.kernels import gemm
+        if gemm._short_mm is None:
+            gemm._short_mm = gemm._load_short()
+        if not gemm._short_mm:
+            raise SystemExit("--compare short: gemm_short.py's loops are not in use here (Numba off, or "
+                             "TINYGEN_MM_SHORT_MAX_ROWS 0; auto needs AVX-512 and MKL): set "
+                             "TINYGEN_MM_SHORT_MAX_ROWS=64 to compare them")
+        return _module_switch(gemm, "_short_mm", False, make_step)
     if switch == "mkl-call":
         from tinygen.kernels import blas
         if blas.caller() != "compiled":
@@ -437,7 +449,7 @@ def main(argv=None):
                          "convolution's batch whole or in parts, TINYGEN_CONV_CHUNK_BYTES 0 and its setting), "
                          "updates (the optimizer's update on one thread or split: TINYGEN_UPDATE_PARALLEL_MIN 0 and "
                          "the setting, 2^16 when it is 0 or auto), mkl-call (MKL's gemm through ctypes or from "
-                         "compiled code)")
+                         "compiled code), short (every product on BLAS, or the short ones on gemm_short's loops)")
     ap.add_argument("--pairs", action="store_const", const="pairs", dest="compare", help="--compare pairs")
     ap.add_argument("--products", action="store_true",
                     help="with --case: each matrix product of the step, timed in the step and alone (caches warm, "

@@ -20,7 +20,7 @@ from conftest import HAS_TORCH  # noqa: E402
 
 import benchmarks  # noqa: E402
 from benchmarks import specs  # noqa: E402
-from tinygen import kernels  # noqa: E402
+from tinygen import config, kernels  # noqa: E402
 
 
 def _positive(x):
@@ -441,6 +441,22 @@ def test_step_bench_compares_mkls_two_callers():
     assert out.returncode == 0, out.stderr
     times = dict(re.findall(rf"  ({'|'.join(SWITCHES['mkl-call'])})\s+([0-9.]+) ms", out.stdout))
     assert set(times) == set(SWITCHES["mkl-call"]) and all(float(t) > 0 for t in times.values()), out.stdout
+
+
+@pytest.mark.parametrize("setting", ["64", "0"])
+def test_step_bench_compares_blas_with_the_short_products_loops(setting):
+    """--compare short times a step with every product on BLAS against the short ones on gemm_short.py's loops;
+    where the loops are not in use (TINYGEN_MM_SHORT_MAX_ROWS 0, Numba off) it says so and exits."""
+    from benchmarks.step_bench import SWITCHES
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", "--case", "mlp", "--batch", "16", "--steps",
+                          "2", "--rounds", "1", "--compare", "short"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, TINYGEN_MM_SHORT_MAX_ROWS=setting))
+    if setting == "0" or not config.get("TINYGEN_NUMBA") or importlib.util.find_spec("numba") is None:
+        assert out.returncode != 0 and "--compare short: gemm_short.py's loops are not in use here" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    times = dict(re.findall(rf"  ({'|'.join(SWITCHES['short'])})\s+([0-9.]+) ms", out.stdout))
+    assert set(times) == set(SWITCHES["short"]) and all(float(t) > 0 for t in times.values()), out.stdout
 
 
 def test_step_bench_timers_move_nested_products_out_of_their_caller():

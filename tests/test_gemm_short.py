@@ -143,12 +143,16 @@ def test_rows_above_the_setting_are_left_to_blas(monkeypatch):
     assert gemm_short.mm(a, b) is not None
 
 
-@pytest.mark.parametrize("text, features, rows", [("auto", {"avx512f": True}, 64), ("auto", {"avx2": True}, 0),
-                                                  ("0", {"avx512f": True}, 0), ("128", {}, 128)])
-def test_the_setting_and_its_auto_choice(monkeypatch, text, features, rows):
+@pytest.mark.parametrize("text, features, with_mkl, rows", [
+    ("auto", {"avx512f": True}, True, 64), ("auto", {"avx2": True}, True, 0), ("auto", {"avx512f": True}, False, 0),
+    ("0", {"avx512f": True}, True, 0), ("128", {}, False, 128)])
+def test_the_setting_and_its_auto_choice(monkeypatch, text, features, with_mkl, rows):
+    """auto: on where the CPU has AVX-512 and the other products are MKL's (one pool of threads with Numba's)."""
     from llvmlite import binding
+    from tinygen.kernels import blas
     monkeypatch.setenv("TINYGEN_MM_SHORT_MAX_ROWS", text)
     monkeypatch.setattr(binding, "get_host_cpu_features", lambda: features)
+    monkeypatch.setattr(blas, "mkl", lambda: object() if with_mkl else None)
     assert gemm_short._max_rows() == rows
 
 

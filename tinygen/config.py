@@ -13,10 +13,10 @@
                                                   4194304 (1<<22)
     TINYGEN_MM_SWAP_MAX_ROWS    48                rows up to which x @ W.T runs as (W @ x.T).T   kernels.gemm*
                                                   (OpenBLAS is slow on short, wide products)
-    TINYGEN_MM_SHORT_MAX_ROWS   auto              rows up to which a float32 product runs on      kernels.gemm_short*
-                                                  tinygen's Numba loops instead of BLAS (0:
-                                                  never; auto: 64 where the CPU has AVX-512,
-                                                  else 0)
+    TINYGEN_MM_SHORT_MAX_ROWS   auto              rows (or k) up to which a float32 product runs  kernels.gemm_short*
+                                                  on tinygen's Numba loops instead of BLAS (0:
+                                                  never; auto: 64 where the CPU has AVX-512 and
+                                                  the other products are MKL's, else 0)
     TINYGEN_BLAS_PARALLEL_MIN   0                 0: products on BLAS's own threads; N > 0 (a     kernels.threads*
                                                   busy machine; 8388608 on 2 cores): below N
                                                   multiply-adds on one thread, above split by
