@@ -137,6 +137,12 @@ def _sum(typingctx, vector):
     return types.float32(vector), codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _fma4(x, b0, b1, b2, b3, c0, c1, c2, c3):
+    """One row of a tile: (x * b_v + c_v for v in 0..3), x one vector of a's row (broadcast or loaded)."""
+    return _fma(x, b0, c0), _fma(x, b1, c1), _fma(x, b2, c2), _fma(x, b3, c3)
+
+
 # ---- rows of b contiguous: tiles of 4 rows x 64 columns of the result ----------------------------------------------
 
 @njit(cache=True, nogil=True)
@@ -147,14 +153,10 @@ def _nn_tile(a, b, c, i, j):
     for k in range(a.shape[1]):
         row = b[k]
         b0, b1, b2, b3 = _load(row, j), _load(row, j + 16), _load(row, j + 32), _load(row, j + 48)
-        x = _broadcast(a[i, k])
-        c00, c01, c02, c03 = _fma(x, b0, c00), _fma(x, b1, c01), _fma(x, b2, c02), _fma(x, b3, c03)
-        x = _broadcast(a[i + 1, k])
-        c10, c11, c12, c13 = _fma(x, b0, c10), _fma(x, b1, c11), _fma(x, b2, c12), _fma(x, b3, c13)
-        x = _broadcast(a[i + 2, k])
-        c20, c21, c22, c23 = _fma(x, b0, c20), _fma(x, b1, c21), _fma(x, b2, c22), _fma(x, b3, c23)
-        x = _broadcast(a[i + 3, k])
-        c30, c31, c32, c33 = _fma(x, b0, c30), _fma(x, b1, c31), _fma(x, b2, c32), _fma(x, b3, c33)
+        c00, c01, c02, c03 = _fma4(_broadcast(a[i, k]), b0, b1, b2, b3, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _fma4(_broadcast(a[i + 1, k]), b0, b1, b2, b3, c10, c11, c12, c13)
+        c20, c21, c22, c23 = _fma4(_broadcast(a[i + 2, k]), b0, b1, b2, b3, c20, c21, c22, c23)
+        c30, c31, c32, c33 = _fma4(_broadcast(a[i + 3, k]), b0, b1, b2, b3, c30, c31, c32, c33)
     _store4(c[i], j, c00, c01, c02, c03)
     _store4(c[i + 1], j, c10, c11, c12, c13)
     _store4(c[i + 2], j, c20, c21, c22, c23)
@@ -229,14 +231,10 @@ def _nt_tile(a, bt, c, i, j):
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = _zero()
     for k in range(0, a.shape[1], LANES):
         b0, b1, b2, b3 = _load(r0, k), _load(r1, k), _load(r2, k), _load(r3, k)
-        x = _load(a0, k)
-        c00, c01, c02, c03 = _fma(x, b0, c00), _fma(x, b1, c01), _fma(x, b2, c02), _fma(x, b3, c03)
-        x = _load(a1, k)
-        c10, c11, c12, c13 = _fma(x, b0, c10), _fma(x, b1, c11), _fma(x, b2, c12), _fma(x, b3, c13)
-        x = _load(a2, k)
-        c20, c21, c22, c23 = _fma(x, b0, c20), _fma(x, b1, c21), _fma(x, b2, c22), _fma(x, b3, c23)
-        x = _load(a3, k)
-        c30, c31, c32, c33 = _fma(x, b0, c30), _fma(x, b1, c31), _fma(x, b2, c32), _fma(x, b3, c33)
+        c00, c01, c02, c03 = _fma4(_load(a0, k), b0, b1, b2, b3, c00, c01, c02, c03)
+        c10, c11, c12, c13 = _fma4(_load(a1, k), b0, b1, b2, b3, c10, c11, c12, c13)
+        c20, c21, c22, c23 = _fma4(_load(a2, k), b0, b1, b2, b3, c20, c21, c22, c23)
+        c30, c31, c32, c33 = _fma4(_load(a3, k), b0, b1, b2, b3, c30, c31, c32, c33)
     _sum4(c[i], j, c00, c01, c02, c03)
     _sum4(c[i + 1], j, c10, c11, c12, c13)
     _sum4(c[i + 2], j, c20, c21, c22, c23)
