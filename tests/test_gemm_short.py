@@ -156,6 +156,20 @@ def test_the_setting_and_its_auto_choice(monkeypatch, text, features, with_mkl, 
     assert gemm_short._max_rows() == rows
 
 
+def test_auto_is_off_when_numba_compiles_for_another_cpu(monkeypatch):
+    """NUMBA_CPU_NAME (e.g. generic, for a cache shared between machines): the vectors may not be AVX-512's."""
+    import numba
+    from llvmlite import binding
+    from tinygen.kernels import blas
+    monkeypatch.setenv("TINYGEN_MM_SHORT_MAX_ROWS", "auto")
+    monkeypatch.setattr(binding, "get_host_cpu_features", lambda: {"avx512f": True})
+    monkeypatch.setattr(blas, "mkl", lambda: object())
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    assert gemm_short._max_rows() == 0
+    monkeypatch.setattr(numba.config, "CPU_NAME", None)
+    assert gemm_short._max_rows() == 64
+
+
 def test_a_bad_setting_is_named(monkeypatch):
     monkeypatch.setenv("TINYGEN_MM_SHORT_MAX_ROWS", "some")
     with pytest.raises(ValueError, match="TINYGEN_MM_SHORT_MAX_ROWS='some'"):

@@ -28,8 +28,9 @@ thread count in the last bits, so the CPU stand-in for CuPy (NumPy underneath) t
 code gives the CPU's bits.
 Which BLAS runs a host product, NumPy's or MKL's, is blas.py's choice (the setting TINYGEN_BLAS); the rewrites and
 routes above apply to either. Before them, where Numba is installed and on (TINYGEN_NUMBA), a short float32 product
-(at most TINYGEN_MM_SHORT_MAX_ROWS rows, a layout it reads) runs on gemm_short.py's loops instead of any BLAS: on an
-AMD Zen 4 machine a Linear layer's batch-16 products ran 1.2-3.3x faster than MKL's (gemm_short.py says why).
+(at most TINYGEN_MM_SHORT_MAX_ROWS rows, or that short a k, in a layout it reads: gemm_short.mm) runs on
+gemm_short.py's loops instead of any BLAS: on an AMD Zen 4 machine a Linear layer's batch-16 products ran 1.2-3.3x
+faster than MKL's (gemm_short.py says why).
 """
 import numpy as np
 

@@ -44,11 +44,15 @@ def _max_rows():
     against 6.2 without, while the MLP's, all of whose large products are these loops', took 0.76 against 0.90."""
     rows = config.get("TINYGEN_MM_SHORT_MAX_ROWS")
     if rows == "auto":
+        import numba
         from llvmlite import binding
         try:
             wide = binding.get_host_cpu_features().get("avx512f", False)
         except RuntimeError:  # LLVM cannot tell on this platform
             wide = False
+        # Numba compiles for this CPU unless told another (NUMBA_CPU_NAME, e.g. "generic" for caches shared
+        # between machines): then the vectors may not be AVX-512's
+        wide = wide and numba.config.CPU_NAME in (None, "host")
         rows = 64 if wide and blas.mkl() is not None else 0
     return rows
 
