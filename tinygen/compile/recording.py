@@ -506,6 +506,8 @@ def handed(result, roles, tensors, own=_own):
     def given(t):
         kind, what = roles.get(id(t), ("made", None))
         if kind == "made":
-            return made[id(t)] if id(t) in made else made.setdefault(id(t), own(t))
+            if id(t) not in made:  # one new tensor for a tensor the result holds twice
+                made[id(t)] = own(t)
+            return made[id(t)]
         return tensors[what] if kind == "argument" else what.grad if kind == "grad" else what
     return map_tensors(result, given)

@@ -105,7 +105,7 @@ def _split_rows(blas_threads, a, b):
 def _product(a, b):
     if GRAPH_CAPTURE.workspace is not None and type(a) not in _HOST:  # inside a CUDA graph's capture
         return gemm_capture.mm(a, b)
-    if type(a) in _HOST and type(b) is type(a) and a.dtype == np.float32:
+    if a.dtype == np.float32:
         c = _short(a, b)
         if c is not None:
             return c
@@ -123,12 +123,7 @@ def _short(a, b):
     global _short_mm
     if _short_mm is None:
         _short_mm = _load_short()
-    if not _short_mm:
-        return None
-    if type(a) is StandinArray:
-        c = _short_mm(a.host_array, b.host_array)
-        return None if c is None else StandinArray(c)
-    return _short_mm(a, b)
+    return _on_host(_short_mm, a, b) if _short_mm else None
 
 
 def _load_short():
@@ -144,11 +139,16 @@ def _load_short():
 
 def _blas_product(a, b):
     """a @ b through the BLAS blas.py chose for host arrays (the stand-in's too: its bits are the CPU's)."""
-    if type(a) is np.ndarray and type(b) is np.ndarray:
-        c = blas.matmul(a, b)
-    elif type(a) is StandinArray and type(b) is StandinArray:
-        c = blas.matmul(a.host_array, b.host_array)
-        c = None if c is None else StandinArray(c)
-    else:
-        c = None
+    c = _on_host(blas.matmul, a, b)
     return a @ b if c is None else c
+
+
+def _on_host(product, a, b):
+    """``product(a, b)`` (a host routine that returns None for what it does not take) on two NumPy arrays, or on
+    the stand-in's host arrays with the result wrapped again; None for other arrays (CuPy's)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        return product(a, b)
+    if type(a) is StandinArray and type(b) is StandinArray:
+        c = product(a.host_array, b.host_array)
+        return None if c is None else StandinArray(c)
+    return None
