@@ -442,13 +442,17 @@ def _users_code(module, path):
 
 @functools.cache
 def _library_dirs():
-    """The standard library's and the installed packages' folders, and tinygen's own (an editable install's is
-    elsewhere: a ``@replayed`` wrapper, made in tinygen, carries the user's ``__module__``), asked once, when a step
-    first records: not at import, where sysconfig costs a millisecond or two."""
+    """The standard library's and the installed packages' folders (the user's own site-packages too), and
+    tinygen's own (an editable install's is elsewhere: a ``@replayed`` wrapper, made in tinygen, carries the user's
+    ``__module__``), asked once, when a step first records. From ``os`` and ``site``, not ``sysconfig``, whose
+    tables (about 170 kB held for the rest of the process) a compiled step need not load."""
     import os
-    import sysconfig
-    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    return tuple({own, *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))})
+    import site
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stdlib = os.path.dirname(os.path.abspath(os.__file__))
+    platstdlib = os.path.join(sys.base_exec_prefix, sys.platlibdir, "python%d.%d" % sys.version_info[:2])
+    packages = [*site.getsitepackages(), site.getusersitepackages()]
+    return tuple({os.path.join(d, "") for d in (here, stdlib, platstdlib, *packages)})
 
 
 def _names(code):
@@ -857,7 +861,6 @@ def host_draws_refused():
     patched = []
 
     def refuse(module, name, original):
-        @functools.wraps(original)
         def draw(*args, **kwargs):
             if not recording():  # the step's own code (its thread, not in a recorded call)
                 return original(*args, **kwargs)
@@ -865,6 +868,8 @@ def host_draws_refused():
                                f"at {user_frame()}. A replay would repeat the recorded draw: use tinygen's random "
                                f"functions (tinygen.rand, randn, randint, randperm, bernoulli), drawn again on "
                                f"every replay, or draw it before the call and pass it as an argument")
+        # named by hand: functools.wraps would read NumPy's docstrings, which then stay cached (60 kB)
+        draw.__name__, draw.__qualname__, draw.__wrapped__ = name, f"{module.__name__}.{name}", original
         return draw
 
     def default_rng(seed=None, *args, **kwargs):  # a fresh, unseeded generator draws anew on every eager call
