@@ -896,6 +896,56 @@ def test_a_gradient_the_steps_backward_made_is_refused_as_an_operand():
     _refused(step, "its own backward made")
 
 
+@pytest.mark.parametrize("zero", ["set to None", "zero_grad(set_to_none=True)"])
+def test_a_gradient_from_before_the_call_is_refused_as_an_operand_when_the_step_replaces_it(zero):
+    """``p.grad`` read at the step's start is the last call's gradient; a replay would use this call's tensor
+    (it passed unrefused and replayed a stale value before)."""
+    model, opt, _ = _mlp_setup()
+    x, y = _batches(1)[0]
+    F.cross_entropy(model(x), y).backward()  # a gradient to read on the first call
+
+    def step(x, y):
+        norm = sum((p.grad ** 2).sum() for p in model.parameters())
+        loss = F.cross_entropy(model(x), y)
+        if zero == "set to None":
+            for p in model.parameters():
+                p.grad = None
+        elif zero.startswith("zero_grad"):
+            opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return norm
+    _refused(step, "that it read at")
+
+
+@pytest.mark.parametrize("zero", [True, False], ids=["zero_grad(set_to_none=False)", "accumulated"])
+def test_a_gradient_from_before_the_call_kept_in_place_is_read_anew_on_every_replay(zero):
+    """zero_grad(set_to_none=False) keeps the .grad tensors and fills them with zeros, and a backward adds into
+    them: the step's read of them before that is of the leaf's own gradient on every call, as in eager."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Linear(6, 3)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1)
+        (model(tg.ones(2, 6)) ** 2).mean().backward()
+
+        def step(x):
+            norm = (model.weight.grad * model.weight.grad).sum()
+            loss = (model(x) ** 2).mean()
+            if zero:
+                opt.zero_grad(set_to_none=False)
+            loss.backward()
+            opt.step()
+            return loss, norm
+        f = tg.compile(step) if compiled else step
+        tg.manual_seed(1)
+        out = [[t.data.copy() for t in f(tg.rand(8, 6))] + [model.weight.data.copy()] for _ in range(5)]
+        return out, f
+    eager, _ = run(False)
+    replayed, f = run(True)
+    assert f.records == 1 and f.replays == 4
+    assert all(np.array_equal(a, b) for e, c in zip(eager, replayed) for a, b in zip(e, c))
+
+
 @pytest.mark.parametrize("where", ["before backward", "after the update"])
 def test_setting_grad_to_none_inside_a_step_is_replayed(where):
     """Would fail if ``p.grad = None`` in the step's code were not recorded: the replays would accumulate each

@@ -149,6 +149,14 @@ def note_grad_set(tensor, value):
         rec.record_grad_set(tensor, value)
 
 
+def note_grad_read(tensor, grad):
+    """The step's own code reads ``tensor.grad`` (``grad``, not None): if it passes it to an op or a call and the
+    leaf holds another gradient after the call, a replay would use this one, so the recording refuses it."""
+    rec = CAPTURE.recorder
+    if rec is not None and not rec.depth:
+        rec.note_grad_read(tensor, grad)
+
+
 def note_requires_grad(tensor, flag):
     """``tensor.requires_grad`` is being set to ``flag`` (a module frozen for part of a step): a replay sets it at
     the same point, so the ops after it see the same flags as when they were recorded."""

@@ -8,7 +8,8 @@ import functools
 import numpy as np
 
 from . import backend, dtypes
-from .capture import note_alias, note_grad_set, note_host_mask, note_requires_grad, refuse_host_read, replayed
+from .capture import (CAPTURE, note_alias, note_grad_read, note_grad_set, note_host_mask, note_requires_grad,
+                      refuse_host_read, replayed)
 from ._checks import check_dim, check_int, check_sizes
 
 _default_float = dtypes.float32
@@ -66,7 +67,10 @@ class Tensor:
     @property
     def grad(self):
         """The gradient a backward accumulated into this leaf (None until one did)."""
-        return self._grad
+        g = self._grad
+        if g is not None and CAPTURE.recorder is not None:  # inside a compiled step's recording
+            note_grad_read(self, g)
+        return g
 
     @grad.setter
     def grad(self, value):

@@ -56,7 +56,10 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
   prune    A gradient that a plain backward delivers to a leaf and the step then drops unread (``zero_grad()``
            before anything reads it: in a GAN step, the discriminator's weight gradients from the generator's
            backward) is left out of the plan, with the products that only it needed (``without_dead_gradients``).
-           What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it.
+           What may read a gradient is known from ``@replayed(grads=...)``; anything else keeps it. A
+           ``zero_grad()`` after the forward (``loss = f(x); opt.zero_grad(); loss.backward()``) moves back over
+           the forwards before it, so the last call's gradients are not held through them
+           (``with_early_drops``).
   reuse    A forward of an op that declares ``reusable_forward`` (Linear, convolutions, reshape) on the same arguments
            as an earlier forward of that op, with nothing in between that may change their arrays (an op's
            ``forward_writes``, a call's ``@replayed(writes=...)``: an optimizer step changes its parameters), is
@@ -114,7 +117,8 @@ object).
 
 What cannot be captured is refused at record time with ``CompileError`` naming the line: reading a tensor's value
 into Python inside the step (``.item()``, ``float(t)``, ``bool(t)`` / branching on a value, ``.numpy()``,
-``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made,
+``.tolist()``), indexing with a boolean mask that may change, using a ``.grad`` the step's own backward made
+(or one its backward or ``zero_grad()`` then replaces: the last call's),
 drawing from Python's ``random`` module or NumPy's global generator (or an unseeded ``default_rng()``: use
 tinygen's draws, which a replay makes anew), calling an optimizer or a scheduler made inside the step, changing a
 parameter's or a module's values by array code (``p.data -= lr * p.grad.data``, an EMA through ``.data``: use an

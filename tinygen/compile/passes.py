@@ -8,6 +8,8 @@ ones that replay to the same state as eager.
   with_releases           a release step after the last use of each intermediate, so a replay holds no more memory
                           than eager
   without_dead_gradients  gradients the step drops unread (zero_grad before anything reads them) not computed
+  with_early_drops        a zero_grad (set to None) moved back over the forwards before it, so that the last
+                          call's gradients are not held through them
   fused_backwards         a plain backward's runs of elementwise nodes as one loop (``fusion.fused_plan_steps``)
 """
 import copy
@@ -264,6 +266,31 @@ def _dropped_unread(plan, later):
         if kind == "drops":
             dead |= touched
     return dead
+
+
+def with_early_drops(steps):
+    """The steps with the first call that drops gradients unread (``zero_grad()``, set to None) moved back over
+    the forwards before it, to just after the last call before them: ``loss = f(x); opt.zero_grad();
+    loss.backward()`` then does not hold the last call's gradients through its forward, as eager does, so its
+    peak is lower by them. Not over a call (it may read a gradient) nor when a backward comes first; a forward
+    cannot read one (a .grad the step's code passes to an op is refused unless it is the leaf's after the call:
+    ``Recorder.stale_grad_read``). The same state as eager after the call, and the same bits. Returns a tuple of
+    steps."""
+    if engine_walks(steps):
+        return steps
+    start = 0  # where the call may go: after the last call before it
+    for i, (run, operands) in enumerate(steps):
+        if run is replay_call:
+            said = gradient_use(*operands[:3])
+            if said is None or said[0] != "drops":
+                start = i + 1
+            elif any(steps[k][0] is replay_forward for k in range(start, i)):
+                return (*steps[:start], steps[i], *steps[start:i], *steps[i + 1:])
+            else:
+                return steps
+        elif run not in (replay_forward, replay_alias, replay_release, replay_requires_grad):
+            return steps  # a backward
+    return steps
 
 
 def with_releases(steps, inputs, keep):

@@ -38,6 +38,7 @@ class Recorder:
         self.relink = False  # after a call that builds a graph, ops re-read their inputs' nodes on replay
         self.elementwise = {}  # id(output) -> what the fusion pass needs to know of an elementwise op
         self.new_grads = {}  # id -> (a .grad tensor a backward of the step made, held: its id stays its own; its leaf)
+        self.grads_read = {}  # id -> (a .grad tensor the step's code read, its leaf, where): stale_grad_read
         self.walked = set()  # ids of the nodes the step's backwards went through (its result's graph: _graph_returned)
         self.inputs = {id(t) for t in inputs}  # the program's input tensors
         self.values = values  # id -> (tensor, digest of its values, what it is): guards.untracked_write
@@ -108,7 +109,7 @@ class Recorder:
     def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
         """A plain backward is recorded as the steps the engine took (``BackwardPlan``); one that builds a graph,
         or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
-        before = {key: leaf[0].grad for key, leaf in self.leaves.items()}
+        before = {key: leaf[0]._grad for key, leaf in self.leaves.items()}
         if create_graph or inputs is not None:
             self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
                              builds_graph=create_graph)
@@ -123,8 +124,8 @@ class Recorder:
             else:
                 self.steps.append((replay_call, _backward, args, {}, None, STATE.grad_enabled, ()))
         # a .grad this backward made is a new tensor on every replay: the step's own code must not hold this one
-        self.new_grads.update((id(t.grad), (t.grad, t)) for key, (t, *_) in self.leaves.items()
-                              if t.grad is not None and t.grad is not before.get(key))
+        self.new_grads.update((id(t._grad), (t._grad, t)) for key, (t, *_) in self.leaves.items()
+                              if t._grad is not None and t._grad is not before.get(key))
 
     @contextlib.contextmanager
     def _inside(self, writes):
@@ -168,6 +169,26 @@ class Recorder:
                         f"backward made, at {user_frame()}. A replay makes that gradient anew, so the step would "
                         f"use a stale one: read gradients after the call (return what you need from the step), or "
                         f"call a replayed utility that takes the parameters (clip_grad_norm_)")
+
+    def note_grad_read(self, leaf, grad):
+        if id(grad) not in self.grads_read:
+            self.grads_read[id(grad)] = (grad, leaf, user_frame())
+
+    def stale_grad_read(self):
+        """A .grad the step's code read and passed to an op or a call while its leaf holds another one after the
+        call (a backward or zero_grad replaced it): a replay would use the recorded tensor. Returns (that .grad,
+        where it was read), or None."""
+        if not self.grads_read:
+            return None
+        for step in self.steps:
+            run = step[0]
+            used = tensors_in(step[4]) if run is replay_forward else tensors_in(step[2], step[3]) if \
+                run is replay_call else step[1:2] if run is replay_alias else ()
+            for t in used:
+                grad, leaf, where = self.grads_read.get(id(t), (None, None, None))
+                if grad is not None and leaf._grad is not grad:
+                    return grad, where
+        return None
 
     def note_created(self, obj):
         self.created[id(obj)] = obj
@@ -258,6 +279,13 @@ def record(fn, args, kwargs, fuse, graphs=False):
         raise CompileError(f"tinygen.compile: the step makes {made}; a replay would call the one made when the "
                            f"step was recorded, its state carried over between calls, where eager makes a new one "
                            f"on every call. Make it outside the step")
+    stale = rec.stale_grad_read()
+    if stale is not None:
+        raise CompileError(f"tinygen.compile: the step uses the .grad of a tensor of shape {tuple(stale[0].shape)} "
+                           f"that it read at {stale[1]}, and the leaf holds another gradient after the call (its "
+                           f"backward or zero_grad replaced it). A replay would use this call's tensor: read "
+                           f"gradients after the call (return what you need from the step), or call a replayed "
+                           f"utility that takes the parameters (clip_grad_norm_)")
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
@@ -327,6 +355,7 @@ class Program:
             rec.steps = passes.reused_forwards(rec.steps, inputs, keep)
         self.steps = passes.with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
         self.steps, self.left_out = passes.without_dead_gradients(self.steps)
+        self.steps = passes.with_early_drops(self.steps)
         if fuse:
             self.steps = fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx")
             self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
