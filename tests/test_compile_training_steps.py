@@ -3,7 +3,8 @@ training step is made of.
 
 Two kinds of step are drawn. A classifier's: an MLP or a small convolutional network (batch norm, layer norm,
 dropout, pooling, upsampling, a transposed convolution), one of the optimizers and their options, a scheduler, a
-loss, gradient clipping, a second forward and backward accumulated, ``zero_grad`` to zeros or to None, and an
+loss, gradient clipping, a second forward and backward accumulated, ``zero_grad`` to zeros or to None (at the end,
+or after the forward: then a replay drops the gradients before the forward), and an
 accuracy under ``no_grad`` or a look at the batch in eval mode returned beside the loss. A GAN's:
 generator and critic MLPs, one of four losses (BCE with smoothed or noisy labels, hinge, least squares, WGAN with a
 gradient penalty or with clipped weights), several critic updates a call, the generator's output detached or made
@@ -112,7 +113,9 @@ def _classifier(draw, device):
     loss_kind = draw(st.sampled_from(["cross-entropy", "smoothed cross-entropy", "mse", "bce", "smooth-l1 + l2"]))
     clip = draw(st.sampled_from(["none", "norm", "value"]))
     accumulate, to_none = draw(st.booleans()), draw(st.booleans())
+    zero_at = draw(st.sampled_from(["end", "after the forward"]))  # after the forward: the early drop (passes.py)
     evaluate = draw(st.sampled_from(["none", "accuracy", "eval mode"]))
+    event(f"zero_grad: {zero_at}")
     event(f"loss: {loss_kind}")
     event(f"evaluate: {evaluate}")
 
@@ -137,6 +140,8 @@ def _classifier(draw, device):
             loss = F.binary_cross_entropy_with_logits(out, tg.zeros_like(out) + 0.3)
         else:
             loss = F.smooth_l1_loss(out, tg.zeros_like(out)) + 0.01 * sum(p.pow(2).sum() for p in model.parameters())
+        if zero_at == "after the forward":
+            opt.zero_grad(set_to_none=to_none)
         loss.backward()
         if accumulate:
             F.cross_entropy(model(x * 0.5), y).backward()
@@ -145,7 +150,8 @@ def _classifier(draw, device):
         elif clip == "value":
             nn.utils.clip_grad_value_(model.parameters(), 0.1)
         opt.step()
-        opt.zero_grad(set_to_none=to_none)
+        if zero_at == "end":
+            opt.zero_grad(set_to_none=to_none)
         if sched is not None:
             sched.step()
         return (loss, *extra)
