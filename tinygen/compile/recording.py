@@ -24,6 +24,11 @@ from .steps import (GRAPH, BackwardPlan, CompileError, dataclass_items, is_datac
                     run_steps, set_grad, tensors_in)
 
 
+# what a step that uses a .grad it cannot (a replay would use a stale one) may do instead
+_READ_GRADS_AFTER = ("read gradients after the call (return what you need from the step), or call a replayed utility "
+                     "that takes the parameters (clip_grad_norm_)")
+
+
 class Recorder:
     """Set as ``CAPTURE.recorder`` while a step runs for the first time; the core's hooks call it."""
 
@@ -167,8 +172,7 @@ class Recorder:
                     raise CompileError(
                         f"tinygen.compile: the step uses the .grad of a tensor of shape {tuple(t.shape)} that its own "
                         f"backward made, at {user_frame()}. A replay makes that gradient anew, so the step would "
-                        f"use a stale one: read gradients after the call (return what you need from the step), or "
-                        f"call a replayed utility that takes the parameters (clip_grad_norm_)")
+                        f"use a stale one: {_READ_GRADS_AFTER}")
 
     def note_grad_read(self, leaf, grad):
         if id(grad) not in self.grads_read:
@@ -283,9 +287,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
     if stale is not None:
         raise CompileError(f"tinygen.compile: the step uses the .grad of a tensor of shape {tuple(stale[0].shape)} "
                            f"that it read at {stale[1]}, and the leaf holds another gradient after the call (its "
-                           f"backward or zero_grad replaced it). A replay would use this call's tensor: read "
-                           f"gradients after the call (return what you need from the step), or call a replayed "
-                           f"utility that takes the parameters (clip_grad_norm_)")
+                           f"backward or zero_grad replaced it). A replay would use this call's tensor: "
+                           f"{_READ_GRADS_AFTER}")
     changed = guards.untracked_write(rec)  # since the last recorded write
     if changed is not None:
         raise CompileError(guards.untracked_message(changed))
