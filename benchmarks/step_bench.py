@@ -11,6 +11,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare short  # BLAS / gemm_short.py
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --products  # each product in the step/alone
+    python -m benchmarks.step_bench --case vae --batch 256 --threads 2 --program  # each step of the compiled program
 
 ``--case`` takes a model of ``python -m benchmarks`` (mlp, mlp-adam, vae, gan, dcgan), built as the benchmark builds
 it (benchmarks/models_tinygen.py, compiled with tinygen.compile unless ``--eager``), and splits its wall time per
@@ -31,6 +32,10 @@ then the same product alone on arrays of that shape and layout: with its operand
 same call repeated) and with the caches flushed before each call (64 MiB read and written in between). A product
 much slower in the step than alone, and as slow as alone with the caches flushed, waits on memory: its operands
 come from (and its result goes to) main memory in the step.
+
+``--program`` times each step of the compiled step's program (tinygen.compile: an op's forward, a recorded call, a
+fused run, a backward plan, the releases) and, inside the backward plans, each node's backward, summed by kind (an
+op's class, a call's function) per training step: where a compiled step's time goes, op by op.
 
 The models are built from tinygen.nn only: a DCGAN-style MLP GAN (G: 100-256-512-1024-784 with BatchNorm and
 LeakyReLU, tanh output; D: 784-512-256-1 with LeakyReLU; BCE with logits; Adam lr 2e-4, betas (0.5, 0.999)), and
@@ -269,6 +274,64 @@ def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_co
     return statistics.median(plain), statistics.median(timed), {k: statistics.median(v) for k, v in parts.items()}
 
 
+def program_steps(case, batch, steps=30, rounds=5, fuse=True, clock=time.perf_counter):
+    """(ms per training step without timers, with them, [(kind, ms per training step)]) for the steps of the
+    compiled program of ``case`` (see the module docstring), the most time first; the kinds of a backward plan's
+    nodes start with two spaces (their time is part of the plan's). Rounds of ``steps`` alternate without and
+    with the timers: the step times are medians over rounds, the kinds' times means over the timed rounds."""
+    from tinygen.compile import fusion, steps as compile_steps
+    from . import models_tinygen
+    from .specs import CASES, init_params, make_data
+    model = CASES[case]["model"]
+    step = models_tinygen.build_compiled(case, batch, init_params(model, 0), make_data(model, batch), fuse=fuse).step
+    for _ in range(10):
+        step()
+    (program,) = step._programs.values()  # the one signature of the benchmark's step
+    totals = {}
+
+    def kind(run, operands):
+        if run is compile_steps.replay_forward:
+            return f"forward {operands[0].__name__}"
+        if run is compile_steps.replay_call:
+            return f"call {getattr(operands[0], '__qualname__', operands[0])}"
+        if run is compile_steps.replay_backward:
+            return "backward plan"
+        return "fused run" if isinstance(run, fusion.FusedRun) else run.__name__.removeprefix("replay_")
+
+    def timed(fn, name):
+        def run(*args):
+            t0 = clock()
+            fn(*args)
+            totals[name] = totals.get(name, 0.0) + clock() - t0
+        return run
+
+    untimed, plan_step = program.steps, compile_steps.plan_step
+    with_timers = tuple((timed(run, kind(run, operands)), operands) for run, operands in untimed)
+
+    def timed_plan_step(node_step, *args):
+        timed(plan_step, f"  {type(node_step[0]).__name__}")(node_step, *args)
+    plain, timed_rounds = [], []
+    try:
+        for _ in range(rounds):
+            for on in (False, True):
+                program.steps, compile_steps.plan_step = (with_timers, timed_plan_step) if on else (untimed, plan_step)
+                t0 = clock()
+                for _ in range(steps):
+                    step()
+                (timed_rounds if on else plain).append((clock() - t0) / steps)
+    finally:
+        program.steps, compile_steps.plan_step = untimed, plan_step
+    calls = steps * rounds
+    parts = sorted(((k, v / calls) for k, v in totals.items() if not k.startswith("  ")), key=lambda kv: -kv[1])
+    nodes = sorted(((k, v / calls) for k, v in totals.items() if k.startswith("  ")), key=lambda kv: -kv[1])
+    rows = []
+    for k, v in parts:
+        rows.append((k, v * 1e3))
+        if k == "backward plan":
+            rows += [(n, t * 1e3) for n, t in nodes]
+    return statistics.median(plain) * 1e3, statistics.median(timed_rounds) * 1e3, rows
+
+
 def products(case, batch, compiled=True, steps=10, repeats=15):
     """[(a's shape and layout, b's, calls per step, ms per call in the step, alone with the caches warm, and
     flushed (medians), GFLOP per call)] for each matrix product of the step (see the module docstring), the most
@@ -454,6 +517,9 @@ def main(argv=None):
     ap.add_argument("--products", action="store_true",
                     help="with --case: each matrix product of the step, timed in the step and alone (caches warm, "
                          "and flushed)")
+    ap.add_argument("--program", action="store_true",
+                    help="with --case: each step of the compiled step's program, and each node of its backward "
+                         "plans, timed")
     ap.add_argument("--fuse", choices=("on", "off", "approx"), default="on",
                     help="with --case: tinygen.compile's fusion of elementwise runs (fuse=True, False, 'approx')")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -483,6 +549,20 @@ def main(argv=None):
         print(f"  all products, a step: {sum(r[2] * r[3] for r in rows):.1f} ms in the step; alone "
               f"{sum(r[2] * r[4] for r in rows):.1f} ms with the caches warm, {sum(r[2] * r[5] for r in rows):.1f} "
               f"ms flushed (medians a call times calls)")
+        return 0
+    if args.program and (not args.case or args.eager):
+        ap.error("--program needs --case, compiled (no --eager)")
+    if args.program:
+        clock = time.perf_counter if args.clock == "wall" else time.thread_time
+        plain, timed, rows = program_steps(args.case, args.batch, args.steps, args.rounds,
+                                           {"on": True, "off": False, "approx": "approx"}[args.fuse], clock)
+        print(f"{args.case} compiled (fuse {args.fuse}) step, batch {args.batch}, {args.threads} thread(s), "
+              f"{args.clock} time per step, {args.rounds} alternating rounds of {args.steps} steps: its program's "
+              f"steps by kind (a backward plan's nodes indented)")
+        print(f"  {'step without timers':50s}{plain:9.3f} ms")
+        print(f"  {'step with timers':50s}{timed:9.3f} ms")
+        for name, ms in rows:
+            print(f"  {name:50s}{ms:9.3f} ms  {100 * ms / timed:5.1f}%")
         return 0
     if args.case and args.compare:
         if args.compare in ("prune", "reuse") and args.eager:

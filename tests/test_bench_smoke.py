@@ -443,6 +443,23 @@ def test_step_bench_compares_mkls_two_callers():
     assert set(times) == set(SWITCHES["mkl-call"]) and all(float(t) > 0 for t in times.values()), out.stdout
 
 
+def test_step_bench_times_each_step_of_the_compiled_program():
+    """--program times the compiled step's program by kind of step (ops' forwards, recorded calls, the backward
+    plan and, under it, its nodes); it needs a compiled --case."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", "--case", "mlp", "--batch", "4", "--steps",
+                          "2", "--rounds", "1", "--program"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = dict(re.findall(r"^  (\S.*?)\s+([0-9.]+) ms", out.stdout, re.M))
+    nodes = re.findall(r"^    (\S+)\s+[0-9.]+ ms", out.stdout, re.M)  # the backward plan's, indented under it
+    assert {"step without timers", "step with timers", "backward plan", "call Optimizer.step"} <= set(rows), out.stdout
+    assert any(k.startswith("forward Linear") for k in rows) and any(n.startswith("Linear") for n in nodes), out.stdout
+    assert float(rows["backward plan"]) > 0, out.stdout
+    for wrong in (["--program"], ["--case", "mlp", "--eager", "--program"]):
+        bad = subprocess.run([sys.executable, "-m", "benchmarks.step_bench", *wrong], cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+        assert bad.returncode != 0 and "--program needs --case, compiled" in bad.stderr
+
+
 @pytest.mark.parametrize("setting", ["64", "0"])
 def test_step_bench_compares_blas_with_the_short_products_loops(setting):
     """--compare short times a step with every product on BLAS against the short ones on gemm_short.py's loops;
