@@ -238,19 +238,24 @@ def _install_timers(timers):
 REST = "Python and the rest"  # what no timer covers: the step's time less its timed parts
 
 
-def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter, fuse=True, round_s=None):
-    """Per-step time of a benchmark model's step without timers, with them, and its parts (medians over rounds;
-    see the module docstring). ``round_s``: size each round to about that many seconds instead of ``steps``."""
+def _case_step(case, batch, compiled=True, fuse=True):
+    """The training step of ``python -m benchmarks``'s model ``case`` at ``batch``, built as the benchmark builds
+    it: through tinygen.compile (``fuse``: its fusion) unless ``compiled`` is False."""
     from . import models_tinygen
     from .specs import CASES, init_params, make_data
-    timers = _Timers(clock)
-    _install_timers(timers)
     model = CASES[case]["model"]
     params, data = init_params(model, 0), make_data(model, batch)
     if compiled:
-        step = models_tinygen.build_compiled(case, batch, params, data, fuse=fuse).step
-    else:
-        step = models_tinygen.build(case, batch, params, data).step
+        return models_tinygen.build_compiled(case, batch, params, data, fuse=fuse).step
+    return models_tinygen.build(case, batch, params, data).step
+
+
+def breakdown(case, batch, compiled=True, steps=50, rounds=7, clock=time.perf_counter, fuse=True, round_s=None):
+    """Per-step time of a benchmark model's step without timers, with them, and its parts (medians over rounds;
+    see the module docstring). ``round_s``: size each round to about that many seconds instead of ``steps``."""
+    timers = _Timers(clock)
+    _install_timers(timers)
+    step = _case_step(case, batch, compiled, fuse)
     for _ in range(20 if round_s is None else 3):
         step()
     if round_s is not None:
@@ -280,10 +285,7 @@ def program_steps(case, batch, steps=30, rounds=5, fuse=True, clock=time.perf_co
     nodes start with two spaces (their time is part of the plan's). Rounds of ``steps`` alternate without and
     with the timers: the step times are medians over rounds, the kinds' times means over the timed rounds."""
     from tinygen.compile import fusion, steps as compile_steps
-    from . import models_tinygen
-    from .specs import CASES, init_params, make_data
-    model = CASES[case]["model"]
-    step = models_tinygen.build_compiled(case, batch, init_params(model, 0), make_data(model, batch), fuse=fuse).step
+    step = _case_step(case, batch, fuse=fuse)
     for _ in range(10):
         step()
     (program,) = step._programs.values()  # the one signature of the benchmark's step
@@ -337,12 +339,7 @@ def products(case, batch, compiled=True, steps=10, repeats=15):
     flushed (medians), GFLOP per call)] for each matrix product of the step (see the module docstring), the most
     time a step first."""
     from tinygen.kernels import gemm
-    from . import models_tinygen
-    from .specs import CASES, init_params, make_data
-    model = CASES[case]["model"]
-    params, data = init_params(model, 0), make_data(model, batch)
-    build = models_tinygen.build_compiled if compiled else models_tinygen.build
-    step = build(case, batch, params, data).step
+    step = _case_step(case, batch, compiled)
     for _ in range(5):
         step()
     seen, product = {}, gemm._product
@@ -409,9 +406,7 @@ def _variants(switch, make_step):
     short: every product on BLAS, or the short ones on kernels/gemm_short.py's loops (gemm.mm's route)."""
     if switch == "short":
         from tinygen.kernels import gemm
-        if gemm._short_mm is None:
-            gemm._short_mm = gemm._load_short()
-        if not gemm._short_mm:
+        if not gemm.short_route():
             raise SystemExit("--compare short: gemm_short.py's loops are not in use here (Numba off, or "
                              "TINYGEN_MM_SHORT_MAX_ROWS 0; auto needs AVX-512 and MKL): set "
                              "TINYGEN_MM_SHORT_MAX_ROWS=64 to compare them")
@@ -473,11 +468,7 @@ def _module_switch(module, name, off, make_step):
 def switch_ab(case, batch, switch, compiled=True, steps=30, rounds=10, clock=time.perf_counter):
     """Per-step times of a benchmark model's step with ``switch`` (SWITCHES) off and on, in alternating rounds
     of one process: (off, on) lists."""
-    from . import models_tinygen
-    from .specs import CASES, init_params, make_data
-    model = CASES[case]["model"]
-    build = models_tinygen.build_compiled if compiled else models_tinygen.build
-    use, restore = _variants(switch, lambda: build(case, batch, init_params(model, 0), make_data(model, batch)).step)
+    use, restore = _variants(switch, lambda: _case_step(case, batch, compiled))
     times = {False: [], True: []}
     try:
         for i in range(rounds + 1):

@@ -120,10 +120,17 @@ def _short(a, b):
     route is fixed for the process (Numba installed, the setting TINYGEN_NUMBA on when first asked), not switched by
     ``kernels.enabled_as``: a product's bits depend on the products' route alone, and the CuPy stand-in takes the
     CPU's route, so device code gives the CPU's bits."""
+    route = short_route()
+    return _on_host(route, a, b) if route else None
+
+
+def short_route():
+    """gemm_short.mm where short float32 products take its loops in this process, else False; chosen on the first
+    call (``_load_short``)."""
     global _short_mm
     if _short_mm is None:
         _short_mm = _load_short()
-    return _on_host(_short_mm, a, b) if _short_mm else None
+    return _short_mm
 
 
 def _load_short():
