@@ -458,9 +458,9 @@ def _copies(given, copy, where=None, found=None):
 
 def _written_back(copies, caller, slots):
     """Put into each of the caller's containers what the step left in its copy (the slots mapped back to the
-    caller's tensors, ``caller``; a copy back to the caller's container), as an eager call leaves them: a step that changes its
-    arguments (``metrics["loss"] = loss``, ``batch.seen += 1``) is Python a replay would not run again. Returns
-    how to name the first one changed, else None."""
+    caller's tensors, ``caller``; a copy back to the caller's container), as an eager call leaves them: a step that
+    changes its arguments (``metrics["loss"] = loss``, ``batch.seen += 1``) is Python a replay would not run again.
+    Returns how to name the first one changed, else None."""
     first = back = None
     for where, original, copy, held in copies:
         if guards.contents_of(copy) == held:
