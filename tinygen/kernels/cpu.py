@@ -96,8 +96,28 @@ def _pre_bwd(s, act, p1):
     return None
 
 
+BLOCK = 4096  # elements the blocked loops take at a time: in the core's cache, and enough of them that a
+# convolution's many short rows (a few channels) do not cost a call each
+
+
 @njit(cache=True, error_model="numpy")
 def _act_fwd(x, e, out, act, p1, p2):
+    """out = act(x); ``out`` may be ``x`` itself. LLVM does not vectorize a loop whose output may overlap an input
+    it reads (4x slower for relu), so in place, x goes a block at a time through a buffer in the core's cache."""
+    if out.size == 0 or x.ctypes.data != out.ctypes.data:
+        _act_fwd_loops(x, e, out, act, p1, p2)
+        return
+    buf = np.empty(min(x.size, BLOCK), x.dtype)
+    for lo in range(0, x.size, BLOCK):
+        hi = min(x.size, lo + BLOCK)
+        block, xs = buf[:hi - lo], x[lo:hi]
+        for i in range(hi - lo):  # (not a slice assignment: that checks for overlap and copies twice)
+            block[i] = xs[i]
+        _act_fwd_loops(block, e[lo:hi], out[lo:hi], act, p1, p2)
+
+
+@njit(cache=True, error_model="numpy")
+def _act_fwd_loops(x, e, out, act, p1, p2):
     """out = act(x), given e = _pre_fwd(x) for sigmoid, elu and softplus. One loop per activation: LLVM vectorizes
     a loop with a simple select in it, but not one that branches on ``act`` inside."""
     zero, one = x.dtype.type(0), x.dtype.type(1)
@@ -287,9 +307,6 @@ globals().update(ref.activation_kernels(act_fwd, act_bwd))
 
 
 # ---- bias + activation after a matmul ----------------------------------------------------------------------------
-BLOCK = 4096  # elements of the rows the bias + activation loops take at a time: in the core's cache, and enough
-# of them that a convolution's many short rows (a few channels) do not cost a call each
-
 
 @njit(cache=True, error_model="numpy")
 def _bias_act_fwd(y, b, has_b, act, p1, p2):
