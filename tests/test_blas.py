@@ -148,6 +148,21 @@ def test_products_mkl_does_not_take_go_to_numpy(mkl):
         np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("setting", ["auto", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_product_under_small_is_numpys_own(chosen, setting, dtype):
+    """gemm.mm hands a product of fewer than gemm.SMALL multiply-adds to NumPy's ``@`` before asking any route:
+    each route gives that there (gemm_short.py's loops start at SMALL, MKL's products above blas.MIN), so the bits
+    are those of every route, with MKL chosen or not."""
+    chosen(setting)
+    assert gemm.SMALL <= blas.MIN
+    rng = np.random.default_rng(4)
+    for m, k, n in [(16, 400, 20), (20, 16, 400), (400, 16, 20), (16, 20, 400), (1, 8191, 16), (64, 64, 31)]:
+        assert m * k * n < gemm.SMALL
+        for name, a, b in _layouts(rng, m, k, n, dtype):
+            np.testing.assert_array_equal(gemm.mm(a, b), a @ b, err_msg=f"{m}x{k}x{n} {name}")
+
+
 def test_the_cpu_standin_multiplies_through_mkl_with_the_cpus_bits(mkl):
     """The stand-in's products are MKL's too (products whose bits differ between MKL and OpenBLAS included: a
     batch of 16 through a 784 -> 512 layer, and (100, 1000) @ (1000, 100), where the two sum in other orders)."""

@@ -119,6 +119,12 @@ def test_the_bits_do_not_depend_on_the_thread_split(form, m, k, n, monkeypatch):
     np.testing.assert_array_equal(gemm_short.mm(a, b), serial)
 
 
+def test_the_loops_start_where_gemm_stops_handing_products_to_numpy():
+    """gemm.mm gives a product under gemm.SMALL multiply-adds to NumPy's ``@`` before asking this module: a MIN
+    under SMALL would leave products between them to NumPy, not to the loops."""
+    assert gemm_short.MIN >= gemm.SMALL
+
+
 @pytest.mark.parametrize("what, a, b", [
     ("float64", np.ones((16, 512)), np.ones((512, 512))),
     ("x @ W.T with k under 256", np.ones((16, 240), np.float32), np.ones((512, 240), np.float32).T),

@@ -42,6 +42,10 @@ SWAP_MAX_ROWS = config.get("TINYGEN_MM_SWAP_MAX_ROWS")
 PAIR_MAX_ROWS = config.get("TINYGEN_MM_PAIR_MAX_ROWS")
 PAIR_MIN = 1 << 22  # multiply-adds; below, handing a product to a pool thread (~50 us) costs more than it saves
 SWAP_MIN_SIZE = 1 << 17
+# Multiply-adds below which every route gives NumPy's ``a @ b`` on the calling thread: gemm_short.py's loops start
+# at their MIN and MKL's products at blas.MIN, both at SMALL or above (tests hold them there), so a small product
+# skips the routes' checks (~1 us)
+SMALL = 1 << 17
 _HOST = (np.ndarray, StandinArray)  # arrays whose BLAS is NumPy's
 _short_mm = None  # gemm_short.mm, or False where it is not in use: chosen on the first float32 product
 
@@ -103,6 +107,9 @@ def _split_rows(blas_threads, a, b):
 
 
 def _product(a, b):
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.shape[0] * a.shape[1] * b.shape[1] < SMALL):
+        return a @ b
     if GRAPH_CAPTURE.workspace is not None and type(a) not in _HOST:  # inside a CUDA graph's capture
         return gemm_capture.mm(a, b)
     if a.dtype == np.float32:
