@@ -918,6 +918,21 @@ def test_a_gradient_from_before_the_call_is_refused_as_an_operand_when_the_step_
     _refused(step, "that it read at")
 
 
+def test_a_gradient_from_before_the_call_is_refused_as_a_backwards_gradient():
+    """``y.backward(w.grad)`` with the last call's gradient, replaced in the step: a replay would pass this call's
+    tensor to every backward (it replayed 6, 6, 6 where eager gives 6, 12, 24 before it was refused)."""
+    w = tg.ones(3, requires_grad=True)
+    (w * 3).sum().backward()
+
+    def step(x, y):
+        g = w.grad
+        out = w * 2
+        w.grad = None
+        out.backward(g)
+        return out
+    _refused(step, "that it read at")
+
+
 @pytest.mark.parametrize("zero", [True, False], ids=["zero_grad(set_to_none=False)", "accumulated"])
 def test_a_gradient_from_before_the_call_kept_in_place_is_read_anew_on_every_replay(zero):
     """zero_grad(set_to_none=False) keeps the .grad tensors and fills them with zeros, and a backward adds into

@@ -150,8 +150,9 @@ def note_grad_set(tensor, value):
 
 
 def note_grad_read(tensor, grad):
-    """The step's own code reads ``tensor.grad`` (``grad``, not None): if it passes it to an op or a call and the
-    leaf holds another gradient after the call, a replay would use this one, so the recording refuses it."""
+    """The step's own code reads ``tensor.grad`` (``grad``, not None): if it passes it to an op, a call or a
+    backward and the leaf holds another gradient after the call, a replay would use this one, so the recording
+    refuses it."""
     rec = CAPTURE.recorder
     if rec is not None and not rec.depth:
         rec.note_grad_read(tensor, grad)

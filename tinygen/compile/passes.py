@@ -21,7 +21,7 @@ from ..capture import gradient_use, replayed, tensors_written
 from ..tensor import Tensor
 from . import fusion
 from .steps import (_new, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
-                    replay_requires_grad, tensors_in)
+                    replay_requires_grad, tensors_in, tensors_read)
 
 
 def engine_walks(steps):
@@ -319,12 +319,12 @@ def with_releases(steps, inputs, keep):
         uses, new, walked = (), (), ()
         if run is replay_forward:
             operands = operands[:6] + (shadowable,)
-            uses, new = tensors_in(operands[3]), operands[4]  # with the tensors inside an index tuple
+            uses, new = tensors_read(run, operands), operands[4]
             relinked = relinked or operands[5]
             if operands[1] is not None:
                 by_node[id(operands[1])] = operands
         elif run is replay_alias:
-            uses, new = operands[:1], operands[1:]
+            uses, new = tensors_read(run, operands), operands[1:]
         elif run is replay_backward or (run is replay_call and operands[0] in (_backward, _grad)):
             if relinked:
                 uses, walked = made, by_node
@@ -332,7 +332,7 @@ def with_releases(steps, inputs, keep):
                 walked, graph = _graph(tensors_in(operands[1][0]), by_node, unshadowable)
                 uses = tensors_in(operands[1]) + graph  # the roots, their gradients, grad()'s inputs
         elif run is replay_call:
-            uses, new = tensors_in(operands[1], operands[2]), operands[5]
+            uses, new = tensors_read(run, operands), operands[5]
         out.append((run, operands))
         for t in uses:
             if id(t) in intermediates:

@@ -21,7 +21,7 @@ from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
 from .steps import (GRAPH, BackwardPlan, CompileError, dataclass_items, is_dataclass_instance, map_tensors,
                     replay_alias, replay_backward, replay_call, replay_forward, replay_release, replay_requires_grad,
-                    run_steps, set_grad, tensors_in)
+                    run_steps, set_grad, tensors_in, tensors_read)
 
 
 # what a step that uses a .grad it cannot (a replay would use a stale one) may do instead
@@ -179,16 +179,13 @@ class Recorder:
             self.grads_read[id(grad)] = (grad, leaf, user_frame())
 
     def stale_grad_read(self):
-        """A .grad the step's code read and passed to an op or a call while its leaf holds another one after the
-        call (a backward or zero_grad replaced it): a replay would use the recorded tensor. Returns (that .grad,
-        where it was read), or None."""
+        """A .grad the step's code read and passed to an op, a call or a backward (``tensors_read``) while its leaf
+        holds another one after the call (a backward or zero_grad replaced it): a replay would use the recorded
+        tensor. Returns (that .grad, where it was read), or None."""
         if not self.grads_read:
             return None
         for step in self.steps:
-            run = step[0]
-            used = tensors_in(step[4]) if run is replay_forward else tensors_in(step[2], step[3]) if \
-                run is replay_call else step[1:2] if run is replay_alias else ()
-            for t in used:
+            for t in tensors_read(step[0], step[1:]):
                 grad, leaf, where = self.grads_read.get(id(t), (None, None, None))
                 if grad is not None and leaf._grad is not grad:
                     return grad, where

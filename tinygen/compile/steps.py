@@ -277,6 +277,19 @@ def _shadow(t):
     return _make(t.data, t._device, t._requires_grad, t.grad_fn, t._out_idx)
 
 
+def tensors_read(run, operands):
+    """The tensors a program's step takes as arguments: an op's inputs, a recorded call's arguments, an alias's
+    source, a plain backward's roots and their gradients (not what a backward reaches through the graph)."""
+    if run is replay_forward:
+        return tensors_in(operands[3])  # with the tensors inside an index tuple
+    if run is replay_call:
+        return tensors_in(operands[1], operands[2])
+    if run is replay_alias:
+        return operands[:1]
+    if run is replay_backward:
+        return tensors_in(operands[1])
+    return ()
+
 
 def tensors_in(*values):
     """The tensors in ``values``, in order: nested in tuples, lists, dicts and dataclass instances."""
