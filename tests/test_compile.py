@@ -896,6 +896,20 @@ def test_a_gradient_the_steps_backward_made_is_refused_as_an_operand():
     _refused(step, "its own backward made")
 
 
+def test_a_gradient_the_steps_backward_made_is_refused_as_a_later_backwards_gradient():
+    """``out.backward(w.grad)`` after a backward into w: a replay would pass the recorded gradient (it replayed
+    0, 0, 0 for inputs 0, 1, 2 where eager gives 0, 2, 4 before it was refused)."""
+    w, v = tg.ones(3, requires_grad=True), tg.ones(3, requires_grad=True)
+
+    def step(x, y):
+        w.grad = v.grad = None
+        (w * x[0, :3]).sum().backward()
+        out = v * 2
+        out.backward(w.grad)
+        return out
+    _refused(step, "its own backward made")
+
+
 @pytest.mark.parametrize("zero", ["set to None", "zero_grad(set_to_none=True)"])
 def test_a_gradient_from_before_the_call_is_refused_as_an_operand_when_the_step_replaces_it(zero):
     """``p.grad`` read at the step's start is the last call's gradient; a replay would use this call's tensor

@@ -119,6 +119,7 @@ class Recorder:
             self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
                              builds_graph=create_graph)
         else:
+            self.refuse_new_grads(grad_tensors)  # (a call's arguments are checked in record_call)
             args = (_kept(tensors), _kept(grad_tensors), retain_graph, False, None)
             trace = []
             with self._inside(guards.backward_writes(self)):
