@@ -227,3 +227,18 @@ def test_what_the_caller_changes_between_calls_replays_as_eager(actions):
         sys.modules.pop(MODULE_NAME, None)
     assert len(eager) == len(compiled) and all(np.array_equal(a, b) for a, b in zip(eager, compiled)), actions
     assert f.records + f.replays == CALLS
+
+
+def test_library_code_is_told_from_the_users():
+    """What a step's code reaches is read only where it is the user's: the standard library's, an installed
+    package's and tinygen's own code are not (guards._library_dirs), this file's is."""
+    import json
+
+    import pytest
+    from tinygen.compile import guards
+
+    def users_helper():
+        return 1
+    for func in (json.dumps, pytest.approx, tg.compile, nn.Linear.forward):
+        assert not guards._users(func), func
+    assert guards._users(users_helper)

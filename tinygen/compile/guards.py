@@ -449,10 +449,9 @@ def _library_dirs():
     import os
     import site
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    stdlib = os.path.dirname(os.path.abspath(os.__file__))
-    platstdlib = os.path.join(sys.base_exec_prefix, sys.platlibdir, "python%d.%d" % sys.version_info[:2])
+    stdlib = os.path.dirname(os.path.abspath(os.__file__))  # where the standard library's Python code is
     packages = [*site.getsitepackages(), site.getusersitepackages()]
-    return tuple({os.path.join(d, "") for d in (here, stdlib, platstdlib, *packages)})
+    return tuple({os.path.join(d, "") for d in (here, stdlib, *packages)})
 
 
 def _names(code):
