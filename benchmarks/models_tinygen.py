@@ -7,7 +7,7 @@ import importlib.util
 import os
 
 from .specs import (BN_EPS, BN_MOMENTUM, CASES, DCGAN_BN, DCGAN_BN_EPS, DCGAN_D, DCGAN_G, DIS_LAYERS, GEN_BN,
-                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip)
+                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, VAE_LATENT, VAE_LAYERS, Skip)
 
 
 def _modules():
@@ -117,9 +117,7 @@ class Runner:
                 return loss
 
         elif model == "vae":
-            fc1, fc21, fc22, fc3, fc4 = (_linear(nn, params, n, i, o) for n, i, o in
-                                        [("fc1", 784, 400), ("fc21", 400, 20), ("fc22", 400, 20),
-                                         ("fc3", 20, 400), ("fc4", 400, 784)])
+            fc1, fc21, fc22, fc3, fc4 = (_linear(nn, params, n, i, o) for n, i, o in VAE_LAYERS)
             layers = (fc1, fc21, fc22, fc3, fc4)
             for m in layers:
                 m.to(device)
@@ -131,7 +129,7 @@ class Runner:
                 opt.zero_grad()
                 h1 = fc1(x).relu()
                 mu, logvar = fc21(h1), fc22(h1)
-                eps = fixed if fixed is not None else tg.randn(batch, 20, device=device)
+                eps = fixed if fixed is not None else tg.randn(batch, VAE_LATENT, device=device)
                 z = mu + eps * (0.5 * logvar).exp()
                 logits = fc4(fc3(z).relu())
                 bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")

@@ -4,7 +4,7 @@ torch.compile compiles the forward pass and the loss (AOTAutograd compiles the m
 optimizer step stays eager, as in most training scripts that adopt torch.compile.
 """
 from .specs import (BN_EPS, BN_MOMENTUM, CASES, DCGAN_BN, DCGAN_BN_EPS, DCGAN_D, DCGAN_G, DIS_LAYERS, GEN_BN,
-                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, Skip)
+                    GEN_LAYERS, LATENT, LEAKY, MLP_LAYERS, VAE_LATENT, VAE_LAYERS, Skip)
 
 
 def _torch():
@@ -46,11 +46,8 @@ def _vae(torch, params):
     class VAE(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc1 = _linear(torch, params, "fc1", 784, 400)
-            self.fc21 = _linear(torch, params, "fc21", 400, 20)
-            self.fc22 = _linear(torch, params, "fc22", 400, 20)
-            self.fc3 = _linear(torch, params, "fc3", 20, 400)
-            self.fc4 = _linear(torch, params, "fc4", 400, 784)
+            for name, fan_in, fan_out in VAE_LAYERS:  # fc1, fc21, fc22, fc3, fc4
+                setattr(self, name, _linear(torch, params, name, fan_in, fan_out))
 
         def forward(self, x, eps):
             h1 = F.relu(self.fc1(x))
@@ -160,7 +157,7 @@ class Runner:
 
             def step():
                 begin()
-                eps = fixed if fixed is not None else torch.randn(batch, 20, device=device)
+                eps = fixed if fixed is not None else torch.randn(batch, VAE_LATENT, device=device)
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(x, eps)
                 loss.backward()
