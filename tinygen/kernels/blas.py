@@ -3,8 +3,12 @@
 
 Why a second BLAS: OpenBLAS runs the short products of a small batch at a third to a half of MKL's speed (alone, 2
 threads, batch 16: (16, 784) @ (784, 512) 126 against 62 us; the weight gradient (784, 16) @ (16, 512) 91 against
-58 us), and MKL is 5-8% faster on large ones. The benchmark models' compiled training steps on 2 cores were
-1.18-1.38x faster with MKL at batch 16 (the DCGAN's 1.04x) and 1.04-1.16x at 64-1024 (benchmarks/README.md).
+58 us), and on an Intel Xeon MKL is 5-8% faster on large ones. The benchmark models' compiled training steps on 2
+cores of that Xeon were 1.18-1.38x faster with MKL at batch 16 (the DCGAN's 1.04x) and 1.04-1.16x at 64-1024
+(benchmarks/README.md). On an AMD Zen 4 (AVX-512) the large products go the other way: NumPy's OpenBLAS ran the
+steps at batch 256 and 1024 1.04-1.16x faster, MKL those at 16 and 64 1.1-1.45x faster. The choice is one for the
+process: with the large products sent to OpenBLAS and the short ones to MKL, the two libraries' thread pools spun
+against each other, and batch-256 steps ran 0.62-0.73x as fast as with MKL alone (the MLPs, the VAE; the GAN level).
 The setting TINYGEN_BLAS chooses: ``auto`` (the default: MKL when it can be loaded, else NumPy's), ``numpy``, or
 ``mkl`` (an error naming what is missing when it cannot be loaded). It is read once, at the first product (or
 when Numba's threads start: with MKL, Numba's loops run on MKL's OpenMP threads, threads.py).
