@@ -555,3 +555,34 @@ def test_compile_bench_times_a_chain_unfused_and_fused(device, monkeypatch, caps
     rows = [line.split() for line in lines[1:3] + lines[4:6] + lines[7:]]
     assert [row[:2] for row in rows] == [["(4,", "5)"], ["(8,", "3)"]] * 3
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+@pytest.mark.parametrize("case", ["vae", "mlp-adam", "gan"])
+def test_fixed_cost_times_each_framework_on_the_narrowed_model(case):
+    """benchmarks/fixed_cost.py runs from the checkout root and times each framework on the narrowed model."""
+    frameworks = "tinygen-compiled,tinygen" + (",jax" if importlib.util.find_spec("jax") else "")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.fixed_cost", "--case", case, "--batch", "4", "--rounds",
+                          "2", "--steps", "3", "--frameworks", frameworks], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(r"  (\S+)\s+median\s+([0-9.]+)\s+fastest round\s+([0-9.]+)", out.stdout)
+    assert {fw for fw, _, _ in rows} == set(frameworks.split(",")), out.stdout
+    assert all(0 < float(fastest) <= float(median) for _, median, fastest in rows), out.stdout
+
+
+def test_fixed_cost_narrows_every_width_but_the_fixed_ones_and_restores_the_specs():
+    from benchmarks import fixed_cost
+    before = (list(specs.MLP_LAYERS), list(specs.VAE_LAYERS), list(specs.GEN_LAYERS), dict(specs.GEN_BN),
+              list(specs.DIS_LAYERS))
+    with pytest.raises(RuntimeError, match="inside"):
+        with fixed_cost.narrowed("gan", 8):
+            assert specs.GEN_LAYERS[0] == ("g1", specs.LATENT, 8) and specs.GEN_LAYERS[-1] == ("g5", 8, 8)
+            assert set(specs.GEN_BN.values()) == {8} and specs.DIS_LAYERS[-1] == ("d3", 8, 1)
+            params = specs.init_params("gan", 0)
+            assert params["g2_bn"]["weight"].shape == (8,) and params["d1"]["weight"].shape == (8, 8)
+            raise RuntimeError("an error inside")
+    with fixed_cost.narrowed("vae", 8):
+        assert [layer[1:] for layer in specs.VAE_LAYERS] == [(8, 8), (8, 20), (8, 20), (20, 8), (8, 8)]
+    with fixed_cost.narrowed("mlp", 8):
+        assert specs.MLP_LAYERS[-1] == ("fc3", 8, 10)
+    assert before == (specs.MLP_LAYERS, specs.VAE_LAYERS, specs.GEN_LAYERS, specs.GEN_BN, specs.DIS_LAYERS)
