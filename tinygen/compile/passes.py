@@ -125,7 +125,8 @@ def reused_forwards(steps, inputs, keep=frozenset()):
             changed.update(id(source.get(id(t), t)) for k in s[1].forward_writes for t in tensors_in(s[4][k]))
         elif s[0] is replay_call:
             written = writes[i] = tensors_written(s[1], s[2], s[3])
-            changed.update(id(source.get(id(t), t)) for t in (tensors_in(s[2], s[3]) if written is None else written))
+            args = tensors_read(s[0], s[1:]) if written is None else written  # (None: any argument)
+            changed.update(id(source.get(id(t), t)) for t in args)
         for t in s[5] if s[0] is replay_forward else s[6] if s[0] is replay_call else ():
             made.add(id(t))
             if t.grad_fn is not None or not t._requires_grad:  # not a leaf made here (its node saves it unshadowed)
@@ -330,7 +331,7 @@ def with_releases(steps, inputs, keep):
                 uses, walked = made, by_node
             else:
                 walked, graph = _graph(tensors_in(operands[1][0]), by_node, unshadowable)
-                uses = tensors_in(operands[1]) + graph  # the roots, their gradients, grad()'s inputs
+                uses = tensors_read(run, operands) + graph  # the roots, their gradients, grad()'s inputs
         elif run is replay_call:
             uses, new = tensors_read(run, operands), operands[5]
         out.append((run, operands))
@@ -368,7 +369,7 @@ def _graph(roots, by_node, unshadowable):
         found.extend(tensors_in(*getattr(node, "__dict__", {}).values()))
         operands = by_node.get(id(node))
         if operands is not None and any(id(t) in unshadowable for t in tensors_in(operands[3], operands[4])):
-            found.extend(tensors_in(operands[3]))
+            found.extend(tensors_read(replay_forward, operands))
             found.extend(operands[4])
         todo.extend(e[0] for e in getattr(node, "next_edges", ()) if e is not None and not isinstance(e[0], Tensor))
     return seen, found
