@@ -1,8 +1,8 @@
 """A training step's fixed cost: the benchmark models with every hidden layer and the input ``--width`` wide (8 by
 default), so their arrays hold a few hundred values and a step's time is what running it costs at all (Python,
 calls into compiled code, a jitted function's dispatch) rather than its arithmetic. tinygen's compiled and eager
-steps, and JAX's jitted step where JAX is installed, are timed in turn in one process, rounds of steps alternating,
-so a slow phase of the machine falls on each of them.
+(Numba) steps, and JAX's jitted step where JAX is installed, as ``python -m benchmarks`` names and builds them, are
+timed in turn in one process, rounds of steps alternating, so a slow phase of the machine falls on each of them.
 
     python -m benchmarks.fixed_cost --case vae --batch 16 --threads 2
 
@@ -12,14 +12,16 @@ widths set by the input and the hidden layers shrink.
 """
 import argparse
 import contextlib
+import importlib
 import os
 import statistics
 import time
 
 from . import specs
+from .harness import xla_flags
 from .specs import CASES, Skip
 
-FRAMEWORKS = ("tinygen-compiled", "tinygen", "jax")
+FRAMEWORKS = ("tinygen-compiled", "tinygen-numba", "jax")  # worker.FRAMEWORKS' names, built as the harness builds them
 
 
 def narrow_layers(model, width):
@@ -46,38 +48,40 @@ def narrowed(model, width):
     saved = {}
     try:
         for name, value in narrow_layers(model, width).items():
-            target = getattr(specs, name)
-            saved[name] = target.copy()
-            target.clear()
-            (target.update if isinstance(target, dict) else target.extend)(value)
+            saved[name] = getattr(specs, name).copy()
+            _refill(getattr(specs, name), value)
         yield
     finally:
         for name, value in saved.items():
-            target = getattr(specs, name)
-            target.clear()
-            (target.update if isinstance(target, dict) else target.extend)(value)
+            _refill(getattr(specs, name), value)
+
+
+def _refill(target, value):
+    """Replace the contents of a list or dict in place."""
+    target.clear()
+    (target.update if isinstance(target, dict) else target.extend)(value)
 
 
 def build_steps(case, batch, width, frameworks=FRAMEWORKS):
     """{framework: its step function} for ``case`` at ``batch``, narrowed to ``width`` (JAX left out, with the
     reason, where it is not installed)."""
-    from . import models_tinygen
+    from tinygen import config
+
+    from .worker import FRAMEWORKS as BUILDS
     model = CASES[case]["model"]
     steps, skipped = {}, {}
     with narrowed(model, width):
         params = specs.init_params(model, 0)
         data = {k: (v[:, :width].copy() if k == "x" else v) for k, v in specs.make_data(model, batch).items()}
         for fw in frameworks:
+            if fw not in FRAMEWORKS:
+                raise ValueError(f"fixed_cost: unknown framework {fw!r}; choose from {', '.join(FRAMEWORKS)}")
+            if BUILDS[fw]["env"].get("TINYGEN_NUMBA") == "1" and not config.get("TINYGEN_NUMBA"):
+                skipped[fw] = "needs Numba's kernels, which TINYGEN_NUMBA turns off in this process"
+                continue
             try:
-                if fw == "tinygen-compiled":
-                    steps[fw] = models_tinygen.build_compiled(case, batch, params, data).step
-                elif fw == "tinygen":
-                    steps[fw] = models_tinygen.build(case, batch, params, data).step
-                elif fw == "jax":
-                    from . import models_jax
-                    steps[fw] = models_jax.build(case, batch, params, data).step
-                else:
-                    raise ValueError(f"fixed_cost: unknown framework {fw!r}; choose from {', '.join(FRAMEWORKS)}")
+                module = importlib.import_module(f".{BUILDS[fw]['module']}", __package__)
+                steps[fw] = getattr(module, BUILDS[fw]["build"])(case, batch, params, data).step
             except Skip as e:
                 skipped[fw] = str(e)
     return steps, skipped
@@ -110,9 +114,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.width < 1 or args.batch < 1 or args.rounds < 1 or args.steps < 1:
         ap.error("--width, --batch, --rounds and --steps must be positive")
-    n = str(args.threads)  # JAX reads its thread count when it starts
-    flag = f"--xla_cpu_multi_thread_eigen={'false' if args.threads == 1 else 'true'} intra_op_parallelism_threads={n}"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    os.environ["XLA_FLAGS"] = xla_flags(args.threads, os.environ.get("XLA_FLAGS", ""))  # read when JAX starts
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import tinygen
     from tinygen import allocator

@@ -137,6 +137,13 @@ def openblas_thread_timeout():
 OPENBLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+def xla_flags(threads, flags=""):
+    """``flags`` (the XLA_FLAGS a process would start with) and JAX's CPU thread count: what JAX reads when it
+    starts."""
+    xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={threads}"
+    return (flags + " " + xla).strip()
+
+
 def worker_env(framework, threads, openblas_env="keep"):
     """The environment a framework's process starts with: thread counts fixed before any import;
     ``openblas_env="unset"`` removes the variables that pin OpenBLAS's kernel (OPENBLAS_KERNEL_VARS)."""
@@ -148,8 +155,7 @@ def worker_env(framework, threads, openblas_env="keep"):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = n
-    xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={n}"
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
+    env["XLA_FLAGS"] = xla_flags(threads, env.get("XLA_FLAGS", ""))
     # OpenBLAS's idle threads busy-wait for about 2^28 cycles (a tenth of a second) after each call; on a 2-core
     # machine that would take a core from the next framework's chunk. 2^24 cycles (about 6 ms) keeps them awake
     # through a step, from one GEMM to the next, as MKL's and XLA's spinning pools are, and ends before the next
