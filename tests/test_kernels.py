@@ -28,6 +28,7 @@ from tinygen.backend import StandinArray, standin
 from tinygen.kernels import gemm, gpu
 from tinygen.kernels import threads as kthreads
 from tinygen.kernels import reference as ref
+from tinygen.optim.optimizer import Workspace
 
 NUMBA_ON = kernels.enabled()
 NUMBA_REASON = ("the Numba kernels are off (numba is not installed, or TINYGEN_NUMBA=0); the reference and the "
@@ -1562,10 +1563,12 @@ def _many_parameters(monkeypatch, split_from, seed):
 @requires_numba
 @pytest.mark.parametrize("opts", ADAM_OPTIONS)
 @pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
-def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_from, monkeypatch):
+@pytest.mark.parametrize("kept", [False, True])
+def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_from, kept, monkeypatch):
     # 12 parameters (two calls of MULTI_TENSOR), float32 and float64, one transposed, one channels-last and one
     # above the update threshold (its dtype's parameters split across threads, the split inside it; from 0: every
-    # group split): the same bits as adam_step on each, and as the reference's loop
+    # group split): the same bits as adam_step on each, and as the reference's loop; ``kept``: with an optimizer's
+    # workspace, whose flat views of the parameters and states serve the later steps
     from tinygen.kernels import cpu
     opts = dict(opts)
     amsgrad, beta1 = opts.pop("amsgrad"), opts.pop("beta1", 0.9)
@@ -1585,8 +1588,10 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
             cpu.adam_step(p, g, m, v, vmax if amsgrad else None, lr, beta1, 0.999, 1e-8, step=step, **opts)
 
     def together(mod):
+        ws = Workspace() if kept else None
         return lambda ps, states, step: mod.adam_steps(ps, grads, states[0], states[1], states[2] if amsgrad
-                                                       else None, lr, beta1, 0.999, 1e-8, step=step, **opts)
+                                                       else None, lr, beta1, 0.999, 1e-8, step=step, scratch=ws,
+                                                       **opts)
     expected = run(one_by_one)
     for a, b in zip(run(together(cpu)), expected):
         same(a, b)
@@ -1602,9 +1607,11 @@ def test_adam_steps_updates_many_parameters_as_adam_step_does_one(opts, split_fr
                                                                              weight_decay=1e-2),
                                   dict(momentum=0.5, dampening=0.3, maximize=True)])
 @pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
-def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from, monkeypatch):
+@pytest.mark.parametrize("kept", [False, True])
+def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from, kept, monkeypatch):
     # 12 parameters, float32 and float64, one transposed, one channels-last, one above the update threshold, and
-    # first-step flags that differ between parameters: the same bits as sgd_step on each, and as the reference's
+    # first-step flags that differ between parameters (with a workspace, ``kept``: its rows made anew when they
+    # change): the same bits as sgd_step on each, and as the reference's
     from tinygen.kernels import cpu
     params, grads = _many_parameters(monkeypatch, split_from, seed=33)
     momentum = opts["momentum"]
@@ -1622,8 +1629,9 @@ def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from
             cpu.sgd_step(p, g, b, 1e-2, first_step=first, **opts)
 
     def together(mod):
+        ws = Workspace() if kept else None
         return lambda ps, bufs, firsts: mod.sgd_steps(ps, grads, bufs if momentum else None, 1e-2,
-                                                      first_steps=firsts, **opts)
+                                                      first_steps=firsts, scratch=ws, **opts)
     expected = run(one_by_one)
     for a, b in zip(run(together(cpu)), expected):
         same(a, b)
@@ -1635,7 +1643,8 @@ def test_sgd_steps_updates_many_parameters_as_sgd_step_does_one(opts, split_from
 @pytest.mark.parametrize("opts", [dict(), dict(momentum=0.9), dict(centered=True, weight_decay=1e-2),
                                   dict(centered=True, momentum=0.5, maximize=True, alpha=0.3)])
 @pytest.mark.parametrize("split_from", [0, 1 << 17, 1])
-def test_rmsprop_steps_updates_many_parameters_as_rmsprop_step_does_one(opts, split_from, monkeypatch):
+@pytest.mark.parametrize("kept", [False, True])
+def test_rmsprop_steps_updates_many_parameters_as_rmsprop_step_does_one(opts, split_from, kept, monkeypatch):
     from tinygen.kernels import cpu
     params, grads = _many_parameters(monkeypatch, split_from, seed=34)
     centered, momentum = opts.get("centered", False), opts.get("momentum", 0.0)
@@ -1652,13 +1661,54 @@ def test_rmsprop_steps_updates_many_parameters_as_rmsprop_step_does_one(opts, sp
             cpu.rmsprop_step(p, g, v, ga, buf, 1e-2, **opts)
 
     def together(mod):
+        ws = Workspace() if kept else None
         return lambda ps, vs, gas, bufs: mod.rmsprop_steps(ps, grads, vs, gas if centered else None,
-                                                           bufs if momentum else None, 1e-2, **opts)
+                                                           bufs if momentum else None, 1e-2, scratch=ws, **opts)
     expected = run(one_by_one)
     for a, b in zip(run(together(cpu)), expected):
         same(a, b)
     for a, b in zip(run(together(ref)), expected):
         close(a, b, a.dtype)
+
+
+@requires_numba
+def test_multi_tensor_rows_kept_in_a_workspace_follow_replaced_arrays(monkeypatch):
+    # a workspace's rows serve only the arrays they were made from: a parameter or a state replaced by a new
+    # array (p.data = ..., load_state_dict), a parameter that can no longer be updated in place, or another list of
+    # parameters gets rows made anew, so each step updates the arrays it is given (as adam_step does, one by
+    # one); parameters replaced again and again leave no more than _KEPT_UPDATES calls' rows behind
+    from tinygen.kernels import cpu
+    params, grads = _many_parameters(monkeypatch, 0, seed=35)
+    rng = np.random.default_rng(36)
+    ws = Workspace()
+
+    def both(ps, states, step, gs=grads):
+        mine = [[a.copy(order="K") for a in group] for group in (ps, *states)]
+        for p, g, m, v in zip(mine[0], gs, *mine[1:]):
+            cpu.adam_step(p, g, m, v, None, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, step)
+        cpu.adam_steps(ps, gs, states[0], states[1], None, 1e-2, 0.9, 0.999, 1e-8, 0.0, False, step, scratch=ws)
+        for a, b in zip([a for group in (ps, *states) for a in group], [a for group in mine for a in group]):
+            same(a, b)
+
+    ps = [p.copy(order="K") for p in params]
+    states = [[np.zeros_like(p) for p in ps] for _ in range(2)]
+    both(ps, states, 1)
+    assert len(ws.rows) == 1
+    ps[5] = randn(rng, ps[5].shape, ps[5].dtype)  # a parameter's array replaced
+    both(ps, states, 2)
+    states[1][4] = np.full_like(states[1][4], 0.25)  # a state's array replaced
+    both(ps, states, 3)
+    ps[2].flags.writeable = False  # the same array, now read-only: refused, as by the one-parameter step
+    with pytest.raises(ValueError, match="adam_step: the parameter and state arrays must be writable"):
+        both(ps, states, 4)
+    ps[2] = ps[2].copy()
+    both(ps[1:], [s[1:] for s in states], 5, grads[1:])  # another list: rows of its own
+    both(ps, states, 6)
+    assert len(ws.rows) == 2
+    for step in range(7, 7 + 2 * cpu._KEPT_UPDATES):
+        ps = [p.copy(order="K") for p in ps]
+        both(ps, states, step)
+        assert len(ws.rows) <= cpu._KEPT_UPDATES
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -400,6 +400,34 @@ def test_state_dict_resumes_training_exactly(name, cls, kw, tmp_path):
         np.testing.assert_array_equal(p.data, r.data)
 
 
+@pytest.mark.parametrize("name,cls,kw", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_updates_follow_arrays_replaced_between_steps(name, cls, kw):
+    # the update kernels keep views of the parameters and their states between steps (the optimizer's workspace);
+    # a parameter's array replaced (p.data = ...), the state replaced by load_state_dict, and a parameter frozen
+    # and thawed between steps: the same bits as an optimizer that keeps nothing between steps
+    import copy
+    batches = make_batches(8)
+    runs = []
+    for keep in (True, False):
+        params = make_params()
+        opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": kw["lr"] / 2}], **kw)
+        for i, batch in enumerate(batches):
+            if not keep:
+                opt._workspace.rows.clear()
+            if i == 2:
+                params[1].data = params[1].data * 0.5
+            if i == 4:
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+            params[3].requires_grad_(i != 5)
+            train(params, opt, [batch])
+        if keep and name in ("sgd_momentum", "adam", "rmsprop") and tinygen.kernels.enabled():
+            assert opt._workspace.rows  # views were kept, so the test goes through them
+        runs.append([p.data for p in params] + [host(t) for s in opt.state.values() for t in s.values()
+                                                if isinstance(t, tinygen.Tensor)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_load_state_dict_copies_and_casts():
     src = make_params()
     opt = optim.SGD(src, lr=0.1, momentum=0.9)

@@ -590,36 +590,66 @@ def adam_steps(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
     ``adam_step``'s, so the same bits; the others through ``adam_step``."""
     amsgrad = max_exp_avg_sqs is not None
     vmaxs = max_exp_avg_sqs if amsgrad else [None] * len(params)
-    batches = {}
     for p, g, m, v, vmax in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxs):
         ref._check_optimizer("adam_steps", p, g, m, v, vmax)
-        if not _batched(batches, p.dtype, p, g, m, v, vmax):
-            adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, step, maximize)
+    batches, single = _update_rows(scratch, "adam_steps", params, grads, [p.dtype for p in params],
+                                   (exp_avgs, exp_avg_sqs, vmaxs))
+    for i in single:
+        adam_step(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], vmaxs[i], lr, beta1, beta2, eps, weight_decay,
+                  decoupled, step, maximize)
     for dt, rows in batches.items():
         consts = (*_adam_consts(dt, lr, beta1, beta2, eps, weight_decay, step), weight_decay != 0, bool(decoupled),
                   bool(maximize), ref.lerp_small(1 - beta1), amsgrad)
         _multi_in_chunks(_adam_multi, rows, consts, _dummy(dt))
 
 
-def _batched(batches, key, p, g, *states):
-    """Add the row of a parameter updated in place as flat views to ``batches[key]`` (its key's first item is its
-    dtype): (p, g, *states) flat, the dtype's empty array for a state the update does not use (None). Returns False,
-    adding nothing, when it cannot be (not float, p not dense and writable, or a state not writable and laid out
-    as p): the caller runs the one-parameter step, which copies. A dense p is read in its memory order (a
-    channels-last weight), its gradient in the same order."""
+def _update_rows(scratch, name, params, grads, keys, states):
+    """The parameters of one multi-tensor update sorted for its loops: ({key: rows}, single). A row is what
+    ``_multi_in_chunks`` takes for a parameter updated in place as flat views: (p, g, *states) flat, the dtype's
+    empty array for a state the update does not use (None). ``single``: the indices of the parameters the
+    one-parameter step takes instead, which copies (not float, p not dense and writable, or a state not writable
+    and laid out as p). A dense p is read in its memory order (a channels-last weight), its gradient in the same
+    order. The flat views of the parameters and states are made once and kept in the optimizer's workspace
+    (``scratch.rows``: optim.optimizer.Workspace) while the same arrays, still writable, come back with the same
+    keys; only the gradients, new arrays each step, are flattened on every call."""
+    arrays = (*params, *(a for column in states for a in column))
+    memo = getattr(scratch, "rows", None)
+    kept = memo.get((name, id(params[0]))) if memo is not None else None  # (its arrays keep the id taken)
+    if kept is None or kept[0] != keys or len(kept[1]) != len(arrays) or any(
+            a is not b or (a is not None and not a.flags.writeable) for a, b in zip(kept[1], arrays)):
+        layout, single = {}, []
+        for i, (p, *row) in enumerate(zip(params, *states)):
+            flat = _flat_row(p, row)
+            if flat is None:
+                single.append(i)
+            else:
+                layout.setdefault(keys[i], []).append((i, *flat))
+        kept = (list(keys), arrays, layout, single)
+        if memo is not None:
+            if len(memo) >= _KEPT_UPDATES:  # the updates of parameters replaced since: forgotten
+                memo.clear()
+            memo[(name, id(params[0]))] = kept
+    return {key: [(p, _flat(grads[i], order), *row) for i, order, p, *row in rows]
+            for key, rows in kept[2].items()}, kept[3]
+
+
+_KEPT_UPDATES = 64  # the multi-tensor calls an optimizer's workspace keeps rows for (one per group, device, count)
+
+
+def _flat_row(p, states):
+    """(memory order, flat p, flat states...) for a parameter ``_update_rows`` can batch, else None."""
     order = _memory_order(p)
     if p.dtype.char not in "fd" or not p.flags.writeable or not (p.flags.c_contiguous or order):
-        return False
-    row, empty = [_flat(p, order), _flat(g, order)], _dummy(p.dtype)
+        return None
+    row, empty = [order, _flat(p, order)], _dummy(p.dtype)
     for a in states:
         if a is None:
             row.append(empty)
             continue
         if a.strides != p.strides or not a.flags.writeable:
-            return False
+            return None
         row.append(_flat(a, order))
-    batches.setdefault(key, []).append(tuple(row))
-    return True
+    return row
 
 
 def _multi_in_chunks(kernel, rows, consts, empty):
@@ -693,18 +723,20 @@ def _sgd_multi_par(ps, gs, bufs, lr, momentum, one_minus_dampening, wd, tiny, us
 
 
 def sgd_steps(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-              maximize=False, first_steps=None, scratch=None):  # noqa: ARG001 - no scratch needed
+              maximize=False, first_steps=None, scratch=None):
     """As ``adam_steps``: the dense, writable parameters through ``_sgd_multi`` by dtype and first-step flag
     (split across threads as one run of elements), the others through ``sgd_step``; the same loop, so the same
     bits."""
     use_momentum = momentum != 0
     bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
     firsts = first_steps if first_steps is not None else [False] * len(params)
-    batches = {}
-    for p, g, buf, first in zip(params, grads, bufs, firsts):
+    for p, g, buf in zip(params, grads, bufs):
         ref.check_sgd(p, g, buf, momentum)
-        if not _batched(batches, (p.dtype, bool(first)), p, g, buf if use_momentum else None):
-            sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first)
+    batches, single = _update_rows(scratch, "sgd_steps", params, grads,
+                                   [(p.dtype, bool(first)) for p, first in zip(params, firsts)],
+                                   (bufs if use_momentum else [None] * len(params),))
+    for i in single:
+        sgd_step(params[i], grads[i], bufs[i], lr, momentum, dampening, nesterov, weight_decay, maximize, firsts[i])
     for (dt, first), rows in batches.items():
         consts = (*_sgd_consts(dt, lr, momentum, dampening, weight_decay), weight_decay != 0, use_momentum,
                   bool(nesterov), bool(maximize), first)
@@ -797,17 +829,19 @@ _PARALLEL = {_adam_multi: _adam_multi_par, _sgd_multi: _sgd_multi_par, _rmsprop_
 
 
 def rmsprop_steps(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha=0.99, eps=1e-8,
-                  weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):  # noqa: ARG001
+                  weight_decay=0.0, momentum=0.0, centered=False, maximize=False, scratch=None):
     """As ``adam_steps``: the dense, writable parameters through ``_rmsprop_multi`` by dtype (split across
     threads as one run of elements), the others through ``rmsprop_step``; the same loop, so the same bits."""
     use_momentum = momentum > 0
     gas = grad_avgs if centered else [None] * len(params)
     bufs = momentum_buffers if use_momentum else [None] * len(params)
-    batches = {}
     for p, g, v, ga, buf in zip(params, grads, square_avgs, gas, bufs):
         ref.check_rmsprop(p, g, v, ga, buf, momentum, centered)
-        if not _batched(batches, p.dtype, p, g, v, ga, buf):
-            rmsprop_step(p, g, v, ga, buf, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    batches, single = _update_rows(scratch, "rmsprop_steps", params, grads, [p.dtype for p in params],
+                                   (square_avgs, gas, bufs))
+    for i in single:
+        rmsprop_step(params[i], grads[i], square_avgs[i], gas[i], bufs[i], lr, alpha, eps, weight_decay, momentum,
+                     centered, maximize)
     for dt, rows in batches.items():
         consts = (*_rmsprop_consts(dt, lr, alpha, eps, weight_decay, momentum), weight_decay != 0, bool(centered),
                   use_momentum, bool(maximize), ref.lerp_small(1 - alpha))

@@ -198,7 +198,8 @@ def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
 # PyTorch's update rules (torch.optim, single-tensor code paths), written as in-place array operations with two
 # scratch arrays, so a step makes no temporaries. ``scratch``: a function (param) -> two arrays shaped like param,
 # e.g. an optimizer's reusable buffers (allocating them each step costs more than a small step itself); without
-# it they are allocated (the Numba kernels take the argument and need no scratch). Scalars are Python floats;
+# it they are allocated. The Numba kernels need no scratch; an optimizer's workspace (optim.optimizer.Workspace)
+# also keeps their flat views of the parameters and states between steps. Scalars are Python floats;
 # NumPy and CuPy apply them in the array's dtype. cpu.py's loops do the same operations in the same order, so they
 # give these bits.
 # Running averages (momentum buffers, Adam's moments, RMSprop's averages) are flushed to zero where they become

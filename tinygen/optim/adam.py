@@ -79,7 +79,7 @@ class Adam(Optimizer):
         for (key, _), (params, grads, exp_avgs, exp_avg_sqs, vmaxs) in self._columns(updates).items():
             kernels.get("adam_steps", params[0])(  # the update rule: tinygen.kernels.reference.adam_step
                 params, grads, exp_avgs, exp_avg_sqs, vmaxs if amsgrad else None, lr, beta1, beta2, eps,
-                weight_decay, decoupled, counts[key] if capturable else key, maximize, scratch=self._scratch)
+                weight_decay, decoupled, counts[key] if capturable else key, maximize, scratch=self._workspace)
 
 
 class AdamW(Adam):

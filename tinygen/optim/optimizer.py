@@ -14,6 +14,26 @@ from ..capture import note_created, replayed
 from ..tensor import Tensor, _array_identity, _make
 
 
+class Workspace:
+    """What an optimizer's update kernels reuse from one step to the next (never part of its state), passed to them
+    as ``scratch``. Called with an array ``data``: two work arrays shaped like it (the reference's updates), shared
+    by the parameters of one dtype and device. ``rows``: the CPU kernels' flat views of the parameters and their
+    states (kernels/cpu.py, ``_update_rows``), kept while the same arrays come back: in a training loop only the
+    gradients are new arrays each step."""
+
+    def __init__(self):
+        self.buffers, self.rows = {}, {}
+
+    def __call__(self, data):
+        key = (data.dtype, type(data))
+        size = data.size
+        bufs = self.buffers.get(key)
+        if bufs is None or bufs[0].size < size:
+            xp = backend.array_module_of(data)
+            bufs = self.buffers[key] = (xp.empty(size, dtype=data.dtype), xp.empty(size, dtype=data.dtype))
+        return bufs[0][:size].reshape(data.shape), bufs[1][:size].reshape(data.shape)
+
+
 class _Required:
     """Marks a hyper-parameter without a default: every group must give it."""
 
@@ -92,7 +112,7 @@ class Optimizer:
             self._validate(self.defaults)  # bad constructor arguments fail here, whatever the groups give
         self.state = {}
         self.param_groups = []
-        self._work = {}  # reusable scratch arrays for the updates; never part of the state
+        self._workspace = Workspace()  # what the update kernels reuse across steps; never part of the state
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors or of dicts (parameter groups), got a single "
                             "Tensor; wrap it in a list")
@@ -259,17 +279,6 @@ class Optimizer:
         """Rows (one tuple of arrays per parameter) under each key -> per key, one tuple per position: the
         sequences a multi-tensor kernel takes (``adam_steps(params, grads, exp_avgs, ...)``)."""
         return {key: tuple(zip(*group)) for key, group in rows.items()}
-
-    def _scratch(self, data):
-        """Two work arrays shaped like the array ``data`` for an update (the ``scratch`` of the step kernels),
-        shared by all parameters of one dtype and device and reused across steps (not state)."""
-        key = (data.dtype, type(data))
-        size = data.size
-        bufs = self._work.get(key)
-        if bufs is None or bufs[0].size < size:
-            xp = backend.array_module_of(data)
-            bufs = self._work[key] = (xp.empty(size, dtype=data.dtype), xp.empty(size, dtype=data.dtype))
-        return bufs[0][:size].reshape(data.shape), bufs[1][:size].reshape(data.shape)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------------
     def state_dict(self):

@@ -64,4 +64,4 @@ class RMSprop(Optimizer):
         for ps, gs, vs, gas, bufs in self._columns(updates).values():
             kernels.get("rmsprop_steps", ps[0])(  # the update rule: tinygen.kernels.reference.rmsprop_step
                 ps, gs, vs, gas if centered else None, bufs if momentum > 0 else None, lr, alpha, eps,
-                weight_decay, momentum, centered, maximize, scratch=self._scratch)
+                weight_decay, momentum, centered, maximize, scratch=self._workspace)

@@ -58,4 +58,4 @@ class SGD(Optimizer):
         for params, grads, bufs, firsts in self._columns(updates).values():
             kernels.get("sgd_steps", params[0])(  # the update rule: tinygen.kernels.reference.sgd_step
                 params, grads, bufs, lr, momentum, dampening, nesterov, weight_decay, maximize, firsts,
-                scratch=self._scratch)
+                scratch=self._workspace)
