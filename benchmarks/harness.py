@@ -385,8 +385,16 @@ def run_checks(pool, cases, frameworks, batch, st):
     return out
 
 
+def traced(framework):
+    """Whether tracemalloc sees a framework's arrays (NumPy's; not PyTorch's or JAX's own allocators)."""
+    return framework.startswith("tinygen") or framework == "numpy"
+
+
 def run_memory(pool, cases, frameworks, batch, st):
-    """Peak RSS of a fresh process that imports the framework, builds the model and trains for a few chunks."""
+    """Peak RSS of a fresh process that imports the framework, builds the model and trains for a few chunks; for
+    the frameworks whose arrays tracemalloc sees (``traced``), in a second fresh process (tracing takes memory
+    itself), the traced memory (Python's objects and the arrays) when the timed chunks begin and at its peak in
+    them: what the steps hold, without the code a process loads (modules, Numba's compiled loops)."""
     out = []
     for case in cases:
         for fw in frameworks:
@@ -414,7 +422,31 @@ def run_memory(pool, cases, frameworks, batch, st):
                 out.append(row)
             finally:
                 w.close()
+            if row.get("status") == "ok" and traced(fw):
+                row.update(_traced_memory(pool.fresh(fw), case, batch, st))
     return out
+
+
+def _traced_memory(w, case, batch, st):
+    """{traced_before_mb, traced_peak_mb} of a training run in the fresh worker ``w`` (see run_memory), or
+    {traced_status} saying why not."""
+    try:
+        start = w.request("traced", timeout=60, start=True)
+        reply = w.request("setup", timeout=600, case=case, batch=batch, warmup_s=st.warmup_s, chunk_s=st.chunk_s) \
+            if _status(start) == "ok" else start
+        if _status(reply) != "ok":
+            return {"traced_status": _status(reply)}
+        before = w.request("traced", timeout=60, reset=True)
+        for _ in range(3):
+            w.request("chunk", timeout=300)
+        peak = w.request("traced", timeout=60)
+        if _status(before) != "ok" or _status(peak) != "ok":
+            return {"traced_status": _status(peak if _status(before) == "ok" else before)}
+        log(f"memory    {case:<9} b={batch:<5} {w.framework:<14} traced peak {peak['ok']['traced_peak_mb']:7.2f} MB "
+            f"(at the timed steps' start {before['ok']['traced_mb']:.2f} MB)")
+        return {"traced_before_mb": before["ok"]["traced_mb"], "traced_peak_mb": peak["ok"]["traced_peak_mb"]}
+    finally:
+        w.close()
 
 
 PROFILED = ("tinygen-numba", "tinygen")  # the first of these that ran a case is the one profiled
@@ -888,13 +920,19 @@ def markdown(results):
     mem = results.get("memory")
     if mem:
         lines += [f"## Peak memory of a training run (resident set size, fresh process, batch {mem[0]['batch']})", "",
-                  "| case | framework | after import (MB) | peak (MB) | training adds (MB) |", "|---|---|---|---|---|"]
+                  "Traced: what tracemalloc counts (Python's objects and NumPy's arrays, in a second fresh process) "
+                  "when the timed steps begin and at its peak during them: what the steps hold, without the code "
+                  "the process has loaded. Not for PyTorch and JAX, whose tensors it does not see.", "",
+                  "| case | framework | after import (MB) | peak (MB) | training adds (MB) | traced at start (MB) | "
+                  "traced peak (MB) |", "|---|---|---|---|---|---|---|"]
         for r in mem:
             if r.get("status") == "ok":
+                trace = (f"{r['traced_before_mb']:.2f} | {r['traced_peak_mb']:.2f}" if "traced_peak_mb" in r else
+                         f"{r.get('traced_status', '—')} | —")
                 lines.append(f"| {r['case']} | {r['framework']} | {r['baseline_rss_mb']:.0f} | {r['peak_rss_mb']:.0f}"
-                             f" | {r['training_mb']:.0f} |")
+                             f" | {r['training_mb']:.0f} | {trace} |")
             else:
-                lines.append(f"| {r['case']} | {r['framework']} | {r['status']} | | |")
+                lines.append(f"| {r['case']} | {r['framework']} | {r['status']} | | | | |")
         lines.append("")
 
     chk = results.get("check")
@@ -948,7 +986,7 @@ def quality_markdown(q):
     elif vae is not None:
         c = vae["config"]
         a, b = vae["tinygen"], vae["torch"]
-        lines += [f"### VAE: test loss (negative ELBO, nats per test image) after each epoch",
+        lines += ["### VAE: test loss (negative ELBO, nats per test image) after each epoch",
                   "",
                   f"784-{'-'.join(str(h) for h in c['hidden'])}-{c['latent']}, Adam {c['lr']:g}, batch "
                   f"{c['batch_size']}, seed {c['seed']}, {c['epochs']} epoch(s) on {vae['num_train']} training images; "

@@ -245,6 +245,21 @@ class Worker:
             pass
         return info
 
+    def cmd_traced(self, start=False, reset=False):
+        """Memory that tracemalloc traces: Python's objects and NumPy's arrays (NumPy reports its allocations to
+        it; PyTorch's and JAX's allocators it does not see). ``start``: begin tracing (before the model is built,
+        so that what it holds is traced). Returns MB now and at the peak since tracing began or was last reset;
+        ``reset``: then reset the peak."""
+        import tracemalloc
+        if start:
+            tracemalloc.start()
+        if not tracemalloc.is_tracing():
+            raise RuntimeError("traced: tracing was not started (send start=True first)")
+        current, peak = tracemalloc.get_traced_memory()
+        if reset:
+            tracemalloc.reset_peak()
+        return {"traced_mb": current / 2 ** 20, "traced_peak_mb": peak / 2 ** 20}
+
     def cmd_profile(self, case, batch, steps=20, top=25, seed=0):
         """cProfile of ``steps`` training steps (after a warm-up): top functions by total and cumulative time."""
         import cProfile

@@ -67,6 +67,8 @@ def test_quick_run_writes_numbers(tmp_path):
     # memory and environment
     mem = {r["framework"]: r for r in res["memory"]}
     assert mem["numpy"]["peak_rss_mb"] >= mem["numpy"]["baseline_rss_mb"] > 0
+    for fw in ("numpy", "tinygen"):  # traced: the model's arrays (3 layers of 784 x 512 and more) at least
+        assert mem[fw]["traced_peak_mb"] >= mem[fw]["traced_before_mb"] > 1.5, mem[fw]
     env = res["environment"]
     assert env["cpu_model"] and env["threads"] == 2
     assert "OPENBLAS_CORETYPE" in env and "OPENBLAS_L2_SIZE" in env
@@ -78,6 +80,7 @@ def test_quick_run_writes_numbers(tmp_path):
 
     # the Markdown report carries the same numbers
     assert "## Per-op dispatch overhead" in md and "## Training throughput" in md
+    assert "| mlp | numpy | " in md and "| traced at start (MB) | traced peak (MB) |" in md
     assert f"{res['dispatch']['numpy']['benches']['add']['us_per_op']:.2f}" in md
 
 
@@ -555,6 +558,33 @@ def test_compile_bench_times_a_chain_unfused_and_fused(device, monkeypatch, caps
     rows = [line.split() for line in lines[1:3] + lines[4:6] + lines[7:]]
     assert [row[:2] for row in rows] == [["(4,", "5)"], ["(8,", "3)"]] * 3
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_worker_traced_memory_counts_arrays_and_resets_its_peak():
+    # the memory runs' traced column: NumPy's arrays are counted, the peak is reset on request, and a worker that
+    # was not told to start tracing says so instead of reporting zeros
+    import tracemalloc
+
+    import numpy as np
+    from benchmarks.worker import Worker
+    w = Worker("numpy", 1)
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc is already tracing in this process")
+    with pytest.raises(RuntimeError, match="tracing was not started"):
+        w.cmd_traced()
+    try:
+        first = w.cmd_traced(start=True)
+        big = np.ones(2 << 20)  # 16 MiB, gone before the reset
+        del big
+        a = np.ones(1 << 20)  # 8 MiB
+        held = w.cmd_traced(reset=True)
+        del a
+        after = w.cmd_traced()
+    finally:
+        tracemalloc.stop()
+    assert held["traced_mb"] - first["traced_mb"] > 7.9 and held["traced_peak_mb"] - first["traced_mb"] > 15.9
+    assert after["traced_mb"] < held["traced_mb"] - 7.9  # the array is gone, ...
+    assert held["traced_mb"] <= after["traced_peak_mb"] < first["traced_mb"] + 12  # ... the peak since the reset
 
 
 @pytest.mark.parametrize("case", ["vae", "mlp-adam", "gan"])
