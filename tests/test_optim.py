@@ -428,6 +428,21 @@ def test_updates_follow_arrays_replaced_between_steps(name, cls, kw):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_deep_copy_of_an_optimizer_updates_its_own_parameters():
+    # the workspace's kept views are of the original's arrays: a copy starts without them and trains its own copy
+    import copy
+    params = make_params()
+    opt = optim.Adam(params, lr=0.1)
+    batches = make_batches(4)
+    train(params, opt, batches[:1])
+    params2, opt2 = copy.deepcopy((params, opt))
+    assert opt2._workspace.rows == {} and opt2.param_groups[0]["params"][0] is params2[0]
+    train(params, opt, batches[1:])
+    train(params2, opt2, batches[1:])
+    for a, b in zip(params, params2):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_load_state_dict_copies_and_casts():
     src = make_params()
     opt = optim.SGD(src, lr=0.1, momentum=0.9)

@@ -24,6 +24,9 @@ class Workspace:
     def __init__(self):
         self.buffers, self.rows = {}, {}
 
+    def __reduce__(self):  # a copy (copy.deepcopy of an optimizer, pickling) starts empty: the rows are views of the
+        return Workspace, ()  # original's arrays, which a copy's updates must not write
+
     def __call__(self, data):
         key = (data.dtype, type(data))
         size = data.size
