@@ -5,7 +5,10 @@ import dataclasses
 import enum
 import functools
 import gc
+import importlib.util
+import os
 import queue
+import subprocess
 import random
 import sys
 import threading
@@ -472,6 +475,44 @@ def test_host_random_draws_inside_a_step_are_refused_with_the_line(draw):
         return F.cross_entropy(model(x), y)
     _refused(step, "A replay would repeat")
     assert (random.random, np.random.rand, np.random.default_rng) == originals
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs Numba")
+def test_a_recording_that_loads_numba_leaves_its_random_functions_usable_in_njit_code():
+    # the recording patches random.random, np.random.rand, ...; Numba keys its own versions of them on the functions
+    # it finds at its first compilation, which here comes inside the recording (the step's first kernel). Run in a
+    # fresh process, where Numba has compiled nothing yet: @njit code calling them still compiles and runs after it
+    script = """
+import random, sys
+import numpy as np
+import tinygen as tg
+import tinygen.nn as nn
+assert "numba" not in sys.modules
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+opt = tg.optim.Adam(model.parameters(), lr=1e-3)
+def step(x):
+    opt.zero_grad()
+    loss = (model(x) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+compiled = tg.compile(step)
+for _ in range(3):
+    compiled(tg.randn(5, 8))
+assert compiled.records == 1 and "numba" in sys.modules
+from numba import njit
+@njit
+def draws(n):
+    s = 0.0
+    for _ in range(n):
+        s += random.random() + np.random.random() + np.random.rand()
+    return s
+assert 0 < draws(100) < 300
+print("ok")
+"""
+    env = dict(os.environ, TINYGEN_NUMBA="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
 class _Trainer:

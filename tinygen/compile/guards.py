@@ -29,6 +29,7 @@ import types
 
 import numpy as np
 
+from .. import kernels
 from ..autograd import engine
 from ..autograd.function import user_frame
 from ..autograd.grad_mode import STATE
@@ -851,12 +852,34 @@ _NP_DRAWS = ("rand", "randn", "randint", "random", "random_sample", "ranf", "sam
              "gamma", "bytes", "random_integers", "multinomial", "dirichlet", "laplace", "logistic", "lognormal")
 
 
+def _numba_random_loaded():
+    """Numba keys its own versions of random.random, np.random.rand and the rest on the functions it finds when it
+    loads them, at its first compilation in a process. Loaded while host_draws_refused has patched them (a step's
+    first kernel, recorded), it would keep the patches for good, and @njit code calling those functions would fail
+    to compile for the rest of the process. So where Numba is imported, or tinygen's kernels will import it, it
+    loads them first: once a process, at the first recording, about half a second that the first kernel would
+    otherwise take. A step that imports Numba itself for the first time is not covered."""
+    global _numba_random_ready
+    if _numba_random_ready or (sys.modules.get("numba") is None and not kernels.enabled()):
+        return
+    try:
+        from numba.core.registry import cpu_target
+    except ImportError:  # (a module of that name that is not Numba, or one blocked: sys.modules["numba"] = None)
+        return
+    cpu_target.target_context.refresh()  # imports numba.cpython.randomimpl and numba.np.random.legacy
+    _numba_random_ready = True
+
+
+_numba_random_ready = False
+
+
 @contextlib.contextmanager
 def host_draws_refused():
     """While a step is recorded: a draw from Python's ``random`` module, NumPy's global generator or a NumPy
     generator made without a seed raises ``CompileError`` naming the line. (A generator of the user's own, made
     before the step, is not patched: where the step's code finds it, its state is Python state the step changes,
     ``contents_of``, so such a call runs as eager.)"""
+    _numba_random_loaded()
     patched = []
 
     def refuse(module, name, original):
