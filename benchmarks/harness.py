@@ -26,7 +26,7 @@ from tinygen_launcher import OPENBLAS_THREAD_TIMEOUT  # the tinygen command's sp
 from . import dispatch as dispatch_mod
 from .quality import DEFAULTS as QUALITY_DEFAULTS
 from .specs import CASES, batch_sizes_of, flops_per_step
-from .worker import FRAMEWORKS
+from .worker import FRAMEWORKS, REQUIRES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FRAMEWORKS = ["tinygen", "tinygen-numba", "tinygen-compiled", "torch", "torch-compile", "jax", "numpy"]
@@ -387,7 +387,7 @@ def run_checks(pool, cases, frameworks, batch, st):
 
 def traced(framework):
     """Whether tracemalloc sees a framework's arrays (NumPy's; not PyTorch's or JAX's own allocators)."""
-    return framework.startswith("tinygen") or framework == "numpy"
+    return REQUIRES[framework] in ("tinygen", "numpy")
 
 
 def run_memory(pool, cases, frameworks, batch, st):
@@ -406,11 +406,9 @@ def run_memory(pool, cases, frameworks, batch, st):
                     out.append(row)
                     continue
                 base = w.request("rss", timeout=60)
-                reply = w.request("setup", timeout=600, case=case, batch=batch, warmup_s=st.warmup_s,
-                                  chunk_s=st.chunk_s)
+                reply = _memory_setup(w, case, batch, st)
                 if _status(reply) == "ok":
-                    for _ in range(3):
-                        w.request("chunk", timeout=300)
+                    _memory_chunks(w)
                     peak = w.request("rss", timeout=60)
                     row.update(status="ok", baseline_rss_mb=base["ok"]["peak_rss_mb"],
                                peak_rss_mb=peak["ok"]["peak_rss_mb"],
@@ -427,26 +425,42 @@ def run_memory(pool, cases, frameworks, batch, st):
     return out
 
 
+def _memory_setup(w, case, batch, st):
+    """The memory runs' model and warm-up in the fresh worker ``w`` (its reply)."""
+    return w.request("setup", timeout=600, case=case, batch=batch, warmup_s=st.warmup_s, chunk_s=st.chunk_s)
+
+
+def _memory_chunks(w, n=3):
+    """The memory runs' training: ``n`` timed chunks."""
+    for _ in range(n):
+        w.request("chunk", timeout=300)
+
+
 def _traced_memory(w, case, batch, st):
     """{traced_before_mb, traced_peak_mb} of a training run in the fresh worker ``w`` (see run_memory), or
     {traced_status} saying why not."""
     try:
-        start = w.request("traced", timeout=60, start=True)
-        reply = w.request("setup", timeout=600, case=case, batch=batch, warmup_s=st.warmup_s, chunk_s=st.chunk_s) \
-            if _status(start) == "ok" else start
-        if _status(reply) != "ok":
-            return {"traced_status": _status(reply)}
-        before = w.request("traced", timeout=60, reset=True)
-        for _ in range(3):
-            w.request("chunk", timeout=300)
-        peak = w.request("traced", timeout=60)
-        if _status(before) != "ok" or _status(peak) != "ok":
-            return {"traced_status": _status(peak if _status(before) == "ok" else before)}
-        log(f"memory    {case:<9} b={batch:<5} {w.framework:<14} traced peak {peak['ok']['traced_peak_mb']:7.2f} MB "
-            f"(at the timed steps' start {before['ok']['traced_mb']:.2f} MB)")
-        return {"traced_before_mb": before["ok"]["traced_mb"], "traced_peak_mb": peak["ok"]["traced_peak_mb"]}
+        replies = []
+        for reply in _traced_run(w, case, batch, st):  # (stops at the first that fails)
+            if _status(reply) != "ok":
+                return {"traced_status": _status(reply)}
+            replies.append(reply["ok"])
+        _, _, before, peak = replies
+        log(f"memory    {case:<9} b={batch:<5} {w.framework:<14} traced peak {peak['traced_peak_mb']:7.2f} MB "
+            f"(at the timed steps' start {before['traced_mb']:.2f} MB)")
+        return {"traced_before_mb": before["traced_mb"], "traced_peak_mb": peak["traced_peak_mb"]}
     finally:
         w.close()
+
+
+def _traced_run(w, case, batch, st):
+    """The traced memory run's replies, in order: tracing started, the model set up, the traced memory when the
+    timed chunks begin (its peak reset), and after them."""
+    yield w.request("traced", timeout=60, start=True)
+    yield _memory_setup(w, case, batch, st)
+    yield w.request("traced", timeout=60, reset=True)
+    _memory_chunks(w)
+    yield w.request("traced", timeout=60)
 
 
 PROFILED = ("tinygen-numba", "tinygen")  # the first of these that ran a case is the one profiled

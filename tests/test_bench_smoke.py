@@ -560,6 +560,38 @@ def test_compile_bench_times_a_chain_unfused_and_fused(device, monkeypatch, caps
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
 
 
+def test_traced_memory_run_stops_at_the_first_failed_reply_and_closes_its_worker():
+    # the harness's side of the traced memory run: the numbers from the replies in order, or the first failure's
+    # status (nothing asked after it), and the fresh worker closed either way
+    from benchmarks import harness
+
+    class FakeWorker:
+        framework = "tinygen-numba"
+
+        def __init__(self, fail=None):
+            self.fail, self.asked, self.closed = fail, [], False
+
+        def request(self, cmd, timeout=None, **kwargs):
+            self.asked.append(cmd)
+            if cmd == self.fail:
+                return {"error": f"{cmd} broke"}
+            if cmd == "traced":
+                return {"ok": {"traced_mb": 10.0 * len(self.asked), "traced_peak_mb": 11.0 * len(self.asked)}}
+            return {"ok": {}}
+
+        def close(self):
+            self.closed = True
+
+    st = harness.Settings(quick=True)
+    w = FakeWorker()
+    assert harness._traced_memory(w, "mlp", 16, st) == {"traced_before_mb": 30.0, "traced_peak_mb": 77.0}
+    assert w.asked == ["traced", "setup", "traced", "chunk", "chunk", "chunk", "traced"] and w.closed
+    w = FakeWorker(fail="setup")
+    row = harness._traced_memory(w, "mlp", 16, st)
+    assert set(row) == {"traced_status"} and "setup broke" in row["traced_status"]
+    assert w.asked == ["traced", "setup"] and w.closed
+
+
 def test_worker_traced_memory_counts_arrays_and_resets_its_peak():
     # the memory runs' traced column: NumPy's arrays are counted, the peak is reset on request, and a worker that
     # was not told to start tracing says so instead of reporting zeros
