@@ -24,6 +24,7 @@ How the loops are written:
     and several times faster, so kernels built on them are used only where fusing passes wins
     (benchmarks/kernel_bench.py).
 """
+import collections
 import math
 
 import numpy as np
@@ -615,8 +616,8 @@ def _update_rows(scratch, name, params, grads, keys, states):
     arrays = (*params, *(a for column in states for a in column))
     memo = getattr(scratch, "rows", None)
     kept = memo.get((name, id(params[0]))) if memo is not None else None  # (its arrays keep the id taken)
-    if kept is None or kept[0] != keys or len(kept[1]) != len(arrays) or any(
-            a is not b or (a is not None and not a.flags.writeable) for a, b in zip(kept[1], arrays)):
+    if kept is None or kept.keys != keys or len(kept.arrays) != len(arrays) or any(
+            a is not b or (a is not None and not a.flags.writeable) for a, b in zip(kept.arrays, arrays)):
         layout, single = {}, []
         for i, (p, *row) in enumerate(zip(params, *states)):
             flat = _flat_row(p, row)
@@ -624,15 +625,18 @@ def _update_rows(scratch, name, params, grads, keys, states):
                 single.append(i)
             else:
                 layout.setdefault(keys[i], []).append((i, *flat))
-        kept = (list(keys), arrays, layout, single)
+        kept = _KeptRows(keys, arrays, layout, single)
         if memo is not None:
             if len(memo) >= _KEPT_UPDATES:  # the updates of parameters replaced since: forgotten
                 memo.clear()
             memo[(name, id(params[0]))] = kept
     return {key: [(p, _flat(grads[i], order), *row) for i, order, p, *row in rows]
-            for key, rows in kept[2].items()}, kept[3]
+            for key, rows in kept.layout.items()}, kept.single
 
 
+# What _update_rows keeps for one call: its keys and arrays (to know the call again), {key: [(index, memory order,
+# flat p, flat states...)]}, and the indices of the parameters the one-parameter step takes
+_KeptRows = collections.namedtuple("_KeptRows", "keys arrays layout single")
 _KEPT_UPDATES = 64  # the multi-tensor calls an optimizer's workspace keeps rows for (one per group, device, count)
 
 
