@@ -8,8 +8,8 @@ import gc
 import importlib.util
 import os
 import queue
-import subprocess
 import random
+import subprocess
 import sys
 import threading
 import time

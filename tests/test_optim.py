@@ -1,4 +1,5 @@
 """Optimizers and LR schedulers without PyTorch: update rules in closed form, groups, state_dict, errors, devices."""
+import copy
 import importlib.util
 import math
 
@@ -405,7 +406,6 @@ def test_updates_follow_arrays_replaced_between_steps(name, cls, kw):
     # the update kernels keep views of the parameters and their states between steps (the optimizer's workspace);
     # a parameter's array replaced (p.data = ...), the state replaced by load_state_dict, and a parameter frozen
     # and thawed between steps: the same bits as an optimizer that keeps nothing between steps
-    import copy
     batches = make_batches(8)
     runs = []
     for keep in (True, False):
@@ -430,7 +430,6 @@ def test_updates_follow_arrays_replaced_between_steps(name, cls, kw):
 
 def test_a_deep_copy_of_an_optimizer_updates_its_own_parameters():
     # the workspace's kept views are of the original's arrays: a copy starts without them and trains its own copy
-    import copy
     params = make_params()
     opt = optim.Adam(params, lr=0.1)
     batches = make_batches(4)
