@@ -657,3 +657,37 @@ def test_running_averages_of_a_dead_unit_never_go_subnormal(make, numba):
                 zero_at = step
     assert zero_at is not None and zero_at < 900, zero_at  # flushed once below 1.2e-38, about step 840
     assert all(np.isfinite(a[3]) and a[3] != 0 for a in averages)  # a live unit's averages stay
+
+
+@pytest.mark.parametrize("make, kernel", STEP_KERNELS, ids=[f"{k}-{i}" for i, (_, k) in enumerate(STEP_KERNELS)])
+def test_a_parameter_changed_after_the_first_step_is_named_with_its_remedy(make, kernel):  # noqa: ARG001 - ids
+    """A parameter made float64 (``model.to``) or resized after the optimizer made its state: the step names the
+    parameter, the state and both shapes and dtypes, instead of the kernel's message about arrays; reloading the
+    state casts it, after which the step runs. A ValueError about anything else passes through as it is."""
+    params = make_params(np.float32)
+    opt = make(params)
+    train(params, opt, make_batches(1, np.float32))
+    stateful = any(isinstance(v, tinygen.Tensor) and v.ndim for s in opt.state.values() for v in s.values())
+    params[2].data = params[2].data.astype(np.float64)  # as model.to(float64) does, one parameter
+    for p in params:
+        p.grad = tinygen.zeros(*p.shape, dtype=p.dtype)
+    if not stateful:  # plain SGD keeps no arrays: nothing goes stale
+        opt.step()
+        return
+    with pytest.raises(ValueError, match=r"parameter 2 of group 0 is now \(3, 6\) float64, but its state '\w+' "
+                                         r"is \(3, 6\) float32.*opt.load_state_dict\(opt.state_dict\(\)\)"):
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert all(v.dtype == np.float64 for v in opt.state[params[2]].values() if isinstance(v, tinygen.Tensor)
+               and v.ndim)
+    params[0].data = np.zeros((6, 5))
+    params[0].grad = tinygen.zeros(6, 5, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"parameter 0 of group 0 is now \(6, 5\) float64, but its state '\w+' "
+                                         r"is \(6, 4\) float32.*Make the optimizer anew"):
+        opt.step()
+    params[0].data = np.zeros((6, 4), np.float32)
+    params[0].grad = tinygen.zeros(6, 4, dtype=np.float32)
+    params[0].data.flags.writeable = False  # another ValueError: the kernel's own
+    with pytest.raises(ValueError, match="writable|read-only"):  # (the kernel's words, or NumPy's)
+        opt.step()

@@ -221,8 +221,35 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self._step_group(group)
+            try:
+                self._step_group(group)
+            except ValueError as e:  # the kernels name arrays; say which parameter's state no longer fits it
+                stale = self._stale_state()
+                if stale is None:
+                    raise
+                raise ValueError(stale) from e
         return loss
+
+    def _stale_state(self):
+        """A message naming the first parameter whose state arrays no longer match it in shape or dtype (the
+        parameter was changed after the optimizer's first step: ``model.to(float64)``, ``p.data = ...``), else
+        None."""
+        name = type(self).__name__
+        for gi, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                for key, value in self.state.get(p, {}).items():
+                    d = value.data if isinstance(value, Tensor) else None
+                    if d is None or d.ndim == 0 or (d.shape == p.data.shape and d.dtype == p.data.dtype):
+                        continue
+                    if d.shape == p.data.shape:
+                        remedy = ("Reload the state to cast it to the parameters' dtypes (opt.load_state_dict("
+                                  "opt.state_dict())), or make the optimizer after changing the model")
+                    else:
+                        remedy = "Make the optimizer anew for the resized parameter"
+                    return (f"{name}: parameter {i} of group {gi} is now {tuple(p.data.shape)} {p.data.dtype}, but "
+                            f"its state {key!r} is {tuple(d.shape)} {d.dtype}: the parameter changed after the "
+                            f"optimizer's first step (model.to(...), p.data = ...). {remedy}")
+        return None
 
     def _step_group(self, group):
         raise NotImplementedError(f"{type(self).__name__} must define _step_group(group)")
