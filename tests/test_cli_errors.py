@@ -81,3 +81,29 @@ def test_sample_and_eval_point_an_application_checkpoint_to_its_app(tmp_path, ca
     assert main([command, str(path)]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint of the {app} application" in err and f"tinygen app {app} --help" in err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "gan", "--lr", "-1"], "--lr must be a positive finite number, got -1.0"),  # sets lr_g and lr_d
+    (["train", "gan", "--slope", "-1"], "--slope must be a non-negative finite number"),  # sets g_ and d_slope
+    (["train", "gan", "--n-critic", "0"], "--n-critic must be a positive integer, got 0"),
+    (["train", "gan", "--label-smoothing=2"], "--label-smoothing must be a number in [0, 1), got 2.0"),
+    (["train", "gan", "--betas", "0.5", "1.5"], "--betas must be two numbers in [0, 1)"),
+    (["train", "vae", "--latent", "0"], "--latent must be a positive integer, got 0"),
+    (["train", "classifier", "--lr", "nan"], "--lr must be a positive finite number, got nan")])
+def test_a_setting_refused_is_named_by_the_option_typed(tmp_path, capsys, argv, said):
+    """The models check their settings by the names the Python API takes (``n_critic``); on the command line the
+    error names the option that gave the value, before anything is trained or written."""
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tinygen: error: {said}" or err.startswith(f"tinygen: error: {said}"), err
+    assert not out.exists()
+
+
+def test_a_setting_not_typed_as_an_option_keeps_its_name():
+    assert cli._as_option("n_critic must be a positive integer, got 0", ["train", "gan"]) == \
+        "n_critic must be a positive integer, got 0"  # (from a preset or a resumed run's settings)
+    assert cli._as_option("lr_g must be a positive finite number", ["--lr", "0"]) == \
+        "lr_g must be a positive finite number"
+    assert cli._as_option("unknown loss 'x'", ["--loss", "x"]) == "unknown loss 'x'"

@@ -404,11 +404,11 @@ def test_bad_vae_remedy_settings_are_refused(settings, match):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["train", "gan", "--weight-decay", "-1"], "weight_decay must be a non-negative"),
+    (["train", "gan", "--weight-decay", "-1"], "--weight-decay must be a non-negative"),
     (["train", "gan", "--augment", "crop,spin"], "unknown augmentation 'spin'"),
     (["train", "gan", "--dropout", "1"], "--dropout must be a number in [0, 1), got 1.0"),
     (["train", "vae", "--dropout", "1.2"], "--dropout must be a number in [0, 1), got 1.2"),
-    (["train", "vae", "--decoder-dropout", "1"], "decoder_dropout must be a number in [0, 1)"),
+    (["train", "vae", "--decoder-dropout", "1"], "--decoder-dropout must be a number in [0, 1)"),
     (["train", "gan", "--arch", "dcgan", "--dropout", "0.1"], "dropout sets the MLP networks"),
 ])
 def test_bad_remedy_options_give_one_line(argv, words, tmp_path):

@@ -266,8 +266,8 @@ def test_command_line_arguments_map_to_settings(tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ({"epochs": -1}, "epochs must be a non-negative integer"),
     ({"decoder": "poisson"}, "unknown decoder 'poisson'"),
-    ({"latent": 0}, "latent size must be a positive integer"),
-    ({"latent": 2.5}, "latent size"),
+    ({"latent": 0}, "latent must be a positive integer"),
+    ({"latent": 2.5}, "latent must be"),
     ({"hidden": [400, 0]}, "hidden"),
     ({"batch_size": 0}, "batch_size"),
     ({"lr": -1e-3}, "lr"),

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -120,7 +121,7 @@ def main(argv=None):
     from .allocator import apply_setting
     apply_setting()  # keep freed memory for reuse (TINYGEN_KEEP_FREED_MEMORY=0: glibc's default behaviour)
     args = build_parser().parse_args(argv)
-    code = _run_reporting_errors(args)
+    code = _run_reporting_errors(args, argv)
     if code:
         from . import distributed as dist
         if dist.is_initialized() and dist.world_size() > 1:  # under mpiexec: end the other ranks too
@@ -128,8 +129,9 @@ def main(argv=None):
     return code
 
 
-def _run_reporting_errors(args):
-    """Run the command; an error is one line on stderr and the exit status."""
+def _run_reporting_errors(args, argv=()):
+    """Run the command; an error is one line on stderr and the exit status. A setting's error is named by the
+    option the user typed (``argv``) where that is how it was given."""
     try:
         with _one_line_warnings():
             return _run(args)
@@ -144,12 +146,25 @@ def _run_reporting_errors(args):
         usage = not e.errno or isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError))
         return 2 if usage else 1  # a path the user named (or tinygen's own message about one) is a usage error
     except (ValueError, RuntimeError, TypeError, KeyError, IndexError) as e:
-        print(f"tinygen: error: {e}", file=sys.stderr)
+        print(f"tinygen: error: {_as_option(str(e), argv)}", file=sys.stderr)
         return 2
     except ImportError as e:  # an application's optional library is missing; the message names its extra
         print(f"tinygen: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _as_option(message, argv):
+    """A message about a setting (``n_critic must be a positive integer, got 0``: the models check their settings
+    by name, as the Python API takes them) with the setting named as the option the command line gave it
+    (``--n-critic must be ...``)."""
+    m = re.match(r"([a-z][a-z0-9_]*) must be ", message)
+    if m is None:
+        return message
+    flag = "--" + m.group(1).replace("_", "-")
+    if not any(a == flag or a.startswith(flag + "=") for a in argv):
+        return message
+    return flag + message[len(m.group(1)):]
 
 
 def _run(args):

@@ -101,7 +101,7 @@ def _conv_layers(image_shape):
 def _check_model_args(latent, hidden, decoder, decoder_var, label_embedding, label_dim, arch="mlp"):
     if arch not in ARCHS:
         raise ValueError(f"unknown VAE arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    tu.check_int("latent size", latent)
+    tu.check_int("latent", latent)
     hidden = tu.check_widths("hidden", hidden)
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")

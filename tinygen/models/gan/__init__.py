@@ -168,12 +168,14 @@ def settings_from_args(args):
     --slope and --lr for both networks, and --data as a dataset name or a folder."""
     s = {key: getattr(args, key) for key in BASE if key not in ("data", "dataset") and getattr(args, key, None)
          is not None}
-    if getattr(args, "slope", None) is not None:  # shorthands: make_config fills g_ and d_ (SHORTHANDS)
-        s["slope"] = args.slope
+    # shorthands for both networks, checked under their own names (make_config would name the settings they fill)
+    if getattr(args, "slope", None) is not None:  # make_config fills g_ and d_ (SHORTHANDS)
+        s["slope"] = tu.check_number("--slope", args.slope)
     if getattr(args, "dropout", None) is not None:
         s["dropout"] = tu.check_number("--dropout", args.dropout, high=1.0)
     lr = getattr(args, "lr", None)
     if lr is not None:
+        lr = tu.check_number("--lr", lr, allow_low=False)
         s.setdefault("lr_g", lr)
         s.setdefault("lr_d", lr)
     data = getattr(args, "data", None)
