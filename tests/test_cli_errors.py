@@ -90,12 +90,17 @@ def test_sample_and_eval_point_an_application_checkpoint_to_its_app(tmp_path, ca
     (["train", "gan", "--label-smoothing=2"], "--label-smoothing must be a number in [0, 1), got 2.0"),
     (["train", "gan", "--betas", "0.5", "1.5"], "--betas must be two numbers in [0, 1)"),
     (["train", "vae", "--latent", "0"], "--latent must be a positive integer, got 0"),
-    (["train", "classifier", "--lr", "nan"], "--lr must be a positive finite number, got nan")])
+    (["train", "classifier", "--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["train", "classifier", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["sample", "no-such.npz", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),  # not the file's
+    (["eval", "no-such.npz", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["app", "inpaint", "no-such.npz", "--mask", "center", "--seed", "-1"],
+     "--seed must be a non-negative integer, got -1")])  # (NumPy's words were "expected non-negative integer")
 def test_a_setting_refused_is_named_by_the_option_typed(tmp_path, capsys, argv, said):
     """The models check their settings by the names the Python API takes (``n_critic``); on the command line the
-    error names the option that gave the value, before anything is trained or written."""
+    error names the option that gave the value, before anything is trained or written (or a checkpoint read)."""
     out = tmp_path / "run"
-    assert cli.main([*argv, "--out", str(out)]) == 2
+    assert cli.main([*argv, "--out", str(out)] if argv[0] == "train" else argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"tinygen: error: {said}" or err.startswith(f"tinygen: error: {said}"), err
     assert not out.exists()

@@ -186,7 +186,9 @@ def _command(args):
     if args.command == "train":
         return _model(args.model).train_from_args(args) or 0
     if args.command in ("sample", "eval"):
+        from .models.train_utils import check_int
         from .serialization import load
+        check_int("--seed", args.seed, low=0)  # (before the file: its errors are named with the file's path)
         ckpt = load(args.checkpoint)
         kind = ckpt.get("model") if isinstance(ckpt, dict) else None
         if kind not in MODELS:

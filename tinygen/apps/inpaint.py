@@ -254,6 +254,7 @@ def run(args):
     im.check_count("--restarts", args.restarts)
     im.check_count("--steps", args.steps, low=0)
     tu.check_number("--lr", args.lr, allow_low=False)
+    tu.check_int("--seed", args.seed, low=0)
     out = im.check_picture_path("--out", args.out or Path(args.checkpoint).parent / f"inpaint_{args.mask}.png")
     ckpt = im.load_checkpoint(args.checkpoint, "inpaint", (vae_models.NAME, gan_models.NAME))
     prior = prior_for(ckpt, args.sigma, args.device, use_ema=not args.no_ema)

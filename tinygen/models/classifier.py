@@ -134,7 +134,7 @@ def train_classifier(epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"
     """
     cfg = {"epochs": tu.check_int("epochs", epochs, low=0), "batch_size": tu.check_int("batch_size", batch_size),
            "lr": tu.check_number("lr", lr, allow_low=False), "hidden": tu.check_widths("hidden", hidden),
-           "dropout": float(dropout), "seed": seed}
+           "dropout": float(dropout), "seed": tu.check_int("seed", seed, low=0)}
     train_images, train_labels = train_set if train_set is not None else tu.mnist_split("train", data)
     test_images, test_labels = test_set if test_set is not None else tu.mnist_split("test", data)
     tu.check_batch_fits(batch_size, len(train_labels))
