@@ -387,6 +387,9 @@ def test_unreadable_array_files(tmp_path):
     np.savez(tmp_path / "objects.npz", x=np.array([[1], "a"], dtype=object))
     with pytest.raises(ValueError, match="objects.npz: not a plain numeric array"):
         load_dataset(tmp_path / "objects.npz")
+    (tmp_path / "junk.npy").write_bytes(b"x,y\n1,2\n")  # no NumPy header: NumPy would call it pickled data
+    with pytest.raises(ValueError, match=r"junk.npy: not a NumPy file: it starts with neither the .npy header"):
+        load_dataset(tmp_path / "junk.npy")
     (tmp_path / "bom.csv").write_bytes("\ufeffa,b\n1,2\n".encode("utf-8"))
     assert load_dataset(tmp_path / "bom.csv").columns == ["a", "b"]
 

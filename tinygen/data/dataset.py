@@ -264,7 +264,16 @@ def _read_array_file(path):
     except ValueError as e:  # object arrays need pickle, which a data file has no business using
         if str(e).startswith("load_dataset:"):
             raise
+        if not _numpy_header(path):  # NumPy reads any other bytes as a pickle, and says so
+            _fail(source, "not a NumPy file: it starts with neither the .npy header nor the .npz (zip) one")
         _fail(source, f"not a plain numeric array ({e})")
+
+
+def _numpy_header(path):
+    """Whether a file starts as a .npy or a .npz (zip) file does."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head == b"\x93NUMPY" or head.startswith(b"PK")
 
 
 def _is_number(text):
