@@ -29,7 +29,8 @@ def get_default_dtype():
 
 
 class Tensor:
-    __slots__ = ("data", "_device", "_requires_grad", "_grad", "grad_fn", "_out_idx", "_hooks", "__weakref__")
+    __slots__ = ("data", "_device", "_requires_grad", "_grad", "grad_fn", "_out_idx", "_hooks", "_grad_hooks",
+                 "__weakref__")
     __array_ufunc__ = None  # numpy_array + tensor calls Tensor.__radd__ instead of building an object array
 
     def __init__(self, data, dtype=None, device="cpu", requires_grad=False):

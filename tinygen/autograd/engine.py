@@ -14,7 +14,8 @@ can be differentiated again.
 
 Two hooks let code act while a backward() runs (``tinygen.nn.parallel`` uses them to start gradient all-reduces
 as soon as gradients are ready): ``Tensor.register_post_accumulate_grad_hook`` (as PyTorch's) and
-``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns).
+``queue_callback`` (a function to run once the backward has finished, before ``backward()`` returns). To look at
+(or change) one tensor's gradient as it passes: ``Tensor.register_hook`` and ``Tensor.retain_grad``, as PyTorch's.
 
 While ``tinygen.compile`` records a step, a plain ``backward()`` runs with a ``trace``: the engine appends each
 node it visits, and the recorder keeps the steps taken to replay them without this walk (``run_plan`` in compile/steps.py,
@@ -124,6 +125,108 @@ def queue_callback(fn):
     _callbacks.append(fn)
 
 
+# Gradient hooks on tensors (``Tensor.register_hook``, ``retain_grad``). A tensor made by an op keeps them on its
+# node (``node._grad_hooks``: output index -> hooks; ``node._grad_retained``: output index -> a weak reference to the
+# tensor), so they go with the graph; a leaf keeps its own (``leaf._grad_hooks``), and _leaf_hooks maps its id to a
+# weak reference, as _post_accumulate_hooks does (a hook that refers to its leaf makes a cycle, not a leak).
+_leaf_hooks = {}
+_node_hooks = [False]  # set once a node has been given one: until then the engine looks at no node's
+
+
+def register_hook(tensor, hook):
+    """Call ``hook(grad)`` each time a backward computes this tensor's gradient: for a tensor made by an op, its
+    whole gradient (summed over its uses) before the op's backward takes it; for a leaf, the sum of what the
+    backward delivers to it, before it is added into ``.grad``. ``hook`` may return a tensor of the same shape to
+    use instead. As PyTorch's ``Tensor.register_hook``; returns a handle with ``remove()``. tinygen.compile refuses
+    a step whose backward reaches a hooked tensor (its replay would not call the hooks)."""
+    _check_hookable(tensor, "register_hook")
+    if not callable(hook):
+        raise TypeError(f"register_hook: hook must be callable, got {type(hook).__name__}")
+    if tensor.grad_fn is None:
+        key = id(tensor)
+        if key not in _leaf_hooks:  # the entry goes when the tensor does (an id can be reused afterwards)
+            forget = lambda _, k=key, registry=_leaf_hooks: registry.pop(k, None)  # noqa: E731
+            _leaf_hooks[key] = weakref.ref(tensor, forget)
+            tensor._grad_hooks = []
+        hooks = tensor._grad_hooks
+    else:
+        table = tensor.grad_fn.__dict__.setdefault("_grad_hooks", {})
+        hooks = table.setdefault(tensor._out_idx, [])
+        _node_hooks[0] = True
+    hooks.append(hook)
+    return RemovableHandle(hooks, hook)
+
+
+def retain_grad(tensor):
+    """Keep this tensor's gradient in its ``.grad`` after each backward, though an op made it (summed over
+    backwards, as a leaf's is), after its hooks have run; a leaf keeps its own already. As PyTorch's."""
+    _check_hookable(tensor, "retain_grad")
+    if tensor.grad_fn is not None:
+        tensor.grad_fn.__dict__.setdefault("_grad_retained", {})[tensor._out_idx] = weakref.ref(tensor)
+        _node_hooks[0] = True
+
+
+def _retains_grad(tensor):
+    kept = None if tensor.grad_fn is None else tensor.grad_fn.__dict__.get("_grad_retained")
+    return kept is not None and tensor._out_idx in kept and kept[tensor._out_idx]() is tensor
+
+
+def _check_hookable(tensor, what):
+    if not tensor._requires_grad:
+        raise RuntimeError(f"{what}: the tensor does not require grad, so no backward computes its gradient "
+                           f"(set requires_grad=True on a leaf, or use a tensor computed from one)")
+
+
+def _hooked(hooks, g, where):
+    """``g`` (a gradient tensor) through ``hooks``: each may return a tensor of the same shape to use instead."""
+    for hook in tuple(hooks):
+        new = hook(g)
+        if new is None:
+            continue
+        if not isinstance(new, Tensor) or tuple(new.shape) != tuple(g.shape):
+            got = f"shape {tuple(new.shape)}" if isinstance(new, Tensor) else type(new).__name__
+            raise RuntimeError(f"a hook of {where} returned {got}; a hook returns None or a tensor of the "
+                               f"gradient's shape {tuple(g.shape)}")
+        g = new
+    return g
+
+
+def _node_grads_hooked(node, grads, create_graph):
+    """A node's gradients through the hooks of the tensors it made, each kept in ``.grad`` where retained."""
+    d = node.__dict__
+    hooks, kept = d.get("_grad_hooks"), d.get("_grad_retained")
+    if not hooks and not kept:
+        return grads
+    for idx, g in enumerate(grads):
+        if g is None:
+            continue
+        if hooks and hooks.get(idx):
+            g = grads[idx] = _hooked(hooks[idx], g, f"the output of {node.name()}")
+        t = kept[idx]() if kept and idx in kept else None
+        if t is not None:
+            got = g if create_graph else _make(g.data.copy(), g._device)  # (the gradient flows on: a copy)
+            t._grad = got if t._grad is None else t._grad + got
+    return grads
+
+
+def _leaf_hooks_of(leaf):
+    return leaf._grad_hooks or None if id(leaf) in _leaf_hooks else None
+
+
+def has_tensor_hooks(roots):
+    """Whether a backward from ``roots`` reaches a tensor with gradient hooks or a retained gradient (which
+    tinygen.compile's replay would not run)."""
+    if not _node_hooks[0] and not _leaf_hooks:
+        return False
+    nodes = _toposort([t.grad_fn for t in roots if t.grad_fn is not None])
+    for node in nodes:
+        if node.__dict__.get("_grad_hooks") or node.__dict__.get("_grad_retained"):
+            return True
+    leaves = [t for t in roots if t.grad_fn is None] + [e[0] for n in nodes for e in n.next_edges
+                                                        if e is not None and not isinstance(e[0], Function)]
+    return any(_leaf_hooks_of(t) for t in leaves)
+
+
 def _call_post_accumulate_hooks(leaf):
     for hook in tuple(leaf._hooks):
         hook(leaf)
@@ -139,12 +242,13 @@ def run_post_accumulate_hooks(leaves, direct):
 
 
 def _hooked_leaf_edges(roots, nodes):
-    """For each leaf with post-accumulate hooks: how many edges of this graph may still deliver a gradient to it."""
+    """For each leaf with post-accumulate or gradient hooks: how many edges of this graph may still deliver a
+    gradient to it."""
     counts = {}
     targets = [t for t in roots if t.grad_fn is None]
     targets += [e[0] for node in nodes for e in node.next_edges if e is not None]
     for t in targets:
-        if not isinstance(t, Function) and id(t) in _post_accumulate_hooks:
+        if not isinstance(t, Function) and (id(t) in _post_accumulate_hooks or _leaf_hooks_of(t)):
             counts[t] = counts.get(t, 0) + 1
     return counts
 
@@ -354,14 +458,20 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
                     needed.add(node)
                     break
 
-    hooked = _hooked_leaf_edges(roots, nodes) if _post_accumulate_hooks and capture is None else None
+    hooked = _hooked_leaf_edges(roots, nodes) if (_post_accumulate_hooks or _leaf_hooks) and capture is None \
+        else None
+    held = {}  # a leaf with gradient hooks: the sum of what it has been delivered so far, until its last edge
 
     def settle(edges):  # these edges have delivered (or never will): a hooked leaf with none left runs its hooks
         for e in edges:
             if e is not None and e[0] in hooked:
                 left = hooked[e[0]] = hooked[e[0]] - 1
                 if left == 0:
-                    run_post_accumulate_hooks((e[0],), direct)
+                    leaf = e[0]
+                    if leaf in held:  # its gradient hooks, on the whole of it, then into .grad
+                        deliver_to_leaf(leaf, _hooked(_leaf_hooks_of(leaf) or (), held.pop(leaf), "a leaf"),
+                                        direct, create_graph)
+                    run_post_accumulate_hooks((leaf,), direct)
 
     buffers = {}
     direct = {}  # leaf -> True while its .grad is still the very array a backward returned (may be shared)
@@ -369,7 +479,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
     def deliver(target, idx, g):
         if capture is not None:
             key = (target, idx)
-            if key in capture:
+            if key in capture:  # (an op's output as it arrives, before its tensor's hooks: as PyTorch)
                 j = capture[key]
                 results[j] = g if results[j] is None else results[j] + g
         if isinstance(target, Function):
@@ -378,7 +488,10 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
                 buf = buffers[target] = [None] * len(target.out_meta)
             buf[idx] = g if buf[idx] is None else buf[idx] + g
         elif capture is None:
-            deliver_to_leaf(target, g, direct, create_graph)
+            if hooked and target in hooked and _leaf_hooks_of(target):
+                held[target] = g if target not in held else held[target] + g
+            else:
+                deliver_to_leaf(target, g, direct, create_graph)
 
     prev = STATE.grad_enabled
     STATE.grad_enabled = create_graph
@@ -399,6 +512,8 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
                 if not retain_graph:
                     node.release()
                 continue
+            if _node_hooks[0]:
+                grads = _node_grads_hooked(node, grads, create_graph)
             if len(grads) > 1:  # several outputs: a missing gradient is zero
                 grads = [g if g is not None else mode.zeros(node, s, d) for g, (s, d) in zip(grads, node.out_meta)]
             out = mode.call(node, grads)
@@ -422,6 +537,10 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
                 settle(edges)
             if not retain_graph:
                 node.release()
+        if capture is not None and _leaf_hooks:  # a captured leaf's gradient, through its hooks
+            for (target, _), j in capture.items():
+                if results[j] is not None and not isinstance(target, Function) and _leaf_hooks_of(target):
+                    results[j] = _hooked(_leaf_hooks_of(target), results[j], "a leaf")
     finally:
         STATE.grad_enabled = prev
 
@@ -492,3 +611,6 @@ def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False,
 
 Tensor.backward = _tensor_backward  # the tensor module sits below autograd: the engine attaches the method
 Tensor.register_post_accumulate_grad_hook = register_post_accumulate_grad_hook
+Tensor.register_hook = register_hook
+Tensor.retain_grad = retain_grad
+Tensor.retains_grad = property(_retains_grad, doc="Whether retain_grad() keeps this non-leaf tensor's gradient.")

@@ -101,6 +101,7 @@ class Recorder:
         kwargs = {k: _kept(v) for k, v in kwargs.items()}
         self.refuse_new_grads(args, kwargs)
         if fn in (_backward, _grad):  # (before it runs: a backward releases the graph as it goes)
+            _refuse_tensor_hooks(args[0])
             self.walked.update(_nodes_of(args[0]))
         with self._inside(guards.backward_writes(self) if fn in (_backward, _grad) else
                           guards.may_write(fn, args, kwargs)):
@@ -114,6 +115,7 @@ class Recorder:
     def record_backward(self, tensors, grad_tensors, retain_graph, create_graph, inputs):
         """A plain backward is recorded as the steps the engine took (``BackwardPlan``); one that builds a graph,
         or one whose graph has nodes a replay makes anew (made by a create_graph call), as a call to the engine."""
+        _refuse_tensor_hooks(tensors)
         before = {key: leaf[0]._grad for key, leaf in self.leaves.items()}
         if create_graph or inputs is not None:
             self.record_call(_backward, (tensors, grad_tensors, retain_graph, create_graph, inputs), {},
@@ -339,6 +341,13 @@ def _graph_returned(rec, result):
                     return True
                 todo.append(edge[0])
     return False
+
+
+def _refuse_tensor_hooks(roots):
+    if engine.has_tensor_hooks(tensors_in(roots)):
+        raise CompileError(f"tinygen.compile: the step's backward at {user_frame()} reaches a tensor with a gradient "
+                           f"hook (register_hook) or a retained gradient (retain_grad); a replay would not run them. "
+                           f"Look at one backward without compiling the step, or remove them from it")
 
 
 def _nodes_of(roots):
