@@ -107,14 +107,21 @@ def register_post_accumulate_grad_hook(tensor, hook):
                            "a gradient (got a tensor made by an op, or one without requires_grad)")
     if not callable(hook):
         raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+    return _add_leaf_hook(_post_accumulate_hooks, tensor, "_hooks", hook)
+
+
+def _add_leaf_hook(registry, tensor, slot, hook):
+    """Add ``hook`` to the list a leaf keeps in ``slot``; ``registry`` (id -> a weak reference to the leaf) says
+    which leaves have such a list. Returns its handle."""
     key = id(tensor)
-    if key not in _post_accumulate_hooks:  # the entry goes when the tensor does (an id can be reused afterwards)
+    if key not in registry:  # the entry goes when the tensor does (an id can be reused afterwards)
         # the dict is bound here: at interpreter exit the module's globals may already be gone
-        forget = lambda _, k=key, registry=_post_accumulate_hooks: registry.pop(k, None)  # noqa: E731
-        _post_accumulate_hooks[key] = weakref.ref(tensor, forget)
-        tensor._hooks = []
-    tensor._hooks.append(hook)
-    return RemovableHandle(tensor._hooks, hook)
+        forget = lambda _, k=key, registry=registry: registry.pop(k, None)  # noqa: E731
+        registry[key] = weakref.ref(tensor, forget)
+        setattr(tensor, slot, [])
+    hooks = getattr(tensor, slot)
+    hooks.append(hook)
+    return RemovableHandle(hooks, hook)
 
 
 def queue_callback(fn):
@@ -130,7 +137,7 @@ def queue_callback(fn):
 # tensor), so they go with the graph; a leaf keeps its own (``leaf._grad_hooks``), and _leaf_hooks maps its id to a
 # weak reference, as _post_accumulate_hooks does (a hook that refers to its leaf makes a cycle, not a leak).
 _leaf_hooks = {}
-_node_hooks = [False]  # set once a node has been given one: until then the engine looks at no node's
+_any_node_hooks = False  # set once a node has been given one: until then the engine looks at no node's
 
 
 def register_hook(tensor, hook):
@@ -139,31 +146,26 @@ def register_hook(tensor, hook):
     backward delivers to it, before it is added into ``.grad``. ``hook`` may return a tensor of the same shape to
     use instead. As PyTorch's ``Tensor.register_hook``; returns a handle with ``remove()``. tinygen.compile refuses
     a step whose backward reaches a hooked tensor (its replay would not call the hooks)."""
+    global _any_node_hooks
     _check_hookable(tensor, "register_hook")
     if not callable(hook):
         raise TypeError(f"register_hook: hook must be callable, got {type(hook).__name__}")
     if tensor.grad_fn is None:
-        key = id(tensor)
-        if key not in _leaf_hooks:  # the entry goes when the tensor does (an id can be reused afterwards)
-            forget = lambda _, k=key, registry=_leaf_hooks: registry.pop(k, None)  # noqa: E731
-            _leaf_hooks[key] = weakref.ref(tensor, forget)
-            tensor._grad_hooks = []
-        hooks = tensor._grad_hooks
-    else:
-        table = tensor.grad_fn.__dict__.setdefault("_grad_hooks", {})
-        hooks = table.setdefault(tensor._out_idx, [])
-        _node_hooks[0] = True
+        return _add_leaf_hook(_leaf_hooks, tensor, "_grad_hooks", hook)
+    hooks = tensor.grad_fn.__dict__.setdefault("_grad_hooks", {}).setdefault(tensor._out_idx, [])
     hooks.append(hook)
+    _any_node_hooks = True
     return RemovableHandle(hooks, hook)
 
 
 def retain_grad(tensor):
     """Keep this tensor's gradient in its ``.grad`` after each backward, though an op made it (summed over
     backwards, as a leaf's is), after its hooks have run; a leaf keeps its own already. As PyTorch's."""
+    global _any_node_hooks
     _check_hookable(tensor, "retain_grad")
     if tensor.grad_fn is not None:
         tensor.grad_fn.__dict__.setdefault("_grad_retained", {})[tensor._out_idx] = weakref.ref(tensor)
-        _node_hooks[0] = True
+        _any_node_hooks = True
 
 
 def _retains_grad(tensor):
@@ -216,7 +218,7 @@ def _leaf_hooks_of(leaf):
 def has_tensor_hooks(roots):
     """Whether a backward from ``roots`` reaches a tensor with gradient hooks or a retained gradient (which
     tinygen.compile's replay would not run)."""
-    if not _node_hooks[0] and not _leaf_hooks:
+    if not _any_node_hooks and not _leaf_hooks:
         return False
     nodes = _toposort([t.grad_fn for t in roots if t.grad_fn is not None])
     for node in nodes:
@@ -512,7 +514,7 @@ def _run(roots, root_grads, retain_graph, create_graph, inputs, trace=None):
                 if not retain_graph:
                     node.release()
                 continue
-            if _node_hooks[0]:
+            if _any_node_hooks:
                 grads = _node_grads_hooked(node, grads, create_graph)
             if len(grads) > 1:  # several outputs: a missing gradient is zero
                 grads = [g if g is not None else mode.zeros(node, s, d) for g, (s, d) in zip(grads, node.out_meta)]
