@@ -400,6 +400,11 @@ def test_queue_callback_runs_after_backward_with_owned_gradients():
     assert log == ["hook", ("done", [3.0, 3.0])]
     with pytest.raises(RuntimeError, match="queue_callback: no backward"):
         autograd.queue_callback(lambda: None)
+    log.clear()  # in grad() too (which delivers to no .grad): after the whole walk, before it returns
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 2
+    h.register_hook(lambda g: autograd.queue_callback(lambda: log.append("done")) or log.append("hook"))
+    assert autograd.grad((h * h).sum(), x)[0].tolist() == [8.0, 16.0] and log == ["hook", "done"]
     with pytest.raises(RuntimeError, match="register_post_accumulate_grad_hook: only a leaf"):
         (w * 2).register_post_accumulate_grad_hook(print)
 

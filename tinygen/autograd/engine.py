@@ -125,10 +125,10 @@ def _add_leaf_hook(registry, tensor, slot, hook):
 
 
 def queue_callback(fn):
-    """Run ``fn()`` when the backward() now running has finished (every ``.grad`` final and owned), before it
-    returns. Only callable during a backward(), typically from a hook."""
+    """Run ``fn()`` when the backward() or grad() now running has finished (every ``.grad`` final and owned),
+    before it returns. Only callable during one, typically from a hook."""
     if _callbacks is None:
-        raise RuntimeError("queue_callback: no backward() is running (call it from a hook during backward)")
+        raise RuntimeError("queue_callback: no backward() or grad() is running (call it from a hook during one)")
     _callbacks.append(fn)
 
 
@@ -276,7 +276,8 @@ def _grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unuse
             raise RuntimeError(f"grad: input {i} does not require grad")
     if retain_graph is None:
         retain_graph = create_graph
-    results = _run(outputs, grads, retain_graph, create_graph, inputs)
+    results = []  # (run as a backward pass: queue_callback works inside it too)
+    with_callbacks(lambda: results.extend(_run(outputs, grads, retain_graph, create_graph, inputs)))
     for i, g in enumerate(results):
         if g is None and not allow_unused:
             raise RuntimeError(f"grad: input {i} (shape {inputs[i].shape}) was not used in computing the outputs; "
