@@ -106,11 +106,16 @@ a learning rate set in ``opt.param_groups``: use a scheduler) is Python a replay
 again: such a call keeps no program and the next records again (a warning when it happens on every call); a
 tensor kept further away (``box.inner.h = h``) raises when used after the call. Return what you need from the step
 instead. A replay returns the tensors the step made without a graph (the parameters, the ``.grad`` tensors and
-the arguments it returns are the caller's own objects, as in eager), so compile a whole training step, not a model's
-forward alone: a step with grad on that returns a tensor whose graph reaches a parameter along nodes none of its
-backwards went through (a model's forward; a discriminator's step that returns the generator's images) runs eagerly
-on every call, and warns once, since a backward after the call would go through that graph (return ``.detach()`` of
-what is only read). ``tinygen.compile(model)`` replays inference under ``no_grad()``, and its other attributes
+the arguments it returns are the caller's own objects, as in eager), except those whose graph reaches a parameter
+along nodes none of the step's backwards went through (a model's forward with grad on, then ``loss.backward()``
+after the call; a discriminator's step that returns the generator's images): each replay refills the program's own
+nodes and hands those tensors on through one ``Gate`` node, so a backward after the call walks that graph as
+eager's (``recording.HandedGraph``). A call made while the last call's such result still awaits its backward (a
+discriminator on real, then on fake images, one loss) runs eagerly, since a replay would refill the nodes that
+backward needs; a backward through an older call's result after a later replay raises; after a ``create_graph``
+backward through it the function runs eagerly (with a warning), as it does for a step that builds a gradient graph
+and returns one. Compiling the whole training step replays its backward and update too.
+``tinygen.compile(model)`` replays inference under ``no_grad()`` as well, and its other attributes
 (``parameters()``, ``eval()``) are the module's.
 ``@tinygen.compile`` on a method compiles each instance's bound method (its own programs, ``self`` as the step's
 object).
@@ -248,15 +253,9 @@ class Compiled:
         graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
         program, result = record(self.fn, args, kwargs, self.fuse, graphs)
         self.records += 1
-        if program is GRAPH:  # a compiled forward, then a backward outside: this signature's calls run eagerly
-            if not self._warned_graph:  # (once)
-                self._warned_graph = True
-                warnings.warn(f"tinygen.compile: {self.__name__} returns a tensor with a graph that no backward in "
-                              f"the step went through, so each call with grad on runs eagerly: a replay returns "
-                              f"tensors without a graph, and a backward after the call would not reach the "
-                              f"parameters behind it. To train faster, compile the whole step (forward, "
-                              f"loss.backward(), opt.step()), or return .detach() of what is only read; for "
-                              f"inference, call it under tinygen.no_grad() (replayed)", RuntimeWarning, stacklevel=3)
+        if program is GRAPH:  # a compiled forward whose graph a replay would make anew, then a backward outside
+            self._warn_graph("it returns a tensor with a graph that a backward after the call goes through, and it "
+                             "builds a gradient graph (create_graph, grad()) whose nodes a replay would make anew", 3)
         elif isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1
@@ -288,6 +287,14 @@ class Compiled:
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=3)
         return result
 
+    def _warn_graph(self, why, depth):
+        if not self._warned_graph:  # (once)
+            self._warned_graph = True
+            warnings.warn(f"tinygen.compile: {self.__name__} runs each call with grad on eagerly: {why}. To train "
+                          f"faster, compile the whole step (forward, loss.backward(), opt.step()), or return "
+                          f".detach() of what is only read; for inference, call it under tinygen.no_grad() "
+                          f"(replayed)", RuntimeWarning, stacklevel=depth + 1)
+
     def _replayed(self, key, args, kwargs, tensors):
         """The result of a replay of the program of ``key`` whose guards hold, else ``_MISSING``."""
         program = self._programs.get(key)
@@ -296,6 +303,14 @@ class Compiled:
             return self.fn(*args, **kwargs)
         if program is None or not program.guards_hold():
             return _MISSING
+        handoff = program.handoff
+        if handoff is not None and (handoff.busy() or handoff.graph_built):
+            if handoff.graph_built:  # a create_graph backward went through its graph: eager from now on
+                self._programs[key] = GRAPH
+                self._warn_graph("a create_graph backward (or grad(..., create_graph=True)) went through the "
+                                 "graph of its result, and the gradient graph it built may keep the program's "
+                                 "tensors after the call", 4)
+            return self.fn(*args, **kwargs)  # the last call's graph awaits its backward: this call runs eagerly
         stale = program.stale()
         if stale is not None:
             raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "

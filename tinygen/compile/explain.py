@@ -71,11 +71,13 @@ def listing(compiled, sources=False):
              f"{compiled.replays} replayed, {compiled.graph_replays} with CUDA graphs"]
     for i, program in enumerate(compiled._programs.values(), 1):
         if program is GRAPH:
-            lines.append(f"program {i}: none; it returns a result with a graph and runs no backward, so its calls "
-                         f"run eagerly")
+            lines.append(f"program {i}: none; a backward after the call goes through a gradient graph "
+                         f"(create_graph) that a replay would not keep, so its calls run eagerly")
             continue
         dead = f", {count(len(program.left_out), 'gradient')} nothing reads left out" if program.left_out else ""
-        lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}")
+        handed = (f"; hands on the graph of {count(len(program.handoff.ids), 'result tensor')} for a backward "
+                  f"after the call") if program.handoff is not None else ""
+        lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}{handed}")
         where = {}  # id(step) -> its CUDA graph ("graph 1", ...) or "host"
         if program.graphed is not None:
             segments = 0

@@ -294,7 +294,7 @@ def with_early_drops(steps):
     return steps
 
 
-def with_releases(steps, inputs, keep):
+def with_releases(steps, inputs, keep, with_graph=()):
     """The program's steps with a release after the last use of each intermediate, so that a replay holds no
     more memory than eager: the input tensors, ops' outputs, detached copies and the new tensors of recorded calls,
     not part of the result ``keep``; and the attributes of an op's node after the last backward through it.
@@ -302,7 +302,8 @@ def with_releases(steps, inputs, keep):
     A replayed node saves intermediates as shadows (new tensors on the same arrays, ``_shadow``), so an array
     goes when the backward releases the node, as in eager; a backward call uses only what its graph's nodes keep
     otherwise. After a create_graph call (whose new nodes keep intermediates the recording cannot see) a backward
-    uses every intermediate and node made before it. Returns a tuple of steps."""
+    uses every intermediate and node made before it. What the graph of the result's tensors ``with_graph`` keeps
+    (a backward after the call goes through it) is never released. Returns a tuple of steps."""
     inputs = [t for t in inputs if id(t) not in keep]
     intermediates = {id(t): t for t in inputs}
     for run, operands in steps:
@@ -345,6 +346,12 @@ def with_releases(steps, inputs, keep):
         for key in walked:
             if key in by_node:
                 nodes[key] = i
+    if with_graph:  # (a graph made after a create_graph call is not recorded here: record() keeps none)
+        walked, graph = _graph(with_graph, by_node, unshadowable)
+        for t in graph:
+            last.pop(id(t), None)
+        for key in walked:
+            nodes.pop(key, None)
     after = {}
     for key, i in last.items():
         after.setdefault(i, ([], []))[0].append(intermediates[key])

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..autograd.engine import _backward, _grad
 from ..autograd.function import Function, user_frame
 from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
+from ..ops.shape import Gate
 from ..tensor import Tensor, _make
 from . import cuda_graph, fusion, guards, passes
 from .explain import described, tensor_text
@@ -309,14 +311,17 @@ def record(fn, args, kwargs, fuse, graphs=False):
     changed = changed or moved
     if changed is not None:  # Python state the step changed (a module attribute, a list): a replay would not
         return changed, handed(result, roles, caller, own=_itself)  # (an eager call's, graphs kept)
-    if STATE.grad_enabled and _graph_returned(rec, result):  # a compiled forward, then a backward outside
+    with_graph = _graphs_returned(rec, result) if STATE.grad_enabled else ()  # a backward after the call uses
+    if with_graph and passes.engine_walks((s[0], s[1:]) for s in rec.steps):  # (its nodes are made anew on a replay)
         return GRAPH, handed(result, roles, caller, own=_itself)
-    program = Program(rec, inputs, result, STATE.grad_enabled, fuse, graphs)
+    program = Program(rec, inputs, result, STATE.grad_enabled, fuse, graphs, with_graph)
     program.roles = roles
     after = guards.places(fn, args, kwargs)  # the step may have set attributes
     program.bindings, program.callees = guards.bindings(after, rec.leaves.keys() | rec.modules.keys(),
                                                         guards.recorded_objects(rec))
     program.read_anew = guards.read_anew(rec)  # lists whose items are data, not settings (PythonValues.learn)
+    if program.handoff is not None:  # the recorded call's graph holds its intermediates themselves: kept
+        return program, program.handoff.hand(result, roles, caller)
     handed_back = handed(result, roles, caller)  # (before the releases: the program's arrays)
     for run, operands in program.steps:  # the recorded call's intermediates go as a replay's do
         if run is replay_release:
@@ -324,23 +329,24 @@ def record(fn, args, kwargs, fuse, graphs=False):
     return program, handed_back
 
 
-def _graph_returned(rec, result):
-    """Whether the step returns a tensor with a graph that reaches a leaf (a parameter) along nodes none of its
-    backwards went through (a compiled model's forward with grad on; a discriminator's step that returns the
-    generator's images): a backward after the call would deliver gradients along it, and a replay's result has no
-    graph. ``loss * w`` after ``loss.backward()`` reaches only the nodes that backward released."""
-    todo, seen = [t.grad_fn for t in tensors_in(result) if t.grad_fn is not None], set()
-    while todo:
-        node = todo.pop()
-        if id(node) in seen or id(node) in rec.walked:
-            continue
-        seen.add(id(node))
-        for edge in node.next_edges or ():
-            if edge is not None:
-                if not isinstance(edge[0], Function):
-                    return True
-                todo.append(edge[0])
-    return False
+def _graphs_returned(rec, result):
+    """The tensors of the step's result whose graph reaches a leaf (a parameter) along nodes none of its backwards
+    went through (a compiled model's forward with grad on; a discriminator's step that returns the generator's
+    images): a backward after the call delivers gradients along it. ``loss * w`` after ``loss.backward()`` reaches
+    only the nodes that backward released."""
+    found = []
+    for t in tensors_in(result):
+        todo, seen = [t.grad_fn] if t.grad_fn is not None else [], set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen or id(node) in rec.walked:
+                continue
+            seen.add(id(node))
+            if any(edge is not None and not isinstance(edge[0], Function) for edge in node.next_edges or ()):
+                found.append(t)
+                break
+            todo.extend(edge[0] for edge in node.next_edges or () if edge is not None)
+    return tuple(found)
 
 
 def _refuse_tensor_hooks(roots):
@@ -358,12 +364,12 @@ def _nodes_of(roots):
 class Program:
     """One recorded signature's steps after the passes, its guards, and its replay."""
 
-    def __init__(self, rec, inputs, result, grad_enabled, fuse, graphs=False):
+    def __init__(self, rec, inputs, result, grad_enabled, fuse, graphs=False, with_graph=()):
         keep = {id(t) for t in tensors_in(result)}
         if fuse:
             rec.steps = passes.with_activations(rec.steps, keep)
             rec.steps = passes.reused_forwards(rec.steps, inputs, keep)
-        self.steps = passes.with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep)
+        self.steps = passes.with_releases([(s[0], s[1:]) for s in rec.steps], inputs, keep, with_graph)
         self.steps, self.left_out = passes.without_dead_gradients(self.steps)
         self.steps = passes.with_early_drops(self.steps)
         if fuse:
@@ -386,6 +392,10 @@ class Program:
         self.signature_text = ", ".join(tensor_text(t) for t in inputs) or "no tensor arguments"
         self.step_texts = [described(run, operands) for run, operands in self.steps]
         on_gpu = any(cuda_graph.is_cupy(t.data) for t in itertools.chain(inputs, (leaf[0] for leaf in self.leaves)))
+        # a result with a graph for a backward after the call: its replays hand it on through a Gate node (its
+        # kernels launched one by one: the graph's nodes take the arrays each forward makes)
+        self.handoff = HandedGraph(with_graph) if with_graph else None
+        graphs = graphs and self.handoff is None
         self.graphed = cuda_graph.GraphedSteps(self.steps, inputs) if graphs and on_gpu else None
 
     def guards_hold(self):
@@ -420,6 +430,8 @@ class Program:
                 run(*operands)
         finally:
             STATE.grad_enabled = self.grad_enabled
+        if self.handoff is not None:
+            return self.handoff.hand(self.result, self.roles, tensors)
         return handed(self.result, self.roles, tensors)
 
     def replay_graphed(self, tensors):
@@ -429,6 +441,58 @@ class Program:
         finally:
             STATE.grad_enabled = self.grad_enabled
         return handed(self.result, self.roles, tensors, self.graphed.own)
+
+
+class HandedGraph:
+    """A program whose result keeps a graph that a backward after the call goes through (``with_graph``: those
+    tensors; a compiled model's forward with grad on). Each replay refills the program's nodes with what its
+    forward saved, as eager makes new ones, and hands each of those tensors on through one new ``Gate`` node (an
+    identity op), so a backward reaches the parameters through the nodes as the replay left them. The gate's
+    backward raises when a later replay has refilled them since."""
+
+    def __init__(self, with_graph):
+        self.ids = {id(t) for t in with_graph}
+        self.calls = 0
+        self.last = self.last_gate = None  # the last call (a _HandedCall), a weak reference to its Gate node
+        self.graph_built = False  # a create_graph backward went through: the compiled function goes eager
+
+    def busy(self):
+        """Whether the last call's result still awaits its backward, or is in it: a replay now would refill the
+        nodes that backward needs, so the call runs eagerly instead."""
+        gate = self.last_gate() if self.last_gate is not None else None
+        return gate is not None and not self.last.done
+
+    def hand(self, result, roles, tensors):
+        """The call's result (``handed``), its tensors with a graph handed on through a new Gate node."""
+        outs = [t for t in {id(t): t for t in tensors_in(result) if id(t) in self.ids}.values()]
+        self.calls += 1
+        self.last = _HandedCall(self)
+        new = Gate.apply(self.last.backward_entered, *outs)
+        new = new if isinstance(new, tuple) else (new,)
+        self.last_gate = weakref.ref(new[0].grad_fn)
+        by_id = {id(t): n for t, n in zip(outs, new)}
+        return handed(result, roles, tensors, lambda t: by_id[id(t)] if id(t) in by_id else _own(t))
+
+
+class _HandedCall:
+    """One call of a ``HandedGraph`` program: its number, and whether a backward through it has finished."""
+
+    def __init__(self, handed):
+        self.handed, self.call, self.done = handed, handed.calls, False
+
+    def backward_entered(self):
+        handed = self.handed
+        if handed.calls != self.call:
+            raise RuntimeError(f"tinygen.compile: a backward through the result of an earlier call of a compiled "
+                               f"function, after {handed.calls - self.call} later call(s) replayed its forward: "
+                               f"the values its graph saved are theirs now. Call backward (or autograd.grad) on "
+                               f"a call's result before the next call that replays it")
+        engine.queue_callback(self._finished)  # once the nodes behind the gate have run too
+        if STATE.grad_enabled:  # create_graph: a gradient graph may keep the program's tensors past this call
+            handed.graph_built = True
+
+    def _finished(self):
+        self.done = True
 
 
 def _with_slots(value, slots):

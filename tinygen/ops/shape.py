@@ -27,6 +27,22 @@ def _tensor_list(tensors, fn):
     return list(tensors)
 
 
+class Gate(Function):
+    """The identity on its tensors, whose backward first calls ``on_backward()``: a point in a graph where a
+    backward can be checked before it goes on (``tinygen.compile`` hands a replayed forward's result on through
+    one: compile/recording.py's ``HandedGraph``)."""
+
+    @staticmethod
+    def forward(ctx, on_backward, *tensors):
+        ctx.on_backward = on_backward
+        return tuple(t.data for t in tensors) if len(tensors) > 1 else tensors[0].data
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.on_backward()
+        return (None,) + grads
+
+
 class Reshape(Function):
     reusable_forward = True  # so that what follows a reshape (a convolution of an unbatched image) can be reused
 

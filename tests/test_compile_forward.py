@@ -1,0 +1,252 @@
+"""A compiled forward with the backward after the call (``fast = tg.compile(model)``, then
+``loss = F.cross_entropy(fast(x), y); loss.backward()``): the forward replays, its result reaches the parameters
+through the program's own nodes (``recording.HandedGraph``), and training goes exactly as eager's."""
+import warnings
+
+import numpy as np
+import pytest
+
+import tinygen as tg
+from tinygen import nn
+from tinygen.compile import CompileError
+from tinygen.nn import functional as F
+
+
+def _model(device="cpu", dropout=0.0, batchnorm=False):
+    tg.manual_seed(0)
+    layers = [nn.Linear(12, 16)] + ([nn.BatchNorm1d(16)] if batchnorm else [])
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 5)]
+    return nn.Sequential(*layers).to(device)
+
+
+def _data(n, device="cpu", batch=8):
+    tg.manual_seed(1)
+    return [(tg.randn(batch, 12).to(device), tg.randint(0, 5, (batch,)).to(device)) for _ in range(n)]
+
+
+def _state(model, opt):
+    return [_host(p) for p in model.parameters()] + [_host(b) for b in model.buffers()] + \
+        [_host(v) for s in opt.state.values() for v in s.values() if isinstance(v, tg.Tensor)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def _host(t):
+    return np.array(tg.backend.to_device(t.data if isinstance(t, tg.Tensor) else t, "cpu"), copy=True)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_compiled_forward_trains_as_eager_and_replays(device, fuse):
+    """Twelve steps of a model with BatchNorm and dropout in train mode, its forward compiled, the loss, a
+    graph beside it (a second layer's output) and the backward after the call: the same losses, gradients,
+    parameters, running statistics and optimizer state as eager, bit for bit, on every step, and every call after
+    the first replays (no warning). A gradient hook on the compiled forward's output sees eager's gradient. Would
+    fail with the replay's result handed on without a graph (the parameters got no gradient: before, every call
+    ran eagerly instead), or with a node's saved values released after the forward."""
+    def run(compiled):
+        model, extra = _model(device, dropout=0.3, batchnorm=True), nn.Linear(12, 5).to(device)
+        opt = tg.optim.Adam(list(model.parameters()) + list(extra.parameters()), lr=1e-2)
+        fast = tg.compile(model, fuse=fuse) if compiled else model
+        seen, out = [], []
+        tg.manual_seed(7)  # the stream dropout draws from
+        for x, y in _data(12, device):
+            logits = fast(x)
+            logits.register_hook(lambda g: seen.append(_host(g)))
+            loss = F.cross_entropy(logits + extra(x), y)
+            opt.zero_grad()
+            loss.backward()
+            out += [_host(loss)] + [_host(p.grad) for p in model.parameters()]
+            opt.step()
+            out += _state(model, opt)
+        return out + seen, fast
+    want, _ = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, fast = run(True)
+    assert _same(want, got)
+    assert (fast.records, fast.replays) == (1, 11)
+    assert "hands on the graph of 1 result tensor for a backward after the call" in fast.explain()
+
+
+def test_a_second_call_before_the_first_calls_backward_runs_eagerly():
+    """A discriminator's forward on real and on fake images, one loss over both, then the backward: the second
+    call finds the first call's graph awaiting its backward, so it runs eagerly (a replay would refill the nodes
+    that backward needs). The gradients are eager's on every step; the first call of each step replays. Would fail
+    with the second call replayed: the first call's part of the gradient was computed on the second call's
+    values."""
+    def run(compiled):
+        dis = nn.Sequential(nn.Linear(12, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        opt = tg.optim.SGD(dis.parameters(), lr=0.1, momentum=0.9)
+        d = tg.compile(dis) if compiled else dis
+        out = []
+        for (real, _), (fake, _) in zip(_data(5), _data(5)[::-1]):
+            loss = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out += [loss.data.copy()] + [p.grad.data.copy() for p in dis.parameters()]
+        return out, d
+    tg.manual_seed(0)
+    want, _ = run(False)
+    tg.manual_seed(0)
+    got, d = run(True)
+    assert _same(want, got)
+    assert (d.records, d.replays) == (1, 4)  # the first call of each later step replays
+
+
+def test_a_result_kept_without_a_backward_makes_the_next_call_eager_until_it_goes():
+    """A result held without a backward (an evaluation with grad on) may still be backpropagated: the calls while
+    it lives run eagerly, and its backward then gives eager's gradients; once it is gone, calls replay again."""
+    model = _model()
+    fast = tg.compile(model)
+    (x, y), (x2, _) = _data(2)
+    kept = fast(x)  # records
+    other = fast(x2)  # eager: ``kept`` awaits its backward
+    assert (fast.records, fast.replays) == (1, 0)
+    F.cross_entropy(kept, y).backward()
+    got = [p.grad.data.copy() for p in model.parameters()]
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert _same([p.grad.data for p in model.parameters()], got)
+    assert np.array_equal(other.data, model(x2).data)
+    del kept, other
+    fast(x2)
+    fast(x)
+    assert fast.replays == 2
+    both = fast(x), fast(x2)  # the second call while the first's result awaits its backward: eager
+    assert fast.replays == 3 and np.array_equal(both[1].data, model(x2).data)
+
+
+def test_a_backward_through_an_earlier_calls_result_after_a_later_replay_raises():
+    """A graph retained for a second backward, then another call that replays the forward: the earlier result's
+    nodes hold the later call's values, so its second backward raises, naming what to do. Would fail with the
+    backward going on: gradients of the wrong batch, silently."""
+    model = _model()
+    fast = tg.compile(model)
+    (x, y), (x2, _) = _data(2)
+    fast(x).sum().backward()  # records
+    loss = F.cross_entropy(fast(x), y)  # replays
+    loss.backward(retain_graph=True)
+    fast(x2)  # replays: the first backward went through
+    with pytest.raises(RuntimeError, match=r"an earlier call of a compiled function, after 1 later call\(s\) "
+                                           r"replayed its forward.*before the next call"):
+        loss.backward()
+
+
+def test_a_create_graph_backward_through_a_compiled_forward_gives_eager_gradients():
+    """A gradient penalty through the compiled forward's result (``grad(..., create_graph=True)``, then a backward
+    of its norm): eager's gradients on every step. A gradient graph may keep the program's tensors past the call,
+    so once one went through, the compiled function runs eagerly and ``explain`` says so."""
+    def run(compiled):
+        model = _model()
+        opt = tg.optim.SGD(model.parameters(), lr=0.05)
+        fast = tg.compile(model) if compiled else model
+        out = []
+        for x, y in _data(4):
+            logits = fast(x)
+            params = list(model.parameters())
+            grads = tg.autograd.grad(F.cross_entropy(logits, y), params, create_graph=True)
+            penalty = sum((g * g).sum() for g in grads)
+            opt.zero_grad()
+            (F.cross_entropy(logits, y) + penalty).backward()
+            opt.step()
+            out += [penalty.data.copy()] + [p.data.copy() for p in params]
+        return out, fast
+    want, _ = run(False)
+    with pytest.warns(RuntimeWarning, match=r"Sequential runs each call with grad on eagerly: a create_graph "
+                                            r"backward .* went through the graph of its result"):
+        got, fast = run(True)
+    assert _same(want, got)
+    assert (fast.records, fast.replays) == (1, 0)
+    assert "run eagerly" in fast.explain()
+
+
+def test_a_step_that_builds_a_gradient_graph_and_returns_a_graph_runs_eagerly():
+    """A step whose own ``grad(..., create_graph=True)`` builds the graph it returns (a penalty for the
+    backward after the call): a replay makes such nodes anew, so its calls run eagerly, with a warning, and train
+    as eager."""
+    def run(compiled):
+        model = _model()
+        opt = tg.optim.SGD(model.parameters(), lr=0.05)
+
+        def forward(x):
+            logits = model(x)
+            g, = tg.autograd.grad(logits.sum(), [model[0].weight], create_graph=True)
+            return logits, (g * g).sum()
+        f = tg.compile(forward) if compiled else forward
+        out = []
+        for x, y in _data(3):
+            logits, penalty = f(x)
+            opt.zero_grad()
+            (F.cross_entropy(logits, y) + penalty).backward()
+            opt.step()
+            out += [p.data.copy() for p in model.parameters()]
+        return out, f
+    want, _ = run(False)
+    with pytest.warns(RuntimeWarning, match="forward runs each call with grad on eagerly: it returns a tensor with "
+                                            "a graph .* builds a gradient graph"):
+        got, f = run(True)
+    assert _same(want, got) and (f.records, f.replays) == (1, 0)
+
+
+def test_a_compiled_forward_with_several_results_hands_each_on_with_its_graph():
+    """A forward that returns its logits and its hidden layer, and a tensor without a graph beside them: a loss
+    over both graph outputs gives eager's gradients on replays. The tensor without a graph comes back without one,
+    as eager's. The condition ``where`` keeps on its node stays for the backward after the call: would fail with
+    it released when the forward no longer reads it."""
+    tg.manual_seed(0)
+    fc1, fc2 = nn.Linear(12, 16), nn.Linear(16, 5)
+
+    def forward(x):
+        z = fc1(x)
+        h = tg.where(z > 0, z, z * 0.1).tanh()
+        return {"logits": fc2(h), "h": h, "mean": x.mean()}
+    fast = tg.compile(forward, check=1)  # the first replay beside eager
+    for x, y in _data(3):
+        for f in (forward, fast):
+            for p in (*fc1.parameters(), *fc2.parameters()):
+                p.grad = None
+            out = f(x)
+            (F.cross_entropy(out["logits"], y) + (out["h"] ** 2).mean()).backward()
+            grads = [p.grad.data.copy() for p in (*fc1.parameters(), *fc2.parameters())]
+            if f is forward:
+                want = grads
+        assert _same(want, grads)
+        assert out["mean"].grad_fn is None and out["h"].grad_fn is not None
+    assert (fast.records, fast.replays) == (1, 2)
+
+
+def test_a_compiled_forward_still_refuses_an_argument_that_requires_grad():
+    """An argument that requires grad (a generator's images fed to a compiled discriminator for the generator's
+    loss) is refused as before: the program's inputs take no gradient."""
+    fast = tg.compile(_model())
+    with pytest.raises(CompileError, match="tensor argument 0 .* requires grad"):
+        fast(tg.randn(4, 12, requires_grad=True))
+
+
+def _with_grad(f, x):
+    with tg.enable_grad():  # (a hook runs under no_grad, another signature)
+        return f(x)
+
+
+def test_a_call_during_the_backward_through_a_handed_graph_runs_eagerly():
+    """A call of the compiled forward made while a backward is still going through the last call's graph (here
+    from a hook on the last layer's weight, whose gradient arrives before the first layer's nodes have run): it
+    runs eagerly, since a replay would refill the nodes that backward has yet to run. Would fail with the last
+    call counted as done once the gradient enters its graph: the first layer's gradients came from the other
+    batch's values."""
+    model = _model()
+    fast = tg.compile(model)
+    (x, y), (x2, _) = _data(2)
+    fast(x)  # records
+    inside = []
+    handle = model[-1].weight.register_hook(lambda g: inside.append(_with_grad(fast, x2)))
+    F.cross_entropy(fast(x), y).backward()  # replays; the hook calls it again during the backward
+    handle.remove()
+    got = [p.grad.data.copy() for p in model.parameters()]
+    assert (fast.records, fast.replays) == (1, 1) and np.array_equal(inside[0].data, model(x2).data)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert _same([p.grad.data for p in model.parameters()], got)
