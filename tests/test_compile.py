@@ -1137,10 +1137,18 @@ def test_a_state_dict_copied_rates_set_and_running_stats_reset_inside_a_step_are
     assert all(np.array_equal(a, b) for a, b in zip(run(False), run(True)))
 
 
-def test_a_tensor_argument_that_requires_grad_is_refused():
-    f = tg.compile(lambda a: (a * 2).sum())
-    with pytest.raises(tg.CompileError, match="requires grad"):
-        f(tg.randn(3, requires_grad=True))
+def test_a_tensor_argument_that_requires_grad_gets_its_gradient_on_every_replay():
+    """An argument that requires grad, a leaf or made by ops outside: the backward after the call delivers its
+    gradient, on every replay into that call's argument (before, such an argument was refused)."""
+    f = tg.compile(lambda a: (a * a).sum())
+    for _ in range(3):
+        a = tg.randn(3, requires_grad=True)
+        f(a).backward()
+        assert np.array_equal(a.grad.data, a.data + a.data)
+        b = a * 3
+        f(b).backward()
+        assert np.array_equal(a.grad.data, a.data + a.data + (b.data + b.data) * np.float32(3))
+    assert (f.records, f.replays) == (1, 5)
 
 
 class _Holder:

@@ -8,7 +8,7 @@ import pytest
 
 import tinygen as tg
 from tinygen import nn
-from tinygen.compile import CompileError
+from tinygen.compile import SPARES, CompileError
 from tinygen.nn import functional as F
 
 
@@ -70,12 +70,12 @@ def test_a_compiled_forward_trains_as_eager_and_replays(device, fuse):
     assert "hands on the graph of 1 result tensor for a backward after the call" in fast.explain()
 
 
-def test_a_second_call_before_the_first_calls_backward_runs_eagerly():
+def test_a_second_call_before_the_first_calls_backward_replays_a_spare_program():
     """A discriminator's forward on real and on fake images, one loss over both, then the backward: the second
-    call finds the first call's graph awaiting its backward, so it runs eagerly (a replay would refill the nodes
-    that backward needs). The gradients are eager's on every step; the first call of each step replays. Would fail
-    with the second call replayed: the first call's part of the gradient was computed on the second call's
-    values."""
+    call finds the first call's graph awaiting its backward, so it replays a spare program of the same signature,
+    recorded on the first step (a replay of the first would refill the nodes that backward needs). The gradients
+    are eager's on every step, and both calls of each later step replay. Would fail with the second call replaying
+    the first program: the first call's part of the gradient was computed on the second call's values."""
     def run(compiled):
         dis = nn.Sequential(nn.Linear(12, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
         opt = tg.optim.SGD(dis.parameters(), lr=0.1, momentum=0.9)
@@ -93,30 +93,36 @@ def test_a_second_call_before_the_first_calls_backward_runs_eagerly():
     tg.manual_seed(0)
     got, d = run(True)
     assert _same(want, got)
-    assert (d.records, d.replays) == (1, 4)  # the first call of each later step replays
+    assert (d.records, d.replays) == (2, 8)
 
 
-def test_a_result_kept_without_a_backward_makes_the_next_call_eager_until_it_goes():
-    """A result held without a backward (an evaluation with grad on) may still be backpropagated: the calls while
-    it lives run eagerly, and its backward then gives eager's gradients; once it is gone, calls replay again."""
+def test_results_kept_without_a_backward_make_later_calls_use_spares_then_run_eagerly():
+    """Results held without a backward (an evaluation with grad on) may still be backpropagated: each call while
+    they live records and then replays a spare program, ``SPARES`` of them, and runs eagerly after that; each
+    result's backward then gives eager's gradients. Once they are gone, calls replay the first program again."""
     model = _model()
     fast = tg.compile(model)
-    (x, y), (x2, _) = _data(2)
-    kept = fast(x)  # records
-    other = fast(x2)  # eager: ``kept`` awaits its backward
-    assert (fast.records, fast.replays) == (1, 0)
-    F.cross_entropy(kept, y).backward()
-    got = [p.grad.data.copy() for p in model.parameters()]
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    assert _same([p.grad.data for p in model.parameters()], got)
-    assert np.array_equal(other.data, model(x2).data)
-    del kept, other
-    fast(x2)
-    fast(x)
-    assert fast.replays == 2
-    both = fast(x), fast(x2)  # the second call while the first's result awaits its backward: eager
-    assert fast.replays == 3 and np.array_equal(both[1].data, model(x2).data)
+    data = _data(6)
+    kept = [fast(x) for x, _ in data]  # the first program, three spares, then two eager calls
+    assert (fast.records, fast.replays) == (1 + SPARES, 0) and SPARES == 3
+    got = []
+    for out, (x, y) in zip(kept, data):
+        model.zero_grad()
+        F.cross_entropy(out, y).backward()
+        got += [p.grad.data.copy() for p in model.parameters()]
+    want = []
+    for x, y in data:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        want += [p.grad.data.copy() for p in model.parameters()]
+    assert _same(want, got)
+    kept = [fast(x) for x, _ in data]  # the four programs replay, then two eager calls
+    assert (fast.records, fast.replays) == (4, 4)
+    assert all(np.array_equal(out.data, model(x).data) for out, (x, _) in zip(kept, data))
+    del kept
+    fast(data[0][0])
+    fast(data[1][0])
+    assert fast.replays == 6
 
 
 def test_a_backward_through_an_earlier_calls_result_after_a_later_replay_raises():
@@ -218,25 +224,17 @@ def test_a_compiled_forward_with_several_results_hands_each_on_with_its_graph():
     assert (fast.records, fast.replays) == (1, 2)
 
 
-def test_a_compiled_forward_still_refuses_an_argument_that_requires_grad():
-    """An argument that requires grad (a generator's images fed to a compiled discriminator for the generator's
-    loss) is refused as before: the program's inputs take no gradient."""
-    fast = tg.compile(_model())
-    with pytest.raises(CompileError, match="tensor argument 0 .* requires grad"):
-        fast(tg.randn(4, 12, requires_grad=True))
-
-
 def _with_grad(f, x):
     with tg.enable_grad():  # (a hook runs under no_grad, another signature)
         return f(x)
 
 
-def test_a_call_during_the_backward_through_a_handed_graph_runs_eagerly():
+def test_a_call_during_the_backward_through_a_handed_graph_does_not_replay_it():
     """A call of the compiled forward made while a backward is still going through the last call's graph (here
     from a hook on the last layer's weight, whose gradient arrives before the first layer's nodes have run): it
-    runs eagerly, since a replay would refill the nodes that backward has yet to run. Would fail with the last
-    call counted as done once the gradient enters its graph: the first layer's gradients came from the other
-    batch's values."""
+    does not replay that program, since a replay would refill the nodes that backward has yet to run (it records a
+    spare). Would fail with the last call counted as done once the gradient enters its graph: the first layer's
+    gradients came from the other batch's values."""
     model = _model()
     fast = tg.compile(model)
     (x, y), (x2, _) = _data(2)
@@ -246,7 +244,59 @@ def test_a_call_during_the_backward_through_a_handed_graph_runs_eagerly():
     F.cross_entropy(fast(x), y).backward()  # replays; the hook calls it again during the backward
     handle.remove()
     got = [p.grad.data.copy() for p in model.parameters()]
-    assert (fast.records, fast.replays) == (1, 1) and np.array_equal(inside[0].data, model(x2).data)
+    assert (fast.records, fast.replays) == (2, 1) and np.array_equal(inside[0].data, model(x2).data)
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     assert _same([p.grad.data for p in model.parameters()], got)
+
+
+def test_a_gan_with_its_generator_and_discriminator_compiled_apart_trains_as_eager():
+    """The usual way to compile a GAN in PyTorch: each network compiled, the steps eager. The discriminator's
+    call on the generator's images takes an argument that requires grad; the generator's backward goes through
+    the discriminator's program, then through its gate on that argument into the generator's program. The same
+    losses and parameters as eager, bit for bit, and later steps replay. Would fail with arguments that require
+    grad refused (before), or with the argument's gate left pointing at the first call's images (the generator got
+    the first step's gradients again)."""
+    def run(compiled):
+        tg.manual_seed(0)
+        gen = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh())
+        dis = nn.Sequential(nn.Linear(12, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        opt_g, opt_d = tg.optim.Adam(gen.parameters(), lr=1e-2), tg.optim.Adam(dis.parameters(), lr=1e-2)
+        g, d = (tg.compile(gen), tg.compile(dis)) if compiled else (gen, dis)
+        tg.manual_seed(1)
+        out = []
+        for real, _ in _data(6):
+            fake = g(tg.randn(8, 4))
+            loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
+            opt_d.zero_grad()
+            loss_d.backward()
+            opt_d.step()
+            loss_g = F.softplus(-d(fake)).mean()
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+            out += [loss_d.data.copy(), loss_g.data.copy()] + [p.data.copy() for p in gen.parameters()]
+        return out, g, d
+    want, _, _ = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, g, d = run(True)
+    assert _same(want, got)
+    # g: each step's call replays after the first. d: the real and the detached fake images share a signature (the
+    # second call, before the first's backward, on a spare program); the fake that requires grad has its own
+    assert (g.records, g.replays) == (1, 5) and (d.records, d.replays) == (3, 15)
+
+
+def test_a_backward_inside_the_step_that_reaches_an_argument_that_requires_grad_is_refused():
+    """A step whose own backward reaches an argument that requires grad: a replay would not take that gradient
+    on into the graph the argument came from, so it is refused at record time, naming the argument."""
+    model = _model()
+
+    def step(x):
+        loss = model(x).sum()
+        loss.backward()
+        return loss
+    x = tg.randn(4, 12, requires_grad=True)
+    with pytest.raises(CompileError, match=r"a backward inside the step reaches tensor argument 0 \(shape \(4, 12\)\), "
+                                           r"which requires grad"):
+        tg.compile(step)(x * 2)

@@ -111,10 +111,13 @@ along nodes none of the step's backwards went through (a model's forward with gr
 after the call; a discriminator's step that returns the generator's images): each replay refills the program's own
 nodes and hands those tensors on through one ``Gate`` node, so a backward after the call walks that graph as
 eager's (``recording.HandedGraph``). A call made while the last call's such result still awaits its backward (a
-discriminator on real, then on fake images, one loss) runs eagerly, since a replay would refill the nodes that
-backward needs; a backward through an older call's result after a later replay raises; after a ``create_graph``
+discriminator on real, then on fake images, one loss) replays a spare program of its signature instead, since a
+replay would refill the nodes that backward needs (up to ``SPARES``, 3, recorded when first needed; then it runs
+eagerly); a backward through an older call's result after a later replay raises; after a ``create_graph``
 backward through it the function runs eagerly (with a warning), as it does for a step that builds a gradient graph
-and returns one. Compiling the whole training step replays its backward and update too.
+and returns one. A tensor argument that requires grad (a generator's images passed to a compiled discriminator)
+passes its gradient on through a gate of its own into the graph it came from, each call's; a backward inside the
+step that reaches it is refused. Compiling the whole training step replays its backward and update too.
 ``tinygen.compile(model)`` replays inference under ``no_grad()`` as well, and its other attributes
 (``parameters()``, ``eval()``) are the module's.
 ``@tinygen.compile`` on a method compiles each instance's bound method (its own programs, ``self`` as the step's
@@ -173,12 +176,13 @@ from ..capture import CAPTURE
 from .check import checked
 from .explain import listing
 from .guards import PythonValues, signature, what_changed
-from .recording import record
+from .recording import Program, record
 from .steps import GRAPH, CompileError, tensors_in
 
 __all__ = ["compile", "Compiled", "CompileError"]
 
 CHECK_CALLS = 3  # replays compared with eager under check=True
+SPARES = 3  # programs a signature may record besides its own for calls made while earlier results await a backward
 _MISSING = object()  # no program replayed (a step may return None)
 
 
@@ -295,6 +299,28 @@ class Compiled:
                           f".detach() of what is only read; for inference, call it under tinygen.no_grad() "
                           f"(replayed)", RuntimeWarning, stacklevel=depth + 1)
 
+    def _on_spare(self, program, args, kwargs, tensors):
+        """A call made while the result of ``program``'s last call awaits its backward (a discriminator on real,
+        then on fake images, one loss over both): a replay of ``program`` would refill the nodes that backward
+        needs, so the call replays a spare program of the same signature, recorded the first time it is needed (up
+        to ``SPARES`` of them, each with nodes of its own), or runs eagerly."""
+        for _ in range(SPARES):
+            spare = program.spare
+            if spare is None:
+                graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
+                new, result = record(self.fn, args, kwargs, self.fuse, graphs)
+                self.records += 1
+                if isinstance(new, Program) and new.handoff is not None:
+                    program.spare = new
+                return result
+            if not spare.handoff.busy():
+                if spare.handoff.graph_built or not spare.guards_hold() or spare.stale() is not None:
+                    break
+                self.replays += 1
+                return spare.replay(tensors)
+            program = spare
+        return self.fn(*args, **kwargs)
+
     def _replayed(self, key, args, kwargs, tensors):
         """The result of a replay of the program of ``key`` whose guards hold, else ``_MISSING``."""
         program = self._programs.get(key)
@@ -304,13 +330,14 @@ class Compiled:
         if program is None or not program.guards_hold():
             return _MISSING
         handoff = program.handoff
-        if handoff is not None and (handoff.busy() or handoff.graph_built):
-            if handoff.graph_built:  # a create_graph backward went through its graph: eager from now on
-                self._programs[key] = GRAPH
-                self._warn_graph("a create_graph backward (or grad(..., create_graph=True)) went through the "
-                                 "graph of its result, and the gradient graph it built may keep the program's "
-                                 "tensors after the call", 4)
-            return self.fn(*args, **kwargs)  # the last call's graph awaits its backward: this call runs eagerly
+        if handoff is not None and handoff.graph_built:  # a create_graph backward went through its graph
+            self._programs[key] = GRAPH
+            self._warn_graph("a create_graph backward (or grad(..., create_graph=True)) went through the graph of "
+                             "its result, and the gradient graph it built may keep the program's tensors after the "
+                             "call", 4)
+            return self.fn(*args, **kwargs)
+        if handoff is not None and handoff.busy():  # the last call's graph awaits its backward
+            return self._on_spare(program, args, kwargs, tensors)
         stale = program.stale()
         if stale is not None:
             raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "

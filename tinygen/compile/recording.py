@@ -14,7 +14,7 @@ import numpy as np
 
 from ..autograd import engine
 from ..autograd.engine import _backward, _grad
-from ..autograd.function import Function, user_frame
+from ..autograd.function import Function, _edges, user_frame
 from ..autograd.grad_mode import STATE
 from ..capture import CAPTURE
 from ..ops.shape import Gate
@@ -261,12 +261,8 @@ def record(fn, args, kwargs, fuse, graphs=False):
     that, so the call is eager and the next records anew; or (``GRAPH``, its result with its graph): a backward
     after the call would need the graph a replay does not build, so calls with this signature run eagerly."""
     caller = tensors_in(args, kwargs)
-    for i, t in enumerate(caller):
-        if t._requires_grad:
-            raise CompileError(f"tinygen.compile: tensor argument {i} (shape {t.shape}) requires grad; pass "
-                               f"parameters through the modules the step uses, not as arguments")
     # the program's own input tensors (on the caller's arrays): a replay puts new arrays into them, never into
-    # the caller's tensors
+    # the caller's tensors; one that requires grad passes its gradient on through a Gate node into the caller's
     slots = {}
     given = args, kwargs
     args, kwargs = _with_slots(args, slots), _with_slots(kwargs, slots)
@@ -280,6 +276,12 @@ def record(fn, args, kwargs, fuse, graphs=False):
             result = fn(*args, **kwargs)
     finally:
         CAPTURE.recorder = None
+    reached = next((i for i, t in enumerate(inputs) if t.grad_fn is not None and id(t.grad_fn) in rec.walked), None)
+    if reached is not None:
+        raise CompileError(f"tinygen.compile: a backward inside the step reaches tensor argument {reached} (shape "
+                           f"{tuple(inputs[reached].shape)}), which requires grad; a replay would not take its "
+                           f"gradient on into the graph it came from. Pass parameters through the modules the step "
+                           f"uses, pass .detach() of the argument, or call that backward after the call")
     made = guards.call_on_created(rec)
     if made is not None:
         raise CompileError(f"tinygen.compile: the step makes {made}; a replay would call the one made when the "
@@ -376,6 +378,8 @@ class Program:
             self.steps = fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx")
             self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
         self.inputs = inputs
+        # (the argument's index, the node of its gate) of each argument that requires grad
+        self.input_gates = tuple((i, t.grad_fn) for i, t in enumerate(inputs) if t.grad_fn is not None)
         self.result = result
         # each module's mode when the step first called it, and its count of changes when the step ended: a
         # parameter, submodule or setting (a dropout's p) replaced since then is not what the program uses
@@ -395,6 +399,7 @@ class Program:
         # a result with a graph for a backward after the call: its replays hand it on through a Gate node (its
         # kernels launched one by one: the graph's nodes take the arrays each forward makes)
         self.handoff = HandedGraph(with_graph) if with_graph else None
+        self.spare = None  # (a HandedGraph program's) the next program of its signature: Compiled._on_spare
         graphs = graphs and self.handoff is None
         self.graphed = cuda_graph.GraphedSteps(self.steps, inputs) if graphs and on_gpu else None
 
@@ -425,6 +430,7 @@ class Program:
         """One replay on the call's tensor arguments (``tensors_in(args, kwargs)``)."""
         for slot, new in zip(self.inputs, tensors):
             slot.data = new.data
+        self._point_gates(tensors)
         try:
             for run, operands in self.steps:
                 run(*operands)
@@ -434,8 +440,13 @@ class Program:
             return self.handoff.hand(self.result, self.roles, tensors)
         return handed(self.result, self.roles, tensors)
 
+    def _point_gates(self, tensors):
+        for i, gate in self.input_gates:  # a backward through it goes on into this call's argument's graph
+            gate.next_edges = (None,) + _edges((tensors[i],))
+
     def replay_graphed(self, tensors):
         """A replay through CUDA graphs (cuda_graph.py)."""
+        self._point_gates(tensors)
         try:
             self.graphed.replay(tensors, run_steps)
         finally:
@@ -496,8 +507,19 @@ class _HandedCall:
 
 
 def _with_slots(value, slots):
-    """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor)."""
-    return map_tensors(value, lambda t: slots.setdefault(id(t), _make(t.data, t._device)))
+    """``value`` with each tensor replaced by a new tensor on its array (the same one for the same tensor); one
+    that requires grad, with grad on, by a Gate's output, whose node ``Program.replay`` points at each call's
+    tensor."""
+    def slot(t):
+        if id(t) not in slots:
+            slots[id(t)] = Gate.apply(_passes, t) if t._requires_grad and STATE.grad_enabled else \
+                _make(t.data, t._device)
+        return slots[id(t)]
+    return map_tensors(value, slot)
+
+
+def _passes():
+    """What an argument's gate checks: nothing (the result's gate has checked the call)."""
 
 
 def _copies(given, copy, where=None, found=None):
