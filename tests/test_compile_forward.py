@@ -94,6 +94,7 @@ def test_a_second_call_before_the_first_calls_backward_replays_a_spare_program()
     got, d = run(True)
     assert _same(want, got)
     assert (d.records, d.replays) == (2, 8)
+    assert "for a backward after the call (1 spare program)" in d.explain()
 
 
 def test_results_kept_without_a_backward_make_later_calls_use_spares_then_run_eagerly():

@@ -91,6 +91,35 @@ def test_a_removed_hook_is_not_called():
     _same(case)
 
 
+def test_a_leaf_whose_last_hook_is_removed_leaves_the_engines_tables():
+    """A leaf's gradient and post-accumulate hooks, each removed through its handle: once its last one of a kind
+    is gone, the engine's table of such leaves forgets it, so backwards stop counting its edges and a compiled
+    step's pruning sees it unhooked. A stale handle of a dead leaf removes nothing of a new leaf with its id."""
+    from tinygen.autograd import engine
+    w = tg.randn(3, requires_grad=True)
+    first, second = w.register_hook(lambda g: g), w.register_hook(lambda g: g * 2)
+    after = w.register_post_accumulate_grad_hook(lambda t: None)
+    first.remove()
+    assert id(w) in engine._leaf_hooks  # (one left)
+    second.remove()
+    second.remove()  # (twice: nothing more)
+    assert id(w) not in engine._leaf_hooks and id(w) in engine._post_accumulate_hooks
+    after.remove()
+    assert id(w) not in engine._post_accumulate_hooks
+    (w * 2).sum().backward()
+    assert np.array_equal(w.grad.data, np.full(3, 2, np.float32))
+    w.register_hook(lambda g: g * 3)  # registered again after all were removed: it runs
+    w.grad = None
+    (w * 2).sum().backward()
+    assert np.array_equal(w.grad.data, np.full(3, 6, np.float32))
+    old = tg.randn(2, requires_grad=True)
+    stale = old.register_hook(lambda g: g)
+    stale.remove()
+    kept = old.register_hook(lambda g: g)  # a new list: the stale handle's is not the leaf's any more
+    stale.remove()
+    assert id(old) in engine._leaf_hooks and kept is not None
+
+
 def test_hook_errors_name_the_problem():
     with pytest.raises(RuntimeError, match="register_hook: the tensor does not require grad"):
         tg.randn(3).register_hook(lambda g: g)

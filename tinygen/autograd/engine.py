@@ -86,14 +86,21 @@ _callbacks = None  # while a backward() runs: the functions queued to run when i
 
 
 class RemovableHandle:
-    """Returned by a hook registration; ``remove()`` unregisters the hook."""
+    """Returned by a hook registration; ``remove()`` unregisters the hook (``leaf``: (table, id, slot) of a leaf's
+    hook list, whose table entry goes with its last hook, so that backwards stop counting the leaf's edges)."""
 
-    def __init__(self, hooks, hook):
-        self._hooks, self._hook = hooks, hook
+    def __init__(self, hooks, hook, leaf=None):
+        self._hooks, self._hook, self._leaf = hooks, hook, leaf
 
     def remove(self):
         if self._hook in self._hooks:
             self._hooks.remove(self._hook)
+        if not self._hooks and self._leaf is not None:
+            registry, key, slot = self._leaf
+            ref = registry.get(key)
+            tensor = ref() if ref is not None else None
+            if tensor is not None and getattr(tensor, slot, None) is self._hooks:  # (not a new tensor of that id)
+                del registry[key]
 
 
 def register_post_accumulate_grad_hook(tensor, hook):
@@ -121,7 +128,7 @@ def _add_leaf_hook(registry, tensor, slot, hook):
         setattr(tensor, slot, [])
     hooks = getattr(tensor, slot)
     hooks.append(hook)
-    return RemovableHandle(hooks, hook)
+    return RemovableHandle(hooks, hook, (registry, key, slot))
 
 
 def queue_callback(fn):

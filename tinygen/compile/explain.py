@@ -75,8 +75,12 @@ def listing(compiled, sources=False):
                          f"(create_graph) that a replay would not keep, so its calls run eagerly")
             continue
         dead = f", {count(len(program.left_out), 'gradient')} nothing reads left out" if program.left_out else ""
+        spares, spare = 0, program.spare
+        while spare is not None:
+            spares, spare = spares + 1, spare.spare
         handed = (f"; hands on the graph of {count(len(program.handoff.ids), 'result tensor')} for a backward "
-                  f"after the call") if program.handoff is not None else ""
+                  f"after the call" + (f" ({count(spares, 'spare program')})" if spares else "")
+                  ) if program.handoff is not None else ""
         lines.append(f"program {i}: {program.signature_text}; {len(program.steps)} steps{dead}{handed}")
         where = {}  # id(step) -> its CUDA graph ("graph 1", ...) or "host"
         if program.graphed is not None:
