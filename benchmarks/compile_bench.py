@@ -3,6 +3,7 @@
     python -m benchmarks.compile_bench                       # gan, vae, classifier: 30 steps x 3 rounds
     python -m benchmarks.compile_bench --models gan --steps 20 --rounds 5
     python -m benchmarks.compile_bench --no-memory
+    python -m benchmarks.compile_bench --forward-only       # the GAN's networks compiled apart, the step eager
 
 Each model runs the step its trainer runs, built by the trainer's code: ``GANStep.update`` (the MNIST recipe:
 conditional MLP GAN, batch 64, EMA) and the step ``train_utils.optimize_epoch`` makes inside ``vae.train_epoch``
@@ -20,6 +21,13 @@ each) at a few sizes: microseconds of CPU time per call, best of
 alternating rounds. ``--device cuda --fusion-only`` times the same on the GPU (one CuPy kernel against four; wall
 time with the device synchronised around each round, the replays launching CUDA graphs as they do by default):
 what ``benchmarks/gpu_check.sh`` runs in its ``compiled`` step.
+
+Compiled networks (``--forward-only``, or after the rest with ``--forward``): the GAN of ``python -m benchmarks``
+(its layers, Adam, one discriminator and one generator update a step) three ways: eager; with the generator and
+the discriminator each compiled (``tinygen.compile(module)``) and the step eager, so each backward runs after
+the calls, through the graphs the replays hand on; and the whole step compiled. Milliseconds of wall time per
+step (the device synchronised around each round), median of alternating rounds, at a few batch sizes; on
+``--device cuda`` on the GPU.
 
 Memory: in a fresh process per model and mode, with tracemalloc started before the model is built: the peak of
 the memory NumPy holds (parameters, optimizer state, the arrays a compiled program keeps between calls and
@@ -214,6 +222,92 @@ def fusion_speed(rounds=7, device="cpu", chain="forward"):
     return out
 
 
+FORWARD_BATCHES = (16, 64, 256)
+FORWARD_KINDS = ("eager", "networks", "step")
+FORWARD_ROUNDS, FORWARD_SECONDS = 7, 0.1  # alternating rounds, and about how long each kind runs in one
+
+
+def _gan(kind, batch, device):
+    """One GAN step of ``kind`` (FORWARD_KINDS) at ``batch`` on ``device``: a function of no arguments."""
+    import tinygen
+    from tinygen import nn
+    from tinygen.nn import functional as F
+
+    from .specs import DIS_LAYERS, GEN_LAYERS, LEAKY
+
+    def stack(layers, act, last):
+        mods = []
+        for i, (_, n_in, n_out) in enumerate(layers):
+            mods += [nn.Linear(n_in, n_out), act() if i < len(layers) - 1 else last()]
+        return nn.Sequential(*[m for m in mods if m is not None]).to(device)
+    tinygen.manual_seed(0)
+    gen = stack(GEN_LAYERS, nn.ReLU, nn.Tanh)
+    dis = stack(DIS_LAYERS, lambda: nn.LeakyReLU(LEAKY), lambda: None)
+    opt_g = tinygen.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = tinygen.optim.Adam(dis.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    g, d = (tinygen.compile(gen), tinygen.compile(dis)) if kind == "networks" else (gen, dis)
+    real = tinygen.randn(batch, GEN_LAYERS[-1][2], device=device).tanh()
+    ones, zeros = tinygen.ones(batch, 1, device=device), tinygen.zeros(batch, 1, device=device)
+    bce = F.binary_cross_entropy_with_logits
+
+    def step():
+        fake = g(tinygen.randn(batch, GEN_LAYERS[0][1], device=device))
+        loss_d = bce(d(real), ones) + bce(d(fake.detach()), zeros)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = bce(d(fake), ones)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        return loss_d, loss_g
+    return tinygen.compile(step) if kind == "step" else step
+
+
+def forward_speed(device="cpu"):
+    """{batch: {kind: ms per step}} of the GAN step (``_gan``) at each of FORWARD_BATCHES, median of
+    FORWARD_ROUNDS alternating rounds of about FORWARD_SECONDS each."""
+    import tinygen
+    batches, rounds, seconds = FORWARD_BATCHES, FORWARD_ROUNDS, FORWARD_SECONDS
+    out = {}
+    for batch in batches:
+        steps = {kind: _gan(kind, batch, device) for kind in FORWARD_KINDS}
+        for step in steps.values():  # recorded, and every spare program too; kernels compiled
+            for _ in range(5):
+                step()
+        tinygen.synchronize(device)
+        t0 = time.perf_counter()
+        steps["eager"]()
+        tinygen.synchronize(device)
+        n = max(3, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+        times = {kind: [] for kind in FORWARD_KINDS}
+        for _ in range(rounds):
+            for kind, step in steps.items():
+                tinygen.synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    step()
+                tinygen.synchronize(device)
+                times[kind].append((time.perf_counter() - t0) / n * 1e3)
+        out[batch] = {kind: statistics.median(t) for kind, t in times.items()}
+    return out
+
+
+def _print_forward(device):
+    import tinygen
+    if device == "cuda" and not tinygen.backend.is_available("cuda"):
+        print("compiled-networks timing skipped: no GPU (and TINYGEN_CUDA_STANDIN is not set)")
+        return 0
+    print(f"GAN step on {device} with the networks compiled apart (the step eager) and with the whole step "
+          f"compiled: wall-clock ms per step, median of alternating rounds (x: eager's time / this one's)")
+    print(f"{'batch':>7s}{'eager':>10s}{'networks':>18s}{'step':>18s}")
+    for batch, t in forward_speed(device=device).items():
+        e = t["eager"]
+        print(f"{batch:7d}{e:10.2f}" + "".join(f"{t[k]:10.2f} ({e / t[k]:.2f}x)" for k in FORWARD_KINDS[1:]),
+              flush=True)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compile_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
@@ -224,8 +318,10 @@ def main(argv=None):
     ap.add_argument("--no-adam", action="store_true", help="skip the Adam update timing")
     ap.add_argument("--no-fusion", action="store_true", help="skip the elementwise fusion timing")
     ap.add_argument("--fusion-only", action="store_true", help="only the elementwise fusion timing")
+    ap.add_argument("--forward", action="store_true", help="also time the GAN with its networks compiled apart")
+    ap.add_argument("--forward-only", action="store_true", help="only the GAN with its networks compiled apart")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="where the fusion timing runs (the models run on the CPU)")
+                    help="where the fusion and compiled-networks timings run (the trainers' models run on the CPU)")
     ap.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # one memory run (a child process)
     ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -237,6 +333,8 @@ def main(argv=None):
         return 0
     if args.fusion_only:
         return _print_fusion(args.device)
+    if args.forward_only:
+        return _print_forward(args.device)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -261,6 +359,8 @@ def main(argv=None):
               + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
     if not args.no_fusion:
         _print_fusion(args.device)
+    if args.forward:
+        _print_forward(args.device)
     return 0
 
 

@@ -19,8 +19,9 @@
 #               tinygen.compile without and with CUDA graphs, against PyTorch eager on CUDA, after a check that
 #               all compute the same losses
 #   compiled    a compiled elementwise chain unfused and fused into one CuPy kernel (benchmarks/compile_bench.py),
-#               then tinygen.compile's steps against torch.compile(mode="reduce-overhead") at batch 256
-#               ($OUT/compiled)
+#               the GAN with its networks compiled apart (the backward after each call) against eager and the
+#               whole step compiled, then tinygen.compile's steps against torch.compile(mode="reduce-overhead")
+#               at batch 256 ($OUT/compiled)
 # MNIST: $TINYGEN_DATA, else ../shared/data/mnist beside the checkout; without the training set the GAN uses the
 # bundled test split and the VAE a folder that serves the bundled test split as its training set (smoke runs).
 # Prints a summary; exits 1 if any step failed or timed out, 2 if there is no GPU (without --standin).
@@ -250,8 +251,10 @@ fi
 step throughput 75 bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT" \
     --frameworks tinygen,tinygen-replay,tinygen-compiled,torch "${THROUGHPUT_ARGS[@]}"
 compiled_steps() {
-    # first a compiled four-op chain unfused and fused into one CuPy kernel (seconds), then torch.compile's models
+    # first a compiled four-op chain unfused and fused into one CuPy kernel (seconds), the GAN's networks compiled
+    # apart (seconds), then torch.compile's models
     bounded "$PY" -m benchmarks.compile_bench --fusion-only --device cuda &&
+    bounded "$PY" -m benchmarks.compile_bench --forward-only --device cuda &&
     bounded "$PY" benchmarks/gpu_throughput.py --out "$OUT/compiled" --no-check \
         --frameworks tinygen-compiled,torch-compile "${COMPILE_ARGS[@]}"
 }

@@ -560,6 +560,26 @@ def test_compile_bench_times_a_chain_unfused_and_fused(device, monkeypatch, caps
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compile_bench_times_a_gan_with_its_networks_compiled_apart(device, monkeypatch, capsys):
+    """benchmarks/compile_bench.py --forward-only (the GPU check runs it with --device cuda): a row per batch size
+    with eager's time and the two compiled ways against it; on "cuda" the stand-in for CuPy without a GPU."""
+    from benchmarks import compile_bench
+    from tinygen import backend
+    monkeypatch.setattr(compile_bench, "FORWARD_BATCHES", (4, 6))
+    monkeypatch.setattr(compile_bench, "FORWARD_ROUNDS", 2)
+    monkeypatch.setattr(compile_bench, "FORWARD_SECONDS", 0.001)
+    with contextlib.ExitStack() as stack:
+        if device == "cuda" and not backend.is_available("cuda"):
+            stack.enter_context(backend.cuda_standin())
+        assert compile_bench.main(["--forward-only", "--device", device]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"GAN step on {device} with the networks compiled apart")
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["4", "6"] and all(len(row) == 6 for row in rows)
+    assert all(float(row[1]) > 0 and row[3].startswith("(") and row[5].endswith("x)") for row in rows)
+
+
 def test_traced_memory_run_stops_at_the_first_failed_reply_and_closes_its_worker():
     # the harness's side of the traced memory run: the numbers from the replies in order, or the first failure's
     # status (nothing asked after it), and the fresh worker closed either way
