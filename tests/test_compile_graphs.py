@@ -10,6 +10,7 @@ value and every leaf's gradient must equal the eager step's on the same values, 
 exact kernels give NumPy's bits), on NumPy and on the CPU stand-in for CuPy.
 """
 import contextlib
+import warnings
 
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings, strategies as st
@@ -192,6 +193,68 @@ def test_random_graphs_evaluated_again_after_the_backward_replay_bitwise_eager(d
     if second_order:
         assert not reused  # the engine walks a create_graph backward: nothing is reused
     event(f"reused forwards: {'none' if not reused else 'some'}")
+
+
+def _forward_outside(graph, second_order, compiled, values, device, calls_before):
+    """(output, leaf gradients) of each call of the graph's forward alone (compiled or eager), its backward after the
+    call: a plain one, or a gradient penalty's (``grad(..., create_graph=True)``, then ``backward``); the forward
+    called ``calls_before`` times before one backward of the sum of their outputs. Returns the results and the
+    forward."""
+    leaves = [tg.tensor(v.copy(), requires_grad=True, device=device) for v in values[0]]
+    upstream = tg.tensor(graph.upstream, device=device)
+    weights = [tg.tensor(w, device=device) for w in graph.weights]
+
+    def forward():
+        return evaluate(graph.program, _HeldLeaves(leaves, device), np.float64)[0][-1]
+    f = tg.compile(forward) if compiled else forward
+    results = []
+    for call_values in values:
+        for t, v in zip(leaves, call_values):
+            t.data[...] = t.xp.asarray(v)
+            t.grad = None
+        outs = [f() for _ in range(calls_before)]
+        out = sum(outs[1:], outs[0])
+        if out.grad_fn is not None and second_order:
+            grads = tg.grad([out], leaves, [upstream], create_graph=True, allow_unused=True)
+            terms = [(g * w).sum() for g, w in zip(grads, weights) if g is not None and g.requires_grad]
+            if terms:
+                sum(terms[1:], terms[0]).backward()
+        elif out.grad_fn is not None:
+            out.backward(upstream)
+        results.append((out.detach().cpu().numpy().copy(),
+                        [None if t.grad is None else t.grad.cpu().numpy().copy() for t in leaves]))
+    return results, f
+
+
+@settings(SETTINGS, max_examples=max(1, GRAPHS // 6))
+@given(data=st.data())
+def test_random_graphs_compiled_as_a_forward_with_the_backward_after_the_call_give_eager_gradients(data):
+    """Only the graph's forward compiled, its backward after the call (``recording.HandedGraph``: each replay
+    refills the program's nodes and hands the output on through a gate), the forward called once or twice before
+    the backward (the second call on a spare program): the output and every gradient equal eager's on each call,
+    bit for bit. A gradient penalty through the handed graph makes later calls eager (with a warning)."""
+    case = _draw_case(data)
+    if case is None:
+        return
+    graph, second_order, rng = case
+    calls_before = data.draw(st.sampled_from([1, 2]))
+    device = "cuda" if data.draw(st.booleans()) else "cpu"
+    first = [np.asarray(graph.program[i][1]) for i in graph.leaves()]
+    values = [first] + [[v + 1e-3 * rng.standard_normal(v.shape) for v in first] for _ in range(CALLS - 1)]
+    with cuda_standin() if device == "cuda" else contextlib.nullcontext(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the penalty's warning)
+        eager, _ = _forward_outside(graph, second_order, False, values, device, calls_before)
+        replayed, f = _forward_outside(graph, second_order, True, values, device, calls_before)
+    for call, ((ev, eg), (rv, rg)) in enumerate(zip(eager, replayed)):
+        assert _same(ev, rv), f"call {call}: the output differs from eager"
+        for k, (a, b) in enumerate(zip(eg, rg)):
+            assert _same(a, b), f"call {call}: the gradient of leaf {k} differs from eager"
+    handed = next(iter(f._programs.values())) is not compile_steps.GRAPH and \
+        next(iter(f._programs.values())).handoff is not None
+    if handed and not second_order:
+        assert (f.records, f.replays) == (calls_before, calls_before * (CALLS - 1)), (f.records, f.replays)
+    event(f"{calls_before} call(s) before the backward; "
+          f"{'handed on' if handed else 'eager after a penalty' if second_order else 'no graph handed on'}")
 
 
 def test_the_comparison_catches_a_replay_that_differs(monkeypatch):
