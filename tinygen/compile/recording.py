@@ -258,8 +258,10 @@ def _kept(arg):
 def record(fn, args, kwargs, fuse, graphs=False):
     """Run ``fn`` once with a ``Recorder`` set; returns (its ``Program``, its result), or (a text naming the Python
     state the step changed, its result: a module attribute, a list, an iterator's position): no program can repeat
-    that, so the call is eager and the next records anew; or (``GRAPH``, its result with its graph): a backward
-    after the call would need the graph a replay does not build, so calls with this signature run eagerly."""
+    that, so the call is eager and the next records anew; or (``GRAPH``, its result with its graph): the step
+    returns a graph for a backward after the call and builds a gradient graph (create_graph, ``grad()``) whose
+    nodes a replay makes anew, so calls with this signature run eagerly. A program whose result keeps a graph
+    for a backward after the call hands it on (``HandedGraph``)."""
     caller = tensors_in(args, kwargs)
     # the program's own input tensors (on the caller's arrays): a replay puts new arrays into them, never into
     # the caller's tensors; one that requires grad passes its gradient on through a Gate node into the caller's
@@ -469,7 +471,7 @@ class HandedGraph:
 
     def busy(self):
         """Whether the last call's result still awaits its backward, or is in it: a replay now would refill the
-        nodes that backward needs, so the call runs eagerly instead."""
+        nodes that backward needs, so the call goes to a spare program instead (``Compiled._on_spare``)."""
         gate = self.last_gate() if self.last_gate is not None else None
         return gate is not None and not self.last.done
 
