@@ -301,3 +301,24 @@ def test_a_backward_inside_the_step_that_reaches_an_argument_that_requires_grad_
     with pytest.raises(CompileError, match=r"a backward inside the step reaches tensor argument 0 \(shape \(4, 12\)\), "
                                            r"which requires grad"):
         tg.compile(step)(x * 2)
+
+
+def test_a_spare_program_a_create_graph_backward_went_through_is_not_replayed_again():
+    """The second call of a step (on a spare program) backpropagated with ``create_graph``, the first plainly:
+    the next step's first call replays, its second runs eagerly (the spare's gradient graph may keep its
+    tensors), and the gradients are eager's throughout."""
+    def run(compiled):
+        model = _model()
+        fast = tg.compile(model) if compiled else model
+        out = []
+        for (x, y), (x2, y2) in zip(_data(3), _data(3)[::-1]):
+            model.zero_grad()
+            a, b = fast(x), fast(x2)
+            g, = tg.autograd.grad(F.cross_entropy(b, y2), [model[0].weight], create_graph=True)
+            ((g * g).sum() + F.cross_entropy(a, y)).backward()
+            out += [p.grad.data.copy() for p in model.parameters()]
+        return out, fast
+    want, _ = run(False)
+    got, fast = run(True)
+    assert _same(want, got)
+    assert (fast.records, fast.replays) == (2, 2)  # the first calls of the later steps replay; the second are eager
