@@ -219,7 +219,10 @@ def _node_grads_hooked(node, grads, create_graph):
 
 
 def _leaf_hooks_of(leaf):
-    return leaf._grad_hooks or None if id(leaf) in _leaf_hooks else None
+    """A leaf's gradient hooks, or None (none registered, or all removed)."""
+    if id(leaf) not in _leaf_hooks:
+        return None
+    return leaf._grad_hooks or None
 
 
 def has_tensor_hooks(roots):

@@ -254,9 +254,7 @@ class Compiled:
             result = self._replayed(key, args, kwargs, tensors)  # (a program of the code as it was before)
             if result is not _MISSING:
                 return result
-        graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
-        program, result = record(self.fn, args, kwargs, self.fuse, graphs)
-        self.records += 1
+        program, result = self._record(args, kwargs)
         if program is GRAPH:  # a compiled forward whose graph a replay would make anew, then a backward outside
             self._warn_graph("it returns a tensor with a graph that a backward after the call goes through, and it "
                              "builds a gradient graph (create_graph, grad()) whose nodes a replay would make anew", 3)
@@ -291,6 +289,13 @@ class Compiled:
                               f"eager or slower. {change}: {advice}", RuntimeWarning, stacklevel=3)
         return result
 
+    def _record(self, args, kwargs):
+        """One call that records (``recording.record``): (its program, or what stands for none; its result)."""
+        graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
+        program, result = record(self.fn, args, kwargs, self.fuse, graphs)
+        self.records += 1  # (a refused recording raised: not counted)
+        return program, result
+
     def _warn_graph(self, why, depth):
         if not self._warned_graph:  # (once)
             self._warned_graph = True
@@ -307,9 +312,7 @@ class Compiled:
         for _ in range(SPARES):
             spare = program.spare
             if spare is None:
-                graphs = config.get("TINYGEN_CUDA_GRAPHS") if self.cuda_graph is None else self.cuda_graph
-                new, result = record(self.fn, args, kwargs, self.fuse, graphs)
-                self.records += 1
+                new, result = self._record(args, kwargs)
                 if isinstance(new, Program) and new.handoff is not None:
                     program.spare = new
                 return result

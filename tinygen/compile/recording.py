@@ -432,7 +432,8 @@ class Program:
         """One replay on the call's tensor arguments (``tensors_in(args, kwargs)``)."""
         for slot, new in zip(self.inputs, tensors):
             slot.data = new.data
-        self._point_gates(tensors)
+        if self.input_gates:
+            self._point_gates(tensors)
         try:
             for run, operands in self.steps:
                 run(*operands)
@@ -448,7 +449,8 @@ class Program:
 
     def replay_graphed(self, tensors):
         """A replay through CUDA graphs (cuda_graph.py)."""
-        self._point_gates(tensors)
+        if self.input_gates:
+            self._point_gates(tensors)
         try:
             self.graphed.replay(tensors, run_steps)
         finally:
@@ -477,7 +479,7 @@ class HandedGraph:
 
     def hand(self, result, roles, tensors):
         """The call's result (``handed``), its tensors with a graph handed on through a new Gate node."""
-        outs = [t for t in {id(t): t for t in tensors_in(result) if id(t) in self.ids}.values()]
+        outs = list({id(t): t for t in tensors_in(result) if id(t) in self.ids}.values())  # (each once)
         self.calls += 1
         self.last = _HandedCall(self)
         new = Gate.apply(self.last.backward_entered, *outs)
