@@ -23,9 +23,10 @@ time with the device synchronised around each round, the replays launching CUDA 
 what ``benchmarks/gpu_check.sh`` runs in its ``compiled`` step.
 
 Compiled networks (``--forward-only``, or after the rest with ``--forward``): the GAN of ``python -m benchmarks``
-(its layers, Adam, one discriminator and one generator update a step) three ways: eager; with the generator and
-the discriminator each compiled (``tinygen.compile(module)``) and the step eager, so each backward runs after
-the calls, through the graphs the replays hand on; and the whole step compiled. Milliseconds of wall time per
+(``models_tinygen.Runner``: one generator and one discriminator update a step) three ways: eager; with the
+generator and the discriminator each compiled (``tinygen.compile``) and the step eager, so each backward runs
+after the calls, through the graphs the replays hand on; and the whole step compiled (with CUDA graphs on a
+GPU). Milliseconds of wall time per
 step (the device synchronised around each round), median of alternating rounds, at a few batch sizes; on
 ``--device cuda`` on the GPU.
 
@@ -228,40 +229,13 @@ FORWARD_ROUNDS, FORWARD_SECONDS = 7, 0.1  # alternating rounds, and about how lo
 
 
 def _gan(kind, batch, device):
-    """One GAN step of ``kind`` (FORWARD_KINDS) at ``batch`` on ``device``: a function of no arguments."""
-    import tinygen
-    from tinygen import nn
-    from tinygen.nn import functional as F
-
-    from .specs import DIS_LAYERS, GEN_LAYERS, LEAKY
-
-    def stack(layers, act, last):
-        mods = []
-        for i, (_, n_in, n_out) in enumerate(layers):
-            mods += [nn.Linear(n_in, n_out), act() if i < len(layers) - 1 else last()]
-        return nn.Sequential(*[m for m in mods if m is not None]).to(device)
-    tinygen.manual_seed(0)
-    gen = stack(GEN_LAYERS, nn.ReLU, nn.Tanh)
-    dis = stack(DIS_LAYERS, lambda: nn.LeakyReLU(LEAKY), lambda: None)
-    opt_g = tinygen.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = tinygen.optim.Adam(dis.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    g, d = (tinygen.compile(gen), tinygen.compile(dis)) if kind == "networks" else (gen, dis)
-    real = tinygen.randn(batch, GEN_LAYERS[-1][2], device=device).tanh()
-    ones, zeros = tinygen.ones(batch, 1, device=device), tinygen.zeros(batch, 1, device=device)
-    bce = F.binary_cross_entropy_with_logits
-
-    def step():
-        fake = g(tinygen.randn(batch, GEN_LAYERS[0][1], device=device))
-        loss_d = bce(d(real), ones) + bce(d(fake.detach()), zeros)
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = bce(d(fake), ones)
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-        return loss_d, loss_g
-    return tinygen.compile(step) if kind == "step" else step
+    """The gan case of ``python -m benchmarks`` (``models_tinygen.Runner``) at ``batch`` on ``device``, its step
+    run as ``kind`` says (FORWARD_KINDS): a function of no arguments."""
+    from . import models_tinygen
+    from .specs import init_params, make_data
+    build = {"eager": models_tinygen.build, "networks": models_tinygen.build_networks_compiled,
+             "step": models_tinygen.build_compiled}[kind]
+    return build("gan", batch, init_params("gan"), make_data("gan", batch), device=device).step
 
 
 def forward_speed(device="cpu"):

@@ -85,7 +85,7 @@ class Runner:
     ``optimizers``: the step's optimizers."""
 
     def __init__(self, case, batch, params, data, seed=0, noise=None, compile=False, fuse=True, device="cpu",
-                 cuda_graph=True):
+                 cuda_graph=True, networks=False):
         tg, nn, optim = _modules()
         F = nn.functional
         if os.environ.get("TINYGEN_NUMBA") == "1":
@@ -96,6 +96,7 @@ class Runner:
         model = CASES[case]["model"]
         fixed = None if noise is None else tg.tensor(noise, device=device)
         self.device = device
+        self.networks = networks  # the gan and dcgan cases: generator and discriminator compiled apart, step eager
         graphed = self.graphed = compile and cuda_graph and device != "cpu"
 
         if model == "mlp":
@@ -181,6 +182,8 @@ class Runner:
         real = tg.tensor(data["x"], device=device)
         valid, fake_t = tg.ones(batch, 1, device=device), tg.zeros(batch, 1, device=device)
         bce = F.binary_cross_entropy_with_logits
+        if self.networks:  # each backward runs after the calls, through the graphs their replays hand on
+            generate, discriminate = tg.compile(generate), tg.compile(discriminate)
 
         def step():
             z = fixed if fixed is not None else tg.randn(batch, LATENT, device=device)
@@ -214,6 +217,12 @@ def build_compiled(case, batch, params, data, seed=0, noise=None, fuse=True, dev
     ``cuda_graph``: its CUDA graphs)."""
     return Runner(case, batch, params, data, seed, noise, compile=True, fuse=fuse, device=device,
                   cuda_graph=cuda_graph)
+
+
+def build_networks_compiled(case, batch, params, data, seed=0, noise=None, device="cpu"):
+    """The gan or dcgan case with its generator and discriminator each through tinygen.compile, the step eager
+    (``benchmarks.compile_bench --forward-only``)."""
+    return Runner(case, batch, params, data, seed, noise, device=device, networks=True)
 
 
 def build_replayed(case, batch, params, data, seed=0, noise=None, device="cpu"):
