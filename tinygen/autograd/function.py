@@ -60,6 +60,11 @@ class Function:
     reusable_forward = False  # True: its outputs and what it leaves on its node depend only on the arrays of its
     # tensor arguments, its other arguments and the requires_grad of its tensor arguments after the first, and it
     # changes nothing (no random draw, no state), so two calls on the same unchanged arrays may run it once
+    # ... and of ``array_backward`` (``passes.with_gradients_in_place``), so that a compiled backward may reuse a
+    # gradient's memory where nothing else can see it:
+    fresh_gradients = False  # True: the arrays it returns are new, one per input, held by nothing else (or the
+    # incoming gradient itself, when it was given as ``out``)
+    backward_into_gradient = False  # True: ``array_backward(ctx, g, out=g)`` may write its result into g
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

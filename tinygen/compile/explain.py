@@ -2,8 +2,8 @@
 from ..autograd.engine import _backward, _grad
 from . import fusion
 from .passes import same_result
-from .steps import (GRAPH, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
-                    set_grad)
+from .steps import (GRAPH, backward_into_gradient, replay_alias, replay_backward, replay_call, replay_forward,
+                    replay_release, set_grad)
 
 
 def tensor_text(t):
@@ -39,7 +39,9 @@ def _step_text(run, operands):
         names = ", ".join(step[0].name() for step in plan.steps)
         to = count(len(leaves), "leaf", "leaves")
         ran = len(plan.nodes()) - len(plan.dropped)  # a fused run's nodes each count
-        return f"backward  {count(ran, 'node')} ({names}) -> .grad of {to}"
+        into = sum(step[1] is backward_into_gradient for step in plan.steps)
+        into = f"; {into} of them into the gradient they receive" if into else ""
+        return f"backward  {count(ran, 'node')} ({names}) -> .grad of {to}{into}"
     if run is replay_call:
         fn = operands[0]
         if fn in (_backward, _grad):

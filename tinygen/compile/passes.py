@@ -11,6 +11,8 @@ ones that replay to the same state as eager.
   with_early_drops        a zero_grad (set to None) moved back over the forwards before it, so that the last
                           call's gradients are not held through them
   fused_backwards         a plain backward's runs of elementwise nodes as one loop (``fusion.fused_plan_steps``)
+  with_gradients_in_place a plain backward's nodes writing their gradient into the one they receive, where that
+                          array is the plan's own
 """
 import copy
 from collections import Counter
@@ -20,8 +22,8 @@ from ..autograd.engine import _backward, _grad
 from ..capture import gradient_use, replayed, tensors_written
 from ..tensor import Tensor
 from . import fusion
-from .steps import (_new, replay_alias, replay_backward, replay_call, replay_forward, replay_release,
-                    replay_requires_grad, tensors_in, tensors_read)
+from .steps import (_new, backward_into_gradient, replay_alias, replay_backward, replay_call, replay_forward,
+                    replay_release, replay_requires_grad, tensors_in, tensors_read)
 
 
 def engine_walks(steps):
@@ -222,6 +224,48 @@ def fused_backwards(steps, rec, approx):
                 operands = (plan,) + operands[1:]
         out.append((run, operands))
     return tuple(out)
+
+
+def with_gradients_in_place(steps):
+    """The steps with each plain backward's nodes that may write their gradient into the one they receive (their
+    op declares ``backward_into_gradient``) doing so where that array is the plan's own: its register is filled
+    only by ops that declare ``fresh_gradients`` (no root's gradient, no fused run's), so nothing else holds it.
+    The result has the same bits, without a new array of that size: a Linear+ReLU's backward at the bottom of an
+    MLP holds one batch of activations' gradients less. (The eager engine leaves the arrays it is handed alone.)"""
+    out = []
+    for run, operands in steps:
+        if run is replay_backward:
+            plan = operands[0]
+            new = _gradients_in_place(plan)
+            if new is not plan.steps:
+                plan = copy.copy(plan)
+                plan.steps = new
+                operands = (plan,) + operands[1:]
+        out.append((run, operands))
+    return tuple(out)
+
+
+def _gradients_in_place(plan):
+    own = {r: False for r, leaf in plan.roots if leaf is None}  # register -> only new arrays summed into it
+    for step in plan.steps:
+        if step[1] is fusion.FUSED:
+            own.update((r, False) for r in step[0].outputs)
+            continue
+        fresh = step[1] is not None and _declares(step[0], "fresh_gradients")
+        for t in step[4]:
+            if t is not None and t[1] is None:
+                own[t[0]] = own.get(t[0], True) and fresh
+    new = tuple((step[0], backward_into_gradient) + step[2:]
+                if step[1] not in (None, fusion.FUSED) and len(step[2]) == 1 and own.get(step[2][0])
+                and _declares(step[0], "backward_into_gradient") else step for step in plan.steps)
+    return new if any(step[1] is backward_into_gradient for step in new) else plan.steps
+
+
+def _declares(node, name):
+    """Whether the class that defines the node's ``array_backward`` declares ``name`` (a subclass that writes its
+    own says nothing of it)."""
+    owner = next(k for k in type(node).__mro__ if "array_backward" in k.__dict__)
+    return bool(owner.__dict__.get(name))
 
 
 def without_dead_gradients(steps):

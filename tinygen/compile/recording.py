@@ -379,6 +379,7 @@ class Program:
         if fuse:
             self.steps = fusion.fused_steps(self.steps, rec.elementwise, keep, fuse == "approx")
             self.steps = passes.fused_backwards(self.steps, rec, fuse == "approx")
+            self.steps = passes.with_gradients_in_place(self.steps)
         self.inputs = inputs
         # (the argument's index, the node of its gate) of each argument that requires grad
         self.input_gates = tuple((i, t.grad_fn) for i, t in enumerate(inputs) if t.grad_fn is not None)

@@ -231,6 +231,12 @@ def plan_step(step, regs, direct, release):
         node.release()
 
 
+def backward_into_gradient(node, g):
+    """A plan step's backward that may write its result into ``g``, the plan's own
+    (``passes.with_gradients_in_place``)."""
+    return node.array_backward(node, g, out=g)
+
+
 def _added(a, b):
     """a + b as the engine sums two gradients (``Add``: a NumPy scalar becomes an array)."""
     return result_array(a + b, None, None)

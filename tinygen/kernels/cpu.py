@@ -289,19 +289,28 @@ def _act_bwd_into(sf, gf, out, code, p1, p2):
         _act_bwd(sf, e, gf, out, code, p1, p2)
 
 
-def act_bwd(s, g, act, p1=0.0, p2=0.0):
+def act_bwd(s, g, act, p1=0.0, p2=0.0, out=None):
     name = f"{act}_bwd"
     _same_float(name, g, s)
     ref._check_shapes(name, s, g)
     if act == "elu" and p1 < 0:
         raise ValueError(f"elu_bwd computes from the output, which needs alpha >= 0, got alpha={p1}")
     t = g.dtype.type
+    if _into(out, g) and s.flags.c_contiguous:  # element i read, then written: out may be g
+        _act_bwd_into(s.reshape(-1), g.reshape(-1), out.reshape(-1), _CODES[act], t(p1), t(p2))
+        return out
 
     def run(sf, gf):
-        out = np.empty_like(gf)
-        _act_bwd_into(sf, gf, out, _CODES[act], t(p1), t(p2))
-        return out
+        res = np.empty_like(gf)
+        _act_bwd_into(sf, gf, res, _CODES[act], t(p1), t(p2))
+        return res
     return _elementwise(run, s, g)
+
+
+def _into(out, g):
+    """Whether a kernel writes its result into ``out`` (reference.act_bwd): given, like g, and both C-contiguous."""
+    return (out is not None and g.flags.c_contiguous and out.flags.c_contiguous and out.flags.writeable
+            and out.shape == g.shape and out.dtype == g.dtype)
 
 
 globals().update(ref.activation_kernels(act_fwd, act_bwd))
@@ -388,12 +397,13 @@ def bias_act_fwd(y, b, act="identity", p1=0.0, p2=0.0):
     return y
 
 
-def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
+def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True, out=None):
     ref.check_bias_act("bias_act_bwd", y, None, act, p1)
     ref._check_shapes("bias_act_bwd", y, g)
     _same_float("bias_act_bwd", g, y)
     ys, gs = _rows(y), _rows(g)
-    out = np.empty(g.shape, g.dtype)
+    if not _into(out, g):  # (else each row of g is read, then written)
+        out = np.empty(g.shape, g.dtype)
     code, t = _CODES[ref._FROM_Y[act]], g.dtype.type
     p1, p2 = t(p1), t(p2)
     e = _pre_bwd(ys, code, p1)

@@ -71,7 +71,7 @@ def act_fwd(x, act, p1=0.0, p2=0.0):
     return _kernel("act_fwd", (act,), lambda xp, x, a, b: ref._act_fwd_body(xp, act, x, a, b))(x, t(p1), t(p2))
 
 
-def act_bwd(s, g, act, p1=0.0, p2=0.0):
+def act_bwd(s, g, act, p1=0.0, p2=0.0, out=None):  # (out: see reference.act_bwd; unused)
     ref._check_float(f"{act}_bwd", s, g)
     ref._check_shapes(f"{act}_bwd", s, g)
     if act == "elu" and p1 < 0:
@@ -97,7 +97,7 @@ def bias_act_fwd(y, b, act="identity", p1=0.0, p2=0.0):
     return y
 
 
-def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
+def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True, out=None):  # (out unused)
     ref.check_bias_act("bias_act_bwd", y, None, act, p1)
     ref._check_shapes("bias_act_bwd", y, g)
     t = g.dtype.type

@@ -104,8 +104,10 @@ def act_fwd(x, act, p1=0.0, p2=0.0):
     return _act_fwd_body(_xp(x), act, x, *_scalars(x.dtype, p1, p2))
 
 
-def act_bwd(s, g, act, p1=0.0, p2=0.0):
-    """Gradient of act at ``s`` (x or y, see the module docstring) times the incoming gradient ``g``."""
+def act_bwd(s, g, act, p1=0.0, p2=0.0, out=None):
+    """Gradient of act at ``s`` (x or y, see the module docstring) times the incoming gradient ``g``. ``out``: an
+    array of g's shape and dtype the result may be written into (g itself, when the caller no longer needs g); a
+    kernel may leave it unused, so use what it returns. This definition does."""
     _check_float(f"{act}_bwd", s, g)
     _check_shapes(f"{act}_bwd", s, g)
     if act == "elu" and p1 < 0:
@@ -136,8 +138,8 @@ def activation_kernels(act_fwd, act_bwd):
         s = "x" if act in _FROM_X else "y"
         source = (f"def {act}_fwd(x{signature}):\n"
                   f"    return act_fwd(x, {act!r}{passed})\n"
-                  f"def {act}_bwd({s}, g{signature}):\n"
-                  f"    return act_bwd({s}, g, {act!r}{passed})\n")
+                  f"def {act}_bwd({s}, g{signature}, out=None):\n"
+                  f"    return act_bwd({s}, g, {act!r}{passed}, out=out)\n")
         namespace = {"act_fwd": act_fwd, "act_bwd": act_bwd, "__name__": act_fwd.__module__}
         exec(source, namespace)  # noqa: S102 - source built above from ACTIVATION_PARAMS only
         fwd, bwd = namespace[f"{act}_fwd"], namespace[f"{act}_bwd"]
@@ -183,8 +185,9 @@ def bias_act_fwd(y, b, act="identity", p1=0.0, p2=0.0):
     return y
 
 
-def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True):
-    """(g_pre, gb): the gradient before the activation from its output ``y``, and its column sum (or None)."""
+def bias_act_bwd(y, g, act="identity", p1=0.0, p2=0.0, bias_grad=True, out=None):
+    """(g_pre, gb): the gradient before the activation from its output ``y``, and its column sum (or None).
+    ``out``: as act_bwd's (unused here)."""
     check_bias_act("bias_act_bwd", y, None, act, p1)
     _check_shapes("bias_act_bwd", y, g)
     xp = _xp(y)

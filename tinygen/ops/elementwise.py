@@ -130,6 +130,7 @@ class Cos(Function):
 class Tanh(Function):
     elementwise = "tanh({0})"
     save_output = True
+    fresh_gradients = backward_into_gradient = True
 
     @staticmethod
     def forward(ctx, x):
@@ -140,13 +141,14 @@ class Tanh(Function):
         return grad_from_output(g, ctx.output, "tanh")
 
     @staticmethod
-    def array_backward(ctx, g):
+    def array_backward(ctx, g, out=None):
         y = ctx.output_array
-        return kernels.get("tanh_bwd", y)(y, g)
+        return kernels.get("tanh_bwd", y)(y, g, out=out)
 
 
 class Sigmoid(Function):
     save_output = True
+    fresh_gradients = backward_into_gradient = True
 
     @staticmethod
     def forward(ctx, x):
@@ -157,13 +159,14 @@ class Sigmoid(Function):
         return grad_from_output(g, ctx.output, "sigmoid")
 
     @staticmethod
-    def array_backward(ctx, g):
+    def array_backward(ctx, g, out=None):
         y = ctx.output_array
-        return kernels.get("sigmoid_bwd", y)(y, g)
+        return kernels.get("sigmoid_bwd", y)(y, g, out=out)
 
 
 class Relu(Function):
     activation = "relu"  # tinygen.compile runs a layer that declares with_activation, then this, as one node
+    fresh_gradients = backward_into_gradient = True
 
     @staticmethod
     def forward(ctx, x):
@@ -176,13 +179,14 @@ class Relu(Function):
         return g * (x > 0)
 
     @staticmethod
-    def array_backward(ctx, g):
+    def array_backward(ctx, g, out=None):
         x = ctx.saved_tensors[0].data
-        return kernels.get("relu_bwd", x)(x, g)
+        return kernels.get("relu_bwd", x)(x, g, out=out)
 
 
 class LeakyRelu(Function):
     activation = "leaky_relu"  # (its slope: the second argument)
+    fresh_gradients = backward_into_gradient = True
 
     @staticmethod
     def forward(ctx, x, slope):
@@ -197,9 +201,9 @@ class LeakyRelu(Function):
         return g * _const(ctx.xp.where(x.data > 0, t(1), t(ctx.slope)), x), None
 
     @staticmethod
-    def array_backward(ctx, g):
+    def array_backward(ctx, g, out=None):
         x = ctx.saved_tensors[0].data
-        return kernels.get("leaky_relu_bwd", x)(x, g, ctx.slope), None
+        return kernels.get("leaky_relu_bwd", x)(x, g, ctx.slope, out=out), None
 
 
 class Elu(Function):

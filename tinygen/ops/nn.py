@@ -24,6 +24,7 @@ def _const(array, like):
 class LinearFunction(Function):
     """y = x @ W.T + b for x of shape (..., in), W (out, in), b (out,) or None."""
     reusable_forward = True
+    fresh_gradients = True
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -121,6 +122,7 @@ class LinearActFunction(Function):
     """
     reusable_forward = True
     save_output = True
+    fresh_gradients = backward_into_gradient = True
 
     def name(self):
         return f"Linear+{ACT_TITLES[self.act]}Backward"
@@ -143,11 +145,11 @@ class LinearActFunction(Function):
         return gx, gw, gb, None, None, None
 
     @staticmethod
-    def array_backward(ctx, g):
+    def array_backward(ctx, g, out=None):
         x, w = ctx.saved_tensors
         need = ctx.next_edges
         y = ctx.output_array
-        gpre, gb = kernels.get("bias_act_bwd", y)(y, g, ctx.act, ctx.p1, ctx.p2, need[2] is not None)
+        gpre, gb = kernels.get("bias_act_bwd", y)(y, g, ctx.act, ctx.p1, ctx.p2, need[2] is not None, out=out)
         return (*_linear_grads_on_arrays(gpre, x.data, w.data, need), gb, None, None, None)
 
 
