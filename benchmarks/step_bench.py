@@ -7,6 +7,7 @@
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare pairs   # paired products off/on
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare prune   # unread gradients kept/left out
     python -m benchmarks.step_bench --case dcgan --batch 64 --threads 2 --compare reuse  # D(fakes) twice/once
+    python -m benchmarks.step_bench --case mlp --batch 256 --threads 2 --compare into-gradient  # new/in place
     python -m benchmarks.step_bench --case dcgan --batch 256 --threads 2 --compare parts  # conv batch whole/in parts
     python -m benchmarks.step_bench --case mlp --batch 16 --threads 2 --compare updates  # update on 1 thread/split
     python -m benchmarks.step_bench --case gan --batch 16 --threads 2 --compare short  # BLAS / gemm_short.py
@@ -387,6 +388,7 @@ PAIRS_ON = 32  # --compare pairs: the rows up to which products are paired when 
 SWITCHES = {"pairs": ("one after the other", "paired"),
             "prune": ("all gradients", "unread ones left out"),
             "reuse": ("every forward", "a forward on the same arrays once"),
+            "into-gradient": ("new arrays", "into received"),
             "inplace": ("out of place", "in place"),
             "parts": ("whole batch", "in parts"),
             "updates": ("update on one thread", "update split"),
@@ -399,7 +401,8 @@ def _variants(switch, make_step):
     pairs: a layer's two gradient products one after the other (gemm.PAIR_MAX_ROWS = 0) or at once (up to
     the setting's rows, PAIRS_ON when it is 0); inplace: the engine's in-place addition of a leaf's second gradient off or on; prune: two compiled
     steps, one recorded without tinygen.compile's leaving out of unread gradients; reuse: the same, without its
-    reuse of a forward on the same arrays (``passes.reused_forwards``); parts: a convolution's batch
+    reuse of a forward on the same arrays (``passes.reused_forwards``); into-gradient: the same, without its
+    gradients written into those received (``passes.with_gradients_in_place``); parts: a convolution's batch
     whole (conv.CHUNK_BYTES = 0) or in parts (its setting); updates: the optimizer's update on one thread
     (threads.UPDATE_PARALLEL_MIN = 0) or split across Numba's threads (from the setting when it is a count, else
     from 2^16 elements); mkl-call: MKL's gemm called through ctypes or from compiled code (kernels/mkl_call.py);
@@ -437,6 +440,8 @@ def _variants(switch, make_step):
         return _module_switch(engine, "_sole_owner", lambda leaf: False, make_step)
     if switch == "reuse":
         return _stage_switch("reused_forwards", lambda program_steps, *rest: program_steps, make_step)
+    if switch == "into-gradient":
+        return _stage_switch("with_gradients_in_place", lambda program_steps: program_steps, make_step)
     return _stage_switch("without_dead_gradients", lambda program_steps: (program_steps, frozenset()), make_step)
 
 
@@ -556,7 +561,7 @@ def main(argv=None):
             print(f"  {name:50s}{ms:9.3f} ms  {100 * ms / timed:5.1f}%")
         return 0
     if args.case and args.compare:
-        if args.compare in ("prune", "reuse") and args.eager:
+        if args.compare in ("prune", "reuse", "into-gradient") and args.eager:
             print(f"--compare {args.compare}: only a compiled step has that stage (drop --eager)")
             return 1
         from tinygen.kernels import conv

@@ -399,6 +399,8 @@ def test_report_says_what_the_openblas_kernel_variables_cost(tmp_path, monkeypat
                                    "reuse"],
                                   ["--case", "gan", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
                                    "inplace", "--eager"],
+                                  ["--case", "mlp", "--batch", "8", "--steps", "2", "--rounds", "1", "--compare",
+                                   "into-gradient"],
                                   ["--case", "dcgan", "--batch", "2", "--steps", "1", "--rounds", "1", "--compare",
                                    "parts"]])
 def test_step_bench_runs_as_a_module(args):
