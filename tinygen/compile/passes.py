@@ -213,14 +213,22 @@ def fused_backwards(steps, rec, approx):
             note = rec.elementwise.get(id(step[5][0]))
             if note is not None and step[2] is not None:
                 forwards[id(step[2])] = (note, step[4], step[5][0])
+    if not forwards:
+        return steps
+    return _with_plans(steps, lambda plan: fusion.fused_plan_steps(plan.steps, plan.roots, forwards, approx))
+
+
+def _with_plans(steps, rewrite):
+    """The steps with each plain backward's plan given the steps ``rewrite(plan)`` returns (a copy of the plan
+    where they are new)."""
     out = []
     for run, operands in steps:
-        if run is replay_backward and forwards:
+        if run is replay_backward:
             plan = operands[0]
-            fused = fusion.fused_plan_steps(plan.steps, plan.roots, forwards, approx)
-            if fused is not plan.steps:
+            new = rewrite(plan)
+            if new is not plan.steps:
                 plan = copy.copy(plan)
-                plan.steps = fused
+                plan.steps = new
                 operands = (plan,) + operands[1:]
         out.append((run, operands))
     return tuple(out)
@@ -232,17 +240,7 @@ def with_gradients_in_place(steps):
     only by ops that declare ``fresh_gradients`` (no root's gradient, no fused run's), so nothing else holds it.
     The result has the same bits, without a new array of that size: a Linear+ReLU's backward at the bottom of an
     MLP holds one batch of activations' gradients less. (The eager engine leaves the arrays it is handed alone.)"""
-    out = []
-    for run, operands in steps:
-        if run is replay_backward:
-            plan = operands[0]
-            new = _gradients_in_place(plan)
-            if new is not plan.steps:
-                plan = copy.copy(plan)
-                plan.steps = new
-                operands = (plan,) + operands[1:]
-        out.append((run, operands))
-    return tuple(out)
+    return _with_plans(steps, _gradients_in_place)
 
 
 def _gradients_in_place(plan):
