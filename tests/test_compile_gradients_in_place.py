@@ -11,7 +11,7 @@ from tinygen import kernels, nn
 from tinygen.kernels import cpu as cpu_kernels
 from tinygen.ops.elementwise import Relu
 
-INTO = "into the gradient they receive"
+INTO = "may write into the gradient they receive"
 
 
 def _mlp(width=64):

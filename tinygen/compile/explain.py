@@ -40,7 +40,7 @@ def _step_text(run, operands):
         to = count(len(leaves), "leaf", "leaves")
         ran = len(plan.nodes()) - len(plan.dropped)  # a fused run's nodes each count
         into = sum(step[1] is backward_into_gradient for step in plan.steps)
-        into = f"; {into} of them into the gradient they receive" if into else ""
+        into = f"; {into} of them may write into the gradient they receive" if into else ""
         return f"backward  {count(ran, 'node')} ({names}) -> .grad of {to}{into}"
     if run is replay_call:
         fn = operands[0]
