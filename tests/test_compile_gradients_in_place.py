@@ -175,3 +175,29 @@ def test_the_cpu_kernels_write_into_out_with_the_bits_of_a_new_array(act):
         into = g.copy()
         got, got_b = cpu_kernels.bias_act_bwd(y, into, act, 0.2, out=into)
         assert got is into and np.array_equal(got, expect) and np.array_equal(got_b, expect_b)
+
+
+def test_a_dropout_and_the_layer_under_it_both_write_in_place(device):
+    """Linear+ReLU, Dropout, Linear (the classifier's layout) in train mode: the dropout's node writes into the
+    Linear's product it receives, and the layer under it into that. Six steps give eager's losses and parameters
+    bit for bit (the same draws: tinygen's stream)."""
+    def run(compiled):
+        tg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Dropout(0.3), nn.Linear(48, 4)).to(device)
+        opt = tg.optim.Adam(model.parameters(), lr=1e-2)
+        x = tg.randn(16, 32).to(device)
+
+        def step():
+            opt.zero_grad()
+            loss = (model(x) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        fn = tg.compile(step) if compiled else step
+        tg.manual_seed(3)
+        losses = [np.asarray(tg.backend.to_device(fn().data, "cpu")) for _ in range(6)]
+        return losses + [np.asarray(tg.backend.to_device(p.data, "cpu")) for p in model.parameters()], fn
+    eager, _ = run(False)
+    got, step = run(True)
+    assert all(np.array_equal(a, b) for a, b in zip(got, eager))
+    assert f"2 of them {INTO}" in step.explain() and step.replays == 5

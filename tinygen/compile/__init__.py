@@ -65,10 +65,10 @@ Eight stages, on a three-line example ``loss = (x @ w).tanh().sum(); loss.backwa
            ``forward_writes``, a call's ``@replayed(writes=...)``: an optimizer step changes its parameters), is
            left out: the earlier one's outputs and node state serve the later node (``reused_forwards``). A
            GAN's discriminator on the fakes, then on their detached copy after the generator's update. In a plain
-           backward, a node whose op declares ``backward_into_gradient`` (ReLU, LeakyReLU, Tanh, Sigmoid, a
-           Linear with its activation) writes its gradient into the array it receives where that array is the
-           plan's own: only ops that declare ``fresh_gradients`` (their arrays new, held by nothing else: Linear,
-           those activations) fill its register, not a root's gradient nor a sum's shared one
+           backward, a node whose op declares ``backward_into_gradient`` (ReLU, LeakyReLU, Tanh, Sigmoid,
+           dropout, a Linear with its activation) writes its gradient into the array it receives where that array
+           is the plan's own: only ops that declare ``fresh_gradients`` (their arrays new, held by nothing else:
+           Linear, those ops) fill its register, not a root's gradient nor a sum's shared one
            (``with_gradients_in_place``). The bits are the same, without a new array of that size: at the bottom
            of an MLP's backward, one batch of activation gradients less at the step's peak.
   fuse     Runs of 3 or more consecutive elementwise forwards (ops that declare ``elementwise``, of one shape and

@@ -184,6 +184,7 @@ def fusable_activation(fn, activation, p1, p2):
 # ---- dropout ---------------------------------------------------------------------------------------------------------
 class DropoutFunction(Function):
     """Inverted dropout: zero each element with probability p and scale the rest by 1 / (1 - p)."""
+    fresh_gradients = backward_into_gradient = True
 
     @staticmethod
     def forward(ctx, x, p):
@@ -201,6 +202,10 @@ class DropoutFunction(Function):
     def backward(ctx, g):
         (mask,) = ctx.saved_tensors
         return g * mask, None
+
+    @staticmethod
+    def array_backward(ctx, g, out=None):
+        return ctx.xp.multiply(g, ctx.saved_tensors[0].data, out=out), None
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
