@@ -20,9 +20,15 @@ def _mlp(width=64):
                          nn.Linear(width, 4))
 
 
-def _train(compiled, steps=6, batch=16, width=64, device="cpu"):
-    model = _mlp(width).to(device)
-    opt = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+def _sgd(params):
+    return tg.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def _train(compiled, model, make_opt, steps=6, batch=16, device="cpu"):
+    """``steps`` steps of ``(model(x) ** 2).mean()`` on one batch, compiled or eager: the losses and the
+    parameters after them (host arrays), and the step."""
+    model = model.to(device)
+    opt = make_opt(model.parameters())
     x = tg.randn(batch, 32).to(device)
 
     def step():
@@ -32,6 +38,7 @@ def _train(compiled, steps=6, batch=16, width=64, device="cpu"):
         opt.step()
         return loss
     run = tg.compile(step) if compiled else step
+    tg.manual_seed(3)  # the stream dropout draws from
     losses = [np.asarray(tg.backend.to_device(run().data, "cpu")) for _ in range(steps)]
     params = [np.asarray(tg.backend.to_device(p.data, "cpu")) for p in model.parameters()]
     return losses, params, run
@@ -42,8 +49,8 @@ def test_an_mlp_step_trains_bit_for_bit_with_its_gradients_in_place(device):
     in every bit, and the plan's two activation nodes run into their incoming gradients (each receives the
     product of the Linear above it, an array nothing else holds). Fails if a node writes into an array it
     reads later in the wrong order, or the pass is gone (the listing)."""
-    eager_losses, eager_params, _ = _train(False, device=device)
-    losses, params, step = _train(True, device=device)
+    eager_losses, eager_params, _ = _train(False, _mlp(), _sgd, device=device)
+    losses, params, step = _train(True, _mlp(), _sgd, device=device)
     assert all(np.array_equal(a, b) for a, b in zip(losses, eager_losses))
     assert all(np.array_equal(a, b) for a, b in zip(params, eager_params))
     assert step.replays == 5
@@ -58,7 +65,7 @@ def test_a_replay_holds_one_gradient_array_less_than_eager():
     width, batch = 256, 128
 
     def peak(compiled):
-        _, _, run = _train(compiled, steps=3, batch=batch, width=width)
+        _, _, run = _train(compiled, _mlp(width), _sgd, steps=3, batch=batch)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -183,20 +190,9 @@ def test_a_dropout_and_the_layer_under_it_both_write_in_place(device):
     bit for bit (the same draws: tinygen's stream)."""
     def run(compiled):
         tg.manual_seed(0)
-        model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Dropout(0.3), nn.Linear(48, 4)).to(device)
-        opt = tg.optim.Adam(model.parameters(), lr=1e-2)
-        x = tg.randn(16, 32).to(device)
-
-        def step():
-            opt.zero_grad()
-            loss = (model(x) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-        fn = tg.compile(step) if compiled else step
-        tg.manual_seed(3)
-        losses = [np.asarray(tg.backend.to_device(fn().data, "cpu")) for _ in range(6)]
-        return losses + [np.asarray(tg.backend.to_device(p.data, "cpu")) for p in model.parameters()], fn
+        model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Dropout(0.3), nn.Linear(48, 4))
+        losses, params, step = _train(compiled, model, lambda p: tg.optim.Adam(p, lr=1e-2), device=device)
+        return losses + params, step
     eager, _ = run(False)
     got, step = run(True)
     assert all(np.array_equal(a, b) for a, b in zip(got, eager))
