@@ -8,7 +8,6 @@ import pytest
 
 import tinygen as tg
 from tinygen import kernels, nn
-from tinygen.kernels import cpu as cpu_kernels
 from tinygen.ops.elementwise import Relu
 
 INTO = "may write into the gradient they receive"
@@ -164,6 +163,7 @@ def test_a_subclass_with_its_own_array_backward_is_called_as_written():
 def test_the_cpu_kernels_write_into_out_with_the_bits_of_a_new_array(act):
     """``act_bwd(s, g, out=g)`` and ``bias_act_bwd(y, g, out=g)`` return ``out`` itself, holding what they return
     without it; an ``out`` that is not C-contiguous is left alone and a new array comes back, also the same."""
+    from tinygen.kernels import cpu as cpu_kernels  # (Numba: imported only where it is on)
     rng = np.random.default_rng(0)
     s = rng.standard_normal((64, 40)).astype(np.float32)
     if act in ("tanh", "sigmoid"):
