@@ -1296,6 +1296,7 @@ def test_a_compiled_module_keeps_its_name_and_attributes_and_replays_inference()
     assert compiled.records == 1 and compiled.replays == 2
     assert all(np.array_equal(o.data, eager.data) for o in outs)
     assert compiled.explain().startswith("Sequential: 1 program(s), 1 recorded, 2 replayed")
+    assert repr(compiled) == f"Compiled({model!r})" and "Linear" in repr(compiled)
     with pytest.raises(AttributeError, match="no_such_thing"):
         compiled.no_such_thing
 

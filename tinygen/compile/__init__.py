@@ -404,6 +404,9 @@ class Compiled:
             attributes[self._attribute] = bound
         return bound
 
+    def __repr__(self):  # print(tinygen.compile(model)) shows the model's layers
+        return f"Compiled({self.fn!r})"
+
     def __getattr__(self, name):  # what Compiled does not have itself: fn's (a compiled module's parameters())
         fn = self.__dict__.get("fn")
         if fn is None:
