@@ -1,6 +1,7 @@
 """A compiled forward with the backward after the call (``fast = tg.compile(model)``, then
 ``loss = F.cross_entropy(fast(x), y); loss.backward()``): the forward replays, its result reaches the parameters
 through the program's own nodes (``recording.HandedGraph``), and training goes exactly as eager's."""
+import sys
 import warnings
 
 import numpy as np
@@ -95,6 +96,29 @@ def test_a_second_call_before_the_first_calls_backward_replays_a_spare_program()
     assert _same(want, got)
     assert (d.records, d.replays) == (2, 8)
     assert "for a backward after the call (1 spare program)" in d.explain()
+
+
+def test_check_compares_a_spare_programs_replays_with_eager_too(monkeypatch):
+    """``compile(model, check=N)``: the first N replays run side by side with eager, a spare program's as its
+    signature's own (both go through one replay path). With check=4 and two calls a step, steps 2 and 3 check
+    both programs' replays, step 4 none; the gradients stay eager's."""
+    compile_module = sys.modules["tinygen.compile"]
+    checked_programs = []
+
+    def counting(fn, program, args, kwargs):
+        checked_programs.append(program)
+        return real_checked(fn, program, args, kwargs)
+    real_checked = compile_module.checked
+    monkeypatch.setattr(compile_module, "checked", counting)
+    tg.manual_seed(0)
+    dis = nn.Sequential(nn.Linear(12, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    d = tg.compile(dis, check=4)
+    for (real, _), (fake, _) in zip(_data(4), _data(4)[::-1]):
+        loss = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
+        loss.backward()
+    (program,) = d._programs.values()
+    assert checked_programs == [program, program.spare] * 2 and program.spare is not None
+    assert (d.records, d.replays) == (2, 6)
 
 
 def test_results_kept_without_a_backward_make_later_calls_use_spares_then_run_eagerly():

@@ -323,10 +323,9 @@ class Compiled:
                     program.spare = new
                 return result
             if not spare.handoff.busy():
-                if spare.handoff.graph_built or not spare.guards_hold() or spare.stale() is not None:
+                if spare.handoff.graph_built or not spare.guards_hold():
                     break
-                self.replays += 1
-                return spare.replay(tensors)
+                return self._replay(spare, args, kwargs, tensors)
             program = spare
         return self.fn(*args, **kwargs)
 
@@ -347,6 +346,13 @@ class Compiled:
             return self.fn(*args, **kwargs)
         if handoff is not None and handoff.busy():  # the last call's graph awaits its backward
             return self._on_spare(program, args, kwargs, tensors)
+        self._programs.move_to_end(key)
+        return self._replay(program, args, kwargs, tensors)
+
+    def _replay(self, program, args, kwargs, tensors):
+        """One replay of ``program`` (a signature's own or a spare): refused if a place the step reads holds
+        another object now; side by side with eager while ``check`` calls are left; through CUDA graphs where
+        the program has them."""
         stale = program.stale()
         if stale is not None:
             raise CompileError(f"tinygen.compile: {self.__name__} reads {stale}, which holds another "
@@ -354,7 +360,6 @@ class Compiled:
                                f"use the recorded one. Pass the tensors that change between calls as "
                                f"arguments of the step (tensors, or tuples, lists, dicts and dataclasses of them), or "
                                f"compile a step for each module")
-        self._programs.move_to_end(key)
         self.replays += 1
         if self._checks_left:
             self._checks_left -= 1
@@ -365,7 +370,7 @@ class Compiled:
             self.graph_replays += graphed.live
             if graphed.error is not None and self.graph_error is None:  # once: the step goes on without graphs
                 warnings.warn(f"tinygen.compile: {self.__name__} replays without CUDA graphs from now on: "
-                              f"{graphed.error}", RuntimeWarning, stacklevel=4)
+                              f"{graphed.error}", RuntimeWarning, stacklevel=5)
             self.graph_error = graphed.error
             return result
         return program.replay(tensors)
