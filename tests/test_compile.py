@@ -26,6 +26,7 @@ import tinygen.nn.functional as F
 from tinygen import backend
 from tinygen.backend import cuda_standin
 from tinygen.capture import CAPTURE
+from tinygen.compile import SPARES, Compiled
 
 
 def _params(*modules):
@@ -1254,6 +1255,84 @@ def test_cache_keeps_at_most_cache_size_programs_and_warns_once_when_it_drops_on
         "shape (3,)" in str(caught[0].message) and "raise cache_size" in str(caught[0].message)
     with pytest.raises(ValueError, match="cache_size"):
         tg.compile(lambda a: a, cache_size=0)
+
+
+def test_torch_compiles_mode_and_disable_options():
+    """``mode`` as in ``torch.compile``: the CUDA-graph switch (nothing else differs here); a mode against an
+    explicit ``cuda_graph`` and an unknown mode raise; ``disable=True`` gives the function back. The options carry
+    over to a compiled method's instances and to a deep copy."""
+    def f(a):
+        return a * 2
+    assert tg.compile(f).cuda_graph is None and tg.compile(f, mode="default").cuda_graph is None
+    assert tg.compile(f, mode="reduce-overhead").cuda_graph is True
+    assert tg.compile(f, mode="max-autotune").cuda_graph is True
+    assert tg.compile(f, mode="max-autotune-no-cudagraphs").cuda_graph is False
+    assert tg.compile(f, mode="default", cuda_graph=False).cuda_graph is False
+    assert tg.compile(f, mode="reduce-overhead", cuda_graph=True).cuda_graph is True
+    with pytest.raises(ValueError, match=r"mode='reduce-overhead' turns CUDA graphs on, but cuda_graph=False"):
+        tg.compile(f, mode="reduce-overhead", cuda_graph=False)
+    with pytest.raises(ValueError, match=r"unknown mode 'fast'; expected one of \['default', 'max-autotune'"):
+        tg.compile(f, mode="fast")
+    assert tg.compile(f, disable=True) is f and tg.compile(disable=True)(f) is f
+    decorated = tg.compile(mode="max-autotune-no-cudagraphs", fullgraph=True)(f)
+    assert decorated.cuda_graph is False and decorated.fullgraph is True
+
+    class Trainer:
+        @tg.compile(fullgraph=True, mode="reduce-overhead")
+        def step(self, a):
+            return a + 1
+    bound = Trainer().step
+    assert isinstance(bound, Compiled) and bound.fullgraph and bound.cuda_graph
+    twin = copy.deepcopy(decorated)
+    assert twin.fullgraph is True and twin.cuda_graph is False and twin is not decorated
+
+
+def test_fullgraph_raises_where_a_call_would_run_eagerly_and_replays_otherwise():
+    """``fullgraph=True``: each way a call runs eagerly instead of replaying raises ``CompileError`` naming it (a
+    step changing Python state on every call, a forward building a gradient graph it returns, a compiled forward
+    called while the results of its last calls await their backward); a step that replays is unaffected. Would
+    fail with the warnings (the default) in place of the errors."""
+    model, opt, _ = _mlp_setup()
+    x = tg.tensor(np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32))
+
+    def step(x):
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+    fast = tg.compile(step, fullgraph=True)
+    for _ in range(3):
+        fast(x)
+    assert (fast.records, fast.replays) == (1, 2)
+
+    seen = []
+
+    def keeps(x):
+        seen.append(1)
+        return x * 2
+    f = tg.compile(keeps, fullgraph=True)
+    f(x)  # the first change may be a one-time one (a lazy setting)
+    with pytest.raises(tg.CompileError, match=r"keeps runs each call eagerly and records: it changes the contents of "
+                                           r"the variable 'seen' .* in its Python on every call.*fullgraph=True"):
+        f(x)
+
+    def penalty(x):
+        out = model(x)
+        g, = tg.autograd.grad(out.sum(), [model[0].weight], create_graph=True)
+        return out, (g * g).sum()
+    with pytest.raises(tg.CompileError, match=r"penalty runs each call with grad on eagerly: it returns a tensor with "
+                                           r"a graph .*fullgraph=True"):
+        tg.compile(penalty, fullgraph=True)(x)
+
+    forward = tg.compile(model, fullgraph=True)
+    kept = [forward(x) for _ in range(1 + SPARES)]  # its program and the spares
+    with pytest.raises(tg.CompileError, match=r"Sequential runs a call eagerly: earlier calls' results await their "
+                                           r"backward and no spare program"):
+        forward(x)
+    del kept
+    forward(x)
+    assert forward.records == 1 + SPARES and forward.replays == 1
 
 
 def test_a_python_number_that_changes_every_call_is_named_and_a_0d_tensor_replays():

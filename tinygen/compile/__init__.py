@@ -168,6 +168,14 @@ A compiled function runs one call at a time: threads calling it (a model served 
 other, since a replay puts each call's arrays into the program's own tensors; while a call records, compiled calls
 in other threads run eagerly (the recorder is the engine's one hook, for the whole process). ``copy.deepcopy`` of
 one (of a model whose ``@tinygen.compile`` method it keeps) compiles the copied function anew.
+
+``torch.compile``'s options work as there: ``mode="reduce-overhead"`` (or ``"max-autotune"``) turns CUDA graphs on,
+``"max-autotune-no-cudagraphs"`` off (nothing is tuned here); ``disable=True`` returns ``fn`` itself; and
+``fullgraph=True`` raises ``CompileError`` where a call would otherwise run eagerly, with a warning, instead of
+replaying: a step that changes Python state on every call, a compiled forward whose result a ``create_graph``
+backward went through or that returns a gradient graph it built, and a call of a compiled forward made while more
+earlier calls' results await their backward than it keeps spare programs for. A call that finds this out while
+it records (the first two) has run, as eager would, before it raises. (A refused construct raises anyway.)
 """
 import copy
 import functools
@@ -192,10 +200,19 @@ SPARES = 3  # programs a signature may record besides its own for calls made whi
 _MISSING = object()  # no program replayed (a step may return None)
 
 
-def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None):
-    """Compile ``fn`` (a training step or any function of tensors): see the module docstring."""
+# torch.compile's modes, as the CUDA-graph switch they come to here (nothing is autotuned): None leaves the setting
+MODES = {"default": None, "reduce-overhead": True, "max-autotune": True, "max-autotune-no-cudagraphs": False}
+
+
+def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None, mode=None, fullgraph=False, disable=False):
+    """Compile ``fn`` (a training step or any function of tensors): see the module docstring. ``mode``,
+    ``fullgraph`` and ``disable`` are ``torch.compile``'s: ``mode`` one of ``MODES`` ("reduce-overhead" and
+    "max-autotune" turn CUDA graphs on, "max-autotune-no-cudagraphs" off); ``fullgraph=True`` raises
+    ``CompileError`` where a call would run eagerly instead of replaying; ``disable=True`` returns ``fn`` itself."""
+    options = dict(check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph, mode=mode,
+                   fullgraph=fullgraph, disable=disable)
     if fn is None:
-        return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph)
+        return lambda f: compile(f, **options)
     if not callable(fn):
         raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
@@ -212,7 +229,16 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None):
     if cuda_graph is not None and not isinstance(cuda_graph, bool):
         raise TypeError(f"tinygen.compile: cuda_graph must be True, False or None (the setting TINYGEN_CUDA_GRAPHS), "
                         f"got {cuda_graph!r}")
-    return Compiled(fn, check, cache_size, fuse, cuda_graph)
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"tinygen.compile: unknown mode {mode!r}; expected one of {sorted(MODES)} or None")
+        if cuda_graph is not None and MODES[mode] is not None and cuda_graph != MODES[mode]:
+            raise ValueError(f"tinygen.compile: mode={mode!r} turns CUDA graphs {'on' if MODES[mode] else 'off'}, "
+                             f"but cuda_graph={cuda_graph!r}; pass one of them")
+        cuda_graph = MODES[mode] if MODES[mode] is not None else cuda_graph
+    if disable:
+        return fn
+    return Compiled(fn, check, cache_size, fuse, cuda_graph, bool(fullgraph))
 
 
 class Compiled:
@@ -221,7 +247,7 @@ class Compiled:
     without them (None while they work). Other attributes are ``fn``'s: a compiled module still has its
     ``parameters()``, ``eval()``, ``state_dict()``."""
 
-    def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None):
+    def __init__(self, fn, check, cache_size, fuse=True, cuda_graph=None, fullgraph=False):
         if isinstance(fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)):
             functools.update_wrapper(self, fn)
             inner = fn
@@ -235,12 +261,12 @@ class Compiled:
         self.fn, self.cache_size, self._check, self._checks_left, self.fuse = fn, cache_size, check, check, fuse
         self._attribute = None  # the name it has in a class (``@tinygen.compile`` on a method)
         self._values = PythonValues(fn)
-        self.cuda_graph = cuda_graph
+        self.cuda_graph, self.fullgraph = cuda_graph, fullgraph
         self._programs = OrderedDict()
         self.records = self.replays = self.graph_replays = 0
         self._unsettled = 0  # recordings that changed Python state a replay would not (Recorder.python_changed)
         self.graph_error = None
-        self._warned_full = self._warned_graph = False
+        self._warned_full = self._warned_graph = self._warned_unsettled = self._warned_spares = False
         self._lock = threading.RLock()  # one call at a time: a replay puts each call's arrays into the same tensors
 
     def __call__(self, *args, **kwargs):
@@ -267,17 +293,16 @@ class Compiled:
         elif isinstance(program, str):  # the step's Python changed state: no program, the next call records
             self._programs.pop(key, None)
             self._unsettled += 1
-            if self._unsettled == 2:  # once: not a one-time change (a lazy setting) but one on every call
-                warnings.warn(f"tinygen.compile: {self.__name__} changes {program} in its Python on every call; a "
-                              f"replay would not run that Python again, so each call runs eagerly and records, "
-                              f"slower than eager. Pass the data the step takes from an iterator as arguments, "
-                              f"draw random numbers with tinygen's functions (a replay draws them anew), "
-                              f"return what the step computes instead of storing it (append the returned loss to "
-                              f"a list after the call), keep state the step updates in a tensor written in place "
-                              f"(a buffer: buf[...] = new value), change an optimizer's learning rate with a "
-                              f"scheduler (tinygen.optim.lr_scheduler: its step is replayed), or do it outside the "
-                              f"step",
-                              RuntimeWarning, stacklevel=3)
+            if self._unsettled >= 2:  # not a one-time change (a lazy setting) but one on every call
+                self._eagerly(f"each call eagerly and records: it changes {program} in its Python on every call, "
+                              f"and a replay would not run that Python again (slower than eager)",
+                              "Pass the data the step takes from an iterator as arguments, draw random numbers with "
+                              "tinygen's functions (a replay draws them anew), return what the step computes "
+                              "instead of storing it (append the returned loss to a list after the call), keep "
+                              "state the step updates in a tensor written in place (a buffer: buf[...] = new "
+                              "value), change an optimizer's learning rate with a scheduler "
+                              "(tinygen.optim.lr_scheduler: its step is replayed), or do it outside the step",
+                              "_warned_unsettled", 3)
             return result
         # a list's items the step's recorded calls read anew (tensor(rows)) are data
         if program is not GRAPH and self._values.learn(program.read_anew, args, kwargs):
@@ -302,13 +327,20 @@ class Compiled:
         self.records += 1  # (a refused recording raised: not counted)
         return program, result
 
+    def _eagerly(self, why, advice, once, depth):
+        """A call that runs eagerly instead of replaying (``why``): ``CompileError`` under ``fullgraph=True``,
+        else a RuntimeWarning the first time for its kind (``once``: the attribute that notes it)."""
+        message = f"tinygen.compile: {self.__name__} runs {why}. {advice}"
+        if self.fullgraph:
+            raise CompileError(f"{message} (compiled with fullgraph=True, which refuses it)")
+        if not getattr(self, once):
+            setattr(self, once, True)
+            warnings.warn(message, RuntimeWarning, stacklevel=depth + 1)
+
     def _warn_graph(self, why, depth):
-        if not self._warned_graph:  # (once)
-            self._warned_graph = True
-            warnings.warn(f"tinygen.compile: {self.__name__} runs each call with grad on eagerly: {why}. To train "
-                          f"faster, compile the whole step (forward, loss.backward(), opt.step()), or return "
-                          f".detach() of what is only read; for inference, call it under tinygen.no_grad() "
-                          f"(replayed)", RuntimeWarning, stacklevel=depth + 1)
+        self._eagerly(f"each call with grad on eagerly: {why}", "To train faster, compile the whole step (forward, "
+                      "loss.backward(), opt.step()), or return .detach() of what is only read; for inference, call "
+                      "it under tinygen.no_grad() (replayed)", "_warned_graph", depth + 1)
 
     def _on_spare(self, program, args, kwargs, tensors):
         """A call made while the result of ``program``'s last call awaits its backward (a discriminator on real,
@@ -327,6 +359,10 @@ class Compiled:
                     break
                 return self._replay(spare, args, kwargs, tensors)
             program = spare
+        self._eagerly(f"a call eagerly: earlier calls' results await their backward and no spare program of its "
+                      f"signature can replay (a replay refills the nodes a backward through its last result needs; "
+                      f"a signature keeps {SPARES} spares)", "Call backward() on fewer calls' results at once, or "
+                      "compile the whole step (forward, loss.backward(), opt.step())", "_warned_spares", 5)
         return self.fn(*args, **kwargs)
 
     def _replayed(self, key, args, kwargs, tensors):
@@ -334,6 +370,8 @@ class Compiled:
         program = self._programs.get(key)
         if program is GRAPH:  # (a compiled forward whose result a backward after the call uses)
             self._programs.move_to_end(key)
+            if self.fullgraph:  # (warned when it became GRAPH)
+                self._warn_graph("a gradient graph (create_graph) reaches the program's nodes", 4)
             return self.fn(*args, **kwargs)
         if program is None or not program.guards_hold():
             return _MISSING
@@ -381,10 +419,13 @@ class Compiled:
     def __deepcopy__(self, memo):
         """``copy.deepcopy`` (of a model whose compiled method it keeps): the function copied, compiled anew with
         the same options; the copy records its own programs."""
-        twin = compile(copy.deepcopy(self.fn, memo), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
-                       cuda_graph=self.cuda_graph)
+        twin = self._again(copy.deepcopy(self.fn, memo))
         twin._attribute = self._attribute
         return twin
+
+    def _again(self, fn):
+        """``fn`` compiled with this one's options."""
+        return Compiled(fn, self._check, self.cache_size, self.fuse, self.cuda_graph, self.fullgraph)
 
     def __get__(self, obj, owner=None):
         """``@tinygen.compile`` on a method: each instance gets the compiled bound method, with its own programs,
@@ -400,8 +441,7 @@ class Compiled:
                 f"has __slots__) to keep the compiled method in, so each call would record anew. Add '__dict__' to "
                 f"__slots__, or leave the method undecorated and compile it once for the instance: "
                 f"step = tinygen.compile(instance.{self.__name__})")
-        bound = compile(self.fn.__get__(obj, owner), check=self._check, cache_size=self.cache_size, fuse=self.fuse,
-                        cuda_graph=self.cuda_graph)
+        bound = self._again(self.fn.__get__(obj, owner))
         if self._attribute is None:  # set on the class after it was made: Python did not tell us the name
             self._attribute = next((k for klass in type(obj).__mro__ for k, v in vars(klass).items() if v is self),
                                    None)
