@@ -157,6 +157,10 @@ FUNCTIONAL_CALLS = {
     "F.embedding": (TF.embedding, lambda *a, **k: _F().embedding(*a, **k)),
     "F.pad": (TF.pad, lambda *a, **k: _F().pad(*a, **k)),
     "pow_small_int": (lambda x, p: x ** p, lambda x, p: x ** p),
+    # PyTorch's reference as exp(b log a) (the graphs give pow a base in (0.5, 2.5)): torch 2.13's a ** b masks its
+    # base gradient to 0 where b == 0, so that gradient's derivative in b is 0 there instead of a**(b-1) (finite
+    # differences agree with tinygen's: test_pow_second_derivative_in_a_zero_exponent_is_the_finite_difference_one)
+    "pow": (lambda a, b: a ** b, lambda a, b: (b * a.log()).exp()),
     # selections that depend on values: a mask from a comparison, an index from max / argmax (a compiled step
     # must compute them again on every replay, test_compile_graphs.py)
     "where_gt": (lambda x, y: tg.where(x > y, x, y), lambda x, y: _torch().where(x > y, x, y)),
@@ -1054,6 +1058,12 @@ KNOWN_BUG_REPRODUCERS = {
     "pow_exponent_0_or_1_at_zero": Graph(
         [("leaf", np.array([-0.5, 0.7])), ("op", "relu", [0], {}, 0), ("op", "pow_small_int", [1], {"p": 0}, 0)],
         upstream=np.array([1.0, 1.0]), weights=[np.ones(2)]),
+    "pow_zero_exponent_second_order": Graph(
+        [("leaf", np.array([0.0])), ("leaf", np.array([1.5054187208768033])),
+         ("const", np.array([[[True], [False], [True]]])), ("op", "masked_fill", [1, 2], {"value": -1.5}, 0),
+         ("squash", 3, 1.5, 0.98, 1.5), ("op", "pow", [4, 0], {}, 0)],
+        upstream=np.array([[[0.4116305363741328], [1.0425133694426776], [-0.12853466294403426]]]),
+        weights=[np.array([0.9034701816518086]), np.array([0.09401229776087457])]),
     "linear_act_softplus_low_threshold": Graph(
         [("leaf", np.array([[1.0]])), ("leaf", np.array([[0.8]])),
          ("op", "F.linear_act", [0, 1, None], {"activation": "softplus", "p1": 1.0, "p2": 1.0}, 0)],
@@ -1094,6 +1104,30 @@ def test_batch_norm_eval_on_a_permuted_image_has_the_finite_difference_gradient(
     (_F().batch_norm(xt.permute(0, 3, 2, 1).contiguous(), torch.tensor(mean), torch.tensor(var), training=False)
      * torch.tensor(g)).sum().backward()
     np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
+
+
+def test_pow_second_derivative_in_a_zero_exponent_is_the_finite_difference_one():
+    """Why the graphs' PyTorch reference for pow is exp(b log a) (FUNCTIONAL_CALLS): a random graph found that at
+    an exponent of exactly 0, the derivative in b of the base gradient b * a**(b-1) (a gradient penalty's second
+    order) is a**(b-1), as finite differences say; tinygen gave a**b (1) before it stopped shifting the exponent
+    where a != 0, and torch 2.13's a ** b gives 0 (its base gradient is masked where b == 0)."""
+    torch = _torch()
+    a0, u = np.array([0.555, 1.5035, 0.555]), np.array([0.41, 1.04, -0.13])
+
+    def penalty_grad(lib, pow_fn):
+        a = lib.tensor(a0, requires_grad=True)
+        b = lib.tensor(np.array([0.0]), requires_grad=True)
+        grad = tg.grad if lib is tg else torch.autograd.grad
+        ga, gb = grad([pow_fn(a, b)], [a, b], [lib.tensor(u)], create_graph=True)
+        ((ga * 0.3).sum() + (gb * 0.9).sum()).backward()
+        return np.asarray(b.grad.data if lib is tg else b.grad.numpy())
+
+    def penalty(b):  # the same penalty, written out: 0.3 sum(u b a**(b-1)) + 0.9 sum(u a**b log a)
+        return 0.3 * (u * b * a0 ** (b - 1)).sum() + 0.9 * (u * a0 ** b * np.log(a0)).sum()
+    fd = (penalty(1e-6) - penalty(-1e-6)) / 2e-6
+    np.testing.assert_allclose(penalty_grad(tg, lambda a, b: a ** b), [fd], rtol=1e-8)
+    np.testing.assert_allclose(penalty_grad(torch, lambda a, b: (b * a.log()).exp()), [fd], rtol=1e-8)
+    assert abs(penalty_grad(torch, lambda a, b: a ** b)[0] - fd) > 0.1  # torch's own a ** b: its masked formula
 
 
 def test_open_bugs_have_reproducers():

@@ -126,9 +126,10 @@ class Pow(Function):
         ad, bd = a.data, b.data
         ga = gb = None
         if ctx.next_edges[0] is not None:
-            # d/da a**b = b * a**(b-1), and exactly 0 where b == 0 (as PyTorch): the exponent is shifted to 0
-            # there, so a**(b-1) never makes 0 * inf = NaN at a == 0 (also in the second derivative)
-            shift = _make((bd == 0).astype(bd.dtype), b._device)
+            # d/da a**b = b * a**(b-1): exactly 0 where b == 0 (as PyTorch). Where a == 0 too, the exponent is
+            # shifted to 0, so a**(b-1) never makes 0 * inf = NaN (also in the second derivative); nowhere else, so
+            # its derivative in b there stays a**(b-1) (PyTorch's masked formula makes it 0)
+            shift = _make(((bd == 0) & (ad == 0)).astype(bd.dtype), b._device)
             ga = g * b * a ** (b - 1 + shift)
         if ctx.next_edges[1] is not None:
             # d/db a**b = a**b * log(a), and 0 where a == 0 and b >= 0 (the limit, as PyTorch) instead of 0 * -inf
