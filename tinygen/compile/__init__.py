@@ -361,8 +361,9 @@ class Compiled:
             program = spare
         self._eagerly(f"a call eagerly: earlier calls' results await their backward and no spare program of its "
                       f"signature can replay (a replay refills the nodes a backward through its last result needs; "
-                      f"a signature keeps {SPARES} spares)", "Call backward() on fewer calls' results at once, or "
-                      "compile the whole step (forward, loss.backward(), opt.step())", "_warned_spares", 5)
+                      f"a signature keeps {SPARES} spares)", "Call backward() on fewer calls' results at once, call "
+                      "it under tinygen.no_grad() where no backward follows (replayed), or compile the whole step "
+                      "(forward, loss.backward(), opt.step())", "_warned_spares", 5)
         return self.fn(*args, **kwargs)
 
     def _replayed(self, key, args, kwargs, tensors):
