@@ -209,10 +209,9 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None, mode=
     ``fullgraph`` and ``disable`` are ``torch.compile``'s: ``mode`` one of ``MODES`` ("reduce-overhead" and
     "max-autotune" turn CUDA graphs on, "max-autotune-no-cudagraphs" off); ``fullgraph=True`` raises
     ``CompileError`` where a call would run eagerly instead of replaying; ``disable=True`` returns ``fn`` itself."""
-    options = dict(check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph, mode=mode,
-                   fullgraph=fullgraph, disable=disable)
     if fn is None:
-        return lambda f: compile(f, **options)
+        return lambda f: compile(f, check=check, cache_size=cache_size, fuse=fuse, cuda_graph=cuda_graph, mode=mode,
+                                 fullgraph=fullgraph, disable=disable)
     if not callable(fn):
         raise TypeError(f"tinygen.compile: expected a function, got {type(fn).__name__}")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
@@ -232,10 +231,12 @@ def compile(fn=None, *, check=0, cache_size=8, fuse=True, cuda_graph=None, mode=
     if mode is not None:
         if mode not in MODES:
             raise ValueError(f"tinygen.compile: unknown mode {mode!r}; expected one of {sorted(MODES)} or None")
-        if cuda_graph is not None and MODES[mode] is not None and cuda_graph != MODES[mode]:
-            raise ValueError(f"tinygen.compile: mode={mode!r} turns CUDA graphs {'on' if MODES[mode] else 'off'}, "
-                             f"but cuda_graph={cuda_graph!r}; pass one of them")
-        cuda_graph = MODES[mode] if MODES[mode] is not None else cuda_graph
+        graphs = MODES[mode]
+        if graphs is not None:
+            if cuda_graph is not None and cuda_graph != graphs:
+                raise ValueError(f"tinygen.compile: mode={mode!r} turns CUDA graphs {'on' if graphs else 'off'}, "
+                                 f"but cuda_graph={cuda_graph!r}; pass one of them")
+            cuda_graph = graphs
     if disable:
         return fn
     return Compiled(fn, check, cache_size, fuse, cuda_graph, bool(fullgraph))
@@ -330,12 +331,13 @@ class Compiled:
     def _eagerly(self, why, advice, once, depth):
         """A call that runs eagerly instead of replaying (``why``): ``CompileError`` under ``fullgraph=True``,
         else a RuntimeWarning the first time for its kind (``once``: the attribute that notes it)."""
+        if not self.fullgraph and getattr(self, once):
+            return
         message = f"tinygen.compile: {self.__name__} runs {why}. {advice}"
         if self.fullgraph:
             raise CompileError(f"{message} (compiled with fullgraph=True, which refuses it)")
-        if not getattr(self, once):
-            setattr(self, once, True)
-            warnings.warn(message, RuntimeWarning, stacklevel=depth + 1)
+        setattr(self, once, True)
+        warnings.warn(message, RuntimeWarning, stacklevel=depth + 1)
 
     def _warn_graph(self, why, depth):
         self._eagerly(f"each call with grad on eagerly: {why}", "To train faster, compile the whole step (forward, "
@@ -371,8 +373,7 @@ class Compiled:
         program = self._programs.get(key)
         if program is GRAPH:  # (a compiled forward whose result a backward after the call uses)
             self._programs.move_to_end(key)
-            if self.fullgraph:  # (warned when it became GRAPH)
-                self._warn_graph("a gradient graph (create_graph) reaches the program's nodes", 4)
+            self._warn_graph("a gradient graph (create_graph) reaches the program's nodes", 4)  # (once: warned already)
             return self.fn(*args, **kwargs)
         if program is None or not program.guards_hold():
             return _MISSING
